@@ -1,0 +1,4 @@
+#include "bindings.h"
+namespace nextlong {
+void bind_tokenizer(pybind11::module_& m) {}
+}  // namespace nextlong

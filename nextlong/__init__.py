@@ -1,0 +1,40 @@
+"""nextlong: long-context training data synthesis (NExtLong) and memory-lean training kernels.
+
+The public names are imported lazily so that `import nextlong` stays cheap (no torch, no
+transformers) for users who only tokenize or chunk.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "Tokenizer": "nextlong.tokenizer",
+    "read_corpus": "nextlong.corpus",
+    "Document": "nextlong.corpus",
+    "CorpusError": "nextlong.errors",
+    "chunk_documents": "nextlong.chunking",
+    "MetaChunk": "nextlong.chunking",
+    "Embedder": "nextlong.embedding",
+    "load_embedder": "nextlong.embedding",
+    "ChunkIndex": "nextlong.index",
+    "synthesize": "nextlong.synthesis",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nextlong' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
