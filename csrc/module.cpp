@@ -1,7 +1,10 @@
 #include "bindings.h"
+#include "text_encoder.h"
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "nextlong native core: byte-level BPE tokenizer, streaming corpus reader, meta-chunker.";
+  // Base class first, so tokenizer classes can derive from it and corpus functions can accept it.
+  pybind11::class_<nextlong::TextEncoder>(m, "TextEncoder");
   nextlong::bind_tokenizer(m);
   nextlong::bind_corpus(m);
 }

@@ -1,5 +1,27 @@
 """Triton training kernels, importable as `nextlong.kernels` and usable in any training stack.
 
-Each op lives in its own module with a pure-PyTorch fallback of identical semantics that is chosen
-automatically when no GPU is present.
+One module per op, each with a pure-PyTorch fallback of identical semantics that is chosen
+automatically when no GPU is present. Names are imported lazily so importing this package does
+not import triton.
 """
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "fused_linear_cross_entropy": "cross_entropy",
+    "cross_entropy": "cross_entropy",
+    "flash_attention": "attention",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nextlong.kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
