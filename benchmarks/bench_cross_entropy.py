@@ -1,0 +1,232 @@
+"""Peak memory and time of cross-entropy forward+backward: nextlong vs its peers, same run.
+
+GPU (needs CUDA): N in {8K, 32K, 128K} tokens, hidden 4096, V in {32K, 128K, 256K}, bf16;
+peers: eager PyTorch (materialised logits, fp32 upcast as transformers does), torch.compile of
+the same, Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` and Apple's Cut Cross-Entropy
+(``cut-cross-entropy``), each skipped with a reason when not importable or out of memory.
+
+CPU: small shapes, the chunked fallback vs eager, peak resident memory from ``VmHWM`` (reset
+through ``/proc/self/clear_refs``), so it runs on the CI machine.
+
+Run: ``python3 -m pytest -q benchmarks/bench_cross_entropy.py -k cpu`` (pytest-benchmark), or
+``python3 benchmarks/bench_cross_entropy.py [cpu|gpu]`` for a table with ratios to the peers.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextlong.kernels.cross_entropy import fused_linear_cross_entropy
+
+H100_BF16_DENSE_TFLOPS = 989.0
+GPU_TOKENS = (8192, 32768, 131072)
+GPU_VOCABS = (32768, 131072, 262144)
+GPU_HIDDEN = 4096
+CPU_SHAPES = ((2048, 256, 8192), (4096, 256, 32768))  # (N, H, V)
+
+
+# ---- implementations: each maps (hidden, weight, labels) -> scalar mean loss ----------------
+
+def _eager(h, w, y):
+    return F.cross_entropy(F.linear(h, w).float(), y)
+
+
+_compiled = None
+
+
+def _compile(h, w, y):
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_eager)
+    return _compiled(h, w, y)
+
+
+def _nextlong(h, w, y):
+    return fused_linear_cross_entropy(h, w, y)
+
+
+def _liger():
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    loss = LigerFusedLinearCrossEntropyLoss()
+    return lambda h, w, y: loss(w, h, y)
+
+
+def _cce():
+    from cut_cross_entropy import linear_cross_entropy
+
+    return lambda h, w, y: linear_cross_entropy(h, w, y)
+
+
+def implementation(name):
+    """The callable for ``name``, or a skip reason string when its package is missing."""
+    table = {"nextlong": lambda: _nextlong, "eager": lambda: _eager, "compile": lambda: _compile,
+             "liger": _liger, "cce": _cce}
+    try:
+        return table[name]()
+    except ImportError as exc:
+        return f"{name} not importable: {exc}"
+
+
+# ---- measurement -------------------------------------------------------------------------
+
+def _inputs(n, h, v, device, dtype, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    hidden = (torch.randn(n, h, device=device, dtype=dtype, generator=g)).requires_grad_()
+    weight = (torch.randn(v, h, device=device, dtype=dtype, generator=g) * h ** -0.5).requires_grad_()
+    labels = torch.randint(0, v, (n,), device=device, generator=g)
+    return hidden, weight, labels
+
+
+def _step(fn, hidden, weight, labels):
+    hidden.grad = weight.grad = None
+    loss = fn(hidden, weight, labels)
+    loss.backward()
+    return loss
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
+
+
+def measure_cpu(fn, n, h, v, repeats=3):
+    """(wall seconds per fwd+bwd, best of ``repeats``; peak extra resident MiB over the inputs;
+    process CPU seconds, best of ``repeats`` - steadier than wall time on a shared machine)."""
+    hidden, weight, labels = _inputs(n, h, v, "cpu", torch.float32)
+    _step(fn, hidden, weight, labels)  # warm-up; also allocates the .grad tensors' first copy
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kib("VmRSS")
+    best = best_cpu = float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        _step(fn, hidden, weight, labels)
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best, (_rss_kib("VmHWM") - base) / 1024, best_cpu
+
+
+def measure_gpu(fn, n, h, v, repeats=5):
+    """(seconds per fwd+bwd, median of ``repeats``; peak extra allocated MiB over the inputs)."""
+    hidden, weight, labels = _inputs(n, h, v, "cuda", torch.bfloat16)
+    _step(fn, hidden, weight, labels)
+    hidden.grad = weight.grad = None
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        _step(fn, hidden, weight, labels)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return sorted(times)[len(times) // 2], peak, None
+
+
+def matmul_fraction_of_peak(n, h, v, seconds):
+    """Useful logit matmul work (forward + two backward products = 6NHV flops) / H100 bf16 peak."""
+    return 6.0 * n * h * v / seconds / 1e12 / H100_BF16_DENSE_TFLOPS
+
+
+# ---- pytest-benchmark entries -------------------------------------------------------------
+
+CPU_IMPLS = ("nextlong", "eager")
+GPU_IMPLS = ("nextlong", "eager", "compile", "liger", "cce")
+
+
+def _run(benchmark, measure, fn, n, h, v, device, dtype):
+    """Peak memory (and its own timing) from ``measure``; pytest-benchmark times one fwd+bwd."""
+    seconds, peak, cpu_seconds = measure(fn, n, h, v)
+    benchmark.extra_info.update(peak_mib=peak, seconds=seconds, cpu_seconds=cpu_seconds)
+    if device == "cuda":
+        benchmark.extra_info["matmul_fraction_of_h100_peak"] = matmul_fraction_of_peak(n, h, v, seconds)
+    hidden, weight, labels = _inputs(n, h, v, device, dtype)
+
+    def step():
+        _step(fn, hidden, weight, labels)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "N{}_H{}_V{}".format(*s))
+def test_cpu_fallback_vs_eager(benchmark, impl, shape):
+    torch.set_num_threads(2)
+    _run(benchmark, measure_cpu, implementation(impl), *shape, "cpu", torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark needs CUDA")
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("v", GPU_VOCABS)
+@pytest.mark.parametrize("n", GPU_TOKENS)
+def test_gpu_fused_linear_ce(benchmark, impl, n, v):
+    fn = implementation(impl)
+    if isinstance(fn, str):
+        pytest.skip(fn)
+    try:
+        _run(benchmark, measure_gpu, fn, n, GPU_HIDDEN, v, "cuda", torch.bfloat16)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        pytest.skip(f"{impl} out of memory at N={n} V={v}")
+
+
+# ---- table with ratios (script mode) ------------------------------------------------------
+
+def _table(kind):
+    if kind == "gpu" and not torch.cuda.is_available():
+        print("gpu: skipped, CUDA not available")
+        return
+    shapes = ([(n, GPU_HIDDEN, v) for n in GPU_TOKENS for v in GPU_VOCABS] if kind == "gpu"
+              else list(CPU_SHAPES))
+    impls, measure = (GPU_IMPLS, measure_gpu) if kind == "gpu" else (CPU_IMPLS, measure_cpu)
+    if kind == "cpu":
+        torch.set_num_threads(2)
+    print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>9} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
+          f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}")
+    for n, h, v in shapes:
+        rows = {}
+        for name in impls:
+            fn = implementation(name)
+            if isinstance(fn, str):
+                print(f"{n:>7} {h:>5} {v:>7} {name:>9}  skipped: {fn}")
+                continue
+            try:
+                rows[name] = measure(fn, n, h, v)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                print(f"{n:>7} {h:>5} {v:>7} {name:>9}  out of memory")
+        peer_t = rows.get("liger", rows.get("eager"))
+        peer_m = rows.get("cce", rows.get("eager"))
+        for name, (sec, mib, cpu) in rows.items():
+            frac = f"{100 * matmul_fraction_of_peak(n, h, v, sec):6.1f}" if kind == "gpu" else "     -"
+            if peer_t:  # CPU: compare CPU time (steadier on a shared machine)
+                ratio = cpu / peer_t[2] if cpu is not None else sec / peer_t[0]
+                rt = f"{ratio:7.2f}"
+            else:
+                rt = "      -"
+            rm = f"{mib / peer_m[1]:8.2f}" if peer_m and peer_m[1] > 0 else "       -"
+            cms = f"{1000 * cpu:8.1f}" if cpu is not None else "       -"
+            print(f"{n:>7} {h:>5} {v:>7} {name:>9} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}")
+    print("t/peer: time relative to liger (eager when liger is absent; CPU time on CPU); "
+          "mem/peer: peak relative to cce (eager when cce is absent)")
+
+
+if __name__ == "__main__":
+    for kind in sys.argv[1:] or ["cpu", "gpu"]:
+        _table(kind)

@@ -1,0 +1,138 @@
+"""Tokenizer throughput (MB/s of UTF-8 text) with cl100k, side by side with the public peers.
+
+All engines tokenize the same real text (every .rst.txt of Debian's python3.11-doc, ~11 MB, one
+document per item) into the same ids. Run:
+
+    python3 -m pytest benchmarks/bench_tokenizer.py --benchmark-columns=mean,rounds \
+        --benchmark-sort=name
+
+MB/s per engine is in each benchmark's extra_info (and printed at the end of each test with -s).
+HuggingFace tokenizers' batch API uses its rayon pool (RAYON_NUM_THREADS, set to 2 here if unset);
+its 1-thread figure is a loop over `encode`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import pytest  # noqa: E402
+
+from nextlong.tokenizer import CL100K_PATTERN, CL100K_SPECIAL_TOKENS, load_tokenizer  # noqa: E402
+
+DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    files = sorted(DOCS.rglob("*.rst.txt")) if DOCS.is_dir() else []
+    if not files:
+        pytest.skip(f"no .rst.txt files under {DOCS} (apt-get install python3.11-doc)")
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+@pytest.fixture(scope="module")
+def corpus_bytes(corpus) -> int:
+    return sum(len(t.encode("utf-8")) for t in corpus)
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return load_tokenizer("cl100k_base")
+
+
+@pytest.fixture(scope="module")
+def reference_ids(ours, corpus):
+    return sum(len(a) for a in ours.encode_ordinary_batch(corpus, num_threads=2))
+
+
+@pytest.fixture(scope="module")
+def rank_file(tmp_path_factory, ours):
+    import importlib.util
+
+    spec = importlib.util.find_spec("bpe_openai")
+    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "cl100k_base.tiktoken.gz"
+    out = tmp_path_factory.mktemp("ranks") / "cl100k_base.tiktoken"
+    out.write_bytes(gzip.decompress(src.read_bytes()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiktoken_enc(rank_file):
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+
+    return tiktoken.Encoding("cl100k_offline", pat_str=CL100K_PATTERN,
+                             mergeable_ranks=load_tiktoken_bpe(str(rank_file)), special_tokens=CL100K_SPECIAL_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def hf_tok(rank_file, tmp_path_factory):
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
+    TikTokenConverter(vocab_file=str(rank_file), pattern=CL100K_PATTERN).converted().save(str(path))
+    return tokenizers.Tokenizer.from_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def bpe_openai_enc():
+    bpe_openai = pytest.importorskip("bpe_openai")
+    return bpe_openai.get_encoding("cl100k_base")
+
+
+def run(benchmark, fn, corpus_bytes, expected_tokens=None):
+    result = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    mbps = corpus_bytes / benchmark.stats.stats.min / 1e6
+    benchmark.extra_info["bytes"] = corpus_bytes
+    benchmark.extra_info["MB/s (best round)"] = round(mbps, 2)
+    benchmark.extra_info["MB/s (mean)"] = round(corpus_bytes / benchmark.stats.stats.mean / 1e6, 2)
+    print(f"\n{benchmark.name}: {mbps:.1f} MB/s (best of {ROUNDS}), {corpus_bytes / 1e6:.1f} MB")
+    if expected_tokens is not None:
+        assert result == expected_tokens
+
+
+@pytest.mark.benchmark(group="cl100k 1 thread")
+def test_nextlong_1_thread(benchmark, ours, corpus, corpus_bytes, reference_ids):
+    run(benchmark, lambda: sum(len(a) for a in ours.encode_ordinary_batch(corpus, num_threads=1)), corpus_bytes,
+        reference_ids)
+
+
+@pytest.mark.benchmark(group="cl100k 1 thread")
+def test_tiktoken_1_thread(benchmark, tiktoken_enc, corpus, corpus_bytes, reference_ids):
+    run(benchmark, lambda: sum(len(tiktoken_enc.encode_ordinary(t)) for t in corpus), corpus_bytes, reference_ids)
+
+
+@pytest.mark.benchmark(group="cl100k 1 thread")
+def test_bpe_openai_1_thread(benchmark, bpe_openai_enc, corpus, corpus_bytes, reference_ids):
+    run(benchmark, lambda: sum(len(bpe_openai_enc.encode_ordinary(t)) for t in corpus), corpus_bytes, reference_ids)
+
+
+@pytest.mark.benchmark(group="cl100k 1 thread")
+def test_hf_tokenizers_1_thread(benchmark, hf_tok, corpus, corpus_bytes):
+    # HF reads the tiktoken pattern with Oniguruma rules, so its ids differ slightly (digit runs).
+    run(benchmark, lambda: sum(len(hf_tok.encode(t, add_special_tokens=False).ids) for t in corpus), corpus_bytes)
+
+
+@pytest.mark.benchmark(group="cl100k 2 threads")
+def test_nextlong_2_threads(benchmark, ours, corpus, corpus_bytes, reference_ids):
+    run(benchmark, lambda: sum(len(a) for a in ours.encode_ordinary_batch(corpus, num_threads=2)), corpus_bytes,
+        reference_ids)
+
+
+@pytest.mark.benchmark(group="cl100k 2 threads")
+def test_tiktoken_2_threads(benchmark, tiktoken_enc, corpus, corpus_bytes, reference_ids):
+    run(benchmark, lambda: sum(len(a) for a in tiktoken_enc.encode_ordinary_batch(corpus, num_threads=2)),
+        corpus_bytes, reference_ids)
+
+
+@pytest.mark.benchmark(group="cl100k 2 threads")
+def test_hf_tokenizers_2_threads(benchmark, hf_tok, corpus, corpus_bytes):
+    run(benchmark, lambda: sum(len(e.ids) for e in hf_tok.encode_batch(corpus, add_special_tokens=False)),
+        corpus_bytes)

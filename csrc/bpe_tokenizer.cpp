@@ -1,0 +1,348 @@
+#include "bpe_tokenizer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <queue>
+#include <stdexcept>
+
+#include "unicode_props.h"
+
+namespace nextlong {
+
+namespace {
+std::atomic<uint64_t> g_next_uid{1};
+
+// Per-thread memo of piece -> ids for multi-token pieces, so frequent words cost one hash lookup.
+// Keyed by tokenizer uid; a thread that switches tokenizer starts a fresh memo.
+struct PieceCache {
+  uint64_t owner = 0;
+  bpe::BytesMap index;       // piece -> offset into ids (ids[off] = count, then the ids)
+  std::vector<uint32_t> ids;
+  void reset(uint64_t uid) {
+    owner = uid;
+    index.clear();
+    ids.clear();
+  }
+};
+thread_local PieceCache t_cache;
+thread_local std::string t_prefixed;
+
+constexpr size_t kCacheMaxEntries = 1 << 16;
+constexpr size_t kCacheMaxPiece = 256;
+constexpr size_t kSmallPiece = 128;
+
+bool is_word_char(uint32_t cp) {
+  if (cp < 0x80) return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || cp == '_';
+  uint8_t c = unicode::category(cp);
+  return (c >= unicode::kCatLu && c <= unicode::kCatLo) || c == unicode::kCatNd || c == unicode::kCatNl ||
+         c == unicode::kCatNo;
+}
+}  // namespace
+
+BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& model,
+                           const std::vector<std::pair<uint32_t, uint32_t>>* merges, BpeOptions options,
+                           std::vector<BpeAddedToken> added,
+                           const std::vector<std::pair<uint32_t, std::string>>& decode_only)
+    : opt_(std::move(options)), added_(std::move(added)), uid_(g_next_uid.fetch_add(1)) {
+  if (!opt_.pattern.empty()) regex_ = std::make_unique<regex::Regex>(opt_.pattern, opt_.dialect);
+  uint32_t max_id = 0;
+  for (const auto& [id, b] : model) max_id = std::max(max_id, id);
+  for (const auto& t : added_) max_id = std::max(max_id, t.id);
+  for (const auto& [id, b] : decode_only) max_id = std::max(max_id, id);
+  id_bytes_.assign(size_t{max_id} + 1, std::string());
+  has_id_.assign(size_t{max_id} + 1, 0);
+  vocab_.reserve(model.size());
+  for (const auto& [id, b] : model) {
+    if (b.empty()) throw std::invalid_argument("empty token in vocabulary (id " + std::to_string(id) + ")");
+    vocab_.insert(b, id);
+    id_bytes_[id] = b;
+    has_id_[id] = 1;
+  }
+  num_model_ = model.size();
+  for (const auto& [id, b] : decode_only) {
+    if (!has_id_[id]) { id_bytes_[id] = b; has_id_[id] = 1; }
+  }
+  for (const auto& t : added_) {
+    id_bytes_[t.id] = t.content;
+    has_id_[t.id] = 1;
+  }
+  for (int b = 0; b < 256; ++b) {
+    uint8_t c = static_cast<uint8_t>(b);
+    byte_id_[b] = vocab_.find(&c, 1);
+  }
+  if (merges) {
+    pairs_.reserve(merges->size());
+    uint32_t rank = 0;
+    for (const auto& [a, b] : *merges) {
+      if (a >= id_bytes_.size() || b >= id_bytes_.size() || !has_id_[a] || !has_id_[b])
+        throw std::invalid_argument("merge references an unknown token id");
+      std::string joined = id_bytes_[a] + id_bytes_[b];
+      uint32_t id = vocab_.find(reinterpret_cast<const uint8_t*>(joined.data()), joined.size());
+      if (id == bpe::BytesMap::kMissing)
+        throw std::invalid_argument("merge result is not in the vocabulary (merge #" + std::to_string(rank) + ")");
+      pairs_.insert(a, b, rank, id);
+      ++rank;
+    }
+  } else {
+    // tiktoken: merging two adjacent parts is allowed when their concatenation is a token; its rank
+    // is that token's rank (= id).
+    pairs_.reserve(model.size() * 4);
+    for (const auto& [id, b] : model) {
+      const uint8_t* s = reinterpret_cast<const uint8_t*>(b.data());
+      for (size_t k = 1; k < b.size(); ++k) {
+        uint32_t l = vocab_.find(s, k), r = vocab_.find(s + k, b.size() - k);
+        if (l != bpe::BytesMap::kMissing && r != bpe::BytesMap::kMissing) pairs_.insert(l, r, id, id);
+      }
+    }
+  }
+  added_by_first_byte_.assign(256, {});
+  for (size_t i = 0; i < added_.size(); ++i) {
+    if (added_[i].content.empty()) continue;
+    added_by_first_byte_[static_cast<uint8_t>(added_[i].content[0])].push_back(static_cast<uint32_t>(i));
+  }
+  for (auto& v : added_by_first_byte_)
+    std::stable_sort(v.begin(), v.end(), [&](uint32_t x, uint32_t y) {
+      return added_[x].content.size() > added_[y].content.size();
+    });
+}
+
+int64_t BpeTokenizer::model_id(std::string_view bytes) const {
+  uint32_t v = vocab_.find(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  return v == bpe::BytesMap::kMissing ? -1 : static_cast<int64_t>(v);
+}
+
+// Lowest rank first, leftmost on ties; O(n^2) on a small stack array, which beats a heap for the
+// short pieces that make up nearly all text.
+void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+  uint32_t ids[kSmallPiece];
+  bpe::PairMap::Merge mg[kSmallPiece];
+  size_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b = byte_id_[s[i]];
+    if (b != bpe::BytesMap::kMissing) ids[m++] = b;
+  }
+  if (m == 0) return;
+  for (size_t i = 0; i + 1 < m; ++i) mg[i] = pairs_.find(ids[i], ids[i + 1]);
+  while (m > 1) {
+    uint32_t best = bpe::PairMap::kNoRank;
+    size_t bi = 0;
+    for (size_t i = 0; i + 1 < m; ++i)
+      if (mg[i].rank < best) { best = mg[i].rank; bi = i; }
+    if (best == bpe::PairMap::kNoRank) break;
+    ids[bi] = mg[bi].id;
+    for (size_t i = bi + 1; i + 1 < m; ++i) ids[i] = ids[i + 1];
+    for (size_t i = bi + 1; i + 2 < m; ++i) mg[i] = mg[i + 1];
+    --m;
+    if (bi > 0) mg[bi - 1] = pairs_.find(ids[bi - 1], ids[bi]);
+    if (bi + 1 < m) mg[bi] = pairs_.find(ids[bi], ids[bi + 1]);
+  }
+  out.insert(out.end(), ids, ids + m);
+}
+
+// Same result as merge_small, with a heap of candidate pairs and a linked list of parts: for long
+// pieces (minified code, long runs) where O(n^2) would hurt.
+void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+  std::vector<uint32_t> ids;
+  ids.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b = byte_id_[s[i]];
+    if (b != bpe::BytesMap::kMissing) ids.push_back(b);
+  }
+  size_t m = ids.size();
+  if (m == 0) return;
+  constexpr uint32_t kEnd = 0xFFFFFFFFu;
+  std::vector<uint32_t> next(m), prev(m);
+  std::vector<char> alive(m, 1);
+  for (size_t i = 0; i < m; ++i) {
+    next[i] = i + 1 < m ? static_cast<uint32_t>(i + 1) : kEnd;
+    prev[i] = i > 0 ? static_cast<uint32_t>(i - 1) : kEnd;
+  }
+  using Cand = std::pair<uint64_t, uint32_t>;  // (rank << 32 | pos, merged id)
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  auto push = [&](uint32_t i) {
+    if (i == kEnd || next[i] == kEnd) return;
+    bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
+    if (mg.rank != bpe::PairMap::kNoRank) heap.push({(uint64_t{mg.rank} << 32) | i, mg.id});
+  };
+  for (size_t i = 0; i + 1 < m; ++i) push(static_cast<uint32_t>(i));
+  while (!heap.empty()) {
+    auto [key, nid] = heap.top();
+    heap.pop();
+    uint32_t i = static_cast<uint32_t>(key & 0xFFFFFFFFu);
+    uint32_t rank = static_cast<uint32_t>(key >> 32);
+    if (!alive[i] || next[i] == kEnd) continue;
+    bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
+    if (mg.rank != rank || mg.id != nid) continue;  // stale
+    uint32_t j = next[i];
+    ids[i] = nid;
+    alive[j] = 0;
+    next[i] = next[j];
+    if (next[j] != kEnd) prev[next[j]] = i;
+    if (prev[i] != kEnd) push(prev[i]);
+    push(i);
+  }
+  for (uint32_t i = 0; i != kEnd; i = next[i]) out.push_back(ids[i]);
+}
+
+void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+  if (n == 0) return;
+  if (n == 1) {
+    uint32_t b = byte_id_[s[0]];
+    if (b != bpe::BytesMap::kMissing) out.push_back(b);
+    return;
+  }
+  if (opt_.ignore_merges) {
+    uint32_t id = vocab_.find(s, n);
+    if (id != bpe::BytesMap::kMissing) { out.push_back(id); return; }
+  }
+  if (n > kCacheMaxPiece) {
+    if (n <= kSmallPiece) merge_small(s, n, out);
+    else merge_large(s, n, out);
+    return;
+  }
+  PieceCache& cache = t_cache;
+  if (cache.owner != uid_ || cache.index.size() >= kCacheMaxEntries) cache.reset(uid_);
+  uint32_t off = cache.index.find(s, n);
+  if (off != bpe::BytesMap::kMissing) {
+    const uint32_t* p = cache.ids.data() + off;
+    out.insert(out.end(), p + 1, p + 1 + p[0]);
+    return;
+  }
+  size_t before = out.size();
+  if (n <= kSmallPiece) merge_small(s, n, out);
+  else merge_large(s, n, out);
+  size_t cnt = out.size() - before;
+  off = static_cast<uint32_t>(cache.ids.size());
+  cache.ids.push_back(static_cast<uint32_t>(cnt));
+  cache.ids.insert(cache.ids.end(), out.begin() + before, out.end());
+  cache.index.insert(std::string_view(reinterpret_cast<const char*>(s), n), off);
+}
+
+void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {
+  const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
+  auto piece = [&](size_t b, size_t e) {
+    if (e <= b) return;
+    if (opt_.prefix_space == kPrefixPiece && s[b] != ' ') {
+      std::string& buf = t_prefixed;
+      buf.assign(1, ' ');
+      buf.append(text.data() + b, e - b);
+      encode_piece(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), out);
+    } else {
+      encode_piece(s + b, e - b, out);
+    }
+  };
+  if (!regex_) { piece(0, text.size()); return; }
+  size_t n = text.size(), pos = 0, from = 0;
+  while (from <= n) {
+    size_t ms, me;
+    if (!regex_->find(text, from, &ms, &me)) break;
+    if (me == ms) {  // empty match: yields no piece; search again one character later
+      if (ms >= n) break;
+      size_t len;
+      unicode::decode_utf8(s, n, ms, &len);
+      from = ms + len;
+      continue;
+    }
+    if (opt_.keep_gaps) piece(pos, ms);
+    piece(ms, me);
+    pos = from = me;
+  }
+  if (opt_.keep_gaps) piece(pos, n);
+}
+
+void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+  if (opt_.prefix_space == kPrefixText && !text.empty() && text[0] != ' ') {
+    std::string buf;
+    buf.reserve(text.size() + 1);
+    buf.push_back(' ');
+    buf.append(text);
+    encode_text(buf, out);
+    return;
+  }
+  encode_text(text, out);
+}
+
+size_t BpeTokenizer::count_ordinary(std::string_view text) const {
+  thread_local std::vector<uint32_t> scratch;
+  scratch.clear();
+  encode_ordinary(text, scratch);
+  size_t n = scratch.size();
+  if (scratch.capacity() > (1u << 22)) std::vector<uint32_t>().swap(scratch);
+  return n;
+}
+
+void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
+                               const std::vector<char>& allowed, std::vector<Segment>& out) const {
+  const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
+  size_t seg = b, p = b;
+  auto char_before = [&](size_t q) {  // code point ending at q (q > b)
+    size_t st = unicode::prev_char(s, b, q), len;
+    return unicode::decode_utf8(s, e, st, &len);
+  };
+  while (p < e) {
+    const auto& cands = added_by_first_byte_[s[p]];
+    int64_t hit = -1;
+    for (uint32_t idx : cands) {
+      const BpeAddedToken& t = added_[idx];
+      if (t.normalized != normalized_pass || !allowed[idx]) continue;
+      if (p + t.content.size() <= e && std::memcmp(s + p, t.content.data(), t.content.size()) == 0) {
+        hit = idx;
+        break;
+      }
+    }
+    if (hit < 0) { ++p; continue; }
+    const BpeAddedToken& t = added_[hit];
+    size_t ms = p, me = p + t.content.size();
+    if (t.single_word) {
+      size_t len;
+      bool start_ok = ms == b || !is_word_char(char_before(ms));
+      bool stop_ok = me == e || !is_word_char(unicode::decode_utf8(s, e, me, &len));
+      if (!start_ok || !stop_ok) { p = me; continue; }
+    }
+    if (t.lstrip) {
+      while (ms > seg) {
+        size_t st = unicode::prev_char(s, seg, ms), len;
+        if (!unicode::is_space(unicode::decode_utf8(s, e, st, &len))) break;
+        ms = st;
+      }
+    }
+    if (t.rstrip) {
+      while (me < e) {
+        size_t len;
+        if (!unicode::is_space(unicode::decode_utf8(s, e, me, &len))) break;
+        me += len;
+      }
+    }
+    if (seg < ms) out.push_back({seg, ms, -1});
+    out.push_back({ms, me, static_cast<int64_t>(t.id)});
+    seg = p = me;
+  }
+  if (seg < e) out.push_back({seg, e, -1});
+}
+
+void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowed,
+                          std::vector<uint32_t>& out) const {
+  if (added_.empty()) { encode_ordinary(text, out); return; }
+  std::vector<Segment> first, second;
+  split_added(text, 0, text.size(), false, allowed, first);
+  for (const Segment& sg : first) {
+    if (sg.token >= 0) { second.push_back(sg); continue; }
+    split_added(text, sg.begin, sg.end, true, allowed, second);
+  }
+  for (const Segment& sg : second) {
+    if (sg.token >= 0) out.push_back(static_cast<uint32_t>(sg.token));
+    else encode_ordinary(text.substr(sg.begin, sg.end - sg.begin), out);
+  }
+}
+
+bool BpeTokenizer::decode_bytes(const uint32_t* ids, size_t n, std::string& out) const {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t id = ids[i];
+    if (id >= id_bytes_.size() || !has_id_[id]) return false;
+    out += id_bytes_[id];
+  }
+  return true;
+}
+
+}  // namespace nextlong

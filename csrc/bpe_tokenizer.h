@@ -1,0 +1,86 @@
+// Byte-level BPE tokenizer: regex pre-tokenization, then lowest-rank-first pair merging on raw
+// bytes. One class serves HuggingFace tokenizer.json files (merges given) and tiktoken rank files
+// (pair table derived from the ranks); the Python loader (nextlong/tokenizer.py) translates either
+// file into the constructor arguments.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "bpe_hash.h"
+#include "regex_engine.h"
+#include "text_encoder.h"
+
+namespace nextlong {
+
+struct BpeAddedToken {
+  std::string content;
+  uint32_t id = 0;
+  bool lstrip = false, rstrip = false, single_word = false, normalized = false;
+};
+
+struct BpeOptions {
+  std::string pattern;  // pre-tokenization regex; empty = the whole text is one piece
+  regex::Dialect dialect = regex::Dialect::kFancyRegex;
+  bool keep_gaps = false;      // HF Split(Isolated) keeps unmatched text as pieces; tiktoken drops it
+  int prefix_space = 0;        // 0 none, 1 once per text (ByteLevel before splitting), 2 per piece
+  bool ignore_merges = false;  // a piece that is a whole vocab token becomes that token
+};
+
+class BpeTokenizer : public TextEncoder {
+ public:
+  static constexpr int kPrefixNone = 0, kPrefixText = 1, kPrefixPiece = 2;
+
+  // model: (id, bytes) of the vocabulary BPE can produce. merges: (left, right) ids in rank order,
+  // or nullptr for tiktoken ranks (a token merges from any split into two vocab tokens, with its own
+  // id as rank). decode_only: ids that only decode (tokens outside the byte alphabet).
+  BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& model,
+               const std::vector<std::pair<uint32_t, uint32_t>>* merges, BpeOptions options,
+               std::vector<BpeAddedToken> added,
+               const std::vector<std::pair<uint32_t, std::string>>& decode_only);
+
+  void encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const override;
+  size_t count_ordinary(std::string_view text) const override;
+  // Splits out added tokens whose `allowed` flag is set (indexed like added()), then encodes the rest.
+  void encode(std::string_view text, const std::vector<char>& allowed, std::vector<uint32_t>& out) const;
+  // Appends the bytes of ids; returns false (and stops) at an id with no token.
+  bool decode_bytes(const uint32_t* ids, size_t n, std::string& out) const;
+
+  const std::vector<BpeAddedToken>& added() const { return added_; }
+  size_t num_model_tokens() const { return num_model_; }
+  uint32_t max_id() const { return static_cast<uint32_t>(id_bytes_.size()) - 1; }
+  bool has_id(uint32_t id) const { return id < id_bytes_.size() && has_id_[id]; }
+  const std::string& id_bytes(uint32_t id) const { return id_bytes_[id]; }
+  // Model-vocabulary id of a byte string, or -1.
+  int64_t model_id(std::string_view bytes) const;
+  const BpeOptions& options() const { return opt_; }
+
+ private:
+  void encode_text(std::string_view text, std::vector<uint32_t>& out) const;
+  void encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  void merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  void merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  struct Segment {
+    size_t begin, end;
+    int64_t token;  // added-token id, or -1 for text
+  };
+  void split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
+                   const std::vector<char>& allowed, std::vector<Segment>& out) const;
+
+  BpeOptions opt_;
+  std::unique_ptr<regex::Regex> regex_;
+  bpe::BytesMap vocab_;
+  bpe::PairMap pairs_;
+  uint32_t byte_id_[256];
+  std::vector<std::string> id_bytes_;
+  std::vector<char> has_id_;
+  size_t num_model_ = 0;
+  std::vector<BpeAddedToken> added_;
+  std::vector<std::vector<uint32_t>> added_by_first_byte_;  // indices, longest content first
+  uint64_t uid_;
+};
+
+}  // namespace nextlong

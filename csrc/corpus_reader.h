@@ -1,0 +1,80 @@
+// Streaming JSON-lines reader: reads plain or gzip files through zlib (or blocks fed from Python,
+// e.g. zstd-decompressed), splits lines, validates UTF-8 and JSON, and returns the text and id of
+// each record in Arrow string layout, a batch at a time, so a corpus is never held whole in memory.
+#pragma once
+#include <zlib.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace nextlong {
+
+// Bad input that the caller should report with its file and line.
+struct CorpusFormatError : std::runtime_error {
+  CorpusFormatError(const std::string& message, int64_t line) : std::runtime_error(message), line(line) {}
+  int64_t line;  // 1-based; 0 = the file as a whole
+};
+
+// Arrow string-array layout: offsets (n + 1, starting at 0) and the concatenated UTF-8 bytes.
+struct StringColumn {
+  std::vector<int32_t> offsets{0};
+  std::vector<uint8_t> data;
+  void append(const char* p, size_t n) {
+    data.insert(data.end(), p, p + n);
+    offsets.push_back(int32_t(data.size()));
+  }
+  size_t size() const { return offsets.size() - 1; }
+};
+
+struct TextBatch {
+  StringColumn text;
+  StringColumn doc_id;
+  std::vector<int64_t> line;  // 1-based line of each record in its file
+};
+
+class JsonlReader {
+ public:
+  // `path` is opened with zlib (plain and gzip files alike) unless `fed`, in which case bytes
+  // arrive through feed(). `name` is what default doc ids and messages call the file.
+  JsonlReader(std::string path, std::string name, std::string text_field, std::string id_field, bool skip_errors,
+              bool fed);
+  ~JsonlReader();
+  JsonlReader(const JsonlReader&) = delete;
+  JsonlReader& operator=(const JsonlReader&) = delete;
+
+  // Fills `out` with up to max_records records / about max_bytes of text. Returns false when
+  // nothing was read: end of file, or (fed mode) no complete line pending. Throws CorpusFormatError.
+  bool next_batch(size_t max_records, size_t max_bytes, TextBatch& out);
+  void feed(const char* data, size_t n);
+  void finish_input() { eof_ = true; }
+
+  int64_t records() const { return records_; }
+  int64_t skipped() const { return skipped_; }
+  int64_t bytes_consumed() const { return bytes_consumed_; }
+  const std::vector<std::string>& skipped_examples() const { return skipped_examples_; }
+
+ private:
+  bool fill_buffer();
+  void handle_line(const char* p, size_t n, TextBatch& out);
+  void reject(const std::string& message, int64_t line);
+  void check_end_of_file();
+
+  std::string path_, name_, text_field_, id_field_;
+  bool skip_errors_, fed_;
+  gzFile gz_ = nullptr;
+  std::vector<char> buffer_;
+  size_t buffer_pos_ = 0;
+  bool eof_ = false;
+  bool end_checked_ = false;
+  int64_t line_no_ = 0;
+  int64_t records_ = 0;
+  int64_t nonblank_lines_ = 0;
+  int64_t skipped_ = 0;
+  int64_t bytes_seen_ = 0;
+  int64_t bytes_consumed_ = 0;
+  std::vector<std::string> skipped_examples_;
+};
+
+}  // namespace nextlong

@@ -1,0 +1,86 @@
+// A small backtracking regex engine (leftmost-first, like Oniguruma and fancy-regex) for the
+// pre-tokenization patterns of byte-level BPE tokenizers (GPT-2, cl100k, o200k, Llama-3, Qwen2).
+// Why our own: the exact semantics of HuggingFace tokenizers (Oniguruma) and tiktoken (fancy-regex)
+// must both be reproduced, without linking either. Constructs outside the supported subset raise
+// RegexError naming the construct, so nothing is ever tokenized differently in silence.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace nextlong::regex {
+
+// Oniguruma (Ruby syntax, as in HF tokenizers): `X{m,n}+` means `(?:X{m,n})+`, `X{n}?` means
+// `(?:X{n})?`, `$` is end of line. fancy-regex (tiktoken): `X{m,n}+` is possessive, `$` is end of text.
+enum class Dialect { kOniguruma, kFancyRegex };
+
+class RegexError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A set of code points. ASCII membership is a bitmap; outside ASCII, membership usually depends
+// only on (general category, White_Space), stored as a bitmask over "keys"; sets with explicit
+// non-ASCII ranges fall back to evaluating their item list.
+struct CharSet {
+  struct Item {
+    enum Kind { kRange, kCategories, kSpace, kNested } kind;
+    uint32_t lo = 0, hi = 0;     // kRange
+    uint32_t cat_mask = 0;       // kCategories: bit per unicode::Category
+    bool negated = false;        // kSpace / kCategories / kNested
+    std::shared_ptr<CharSet> nested;
+    Item(Kind k, uint32_t l = 0, uint32_t h = 0) : kind(k), lo(l), hi(h) {}
+  };
+  std::vector<Item> items;
+  bool negated = false;
+
+  // Compiled form.
+  uint64_t ascii[2] = {0, 0};
+  uint32_t key_mask = 0;
+  bool by_key = true;
+
+  void compile();
+  bool eval(uint32_t cp) const;  // slow, from items
+  inline bool contains_nonascii(uint32_t cp, uint8_t cat) const;
+};
+
+struct Node {
+  enum Kind { kSet, kSeq, kAlt, kRepeat, kAtomic, kLook, kAssert } kind;
+  enum Greed { kGreedy, kLazy, kPossessive } greed = kGreedy;
+  enum Anchor { kLineStart, kLineEnd, kTextStart, kTextEnd, kTextEndNewline } anchor = kTextStart;
+  int set = -1;                 // kSet: index into Regex::sets_
+  std::vector<Node*> kids;      // kSeq / kAlt; kRepeat, kAtomic, kLook use kids[0]
+  int min = 0, max = -1;        // kRepeat; max -1 = unbounded
+  bool negative = false;        // kLook
+};
+
+class Regex {
+ public:
+  Regex(std::string_view pattern, Dialect dialect);
+  Regex(const Regex&) = delete;
+  Regex& operator=(const Regex&) = delete;
+
+  // Leftmost-first match starting the search at `from`; returns false when none.
+  bool find(std::string_view text, size_t from, size_t* match_start, size_t* match_end) const;
+  // Match anchored at `pos`; sets *end.
+  bool match_at(std::string_view text, size_t pos, size_t* end) const;
+
+  const std::string& pattern() const { return pattern_; }
+  Dialect dialect() const { return dialect_; }
+
+ private:
+  friend class Parser;
+  friend class Matcher;
+  Node* new_node(Node::Kind kind);
+  std::string pattern_;
+  Dialect dialect_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<CharSet> sets_;
+  Node* root_ = nullptr;
+};
+
+}  // namespace nextlong::regex

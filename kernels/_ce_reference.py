@@ -1,0 +1,143 @@
+"""Pure-PyTorch chunked statistics and gradients: the CPU fallback with the Triton kernels' semantics.
+
+Same contract as ``_ce_triton``: forward returns per-token ``(lse, zy, sz)`` of the soft-capped
+logits, backward turns ``dL/d(lse, zy, sz)`` into gradients. Tokens are processed ``chunk`` at a
+time, so at most ``chunk x V`` logits (plus two temporaries of that size) exist at once; backward
+recomputes each chunk's logits instead of keeping them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 22  # ~16 MiB of fp32 logits per chunk
+
+
+def default_chunk(n_tokens: int, vocab: int) -> int:
+    return max(1, min(n_tokens, DEFAULT_CHUNK_ELEMENTS // max(1, vocab)))
+
+
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation, or fp64 for fp64 inputs (so gradcheck can verify the maths)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _capped_logits(hidden, weight, bias, softcap):
+    z = torch.nn.functional.linear(hidden, weight, bias).to(acc_dtype(hidden))
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+def _row_stats(z, labels):
+    lse = torch.logsumexp(z, dim=-1)
+    valid = (labels >= 0) & (labels < z.shape[-1])
+    zy = torch.gather(z, 1, labels.clamp(0, z.shape[-1] - 1)[:, None])[:, 0]
+    return lse, torch.where(valid, zy, torch.zeros_like(zy)), z.sum(dim=-1)
+
+
+def _row_grad(z, labels, softcap, lse, ga, gb, gc, inplace=False):
+    """dL/dz for one chunk; with ``inplace`` the chunk's logits ``z`` are overwritten (saves a copy)."""
+    cap_grad = 1.0 - (z / softcap) ** 2 if softcap is not None else None
+    d = z.sub_(lse[:, None]) if inplace else z - lse[:, None]
+    d = d.exp_().mul_(ga[:, None]).add_(gc[:, None])
+    valid = (labels >= 0) & (labels < z.shape[-1])
+    rows = torch.nonzero(valid)[:, 0]
+    d[rows, labels[rows]] += gb[rows]
+    if cap_grad is not None:
+        d.mul_(cap_grad)
+    return d
+
+
+def flce_stats(hidden, weight, bias, labels, softcap, chunk):
+    out = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc_dtype(hidden)) for _ in range(3)]
+    for start in range(0, hidden.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        for dst, src in zip(out, _row_stats(z, labels[sl])):
+            dst[sl] = src
+        del z
+    return tuple(out)
+
+
+def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, need_bias, chunk):
+    dx = torch.empty_like(hidden)
+    acc = acc_dtype(hidden)
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc)
+    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_bias else None
+    for start in range(0, hidden.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
+        del z
+        dx[sl] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
+        dw.addmm_(d.t(), hidden[sl].to(acc))
+        if need_bias:
+            db += d.sum(dim=0)
+    return dx, dw.to(weight.dtype), db
+
+
+def ce_stats(logits, labels, softcap, chunk):
+    out = [torch.empty(logits.shape[0], device=logits.device, dtype=acc_dtype(logits)) for _ in range(3)]
+    for start in range(0, logits.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        z = logits[sl].to(acc_dtype(logits))
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        for dst, src in zip(out, _row_stats(z, labels[sl])):
+            dst[sl] = src
+    return tuple(out)
+
+
+def ce_grad(logits, labels, softcap, lse, ga, gb, gc, chunk):
+    dz = torch.empty_like(logits)
+    for start in range(0, logits.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        z = logits[sl].to(acc_dtype(logits))
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        dz[sl] = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl]).to(dz.dtype)
+    return dz
+
+
+def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, need_bias, chunk,
+                         need_sum=True):
+    """One pass: per-token stats and the gradients of a loss whose derivative is known up front.
+
+    ``coefficients(lse_chunk, rows)`` returns that chunk's ``dL/d(lse, zy, sz)``. Each chunk's
+    logits are computed once and turned into their gradient in place, so training costs three
+    matmul passes instead of four (no recomputation in backward), and softmax is formed from the
+    same exponentials as the log-sum-exp. ``need_sum=False`` skips ``sum z`` (only label smoothing
+    uses it) and reports 0.
+    """
+    acc = acc_dtype(hidden)
+    stats = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc) for _ in range(3)]
+    dx = torch.empty_like(hidden)
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc)
+    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_bias else None
+    for start in range(0, hidden.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        y = labels[sl]
+        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        valid = (y >= 0) & (y < z.shape[-1])
+        rows = torch.nonzero(valid)[:, 0]
+        stats[1][sl] = 0.0
+        stats[1][start + rows] = z[rows, y[rows]]
+        stats[2][sl] = z.sum(dim=-1) if need_sum else 0.0
+        cap_grad = 1.0 - (z / softcap) ** 2 if softcap is not None else None
+        top = z.amax(dim=-1)
+        d = z.sub_(top[:, None]).exp_()  # the chunk's logits become exp(z - max) in place
+        total = d.sum(dim=-1)
+        lse = top + total.log()
+        stats[0][sl] = lse
+        ga, gb, gc = coefficients(lse, sl)
+        d.mul_((ga / total)[:, None]).add_(gc[:, None])  # a * softmax + c
+        d[rows, y[rows]] += gb[rows]
+        if cap_grad is not None:
+            d.mul_(cap_grad)
+        del z
+        dx[sl] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
+        dw.addmm_(d.t(), hidden[sl].to(acc))
+        if need_bias:
+            db += d.sum(dim=0)
+    return tuple(stats), (dx, dw.to(weight.dtype), None if db is None else db.to(bias.dtype))

@@ -1,0 +1,144 @@
+"""Long-sequence attention with document masking: `flash_attention`.
+
+Packed training sequences hold several documents; attention must be causal and must not cross a
+document boundary. `flash_attention` takes the boundaries as flash-attn style `cu_seqlens` and skips
+every block that no query may see, so cost and memory grow with the sum of squared document lengths,
+not with the squared sequence length.
+
+Layouts: packed `(total_tokens, heads, head_dim)` with `cu_seqlens` (int32, `[0, len_0, len_0+len_1,
+..., total]`), or batched `(batch, seq, heads, head_dim)` without it (each row one document).
+
+Mask, per document, query position i, key position j (0-based inside the document):
+    allowed  iff  (not causal or j <= i) and (left < 0 or i - j <= left) and (right < 0 or j - i <= right)
+`window=(left, right)` follows flash-attn's `window_size` (-1 = unbounded); `window=w` means `(w, w)`,
+which with `causal=True` is "the current token and the `w` before it". transformers' `sliding_window=s`
+is `window=s - 1`.
+
+Backends: "triton" (CUDA, or the interpreter with TRITON_INTERPRET=1), "torch" (a chunked PyTorch
+implementation of the same algorithm, used on CPU), "auto" = triton for CUDA tensors, torch otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _attn_reference as _ref
+
+_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def _normalise_window(window, causal: bool) -> tuple[int, int]:
+    if window is None:
+        left, right = -1, -1
+    elif isinstance(window, int):
+        left, right = window, window
+    else:
+        try:
+            left, right = (int(w) for w in window)
+        except (TypeError, ValueError):
+            raise ValueError(f"flash_attention: window must be None, an int or a (left, right) pair, got {window!r}")
+    if left < -1 or right < -1:
+        raise ValueError(f"flash_attention: window sizes must be >= 0 or -1 (unbounded), got {(left, right)}")
+    if causal:
+        right = -1  # the causal rule already bounds keys to j <= i
+    return left, right
+
+
+def _check(q, k, v, cu_seqlens):
+    if cu_seqlens is None:
+        if q.dim() != 4:
+            raise ValueError(f"flash_attention: without cu_seqlens q must be (batch, seq, heads, head_dim), got {tuple(q.shape)}")
+    else:
+        if q.dim() != 3:
+            raise ValueError(f"flash_attention: with cu_seqlens q must be (total_tokens, heads, head_dim), got {tuple(q.shape)}")
+        if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError("flash_attention: cu_seqlens must be a 1-D int32 tensor [0, ..., total_tokens] "
+                             f"(flash-attn convention), got dtype {cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
+        if cu_seqlens.device != q.device:
+            raise ValueError(f"flash_attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+    if k.shape != v.shape or k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    if heads % kv_heads:
+        raise ValueError(f"flash_attention: k/v heads ({kv_heads}) must divide q heads ({heads}) for grouped-query attention")
+    if dim not in _HEAD_DIMS:
+        raise ValueError(f"flash_attention: head_dim must be one of {_HEAD_DIMS}, got {dim}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"flash_attention: q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, causal, left, right, scale, backend, blocks):
+        if backend == "triton":
+            from ._attn_triton import triton_attention_forward
+
+            out, lse = triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, blocks)
+        else:
+            out, lse = _ref.torch_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale,
+                                                    **({"chunk": blocks[0]} if blocks else {}))
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        ctx.args = (causal, left, right, scale, backend, blocks)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        causal, left, right, scale, backend, blocks = ctx.args
+        if backend == "triton":
+            from ._attn_triton import triton_attention_backward
+
+            dq, dk, dv = triton_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scale,
+                                                   blocks)
+        else:
+            dq, dk, dv = _ref.torch_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right,
+                                                       scale, **({"chunk": blocks[0]} if blocks else {}))
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def flash_attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, softmax_scale=None, window=None,
+                    backend="auto", _blocks=None):
+    """Exact softmax attention, memory O(tokens), with document masking, GQA and an optional sliding window.
+
+    q: (total, H, D) with `cu_seqlens`, or (B, S, H, D); k, v: same with H_kv heads, H_kv dividing H
+    (query head h uses kv head h // (H / H_kv), as transformers' `repeat_kv`). Returns q's shape and dtype.
+    `max_seqlen` is accepted for flash-attn compatibility and not needed (no host sync either way).
+    `softmax_scale` defaults to 1/sqrt(D). `_blocks` (tests only) overrides the tile sizes.
+    """
+    del max_seqlen
+    _check(q, k, v, cu_seqlens)
+    left, right = _normalise_window(window, causal)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda else "torch"
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+    batched = cu_seqlens is None
+    if batched:
+        b, s = q.shape[:2]
+        cu_seqlens = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
+        q, k, v = (x.reshape(b * s, x.shape[2], x.shape[3]) for x in (q, k, v))
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    out = _FlashAttention.apply(q, k, v, cu_seqlens, bool(causal), left, right, scale, backend, _blocks)
+    if batched:
+        out = out.reshape(b, s, *out.shape[1:])
+    return out
+
+
+def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
+    """`cu_seqlens` (int32) for documents of the given lengths packed back to back."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+    out = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    out[1:] = torch.cumsum(lengths, 0)
+    return out
+
+
+__all__ = ["flash_attention", "cu_seqlens_from_lengths"]

@@ -1,0 +1,308 @@
+"""Cross-entropy with per-token weights that never materialises the full ``(N, V)`` logits.
+
+Two entry points with the same options:
+
+* :func:`fused_linear_cross_entropy` takes the last hidden state and the output projection
+  (``lm_head``) and computes logits tile by tile (Triton on CUDA, chunks of tokens on CPU).
+* :func:`cross_entropy` takes logits the caller already has.
+
+Semantics, per non-ignored token ``t`` with label ``y``, over a vocabulary of size ``V``::
+
+    z      = hidden_t @ weight.T + bias                  (fp32 accumulation)
+    z      = softcap * tanh(z / softcap)                 (only if logit_softcap is given; first)
+    lse    = logsumexp_v z_v
+    ce_t   = (1 - eps) * (lse - z_y) + eps * (lse - mean_v z_v)     (eps = label_smoothing)
+    loss_t = ce_t + z_loss * lse ** 2
+
+which is exactly ``F.cross_entropy(softcapped_logits, y, label_smoothing=eps)`` plus the z-loss
+term, per token. With token weights ``w`` (``w = 1`` when omitted; ignored tokens get ``w = 0``):
+
+* ``reduction="none"``: ``w_t * loss_t`` with the shape of ``labels`` (0 at ignored positions);
+* ``reduction="sum"``:  ``sum_t w_t * loss_t``;
+* ``reduction="mean"``: ``sum_t w_t * loss_t / sum_t w_t`` (0, not NaN, when every token is ignored).
+
+The z-loss is weighted and reduced like the cross-entropy. Gradients flow to ``hidden``,
+``weight``, ``bias`` (and ``logits``); ``token_weights`` are treated as constants (detached, no
+gradient), as the weighting schemes of ``nextlong.weighting`` intend. The loss is returned in fp32 (fp64 for fp64 inputs).
+
+Implementation: an autograd function reduces the logits to three per-token fp32 statistics
+(``lse``, ``z_y``, ``sum_v z_v``); every option above is ordinary PyTorch on those O(N) vectors,
+and backward hands their gradients back to a kernel that recomputes logits tile by tile (Triton;
+see ``_ce_triton`` for the memory/time trade-off) or chunk by chunk (PyTorch fallback). When the
+fallback trains with a scalar reduction it instead computes the gradients during forward, chunk
+by chunk, saving the recomputation (see ``_ChunkedLinearLoss``). Neither path ever holds more
+than one chunk/tile of logits.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+
+from . import _ce_reference as _ref
+
+_REDUCTIONS = ("mean", "sum", "none")
+_BACKENDS = ("auto", "triton", "torch")
+
+
+def _triton_module():
+    from . import _ce_triton  # imported lazily: triton is optional for CPU users
+
+    return _ce_triton
+
+
+def _pick_backend(backend: str, tensor: torch.Tensor) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if tensor.is_cuda else "torch"
+    if backend == "triton" and not tensor.is_cuda and not _triton_module().interpreting():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+            "use backend='torch' or 'auto' on CPU")
+    return backend
+
+
+class _LinearStats(torch.autograd.Function):
+    """(hidden, weight, bias) -> per-token (lse, z_y, sum z) of the soft-capped logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk):
+        if backend == "triton":
+            stats = _triton_module().flce_stats(hidden, weight, bias, labels, softcap)
+        else:
+            stats = _ref.flce_stats(hidden, weight, bias, labels, softcap, chunk)
+        ctx.save_for_backward(hidden, weight, bias, labels, stats[0])
+        ctx.softcap, ctx.backend, ctx.chunk = softcap, backend, chunk
+        return stats
+
+    @staticmethod
+    def backward(ctx, g_lse, g_zy, g_sz):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_bias = bias is not None and ctx.needs_input_grad[2]
+        g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
+        if ctx.backend == "triton":
+            dx, dw, db = _triton_module().flce_grads(
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, need_bias)
+        else:
+            dx, dw, db = _ref.flce_grads(
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, need_bias, ctx.chunk)
+        if db is not None:
+            db = db.to(bias.dtype)
+        return dx, dw, db, None, None, None, None
+
+
+class _LogitStats(torch.autograd.Function):
+    """logits -> per-token (lse, z_y, sum z) of the soft-capped logits."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, softcap, backend, chunk):
+        if backend == "triton":
+            stats = _triton_module().ce_stats(logits, labels, softcap)
+        else:
+            stats = _ref.ce_stats(logits, labels, softcap, chunk)
+        ctx.save_for_backward(logits, labels, stats[0])
+        ctx.softcap, ctx.backend, ctx.chunk = softcap, backend, chunk
+        return stats
+
+    @staticmethod
+    def backward(ctx, g_lse, g_zy, g_sz):
+        logits, labels, lse = ctx.saved_tensors
+        g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
+        if ctx.backend == "triton":
+            dz = _triton_module().ce_grad(logits, labels, ctx.softcap, lse, *g)
+        else:
+            dz = _ref.ce_grad(logits, labels, ctx.softcap, lse, *g, ctx.chunk)
+        return dz, None, None, None, None
+
+
+class _ChunkedLinearLoss(torch.autograd.Function):
+    """Scalar ("mean"/"sum") loss on the PyTorch fallback, gradients computed during forward.
+
+    For a scalar reduction the derivative of the loss w.r.t. each token's (lse, z_y, sum z) is
+    known as soon as that token's lse is: ``s*(1 + 2*z_loss*lse)``, ``-(1-eps)*s`` and
+    ``-eps*s/V`` with ``s = w / sum(w)`` ("mean") or ``s = w`` ("sum"). Forward therefore turns
+    each chunk's logits into their gradient right away (Liger-style) and backward only scales
+    the stored gradients by the incoming scalar: 3 matmul passes instead of 4. The stored
+    gradients are exactly what backward would allocate anyway, right when the loss (the last op
+    of a forward pass) is computed, so peak memory does not grow.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, token_weights, softcap, chunk, reduction, eps, zl):
+        vocab = weight.shape[0]
+        valid = labels >= 0
+        w = valid.to(_ref.acc_dtype(hidden))
+        if token_weights is not None:
+            w = w * token_weights.reshape(-1).to(device=w.device, dtype=w.dtype)
+        scale = w
+        if reduction == "mean":
+            denom = w.sum()
+            scale = w / torch.where(denom == 0, torch.ones_like(denom), denom)
+
+        def coefficients(lse, rows):
+            s = scale[rows]
+            ga = s * (1.0 + 2.0 * zl * lse) if zl else s
+            return ga, -(1.0 - eps) * s, (-eps / vocab) * s
+
+        stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap,
+                                                 coefficients, bias is not None, chunk,
+                                                 need_sum=bool(eps))
+        ctx.save_for_backward(*[g for g in grads if g is not None])
+        ctx.has_bias = bias is not None
+        return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        saved = list(ctx.saved_tensors)
+        dx, dw = saved[0] * grad_loss.to(saved[0].dtype), saved[1] * grad_loss.to(saved[1].dtype)
+        db = saved[2] * grad_loss.to(saved[2].dtype) if ctx.has_bias else None
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def _check_options(reduction, label_smoothing, z_loss, logit_softcap):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if z_loss < 0:
+        raise ValueError(f"z_loss must be >= 0, got {z_loss}")
+    if logit_softcap is not None and not logit_softcap > 0:
+        raise ValueError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
+
+
+def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int) -> torch.Tensor:
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.numel() != n:
+        raise ValueError(f"labels has {labels.numel()} elements but there are {n} tokens")
+    flat = labels.reshape(-1).long().contiguous()
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= vocab))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(
+            f"label {int(flat[i])} at flat position {i} is outside [0, {vocab}) and is not "
+            f"ignore_index={ignore_index}")
+    # The kernels treat any label outside [0, V) as "no target"; -1 is never a class.
+    return torch.where(flat == ignore_index, torch.full_like(flat, -1), flat)
+
+
+def _reduce(stats, labels, shape, vocab, token_weights, reduction, label_smoothing, z_loss):
+    lse, zy, sz = stats
+    eps = float(label_smoothing)
+    loss = lse - (1.0 - eps) * zy
+    if eps:
+        loss = loss - eps * sz / vocab
+    if z_loss:
+        loss = loss + z_loss * lse * lse
+    valid = labels >= 0
+    w = valid.to(lse.dtype)
+    if token_weights is not None:
+        if token_weights.numel() != labels.numel():
+            raise ValueError(
+                f"token_weights has {token_weights.numel()} elements, labels has {labels.numel()}")
+        w = w * token_weights.detach().reshape(-1).to(device=lse.device, dtype=lse.dtype)
+    weighted = torch.where(valid, loss, torch.zeros_like(loss)) * w
+    if reduction == "none":
+        return weighted.reshape(shape)
+    total = weighted.sum()
+    if reduction == "sum":
+        return total
+    denom = w.sum()
+    return total / torch.where(denom == 0, torch.ones_like(denom), denom)
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` without the full logits.
+
+    ``hidden`` is ``(..., H)``, ``weight`` ``(V, H)``, ``labels`` the leading shape of ``hidden``
+    (any integer dtype), ``token_weights`` the same shape as ``labels``. Options and reductions
+    are defined in the module docstring. ``backend="auto"`` uses Triton for CUDA tensors and the
+    chunked PyTorch fallback otherwise; ``chunk_size`` (tokens per chunk) applies to the
+    fallback only (default: about 4M logits per chunk).
+    """
+    _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden (..., H) and weight (V, H) disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    shape = labels.shape
+    h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    vocab = weight.shape[0]
+    flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
+    which = _pick_backend(backend, h2)
+    chunk = chunk_size or _ref.default_chunk(h2.shape[0], vocab)
+    softcap = float(logit_softcap) if logit_softcap is not None else None
+    w2 = weight.contiguous()
+    b2 = None if bias is None else bias.contiguous()
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if which == "torch" and reduction != "none" and training:
+        tw = None if token_weights is None else token_weights.detach()
+        if tw is not None and tw.numel() != flat.numel():
+            raise ValueError(f"token_weights has {tw.numel()} elements, labels has {flat.numel()}")
+        loss = _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction,
+                                        float(label_smoothing), float(z_loss))
+        return loss
+    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, which, chunk)
+    return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    token_weights: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Same loss as :func:`fused_linear_cross_entropy` for precomputed ``logits`` of shape ``(..., V)``.
+
+    The gradient w.r.t. ``logits`` has their shape and dtype; no fp32 copy of the logits is kept.
+    """
+    _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    shape = labels.shape
+    z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
+    vocab = z2.shape[1]
+    flat = _flat_labels(labels.to(z2.device), z2.shape[0], vocab, ignore_index)
+    which = _pick_backend(backend, z2)
+    chunk = chunk_size or _ref.default_chunk(z2.shape[0], vocab)
+    softcap = float(logit_softcap) if logit_softcap is not None else None
+    stats = _LogitStats.apply(z2, flat, softcap, which, chunk)
+    return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this submodule binds ``nextlong.kernels.cross_entropy`` to the module, shadowing
+    the lazily exported function of the same name; making the module callable keeps
+    ``nextlong.kernels.cross_entropy(logits, labels)`` working whichever import happened first."""
+
+    def __call__(self, *args, **kwargs):
+        return cross_entropy(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

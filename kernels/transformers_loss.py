@@ -1,0 +1,128 @@
+"""Drop-in fused loss for HuggingFace causal LMs (``LlamaForCausalLM`` and look-alikes).
+
+Stock ``XForCausalLM.forward`` always runs ``logits = lm_head(hidden)`` before calling
+``self.loss_function(logits, labels, ...)``, so replacing ``loss_function`` alone cannot avoid
+the ``(batch, seq, vocab)`` logits. Instead, :func:`patch_causal_lm` replaces the instance's
+``forward``: when ``labels`` are given it runs the decoder, then feeds the last hidden state
+and ``lm_head.weight`` straight into :func:`fused_linear_cross_entropy`; ``logits`` in the
+output is ``None``. Without ``labels`` (generation, evaluation) the original forward runs.
+
+Usage::
+
+    from nextlong.kernels.transformers_loss import patch_causal_lm
+    model = LlamaForCausalLM(config)
+    patch_causal_lm(model)                      # idempotent; unpatch_causal_lm(model) undoes it
+    out = model(input_ids, labels=input_ids, token_weights=w)   # w: same shape as labels
+    out.loss.backward()
+
+Semantics follow transformers' ``ForCausalLMLoss``: labels are shifted left by one inside (pass
+``shift_labels=`` to give already-shifted labels), ``token_weights`` are aligned with ``labels``
+(weight of the token being predicted) and shifted the same way, and ``num_items_in_batch`` (set
+by ``Trainer`` under gradient accumulation) switches to ``sum / num_items_in_batch``. A model
+config's ``final_logit_softcapping`` (Gemma-2 style) is applied as ``logit_softcap``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+from .cross_entropy import fused_linear_cross_entropy
+
+_LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index", "token_weights")
+
+
+def shift_for_causal_lm(labels: torch.Tensor, ignore_index: int = -100, fill=None) -> torch.Tensor:
+    """Position t gets labels[t + 1]; the last position gets ``fill`` (default ``ignore_index``)."""
+    fill = ignore_index if fill is None else fill
+    return F.pad(labels, (0, 1), value=fill)[..., 1:]
+
+
+def causal_lm_loss(
+    hidden_states: torch.Tensor,
+    lm_head: torch.nn.Linear,
+    labels: torch.Tensor | None = None,
+    *,
+    shift_labels: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    ignore_index: int = -100,
+    **options,
+) -> torch.Tensor:
+    """Next-token loss from the decoder's last hidden state ``(B, T, H)`` and the output head.
+
+    ``options`` are passed to :func:`fused_linear_cross_entropy` (label_smoothing, z_loss,
+    logit_softcap, backend, chunk_size). With ``num_items_in_batch`` the loss is
+    ``sum_t w_t * loss_t / num_items_in_batch``, otherwise the weighted mean.
+    """
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("causal_lm_loss needs labels or shift_labels")
+        shift_labels = shift_for_causal_lm(labels, ignore_index)
+        if token_weights is not None:
+            token_weights = shift_for_causal_lm(token_weights, fill=0.0)
+    shift_labels = shift_labels.to(hidden_states.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = fused_linear_cross_entropy(
+        hidden_states, lm_head.weight, shift_labels, bias=lm_head.bias,
+        token_weights=token_weights, ignore_index=ignore_index, reduction=reduction, **options)
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
+def _softcap_from_config(model) -> float | None:
+    config = getattr(model, "config", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def patch_causal_lm(model: torch.nn.Module, **options) -> torch.nn.Module:
+    """Make ``model(..., labels=...)`` compute its loss with the fused kernel; returns the model.
+
+    ``options`` (label_smoothing, z_loss, backend, chunk_size, logit_softcap) apply to every
+    call. The patched forward accepts an extra ``token_weights=`` argument.
+    """
+    if getattr(model, "_nextlong_original_forward", None) is not None:
+        return model
+    head = model.get_output_embeddings()
+    decoder = model.get_decoder()
+    if head is None or not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear output head (get_output_embeddings)")
+    options.setdefault("logit_softcap", _softcap_from_config(model))
+    original = model.forward
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
+        if labels is None and loss_kwargs.get("shift_labels") is None:
+            return original(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids, past_key_values=past_key_values,
+                            inputs_embeds=inputs_embeds, use_cache=use_cache,
+                            logits_to_keep=logits_to_keep, **kwargs)
+        outputs = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, past_key_values=past_key_values,
+                          inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        loss = causal_lm_loss(outputs.last_hidden_state, head, labels, **loss_kwargs, **options)
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        return CausalLMOutputWithPast(loss=loss, logits=None,
+                                      past_key_values=getattr(outputs, "past_key_values", None),
+                                      hidden_states=getattr(outputs, "hidden_states", None),
+                                      attentions=getattr(outputs, "attentions", None))
+
+    model._nextlong_original_forward = original
+    model.forward = types.MethodType(forward, model)
+    return model
+
+
+def unpatch_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """Restore the forward that :func:`patch_causal_lm` replaced."""
+    if getattr(model, "_nextlong_original_forward", None) is not None:
+        del model.forward
+        model._nextlong_original_forward = None
+    return model

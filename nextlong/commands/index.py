@@ -1,0 +1,50 @@
+"""`nextlong index CHUNKS --out INDEX_DIR`: embed a chunk table and build the hard-negative index."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "index",
+        help="embed a chunk table and build its usearch HNSW index (resumable)",
+        description="Embed every chunk of CHUNKS (Parquet, nextlong.schema.CHUNK_SCHEMA) and build a usearch "
+        "HNSW index keyed by chunk_id, for hard-negative mining. Embeddings are written as they are made; "
+        "re-running after an interruption resumes the embedding.",
+    )
+    p.add_argument("chunks", help="chunk table (Parquet) from `nextlong chunk`")
+    p.add_argument("--out", required=True, help="index directory to write")
+    p.add_argument("--embedder", default=None,
+                   help="all-MiniLM-L6-v2 (default, offline), hashed-tfidf[:DIM] (lexical, fast), "
+                   "or a local sentence-transformers/transformers model folder")
+    p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
+    p.add_argument("--batch-size", type=int, default=2048, help="texts embedded and flushed to disk at a time")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
+    p.add_argument("--connectivity", type=int, default=None, help="HNSW M (default 16)")
+    p.add_argument("--expansion-add", type=int, default=None, help="HNSW efConstruction (default 128)")
+    p.add_argument("--expansion-search", type=int, default=None, help="HNSW efSearch (default 128)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..index import (DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH,
+                         build_index_from_chunks)
+
+    index = build_index_from_chunks(
+        args.chunks,
+        args.out,
+        embedder=args.embedder,
+        dtype=args.dtype,
+        connectivity=args.connectivity or DEFAULT_CONNECTIVITY,
+        expansion_add=args.expansion_add or DEFAULT_EXPANSION_ADD,
+        expansion_search=args.expansion_search or DEFAULT_EXPANSION_SEARCH,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    info = index.info
+    print(f"indexed {info['counts']['chunks']} chunks of {info['counts']['documents']} documents with "
+          f"{info['embedder']['name']} (dim {info['embedder']['dim']}, {info['dtype']}) -> {args.out}")
+    return 0

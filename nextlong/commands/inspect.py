@@ -1,0 +1,87 @@
+"""`nextlong inspect DIR`: look at what `nextlong synthesize` made — a sample long document with its
+anchors and negatives marked, and the run's statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import NextlongError
+
+_COLOURS = {"anchor": "\033[1;32m", "negative": "\033[2;37m"}
+_RESET = "\033[0m"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="show a synthesized document and the run's statistics",
+                              description="Print one long document of a `nextlong synthesize` output folder with "
+                                          "anchor meta-chunks and negatives marked, then the manifest's statistics.")
+    p.add_argument("dir", help="output folder of nextlong synthesize")
+    p.add_argument("--sample", type=int, default=0, help="which long document (row number, default 0)")
+    p.add_argument("--max-chars", type=int, default=300, help="characters shown per segment (default 300)")
+    p.add_argument("--max-segments", type=int, default=12, help="segments shown (default 12)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=run)
+
+
+def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: int = 12, color: bool = False) -> str:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ..tokenizer import load_tokenizer
+    from ..synthesis.writers import shard_paths
+
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.exists():
+        raise NextlongError(f"{manifest_path}: not found; is {directory} the --out of a finished nextlong synthesize?")
+    manifest = json.loads(manifest_path.read_text())
+    settings, stats = manifest["settings"], manifest["statistics"]
+    shards = shard_paths(directory / "data")
+    row, seen = None, 0
+    for path in shards:
+        n = pq.ParquetFile(path).metadata.num_rows
+        if sample < seen + n:
+            row = pq.read_table(path).slice(sample - seen, 1).to_pylist()[0]
+            break
+        seen += n
+    if row is None:
+        raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
+    tok = load_tokenizer(settings.get("tokenizer"))
+    ids = np.asarray(row["input_ids"], np.uint32)
+    lines = [f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document {row['anchor_doc_id']!r}, "
+             f"{len(row['segments'])} segments"]
+    legend = "[A] anchor meta-chunk   [N] negative"
+    lines.append(legend if not color else f"{_COLOURS['anchor']}[A] anchor meta-chunk{_RESET}   "
+                                          f"{_COLOURS['negative']}[N] negative{_RESET}")
+    for seg in row["segments"][:max_segments]:
+        text = tok.decode(ids[seg["start"]:seg["end"]])
+        short = text if len(text) <= max_chars else text[:max_chars] + " …"
+        mark = "[A]" if seg["role"] == "anchor" else "[N]"
+        head = f"{mark} {seg['doc_id']}#{seg['chunk_index']} tokens {seg['start']}-{seg['end']}"
+        body = short.rstrip("\n").replace("\n", "\n    ")
+        if color:
+            c = _COLOURS.get(seg["role"], "")
+            lines.append(f"{c}{head}{_RESET}\n    {c}{body}{_RESET}")
+        else:
+            lines.append(f"{head}\n    {body}")
+    if len(row["segments"]) > max_segments:
+        lines.append(f"... {len(row['segments']) - max_segments} more segments")
+    lines.append("")
+    lines.append("statistics:")
+    for key in sorted(stats):
+        value = stats[key]
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(render(args.dir, sample=args.sample, max_chars=args.max_chars, max_segments=args.max_segments, color=color))
+    return 0

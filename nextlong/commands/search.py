@@ -1,0 +1,73 @@
+"""`nextlong search INDEX_DIR "query"`: show what the hard-negative index finds, for a person to judge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="query a chunk index with text and print the nearest chunks",
+        description="Embed QUERY with the index's embedder and print the k most similar chunks: rank, cosine "
+        "similarity, chunk id, document id and a snippet of the text (read from the chunk table the index was "
+        "built from, or --chunks).",
+    )
+    p.add_argument("index_dir", help="directory written by `nextlong index`")
+    p.add_argument("query", help="query text")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--chunks", default=None, help="chunk table for the texts (default: the one recorded in the index)")
+    p.add_argument("--exclude-doc", action="append", default=None,
+                   help="doc_index to exclude (repeatable), as mining excludes the document being extended")
+    p.add_argument("--snippet", type=int, default=160, help="characters of text shown per result")
+    p.add_argument("--json", action="store_true", help="one JSON object per result instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from ..errors import CorpusError
+    from ..index import ChunkIndex
+
+    index = ChunkIndex.view(args.index_dir)
+    embedder = index.query_embedder()
+    query = embedder.embed([args.query])
+    exclude = None
+    if args.exclude_doc:
+        exclude = {int(d) for d in args.exclude_doc}
+    ids, sims = index.search(query, args.k, exclude_doc_ids=exclude)
+    ids, sims = ids[0], sims[0]
+    keep = ids >= 0
+    ids, sims = ids[keep], sims[keep]
+
+    chunks_path = args.chunks or index.info.get("chunks_path")
+    texts = {}
+    if chunks_path and Path(chunks_path).is_file():
+        table = pq.read_table(chunks_path, columns=["chunk_id", "text"])
+        if table.num_rows != len(index):
+            raise CorpusError(chunks_path, f"{table.num_rows} chunks, but the index holds {len(index)}; wrong --chunks?")
+        col = table.column("text")
+        texts = {int(i): col[int(i)].as_py() for i in ids}
+    rows = index._rows_of(ids.astype("int64"))
+    meta = index.meta
+    doc_ids = meta.column("doc_id").to_pylist() if "doc_id" in meta.column_names else None
+    doc_index = meta.column("doc_index").to_numpy() if "doc_index" in meta.column_names else None
+    for rank, (cid, sim, row) in enumerate(zip(ids, sims, rows), 1):
+        doc = doc_ids[row] if doc_ids is not None else str(doc_index[row])
+        text = texts.get(int(cid))
+        if args.json:
+            print(json.dumps({"rank": rank, "similarity": round(float(sim), 4), "chunk_id": int(cid),
+                              "doc_id": doc, "doc_index": None if doc_index is None else int(doc_index[row]),
+                              "text": text}, ensure_ascii=False))
+            continue
+        snippet = "" if text is None else " ".join(text.split())[: args.snippet]
+        print(f"{rank:>3}  {sim:.4f}  chunk {int(cid):>8}  {doc}")
+        if snippet:
+            print(f"     {snippet}")
+    if not texts and not args.json:
+        print("(texts not shown: chunk table not found; pass --chunks)")
+    return 0

@@ -1,0 +1,450 @@
+"""Reading corpora as a stream of documents, a batch at a time, never whole into memory.
+
+Formats, chosen by extension (or `format=`):
+  .jsonl / .json (JSON lines), .jsonl.gz / .json.gz (zlib, in C++), .jsonl.zst / .json.zst
+  (zstandard blocks fed to the same C++ line parser), .parquet (pyarrow row batches), .txt (one
+  document per file; doc_id = the path relative to the directory given).
+A path may be a file, a directory (its supported files, recursively, sorted by relative path;
+hidden files and `*.manifest.json` are ignored) or a list of those.
+
+Default doc ids: "<file>:<line>" for JSON lines (1-based, as editors count) and "<file>:<row>" for
+Parquet (0-based, as pyarrow counts), where <file> is the path relative to the directory given (the
+file name for a file given directly). Every document gets `doc_index`, its ordinal in the stream.
+
+Bad input raises nextlong.errors.CorpusError naming the file, the line (or row) and what was
+expected. With on_error="skip" bad records (and empty files) are counted in `reader.stats` and
+left out instead; a corrupt compressed stream or an unreadable file still raises.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import CorpusError
+
+# Columns of the record batches the reader yields.
+CORPUS_BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("doc_index", pa.int64(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+# Longest suffixes first: ".jsonl.gz" must win over ".gz".
+_SUFFIX_FORMATS = (
+    (".jsonl.gz", "jsonl.gz"),
+    (".json.gz", "jsonl.gz"),
+    (".jsonl.zst", "jsonl.zst"),
+    (".json.zst", "jsonl.zst"),
+    (".jsonl", "jsonl"),
+    (".json", "jsonl"),
+    (".parquet", "parquet"),
+    (".txt", "txt"),
+)
+FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt")
+_ON_ERROR = ("raise", "skip")
+_ZSTD_READ_BLOCK = 4 << 20
+
+
+class Document(NamedTuple):
+    """One document of the stream."""
+
+    doc_index: int  # ordinal in the corpus stream (skipped records do not count)
+    doc_id: str
+    text: str
+
+
+@dataclass
+class CorpusStats:
+    """What a reader has read so far; `bytes` counts the UTF-8 bytes of the documents' text."""
+
+    files: int = 0
+    documents: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "skipped": self.skipped,
+            "skipped_examples": list(self.skipped_examples),
+        }
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Corpus format of a file from its extension; raises CorpusError for an unknown one."""
+    name = Path(path).name.lower()
+    for suffix, fmt in _SUFFIX_FORMATS:
+        if name.endswith(suffix):
+            return fmt
+    raise CorpusError(
+        path, "unknown corpus file extension (expected .jsonl, .json, .jsonl.gz, .jsonl.zst, .parquet or .txt)"
+    )
+
+
+def list_corpus_files(path) -> list[tuple[Path, str]]:
+    """The files a corpus path stands for, each with the name its doc ids and messages use."""
+    if isinstance(path, (list, tuple)):
+        out: list[tuple[Path, str]] = []
+        for p in path:
+            out.extend(list_corpus_files(p))
+        return out
+    root = Path(path)
+    if root.is_dir():
+        files = []
+        for p in root.rglob("*"):
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+                continue
+            if p.name.endswith(".manifest.json"):
+                continue
+            if any(p.name.lower().endswith(suffix) for suffix, _ in _SUFFIX_FORMATS):
+                files.append((p, rel.as_posix()))
+        if not files:
+            raise CorpusError(root, "directory holds no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)")
+        return sorted(files, key=lambda f: f[1])
+    if not root.exists():
+        raise CorpusError(root, "no such file or directory")
+    return [(root, root.name)]
+
+
+def string_layout(arr) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-copy (offsets int32, data uint8) views of a pyarrow string array, as the C++ engine
+    takes them. Offsets are absolute positions in `data` (they need not start at 0)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    if arr.null_count:
+        raise ValueError("text column holds nulls")
+    bufs = arr.buffers()
+    n = len(arr)
+    if bufs[1] is None:
+        return np.zeros(n + 1, dtype=np.int32), np.zeros(0, dtype=np.uint8)
+    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    return offsets, data
+
+
+def _string_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+    """Wraps C++-built Arrow string buffers without copying."""
+    return pa.Array.from_buffers(pa.string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+class CorpusReader:
+    """A corpus as a stream of documents or of record batches (doc_index, doc_id, text).
+
+    Iterating the reader yields Documents; `batches()` yields pyarrow RecordBatches. `stats` is
+    updated as the stream is consumed.
+    """
+
+    def __init__(
+        self,
+        path,
+        *,
+        text_field: str = "text",
+        id_field: str | None = None,
+        format: str | None = None,
+        on_error: str = "raise",
+        batch_size: int = 1024,
+        batch_bytes: int = 16 << 20,
+    ):
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+        if format is not None and format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        if batch_size < 1 or batch_bytes < 1:
+            raise ValueError("batch_size and batch_bytes must be positive")
+        self.path = path
+        self.text_field = text_field
+        self.id_field = id_field
+        self.format = format
+        self.on_error = on_error
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.stats = CorpusStats()
+        self._doc_iter: Iterator[Document] | None = None
+
+    # -- documents -------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Document]:
+        return self
+
+    def __next__(self) -> Document:
+        if self._doc_iter is None:
+            self._doc_iter = self._documents()
+        return next(self._doc_iter)
+
+    def _documents(self) -> Iterator[Document]:
+        for batch in self.batches():
+            idx = batch.column(0).to_numpy()
+            ids = batch.column(1).to_pylist()
+            texts = batch.column(2).to_pylist()
+            for i, doc_id, text in zip(idx, ids, texts):
+                yield Document(int(i), doc_id, text)
+
+    # -- batches ---------------------------------------------------------------------------
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Record batches of at most batch_size documents (a batch never spans two files)."""
+        files = list_corpus_files(self.path)
+        next_index = 0
+        for path, name in files:
+            fmt = self.format or detect_format(path)
+            if not path.is_file():
+                raise CorpusError(path, "no such file")
+            self.stats.files += 1
+            for doc_ids, texts in self._file_columns(path, name, fmt):
+                n = len(texts)
+                if n == 0:
+                    continue
+                doc_index = pa.array(np.arange(next_index, next_index + n, dtype=np.int64))
+                next_index += n
+                self.stats.documents += n
+                offsets, _ = string_layout(texts)
+                self.stats.bytes += int(offsets[-1] - offsets[0])
+                yield pa.RecordBatch.from_arrays([doc_index, doc_ids, texts], schema=CORPUS_BATCH_SCHEMA)
+
+    def _file_columns(self, path: Path, name: str, fmt: str) -> Iterator[tuple[pa.Array, pa.Array]]:
+        if fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
+            return self._jsonl_columns(path, name, fed=fmt == "jsonl.zst")
+        if fmt == "parquet":
+            return self._parquet_columns(path, name)
+        return self._txt_columns(path, name)
+
+    def _skip(self, message: str) -> None:
+        self.stats.skipped += 1
+        if len(self.stats.skipped_examples) < 5:
+            self.stats.skipped_examples.append(message)
+
+    def _jsonl_columns(self, path: Path, name: str, fed: bool):
+        from . import _native
+
+        skip = self.on_error == "skip"
+        try:
+            reader = _native.JsonlReader(str(path), name, self.text_field, self.id_field or "", skip, fed)
+        except _native.CorpusFormatError as exc:
+            raise CorpusError(path, exc.args[0]) from None
+
+        def drain():
+            while True:
+                try:
+                    got = reader.next_batch(self.batch_size, self.batch_bytes)
+                except _native.CorpusFormatError as exc:
+                    message, line = exc.args
+                    raise CorpusError(path, message, line=line or None) from None
+                if got is None:
+                    return
+                text_off, text_data, id_off, id_data, _lines = got
+                yield _string_array(id_off, id_data), _string_array(text_off, text_data)
+
+        try:
+            if not fed:
+                yield from drain()
+            else:
+                yield from self._feed_zstd(path, reader, drain)
+        finally:
+            self.stats.skipped += reader.skipped
+            room = 5 - len(self.stats.skipped_examples)
+            if room > 0:
+                self.stats.skipped_examples.extend(reader.skipped_examples[:room])
+
+    @staticmethod
+    def _feed_zstd(path: Path, reader, drain):
+        import zstandard
+
+        with open(path, "rb") as fh:
+            stream = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+            while True:
+                try:
+                    block = stream.read(_ZSTD_READ_BLOCK)
+                except zstandard.ZstdError as exc:
+                    raise CorpusError(path, f"cannot decompress zstd stream: {exc} (corrupt or truncated file?)") from None
+                if not block:
+                    break
+                reader.feed(block)
+                yield from drain()
+        reader.finish_input()
+        yield from drain()
+
+    def _parquet_columns(self, path: Path, name: str):
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            if path.stat().st_size == 0:
+                message = "empty file (expected a Parquet file)"
+            else:
+                message = f"not a readable Parquet file ({exc})"
+            if self.on_error == "skip" and path.stat().st_size == 0:
+                self._skip(f"{name}: {message}")
+                return
+            raise CorpusError(path, message) from None
+        names = pf.schema_arrow.names
+        for col in (self.text_field, self.id_field):
+            if col is not None and col not in names:
+                raise CorpusError(path, f"no column {col!r} (columns: {', '.join(names)})")
+        text_type = pf.schema_arrow.field(self.text_field).type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+            raise CorpusError(path, f"column {self.text_field!r} has type {text_type}, expected a string")
+        if pf.metadata.num_rows == 0:
+            message = "file holds no rows (expected documents)"
+            if self.on_error == "skip":
+                self._skip(f"{name}: {message}")
+                return
+            raise CorpusError(path, message)
+        columns = [self.text_field] + ([self.id_field] if self.id_field and self.id_field != self.text_field else [])
+        row0 = 0
+        for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns):
+            n = batch.num_rows
+            texts = batch.column(self.text_field).cast(pa.string())
+            if self.id_field:
+                ids = batch.column(self.id_field)
+                if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_integer(ids.type)):
+                    raise CorpusError(path, f"id column {self.id_field!r} has type {ids.type}, expected string or integer")
+                ids = ids.cast(pa.string())
+            else:
+                ids = pa.array([f"{name}:{r}" for r in range(row0, row0 + n)], pa.string())
+            keep = self._check_parquet_rows(path, name, row0, texts, ids)
+            if keep is not None:
+                texts, ids = texts.filter(keep), ids.filter(keep)
+            row0 += n
+            yield ids, texts
+
+    def _check_parquet_rows(self, path, name, row0, texts: pa.Array, ids: pa.Array):
+        """Nulls and invalid UTF-8 are bad records; returns a keep-mask when some are skipped."""
+        bad: dict[int, str] = {}
+        for col, what in ((texts, f"column {self.text_field!r}"), (ids, f"id column {self.id_field!r}")):
+            if col.null_count:
+                for i in np.flatnonzero(~np.asarray(col.is_valid())):
+                    bad.setdefault(int(i), f"{what} is null, expected a string")
+        try:
+            texts.validate(full=True)
+        except pa.ArrowInvalid:
+            from . import _native
+
+            for i, value in enumerate(texts.cast(pa.binary()).to_pylist()):
+                if value is not None and _native.find_invalid_utf8(value) is not None:
+                    bad.setdefault(i, f"invalid UTF-8 in column {self.text_field!r}")
+        if not bad:
+            return None
+        if self.on_error == "raise":
+            i = min(bad)
+            raise CorpusError(path, f"row {row0 + i}: {bad[i]}", record=row0 + i)
+        for i in sorted(bad):
+            self._skip(f"{name}: row {row0 + i}: {bad[i]}")
+        keep = np.ones(len(texts), dtype=bool)
+        keep[list(bad)] = False
+        return pa.array(keep)
+
+    def _txt_columns(self, path: Path, name: str):
+        from . import _native
+
+        data = path.read_bytes()
+        message = None
+        line = None
+        if not data:
+            message = "empty file (expected a text document)"
+        else:
+            bad = _native.find_invalid_utf8(data)
+            if bad is not None:
+                line = data.count(b"\n", 0, bad) + 1
+                message = f"invalid UTF-8 at byte {bad} (expected UTF-8 text)"
+        if message is not None:
+            if self.on_error == "skip":
+                self._skip(f"{name}{':' + str(line) if line else ''}: {message}")
+                return
+            raise CorpusError(path, message, line=line)
+        text = data.decode("utf-8")
+        yield pa.array([name], pa.string()), pa.array([text], pa.string())
+
+
+def read_corpus(
+    path,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    format: str | None = None,
+    on_error: str = "raise",
+) -> CorpusReader:
+    """Documents of a corpus, in order. The returned reader is an iterator with `.stats`."""
+    return CorpusReader(path, text_field=text_field, id_field=id_field, format=format, on_error=on_error)
+
+
+def iter_corpus_batches(
+    path,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    format: str | None = None,
+    on_error: str = "raise",
+    batch_size: int = 1024,
+    batch_bytes: int = 16 << 20,
+    reader: CorpusReader | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Record batches (doc_index int64, doc_id string, text string) of at most batch_size documents.
+
+    Pass your own `reader` (a CorpusReader) to read its `.stats` afterwards.
+    """
+    if reader is None:
+        reader = CorpusReader(
+            path, text_field=text_field, id_field=id_field, format=format, on_error=on_error,
+            batch_size=batch_size, batch_bytes=batch_bytes,
+        )
+    return reader.batches()
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Produces `items` on a background thread, `depth` ahead, so reading overlaps the consumer's
+    work (the C++ reader releases the GIL). Errors reach the consumer in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own clean-up (e.g. a nested prefetch) runs now, not at GC
+
+    thread = threading.Thread(target=produce, name="nextlong-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

@@ -1,0 +1,201 @@
+"""Chunk embeddings on disk, written as they are made, so a stopped run resumes where it stopped.
+
+Embedding dominates the cost of NExtLong (hours to days at corpus scale), so `embed_chunks` writes
+into a memory-mapped `.npy` and, after each slice is flushed, atomically rewrites a small progress
+record (`<out>.progress.json`). The record is the only truth: rows past `done` may hold garbage from a
+killed run and are simply embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .atomic import write_json_atomic
+from .errors import CorpusError, StageMismatchError
+
+PROGRESS_SUFFIX = ".progress.json"
+
+
+def progress_path(out_path: str | os.PathLike) -> Path:
+    return Path(str(out_path) + PROGRESS_SUFFIX)
+
+
+class _Texts:
+    """Rows of a chunk table (Parquet path or pyarrow Table) or a list of strings, read in slices."""
+
+    def __init__(self, source):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = None
+        self.table = None
+        self.list = None
+        if isinstance(source, (str, os.PathLike)):
+            self.path = Path(source)
+            try:
+                self.file = pq.ParquetFile(self.path)
+            except (OSError, pa.ArrowException) as exc:
+                raise CorpusError(self.path, f"not a readable Parquet chunk table ({exc})") from exc
+            if "text" not in self.file.schema_arrow.names:
+                raise CorpusError(self.path, "chunk table has no 'text' column (expected nextlong.schema.CHUNK_SCHEMA)")
+            self.rows = self.file.metadata.num_rows
+        elif isinstance(source, pa.Table):
+            if "text" not in source.column_names:
+                raise CorpusError("<table>", "chunk table has no 'text' column (expected nextlong.schema.CHUNK_SCHEMA)")
+            self.table = source
+            self.rows = source.num_rows
+        else:
+            self.list = list(source)
+            self.rows = len(self.list)
+
+    def fingerprint(self) -> str:
+        """Identifies the rows cheaply: the text_hash column if there is one, else the texts."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(self.rows).encode())
+        if self.path is not None and "text_hash" in self.file.schema_arrow.names:
+            for batch in self.file.iter_batches(batch_size=1 << 20, columns=["text_hash"]):
+                h.update(batch.column(0).to_numpy(zero_copy_only=False).astype("<u8").tobytes())
+        elif self.table is not None and "text_hash" in self.table.column_names:
+            h.update(self.table.column("text_hash").to_numpy().astype("<u8").tobytes())
+        else:
+            for _, texts in self.slices(0, 1 << 14):
+                for t in texts:
+                    h.update(t.encode("utf-8", "surrogatepass"))
+                    h.update(b"\0")
+        return h.hexdigest()
+
+    def slices(self, start: int, size: int):
+        """Yield (first_row, [texts]) from row `start` on, `size` texts at a time."""
+        if self.list is not None:
+            for i in range(start, self.rows, size):
+                yield i, self.list[i : i + size]
+            return
+        if self.table is not None:
+            col = self.table.column("text")
+            for i in range(start, self.rows, size):
+                yield i, col.slice(i, size).to_pylist()
+            return
+        # Parquet: skip whole row groups before `start`, then stream.
+        meta = self.file.metadata
+        first_group, row = 0, 0
+        while first_group < meta.num_row_groups and row + meta.row_group(first_group).num_rows <= start:
+            row += meta.row_group(first_group).num_rows
+            first_group += 1
+        groups = list(range(first_group, meta.num_row_groups))
+        if not groups:
+            return
+        pending: list[str] = []
+        pos = start
+        for batch in self.file.iter_batches(batch_size=size, row_groups=groups, columns=["text"]):
+            texts = batch.column(0).to_pylist()
+            if row < start:  # still inside the first group, before `start`
+                skip = min(len(texts), start - row)
+                row += skip
+                texts = texts[skip:]
+            row += len(texts)
+            pending.extend(texts)
+            while len(pending) >= size:
+                yield pos, pending[:size]
+                pos += size
+                pending = pending[size:]
+        if pending:
+            yield pos, pending
+
+
+def embed_chunks(
+    chunk_table_or_path,
+    embedder,
+    out_path: str | os.PathLike,
+    *,
+    batch_size: int = 2048,
+    progress: bool = True,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Embed every chunk's text into `out_path` (.npy, shape (rows, dim)), resuming a stopped run.
+
+    `chunk_table_or_path`: a Parquet chunk table (CHUNK_SCHEMA), a pyarrow Table, or a list of texts.
+    `batch_size` texts are embedded and flushed at a time (the embedder sorts them by length inside).
+    A finished or partial file made with another embedder or other rows raises StageMismatchError
+    unless `overwrite=True`. Returns the embeddings as a read-only memory map.
+    """
+    import json
+
+    out_path = Path(out_path)
+    texts = _Texts(chunk_table_or_path)
+    record_path = progress_path(out_path)
+    expected = {
+        "embedder": embedder.name,
+        "dim": int(embedder.dim),
+        "rows": int(texts.rows),
+        "dtype": np.dtype(dtype).name,
+        "fingerprint": texts.fingerprint(),
+    }
+    record = None
+    if record_path.is_file() and out_path.is_file() and not overwrite:
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            record = None  # a torn record cannot happen with atomic writes; treat as absent
+        if record is not None:
+            mismatched = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
+            if mismatched:
+                detail = "; ".join(f"{k}: on disk {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
+                raise StageMismatchError(
+                    f"{out_path}: embeddings were made with other settings ({detail}); "
+                    "delete the file or pass overwrite=True to re-embed"
+                )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if record is None:
+        arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=expected["dtype"],
+                                        shape=(texts.rows, expected["dim"]))
+        record = dict(expected, done=0, complete=texts.rows == 0)
+        arr.flush()
+        write_json_atomic(record_path, record)
+    else:
+        arr = np.lib.format.open_memmap(out_path, mode="r+")
+    done = int(record["done"])
+    if done < texts.rows:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=texts.rows, initial=done, unit="chunk", desc=f"embedding ({embedder.name})",
+                       dynamic_ncols=True)
+        try:
+            for first, batch in texts.slices(done, batch_size):
+                vecs = embedder.embed(batch)
+                if vecs.shape != (len(batch), expected["dim"]):
+                    raise ValueError(f"embedder {embedder.name!r} returned shape {vecs.shape}, "
+                                     f"expected {(len(batch), expected['dim'])}")
+                arr[first : first + len(batch)] = vecs
+                arr.flush()
+                record["done"] = first + len(batch)
+                record["complete"] = record["done"] >= texts.rows
+                write_json_atomic(record_path, record)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+    del arr
+    return np.load(out_path, mmap_mode="r")
+
+
+def embedding_progress(out_path: str | os.PathLike) -> dict | None:
+    """The progress record of an embeddings file (None when there is none)."""
+    import json
+
+    path = progress_path(out_path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def embed_texts(embedder, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
+    """In-memory counterpart of embed_chunks for small inputs (queries)."""
+    parts = [embedder.embed(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts) if parts else np.empty((0, embedder.dim), np.float32)

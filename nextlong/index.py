@@ -1,0 +1,614 @@
+"""ANN index over chunk embeddings (usearch HNSW) for hard-negative mining.
+
+NExtLong's distractors for a meta-chunk are the corpus chunks most similar to it, never from the
+document being extended and never an exact duplicate (spec §1.2-1.3). `ChunkIndex.search` therefore
+filters by document, text hash and chunk id, and still returns k results: it over-fetches, and re-queries
+the rows that came up short with a larger count, ending in an exact scan only when the index is nearly
+exhausted.
+
+An index directory holds:
+    index.usearch     the HNSW graph with vectors (f16 by default), keys = chunk_id
+    chunks.parquet    chunk_id, doc_index, doc_id, chunk_index, num_tokens, text_hash (row i = index row i)
+    index.json        embedder name/dim/spec, metric, dtype, HNSW settings, counts, file size and CRC,
+                      the chunk table it came from; written last, so its presence marks a complete save
+    manifest.json     (build_index_from_chunks) settings, versions, timings
+    embeddings.npy    (build_index_from_chunks) the float vectors, resumable; reused by synthesis baselines
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .atomic import atomic_path, write_json_atomic
+from .errors import CorpusError, NextlongError, StageMismatchError
+
+INDEX_FILE = "index.usearch"
+META_FILE = "chunks.parquet"
+INFO_FILE = "index.json"
+MANIFEST_FILE = "manifest.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+FORMAT_VERSION = 1
+
+# Defaults measured on Python-docs MiniLM chunk embeddings (benchmarks/bench_index.py): recall@10 >= 0.95.
+DEFAULT_CONNECTIVITY = 16
+DEFAULT_EXPANSION_ADD = 128
+DEFAULT_EXPANSION_SEARCH = 128
+_DTYPES = {"f16": "f16", "float16": "f16", "i8": "i8", "int8": "i8", "f32": "f32", "float32": "f32",
+           "bf16": "bf16", "bfloat16": "bf16"}
+_SEARCH_BATCH = 1 << 14  # queries per usearch call: bounds the (queries x count) result matrices
+
+
+class IndexFileError(NextlongError, ValueError):
+    """An index directory that is missing, partial or corrupt."""
+
+
+class EmbedderMismatchError(StageMismatchError, ValueError):
+    """The index was built with another embedder (or dimension) than the one asked for."""
+
+
+def _file_crc32(path: Path, block: int = 1 << 24) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+class _Exclusion:
+    """One kind of per-query exclusion: either one value per query (vectorised) or a set per query."""
+
+    def __init__(self, scalars: np.ndarray | None = None, sets: list[np.ndarray | None] | None = None,
+                 shared: np.ndarray | None = None):
+        self.scalars, self.sets, self.shared = scalars, sets, shared
+
+    def max_size(self) -> int:
+        n = 1 if self.scalars is not None else 0
+        if self.sets is not None:
+            n = max((len(s) for s in self.sets if s is not None), default=0)
+        if self.shared is not None:
+            n += len(self.shared)
+        return n
+
+    def take(self, rows: np.ndarray) -> "_Exclusion":
+        return _Exclusion(
+            None if self.scalars is None else self.scalars[rows],
+            None if self.sets is None else [self.sets[i] for i in rows],
+            self.shared,
+        )
+
+    def mask(self, values: np.ndarray) -> np.ndarray:
+        """values: (n, c) per-result attribute -> True where excluded."""
+        out = np.zeros(values.shape, dtype=bool)
+        if self.scalars is not None:
+            out |= values == self.scalars[:, None]
+        if self.sets is not None:
+            for i, s in enumerate(self.sets):
+                if s is not None and len(s):
+                    out[i] |= np.isin(values[i], s)
+        if self.shared is not None and len(self.shared):
+            out |= np.isin(values, self.shared)
+        return out
+
+
+def _is_collection(x) -> bool:
+    return isinstance(x, (list, tuple, set, frozenset, np.ndarray)) and not isinstance(x, (str, bytes))
+
+
+class ChunkIndex:
+    """usearch HNSW index of chunk embeddings plus the chunk metadata mining needs.
+
+    Build with `ChunkIndex.build(...)` or `build_index_from_chunks(...)`; open with `load` (in memory)
+    or `view` (memory-mapped: many processes share one copy through the page cache).
+    """
+
+    def __init__(self, index, meta, info: dict, folder: Path | None = None):
+        self._index = index
+        self.meta = meta  # pyarrow Table, row i = index row i
+        self.info = info
+        self.folder = folder
+        self.chunk_ids = meta.column("chunk_id").to_numpy().astype(np.int64)
+        key = info["doc_key"]
+        docs = meta.column(key)
+        if key == "doc_index":
+            self._doc_values = None
+            self._doc_codes = docs.to_numpy().astype(np.int64)
+        else:
+            values, codes = np.unique(np.asarray(docs.to_pylist(), dtype=object), return_inverse=True)
+            self._doc_values = values
+            self._doc_codes = codes.astype(np.int64)
+        self.text_hashes = (meta.column("text_hash").to_numpy().astype(np.uint64)
+                            if "text_hash" in meta.column_names else None)
+        n = len(self.chunk_ids)
+        self._identity_keys = bool(n == 0 or (self.chunk_ids[0] == 0 and np.array_equal(self.chunk_ids, np.arange(n))))
+        if not self._identity_keys:
+            self._key_order = np.argsort(self.chunk_ids, kind="stable")
+            self._keys_sorted = self.chunk_ids[self._key_order]
+        codes_sorted, sizes = np.unique(self._doc_codes, return_counts=True)
+        self._doc_sizes = (codes_sorted, sizes)
+
+    # ------------------------------------------------------------------ build / save / load
+
+    @classmethod
+    def build(
+        cls,
+        embeddings,
+        chunk_ids,
+        doc_ids,
+        *,
+        text_hashes=None,
+        metadata=None,
+        embedder=None,
+        metric: str = "cos",
+        dtype: str = "f16",
+        connectivity: int = DEFAULT_CONNECTIVITY,
+        expansion_add: int = DEFAULT_EXPANSION_ADD,
+        expansion_search: int = DEFAULT_EXPANSION_SEARCH,
+        threads: int = 0,
+        progress: bool = False,
+        add_batch: int = 1 << 16,
+    ) -> "ChunkIndex":
+        """HNSW index over `embeddings` (n, dim), keyed by `chunk_ids` (unique int64).
+
+        `doc_ids` (ints, e.g. doc_index, or strings) is what `search(exclude_doc_ids=...)` compares
+        against; `text_hashes` (uint64) enables `exclude_hashes`. `metadata`: an optional pyarrow Table
+        with the other chunk columns (doc_index, doc_id, chunk_index, num_tokens) kept beside the index.
+        `embedder`: the Embedder (or its name) that made the vectors, recorded for load-time checks.
+        `threads=0` uses all cores.
+        """
+        import pyarrow as pa
+        from usearch.index import Index
+
+        emb = np.asarray(embeddings)
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D (n, dim), got shape {emb.shape}")
+        n, dim = emb.shape
+        chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
+        doc_ids = np.asarray(doc_ids)
+        if chunk_ids.shape != (n,) or doc_ids.shape != (n,):
+            raise ValueError(f"chunk_ids {chunk_ids.shape} and doc_ids {doc_ids.shape} must have shape ({n},)")
+        if n and (chunk_ids.min() < 0 or len(np.unique(chunk_ids)) != n):
+            raise ValueError("chunk_ids must be unique and non-negative")
+        if text_hashes is not None:
+            text_hashes = np.asarray(text_hashes, dtype=np.uint64)
+            if text_hashes.shape != (n,):
+                raise ValueError(f"text_hashes has shape {text_hashes.shape}, expected ({n},)")
+        kind = _DTYPES.get(str(dtype))
+        if kind is None:
+            raise ValueError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
+        if metric not in ("cos", "ip"):
+            raise ValueError(f"metric must be 'cos' or 'ip' (vectors are unit-normalised), got {metric!r}")
+
+        doc_key = "doc_index" if np.issubdtype(doc_ids.dtype, np.integer) else "doc_id"
+        columns: dict[str, Any] = {"chunk_id": pa.array(chunk_ids, pa.int64())}
+        if doc_key == "doc_index":
+            columns["doc_index"] = pa.array(doc_ids.astype(np.int64), pa.int64())
+        else:
+            columns["doc_id"] = pa.array([str(d) for d in doc_ids.tolist()], pa.string())
+        if text_hashes is not None:
+            columns["text_hash"] = pa.array(text_hashes, pa.uint64())
+        if metadata is not None:
+            if metadata.num_rows != n:
+                raise ValueError(f"metadata has {metadata.num_rows} rows, expected {n}")
+            for name in ("doc_index", "doc_id", "chunk_index", "num_tokens", "text_hash"):
+                if name in metadata.column_names and name not in columns:
+                    columns[name] = metadata.column(name)
+        meta = pa.table(columns)
+
+        index = Index(ndim=dim, metric=metric, dtype=kind, connectivity=connectivity,
+                      expansion_add=expansion_add, expansion_search=expansion_search)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="vec", desc="indexing (HNSW)", dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            for start in range(0, n, add_batch):
+                block = np.ascontiguousarray(emb[start : start + add_batch], dtype=np.float32)
+                index.add(chunk_ids[start : start + add_batch].astype(np.uint64), block, threads=threads)
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+        name = getattr(embedder, "name", embedder)
+        info = {
+            "format": FORMAT_VERSION,
+            "embedder": {"name": name, "dim": int(dim), "spec": _embedder_spec(embedder)},
+            "metric": metric,
+            "dtype": kind,
+            "settings": {"connectivity": int(connectivity), "expansion_add": int(expansion_add),
+                         "expansion_search": int(expansion_search)},
+            "counts": {"chunks": int(n), "documents": int(len(np.unique(doc_ids))) if n else 0},
+            "doc_key": doc_key,
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        return cls(index, meta, info)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the index directory; index.json goes last and records the index file's size and CRC."""
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / INDEX_FILE) as tmp:
+            self._index.save(str(tmp))
+            size, crc = tmp.stat().st_size, _file_crc32(tmp)
+        with atomic_path(folder / META_FILE) as tmp:
+            pq.write_table(self.meta, tmp)
+        self.info["index_file"] = {"name": INDEX_FILE, "bytes": size, "crc32": crc}
+        write_json_atomic(folder / INFO_FILE, {k: v for k, v in self.info.items() if not k.startswith("_")})
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder, embedder=None, *, expect_dim: int | None = None, verify: bool = True) -> "ChunkIndex":
+        """Load the index into memory. `embedder` (an Embedder or a name) and `expect_dim` are checked
+        against what the index was built with. `verify` checks the index file's CRC (reads it once)."""
+        return cls._open(folder, view=False, embedder=embedder, expect_dim=expect_dim, verify=verify)
+
+    @classmethod
+    def view(cls, folder, embedder=None, *, expect_dim: int | None = None, verify: bool = False) -> "ChunkIndex":
+        """Memory-map the index file instead of reading it: opening costs no copy, and processes that
+        view the same file share its pages. Checks size and header (and the CRC when `verify`)."""
+        return cls._open(folder, view=True, embedder=embedder, expect_dim=expect_dim, verify=verify)
+
+    @classmethod
+    def _open(cls, folder, *, view: bool, embedder, expect_dim, verify: bool) -> "ChunkIndex":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from usearch.index import Index
+
+        folder = Path(folder)
+        info_path = folder / INFO_FILE
+        if not info_path.is_file():
+            what = "an incomplete save (index.json is written last)" if (folder / INDEX_FILE).exists() else "not an index directory"
+            raise IndexFileError(f"{folder}: no {INFO_FILE}; {what}")
+        try:
+            info = json.loads(info_path.read_text())
+        except ValueError as exc:
+            raise IndexFileError(f"{info_path}: not valid JSON ({exc})") from exc
+        if info.get("format") != FORMAT_VERSION:
+            raise IndexFileError(f"{info_path}: index format {info.get('format')!r}, this nextlong reads {FORMAT_VERSION}")
+        check_embedder(info, embedder, expect_dim, where=folder)
+
+        path = folder / INDEX_FILE
+        recorded = info.get("index_file", {})
+        if not path.is_file():
+            raise IndexFileError(f"{path}: index file missing")
+        size = path.stat().st_size
+        if size != recorded.get("bytes"):
+            raise IndexFileError(f"{path}: {size} bytes, but {recorded.get('bytes')} were saved; the file is partial or was replaced")
+        try:
+            header = Index.metadata(str(path))
+        except (ValueError, RuntimeError) as exc:
+            raise IndexFileError(f"{path}: not a usearch index ({exc})") from exc
+        if header is None or header.get("dimensions") != info["embedder"]["dim"] or header.get("count_present") != info["counts"]["chunks"]:
+            raise IndexFileError(f"{path}: header (dim {header and header.get('dimensions')}, count "
+                                 f"{header and header.get('count_present')}) disagrees with {INFO_FILE} "
+                                 f"(dim {info['embedder']['dim']}, count {info['counts']['chunks']})")
+        if verify and _file_crc32(path) != recorded.get("crc32"):
+            raise IndexFileError(f"{path}: CRC32 mismatch; the index file is corrupt")
+        try:
+            index = Index.restore(str(path), view=view)
+        except (ValueError, RuntimeError) as exc:
+            raise IndexFileError(f"{path}: cannot open the usearch index ({exc})") from exc
+        if index is None:
+            raise IndexFileError(f"{path}: cannot open the usearch index")
+        settings = info.get("settings", {})
+        if settings.get("expansion_search"):
+            index.expansion_search = int(settings["expansion_search"])
+        try:
+            meta = pq.read_table(folder / META_FILE)
+        except (OSError, pa.ArrowException) as exc:
+            raise IndexFileError(f"{folder / META_FILE}: unreadable chunk metadata ({exc})") from exc
+        if meta.num_rows != info["counts"]["chunks"]:
+            raise IndexFileError(f"{folder / META_FILE}: {meta.num_rows} rows, expected {info['counts']['chunks']}")
+        info["_viewed"] = view
+        return cls(index, meta, info, folder)
+
+    # ------------------------------------------------------------------ properties
+
+    def __len__(self) -> int:
+        return len(self.chunk_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["embedder"]["dim"])
+
+    @property
+    def embedder_name(self) -> str | None:
+        return self.info["embedder"]["name"]
+
+    @property
+    def is_view(self) -> bool:
+        """True when the index file is memory-mapped (opened with `view`)."""
+        return bool(self.info.get("_viewed", False))
+
+    @property
+    def usearch(self):
+        """The underlying usearch.index.Index (for tuning expansion_search, stats, ...)."""
+        return self._index
+
+    def query_embedder(self, **options):
+        """The embedder that made this index, to embed queries the same way."""
+        from .embedding import HashedLexicalEmbedder, load_embedder
+
+        spec = self.info["embedder"].get("spec")
+        if spec == "<lexical>" and self.folder is not None:
+            return HashedLexicalEmbedder.load(self.folder)
+        if spec is None:
+            raise NextlongError(f"index records no loadable embedder (name {self.embedder_name!r}); pass one explicitly")
+        return load_embedder(spec, **options)
+
+    # ------------------------------------------------------------------ search
+
+    def _rows_of(self, keys: np.ndarray) -> np.ndarray:
+        if self._identity_keys:
+            return keys
+        pos = np.searchsorted(self._keys_sorted, keys)
+        return self._key_order[np.minimum(pos, len(self._key_order) - 1)]
+
+    def _doc_code_of(self, values) -> np.ndarray:
+        arr = np.asarray(values, dtype=object if self._doc_values is not None else None)
+        if self._doc_values is None:
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"this index excludes documents by doc_index (integers); got {arr.dtype} values")
+            return arr.astype(np.int64)
+        if arr.size and not all(isinstance(v, str) for v in arr.ravel()):
+            raise TypeError("this index excludes documents by doc_id (strings)")
+        pos = np.searchsorted(self._doc_values, arr)
+        pos = np.minimum(pos, len(self._doc_values) - 1)
+        found = self._doc_values[pos] == arr if len(self._doc_values) else np.zeros(arr.shape, bool)
+        return np.where(found, pos, -1).astype(np.int64)
+
+    def _exclusion(self, spec, n: int, convert) -> _Exclusion | None:
+        """Normalise one exclusion argument: None; a set/frozenset (same for every query); a scalar
+        (same for every query); or a length-n sequence of scalars / collections / None."""
+        if spec is None:
+            return None
+        if isinstance(spec, (set, frozenset)):
+            return _Exclusion(shared=convert(np.asarray(sorted(spec))))
+        if not _is_collection(spec):
+            return _Exclusion(scalars=np.repeat(convert(np.asarray([spec])), n))
+        items = list(spec)
+        if len(items) != n:
+            raise ValueError(f"an exclusion list must have one entry per query ({n}), got {len(items)}")
+        if all(x is not None and not _is_collection(x) for x in items):
+            return _Exclusion(scalars=convert(np.asarray(items)))
+        sets = [None if x is None else convert(np.asarray(list(x) if _is_collection(x) else [x])) for x in items]
+        return _Exclusion(sets=sets)
+
+    def search(
+        self,
+        queries,
+        k: int,
+        exclude_doc_ids=None,
+        exclude_hashes=None,
+        exclude_ids=None,
+        *,
+        threads: int = 0,
+        expansion_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar chunks to each query, after exclusions, best first.
+
+        Returns (chunk ids int64 (n, k), cosine similarities float32 (n, k)); a row is padded with -1 / nan
+        only when fewer than k chunks of the whole index are eligible for it.
+        Exclusions: each is None, one value for all queries, a set (for all queries), or a length-n
+        sequence with a value, a collection or None per query. `exclude_doc_ids` compares with the
+        doc ids the index was built with, `exclude_hashes` with text_hash (exact duplicates),
+        `exclude_ids` with chunk ids (e.g. chunks already used in this synthesized document).
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {np.asarray(queries).shape}")
+        n = len(q)
+        docs = self._exclusion(exclude_doc_ids, n, self._doc_code_of)
+        if exclude_hashes is not None and self.text_hashes is None:
+            raise ValueError("this index was built without text_hashes; cannot exclude duplicates")
+        hashes = self._exclusion(exclude_hashes, n, lambda a: a.astype(np.uint64))
+        ids = self._exclusion(exclude_ids, n, lambda a: a.astype(np.int64))
+        out_ids = np.full((n, k), -1, dtype=np.int64)
+        out_sim = np.full((n, k), np.nan, dtype=np.float32)
+        if n == 0 or k == 0 or len(self) == 0:
+            return out_ids, out_sim
+        if expansion_search is not None:
+            self._index.expansion_search = int(expansion_search)
+        for start in range(0, n, _SEARCH_BATCH):
+            sel = np.arange(start, min(n, start + _SEARCH_BATCH))
+            self._search_block(q, sel, k, docs, hashes, ids, threads, out_ids, out_sim)
+        return out_ids, out_sim
+
+    def _first_fetch(self, k: int, sel, docs, hashes, ids) -> int:
+        extra = 0
+        if docs is not None:
+            codes = []
+            if docs.scalars is not None:
+                codes.append(docs.scalars[sel])
+            if docs.sets is not None:
+                codes.extend(docs.sets[i] for i in sel if docs.sets[i] is not None)
+            if docs.shared is not None:
+                codes.append(docs.shared)
+            codes = np.concatenate(codes) if codes else np.empty(0, np.int64)
+            if len(codes):
+                sorted_codes, sizes = self._doc_sizes
+                pos = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+                hit = sorted_codes[pos] == codes
+                per_query = sizes[pos] * hit
+                extra += int(min(per_query.max(initial=0), 4096))
+        for excl in (hashes, ids):
+            if excl is not None:
+                extra += min(excl.max_size(), 4096)
+        slack = 0 if extra == 0 else 8 + k // 2
+        return k + extra + slack
+
+    def _search_block(self, q, sel, k, docs, hashes, ids, threads, out_ids, out_sim):
+        size = len(self)
+        count = min(size, self._first_fetch(k, sel, docs, hashes, ids))
+        pending = sel
+        while len(pending):
+            exact = count >= size  # nearly exhausted: scan everything so nothing is missed
+            found = self._index.search(q[pending], size if exact else count, threads=threads, exact=exact)
+            keys = np.asarray(found.keys).reshape(len(pending), -1).astype(np.int64)
+            dist = np.asarray(found.distances).reshape(len(pending), -1)
+            counts = getattr(found, "counts", None)  # a one-query search returns Matches without it
+            counts = np.asarray([len(found.keys)] if counts is None else counts).reshape(-1)
+            valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+            safe_keys = np.where(valid, keys, self.chunk_ids[0] if size else 0)
+            rows = self._rows_of(safe_keys)
+            ok = valid.copy()
+            local = np.arange(len(pending))
+            if docs is not None:
+                ok &= ~docs.take(pending).mask(self._doc_codes[rows])
+            if hashes is not None:
+                ok &= ~hashes.take(pending).mask(self.text_hashes[rows])
+            if ids is not None:
+                ok &= ~ids.take(pending).mask(safe_keys)
+            have = ok.sum(axis=1)
+            done = (have >= k) | exact
+            for j in local[done]:
+                cols = np.flatnonzero(ok[j])[:k]
+                out_ids[pending[j], : len(cols)] = keys[j, cols]
+                out_sim[pending[j], : len(cols)] = 1.0 - dist[j, cols]
+            pending = pending[~done]
+            count = min(size, count * 4)
+
+    def exact_search(self, queries, k: int, embeddings) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force reference: cosine top-k over `embeddings` (rows aligned with this index's rows)."""
+        q = np.asarray(queries, dtype=np.float32)
+        sims = q @ np.asarray(embeddings, dtype=np.float32).T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return self.chunk_ids[top], np.take_along_axis(sims, top, axis=1)
+
+
+def _embedder_spec(embedder) -> str | None:
+    """What load_embedder needs to rebuild `embedder` for queries ('<lexical>': state saved beside the index)."""
+    from .embedding import DEFAULT_EMBEDDER, HashedLexicalEmbedder, TransformerEmbedder
+
+    if embedder is None:
+        return None
+    if isinstance(embedder, str):
+        return embedder
+    if isinstance(embedder, HashedLexicalEmbedder):
+        return "<lexical>"
+    if isinstance(embedder, TransformerEmbedder):
+        return DEFAULT_EMBEDDER if embedder.name == DEFAULT_EMBEDDER else str(embedder.path)
+    return getattr(embedder, "name", None)
+
+
+def check_embedder(info: dict, embedder, expect_dim: int | None, where) -> None:
+    """Raise EmbedderMismatchError when `embedder` (object or name) / `expect_dim` differ from the index's."""
+    built = info["embedder"]
+    if embedder is not None:
+        name = getattr(embedder, "name", embedder)
+        dim = getattr(embedder, "dim", None)
+        if name != built["name"] or (dim is not None and int(dim) != built["dim"]):
+            raise EmbedderMismatchError(
+                f"{where}: index was built with embedder {built['name']!r} (dim {built['dim']}), "
+                f"but {name!r}" + (f" (dim {dim})" if dim is not None else "") + " was asked for"
+            )
+    if expect_dim is not None and int(expect_dim) != built["dim"]:
+        raise EmbedderMismatchError(
+            f"{where}: index was built with embedder {built['name']!r} of dim {built['dim']}, "
+            f"but dim {expect_dim} was asked for"
+        )
+
+
+# ---------------------------------------------------------------------- the whole stage
+
+
+_META_COLUMNS = ("chunk_id", "doc_index", "doc_id", "chunk_index", "num_tokens", "text_hash")
+
+
+def read_chunk_metadata(chunks_path):
+    """The chunk table's columns other than text (a pyarrow Table), checked for what the index needs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(chunks_path)
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorpusError(path, f"not a readable Parquet chunk table ({exc})") from exc
+    missing = [c for c in ("chunk_id", "doc_index", "text_hash", "text") if c not in schema.names]
+    if missing:
+        raise CorpusError(path, f"chunk table lacks column(s) {missing} (expected nextlong.schema.CHUNK_SCHEMA)")
+    meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
+    ids = meta.column("chunk_id").to_numpy()
+    bad = np.flatnonzero(ids != np.arange(len(ids)))
+    if len(bad):
+        raise CorpusError(path, f"chunk_id must equal the row number; row {bad[0]} has chunk_id {ids[bad[0]]}",
+                          record=int(bad[0]))
+    return meta
+
+
+def build_index_from_chunks(
+    chunks_path,
+    out_dir,
+    embedder=None,
+    *,
+    dtype: str = "f16",
+    connectivity: int = DEFAULT_CONNECTIVITY,
+    expansion_add: int = DEFAULT_EXPANSION_ADD,
+    expansion_search: int = DEFAULT_EXPANSION_SEARCH,
+    batch_size: int = 2048,
+    threads: int = 0,
+    progress: bool = True,
+    embeddings_path=None,
+) -> ChunkIndex:
+    """Embed a chunk table (resumable), build the HNSW index, save it with metadata and a manifest.
+
+    `embedder`: an Embedder, a name/path for load_embedder, or None for the default MiniLM. A lexical
+    embedder that has not been fitted learns its IDF from these chunks first (saved in `out_dir`).
+    Documents are excluded by doc_index. Returns the built ChunkIndex (saved in `out_dir`).
+    """
+    from .embed_store import _Texts, embed_chunks
+    from .embedding import HashedLexicalEmbedder, load_embedder
+    from .manifest import write_manifest
+
+    chunks_path = Path(chunks_path)
+    out_dir = Path(out_dir)
+    meta = read_chunk_metadata(chunks_path)
+    if embedder is None or isinstance(embedder, (str, os.PathLike)):
+        embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
+    timings = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(embedder, HashedLexicalEmbedder):
+        t = time.perf_counter()
+        if not embedder.num_docs:
+            embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
+        embedder.save(out_dir)
+        timings["fit_seconds"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    emb = embed_chunks(chunks_path, embedder, embeddings_path or out_dir / EMBEDDINGS_FILE,
+                       batch_size=batch_size, progress=progress)
+    timings["embed_seconds"] = round(time.perf_counter() - t, 3)
+    index = ChunkIndex.build(
+        emb, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
+        text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder, dtype=dtype,
+        connectivity=connectivity, expansion_add=expansion_add, expansion_search=expansion_search,
+        threads=threads, progress=progress,
+    )
+    timings["index_seconds"] = index.info["build_seconds"]
+    index.info["chunks_path"] = str(chunks_path.resolve())
+    index.save(out_dir)
+    write_manifest(
+        out_dir / MANIFEST_FILE,
+        command="index",
+        settings={"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": index.info["dtype"],
+                  "connectivity": connectivity, "expansion_add": expansion_add,
+                  "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads},
+        statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings},
+    )
+    return index

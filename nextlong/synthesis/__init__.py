@@ -1,0 +1,41 @@
+"""NExtLong synthesis: long documents from short ones, by hard-negative extension (spec §1), and the
+baselines it is compared with (spec §2). `synthesize(...)` is the Python face of `nextlong synthesize`."""
+
+from __future__ import annotations
+
+from .config import FORMATS, METHODS, NEGATIVE_RULES, SynthesisConfig
+
+__all__ = ["synthesize", "SynthesisConfig", "METHODS", "NEGATIVE_RULES", "FORMATS", "demo_config"]
+
+
+def demo_config(out, **overrides) -> SynthesisConfig:
+    """Settings of `--demo`: the stdlib docstring corpus, cl100k, MiniLM, L = 8192, a few samples.
+
+    The demo corpus's documents are short (median ~1 KB), far below the granularity s the paper's k
+    formula assumes for negatives, so the demo fills to exactly L (`negatives="fill"`) unless told
+    otherwise."""
+    from pathlib import Path
+
+    from .demo import DEMO_NUM_SAMPLES, DEMO_TARGET_LENGTH, write_demo_corpus
+
+    corpus = write_demo_corpus(Path(out) / "demo_corpus.jsonl")
+    settings = dict(corpus=str(corpus), id_field="id", target_length=DEMO_TARGET_LENGTH,
+                    num_samples=DEMO_NUM_SAMPLES, negatives="fill")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return SynthesisConfig(out=str(out), **settings)
+
+
+def synthesize(corpus=None, out=None, *, demo: bool = False, **settings) -> dict:
+    """Build long documents from `corpus` into folder `out`; returns the run's manifest.
+
+    Keyword settings are SynthesisConfig's fields (target_length, method, negatives, tokenizer,
+    embedder, chunk_size, chunk_unit, seed, num_samples, format, separator, rebuild, ...)."""
+    from .pipeline import run
+
+    if out is None:
+        raise TypeError("synthesize() needs out= (the output folder)")
+    if demo:
+        cfg = demo_config(out, corpus=corpus, **settings)
+    else:
+        cfg = SynthesisConfig(out=str(out), corpus=None if corpus is None else str(corpus), **settings)
+    return run(cfg)

@@ -1,0 +1,101 @@
+"""Every setting of a synthesis run in one dataclass, with the paper's defaults (spec §1–§2).
+
+Each stage records the subset of settings it depends on (`stage_settings`), so a cached stage built
+with other settings is detected instead of reused in silence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
+NEGATIVE_RULES = ("fixed-k", "fill")
+FORMATS = ("parquet", "jsonl", "mds")
+K_ROUNDINGS = ("ceil", "floor")
+
+
+@dataclass
+class SynthesisConfig:
+    """Settings of `nextlong synthesize`. Defaults are the paper's where it has one."""
+
+    out: str
+    corpus: str | None = None
+    tokenizer: str | None = None  # None: cl100k_base (offline)
+    target_length: int = 131072  # L, tokens
+    method: str = "nextlong"
+    negatives: str = "fixed-k"  # spec §1.4: the paper's rule; "fill" packs to exactly L
+    index: str | None = None  # reuse a prebuilt chunk index (nextlong index) instead of DIR/index
+    embedder: str | None = None  # None: offline all-MiniLM-L6-v2
+    chunk_size: int = 2048  # granularity s
+    chunk_unit: str = "chars"  # the reference code counts characters
+    seed: int = 0
+    num_samples: int | None = None  # None: one long document per usable anchor
+    format: str = "parquet"
+    separator: str = "\n"  # appended after every piece (trailing side, see assemble.py)
+    rebuild: bool = False
+    text_field: str = "text"
+    id_field: str | None = None
+    # --- NExtLong details (spec §1.4) ---
+    overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
+    chars_per_token: float | None = None  # E; None: measured on the corpus's chunks
+    k_rounding: str = "ceil"  # the formula gives a real number; ceil keeps the overshoot
+    exclude_duplicates: bool = True  # skip chunks whose text hash equals an anchor chunk's or a used one's
+    max_candidates: int = 4096  # stop widening the search beyond this many neighbours per meta-chunk
+    # --- baselines (spec §2) ---
+    doc_embedding: str = "mean"  # knn/iclm: document vector = mean of its chunk vectors, or "first" chunk
+    knn_neighbors: int = 32  # iclm graph degree; knn first search width (widened on demand)
+    quest_keywords: int = 1  # quest: documents are grouped by their top keyword(s) by TF-IDF
+    # --- execution ---
+    shard_size: int = 64  # anchors (nextlong, knn) or long documents (stream baselines) per output shard
+    num_threads: int | None = None
+    quality_pairs: int = 2000  # random chunk pairs for the similarity baseline in the manifest
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from ..errors import NextlongError
+
+        def bad(msg):
+            raise NextlongError(f"synthesize: {msg}")
+
+        if self.method not in METHODS:
+            bad(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.negatives not in NEGATIVE_RULES:
+            bad(f"--negatives must be one of {', '.join(NEGATIVE_RULES)}, got {self.negatives!r}")
+        if self.format not in FORMATS:
+            bad(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.k_rounding not in K_ROUNDINGS:
+            bad(f"k_rounding must be one of {K_ROUNDINGS}, got {self.k_rounding!r}")
+        if self.chunk_unit not in ("chars", "tokens"):
+            bad(f"--chunk-unit must be chars or tokens, got {self.chunk_unit!r}")
+        if self.doc_embedding not in ("mean", "first"):
+            bad(f"doc_embedding must be mean or first, got {self.doc_embedding!r}")
+        if self.target_length < 1:
+            bad(f"--target-length must be positive, got {self.target_length}")
+        if self.chunk_size < 1:
+            bad(f"--chunk-size must be positive, got {self.chunk_size}")
+        if self.num_samples is not None and self.num_samples < 1:
+            bad(f"--num-samples must be positive, got {self.num_samples}")
+        if self.overshoot <= 0:
+            bad(f"overshoot w must be positive, got {self.overshoot}")
+        if self.shard_size < 1:
+            bad(f"shard_size must be positive, got {self.shard_size}")
+        if self.corpus is None:
+            bad("no corpus: give --corpus PATH (or --demo)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+def fingerprint(settings: dict) -> str:
+    """Stable short hash of a settings dict (key order does not matter)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

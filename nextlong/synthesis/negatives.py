@@ -1,0 +1,214 @@
+"""Hard-negative selection for NExtLong (spec §1.3–1.6).
+
+For an anchor document with meta-chunks m_1..m_p, each m_i gets distractors: the chunks of the
+corpus most similar to it, in rank order, never from the anchor's own document, never an exact
+duplicate (same text hash) of one of the anchor's chunks or of an already chosen negative, and
+never a chunk used twice in the long document. How many:
+
+* ``fixed-k`` (the paper): ``k = (T·E·w − S) / (p·s)`` per meta-chunk, rounded up by default;
+* ``fill``: negatives are added layer by layer (rank 1 of every m_i, then rank 2, ...) until the
+  document reaches exactly L tokens, using the exact token counts we have.
+
+A document that cannot reach L (index too small, chunks too short) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .assemble import ROLE_ANCHOR, ROLE_NEGATIVE
+
+
+def negatives_per_meta_chunk(target_length: int, chars_per_token: float, doc_chars: int,
+                             num_meta_chunks: int, granularity: int, overshoot: float = 1.5,
+                             rounding: str = "ceil") -> int:
+    """The paper's k = (T·E·w − S)/(p·s), at least 0."""
+    if num_meta_chunks <= 0:
+        return 0
+    k = (target_length * chars_per_token * overshoot - doc_chars) / (num_meta_chunks * granularity)
+    k = math.ceil(k) if rounding == "ceil" else math.floor(k)
+    return max(0, int(k))
+
+
+# --- search backends ---------------------------------------------------------------------------
+
+
+class ExactSearcher:
+    """Brute-force cosine search over L2-normalised vectors: the reference, and the small-corpus path."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def __len__(self):
+        return self.vectors.shape[0]
+
+    def search(self, queries: np.ndarray, k: int, exclude_doc_ids=None, exclude_hashes=None):
+        """Top-k by cosine; exclusions are left to the caller (plan_anchor filters)."""
+        queries = np.asarray(queries, np.float32)
+        n = self.vectors.shape[0]
+        k_eff = min(k, n)
+        ids = np.full((queries.shape[0], k), -1, np.int64)
+        sims = np.full((queries.shape[0], k), -np.inf, np.float32)
+        if k_eff == 0:
+            return ids, sims
+        for lo in range(0, queries.shape[0], 1024):
+            s = queries[lo : lo + 1024] @ self.vectors.T
+            part = np.argpartition(-s, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else np.tile(np.arange(n), (s.shape[0], 1))
+            psims = np.take_along_axis(s, part, 1)
+            # rank by similarity, ties by id, so results are deterministic
+            order = np.lexsort((part, -psims), axis=1)
+            ids[lo : lo + s.shape[0], :k_eff] = np.take_along_axis(part, order, 1)
+            sims[lo : lo + s.shape[0], :k_eff] = np.take_along_axis(psims, order, 1)
+        return ids, sims
+
+
+class IndexSearcher:
+    """Adapter over nextlong.index.ChunkIndex (usearch HNSW), keys = chunk ids."""
+
+    def __init__(self, index, size: int):
+        self.index = index
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def search(self, queries, k: int, exclude_doc_ids=None, exclude_hashes=None):
+        ids, sims = self.index.search(queries, k, exclude_doc_ids=exclude_doc_ids, exclude_hashes=exclude_hashes)
+        return np.asarray(ids, np.int64), np.nan_to_num(np.asarray(sims, np.float32), nan=-np.inf)
+
+
+# --- selection ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AnchorResult:
+    """The pieces of one long document, or why it could not be built."""
+
+    chunks: list = field(default_factory=list)
+    roles: list = field(default_factory=list)
+    negative_sims: list = field(default_factory=list)  # similarity of each chosen negative to its m_i
+    negatives_per_meta_chunk: list = field(default_factory=list)
+    total_tokens: int = 0
+    ok: bool = False
+    reason: str = ""
+
+
+def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len: int, rule: str,
+                k_fixed: int | None, anchor_vectors: np.ndarray, exclude_duplicates: bool = True,
+                max_candidates: int = 4096, exclude_doc_label=None) -> AnchorResult:
+    """Choose the negatives of one anchor and lay out m_1, n_1^1..n_1^k, m_2, ... (head position)."""
+    own = store.doc_chunks(anchor_doc)
+    p = own.size
+    lengths = np.diff(store.tok_offsets)
+    own_tokens = int(lengths[own].sum()) + p * sep_len
+    n_index = len(searcher)
+    banned_hashes = set(store.text_hash[own].tolist()) if exclude_duplicates else set()
+
+    if rule == "fixed-k":
+        want = k_fixed or 0
+        width = min(max(2 * want + 8, 16), max_candidates)
+    else:
+        mean_len = float(lengths.mean()) + sep_len if lengths.size else 1.0
+        need = max(0.0, target_length - own_tokens) / max(mean_len, 1.0)
+        want = None
+        width = min(max(int(2 * need / max(p, 1)) + 16, 16), max_candidates)
+
+    while True:
+        if exclude_doc_label is None:
+            ids, sims = searcher.search(anchor_vectors, width)
+        else:  # an ANN index filters inside the search, so fewer candidates are wasted
+            ids, sims = searcher.search(anchor_vectors, width, exclude_doc_ids=exclude_doc_label,
+                                        exclude_hashes=banned_hashes or None)
+        result, exhausted = _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len,
+                                    own_tokens, anchor_doc, banned_hashes, exclude_duplicates)
+        widened = min(width * 4, max_candidates, n_index)
+        if not exhausted or widened <= width:
+            break
+        width = widened
+    if result.total_tokens < target_length:
+        result.ok = False
+        result.reason = (f"reaches only {result.total_tokens} of {target_length} tokens "
+                         f"({sum(result.negatives_per_meta_chunk)} negatives found)")
+    else:
+        result.ok = True
+    return result
+
+
+def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, own_tokens, anchor_doc,
+            banned_hashes, exclude_duplicates):
+    """Greedy selection from ranked candidate lists; returns (result, ran_out_of_candidates)."""
+    p = own.size
+    used: set[int] = set()
+    used_hashes = set(banned_hashes)
+    cursor = [0] * p
+    chosen: list[list[tuple[int, float]]] = [[] for _ in range(p)]
+    exhausted_rows = [False] * p
+    widen_helps = [False] * p  # the row was used up but the index holds more candidates
+
+    def next_valid(i):
+        row = ids[i]
+        if exhausted_rows[i]:
+            return None
+        while cursor[i] < row.shape[0]:
+            c = int(row[cursor[i]])
+            s = float(sims[i, cursor[i]])
+            cursor[i] += 1
+            if c < 0:
+                exhausted_rows[i] = True
+                return None
+            if store.chunk_doc[c] == anchor_doc or c in used:
+                continue
+            if exclude_duplicates:
+                h = int(store.text_hash[c])
+                if h in used_hashes:
+                    continue
+                used_hashes.add(h)
+            used.add(c)
+            return c, s
+        exhausted_rows[i] = True
+        widen_helps[i] = row.shape[0] > 0 and int(row[-1]) >= 0
+        return None
+
+    total = own_tokens
+    if rule == "fixed-k":
+        for i in range(p):
+            for _ in range(want):
+                got = next_valid(i)
+                if got is None:
+                    break
+                chosen[i].append(got)
+                total += int(lengths[got[0]]) + sep_len
+        exhausted = any(widen_helps[i] and len(chosen[i]) < want for i in range(p))
+    else:
+        exhausted = False
+        while total < target_length:
+            progressed = False
+            for i in range(p):
+                if total >= target_length:
+                    break
+                if exhausted_rows[i]:
+                    continue
+                got = next_valid(i)
+                if got is None:
+                    continue
+                chosen[i].append(got)
+                total += int(lengths[got[0]]) + sep_len
+                progressed = True
+            if not progressed:
+                # every list ran out: widening the search may still help, if the index is larger
+                exhausted = any(widen_helps)
+                break
+
+    res = AnchorResult(total_tokens=total)
+    for i in range(p):
+        res.chunks.append(int(own[i]))
+        res.roles.append(ROLE_ANCHOR)
+        for c, s in chosen[i]:
+            res.chunks.append(c)
+            res.roles.append(ROLE_NEGATIVE)
+            res.negative_sims.append(s)
+        res.negatives_per_meta_chunk.append(len(chosen[i]))
+    return res, exhausted

@@ -1,0 +1,464 @@
+"""The driver of `nextlong synthesize`: runs the stages, caches their outputs under DIR, resumes.
+
+DIR/
+  chunks/         chunks.parquet (+ token store .npy files), stage.json
+  embeddings/     embeddings.npy (float32, row = chunk id), resumable parts while running, stage.json
+  index/          usearch index for corpora too large for exact search, stage.json
+  data/           part-NNNNN.parquet (the output), _shards/part-NNNNN.json (what each shard covers)
+  jsonl/ | mds/   derived formats
+  manifest.json   settings, versions, counts, quality statistics
+
+A stage's stage.json is written last and records the settings it was built with; a stage that
+finds another's settings refuses (StageMismatchError) unless `rebuild=True`. Output shards are
+written atomically and skipped on a re-run when their settings match, so an interrupted run
+resumes and the same seed gives byte-identical Parquet files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import atomic_path, write_json_atomic
+from ..errors import NextlongError, StageMismatchError
+from .config import SynthesisConfig, fingerprint
+
+DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
+EXACT_SEARCH_MAX_CHUNKS = 200_000  # below this, brute-force search: exact and deterministic
+
+
+# --- stage bookkeeping -------------------------------------------------------------------------
+
+
+def _stage_ready(directory: Path, settings: dict, rebuild: bool, name: str) -> bool:
+    """True when the stage is cached with these settings; clears a stale stage when allowed."""
+    meta = directory / "stage.json"
+    if meta.exists():
+        recorded = json.loads(meta.read_text()).get("settings", {})
+        if recorded == json.loads(json.dumps(settings, default=str)):
+            return True
+        if not rebuild:
+            diff = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+            details = "; ".join(f"{k}: cached {recorded.get(k)!r}, asked {settings.get(k)!r}" for k in diff)
+            raise StageMismatchError(
+                f"{directory}: the cached {name} stage was built with other settings ({details}). "
+                "Use another --out, or pass --rebuild to rebuild it."
+            )
+        shutil.rmtree(directory)
+    return False
+
+
+def _stage_done(directory: Path, settings: dict, **info) -> None:
+    write_json_atomic(directory / "stage.json", {"settings": settings, "fingerprint": fingerprint(settings), **info})
+
+
+def corpus_fingerprint(path) -> dict:
+    """Cheap identity of the corpus files (path, size, modification time)."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise NextlongError(f"{path}: corpus not found")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    entries = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+               for p in files]
+    return {"path": str(path), "files": len(files), "bytes": sum(e[1] for e in entries),
+            "hash": fingerprint({"entries": entries})}
+
+
+def _log(cfg, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+
+def chunk_stage(cfg: SynthesisConfig, tokenizer, out: Path):
+    from ..chunking import chunk_corpus
+    from .store import ChunkStore
+
+    directory = out / "chunks"
+    settings = {
+        "corpus": corpus_fingerprint(cfg.corpus), "text_field": cfg.text_field, "id_field": cfg.id_field,
+        "chunk_size": cfg.chunk_size, "chunk_unit": cfg.chunk_unit,
+        "tokenizer": getattr(tokenizer, "fingerprint", None) or getattr(tokenizer, "name", None),
+    }
+    t0 = time.perf_counter()
+    if not _stage_ready(directory, settings, cfg.rebuild, "chunk"):
+        directory.mkdir(parents=True, exist_ok=True)
+        stats = chunk_corpus(cfg.corpus, directory / "chunks.parquet", max_len=cfg.chunk_size, unit=cfg.chunk_unit,
+                             tokenizer=tokenizer, with_ids=True, text_field=cfg.text_field, id_field=cfg.id_field,
+                             num_threads=cfg.num_threads, progress=cfg.progress)
+        store = ChunkStore.from_parquet(directory / "chunks.parquet")
+        store.save(directory / "store")
+        _stage_done(directory, settings, statistics=stats)
+    store = ChunkStore.load(directory / "store")
+    info = json.loads((directory / "stage.json").read_text())
+    return store, fingerprint(settings), info.get("statistics", {}), time.perf_counter() - t0
+
+
+def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int):
+    """Embeddings of every chunk (row = chunk id); embed_chunks resumes a stopped run."""
+    directory = out / "embeddings"
+    spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
+    settings = {"chunks": chunks_fp, "embedder": spec}
+    t0 = time.perf_counter()
+    if not _stage_ready(directory, settings, cfg.rebuild, "embedding"):
+        from ..embed_store import embed_chunks
+        from ..embedding import load_embedder
+
+        directory.mkdir(parents=True, exist_ok=True)
+        embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec)
+        chunks_path = out / "chunks" / "chunks.parquet"
+        if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1):
+            # the lexical embedder learns its IDF weights from the corpus (deterministic)
+            embedder.fit(t for b in pq.ParquetFile(chunks_path).iter_batches(columns=["text"], batch_size=4096)
+                         for t in b.column("text").to_pylist())
+        vectors = embed_chunks(chunks_path, embedder, directory / "embeddings.npy", progress=cfg.progress, batch_size=512,
+                               overwrite=cfg.rebuild)
+        _stage_done(directory, settings, embedder_name=embedder.name, dim=int(vectors.shape[1]))
+    vectors = np.load(directory / "embeddings.npy", mmap_mode="r")
+    name = json.loads((directory / "stage.json").read_text()).get("embedder_name", spec)
+    return vectors, name, time.perf_counter() - t0
+
+
+def open_prebuilt_index(cfg: SynthesisConfig, store):
+    """A `nextlong index` folder given with --index: it must come from the same chunks."""
+    from ..index import ChunkIndex
+
+    index = ChunkIndex.view(cfg.index, embedder=cfg.embedder) if cfg.embedder else ChunkIndex.view(cfg.index)
+    hashes = pq.read_table(Path(cfg.index) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
+    if len(index) != store.num_chunks or not np.array_equal(hashes, np.asarray(store.text_hash)):
+        raise StageMismatchError(
+            f"{cfg.index}: the index holds {len(index)} chunks that differ from the {store.num_chunks} chunks of "
+            f"{cfg.corpus} chunked with --chunk-size {cfg.chunk_size} --chunk-unit {cfg.chunk_unit}: build it "
+            "from the same chunk table (nextlong chunk, then nextlong index)")
+    return index
+
+
+def searcher_stage(cfg: SynthesisConfig, out: Path, store, vectors, embed_fp: str):
+    """Exact search up to EXACT_SEARCH_MAX_CHUNKS chunks (exact, deterministic), else usearch HNSW."""
+    from .negatives import ExactSearcher, IndexSearcher
+
+    t0 = time.perf_counter()
+    if cfg.index is None and store.num_chunks <= EXACT_SEARCH_MAX_CHUNKS:
+        return ExactSearcher(vectors), None, time.perf_counter() - t0
+    from ..index import ChunkIndex, build_index_from_chunks
+
+    if cfg.index is not None:
+        return IndexSearcher(open_prebuilt_index(cfg, store), store.num_chunks), str(cfg.index), time.perf_counter() - t0
+    directory = out / "index"
+    settings = {"embeddings": embed_fp}
+    if not _stage_ready(directory, settings, cfg.rebuild, "index"):
+        spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
+        build_index_from_chunks(out / "chunks" / "chunks.parquet", directory,
+                                embedder=None if spec == DEFAULT_EMBEDDER_SPEC else spec,
+                                embeddings_path=out / "embeddings" / "embeddings.npy", progress=cfg.progress)
+        _stage_done(directory, settings)
+    return IndexSearcher(ChunkIndex.view(directory), store.num_chunks), str(directory), time.perf_counter() - t0
+
+
+# --- output shards -----------------------------------------------------------------------------
+
+
+def _shard_stats(plan_table: pa.Table, out_table: pa.Table) -> dict:
+    ok = plan_table.column("ok").to_pylist()
+    reasons = Counter(r for r, good in zip(plan_table.column("reason").to_pylist(), ok) if not good)
+    negs = [n for row, good in zip(plan_table.column("negatives_per_meta_chunk").to_pylist(), ok) if good
+            for n in (row or [])]
+    sims = [s for row, good in zip(plan_table.column("negative_sims").to_pylist(), ok) if good for s in (row or [])]
+    dist_sum, dist_n = 0, 0
+    for segs in out_table.column("segments").to_pylist():
+        prev = None
+        for seg in segs:
+            if seg["role"] != "anchor":
+                continue
+            if prev is not None and prev["doc_id"] == seg["doc_id"] and seg["chunk_index"] == prev["chunk_index"] + 1:
+                dist_sum += seg["start"] - prev["end"]
+                dist_n += 1
+            prev = seg
+    return {"tried": len(ok), "built": int(sum(ok)), "dropped": len(ok) - int(sum(ok)),
+            "drop_reasons": dict(reasons.most_common(5)), "meta_chunks": len(negs), "negatives": int(sum(negs)),
+            "negative_sim_sum": float(sum(sims)), "negative_sim_n": len(sims),
+            "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n}
+
+
+def run_shards(cfg: SynthesisConfig, out: Path, settings_fp: str, units: pa.Table, plan_fn, assemble_fn, desc: str):
+    """Plan and assemble `units` (anchors or document groups) shard by shard, skipping finished shards."""
+    from tqdm.auto import tqdm
+
+    data = out / "data"
+    meta_dir = data / "_shards"
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    total_units = units.num_rows
+    need = cfg.num_samples
+    produced, shard_metas, j = 0, [], 0
+    with tqdm(total=need or total_units, desc=desc, unit="doc", disable=not cfg.progress) as bar:
+        while j * cfg.shard_size < total_units and (need is None or produced < need):
+            lo = j * cfg.shard_size
+            hi = min(lo + cfg.shard_size, total_units)
+            remaining = None if need is None else need - produced
+            part = data / f"part-{j:05d}.parquet"
+            meta_path = meta_dir / f"part-{j:05d}.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else None
+            if meta is not None and meta.get("settings") != settings_fp:
+                if not cfg.rebuild:
+                    raise StageMismatchError(
+                        f"{part}: written with other synthesis settings (fingerprint {meta.get('settings')} vs "
+                        f"{settings_fp}); use another --out or pass --rebuild")
+                meta = None
+            valid = (meta is not None and meta["lo"] == lo and (remaining is None or meta["rows"] <= remaining)
+                     and (meta["complete"] or meta["rows"] == remaining))
+            if not valid:
+                plan_table = plan_fn(units.slice(lo, hi - lo), remaining)
+                out_table = assemble_fn(plan_table)
+                from .writers import write_parquet_atomic
+
+                write_parquet_atomic(out_table, part)
+                meta = {"settings": settings_fp, "lo": lo, "hi": hi, "rows": out_table.num_rows,
+                        "complete": plan_table.num_rows == hi - lo, "stats": _shard_stats(plan_table, out_table)}
+                write_json_atomic(meta_path, meta)
+            shard_metas.append(meta)
+            produced += meta["rows"]
+            bar.update(meta["rows"] if need else meta["stats"]["tried"])
+            j += 1
+    # shards of an earlier, longer run are not part of this output
+    for stale in list(data.glob("part-*.parquet")) + list(meta_dir.glob("part-*.json")):
+        if int(stale.stem.split("-")[1]) >= j:
+            stale.unlink()
+    return shard_metas
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _sum(metas, key):
+    return sum(m["stats"][key] for m in metas)
+
+
+def random_pair_similarity(vectors, n_pairs: int, seed: int) -> float | None:
+    n = vectors.shape[0]
+    if n < 2 or n_pairs <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, n_pairs)
+    b = (a + rng.integers(1, n, n_pairs)) % n  # never the same chunk
+    va = np.asarray(vectors[np.sort(a)], np.float32)[np.argsort(np.argsort(a))]
+    vb = np.asarray(vectors[np.sort(b)], np.float32)[np.argsort(np.argsort(b))]
+    return float(np.mean(np.sum(va * vb, axis=1)))
+
+
+def run(cfg: SynthesisConfig) -> dict:
+    from ..manifest import write_manifest
+    from ..tokenizer import load_tokenizer
+    from . import stages
+    from .baselines import (doc_lengths, document_keywords, document_vectors, iclm_order, knn_graph,
+                            pack_stream, quest_order, standard_order)
+    from .negatives import ExactSearcher
+
+    cfg.validate()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    sep_ids = np.asarray(tokenizer.encode_ordinary(cfg.separator), np.uint32) if cfg.separator else np.zeros(0, np.uint32)
+    store, chunks_fp, chunk_stats, timings["chunk"] = chunk_stage(cfg, tokenizer, out)
+    if store.num_chunks == 0:
+        raise NextlongError(f"{cfg.corpus}: the corpus has no documents with text; nothing to synthesize")
+    chars_per_token = cfg.chars_per_token or store.chars_per_token()
+
+    vectors, embedder_name, searcher, index_path = None, None, None, None
+    if cfg.method in ("nextlong", "knn", "iclm"):
+        prebuilt = Path(cfg.index) / "embeddings.npy" if cfg.index else None
+        if prebuilt is not None and prebuilt.exists():  # reuse the index's vectors: embedding is the cost
+            index = open_prebuilt_index(cfg, store)
+            vectors, embedder_name, timings["embed"] = np.load(prebuilt, mmap_mode="r"), index.embedder_name, 0.0
+        else:
+            vectors, embedder_name, timings["embed"] = embed_stage(cfg, out, chunks_fp, store.num_chunks)
+        embed_fp = fingerprint({"chunks": chunks_fp, "embedder": cfg.embedder or DEFAULT_EMBEDDER_SPEC})
+        if cfg.method == "nextlong":
+            searcher, index_path, timings["index"] = searcher_stage(cfg, out, store, vectors, embed_fp)
+
+    sep_len = int(sep_ids.size)
+    output_settings = {
+        "chunks": chunks_fp, "embedder": (cfg.embedder or DEFAULT_EMBEDDER_SPEC) if vectors is not None else None,
+        "index": index_path, "method": cfg.method, "target_length": cfg.target_length, "seed": cfg.seed,
+        "separator": cfg.separator, "shard_size": cfg.shard_size,
+    }
+    if cfg.method == "nextlong":
+        output_settings.update(negatives=cfg.negatives, overshoot=cfg.overshoot, chars_per_token=chars_per_token,
+                               k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
+                               max_candidates=cfg.max_candidates)
+    elif cfg.method in ("knn", "iclm"):
+        output_settings.update(doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors)
+    settings_fp = fingerprint(output_settings)
+
+    def assemble_fn(plan_table):
+        return stages.assemble_batch(plan_table, store=store, sep_ids=sep_ids, target_length=cfg.target_length,
+                                     method=cfg.method)
+
+    t0 = time.perf_counter()
+    leftover_dropped = 0
+    lengths = doc_lengths(store, sep_len)
+    if cfg.method in ("nextlong", "knn"):
+        anchors = pa.table({"anchor_doc": np.random.default_rng(cfg.seed).permutation(store.num_docs).astype(np.int64)})
+        if cfg.method == "nextlong":
+            def plan_fn(batch, remaining):
+                return stages.plan_nextlong_batch(
+                    batch, store=store, searcher=searcher, chunk_vectors=vectors, target_length=cfg.target_length,
+                    sep_len=sep_len, negatives=cfg.negatives, chunk_size=cfg.chunk_size,
+                    chars_per_token=chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
+                    exclude_duplicates=cfg.exclude_duplicates, max_candidates=cfg.max_candidates,
+                    max_rows=remaining,
+                    doc_label=(lambda d: int(store.doc_index[d])) if not isinstance(searcher, ExactSearcher) else None)
+        else:
+            dvec = document_vectors(store, vectors, cfg.doc_embedding)
+            doc_searcher = ExactSearcher(dvec)
+
+            def plan_fn(batch, remaining):
+                return stages.plan_knn_batch(batch, store=store, doc_searcher=doc_searcher, doc_vectors=dvec,
+                                             doc_lengths=lengths, target_length=cfg.target_length,
+                                             first_width=cfg.knn_neighbors, max_rows=remaining)
+        metas = run_shards(cfg, out, settings_fp, anchors, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
+    else:
+        if cfg.method == "standard":
+            order = standard_order(store.num_docs, cfg.seed)
+        elif cfg.method == "iclm":
+            dvec = document_vectors(store, vectors, cfg.doc_embedding)
+            order = iclm_order(knn_graph(dvec, cfg.knn_neighbors), cfg.seed)
+        else:
+            texts = _document_texts(out / "chunks" / "chunks.parquet", store)
+            order = quest_order(document_keywords(texts), cfg.seed)
+        groups, leftover = pack_stream(order, lengths, cfg.target_length)
+        leftover_dropped = len(leftover)
+        units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
+
+        def plan_fn(batch, remaining):
+            if remaining is not None:
+                batch = batch.slice(0, remaining)
+            return stages.plan_groups_batch(batch, store=store)
+        metas = run_shards(cfg, out, settings_fp, units, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
+    timings["synthesize"] = time.perf_counter() - t0
+
+    built = _sum(metas, "built") if metas else 0
+    stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats)
+    if built == 0:
+        raise NextlongError(_too_small_message(cfg, store, stats, lengths))
+
+    t0 = time.perf_counter()
+    if cfg.format == "jsonl":
+        from .writers import write_jsonl
+
+        write_jsonl(out / "data", out / "jsonl", tokenizer)
+    elif cfg.format == "mds":
+        from .writers import write_mds
+
+        write_mds(out / "data", out / "mds")
+    timings["write_format"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    stats["output_tokens_per_s"] = round(built * cfg.target_length / max(timings["total"], 1e-9), 1)
+    settings = cfg.to_dict()
+    settings.update(tokenizer_name=getattr(tokenizer, "name", None),
+                    tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
+                    separator_ids=sep_ids.tolist(), separator_side="trailing", embedder_name=embedder_name,
+                    chars_per_token_used=chars_per_token, search=("exact" if index_path is None else index_path),
+                    output_fingerprint=settings_fp)
+    manifest = write_manifest(out / "manifest.json", command="synthesize", settings=settings, statistics=stats,
+                              seed=cfg.seed)
+    if cfg.num_samples is not None and built < cfg.num_samples:
+        _log(cfg, f"warning: asked for {cfg.num_samples} documents, built {built}: " + _why(cfg, stats))
+    _log(cfg, summary(manifest))
+    return manifest
+
+
+def _document_texts(chunks_path: Path, store) -> list[str]:
+    texts = [[] for _ in range(store.num_docs)]
+    c = 0
+    for batch in pq.ParquetFile(chunks_path).iter_batches(columns=["text"], batch_size=8192):
+        for t in batch.column("text").to_pylist():
+            texts[int(store.chunk_doc[c])].append(t)
+            c += 1
+    return ["\n".join(parts) for parts in texts]
+
+
+def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> dict:
+    built = _sum(metas, "built") if metas else 0
+    meta_chunks = _sum(metas, "meta_chunks") if metas else 0
+    sim_n = _sum(metas, "negative_sim_n") if metas else 0
+    dist_n = _sum(metas, "dependency_distance_n") if metas else 0
+    reasons: Counter = Counter()
+    for m in metas:
+        reasons.update(m["stats"]["drop_reasons"])
+    stats = {
+        "corpus_documents": store.num_docs,
+        "corpus_chunks": store.num_chunks,
+        "corpus_tokens": int(store.tok_offsets[-1]),
+        "corpus_bytes": chunk_stats.get("bytes"),
+        "chars_per_token_measured": round(store.chars_per_token(), 4),
+        "documents_built": built,
+        "output_tokens": built * cfg.target_length,
+        "anchors_tried": _sum(metas, "tried") if metas else 0,
+        "dropped_too_short": (_sum(metas, "dropped") if metas else 0) + leftover_dropped,
+        "drop_reasons": dict(reasons.most_common(5)),
+        "shards": len(metas),
+        "mean_dependency_distance_tokens": (_sum(metas, "dependency_distance_sum") / dist_n) if dist_n else None,
+    }
+    if leftover_dropped:
+        stats["drop_reasons"]["left over at the end of the document stream, short of the target length"] = leftover_dropped
+    if cfg.method == "nextlong":
+        stats["meta_chunks"] = meta_chunks
+        stats["negatives"] = _sum(metas, "negatives") if metas else 0
+        stats["negatives_per_meta_chunk_mean"] = stats["negatives"] / meta_chunks if meta_chunks else None
+        stats["anchor_negative_similarity_mean"] = (_sum(metas, "negative_sim_sum") / sim_n) if sim_n else None
+    if vectors is not None:
+        stats["random_chunk_pair_similarity_mean"] = random_pair_similarity(vectors, cfg.quality_pairs, cfg.seed + 1)
+    return stats
+
+
+def _why(cfg, stats) -> str:
+    reasons = "; ".join(f"{n}x {r}" for r, n in stats["drop_reasons"].items()) or "no reason recorded"
+    return (f"{stats['dropped_too_short']} candidate documents could not reach {cfg.target_length} tokens "
+            f"({reasons})")
+
+
+def _too_small_message(cfg, store, stats, lengths) -> str:
+    return (f"{cfg.corpus}: built 0 long documents of {cfg.target_length} tokens with method {cfg.method}: "
+            f"{_why(cfg, stats)}. The corpus has {store.num_docs} documents, {store.num_chunks} chunks, "
+            f"{int(store.tok_offsets[-1])} tokens (longest document {int(lengths.max()) if lengths.size else 0} "
+            "tokens). Use a larger corpus, a smaller --target-length"
+            + (", or --negatives fill" if cfg.method == "nextlong" and cfg.negatives == "fixed-k" else "") + ".")
+
+
+def summary(manifest: dict) -> str:
+    s = manifest["statistics"]
+    st = manifest["settings"]
+    lines = [
+        f"nextlong synthesize: {s['documents_built']} documents of {st['target_length']} tokens "
+        f"({st['method']}) -> {st['out']}",
+        f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks, {s['corpus_tokens']} tokens",
+        f"  dropped (cannot reach the target length): {s['dropped_too_short']}",
+    ]
+    if s.get("negatives_per_meta_chunk_mean") is not None:
+        lines.append(f"  negatives per meta-chunk: {s['negatives_per_meta_chunk_mean']:.2f} "
+                     f"(rule {st['negatives']})")
+    if s.get("anchor_negative_similarity_mean") is not None:
+        lines.append(f"  similarity anchor-negative {s['anchor_negative_similarity_mean']:.3f} vs random pairs "
+                     f"{s.get('random_chunk_pair_similarity_mean') or float('nan'):.3f}")
+    if s.get("mean_dependency_distance_tokens") is not None:
+        lines.append(f"  mean dependency distance between consecutive meta-chunks: "
+                     f"{s['mean_dependency_distance_tokens']:.0f} tokens")
+    secs = s.get("seconds", {})
+    if secs:
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
+    return "\n".join(lines)

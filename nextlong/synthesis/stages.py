@@ -1,0 +1,139 @@
+"""The stages of synthesis, each a function from one Arrow batch to another.
+
+Everything a stage needs is passed in (tokenizer, embedder, chunk store, searcher, settings); no
+stage keeps state between calls, so the same functions can run as `map_batches` steps of a
+distributed engine (Ray Data) without rewriting them. The driver in pipeline.py only caches their
+outputs on disk and feeds them batches.
+
+    corpus batch (doc_index, doc_id, text)  --chunk_batch-->   chunk table (CHUNK_SCHEMA + input_ids)
+    chunk batch                             --embed_batch-->   chunk_id + embedding
+    anchor batch (anchor_doc)               --plan_*_batch-->  plan table (anchor_doc, chunks, roles, ...)
+    plan table                              --assemble_batch-> output table (OUTPUT_SCHEMA)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .assemble import Plan, assemble, to_output_table
+from .baselines import knn_anchor, plan_pieces
+from .negatives import plan_anchor
+
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("anchor_doc", pa.int64()),  # dense document number of the anchor (first document)
+        pa.field("ok", pa.bool_()),  # False: dropped, cannot reach L
+        pa.field("reason", pa.string()),
+        pa.field("chunks", pa.list_(pa.int64())),
+        pa.field("roles", pa.list_(pa.int8())),
+        pa.field("negatives_per_meta_chunk", pa.list_(pa.int32())),
+        pa.field("negative_sims", pa.list_(pa.float32())),
+    ]
+)
+
+
+def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chunk_id: int = 0,
+                num_threads: int | None = None) -> pa.Table:
+    """Meta-chunk a corpus batch; each chunk tokenized on its own (input_ids)."""
+    from ..chunking import chunk_documents
+
+    return chunk_documents(batch, max_len=chunk_size, unit=chunk_unit, tokenizer=tokenizer, with_ids=True,
+                           num_threads=num_threads, first_chunk_id=first_chunk_id)
+
+
+def embed_batch(batch, *, embedder) -> pa.Table:
+    """chunk_id + L2-normalised embedding (fixed-size list of float32) of each chunk's text."""
+    texts = batch.column("text").to_pylist()
+    vecs = np.asarray(embedder.embed(texts), np.float32) if texts else np.zeros((0, embedder.dim), np.float32)
+    flat = pa.array(vecs.reshape(-1), pa.float32())
+    return pa.table({
+        "chunk_id": batch.column("chunk_id"),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1] if vecs.ndim == 2 else embedder.dim),
+    })
+
+
+def _plan_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+
+
+def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_length: int, sep_len: int,
+                        negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
+                        k_rounding: str, exclude_duplicates: bool, max_candidates: int,
+                        max_rows: int | None = None, doc_label=None) -> pa.Table:
+    """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
+
+    Stops after `max_rows` successful rows (the driver's sample limit)."""
+    from .negatives import negatives_per_meta_chunk
+
+    rows, done = [], 0
+    for d in anchors.column("anchor_doc").to_pylist():
+        if max_rows is not None and done >= max_rows:
+            break
+        own = store.doc_chunks(d)
+        k = negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]), own.size,
+                                     chunk_size, overshoot, k_rounding)
+        res = plan_anchor(store, searcher, d, target_length=target_length, sep_len=sep_len, rule=negatives,
+                          k_fixed=k, anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
+                          exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
+                          exclude_doc_label=doc_label(d) if doc_label else None)
+        rows.append({"anchor_doc": d, "ok": res.ok, "reason": res.reason, "chunks": res.chunks,
+                     "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
+                     "negative_sims": res.negative_sims})
+        done += res.ok
+    return _plan_table(rows)
+
+
+def plan_knn_batch(anchors, *, store, doc_searcher, doc_vectors, doc_lengths, target_length: int,
+                   first_width: int = 32, max_rows: int | None = None) -> pa.Table:
+    """One row per anchor document: it, then its nearest documents until L."""
+    rows, done = [], 0
+    for d in anchors.column("anchor_doc").to_pylist():
+        if max_rows is not None and done >= max_rows:
+            break
+        docs = knn_anchor(store, doc_searcher, doc_vectors, d, doc_lengths, target_length, first_width)
+        if docs is None:
+            rows.append({"anchor_doc": d, "ok": False, "chunks": [], "roles": [],
+                         "reason": "its neighbours in the whole corpus do not reach the target length"})
+            continue
+        chunks, roles = plan_pieces(store, docs)
+        rows.append({"anchor_doc": d, "ok": True, "reason": "", "chunks": chunks, "roles": roles})
+        done += 1
+    return _plan_table(rows)
+
+
+def plan_groups_batch(groups, *, store) -> pa.Table:
+    """Stream baselines: each row lists the documents of one long document (already ordered)."""
+    rows = []
+    for docs in groups.column("docs").to_pylist():
+        chunks, roles = plan_pieces(store, docs)
+        rows.append({"anchor_doc": docs[0], "ok": True, "reason": "", "chunks": chunks, "roles": roles})
+    return _plan_table(rows)
+
+
+def plan_from_table(plan_table: pa.Table) -> Plan:
+    """The successful rows of a plan table as a flat Plan."""
+    ok = plan_table.filter(plan_table.column("ok"))
+    chunks, offsets = _flatten(ok.column("chunks"), np.int64)
+    roles, _ = _flatten(ok.column("roles"), np.int8)
+    return Plan(chunks=chunks, roles=roles, offsets=offsets,
+                anchor_docs=ok.column("anchor_doc").to_numpy().astype(np.int64))
+
+
+def _flatten(column, dtype):
+    """(values, offsets) of a list column, correct for sliced and chunked arrays."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(dtype)
+    return values, offsets
+
+
+def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, method: str,
+                   impl: str = "auto") -> pa.Table:
+    """Gather a plan's token ranges into rows of exactly L tokens with their segments."""
+    plan = plan_from_table(plan_table)
+    ids, start, end = assemble(store.tokens, store.tok_offsets, plan, sep_ids, target_length, impl=impl)
+    return to_output_table(store, plan, ids, start, end, method)

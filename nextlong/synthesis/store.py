@@ -1,0 +1,134 @@
+"""The chunk store: every chunk's token ids in one flat array, plus the per-chunk and per-document
+metadata that negative mining, the baselines and assembly need, as plain numpy arrays.
+
+Built once from a chunk table (CHUNK_SCHEMA + input_ids) and saved as .npy files so a later run
+memory-maps it instead of re-reading Parquet. Chunk ids are row numbers, so chunk `c` owns
+`tokens[tok_offsets[c]:tok_offsets[c+1]]`. A document's chunks are contiguous (corpus order).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import atomic_path
+
+_ARRAYS = ("tokens", "tok_offsets", "chunk_doc", "chunk_index", "text_hash", "char_len",
+           "doc_first_chunk", "doc_num_chunks", "doc_chars", "doc_index")
+
+
+@dataclass
+class ChunkStore:
+    tokens: np.ndarray  # uint32, all chunks' ids back to back
+    tok_offsets: np.ndarray  # int64 (n_chunks + 1)
+    chunk_doc: np.ndarray  # int64: dense document number 0..n_docs-1 of each chunk
+    chunk_index: np.ndarray  # int32: position of the chunk in its document
+    text_hash: np.ndarray  # uint64
+    char_len: np.ndarray  # int64: chunk length in code points
+    doc_first_chunk: np.ndarray  # int64 (n_docs)
+    doc_num_chunks: np.ndarray  # int64 (n_docs)
+    doc_chars: np.ndarray  # int64: document length in code points (chunks + the "\n" between them)
+    doc_index: np.ndarray  # int64: the document's ordinal in the corpus stream (doc_index column)
+    doc_ids: list  # str per document
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.chunk_doc.shape[0])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.doc_first_chunk.shape[0])
+
+    def chunk_tokens(self, c: int) -> np.ndarray:
+        return self.tokens[self.tok_offsets[c]:self.tok_offsets[c + 1]]
+
+    def num_tokens(self) -> np.ndarray:
+        return np.diff(self.tok_offsets)
+
+    def doc_chunks(self, d: int) -> np.ndarray:
+        first = int(self.doc_first_chunk[d])
+        return np.arange(first, first + int(self.doc_num_chunks[d]), dtype=np.int64)
+
+    def doc_tokens(self) -> np.ndarray:
+        """Tokens of each document's chunks (without separators)."""
+        ends = self.doc_first_chunk + self.doc_num_chunks
+        return self.tok_offsets[ends] - self.tok_offsets[self.doc_first_chunk]
+
+    def chars_per_token(self) -> float:
+        """E of the k formula: mean characters per token, measured on the corpus."""
+        total_tokens = int(self.tok_offsets[-1])
+        return float(self.char_len.sum()) / total_tokens if total_tokens else 1.0
+
+    # --- building and persistence -------------------------------------------------------------
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "ChunkStore":
+        """From a chunk table with an `input_ids` column, rows in corpus order (chunk_id = row)."""
+        if "input_ids" not in table.column_names:
+            raise ValueError("chunk table has no input_ids column: chunk with a tokenizer (with_ids=True)")
+        n = table.num_rows
+        import pyarrow.compute as pc
+
+        ids = table.column("input_ids")
+        lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+        tok_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=tok_offsets[1:])
+        tokens = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+        doc_index = table.column("doc_index").to_numpy()
+        # dense document numbers in order of appearance
+        if n:
+            starts = np.flatnonzero(np.r_[True, doc_index[1:] != doc_index[:-1]])
+        else:
+            starts = np.zeros(0, np.int64)
+        num = np.diff(np.r_[starts, n]).astype(np.int64)
+        chunk_doc = np.repeat(np.arange(starts.size, dtype=np.int64), num)
+        char_start = table.column("char_start").to_numpy().astype(np.int64)
+        char_end = table.column("char_end").to_numpy().astype(np.int64)
+        last = starts + num - 1
+        doc_chars = char_end[last] if n else np.zeros(0, np.int64)
+        doc_id_col = table.column("doc_id").to_pylist()
+        return cls(
+            tokens=tokens,
+            tok_offsets=tok_offsets,
+            chunk_doc=chunk_doc,
+            chunk_index=table.column("chunk_index").to_numpy().astype(np.int32),
+            text_hash=table.column("text_hash").to_numpy().astype(np.uint64),
+            char_len=char_end - char_start,
+            doc_first_chunk=starts.astype(np.int64),
+            doc_num_chunks=num,
+            doc_chars=doc_chars.astype(np.int64),
+            doc_index=doc_index[starts].astype(np.int64) if n else np.zeros(0, np.int64),
+            doc_ids=[doc_id_col[i] for i in starts.tolist()],
+        )
+
+    @classmethod
+    def from_parquet(cls, path) -> "ChunkStore":
+        cols = ["doc_index", "doc_id", "chunk_index", "char_start", "char_end", "text_hash", "input_ids"]
+        return cls.from_table(pq.read_table(path, columns=cols))
+
+    def save(self, directory) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in _ARRAYS:
+            with atomic_path(directory / f"{name}.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, getattr(self, name))
+        with atomic_path(directory / "doc_ids.json") as tmp:
+            tmp.write_text(json.dumps(self.doc_ids))
+
+    @classmethod
+    def load(cls, directory) -> "ChunkStore":
+        directory = Path(directory)
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        doc_ids = json.loads((directory / "doc_ids.json").read_text())
+        return cls(doc_ids=doc_ids, **arrays)
+
+    @staticmethod
+    def exists(directory) -> bool:
+        directory = Path(directory)
+        return all((directory / f"{n}.npy").exists() for n in _ARRAYS) and (directory / "doc_ids.json").exists()

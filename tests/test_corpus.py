@@ -1,0 +1,305 @@
+"""Streaming corpus reader: formats, the C++ JSON-lines parser against Python's json, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import nextlong
+from nextlong.corpus import CorpusReader, Document, iter_corpus_batches, read_corpus
+from nextlong.errors import CorpusError
+
+DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+
+
+def write_jsonl(path: Path, records, *, ensure_ascii=False) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=ensure_ascii) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def tricky_strings(seed: int = 0, n: int = 200) -> list[str]:
+    """Strings exercising every escape, astral characters (surrogate pairs), controls, CJK, quotes."""
+    rng = random.Random(seed)
+    alphabet = ["a", "Z", " ", "\n", "\r", "\t", '"', "\\", "/", "\b", "\f", "\x00", "\x1f", "\x7f", "é", "ß",
+                "中", "文", "😀", "𝔘", "\u200b", "\u0301", "\ufeff", "\U0010ffff", "\u2028"]
+    out = ["", "plain", "\n", "\n\n", "a\r\nb"]
+    for _ in range(n):
+        out.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))))
+    return out
+
+
+def test_public_names_are_wired():
+    assert nextlong.read_corpus is read_corpus
+    assert nextlong.Document is Document
+    assert Document._fields == ("doc_index", "doc_id", "text")
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_jsonl_text_matches_python_json(tmp_path, ensure_ascii):
+    texts = tricky_strings(seed=int(ensure_ascii))
+    records = [{"meta": {"n": [1, 2.5e-3, None, True]}, "text": t, "x": -0.0} for t in texts]
+    path = write_jsonl(tmp_path / "a.jsonl", records, ensure_ascii=ensure_ascii)
+    docs = list(read_corpus(path))
+    assert [d.text for d in docs] == [json.loads(line)["text"] for line in path.read_text("utf-8").split("\n")[:-1]]
+    assert [d.doc_index for d in docs] == list(range(len(texts)))
+    assert [d.doc_id for d in docs] == [f"a.jsonl:{i + 1}" for i in range(len(texts))]
+
+
+def test_jsonl_json_syntax_variants_match_python(tmp_path):
+    lines = [
+        '{"text":"a"}',
+        '  { "text" : "b" , "other" : { "deep" : [ [ ], { } , "s\\"}" ] } }  ',
+        '{"other":1e10,"text":"c\\u00e9\\ud83d\\ude00","z":false}',
+        '{"text":"first","text":"last wins"}',
+        '{"text":"\\/\\b\\f\\n\\r\\t\\\\"}',
+        '{"n":-12.5E+3,"text":""}',
+    ]
+    path = tmp_path / "v.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert [d.text for d in read_corpus(path)] == [json.loads(l)["text"] for l in lines]
+
+
+def test_id_field_string_or_integer(tmp_path):
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"id": "doc-α", "text": "x"}, {"id": 42, "text": "y"}, {"id": -7, "text": "z"}])
+    assert [d.doc_id for d in read_corpus(path, id_field="id")] == ["doc-α", "42", "-7"]
+    bad = write_jsonl(tmp_path / "badid.jsonl", [{"id": 1.5, "text": "x"}])
+    with pytest.raises(CorpusError, match=r"badid.jsonl:1: id field 'id' is a number"):
+        list(read_corpus(bad, id_field="id"))
+    missing = write_jsonl(tmp_path / "noid.jsonl", [{"text": "x"}])
+    with pytest.raises(CorpusError, match=r"noid.jsonl:1: record has no id field 'id'"):
+        list(read_corpus(missing, id_field="id"))
+
+
+def test_custom_text_field_crlf_blank_lines_bom_and_no_final_newline(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"body": "one"}\r\n\r\n   \n{"body": "two\\r\\n"}')
+    docs = list(read_corpus(path, text_field="body"))
+    assert [(d.doc_id, d.text) for d in docs] == [("c.jsonl:1", "one"), ("c.jsonl:4", "two\r\n")]
+
+
+BAD_LINES = [
+    ('{"text": "a"', "expected ',' or '}'"),
+    ('{"text": "a",}', "expected a string key"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"text": "a"} {"text": "b"}', "unexpected data after the JSON object"),
+    ('{"text": "tab\there"}', "control character in string"),
+    ('{"text": "\\x41"}', "invalid escape"),
+    ('{"text": "\\u12"}', "4 hex digits"),
+    ('{"text": "\\ud800"}', "high surrogate"),
+    ('{"text": "\\udc00"}', "lone low surrogate"),
+    ('{"text": "a", "n": 01}', "expected ',' or '}'"),
+    ('{"text": "a", "n": NaN}', "invalid JSON value"),
+    ('{"text": "a", "t": tru}', "invalid JSON value"),
+    ('{"body": "a"}', "record has no field 'text'"),
+    ('{"text": 12}', "field 'text' is a number, expected a string"),
+    ('{"text": null}', "field 'text' is null, expected a string"),
+    ('{"text": ["a"]}', "field 'text' is an array, expected a string"),
+]
+
+
+@pytest.mark.parametrize("line,expected", BAD_LINES)
+def test_bad_record_names_file_line_and_expectation(tmp_path, line, expected):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(CorpusError) as info:
+        list(read_corpus(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: "), message
+    assert expected in message
+    assert info.value.line == 2
+
+
+def test_bad_lines_are_bad_for_python_json_too():
+    """Our rejections agree with Python's json, except where Python is lax on purpose:
+    NaN (a Python extension) and lone surrogates (which cannot be encoded as UTF-8)."""
+    for line, _ in BAD_LINES:
+        if "NaN" in line or "surrogate" in _:
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        assert not isinstance(value, dict) or not isinstance(value.get("text"), str), line
+
+
+def test_invalid_utf8_is_an_error_with_line_and_column(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"u.jsonl:2: invalid UTF-8 at byte column 14"):
+        list(read_corpus(path))
+    for bad in (b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x80"):
+        path.write_bytes(b'{"text": "' + bad + b'"}\n')
+        with pytest.raises(CorpusError, match="invalid UTF-8"):
+            list(read_corpus(path))
+
+
+def test_skip_mode_counts_and_keeps_going(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": 1}\n{broken\n{"text": "\xff"}\n{"text": "b"}\n')
+    reader = read_corpus(path, on_error="skip")
+    docs = list(reader)
+    assert [(d.doc_index, d.doc_id, d.text) for d in docs] == [(0, "mixed.jsonl:1", "a"), (1, "mixed.jsonl:5", "b")]
+    assert reader.stats.skipped == 3
+    assert reader.stats.documents == 2
+    assert reader.stats.bytes == 2
+    assert reader.stats.skipped_examples[0].startswith("mixed.jsonl:2: field 'text' is a number")
+
+
+def test_empty_missing_and_unknown_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"empty.jsonl: empty file"):
+        list(read_corpus(empty))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n  \n")
+    with pytest.raises(CorpusError, match="only blank lines"):
+        list(read_corpus(blank))
+    with pytest.raises(CorpusError, match="no such file"):
+        list(read_corpus(tmp_path / "missing.jsonl"))
+    odd = tmp_path / "data.csv"
+    odd.write_text("text\nx\n")
+    with pytest.raises(CorpusError, match="unknown corpus file extension"):
+        list(read_corpus(odd))
+    reader = read_corpus(empty, on_error="skip")
+    assert list(reader) == [] and reader.stats.skipped == 1
+
+
+def test_gzip_and_zstd_give_the_same_documents(tmp_path):
+    import zstandard
+
+    texts = tricky_strings(seed=3, n=300)
+    plain = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in texts])
+    raw = plain.read_bytes()
+    (tmp_path / "p.jsonl.gz").write_bytes(gzip.compress(raw))
+    # Two zstd frames back to back, as concatenated dumps have.
+    half = len(raw) // 2
+    cut = raw.index(b"\n", half) + 1
+    (tmp_path / "p.jsonl.zst").write_bytes(zstandard.compress(raw[:cut]) + zstandard.compress(raw[cut:]))
+    for name in ("p.jsonl.gz", "p.jsonl.zst"):
+        docs = list(read_corpus(tmp_path / name))
+        assert [d.text for d in docs] == texts, name
+        assert docs[5].doc_id == f"{name}:6"
+
+
+def test_corrupt_gzip_and_zstd_raise(tmp_path):
+    raw = "".join(json.dumps({"text": "x" * 100 + str(i)}) + "\n" for i in range(2000)).encode()
+    gz = gzip.compress(raw)
+    (tmp_path / "t.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    with pytest.raises(CorpusError, match="t.jsonl.gz"):
+        list(read_corpus(tmp_path / "t.jsonl.gz"))
+    import zstandard
+
+    zs = zstandard.compress(raw)
+    (tmp_path / "t.jsonl.zst").write_bytes(zs[:-20])
+    with pytest.raises(CorpusError, match="t.jsonl.zst"):
+        list(read_corpus(tmp_path / "t.jsonl.zst"))
+
+
+def test_parquet_batches_ids_and_bad_rows(tmp_path):
+    texts = [f"row {i}\nsecond line" for i in range(2500)]
+    pq.write_table(pa.table({"text": texts, "n": list(range(2500))}), tmp_path / "t.parquet", row_group_size=1000)
+    reader = CorpusReader(tmp_path / "t.parquet", batch_size=700)
+    batches = list(reader.batches())
+    assert max(b.num_rows for b in batches) <= 700
+    table = pa.Table.from_batches(batches)
+    assert table.column("text").to_pylist() == texts
+    assert table.column("doc_id")[1234].as_py() == "t.parquet:1234"
+    assert list(read_corpus(tmp_path / "t.parquet", id_field="n"))[7].doc_id == "7"
+
+    pq.write_table(pa.table({"text": ["a", None, "c"]}), tmp_path / "nulls.parquet")
+    with pytest.raises(CorpusError, match=r"nulls.parquet \(record 1\): row 1: column 'text' is null"):
+        list(read_corpus(tmp_path / "nulls.parquet"))
+    reader = read_corpus(tmp_path / "nulls.parquet", on_error="skip")
+    assert [d.text for d in reader] == ["a", "c"] and reader.stats.skipped == 1
+
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(CorpusError, match="has type int64, expected a string"):
+        list(read_corpus(tmp_path / "ints.parquet"))
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "nocol.parquet")
+    with pytest.raises(CorpusError, match="no column 'text'"):
+        list(read_corpus(tmp_path / "nocol.parquet"))
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "norows.parquet")
+    with pytest.raises(CorpusError, match="no rows"):
+        list(read_corpus(tmp_path / "norows.parquet"))
+
+
+def test_parquet_invalid_utf8_is_found(tmp_path):
+    arr = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(bytes([0, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0])),
+                                                 pa.py_buffer(b"ok\xff\xfe")])
+    pq.write_table(pa.table({"text": arr}), tmp_path / "bad.parquet")
+    with pytest.raises(CorpusError, match="row 1: invalid UTF-8"):
+        list(read_corpus(tmp_path / "bad.parquet"))
+
+
+def test_directory_of_txt_and_mixed_files_in_sorted_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("bee\n")
+    (tmp_path / "sub" / "a.txt").write_text("ay")
+    (tmp_path / "a.jsonl").write_text('{"text": "json"}\n')
+    (tmp_path / ".hidden.txt").write_text("no")
+    (tmp_path / "notes.md").write_text("ignored")
+    (tmp_path / "out.parquet.manifest.json").write_text("{}")
+    reader = read_corpus(tmp_path)
+    docs = list(reader)
+    assert [(d.doc_index, d.doc_id, d.text) for d in docs] == [
+        (0, "a.jsonl:1", "json"), (1, "b.txt", "bee\n"), (2, "sub/a.txt", "ay")]
+    assert reader.stats.files == 3
+    (tmp_path / "c.txt").write_bytes(b"line one\nbad \xff byte")
+    with pytest.raises(CorpusError, match=r"c.txt:2: invalid UTF-8"):
+        list(read_corpus(tmp_path))
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CorpusError, match="holds no corpus files"):
+        list(read_corpus(tmp_path / "empty_dir"))
+
+
+def test_list_of_paths_and_batch_schema(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": str(i)} for i in range(5)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": "b" + str(i)} for i in range(3)])
+    batches = list(iter_corpus_batches([a, b], batch_size=2))
+    assert all(batch.schema.names == ["doc_index", "doc_id", "text"] for batch in batches)
+    assert [batch.num_rows for batch in batches] == [2, 2, 1, 2, 1]
+    table = pa.Table.from_batches(batches)
+    assert table.column("doc_index").to_pylist() == list(range(8))
+    assert table.column("doc_id").to_pylist()[5] == "b.jsonl:1"
+
+
+@pytest.mark.skipif(not DOCS_DIR.is_dir(), reason="python3.11-doc sources not installed")
+def test_real_python_docs_round_trip_through_jsonl(tmp_path):
+    files = sorted(DOCS_DIR.rglob("*.rst.txt"))[:120]
+    texts = [p.read_text(encoding="utf-8") for p in files]
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": str(p), "text": t} for p, t in zip(files, texts)], ensure_ascii=True)
+    docs = list(read_corpus(path, id_field="id"))
+    assert [d.text for d in docs] == texts
+    assert [d.doc_id for d in docs] == [str(p) for p in files]
+
+
+def test_format_override_and_argument_checks(tmp_path):
+    path = tmp_path / "dump.data"
+    path.write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
+    assert [d.text for d in read_corpus(path, format="jsonl.gz")] == ["zipped"]
+    with pytest.raises(ValueError, match="on_error"):
+        read_corpus(path, on_error="ignore")
+    with pytest.raises(ValueError, match="format"):
+        read_corpus(path, format="csv")
+
+
+def test_reader_iterates_lazily_in_bounded_batches(tmp_path):
+    """A large file is read a batch at a time: the first document arrives before the rest is parsed."""
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as fh:
+        for i in range(20000):
+            fh.write(json.dumps({"text": f"document {i} " + "x" * 200}) + "\n")
+        fh.write("{not json}\n")  # an error at the very end
+    reader = CorpusReader(path, batch_size=1000)
+    batches = reader.batches()
+    first = next(batches)
+    assert first.num_rows == 1000 and reader.stats.documents == 1000
+    with pytest.raises(CorpusError, match=r"big.jsonl:20001"):
+        for _ in batches:
+            pass

@@ -1,0 +1,172 @@
+"""Embedders: the offline MiniLM against sentence-transformers, the lexical embedder, loading errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nextlong.embedding import (
+    DEFAULT_EMBEDDER,
+    Embedder,
+    EmbedderError,
+    HashedLexicalEmbedder,
+    default_model_path,
+    load_embedder,
+    token_batches,
+)
+from test_index_corpus import chunk_table, needs_pydocs, pydocs_files
+
+STDLIB_DOCS = [m.__doc__ for m in (os, subprocess, sys, np, pytest) if m.__doc__]
+
+
+def real_texts(n: int, max_chars: int = 700) -> list[str]:
+    """Real paragraphs of mixed length (some beyond MiniLM's 256-token window) from Python's docs,
+    falling back to stdlib docstrings so the tests never all skip."""
+    if pydocs_files(1):
+        table = chunk_table(pydocs_files(40, "library"), max_chars=max_chars, max_chunks=n, min_chars=20)
+        texts = table.column("text").to_pylist()
+    else:
+        texts = [p for d in STDLIB_DOCS for p in d.split("\n\n") if len(p.strip()) > 20]
+    texts = texts[:n]
+    texts.append("word " * 600)  # longer than max_length: truncation must match
+    return texts
+
+
+@pytest.fixture(scope="module")
+def minilm_fp32():
+    return load_embedder(dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference_vectors():
+    from sentence_transformers import SentenceTransformer
+
+    texts = real_texts(48)
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    return texts, model.encode(texts, normalize_embeddings=True, batch_size=16, convert_to_numpy=True)
+
+
+def test_default_is_minilm_and_satisfies_protocol(minilm_fp32):
+    assert minilm_fp32.name == DEFAULT_EMBEDDER
+    assert minilm_fp32.dim == 384
+    assert minilm_fp32.max_length == 256  # from the model's sentence_bert_config.json
+    assert isinstance(minilm_fp32, Embedder)
+
+
+def test_minilm_fp32_matches_sentence_transformers(minilm_fp32, reference_vectors):
+    texts, ref = reference_vectors
+    ours = minilm_fp32.embed(texts)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=2e-5)  # same math, other batching: float rounding only
+
+
+def test_minilm_default_precision_close_to_sentence_transformers(reference_vectors):
+    """Default dtype (bf16 on CPUs with native bf16, fp32 elsewhere) stays within cosine 0.999 of fp32."""
+    texts, ref = reference_vectors
+    fast = load_embedder()
+    cos = (fast.embed(texts) * ref).sum(1)
+    assert cos.min() > 0.999, cos.min()
+
+
+def test_embedding_independent_of_batching(minilm_fp32):
+    texts = real_texts(40)
+    whole = minilm_fp32.embed(texts)
+    order = np.random.default_rng(1).permutation(len(texts))
+    small = load_embedder(dtype="float32", batch_tokens=600, max_batch=3)
+    shuffled = small.embed([texts[i] for i in order])
+    np.testing.assert_allclose(shuffled, whole[order], atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    assert minilm_fp32.embed([]).shape == (0, 384)
+
+
+def test_model_folder_by_path_gives_same_vectors(minilm_fp32):
+    by_path = load_embedder(str(default_model_path()), dtype="float32")
+    texts = real_texts(5)
+    np.testing.assert_allclose(by_path.embed(texts), minilm_fp32.embed(texts), atol=2e-5)
+    assert by_path.name == default_model_path().name
+
+
+def test_token_batches_cover_everything_within_budget():
+    lengths = np.random.default_rng(0).integers(1, 300, size=500)
+    batches = token_batches(lengths, batch_tokens=2000, max_batch=64)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 2000
+    assert lengths[batches[0]].max() == lengths.max()  # longest first
+
+
+def test_unknown_embedder_is_a_clear_error(tmp_path):
+    with pytest.raises(EmbedderError, match="unknown embedder 'no-such-model'"):
+        load_embedder("no-such-model")
+    with pytest.raises(EmbedderError, match="hashed-tfidf:DIM"):
+        load_embedder("hashed-tfidf:big")
+    with pytest.raises(EmbedderError, match="cannot load"):
+        load_embedder(str(tmp_path))  # an empty folder is no model
+
+
+# ---------------------------------------------------------------- lexical
+
+
+def test_lexical_vectors_are_unit_deterministic_and_topical():
+    emb = load_embedder("hashed-tfidf:256")
+    assert emb.dim == 256 and isinstance(emb, Embedder)
+    texts = [
+        "The socket module provides access to the BSD socket interface.",
+        "Create a new socket using the given address family and socket type.",
+        "Decimal fixed point and floating point arithmetic with correct rounding.",
+        "",
+    ]
+    v = emb.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, atol=1e-5)
+    assert not v[3].any()  # no words: the zero vector, not nan
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.1
+    np.testing.assert_array_equal(HashedLexicalEmbedder(256).embed(texts), v)
+
+
+def test_lexical_hash_is_stable_across_processes():
+    code = ("import numpy as np; from nextlong.embedding import HashedLexicalEmbedder as H; "
+            "print(repr(H(64).embed(['stable hashing across processes'])[0][:8].tolist()))")
+    outs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert len(outs) == 1
+
+
+def test_lexical_fit_save_load_roundtrip(tmp_path):
+    texts = [p for d in STDLIB_DOCS for p in d.split("\n\n") if p.strip()]
+    emb = HashedLexicalEmbedder(128).fit(texts)
+    assert emb.num_docs == len(texts) and emb.name.endswith("-idf")
+    # a word in every text weighs less than a rare one
+    common = emb.idf[emb.features("the")[0]]
+    rare = emb.idf[emb.features("zyzzyva")[0]]
+    assert rare > common
+    emb.save(tmp_path)
+    again = load_embedder(str(tmp_path))
+    assert isinstance(again, HashedLexicalEmbedder) and again.name == emb.name
+    np.testing.assert_array_equal(again.embed(texts[:5]), emb.embed(texts[:5]))
+
+
+@needs_pydocs
+def test_lexical_neighbours_overlap_minilm_neighbours(minilm_fp32):
+    """The lexical embedder finds a useful share of MiniLM's nearest neighbours (far above chance)."""
+    table = chunk_table(pydocs_files(60, "library"), max_chars=600, max_chunks=300, min_chars=80)
+    texts = table.column("text").to_pylist()
+    sem = minilm_fp32.embed(texts)
+    lex = HashedLexicalEmbedder(512).fit(texts).embed(texts)
+    k = 10
+
+    def topk(x):
+        s = x @ x.T
+        np.fill_diagonal(s, -np.inf)
+        return np.argsort(-s, axis=1)[:, :k]
+
+    a, b = topk(sem), topk(lex)
+    recall = np.mean([len(set(a[i]) & set(b[i])) / k for i in range(len(texts))])
+    assert recall > 0.25, recall  # chance would be ~k/len = 0.03

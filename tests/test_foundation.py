@@ -1,0 +1,74 @@
+"""The package foundation: the native module builds, the CLI lists its commands, writes are atomic."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import nextlong
+from nextlong.atomic import atomic_path, write_json_atomic
+from nextlong.cli import COMMANDS, build_parser
+from nextlong.manifest import write_manifest
+
+
+def test_native_module_is_compiled():
+    from nextlong import _native
+
+    assert _native.__file__.endswith((".so", ".pyd"))
+    assert hasattr(_native, "TextEncoder")
+
+
+def test_kernels_importable_as_nextlong_kernels():
+    import nextlong.kernels as kernels
+
+    assert set(kernels.__all__) >= {"flash_attention", "fused_linear_cross_entropy", "cross_entropy"}
+
+
+def test_cli_help_lists_every_subcommand():
+    out = subprocess.run(
+        [sys.executable, "-m", "nextlong", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in COMMANDS:
+        assert name in out, f"sub-command {name!r} missing from `nextlong --help`"
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([name, "--help"])
+        assert exc.value.code == 0
+
+
+def test_unknown_public_name_raises_attribute_error():
+    with pytest.raises(AttributeError):
+        nextlong.does_not_exist  # noqa: B018
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_replaces_on_success(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_manifest_records_settings_seed_statistics_versions(tmp_path):
+    path = tmp_path / "manifest.json"
+    write_manifest(path, command="chunk", settings={"max_len": 2048}, statistics={"documents": 3}, seed=7)
+    manifest = json.loads(path.read_text())
+    assert manifest["settings"] == {"max_len": 2048}
+    assert manifest["statistics"] == {"documents": 3}
+    assert manifest["seed"] == 7
+    assert manifest["versions"]["nextlong"] == nextlong.__version__

@@ -1,0 +1,239 @@
+"""ChunkIndex against exact brute-force search: recall, exclusions that never lose k, save/load/view, bad files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nextlong.embedding import HashedLexicalEmbedder
+from nextlong.index import ChunkIndex, EmbedderMismatchError, IndexFileError
+from test_index_corpus import chunk_table, needs_pydocs, pydocs_files
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(queries, vectors, k, eligible=None):
+    """Exact cosine top-k over `vectors` (row = chunk id); `eligible(i) -> bool mask` per query."""
+    sims = unit(queries) @ unit(vectors).T
+    if eligible is not None:
+        for i in range(len(queries)):
+            sims[i, ~eligible(i)] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(sims, top, axis=1)
+
+
+def recall_at(found, truth):
+    k = truth.shape[1]
+    return np.mean([len(set(found[i][found[i] >= 0]) & set(truth[i])) / k for i in range(len(truth))])
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Real chunk embeddings: lexical vectors of Python-docs chunks (stdlib docstrings without the docs)."""
+    if pydocs_files(1):
+        table = chunk_table(pydocs_files(), max_chars=1024, max_chunks=4000, min_chars=40)
+        texts = table.column("text").to_pylist()
+        docs = table.column("doc_index").to_numpy()
+        hashes = table.column("text_hash").to_numpy()
+    else:  # pragma: no cover - exercised only where python3.11-doc is missing
+        import inspect
+        import json as _j, os, re, subprocess, typing
+
+        texts = [p for m in (_j, os, re, subprocess, typing, inspect) for p in (m.__doc__ or "").split("\n\n") if p.strip()]
+        docs = np.arange(len(texts)) // 3
+        hashes = np.arange(len(texts), dtype=np.uint64)
+    vecs = HashedLexicalEmbedder(256).fit(texts).embed(texts)
+    keep = np.linalg.norm(vecs, axis=1) > 0
+    return vecs[keep], docs[keep], hashes[keep]
+
+
+@pytest.fixture(scope="module")
+def built(real):
+    vecs, docs, hashes = real
+    return ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes, embedder="lexical-test")
+
+
+def test_recall_at_10_against_exact_search(real, built):
+    vecs, _, _ = real
+    q = vecs[:: max(1, len(vecs) // 400)]
+    ids, sims = built.search(q, 10)
+    truth, truth_sims = brute_force(q, vecs, 10)
+    assert ids.dtype == np.int64 and sims.dtype == np.float32 and ids.shape == (len(q), 10)
+    assert recall_at(ids, truth) >= 0.95
+    # similarities are the cosines of the returned ids (f16 storage: small rounding)
+    np.testing.assert_allclose(sims, (unit(q)[:, None, :] * unit(vecs)[ids]).sum(-1), atol=3e-3)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)  # best first
+
+
+def test_doc_and_duplicate_exclusion_exact_and_k_kept(real, built):
+    vecs, docs, hashes = real
+    sel = np.arange(0, len(vecs), max(1, len(vecs) // 300))
+    q = vecs[sel]
+    k = 12
+    ids, sims = built.search(q, k, exclude_doc_ids=docs[sel], exclude_hashes=hashes[sel])
+    assert (ids >= 0).all() and not np.isnan(sims).any()  # exactly k for every query
+    assert not (docs[ids] == docs[sel][:, None]).any()
+    assert not (hashes[ids] == hashes[sel][:, None]).any()
+    truth, _ = brute_force(q, vecs, k, lambda i: (docs != docs[sel[i]]) & (hashes != hashes[sel[i]]))
+    assert recall_at(ids, truth) >= 0.95
+
+
+def test_refill_when_own_document_crowds_the_top():
+    """A document with 300 near-identical chunks: excluding it still yields k results, the true ones."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(32)
+    crowd = unit(base + 0.01 * rng.standard_normal((300, 32)))
+    others = unit(rng.standard_normal((700, 32)) + 0.5 * base)
+    vecs = np.concatenate([crowd, others])
+    docs = np.concatenate([np.zeros(300, np.int64), 1 + np.arange(700) // 7])
+    index = ChunkIndex.build(vecs, np.arange(1000), docs)
+    ids, _ = index.search(crowd[:5], 10, exclude_doc_ids=[0] * 5)
+    assert (ids >= 300).all()
+    truth, _ = brute_force(crowd[:5], vecs, 10, lambda i: docs != 0)
+    assert recall_at(ids, truth) >= 0.95
+
+
+def test_padding_only_when_too_few_eligible():
+    rng = np.random.default_rng(1)
+    vecs = unit(rng.standard_normal((30, 16)))
+    docs = np.repeat([0, 1, 2], 10)
+    index = ChunkIndex.build(vecs, np.arange(30), docs)
+    ids, sims = index.search(vecs[:2], 25, exclude_doc_ids=[0, 0])
+    assert (ids[:, :20] >= 10).all() and (ids[:, 20:] == -1).all()
+    assert np.isnan(sims[:, 20:]).all() and not np.isnan(sims[:, :20]).any()
+    assert sorted(ids[0, :20].tolist()) == list(range(10, 30))  # every eligible chunk, none lost
+
+
+def test_exclusion_forms(built, real):
+    vecs, docs, _ = real
+    q = vecs[:3]
+    base, _ = built.search(q, 5)
+    banned = {int(base[0, 0]), int(base[1, 0])}
+    ids, _ = built.search(q, 5, exclude_ids=banned)  # one set for every query
+    assert not set(ids.ravel().tolist()) & banned
+    per_query = [[int(base[0, 0]), int(base[0, 1])], None, int(base[2, 0])]
+    ids2, _ = built.search(q, 5, exclude_ids=per_query)
+    assert base[0, 0] not in ids2[0] and base[0, 1] not in ids2[0]
+    np.testing.assert_array_equal(ids2[1], base[1])
+    assert base[2, 0] not in ids2[2]
+    two_docs = [{int(docs[0]), int(docs[int(base[0, 0])])}, docs[1], docs[2]]
+    ids3, _ = built.search(q, 5, exclude_doc_ids=two_docs)
+    assert not np.isin(docs[ids3[0]], list(two_docs[0])).any()
+    with pytest.raises(TypeError, match="doc_index"):
+        built.search(q, 5, exclude_doc_ids=["a", "b", "c"])
+    with pytest.raises(ValueError, match="one entry per query"):
+        built.search(q, 5, exclude_doc_ids=[1, 2])
+
+
+def test_string_doc_ids_and_custom_keys():
+    rng = np.random.default_rng(2)
+    vecs = unit(rng.standard_normal((200, 24)))
+    keys = 1000 + 3 * np.arange(200)  # keys need not be row numbers
+    docs = np.array([f"doc-{i // 4}" for i in range(200)])
+    index = ChunkIndex.build(vecs, keys, docs)
+    ids, _ = index.search(vecs[:10], 8, exclude_doc_ids=docs[:10])
+    rows = (ids - 1000) // 3
+    assert np.isin(ids, keys).all()
+    assert not (docs[rows] == docs[:10][:, None]).any()
+    truth, _ = brute_force(vecs[:10], vecs, 8, lambda i: docs != docs[i])
+    assert recall_at(rows, truth) >= 0.95
+
+
+@pytest.mark.parametrize("dtype", ["i8", "f32"])
+def test_other_storage_dtypes(real, dtype):
+    vecs, docs, _ = real
+    sub = vecs[:1500]
+    index = ChunkIndex.build(sub, np.arange(len(sub)), docs[: len(sub)], dtype=dtype)
+    ids, _ = index.search(sub[:100], 10)
+    truth, _ = brute_force(sub[:100], sub, 10)
+    assert index.info["dtype"] == dtype
+    assert recall_at(ids, truth) >= (0.95 if dtype == "f32" else 0.85)  # i8 quantises the vectors
+
+
+def test_save_load_view_answer_the_same(tmp_path, built, real):
+    vecs, docs, _ = real
+    q = vecs[:50]
+    want = built.search(q, 10, exclude_doc_ids=docs[:50])
+    built.save(tmp_path / "idx")
+    loaded = ChunkIndex.load(tmp_path / "idx")
+    viewed = ChunkIndex.view(tmp_path / "idx")
+    for other in (loaded, viewed):
+        got = other.search(q, 10, exclude_doc_ids=docs[:50])
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    assert viewed.is_view and not loaded.is_view
+    index_file = str((tmp_path / "idx" / "index.usearch").resolve())
+    maps = open("/proc/self/maps").read() if __import__("os").path.exists("/proc/self/maps") else None
+    if maps is not None:
+        assert index_file in maps  # view() memory-maps the file rather than reading it
+    meta = viewed.meta
+    assert meta.column_names[:2] == ["chunk_id", "doc_index"] and meta.num_rows == len(vecs)
+
+
+def test_embedder_mismatch_is_a_clear_error(tmp_path, built):
+    built.save(tmp_path / "idx")
+    other = HashedLexicalEmbedder(128)
+    with pytest.raises(EmbedderMismatchError, match=r"'lexical-test' \(dim 256\).*'hashed-tfidf-d128' \(dim 128\)"):
+        ChunkIndex.load(tmp_path / "idx", embedder=other)
+    with pytest.raises(EmbedderMismatchError, match="dim 384 was asked"):
+        ChunkIndex.view(tmp_path / "idx", expect_dim=384)
+    assert len(ChunkIndex.view(tmp_path / "idx", embedder="lexical-test")) == len(built)
+
+
+def test_corrupt_or_partial_index_files_are_clear_errors(tmp_path, built):
+    folder = built.save(tmp_path / "idx")
+    path = folder / "index.usearch"
+    good = path.read_bytes()
+
+    path.write_bytes(good[: len(good) // 2])  # partial copy
+    with pytest.raises(IndexFileError, match="partial"):
+        ChunkIndex.view(folder)
+
+    body = bytearray(good)
+    body[len(body) // 2 : len(body) // 2 + 64] = bytes(64)  # same size, damaged inside
+    path.write_bytes(bytes(body))
+    with pytest.raises(IndexFileError, match="CRC32 mismatch"):
+        ChunkIndex.load(folder)
+
+    path.write_bytes(bytes(len(good)))  # header destroyed
+    with pytest.raises(IndexFileError, match="not a usearch index|header"):
+        ChunkIndex.view(folder)
+
+    path.write_bytes(good)
+    (folder / "index.json").unlink()
+    with pytest.raises(IndexFileError, match="incomplete save"):
+        ChunkIndex.load(folder)
+    (folder / "index.json").write_text("{not json")
+    with pytest.raises(IndexFileError, match="not valid JSON"):
+        ChunkIndex.load(folder)
+    with pytest.raises(IndexFileError, match="not an index directory"):
+        ChunkIndex.load(tmp_path / "nowhere")
+
+
+def test_query_shape_errors(built):
+    with pytest.raises(ValueError, match="queries must have shape"):
+        built.search(np.zeros((2, 7), np.float32), 3)
+    ids, sims = built.search(np.zeros((0, built.dim), np.float32), 3)
+    assert ids.shape == (0, 3)
+    one, _ = built.search(np.ones(built.dim, np.float32), 3)  # a single vector is one query
+    assert one.shape == (1, 3)
+
+
+@needs_pydocs
+def test_hnsw_recall_on_minilm_embeddings(tmp_path):
+    """Semantic embeddings of real chunks: HNSW at default settings reaches recall@10 >= 0.95."""
+    from nextlong.embedding import load_embedder
+
+    table = chunk_table(pydocs_files(80, "library"), max_chars=300, max_chunks=200, min_chars=40)
+    vecs = load_embedder().embed(table.column("text").to_pylist())
+    docs = table.column("doc_index").to_numpy()
+    index = ChunkIndex.build(vecs, np.arange(len(vecs)), docs)
+    ids, _ = index.search(vecs, 10, exclude_doc_ids=docs)
+    truth, _ = brute_force(vecs, vecs, 10, lambda i: docs != docs[i])
+    assert recall_at(ids, truth) >= 0.95
+    assert not (docs[ids] == docs[:, None]).any()

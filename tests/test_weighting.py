@@ -1,0 +1,100 @@
+"""Token-weighting schemes against hand-computed cases; log-prob helpers against a direct loop."""
+
+import math
+
+import pytest
+import torch
+
+from nextlong.weighting import (dense_weights, long_context_logprobs, longce_weights,
+                                short_context_logprobs, sparse_weights, token_scores)
+
+
+def test_token_scores_signed_and_absolute():
+    long = torch.tensor([-1.0, -2.0, -0.5])
+    short = torch.tensor([-3.0, -1.0, -0.5])
+    assert token_scores(long, short).tolist() == [2.0, -1.0, 0.0]
+    assert token_scores(long, short, absolute=True).tolist() == [2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="shapes differ"):
+        token_scores(long, short[:2])
+
+
+def test_dense_hand_computed():
+    # valid scores [3, 1, -2 -> 0, 0]; mean over 4 valid = 1; w_score = [3, 1, 0, 0]
+    scores = torch.tensor([[3.0, 1.0, -2.0, 0.0, 9.0]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    w = dense_weights(scores, mask, lam=0.5)
+    torch.testing.assert_close(w, torch.tensor([[2.0, 1.0, 0.5, 0.5, 0.0]]))
+    assert w[mask].mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(dense_weights(scores, mask, lam=1.0),
+                               torch.tensor([[3.0, 1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(dense_weights(scores, mask, lam=0.0), mask.float())
+    # each row is normalised on its own; an all-zero row is uniform
+    two = dense_weights(torch.tensor([[2.0, 6.0], [0.0, 0.0]]), lam=1.0)
+    torch.testing.assert_close(two, torch.tensor([[0.5, 1.5], [1.0, 1.0]]))
+
+
+def test_sparse_hand_computed():
+    scores = torch.tensor([[0.1, 5.0, 3.0, -1.0, 3.0, 100.0]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    # 5 valid tokens, keep 40% -> 2 tokens: 5.0 (pos 1) and the earlier 3.0 (pos 2)
+    w = sparse_weights(scores, mask, keep=0.4, low=0.1)
+    torch.testing.assert_close(w, torch.tensor([[0.1, 1.0, 1.0, 0.1, 0.1, 0.0]]))
+    # keep 50% of 5 -> ceil(2.5) = 3 tokens, others dropped
+    w = sparse_weights(scores, mask, keep=0.5)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0]]))
+    assert sparse_weights(scores, mask, keep=1.0)[mask].eq(1).all()
+    assert sparse_weights(scores, mask, keep=0.0).eq(0).all()
+
+
+def test_longce_hand_computed():
+    long = torch.tensor([-1.0, -1.0, -5.0, -0.1])
+    short = torch.tensor([-1.0, -3.0, -4.0, -20.0])
+    w = longce_weights(long, short, gamma=8.0)  # e^2 = 7.39 stays, e^19.9 is clipped to 8
+    torch.testing.assert_close(w, torch.tensor([1.0, math.exp(2.0), math.exp(-1.0), 8.0]))
+    assert longce_weights(long, short, gamma=5.0)[1].item() == 5.0
+    mask = torch.tensor([True, False, True, True])
+    assert longce_weights(long, short, mask, gamma=5.0)[1].item() == 0.0
+
+
+def tiny_llama(seed=0, vocab=61):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def direct_logprobs(model, ids, window=None, stride=1):
+    """One forward per token on exactly its context, through the stock model's logits."""
+    b, t = ids.shape
+    out = torch.zeros(b, t)
+    with torch.no_grad():
+        for pos in range(1, t):
+            lo = 0
+            if window is not None and pos > window:
+                block_start = window + 1 + (pos - window - 1) // stride * stride
+                lo = block_start - window
+            logits = model(input_ids=ids[:, lo:pos]).logits[:, -1].float()
+            out[:, pos] = torch.log_softmax(logits, -1).gather(1, ids[:, pos:pos + 1])[:, 0]
+    return out
+
+
+def test_short_and_long_logprobs_match_direct_computation():
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 61, (2, 13), generator=g)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(long_context_logprobs(model, ids), direct_logprobs(model, ids), **tol)
+    for window in (1, 4):
+        got = short_context_logprobs(model, ids, window, batch_size=5)
+        torch.testing.assert_close(got, direct_logprobs(model, ids, window), **tol)
+    # strided approximation: 8 targets after a window of 4 -> blocks of 3, 3 and a remainder of 2
+    got = short_context_logprobs(model, ids, 4, stride=3, batch_size=2)
+    torch.testing.assert_close(got, direct_logprobs(model, ids, 4, stride=3), **tol)
+    assert not torch.allclose(got, direct_logprobs(model, ids, 4), **tol)  # really is different
+    # a window at least as long as the sequence is the long context
+    torch.testing.assert_close(short_context_logprobs(model, ids, 20),
+                               long_context_logprobs(model, ids), **tol)
+    with pytest.raises(ValueError, match="window"):
+        short_context_logprobs(model, ids, 0)
