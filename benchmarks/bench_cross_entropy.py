@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextlong.kernels.cross_entropy import fused_linear_cross_entropy
+from nextlong.kernels.losses import fused_linear_cross_entropy
 
 H100_BF16_DENSE_TFLOPS = 989.0
 GPU_TOKENS = (8192, 32768, 131072)

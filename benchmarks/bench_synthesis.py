@@ -24,7 +24,7 @@ import pytest
 
 DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 TARGET = 131072
-SAMPLES = 32
+SAMPLES = 64
 MINILM_SAMPLE = 256
 RESULTS: dict[str, tuple[float, str]] = {}
 

@@ -137,7 +137,6 @@ class BytesMap {
     for (const Slot& s : old) {
       if (s.len == kEmpty) continue;
       // recompute the full hash from the stored key
-      std::string key(reinterpret_cast<const char*>(&s.word), 0);
       uint64_t h;
       if (s.len <= 8) {
         h = mix64(s.word * 0x9E3779B97F4A7C15ULL + s.len);

@@ -6,6 +6,7 @@
 #include <queue>
 #include <stdexcept>
 
+#include "unicode_nfc.h"
 #include "unicode_props.h"
 
 namespace nextlong {
@@ -45,7 +46,12 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
                            std::vector<BpeAddedToken> added,
                            const std::vector<std::pair<uint32_t, std::string>>& decode_only)
     : opt_(std::move(options)), added_(std::move(added)), uid_(g_next_uid.fetch_add(1)) {
-  if (!opt_.pattern.empty()) regex_ = std::make_unique<regex::Regex>(opt_.pattern, opt_.dialect);
+  if (!opt_.pattern.empty()) {
+    regex_ = std::make_unique<regex::Regex>(opt_.pattern, opt_.dialect);
+    regex::Cl100kScanner::Variant v;
+    if (!opt_.generic_regex_only && regex::Cl100kScanner::recognise(opt_.pattern, opt_.dialect, &v))
+      scanner_ = std::make_unique<regex::Cl100kScanner>(v);
+  }
   uint32_t max_id = 0;
   for (const auto& [id, b] : model) max_id = std::max(max_id, id);
   for (const auto& t : added_) max_id = std::max(max_id, t.id);
@@ -219,21 +225,23 @@ void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t
   cache.index.insert(std::string_view(reinterpret_cast<const char*>(s), n), off);
 }
 
-void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {
+template <class Fn>
+void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
-  auto piece = [&](size_t b, size_t e) {
-    if (e <= b) return;
-    if (opt_.prefix_space == kPrefixPiece && s[b] != ' ') {
-      std::string& buf = t_prefixed;
-      buf.assign(1, ' ');
-      buf.append(text.data() + b, e - b);
-      encode_piece(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), out);
-    } else {
-      encode_piece(s + b, e - b, out);
+  size_t n = text.size();
+  if (!regex_) {
+    if (n) fn(size_t{0}, n);
+    return;
+  }
+  if (scanner_ && !generic) {
+    for (size_t p = 0; p < n;) {
+      size_t e = scanner_->next(s, n, p);
+      fn(p, e);
+      p = e;
     }
-  };
-  if (!regex_) { piece(0, text.size()); return; }
-  size_t n = text.size(), pos = 0, from = 0;
+    return;
+  }
+  size_t pos = 0, from = 0;
   while (from <= n) {
     size_t ms, me;
     if (!regex_->find(text, from, &ms, &me)) break;
@@ -244,14 +252,43 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out
       from = ms + len;
       continue;
     }
-    if (opt_.keep_gaps) piece(pos, ms);
-    piece(ms, me);
+    if (opt_.keep_gaps && pos < ms) fn(pos, ms);
+    fn(ms, me);
     pos = from = me;
   }
-  if (opt_.keep_gaps) piece(pos, n);
+  if (opt_.keep_gaps && pos < n) fn(pos, n);
+}
+
+void BpeTokenizer::split_pieces(std::string_view text, bool generic,
+                                std::vector<std::pair<size_t, size_t>>& out) const {
+  for_each_piece(text, generic, [&](size_t b, size_t e) { out.emplace_back(b, e); });
+}
+
+void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {
+  const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
+  for_each_piece(text, false, [&](size_t b, size_t e) {
+    if (opt_.prefix_space == kPrefixPiece && s[b] != ' ') {
+      std::string& buf = t_prefixed;
+      buf.assign(1, ' ');
+      buf.append(text.data() + b, e - b);
+      encode_piece(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), out);
+    } else {
+      encode_piece(s + b, e - b, out);
+    }
+  });
 }
 
 void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+  if (opt_.nfc && !unicode::nfc_quick_check(text)) {
+    std::string normalized;
+    unicode::nfc_normalize(text, normalized);
+    encode_normalized(normalized, out);
+    return;
+  }
+  encode_normalized(text, out);
+}
+
+void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out) const {
   if (opt_.prefix_space == kPrefixText && !text.empty() && text[0] != ' ') {
     std::string buf;
     buf.reserve(text.size() + 1);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bpe_hash.h"
+#include "regex_cl100k_scanner.h"
 #include "regex_engine.h"
 #include "text_encoder.h"
 
@@ -28,6 +29,8 @@ struct BpeOptions {
   bool keep_gaps = false;      // HF Split(Isolated) keeps unmatched text as pieces; tiktoken drops it
   int prefix_space = 0;        // 0 none, 1 once per text (ByteLevel before splitting), 2 per piece
   bool ignore_merges = false;  // a piece that is a whole vocab token becomes that token
+  bool nfc = false;                 // NFC-normalize text before pre-tokenization (HF NFC normalizer)
+  bool generic_regex_only = false;  // never use the hand-written cl100k-family scanner (tests)
 };
 
 class BpeTokenizer : public TextEncoder {
@@ -57,9 +60,13 @@ class BpeTokenizer : public TextEncoder {
   // Model-vocabulary id of a byte string, or -1.
   int64_t model_id(std::string_view bytes) const;
   const BpeOptions& options() const { return opt_; }
+  bool has_fast_scanner() const { return scanner_ != nullptr; }
+  // Byte spans of the pre-tokenization pieces (gaps included when the options keep them).
+  void split_pieces(std::string_view text, bool generic, std::vector<std::pair<size_t, size_t>>& out) const;
 
  private:
   void encode_text(std::string_view text, std::vector<uint32_t>& out) const;
+  void encode_normalized(std::string_view text, std::vector<uint32_t>& out) const;
   void encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   void merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
@@ -71,7 +78,10 @@ class BpeTokenizer : public TextEncoder {
                    const std::vector<char>& allowed, std::vector<Segment>& out) const;
 
   BpeOptions opt_;
+  template <class Fn>
+  void for_each_piece(std::string_view text, bool generic, Fn&& fn) const;
   std::unique_ptr<regex::Regex> regex_;
+  std::unique_ptr<regex::Cl100kScanner> scanner_;
   bpe::BytesMap vocab_;
   bpe::PairMap pairs_;
   uint32_t byte_id_[256];

@@ -614,6 +614,8 @@ class Matcher {
   };
 
   size_t end_ = 0;
+  static constexpr int kMaxDepth = 5000;
+  int depth_ = 0;
 
   inline bool set_at(int set, size_t p, size_t* len) const {
     const CharSet& cs = re_.sets_[set];
@@ -659,6 +661,16 @@ class Matcher {
   }
 
   bool m(const Node* n, size_t p, const Cont* k) {
+    // Backtracking recurses once per nested step; a general (non single-character) repeat over a
+    // long input could exhaust the thread's stack. Fail loudly instead of crashing.
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(x) {
+        if (++d > kMaxDepth)
+          throw RegexError("regex backtracking too deep for this input (a repeated group over a very long match)");
+      }
+      ~Depth() { --d; }
+    } guard(depth_);
     switch (n->kind) {
       case Node::kSet: {
         if (p >= n_) return false;

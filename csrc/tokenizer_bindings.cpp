@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "bpe_tokenizer.h"
+#include "unicode_nfc.h"
 
 namespace py = pybind11;
 
@@ -76,12 +77,24 @@ constexpr size_t kReleaseGilBytes = 4096;
 }  // namespace
 
 void bind_tokenizer(py::module_& m) {
+  py::register_exception<regex::RegexError>(m, "RegexError", PyExc_ValueError);
+  m.def(
+      "nfc",
+      [](py::handle text) {
+        std::string_view sv = utf8_view(text);
+        std::string out;
+        if (unicode::nfc_quick_check(sv)) out.assign(sv);
+        else unicode::nfc_normalize(sv, out);
+        return py::str(out);
+      },
+      "Unicode NFC of a str, as the tokenizer applies it (exposed for tests).");
   py::class_<BpeTokenizer, TextEncoder>(m, "BpeTokenizer",
                                         "Byte-level BPE tokenizer core; build it with nextlong.Tokenizer.")
       .def(py::init([](const std::vector<std::pair<uint32_t, py::bytes>>& model, py::object merges,
                        const std::string& pattern, const std::string& dialect, bool keep_gaps, int prefix_space,
                        bool ignore_merges, const std::vector<std::tuple<std::string, uint32_t, bool, bool, bool, bool>>& added,
-                       const std::vector<std::pair<uint32_t, py::bytes>>& decode_only) {
+                       const std::vector<std::pair<uint32_t, py::bytes>>& decode_only, bool generic_regex_only,
+                       bool nfc) {
              std::vector<std::pair<uint32_t, std::string>> mv, dv;
              mv.reserve(model.size());
              for (const auto& [id, b] : model) mv.emplace_back(id, std::string(b));
@@ -97,6 +110,8 @@ void bind_tokenizer(py::module_& m) {
              opt.keep_gaps = keep_gaps;
              opt.prefix_space = prefix_space;
              opt.ignore_merges = ignore_merges;
+             opt.generic_regex_only = generic_regex_only;
+             opt.nfc = nfc;
              std::vector<BpeAddedToken> av;
              for (const auto& [content, id, l, r, sw, norm] : added) av.push_back({content, id, l, r, sw, norm});
              py::gil_scoped_release release;
@@ -109,7 +124,8 @@ void bind_tokenizer(py::module_& m) {
              }
            }),
            py::arg("model"), py::arg("merges"), py::arg("pattern"), py::arg("dialect"), py::arg("keep_gaps"),
-           py::arg("prefix_space"), py::arg("ignore_merges"), py::arg("added"), py::arg("decode_only"))
+           py::arg("prefix_space"), py::arg("ignore_merges"), py::arg("added"), py::arg("decode_only"),
+           py::arg("generic_regex_only") = false, py::arg("nfc") = false)
       .def("encode_ordinary",
            [](const BpeTokenizer& t, py::handle text) {
              std::string_view sv = utf8_view(text);
@@ -189,36 +205,17 @@ void bind_tokenizer(py::module_& m) {
            })
       .def("model_id", [](const BpeTokenizer& t, py::bytes b) { return t.model_id(std::string(b)); })
       .def("pretokenize",
-           [](const BpeTokenizer& t, py::handle text) {
-             // The pieces the regex produces (for tests and debugging), as str.
+           [](const BpeTokenizer& t, py::handle text, bool generic) {
+             // The pieces pre-tokenization produces (for tests and debugging), as str.
              std::string_view sv = utf8_view(text);
+             std::vector<std::pair<size_t, size_t>> spans;
+             t.split_pieces(sv, generic, spans);
              py::list out;
-             const auto& opt = t.options();
-             if (opt.pattern.empty()) {
-               out.append(py::str(sv.data(), sv.size()));
-               return out;
-             }
-             regex::Regex re(opt.pattern, opt.dialect);
-             size_t n = sv.size(), pos = 0, from = 0;
-             auto push = [&](size_t b, size_t e) {
-               if (e > b) out.append(py::str(sv.data() + b, e - b));
-             };
-             while (from <= n) {
-               size_t ms, me;
-               if (!re.find(sv, from, &ms, &me)) break;
-               if (me == ms) {
-                 if (ms >= n) break;
-                 from = ms + 1;
-                 while (from < n && (static_cast<uint8_t>(sv[from]) & 0xC0) == 0x80) ++from;
-                 continue;
-               }
-               if (opt.keep_gaps) push(pos, ms);
-               push(ms, me);
-               pos = from = me;
-             }
-             if (opt.keep_gaps) push(pos, n);
+             for (const auto& [b, e] : spans) out.append(py::str(sv.data() + b, e - b));
              return out;
-           })
+           },
+           py::arg("text"), py::arg("generic") = false)
+      .def_property_readonly("has_fast_scanner", &BpeTokenizer::has_fast_scanner)
       .def_property_readonly("max_id", &BpeTokenizer::max_id)
       .def_property_readonly("num_model_tokens", &BpeTokenizer::num_model_tokens)
       .def_property_readonly("num_added_tokens", [](const BpeTokenizer& t) { return t.added().size(); });

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "fused_linear_cross_entropy": "cross_entropy",
-    "cross_entropy": "cross_entropy",
+    "fused_linear_cross_entropy": "losses",
+    "cross_entropy": "losses",
     "flash_attention": "attention",
 }
 

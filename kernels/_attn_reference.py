@@ -1,10 +1,14 @@
 """PyTorch attention with document masking: a dense reference for tests and a memory-lean fallback.
 
 `dense_reference_attention` materialises the full (T, T) mask and is only for checking the other
-implementations on small inputs. `TorchVarlenAttention` is the CPU fallback behind
-`flash_attention(backend="torch")`: the same algorithm as the Triton kernels (per document, blocks of
-queries, log-sum-exp saved, scores recomputed in the backward), so its peak extra memory is one
-(heads, chunk, keys-in-range) score block rather than anything quadratic in the sequence.
+implementations on small inputs. `torch_attention_forward/backward` are the fallback behind
+`flash_attention(backend="torch")`, working one document at a time so nothing is quadratic in the
+packed length:
+- fused: PyTorch's CPU flash-attention kernel (`aten::_scaled_dot_product_flash_attention_for_cpu`,
+  which returns the log-sum-exp the backward needs); a whole document with `is_causal` when there is
+  no window, or blocks of queries with a small additive mask over the keys in range when there is.
+- chunked: plain matmuls over blocks of queries, log-sum-exp saved, scores recomputed in the backward
+  (used off CPU and when the fused op is missing); peak extra memory one (heads, chunk, keys) block.
 
 Mask semantics shared by every backend (query i, key j, positions counted inside one document):
     j attends-able  iff  same document
@@ -117,9 +121,85 @@ def _doc_kv(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
     return x[start:start + length].float().permute(1, 0, 2).contiguous()[:, None]
 
 
+_FUSED_FWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FUSED_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+# Queries per block for the fused path with a window (the additive mask is chunk x (chunk + window)).
+FUSED_WINDOW_CHUNK = 1024
+
+
+def use_fused(q: torch.Tensor) -> bool:
+    return _FUSED_FWD is not None and _FUSED_BWD is not None and q.device.type == "cpu" and q.dtype != torch.float16
+
+
+def _heads_first(x: torch.Tensor, group: int = 1) -> torch.Tensor:
+    """(L, H, D) -> (1, H * group, L, D) view (a copy only when k/v heads are repeated for GQA)."""
+    if group > 1:
+        x = x.repeat_interleave(group, dim=1)
+    return x.transpose(0, 1)[None]
+
+
+def _fused_blocks(length, causal, left, right):
+    """(query lo, hi, key lo, hi, is_causal, needs_mask) blocks covering one document."""
+    if left < 0 and right < 0:
+        return [(0, length, 0, length, causal, False)]
+    blocks = []
+    for a in range(0, length, FUSED_WINDOW_CHUNK):
+        b = min(length, a + FUSED_WINDOW_CHUNK)
+        klo, khi = key_range(a, b, length, causal, left, right)
+        blocks.append((a, b, klo, khi, False, True))
+    return blocks
+
+
+def _additive_mask(a, b, klo, khi, causal, left, right, dtype, device):
+    allowed = block_mask(a, b, klo, khi, causal, left, right, device)
+    if allowed is None:
+        return None
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+
+
+def _fused_forward(q, k, v, cu_seqlens, causal, left, right, scale):
+    total, heads, _ = q.shape
+    group = heads // k.shape[1]
+    out = torch.empty_like(q)
+    lse = torch.full((total, heads), float("-inf"), dtype=torch.float32, device=q.device)
+    for start, length in _documents(cu_seqlens):
+        for a, b, klo, khi, is_causal, needs_mask in _fused_blocks(length, causal, left, right):
+            mask = _additive_mask(a, b, klo, khi, causal, left, right, q.dtype, q.device) if needs_mask else None
+            o, m = _FUSED_FWD(_heads_first(q[start + a:start + b]),
+                              _heads_first(k[start + klo:start + khi], group),
+                              _heads_first(v[start + klo:start + khi], group),
+                              0.0, is_causal, attn_mask=mask, scale=scale)
+            out[start + a:start + b] = o[0].transpose(0, 1)
+            lse[start + a:start + b] = m[0].transpose(0, 1)
+    return out, lse
+
+
+def _fused_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scale):
+    heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[2]
+    group = heads // kv_heads
+    dq = torch.empty_like(q)
+    dk = torch.zeros_like(k, dtype=torch.float32)
+    dv = torch.zeros_like(v, dtype=torch.float32)
+    for start, length in _documents(cu_seqlens):
+        for a, b, klo, khi, is_causal, needs_mask in _fused_blocks(length, causal, left, right):
+            mask = _additive_mask(a, b, klo, khi, causal, left, right, q.dtype, q.device) if needs_mask else None
+            qs, ks = slice(start + a, start + b), slice(start + klo, start + khi)
+            gq, gk, gv = _FUSED_BWD(_heads_first(do[qs]), _heads_first(q[qs]), _heads_first(k[ks], group),
+                                    _heads_first(v[ks], group), _heads_first(out[qs]),
+                                    lse[qs].transpose(0, 1)[None].contiguous(), 0.0, is_causal,
+                                    attn_mask=mask, scale=scale)
+            dq[qs] = gq[0].transpose(0, 1)
+            # Sum the gradients of the G query heads that share one kv head.
+            dk[ks] += gk[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1).transpose(0, 1)
+            dv[ks] += gv[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1).transpose(0, 1)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
 def torch_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, chunk=DEFAULT_QUERY_CHUNK,
-                            budget=SCORE_BUDGET):
+                            budget=SCORE_BUDGET, fused=None):
     """Returns (out like q, lse float32 (T, H)), processing one document and one query chunk at a time."""
+    if use_fused(q) if fused is None else fused:
+        return _fused_forward(q, k, v, cu_seqlens, causal, left, right, scale)
     total, heads, _ = q.shape
     kv_heads = k.shape[1]
     out = torch.zeros_like(q)
@@ -144,8 +224,10 @@ def torch_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, chu
 
 
 def torch_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scale,
-                             chunk=DEFAULT_QUERY_CHUNK, budget=SCORE_BUDGET):
+                             chunk=DEFAULT_QUERY_CHUNK, budget=SCORE_BUDGET, fused=None):
     """Gradients (dq, dk, dv) by recomputing each score block from the saved log-sum-exp."""
+    if use_fused(q) if fused is None else fused:
+        return _fused_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scale)
     heads, kv_heads = q.shape[1], k.shape[1]
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k, dtype=torch.float32)

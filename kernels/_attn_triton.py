@@ -99,15 +99,22 @@ def _allowed(offs_m, offs_n, L, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT:
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, start_n, end_n,
                qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
-               BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+               BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        rows = tl.arange(0, BLOCK_N)
+        offs_n = n0 + rows
+        if BIG:  # 64-bit tile base, 32-bit offsets inside the tile: no overflow on very long documents
+            k_ptrs = k_base + n0 * stride_kt.to(tl.int64) + rows[:, None] * stride_kt + offs_d[None, :]
+            v_ptrs = v_base + n0 * stride_vt.to(tl.int64) + rows[:, None] * stride_vt + offs_d[None, :]
+        else:  # 32-bit offsets from the document start (fewer registers)
+            k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+            v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
         if MASKED:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0)
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
         else:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         if MASKED:
             s = tl.where(_allowed(offs_m, offs_n, L, CAUSAL, LEFT, RIGHT), s, float("-inf"))
@@ -126,7 +133,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
 def _fwd_kernel(Q, K, V, O, LSE, CU, BLK_DOC, BLK_IDX, total_tokens,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 qk_scale, GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -147,11 +154,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU, BLK_DOC, BLK_IDX, total_tokens,
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         lo, a, b, hi = _key_blocks(m0, L, CAUSAL, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE)
+                                   lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE)
+                                   a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE)
+                                   b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         acc = acc / l_safe[:, None]
         lse2 = m_i + tl.math.log2(l_safe)
@@ -177,20 +184,27 @@ def _delta_kernel(O, DO, DELTA, total_tokens, stride_ot, stride_oh, stride_dt, s
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n, offs_d, L,
                 start_m, end_m, qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr):
+                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     for m0 in range(start_m, end_m, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+        rows = tl.arange(0, BLOCK_M)
+        offs_m = m0 + rows
+        if BIG:
+            q_ptrs = q_base + m0 * stride_qt.to(tl.int64) + rows[:, None] * stride_qt + offs_d[None, :]
+            do_ptrs = do_base + m0 * stride_dot.to(tl.int64) + rows[:, None] * stride_dot + offs_d[None, :]
+        else:
+            q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :]
+            do_ptrs = do_base + offs_m[:, None] * stride_dot + offs_d[None, :]
         if MASKED:
             row_ok = offs_m < L
-            q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            lse2 = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
-            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+            lse2 = tl.load(lse_base + m0 + rows, mask=row_ok, other=0.0)
+            delta = tl.load(delta_base + m0 + rows, mask=row_ok, other=0.0)
         else:
-            q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :])
-            do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :])
-            lse2 = tl.load(lse_base + offs_m)
-            delta = tl.load(delta_base + offs_m)
+            q = tl.load(q_ptrs)
+            do = tl.load(do_ptrs)
+            lse2 = tl.load(lse_base + m0 + rows)
+            delta = tl.load(delta_base + m0 + rows)
         # Transposed scores (keys x queries) so dK, dV accumulate without transposing the results.
         s_t = _dot(k, tl.trans(q), tl.zeros([k.shape[0], BLOCK_M], dtype=tl.float32), IEEE) * qk_scale
         p_t = tl.math.exp2(s_t - lse2[None, :])
@@ -208,7 +222,7 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                  stride_dkt, stride_dkh, stride_dvt, stride_dvh, qk_scale, sm_scale,
                  GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -233,11 +247,11 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
             lse_base = LSE + head.to(tl.int64) * total_tokens + start
             delta_base = DELTA + head.to(tl.int64) * total_tokens + start
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE)
+                                 offs_n, offs_d, L, lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE, BIG)
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_M, IEEE)
+                                 offs_n, offs_d, L, a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_M, IEEE, BIG)
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE)
+                                 offs_n, offs_d, L, b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE, BIG)
         tl.store(DK + (start + offs_n)[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
                  (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
         tl.store(DV + (start + offs_n)[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
@@ -247,15 +261,22 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
 @triton.jit
 def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, start_n, end_n,
               qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
-              BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        rows = tl.arange(0, BLOCK_N)
+        offs_n = n0 + rows
+        if BIG:  # 64-bit tile base, 32-bit offsets inside the tile: no overflow on very long documents
+            k_ptrs = k_base + n0 * stride_kt.to(tl.int64) + rows[:, None] * stride_kt + offs_d[None, :]
+            v_ptrs = v_base + n0 * stride_vt.to(tl.int64) + rows[:, None] * stride_vt + offs_d[None, :]
+        else:  # 32-bit offsets from the document start (fewer registers)
+            k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+            v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
         if MASKED:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0)
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
         else:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
@@ -271,7 +292,7 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                stride_dqt, stride_dqh, qk_scale, sm_scale,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -294,11 +315,11 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         lo, a, b, hi = _key_blocks(m0, L, CAUSAL, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, lo, a,
-                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE)
+                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, a, b,
-                       qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE)
+                       qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, b, hi,
-                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE)
+                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
         tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
                  (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -330,6 +351,11 @@ def block_table(cu_seqlens: torch.Tensor, total_tokens: int, block: int):
     return doc.to(torch.int32), idx.to(torch.int32), grid
 
 
+def _needs_64bit(*tensors) -> bool:
+    """Whether a token offset times a row stride can pass 2**31 elements (then tiles use 64-bit bases)."""
+    return any(t.shape[0] * t.stride(0) >= 2 ** 31 for t in tensors)
+
+
 def _interpreting() -> bool:
     import os
 
@@ -350,7 +376,7 @@ def triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, bl
         q, k, v, out, lse, cu_seqlens, doc, idx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         scale * LOG2E, GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim,
-        BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, **extra)
+        BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, BIG=_needs_64bit(q, k, v, out), **extra)
     return out, lse
 
 
@@ -373,19 +399,20 @@ def triton_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, r
         out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
         HEAD_DIM=dim, BLOCK=delta_block)
     ieee = q.dtype == torch.float32
+    big = _needs_64bit(q, k, v, do, out)
     kdoc, kidx, kgrid = block_table(cu_seqlens, total, n1)
     _dkdv_kernel[(kgrid, kv_heads)](
         q, k, v, do, lse, delta, dk, dv, cu_seqlens, kdoc, kidx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), scale * LOG2E, scale,
-        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m1, BLOCK_N=n1, IEEE=ieee,
+        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m1, BLOCK_N=n1, IEEE=ieee, BIG=big,
         **({} if interp else {"num_warps": warps1, "num_stages": stages1}))
     qdoc, qidx, qgrid = block_table(cu_seqlens, total, m2)
     _dq_kernel[(qgrid, heads)](
         q, k, v, do, lse, delta, dq, cu_seqlens, qdoc, qidx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), scale * LOG2E, scale,
-        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m2, BLOCK_N=n2, IEEE=ieee,
+        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m2, BLOCK_N=n2, IEEE=ieee, BIG=big,
         **({} if interp else {"num_warps": warps2, "num_stages": stages2}))
     return dq, dk, dv
 

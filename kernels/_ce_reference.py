@@ -3,14 +3,15 @@
 Same contract as ``_ce_triton``: forward returns per-token ``(lse, zy, sz)`` of the soft-capped
 logits, backward turns ``dL/d(lse, zy, sz)`` into gradients. Tokens are processed ``chunk`` at a
 time, so at most ``chunk x V`` logits (plus two temporaries of that size) exist at once; backward
-recomputes each chunk's logits instead of keeping them.
+recomputes each chunk's logits instead of keeping them, except for scalar training losses, whose
+gradients ``flce_stats_and_grads`` forms in the same pass.
 """
 
 from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 22  # ~16 MiB of fp32 logits per chunk
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: big enough for efficient BLAS
 
 
 def default_chunk(n_tokens: int, vocab: int) -> int:
@@ -60,21 +61,33 @@ def flce_stats(hidden, weight, bias, labels, softcap, chunk):
     return tuple(out)
 
 
-def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, need_bias, chunk):
-    dx = torch.empty_like(hidden)
+def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk):
+    """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)``."""
+    need_dx, need_dw, need_db = needs
     acc = acc_dtype(hidden)
-    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc)
-    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_bias else None
+    dx = torch.empty_like(hidden) if need_dx else None
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_dw else None
+    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_db else None
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         z = _capped_logits(hidden[sl], weight, bias, softcap)
         d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
         del z
-        dx[sl] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
-        dw.addmm_(d.t(), hidden[sl].to(acc))
-        if need_bias:
-            db += d.sum(dim=0)
-    return dx, dw.to(weight.dtype), db
+        _accumulate(d, hidden[sl], weight, sl, dx, dw, db)
+    return dx, _cast(dw, weight), _cast(db, bias)
+
+
+def _accumulate(d, hidden_chunk, weight, rows, dx, dw, db):
+    if dx is not None:
+        dx[rows] = (d.to(weight.dtype) @ weight).to(dx.dtype)
+    if dw is not None:
+        dw.addmm_(d.t(), hidden_chunk.to(dw.dtype))
+    if db is not None:
+        db += d.sum(dim=0)
+
+
+def _cast(grad, like):
+    return None if grad is None else grad.to(like.dtype)
 
 
 def ce_stats(logits, labels, softcap, chunk):
@@ -100,7 +113,7 @@ def ce_grad(logits, labels, softcap, lse, ga, gb, gc, chunk):
     return dz
 
 
-def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, need_bias, chunk,
+def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
                          need_sum=True):
     """One pass: per-token stats and the gradients of a loss whose derivative is known up front.
 
@@ -111,10 +124,11 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
     uses it) and reports 0.
     """
     acc = acc_dtype(hidden)
+    need_dx, need_dw, need_db = needs
     stats = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc) for _ in range(3)]
-    dx = torch.empty_like(hidden)
-    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc)
-    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_bias else None
+    dx = torch.empty_like(hidden) if need_dx else None
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_dw else None
+    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_db else None
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         y = labels[sl]
@@ -136,8 +150,5 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
         if cap_grad is not None:
             d.mul_(cap_grad)
         del z
-        dx[sl] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
-        dw.addmm_(d.t(), hidden[sl].to(acc))
-        if need_bias:
-            db += d.sum(dim=0)
-    return tuple(stats), (dx, dw.to(weight.dtype), None if db is None else db.to(bias.dtype))
+        _accumulate(d, hidden[sl], weight, sl, dx, dw, db)
+    return tuple(stats), (dx, _cast(dw, weight), _cast(db, bias))

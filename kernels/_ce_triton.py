@@ -121,7 +121,9 @@ def _bwd_configs():
     """Backward tiles to autotune over on GPU (key: N, V, H, dtype); one tiny tile in the interpreter."""
     if interpreting():
         return [triton.Config({"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16}, num_warps=1, num_stages=1)]
-    tiles = [(64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 64, 64, 4, 3),
+    # (BLOCK_N, BLOCK_V, BLOCK_H, warps, stages) that compile for sm_90 without register spills
+    # in bf16 (checked with cuobjdump -res-usage); BLOCK_H=64 variants spill.
+    tiles = [(64, 128, 32, 8, 3), (128, 64, 32, 8, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 3),
              (32, 64, 32, 4, 2)]
     return [triton.Config({"BLOCK_N": n, "BLOCK_V": v, "BLOCK_H": h}, num_warps=w, num_stages=st)
             for n, v, h, w, st in tiles]
@@ -132,6 +134,7 @@ def _bwd_configs():
 @triton.jit
 def _flce_bwd_kernel(X, W, B, Y, LSE, GA, GB, GC, DX, DW, DB, N, V, H, stride_xn, stride_wv,
                      softcap, HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr,
+                     NEED_DX: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                      PRECISION: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -148,22 +151,24 @@ def _flce_bwd_kernel(X, W, B, Y, LSE, GA, GB, GC, DX, DW, DB, N, V, H, stride_xn
     z = _logit_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, H, stride_xn, stride_wv, softcap,
                     HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
     d = _grad_tile(z, offs_v, mask_n, mask_v, y, lse, ga, gb, gc, softcap, HAS_CAP)
-    if HAS_BIAS:
+    if NEED_DB:
         tl.atomic_add(DB + offs_v, tl.sum(d, axis=0), mask=mask_v)
     dd = d.to(X.dtype.element_ty)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        x = tl.load(X + offs_n.to(tl.int64)[:, None] * stride_xn + offs_h[None, :],
-                    mask=mask_n[:, None] & mask_h[None, :], other=0.0)
-        w = tl.load(W + offs_v.to(tl.int64)[:, None] * stride_wv + offs_h[None, :],
-                    mask=mask_v[:, None] & mask_h[None, :], other=0.0)
-        dx = tl.dot(dd, w, input_precision=PRECISION)
-        tl.atomic_add(DX + offs_n.to(tl.int64)[:, None] * H + offs_h[None, :], dx,
-                      mask=mask_n[:, None] & mask_h[None, :])
-        dw = tl.dot(tl.trans(dd), x, input_precision=PRECISION)
-        tl.atomic_add(DW + offs_v.to(tl.int64)[:, None] * H + offs_h[None, :], dw,
-                      mask=mask_v[:, None] & mask_h[None, :])
+        if NEED_DX:
+            w = tl.load(W + offs_v.to(tl.int64)[:, None] * stride_wv + offs_h[None, :],
+                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)
+            dx = tl.dot(dd, w, input_precision=PRECISION)
+            tl.atomic_add(DX + offs_n.to(tl.int64)[:, None] * H + offs_h[None, :], dx,
+                          mask=mask_n[:, None] & mask_h[None, :])
+        if NEED_DW:
+            x = tl.load(X + offs_n.to(tl.int64)[:, None] * stride_xn + offs_h[None, :],
+                        mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+            dw = tl.dot(tl.trans(dd), x, input_precision=PRECISION)
+            tl.atomic_add(DW + offs_v.to(tl.int64)[:, None] * H + offs_h[None, :], dw,
+                          mask=mask_v[:, None] & mask_h[None, :])
 
 
 @triton.jit
@@ -243,6 +248,9 @@ def flce_stats(hidden, weight, bias, labels, softcap, v_splits=None):
     """(lse, zy, sz) in fp32 for the logits ``hidden @ weight.T + bias`` without materialising them."""
     n, h = hidden.shape
     v = weight.shape[0]
+    if n == 0:
+        empty = torch.empty(0, device=hidden.device, dtype=torch.float32)
+        return empty, empty.clone(), empty.clone()
     bn, bv, bh, warps, stages = _linear_blocks(hidden.dtype)
     n_blocks = triton.cdiv(n, bn)
     v_blocks = triton.cdiv(v, bv)
@@ -265,19 +273,28 @@ def flce_stats(hidden, weight, bias, labels, softcap, v_splits=None):
     return lse, zy.sum(dim=0), sz.sum(dim=0)
 
 
-def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, need_bias):
-    """Gradients of hidden, weight, bias given dL/d(lse, zy, sz); fp32 accumulators, cast at the end."""
+def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs):
+    """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)`` given
+    dL/d(lse, zy, sz); fp32 accumulators, cast to the parameters' dtypes at the end."""
     n, h = hidden.shape
     v = weight.shape[0]
-    dx = torch.zeros((n, h), device=hidden.device, dtype=torch.float32)
-    dw = torch.zeros((v, h), device=hidden.device, dtype=torch.float32)
-    db = torch.zeros((v,), device=hidden.device, dtype=torch.float32) if need_bias else dx
+    need_dx, need_dw, need_db = needs
+    f32 = dict(device=hidden.device, dtype=torch.float32)
+    dx = torch.zeros((n, h), **f32) if need_dx else None
+    dw = torch.zeros((v, h), **f32) if need_dw else None
+    db = torch.zeros((v,), **f32) if need_db else None
+    dummy = torch.empty(1, **f32)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))  # noqa: E731
-    _flce_bwd_kernel[grid](
-        hidden, weight, bias if bias is not None else hidden, labels, lse, ga, gb, gc, dx, dw, db,
-        n, v, h, hidden.stride(0), weight.stride(0), float(softcap or 1.0),
-        HAS_BIAS=need_bias, HAS_CAP=softcap is not None, PRECISION=_precision(hidden.dtype))
-    return dx.to(hidden.dtype), dw.to(weight.dtype), (db if need_bias else None)
+    if n > 0 and any(needs):
+        _flce_bwd_kernel[grid](
+            hidden, weight, bias if bias is not None else hidden, labels, lse, ga, gb, gc,
+            dx if need_dx else dummy, dw if need_dw else dummy, db if need_db else dummy,
+            n, v, h, hidden.stride(0), weight.stride(0), float(softcap or 1.0),
+            HAS_BIAS=bias is not None, HAS_CAP=softcap is not None,
+            NEED_DX=need_dx, NEED_DW=need_dw, NEED_DB=need_db, PRECISION=_precision(hidden.dtype))
+    return (None if dx is None else dx.to(hidden.dtype),
+            None if dw is None else dw.to(weight.dtype),
+            None if db is None else db.to(bias.dtype))
 
 
 def _logits_blocks() -> tuple[int, int, int]:

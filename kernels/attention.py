@@ -14,8 +14,9 @@ Mask, per document, query position i, key position j (0-based inside the documen
 which with `causal=True` is "the current token and the `w` before it". transformers' `sliding_window=s`
 is `window=s - 1`.
 
-Backends: "triton" (CUDA, or the interpreter with TRITON_INTERPRET=1), "torch" (a chunked PyTorch
-implementation of the same algorithm, used on CPU), "auto" = triton for CUDA tensors, torch otherwise.
+Backends: "triton" (CUDA fp16/bf16, or any device in the interpreter with TRITON_INTERPRET=1, where
+fp32 is computed exactly), "torch" (a chunked PyTorch implementation of the same algorithm), "auto" =
+triton for CUDA fp16/bf16 tensors, torch otherwise (CPU, fp32).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _torch_options(blocks):
+    # A test-only tile size for the torch backend selects its chunked (non-fused) path with that chunk.
+    return {} if blocks is None else {"chunk": blocks[0], "fused": False}
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens, causal, left, right, scale, backend, blocks):
@@ -83,7 +89,7 @@ class _FlashAttention(torch.autograd.Function):
             out, lse = triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, blocks)
         else:
             out, lse = _ref.torch_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale,
-                                                    **({"chunk": blocks[0]} if blocks else {}))
+                                                    **_torch_options(blocks))
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
         ctx.args = (causal, left, right, scale, backend, blocks)
         return out
@@ -99,7 +105,7 @@ class _FlashAttention(torch.autograd.Function):
                                                    blocks)
         else:
             dq, dk, dv = _ref.torch_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right,
-                                                       scale, **({"chunk": blocks[0]} if blocks else {}))
+                                                       scale, **_torch_options(blocks))
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
@@ -110,15 +116,19 @@ def flash_attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, s
     q: (total, H, D) with `cu_seqlens`, or (B, S, H, D); k, v: same with H_kv heads, H_kv dividing H
     (query head h uses kv head h // (H / H_kv), as transformers' `repeat_kv`). Returns q's shape and dtype.
     `max_seqlen` is accepted for flash-attn compatibility and not needed (no host sync either way).
-    `softmax_scale` defaults to 1/sqrt(D). `_blocks` (tests only) overrides the tile sizes.
+    `softmax_scale` defaults to 1/sqrt(D). `_blocks` (tests only) overrides the tile sizes (and, for
+    backend="torch", selects the chunked path instead of PyTorch's fused CPU kernel).
     """
     del max_seqlen
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
     if backend == "auto":
-        backend = "triton" if q.is_cuda else "torch"
+        backend = "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
     if backend not in ("triton", "torch"):
         raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "triton" and q.is_cuda and q.dtype == torch.float32:
+        raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
+                         "tensor-core path); use backend='torch' or backend='auto' for fp32")
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
 
     batched = cu_seqlens is None

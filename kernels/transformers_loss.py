@@ -2,7 +2,8 @@
 
 Stock ``XForCausalLM.forward`` always runs ``logits = lm_head(hidden)`` before calling
 ``self.loss_function(logits, labels, ...)``, so replacing ``loss_function`` alone cannot avoid
-the ``(batch, seq, vocab)`` logits. Instead, :func:`patch_causal_lm` replaces the instance's
+the ``(batch, seq, vocab)`` logits, and ``logits_to_keep`` only trims positions (for
+generation), which would no longer line up with ``labels``. Instead, :func:`patch_causal_lm` replaces the instance's
 ``forward``: when ``labels`` are given it runs the decoder, then feeds the last hidden state
 and ``lm_head.weight`` straight into :func:`fused_linear_cross_entropy`; ``logits`` in the
 output is ``None``. Without ``labels`` (generation, evaluation) the original forward runs.
@@ -29,7 +30,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .cross_entropy import fused_linear_cross_entropy
+from .losses import fused_linear_cross_entropy
 
 _LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index", "token_weights")
 

@@ -112,7 +112,7 @@ def embed_chunks(
     embedder,
     out_path: str | os.PathLike,
     *,
-    batch_size: int = 2048,
+    batch_size: int = 512,
     progress: bool = True,
     dtype: str = "float32",
     overwrite: bool = False,
@@ -158,7 +158,15 @@ def embed_chunks(
         arr.flush()
         write_json_atomic(record_path, record)
     else:
-        arr = np.lib.format.open_memmap(out_path, mode="r+")
+        try:
+            arr = np.lib.format.open_memmap(out_path, mode="r+")
+        except (OSError, ValueError) as exc:
+            raise StageMismatchError(f"{out_path}: unreadable embeddings file ({exc}); delete it or pass "
+                                     "overwrite=True") from exc
+        if arr.shape != (texts.rows, expected["dim"]) or arr.dtype != np.dtype(expected["dtype"]):
+            raise StageMismatchError(f"{out_path}: holds {arr.shape} {arr.dtype}, its progress record says "
+                                     f"{(texts.rows, expected['dim'])} {expected['dtype']}; delete it or pass "
+                                     "overwrite=True")
     done = int(record["done"])
     if done < texts.rows:
         bar = None

@@ -22,7 +22,7 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -350,7 +350,8 @@ class ChunkIndex:
 
     # ------------------------------------------------------------------ search
 
-    def _rows_of(self, keys: np.ndarray) -> np.ndarray:
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """Row numbers in `meta` (and in the embeddings) of chunk ids returned by `search` (all must exist)."""
         if self._identity_keys:
             return keys
         pos = np.searchsorted(self._keys_sorted, keys)
@@ -447,9 +448,9 @@ class ChunkIndex:
                 hit = sorted_codes[pos] == codes
                 per_query = sizes[pos] * hit
                 extra += int(min(per_query.max(initial=0), 4096))
-        for excl in (hashes, ids):
+        for excl in (hashes, ids):  # rarely all near the query: a modest margin, refill covers the rest
             if excl is not None:
-                extra += min(excl.max_size(), 4096)
+                extra += min(excl.max_size(), 2 * k + 32)
         slack = 0 if extra == 0 else 8 + k // 2
         return k + extra + slack
 
@@ -466,7 +467,7 @@ class ChunkIndex:
             counts = np.asarray([len(found.keys)] if counts is None else counts).reshape(-1)
             valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
             safe_keys = np.where(valid, keys, self.chunk_ids[0] if size else 0)
-            rows = self._rows_of(safe_keys)
+            rows = self.rows_of(safe_keys)
             ok = valid.copy()
             local = np.arange(len(pending))
             if docs is not None:
@@ -476,12 +477,13 @@ class ChunkIndex:
             if ids is not None:
                 ok &= ~ids.take(pending).mask(safe_keys)
             have = ok.sum(axis=1)
-            done = (have >= k) | exact
-            for j in local[done]:
-                cols = np.flatnonzero(ok[j])[:k]
-                out_ids[pending[j], : len(cols)] = keys[j, cols]
-                out_sim[pending[j], : len(cols)] = 1.0 - dist[j, cols]
-            pending = pending[~done]
+            done = local[(have >= k) | exact]
+            ok_done = ok[done]
+            rank = np.cumsum(ok_done, axis=1) - 1  # position of each eligible result in the output row
+            r, c = np.nonzero(ok_done & (rank < k))
+            out_ids[pending[done[r]], rank[r, c]] = keys[done[r], c]
+            out_sim[pending[done[r]], rank[r, c]] = 1.0 - dist[done[r], c]
+            pending = np.delete(pending, done)
             count = min(size, count * 4)
 
     def exact_search(self, queries, k: int, embeddings) -> tuple[np.ndarray, np.ndarray]:
@@ -562,7 +564,7 @@ def build_index_from_chunks(
     connectivity: int = DEFAULT_CONNECTIVITY,
     expansion_add: int = DEFAULT_EXPANSION_ADD,
     expansion_search: int = DEFAULT_EXPANSION_SEARCH,
-    batch_size: int = 2048,
+    batch_size: int = 512,
     threads: int = 0,
     progress: bool = True,
     embeddings_path=None,
@@ -591,7 +593,8 @@ def build_index_from_chunks(
         embedder.save(out_dir)
         timings["fit_seconds"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    emb = embed_chunks(chunks_path, embedder, embeddings_path or out_dir / EMBEDDINGS_FILE,
+    embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
+    emb = embed_chunks(chunks_path, embedder, embeddings_path,
                        batch_size=batch_size, progress=progress)
     timings["embed_seconds"] = round(time.perf_counter() - t, 3)
     index = ChunkIndex.build(
@@ -602,6 +605,7 @@ def build_index_from_chunks(
     )
     timings["index_seconds"] = index.info["build_seconds"]
     index.info["chunks_path"] = str(chunks_path.resolve())
+    index.info["embeddings_path"] = str(embeddings_path.resolve())
     index.save(out_dir)
     write_manifest(
         out_dir / MANIFEST_FILE,

@@ -10,8 +10,8 @@ and turns them into plain lists for the native constructor. Two sources are unde
   rules, as tiktoken does. ``load_tokenizer("cl100k_base")`` / ``"o200k_base"`` load the rank files
   shipped offline by the ``bpe-openai`` package with tiktoken's published patterns and special tokens.
 
-Deliberate limits (each raises TokenizerError when met): normalizers other than none (NFC, used by
-Qwen2, is not implemented), models other than BPE, ``byte_fallback``, dropout, subword
+Deliberate limits (each raises TokenizerError when met): normalizers other than none and NFC
+(NFC, used by Qwen2, is done in C++ too), models other than BPE, ``byte_fallback``, dropout, subword
 prefixes/suffixes, pre-tokenizers other than the two shapes above, regex constructs outside the
 engine's subset. Post-processors and decoders are ignored: ``encode`` never adds BOS/EOS (like
 ``tokenizers`` with ``add_special_tokens=False``) and ``decode`` concatenates token bytes.
@@ -40,6 +40,7 @@ __all__ = [
     "O200K_PATTERN",
     "GPT2_PATTERN",
     "LLAMA3_PATTERN",
+    "QWEN2_PATTERN",
     "CL100K_SPECIAL_TOKENS",
     "O200K_SPECIAL_TOKENS",
 ]
@@ -64,6 +65,10 @@ O200K_PATTERN = "|".join(
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 CL100K_SPECIAL_TOKENS = {
@@ -146,6 +151,7 @@ class Tokenizer:
         self.fingerprint = fingerprint
         self.source = source  # "huggingface" or "tiktoken"
         self.pattern = pattern
+        self._load_args = None  # set by the loaders: arguments of _reload
         self._added = list(added)  # (content, id, special) in native order
         self._added_ids = {content: i for content, i, _ in self._added}
         self._added_by_id = {i: content for content, i, _ in self._added}
@@ -167,6 +173,13 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, source={self.source!r}, vocab_size={self.vocab_size})"
 
+    def __reduce__(self):
+        # Pickled as "how to load it again" (the native object itself cannot be pickled), so a
+        # Tokenizer can be sent to worker processes.
+        if self._load_args is None:
+            raise TypeError("this Tokenizer was not loaded from a file and cannot be pickled")
+        return _reload, self._load_args
+
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
@@ -177,7 +190,9 @@ class Tokenizer:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise TokenizerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-        return _from_hf_json(data, raw, path)
+        tok = _from_hf_json(data, raw, path)
+        tok._load_args = ("json", str(path), None, None, None)
+        return tok
 
     @classmethod
     def from_tiktoken(cls, path: str | os.PathLike, pattern: str = CL100K_PATTERN,
@@ -209,8 +224,10 @@ class Tokenizer:
                                keep_gaps=False, prefix_space=_PREFIX_NONE, ignore_merges=True, added=added,
                                decode_only=[])
         fp = _fingerprint(raw, pattern)
-        return cls(native, name=name or path.name.split(".tiktoken")[0], fingerprint=fp, source="tiktoken",
-                   pattern=pattern, added=[(c, i, True) for c, i in specials.items()], decode_only={})
+        tok = cls(native, name=name or path.name.split(".tiktoken")[0], fingerprint=fp, source="tiktoken",
+                  pattern=pattern, added=[(c, i, True) for c, i in specials.items()], decode_only={})
+        tok._load_args = ("tiktoken", str(path), pattern, specials, tok.name)
+        return tok
 
     # -- encoding --------------------------------------------------------------------------
     def _allowed_mask(self, allowed_special) -> list[bool] | None:
@@ -290,6 +307,12 @@ class Tokenizer:
         return list(self.native.pretokenize(text))
 
 
+def _reload(kind: str, path: str, pattern, specials, name) -> Tokenizer:
+    if kind == "json":
+        return Tokenizer.from_file(path)
+    return Tokenizer.from_tiktoken(path, pattern=pattern, special_tokens=specials, name=name)
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -358,15 +381,21 @@ def _parse_pre_tokenizer(pre, path) -> tuple[str, int]:
     raise TokenizerError(f"{path}: unsupported pre_tokenizer {kind}; only byte-level BPE is supported")
 
 
-def _check_normalizer(norm, path) -> None:
+def _check_normalizer(norm, path) -> bool:
+    """True when the normalizer is NFC, False when there is none; anything else is an error."""
     if norm is None:
-        return
+        return False
     kind = _component(norm)
-    if kind == "Sequence" and not norm.get("normalizers"):
-        return
+    if kind == "Sequence":
+        steps = norm.get("normalizers") or []
+        if not steps:
+            return False
+        if len(steps) == 1:
+            return _check_normalizer(steps[0], path)
+        raise TokenizerError(f"{path}: unsupported normalizer Sequence[{', '.join(_component(s) for s in steps)}]")
     if kind == "NFC":
-        raise TokenizerError(f"{path}: unsupported normalizer NFC (not implemented in the native tokenizer)")
-    raise TokenizerError(f"{path}: unsupported normalizer {kind}")
+        return True
+    raise TokenizerError(f"{path}: unsupported normalizer {kind} (only none or NFC)")
 
 
 def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
@@ -381,7 +410,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
             raise TokenizerError(f"{path}: unsupported BPE option {key}={model.get(key)!r}")
     if model.get("byte_fallback"):
         raise TokenizerError(f"{path}: unsupported BPE option byte_fallback=true")
-    _check_normalizer(data.get("normalizer"), path)
+    nfc = _check_normalizer(data.get("normalizer"), path)
     pattern, prefix = _parse_pre_tokenizer(data.get("pre_tokenizer"), path)
 
     vocab = model.get("vocab") or {}
@@ -414,7 +443,8 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
     native = _build_native(path, model=model_list, merges=merges, pattern=pattern, dialect="oniguruma",
                            keep_gaps=True, prefix_space=prefix, ignore_merges=bool(model.get("ignore_merges", False)),
-                           added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()])
+                           added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],
+                           nfc=nfc)
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
     return Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
                      pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)

@@ -8,7 +8,17 @@ optional boolean ``mask`` (True = a real target token; others get weight 0), and
 fp32 weights: the loss must not be differentiated through its own weights.
 
 Log-probability layout used throughout: ``logp[..., t] = log p(x_t | x_<t)`` for ``t >= 1``;
-entry 0 has no prediction and is 0 (mask it out, as labels do with -100).
+entry 0 has no prediction and is 0 (mask it out, as labels do with -100). Weights use the same
+layout as ``labels`` (the weight of predicting token ``t``), which is what
+``nextlong.kernels.transformers_loss`` expects.
+
+Example (LongCE with the model being trained as its own short-context scorer)::
+
+    mask = labels != -100
+    long = long_context_logprobs(model, input_ids)
+    short = short_context_logprobs(model, input_ids, window=4096, stride=512)
+    w = longce_weights(long, short, mask, gamma=5.0)
+    loss = model(input_ids=input_ids, labels=labels, token_weights=w).loss  # patched model
 """
 
 from __future__ import annotations
@@ -91,7 +101,7 @@ def _target_logprobs(model, input_ids: torch.Tensor, last_only: bool = False) ->
 
     ``last_only``: only the last token's log-probability, shape (B,).
     """
-    from nextlong.kernels.cross_entropy import fused_linear_cross_entropy
+    from nextlong.kernels.losses import fused_linear_cross_entropy
 
     head = model.get_output_embeddings()
     hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state

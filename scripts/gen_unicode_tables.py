@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate csrc/unicode_tables.h: Unicode general categories as a compact two-stage table.
+"""Generate csrc/unicode_tables.h: general categories (two-stage table) and NFC data.
 
 Why: the C++ pre-tokenizer regex needs \\p{L}, \\p{N}, ... for every code point without linking ICU.
 The table is built at development time from Python's unicodedata and committed; rerun this script
@@ -18,6 +18,63 @@ CATEGORIES = [
 ]
 BLOCK = 128
 MAX_CP = 0x110000
+
+
+def _array(ctype: str, name: str, values: list[int], per_line: int = 16) -> list[str]:
+    out = [f"inline constexpr {ctype} {name}[{max(len(values), 1)}] = {{"]
+    for i in range(0, len(values), per_line):
+        out.append("  " + ",".join(f"0x{v:X}" for v in values[i : i + per_line]) + ",")
+    if not values:
+        out.append("  0,")
+    out.append("};")
+    return out
+
+
+def nfc_tables() -> list[str]:
+    """Canonical combining classes, full canonical decompositions, primary composites, and the
+    code points that can make a string change under NFC (quick check not Yes, or ccc != 0)."""
+    ccc = [(cp, unicodedata.combining(chr(cp))) for cp in range(MAX_CP) if unicodedata.combining(chr(cp))]
+    decomp_keys, decomp_offsets, pool = [], [], []
+    pairs = []
+    seconds = set()
+    for cp in range(MAX_CP):
+        if 0xAC00 <= cp <= 0xD7A3:
+            continue  # Hangul syllables are algorithmic
+        raw = unicodedata.decomposition(chr(cp))
+        if not raw or raw.startswith("<"):
+            continue
+        full = unicodedata.normalize("NFD", chr(cp))
+        decomp_keys.append(cp)
+        decomp_offsets.append(len(pool) | (len(full) << 24))
+        pool.extend(ord(c) for c in full)
+        parts = [int(x, 16) for x in raw.split()]
+        if len(parts) == 2 and unicodedata.normalize("NFC", chr(cp)) == chr(cp):
+            pairs.append(((parts[0] << 21) | parts[1], cp))
+            seconds.add(parts[1])
+    pairs.sort()
+    seconds |= set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    needs = sorted(
+        cp for cp in range(0x80, MAX_CP)
+        if unicodedata.combining(chr(cp)) or cp in seconds
+        or (not 0xD800 <= cp <= 0xDFFF and unicodedata.normalize("NFC", chr(cp)) != chr(cp))
+    )
+    ranges = []
+    for cp in needs:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    lines = ["", "// ---- NFC ----"]
+    lines += _array("uint32_t", "kCccKeys", [c for c, _ in ccc])
+    lines += _array("uint8_t", "kCccValues", [v for _, v in ccc])
+    lines += _array("uint32_t", "kDecompKeys", decomp_keys)
+    lines += _array("uint32_t", "kDecompRefs", decomp_offsets)  # offset | (length << 24)
+    lines += _array("uint32_t", "kDecompPool", pool)
+    lines += _array("uint64_t", "kComposeKeys", [k for k, _ in pairs])  # first << 21 | second
+    lines += _array("uint32_t", "kComposeValues", [v for _, v in pairs])
+    lines += _array("uint32_t", "kNfcCheckStarts", [a for a, _ in ranges])
+    lines += _array("uint32_t", "kNfcCheckEnds", [b for _, b in ranges])
+    return lines
 
 
 def main() -> None:
@@ -57,6 +114,7 @@ def main() -> None:
     for i in range(0, len(stage2), 48):
         lines.append("  " + ",".join(str(v) for v in stage2[i : i + 48]) + ",")
     lines.append("};")
+    lines += nfc_tables()
     lines += ["", "}  // namespace nextlong::unicode", ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out} ({len(blocks)} blocks of {BLOCK}, {len(stage2)} bytes)")

@@ -39,8 +39,16 @@ def _reference(q, k, v, do, cu, causal, window, scale=None):
     return out.detach(), grads
 
 
+# "torch" is the fallback's fused path (PyTorch's CPU flash kernel, per document); "torch_chunked" its
+# plain-matmul path (selected by giving a tile size); "triton" the kernels in the interpreter.
+BACKENDS = ["torch", "torch_chunked", "triton"]
+
+
 def _check(q, k, v, do, cu, causal, window, backend, blocks=BLOCKS, scale=None, atol=ATOL):
     ref_out, ref_grads = _reference(q, k, v, do, cu, causal, window, scale)
+    if backend == "torch":
+        blocks = None
+    backend = backend.replace("_chunked", "")
     out = flash_attention(q, k, v, causal=causal, cu_seqlens=cu, window=window, backend=backend,
                           softmax_scale=scale, _blocks=blocks)
     grads = torch.autograd.grad(out, (q, k, v), do)
@@ -51,7 +59,7 @@ def _check(q, k, v, do, cu, causal, window, backend, blocks=BLOCKS, scale=None, 
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=0, msg=lambda m: f"d{name}: {m}")
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window", [None, (3, 9)])
@@ -60,11 +68,13 @@ def test_packed_documents_match_dense_reference(backend, group, causal, window):
     _check(q, k, v, do, cu, causal, window, backend)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("causal,window", [(True, 40), (False, (40, 20)), (True, 7)])
-def test_window_wide_enough_for_unmasked_tiles(backend, causal, window):
+def test_window_wide_enough_for_unmasked_tiles(backend, causal, window, monkeypatch):
     # A 100-token document with a 40-token window has tiles fully inside the window (the unmasked fast
-    # path) next to tiles cut by it; 16-token tiles make both kinds appear.
+    # path) next to tiles cut by it; 16-token tiles make both kinds appear. The fused fallback goes
+    # through several 32-query blocks.
+    monkeypatch.setattr("nextlong.kernels._attn_reference.FUSED_WINDOW_CHUNK", 32)
     q, k, v, do, cu = _inputs([100, 3, 61], 4, 2, 16, seed=7)
     _check(q, k, v, do, cu, causal, window, backend)
 
@@ -76,7 +86,7 @@ def test_default_tiles_head_dim_64(backend):
     _check(q, k, v, do, cu, True, None, backend, blocks=None)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_layout_and_custom_scale(backend):
     g = torch.Generator().manual_seed(5)
     b, s, h, hk, d = 2, 23, 4, 2, 32
@@ -84,7 +94,9 @@ def test_batched_layout_and_custom_scale(backend):
     k = torch.randn(b, s, hk, d, generator=g, requires_grad=True)
     v = torch.randn(b, s, hk, d, generator=g, requires_grad=True)
     do = torch.randn(b, s, h, d, generator=g)
-    out = flash_attention(q, k, v, causal=True, softmax_scale=0.3, backend=backend, _blocks=BLOCKS)
+    blocks = None if backend == "torch" else BLOCKS
+    out = flash_attention(q, k, v, causal=True, softmax_scale=0.3, backend=backend.replace("_chunked", ""),
+                          _blocks=blocks)
     grads = torch.autograd.grad(out, (q, k, v), do)
     flat = lambda x: x.detach().reshape(b * s, x.shape[2], d)  # noqa: E731
     cu = cu_seqlens_from_lengths([s] * b)
@@ -95,15 +107,17 @@ def test_batched_layout_and_custom_scale(backend):
         torch.testing.assert_close(got.reshape(want.shape).double(), want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_information_crosses_a_document_boundary(backend):
     q, k, v, do, cu = _inputs([20, 18], 2, 2, 16, seed=11)
-    out = flash_attention(q, k, v, cu_seqlens=cu, causal=False, backend=backend, _blocks=BLOCKS)
+    blocks = None if backend == "torch" else BLOCKS
+    backend = backend.replace("_chunked", "")
+    out = flash_attention(q, k, v, cu_seqlens=cu, causal=False, backend=backend, _blocks=blocks)
     # Changing the second document's keys and values leaves the first document's output bit-identical.
     k2, v2 = k.detach().clone(), v.detach().clone()
     k2[20:] += 3.0
     v2[20:] -= 2.0
-    out2 = flash_attention(q.detach(), k2, v2, cu_seqlens=cu, causal=False, backend=backend, _blocks=BLOCKS)
+    out2 = flash_attention(q.detach(), k2, v2, cu_seqlens=cu, causal=False, backend=backend, _blocks=blocks)
     assert torch.equal(out[:20].detach(), out2[:20])
     assert not torch.allclose(out[20:].detach(), out2[20:])
     # And the first document's loss has exactly zero gradient in the second document's inputs.
@@ -112,10 +126,11 @@ def test_no_information_crosses_a_document_boundary(backend):
     assert dk[:20].abs().max() > 0
 
 
-def test_bf16_fallback_close_to_fp32_reference():
+@pytest.mark.parametrize("backend", ["torch", "torch_chunked"])
+def test_bf16_fallback_close_to_fp32_reference(backend):
     q, k, v, do, cu = _inputs([33, 50], 4, 2, 64, seed=2, dtype=torch.bfloat16)
     # bf16 inputs, fp32 accumulation: error dominated by rounding the output/gradients to bf16.
-    _check(q, k, v, do, cu, True, None, "torch", atol=3e-2)
+    _check(q, k, v, do, cu, True, None, backend, atol=3e-2)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -141,3 +156,11 @@ def test_window_convention():
     assert _normalise_window(8, True) == (8, -1)
     assert _normalise_window(8, False) == (8, 8)
     assert _normalise_window((4, 2), False) == (4, 2)
+
+
+def test_triton_64bit_tile_offsets(monkeypatch):
+    # Sequences with token offset x row stride >= 2**31 elements switch the kernels to 64-bit tile
+    # bases; too big to allocate here, so force that variant on a small input and check it is exact too.
+    monkeypatch.setattr("nextlong.kernels._attn_triton._needs_64bit", lambda *tensors: True)
+    q, k, v, do, cu = _inputs([37, 20, 29], 4, 2, 16, seed=13)
+    _check(q, k, v, do, cu, True, (9, -1), "triton")

@@ -99,3 +99,16 @@ def test_plan_pieces_lays_out_whole_documents(setup):
     chunks, roles = plan_pieces(store, [3, 1])
     assert chunks == store.doc_chunks(3).tolist() + store.doc_chunks(1).tolist()
     assert set(roles) == {0}
+
+
+def test_knn_graph_approximate_path_agrees_with_exact(setup, monkeypatch):
+    from nextlong.synthesis import baselines
+
+    _, _, store, vecs = setup
+    dvec = document_vectors(store, vecs)
+    exact = knn_graph(dvec, 5)
+    monkeypatch.setattr(baselines, "EXACT_GRAPH_MAX_DOCS", 0)
+    approx = baselines.knn_graph(dvec, 5)
+    assert (approx != np.arange(len(approx))[:, None]).all()
+    recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx.tolist(), exact.tolist())])
+    assert recall > 0.9, recall

@@ -150,3 +150,13 @@ def test_tokenize_command(tmp_path, capsys):
     summary = capsys.readouterr().out
     assert "nextlong tokenize:" in summary and "tokens" in summary
     assert json.loads(Path(f"{out}.manifest.json").read_text())["command"] == "tokenize"
+
+
+def test_all_records_skipped_still_gives_a_valid_empty_table(tmp_path, capsys):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"body": 1}\n{"text": 2}\n')
+    out = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(out), "--on-error", "skip", "--no-progress"]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.schema == CHUNK_SCHEMA
+    assert "2 skipped" in capsys.readouterr().out

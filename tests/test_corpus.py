@@ -303,3 +303,53 @@ def test_reader_iterates_lazily_in_bounded_batches(tmp_path):
     with pytest.raises(CorpusError, match=r"big.jsonl:20001"):
         for _ in batches:
             pass
+
+
+def _has_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def test_parser_agrees_with_python_json_on_mutated_records(tmp_path):
+    """Fuzz: random edits of valid records. A line must be accepted exactly when Python's json
+    accepts it as an object with a string `text` (minus Python's two laxities: NaN/Infinity and
+    lone surrogates), and then give the same text."""
+    rng = random.Random(1234)
+    seeds = [json.dumps({"text": t, "id": i, "meta": {"a": [1, -2.5e3, None, True, False, "s\\\"q"]}},
+                        ensure_ascii=bool(i % 2))
+             for i, t in enumerate(tricky_strings(seed=11, n=40))]
+    inserts = list('{}[]",:\\/ \t0123456789-+.eEtrufalsn\u00e9\ud7ff😀ux') + ["\\u00", "\\ud83d", "\\ude00", '"text"']
+    lines = ['{"text": "first line is valid"}']
+    while len(lines) < 3000:
+        line = rng.choice(seeds)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(line) + 1)
+            op = rng.random()
+            if op < 0.4:
+                line = line[:pos] + line[pos + 1:]
+            elif op < 0.8:
+                line = line[:pos] + rng.choice(inserts) + line[pos:]
+            else:
+                line = line[:pos] + line[pos:][::-1][:3][::-1] + line[pos:]
+        if line.strip(" \t\r"):
+            lines.append(line)
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    expected: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            value = json.loads(line, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict) and isinstance(value.get("text"), str) and not _has_surrogate(value):
+            expected[f"fuzz.jsonl:{number}"] = value["text"]
+    reader = read_corpus(path, on_error="skip")
+    got = {d.doc_id: d.text for d in reader}
+    assert got == expected
+    assert reader.stats.skipped == len(lines) - len(expected)
+    assert 300 < len(expected) < 2700  # the fuzz exercises both outcomes

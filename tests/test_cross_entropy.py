@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextlong.kernels.cross_entropy import cross_entropy, fused_linear_cross_entropy
+from nextlong.kernels.losses import cross_entropy, fused_linear_cross_entropy
 
 N, H, V = 37, 24, 101
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
@@ -263,3 +263,32 @@ def test_cuda_triton_against_fp32_eager(dtype):
     for got, want in ((gx, rx), (gw, rw)):
         err = (got.float() - want).abs().max() / want.abs().max()
         assert err < 2e-2, float(err)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("frozen", ["bias", "weight", "hidden"])
+def test_frozen_inputs_get_no_gradient_and_others_stay_exact(backend, reduction, frozen):
+    """LoRA-style frozen head or bias: skipped gradients must not change the others."""
+    x, w, b, y, tw, up = make_inputs(seed=11)
+    named = {"hidden": x, "weight": w, "bias": b}
+    named[frozen].requires_grad_(False)
+    trainable = [t for k, t in named.items() if k != frozen]
+    out = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=tw, reduction=reduction,
+                                     backend=backend, chunk_size=8, **OPTIONS["all"])
+    ref = eager_loss(F.linear(x, w, b), y, tw, reduction, **OPTIONS["all"])
+    if reduction == "none":
+        out, ref = (out * up).sum(), (ref * up).sum()
+    for got, want in zip(torch.autograd.grad(out, trainable), torch.autograd.grad(ref, trainable)):
+        torch.testing.assert_close(got, want, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_zero_tokens(backend):
+    x = torch.zeros(0, H, requires_grad=True)
+    w = torch.randn(V, H, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    assert fused_linear_cross_entropy(x, w, y, backend=backend, reduction="none").shape == (0,)
+    loss = fused_linear_cross_entropy(x, w, y, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and bool((w.grad == 0).all())

@@ -45,7 +45,7 @@ def minilm_fp32():
 def reference_vectors():
     from sentence_transformers import SentenceTransformer
 
-    texts = real_texts(48)
+    texts = real_texts(24)
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     return texts, model.encode(texts, normalize_embeddings=True, batch_size=16, convert_to_numpy=True)
 
@@ -73,11 +73,15 @@ def test_minilm_default_precision_close_to_sentence_transformers(reference_vecto
 
 
 def test_embedding_independent_of_batching(minilm_fp32):
-    texts = real_texts(40)
+    texts = real_texts(16, max_chars=300)
     whole = minilm_fp32.embed(texts)
     order = np.random.default_rng(1).permutation(len(texts))
-    small = load_embedder(dtype="float32", batch_tokens=600, max_batch=3)
-    shuffled = small.embed([texts[i] for i in order])
+    saved = minilm_fp32.batch_tokens, minilm_fp32.max_batch
+    try:
+        minilm_fp32.batch_tokens, minilm_fp32.max_batch = 300, 3  # other batches, other padding
+        shuffled = minilm_fp32.embed([texts[i] for i in order])
+    finally:
+        minilm_fp32.batch_tokens, minilm_fp32.max_batch = saved
     np.testing.assert_allclose(shuffled, whole[order], atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
     assert minilm_fp32.embed([]).shape == (0, 384)
@@ -156,7 +160,7 @@ def test_lexical_fit_save_load_roundtrip(tmp_path):
 @needs_pydocs
 def test_lexical_neighbours_overlap_minilm_neighbours(minilm_fp32):
     """The lexical embedder finds a useful share of MiniLM's nearest neighbours (far above chance)."""
-    table = chunk_table(pydocs_files(60, "library"), max_chars=600, max_chunks=300, min_chars=80)
+    table = chunk_table(pydocs_files(60, "library"), max_chars=400, max_chunks=150, min_chars=80)
     texts = table.column("text").to_pylist()
     sem = minilm_fp32.embed(texts)
     lex = HashedLexicalEmbedder(512).fit(texts).embed(texts)

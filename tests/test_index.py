@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -68,6 +67,8 @@ def test_recall_at_10_against_exact_search(real, built):
     # similarities are the cosines of the returned ids (f16 storage: small rounding)
     np.testing.assert_allclose(sims, (unit(q)[:, None, :] * unit(vecs)[ids]).sum(-1), atol=3e-3)
     assert np.all(np.diff(sims, axis=1) <= 1e-6)  # best first
+    exact_ids, _ = built.exact_search(q, 10, vecs)
+    assert recall_at(exact_ids, truth) >= 0.999  # the reference helper agrees with the test's own
 
 
 def test_doc_and_duplicate_exclusion_exact_and_k_kept(real, built):
@@ -237,3 +238,33 @@ def test_hnsw_recall_on_minilm_embeddings(tmp_path):
     truth, _ = brute_force(vecs, vecs, 10, lambda i: docs != docs[i])
     assert recall_at(ids, truth) >= 0.95
     assert not (docs[ids] == docs[:, None]).any()
+
+
+def test_exact_duplicates_in_other_documents_are_skipped():
+    """Copies of a query's text in other documents (same hash, same vector) are never returned."""
+    rng = np.random.default_rng(3)
+    base = unit(rng.standard_normal((200, 32)))
+    copies = np.repeat(base[:10], 5, axis=0)  # 5 copies of each of the first 10 chunks ...
+    vecs = np.concatenate([base, copies])
+    docs = np.concatenate([np.arange(200), 1000 + np.arange(50)])  # ... each copy in its own document
+    hashes = np.concatenate([np.arange(200), np.repeat(np.arange(10), 5)]).astype(np.uint64)
+    index = ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes)
+    plain, _ = index.search(base[:10], 6, exclude_doc_ids=docs[:10])
+    assert (hashes[plain[:, :5]] == np.arange(10)[:, None]).all()  # without the filter: the copies come first
+    ids, _ = index.search(base[:10], 6, exclude_doc_ids=docs[:10], exclude_hashes=hashes[:10])
+    assert (ids >= 0).all() and not (hashes[ids] == np.arange(10)[:, None]).any()
+    truth, _ = brute_force(base[:10], vecs, 6, lambda i: (docs != docs[i]) & (hashes != hashes[i]))
+    assert recall_at(ids, truth) >= 0.95
+
+
+def test_many_excluded_ids_still_give_k_exact_results(real, built):
+    """Each query bans its own top-60 by id: results come from the refill and match brute force."""
+    vecs, _, _ = real
+    q = vecs[:40]
+    top, _ = brute_force(q, vecs, 60)
+    banned = [set(row.tolist()) for row in top]
+    ids, sims = built.search(q, 10, exclude_ids=banned)
+    assert (ids >= 0).all() and not np.isnan(sims).any()
+    assert all(not set(ids[i].tolist()) & banned[i] for i in range(len(q)))
+    truth, _ = brute_force(q, vecs, 10, lambda i: ~np.isin(np.arange(len(vecs)), list(banned[i])))
+    assert recall_at(ids, truth) >= 0.95

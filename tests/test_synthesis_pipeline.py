@@ -98,6 +98,7 @@ def test_all_methods_produce_valid_output(corpus, tmp_path, method):
     assert table.num_rows == 4
     stats = manifest["statistics"]
     assert stats["documents_built"] == 4
+    assert stats["source_documents_used"] == len({s["doc_id"] for row in table.to_pylist() for s in row["segments"]})
     assert json.loads((out / "manifest.json").read_text())["settings"]["method"] == method
     assert "versions" in manifest and manifest["versions"]["nextlong"]
     if method == "nextlong":
@@ -201,6 +202,8 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
         synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **FAST)
     with pytest.raises(StageMismatchError, match="synthesis settings"):
         synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
+    with pytest.raises(StageMismatchError, match="overshoot: cached 1.5, asked 2.0"):
+        synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
     m = synthesize(corpus, out, num_samples=1, rebuild=True, **dict(FAST, chunk_size=256))
     assert m["settings"]["chunk_size"] == 256
     check_invariants(out, "nextlong", get_tokenizer())
@@ -287,3 +290,61 @@ def test_demo_default_minilm(tmp_path):
     assert m["statistics"]["documents_built"] == 8
     assert m["settings"]["embedder_name"] == "all-MiniLM-L6-v2"
     assert m["statistics"]["anchor_negative_similarity_mean"] > m["statistics"]["random_chunk_pair_similarity_mean"]
+
+
+def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
+    """The batch->batch stages, called by hand (as a Ray Data map would), give the driver's output."""
+    import pyarrow as pa
+
+    from nextlong import synthesize
+    from nextlong.corpus import iter_corpus_batches
+    from nextlong.synthesis.negatives import ExactSearcher
+    from nextlong.synthesis.stages import assemble_batch, chunk_batch, plan_nextlong_batch
+    from nextlong.synthesis.store import ChunkStore
+
+    out = tmp_path / "s"
+    m = synthesize(corpus, out, num_samples=3, shard_size=8, seed=2, **FAST)
+    tok = get_tokenizer()
+    parts, next_id = [], 0
+    for batch in iter_corpus_batches(corpus, batch_size=17):
+        t = chunk_batch(batch, tokenizer=tok, chunk_size=512, chunk_unit="chars", first_chunk_id=next_id)
+        next_id += t.num_rows
+        parts.append(t)
+    chunks = pa.concat_tables(parts)
+    cached = pq.read_table(out / "chunks" / "chunks.parquet")
+    assert chunks.equals(cached)
+    store = ChunkStore.from_table(chunks)
+    vectors = np.load(out / "embeddings" / "embeddings.npy")
+    anchors = pa.table({"anchor_doc": np.random.default_rng(2).permutation(store.num_docs)[:8]})
+    plan = plan_nextlong_batch(anchors, store=store, searcher=ExactSearcher(vectors), chunk_vectors=vectors,
+                               target_length=L, sep_len=1, negatives="fixed-k", chunk_size=512,
+                               chars_per_token=m["settings"]["chars_per_token_used"], overshoot=1.5,
+                               k_rounding="ceil", exclude_duplicates=True, max_candidates=4096, max_rows=3)
+    got = assemble_batch(plan, store=store, sep_ids=tok.encode_ordinary("\n"), target_length=L, method="nextlong")
+    assert got.equals(read_output(out))
+
+
+def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
+    """Past the exact-search size the driver builds a usearch index; --index reuses a prebuilt one."""
+    from nextlong import synthesize
+    from nextlong.index import build_index_from_chunks
+    from nextlong.synthesis import pipeline
+
+    monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
+    out = tmp_path / "ann"
+    m = synthesize(corpus, out, num_samples=3, **FAST)
+    assert m["settings"]["search"].endswith("index") and (out / "index" / "stage.json").exists()
+    check_invariants(out, "nextlong", get_tokenizer())
+    assert m["statistics"]["anchor_negative_similarity_mean"] > m["statistics"]["random_chunk_pair_similarity_mean"]
+
+    prebuilt = tmp_path / "prebuilt"
+    build_index_from_chunks(out / "chunks" / "chunks.parquet", prebuilt, embedder="hashed-tfidf:256", progress=False)
+    m2 = synthesize(corpus, tmp_path / "reuse", num_samples=3, index=str(prebuilt), **FAST)
+    assert not (tmp_path / "reuse" / "embeddings").exists(), "the index's embeddings are reused"
+    check_invariants(tmp_path / "reuse", "nextlong", get_tokenizer())
+    assert m2["statistics"]["documents_built"] == 3
+    with pytest.raises(StageMismatchError, match="differ"):
+        synthesize(corpus, tmp_path / "other", num_samples=1, index=str(prebuilt), **dict(FAST, chunk_size=300))
+    with pytest.raises(StageMismatchError, match="embedder"):
+        synthesize(corpus, tmp_path / "other2", num_samples=1, index=str(prebuilt),
+                   **dict(FAST, embedder="hashed-tfidf:128"))

@@ -185,7 +185,7 @@ def test_too_small_index_is_reported_not_padded(store, vectors):
     own = store.doc_chunks(d)
     res = plan_anchor(store, searcher, d, target_length=100_000, sep_len=1, rule="fill", k_fixed=None,
                       anchor_vectors=vectors[own])
-    assert not res.ok and "reaches only" in res.reason
+    assert not res.ok and "too few eligible chunks" in res.reason
     assert res.total_tokens < 100_000
 
 

@@ -25,6 +25,7 @@ from nextlong.tokenizer import (
     LLAMA3_PATTERN,
     O200K_PATTERN,
     O200K_SPECIAL_TOKENS,
+    QWEN2_PATTERN,
     Tokenizer,
     load_tokenizer,
 )
@@ -226,11 +227,24 @@ def hf_files(plain_rank_files, tmp_path_factory):
         # the tiktoken pattern read by Oniguruma: \p{N}{1,3}+ is (?:\p{N}{1,3})+ and $ is end of line
         "cl100k": _convert(cl, CL100K_PATTERN, specials, d / "cl100k.json"),
         "llama3": _convert(cl, LLAMA3_PATTERN, specials, d / "llama3.json"),
+        "qwen2": _with_nfc(_convert(cl, QWEN2_PATTERN, specials, d / "qwen2.json")),
     }
 
 
+def _with_nfc(path: Path) -> Path:
+    data = json.loads(path.read_text())
+    data["normalizer"] = {"type": "NFC"}
+    path.write_text(json.dumps(data))
+    return path
+
+
+_HF_PAIRS: dict[Path, tuple] = {}
+
+
 def _hf_pair(path: Path):
-    return Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+    if path not in _HF_PAIRS:
+        _HF_PAIRS[path] = (Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path)))
+    return _HF_PAIRS[path]
 
 
 def _hf_ids(ref):
@@ -262,6 +276,33 @@ def test_hf_o200k_converted(plain_rank_files, tmp_path, docstrings):
     assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings, "tokenizers (o200k tokenizer.json)")
 
 
+def test_hf_qwen2_style_nfc(hf_files, docstrings):
+    """Qwen2's single-digit pattern with an NFC normalizer; NFD input forces real composition."""
+    import unicodedata
+
+    ours, ref = _hf_pair(hf_files["qwen2"])
+    texts = ADVERSARIAL + docstrings[:150]
+    texts += [unicodedata.normalize("NFD", t) for t in texts]
+    texts += ["\u1100\u1161\u11a8 \u212b \u2126 e\u0327\u0301 a\u0316\u0301\u0300 \u0dd9\u0dcf Å<|endoftext|>e\u0301"]
+    assert_same_ids(ours.encode, _hf_ids(ref), texts, "tokenizers (Qwen2-style NFC tokenizer.json)")
+
+
+def test_nfc_matches_unicodedata():
+    import random
+    import unicodedata
+
+    from nextlong import _native
+
+    rng = random.Random(7)
+    pool = [chr(c) for c in [*range(0x41, 0x7B), *range(0xC0, 0x180), *range(0x300, 0x370), *range(0x1100, 0x1200),
+                             *range(0xAC00, 0xAC40), *range(0x1E00, 0x1F00), *range(0x590, 0x600), 0xDD9, 0xDCF,
+                             0x212B, 0x2126, 0xF900, 0x1D15E]]
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 8))) for _ in range(20000)]
+    texts += [chr(cp) for cp in range(0x80, 0x30000, 7) if not 0xD800 <= cp <= 0xDFFF]
+    for text in texts:
+        assert _native.nfc(text) == unicodedata.normalize("NFC", text), ascii(text)
+
+
 def test_dialects_differ_like_the_engines(hf_files):
     """The same pattern splits differently in HF (Oniguruma) and tiktoken (fancy-regex)."""
     hf_ours, hf_ref = _hf_pair(hf_files["cl100k"])
@@ -273,6 +314,39 @@ def test_dialects_differ_like_the_engines(hf_files):
     assert ours_pieces == ref_pieces
     assert hf_ours.pretokenize(text)[0] == "1234567"
     assert tk_ours.pretokenize(text)[:3] == ["123", "456", "7"]
+
+
+FUZZ_ALPHABET = ["a", "B", "\u017f", "'", "s", "S", "l", "L", "v", "e", "r", "d", "m", "t", "K", "\u212a", " ", "  ",
+                 "\t", "\n", "\r", "\r\n", "1", "\u0663", "\u00b2", "\u2163", "!", ".", "/", "\u0085", "\u00a0",
+                 "\u3000", "\u65e5", "\u00e9", "\u0301", "\U0001F600", "_", "-", "\u2028", "\x0b"]
+
+
+def test_fast_scanner_equals_generic_engine(hf_files):
+    """The hand-written cl100k-family scanner cuts exactly like the generic regex engine."""
+    import random
+
+    rng = random.Random(1234)
+    texts = ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 24))) for _ in range(3000)]
+    texts += ADVERSARIAL
+    tokenizers_under_test = [load_tokenizer("cl100k_base"), _hf_pair(hf_files["cl100k"])[0],
+                             _hf_pair(hf_files["llama3"])[0], _hf_pair(hf_files["qwen2"])[0]]
+    for tok in tokenizers_under_test:
+        assert tok.native.has_fast_scanner, tok.pattern
+        for text in texts:
+            assert tok.native.pretokenize(text) == tok.native.pretokenize(text, generic=True), (tok.pattern, text)
+
+
+def test_fuzz_matches_references(hf_files, cl100k_pair):
+    """Random strings of tricky characters: same ids as tiktoken and as tokenizers."""
+    import random
+
+    rng = random.Random(99)
+    texts = ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
+    ours, ref = cl100k_pair
+    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, texts, "tiktoken cl100k")
+    for key in ("cl100k", "llama3", "qwen2"):
+        hf_ours, hf_ref = _hf_pair(hf_files[key])
+        assert_same_ids(hf_ours.encode_ordinary, _hf_ids(hf_ref), texts, f"tokenizers ({key})")
 
 
 def _train_bytelevel(texts, add_prefix_space: bool, vocab_size: int = 1500):
@@ -298,6 +372,10 @@ def test_hf_gpt2_style_bytelevel_trained(tmp_path, docstrings, add_prefix_space)
     data = json.loads(path.read_text())
     assert data["pre_tokenizer"]["type"] == "ByteLevel" and not data["model"].get("ignore_merges")
     ours = load_tokenizer(tmp_path)  # a directory holding tokenizer.json
+    assert ours.vocab_size == ref.get_vocab_size()
+    for token, token_id in ref.get_vocab().items():
+        assert ours.token_to_id(token) == token_id
+        assert ours.id_to_token(token_id) == token
     extra = ["a <sep> b", "x<sep>y  <sep>  z", "[word] in[word]side [word]", "<|endoftext|>hello<|endoftext|>"]
     assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings[:150] + extra, "tokenizers (trained ByteLevel)")
 
@@ -343,6 +421,11 @@ def test_native_is_a_text_encoder(cl100k_pair):
     assert isinstance(ours.fingerprint, str) and len(ours.fingerprint) == 64
     assert ours.name == "cl100k_base"
     assert load_tokenizer(None) is load_tokenizer("cl100k_base")
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ours))
+    assert again.fingerprint == ours.fingerprint and again.name == ours.name
+    assert again.encode("hi <|endoftext|>").tolist() == ours.encode("hi <|endoftext|>").tolist()
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -405,14 +488,28 @@ def test_tiny_file_works_and_components_are_checked(tmp_path):
     ref = tokenizers.Tokenizer.from_file(str(path))
     for text in ["ab abab cab", "xyz  ab!", *ADVERSARIAL]:
         assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids
-    with pytest.raises(TokenizerError, match="NFC"):
-        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "NFC"}))
+    with pytest.raises(TokenizerError, match="NFKC"):
+        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "NFKC"}))
     with pytest.raises(TokenizerError, match="Lowercase"):
         Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "Lowercase"}))
     with pytest.raises(TokenizerError, match="Metaspace"):
         Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, {"type": "Metaspace", "replacement": "_"}))
     with pytest.raises(TokenizerError, match="Unigram"):
         Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), model_type="Unigram"))
+
+
+def test_generic_engine_constructs_and_depth_guard():
+    """Constructs the standard patterns do not use still match like the references; a repeated group
+    over a huge input raises instead of overflowing the stack."""
+    ranks = _rank_file("cl100k_base")
+    pattern = r"(?:ab)+|x{2,3}?y|[0-9]{2}|(?>\s+)|(?=q)q+|\S"
+    ours = Tokenizer.from_tiktoken(ranks, pattern=pattern)
+    ref = tiktoken.Encoding("generic", pat_str=pattern, mergeable_ranks=_ranks("cl100k_base"), special_tokens={})
+    for text in ["ababab xxy xxxy xxxxy 12345 qqq  \n a", "abab" * 50, "xy xxy"]:
+        assert ours.encode_ordinary(text).tolist() == ref.encode_ordinary(text)
+    assert not ours.native.has_fast_scanner
+    with pytest.raises(ValueError, match="too deep"):
+        ours.encode_ordinary("ab" * 100_000)
 
 
 def test_bad_specs_raise_tokenizer_error(tmp_path):

@@ -19,11 +19,14 @@ def add_parser(subparsers) -> None:
                    help="all-MiniLM-L6-v2 (default, offline), hashed-tfidf[:DIM] (lexical, fast), "
                    "or a local sentence-transformers/transformers model folder")
     p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
-    p.add_argument("--batch-size", type=int, default=2048, help="texts embedded and flushed to disk at a time")
+    p.add_argument("--batch-size", type=int, default=512, help="texts embedded and flushed to disk at a time")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
     p.add_argument("--connectivity", type=int, default=None, help="HNSW M (default 16)")
     p.add_argument("--expansion-add", type=int, default=None, help="HNSW efConstruction (default 128)")
     p.add_argument("--expansion-search", type=int, default=None, help="HNSW efSearch (default 128)")
+    p.add_argument("--embeddings", default=None,
+                   help="embeddings .npy to write/resume (default INDEX_DIR/embeddings.npy); an existing complete "
+                   "file made by the same embedder from the same chunks is reused")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         progress=not args.no_progress,
+        embeddings_path=args.embeddings,
     )
     info = index.info
     print(f"indexed {info['counts']['chunks']} chunks of {info['counts']['documents']} documents with "

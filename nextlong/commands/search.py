@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise CorpusError(chunks_path, f"{table.num_rows} chunks, but the index holds {len(index)}; wrong --chunks?")
         col = table.column("text")
         texts = {int(i): col[int(i)].as_py() for i in ids}
-    rows = index._rows_of(ids.astype("int64"))
+    rows = index.rows_of(ids.astype("int64"))
     meta = index.meta
     doc_ids = meta.column("doc_id").to_pylist() if "doc_id" in meta.column_names else None
     doc_index = meta.column("doc_index").to_numpy() if "doc_index" in meta.column_names else None

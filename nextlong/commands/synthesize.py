@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target-length", type=int, help="tokens per long document L (default 131072; demo 8192)")
     p.add_argument("--method", choices=METHODS, default="nextlong")
     p.add_argument("--negatives", choices=NEGATIVE_RULES,
-                   help="fixed-k: the paper's k=(T·E·w−S)/(p·s) (default); fill: add negatives until exactly L "
-                        "(demo default)")
+                   help="fixed-k: the paper's k=(T·E·w−S)/(p·s) per meta-chunk (default); fill: add negatives "
+                        "layer by layer until exactly L")
     p.add_argument("--index", help="reuse an index folder built by `nextlong index` from the same chunks")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; hashed-tfidf for speed)")
     p.add_argument("--chunk-size", type=int, default=2048, help="granularity s (default 2048)")
@@ -36,6 +36,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--separator", default="\n",
                    help="text appended after every piece (default newline; use '' for none)")
     p.add_argument("--overshoot", type=float, default=1.5, help="w of the k formula (default 1.5)")
+    p.add_argument("--chars-per-token", type=float,
+                   help="E of the k formula (default: measured on the corpus's chunks)")
+    p.add_argument("--k-rounding", choices=("ceil", "floor"), default="ceil",
+                   help="rounding of the k formula (default ceil: keeps the overshoot)")
+    p.add_argument("--doc-embedding", choices=("mean", "first"), default="mean",
+                   help="knn/iclm document vector: mean of its chunk vectors (default) or its first chunk's")
+    p.add_argument("--knn-neighbors", type=int, default=32, help="iclm graph degree / knn first search width")
+    p.add_argument("--shard-size", type=int, default=64, help="anchors (or long documents) per output shard")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field")
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
@@ -54,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, chunk_unit=args.chunk_unit, seed=args.seed, format=args.format,
         separator=args.separator.encode().decode("unicode_escape") if "\\" in args.separator else args.separator,
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
-        num_threads=args.threads, progress=not args.quiet,
+        num_threads=args.threads, progress=not args.quiet, chars_per_token=args.chars_per_token,
+        k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
+        shard_size=args.shard_size,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:

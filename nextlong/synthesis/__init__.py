@@ -9,18 +9,16 @@ __all__ = ["synthesize", "SynthesisConfig", "METHODS", "NEGATIVE_RULES", "FORMAT
 
 
 def demo_config(out, **overrides) -> SynthesisConfig:
-    """Settings of `--demo`: the stdlib docstring corpus, cl100k, MiniLM, L = 8192, a few samples.
-
-    The demo corpus's documents are short (median ~1 KB), far below the granularity s the paper's k
-    formula assumes for negatives, so the demo fills to exactly L (`negatives="fill"`) unless told
-    otherwise."""
+    """Settings of `--demo`: the stdlib docstring corpus, cl100k, MiniLM, L = 8192, a few samples,
+    and otherwise the paper's defaults (fixed-k negatives: documents that cannot reach L are dropped
+    and counted in the summary)."""
     from pathlib import Path
 
     from .demo import DEMO_NUM_SAMPLES, DEMO_TARGET_LENGTH, write_demo_corpus
 
     corpus = write_demo_corpus(Path(out) / "demo_corpus.jsonl")
     settings = dict(corpus=str(corpus), id_field="id", target_length=DEMO_TARGET_LENGTH,
-                    num_samples=DEMO_NUM_SAMPLES, negatives="fill")
+                    num_samples=DEMO_NUM_SAMPLES)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return SynthesisConfig(out=str(out), **settings)
 

@@ -98,14 +98,27 @@ def iclm_order(neighbors: np.ndarray, seed: int) -> np.ndarray:
     return order
 
 
-def knn_graph(doc_vectors: np.ndarray, k: int) -> np.ndarray:
-    """Each document's k most similar other documents (exact, blocked matrix products)."""
-    from .negatives import ExactSearcher
+EXACT_GRAPH_MAX_DOCS = 50_000  # beyond this the document kNN graph comes from a usearch HNSW index
 
-    ids, _ = ExactSearcher(doc_vectors).search(doc_vectors, k + 1)
-    out = np.full((ids.shape[0], k), -1, np.int64)
-    for i in range(ids.shape[0]):
-        row = ids[i][ids[i] != i][:k]
+
+def knn_graph(doc_vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each document's k most similar other documents: exact blocked matrix products for up to
+    EXACT_GRAPH_MAX_DOCS documents, else an approximate usearch HNSW search (cosine)."""
+    n = doc_vectors.shape[0]
+    if n <= EXACT_GRAPH_MAX_DOCS:
+        from .negatives import ExactSearcher
+
+        ids, _ = ExactSearcher(doc_vectors).search(doc_vectors, k + 1)
+    else:
+        from usearch.index import Index
+
+        index = Index(ndim=doc_vectors.shape[1], metric="cos", dtype="f16")
+        index.add(np.arange(n, dtype=np.int64), np.asarray(doc_vectors, np.float32))
+        ids = np.asarray(index.search(np.asarray(doc_vectors, np.float32), min(k + 1, n)).keys, np.int64)
+        ids[ids >= n] = -1  # usearch pads missing results with a sentinel key
+    out = np.full((n, k), -1, np.int64)
+    for i in range(n):
+        row = ids[i][(ids[i] != i) & (ids[i] >= 0)][:k]
         out[i, : row.size] = row
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
@@ -48,13 +48,11 @@ class SynthesisConfig:
     # --- baselines (spec §2) ---
     doc_embedding: str = "mean"  # knn/iclm: document vector = mean of its chunk vectors, or "first" chunk
     knn_neighbors: int = 32  # iclm graph degree; knn first search width (widened on demand)
-    quest_keywords: int = 1  # quest: documents are grouped by their top keyword(s) by TF-IDF
     # --- execution ---
     shard_size: int = 64  # anchors (nextlong, knn) or long documents (stream baselines) per output shard
     num_threads: int | None = None
     quality_pairs: int = 2000  # random chunk pairs for the similarity baseline in the manifest
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         from ..errors import NextlongError

@@ -130,8 +130,13 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
         width = widened
     if result.total_tokens < target_length:
         result.ok = False
-        result.reason = (f"reaches only {result.total_tokens} of {target_length} tokens "
-                         f"({sum(result.negatives_per_meta_chunk)} negatives found)")
+        found = sum(result.negatives_per_meta_chunk)
+        if rule == "fixed-k" and found == want * p:
+            result.reason = (f"fixed-k: k = {want} negatives per meta-chunk stay short of the target length "
+                             "(chunks shorter than the granularity s the formula assumes; --negatives fill "
+                             "reaches it exactly)")
+        else:
+            result.reason = "too few eligible chunks in the index to reach the target length"
     else:
         result.ok = True
     return result

@@ -17,7 +17,7 @@ resumes and the same seed gives byte-identical Parquet files.
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import sys
 import time
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import write_json_atomic
 from ..errors import NextlongError, StageMismatchError
 from .config import SynthesisConfig, fingerprint
 
@@ -134,7 +135,14 @@ def open_prebuilt_index(cfg: SynthesisConfig, store):
     """A `nextlong index` folder given with --index: it must come from the same chunks."""
     from ..index import ChunkIndex
 
-    index = ChunkIndex.view(cfg.index, embedder=cfg.embedder) if cfg.embedder else ChunkIndex.view(cfg.index)
+    index = ChunkIndex.view(cfg.index)
+    if cfg.embedder:  # the index fixes the embedder; an explicit --embedder must agree with it
+        from ..embedding import load_embedder
+
+        asked = load_embedder(cfg.embedder).name
+        if not str(index.embedder_name or "").startswith(asked):  # a fitted lexical embedder adds "-idf"
+            raise StageMismatchError(f"{cfg.index}: the index was built with embedder {index.embedder_name!r}, "
+                                     f"but --embedder {cfg.embedder!r} ({asked!r}) was asked for")
     hashes = pq.read_table(Path(cfg.index) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
     if len(index) != store.num_chunks or not np.array_equal(hashes, np.asarray(store.text_hash)):
         raise StageMismatchError(
@@ -171,7 +179,8 @@ def searcher_stage(cfg: SynthesisConfig, out: Path, store, vectors, embed_fp: st
 
 def _shard_stats(plan_table: pa.Table, out_table: pa.Table) -> dict:
     ok = plan_table.column("ok").to_pylist()
-    reasons = Counter(r for r, good in zip(plan_table.column("reason").to_pylist(), ok) if not good)
+    reasons = Counter(re.sub(r"k = \d+ ", "k ", r) for r, good in zip(plan_table.column("reason").to_pylist(), ok)
+                      if not good)
     negs = [n for row, good in zip(plan_table.column("negatives_per_meta_chunk").to_pylist(), ok) if good
             for n in (row or [])]
     sims = [s for row, good in zip(plan_table.column("negative_sims").to_pylist(), ok) if good for s in (row or [])]
@@ -191,10 +200,12 @@ def _shard_stats(plan_table: pa.Table, out_table: pa.Table) -> dict:
             "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n}
 
 
-def run_shards(cfg: SynthesisConfig, out: Path, settings_fp: str, units: pa.Table, plan_fn, assemble_fn, desc: str):
+def run_shards(cfg: SynthesisConfig, out: Path, settings: dict, units: pa.Table, plan_fn, assemble_fn, desc: str):
     """Plan and assemble `units` (anchors or document groups) shard by shard, skipping finished shards."""
     from tqdm.auto import tqdm
 
+    settings = json.loads(json.dumps(settings, default=str))
+    settings_fp = fingerprint(settings)
     data = out / "data"
     meta_dir = data / "_shards"
     meta_dir.mkdir(parents=True, exist_ok=True)
@@ -211,9 +222,12 @@ def run_shards(cfg: SynthesisConfig, out: Path, settings_fp: str, units: pa.Tabl
             meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else None
             if meta is not None and meta.get("settings") != settings_fp:
                 if not cfg.rebuild:
+                    old = meta.get("settings_detail", {})
+                    diff = "; ".join(f"{k}: cached {old.get(k)!r}, asked {settings.get(k)!r}"
+                                     for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
                     raise StageMismatchError(
-                        f"{part}: written with other synthesis settings (fingerprint {meta.get('settings')} vs "
-                        f"{settings_fp}); use another --out or pass --rebuild")
+                        f"{part}: written with other synthesis settings ({diff or settings_fp}); use another "
+                        "--out or pass --rebuild")
                 meta = None
             valid = (meta is not None and meta["lo"] == lo and (remaining is None or meta["rows"] <= remaining)
                      and (meta["complete"] or meta["rows"] == remaining))
@@ -223,7 +237,7 @@ def run_shards(cfg: SynthesisConfig, out: Path, settings_fp: str, units: pa.Tabl
                 from .writers import write_parquet_atomic
 
                 write_parquet_atomic(out_table, part)
-                meta = {"settings": settings_fp, "lo": lo, "hi": hi, "rows": out_table.num_rows,
+                meta = {"settings": settings_fp, "settings_detail": settings, "lo": lo, "hi": hi, "rows": out_table.num_rows,
                         "complete": plan_table.num_rows == hi - lo, "stats": _shard_stats(plan_table, out_table)}
                 write_json_atomic(meta_path, meta)
             shard_metas.append(meta)
@@ -329,7 +343,9 @@ def run(cfg: SynthesisConfig) -> dict:
                 return stages.plan_knn_batch(batch, store=store, doc_searcher=doc_searcher, doc_vectors=dvec,
                                              doc_lengths=lengths, target_length=cfg.target_length,
                                              first_width=cfg.knn_neighbors, max_rows=remaining)
-        metas = run_shards(cfg, out, settings_fp, anchors, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
+        with _single_threaded_blas():  # many small (p x n) products: BLAS threads only contend
+            metas = run_shards(cfg, out, output_settings, anchors, plan_fn, assemble_fn,
+                               desc=f"{cfg.method} synthesize")
     else:
         if cfg.method == "standard":
             order = standard_order(store.num_docs, cfg.seed)
@@ -347,7 +363,7 @@ def run(cfg: SynthesisConfig) -> dict:
             if remaining is not None:
                 batch = batch.slice(0, remaining)
             return stages.plan_groups_batch(batch, store=store)
-        metas = run_shards(cfg, out, settings_fp, units, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
+        metas = run_shards(cfg, out, output_settings, units, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
     timings["synthesize"] = time.perf_counter() - t0
 
     built = _sum(metas, "built") if metas else 0
@@ -382,6 +398,16 @@ def run(cfg: SynthesisConfig) -> dict:
     return manifest
 
 
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _document_texts(chunks_path: Path, store) -> list[str]:
     texts = [[] for _ in range(store.num_docs)]
     c = 0
@@ -414,6 +440,11 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> di
         "shards": len(metas),
         "mean_dependency_distance_tokens": (_sum(metas, "dependency_distance_sum") / dist_n) if dist_n else None,
     }
+    used = set()
+    for path in sorted((cfg.out_dir / "data").glob("part-*.parquet")):
+        segments = pc.list_flatten(pq.read_table(path, columns=["segments"]).column("segments"))
+        used.update(pc.struct_field(segments, "doc_id").unique().to_pylist())
+    stats["source_documents_used"] = len(used)
     if leftover_dropped:
         stats["drop_reasons"]["left over at the end of the document stream, short of the target length"] = leftover_dropped
     if cfg.method == "nextlong":
@@ -437,7 +468,7 @@ def _too_small_message(cfg, store, stats, lengths) -> str:
             f"{_why(cfg, stats)}. The corpus has {store.num_docs} documents, {store.num_chunks} chunks, "
             f"{int(store.tok_offsets[-1])} tokens (longest document {int(lengths.max()) if lengths.size else 0} "
             "tokens). Use a larger corpus, a smaller --target-length"
-            + (", or --negatives fill" if cfg.method == "nextlong" and cfg.negatives == "fixed-k" else "") + ".")
+            + (", or --negatives fill" if any(r.startswith("fixed-k") for r in stats["drop_reasons"]) else "") + ".")
 
 
 def summary(manifest: dict) -> str:

@@ -36,9 +36,6 @@ than one chunk/tile of logits.
 
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 
 from . import _ce_reference as _ref
@@ -81,16 +78,15 @@ class _LinearStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lse, g_zy, g_sz):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        need_bias = bias is not None and ctx.needs_input_grad[2]
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 bias is not None and ctx.needs_input_grad[2])
         g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
         if ctx.backend == "triton":
             dx, dw, db = _triton_module().flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, need_bias)
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
         else:
             dx, dw, db = _ref.flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, need_bias, ctx.chunk)
-        if db is not None:
-            db = db.to(bias.dtype)
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk)
         return dx, dw, db, None, None, None, None
 
 
@@ -147,19 +143,17 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             ga = s * (1.0 + 2.0 * zl * lse) if zl else s
             return ga, -(1.0 - eps) * s, (-eps / vocab) * s
 
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 bias is not None and ctx.needs_input_grad[2])
         stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap,
-                                                 coefficients, bias is not None, chunk,
-                                                 need_sum=bool(eps))
-        ctx.save_for_backward(*[g for g in grads if g is not None])
-        ctx.has_bias = bias is not None
+                                                 coefficients, needs, chunk, need_sum=bool(eps))
+        ctx.grads = grads  # freed with the graph; neither inputs nor outputs, so no saved-tensor rules
         return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        saved = list(ctx.saved_tensors)
-        dx, dw = saved[0] * grad_loss.to(saved[0].dtype), saved[1] * grad_loss.to(saved[1].dtype)
-        db = saved[2] * grad_loss.to(saved[2].dtype) if ctx.has_bias else None
-        return dx, dw, db, None, None, None, None, None, None, None
+        scaled = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
+        return scaled + (None,) * 7
 
 
 def _check_options(reduction, label_smoothing, z_loss, logit_softcap):
@@ -235,7 +229,7 @@ def fused_linear_cross_entropy(
     (any integer dtype), ``token_weights`` the same shape as ``labels``. Options and reductions
     are defined in the module docstring. ``backend="auto"`` uses Triton for CUDA tensors and the
     chunked PyTorch fallback otherwise; ``chunk_size`` (tokens per chunk) applies to the
-    fallback only (default: about 4M logits per chunk).
+    fallback only (default: 16M logits, 64 MiB in fp32, per chunk).
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
@@ -294,15 +288,3 @@ def cross_entropy(
     softcap = float(logit_softcap) if logit_softcap is not None else None
     stats = _LogitStats.apply(z2, flat, softcap, which, chunk)
     return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this submodule binds ``nextlong.kernels.cross_entropy`` to the module, shadowing
-    the lazily exported function of the same name; making the module callable keeps
-    ``nextlong.kernels.cross_entropy(logits, labels)`` working whichever import happened first."""
-
-    def __call__(self, *args, **kwargs):
-        return cross_entropy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

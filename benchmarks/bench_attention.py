@@ -1,0 +1,320 @@
+"""Document-masked attention: nextlong's flash_attention vs its peers, TFLOP/s and peak memory, same run.
+
+GPU (needs CUDA): one packed sequence of S in {8K, 16K, 32K, 64K, 128K} tokens (forward only also at
+512K), head dim 128, 16 heads, bf16, causal; mask "causal" (one document) and "docs" (documents of
+seeded log-uniform lengths in [512, 16K] packed back to back, no attention across them). Peers:
+PyTorch SDPA with the flash backend (per-document loop for "docs", since it takes no document mask),
+FlexAttention (torch.compile'd) with a document+causal block mask, and flash-attn's varlen kernel when
+importable; a plain bf16 `torch.matmul` measured in the same run gives the achievable peak.
+TFLOP/s count only allowed (query, key) pairs: forward 4*D*H*pairs, backward 2.5x the forward.
+
+CPU: small packed sequences, fp32, the PyTorch fallback vs SDPA with a dense (S, S) block-diagonal
+causal mask (the obvious way to get document masking on CPU). Peak extra resident memory from VmHWM.
+
+Run: ``python3 benchmarks/bench_attention.py [cpu|gpu]`` for a table with ratios to the peers, or
+``python3 -m pytest -q benchmarks/bench_attention.py -k cpu`` (pytest-benchmark entries).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import re
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
+
+H100_BF16_DENSE_TFLOPS = 989.0
+GPU_SEQLENS = (8192, 16384, 32768, 65536, 131072)
+GPU_FWD_ONLY_SEQLENS = (524288,)
+GPU_HEADS, GPU_DIM = 16, 128
+CPU_SHAPES = ((2048, 8, 64), (4096, 8, 64))  # (S, H, D)
+MASKS = ("causal", "docs")
+
+
+def document_lengths(total: int, kind: str, seed: int = 0, lo: int = 512, hi: int = 16384) -> list[int]:
+    """One document for "causal"; otherwise seeded log-uniform lengths in [lo, hi] filling `total` exactly."""
+    if kind == "causal":
+        return [total]
+    rng = random.Random(seed)
+    lo, hi = min(lo, total), min(hi, total)
+    lengths, used = [], 0
+    while used < total:
+        n = min(total - used, int(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+        lengths.append(n)
+        used += n
+    return lengths
+
+
+def allowed_pairs(lengths) -> int:
+    return sum(n * (n + 1) // 2 for n in lengths)
+
+
+def attention_flops(lengths, heads, dim, backward: bool) -> float:
+    fwd = 4.0 * dim * heads * allowed_pairs(lengths)
+    return fwd * (3.5 if backward else 1.0)
+
+
+# ---- implementations: each maps (q, k, v as (T, H, D), lengths, cu_seqlens) -> out (T, H, D) -------
+
+def _nextlong(q, k, v, lengths, cu):
+    return flash_attention(q, k, v, causal=True, cu_seqlens=cu)
+
+
+def _sdpa_dense_mask(q, k, v, lengths, cu):
+    """CPU peer: SDPA with an explicit (S, S) block-diagonal causal mask."""
+    doc = torch.repeat_interleave(torch.arange(len(lengths), device=q.device),
+                                  torch.tensor(lengths, device=q.device))
+    pos = torch.arange(q.shape[0], device=q.device)
+    mask = (doc[:, None] == doc[None, :]) & (pos[None, :] <= pos[:, None])
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                         v.transpose(0, 1)[None], attn_mask=mask)
+    return out[0].transpose(0, 1)
+
+
+def _sdpa_flash(q, k, v, lengths, cu):
+    """GPU peer: SDPA's flash backend, one call per document (it takes no document mask)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    outs, start = [], 0
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        for n in lengths:
+            sl = slice(start, start + n)
+            o = F.scaled_dot_product_attention(q[sl].transpose(0, 1)[None], k[sl].transpose(0, 1)[None],
+                                               v[sl].transpose(0, 1)[None], is_causal=True)
+            outs.append(o[0].transpose(0, 1))
+            start += n
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+_flex_cache = {}
+
+
+def _flex(q, k, v, lengths, cu):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    key = (tuple(lengths), q.device)
+    if key not in _flex_cache:
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=q.device),
+                                      torch.tensor(lengths, device=q.device))
+
+        def document_causal(b, h, qi, ki):
+            return (doc[qi] == doc[ki]) & (ki <= qi)
+
+        total = q.shape[0]
+        mask = create_block_mask(document_causal, None, None, total, total, device=q.device)
+        _flex_cache.clear()
+        _flex_cache[key] = (mask, torch.compile(flex_attention))
+    mask, fn = _flex_cache[key]
+    out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask)
+    return out[0].transpose(0, 1)
+
+
+def _flash_attn():
+    from flash_attn import flash_attn_varlen_func
+
+    def run(q, k, v, lengths, cu):
+        m = max(lengths)
+        return flash_attn_varlen_func(q, k, v, cu, cu, m, m, causal=True)
+
+    return run
+
+
+def implementation(name):
+    """The callable for `name`, or a skip reason string when its package is missing."""
+    table = {"nextlong": lambda: _nextlong, "sdpa_dense_mask": lambda: _sdpa_dense_mask,
+             "sdpa_flash": lambda: _sdpa_flash, "flex": lambda: _flex, "flash_attn": _flash_attn}
+    try:
+        return table[name]()
+    except ImportError as exc:
+        return f"{name} not importable: {exc}"
+
+
+# ---- measurement -------------------------------------------------------------------------------
+
+def _inputs(total, heads, dim, device, dtype, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(total, heads, dim, device=device, dtype=dtype, generator=g).requires_grad_()
+            for _ in range(3)]
+
+
+def _step(fn, q, k, v, lengths, cu, backward):
+    if not backward:
+        with torch.no_grad():
+            return fn(q, k, v, lengths, cu)
+    q.grad = k.grad = v.grad = None
+    out = fn(q, k, v, lengths, cu)
+    out.backward(torch.ones_like(out))
+    return out
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
+
+
+def measure_cpu(fn, total, heads, dim, mask, backward, repeats=3):
+    """(best wall seconds, peak extra resident MiB over the inputs, best process CPU seconds)."""
+    lengths = document_lengths(total, mask, lo=128, hi=1024)
+    cu = cu_seqlens_from_lengths(lengths)
+    q, k, v = _inputs(total, heads, dim, "cpu", torch.float32)
+    _step(fn, q, k, v, lengths, cu, backward)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kib("VmRSS")
+    best = best_cpu = float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        _step(fn, q, k, v, lengths, cu, backward)
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best, (_rss_kib("VmHWM") - base) / 1024, best_cpu, lengths
+
+
+def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5):
+    """(median seconds, peak extra allocated MiB over the inputs and their grads, None, lengths)."""
+    lengths = document_lengths(total, mask)
+    cu = cu_seqlens_from_lengths(lengths, device="cuda")
+    q, k, v = _inputs(total, heads, dim, "cuda", torch.bfloat16)
+    _step(fn, q, k, v, lengths, cu, backward)  # warm-up: compiles kernels, allocates grads
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        _step(fn, q, k, v, lengths, cu, backward)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return sorted(times)[len(times) // 2], peak, None, lengths
+
+
+def matmul_tflops(n=8192, repeats=10):
+    """What a plain bf16 (n x n) @ (n x n) reaches on this GPU: the practical peak for the ratios."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2.0 * n ** 3 * repeats / (start.elapsed_time(end) / 1000) / 1e12
+
+
+# ---- pytest-benchmark entries ------------------------------------------------------------------
+
+CPU_IMPLS = ("nextlong", "sdpa_dense_mask")
+GPU_IMPLS = ("nextlong", "sdpa_flash", "flex", "flash_attn")
+
+
+def _bench(benchmark, measure, fn, total, heads, dim, mask, backward, device, dtype):
+    seconds, peak, cpu_seconds, lengths = measure(fn, total, heads, dim, mask, backward)
+    tflops = attention_flops(lengths, heads, dim, backward) / seconds / 1e12
+    benchmark.extra_info.update(seconds=seconds, cpu_seconds=cpu_seconds, peak_mib=peak, tflops=tflops,
+                                documents=len(lengths))
+    cu = cu_seqlens_from_lengths(lengths, device=device)
+    q, k, v = _inputs(total, heads, dim, device, dtype)
+
+    def step():
+        _step(fn, q, k, v, lengths, cu, backward)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "S{}_H{}_D{}".format(*s))
+def test_cpu_fallback_vs_sdpa_dense_mask(benchmark, impl, shape, backward):
+    torch.set_num_threads(2)
+    benchmark.group = f"cpu-{'fwd_bwd' if backward else 'fwd'}-S{shape[0]}"
+    _bench(benchmark, measure_cpu, implementation(impl), *shape, "docs", backward, "cpu", torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark needs CUDA")
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("total", GPU_SEQLENS)
+def test_gpu_attention(benchmark, impl, mask, backward, total):
+    fn = implementation(impl)
+    if isinstance(fn, str):
+        pytest.skip(fn)
+    benchmark.group = f"gpu-{mask}-{'fwd_bwd' if backward else 'fwd'}-S{total}"
+    try:
+        _bench(benchmark, measure_gpu, fn, total, GPU_HEADS, GPU_DIM, mask, backward, "cuda", torch.bfloat16)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        pytest.skip(f"{impl} out of memory at S={total}")
+
+
+# ---- table with ratios (script mode) -----------------------------------------------------------
+
+def _table(kind):
+    if kind == "gpu" and not torch.cuda.is_available():
+        print("gpu: skipped, CUDA not available")
+        return
+    if kind == "gpu":
+        cases = [(s, GPU_HEADS, GPU_DIM, m, b) for s in GPU_SEQLENS for m in MASKS for b in (False, True)]
+        cases += [(s, GPU_HEADS, GPU_DIM, m, False) for s in GPU_FWD_ONLY_SEQLENS for m in MASKS]
+        impls, measure, peer = GPU_IMPLS, measure_gpu, "flex"
+        peak = matmul_tflops()
+        print(f"torch.matmul bf16 8192^3: {peak:.0f} TFLOP/s ({100 * peak / H100_BF16_DENSE_TFLOPS:.0f}% of the "
+              f"H100 SXM paper peak {H100_BF16_DENSE_TFLOPS:.0f})")
+    else:
+        torch.set_num_threads(2)
+        cases = [(s, h, d, "docs", b) for s, h, d in CPU_SHAPES for b in (False, True)]
+        impls, measure, peer, peak = CPU_IMPLS, measure_cpu, "sdpa_dense_mask", None
+    print(f"{'S':>7} {'mask':>6} {'pass':>7} {'docs':>5} {'impl':>16} {'ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} "
+          f"{'t/peer':>7} {'mem/peer':>8} {'%matmul':>7} {'%989':>5}")
+    for total, heads, dim, mask, backward in cases:
+        rows = {}
+        for name in impls:
+            fn = implementation(name)
+            if isinstance(fn, str):
+                print(f"{total:>7} {mask:>6} {'fwd+bwd' if backward else 'fwd':>7} {'':>5} {name:>16}  skipped: {fn}")
+                continue
+            try:
+                rows[name] = measure(fn, total, heads, dim, mask, backward)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                print(f"{total:>7} {mask:>6} {'':>7} {'':>5} {name:>16}  out of memory")
+        ref = rows.get(peer)
+        for name, (sec, mib, cpu, lengths) in rows.items():
+            tflops = attention_flops(lengths, heads, dim, backward) / sec / 1e12
+            # On the shared CPU machine compare CPU time, which is steadier than wall time.
+            if ref:
+                ratio = (cpu / ref[2]) if cpu is not None else (sec / ref[0])
+                rt = f"{ratio:7.2f}"
+                rm = f"{mib / ref[1]:8.2f}" if ref[1] > 0 else "       -"
+            else:
+                rt, rm = "      -", "       -"
+            pm = f"{100 * tflops / peak:7.1f}" if peak else "      -"
+            pp = f"{100 * tflops / H100_BF16_DENSE_TFLOPS:5.1f}" if peak else "    -"
+            ms = 1000 * (cpu if cpu is not None else sec)
+            print(f"{total:>7} {mask:>6} {'fwd+bwd' if backward else 'fwd':>7} {len(lengths):>5} {name:>16} "
+                  f"{ms:10.1f} {tflops:8.3f} {mib:9.0f} {rt} {rm} {pm} {pp}")
+    print(f"t/peer, mem/peer: relative to {peer} (CPU: process CPU time); TFLOP/s over allowed pairs only; "
+          "%matmul: of torch.matmul in this run; %989: of the H100 SXM bf16 dense paper peak")
+
+
+if __name__ == "__main__":
+    for kind in sys.argv[1:] or ["cpu", "gpu"]:
+        _table(kind)
