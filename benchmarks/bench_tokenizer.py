@@ -77,7 +77,7 @@ def hf_tok(rank_file, tmp_path_factory):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     # The classic cl100k pattern (as in the widely used converted gpt-4 tokenizer.json; Llama-3 uses it
-    # too): Oniguruma runs the current tiktoken pattern about 7x slower, which would flatter us.
+    # too), the form in which most cl100k-style tokenizer.json files circulate.
     path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
     TikTokenConverter(vocab_file=str(rank_file), pattern=LLAMA3_PATTERN).converted().save(str(path))
     return tokenizers.Tokenizer.from_file(str(path))

@@ -33,11 +33,14 @@ constexpr size_t kCacheMaxEntries = 1 << 16;
 constexpr size_t kCacheMaxPiece = 256;
 constexpr size_t kSmallPiece = 128;
 
+// Unicode \w as Rust's regex crate defines it (HF checks single_word tokens with it): Alphabetic,
+// marks, Nd, Pc, Join_Control. Alphabetic outside L/Nl/M is approximated by the circled letters.
 bool is_word_char(uint32_t cp) {
   if (cp < 0x80) return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || cp == '_';
+  if (cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F189)) return true;
   uint8_t c = unicode::category(cp);
-  return (c >= unicode::kCatLu && c <= unicode::kCatLo) || c == unicode::kCatNd || c == unicode::kCatNl ||
-         c == unicode::kCatNo;
+  return (c >= unicode::kCatLu && c <= unicode::kCatLo) || (c >= unicode::kCatMn && c <= unicode::kCatMe) ||
+         c == unicode::kCatNd || c == unicode::kCatNl || c == unicode::kCatPc;
 }
 }  // namespace
 
@@ -51,6 +54,8 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     regex::Cl100kScanner::Variant v;
     if (!opt_.generic_regex_only && regex::Cl100kScanner::recognise(opt_.pattern, opt_.dialect, &v))
       scanner_ = std::make_unique<regex::Cl100kScanner>(v);
+    else if (!opt_.generic_regex_only && regex::O200kScanner::recognise(opt_.pattern))
+      o200k_ = std::make_unique<regex::O200kScanner>();
   }
   uint32_t max_id = 0;
   for (const auto& [id, b] : model) max_id = std::max(max_id, id);
@@ -236,6 +241,14 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
   if (scanner_ && !generic) {
     for (size_t p = 0; p < n;) {
       size_t e = scanner_->next(s, n, p);
+      fn(p, e);
+      p = e;
+    }
+    return;
+  }
+  if (o200k_ && !generic) {
+    for (size_t p = 0; p < n;) {
+      size_t e = o200k_->next(s, n, p);
       fn(p, e);
       p = e;
     }

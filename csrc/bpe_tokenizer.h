@@ -13,6 +13,7 @@
 #include "bpe_hash.h"
 #include "regex_cl100k_scanner.h"
 #include "regex_engine.h"
+#include "regex_o200k_scanner.h"
 #include "text_encoder.h"
 
 namespace nextlong {
@@ -30,7 +31,7 @@ struct BpeOptions {
   int prefix_space = 0;        // 0 none, 1 once per text (ByteLevel before splitting), 2 per piece
   bool ignore_merges = false;  // a piece that is a whole vocab token becomes that token
   bool nfc = false;                 // NFC-normalize text before pre-tokenization (HF NFC normalizer)
-  bool generic_regex_only = false;  // never use the hand-written cl100k-family scanner (tests)
+  bool generic_regex_only = false;  // never use the hand-written cl100k/o200k scanners (tests)
 };
 
 class BpeTokenizer : public TextEncoder {
@@ -60,7 +61,7 @@ class BpeTokenizer : public TextEncoder {
   // Model-vocabulary id of a byte string, or -1.
   int64_t model_id(std::string_view bytes) const;
   const BpeOptions& options() const { return opt_; }
-  bool has_fast_scanner() const { return scanner_ != nullptr; }
+  bool has_fast_scanner() const { return scanner_ != nullptr || o200k_ != nullptr; }
   // Byte spans of the pre-tokenization pieces (gaps included when the options keep them).
   void split_pieces(std::string_view text, bool generic, std::vector<std::pair<size_t, size_t>>& out) const;
 
@@ -82,6 +83,7 @@ class BpeTokenizer : public TextEncoder {
   void for_each_piece(std::string_view text, bool generic, Fn&& fn) const;
   std::unique_ptr<regex::Regex> regex_;
   std::unique_ptr<regex::Cl100kScanner> scanner_;
+  std::unique_ptr<regex::O200kScanner> o200k_;
   bpe::BytesMap vocab_;
   bpe::PairMap pairs_;
   uint32_t byte_id_[256];

@@ -189,9 +189,13 @@ def _fused_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scal
                                     lse[qs].transpose(0, 1)[None].contiguous(), 0.0, is_causal,
                                     attn_mask=mask, scale=scale)
             dq[qs] = gq[0].transpose(0, 1)
-            # Sum the gradients of the G query heads that share one kv head.
-            dk[ks] += gk[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1).transpose(0, 1)
-            dv[ks] += gv[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1).transpose(0, 1)
+            if group > 1:  # sum the gradients of the G query heads that share one kv head
+                gk = gk[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1)
+                gv = gv[0].float().reshape(kv_heads, group, khi - klo, dim).sum(1)
+            else:
+                gk, gv = gk[0], gv[0]
+            dk[ks] += gk.transpose(0, 1)
+            dv[ks] += gv.transpose(0, 1)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 

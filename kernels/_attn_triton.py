@@ -119,8 +119,11 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
         if MASKED:
             s = tl.where(_allowed(offs_m, offs_n, L, CAUSAL, LEFT, RIGHT), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no allowed key yet keeps m = -inf; subtract 0 then so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if MASKED:
+            # A row with no allowed key yet keeps m = -inf; subtract 0 then so exp2 gives 0, not NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_safe = m_new  # an unmasked tile gives every row a finite score
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -133,7 +136,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
 def _fwd_kernel(Q, K, V, O, LSE, CU, BLK_DOC, BLK_IDX, total_tokens,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 qk_scale, GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -222,7 +226,8 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                  stride_dkt, stride_dkh, stride_dvt, stride_dvh, qk_scale, sm_scale,
                  GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                 BIG: tl.constexpr):
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -292,7 +297,8 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                stride_dqt, stride_dqh, qk_scale, sm_scale,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+               BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)

@@ -50,25 +50,34 @@ def _normalise_window(window, causal: bool) -> tuple[int, int]:
 def _check(q, k, v, cu_seqlens):
     if cu_seqlens is None:
         if q.dim() != 4:
-            raise ValueError(f"flash_attention: without cu_seqlens q must be (batch, seq, heads, head_dim), got {tuple(q.shape)}")
+            raise ValueError("flash_attention: without cu_seqlens q must be (batch, seq, heads, head_dim), "
+                             f"got {tuple(q.shape)}")
     else:
         if q.dim() != 3:
-            raise ValueError(f"flash_attention: with cu_seqlens q must be (total_tokens, heads, head_dim), got {tuple(q.shape)}")
+            raise ValueError("flash_attention: with cu_seqlens q must be (total_tokens, heads, head_dim), "
+                             f"got {tuple(q.shape)}")
         if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
             raise ValueError("flash_attention: cu_seqlens must be a 1-D int32 tensor [0, ..., total_tokens] "
                              f"(flash-attn convention), got dtype {cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
         if cu_seqlens.device != q.device:
             raise ValueError(f"flash_attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+        if not cu_seqlens.is_cuda:  # free to check on the host; on a GPU it would cost a sync per call
+            cu = cu_seqlens.tolist()
+            if cu[0] != 0 or cu[-1] != q.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
+                raise ValueError(f"flash_attention: cu_seqlens must rise from 0 to total_tokens={q.shape[0]}, "
+                                 f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
     if k.shape != v.shape or k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
     if heads % kv_heads:
-        raise ValueError(f"flash_attention: k/v heads ({kv_heads}) must divide q heads ({heads}) for grouped-query attention")
+        raise ValueError(f"flash_attention: k/v heads ({kv_heads}) must divide q heads ({heads}) "
+                         "for grouped-query attention")
     if dim not in _HEAD_DIMS:
         raise ValueError(f"flash_attention: head_dim must be one of {_HEAD_DIMS}, got {dim}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"flash_attention: q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError("flash_attention: q, k, v must share one of fp16/bf16/fp32, "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizers with the exact ids of HuggingFace `tokenizers` and `tiktoken`.
+r"""Byte-level BPE tokenizers with the exact ids of HuggingFace `tokenizers` and `tiktoken`.
 
 The work happens in C++ (`nextlong._native.BpeTokenizer`); this module only reads tokenizer files
 and turns them into plain lists for the native constructor. Two sources are understood:
@@ -11,10 +11,21 @@ and turns them into plain lists for the native constructor. Two sources are unde
   shipped offline by the ``bpe-openai`` package with tiktoken's published patterns and special tokens.
 
 Deliberate limits (each raises TokenizerError when met): normalizers other than none and NFC
-(NFC, used by Qwen2, is done in C++ too), models other than BPE, ``byte_fallback``, dropout, subword
-prefixes/suffixes, pre-tokenizers other than the two shapes above, regex constructs outside the
-engine's subset. Post-processors and decoders are ignored: ``encode`` never adds BOS/EOS (like
-``tokenizers`` with ``add_special_tokens=False``) and ``decode`` concatenates token bytes.
+(NFC, used by Qwen2, is done in C++ too), models other than BPE, ``byte_fallback``, dropout,
+subword prefixes/suffixes, pre-tokenizers other than the two shapes above, Split behaviors other
+than Isolated, regex constructs outside the engine's subset (backreferences, lookbehind, \b, POSIX
+classes, scripts like \p{Greek}, class intersection, inline flags other than i).
+
+Known approximations, documented rather than hidden: post-processors and decoders are ignored
+(``encode`` never adds BOS/EOS, like ``tokenizers`` with ``add_special_tokens=False``; ``decode``
+joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
+Unicode \w: letters, marks, Nd, Nl, Pc, joiners); with an NFC normalizer, ``normalized=true`` added
+tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
+leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
+of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Unicode data comes from Python's
+unicodedata at generation time (see scripts/gen_unicode_tables.py). A regex that would backtrack
+more than a few thousand levels deep (a repeated group over a very long match) raises instead of
+tokenizing.
 """
 
 from __future__ import annotations

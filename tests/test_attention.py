@@ -139,6 +139,10 @@ def test_bad_inputs_raise_clear_errors():
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
     with pytest.raises(ValueError, match="int32"):
         flash_attention(q, k, k, cu_seqlens=cu.long())
+    with pytest.raises(ValueError, match="rise from 0"):
+        flash_attention(q, k, k, cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32))
+    with pytest.raises(ValueError, match="rise from 0"):
+        flash_attention(q, k, k, cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32))
     with pytest.raises(ValueError, match="must divide"):
         flash_attention(q, torch.randn(10, 3, 16), torch.randn(10, 3, 16), cu_seqlens=cu)
     with pytest.raises(ValueError, match="head_dim"):

@@ -34,7 +34,8 @@ def _compile(case, report=False):
     big = len(case) > 6 and case[6]
     fn = {"fwd": K._fwd_kernel, "dkdv": K._dkdv_kernel, "dq": K._dq_kernel}[name]
     bm, bn, warps, stages = {"fwd": K._FWD, "dkdv": K._DKDV, "dq": K._DQ}[name][dim]
-    consts = dict(GROUP=4, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, IEEE=False, BIG=big, BLOCK_M=bm, BLOCK_N=bn)
+    consts = dict(GROUP=4, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, IEEE=False, BIG=big,
+                  BLOCK_M=bm, BLOCK_N=bn)
     fp32_ptrs = {"LSE", "DELTA"}
     i32_ptrs = {"CU", "BLK_DOC", "BLK_IDX"}
     sig = {}

@@ -281,8 +281,14 @@ def test_demo_runs_with_a_fast_embedder(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_default_minilm(tmp_path):
-    """The README's command, as is: MiniLM embeddings of the stdlib docstrings (minutes on 2 cores)."""
+def test_demo_default_minilm(tmp_path, request):
+    """The README's command, as is: MiniLM embeddings of the stdlib docstrings (1.5-2.5 minutes on 2
+    cores). Runs with `-m slow` or NEXTLONG_SLOW=1; test_demo_runs_with_a_fast_embedder covers the
+    same path with the lexical embedder in the default run."""
+    import os
+
+    if "slow" not in (request.config.getoption("markexpr") or "") and os.environ.get("NEXTLONG_SLOW") != "1":
+        pytest.skip("MiniLM demo takes minutes: run with -m slow or NEXTLONG_SLOW=1")
     from nextlong.cli import main
 
     assert main(["synthesize", "--demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
@@ -348,3 +354,10 @@ def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
     with pytest.raises(StageMismatchError, match="embedder"):
         synthesize(corpus, tmp_path / "other2", num_samples=1, index=str(prebuilt),
                    **dict(FAST, embedder="hashed-tfidf:128"))
+
+
+def test_cli_separator_escapes():
+    from nextlong.commands.synthesize import unescape
+
+    assert unescape(r"\n") == "\n" and unescape(r"\n\n") == "\n\n" and unescape(r"a\tb") == "a\tb"
+    assert unescape(r"\\n") == "\\n" and unescape("é|") == "é|" and unescape("\n") == "\n"

@@ -140,7 +140,8 @@ def plain_rank_files(tmp_path_factory):
 
 
 def _convert(rank_file: Path, pattern: str, specials, out: Path) -> Path:
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    converter = pytest.importorskip("transformers.convert_slow_tokenizer", reason="transformers is not installed")
+    TikTokenConverter = converter.TikTokenConverter
 
     hf = TikTokenConverter(vocab_file=str(rank_file), pattern=pattern, extra_special_tokens=list(specials)).converted()
     hf.save(str(out))
@@ -318,7 +319,8 @@ def test_dialects_differ_like_the_engines(hf_files):
 
 FUZZ_ALPHABET = ["a", "B", "\u017f", "'", "s", "S", "l", "L", "v", "e", "r", "d", "m", "t", "K", "\u212a", " ", "  ",
                  "\t", "\n", "\r", "\r\n", "1", "\u0663", "\u00b2", "\u2163", "!", ".", "/", "\u0085", "\u00a0",
-                 "\u3000", "\u65e5", "\u00e9", "\u0301", "\U0001F600", "_", "-", "\u2028", "\x0b"]
+                 "\u3000", "\u65e5", "\u00e9", "\u0301", "\U0001F600", "_", "-", "\u2028", "\x0b",
+                 "\u00c9", "\u01c5", "\u02b0", "\u0903", "\u20dd", "ab", "CD", "'S", "'ll", "'Re"]
 
 
 def test_fast_scanner_equals_generic_engine(hf_files):
@@ -328,25 +330,44 @@ def test_fast_scanner_equals_generic_engine(hf_files):
     rng = random.Random(1234)
     texts = ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 24))) for _ in range(3000)]
     texts += ADVERSARIAL
-    tokenizers_under_test = [load_tokenizer("cl100k_base"), _hf_pair(hf_files["cl100k"])[0],
-                             _hf_pair(hf_files["llama3"])[0], _hf_pair(hf_files["qwen2"])[0]]
+    tokenizers_under_test = [load_tokenizer("cl100k_base"), load_tokenizer("o200k_base"),
+                             _hf_pair(hf_files["cl100k"])[0], _hf_pair(hf_files["llama3"])[0],
+                             _hf_pair(hf_files["qwen2"])[0]]
     for tok in tokenizers_under_test:
         assert tok.native.has_fast_scanner, tok.pattern
         for text in texts:
             assert tok.native.pretokenize(text) == tok.native.pretokenize(text, generic=True), (tok.pattern, text)
 
 
-def test_fuzz_matches_references(hf_files, cl100k_pair):
+def test_fuzz_matches_references(hf_files, cl100k_pair, o200k_pair):
     """Random strings of tricky characters: same ids as tiktoken and as tokenizers."""
     import random
 
     rng = random.Random(99)
     texts = ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
-    ours, ref = cl100k_pair
-    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, texts, "tiktoken cl100k")
+    for ours, ref in (cl100k_pair, o200k_pair):
+        assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, texts, f"tiktoken {ours.name}")
     for key in ("cl100k", "llama3", "qwen2"):
         hf_ours, hf_ref = _hf_pair(hf_files[key])
         assert_same_ids(hf_ours.encode_ordinary, _hf_ids(hf_ref), texts, f"tokenizers ({key})")
+
+
+@pytest.mark.parametrize("pattern, text", [
+    (r"a{2}?b", "b aab ab"),          # Oniguruma: X{n}? is (?:X{n})?, not lazy
+    (r"\d{1,2}+", "12345 6"),         # Oniguruma: X{m,n}+ is (?:X{m,n})+, not possessive
+    (r"x{2}+", "xxxxx"),
+    (r"[a-c]{1,2}?", "abc"),
+    (r"\s+$", "a  \n  b  "),          # Oniguruma: $ is end of line
+    (r"^\w+", "ab cd\nef"),
+    (r"a{,2}", "aaa"),
+    (r"(?i:[a-c]+)|\p{N}+|[^\p{L}\p{N}]", "AbC x1\u0663\u00b2 \u017f"),
+])
+def test_oniguruma_dialect_matches_hf_split(tmp_path, pattern, text):
+    from tokenizers import Regex, pre_tokenizers
+
+    ref = [piece for piece, _ in pre_tokenizers.Split(Regex(pattern), "isolated").pre_tokenize_str(text)]
+    ours = Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre(pattern)))
+    assert ours.pretokenize(text) == ref
 
 
 def _train_bytelevel(texts, add_prefix_space: bool, vocab_size: int = 1500):
@@ -376,7 +397,8 @@ def test_hf_gpt2_style_bytelevel_trained(tmp_path, docstrings, add_prefix_space)
     for token, token_id in ref.get_vocab().items():
         assert ours.token_to_id(token) == token_id
         assert ours.id_to_token(token_id) == token
-    extra = ["a <sep> b", "x<sep>y  <sep>  z", "[word] in[word]side [word]", "<|endoftext|>hello<|endoftext|>"]
+    extra = ["a <sep> b", "x<sep>y  <sep>  z", "[word] in[word]side [word]", "<|endoftext|>hello<|endoftext|>",
+             "_[word]_ -[word]- x\u0301[word] \u00b2[word] \u0663[word]\u2163 \t<sep>\u3000x a\u00a0<sep>\u2028b"]
     assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings[:150] + extra, "tokenizers (trained ByteLevel)")
 
 
@@ -488,6 +510,11 @@ def test_tiny_file_works_and_components_are_checked(tmp_path):
     ref = tokenizers.Tokenizer.from_file(str(path))
     for text in ["ab abab cab", "xyz  ab!", *ADVERSARIAL]:
         assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids
+    # merges may also be written as "left right" strings
+    data = json.loads(path.read_text())
+    data["model"]["merges"] = ["a b"]
+    path.write_text(json.dumps(data))
+    assert Tokenizer.from_file(path).encode("abab").tolist() == [256, 256]
     with pytest.raises(TokenizerError, match="NFKC"):
         Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "NFKC"}))
     with pytest.raises(TokenizerError, match="Lowercase"):

@@ -52,6 +52,19 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def unescape(text: str) -> str:
+    """Shell-friendly escapes in --separator: \\n, \\t, \\\\ (other text is taken as is)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..synthesis import demo_config
     from ..synthesis.config import SynthesisConfig
@@ -60,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     common = dict(
         tokenizer=args.tokenizer, method=args.method, index=args.index, embedder=args.embedder,
         chunk_size=args.chunk_size, chunk_unit=args.chunk_unit, seed=args.seed, format=args.format,
-        separator=args.separator.encode().decode("unicode_escape") if "\\" in args.separator else args.separator,
+        separator=unescape(args.separator),
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
         num_threads=args.threads, progress=not args.quiet, chars_per_token=args.chars_per_token,
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,

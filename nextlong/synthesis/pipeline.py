@@ -356,7 +356,8 @@ def run(cfg: SynthesisConfig) -> dict:
             texts = _document_texts(out / "chunks" / "chunks.parquet", store)
             order = quest_order(document_keywords(texts), cfg.seed)
         groups, leftover = pack_stream(order, lengths, cfg.target_length)
-        leftover_dropped = len(leftover)
+        # the stream's tail is short of L: dropped, when the run goes to the end of the stream
+        leftover_dropped = len(leftover) if cfg.num_samples is None or cfg.num_samples >= len(groups) else 0
         units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
 
         def plan_fn(batch, remaining):
