@@ -4,8 +4,8 @@ plain-Python version of the same step.
 Corpus: Python's documentation sources (Debian python3.11-doc, 12 MB) plus the standard library's
 source files (the running interpreter's, ~30 MB), one document per file: >= 30 MB of real text
 available offline. Embedding uses the lexical embedder for the end-to-end run (MiniLM would take
-~15 minutes on 2 cores for this corpus); MiniLM's own throughput is measured on a sample so the
-report can say what the full run would cost with it.
+hours on 2 cores for this corpus); MiniLM's own throughput is measured on a sample so the report
+can say what the full run would cost with it.
 
     python3 -m pytest -q benchmarks/bench_synthesis.py -s      # pytest-benchmark + report
     python3 benchmarks/bench_synthesis.py                      # the same, without pytest

@@ -187,6 +187,15 @@ def test_same_seed_same_bytes_and_resume_after_interrupt(corpus, tmp_path, monke
     # another seed gives other documents
     synthesize(corpus, tmp_path / "d", **dict(opts, seed=6))
     assert _files(tmp_path / "d") != reference
+    # and a fresh process (other hash seeds, other thread timing) gives the same bytes
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from nextlong import synthesize; "
+            "synthesize(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))")
+    subprocess.run([sys.executable, "-c", code, str(corpus), str(tmp_path / "e"), json.dumps(opts)], check=True,
+                   env={**__import__("os").environ, "PYTHONHASHSEED": "123"})
+    assert _files(tmp_path / "e") == reference
 
 
 def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_path):

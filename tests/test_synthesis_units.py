@@ -207,3 +207,15 @@ def test_exact_duplicates_are_skipped():
     res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=10, sep_len=1, rule="fixed-k", k_fixed=2,
                       anchor_vectors=vecs[own], exclude_duplicates=False)
     assert "b" in {store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE}
+
+
+def test_embed_stage_function_matches_the_embedder(table):
+    from nextlong.embedding import load_embedder
+    from nextlong.synthesis.stages import embed_batch
+
+    emb = load_embedder("hashed-tfidf:64")
+    batch = table.slice(0, 40)
+    out = embed_batch(batch, embedder=emb)
+    assert out.column("chunk_id").to_pylist() == batch.column("chunk_id").to_pylist()
+    vecs = np.asarray(out.column("embedding").combine_chunks().flatten()).reshape(40, 64)
+    np.testing.assert_array_equal(vecs, emb.embed(batch.column("text").to_pylist()))

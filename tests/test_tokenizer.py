@@ -330,9 +330,13 @@ def test_fast_scanner_equals_generic_engine(hf_files):
     rng = random.Random(1234)
     texts = ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 24))) for _ in range(3000)]
     texts += ADVERSARIAL
+    old_cl100k = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+    ranks = _rank_file("cl100k_base")
     tokenizers_under_test = [load_tokenizer("cl100k_base"), load_tokenizer("o200k_base"),
                              _hf_pair(hf_files["cl100k"])[0], _hf_pair(hf_files["llama3"])[0],
-                             _hf_pair(hf_files["qwen2"])[0]]
+                             _hf_pair(hf_files["qwen2"])[0], Tokenizer.from_tiktoken(ranks, pattern=old_cl100k),
+                             Tokenizer.from_tiktoken(ranks, pattern=LLAMA3_PATTERN)]
     for tok in tokenizers_under_test:
         assert tok.native.has_fast_scanner, tok.pattern
         for text in texts:
