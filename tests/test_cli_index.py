@@ -101,3 +101,23 @@ def test_build_index_from_chunks_resumes_embedding(tmp_path, chunks):
     again = build_index_from_chunks(path, tmp_path / "idx", HashedLexicalEmbedder(64), progress=False)
     assert (tmp_path / "idx" / "embeddings.npy").stat().st_mtime_ns == before  # reused, not re-embedded
     assert len(again) == len(first) == table.num_rows
+
+
+@needs_pydocs
+def test_index_accepts_nextlong_chunk_output(tmp_path, capsys):
+    """The real chunker's table goes straight into `nextlong index`."""
+    pytest.importorskip("nextlong.commands.chunk")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in pydocs_files(6, "library"):
+        (corpus / path.name.replace(".rst.txt", ".txt")).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["chunk", str(corpus), "--out", str(tmp_path / "chunks.parquet"), "--no-progress"]) == 0
+    assert main(["index", str(tmp_path / "chunks.parquet"), "--out", str(tmp_path / "idx"),
+                 "--embedder", "hashed-tfidf", "--no-progress"]) == 0
+    capsys.readouterr()
+    rows = pq.read_table(tmp_path / "chunks.parquet").num_rows
+    index = ChunkIndex.view(tmp_path / "idx")
+    assert len(index) == rows and index.embedder_name == "hashed-tfidf-d512-idf"
+    query = index.query_embedder().embed(["the first chunk's words"])
+    ids, _ = index.search(query, 3)
+    assert (ids >= 0).all()

@@ -1,3 +1,5 @@
+"""Shared by tests/ and benchmarks/: without a GPU, Triton runs in its interpreter; hubs stay offline."""
+
 import os
 
 # Triton kernels run in the interpreter on machines without a GPU (CI). Must be set before triton imports.
