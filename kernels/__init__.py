@@ -13,6 +13,7 @@ _LAZY = {
     "fused_linear_cross_entropy": "losses",
     "cross_entropy": "losses",
     "flash_attention": "attention",
+    "cu_seqlens_from_lengths": "attention",
 }
 
 __all__ = sorted(_LAZY)

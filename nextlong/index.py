@@ -455,21 +455,25 @@ class ChunkIndex:
         return k + extra + slack
 
     def _search_block(self, q, sel, k, docs, hashes, ids, threads, out_ids, out_sim):
+        """Fetch, filter, and re-query the rows still short of k with 4x the count. HNSW gives way to an
+        exact scan once the count passes `hnsw_limit` or the index size: an exact top-c is complete, so a
+        row is given up (padded) only when an exact fetch of the whole index is still short."""
         size = len(self)
+        hnsw_limit = max(4096, 64 * k)
         count = min(size, self._first_fetch(k, sel, docs, hashes, ids))
+        exact = False
         pending = sel
         while len(pending):
-            exact = count >= size  # nearly exhausted: scan everything so nothing is missed
-            found = self._index.search(q[pending], size if exact else count, threads=threads, exact=exact)
+            exact = exact or count >= size or count > hnsw_limit
+            found = self._index.search(q[pending], count, threads=threads, exact=exact)
             keys = np.asarray(found.keys).reshape(len(pending), -1).astype(np.int64)
             dist = np.asarray(found.distances).reshape(len(pending), -1)
             counts = getattr(found, "counts", None)  # a one-query search returns Matches without it
             counts = np.asarray([len(found.keys)] if counts is None else counts).reshape(-1)
             valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
-            safe_keys = np.where(valid, keys, self.chunk_ids[0] if size else 0)
+            safe_keys = np.where(valid, keys, self.chunk_ids[0])
             rows = self.rows_of(safe_keys)
             ok = valid.copy()
-            local = np.arange(len(pending))
             if docs is not None:
                 ok &= ~docs.take(pending).mask(self._doc_codes[rows])
             if hashes is not None:
@@ -477,7 +481,7 @@ class ChunkIndex:
             if ids is not None:
                 ok &= ~ids.take(pending).mask(safe_keys)
             have = ok.sum(axis=1)
-            done = local[(have >= k) | exact]
+            done = np.flatnonzero((have >= k) | (exact and count >= size))
             ok_done = ok[done]
             rank = np.cumsum(ok_done, axis=1) - 1  # position of each eligible result in the output row
             r, c = np.nonzero(ok_done & (rank < k))
