@@ -362,7 +362,12 @@ class HashedLexicalEmbedder:
 
     @property
     def name(self) -> str:
-        return f"{LEXICAL_EMBEDDER}-d{self.dim}" + ("-idf" if self.num_docs else "")
+        """hashed-tfidf-d<dim>, plus -idf<crc of the IDF table> once fitted: two fits on different
+        corpora give different vectors, so they must not pass for the same embedder."""
+        base = f"{LEXICAL_EMBEDDER}-d{self.dim}" + ("-bigrams" if self.bigrams else "")
+        if not self.num_docs:
+            return base
+        return f"{base}-idf{zlib.crc32(self.idf.tobytes()):08x}"
 
     def __repr__(self) -> str:
         return f"HashedLexicalEmbedder(dim={self.dim}, fitted_docs={self.num_docs})"

@@ -130,8 +130,14 @@ class ChunkIndex:
         if not self._identity_keys:
             self._key_order = np.argsort(self.chunk_ids, kind="stable")
             self._keys_sorted = self.chunk_ids[self._key_order]
-        codes_sorted, sizes = np.unique(self._doc_codes, return_counts=True)
-        self._doc_sizes = (codes_sorted, sizes)
+        self._doc_sizes_cache = None
+
+    @property
+    def _doc_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted doc codes, chunks per doc): how far to over-fetch when a document is excluded."""
+        if self._doc_sizes_cache is None:
+            self._doc_sizes_cache = np.unique(self._doc_codes, return_counts=True)
+        return self._doc_sizes_cache
 
     # ------------------------------------------------------------------ build / save / load
 

@@ -268,3 +268,18 @@ def test_many_excluded_ids_still_give_k_exact_results(real, built):
     assert all(not set(ids[i].tolist()) & banned[i] for i in range(len(q)))
     truth, _ = brute_force(q, vecs, 10, lambda i: ~np.isin(np.arange(len(vecs)), list(banned[i])))
     assert recall_at(ids, truth) >= 0.95
+
+
+def test_deep_exclusion_switches_to_exact_scan():
+    """Banning a query's 5,000 nearest chunks pushes the refill past the HNSW limit into an exact scan
+    of part of the index; the answer is then the exact one."""
+    rng = np.random.default_rng(4)
+    vecs = unit(rng.standard_normal((6000, 16)))
+    index = ChunkIndex.build(vecs, np.arange(6000), np.arange(6000), dtype="f32")
+    order, order_sims = brute_force(vecs[:2], vecs, 6000)
+    banned = [set(order[i, :5000].tolist()) for i in range(2)]
+    ids, sims = index.search(vecs[:2], 3, exclude_ids=banned)
+    assert not set(ids[0].tolist()) & banned[0] and not set(ids[1].tolist()) & banned[1]
+    np.testing.assert_allclose(sims, order_sims[:, 5000:5003], atol=1e-5)  # the exact next three
+    ids, _ = index.search(vecs[:1], 3, exclude_ids=[set(order[0, :5999].tolist())])
+    np.testing.assert_array_equal(ids[0], [order[0, 5999], -1, -1])  # exhausted: one left, padded

@@ -289,15 +289,9 @@ def test_demo_runs_with_a_fast_embedder(tmp_path):
         L = saved
 
 
-@pytest.mark.slow
-def test_demo_default_minilm(tmp_path, request):
-    """The README's command, as is: MiniLM embeddings of the stdlib docstrings (1.5-2.5 minutes on 2
-    cores). Runs with `-m slow` or NEXTLONG_SLOW=1; test_demo_runs_with_a_fast_embedder covers the
-    same path with the lexical embedder in the default run."""
-    import os
-
-    if "slow" not in (request.config.getoption("markexpr") or "") and os.environ.get("NEXTLONG_SLOW") != "1":
-        pytest.skip("MiniLM demo takes minutes: run with -m slow or NEXTLONG_SLOW=1")
+def test_demo_default_minilm(tmp_path):
+    """The README's main command, as is: MiniLM embeddings of the stdlib docstrings (1.5-2.5 minutes
+    on 2 cores). Worth its time in CI: it is the one path every new user runs first."""
     from nextlong.cli import main
 
     assert main(["synthesize", "--demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
