@@ -21,6 +21,8 @@ _LAZY = {
     "Embedder": "nextlong.embedding",
     "load_embedder": "nextlong.embedding",
     "ChunkIndex": "nextlong.index",
+    "build_index_from_chunks": "nextlong.index",
+    "embed_chunks": "nextlong.embed_store",
     "synthesize": "nextlong.synthesis",
 }
 

@@ -61,6 +61,7 @@ def test_atomic_path_replaces_on_success(tmp_path):
     target.write_text("old")
     write_json_atomic(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
+    assert target.stat().st_mode & 0o044, "finished outputs must be readable by others, not mkstemp's 0600"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
