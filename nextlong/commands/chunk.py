@@ -47,6 +47,24 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run, parser=p)
 
 
+def corpus_io(args) -> tuple:
+    """(input, output) as the library functions take them: one path or a list of paths."""
+    return (args.input if len(args.input) > 1 else args.input[0], args.out)
+
+
+def corpus_options(args) -> dict:
+    """The reading options every corpus command shares (see add_corpus_arguments)."""
+    return dict(
+        text_field=args.text_field,
+        id_field=args.id_field,
+        format=args.format,
+        on_error=args.on_error,
+        num_threads=args.threads,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+
+
 def run(args) -> int:
     from ..chunking import chunk_corpus
 
@@ -55,20 +73,13 @@ def run(args) -> int:
     if args.with_ids and not args.tokenizer:
         args.parser.error("--with-ids needs --tokenizer")
     stats = chunk_corpus(
-        args.input if len(args.input) > 1 else args.input[0],
-        args.out,
+        *corpus_io(args),
         max_len=args.max_len,
         unit=args.unit,
         tokenizer=args.tokenizer,
         with_ids=args.with_ids,
-        text_field=args.text_field,
-        id_field=args.id_field,
-        format=args.format,
-        on_error=args.on_error,
-        num_threads=args.threads,
-        batch_size=args.batch_size,
         count_newlines=args.count_newlines,
-        progress=not args.no_progress,
+        **corpus_options(args),
     )
     print_summary("chunk", stats, args.out)
     return 0

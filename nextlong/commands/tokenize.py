@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .chunk import add_corpus_arguments, print_summary
+from .chunk import add_corpus_arguments, corpus_io, corpus_options, print_summary
 
 
 def add_parser(subparsers) -> None:
@@ -15,17 +15,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..chunking import tokenize_corpus
 
-    stats = tokenize_corpus(
-        args.input if len(args.input) > 1 else args.input[0],
-        args.out,
-        tokenizer=args.tokenizer,
-        text_field=args.text_field,
-        id_field=args.id_field,
-        format=args.format,
-        on_error=args.on_error,
-        num_threads=args.threads,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    stats = tokenize_corpus(*corpus_io(args), tokenizer=args.tokenizer, **corpus_options(args))
     print_summary("tokenize", stats, args.out)
     return 0
