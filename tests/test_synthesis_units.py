@@ -43,6 +43,12 @@ def test_k_formula_matches_hand_computation():
     assert negatives_per_meta_chunk(8192, 3.7, 1234, 3, 512, overshoot=1.0) == math.ceil((8192 * 3.7 - 1234) / 1536)
 
 
+def test_k_formula_converts_token_granularity_to_characters():
+    # s = 512 tokens at E = 4.0 chars/token is s = 2048 characters in the formula
+    assert negatives_per_meta_chunk(131072, 4.0, 3000, 2, 512, granularity_unit="tokens") == 192
+    assert negatives_per_meta_chunk(131072, 4.0, 3000, 2, 512) == math.ceil((786432 - 3000) / 1024)
+
+
 def test_k_formula_never_negative():
     assert negatives_per_meta_chunk(1000, 4.0, 10_000, 5, 2048) == 0
     assert negatives_per_meta_chunk(1000, 4.0, 10, 0, 2048) == 0

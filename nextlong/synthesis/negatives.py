@@ -24,11 +24,14 @@ from .assemble import ROLE_ANCHOR, ROLE_NEGATIVE
 
 def negatives_per_meta_chunk(target_length: int, chars_per_token: float, doc_chars: int,
                              num_meta_chunks: int, granularity: int, overshoot: float = 1.5,
-                             rounding: str = "ceil") -> int:
-    """The paper's k = (T·E·w − S)/(p·s), at least 0."""
+                             rounding: str = "ceil", granularity_unit: str = "chars") -> int:
+    """The paper's k = (T·E·w − S)/(p·s), at least 0.
+
+    The formula measures S and s in characters; with token-unit chunking, s is converted with E."""
     if num_meta_chunks <= 0:
         return 0
-    k = (target_length * chars_per_token * overshoot - doc_chars) / (num_meta_chunks * granularity)
+    s_chars = granularity if granularity_unit == "chars" else granularity * chars_per_token
+    k = (target_length * chars_per_token * overshoot - doc_chars) / (num_meta_chunks * s_chars)
     k = math.ceil(k) if rounding == "ceil" else math.floor(k)
     return max(0, int(k))
 

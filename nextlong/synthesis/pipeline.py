@@ -330,7 +330,7 @@ def run(cfg: SynthesisConfig) -> dict:
             def plan_fn(batch, remaining):
                 return stages.plan_nextlong_batch(
                     batch, store=store, searcher=searcher, chunk_vectors=vectors, target_length=cfg.target_length,
-                    sep_len=sep_len, negatives=cfg.negatives, chunk_size=cfg.chunk_size,
+                    sep_len=sep_len, negatives=cfg.negatives, chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit,
                     chars_per_token=chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
                     exclude_duplicates=cfg.exclude_duplicates, max_candidates=cfg.max_candidates,
                     max_rows=remaining,

@@ -60,7 +60,7 @@ def _plan_table(rows: list[dict]) -> pa.Table:
 def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_length: int, sep_len: int,
                         negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
                         k_rounding: str, exclude_duplicates: bool, max_candidates: int,
-                        max_rows: int | None = None, doc_label=None) -> pa.Table:
+                        max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars") -> pa.Table:
     """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
 
     Stops after `max_rows` successful rows (the driver's sample limit)."""
@@ -72,7 +72,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
             break
         own = store.doc_chunks(d)
         k = negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]), own.size,
-                                     chunk_size, overshoot, k_rounding)
+                                     chunk_size, overshoot, k_rounding, granularity_unit=chunk_unit)
         res = plan_anchor(store, searcher, d, target_length=target_length, sep_len=sep_len, rule=negatives,
                           k_fixed=k, anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
