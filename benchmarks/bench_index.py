@@ -6,6 +6,10 @@ Data: Python's documentation (Debian python3.11-doc), chunked at 2048 characters
 in $NEXTLONG_BENCH_CACHE (default ~/.cache/nextlong-bench): the first run embeds for ~3-10 minutes on
 2 cores. Queries: every chunk, k=10, threads = the cores available, same for usearch and FAISS.
 
+Equal-recall study (test_equal_recall_*): recall@10-vs-queries/s curves of raw usearch, nextlong's
+ChunkIndex.search and FAISS IndexHNSWFlat, read at recall 0.95 / 0.99 / 0.995, on the MiniLM set and on
+~64k hashed-lexical vectors (dim 256) of the Python docs + standard-library sources (built in seconds).
+
     python3 -m pytest -q benchmarks/bench_index.py -s        # pytest-benchmark tables + report
 """
 
@@ -181,36 +185,254 @@ def test_search_faiss_flat_exact(benchmark, data):
                   f"recall@10 {recall(drop_self(ids), truth):.4f}")
 
 
-# ------------------------------------------------------------------------ sweeps and hardness
+# ------------------------------------------------------------------------ equal-recall comparison
+#
+# Parameters do not mean the same in two libraries (usearch's graph at connectivity M is not FAISS's at
+# M, and f16 storage shifts recall), so the comparison is made at equal recall: for each build setting,
+# each contender's search-time knob (usearch expansion_search / FAISS efSearch) is swept over EF_GRID,
+# giving a recall@10-vs-queries/s curve, and the curves are read at RECALL_TARGETS. Timings are the best
+# of SWEEP_ROUNDS warm passes over all queries, contenders interleaved so that load from other processes
+# falls on all of them alike; every library runs on THREADS threads. Recall here counts ties: a result
+# is correct when its exact cosine reaches the exact 10th-best one (the corpora hold duplicate chunks, and
+# the lexical vectors many equal scores, so which of several equally near ids comes back is arbitrary).
+
+EF_GRID = (11, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+RECALL_TARGETS = (0.95, 0.99, 0.995)
+STOP_RECALL = 0.9995  # a contender's sweep ends past this (all targets are then behind it)
+SWEEP_ROUNDS = 5
+CURVES: dict[str, dict[str, list[tuple[int, float, float]]]] = {}  # data set -> contender -> (ef, recall, q/s)
 
 
-def test_recall_sweep(data):
-    """Trade-off of HNSW settings, usearch and FAISS side by side (one timed pass each)."""
+def without_self(ids, own):
+    """Top-K of K+1 results without each query's own row `own[i]` (or without the last when absent)."""
+    hit = ids == own[:, None]
+    keep = ~hit
+    keep[~hit.any(axis=1), -1] = False
+    return ids[keep].reshape(len(ids), -1)[:, :K]
+
+
+def usearch_contenders(index: ChunkIndex, queries, own, label: str):
+    """Raw usearch (the library alone, given queries already in the index's storage type) and the
+    nextlong wrapper (`ChunkIndex.search`, float32 queries in, int64 ids / float32 similarities out)."""
+    prepared = index._prepare_queries(np.asarray(queries, dtype=np.float32))
+
+    def set_ef(ef):
+        index.usearch.expansion_search = ef
+
+    def raw():
+        return index.usearch.search(prepared, K + 1, threads=THREADS).keys
+
+    def wrapped():
+        return index.search(queries, K + 1, threads=THREADS)[0]
+
+    return {f"usearch {label} (raw)": (set_ef, raw), f"nextlong ChunkIndex {label}": (set_ef, wrapped)}
+
+
+def faiss_contender(faiss_index, queries, own, label: str):
+    def set_ef(ef):
+        faiss_index.hnsw.efSearch = ef
+
+    def run():
+        return faiss_index.search(queries, K + 1)[1]
+
+    return {f"faiss HNSWFlat {label}": (set_ef, run)}
+
+
+def kth_similarity(queries, emb, own):
+    """Exact K-th best cosine of each query among the other rows (its own row `own[i]` excluded)."""
+    out = np.empty(len(queries), dtype=np.float32)
+    for start in range(0, len(queries), 1024):
+        sims = queries[start : start + 1024] @ emb.T
+        sims[np.arange(len(sims)), own[start : start + 1024]] = -np.inf
+        out[start : start + 1024] = -np.partition(-sims, K - 1, axis=1)[:, K - 1]
+    return out
+
+
+def tie_recall(ids, queries, emb, kth, tol=1e-5):
+    """Share of the K results whose exact cosine is at least the exact K-th best (ties count)."""
+    hits = 0
+    for start in range(0, len(ids), 1024):
+        block = ids[start : start + 1024]
+        sims = np.einsum("nd,nkd->nk", queries[start : start + 1024], emb[np.maximum(block, 0)])
+        hits += int(((sims >= kth[start : start + 1024, None] - tol) & (block >= 0)).sum())
+    return hits / ids.size
+
+
+def sweep(contenders: dict, own, score) -> dict[str, list[tuple[int, float, float]]]:
+    """Each contender's run() returns (n, K+1) ids (timed); its own row is dropped after the clock."""
+    curves = {name: [] for name in contenders}
+    active = list(contenders)
+    for ef in EF_GRID:
+        best = dict.fromkeys(active, np.inf)
+        found = {}
+        for _ in range(SWEEP_ROUNDS):
+            for name in active:
+                set_ef, run = contenders[name]
+                set_ef(ef)
+                t = time.perf_counter()
+                found[name] = run()
+                best[name] = min(best[name], time.perf_counter() - t)
+        for name in list(active):
+            r = score(without_self(np.asarray(found[name]).astype(np.int64), own))
+            curves[name].append((ef, r, len(own) / best[name]))
+            if r >= STOP_RECALL:
+                active.remove(name)
+        if not active:
+            break
+    return curves
+
+
+def at_recall(curve, target):
+    """(q/s, ef) where `curve` reaches `target`: log-q/s interpolated between the two grid points that
+    bracket it; the first point when the smallest ef already reaches it; (nan, None) when never reached."""
+    prev = None
+    for ef, r, qps in curve:
+        if r >= target:
+            if prev is None or prev[1] >= target:
+                return qps, ef
+            f = (target - prev[1]) / (r - prev[1])
+            return float(np.exp(np.log(prev[2]) + f * (np.log(qps) - np.log(prev[2])))), ef
+        prev = (ef, r, qps)
+    return float("nan"), None
+
+
+def report_curves(title: str, curves: dict) -> list[str]:
+    lines = [f"{title}: q/s at recall@10 target (interpolated; ef = cheapest grid value reaching it)",
+             f"  {'contender':<42}" + "".join(f"{'@' + str(t):>18}" for t in RECALL_TARGETS) + "   max recall"]
+    for name, curve in curves.items():
+        cells = []
+        for t in RECALL_TARGETS:
+            qps, ef = at_recall(curve, t)
+            cells.append(f"{'-':>18}" if ef is None else f"{qps:>10,.0f} (ef {ef:>3})")
+        lines.append(f"  {name:<42}" + "".join(cells) + f"   {max(r for _, r, _ in curve):.4f}")
+    lines.append("  curves (ef: recall / q/s):")
+    for name, curve in curves.items():
+        lines.append(f"    {name}: " + "  ".join(f"{ef}:{r:.4f}/{q:,.0f}" for ef, r, q in curve))
+    return lines
+
+
+def faiss_hnsw(emb, m, ef_construction=DEFAULT_EXPANSION_ADD):
+    import faiss
+
+    index = faiss.IndexHNSWFlat(emb.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(np.ascontiguousarray(emb, dtype=np.float32))
+    return index
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def equal_recall_study(name, emb, queries, own, settings, dtypes=("f16",)):
+    """Build each setting with usearch (each dtype) and FAISS, sweep, and record the curves."""
     faiss = pytest.importorskip("faiss")
-    _, emb, truth = data
-    docs = np.arange(len(emb))
     faiss.omp_set_num_threads(THREADS)
-    lines = ["sweep (M, ef_search): usearch f16 recall / q/s | faiss HNSWFlat recall / q/s"]
-    for m in (8, 16, 32):
-        index = ChunkIndex.build(emb, np.arange(len(emb)), docs, connectivity=m, threads=THREADS)
-        fi = faiss.IndexHNSWFlat(emb.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-        fi.hnsw.efConstruction = DEFAULT_EXPANSION_ADD
-        fi.add(emb)
-        for ef in (16, 32, 64, 128, 256):
-            index.usearch.expansion_search = ef
-            t = time.perf_counter()
-            ids = usearch_neighbours(index, emb)
-            qps_u = len(emb) / (time.perf_counter() - t)
-            fi.hnsw.efSearch = ef
-            t = time.perf_counter()
-            _, fids = fi.search(emb, K + 1)
-            qps_f = len(emb) / (time.perf_counter() - t)
-            lines.append(f"  M={m:<3} ef={ef:<4} {recall(ids, truth):.4f} / {qps_u:>8,.0f} | "
-                         f"{recall(drop_self(fids), truth):.4f} / {qps_f:>8,.0f}")
-    for dtype in ("i8", "f32"):
-        index = ChunkIndex.build(emb, np.arange(len(emb)), docs, dtype=dtype, threads=THREADS)
-        lines.append(f"  default settings, {dtype} storage: recall@10 {recall(usearch_neighbours(index, emb), truth):.4f}")
-    REPORT.extend(lines)
+    kth = kth_similarity(queries, emb, own)
+    lines = []
+    for m in settings:
+        contenders = {}
+        builds = []
+        for dtype in dtypes:
+            index, secs = timed(lambda: ChunkIndex.build(emb, np.arange(len(emb)), np.arange(len(emb)),
+                                                         dtype=dtype, connectivity=m, threads=THREADS))
+            builds.append(f"usearch {dtype} {secs:.2f} s")
+            contenders.update(usearch_contenders(index, queries, own, f"{dtype} M={m}"))
+        fi, secs = timed(lambda: faiss_hnsw(emb, m))
+        builds.append(f"faiss f32 {secs:.2f} s")
+        contenders.update(faiss_contender(fi, queries, own, f"f32 M={m}"))
+        curves = sweep(contenders, own, lambda ids: tie_recall(ids, queries, emb, kth))
+        CURVES.setdefault(name, {}).update(curves)
+        lines.append(f"  build M={m} efC={DEFAULT_EXPANSION_ADD}: " + ", ".join(builds))
+    flat = faiss.IndexFlatIP(emb.shape[1])
+    flat.add(np.ascontiguousarray(emb, dtype=np.float32))
+    best = min(timed(lambda: flat.search(queries, K + 1))[1] for _ in range(3))
+    lines.append(f"  faiss IndexFlatIP (exact, recall 1): {len(queries) / best:,.0f} q/s")
+    REPORT.extend(report_curves(name, CURVES[name]) + lines)
+
+
+MINILM = "MiniLM 5,595 x 384 (all chunks as queries)"
+LEXICAL = "lexical"
+
+
+def test_equal_recall_minilm(data):
+    _, emb, _ = data
+    equal_recall_study(MINILM, emb, emb, np.arange(len(emb)), (8, 16, 32), dtypes=("f16", "bf16"))
+
+
+def lexical_scale_set():
+    """Hashed TF-IDF (dim 256) vectors of the Python docs and the running interpreter's standard-library
+    sources (UTF-8 .py files outside test and site-packages folders), chunked at 384 characters (chunks
+    under 40 characters and all-zero vectors dropped); cached."""
+    from nextlong.embedding import HashedLexicalEmbedder
+
+    path = CACHE / "pydocs-stdlib-384.lexical256.npy"
+    if path.is_file():
+        return np.load(path)
+    stdlib = Path(os.__file__).parent
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
+    sources = []
+    for source in sorted(stdlib.rglob("*.py")):
+        if skip & set(source.relative_to(stdlib).parts):
+            continue
+        try:
+            source.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        sources.append(source)
+    texts = chunk_table(pydocs_files() + sources, 384, min_chars=40).column("text").to_pylist()
+    emb = HashedLexicalEmbedder(256).fit(texts).embed(texts)
+    emb = np.ascontiguousarray(emb[np.linalg.norm(emb, axis=1) > 0], dtype=np.float32)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+def test_equal_recall_lexical_scale():
+    emb = lexical_scale_set()
+    rng = np.random.default_rng(0)
+    own = np.sort(rng.choice(len(emb), 2000, replace=False))
+    name = f"{LEXICAL} {len(emb):,} x 256 (2,000 in-index queries)"
+    equal_recall_study(name, emb, emb[own], own, (16, 32))
+
+
+PREFIXES = {"usearch": "usearch f16 ", "nextlong": "nextlong ChunkIndex f16 ", "faiss": "faiss HNSWFlat "}
+
+
+@pytest.mark.parametrize("who", list(PREFIXES))
+def test_search_at_equal_recall_099(benchmark, data, who):
+    """pytest-benchmark entries at equal recall: each contender at its best build setting (of the MiniLM
+    sweep) and the cheapest ef reaching recall@10 0.99 (ties count) there, timed over all chunks."""
+    curves = {n: c for n, c in CURVES.get(MINILM, {}).items() if n.startswith(PREFIXES[who])}
+    if not curves:
+        pytest.skip("needs test_equal_recall_minilm's sweep (run the whole file)")
+    name = max(curves, key=lambda n: np.nan_to_num(at_recall(curves[n], 0.99)[0]))
+    _, ef = at_recall(curves[name], 0.99)
+    m = int(name.split("M=")[1].split()[0])
+    _, emb, truth = data
+    own = np.arange(len(emb))
+    if who == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(THREADS)
+        contender = faiss_contender(faiss_hnsw(emb, m), emb, own, f"f32 M={m}")
+    else:
+        index = ChunkIndex.build(emb, own, own, connectivity=m, threads=THREADS)
+        contender = usearch_contenders(index, emb, own, f"f16 M={m}")
+    set_ef, run = contender[name]
+    set_ef(ef)
+    benchmark.group = "search all MiniLM chunks at recall@10 >= 0.99 (best build of each), k=10"
+    ids = without_self(np.asarray(benchmark.pedantic(run, rounds=7, warmup_rounds=1)).astype(np.int64), own)
+    benchmark.extra_info.update({"contender": name, "ef": ef, "recall@10 (ids)": recall(ids, truth),
+                                 "recall@10 (ties count)": tie_recall(ids, emb, emb, kth_similarity(emb, emb, own)),
+                                 **{f"sweep q/s@{t}": at_recall(curves[name], t)[0] for t in RECALL_TARGETS}})
+    REPORT.append(f"at recall 0.99, timed by pytest-benchmark: {name} ef={ef}: "
+                  f"{len(emb) / benchmark.stats.stats.min:,.0f} q/s (best of 7)")
+
+
+# ------------------------------------------------------------------------ hardness
 
 
 def test_hardness_of_mined_negatives(data, built):
@@ -231,65 +453,10 @@ def test_hardness_of_mined_negatives(data, built):
     assert mined > random_mean + 0.2
 
 
-def test_scale_lexical_vectors():
-    """A larger, harder index: lexical (hashed TF-IDF, dim 256) vectors of the Python docs chunked at
-    512 characters; build time, and recall / queries/s of usearch and FAISS HNSW at the same settings."""
-    faiss = pytest.importorskip("faiss")
-    from nextlong.embedding import HashedLexicalEmbedder
-
-    texts = chunk_table(pydocs_files(), 512, min_chars=40).column("text").to_pylist()
-    emb = HashedLexicalEmbedder(256).fit(texts).embed(texts)
-    emb = emb[np.linalg.norm(emb, axis=1) > 0]
-    rng = np.random.default_rng(0)
-    qi = rng.choice(len(emb), 2000, replace=False)
-    q = emb[qi]
-    sims = q @ emb.T
-    sims[np.arange(len(qi)), qi] = -np.inf
-    truth = np.argsort(-sims, axis=1)[:, :K]
-    del sims
-
-    def without_self(ids):
-        own = ids == qi[:, None]
-        keep = ~own
-        keep[~own.any(axis=1), -1] = False
-        return ids[keep].reshape(len(ids), -1)[:, :K]
-
-    faiss.omp_set_num_threads(THREADS)
-    t = time.perf_counter()
-    index = ChunkIndex.build(emb, np.arange(len(emb)), np.arange(len(emb)), threads=THREADS)
-    build_u = time.perf_counter() - t
-    t = time.perf_counter()
-    fi = faiss.IndexHNSWFlat(emb.shape[1], DEFAULT_CONNECTIVITY, faiss.METRIC_INNER_PRODUCT)
-    fi.hnsw.efConstruction = DEFAULT_EXPANSION_ADD
-    fi.add(emb)
-    build_f = time.perf_counter() - t
-    flat = faiss.IndexFlatIP(emb.shape[1])
-    flat.add(emb)
-    t = time.perf_counter()
-    flat.search(q, K + 1)
-    qps_flat = len(q) / (time.perf_counter() - t)
-    lines = [f"scale: {len(emb):,} lexical vectors dim 256, 2,000 queries; build usearch f16 {build_u:.1f} s, "
-             f"faiss HNSWFlat {build_f:.1f} s; faiss IndexFlatIP exact {qps_flat:,.0f} q/s",
-             "  ef_search: usearch recall / q/s | faiss recall / q/s (best of 3)"]
-    for ef in (32, 64, 128, 256):
-        index.usearch.expansion_search = ef
-        fi.hnsw.efSearch = ef
-        best_u = best_f = np.inf
-        for _ in range(3):
-            t = time.perf_counter()
-            ids = index.search(q, K + 1)[0]
-            best_u = min(best_u, time.perf_counter() - t)
-            t = time.perf_counter()
-            fids = fi.search(q, K + 1)[1]
-            best_f = min(best_f, time.perf_counter() - t)
-        lines.append(f"  ef={ef:<4} {recall(without_self(ids), truth):.4f} / {len(q) / best_u:>7,.0f} | "
-                     f"{recall(without_self(fids), truth):.4f} / {len(q) / best_f:>7,.0f}")
-    REPORT.extend(lines)
-
-
 def test_zz_report(data):
     table, emb, _ = data
     print(f"\n== bench_index: {len(emb)} Python-docs chunks (2048 chars), all-MiniLM-L6-v2 dim {emb.shape[1]}, "
-          f"{table.column('doc_index').to_numpy().max() + 1} documents, {THREADS} threads ==")
+          f"{table.column('doc_index').to_numpy().max() + 1} documents, {THREADS} threads; load average "
+          f"(1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ==")
     for line in REPORT:
         print(line)

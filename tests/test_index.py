@@ -284,3 +284,18 @@ def test_deep_exclusion_switches_to_exact_scan():
     np.testing.assert_allclose(sims, order_sims[:, 5000:5003], atol=1e-5)  # the exact next three
     ids, _ = index.search(vecs[:1], 3, exclude_ids=[set(order[0, :5999].tolist())])
     np.testing.assert_array_equal(ids[0], [order[0, 5999], -1, -1])  # exhausted: one left, padded
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32", "i8"])
+def test_vectors_not_of_unit_length_still_give_cosines(dtype):
+    """The index stores unit vectors (cosine as inner product); callers may pass any lengths."""
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(400, 32)).astype(np.float32) * rng.uniform(0.1, 10, size=(400, 1)).astype(np.float32)
+    queries = rng.normal(size=(20, 32)).astype(np.float32) * 7.0
+    index = ChunkIndex.build(vecs, np.arange(400), np.arange(400) // 4, dtype=dtype, threads=1)
+    ids, sims = index.search(queries, 5)
+    exact = unit(queries) @ unit(vecs).T
+    expected = np.take_along_axis(exact, ids, axis=1)
+    tolerance = {"f16": 3e-3, "f32": 1e-5, "i8": 3e-2}[dtype]
+    np.testing.assert_allclose(sims, expected, atol=tolerance)
+    assert np.all(np.abs(sims) <= 1 + tolerance)

@@ -21,9 +21,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
     p.add_argument("--batch-size", type=int, default=512, help="texts embedded and flushed to disk at a time")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
-    p.add_argument("--connectivity", type=int, default=None, help="HNSW M (default 16)")
+    p.add_argument("--connectivity", type=int, default=None, help="HNSW M (default 32)")
     p.add_argument("--expansion-add", type=int, default=None, help="HNSW efConstruction (default 128)")
-    p.add_argument("--expansion-search", type=int, default=None, help="HNSW efSearch (default 128)")
+    p.add_argument("--expansion-search", type=int, default=None, help="HNSW efSearch (default 32)")
     p.add_argument("--embeddings", default=None,
                    help="embeddings .npy to write/resume (default INDEX_DIR/embeddings.npy); an existing complete "
                    "file made by the same embedder from the same chunks is reused")
