@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 import tempfile
 import time
@@ -227,7 +228,8 @@ def print_report() -> None:
     pairs = [("chunk chars: nextlong", "chunk chars: python"),
              ("chunk+tokenize: nextlong", "chunk+tokenize: python+tokenizers"),
              ("tokenize docs: nextlong", "tokenize docs: python+tokenizers")]
-    print(f"\ncorpus throughput, {THREADS} threads, MB/s of document text (best of 3):")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"\ncorpus throughput, {THREADS} threads, MB/s of document text (best of 3; load average {load}):")
     for ours, peer in pairs:
         if ours in RESULTS and peer in RESULTS:
             print(f"  {ours:34s} {RESULTS[ours]:8.1f}   {peer:36s} {RESULTS[peer]:8.1f}   ratio {RESULTS[ours] / RESULTS[peer]:.2f}x")

@@ -1,12 +1,11 @@
-// Runs independent tasks on a few std::threads (no pool: batches are large, so starting threads
-// costs microseconds against milliseconds of work). The first exception a task throws is rethrown.
+// Runs independent tasks on the process-wide worker pool (thread_pool.h), so the tokenizer's
+// thread-local piece caches stay warm from batch to batch. The first exception a task throws is rethrown.
 #pragma once
 #include <algorithm>
-#include <atomic>
-#include <exception>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "thread_pool.h"
 
 namespace nextlong {
 
@@ -19,33 +18,7 @@ inline int resolve_threads(int requested) {
 template <class Fn>
 void run_tasks(size_t n_tasks, int num_threads, Fn&& fn) {
   const int workers = int(std::min<size_t>(size_t(resolve_threads(num_threads)), n_tasks));
-  if (workers <= 1) {
-    for (size_t t = 0; t < n_tasks; ++t) fn(t);
-    return;
-  }
-  std::atomic<size_t> next{0};
-  std::exception_ptr failure;
-  std::mutex failure_mutex;
-  auto loop = [&] {
-    for (;;) {
-      size_t t = next.fetch_add(1);
-      if (t >= n_tasks) return;
-      try {
-        fn(t);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(failure_mutex);
-        if (!failure) failure = std::current_exception();
-        next.store(n_tasks);
-        return;
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(size_t(workers - 1));
-  for (int w = 1; w < workers; ++w) threads.emplace_back(loop);
-  loop();
-  for (auto& th : threads) th.join();
-  if (failure) std::rethrow_exception(failure);
+  pool_run(n_tasks, workers, [&](size_t t) { fn(t); });
 }
 
 // Splits items [0, n) with byte sizes given by `offsets` into contiguous ranges of roughly

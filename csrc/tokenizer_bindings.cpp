@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "bpe_tokenizer.h"
+#include "thread_pool.h"
 #include "unicode_nfc.h"
 
 namespace py = pybind11;
@@ -31,29 +32,12 @@ py::array_t<uint32_t> to_array(const std::vector<uint32_t>& ids) {
   return arr;
 }
 
-// Runs fn(i) for i in [0, n) on up to `threads` std::threads (work handed out one item at a time).
+// Runs fn(i) for i in [0, n) on up to `threads` workers of the persistent pool (thread_pool.h),
+// whose thread-local piece caches stay warm across calls.
 template <class Fn>
 void parallel_for(size_t n, size_t threads, Fn fn) {
-  if (threads <= 1 || n <= 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  threads = std::min(threads, n);
-  std::atomic<size_t> next{0};
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  auto worker = [&]() {
-    try {
-      for (size_t i; !failed.load(std::memory_order_relaxed) && (i = next.fetch_add(1)) < n;) fn(i);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
-  if (error) std::rethrow_exception(error);
+  if (n == 0) return;
+  pool_run(n, int(std::min<size_t>(threads, n)), [&](size_t i) { fn(i); });
 }
 
 size_t resolve_threads(py::object num_threads) {

@@ -269,7 +269,8 @@ class Tokenizer:
         return self.native.encode_batch(list(texts), self._allowed_mask(allowed_special), num_threads, False)
 
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[np.ndarray]:
-        """`encode_ordinary` over many texts on `num_threads` threads, GIL released."""
+        """`encode_ordinary` over many texts on `num_threads` workers of the native thread pool, GIL
+        released. The workers live across calls, so their piece caches stay warm from batch to batch."""
         return self.native.encode_batch(list(texts), None, num_threads, True)
 
     def count_tokens(self, text: str) -> int:

@@ -12,6 +12,7 @@ import gzip
 import importlib.util
 import inspect
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -554,3 +555,22 @@ def test_bad_specs_raise_tokenizer_error(tmp_path):
     broken.write_text("{\n  oops")
     with pytest.raises(TokenizerError, match=r"broken.json:2"):
         load_tokenizer(broken)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_encode_batch_in_forked_child_after_pool_is_warm():
+    """The native thread pool is per process: a child forked after the parent used it must build its own
+    (a pool inherited across fork has no threads and would deadlock)."""
+    import multiprocessing
+
+    tok = load_tokenizer("cl100k_base")
+    texts = ["def f(x):\n    return x  # %d\n" % i for i in range(64)]
+    expected = [a.tolist() for a in tok.encode_ordinary_batch(texts, num_threads=2)]  # warms the pool
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_encode_in_child, (texts,)).get(timeout=60)
+    assert got == expected
+
+
+def _encode_in_child(texts):
+    return [a.tolist() for a in load_tokenizer("cl100k_base").encode_ordinary_batch(texts, num_threads=2)]
