@@ -22,13 +22,14 @@ from __future__ import annotations
 import gc
 import math
 import random
-import re
 import sys
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from _measure import cuda_median_seconds_and_peak_mib, rss_kib
 
 from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
 
@@ -157,11 +158,6 @@ def _step(fn, q, k, v, lengths, cu, backward):
     return out
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
-
-
 def _malloc_trim():
     try:
         import ctypes
@@ -181,14 +177,14 @@ def measure_cpu(fn, total, heads, dim, mask, backward, repeats=3):
     _malloc_trim()  # hand freed pages back, so the peak of the measured steps shows in VmHWM
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    base = _rss_kib("VmRSS")
+    base = rss_kib("VmRSS")
     best = best_cpu = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         _step(fn, q, k, v, lengths, cu, backward)
         best = min(best, time.perf_counter() - t0)
         best_cpu = min(best_cpu, time.process_time() - c0)
-    return best, (_rss_kib("VmHWM") - base) / 1024, best_cpu, lengths
+    return best, (rss_kib("VmHWM") - base) / 1024, best_cpu, lengths
 
 
 def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5):
@@ -197,21 +193,8 @@ def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5):
     cu = cu_seqlens_from_lengths(lengths, device="cuda")
     q, k, v = _inputs(total, heads, dim, "cuda", torch.bfloat16)
     _step(fn, q, k, v, lengths, cu, backward)  # warm-up: compiles kernels, allocates grads
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _step(fn, q, k, v, lengths, cu, backward)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return sorted(times)[len(times) // 2], peak, None, lengths
+    seconds, peak = cuda_median_seconds_and_peak_mib(lambda: _step(fn, q, k, v, lengths, cu, backward), repeats)
+    return seconds, peak, None, lengths
 
 
 def matmul_tflops(n=8192, repeats=10):

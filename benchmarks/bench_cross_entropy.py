@@ -15,13 +15,14 @@ Run: ``python3 -m pytest -q benchmarks/bench_cross_entropy.py -k cpu`` (pytest-b
 from __future__ import annotations
 
 import gc
-import re
 import sys
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from _measure import cuda_median_seconds_and_peak_mib, rss_kib
 
 from nextlong.kernels.losses import fused_linear_cross_entropy
 
@@ -92,11 +93,6 @@ def _step(fn, hidden, weight, labels):
     return loss
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
-
-
 def measure_cpu(fn, n, h, v, repeats=3):
     """(wall seconds per fwd+bwd, best of ``repeats``; peak extra resident MiB over the inputs;
     process CPU seconds, best of ``repeats`` - steadier than wall time on a shared machine)."""
@@ -105,14 +101,14 @@ def measure_cpu(fn, n, h, v, repeats=3):
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    base = _rss_kib("VmRSS")
+    base = rss_kib("VmRSS")
     best = best_cpu = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         _step(fn, hidden, weight, labels)
         best = min(best, time.perf_counter() - t0)
         best_cpu = min(best_cpu, time.process_time() - c0)
-    return best, (_rss_kib("VmHWM") - base) / 1024, best_cpu
+    return best, (rss_kib("VmHWM") - base) / 1024, best_cpu
 
 
 def measure_gpu(fn, n, h, v, repeats=5):
@@ -120,21 +116,8 @@ def measure_gpu(fn, n, h, v, repeats=5):
     hidden, weight, labels = _inputs(n, h, v, "cuda", torch.bfloat16)
     _step(fn, hidden, weight, labels)
     hidden.grad = weight.grad = None
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _step(fn, hidden, weight, labels)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return sorted(times)[len(times) // 2], peak, None
+    seconds, peak = cuda_median_seconds_and_peak_mib(lambda: _step(fn, hidden, weight, labels), repeats)
+    return seconds, peak, None
 
 
 def matmul_fraction_of_peak(n, h, v, seconds):
