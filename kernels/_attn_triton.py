@@ -97,24 +97,32 @@ def _allowed(offs_m, offs_n, L, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT:
 
 
 @triton.jit
+def _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr, BIG: tl.constexpr):
+    """Key positions n0..n0+BLOCK_N of a document and their K and V rows (zeros past its length L)."""
+    rows = tl.arange(0, BLOCK_N)
+    offs_n = n0 + rows
+    if BIG:  # 64-bit tile base, 32-bit offsets inside the tile: no overflow on very long documents
+        k_ptrs = k_base + n0 * stride_kt.to(tl.int64) + rows[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_base + n0 * stride_vt.to(tl.int64) + rows[:, None] * stride_vt + offs_d[None, :]
+    else:  # 32-bit offsets from the document start (fewer registers)
+        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return offs_n, k, v
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, start_n, end_n,
                qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
                BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        rows = tl.arange(0, BLOCK_N)
-        offs_n = n0 + rows
-        if BIG:  # 64-bit tile base, 32-bit offsets inside the tile: no overflow on very long documents
-            k_ptrs = k_base + n0 * stride_kt.to(tl.int64) + rows[:, None] * stride_kt + offs_d[None, :]
-            v_ptrs = v_base + n0 * stride_vt.to(tl.int64) + rows[:, None] * stride_vt + offs_d[None, :]
-        else:  # 32-bit offsets from the document start (fewer registers)
-            k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-            v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         if MASKED:
             s = tl.where(_allowed(offs_m, offs_n, L, CAUSAL, LEFT, RIGHT), s, float("-inf"))
@@ -268,20 +276,7 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs
               qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
               BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        rows = tl.arange(0, BLOCK_N)
-        offs_n = n0 + rows
-        if BIG:  # 64-bit tile base, 32-bit offsets inside the tile: no overflow on very long documents
-            k_ptrs = k_base + n0 * stride_kt.to(tl.int64) + rows[:, None] * stride_kt + offs_d[None, :]
-            v_ptrs = v_base + n0 * stride_vt.to(tl.int64) + rows[:, None] * stride_vt + offs_d[None, :]
-        else:  # 32-bit offsets from the document start (fewer registers)
-            k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-            v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
