@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "regex_engine.h"
+#include "regex_whitespace_run.h"
 #include "unicode_props.h"
 
 namespace nextlong::regex {
@@ -109,22 +110,7 @@ class Cl100kScanner {
       return q;
     }
     // 5-8. whitespace (c0 is \s here)
-    size_t q = p, last_rn = SIZE_MAX, last_start = p;
-    int chars = 0;
-    while (q < n) {
-      size_t len;
-      uint8_t c = cls(s, n, q, &len);
-      if (c != kS && c != kRN) break;
-      if (c == kRN) last_rn = q + 1;
-      last_start = q;
-      q += len;
-      ++chars;
-    }
-    if (v_.trailing_ws_first && q == n) return q;      // \s++$
-    if (last_rn != SIZE_MAX) return last_rn;           // \s*[\r\n]  (or \s*[\r\n]+)
-    if (q == n) return q;                              // \s+(?!\S) at the end of text
-    if (chars >= 2) return last_start;                 // \s+(?!\S): all but the last
-    return p + len0;                                   // \s
+    return whitespace_piece_end(s, n, p, len0, [](auto... a) { return cls(a...); }, kS, kRN, v_.trailing_ws_first);
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "regex_whitespace_run.h"
 #include "unicode_props.h"
 
 namespace nextlong::regex {
@@ -61,21 +62,8 @@ class O200kScanner {
       return q;
     }
     // 5-7. whitespace
-    size_t q = p, last_rn = kNone, last_start = p;
-    int chars = 0;
-    while (q < n) {
-      size_t len;
-      uint8_t c = cls(s, n, q, &len);
-      if (c != kS && c != kRN) break;
-      if (c == kRN) last_rn = q + 1;
-      last_start = q;
-      q += len;
-      ++chars;
-    }
-    if (last_rn != kNone) return last_rn;  // \s*[\r\n]+
-    if (q == n) return q;                  // \s+(?!\S) at the end
-    if (chars >= 2) return last_start;     // \s+(?!\S)
-    return p + len0;                       // \s+ (one character)
+    return whitespace_piece_end(s, n, p, len0, [](auto... a) { return cls(a...); }, kS, kRN,
+                                /*trailing_ws_first=*/false);
   }
 
  private:
