@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Long-context training data synthesis (NExtLong) and training helpers.",
     )
     parser.add_argument("--version", action="version", version=f"nextlong {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback for errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NextlongError as exc:
+        if args.debug:
+            raise
         print(f"nextlong {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"nextlong {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
