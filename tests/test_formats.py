@@ -1,5 +1,6 @@
 """Output formats of `nextlong synthesize`: Parquet (schema), JSONL (decoded text), MDS (ProLong's
-columns, read back with streaming.StreamingDataset when mosaicml-streaming is installed)."""
+columns: one attention span per sample by default; read back with nextlong.mds everywhere and with
+streaming.StreamingDataset when mosaicml-streaming is installed)."""
 
 from __future__ import annotations
 
@@ -54,11 +55,8 @@ def test_jsonl_is_the_decoded_text(corpus, tmp_path):
         assert {s["role"] for s in obj["segments"]} <= {"anchor", "negative"}
 
 
-def test_mds_without_streaming_is_a_clear_error(corpus, tmp_path, monkeypatch):
+def _block_streaming(monkeypatch):
     import builtins
-
-    from nextlong import synthesize
-    from nextlong.errors import NextlongError
 
     real_import = builtins.__import__
 
@@ -68,18 +66,121 @@ def test_mds_without_streaming_is_a_clear_error(corpus, tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_streaming)
-    with pytest.raises(NextlongError, match=r"nextlong\[mds\]"):
-        synthesize(corpus, tmp_path / "m", format="mds", **FAST)
 
 
-@pytest.mark.skipif(not mds_available(), reason="mosaicml-streaming not installed (optional extra nextlong[mds]); "
-                                                "its pip dependencies would replace this machine's transformers")
+def _segment_runs(segments):
+    """Expected `document` spans, the slow way: group consecutive segments by source document."""
+    runs = []
+    for seg in segments:
+        if runs and runs[-1][2] == seg["doc_id"]:
+            runs[-1][1] = seg["end"]
+        else:
+            runs.append([seg["start"], seg["end"], seg["doc_id"]])
+    return np.asarray([r[:2] for r in runs], np.uint32)
+
+
+def test_mds_is_one_attention_span_per_sample_without_streaming(corpus, tmp_path, monkeypatch):
+    """The trainer makes each `indices` pair its own attention block: a synthesized document is ONE span."""
+    from nextlong import synthesize
+    from nextlong.mds import num_samples, read_mds
+
+    _block_streaming(monkeypatch)  # MDS is written by nextlong.mds: no optional dependency
+    synthesize(corpus, tmp_path / "m", format="mds", method="nextlong", **FAST)
+    table = pq.read_table(tmp_path / "m" / "data").to_pylist()
+    samples = list(read_mds(tmp_path / "m" / "mds"))
+    assert num_samples(tmp_path / "m" / "mds") == len(samples) == len(table) == 3
+    for sample, row in zip(samples, table):
+        assert sample["input_ids"].dtype == np.uint32 and sample["indices"].dtype == np.uint32
+        np.testing.assert_array_equal(sample["input_ids"], np.asarray(row["input_ids"], np.uint32))
+        np.testing.assert_array_equal(sample["indices"], np.asarray([[0, L]], np.uint32))
+        assert len(row["segments"]) > 2  # many segments, still one span
+
+
+def test_mds_document_spans_merge_runs_of_one_source_document(corpus, tmp_path):
+    from nextlong import synthesize
+    from nextlong.mds import read_mds
+
+    synthesize(corpus, tmp_path / "d", format="mds", method="standard", attention_spans="document", **FAST)
+    table = pq.read_table(tmp_path / "d" / "data").to_pylist()
+    merged_somewhere = False
+    for sample, row in zip(read_mds(tmp_path / "d" / "mds"), table):
+        spans = sample["indices"]
+        np.testing.assert_array_equal(spans, _segment_runs(row["segments"]))
+        assert spans[0, 0] == 0 and spans[-1, 1] == L and np.all(spans[1:, 0] == spans[:-1, 1])  # tiles [0, L)
+        assert len(spans) == len({s["doc_id"] for s in row["segments"]})  # standard: each document once
+        merged_somewhere |= len(spans) < len(row["segments"])
+    assert merged_somewhere  # multi-chunk documents became one span, not one per chunk
+
+
+def test_attention_spans_of_interleaved_documents():
+    from nextlong.synthesis.writers import attention_spans
+
+    starts, ends = [0, 10, 20, 30, 45], [10, 20, 30, 45, 50]
+    docs = ["a", "b", "b", "a", "a"]  # anchor a, negatives from b, then a's next meta-chunk
+    np.testing.assert_array_equal(attention_spans(starts, ends, docs, 50, "sample"), [[0, 50]])
+    np.testing.assert_array_equal(attention_spans(starts, ends, docs, 50, "document"), [[0, 10], [10, 30], [30, 50]])
+
+
+def test_ndarray_encoding_bytes():
+    """The documented layout: [ndim<<2 | shape width][shape][values], little-endian."""
+    from nextlong.mds import decode, encode
+
+    arr = np.asarray([[0, 300]], np.uint32)  # shape (1, 2): uint8 dims
+    assert encode("ndarray:uint32", arr) == bytes([2 << 2 | 0, 1, 2]) + arr.tobytes()
+    long = np.arange(70_000, dtype=np.uint32)  # one dim above 65535: uint32 dims
+    assert encode("ndarray:uint32", long)[:5] == bytes([1 << 2 | 2]) + np.uint32(70_000).tobytes()
+    np.testing.assert_array_equal(decode("ndarray:uint32", encode("ndarray:uint32", long)), long)
+    with pytest.raises(Exception, match="empty"):
+        encode("ndarray:uint32", np.zeros(0, np.uint32))
+
+
+def test_mds_reader_names_a_broken_shard(tmp_path):
+    from nextlong.errors import NextlongError
+    from nextlong.mds import TRAINING_COLUMNS, MDSWriter, read_mds
+
+    with MDSWriter(tmp_path, TRAINING_COLUMNS) as w:
+        w.write({"input_ids": np.arange(8, dtype=np.uint32), "indices": np.asarray([[0, 8]], np.uint32)})
+    shard = tmp_path / "shard.00000.mds"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(NextlongError, match="shard.00000.mds"):
+        list(read_mds(tmp_path))
+
+
+needs_streaming = pytest.mark.skipif(
+    not mds_available(), reason="mosaicml-streaming not installed (optional extra nextlong[mds]); its pip "
+                                "dependencies would replace this machine's transformers")
+
+
+@needs_streaming
+def test_mds_writer_bytes_equal_streaming_writer(tmp_path):
+    from streaming import MDSWriter as StreamingWriter
+
+    from nextlong.mds import TRAINING_COLUMNS, MDSWriter
+
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(0, 2**32 - 1, int(rng.integers(1, 700)), dtype=np.uint32),
+                "indices": np.asarray([[0, 300]] * (i % 5 + 1), np.uint32)} for i in range(60)]
+    for limit in (5000, 1 << 26):  # many shards, one shard
+        ours, theirs = tmp_path / f"ours{limit}", tmp_path / f"theirs{limit}"
+        with StreamingWriter(out=str(theirs), columns=TRAINING_COLUMNS, compression=None, size_limit=limit) as w:
+            for s in samples:
+                w.write(s)
+        with MDSWriter(ours, TRAINING_COLUMNS, size_limit=limit) as w:
+            for s in samples:
+                w.write(s)
+        names = sorted(p.name for p in theirs.iterdir())
+        assert names == sorted(p.name for p in ours.iterdir()) and len(names) > 1
+        for name in names:
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+
+
+@needs_streaming
 def test_mds_reads_back_in_streaming_dataset(corpus, tmp_path):
     from streaming import StreamingDataset
 
     from nextlong import synthesize
 
-    synthesize(corpus, tmp_path / "m", format="mds", method="standard", **FAST)
+    synthesize(corpus, tmp_path / "m", format="mds", method="standard", attention_spans="document", **FAST)
     table = pq.read_table(tmp_path / "m" / "data").to_pylist()
     ds = StreamingDataset(local=str(tmp_path / "m" / "mds"), shuffle=False, batch_size=1)
     assert len(ds) == len(table)
@@ -87,5 +188,4 @@ def test_mds_reads_back_in_streaming_dataset(corpus, tmp_path):
         sample = ds[i]
         np.testing.assert_array_equal(sample["input_ids"], np.asarray(row["input_ids"], np.uint32))
         assert sample["input_ids"].dtype == np.uint32
-        expected = np.asarray([[s["start"], s["end"]] for s in row["segments"]], np.uint32)
-        np.testing.assert_array_equal(np.asarray(sample["indices"]).reshape(-1, 2), expected)
+        np.testing.assert_array_equal(np.asarray(sample["indices"]).reshape(-1, 2), _segment_runs(row["segments"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..synthesis.config import FORMATS, METHODS, NEGATIVE_RULES
+from ..synthesis.config import ATTENTION_SPANS, FORMATS, METHODS, NEGATIVE_RULES
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet")
+    p.add_argument("--attention-spans", choices=ATTENTION_SPANS, default="sample",
+                   help="MDS `indices` (each pair is one attention block in training): sample = one span [0, L) "
+                        "per long document (default); document = one span per run of the same source document")
     p.add_argument("--separator", default="\n",
                    help="text appended after every piece (default newline; use '' for none)")
     p.add_argument("--overshoot", type=float, default=1.5, help="w of the k formula (default 1.5)")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
         num_threads=args.threads, progress=not args.quiet, chars_per_token=args.chars_per_token,
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
-        shard_size=args.shard_size,
+        shard_size=args.shard_size, attention_spans=args.attention_spans,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:

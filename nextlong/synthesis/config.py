@@ -15,6 +15,7 @@ from pathlib import Path
 METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
 NEGATIVE_RULES = ("fixed-k", "fill")
 FORMATS = ("parquet", "jsonl", "mds")
+ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long document, or per source document
 K_ROUNDINGS = ("ceil", "floor")
 
 
@@ -35,6 +36,7 @@ class SynthesisConfig:
     seed: int = 0
     num_samples: int | None = None  # None: one long document per usable anchor
     format: str = "parquet"
+    attention_spans: str = "sample"  # MDS `indices`: [0, L) per sample, or one pair per source-document run
     separator: str = "\n"  # appended after every piece (trailing side, see assemble.py)
     rebuild: bool = False
     text_field: str = "text"
@@ -66,6 +68,8 @@ class SynthesisConfig:
             bad(f"--negatives must be one of {', '.join(NEGATIVE_RULES)}, got {self.negatives!r}")
         if self.format not in FORMATS:
             bad(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.attention_spans not in ATTENTION_SPANS:
+            bad(f"--attention-spans must be one of {', '.join(ATTENTION_SPANS)}, got {self.attention_spans!r}")
         if self.k_rounding not in K_ROUNDINGS:
             bad(f"k_rounding must be one of {K_ROUNDINGS}, got {self.k_rounding!r}")
         if self.chunk_unit not in ("chars", "tokens"):

@@ -380,7 +380,7 @@ def run(cfg: SynthesisConfig) -> dict:
     elif cfg.format == "mds":
         from .writers import write_mds
 
-        write_mds(out / "data", out / "mds")
+        write_mds(out / "data", out / "mds", attention_spans_mode=cfg.attention_spans)
     timings["write_format"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}

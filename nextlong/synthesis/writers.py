@@ -5,9 +5,14 @@ written atomically); JSONL and MDS are derived from them at the end of a run.
   `pyarrow.parquet.read_table(DIR/"data")`; the `_shards` bookkeeping folder is ignored by readers);
 * jsonl: DIR/jsonl/part-NNNNN.jsonl, one object per long document: the decoded `text`, the
   `segments` each with its decoded `text`, `anchor_doc_id`, `method` — for people to read;
-* mds: DIR/mds, mosaicml-streaming shards with ProLong's columns: `input_ids` (uint32 array) and
-  `indices` (uint32 array of [start, end) pairs, one per segment), readable by
-  `streaming.StreamingDataset`. Needs the optional extra `pip install nextlong[mds]`.
+* mds: DIR/mds, Mosaic Data Shards with ProLong's columns, readable by `streaming.StreamingDataset`
+  and by `nextlong.mds.read_mds` (written by nextlong.mds, byte-identical to mosaicml-streaming's
+  writer, so no optional dependency is needed): `input_ids` (uint32, L) and `indices` (uint32 (n, 2)
+  [start, end) pairs). The trainer makes every pair its own attention block and masks the first label
+  of each, so the pairs are *attention spans*, never segments: `sample` (default) gives one span
+  [0, L) per long document, so attention reaches across meta-chunks and their negatives (the whole
+  point of the synthesized document); `document` gives one span per run of consecutive segments of
+  the same source document, for document-masked baselines.
 """
 
 from __future__ import annotations
@@ -23,9 +28,6 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_path
 from ..errors import NextlongError
 
-MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32"}
-
-
 def write_parquet_atomic(table: pa.Table, path) -> None:
     # fixed writer options so the same rows give the same bytes
     with atomic_path(path) as tmp:
@@ -35,12 +37,6 @@ def write_parquet_atomic(table: pa.Table, path) -> None:
 
 def shard_paths(data_dir) -> list[Path]:
     return sorted(Path(data_dir).glob("part-*.parquet"))
-
-
-def iter_rows(data_dir):
-    for path in shard_paths(data_dir):
-        for row in pq.read_table(path).to_pylist():
-            yield row
 
 
 def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
@@ -62,6 +58,7 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
 
 
 def mds_available() -> bool:
+    """True when mosaicml-streaming is installed (only needed to read MDS with StreamingDataset)."""
     try:
         from streaming import MDSWriter  # noqa: F401
     except ImportError:
@@ -69,24 +66,48 @@ def mds_available() -> bool:
     return True
 
 
-def write_mds(data_dir, out_dir) -> Path:
+def attention_spans(starts, ends, doc_ids, length: int, mode: str = "sample") -> np.ndarray:
+    """[start, end) attention spans of one long document as a uint32 (n, 2) array.
+
+    `sample`: one span [0, length). `document`: consecutive segments of the same source document
+    merged into one span (segments tile the document, so the spans do too)."""
+    if mode == "sample":
+        return np.asarray([[0, length]], np.uint32)
+    if mode != "document":
+        raise NextlongError(f"attention spans must be sample or document, got {mode!r}")
+    spans: list[list[int]] = []
+    prev_doc = None
+    for start, end, doc in zip(starts, ends, doc_ids):
+        if end <= start:
+            continue
+        if spans and doc == prev_doc and start == spans[-1][1]:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+        prev_doc = doc
+    if not spans:
+        spans = [[0, length]]
+    return np.asarray(spans, np.uint32).reshape(-1, 2)
+
+
+def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
     """ProLong-style MDS shards from the Parquet shards (written to a temporary folder, then renamed)."""
-    try:
-        from streaming import MDSWriter
-    except ImportError as exc:
-        raise NextlongError(
-            "--format mds needs mosaicml-streaming: pip install 'nextlong[mds]' (pin torch with "
-            "-c constraints.txt, it pulls heavy dependencies)"
-        ) from exc
+    from ..mds import TRAINING_COLUMNS, MDSWriter
+
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with MDSWriter(out=str(tmp), columns=MDS_COLUMNS, compression=None) as writer:
+    with MDSWriter(tmp, TRAINING_COLUMNS) as writer:
         for path in shard_paths(data_dir):
-            table = pq.read_table(path)
-            for row in table.to_pylist():
-                indices = np.asarray([[s["start"], s["end"]] for s in row["segments"]], np.uint32).reshape(-1, 2)
-                writer.write({"input_ids": np.asarray(row["input_ids"], np.uint32), "indices": indices})
+            table = pq.read_table(path, columns=["input_ids", "segments"])
+            ids_col = table.column("input_ids").combine_chunks()
+            ids_flat = ids_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+            ids_off = ids_col.offsets.to_numpy()
+            for r, segs in enumerate(table.column("segments").to_pylist()):
+                ids = ids_flat[ids_off[r] - ids_off[0]:ids_off[r + 1] - ids_off[0]]
+                spans = attention_spans([s["start"] for s in segs], [s["end"] for s in segs],
+                                        [s["doc_id"] for s in segs], int(ids.size), attention_spans_mode)
+                writer.write({"input_ids": ids, "indices": spans})
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
