@@ -7,15 +7,22 @@ import argparse
 import importlib
 import sys
 
-from .errors import NextlongError
+from .errors import NextlongError, disk_full, is_disk_full
 
-COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "inspect")
+COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "inspect", "train", "plot", "eval", "heads")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line `nextlong CMD: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nextlong",
         description="Long-context training data synthesis (NExtLong) and training helpers.",
     )
@@ -23,13 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show a traceback for errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"nextlong.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"nextlong.commands.{name}":
-                continue  # not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"nextlong.commands.{name}").add_parser(sub)
+        # `nextlong CMD ... --debug` works as well as `nextlong --debug CMD ...`
+        sub.choices[name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show a traceback for errors (for bug reports)")
     return parser
 
 
@@ -44,11 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     except NextlongError as exc:
         if args.debug:
             raise
-        print(f"nextlong {args.command}: error: {exc}", file=sys.stderr)
+        _print_error(args.command, exc)
         return exc.exit_code
+    except OSError as exc:
+        # The environment, not a bug: a full disk, a read-only or missing folder, a path that is a file.
+        if args.debug or exc.filename is None and not is_disk_full(exc):
+            raise
+        _print_error(args.command, disk_full(exc.filename or "output") if is_disk_full(exc)
+                     else f"{exc.filename}: {exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
         print(f"nextlong {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
+
+
+def _print_error(command: str, exc) -> None:
+    message = " ".join(str(exc).splitlines())  # always one line
+    print(f"nextlong {command}: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

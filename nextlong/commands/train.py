@@ -1,0 +1,93 @@
+"""`nextlong train DATA... --out RUN`: continual pre-training on synthesized long documents (stage 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..train.config import ATTENTIONS, LOSSES, SPAN_MODES, WEIGHTINGS
+from .argtypes import nonnegative_int, positive_float, positive_int
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a causal LM on synthesized long documents (document masks, fused loss)",
+        description="Continual pre-training on the output of `nextlong synthesize` (Parquet or MDS), with our "
+                    "attention and fused cross-entropy kernels and ProLong's defaults (AdamW 0.9/0.95, weight "
+                    "decay 0.1, clip 1.0, cosine to --min-lr-ratio). Several DATA as PATH@weight are mixed. "
+                    "Multi-GPU: torchrun --nproc-per-node N -m nextlong train ...")
+    p.add_argument("data", nargs="+", metavar="DATA", help="synthesize output folder(s), PATH or PATH@weight")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss.png, model/")
+    p.add_argument("--model", default="tiny",
+                   help="tiny | small (Llama presets at random init, vocabulary of the data's tokenizer) or a "
+                        "Hugging Face causal-LM folder / earlier run folder (default tiny)")
+    p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default: the data's sample length)")
+    p.add_argument("--batch-tokens", type=positive_int,
+                   help="tokens per optimizer step; gradient accumulation makes up the rest (default seq-len x processes)")
+    p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per forward pass (default 1)")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 for a preset, 1e-5 pretrained)")
+    p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps (default 5%% of --steps)")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = no clipping (default 1.0)")
+    p.add_argument("--rope-theta", type=positive_float,
+                   help="RoPE base set on the config before training (ProLong: 8e6 at 64K; default: unchanged)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention", choices=ATTENTIONS, default="nextlong",
+                   help="nextlong = our kernel (Triton on CUDA, PyTorch fallback on CPU); sdpa/eager = transformers' "
+                        "with a dense block-diagonal mask")
+    p.add_argument("--loss", choices=LOSSES, default="fused",
+                   help="fused = linear cross-entropy without logits; eager = lm_head + cross_entropy")
+    p.add_argument("--attention-spans", choices=SPAN_MODES, default="sample",
+                   help="sample = one span per synthesized document (default); document = per source document "
+                        "(from segments); none = plain causal over the packed sequence")
+    p.add_argument("--split-spans", action="store_true",
+                   help="cut spans at sequence boundaries instead of refusing spans longer than --seq-len")
+    p.add_argument("--token-weighting", choices=WEIGHTINGS, default="none",
+                   help="loss weights from long- vs short-context log-probabilities (nextlong.weighting)")
+    p.add_argument("--scorer", help="short-context scorer model (default: the model being trained, sliding window)")
+    p.add_argument("--short-window", type=positive_int, default=4096,
+                   help="short-context window in tokens (capped at seq-len/4; default 4096)")
+    p.add_argument("--short-stride", type=positive_int, default=512, help="sliding-window stride (default 512)")
+    p.add_argument("--dense-lam", type=float, default=0.25,
+                   help="dense: w = lam*s/mean(s) + (1-lam) (default 0.25, the authors' lambda = 0.75 on uniform)")
+    p.add_argument("--sparse-keep", type=float, default=0.3, help="sparse: fraction of tokens kept (default 0.3)")
+    p.add_argument("--longce-gamma", type=float, default=5.0, help="LongCE clip gamma (default 5)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 fully_shard (under torchrun)")
+    p.add_argument("--save-every", type=nonnegative_int, default=0,
+                   help="checkpoint every N steps (default 0: only at the end)")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--stop-after", type=positive_int,
+                   help="end this invocation after N steps with a checkpoint (continue later with --resume)")
+    p.add_argument("--threads", type=nonnegative_int, default=0,
+                   help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..train.trainer import train
+
+    summary = train(
+        args.data, args.out, model=args.model, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
+        micro_batch=args.micro_batch, steps=args.steps, lr=args.lr, warmup=args.warmup,
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        rope_theta=args.rope_theta, seed=args.seed, attention=args.attention, loss=args.loss,
+        attention_spans=args.attention_spans, split_spans=args.split_spans, token_weighting=args.token_weighting,
+        scorer=args.scorer, short_window=args.short_window, short_stride=args.short_stride,
+        dense_lam=args.dense_lam, sparse_keep=args.sparse_keep, longce_gamma=args.longce_gamma,
+        grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
+        num_threads=args.threads, progress=not args.quiet)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0 and not args.quiet and summary["final_loss"] is not None:
+        print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, loss "
+              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['tokens_per_s'] or 0:,.0f} "
+              f"tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB; run in {args.out} "
+              f"(loss.png, metrics.jsonl, model/)", file=sys.stderr)
+    return 0

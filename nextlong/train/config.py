@@ -1,0 +1,106 @@
+"""Every setting of `nextlong train`, checked before any work starts.
+
+Defaults follow ProLong's recipe, which the NExtLong authors train with: AdamW (0.9, 0.95), weight
+decay 0.1, gradient clipping 1.0, cosine decay to `min_lr_ratio` = 0.1 of the peak after a linear
+warm-up. Where the paper is silent (the learning rate of a model initialised at random, the warm-up
+length) the default is named in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+
+ATTENTIONS = ("nextlong", "sdpa", "eager")
+LOSSES = ("fused", "eager")
+WEIGHTINGS = ("none", "dense", "sparse", "longce")
+SPAN_MODES = ("sample", "document", "none")
+
+# Settings that change what a step computes: a resumed run must use the same ones.
+_NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads"}
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]                      # "PATH" or "PATH@weight", one per source
+    out: str
+    model: str = "tiny"                  # tiny | small | a local Hugging Face causal-LM folder
+    seq_len: int | None = None           # default: the data's sample length
+    batch_tokens: int | None = None      # tokens per optimizer step; default seq_len x world size
+    micro_batch: int = 1                 # sequences per forward pass on one rank
+    steps: int = 100
+    lr: float | None = None              # default 1e-3 for a preset (random init), 1e-5 for a pretrained model
+    warmup: int | None = None            # default 5% of the steps
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    rope_theta: float | None = None      # default: the preset's 500,000, or the pretrained config's value
+    seed: int = 0
+    attention: str = "nextlong"
+    loss: str = "fused"
+    attention_spans: str = "sample"
+    split_spans: bool = False            # cut spans longer than the room left in a sequence
+    token_weighting: str = "none"
+    scorer: str | None = None            # short-context scorer model (default: the model being trained)
+    short_window: int = 4096             # context of the short-context scores (capped at seq_len / 4)
+    short_stride: int = 512
+    dense_lam: float = 0.25              # weight of the score part: w = lam * s/mean(s) + (1 - lam)
+    sparse_keep: float = 0.3
+    longce_gamma: float = 5.0
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    save_every: int = 0                  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: bool = False
+    stop_after: int | None = None        # end this invocation after N steps (a later --resume goes on)
+    progress: bool = True
+    num_threads: int = 0                 # CPU threads per process (0: the cores divided among local ranks)
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        def check(ok, message):
+            if not ok:
+                raise UsageError(message)
+
+        check(self.data, "train: give at least one DATA folder")
+        check(self.attention in ATTENTIONS, f"--attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        check(self.loss in LOSSES, f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        check(self.attention_spans in SPAN_MODES,
+              f"--attention-spans must be one of {SPAN_MODES}, got {self.attention_spans!r}")
+        check(self.token_weighting in WEIGHTINGS,
+              f"--token-weighting must be one of {WEIGHTINGS}, got {self.token_weighting!r}")
+        check(self.scorer is None or self.token_weighting != "none",
+              "--scorer is only used with --token-weighting dense|sparse|longce")
+        for name in ("steps", "micro_batch", "short_window", "short_stride", "keep_checkpoints"):
+            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("seq_len", "batch_tokens", "stop_after"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens")
+        check(self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.warmup is None or 0 <= self.warmup <= self.steps,
+              f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup}")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
+        check(self.rope_theta is None or self.rope_theta > 0, f"--rope-theta must be > 0, got {self.rope_theta}")
+        check(0.0 <= self.dense_lam <= 1.0, f"--dense-lam must be in [0, 1], got {self.dense_lam}")
+        check(0.0 < self.sparse_keep <= 1.0, f"--sparse-keep must be in (0, 1], got {self.sparse_keep}")
+        check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}")
+        check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
+        check(self.num_threads >= 0, f"--threads must be >= 0, got {self.num_threads}")
+        return self
+
+    def resolved_warmup(self) -> int:
+        return self.warmup if self.warmup is not None else int(round(0.05 * self.steps))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def run_defining(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.to_dict().items() if k not in _NOT_RUN_DEFINING}

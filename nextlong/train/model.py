@@ -1,0 +1,195 @@
+"""The model being trained: named presets or a pretrained folder, the attention implementation, and
+`LossModel`, which turns a collated batch into the weighted cross-entropy sum.
+
+Presets are Llama-architecture models initialised at random with the vocabulary of the data's
+tokenizer (the sizes are in docs/training.md):
+
+* tiny  — 2 layers, hidden 64, 2 heads of 32 (1 KV head), MLP 192, tied embeddings: a few million
+          parameters with a 100K vocabulary, for tests and CPU experiments;
+* small — 12 layers, hidden 768, 12 heads of 64 (4 KV heads), MLP 2048, tied embeddings: GPT-2-small
+          class (~150M parameters with a 100K vocabulary), for GPU experiments.
+
+Attention: "nextlong" = our kernel (Triton on CUDA, its PyTorch fallback on CPU) fed the collator's
+`cu_seq_lens_q/k`; "sdpa" and "eager" = transformers' implementations fed a dense (B, 1, S, S)
+additive block-diagonal causal mask built from the same spans (the memory-hungry path a user would
+otherwise take). Loss: "fused" = `fused_linear_cross_entropy` from the last hidden state (no logits
+tensor); "eager" = `lm_head` then `F.cross_entropy` on the full logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import NextlongError
+
+PRESETS = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                 intermediate_size=192),
+    "small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                  intermediate_size=2048),
+}
+PRESET_ROPE_THETA = 500_000.0  # Llama-3's base value; long-context stages raise it (--rope-theta)
+
+
+def _transformers_attention_name(attention: str) -> str:
+    if attention == "nextlong":
+        import nextlong.kernels.transformers_attention as nla
+
+        return nla.register()
+    return attention
+
+
+def set_rope_theta(config, theta: float) -> None:
+    """Set RoPE's base on a config (transformers 5 keeps it in `rope_parameters`, older in `rope_theta`)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        params["rope_theta"] = float(theta)
+    config.rope_theta = float(theta)
+
+
+def get_rope_theta(config) -> float | None:
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else None
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def model_tokenizer_spec(folder) -> str | None:
+    """The tokenizer a pretrained folder was trained with: RUN/model/nextlong.json, or its tokenizer.json."""
+    folder = Path(folder)
+    meta = folder / "nextlong.json"
+    if meta.exists():
+        spec = json.loads(meta.read_text()).get("tokenizer")
+        if spec and not Path(spec).is_absolute() and (folder / spec).exists():
+            return str(folder / spec)
+        return spec
+    if (folder / "tokenizer.json").exists():
+        return str(folder / "tokenizer.json")
+    return None
+
+
+def resolve_model_folder(spec: str) -> Path:
+    """A training run folder (RUN/model/config.json) or a Hugging Face model folder."""
+    path = Path(spec)
+    if (path / "model" / "config.json").exists():
+        return path / "model"
+    if (path / "config.json").exists():
+        return path
+    raise NextlongError(f"{spec}: not a model preset ({', '.join(PRESETS)}) nor a folder with config.json "
+                        "(a Hugging Face causal-LM folder or a `nextlong train` run)")
+
+
+def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: str,
+                rope_theta: float | None = None, seed: int = 0):
+    """(model, description). Presets are initialised from `seed`; folders are loaded with from_pretrained."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    attn = _transformers_attention_name(attention)
+    if is_preset(spec):
+        if vocab_size is None:
+            raise NextlongError(f"--model {spec} needs the data's tokenizer to size its vocabulary; the data has no "
+                                "manifest (give a pretrained --model folder instead)")
+        config = LlamaConfig(vocab_size=int(vocab_size), max_position_embeddings=max(seq_len, 2048),
+                             tie_word_embeddings=True, attention_dropout=0.0, **PRESETS[spec])
+        set_rope_theta(config, rope_theta or PRESET_ROPE_THETA)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    else:
+        folder = resolve_model_folder(spec)
+        config = AutoConfig.from_pretrained(folder)
+        if rope_theta is not None:
+            set_rope_theta(config, rope_theta)
+        if getattr(config, "max_position_embeddings", seq_len) < seq_len:
+            config.max_position_embeddings = seq_len
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32)
+    model.config._attn_implementation = attn
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    if model.get_output_embeddings() is None or model.get_decoder() is None:
+        raise NextlongError(f"{spec}: the model has no output head or decoder (expected a causal LM)")
+    return model
+
+
+def dense_span_mask(cu_seqlens: torch.Tensor, batch: int, seq: int, device) -> torch.Tensor:
+    """(B, 1, S, S) bool: True where key j lies in query i's span and j <= i."""
+    cu = cu_seqlens.to(torch.int64).cpu()
+    span_id = torch.zeros(batch * seq, dtype=torch.int64)
+    span_id[cu[1:-1]] = 1
+    span_id = span_id.cumsum(0).reshape(batch, seq).to(device)
+    same = span_id[:, :, None] == span_id[:, None, :]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+    return (same & causal)[:, None]
+
+
+class LossModel(torch.nn.Module):
+    """Wraps a causal LM: forward(batch, weights) -> sum_t w_t * CE_t over the batch's targets.
+
+    The caller divides by the step's total weight (all micro-batches, all ranks), which makes the
+    step's gradient that of `sum w*CE / sum w` over the global batch, however it was split. It is
+    the module handed to DDP/FSDP, so gradient synchronisation sees the whole computation.
+    """
+
+    def __init__(self, lm, *, attention: str = "nextlong", loss: str = "fused"):
+        super().__init__()
+        self.lm, self.attention, self.loss = lm, attention, loss
+
+    def attention_inputs(self, batch: dict) -> dict:
+        b, s = batch["input_ids"].shape
+        if self.attention == "nextlong":
+            return {k: batch[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+        if batch["cu_seq_lens_q"].numel() == b + 1:  # one span per row: plain causal attention
+            return {}
+        allowed = dense_span_mask(batch["cu_seq_lens_q"], b, s, batch["input_ids"].device)
+        if self.attention == "sdpa":  # SDPA takes a boolean mask; eager adds an additive one to the scores
+            return {"attention_mask": allowed}
+        dtype = self.lm.get_output_embeddings().weight.dtype
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return {"attention_mask": additive.masked_fill_(~allowed, torch.finfo(dtype).min)}
+
+    def hidden_states(self, batch: dict) -> torch.Tensor:
+        out = self.lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                    use_cache=False, **self.attention_inputs(batch))
+        return out.last_hidden_state
+
+    def token_losses(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str, weights=None):
+        """CE of predicting labels[:, t+1] from hidden[:, t]; weights aligned with labels."""
+        head = self.lm.get_output_embeddings()
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        y = labels[:, 1:].reshape(-1)
+        w = None if weights is None else weights[:, 1:].reshape(-1)
+        if self.loss == "fused":
+            from nextlong.kernels.losses import fused_linear_cross_entropy
+
+            return fused_linear_cross_entropy(h, head.weight, y, bias=head.bias, token_weights=w,
+                                              reduction=reduction)
+        logits = head(h).float()
+        ce = F.cross_entropy(logits, y, ignore_index=-100, reduction="none")
+        if w is not None:
+            ce = ce * w.to(ce.dtype)
+        return ce.sum() if reduction == "sum" else ce
+
+    def forward(self, batch: dict, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """With weights: sum_t w_t * CE_t (a scalar). Without: `target_logprobs` (call under no_grad).
+
+        Scoring goes through forward too, so FSDP gathers the root's parameters for it."""
+        hidden = self.hidden_states(batch)
+        if weights is not None:
+            return self.token_losses(hidden, batch["labels"], "sum", weights)
+        ce = self.token_losses(hidden, batch["input_ids"], "none")
+        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=ce.device)
+        out[:, 1:] = -ce.float().reshape(out.shape[0], -1)
+        return out
+
+    def target_logprobs(self, batch: dict) -> torch.Tensor:
+        """log p(x_t | its span's prefix) in nextlong.weighting's layout: (B, S) fp32, column 0 = 0."""
+        with torch.no_grad():
+            return self(batch)

@@ -1,0 +1,56 @@
+"""RUN/metrics.jsonl (one line per optimizer step) and the loss curve drawn from it (RUN/loss.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import NextlongError
+
+METRICS = "metrics.jsonl"
+
+
+def read_metrics(run) -> list[dict]:
+    path = Path(run) / METRICS
+    if not path.exists():
+        raise NextlongError(f"{path}: not found; is {run} the --out of `nextlong train`?")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise NextlongError(f"{path}:{n}: not a JSON object") from None
+    return rows
+
+
+def plot_loss(run, out=None) -> Path:
+    """Draw loss (and learning rate) against step into RUN/loss.png (or `out`); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    rows = read_metrics(run)
+    if not rows:
+        raise NextlongError(f"{Path(run) / METRICS}: no steps recorded yet")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.2, label="loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (weighted CE, nats)", color="tab:blue")
+    ax.grid(alpha=0.3)
+    lr = ax.twinx()
+    lr.plot(steps, [r["lr"] for r in rows], color="tab:orange", lw=1, ls="--", label="learning rate")
+    lr.set_ylabel("learning rate", color="tab:orange")
+    tokens = rows[-1].get("tokens", 0)
+    ax.set_title(f"{Path(run).resolve().name}: {len(rows)} steps, {tokens:,} tokens")
+    fig.tight_layout()
+    target = Path(out) if out is not None else Path(run) / "loss.png"
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return target

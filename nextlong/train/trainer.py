@@ -1,0 +1,409 @@
+"""The training loop of `nextlong train`, readable in one sitting.
+
+    train(["demo-out"], "demo-run", model="tiny", steps=10)
+
+One optimizer step = `batch_tokens` tokens = G sequences of `seq_len`, split over `world` ranks and
+`accum` micro-batches of `micro_batch` sequences. Each micro-batch's loss is sum_t w_t * CE_t; the
+step divides by the total weight of all micro-batches on all ranks (known before the first backward,
+since weights never depend on the parameters' gradients), so the gradient is that of
+sum w*CE / sum w over the global batch whether it ran on one process or eight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import NextlongError, UsageError
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import SampleStream, SequencePacker, collate, open_sources
+from .model import LossModel, build_model, get_rope_theta, is_preset, model_tokenizer_spec, resolve_model_folder
+from .plot import METRICS, plot_loss
+
+
+def train(data, out, **settings) -> dict:
+    """Train on `data` (a DATA spec or a list of "PATH@weight"), writing the run to folder `out`.
+
+    Keyword settings are TrainConfig's fields (model, seq_len, batch_tokens, steps, lr, ...).
+    Returns a summary dict (also in RUN/manifest.json)."""
+    data = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
+    cfg = TrainConfig(data=data, out=str(out), **settings).validate()
+    return Trainer(cfg).run()
+
+
+# --- processes and devices ---------------------------------------------------------------------
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """(rank, world, local world, device); starts the process group under torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return rank, world, local_world, device
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cosine_schedule(warmup: int, steps: int, min_ratio: float):
+    """lr multiplier of optimizer step s (0-based): linear warm-up to 1 over `warmup` steps (step 0
+    already trains at 1/warmup), then cosine decay to `min_ratio` at the last step."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = (s - warmup) / max(1, steps - warmup - 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.rank, self.world, local_world, self.device = init_distributed()
+        if self.device.type == "cpu" and (cfg.num_threads or local_world > 1):
+            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
+        lock = contextlib.nullcontext()
+        if self.rank == 0:
+            from ..locking import output_lock
+
+            lock = output_lock(self.run_dir, "train")
+        with lock:
+            self.setup()
+            return self.loop()
+
+    # setup: everything that can go wrong with the input fails here, before the first step
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.sources = sources = open_sources(cfg.data)
+        data_tok = next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
+        data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
+        self.tokenizer_spec, vocab = data_tok, None
+        if data_tok is not None:
+            from ..tokenizer import load_tokenizer
+
+            tok = load_tokenizer(data_tok)
+            vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
+        if not is_preset(cfg.model):
+            self._check_model_tokenizer(data_tok, data_fp)
+
+        self.seq_len = cfg.seq_len or next((s.sample_length for s in sources if s.sample_length), None)
+        if self.seq_len is None:
+            raise UsageError("give --seq-len: the data has no `nextlong synthesize` manifest to take it from")
+        if cfg.attention_spans == "sample" and not cfg.split_spans:
+            for s in sources:
+                if s.kind == "parquet" and s.sample_length and s.sample_length > self.seq_len:
+                    raise UsageError(f"{s.path}: its samples are {s.sample_length} tokens, longer than --seq-len "
+                                     f"{self.seq_len}, and a sample is one attention span; raise --seq-len, pass "
+                                     "--split-spans to cut them, or use --attention-spans document|none")
+        self.batch_tokens = cfg.batch_tokens or self.seq_len * self.world
+        if self.batch_tokens % self.seq_len:
+            raise UsageError(f"--batch-tokens {self.batch_tokens} must be a multiple of --seq-len {self.seq_len}")
+        per_step = self.batch_tokens // self.seq_len
+        if per_step % (self.world * cfg.micro_batch):
+            raise UsageError(f"--batch-tokens {self.batch_tokens} is {per_step} sequences per step, which "
+                             f"{self.world} process(es) x --micro-batch {cfg.micro_batch} do not divide")
+        self.accum = per_step // (self.world * cfg.micro_batch)
+        self.lr = cfg.lr or (1e-3 if is_preset(cfg.model) else 1e-5)
+        self.warmup = cfg.resolved_warmup()
+        if cfg.fsdp and self.world == 1:
+            raise UsageError("--fsdp shards the model over processes: start it with torchrun --nproc-per-node N")
+        if cfg.fsdp and cfg.token_weighting != "none" and cfg.scorer is None:
+            raise UsageError("--fsdp with --token-weighting needs a separate --scorer model for the short-context "
+                             "scores (the sharded model cannot run the sliding-window pass on its own)")
+
+        lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
+                         rope_theta=cfg.rope_theta, seed=cfg.seed)
+        self.model_vocab = lm.config.vocab_size
+        if vocab is not None and vocab > self.model_vocab:
+            raise NextlongError(f"the data's tokenizer ({data_tok}) has {vocab} ids but the model's vocabulary has "
+                                f"{self.model_vocab}: token ids would reach past the embedding table")
+        self.num_params = sum(p.numel() for p in lm.parameters())
+        self.rope_theta = get_rope_theta(lm.config)
+        if cfg.grad_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.to(self.device).train()
+        self.lm = lm
+        self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
+        self.scorer = None
+        if cfg.scorer is not None:
+            self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
+                                      seed=cfg.seed).to(self.device).eval().requires_grad_(False)
+        self.wrapped = self._wrap(self.loss_model)
+
+        decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=self.lr, betas=tuple(cfg.betas), eps=1e-8)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_schedule(self.warmup, cfg.steps, cfg.min_lr_ratio))
+
+        stream = SampleStream(sources, seed=cfg.seed, rank=self.rank, world=self.world,
+                              spans=cfg.attention_spans, vocab_size=self.model_vocab)
+        self.packer = SequencePacker(stream, self.seq_len, split=cfg.split_spans)
+        self.start_step, self.history = 0, []
+        self._resume_or_start()
+        # the first step's data is read now: bad samples fail before any training
+        self.next_batches = self._read_step_batches()
+
+    def _check_model_tokenizer(self, data_tok, data_fp) -> None:
+        folder = resolve_model_folder(self.cfg.model)
+        model_tok = model_tokenizer_spec(folder)
+        if model_tok is None or data_fp is None:
+            return
+        from ..tokenizer import load_tokenizer
+
+        model_fp = load_tokenizer(model_tok).fingerprint
+        if model_fp != data_fp:
+            raise NextlongError(f"{self.cfg.model}: the model was trained with tokenizer {model_tok}, but the data was "
+                                f"tokenized with {data_tok}; synthesize the data with --tokenizer {model_tok}")
+
+    def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in getattr(self.lm.get_decoder(), "layers", []):
+                fully_shard(layer)
+            fully_shard(module)
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids)
+
+    def resolved_settings(self) -> dict:
+        d = self.cfg.run_defining()
+        d.update(seq_len=self.seq_len, batch_tokens=self.batch_tokens, lr=self.lr, warmup=self.warmup,
+                 world_size=self.world, rope_theta=self.rope_theta)
+        return d
+
+    def _resume_or_start(self) -> None:
+        cfg, run = self.cfg, self.run_dir
+        found = ckpt.list_checkpoints(run)
+        if not cfg.resume:
+            if found or (run / METRICS).exists():
+                raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
+                                    "another --out")
+            if self.rank == 0:
+                run.mkdir(parents=True, exist_ok=True)
+                (run / METRICS).write_text("")
+            return
+        if not found:
+            if self.rank == 0:
+                print(f"nextlong train: no checkpoint in {run}; starting from step 0", file=sys.stderr)
+                run.mkdir(parents=True, exist_ok=True)
+                (run / METRICS).write_text("")
+            return
+        latest = found[-1]
+        saved = ckpt.read_trainer_state(latest)
+        mine = self.resolved_settings()
+        theirs = saved.get("settings", {})
+        import json
+
+        mine_json = json.loads(json.dumps(mine, default=str))
+        diff = sorted(k for k in set(mine_json) | set(theirs) if mine_json.get(k) != theirs.get(k))
+        if diff:
+            details = "; ".join(f"{k}: saved {theirs.get(k)!r}, now {mine_json.get(k)!r}" for k in diff)
+            raise NextlongError(f"{run}: cannot resume with other settings ({details})")
+        rank_state = ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer,
+                                          scheduler=self.scheduler, sharded=self.cfg.fsdp, rank=self.rank,
+                                          world=self.world)
+        self.packer.load_state_dict(rank_state["data"])
+        self.start_step = int(saved["step"])
+        self.history = saved.get("history", [])
+        if self.rank == 0:  # drop metric lines of steps after the checkpoint (a killed run may have logged some)
+            from ..atomic import atomic_path
+
+            with atomic_path(run / METRICS) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    # data and weights
+    def _read_step_batches(self) -> list[dict]:
+        return [collate([self.packer.next_sequence() for _ in range(self.cfg.micro_batch)])
+                for _ in range(self.accum)]
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def token_weights(self, batch: dict) -> torch.Tensor:
+        """Per-token loss weights aligned with labels (0 where the label is ignored)."""
+        from .. import weighting as W
+
+        cfg = self.cfg
+        mask = batch["labels"] != -100
+        if cfg.token_weighting == "none":
+            return mask.float()
+        with self._autocast():
+            long = self.loss_model.target_logprobs(batch) if not cfg.fsdp else self.wrapped.target_logprobs(batch)
+            window = max(1, min(cfg.short_window, self.seq_len // 4))
+            short = W.short_context_logprobs(self.scorer or self.lm, batch["input_ids"], window,
+                                             stride=cfg.short_stride)
+        if cfg.token_weighting == "longce":
+            return W.longce_weights(long, short, mask, gamma=cfg.longce_gamma)
+        scores = W.token_scores(long, short, absolute=True)
+        if cfg.token_weighting == "dense":
+            return W.dense_weights(scores, mask, lam=cfg.dense_lam)
+        return W.sparse_weights(scores, mask, keep=cfg.sparse_keep)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # one optimizer step
+    def step(self, batches: list[dict]) -> tuple[float, float]:
+        batches = [self._to_device(b) for b in batches]
+        weights = [self.token_weights(b) for b in batches]
+        total_w = all_reduce_sum(torch.stack([w[:, 1:].sum() for w in weights]).sum().double())
+        if float(total_w) == 0:
+            total_w = torch.ones_like(total_w)  # every target ignored: a zero loss, no update
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            sync = i == len(batches) - 1 or not hasattr(self.wrapped, "no_sync")
+            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
+                part = self.wrapped(batch, w)
+            (part * (self.world / total_w.to(part.dtype))).backward()
+            loss_sum += part.detach().double()
+        loss = all_reduce_sum(loss_sum) / total_w
+        params = [p for p in self.loss_model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss), float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+    def loop(self) -> dict:
+        import json
+
+        from tqdm import tqdm
+
+        cfg, run = self.cfg, self.run_dir
+        steps_here = 0
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=self.rank != 0 or not cfg.progress)
+        tokens = self.start_step * self.batch_tokens
+        t_run = time.perf_counter()
+        step = self.start_step
+        last_saved = self.start_step
+        metrics = open(run / METRICS, "a") if self.rank == 0 else None
+        batches = self.next_batches  # read in setup, so bad data failed before any step
+        try:
+            while step < cfg.steps:
+                if cfg.stop_after is not None and steps_here >= cfg.stop_after:
+                    break
+                t0 = time.perf_counter()
+                if batches is None:
+                    batches = self._read_step_batches()
+                lr = self.scheduler.get_last_lr()[0]
+                loss, grad_norm = self.step(batches)
+                batches = None
+                step += 1
+                steps_here += 1
+                tokens += self.batch_tokens
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                dt = time.perf_counter() - t0
+                row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+                       "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
+                       "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                       "epoch": round(self.packer.stream.epochs(), 4)}
+                self.history.append(row)
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                    self.save(step)
+                    last_saved = step
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        if step != last_saved:  # the data position saved is the one after the last step taken
+            self.save(step)
+        finished = step >= cfg.steps
+        summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
+        if self.rank == 0:
+            if self.history:
+                plot_loss(run)
+            from ..manifest import write_manifest
+
+            write_manifest(run / "manifest.json", command="train", settings=self.manifest_settings(),
+                           statistics=summary, seed=cfg.seed)
+        return summary
+
+    def save(self, step: int) -> None:
+        """Checkpoint (all ranks) and RUN/model (rank 0) at `step`."""
+        rank_state = {"data": self.packer.state_dict()}
+        trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world}
+        ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
+                             scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
+                             sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints)
+        state_dict = None
+        if self.cfg.fsdp:
+            full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
+            state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
+        if self.rank == 0:
+            ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict)
+
+    def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
+        rows = self.history
+        return {
+            "status": "finished" if finished else "stopped",
+            "steps": step, "tokens": step * self.batch_tokens,
+            "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
+            "seconds_this_invocation": round(seconds, 3),
+            "steps_per_s": round(steps_here / seconds, 4) if seconds > 0 and steps_here else None,
+            "tokens_per_s": round(steps_here * self.batch_tokens / seconds, 1) if seconds > 0 and steps_here else None,
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "num_parameters": self.num_params,
+            "epochs": round(self.packer.stream.epochs(), 4),
+        }
+
+    def manifest_settings(self) -> dict:
+        d = self.cfg.to_dict()
+        d.update(self.resolved_settings())
+        d.update(tokenizer=self.tokenizer_spec, model_config=self.lm.config.to_dict(),
+                 accumulation_steps=self.accum,
+                 data_fingerprint=[s.fingerprint() for s in self.sources])
+        return d
