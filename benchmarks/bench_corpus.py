@@ -2,10 +2,11 @@
 
 nextlong's C++ engine against the same pipeline written in Python (json.loads, str.split, greedy
 grouping) with HuggingFace `tokenizers` (encode_batch, Rust threads) for the tokens. Same corpus
-(the Python 3.11 docs, one JSONL record per .rst.txt file), same thread count, same output columns.
+(tests.helpers.benchmark_documents: the shipped snapshot plus the running interpreter's standard-library
+sources, ~14 MB with Python 3.11, one JSONL record per document), same thread count, same output columns.
 
     python3 -m pytest benchmarks/bench_corpus.py -q -s        # pytest-benchmark, prints a ratio table
-    python3 benchmarks/bench_corpus.py                         # the table only
+    python3 -m benchmarks.bench_corpus                         # the table only (from the repository root)
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 MAX_LEN = 2048
 THREADS = 2
 CL100K_PATTERN = (
@@ -33,13 +32,13 @@ RESULTS: dict[str, float] = {}  # pipeline name -> MB/s (best round)
 
 
 def build_corpus(path: Path) -> tuple[Path, int]:
-    files = sorted(DOCS_DIR.rglob("*.rst.txt"))
+    from tests.helpers import benchmark_documents
+
     n_bytes = 0
     with open(path, "w", encoding="utf-8") as fh:
-        for p in files:
-            text = p.read_text(encoding="utf-8")
+        for doc_id, text in benchmark_documents():
             n_bytes += len(text.encode("utf-8"))
-            fh.write(json.dumps({"id": str(p.relative_to(DOCS_DIR)), "text": text}) + "\n")
+            fh.write(json.dumps({"id": doc_id, "text": text}) + "\n")
     return path, n_bytes
 
 
@@ -55,10 +54,8 @@ def hf_cl100k():
 
 
 def nextlong_cl100k():
-    try:
-        from nextlong.tokenizer import load_tokenizer
-    except ImportError:
-        return None
+    from nextlong.tokenizer import load_tokenizer
+
     return load_tokenizer("cl100k_base")
 
 
@@ -158,12 +155,9 @@ def nextlong_tokenize_pipeline(corpus: Path, out: Path, tokenizer) -> None:
 
 # -- pytest-benchmark --------------------------------------------------------------------------
 
-pytestmark = pytest.mark.skipif(not DOCS_DIR.is_dir(), reason="python3.11-doc sources not installed")
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("corpus") / "pydocs.jsonl")
+    return build_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +168,7 @@ def hf_tok():
 
 @pytest.fixture(scope="module")
 def nl_tok():
-    tok = nextlong_cl100k()
-    if tok is None:
-        pytest.skip("nextlong.tokenizer not built yet")
-    return tok
+    return nextlong_cl100k()
 
 
 def _bench(benchmark, name, n_bytes, fn):
@@ -239,7 +230,7 @@ def main() -> None:
     """The same measurements without pytest (best of 3 rounds after a warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        path, n_bytes = build_corpus(tmp / "pydocs.jsonl")
+        path, n_bytes = build_corpus(tmp / "corpus.jsonl")
         print(f"corpus: {path.stat().st_size / 1e6:.1f} MB JSONL, {n_bytes / 1e6:.1f} MB of text")
         hf = hf_cl100k()
         nl = nextlong_cl100k()
@@ -264,5 +255,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

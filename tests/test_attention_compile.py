@@ -78,9 +78,10 @@ def _compile(case, report=False):
 def _run(cases):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    code = ("import sys; sys.path.insert(0, %r); import test_attention_compile as t; "
-            "[t._compile(c) for c in %r]" % (os.path.dirname(__file__), cases))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    code = "import tests.test_attention_compile as t; [t._compile(c) for c in %r]" % (cases,)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `tests` is a package under it
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -98,6 +99,7 @@ needs_backend = pytest.mark.skipif(not _nvidia_backend_available(),
 
 
 @needs_backend
+@pytest.mark.slow
 def test_training_kernels_compile_for_sm90():
     _run(FAST_CASES)
 

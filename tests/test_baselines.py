@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nextlong.synthesis.baselines import (doc_lengths, document_keywords, document_vectors, iclm_order,
-                                          knn_anchor, knn_graph, pack_stream, plan_pieces, quest_order,
-                                          standard_order)
+from nextlong.synthesis.baselines import (doc_lengths, document_keywords, document_vectors, draw_keys,
+                                          iclm_order, knn_anchor, knn_graph, pack_stream, plan_pieces,
+                                          quest_contexts, standard_order)
 from nextlong.synthesis.negatives import ExactSearcher
 from nextlong.synthesis.store import ChunkStore
-from test_synthesis_support import chunk_table, lexical_vectors, stdlib_texts
+from tests.helpers import chunk_table, corpus_head, get_tokenizer, lexical_vectors
 
 
 @pytest.fixture(scope="module")
 def setup():
-    docs = stdlib_texts(250_000)
-    table = chunk_table(docs, chunk_size=512)
+    docs = corpus_head(250_000)
+    table = chunk_table(docs, 512, tokenizer=get_tokenizer())
     store = ChunkStore.from_table(table)
     vecs = lexical_vectors(table.column("text").to_pylist())
     return docs, table, store, vecs
@@ -66,17 +66,100 @@ def test_iclm_path_uses_each_document_once_and_follows_neighbours(setup):
     np.testing.assert_array_equal(order, iclm_order(graph, seed=0))
 
 
-def test_quest_groups_documents_by_keyword():
-    texts = ["tokenizer merges bytes", "the tokenizer splits text", "tokenizer vocab file",
-             "socket server listens", "socket client connects", "socket timeout value", "lonely words here only"]
-    kws = document_keywords(texts)
-    assert kws[:3] == ["tokenizer"] * 3 and kws[3:6] == ["socket"] * 3
-    order = quest_order(kws, seed=3).tolist()
-    assert sorted(order) == list(range(7))
-    pos = {d: i for i, d in enumerate(order)}
-    for group in ([0, 1, 2], [3, 4, 5]):  # each keyword group is contiguous
-        idx = sorted(pos[d] for d in group)
-        assert idx[-1] - idx[0] == 2
+def test_quest_keywords_are_top_tfidf_words_and_keys_are_drawn_among_them():
+    rng = np.random.default_rng(0)
+    filler = [f"filler{i:03d}" for i in range(400)]
+    topics = ["tokenizer", "socket", "thread", "decimal"]
+    texts = []
+    for i in range(80):  # each topic word in 20 of 80 documents; filler words each in few documents
+        words = [topics[i % 4]] * 6 + [topics[(i + 1) % 4]] * 2 + list(rng.choice(filler, 30, replace=False))
+        texts.append(" ".join(words))
+    kws = document_keywords(texts, top_k=3, max_doc_frequency=0.6)
+    for i, k in enumerate(kws):
+        assert 1 <= len(k) <= 3 and k[0] == topics[i % 4], k  # the most frequent distinctive word first
+    # a word in more than max_doc_frequency of the documents is never a keyword
+    assert all(topics[i % 4] not in k for i, k in enumerate(document_keywords(texts, 3, max_doc_frequency=0.2)))
+    keys = draw_keys(kws, seed=5)
+    assert keys == draw_keys(kws, seed=5) and keys != draw_keys(kws, seed=6)
+    assert all(key in k for key, k in zip(keys, kws))
+    # uniform among the top keywords: not always the first one
+    assert 0.2 < np.mean([key != k[0] for key, k in zip(keys, kws)]) < 0.9
+
+
+def _group_of(keys):
+    groups = {}
+    for d, key in enumerate(keys):
+        groups.setdefault(key, []).append(d)
+    return groups
+
+
+def test_quest_contexts_come_from_one_group_split_and_oversampled():
+    L = 100
+    keys = (["big"] * 13 + ["small"] * 3 + ["tiny"] * 2 + ["alone"] + [None] * 2)
+    lengths = np.array([45] * 13 + [20] * 3 + [5] * 2 + [500] + [40] * 2)
+    contexts, ctx_keys, stats = quest_contexts(keys, lengths, L, seed=1, max_repeats=4)
+    groups = _group_of(keys)
+    by_key = {}
+    for docs, key in zip(contexts, ctx_keys):
+        assert set(docs) <= set(groups[key]), "a context holds documents of ONE key group"
+        assert lengths[docs].sum() >= L and lengths[docs[:-1]].sum() < L, "cut after the document reaching L"
+        assert all(a != b for a, b in zip(docs, docs[1:])), "never a document right after itself"
+        by_key.setdefault(key, []).append(docs)
+    # "big" (585 tokens) is split into 5 contexts (4 of 3 documents + the 1-document tail topped up with
+    # two others of the group), each without repeats; every document of the group is used
+    assert len(by_key["big"]) == 5 and all(len(set(c)) == len(c) for c in by_key["big"])
+    assert set().union(*map(set, by_key["big"])) == set(groups["big"])
+    # "small" (60 tokens) is oversampled: one context, each document at most twice
+    (small,) = by_key["small"]
+    assert max(small.count(d) for d in small) == 2 and set(small) == set(groups["small"])
+    # "tiny" would need 10 passes > max_repeats; "alone" is one document: neither makes a context
+    assert "tiny" not in by_key and "alone" not in by_key
+    assert stats["groups"] == 4 and stats["groups_used"] == 2 and stats["groups_split"] == 1
+    assert stats["groups_oversampled"] == 1 and stats["groups_too_small"] == 1
+    assert stats["groups_of_one_document"] == 1 and stats["documents_without_key"] == 2
+    assert stats["group_size_docs"]["max"] == 13 and stats["contexts"] == 6
+    again = quest_contexts(keys, lengths, L, seed=1, max_repeats=4)
+    assert again[0] == contexts and again[1] == ctx_keys
+    assert quest_contexts(keys, lengths, L, seed=2, max_repeats=4)[0] != contexts
+
+
+def test_quest_samples_share_their_key_end_to_end(tmp_path):
+    """`nextlong.synthesize(method="quest")` on real text: every sample records its key, and adjacent
+    documents of a sample both contain that key as a word in >= 95% of pairs (the target of issue 10)."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    from nextlong import synthesize
+    from nextlong.synthesis.baselines import document_keywords as kw
+    from tests.helpers import write_jsonl
+
+    docs = corpus_head(600_000)
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / "quest"
+    manifest = synthesize(corpus, out, method="quest", target_length=2048, chunk_size=512, id_field="id",
+                          progress=False)
+    table = pq.read_table(out / "data")
+    assert set(table.column("method").to_pylist()) == {"quest"}
+    text_of = dict(docs)
+    top = dict(zip([d for d, _ in docs], kw([t for _, t in docs])))
+    pairs = shared = in_top = 0
+    for row in table.to_pylist():
+        key = row["group_key"]
+        assert key
+        seq = [s["doc_id"] for s in row["segments"]]
+        order = [d for i, d in enumerate(seq) if i == 0 or seq[i - 1] != d]
+        word = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", re.IGNORECASE)
+        for a, b in zip(order, order[1:]):
+            pairs += 1
+            shared += bool(word.search(text_of[a]) and word.search(text_of[b]))
+            in_top += key in top[a] and key in top[b]
+    assert pairs > 50
+    assert shared / pairs >= 0.95, (shared, pairs)
+    assert in_top / pairs >= 0.95, (in_top, pairs)
+    q = manifest["statistics"]["quest"]
+    assert q["contexts"] >= table.num_rows and q["groups_used"] >= 1 and q["group_size_docs"]["max"] >= 2
+    assert q["keywords_per_document"] == 3
 
 
 def test_knn_anchor_takes_neighbours_in_rank_order(setup):

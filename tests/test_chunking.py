@@ -3,10 +3,7 @@ the chunk table's columns, and the text hash (XXH64) against published values an
 
 from __future__ import annotations
 
-import base64
-import gzip
 import random
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -15,8 +12,8 @@ import nextlong
 from nextlong import _native
 from nextlong.chunking import MetaChunk, chunk_documents, split_meta_chunks
 from nextlong.schema import CHUNK_SCHEMA
-
-DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+from nextlong.tokenizer import load_tokenizer
+from tests.helpers import corpus_texts, tiktoken_cl100k
 
 
 def reference_meta_chunks(text: str, max_len: int, length=len, count_newlines: bool = False) -> list[str]:
@@ -39,10 +36,11 @@ def reference_meta_chunks(text: str, max_len: int, length=len, count_newlines: b
 
 
 def real_docs(limit: int | None = None) -> list[str]:
-    files = sorted(DOCS_DIR.rglob("*.rst.txt"))
+    """`limit` documents spread over the shipped snapshot (all without a limit)."""
+    texts = corpus_texts()
     if limit:
-        files = files[:: max(1, len(files) // limit)][:limit]
-    return [p.read_text(encoding="utf-8") for p in files]
+        texts = texts[:: max(1, len(texts) // limit)][:limit]
+    return texts
 
 
 def synthetic_docs(seed: int = 0, n: int = 300) -> list[str]:
@@ -108,7 +106,6 @@ def test_round_trip_synthetic_and_crlf():
     check_round_trip(docs, chunk_documents(docs, max_len=40))
 
 
-@pytest.mark.skipif(not DOCS_DIR.is_dir(), reason="python3.11-doc sources not installed")
 @pytest.mark.parametrize("max_len", [256, 2048])
 def test_round_trip_and_reference_on_real_docs(max_len):
     docs = real_docs(limit=150)
@@ -217,19 +214,13 @@ def test_text_hash_column_is_xxh64_of_utf8():
 
 
 def load_cl100k():
-    tokenizer = pytest.importorskip("nextlong.tokenizer", reason="nextlong.tokenizer not built yet")
-    try:
-        return tokenizer.load_tokenizer("cl100k_base")
-    except Exception as exc:  # rank file missing on this machine
-        pytest.skip(f"cl100k_base unavailable: {exc}")
+    return load_tokenizer("cl100k_base")
 
 
 @pytest.mark.parametrize("max_len", [16, 512])
 def test_token_unit_matches_reference_counts(max_len):
     tok = load_cl100k()
-    docs = synthetic_docs(seed=7, n=120)
-    if DOCS_DIR.is_dir():
-        docs += real_docs(limit=20)
+    docs = synthetic_docs(seed=7, n=120) + real_docs(limit=20)
     count = lambda s: len(tok.encode_ordinary(s))  # noqa: E731
     table = chunk_documents(docs, max_len=max_len, unit="tokens", tokenizer=tok, with_ids=True, num_threads=2)
     got = chunk_texts(table)
@@ -242,32 +233,10 @@ def test_token_unit_matches_reference_counts(max_len):
         assert ids == expected and n == len(expected)
 
 
-TIKTOKEN_CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
-
-def tiktoken_cl100k():
-    """tiktoken's cl100k_base built offline from the rank file bpe-openai ships."""
-    tiktoken = pytest.importorskip("tiktoken")
-    bpe_openai = pytest.importorskip("bpe_openai")
-    ranks_file = Path(bpe_openai.__file__).parent / "data" / "cl100k_base.tiktoken.gz"
-    if not ranks_file.is_file():
-        pytest.skip("bpe-openai has no cl100k_base rank file")
-    ranks = {}
-    for line in gzip.decompress(ranks_file.read_bytes()).splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding("cl100k_base", pat_str=TIKTOKEN_CL100K_PATTERN, mergeable_ranks=ranks, special_tokens={})
-
-
 def test_char_unit_with_tokenizer_fills_num_tokens_like_tiktoken():
     tok = load_cl100k()
     enc = tiktoken_cl100k()
-    docs = synthetic_docs(seed=8, n=60)
-    if DOCS_DIR.is_dir():
-        docs += real_docs(limit=10)
+    docs = synthetic_docs(seed=8, n=60) + real_docs(limit=10)
     table = chunk_documents(docs, max_len=100, tokenizer=tok, num_threads=2)
     assert "input_ids" not in table.schema.names
     for text, n in zip(table.column("text").to_pylist(), table.column("num_tokens").to_pylist()):

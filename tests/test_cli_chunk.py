@@ -13,8 +13,9 @@ import pytest
 from nextlong.chunking import chunk_documents
 from nextlong.cli import main
 from nextlong.schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
+from nextlong.tokenizer import load_tokenizer
+from tests.helpers import corpus_texts
 
-DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 
 
 def make_corpus(path: Path, texts, bad_line: int | None = None) -> Path:
@@ -27,9 +28,8 @@ def make_corpus(path: Path, texts, bad_line: int | None = None) -> Path:
 
 
 def sample_texts(n: int = 60) -> list[str]:
-    if DOCS_DIR.is_dir():
-        return [p.read_text(encoding="utf-8") for p in sorted(DOCS_DIR.rglob("*.rst.txt"))[:n]]
-    return [("paragraph %d\n" % i) * (i + 1) + "tail é😀" for i in range(n)]
+    """The first `n` documents of the shipped snapshot, plus a non-ASCII tail on each."""
+    return [text + "\ntail é😀" for text in corpus_texts(limit=n)]
 
 
 def test_help_lists_the_commands(capsys):
@@ -108,11 +108,7 @@ def test_token_options_need_a_tokenizer(tmp_path):
 
 
 def load_cl100k():
-    tokenizer = pytest.importorskip("nextlong.tokenizer", reason="nextlong.tokenizer not built yet")
-    try:
-        return tokenizer.load_tokenizer("cl100k_base")
-    except Exception as exc:
-        pytest.skip(f"cl100k_base unavailable: {exc}")
+    return load_tokenizer("cl100k_base")
 
 
 def test_chunk_with_tokenizer_and_ids(tmp_path, capsys):

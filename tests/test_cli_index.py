@@ -10,26 +10,13 @@ import pytest
 
 from nextlong.cli import main
 from nextlong.index import ChunkIndex, build_index_from_chunks
-from test_index_corpus import chunk_table, needs_pydocs, pydocs_files, write_chunk_table
+from tests.helpers import chunk_table, corpus_head, write_chunk_table, write_txt_folder
 
 
 @pytest.fixture(scope="module")
 def chunks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chunks")
-    if pydocs_files(1):
-        table = chunk_table(pydocs_files(25, "library"), max_chars=600, max_chunks=300, min_chars=30)
-    else:
-        from test_embedding import real_texts  # stdlib docstrings
-        import pyarrow as pa
-        from nextlong.schema import CHUNK_SCHEMA
-        from test_index_corpus import text_hash
-
-        texts = real_texts(200)
-        n = len(texts)
-        table = pa.table({"chunk_id": range(n), "doc_index": [i // 4 for i in range(n)],
-                          "doc_id": [f"d{i // 4}" for i in range(n)], "chunk_index": [i % 4 for i in range(n)],
-                          "char_start": [0] * n, "char_end": [len(t) for t in texts], "num_tokens": [None] * n,
-                          "text_hash": [text_hash(t) for t in texts], "text": texts}, schema=CHUNK_SCHEMA)
+    table = chunk_table(corpus_head(limit=25), max_chars=600, max_chunks=300, min_chars=30)
     return write_chunk_table(table, folder / "chunks.parquet"), table
 
 
@@ -57,7 +44,7 @@ def test_index_then_search_lexical(tmp_path, chunks, capsys):
     assert printed.count("chunk ") == 5 and f"chunk {target:>8}" not in printed
 
 
-@needs_pydocs
+@pytest.mark.slow
 def test_index_default_embedder_matches_direct_build(tmp_path, chunks, capsys):
     """The CLI with the default MiniLM gives the same neighbours as embedding + ChunkIndex.build by hand."""
     path, table = chunks
@@ -103,14 +90,9 @@ def test_build_index_from_chunks_resumes_embedding(tmp_path, chunks):
     assert len(again) == len(first) == table.num_rows
 
 
-@needs_pydocs
 def test_index_accepts_nextlong_chunk_output(tmp_path, capsys):
     """The real chunker's table goes straight into `nextlong index`."""
-    pytest.importorskip("nextlong.commands.chunk")
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for path in pydocs_files(6, "library"):
-        (corpus / path.name.replace(".rst.txt", ".txt")).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    corpus = write_txt_folder(tmp_path / "corpus", corpus_head(limit=6))
     assert main(["chunk", str(corpus), "--out", str(tmp_path / "chunks.parquet"), "--no-progress"]) == 0
     assert main(["index", str(tmp_path / "chunks.parquet"), "--out", str(tmp_path / "idx"),
                  "--embedder", "hashed-tfidf", "--no-progress"]) == 0

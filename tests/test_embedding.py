@@ -18,20 +18,13 @@ from nextlong.embedding import (
     load_embedder,
     token_batches,
 )
-from test_index_corpus import chunk_table, needs_pydocs, pydocs_files
-
-STDLIB_DOCS = [m.__doc__ for m in (os, subprocess, sys, np, pytest) if m.__doc__]
+from tests.helpers import chunk_table, corpus_head, corpus_texts
 
 
 def real_texts(n: int, max_chars: int = 700) -> list[str]:
-    """Real paragraphs of mixed length (some beyond MiniLM's 256-token window) from Python's docs,
-    falling back to stdlib docstrings so the tests never all skip."""
-    if pydocs_files(1):
-        table = chunk_table(pydocs_files(40, "library"), max_chars=max_chars, max_chunks=n, min_chars=20)
-        texts = table.column("text").to_pylist()
-    else:
-        texts = [p for d in STDLIB_DOCS for p in d.split("\n\n") if len(p.strip()) > 20]
-    texts = texts[:n]
+    """Real chunks of mixed length (some beyond MiniLM's 256-token window) from the shipped snapshot."""
+    table = chunk_table(corpus_head(limit=40), max_chars=max_chars, max_chunks=n, min_chars=20)
+    texts = table.column("text").to_pylist()
     texts.append("word " * 600)  # longer than max_length: truncation must match
     return texts
 
@@ -64,6 +57,7 @@ def test_minilm_fp32_matches_sentence_transformers(minilm_fp32, reference_vector
     np.testing.assert_allclose(ours, ref, atol=2e-5)  # same math, other batching: float rounding only
 
 
+@pytest.mark.slow
 def test_minilm_default_precision_close_to_sentence_transformers(reference_vectors):
     """Default dtype (bf16 on CPUs with native bf16, fp32 elsewhere) stays within cosine 0.999 of fp32."""
     texts, ref = reference_vectors
@@ -72,6 +66,7 @@ def test_minilm_default_precision_close_to_sentence_transformers(reference_vecto
     assert cos.min() > 0.999, cos.min()
 
 
+@pytest.mark.slow
 def test_embedding_independent_of_batching(minilm_fp32):
     texts = real_texts(16, max_chars=300)
     whole = minilm_fp32.embed(texts)
@@ -87,6 +82,7 @@ def test_embedding_independent_of_batching(minilm_fp32):
     assert minilm_fp32.embed([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_model_folder_by_path_gives_same_vectors(minilm_fp32):
     by_path = load_embedder(str(default_model_path()), dtype="float32")
     texts = real_texts(5)
@@ -144,7 +140,7 @@ def test_lexical_hash_is_stable_across_processes():
 
 
 def test_lexical_fit_save_load_roundtrip(tmp_path):
-    texts = [p for d in STDLIB_DOCS for p in d.split("\n\n") if p.strip()]
+    texts = [p for d in corpus_texts(limit=5) for p in d.split("\n\n") if p.strip()]
     emb = HashedLexicalEmbedder(128).fit(texts)
     assert emb.num_docs == len(texts) and "-idf" in emb.name
     assert HashedLexicalEmbedder(128).fit(texts[:3]).name != emb.name  # another corpus, another embedder
@@ -158,10 +154,10 @@ def test_lexical_fit_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(again.embed(texts[:5]), emb.embed(texts[:5]))
 
 
-@needs_pydocs
+@pytest.mark.slow
 def test_lexical_neighbours_overlap_minilm_neighbours(minilm_fp32):
     """The lexical embedder finds a useful share of MiniLM's nearest neighbours (far above chance)."""
-    table = chunk_table(pydocs_files(60, "library"), max_chars=400, max_chunks=150, min_chars=80)
+    table = chunk_table(corpus_head(limit=60), max_chars=400, max_chunks=150, min_chars=80)
     texts = table.column("text").to_pylist()
     sem = minilm_fp32.embed(texts)
     lex = HashedLexicalEmbedder(512).fit(texts).embed(texts)

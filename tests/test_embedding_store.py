@@ -10,7 +10,7 @@ import pytest
 from nextlong.embed_store import embed_chunks, embedding_progress, progress_path
 from nextlong.embedding import HashedLexicalEmbedder
 from nextlong.errors import CorpusError, StageMismatchError
-from test_index_corpus import chunk_table, pydocs_files, write_chunk_table
+from tests.helpers import chunk_table, corpus_head, write_chunk_table
 
 
 class Recording:
@@ -30,14 +30,9 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def table():
-    if pydocs_files(1):
-        return chunk_table(pydocs_files(30, "library"), max_chars=300, max_chunks=700)
-    import os, subprocess  # noqa: E401
-
-    texts = [p for m in (os, subprocess) for p in m.__doc__.split("\n")]
-    import pyarrow as pa
-
-    return pa.table({"text": texts})
+    table = chunk_table(corpus_head(limit=40), max_chars=300, max_chunks=700)
+    assert table.num_rows == 700  # the resume tests stop after 250 rows and inside a row group
+    return table
 
 
 def test_resume_after_interruption_matches_one_shot(tmp_path, table):

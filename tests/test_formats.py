@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.synthesis.writers import mds_available
-from test_synthesis_support import get_tokenizer, needs_tokenizer, stdlib_texts, write_jsonl
+from tests.helpers import corpus_head, get_tokenizer, write_jsonl
 
-pytestmark = needs_tokenizer
 
 L = 1024
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, progress=False, num_samples=3)
@@ -22,7 +21,7 @@ FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, progre
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("fmt") / "docs.jsonl", stdlib_texts(150_000))
+    return write_jsonl(tmp_path_factory.mktemp("fmt") / "docs.jsonl", corpus_head(150_000))
 
 
 def test_parquet_schema(corpus, tmp_path):

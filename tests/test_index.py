@@ -8,7 +8,7 @@ import pytest
 
 from nextlong.embedding import HashedLexicalEmbedder
 from nextlong.index import ChunkIndex, EmbedderMismatchError, IndexFileError
-from test_index_corpus import chunk_table, needs_pydocs, pydocs_files
+from tests.helpers import chunk_table, corpus_documents, corpus_head
 
 
 def unit(x):
@@ -33,19 +33,11 @@ def recall_at(found, truth):
 
 @pytest.fixture(scope="module")
 def real():
-    """Real chunk embeddings: lexical vectors of Python-docs chunks (stdlib docstrings without the docs)."""
-    if pydocs_files(1):
-        table = chunk_table(pydocs_files(), max_chars=1024, max_chunks=4000, min_chars=40)
-        texts = table.column("text").to_pylist()
-        docs = table.column("doc_index").to_numpy()
-        hashes = table.column("text_hash").to_numpy()
-    else:  # pragma: no cover - exercised only where python3.11-doc is missing
-        import inspect
-        import json as _j, os, re, subprocess, typing
-
-        texts = [p for m in (_j, os, re, subprocess, typing, inspect) for p in (m.__doc__ or "").split("\n\n") if p.strip()]
-        docs = np.arange(len(texts)) // 3
-        hashes = np.arange(len(texts), dtype=np.uint64)
+    """Real chunk embeddings: lexical vectors of the shipped snapshot's chunks."""
+    table = chunk_table(corpus_documents(), max_chars=1024, max_chunks=4000, min_chars=40)
+    texts = table.column("text").to_pylist()
+    docs = table.column("doc_index").to_numpy()
+    hashes = table.column("text_hash").to_numpy()
     vecs = HashedLexicalEmbedder(256).fit(texts).embed(texts)
     keep = np.linalg.norm(vecs, axis=1) > 0
     return vecs[keep], docs[keep], hashes[keep]
@@ -226,12 +218,12 @@ def test_query_shape_errors(built):
     assert one.shape == (1, 3)
 
 
-@needs_pydocs
+@pytest.mark.slow
 def test_hnsw_recall_on_minilm_embeddings(tmp_path):
     """Semantic embeddings of real chunks: HNSW at default settings reaches recall@10 >= 0.95."""
     from nextlong.embedding import load_embedder
 
-    table = chunk_table(pydocs_files(80, "library"), max_chars=300, max_chunks=200, min_chars=40)
+    table = chunk_table(corpus_head(limit=80), max_chars=300, max_chunks=200, min_chars=40)
     vecs = load_embedder().embed(table.column("text").to_pylist())
     docs = table.column("doc_index").to_numpy()
     index = ChunkIndex.build(vecs, np.arange(len(vecs)), docs)

@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.errors import NextlongError, StageMismatchError
-from test_synthesis_support import get_tokenizer, needs_tokenizer, stdlib_texts, write_jsonl
+from tests.helpers import corpus_head, get_tokenizer, write_jsonl
 
-pytestmark = needs_tokenizer
 
 L = 2048
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, progress=False)
@@ -20,7 +19,7 @@ FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, progre
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", stdlib_texts(250_000))
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", corpus_head(250_000))
 
 
 def read_output(out):
@@ -221,7 +220,7 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
 def test_too_small_corpus_is_a_clear_error(tmp_path):
     from nextlong import synthesize
 
-    corpus = write_jsonl(tmp_path / "tiny.jsonl", stdlib_texts(250_000)[:3])
+    corpus = write_jsonl(tmp_path / "tiny.jsonl", corpus_head(250_000)[:3])
     for method in ("nextlong", "standard"):
         with pytest.raises(NextlongError, match=r"built 0 long documents .* 3 documents"):
             synthesize(corpus, tmp_path / method, method=method, **dict(FAST, target_length=1_000_000))
@@ -264,6 +263,7 @@ def test_separator_and_token_chunking(corpus, tmp_path, separator, unit, size):
     assert stage["chunk_unit"] == unit and stage["chunk_size"] == size
 
 
+@pytest.mark.slow
 def test_demo_corpus_is_deterministic_real_text(tmp_path):
     from nextlong.synthesis.demo import write_demo_corpus
 
@@ -276,6 +276,7 @@ def test_demo_corpus_is_deterministic_real_text(tmp_path):
     assert any("Serialize ``obj`` to a JSON formatted ``str``" in r["text"] for r in rows)
 
 
+@pytest.mark.slow
 def test_demo_runs_with_a_fast_embedder(tmp_path):
     from nextlong import synthesize
 
@@ -289,6 +290,7 @@ def test_demo_runs_with_a_fast_embedder(tmp_path):
         L = saved
 
 
+@pytest.mark.slow
 def test_demo_default_minilm(tmp_path):
     """The README's main command, as is: MiniLM embeddings of the stdlib docstrings (1.5-2.5 minutes
     on 2 cores). Worth its time in CI: it is the one path every new user runs first."""

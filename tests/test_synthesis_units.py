@@ -12,12 +12,12 @@ from nextlong.synthesis.assemble import (ROLE_ANCHOR, ROLE_NEGATIVE, Plan, assem
                                          to_output_table)
 from nextlong.synthesis.negatives import ExactSearcher, negatives_per_meta_chunk, plan_anchor
 from nextlong.synthesis.store import ChunkStore
-from test_synthesis_support import chunk_table, lexical_vectors, stdlib_texts, get_tokenizer
+from tests.helpers import chunk_table, corpus_head, get_tokenizer, lexical_vectors
 
 
 @pytest.fixture(scope="module")
 def table():
-    return chunk_table(stdlib_texts(300_000), chunk_size=512)
+    return chunk_table(corpus_head(300_000), 512, tokenizer=get_tokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -202,15 +202,16 @@ def test_exact_duplicates_are_skipped():
             ("b", shared),
             ("c", "Foxes and dogs by the river, a different text entirely."),
             ("d", "Completely unrelated material about compilers and parsers.")]
-    table = chunk_table(docs, chunk_size=40)
+    table = chunk_table(docs, 40, tokenizer=get_tokenizer())
     store = ChunkStore.from_table(table)
     vecs = lexical_vectors(table.column("text").to_pylist())
     own = store.doc_chunks(0)
-    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=10, sep_len=1, rule="fixed-k", k_fixed=2,
+    # L above the anchor's own length (a document that alone reaches L gets no negatives)
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=200, sep_len=1, rule="fixed-k", k_fixed=2,
                       anchor_vectors=vecs[own])
     neg_docs = {store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE}
     assert "b" not in neg_docs and neg_docs <= {"c", "d"}
-    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=10, sep_len=1, rule="fixed-k", k_fixed=2,
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=200, sep_len=1, rule="fixed-k", k_fixed=2,
                       anchor_vectors=vecs[own], exclude_duplicates=False)
     assert "b" in {store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE}
 

@@ -1,8 +1,8 @@
 """Parity of nextlong's native BPE tokenizer with HuggingFace `tokenizers` and `tiktoken`.
 
 References are the real libraries, run on the same files: ids must be identical (no tolerance).
-Text: a fixed adversarial set (always), Python's stdlib docstrings (always), and a sample of
-Debian's python3.11-doc reStructuredText sources (skipped, with a reason, when absent).
+Text: a fixed adversarial set and the shipped real-text snapshot (tests/data, always), plus an extra
+on Debian's python3.11-doc reStructuredText sources (skipped, with a reason, when absent).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import gzip
 import importlib.util
-import inspect
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from nextlong.errors import TokenizerError
+from tests.helpers import corpus_texts
 from nextlong.tokenizer import (
     CL100K_PATTERN,
     CL100K_SPECIAL_TOKENS,
@@ -70,26 +70,23 @@ ADVERSARIAL = [
 ]
 
 
-def _stdlib_docstrings() -> list[str]:
-    import collections
-    import json as json_mod
-    import os
-    import pathlib
-    import textwrap
-
-    out = []
-    for mod in (collections, json_mod, os, pathlib, textwrap, inspect):
-        for _, obj in sorted(vars(mod).items()):
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 40:
-                out.append(doc)
-    return out[:400]
+@pytest.fixture(scope="module")
+def docstrings() -> list[str]:
+    """400 single docstrings (blank-line separated pieces of longer than 40 characters), spread over
+    the shipped snapshot."""
+    pieces = [p for text in corpus_texts() for p in text.split("\n\n") if len(p) > 40]
+    return pieces[:: len(pieces) // 400][:400]
 
 
 @pytest.fixture(scope="module")
-def docstrings() -> list[str]:
-    texts = _stdlib_docstrings()
-    assert len(texts) > 50
+def snapshot() -> list[str]:
+    """Whole documents (one per module, ~600 KB), every 3rd of the shipped snapshot."""
+    texts, total = [], 0
+    for text in corpus_texts()[::3]:
+        texts.append(text)
+        total += len(text.encode())
+        if total >= 600_000:
+            break
     return texts
 
 
@@ -190,7 +187,16 @@ def test_cl100k_matches_tiktoken_adversarial(cl100k_pair, docstrings):
     assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, ADVERSARIAL + docstrings, "tiktoken cl100k")
 
 
+def test_cl100k_matches_tiktoken_snapshot(cl100k_pair, snapshot):
+    ours, ref = cl100k_pair
+    got = ours.encode_ordinary_batch(snapshot, num_threads=2)
+    want = ref.encode_ordinary_batch(snapshot, num_threads=2)
+    for text, g, w in zip(snapshot, got, want):
+        assert_same_ids(lambda _: g, lambda _: w, [text], "tiktoken cl100k")
+
+
 def test_cl100k_matches_tiktoken_docs(cl100k_pair, docs):
+    """Extra: Debian's Python docs (skips where python3.11-doc is not installed)."""
     ours, ref = cl100k_pair
     got = ours.encode_ordinary_batch(docs, num_threads=2)
     want = ref.encode_ordinary_batch(docs, num_threads=2)
@@ -198,9 +204,9 @@ def test_cl100k_matches_tiktoken_docs(cl100k_pair, docs):
         assert_same_ids(lambda _: g, lambda _: w, [text], "tiktoken cl100k")
 
 
-def test_o200k_matches_tiktoken(o200k_pair, docstrings, docs):
+def test_o200k_matches_tiktoken(o200k_pair, docstrings, snapshot):
     ours, ref = o200k_pair
-    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, ADVERSARIAL + docstrings + docs[:40], "tiktoken o200k")
+    assert_same_ids(ours.encode_ordinary, ref.encode_ordinary, ADVERSARIAL + docstrings + snapshot[:40], "tiktoken o200k")
 
 
 def test_special_tokens_match_tiktoken(cl100k_pair):
@@ -258,7 +264,16 @@ def test_hf_cl100k_converted_adversarial(hf_files, docstrings):
     assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings, "tokenizers (cl100k tokenizer.json)")
 
 
+def test_hf_cl100k_converted_snapshot(hf_files, snapshot):
+    ours, ref = _hf_pair(hf_files["cl100k"])
+    got = ours.encode_batch(snapshot, num_threads=2)
+    want = [e.ids for e in ref.encode_batch(snapshot, add_special_tokens=False)]
+    for text, g, w in zip(snapshot, got, want):
+        assert_same_ids(lambda _: g, lambda _: w, [text], "tokenizers (cl100k tokenizer.json)")
+
+
 def test_hf_cl100k_converted_docs(hf_files, docs):
+    """Extra: Debian's Python docs (skips where python3.11-doc is not installed)."""
     ours, ref = _hf_pair(hf_files["cl100k"])
     got = ours.encode_batch(docs, num_threads=2)
     want = [e.ids for e in ref.encode_batch(docs, add_special_tokens=False)]
@@ -266,12 +281,13 @@ def test_hf_cl100k_converted_docs(hf_files, docs):
         assert_same_ids(lambda _: g, lambda _: w, [text], "tokenizers (cl100k tokenizer.json)")
 
 
-def test_hf_llama3_pattern(hf_files, docstrings, docs):
+def test_hf_llama3_pattern(hf_files, docstrings, snapshot):
     ours, ref = _hf_pair(hf_files["llama3"])
-    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings + docs[:60],
+    assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings + snapshot[:60],
                     "tokenizers (Llama-3 pattern tokenizer.json)")
 
 
+@pytest.mark.slow
 def test_hf_o200k_converted(plain_rank_files, tmp_path, docstrings):
     path = _convert(plain_rank_files["o200k_base"], O200K_PATTERN, ["<|endoftext|>"], tmp_path / "o200k.json")
     ours, ref = _hf_pair(path)

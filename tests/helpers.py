@@ -1,0 +1,157 @@
+"""Shared by the tests and benchmarks (no tests here): the shipped real text, chunk tables, references.
+
+Every test that needs real text reads the same committed snapshot (tests/data/README.md says where
+it comes from), so a test id checks the same data on every machine and Python version.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CORPUS = DATA_DIR / "stdlib-docstrings.jsonl.gz"
+
+
+@lru_cache(maxsize=1)
+def corpus_documents() -> tuple[tuple[str, str], ...]:
+    """(module name, text) of every document of the snapshot, in its order (sorted module paths)."""
+    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return tuple((row["id"], row["text"]) for row in rows)
+
+
+def corpus_head(max_bytes: int | None = None, limit: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The first documents of the snapshot, stopping once `max_bytes` of UTF-8 or `limit` documents."""
+    out, total = [], 0
+    for doc in corpus_documents():
+        if (limit is not None and len(out) >= limit) or (max_bytes is not None and total >= max_bytes):
+            break
+        out.append(doc)
+        total += len(doc[1].encode("utf-8"))
+    return tuple(out)
+
+
+def corpus_texts(max_bytes: int | None = None, limit: int | None = None) -> list[str]:
+    return [text for _, text in corpus_head(max_bytes, limit)]
+
+
+def write_txt_folder(folder: Path, docs) -> Path:
+    """One `<id>.txt` per (id, text) document: the folder input of `nextlong chunk`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc_id, text in docs:
+        (folder / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def write_jsonl(path: Path, docs) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for doc_id, text in docs:
+            f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+    return path
+
+
+def chunk_table(docs, max_chars: int = 2048, *, max_chunks: int | None = None, min_chars: int = 1,
+                tokenizer=None) -> pa.Table:
+    """Meta-chunks of (id, text) documents by the production chunker (newline groups of at most
+    `max_chars` characters). Chunks with fewer than `min_chars` non-blank characters are dropped and
+    chunk_id renumbered; with a tokenizer, `num_tokens` and `input_ids` (each chunk on its own)."""
+    from nextlong.chunking import chunk_documents
+
+    docs = list(docs)
+    batch = pa.table({
+        "doc_index": pa.array(np.arange(len(docs), dtype=np.int64)),
+        "doc_id": pa.array([d for d, _ in docs], pa.string()),
+        "text": pa.array([t for _, t in docs], pa.string()),
+    })
+    table = chunk_documents(batch, max_len=max_chars, unit="chars", tokenizer=tokenizer,
+                            with_ids=tokenizer is not None)
+    if min_chars > 1:
+        keep = np.array([len(t.strip()) >= min_chars for t in table.column("text").to_pylist()], bool)
+        table = table.filter(pa.array(keep))
+    if max_chunks is not None:
+        table = table.slice(0, max_chunks)
+    ids = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    return table.set_column(table.schema.get_field_index("chunk_id"), table.schema.field("chunk_id"), ids)
+
+
+def write_chunk_table(table: pa.Table, path) -> Path:
+    """Parquet with about three row groups (resume and batching cross row-group boundaries)."""
+    pq.write_table(table, path, row_group_size=max(1, table.num_rows // 3))
+    return Path(path)
+
+
+def lexical_vectors(texts, dim: int = 256) -> np.ndarray:
+    """The project's hashed TF-IDF embedder (unit rows): fast, deterministic stand-in for MiniLM."""
+    from nextlong.embedding import load_embedder
+
+    return np.asarray(load_embedder(f"hashed-tfidf:{dim}").embed(list(texts)), np.float32)
+
+
+@lru_cache(maxsize=1)
+def get_tokenizer():
+    """The default tokenizer (cl100k_base, offline)."""
+    from nextlong.tokenizer import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+TIKTOKEN_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+
+def bpe_openai_ranks(name: str) -> dict[bytes, int]:
+    """The mergeable ranks of `name` (cl100k_base, o200k_base) from the rank file bpe-openai ships."""
+    import bpe_openai
+
+    path = Path(bpe_openai.__file__).parent / "data" / f"{name}.tiktoken.gz"
+    ranks = {}
+    for line in gzip.decompress(path.read_bytes()).splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@lru_cache(maxsize=1)
+def tiktoken_cl100k():
+    """tiktoken's cl100k_base built offline (the reference BPE for our tokenizer's counts)."""
+    import tiktoken
+
+    return tiktoken.Encoding("cl100k_base", pat_str=TIKTOKEN_CL100K_PATTERN,
+                             mergeable_ranks=bpe_openai_ranks("cl100k_base"), special_tokens={})
+
+
+def stdlib_source_documents() -> list[tuple[str, str]]:
+    """(relative path, source) of the running interpreter's standard-library .py files (UTF-8 only;
+    test, idle_test and site-packages folders left out). Depends on the Python version: benchmarks use
+    it for scale and say so; tests never do."""
+    import os
+
+    stdlib = Path(os.__file__).parent
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    out = []
+    for source in sorted(stdlib.rglob("*.py")):
+        rel = source.relative_to(stdlib)
+        if skip & set(rel.parts):
+            continue
+        try:
+            out.append((str(rel), source.read_bytes().decode("utf-8")))
+        except UnicodeDecodeError:
+            continue
+    return out
+
+
+def benchmark_documents() -> list[tuple[str, str]]:
+    """The benchmarks' text (~14 MB with Python 3.11): the shipped snapshot, then the standard library's
+    sources."""
+    return list(corpus_documents()) + stdlib_source_documents()
