@@ -1,0 +1,89 @@
+"""`nextlong eval MODEL --out DIR`: offline RULER / JSON-KV recall and LongPPL of a local causal LM."""
+
+from __future__ import annotations
+
+import argparse
+
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (a usage error otherwise)."""
+    value = positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    return value
+
+DEFAULT_TASKS = "ruler,json_kv,longppl"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="long-context recall (RULER, JSON-KV) and LongPPL of a local model, with heat maps",
+        description="Generate RULER's offline tasks and HELMET's JSON-KV on the fly in the model's own tokens "
+        "(prompt + answer fill each length), score them by greedy generation and teacher-forced, and compute "
+        "LongPPL on long documents. Writes DIR/results.json, a length x depth heat map per task, "
+        "loss_by_position.png, summary.md and a manifest; --dump adds samples.jsonl.",
+    )
+    p.add_argument("model", help="a Hugging Face causal-LM folder, or a `nextlong train` run folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tasks", default=DEFAULT_TASKS,
+                   help="comma-separated tasks or groups: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+                   "niah_multiquery, vt, cwe, fwe, json_kv, longppl; groups all, ruler, recall, niah_single, "
+                   f"niah_multikey (default {DEFAULT_TASKS})")
+    p.add_argument("--lengths", type=_int_list, default=None,
+                   help="comma-separated target lengths in tokens (default: 1024, 2048, ... up to the model's "
+                   "positions)")
+    p.add_argument("--depths", type=positive_int, default=5, help="needle depths spread over 0-100%% (default 5)")
+    p.add_argument("--samples", type=positive_int, default=2, help="samples per task, length and depth (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("both", "greedy", "teacher-forced"), default="both",
+                   help="greedy generation (RULER), teacher-forced answer scoring, or both (default)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="generation budget (default per task: gold answer tokens + 16)")
+    p.add_argument("--corpus", default=None,
+                   help="local corpus (JSONL/Parquet/text folder) for the essay haystacks and LongPPL documents "
+                   "(default: the embedded stdlib-docstring corpus)")
+    p.add_argument("--text-field", default="text", help="text field of --corpus records (default text)")
+    p.add_argument("--longppl-length", type=positive_int, default=None,
+                   help="tokens per LongPPL document (default: the largest length)")
+    p.add_argument("--longppl-docs", type=positive_int, default=4, help="LongPPL documents (default 4)")
+    p.add_argument("--short-window", type=positive_int, default=4096,
+                   help="LongPPL's short context in tokens (default 4096; use less for small models)")
+    p.add_argument("--short-stride", type=positive_int, default=1024,
+                   help="stride of the short-context windows (1 = exact, default 1024)")
+    p.add_argument("--attn", choices=("auto", "nextlong", "sdpa", "eager"), default="auto",
+                   help="prefill attention: our kernel, SDPA or eager (default: nextlong on CUDA, sdpa on CPU)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="weights dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="run lengths beyond the model's max_position_embeddings (warns instead of refusing)")
+    p.add_argument("--dump", action="store_true", help="also write DIR/samples.jsonl with prompts and predictions")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.evaluate import run_eval
+
+    run_eval(args)
+    return 0

@@ -1,0 +1,100 @@
+"""`nextlong eval` end to end: check the options, load the model, run tasks and LongPPL, write DIR."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from ..locking import output_lock
+from ..manifest import write_manifest
+from . import report
+from .runner import EvalSettings, aggregate, plan, run_tasks
+from .tasks import NEEDS_ESSAY, expand_tasks, linear_depths
+
+
+def default_lengths(max_positions: int | None) -> list[int]:
+    """1024, 2048, ... up to the model's positions (1024 alone when those are unknown or smaller)."""
+    limit = max_positions or 1024
+    lengths, n = [], 1024
+    while n <= limit:
+        lengths.append(n)
+        n *= 2
+    return lengths or [1024]
+
+
+def run_eval(args) -> dict:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    want_longppl = "longppl" in names
+    names = [t for t in names if t != "longppl"]
+    tasks = expand_tasks(names) if names else []
+    if not tasks and not want_longppl:
+        raise UsageError("--tasks: no task given")
+    greedy = args.mode in ("both", "greedy")
+    teacher_forced = args.mode in ("both", "teacher-forced")
+
+    from .model import check_lengths, load_model
+
+    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype)
+    lengths = args.lengths or default_lengths(lm.max_positions)
+    longppl_length = args.longppl_length or max(lengths)
+    warnings = check_lengths(sorted(set(lengths + ([longppl_length] if want_longppl else []))), lm,
+                             args.allow_extrapolation)
+    for w in warnings:
+        print(f"nextlong eval: warning: {w}", file=sys.stderr)
+    depths = linear_depths(args.depths)
+    out = Path(args.out)
+    settings = EvalSettings(tasks=tasks, lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
+                            greedy=greedy, teacher_forced=teacher_forced, max_new_tokens=args.max_new_tokens,
+                            dump=args.dump, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
+                                                   "tokenizer": lm.tokenizer.fingerprint})
+    started = time.time()
+    with output_lock(out, "eval"):
+        results = {"model": str(args.model), "tokenizer": lm.tokenizer_spec, "seed": args.seed,
+                   "lengths": lengths, "depths": depths, "samples": args.samples,
+                   "modes": [m for m, on in (("greedy", greedy), ("teacher_forced", teacher_forced)) if on],
+                   "warnings": warnings}
+        essay = None
+        if any(t in NEEDS_ESSAY for t in tasks):
+            from .haystack import essay_sentences
+
+            budget = report.CHARS_PER_TOKEN_BUDGET * max(lengths)
+            essay = essay_sentences(list(report.corpus_texts(args.corpus, args.text_field, budget)))
+        reused = 0
+        written = []
+        if tasks:
+            records, metrics, reused = run_tasks(lm, settings, out, essay, model_id=str(lm.folder))
+            results.update(aggregate(records, settings, metrics))
+            if args.dump:
+                report.write_samples(out, records)
+                written.append("samples.jsonl")
+            written += report.draw_heatmaps(out, results, lengths, depths)
+        if want_longppl:
+            from .longppl import evaluate_longppl, long_documents
+            from .plots import loss_by_position
+
+            texts = report.corpus_texts(args.corpus, args.text_field, None)
+            docs = long_documents(lm.tokenizer, texts, longppl_length, args.longppl_docs)
+            lp = evaluate_longppl(lm, docs, short_window=args.short_window, short_stride=args.short_stride)
+            results["longppl"] = lp
+            curve = lp["loss_by_position"]
+            loss_by_position(out / "loss_by_position.png", curve["positions"], curve["loss"],
+                             f"loss by position ({lp['documents']} docs x {lp['length']} tokens)",
+                             window=args.short_window if args.short_window < lp["length"] else None)
+            written.append("loss_by_position.png")
+        report.write_results(out, results)
+        summary = report.summary_markdown(results, lengths)
+        from ..atomic import atomic_path
+
+        with atomic_path(out / "summary.md") as tmp:
+            tmp.write_text(summary + "\n", encoding="utf-8")
+        write_manifest(out / "manifest.json", command="eval", seed=args.seed,
+                       settings={k: v for k, v in vars(args).items() if k != "func"} | {
+                           "tasks_expanded": tasks, "lengths": lengths, "depths": depths,
+                           "prefill_attention": lm.prefill_attn, "model_folder": str(lm.folder)},
+                       statistics={"samples": len(plan(settings)) if tasks else 0,
+                           "samples_reused": reused, "seconds": round(time.time() - started, 2),
+                           "files": ["results.json", "summary.md", "manifest.json"] + written})
+    print(summary)
+    return results

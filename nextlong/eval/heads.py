@@ -1,0 +1,232 @@
+"""Retrieval heads (Wu et al., 2024): the attention heads that copy the needle into the answer.
+
+Needle-in-a-haystack trials over lengths x depths x needles. The prompt minus its last token is
+prefilled; then the model decodes greedily (at most 50 tokens, stopping after a newline), feeding
+the last prompt token first. At every step, for every layer and query head, take the top-1
+attended position of the current query; when it lies inside the needle's token span and the token
+the model generates at this step equals the prompt token at that position, the head earns
+1 / (needle length in tokens). A trial counts when the answer's ROUGE-1 recall against the needle is
+above 0.5 (`all_trials=True` counts every trial); a head's score is the mean of its per-trial sums
+over the counted trials. Heads with score > 0.1 are retrieval heads. Heads are query heads (GQA
+models share key/value heads, but each query head has its own attention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .haystack import Insert, build_context, essay_units, fit_to_length
+from .model import LoadedModel, attention, decode, forward
+from .scoring import rouge1_recall
+
+# Our own needles: a statement, the question that asks for it. The needle is the ROUGE reference.
+NEEDLES = (
+    ("The secret ingredient of the harbour bakery's famous rye bread is a spoonful of smoked sea salt.",
+     "What is the secret ingredient of the harbour bakery's famous rye bread?"),
+    ("The best way to cross the old mountain pass is on foot at dawn, carrying a lantern and hot tea.",
+     "What is the best way to cross the old mountain pass?"),
+    ("The lighthouse keeper's cat is called Captain Biscuit and sleeps on the warm lens every afternoon.",
+     "What is the lighthouse keeper's cat called, and where does it sleep?"),
+)
+QUESTION = "\n\nBased on the content of the text above, answer the question.\nQuestion: {question}\nAnswer:"
+MAX_NEW_TOKENS = 50
+RETRIEVAL_THRESHOLD = 0.1
+MIN_RECALL = 0.5
+
+
+@dataclass
+class Trial:
+    length: int
+    depth: float
+    needle: int
+    prompt: str
+    prompt_ids: list[int]
+    span: tuple[int, int]  # token span [start, end) of the needle in prompt_ids
+    reference: str
+
+
+def token_span(tokenizer, ids: Sequence[int], text: str, char_start: int, char_end: int) -> tuple[int, int]:
+    """Tokens of `ids` (the encoding of `text`) that overlap text[char_start:char_end]."""
+    byte_start = len(text[:char_start].encode("utf-8"))
+    byte_end = len(text[:char_end].encode("utf-8"))
+    start = end = None
+    offset = 0
+    for i, tid in enumerate(ids):
+        size = len(tokenizer.decode_bytes([int(tid)]))
+        if start is None and offset + size > byte_start:
+            start = i
+        if offset >= byte_end:
+            end = i
+            break
+        offset += size
+    if start is None:
+        raise ValueError("span lies beyond the text")
+    return start, (len(ids) if end is None else end)
+
+
+def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
+                needles: Sequence[tuple[str, str]] = NEEDLES) -> list[Trial]:
+    trials = []
+    for length in lengths:
+        for depth in depths:
+            for k, (needle, question) in enumerate(needles):
+                units = essay_units(tokenizer, essay)
+                tail = QUESTION.format(question=question)
+                inserts = [Insert(needle, depth / 100, queried=True)]
+
+                def build(n, units=units, inserts=inserts, tail=tail):
+                    built = build_context(units, n, inserts)
+                    return built.context + tail, built.spans
+
+                prompt, spans, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
+                                                 length, task="heads", what="essay")
+                ids = [int(i) for i in tokenizer.encode(prompt)]
+                trials.append(Trial(length, depth, k, prompt, ids, token_span(tokenizer, ids, prompt, *spans[0]),
+                                    needle))
+    return trials
+
+
+@dataclass(eq=False)
+class TrialResult:
+    scores: object          # (layers, heads) float tensor: this trial's copy sum per head
+    generated: list[int]
+    response: str
+    recall: float
+    counted: bool = field(default=False)
+
+
+def detect_trial(lm: LoadedModel, trial: Trial, *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 forced: Sequence[int] | None = None) -> TrialResult:
+    """Decode one trial and score every head. `forced` feeds these tokens instead of the greedy
+    choice (a teacher-forced probe of the same rule)."""
+    import torch
+
+    model, tok = lm.model, lm.tokenizer
+    ids = trial.prompt_ids
+    start, end = trial.span
+    prompt = torch.tensor(ids, dtype=torch.long, device=lm.device)
+    scores = torch.zeros(lm.num_layers, lm.num_heads, dtype=torch.float64)
+    generated: list[int] = []
+    with torch.no_grad():
+        with attention(model, lm.prefill_attn):
+            _, cache, _ = forward(model, prompt[None, :-1], last_only=True)
+        token = ids[-1]
+        steps = max_new_tokens if forced is None else min(max_new_tokens, len(forced))
+        with attention(model, "eager"):  # attention weights need the eager path
+            for step in range(steps):
+                logits, cache, attentions = forward(model, torch.tensor([[token]], device=lm.device), cache=cache,
+                                                    output_attentions=True)
+                nxt = int(logits[0, -1].argmax()) if forced is None else int(forced[step])
+                top = torch.stack([a[0, :, -1, :] for a in attentions]).argmax(-1)  # (layers, heads)
+                inside = (top >= start) & (top < end)
+                copied = prompt[top.clamp(max=len(ids) - 1)] == nxt
+                scores += (inside & copied).double().cpu() / (end - start)
+                generated.append(nxt)
+                if "\n" in decode(tok, [nxt]):
+                    break
+                token = nxt
+    response = decode(tok, generated).strip()
+    return TrialResult(scores, generated, response, rouge1_recall(response, trial.reference))
+
+
+def head_scores(results: Sequence[TrialResult], all_trials: bool = False, min_recall: float = MIN_RECALL):
+    """(layers, heads) mean score over counted trials (zeros when none counts), and the count."""
+    import torch
+
+    for r in results:
+        r.counted = all_trials or r.recall > min_recall
+    counted = [r for r in results if r.counted]
+    if not counted:
+        return torch.zeros_like(results[0].scores), 0
+    return torch.stack([r.scores for r in counted]).mean(0), len(counted)
+
+
+def as_named(scores) -> dict[str, float]:
+    """{"layer-head": score}, as the reference code names heads."""
+    layers, heads = scores.shape
+    return {f"{l}-{h}": round(float(scores[l, h]), 6) for l in range(layers) for h in range(heads)}
+
+
+def ranked(named: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(named.items(), key=lambda kv: (-kv[1], tuple(int(x) for x in kv[0].split("-"))))
+
+
+# ---------------------------------------------------------------- the causal check: mask heads
+
+
+def _layers(model):
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return list(obj)
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to mask heads")
+
+
+@contextlib.contextmanager
+def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
+    """Zero the outputs of the given (layer, query head)s: their slice of the attention output
+    projection's input is set to 0, so the head contributes nothing."""
+    config = lm.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    handles = []
+    layers = _layers(lm.model)
+    for layer, hs in by_layer.items():
+        attn = getattr(layers[layer], "self_attn", None) or getattr(layers[layer], "attn")
+        proj = getattr(attn, "o_proj", None) or getattr(attn, "c_proj", None) or attn.dense
+
+        def hook(module, args, hs=tuple(hs)):
+            x = args[0].clone()
+            for h in hs:
+                x[..., h * head_dim:(h + 1) * head_dim] = 0
+            return (x,) + tuple(args[1:])
+
+        handles.append(proj.register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def niah_accuracy(lm: LoadedModel, trials: Sequence[Trial], min_recall: float = MIN_RECALL) -> float:
+    """Fraction of trials whose greedy answer reaches the ROUGE-1 recall bar."""
+    return sum(detect_trial(lm, t).recall > min_recall for t in trials) / max(len(trials), 1)
+
+
+def mask_check(lm: LoadedModel, trials: Sequence[Trial], named: dict[str, float], k: int, seed: int = 0,
+               min_recall: float = MIN_RECALL) -> dict:
+    """NIAH accuracy unmasked, with the top-k heads masked, and with k random other heads masked."""
+    order = [tuple(int(x) for x in name.split("-")) for name, _ in ranked(named)]
+    top = order[:k]
+    rest = order[k:]
+    rand = random.Random(f"mask:{seed}").sample(rest, min(k, len(rest)))
+    out = {"k": k, "top_heads": [f"{l}-{h}" for l, h in top], "random_heads": [f"{l}-{h}" for l, h in rand],
+           "trials": len(trials), "accuracy_unmasked": niah_accuracy(lm, trials, min_recall)}
+    with masked_heads(lm, top):
+        out["accuracy_top_masked"] = niah_accuracy(lm, trials, min_recall)
+    with masked_heads(lm, rand):
+        out["accuracy_random_masked"] = niah_accuracy(lm, trials, min_recall)
+    return out
+
+
+def compare(named_a: dict[str, float], named_b: dict[str, float], threshold: float = RETRIEVAL_THRESHOLD) -> dict:
+    """Retrieval-head counts and per-head score differences (B - A) of two detection runs."""
+    if set(named_a) != set(named_b):
+        raise ValueError("the two runs have different heads (different model shapes)")
+    heads_a = {h for h, s in named_a.items() if s > threshold}
+    heads_b = {h for h, s in named_b.items() if s > threshold}
+    diff = {h: round(named_b[h] - named_a[h], 6) for h in named_a}
+    moves = sorted(diff.items(), key=lambda kv: -abs(kv[1]))
+    return {"threshold": threshold, "retrieval_heads_a": len(heads_a), "retrieval_heads_b": len(heads_b),
+            "shared": sorted(heads_a & heads_b), "only_a": sorted(heads_a - heads_b),
+            "only_b": sorted(heads_b - heads_a), "largest_changes": moves[:20], "difference": diff}

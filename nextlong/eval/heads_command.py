@@ -1,0 +1,178 @@
+"""`nextlong heads` end to end: trials, detection (resumable), scores, picture, masking, comparison."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..atomic import atomic_path, write_json_atomic
+from ..errors import NextlongError, UsageError
+from ..locking import output_lock
+from ..manifest import write_manifest
+from . import heads as H
+from .report import CHARS_PER_TOKEN_BUDGET, corpus_texts
+from .runner import Progress
+from .tasks import linear_depths
+
+
+def auto_lengths(max_positions: int | None, count: int, reserve: int) -> list[int]:
+    """`count` lengths spread from 1000 to the model's positions (minus the decoding budget), capped
+    at 50000 as in the reference setup."""
+    hi = min(50000, (max_positions or 4096) - reserve)
+    lo = min(1000, hi)
+    if count == 1 or hi == lo:
+        return [hi]
+    return sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)})
+
+
+def _load_scores(folder) -> dict[str, float]:
+    path = Path(folder) / "head_scores.json"
+    if not path.is_file():
+        raise NextlongError(f"{folder}: no head_scores.json (expected an output folder of `nextlong heads`)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise NextlongError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise NextlongError(f"{path}: expected {{\"layer-head\": score}}")
+    return data
+
+
+def run_compare(args) -> dict:
+    a, b = args.compare
+    named_a, named_b = _load_scores(a), _load_scores(b)
+    try:
+        result = H.compare(named_a, named_b, args.threshold)
+    except ValueError as exc:
+        raise NextlongError(f"--compare {a} {b}: {exc}") from None
+    result.update(run_a=str(a), run_b=str(b))
+    out = Path(args.out)
+    with output_lock(out, "heads"):
+        write_json_atomic(out / "compare.json", result)
+        import numpy as np
+
+        from .plots import head_heatmap
+
+        layers = 1 + max(int(k.split("-")[0]) for k in named_a)
+        heads = 1 + max(int(k.split("-")[1]) for k in named_a)
+        grid = np.zeros((layers, heads))
+        for name, d in result["difference"].items():
+            l, h = (int(x) for x in name.split("-"))
+            grid[l, h] = d
+        head_heatmap(out / "compare.png", grid, f"retrieval score B - A ({Path(b).name} - {Path(a).name})",
+                     diverging=True)
+        write_manifest(out / "manifest.json", command="heads --compare", seed=None,
+                       settings={"run_a": str(a), "run_b": str(b), "threshold": args.threshold},
+                       statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
+    print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
+          f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
+    for name, d in result["largest_changes"][:10]:
+        print(f"  {name}: {named_a[name]:.3f} -> {named_b[name]:.3f} ({d:+.3f})")
+    return result
+
+
+def run_heads(args) -> dict:
+    if args.compare:
+        if args.model:
+            raise UsageError("give either MODEL or --compare RUN_A RUN_B, not both")
+        return run_compare(args)
+    if not args.model:
+        raise UsageError("MODEL is required (or --compare RUN_A RUN_B)")
+    if not 0 <= args.min_recall < 1:
+        raise UsageError(f"--min-recall must be in [0, 1), got {args.min_recall}")
+
+    from tqdm import tqdm
+
+    from .haystack import essay_sentences
+    from .model import check_lengths, load_model
+    from .plots import head_heatmap
+
+    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype)
+    lengths = args.lengths or auto_lengths(lm.max_positions, args.num_lengths, args.max_new_tokens)
+    for w in check_lengths(lengths, lm, args.allow_extrapolation, extra=args.max_new_tokens):
+        print(f"nextlong heads: warning: {w}", file=sys.stderr)
+    depths = linear_depths(args.depths)
+    needles = H.NEEDLES[:args.needles]
+    if args.mask_heads > lm.num_layers * lm.num_heads // 2:
+        raise UsageError(f"--mask-heads {args.mask_heads}: the model has only {lm.num_layers * lm.num_heads} heads "
+                         "(top-K and K random others must not overlap)")
+    essay = essay_sentences(list(corpus_texts(args.corpus, args.text_field, CHARS_PER_TOKEN_BUDGET * max(lengths))))
+    trials = H.make_trials(lm.tokenizer, essay, lengths, depths, needles)
+    out = Path(args.out)
+    started = time.time()
+    with output_lock(out, "heads"):
+        fingerprint = json.dumps({"model": str(lm.folder), "lengths": lengths, "depths": depths,
+                                  "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,
+                                  "corpus": args.corpus, "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True)
+        import hashlib
+
+        import torch
+
+        progress = Progress(out, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
+        results = []
+        try:
+            for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True):
+                key = ("heads", t.length, t.depth, t.needle)
+                rec = progress.done.get(key)
+                if rec is None:
+                    r = H.detect_trial(lm, t, max_new_tokens=args.max_new_tokens)
+                    rec = {"task": "heads", "length": t.length, "depth": t.depth, "index": t.needle,
+                           "scores": r.scores.tolist(), "response": r.response, "recall": r.recall,
+                           "needle_span": list(t.span), "prompt_tokens": len(t.prompt_ids)}
+                    progress.add(rec)
+                results.append(H.TrialResult(torch.tensor(rec["scores"], dtype=torch.float64), [],
+                                             rec["response"], rec["recall"]))
+                results[-1].rec = rec
+        finally:
+            progress.close()
+        scores, counted = H.head_scores(results, args.all_trials, args.min_recall)
+        named = H.as_named(scores)
+        ranking = H.ranked(named)
+        retrieval = [(name, s) for name, s in ranking if s > args.threshold]
+        total_heads = lm.num_layers * lm.num_heads
+        write_json_atomic(out / "head_scores.json", named)
+        summary_data = {
+            "model": str(args.model), "lengths": lengths, "depths": depths, "needles": len(needles),
+            "trials": len(trials), "trials_counted": counted, "all_trials": args.all_trials,
+            "min_recall": args.min_recall, "threshold": args.threshold, "layers": lm.num_layers,
+            "heads_per_layer": lm.num_heads, "retrieval_heads": retrieval,
+            "retrieval_fraction": round(len(retrieval) / total_heads, 6), "top_heads": ranking[:20],
+            "niah_accuracy": round(sum(r.recall > args.min_recall for r in results) / len(results), 6),
+        }
+        with atomic_path(out / "trials.jsonl") as tmp:
+            with open(tmp, "w") as fh:
+                for r in results:
+                    row = {k: v for k, v in r.rec.items() if k != "scores"} | {"counted": r.counted}
+                    fh.write(json.dumps(row, sort_keys=True) + "\n")
+        head_heatmap(out / "heads.png", scores.numpy(),
+                     f"retrieval scores ({counted}/{len(trials)} trials counted; {len(retrieval)} heads > "
+                     f"{args.threshold})")
+        if args.mask_heads:
+            summary_data["masking"] = H.mask_check(lm, trials, named, args.mask_heads, args.seed, args.min_recall)
+        write_json_atomic(out / "heads.json", summary_data)
+        lines = [f"# nextlong heads: {args.model}", "",
+                 f"{len(trials)} trials ({len(lengths)} lengths x {len(depths)} depths x {len(needles)} needles); "
+                 f"{counted} counted ({'all trials' if args.all_trials else f'ROUGE-1 recall > {args.min_recall}'}); "
+                 f"NIAH accuracy {100 * summary_data['niah_accuracy']:.1f}%.", "",
+                 f"Retrieval heads (score > {args.threshold}): {len(retrieval)} of {total_heads} "
+                 f"({100 * summary_data['retrieval_fraction']:.2f}%).", ""]
+        if counted == 0:
+            lines += ["No trial was answered well enough to count; `--all-trials` scores every trial.", ""]
+        lines += ["| head (layer-head) | score |", "|---|---|"] + [f"| {n} | {s:.3f} |" for n, s in ranking[:10]]
+        if args.mask_heads:
+            m = summary_data["masking"]
+            lines += ["", f"Masking {m['k']} heads: accuracy {100 * m['accuracy_unmasked']:.1f}% unmasked, "
+                          f"{100 * m['accuracy_top_masked']:.1f}% with the top heads masked, "
+                          f"{100 * m['accuracy_random_masked']:.1f}% with random heads masked."]
+        summary = "\n".join(lines) + "\n"
+        with atomic_path(out / "summary.md") as tmp:
+            tmp.write_text(summary)
+        write_manifest(out / "manifest.json", command="heads", seed=args.seed,
+                       settings={k: v for k, v in vars(args).items() if k != "func"} | {
+                           "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn},
+                       statistics={"trials": len(trials), "trials_counted": counted,
+                                   "retrieval_heads": len(retrieval), "seconds": round(time.time() - started, 2)})
+    print(summary)
+    return summary_data

@@ -1,0 +1,209 @@
+"""Find and load the model to evaluate: a Hugging Face causal-LM folder or a `nextlong train` run.
+
+MODEL is either a folder with `config.json` and weights (`save_pretrained`), or a run folder RUN
+holding `RUN/model/` in that layout plus `RUN/model/nextlong.json` = {"tokenizer": SPEC}, where SPEC
+is anything `nextlong.tokenizer.load_tokenizer` takes (a name such as "cl100k_base", or a file name
+relative to RUN/model). Without nextlong.json the folder's `tokenizer.json` is used. Our own
+tokenizer counts and encodes every prompt, so lengths are the model's tokens.
+
+Prefill runs with our attention kernel (`attn="nextlong"`, `nextlong.kernels.transformers_attention`),
+PyTorch SDPA or transformers' eager attention; decoding steps always use SDPA (or eager where
+attention weights are needed), since a kernel for training and prefill does not take a KV cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NextlongError, UsageError
+
+ATTENTION = ("auto", "nextlong", "sdpa", "eager")
+
+
+class ModelFolderError(NextlongError):
+    """The MODEL argument is not a causal LM folder nextlong can load."""
+
+
+@dataclass
+class LoadedModel:
+    model: object          # transformers PreTrainedModel, eval mode
+    tokenizer: object      # nextlong.Tokenizer
+    folder: Path
+    tokenizer_spec: str
+    max_positions: int | None
+    prefill_attn: str
+    eos_ids: tuple[int, ...]
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+
+def resolve_model_folder(path) -> tuple[Path, str]:
+    """(folder holding config.json, tokenizer spec) for a model folder or a `nextlong train` run."""
+    root = Path(path)
+    if not root.exists():
+        raise ModelFolderError(f"{root}: no such model folder")
+    if not root.is_dir():
+        raise ModelFolderError(f"{root}: expected a model folder (config.json + weights), got a file")
+    folder = root / "model" if (root / "model" / "config.json").is_file() else root
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"{root}: not a causal LM folder: no config.json (nor model/config.json of a "
+                               "`nextlong train` run)")
+    meta = folder / "nextlong.json"
+    if meta.is_file():
+        try:
+            spec = json.loads(meta.read_text())["tokenizer"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFolderError(f"{meta}: expected a JSON object with a \"tokenizer\" entry ({exc})") from None
+        if not isinstance(spec, str) or not spec:
+            raise ModelFolderError(f"{meta}: \"tokenizer\" must be a tokenizer name or file name, got {spec!r}")
+        if (folder / spec).exists():
+            spec = str(folder / spec)
+        return folder, spec
+    if (folder / "tokenizer.json").is_file():
+        return folder, str(folder / "tokenizer.json")
+    raise ModelFolderError(f"{folder}: no tokenizer: expected nextlong.json with a \"tokenizer\" entry or a "
+                           "tokenizer.json beside config.json")
+
+
+def max_positions_of(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load MODEL for evaluation (eval mode, no gradients). `attn` picks the prefill attention."""
+    if attn not in ATTENTION:
+        raise UsageError(f"--attn must be one of {', '.join(ATTENTION)}, got {attn!r}")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..tokenizer import load_tokenizer
+
+    folder, spec = resolve_model_folder(path)
+    tokenizer = load_tokenizer(spec)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(f"{folder}/config.json: not a transformers model config ({exc})") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if attn == "auto":
+        attn = "nextlong" if device.startswith("cuda") else "sdpa"
+    if attn == "nextlong":
+        import nextlong.kernels.transformers_attention  # noqa: F401  registers "nextlong"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
+                                                     attn_implementation="sdpa")
+    except TypeError:  # transformers before `dtype=`
+        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True,
+                                                     attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(f"{folder}: cannot load a causal LM from it ({' '.join(str(exc).split())})") from None
+    model.to(device).eval()
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab and tokenizer.vocab_size > vocab:
+        raise ModelFolderError(f"{folder}: the tokenizer ({spec}) has {tokenizer.vocab_size} ids but the model's "
+                               f"vocabulary only {vocab}; wrong tokenizer?")
+    eos = getattr(config, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if isinstance(eos, int) else ())
+    return LoadedModel(model, tokenizer, folder, spec, max_positions_of(config), attn, eos_ids)
+
+
+def check_lengths(lengths, loaded: LoadedModel, allow_extrapolation: bool, extra: int = 0) -> list[str]:
+    """Refuse lengths beyond the model's positions unless extrapolation is allowed (then warn)."""
+    warnings = []
+    limit = loaded.max_positions
+    if limit is None:
+        return warnings
+    too_long = [n for n in lengths if n + extra > limit]
+    if too_long:
+        message = (f"length {max(too_long)} (+{extra} generated tokens) is beyond the model's "
+                   f"{limit} positions (max_position_embeddings)" if extra else
+                   f"length {max(too_long)} is beyond the model's {limit} positions (max_position_embeddings)")
+        if not allow_extrapolation:
+            raise UsageError(message + "; pass --allow-extrapolation to run it anyway")
+        warnings.append(message + "; running anyway (--allow-extrapolation)")
+    return warnings
+
+
+@contextlib.contextmanager
+def attention(model, name: str):
+    """Run the block with `name` as the model's attention implementation (it is read per forward)."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _forward_params(model) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def forward(model, input_ids, *, cache=None, last_only: bool = False, output_attentions: bool = False):
+    """One forward pass with a KV cache across transformers versions. Returns (logits, cache, attentions)."""
+    params = _forward_params(model)
+    kwargs = {"use_cache": True}
+    if cache is not None:
+        kwargs["cache" if "cache" in params else "past_key_values"] = cache
+    if last_only:
+        if "logits_to_keep" in params:
+            kwargs["logits_to_keep"] = 1
+        elif "num_logits_to_keep" in params:
+            kwargs["num_logits_to_keep"] = 1
+    if output_attentions:
+        kwargs["output_attentions"] = True
+    out = model(input_ids=input_ids, **kwargs)
+    new_cache = getattr(out, "cache", None)
+    if new_cache is None:
+        new_cache = getattr(out, "past_key_values", None)
+    return out.logits, new_cache, getattr(out, "attentions", None)
+
+
+def crop_cache(cache, length: int) -> None:
+    """Cut a KV cache back to its first `length` positions. transformers 4.x takes the length to
+    keep; 5.x takes minus the number of positions to remove."""
+    params = list(inspect.signature(cache.crop).parameters)
+    if params and params[0] == "tokens_to_remove":
+        remove = cache.get_seq_length() - length
+        if remove > 0:
+            cache.crop(-remove)
+    else:
+        cache.crop(length)
+
+
+def decode(tokenizer, ids) -> str:
+    """Text of generated ids; ids the tokenizer lacks (a model's padded vocabulary) become U+FFFD."""
+    try:
+        return tokenizer.decode(ids)
+    except ValueError:
+        parts = []
+        for i in ids:
+            try:
+                parts.append(tokenizer.decode_bytes([int(i)]))
+            except ValueError:
+                parts.append("\ufffd".encode())
+        return b"".join(parts).decode("utf-8", errors="replace")

@@ -1,0 +1,92 @@
+"""What `nextlong eval` leaves in its folder: corpus texts in, results.json, heat maps, summary out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..atomic import atomic_path, write_json_atomic
+from .tasks import depths_for
+
+CHARS_PER_TOKEN_BUDGET = 12  # corpus characters read per token of the longest length (generous)
+
+
+def corpus_texts(corpus: str | None, text_field: str = "text", max_chars: int | None = None) -> Iterator[str]:
+    """Texts of a local corpus, or of the embedded stdlib-docstring corpus when none is given."""
+    if corpus is None:
+        from ..synthesis.demo import iter_stdlib_documents
+
+        for _, text in iter_stdlib_documents(max_bytes=max_chars):
+            yield text
+        return
+    from ..corpus import read_corpus
+
+    total = 0
+    for doc in read_corpus(corpus, text_field=text_field):
+        yield doc.text
+        total += len(doc.text)
+        if max_chars is not None and total >= max_chars:
+            return
+
+
+def write_results(out_dir: Path, results: dict) -> None:
+    write_json_atomic(out_dir / "results.json", results)
+
+
+def write_samples(out_dir: Path, records: Sequence[dict]) -> None:
+    with atomic_path(out_dir / "samples.jsonl") as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def draw_heatmaps(out_dir: Path, results: dict, lengths: Sequence[int], depths: Sequence[float]) -> list[str]:
+    from .plots import length_depth_heatmap
+
+    written = []
+    for task, entry in results["tasks"].items():
+        task_depths = depths_for(task, depths)
+        cells = {(c["length"], c["depth"]): c for c in entry["cells"]}
+        panels = {}
+        for key, name in (("greedy", "greedy"), ("teacher_forced_em", "teacher-forced EM")):
+            if any(key in c for c in entry["cells"]):
+                panels[name] = [[cells[(n, d)].get(key) for d in task_depths] for n in lengths]
+        if panels:
+            path = length_depth_heatmap(out_dir / f"heatmap_{task}.png", task, lengths, task_depths, panels)
+            written.append(path.name)
+    return written
+
+
+def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
+    lines = [f"# nextlong eval: {results['model']}", ""]
+    if results.get("warnings"):
+        lines += [f"> {w}" for w in results["warnings"]] + [""]
+    if results.get("tasks"):
+        lines += ["Scores 0-100 per task and length, averaged over depths and samples: greedy generation "
+                  "(RULER's string match) / teacher-forced exact match of the gold answer; mean gold "
+                  "log-prob per token in brackets.", ""]
+        lines.append("| task | " + " | ".join(str(n) for n in lengths) + " |")
+        lines.append("|---|" + "---|" * len(lengths))
+        for task, entry in results["tasks"].items():
+            row = []
+            for n in lengths:
+                s = entry["by_length"][str(n)]
+                g = f"{s['greedy']:.1f}" if "greedy" in s else "-"
+                t = f"{s['teacher_forced_em']:.1f}" if "teacher_forced_em" in s else "-"
+                lp = f" ({s['teacher_forced_logprob_per_token']:.2f})" if "teacher_forced_logprob_per_token" in s else ""
+                row.append(f"{g} / {t}{lp}")
+            lines.append(f"| {task} | " + " | ".join(row) + " |")
+        means = results.get("mean_over_tasks", {})
+        if means:
+            lines.append("| **mean** | " + " | ".join(
+                f"{means[str(n)].get('greedy', float('nan')):.1f} / {means[str(n)].get('teacher_forced_em', float('nan')):.1f}"
+                for n in lengths) + " |")
+        lines.append("")
+    lp = results.get("longppl")
+    if lp:
+        longppl = "n/a (no key tokens)" if lp["longppl"] is None else f"{lp['longppl']:.3f}"
+        lines += [f"LongPPL {longppl}, PPL {lp['ppl']:.3f} over {lp['documents']} documents of {lp['length']} "
+                  f"tokens; {lp['key_tokens']} key tokens ({100 * lp['key_fraction']:.2f}%), short window "
+                  f"{lp['short_window']}. Loss by position: `loss_by_position.png`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Run the recall tasks on a model: prefill, score teacher-forced, decode greedily, aggregate.
+
+Per sample: one prefill of the prompt (our attention kernel, SDPA or eager) into a KV cache; the
+gold answer tokens are then fed over that cache to get their log-probabilities (teacher-forced
+score: total log-prob, and exact match = every gold token is the top choice); the cache is cut
+back and the model decodes greedily (RULER's way) until a newline after some text, an end-of-text
+id, or `max_new_tokens`. Finished samples are appended to `DIR/.progress.jsonl`, so a stopped run
+resumes where it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from . import scoring
+from .model import LoadedModel, attention, crop_cache, decode, forward
+from .tasks import Sample, depths_for, make_sample
+
+PROGRESS = ".progress.jsonl"
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str]
+    lengths: list[int]
+    depths: list[float]
+    samples: int = 2
+    seed: int = 0
+    greedy: bool = True
+    teacher_forced: bool = True
+    max_new_tokens: int | None = None  # None: per task (answer tokens + a margin)
+    dump: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def fingerprint(self, model_id: str) -> str:
+        data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "extra")}
+        data["model"] = model_id
+        data.update(self.extra)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan(settings: EvalSettings) -> list[tuple[str, int, float | None, int]]:
+    """Every (task, length, depth, index) the run scores, in order."""
+    return [(task, length, depth, index)
+            for task in settings.tasks
+            for length in settings.lengths
+            for depth in depths_for(task, settings.depths)
+            for index in range(settings.samples)]
+
+
+def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, teacher_forced: bool = True,
+                    max_new_tokens: int | None = None) -> dict:
+    """Score one sample; returns its record (no prompt)."""
+    import torch
+
+    tok, model = lm.tokenizer, lm.model
+    prompt_ids = [int(i) for i in tok.encode(sample.prompt)]
+    gold_ids = [int(i) for i in tok.encode(sample.gold)]
+    decode_attn = "eager" if lm.prefill_attn == "eager" else "sdpa"
+    record = {"task": sample.task, "length": sample.length, "depth": sample.depth, "index": sample.index,
+              "prompt_tokens": len(prompt_ids), "answer_tokens": len(gold_ids), "answers": sample.answers}
+    with torch.no_grad():
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
+        with attention(model, lm.prefill_attn):
+            logits, cache, _ = forward(model, ids, last_only=True)
+        last = logits[0, -1].float()
+        if teacher_forced:
+            steps = [last]
+            if len(gold_ids) > 1:
+                gold = torch.tensor([gold_ids[:-1]], dtype=torch.long, device=lm.device)
+                with attention(model, decode_attn):
+                    more, cache, _ = forward(model, gold, cache=cache)
+                steps.extend(more[0].float())
+                crop_cache(cache, len(prompt_ids))
+            table = torch.stack(steps).log_softmax(-1)
+            target = torch.tensor(gold_ids, device=table.device)
+            logp = table.gather(1, target[:, None])[:, 0]
+            record["teacher_forced_logprob"] = float(logp.sum())
+            record["teacher_forced_em"] = float(bool((table.argmax(-1) == target).all()))
+        if greedy:
+            budget = max_new_tokens or sample.max_new_tokens
+            out: list[int] = []
+            next_id = int(last.argmax())
+            with attention(model, decode_attn):
+                for _ in range(budget):
+                    if next_id in lm.eos_ids:
+                        break
+                    out.append(next_id)
+                    if "\n" in decode(tok, out).lstrip():
+                        break
+                    step, cache, _ = forward(model, torch.tensor([[next_id]], device=lm.device), cache=cache)
+                    next_id = int(step[0, -1].argmax())
+            prediction = decode(tok, out)
+            record["prediction"] = prediction
+            record["greedy"] = scoring.score(sample.metric, prediction, sample.answers)
+    return record
+
+
+def _cell_stats(records: Sequence[dict]) -> dict:
+    out = {"n": len(records)}
+    for key in ("greedy", "teacher_forced_em"):
+        vals = [r[key] for r in records if key in r]
+        if vals:
+            out[key] = round(100 * sum(vals) / len(vals), 4)
+    vals = [r["teacher_forced_logprob"] for r in records if "teacher_forced_logprob" in r]
+    if vals:
+        out["teacher_forced_logprob"] = round(sum(vals) / len(vals), 4)
+        toks = sum(r["answer_tokens"] for r in records if "teacher_forced_logprob" in r)
+        out["teacher_forced_logprob_per_token"] = round(sum(vals) / max(toks, 1), 4)
+    return out
+
+
+def aggregate(records: Sequence[dict], settings: EvalSettings, metrics: dict[str, str]) -> dict:
+    """results.json's "tasks": per task, every (length, depth) cell, per length, and overall."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_task[r["task"]].append(r)
+    tasks = {}
+    for task in settings.tasks:
+        recs = by_task.get(task, [])
+        cells = defaultdict(list)
+        for r in recs:
+            cells[(r["length"], r["depth"])].append(r)
+        per_length = defaultdict(list)
+        for r in recs:
+            per_length[r["length"]].append(r)
+        tasks[task] = {
+            "metric": metrics.get(task),
+            "cells": [dict(length=length, depth=depth, **_cell_stats(cells[(length, depth)]))
+                      for length in settings.lengths for depth in depths_for(task, settings.depths)],
+            "by_length": {str(length): _cell_stats(per_length[length]) for length in settings.lengths},
+            "overall": _cell_stats(recs),
+        }
+    means = {}
+    for length in settings.lengths:
+        row = [tasks[t]["by_length"][str(length)] for t in settings.tasks]
+        means[str(length)] = {key: round(sum(r[key] for r in row) / len(row), 4)
+                              for key in ("greedy", "teacher_forced_em") if all(key in r for r in row)}
+    return {"tasks": tasks, "mean_over_tasks": means}
+
+
+class Progress:
+    """Append-only record of finished samples; a re-run with the same settings reuses them."""
+
+    def __init__(self, out_dir: Path, fingerprint: str):
+        self.path = Path(out_dir) / PROGRESS
+        self.fingerprint = fingerprint
+        self.done: dict[tuple, dict] = {}
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            if lines and json.loads(lines[0]).get("fingerprint") == fingerprint:
+                for line in lines[1:]:
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        break  # a torn last line of a killed run
+                    self.done[self.key(r)] = r
+        if not self.done:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        self._fh = open(self.path, "a")
+
+    @staticmethod
+    def key(r) -> tuple:
+        return (r["task"], r["length"], r["depth"], r["index"])
+
+    def add(self, record: dict) -> None:
+        self.done[self.key(record)] = record
+        self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def preflight(tokenizer, jobs, seed: int, essay) -> None:
+    """Build the first sample of every (task, length) before any model work, so a length that is too
+    short or a corpus that is too small stops the run at once rather than after hours."""
+    seen = set()
+    for task, length, depth, index in jobs:
+        if (task, length) not in seen:
+            seen.add((task, length))
+            make_sample(tokenizer, task, length, depth, index, seed, essay)
+
+
+def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Sequence[str] | None,
+              model_id: str) -> tuple[list[dict], dict[str, str], int]:
+    """Score every planned sample (resuming finished ones). Returns (records, metric per task, reused)."""
+    from tqdm import tqdm
+
+    jobs = plan(settings)
+    preflight(lm.tokenizer, jobs, settings.seed, essay)
+    progress = Progress(out_dir, settings.fingerprint(model_id))
+    reused = sum(1 for j in jobs if j in progress.done)
+    metrics: dict[str, str] = {}
+    records = []
+    try:
+        for task, length, depth, index in tqdm(jobs, desc="eval samples", unit="sample", dynamic_ncols=True):
+            key = (task, length, depth, index)
+            record = progress.done.get(key)
+            if record is None or (settings.dump and "prompt" not in record):
+                sample = make_sample(lm.tokenizer, task, length, depth, index, settings.seed, essay)
+                metrics[task] = sample.metric
+                if record is None:
+                    record = evaluate_sample(lm, sample, greedy=settings.greedy,
+                                             teacher_forced=settings.teacher_forced,
+                                             max_new_tokens=settings.max_new_tokens)
+                    record["metric"] = sample.metric
+                if settings.dump:
+                    record.update(prompt=sample.prompt, gold=sample.gold, context_span=list(sample.context_span),
+                                  needle_spans=[list(s) for s in sample.needle_spans])
+                progress.add(record)
+            metrics[task] = record.get("metric", metrics.get(task))
+            records.append(record)
+    finally:
+        progress.close()
+    return records, metrics, reused
+
+
+def mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None

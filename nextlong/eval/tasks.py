@@ -1,0 +1,415 @@
+"""RULER's offline tasks, generated on the fly in the model's own tokens, deterministic for a seed.
+
+Tasks (names as RULER's): niah_single_1 (noise haystack), niah_single_2/3 (essay haystack; number /
+UUID values), niah_multikey_1 (essay with 3 distractor needles), niah_multikey_2/3 (a haystack made
+only of needles; word / UUID keys), niah_multivalue (4 values for one key), niah_multiquery (4 keys
+asked at once), vt (variable tracking: one chain of 4 hops), cwe (10 common words, 30 repeats
+against 3), fwe (coded words drawn from a Zipf(2) law, ranks 2-4 asked), and HELMET's json_kv
+(`nextlong.eval.json_kv`). The needle, question and answer wording follows RULER's templates so
+numbers stay comparable. Every sample's random choices come from its own generator, seeded by
+(seed, task, length, depth, index), so a sample never depends on which others were asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import string
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from ..errors import NextlongError, UsageError
+from .haystack import (Insert, Units, build_context, essay_units, fit_to_length, noise_units, search_largest)
+
+
+@dataclass
+class Sample:
+    """One prompt with its references. Char spans index into `prompt`."""
+
+    task: str
+    length: int                    # target: prompt + gold answer tokens
+    depth: float | None            # percent of the haystack before the asked needle; None: no depth
+    index: int
+    prompt: str
+    answers: list[str]             # references for the metric
+    gold: str                      # the completion teacher-forced scoring measures
+    metric: str
+    context_span: tuple[int, int]  # the haystack with its needles
+    needle_spans: list[tuple[int, int]] = field(default_factory=list)  # the asked needle(s)
+    max_new_tokens: int = 32
+
+    @property
+    def question(self) -> str:
+        """Everything after the context: the question and the answer prefix."""
+        return self.prompt[self.context_span[1]:]
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- word lists
+
+
+@functools.lru_cache(maxsize=None)
+def _wordlist(name: str) -> tuple[str, ...]:
+    try:
+        from importlib.resources import files
+
+        text = files("wonderwords.assets").joinpath(name).read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        raise NextlongError("the recall tasks draw their keys from the `wonderwords` word lists, which are not "
+                            "installed: pip install 'nextlong[eval]' (or pip install wonderwords)") from None
+    # Plain lower-case words only, so a key is one clean token run (no spaces or apostrophes).
+    return tuple(sorted({w.strip() for w in text.splitlines() if w.strip().isalpha() and w.strip().islower()}))
+
+
+def nouns() -> tuple[str, ...]:
+    return _wordlist("nounlist.txt")
+
+
+def adjectives() -> tuple[str, ...]:
+    return _wordlist("adjectivelist.txt")
+
+
+def verbs() -> tuple[str, ...]:
+    return _wordlist("verblist.txt")
+
+
+def random_value(rng: random.Random, kind: str) -> str:
+    """A key or value as RULER draws them: adjective-noun words, 7-digit numbers or UUID4s."""
+    if kind == "words":
+        return f"{rng.choice(adjectives())}-{rng.choice(nouns())}"
+    if kind == "numbers":
+        return str(rng.randint(10 ** 6, 10 ** 7 - 1))
+    if kind == "uuids":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    raise ValueError(f"unknown needle kind {kind!r}")
+
+
+def distinct_values(rng: random.Random, kind: str, n: int, avoid: set[str] = frozenset()) -> list[str]:
+    out: list[str] = []
+    seen = set(avoid)
+    while len(out) < n:
+        value = random_value(rng, kind)
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
+
+
+def sample_rng(seed: int, task: str, length: int, depth, index: int, salt: str = "") -> random.Random:
+    """A generator for one sample; str seeds are hashed with SHA-512, stable across runs."""
+    return random.Random(f"nextlong-eval:{seed}:{task}:{length}:{depth}:{index}:{salt}")
+
+
+# ---------------------------------------------------------------- NIAH
+
+NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
+NIAH_HEAD = ("Some special magic {type_v} are hidden within the following text. Make sure to memorize it. "
+             "I will quiz you about the {type_v} afterwards.\n")
+NIAH_TAIL = ("\nWhat are all the special magic {type_v} for {query} mentioned in the provided text? "
+             "The special magic {type_v} for {query} mentioned in the provided text are")
+
+
+@dataclass(frozen=True)
+class NiahSpec:
+    haystack: str     # noise | essay | needles
+    key_kind: str     # words | numbers | uuids
+    value_kind: str
+    num_keys: int = 1
+    num_values: int = 1
+    num_queries: int = 1
+
+
+NIAH_TASKS = {
+    "niah_single_1": NiahSpec("noise", "words", "numbers"),
+    "niah_single_2": NiahSpec("essay", "words", "numbers"),
+    "niah_single_3": NiahSpec("essay", "words", "uuids"),
+    "niah_multikey_1": NiahSpec("essay", "words", "numbers", num_keys=4),
+    "niah_multikey_2": NiahSpec("needles", "words", "numbers"),
+    "niah_multikey_3": NiahSpec("needles", "uuids", "uuids"),
+    "niah_multivalue": NiahSpec("essay", "words", "numbers", num_values=4),
+    "niah_multiquery": NiahSpec("essay", "words", "numbers", num_keys=4, num_queries=4),
+}
+OTHER_TASKS = ("vt", "cwe", "fwe", "json_kv")
+ALL_TASKS = tuple(NIAH_TASKS) + OTHER_TASKS
+DEPTHLESS_TASKS = ("vt", "cwe", "fwe")
+GROUPS = {
+    "all": ALL_TASKS,
+    "ruler": tuple(NIAH_TASKS) + ("vt", "cwe", "fwe"),
+    "niah_single": ("niah_single_1", "niah_single_2", "niah_single_3"),
+    "niah_multikey": ("niah_multikey_1", "niah_multikey_2", "niah_multikey_3"),
+    # HELMET's Recall category (where NExtLong gains most).
+    "recall": ("json_kv", "niah_multikey_2", "niah_multikey_3", "niah_multivalue"),
+}
+NEEDS_ESSAY = tuple(name for name, spec in NIAH_TASKS.items() if spec.haystack == "essay")
+
+
+def expand_tasks(names: Sequence[str]) -> list[str]:
+    """Task names and group names -> task names in a fixed order, without repeats."""
+    out: list[str] = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        members = GROUPS.get(name, (name,) if name in ALL_TASKS else None)
+        if members is None:
+            raise UsageError(f"unknown task {name!r}; tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}")
+        out.extend(m for m in members if m not in out)
+    if not out:
+        raise UsageError("no task given")
+    return out
+
+
+def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, length: int, depth: float,
+                 index: int, seed: int) -> Sample:
+    rng = sample_rng(seed, task, length, depth, index)
+    num_keys = max(spec.num_keys, spec.num_queries)
+    keys = distinct_values(rng, spec.key_kind, num_keys)
+    values = [distinct_values(rng, spec.value_kind, spec.num_values) for _ in keys]
+    queried = list(range(spec.num_queries))  # keys are random, so the first ones are as good as any
+    # The first needle of the first asked key sits at the asked depth; the others at random depths.
+    inserts = []
+    for k, key in enumerate(keys):
+        for j, value in enumerate(values[k]):
+            fraction = depth / 100 if (k == 0 and j == 0) else rng.random()
+            inserts.append(Insert(NEEDLE.format(type_v=spec.value_kind, key=key, value=value), fraction,
+                                  queried=k in queried))
+    answers = [v for k in queried for v in values[k]]
+    singular = spec.num_queries * spec.num_values == 1
+    type_v = spec.value_kind[:-1] if singular else spec.value_kind
+    query_keys = [keys[k] for k in queried]
+    query = query_keys[0] if len(query_keys) == 1 else ", ".join(query_keys[:-1]) + ", and " + query_keys[-1]
+    head = NIAH_HEAD.format(type_v=type_v)
+    tail = NIAH_TAIL.format(type_v=type_v, query=query)
+    if singular:
+        head = head.replace("Some", "A", 1).replace(" are ", " is ", 1)
+        tail = tail.replace("are all", "is").replace(" are", " is")
+    gold = " " + ", ".join(answers) + "."
+
+    if spec.haystack == "noise":
+        units = noise_units(tok)
+    elif spec.haystack == "essay":
+        if essay is None:
+            raise UsageError(f"task {task} needs an essay corpus")
+        units = essay_units(tok, essay)
+    else:  # a haystack made of needles for other keys
+        taken = set(keys)
+        hay_rng = sample_rng(seed, task, length, depth, index, "haystack")
+
+        def make(i):
+            key = distinct_values(hay_rng, spec.key_kind, 1, taken)[0]
+            taken.add(key)
+            return NEEDLE.format(type_v=spec.value_kind, key=key, value=random_value(hay_rng, spec.value_kind))
+
+        units = Units(tok, make, "\n")
+
+    def build(n):
+        built = build_context(units, n, inserts)
+        return head + built.context + tail, [(a + len(head), b + len(head)) for a, b in built.spans]
+
+    answer_tokens = tok.count_tokens(gold)
+    prompt, spans, _ = fit_to_length(tok, units, build, answer_tokens, length, task=task,
+                                     what="essay" if spec.haystack == "essay" else "haystack")
+    context_span = (len(head), len(prompt) - len(tail))
+    return Sample(task, length, depth, index, prompt, answers, gold, "string_match_all", context_span, spans,
+                  max_new_tokens=answer_tokens + 16)
+
+
+# ---------------------------------------------------------------- variable tracking
+
+VT_HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+VT_TAIL = ("\nQuestion: Find all variables that are assigned the value {query} in the text above. Answer: "
+           "According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned "
+           "the value {query}, they are:")
+
+
+def _vt_chain(rng: random.Random, hops: int, name_len: int) -> tuple[list[str], list[str], str]:
+    names: list[str] = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choices(string.ascii_uppercase, k=name_len))
+        if name not in names:
+            names.append(name)
+    value = str(rng.randint(10000, 99999))
+    chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[i + 1]} = VAR {names[i]}" for i in range(hops)]
+    return names, chain, value
+
+
+def _vt_prompt(tok, units: Units, n: int, chain: list[str], fractions: list[float], value: str, hops: int):
+    built = build_context(units, n, [Insert(s, f, queried=True) for s, f in zip(chain, fractions)])
+    tail = VT_TAIL.format(query=value, num_v=hops + 1)
+    return VT_HEAD + built.context + tail, built.spans, tail
+
+
+def _vt_sample(tok, task: str, length: int, index: int, seed: int, hops: int = 4) -> Sample:
+    rng = sample_rng(seed, task, length, None, index)
+    # A short solved example first (3-letter names), as RULER gives one.
+    ex_names, ex_chain, ex_value = _vt_chain(rng, hops, 3)
+    ex_fracs = sorted(rng.random() for _ in ex_chain)
+    ex_prompt, _, _ = _vt_prompt(tok, noise_units(tok), 10, ex_chain, ex_fracs, ex_value, hops)
+    example = ex_prompt + " " + " ".join(ex_names) + "\n\n"
+    names, chain, value = _vt_chain(rng, hops, 5)
+    while set(names) & set(ex_names):
+        names, chain, value = _vt_chain(rng, hops, 5)
+    fractions = sorted(rng.random() for _ in chain)
+    units = noise_units(tok)
+    tails: dict[int, str] = {}
+
+    def build(n):
+        prompt, spans, tail = _vt_prompt(tok, units, n, chain, fractions, value, hops)
+        tails[n] = tail
+        return example + prompt, [(a + len(example) + len(VT_HEAD), b + len(example) + len(VT_HEAD))
+                                  for a, b in spans]
+
+    gold = " " + " ".join(names)
+    prompt, spans, n = fit_to_length(tok, units, build, tok.count_tokens(gold), length, task=task)
+    context_span = (len(example) + len(VT_HEAD), len(prompt) - len(tails[n]))
+    return Sample(task, length, None, index, prompt, names, gold, "string_match_all", context_span, spans,
+                  max_new_tokens=tok.count_tokens(gold) + 16)
+
+
+# ---------------------------------------------------------------- common words
+
+CWE_HEAD = ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+            "ones that appear most often.\n")
+CWE_TAIL = "\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that appear " \
+           "most often in the list are:"
+
+
+@functools.lru_cache(maxsize=None)
+def _cwe_vocabulary() -> tuple[str, ...]:
+    return tuple(sorted(set(nouns()) | set(adjectives()) | set(verbs())))
+
+
+def _numbered(words: Sequence[str]) -> str:
+    return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+
+
+def _cwe_list(rng_seed: str, words: Sequence[str], num_common: int, common_repeats: int, uncommon_repeats: int):
+    common, uncommon = list(words[:num_common]), list(words[num_common:])
+    listed = common * common_repeats + uncommon * uncommon_repeats
+    random.Random(rng_seed).shuffle(listed)
+    return listed, common
+
+
+def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: int = 10) -> Sample:
+    rng = sample_rng(seed, task, length, None, index)
+    vocab = _cwe_vocabulary()
+    order = rng.sample(vocab, len(vocab))
+    # RULER's repeats: 30 against 3 (example 10 against 3) from 4K on; 6 against 1 (example 3/1) below.
+    if length >= 4096:
+        repeats, ex_words, ex_repeats = (30, 3), 40, (10, 3)
+    else:
+        repeats, ex_words, ex_repeats = (6, 1), 20, (3, 1)
+    ex_list, ex_common = _cwe_list(f"{seed}:{task}:{length}:{index}:example", order[-ex_words:], num_common,
+                                   *ex_repeats)
+    example = CWE_HEAD + _numbered(ex_list) + CWE_TAIL + " " + _numbered(ex_common) + "\n"
+    pool = order[:-ex_words]
+
+    def build(num_words):
+        listed, common = _cwe_list(f"{seed}:{task}:{length}:{index}:{num_words}", pool[:num_words], num_common,
+                                   *repeats)
+        context = _numbered(listed)
+        return example + CWE_HEAD + context + CWE_TAIL, common
+
+    answers = list(pool[:num_common])
+    gold = " " + _numbered(answers)
+    answer_tokens = tok.count_tokens(gold)
+    cache = {}
+
+    def fits(num_words):
+        if num_words not in cache:
+            cache[num_words] = build(num_words)[0]
+        return tok.count_tokens(cache[num_words]) + answer_tokens <= length
+
+    n = search_largest(fits, num_common + 1, lambda want: min(want, len(pool)))
+    if n is None:
+        raise UsageError(f"task {task}: length {length} is too short for a list of {num_common + 1} words")
+    prompt = cache[n] if n in cache else build(n)[0]
+    start = len(example) + len(CWE_HEAD)
+    return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
+                  (start, len(prompt) - len(CWE_TAIL)), [], max_new_tokens=answer_tokens + 16)
+
+
+# ---------------------------------------------------------------- frequent words
+
+FWE_HEAD = ("Read the following coded text and track the frequency of each coded word. Find the three most "
+            "frequently appeared coded words. ")
+FWE_TAIL = ("\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most "
+            "frequently appeared words in the above coded text? Answer: According to the coded text above, the "
+            "three most frequently appeared words are:")
+ZETA_2 = math.pi ** 2 / 6
+
+
+def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float = 2.0, word_len: int = 6) -> Sample:
+    if alpha != 2.0:
+        raise UsageError("fwe: only alpha = 2.0 (RULER's default) is supported")
+    rng = sample_rng(seed, task, length, None, index)
+    vocab_size = max(length // 50, 8)
+    vocab: list[str] = []
+    seen = set()
+    while len(vocab) < vocab_size:
+        word = "".join(rng.choices(string.ascii_lowercase, k=word_len))
+        if word not in seen:
+            seen.add(word)
+            vocab.append(word)
+    vocab[0] = "..."  # the most frequent "word" is noise, as in RULER; ranks 2-4 are asked
+    answers = vocab[1:4]
+
+    def build(num_words):
+        words = []
+        for rank, word in enumerate(vocab, start=1):
+            words.extend([word] * int(num_words * rank ** -alpha / ZETA_2))
+        random.Random(f"{seed}:{task}:{length}:{index}:{num_words}").shuffle(words)
+        return FWE_HEAD + " ".join(words) + FWE_TAIL
+
+    gold = " " + " ".join(answers)
+    answer_tokens = tok.count_tokens(gold)
+    cache = {}
+
+    def fits(num_words):
+        if num_words not in cache:
+            cache[num_words] = build(num_words)
+        return tok.count_tokens(cache[num_words]) + answer_tokens <= length
+
+    n = search_largest(fits, 16, lambda want: want)
+    if n is None:
+        raise UsageError(f"task {task}: length {length} is too short for the coded text")
+    prompt = cache[n]
+    return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
+                  (len(FWE_HEAD), len(prompt) - len(FWE_TAIL)), [], max_new_tokens=answer_tokens + 16)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def make_sample(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
+                essay: Sequence[str] | None = None) -> Sample:
+    """One sample of `task` whose prompt + gold answer fill `length` tokens of `tokenizer`."""
+    if task in NIAH_TASKS:
+        return _niah_sample(tokenizer, essay, task, NIAH_TASKS[task], length, depth, index, seed)
+    if task == "vt":
+        return _vt_sample(tokenizer, task, length, index, seed)
+    if task == "cwe":
+        return _cwe_sample(tokenizer, task, length, index, seed)
+    if task == "fwe":
+        return _fwe_sample(tokenizer, task, length, index, seed)
+    if task == "json_kv":
+        from .json_kv import json_kv_sample
+
+        return json_kv_sample(tokenizer, length, depth, index, seed)
+    raise UsageError(f"unknown task {task!r}; tasks: {', '.join(ALL_TASKS)}")
+
+
+def depths_for(task: str, depths: Sequence[float]) -> list[float | None]:
+    """The depths a task is run at: the asked ones, or [None] for tasks without a needle depth."""
+    return [None] if task in DEPTHLESS_TASKS else list(depths)
+
+
+def linear_depths(n: int) -> list[float]:
+    """n depths spread evenly over 0..100 percent (one depth: 50)."""
+    if n == 1:
+        return [50.0]
+    return [round(100 * i / (n - 1), 2) for i in range(n)]
