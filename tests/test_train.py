@@ -1,0 +1,285 @@
+"""nextlong train: data packing and spans, kernel parity inside the model, token weights, the loop,
+exact resume, atomic checkpoints, bad input, the exported model folder, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nextlong.errors import NextlongError, UsageError
+from nextlong.train import train
+from nextlong.train.data import SampleStream, SequencePacker, Source, collate, open_sources
+from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, metrics, synthesized
+
+FAST = dict(model="tiny", progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthesized("standard")
+
+
+# --- data: spans, labels, packing, streaming -----------------------------------------------------
+
+
+def _packer(path, seq_len, spans="sample", split=False, rank=0, world=1, seed=0):
+    stream = SampleStream(open_sources([str(path)] if not isinstance(path, list) else path), seed=seed, rank=rank,
+                          world=world, spans=spans)
+    return SequencePacker(stream, seq_len, split=split)
+
+
+def test_sample_spans_pack_two_documents_per_sequence(data):
+    rows = pq.read_table(data / "data").to_pylist()
+    packer = _packer(data, 2 * SAMPLE_LEN)
+    batch = collate([packer.next_sequence() for _ in range(2)])
+    L = SAMPLE_LEN
+    assert batch["cu_seq_lens_q"].tolist() == [0, L, 2 * L, 3 * L, 4 * L]
+    assert batch["max_length_q"] == L and batch["cu_seq_lens_q"].dtype == torch.int32
+    ids = np.concatenate([rows[i]["input_ids"] for i in range(4)])
+    assert batch["input_ids"].reshape(-1).tolist() == ids.tolist()
+    labels = batch["labels"].reshape(-1)
+    assert (labels[[0, L, 2 * L, 3 * L]] == -100).all()
+    assert (labels != -100).sum() == 4 * L - 4
+    assert batch["position_ids"][1].tolist() == list(range(2 * L))  # positions are not reset per span
+
+
+def test_document_spans_follow_segments(data):
+    data = synthesized("nextlong")  # anchors interleaved with negatives from other documents
+    packer = _packer(data, SAMPLE_LEN, spans="document")
+    most = 0
+    for row in pq.read_table(data / "data").to_pylist():
+        expected, last = [0], None
+        for seg in row["segments"]:
+            if seg["doc_id"] != last and seg["start"] != 0:
+                expected.append(seg["start"])
+            last = seg["doc_id"]
+        expected.append(SAMPLE_LEN)
+        batch = collate([packer.next_sequence()])
+        assert batch["cu_seq_lens_q"].tolist() == expected
+        assert (batch["labels"][0, expected[:-1]] == -100).all()
+        most = max(most, len(expected))
+    assert most > 3
+    none = collate([_packer(data, SAMPLE_LEN, spans="none").next_sequence()])
+    assert none["cu_seq_lens_q"].tolist() == [0, SAMPLE_LEN] and (none["labels"] == -100).sum() == 1
+
+
+def test_padding_and_splitting(data):
+    L = SAMPLE_LEN
+    seq = _packer(data, L + L // 2).next_sequence()  # the second sample does not fit: padding
+    assert seq.span_lengths == [L, L // 2] and seq.num_pad == L // 2
+    b = collate([seq])
+    assert (b["labels"][0, L:] == -100).all()
+    packer = _packer(data, L + L // 2, split=True)
+    a, c = packer.next_sequence(), packer.next_sequence()
+    assert a.span_lengths == [L, L // 2] and a.num_pad == 0 and c.span_lengths == [L // 2, L]
+    with pytest.raises(NextlongError, match="longer than --seq-len"):
+        _packer(data, L // 2).next_sequence()
+
+
+def test_ranks_read_disjoint_shares_and_state_resumes(data):
+    one = _packer(data, SAMPLE_LEN)
+    single = [one.next_sequence().ids for _ in range(6)]
+    r0 = _packer(data, SAMPLE_LEN, rank=0, world=2)
+    r1 = _packer(data, SAMPLE_LEN, rank=1, world=2)
+    for i in range(3):
+        assert np.array_equal(r0.next_sequence().ids, single[2 * i])
+        assert np.array_equal(r1.next_sequence().ids, single[2 * i + 1])
+    # a mixture continues identically from a saved state
+    other = synthesized("nextlong")
+    mix = [f"{data}@3", f"{other}@1"]
+    p = _packer(mix, SAMPLE_LEN, split=True)
+    for _ in range(5):
+        p.next_sequence()
+    state = p.state_dict()
+    ahead = [p.next_sequence().ids for _ in range(8)]
+    q = _packer(mix, SAMPLE_LEN, split=True)
+    q.load_state_dict(state)
+    assert all(np.array_equal(q.next_sequence().ids, x) for x in ahead)
+    assert q.stream.drawn[0] > q.stream.drawn[1]  # weight 3 vs 1
+
+
+def test_mds_input_matches_parquet():
+    mds = synthesized("standard", fmt="mds")
+    a = _packer(mds / "mds", SAMPLE_LEN).next_sequence()
+    b = _packer(mds, SAMPLE_LEN).next_sequence()  # parquet shards of the same run
+    assert np.array_equal(a.ids, b.ids) and a.span_lengths == b.span_lengths
+    assert Source(str(mds / "mds")).kind == "mds"
+
+
+# --- the model: kernels against eager, token weights ----------------------------------------------
+
+
+def _model_and_batch(data, attention, loss, spans="document"):
+    from nextlong.tokenizer import load_tokenizer
+    from nextlong.train.model import LossModel, build_model
+
+    _, tok = corpus_and_tokenizer()
+    data = synthesized("nextlong") if spans == "document" else data
+    lm = build_model("tiny", vocab_size=load_tokenizer(str(tok)).vocab_size, seq_len=2 * SAMPLE_LEN,
+                     attention=attention, seed=3)
+    packer = _packer(data, 2 * SAMPLE_LEN, spans=spans)
+    batch = collate([packer.next_sequence() for _ in range(2)])
+    return LossModel(lm, attention=attention, loss=loss), batch
+
+
+def _loss_and_grads(model, batch, weights=None):
+    w = (batch["labels"] != -100).float() if weights is None else weights
+    loss = model(batch, w) / w[:, 1:].sum()
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("attention,loss", [("nextlong", "eager"), ("eager", "fused"), ("sdpa", "eager")])
+def test_step_one_parity_with_eager(data, attention, loss):
+    ref_loss, ref_grads = _loss_and_grads(*_model_and_batch(data, "eager", "eager"))
+    got_loss, got_grads = _loss_and_grads(*_model_and_batch(data, attention, loss))
+    assert abs(got_loss - ref_loss) < 1e-5
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(got_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_document_masking_changes_the_loss(data):
+    """The spans reach the attention: per-document masking gives another loss than one causal span."""
+    doc = _loss_and_grads(*_model_and_batch(data, "nextlong", "fused", spans="document"))[0]
+    whole = _loss_and_grads(*_model_and_batch(data, "nextlong", "fused", spans="none"))[0]
+    assert abs(doc - whole) > 1e-4
+
+
+def test_token_weights_change_the_gradient_as_the_formula_says(data):
+    import torch.nn.functional as F
+
+    model, batch = _model_and_batch(data, "nextlong", "fused")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(batch["labels"].shape, generator=gen) * 3 * (batch["labels"] != -100)
+    loss, grads = _loss_and_grads(model, batch, w)
+    # reference: sum w*CE / sum w from full logits
+    model.zero_grad()
+    hidden = model.hidden_states(batch)
+    logits = model.lm.lm_head(hidden[:, :-1]).float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                         ignore_index=-100, reduction="none")
+    ww = w[:, 1:].reshape(-1)
+    ref = (ww * ce).sum() / ww.sum()
+    ref.backward()
+    assert abs(loss - float(ref)) < 1e-5
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    uniform = _loss_and_grads(*_model_and_batch(data, "nextlong", "fused"))[1]
+    assert not torch.allclose(uniform["lm.model.embed_tokens.weight"], grads["lm.model.embed_tokens.weight"])
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_run_lowers_the_loss_and_exports_the_model(data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nextlong.tokenizer import load_tokenizer
+
+    run = tmp_path / "run"
+    summary = train(data, run, steps=30, batch_tokens=2 * SAMPLE_LEN, lr=3e-3, **FAST)
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert {"step", "loss", "lr", "tokens", "tokens_per_s"} <= set(rows[0])
+    assert np.mean([r["loss"] for r in rows[-5:]]) < np.mean([r["loss"] for r in rows[:5]]) - 0.3
+    assert summary["status"] == "finished" and (run / "loss.png").stat().st_size > 1000
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["command"] == "train" and manifest["settings"]["data_fingerprint"][0]["rows"] > 0
+    # the evaluation contract: RUN/model is a save_pretrained folder plus nextlong.json
+    spec = json.loads((run / "model" / "nextlong.json").read_text())["tokenizer"]
+    assert load_tokenizer(str(run / "model" / spec)).vocab_size == 1024
+    lm = AutoModelForCausalLM.from_pretrained(run / "model")
+    saved = torch.load(sorted((run / "checkpoints").iterdir())[-1] / "model.pt")
+    for name, tensor in lm.state_dict().items():
+        assert torch.equal(tensor, saved["lm." + name]), name
+
+
+def test_resume_continues_exactly_and_ignores_half_written_checkpoints(data, tmp_path, monkeypatch):
+    opts = dict(steps=6, batch_tokens=2 * SAMPLE_LEN, save_every=2, **FAST)
+    train(data, tmp_path / "whole", **opts)
+    whole = metrics(tmp_path / "whole")
+
+    # stop after 4 steps; then a crash while writing the next checkpoint (step 6's model.pt)
+    train(data, tmp_path / "cut", stop_after=4, **opts)
+    import nextlong.train.checkpoint as ckpt
+
+    real_save = torch.save
+
+    def crashing_save(obj, path, *a, **k):
+        if str(path).endswith("model.pt"):
+            real_save(obj, path, *a, **k)
+            with open(path, "r+b") as f:
+                f.truncate(100)  # half-written
+            raise KeyboardInterrupt("killed while checkpointing")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "cut", resume=True, **opts)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut")] == ["step-00000002", "step-00000004"]
+    assert any(p.name.startswith(".tmp-") for p in (tmp_path / "cut" / "checkpoints").iterdir())
+
+    train(data, tmp_path / "cut", resume=True, **opts)
+    cut = metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == list(range(1, 7))
+    for a, b in zip(cut, whole):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["lr"] == b["lr"], (a, b)
+
+    with pytest.raises(NextlongError, match="cannot resume with other settings.*lr"):
+        train(data, tmp_path / "cut", resume=True, **dict(opts, lr=5e-4))
+    with pytest.raises(NextlongError, match="already holds a training run"):
+        train(data, tmp_path / "cut", **opts)
+
+
+# --- bad input: clear errors before the first step -----------------------------------------------
+
+
+def test_bad_input_is_reported_before_training(data, tmp_path):
+    with pytest.raises(UsageError, match="longer than --seq-len"):
+        train(data, tmp_path / "a", seq_len=SAMPLE_LEN // 2, **FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NextlongError, match="no training data inside"):
+        train(tmp_path / "empty", tmp_path / "b", **FAST)
+    with pytest.raises(UsageError, match="multiple of --seq-len"):
+        train(data, tmp_path / "c", batch_tokens=SAMPLE_LEN + 1, **FAST)
+
+    # a pretrained model (a finished run) and data from another tokenizer
+    run = tmp_path / "pre"
+    train(data, run, steps=1, **FAST)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["settings"].update(tokenizer="cl100k_base", tokenizer_fingerprint=None, tokenizer_name="cl100k_base")
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(NextlongError, match="tokenized with cl100k_base"):
+        train(other, tmp_path / "d", model=str(run), progress=False)
+
+    # token ids past the model's vocabulary (Parquet without a manifest), named by file and row
+    ids = np.arange(SAMPLE_LEN, dtype=np.uint32)
+    ids[7] = 5000
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(pa.table({"input_ids": pa.array([ids], pa.list_(pa.uint32()))}), bad / "part-0.parquet")
+    with pytest.raises(NextlongError, match=r"part-0.parquet row 0.*token id 5000.*vocabulary of 1024"):
+        train(bad, tmp_path / "e", model=str(run), seq_len=SAMPLE_LEN, progress=False)
+    assert not (tmp_path / "e" / "metrics.jsonl").exists() or metrics(tmp_path / "e") == []
+
+
+def test_cli_train_and_plot(data, tmp_path, capsys):
+    from nextlong.cli import main
+
+    run = tmp_path / "cli-run"
+    assert main(["train", str(data), "--out", str(run), "--steps", "2", "--quiet", "--threads", "1"]) == 0
+    assert len(metrics(run)) == 2 and (run / "model" / "config.json").exists()
+    (run / "loss.png").unlink()
+    assert main(["plot", str(run)]) == 0 and (run / "loss.png").exists()
+    assert main(["train", str(data), "--out", str(tmp_path / "x"), "--seq-len", "8"]) == 2
+    assert "longer than --seq-len" in capsys.readouterr().err
