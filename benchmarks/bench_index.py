@@ -1,14 +1,17 @@
 """Hard-negative index: HNSW recall against exact search, build time and queries/s against FAISS,
 and a "hardness" figure (how similar mined negatives are, compared with random chunks).
 
-Data: Python's documentation (Debian python3.11-doc), chunked at 2048 characters with the paper's rule
-(all 5,595 chunks), embedded with the default all-MiniLM-L6-v2. The embeddings are cached (resumable)
-in $NEXTLONG_BENCH_CACHE (default ~/.cache/nextlong-bench): the first run embeds for ~3-10 minutes on
-2 cores. Queries: every chunk, k=10, threads = the cores available, same for usearch and FAISS.
+Data: the shipped snapshot (tests/data: docstrings of Python 3.11's standard library) chunked at 2048
+characters with the paper's rule, embedded with the default all-MiniLM-L6-v2. The embeddings are cached
+(resumable) in $NEXTLONG_BENCH_CACHE (default ~/.cache/nextlong-bench). Queries: every chunk (in-sample:
+the query is in the index and its own row is dropped), k=10, threads = the cores available, same for
+usearch and FAISS.
 
 Equal-recall study (test_equal_recall_*): recall@10-vs-queries/s curves of raw usearch, nextlong's
 ChunkIndex.search and FAISS IndexHNSWFlat, read at recall 0.95 / 0.99 / 0.995, on the MiniLM set and on
-~64k hashed-lexical vectors (dim 256) of the Python docs + standard-library sources (built in seconds).
+~60k hashed-lexical vectors (dim 256) of the snapshot + the running interpreter's standard-library
+sources (built in seconds); each both in-sample and with held-out queries (HELD_OUT of the rows left
+out of the index and used as queries: what mining looks like for text the index has not seen).
 
     python3 -m pytest -q benchmarks/bench_index.py -s        # pytest-benchmark tables + report
 """
@@ -16,46 +19,42 @@ ChunkIndex.search and FAISS IndexHNSWFlat, read at recall 0.95 / 0.99 / 0.995, o
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_index_corpus import PYDOCS, chunk_table, pydocs_files, write_chunk_table  # noqa: E402
+from nextlong.embedding import available_threads
+from nextlong.index import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, ChunkIndex
+from tests.helpers import benchmark_documents, chunk_table, corpus_documents, write_chunk_table
 
-from nextlong.embedding import available_threads  # noqa: E402
-from nextlong.index import (DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH,  # noqa: E402
-                            ChunkIndex)
-
-pytestmark = pytest.mark.skipif(not PYDOCS.is_dir(), reason="Python docs (Debian python3.11-doc) not installed")
+HELD_OUT = 0.1
 CACHE = Path(os.environ.get("NEXTLONG_BENCH_CACHE", Path.home() / ".cache" / "nextlong-bench"))
 K = 10
 THREADS = available_threads()
 REPORT: list[str] = []
 
 
-def pydocs_embeddings(embedder_name: str | None = None):
-    """(chunk table, embeddings) of the Python docs at 2048 chars; embedded once, resumable, cached."""
+def corpus_embeddings(embedder_name: str | None = None):
+    """(chunk table, embeddings) of the shipped snapshot at 2048 chars; embedded once, resumable, cached."""
     import pyarrow.parquet as pq
 
     from nextlong.embed_store import embed_chunks
     from nextlong.embedding import load_embedder
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    chunks = CACHE / "pydocs-2048.parquet"
+    chunks = CACHE / "snapshot-2048.parquet"
     if not chunks.is_file():
-        write_chunk_table(chunk_table(pydocs_files(), 2048), chunks)
+        write_chunk_table(chunk_table(corpus_documents(), 2048), chunks)
     embedder = load_embedder(embedder_name)
-    emb = embed_chunks(chunks, embedder, CACHE / f"pydocs-2048.{embedder.name}.npy", progress=True)
+    emb = embed_chunks(chunks, embedder, CACHE / f"snapshot-2048.{embedder.name}.npy", progress=True)
     return pq.read_table(chunks), np.asarray(emb, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
 def data():
-    table, emb = pydocs_embeddings()
+    table, emb = corpus_embeddings()
     sims = emb @ emb.T
     np.fill_diagonal(sims, -np.inf)  # neighbours are the other chunks (the corpus has duplicate chunks:
     truth = np.argsort(-sims, axis=1)[:, :K]  # dropping "the first result" would not drop the query)
@@ -94,7 +93,7 @@ def built(data):
 def test_build_usearch_hnsw(benchmark, data):
     _, emb, _ = data
     docs = data[0].column("doc_index").to_numpy()
-    benchmark.group = "index build (5,595 x 384)"
+    benchmark.group = f"index build ({len(emb):,} x {emb.shape[1]})"
     benchmark.pedantic(lambda: ChunkIndex.build(emb, np.arange(len(emb)), docs, threads=THREADS), rounds=3)
     REPORT.append(f"build usearch HNSW f16 M={DEFAULT_CONNECTIVITY} efC={DEFAULT_EXPANSION_ADD}: "
                   f"{benchmark.stats.stats.median * 1e3:.0f} ms")
@@ -111,7 +110,7 @@ def test_build_faiss_hnsw(benchmark, data):
         index.add(emb)
         return index
 
-    benchmark.group = "index build (5,595 x 384)"
+    benchmark.group = f"index build ({len(emb):,} x {emb.shape[1]})"
     benchmark.pedantic(build, rounds=3)
     REPORT.append(f"build faiss IndexHNSWFlat f32 M={DEFAULT_CONNECTIVITY} efC={DEFAULT_EXPANSION_ADD}: "
                   f"{benchmark.stats.stats.median * 1e3:.0f} ms")
@@ -239,11 +238,13 @@ def faiss_contender(faiss_index, queries, own, label: str):
 
 
 def kth_similarity(queries, emb, own):
-    """Exact K-th best cosine of each query among the other rows (its own row `own[i]` excluded)."""
+    """Exact K-th best cosine of each query among the other rows (its own row `own[i]` excluded; -1:
+    a held-out query, not in the index)."""
     out = np.empty(len(queries), dtype=np.float32)
     for start in range(0, len(queries), 1024):
         sims = queries[start : start + 1024] @ emb.T
-        sims[np.arange(len(sims)), own[start : start + 1024]] = -np.inf
+        mine = own[start : start + 1024]
+        sims[np.flatnonzero(mine >= 0), mine[mine >= 0]] = -np.inf
         out[start : start + 1024] = -np.partition(-sims, K - 1, axis=1)[:, K - 1]
     return out
 
@@ -353,36 +354,41 @@ def equal_recall_study(name, emb, queries, own, settings, dtypes=("f16",)):
     REPORT.extend(report_curves(name, CURVES[name]) + lines)
 
 
-MINILM = "MiniLM 5,595 x 384 (all chunks as queries)"
+MINILM = "MiniLM (all chunks as queries)"
 LEXICAL = "lexical"
+
+
+def held_out_split(n: int, seed: int = 0):
+    """(index rows, query rows): HELD_OUT of the rows, drawn at random, are kept out of the index."""
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(seed).choice(n, int(n * HELD_OUT), replace=False)] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def test_equal_recall_minilm(data):
     _, emb, _ = data
-    equal_recall_study(MINILM, emb, emb, np.arange(len(emb)), (8, 16, 32), dtypes=("f16", "bf16"))
+    equal_recall_study(f"MiniLM {len(emb):,} x {emb.shape[1]} (all chunks as queries, in-sample)", emb, emb,
+                       np.arange(len(emb)), (8, 16, 32), dtypes=("f16", "bf16"))
+    CURVES[MINILM] = CURVES[next(n for n in CURVES if n.startswith("MiniLM") and "in-sample" in n)]
+
+
+def test_equal_recall_minilm_held_out(data):
+    _, emb, _ = data
+    rows, queries = held_out_split(len(emb))
+    equal_recall_study(f"MiniLM {len(rows):,} x {emb.shape[1]} indexed, {len(queries):,} held-out queries",
+                       emb[rows], emb[queries], np.full(len(queries), -1), (8, 16, 32), dtypes=("f16", "bf16"))
 
 
 def lexical_scale_set():
-    """Hashed TF-IDF (dim 256) vectors of the Python docs and the running interpreter's standard-library
+    """Hashed TF-IDF (dim 256) vectors of the snapshot and the running interpreter's standard-library
     sources (UTF-8 .py files outside test and site-packages folders), chunked at 384 characters (chunks
     under 40 characters and all-zero vectors dropped); cached."""
     from nextlong.embedding import HashedLexicalEmbedder
 
-    path = CACHE / "pydocs-stdlib-384.lexical256.npy"
+    path = CACHE / "snapshot-stdlib-384.lexical256.npy"
     if path.is_file():
         return np.load(path)
-    stdlib = Path(os.__file__).parent
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
-    sources = []
-    for source in sorted(stdlib.rglob("*.py")):
-        if skip & set(source.relative_to(stdlib).parts):
-            continue
-        try:
-            source.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        sources.append(source)
-    texts = chunk_table(pydocs_files() + sources, 384, min_chars=40).column("text").to_pylist()
+    texts = chunk_table(benchmark_documents(), 384, min_chars=40).column("text").to_pylist()
     emb = HashedLexicalEmbedder(256).fit(texts).embed(texts)
     emb = np.ascontiguousarray(emb[np.linalg.norm(emb, axis=1) > 0], dtype=np.float32)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -396,6 +402,14 @@ def test_equal_recall_lexical_scale():
     own = np.sort(rng.choice(len(emb), 2000, replace=False))
     name = f"{LEXICAL} {len(emb):,} x 256 (2,000 in-index queries)"
     equal_recall_study(name, emb, emb[own], own, (16, 32))
+
+
+def test_equal_recall_lexical_held_out():
+    emb = lexical_scale_set()
+    rows, queries = held_out_split(len(emb))
+    queries = queries[np.random.default_rng(1).choice(len(queries), 2000, replace=False)]
+    name = f"{LEXICAL} {len(rows):,} x 256 indexed, 2,000 held-out queries"
+    equal_recall_study(name, emb[rows], emb[queries], np.full(len(queries), -1), (16, 32))
 
 
 PREFIXES = {"usearch": "usearch f16 ", "nextlong": "nextlong ChunkIndex f16 ", "faiss": "faiss HNSWFlat "}
@@ -455,7 +469,7 @@ def test_hardness_of_mined_negatives(data, built):
 
 def test_zz_report(data):
     table, emb, _ = data
-    print(f"\n== bench_index: {len(emb)} Python-docs chunks (2048 chars), all-MiniLM-L6-v2 dim {emb.shape[1]}, "
+    print(f"\n== bench_index: {len(emb)} snapshot chunks (2048 chars), all-MiniLM-L6-v2 dim {emb.shape[1]}, "
           f"{table.column('doc_index').to_numpy().max() + 1} documents, {THREADS} threads; load average "
           f"(1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ==")
     for line in REPORT:
