@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+from .errors import disk_full, is_disk_full
 
 # mkstemp creates files readable by the owner only; finished outputs get the usual permissions.
 _UMASK = os.umask(0)
@@ -15,21 +19,47 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike):
-    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
+
+    A full disk inside the block becomes a one-line DiskFullError naming `final` and the bytes
+    written so far. After the rename, temporaries of `final` left by a killed run are deleted
+    (callers hold the output folder's lock, so no live writer owns them)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    prefix = f".{final.name}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
+        written = None
+        with contextlib.suppress(OSError):
+            written = os.stat(tmp).st_size
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full(final, needed=f"more than {written:,} bytes" if written else None) from exc
         raise
+    own_temporary = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")  # mkstemp's names, not another file's
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if own_temporary.fullmatch(stale.name):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_crc32(path: str | os.PathLike, block: int = 1 << 24) -> int:
+    """CRC32 of a file, streamed (one read of the file, constant memory)."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .corpus import CorpusReader, prefetch, string_layout
+from .errors import UsageError
+from .locking import output_lock
 from .schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
 
 UNITS = ("chars", "tokens")
@@ -80,21 +82,21 @@ def resolve_tokenizer(tokenizer) -> tuple[Any, Any]:
 
 
 def _threads(num_threads: int | None) -> int:
-    if num_threads is None:
-        # The cores this process may use (a container's CPU set), not the host's count.
+    """None or 0: the cores this process may use (a container's CPU set, not the host's count)."""
+    if num_threads is not None and num_threads < 0:
+        raise UsageError(f"--threads must be 0 (all cores) or a positive number of threads, got {num_threads}")
+    if not num_threads:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-    if num_threads < 1:
-        raise ValueError("num_threads must be positive")
     return int(num_threads)
 
 
 def _check_unit(unit: str, encoder, max_len: int) -> None:
     if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        raise UsageError(f"unit must be one of {UNITS}, got {unit!r}")
     if unit == "tokens" and encoder is None:
-        raise ValueError('unit="tokens" needs a tokenizer')
+        raise UsageError('unit="tokens" (--unit tokens) needs a tokenizer')
     if max_len < 1:
-        raise ValueError("max_len must be positive")
+        raise UsageError(f"max_len (--max-len) must be positive, got {max_len}")
 
 
 def _as_batch(batch_or_texts) -> pa.RecordBatch | pa.Table:
@@ -145,7 +147,7 @@ def chunk_documents(
     _, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
     if with_ids and encoder is None:
-        raise ValueError("with_ids=True needs a tokenizer")
+        raise UsageError("with_ids=True needs a tokenizer")
     table = _as_batch(batch_or_texts)
     offsets, data = string_layout(table.column("text"))
     cols = _native.chunk_batch(
@@ -186,7 +188,7 @@ def tokenize_documents(batch_or_texts, *, tokenizer, num_threads: int | None = N
 
     _, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:
-        raise ValueError("tokenize_documents needs a tokenizer")
+        raise UsageError("tokenize_documents needs a tokenizer")
     table = _as_batch(batch_or_texts)
     offsets, data = string_layout(table.column("text"))
     ids_offsets, ids = _native.tokenize_batch(offsets, data, encoder, _threads(num_threads))
@@ -272,7 +274,8 @@ def chunk_corpus(
     tok, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
     if with_ids and encoder is None:
-        raise ValueError("with_ids=True needs a tokenizer")
+        raise UsageError("with_ids=True (--with-ids) needs a tokenizer")
+    _threads(num_threads)
     reader = CorpusReader(input, text_field=text_field, id_field=id_field, format=format, on_error=on_error,
                           batch_size=batch_size, batch_bytes=_PIPELINE_BATCH_BYTES)
     next_id = 0
@@ -288,17 +291,18 @@ def chunk_corpus(
         tokens = table.column("num_tokens")
         return {"chunks": table.num_rows, "tokens": int(pc.sum(tokens).as_py() or 0) if encoder else 0}
 
-    stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
-                          desc="chunk", progress=progress)
-    stats.setdefault("chunks", 0)
-    stats.setdefault("tokens", 0)
-    settings = {
-        "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
-        "max_len": max_len, "unit": unit, "count_newlines": count_newlines, "with_ids": with_ids,
-        "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
-        "tokenizer": _tokenizer_info(tok), "text_hash": "xxh64-seed0-utf8",
-    }
-    write_manifest(f"{out_path}.manifest.json", command="chunk", settings=settings, statistics=stats)
+    with output_lock(out_path, "chunk", file=True):
+        stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
+                              desc="chunk", progress=progress)
+        stats.setdefault("chunks", 0)
+        stats.setdefault("tokens", 0)
+        settings = {
+            "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
+            "max_len": max_len, "unit": unit, "count_newlines": count_newlines, "with_ids": with_ids,
+            "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
+            "tokenizer": _tokenizer_info(tok), "text_hash": "xxh64-seed0-utf8",
+        }
+        write_manifest(f"{out_path}.manifest.json", command="chunk", settings=settings, statistics=stats)
     return stats
 
 
@@ -321,7 +325,7 @@ def tokenize_corpus(
 
     tok, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:
-        raise ValueError("tokenize_corpus needs a tokenizer")
+        raise UsageError("tokenize_corpus needs a tokenizer")
     reader = CorpusReader(input, text_field=text_field, id_field=id_field, format=format, on_error=on_error,
                           batch_size=batch_size, batch_bytes=_PIPELINE_BATCH_BYTES)
 
@@ -331,21 +335,14 @@ def tokenize_corpus(
     def count(table):
         return {"tokens": int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)}
 
-    stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize", progress=progress)
-    stats.setdefault("tokens", 0)
-    settings = {
-        "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
-        "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
-        "tokenizer": _tokenizer_info(tok),
-    }
-    write_manifest(f"{out_path}.manifest.json", command="tokenize", settings=settings, statistics=stats)
+    _threads(num_threads)
+    with output_lock(out_path, "tokenize", file=True):
+        stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize", progress=progress)
+        stats.setdefault("tokens", 0)
+        settings = {
+            "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
+            "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
+            "tokenizer": _tokenizer_info(tok),
+        }
+        write_manifest(f"{out_path}.manifest.json", command="tokenize", settings=settings, statistics=stats)
     return stats
-
-
-def read_chunks(path) -> Iterator[MetaChunk]:
-    """MetaChunk rows of a chunk table file, in order (for inspection and small corpora)."""
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(columns=list(CHUNK_SCHEMA.names)):
-        for row in zip(*(batch.column(name).to_pylist() for name in CHUNK_SCHEMA.names)):
-            yield MetaChunk(*row)

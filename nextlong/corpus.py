@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .errors import CorpusError
+from .errors import CorpusError, UsageError
 
 # Columns of the record batches the reader yields.
 CORPUS_BATCH_SCHEMA = pa.schema(
@@ -120,6 +120,38 @@ def list_corpus_files(path) -> list[tuple[Path, str]]:
     return [(root, root.name)]
 
 
+def zstd_blocks(path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of a .zst file, frame after frame, in blocks.
+
+    A truncated or corrupt file is always a CorpusError, whatever --on-error says: zstandard's
+    stream reader ends quietly at a frame cut short, which would drop the records of the last frame
+    without a word. Here each frame must reach its end mark."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    frame = None  # the decompressor of the frame in progress
+    frames = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(_ZSTD_READ_BLOCK):
+            while data:
+                if frame is None:
+                    frame = dctx.decompressobj()
+                    frames += 1
+                try:
+                    out = frame.decompress(data)
+                except zstandard.ZstdError as exc:
+                    raise CorpusError(path, f"corrupt zstd data in frame {frames}: {exc}") from None
+                if out:
+                    yield out
+                if frame.eof:
+                    data, frame = frame.unused_data, None
+                else:
+                    data = b""
+    if frame is not None:
+        raise CorpusError(path, f"truncated zstd file: frame {frames} ends before its end mark (zstd -t reports "
+                          "the same); the records in it are lost, so nothing is written")
+
+
 def string_layout(arr) -> tuple[np.ndarray, np.ndarray]:
     """Zero-copy (offsets int32, data uint8) views of a pyarrow string array, as the C++ engine
     takes them. Offsets are absolute positions in `data` (they need not start at 0)."""
@@ -162,11 +194,11 @@ class CorpusReader:
         batch_bytes: int = 16 << 20,
     ):
         if on_error not in _ON_ERROR:
-            raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+            raise UsageError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         if format is not None and format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+            raise UsageError(f"format must be one of {FORMATS}, got {format!r}")
         if batch_size < 1 or batch_bytes < 1:
-            raise ValueError("batch_size and batch_bytes must be positive")
+            raise UsageError(f"batch_size and batch_bytes must be positive, got {batch_size} and {batch_bytes}")
         self.path = path
         self.text_field = text_field
         self.id_field = id_field
@@ -261,19 +293,9 @@ class CorpusReader:
 
     @staticmethod
     def _feed_zstd(path: Path, reader, drain):
-        import zstandard
-
-        with open(path, "rb") as fh:
-            stream = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            while True:
-                try:
-                    block = stream.read(_ZSTD_READ_BLOCK)
-                except zstandard.ZstdError as exc:
-                    raise CorpusError(path, f"cannot decompress zstd stream: {exc} (corrupt or truncated file?)") from None
-                if not block:
-                    break
-                reader.feed(block)
-                yield from drain()
+        for block in zstd_blocks(path):
+            reader.feed(block)
+            yield from drain()
         reader.finish_input()
         yield from drain()
 

@@ -8,15 +8,16 @@ killed run and are simply embedded again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .atomic import write_json_atomic
-from .errors import CorpusError, StageMismatchError
+from .atomic import file_crc32, write_json_atomic
+from .errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
+                     check_free_space, disk_full, is_disk_full)
 
 PROGRESS_SUFFIX = ".progress.json"
 
@@ -116,6 +117,7 @@ def embed_chunks(
     progress: bool = True,
     dtype: str = "float32",
     overwrite: bool = False,
+    verify: bool = True,
 ) -> np.ndarray:
     """Embed every chunk's text into `out_path` (.npy, shape (rows, dim)), resuming a stopped run.
 
@@ -123,6 +125,11 @@ def embed_chunks(
     `batch_size` texts are embedded and flushed at a time (the embedder sorts them by length inside).
     A finished or partial file made with another embedder or other rows raises StageMismatchError
     unless `overwrite=True`. Returns the embeddings as a read-only memory map.
+
+    The file's full size is reserved on disk before anything is written (a write into a memory-mapped
+    page the disk cannot back kills the process with SIGBUS), so a full disk is a DiskFullError up
+    front. A finished file's CRC32 is stored in its progress record and checked when the file is
+    reused (`verify=False` skips that read).
     """
     import json
 
@@ -152,10 +159,15 @@ def embed_chunks(
                 )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if record is None:
+        header = 128  # numpy's .npy header for a 2-D array (64-byte aligned; more only for odd dtypes)
+        check_free_space(out_path, header + texts.rows * expected["dim"] * np.dtype(dtype).itemsize)
         arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=expected["dtype"],
                                         shape=(texts.rows, expected["dim"]))
+        _reserve(out_path)
         record = dict(expected, done=0, complete=texts.rows == 0)
         arr.flush()
+        if record["complete"]:
+            record["crc32"] = file_crc32(out_path)
         write_json_atomic(record_path, record)
     else:
         try:
@@ -167,6 +179,11 @@ def embed_chunks(
             raise StageMismatchError(f"{out_path}: holds {arr.shape} {arr.dtype}, its progress record says "
                                      f"{(texts.rows, expected['dim'])} {expected['dtype']}; delete it or pass "
                                      "overwrite=True")
+        if record.get("complete"):
+            if verify:
+                _verify(out_path, record)
+        else:
+            _reserve(out_path)  # a file begun by an older nextlong may still be sparse
     done = int(record["done"])
     if done < texts.rows:
         bar = None
@@ -179,12 +196,14 @@ def embed_chunks(
             for first, batch in texts.slices(done, batch_size):
                 vecs = embedder.embed(batch)
                 if vecs.shape != (len(batch), expected["dim"]):
-                    raise ValueError(f"embedder {embedder.name!r} returned shape {vecs.shape}, "
-                                     f"expected {(len(batch), expected['dim'])}")
+                    raise EmbedderError(f"embedder {embedder.name!r} returned shape {vecs.shape}, "
+                                        f"expected {(len(batch), expected['dim'])}")
                 arr[first : first + len(batch)] = vecs
                 arr.flush()
                 record["done"] = first + len(batch)
                 record["complete"] = record["done"] >= texts.rows
+                if record["complete"]:
+                    record["crc32"] = file_crc32(out_path)
                 write_json_atomic(record_path, record)
                 if bar is not None:
                     bar.update(len(batch))
@@ -195,15 +214,60 @@ def embed_chunks(
     return np.load(out_path, mmap_mode="r")
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the whole file on disk now (posix_fallocate), so later writes through the memory map
+    cannot run out of space; ENOSPC here is a DiskFullError naming the bytes needed."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if is_disk_full(exc):
+            import shutil
+
+            raise disk_full(path, size, shutil.disk_usage(path.parent).free) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    except AttributeError:  # no posix_fallocate on this platform: the free-space check stands alone
+        pass
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path, record: dict) -> None:
+    stored = record.get("crc32")
+    if stored is None:  # written by an older nextlong: nothing to compare with
+        return
+    actual = file_crc32(path)
+    if actual != stored:
+        raise CorruptFileError(
+            f"{path}: CRC32 mismatch ({actual:08x} now, {stored:08x} stored when it was written); the embeddings "
+            f"file is corrupt: delete it and {progress_path(path).name} to embed again (or pass --no-verify)")
+
+
+def open_embeddings(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
+    """A finished embeddings file as a read-only memory map, its CRC32 checked against the progress
+    record (`verify=False` skips the read). A file without a record is opened as it is."""
+    import json
+
+    path = Path(path)
+    record_path = progress_path(path)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if not record.get("complete"):
+            raise NextlongError(f"{path}: embedding stopped at row {record.get('done')} of {record.get('rows')}; "
+                                "re-run to finish it")
+        if verify:
+            _verify(path, record)
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: unreadable embeddings file ({exc})") from exc
+
+
 def embedding_progress(out_path: str | os.PathLike) -> dict | None:
     """The progress record of an embeddings file (None when there is none)."""
     import json
 
     path = progress_path(out_path)
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def embed_texts(embedder, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
-    """In-memory counterpart of embed_chunks for small inputs (queries)."""
-    parts = [embedder.embed(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    return np.concatenate(parts) if parts else np.empty((0, embedder.dim), np.float32)

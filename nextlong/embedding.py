@@ -22,16 +22,12 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import NextlongError
+from .errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {None, "", "default", "minilm", DEFAULT_EMBEDDER, "sentence-transformers/" + DEFAULT_EMBEDDER}
 LEXICAL_EMBEDDER = "hashed-tfidf"
 _LEXICAL_STATE = "lexical_embedder.json"
-
-
-class EmbedderError(NextlongError, ValueError):
-    """An embedder that cannot be loaded (unknown name, missing folder, unreadable model files)."""
 
 
 @runtime_checkable
@@ -96,14 +92,16 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
             try:
                 options.setdefault("dim", int(spec.split(":", 1)[1]))
             except ValueError:
-                raise EmbedderError(f"bad lexical embedder {spec!r}: expected hashed-tfidf or hashed-tfidf:DIM") from None
+                raise UnknownEmbedderError(f"bad lexical embedder {spec!r}: expected hashed-tfidf or hashed-tfidf:DIM") from None
+        options.pop("threads", None)  # one thread: its cost is a hash per word, not worth a pool
+        _require_numba()
         return HashedLexicalEmbedder(**options)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / _LEXICAL_STATE).is_file():
             return HashedLexicalEmbedder.load(path)
         return TransformerEmbedder(path, **options)
-    raise EmbedderError(
+    raise UnknownEmbedderError(
         f"unknown embedder {spec!r}: expected {DEFAULT_EMBEDDER!r}, {LEXICAL_EMBEDDER!r}[:DIM], or an existing local "
         "model folder (nothing is downloaded)"
     )
@@ -186,8 +184,12 @@ class TransformerEmbedder:
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:
+            raise EmbedderError(f"transformer embedders need the Python package {exc.name!r}, which is not "
+                                "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)") from exc
 
         folder = Path(path).expanduser().resolve()
         if not folder.is_dir():
@@ -280,7 +282,16 @@ class TransformerEmbedder:
 _WORD = re.compile(r"[^\W_]+")
 
 
+def _require_numba() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None:
+        raise EmbedderError(f"the {LEXICAL_EMBEDDER} embedder needs the Python package 'numba', which is not "
+                            "installed: pip install 'nextlong[ml]'")
+
+
 def _numba_projection():
+    _require_numba()
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -457,3 +468,20 @@ class HashedLexicalEmbedder:
             raise EmbedderError(f"{folder / 'lexical_idf.npy'}: unreadable IDF array ({exc})") from exc
         return cls(cfg["dim"], buckets_log2=cfg["buckets_log2"], nnz=cfg["nnz"], bigrams=cfg["bigrams"],
                    seed=cfg["seed"], idf=idf, num_docs=cfg["num_docs"])
+
+
+def check_embedder_spec(name_or_path: str | os.PathLike | None) -> None:
+    """Raise EmbedderError now, before hours of chunking, when `name_or_path` cannot name an embedder
+    (unknown name, missing folder, missing extra). Cheap: the default model is not loaded."""
+    if name_or_path in _DEFAULT_ALIASES:
+        default_model_path()
+        import importlib.util
+
+        for module in ("torch", "transformers"):
+            if importlib.util.find_spec(module) is None:
+                raise EmbedderError(f"the default embedder needs the Python package {module!r}, which is not "
+                                    "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)")
+        return
+    if Path(str(name_or_path)).expanduser().is_dir():
+        return  # loaded (and checked) when used
+    load_embedder(name_or_path)  # a lexical spec loads in no time; an unknown name raises here

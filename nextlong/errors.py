@@ -46,3 +46,74 @@ class StageMismatchError(NextlongError):
 
 class OutputLockedError(NextlongError):
     """Another live process is writing the same output folder."""
+
+
+class EmbedderError(NextlongError, ValueError):
+    """An embedder that cannot be loaded (unknown name, missing folder, unreadable model files, missing extra)."""
+
+
+class UnknownEmbedderError(EmbedderError, UsageError):
+    """An --embedder value that names no embedder (a usage error: exit status 2)."""
+
+
+class IndexFileError(NextlongError, ValueError):
+    """An index directory that is missing, partial or corrupt."""
+
+
+class EmbedderMismatchError(StageMismatchError, ValueError):
+    """The index was built with another embedder (or dimension) than the one asked for."""
+
+
+class DiskFullError(NextlongError, OSError):
+    """No space left for an output: names the path and how many bytes it needs."""
+
+
+def disk_full(path, needed: int | str | None = None, free: int | None = None) -> DiskFullError:
+    """The one-line error for a full disk (ENOSPC / EDQUOT) while writing `path`; `needed` is a byte
+    count or a phrase such as "more than 1,024 bytes"."""
+    parts = []
+    if needed is not None:
+        parts.append(f"needs {needed}" if isinstance(needed, str) else f"needs {_size(needed)}")
+    if free is not None:
+        parts.append(f"{_size(free)} free")
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return DiskFullError(f"{path}: no space left on device{detail}; free some space (or choose another output) "
+                         "and re-run: finished work is kept")
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1 << 20 else f"{n:,} bytes ({n / (1 << 30):.2f} GiB)"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSErrors of a full disk or an exceeded quota."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_free_space(path, needed: int) -> None:
+    """Raise DiskFullError when the filesystem holding `path` has less than `needed` bytes free.
+
+    Called before growing a memory-mapped file: a write into a mapped page the disk cannot back
+    kills the process with SIGBUS ("Bus error"), too late for any message."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise disk_full(os.fspath(path), needed, free)
+
+
+def missing_extra(module: str, extra: str, feature: str) -> NextlongError:
+    """The error for an optional dependency that is not installed."""
+    return NextlongError(f"{feature} needs the Python package {module!r}, which is not installed: "
+                         f"pip install 'nextlong[{extra}]'")
+
+
+class CorruptFileError(NextlongError):
+    """A stored file whose checksum no longer matches what was written (bytes changed on disk)."""

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_json_atomic
-from .errors import CorpusError, NextlongError, StageMismatchError
+from .atomic import atomic_path, file_crc32, write_json_atomic
+from .errors import (CorpusError, EmbedderMismatchError, IndexFileError,  # noqa: F401  (importable from here)
+                     NextlongError, StageMismatchError, UsageError)
 
 INDEX_FILE = "index.usearch"
 META_FILE = "chunks.parquet"
@@ -48,22 +48,6 @@ DEFAULT_EXPANSION_SEARCH = 32
 _DTYPES = {"f16": "f16", "float16": "f16", "i8": "i8", "int8": "i8", "f32": "f32", "float32": "f32",
            "bf16": "bf16", "bfloat16": "bf16"}
 _SEARCH_BATCH = 1 << 14  # queries per usearch call: bounds the (queries x count) result matrices
-
-
-class IndexFileError(NextlongError, ValueError):
-    """An index directory that is missing, partial or corrupt."""
-
-
-class EmbedderMismatchError(StageMismatchError, ValueError):
-    """The index was built with another embedder (or dimension) than the one asked for."""
-
-
-def _file_crc32(path: Path, block: int = 1 << 24) -> int:
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -232,9 +216,9 @@ class ChunkIndex:
                 raise ValueError(f"text_hashes has shape {text_hashes.shape}, expected ({n},)")
         kind = _DTYPES.get(str(dtype))
         if kind is None:
-            raise ValueError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
+            raise UsageError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
         if metric not in ("cos", "ip"):
-            raise ValueError(f"metric must be 'cos' or 'ip' (vectors are unit-normalised), got {metric!r}")
+            raise UsageError(f"metric must be 'cos' or 'ip' (vectors are unit-normalised), got {metric!r}")
 
         doc_key = "doc_index" if np.issubdtype(doc_ids.dtype, np.integer) else "doc_id"
         columns: dict[str, Any] = {"chunk_id": pa.array(chunk_ids, pa.int64())}
@@ -294,11 +278,23 @@ class ChunkIndex:
         """Write the index directory; index.json goes last and records the index file's size and CRC."""
         import pyarrow.parquet as pq
 
+        from .errors import check_free_space, disk_full
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        needed = int(self._index.serialized_length)
+        check_free_space(folder / INDEX_FILE, needed)
         with atomic_path(folder / INDEX_FILE) as tmp:
-            self._index.save(str(tmp))
-            size, crc = tmp.stat().st_size, _file_crc32(tmp)
+            try:
+                self._index.save(str(tmp))
+            except RuntimeError as exc:  # usearch reports a failed write (a full disk too) this way
+                import shutil
+
+                free = shutil.disk_usage(folder).free
+                if free < needed + (1 << 20):
+                    raise disk_full(folder / INDEX_FILE, needed, free) from exc
+                raise IndexFileError(f"{folder / INDEX_FILE}: cannot write the index ({exc})") from exc
+            size, crc = tmp.stat().st_size, file_crc32(tmp)
         with atomic_path(folder / META_FILE) as tmp:
             pq.write_table(self.meta, tmp)
         self.info["index_file"] = {"name": INDEX_FILE, "bytes": size, "crc32": crc}
@@ -313,9 +309,10 @@ class ChunkIndex:
         return cls._open(folder, view=False, embedder=embedder, expect_dim=expect_dim, verify=verify)
 
     @classmethod
-    def view(cls, folder, embedder=None, *, expect_dim: int | None = None, verify: bool = False) -> "ChunkIndex":
+    def view(cls, folder, embedder=None, *, expect_dim: int | None = None, verify: bool = True) -> "ChunkIndex":
         """Memory-map the index file instead of reading it: opening costs no copy, and processes that
-        view the same file share its pages. Checks size and header (and the CRC when `verify`)."""
+        view the same file share its pages. Checks size and header, and the CRC with one streaming read
+        of the file unless `verify=False` (a corrupt file would give wrong neighbours, or nan similarities)."""
         return cls._open(folder, view=True, embedder=embedder, expect_dim=expect_dim, verify=verify)
 
     @classmethod
@@ -352,8 +349,12 @@ class ChunkIndex:
             raise IndexFileError(f"{path}: header (dim {header and header.get('dimensions')}, count "
                                  f"{header and header.get('count_present')}) disagrees with {INFO_FILE} "
                                  f"(dim {info['embedder']['dim']}, count {info['counts']['chunks']})")
-        if verify and _file_crc32(path) != recorded.get("crc32"):
-            raise IndexFileError(f"{path}: CRC32 mismatch; the index file is corrupt")
+        if verify:
+            actual = file_crc32(path)
+            if actual != recorded.get("crc32"):
+                raise IndexFileError(
+                    f"{path}: CRC32 mismatch ({actual:08x} now, {recorded.get('crc32') or 0:08x} stored in {INFO_FILE} "
+                    "when it was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
         try:
             index = Index.restore(str(path), view=view)
         except (ValueError, RuntimeError) as exc:
@@ -439,7 +440,7 @@ class ChunkIndex:
             return _Exclusion(scalars=np.repeat(convert(np.asarray([spec])), n))
         items = list(spec)
         if len(items) != n:
-            raise ValueError(f"an exclusion list must have one entry per query ({n}), got {len(items)}")
+            raise UsageError(f"an exclusion list must have one entry per query ({n}), got {len(items)}")
         if all(x is not None and not _is_collection(x) for x in items):
             return _Exclusion(scalars=convert(np.asarray(items)))
         sets = [None if x is None else convert(np.asarray(list(x) if _is_collection(x) else [x])) for x in items]
@@ -466,32 +467,36 @@ class ChunkIndex:
         `exclude_ids` with chunk ids (e.g. chunks already used in this synthesized document).
         """
         if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+            raise UsageError(f"k must be >= 0, got {k}")
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (n, {self.dim}), got {np.asarray(queries).shape}")
+            raise UsageError(f"queries must have shape (n, {self.dim}), got {np.asarray(queries).shape}")
         n = len(q)
         docs = self._exclusion(exclude_doc_ids, n, self._doc_code_of)
         if exclude_hashes is not None and self.text_hashes is None:
-            raise ValueError("this index was built without text_hashes; cannot exclude duplicates")
+            raise UsageError("this index was built without text_hashes; cannot exclude duplicates")
         hashes = self._exclusion(exclude_hashes, n, lambda a: a.astype(np.uint64))
         ids = self._exclusion(exclude_ids, n, lambda a: a.astype(np.int64))
         out_ids = np.full((n, k), -1, dtype=np.int64)
         out_sim = np.full((n, k), np.nan, dtype=np.float32)
         if n == 0 or k == 0 or len(self) == 0:
             return out_ids, out_sim
-        if expansion_search is not None:
-            self._index.expansion_search = int(expansion_search)
         q = self._prepare_queries(q, threads)
         plain = docs is None and hashes is None and ids is None
-        for start in range(0, n, _SEARCH_BATCH):
-            stop = min(n, start + _SEARCH_BATCH)
-            if plain:
-                self._search_plain(q[start:stop], k, threads, out_ids[start:stop], out_sim[start:stop])
-            else:
-                self._search_block(q, np.arange(start, stop), k, docs, hashes, ids, threads, out_ids, out_sim)
+        saved = self._index.expansion_search
+        if expansion_search is not None:  # for this call only: the index keeps its own setting
+            self._index.expansion_search = int(expansion_search)
+        try:
+            for start in range(0, n, _SEARCH_BATCH):
+                stop = min(n, start + _SEARCH_BATCH)
+                if plain:
+                    self._search_plain(q[start:stop], k, threads, out_ids[start:stop], out_sim[start:stop])
+                else:
+                    self._search_block(q, np.arange(start, stop), k, docs, hashes, ids, threads, out_ids, out_sim)
+        finally:
+            self._index.expansion_search = saved
         return out_ids, out_sim
 
     def _prepare_queries(self, q: np.ndarray, threads: int = 0) -> np.ndarray:
@@ -681,42 +686,53 @@ def build_index_from_chunks(
     """
     from .embed_store import _Texts, embed_chunks
     from .embedding import HashedLexicalEmbedder, load_embedder
+    from .locking import output_lock
     from .manifest import write_manifest
 
     chunks_path = Path(chunks_path)
     out_dir = Path(out_dir)
+    # everything that can be checked is checked before the embedding pass (hours on a real corpus)
+    if _DTYPES.get(str(dtype)) is None:
+        raise UsageError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
+    for name, value in (("batch_size", batch_size), ("connectivity", connectivity),
+                        ("expansion_add", expansion_add), ("expansion_search", expansion_search)):
+        if value < 1:
+            raise UsageError(f"{name} must be positive, got {value}")
+    if threads < 0:
+        raise UsageError(f"threads must be 0 (all cores) or positive, got {threads}")
     meta = read_chunk_metadata(chunks_path)
     if embedder is None or isinstance(embedder, (str, os.PathLike)):
         embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
-    timings = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(embedder, HashedLexicalEmbedder):
+    with output_lock(out_dir, "index"):
+        timings = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(embedder, HashedLexicalEmbedder):
+            t = time.perf_counter()
+            if not embedder.num_docs:
+                embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
+            embedder.save(out_dir)
+            timings["fit_seconds"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        if not embedder.num_docs:
-            embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
-        embedder.save(out_dir)
-        timings["fit_seconds"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
-    emb = embed_chunks(chunks_path, embedder, embeddings_path,
-                       batch_size=batch_size, progress=progress)
-    timings["embed_seconds"] = round(time.perf_counter() - t, 3)
-    index = ChunkIndex.build(
-        emb, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
-        text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder, dtype=dtype,
-        connectivity=connectivity, expansion_add=expansion_add, expansion_search=expansion_search,
-        threads=threads, progress=progress,
-    )
-    timings["index_seconds"] = index.info["build_seconds"]
-    index.info["chunks_path"] = str(chunks_path.resolve())
-    index.info["embeddings_path"] = str(embeddings_path.resolve())
-    index.save(out_dir)
-    write_manifest(
-        out_dir / MANIFEST_FILE,
-        command="index",
-        settings={"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": index.info["dtype"],
-                  "connectivity": connectivity, "expansion_add": expansion_add,
-                  "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads},
-        statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings},
-    )
+        embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
+        emb = embed_chunks(chunks_path, embedder, embeddings_path,
+                           batch_size=batch_size, progress=progress)
+        timings["embed_seconds"] = round(time.perf_counter() - t, 3)
+        index = ChunkIndex.build(
+            emb, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
+            text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder, dtype=dtype,
+            connectivity=connectivity, expansion_add=expansion_add, expansion_search=expansion_search,
+            threads=threads, progress=progress,
+        )
+        timings["index_seconds"] = index.info["build_seconds"]
+        index.info["chunks_path"] = str(chunks_path.resolve())
+        index.info["embeddings_path"] = str(embeddings_path.resolve())
+        index.save(out_dir)
+        write_manifest(
+            out_dir / MANIFEST_FILE,
+            command="index",
+            settings={"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": index.info["dtype"],
+                      "connectivity": connectivity, "expansion_add": expansion_add,
+                      "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads},
+            statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings},
+        )
     return index

@@ -1,9 +1,16 @@
 """One writer per output folder: two runs into the same --out would mix their files silently.
 
-`output_lock(folder)` takes an exclusive, non-blocking `flock` on `folder/.nextlong.lock` and
-writes the holder's pid into it. The kernel drops the lock when the holder dies, so a stale lock
-file of a killed run never blocks the next one; a live holder makes the second run fail at once
-with a message naming the folder and the holder's pid.
+`output_lock(target)` takes an exclusive, non-blocking `flock` on a lock file (`DIR/.nextlong.lock`
+for a folder, a hidden `.NAME.lock` beside a single output file) and writes the holder's pid and
+command into it. The kernel drops the lock when the holder dies, so the lock file of a killed run
+never blocks the next one; a live holder makes the second run fail at once with a message naming
+the output and the holder's pid.
+
+The holder deletes the lock file before it lets go. That is safe because a run that locked a file
+checks it is still the one at the path (same inode) and otherwise starts over on the new file.
+
+A run that fails leaves no empty folders behind: the folders the lock created, and empty
+sub-folders of the output, are removed again (folders with finished work stay, for the resume).
 """
 
 from __future__ import annotations
@@ -18,33 +25,92 @@ from .errors import NextlongError, OutputLockedError
 LOCK_NAME = ".nextlong.lock"
 
 
-def lock_path_for(target: str | os.PathLike) -> Path:
-    """The lock of an output folder, or of a single output file (a hidden lock beside it)."""
+def lock_path_for(target: str | os.PathLike, file: bool | None = None) -> Path:
+    """The lock of an output folder, or of a single output file (a hidden lock beside it).
+    `file=None` guesses: an existing folder, or a name without a suffix, is a folder."""
     target = Path(target)
-    if target.suffix and not target.is_dir():  # a file output such as chunks.parquet
-        return target.with_name(f".{target.name}.lock")
-    return target / LOCK_NAME
+    if file is None:
+        file = bool(target.suffix) and not target.is_dir()
+    return target.with_name(f".{target.name}.lock") if file else target / LOCK_NAME
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it created (deepest last); errors name the folder."""
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NextlongError(f"{folder}: cannot create the output folder: {probe} is a file, not a folder")
+    created = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue  # made by someone else meanwhile
+        except OSError as exc:
+            raise NextlongError(f"{path}: cannot create the output folder ({exc.strerror})") from exc
+        created.append(path)
+    return created
+
+
+def _prune_empty(root: Path | None, created: list[Path]) -> None:
+    """Remove empty folders under the output folder `root` (deepest first), then the empty folders
+    this run created (a single output file's folder is the user's: only what the run created goes)."""
+    if root is not None and root.is_dir():
+        for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)  # fails (and is skipped) unless empty
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike, command: str = "nextlong"):
-    """Hold an exclusive lock on an output folder (or file) for the duration of the block."""
-    path = lock_path_for(target)
+def output_lock(target: str | os.PathLike, command: str = "nextlong", *, file: bool | None = None):
+    """Hold an exclusive lock on an output folder (or file, `file=True`) for the duration of the block.
+
+    Creates the folder (or the file's folder). Raises OutputLockedError at once when another live
+    process holds the lock."""
+    target = Path(target)
+    path = lock_path_for(target, file)
+    created = _make_folders(path.parent)
+    fd = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise NextlongError(f"{path.parent}: cannot create the output folder's lock file: {exc.strerror}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputLockedError(
-                f"{Path(target)}: another run is writing this output (pid {holder}); wait for it to finish or "
-                "choose another output") from None
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise NextlongError(f"{path.parent}: cannot create the output's lock file ({exc.strerror})") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise OutputLockedError(
+                    f"{target}: another run is writing this output (pid {holder}); wait for it to finish or "
+                    "choose another output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed the file we locked: lock the new one
+            fd = None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-        yield path
+        try:
+            yield path
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            _prune_empty(target if path.name == LOCK_NAME else None, created)
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     finally:
-        os.close(fd)  # releases the lock; the file stays (harmless, and removing it would race)
+        if fd is not None:
+            os.close(fd)  # releases the lock

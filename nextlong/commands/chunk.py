@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .argtypes import THREADS_HELP, positive_int, threads
+
 
 def add_corpus_arguments(p) -> None:
     """Reader options shared by `chunk` and `tokenize`."""
@@ -15,8 +17,8 @@ def add_corpus_arguments(p) -> None:
                    help="read every input file in this format instead of going by extension")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad records: stop with an error (default) or skip and count them")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=1024, help="documents per batch (default: 1024)")
+    p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP)
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="documents per batch (default: 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,7 +41,7 @@ def add_parser(subparsers) -> None:
     add_corpus_arguments(p)
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer (cl100k_base, a tokenizer.json, ...): fills num_tokens; needed for --unit tokens")
-    p.add_argument("--max-len", type=int, default=2048, help="granularity s: longest chunk in --unit (default: 2048)")
+    p.add_argument("--max-len", type=positive_int, default=2048, help="granularity s: longest chunk in --unit (default: 2048)")
     p.add_argument("--unit", default="chars", choices=("chars", "tokens"), help="length unit (default: chars)")
     p.add_argument("--count-newlines", action="store_true",
                    help="count the newline joining two paragraphs as one unit (the reference code does not)")

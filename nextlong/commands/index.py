@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import THREADS_HELP, positive_int, threads
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,11 +21,11 @@ def add_parser(subparsers) -> None:
                    help="all-MiniLM-L6-v2 (default, offline), hashed-tfidf[:DIM] (lexical, fast), "
                    "or a local sentence-transformers/transformers model folder")
     p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
-    p.add_argument("--batch-size", type=int, default=512, help="texts embedded and flushed to disk at a time")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
-    p.add_argument("--connectivity", type=int, default=None, help="HNSW M (default 32)")
-    p.add_argument("--expansion-add", type=int, default=None, help="HNSW efConstruction (default 128)")
-    p.add_argument("--expansion-search", type=int, default=None, help="HNSW efSearch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="texts embedded and flushed to disk at a time")
+    p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP)
+    p.add_argument("--connectivity", type=positive_int, default=None, help="HNSW M (default 32)")
+    p.add_argument("--expansion-add", type=positive_int, default=None, help="HNSW efConstruction (default 128)")
+    p.add_argument("--expansion-search", type=positive_int, default=None, help="HNSW efSearch (default 32)")
     p.add_argument("--embeddings", default=None,
                    help="embeddings .npy to write/resume (default INDEX_DIR/embeddings.npy); an existing complete "
                    "file made by the same embedder from the same chunks is reused")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NextlongError
+from .argtypes import nonnegative_int, positive_int
 
 _COLOURS = {"anchor": "\033[1;32m", "negative": "\033[2;37m"}
 _RESET = "\033[0m"
@@ -19,9 +20,9 @@ def add_parser(subparsers) -> None:
                               description="Print one long document of a `nextlong synthesize` output folder with "
                                           "anchor meta-chunks and negatives marked, then the manifest's statistics.")
     p.add_argument("dir", help="output folder of nextlong synthesize")
-    p.add_argument("--sample", type=int, default=0, help="which long document (row number, default 0)")
-    p.add_argument("--max-chars", type=int, default=300, help="characters shown per segment (default 300)")
-    p.add_argument("--max-segments", type=int, default=12, help="segments shown (default 12)")
+    p.add_argument("--sample", type=nonnegative_int, default=0, help="which long document (row number, default 0)")
+    p.add_argument("--max-chars", type=positive_int, default=300, help="characters shown per segment (default 300)")
+    p.add_argument("--max-segments", type=positive_int, default=12, help="segments shown (default 12)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=run)
 

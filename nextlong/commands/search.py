@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import nonnegative_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -16,12 +18,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("index_dir", help="directory written by `nextlong index`")
     p.add_argument("query", help="query text")
-    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     p.add_argument("--chunks", default=None, help="chunk table for the texts (default: the one recorded in the index)")
-    p.add_argument("--exclude-doc", action="append", default=None,
+    p.add_argument("--exclude-doc", action="append", default=None, type=nonnegative_int,
                    help="doc_index to exclude (repeatable), as mining excludes the document being extended")
-    p.add_argument("--snippet", type=int, default=160, help="characters of text shown per result")
+    p.add_argument("--snippet", type=nonnegative_int, default=160, help="characters of text shown per result")
     p.add_argument("--json", action="store_true", help="one JSON object per result instead of a table")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the CRC32 check of the index file (one read of the file)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CorpusError
     from ..index import ChunkIndex
 
-    index = ChunkIndex.view(args.index_dir)
+    index = ChunkIndex.view(args.index_dir, verify=not args.no_verify)
     embedder = index.query_embedder()
     query = embedder.embed([args.query])
     exclude = None
