@@ -125,7 +125,8 @@ def test_quest_contexts_come_from_one_group_split_and_oversampled():
 
 def test_quest_samples_share_their_key_end_to_end(tmp_path):
     """`nextlong.synthesize(method="quest")` on real text: every sample records its key, and adjacent
-    documents of a sample both contain that key as a word in >= 95% of pairs (the target of issue 10)."""
+    documents of a sample both contain that key as a word (and among their top keywords) in >= 95% of
+    pairs (the target of issue 10)."""
     import re
 
     import pyarrow.parquet as pq
@@ -141,7 +142,7 @@ def test_quest_samples_share_their_key_end_to_end(tmp_path):
                           progress=False)
     table = pq.read_table(out / "data")
     assert set(table.column("method").to_pylist()) == {"quest"}
-    text_of = dict(docs)
+    words_of = {d: {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9_]{2,}", t)} for d, t in docs}
     top = dict(zip([d for d, _ in docs], kw([t for _, t in docs])))
     pairs = shared = in_top = 0
     for row in table.to_pylist():
@@ -149,12 +150,11 @@ def test_quest_samples_share_their_key_end_to_end(tmp_path):
         assert key
         seq = [s["doc_id"] for s in row["segments"]]
         order = [d for i, d in enumerate(seq) if i == 0 or seq[i - 1] != d]
-        word = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", re.IGNORECASE)
         for a, b in zip(order, order[1:]):
             pairs += 1
-            shared += bool(word.search(text_of[a]) and word.search(text_of[b]))
+            shared += key in words_of[a] and key in words_of[b]
             in_top += key in top[a] and key in top[b]
-    assert pairs > 50
+    assert pairs >= 20, pairs
     assert shared / pairs >= 0.95, (shared, pairs)
     assert in_top / pairs >= 0.95, (in_top, pairs)
     q = manifest["statistics"]["quest"]

@@ -50,7 +50,8 @@ def check_invariants(out, method, tok, sep="\n"):
         assert segs[0]["start"] == 0 and segs[-1]["end"] == L
         assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:])), "segments tile input_ids"
         keys = [(s["doc_id"], s["chunk_index"]) for s in segs]
-        assert len(set(keys)) == len(keys), "no chunk used twice"
+        if method != "quest":  # quest oversamples a small key group: its documents recur
+            assert len(set(keys)) == len(keys), "no chunk used twice"
         for k, seg in enumerate(segs):
             text, cids = chunks[(seg["doc_id"], seg["chunk_index"])]
             got = ids[seg["start"]:seg["end"]]
@@ -75,14 +76,18 @@ def check_invariants(out, method, tok, sep="\n"):
             assert {s["role"] for s in segs} == {"anchor"}
             docs = [s["doc_id"] for s in segs]
             order = [d for i, d in enumerate(docs) if i == 0 or docs[i - 1] != d]
-            assert len(order) == len(set(order)), "a document's chunks are contiguous and used once"
-            for d in order:
-                idx = [s["chunk_index"] for s in segs if s["doc_id"] == d]
-                assert idx == list(range(idx[0], idx[0] + len(idx))) and (idx[0] == 0)
+            if method != "quest":
+                assert len(order) == len(set(order)), "a document's chunks are contiguous and used once"
+            runs = []  # each run of one document's segments is the whole document from its start
+            for i, seg in enumerate(segs):
+                if i == 0 or segs[i - 1]["doc_id"] != seg["doc_id"]:
+                    runs.append([])
+                runs[-1].append(seg["chunk_index"])
+            assert all(idx == list(range(len(idx))) for idx in runs)
             used_docs_global.extend(order)
     if method == "nextlong":
         assert with_negatives > 0
-    if method in ("standard", "iclm", "quest"):
+    if method in ("standard", "iclm"):
         assert len(used_docs_global) == len(set(used_docs_global)), "each document used once"
     return table
 

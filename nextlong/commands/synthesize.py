@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..synthesis.config import ATTENTION_SPANS, FORMATS, METHODS, NEGATIVE_RULES
+from ..synthesis.config import ATTENTION_SPANS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
+from .argtypes import THREADS_HELP, positive_float, positive_int, threads
 
 
 def add_parser(subparsers) -> None:
@@ -21,38 +22,65 @@ def add_parser(subparsers) -> None:
     p.add_argument("--demo", action="store_true",
                    help="use the embedded demo corpus (stdlib docstrings), target length 8192, 8 samples")
     p.add_argument("--tokenizer", help="tokenizer spec (default cl100k_base, offline)")
-    p.add_argument("--target-length", type=int, help="tokens per long document L (default 131072; demo 8192)")
+    p.add_argument("--target-length", type=positive_int, help="tokens per long document L (default 131072; demo 8192)")
     p.add_argument("--method", choices=METHODS, default="nextlong")
     p.add_argument("--negatives", choices=NEGATIVE_RULES,
                    help="fixed-k: the paper's k=(T·E·w−S)/(p·s) per meta-chunk (default); fill: add negatives "
                         "layer by layer until exactly L")
+    p.add_argument("--near-dup-threshold", type=near_dup_threshold, default=0.5,
+                   help="skip a candidate negative whose word 5-gram Jaccard with a meta-chunk of the anchor or an "
+                        "already chosen negative reaches this (default 0.5; 0 or off: only exact duplicates)")
+    p.add_argument("--long-docs", choices=LONG_DOCS, default="keep",
+                   help="an anchor document that alone reaches the target length: keep it without negatives "
+                        "(default; counted as already_long) or drop it")
     p.add_argument("--index", help="reuse an index folder built by `nextlong index` from the same chunks")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; hashed-tfidf for speed)")
-    p.add_argument("--chunk-size", type=int, default=2048, help="granularity s (default 2048)")
+    p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, help="number of long documents (default: one per usable anchor)")
+    p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet")
     p.add_argument("--attention-spans", choices=ATTENTION_SPANS, default="sample",
                    help="MDS `indices` (each pair is one attention block in training): sample = one span [0, L) "
                         "per long document (default); document = one span per run of the same source document")
     p.add_argument("--separator", default="\n",
                    help="text appended after every piece (default newline; use '' for none)")
-    p.add_argument("--overshoot", type=float, default=1.5, help="w of the k formula (default 1.5)")
-    p.add_argument("--chars-per-token", type=float,
+    p.add_argument("--overshoot", type=positive_float, default=1.5, help="w of the k formula (default 1.5)")
+    p.add_argument("--chars-per-token", type=positive_float,
                    help="E of the k formula (default: measured on the corpus's chunks)")
     p.add_argument("--k-rounding", choices=("ceil", "floor"), default="ceil",
                    help="rounding of the k formula (default ceil: keeps the overshoot)")
     p.add_argument("--doc-embedding", choices=("mean", "first"), default="mean",
                    help="knn/iclm document vector: mean of its chunk vectors (default) or its first chunk's")
-    p.add_argument("--knn-neighbors", type=int, default=32, help="iclm graph degree / knn first search width")
-    p.add_argument("--shard-size", type=int, default=64, help="anchors (or long documents) per output shard")
+    p.add_argument("--knn-neighbors", type=positive_int, default=32, help="iclm graph degree / knn first search width")
+    p.add_argument("--quest-keywords", type=positive_int, default=3,
+                   help="quest: a document's key is drawn among its top N TF-IDF keywords (default 3)")
+    p.add_argument("--quest-max-repeats", type=positive_int, default=4,
+                   help="quest: a key group shorter than L is repeated, reshuffled, at most N times (default 4)")
+    p.add_argument("--shard-size", type=positive_int, default=64, help="anchors (or long documents) per output shard")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field")
-    p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
+                   help="bad corpus records: stop with an error (default) or skip and count them")
+    p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP + "; also bounds the embedder's threads")
     p.add_argument("--rebuild", action="store_true", help="rebuild cached stages built with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=run)
+
+
+def near_dup_threshold(text: str) -> float:
+    """--near-dup-threshold: a Jaccard in [0, 1], or off (= 0)."""
+    if text.strip().lower() == "off":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or off, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or off, got {text!r}")
+    return value
 
 
 def unescape(text: str) -> str:
@@ -80,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
         num_threads=args.threads, progress=not args.quiet, chars_per_token=args.chars_per_token,
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
+        quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
+        near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, on_error=args.on_error, verify=not args.no_verify,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:

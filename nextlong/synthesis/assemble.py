@@ -38,6 +38,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("segments", pa.list_(SEGMENT_TYPE), nullable=False),
         pa.field("anchor_doc_id", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
+        pa.field("group_key", pa.string()),  # quest: the key every document of the sample shares; else null
     ]
 )
 
@@ -63,10 +64,6 @@ class Plan:
         chunks = np.fromiter((c for cs, _ in docs for c in cs), np.int64, count=int(offsets[-1]))
         roles = np.fromiter((r for _, rs in docs for r in rs), np.int8, count=int(offsets[-1]))
         return cls(chunks, roles, offsets, np.asarray(anchor_docs, np.int64))
-
-    @classmethod
-    def empty(cls) -> "Plan":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(1, np.int64), np.zeros(0, np.int64))
 
 
 def piece_lengths(tok_offsets: np.ndarray, chunks: np.ndarray, sep_len: int) -> np.ndarray:
@@ -182,8 +179,10 @@ def assemble(tokens, tok_offsets, plan: Plan, sep_ids, target_length: int, impl:
 # --- Arrow output ------------------------------------------------------------------------------
 
 
-def to_output_table(store, plan: Plan, input_ids: np.ndarray, seg_start, seg_end, method: str) -> pa.Table:
-    """One row per long document (OUTPUT_SCHEMA); empty pieces (after the cut) are left out."""
+def to_output_table(store, plan: Plan, input_ids: np.ndarray, seg_start, seg_end, method: str,
+                    group_keys=None) -> pa.Table:
+    """One row per long document (OUTPUT_SCHEMA); empty pieces (after the cut) are left out.
+    `group_keys`: quest's key of each long document (None: a null column)."""
     n_docs, length = input_ids.shape
     flat = pa.array(input_ids.reshape(-1), type=pa.uint32())
     ids_col = pa.ListArray.from_arrays(pa.array(np.arange(n_docs + 1, dtype=np.int32) * length), flat)
@@ -204,5 +203,7 @@ def to_output_table(store, plan: Plan, input_ids: np.ndarray, seg_start, seg_end
     seg_col = pa.ListArray.from_arrays(pa.array(seg_offsets), structs)
     anchors = pa.array([store.doc_ids[i] for i in plan.anchor_docs.tolist()], pa.string())
     return pa.Table.from_arrays(
-        [ids_col, seg_col, anchors, pa.array([method] * n_docs, pa.string())], schema=OUTPUT_SCHEMA
+        [ids_col, seg_col, anchors, pa.array([method] * n_docs, pa.string()),
+         pa.array(list(group_keys) if group_keys is not None else [None] * n_docs, pa.string())],
+        schema=OUTPUT_SCHEMA
     )

@@ -10,10 +10,11 @@ go together:
   random unvisited document, always step to the most similar unvisited neighbour, jump to the next
   unvisited document of a seeded permutation when none is left), packed in path order, each
   document used once;
-* ``quest``: documents grouped by a shared keyword, packed group by group. The paper predicts
-  queries with a generative model; as its stand-in each document's keyword is its highest TF-IDF
-  word (lowercased words of 3+ letters, kept when 2 or more documents and at most half of them
-  contain it). Groups are visited in a seeded random order, documents within a group shuffled.
+* ``quest``: Quest (Gao et al. 2024) as it defines itself: keywords per document, ONE random key per
+  document drawn among its keywords, documents grouped by key, and each long context built from a
+  single key group (small groups oversampled, large ones split; see `quest_contexts`). The paper
+  extracts keywords with RAKE from queries a generative model predicts; offline, we take each
+  document's top TF-IDF words (`document_keywords`; docs/design.md says why).
 
 Document vectors (knn, iclm) are the normalised mean of the document's chunk vectors ("mean",
 default) or its first chunk's vector ("first").
@@ -123,41 +124,114 @@ def knn_graph(doc_vectors: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def document_keywords(texts: list[str]) -> list[str | None]:
-    """Each document's highest TF-IDF word (the Quest stand-in); None when it has no shared word."""
+QUEST_TOP_KEYWORDS = 3  # a document's key is drawn among this many of its best keywords
+QUEST_MAX_DOC_FREQUENCY = 0.1  # a keyword in more than this fraction of documents names no topic
+QUEST_MAX_REPEATS = 4  # a small group is oversampled up to this many passes to fill one context
+
+
+def document_keywords(texts: list[str], top_k: int = QUEST_TOP_KEYWORDS,
+                      max_doc_frequency: float = QUEST_MAX_DOC_FREQUENCY) -> list[list[str]]:
+    """Each document's `top_k` keywords by TF-IDF, best first (ties by the word), the offline stand-in
+    for Quest's RAKE-on-predicted-queries. Words are lowercased runs of 3+ letters/digits/underscores
+    starting with a letter; a keyword must occur in 2 or more documents (a key no other document
+    shares groups nothing) and in at most `max_doc_frequency` of them (common words name no topic)."""
     counts = [Counter(w.lower() for w in _WORD.findall(t)) for t in texts]
     df: Counter = Counter()
     for c in counts:
         df.update(c.keys())
     n = len(texts)
-    out: list[str | None] = []
+    max_df = max(2, int(max_doc_frequency * n))
+    out: list[list[str]] = []
     for c in counts:
-        best, best_score = None, 0.0
         total = sum(c.values()) or 1
-        for w, tf in c.items():
-            f = df[w]
-            if f < 2 or f > n / 2:
-                continue
-            score = tf / total * math.log(n / f)
-            if score > best_score or (score == best_score and best is not None and w < best):
-                best, best_score = w, score
-        out.append(best)
+        scored = [(-(tf / total) * math.log(n / df[w]), w) for w, tf in c.items() if 2 <= df[w] <= max_df]
+        out.append([w for _, w in sorted(scored)[:top_k]])
     return out
 
 
-def quest_order(keywords: list[str | None], seed: int) -> np.ndarray:
+def draw_keys(keywords: list[list[str]], seed: int) -> list[str | None]:
+    """Quest's one random key per document, uniform among its keywords (None: it has none)."""
+    rng = np.random.default_rng(seed)
+    return [kws[int(rng.integers(len(kws)))] if kws else None for kws in keywords]
+
+
+def _top_up(context: list[int], members: np.ndarray, lengths: np.ndarray, total: int, target_length: int,
+            rng) -> int:
+    """Extend `context` with documents of its group until L tokens, in fresh shuffled passes; a pass
+    takes documents not yet in the context first, and repeats documents only when every member is in it
+    (oversampling). Never puts a document right after itself."""
+    while total < target_length:
+        present = set(context)
+        shuffled = members[rng.permutation(members.size)].tolist()
+        fill = [d for d in shuffled if d not in present] or shuffled
+        if fill[0] == context[-1] and len(fill) > 1:
+            fill = fill[1:] + fill[:1]
+        for d in fill:
+            if total >= target_length:
+                break
+            context.append(int(d))
+            total += int(lengths[d])
+    return total
+
+
+def quest_contexts(keys: list[str | None], lengths: np.ndarray, target_length: int, seed: int,
+                   max_repeats: int = QUEST_MAX_REPEATS) -> tuple[list[list[int]], list[str], dict]:
+    """Quest's long contexts, each from ONE key group: (documents of each context, its key, statistics).
+
+    A group of at least L tokens is split: its documents, shuffled, are cut into consecutive contexts
+    of L, and the short tail is topped up with other documents of the same group. A smaller group is
+    oversampled: repeated in fresh shuffles until one context of L, if that takes at most `max_repeats`
+    passes (else it is left out, counted). A group of one document makes no context (it would repeat one
+    text). Contexts come out in a seeded random order, so a sample limit takes a random set of keys."""
     rng = np.random.default_rng(seed)
     groups: dict[str, list[int]] = {}
-    loners = []
-    for d, kw in enumerate(keywords):
-        (groups.setdefault(kw, []) if kw is not None else loners).append(d)
-    names = sorted(groups)
-    order = []
-    for g in rng.permutation(len(names)):
-        members = np.asarray(groups[names[g]])
-        order.extend(members[rng.permutation(members.size)].tolist())
-    order.extend(np.asarray(loners)[rng.permutation(len(loners))].tolist() if loners else [])
-    return np.asarray(order, np.int64)
+    for d, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(d)
+    contexts: list[list[int]] = []
+    context_keys: list[str] = []
+    used_groups = oversampled = split = single = too_small = 0
+    for key in sorted(groups):
+        members = np.asarray(groups[key], np.int64)
+        total_group = int(lengths[members].sum())
+        if members.size < 2:
+            single += 1
+            continue
+        if total_group * max_repeats < target_length:
+            too_small += 1
+            continue
+        made, current, total = [], [], 0
+        for d in members[rng.permutation(members.size)].tolist():
+            current.append(d)
+            total += int(lengths[d])
+            if total >= target_length:
+                made.append(current)
+                current, total = [], 0
+        if current:
+            _top_up(current, members, lengths, total, target_length, rng)
+            made.append(current)
+        used_groups += 1
+        oversampled += total_group < target_length
+        split += len(made) > 1
+        contexts.extend(made)
+        context_keys.extend([key] * len(made))
+    order = rng.permutation(len(contexts)).tolist()
+    sizes = np.asarray([len(g) for g in groups.values()], np.int64)
+    stats = {
+        "keywords_per_document": None,  # filled by the caller, which knows top_k
+        "documents_without_key": int(sum(k is None for k in keys)),
+        "groups": len(groups),
+        "group_size_docs": ({"min": int(sizes.min()), "median": float(np.median(sizes)), "mean": float(sizes.mean()),
+                             "p90": float(np.percentile(sizes, 90)), "max": int(sizes.max())} if sizes.size else None),
+        "groups_of_one_document": single,
+        "groups_too_small": too_small,
+        "groups_used": used_groups,
+        "groups_oversampled": oversampled,
+        "groups_split": split,
+        "contexts": len(contexts),
+        "documents_in_used_groups": int(sum(len(groups[k]) for k in set(context_keys))),
+    }
+    return [contexts[i] for i in order], [context_keys[i] for i in order], stats
 
 
 def knn_anchor(store, doc_searcher, doc_vectors, anchor: int, lengths: np.ndarray, target_length: int,

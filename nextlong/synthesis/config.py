@@ -17,6 +17,7 @@ NEGATIVE_RULES = ("fixed-k", "fill")
 FORMATS = ("parquet", "jsonl", "mds")
 ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long document, or per source document
 K_ROUNDINGS = ("ceil", "floor")
+LONG_DOCS = ("keep", "drop")
 
 
 @dataclass
@@ -41,15 +42,21 @@ class SynthesisConfig:
     rebuild: bool = False
     text_field: str = "text"
     id_field: str | None = None
+    on_error: str = "raise"  # bad corpus records: stop, or "skip" and count them (truncated files always stop)
+    verify: bool = True  # CRC32-check the index and embeddings files before use (one read of each)
     # --- NExtLong details (spec §1.4) ---
     overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
     chars_per_token: float | None = None  # E; None: measured on the corpus's chunks
     k_rounding: str = "ceil"  # the formula gives a real number; ceil keeps the overshoot
     exclude_duplicates: bool = True  # skip chunks whose text hash equals an anchor chunk's or a used one's
+    near_dup_threshold: float = 0.5  # skip near-copies: word 5-gram Jaccard >= this with a piece; 0 = off
+    long_docs: str = "keep"  # an anchor document that alone reaches L: keep it (no negatives) or drop it
     max_candidates: int = 4096  # stop widening the search beyond this many neighbours per meta-chunk
     # --- baselines (spec §2) ---
     doc_embedding: str = "mean"  # knn/iclm: document vector = mean of its chunk vectors, or "first" chunk
     knn_neighbors: int = 32  # iclm graph degree; knn first search width (widened on demand)
+    quest_keywords: int = 3  # quest: the key of a document is drawn among its top this-many keywords
+    quest_max_repeats: int = 4  # quest: a small key group is repeated (reshuffled) at most this often
     # --- execution ---
     shard_size: int = 64  # anchors (nextlong, knn) or long documents (stream baselines) per output shard
     num_threads: int | None = None
@@ -57,10 +64,10 @@ class SynthesisConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from ..errors import NextlongError
+        from ..errors import UsageError
 
         def bad(msg):
-            raise NextlongError(f"synthesize: {msg}")
+            raise UsageError(msg)
 
         if self.method not in METHODS:
             bad(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -70,10 +77,22 @@ class SynthesisConfig:
             bad(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.attention_spans not in ATTENTION_SPANS:
             bad(f"--attention-spans must be one of {', '.join(ATTENTION_SPANS)}, got {self.attention_spans!r}")
+        if not 0.0 <= self.near_dup_threshold <= 1.0:
+            bad(f"--near-dup-threshold must be in [0, 1] (0 or off disables), got {self.near_dup_threshold}")
+        if self.long_docs not in LONG_DOCS:
+            bad(f"--long-docs must be one of {', '.join(LONG_DOCS)}, got {self.long_docs!r}")
         if self.k_rounding not in K_ROUNDINGS:
             bad(f"k_rounding must be one of {K_ROUNDINGS}, got {self.k_rounding!r}")
         if self.chunk_unit not in ("chars", "tokens"):
             bad(f"--chunk-unit must be chars or tokens, got {self.chunk_unit!r}")
+        if self.on_error not in ("raise", "skip"):
+            bad(f"--on-error must be raise or skip, got {self.on_error!r}")
+        if self.num_threads is not None and self.num_threads < 0:
+            bad(f"--threads must be 0 (all cores) or positive, got {self.num_threads}")
+        if self.quest_keywords < 1:
+            bad(f"--quest-keywords must be positive, got {self.quest_keywords}")
+        if self.quest_max_repeats < 1:
+            bad(f"--quest-max-repeats must be positive, got {self.quest_max_repeats}")
         if self.doc_embedding not in ("mean", "first"):
             bad(f"doc_embedding must be mean or first, got {self.doc_embedding!r}")
         if self.target_length < 1:

@@ -91,13 +91,14 @@ def chunk_stage(cfg: SynthesisConfig, tokenizer, out: Path):
         "corpus": corpus_fingerprint(cfg.corpus), "text_field": cfg.text_field, "id_field": cfg.id_field,
         "chunk_size": cfg.chunk_size, "chunk_unit": cfg.chunk_unit,
         "tokenizer": getattr(tokenizer, "fingerprint", None) or getattr(tokenizer, "name", None),
+        "on_error": cfg.on_error,
     }
     t0 = time.perf_counter()
     if not _stage_ready(directory, settings, cfg.rebuild, "chunk"):
         directory.mkdir(parents=True, exist_ok=True)
         stats = chunk_corpus(cfg.corpus, directory / "chunks.parquet", max_len=cfg.chunk_size, unit=cfg.chunk_unit,
                              tokenizer=tokenizer, with_ids=True, text_field=cfg.text_field, id_field=cfg.id_field,
-                             num_threads=cfg.num_threads, progress=cfg.progress)
+                             num_threads=cfg.num_threads, progress=cfg.progress, on_error=cfg.on_error)
         store = ChunkStore.from_parquet(directory / "chunks.parquet")
         store.save(directory / "store")
         _stage_done(directory, settings, statistics=stats)
@@ -117,7 +118,9 @@ def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int
         from ..embedding import load_embedder
 
         directory.mkdir(parents=True, exist_ok=True)
-        embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec)
+        # --threads bounds the embedder too (torch would take every core)
+        embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec,
+                                 **({"threads": cfg.num_threads} if cfg.num_threads else {}))
         chunks_path = out / "chunks" / "chunks.parquet"
         if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1):
             # the lexical embedder learns its IDF weights from the corpus (deterministic)
@@ -126,7 +129,9 @@ def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int
         vectors = embed_chunks(chunks_path, embedder, directory / "embeddings.npy", progress=cfg.progress, batch_size=512,
                                overwrite=cfg.rebuild)
         _stage_done(directory, settings, embedder_name=embedder.name, dim=int(vectors.shape[1]))
-    vectors = np.load(directory / "embeddings.npy", mmap_mode="r")
+    from ..embed_store import open_embeddings
+
+    vectors = open_embeddings(directory / "embeddings.npy", verify=cfg.verify)
     name = json.loads((directory / "stage.json").read_text()).get("embedder_name", spec)
     return vectors, name, time.perf_counter() - t0
 
@@ -135,7 +140,7 @@ def open_prebuilt_index(cfg: SynthesisConfig, store):
     """A `nextlong index` folder given with --index: it must come from the same chunks."""
     from ..index import ChunkIndex
 
-    index = ChunkIndex.view(cfg.index)
+    index = ChunkIndex.view(cfg.index, verify=cfg.verify)
     if cfg.embedder:  # the index fixes the embedder; an explicit --embedder must agree with it
         from ..embedding import load_embedder
 
@@ -169,9 +174,11 @@ def searcher_stage(cfg: SynthesisConfig, out: Path, store, vectors, embed_fp: st
         spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
         build_index_from_chunks(out / "chunks" / "chunks.parquet", directory,
                                 embedder=None if spec == DEFAULT_EMBEDDER_SPEC else spec,
-                                embeddings_path=out / "embeddings" / "embeddings.npy", progress=cfg.progress)
+                                embeddings_path=out / "embeddings" / "embeddings.npy", progress=cfg.progress,
+                                threads=cfg.num_threads or 0)
         _stage_done(directory, settings)
-    return IndexSearcher(ChunkIndex.view(directory), store.num_chunks), str(directory), time.perf_counter() - t0
+    return (IndexSearcher(ChunkIndex.view(directory, verify=cfg.verify), store.num_chunks), str(directory),
+            time.perf_counter() - t0)
 
 
 # --- output shards -----------------------------------------------------------------------------
@@ -194,10 +201,18 @@ def _shard_stats(plan_table: pa.Table, out_table: pa.Table) -> dict:
                 dist_sum += seg["start"] - prev["end"]
                 dist_n += 1
             prev = seg
+    # nextlong: anchor meta-chunks planned vs kept in the output (those after the cut at L are dropped)
+    planned_anchors = sum(sum(1 for r in (row or []) if r == 0)
+                          for row, good in zip(plan_table.column("roles").to_pylist(), ok) if good)
+    kept_anchors = sum(1 for segs in out_table.column("segments").to_pylist() for seg in segs if seg["role"] == "anchor")
+    near_dups = sum(n or 0 for n in plan_table.column("near_dup_rejected").to_pylist())
+    already_long = sum(bool(a) for a, good in zip(plan_table.column("already_long").to_pylist(), ok) if good)
     return {"tried": len(ok), "built": int(sum(ok)), "dropped": len(ok) - int(sum(ok)),
             "drop_reasons": dict(reasons.most_common(5)), "meta_chunks": len(negs), "negatives": int(sum(negs)),
             "negative_sim_sum": float(sum(sims)), "negative_sim_n": len(sims),
-            "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n}
+            "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n,
+            "near_dup_rejected": int(near_dups), "already_long": int(already_long),
+            "anchor_meta_chunks": int(planned_anchors), "anchor_meta_chunks_after_cut": int(planned_anchors - kept_anchors)}
 
 
 def run_shards(cfg: SynthesisConfig, out: Path, settings: dict, units: pa.Table, plan_fn, assemble_fn, desc: str):
@@ -219,7 +234,9 @@ def run_shards(cfg: SynthesisConfig, out: Path, settings: dict, units: pa.Table,
             remaining = None if need is None else need - produced
             part = data / f"part-{j:05d}.parquet"
             meta_path = meta_dir / f"part-{j:05d}.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() and part.exists() else None
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+            if meta is not None and not part.exists() and meta.get("rows") != 0:
+                meta = None  # its part file is gone: write it again
             if meta is not None and meta.get("settings") != settings_fp:
                 if not cfg.rebuild:
                     old = meta.get("settings_detail", {})
@@ -236,7 +253,10 @@ def run_shards(cfg: SynthesisConfig, out: Path, settings: dict, units: pa.Table,
                 out_table = assemble_fn(plan_table)
                 from .writers import write_parquet_atomic
 
-                write_parquet_atomic(out_table, part)
+                if out_table.num_rows:
+                    write_parquet_atomic(out_table, part)
+                else:  # every anchor of the shard was dropped: no 0-row file, the record says why
+                    part.unlink(missing_ok=True)
                 meta = {"settings": settings_fp, "settings_detail": settings, "lo": lo, "hi": hi, "rows": out_table.num_rows,
                         "complete": plan_table.num_rows == hi - lo, "stats": _shard_stats(plan_table, out_table)}
                 write_json_atomic(meta_path, meta)
@@ -271,11 +291,44 @@ def random_pair_similarity(vectors, n_pairs: int, seed: int) -> float | None:
 
 
 def run(cfg: SynthesisConfig) -> dict:
+    """Check what can be checked, lock the output folder (one writer at a time), then run the stages."""
+    from ..locking import output_lock
+
+    cfg.validate()
+    check_before_work(cfg)
+    with output_lock(cfg.out_dir, "synthesize"):
+        return _run(cfg)
+
+
+def check_before_work(cfg: SynthesisConfig) -> None:
+    """Errors that would otherwise surface only after chunking or a full embedding pass."""
+    from ..errors import IndexFileError, missing_extra
+
+    if not Path(cfg.corpus).exists():
+        raise NextlongError(f"{cfg.corpus}: corpus not found")
+    if cfg.method in ("nextlong", "knn", "iclm"):
+        if cfg.index is not None:
+            index = Path(cfg.index)
+            if not (index / "index.json").is_file():
+                what = "no such folder" if not index.exists() else "not a folder written by nextlong index (no index.json)"
+                raise IndexFileError(f"{index}: --index: {what}")
+        if cfg.index is None or cfg.embedder:
+            from ..embedding import check_embedder_spec
+
+            check_embedder_spec(cfg.embedder)
+    if cfg.method == "nextlong" and cfg.index is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("usearch") is None:
+            raise missing_extra("usearch", "ml", "--index")
+
+
+def _run(cfg: SynthesisConfig) -> dict:
     from ..manifest import write_manifest
     from ..tokenizer import load_tokenizer
     from . import stages
-    from .baselines import (doc_lengths, document_keywords, document_vectors, iclm_order, knn_graph,
-                            pack_stream, quest_order, standard_order)
+    from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
+                            pack_stream, quest_contexts, standard_order)
     from .negatives import ExactSearcher
 
     cfg.validate()
@@ -295,8 +348,11 @@ def run(cfg: SynthesisConfig) -> dict:
     if cfg.method in ("nextlong", "knn", "iclm"):
         prebuilt = Path(cfg.index) / "embeddings.npy" if cfg.index else None
         if prebuilt is not None and prebuilt.exists():  # reuse the index's vectors: embedding is the cost
+            from ..embed_store import open_embeddings
+
             index = open_prebuilt_index(cfg, store)
-            vectors, embedder_name, timings["embed"] = np.load(prebuilt, mmap_mode="r"), index.embedder_name, 0.0
+            vectors = open_embeddings(prebuilt, verify=cfg.verify)
+            embedder_name, timings["embed"] = index.embedder_name, 0.0
         else:
             vectors, embedder_name, timings["embed"] = embed_stage(cfg, out, chunks_fp, store.num_chunks)
         embed_fp = fingerprint({"chunks": chunks_fp, "embedder": cfg.embedder or DEFAULT_EMBEDDER_SPEC})
@@ -312,9 +368,13 @@ def run(cfg: SynthesisConfig) -> dict:
     if cfg.method == "nextlong":
         output_settings.update(negatives=cfg.negatives, overshoot=cfg.overshoot, chars_per_token=chars_per_token,
                                k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
-                               max_candidates=cfg.max_candidates)
+                               max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
+                               long_docs=cfg.long_docs)
     elif cfg.method in ("knn", "iclm"):
         output_settings.update(doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors)
+    elif cfg.method == "quest":
+        output_settings.update(quest="one key group per context", quest_keywords=cfg.quest_keywords,
+                               quest_max_repeats=cfg.quest_max_repeats)
     settings_fp = fingerprint(output_settings)
 
     def assemble_fn(plan_table):
@@ -323,17 +383,23 @@ def run(cfg: SynthesisConfig) -> dict:
 
     t0 = time.perf_counter()
     leftover_dropped = 0
+    quest_stats = None
     lengths = doc_lengths(store, sep_len)
     if cfg.method in ("nextlong", "knn"):
         anchors = pa.table({"anchor_doc": np.random.default_rng(cfg.seed).permutation(store.num_docs).astype(np.int64)})
         if cfg.method == "nextlong":
+            from .neardup import NearDupFilter
+
+            near_dup = (NearDupFilter(store, tokenizer, cfg.near_dup_threshold) if cfg.near_dup_threshold > 0
+                        else None)
+
             def plan_fn(batch, remaining):
                 return stages.plan_nextlong_batch(
                     batch, store=store, searcher=searcher, chunk_vectors=vectors, target_length=cfg.target_length,
                     sep_len=sep_len, negatives=cfg.negatives, chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit,
                     chars_per_token=chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
                     exclude_duplicates=cfg.exclude_duplicates, max_candidates=cfg.max_candidates,
-                    max_rows=remaining,
+                    max_rows=remaining, near_dup=near_dup, long_docs=cfg.long_docs,
                     doc_label=(lambda d: int(store.doc_index[d])) if not isinstance(searcher, ExactSearcher) else None)
         else:
             dvec = document_vectors(store, vectors, cfg.doc_embedding)
@@ -352,13 +418,19 @@ def run(cfg: SynthesisConfig) -> dict:
         elif cfg.method == "iclm":
             dvec = document_vectors(store, vectors, cfg.doc_embedding)
             order = iclm_order(knn_graph(dvec, cfg.knn_neighbors), cfg.seed)
-        else:
+        if cfg.method == "quest":  # each context from ONE key group (baselines.quest_contexts)
             texts = _document_texts(out / "chunks" / "chunks.parquet", store)
-            order = quest_order(document_keywords(texts), cfg.seed)
-        groups, leftover = pack_stream(order, lengths, cfg.target_length)
-        # the stream's tail is short of L: dropped, when the run goes to the end of the stream
-        leftover_dropped = len(leftover) if cfg.num_samples is None or cfg.num_samples >= len(groups) else 0
-        units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
+            keys = draw_keys(document_keywords(texts, top_k=cfg.quest_keywords), cfg.seed)
+            groups, group_keys, quest_stats = quest_contexts(keys, lengths, cfg.target_length, cfg.seed,
+                                                             max_repeats=cfg.quest_max_repeats)
+            quest_stats["keywords_per_document"] = cfg.quest_keywords
+            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
+                              "group_key": pa.array(group_keys, pa.string())})
+        else:
+            groups, leftover = pack_stream(order, lengths, cfg.target_length)
+            # the stream's tail is short of L: dropped, when the run goes to the end of the stream
+            leftover_dropped = len(leftover) if cfg.num_samples is None or cfg.num_samples >= len(groups) else 0
+            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
 
         def plan_fn(batch, remaining):
             if remaining is not None:
@@ -369,6 +441,8 @@ def run(cfg: SynthesisConfig) -> dict:
 
     built = _sum(metas, "built") if metas else 0
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats)
+    if quest_stats is not None:
+        stats["quest"] = quest_stats
     if built == 0:
         raise NextlongError(_too_small_message(cfg, store, stats, lengths))
 
@@ -453,6 +527,16 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> di
         stats["negatives"] = _sum(metas, "negatives") if metas else 0
         stats["negatives_per_meta_chunk_mean"] = stats["negatives"] / meta_chunks if meta_chunks else None
         stats["anchor_negative_similarity_mean"] = (_sum(metas, "negative_sim_sum") / sim_n) if sim_n else None
+
+        def total(key):  # shards written before these statistics existed count 0
+            return sum(m["stats"].get(key, 0) for m in metas)
+
+        stats["near_duplicate_candidates_rejected"] = total("near_dup_rejected")
+        stats["already_long"] = total("already_long")
+        anchors = total("anchor_meta_chunks")
+        stats["anchor_meta_chunks_after_cut"] = total("anchor_meta_chunks_after_cut")
+        stats["anchor_meta_chunks_after_cut_fraction"] = (stats["anchor_meta_chunks_after_cut"] / anchors
+                                                          if anchors else None)
     if vectors is not None:
         stats["random_chunk_pair_similarity_mean"] = random_pair_similarity(vectors, cfg.quality_pairs, cfg.seed + 1)
     return stats
@@ -487,6 +571,11 @@ def summary(manifest: dict) -> str:
     if s.get("anchor_negative_similarity_mean") is not None:
         lines.append(f"  similarity anchor-negative {s['anchor_negative_similarity_mean']:.3f} vs random pairs "
                      f"{s.get('random_chunk_pair_similarity_mean') or float('nan'):.3f}")
+    if s.get("quest"):
+        q = s["quest"]
+        lines.append(f"  quest: {q['contexts']} contexts from {q['groups_used']} of {q['groups']} key groups "
+                     f"({q['groups_split']} split, {q['groups_oversampled']} oversampled; "
+                     f"{q['groups_of_one_document']} single-document and {q['groups_too_small']} too-small groups unused)")
     if s.get("mean_dependency_distance_tokens") is not None:
         lines.append(f"  mean dependency distance between consecutive meta-chunks: "
                      f"{s['mean_dependency_distance_tokens']:.0f} tokens")

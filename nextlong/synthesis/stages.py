@@ -29,6 +29,9 @@ PLAN_SCHEMA = pa.schema(
         pa.field("roles", pa.list_(pa.int8())),
         pa.field("negatives_per_meta_chunk", pa.list_(pa.int32())),
         pa.field("negative_sims", pa.list_(pa.float32())),
+        pa.field("near_dup_rejected", pa.int32()),  # nextlong: candidates skipped as near-copies of a piece
+        pa.field("already_long", pa.bool_()),  # nextlong: the anchor document alone reaches L
+        pa.field("group_key", pa.string()),  # quest: the key group the documents come from
     ]
 )
 
@@ -60,10 +63,12 @@ def _plan_table(rows: list[dict]) -> pa.Table:
 def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_length: int, sep_len: int,
                         negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
                         k_rounding: str, exclude_duplicates: bool, max_candidates: int,
-                        max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars") -> pa.Table:
+                        max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars",
+                        near_dup=None, long_docs: str = "keep") -> pa.Table:
     """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
 
-    Stops after `max_rows` successful rows (the driver's sample limit)."""
+    Stops after `max_rows` successful rows (the driver's sample limit). `near_dup` is a
+    neardup.NearDupFilter (None: only exact duplicates are excluded)."""
     from .negatives import negatives_per_meta_chunk
 
     rows, done = [], 0
@@ -76,10 +81,12 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
         res = plan_anchor(store, searcher, d, target_length=target_length, sep_len=sep_len, rule=negatives,
                           k_fixed=k, anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
-                          exclude_doc_label=doc_label(d) if doc_label else None)
+                          exclude_doc_label=doc_label(d) if doc_label else None, near_dup=near_dup,
+                          long_docs=long_docs)
         rows.append({"anchor_doc": d, "ok": res.ok, "reason": res.reason, "chunks": res.chunks,
                      "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
-                     "negative_sims": res.negative_sims})
+                     "negative_sims": res.negative_sims, "near_dup_rejected": res.near_dup_rejected,
+                     "already_long": res.already_long})
         done += res.ok
     return _plan_table(rows)
 
@@ -103,11 +110,15 @@ def plan_knn_batch(anchors, *, store, doc_searcher, doc_vectors, doc_lengths, ta
 
 
 def plan_groups_batch(groups, *, store) -> pa.Table:
-    """Stream baselines: each row lists the documents of one long document (already ordered)."""
+    """Stream baselines: each row lists the documents of one long document (already ordered), with
+    quest's `group_key` when the batch has that column."""
     rows = []
-    for docs in groups.column("docs").to_pylist():
+    keys = (groups.column("group_key").to_pylist() if "group_key" in groups.column_names
+            else [None] * groups.num_rows)
+    for docs, key in zip(groups.column("docs").to_pylist(), keys):
         chunks, roles = plan_pieces(store, docs)
-        rows.append({"anchor_doc": docs[0], "ok": True, "reason": "", "chunks": chunks, "roles": roles})
+        rows.append({"anchor_doc": docs[0], "ok": True, "reason": "", "chunks": chunks, "roles": roles,
+                     "group_key": key})
     return _plan_table(rows)
 
 
@@ -136,4 +147,5 @@ def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, 
     """Gather a plan's token ranges into rows of exactly L tokens with their segments."""
     plan = plan_from_table(plan_table)
     ids, start, end = assemble(store.tokens, store.tok_offsets, plan, sep_ids, target_length, impl=impl)
-    return to_output_table(store, plan, ids, start, end, method)
+    keys = plan_table.filter(plan_table.column("ok")).column("group_key").to_pylist()
+    return to_output_table(store, plan, ids, start, end, method, group_keys=keys)

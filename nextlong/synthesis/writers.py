@@ -51,6 +51,7 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
                 ids = np.asarray(row["input_ids"], np.uint32)
                 segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
                 obj = {"text": tokenizer.decode(ids), "anchor_doc_id": row["anchor_doc_id"], "method": row["method"],
+                       "group_key": row.get("group_key"),
                        "num_tokens": int(ids.size), "segments": segs}
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
         written.append(target)
