@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def positive_int(text: str) -> int:
     """An integer >= 1 (a usage error otherwise)."""
     try:
@@ -19,10 +18,13 @@ def positive_int(text: str) -> int:
 
 def nonnegative_int(text: str) -> int:
     """An integer >= 0 (a usage error otherwise)."""
-    value = positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
-
-DEFAULT_TASKS = "ruler,json_kv,longppl"
 
 
 def _int_list(text: str) -> list[int]:

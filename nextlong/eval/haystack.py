@@ -129,31 +129,32 @@ class Built:
 
 def build_context(units: Units, n: int, inserts: Sequence[Insert], *, opening: str = "",
                   closing: str = "") -> Built:
-    """Join the first n units with the inserts placed at their depths."""
+    """Join the first n units with the inserts placed at their depths. The spans of the queried
+    inserts come in the order of `inserts` (the first is the one placed at the asked depth)."""
     units.ensure(n)
     positions = place_inserts(units, n, inserts)
-    by_pos: dict[int, list[Insert]] = {}
-    for pos, ins in sorted(zip(positions, inserts), key=lambda p: (p[0], p[1].fraction)):
-        by_pos.setdefault(pos, []).append(ins)
-    pieces: list[tuple[str, bool]] = []
+    by_pos: dict[int, list[int]] = {}
+    for k in sorted(range(len(inserts)), key=lambda k: (positions[k], inserts[k].fraction, k)):
+        by_pos.setdefault(positions[k], []).append(k)
+    pieces: list[tuple[str, int | None]] = []
     for i in range(n + 1):
-        for ins in by_pos.get(i, ()):
-            pieces.append((ins.text, ins.queried))
+        for k in by_pos.get(i, ()):
+            pieces.append((inserts[k].text, k))
         if i < n:
-            pieces.append((units.items[i], False))
+            pieces.append((units.items[i], None))
     text = [opening]
     offset = len(opening)
-    spans = []
-    for j, (piece, queried) in enumerate(pieces):
+    found: dict[int, tuple[int, int]] = {}
+    for j, (piece, k) in enumerate(pieces):
         if j:
             text.append(units.joiner)
             offset += len(units.joiner)
-        if queried:
-            spans.append((offset, offset + len(piece)))
+        if k is not None and inserts[k].queried:
+            found[k] = (offset, offset + len(piece))
         text.append(piece)
         offset += len(piece)
     text.append(closing)
-    return Built("".join(text), spans)
+    return Built("".join(text), [found[k] for k in sorted(found)])
 
 
 def search_largest(fits: Callable[[int], bool], lo: int, available: Callable[[int], int]) -> int | None:

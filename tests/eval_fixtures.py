@@ -1,0 +1,62 @@
+"""A tiny random Llama and a small byte-level BPE tokenizer, built in the test session (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+
+def training_texts() -> list[str]:
+    from nextlong.eval.haystack import NOISE_SENTENCES
+    from nextlong.eval.tasks import adjectives, nouns
+    from nextlong.synthesis.demo import iter_stdlib_documents
+
+    texts = [text for _, text in iter_stdlib_documents(max_bytes=300_000)]
+    texts.append(" ".join(NOISE_SENTENCES) * 20)
+    texts.append(" ".join(nouns()[:2000]) + " " + " ".join(adjectives()[:1000]))
+    texts.append("0123456789 abcdef - VAR = { } : \" , . Key: Corresponding value: special magic numbers uuid")
+    return texts
+
+
+def train_tokenizer(path: Path, vocab_size: int = 1024) -> Path:
+    """A GPT-2 style byte-level BPE trained with HF tokenizers' trainer; saved as tokenizer.json."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(training_texts(), trainer=trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def save_tiny_llama(folder: Path, tokenizer_json: Path, *, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                    hidden: int = 64, max_positions: int = 4096, init: float = 0.02, seed: int = 0,
+                    run_layout: bool = False) -> Path:
+    """A random LlamaForCausalLM saved with save_pretrained. `run_layout` writes a `nextlong train`
+    run folder (RUN/model/ + nextlong.json naming the tokenizer file) instead of a plain HF folder."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = json.loads(Path(tokenizer_json).read_text())["model"]["vocab"]
+    cfg = LlamaConfig(vocab_size=len(vocab) + 1, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_positions, initializer_range=init, eos_token_id=0,
+                      bos_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    target = folder / "model" if run_layout else folder
+    model.save_pretrained(target)
+    if run_layout:
+        shutil.copy(tokenizer_json, target / "tok.json")
+        (target / "nextlong.json").write_text(json.dumps({"tokenizer": "tok.json"}))
+    else:
+        shutil.copy(tokenizer_json, target / "tokenizer.json")
+    return folder
