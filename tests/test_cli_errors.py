@@ -1,0 +1,244 @@
+"""The CLI's error contract, case by case: a bad option value exits 2, bad data or a bad environment
+exits 1, and either way the user sees exactly one line `nextlong CMD: error: ...` and no traceback
+(a traceback only with --debug). Every case here printed a traceback, or exited 0, before."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.cli import main
+from nextlong.errors import NextlongError
+
+DOCS = [f"Document {d} about topic {d % 5}.\n" + "\n".join(f"paragraph {p} of document {d}: " + "words " * 40
+                                                             for p in range(6)) for d in range(24)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(DOCS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("chunks") / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(out), "--max-len", "400", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, chunks):
+    out = tmp_path_factory.mktemp("index") / "idx"
+    assert main(["index", str(chunks), "--out", str(out), "--embedder", "hashed-tfidf:64", "--no-progress"]) == 0
+    return out
+
+
+def run_cli(args, capsys):
+    """(exit status, stdout, stderr) of `nextlong ARGS`, run in this process."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"nextlong {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# (name, command, argv built from the fixtures, expected exit status, expected part of the message)
+USAGE_CASES = [
+    ("chunk --max-len 0", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet", "--max-len", "0"],
+     "argument --max-len: must be a positive integer, got 0"),
+    ("chunk --threads -2", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet", "--threads", "-2"],
+     "argument --threads: must be 0 (all cores) or a positive number of threads, got -2"),
+    ("chunk --batch-size x", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet",
+                                                 "--batch-size", "x"], "argument --batch-size: expected an integer"),
+    ("tokenize --threads -1", "tokenize", lambda f: ["tokenize", f["corpus"], "--out", f["tmp"] / "t.parquet",
+                                                     "--tokenizer", "cl100k_base", "--threads", "-1"],
+     "argument --threads: must be 0 (all cores)"),
+    ("search -k -3", "search", lambda f: ["search", f["index"], "query", "-k", "-3"],
+     "argument -k: must be a positive integer, got -3"),
+    ("search -k 0", "search", lambda f: ["search", f["index"], "query", "-k", "0"],
+     "argument -k: must be a positive integer, got 0"),
+    ("inspect --sample -1", "inspect", lambda f: ["inspect", f["tmp"], "--sample", "-1"],
+     "argument --sample: must be 0 or more, got -1"),
+    ("index --batch-size 0", "index", lambda f: ["index", f["chunks"], "--out", f["tmp"] / "i", "--batch-size", "0"],
+     "argument --batch-size: must be a positive integer, got 0"),
+    ("index --threads -1", "index", lambda f: ["index", f["chunks"], "--out", f["tmp"] / "i", "--threads", "-1"],
+     "argument --threads: must be 0 (all cores)"),
+    ("synthesize --threads -1", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out", f["tmp"] / "s",
+                                                         "--threads", "-1"], "argument --threads: must be 0"),
+    ("synthesize --target-length 0", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
+                                                              f["tmp"] / "s", "--target-length", "0"],
+     "argument --target-length: must be a positive integer, got 0"),
+    ("synthesize --on-error bad", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
+                                                           f["tmp"] / "s", "--on-error", "bad"],
+     "argument --on-error: invalid choice"),
+    ("synthesize --embedder unknown", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
+                                                               f["tmp"] / "s", "--embedder", "no-such-model", "--quiet"],
+     "unknown embedder 'no-such-model'"),
+    ("chunk --unit tokens without --tokenizer", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet",
+                                                                    "--unit", "tokens"],
+     "--unit tokens needs --tokenizer"),
+]
+
+
+@pytest.mark.parametrize("name,command,argv,expected", USAGE_CASES, ids=[c[0] for c in USAGE_CASES])
+def test_usage_errors_exit_2_with_one_line(name, command, argv, expected, corpus, chunks, index_dir, tmp_path, capsys):
+    code, out, err = run_cli(argv({"corpus": corpus, "chunks": chunks, "index": index_dir, "tmp": tmp_path}), capsys)
+    line = assert_one_line_error(err, command)
+    assert code == 2, line
+    assert expected in line
+    assert out == ""
+    assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "s").exists() and not (tmp_path / "i").exists()
+
+
+def _parent_is_a_file(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+@pytest.mark.parametrize("command", ["chunk", "tokenize", "index", "synthesize"])
+def test_out_whose_parent_is_a_file(command, corpus, chunks, tmp_path, capsys):
+    blocker = _parent_is_a_file(tmp_path)
+    argv = {
+        "chunk": ["chunk", corpus, "--out", blocker / "c.parquet", "--no-progress"],
+        "tokenize": ["tokenize", corpus, "--out", blocker / "t.parquet", "--tokenizer", "cl100k_base", "--no-progress"],
+        "index": ["index", chunks, "--out", blocker / "idx", "--embedder", "hashed-tfidf:64", "--no-progress"],
+        "synthesize": ["synthesize", "--corpus", corpus, "--out", blocker / "out", "--method", "standard",
+                       "--target-length", "512", "--quiet"],
+    }[command]
+    code, _, err = run_cli(argv, capsys)
+    line = assert_one_line_error(err, command)
+    assert code == 1
+    assert f"{blocker} is a file, not a folder" in line
+    assert blocker.read_text() == "not a folder"
+
+
+def test_disk_full_while_chunking(corpus, tmp_path, capsys, monkeypatch):
+    """ENOSPC from the Parquet writer: one line naming the output, nothing left under its name or beside it."""
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    out = tmp_path / "new" / "c.parquet"
+    code, _, err = run_cli(["chunk", corpus, "--out", out, "--no-progress"], capsys)
+    line = assert_one_line_error(err, "chunk")
+    assert code == 1
+    assert f"{out}: no space left on device" in line
+    assert not (tmp_path / "new").exists()  # no output, no temporary, no lock file, no empty folder
+
+
+def test_threads_0_means_all_cores_everywhere(corpus, chunks, tmp_path, capsys):
+    assert run_cli(["chunk", corpus, "--out", tmp_path / "c.parquet", "--threads", "0", "--no-progress"], capsys)[0] == 0
+    assert run_cli(["index", chunks, "--out", tmp_path / "i", "--threads", "0", "--embedder", "hashed-tfidf:64",
+                    "--no-progress"], capsys)[0] == 0
+    code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", tmp_path / "s", "--method", "standard",
+                            "--target-length", "512", "--threads", "0", "--quiet"], capsys)
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "s" / "data").num_rows > 0
+
+
+def test_index_hashed_tfidf_with_threads_1(chunks, tmp_path, capsys):
+    code, out, err = run_cli(["index", chunks, "--out", tmp_path / "i", "--embedder", "hashed-tfidf:64",
+                              "--threads", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "indexed" in out
+
+
+def test_search_k_1_is_fine(index_dir, capsys):
+    code, out, err = run_cli(["search", index_dir, "paragraph 3 of document 7", "-k", "1"], capsys)
+    assert code == 0, err
+    assert out.startswith("  1  ")
+
+
+def test_unknown_embedder_is_reported_before_chunking(corpus, tmp_path, capsys):
+    out = tmp_path / "s"
+    code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfdif", "--quiet"],
+                           capsys)
+    assert code == 2
+    assert "unknown embedder 'hashed-tfdif'" in assert_one_line_error(err, "synthesize")
+    assert not out.exists()  # not even the folder: nothing was chunked
+
+
+def test_mistyped_index_is_reported_before_chunking(corpus, index_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", out, "--index", str(index_dir) + "x",
+                            "--quiet"], capsys)
+    assert code == 1
+    assert f"{index_dir}x: --index: no such folder" in assert_one_line_error(err, "synthesize")
+    assert not out.exists()
+
+
+def test_hashed_tfidf_without_numba_names_the_extra(chunks, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    code, _, err = run_cli(["index", chunks, "--out", tmp_path / "i", "--embedder", "hashed-tfidf", "--no-progress"],
+                           capsys)
+    assert code == 1
+    assert "pip install 'nextlong[ml]'" in assert_one_line_error(err, "index")
+    assert not (tmp_path / "i").exists()
+
+
+def test_synthesize_on_error_skip_reaches_the_corpus_reader(tmp_path, capsys):
+    corpus = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"text": t}) for t in DOCS]
+    lines.insert(3, '{"text": "unterminated')
+    corpus.write_text("\n".join(lines) + "\n")
+    args = ["synthesize", "--corpus", corpus, "--method", "standard", "--target-length", "512", "--quiet"]
+    code, _, err = run_cli(args + ["--out", tmp_path / "a"], capsys)
+    assert code == 1
+    assert f"{corpus}:4:" in assert_one_line_error(err, "synthesize")
+    assert not (tmp_path / "a").exists()  # a failed run leaves no empty folder
+    code, _, err = run_cli(args + ["--out", tmp_path / "b", "--on-error", "skip"], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["statistics"]["corpus_documents"] == len(DOCS)
+
+
+def test_failed_chunk_leaves_no_folder_and_no_lock(tmp_path, capsys):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
+    out = tmp_path / "new" / "deeper" / "c.parquet"
+    code, _, err = run_cli(["chunk", corpus, "--out", out, "--no-progress"], capsys)
+    assert code == 1
+    assert f"{corpus}:2:" in assert_one_line_error(err, "chunk")
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def test_debug_shows_the_traceback_also_after_the_subcommand(tmp_path):
+    with pytest.raises(NextlongError, match="manifest.json: not found"):
+        main(["inspect", str(tmp_path), "--debug"])
+    with pytest.raises(NextlongError, match="manifest.json: not found"):
+        main(["--debug", "inspect", str(tmp_path)])
+
+
+def test_the_installed_command_prints_one_line(tmp_path):
+    """Through the real entry point: exit status, one stderr line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "nextlong", "inspect", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"nextlong inspect: error: {tmp_path / 'missing' / 'manifest.json'}: not found; "
+                                   f"is {tmp_path / 'missing'} the --out of a finished nextlong synthesize?")
+    proc = subprocess.run([sys.executable, "-m", "nextlong", "search", str(tmp_path), "q", "-k", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("nextlong search: error: argument -k: must be a positive integer, got 0 "
+                                   "(see nextlong search --help)")

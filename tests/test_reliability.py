@@ -1,0 +1,371 @@
+"""No silent corruption: concurrent writers, damaged index/embeddings files, truncated .zst input and
+full disks each end in a clear error, and a re-run after the error gives the same output as a clean run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.atomic import write_json_atomic
+from nextlong.chunking import chunk_corpus
+from nextlong.cli import main
+from nextlong.embed_store import embed_chunks, open_embeddings, progress_path
+from nextlong.embedding import load_embedder
+from nextlong.errors import CorpusError, CorruptFileError, DiskFullError, IndexFileError, OutputLockedError
+from nextlong.index import ChunkIndex, build_index_from_chunks
+from nextlong.locking import output_lock
+
+TEXTS = [f"chunk {i} says " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(30)) for i in range(300)]
+DOCS = [f"Document {d}.\n" + "\n".join(f"paragraph {p} of document {d}: " + "words " * 40 for p in range(6))
+        for d in range(24)]
+
+
+def _holder(target, file=False):
+    """A child process that holds output_lock(target) until killed; returns it once the lock is taken."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from nextlong.locking import output_lock
+        with output_lock({str(target)!r}, "holder", file={file!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+# --- 1. one writer per output ------------------------------------------------------------------------
+
+
+def test_a_second_writer_fails_at_once_naming_folder_and_pid(tmp_path):
+    out = tmp_path / "out"
+    proc = _holder(out)
+    try:
+        with pytest.raises(OutputLockedError, match=rf"{out}: another run is writing this output \(pid {proc.pid} holder\)"):
+            with output_lock(out, "test"):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
+    out = tmp_path / "out"
+    proc = _holder(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / ".nextlong.lock").read_text().startswith(f"{proc.pid} ")  # the stale lock file is still there
+    with output_lock(out, "test") as lock:
+        assert lock.read_text() == f"{os.getpid()} test\n"
+    assert not (out / ".nextlong.lock").exists()  # a finished run removes its lock file
+    assert out.is_dir()
+
+
+@pytest.mark.slow
+def test_cli_commands_refuse_an_output_in_use(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    chunks = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(chunks), "--no-progress"]) == 0
+    capsys.readouterr()
+    cases = [
+        (tmp_path / "c2.parquet", True, ["chunk", str(corpus), "--out", str(tmp_path / "c2.parquet"), "--no-progress"]),
+        (tmp_path / "idx", False, ["index", str(chunks), "--out", str(tmp_path / "idx"), "--embedder",
+                                   "hashed-tfidf:64", "--no-progress"]),
+        (tmp_path / "syn", False, ["synthesize", "--corpus", str(corpus), "--out", str(tmp_path / "syn"), "--method",
+                                   "standard", "--target-length", "512", "--quiet"]),
+    ]
+    for target, is_file, argv in cases:
+        proc = _holder(target, file=is_file)
+        try:
+            assert main(argv) == 1
+            err = capsys.readouterr().err.strip()
+            assert err == (f"nextlong {argv[0]}: error: {target}: another run is writing this output "
+                           f"(pid {proc.pid} holder); wait for it to finish or choose another output")
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not (target.exists() and target.is_file())
+    # the same commands run once the holder is gone
+    assert main(cases[0][2]) == 0
+
+
+# --- 2. checksums of the index and the embeddings ------------------------------------------------------
+
+
+@pytest.fixture()
+def lexical():
+    return load_embedder("hashed-tfidf:32")
+
+
+def _damage(path, offset_fraction=0.5, n=16):
+    """Overwrite n bytes in place: same size, same header, different content."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(int(size * offset_fraction))
+        old = fh.read(n)
+        fh.seek(int(size * offset_fraction))
+        fh.write(bytes((b ^ 0x5A) for b in old))
+
+
+def _chunk_table(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    chunks = tmp_path / "chunks.parquet"
+    chunk_corpus(corpus, chunks, max_len=300, progress=False)
+    return corpus, chunks
+
+
+@pytest.mark.slow
+def test_a_damaged_index_is_refused_by_load_view_and_search(tmp_path, capsys):
+    _, chunks = _chunk_table(tmp_path)
+    folder = tmp_path / "idx"
+    build_index_from_chunks(chunks, folder, "hashed-tfidf:32", progress=False)
+    ChunkIndex.view(folder)
+    _damage(folder / "index.usearch", 0.6)
+    for opener in (ChunkIndex.load, ChunkIndex.view):
+        with pytest.raises(IndexFileError, match="CRC32 mismatch"):
+            opener(folder)
+    assert ChunkIndex.view(folder, verify=False) is not None  # --no-verify opens it as it is
+    assert main(["search", str(folder), "paragraph 2", "-k", "3"]) == 1
+    assert "CRC32 mismatch" in capsys.readouterr().err
+    assert main(["search", str(folder), "paragraph 2", "-k", "3", "--no-verify"]) == 0
+
+
+def test_a_damaged_embeddings_file_is_refused(tmp_path, lexical):
+    out = tmp_path / "emb.npy"
+    first = np.array(embed_chunks(TEXTS, lexical, out, batch_size=64, progress=False))
+    assert json.loads(progress_path(out).read_text())["crc32"] > 0
+    np.testing.assert_array_equal(open_embeddings(out), first)
+    _damage(out, 0.7)
+    with pytest.raises(CorruptFileError, match="CRC32 mismatch"):
+        embed_chunks(TEXTS, lexical, out, batch_size=64, progress=False)  # reuse of a finished file
+    with pytest.raises(CorruptFileError, match="CRC32 mismatch"):
+        open_embeddings(out)
+    assert open_embeddings(out, verify=False).shape == first.shape
+
+
+@pytest.mark.slow
+def test_synthesize_refuses_a_damaged_prebuilt_index(tmp_path, capsys):
+    corpus, _ = _chunk_table(tmp_path)
+    chunks = tmp_path / "chunks2048.parquet"
+    assert main(["chunk", str(corpus), "--out", str(chunks), "--tokenizer", "cl100k_base", "--no-progress"]) == 0
+    folder = tmp_path / "idx"
+    assert main(["index", str(chunks), "--out", str(folder), "--embedder", "hashed-tfidf:32", "--no-progress"]) == 0
+    _damage(folder / "index.usearch", 0.6)
+    capsys.readouterr()
+    argv = ["synthesize", "--corpus", str(corpus), "--out", str(tmp_path / "s"), "--index", str(folder),
+            "--target-length", "1024", "--quiet"]
+    assert main(argv) == 1
+    assert "CRC32 mismatch" in capsys.readouterr().err
+
+
+# --- 3. truncated compressed input -------------------------------------------------------------------
+
+
+def _multi_frame_zst(tmp_path):
+    import zstandard
+
+    lines = [json.dumps({"text": t}).encode() + b"\n" for t in DOCS]
+    cctx = zstandard.ZstdCompressor(write_checksum=True)
+    data = b"".join(cctx.compress(b"".join(lines[i:i + 8])) for i in range(0, len(lines), 8))  # 3 frames
+    return data
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_truncated_multi_frame_zst_is_always_an_error(tmp_path, on_error):
+    data = _multi_frame_zst(tmp_path)
+    whole = tmp_path / "whole.jsonl.zst"
+    whole.write_bytes(data)
+    assert chunk_corpus(whole, tmp_path / "ok.parquet", progress=False)["documents"] == len(DOCS)
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(data[:-7])  # the last frame loses its end
+    out = tmp_path / "out.parquet"
+    with pytest.raises(CorpusError, match="truncated zstd file: frame 3 ends before its end mark"):
+        chunk_corpus(cut, out, on_error=on_error, progress=False)
+    assert not out.exists()
+    damaged = tmp_path / "damaged.jsonl.zst"
+    body = bytearray(data)
+    body[len(body) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(body))
+    with pytest.raises(CorpusError, match="corrupt zstd data"):
+        chunk_corpus(damaged, out, on_error=on_error, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.jsonl.zst", "damaged.jsonl.zst", "ok.parquet",
+                                                          "ok.parquet.manifest.json", "whole.jsonl.zst"]
+
+
+# --- 4. full disks ----------------------------------------------------------------------------------
+
+
+def test_embedding_checks_free_space_before_growing_the_memory_map(tmp_path, lexical, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    out = tmp_path / "emb.npy"
+    need = 128 + len(TEXTS) * 32 * 4
+    with pytest.raises(DiskFullError, match=rf"{out}: no space left on device \(needs {need:,} bytes, 1,000 bytes free\)"):
+        embed_chunks(TEXTS, lexical, out, progress=False)
+    assert not out.exists()
+
+
+def test_embedding_reserves_the_file_and_reports_enospc(tmp_path, lexical, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    out = tmp_path / "emb.npy"
+    with pytest.raises(DiskFullError, match=rf"{out}: no space left on device \(needs [\d,]+ bytes"):
+        embed_chunks(TEXTS, lexical, out, progress=False)
+
+
+def test_enospc_in_the_middle_of_embedding_then_resume_is_identical(tmp_path, lexical, monkeypatch):
+    import nextlong.embed_store as store
+
+    whole = np.array(embed_chunks(TEXTS, lexical, tmp_path / "one.npy", batch_size=64, progress=False))
+    calls = {"n": 0}
+    real = store.write_json_atomic
+
+    def full_after_two(path, obj):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the first record, then two batches
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(store, "write_json_atomic", full_after_two)
+    out = tmp_path / "two.npy"
+    with pytest.raises(OSError) as caught:
+        embed_chunks(TEXTS, lexical, out, batch_size=64, progress=False)
+    assert caught.value.errno == errno.ENOSPC
+    assert json.loads(progress_path(out).read_text())["done"] == 128
+    monkeypatch.setattr(store, "write_json_atomic", real)
+    again = np.array(embed_chunks(TEXTS, lexical, out, batch_size=64, progress=False))
+    np.testing.assert_array_equal(again, whole)
+    assert out.read_bytes() == (tmp_path / "one.npy").read_bytes()
+
+
+def test_atomic_writes_turn_enospc_into_one_line_and_leave_no_temporary(tmp_path):
+    from nextlong.atomic import atomic_path
+
+    target = tmp_path / "x.bin"
+    with pytest.raises(DiskFullError, match=rf"{target}: no space left on device \(needs more than 5 bytes\)"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"12345")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_index_save_checks_free_space(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    _, chunks = _chunk_table(tmp_path)
+    folder = tmp_path / "idx"
+    index = build_index_from_chunks(chunks, folder, "hashed-tfidf:32", progress=False)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 10, 10))
+    with pytest.raises(DiskFullError, match=rf"{tmp_path / 'other' / 'index.usearch'}: no space left on device \(needs [\d,]+ bytes, 10 bytes free\)"):
+        index.save(tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_enospc_while_writing_a_synthesis_shard_then_resume_is_identical(tmp_path, monkeypatch, capsys):
+    import nextlong.synthesis.writers as writers
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    argv = ["synthesize", "--corpus", str(corpus), "--method", "standard", "--target-length", "256",
+            "--shard-size", "2", "--quiet"]
+    assert main(argv + ["--out", str(tmp_path / "clean")]) == 0
+    real = writers.pq.write_table
+    calls = {"n": 0}
+
+    def full_on_third(table, where, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(table, where, **kwargs)
+
+    monkeypatch.setattr(writers.pq, "write_table", full_on_third)
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "full")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nextlong synthesize: error: {tmp_path / 'full' / 'data' / 'part-00002.parquet'}: "
+                          "no space left on device")
+    assert not list((tmp_path / "full" / "data").glob(".*.tmp"))
+    monkeypatch.setattr(writers.pq, "write_table", real)
+    assert main(argv + ["--out", str(tmp_path / "full")]) == 0
+
+    def shards(out):
+        return {p.name: p.read_bytes() for p in sorted((out / "data").glob("part-*.parquet"))}
+
+    assert shards(tmp_path / "full") == shards(tmp_path / "clean")
+    assert len(shards(tmp_path / "clean")) > 3
+
+
+# --- leftovers -------------------------------------------------------------------------------------------
+
+
+def test_the_next_successful_write_removes_temporaries_of_a_killed_one(tmp_path):
+    stale = tmp_path / ".out.json.ab12cd_9.tmp"  # what a kill -9 during write_json_atomic leaves
+    stale.write_text("half")
+    other = tmp_path / ".out.json.manifest.json.ab12cd_9.tmp"  # another file's temporary: not ours to remove
+    other.write_text("x")
+    write_json_atomic(tmp_path / "out.json", {"a": 1})
+    assert not stale.exists()
+    assert other.exists()
+
+
+def test_a_shard_whose_anchors_are_all_dropped_writes_no_file(tmp_path):
+    import pyarrow as pa
+
+    from nextlong.synthesis.assemble import OUTPUT_SCHEMA
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.pipeline import run_shards
+    from nextlong.synthesis.stages import PLAN_SCHEMA
+
+    cfg = SynthesisConfig(out=str(tmp_path), corpus="unused", shard_size=2, progress=False)
+    units = pa.table({"anchor_doc": np.arange(4, dtype=np.int64)})
+
+    def plan_fn(batch, remaining):
+        return pa.Table.from_pylist([{"anchor_doc": d, "ok": False, "reason": "too short", "chunks": [], "roles": []}
+                                     for d in batch.column("anchor_doc").to_pylist()], schema=PLAN_SCHEMA)
+
+    def assemble_fn(plan_table):
+        return OUTPUT_SCHEMA.empty_table()
+
+    metas = run_shards(cfg, tmp_path, {"s": 1}, units, plan_fn, assemble_fn, desc="test")
+    assert [m["rows"] for m in metas] == [0, 0]
+    assert list((tmp_path / "data").glob("part-*.parquet")) == []
+    assert sorted(p.name for p in (tmp_path / "data" / "_shards").iterdir()) == ["part-00000.json", "part-00001.json"]
+    # a re-run takes the records as done
+    assert run_shards(cfg, tmp_path, {"s": 1}, units, lambda *a: pytest.fail("re-planned"), assemble_fn, "test") == metas
+
+
+def test_search_expansion_search_is_for_that_call_only(tmp_path):
+    _, chunks = _chunk_table(tmp_path)
+    index = build_index_from_chunks(chunks, tmp_path / "idx", "hashed-tfidf:32", progress=False)
+    before = index.usearch.expansion_search
+    q = np.asarray(pq.read_table(chunks, columns=["text"]).num_rows and index.query_embedder().embed(["paragraph 1"]))
+    index.search(q, 3, expansion_search=before + 77)
+    assert index.usearch.expansion_search == before
+
+
+def test_exact_searcher_rejects_exclusions_it_would_ignore():
+    from nextlong.synthesis.negatives import ExactSearcher
+
+    vectors = np.eye(4, dtype=np.float32)
+    with pytest.raises(TypeError):
+        ExactSearcher(vectors).search(vectors[:1], 2, exclude_doc_ids=[0])
+    ids, _ = ExactSearcher(vectors).search(vectors[:1], 2)
+    assert ids[0, 0] == 0
