@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DEFAULT_TASKS = "ruler,json_kv,longppl"
+
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (a usage error otherwise)."""
