@@ -283,3 +283,25 @@ def test_cli_train_and_plot(data, tmp_path, capsys):
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").exists()
     assert main(["train", str(data), "--out", str(tmp_path / "x"), "--seq-len", "8"]) == 2
     assert "longer than --seq-len" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_trainer_example_runs(data, tmp_path):
+    """The README's transformers Trainer example, on the test data for a few steps."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "PackedDataset" in b)
+    run = tmp_path / "pre"
+    train(data, run, steps=1, **FAST)
+    for old, new in (('"demo-run/model"', repr(str(run / "model"))), ('"demo-out"', repr(str(data))),
+                     ("seq_len=8192", f"seq_len={SAMPLE_LEN}"), ('"out/hf-run"', repr(str(tmp_path / "hf"))),
+                     ("max_steps=10", "max_steps=3")):
+        assert old in code, old
+        code = code.replace(old, new)
+    before = torch.load(sorted((run / "checkpoints").iterdir())[-1] / "model.pt")["lm.model.norm.weight"]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert namespace["Trainer"] is not None and not torch.equal(model.model.norm.weight.detach(), before)
