@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-
 
 
 def training_texts() -> list[str]:
@@ -19,8 +19,8 @@ def training_texts() -> list[str]:
     return texts
 
 
-def train_tokenizer(path: Path, vocab_size: int = 1024) -> Path:
-    """A GPT-2 style byte-level BPE trained with HF tokenizers' trainer; saved as tokenizer.json."""
+@functools.lru_cache(maxsize=None)
+def _trained_json(vocab_size: int) -> str:
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -30,8 +30,14 @@ def train_tokenizer(path: Path, vocab_size: int = 1024) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=["<|endoftext|>"], show_progress=False)
     tok.train_from_iterator(training_texts(), trainer=trainer)
+    return tok.to_str()
+
+
+def train_tokenizer(path: Path, vocab_size: int = 1024) -> Path:
+    """A GPT-2 style byte-level BPE trained with HF tokenizers' trainer (once per process); saved as
+    tokenizer.json at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
+    path.write_text(_trained_json(vocab_size))
     return path
 
 
