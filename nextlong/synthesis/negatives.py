@@ -9,7 +9,13 @@ never a chunk used twice in the long document. How many:
 * ``fill``: negatives are added layer by layer (rank 1 of every m_i, then rank 2, ...) until the
   document reaches exactly L tokens, using the exact token counts we have.
 
-A document that cannot reach L (index too small, chunks too short) is dropped and counted.
+A document that cannot reach L (index too small, chunks too short) is dropped and counted; one that
+reaches L on its own gets no negatives and is counted as `already_long` (kept, or dropped with
+``long_docs="drop"``). With a `NearDupFilter`, a candidate whose word 5-gram Jaccard with a meta-chunk
+or an already chosen negative reaches the threshold is skipped too (neardup.py).
+
+Planning one anchor costs the same whatever the corpus size: corpus-wide quantities (chunk token
+counts, their mean) are computed once per store (`ChunkStore.token_counts`), never per anchor.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ class ExactSearcher:
     def __len__(self):
         return self.vectors.shape[0]
 
-    def search(self, queries: np.ndarray, k: int, exclude_doc_ids=None, exclude_hashes=None):
-        """Top-k by cosine; exclusions are left to the caller (plan_anchor filters)."""
+    def search(self, queries: np.ndarray, k: int):
+        """Top-k by cosine. It takes no exclusions (passing them is a TypeError, never silently ignored):
+        plan_anchor filters the exact results itself."""
         queries = np.asarray(queries, np.float32)
         n = self.vectors.shape[0]
         k_eff = min(k, n)
@@ -97,16 +104,27 @@ class AnchorResult:
     total_tokens: int = 0
     ok: bool = False
     reason: str = ""
+    near_dup_rejected: int = 0  # distinct candidates skipped as near-copies of a piece of this document
+    already_long: bool = False  # the anchor document alone reaches L: no negatives
+
+
+ALREADY_LONG_REASON = "already long: the document alone reaches the target length (--long-docs drop)"
 
 
 def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len: int, rule: str,
                 k_fixed: int | None, anchor_vectors: np.ndarray, exclude_duplicates: bool = True,
-                max_candidates: int = 4096, exclude_doc_label=None) -> AnchorResult:
+                max_candidates: int = 4096, exclude_doc_label=None, near_dup=None,
+                long_docs: str = "keep") -> AnchorResult:
     """Choose the negatives of one anchor and lay out m_1, n_1^1..n_1^k, m_2, ... (head position)."""
     own = store.doc_chunks(anchor_doc)
     p = own.size
-    lengths = np.diff(store.tok_offsets)
+    lengths = store.token_counts  # computed once per store: planning cost must not grow with the corpus
     own_tokens = int(lengths[own].sum()) + p * sep_len
+    if own_tokens >= target_length:
+        res = AnchorResult(chunks=own.tolist(), roles=[ROLE_ANCHOR] * p, negatives_per_meta_chunk=[0] * p,
+                           total_tokens=own_tokens, already_long=True, ok=long_docs == "keep")
+        res.reason = "" if res.ok else ALREADY_LONG_REASON
+        return res
     n_index = len(searcher)
     banned_hashes = set(store.text_hash[own].tolist()) if exclude_duplicates else set()
 
@@ -114,7 +132,7 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
         want = k_fixed or 0
         width = min(max(2 * want + 8, 16), max_candidates)
     else:
-        mean_len = float(lengths.mean()) + sep_len if lengths.size else 1.0
+        mean_len = store.mean_token_count + sep_len
         need = max(0.0, target_length - own_tokens) / max(mean_len, 1.0)
         want = None
         width = min(max(int(2 * need / max(p, 1)) + 16, 16), max_candidates)
@@ -126,7 +144,7 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
             ids, sims = searcher.search(anchor_vectors, width, exclude_doc_ids=exclude_doc_label,
                                         exclude_hashes=banned_hashes or None)
         result, exhausted = _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len,
-                                    own_tokens, anchor_doc, banned_hashes, exclude_duplicates)
+                                    own_tokens, anchor_doc, banned_hashes, exclude_duplicates, near_dup)
         widened = min(width * 4, max_candidates, n_index)
         if not exhausted or widened <= width:
             break
@@ -146,71 +164,94 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
 
 
 def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, own_tokens, anchor_doc,
-            banned_hashes, exclude_duplicates):
+            banned_hashes, exclude_duplicates, near_dup=None):
     """Greedy selection from ranked candidate lists; returns (result, ran_out_of_candidates)."""
     p = own.size
     used: set[int] = set()
     used_hashes = set(banned_hashes)
+    near_copies: set[int] = set()
     cursor = [0] * p
     chosen: list[list[tuple[int, float]]] = [[] for _ in range(p)]
     exhausted_rows = [False] * p
     widen_helps = [False] * p  # the row was used up but the index holds more candidates
+    if near_dup is not None:
+        near_dup.start(own)
 
-    def next_valid(i):
+    def peek(i):
+        """The next eligible candidate of row i (the cursor stays on it), or None when the row is used up."""
         row = ids[i]
         if exhausted_rows[i]:
             return None
         while cursor[i] < row.shape[0]:
             c = int(row[cursor[i]])
-            s = float(sims[i, cursor[i]])
-            cursor[i] += 1
             if c < 0:
                 exhausted_rows[i] = True
                 return None
-            if store.chunk_doc[c] == anchor_doc or c in used:
+            if (store.chunk_doc[c] == anchor_doc or c in used or c in near_copies
+                    or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)):
+                cursor[i] += 1
                 continue
-            if exclude_duplicates:
-                h = int(store.text_hash[c])
-                if h in used_hashes:
-                    continue
-                used_hashes.add(h)
-            used.add(c)
-            return c, s
+            if near_dup is not None and not near_dup.admits(c):
+                near_copies.add(c)
+                cursor[i] += 1
+                continue
+            return c
         exhausted_rows[i] = True
         widen_helps[i] = row.shape[0] > 0 and int(row[-1]) >= 0
         return None
+
+    def take(i, c) -> int:
+        """Choose the candidate `peek(i)` returned; its tokens in the document."""
+        chosen[i].append((c, float(sims[i, cursor[i]])))
+        cursor[i] += 1
+        used.add(c)
+        if exclude_duplicates:
+            used_hashes.add(int(store.text_hash[c]))
+        if near_dup is not None:
+            near_dup.add(c)
+        return int(lengths[c]) + sep_len
 
     total = own_tokens
     if rule == "fixed-k":
         for i in range(p):
             for _ in range(want):
-                got = next_valid(i)
-                if got is None:
+                c = peek(i)
+                if c is None:
                     break
-                chosen[i].append(got)
-                total += int(lengths[got[0]]) + sep_len
+                total += take(i, c)
         exhausted = any(widen_helps[i] and len(chosen[i]) < want for i in range(p))
     else:
+        # Layer by layer. The cut at L removes the document's last (total - L) tokens, so a negative
+        # placed before a later meta-chunk may only overshoot by what follows the last meta-chunk (its
+        # negatives, `tail`): otherwise it would push a meta-chunk past L. A row whose best remaining
+        # candidate does not fit is closed; the last meta-chunk's negatives may overshoot freely.
         exhausted = False
+        tail = 0
+        closed = [False] * p
         while total < target_length:
             progressed = False
             for i in range(p):
                 if total >= target_length:
                     break
-                if exhausted_rows[i]:
+                if closed[i]:
                     continue
-                got = next_valid(i)
-                if got is None:
+                c = peek(i)
+                if c is None:
                     continue
-                chosen[i].append(got)
-                total += int(lengths[got[0]]) + sep_len
+                add = int(lengths[c]) + sep_len
+                if i < p - 1 and total + add - target_length > tail:
+                    closed[i] = True
+                    continue
+                total += take(i, c)
+                if i == p - 1:
+                    tail += add
                 progressed = True
             if not progressed:
                 # every list ran out: widening the search may still help, if the index is larger
                 exhausted = any(widen_helps)
                 break
 
-    res = AnchorResult(total_tokens=total)
+    res = AnchorResult(total_tokens=total, near_dup_rejected=len(near_copies))
     for i in range(p):
         res.chunks.append(int(own[i]))
         res.roles.append(ROLE_ANCHOR)

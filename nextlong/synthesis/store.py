@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,18 @@ class ChunkStore:
     def num_docs(self) -> int:
         return int(self.doc_first_chunk.shape[0])
 
+    @cached_property
+    def token_counts(self) -> np.ndarray:
+        """Tokens of each chunk (int64), computed once: planning reads it for every anchor."""
+        return np.diff(np.asarray(self.tok_offsets, np.int64))
+
+    @cached_property
+    def mean_token_count(self) -> float:
+        """Mean tokens per chunk (1.0 for an empty store), computed once."""
+        return float(self.token_counts.mean()) if self.token_counts.size else 1.0
+
     def chunk_tokens(self, c: int) -> np.ndarray:
         return self.tokens[self.tok_offsets[c]:self.tok_offsets[c + 1]]
-
-    def num_tokens(self) -> np.ndarray:
-        return np.diff(self.tok_offsets)
 
     def doc_chunks(self, d: int) -> np.ndarray:
         first = int(self.doc_first_chunk[d])
@@ -127,8 +135,3 @@ class ChunkStore:
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
         doc_ids = json.loads((directory / "doc_ids.json").read_text())
         return cls(doc_ids=doc_ids, **arrays)
-
-    @staticmethod
-    def exists(directory) -> bool:
-        directory = Path(directory)
-        return all((directory / f"{n}.npy").exists() for n in _ARRAYS) and (directory / "doc_ids.json").exists()
