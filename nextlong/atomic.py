@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,12 +35,15 @@ def atomic_path(final: str | os.PathLike):
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     except BaseException as exc:
-        written = None
+        written, full = None, is_disk_full(exc)
         with contextlib.suppress(OSError):
             written = os.stat(tmp).st_size
+            # numpy's tofile reports a short write without an errno ("N requested and M written")
+            full = full or (isinstance(exc, OSError) and exc.errno is None
+                            and shutil.disk_usage(final.parent).free < (1 << 20))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if is_disk_full(exc):
+        if full:
             raise disk_full(final, needed=f"more than {written:,} bytes" if written else None) from exc
         raise
     own_temporary = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")  # mkstemp's names, not another file's

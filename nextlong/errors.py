@@ -82,7 +82,9 @@ def disk_full(path, needed: int | str | None = None, free: int | None = None) ->
 
 
 def _size(n: int) -> str:
-    return f"{n:,} bytes" if n < 1 << 20 else f"{n:,} bytes ({n / (1 << 30):.2f} GiB)"
+    if n < 1 << 20:
+        return f"{n:,} bytes"
+    return f"{n:,} bytes ({n / (1 << 20):.1f} MiB)" if n < 1 << 30 else f"{n:,} bytes ({n / (1 << 30):.2f} GiB)"
 
 
 def is_disk_full(exc: BaseException) -> bool:

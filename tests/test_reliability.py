@@ -369,3 +369,25 @@ def test_exact_searcher_rejects_exclusions_it_would_ignore():
         ExactSearcher(vectors).search(vectors[:1], 2, exclude_doc_ids=[0])
     ids, _ = ExactSearcher(vectors).search(vectors[:1], 2)
     assert ids[0, 0] == 0
+
+
+def test_synthesize_threads_bound_the_embedder(tmp_path, monkeypatch):
+    """--threads 1 reaches the embedder (torch would otherwise take every core)."""
+    import nextlong.embedding as embedding
+
+    seen = []
+    real = embedding.load_embedder
+
+    def spy(spec=None, **options):
+        seen.append((spec, options))
+        return real("hashed-tfidf:32")  # stands in for MiniLM: what matters is what it was asked with
+
+    monkeypatch.setattr(embedding, "load_embedder", spy)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    argv = ["synthesize", "--corpus", str(corpus), "--target-length", "1024", "--quiet", "--threads"]
+    assert main(argv + ["1", "--out", str(tmp_path / "a")]) == 0
+    assert seen == [(None, {"threads": 1})]
+    seen.clear()
+    assert main(argv + ["0", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [(None, {})]  # 0: the embedder's own default, all cores
