@@ -124,7 +124,9 @@ def embed_chunks(
     `chunk_table_or_path`: a Parquet chunk table (CHUNK_SCHEMA), a pyarrow Table, or a list of texts.
     `batch_size` texts are embedded and flushed at a time (the embedder sorts them by length inside).
     A finished or partial file made with another embedder or other rows raises StageMismatchError
-    unless `overwrite=True`. Returns the embeddings as a read-only memory map.
+    unless `overwrite=True`. Returns the embeddings as a read-only memory map. The progress record
+    counts the texts the embedder had to embed in windows (`windowed_texts`, longer than its model's
+    max length; see TransformerEmbedder).
 
     The file's full size is reserved on disk before anything is written (a write into a memory-mapped
     page the disk cannot back kills the process with SIGBUS), so a full disk is a DiskFullError up
@@ -143,6 +145,8 @@ def embed_chunks(
         "dtype": np.dtype(dtype).name,
         "fingerprint": texts.fingerprint(),
     }
+    if getattr(embedder, "long_texts", None):  # how texts beyond the model's window were embedded
+        expected["long_texts"] = embedder.long_texts
     record = None
     if record_path.is_file() and out_path.is_file() and not overwrite:
         try:
@@ -194,6 +198,7 @@ def embed_chunks(
                        dynamic_ncols=True)
         try:
             for first, batch in texts.slices(done, batch_size):
+                windowed_before = getattr(embedder, "windowed_texts", 0)
                 vecs = embedder.embed(batch)
                 if vecs.shape != (len(batch), expected["dim"]):
                     raise EmbedderError(f"embedder {embedder.name!r} returned shape {vecs.shape}, "
@@ -201,6 +206,8 @@ def embed_chunks(
                 arr[first : first + len(batch)] = vecs
                 arr.flush()
                 record["done"] = first + len(batch)
+                record["windowed_texts"] = (record.get("windowed_texts", 0)
+                                            + getattr(embedder, "windowed_texts", 0) - windowed_before)
                 record["complete"] = record["done"] >= texts.rows
                 if record["complete"]:
                     record["crc32"] = file_crc32(out_path)

@@ -165,6 +165,13 @@ class TransformerEmbedder:
     Runs in bf16 on a GPU (fp16 when bf16 is unsupported) and on CPUs with native bf16 (AVX512-BF16/AMX),
     else fp32; `dtype="float32"` forces full precision. Pooling and normalisation are always fp32.
     On CPU it uses `threads` torch threads (default: the cores this process may use).
+
+    A text longer than the model's `max_length` is not cut (`long_texts="window"`, default): its tokens
+    are split into consecutive windows of `max_length` (special tokens included; the last window is
+    shorter), each window is embedded on its own, and the text's vector is the mean of the window vectors
+    weighted by each window's token count, re-normalised. So a 2048-character chunk (~550 MiniLM word
+    pieces) is embedded whole, not by its first 256 pieces. `long_texts="truncate"` keeps only the first
+    window (what sentence-transformers does). `windowed_texts` counts the texts embedded in windows.
     """
 
     def __init__(
@@ -181,6 +188,7 @@ class TransformerEmbedder:
         max_batch: int = 256,
         prefix: str = "",
         trust_remote_code: bool = False,
+        long_texts: str = "window",
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -201,6 +209,10 @@ class TransformerEmbedder:
         if self.pooling not in ("mean", "cls", "max", "last"):
             raise EmbedderError(f"pooling must be mean, cls, max or last, got {self.pooling!r}")
         self.prefix = prefix
+        if long_texts not in ("window", "truncate"):
+            raise EmbedderError(f"long_texts must be window or truncate, got {long_texts!r}")
+        self.long_texts = long_texts
+        self.windowed_texts = 0
         self.batch_tokens = int(batch_tokens)
         self.max_batch = int(max_batch)
         if device is None:
@@ -235,16 +247,69 @@ class TransformerEmbedder:
         return f"TransformerEmbedder(name={self.name!r}, dim={self.dim}, device={self.device}, pooling={self.pooling})"
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Model input ids of each text, cut at max_length (the first window)."""
         texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
         return enc["input_ids"]
 
+    def windows(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """(model input ids of every window, the text each belongs to, its weight = its text tokens).
+        A text within max_length is one window, the same ids `tokenize` gives."""
+        if self.long_texts == "truncate":
+            ids = self.tokenize(texts)
+            return ids, np.arange(len(ids)), np.ones(len(ids))
+        body = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, padding=False,
+                              verbose=False)["input_ids"]
+        prefix = (self.tokenizer(self.prefix, add_special_tokens=False, verbose=False)["input_ids"]
+                  if self.prefix else [])
+        head, tail = self._special_tokens()
+        room = self.max_length - len(head) - len(tail) - len(prefix)
+        if room < 1:
+            raise EmbedderError(f"max_length {self.max_length} leaves no room for text after the special tokens "
+                                "and prefix")
+        windows, owner, weight = [], [], []
+        for i, toks in enumerate(body):
+            pieces = [toks[a : a + room] for a in range(0, len(toks), room)] or [[]]
+            self.windowed_texts += len(pieces) > 1
+            for piece in pieces:
+                windows.append(head + prefix + piece + tail)
+                owner.append(i)
+                weight.append(max(len(piece), 1))
+        return windows, np.asarray(owner, np.int64), np.asarray(weight, np.float64)
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a single text ([CLS] / [SEP] for BERT), found by
+        encoding a probe with and without them (transformers 5 has no build_inputs_with_special_tokens)."""
+        if getattr(self, "_specials", None) is None:
+            probe = "hello world"
+            plain = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+            full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
+            at = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), None)
+            if at is None:
+                raise EmbedderError(f"{self.path}: cannot tell where the tokenizer puts its special tokens")
+            self._specials = (list(full[:at]), list(full[at + len(plain):]))
+        return self._specials
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
-        ids = self.tokenize(texts)
+        windows, owner, weight = self.windows(texts)
+        vecs = self.embed_ids(windows)
+        if len(windows) == len(texts):
+            return vecs
+        acc = np.zeros((len(texts), self.dim), np.float64)
+        np.add.at(acc, owner, vecs.astype(np.float64) * weight[:, None])
+        acc /= np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
+        out[:] = acc
+        return out
+
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Unit vectors of model input id sequences (each within max_length), batched by length."""
+        torch = self._torch
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not ids:
+            return out
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         with torch.inference_mode():
             for batch in token_batches(lengths, self.batch_tokens, self.max_batch):

@@ -51,17 +51,61 @@ def test_default_is_minilm_and_satisfies_protocol(minilm_fp32):
 
 
 def test_minilm_fp32_matches_sentence_transformers(minilm_fp32, reference_vectors):
+    """sentence-transformers cuts a text at 256 word pieces: so does long_texts="truncate"; the default
+    (windows) agrees with it on every text that fits one window."""
     texts, ref = reference_vectors
-    ours = minilm_fp32.embed(texts)
+    ours = load_embedder(dtype="float32", long_texts="truncate").embed(texts)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=2e-5)  # same math, other batching: float rounding only
+    fits = [len(ids) < minilm_fp32.max_length for ids in minilm_fp32.tokenize(texts)]
+    assert 5 < sum(fits) < len(texts)
+    np.testing.assert_allclose(minilm_fp32.embed(texts)[fits], ref[fits], atol=2e-5)
+
+
+@pytest.mark.slow
+def test_long_texts_are_the_weighted_mean_of_their_windows(minilm_fp32, tmp_path):
+    """Reference by hand: the plain transformers model on each window of <= 256 ids ([CLS] 254 pieces
+    [SEP]), mean pooled and normalised, averaged with weights = pieces per window, normalised."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from nextlong.embed_store import embed_chunks, embedding_progress
+
+    texts = chunk_table(corpus_head(limit=30), max_chars=2048, max_chunks=5, min_chars=1500).column("text").to_pylist()
+    texts.append("short text")
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    model = AutoModel.from_pretrained(str(default_model_path()), dtype=torch.float32).eval()
+    ref, n_long = [], 0
+    for text in texts:
+        pieces = tok(text, add_special_tokens=False)["input_ids"]
+        windows = [pieces[a : a + 254] for a in range(0, len(pieces), 254)]
+        n_long += len(windows) > 1
+        acc = np.zeros(384)
+        for w in windows:
+            ids = torch.tensor([[tok.cls_token_id] + w + [tok.sep_token_id]])
+            with torch.inference_mode():
+                v = model(input_ids=ids).last_hidden_state[0].mean(0).numpy()
+            acc += len(w) * v / np.linalg.norm(v)
+        ref.append(acc / np.linalg.norm(acc))
+    ref = np.asarray(ref)
+    assert n_long >= 4  # 2048-character chunks are mostly longer than 256 pieces
+    before = minilm_fp32.windowed_texts
+    ours = minilm_fp32.embed(texts)
+    np.testing.assert_allclose(ours, ref, atol=3e-5)
+    assert minilm_fp32.windowed_texts - before == n_long
+    # the tail of a long chunk now counts: the vector differs from the first window's
+    first = load_embedder(dtype="float32", long_texts="truncate").embed(texts)
+    assert ((first * ours).sum(1) < 0.99).sum() >= n_long // 2 >= 2
+    # embed_chunks records how many texts were windowed
+    embed_chunks(texts, minilm_fp32, tmp_path / "e.npy", progress=False, batch_size=5)
+    assert embedding_progress(tmp_path / "e.npy")["windowed_texts"] == n_long
 
 
 @pytest.mark.slow
 def test_minilm_default_precision_close_to_sentence_transformers(reference_vectors):
     """Default dtype (bf16 on CPUs with native bf16, fp32 elsewhere) stays within cosine 0.999 of fp32."""
     texts, ref = reference_vectors
-    fast = load_embedder()
+    fast = load_embedder(long_texts="truncate")
     cos = (fast.embed(texts) * ref).sum(1)
     assert cos.min() > 0.999, cos.min()
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import write_json_atomic
+from ..atomic import remove_stale_temporaries, write_json_atomic
 from ..errors import NextlongError, StageMismatchError
 from .config import SynthesisConfig, fingerprint
 
@@ -111,7 +111,8 @@ def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int
     """Embeddings of every chunk (row = chunk id); embed_chunks resumes a stopped run."""
     directory = out / "embeddings"
     spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
-    settings = {"chunks": chunks_fp, "embedder": spec}
+    # long_texts: chunks beyond the model's window are embedded whole, as a weighted mean of windows
+    settings = {"chunks": chunks_fp, "embedder": spec, "long_texts": "window"}
     t0 = time.perf_counter()
     if not _stage_ready(directory, settings, cfg.rebuild, "embedding"):
         from ..embed_store import embed_chunks
@@ -128,7 +129,11 @@ def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int
                          for t in b.column("text").to_pylist())
         vectors = embed_chunks(chunks_path, embedder, directory / "embeddings.npy", progress=cfg.progress, batch_size=512,
                                overwrite=cfg.rebuild)
-        _stage_done(directory, settings, embedder_name=embedder.name, dim=int(vectors.shape[1]))
+        from ..embed_store import embedding_progress
+
+        _stage_done(directory, settings, embedder_name=embedder.name, dim=int(vectors.shape[1]),
+                    windowed_chunks=(embedding_progress(directory / "embeddings.npy") or {}).get("windowed_texts"),
+                    max_length=getattr(embedder, "max_length", None))
     from ..embed_store import open_embeddings
 
     vectors = open_embeddings(directory / "embeddings.npy", verify=cfg.verify)
@@ -296,8 +301,24 @@ def run(cfg: SynthesisConfig) -> dict:
 
     cfg.validate()
     check_before_work(cfg)
-    with output_lock(cfg.out_dir, "synthesize"):
-        return _run(cfg)
+    with output_lock(cfg.out_dir, "synthesize"), _thread_limit(cfg.num_threads):
+        manifest = _run(cfg)
+        remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
+        return manifest
+
+
+def _thread_limit(threads: int | None):
+    """--threads N bounds every pool a run uses: the chunker's and the embedder's (passed on), and the
+    BLAS / OpenMP pools of numpy and torch (here)."""
+    import contextlib
+
+    if not threads:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(int(threads))
 
 
 def check_before_work(cfg: SynthesisConfig) -> None:
@@ -443,6 +464,11 @@ def _run(cfg: SynthesisConfig) -> dict:
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats)
     if quest_stats is not None:
         stats["quest"] = quest_stats
+    embed_info = out / "embeddings" / "stage.json"
+    if vectors is not None and embed_info.exists():  # chunks longer than the embedder's window
+        info = json.loads(embed_info.read_text())
+        stats["embedding"] = {"embedder": info.get("embedder_name"), "max_length_tokens": info.get("max_length"),
+                              "chunks_windowed": info.get("windowed_chunks")}
     if built == 0:
         raise NextlongError(_too_small_message(cfg, store, stats, lengths))
 
