@@ -1,0 +1,181 @@
+"""Retrieval-head detection (Wu et al.) on a tiny random Llama: the fast path against a slow reference
+loop over eager attentions, trial filtering, masking, comparison and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from nextlong.cli import main  # noqa: E402
+from nextlong.eval import heads as H  # noqa: E402
+from nextlong.eval.model import decode, load_model  # noqa: E402
+from tests.eval_fixtures import save_tiny_llama, train_tokenizer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tok = train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    # A large init makes attention peaked, so top-1 positions are far from ties.
+    return save_tiny_llama(tmp_path_factory.mktemp("model"), tok, init=0.5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    return load_model(model_dir, attn="sdpa", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trials(lm):
+    from nextlong.eval.haystack import essay_sentences
+    from nextlong.synthesis.demo import iter_stdlib_documents
+
+    essay = essay_sentences([t for _, t in iter_stdlib_documents(max_bytes=20_000)])
+    return H.make_trials(lm.tokenizer, essay, [256, 384], [0.0, 50.0, 100.0], H.NEEDLES[:1])
+
+
+def reference_trial_scores(lm, trial, forced=None, max_new_tokens=50):
+    """Wu et al.'s rule, written out: recompute the whole sequence with eager attention at every step
+    and loop over layers and heads in Python."""
+    layers, heads = lm.num_layers, lm.num_heads
+    scores = [[0.0] * heads for _ in range(layers)]
+    start, end = trial.span
+    seq = list(trial.prompt_ids)
+    generated = []
+    lm.model.config._attn_implementation = "eager"
+    try:
+        steps = max_new_tokens if forced is None else min(max_new_tokens, len(forced))
+        with torch.no_grad():
+            for step in range(steps):
+                out = lm.model(torch.tensor([seq]), output_attentions=True)
+                nxt = int(out.logits[0, -1].argmax()) if forced is None else int(forced[step])
+                for layer in range(layers):
+                    for head in range(heads):
+                        row = out.attentions[layer][0, head, -1].tolist()
+                        pos = max(range(len(row)), key=row.__getitem__)
+                        if start <= pos < end and trial.prompt_ids[pos] == nxt:
+                            scores[layer][head] += 1 / (end - start)
+                generated.append(nxt)
+                if "\n" in decode(lm.tokenizer, [nxt]):
+                    break
+                seq.append(nxt)
+    finally:
+        lm.model.config._attn_implementation = "sdpa"
+    return scores, generated
+
+
+def test_needle_token_span_covers_the_needle(lm, trials):
+    for t in trials:
+        start, end = t.span
+        text = decode(lm.tokenizer, t.prompt_ids[start:end])
+        assert t.reference in text and len(text) <= len(t.reference) + 4
+        assert abs(len(t.prompt_ids) + lm.tokenizer.count_tokens(" " + t.reference) - t.length) <= 0.1 * t.length
+
+
+@pytest.mark.slow
+def test_retrieval_scores_equal_a_slow_reference_loop(lm, trials):
+    total = 0.0
+    for t in trials:
+        forced = [int(i) for i in lm.tokenizer.encode(" " + t.reference)]  # copy the needle: hits happen
+        fast = H.detect_trial(lm, t, forced=forced)
+        ref, generated = reference_trial_scores(lm, t, forced=forced)
+        assert fast.generated == generated
+        assert torch.allclose(fast.scores, torch.tensor(ref, dtype=torch.float64), atol=1e-9), t
+        total += float(fast.scores.sum())
+    assert total > 0  # the comparison saw copying heads, not only zeros
+    print(f"summed retrieval score over {len(trials)} forced trials: {total:.3f}")
+    # greedy decoding, as in detection proper (two trials, 12 steps each, to stay fast)
+    for t in trials[:2]:
+        fast = H.detect_trial(lm, t, max_new_tokens=12)
+        ref, generated = reference_trial_scores(lm, t, max_new_tokens=12)
+        assert fast.generated == generated
+        assert torch.allclose(fast.scores, torch.tensor(ref, dtype=torch.float64), atol=1e-9)
+
+
+def test_head_scores_count_only_trials_that_answer_unless_all_trials():
+    a = H.TrialResult(torch.tensor([[1.0, 0.0]], dtype=torch.float64), [], "x", recall=0.9)
+    b = H.TrialResult(torch.tensor([[0.0, 1.0]], dtype=torch.float64), [], "y", recall=0.5)  # not > 0.5
+    scores, counted = H.head_scores([a, b])
+    assert counted == 1 and scores.tolist() == [[1.0, 0.0]]
+    scores, counted = H.head_scores([a, b], all_trials=True)
+    assert counted == 2 and scores.tolist() == [[0.5, 0.5]]
+    scores, counted = H.head_scores([b])
+    assert counted == 0 and scores.tolist() == [[0.0, 0.0]]
+    named = H.as_named(torch.tensor([[0.2, 0.05], [0.3, 0.0]]))
+    assert named == {"0-0": 0.2, "0-1": 0.05, "1-0": 0.3, "1-1": 0.0}
+    assert [n for n, _ in H.ranked(named)] == ["1-0", "0-0", "0-1", "1-1"]
+
+
+def test_masking_zeroes_exactly_the_given_heads(lm, trials):
+    ids = torch.tensor([trials[0].prompt_ids])
+    with torch.no_grad():
+        base = lm.model(ids).logits
+        with H.masked_heads(lm, []):
+            same = lm.model(ids).logits
+        with H.masked_heads(lm, [(1, 2)]):
+            masked = lm.model(ids).logits
+            o_proj = lm.model.model.layers[1].self_attn.o_proj
+            seen = {}
+            handle = o_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].clone()))
+            lm.model(ids)
+            handle.remove()
+        after = lm.model(ids).logits
+    dim = lm.model.config.hidden_size // lm.num_heads
+    assert torch.equal(base, same) and torch.equal(base, after)
+    assert not torch.allclose(base, masked)
+    x = seen["x"]
+    assert torch.count_nonzero(x[..., 2 * dim:3 * dim]) == 0 and torch.count_nonzero(x[..., :dim]) > 0
+
+
+def test_compare_counts_and_differences():
+    a = {"0-0": 0.5, "0-1": 0.05, "1-0": 0.2}
+    b = {"0-0": 0.4, "0-1": 0.3, "1-0": 0.0}
+    c = H.compare(a, b)
+    assert (c["retrieval_heads_a"], c["retrieval_heads_b"]) == (2, 2)
+    assert c["shared"] == ["0-0"] and c["only_a"] == ["1-0"] and c["only_b"] == ["0-1"]
+    assert c["difference"] == {"0-0": -0.1, "0-1": 0.25, "1-0": -0.2}
+    assert c["largest_changes"][0] == ("0-1", 0.25)
+    with pytest.raises(ValueError):
+        H.compare(a, {"0-0": 1.0})
+
+
+@pytest.mark.slow
+def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
+    args = ["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
+            "--max-new-tokens", "6"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--mask-heads", "1"]) == 0
+    out = tmp_path / "a"
+    scores = json.loads((out / "head_scores.json").read_text())
+    assert sorted(scores) == sorted(f"{l}-{h}" for l in range(2) for h in range(4))
+    info = json.loads((out / "heads.json").read_text())
+    assert info["trials"] == 2 and info["trials_counted"] == 2
+    assert set(info["masking"]) >= {"accuracy_unmasked", "accuracy_top_masked", "accuracy_random_masked"}
+    assert info["masking"]["top_heads"] != info["masking"]["random_heads"]
+    for name in ("heads.png", "summary.md", "manifest.json", "trials.jsonl"):
+        assert (out / name).is_file()
+    # the same run again reuses the finished trials and writes the same scores
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "head_scores.json").read_text()) == scores
+    assert main(["heads", "--compare", str(out), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    comparison = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert all(d == 0 for d in comparison["difference"].values())
+    assert (tmp_path / "c" / "compare.png").is_file()
+    capsys.readouterr()
+    assert main(["heads", "--out", str(tmp_path / "d")]) == 2
+    assert "MODEL is required" in capsys.readouterr().err
+    assert main(["heads", str(model_dir), "--compare", str(out), str(out), "--out", str(tmp_path / "d")]) == 2
+    assert main(["heads", "--compare", str(tmp_path / "nope"), str(out), "--out", str(tmp_path / "d")]) == 1
+    assert "no head_scores.json" in capsys.readouterr().err
+    assert main(["heads", str(model_dir), "--lengths", "5000", "--out", str(tmp_path / "d")]) == 2
+    assert "beyond the model's 4096 positions" in capsys.readouterr().err
