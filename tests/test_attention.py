@@ -42,6 +42,9 @@ def _reference(q, k, v, do, cu, causal, window, scale=None):
 # "torch" is the fallback's fused path (PyTorch's CPU flash kernel, per document); "torch_chunked" its
 # plain-matmul path (selected by giving a tile size); "triton" the kernels in the interpreter.
 BACKENDS = ["torch", "torch_chunked", "triton"]
+# The interpreter takes 10-30 s per case on 2 cores: the wide sweeps run it in the slow set only (the
+# other triton tests below stay in the fast loop).
+BACKENDS_TRITON_SLOW = ["torch", "torch_chunked", pytest.param("triton", marks=pytest.mark.slow)]
 
 
 def _check(q, k, v, do, cu, causal, window, backend, blocks=BLOCKS, scale=None, atol=ATOL):
@@ -59,7 +62,7 @@ def _check(q, k, v, do, cu, causal, window, backend, blocks=BLOCKS, scale=None, 
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=0, msg=lambda m: f"d{name}: {m}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_TRITON_SLOW)
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window", [None, (3, 9)])
@@ -68,7 +71,7 @@ def test_packed_documents_match_dense_reference(backend, group, causal, window):
     _check(q, k, v, do, cu, causal, window, backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_TRITON_SLOW)
 @pytest.mark.parametrize("causal,window", [(True, 40), (False, (40, 20)), (True, 7)])
 def test_window_wide_enough_for_unmasked_tiles(backend, causal, window, monkeypatch):
     # A 100-token document with a 40-token window has tiles fully inside the window (the unmasked fast
