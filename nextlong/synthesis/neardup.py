@@ -12,11 +12,12 @@ a polynomial hash of its bytes, a 5-gram's hash mixes five word hashes; all in u
 deterministic across runs and machines. A chunk of fewer than five words has one shingle, its whole
 word sequence. Sets of 64-bit hashes give the exact Jaccard up to hash collisions (~n²/2⁶⁴).
 
-Finding which pieces share shingles with a candidate uses an inverted index over a hash-sampled
-subset of shingles (every shingle of a small set, about 1 in 2^r of a large one); every pair found
-that way gets its exact Jaccard from the full sets. A pair at or above the threshold shares at least
-`t/(1+t)·(|A|+|B|)` shingles, so the sampling rate is chosen such that such a pair goes unnoticed
-with probability below 1e-6 (`_sampling_bits`); below threshold 0.05 nothing is sampled away.
+Finding which pieces share shingles with a candidate uses an inverted index over each set's `m`
+smallest hashes (a bottom-m sketch; the hashes are mixed, so these are a uniform sample): every pair
+found that way gets its exact Jaccard from the full sets. Each of the m smallest hashes of A ∪ B lies
+in A ∩ B with probability J, and one that does is among the m smallest of both A and B, so a pair at
+Jaccard J shares no sketched hash with probability about (1 − J)^m. `m` is chosen so that this stays
+below 1e-6 at the threshold (20 hashes at 0.5); sets smaller than m are indexed whole.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import numpy as np
 
 NGRAM = 5
 DEFAULT_THRESHOLD = 0.5
-SMALL_SET = 256  # sets with fewer shingles are indexed and looked up in full
 MISS_PROBABILITY = 1e-6
+MAX_SKETCH = 512
 
 _WS = np.zeros(256, bool)
 _WS[[9, 10, 11, 12, 13, 32]] = True
@@ -184,16 +185,13 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (a.size + b.size - inter)
 
 
-def _sampling_bits(threshold: float) -> int:
-    """Largest r such that a pair above `threshold` is missed with probability < MISS_PROBABILITY
-    when only shingles with hash % 2**r == 0 of large sets are indexed and looked up."""
-    if threshold < 0.05:
-        return 0
-    shared = threshold * SMALL_SET / (1 + threshold)  # fewest shared shingles of such a pair
-    bits = 0
-    while bits < 6 and (1 - 2.0 ** -(bits + 1)) ** shared < MISS_PROBABILITY:
-        bits += 1
-    return bits
+def sketch_size(threshold: float) -> int:
+    """Hashes per set in the index: the fewest m with (1 - threshold)^m < MISS_PROBABILITY."""
+    if threshold >= 1.0:
+        return 1
+    if threshold <= 0.0:
+        return MAX_SKETCH
+    return int(min(MAX_SKETCH, math.ceil(math.log(MISS_PROBABILITY) / math.log1p(-threshold))))
 
 
 class NearDupFilter:
@@ -202,11 +200,11 @@ class NearDupFilter:
     Shingle sets are cached per chunk for the life of the filter (bounded by `cache_size` chunks), so
     a chunk that is a candidate for many meta-chunks is decoded once."""
 
-    def __init__(self, store, tokenizer, threshold: float = DEFAULT_THRESHOLD, cache_size: int = 1 << 16):
+    def __init__(self, store, tokenizer, threshold: float = DEFAULT_THRESHOLD, cache_size: int = 1 << 14):
         self.store = store
         self.tokenizer = tokenizer
         self.threshold = float(threshold)
-        self.mask = np.uint64((1 << _sampling_bits(self.threshold)) - 1)
+        self.sketch = sketch_size(self.threshold)
         self.cache_size = cache_size
         self._cache: dict[int, tuple[np.ndarray, list]] = {}
         self.rejected = 0
@@ -217,8 +215,7 @@ class NearDupFilter:
         if got is None:
             tokens = self.store.tokens[self.store.tok_offsets[c]:self.store.tok_offsets[c + 1]]
             full = fast_shingle_set(self.tokenizer.decode_bytes(np.asarray(tokens, np.uint32)))
-            keys = full if full.size < SMALL_SET or not self.mask else full[(full & self.mask) == 0]
-            got = (full, keys.tolist())
+            got = (full, full[: self.sketch].tolist())  # sorted: the m smallest hashes
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
             self._cache[c] = got
@@ -234,13 +231,21 @@ class NearDupFilter:
     def admits(self, c: int) -> bool:
         """False when chunk `c` is a near-copy of a piece already in the long document."""
         full, keys = self._sets(c)
-        seen: set[int] = set()
+        shared: dict[int, int] = {}
         for key in keys:
-            owners = self._index.get(key)
-            if owners:
-                seen.update(owners)
-        for o in seen:
-            if jaccard(full, self._owners[o]) >= self.threshold:
+            for o in self._index.get(key, ()):
+                shared[o] = shared.get(o, 0) + 1
+        n, t, m = full.size, self.threshold, self.sketch
+        for o, k in shared.items():
+            other = self._owners[o]
+            small, large = min(n, other.size), max(n, other.size)
+            if small < t * large:  # J <= |small| / |large|: cannot reach the threshold
+                continue
+            if large <= m:  # both sets are indexed whole: k is their exact intersection
+                j = k / (n + other.size - k)
+            else:
+                j = jaccard(full, other)
+            if j >= t:
                 self.rejected += 1
                 return False
         return True
