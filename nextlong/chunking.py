@@ -1,4 +1,4 @@
-"""The NExtLong meta-chunker (spec §1.1) over batches and whole corpora; the C++ engine does the work.
+"""The NExtLong meta-chunker (method §1.1) over batches and whole corpora; the C++ engine does the work.
 
 A document is split on "\\n" into paragraphs; consecutive paragraphs are grouped greedily while the
 running length stays within `max_len`; a paragraph that would overflow starts a new group, and a

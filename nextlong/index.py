@@ -1,7 +1,7 @@
 """ANN index over chunk embeddings (usearch HNSW) for hard-negative mining.
 
 NExtLong's distractors for a meta-chunk are the corpus chunks most similar to it, never from the
-document being extended and never an exact duplicate (spec §1.2-1.3). `ChunkIndex.search` therefore
+document being extended and never an exact duplicate (method §1.2-1.3). `ChunkIndex.search` therefore
 filters by document, text hash and chunk id, and still returns k results: it over-fetches, and re-queries
 the rows that came up short with a larger count, ending in an exact scan only when the index is nearly
 exhausted.

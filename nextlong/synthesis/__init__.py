@@ -1,5 +1,5 @@
-"""NExtLong synthesis: long documents from short ones, by hard-negative extension (spec §1), and the
-baselines it is compared with (spec §2). `synthesize(...)` is the Python face of `nextlong synthesize`."""
+"""NExtLong synthesis: long documents from short ones, by hard-negative extension (method §1), and the
+baselines it is compared with (method §2). `synthesize(...)` is the Python face of `nextlong synthesize`."""
 
 from __future__ import annotations
 

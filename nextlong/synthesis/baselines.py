@@ -1,4 +1,4 @@
-"""The baselines NExtLong is compared with (spec §2), as plans over whole documents.
+"""The baselines NExtLong is compared with (method §2), as plans over whole documents.
 
 Every baseline lays out whole documents (all their chunks, in order, role "anchor") until the long
 document reaches L tokens, then assembly cuts it at exactly L. They differ only in which documents

@@ -1,4 +1,4 @@
-"""Every setting of a synthesis run in one dataclass, with the paper's defaults (spec §1–§2).
+"""Every setting of a synthesis run in one dataclass, with the paper's defaults (method §1–§2).
 
 Each stage records the subset of settings it depends on (`stage_settings`), so a cached stage built
 with other settings is detected instead of reused in silence.
@@ -29,7 +29,7 @@ class SynthesisConfig:
     tokenizer: str | None = None  # None: cl100k_base (offline)
     target_length: int = 131072  # L, tokens
     method: str = "nextlong"
-    negatives: str = "fixed-k"  # spec §1.4: the paper's rule; "fill" packs to exactly L
+    negatives: str = "fixed-k"  # method §1.4: the paper's rule; "fill" packs to exactly L
     index: str | None = None  # reuse a prebuilt chunk index (nextlong index) instead of DIR/index
     embedder: str | None = None  # None: offline all-MiniLM-L6-v2
     chunk_size: int = 2048  # granularity s
@@ -44,7 +44,7 @@ class SynthesisConfig:
     id_field: str | None = None
     on_error: str = "raise"  # bad corpus records: stop, or "skip" and count them (truncated files always stop)
     verify: bool = True  # CRC32-check the index and embeddings files before use (one read of each)
-    # --- NExtLong details (spec §1.4) ---
+    # --- NExtLong details (method §1.4) ---
     overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
     chars_per_token: float | None = None  # E; None: measured on the corpus's chunks
     k_rounding: str = "ceil"  # the formula gives a real number; ceil keeps the overshoot
@@ -52,7 +52,7 @@ class SynthesisConfig:
     near_dup_threshold: float = 0.5  # skip near-copies: word 5-gram Jaccard >= this with a piece; 0 = off
     long_docs: str = "keep"  # an anchor document that alone reaches L: keep it (no negatives) or drop it
     max_candidates: int = 4096  # stop widening the search beyond this many neighbours per meta-chunk
-    # --- baselines (spec §2) ---
+    # --- baselines (method §2) ---
     doc_embedding: str = "mean"  # knn/iclm: document vector = mean of its chunk vectors, or "first" chunk
     knn_neighbors: int = 32  # iclm graph degree; knn first search width (widened on demand)
     quest_keywords: int = 3  # quest: the key of a document is drawn among its top this-many keywords

@@ -1,4 +1,4 @@
-"""Hard-negative selection for NExtLong (spec §1.3–1.6).
+"""Hard-negative selection for NExtLong (method §1.3–1.6).
 
 For an anchor document with meta-chunks m_1..m_p, each m_i gets distractors: the chunks of the
 corpus most similar to it, in rank order, never from the anchor's own document, never an exact
