@@ -100,24 +100,31 @@ def test_shingle_jaccard_equals_the_plain_reference():
     assert any(reference_jaccard(a, b) >= 0.5 for a, b in pairs[150:])  # the mutations are near-copies
 
 
-def test_filter_finds_every_near_copy_from_sketches():
-    """The index holds each set's 20 smallest hashes only: no pair above the threshold is missed."""
+def test_graph_holds_exactly_the_pairs_above_the_threshold():
+    """Candidates come from each set's 20 smallest hashes; the graph must hold every pair at or above
+    the threshold (none missed by the sketch) and no pair below it."""
+    from nextlong.synthesis.neardup import NearDupGraph
     from nextlong.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     rng = random.Random(2)
-    base = [t[:6000] for _, t in stdlib_docs() if len(t) > 6000][:30]
-    texts = base + [mutate(t, rng, r) for t in base for r in (0.02, 0.08, 0.15)]
+    base = [t[:4000] for _, t in stdlib_docs() if len(t) > 4000][:16]
+    short = [" ".join(f"w{rng.randrange(30)}" for _ in range(rng.randrange(6, 14))) for _ in range(12)]
+    texts = base + [mutate(t, rng, r) for t in base for r in (0.02, 0.06, 0.15)]
+    texts += short + [mutate(t, rng, 0.1) for t in short]
     ids = [tok.encode_ordinary(t) for t in texts]
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
-    store = type("S", (), {"tokens": np.concatenate(ids).astype(np.uint32), "tok_offsets": offsets})()
-    filt = NearDupFilter(store, tok, 0.5)
-    assert filt.sketch == 20  # sets here hold hundreds of shingles: the index sees a sample
-    for i in range(len(base)):
-        filt.start([i])
-        for j in range(len(base), len(texts)):
-            expected = reference_jaccard(tok.decode(ids[j]), tok.decode(ids[i])) >= 0.5
-            assert filt.admits(j) is not expected, (i, j)
+    store = type("S", (), {"tokens": np.concatenate(ids).astype(np.uint32), "tok_offsets": offsets,
+                           "num_chunks": len(texts)})()
+    graph = NearDupGraph.build(store, tok, 0.5)
+    found = {(a, int(b)) for a in range(len(texts)) for b in graph.neighbours(a)}
+    expected = {(a, b) for a in range(len(texts)) for b in range(len(texts))
+                if a != b and reference_jaccard(texts[a], texts[b]) >= 0.5}
+    assert len(expected) > 60 and found == expected
+    filt = NearDupFilter(graph)
+    filt.start([0])
+    near = [b for (a, b) in expected if a == 0]
+    assert near and not filt.admits(near[0]) and filt.admits(1)
 
 
 # --- near-duplicate negatives, end to end --------------------------------------------------------

@@ -12,12 +12,15 @@ a polynomial hash of its bytes, a 5-gram's hash mixes five word hashes; all in u
 deterministic across runs and machines. A chunk of fewer than five words has one shingle, its whole
 word sequence. Sets of 64-bit hashes give the exact Jaccard up to hash collisions (~n²/2⁶⁴).
 
-Finding which pieces share shingles with a candidate uses an inverted index over each set's `m`
-smallest hashes (a bottom-m sketch; the hashes are mixed, so these are a uniform sample): every pair
-found that way gets its exact Jaccard from the full sets. Each of the m smallest hashes of A ∪ B lies
-in A ∩ B with probability J, and one that does is among the m smallest of both A and B, so a pair at
-Jaccard J shares no sketched hash with probability about (1 − J)^m. `m` is chosen so that this stays
-below 1e-6 at the threshold (20 hashes at 0.5); sets smaller than m are indexed whole.
+The near-copy relation does not depend on the anchor, so it is computed once per corpus
+(`NearDupGraph`, a cached stage of `nextlong synthesize`) and planning only looks it up: one array
+read per candidate, which keeps the check within a few percent of planning time at any corpus size.
+Candidate pairs share one of their `m` smallest shingle hashes (a bottom-m sketch; the hashes are
+mixed, so these are a uniform sample of each set). Each of the m smallest hashes of A ∪ B lies in
+A ∩ B with probability J, and one that does is among the m smallest of both A and B, so a pair at
+Jaccard J shares no sketched hash with probability about (1 − J)^m; `m` keeps that below 1e-6 at the
+threshold (20 hashes at 0.5). Every candidate pair gets its exact Jaccard from the full sets. A hash
+sketched by more than 256 chunks (boilerplate) links no pairs by itself.
 """
 
 from __future__ import annotations
@@ -194,65 +197,150 @@ def sketch_size(threshold: float) -> int:
     return int(min(MAX_SKETCH, math.ceil(math.log(MISS_PROBABILITY) / math.log1p(-threshold))))
 
 
+def chunk_shingles(store, tokenizer, c: int) -> np.ndarray:
+    """Sorted unique 5-gram hashes of chunk `c`, from its token ids."""
+    tokens = store.tokens[store.tok_offsets[c]:store.tok_offsets[c + 1]]
+    return fast_shingle_set(tokenizer.decode_bytes(np.asarray(tokens, np.uint32)))
+
+
+def chunk_sketches(store, tokenizer, m: int, progress: bool = False):
+    """(n, m) uint64 matrix of each chunk's m smallest shingle hashes (rows padded with 2**64-1) and
+    each chunk's number of distinct shingles."""
+    from tqdm.auto import tqdm
+
+    n = store.num_chunks
+    sketch = np.full((n, m), np.iinfo(np.uint64).max, np.uint64)
+    sizes = np.zeros(n, np.int64)
+    for c in tqdm(range(n), desc="near-duplicate sketches", unit="chunk", disable=not progress, mininterval=2):
+        full = chunk_shingles(store, tokenizer, c)
+        k = min(m, full.size)
+        sketch[c, :k] = full[:k]
+        sizes[c] = full.size
+    return sketch, sizes
+
+
+def _candidate_pairs(sketch: np.ndarray, max_group: int):
+    """Pairs (a < b) of chunks sharing at least one sketched hash, with how many they share.
+
+    A hash sketched by more than `max_group` chunks (boilerplate) links no pairs by itself."""
+    n, m = sketch.shape
+    keys = sketch.reshape(-1)
+    valid = keys != np.iinfo(np.uint64).max
+    rows = np.repeat(np.arange(n, dtype=np.int64), m)[valid]
+    keys = keys[valid]
+    order = np.argsort(keys, kind="stable")
+    keys, rows = keys[order], rows[order]
+    if keys.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, keys.size])
+    codes = []
+    for g in np.unique(sizes):
+        if g < 2 or g > max_group:
+            continue
+        first = starts[sizes == g]
+        i, j = np.triu_indices(int(g), 1)
+        a = rows[first[:, None] + i[None, :]].reshape(-1)
+        b = rows[first[:, None] + j[None, :]].reshape(-1)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        codes.append(lo * n + hi)
+    if not codes:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pair_codes, shared = np.unique(np.concatenate(codes), return_counts=True)
+    return pair_codes // n, pair_codes % n, shared
+
+
+class NearDupGraph:
+    """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), computed once per corpus.
+
+    Candidate pairs share one of their `m` smallest shingle hashes (`sketch_size`); each is confirmed
+    with the exact Jaccard of the full sets (exact from the counts when both sets fit in the sketch).
+    Stored as CSR: the near-copies of chunk c are `indices[indptr[c]:indptr[c + 1]]`."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, threshold: float):
+        self.indptr = np.asarray(indptr, np.int64)
+        self.indices = np.asarray(indices, np.int64)
+        self.threshold = threshold
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.indices.size // 2)
+
+    def neighbours(self, c: int) -> np.ndarray:
+        return self.indices[self.indptr[c]:self.indptr[c + 1]]
+
+    @classmethod
+    def build(cls, store, tokenizer, threshold: float = DEFAULT_THRESHOLD, max_group: int = 256,
+              progress: bool = False) -> "NearDupGraph":
+        m = sketch_size(threshold)
+        sketch, sizes = chunk_sketches(store, tokenizer, m, progress)
+        a, b, shared = _candidate_pairs(sketch, max_group)
+        sa, sb = sizes[a], sizes[b]
+        possible = np.minimum(sa, sb) >= threshold * np.maximum(sa, sb)  # J <= |small| / |large|
+        a, b, shared, sa, sb = a[possible], b[possible], shared[possible], sa[possible], sb[possible]
+        whole = np.maximum(sa, sb) <= m  # both sets in the sketch: `shared` is the exact intersection
+        keep = np.zeros(a.size, bool)
+        keep[whole] = shared[whole] >= threshold * (sa[whole] + sb[whole] - shared[whole])
+        cache: dict[int, np.ndarray] = {}
+
+        def full(c):
+            if c not in cache:
+                cache[c] = chunk_shingles(store, tokenizer, c)
+            return cache[c]
+
+        for i in np.flatnonzero(~whole):
+            keep[i] = jaccard(full(int(a[i])), full(int(b[i]))) >= threshold
+        a, b = a[keep], b[keep]
+        src = np.concatenate([a, b])
+        dst = np.concatenate([b, a])
+        order = np.lexsort((dst, src))
+        indptr = np.zeros(store.num_chunks + 1, np.int64)
+        np.cumsum(np.bincount(src, minlength=store.num_chunks), out=indptr[1:])
+        return cls(indptr, dst[order], threshold)
+
+    def save(self, directory) -> None:
+        from pathlib import Path
+
+        from ..atomic import atomic_path
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("indptr", "indices"):
+            with atomic_path(directory / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, getattr(self, name))
+
+    @classmethod
+    def load(cls, directory, threshold: float) -> "NearDupGraph":
+        from pathlib import Path
+
+        directory = Path(directory)
+        return cls(np.load(directory / "indptr.npy"), np.load(directory / "indices.npy"), threshold)
+
+
 class NearDupFilter:
     """Per long document: `start(anchor chunks)`, then `admits(c)` before and `add(c)` after a choice.
 
-    Shingle sets are cached per chunk for the life of the filter (bounded by `cache_size` chunks), so
-    a chunk that is a candidate for many meta-chunks is decoded once."""
+    All the similarity work is done once per corpus (NearDupGraph); per candidate this is one lookup
+    of its near-copies, almost always none."""
 
-    def __init__(self, store, tokenizer, threshold: float = DEFAULT_THRESHOLD, cache_size: int = 1 << 14):
-        self.store = store
-        self.tokenizer = tokenizer
-        self.threshold = float(threshold)
-        self.sketch = sketch_size(self.threshold)
-        self.cache_size = cache_size
-        self._cache: dict[int, tuple[np.ndarray, list]] = {}
+    def __init__(self, graph: NearDupGraph):
+        self.graph = graph
         self.rejected = 0
-        self.start([])
-
-    def _sets(self, c: int):
-        got = self._cache.get(c)
-        if got is None:
-            tokens = self.store.tokens[self.store.tok_offsets[c]:self.store.tok_offsets[c + 1]]
-            full = fast_shingle_set(self.tokenizer.decode_bytes(np.asarray(tokens, np.uint32)))
-            got = (full, full[: self.sketch].tolist())  # sorted: the m smallest hashes
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-            self._cache[c] = got
-        return got
+        self._pieces: set[int] = set()
 
     def start(self, own_chunks) -> None:
         """A new long document: its anchor's meta-chunks are the first pieces to compare with."""
-        self._owners: list[np.ndarray] = []
-        self._index: dict[int, list[int]] = {}
-        for c in own_chunks:
-            self.add(int(c))
+        self._pieces = {int(c) for c in own_chunks}
 
     def admits(self, c: int) -> bool:
         """False when chunk `c` is a near-copy of a piece already in the long document."""
-        full, keys = self._sets(c)
-        shared: dict[int, int] = {}
-        for key in keys:
-            for o in self._index.get(key, ()):
-                shared[o] = shared.get(o, 0) + 1
-        n, t, m = full.size, self.threshold, self.sketch
-        for o, k in shared.items():
-            other = self._owners[o]
-            small, large = min(n, other.size), max(n, other.size)
-            if small < t * large:  # J <= |small| / |large|: cannot reach the threshold
-                continue
-            if large <= m:  # both sets are indexed whole: k is their exact intersection
-                j = k / (n + other.size - k)
-            else:
-                j = jaccard(full, other)
-            if j >= t:
-                self.rejected += 1
-                return False
+        lo, hi = self.graph.indptr[c], self.graph.indptr[c + 1]
+        if lo == hi:
+            return True
+        if any(int(o) in self._pieces for o in self.graph.indices[lo:hi]):
+            self.rejected += 1
+            return False
         return True
 
     def add(self, c: int) -> None:
-        full, keys = self._sets(c)
-        slot = len(self._owners)
-        self._owners.append(full)
-        for key in keys:
-            self._index.setdefault(key, []).append(slot)
+        self._pieces.add(int(c))

@@ -186,6 +186,21 @@ def searcher_stage(cfg: SynthesisConfig, out: Path, store, vectors, embed_fp: st
             time.perf_counter() - t0)
 
 
+def near_dup_stage(cfg: SynthesisConfig, out: Path, store, tokenizer, chunks_fp: str):
+    """Which chunks are near-copies of which (method §1.3), once per corpus: planning only looks it up."""
+    from .neardup import NearDupGraph
+
+    directory = out / "neardup"
+    settings = {"chunks": chunks_fp, "threshold": cfg.near_dup_threshold, "ngram": 5}
+    t0 = time.perf_counter()
+    if not _stage_ready(directory, settings, cfg.rebuild, "near-duplicate"):
+        graph = NearDupGraph.build(store, tokenizer, cfg.near_dup_threshold, progress=cfg.progress)
+        graph.save(directory)
+        _stage_done(directory, settings, pairs=graph.num_pairs)
+    graph = NearDupGraph.load(directory, cfg.near_dup_threshold)
+    return graph, time.perf_counter() - t0
+
+
 # --- output shards -----------------------------------------------------------------------------
 
 
@@ -411,8 +426,10 @@ def _run(cfg: SynthesisConfig) -> dict:
         if cfg.method == "nextlong":
             from .neardup import NearDupFilter
 
-            near_dup = (NearDupFilter(store, tokenizer, cfg.near_dup_threshold) if cfg.near_dup_threshold > 0
-                        else None)
+            near_dup = None
+            if cfg.near_dup_threshold > 0:
+                graph, timings["near_dup_graph"] = near_dup_stage(cfg, out, store, tokenizer, chunks_fp)
+                near_dup = NearDupFilter(graph)
 
             def plan_fn(batch, remaining):
                 return stages.plan_nextlong_batch(
@@ -462,6 +479,9 @@ def _run(cfg: SynthesisConfig) -> dict:
 
     built = _sum(metas, "built") if metas else 0
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats)
+    if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
+        stats["near_duplicate_pairs_in_corpus"] = graph.num_pairs
+        stats["chunks_with_near_copies"] = int(np.count_nonzero(np.diff(graph.indptr)))
     if quest_stats is not None:
         stats["quest"] = quest_stats
     embed_info = out / "embeddings" / "stage.json"
