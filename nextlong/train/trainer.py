@@ -121,6 +121,8 @@ class Trainer:
             vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
         if not is_preset(cfg.model):
             self._check_model_tokenizer(data_tok, data_fp)
+            if self.tokenizer_spec is None:  # plain Parquet data: the exported model keeps the model's tokenizer
+                self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
 
         self.seq_len = cfg.seq_len or next((s.sample_length for s in sources if s.sample_length), None)
         if self.seq_len is None:
@@ -218,8 +220,10 @@ class Trainer:
     def _resume_or_start(self) -> None:
         cfg, run = self.cfg, self.run_dir
         found = ckpt.list_checkpoints(run)
+        existing = bool(found) or (run / METRICS).exists()
+        ckpt._barrier()  # every rank looks before rank 0 writes anything
         if not cfg.resume:
-            if found or (run / METRICS).exists():
+            if existing:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
                                     "another --out")
             if self.rank == 0:
