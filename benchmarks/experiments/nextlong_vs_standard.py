@@ -1,0 +1,827 @@
+"""Does NExtLong data teach long-range dependency better than standard concatenation? (mini scale)
+
+    python3 benchmarks/experiments/nextlong_vs_standard.py --out DIR [--scale smoke|cpu|gpu] [--seeds 0,1,2]
+            [--arms standard,nextlong,short,quest,knn] [--report-dir docs/experiments] [--report-only]
+
+One command runs the whole experiment; every stage writes its output folder and then a completion
+record (`.done.json`, holding the stage's settings), so a re-run skips finished stages and finished
+seeds and a killed run loses only the stage it was in (training resumes from its last checkpoint):
+
+  corpus      the running interpreter's standard-library sources (*.py), split by a hash of the path
+              into training documents and held-out long documents (evaluation only)
+  tokenizer   byte-level BPE (HF `tokenizers` trainer) on the training split, loaded by nextlong.Tokenizer
+  pretrain    a small Llama initialised at random, trained at the base length on the training split
+  synth       per (method, seed): `nextlong.synthesize` on the training split (chunks and embeddings are
+              cached in one work folder and shared by every method and seed)
+  train       per (arm, seed): `nextlong.train.train` from the base checkpoint, same steps, tokens per
+              step, schedule, RoPE theta; `short` continues at the base length on the same documents
+  eval        per (arm, seed): `nextlong eval` (teacher-forced recall tasks), LongPPL / long-context
+              gain / loss by position / short-context perplexity on the held-out documents, `nextlong heads`
+  report      results.json ({"arms": {ARM: {"seeds": {SEED: {METRIC: value}}}}, ...}), the Markdown
+              report with mean ± std, 95% intervals, the paired NExtLong − standard differences, and plots
+
+The plan (sizes, tokens, why this corpus) is written in docs/experiments/nextlong-vs-standard.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ALL_ARMS = ("standard", "nextlong", "short", "quest", "knn")
+TASK_GROUPS = ("niah_single", "niah_multikey", "vt", "json_kv")
+DONE = ".done.json"
+
+
+# --- scales ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scale:
+    name: str
+    corpus_max_bytes: int          # training split cap (bytes of source text)
+    heldout_docs: int              # held-out long documents (evaluation only)
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    mlp: int
+    base_len: int                  # pre-training context
+    base_steps: int
+    base_lr: float
+    long_len: int                  # extension context (every long arm)
+    batch_tokens: int              # tokens per optimizer step (every arm)
+    steps: int                     # optimizer steps per arm
+    lr: float
+    warmup: int
+    base_theta: float
+    long_theta: float
+    chunk_chars: int               # NExtLong chunk size s (characters)
+    embedder: str                  # synthesis embedder
+    eval_lengths: list[int]
+    eval_depths: int
+    eval_samples: int
+    ppl_window: int                # W of the long-context gain and LongPPL's short window
+    heads_lengths: list[int]
+    heads_depths: int
+    seeds: list[int]
+    arms: list[str]
+    save_every: int = 50
+
+
+SCALES = {
+    "smoke": Scale("smoke", corpus_max_bytes=1_200_000, heldout_docs=2, vocab=2048, hidden=64, layers=2, heads=2,
+                   mlp=192, base_len=256, base_steps=6, base_lr=3e-3, long_len=1024, batch_tokens=2048, steps=4,
+                   lr=1e-3, warmup=1, base_theta=10_000.0, long_theta=40_000.0, chunk_chars=512,
+                   embedder="hashed-tfidf", eval_lengths=[1024], eval_depths=2, eval_samples=1,
+                   ppl_window=256, heads_lengths=[1000], heads_depths=2, seeds=[0], arms=["standard", "nextlong"],
+                   save_every=0),
+    "cpu": Scale("cpu", corpus_max_bytes=12_000_000, heldout_docs=16, vocab=4096, hidden=256, layers=4, heads=4,
+                 mlp=768, base_len=512, base_steps=500, base_lr=2e-3, long_len=4096, batch_tokens=8192, steps=150,
+                 lr=5e-4, warmup=10, base_theta=10_000.0, long_theta=80_000.0, chunk_chars=1024, embedder="static",
+                 eval_lengths=[1024, 2048, 4096], eval_depths=3, eval_samples=2, ppl_window=512,
+                 heads_lengths=[1024, 2048, 4000], heads_depths=3, seeds=[0, 1, 2],
+                 arms=["standard", "nextlong", "short", "quest", "knn"]),
+    "gpu": Scale("gpu", corpus_max_bytes=30_000_000, heldout_docs=32, vocab=8192, hidden=512, layers=8, heads=8,
+                 mlp=1536, base_len=1024, base_steps=2000, base_lr=1e-3, long_len=16384, batch_tokens=65536,
+                 steps=400, lr=3e-4, warmup=20, base_theta=10_000.0, long_theta=640_000.0, chunk_chars=2048,
+                 embedder="all-MiniLM-L6-v2", eval_lengths=[2048, 4096, 8192, 16384], eval_depths=5,
+                 eval_samples=4, ppl_window=1024, heads_lengths=[2048, 8192, 16000], heads_depths=5,
+                 seeds=[0, 1, 2], arms=["standard", "nextlong", "short", "quest", "knn"], save_every=100),
+}
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, obj) -> None:
+    from nextlong.atomic import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, obj)
+
+
+def done(folder: Path, settings: dict) -> dict | None:
+    """The completion record of a stage folder, if the stage finished with these settings."""
+    record = folder / DONE
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    if data.get("settings") != json.loads(json.dumps(settings)):
+        raise SystemExit(f"{folder}: finished with other settings ({data.get('settings')} != {settings}); "
+                         "use another --out for another scale or configuration")
+    return data
+
+
+def mark_done(folder: Path, settings: dict, seconds: float, **extra) -> None:
+    write_json(folder / DONE, {"settings": settings, "seconds": round(seconds, 1),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
+
+
+def stage(folder: Path, settings: dict, name: str):
+    """Decorator-free stage runner: returns the record, running `fn` only when the stage is not done."""
+    def runner(fn):
+        rec = done(folder, settings)
+        if rec is not None:
+            return rec
+        log(f"{name}: start")
+        t0 = time.time()
+        extra = fn() or {}
+        mark_done(folder, settings, time.time() - t0, **extra)
+        log(f"{name}: done in {time.time() - t0:.0f} s")
+        return done(folder, settings)
+    return runner
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --- stage 1: corpus ---------------------------------------------------------------------------
+
+
+def stdlib_sources() -> list[tuple[str, str]]:
+    """(relative path, text) of the interpreter's standard-library modules, in path order.
+
+    Kept: every *.py outside site-packages, the test suite (much of it generated or repetitive) and
+    `encodings` (codec tables, not prose or code)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root)
+        if rel.parts[0] in ("site-packages", "dist-packages", "test", "encodings", "__pycache__") or \
+                "tests" in rel.parts or "test" in rel.parts:
+            continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(text.strip()) >= 200:
+            out.append((str(rel), text))
+    return out
+
+
+def path_hash(rel: str) -> float:
+    return int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def build_corpus(out: Path, sc: Scale) -> dict:
+    folder = out / "corpus"
+    settings = {"scale": sc.name, "max_bytes": sc.corpus_max_bytes, "heldout": sc.heldout_docs,
+                "min_heldout_chars": 5 * sc.long_len, "python": platform.python_version()}
+
+    def run():
+        docs = stdlib_sources()
+        # held out: the long documents (>= 5 chars per token of the long context) with the smallest hashes
+        long_docs = sorted((d for d in docs if len(d[1]) >= 5 * sc.long_len), key=lambda d: path_hash(d[0]))
+        heldout = long_docs[:sc.heldout_docs]
+        if len(heldout) < sc.heldout_docs:
+            raise SystemExit(f"corpus: only {len(heldout)} standard-library modules have {5 * sc.long_len} chars")
+        held = {d[0] for d in heldout}
+        train, size = [], 0
+        for rel, text in sorted((d for d in docs if d[0] not in held), key=lambda d: path_hash(d[0])):
+            if size + len(text) > sc.corpus_max_bytes:
+                continue
+            train.append((rel, text))
+            size += len(text)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("train", train), ("heldout", heldout)):
+            from nextlong.atomic import atomic_path
+
+            with atomic_path(folder / f"{name}.jsonl") as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for rel, text in rows:
+                        f.write(json.dumps({"id": rel, "text": text}) + "\n")
+        return {"train_docs": len(train), "train_chars": size, "heldout_docs": len(heldout),
+                "heldout_chars": sum(len(t) for _, t in heldout), "heldout_ids": sorted(held)}
+
+    return stage(folder, settings, "corpus")(run)
+
+
+# --- stage 2: tokenizer ------------------------------------------------------------------------
+
+
+def build_tokenizer(out: Path, sc: Scale) -> Path:
+    folder = out / "tokenizer"
+    settings = {"vocab": sc.vocab, "corpus": str(out / "corpus" / "train.jsonl")}
+
+    def run():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        texts = [r["text"] for r in read_jsonl(out / "corpus" / "train.jsonl")]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=sc.vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      special_tokens=["<|endoftext|>"], show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "tokenizer.json.tmp"
+        tok.save(str(tmp))
+        os.replace(tmp, folder / "tokenizer.json")
+        import nextlong
+
+        ours = nextlong.Tokenizer.from_file(folder / "tokenizer.json")
+        for text in texts[:20]:  # our tokenizer must read it exactly as HF does
+            if list(ours.encode(text)) != tok.encode(text).ids:
+                raise SystemExit("tokenizer: nextlong.Tokenizer disagrees with HF tokenizers on the trained vocabulary")
+        return {"vocab_size": ours.vocab_size}
+
+    stage(folder, settings, "tokenizer")(run)
+    return folder / "tokenizer.json"
+
+
+# --- stage 3: tokenized documents (pre-training and the `short` arm) ----------------------------
+
+
+def write_token_parquet(path: Path, rows: list[list[int]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nextlong.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.uint32()))})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=256)
+
+
+def tokenized_training_docs(out: Path, tok_path: Path) -> list[list[int]]:
+    import nextlong
+
+    tok = nextlong.Tokenizer.from_file(tok_path)
+    texts = [r["text"] for r in read_jsonl(out / "corpus" / "train.jsonl")]
+    return [x.astype("int64").tolist() for x in tok.encode_ordinary_batch(texts)]
+
+
+def build_docs(out: Path, tok_path: Path, seed: int | None) -> Path:
+    """The training documents as token rows: in corpus order (seed None, pre-training) or shuffled by seed."""
+    folder = out / ("pretrain-data" if seed is None else f"short-data/seed-{seed}")
+    settings = {"tokenizer": str(tok_path), "seed": seed}
+
+    def run():
+        rows = tokenized_training_docs(out, tok_path)
+        if seed is not None:
+            random.Random(seed).shuffle(rows)
+        write_token_parquet(folder / "data.parquet", rows)
+        return {"docs": len(rows), "tokens": sum(len(r) for r in rows)}
+
+    return stage(folder, settings, "tokenized documents" + ("" if seed is None else f" (seed {seed})"))(run)
+
+
+# --- stage 4: base model -----------------------------------------------------------------------
+
+
+def base_init(out: Path, sc: Scale, tok_path: Path) -> Path:
+    folder = out / "base-init"
+    settings = {"vocab": sc.vocab, "hidden": sc.hidden, "layers": sc.layers, "heads": sc.heads, "mlp": sc.mlp,
+                "theta": sc.base_theta, "positions": sc.long_len}
+
+    def run():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from nextlong.train.model import set_rope_theta
+
+        config = LlamaConfig(vocab_size=sc.vocab, hidden_size=sc.hidden, num_hidden_layers=sc.layers,
+                             num_attention_heads=sc.heads, num_key_value_heads=sc.heads, intermediate_size=sc.mlp,
+                             max_position_embeddings=sc.long_len, tie_word_embeddings=True, bos_token_id=None,
+                             eos_token_id=None, pad_token_id=None)
+        set_rope_theta(config, sc.base_theta)
+        torch.manual_seed(1234)
+        model = LlamaForCausalLM(config)
+        if folder.exists():
+            shutil.rmtree(folder)
+        model.save_pretrained(folder, safe_serialization=True)
+        shutil.copy2(tok_path, folder / "tokenizer.json")
+        return {"params": sum(p.numel() for p in model.parameters())}
+
+    stage(folder, settings, "base init")(run)
+    return folder
+
+
+THREADS = {"n": 0}  # torch CPU threads for training (0: torch's default); not part of any stage's settings
+
+
+def train_run(folder: Path, settings: dict, name: str, **kwargs) -> dict:
+    """`nextlong.train.train` into `folder`, resumed from its last checkpoint if one exists."""
+    def run():
+        from nextlong.train import train
+
+        summary = train(out=folder, resume=True, progress=False, num_threads=THREADS["n"], **kwargs)
+        return {"train": {k: summary.get(k) for k in ("steps", "tokens", "seconds", "tokens_per_s", "final_loss",
+                                                        "num_params") if k in summary}}
+
+    return stage(folder, settings, name)(run)
+
+
+def pretrain(out: Path, sc: Scale, data: Path, init: Path) -> Path:
+    folder = out / "base"
+    kwargs = dict(data=str(data), model=str(init), seq_len=sc.base_len, batch_tokens=sc.batch_tokens,
+                  steps=sc.base_steps, lr=sc.base_lr, warmup=max(1, sc.base_steps // 20), rope_theta=sc.base_theta,
+                  seed=0, split_spans=True, attention_spans="sample", save_every=sc.save_every)
+    train_run(folder, kwargs, "pre-training", **kwargs)
+    return folder
+
+
+# --- stage 5: synthesis ------------------------------------------------------------------------
+
+
+def samples_needed(sc: Scale) -> int:
+    return math.ceil(sc.steps * sc.batch_tokens / sc.long_len) + 2
+
+
+def synthesize_arm(out: Path, sc: Scale, tok_path: Path, method: str, seed: int) -> Path:
+    folder = out / "synth" / method / f"seed-{seed}"
+    settings = dict(corpus=str(out / "corpus" / "train.jsonl"), tokenizer=str(tok_path), method=method, seed=seed,
+                    target_length=sc.long_len, num_samples=samples_needed(sc), chunk_size=sc.chunk_chars,
+                    embedder=sc.embedder if method in ("nextlong", "knn") else None, id_field="id")
+
+    def run():
+        import nextlong
+
+        work = out / "synth-work"  # chunks and embeddings cached here, shared by every method and seed
+        shutil.rmtree(work / "data", ignore_errors=True)  # the previous (method, seed)'s output, already copied
+        manifest = nextlong.synthesize(out=str(work), progress=False, **settings)
+        files = sorted((work / "data").glob("*.parquet"))
+        listed = manifest.get("statistics", {}).get("files") or manifest.get("files")
+        if isinstance(listed, list) and listed:
+            names = {Path(f).name for f in listed}
+            files = [f for f in files if f.name in names] or files
+        if folder.exists():
+            shutil.rmtree(folder)
+        (folder / "data").mkdir(parents=True)
+        for f in files:
+            shutil.copy2(f, folder / "data" / f.name)
+        shutil.copy2(work / "manifest.json", folder / "manifest.json")
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows * sc.long_len < sc.steps * sc.batch_tokens:
+            log(f"synth {method} seed {seed}: warning: {rows} samples < the {samples_needed(sc)} one epoch needs; "
+                "training repeats them")
+        return {"samples": rows, "files": [f.name for f in files]}
+
+    stage(folder, settings, f"synthesize {method} seed {seed}")(run)
+    return folder
+
+
+# --- stage 6: extension runs -------------------------------------------------------------------
+
+
+def arm_run(out: Path, sc: Scale, arm: str, seed: int, data: Path) -> Path:
+    folder = out / "runs" / arm / f"seed-{seed}"
+    seq = sc.base_len if arm == "short" else sc.long_len
+    kwargs = dict(data=str(data), model=str(out / "base"), seq_len=seq, batch_tokens=sc.batch_tokens,
+                  steps=sc.steps, lr=sc.lr, warmup=sc.warmup, rope_theta=sc.long_theta, seed=seed,
+                  attention_spans="sample", split_spans=arm == "short", save_every=sc.save_every)
+    train_run(folder, kwargs, f"train {arm} seed {seed}", **kwargs)
+    return folder
+
+
+# --- stage 7: evaluation -----------------------------------------------------------------------
+
+
+def _cli_args(command: str, argv: list[str]) -> argparse.Namespace:
+    from nextlong.commands import eval as eval_cmd
+    from nextlong.commands import heads as heads_cmd
+
+    parser = argparse.ArgumentParser(prog="nextlong")
+    sub = parser.add_subparsers(dest="command")
+    {"eval": eval_cmd, "heads": heads_cmd}[command].add_parser(sub)
+    return parser.parse_args([command] + argv)
+
+
+def heldout_tokens(out: Path, tok) -> list[list[int]]:
+    texts = [r["text"] for r in read_jsonl(out / "corpus" / "heldout.jsonl")]
+    return [list(map(int, tok.encode(t))) for t in texts]
+
+
+def document_metrics(model_dir: Path, out: Path, sc: Scale, buckets: int = 32) -> dict:
+    """LongPPL, plain perplexity, the long-context gain and loss by position on the held-out long
+    documents (cut to the long context), and short-context perplexity on base-length windows."""
+    import torch
+
+    from nextlong.eval.longppl import key_token_mask
+    from nextlong.eval.model import attention, load_model
+    from nextlong.weighting import long_context_logprobs, short_context_logprobs
+
+    lm = load_model(str(model_dir), attn="auto")
+    docs = [d for d in heldout_tokens(out, lm.tokenizer) if len(d) >= sc.long_len]
+    L, W = sc.long_len, sc.ppl_window
+    bucket = math.ceil((L - 1) / buckets)
+    pos_sum, pos_n = [0.0] * buckets, [0] * buckets
+    tot = key = far_full = far_short = 0.0
+    n_tot = n_key = n_far = 0
+    short_sum, short_n = 0.0, 0
+    with torch.no_grad(), attention(lm.model, lm.prefill_attn):
+        for d in docs:
+            ids = torch.tensor([d[:L]], dtype=torch.long, device=lm.device)
+            lp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
+            lp_short = short_context_logprobs(lm.model, ids, W, stride=max(1, W // 2))[0].float().cpu()
+            loss = -lp_long[1:]
+            tot += float(loss.sum())
+            n_tot += loss.numel()
+            mask = key_token_mask(lp_long, lp_short)
+            key += float(-lp_long[mask].sum())
+            n_key += int(mask.sum())
+            far = slice(W + 1, L)  # tokens whose full context is longer than the window
+            far_full += float(-lp_long[far].sum())
+            far_short += float(-lp_short[far].sum())
+            n_far += L - W - 1
+            for b in range(buckets):
+                part = loss[b * bucket:(b + 1) * bucket]
+                pos_sum[b] += float(part.sum())
+                pos_n[b] += part.numel()
+            # short context: consecutive base-length windows, each on its own
+            windows = [d[i:i + sc.base_len] for i in range(0, len(d) - sc.base_len + 1, sc.base_len)][:8]
+            if windows:
+                w_ids = torch.tensor(windows, dtype=torch.long, device=lm.device)
+                lp = long_context_logprobs(lm.model, w_ids)[:, 1:].float()
+                short_sum += float(-lp.sum())
+                short_n += lp.numel()
+    positions = [1 + b * bucket + bucket / 2 for b in range(buckets)]
+    return {
+        "metrics": {
+            "ppl_long": math.exp(tot / n_tot),
+            "longppl": math.exp(key / n_key) if n_key else None,
+            "key_token_fraction": n_key / n_tot,
+            "long_context_gain": (far_full - far_short) / n_far,  # full minus last-W loss; negative = uses context
+            "loss_far_full": far_full / n_far,
+            "short_ppl": math.exp(short_sum / short_n),
+        },
+        "loss_by_position": {"positions": positions,
+                             "loss": [s / n if n else None for s, n in zip(pos_sum, pos_n)]},
+        "documents": len(docs),
+    }
+
+
+def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: int = 0) -> dict:
+    folder = out / "eval" / name
+    settings = {"model": str(model_dir), "lengths": sc.eval_lengths, "depths": sc.eval_depths,
+                "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
+
+    def run():
+        from nextlong.eval.evaluate import run_eval
+        from nextlong.eval.heads_command import run_heads
+
+        essay = str(out / "corpus" / "heldout.jsonl")
+        lengths = ",".join(map(str, sc.eval_lengths))
+        args = _cli_args("eval", [str(model_dir), "--out", str(folder / "tasks"), "--tasks", ",".join(TASK_GROUPS),
+                                  "--lengths", lengths, "--depths", str(sc.eval_depths), "--samples",
+                                  str(sc.eval_samples), "--seed", str(eval_seed), "--mode", "teacher-forced",
+                                  "--corpus", essay])
+        run_eval(args)
+        docs = document_metrics(model_dir, out, sc)
+        write_json(folder / "documents.json", docs)
+        hargs = _cli_args("heads", [str(model_dir), "--out", str(folder / "heads"), "--lengths",
+                                    ",".join(map(str, sc.heads_lengths)), "--depths", str(sc.heads_depths),
+                                    "--needles", "1", "--max-new-tokens", "12", "--all-trials", "--corpus", essay])
+        run_heads(hargs)
+        return {}
+
+    stage(folder, settings, f"evaluate {name}")(run)
+    return collect_metrics(folder)
+
+
+def collect_metrics(folder: Path) -> dict:
+    """Flat {METRIC: value} of one evaluated model, plus the curves the plots need."""
+    res = json.loads((folder / "tasks" / "results.json").read_text())
+    docs = json.loads((folder / "documents.json").read_text())
+    heads = json.loads((folder / "heads" / "head_scores.json").read_text())
+    metrics, by_length = {}, {}
+    for group in TASK_GROUPS:
+        subtasks = [t for t in res["tasks"] if t == group or t.startswith(group + "_")]
+        accs = [res["tasks"][t]["overall"].get("teacher_forced_em") for t in subtasks]
+        lps = [res["tasks"][t]["overall"].get("teacher_forced_logprob_per_token") for t in subtasks]
+        metrics[f"{group}_tf_acc"] = sum(accs) / len(accs) if accs and None not in accs else None
+        metrics[f"{group}_tf_logprob"] = sum(lps) / len(lps) if lps and None not in lps else None
+        by_length[group] = {}
+        for length in res["lengths"]:
+            cells = [res["tasks"][t]["by_length"][str(length)] for t in subtasks]
+            by_length[group][str(length)] = {
+                "tf_acc": sum(c.get("teacher_forced_em", 0) for c in cells) / len(cells),
+                "tf_logprob": sum(c.get("teacher_forced_logprob_per_token", 0) for c in cells) / len(cells)}
+    metrics.update(docs["metrics"])
+    metrics["retrieval_heads"] = sum(1 for s in heads.values() if s > 0.1)
+    metrics["max_head_score"] = max(heads.values()) if heads else 0.0
+    return {"metrics": metrics, "loss_by_position": docs["loss_by_position"], "by_length": by_length,
+            "head_scores": heads}
+
+
+# --- report ------------------------------------------------------------------------------------
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+HIGHER_IS_BETTER = {"ppl_long": False, "longppl": False, "short_ppl": False, "long_context_gain": False,
+                    "loss_far_full": False, "key_token_fraction": True, "retrieval_heads": True, "max_head_score": True}
+
+
+def summarize(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    n = len(vals)
+    if n == 0:
+        return {"n": 0}
+    mean = sum(vals) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None}
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = T975.get(n - 1, 1.96) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def fmt(x, digits=3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and (abs(x) >= 1000 or (abs(x) < 0.001 and x != 0)):
+        return f"{x:.3g}"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
+    """results.json from every finished evaluation (missing ones are listed, never guessed)."""
+    results = {"arms": {}, "curves": {}, "missing": [], "scale": asdict(sc), "seeds": seeds}
+    for arm in ["base"] + arms:
+        for seed in ([0] if arm == "base" else seeds):
+            folder = out / "eval" / (arm if arm == "base" else f"{arm}-seed-{seed}")
+            if not (folder / DONE).exists():
+                results["missing"].append(f"{arm} seed {seed}")
+                continue
+            m = collect_metrics(folder)
+            results["arms"].setdefault(arm, {"seeds": {}})["seeds"][str(seed)] = m["metrics"]
+            results["curves"].setdefault(arm, {})[str(seed)] = {k: m[k] for k in ("loss_by_position", "by_length",
+                                                                                   "head_scores")}
+            run = out / "runs" / arm / f"seed-{seed}"
+            rec = json.loads((run / DONE).read_text()) if (run / DONE).exists() else None
+            if rec:
+                results["arms"][arm].setdefault("train", {})[str(seed)] = rec.get("train", {}) | {
+                    "seconds": rec.get("seconds")}
+    base = out / "base" / DONE
+    if base.exists():
+        results["pretrain"] = json.loads(base.read_text()).get("train", {}) | {
+            "seconds": json.loads(base.read_text()).get("seconds")}
+    corpus = out / "corpus" / DONE
+    if corpus.exists():
+        results["corpus"] = {k: v for k, v in json.loads(corpus.read_text()).items() if k != "settings"}
+    synth = {}
+    for rec in sorted((out / "synth").glob(f"*/seed-*/{DONE}")):
+        synth[f"{rec.parent.parent.name} {rec.parent.name}"] = {k: v for k, v in json.loads(rec.read_text()).items()
+                                                                 if k in ("seconds", "samples")}
+    results["synthesis"] = synth
+    return results
+
+
+def metric_names(results: dict) -> list[str]:
+    names = []
+    for arm in results["arms"].values():
+        for m in arm["seeds"].values():
+            for k in m:
+                if k not in names:
+                    names.append(k)
+    return names
+
+
+def draw_plots(results: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    curves = results.get("curves", {})
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm, seeds in curves.items():
+            ys = [s["loss_by_position"]["loss"] for s in seeds.values()]
+            xs = next(iter(seeds.values()))["loss_by_position"]["positions"]
+            mean = [sum(v) / len(v) for v in zip(*ys)]
+            ax.plot(xs, mean, label=f"{arm} (n={len(ys)})")
+        ax.set_xlabel("token position")
+        ax.set_ylabel("loss (nats/token), held-out documents")
+        ax.set_title("loss by position (mean over seeds)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "loss_by_position.png", dpi=110)
+        plt.close(fig)
+        written.append("loss_by_position.png")
+
+        fig, axes = plt.subplots(1, len(TASK_GROUPS), figsize=(4 * len(TASK_GROUPS), 3.5), squeeze=False)
+        for ax, group in zip(axes[0], TASK_GROUPS):
+            for arm, seeds in curves.items():
+                per = [s["by_length"][group] for s in seeds.values()]
+                lengths = sorted(per[0], key=int)
+                ax.plot([int(x) for x in lengths],
+                        [sum(p[x]["tf_logprob"] for p in per) / len(per) for x in lengths], marker="o", label=arm)
+            ax.set_xscale("log", base=2)
+            ax.set_title(group)
+            ax.set_xlabel("context length (tokens)")
+        axes[0][0].set_ylabel("answer log-prob per token (teacher-forced)")
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "answer_logprob_by_length.png", dpi=110)
+        plt.close(fig)
+        written.append("answer_logprob_by_length.png")
+
+        arms = list(curves)
+        fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
+        for ax, arm in zip(axes[0], arms):
+            scores = {}
+            for s in curves[arm].values():
+                for k, v in s["head_scores"].items():
+                    scores.setdefault(k, []).append(v)
+            layers = 1 + max(int(k.split("-")[0]) for k in scores)
+            heads = 1 + max(int(k.split("-")[1]) for k in scores)
+            grid = [[sum(scores.get(f"{l}-{h}", [0])) / max(1, len(scores.get(f"{l}-{h}", [0])))
+                     for h in range(heads)] for l in range(layers)]
+            im = ax.imshow(grid, vmin=0, vmax=max(0.1, max(max(r) for r in grid)), cmap="viridis", aspect="auto")
+            ax.set_title(arm)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle("retrieval score per head (mean over seeds)")
+        fig.tight_layout()
+        fig.savefig(folder / "retrieval_heads.png", dpi=110)
+        plt.close(fig)
+        written.append("retrieval_heads.png")
+    return written
+
+
+def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str) -> Path:
+    results = gather(out, sc, seeds, arms)
+    assets = report_dir / "nextlong-vs-standard"
+    results["generated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["command"] = command
+    write_json(assets / "results.json", results)
+    plots = draw_plots(results, assets)
+    md = render_markdown(results, plots)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "nextlong-vs-standard.md.tmp").write_text(md, encoding="utf-8")
+    os.replace(report_dir / "nextlong-vs-standard.md.tmp", report_dir / "nextlong-vs-standard.md")
+    log(f"report: {report_dir / 'nextlong-vs-standard.md'}")
+    return report_dir / "nextlong-vs-standard.md"
+
+
+def render_markdown(results: dict, plots: list[str]) -> str:
+    """The generated part of the report: status, table, paired differences, plots."""
+    sc = results["scale"]
+    lines = ["# NExtLong vs standard concatenation at mini scale", "",
+             "<!-- generated by benchmarks/experiments/nextlong_vs_standard.py --report-only; edit the script -->", "",
+             f"Command: `{results['command']}`  ", f"Generated: {results['generated']}", ""]
+    finished = {arm: sorted(v["seeds"], key=int) for arm, v in results["arms"].items()}
+    complete = not results["missing"]
+    lines += ["## Status", "",
+              ("All planned arms and seeds finished." if complete else
+               "**PARTIAL RESULTS: the run has not finished.** Missing: " + ", ".join(results["missing"]) +
+               ". Nothing below is a conclusion about arms or seeds that are missing."), "",
+              "Finished (arm: seeds): " + "; ".join(f"{a}: {', '.join(s)}" for a, s in finished.items()), ""]
+    lines += ["## Setup", "",
+              f"- Scale `{sc['name']}`: Llama {sc['layers']} layers, hidden {sc['hidden']}, {sc['heads']} heads, "
+              f"MLP {sc['mlp']}, vocabulary {sc['vocab']} (byte-level BPE trained on the training split), tied "
+              "embeddings.",
+              f"- Pre-training: {sc['base_steps']} steps x {sc['batch_tokens']} tokens at {sc['base_len']} tokens, "
+              f"RoPE theta {sc['base_theta']:g}, lr {sc['base_lr']:g}.",
+              f"- Extension (every arm): {sc['steps']} steps x {sc['batch_tokens']} tokens "
+              f"= {sc['steps'] * sc['batch_tokens']:,} tokens at {sc['long_len']} tokens (`short`: at {sc['base_len']}), "
+              f"RoPE theta {sc['long_theta']:g}, lr {sc['lr']:g} (warm-up {sc['warmup']}, cosine to 10%), "
+              f"one attention span per sample; synthesis embedder `{sc['embedder']}`, chunk {sc['chunk_chars']} chars.",
+              f"- Evaluation: teacher-forced recall at lengths {sc['eval_lengths']} ({sc['eval_depths']} depths x "
+              f"{sc['eval_samples']} samples per task), held-out documents cut to {sc['long_len']} tokens, W = "
+              f"{sc['ppl_window']}.", ""]
+    if "corpus" in results:
+        c = results["corpus"]
+        lines += [f"- Corpus: {c.get('train_docs')} training modules ({c.get('train_chars', 0) / 1e6:.1f} M chars), "
+                  f"{c.get('heldout_docs')} held-out modules ({c.get('heldout_chars', 0) / 1e6:.2f} M chars).", ""]
+    if "pretrain" in results:
+        p = results["pretrain"]
+        lines += [f"- Pre-training took {fmt(p.get('seconds'), 0)} s ({fmt(p.get('tokens_per_s'), 0)} tokens/s).", ""]
+    train_times = {arm: [t.get("seconds") for t in v.get("train", {}).values()] for arm, v in results["arms"].items()}
+    tt = [f"{arm}: {fmt(sum(s) / len(s), 0)} s" for arm, s in train_times.items() if s and None not in s]
+    if tt:
+        lines += ["- Mean extension wall time per seed: " + "; ".join(tt) + ".", ""]
+
+    names = metric_names(results)
+    lines += ["## Results (mean ± std over seeds, 95% t-interval)", "",
+              "| metric | " + " | ".join(results["arms"]) + " |", "|---|" + "---|" * len(results["arms"])]
+    for name in names:
+        cells = []
+        for arm, v in results["arms"].items():
+            s = summarize([m.get(name) for m in v["seeds"].values()])
+            if s["n"] == 0:
+                cells.append("–")
+            elif s["n"] == 1:
+                cells.append(f"{fmt(s['mean'])} (n=1)")
+            else:
+                cells.append(f"{fmt(s['mean'])} ± {fmt(s['std'])} [{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}] "
+                             f"(n={s['n']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Metrics: `*_tf_acc` = teacher-forced exact match of the whole answer (%), `*_tf_logprob` = mean "
+              "log-prob per answer token (higher is better), both averaged over the task group's variants, depths and "
+              "lengths; `ppl_long` = perplexity on the held-out documents at the long context; `longppl` = "
+              "perplexity on key tokens (LongPPL's rule with window W); `long_context_gain` = loss with full context "
+              "minus loss with only the last W tokens, over positions > W (negative = the model uses the far "
+              "context); `short_ppl` = perplexity on base-length windows; `retrieval_heads` = heads with "
+              "retrieval score > 0.1 (every trial counted).", ""]
+    a, b = results["arms"].get("standard"), results["arms"].get("nextlong")
+    if a and b:
+        common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int)
+        lines += ["## Paired: NExtLong − standard (same seed)", "",
+                  "| metric | " + " | ".join(f"seed {s}" for s in common) + " | mean [95% interval] |",
+                  "|---|" + "---|" * (len(common) + 1)]
+        for name in names:
+            diffs = [None if a["seeds"][s].get(name) is None or b["seeds"][s].get(name) is None
+                     else b["seeds"][s][name] - a["seeds"][s][name] for s in common]
+            s = summarize(diffs)
+            tail = "–" if s["n"] == 0 else (fmt(s["mean"]) if s["n"] == 1 else
+                                             f"{fmt(s['mean'])} [{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}]")
+            lines.append(f"| {name} | " + " | ".join(fmt(d) for d in diffs) + f" | {tail} |")
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}](nextlong-vs-standard/{p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="work folder (every stage cached here; re-run to resume)")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the scale's)")
+    p.add_argument("--arms", default=None, help=f"comma-separated arms among {', '.join(ALL_ARMS)} (default: the scale's)")
+    p.add_argument("--report-dir", default=str(REPO / "docs" / "experiments"),
+                   help="where the report and its assets go (default docs/experiments)")
+    p.add_argument("--report-only", action="store_true", help="only regenerate the report from finished stages")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default, all cores). On a CPU shared with other jobs use 1: "
+                   "two OpenMP threads contending with other processes ran 30x slower here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sc = SCALES[args.scale]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(sc.seeds)
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(sc.arms)
+    bad = [a for a in arms if a not in ALL_ARMS]
+    if bad:
+        raise SystemExit(f"unknown arms {bad}; choose among {ALL_ARMS}")
+    out = Path(args.out)
+    report_dir = Path(args.report_dir)
+    command = "python3 benchmarks/experiments/nextlong_vs_standard.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
+    if args.report_only:
+        write_report(out, sc, seeds, arms, report_dir, command)
+        return 0
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        THREADS["n"] = args.threads
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "experiment.json", {"scale": asdict(sc), "seeds": seeds, "arms": arms,
+                                         "python": platform.python_version(), "machine": platform.machine(),
+                                         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()})
+    build_corpus(out, sc)
+    tok = build_tokenizer(out, sc)
+    pre = build_docs(out, tok, None)
+    init = base_init(out, sc, tok)
+    pretrain(out, sc, out / "pretrain-data", init)
+    evaluate_model(out, sc, "base", out / "base")
+    for seed in seeds:  # seed-major: each finished seed gives a complete paired comparison
+        for arm in arms:
+            if arm == "short":
+                data = out / "short-data" / f"seed-{seed}"
+                build_docs(out, tok, seed)
+            else:
+                data = synthesize_arm(out, sc, tok, arm, seed)
+            arm_run(out, sc, arm, seed, data)
+            evaluate_model(out, sc, f"{arm}-seed-{seed}", out / "runs" / arm / f"seed-{seed}")
+            if not args.no_report:
+                write_report(out, sc, seeds, arms, report_dir, command)
+    del pre
+    if not args.no_report:
+        write_report(out, sc, seeds, arms, report_dir, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
