@@ -101,7 +101,7 @@ def test_shingle_jaccard_equals_the_plain_reference():
 
 
 def test_graph_holds_exactly_the_pairs_above_the_threshold():
-    """Candidates come from each set's 20 smallest hashes; the graph must hold every pair at or above
+    """Candidates share two of the 25 smallest hashes of their sets; the graph must hold every pair at or above
     the threshold (none missed by the sketch) and no pair below it."""
     from nextlong.synthesis.neardup import NearDupGraph
     from nextlong.tokenizer import load_tokenizer

@@ -18,8 +18,9 @@ read per candidate, which keeps the check within a few percent of planning time 
 Candidate pairs share one of their `m` smallest shingle hashes (a bottom-m sketch; the hashes are
 mixed, so these are a uniform sample of each set). Each of the m smallest hashes of A ∪ B lies in
 A ∩ B with probability J, and one that does is among the m smallest of both A and B, so a pair at
-Jaccard J shares no sketched hash with probability about (1 − J)^m; `m` keeps that below 1e-6 at the
-threshold (20 hashes at 0.5). Every candidate pair gets its exact Jaccard from the full sets. A hash
+Jaccard J shares fewer than two sketched hashes with probability about (1−J)^m + m·J·(1−J)^(m−1);
+`m` keeps that below 1e-6 at the threshold (25 hashes at 0.5). Every pair sharing two or more gets its
+exact Jaccard from the full sets (exact from the counts when both sets fit in the sketch). A hash
 sketched by more than 256 chunks (boilerplate) links no pairs by itself.
 """
 
@@ -180,21 +181,96 @@ def fast_shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
     return fn(np.frombuffer(data, np.uint8), n)
 
 
+_numba_intersect = None
+
+
+def _intersection_size(a: np.ndarray, b: np.ndarray) -> int:
+    """|a ∩ b| of two sorted unique arrays: a merge walk (numba) or numpy's intersect1d."""
+    global _numba_intersect
+    if _numba_intersect is None:
+        try:
+            import numba
+
+            @numba.njit(cache=True, nogil=True)
+            def merge_count(x, y):
+                i = j = k = 0
+                while i < x.size and j < y.size:
+                    if x[i] < y[j]:
+                        i += 1
+                    elif x[i] > y[j]:
+                        j += 1
+                    else:
+                        k += 1
+                        i += 1
+                        j += 1
+                return k
+
+            _numba_intersect = merge_count
+        except ImportError:
+            _numba_intersect = lambda x, y: np.intersect1d(x, y, assume_unique=True).size  # noqa: E731
+    return int(_numba_intersect(a, b))
+
+
+def _pair_intersections(flat, offsets, left, right) -> np.ndarray:
+    """|S_l ∩ S_r| for many pairs of sorted sets stored back to back (set i = flat[offsets[i]:offsets[i+1]])."""
+    out = np.zeros(left.size, np.int64)
+    for k in range(left.size):  # numba below when available
+        x = flat[offsets[left[k]]:offsets[left[k] + 1]]
+        y = flat[offsets[right[k]]:offsets[right[k] + 1]]
+        out[k] = _intersection_size(x, y)
+    return out
+
+
+try:
+    import numba as _numba
+
+    @_numba.njit(cache=True, nogil=True)
+    def _pair_intersections_numba(flat, offsets, left, right):
+        out = np.zeros(left.size, np.int64)
+        for k in range(left.size):
+            i, i_end = offsets[left[k]], offsets[left[k] + 1]
+            j, j_end = offsets[right[k]], offsets[right[k] + 1]
+            n = 0
+            while i < i_end and j < j_end:
+                if flat[i] < flat[j]:
+                    i += 1
+                elif flat[i] > flat[j]:
+                    j += 1
+                else:
+                    n += 1
+                    i += 1
+                    j += 1
+            out[k] = n
+        return out
+
+    _pair_intersections_python = _pair_intersections
+
+    def _pair_intersections(flat, offsets, left, right) -> np.ndarray:  # noqa: F811
+        return _pair_intersections_numba(flat, offsets, np.asarray(left, np.int64), np.asarray(right, np.int64))
+except ImportError:  # pragma: no cover
+    pass
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard of two sorted unique hash arrays (0 when both are empty)."""
     if a.size == 0 or b.size == 0:
         return 0.0
-    inter = np.intersect1d(a, b, assume_unique=True).size
+    inter = _intersection_size(a, b)
     return inter / (a.size + b.size - inter)
 
 
 def sketch_size(threshold: float) -> int:
-    """Hashes per set in the index: the fewest m with (1 - threshold)^m < MISS_PROBABILITY."""
+    """Hashes per set in the index: the fewest m such that a pair at the threshold shares at most one
+    of them with probability below MISS_PROBABILITY (binomial bound: (1-t)^m + m·t·(1-t)^(m-1))."""
     if threshold >= 1.0:
-        return 1
+        return 2
     if threshold <= 0.0:
         return MAX_SKETCH
-    return int(min(MAX_SKETCH, math.ceil(math.log(MISS_PROBABILITY) / math.log1p(-threshold))))
+    t = threshold
+    for m in range(2, MAX_SKETCH):
+        if (1 - t) ** m + m * t * (1 - t) ** (m - 1) < MISS_PROBABILITY:
+            return m
+    return MAX_SKETCH
 
 
 def chunk_shingles(store, tokenizer, c: int) -> np.ndarray:
@@ -281,15 +357,17 @@ class NearDupGraph:
         whole = np.maximum(sa, sb) <= m  # both sets in the sketch: `shared` is the exact intersection
         keep = np.zeros(a.size, bool)
         keep[whole] = shared[whole] >= threshold * (sa[whole] + sb[whole] - shared[whole])
-        cache: dict[int, np.ndarray] = {}
-
-        def full(c):
-            if c not in cache:
-                cache[c] = chunk_shingles(store, tokenizer, c)
-            return cache[c]
-
-        for i in np.flatnonzero(~whole):
-            keep[i] = jaccard(full(int(a[i])), full(int(b[i]))) >= threshold
+        # a pair at the threshold shares at least two sketched hashes (all but 1e-6 of the time)
+        check = np.flatnonzero(~whole & (shared >= 2))
+        if check.size:
+            involved, local = np.unique(np.concatenate([a[check], b[check]]), return_inverse=True)
+            sets = [chunk_shingles(store, tokenizer, int(c)) for c in involved]
+            offsets = np.zeros(len(sets) + 1, np.int64)
+            np.cumsum([x.size for x in sets], out=offsets[1:])
+            flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
+            inter = _pair_intersections(flat, offsets, local[: check.size], local[check.size:])
+            union = sa[check] + sb[check] - inter
+            keep[check] = inter >= threshold * union
         a, b = a[keep], b[keep]
         src = np.concatenate([a, b])
         dst = np.concatenate([b, a])
@@ -320,27 +398,29 @@ class NearDupGraph:
 class NearDupFilter:
     """Per long document: `start(anchor chunks)`, then `admits(c)` before and `add(c)` after a choice.
 
-    All the similarity work is done once per corpus (NearDupGraph); per candidate this is one lookup
-    of its near-copies, almost always none."""
+    All the similarity work is done once per corpus (NearDupGraph). Per candidate this is one set
+    lookup: only chunks that have a near-copy somewhere can be refused or refuse another."""
 
     def __init__(self, graph: NearDupGraph):
         self.graph = graph
         self.rejected = 0
+        # one byte per chunk: does it have a near-copy anywhere? (almost always not: the fast path)
+        self._has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())
         self._pieces: set[int] = set()
 
     def start(self, own_chunks) -> None:
         """A new long document: its anchor's meta-chunks are the first pieces to compare with."""
-        self._pieces = {int(c) for c in own_chunks}
+        self._pieces = {int(c) for c in own_chunks if self._has_copies[int(c)]}
 
     def admits(self, c: int) -> bool:
         """False when chunk `c` is a near-copy of a piece already in the long document."""
-        lo, hi = self.graph.indptr[c], self.graph.indptr[c + 1]
-        if lo == hi:
+        if not self._has_copies[c] or not self._pieces:
             return True
-        if any(int(o) in self._pieces for o in self.graph.indices[lo:hi]):
+        if any(o in self._pieces for o in self.graph.neighbours(c).tolist()):
             self.rejected += 1
             return False
         return True
 
     def add(self, c: int) -> None:
-        self._pieces.add(int(c))
+        if self._has_copies[c]:
+            self._pieces.add(c)
