@@ -10,9 +10,9 @@ from pathlib import Path
 def training_texts() -> list[str]:
     from nextlong.eval.haystack import NOISE_SENTENCES
     from nextlong.eval.tasks import adjectives, nouns
-    from nextlong.synthesis.demo import iter_stdlib_documents
+    from tests.helpers import corpus_texts
 
-    texts = [text for _, text in iter_stdlib_documents(max_bytes=300_000)]
+    texts = list(corpus_texts(max_bytes=300_000))
     texts.append(" ".join(NOISE_SENTENCES) * 20)
     texts.append(" ".join(nouns()[:2000]) + " " + " ".join(adjectives()[:1000]))
     texts.append("0123456789 abcdef - VAR = { } : \" , . Key: Corresponding value: special magic numbers uuid")

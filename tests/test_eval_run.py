@@ -103,9 +103,9 @@ def test_teacher_forced_and_greedy_match_a_full_recompute(lm):
 @pytest.fixture(scope="module")
 def essay():
     from nextlong.eval.haystack import essay_sentences
-    from nextlong.synthesis.demo import iter_stdlib_documents
+    from tests.helpers import corpus_texts
 
-    return essay_sentences([text for _, text in iter_stdlib_documents(max_bytes=100_000)])
+    return essay_sentences(corpus_texts(max_bytes=100_000))
 
 
 @pytest.mark.slow

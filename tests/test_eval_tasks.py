@@ -21,9 +21,9 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def essay():
-    from nextlong.synthesis.demo import iter_stdlib_documents
+    from tests.helpers import corpus_texts
 
-    return essay_sentences([text for _, text in iter_stdlib_documents(max_bytes=200_000)])
+    return essay_sentences(corpus_texts(max_bytes=200_000))
 
 
 def _total(tok, sample):

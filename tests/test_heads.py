@@ -39,9 +39,9 @@ def lm(model_dir):
 @pytest.fixture(scope="module")
 def trials(lm):
     from nextlong.eval.haystack import essay_sentences
-    from nextlong.synthesis.demo import iter_stdlib_documents
+    from tests.helpers import corpus_texts
 
-    essay = essay_sentences([t for _, t in iter_stdlib_documents(max_bytes=20_000)])
+    essay = essay_sentences(corpus_texts(max_bytes=20_000))
     return H.make_trials(lm.tokenizer, essay, [256, 384], [0.0, 50.0, 100.0], H.NEEDLES[:1])
 
 

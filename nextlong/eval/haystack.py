@@ -89,8 +89,21 @@ def essay_sentences(texts: Sequence[str], max_chars: int = 32) -> list[str]:
     return out
 
 
+_ESSAY_UNITS: dict[tuple[int, int], tuple[object, Sequence[str], Units]] = {}
+
+
 def essay_units(tokenizer, sentences: Sequence[str]) -> Units:
-    return Units(tokenizer, lambda i: sentences[i] if i < len(sentences) else None, " ")
+    """Units over a list of essay sentences. Shared by every sample of one run (the token counts of
+    a long essay are computed once); the entry keeps its tokenizer and list alive, so ids stay unique."""
+    key = (id(tokenizer), id(sentences))
+    hit = _ESSAY_UNITS.get(key)
+    if hit is None or hit[0] is not tokenizer or hit[1] is not sentences:
+        if len(_ESSAY_UNITS) > 8:
+            _ESSAY_UNITS.clear()
+        hit = (tokenizer, sentences,
+               Units(tokenizer, lambda i: sentences[i] if i < len(sentences) else None, " "))
+        _ESSAY_UNITS[key] = hit
+    return hit[2]
 
 
 def place_inserts(units: Units, n: int, inserts: Sequence[Insert], snap: float = 0.01) -> list[int]:
