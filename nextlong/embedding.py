@@ -81,12 +81,19 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
     """The embedder named, never downloading anything.
 
     None (or "all-MiniLM-L6-v2") -> the offline MiniLM; "hashed-tfidf" or "hashed-tfidf:DIM" -> the lexical
-    embedder; a folder -> a saved lexical embedder or a sentence-transformers / transformers encoder.
+    embedder; "static" -> MiniLM distilled to static word-piece vectors (nextlong.static_embedding; distilled
+    on first use, then cached; "static:FOLDER" distils another local encoder); a folder -> a saved lexical
+    embedder, a model2vec folder, or a sentence-transformers / transformers encoder.
     `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...).
     """
     if name_or_path in _DEFAULT_ALIASES:
         return TransformerEmbedder(default_model_path(), name=DEFAULT_EMBEDDER, **options)
     spec = str(name_or_path)
+    if spec == "static" or spec.startswith("static:"):
+        from .static_embedding import load_static_embedder
+
+        return load_static_embedder(spec.split(":", 1)[1] if ":" in spec else None,
+                                    **{k: v for k, v in options.items() if k in ("pca_dims", "cache_dir")})
     if spec == LEXICAL_EMBEDDER or spec.startswith(LEXICAL_EMBEDDER + ":"):
         if ":" in spec:
             try:
@@ -100,9 +107,13 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
     if path.is_dir():
         if (path / _LEXICAL_STATE).is_file():
             return HashedLexicalEmbedder.load(path)
+        if (_read_json(path / "config.json") or {}).get("model_type") == "model2vec":
+            from .static_embedding import StaticEmbedder
+
+            return StaticEmbedder(path)
         return TransformerEmbedder(path, **options)
     raise UnknownEmbedderError(
-        f"unknown embedder {spec!r}: expected {DEFAULT_EMBEDDER!r}, {LEXICAL_EMBEDDER!r}[:DIM], or an existing local "
+        f"unknown embedder {spec!r}: expected {DEFAULT_EMBEDDER!r}, {LEXICAL_EMBEDDER!r}[:DIM], 'static', or an existing local "
         "model folder (nothing is downloaded)"
     )
 
@@ -549,4 +560,9 @@ def check_embedder_spec(name_or_path: str | os.PathLike | None) -> None:
         return
     if Path(str(name_or_path)).expanduser().is_dir():
         return  # loaded (and checked) when used
+    if str(name_or_path) == "static" or str(name_or_path).startswith("static:"):
+        from .static_embedding import _require_model2vec
+
+        _require_model2vec()  # distilling takes minutes: done when used
+        return
     load_embedder(name_or_path)  # a lexical spec loads in no time; an unknown name raises here

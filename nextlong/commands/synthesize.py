@@ -30,13 +30,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--near-dup-threshold", type=near_dup_threshold, default=0.5,
                    help="skip a candidate negative whose word 5-gram Jaccard with a meta-chunk of the anchor or an "
                         "already chosen negative reaches this (default 0.5; 0 or off: only exact duplicates)")
+    p.add_argument("--dedup-corpus", action="store_true",
+                   help="for a corpus that is not deduplicated: drop every document whose word 5-gram Jaccard with "
+                        "an earlier kept document reaches --near-dup-threshold (never an anchor, never a negative; "
+                        "counted in the manifest)")
     p.add_argument("--long-docs", choices=LONG_DOCS, default="keep",
                    help="an anchor document that alone reaches the target length: keep it without negatives "
                         "(default; counted as already_long) or drop it")
     p.add_argument("--index", help="reuse an index folder built by `nextlong index` from the same chunks")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
-    p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; hashed-tfidf for speed)")
+    p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
+                                      "static vectors, ~100x faster, cached after its first use; hashed-tfidf: "
+                                      "lexical, fastest; or a local model folder)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
-        near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, on_error=args.on_error, verify=not args.no_verify,
+        near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:

@@ -1,0 +1,116 @@
+"""The static embedder (`--embedder static`): distilled with model2vec, cached atomically in the user
+cache folder, reused without distilling again, and embedding whole texts as the mean of their pieces.
+
+A tiny random BERT with a 600-piece vocabulary (MiniLM's tokenizer settings, fewer pieces) stands in for
+MiniLM so that distilling takes seconds; benchmarks/bench_embedding.py distils the real MiniLM and
+measures speed and recall."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+
+import numpy as np
+import pytest
+
+pytest.importorskip("model2vec")
+pytest.importorskip("skeletoken")
+
+
+def _tiny_bert(folder):
+    """A 1-layer BERT (hidden 32) with MiniLM's tokenizer configuration cut to ~600 word pieces."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from nextlong.embedding import default_model_path
+
+    src = default_model_path()
+    tok = json.loads((src / "tokenizer.json").read_text())
+    old = tok["model"]["vocab"]
+    by_id = sorted(old, key=old.get)
+    keep = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    keep += [c for c in string.ascii_lowercase + string.digits + string.punctuation if c in old]
+    keep += ["##" + c for c in string.ascii_lowercase + string.digits if "##" + c in old]
+    keep += [t for t in by_id[1996:2600] if t not in keep]
+    vocab = {t: i for i, t in enumerate(keep)}
+    tok["model"]["vocab"] = vocab
+    for added in tok["added_tokens"]:
+        added["id"] = vocab.get(added["content"], added["id"])
+    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["content"] in vocab]
+    for name, special in tok["post_processor"]["special_tokens"].items():
+        special["ids"] = [vocab[name]]
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    (folder / "vocab.txt").write_text("\n".join(keep) + "\n")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).write_text((src / name).read_text())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(keep), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _tiny_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert")
+
+
+def test_distilled_once_into_the_user_cache_then_reused(tiny, tmp_path, monkeypatch):
+    from nextlong import static_embedding
+    from nextlong.embedding import load_embedder
+
+    monkeypatch.delenv("NEXTLONG_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert static_embedding.cache_root() == tmp_path / "xdg" / "nextlong"
+    emb = load_embedder(f"static:{tiny}", pca_dims=16)
+    root = tmp_path / "xdg" / "nextlong" / "static"
+    (folder,) = root.iterdir()  # one finished folder, no temporary left behind
+    assert folder.name.startswith("tiny-bert-pca16-") and (folder / "model.safetensors").is_file()
+    assert emb.dim == 16 and emb.name == "static-tiny-bert-d16"
+    texts = ["the socket server", "a decimal number", ""]
+    first = emb.embed(texts)
+
+    def no_distill(*a, **k):
+        raise AssertionError("distilled again although the cache holds the model")
+
+    monkeypatch.setattr(static_embedding, "distill_static", no_distill)
+    again = load_embedder(f"static:{tiny}", pca_dims=16)
+    np.testing.assert_array_equal(again.embed(texts), first)
+    # the cached folder loads directly too, and NEXTLONG_CACHE_DIR moves the cache
+    np.testing.assert_array_equal(load_embedder(str(folder)).embed(texts), first)
+    monkeypatch.setenv("NEXTLONG_CACHE_DIR", str(tmp_path / "other"))
+    assert static_embedding.cache_root() == tmp_path / "other"
+
+
+def test_static_vectors_are_the_mean_of_all_piece_vectors(tiny, tmp_path):
+    """Reference: model2vec's own encode without truncation, and the mean of the table rows by hand;
+    a text far beyond 512 pieces is embedded whole (its tail changes the vector)."""
+    from model2vec import StaticModel
+
+    from nextlong.static_embedding import load_static_embedder
+
+    emb = load_static_embedder(tiny, pca_dims=16, cache_dir=tmp_path)
+    long_text = "the socket " * 400 + "decimal number " * 400
+    texts = ["the socket server reads a file", long_text, "", "x"]
+    ours = emb.embed(texts)
+    assert ours.dtype == np.float32 and ours.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(ours[[0, 1, 3]], axis=1), 1.0, atol=1e-5)
+    assert not ours[2].any()
+    ref = StaticModel.from_pretrained(str(emb.path), max_length=None, force_download=False)
+    np.testing.assert_allclose(ours, ref.encode(texts, max_length=None).astype(np.float32), atol=2e-3)
+    ids = emb.model.tokenize([long_text])[0]
+    assert len(ids) > 1500
+    by_hand = emb.table[ids].astype(np.float64).mean(0)
+    np.testing.assert_allclose(ours[1], by_hand / np.linalg.norm(by_hand), atol=1e-5)
+    head = emb.embed([" ".join(long_text.split()[:300])])[0]
+    assert head @ ours[1] < 0.999
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    from nextlong.embedding import EmbedderError, load_embedder
+
+    with pytest.raises(EmbedderError, match="cannot load"):
+        load_embedder(f"static:{tmp_path}", cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-made left in the cache
