@@ -52,7 +52,7 @@ class ScatteredTokens(TokenPool):
 
     def __getitem__(self, key):
         a, b = int(key.start), int(key.stop)
-        return self.pool[(a + np.arange(b - a, dtype=np.int64) * 7919) % self.pool.size]
+        return self.pool[(a * 2654435761 + np.arange(b - a, dtype=np.int64) * 7919) % self.pool.size]
 
 
 class RandomVectors:

@@ -296,3 +296,32 @@ def test_manifest_counts_cut_meta_chunks_and_already_long(injected, tmp_path):
                                                                            seed=1))
     assert dropped["statistics"]["already_long"] == 0
     assert any("already long" in r for r in dropped["statistics"]["drop_reasons"])
+
+
+def test_dedup_corpus_keeps_one_document_of_each_near_copy_group(injected, tmp_path):
+    from nextlong import synthesize
+
+    out = tmp_path / "dd"
+    manifest = synthesize(injected, out, dedup_corpus=True, id_field="id", **dict(FAST, target_length=2048,
+                                                                                   num_samples=8))
+    store = ChunkStore.load(out / "chunks" / "store")
+    removed = np.load(out / "neardup" / "removed_docs.npy")
+    assert manifest["statistics"]["documents_removed_as_near_duplicates"] == int(removed.sum()) > 0
+    gone = {store.doc_ids[d] for d in np.flatnonzero(removed).tolist()}
+    rows = pq.read_table(out / "data").to_pylist()
+    assert not gone & {s["doc_id"] for r in rows for s in r["segments"]}  # never an anchor or a negative
+    texts = {row["id"]: row["text"] for row in map(json.loads, open(injected, encoding="utf-8"))}
+    groups: dict[str, list[str]] = {}
+    for doc_id in texts:
+        groups.setdefault(doc_id.split("~")[0], []).append(doc_id)
+    checked = 0
+    for members in groups.values():
+        if len(members) < 3:
+            continue
+        pairwise = [reference_jaccard(texts[a], texts[b]) for i, a in enumerate(members) for b in members[i + 1:]]
+        if min(pairwise) >= 0.5:  # the whole group are near-copies of each other: exactly one is kept
+            assert sum(m not in gone for m in members) == 1, members
+            checked += 1
+    assert checked > 20
+    with pytest.raises(Exception, match="dedup-corpus"):
+        synthesize(injected, tmp_path / "bad", dedup_corpus=True, near_dup_threshold=0.0, **FAST)

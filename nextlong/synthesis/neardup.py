@@ -395,26 +395,77 @@ class NearDupGraph:
         return cls(np.load(directory / "indptr.npy"), np.load(directory / "indices.npy"), threshold)
 
 
+def document_shingles(store, tokenizer, d: int) -> np.ndarray:
+    """Word 5-gram hashes of a whole document (its chunks joined by newlines, as in the corpus)."""
+    first, n = int(store.doc_first_chunk[d]), int(store.doc_num_chunks[d])
+    tokens = np.asarray(store.tokens[store.tok_offsets[first]:store.tok_offsets[first + n]], np.uint32)
+    # chunks are tokenized on their own; decoding them back to back and inserting newlines between
+    # them gives the same words as the document (a chunk boundary is a paragraph boundary)
+    parts = [tokenizer.decode_bytes(tokens[store.tok_offsets[c] - store.tok_offsets[first]:
+                                           store.tok_offsets[c + 1] - store.tok_offsets[first]])
+             for c in range(first, first + n)]
+    return fast_shingle_set(b"\n".join(parts))
+
+
+def duplicate_documents(store, tokenizer, graph: NearDupGraph, threshold: float) -> np.ndarray:
+    """Documents to drop from a corpus that is not deduplicated: in corpus order, a document is dropped
+    when its word 5-gram Jaccard with an earlier document that was kept reaches `threshold`.
+
+    Only documents sharing a near-copy chunk (an edge of `graph`) are compared, each pair exactly."""
+    removed = np.zeros(store.num_docs, bool)
+    rows = np.repeat(np.arange(graph.indptr.size - 1, dtype=np.int64), np.diff(graph.indptr))
+    da, db = np.asarray(store.chunk_doc)[rows], np.asarray(store.chunk_doc)[graph.indices]
+    later = da < db
+    if not later.any():
+        return removed
+    pairs = np.unique(db[later] * store.num_docs + da[later])  # sorted by the later document, then the earlier
+    cache: dict[int, np.ndarray] = {}
+
+    def sets(d):
+        if d not in cache:
+            cache[d] = document_shingles(store, tokenizer, d)
+        return cache[d]
+
+    for code in pairs.tolist():
+        b, a = divmod(code, store.num_docs)
+        if removed[b] or removed[a]:
+            continue
+        if jaccard(sets(a), sets(b)) >= threshold:
+            removed[b] = True
+    return removed
+
+
 class NearDupFilter:
     """Per long document: `start(anchor chunks)`, then `admits(c)` before and `add(c)` after a choice.
 
-    All the similarity work is done once per corpus (NearDupGraph). Per candidate this is one set
-    lookup: only chunks that have a near-copy somewhere can be refused or refuse another."""
+    All the similarity work is done once per corpus (NearDupGraph). Only chunks that have a near-copy
+    somewhere (`has_copies[c]`, one byte per chunk) can be refused or refuse another, so callers test
+    that byte first and call `admits`/`add` only for those few chunks."""
 
-    def __init__(self, graph: NearDupGraph):
+    def __init__(self, graph: NearDupGraph, removed_chunks: np.ndarray | None = None):
         self.graph = graph
         self.rejected = 0
         # one byte per chunk: does it have a near-copy anywhere? (almost always not: the fast path)
-        self._has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())
+        has = np.diff(graph.indptr) > 0
+        self._removed = None
+        if removed_chunks is not None:  # chunks of documents dropped by --dedup-corpus: never a negative
+            self._removed = bytearray(np.asarray(removed_chunks, bool).astype(np.uint8).tobytes())
+            has = has | np.asarray(removed_chunks, bool)
+        self.has_copies = bytearray(has.astype(np.uint8).tobytes())
         self._pieces: set[int] = set()
 
     def start(self, own_chunks) -> None:
         """A new long document: its anchor's meta-chunks are the first pieces to compare with."""
-        self._pieces = {int(c) for c in own_chunks if self._has_copies[int(c)]}
+        self._pieces = {int(c) for c in own_chunks if self.has_copies[int(c)]}
 
     def admits(self, c: int) -> bool:
         """False when chunk `c` is a near-copy of a piece already in the long document."""
-        if not self._has_copies[c] or not self._pieces:
+        if not self.has_copies[c]:
+            return True
+        if self._removed is not None and self._removed[c]:
+            self.rejected += 1
+            return False
+        if not self._pieces:
             return True
         if any(o in self._pieces for o in self.graph.neighbours(c).tolist()):
             self.rejected += 1
@@ -422,5 +473,5 @@ class NearDupFilter:
         return True
 
     def add(self, c: int) -> None:
-        if self._has_copies[c]:
+        if self.has_copies[c]:
             self._pieces.add(c)

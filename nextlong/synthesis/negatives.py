@@ -174,8 +174,10 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
     chosen: list[list[tuple[int, float]]] = [[] for _ in range(p)]
     exhausted_rows = [False] * p
     widen_helps = [False] * p  # the row was used up but the index holds more candidates
+    has_copies = None  # bytes of the chunks that have a near-copy somewhere (the rest need no check)
     if near_dup is not None:
         near_dup.start(own)
+        has_copies = near_dup.has_copies
 
     def peek(i):
         """The next eligible candidate of row i (the cursor stays on it), or None when the row is used up."""
@@ -191,7 +193,7 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
                     or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)):
                 cursor[i] += 1
                 continue
-            if near_dup is not None and not near_dup.admits(c):
+            if has_copies is not None and has_copies[c] and not near_dup.admits(c):
                 near_copies.add(c)
                 cursor[i] += 1
                 continue
@@ -207,7 +209,7 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
         used.add(c)
         if exclude_duplicates:
             used_hashes.add(int(store.text_hash[c]))
-        if near_dup is not None:
+        if has_copies is not None and has_copies[c]:
             near_dup.add(c)
         return int(lengths[c]) + sep_len
 

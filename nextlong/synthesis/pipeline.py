@@ -191,14 +191,23 @@ def near_dup_stage(cfg: SynthesisConfig, out: Path, store, tokenizer, chunks_fp:
     from .neardup import NearDupGraph
 
     directory = out / "neardup"
-    settings = {"chunks": chunks_fp, "threshold": cfg.near_dup_threshold, "ngram": 5}
+    settings = {"chunks": chunks_fp, "threshold": cfg.near_dup_threshold, "ngram": 5,
+                "dedup_corpus": cfg.dedup_corpus}
     t0 = time.perf_counter()
     if not _stage_ready(directory, settings, cfg.rebuild, "near-duplicate"):
         graph = NearDupGraph.build(store, tokenizer, cfg.near_dup_threshold, progress=cfg.progress)
         graph.save(directory)
+        if cfg.dedup_corpus:
+            from ..atomic import atomic_path
+            from .neardup import duplicate_documents
+
+            removed = duplicate_documents(store, tokenizer, graph, cfg.near_dup_threshold)
+            with atomic_path(directory / "removed_docs.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, removed)
         _stage_done(directory, settings, pairs=graph.num_pairs)
     graph = NearDupGraph.load(directory, cfg.near_dup_threshold)
-    return graph, time.perf_counter() - t0
+    removed = np.load(directory / "removed_docs.npy") if cfg.dedup_corpus else None
+    return graph, removed, time.perf_counter() - t0
 
 
 # --- output shards -----------------------------------------------------------------------------
@@ -405,7 +414,7 @@ def _run(cfg: SynthesisConfig) -> dict:
         output_settings.update(negatives=cfg.negatives, overshoot=cfg.overshoot, chars_per_token=chars_per_token,
                                k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
                                max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
-                               long_docs=cfg.long_docs)
+                               long_docs=cfg.long_docs, dedup_corpus=cfg.dedup_corpus)
     elif cfg.method in ("knn", "iclm"):
         output_settings.update(doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors)
     elif cfg.method == "quest":
@@ -428,8 +437,12 @@ def _run(cfg: SynthesisConfig) -> dict:
 
             near_dup = None
             if cfg.near_dup_threshold > 0:
-                graph, timings["near_dup_graph"] = near_dup_stage(cfg, out, store, tokenizer, chunks_fp)
-                near_dup = NearDupFilter(graph)
+                graph, removed_docs, timings["near_dup_graph"] = near_dup_stage(cfg, out, store, tokenizer, chunks_fp)
+                removed_chunks = None
+                if removed_docs is not None:  # --dedup-corpus: never an anchor, never a negative
+                    anchors = anchors.filter(pa.array(~removed_docs[anchors.column("anchor_doc").to_numpy()]))
+                    removed_chunks = removed_docs[np.asarray(store.chunk_doc)]
+                near_dup = NearDupFilter(graph, removed_chunks)
 
             def plan_fn(batch, remaining):
                 return stages.plan_nextlong_batch(
@@ -482,6 +495,8 @@ def _run(cfg: SynthesisConfig) -> dict:
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
         stats["near_duplicate_pairs_in_corpus"] = graph.num_pairs
         stats["chunks_with_near_copies"] = int(np.count_nonzero(np.diff(graph.indptr)))
+        if cfg.dedup_corpus:
+            stats["documents_removed_as_near_duplicates"] = int(removed_docs.sum())
     if quest_stats is not None:
         stats["quest"] = quest_stats
     embed_info = out / "embeddings" / "stage.json"
