@@ -67,3 +67,24 @@ def file_crc32(path: str | os.PathLike, block: int = 1 << 24) -> int:
         while chunk := fh.read(block):
             crc = zlib.crc32(chunk, crc)
     return crc
+
+
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_path's names: .NAME.XXXXXXXX.tmp
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete what killed runs left in an output folder the caller holds the lock of: atomic_path
+    temporaries anywhere below it, and `NAME.tmp` folders of a conversion (MDS) at its top. Returns
+    how many were removed."""
+    folder = Path(folder)
+    removed = 0
+    for path in folder.rglob("*.tmp"):
+        if path.is_file() and _TEMPORARY.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    for path in folder.glob("*.tmp"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed

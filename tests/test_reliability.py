@@ -391,3 +391,20 @@ def test_synthesize_threads_bound_the_embedder(tmp_path, monkeypatch):
     seen.clear()
     assert main(argv + ["0", "--out", str(tmp_path / "b")]) == 0
     assert seen == [(None, {})]  # 0: the embedder's own default, all cores
+
+
+def test_a_successful_synthesize_removes_what_killed_runs_left(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    out = tmp_path / "out"
+    argv = ["synthesize", "--corpus", str(corpus), "--out", str(out), "--method", "standard", "--target-length", "512",
+            "--format", "jsonl", "--quiet"]
+    assert main(argv) == 0
+    left = [out / "data" / ".part-00000.parquet.k2v9x_1a.tmp", out / "jsonl" / ".part-00000.jsonl.abcd1234.tmp",
+            out / "mds.tmp" / "shard.00000.mds", out / ".manifest.json.zzzz9999.tmp"]
+    for path in left:  # what kill -9 during a shard write, a JSONL or MDS conversion, the manifest leaves
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert main(argv) == 0
+    assert not [p for p in left if p.exists()] and not (out / "mds.tmp").exists()
+    assert not list(out.rglob("*.tmp"))
