@@ -13,6 +13,8 @@ fallback when numba is absent) and plain Python (the reference for tests and the
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +120,25 @@ def assemble_numpy(tokens, tok_offsets, plan: Plan, sep_ids, target_length: int)
 
 
 _numba_kernel = None
+_kernel_lock = threading.Lock()  # numba's workqueue layer must not be entered by two threads at once
+
+
+def use_workqueue_threading_layer(numba) -> None:
+    """Run numba's parallel kernels on its own 'workqueue' thread pool, not OpenMP, unless the user
+    chose a layer (NUMBA_THREADING_LAYER). With numba's default, the first parallel kernel loads the
+    system's libgomp; torch, imported later, then shares that runtime, and MiniLM embedded ~3-9x slower
+    in the same process (benchmarks/bench_embedding.py checks this). Takes effect only before the
+    process's first parallel launch."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
 
 
 def _get_numba_kernel():
     global _numba_kernel
     if _numba_kernel is None:
         import numba
+
+        use_workqueue_threading_layer(numba)
 
         @numba.njit(parallel=True, cache=True, nogil=True)
         def kernel(tokens, tok_offsets, chunks, offsets, sep, target_length, out, seg_start, seg_end):
@@ -163,8 +178,9 @@ def assemble_numba(tokens, tok_offsets, plan: Plan, sep_ids, target_length: int)
     out = np.zeros((plan.num_docs, target_length), np.uint32)
     seg_start = np.zeros(plan.chunks.shape[0], np.int64)
     seg_end = np.zeros(plan.chunks.shape[0], np.int64)
-    kernel(np.asarray(tokens), np.asarray(tok_offsets, np.int64), plan.chunks, plan.offsets,
-           np.asarray(sep_ids, np.uint32), int(target_length), out, seg_start, seg_end)
+    with _kernel_lock:
+        kernel(np.asarray(tokens), np.asarray(tok_offsets, np.int64), plan.chunks, plan.offsets,
+               np.asarray(sep_ids, np.uint32), int(target_length), out, seg_start, seg_end)
     return out, seg_start, seg_end
 
 
