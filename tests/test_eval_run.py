@@ -100,6 +100,16 @@ def test_teacher_forced_and_greedy_match_a_full_recompute(lm):
     assert record["prediction"] == _reference_greedy(lm, sample, 6)
 
 
+def test_prefill_with_our_attention_kernel_scores_like_sdpa(run_dir, lm):
+    ours = load_model(run_dir, attn="nextlong", device="cpu")
+    assert ours.prefill_attn == "nextlong"
+    sample = make_sample(lm.tokenizer, "json_kv", 1024, 50.0, 0, seed=1)
+    a = evaluate_sample(lm, sample, max_new_tokens=4)
+    b = evaluate_sample(ours, sample, max_new_tokens=4)
+    assert b["teacher_forced_logprob"] == pytest.approx(a["teacher_forced_logprob"], abs=1e-3)
+    assert b["prediction"] == a["prediction"]
+
+
 @pytest.fixture(scope="module")
 def essay():
     from nextlong.eval.haystack import essay_sentences
