@@ -305,3 +305,16 @@ def test_readme_trainer_example_runs(data, tmp_path):
     exec(compile(code, "README.md", "exec"), namespace)
     model = namespace["model"]
     assert namespace["Trainer"] is not None and not torch.equal(model.model.norm.weight.detach(), before)
+
+
+@pytest.mark.parametrize("scheme", ["dense", "sparse", "longce"])
+def test_token_weighting_schemes_train(data, tmp_path, scheme):
+    """Each scheme runs in the loop (short-context scores from the model itself, or from --scorer) and
+    gives another first-step loss than uniform weights on the same batch."""
+    opts = dict(steps=1, short_window=32, short_stride=32, **FAST)
+    base = train(data, tmp_path / "none", **opts)["first_loss"]
+    weighted = train(data, tmp_path / scheme, token_weighting=scheme, **opts)["first_loss"]
+    assert np.isfinite(weighted) and abs(weighted - base) > 1e-4
+    if scheme == "longce":
+        scored = train(data, tmp_path / "scorer", token_weighting=scheme, scorer=str(tmp_path / "none"), **opts)
+        assert np.isfinite(scored["first_loss"])
