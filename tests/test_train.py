@@ -201,6 +201,7 @@ def test_tiny_run_lowers_the_loss_and_exports_the_model(data, tmp_path):
         assert torch.equal(tensor, saved["lm." + name]), name
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_and_ignores_half_written_checkpoints(data, tmp_path, monkeypatch):
     opts = dict(steps=6, batch_tokens=2 * SAMPLE_LEN, save_every=2, **FAST)
     train(data, tmp_path / "whole", **opts)
