@@ -58,12 +58,13 @@ def add_parser(subparsers) -> None:
                    help="comma-separated target lengths in tokens (default: 1024, 2048, ... up to the model's "
                    "positions)")
     p.add_argument("--depths", type=positive_int, default=5, help="needle depths spread over 0-100%% (default 5)")
-    p.add_argument("--samples", type=positive_int, default=2, help="samples per task, length and depth (default 2)")
+    p.add_argument("--samples", type=positive_int, default=1,
+                   help="samples per task, length and depth (default 1; RULER uses hundreds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("both", "greedy", "teacher-forced"), default="both",
                    help="greedy generation (RULER), teacher-forced answer scoring, or both (default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="generation budget (default per task: gold answer tokens + 16)")
+                   help="generation budget (default per task: gold answer tokens + 8)")
     p.add_argument("--corpus", default=None,
                    help="local corpus (JSONL/Parquet/text folder) for the essay haystacks and LongPPL documents "
                    "(default: the embedded stdlib-docstring corpus)")

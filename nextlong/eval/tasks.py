@@ -24,6 +24,10 @@ from ..errors import NextlongError, UsageError
 from .haystack import (Insert, Units, build_context, essay_units, fit_to_length, noise_units, search_largest)
 
 
+# Greedy decoding budget beyond the gold answer's tokens: room for a preamble, cheap on CPU.
+ANSWER_MARGIN = 8
+
+
 @dataclass
 class Sample:
     """One prompt with its references. Char spans index into `prompt`."""
@@ -215,7 +219,7 @@ def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, le
                                      what="essay" if spec.haystack == "essay" else "haystack")
     context_span = (len(head), len(prompt) - len(tail))
     return Sample(task, length, depth, index, prompt, answers, gold, "string_match_all", context_span, spans,
-                  max_new_tokens=answer_tokens + 16)
+                  max_new_tokens=answer_tokens + ANSWER_MARGIN)
 
 
 # ---------------------------------------------------------------- variable tracking
@@ -267,7 +271,7 @@ def _vt_sample(tok, task: str, length: int, index: int, seed: int, hops: int = 4
     prompt, spans, n = fit_to_length(tok, units, build, tok.count_tokens(gold), length, task=task)
     context_span = (len(example) + len(VT_HEAD), len(prompt) - len(tails[n]))
     return Sample(task, length, None, index, prompt, names, gold, "string_match_all", context_span, spans,
-                  max_new_tokens=tok.count_tokens(gold) + 16)
+                  max_new_tokens=tok.count_tokens(gold) + ANSWER_MARGIN)
 
 
 # ---------------------------------------------------------------- common words
@@ -330,7 +334,7 @@ def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: 
     prompt = cache[n] if n in cache else build(n)[0]
     start = len(example) + len(CWE_HEAD)
     return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
-                  (start, len(prompt) - len(CWE_TAIL)), [], max_new_tokens=answer_tokens + 16)
+                  (start, len(prompt) - len(CWE_TAIL)), [], max_new_tokens=answer_tokens + ANSWER_MARGIN)
 
 
 # ---------------------------------------------------------------- frequent words
@@ -379,7 +383,7 @@ def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float
         raise UsageError(f"task {task}: length {length} is too short for the coded text")
     prompt = cache[n]
     return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
-                  (len(FWE_HEAD), len(prompt) - len(FWE_TAIL)), [], max_new_tokens=answer_tokens + 16)
+                  (len(FWE_HEAD), len(prompt) - len(FWE_TAIL)), [], max_new_tokens=answer_tokens + ANSWER_MARGIN)
 
 
 # ---------------------------------------------------------------- entry point
