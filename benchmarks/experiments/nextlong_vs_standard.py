@@ -520,11 +520,19 @@ def collect_metrics(folder: Path) -> dict:
             by_length[group][str(length)] = {
                 "tf_acc": sum(c.get("teacher_forced_em", 0) for c in cells) / len(cells),
                 "tf_logprob": sum(c.get("teacher_forced_logprob_per_token", 0) for c in cells) / len(cells)}
+    by_depth = {}  # answer log-prob per token by needle depth (tasks with a depth), over lengths and variants
+    for group in TASK_GROUPS:
+        cells = [c for t in res["tasks"] if t == group or t.startswith(group + "_") for c in res["tasks"][t]["cells"]
+                 if c.get("depth") is not None and c.get("teacher_forced_logprob_per_token") is not None]
+        depths = sorted({c["depth"] for c in cells})
+        if depths:
+            by_depth[group] = {str(d): sum(c["teacher_forced_logprob_per_token"] for c in cells if c["depth"] == d)
+                               / sum(1 for c in cells if c["depth"] == d) for d in depths}
     metrics.update(docs["metrics"])
     metrics["retrieval_heads"] = sum(1 for s in heads.values() if s > 0.1)
     metrics["max_head_score"] = max(heads.values()) if heads else 0.0
     return {"metrics": metrics, "loss_by_position": docs["loss_by_position"], "by_length": by_length,
-            "head_scores": heads}
+            "by_depth": by_depth, "head_scores": heads}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -567,7 +575,7 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
             m = collect_metrics(folder)
             results["arms"].setdefault(arm, {"seeds": {}})["seeds"][str(seed)] = m["metrics"]
             results["curves"].setdefault(arm, {})[str(seed)] = {k: m[k] for k in ("loss_by_position", "by_length",
-                                                                                   "head_scores")}
+                                                                                   "by_depth", "head_scores")}
             run = out / "runs" / arm / f"seed-{seed}"
             rec = json.loads((run / DONE).read_text()) if (run / DONE).exists() else None
             if rec:
@@ -693,6 +701,24 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
         plt.close(fig)
         written.append("answer_logprob_by_length.png")
 
+        groups = [g for g in TASK_GROUPS if all(g in s.get("by_depth", {}) for v in curves.values() for s in v.values())]
+        if groups:
+            fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False)
+            for ax, group in zip(axes[0], groups):
+                for arm, seeds in curves.items():
+                    per = [s["by_depth"][group] for s in seeds.values()]
+                    depths = sorted(per[0], key=float)
+                    ax.plot([float(d) for d in depths], [sum(p[d] for p in per) / len(per) for d in depths],
+                            marker="o", label=arm)
+                ax.set_title(group)
+                ax.set_xlabel("needle depth (% of the context)")
+            axes[0][0].set_ylabel("answer log-prob per token (teacher-forced)")
+            axes[0][-1].legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(folder / "answer_logprob_by_depth.png", dpi=110)
+            plt.close(fig)
+            written.append("answer_logprob_by_depth.png")
+
         arms = list(curves)
         fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
         for ax, arm in zip(axes[0], arms):
@@ -706,6 +732,8 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
                      for h in range(heads)] for l in range(layers)]
             im = ax.imshow(grid, vmin=0, vmax=max(0.1, max(max(r) for r in grid)), cmap="viridis", aspect="auto")
             ax.set_title(arm)
+            ax.set_xticks(range(heads))
+            ax.set_yticks(range(layers))
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
             fig.colorbar(im, ax=ax, fraction=0.046)
