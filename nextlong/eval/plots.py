@@ -50,11 +50,12 @@ def length_depth_heatmap(path, task: str, lengths: Sequence[int], depths: Sequen
         _annotated(ax, matrix)
         ax.set_xticks(range(len(depths)), [("-" if d is None else f"{d:g}") for d in depths], fontsize=7)
         ax.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
-        ax.set_xlabel("needle depth (%)", fontsize=8)
+        ax.set_xlabel("needle depth (%)" if any(d is not None for d in depths) else "(task without a depth)",
+                      fontsize=8)
         if k == 0:
             ax.set_ylabel("length (tokens)", fontsize=8)
         ax.set_title(name, fontsize=9)
-    fig.suptitle(task, fontsize=10)
+    fig.suptitle(task, fontsize=10, y=1.03)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="score (0-100)")
     out = _save(fig, path)
     plt.close(fig)
@@ -85,15 +86,18 @@ def head_heatmap(path, scores, title: str, *, diverging: bool = False):
 
     data = np.asarray(scores, dtype=float)
     layers, heads = data.shape
-    fig, ax = plt.subplots(figsize=(1.5 + 0.25 * heads, 1.2 + 0.22 * layers))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.25 * heads), max(2.5, 1.2 + 0.22 * layers)))
     if diverging:
         bound = float(np.abs(data).max()) or 1.0
         im = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     else:
         im = ax.imshow(data, cmap="viridis", vmin=0, vmax=max(float(data.max()), 1e-9), aspect="auto")
-    ax.set_xlabel("head")
+    step_h, step_l = max(1, heads // 16), max(1, layers // 16)
+    ax.set_xticks(range(0, heads, step_h))
+    ax.set_yticks(range(0, layers, step_l))
+    ax.set_xlabel("query head")
     ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     out = _save(fig, path)
     plt.close(fig)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +221,3 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
         progress.close()
     return records, metrics, reused
 
-
-def mean_or_none(values) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else None
