@@ -168,7 +168,12 @@ def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    hf_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    use_cache = getattr(hf_model.config, "use_cache", None)
+    hf_model.config.use_cache = True  # off while training; whoever loads the model generates with a cache
+    try:
+        hf_model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    finally:
+        hf_model.config.use_cache = use_cache
     spec = tokenizer_spec
     if spec is not None and Path(spec).is_file():
         shutil.copy2(spec, tmp / Path(spec).name)
