@@ -436,42 +436,12 @@ def duplicate_documents(store, tokenizer, graph: NearDupGraph, threshold: float)
 
 
 class NearDupFilter:
-    """Per long document: `start(anchor chunks)`, then `admits(c)` before and `add(c)` after a choice.
-
-    All the similarity work is done once per corpus (NearDupGraph). Only chunks that have a near-copy
-    somewhere (`has_copies[c]`, one byte per chunk) can be refused or refuse another, so callers test
-    that byte first and call `admits`/`add` only for those few chunks."""
+    """What planning needs to refuse near-copies: the graph, one byte per chunk saying whether it has a
+    near-copy at all (almost never: then nothing is looked up), and, with --dedup-corpus, one byte per
+    chunk whose document was dropped. negatives._select does the per-document bookkeeping."""
 
     def __init__(self, graph: NearDupGraph, removed_chunks: np.ndarray | None = None):
         self.graph = graph
-        self.rejected = 0
-        # one byte per chunk: does it have a near-copy anywhere? (almost always not: the fast path)
-        has = np.diff(graph.indptr) > 0
-        self._removed = None
-        if removed_chunks is not None:  # chunks of documents dropped by --dedup-corpus: never a negative
-            self._removed = bytearray(np.asarray(removed_chunks, bool).astype(np.uint8).tobytes())
-            has = has | np.asarray(removed_chunks, bool)
-        self.has_copies = bytearray(has.astype(np.uint8).tobytes())
-        self._pieces: set[int] = set()
-
-    def start(self, own_chunks) -> None:
-        """A new long document: its anchor's meta-chunks are the first pieces to compare with."""
-        self._pieces = {int(c) for c in own_chunks if self.has_copies[int(c)]}
-
-    def admits(self, c: int) -> bool:
-        """False when chunk `c` is a near-copy of a piece already in the long document."""
-        if not self.has_copies[c]:
-            return True
-        if self._removed is not None and self._removed[c]:
-            self.rejected += 1
-            return False
-        if not self._pieces:
-            return True
-        if any(o in self._pieces for o in self.graph.neighbours(c).tolist()):
-            self.rejected += 1
-            return False
-        return True
-
-    def add(self, c: int) -> None:
-        if self.has_copies[c]:
-            self._pieces.add(c)
+        self.has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())
+        self.removed = (None if removed_chunks is None
+                        else bytearray(np.asarray(removed_chunks, bool).astype(np.uint8).tobytes()))

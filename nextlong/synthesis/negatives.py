@@ -174,10 +174,22 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
     chosen: list[list[tuple[int, float]]] = [[] for _ in range(p)]
     exhausted_rows = [False] * p
     widen_helps = [False] * p  # the row was used up but the index holds more candidates
-    has_copies = None  # bytes of the chunks that have a near-copy somewhere (the rest need no check)
-    if near_dup is not None:
-        near_dup.start(own)
-        has_copies = near_dup.has_copies
+    # Near-copies: when a piece joins the document, its near-copies (from the once-per-corpus graph)
+    # join `used`, so the candidate loop pays nothing for them; they are counted when skipped.
+    near_banned: set[int] = set()
+    has_copies = near_dup.has_copies if near_dup is not None else None
+    removed = near_dup.removed if near_dup is not None else None  # --dedup-corpus: never a negative
+
+    def ban_near_copies(c):
+        for o in near_dup.graph.neighbours(c).tolist():
+            if o not in used:
+                used.add(o)
+                near_banned.add(o)
+
+    if has_copies is not None:
+        for c in own.tolist():
+            if has_copies[c]:
+                ban_near_copies(c)
 
     def peek(i):
         """The next eligible candidate of row i (the cursor stays on it), or None when the row is used up."""
@@ -189,12 +201,11 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
             if c < 0:
                 exhausted_rows[i] = True
                 return None
-            if (store.chunk_doc[c] == anchor_doc or c in used or c in near_copies
-                    or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)):
-                cursor[i] += 1
-                continue
-            if has_copies is not None and has_copies[c] and not near_dup.admits(c):
-                near_copies.add(c)
+            if (store.chunk_doc[c] == anchor_doc or c in used
+                    or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)
+                    or (removed is not None and removed[c])):
+                if c in near_banned or (removed is not None and removed[c]):
+                    near_copies.add(c)
                 cursor[i] += 1
                 continue
             return c
@@ -210,7 +221,7 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
         if exclude_duplicates:
             used_hashes.add(int(store.text_hash[c]))
         if has_copies is not None and has_copies[c]:
-            near_dup.add(c)
+            ban_near_copies(c)
         return int(lengths[c]) + sep_len
 
     total = own_tokens
