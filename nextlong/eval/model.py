@@ -104,6 +104,8 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
         raise ModelFolderError(f"{folder}/config.json: not a transformers model config ({exc})") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
