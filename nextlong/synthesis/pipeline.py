@@ -637,6 +637,10 @@ def summary(manifest: dict) -> str:
         lines.append(f"  quest: {q['contexts']} contexts from {q['groups_used']} of {q['groups']} key groups "
                      f"({q['groups_split']} split, {q['groups_oversampled']} oversampled; "
                      f"{q['groups_of_one_document']} single-document and {q['groups_too_small']} too-small groups unused)")
+    if s.get("near_duplicate_candidates_rejected") is not None:
+        lines.append(f"  near-copies refused as negatives: {s['near_duplicate_candidates_rejected']}; "
+                     f"already long (no negatives): {s.get('already_long', 0)}; anchor meta-chunks after the cut: "
+                     f"{100 * (s.get('anchor_meta_chunks_after_cut_fraction') or 0):.1f}%")
     if s.get("mean_dependency_distance_tokens") is not None:
         lines.append(f"  mean dependency distance between consecutive meta-chunks: "
                      f"{s['mean_dependency_distance_tokens']:.0f} tokens")
