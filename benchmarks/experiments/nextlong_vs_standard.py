@@ -150,6 +150,21 @@ def stage(folder: Path, settings: dict, name: str):
     return runner
 
 
+def record_failure(out: Path, arm: str, seed: int, message: str | None) -> None:
+    """failures.json: {"ARM seed S": message} of (arm, seed) pairs that could not be built (None clears one)."""
+    path = out / "failures.json"
+    failures = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{arm} seed {seed}"
+    if message is None and key not in failures:
+        return
+    if message is None:
+        failures.pop(key)
+    else:
+        failures[key] = message
+        log(f"{key}: {message}")
+    write_json(path, failures)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -608,6 +623,8 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
                            + (f", loss {last['loss']:.3f}, {last.get('tokens_per_s', 0):,.0f} tokens/s at the last step"
                               if rows else ""))
     results["in_progress"] = running
+    failures = out / "failures.json"
+    results["failures"] = json.loads(failures.read_text()) if failures.exists() else {}
     exp = out / "experiment.json"
     if exp.exists():
         results["machine"] = {k: v for k, v in json.loads(exp.read_text()).items() if k not in ("scale",)}
@@ -864,6 +881,9 @@ def render_markdown(results: dict, plots: list[str]) -> str:
                ". Nothing below is a conclusion about arms or seeds that are missing."), "",
               "Finished (arm: seeds): " + ("; ".join(f"{a}: {', '.join(s)}" for a, s in finished.items()) or "none"),
               ""]
+    if results.get("failures"):
+        lines += ["Could not be built (retried on every re-run): " + "; ".join(
+            f"{k}: {v[:300]}" for k, v in results["failures"].items()), ""]
     if results.get("in_progress"):
         lines += ["Training in progress (resumes from its last checkpoint): " + "; ".join(results["in_progress"]) + ".",
                   ""]
@@ -993,7 +1013,14 @@ def main(argv=None) -> int:
                 data = out / "short-data" / f"seed-{seed}"
                 build_docs(out, tok, seed)
             else:
-                data = synthesize_arm(out, sc, tok, arm, seed)
+                from nextlong.errors import NextlongError
+
+                try:
+                    data = synthesize_arm(out, sc, tok, arm, seed)
+                except NextlongError as exc:  # e.g. Quest finds no key group on a small corpus: the others go on
+                    record_failure(out, arm, seed, f"synthesis failed: {exc}")
+                    continue
+            record_failure(out, arm, seed, None)
             arm_run(out, sc, arm, seed, data)
             evaluate_model(out, sc, f"{arm}-seed-{seed}", out / "runs" / arm / f"seed-{seed}")
             if not args.no_report:
