@@ -824,10 +824,16 @@ a model this small rarely reproduces the needle.
 **Budget (`--scale cpu`).** About 3 hours on 2 idle cores; the token plan and the throughput measured in the
 run are in the section "Budget plan" above.
 
-**Resuming.** `python3 benchmarks/experiments/nextlong_vs_standard.py --scale cpu --out DIR --threads 1` again:
-finished stages are skipped (each folder's `.done.json` holds its settings), training resumes from its last
-checkpoint (every 50 steps), evaluation from its progress file. `--report-only` regenerates this page from
-whatever has finished.
+**Quest on this corpus.** Quest groups documents by one of their top TF-IDF keywords; module names and
+identifiers make most keywords unique here (535 groups, 464 of a single module), so Quest builds only about
+100 contexts of 4,096 tokens where the budget asks for 202: its arm sees each context about twice. An arm whose
+synthesis fails outright (Quest on the tiny smoke corpus) is listed under Status and the others go on.
+
+**Resuming.** Run the same command again (`--scale cpu --out DIR`): finished stages are skipped (each folder's
+`.done.json` holds its settings), training resumes from its last checkpoint (every 25 steps), evaluation from
+its progress file. `--threads 1` on a CPU shared with other jobs (two OpenMP threads fighting other processes
+ran up to 30x slower here), `--threads 2` on idle cores. `--report-only` regenerates this page from whatever
+has finished.
 """
 
 
