@@ -278,8 +278,11 @@ def test_cli_train_and_plot(data, tmp_path, capsys):
     from nextlong.cli import main
 
     run = tmp_path / "cli-run"
-    assert main(["train", str(data), "--out", str(run), "--steps", "2", "--quiet", "--threads", "1"]) == 0
-    assert len(metrics(run)) == 2 and (run / "model" / "config.json").exists()
+    assert main(["train", str(data), "--out", str(run), "--steps", "2", "--quiet", "--threads", "1",
+                 "--rope-theta", "8e6"]) == 0
+    assert len(metrics(run)) == 2
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["rope_parameters"]["rope_theta"] == 8e6
     (run / "loss.png").unlink()
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").exists()
     assert main(["train", str(data), "--out", str(tmp_path / "x"), "--seq-len", "8"]) == 2
