@@ -91,3 +91,39 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     assert table(again) == table(md) and len(table(md)) > 10
     proc = subprocess.run(cmd + ["--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and ": start" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_training_plain_parquet_from_a_model_folder_keeps_its_tokenizer(tmp_path):
+    """Plain Parquet data has no synthesis manifest to name a tokenizer: the exported RUN/model must keep the
+    starting folder's, or `nextlong eval RUN` cannot load it (it exported {"tokenizer": null} before)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nextlong.eval.model import load_model
+    from nextlong.train import train
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n"] * 50, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    folder = tmp_path / "init"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                 tie_word_embeddings=True)).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    rows = [np.random.default_rng(i).integers(0, 300, 100).astype(np.uint32).tolist() for i in range(4)]
+    pq.write_table(pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.uint32()))}), tmp_path / "docs.parquet")
+
+    train(str(tmp_path / "docs.parquet"), tmp_path / "run", model=str(folder), seq_len=64, steps=1, lr=1e-3,
+          split_spans=True, progress=False)
+    meta = json.loads((tmp_path / "run" / "model" / "nextlong.json").read_text())
+    assert meta["tokenizer"] == "tokenizer.json"
+    lm = load_model(str(tmp_path / "run"))
+    assert lm.tokenizer.vocab_size == tok.get_vocab_size()
