@@ -114,3 +114,28 @@ def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(EmbedderError, match="cannot load"):
         load_embedder(f"static:{tmp_path}", cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-made left in the cache
+
+
+@pytest.mark.slow
+def test_synthesis_with_a_short_window_model_and_with_static(tiny, tmp_path, monkeypatch):
+    """End to end on real text: the manifest counts the chunks embedded in windows (the tiny BERT reads
+    64 ids, so most 512-character chunks need several), and `--embedder static:FOLDER` synthesizes."""
+    import pyarrow.parquet as pq
+
+    from nextlong import synthesize
+    from nextlong.embedding import load_embedder
+    from tests.helpers import corpus_head, write_jsonl
+
+    monkeypatch.setenv("NEXTLONG_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(120_000))
+    common = dict(target_length=2048, chunk_size=512, num_samples=2, progress=False)
+    manifest = synthesize(corpus, tmp_path / "window", embedder=str(tiny), **common)
+    texts = pq.read_table(tmp_path / "window" / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    emb = load_embedder(str(tiny), dtype="float32")
+    emb.windows(texts)
+    stats = manifest["statistics"]
+    assert stats["embedding"]["max_length_tokens"] == 64
+    assert stats["embedding"]["chunks_windowed"] == emb.windowed_texts > len(texts) // 2
+    static = synthesize(corpus, tmp_path / "static", embedder=f"static:{tiny}", **common)
+    assert static["statistics"]["documents_built"] == 2
+    assert static["settings"]["embedder_name"].startswith("static-tiny-bert")

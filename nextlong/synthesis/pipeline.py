@@ -632,6 +632,10 @@ def summary(manifest: dict) -> str:
     if s.get("anchor_negative_similarity_mean") is not None:
         lines.append(f"  similarity anchor-negative {s['anchor_negative_similarity_mean']:.3f} vs random pairs "
                      f"{s.get('random_chunk_pair_similarity_mean') or float('nan'):.3f}")
+    if (s.get("embedding") or {}).get("chunks_windowed"):
+        e = s["embedding"]
+        lines.append(f"  embedding: {e['chunks_windowed']} chunks longer than {e['max_length_tokens']} tokens embedded "
+                     "whole, as the mean of their windows")
     if s.get("quest"):
         q = s["quest"]
         lines.append(f"  quest: {q['contexts']} contexts from {q['groups_used']} of {q['groups']} key groups "
