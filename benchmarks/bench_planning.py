@@ -25,6 +25,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from nextlong.synthesis.store import ChunkStore
 
@@ -192,6 +193,7 @@ def main(argv=None) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_planning_cost_is_flat():
     """Quick version (100k and 1M chunks) for the benchmark suite."""
     results = main(["--sizes", "100000,1000000", "--anchors", "10", "--repeats", "2"])
