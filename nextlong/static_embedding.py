@@ -97,11 +97,13 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
 def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIMS,
                      cache_dir: Path | None = None) -> Path:
     """The cached distillation of `source` (default: the shipped MiniLM), made now if missing."""
-    from .embedding import default_model_path
+    from .embedding import DEFAULT_EMBEDDER, default_model_path
 
-    source = Path(source or default_model_path()).resolve()
+    default = default_model_path().resolve() if source is None else None
+    source = Path(source or default).resolve()
+    label = DEFAULT_EMBEDDER if source == default else source.name
     _require_model2vec()
-    folder = Path(cache_dir or cache_root()) / "static" / f"{source.name}-pca{pca_dims}-{_source_fingerprint(source, pca_dims)}"
+    folder = Path(cache_dir or cache_root()) / "static" / f"{label}-pca{pca_dims}-{_source_fingerprint(source, pca_dims)}"
     if not (folder / "model.safetensors").is_file():
         distill_static(source, folder, pca_dims)
     return folder
