@@ -201,7 +201,9 @@ def test_windowed_embedding_effect_on_hardness(corpus, snapshot_docs):
     cut_emb = load_embedder(dtype="float32", long_texts="truncate")
     cut = np.asarray(embed_chunks(texts, cut_emb, CACHE / "snapshot-2048.all-MiniLM-L6-v2.truncate.npy",
                                   progress=True), np.float32)
-    windowed = sum(len(ids) >= cut_emb.max_length for ids in cut_emb.tokenize(texts))
+    counter = load_embedder(dtype="float32")
+    counter.windows(texts)  # tokenization only: counts the chunks that need more than one window
+    windowed = counter.windowed_texts
     REPORT.append(f"MiniLM windows: {windowed} of {len(texts)} chunks longer than {cut_emb.max_length} pieces; "
                   f"cosine(windowed, cut) median {np.median((whole * cut).sum(1)):.3f}")
     rng = np.random.default_rng(0)
