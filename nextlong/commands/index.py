@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("chunks", help="chunk table (Parquet) from `nextlong chunk`")
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--embedder", default=None,
-                   help="all-MiniLM-L6-v2 (default, offline), hashed-tfidf[:DIM] (lexical, fast), "
+                   help="all-MiniLM-L6-v2 (default, offline), static (MiniLM distilled to static vectors, "
+                   "cached after first use), hashed-tfidf[:DIM] (lexical, fast), "
                    "or a local sentence-transformers/transformers model folder")
     p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
     p.add_argument("--batch-size", type=positive_int, default=512, help="texts embedded and flushed to disk at a time")

@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
-                                      "static vectors, ~100x faster, cached after its first use; hashed-tfidf: "
+                                      "static vectors, far faster, cached after its first use; hashed-tfidf: "
                                       "lexical, fastest; or a local model folder)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
