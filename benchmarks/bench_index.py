@@ -36,6 +36,17 @@ THREADS = available_threads()
 REPORT: list[str] = []
 
 
+def corpus_chunk_table(path: bool = False):
+    """The snapshot's chunk table at 2048 chars (cached Parquet; its path when `path`)."""
+    import pyarrow.parquet as pq
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    chunks = CACHE / "snapshot-2048.parquet"
+    if not chunks.is_file():
+        write_chunk_table(chunk_table(corpus_documents(), 2048), chunks)
+    return chunks if path else pq.read_table(chunks)
+
+
 def corpus_embeddings(embedder_name: str | None = None):
     """(chunk table, embeddings) of the shipped snapshot at 2048 chars; embedded once, resumable, cached."""
     import pyarrow.parquet as pq
@@ -43,10 +54,7 @@ def corpus_embeddings(embedder_name: str | None = None):
     from nextlong.embed_store import embed_chunks
     from nextlong.embedding import load_embedder
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    chunks = CACHE / "snapshot-2048.parquet"
-    if not chunks.is_file():
-        write_chunk_table(chunk_table(corpus_documents(), 2048), chunks)
+    chunks = corpus_chunk_table(path=True)
     embedder = load_embedder(embedder_name)
     emb = embed_chunks(chunks, embedder, CACHE / f"snapshot-2048.{embedder.name}.npy", progress=True)
     return pq.read_table(chunks), np.asarray(emb, dtype=np.float32)
