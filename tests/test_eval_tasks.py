@@ -169,3 +169,14 @@ def test_corpus_too_small_and_length_too_short(tok):
         make_sample(tok, "niah_single_2", 4096, 50.0, 0, seed=0, essay=["A short essay.", "Two sentences."])
     with pytest.raises(UsageError, match="too short"):
         make_sample(tok, "niah_single_1", 40, 50.0, 0, seed=0)
+
+
+def test_a_task_too_long_for_a_length_is_skipped_not_fatal(tok, essay):
+    from nextlong.eval.haystack import LengthTooShortError
+    from nextlong.eval.runner import preflight
+
+    jobs = [("niah_single_1", 1024, 50.0, 0), ("cwe", 1024, None, 0), ("cwe", 8192, None, 0)]
+    skipped = preflight(tok, jobs, 0, essay)
+    assert list(skipped) == [("cwe", 1024)] and "too short" in skipped[("cwe", 1024)]
+    with pytest.raises(LengthTooShortError):
+        make_sample(tok, "cwe", 1024, None, 0, seed=0)

@@ -64,8 +64,12 @@ def run_eval(args) -> dict:
         reused = 0
         written = []
         if tasks:
-            records, metrics, reused = run_tasks(lm, settings, out, essay, model_id=str(lm.folder))
+            records, metrics, reused, skipped = run_tasks(lm, settings, out, essay, model_id=str(lm.folder))
+            for reason in skipped.values():
+                warnings.append(f"skipped: {reason}")
+                print(f"nextlong eval: warning: skipped: {reason}", file=sys.stderr)
             results.update(aggregate(records, settings, metrics))
+            results["skipped"] = [{"task": t, "length": n, "reason": r} for (t, n), r in sorted(skipped.items())]
             if args.dump:
                 report.write_samples(out, records)
                 written.append("samples.jsonl")

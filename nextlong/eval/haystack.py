@@ -27,6 +27,10 @@ class CorpusTooSmallError(NextlongError):
     """The haystack corpus holds fewer tokens than the asked length needs."""
 
 
+class LengthTooShortError(UsageError):
+    """A task's fixed parts (instructions, examples, question) alone exceed the asked length."""
+
+
 @dataclass
 class Insert:
     """A sentence placed into the haystack at `fraction` (0..1) of its tokens."""
@@ -214,7 +218,7 @@ def fit_to_length(tokenizer, units: Units, build: Callable[[int], tuple[str, lis
 
     n = search_largest(fits, 0, units.ensure)
     if n is None:
-        raise UsageError(f"task {task}: length {length} is too short: the prompt without any {what} already takes "
+        raise LengthTooShortError(f"task {task}: length {length} is too short: the prompt without any {what} already takes "
                          f"{measure(0)[2]} tokens")
     if units.exhausted and n == len(units.items) and measure(n)[2] < 0.98 * length:
         raise CorpusTooSmallError(

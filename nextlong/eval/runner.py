@@ -139,8 +139,8 @@ def aggregate(records: Sequence[dict], settings: EvalSettings, metrics: dict[str
     means = {}
     for length in settings.lengths:
         row = [tasks[t]["by_length"][str(length)] for t in settings.tasks]
-        means[str(length)] = {key: round(sum(r[key] for r in row) / len(row), 4)
-                              for key in ("greedy", "teacher_forced_em") if all(key in r for r in row)}
+        means[str(length)] = {key: round(sum(r[key] for r in row if key in r) / sum(key in r for r in row), 4)
+                              for key in ("greedy", "teacher_forced_em") if any(key in r for r in row)}
     return {"tasks": tasks, "mean_over_tasks": means}
 
 
@@ -178,23 +178,37 @@ class Progress:
         self._fh.close()
 
 
-def preflight(tokenizer, jobs, seed: int, essay) -> None:
-    """Build the first sample of every (task, length) before any model work, so a length that is too
-    short or a corpus that is too small stops the run at once rather than after hours."""
-    seen = set()
+def preflight(tokenizer, jobs, seed: int, essay) -> dict[tuple[str, int], str]:
+    """Build the first sample of every (task, length) before any model work, so a corpus that is
+    too small stops the run at once rather than after hours. A (task, length) whose fixed parts
+    alone exceed the length (e.g. cwe's solved example at 1K with a small vocabulary) is returned
+    with the reason, to be skipped and reported rather than failing the whole run."""
+    from .haystack import LengthTooShortError
+
+    seen, skipped = set(), {}
     for task, length, depth, index in jobs:
         if (task, length) not in seen:
             seen.add((task, length))
-            make_sample(tokenizer, task, length, depth, index, seed, essay)
+            try:
+                make_sample(tokenizer, task, length, depth, index, seed, essay)
+            except LengthTooShortError as exc:
+                skipped[(task, length)] = str(exc)
+    return skipped
 
 
 def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Sequence[str] | None,
-              model_id: str) -> tuple[list[dict], dict[str, str], int]:
-    """Score every planned sample (resuming finished ones). Returns (records, metric per task, reused)."""
+              model_id: str) -> tuple[list[dict], dict[str, str], int, dict]:
+    """Score every planned sample (resuming finished ones). Returns (records, metric per task, reused,
+    {(task, length): reason} of the cells skipped because the length is too short for the task)."""
     from tqdm import tqdm
 
     jobs = plan(settings)
-    preflight(lm.tokenizer, jobs, settings.seed, essay)
+    skipped = preflight(lm.tokenizer, jobs, settings.seed, essay)
+    if skipped and len(skipped) == len({(t, n) for t, n, _, _ in jobs}):
+        from .haystack import LengthTooShortError
+
+        raise LengthTooShortError("; ".join(skipped.values()))
+    jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
     progress = Progress(out_dir, settings.fingerprint(model_id))
     reused = sum(1 for j in jobs if j in progress.done)
     metrics: dict[str, str] = {}
@@ -219,5 +233,5 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
             records.append(record)
     finally:
         progress.close()
-    return records, metrics, reused
+    return records, metrics, reused, skipped
 

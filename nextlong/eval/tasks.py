@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from ..errors import NextlongError, UsageError
-from .haystack import (Insert, Units, build_context, essay_units, fit_to_length, noise_units, search_largest)
+from .haystack import (Insert, LengthTooShortError, Units, build_context, essay_units, fit_to_length, noise_units,
+                       search_largest)
 
 
 # Greedy decoding budget beyond the gold answer's tokens: room for a preamble, cheap on CPU.
@@ -330,7 +331,7 @@ def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: 
 
     n = search_largest(fits, num_common + 1, lambda want: min(want, len(pool)))
     if n is None:
-        raise UsageError(f"task {task}: length {length} is too short for a list of {num_common + 1} words")
+        raise LengthTooShortError(f"task {task}: length {length} is too short for a list of {num_common + 1} words")
     prompt = cache[n] if n in cache else build(n)[0]
     start = len(example) + len(CWE_HEAD)
     return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
@@ -380,7 +381,7 @@ def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float
 
     n = search_largest(fits, 16, lambda want: want)
     if n is None:
-        raise UsageError(f"task {task}: length {length} is too short for the coded text")
+        raise LengthTooShortError(f"task {task}: length {length} is too short for the coded text")
     prompt = cache[n]
     return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
                   (len(FWE_HEAD), len(prompt) - len(FWE_TAIL)), [], max_new_tokens=answer_tokens + ANSWER_MARGIN)
