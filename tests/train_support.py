@@ -7,7 +7,9 @@ builds long documents with it (standard concatenation, and NExtLong with the has
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +19,9 @@ SAMPLE_LEN = 256
 
 @lru_cache(maxsize=1)
 def base_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="nextlong-train-tests-"))
+    path = Path(tempfile.mkdtemp(prefix="nextlong-train-tests-"))
+    atexit.register(shutil.rmtree, path, True)  # made once per test process, removed when it ends
+    return path
 
 
 @lru_cache(maxsize=1)
