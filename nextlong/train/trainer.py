@@ -121,6 +121,8 @@ class Trainer:
             vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
         if not is_preset(cfg.model):
             self._check_model_tokenizer(data_tok, data_fp)
+            if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
+                self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
             if self.tokenizer_spec is None:  # plain Parquet data: the exported model keeps the model's tokenizer
                 self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
 
