@@ -605,8 +605,12 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
         results["corpus"] = {k: v for k, v in json.loads(corpus.read_text()).items() if k != "settings"}
     synth = {}
     for rec in sorted((out / "synth").glob(f"*/seed-*/{DONE}")):
-        synth[f"{rec.parent.parent.name} {rec.parent.name}"] = {k: v for k, v in json.loads(rec.read_text()).items()
-                                                                 if k in ("seconds", "samples")}
+        entry = {k: v for k, v in json.loads(rec.read_text()).items() if k in ("seconds", "samples")}
+        manifest = rec.parent / "manifest.json"
+        if manifest.exists():
+            st = json.loads(manifest.read_text()).get("statistics", {})
+            entry.update({k: st[k] for k in SYNTH_STATS if k in st})
+        synth[f"{rec.parent.parent.name} {rec.parent.name}"] = entry
     results["synthesis"] = synth
     stages = {}
     for rec in sorted(out.rglob(DONE)):
@@ -629,6 +633,24 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
     if exp.exists():
         results["machine"] = {k: v for k, v in json.loads(exp.read_text()).items() if k not in ("scale",)}
     return results
+
+
+SYNTH_STATS = ("source_documents_used", "already_long", "negatives_per_meta_chunk_mean",
+               "anchor_negative_similarity_mean", "random_chunk_pair_similarity_mean",
+               "mean_dependency_distance_tokens")
+
+
+def synthesis_lines(results: dict) -> list[str]:
+    synth = results.get("synthesis") or {}
+    if not synth:
+        return []
+    cols = ["samples", "seconds"] + list(SYNTH_STATS)
+    lines = ["## Synthesized data", "", "| method seed | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for key, entry in synth.items():
+        lines.append(f"| {key} | " + " | ".join(fmt(entry.get(c)) for c in cols) + " |")
+    return lines + ["", "`already long`: anchors that alone reach the target length, kept whole without negatives "
+                    "(the synthesis default `--long-docs keep`); `standard` cuts such documents too.", ""]
 
 
 def budget_lines(results: dict) -> list[str]:
@@ -921,6 +943,7 @@ def render_markdown(results: dict, plots: list[str]) -> str:
         lines += ["- Mean extension wall time per seed: " + "; ".join(tt) + ".", ""]
 
     lines += budget_lines(results)
+    lines += synthesis_lines(results)
     names = metric_names(results)
     if not names:
         lines += ["## Results", "", "No model has been evaluated yet.", ""]
