@@ -180,3 +180,19 @@ def test_a_task_too_long_for_a_length_is_skipped_not_fatal(tok, essay):
     assert list(skipped) == [("cwe", 1024)] and "too short" in skipped[("cwe", 1024)]
     with pytest.raises(LengthTooShortError):
         make_sample(tok, "cwe", 1024, None, 0, seed=0)
+
+
+def test_key_words_are_the_shipped_lists_whatever_is_installed():
+    """Keys come from nextlong/eval/words (wonderwords 2.2.0's lists); an installed wonderwords 3 changed its
+    lists, so reading the installed package would let the environment change what a seed generates."""
+    import hashlib
+    from importlib.resources import files
+
+    from nextlong.eval import tasks
+
+    expected = {"nouns.txt": "7a9883e93f7012b7ccabceda1cbfc70abc6762b5d3125891666c473ff3d42e26"}
+    folder = files("nextlong.eval").joinpath("words")
+    digest = hashlib.sha256(folder.joinpath("nouns.txt").read_bytes()).hexdigest()
+    assert digest == expected["nouns.txt"]
+    assert (len(tasks.nouns()), len(tasks.adjectives()), len(tasks.verbs())) == (6678, 901, 1040)
+    assert all(w.isalpha() and w.islower() for w in tasks.nouns() + tasks.adjectives() + tasks.verbs())

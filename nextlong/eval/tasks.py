@@ -59,27 +59,29 @@ class Sample:
 
 @functools.lru_cache(maxsize=None)
 def _wordlist(name: str) -> tuple[str, ...]:
-    try:
-        from importlib.resources import files
+    """A word list shipped with nextlong (nextlong/eval/words/), so keys never change with the environment.
 
-        text = files("wonderwords.assets").joinpath(name).read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        raise NextlongError("the recall tasks draw their keys from the `wonderwords` word lists, which are not "
-                            "installed: pip install 'nextlong[eval]' (or pip install wonderwords)") from None
-    # Plain lower-case words only, so a key is one clean token run (no spaces or apostrophes).
-    return tuple(sorted({w.strip() for w in text.splitlines() if w.strip().isalpha() and w.strip().islower()}))
+    The lists are wonderwords 2.2.0's noun/adjective/verb lists (MIT, see LICENSE.wonderwords there), the
+    source RULER draws its keys from, filtered to plain lower-case words so a key is one clean run of
+    letters. They are copied rather than imported because wonderwords 3 changed its lists: an installed
+    version must not change the tasks a seed generates.
+    """
+    from importlib.resources import files
+
+    text = files("nextlong.eval").joinpath("words", name).read_text(encoding="utf-8")
+    return tuple(text.split())
 
 
 def nouns() -> tuple[str, ...]:
-    return _wordlist("nounlist.txt")
+    return _wordlist("nouns.txt")
 
 
 def adjectives() -> tuple[str, ...]:
-    return _wordlist("adjectivelist.txt")
+    return _wordlist("adjectives.txt")
 
 
 def verbs() -> tuple[str, ...]:
-    return _wordlist("verblist.txt")
+    return _wordlist("verbs.txt")
 
 
 def random_value(rng: random.Random, kind: str) -> str:
