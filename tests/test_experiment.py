@@ -127,3 +127,14 @@ def test_training_plain_parquet_from_a_model_folder_keeps_its_tokenizer(tmp_path
     assert meta["tokenizer"] == "tokenizer.json"
     lm = load_model(str(tmp_path / "run"))
     assert lm.tokenizer.vocab_size == tok.get_vocab_size()
+
+
+def test_eval_summary_marks_a_mode_not_run_with_a_dash_not_nan():
+    """The experiment scores teacher-forced only; the eval summary's mean row printed "nan / 0.0" then."""
+    from nextlong.eval.report import summary_markdown
+
+    results = {"model": "m", "tasks": {"vt": {"by_length": {"1024": {"n": 1, "teacher_forced_em": 0.0,
+                                                                    "teacher_forced_logprob_per_token": -7.0}}}},
+               "mean_over_tasks": {"1024": {"teacher_forced_em": 0.0}}}
+    text = summary_markdown(results, [1024])
+    assert "| **mean** | - / 0.0 |" in text and "nan" not in text

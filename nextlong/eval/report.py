@@ -79,8 +79,11 @@ def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
             lines.append(f"| {task} | " + " | ".join(row) + " |")
         means = results.get("mean_over_tasks", {})
         if means:
+            def score(m, key):  # "-" for a mode that was not run, as in the task rows (not "nan")
+                return f"{m[key]:.1f}" if key in m else "-"
+
             lines.append("| **mean** | " + " | ".join(
-                f"{means[str(n)].get('greedy', float('nan')):.1f} / {means[str(n)].get('teacher_forced_em', float('nan')):.1f}"
+                f"{score(means[str(n)], 'greedy')} / {score(means[str(n)], 'teacher_forced_em')}"
                 for n in lengths) + " |")
         lines.append("")
     lp = results.get("longppl")
