@@ -6,6 +6,8 @@ import functools
 import json
 from pathlib import Path
 
+import pytest
+
 
 def training_texts() -> list[str]:
     from nextlong.eval.haystack import NOISE_SENTENCES
@@ -66,3 +68,15 @@ def save_tiny_llama(folder: Path, tokenizer_json: Path, *, layers: int = 2, head
     else:
         shutil.copy(tokenizer_json, target / "tokenizer.json")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread while a test runs: the CI machine is shared, and tiny models run fastest and
+    steadiest that way. Autouse in every module that imports it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

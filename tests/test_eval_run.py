@@ -14,16 +14,7 @@ from nextlong.cli import main  # noqa: E402
 from nextlong.eval.model import ModelFolderError, load_model, resolve_model_folder  # noqa: E402
 from nextlong.eval.runner import evaluate_sample  # noqa: E402
 from nextlong.eval.tasks import ALL_TASKS, make_sample  # noqa: E402
-from tests.eval_fixtures import save_tiny_llama, train_tokenizer  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI machine is shared; one thread keeps these tiny models fast and timings steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,7 @@ pytest.importorskip("transformers")
 from nextlong.cli import main  # noqa: E402
 from nextlong.eval import heads as H  # noqa: E402
 from nextlong.eval.model import decode, load_model  # noqa: E402
-from tests.eval_fixtures import save_tiny_llama, train_tokenizer  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import positive_int
+
 DEFAULT_TASKS = "ruler,json_kv,longppl"
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1 (a usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0 (a usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _int_list(text: str) -> list[int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .eval import _int_list, nonnegative_int, positive_int
+from .argtypes import nonnegative_int, positive_int
+from .eval import _int_list
 
 
 def add_parser(subparsers) -> None:
