@@ -20,34 +20,7 @@ import random
 import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-
-def reference_jaccard(a: str, b: str, n: int = 5) -> float:
-    def grams(text):
-        words = text.encode("utf-8").split()
-        if 0 < len(words) < n:
-            return {tuple(words)}
-        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-    x, y = grams(a), grams(b)
-    return len(x & y) / len(x | y) if x and y else 0.0
-
-
-def near_copy_rate(out_dir: Path, threshold: float = 0.5) -> tuple[int, int]:
-    chunks = pq.read_table(out_dir / "chunks" / "chunks.parquet", columns=["doc_id", "chunk_index", "text"])
-    text = {(d, i): t for d, i, t in zip(*(chunks.column(c).to_pylist() for c in ("doc_id", "chunk_index", "text")))}
-    near = total = 0
-    for row in pq.read_table(out_dir / "data").to_pylist():
-        pieces = [(text[(s["doc_id"], s["chunk_index"])], s["role"]) for s in row["segments"]]
-        anchors = [t for t, role in pieces if role == "anchor"]
-        earlier: list[str] = []
-        for t, role in pieces:
-            if role == "negative":
-                total += 1
-                near += any(reference_jaccard(t, o) >= threshold for o in anchors + earlier)
-                earlier.append(t)
-    return near, total
+from tests.helpers import near_copy_rate
 
 
 def injected_corpus(path: Path, copies: int = 2, share: float = 0.4, rate: float = 0.03, seed: int = 0) -> Path:

@@ -17,42 +17,12 @@ from nextlong.synthesis.demo import iter_stdlib_documents
 from nextlong.synthesis.neardup import NearDupFilter, fast_shingle_set, jaccard, shingle_set
 from nextlong.synthesis.negatives import plan_anchor
 from nextlong.synthesis.store import ChunkStore
+from tests.helpers import near_copy_rate, reference_jaccard
 
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, progress=False)
 
 
-# --- a reference written the plain way ----------------------------------------------------------
-
-
-def reference_jaccard(a: str, b: str, n: int = 5) -> float:
-    """Word n-gram Jaccard on the text itself (words = bytes.split()), as sets of tuples."""
-    def grams(text):
-        words = text.encode("utf-8").split()
-        if 0 < len(words) < n:
-            return {tuple(words)}
-        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-    x, y = grams(a), grams(b)
-    return len(x & y) / len(x | y) if x and y else 0.0
-
-
-def near_copy_rate(out_dir, threshold: float = 0.5) -> tuple[int, int]:
-    """(negatives that are near-copies of a meta-chunk or an earlier negative of their long document,
-    negatives), measured on the chunk texts of the output."""
-    chunks = pq.read_table(out_dir / "chunks" / "chunks.parquet", columns=["doc_id", "chunk_index", "text"])
-    text = {(d, i): t for d, i, t in zip(*(chunks.column(c).to_pylist() for c in ("doc_id", "chunk_index", "text")))}
-    near, total = 0, 0
-    for row in pq.read_table(out_dir / "data").to_pylist():
-        pieces = [(text[(s["doc_id"], s["chunk_index"])], s["role"]) for s in row["segments"]]
-        anchors = [t for t, role in pieces if role == "anchor"]
-        earlier = []
-        for t, role in pieces:
-            if role != "negative":
-                continue
-            total += 1
-            near += any(reference_jaccard(t, o) >= threshold for o in anchors + earlier)
-            earlier.append(t)
-    return near, total
+# --- a corpus with injected near-copies (the plain-way references live in tests/helpers) ----------
 
 
 @lru_cache(maxsize=1)
