@@ -195,3 +195,17 @@ def test_knn_graph_approximate_path_agrees_with_exact(setup, monkeypatch):
     assert (approx != np.arange(len(approx))[:, None]).all()
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx.tolist(), exact.tolist())])
     assert recall > 0.9, recall
+
+
+def test_quest_that_builds_nothing_names_its_key_groups(tmp_path):
+    """Quest's limit is its key groups: when no group can fill L (here every document's words are its own,
+    so each key group holds one document), the error says so instead of blaming document lengths."""
+    from nextlong import synthesize
+    from nextlong.errors import NextlongError
+    from tests.helpers import write_jsonl
+
+    docs = [(f"d{i}", " ".join(f"word{i}x{j}" for j in range(200))) for i in range(12)]
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    with pytest.raises(NextlongError, match=r"none of the \d+ key groups can fill 2048 tokens \(\d+ hold a single"):
+        synthesize(corpus, tmp_path / "quest", method="quest", target_length=2048, chunk_size=512, id_field="id",
+                   progress=False)

@@ -610,6 +610,13 @@ def _why(cfg, stats) -> str:
 
 
 def _too_small_message(cfg, store, stats, lengths) -> str:
+    q = stats.get("quest")
+    if q is not None and q.get("groups_used", 0) == 0:  # Quest's limit is its key groups, not lengths
+        return (f"{cfg.corpus}: built 0 long documents with method quest: none of the {q.get('groups', 0)} key "
+                f"groups can fill {cfg.target_length} tokens ({q.get('groups_of_one_document', 0)} hold a single "
+                f"document, {q.get('groups_too_small', 0)} would need more than --quest-max-repeats "
+                f"{cfg.quest_max_repeats} passes). Use a larger corpus, a smaller --target-length, or a higher "
+                "--quest-max-repeats.")
     return (f"{cfg.corpus}: built 0 long documents of {cfg.target_length} tokens with method {cfg.method}: "
             f"{_why(cfg, stats)}. The corpus has {store.num_docs} documents, {store.num_chunks} chunks, "
             f"{int(store.tok_offsets[-1])} tokens (longest document {int(lengths.max()) if lengths.size else 0} "
