@@ -90,6 +90,13 @@ def test_lexical_embedder(benchmark, corpus):
     REPORT.append(f"lexical hashed-tfidf d512: {len(texts) / benchmark.stats.stats.median:,.0f} chunks/s")
 
 
+def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k nearest other rows by inner product (unordered), found exactly."""
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argpartition(-s, k, axis=1)[:, :k]
+
+
 def test_lexical_recall_of_semantic_neighbours(corpus):
     """recall@10 of MiniLM's exact top-10 (other chunks) by the lexical embedder's exact top-10."""
     from nextlong.embedding import HashedLexicalEmbedder
@@ -97,16 +104,11 @@ def test_lexical_recall_of_semantic_neighbours(corpus):
     texts, sem, _ = corpus
     k = 10
 
-    def topk(x):
-        s = x @ x.T
-        np.fill_diagonal(s, -np.inf)
-        return np.argpartition(-s, k, axis=1)[:, :k]
-
-    truth = topk(sem)
+    truth = exact_topk(sem, k)
     for dim in (256, 512, 1024):
         for bigrams in (False, True):
             lex = HashedLexicalEmbedder(dim, bigrams=bigrams).fit(texts).embed(texts)
-            r = np.mean([len(set(a) & set(b)) / k for a, b in zip(topk(lex), truth)])
+            r = np.mean([len(set(a) & set(b)) / k for a, b in zip(exact_topk(lex, k), truth)])
             REPORT.append(f"lexical d{dim} bigrams={bigrams}: recall@10 of MiniLM neighbours {r:.3f}")
     rng = np.random.default_rng(0)
     chance = np.mean([len(set(rng.choice(len(texts), k, replace=False)) & set(t)) / k for t in truth])
@@ -173,16 +175,11 @@ def test_static_and_lexical_quality_against_minilm(corpus, static_embedder, snap
     texts, sem, _ = corpus
     k = 10
 
-    def topk(x):
-        s = x @ x.T
-        np.fill_diagonal(s, -np.inf)
-        return np.argpartition(-s, k, axis=1)[:, :k]
-
-    truth = topk(sem)
+    truth = exact_topk(sem, k)
     rng = np.random.default_rng(0)
     for name, vecs in (("MiniLM (windows)", sem), (f"static d{static_embedder.dim}", static_embedder.embed(texts)),
                        ("hashed-tfidf d512", HashedLexicalEmbedder(512).fit(texts).embed(texts))):
-        r = np.mean([len(set(a) & set(b)) / k for a, b in zip(topk(vecs), truth)])
+        r = np.mean([len(set(a) & set(b)) / k for a, b in zip(exact_topk(vecs, k), truth)])
         mined, rand = _hardness(sem, vecs, snapshot_docs, rng)
         REPORT.append(f"{name}: recall@10 of MiniLM neighbours {r:.3f}; MiniLM similarity of mined negatives "
                       f"{mined:.3f} vs random pairs {rand:.3f}")
