@@ -1,0 +1,157 @@
+"""The local executor: runs a Pipeline in this process, block by block (protocol: stage.py).
+
+Parallelism lives inside the stages (the native chunker's threads, torch's, numba's); here reading the
+corpus overlaps chunking (a prefetch thread). Consecutive map stages that read each other's blocks run
+as one chain, block by block, so a `--num-samples` cut after them stops the chain early.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .stage import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
+                    finish_map_stage, finish_whole_stage, prepare, read_done, write_block)
+
+
+class LocalExecutor(Executor):
+    name: ClassVar[str] = "local"
+
+    def __init__(self, threads: int | None = None, corpus_block_docs: int = 1024,
+                 corpus_block_bytes: int = 4 << 20):
+        self.threads = threads
+        self.corpus_block_docs = corpus_block_docs
+        self.corpus_block_bytes = corpus_block_bytes
+
+    def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
+        fps = pipeline.fingerprints()
+        stages = pipeline.stages
+        results: dict[str, dict] = {}
+
+        def context(stage):
+            return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
+                                threads=self.threads)
+
+        i = 0
+        while i < len(stages):
+            stage = stages[i]
+            if stage.kind == "read":  # feeds the next (map) stage directly
+                consumer = stages[i + 1]
+                ctx = context(consumer)
+                results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
+                                          else self._read_and_map(stage, ctx))
+                i += 2
+                continue
+            if stage.kind == "map":
+                chain, j = [stage], i + 1
+                while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
+                    chain.append(stages[j])
+                    j += 1
+                follower = stages[j] if j < len(stages) else None
+                cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
+                       and follower.inputs[:1] == (chain[-1].name,) else None)
+                results.update(self._run_chain(pipeline, [context(s) for s in chain], cut))
+                i = j
+                continue
+            ctx = context(stage)
+            if prepare(ctx):
+                results[stage.name] = read_done(ctx.record_path)["counts"]
+            else:
+                results[stage.name] = finish_whole_stage(ctx, stage.build(ctx) or {})
+            i += 1
+        return results
+
+    # --- the corpus into the first map stage ---------------------------------------------------
+
+    def _read_and_map(self, source, ctx: StageContext) -> dict:
+        from tqdm.auto import tqdm
+
+        from ..corpus import CorpusReader, prefetch
+
+        reader = CorpusReader(source.path, text_field=source.text_field, id_field=source.id_field,
+                              on_error=source.on_error, batch_size=self.corpus_block_docs,
+                              batch_bytes=self.corpus_block_bytes)
+        stage = ctx.stage
+        stage.setup(ctx)
+        first_doc = 0
+
+        def numbered():  # protocol item 4: doc_index = documents before the block + position
+            nonlocal first_doc
+            for j, batch in enumerate(reader.batches()):
+                n = batch.num_rows
+                part = {"first_doc": first_doc, "docs": n}
+                batch = batch.set_column(0, "doc_index", pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)))
+                first_doc += n
+                yield j, part, batch
+
+        def mapped():
+            for j, part, batch in prefetch(numbered()):
+                if block_done(ctx, j, part):
+                    yield j, part, batch.num_rows, None
+                else:
+                    yield j, part, batch.num_rows, stage(pa.Table.from_batches([batch]))
+
+        blocks = 0
+        with tqdm(desc=stage.name, unit="doc", unit_scale=True, disable=not ctx.progress) as bar:
+            for j, part, docs, table in prefetch(mapped()):
+                if table is not None:
+                    write_block(ctx, j, table, dict(stage.count(table), docs=docs), part)
+                blocks = j + 1
+                bar.update(docs)
+        return finish_map_stage(ctx, blocks, extra={"reader": reader.stats.as_dict()})
+
+    # --- map chains ----------------------------------------------------------------------------
+
+    def _run_chain(self, pipeline: Pipeline, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
+        from tqdm.auto import tqdm
+
+        results = {}
+        todo = [ctx for ctx in chain if not prepare(ctx)]
+        for ctx in chain:
+            if ctx not in todo:
+                results[ctx.stage.name] = read_done(ctx.record_path)["counts"]
+        if not todo:
+            return results
+        source = todo[0].input(todo[0].stage.inputs[0])
+        record = read_done(source / DONE_FILE)
+        num_blocks = int(record["counts"]["blocks"]) if record and "blocks" in record["counts"] else \
+            len(list(source.glob("part-*.parquet")))
+        for ctx in todo:
+            ctx.stage.setup(ctx)
+        rows = 0
+        stopped = None
+        with tqdm(total=num_blocks, desc=" -> ".join(c.stage.name for c in todo), unit="block",
+                  disable=not todo[0].progress) as bar:
+            for j in range(num_blocks):
+                table = None  # the previous stage's output block, once read or computed
+                for k, ctx in enumerate(todo):
+                    if block_done(ctx, j):
+                        table = None
+                        continue
+                    if table is None:
+                        prev = ctx.input(ctx.stage.inputs[0])
+                        path = block_path(prev, j)
+                        table = pq.read_table(path) if path.exists() else None
+                    if table is None or table.num_rows == 0:  # an empty input block maps to an empty block
+                        out = pa.table({})
+                        write_block(ctx, j, out, {"rows": 0})
+                    else:
+                        out = ctx.stage(table)
+                        write_block(ctx, j, out, ctx.stage.count(out))
+                    table = out
+                last = read_done(block_record_path(todo[-1].out_dir, j))
+                rows += int(last["counts"].get("rows", 0))
+                bar.update(1)
+                if cut is not None and rows >= cut:
+                    stopped = j + 1
+                    break
+        if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
+            for ctx in todo:
+                results[ctx.stage.name] = {"blocks_computed": stopped}
+            return results
+        for ctx in todo:
+            results[ctx.stage.name] = finish_map_stage(ctx, num_blocks)
+        return results

@@ -1,0 +1,494 @@
+"""Stages, the one completion record, and the contract every executor keeps.
+
+A synthesis run is a `Pipeline`: an ordered list of stages (datatrove's shape: the pipeline is a list
+of steps; the executor owns partitioning, scheduling and resume). Two kinds of stage exist:
+
+* `MapStage` - block -> block. A callable that turns one pyarrow.Table into another, with a
+  `setup(ctx)` for heavy state (a tokenizer, an embedder, a memory-mapped chunk store, a searcher)
+  that an executor calls ONCE per worker / actor before the first block. A plain function with its
+  keyword settings bound is a map stage too (`map_stage(name, fn, **settings)`). A map stage keeps no
+  state between blocks that changes its output: any partition of its input, in any order, on any number
+  of workers, gives the same rows for the same block.
+* `WholeStage` - needs the whole previous output at once (consolidating chunk blocks into one id space,
+  the near-copy graph, the dedup filter, gathering embeddings, the index build, the synthesis units -
+  anchors or quest groups -, the `--num-samples` cut). `build(ctx)` runs exactly once and writes into
+  its folder.
+
+Settings and fingerprints: every stage is a dataclass; its fields ARE the settings it depends on, so
+the fingerprint is derived from them (`Stage.settings()`), never listed by hand. A field whose value
+stands for something outside the run (the corpus path, a tokenizer spec) names a function in its
+metadata (`field(metadata={"identity": fn})`) that turns the value into what identifies it (size and
+mtime of the corpus files, the tokenizer's vocabulary hash). A stage's fingerprint also covers the
+fingerprints of the stages it reads (`inputs`), so changing an early setting invalidates every stage
+after it. Executor options that do not change outputs (block size, threads, number of actors) are
+never fields.
+
+The one completion record (`_done.json`, see `write_done` / `is_done`):
+    {"stage", "fingerprint", "settings", "counts", "finished"}
+written atomically and LAST, after every file it vouches for. Nothing else says "done". The same
+record marks a finished block of a map stage (`<stage>/_done/part-NNNNN.json`) and a finished stage
+(`<stage>/_done.json`). A file without its record is not done, however complete it looks, so a
+half-written shard is never counted. The leading underscore keeps Parquet readers
+(`pyarrow.parquet.read_table(DIR/"data")`) from reading it as data.
+
+Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.py is the reference):
+
+1. Folders. Stage `s` writes only under `pipeline.root / s.name` (`ctx.out_dir`); it reads the
+   folders of its `inputs` (`ctx.input(name)`), or an external folder the pipeline maps that name to
+   (`pipeline.external`, e.g. a prebuilt `--index`). Executors see the same paths on every worker
+   (shared storage for a cluster).
+2. Order. Stages run in list order; a stage starts only when every stage it reads is done (its
+   record written). An executor may overlap stages (streaming) as long as no stage is marked done
+   before everything it reads is.
+3. Blocks. The input of the first map stage (`ReadCorpus`) is the corpus read in blocks of
+   documents; any later map stage's blocks are the parts of its first input: `ctx.input(inputs[0])`
+   holds `part-NNNNN.parquet` files, block j = part j. Block numbers are 0, 1, 2, ... in input
+   order and name the outputs: block j of map stage s is written to `<s>/part-{j:05d}.parquet`
+   (`block_path`) with its block record `<s>/_done/part-{j:05d}.json` after it. A block whose map
+   output has no rows still gets its record (and no Parquet file).
+4. Ids. Nothing may depend on which worker ran what or in which order: ids are derived from
+   per-block counts and a prefix sum. Corpus blocks: the executor sets `doc_index` = (documents in
+   earlier blocks) + position in the block before calling the chunk stage; the chunk stage numbers
+   its chunks from 0 in each block, and the `chunks` whole stage adds the prefix sum of the earlier
+   blocks' chunk counts (read from their block records' `counts["rows"]`). The block size of the
+   corpus read therefore changes nothing in the output.
+5. Resume. Before running stage s, call `prepare(ctx)`: a stage whose `_done.json` holds its
+   fingerprint is skipped; one with another fingerprint raises StageMismatchError (or is cleared with
+   `rebuild=True`); a folder with only an older nextlong's records (`stage.json`, `_shards/`) is
+   cleared with a one-line log. Map stages resume per block: a block whose record holds the block
+   fingerprint (`block_fingerprint(stage_fp, j, partition)`) is skipped; others are (re)computed and
+   written atomically (`write_block`). Stale parts beyond the last block are removed when the stage
+   finishes.
+6. Counts. Block records carry `stage.count(output_block)`; the stage record carries the sum of its
+   blocks' counts (map stage) or what `build` returned (whole stage). The manifest reads them.
+7. Cut. A `WholeStage` with `cut_rows` set (the `--num-samples` cut, stage `data`) reads the blocks of
+   its input in block order and keeps the first `cut_rows` rows. An executor MAY therefore stop the
+   chain of map stages that feeds it once the first blocks hold `cut_rows` rows (the local executor
+   runs that chain block by block and does); computing more blocks changes nothing in the output.
+8. Faults. A block is retried from scratch (its output is atomic, so a killed worker leaves only a
+   temporary file). An error in a stage is raised to the caller as a NextlongError naming the stage
+   and block; the stage's record is never written.
+9. Resources. A map stage with `uses_gpu = True` (the embedder) may run on GPU actors when the
+   executor was given GPUs; all others are CPU work. `ctx.threads` bounds a worker's threads.
+
+Executors: `LocalExecutor` (executor_local.py: in-process, block by block, threads inside stages),
+and `RayExecutor` (executor_ray.py, optional extra `ray`), constructed as
+`RayExecutor(address=None | "auto" | "ray://...", embed_gpus=0, embed_actors=None, threads=None)`; both
+expose `run(pipeline, rebuild=False, progress=True) -> {stage name: counts}` and must give
+byte-identical files under every stage folder for the same pipeline. `executor_for(name, **options)`
+picks one by its `--executor` name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+import pyarrow as pa
+
+from ..atomic import write_json_atomic
+from ..errors import StageMismatchError
+
+DONE_FILE = "_done.json"
+BLOCK_RECORDS = "_done"
+LEGACY_RECORDS = ("stage.json", "_shards", "index.json.stage")  # an older nextlong's "done" markers
+
+
+# --- fingerprints ------------------------------------------------------------------------------
+
+
+def fingerprint(settings: Any) -> str:
+    """Stable short hash of JSON-able settings (key order does not matter)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def block_fingerprint(stage_fingerprint: str, block: int, partition: Any = None) -> str:
+    """Fingerprint of one block of a map stage: the stage's, the block number, and what identifies
+    the block's input (the corpus block's first document and size; None for the parts of an input
+    stage, which its own fingerprint already fixes)."""
+    return fingerprint({"stage": stage_fingerprint, "block": block, "partition": partition})
+
+
+# --- the completion record ---------------------------------------------------------------------
+
+
+def write_done(path, *, stage: str, fingerprint: str, settings: dict | None = None,
+               counts: dict | None = None, **extra) -> dict:
+    """Write the completion record at `path` (atomically). Call it after every file it vouches for.
+    `extra`: block records add block, partition and stage_fingerprint."""
+    record = {"stage": stage, "fingerprint": fingerprint, "settings": _jsonable(settings or {}),
+              "counts": _jsonable(counts or {}),
+              "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **_jsonable(extra)}
+    write_json_atomic(path, record)
+    return record
+
+
+def read_done(path) -> dict | None:
+    """The completion record at `path`, or None (missing or unreadable counts as not done)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "fingerprint" in record else None
+
+
+def is_done(path, fingerprint: str) -> bool:
+    """THE check: a record exists at `path` and holds this fingerprint."""
+    record = read_done(path)
+    return record is not None and record.get("fingerprint") == fingerprint
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+
+def identity(fn: Callable[[Any], Any], **kwargs):
+    """A dataclass field whose fingerprint material is `fn(value)` (e.g. a corpus path -> file sizes
+    and mtimes), not the value itself."""
+    return field(metadata={"identity": fn}, **kwargs)
+
+
+def not_a_setting(**kwargs):
+    """A dataclass field that is not part of the fingerprint (an executor hint such as threads)."""
+    return field(metadata={"setting": False}, **kwargs)
+
+
+@dataclass
+class Stage:
+    """Common part of both stage kinds. Subclasses are dataclasses whose fields are their settings.
+
+    `name` is the stage's folder under the run's root; `inputs` the names of the stages (or external
+    folders) it reads, the first being the one whose blocks a map stage maps."""
+
+    name: str = not_a_setting(default="")
+    inputs: tuple = not_a_setting(default=())
+
+    kind: ClassVar[str] = ""
+    version: ClassVar[int] = 1  # bump when the stage's code changes its output for the same settings
+
+    def settings(self) -> dict:
+        """The settings this stage depends on, derived from its dataclass fields."""
+        out = {"stage": f"{type(self).__module__}.{type(self).__qualname__}", "version": self.version}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("setting", True) is False:
+                continue
+            value = getattr(self, f.name)
+            fn = f.metadata.get("identity")
+            out[f.name] = _jsonable(fn(value) if fn is not None else _material(value))
+        return out
+
+    def fingerprint(self, input_fingerprints: dict[str, str]) -> str:
+        """Derived from the settings and the fingerprints of every stage it reads."""
+        return fingerprint({"settings": self.settings(),
+                            "inputs": {name: input_fingerprints.get(name) for name in self.inputs}})
+
+
+def _material(value):
+    """What a setting contributes to the fingerprint: plain values as they are; callables by name."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class MapStage(Stage):
+    """Block -> block. Subclasses override `__call__` (and `setup` for heavy state).
+
+    The executor calls `setup(ctx)` once per worker before the first block, then `stage(block)` for
+    each block it assigns to that worker, then `count(output)` on the result, in the same process.
+    `__call__` must be a pure function of the block and the state built by `setup`."""
+
+    kind: ClassVar[str] = "map"
+    uses_gpu: ClassVar[bool] = False
+
+    def setup(self, ctx: "StageContext") -> None:
+        """Load heavy state (embedder, memory-mapped store, searcher). Default: nothing."""
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    def count(self, output: pa.Table) -> dict:
+        """Counts recorded in the block's record (summed into the stage's). It sees exactly the table
+        `__call__` returned (schema metadata included), in the same process. Default: rows."""
+        return {"rows": output.num_rows}
+
+
+@dataclass
+class FunctionStage(MapStage):
+    """A batch -> batch function with its keyword settings bound (see `map_stage`)."""
+
+    fn: Callable = None
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return self.fn(block, **self.kwargs)
+
+
+def map_stage(name: str, fn: Callable, *, inputs: Iterable[str] = (), **settings) -> FunctionStage:
+    """A map stage from a plain function `fn(table, **settings) -> table`; the settings must be
+    JSON-able (they are fingerprinted as they are)."""
+    return FunctionStage(name=name, inputs=tuple(inputs), fn=fn, kwargs=settings)
+
+
+@dataclass
+class WholeStage(Stage):
+    """Needs all of its inputs at once; `build(ctx)` runs once, writes under `ctx.out_dir` and returns
+    the counts for the stage's record. `cut_rows` (only for the output cut): see protocol item 7."""
+
+    kind: ClassVar[str] = "whole"
+    cut_rows: ClassVar[int | None] = None
+
+    def build(self, ctx: "StageContext") -> dict:
+        raise NotImplementedError
+
+
+def corpus_identity(path) -> dict:
+    """Cheap identity of corpus files: resolved path, and each file's name, size and mtime."""
+    path = Path(path).resolve()
+    if not path.exists():
+        return {"path": str(path), "missing": True}
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    entries = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+               for p in files]
+    return {"path": str(path), "files": len(files), "bytes": sum(e[1] for e in entries),
+            "hash": fingerprint({"entries": entries})}
+
+
+@dataclass
+class ReadCorpus(Stage):
+    """The source: the corpus, read in blocks of documents (doc_index, doc_id, text) by the executor.
+
+    Nothing is written for it; its blocks feed the first map stage directly. The executor numbers
+    `doc_index` per protocol item 4 and passes each block's partition identity
+    `{"first_doc": ..., "docs": ...}` to `block_fingerprint`, so a resumed run with another block
+    size recomputes the blocks instead of mixing partitions."""
+
+    kind: ClassVar[str] = "read"
+    path: str = identity(corpus_identity, default="")
+    text_field: str = "text"
+    id_field: str | None = None
+    on_error: str = "raise"
+
+
+# --- the pipeline and what a stage sees --------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    """The stages in order, the run's root folder, and names that point outside it."""
+
+    root: Path
+    stages: list
+    external: dict = field(default_factory=dict)  # name -> folder (e.g. {"index": prebuilt index})
+    source_fingerprint: str | None = None  # identity of the corpus (ReadCorpus's fingerprint input)
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def fingerprints(self) -> dict[str, str]:
+        """Every stage's fingerprint, in list order (each covers the stages it reads)."""
+        fps: dict[str, str] = {name: fingerprint({"external": str(path)}) for name, path in self.external.items()}
+        for s in self.stages:
+            fps[s.name] = s.fingerprint(fps)
+        return fps
+
+
+@dataclass
+class StageContext:
+    """What a stage is given: its folder, its inputs' folders, its fingerprint, and a logger."""
+
+    pipeline: Pipeline
+    stage: Stage
+    fingerprint: str
+    rebuild: bool = False
+    progress: bool = True
+    threads: int | None = None  # executor hint: a CPU stage may use this many threads
+
+    @property
+    def out_dir(self) -> Path:
+        return self.pipeline.root / self.stage.name
+
+    def input(self, name: str) -> Path:
+        if name in self.pipeline.external:
+            return Path(self.pipeline.external[name])
+        return self.pipeline.root / name
+
+    def input_record(self, name: str) -> dict | None:
+        """The completion record of an input stage (its counts), None for external folders."""
+        return None if name in self.pipeline.external else read_done(self.input(name) / DONE_FILE)
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    @property
+    def record_path(self) -> Path:
+        return self.out_dir / DONE_FILE
+
+
+def block_path(stage_dir, block: int) -> Path:
+    return Path(stage_dir) / f"part-{block:05d}.parquet"
+
+
+def block_record_path(stage_dir, block: int) -> Path:
+    return Path(stage_dir) / BLOCK_RECORDS / f"part-{block:05d}.json"
+
+
+def input_blocks(folder) -> list[Path]:
+    """The parts of a map stage's output in block order (gaps allowed: a block of 0 rows has no file)."""
+    return sorted(Path(folder).glob("part-*.parquet"))
+
+
+def block_numbers(folder) -> list[int]:
+    """Block numbers recorded done in a map stage's folder, in order."""
+    return sorted(int(p.stem.split("-")[1]) for p in (Path(folder) / BLOCK_RECORDS).glob("part-*.json"))
+
+
+def prepare(ctx: StageContext) -> bool:
+    """True when the stage is already done for this fingerprint. Otherwise make its folder ready:
+    another fingerprint's record (stage or block) raises StageMismatchError unless `ctx.rebuild`
+    (then the folder is cleared); an older nextlong's records are cleared with a one-line log."""
+    directory = ctx.out_dir
+    record = read_done(directory / DONE_FILE)
+    if record is not None and record["fingerprint"] == ctx.fingerprint:
+        return True
+    stale = record
+    if stale is None and (directory / BLOCK_RECORDS).is_dir():
+        stale = next((r for r in (read_done(p) for p in sorted((directory / BLOCK_RECORDS).glob("*.json")))
+                      if r is not None and r.get("stage") == ctx.stage.name
+                      and r.get("stage_fingerprint") not in (None, ctx.fingerprint)), None)
+    if stale is not None:
+        if not ctx.rebuild:
+            raise StageMismatchError(f"{directory}: the cached {ctx.stage.name} stage was built with other "
+                                     f"settings ({_diff(stale.get('settings', {}), ctx.stage.settings())}). "
+                                     "Use another --out, or pass --rebuild to rebuild it.")
+        shutil.rmtree(directory)
+    elif any((directory / name).exists() for name in LEGACY_RECORDS):
+        ctx.log(f"{directory}: written by an older nextlong (no {DONE_FILE}); rebuilding it")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
+    return "; ".join(f"{k}: cached {old.get(k)!r}, asked {new.get(k)!r}" for k in keys) or "inputs changed"
+
+
+def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, partition: Any = None) -> None:
+    """Write block `block` of a map stage: its Parquet part (atomic; none for 0 rows), then its record
+    (which also names the stage fingerprint, so `prepare` can tell a partial stage of other settings)."""
+    from .writers import write_parquet_atomic
+
+    part = block_path(ctx.out_dir, block)
+    if table.num_rows:
+        write_parquet_atomic(table, part)
+    else:
+        part.unlink(missing_ok=True)
+    write_done(block_record_path(ctx.out_dir, block), stage=ctx.stage.name,
+               fingerprint=block_fingerprint(ctx.fingerprint, block, partition),
+               settings=ctx.stage.settings(), counts=counts,
+               block=block, partition=partition, stage_fingerprint=ctx.fingerprint)
+
+
+def block_done(ctx: StageContext, block: int, partition: Any = None) -> bool:
+    """A block is done when its record holds its fingerprint (and its part exists unless it had 0 rows)."""
+    record = read_done(block_record_path(ctx.out_dir, block))
+    if record is None or record["fingerprint"] != block_fingerprint(ctx.fingerprint, block, partition):
+        return False
+    return record["counts"].get("rows", 0) == 0 or block_path(ctx.out_dir, block).exists()
+
+
+def block_counts(stage_dir, blocks: Iterable[int] | None = None) -> list[dict]:
+    """Counts of the recorded blocks of a map stage's folder (all, or the given block numbers)."""
+    numbers = block_numbers(stage_dir) if blocks is None else list(blocks)
+    out = []
+    for j in numbers:
+        record = read_done(block_record_path(stage_dir, j))
+        out.append(record["counts"] if record else {})
+    return out
+
+
+def sum_counts(counts: Iterable[dict]) -> dict:
+    """Numeric counts summed key by key (non-numbers are dropped; nested dicts of numbers are merged)."""
+    total: dict = {}
+    for c in counts:
+        for k, v in c.items():
+            if isinstance(v, bool):
+                v = int(v)
+            if isinstance(v, (int, float)):
+                total[k] = total.get(k, 0) + v
+            elif isinstance(v, dict):
+                sub = total.setdefault(k, {})
+                if isinstance(sub, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, (int, float)):
+                            sub[kk] = sub.get(kk, 0) + vv
+    return total
+
+
+def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = None) -> dict:
+    """After blocks 0..num_blocks-1 are done: drop stale parts beyond them, write the stage record
+    (the blocks' counts summed, plus `extra`)."""
+    for stale in list(ctx.out_dir.glob("part-*.parquet")) + list((ctx.out_dir / BLOCK_RECORDS).glob("part-*.json")):
+        if int(stale.stem.split("-")[1]) >= num_blocks:
+            stale.unlink()
+    counts = sum_counts(block_counts(ctx.out_dir, range(num_blocks)))
+    counts["blocks"] = num_blocks
+    counts.update(extra or {})
+    write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
+               settings=ctx.stage.settings(), counts=counts)
+    return counts
+
+
+def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
+    write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
+               settings=ctx.stage.settings(), counts=counts)
+    return counts
+
+
+class Executor:
+    """Runs a Pipeline (protocol in this module's docstring). `run` returns {stage name: counts}."""
+
+    name: ClassVar[str] = ""
+
+    def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
+        raise NotImplementedError
+
+
+def executor_for(name: str, **options) -> Executor:
+    """The executor called `name` (`--executor`): "local", or "ray" (imported only when asked)."""
+    from ..errors import NextlongError, UsageError
+
+    if name == "local":
+        from .executor_local import LocalExecutor
+
+        return LocalExecutor(threads=options.get("threads"))
+    if name == "ray":
+        try:
+            from .executor_ray import RayExecutor
+        except ImportError as exc:
+            raise NextlongError(f"the ray executor needs Ray and nextlong's Ray executor ({exc}): "
+                                "pip install 'nextlong[ray]'") from exc
+        return RayExecutor(**options)
+    raise UsageError(f"--executor must be local or ray, got {name!r}")
