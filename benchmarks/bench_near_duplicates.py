@@ -9,6 +9,11 @@ the filter rejected, the near-copy graph's one-time build time and the planning 
 manifest, with the machine's load.
 
     python3 -m benchmarks.bench_near_duplicates [--embedder hashed-tfidf:256] [--samples 24]
+
+Scale mode (`--scale 100000,1000000`): build the near-copy graph alone on generated chunks and report
+its build time, its peak anonymous memory and its recall of injected near-copies (see `scale_run`).
+
+    python3 -m benchmarks.bench_near_duplicates --scale 100000,1000000 [--copy-rate 0.01]
 """
 
 from __future__ import annotations
@@ -43,6 +48,160 @@ def injected_corpus(path: Path, copies: int = 2, share: float = 0.4, rate: float
     return path
 
 
+# --- scale mode: the near-copy graph alone, on generated chunks -----------------------------------
+
+
+class RssSampler:
+    """Peak anonymous resident memory (RssAnon: heap and anonymous maps, not the memory-mapped token
+    file) of this process while the `with` block runs, sampled every 20 ms, minus the figure at entry."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak_kib, self.base_kib = interval, 0, 0
+
+    @staticmethod
+    def now_kib() -> int:
+        from benchmarks._measure import rss_kib
+
+        return rss_kib("RssAnon")
+
+    def __enter__(self):
+        import threading
+
+        self.base_kib = self.peak_kib = self.now_kib()
+        self._stop = threading.Event()
+
+        def watch():
+            while not self._stop.wait(self.interval):
+                self.peak_kib = max(self.peak_kib, self.now_kib())
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, self.now_kib())
+
+    @property
+    def peak_mib(self) -> float:
+        return (self.peak_kib - self.base_kib) / 1024
+
+
+def word_token_ids(tok) -> "np.ndarray":
+    """Ids (< 2**16) of the tokenizer's single-token lowercase words with a leading space (' the')."""
+    import re
+
+    import numpy as np
+
+    ids = [i for i in range(1 << 16) if re.fullmatch(rb" [a-z]{3,12}", tok.decode_bytes(np.array([i], np.uint32)))]
+    return np.asarray(ids, np.uint16)
+
+
+def generated_chunk_store(folder: Path, n_chunks: int, copy_rate: float, seed: int = 0,
+                          lengths: tuple[int, int] = (64, 512), edit_rates: tuple[float, float] = (0.01, 0.10)):
+    """A chunk store of `n_chunks` chunks of random words (one token each, Zipf-like frequencies over
+    ~16k words, 64-512 tokens), its token ids in a memory-mapped file as in a real store. A share
+    `copy_rate` of the chunks are near-copies of an earlier original chunk, with 1-10% of their words
+    replaced by random ones, so their word 5-gram Jaccard spreads around the 0.5 threshold.
+    Returns (store, tokenizer, injected pairs as (copy, original) arrays)."""
+    import numpy as np
+
+    from nextlong.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    words = word_token_ids(tok)
+    cdf = np.cumsum(1.0 / np.arange(1, words.size + 1))  # Zipf, exponent 1
+    cdf /= cdf[-1]
+    rng = np.random.default_rng(seed)
+    size = rng.integers(lengths[0], lengths[1] + 1, n_chunks)
+    is_copy = rng.random(n_chunks) < copy_rate
+    is_copy[0] = False
+    copies = np.flatnonzero(is_copy)
+    originals = np.flatnonzero(~is_copy)
+    # each copy's original: a random earlier chunk that is not itself a copy
+    src = originals[(rng.random(copies.size) * np.searchsorted(originals, copies)).astype(np.int64)]
+    size[copies] = size[src]
+    offsets = np.zeros(n_chunks + 1, np.int64)
+    np.cumsum(size, out=offsets[1:])
+    tokens = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=np.uint16, shape=(int(offsets[-1]),))
+    step = 1 << 24
+    for lo in range(0, tokens.size, step):
+        hi = min(lo + step, tokens.size)
+        tokens[lo:hi] = words[np.searchsorted(cdf, rng.random(hi - lo))]
+    for c, o in zip(copies.tolist(), src.tolist()):
+        piece = np.array(tokens[offsets[o]:offsets[o + 1]])
+        k = max(1, round(rng.uniform(*edit_rates) * piece.size))
+        piece[rng.integers(0, piece.size, k)] = words[rng.integers(0, words.size, k)]
+        tokens[offsets[c]:offsets[c + 1]] = piece
+    tokens.flush()
+    store = type("GeneratedStore", (), {"tokens": tokens, "tok_offsets": offsets, "num_chunks": n_chunks})()
+    return store, tok, (copies, src)
+
+
+def scale_run(n_chunks: int, copy_rate: float, threshold: float = 0.5, seed: int = 0) -> dict:
+    """Build `NearDupGraph` on `n_chunks` generated chunks; time it (and its three phases: sketches,
+    candidate pairs, exact check), sample its peak anonymous memory, then check it against the exact
+    5-gram Jaccard: recall of the injected pairs at or above the threshold, and that every edge found
+    is at or above it (edges of chance pairs are checked too, all of them up to 200,000)."""
+    import time
+
+    import numpy as np
+
+    from nextlong.synthesis import neardup
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        t0 = time.perf_counter()
+        store, tok, (copies, src) = generated_chunk_store(Path(tmp), n_chunks, copy_rate, seed)
+        gen_s = time.perf_counter() - t0
+        neardup.fast_shingle_set(b"numba compiles or loads its cache before the clock starts")
+        phases = {}
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    phases[name] = time.perf_counter() - t
+            return wrapper
+
+        real = neardup.chunk_sketches, neardup._candidate_pairs
+        neardup.chunk_sketches = timed("sketches", real[0])
+        neardup._candidate_pairs = timed("candidate_pairs", real[1])
+        try:
+            with RssSampler() as mem:
+                t0 = time.perf_counter()
+                graph = neardup.NearDupGraph.build(store, tok, threshold)
+                build_s = time.perf_counter() - t0
+        finally:
+            neardup.chunk_sketches, neardup._candidate_pairs = real
+        phases["exact_check_and_csr"] = build_s - sum(phases.values())
+
+        def exact(a, b):
+            return neardup.jaccard(neardup.chunk_shingles(store, tok, int(a)), neardup.chunk_shingles(store, tok, int(b)))
+
+        found = {(int(a), int(b)) for a in range(n_chunks) if graph.indptr[a + 1] > graph.indptr[a]
+                 for b in graph.neighbours(a)}
+        j = np.array([exact(c, o) for c, o in zip(copies, src)])
+        hit = np.array([(int(c), int(o)) in found for c, o in zip(copies, src)], bool)
+        above = j >= threshold
+        injected = {(int(c), int(o)) for c, o in zip(copies, src)} | {(int(o), int(c)) for c, o in zip(copies, src)}
+        others = sorted({(min(p), max(p)) for p in found if p not in injected})
+        other_j = [exact(a, b) for a, b in others[:200_000]]
+        return {
+            "chunks": n_chunks, "tokens": int(store.tok_offsets[-1]), "generate_s": round(gen_s, 1),
+            "build_s": round(build_s, 2), "per_chunk_us": round(1e6 * build_s / n_chunks, 1),
+            "phases_s": {k: round(v, 2) for k, v in phases.items()},
+            "peak_anon_mib": round(mem.peak_mib, 1), "peak_anon_bytes_per_chunk": round(mem.peak_mib * 2 ** 20 / n_chunks),
+            "graph_pairs": graph.num_pairs, "injected": int(copies.size), "injected_at_or_above": int(above.sum()),
+            "recall": float(hit[above].mean()) if above.any() else None,
+            "injected_below_found": int(hit[~above].sum()),
+            "chance_pairs": len(others), "chance_pairs_below_threshold": int(sum(x < threshold for x in other_j)),
+            "load": [round(x, 2) for x in os.getloadavg()],
+        }
+
+
 def main(argv=None) -> dict:
     from nextlong import synthesize
     from nextlong.synthesis.demo import write_demo_corpus
@@ -51,7 +210,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--embedder", default="hashed-tfidf:256")
     ap.add_argument("--samples", type=int, default=24)
     ap.add_argument("--target-length", type=int, default=8192)
+    ap.add_argument("--scale", default=None, help="comma-separated chunk counts: build the near-copy graph alone "
+                    "on generated chunks of each size (the scale mode)")
+    ap.add_argument("--copy-rate", type=float, default=0.01, help="scale mode: share of chunks that are near-copies")
     args = ap.parse_args(argv)
+    if args.scale:
+        results = {}
+        for n in [int(x) for x in args.scale.split(",")]:
+            results[n] = r = scale_run(n, args.copy_rate)
+            print(json.dumps(r), flush=True)
+        return results
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
