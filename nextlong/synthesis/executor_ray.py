@@ -1,0 +1,449 @@
+"""The Ray executor of `nextlong synthesize --executor ray`: the same stages as the local executor,
+run as Ray Data steps on a local Ray instance or a cluster.
+
+Connecting is checked before any work: an address where nothing answers fails within
+`CONNECT_TIMEOUT_S` naming the address (`ray.init` itself retries an unreachable head for minutes),
+and a cluster with fewer GPUs than `--embed-gpus` asks for fails at once (Ray would otherwise wait
+forever for the resources). Ray is imported lazily: `import nextlong` never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from ..errors import NextlongError, missing_extra
+from .stage import Executor
+
+CONNECT_TIMEOUT_S = 10.0  # a TCP probe of the head's address before ray.init
+
+
+class RayClusterError(NextlongError):
+    """The Ray cluster cannot be reached, or lacks what the run asks of it."""
+
+
+def import_ray():
+    """`ray` and `ray.data`, or an error that names the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise missing_extra("ray", "ray", "--executor ray") from e
+    return ray
+
+
+def resolve_address(address: str | None) -> str | None:
+    """host:port of the cluster `address` names (None: start a local instance). "auto" and an unset
+    address follow Ray's rules: RAY_ADDRESS, then the cluster last started on this machine."""
+    import_ray()
+    from ray._private import services
+
+    if address in (None, "auto") and not os.environ.get("RAY_ADDRESS"):
+        found = services.find_gcs_addresses() if address == "auto" else set()
+        if address == "auto" and not found:
+            raise RayClusterError("--ray-address auto: no running Ray cluster found on this machine (none "
+                                  "started with `ray start --head`, and RAY_ADDRESS is not set)")
+        if address is None:
+            return None
+    if isinstance(address, str) and address.startswith("ray://"):
+        return address  # Ray Client: probed as host:port below
+    try:
+        return services.canonicalize_bootstrap_address(address)
+    except (ValueError, ConnectionError) as e:
+        raise RayClusterError(f"--ray-address {address}: {e} (expected HOST:PORT, 'auto' or ray://HOST:PORT)") from e
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+
+
+def probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S, asked: str | None = None) -> None:
+    """Raise RayClusterError unless a gRPC server (a Ray head's GCS speaks gRPC) answers at `address`
+    within timeout_s: a TCP connection, then an HTTP/2 preface answered by a SETTINGS frame.
+
+    Why not just ray.init: on an address where nothing listens it retries for minutes, and on a
+    port where some other server listens it waits about two minutes (measured, Ray 2.60)."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if asked and asked != address:
+        address = f"{asked} ({address})"
+    if not host or not port.isdigit():
+        raise RayClusterError(f"--ray-address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto', "
+                              "or ray://HOST:PORT")
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+            sock.settimeout(max(0.5, timeout_s - (time.monotonic() - t0)))
+            sock.sendall(_HTTP2_PREFACE)
+            reply = sock.recv(9)
+    except OSError as e:
+        waited = time.monotonic() - t0
+        what = e.strerror or ("no answer" if isinstance(e, TimeoutError) else e.__class__.__name__)
+        raise RayClusterError(
+            f"--ray-address {address}: no Ray head answers there ({what} after {waited:.1f} s). Start one "
+            f"with `ray start --head --port {port}` on {host}, or check the address and the firewall") from e
+    if len(reply) < 4 or reply[3] != 4:
+        raise RayClusterError(
+            f"--ray-address {address}: a server answers there, but not a Ray head (it does not speak gRPC); "
+            "check the port (`ray start --head` prints the address to join, 6379 by default)")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, object_store_memory: int | None = None,
+            timeout_s: float = CONNECT_TIMEOUT_S):
+    """Join the cluster at `address` (None: a local instance of `num_cpus` CPUs) and return `ray`.
+
+    Reuses a connection this process already has. Errors are RayClusterError, raised within
+    about timeout_s when the address does not answer."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    resolved = resolve_address(address)
+    if resolved is not None:
+        probe(resolved, timeout_s, asked=address)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                  logging_level="warning")
+    if resolved is None:  # a local instance: our limits apply
+        kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
+    try:
+        ray.init(address=resolved, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
+    return ray
+
+
+def check_resources(ray, *, embed_gpus: int = 0, embed_actors: int = 1) -> dict:
+    """The cluster's CPUs and GPUs; RayClusterError when it has fewer GPUs than `embed_gpus` or no CPU.
+
+    Checked before any work: Ray Data would otherwise wait forever for an actor it cannot place."""
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if embed_gpus and gpus < embed_gpus:
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        raise RayClusterError(
+            f"--embed-gpus {embed_gpus}: the Ray cluster has {gpus:g} GPUs ({nodes} live nodes, {cpus:g} CPUs). "
+            "Add GPU nodes, lower --embed-gpus, or embed on CPUs with --embed-gpus 0")
+    if cpus < 1:
+        raise RayClusterError("the Ray cluster has no CPU to run the stages on")
+    if embed_actors < 1:
+        raise RayClusterError(f"--embed-actors {embed_actors}: need at least one embedding actor")
+    return {"cpus": cpus, "gpus": gpus}
+
+
+# --- the executor ------------------------------------------------------------------------------
+
+
+def _renamed(err: NextlongError, message: str) -> NextlongError:
+    """`err`'s class (its exit status) with another message, where the class allows it."""
+    try:
+        return type(err)(message) if type(err).__init__ is NextlongError.__init__ else NextlongError(message)
+    except TypeError:
+        return NextlongError(message)
+
+
+def _as_nextlong_error(exc: BaseException, where: str) -> NextlongError:
+    """What the user sees for an exception of a stage run on Ray.
+
+    In a worker (`exc` is the stage's own exception): a NextlongError prefixed with the stage and
+    block. On the driver (`exc` is Ray's wrapper, sometimes wrapped twice): the worker's NextlongError
+    from inside it. Ray's own failures (an actor dead past its restarts, a lost node) become a
+    NextlongError naming `where`: the run stops with a message, not a traceback."""
+    try:
+        from ray.exceptions import RayError
+    except ImportError:  # pragma: no cover - only called where ray runs
+        RayError = ()
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, NextlongError) and not isinstance(cur, RayError):
+            if cur is exc:  # in the worker: say where
+                return _renamed(cur, f"{where}: {cur}")
+            return _renamed(cur, str(cur))
+        cause = getattr(cur, "cause", None)
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return NextlongError(f"{where}: failed on Ray: {type(exc).__name__}: {lines[-1] if lines else ''}")
+
+
+class _BlockWorker:
+    """Runs map stages on blocks inside a Ray worker: `setup` once per actor, then for each block
+    number the same steps as the local executor (read the input part, map, write the part and its
+    record), so the files are the same whoever runs them. Returns only counts to the driver: the data
+    stays on shared storage and never crosses the object store."""
+
+    def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None):
+        from .stage import StageContext
+
+        self.contexts = [StageContext(pipeline, pipeline.stage(n), fingerprints[n], rebuild=rebuild,
+                                      progress=False, threads=threads) for n in names]
+        for ctx in self.contexts:
+            ctx.stage.setup(ctx)
+
+    def corpus_block(self, j: int, part: dict, batch) -> dict:
+        """Block j of the corpus (doc_index already numbered) through the first map stage."""
+        import pyarrow as pa
+
+        from .stage import write_block
+
+        ctx = self.contexts[0]
+        try:
+            table = ctx.stage(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch)
+            counts = dict(ctx.stage.count(table), docs=part["docs"])
+            write_block(ctx, j, table, counts, part)
+        except Exception as e:
+            raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
+        return {"block": j, "rows": int(counts.get("rows", 0))}
+
+    def chain_block(self, j: int) -> dict:
+        """Block j through the chain of map stages (each reads the previous one's part j)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .stage import block_done, block_path, block_record_path, read_done, write_block
+
+        table = None
+        for ctx in self.contexts:
+            try:
+                if block_done(ctx, j):
+                    table = None
+                    continue
+                if table is None:
+                    path = block_path(ctx.input(ctx.stage.inputs[0]), j)
+                    table = pq.read_table(path) if path.exists() else None
+                if table is None or table.num_rows == 0:  # an empty input block maps to an empty block
+                    out = pa.table({})
+                    write_block(ctx, j, out, {"rows": 0})
+                else:
+                    out = ctx.stage(table)
+                    write_block(ctx, j, out, ctx.stage.count(out))
+                table = out
+            except Exception as e:
+                raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
+        last = read_done(block_record_path(self.contexts[-1].out_dir, j))
+        return {"block": j, "rows": int(last["counts"].get("rows", 0))}
+
+    def __call__(self, batch):
+        """Ray Data's face: a batch of block numbers -> their row counts."""
+        import pyarrow as pa
+
+        done = [self.chain_block(int(j)) for j in batch.column("block").to_pylist()]
+        return pa.table({"block": pa.array([d["block"] for d in done], pa.int64()),
+                         "rows": pa.array([d["rows"] for d in done], pa.int64())})
+
+
+def _build_whole(stage, ctx) -> dict:
+    """A whole stage's build, inside one Ray task (on any node: it reads and writes shared storage)."""
+    try:
+        return stage.build(ctx) or {}
+    except Exception as e:
+        raise _as_nextlong_error(e, f"stage {stage.name}") from e
+
+
+class RayExecutor(Executor):
+    """Runs a Pipeline on Ray (protocol: stage.py). Same stage code, same files as LocalExecutor.
+
+    * corpus -> first map stage: this process streams the corpus with the native reader, numbers
+      `doc_index` (protocol item 4) and hands blocks to a pool of Ray actors, at most two per actor in
+      flight (bounded memory); each actor maps its block and writes it.
+    * a chain of map stages (embed; plan -> assemble): Ray Data `map_batches` over the block numbers
+      with an actor pool (`concurrency`); the embedder's actors take GPUs when `embed_gpus` > 0.
+      Each actor reads its input part from shared storage and writes its output part: files are
+      named by block number, so the output does not depend on which actor ran what, or when. Results
+      (counts only) come back in block order (`preserve_order`), which the `--num-samples` cut needs
+      to stop the chain early.
+    * a whole stage (consolidate, near-copy graph, gather, index, units, cut): one Ray task.
+
+    Actors and tasks that die are restarted and retried by Ray (`max_restarts`, `max_task_retries`);
+    a block's files are atomic and its record is written last, so a retried or killed block never
+    leaves a part counted as done, and a killed driver resumes from the finished blocks and stages."""
+
+    name = "ray"
+    corpus_block_docs = 1024  # documents per corpus block (the output does not depend on it)
+    corpus_block_bytes = 4 << 20
+
+    def __init__(self, address: str | None = None, embed_gpus: int = 0, embed_actors: int | None = None,
+                 threads: int | None = None, *, cpu_actors: int | None = None, num_cpus: int | None = None,
+                 object_store_memory: int | None = None, corpus_block_docs: int | None = None,
+                 corpus_block_bytes: int | None = None, retries: int = 3):
+        self.ray = connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
+        self.cluster = check_resources(self.ray, embed_gpus=int(embed_gpus or 0),
+                                       embed_actors=embed_actors or max(1, int(embed_gpus or 0)))
+        self.embed_gpus = int(embed_gpus or 0)
+        self.embed_actors = embed_actors or max(1, self.embed_gpus)
+        self.cpu_actors = cpu_actors or max(1, int(self.cluster["cpus"]))
+        self.threads = threads
+        self.corpus_block_docs = corpus_block_docs or self.corpus_block_docs
+        self.corpus_block_bytes = corpus_block_bytes or self.corpus_block_bytes
+        self.retries = retries
+        self.seconds: dict[str, float] = {}
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self, pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
+        from .stage import StageContext
+
+        ctx_data = self.ray.data.DataContext.get_current()
+        ctx_data.enable_progress_bars = bool(progress)
+        ctx_data.execution_options.preserve_order = True
+        ctx_data.print_on_execution_start = False
+        if not progress:
+            import logging
+
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        fps = pipeline.fingerprints()
+        stages = pipeline.stages
+        results: dict[str, dict] = {}
+
+        def context(stage):
+            return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
+                                threads=self.threads)
+
+        self.seconds = {}
+        i = 0
+        while i < len(stages):
+            t0 = time.perf_counter()
+            i = self._step(pipeline, fps, stages, i, context, results, rebuild, progress)
+            self.seconds[stages[i - 1].name] = time.perf_counter() - t0
+        return results
+
+    def _step(self, pipeline, fps, stages, i, context, results, rebuild, progress) -> int:
+        from .stage import finish_whole_stage, prepare, read_done
+
+        stage = stages[i]
+        if stage.kind == "read":
+            consumer = stages[i + 1]
+            ctx = context(consumer)
+            results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
+                                      else self._read_and_map(pipeline, fps, stage, ctx, rebuild))
+            return i + 2
+        if stage.kind == "map":
+            chain, j = [stage], i + 1
+            while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
+                chain.append(stages[j])
+                j += 1
+            follower = stages[j] if j < len(stages) else None
+            cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
+                   and follower.inputs[:1] == (chain[-1].name,) else None)
+            results.update(self._run_chain(pipeline, fps, [context(s) for s in chain], cut, rebuild))
+            return j
+        ctx = context(stage)
+        if prepare(ctx):
+            results[stage.name] = read_done(ctx.record_path)["counts"]
+        else:
+            task = self.ray.remote(_build_whole).options(num_cpus=1, max_retries=self.retries)
+            try:
+                counts = self.ray.get(task.remote(stage, ctx))
+            except Exception as e:
+                raise _as_nextlong_error(e, f"stage {stage.name}") from e
+            results[stage.name] = finish_whole_stage(ctx, counts)
+        return i + 1
+
+    # --- corpus -> first map stage ---------------------------------------------------------------
+
+    def _read_and_map(self, pipeline, fps, source, ctx, rebuild) -> dict:
+        import numpy as np
+        import pyarrow as pa
+        from tqdm.auto import tqdm
+
+        from ..corpus import CorpusReader
+        from .stage import block_done, finish_map_stage
+
+        ray = self.ray
+        reader = CorpusReader(source.path, text_field=source.text_field, id_field=source.id_field,
+                              on_error=source.on_error, batch_size=self.corpus_block_docs,
+                              batch_bytes=self.corpus_block_bytes)
+        worker = ray.remote(_BlockWorker).options(num_cpus=1, max_restarts=self.retries,
+                                                  max_task_retries=self.retries)
+        actors: list = []
+        pending: dict = {}  # object ref -> (actor, block)
+        idle: list = []
+        first_doc, blocks = 0, 0
+
+        def collect(wait_all=False):
+            while pending and (wait_all or not idle):
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor, j = pending.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except Exception as e:
+                    raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
+                idle.append(actor)
+                bar.update(1)
+
+        with tqdm(desc=ctx.stage.name, unit="block", disable=not ctx.progress) as bar:
+            for j, batch in enumerate(reader.batches()):  # protocol item 4: doc_index numbered here
+                n = batch.num_rows
+                part = {"first_doc": first_doc, "docs": n}
+                batch = batch.set_column(0, "doc_index", pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)))
+                first_doc += n
+                blocks = j + 1
+                if block_done(ctx, j, part):
+                    continue
+                if not idle and len(actors) < self.cpu_actors:
+                    actors.append(worker.remote(pipeline, [ctx.stage.name], fps, rebuild, self.threads))
+                    idle.extend([actors[-1]] * 2)  # two blocks in flight per actor: one running, one queued
+                collect()
+                actor = idle.pop()
+                pending[actor.corpus_block.remote(j, part, batch)] = (actor, j)
+            collect(wait_all=True)
+        for actor in actors:
+            ray.kill(actor)
+        return finish_map_stage(ctx, blocks, extra={"reader": reader.stats.as_dict()})
+
+    # --- chains of map stages ----------------------------------------------------------------------
+
+    def _run_chain(self, pipeline, fps, chain, cut, rebuild) -> dict[str, dict]:
+        from .stage import DONE_FILE, block_done, finish_map_stage, prepare, read_done
+
+        results = {}
+        todo = [ctx for ctx in chain if not prepare(ctx)]
+        for ctx in chain:
+            if ctx not in todo:
+                results[ctx.stage.name] = read_done(ctx.record_path)["counts"]
+        if not todo:
+            return results
+        source = todo[0].input(todo[0].stage.inputs[0])
+        record = read_done(source / DONE_FILE)
+        num_blocks = int(record["counts"]["blocks"]) if record and "blocks" in record["counts"] else \
+            len(list(source.glob("part-*.parquet")))
+        pending = [j for j in range(num_blocks) if not all(block_done(ctx, j) for ctx in todo)]
+        gpu = any(getattr(ctx.stage, "uses_gpu", False) for ctx in todo)
+        if gpu:
+            actors = self.embed_actors
+            resources = {"num_gpus": self.embed_gpus / actors} if self.embed_gpus else {"num_cpus": 1}
+        else:
+            actors, resources = self.cpu_actors, {"num_cpus": 1}
+        stopped = None
+        if pending:
+            from .stage import block_record_path
+
+            rows_done = {j: int((read_done(block_record_path(todo[-1].out_dir, j)) or {}).get("counts", {})
+                                .get("rows", 0)) for j in range(num_blocks) if j not in set(pending)}
+            ds = self.ray.data.from_items([{"block": j} for j in pending], override_num_blocks=len(pending))
+            # Ray Data restarts a dead actor and retries its block (max_restarts / max_task_retries -1)
+            ds = ds.map_batches(
+                _BlockWorker, batch_size=1, batch_format="pyarrow",
+                compute=self.ray.data.ActorPoolStrategy(size=min(actors, len(pending))),
+                fn_constructor_kwargs=dict(pipeline=pipeline, names=[c.stage.name for c in todo], fingerprints=fps,
+                                           rebuild=rebuild, threads=self.threads), **resources)
+            names = " -> ".join(c.stage.name for c in todo)
+            try:
+                rows, next_block = 0, 0
+                for out in ds.iter_rows():  # in block order (preserve_order)
+                    rows_done[int(out["block"])] = int(out["rows"])
+                    while next_block in rows_done:  # rows of the finished prefix of blocks
+                        rows += rows_done[next_block]
+                        next_block += 1
+                    if cut is not None and rows >= cut:
+                        stopped = next_block
+                        break
+            except NextlongError:
+                raise
+            except Exception as e:
+                raise _as_nextlong_error(e, f"stage {names}") from e
+        if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
+            for ctx in todo:
+                results[ctx.stage.name] = {"blocks_computed": stopped}
+            return results
+        for ctx in todo:
+            results[ctx.stage.name] = finish_map_stage(ctx, num_blocks)
+        return results
