@@ -327,29 +327,42 @@ def test_the_next_successful_write_removes_temporaries_of_a_killed_one(tmp_path)
 
 
 def test_a_shard_whose_anchors_are_all_dropped_writes_no_file(tmp_path):
+    from dataclasses import dataclass, field
+
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from nextlong.synthesis.assemble import OUTPUT_SCHEMA
-    from nextlong.synthesis.config import SynthesisConfig
-    from nextlong.synthesis.pipeline import run_shards
-    from nextlong.synthesis.stages import PLAN_SCHEMA
+    from nextlong.synthesis.executor_local import LocalExecutor
+    from nextlong.synthesis.stage import MapStage, Pipeline, WholeStage, not_a_setting
+    from nextlong.synthesis.stages import CutStage
 
-    cfg = SynthesisConfig(out=str(tmp_path), corpus="unused", shard_size=2, progress=False)
-    units = pa.table({"anchor_doc": np.arange(4, dtype=np.int64)})
+    @dataclass
+    class Units(WholeStage):
+        def build(self, ctx):
+            for j in range(2):
+                pq.write_table(pa.table({"anchor_doc": [2 * j, 2 * j + 1]}), ctx.out_dir / f"part-{j:05d}.parquet")
+            return {"blocks": 2}
 
-    def plan_fn(batch, remaining):
-        return pa.Table.from_pylist([{"anchor_doc": d, "ok": False, "reason": "too short", "chunks": [], "roles": []}
-                                     for d in batch.column("anchor_doc").to_pylist()], schema=PLAN_SCHEMA)
+    @dataclass
+    class AllDropped(MapStage):
+        fail: bool = not_a_setting(default=False)
 
-    def assemble_fn(plan_table):
-        return OUTPUT_SCHEMA.empty_table()
+        def __call__(self, block):
+            if self.fail:
+                pytest.fail("re-planned")
+            return OUTPUT_SCHEMA.empty_table()
 
-    metas = run_shards(cfg, tmp_path, {"s": 1}, units, plan_fn, assemble_fn, desc="test")
-    assert [m["rows"] for m in metas] == [0, 0]
-    assert list((tmp_path / "data").glob("part-*.parquet")) == []
-    assert sorted(p.name for p in (tmp_path / "data" / "_shards").iterdir()) == ["part-00000.json", "part-00001.json"]
+    def pipeline(fail):
+        return Pipeline(tmp_path, [Units(name="units"), AllDropped(name="assemble", inputs=("units",), fail=fail),
+                                   CutStage(name="data", inputs=("assemble",))])
+
+    results = LocalExecutor().run(pipeline(False), progress=False)
+    assert results["assemble"]["rows"] == 0 and results["data"]["rows"] == 0
+    assert list((tmp_path / "assemble").glob("part-*.parquet")) == []
+    assert sorted(p.name for p in (tmp_path / "assemble" / "_done").iterdir()) == ["part-00000.json", "part-00001.json"]
     # a re-run takes the records as done
-    assert run_shards(cfg, tmp_path, {"s": 1}, units, lambda *a: pytest.fail("re-planned"), assemble_fn, "test") == metas
+    assert LocalExecutor().run(pipeline(True), progress=False) == results
 
 
 def test_search_expansion_search_is_for_that_call_only(tmp_path):

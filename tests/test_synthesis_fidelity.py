@@ -272,9 +272,15 @@ def test_dedup_corpus_keeps_one_document_of_each_near_copy_group(injected, tmp_p
     out = tmp_path / "dd"
     manifest = synthesize(injected, out, dedup_corpus=True, id_field="id", **dict(FAST, target_length=2048,
                                                                                    num_samples=8))
-    store = ChunkStore.load(out / "chunks" / "store")
-    removed = np.load(out / "neardup" / "removed_docs.npy")
+    store = ChunkStore.load(out / "chunks" / "store")  # the corpus before the dedup filter
+    removed = np.load(out / "dedup" / "removed_docs.npy")
     assert manifest["statistics"]["documents_removed_as_near_duplicates"] == int(removed.sum()) > 0
+    kept = ChunkStore.load(out / "dedup" / "store")  # what is embedded, indexed and mined
+    assert kept.num_docs == store.num_docs - int(removed.sum())
+    assert set(kept.doc_ids) == {d for i, d in enumerate(store.doc_ids) if not removed[i]}
+    embedded = np.load(out / "embeddings" / "embeddings.npy", mmap_mode="r")
+    assert embedded.shape[0] == kept.num_chunks < store.num_chunks  # dropped documents were never embedded
+    assert manifest["statistics"]["chunks_removed_as_near_duplicates"] == store.num_chunks - kept.num_chunks
     gone = {store.doc_ids[d] for d in np.flatnonzero(removed).tolist()}
     rows = pq.read_table(out / "data").to_pylist()
     assert not gone & {s["doc_id"] for r in rows for s in r["segments"]}  # never an anchor or a negative

@@ -164,21 +164,28 @@ def test_same_seed_same_bytes_and_resume_after_interrupt(corpus, tmp_path, monke
     reference = _files(tmp_path / "a")
     assert len(reference) >= 4
 
-    # a kill after the second shard: the run stops, finished shards stay
-    real, calls = writers.write_parquet_atomic, {"n": 0}
+    # a kill in the middle of the third output shard: the run stops, finished shards stay
+    from nextlong.synthesis.stages import AssembleStage
 
-    def dying(table, path):
+    real_call, calls = AssembleStage.__call__, {"n": 0}
+
+    def dying(self, block):
         calls["n"] += 1
         if calls["n"] == 3:
+            out = real_call(self, block)
+            # a torn write under the final name (no completion record): must never count as done
+            (tmp_path / "b" / "assemble" / "part-00002.parquet").write_bytes(b"PAR1 half")
             raise KeyboardInterrupt
-        real(table, path)
+        return real_call(self, block)
 
-    monkeypatch.setattr(writers, "write_parquet_atomic", dying)
+    monkeypatch.setattr(AssembleStage, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         synthesize(corpus, tmp_path / "b", **opts)
-    monkeypatch.setattr(writers, "write_parquet_atomic", real)
-    assert len(_files(tmp_path / "b")) == 2
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "data").glob("part-*.parquet")}
+    monkeypatch.setattr(AssembleStage, "__call__", real_call)
+    finished = sorted((tmp_path / "b" / "assemble" / "_done").glob("part-*.json"))
+    assert [p.name for p in finished] == ["part-00000.json", "part-00001.json"]
+    assert not (tmp_path / "b" / "assemble" / "_done.json").exists() and not _files(tmp_path / "b")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "assemble").glob("part-0000[01].parquet")}
     synthesize(corpus, tmp_path / "b", **opts)
     assert _files(tmp_path / "b") == reference
     for p, t in before.items():
@@ -213,7 +220,7 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
         synthesize(corpus, out, num_samples=1, **dict(FAST, embedder="hashed-tfidf:128"))
     with pytest.raises(StageMismatchError, match="tokenizer"):
         synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **FAST)
-    with pytest.raises(StageMismatchError, match="synthesis settings"):
+    with pytest.raises(StageMismatchError, match="cached plan stage"):
         synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
     with pytest.raises(StageMismatchError, match="overshoot: cached 1.5, asked 2.0"):
         synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
@@ -264,7 +271,7 @@ def test_separator_and_token_chunking(corpus, tmp_path, separator, unit, size):
     m = synthesize(corpus, out, num_samples=2, separator=separator, **dict(FAST, chunk_unit=unit, chunk_size=size))
     check_invariants(out, "nextlong", get_tokenizer(), sep=separator)
     assert m["settings"]["separator_side"] == "trailing"
-    stage = json.loads((out / "chunks" / "stage.json").read_text())["settings"]
+    stage = json.loads((out / "chunk" / "_done.json").read_text())["settings"]
     assert stage["chunk_unit"] == unit and stage["chunk_size"] == size
 
 
@@ -349,7 +356,7 @@ def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
     out = tmp_path / "ann"
     m = synthesize(corpus, out, num_samples=3, **FAST)
-    assert m["settings"]["search"].endswith("index") and (out / "index" / "stage.json").exists()
+    assert m["settings"]["search"].endswith("index") and (out / "index" / "_done.json").exists()
     check_invariants(out, "nextlong", get_tokenizer())
     assert m["statistics"]["anchor_negative_similarity_mean"] > m["statistics"]["random_chunk_pair_similarity_mean"]
 

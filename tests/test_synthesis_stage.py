@@ -184,3 +184,33 @@ def test_executor_for_names():
     except ImportError:
         with pytest.raises(NextlongError, match=r"pip install 'nextlong\[ray\]'"):
             executor_for("ray")
+
+
+def test_synthesis_output_does_not_depend_on_the_corpus_blocks(tmp_path):
+    """The real pipeline, corpus read in blocks of 7 and of 1000 documents: same chunk ids, same
+    embeddings, byte-identical output shards (ids come from per-block counts and a prefix sum)."""
+    import numpy as np
+
+    from nextlong.synthesis import SynthesisConfig
+    from nextlong.synthesis.pipeline import run
+    from tests.helpers import corpus_head, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(250_000))
+    outs = {}
+    for block_docs in (7, 1000):
+        out = tmp_path / f"b{block_docs}"
+        cfg = SynthesisConfig(out=str(out), corpus=str(corpus), embedder="hashed-tfidf:256", chunk_size=512,
+                              target_length=2048, num_samples=5, shard_size=2, seed=3, progress=False)
+        run(cfg, executor=LocalExecutor(corpus_block_docs=block_docs))
+        outs[block_docs] = out
+    small, large = outs[7], outs[1000]
+    assert read_done(small / "chunk" / DONE_FILE)["counts"]["blocks"] > 5
+    assert read_done(large / "chunk" / DONE_FILE)["counts"]["blocks"] == 1
+    a = pq.read_table(small / "chunks" / "chunks.parquet")
+    b = pq.read_table(large / "chunks" / "chunks.parquet")
+    assert a.equals(b) and a.column("chunk_id").to_pylist() == list(range(a.num_rows))
+    assert np.array_equal(np.load(small / "embeddings" / "embeddings.npy"), np.load(large / "embeddings" / "embeddings.npy"))
+    files = sorted(p.name for p in (small / "data").glob("part-*.parquet"))
+    assert files == sorted(p.name for p in (large / "data").glob("part-*.parquet")) and len(files) == 3
+    for name in files:
+        assert (small / "data" / name).read_bytes() == (large / "data" / name).read_bytes()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..synthesis.config import ATTENTION_SPANS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
+from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
 from .argtypes import THREADS_HELP, positive_float, positive_int, threads
 
 
@@ -72,8 +72,25 @@ def add_parser(subparsers) -> None:
                    help="bad corpus records: stop with an error (default) or skip and count them")
     p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP + "; also bounds the embedder's threads")
     p.add_argument("--rebuild", action="store_true", help="rebuild cached stages built with other settings")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where the stages run: local (this process, default) or ray (a Ray cluster; needs "
+                        "pip install 'nextlong[ray]'); the output is the same byte for byte")
+    p.add_argument("--ray-address", help="--executor ray: a cluster to join (auto or HOST:PORT; default: start one here)")
+    p.add_argument("--embed-gpus", type=non_negative_int, default=0,
+                   help="--executor ray: GPUs for the embedding actors (default 0: CPU)")
+    p.add_argument("--embed-actors", type=positive_int, help="--executor ray: embedding actors (default: one per GPU, or one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=run)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def near_dup_threshold(text: str) -> float:
@@ -117,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
         near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
+        executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
+        embed_actors=args.embed_actors,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:

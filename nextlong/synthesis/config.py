@@ -1,7 +1,7 @@
 """Every setting of a synthesis run in one dataclass, with the paper's defaults (method §1–§2).
 
-Each stage records the subset of settings it depends on (`stage_settings`), so a cached stage built
-with other settings is detected instead of reused in silence.
+Each stage takes the subset of settings it depends on as its own fields (stages.py), so its
+fingerprint is derived and a cached stage built with other settings is detected, not reused.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ FORMATS = ("parquet", "jsonl", "mds")
 ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long document, or per source document
 K_ROUNDINGS = ("ceil", "floor")
 LONG_DOCS = ("keep", "drop")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -63,6 +64,10 @@ class SynthesisConfig:
     num_threads: int | None = None
     quality_pairs: int = 2000  # random chunk pairs for the similarity baseline in the manifest
     progress: bool = True
+    executor: str = "local"  # local: this process; ray: a Ray cluster (same output, byte for byte)
+    ray_address: str | None = None  # --executor ray: None starts a local Ray; "auto" or an address joins one
+    embed_gpus: int = 0  # --executor ray: GPUs for the embedding actors (0: CPU actors)
+    embed_actors: int | None = None  # --executor ray: embedding actors (None: one per GPU, or one)
 
     def validate(self) -> None:
         from ..errors import UsageError
@@ -109,6 +114,14 @@ class SynthesisConfig:
             bad(f"overshoot w must be positive, got {self.overshoot}")
         if self.shard_size < 1:
             bad(f"shard_size must be positive, got {self.shard_size}")
+        if self.executor not in EXECUTORS:
+            bad(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.embed_gpus < 0:
+            bad(f"--embed-gpus must be 0 or positive, got {self.embed_gpus}")
+        if self.embed_actors is not None and self.embed_actors < 1:
+            bad(f"--embed-actors must be positive, got {self.embed_actors}")
+        if self.executor != "ray" and (self.ray_address is not None or self.embed_gpus or self.embed_actors):
+            bad("--ray-address, --embed-gpus and --embed-actors work with --executor ray")
         if self.corpus is None:
             bad("no corpus: give --corpus PATH (or --demo)")
 

@@ -7,6 +7,7 @@ as one chain, block by block, so a `--num-samples` cut after them stops the chai
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,7 @@ class LocalExecutor(Executor):
         self.threads = threads
         self.corpus_block_docs = corpus_block_docs
         self.corpus_block_bytes = corpus_block_bytes
+        self.seconds: dict[str, float] = {}  # wall time per stage (a map chain's time goes to its last stage)
 
     def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
         fps = pipeline.fingerprints()
@@ -35,34 +37,39 @@ class LocalExecutor(Executor):
             return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
                                 threads=self.threads)
 
+        self.seconds = {}
         i = 0
         while i < len(stages):
-            stage = stages[i]
-            if stage.kind == "read":  # feeds the next (map) stage directly
-                consumer = stages[i + 1]
-                ctx = context(consumer)
-                results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
-                                          else self._read_and_map(stage, ctx))
-                i += 2
-                continue
-            if stage.kind == "map":
-                chain, j = [stage], i + 1
-                while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
-                    chain.append(stages[j])
-                    j += 1
-                follower = stages[j] if j < len(stages) else None
-                cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
-                       and follower.inputs[:1] == (chain[-1].name,) else None)
-                results.update(self._run_chain(pipeline, [context(s) for s in chain], cut))
-                i = j
-                continue
-            ctx = context(stage)
-            if prepare(ctx):
-                results[stage.name] = read_done(ctx.record_path)["counts"]
-            else:
-                results[stage.name] = finish_whole_stage(ctx, stage.build(ctx) or {})
-            i += 1
+            t0 = time.perf_counter()
+            i = self._step(pipeline, stages, i, context, results)
+            self.seconds[stages[i - 1].name] = time.perf_counter() - t0
         return results
+
+    def _step(self, pipeline, stages, i, context, results) -> int:
+        """Run stage i (with the map stages chained to it); returns the index of the next stage."""
+        stage = stages[i]
+        if stage.kind == "read":  # feeds the next (map) stage directly
+            consumer = stages[i + 1]
+            ctx = context(consumer)
+            results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
+                                      else self._read_and_map(stage, ctx))
+            return i + 2
+        if stage.kind == "map":
+            chain, j = [stage], i + 1
+            while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
+                chain.append(stages[j])
+                j += 1
+            follower = stages[j] if j < len(stages) else None
+            cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
+                   and follower.inputs[:1] == (chain[-1].name,) else None)
+            results.update(self._run_chain(pipeline, [context(s) for s in chain], cut))
+            return j
+        ctx = context(stage)
+        if prepare(ctx):
+            results[stage.name] = read_done(ctx.record_path)["counts"]
+        else:
+            results[stage.name] = finish_whole_stage(ctx, stage.build(ctx) or {})
+        return i + 1
 
     # --- the corpus into the first map stage ---------------------------------------------------
 

@@ -1,77 +1,41 @@
-"""The driver of `nextlong synthesize`: runs the stages, caches their outputs under DIR, resumes.
+"""The driver of `nextlong synthesize`: the run as a list of stages (stage.py) handed to an executor.
 
-DIR/
-  chunks/         chunks.parquet (+ token store .npy files), stage.json
-  embeddings/     embeddings.npy (float32, row = chunk id), resumable parts while running, stage.json
-  index/          usearch index for corpora too large for exact search, stage.json
-  data/           part-NNNNN.parquet (the output), _shards/part-NNNNN.json (what each shard covers)
-  jsonl/ | mds/   derived formats
-  manifest.json   settings, versions, counts, quality statistics
+    corpus -> chunk (blocks) -> chunks (one id space + store) [-> neardup -> dedup] -> embed (blocks)
+    -> embeddings -> index -> units (shards) -> plan -> assemble -> data (the --num-samples cut)
 
-A stage's stage.json is written last and records the settings it was built with; a stage that
-finds another's settings refuses (StageMismatchError) unless `rebuild=True`. Output shards are
-written atomically and skipped on a re-run when their settings match, so an interrupted run
-resumes and the same seed gives byte-identical Parquet files.
+DIR/<stage>/ holds each stage's output and its completion record `_done.json` (map stages also a
+record per block in `_done/`); DIR/data/part-NNNNN.parquet is the output (read the folder with
+`pyarrow.parquet.read_table(DIR/"data")`), DIR/jsonl | DIR/mds derived formats, DIR/manifest.json
+settings, versions, counts and quality statistics. A stage cached with other settings is refused
+(StageMismatchError) unless `rebuild=True`; an interrupted run resumes from finished stages and blocks,
+and the same seed gives byte-identical Parquet files whatever the executor or its block sizes.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import remove_stale_temporaries, write_json_atomic
+from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
-from .config import SynthesisConfig, fingerprint
+from .config import SynthesisConfig
+from .stage import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, executor_for, read_done
+from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
 
-DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
 EXACT_SEARCH_MAX_CHUNKS = 200_000  # below this, brute-force search: exact and deterministic
-
-
-# --- stage bookkeeping -------------------------------------------------------------------------
-
-
-def _stage_ready(directory: Path, settings: dict, rebuild: bool, name: str) -> bool:
-    """True when the stage is cached with these settings; clears a stale stage when allowed."""
-    meta = directory / "stage.json"
-    if meta.exists():
-        recorded = json.loads(meta.read_text()).get("settings", {})
-        if recorded == json.loads(json.dumps(settings, default=str)):
-            return True
-        if not rebuild:
-            diff = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
-            details = "; ".join(f"{k}: cached {recorded.get(k)!r}, asked {settings.get(k)!r}" for k in diff)
-            raise StageMismatchError(
-                f"{directory}: the cached {name} stage was built with other settings ({details}). "
-                "Use another --out, or pass --rebuild to rebuild it."
-            )
-        shutil.rmtree(directory)
-    return False
-
-
-def _stage_done(directory: Path, settings: dict, **info) -> None:
-    write_json_atomic(directory / "stage.json", {"settings": settings, "fingerprint": fingerprint(settings), **info})
 
 
 def corpus_fingerprint(path) -> dict:
     """Cheap identity of the corpus files (path, size, modification time)."""
-    path = Path(path).resolve()
-    if not path.exists():
-        raise NextlongError(f"{path}: corpus not found")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    entries = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
-               for p in files]
-    return {"path": str(path), "files": len(files), "bytes": sum(e[1] for e in entries),
-            "hash": fingerprint({"entries": entries})}
+    if not Path(path).exists():
+        raise NextlongError(f"{Path(path).resolve()}: corpus not found")
+    return corpus_identity(path)
 
 
 def _log(cfg, msg: str) -> None:
@@ -79,232 +43,110 @@ def _log(cfg, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-# --- stages ------------------------------------------------------------------------------------
+# --- the stage list ----------------------------------------------------------------------------
 
 
-def chunk_stage(cfg: SynthesisConfig, tokenizer, out: Path):
-    from ..chunking import chunk_corpus
-    from .store import ChunkStore
+class PrebuiltIndexCheck(WholeStage):
+    """--index: the prebuilt index must come from the same chunks and embedder (checked before any
+    embedding). inputs: (chunks, index)."""
 
-    directory = out / "chunks"
-    settings = {
-        "corpus": corpus_fingerprint(cfg.corpus), "text_field": cfg.text_field, "id_field": cfg.id_field,
-        "chunk_size": cfg.chunk_size, "chunk_unit": cfg.chunk_unit,
-        "tokenizer": getattr(tokenizer, "fingerprint", None) or getattr(tokenizer, "name", None),
-        "on_error": cfg.on_error,
-    }
-    t0 = time.perf_counter()
-    if not _stage_ready(directory, settings, cfg.rebuild, "chunk"):
-        directory.mkdir(parents=True, exist_ok=True)
-        stats = chunk_corpus(cfg.corpus, directory / "chunks.parquet", max_len=cfg.chunk_size, unit=cfg.chunk_unit,
-                             tokenizer=tokenizer, with_ids=True, text_field=cfg.text_field, id_field=cfg.id_field,
-                             num_threads=cfg.num_threads, progress=cfg.progress, on_error=cfg.on_error)
-        store = ChunkStore.from_parquet(directory / "chunks.parquet")
-        store.save(directory / "store")
-        _stage_done(directory, settings, statistics=stats)
-    store = ChunkStore.load(directory / "store")
-    info = json.loads((directory / "stage.json").read_text())
-    return store, fingerprint(settings), info.get("statistics", {}), time.perf_counter() - t0
+    def __init__(self, name: str, inputs: tuple, embedder: str | None = None):
+        super().__init__(name=name, inputs=inputs)
+        self.embedder = embedder
+
+    def settings(self) -> dict:
+        return dict(super().settings(), embedder=self.embedder)
+
+    def build(self, ctx):
+        from .stages import load_store
+
+        chunks_dir, index_dir = (ctx.input(n) for n in self.inputs)
+        index = check_prebuilt_index(index_dir, load_store(chunks_dir), self.embedder, verify=True)
+        return {"chunks": len(index), "embedder": index.embedder_name}
 
 
-def embed_stage(cfg: SynthesisConfig, out: Path, chunks_fp: str, num_chunks: int):
-    """Embeddings of every chunk (row = chunk id); embed_chunks resumes a stopped run."""
-    directory = out / "embeddings"
-    spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
-    # long_texts: chunks beyond the model's window are embedded whole, as a weighted mean of windows
-    settings = {"chunks": chunks_fp, "embedder": spec, "long_texts": "window"}
-    t0 = time.perf_counter()
-    if not _stage_ready(directory, settings, cfg.rebuild, "embedding"):
-        from ..embed_store import embed_chunks
-        from ..embedding import load_embedder
-
-        directory.mkdir(parents=True, exist_ok=True)
-        # --threads bounds the embedder too (torch would take every core)
-        embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec,
-                                 **({"threads": cfg.num_threads} if cfg.num_threads else {}))
-        chunks_path = out / "chunks" / "chunks.parquet"
-        if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1):
-            # the lexical embedder learns its IDF weights from the corpus (deterministic)
-            embedder.fit(t for b in pq.ParquetFile(chunks_path).iter_batches(columns=["text"], batch_size=4096)
-                         for t in b.column("text").to_pylist())
-        vectors = embed_chunks(chunks_path, embedder, directory / "embeddings.npy", progress=cfg.progress, batch_size=512,
-                               overwrite=cfg.rebuild)
-        from ..embed_store import embedding_progress
-
-        _stage_done(directory, settings, embedder_name=embedder.name, dim=int(vectors.shape[1]),
-                    windowed_chunks=(embedding_progress(directory / "embeddings.npy") or {}).get("windowed_texts"),
-                    max_length=getattr(embedder, "max_length", None))
-    from ..embed_store import open_embeddings
-
-    vectors = open_embeddings(directory / "embeddings.npy", verify=cfg.verify)
-    name = json.loads((directory / "stage.json").read_text()).get("embedder_name", spec)
-    return vectors, name, time.perf_counter() - t0
-
-
-def open_prebuilt_index(cfg: SynthesisConfig, store):
+def check_prebuilt_index(index_dir, store, embedder_spec, verify: bool = True):
     """A `nextlong index` folder given with --index: it must come from the same chunks."""
     from ..index import ChunkIndex
 
-    index = ChunkIndex.view(cfg.index, verify=cfg.verify)
-    if cfg.embedder:  # the index fixes the embedder; an explicit --embedder must agree with it
+    index = ChunkIndex.view(index_dir, verify=verify)
+    if embedder_spec:  # the index fixes the embedder; an explicit --embedder must agree with it
         from ..embedding import load_embedder
 
-        asked = load_embedder(cfg.embedder).name
+        asked = load_embedder(embedder_spec).name
         if not str(index.embedder_name or "").startswith(asked):  # a fitted lexical embedder adds "-idf"
-            raise StageMismatchError(f"{cfg.index}: the index was built with embedder {index.embedder_name!r}, "
-                                     f"but --embedder {cfg.embedder!r} ({asked!r}) was asked for")
-    hashes = pq.read_table(Path(cfg.index) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
+            raise StageMismatchError(f"{index_dir}: the index was built with embedder {index.embedder_name!r}, "
+                                     f"but --embedder {embedder_spec!r} ({asked!r}) was asked for")
+    hashes = pq.read_table(Path(index_dir) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
     if len(index) != store.num_chunks or not np.array_equal(hashes, np.asarray(store.text_hash)):
         raise StageMismatchError(
-            f"{cfg.index}: the index holds {len(index)} chunks that differ from the {store.num_chunks} chunks of "
-            f"{cfg.corpus} chunked with --chunk-size {cfg.chunk_size} --chunk-unit {cfg.chunk_unit}: build it "
-            "from the same chunk table (nextlong chunk, then nextlong index)")
+            f"{index_dir}: the index holds {len(index)} chunks that differ from the {store.num_chunks} chunks of "
+            "the corpus chunked with these --chunk-size / --chunk-unit settings: build it from the same chunk "
+            "table (nextlong chunk, then nextlong index)")
     return index
 
 
-def searcher_stage(cfg: SynthesisConfig, out: Path, store, vectors, embed_fp: str):
-    """Exact search up to EXACT_SEARCH_MAX_CHUNKS chunks (exact, deterministic), else usearch HNSW."""
-    from .negatives import ExactSearcher, IndexSearcher
+def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
+    """The stages of a run, in order, with exactly the settings each depends on."""
+    from . import stages as S
 
-    t0 = time.perf_counter()
-    if cfg.index is None and store.num_chunks <= EXACT_SEARCH_MAX_CHUNKS:
-        return ExactSearcher(vectors), None, time.perf_counter() - t0
-    from ..index import ChunkIndex, build_index_from_chunks
-
-    if cfg.index is not None:
-        return IndexSearcher(open_prebuilt_index(cfg, store), store.num_chunks), str(cfg.index), time.perf_counter() - t0
-    directory = out / "index"
-    settings = {"embeddings": embed_fp}
-    if not _stage_ready(directory, settings, cfg.rebuild, "index"):
-        spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
-        build_index_from_chunks(out / "chunks" / "chunks.parquet", directory,
-                                embedder=None if spec == DEFAULT_EMBEDDER_SPEC else spec,
-                                embeddings_path=out / "embeddings" / "embeddings.npy", progress=cfg.progress,
-                                threads=cfg.num_threads or 0)
-        _stage_done(directory, settings)
-    return (IndexSearcher(ChunkIndex.view(directory, verify=cfg.verify), store.num_chunks), str(directory),
-            time.perf_counter() - t0)
-
-
-def near_dup_stage(cfg: SynthesisConfig, out: Path, store, tokenizer, chunks_fp: str):
-    """Which chunks are near-copies of which (method §1.3), once per corpus: planning only looks it up."""
-    from .neardup import NearDupGraph
-
-    directory = out / "neardup"
-    settings = {"chunks": chunks_fp, "threshold": cfg.near_dup_threshold, "ngram": 5,
-                "dedup_corpus": cfg.dedup_corpus}
-    t0 = time.perf_counter()
-    if not _stage_ready(directory, settings, cfg.rebuild, "near-duplicate"):
-        graph = NearDupGraph.build(store, tokenizer, cfg.near_dup_threshold, progress=cfg.progress)
-        graph.save(directory)
-        if cfg.dedup_corpus:
-            from ..atomic import atomic_path
-            from .neardup import duplicate_documents
-
-            removed = duplicate_documents(store, tokenizer, graph, cfg.near_dup_threshold)
-            with atomic_path(directory / "removed_docs.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, removed)
-        _stage_done(directory, settings, pairs=graph.num_pairs)
-    graph = NearDupGraph.load(directory, cfg.near_dup_threshold)
-    removed = np.load(directory / "removed_docs.npy") if cfg.dedup_corpus else None
-    return graph, removed, time.perf_counter() - t0
-
-
-# --- output shards -----------------------------------------------------------------------------
-
-
-def _shard_stats(plan_table: pa.Table, out_table: pa.Table) -> dict:
-    ok = plan_table.column("ok").to_pylist()
-    reasons = Counter(re.sub(r"k = \d+ ", "k ", r) for r, good in zip(plan_table.column("reason").to_pylist(), ok)
-                      if not good)
-    negs = [n for row, good in zip(plan_table.column("negatives_per_meta_chunk").to_pylist(), ok) if good
-            for n in (row or [])]
-    sims = [s for row, good in zip(plan_table.column("negative_sims").to_pylist(), ok) if good for s in (row or [])]
-    dist_sum, dist_n = 0, 0
-    for segs in out_table.column("segments").to_pylist():
-        prev = None
-        for seg in segs:
-            if seg["role"] != "anchor":
-                continue
-            if prev is not None and prev["doc_id"] == seg["doc_id"] and seg["chunk_index"] == prev["chunk_index"] + 1:
-                dist_sum += seg["start"] - prev["end"]
-                dist_n += 1
-            prev = seg
-    # nextlong: anchor meta-chunks planned vs kept in the output (those after the cut at L are dropped)
-    planned_anchors = sum(sum(1 for r in (row or []) if r == 0)
-                          for row, good in zip(plan_table.column("roles").to_pylist(), ok) if good)
-    kept_anchors = sum(1 for segs in out_table.column("segments").to_pylist() for seg in segs if seg["role"] == "anchor")
-    near_dups = sum(n or 0 for n in plan_table.column("near_dup_rejected").to_pylist())
-    already_long = sum(bool(a) for a, good in zip(plan_table.column("already_long").to_pylist(), ok) if good)
-    return {"tried": len(ok), "built": int(sum(ok)), "dropped": len(ok) - int(sum(ok)),
-            "drop_reasons": dict(reasons.most_common(5)), "meta_chunks": len(negs), "negatives": int(sum(negs)),
-            "negative_sim_sum": float(sum(sims)), "negative_sim_n": len(sims),
-            "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n,
-            "near_dup_rejected": int(near_dups), "already_long": int(already_long),
-            "anchor_meta_chunks": int(planned_anchors), "anchor_meta_chunks_after_cut": int(planned_anchors - kept_anchors)}
-
-
-def run_shards(cfg: SynthesisConfig, out: Path, settings: dict, units: pa.Table, plan_fn, assemble_fn, desc: str):
-    """Plan and assemble `units` (anchors or document groups) shard by shard, skipping finished shards."""
-    from tqdm.auto import tqdm
-
-    settings = json.loads(json.dumps(settings, default=str))
-    settings_fp = fingerprint(settings)
-    data = out / "data"
-    meta_dir = data / "_shards"
-    meta_dir.mkdir(parents=True, exist_ok=True)
-    total_units = units.num_rows
-    need = cfg.num_samples
-    produced, shard_metas, j = 0, [], 0
-    with tqdm(total=need or total_units, desc=desc, unit="doc", disable=not cfg.progress) as bar:
-        while j * cfg.shard_size < total_units and (need is None or produced < need):
-            lo = j * cfg.shard_size
-            hi = min(lo + cfg.shard_size, total_units)
-            remaining = None if need is None else need - produced
-            part = data / f"part-{j:05d}.parquet"
-            meta_path = meta_dir / f"part-{j:05d}.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-            if meta is not None and not part.exists() and meta.get("rows") != 0:
-                meta = None  # its part file is gone: write it again
-            if meta is not None and meta.get("settings") != settings_fp:
-                if not cfg.rebuild:
-                    old = meta.get("settings_detail", {})
-                    diff = "; ".join(f"{k}: cached {old.get(k)!r}, asked {settings.get(k)!r}"
-                                     for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
-                    raise StageMismatchError(
-                        f"{part}: written with other synthesis settings ({diff or settings_fp}); use another "
-                        "--out or pass --rebuild")
-                meta = None
-            valid = (meta is not None and meta["lo"] == lo and (remaining is None or meta["rows"] <= remaining)
-                     and (meta["complete"] or meta["rows"] == remaining))
-            if not valid:
-                plan_table = plan_fn(units.slice(lo, hi - lo), remaining)
-                out_table = assemble_fn(plan_table)
-                from .writers import write_parquet_atomic
-
-                if out_table.num_rows:
-                    write_parquet_atomic(out_table, part)
-                else:  # every anchor of the shard was dropped: no 0-row file, the record says why
-                    part.unlink(missing_ok=True)
-                meta = {"settings": settings_fp, "settings_detail": settings, "lo": lo, "hi": hi, "rows": out_table.num_rows,
-                        "complete": plan_table.num_rows == hi - lo, "stats": _shard_stats(plan_table, out_table)}
-                write_json_atomic(meta_path, meta)
-            shard_metas.append(meta)
-            produced += meta["rows"]
-            bar.update(meta["rows"] if need else meta["stats"]["tried"])
-            j += 1
-    # shards of an earlier, longer run are not part of this output
-    for stale in list(data.glob("part-*.parquet")) + list(meta_dir.glob("part-*.json")):
-        if int(stale.stem.split("-")[1]) >= j:
-            stale.unlink()
-    return shard_metas
+    spec = cfg.embedder or S.DEFAULT_EMBEDDER_SPEC
+    tok = cfg.tokenizer
+    threads = cfg.num_threads or None
+    steps = [
+        ReadCorpus(name="corpus", path=str(cfg.corpus), text_field=cfg.text_field, id_field=cfg.id_field,
+                   on_error=cfg.on_error),
+        S.ChunkStage(name="chunk", inputs=("corpus",), tokenizer=tok, chunk_size=cfg.chunk_size,
+                     chunk_unit=cfg.chunk_unit, threads=threads),
+        S.Consolidate(name="chunks", inputs=("chunk",)),
+    ]
+    blocks, chunks, graph, emb, index = "chunk", "chunks", None, None, None
+    external: dict = {}
+    if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
+        steps.append(S.NearDupStage(name="neardup", inputs=("chunks",), tokenizer=tok,
+                                    threshold=cfg.near_dup_threshold))
+        graph = "neardup"
+        if cfg.dedup_corpus:  # before embedding: dropped documents are never embedded
+            steps.append(S.DedupStage(name="dedup", inputs=("chunk", "chunks", "neardup"), tokenizer=tok,
+                                      threshold=cfg.near_dup_threshold))
+            blocks = chunks = graph = "dedup"
+    if cfg.method in ("nextlong", "knn", "iclm"):
+        emb = "embeddings"
+        if cfg.index is not None:
+            external["index"] = str(cfg.index)
+            steps.append(PrebuiltIndexCheck("index_check", (chunks, "index"), cfg.embedder))
+        if cfg.index is not None and (Path(cfg.index) / S.EMBEDDINGS_FILE).exists():
+            external["embeddings"] = str(cfg.index)  # reuse the index's vectors: embedding is the cost
+        else:
+            steps += [S.EmbedStage(name="embed", inputs=(blocks, chunks), embedder=spec, threads=threads),
+                      S.GatherEmbeddings(name="embeddings", inputs=("embed",))]
+        if cfg.method == "nextlong":
+            index = "index"
+            if cfg.index is None:
+                steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks), embedder=spec,
+                                          exact_max=EXACT_SEARCH_MAX_CHUNKS, threads=threads))
+    common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok, separator=cfg.separator)
+    steps += [
+        S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
+                     doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
+                     quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats, **common),
+        S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), negatives=cfg.negatives,
+                    chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit, chars_per_token=cfg.chars_per_token,
+                    overshoot=cfg.overshoot, k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
+                    max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
+                    long_docs=cfg.long_docs, doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
+                    verify=cfg.verify, **common),
+        S.AssembleStage(name="assemble", inputs=("plan", chunks), **common),
+        S.CutStage(name="data", inputs=("assemble",), rows=cfg.num_samples),
+    ]
+    return Pipeline(cfg.out_dir, steps, external=external)
 
 
 # --- the run -----------------------------------------------------------------------------------
 
 
 def _sum(metas, key):
-    return sum(m["stats"][key] for m in metas)
+    return sum(m["stats"].get(key, 0) for m in metas)
 
 
 def random_pair_similarity(vectors, n_pairs: int, seed: int) -> float | None:
@@ -319,14 +161,18 @@ def random_pair_similarity(vectors, n_pairs: int, seed: int) -> float | None:
     return float(np.mean(np.sum(va * vb, axis=1)))
 
 
-def run(cfg: SynthesisConfig) -> dict:
-    """Check what can be checked, lock the output folder (one writer at a time), then run the stages."""
+def run(cfg: SynthesisConfig, executor=None) -> dict:
+    """Check what can be checked, lock the output folder (one writer at a time), then run the stages
+    with `executor` (default: the one `cfg.executor` names)."""
     from ..locking import output_lock
 
     cfg.validate()
     check_before_work(cfg)
+    if executor is None:
+        executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
+                                embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
     with output_lock(cfg.out_dir, "synthesize"), _thread_limit(cfg.num_threads):
-        manifest = _run(cfg)
+        manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
         return manifest
 
@@ -368,144 +214,81 @@ def check_before_work(cfg: SynthesisConfig) -> None:
             raise missing_extra("usearch", "ml", "--index")
 
 
-def _run(cfg: SynthesisConfig) -> dict:
+# which manifest timing each stage's seconds count toward
+_TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph", "dedup": "near_dup_graph",
+                 "index_check": "index", "embed": "embed", "embeddings": "embed", "index": "index",
+                 "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
+
+
+def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..manifest import write_manifest
     from ..tokenizer import load_tokenizer
-    from . import stages
-    from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
-                            pack_stream, quest_contexts, standard_order)
-    from .negatives import ExactSearcher
+    from .baselines import doc_lengths
+    from .stage import block_counts
+    from .stages import load_store, open_vectors
 
-    cfg.validate()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    pipeline = build_pipeline(cfg)
+    fps = pipeline.fingerprints()
+    executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
+    timings = {"chunk": 0.0}
+    for name, secs in getattr(executor, "seconds", {}).items():
+        group = _TIMING_GROUP.get(name, name)
+        timings[group] = timings.get(group, 0.0) + secs
+
+    def record(name):
+        return (read_done(out / name / DONE_FILE) or {}).get("counts", {}) if name in fps else {}
 
     tokenizer = load_tokenizer(cfg.tokenizer)
-    sep_ids = np.asarray(tokenizer.encode_ordinary(cfg.separator), np.uint32) if cfg.separator else np.zeros(0, np.uint32)
-    store, chunks_fp, chunk_stats, timings["chunk"] = chunk_stage(cfg, tokenizer, out)
+    chunks_name = "dedup" if "dedup" in fps and "dedup" not in pipeline.external else "chunks"
+    store = load_store(out / chunks_name)
     if store.num_chunks == 0:
         raise NextlongError(f"{cfg.corpus}: the corpus has no documents with text; nothing to synthesize")
-    chars_per_token = cfg.chars_per_token or store.chars_per_token()
-
-    vectors, embedder_name, searcher, index_path = None, None, None, None
-    if cfg.method in ("nextlong", "knn", "iclm"):
-        prebuilt = Path(cfg.index) / "embeddings.npy" if cfg.index else None
-        if prebuilt is not None and prebuilt.exists():  # reuse the index's vectors: embedding is the cost
-            from ..embed_store import open_embeddings
-
-            index = open_prebuilt_index(cfg, store)
-            vectors = open_embeddings(prebuilt, verify=cfg.verify)
-            embedder_name, timings["embed"] = index.embedder_name, 0.0
-        else:
-            vectors, embedder_name, timings["embed"] = embed_stage(cfg, out, chunks_fp, store.num_chunks)
-        embed_fp = fingerprint({"chunks": chunks_fp, "embedder": cfg.embedder or DEFAULT_EMBEDDER_SPEC})
-        if cfg.method == "nextlong":
-            searcher, index_path, timings["index"] = searcher_stage(cfg, out, store, vectors, embed_fp)
-
-    sep_len = int(sep_ids.size)
-    output_settings = {
-        "chunks": chunks_fp, "embedder": (cfg.embedder or DEFAULT_EMBEDDER_SPEC) if vectors is not None else None,
-        "index": index_path, "method": cfg.method, "target_length": cfg.target_length, "seed": cfg.seed,
-        "separator": cfg.separator, "shard_size": cfg.shard_size,
-    }
-    if cfg.method == "nextlong":
-        output_settings.update(negatives=cfg.negatives, overshoot=cfg.overshoot, chars_per_token=chars_per_token,
-                               k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
-                               max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
-                               long_docs=cfg.long_docs, dedup_corpus=cfg.dedup_corpus)
-    elif cfg.method in ("knn", "iclm"):
-        output_settings.update(doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors)
-    elif cfg.method == "quest":
-        output_settings.update(quest="one key group per context", quest_keywords=cfg.quest_keywords,
-                               quest_max_repeats=cfg.quest_max_repeats)
-    settings_fp = fingerprint(output_settings)
-
-    def assemble_fn(plan_table):
-        return stages.assemble_batch(plan_table, store=store, sep_ids=sep_ids, target_length=cfg.target_length,
-                                     method=cfg.method)
-
-    t0 = time.perf_counter()
-    leftover_dropped = 0
-    quest_stats = None
-    lengths = doc_lengths(store, sep_len)
-    if cfg.method in ("nextlong", "knn"):
-        anchors = pa.table({"anchor_doc": np.random.default_rng(cfg.seed).permutation(store.num_docs).astype(np.int64)})
-        if cfg.method == "nextlong":
-            from .neardup import NearDupFilter
-
-            near_dup = None
-            if cfg.near_dup_threshold > 0:
-                graph, removed_docs, timings["near_dup_graph"] = near_dup_stage(cfg, out, store, tokenizer, chunks_fp)
-                removed_chunks = None
-                if removed_docs is not None:  # --dedup-corpus: never an anchor, never a negative
-                    anchors = anchors.filter(pa.array(~removed_docs[anchors.column("anchor_doc").to_numpy()]))
-                    removed_chunks = removed_docs[np.asarray(store.chunk_doc)]
-                near_dup = NearDupFilter(graph, removed_chunks)
-
-            def plan_fn(batch, remaining):
-                return stages.plan_nextlong_batch(
-                    batch, store=store, searcher=searcher, chunk_vectors=vectors, target_length=cfg.target_length,
-                    sep_len=sep_len, negatives=cfg.negatives, chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit,
-                    chars_per_token=chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
-                    exclude_duplicates=cfg.exclude_duplicates, max_candidates=cfg.max_candidates,
-                    max_rows=remaining, near_dup=near_dup, long_docs=cfg.long_docs,
-                    doc_label=(lambda d: int(store.doc_index[d])) if not isinstance(searcher, ExactSearcher) else None)
-        else:
-            dvec = document_vectors(store, vectors, cfg.doc_embedding)
-            doc_searcher = ExactSearcher(dvec)
-
-            def plan_fn(batch, remaining):
-                return stages.plan_knn_batch(batch, store=store, doc_searcher=doc_searcher, doc_vectors=dvec,
-                                             doc_lengths=lengths, target_length=cfg.target_length,
-                                             first_width=cfg.knn_neighbors, max_rows=remaining)
-        with _single_threaded_blas():  # many small (p x n) products: BLAS threads only contend
-            metas = run_shards(cfg, out, output_settings, anchors, plan_fn, assemble_fn,
-                               desc=f"{cfg.method} synthesize")
-    else:
-        if cfg.method == "standard":
-            order = standard_order(store.num_docs, cfg.seed)
-        elif cfg.method == "iclm":
-            dvec = document_vectors(store, vectors, cfg.doc_embedding)
-            order = iclm_order(knn_graph(dvec, cfg.knn_neighbors), cfg.seed)
-        if cfg.method == "quest":  # each context from ONE key group (baselines.quest_contexts)
-            texts = _document_texts(out / "chunks" / "chunks.parquet", store)
-            keys = draw_keys(document_keywords(texts, top_k=cfg.quest_keywords), cfg.seed)
-            groups, group_keys, quest_stats = quest_contexts(keys, lengths, cfg.target_length, cfg.seed,
-                                                             max_repeats=cfg.quest_max_repeats)
-            quest_stats["keywords_per_document"] = cfg.quest_keywords
-            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
-                              "group_key": pa.array(group_keys, pa.string())})
-        else:
-            groups, leftover = pack_stream(order, lengths, cfg.target_length)
-            # the stream's tail is short of L: dropped, when the run goes to the end of the stream
-            leftover_dropped = len(leftover) if cfg.num_samples is None or cfg.num_samples >= len(groups) else 0
-            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
-
-        def plan_fn(batch, remaining):
-            if remaining is not None:
-                batch = batch.slice(0, remaining)
-            return stages.plan_groups_batch(batch, store=store)
-        metas = run_shards(cfg, out, output_settings, units, plan_fn, assemble_fn, desc=f"{cfg.method} synthesize")
-    timings["synthesize"] = time.perf_counter() - t0
-
-    built = _sum(metas, "built") if metas else 0
-    stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats)
+    vectors = None
+    if "embeddings" in fps:
+        emb_dir = pipeline.external.get("embeddings", out / "embeddings")
+        vectors = open_vectors(emb_dir, verify=False, record=None if "embeddings" in pipeline.external
+                               else read_done(Path(emb_dir) / DONE_FILE))
+    data = record("data")
+    used = data.get("blocks_used", [])
+    plan_counts = block_counts(out / "plan", used)
+    asm_counts = block_counts(out / "assemble", used)
+    partial = data.get("partial_block")
+    if partial is not None:  # the cut block: count only the anchors tried up to its last row kept
+        plan_counts[-1], asm_counts[-1] = _cut_block_counts(out, partial["block"], partial["rows"])
+    metas = [{"stats": dict(p, **{k: v for k, v in a.items() if k != "rows"})} for p, a in zip(plan_counts, asm_counts)]
+    built = int(data.get("rows", 0))
+    units = record("units")
+    leftover_dropped = units.get("leftover_dropped", 0) if (cfg.num_samples is None
+                                                            or cfg.num_samples >= units.get("units", 0)) else 0
+    chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
+    stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
-        stats["near_duplicate_pairs_in_corpus"] = graph.num_pairs
-        stats["chunks_with_near_copies"] = int(np.count_nonzero(np.diff(graph.indptr)))
+        near = record("neardup")
+        stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
+        stats["chunks_with_near_copies"] = near.get("chunks_with_near_copies")
         if cfg.dedup_corpus:
-            stats["documents_removed_as_near_duplicates"] = int(removed_docs.sum())
-    if quest_stats is not None:
-        stats["quest"] = quest_stats
-    embed_info = out / "embeddings" / "stage.json"
-    if vectors is not None and embed_info.exists():  # chunks longer than the embedder's window
-        info = json.loads(embed_info.read_text())
-        stats["embedding"] = {"embedder": info.get("embedder_name"), "max_length_tokens": info.get("max_length"),
-                              "chunks_windowed": info.get("windowed_chunks")}
+            dedup = record("dedup")
+            stats["documents_removed_as_near_duplicates"] = dedup.get("documents_removed")
+            stats["chunks_removed_as_near_duplicates"] = dedup.get("chunks_removed")
+    if units.get("quest") is not None:
+        stats["quest"] = units["quest"]
+    embedder_name = None
+    if "embeddings" in pipeline.external:
+        from ..index import ChunkIndex
+
+        embedder_name = ChunkIndex.view(pipeline.external["embeddings"], verify=False).embedder_name
+    elif vectors is not None:
+        e = record("embeddings")
+        embedder_name = e.get("embedder")
+        stats["embedding"] = {"embedder": embedder_name,
+                              "max_length_tokens": int(e["max_length"]) if e.get("max_length") else None,
+                              "chunks_windowed": e.get("windowed")}
     if built == 0:
-        raise NextlongError(_too_small_message(cfg, store, stats, lengths))
+        raise NextlongError(_too_small_message(cfg, store, stats, doc_lengths(store, len(tokenizer.encode_ordinary(
+            cfg.separator)) if cfg.separator else 0)))
 
     t0 = time.perf_counter()
     if cfg.format == "jsonl":
@@ -520,12 +303,15 @@ def _run(cfg: SynthesisConfig) -> dict:
     timings["total"] = time.perf_counter() - t_start
     stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
     stats["output_tokens_per_s"] = round(built * cfg.target_length / max(timings["total"], 1e-9), 1)
+    index_dir = pipeline.external.get("index", out / "index")
+    search = str(index_dir) if (Path(index_dir) / "index.json").exists() and "index" in fps else "exact"
     settings = cfg.to_dict()
+    sep_ids = tokenizer.encode_ordinary(cfg.separator) if cfg.separator else []
     settings.update(tokenizer_name=getattr(tokenizer, "name", None),
                     tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
-                    separator_ids=sep_ids.tolist(), separator_side="trailing", embedder_name=embedder_name,
-                    chars_per_token_used=chars_per_token, search=("exact" if index_path is None else index_path),
-                    output_fingerprint=settings_fp)
+                    separator_ids=[int(x) for x in sep_ids], separator_side="trailing", embedder_name=embedder_name,
+                    chars_per_token_used=cfg.chars_per_token or store.chars_per_token(), search=search,
+                    output_fingerprint=fps["data"], stage_fingerprints=fps)
     manifest = write_manifest(out / "manifest.json", command="synthesize", settings=settings, statistics=stats,
                               seed=cfg.seed)
     if cfg.num_samples is not None and built < cfg.num_samples:
@@ -534,34 +320,26 @@ def _run(cfg: SynthesisConfig) -> dict:
     return manifest
 
 
-def _single_threaded_blas():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
+def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
+    """Plan and assembly counts of the part of a block the --num-samples cut kept: its plan rows up to
+    the `rows`-th built one (as if planning had stopped there), and the rows written."""
+    from .stage import block_path
+    from .stages import assemble_counts, plan_counts
 
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-def _document_texts(chunks_path: Path, store) -> list[str]:
-    texts = [[] for _ in range(store.num_docs)]
-    c = 0
-    for batch in pq.ParquetFile(chunks_path).iter_batches(columns=["text"], batch_size=8192):
-        for t in batch.column("text").to_pylist():
-            texts[int(store.chunk_doc[c])].append(t)
-            c += 1
-    return ["\n".join(parts) for parts in texts]
+    plan = pq.read_table(block_path(out / "plan", block))
+    ok = np.flatnonzero(plan.column("ok").to_numpy(zero_copy_only=False))
+    plan = plan.slice(0, int(ok[rows - 1]) + 1) if rows <= ok.size else plan
+    written = pq.read_table(block_path(out / "data", block), columns=["segments"])
+    return plan_counts(plan), assemble_counts(written)
 
 
-def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> dict:
-    built = _sum(metas, "built") if metas else 0
+def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built) -> dict:
     meta_chunks = _sum(metas, "meta_chunks") if metas else 0
     sim_n = _sum(metas, "negative_sim_n") if metas else 0
     dist_n = _sum(metas, "dependency_distance_n") if metas else 0
     reasons: Counter = Counter()
     for m in metas:
-        reasons.update(m["stats"]["drop_reasons"])
+        reasons.update(m["stats"].get("drop_reasons", {}))
     stats = {
         "corpus_documents": store.num_docs,
         "corpus_chunks": store.num_chunks,
@@ -573,7 +351,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> di
         "anchors_tried": _sum(metas, "tried") if metas else 0,
         "dropped_too_short": (_sum(metas, "dropped") if metas else 0) + leftover_dropped,
         "drop_reasons": dict(reasons.most_common(5)),
-        "shards": len(metas),
+        "shards": len(metas),  # output shards the --num-samples cut used (statistics cover all their anchors)
         "mean_dependency_distance_tokens": (_sum(metas, "dependency_distance_sum") / dist_n) if dist_n else None,
     }
     used = set()
@@ -595,7 +373,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats) -> di
         stats["near_duplicate_candidates_rejected"] = total("near_dup_rejected")
         stats["already_long"] = total("already_long")
         anchors = total("anchor_meta_chunks")
-        stats["anchor_meta_chunks_after_cut"] = total("anchor_meta_chunks_after_cut")
+        stats["anchor_meta_chunks_after_cut"] = anchors - total("anchor_meta_chunks_kept")
         stats["anchor_meta_chunks_after_cut_fraction"] = (stats["anchor_meta_chunks_after_cut"] / anchors
                                                           if anchors else None)
     if vectors is not None:

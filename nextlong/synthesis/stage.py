@@ -54,7 +54,7 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.p
    corpus read therefore changes nothing in the output.
 5. Resume. Before running stage s, call `prepare(ctx)`: a stage whose `_done.json` holds its
    fingerprint is skipped; one with another fingerprint raises StageMismatchError (or is cleared with
-   `rebuild=True`); a folder with only an older nextlong's records (`stage.json`, `_shards/`) is
+   `rebuild=True`, or at once when the stage is `remake_on_change`, as the cut is); a folder with only an older nextlong's records (`stage.json`, `_shards/`) is
    cleared with a one-line log. Map stages resume per block: a block whose record holds the block
    fingerprint (`block_fingerprint(stage_fp, j, partition)`) is skipped; others are (re)computed and
    written atomically (`write_block`). Stale parts beyond the last block are removed when the stage
@@ -66,8 +66,10 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.p
    chain of map stages that feeds it once the first blocks hold `cut_rows` rows (the local executor
    runs that chain block by block and does); computing more blocks changes nothing in the output.
 8. Faults. A block is retried from scratch (its output is atomic, so a killed worker leaves only a
-   temporary file). An error in a stage is raised to the caller as a NextlongError naming the stage
-   and block; the stage's record is never written.
+   temporary file). An error in a stage reaches the caller and neither the failed block's record nor
+   the stage's is written. The local executor raises the stage's own exception unchanged; a
+   distributed one, whose traceback would point into a worker, raises a NextlongError that names the
+   stage and the block.
 9. Resources. A map stage with `uses_gpu = True` (the embedder) may run on GPU actors when the
    executor was given GPUs; all others are CPU work. `ctx.threads` bounds a worker's threads.
 
@@ -178,6 +180,7 @@ class Stage:
 
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1  # bump when the stage's code changes its output for the same settings
+    remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
 
     def settings(self) -> dict:
         """The settings this stage depends on, derived from its dataclass fields."""
@@ -193,7 +196,7 @@ class Stage:
     def fingerprint(self, input_fingerprints: dict[str, str]) -> str:
         """Derived from the settings and the fingerprints of every stage it reads."""
         return fingerprint({"settings": self.settings(),
-                            "inputs": {name: input_fingerprints.get(name) for name in self.inputs}})
+                            "inputs": [[name, input_fingerprints.get(name)] for name in self.inputs]})
 
 
 def _material(value):
@@ -307,7 +310,8 @@ class Pipeline:
 
     def fingerprints(self) -> dict[str, str]:
         """Every stage's fingerprint, in list order (each covers the stages it reads)."""
-        fps: dict[str, str] = {name: fingerprint({"external": str(path)}) for name, path in self.external.items()}
+        fps: dict[str, str] = {name: fingerprint({"external": corpus_identity(path)})
+                               for name, path in self.external.items()}
         for s in self.stages:
             fps[s.name] = s.fingerprint(fps)
         return fps
@@ -378,7 +382,7 @@ def prepare(ctx: StageContext) -> bool:
                       if r is not None and r.get("stage") == ctx.stage.name
                       and r.get("stage_fingerprint") not in (None, ctx.fingerprint)), None)
     if stale is not None:
-        if not ctx.rebuild:
+        if not (ctx.rebuild or ctx.stage.remake_on_change):
             raise StageMismatchError(f"{directory}: the cached {ctx.stage.name} stage was built with other "
                                      f"settings ({_diff(stale.get('settings', {}), ctx.stage.settings())}). "
                                      "Use another --out, or pass --rebuild to rebuild it.")

@@ -149,3 +149,597 @@ def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, 
     ids, start, end = assemble(store.tokens, store.tok_offsets, plan, sep_ids, target_length, impl=impl)
     keys = plan_table.filter(plan_table.column("ok")).column("group_key").to_pylist()
     return to_output_table(store, plan, ids, start, end, method, group_keys=keys)
+
+
+# --- the stages as Stage objects (stage.py): what pipeline.py lists and an executor runs ---------
+#
+# Each is a dataclass whose fields are the settings it depends on; heavy state is built in `setup`
+# (map stages) or `build` (whole stages) from the folders of its inputs, so every one pickles small.
+
+import dataclasses as _dc  # noqa: E402
+import json as _json  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import pyarrow.parquet as _pq  # noqa: E402
+
+from ..atomic import atomic_path as _atomic_path  # noqa: E402
+from .stage import MapStage, WholeStage, identity, input_blocks, not_a_setting  # noqa: E402
+
+CHUNKS_FILE = "chunks.parquet"
+STORE_DIR = "store"
+EMBEDDINGS_FILE = "embeddings.npy"
+DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
+
+
+def tokenizer_identity(spec) -> dict:
+    """A tokenizer setting as its vocabulary's fingerprint (a spec string alone could name other files)."""
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec)
+    return {"spec": spec, "name": getattr(tok, "name", None), "fingerprint": getattr(tok, "fingerprint", None)}
+
+
+def _separator_ids(tokenizer_spec, separator: str) -> np.ndarray:
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_spec)
+    return np.asarray(tok.encode_ordinary(separator), np.uint32) if separator else np.zeros(0, np.uint32)
+
+
+def _load_embedder(spec: str, threads: int | None, chunk_texts=None):
+    """The embedder of `spec`; a lexical one is fitted on `chunk_texts()` (an iterable of texts, in chunk
+    order: deterministic, so every worker fits the same weights)."""
+    from ..embedding import load_embedder
+
+    embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec, **({"threads": threads} if threads else {}))
+    if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1) and chunk_texts is not None:
+        embedder.fit(chunk_texts())
+    return embedder
+
+
+def chunk_texts(chunks_dir):
+    """Texts of a consolidated chunk table, in chunk-id order (a generator factory)."""
+    def gen():
+        for b in _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=4096):
+            yield from b.column("text").to_pylist()
+    return gen
+
+
+def load_store(chunks_dir):
+    from .store import ChunkStore
+
+    return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
+
+
+@_dc.dataclass
+class ChunkStage(MapStage):
+    """Corpus block -> meta-chunks with token ids; chunk_id counts from 0 in each block (`Consolidate`
+    adds the earlier blocks' counts)."""
+
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    chunk_size: int = 2048
+    chunk_unit: str = "chars"
+    threads: int | None = not_a_setting(default=None)
+
+    def setup(self, ctx):
+        from ..chunking import resolve_tokenizer
+        from ..tokenizer import load_tokenizer
+
+        self._encoder = resolve_tokenizer(load_tokenizer(self.tokenizer))[1]
+        self._threads = self.threads or ctx.threads
+
+    def __call__(self, block):
+        return chunk_batch(block, tokenizer=self._encoder, chunk_size=self.chunk_size, chunk_unit=self.chunk_unit,
+                           first_chunk_id=0, num_threads=self._threads)
+
+    def count(self, output):
+        import pyarrow.compute as pc
+
+        return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0)}
+
+
+def _renumbered_parts(parts_dir, blocks: int):
+    """(block, table) of a map stage's parts with chunk_id = rows in earlier blocks + local id."""
+    from .stage import block_path
+
+    first = 0
+    for j in range(blocks):
+        path = block_path(parts_dir, j)
+        if not path.exists():
+            continue
+        t = _pq.read_table(path)
+        ids = pa.array(np.arange(first, first + t.num_rows, dtype=np.int64))
+        first += t.num_rows
+        yield j, t.set_column(t.schema.get_field_index("chunk_id"), "chunk_id", ids)
+
+
+def _write_chunk_table(tables, out_dir) -> int:
+    """Concatenate chunk tables into out_dir/chunks.parquet (atomic) and build the chunk store."""
+    from ..chunking import _STATISTICS_COLUMNS, chunk_table_schema
+    from .store import ChunkStore
+
+    out_dir = _Path(out_dir)
+    rows = 0
+    schema = chunk_table_schema(True)
+    with _atomic_path(out_dir / CHUNKS_FILE) as tmp:
+        with _pq.ParquetWriter(tmp, schema, use_dictionary=["doc_id"],
+                               write_statistics=_STATISTICS_COLUMNS) as writer:
+            for t in tables:
+                writer.write_table(t.cast(schema))
+                rows += t.num_rows
+    ChunkStore.from_parquet(out_dir / CHUNKS_FILE).save(out_dir / STORE_DIR)
+    return rows
+
+
+@_dc.dataclass
+class Consolidate(WholeStage):
+    """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store."""
+
+    def build(self, ctx):
+        src = ctx.input(self.inputs[0])
+        blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
+        rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks)), ctx.out_dir)
+        store = load_store(ctx.out_dir)
+        return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks}
+
+
+@_dc.dataclass
+class NearDupStage(WholeStage):
+    """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
+
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    threshold: float = 0.5
+    ngram: int = 5
+
+    def build(self, ctx):
+        from ..tokenizer import load_tokenizer
+        from .neardup import NearDupGraph
+
+        graph = NearDupGraph.build(load_store(ctx.input(self.inputs[0])), load_tokenizer(self.tokenizer),
+                                   self.threshold, progress=ctx.progress)
+        graph.save(ctx.out_dir)
+        return {"pairs": graph.num_pairs, "chunks_with_near_copies": int(np.count_nonzero(np.diff(graph.indptr)))}
+
+
+@_dc.dataclass
+class DedupStage(WholeStage):
+    """--dedup-corpus, before embedding: drop every document that is a near-copy of an earlier kept one.
+
+    inputs: (chunk blocks, consolidated chunks, near-copy graph). Writes the kept chunks as blocks
+    (same block numbers, the next map stage's input), as one renumbered table + store, and the
+    near-copy graph restricted and renumbered to the kept chunks. Dropped documents are never
+    embedded, never an anchor, never a negative."""
+
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    threshold: float = 0.5
+
+    def build(self, ctx):
+        from ..tokenizer import load_tokenizer
+        from .neardup import NearDupGraph, duplicate_documents
+        from .stage import block_path
+
+        blocks_dir, chunks_dir, graph_dir = (ctx.input(n) for n in self.inputs)
+        store = load_store(chunks_dir)
+        graph = NearDupGraph.load(graph_dir, self.threshold)
+        removed = duplicate_documents(store, load_tokenizer(self.tokenizer), graph, self.threshold)
+        with _atomic_path(ctx.out_dir / "removed_docs.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, removed)
+        removed_doc_index = set(np.asarray(store.doc_index)[removed].tolist())
+        blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
+        from .writers import write_parquet_atomic
+
+        kept_parts = []
+        for j, t in _renumbered_parts(blocks_dir, blocks):  # the kept rows of each block, ids local again
+            keep = ~np.isin(t.column("doc_index").to_numpy(), list(removed_doc_index)) if removed_doc_index else None
+            if keep is not None:
+                t = t.filter(pa.array(keep))
+            t = t.set_column(0, "chunk_id", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+            if t.num_rows:
+                write_parquet_atomic(t, block_path(ctx.out_dir, j))
+                kept_parts.append(j)
+        rows = _write_chunk_table((t for _, t in _renumbered_parts(ctx.out_dir, blocks)), ctx.out_dir)
+        # the graph on the kept chunks, renumbered
+        kept_chunks = ~removed[np.asarray(store.chunk_doc)]
+        new_id = np.cumsum(kept_chunks) - 1
+        src = np.repeat(np.arange(store.num_chunks, dtype=np.int64), np.diff(graph.indptr))
+        ok = kept_chunks[src] & kept_chunks[graph.indices]
+        s, d = new_id[src[ok]], new_id[graph.indices[ok]]
+        indptr = np.zeros(rows + 1, np.int64)
+        np.cumsum(np.bincount(s, minlength=rows), out=indptr[1:])
+        NearDupGraph(indptr, d[np.lexsort((d, s))], self.threshold).save(ctx.out_dir / "graph")
+        return {"blocks": blocks, "documents_removed": int(removed.sum()),
+                "chunks_removed": int(store.num_chunks - rows), "chunks": rows}
+
+
+@_dc.dataclass
+class EmbedStage(MapStage):
+    """Chunk block -> its chunks' embeddings (one fixed-size float32 list per row, in row order).
+
+    inputs: (chunk blocks, consolidated chunk table: a lexical embedder fits its IDF on all texts)."""
+
+    embedder: str = DEFAULT_EMBEDDER_SPEC
+    long_texts: str = "window"  # chunks beyond the model's window are embedded whole (mean of windows)
+    batch_size: int = not_a_setting(default=512)
+    threads: int | None = not_a_setting(default=None)
+
+    uses_gpu = True
+
+    def setup(self, ctx):
+        self._embedder = _load_embedder(self.embedder, self.threads or ctx.threads,
+                                        chunk_texts(ctx.input(self.inputs[1])))
+
+    def __call__(self, block):
+        texts = block.column("text").to_pylist()
+        dim = int(self._embedder.dim)
+        before = getattr(self._embedder, "windowed_texts", 0)
+        vecs = np.zeros((len(texts), dim), np.float32)
+        for lo in range(0, len(texts), self.batch_size):
+            part = np.asarray(self._embedder.embed(texts[lo:lo + self.batch_size]), np.float32)
+            if part.shape != (len(texts[lo:lo + self.batch_size]), dim):
+                from ..errors import EmbedderError
+
+                raise EmbedderError(f"embedder {self._embedder.name!r} returned shape {part.shape}, expected "
+                                    f"{(len(texts[lo:lo + self.batch_size]), dim)}")
+            vecs[lo:lo + part.shape[0]] = part
+        windowed = getattr(self._embedder, "windowed_texts", 0) - before
+        table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)})
+        return table.replace_schema_metadata({b"windowed": str(windowed).encode(),
+                                              b"embedder": str(self._embedder.name).encode(),
+                                              b"max_length": str(getattr(self._embedder, "max_length", "")).encode()})
+
+    def count(self, output):
+        meta = output.schema.metadata or {}
+        return {"rows": output.num_rows, "windowed": int(meta.get(b"windowed", b"0")),
+                "embedder": meta.get(b"embedder", b"").decode(), "max_length": meta.get(b"max_length", b"").decode()}
+
+
+@_dc.dataclass
+class GatherEmbeddings(WholeStage):
+    """Embedding blocks -> embeddings.npy (row = chunk id), its CRC32 in the stage record."""
+
+    def build(self, ctx):
+        from ..atomic import file_crc32
+        from .stage import block_counts, block_path
+
+        src = ctx.input(self.inputs[0])
+        blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
+        counts = block_counts(src, range(blocks))
+        rows = sum(c.get("rows", 0) for c in counts)
+        dim = None
+        for j in range(blocks):
+            if block_path(src, j).exists():
+                dim = _pq.read_schema(block_path(src, j)).field("embedding").type.list_size
+                break
+        dim = dim or 1
+        from ..embed_store import _reserve
+        from ..errors import check_free_space
+
+        check_free_space(ctx.out_dir / EMBEDDINGS_FILE, 128 + rows * dim * 4)
+        with _atomic_path(ctx.out_dir / EMBEDDINGS_FILE) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+            _reserve(tmp)  # a write into a mapped page the disk cannot back would be a SIGBUS
+            at = 0
+            for j in range(blocks):
+                if not block_path(src, j).exists():
+                    continue
+                col = _pq.read_table(block_path(src, j)).column("embedding").combine_chunks()
+                n = len(col)
+                arr[at:at + n] = col.flatten().to_numpy().reshape(n, dim)
+                at += n
+            arr.flush()
+            del arr
+        named = next((c for c in counts if c.get("embedder")), {})
+        return {"rows": rows, "dim": dim, "crc32": file_crc32(ctx.out_dir / EMBEDDINGS_FILE),
+                "windowed": sum(c.get("windowed", 0) for c in counts), "embedder": named.get("embedder"),
+                "max_length": named.get("max_length") or None}
+
+
+def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None) -> np.ndarray:
+    """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
+    from ..embed_store import open_embeddings
+    from ..errors import CorruptFileError
+
+    path = _Path(embeddings_dir) / EMBEDDINGS_FILE
+    if record is not None and verify and record.get("counts", {}).get("crc32") is not None:
+        from ..atomic import file_crc32
+
+        if file_crc32(path) != record["counts"]["crc32"]:
+            raise CorruptFileError(f"{path}: CRC32 mismatch with its stage record; the embeddings file is corrupt: "
+                                   "delete the folder to embed again (or pass --no-verify)")
+        return np.load(path, mmap_mode="r")
+    return open_embeddings(path, verify=verify)
+
+
+@_dc.dataclass
+class IndexStage(WholeStage):
+    """The usearch HNSW index over the embeddings, for corpora above `exact_max` chunks (below it,
+    planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks)."""
+
+    embedder: str = DEFAULT_EMBEDDER_SPEC
+    exact_max: int = 200_000
+    threads: int | None = not_a_setting(default=None)
+
+    def build(self, ctx):
+        emb_dir, chunks_dir = (ctx.input(n) for n in self.inputs)
+        store = load_store(chunks_dir)
+        if store.num_chunks <= self.exact_max:
+            return {"search": "exact"}
+        from ..index import ChunkIndex, read_chunk_metadata
+
+        vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[0]))
+        embedder = _load_embedder(self.embedder, self.threads or ctx.threads, chunk_texts(chunks_dir))
+        meta = read_chunk_metadata(chunks_dir / CHUNKS_FILE)
+        if hasattr(embedder, "save"):
+            embedder.save(ctx.out_dir)
+        index = ChunkIndex.build(vectors, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
+                                 text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder,
+                                 threads=self.threads or ctx.threads or 0, progress=ctx.progress)
+        index.info["chunks_path"] = str((chunks_dir / CHUNKS_FILE).resolve())
+        index.info["embeddings_path"] = str((emb_dir / EMBEDDINGS_FILE).resolve())
+        index.save(ctx.out_dir)
+        return {"search": "usearch", "chunks": len(index)}
+
+
+@_dc.dataclass
+class UnitsStage(WholeStage):
+    """What each output row is built from, in blocks of `shard_size` rows: anchor documents (nextlong,
+    knn: a seeded permutation) or ordered document groups (standard, iclm, quest). The blocks are the
+    output shards. inputs: (chunks, embeddings or nothing)."""
+
+    method: str = "nextlong"
+    seed: int = 0
+    target_length: int = 131072
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    separator: str = "\n"
+    shard_size: int = 64
+    doc_embedding: str = "mean"
+    knn_neighbors: int = 32
+    quest_keywords: int = 3
+    quest_max_repeats: int = 4
+
+    def build(self, ctx):
+        from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
+                                pack_stream, quest_contexts, standard_order)
+        from .stage import block_path
+        from .writers import write_parquet_atomic
+
+        chunks_dir = ctx.input(self.inputs[0])
+        store = load_store(chunks_dir)
+        lengths = doc_lengths(store, int(_separator_ids(self.tokenizer, self.separator).size))
+        counts: dict = {"leftover_dropped": 0}
+        if self.method in ("nextlong", "knn"):
+            units = pa.table({"anchor_doc": np.random.default_rng(self.seed).permutation(store.num_docs).astype(np.int64)})
+        elif self.method == "quest":
+            texts = _document_texts(chunks_dir, store)
+            keys = draw_keys(document_keywords(texts, top_k=self.quest_keywords), self.seed)
+            groups, group_keys, quest = quest_contexts(keys, lengths, self.target_length, self.seed,
+                                                       max_repeats=self.quest_max_repeats)
+            quest["keywords_per_document"] = self.quest_keywords
+            counts["quest"] = quest
+            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
+                              "group_key": pa.array(group_keys, pa.string())})
+        else:
+            if self.method == "standard":
+                order = standard_order(store.num_docs, self.seed)
+            else:  # iclm
+                vectors = open_vectors(ctx.input(self.inputs[1]), record=ctx.input_record(self.inputs[1]))
+                order = iclm_order(knn_graph(document_vectors(store, vectors, self.doc_embedding), self.knn_neighbors),
+                                   self.seed)
+            groups, leftover = pack_stream(order, lengths, self.target_length)
+            counts["leftover_dropped"] = len(leftover)
+            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
+        blocks = 0
+        for blocks, lo in enumerate(range(0, units.num_rows, self.shard_size), start=1):
+            write_parquet_atomic(units.slice(lo, self.shard_size), block_path(ctx.out_dir, blocks - 1))
+        counts.update(blocks=blocks, units=units.num_rows)
+        return counts
+
+
+def _document_texts(chunks_dir, store) -> list[str]:
+    texts = [[] for _ in range(store.num_docs)]
+    c = 0
+    for t in chunk_texts(chunks_dir)():
+        texts[int(store.chunk_doc[c])].append(t)
+        c += 1
+    return ["\n".join(parts) for parts in texts]
+
+
+@_dc.dataclass
+class PlanStage(MapStage):
+    """Units block -> plan table (PLAN_SCHEMA): which chunks make each long document, or why not.
+
+    inputs: (units, chunks, embeddings, index, near-copy graph) - absent ones are None names."""
+
+    method: str = "nextlong"
+    target_length: int = 131072
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    separator: str = "\n"
+    negatives: str = "fixed-k"
+    chunk_size: int = 2048
+    chunk_unit: str = "chars"
+    chars_per_token: float | None = None  # None: measured on the chunks
+    overshoot: float = 1.5
+    k_rounding: str = "ceil"
+    exclude_duplicates: bool = True
+    max_candidates: int = 4096
+    near_dup_threshold: float = 0.5
+    long_docs: str = "keep"
+    doc_embedding: str = "mean"
+    knn_neighbors: int = 32
+    verify: bool = not_a_setting(default=True)
+
+    def setup(self, ctx):
+        from .negatives import ExactSearcher, IndexSearcher
+
+        units_name, chunks_name, emb_name, index_name, graph_name = self.inputs
+        self._store = store = load_store(ctx.input(chunks_name))
+        self._sep_len = int(_separator_ids(self.tokenizer, self.separator).size)
+        self._cpt = self.chars_per_token or store.chars_per_token()
+        if self.method == "nextlong":
+            self._vectors = open_vectors(ctx.input(emb_name), self.verify, ctx.input_record(emb_name))
+            index_dir = ctx.input(index_name)
+            if (index_dir / "index.json").exists():
+                from ..index import ChunkIndex
+
+                self._searcher = IndexSearcher(ChunkIndex.view(index_dir, verify=self.verify), store.num_chunks)
+                self._doc_label = lambda d: int(store.doc_index[d])
+            else:
+                self._searcher = ExactSearcher(self._vectors)
+                self._doc_label = None
+            self._near_dup = None
+            if graph_name is not None and self.near_dup_threshold > 0:
+                from .neardup import NearDupFilter, NearDupGraph
+
+                gdir = ctx.input(graph_name)
+                self._near_dup = NearDupFilter(NearDupGraph.load(gdir / "graph" if (gdir / "graph").is_dir() else gdir,
+                                                                 self.near_dup_threshold))
+        elif self.method == "knn":
+            from .baselines import doc_lengths, document_vectors
+
+            vectors = open_vectors(ctx.input(emb_name), self.verify, ctx.input_record(emb_name))
+            self._dvec = document_vectors(store, vectors, self.doc_embedding)
+            self._doc_searcher = ExactSearcher(self._dvec)
+            self._lengths = doc_lengths(store, self._sep_len)
+
+    def __call__(self, block):
+        if self.method == "nextlong":
+            with _single_threaded_blas():  # many small (p x n) products: BLAS threads only contend
+                return plan_nextlong_batch(
+                    block, store=self._store, searcher=self._searcher, chunk_vectors=self._vectors,
+                    target_length=self.target_length, sep_len=self._sep_len, negatives=self.negatives,
+                    chunk_size=self.chunk_size, chunk_unit=self.chunk_unit, chars_per_token=self._cpt,
+                    overshoot=self.overshoot, k_rounding=self.k_rounding, exclude_duplicates=self.exclude_duplicates,
+                    max_candidates=self.max_candidates, near_dup=self._near_dup, long_docs=self.long_docs,
+                    doc_label=self._doc_label)
+        if self.method == "knn":
+            with _single_threaded_blas():
+                return plan_knn_batch(block, store=self._store, doc_searcher=self._doc_searcher,
+                                      doc_vectors=self._dvec, doc_lengths=self._lengths,
+                                      target_length=self.target_length, first_width=self.knn_neighbors)
+        return plan_groups_batch(block, store=self._store)
+
+    def count(self, output):
+        return plan_counts(output)
+
+
+def plan_counts(plan_table: pa.Table) -> dict:
+    """Statistics of one plan block (summed over blocks into the manifest)."""
+    import re
+    from collections import Counter
+
+    ok = plan_table.column("ok").to_pylist()
+    reasons = Counter(re.sub(r"k = \d+ ", "k ", r) for r, good in zip(plan_table.column("reason").to_pylist(), ok)
+                      if not good)
+    negs = [n for row, good in zip(plan_table.column("negatives_per_meta_chunk").to_pylist(), ok) if good
+            for n in (row or [])]
+    sims = [s for row, good in zip(plan_table.column("negative_sims").to_pylist(), ok) if good for s in (row or [])]
+    planned_anchors = sum(sum(1 for r in (row or []) if r == 0)
+                          for row, good in zip(plan_table.column("roles").to_pylist(), ok) if good)
+    return {"rows": plan_table.num_rows, "tried": len(ok), "built": int(sum(ok)), "dropped": len(ok) - int(sum(ok)),
+            "drop_reasons": dict(reasons), "meta_chunks": len(negs), "negatives": int(sum(negs)),
+            "negative_sim_sum": float(sum(sims)), "negative_sim_n": len(sims),
+            "near_dup_rejected": int(sum(n or 0 for n in plan_table.column("near_dup_rejected").to_pylist())),
+            "already_long": int(sum(bool(a) for a, good in zip(plan_table.column("already_long").to_pylist(), ok)
+                                    if good)),
+            "anchor_meta_chunks": int(planned_anchors)}
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+@_dc.dataclass
+class AssembleStage(MapStage):
+    """Plan block -> output rows of exactly L tokens (OUTPUT_SCHEMA). inputs: (plan, chunks)."""
+
+    method: str = "nextlong"
+    target_length: int = 131072
+    tokenizer: str | None = identity(tokenizer_identity, default=None)
+    separator: str = "\n"
+
+    def setup(self, ctx):
+        self._store = load_store(ctx.input(self.inputs[1]))
+        self._sep_ids = _separator_ids(self.tokenizer, self.separator)
+
+    def __call__(self, block):
+        return assemble_batch(block, store=self._store, sep_ids=self._sep_ids, target_length=self.target_length,
+                              method=self.method)
+
+    def count(self, output):
+        return assemble_counts(output)
+
+
+def assemble_counts(output: pa.Table) -> dict:
+    """Statistics of output rows: dependency distance between consecutive meta-chunks, anchors kept."""
+    dist_sum, dist_n, kept = 0, 0, 0
+    for segs in output.column("segments").to_pylist():
+        prev = None
+        for seg in segs:
+            if seg["role"] != "anchor":
+                continue
+            kept += 1
+            if (prev is not None and prev["doc_id"] == seg["doc_id"]
+                    and seg["chunk_index"] == prev["chunk_index"] + 1):
+                dist_sum += seg["start"] - prev["end"]
+                dist_n += 1
+            prev = seg
+    return {"rows": output.num_rows, "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n,
+            "anchor_meta_chunks_kept": kept}
+
+
+@_dc.dataclass
+class CutStage(WholeStage):
+    """The output: the first `rows` rows of the assembled blocks in block order (all when None), one
+    Parquet shard per block (a whole block is hard-linked, the cut one rewritten). Its record lists the
+    blocks used, so statistics cover exactly them."""
+
+    rows: int | None = None
+
+    remake_on_change = True  # another --num-samples only re-cuts
+
+    @property
+    def cut_rows(self):
+        return self.rows
+
+    def build(self, ctx):
+        import os
+
+        from .stage import block_numbers, block_path, read_done
+        from .writers import write_parquet_atomic
+
+        src = ctx.input(self.inputs[0])
+        for stale in list(ctx.out_dir.glob("part-*.parquet")):
+            stale.unlink()
+        taken, used, partial = 0, [], None
+        for j in block_numbers(src):
+            if self.rows is not None and taken >= self.rows:
+                break
+            record = read_done(src / "_done" / f"part-{j:05d}.json")
+            n = int(record["counts"].get("rows", 0))
+            used.append(j)
+            if n == 0:
+                continue
+            part, target = block_path(src, j), block_path(ctx.out_dir, j)
+            if self.rows is None or taken + n <= self.rows:
+                try:
+                    os.link(part, target)
+                except OSError:
+                    import shutil
+
+                    shutil.copyfile(part, target)
+                taken += n
+            else:
+                from .assemble import OUTPUT_SCHEMA
+
+                # cast back to the canonical schema: Parquet renames list items, and the stored Arrow
+                # schema must be the one a fresh write has (byte-identical shards)
+                write_parquet_atomic(_pq.read_table(part).slice(0, self.rows - taken).cast(OUTPUT_SCHEMA), target)
+                partial = {"block": j, "rows": self.rows - taken}
+                taken = self.rows
+        return {"rows": taken, "blocks_used": used, "partial_block": partial}
