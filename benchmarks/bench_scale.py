@@ -1,0 +1,335 @@
+"""Scale-out figures for `nextlong synthesize`: the local and the Ray executor side by side, the mining
+stages at 1M+ chunks, and a projection to the paper's 644M chunks from measured per-chunk costs.
+
+1. Stages, local vs Ray (same run, same corpus, same settings): a generated corpus of `--chunks`
+   meta-chunks of real-looking text (documents of 1..8 chunks of ~2048 characters, words drawn with
+   their frequencies from the stdlib docstrings, so no two chunks are near-copies), synthesized with
+   the hashed-tfidf embedder, L = 8192, fixed-k negatives. Per stage: wall seconds, chunks/s, and
+   the peak RSS of the whole process tree (the driver and, for Ray, every Ray process; RSS counts
+   pages shared between processes, such as the memory-mapped chunk store, once per process). The
+   output shards of the two runs are compared byte for byte. Ray's start-up is timed on its own.
+2. Mining at scale (random vectors; the planning stub of bench_planning.py): the usearch HNSW build
+   per chunk at `--index-sizes`, and planning time per anchor at `--plan-sizes` (it must stay flat).
+3. Projection to 644M chunks: per-chunk core-seconds of each CPU stage measured in (1) and (2), an
+   assumed GPU embedding rate (default: the paper's 644M chunks in ~928 GPU-hours, ~193 chunks/s per
+   GPU), `--nodes` nodes of `--cores` cores and `--gpus-per-node` GPUs, and assumed prices.
+
+    python3 -m benchmarks.bench_scale [--quick] [--chunks 20000] [--index-sizes 100000,1000000]
+        [--plan-sizes 100000,1000000,10000000] [--nodes 16 --cores 32 --gpus-per-node 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+PAPER_CHUNKS = 644_000_000
+PAPER_GPU_HOURS = 928.0
+
+
+# --- a generated corpus ----------------------------------------------------------------------------
+
+
+def word_distribution(max_bytes: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Words of the stdlib docstrings and their frequencies."""
+    from nextlong.synthesis.demo import iter_stdlib_documents
+
+    counts: Counter = Counter()
+    for _, text in iter_stdlib_documents(max_bytes=max_bytes):
+        counts.update(text.split())
+    words, freq = zip(*counts.most_common())
+    p = np.asarray(freq, np.float64)
+    return np.asarray(words, dtype=object), p / p.sum()
+
+
+def write_corpus(path: Path, n_chunks: int, seed: int = 0, chunk_chars: int = 2048) -> dict:
+    """JSONL documents of 1..8 paragraphs of ~chunk_chars characters: ~n_chunks meta-chunks."""
+    words, p = word_distribution()
+    mean_len = float(sum(len(w) * q for w, q in zip(words[:5000], p[:5000])) / p[:5000].sum()) + 1
+    per_para = int(chunk_chars * 0.9 / mean_len)
+    rng = np.random.default_rng(seed)
+    docs, paras = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while paras < n_chunks:
+            k = int(min(rng.integers(1, 9), n_chunks - paras))
+            drawn = words[rng.choice(words.size, size=k * per_para, p=p)]
+            text = "\n".join(" ".join(drawn[i * per_para:(i + 1) * per_para]) for i in range(k))
+            f.write(json.dumps({"id": f"gen-{docs}", "text": text}) + "\n")
+            docs += 1
+            paras += k
+    return {"documents": docs, "bytes": path.stat().st_size}
+
+
+# --- memory of the process tree --------------------------------------------------------------------
+
+
+class TreeMemory:
+    """Samples the summed RSS of this process and all its descendants every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for p in [self.proc] + self.proc.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a process that ended between the listing and the read
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self._rss()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, t0: float, t1: float) -> int:
+        inside = [rss for t, rss in self.samples if t0 <= t <= t1]
+        return max(inside) if inside else 0
+
+
+def stage_windows(t_start: float, seconds: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Executors run steps one after another and record each step's seconds in order."""
+    out, t = {}, t_start
+    for name, s in seconds.items():
+        out[name] = (t, t + s)
+        t += s
+    return out
+
+
+# --- 1. stages, local vs Ray -----------------------------------------------------------------------
+
+
+def run_synthesis(corpus: Path, out: Path, executor: str, settings: dict, memory: TreeMemory) -> dict:
+    from nextlong.synthesis import stage as stage_module
+    from nextlong.synthesis import synthesize
+
+    made = {}
+    make = stage_module.executor_for
+
+    def capture(name, **options):  # keep the executor (its per-stage seconds) and when its run starts
+        executor = made["executor"] = make(name, **options)
+        inner = executor.run
+
+        def run(*a, **k):
+            made["t_run"] = time.perf_counter()
+            return inner(*a, **k)
+
+        executor.run = run
+        return executor
+
+    import nextlong.synthesis.pipeline as pipeline_module
+
+    pipeline_module.executor_for = capture
+    try:
+        t0 = time.perf_counter()
+        manifest = synthesize(corpus, out, executor=executor, **settings)
+        total = time.perf_counter() - t0
+    finally:
+        pipeline_module.executor_for = make
+    seconds = dict(made["executor"].seconds)
+    windows = stage_windows(made["t_run"], seconds)
+    stages = {name: {"seconds": round(s, 3), "peak_rss_mib": round(memory.peak(*windows[name]) / 2 ** 20)}
+              for name, s in seconds.items()}
+    return {"manifest": manifest, "total_s": total, "stages": stages}
+
+
+def shard_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+
+def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int) -> dict:
+    from nextlong.synthesis import executor_ray
+
+    corpus = work / "corpus.jsonl"
+    t0 = time.perf_counter()
+    info = write_corpus(corpus, n_chunks)
+    print(f"corpus: {info['documents']} documents, {info['bytes'] / 1e6:.1f} MB, ~{n_chunks} chunks "
+          f"(generated in {time.perf_counter() - t0:.1f} s)")
+    settings = dict(embedder="hashed-tfidf:256", target_length=target_length, progress=False, shard_size=64)
+    results = {"corpus": info}
+    with TreeMemory() as memory:
+        load = os.getloadavg()[0]
+        local = run_synthesis(corpus, work / "local", "local", settings, memory)
+        results["local"] = dict(local, load_before=load)
+        t0 = time.perf_counter()
+        executor_ray.connect(None, num_cpus=ray_cpus, object_store_memory=512 * 2 ** 20)
+        results["ray_start_s"] = time.perf_counter() - t0
+        load = os.getloadavg()[0]
+        ray = run_synthesis(corpus, work / "ray", "ray", settings, memory)
+        results["ray"] = dict(ray, load_before=load)
+        # preserve_order off: results of a chain come back in any order (files are named by block)
+        executor_ray.RayExecutor.preserve_order = False
+        shutil.rmtree(work / "ray-unordered", ignore_errors=True)
+        shutil.copytree(work / "ray", work / "ray-unordered",
+                        ignore=shutil.ignore_patterns("plan", "assemble", "data", "manifest.json", ".lock*"))
+        unordered = run_synthesis(corpus, work / "ray-unordered", "ray", settings, memory)
+        executor_ray.RayExecutor.preserve_order = True
+        results["ray_unordered_plan_assemble_s"] = sum(unordered["stages"].get(k, {}).get("seconds", 0)
+                                                       for k in ("plan", "assemble"))
+    results["identical"] = shard_hashes(work / "local" / "data") == shard_hashes(work / "ray" / "data") \
+        == shard_hashes(work / "ray-unordered" / "data")
+    chunks = results["local"]["manifest"]["statistics"]["corpus_chunks"]
+    results["chunks"] = chunks
+    print(f"\nstages on {os.cpu_count()} cores ({chunks} chunks; load {results['local']['load_before']:.2f} before "
+          f"the local run, {results['ray']['load_before']:.2f} before the Ray run; Ray start-up "
+          f"{results['ray_start_s']:.1f} s, not in the table)")
+    print(f"{'stage':<12} {'local s':>9} {'chunks/s':>10} {'peak MiB':>9} | {'ray s':>9} {'chunks/s':>10} {'peak MiB':>9}")
+    for name in results["local"]["stages"]:
+        a = results["local"]["stages"][name]
+        b = results["ray"]["stages"].get(name, {"seconds": float("nan"), "peak_rss_mib": 0})
+        print(f"{name:<12} {a['seconds']:>9.2f} {chunks / max(a['seconds'], 1e-9):>10.0f} {a['peak_rss_mib']:>9} | "
+              f"{b['seconds']:>9.2f} {chunks / max(b['seconds'], 1e-9):>10.0f} {b['peak_rss_mib']:>9}")
+    print(f"{'total':<12} {results['local']['total_s']:>9.2f} {'':>10} {'':>9} | {results['ray']['total_s']:>9.2f}")
+    print("(a chain of map stages is timed as one step, booked to its last stage: assemble = plan + assemble;\n"
+          " peak 0 = a step shorter than the 0.25 s sampling interval)")
+    ordered = sum(results["ray"]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
+    print(f"plan -> assemble on Ray: {ordered:.2f} s with preserve_order, "
+          f"{results['ray_unordered_plan_assemble_s']:.2f} s without")
+    print(f"output shards byte-identical (local, Ray, Ray without preserve_order): {results['identical']}")
+    return results
+
+
+# --- 2. mining at scale ------------------------------------------------------------------------------
+
+
+def index_build(sizes: list[int], dim: int = 384, threads: int = 0) -> dict:
+    """usearch HNSW build (f16, cosine; ChunkIndex's defaults) over random unit vectors."""
+    from nextlong.index import ChunkIndex
+
+    out = {}
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        vecs = rng.standard_normal((n, dim), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        ChunkIndex.build(vecs, np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) // 4,
+                         threads=threads, progress=False)
+        s = time.perf_counter() - t0
+        cores = threads or os.cpu_count()
+        out[n] = {"seconds": s, "core_us_per_chunk": 1e6 * s * cores / n, "load": load}
+        print(f"index build {n:>10,} chunks x {dim}: {s:.1f} s, {out[n]['core_us_per_chunk']:.0f} core-us/chunk "
+              f"({cores} threads; load {load:.2f})")
+        del vecs
+    return out
+
+
+def planning(sizes: list[int], anchors: int) -> dict:
+    from benchmarks import bench_planning
+
+    r = bench_planning.main(["--sizes", ",".join(map(str, sizes)), "--anchors", str(anchors), "--repeats", "2"])
+    return r
+
+
+# --- 3. projection -------------------------------------------------------------------------------------
+
+
+def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunks_per_doc: float, args) -> dict:
+    """Hours and cost for PAPER_CHUNKS chunks on args.nodes nodes (CPU stages spread over every core,
+    embedding over every GPU at the assumed rate; whole stages as they scale: see docs/scale.md)."""
+    n = PAPER_CHUNKS
+    cores = args.nodes * args.cores
+    gpus = args.nodes * args.gpus_per_node
+    rows = {}
+    for name, core_s in per_chunk_core_s.items():
+        rows[name] = {"core_hours": core_s * n / 3600, "wall_hours": core_s * n / 3600 / cores}
+    anchors = n / chunks_per_doc
+    # planning measured end to end above (exact search, small corpus); the stub-search figure at the
+    # largest size is shown for comparison, not added (flat per anchor: see the planning section)
+    print(f"  planning alone at scale (stub search): {plan_ms_per_anchor:.1f} ms/anchor x {anchors / 1e6:.0f}M "
+          f"anchors = {plan_ms_per_anchor / 1e3 * anchors / 3600:.0f} core-h (inside 'plan + assemble + write')")
+    rows["embed (GPU)"] = {"gpu_hours": n / args.gpu_chunks_per_s / 3600,
+                           "wall_hours": n / args.gpu_chunks_per_s / 3600 / gpus}
+    cpu_hours = sum(r.get("core_hours", 0) for r in rows.values())
+    gpu_hours = rows["embed (GPU)"]["gpu_hours"]
+    wall = sum(r["wall_hours"] for r in rows.values())
+    cost = cpu_hours * args.core_hour_usd + gpu_hours * args.gpu_hour_usd
+    print(f"\nprojection to {n / 1e6:.0f}M chunks on {args.nodes} nodes x {args.cores} cores + "
+          f"{args.gpus_per_node} GPUs ({cores} cores, {gpus} GPUs); GPU embedding at {args.gpu_chunks_per_s:.0f} "
+          f"chunks/s per GPU; ${args.core_hour_usd}/core-hour, ${args.gpu_hour_usd}/GPU-hour; "
+          f"{chunks_per_doc:.2f} chunks per document (one anchor each)")
+    for name, r in rows.items():
+        amount = f"{r['gpu_hours']:.0f} GPU-h" if "gpu_hours" in r else f"{r['core_hours']:.0f} core-h"
+        print(f"  {name:<24} {amount:>14}  {r['wall_hours']:8.2f} h wall")
+    print(f"  {'total':<24} {cpu_hours:>8.0f} core-h + {gpu_hours:.0f} GPU-h, {wall:.1f} h wall if stages run "
+          f"one after another, ${cost:,.0f}")
+    return {"rows": rows, "cpu_hours": cpu_hours, "gpu_hours": gpu_hours, "wall_hours": wall, "usd": cost}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2k chunks, index at 20k, planning at 100k (a minute or two)")
+    ap.add_argument("--chunks", type=int, default=20_000, help="chunks of the generated corpus for local vs Ray")
+    ap.add_argument("--target-length", type=int, default=8192)
+    ap.add_argument("--ray-cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--index-sizes", default="100000,1000000")
+    ap.add_argument("--plan-sizes", default="100000,1000000,10000000")
+    ap.add_argument("--anchors", type=int, default=20)
+    ap.add_argument("--nodes", type=int, default=16)
+    ap.add_argument("--cores", type=int, default=32)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--gpu-chunks-per-s", type=float, default=PAPER_CHUNKS / (PAPER_GPU_HOURS * 3600))
+    ap.add_argument("--gpu-hour-usd", type=float, default=2.5)
+    ap.add_argument("--core-hour-usd", type=float, default=0.04)
+    ap.add_argument("--work", help="folder for the corpus and outputs (default: a temporary one)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.chunks, args.index_sizes, args.plan_sizes, args.anchors = 2000, "20000", "100000", 10
+    print(f"load: {os.getloadavg()[0]:.2f} (1-min average) on {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')} UTC")
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"args": vars(args)}
+    try:
+        results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus)
+        results["index"] = index_build([int(x) for x in args.index_sizes.split(",")])
+        results["planning"] = planning([int(x) for x in args.plan_sizes.split(",")], args.anchors)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    local = results["stages"]["local"]
+    chunks = results["stages"]["chunks"]
+    stats = local["manifest"]["statistics"]
+    cores_here = os.cpu_count()
+    per_chunk = {}  # core-seconds per chunk of the local run's CPU stages (threads use every core)
+    for name, group in (("chunk + tokenize", ("chunk", "chunks")), ("near-copy graph", ("neardup",)),
+                        ("plan + assemble + write", ("units", "assemble", "data"))):
+        s = sum(local["stages"].get(k, {}).get("seconds", 0) for k in group)
+        per_chunk[name] = s * cores_here / chunks
+    biggest = max(results["index"])
+    per_chunk["index (HNSW)"] = results["index"][biggest]["core_us_per_chunk"] / 1e6
+    sizes = sorted(k for k in results["planning"] if isinstance(k, int))
+    plan_ms = max(results["planning"][s]["ms_per_anchor"] for s in sizes)
+    results["projection"] = project(per_chunk, plan_ms, chunks / stats["corpus_documents"], args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
