@@ -186,10 +186,12 @@ def test_same_seed_same_bytes_and_resume_after_interrupt(corpus, tmp_path, monke
     assert [p.name for p in finished] == ["part-00000.json", "part-00001.json"]
     assert not (tmp_path / "b" / "assemble" / "_done.json").exists() and not _files(tmp_path / "b")
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "assemble").glob("part-0000[01].parquet")}
+    for done_stage in ("chunks/chunks.parquet", "embeddings/embeddings.npy", "units/part-00000.parquet"):
+        before[tmp_path / "b" / done_stage] = (tmp_path / "b" / done_stage).stat().st_mtime_ns
     synthesize(corpus, tmp_path / "b", **opts)
     assert _files(tmp_path / "b") == reference
     for p, t in before.items():
-        assert p.stat().st_mtime_ns == t, "finished shards are kept, not redone"
+        assert p.stat().st_mtime_ns == t, "finished stages and shards are kept, not redone"
 
     # a run that asked for fewer documents, then more, ends with the same bytes too
     synthesize(corpus, tmp_path / "c", **dict(opts, num_samples=3))

@@ -220,6 +220,7 @@ class MapStage(Stage):
 
     kind: ClassVar[str] = "map"
     uses_gpu: ClassVar[bool] = False
+    parquet_options: ClassVar[dict] = {}  # writer options of its blocks (write_block applies them)
 
     def setup(self, ctx: "StageContext") -> None:
         """Load heavy state (embedder, memory-mapped store, searcher). Default: nothing."""
@@ -406,7 +407,7 @@ def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, pa
 
     part = block_path(ctx.out_dir, block)
     if table.num_rows:
-        write_parquet_atomic(table, part)
+        write_parquet_atomic(table, part, **getattr(ctx.stage, "parquet_options", {}))
     else:
         part.unlink(missing_ok=True)
     write_done(block_record_path(ctx.out_dir, block), stage=ctx.stage.name,

@@ -1,9 +1,9 @@
-"""The stages of synthesis, each a function from one Arrow batch to another.
+"""The stages of synthesis: batch -> batch functions, and the Stage objects (stage.py) built on them.
 
-Everything a stage needs is passed in (tokenizer, embedder, chunk store, searcher, settings); no
-stage keeps state between calls, so the same functions can run as `map_batches` steps of a
-distributed engine (Ray Data) without rewriting them. The driver in pipeline.py only caches their
-outputs on disk and feeds them batches.
+Everything a function needs is passed in (tokenizer, embedder, chunk store, searcher, settings); no
+function keeps state between calls. The Stage classes at the end of this module bind the settings
+(their dataclass fields, hence their fingerprints) and load the heavy state in `setup`/`build` from
+their inputs' folders; pipeline.py lists them and an executor (local or Ray) runs them.
 
     corpus batch (doc_index, doc_id, text)  --chunk_batch-->   chunk table (CHUNK_SCHEMA + input_ids)
     chunk batch                             --embed_batch-->   chunk_id + embedding
@@ -363,6 +363,9 @@ class EmbedStage(MapStage):
     threads: int | None = not_a_setting(default=None)
 
     uses_gpu = True
+    # float vectors: a dictionary or zstd only costs time; one row group per block
+    parquet_options = {"compression": "none", "use_dictionary": False, "write_statistics": False,
+                       "row_group_size": 1 << 20}
 
     def setup(self, ctx):
         self._embedder = _load_embedder(self.embedder, self.threads or ctx.threads,

@@ -2,7 +2,7 @@
 written atomically); JSONL and MDS are derived from them at the end of a run.
 
 * parquet: OUTPUT_SCHEMA rows in DIR/data/part-NNNNN.parquet (read the folder with
-  `pyarrow.parquet.read_table(DIR/"data")`; the `_shards` bookkeeping folder is ignored by readers);
+  `pyarrow.parquet.read_table(DIR/"data")`; the `_done.json` completion record is ignored by readers);
 * jsonl: DIR/jsonl/part-NNNNN.jsonl, one object per long document: the decoded `text`, the
   `segments` each with its decoded `text`, `anchor_doc_id`, `method` — for people to read;
 * mds: DIR/mds, Mosaic Data Shards with ProLong's columns, readable by `streaming.StreamingDataset`
@@ -28,11 +28,14 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_path
 from ..errors import NextlongError
 
-def write_parquet_atomic(table: pa.Table, path) -> None:
-    # fixed writer options so the same rows give the same bytes
+def write_parquet_atomic(table: pa.Table, path, **options) -> None:
+    # fixed writer options so the same rows give the same bytes (`options` override them, e.g. no
+    # dictionary for float vectors)
+    settings = dict(compression="zstd", use_dictionary=True, write_statistics=True,
+                    row_group_size=max(1, min(table.num_rows, 256)))
+    settings.update(options)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=True, write_statistics=True,
-                       row_group_size=max(1, min(table.num_rows, 256)))
+        pq.write_table(table, tmp, **settings)
 
 
 def shard_paths(data_dir) -> list[Path]:
