@@ -380,3 +380,23 @@ def test_cli_separator_escapes():
 
     assert unescape(r"\n") == "\n" and unescape(r"\n\n") == "\n\n" and unescape(r"a\tb") == "a\tb"
     assert unescape(r"\\n") == "\\n" and unescape("é|") == "é|" and unescape("\n") == "\n"
+
+
+def test_folders_of_an_older_version_are_rebuilt_with_a_notice(corpus, tmp_path, capsys):
+    """Stage folders with only the old records (stage.json, data/_shards) are not taken as done."""
+    from nextlong import synthesize
+
+    out = tmp_path / "old"
+    opts = dict(FAST, num_samples=2)
+    synthesize(corpus, out, **opts)
+    reference = _files(out)
+    for stage in ("chunks", "data"):  # what an older nextlong left: its own records, none of ours
+        (out / stage / "_done.json").unlink()
+    (out / "chunks" / "stage.json").write_text('{"settings": {}}')
+    (out / "data" / "_shards").mkdir()
+    (out / "data" / "part-00007.parquet").write_bytes(b"old shard")
+    capsys.readouterr()
+    synthesize(corpus, out, **dict(opts, progress=True))
+    err = capsys.readouterr().err
+    assert "chunks: written by an older nextlong" in err and "data: written by an older nextlong" in err
+    assert _files(out) == reference and not (out / "chunks" / "stage.json").exists()
