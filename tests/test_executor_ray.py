@@ -130,7 +130,11 @@ class Upper(MapStage):
 
 @dataclasses.dataclass
 class Lengths(MapStage):
+    fail_on: int = -1
+
     def __call__(self, block):
+        if int(block.column("doc_index")[0].as_py()) == self.fail_on:
+            raise NextlongError("too long to count")
         return pa.table({"doc_index": block.column("doc_index"),
                          "chars": pa.array([len(t) for t in block.column("text").to_pylist()], pa.int64())})
 
@@ -144,11 +148,11 @@ class Total(WholeStage):
         return {"chars": total}
 
 
-def small_pipeline(root: Path, corpus: Path, **upper) -> Pipeline:
+def small_pipeline(root: Path, corpus: Path, lengths_fail_on: int = -1, **upper) -> Pipeline:
     return Pipeline(root=root, stages=[
         ReadCorpus(name="corpus", path=str(corpus), id_field="id"),
         Upper(name="upper", inputs=("corpus",), **upper),
-        Lengths(name="lengths", inputs=("upper",)),
+        Lengths(name="lengths", inputs=("upper",), fail_on=lengths_fail_on),
         Total(name="total", inputs=("lengths",)),
     ])
 
@@ -177,6 +181,13 @@ def test_stage_error_names_stage_and_block_and_leaves_no_record(ray_session, cor
         RayExecutor(corpus_block_docs=25).run(small_pipeline(tmp_path / "ray", small, fail_on=50), progress=False)
     assert read_done(block_record_path(tmp_path / "ray" / "upper", 2)) is None
     assert not (tmp_path / "ray" / "upper" / DONE_FILE).exists()
+    # the same in a chain run by Ray Data's actor pool (the corpus stage finishes first)
+    with pytest.raises(NextlongError, match=r"stage lengths, block 3: too long to count"):
+        RayExecutor(corpus_block_docs=25).run(small_pipeline(tmp_path / "chain", small, lengths_fail_on=75),
+                                              progress=False)
+    assert (tmp_path / "chain" / "upper" / DONE_FILE).exists()
+    assert read_done(block_record_path(tmp_path / "chain" / "lengths", 3)) is None
+    assert not (tmp_path / "chain" / "lengths" / DONE_FILE).exists()
 
 
 # --- connection and cluster checks --------------------------------------------------------------

@@ -247,9 +247,9 @@ class RayExecutor(Executor):
     * a chain of map stages (embed; plan -> assemble): Ray Data `map_batches` over the block numbers
       with an actor pool (`concurrency`); the embedder's actors take GPUs when `embed_gpus` > 0.
       Each actor reads its input part from shared storage and writes its output part: files are
-      named by block number, so the output does not depend on which actor ran what, or when. Results
-      (counts only) come back in block order (`preserve_order`), which the `--num-samples` cut needs
-      to stop the chain early.
+      named by block number, so the output does not depend on which actor ran what, or when. Only
+      (block, rows) come back; the `--num-samples` cut stops the chain once the finished prefix of
+      blocks holds enough rows, whatever order results arrive in.
     * a whole stage (consolidate, near-copy graph, gather, index, units, cut): one Ray task.
 
     Actors and tasks that die are restarted and retried by Ray (`max_restarts`, `max_task_retries`);
@@ -288,6 +288,7 @@ class RayExecutor(Executor):
         ctx_data.enable_progress_bars = bool(progress)
         ctx_data.execution_options.preserve_order = bool(self.preserve_order)
         ctx_data.print_on_execution_start = False
+        ctx_data.raise_original_map_exception = True  # a stage's NextlongError, not Ray's wrapper of it
         if not progress:
             import logging
 
