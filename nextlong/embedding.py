@@ -93,7 +93,7 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
         from .static_embedding import load_static_embedder
 
         return load_static_embedder(spec.split(":", 1)[1] if ":" in spec else None,
-                                    **{k: v for k, v in options.items() if k in ("pca_dims", "cache_dir")})
+                                    **{k: v for k, v in options.items() if k in ("pca_dims", "cache_dir", "threads")})
     if spec == LEXICAL_EMBEDDER or spec.startswith(LEXICAL_EMBEDDER + ":"):
         if ":" in spec:
             try:
@@ -110,7 +110,7 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
         if (_read_json(path / "config.json") or {}).get("model_type") == "model2vec":
             from .static_embedding import StaticEmbedder
 
-            return StaticEmbedder(path)
+            return StaticEmbedder(path, threads=options.get("threads"))
         return TransformerEmbedder(path, **options)
     raise UnknownEmbedderError(
         f"unknown embedder {spec!r}: expected {DEFAULT_EMBEDDER!r}, {LEXICAL_EMBEDDER!r}[:DIM], 'static', or an existing local "
@@ -234,6 +234,7 @@ class TransformerEmbedder:
                 dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
             else:
                 dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+        self.dtype = dtype  # recorded with the run: it sets the speed (bf16 is emulated on most CPUs)
         self.torch_dtype = getattr(torch, dtype)
         if self.device.type == "cpu":
             torch.set_num_threads(int(threads or available_threads()))

@@ -6,6 +6,11 @@ reduces the outputs with PCA (256 dimensions) and weights them by a Zipf estimat
 orders of magnitude faster than MiniLM on a CPU, at some cost in quality (benchmarks/bench_embedding.py
 measures both against MiniLM's own neighbours).
 
+Tokenization is nearly all of the remaining cost, so BERT WordPiece runs natively (csrc/wordpiece.h,
+threads, GIL released) for ASCII texts, fused with the table lookup and mean: no id list reaches
+Python. It gives HF `tokenizers`' ids exactly; any other text (non-ASCII, or holding an added token
+such as "[PAD]") goes to HF `tokenizers` itself, so the vectors never depend on which path ran.
+
 Distilling takes minutes on a CPU, so the result is cached in a user cache folder and reused:
 $XDG_CACHE_HOME/nextlong/static/ (default ~/.cache/nextlong/static/), one folder per source model
 and settings, written under a temporary name and renamed when complete (two processes that distil
@@ -109,15 +114,42 @@ def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIM
     return folder
 
 
-class StaticEmbedder:
-    """Mean of the static vectors of a text's word pieces (the whole text: no truncation), L2-normalised.
-    Sums in float64 (model2vec stores float16 vectors); an empty text gives the zero vector."""
+def native_wordpiece(tokenizer):
+    """A native ASCII WordPiece (nextlong._native.WordPiece) equivalent to this HF `tokenizers.Tokenizer`,
+    or None when the tokenizer is not a plain BERT one (BertNormalizer with clean_text, BertPreTokenizer,
+    WordPiece, no truncation, no normalized added tokens); then everything goes through HF."""
+    from . import _native
 
-    def __init__(self, folder: str | os.PathLike, name: str | None = None):
+    cfg = json.loads(tokenizer.to_str())
+    model, norm, pre = cfg.get("model") or {}, cfg.get("normalizer") or {}, cfg.get("pre_tokenizer") or {}
+    added = cfg.get("added_tokens") or []
+    if (model.get("type") != "WordPiece" or norm.get("type") != "BertNormalizer" or not norm.get("clean_text")
+            or pre.get("type") != "BertPreTokenizer" or cfg.get("truncation") is not None
+            or any(a.get("normalized") for a in added)):
+        return None
+    vocab = model["vocab"]
+    unk = vocab.get(model.get("unk_token", "[UNK]"))
+    if unk is None:
+        return None  # HF fails on an unknown word without an [UNK] entry: leave that to HF
+    return _native.WordPiece(list(vocab.items()), unk, int(model.get("max_input_chars_per_word", 100)),
+                             model.get("continuing_subword_prefix") or "##", bool(norm.get("lowercase")),
+                             [a["content"] for a in added])
+
+
+class StaticEmbedder:
+    """Mean of the static vectors of a text's word pieces (the whole text: no truncation; [UNK] pieces
+    left out, as model2vec does), L2-normalised. Sums in float64 (model2vec stores float16 vectors); an
+    empty text gives the zero vector. ASCII texts are tokenized and pooled natively on `threads` threads
+    (default: the cores this process may use), the rest by HF `tokenizers` (`native_texts` and
+    `fallback_texts` count both)."""
+
+    def __init__(self, folder: str | os.PathLike, name: str | None = None, threads: int | None = None):
         _require_model2vec()
         from model2vec import StaticModel
 
         import logging
+
+        from .embedding import available_threads
 
         folder = Path(folder)
         log = logging.getLogger("model2vec")
@@ -131,61 +163,57 @@ class StaticEmbedder:
             log.setLevel(level)
         if self.model.token_mapping is not None or self.model.weights is not None:
             raise EmbedderError(f"{folder}: vocabulary-quantized model2vec models are not supported")
-        self.table = np.asarray(self.model.embedding, np.float32)
+        self.table = np.ascontiguousarray(self.model.embedding, np.float32)
         self.path = folder
         self.dim = int(self.table.shape[1])
         self.name = name or f"{STATIC_EMBEDDER}-{folder.name.split('-pca')[0]}-d{self.dim}"
+        self.threads = int(threads or available_threads())
+        unk = self.model.unk_token_id
+        self.skip_id = -1 if unk is None else int(unk)
+        self.wordpiece = native_wordpiece(self.model.tokenizer)
+        self.native_texts = 0
+        self.fallback_texts = 0
 
     def __repr__(self) -> str:
-        return f"StaticEmbedder(name={self.name!r}, dim={self.dim})"
+        return f"StaticEmbedder(name={self.name!r}, dim={self.dim}, native={self.wordpiece is not None})"
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids each text is pooled from: model2vec's `tokenize` ([UNK] dropped), native where it can."""
+        if self.wordpiece is None:
+            return self.model.tokenize(list(texts))
+        ids = self.wordpiece.encode_batch(list(texts), self.threads)
+        left = [i for i, x in enumerate(ids) if x is None]
+        for i, row in zip(left, self.model.tokenize([texts[i] for i in left]) if left else []):
+            ids[i] = row
+        return [[int(t) for t in row if t != self.skip_id] for row in ids]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        ids = self.model.tokenize(list(texts))  # fast tokenizer, batch over threads, no truncation
-        lengths = np.fromiter((len(x) for x in ids), np.int64, count=len(ids))
+        if self.wordpiece is None:
+            self.fallback_texts += len(texts)
+            return self._embed_with_hf(texts)
+        out, left = self.wordpiece.embed_mean(texts, self.table, self.skip_id, self.threads)
+        self.native_texts += len(texts) - len(left)
+        self.fallback_texts += len(left)
+        if left:
+            out[left] = self._embed_with_hf([texts[i] for i in left])
+        return out
+
+    def _embed_with_hf(self, texts: list[str]) -> np.ndarray:
+        """HF `tokenizers` (through model2vec, [UNK] dropped), then the native pooling."""
+        from . import _native
+
+        ids = self.model.tokenize(texts)
         offsets = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.cumsum([len(x) for x in ids], out=offsets[1:])
         flat = np.fromiter((t for row in ids for t in row), np.int64, count=int(offsets[-1]))
-        return _mean_rows(self.table, flat, offsets)
-
-
-_MEAN_ROWS = None
-
-
-def _mean_rows(table: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Row i: the L2-normalised sum of table[flat[offsets[i]:offsets[i+1]]] (zero when empty).
-    A numba loop: no (pieces x dim) temporary, one pass over the pieces."""
-    global _MEAN_ROWS
-    if _MEAN_ROWS is None:
-        from numba import njit
-
-        @njit(cache=True, nogil=True)
-        def mean_rows(table, flat, offsets):
-            n, dim = offsets.shape[0] - 1, table.shape[1]
-            out = np.zeros((n, dim), np.float32)
-            acc = np.zeros(dim, np.float64)  # float64: a long text sums thousands of rows
-            for i in range(n):
-                acc[:] = 0.0
-                for p in range(offsets[i], offsets[i + 1]):
-                    row = table[flat[p]]
-                    for c in range(dim):
-                        acc[c] += row[c]
-                norm = 0.0
-                for c in range(dim):
-                    norm += acc[c] * acc[c]
-                if norm > 0:
-                    inv = 1.0 / np.sqrt(norm)
-                    for c in range(dim):
-                        out[i, c] = acc[c] * inv
-            return out
-
-        _MEAN_ROWS = mean_rows
-    return _MEAN_ROWS(table, flat, offsets)
+        return _native.mean_pool_ids(self.table, flat, offsets, self.skip_id, self.threads)
 
 
 def load_static_embedder(source: str | os.PathLike | None = None, *, pca_dims: int = DEFAULT_PCA_DIMS,
-                         cache_dir: str | os.PathLike | None = None) -> StaticEmbedder:
+                         cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> StaticEmbedder:
     """The static embedder distilled from `source` (default: the shipped MiniLM), cached."""
     folder = static_model_dir(Path(source) if source else None, pca_dims, Path(cache_dir) if cache_dir else None)
-    return StaticEmbedder(folder)
+    return StaticEmbedder(folder, threads=threads)

@@ -108,6 +108,50 @@ def test_static_vectors_are_the_mean_of_all_piece_vectors(tiny, tmp_path):
     assert head @ ours[1] < 0.999
 
 
+def test_native_path_gives_model2vecs_ids_and_vectors(tiny, tmp_path):
+    """The native WordPiece + pooling against model2vec's own tokenize and encode, on the snapshot and on
+    adversarial texts (accents, CJK, control characters, long words, added tokens, empty, whitespace):
+    ids identical; vectors within 1e-6 of the float64 mean by hand and within 2e-3 of model2vec's
+    encode (which averages in float16). Non-ASCII texts and texts holding an added token ("[PAD]",
+    "[UNK]") go to HF."""
+    from model2vec import StaticModel
+
+    from nextlong.static_embedding import load_static_embedder
+    from tests.helpers import corpus_documents
+    from tests.test_wordpiece import ADVERSARIAL_ASCII, NON_ASCII
+
+    emb = load_static_embedder(tiny, pca_dims=16, cache_dir=tmp_path, threads=2)
+    assert emb.wordpiece is not None
+    texts = [t for _, t in corpus_documents()][:150] + ADVERSARIAL_ASCII + NON_ASCII
+    ref = StaticModel.from_pretrained(str(emb.path), max_length=None, force_download=False)
+    ref_ids = ref.tokenize(texts)
+    assert emb.tokenize(texts) == ref_ids
+    ours = emb.embed(texts)
+    added = [t.content for t in emb.model.tokenizer.get_added_tokens_decoder().values()]
+    assert "[PAD]" in added
+    assert emb.fallback_texts == sum(not t.isascii() or any(a in t for a in added) for t in texts) > len(NON_ASCII)
+    assert emb.native_texts == len(texts) - emb.fallback_texts
+    for row, ids in zip(ours, ref_ids):
+        if not ids:
+            assert not row.any()
+            continue
+        by_hand = emb.table[ids].astype(np.float64).sum(0)
+        np.testing.assert_allclose(row, by_hand / np.linalg.norm(by_hand), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours, ref.encode(texts, max_length=None).astype(np.float32), rtol=0, atol=2e-3)
+
+
+def test_minilm_default_dtype_is_the_documented_one(tiny, monkeypatch):
+    """fp32 on a CPU without native bf16 (bf16 is emulated there: ~5x slower measured on AVX2), bf16 where
+    the CPU has AVX512-BF16/AMX; an explicit dtype wins. `dtype` names the choice for the manifest."""
+    from nextlong import embedding
+
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: False)
+    assert embedding.load_embedder(str(tiny), device="cpu").dtype == "float32"
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: True)
+    assert embedding.load_embedder(str(tiny), device="cpu").dtype == "bfloat16"
+    assert embedding.load_embedder(str(tiny), device="cpu", dtype="float32").dtype == "float32"
+
+
 def test_missing_source_is_a_clear_error(tmp_path):
     from nextlong.embedding import EmbedderError, load_embedder
 
