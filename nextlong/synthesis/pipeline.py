@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +47,12 @@ def _log(cfg, msg: str) -> None:
 # --- the stage list ----------------------------------------------------------------------------
 
 
+@dataclass
 class PrebuiltIndexCheck(WholeStage):
     """--index: the prebuilt index must come from the same chunks and embedder (checked before any
     embedding). inputs: (chunks, index)."""
 
-    def __init__(self, name: str, inputs: tuple, embedder: str | None = None):
-        super().__init__(name=name, inputs=inputs)
-        self.embedder = embedder
-
-    def settings(self) -> dict:
-        return dict(super().settings(), embedder=self.embedder)
+    embedder: str | None = None
 
     def build(self, ctx):
         from .stages import load_store
@@ -114,7 +111,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         emb = "embeddings"
         if cfg.index is not None:
             external["index"] = str(cfg.index)
-            steps.append(PrebuiltIndexCheck("index_check", (chunks, "index"), cfg.embedder))
+            steps.append(PrebuiltIndexCheck(name="index_check", inputs=(chunks, "index"), embedder=cfg.embedder))
         if cfg.index is not None and (Path(cfg.index) / S.EMBEDDINGS_FILE).exists():
             external["embeddings"] = str(cfg.index)  # reuse the index's vectors: embedding is the cost
         else:

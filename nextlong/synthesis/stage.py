@@ -100,7 +100,7 @@ from ..errors import StageMismatchError
 
 DONE_FILE = "_done.json"
 BLOCK_RECORDS = "_done"
-LEGACY_RECORDS = ("stage.json", "_shards", "index.json.stage")  # an older nextlong's "done" markers
+LEGACY_RECORDS = ("stage.json", "_shards")  # an older nextlong's "done" markers
 
 
 # --- fingerprints ------------------------------------------------------------------------------

@@ -221,6 +221,10 @@ class ChunkStage(MapStage):
     chunk_unit: str = "chars"
     threads: int | None = not_a_setting(default=None)
 
+    # chunk_corpus's options: text and token lists gain nothing from a dictionary; snappy is fast
+    parquet_options = {"compression": "snappy", "use_dictionary": ["doc_id"],
+                       "write_statistics": ["chunk_id", "doc_index", "chunk_index"], "row_group_size": 1 << 20}
+
     def setup(self, ctx):
         from ..chunking import resolve_tokenizer
         from ..tokenizer import load_tokenizer
@@ -261,13 +265,18 @@ def _write_chunk_table(tables, out_dir) -> int:
     out_dir = _Path(out_dir)
     rows = 0
     schema = chunk_table_schema(True)
+    store_columns = ["doc_index", "doc_id", "chunk_index", "char_start", "char_end", "text_hash", "input_ids"]
+    kept = []  # the store's columns (no text), so it is built without reading the file back
     with _atomic_path(out_dir / CHUNKS_FILE) as tmp:
         with _pq.ParquetWriter(tmp, schema, use_dictionary=["doc_id"],
                                write_statistics=_STATISTICS_COLUMNS) as writer:
             for t in tables:
-                writer.write_table(t.cast(schema))
+                t = t.cast(schema)
+                writer.write_table(t)
+                kept.append(t.select(store_columns))
                 rows += t.num_rows
-    ChunkStore.from_parquet(out_dir / CHUNKS_FILE).save(out_dir / STORE_DIR)
+    whole = pa.concat_tables(kept) if kept else schema.empty_table().select(store_columns)
+    ChunkStore.from_table(whole).save(out_dir / STORE_DIR)
     return rows
 
 
