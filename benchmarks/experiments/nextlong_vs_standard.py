@@ -433,59 +433,34 @@ def heldout_tokens(out: Path, tok) -> list[list[int]]:
 def document_metrics(model_dir: Path, out: Path, sc: Scale, buckets: int = 32) -> dict:
     """LongPPL, plain perplexity, the long-context gain and loss by position on the held-out long
     documents (cut to the long context), and short-context perplexity on base-length windows."""
-    import torch
-
-    from nextlong.eval.longppl import key_token_mask
-    from nextlong.eval.model import attention, load_model
-    from nextlong.weighting import long_context_logprobs, short_context_logprobs
+    from nextlong.eval.model import load_model
 
     lm = load_model(str(model_dir), attn="auto")
     docs = [d for d in heldout_tokens(out, lm.tokenizer) if len(d) >= sc.long_len]
-    L, W = sc.long_len, sc.ppl_window
-    bucket = math.ceil((L - 1) / buckets)
-    pos_sum, pos_n = [0.0] * buckets, [0] * buckets
-    tot = key = far_full = far_short = 0.0
-    n_tot = n_key = n_far = 0
-    short_sum, short_n = 0.0, 0
-    with torch.no_grad(), attention(lm.model, lm.prefill_attn):
-        for d in docs:
-            ids = torch.tensor([d[:L]], dtype=torch.long, device=lm.device)
-            lp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
-            lp_short = short_context_logprobs(lm.model, ids, W, stride=max(1, W // 2))[0].float().cpu()
-            loss = -lp_long[1:]
-            tot += float(loss.sum())
-            n_tot += loss.numel()
-            mask = key_token_mask(lp_long, lp_short)
-            key += float(-lp_long[mask].sum())
-            n_key += int(mask.sum())
-            far = slice(W + 1, L)  # tokens whose full context is longer than the window
-            far_full += float(-lp_long[far].sum())
-            far_short += float(-lp_short[far].sum())
-            n_far += L - W - 1
-            for b in range(buckets):
-                part = loss[b * bucket:(b + 1) * bucket]
-                pos_sum[b] += float(part.sum())
-                pos_n[b] += part.numel()
-            # short context: consecutive base-length windows, each on its own
-            windows = [d[i:i + sc.base_len] for i in range(0, len(d) - sc.base_len + 1, sc.base_len)][:8]
-            if windows:
-                w_ids = torch.tensor(windows, dtype=torch.long, device=lm.device)
-                lp = long_context_logprobs(lm.model, w_ids)[:, 1:].float()
-                short_sum += float(-lp.sum())
-                short_n += lp.numel()
-    positions = [1 + b * bucket + bucket / 2 for b in range(buckets)]
+    return heldout_metrics(lm, docs, sc, buckets)
+
+
+def heldout_metrics(lm, docs: list[list[int]], sc: Scale, buckets: int = 32) -> dict:
+    """`nextlong.eval.longppl` on `docs` (token lists of at least `sc.long_len` tokens) at the long
+    context, with the window W = `sc.ppl_window` (stride W/2), plus up to 8 base-length windows of
+    each whole document for the short-context perplexity."""
+    from nextlong.eval.longppl import measure_documents
+
+    W = sc.ppl_window
+    m = measure_documents(lm, docs, length=sc.long_len, short_window=W, short_stride=max(1, W // 2),
+                          buckets=buckets, short_context_length=sc.base_len, short_context_windows=8)
+    curve = m.loss_by_position()
     return {
         "metrics": {
-            "ppl_long": math.exp(tot / n_tot),
-            "longppl": math.exp(key / n_key) if n_key else None,
-            "key_token_fraction": n_key / n_tot,
-            "long_context_gain": (far_full - far_short) / n_far,  # full minus last-W loss; negative = uses context
-            "loss_far_full": far_full / n_far,
-            "short_ppl": math.exp(short_sum / short_n),
+            "ppl_long": m.ppl,
+            "longppl": m.longppl,
+            "key_token_fraction": m.key_fraction,
+            "long_context_gain": m.long_context_gain,  # full minus last-W loss; negative = uses context
+            "loss_far_full": m.loss_far_full,
+            "short_ppl": m.short_ppl,
         },
-        "loss_by_position": {"positions": positions,
-                             "loss": [s / n if n else None for s, n in zip(pos_sum, pos_n)]},
-        "documents": len(docs),
+        "loss_by_position": {"positions": curve["positions"], "loss": curve["loss"]},
+        "documents": m.documents,
     }
 
 

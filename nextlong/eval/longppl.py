@@ -9,11 +9,18 @@ a short window at least as long as the documents gives no key tokens (LongPPL is
 The short pass slides windows with `short_stride` (1 is exact; larger strides give each token
 between `short_window` and `short_window + stride - 1` tokens of context, see
 `nextlong.weighting.short_context_logprobs`).
+
+The same two passes also give the *long-context gain*: the mean loss with the full context minus
+the mean loss with the last `short_window` tokens only, over the tokens whose full context is longer
+than the window (negative: the model uses the far context). `measure_documents` returns every sum
+(`DocumentLosses`); `evaluate_longppl` is `nextlong eval`'s summary of them. Optionally it also runs
+the *short-context perplexity*: the model on consecutive windows of a short length, each on its own.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from .haystack import CorpusTooSmallError
@@ -46,53 +53,146 @@ def key_token_mask(logp_long, logp_short, gain: float = GAIN_THRESHOLD, floor: f
     return mask
 
 
-def evaluate_longppl(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
-                     buckets: int = 32) -> dict:
-    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists)."""
+def _exp_mean(total: float, n: int) -> float | None:
+    return math.exp(total / n) if n else None
+
+
+@dataclass
+class DocumentLosses:
+    """Loss sums over documents of `length` tokens (position 0 predicts nothing; positions 1..length-1
+    are the predicted tokens). Means and perplexities are derived, so documents can be added one by one."""
+
+    length: int
+    short_window: int
+    short_stride: int
+    buckets: int = 32
+    documents: int = 0
+    tokens: int = 0
+    loss_sum: float = 0.0
+    key_tokens: int = 0
+    key_loss_sum: float = 0.0
+    far_tokens: int = 0  # positions > short_window: their full context is longer than the window
+    far_loss_full: float = 0.0
+    far_loss_short: float = 0.0
+    short_context_tokens: int = 0  # the optional short-context perplexity pass
+    short_context_loss_sum: float = 0.0
+    bucket_loss_sum: list = field(default_factory=list)
+    bucket_tokens: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.bucket_loss_sum:
+            self.bucket_loss_sum = [0.0] * math.ceil((self.length - 1) / self.bucket)
+            self.bucket_tokens = [0] * len(self.bucket_loss_sum)
+
+    @property
+    def bucket(self) -> int:
+        """Predicted positions per loss-by-position bucket (the last one may hold fewer)."""
+        return max(1, math.ceil((self.length - 1) / self.buckets))
+
+    def add(self, logp_long, logp_short) -> None:
+        """One document's log-probs, (length,) each, position t = log p(x_t | its context)."""
+        loss = -logp_long[1:]
+        self.documents += 1
+        self.loss_sum += float(loss.sum())
+        self.tokens += loss.numel()
+        mask = key_token_mask(logp_long, logp_short)
+        self.key_loss_sum += float(-logp_long[mask].sum())
+        self.key_tokens += int(mask.sum())
+        far = slice(self.short_window + 1, self.length)
+        self.far_loss_full += float(-logp_long[far].sum())
+        self.far_loss_short += float(-logp_short[far].sum())
+        self.far_tokens += max(0, self.length - self.short_window - 1)
+        for b in range(len(self.bucket_loss_sum)):
+            part = loss[b * self.bucket:(b + 1) * self.bucket]
+            self.bucket_loss_sum[b] += float(part.sum())
+            self.bucket_tokens[b] += part.numel()
+
+    @property
+    def ppl(self) -> float | None:
+        return _exp_mean(self.loss_sum, self.tokens)
+
+    @property
+    def longppl(self) -> float | None:
+        return _exp_mean(self.key_loss_sum, self.key_tokens)
+
+    @property
+    def key_fraction(self) -> float:
+        return self.key_tokens / self.tokens if self.tokens else 0.0
+
+    @property
+    def long_context_gain(self) -> float | None:
+        """Mean loss with the full context minus with the last `short_window` tokens (negative = helps)."""
+        return (self.far_loss_full - self.far_loss_short) / self.far_tokens if self.far_tokens else None
+
+    @property
+    def loss_far_full(self) -> float | None:
+        return self.far_loss_full / self.far_tokens if self.far_tokens else None
+
+    @property
+    def short_ppl(self) -> float | None:
+        return _exp_mean(self.short_context_loss_sum, self.short_context_tokens)
+
+    def loss_by_position(self) -> dict:
+        """Mean loss per bucket, at the centre of each bucket of predicted positions 1..length-1."""
+        n, bucket = self.length - 1, self.bucket
+        return {"bucket": bucket,
+                "positions": [1 + b * bucket + (min(bucket, n - b * bucket) - 1) / 2
+                              for b in range(len(self.bucket_loss_sum))],
+                "loss": [s / k if k else None for s, k in zip(self.bucket_loss_sum, self.bucket_tokens)]}
+
+    def summary(self) -> dict:
+        """`nextlong eval`'s `longppl` entry (rounded to 6 decimals)."""
+        curve = self.loss_by_position()
+        return {
+            "length": self.length,
+            "documents": self.documents,
+            "short_window": self.short_window,
+            "short_stride": self.short_stride,
+            "tokens": self.tokens,
+            "key_tokens": self.key_tokens,
+            "key_fraction": round(self.key_fraction, 6),
+            "longppl": None if self.longppl is None else round(self.longppl, 6),
+            "ppl": None if self.ppl is None else round(self.ppl, 6),
+            "loss_by_position": {**curve, "loss": [None if x is None else round(x, 6) for x in curve["loss"]]},
+        }
+
+
+def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
+                      buckets: int = 32, length: int | None = None, short_context_length: int | None = None,
+                      short_context_windows: int = 8, progress: bool = True) -> DocumentLosses:
+    """Long and short passes over the first `length` tokens of each document (default: the first
+    document's length; every document must have that many). With `short_context_length`, also the
+    short-context perplexity: up to `short_context_windows` consecutive windows of that many tokens
+    from the start of each whole document, each run on its own."""
     import torch
     from tqdm import tqdm
 
     from ..weighting import long_context_logprobs, short_context_logprobs
 
-    length = len(docs[0])
+    length = length or len(docs[0])
     stride = max(1, min(short_stride, short_window))
-    bucket = max(1, math.ceil((length - 1) / buckets))
-    loss_sum = [0.0] * math.ceil((length - 1) / bucket)
-    loss_n = [0] * len(loss_sum)
-    total_loss = key_loss = 0.0
-    total_n = key_n = 0
+    sums = DocumentLosses(length=length, short_window=short_window, short_stride=stride, buckets=buckets)
     with torch.no_grad(), attention(lm.model, lm.prefill_attn):
-        for doc in tqdm(docs, desc="longppl documents", unit="doc", dynamic_ncols=True):
-            ids = torch.tensor([doc], dtype=torch.long, device=lm.device)
-            logp_long = long_context_logprobs(lm.model, ids)[0].cpu()
+        for doc in tqdm(docs, desc="longppl documents", unit="doc", dynamic_ncols=True, disable=not progress):
+            ids = torch.tensor([doc[:length]], dtype=torch.long, device=lm.device)
+            logp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
             if short_window < length - 1:
-                logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0].cpu()
-            else:
+                logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0].float().cpu()
+            else:  # every token sees its whole prefix in a window this long
                 logp_short = logp_long.clone()
-            loss = -logp_long[1:]
-            total_loss += float(loss.sum())
-            total_n += loss.numel()
-            mask = key_token_mask(logp_long, logp_short)
-            key_loss += float(-logp_long[mask].sum())
-            key_n += int(mask.sum())
-            for b in range(len(loss_sum)):
-                part = loss[b * bucket:(b + 1) * bucket]
-                loss_sum[b] += float(part.sum())
-                loss_n[b] += part.numel()
-    return {
-        "length": length,
-        "documents": len(docs),
-        "short_window": short_window,
-        "short_stride": stride,
-        "tokens": total_n,
-        "key_tokens": key_n,
-        "key_fraction": round(key_n / total_n, 6) if total_n else 0.0,
-        "longppl": round(math.exp(key_loss / key_n), 6) if key_n else None,
-        "ppl": round(math.exp(total_loss / total_n), 6) if total_n else None,
-        "loss_by_position": {
-            "bucket": bucket,
-            # the centre of each bucket of predicted positions 1..length-1
-            "positions": [1 + b * bucket + (min(bucket, length - 1 - b * bucket) - 1) / 2 for b in range(len(loss_sum))],
-            "loss": [round(s / n, 6) if n else None for s, n in zip(loss_sum, loss_n)],
-        },
-    }
+            sums.add(logp_long, logp_short)
+            if short_context_length:
+                n = short_context_length
+                windows = [doc[i:i + n] for i in range(0, len(doc) - n + 1, n)][:short_context_windows]
+                if windows:
+                    w_ids = torch.tensor(windows, dtype=torch.long, device=lm.device)
+                    lp = long_context_logprobs(lm.model, w_ids)[:, 1:].float()
+                    sums.short_context_loss_sum += float(-lp.sum())
+                    sums.short_context_tokens += lp.numel()
+    return sums
+
+
+def evaluate_longppl(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
+                     buckets: int = 32) -> dict:
+    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists)."""
+    return measure_documents(lm, docs, short_window=short_window, short_stride=short_stride, buckets=buckets).summary()
