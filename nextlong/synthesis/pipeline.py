@@ -1,7 +1,8 @@
 """The driver of `nextlong synthesize`: the run as a list of stages (stage.py) handed to an executor.
 
-    corpus -> chunk (blocks) -> chunks (one id space + store) [-> neardup -> dedup] -> embed (blocks)
-    -> embeddings -> index -> units (shards) -> plan -> assemble -> data (the --num-samples cut)
+    corpus -> chunk (blocks) -> chunks (one id space + store) [-> neardup -> dedup] -> embedder (fitted
+    once) -> embed (blocks) -> embeddings -> index -> units (shards) -> plan -> assemble -> data (the
+    --num-samples cut)
 
 DIR/<stage>/ holds each stage's output and its completion record `_done.json` (map stages also a
 record per block in `_done/`); DIR/data/part-NNNNN.parquet is the output (read the folder with
@@ -115,12 +116,13 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         if cfg.index is not None and (Path(cfg.index) / S.EMBEDDINGS_FILE).exists():
             external["embeddings"] = str(cfg.index)  # reuse the index's vectors: embedding is the cost
         else:
-            steps += [S.EmbedStage(name="embed", inputs=(blocks, chunks), embedder=spec, threads=threads),
+            steps += [S.FitEmbedder(name="embedder", inputs=(chunks,), embedder=spec, threads=threads),
+                      S.EmbedStage(name="embed", inputs=(blocks, "embedder"), embedder=spec, threads=threads),
                       S.GatherEmbeddings(name="embeddings", inputs=("embed",))]
         if cfg.method == "nextlong":
             index = "index"
             if cfg.index is None:
-                steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks), embedder=spec,
+                steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks, "embedder"), embedder=spec,
                                           exact_max=EXACT_SEARCH_MAX_CHUNKS, threads=threads))
     common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok, separator=cfg.separator)
     steps += [
@@ -213,7 +215,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 
 # which manifest timing each stage's seconds count toward
 _TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph", "dedup": "near_dup_graph",
-                 "index_check": "index", "embed": "embed", "embeddings": "embed", "index": "index",
+                 "index_check": "index", "embedder": "embed", "embed": "embed", "embeddings": "embed", "index": "index",
                  "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
 
 

@@ -361,10 +361,36 @@ class DedupStage(WholeStage):
 
 
 @_dc.dataclass
+class FitEmbedder(WholeStage):
+    """The embedder, ready to embed: a lexical one learns its IDF weights from every chunk text once,
+    here, and is saved to this folder (every embedding worker loads it instead of fitting again).
+    inputs: (chunks,)."""
+
+    embedder: str = DEFAULT_EMBEDDER_SPEC
+    threads: int | None = not_a_setting(default=None)
+
+    def build(self, ctx):
+        if not str(self.embedder).startswith("hashed-tfidf"):  # nothing to learn: workers load it by name
+            return {"saved": False}
+        embedder = _load_embedder(self.embedder, self.threads or ctx.threads, chunk_texts(ctx.input(self.inputs[0])))
+        embedder.save(ctx.out_dir)
+        return {"embedder": embedder.name, "saved": True}
+
+
+def _ready_embedder(spec: str, fitted_dir, threads: int | None):
+    """The embedder a FitEmbedder stage prepared: its saved folder when it wrote one, else `spec`."""
+    from ..embedding import _LEXICAL_STATE, load_embedder
+
+    if (_Path(fitted_dir) / _LEXICAL_STATE).exists():
+        return load_embedder(str(fitted_dir))
+    return _load_embedder(spec, threads)
+
+
+@_dc.dataclass
 class EmbedStage(MapStage):
     """Chunk block -> its chunks' embeddings (one fixed-size float32 list per row, in row order).
 
-    inputs: (chunk blocks, consolidated chunk table: a lexical embedder fits its IDF on all texts)."""
+    inputs: (chunk blocks, the FitEmbedder stage)."""
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
     long_texts: str = "window"  # chunks beyond the model's window are embedded whole (mean of windows)
@@ -377,8 +403,7 @@ class EmbedStage(MapStage):
                        "row_group_size": 1 << 20}
 
     def setup(self, ctx):
-        self._embedder = _load_embedder(self.embedder, self.threads or ctx.threads,
-                                        chunk_texts(ctx.input(self.inputs[1])))
+        self._embedder = _ready_embedder(self.embedder, ctx.input(self.inputs[1]), self.threads or ctx.threads)
 
     def __call__(self, block):
         texts = block.column("text").to_pylist()
@@ -465,21 +490,21 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
 @_dc.dataclass
 class IndexStage(WholeStage):
     """The usearch HNSW index over the embeddings, for corpora above `exact_max` chunks (below it,
-    planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks)."""
+    planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks, embedder)."""
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
     exact_max: int = 200_000
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
-        emb_dir, chunks_dir = (ctx.input(n) for n in self.inputs)
+        emb_dir, chunks_dir, embedder_dir = (ctx.input(n) for n in self.inputs)
         store = load_store(chunks_dir)
         if store.num_chunks <= self.exact_max:
             return {"search": "exact"}
         from ..index import ChunkIndex, read_chunk_metadata
 
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[0]))
-        embedder = _load_embedder(self.embedder, self.threads or ctx.threads, chunk_texts(chunks_dir))
+        embedder = _ready_embedder(self.embedder, embedder_dir, self.threads or ctx.threads)
         meta = read_chunk_metadata(chunks_dir / CHUNKS_FILE)
         if hasattr(embedder, "save"):
             embedder.save(ctx.out_dir)
