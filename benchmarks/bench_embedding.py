@@ -117,14 +117,12 @@ def test_lexical_recall_of_semantic_neighbours(corpus):
 
 # ------------------------------------------------ static embedder, windows, threading layers (issue 10)
 
-MINILM_FP32 = "nextlong MiniLM fp32 (length-sorted token batches)"
-
 
 @pytest.fixture(scope="module")
 def static_embedder():
     from nextlong.embedding import load_embedder
 
-    return load_embedder("static")  # distils MiniLM into the user cache on first use (minutes), then loads
+    return load_embedder("static", threads=2)  # distils MiniLM into the user cache on first use (minutes), then loads
 
 
 @pytest.fixture(scope="module")
@@ -135,19 +133,134 @@ def snapshot_docs():
     return np.unique(table.column("doc_id").to_numpy(zero_copy_only=False), return_inverse=True)[1]
 
 
-def test_static_embedder_speed(benchmark, corpus, static_embedder):
-    """chunks/s of the static embedder on all chunks (the tokenizer may use both cores), beside MiniLM fp32
-    on 2 threads (test_nextlong_minilm_fp32, same run)."""
-    texts = corpus[0]
-    static_embedder.embed(texts[:4])  # compile the numba sum
-    benchmark.group = "static embed, all chunks"
-    benchmark.pedantic(lambda: static_embedder.embed(texts), rounds=3)
-    rate = len(texts) / benchmark.stats.stats.median
-    RATES["static"] = rate
-    minilm = RATES.get(MINILM_FP32)
-    REPORT.append(f"static (model2vec from MiniLM, d{static_embedder.dim}): {rate:,.0f} chunks/s"
-                  + (f" = {rate / minilm:.0f}x MiniLM fp32 (goal >= 100x: {'met' if rate >= 100 * minilm else 'NOT met'})"
-                     if minilm else ""))
+# MiniLM settings compared with the static embedder: the default (dtype chosen for this CPU, whole chunk
+# in 256-piece windows), the same cut at 256 pieces (what sentence-transformers does), both on 2 threads.
+MINILM_VARIANTS = {"default": {}, "cut at 256 pieces": {"long_texts": "truncate"}}
+ISSUE_MINILM = 39.0  # chunks/s issue 10 measured for MiniLM elsewhere (35-39): the ratio is also taken against it
+RATIO_CHUNKS = 48  # MiniLM runs at 1-10 chunks/s here: 48 chunks keep one timed pass under a minute
+WARMUP = 8
+
+FRESH_MINILM = """
+import json, sys, time
+from nextlong.embedding import load_embedder
+texts, warm, kwargs = json.load(open(sys.argv[1]))
+emb = load_embedder(threads=2, **kwargs)
+emb.embed(warm)
+t = time.perf_counter()
+emb.embed(texts)
+print(len(texts) / (time.perf_counter() - t), emb.dtype)
+"""
+
+
+def _best_rate(fn, n, min_seconds=1.0, max_rounds=50):
+    """Best chunks/s over timed passes (at least 2, then until min_seconds have been spent)."""
+    import time
+
+    best, spent, rounds = float("inf"), 0.0, 0
+    while rounds < 2 or (spent < min_seconds and rounds < max_rounds):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, spent, rounds = min(best, dt), spent + dt, rounds + 1
+    return n / best
+
+
+def test_static_vs_minilm_same_chunks(corpus, static_embedder, tmp_path):
+    """chunks/s on the same RATIO_CHUNKS snapshot chunks, each side warmed up on the same WARMUP chunks,
+    2 threads: the static embedder (native WordPiece, and through HF `tokenizers` as before), hashed-tfidf,
+    MiniLM default and cut in this process, and MiniLM again in a fresh process each. Ratios against every
+    MiniLM figure and against the issue's 39 chunks/s."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nextlong.embedding import HashedLexicalEmbedder, load_embedder
+
+    all_texts = corpus[0]
+    rng = np.random.default_rng(1)
+    picked = [all_texts[i] for i in rng.choice(len(all_texts), RATIO_CHUNKS + WARMUP, replace=False)]
+    warm, texts = picked[:WARMUP], picked[WARMUP:]
+    load = [os.getloadavg()[0]]
+    rates = {}
+
+    native = static_embedder.wordpiece
+    for label, wordpiece in (("static (native WordPiece)", native), ("static (HF tokenizers, before)", None)):
+        static_embedder.wordpiece = wordpiece
+        static_embedder.embed(warm)
+        rates[label] = _best_rate(lambda: static_embedder.embed(texts), len(texts))
+    static_embedder.wordpiece = native
+    lexical = HashedLexicalEmbedder(512).fit(all_texts)
+    lexical.embed(warm)
+    rates["hashed-tfidf d512"] = _best_rate(lambda: lexical.embed(texts), len(texts))
+
+    dtype = None
+    for variant, kwargs in MINILM_VARIANTS.items():
+        emb = load_embedder(threads=2, **kwargs)
+        dtype = emb.dtype
+        emb.embed(warm)
+        rates[f"MiniLM {variant} ({emb.dtype}), this process"] = _best_rate(lambda: emb.embed(texts), len(texts),
+                                                                             min_seconds=0)
+        del emb
+    job = tmp_path / "texts.json"
+    root = Path(__file__).resolve().parents[1]
+    for variant, kwargs in MINILM_VARIANTS.items():
+        job.write_text(json.dumps([texts, warm, kwargs]))
+        out = subprocess.run([sys.executable, "-c", FRESH_MINILM, str(job)], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.split()
+        rates[f"MiniLM {variant} ({out[1]}), fresh process"] = float(out[0])
+    load.append(os.getloadavg()[0])
+
+    static = rates["static (native WordPiece)"]
+    REPORT.append(f"same {len(texts)} chunks, 2 threads, load {load[0]:.1f} -> {load[1]:.1f} (MiniLM default dtype "
+                  f"here: {dtype}):")
+    for label, rate in rates.items():
+        REPORT.append(f"  {label}: {rate:,.1f} chunks/s")
+    for label, rate in rates.items():
+        if label.startswith("MiniLM"):
+            REPORT.append(f"  static / {label}: {static / rate:,.0f}x (>= 100x: {'yes' if static >= 100 * rate else 'NO'})")
+    REPORT.append(f"  static / the issue's MiniLM ({ISSUE_MINILM:.0f} chunks/s elsewhere): {static / ISSUE_MINILM:,.0f}x "
+                  f"(>= 100x: {'yes' if static >= 100 * ISSUE_MINILM else 'NO'})")
+    REPORT.append(f"  native WordPiece / HF tokenizers path: {static / rates['static (HF tokenizers, before)']:.1f}x")
+
+
+def test_minilm_compute_ceiling():
+    """Why MiniLM cannot reach 35-39 chunks/s on this CPU: fp32 matrix products with MiniLM's shapes
+    (a batch of 8 windows of 256 pieces) run by torch on 2 threads, against the FLOPs one 256-piece
+    window needs (6 layers: Q, K, V, O, the 1536-wide feed-forward, attention scores and mix). Reported
+    per wall second and per CPU second of this process (the latter holds under load: two idle cores
+    would give about twice it)."""
+    import os
+    import re
+    import time
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(2)
+    rows = 8 * 256
+    shapes = [(384, 384)] * 4 + [(384, 1536), (1536, 384)]
+    x = {k: torch.randn(rows, k) for k in (384, 1536)}
+    w = [torch.randn(k, n) for k, n in shapes]
+    flops = sum(2 * rows * k * n for k, n in shapes)
+    run = lambda: [x[k] @ wi for (k, _), wi in zip(shapes, w)]  # noqa: E731
+    for _ in range(3):
+        run()
+    wall, cpu = float("inf"), float("inf")
+    for _ in range(10):
+        t, c = time.perf_counter(), time.process_time()
+        run()
+        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
+    per_window = 6 * (sum(2 * 256 * k * n for k, n in shapes) + 2 * 2 * 256 * 256 * 384)
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if re.search(rf"\b{f}\b", flags)]
+    per_core = flops / cpu / 1e9
+    REPORT.append(f"fp32 GEMM with MiniLM's shapes, 2 threads (CPU has {', '.join(isa) or 'none of avx2/avx512'}; "
+                  f"load {os.getloadavg()[0]:.1f}): {flops / wall / 1e9:.0f} GFLOP/s wall, {per_core:.0f} GFLOP per "
+                  f"CPU-second; one 256-piece window needs {per_window / 1e9:.2f} GFLOP -> two idle cores give at most "
+                  f"~{2 * per_core * 1e9 / per_window:.0f} windows/s; 35-39 chunks/s of >= 256 pieces need "
+                  f"{37 * per_window / 1e9:.0f} GFLOP/s")
 
 
 def _mined(vecs, docs, k=10):
