@@ -18,6 +18,19 @@ import pyarrow.parquet as pq
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS = DATA_DIR / "stdlib-docstrings.jsonl.gz"
+EXPERIMENT_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "nextlong_vs_standard.py"
+
+
+def load_experiment_script():
+    """The mini-scale experiment script as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("nextlong_vs_standard", EXPERIMENT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
+    spec.loader.exec_module(module)
+    return module
 
 
 @lru_cache(maxsize=1)

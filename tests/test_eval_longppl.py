@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
-from tests.test_experiment import load_script  # noqa: E402
+from tests.helpers import load_experiment_script as load_script  # noqa: E402
 
 REL = 1e-6
 

@@ -4,7 +4,6 @@ results.json in the documented shape; the report is recomputable from results an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import EXPERIMENT_SCRIPT as SCRIPT
+from tests.helpers import load_experiment_script as load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "experiments" / "nextlong_vs_standard.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("nextlong_vs_standard", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_summary_statistics_match_a_direct_computation():
