@@ -162,7 +162,7 @@ def shard_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
 
 
-def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int) -> dict:
+def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True) -> dict:
     from nextlong.synthesis import executor_ray
 
     corpus = work / "corpus.jsonl"
@@ -182,18 +182,23 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
         load = os.getloadavg()[0]
         ray = run_synthesis(corpus, work / "ray", "ray", settings, memory)
         results["ray"] = dict(ray, load_before=load)
-        # the other setting of preserve_order (the default is off: files are named by block)
-        default_order = executor_ray.RayExecutor.preserve_order
-        executor_ray.RayExecutor.preserve_order = not default_order
-        shutil.rmtree(work / "ray-other-order", ignore_errors=True)
-        shutil.copytree(work / "ray", work / "ray-other-order",
-                        ignore=shutil.ignore_patterns("plan", "assemble", "data", "manifest.json", ".lock*"))
-        other = run_synthesis(corpus, work / "ray-other-order", "ray", settings, memory)
-        executor_ray.RayExecutor.preserve_order = default_order
-        results["ray_other_order_plan_assemble_s"] = sum(other["stages"].get(k, {}).get("seconds", 0)
-                                                       for k in ("plan", "assemble"))
-    results["identical"] = shard_hashes(work / "local" / "data") == shard_hashes(work / "ray" / "data") \
-        == shard_hashes(work / "ray-other-order" / "data")
+    results["ray_other_order_plan_assemble_s"] = None
+    runs = ["local", "ray"]
+    if order_check:
+        runs.append("ray-other-order")
+        with TreeMemory() as memory:
+            # the other setting of preserve_order (the default is off: files are named by block)
+            default_order = executor_ray.RayExecutor.preserve_order
+            executor_ray.RayExecutor.preserve_order = not default_order
+            shutil.rmtree(work / "ray-other-order", ignore_errors=True)
+            shutil.copytree(work / "ray", work / "ray-other-order",
+                            ignore=shutil.ignore_patterns("plan", "assemble", "data", "manifest.json", ".lock*"))
+            other = run_synthesis(corpus, work / "ray-other-order", "ray", settings, memory)
+            executor_ray.RayExecutor.preserve_order = default_order
+            results["ray_other_order_plan_assemble_s"] = sum(other["stages"].get(k, {}).get("seconds", 0)
+                                                           for k in ("plan", "assemble"))
+    hashes = [shard_hashes(work / run / "data") for run in runs]
+    results["identical"] = bool(hashes[0]) and all(h == hashes[0] for h in hashes)
     chunks = results["local"]["manifest"]["statistics"]["corpus_chunks"]
     results["chunks"] = chunks
     print(f"\nstages on {os.cpu_count()} cores ({chunks} chunks; load {results['local']['load_before']:.2f} before "
@@ -210,9 +215,10 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
           " peak 0 = a step shorter than the 0.25 s sampling interval)")
     default = sum(results["ray"]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
     on = executor_ray.RayExecutor.preserve_order
-    print(f"plan -> assemble on Ray: {default:.2f} s with preserve_order {on} (the default), "
-          f"{results['ray_other_order_plan_assemble_s']:.2f} s with {not on}")
-    print(f"output shards byte-identical (local, Ray, Ray with preserve_order {not on}): {results['identical']}")
+    if results["ray_other_order_plan_assemble_s"] is not None:
+        print(f"plan -> assemble on Ray: {default:.2f} s with preserve_order {on} (the default), "
+              f"{results['ray_other_order_plan_assemble_s']:.2f} s with {not on}")
+    print(f"output shards byte-identical ({', '.join(runs)}): {results['identical']}")
     return results
 
 
@@ -299,6 +305,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpu-chunks-per-s", type=float, default=PAPER_CHUNKS / (PAPER_GPU_HOURS * 3600))
     ap.add_argument("--gpu-hour-usd", type=float, default=2.5)
     ap.add_argument("--core-hour-usd", type=float, default=0.04)
+    ap.add_argument("--no-order-check", action="store_true", help="skip the third run (Ray, other preserve_order)")
+    ap.add_argument("--stages-only", action="store_true", help="only part 1 (local vs Ray), no mining, no projection")
     ap.add_argument("--work", help="folder for the corpus and outputs (default: a temporary one)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -309,7 +317,12 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args)}
     try:
-        results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus)
+        results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus,
+                                              order_check=not args.no_order_check)
+        if args.stages_only:
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+            return results
         results["index"] = index_build([int(x) for x in args.index_sizes.split(",")])
         results["planning"] = planning([int(x) for x in args.plan_sizes.split(",")], args.anchors)
     finally:
