@@ -108,6 +108,13 @@ def test_static_vectors_are_the_mean_of_all_piece_vectors(tiny, tmp_path):
     assert head @ ours[1] < 0.999
 
 
+# Edge cases for the two paths (tests/test_wordpiece.py checks the tokenizer itself on many more).
+ADVERSARIAL_ASCII = ["", " ", " \t\n\r ", "\x00", "a\x0bb", "a\x01b\x7fc", "Hello, World!", "x" * 100, "x" * 101,
+                     "don't stop-believing...", "[UNK]", "[PAD] padded", "a [CLS] b [SEP]", "qqqqzzzz", "a" * 1000]
+NON_ASCII = ["café", "naïve Ünïcödé", "北京大学", "mixed 中文 text", "emoji 🙂", "nbsp\u00a0here", "nel\u0085x",
+             "İstanbul", "ΟΔΟΣ", "ﬁne", "e\u0301", "\ufeffbom"]
+
+
 def test_native_path_gives_model2vecs_ids_and_vectors(tiny, tmp_path):
     """The native WordPiece + pooling against model2vec's own tokenize and encode, on the snapshot and on
     adversarial texts (accents, CJK, control characters, long words, added tokens, empty, whitespace):
@@ -118,7 +125,6 @@ def test_native_path_gives_model2vecs_ids_and_vectors(tiny, tmp_path):
 
     from nextlong.static_embedding import load_static_embedder
     from tests.helpers import corpus_documents
-    from tests.test_wordpiece import ADVERSARIAL_ASCII, NON_ASCII
 
     emb = load_static_embedder(tiny, pca_dims=16, cache_dir=tmp_path, threads=2)
     assert emb.wordpiece is not None
