@@ -94,10 +94,13 @@ def test_snapshot_corpus_ids_match_hf():
     assert handed_back == sum(not t.isascii() for t in texts) < len(texts) // 10
 
 
+@pytest.mark.slow
 def test_demo_corpus_ids_match_hf(tmp_path):
+    """The demo corpus is written from the running interpreter's standard library (so it differs between
+    Python versions, unlike the snapshot): what is checked is only that every id equals HF's."""
     from nextlong.synthesis.demo import write_demo_corpus
 
-    path = write_demo_corpus(tmp_path / "demo.jsonl", max_bytes=1_500_000)
+    path = write_demo_corpus(tmp_path / "demo.jsonl", max_bytes=400_000)
     texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
     assert len(texts) > 20
     assert_same_ids(plain(minilm_tokenizer()), texts)
