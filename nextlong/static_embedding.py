@@ -8,8 +8,9 @@ measures both against MiniLM's own neighbours).
 
 Tokenization is nearly all of the remaining cost, so BERT WordPiece runs natively (csrc/wordpiece.h,
 threads, GIL released) for ASCII texts, fused with the table lookup and mean: no id list reaches
-Python. It gives HF `tokenizers`' ids exactly; any other text (non-ASCII, or holding an added token
-such as "[PAD]") goes to HF `tokenizers` itself, so the vectors never depend on which path ran.
+Python. It gives HF `tokenizers`' ids exactly. In a text with non-ASCII characters only the words
+holding them go to HF `tokenizers` (the rest stays native), and a text holding an added token such as
+"[PAD]" goes to HF whole, so the vectors never depend on which path ran.
 
 Distilling takes minutes on a CPU, so the result is cached in a user cache folder and reused:
 $XDG_CACHE_HOME/nextlong/static/ (default ~/.cache/nextlong/static/), one folder per source model
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,12 +138,67 @@ def native_wordpiece(tokenizer):
                              [a["content"] for a in added])
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_ASCII_SPACE = re.compile(r"[ \t\n\r]")
+
+
+def split_at_non_ascii_words(text: str) -> list[tuple[bool, str]]:
+    """`text` cut into (is_ascii, piece) runs whose non-ASCII pieces are the whitespace-delimited words
+    holding a non-ASCII character. Why this is exact: HF's BERT normaliser maps each character on its
+    own (NFD reorders marks only between starters, and an ASCII space is one), so no word spans an
+    ASCII space, tab or newline, and the ids of the text are the ids of its runs in order."""
+    pieces, at = [], 0
+    for m in _NON_ASCII.finditer(text):
+        if m.start() < at:
+            continue  # inside the word already cut out
+        s = m.start()
+        start = max(at, text.rfind(" ", at, s) + 1, text.rfind("\n", at, s) + 1, text.rfind("\t", at, s) + 1,
+                    text.rfind("\r", at, s) + 1)
+        end = _ASCII_SPACE.search(text, m.end())
+        end = end.start() if end else len(text)
+        if start > at:
+            pieces.append((True, text[at:start]))
+        pieces.append((False, text[start:end]))
+        at = end
+    if at < len(text) or not pieces:
+        pieces.append((True, text[at:]))
+    return pieces
+
+
+def hybrid_ids(wordpiece, tokenizer, texts: Sequence[str], added: Sequence[str], threads: int) -> list[list[int]]:
+    """HF's ids of each text (`tokenizer.encode_batch(texts, add_special_tokens=False)`), from the native
+    WordPiece for the ASCII runs and from HF for the words holding non-ASCII characters; a text holding
+    an added token goes to HF whole."""
+    return [np.concatenate(parts).tolist() for parts in hybrid_id_arrays(wordpiece, tokenizer, texts, added, threads)]
+
+
+def hybrid_id_arrays(wordpiece, tokenizer, texts: Sequence[str], added: Sequence[str],
+                     threads: int) -> list[list[np.ndarray]]:
+    """hybrid_ids as each text's id arrays in order (no Python int per id: the pooling takes them as is)."""
+    plans, ascii_runs, other = [], [], []
+    for text in texts:
+        if any(a in text for a in added):
+            plans.append([(False, len(other))])
+            other.append(text)
+            continue
+        plan = []
+        for is_ascii, piece in split_at_non_ascii_words(text):
+            bucket = ascii_runs if is_ascii else other
+            plan.append((is_ascii, len(bucket)))
+            bucket.append(piece)
+        plans.append(plan)
+    native = wordpiece.encode_batch(ascii_runs, threads) if ascii_runs else []
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    hf = [np.asarray(e.ids, np.int64) for e in encode(other, add_special_tokens=False)] if other else []
+    return [[native[i].astype(np.int64) if is_ascii else hf[i] for is_ascii, i in plan] for plan in plans]
+
+
 class StaticEmbedder:
     """Mean of the static vectors of a text's word pieces (the whole text: no truncation; [UNK] pieces
     left out, as model2vec does), L2-normalised. Sums in float64 (model2vec stores float16 vectors); an
     empty text gives the zero vector. ASCII texts are tokenized and pooled natively on `threads` threads
-    (default: the cores this process may use), the rest by HF `tokenizers` (`native_texts` and
-    `fallback_texts` count both)."""
+    (default: the cores this process may use); `fallback_texts` counts the others, whose non-ASCII words
+    (or whole text, with an added token) HF `tokenizers` reads; `native_texts` the rest."""
 
     def __init__(self, folder: str | os.PathLike, name: str | None = None, threads: int | None = None):
         _require_model2vec()
@@ -171,6 +228,7 @@ class StaticEmbedder:
         unk = self.model.unk_token_id
         self.skip_id = -1 if unk is None else int(unk)
         self.wordpiece = native_wordpiece(self.model.tokenizer)
+        self.added_tokens = [t.content for t in self.model.tokenizer.get_added_tokens_decoder().values()]
         self.native_texts = 0
         self.fallback_texts = 0
 
@@ -181,11 +239,8 @@ class StaticEmbedder:
         """The ids each text is pooled from: model2vec's `tokenize` ([UNK] dropped), native where it can."""
         if self.wordpiece is None:
             return self.model.tokenize(list(texts))
-        ids = self.wordpiece.encode_batch(list(texts), self.threads)
-        left = [i for i, x in enumerate(ids) if x is None]
-        for i, row in zip(left, self.model.tokenize([texts[i] for i in left]) if left else []):
-            ids[i] = row
-        return [[int(t) for t in row if t != self.skip_id] for row in ids]
+        ids = hybrid_ids(self.wordpiece, self.model.tokenizer, list(texts), self.added_tokens, self.threads)
+        return [[t for t in row if t != self.skip_id] for row in ids]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -202,13 +257,20 @@ class StaticEmbedder:
         return out
 
     def _embed_with_hf(self, texts: list[str]) -> np.ndarray:
-        """HF `tokenizers` (through model2vec, [UNK] dropped), then the native pooling."""
+        """Texts the fused path left: their ASCII runs natively, their non-ASCII words (or the whole text
+        when it holds an added token) through HF `tokenizers`; then the native pooling ([UNK] skipped)."""
         from . import _native
 
-        ids = self.model.tokenize(texts)
-        offsets = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum([len(x) for x in ids], out=offsets[1:])
-        flat = np.fromiter((t for row in ids for t in row), np.int64, count=int(offsets[-1]))
+        if self.wordpiece is None:
+            ids = self.model.tokenize(texts)
+            offsets = np.zeros(len(ids) + 1, np.int64)
+            np.cumsum([len(x) for x in ids], out=offsets[1:])
+            flat = np.fromiter((t for row in ids for t in row), np.int64, count=int(offsets[-1]))
+        else:
+            parts = hybrid_id_arrays(self.wordpiece, self.model.tokenizer, texts, self.added_tokens, self.threads)
+            offsets = np.zeros(len(parts) + 1, np.int64)
+            np.cumsum([sum(len(a) for a in p) for p in parts], out=offsets[1:])
+            flat = np.concatenate([a for p in parts for a in p]) if offsets[-1] else np.zeros(0, np.int64)
         return _native.mean_pool_ids(self.table, flat, offsets, self.skip_id, self.threads)
 
 

@@ -182,3 +182,32 @@ def test_pooling_is_the_mean_of_table_rows():
     np.testing.assert_array_equal(pooled[mine], out[mine])
     with pytest.raises(ValueError, match="outside the embedding table"):
         wp.embed_mean(["the"], table[:5], -1, 1)
+
+
+MIXED_WORDS = ["the", "Café", "naïve", "“quoted”", "—", "e\u0301", "\u0301", "x\u0301y", "北京", "a北b", "\u00a0", "x\u00a0y",
+               "nel\u0085x", "zero\u200bwidth", "İ", "ΟΔΟΣ", "ﬁ", "🙂", "\ufffd", "\x00", "a\x0bb", "Hello,", "world!",
+               "x" * 99 + "é", "é" * 101, "don't", "U.S.A.", "[PAD]", "[UNK]", "ab[PAD]cd"]
+
+
+def test_mixed_texts_match_hf_with_only_non_ascii_words_sent_to_hf():
+    """hybrid_ids (native ASCII runs + HF for the words holding non-ASCII characters) against HF on the
+    whole text, over random mixes of ASCII and non-ASCII words, combining marks at word edges, non-ASCII
+    spaces and controls, joined by ASCII whitespace or nothing."""
+    from nextlong.static_embedding import hybrid_ids, split_at_non_ascii_words
+
+    rng = random.Random(1)
+    texts = []
+    for _ in range(600):
+        words = [rng.choice(MIXED_WORDS) for _ in range(rng.randint(0, 12))]
+        seps = [rng.choice([" ", "  ", "\t", "\n", "\r\n", "", " "]) for _ in words]
+        texts.append("".join(w + s for w, s in zip(words, seps)))
+    for text in texts:
+        pieces = split_at_non_ascii_words(text)
+        assert "".join(p for _, p in pieces) == text
+        assert all(p.isascii() == is_ascii or not p for is_ascii, p in pieces)
+    tok = plain(minilm_tokenizer())
+    added = [t.content for t in tok.get_added_tokens_decoder().values()]
+    got = hybrid_ids(native(tok), tok, texts, added, 2)
+    want = hf_ids(tok, texts)
+    for text, g, w in zip(texts, got, want):
+        assert g == w, f"{text!r}: hybrid {g} vs HF {w}"
