@@ -400,3 +400,23 @@ def test_folders_of_an_older_version_are_rebuilt_with_a_notice(corpus, tmp_path,
     err = capsys.readouterr().err
     assert "chunks: written by an older nextlong" in err and "data: written by an older nextlong" in err
     assert _files(out) == reference and not (out / "chunks" / "stage.json").exists()
+
+
+def test_removing_data_lets_one_folder_serve_other_methods_and_seeds(corpus, tmp_path):
+    """The cached chunks and embeddings are reused; the output stages of other settings are remade
+    once DIR/data is removed (and refused while it exists)."""
+    import shutil
+
+    from nextlong import synthesize
+
+    out = tmp_path / "shared"
+    synthesize(corpus, out, num_samples=2, **FAST)
+    chunks_time = (out / "chunks" / "chunks.parquet").stat().st_mtime_ns
+    with pytest.raises(StageMismatchError, match="cached units stage"):
+        synthesize(corpus, out, num_samples=2, seed=9, **FAST)
+    for method, seed in (("nextlong", 9), ("knn", 0), ("standard", 0)):
+        shutil.rmtree(out / "data")
+        synthesize(corpus, out, num_samples=2, seed=seed, method=method, **FAST)
+        synthesize(corpus, tmp_path / f"fresh-{method}", num_samples=2, seed=seed, method=method, **FAST)
+        assert _files(out) == _files(tmp_path / f"fresh-{method}")
+    assert (out / "chunks" / "chunks.parquet").stat().st_mtime_ns == chunks_time

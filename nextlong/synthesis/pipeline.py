@@ -8,8 +8,10 @@ DIR/<stage>/ holds each stage's output and its completion record `_done.json` (m
 record per block in `_done/`); DIR/data/part-NNNNN.parquet is the output (read the folder with
 `pyarrow.parquet.read_table(DIR/"data")`), DIR/jsonl | DIR/mds derived formats, DIR/manifest.json
 settings, versions, counts and quality statistics. A stage cached with other settings is refused
-(StageMismatchError) unless `rebuild=True`; an interrupted run resumes from finished stages and blocks,
-and the same seed gives byte-identical Parquet files whatever the executor or its block sizes.
+(StageMismatchError) unless `rebuild=True`, except that removing DIR/data discards the output and the
+stages that made it (units, plan, assemble), so one folder's chunks and embeddings can serve several
+methods and seeds. An interrupted run resumes from finished stages and blocks, and the same seed gives
+byte-identical Parquet files whatever the executor or its block sizes.
 """
 
 from __future__ import annotations
@@ -219,6 +221,28 @@ _TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph
                  "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
 
 
+OUTPUT_STAGES = ("units", "plan", "assemble")  # what makes DIR/data from the cached corpus-side stages
+
+
+def _discard_other_outputs(out: Path, fps: dict) -> None:
+    """DIR/data removed means the output is discarded: the stages that made it are then remade when they
+    hold other settings, instead of refused, so one folder's chunks and embeddings serve several methods
+    and seeds (remove DIR/data between them). Blocks of these settings (a killed run) are kept."""
+    import shutil
+
+    from .stage import BLOCK_RECORDS
+
+    for name in OUTPUT_STAGES:
+        folder = out / name
+        if not folder.is_dir():
+            continue
+        record = read_done(folder / DONE_FILE)
+        marks = ([record["fingerprint"]] if record else []) + [
+            (read_done(p) or {}).get("stage_fingerprint") for p in (folder / BLOCK_RECORDS).glob("*.json")]
+        if any(m != fps.get(name) for m in marks):
+            shutil.rmtree(folder)
+
+
 def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..manifest import write_manifest
     from ..tokenizer import load_tokenizer
@@ -231,6 +255,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg)
     fps = pipeline.fingerprints()
+    if not (out / "data").exists():
+        _discard_other_outputs(out, fps)
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
     timings = {"chunk": 0.0}
     for name, secs in getattr(executor, "seconds", {}).items():
