@@ -22,11 +22,17 @@ Jaccard J shares fewer than two sketched hashes with probability about (1−J)^m
 `m` keeps that below 1e-6 at the threshold (25 hashes at 0.5). Every pair sharing two or more gets its
 exact Jaccard from the full sets (exact from the counts when both sets fit in the sketch). A hash
 sketched by more than 256 chunks (boilerplate) links no pairs by itself.
+
+Scale: the (n, m) sketch matrix (200 bytes a chunk at m = 25) is the one array the size of the
+corpus; the candidate search takes the hash space one range at a time (`_candidate_pairs`) and the
+exact check one batch of pairs at a time, so the rest stays bounded. The sketches are computed in
+batches on a thread pool (`chunk_sketches`, `threads`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -168,8 +174,23 @@ def _get_numba_shingles():
                     k += 1
             return out[:k].copy()
 
+        @numba.njit(cache=True, nogil=True)
+        def sketch_batch(data, byte_offsets, n, sketch, sizes):
+            # the texts of a batch of chunks back to back: row i of `sketch` gets the smallest hashes
+            # of text i (the rest of the row is left as it was: the padding), sizes[i] its set size
+            m = sketch.shape[1]
+            for i in range(byte_offsets.size - 1):
+                full = shingles(data[byte_offsets[i]:byte_offsets[i + 1]], n)
+                k = min(m, full.size)
+                sketch[i, :k] = full[:k]
+                sizes[i] = full.size
+
         _numba_shingles = shingles
+        _numba_sketch_batch[0] = sketch_batch
     return _numba_shingles
+
+
+_numba_sketch_batch = [None]
 
 
 def fast_shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
@@ -279,35 +300,77 @@ def chunk_shingles(store, tokenizer, c: int) -> np.ndarray:
     return fast_shingle_set(tokenizer.decode_bytes(np.asarray(tokens, np.uint32)))
 
 
-def chunk_sketches(store, tokenizer, m: int, progress: bool = False):
+def default_threads() -> int:
+    """The CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+SKETCH_BATCH = 2048  # chunks per task: amortises the Python overhead, small enough to balance threads
+
+
+def _decode_batch(store, tokenizer, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texts of chunks lo..hi-1 back to back (uint8) and their byte offsets."""
+    parts = [tokenizer.decode_bytes(np.asarray(store.tokens[store.tok_offsets[c]:store.tok_offsets[c + 1]], np.uint32))
+             for c in range(lo, hi)]
+    offsets = np.zeros(hi - lo + 1, np.int64)
+    np.cumsum([len(x) for x in parts], out=offsets[1:])
+    return np.frombuffer(b"".join(parts), np.uint8), offsets
+
+
+def chunk_sketches(store, tokenizer, m: int, progress: bool = False, threads: int | None = None):
     """(n, m) uint64 matrix of each chunk's m smallest shingle hashes (rows padded with 2**64-1) and
-    each chunk's number of distinct shingles."""
+    each chunk's number of distinct shingles.
+
+    Batches of SKETCH_BATCH chunks run on `threads` threads (default: the CPUs available): decoding
+    holds the GIL, the compiled shingle kernel releases it, so one batch decodes while others hash."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     n = store.num_chunks
     sketch = np.full((n, m), np.iinfo(np.uint64).max, np.uint64)
     sizes = np.zeros(n, np.int64)
-    for c in tqdm(range(n), desc="near-duplicate sketches", unit="chunk", disable=not progress, mininterval=2):
-        full = chunk_shingles(store, tokenizer, c)
-        k = min(m, full.size)
-        sketch[c, :k] = full[:k]
-        sizes[c] = full.size
+    try:
+        _get_numba_shingles()
+        kernel = _numba_sketch_batch[0]
+    except ImportError:
+        kernel = None
+
+    def run(lo: int) -> int:
+        hi = min(n, lo + SKETCH_BATCH)
+        if kernel is not None:
+            data, offsets = _decode_batch(store, tokenizer, lo, hi)
+            kernel(data, offsets, NGRAM, sketch[lo:hi], sizes[lo:hi])
+        else:
+            for c in range(lo, hi):
+                full = chunk_shingles(store, tokenizer, c)
+                k = min(m, full.size)
+                sketch[c, :k] = full[:k]
+                sizes[c] = full.size
+        return hi - lo
+
+    threads = max(1, int(threads or default_threads()))
+    with tqdm(total=n, desc="near-duplicate sketches", unit="chunk", disable=not progress, mininterval=2) as bar:
+        if threads == 1:
+            for lo in range(0, n, SKETCH_BATCH):
+                bar.update(run(lo))
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                for done in pool.map(run, range(0, n, SKETCH_BATCH)):
+                    bar.update(done)
     return sketch, sizes
 
 
-def _candidate_pairs(sketch: np.ndarray, max_group: int):
-    """Pairs (a < b) of chunks sharing at least one sketched hash, with how many they share.
+RANGE_ENTRIES = 1 << 23  # sketched hashes handled at once by the candidate search (~270 MB of work arrays)
+_ROW_BLOCK = 1 << 18
+CHECK_BATCH = 1 << 16  # candidate pairs whose full shingle sets are held at once in the exact check  # sketch rows scanned at once when gathering a range's hashes
 
-    A hash sketched by more than `max_group` chunks (boilerplate) links no pairs by itself."""
-    n, m = sketch.shape
-    keys = sketch.reshape(-1)
-    valid = keys != np.iinfo(np.uint64).max
-    rows = np.repeat(np.arange(n, dtype=np.int64), m)[valid]
-    keys = keys[valid]
-    order = np.argsort(keys, kind="stable")
-    keys, rows = keys[order], rows[order]
-    if keys.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+def _groups_to_pairs(keys: np.ndarray, rows: np.ndarray, n: int, max_group: int) -> np.ndarray:
+    """Pair codes lo * n + hi (lo < hi) of the rows sharing each key; `keys` sorted, `rows` aligned."""
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     sizes = np.diff(np.r_[starts, keys.size])
     codes = []
@@ -316,13 +379,63 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int):
             continue
         first = starts[sizes == g]
         i, j = np.triu_indices(int(g), 1)
-        a = rows[first[:, None] + i[None, :]].reshape(-1)
-        b = rows[first[:, None] + j[None, :]].reshape(-1)
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        codes.append(lo * n + hi)
-    if not codes:
+        a = rows[first[:, None] + i[None, :]].reshape(-1).astype(np.int64)
+        b = rows[first[:, None] + j[None, :]].reshape(-1).astype(np.int64)
+        codes.append(np.minimum(a, b) * n + np.maximum(a, b))
+    return np.concatenate(codes) if codes else np.zeros(0, np.int64)
+
+
+def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = None):
+    """Pairs (a < b) of chunks sharing at least one sketched hash, with how many they share.
+
+    A hash sketched by more than `max_group` chunks (boilerplate) links no pairs by itself.
+
+    Memory stays near the sketch itself: the hash space is cut into `ranges` equal ranges (default:
+    enough that each holds about RANGE_ENTRIES sketched hashes; the hashes are mixed, so ranges fill
+    evenly) and each range is gathered, sorted and grouped on its own, with int32 row ids. Every hash
+    lies in exactly one range and a group (the chunks sketching one hash) is whole within it, so a
+    pair's count of shared hashes is the sum of its per-range counts, whether its shared hashes fall
+    in one range or several, and the `max_group` rule sees the same groups: the result does not
+    depend on `ranges`."""
+    n, m = sketch.shape
+    pad = np.iinfo(np.uint64).max
+    if ranges is None:
+        ranges = max(1, math.ceil(n * m / RANGE_ENTRIES))
+    row_dtype = np.int32 if n < 2 ** 31 else np.int64
+    # range r holds [bounds[r], bounds[r + 1]); the padding 2**64-1 is in no range (bounds end there)
+    bounds = [np.uint64((r << 64) // ranges) for r in range(ranges)] + [np.uint64(pad)]
+    found, counts = [], []
+    for r in range(ranges):
+        lo, hi = bounds[r], bounds[r + 1]
+        keys_parts, rows_parts = [], []
+        for b0 in range(0, n, _ROW_BLOCK):
+            block = sketch[b0:b0 + _ROW_BLOCK]
+            pos = np.flatnonzero((block >= lo) & (block < hi))
+            keys_parts.append(block.reshape(-1)[pos])
+            rows_parts.append((pos // m).astype(row_dtype) + row_dtype(b0))
+        keys = np.concatenate(keys_parts)
+        rows = np.concatenate(rows_parts)
+        del keys_parts, rows_parts
+        if keys.size < 2:
+            continue
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        rows = rows[order]
+        del order
+        codes = _groups_to_pairs(keys, rows, n, max_group)
+        del keys, rows
+        if codes.size:
+            u, c = np.unique(codes, return_counts=True)
+            found.append(u)
+            counts.append(c)
+    if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pair_codes, shared = np.unique(np.concatenate(codes), return_counts=True)
+    if len(found) == 1:
+        pair_codes, shared = found[0], counts[0].astype(np.int64)
+    else:  # a pair may share hashes in several ranges: add its counts up
+        pair_codes, inverse = np.unique(np.concatenate(found), return_inverse=True)
+        shared = np.bincount(inverse.reshape(-1), weights=np.concatenate(counts),
+                             minlength=pair_codes.size).astype(np.int64)
     return pair_codes // n, pair_codes % n, shared
 
 
@@ -347,10 +460,13 @@ class NearDupGraph:
 
     @classmethod
     def build(cls, store, tokenizer, threshold: float = DEFAULT_THRESHOLD, max_group: int = 256,
-              progress: bool = False) -> "NearDupGraph":
+              progress: bool = False, threads: int | None = None, ranges: int | None = None) -> "NearDupGraph":
+        """`threads`: threads of the sketch phase (default: the CPUs available); `ranges`: hash ranges
+        of the candidate search (default: sized to bound its memory; the graph does not depend on it)."""
         m = sketch_size(threshold)
-        sketch, sizes = chunk_sketches(store, tokenizer, m, progress)
-        a, b, shared = _candidate_pairs(sketch, max_group)
+        sketch, sizes = chunk_sketches(store, tokenizer, m, progress, threads=threads)
+        a, b, shared = _candidate_pairs(sketch, max_group, ranges)
+        del sketch
         sa, sb = sizes[a], sizes[b]
         possible = np.minimum(sa, sb) >= threshold * np.maximum(sa, sb)  # J <= |small| / |large|
         a, b, shared, sa, sb = a[possible], b[possible], shared[possible], sa[possible], sb[possible]
@@ -359,15 +475,19 @@ class NearDupGraph:
         keep[whole] = shared[whole] >= threshold * (sa[whole] + sb[whole] - shared[whole])
         # a pair at the threshold shares at least two sketched hashes (all but 1e-6 of the time)
         check = np.flatnonzero(~whole & (shared >= 2))
-        if check.size:
-            involved, local = np.unique(np.concatenate([a[check], b[check]]), return_inverse=True)
+        # in batches of pairs, so that only one batch's full shingle sets are held at a time
+        for k0 in range(0, check.size, CHECK_BATCH):
+            part = check[k0:k0 + CHECK_BATCH]
+            involved, local = np.unique(np.concatenate([a[part], b[part]]), return_inverse=True)
             sets = [chunk_shingles(store, tokenizer, int(c)) for c in involved]
             offsets = np.zeros(len(sets) + 1, np.int64)
             np.cumsum([x.size for x in sets], out=offsets[1:])
             flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
-            inter = _pair_intersections(flat, offsets, local[: check.size], local[check.size:])
-            union = sa[check] + sb[check] - inter
-            keep[check] = inter >= threshold * union
+            del sets
+            local = local.reshape(-1)
+            inter = _pair_intersections(flat, offsets, local[: part.size], local[part.size:])
+            union = sa[part] + sb[part] - inter
+            keep[part] = inter >= threshold * union
         a, b = a[keep], b[keep]
         src = np.concatenate([a, b])
         dst = np.concatenate([b, a])

@@ -1,0 +1,150 @@
+"""The near-copy graph's bounded-memory candidate search and threaded sketch phase give the same graph
+as the plain rules they implement (a slow Python reference written from neardup's docstring):
+bottom-m sketches, pairs sharing sketched hashes (groups over max_group ignored), the size bound,
+exact counts when both sets fit in the sketch, otherwise >= 2 shared hashes and the exact Jaccard."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nextlong.synthesis import neardup
+from nextlong.synthesis.neardup import NearDupGraph, chunk_shingles, sketch_size
+
+PAD = np.iinfo(np.uint64).max
+DATA = Path(__file__).parent / "data" / "stdlib-docstrings.jsonl.gz"
+
+
+def reference_pairs(sketch: np.ndarray, max_group: int) -> Counter:
+    groups = defaultdict(list)
+    for row, hashes in enumerate(sketch.tolist()):
+        for h in hashes:
+            if h != int(PAD):
+                groups[h].append(row)
+    shared = Counter()
+    for rows in groups.values():
+        if 2 <= len(rows) <= max_group:
+            for a, b in itertools.combinations(sorted(rows), 2):
+                shared[(a, b)] += 1
+    return shared
+
+
+def reference_edges(store, tok, threshold: float = 0.5, max_group: int = 256) -> set:
+    m = sketch_size(threshold)
+    sets = [chunk_shingles(store, tok, c) for c in range(store.num_chunks)]
+    sketch = np.full((len(sets), m), PAD, np.uint64)
+    for c, s in enumerate(sets):
+        sketch[c, :min(m, s.size)] = s[:m]
+    edges = set()
+    for (a, b), k in reference_pairs(sketch, max_group).items():
+        sa, sb = sets[a].size, sets[b].size
+        if min(sa, sb) < threshold * max(sa, sb):
+            continue
+        if max(sa, sb) <= m:
+            inter = k
+        elif k >= 2:
+            inter = np.intersect1d(sets[a], sets[b], assume_unique=True).size
+        else:
+            continue
+        if inter >= threshold * (sa + sb - inter):
+            edges.add((a, b))
+    return edges
+
+
+def graph_edges(graph: NearDupGraph) -> set:
+    return {(a, int(b)) for a in range(graph.indptr.size - 1) for b in graph.neighbours(a) if a < b}
+
+
+def store_of(texts, tok):
+    ids = tok.encode_ordinary_batch(texts)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+    return type("S", (), {"tokens": np.concatenate(ids).astype(np.uint32), "tok_offsets": offsets,
+                          "num_chunks": len(texts)})()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from nextlong.tokenizer import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+@pytest.mark.parametrize("ranges", [1, 2, 5, 16])
+def test_candidate_pairs_by_range_equal_the_reference(ranges):
+    """Sketches over a small alphabet: big groups (some over max_group), pairs sharing many hashes."""
+    rng = np.random.default_rng(ranges)
+    n, m = 300, 6
+    alphabet = neardup._finalize(np.arange(1, 61, dtype=np.uint64))  # spread over the whole hash space
+    sketch = np.full((n, m), PAD, np.uint64)
+    for r in range(n):
+        k = int(rng.integers(0, m + 1))
+        sketch[r, :k] = np.sort(rng.choice(alphabet, k, replace=False))
+    expected = reference_pairs(sketch, max_group=18)
+    a, b, shared = neardup._candidate_pairs(sketch, 18, ranges=ranges)
+    assert a.dtype == b.dtype == shared.dtype == np.int64
+    assert dict(zip(zip(a.tolist(), b.tolist()), shared.tolist())) == dict(expected)
+    assert max(expected.values()) >= 3 and len(expected) > 500
+    assert np.unique(sketch[sketch != PAD], return_counts=True)[1].max() > 18  # some group is boilerplate
+
+
+@pytest.mark.slow
+def test_graph_equals_reference_on_generated_chunks_with_copies(tok, tmp_path, monkeypatch):
+    from benchmarks.bench_near_duplicates import generated_chunk_store
+
+    store, _, (copies, src) = generated_chunk_store(tmp_path, 2500, copy_rate=0.05, seed=4)
+    expected = reference_edges(store, tok)
+    monkeypatch.setattr(neardup, "SKETCH_BATCH", 97)  # many batches, uneven last one
+    one = NearDupGraph.build(store, tok, 0.5, threads=1, ranges=1)
+    assert graph_edges(one) == expected
+    assert len(expected) > 40 and any((int(o), int(c)) in expected for c, o in zip(copies, src))
+    for threads, ranges in ((3, 7), (2, 64)):
+        other = NearDupGraph.build(store, tok, 0.5, threads=threads, ranges=ranges)
+        np.testing.assert_array_equal(other.indptr, one.indptr)
+        np.testing.assert_array_equal(other.indices, one.indices)
+
+
+def test_graph_equals_reference_on_the_shipped_snapshot(tok, monkeypatch):
+    """Paragraphs of the stdlib docstrings, a share of them shipped again with a few words replaced; the
+    sketches from the threaded batches equal per-chunk ones; some pair shares sketched hashes that fall
+    in different ranges (its count is the sum over ranges)."""
+    import json
+
+    rng = random.Random(5)
+    texts = []
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        for line in itertools.islice(f, 200):
+            for para in json.loads(line)["text"].split("\n\n"):
+                if para.strip():
+                    texts.append(para)
+                    if rng.random() < 0.1:
+                        words = para.split(" ")
+                        for _ in range(max(1, len(words) // 25)):
+                            words[rng.randrange(len(words))] = rng.choice(["2024", "foo", "the", "x"])
+                        texts.append(" ".join(words))
+    store = store_of(texts, tok)
+    m = sketch_size(0.5)
+    monkeypatch.setattr(neardup, "SKETCH_BATCH", 61)
+    sketch, sizes = neardup.chunk_sketches(store, tok, m, threads=3)
+    for c in range(store.num_chunks):
+        full = chunk_shingles(store, tok, c)
+        assert sizes[c] == full.size
+        np.testing.assert_array_equal(sketch[c, :min(m, full.size)], full[:m])
+        assert (sketch[c, full.size:] == PAD).all()
+    ranges = 6
+    bounds = [(r << 64) // ranges for r in range(ranges)]
+    range_of = {int(h): int(np.searchsorted(bounds, int(h), side="right")) - 1 for h in np.unique(sketch) if h != PAD}
+    spans = [len({range_of[int(h)] for h in np.intersect1d(sketch[a], sketch[b]) if h != PAD})
+             for a, b in reference_pairs(sketch, 256)]
+    assert max(spans) >= 2
+    expected = reference_edges(store, tok)
+    assert len(expected) > 50
+    graphs = [NearDupGraph.build(store, tok, 0.5, threads=t, ranges=r) for t, r in ((1, 1), (2, ranges))]
+    for g in graphs:
+        assert graph_edges(g) == expected
+    np.testing.assert_array_equal(graphs[0].indices, graphs[1].indices)
