@@ -136,6 +136,11 @@ def test_graph_equals_reference_on_the_shipped_snapshot(tok, monkeypatch):
         assert sizes[c] == full.size
         np.testing.assert_array_equal(sketch[c, :min(m, full.size)], full[:m])
         assert (sketch[c, full.size:] == PAD).all()
+    assert neardup._vocabulary_bytes(tok) is not None  # the sketches above were decoded by the kernel
+    monkeypatch.setattr(neardup, "_vocabulary_bytes", lambda tokenizer: None)  # decode_bytes batches
+    decoded, decoded_sizes = neardup.chunk_sketches(store, tok, m, threads=2)
+    np.testing.assert_array_equal(decoded, sketch)
+    np.testing.assert_array_equal(decoded_sizes, sizes)
     ranges = 6
     bounds = [(r << 64) // ranges for r in range(ranges)]
     range_of = {int(h): int(np.searchsorted(bounds, int(h), side="right")) - 1 for h in np.unique(sketch) if h != PAD}
@@ -148,3 +153,10 @@ def test_graph_equals_reference_on_the_shipped_snapshot(tok, monkeypatch):
     for g in graphs:
         assert graph_edges(g) == expected
     np.testing.assert_array_equal(graphs[0].indices, graphs[1].indices)
+
+
+def test_unknown_token_id_is_refused_as_before(tok):
+    store = store_of(["a few words here and there, enough for a shingle"] * 3, tok)
+    store.tokens[store.tok_offsets[2]] = 4_000_000_000
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        neardup.chunk_sketches(store, tok, 25, threads=1)

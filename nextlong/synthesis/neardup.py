@@ -185,12 +185,57 @@ def _get_numba_shingles():
                 sketch[i, :k] = full[:k]
                 sizes[i] = full.size
 
+        @numba.njit(cache=True, nogil=True)
+        def sketch_tokens(tokens, tok_offsets, vocab_bytes, vocab_offsets, vocab_known, n, sketch, sizes):
+            # as sketch_batch, decoding the token ids with the vocabulary's byte table itself (no GIL);
+            # returns the first chunk holding an id outside the vocabulary, or -1
+            m = sketch.shape[1]
+            buf = np.empty(0, np.uint8)
+            base = tok_offsets[0]
+            for i in range(tok_offsets.size - 1):
+                t0, t1 = tok_offsets[i] - base, tok_offsets[i + 1] - base
+                size = 0
+                for t in range(t0, t1):
+                    tid = tokens[t]
+                    if tid >= vocab_known.size or not vocab_known[tid]:
+                        return i
+                    size += vocab_offsets[tid + 1] - vocab_offsets[tid]
+                if buf.size < size:
+                    buf = np.empty(max(size, 2 * buf.size), np.uint8)
+                pos = 0
+                for t in range(t0, t1):
+                    tid = tokens[t]
+                    for k in range(vocab_offsets[tid], vocab_offsets[tid + 1]):
+                        buf[pos] = vocab_bytes[k]
+                        pos += 1
+                full = shingles(buf[:size], n)
+                k = min(m, full.size)
+                sketch[i, :k] = full[:k]
+                sizes[i] = full.size
+            return -1
+
         _numba_shingles = shingles
         _numba_sketch_batch[0] = sketch_batch
+        _numba_sketch_batch[1] = sketch_tokens
     return _numba_shingles
 
 
-_numba_sketch_batch = [None]
+_numba_sketch_batch = [None, None]
+
+
+def _vocabulary_bytes(tokenizer):
+    """(bytes back to back, offsets, known) of every token id, for decoding inside the compiled
+    kernel: a token's bytes do not depend on its neighbours, so a text is its tokens' bytes joined
+    (what decode_bytes does). None for a tokenizer without a per-token byte table."""
+    native = getattr(tokenizer, "native", None)
+    if native is None or not hasattr(native, "token_bytes") or not hasattr(tokenizer, "vocab_size"):
+        return None
+    size = int(getattr(native, "max_id", tokenizer.vocab_size - 1)) + 1
+    parts = [native.token_bytes(i) for i in range(size)]
+    known = np.array([x is not None for x in parts], bool)
+    offsets = np.zeros(size + 1, np.int64)
+    np.cumsum([len(x) if x is not None else 0 for x in parts], out=offsets[1:])
+    return np.frombuffer(b"".join(x for x in parts if x is not None), np.uint8), offsets, known
 
 
 def fast_shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
@@ -324,8 +369,9 @@ def chunk_sketches(store, tokenizer, m: int, progress: bool = False, threads: in
     """(n, m) uint64 matrix of each chunk's m smallest shingle hashes (rows padded with 2**64-1) and
     each chunk's number of distinct shingles.
 
-    Batches of SKETCH_BATCH chunks run on `threads` threads (default: the CPUs available): decoding
-    holds the GIL, the compiled shingle kernel releases it, so one batch decodes while others hash."""
+    Batches of SKETCH_BATCH chunks run on `threads` threads (default: the CPUs available). With a
+    tokenizer that exposes its per-token bytes the compiled kernel decodes too and the batches run
+    in parallel without the GIL; otherwise one batch decodes (GIL held) while others hash."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -335,13 +381,21 @@ def chunk_sketches(store, tokenizer, m: int, progress: bool = False, threads: in
     sizes = np.zeros(n, np.int64)
     try:
         _get_numba_shingles()
-        kernel = _numba_sketch_batch[0]
+        kernel, token_kernel = _numba_sketch_batch
+        vocabulary = _vocabulary_bytes(tokenizer)
     except ImportError:
-        kernel = None
+        kernel = token_kernel = vocabulary = None
 
     def run(lo: int) -> int:
         hi = min(n, lo + SKETCH_BATCH)
-        if kernel is not None:
+        if vocabulary is not None:
+            offsets = np.asarray(store.tok_offsets[lo:hi + 1], np.int64)
+            tokens = np.asarray(store.tokens[offsets[0]:offsets[-1]])
+            bad = token_kernel(tokens, offsets, *vocabulary, NGRAM, sketch[lo:hi], sizes[lo:hi])
+            if bad >= 0:  # decode_bytes names the unknown id
+                chunk_shingles(store, tokenizer, lo + bad)
+                raise ValueError(f"chunk {lo + bad}: a token id outside the tokenizer's vocabulary")
+        elif kernel is not None:
             data, offsets = _decode_batch(store, tokenizer, lo, hi)
             kernel(data, offsets, NGRAM, sketch[lo:hi], sizes[lo:hi])
         else:
