@@ -142,8 +142,11 @@ def test_graph_equals_reference_on_the_shipped_snapshot(tok, monkeypatch):
     np.testing.assert_array_equal(decoded, sketch)
     np.testing.assert_array_equal(decoded_sizes, sizes)
     ranges = 6
-    bounds = [(r << 64) // ranges for r in range(ranges)]
+    bounds = [int(x) for x in neardup._range_bounds(sketch, ranges)]
+    assert len(bounds) == ranges + 1 and bounds[0] == 0 and bounds[-1] == int(PAD)
     range_of = {int(h): int(np.searchsorted(bounds, int(h), side="right")) - 1 for h in np.unique(sketch) if h != PAD}
+    per_range = np.bincount(list(range_of.values()), minlength=ranges)
+    assert per_range.min() > 0.25 * per_range.mean()  # the ranges hold comparable shares (sampled bounds)
     spans = [len({range_of[int(h)] for h in np.intersect1d(sketch[a], sketch[b]) if h != PAD})
              for a, b in reference_pairs(sketch, 256)]
     assert max(spans) >= 2

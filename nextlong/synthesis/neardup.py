@@ -418,7 +418,7 @@ def chunk_sketches(store, tokenizer, m: int, progress: bool = False, threads: in
     return sketch, sizes
 
 
-RANGE_ENTRIES = 1 << 23  # sketched hashes handled at once by the candidate search (~270 MB of work arrays)
+RANGE_ENTRIES = 1 << 22  # sketched hashes handled at once by the candidate search (~150 MB of work arrays)
 _ROW_BLOCK = 1 << 18
 CHECK_BATCH = 1 << 16  # candidate pairs whose full shingle sets are held at once in the exact check  # sketch rows scanned at once when gathering a range's hashes
 
@@ -439,14 +439,27 @@ def _groups_to_pairs(keys: np.ndarray, rows: np.ndarray, n: int, max_group: int)
     return np.concatenate(codes) if codes else np.zeros(0, np.int64)
 
 
+def _range_bounds(sketch: np.ndarray, ranges: int) -> list:
+    """Bounds of `ranges` hash ranges holding about as many sketched hashes each: range r is
+    [bounds[r], bounds[r + 1]), the last ends at the padding 2**64-1, which is in no range. The
+    sketches hold each set's smallest hashes, so they crowd the low end of the hash space: the bounds
+    are quantiles of a strided sample of the sketch (deterministic), not equal splits of 2**64."""
+    pad = np.iinfo(np.uint64).max
+    flat = sketch.reshape(-1)
+    sample = flat[:: max(1, flat.size // (64 * ranges))]
+    sample = np.sort(sample[sample != pad])
+    inner = [] if sample.size == 0 else sample[(np.arange(1, ranges) * sample.size) // ranges].tolist()
+    bounds = sorted(set([0] + [int(x) for x in inner if x > 0]))
+    return [np.uint64(x) for x in bounds] + [np.uint64(pad)]
+
+
 def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = None):
     """Pairs (a < b) of chunks sharing at least one sketched hash, with how many they share.
 
     A hash sketched by more than `max_group` chunks (boilerplate) links no pairs by itself.
 
-    Memory stays near the sketch itself: the hash space is cut into `ranges` equal ranges (default:
-    enough that each holds about RANGE_ENTRIES sketched hashes; the hashes are mixed, so ranges fill
-    evenly) and each range is gathered, sorted and grouped on its own, with int32 row ids. Every hash
+    Memory stays near the sketch itself: the hash space is cut into `ranges` ranges (default: enough
+    that each holds about RANGE_ENTRIES sketched hashes; `_range_bounds`) and each range is gathered, sorted and grouped on its own, with int32 row ids. Every hash
     lies in exactly one range and a group (the chunks sketching one hash) is whole within it, so a
     pair's count of shared hashes is the sum of its per-range counts, whether its shared hashes fall
     in one range or several, and the `max_group` rule sees the same groups: the result does not
@@ -456,10 +469,9 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = No
     if ranges is None:
         ranges = max(1, math.ceil(n * m / RANGE_ENTRIES))
     row_dtype = np.int32 if n < 2 ** 31 else np.int64
-    # range r holds [bounds[r], bounds[r + 1]); the padding 2**64-1 is in no range (bounds end there)
-    bounds = [np.uint64((r << 64) // ranges) for r in range(ranges)] + [np.uint64(pad)]
+    bounds = _range_bounds(sketch, ranges)
     found, counts = [], []
-    for r in range(ranges):
+    for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
         keys_parts, rows_parts = [], []
         for b0 in range(0, n, _ROW_BLOCK):
@@ -474,9 +486,16 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = No
             continue
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
-        rows = rows[order]
-        del order
-        codes = _groups_to_pairs(keys, rows, n, max_group)
+        # almost every hash is sketched by one chunk only: keep the entries of shared ones (a few %)
+        same = keys[1:] == keys[:-1]
+        shared_entry = np.zeros(keys.size, bool)
+        shared_entry[1:] = same
+        shared_entry[:-1] |= same
+        del same
+        keys = keys[shared_entry]
+        rows = rows[order[shared_entry]]
+        del order, shared_entry
+        codes = _groups_to_pairs(keys, rows, n, max_group) if keys.size else np.zeros(0, np.int64)
         del keys, rows
         if codes.size:
             u, c = np.unique(codes, return_counts=True)
