@@ -186,6 +186,7 @@ def test_synthesis_with_a_short_window_model_and_with_static(tiny, tmp_path, mon
     stats = manifest["statistics"]
     assert stats["embedding"]["max_length_tokens"] == 64
     assert stats["embedding"]["chunks_windowed"] == emb.windowed_texts > len(texts) // 2
+    assert stats["embedding"]["dtype"] == load_embedder(str(tiny)).dtype  # the default the run used, recorded
     static = synthesize(corpus, tmp_path / "static", embedder=f"static:{tiny}", **common)
     assert static["statistics"]["documents_built"] == 2
     assert static["settings"]["embedder_name"].startswith("static-tiny-bert")

@@ -310,7 +310,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         embedder_name = e.get("embedder")
         stats["embedding"] = {"embedder": embedder_name,
                               "max_length_tokens": int(e["max_length"]) if e.get("max_length") else None,
-                              "chunks_windowed": e.get("windowed")}
+                              "chunks_windowed": e.get("windowed"),
+                              "dtype": e.get("dtype")}  # the compute dtype sets the embedding speed (bf16 is emulated on most CPUs)
     if built == 0:
         raise NextlongError(_too_small_message(cfg, store, stats, doc_lengths(store, len(tokenizer.encode_ordinary(
             cfg.separator)) if cfg.separator else 0)))

@@ -422,12 +422,14 @@ class EmbedStage(MapStage):
         table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)})
         return table.replace_schema_metadata({b"windowed": str(windowed).encode(),
                                               b"embedder": str(self._embedder.name).encode(),
-                                              b"max_length": str(getattr(self._embedder, "max_length", "")).encode()})
+                                              b"max_length": str(getattr(self._embedder, "max_length", "")).encode(),
+                                              b"dtype": str(getattr(self._embedder, "dtype", "") or "").encode()})
 
     def count(self, output):
         meta = output.schema.metadata or {}
         return {"rows": output.num_rows, "windowed": int(meta.get(b"windowed", b"0")),
-                "embedder": meta.get(b"embedder", b"").decode(), "max_length": meta.get(b"max_length", b"").decode()}
+                "embedder": meta.get(b"embedder", b"").decode(), "max_length": meta.get(b"max_length", b"").decode(),
+                "dtype": meta.get(b"dtype", b"").decode() or None}
 
 
 @_dc.dataclass
@@ -468,7 +470,7 @@ class GatherEmbeddings(WholeStage):
         named = next((c for c in counts if c.get("embedder")), {})
         return {"rows": rows, "dim": dim, "crc32": file_crc32(ctx.out_dir / EMBEDDINGS_FILE),
                 "windowed": sum(c.get("windowed", 0) for c in counts), "embedder": named.get("embedder"),
-                "max_length": named.get("max_length") or None}
+                "max_length": named.get("max_length") or None, "dtype": named.get("dtype")}
 
 
 def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None) -> np.ndarray:
