@@ -214,3 +214,23 @@ def test_synthesis_output_does_not_depend_on_the_corpus_blocks(tmp_path):
     assert files == sorted(p.name for p in (large / "data").glob("part-*.parquet")) and len(files) == 3
     for name in files:
         assert (small / "data" / name).read_bytes() == (large / "data" / name).read_bytes()
+
+
+def test_threads_reach_every_cpu_stage(tmp_path):
+    """`--threads N` bounds every stage that starts threads of its own (the near-copy graph included),
+    and is not part of any fingerprint (a run resumed with other threads redoes nothing)."""
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.pipeline import build_pipeline
+
+    corpus = _corpus(tmp_path / "c.jsonl")
+
+    def pipeline(threads):
+        cfg = SynthesisConfig(out=str(tmp_path / "o"), corpus=str(corpus), embedder="hashed-tfidf:256",
+                              target_length=2048, num_threads=threads, progress=False)
+        return build_pipeline(cfg)
+
+    one, three = pipeline(1), pipeline(3)
+    with_threads = [s.name for s in one.stages if hasattr(s, "threads")]
+    assert "neardup" in with_threads and "embed" in with_threads
+    assert all(one.stage(n).threads == 1 and three.stage(n).threads == 3 for n in with_threads)
+    assert one.fingerprints() == three.fingerprints()

@@ -104,7 +104,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     external: dict = {}
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
         steps.append(S.NearDupStage(name="neardup", inputs=("chunks",), tokenizer=tok,
-                                    threshold=cfg.near_dup_threshold))
+                                    threshold=cfg.near_dup_threshold, threads=threads))
         graph = "neardup"
         if cfg.dedup_corpus:  # before embedding: dropped documents are never embedded
             steps.append(S.DedupStage(name="dedup", inputs=("chunk", "chunks", "neardup"), tokenizer=tok,

@@ -299,13 +299,15 @@ class NearDupStage(WholeStage):
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
     ngram: int = 5
+    threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
         from ..tokenizer import load_tokenizer
         from .neardup import NearDupGraph
 
         graph = NearDupGraph.build(load_store(ctx.input(self.inputs[0])), load_tokenizer(self.tokenizer),
-                                   self.threshold, progress=ctx.progress)
+                                   self.threshold, progress=ctx.progress,
+                                   threads=self.threads or ctx.threads or None)
         graph.save(ctx.out_dir)
         return {"pairs": graph.num_pairs, "chunks_with_near_copies": int(np.count_nonzero(np.diff(graph.indptr)))}
 
