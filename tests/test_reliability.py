@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -291,18 +292,21 @@ def test_enospc_while_writing_a_synthesis_shard_then_resume_is_identical(tmp_pat
     calls = {"n": 0}
 
     def full_on_third(table, where, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        """The disk fills while the third shard is assembled (data/ links the assembled parts); other
+        stages' blocks go through."""
+        if Path(str(where)).parent.name == "assemble":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
         real(table, where, **kwargs)
 
     monkeypatch.setattr(writers.pq, "write_table", full_on_third)
     capsys.readouterr()
     assert main(argv + ["--out", str(tmp_path / "full")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"nextlong synthesize: error: {tmp_path / 'full' / 'data' / 'part-00002.parquet'}: "
+    assert err.startswith(f"nextlong synthesize: error: {tmp_path / 'full' / 'assemble' / 'part-00002.parquet'}: "
                           "no space left on device")
-    assert not list((tmp_path / "full" / "data").glob(".*.tmp"))
+    assert calls["n"] == 3 and not list((tmp_path / "full").rglob("*.tmp"))
     monkeypatch.setattr(writers.pq, "write_table", real)
     assert main(argv + ["--out", str(tmp_path / "full")]) == 0
 
