@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .stage import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
-                    finish_map_stage, finish_whole_stage, prepare, read_done, write_block)
+                    finish_map_stage, finish_whole_stage, map_chain, prepare, read_done, write_block)
 
 
 class LocalExecutor(Executor):
@@ -55,13 +55,7 @@ class LocalExecutor(Executor):
                                       else self._read_and_map(stage, ctx))
             return i + 2
         if stage.kind == "map":
-            chain, j = [stage], i + 1
-            while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
-                chain.append(stages[j])
-                j += 1
-            follower = stages[j] if j < len(stages) else None
-            cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
-                   and follower.inputs[:1] == (chain[-1].name,) else None)
+            chain, j, cut = map_chain(stages, i)
             results.update(self._run_chain(pipeline, [context(s) for s in chain], cut))
             return j
         ctx = context(stage)

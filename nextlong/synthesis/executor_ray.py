@@ -311,7 +311,7 @@ class RayExecutor(Executor):
         return results
 
     def _step(self, pipeline, fps, stages, i, context, results, rebuild, progress) -> int:
-        from .stage import finish_whole_stage, prepare, read_done
+        from .stage import finish_whole_stage, map_chain, prepare, read_done
 
         stage = stages[i]
         if stage.kind == "read":
@@ -321,13 +321,7 @@ class RayExecutor(Executor):
                                       else self._read_and_map(pipeline, fps, stage, ctx, rebuild))
             return i + 2
         if stage.kind == "map":
-            chain, j = [stage], i + 1
-            while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
-                chain.append(stages[j])
-                j += 1
-            follower = stages[j] if j < len(stages) else None
-            cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
-                   and follower.inputs[:1] == (chain[-1].name,) else None)
+            chain, j, cut = map_chain(stages, i)
             results.update(self._run_chain(pipeline, fps, [context(s) for s in chain], cut, rebuild))
             return j
         ctx = context(stage)

@@ -369,6 +369,20 @@ def block_numbers(folder) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in (Path(folder) / BLOCK_RECORDS).glob("part-*.json"))
 
 
+def map_chain(stages: list, i: int) -> tuple[list, int, int | None]:
+    """The map stages that run block by block from stage i (each reading the previous one's blocks), the index
+    of the stage after them, and the row cut of the whole stage that follows them, if it sets one. Executors
+    share this grouping, so local and Ray runs chain, and cut, the same stages."""
+    chain, j = [stages[i]], i + 1
+    while j < len(stages) and stages[j].kind == "map" and stages[j].inputs[:1] == (chain[-1].name,):
+        chain.append(stages[j])
+        j += 1
+    follower = stages[j] if j < len(stages) else None
+    cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
+           and follower.inputs[:1] == (chain[-1].name,) else None)
+    return chain, j, cut
+
+
 def prepare(ctx: StageContext) -> bool:
     """True when the stage is already done for this fingerprint. Otherwise make its folder ready:
     another fingerprint's record (stage or block) raises StageMismatchError unless `ctx.rebuild`
