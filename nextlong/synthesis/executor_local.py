@@ -7,7 +7,6 @@ as one chain, block by block, so a `--num-samples` cut after them stops the chai
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 import numpy as np
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .stage import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
-                    finish_map_stage, finish_whole_stage, map_chain, prepare, read_done, write_block)
+                    finish_map_stage, prepare, read_done, write_block)
 
 
 class LocalExecutor(Executor):
@@ -26,48 +25,13 @@ class LocalExecutor(Executor):
         self.threads = threads
         self.corpus_block_docs = corpus_block_docs
         self.corpus_block_bytes = corpus_block_bytes
-        self.seconds: dict[str, float] = {}  # wall time per stage (a map chain's time goes to its last stage)
 
-    def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
-        fps = pipeline.fingerprints()
-        stages = pipeline.stages
-        results: dict[str, dict] = {}
-
-        def context(stage):
-            return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
-                                threads=self.threads)
-
-        self.seconds = {}
-        i = 0
-        while i < len(stages):
-            t0 = time.perf_counter()
-            i = self._step(pipeline, stages, i, context, results)
-            self.seconds[stages[i - 1].name] = time.perf_counter() - t0
-        return results
-
-    def _step(self, pipeline, stages, i, context, results) -> int:
-        """Run stage i (with the map stages chained to it); returns the index of the next stage."""
-        stage = stages[i]
-        if stage.kind == "read":  # feeds the next (map) stage directly
-            consumer = stages[i + 1]
-            ctx = context(consumer)
-            results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
-                                      else self._read_and_map(stage, ctx))
-            return i + 2
-        if stage.kind == "map":
-            chain, j, cut = map_chain(stages, i)
-            results.update(self._run_chain(pipeline, [context(s) for s in chain], cut))
-            return j
-        ctx = context(stage)
-        if prepare(ctx):
-            results[stage.name] = read_done(ctx.record_path)["counts"]
-        else:
-            results[stage.name] = finish_whole_stage(ctx, stage.build(ctx) or {})
-        return i + 1
+    def build_whole(self, stage, ctx: StageContext) -> dict:
+        return stage.build(ctx)
 
     # --- the corpus into the first map stage ---------------------------------------------------
 
-    def _read_and_map(self, source, ctx: StageContext) -> dict:
+    def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
         from tqdm.auto import tqdm
 
         from ..corpus import CorpusReader, prefetch
@@ -106,7 +70,7 @@ class LocalExecutor(Executor):
 
     # --- map chains ----------------------------------------------------------------------------
 
-    def _run_chain(self, pipeline: Pipeline, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
+    def run_chain(self, pipeline: Pipeline, fps, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
         from tqdm.auto import tqdm
 
         results = {}

@@ -278,13 +278,10 @@ class RayExecutor(Executor):
         self.corpus_block_docs = corpus_block_docs or self.corpus_block_docs
         self.corpus_block_bytes = corpus_block_bytes or self.corpus_block_bytes
         self.retries = retries
-        self.seconds: dict[str, float] = {}
 
     # --- the run -------------------------------------------------------------------------------
 
-    def run(self, pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
-        from .stage import StageContext
-
+    def before_run(self, progress: bool) -> None:
         ctx_data = self.ray.data.DataContext.get_current()
         ctx_data.enable_progress_bars = bool(progress)
         ctx_data.execution_options.preserve_order = bool(self.preserve_order)
@@ -294,51 +291,18 @@ class RayExecutor(Executor):
             import logging
 
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-        fps = pipeline.fingerprints()
-        stages = pipeline.stages
-        results: dict[str, dict] = {}
 
-        def context(stage):
-            return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
-                                threads=self.threads)
-
-        self.seconds = {}
-        i = 0
-        while i < len(stages):
-            t0 = time.perf_counter()
-            i = self._step(pipeline, fps, stages, i, context, results, rebuild, progress)
-            self.seconds[stages[i - 1].name] = time.perf_counter() - t0
-        return results
-
-    def _step(self, pipeline, fps, stages, i, context, results, rebuild, progress) -> int:
-        from .stage import finish_whole_stage, map_chain, prepare, read_done
-
-        stage = stages[i]
-        if stage.kind == "read":
-            consumer = stages[i + 1]
-            ctx = context(consumer)
-            results[consumer.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
-                                      else self._read_and_map(pipeline, fps, stage, ctx, rebuild))
-            return i + 2
-        if stage.kind == "map":
-            chain, j, cut = map_chain(stages, i)
-            results.update(self._run_chain(pipeline, fps, [context(s) for s in chain], cut, rebuild))
-            return j
-        ctx = context(stage)
-        if prepare(ctx):
-            results[stage.name] = read_done(ctx.record_path)["counts"]
-        else:
-            task = self.ray.remote(_build_whole).options(num_cpus=1, max_retries=self.retries)
-            try:
-                counts = self.ray.get(task.remote(stage, ctx))
-            except Exception as e:
-                raise _as_nextlong_error(e, f"stage {stage.name}") from e
-            results[stage.name] = finish_whole_stage(ctx, counts)
-        return i + 1
+    def build_whole(self, stage, ctx) -> dict:
+        task = self.ray.remote(_build_whole).options(num_cpus=1, max_retries=self.retries)
+        try:
+            return self.ray.get(task.remote(stage, ctx))
+        except Exception as e:
+            raise _as_nextlong_error(e, f"stage {stage.name}") from e
 
     # --- corpus -> first map stage ---------------------------------------------------------------
 
-    def _read_and_map(self, pipeline, fps, source, ctx, rebuild) -> dict:
+    def read_and_map(self, pipeline, fps, source, ctx) -> dict:
+        rebuild = ctx.rebuild
         import numpy as np
         import pyarrow as pa
         from tqdm.auto import tqdm
@@ -391,7 +355,8 @@ class RayExecutor(Executor):
 
     # --- chains of map stages ----------------------------------------------------------------------
 
-    def _run_chain(self, pipeline, fps, chain, cut, rebuild) -> dict[str, dict]:
+    def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
+        rebuild = chain[0].rebuild
         from .stage import DONE_FILE, block_done, finish_map_stage, prepare, read_done
 
         results = {}

@@ -487,11 +487,61 @@ def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
 
 
 class Executor:
-    """Runs a Pipeline (protocol in this module's docstring). `run` returns {stage name: counts}."""
+    """Runs a Pipeline (protocol in this module's docstring). `run` returns {stage name: counts}.
+
+    `run` walks the stages in order, once for every executor; an executor says only how work runs, in
+    three hooks: the corpus into its first map stage, a chain of map stages, and one whole stage."""
 
     name: ClassVar[str] = ""
+    threads: int | None = None
 
     def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
+        import time
+
+        self.before_run(progress)
+        fps = pipeline.fingerprints()
+        stages = pipeline.stages
+        results: dict[str, dict] = {}
+
+        def context(stage):
+            return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
+                                threads=self.threads)
+
+        self.seconds: dict[str, float] = {}  # wall time per stage (a map chain's time goes to its last stage)
+        i = 0
+        while i < len(stages):
+            t0 = time.perf_counter()
+            stage = stages[i]
+            if stage.kind == "read":  # feeds the next (map) stage directly
+                ctx = context(stages[i + 1])
+                results[ctx.stage.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
+                                           else self.read_and_map(pipeline, fps, stage, ctx))
+                i += 2
+            elif stage.kind == "map":
+                chain, i, cut = map_chain(stages, i)
+                results.update(self.run_chain(pipeline, fps, [context(s) for s in chain], cut))
+            else:
+                ctx = context(stage)
+                results[stage.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
+                                       else finish_whole_stage(ctx, self.build_whole(stage, ctx) or {}))
+                i += 1
+            self.seconds[stages[i - 1].name] = time.perf_counter() - t0
+        return results
+
+    def before_run(self, progress: bool) -> None:
+        """Executor-wide settings for one run (none by default)."""
+
+    def read_and_map(self, pipeline: Pipeline, fps: dict[str, str], source, ctx: StageContext) -> dict:
+        """Read `source` in blocks into the map stage of `ctx`; return that stage's counts."""
+        raise NotImplementedError
+
+    def run_chain(self, pipeline: Pipeline, fps: dict[str, str], chain: list[StageContext],
+                  cut: int | None) -> dict[str, dict]:
+        """Run map stages block by block (see `map_chain`); return {stage name: counts}."""
+        raise NotImplementedError
+
+    def build_whole(self, stage, ctx: StageContext) -> dict:
+        """Build one whole stage; return its counts."""
         raise NotImplementedError
 
 
