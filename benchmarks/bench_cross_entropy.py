@@ -53,6 +53,11 @@ def _nextlong(h, w, y):
     return fused_linear_cross_entropy(h, w, y)
 
 
+def _nextlong_triton(h, w, y):
+    """Our Triton kernels forced (on CUDA, training takes the chunked cuBLAS path by default)."""
+    return fused_linear_cross_entropy(h, w, y, backend="triton")
+
+
 def _liger():
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -68,7 +73,8 @@ def _cce():
 
 def implementation(name):
     """The callable for ``name``, or a skip reason string when its package is missing."""
-    table = {"nextlong": lambda: _nextlong, "eager": lambda: _eager, "compile": lambda: _compile,
+    table = {"nextlong": lambda: _nextlong, "nextlong_triton": lambda: _nextlong_triton,
+             "eager": lambda: _eager, "compile": lambda: _compile,
              "liger": _liger, "cce": _cce}
     try:
         return table[name]()
@@ -128,7 +134,7 @@ def matmul_fraction_of_peak(n, h, v, seconds):
 # ---- pytest-benchmark entries -------------------------------------------------------------
 
 CPU_IMPLS = ("nextlong", "eager")
-GPU_IMPLS = ("nextlong", "eager", "compile", "liger", "cce")
+GPU_IMPLS = ("nextlong", "nextlong_triton", "eager", "compile", "liger", "cce")
 
 
 def _run(benchmark, measure, fn, n, h, v, device, dtype):

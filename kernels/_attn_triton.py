@@ -327,12 +327,13 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
 
 # ----------------------------------------------------------------------------------------------- host side
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim. Chosen without a GPU by compiling
-# for sm_90 and reading ptxas' register/spill report (tests/test_attention_compile.py does the
-# compile part): the largest tiles that keep the forward and dQ loops spill-free; dK/dV spills a few
-# bytes at head dim 128/256 in every tiling tried. To be tuned on an H100 (benchmarks/bench_attention.py).
-_FWD = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)}
-_DKDV = {16: (32, 128, 8, 2), 32: (32, 128, 8, 2), 64: (32, 128, 8, 2), 128: (32, 128, 8, 2), 256: (32, 32, 4, 1)}
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim. First chosen without a GPU by
+# compiling for sm_90 and reading ptxas' register/spill report (tests/test_attention_compile.py does
+# the compile part). Head dim 128 was then tuned on an H200 (benchmarks/tune_attention_tiles.py,
+# S=32K, 16 heads, bf16, docs/benchmarks.md): forward 128x128 is 1.05-1.10x the 128x64 tiles, dK/dV
+# 64x128 is 1.01-1.07x the 32x128 tiles (spilling or not, nothing else tried was faster), dQ kept.
+_FWD = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 8, 2)}
+_DKDV = {16: (32, 128, 8, 2), 32: (32, 128, 8, 2), 64: (32, 128, 8, 2), 128: (64, 128, 8, 2), 256: (32, 32, 4, 1)}
 _DQ = {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 32, 4, 1)}
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import torch
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: big enough for efficient BLAS
+# On a GPU the per-chunk cost is the fp32 dW update (V x H read and written once per chunk), so
+# chunks are larger: 512 MiB of fp32 logits, 1024 tokens at a 128K vocabulary (Liger picks ~512).
+CUDA_CHUNK_ELEMENTS = 1 << 27
 
 
-def default_chunk(n_tokens: int, vocab: int) -> int:
-    return max(1, min(n_tokens, DEFAULT_CHUNK_ELEMENTS // max(1, vocab)))
+def default_chunk(n_tokens: int, vocab: int, cuda: bool = False) -> int:
+    budget = CUDA_CHUNK_ELEMENTS if cuda else DEFAULT_CHUNK_ELEMENTS
+    return max(1, min(n_tokens, budget // max(1, vocab)))
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -78,9 +82,13 @@ def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, ch
 
 
 def _accumulate(d, hidden_chunk, weight, rows, dx, dw, db):
+    low = weight.dtype in (torch.float16, torch.bfloat16)
+    d_mm = d.to(weight.dtype)  # the dX product runs in the weight's dtype (tensor cores on a GPU)
     if dx is not None:
-        dx[rows] = (d.to(weight.dtype) @ weight).to(dx.dtype)
-    if dw is not None:
+        dx[rows] = (d_mm @ weight).to(dx.dtype)
+    if dw is not None and low:  # 16-bit product with fp32 accumulation inside it, summed over chunks in fp32
+        dw.add_(d_mm.t() @ hidden_chunk)
+    elif dw is not None:
         dw.addmm_(d.t(), hidden_chunk.to(dw.dtype))
     if db is not None:
         db += d.sum(dim=0)

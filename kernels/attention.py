@@ -26,6 +26,7 @@ import math
 import torch
 
 from . import _attn_reference as _ref
+from ._autocast import autocast_inputs
 
 _HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -129,6 +130,7 @@ def flash_attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, s
     backend="torch", selects the chunked path instead of PyTorch's fused CPU kernel).
     """
     del max_seqlen
+    q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
     if backend == "auto":

@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from . import _ce_reference as _ref
+from ._autocast import autocast_inputs
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "torch")
@@ -232,6 +233,7 @@ def fused_linear_cross_entropy(
     fallback only (default: 16M logits, 64 MiB in fp32, per chunk).
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden (..., H) and weight (V, H) disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
@@ -244,13 +246,17 @@ def fused_linear_cross_entropy(
     vocab = weight.shape[0]
     flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
     which = _pick_backend(backend, h2)
-    chunk = chunk_size or _ref.default_chunk(h2.shape[0], vocab)
+    chunk = chunk_size or _ref.default_chunk(h2.shape[0], vocab, h2.is_cuda)
     softcap = float(logit_softcap) if logit_softcap is not None else None
     w2 = weight.contiguous()
     b2 = None if bias is None else bias.contiguous()
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
-    if which == "torch" and reduction != "none" and training:
+    # Training with a scalar loss takes the chunked path on CUDA too: there its three matmuls run on
+    # cuBLAS, while the Triton backward (atomic adds into dX and dW) measured 11.7x slower than
+    # Liger's fused linear CE on an H200 (docs/benchmarks.md). backend="triton" still forces the kernel.
+    chunked = which == "torch" or (backend == "auto" and h2.is_cuda)
+    if chunked and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():
             raise ValueError(f"token_weights has {tw.numel()} elements, labels has {flat.numel()}")

@@ -82,10 +82,11 @@ def test_window_wide_enough_for_unmasked_tiles(backend, causal, window, monkeypa
     _check(q, k, v, do, cu, causal, window, backend)
 
 
+@pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_default_tiles_head_dim_64(backend):
-    # Production tile sizes (128/64 forward, 32x128 and 128x32 backward) and a head dim of 64.
-    q, k, v, do, cu = _inputs([130, 70, 9], 2, 1, 64, seed=3)
+def test_default_tiles(backend, dim):
+    # Production tile sizes (head dim 128: 128x128 forward, 64x128 dK/dV, 128x64 dQ, tuned on a GPU).
+    q, k, v, do, cu = _inputs([130, 70, 9], 2, 1, dim, seed=3)
     _check(q, k, v, do, cu, True, None, backend, blocks=None)
 
 
@@ -171,3 +172,16 @@ def test_triton_64bit_tile_offsets(monkeypatch):
     monkeypatch.setattr("nextlong.kernels._attn_triton._needs_64bit", lambda *tensors: True)
     q, k, v, do, cu = _inputs([37, 20, 29], 4, 2, 16, seed=13)
     _check(q, k, v, do, cu, True, (9, -1), "triton")
+
+
+def test_autocast_casts_mixed_inputs_to_its_dtype():
+    # Under autocast a Llama's rotary embedding hands over fp32 q/k beside a bf16 v (a real GPU
+    # training run hit this); the kernel computes in autocast's dtype, as SDPA would.
+    q, k, v, do, cu = _inputs([40, 25], 4, 2, 32, seed=11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = flash_attention(q, k, v.bfloat16(), causal=True, cu_seqlens=cu)
+    ref = flash_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, cu_seqlens=cu)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="must share"):  # outside autocast a mix stays an error
+        flash_attention(q, k, v.bfloat16(), causal=True, cu_seqlens=cu)

@@ -170,6 +170,11 @@ def test_torch_backend_bf16_close_to_fp32_eager():
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
     out.backward()
     assert xb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
+    # the gradients too (bf16 products with fp32 accumulation, summed over chunks in fp32)
+    xf, wf, bf = (t.detach().float().requires_grad_() for t in (xb, wb, bb))
+    eager_loss(F.linear(xf, wf, bf), y, tw, "mean").backward()
+    for got, want in ((xb.grad, xf.grad), (wb.grad, wf.grad), (bb.grad, bf.grad)):
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-3)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -292,3 +297,21 @@ def test_zero_tokens(backend):
     loss = fused_linear_cross_entropy(x, w, y, backend=backend)
     loss.backward()
     assert loss.item() == 0.0 and bool((w.grad == 0).all())
+
+
+def test_autocast_computes_in_its_dtype_and_grads_reach_fp32_params():
+    # Autocast training keeps fp32 parameters: the loss takes the bf16 product F.linear would,
+    # and the fp32 weight gets an fp32 gradient through the cast.
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(N, H, generator=g, requires_grad=True)
+    w = torch.randn(V, H, generator=g, requires_grad=True)
+    y = torch.randint(0, V, (N,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fused_linear_cross_entropy(x, w, y, reduction="sum")
+    loss.backward()
+    xb, wb = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    ref = fused_linear_cross_entropy(xb, wb, y, reduction="sum")
+    ref.backward()
+    assert torch.equal(loss, ref)
+    assert x.grad.dtype == w.grad.dtype == torch.float32
+    assert torch.equal(x.grad, xb.grad.float()) and torch.equal(w.grad, wb.grad.float())

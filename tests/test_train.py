@@ -322,3 +322,19 @@ def test_token_weighting_schemes_train(data, tmp_path, scheme):
     if scheme == "longce":
         scored = train(data, tmp_path / "scorer", token_weighting=scheme, scorer=str(tmp_path / "none"), **opts)
         assert np.isfinite(scored["first_loss"])
+
+
+def test_step_under_autocast_with_our_kernels(data):
+    # `nextlong train` wraps GPU steps in bf16 autocast; there rotary hands fp32 q/k beside a bf16 v
+    # and fp32 hidden states to the loss. Both kernels take autocast's dtype (here on the CPU) and the
+    # step stays close to the fp32 one.
+    model, batch = _model_and_batch(data, "nextlong", "fused")
+    ref_loss, _ = _loss_and_grads(model, batch)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = (batch["labels"] != -100).float()
+        loss = model(batch, w) / w[:, 1:].sum()
+    loss.backward()
+    assert abs(float(loss.detach()) - ref_loss) < 0.05 * ref_loss
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)

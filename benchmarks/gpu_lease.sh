@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU tables in one pass, sized for a short lease on one H100/H200 (about 9.5 minutes of run):
+# fused CE, training step, attention, eval prefill, FlexAttention, tile sweep. Each section has its
+# own time cap, so a slow one costs only itself; everything printed is also written to $OUT.
+#
+# Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
+# Sections: ce train attention eval flex tiles (default: all, in that order).
+#
+# The machine needs torch + triton + transformers (a GPU image has them). The package runs from the
+# source tree copied to a site folder (no native build: the kernels and the model code are pure
+# Python). Peers missing there can be brought as wheels in .whl/ (liger-kernel, cut-cross-entropy);
+# a missing peer is reported as skipped in its table. flash-attn has no binary wheel on PyPI.
+#
+# Lessons from the 2026-11-27 lease (docs/benchmarks.md): run `python3 -c` from benchmarks/ (from the
+# repo root the source `nextlong/` without `kernels/` shadows the site copy); FlexAttention's first
+# compile takes minutes, so it has its own section at the end.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1
+SITE=/tmp/nextlong-site
+rm -rf "$SITE" && mkdir -p "$SITE"
+cp -r nextlong "$SITE/nextlong" && rm -f "$SITE"/nextlong/*.so && cp -r kernels "$SITE/nextlong/kernels"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
+fi
+export PYTHONPATH="$SITE:$PWD/benchmarks"
+cd benchmarks
+
+section() {  # section NAME SECONDS COMMAND...
+  local name=$1 cap=$2
+  shift 2
+  echo "=== $name (cap ${cap}s) $(date +%T)" | tee -a "$OUT/$name.txt"
+  timeout --kill-after=5 "$cap" "$@" 2>&1 | tee -a "$OUT/$name.txt"
+  echo "=== $name: exit ${PIPESTATUS[0]} $(date +%T)" | tee -a "$OUT/$name.txt"
+}
+
+run() {
+  case $1 in
+    ce) section ce "${CAP_CE:-100}" python3 -c "
+import bench_cross_entropy as b
+b.GPU_TOKENS = (16384,); b.GPU_VOCABS = (131072,)
+b._table('gpu')" ;;
+    train) section train "${CAP_TRAIN:-150}" python3 bench_train.py gpu --seq 16384,65536 --steps 5 ;;
+    attention) section attention "${CAP_ATTN:-110}" python3 -c "
+import bench_attention as b
+b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (262144,); b.GPU_IMPLS = ('nextlong', 'sdpa_flash')
+b._table('gpu')" ;;
+    eval) section eval "${CAP_EVAL:-90}" python3 -c "
+import bench_eval as b
+b.GPU_LENGTHS = (32768, 131072)
+b.print_table(b.run_gpu())" ;;
+    flex) section flex "${CAP_FLEX:-120}" python3 -c "
+import bench_attention as b
+b.GPU_SEQLENS = (16384,); b.GPU_FWD_ONLY_SEQLENS = (); b.MASKS = ('docs',); b.GPU_IMPLS = ('nextlong', 'flex')
+b._table('gpu')" ;;
+    tiles) section tiles "${CAP_TILES:-100}" python3 tune_attention_tiles.py --dim 128 --seq 32768 ;;
+    *) echo "unknown section $1" ;;
+  esac
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
+'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
+for s in "${@:-ce train attention eval flex tiles}"; do
+  for one in $s; do run "$one"; done
+done
