@@ -140,6 +140,51 @@ def synthetic_graph(n: int, share: float = 0.01, seed: int = 0):
     return NearDupGraph(indptr, dst[order], 0.5)
 
 
+class PerAnchorExact:
+    """The exact searcher behind another type: planning then searches anchor by anchor (the old way)."""
+
+    def __init__(self, exact):
+        self.exact = exact
+
+    def __len__(self):
+        return len(self.exact)
+
+    def search(self, queries, k):
+        return self.exact.search(queries, k)
+
+
+def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int = 256) -> dict:
+    """Planning with exact search (corpora under the ANN threshold), per anchor vs a block's anchors
+    searched together: same store, same unit vectors, same anchors, single-threaded BLAS as in the
+    plan stage; the two plans must be identical."""
+    import pyarrow as pa
+
+    from nextlong.synthesis import stages
+    from nextlong.synthesis.negatives import ExactSearcher
+
+    store = synthetic_store(n, pool)
+    vectors = np.random.default_rng(2).normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    picked = np.random.default_rng(1).choice(store.num_docs, anchors, replace=False).astype(np.int64)
+    exact = ExactSearcher(vectors)
+    out, tables = {}, {}
+    runs = (("per_anchor", PerAnchorExact(exact), None), ("batched", exact, None),
+            ("batched_all_cores", exact, os.cpu_count()))
+    for name, searcher, threads in runs:
+        t0 = time.perf_counter()
+        with stages._single_threaded_blas():  # as in the plan stage; the batched search sets its own
+            tables[name] = stages.plan_nextlong_batch(
+                pa.table({"anchor_doc": picked}), store=store, searcher=searcher, chunk_vectors=vectors,
+                target_length=TARGET, sep_len=SEP, negatives="fixed-k", chunk_size=2048, chars_per_token=4.4,
+                overshoot=1.5, k_rounding="ceil", exclude_duplicates=True, max_candidates=4096,
+                search_threads=threads)
+        out[name + "_ms_per_anchor"] = 1e3 * (time.perf_counter() - t0) / anchors
+    out["identical"] = tables["per_anchor"].equals(tables["batched"]) and tables["batched"].equals(
+        tables["batched_all_cores"])
+    out["speedup"] = out["per_anchor_ms_per_anchor"] / out["batched_ms_per_anchor"]
+    return out
+
+
 def main(argv=None) -> dict:
     from nextlong.synthesis.neardup import NearDupFilter, NearDupGraph
     from nextlong.tokenizer import load_tokenizer
@@ -148,11 +193,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", default="100000,1000000,10000000")
     ap.add_argument("--anchors", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--exact-sizes", default="", help="also: exact search per anchor vs batched at these sizes "
+                    "(e.g. 20000,60000), then stop")
     args = ap.parse_args(argv)
     tok = load_tokenizer(None)
     pool = token_pool(tok)
     results: dict = {}
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average) on {os.cpu_count()} cores")
+    if args.exact_sizes:
+        for n in [int(x) for x in args.exact_sizes.split(",")]:
+            r = results[f"exact_{n}"] = exact_batched_vs_per_anchor(n, pool, 128)
+            print(f"{n:>10,} chunks, exact search: per anchor {r['per_anchor_ms_per_anchor']:.1f} ms/anchor, "
+                  f"batched {r['batched_ms_per_anchor']:.1f} ms/anchor, x{r['speedup']:.1f} "
+                  f"({r['batched_all_cores_ms_per_anchor']:.1f} with BLAS on all cores), identical plans: "
+                  f"{r['identical']}; load {os.getloadavg()[0]:.2f}")
+        return results
     small = synthetic_store(20_000, pool)
     small.tokens = ScatteredTokens(pool)  # TokenPool's overlapping windows would all be near-copies
     t0 = time.perf_counter()

@@ -231,6 +231,6 @@ def test_threads_reach_every_cpu_stage(tmp_path):
 
     one, three = pipeline(1), pipeline(3)
     with_threads = [s.name for s in one.stages if hasattr(s, "threads")]
-    assert "neardup" in with_threads and "embed" in with_threads
+    assert "neardup" in with_threads and "embed" in with_threads and "plan" in with_threads
     assert all(one.stage(n).threads == 1 and three.stage(n).threads == 3 for n in with_threads)
     assert one.fingerprints() == three.fingerprints()

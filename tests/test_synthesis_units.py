@@ -122,6 +122,59 @@ def test_exact_search_matches_full_sort(vectors):
     assert (ids[:, 3:] == -1).all()
 
 
+def test_exact_search_breaks_ties_by_id_so_narrow_is_a_prefix_of_wide():
+    # Repeated vectors tie exactly; argpartition alone picks among them arbitrarily at the cut.
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(40, 8)).astype(np.float32)
+    vecs = base[rng.integers(0, 6, 500)]  # 500 rows, 6 distinct: every cut falls inside a tie
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    q = vecs[:20]
+    full = (vecs.astype(np.float64)[None] * q.astype(np.float64)[:, None]).sum(-1)  # equal rows: equal values
+    wide, wide_sims = ExactSearcher(vecs).search(q, 300)
+    for k in (1, 7, 50, 83, 299):
+        ids, sims = ExactSearcher(vecs).search(q, k)
+        np.testing.assert_array_equal(ids, wide[:, :k])
+        np.testing.assert_array_equal(sims, wide_sims[:, :k])
+    for i in range(q.shape[0]):
+        np.testing.assert_array_equal(wide[i], np.lexsort((np.arange(500), -full[i]))[:300])
+
+
+class _OpaqueSearcher:
+    """The exact searcher under another type: plan_nextlong_batch then searches anchor by anchor."""
+
+    def __init__(self, exact):
+        self.exact = exact
+
+    def __len__(self):
+        return len(self.exact)
+
+    def search(self, queries, k):
+        return self.exact.search(queries, k)
+
+
+@pytest.mark.parametrize("rule,max_rows", [("fixed-k", None), ("fill", None), ("fill", 5)])
+def test_batched_exact_search_plans_exactly_as_per_anchor_search(store, vectors, rule, max_rows, monkeypatch):
+    import pyarrow as pa
+
+    from nextlong.synthesis import stages
+
+    monkeypatch.setattr(stages, "PREFETCH_ANCHORS", 7)  # several windows, and one cut by max_rows
+    anchors = pa.table({"anchor_doc": np.random.default_rng(3).permutation(store.num_docs)[:40]})
+    args = dict(anchors=anchors, store=store, chunk_vectors=vectors, target_length=4096, sep_len=1, negatives=rule,
+                chunk_size=512, chars_per_token=3.5, overshoot=1.5, k_rounding="ceil", exclude_duplicates=True,
+                max_candidates=64, max_rows=max_rows)
+    exact = ExactSearcher(vectors)
+    calls = []
+    monkeypatch.setattr(ExactSearcher, "search", lambda self, q, k, _f=ExactSearcher.search: calls.append(len(q))
+                        or _f(self, q, k))
+    batched = stages.plan_nextlong_batch(searcher=exact, **args)
+    batched_calls, calls[:] = list(calls), []
+    single = stages.plan_nextlong_batch(searcher=_OpaqueSearcher(exact), **args)
+    assert batched.equals(single)
+    assert sum(batched.column("ok").to_pylist()) > 0
+    assert max(batched_calls) > max(calls)  # the batched run did search many anchors at once
+
+
 # --- negative selection ------------------------------------------------------------------------
 
 

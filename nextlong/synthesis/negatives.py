@@ -46,10 +46,20 @@ def negatives_per_meta_chunk(target_length: int, chars_per_token: float, doc_cha
 
 
 class ExactSearcher:
-    """Brute-force cosine search over L2-normalised vectors: the reference, and the small-corpus path."""
+    """Brute-force cosine search over L2-normalised vectors: the reference, and the small-corpus path.
+
+    Results do not depend on how queries are batched: a float32 product finds the candidates (every
+    column within the product's rounding bound of the k-th), then each candidate's similarity is
+    recomputed in float64 by a fixed per-row reduction and the ranking is a total order (similarity
+    descending, then chunk id ascending). So a search for many queries at once (`PrefetchedSearcher`)
+    answers each anchor exactly as a search of its own would, and the top k is a prefix of the top K."""
+
+    ROWS = 256  # query rows per product: bounds the (rows x n) similarity block to 200 MB at 200k chunks
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(self.vectors, axis=1) if self.vectors.size else np.zeros(1, np.float32)
+        self._max_norm = float(norms.max()) if norms.size else 0.0
 
     def __len__(self):
         return self.vectors.shape[0]
@@ -64,15 +74,59 @@ class ExactSearcher:
         sims = np.full((queries.shape[0], k), -np.inf, np.float32)
         if k_eff == 0:
             return ids, sims
-        for lo in range(0, queries.shape[0], 1024):
-            s = queries[lo : lo + 1024] @ self.vectors.T
-            part = np.argpartition(-s, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else np.tile(np.arange(n), (s.shape[0], 1))
-            psims = np.take_along_axis(s, part, 1)
-            # rank by similarity, ties by id, so results are deterministic
-            order = np.lexsort((part, -psims), axis=1)
-            ids[lo : lo + s.shape[0], :k_eff] = np.take_along_axis(part, order, 1)
-            sims[lo : lo + s.shape[0], :k_eff] = np.take_along_axis(psims, order, 1)
+        for lo in range(0, queries.shape[0], self.ROWS):
+            q = queries[lo : lo + self.ROWS]
+            s = q @ self.vectors.T
+            kth = -np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if k_eff < n else np.full(len(q), -np.inf)
+            # float32 products of length d err by at most about d * eps * |q| * |v| (twice: for the
+            # k-th and for the candidate); anything closer to the k-th than that is re-checked exactly
+            bound = 2.0 * q.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(q, axis=1) * self._max_norm
+            for r in range(len(q)):
+                cols = np.flatnonzero(s[r] >= kth[r] - bound[r])
+                # einsum's own loop (no BLAS): a row's value depends on that row alone
+                exact = np.einsum("ij,j->i", self.vectors[cols].astype(np.float64), q[r].astype(np.float64))
+                order = np.lexsort((cols, -exact))[:k_eff]
+                ids[lo + r, :k_eff] = cols[order]
+                sims[lo + r, :k_eff] = exact[order]
         return ids, sims
+
+
+class PrefetchedSearcher:
+    """Answers `search(queries, k)` for known queries from one batched exact search of width `width`.
+
+    Planning asks for a few rows at a time (one anchor's meta-chunks), so an exact search per anchor
+    reads the whole vector table per anchor: planning became quadratic in memory traffic (a 60k-chunk
+    run spent 700 s there). Searching the anchors of a block together reads it once per 256 queries.
+    A wider request than prefetched (an anchor whose candidates ran out) goes to the exact searcher."""
+
+    def __init__(self, exact: ExactSearcher, queries: np.ndarray, width: int):
+        self.exact = exact
+        self.width = min(width, len(exact))
+        self.ids, self.sims = exact.search(queries, self.width)
+        self.row = 0
+
+    def __len__(self):
+        return len(self.exact)
+
+    def take(self, rows: int) -> "_Rows":
+        view = _Rows(self, self.row, self.row + rows)
+        self.row += rows
+        return view
+
+
+class _Rows:
+    """The prefetched results of one anchor's queries, as a searcher."""
+
+    def __init__(self, pre: PrefetchedSearcher, lo: int, hi: int):
+        self.pre, self.lo, self.hi = pre, lo, hi
+
+    def __len__(self):
+        return len(self.pre)
+
+    def search(self, queries: np.ndarray, k: int):
+        if k <= self.pre.width:
+            return self.pre.ids[self.lo : self.hi, :k], self.pre.sims[self.lo : self.hi, :k]
+        return self.pre.exact.search(queries, k)
 
 
 class IndexSearcher:
@@ -111,15 +165,29 @@ class AnchorResult:
 ALREADY_LONG_REASON = "already long: the document alone reaches the target length (--long-docs drop)"
 
 
+def anchor_tokens(store, anchor_doc: int, sep_len: int) -> tuple[np.ndarray, int]:
+    """The anchor's chunk ids and its length with separators, in tokens."""
+    own = store.doc_chunks(anchor_doc)
+    return own, int(store.token_counts[own].sum()) + own.size * sep_len
+
+
+def initial_width(store, own_tokens: int, p: int, *, rule: str, k_fixed: int | None, target_length: int,
+                  sep_len: int, max_candidates: int) -> int:
+    """How many ranked candidates per meta-chunk the first search asks for (widened x4 if they run out)."""
+    if rule == "fixed-k":
+        return min(max(2 * (k_fixed or 0) + 8, 16), max_candidates)
+    need = max(0.0, target_length - own_tokens) / max(store.mean_token_count + sep_len, 1.0)
+    return min(max(int(2 * need / max(p, 1)) + 16, 16), max_candidates)
+
+
 def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len: int, rule: str,
                 k_fixed: int | None, anchor_vectors: np.ndarray, exclude_duplicates: bool = True,
                 max_candidates: int = 4096, exclude_doc_label=None, near_dup=None,
                 long_docs: str = "keep") -> AnchorResult:
     """Choose the negatives of one anchor and lay out m_1, n_1^1..n_1^k, m_2, ... (head position)."""
-    own = store.doc_chunks(anchor_doc)
+    own, own_tokens = anchor_tokens(store, anchor_doc, sep_len)
     p = own.size
     lengths = store.token_counts  # computed once per store: planning cost must not grow with the corpus
-    own_tokens = int(lengths[own].sum()) + p * sep_len
     if own_tokens >= target_length:
         res = AnchorResult(chunks=own.tolist(), roles=[ROLE_ANCHOR] * p, negatives_per_meta_chunk=[0] * p,
                            total_tokens=own_tokens, already_long=True, ok=long_docs == "keep")
@@ -127,15 +195,9 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
         return res
     n_index = len(searcher)
     banned_hashes = set(store.text_hash[own].tolist()) if exclude_duplicates else set()
-
-    if rule == "fixed-k":
-        want = k_fixed or 0
-        width = min(max(2 * want + 8, 16), max_candidates)
-    else:
-        mean_len = store.mean_token_count + sep_len
-        need = max(0.0, target_length - own_tokens) / max(mean_len, 1.0)
-        want = None
-        width = min(max(int(2 * need / max(p, 1)) + 16, 16), max_candidates)
+    want = (k_fixed or 0) if rule == "fixed-k" else None
+    width = initial_width(store, own_tokens, p, rule=rule, k_fixed=k_fixed, target_length=target_length,
+                          sep_len=sep_len, max_candidates=max_candidates)
 
     while True:
         if exclude_doc_label is None:

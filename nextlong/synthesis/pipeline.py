@@ -136,7 +136,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
                     overshoot=cfg.overshoot, k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
                     max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
                     long_docs=cfg.long_docs, doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
-                    verify=cfg.verify, **common),
+                    verify=cfg.verify, threads=threads, **common),
         S.AssembleStage(name="assemble", inputs=("plan", chunks), **common),
         S.CutStage(name="data", inputs=("assemble",), rows=cfg.num_samples),
     ]

@@ -64,22 +64,33 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                         negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
                         k_rounding: str, exclude_duplicates: bool, max_candidates: int,
                         max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars",
-                        near_dup=None, long_docs: str = "keep") -> pa.Table:
+                        near_dup=None, long_docs: str = "keep", search_threads: int | None = None) -> pa.Table:
     """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
 
     Stops after `max_rows` successful rows (the driver's sample limit). `near_dup` is a
-    neardup.NearDupFilter (None: only exact duplicates are excluded)."""
-    from .negatives import negatives_per_meta_chunk
+    neardup.NearDupFilter (None: only exact duplicates are excluded). With an exact searcher, the
+    anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads."""
+    from .negatives import ExactSearcher, negatives_per_meta_chunk
 
+    def k_of(d):
+        return negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]),
+                                        store.doc_chunks(d).size, chunk_size, overshoot, k_rounding,
+                                        granularity_unit=chunk_unit)
+
+    doc_ids = anchors.column("anchor_doc").to_pylist()
+    prefetch = isinstance(searcher, ExactSearcher) and doc_label is None
+    views: dict = {}
     rows, done = [], 0
-    for d in anchors.column("anchor_doc").to_pylist():
+    for i, d in enumerate(doc_ids):
         if max_rows is not None and done >= max_rows:
             break
+        if prefetch and d not in views:
+            views = _prefetch_exact(searcher, doc_ids[i : i + PREFETCH_ANCHORS], k_of, store=store,
+                                    chunk_vectors=chunk_vectors, target_length=target_length, sep_len=sep_len,
+                                    rule=negatives, max_candidates=max_candidates, threads=search_threads)
         own = store.doc_chunks(d)
-        k = negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]), own.size,
-                                     chunk_size, overshoot, k_rounding, granularity_unit=chunk_unit)
-        res = plan_anchor(store, searcher, d, target_length=target_length, sep_len=sep_len, rule=negatives,
-                          k_fixed=k, anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
+        res = plan_anchor(store, views.get(d, searcher), d, target_length=target_length, sep_len=sep_len,
+                          rule=negatives, k_fixed=k_of(d), anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
                           exclude_doc_label=doc_label(d) if doc_label else None, near_dup=near_dup,
                           long_docs=long_docs)
@@ -89,6 +100,33 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                      "already_long": res.already_long})
         done += res.ok
     return _plan_table(rows)
+
+
+PREFETCH_ANCHORS = 64  # anchors searched together: few enough that a small --num-samples wastes little
+
+
+def _prefetch_exact(searcher, doc_ids, k_of, *, store, chunk_vectors, target_length, sep_len, rule,
+                    max_candidates, threads=None) -> dict:
+    """One batched exact search for the meta-chunks of `doc_ids` (those that need negatives), as a
+    per-anchor searcher each; the width is the widest first search among them."""
+    from .negatives import PrefetchedSearcher, anchor_tokens, initial_width
+
+    wanted, widths = [], []
+    for d in dict.fromkeys(doc_ids):
+        own, own_tokens = anchor_tokens(store, d, sep_len)
+        if own_tokens < target_length and own.size:
+            wanted.append((d, own))
+            widths.append(initial_width(store, own_tokens, own.size, rule=rule, k_fixed=k_of(d),
+                                        target_length=target_length, sep_len=sep_len,
+                                        max_candidates=max_candidates))
+    if not wanted:
+        return {d: searcher for d in doc_ids}
+    queries = np.asarray(chunk_vectors[np.concatenate([own for _, own in wanted])], np.float32)
+    with _blas_threads(threads):  # one (rows x corpus) product per 256 queries: worth the cores
+        pre = PrefetchedSearcher(searcher, queries, max(widths))
+    views = {d: searcher for d in doc_ids}
+    views.update({d: pre.take(own.size) for d, own in wanted})
+    return views
 
 
 def plan_knn_batch(anchors, *, store, doc_searcher, doc_vectors, doc_lengths, target_length: int,
@@ -608,9 +646,12 @@ class PlanStage(MapStage):
     doc_embedding: str = "mean"
     knn_neighbors: int = 32
     verify: bool = not_a_setting(default=True)
+    threads: int | None = not_a_setting(default=None)  # BLAS threads for the batched exact search
 
     def setup(self, ctx):
         from .negatives import ExactSearcher, IndexSearcher
+
+        self._threads = self.threads or ctx.threads or None
 
         units_name, chunks_name, emb_name, index_name, graph_name = self.inputs
         self._store = store = load_store(ctx.input(chunks_name))
@@ -644,14 +685,14 @@ class PlanStage(MapStage):
 
     def __call__(self, block):
         if self.method == "nextlong":
-            with _single_threaded_blas():  # many small (p x n) products: BLAS threads only contend
+            with _single_threaded_blas():  # small per-anchor products: BLAS threads only contend
                 return plan_nextlong_batch(
                     block, store=self._store, searcher=self._searcher, chunk_vectors=self._vectors,
                     target_length=self.target_length, sep_len=self._sep_len, negatives=self.negatives,
                     chunk_size=self.chunk_size, chunk_unit=self.chunk_unit, chars_per_token=self._cpt,
                     overshoot=self.overshoot, k_rounding=self.k_rounding, exclude_duplicates=self.exclude_duplicates,
                     max_candidates=self.max_candidates, near_dup=self._near_dup, long_docs=self.long_docs,
-                    doc_label=self._doc_label)
+                    doc_label=self._doc_label, search_threads=self._threads)
         if self.method == "knn":
             with _single_threaded_blas():
                 return plan_knn_batch(block, store=self._store, doc_searcher=self._doc_searcher,
@@ -686,13 +727,20 @@ def plan_counts(plan_table: pa.Table) -> dict:
 
 
 def _single_threaded_blas():
+    return _blas_threads(1)
+
+
+def _blas_threads(n: int | None):
+    """BLAS limited to `n` threads inside the block (None: as it was)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
+        n = None
+    if n is None:
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits(n, user_api="blas")
 
 
 @_dc.dataclass
