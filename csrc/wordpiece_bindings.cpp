@@ -118,6 +118,29 @@ void check_table(const Table& table) {
   if (table.ndim() != 2) throw py::value_error("table must be 2-D (vocabulary x dim)");
 }
 
+// An (n x dim) float32 array whose row i is written by pool_row(mean, i, row) on `num_threads` threads
+// without the GIL (rows it leaves alone stay zero); a token id outside the table is an error.
+template <class PoolRow>
+py::array_t<float> pool_rows(size_t n, const Table& table, int64_t skip_id, py::object num_threads, PoolRow pool_row) {
+  size_t rows = table.shape(0), dim = table.shape(1);
+  py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
+  float* dst = out.mutable_data();
+  std::fill(dst, dst + n * dim, 0.0f);
+  const float* tab = table.data();
+  std::atomic<bool> bad{false};
+  size_t threads = resolve_threads(num_threads);  // needs the GIL
+  {
+    py::gil_scoped_release release;
+    parallel_blocks(n, threads, [&](size_t a, size_t b) {
+      RowMean mean(tab, rows, dim, skip_id);
+      for (size_t i = a; i < b; ++i) pool_row(mean, i, dst + i * dim);
+      if (mean.out_of_range) bad = true;
+    });
+  }
+  if (bad) throw py::value_error("a token id is outside the embedding table");
+  return out;
+}
+
 }  // namespace
 
 void bind_wordpiece(py::module_& m) {
@@ -181,7 +204,7 @@ void bind_wordpiece(py::module_& m) {
             // (n x dim float32 L2-normalised mean of the table rows of each text's ids except skip_id,
             //  indices of the texts left to HF: their rows are zero here).
             check_table(table);
-            size_t n = py::len(texts), rows = table.shape(0), dim = table.shape(1);
+            size_t n = py::len(texts);
             std::vector<py::object> keep(n);
             std::vector<std::string_view> views(n);
             std::vector<char> mine(n, 0);
@@ -189,30 +212,16 @@ void bind_wordpiece(py::module_& m) {
               keep[i] = texts[i];
               mine[i] = ascii_view(keep[i], views[i]);
             }
-            py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
-            float* dst = out.mutable_data();
-            std::fill(dst, dst + n * dim, 0.0f);
-            const float* tab = table.data();
-            std::atomic<bool> bad{false};
-            size_t threads = resolve_threads(num_threads);  // needs the GIL
-            {
-              py::gil_scoped_release release;
-              parallel_blocks(n, threads, [&](size_t a, size_t b) {
-                RowMean mean(tab, rows, dim, skip_id);
-                std::vector<uint32_t> ids;
-                for (size_t i = a; i < b; ++i) {
-                  if (!mine[i]) continue;
-                  ids.clear();
-                  mine[i] = wp.encode_ascii(views[i], [&](uint32_t id) { ids.push_back(id); });
-                  if (!mine[i]) continue;
-                  mean.start();
-                  mean.add_all(ids);
-                  mean.finish(dst + i * dim);
-                }
-                if (mean.out_of_range) bad = true;
-              });
-            }
-            if (bad) throw py::value_error("a token id is outside the embedding table");
+            py::array_t<float> out = pool_rows(n, table, skip_id, num_threads, [&](RowMean& mean, size_t i, float* row) {
+              if (!mine[i]) return;
+              thread_local std::vector<uint32_t> ids;
+              ids.clear();
+              mine[i] = wp.encode_ascii(views[i], [&](uint32_t id) { ids.push_back(id); });
+              if (!mine[i]) return;
+              mean.start();
+              mean.add_all(ids);
+              mean.finish(row);
+            });
             py::list left;
             for (size_t i = 0; i < n; ++i)
               if (!mine[i]) left.append(i);
@@ -226,31 +235,17 @@ void bind_wordpiece(py::module_& m) {
         // Row i: the L2-normalised mean of table[flat[offsets[i]:offsets[i+1]]], skipping skip_id.
         check_table(table);
         if (offsets.ndim() != 1 || offsets.shape(0) < 1) throw py::value_error("offsets must be 1-D, length n + 1");
-        size_t n = offsets.shape(0) - 1, rows = table.shape(0), dim = table.shape(1);
+        size_t n = offsets.shape(0) - 1;
         const int64_t* off = offsets.data();
         const int64_t* ids = flat.data();
         for (size_t i = 0; i < n; ++i)
           if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > flat.size())
             throw py::value_error("offsets must be non-decreasing within the id array");
-        py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
-        float* dst = out.mutable_data();
-        const float* tab = table.data();
-        std::atomic<bool> bad{false};
-        size_t threads = resolve_threads(num_threads);  // needs the GIL
-        {
-          py::gil_scoped_release release;
-          parallel_blocks(n, threads, [&](size_t a, size_t b) {
-            RowMean mean(tab, rows, dim, skip_id);
-            for (size_t i = a; i < b; ++i) {
-              mean.start();
-              for (int64_t p = off[i]; p < off[i + 1]; ++p) mean.add(ids[p]);
-              mean.finish(dst + i * dim);
-            }
-            if (mean.out_of_range) bad = true;
-          });
-        }
-        if (bad) throw py::value_error("a token id is outside the embedding table");
-        return out;
+        return pool_rows(n, table, skip_id, num_threads, [&](RowMean& mean, size_t i, float* row) {
+          mean.start();
+          for (int64_t p = off[i]; p < off[i + 1]; ++p) mean.add(ids[p]);
+          mean.finish(row);
+        });
       },
       py::arg("table"), py::arg("flat"), py::arg("offsets"), py::arg("skip_id") = -1,
       py::arg("num_threads") = py::none(),
