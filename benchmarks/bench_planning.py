@@ -140,19 +140,6 @@ def synthetic_graph(n: int, share: float = 0.01, seed: int = 0):
     return NearDupGraph(indptr, dst[order], 0.5)
 
 
-class PerAnchorExact:
-    """The exact searcher behind another type: planning then searches anchor by anchor (the old way)."""
-
-    def __init__(self, exact):
-        self.exact = exact
-
-    def __len__(self):
-        return len(self.exact)
-
-    def search(self, queries, k):
-        return self.exact.search(queries, k)
-
-
 def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int = 256) -> dict:
     """Planning with exact search (corpora under the ANN threshold), per anchor vs a block's anchors
     searched together: same store, same unit vectors, same anchors, single-threaded BLAS as in the
@@ -168,16 +155,15 @@ def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int
     picked = np.random.default_rng(1).choice(store.num_docs, anchors, replace=False).astype(np.int64)
     exact = ExactSearcher(vectors)
     out, tables = {}, {}
-    runs = (("per_anchor", PerAnchorExact(exact), None), ("batched", exact, None),
-            ("batched_all_cores", exact, os.cpu_count()))
-    for name, searcher, threads in runs:
+    runs = (("per_anchor", False, None), ("batched", True, None), ("batched_all_cores", True, os.cpu_count()))
+    for name, batched, threads in runs:
         t0 = time.perf_counter()
         with stages._single_threaded_blas():  # as in the plan stage; the batched search sets its own
             tables[name] = stages.plan_nextlong_batch(
-                pa.table({"anchor_doc": picked}), store=store, searcher=searcher, chunk_vectors=vectors,
+                pa.table({"anchor_doc": picked}), store=store, searcher=exact, chunk_vectors=vectors,
                 target_length=TARGET, sep_len=SEP, negatives="fixed-k", chunk_size=2048, chars_per_token=4.4,
                 overshoot=1.5, k_rounding="ceil", exclude_duplicates=True, max_candidates=4096,
-                search_threads=threads)
+                search_threads=threads, batch_exact=batched)
         out[name + "_ms_per_anchor"] = 1e3 * (time.perf_counter() - t0) / anchors
     out["identical"] = tables["per_anchor"].equals(tables["batched"]) and tables["batched"].equals(
         tables["batched_all_cores"])

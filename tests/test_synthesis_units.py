@@ -139,19 +139,6 @@ def test_exact_search_breaks_ties_by_id_so_narrow_is_a_prefix_of_wide():
         np.testing.assert_array_equal(wide[i], np.lexsort((np.arange(500), -full[i]))[:300])
 
 
-class _OpaqueSearcher:
-    """The exact searcher under another type: plan_nextlong_batch then searches anchor by anchor."""
-
-    def __init__(self, exact):
-        self.exact = exact
-
-    def __len__(self):
-        return len(self.exact)
-
-    def search(self, queries, k):
-        return self.exact.search(queries, k)
-
-
 @pytest.mark.parametrize("rule,max_rows", [("fixed-k", None), ("fill", None), ("fill", 5)])
 def test_batched_exact_search_plans_exactly_as_per_anchor_search(store, vectors, rule, max_rows, monkeypatch):
     import pyarrow as pa
@@ -169,7 +156,7 @@ def test_batched_exact_search_plans_exactly_as_per_anchor_search(store, vectors,
                         or _f(self, q, k))
     batched = stages.plan_nextlong_batch(searcher=exact, **args)
     batched_calls, calls[:] = list(calls), []
-    single = stages.plan_nextlong_batch(searcher=_OpaqueSearcher(exact), **args)
+    single = stages.plan_nextlong_batch(searcher=exact, batch_exact=False, **args)
     assert batched.equals(single)
     assert sum(batched.column("ok").to_pylist()) > 0
     assert max(batched_calls) > max(calls)  # the batched run did search many anchors at once

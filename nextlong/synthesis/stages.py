@@ -64,12 +64,14 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                         negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
                         k_rounding: str, exclude_duplicates: bool, max_candidates: int,
                         max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars",
-                        near_dup=None, long_docs: str = "keep", search_threads: int | None = None) -> pa.Table:
+                        near_dup=None, long_docs: str = "keep", search_threads: int | None = None,
+                        batch_exact: bool = True) -> pa.Table:
     """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
 
     Stops after `max_rows` successful rows (the driver's sample limit). `near_dup` is a
     neardup.NearDupFilter (None: only exact duplicates are excluded). With an exact searcher, the
-    anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads."""
+    anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads
+    (`batch_exact=False`: one search per anchor, the reference the batched plan must equal)."""
     from .negatives import ExactSearcher, negatives_per_meta_chunk
 
     def k_of(d):
@@ -78,7 +80,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                                         granularity_unit=chunk_unit)
 
     doc_ids = anchors.column("anchor_doc").to_pylist()
-    prefetch = isinstance(searcher, ExactSearcher) and doc_label is None
+    prefetch = batch_exact and isinstance(searcher, ExactSearcher) and doc_label is None
     views: dict = {}
     rows, done = [], 0
     for i, d in enumerate(doc_ids):
