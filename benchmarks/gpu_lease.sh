@@ -9,7 +9,9 @@
 # The machine needs torch + triton + transformers (a GPU image has them). The package runs from the
 # source tree copied to a site folder (no native build: the kernels and the model code are pure
 # Python). Peers missing there can be brought as wheels in .whl/ (liger-kernel, cut-cross-entropy);
-# a missing peer is reported as skipped in its table. flash-attn has no binary wheel on PyPI.
+# a missing peer is reported as skipped in its table. flash-attn has no binary wheel on PyPI. To
+# fetch the two wheels (py3-none-any, no dependencies beyond torch/triton), on a machine with PyPI:
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl liger-kernel cut-cross-entropy
 #
 # Lessons from the 2026-11-27 lease (docs/benchmarks.md): run `python3 -c` from benchmarks/ (from the
 # repo root the source `nextlong/` without `kernels/` shadows the site copy); FlexAttention's first
