@@ -15,18 +15,14 @@ figures in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
+from _measure import cuda_median_seconds_and_peak_mib  # benchmarks/ is on the path when run as a script
+from bench_attention import _inputs, attention_flops, document_lengths
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _measure import cuda_median_seconds_and_peak_mib  # noqa: E402
-from bench_attention import _inputs, attention_flops, document_lengths  # noqa: E402
-
-from nextlong.kernels import _attn_triton as tiles  # noqa: E402
-from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention  # noqa: E402
+from nextlong.kernels import _attn_triton as tiles
+from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
 
 CANDIDATES = {
     "_FWD": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 3)],
