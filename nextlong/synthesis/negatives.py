@@ -51,15 +51,14 @@ class ExactSearcher:
     Results do not depend on how queries are batched: a float32 product finds the candidates (every
     column within the product's rounding bound of the k-th), then each candidate's similarity is
     recomputed in float64 by a fixed per-row reduction and the ranking is a total order (similarity
-    descending, then chunk id ascending). So a search for many queries at once (`PrefetchedSearcher`)
+    descending, then chunk id ascending). So a search for many queries at once (`PrefetchedRows`)
     answers each anchor exactly as a search of its own would, and the top k is a prefix of the top K."""
 
     ROWS = 256  # query rows per product: bounds the (rows x n) similarity block to 200 MB at 200k chunks
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(self.vectors, axis=1) if self.vectors.size else np.zeros(1, np.float32)
-        self._max_norm = float(norms.max()) if norms.size else 0.0
+        self._max_norm = float(np.linalg.norm(self.vectors, axis=1).max(initial=0.0))
 
     def __len__(self):
         return self.vectors.shape[0]
@@ -91,42 +90,25 @@ class ExactSearcher:
         return ids, sims
 
 
-class PrefetchedSearcher:
-    """Answers `search(queries, k)` for known queries from one batched exact search of width `width`.
+class PrefetchedRows:
+    """One anchor's rows of a search made for many anchors at once, as a searcher.
 
-    Planning asks for a few rows at a time (one anchor's meta-chunks), so an exact search per anchor
-    reads the whole vector table per anchor: planning became quadratic in memory traffic (a 60k-chunk
-    run spent 700 s there). Searching the anchors of a block together reads it once per 256 queries.
-    A wider request than prefetched (an anchor whose candidates ran out) goes to the exact searcher."""
+    Planning asks for one anchor's few meta-chunks at a time; searching a block's anchors together
+    runs one (256 x corpus) product per 256 queries instead of a thin product per anchor (1.4-1.9x
+    per anchor at 20k-60k chunks, docs/scale.md; exact search stays O(corpus) per query). A request
+    wider than the prefetched one (an anchor whose candidates ran out) goes to the exact searcher:
+    ExactSearcher's results do not depend on batching, so the answer is the same either way."""
 
-    def __init__(self, exact: ExactSearcher, queries: np.ndarray, width: int):
-        self.exact = exact
-        self.width = min(width, len(exact))
-        self.ids, self.sims = exact.search(queries, self.width)
-        self.row = 0
+    def __init__(self, exact: ExactSearcher, ids: np.ndarray, sims: np.ndarray):
+        self.exact, self.ids, self.sims = exact, ids, sims
 
     def __len__(self):
         return len(self.exact)
 
-    def take(self, rows: int) -> "_Rows":
-        view = _Rows(self, self.row, self.row + rows)
-        self.row += rows
-        return view
-
-
-class _Rows:
-    """The prefetched results of one anchor's queries, as a searcher."""
-
-    def __init__(self, pre: PrefetchedSearcher, lo: int, hi: int):
-        self.pre, self.lo, self.hi = pre, lo, hi
-
-    def __len__(self):
-        return len(self.pre)
-
     def search(self, queries: np.ndarray, k: int):
-        if k <= self.pre.width:
-            return self.pre.ids[self.lo : self.hi, :k], self.pre.sims[self.lo : self.hi, :k]
-        return self.pre.exact.search(queries, k)
+        if k <= self.ids.shape[1]:
+            return self.ids[:, :k], self.sims[:, :k]
+        return self.exact.search(queries, k)
 
 
 class IndexSearcher:

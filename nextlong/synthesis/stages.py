@@ -111,7 +111,7 @@ def _prefetch_exact(searcher, doc_ids, k_of, *, store, chunk_vectors, target_len
                     max_candidates, threads=None) -> dict:
     """One batched exact search for the meta-chunks of `doc_ids` (those that need negatives), as a
     per-anchor searcher each; the width is the widest first search among them."""
-    from .negatives import PrefetchedSearcher, anchor_tokens, initial_width
+    from .negatives import PrefetchedRows, anchor_tokens, initial_width
 
     wanted, widths = [], []
     for d in dict.fromkeys(doc_ids):
@@ -125,9 +125,11 @@ def _prefetch_exact(searcher, doc_ids, k_of, *, store, chunk_vectors, target_len
         return {d: searcher for d in doc_ids}
     queries = np.asarray(chunk_vectors[np.concatenate([own for _, own in wanted])], np.float32)
     with _blas_threads(threads):  # one (rows x corpus) product per 256 queries: worth the cores
-        pre = PrefetchedSearcher(searcher, queries, max(widths))
+        ids, sims = searcher.search(queries, max(widths))
+    ends = np.cumsum([own.size for _, own in wanted])
     views = {d: searcher for d in doc_ids}
-    views.update({d: pre.take(own.size) for d, own in wanted})
+    views.update({d: PrefetchedRows(searcher, ids[end - own.size : end], sims[end - own.size : end])
+                  for (d, own), end in zip(wanted, ends)})
     return views
 
 
