@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 
 def training_texts() -> list[str]:
@@ -80,3 +82,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class CopyModel(torch.nn.Module):
+    """Predicts the token `period` positions back (an induction head by construction): with the long
+    context it is nearly sure of every token of a periodic document after the first period; a window
+    shorter than the period sees nothing to copy and gives the uniform distribution. So most tokens are
+    key tokens and the long-context gain is about log(vocab) per far token, except at injected noise."""
+
+    def __init__(self, vocab: int, period: int, sharpness: float = 8.0):
+        super().__init__()
+        self.vocab, self.period = vocab, period
+        self.head = torch.nn.Linear(vocab, vocab, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(sharpness * torch.eye(vocab))
+        self.config = SimpleNamespace(_attn_implementation="eager", final_logit_softcapping=None)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def get_decoder(self):
+        def decoder(input_ids):
+            hidden = torch.zeros(*input_ids.shape, self.vocab)
+            p = self.period  # position t predicts token t + 1, whose copy sits at t + 1 - p
+            if input_ids.shape[1] >= p:
+                hidden[:, p - 1:] = torch.nn.functional.one_hot(input_ids[:, :input_ids.shape[1] - p + 1],
+                                                                self.vocab).float()
+            return SimpleNamespace(last_hidden_state=hidden)
+        return decoder

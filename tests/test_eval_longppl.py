@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
+from tests.eval_fixtures import CopyModel, one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
 from tests.helpers import load_experiment_script as load_script  # noqa: E402
 
 REL = 1e-6
@@ -128,34 +128,6 @@ def old_evaluate_longppl(lm, docs, *, short_window, short_stride, buckets=32):
 
 
 # --- two models ------------------------------------------------------------------------------------
-
-
-class CopyModel(torch.nn.Module):
-    """Predicts the token `period` positions back (an induction head by construction): with the long
-    context it is nearly sure of every token of a periodic document after the first period; a window
-    shorter than the period sees nothing to copy and gives the uniform distribution. So most tokens are
-    key tokens and the long-context gain is about log(vocab) per far token, except at injected noise."""
-
-    def __init__(self, vocab: int, period: int, sharpness: float = 8.0):
-        super().__init__()
-        self.vocab, self.period = vocab, period
-        self.head = torch.nn.Linear(vocab, vocab, bias=False)
-        with torch.no_grad():
-            self.head.weight.copy_(sharpness * torch.eye(vocab))
-        self.config = SimpleNamespace(_attn_implementation="eager", final_logit_softcapping=None)
-
-    def get_output_embeddings(self):
-        return self.head
-
-    def get_decoder(self):
-        def decoder(input_ids):
-            hidden = torch.zeros(*input_ids.shape, self.vocab)
-            p = self.period  # position t predicts token t + 1, whose copy sits at t + 1 - p
-            if input_ids.shape[1] >= p:
-                hidden[:, p - 1:] = torch.nn.functional.one_hot(input_ids[:, :input_ids.shape[1] - p + 1],
-                                                                self.vocab).float()
-            return SimpleNamespace(last_hidden_state=hidden)
-        return decoder
 
 
 def periodic_docs(vocab: int, period: int, lengths, noise: float = 0.1, seed: int = 0) -> list[list[int]]:

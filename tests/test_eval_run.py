@@ -181,6 +181,30 @@ def test_bad_input_gives_clear_errors(tmp_path, run_dir, capsys):
     assert main(["eval", str(run_dir), "--out", str(tmp_path / "x"), "--tasks", "longppl", "--lengths", "1024",
                  "--corpus", str(corpus)]) == 1
     assert "no document of the corpus has 1024 tokens" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--out", str(tmp_path / "x"), "--tasks", "repeat", "--lengths", "1024",
+                 "--corpus", str(corpus)]) == 1
+    assert "repeat probe: no document of the corpus has 512 tokens" in capsys.readouterr().err
+
+
+def test_repeat_probe_from_the_cli(tmp_path, run_dir, capsys):
+    """`--tasks repeat`: one row per distance (half of each length), the summary table and the plot; the rows
+    are the library's `repeat_losses` on the same documents."""
+    from nextlong.eval.longppl import long_documents
+    from nextlong.eval.model import load_model
+    from nextlong.eval.report import corpus_texts
+    from nextlong.eval.repeat import repeat_losses
+
+    out = tmp_path / "r"
+    assert main(["eval", str(run_dir), "--out", str(out), "--tasks", "repeat", "--lengths", "256,512",
+                 "--repeat-docs", "2"]) == 0
+    rows = json.loads((out / "results.json").read_text())["repeat"]
+    assert [r["distance"] for r in rows] == [128, 256] and all(r["segments"] == 2 for r in rows)
+    lm = load_model(str(run_dir), attn="auto")
+    docs = long_documents(lm.tokenizer, corpus_texts(None, "text", None), 256, 2)
+    direct = [r.summary() for r in repeat_losses(lm, docs, [128, 256], progress=False)]
+    for got, want in zip(rows, direct):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert "Repeat probe" in (out / "summary.md").read_text() and (out / "repeat_gain.png").stat().st_size > 1000
 
 
 def test_longppl_key_tokens_and_ppl_match_direct_computation(lm):

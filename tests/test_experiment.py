@@ -46,6 +46,22 @@ def test_heldout_documents_never_reach_training(tmp_path):
     assert (tmp_path / "corpus" / "train.jsonl").stat().st_mtime_ns == mtime
 
 
+def test_split_text_gives_back_the_text_in_pieces_within_the_limit():
+    X = load_script()
+    rng = __import__("random").Random(3)
+    lines = ["x" * rng.randint(0, 90) + ("\n" if rng.random() < 0.95 else "\r\n") for _ in range(400)]
+    lines[17] = "y" * 500 + "\n"  # one line longer than the limit is a piece of its own
+    text = "".join(lines) + "no final newline"
+    pieces = X.split_text(text, 200)
+    assert "".join(pieces) == text
+    assert all(len(p) <= 200 or p == lines[17] for p in pieces)
+    assert all(p.endswith("\n") for p in pieces[:-1])
+    # greedy: no piece could have taken the next piece's first line
+    for p, q in zip(pieces, pieces[1:]):
+        assert len(p) + len(q.splitlines(keepends=True)[0]) > 200
+    assert X.split_text("", 10) == [] and X.split_text("abc", 10) == ["abc"]
+
+
 @pytest.mark.slow
 def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     out, report = tmp_path / "exp", tmp_path / "report"
@@ -60,7 +76,8 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     for arm in ("standard", "nextlong"):
         metrics = results["arms"][arm]["seeds"]["0"]
         for name in ("niah_single_tf_acc", "niah_multikey_tf_logprob", "vt_tf_logprob", "json_kv_tf_acc",
-                     "ppl_long", "long_context_gain", "short_ppl", "retrieval_heads"):
+                     "ppl_long", "long_context_gain", "short_ppl", "retrieval_heads", "repeat_gain_128",
+                     "repeat_gain_512"):
             assert isinstance(metrics[name], (int, float)) and math.isfinite(metrics[name]), (arm, name)
         assert 1 < metrics["ppl_long"] < 2048 * 4  # a trained model: far below nothing-learned x4
     # the arms trained from one base with the same budget
@@ -71,7 +88,7 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     # the exported models keep the tokenizer of the model folder they started from (plain Parquet data
     # has no synthesis manifest to name one)
     assert json.loads((out / "base" / "model" / "nextlong.json").read_text())["tokenizer"] == "tokenizer.json"
-    for p in ("loss_by_position.png", "answer_logprob_by_length.png", "retrieval_heads.png"):
+    for p in ("loss_by_position.png", "answer_logprob_by_length.png", "retrieval_heads.png", "repeat_probe.png"):
         assert (report / "nextlong-vs-standard" / p).stat().st_size > 1000
 
     # resumable: a second run finds every stage done; --report-only recomputes the same table
@@ -84,6 +101,28 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     assert table(again) == table(md) and len(table(md)) > 10
     proc = subprocess.run(cmd + ["--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and ": start" not in proc.stderr, proc.stderr[-3000:]
+
+    # a variant runs beside it in the same folder: it reuses the corpus, tokenizer and base model (no stage of
+    # theirs starts again), keeps its own runs, and the main page links its paired result
+    proc = subprocess.run(cmd + ["--variant", "short-docs"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for shared in ("corpus", "tokenizer", "pre-training", "evaluate base"):
+        assert f"] {shared}: start" not in proc.stderr, proc.stderr[-3000:]
+    assert "split corpus: start" in proc.stderr
+    variant = json.loads((report / "nextlong-vs-standard-short-docs" / "results.json").read_text())
+    assert variant["variant"] == "short-docs" and variant["missing"] == []
+    assert set(variant["arms"]) == {"base", "standard", "nextlong"}
+    assert variant["arms"]["base"] == results["arms"]["base"]
+    for arm in ("standard", "nextlong"):
+        assert variant["arms"][arm]["seeds"]["0"] != results["arms"][arm]["seeds"]["0"]
+        settings = json.loads((out / "variants" / "short-docs" / "synth" / arm / "seed-0" / ".done.json")
+                              .read_text())["settings"]
+        assert settings["corpus"] == str(out / "variants" / "short-docs" / "corpus" / "train.jsonl")
+    assert "## Variant `short-docs`" in (report / "nextlong-vs-standard-short-docs.md").read_text()
+    proc = subprocess.run(cmd + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    main_page = (report / "nextlong-vs-standard.md").read_text()
+    assert "## What else was tried" in main_page and "NExtLong − standard over 1 paired seed(s) (0)" in main_page
+    assert table(main_page) == table(md)  # the main table does not change
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ import shutil
 import sys
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +79,9 @@ class Scale:
     seeds: list[int]
     arms: list[str]
     save_every: int = 50
+    split_chars: int = 0           # > 0: synthesize from the training documents cut into pieces of at most this
+                                   # many characters (at line ends); 0: from the documents as they are
+    repeat_distances: tuple[int, ...] = ()  # the repeat probe's distances (nextlong.eval.repeat), <= long_len / 2
 
 
 SCALES = {
@@ -87,20 +90,42 @@ SCALES = {
                    lr=1e-3, warmup=1, base_theta=10_000.0, long_theta=40_000.0, chunk_chars=512,
                    embedder="hashed-tfidf", eval_lengths=[1024], eval_depths=2, eval_samples=1,
                    ppl_window=256, heads_lengths=[1000], heads_depths=2, seeds=[0], arms=["standard", "nextlong"],
-                   save_every=0),
+                   save_every=0, repeat_distances=(128, 512)),
     "cpu": Scale("cpu", corpus_max_bytes=12_000_000, heldout_docs=16, vocab=4096, hidden=256, layers=4, heads=4,
                  mlp=768, base_len=512, base_steps=400, base_lr=2e-3, long_len=4096, batch_tokens=8192, steps=100,
                  lr=5e-4, warmup=10, base_theta=10_000.0, long_theta=80_000.0, chunk_chars=1024,
                  embedder="static",
                  eval_lengths=[1024, 2048, 4096], eval_depths=3, eval_samples=2, ppl_window=512,
                  heads_lengths=[1024, 2048, 4000], heads_depths=3, seeds=[0, 1, 2],
-                 arms=["standard", "nextlong", "short", "quest", "knn"], save_every=25),
+                 arms=["standard", "nextlong", "short", "quest", "knn"], save_every=25,
+                 repeat_distances=(256, 1024, 2048)),
     "gpu": Scale("gpu", corpus_max_bytes=30_000_000, heldout_docs=32, vocab=8192, hidden=512, layers=8, heads=8,
                  mlp=1536, base_len=1024, base_steps=2000, base_lr=1e-3, long_len=16384, batch_tokens=65536,
                  steps=400, lr=3e-4, warmup=20, base_theta=10_000.0, long_theta=640_000.0, chunk_chars=2048,
                  embedder="all-MiniLM-L6-v2", eval_lengths=[2048, 4096, 8192, 16384], eval_depths=5,
                  eval_samples=4, ppl_window=1024, heads_lengths=[2048, 8192, 16000], heads_depths=5,
-                 seeds=[0, 1, 2], arms=["standard", "nextlong", "short", "quest", "knn"], save_every=100),
+                 seeds=[0, 1, 2], arms=["standard", "nextlong", "short", "quest", "knn"], save_every=100,
+                 repeat_distances=(512, 4096, 8192)),
+}
+
+
+# Variants: one setting changed against the scale, run beside the main experiment with `--variant NAME`.
+# They reuse its corpus, tokenizer, base checkpoint and base evaluation (`--out` is the same folder) and keep
+# their own synthesis, runs and evaluations under OUT/variants/NAME; the report is
+# nextlong-vs-standard-NAME.md. Each says why it was tried.
+VARIANTS = {
+    "short-docs": {
+        "overrides": {"split_chars": 2048, "arms": ["standard", "nextlong"]},
+        "why": "In the main run most training modules are long next to the 4,096-token target (a third of the "
+               "NExtLong samples are single modules that need no negatives), so NExtLong inserts under one "
+               "negative per meta-chunk and its mean dependency distance stays near 200 tokens, inside the "
+               "512-token base context: its data asks for no longer dependency than standard's. The paper "
+               "builds 128K documents from short ones. Here both arms synthesize from the same training "
+               "modules cut into pieces of at most 2,048 characters (about 570 tokens, at line ends), so "
+               "NExtLong must put several negatives between the meta-chunks of a piece, while standard "
+               "concatenates unrelated pieces. Everything else (base checkpoint, steps, tokens, evaluation on "
+               "the uncut held-out modules) is the main run's.",
+    },
 }
 
 
@@ -150,9 +175,9 @@ def stage(folder: Path, settings: dict, name: str):
     return runner
 
 
-def record_failure(out: Path, arm: str, seed: int, message: str | None) -> None:
+def record_failure(root: Path, arm: str, seed: int, message: str | None) -> None:
     """failures.json: {"ARM seed S": message} of (arm, seed) pairs that could not be built (None clears one)."""
-    path = out / "failures.json"
+    path = root / "failures.json"
     failures = json.loads(path.read_text()) if path.exists() else {}
     key = f"{arm} seed {seed}"
     if message is None and key not in failures:
@@ -229,6 +254,41 @@ def build_corpus(out: Path, sc: Scale) -> dict:
                 "heldout_chars": sum(len(t) for _, t in heldout), "heldout_ids": sorted(held)}
 
     return stage(folder, settings, "corpus")(run)
+
+
+def split_corpus(out: Path, root: Path, sc: Scale) -> Path:
+    """The training split cut into pieces of at most `sc.split_chars` characters at line ends (a longer
+    line is its own piece), ids `MODULE#i`: a corpus of short documents, as NExtLong expects."""
+    folder = root / "corpus"
+    source = out / "corpus" / "train.jsonl"
+    settings = {"source": str(source), "split_chars": sc.split_chars}
+
+    def run():
+        from nextlong.atomic import atomic_path
+
+        pieces = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "train.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for row in read_jsonl(source):
+                for i, piece in enumerate(split_text(row["text"], sc.split_chars)):
+                    f.write(json.dumps({"id": f"{row['id']}#{i}", "text": piece}) + "\n")
+                    pieces += 1
+        return {"pieces": pieces}
+
+    stage(folder, settings, "split corpus")(run)
+    return folder / "train.jsonl"
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """`text` as consecutive pieces of whole lines, each at most `max_chars` long unless one line is longer;
+    joined they give `text` back."""
+    pieces, cur = [], ""
+    for line in text.splitlines(keepends=True):
+        if cur and len(cur) + len(line) > max_chars:
+            pieces.append(cur)
+            cur = ""
+        cur += line
+    return pieces + ([cur] if cur else [])
 
 
 # --- stage 2: tokenizer ------------------------------------------------------------------------
@@ -364,16 +424,16 @@ def samples_needed(sc: Scale) -> int:
     return math.ceil(sc.steps * sc.batch_tokens / sc.long_len) + 2
 
 
-def synthesize_arm(out: Path, sc: Scale, tok_path: Path, method: str, seed: int) -> Path:
-    folder = out / "synth" / method / f"seed-{seed}"
-    settings = dict(corpus=str(out / "corpus" / "train.jsonl"), tokenizer=str(tok_path), method=method, seed=seed,
+def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: str, seed: int) -> Path:
+    folder = root / "synth" / method / f"seed-{seed}"
+    settings = dict(corpus=str(corpus), tokenizer=str(tok_path), method=method, seed=seed,
                     target_length=sc.long_len, num_samples=samples_needed(sc), chunk_size=sc.chunk_chars,
                     embedder=sc.embedder if method in ("nextlong", "knn") else None, id_field="id")
 
     def run():
         import nextlong
 
-        work = out / "synth-work"  # chunks and embeddings cached here, shared by every method and seed
+        work = root / "synth-work"  # chunks and embeddings cached here, shared by every method and seed
         shutil.rmtree(work / "data", ignore_errors=True)  # the previous (method, seed)'s output, already copied
         manifest = nextlong.synthesize(out=str(work), progress=False, **settings)
         files = sorted((work / "data").glob("*.parquet"))
@@ -402,8 +462,8 @@ def synthesize_arm(out: Path, sc: Scale, tok_path: Path, method: str, seed: int)
 # --- stage 6: extension runs -------------------------------------------------------------------
 
 
-def arm_run(out: Path, sc: Scale, arm: str, seed: int, data: Path) -> Path:
-    folder = out / "runs" / arm / f"seed-{seed}"
+def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -> Path:
+    folder = root / "runs" / arm / f"seed-{seed}"
     seq = sc.base_len if arm == "short" else sc.long_len
     kwargs = dict(data=str(data), model=str(out / "base"), seq_len=seq, batch_tokens=sc.batch_tokens,
                   steps=sc.steps, lr=sc.lr, warmup=sc.warmup, rope_theta=sc.long_theta, seed=seed,
@@ -464,8 +524,8 @@ def heldout_metrics(lm, docs: list[list[int]], sc: Scale, buckets: int = 32) -> 
     }
 
 
-def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: int = 0) -> dict:
-    folder = out / "eval" / name
+def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: int = 0, root: Path | None = None) -> dict:
+    folder = (root or out) / "eval" / name
     settings = {"model": str(model_dir), "lengths": sc.eval_lengths, "depths": sc.eval_depths,
                 "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
 
@@ -490,6 +550,27 @@ def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: 
 
     stage(folder, settings, f"evaluate {name}")(run)
     return collect_metrics(folder)
+
+
+def repeat_probe(out: Path, sc: Scale, name: str, model_dir: Path, root: Path | None = None) -> None:
+    """`nextlong.eval.repeat` on the held-out documents: can the model copy from each distance back?
+    Its own stage (folder eval/NAME/repeat), so models evaluated before it existed get it on a re-run."""
+    folder = (root or out) / "eval" / name / "repeat"
+    settings = {"model": str(model_dir), "distances": list(sc.repeat_distances), "documents": "heldout"}
+    if not sc.repeat_distances:
+        return
+
+    def run():
+        from nextlong.eval.model import load_model
+        from nextlong.eval.repeat import repeat_losses
+
+        lm = load_model(str(model_dir), attn="auto")
+        docs = heldout_tokens(out, lm.tokenizer)
+        rows = repeat_losses(lm, docs, list(sc.repeat_distances), progress=False)
+        write_json(folder / "repeat.json", {"distances": [r.summary() for r in rows]})
+        return {}
+
+    stage(folder, settings, f"repeat probe {name}")(run)
 
 
 def collect_metrics(folder: Path) -> dict:
@@ -521,8 +602,13 @@ def collect_metrics(folder: Path) -> dict:
     metrics.update(docs["metrics"])
     metrics["retrieval_heads"] = sum(1 for s in heads.values() if s > 0.1)
     metrics["max_head_score"] = max(heads.values()) if heads else 0.0
+    repeat = {}
+    if (folder / "repeat" / DONE).exists():
+        for row in json.loads((folder / "repeat" / "repeat.json").read_text())["distances"]:
+            metrics[f"repeat_gain_{row['distance']}"] = row["gain"]
+            repeat[str(row["distance"])] = {"first": row["first"], "second": row["second"]}
     return {"metrics": metrics, "loss_by_position": docs["loss_by_position"], "by_length": by_length,
-            "by_depth": by_depth, "head_scores": heads}
+            "by_depth": by_depth, "head_scores": heads, "repeat": repeat}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -553,20 +639,21 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
-    """results.json from every finished evaluation (missing ones are listed, never guessed)."""
+def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
+    """results.json from every finished evaluation (missing ones are listed, never guessed). The base
+    model's stages are in `out`, the arms' in `root` (`out` itself, or a variant's folder)."""
     results = {"arms": {}, "curves": {}, "missing": [], "scale": asdict(sc), "seeds": seeds}
     for arm in ["base"] + arms:
         for seed in ([0] if arm == "base" else seeds):
-            folder = out / "eval" / (arm if arm == "base" else f"{arm}-seed-{seed}")
+            folder = out / "eval" / "base" if arm == "base" else root / "eval" / f"{arm}-seed-{seed}"
             if not (folder / DONE).exists():
                 results["missing"].append(f"{arm} seed {seed}")
                 continue
             m = collect_metrics(folder)
             results["arms"].setdefault(arm, {"seeds": {}})["seeds"][str(seed)] = m["metrics"]
             results["curves"].setdefault(arm, {})[str(seed)] = {k: m[k] for k in ("loss_by_position", "by_length",
-                                                                                   "by_depth", "head_scores")}
-            run = out / "runs" / arm / f"seed-{seed}"
+                                                                                   "by_depth", "head_scores", "repeat")}
+            run = root / "runs" / arm / f"seed-{seed}"
             rec = json.loads((run / DONE).read_text()) if (run / DONE).exists() else None
             if rec:
                 results["arms"][arm].setdefault("train", {})[str(seed)] = rec.get("train", {}) | {
@@ -579,7 +666,7 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
     if corpus.exists():
         results["corpus"] = {k: v for k, v in json.loads(corpus.read_text()).items() if k != "settings"}
     synth = {}
-    for rec in sorted((out / "synth").glob(f"*/seed-*/{DONE}")):
+    for rec in sorted((root / "synth").glob(f"*/seed-*/{DONE}")):
         entry = {k: v for k, v in json.loads(rec.read_text()).items() if k in ("seconds", "samples")}
         manifest = rec.parent / "manifest.json"
         if manifest.exists():
@@ -588,12 +675,14 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
         synth[f"{rec.parent.parent.name} {rec.parent.name}"] = entry
     results["synthesis"] = synth
     stages = {}
-    for rec in sorted(out.rglob(DONE)):
+    for rec in sorted(root.rglob(DONE)):
+        if root == out and rec.parent.relative_to(out).parts[0] == "variants":
+            continue
         data = json.loads(rec.read_text())
         stages[str(rec.parent.relative_to(out))] = {"seconds": data.get("seconds"), "finished": data.get("finished")}
     results["stages"] = stages
     running = []
-    for metrics in sorted(out.glob("base/metrics.jsonl")) + sorted(out.glob("runs/*/seed-*/metrics.jsonl")):
+    for metrics in sorted(out.glob("base/metrics.jsonl")) + sorted(root.glob("runs/*/seed-*/metrics.jsonl")):
         if not (metrics.parent / DONE).exists():
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             total = sc.base_steps if metrics.parent.name == "base" else sc.steps
@@ -602,9 +691,9 @@ def gather(out: Path, sc: Scale, seeds: list[int], arms: list[str]) -> dict:
                            + (f", loss {last['loss']:.3f}, {last.get('tokens_per_s', 0):,.0f} tokens/s at the last step"
                               if rows else ""))
     results["in_progress"] = running
-    failures = out / "failures.json"
+    failures = root / "failures.json"
     results["failures"] = json.loads(failures.read_text()) if failures.exists() else {}
-    exp = out / "experiment.json"
+    exp = root / "experiment.json"
     if exp.exists():
         results["machine"] = {k: v for k, v in json.loads(exp.read_text()).items() if k not in ("scale",)}
     return results
@@ -756,22 +845,86 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
         fig.savefig(folder / "retrieval_heads.png", dpi=110)
         plt.close(fig)
         written.append("retrieval_heads.png")
+
+        probed = {arm: [s["repeat"] for s in seeds.values() if s.get("repeat")] for arm, seeds in curves.items()}
+        probed = {arm: per for arm, per in probed.items() if per}
+        if probed:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for arm, per in probed.items():
+                dists = sorted(per[0], key=int)
+                gains = [sum(p[d]["second"] - p[d]["first"] for p in per) / len(per) for d in dists]
+                ax.plot([int(d) for d in dists], gains, marker="o", label=f"{arm} (n={len(per)})")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("distance to the earlier copy (tokens)")
+            ax.set_ylabel("repeat gain (nats/token; lower = copies)")
+            ax.set_title("repeat probe on held-out text (mean over seeds)")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(folder / "repeat_probe.png", dpi=110)
+            plt.close(fig)
+            written.append("repeat_probe.png")
     return written
 
 
-def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str) -> Path:
-    results = gather(out, sc, seeds, arms)
-    assets = report_dir / "nextlong-vs-standard"
+def report_stem(variant: str | None) -> str:
+    return "nextlong-vs-standard" + (f"-{variant}" if variant else "")
+
+
+def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str,
+                 variant: str | None = None) -> Path:
+    stem = report_stem(variant)
+    results = gather(out, variant_root(out, variant), sc, seeds, arms)
+    assets = report_dir / stem
     results["generated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["command"] = command
+    results["variant"] = variant
     write_json(assets / "results.json", results)
     plots = draw_plots(results, assets)
-    md = render_markdown(results, plots)
+    md = render_markdown(results, plots, stem, report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "nextlong-vs-standard.md.tmp").write_text(md, encoding="utf-8")
-    os.replace(report_dir / "nextlong-vs-standard.md.tmp", report_dir / "nextlong-vs-standard.md")
-    log(f"report: {report_dir / 'nextlong-vs-standard.md'}")
-    return report_dir / "nextlong-vs-standard.md"
+    (report_dir / f"{stem}.md.tmp").write_text(md, encoding="utf-8")
+    os.replace(report_dir / f"{stem}.md.tmp", report_dir / f"{stem}.md")
+    log(f"report: {report_dir / f'{stem}.md'}")
+    return report_dir / f"{stem}.md"
+
+
+def variant_root(out: Path, variant: str | None) -> Path:
+    return out / "variants" / variant if variant else out
+
+
+def variant_lines(results: dict, report_dir: Path) -> list[str]:
+    """The variant this page reports (why it was tried), or, on the main page, every variant and its result."""
+    variant = results.get("variant")
+    if variant:
+        v = VARIANTS[variant]
+        return [f"## Variant `{variant}`", "", f"Changed against `--scale {results['scale']['name']}`: "
+                + ", ".join(f"`{k}` = {val}" for k, val in v["overrides"].items()) + ".", "", v["why"], "",
+                "Main run: [nextlong-vs-standard.md](nextlong-vs-standard.md).", ""]
+    lines = ["## What else was tried", ""]
+    for name, v in VARIANTS.items():
+        stem = report_stem(name)
+        path = report_dir / stem / "results.json"
+        lines.append(f"- `{name}` ([{stem}.md]({stem}.md)): {v['why']}")
+        if not path.exists():
+            lines += ["  Not run yet.", ""]
+            continue
+        other = json.loads(path.read_text())
+        a, b = other["arms"].get("standard"), other["arms"].get("nextlong")
+        common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int) if a and b else []
+        if not common:
+            lines += ["  No paired seed has finished yet.", ""]
+            continue
+        cells = []
+        for name_ in ("long_context_gain", "loss_far_full", "ppl_long", "short_ppl"):
+            st = summarize([b["seeds"][s].get(name_) - a["seeds"][s].get(name_) for s in common
+                            if a["seeds"][s].get(name_) is not None and b["seeds"][s].get(name_) is not None])
+            if st["n"]:
+                cells.append(f"`{name_}` {fmt(st['mean'])}" + (f" [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]"
+                                                            if st["n"] > 1 and st["std"] is not None else ""))
+        lines += [f"  NExtLong − standard over {len(common)} paired seed(s) ({', '.join(common)}): "
+                  + "; ".join(cells) + ".", ""]
+    return lines
 
 
 DESIGN = """## Design (why it is built this way)
@@ -819,6 +972,13 @@ the long-context gain (mean loss of tokens past position W with the full context
 tokens: negative means the far context helps), and loss by position. Short-context perplexity: base-length
 windows of the same documents. `nextlong heads`: retrieval-head scores (Wu et al.) counting every trial, since
 a model this small rarely reproduces the needle.
+The repeat probe (`nextlong.eval.repeat`, added after the first runs when every arm's long-context gain came
+out near 0): the first D = 256, 1,024 and 2,048 tokens of each held-out document fed twice; the loss of the
+second copy minus the first tells whether a model can fetch a token from D back at all, apart from whether
+natural text rewards it.
+
+**Variants** (`--variant NAME`, same `--out`; see "What else was tried"): one setting changed at a time, run
+after the main arms, reusing the corpus, tokenizer and base checkpoint, with their own report page.
 
 **Budget (`--scale cpu`).** About 3 hours on 2 idle cores; the token plan and the throughput measured in the
 run are in the section "Budget plan" above.
@@ -872,12 +1032,17 @@ def verdict_lines(a: dict, b: dict, common: list[str], names: list[str], complet
     return lines
 
 
-def render_markdown(results: dict, plots: list[str]) -> str:
+def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-standard",
+                    report_dir: Path | None = None) -> str:
     """The generated part of the report: status, table, paired differences, plots."""
     sc = results["scale"]
-    lines = ["# NExtLong vs standard concatenation at mini scale", "",
+    title = "# NExtLong vs standard concatenation at mini scale" + (
+        f" (variant `{results['variant']}`)" if results.get("variant") else "")
+    lines = [title, "",
              "<!-- generated by benchmarks/experiments/nextlong_vs_standard.py --report-only; edit the script -->", "",
              f"Command: `{results['command']}`  ", f"Generated: {results['generated']}", ""]
+    if results.get("variant"):
+        lines += variant_lines(results, report_dir or Path("."))
     finished = {arm: sorted(v["seeds"], key=int) for arm, v in results["arms"].items()}
     complete = not results["missing"]
     lines += ["## Status", "",
@@ -942,7 +1107,10 @@ def render_markdown(results: dict, plots: list[str]) -> str:
               "perplexity on key tokens (LongPPL's rule with window W); `long_context_gain` = loss with full context "
               "minus loss with only the last W tokens (W to 1.5 W: the short pass slides windows with stride W/2), "
               "over positions > W (negative = the model uses the far context); `short_ppl` = perplexity on base-length windows; `retrieval_heads` = heads with "
-              "retrieval score > 0.1 (every trial counted).", ""]
+              "retrieval score > 0.1 (every trial counted); `repeat_gain_D` = the repeat probe (`nextlong.eval.repeat`): "
+              "the first D tokens of each held-out document fed twice, mean loss of the second copy minus the first "
+              "on the same tokens (negative = the model copies from D tokens back; D past the base length shows "
+              "whether the extension taught it to reach that far).", ""]
     a, b = results["arms"].get("standard"), results["arms"].get("nextlong")
     if a and b:
         common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int)
@@ -958,8 +1126,10 @@ def render_markdown(results: dict, plots: list[str]) -> str:
             lines.append(f"| {name} | " + " | ".join(fmt(d) for d in diffs) + f" | {tail} |")
         lines.append("")
         lines += verdict_lines(a, b, common, names, complete)
+    if not results.get("variant") and report_dir is not None:
+        lines += variant_lines(results, report_dir)
     if plots:
-        lines += ["## Plots", ""] + [f"![{p}](nextlong-vs-standard/{p})" for p in plots] + [""]
+        lines += ["## Plots", ""] + [f"![{p}]({stem}/{p})" for p in plots] + [""]
     lines += [DESIGN]
     return "\n".join(lines)
 
@@ -975,6 +1145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default=None, help=f"comma-separated arms among {', '.join(ALL_ARMS)} (default: the scale's)")
     p.add_argument("--report-dir", default=str(REPO / "docs" / "experiments"),
                    help="where the report and its assets go (default docs/experiments)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="run a variant beside the main experiment in the same --out (it reuses the corpus, "
+                   "tokenizer and base model; see VARIANTS for what each changes and why)")
     p.add_argument("--report-only", action="store_true", help="only regenerate the report from finished stages")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--threads", type=int, default=0,
@@ -986,17 +1159,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sc = SCALES[args.scale]
+    if args.variant:
+        sc = replace(sc, **VARIANTS[args.variant]["overrides"])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(sc.seeds)
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(sc.arms)
     bad = [a for a in arms if a not in ALL_ARMS]
     if bad:
         raise SystemExit(f"unknown arms {bad}; choose among {ALL_ARMS}")
     out = Path(args.out)
+    root = variant_root(out, args.variant)
     report_dir = Path(args.report_dir)
     command = "python3 benchmarks/experiments/nextlong_vs_standard.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     if args.report_only:
-        write_report(out, sc, seeds, arms, report_dir, command)
+        write_report(out, sc, seeds, arms, report_dir, command, args.variant)
         return 0
     import torch
 
@@ -1004,7 +1180,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         THREADS["n"] = args.threads
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "experiment.json", {"scale": asdict(sc), "seeds": seeds, "arms": arms,
+    write_json(root / "experiment.json", {"scale": asdict(sc), "variant": args.variant, "seeds": seeds, "arms": arms,
                                          "python": platform.python_version(), "machine": platform.machine(),
                                          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()})
     build_corpus(out, sc)
@@ -1013,6 +1189,8 @@ def main(argv=None) -> int:
     init = base_init(out, sc, tok)
     pretrain(out, sc, out / "pretrain-data", init)
     evaluate_model(out, sc, "base", out / "base")
+    repeat_probe(out, sc, "base", out / "base")
+    corpus = split_corpus(out, root, sc) if sc.split_chars else out / "corpus" / "train.jsonl"
     for seed in seeds:  # seed-major: each finished seed gives a complete paired comparison
         for arm in arms:
             if arm == "short":
@@ -1022,18 +1200,19 @@ def main(argv=None) -> int:
                 from nextlong.errors import NextlongError
 
                 try:
-                    data = synthesize_arm(out, sc, tok, arm, seed)
+                    data = synthesize_arm(root, sc, corpus, tok, arm, seed)
                 except NextlongError as exc:  # e.g. Quest finds no key group on a small corpus: the others go on
-                    record_failure(out, arm, seed, f"synthesis failed: {exc}")
+                    record_failure(root, arm, seed, f"synthesis failed: {exc}")
                     continue
-            record_failure(out, arm, seed, None)
-            arm_run(out, sc, arm, seed, data)
-            evaluate_model(out, sc, f"{arm}-seed-{seed}", out / "runs" / arm / f"seed-{seed}")
+            record_failure(root, arm, seed, None)
+            run = arm_run(out, root, sc, arm, seed, data)
+            evaluate_model(out, sc, f"{arm}-seed-{seed}", run, root=root)
+            repeat_probe(out, sc, f"{arm}-seed-{seed}", run, root=root)
             if not args.no_report:
-                write_report(out, sc, seeds, arms, report_dir, command)
+                write_report(out, sc, seeds, arms, report_dir, command, args.variant)
     del pre
     if not args.no_report:
-        write_report(out, sc, seeds, arms, report_dir, command)
+        write_report(out, sc, seeds, arms, report_dir, command, args.variant)
     return 0
 
 

@@ -32,7 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help="comma-separated tasks or groups: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
-                   "niah_multiquery, vt, cwe, fwe, json_kv, longppl; groups all, ruler, recall, niah_single, "
+                   "niah_multiquery, vt, cwe, fwe, json_kv, longppl, repeat (the repeat probe: can the model copy from "
+                   "half of each length back, see nextlong.eval.repeat); groups all, ruler, recall, niah_single, "
                    f"niah_multikey (default {DEFAULT_TASKS})")
     p.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated target lengths in tokens (default: 1024, 2048, ... up to the model's "
@@ -52,6 +53,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--longppl-length", type=positive_int, default=None,
                    help="tokens per LongPPL document (default: the largest length)")
     p.add_argument("--longppl-docs", type=positive_int, default=4, help="LongPPL documents (default 4)")
+    p.add_argument("--repeat-docs", type=positive_int, default=4,
+                   help="documents of the repeat probe, each with half the largest length in tokens (default 4)")
     p.add_argument("--short-window", type=positive_int, default=4096,
                    help="LongPPL's short context in tokens (default 4096; use less for small models)")
     p.add_argument("--short-stride", type=positive_int, default=1024,

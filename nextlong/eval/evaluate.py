@@ -26,10 +26,10 @@ def default_lengths(max_positions: int | None) -> list[int]:
 
 def run_eval(args) -> dict:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    want_longppl = "longppl" in names
-    names = [t for t in names if t != "longppl"]
+    want_longppl, want_repeat = "longppl" in names, "repeat" in names
+    names = [t for t in names if t not in ("longppl", "repeat")]
     tasks = expand_tasks(names) if names else []
-    if not tasks and not want_longppl:
+    if not tasks and not want_longppl and not want_repeat:
         raise UsageError("--tasks: no task given")
     greedy = args.mode in ("both", "greedy")
     teacher_forced = args.mode in ("both", "teacher-forced")
@@ -87,6 +87,18 @@ def run_eval(args) -> dict:
                              f"loss by position ({lp['documents']} docs x {lp['length']} tokens)",
                              window=args.short_window if args.short_window < lp["length"] else None)
             written.append("loss_by_position.png")
+        if want_repeat:
+            from .longppl import long_documents
+            from .plots import repeat_gain
+            from .repeat import repeat_losses
+
+            distances = sorted({max(2, n // 2) for n in lengths})  # [x; x] fills each length
+            texts = report.corpus_texts(args.corpus, args.text_field, None)
+            docs = long_documents(lm.tokenizer, texts, max(distances), args.repeat_docs,
+                                  what="repeat probe", option="--lengths (the probe needs half the largest)")
+            results["repeat"] = [r.summary() for r in repeat_losses(lm, docs, distances)]
+            repeat_gain(out / "repeat_gain.png", results["repeat"], f"repeat probe ({len(docs)} documents)")
+            written.append("repeat_gain.png")
         report.write_results(out, results)
         summary = report.summary_markdown(results, lengths)
         from ..atomic import atomic_path

@@ -30,8 +30,10 @@ GAIN_THRESHOLD = 2.0
 LOGPROB_THRESHOLD = -2.0
 
 
-def long_documents(tokenizer, texts: Iterable[str], length: int, count: int) -> list[list[int]]:
-    """The first `count` documents with at least `length` tokens, cut to `length` tokens."""
+def long_documents(tokenizer, texts: Iterable[str], length: int, count: int,
+                   what: str = "longppl", option: str = "--longppl-length") -> list[list[int]]:
+    """The first `count` documents with at least `length` tokens, cut to `length` tokens (`what` and
+    `option`: the measurement and the setting an error message names)."""
     docs, longest = [], 0
     for text in texts:
         ids = tokenizer.encode(text)
@@ -41,8 +43,8 @@ def long_documents(tokenizer, texts: Iterable[str], length: int, count: int) -> 
             if len(docs) == count:
                 break
     if not docs:
-        raise CorpusTooSmallError(f"longppl: no document of the corpus has {length} tokens (the longest has "
-                                  f"{longest}); give a corpus of longer documents or a smaller --longppl-length")
+        raise CorpusTooSmallError(f"{what}: no document of the corpus has {length} tokens (the longest has "
+                                  f"{longest}); give a corpus of longer documents or a smaller {option}")
     return docs
 
 

@@ -79,6 +79,24 @@ def loss_by_position(path, positions: Sequence[float], losses: Sequence[float], 
     return out
 
 
+def repeat_gain(path, rows: Sequence[dict], title: str):
+    """Loss of the first and second copy by distance (`nextlong.eval.repeat` summaries)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = [r["distance"] for r in rows]
+    ax.plot(xs, [r["first"] for r in rows], marker="o", lw=1, label="first copy")
+    ax.plot(xs, [r["second"] for r in rows], marker="o", lw=1, label="second copy")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("distance to the earlier copy (tokens)")
+    ax.set_ylabel("mean loss (nats)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def head_heatmap(path, scores, title: str, *, diverging: bool = False):
     """Layers (rows) x query heads (columns)."""
     plt = _pyplot()

@@ -92,4 +92,11 @@ def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
         lines += [f"LongPPL {longppl}, PPL {lp['ppl']:.3f} over {lp['documents']} documents of {lp['length']} "
                   f"tokens; {lp['key_tokens']} key tokens ({100 * lp['key_fraction']:.2f}%), short window "
                   f"{lp['short_window']}. Loss by position: `loss_by_position.png`.", ""]
+    rows = results.get("repeat")
+    if rows:
+        lines += ["Repeat probe (each segment fed twice; mean loss per token, second copy minus first: negative = "
+                  "the model copies from that far back):", "", "| distance | first copy | second copy | gain |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['distance']} | {r['first']:.3f} | {r['second']:.3f} | {r['gain']:+.3f} |" for r in rows]
+        lines += ["", "Plot: `repeat_gain.png`.", ""]
     return "\n".join(lines)

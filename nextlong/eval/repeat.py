@@ -1,0 +1,66 @@
+"""Repeat probe: can the model fetch a token from `distance` positions back when it plainly helps?
+
+A segment x of `distance` tokens is fed twice, [x; x]. On the second copy each token's earlier
+occurrence sits exactly `distance` positions back, so a model that can attend that far copies it.
+The probe reports the mean loss of x[1:] on the first copy (only the segment's own prefix helps),
+the mean loss of the same tokens on the second copy, and their difference, the *repeat gain*
+(second − first, nats per token; negative: the model retrieves from that far back).
+
+This separates *can the model use far context* from *does natural text reward it*: the long-context
+gain on held-out documents (`nextlong.eval.longppl`) mixes the two, and at small scale it is near 0
+either because the model cannot look far or because the far text does not help predict the near.
+A distance past the length a model was trained at shows whether length extension taught it to reach
+there at all (induction-style copying, the mechanism behind retrieval heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import LoadedModel, attention
+
+
+@dataclass
+class RepeatLoss:
+    distance: int
+    segments: int
+    first: float    # mean loss of x[1:] on the first copy
+    second: float   # mean loss of the same tokens on the second copy
+
+    @property
+    def gain(self) -> float:
+        return self.second - self.first
+
+    def summary(self) -> dict:
+        return {"distance": self.distance, "segments": self.segments, "first": self.first,
+                "second": self.second, "gain": self.gain}
+
+
+def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], *, batch_size: int = 4,
+                  progress: bool = True) -> list[RepeatLoss]:
+    """For each distance d: the first d tokens of every document with at least d tokens, each fed as
+    [x; x] (2d tokens) in batches of `batch_size`."""
+    import torch
+    from tqdm import tqdm
+
+    from ..weighting import long_context_logprobs
+
+    if any(d < 2 for d in distances):
+        raise ValueError(f"repeat probe: every distance must be >= 2 tokens, got {distances}")
+    results = []
+    with torch.no_grad(), attention(lm.model, lm.prefill_attn):
+        for d in distances:
+            segments = [doc[:d] for doc in docs if len(doc) >= d]
+            if not segments:
+                raise ValueError(f"repeat probe: no document has {d} tokens (the longest has "
+                                 f"{max(map(len, docs), default=0)})")
+            first = second = 0.0
+            for i in tqdm(range(0, len(segments), batch_size), desc=f"repeat d={d}", unit="batch",
+                          dynamic_ncols=True, disable=not progress):
+                x = torch.tensor(segments[i:i + batch_size], dtype=torch.long, device=lm.device)
+                lp = long_context_logprobs(lm.model, torch.cat([x, x], dim=1)).float()
+                first += float(-lp[:, 1:d].sum())           # x[1:] after its own prefix
+                second += float(-lp[:, d + 1:2 * d].sum())  # the same tokens, one copy later
+            n = len(segments) * (d - 1)
+            results.append(RepeatLoss(d, len(segments), first / n, second / n))
+    return results
