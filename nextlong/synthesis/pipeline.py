@@ -31,8 +31,7 @@ from ..errors import NextlongError, StageMismatchError
 from .config import SynthesisConfig
 from .stage import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, executor_for, read_done
 from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
-
-EXACT_SEARCH_MAX_CHUNKS = 200_000  # below this, brute-force search: exact and deterministic
+from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
 
 def corpus_fingerprint(path) -> dict:

@@ -533,13 +533,19 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
     return open_embeddings(path, verify=verify)
 
 
+# Exact search costs O(corpus) per anchor; the HNSW route costs a build (~4 ms per chunk on one core of
+# the 2-core dev machine) plus ~1 ms per chunk of planning. Measured crossover: about 50k chunks
+# (docs/scale.md, "Exact search batched").
+EXACT_SEARCH_MAX_CHUNKS = 50_000
+
+
 @_dc.dataclass
 class IndexStage(WholeStage):
     """The usearch HNSW index over the embeddings, for corpora above `exact_max` chunks (below it,
     planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks, embedder)."""
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
-    exact_max: int = 200_000
+    exact_max: int = EXACT_SEARCH_MAX_CHUNKS
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
