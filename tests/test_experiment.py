@@ -170,3 +170,19 @@ def test_eval_summary_marks_a_mode_not_run_with_a_dash_not_nan():
                "mean_over_tasks": {"1024": {"teacher_forced_em": 0.0}}}
     text = summary_markdown(results, [1024])
     assert "| **mean** | - / 0.0 |" in text and "nan" not in text
+
+
+def test_probe_lines_follow_the_numbers():
+    X = load_script()
+
+    def results(gains):
+        return {"arms": {arm: {"seeds": {str(i): {f"repeat_gain_{d}": g for d, g in per.items()}
+                                         for i, per in enumerate(seeds)}} for arm, seeds in gains.items()}}
+
+    none = X.probe_lines(results({"base": [{256: 0.01, 1024: 0.1}], "standard": [{256: -0.02}, {256: -0.04}]}))
+    text = "\n".join(none)
+    assert "No model copies" in text and "-0.030" in text and "(standard, D = 256" in text
+    some = "\n".join(X.probe_lines(results({"base": [{256: -2.0, 1024: 0.1}], "nextlong": [{1024: -0.7}]})))
+    assert "No model copies" not in some and "-2.000" in some
+    assert "copy (gain below −0.5) at some distance: base, nextlong." in some
+    assert X.probe_lines({"arms": {"base": {"seeds": {"0": {"ppl_long": 3.0}}}}}) == []
