@@ -436,7 +436,9 @@ def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: 
 
         work = root / "synth-work"  # chunks and embeddings cached here, shared by every method and seed
         shutil.rmtree(work / "data", ignore_errors=True)  # the previous (method, seed)'s output, already copied
-        manifest = nextlong.synthesize(out=str(work), progress=False, **settings)
+        # rebuild: the work folder is a cache; a stage cached with other settings (a nextlong upgrade that
+        # changed a default) is remade, not a failed arm. Matching stages (the embeddings) are still reused.
+        manifest = nextlong.synthesize(out=str(work), progress=False, rebuild=True, **settings)
         files = sorted((work / "data").glob("*.parquet"))
         listed = manifest.get("statistics", {}).get("files") or manifest.get("files")
         if isinstance(listed, list) and listed:
