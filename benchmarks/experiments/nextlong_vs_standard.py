@@ -621,6 +621,17 @@ HIGHER_IS_BETTER = {"ppl_long": False, "longppl": False, "short_ppl": False, "lo
                     "loss_far_full": False, "key_token_fraction": True, "retrieval_heads": True, "max_head_score": True}
 
 
+def paired_seeds(a: dict | None, b: dict | None) -> list[str]:
+    """The seeds both arms finished, in order."""
+    return sorted(set(a["seeds"]) & set(b["seeds"]), key=int) if a and b else []
+
+
+def paired_diffs(a: dict, b: dict, seeds: list[str], name: str) -> list[float | None]:
+    """b − a of metric `name` per seed (None where either arm lacks it); `summarize` skips the Nones."""
+    return [None if a["seeds"][s].get(name) is None or b["seeds"][s].get(name) is None
+            else b["seeds"][s][name] - a["seeds"][s][name] for s in seeds]
+
+
 def summarize(values: list[float]) -> dict:
     vals = [v for v in values if v is not None]
     n = len(vals)
@@ -914,14 +925,13 @@ def variant_lines(results: dict, report_dir: Path) -> list[str]:
             continue
         other = json.loads(path.read_text())
         a, b = other["arms"].get("standard"), other["arms"].get("nextlong")
-        common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int) if a and b else []
+        common = paired_seeds(a, b)
         if not common:
             lines += ["  No paired seed has finished yet.", ""]
             continue
         cells = []
         for name_ in ("long_context_gain", "loss_far_full", "ppl_long", "short_ppl"):
-            st = summarize([b["seeds"][s].get(name_) - a["seeds"][s].get(name_) for s in common
-                            if a["seeds"][s].get(name_) is not None and b["seeds"][s].get(name_) is not None])
+            st = summarize(paired_diffs(a, b, common, name_))
             if st["n"]:
                 cells.append(f"`{name_}` {fmt(st['mean'])}" + (f" [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]"
                                                             if st["n"] > 1 and st["std"] is not None else ""))
@@ -1043,9 +1053,7 @@ def verdict_lines(a: dict, b: dict, common: list[str], names: list[str], complet
                         "needs 3). The numbers above are reported as they are, without a claim.", ""]
     wins, losses, ties = [], [], []
     for name in names:
-        diffs = [b["seeds"][s].get(name) - a["seeds"][s].get(name) for s in common
-                 if a["seeds"][s].get(name) is not None and b["seeds"][s].get(name) is not None]
-        st = summarize(diffs)
+        st = summarize(paired_diffs(a, b, common, name))
         if st["n"] < 3 or st["std"] is None:
             continue
         lo, hi = st["ci95"]
@@ -1151,13 +1159,12 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
               "whether the extension taught it to reach that far).", ""]
     a, b = results["arms"].get("standard"), results["arms"].get("nextlong")
     if a and b:
-        common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int)
+        common = paired_seeds(a, b)
         lines += ["## Paired: NExtLong − standard (same seed)", "",
                   "| metric | " + " | ".join(f"seed {s}" for s in common) + " | mean [95% interval] |",
                   "|---|" + "---|" * (len(common) + 1)]
         for name in names:
-            diffs = [None if a["seeds"][s].get(name) is None or b["seeds"][s].get(name) is None
-                     else b["seeds"][s][name] - a["seeds"][s][name] for s in common]
+            diffs = paired_diffs(a, b, common, name)
             s = summarize(diffs)
             tail = "–" if s["n"] == 0 else (fmt(s["mean"]) if s["n"] == 1 else
                                              f"{fmt(s['mean'])} [{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}]")
