@@ -375,6 +375,29 @@ def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
                    **dict(FAST, embedder="hashed-tfidf:128"))
 
 
+def test_reproducible_index_gives_the_same_bytes_on_every_run(corpus, tmp_path, monkeypatch):
+    """A multi-threaded HNSW build differs from run to run (measured: the 1M-chunk local and Ray runs of
+    bench_scale.py built different graphs and so different plans); --reproducible-index builds on one
+    thread, and two runs on two threads then give the same index and the same shards."""
+    from nextlong import synthesize
+    from nextlong.synthesis import pipeline
+    from nextlong.synthesis.stages import IndexStage
+
+    monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        synthesize(corpus, out, num_samples=4, reproducible_index=True, num_threads=2, **FAST)
+    index_bytes = [(out / "index" / "index.usearch").read_bytes() for out in runs]
+    assert index_bytes[0] == index_bytes[1]
+    assert _files(runs[0]) == _files(runs[1]) != {}
+    assert json.loads((runs[0] / "index" / "_done.json").read_text())["counts"]["reproducible"] is True
+    # the setting is fingerprinted only when set, so folders recorded before it existed still match
+    assert "reproducible" not in IndexStage(name="index").settings()
+    assert IndexStage(name="index", reproducible=True).settings()["reproducible"] is True
+    with pytest.raises(StageMismatchError, match="reproducible"):
+        synthesize(corpus, runs[0], num_samples=4, num_threads=2, **FAST)
+
+
 def test_cli_separator_escapes():
     from nextlong.commands.synthesize import unescape
 

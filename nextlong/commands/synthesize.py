@@ -38,6 +38,11 @@ def add_parser(subparsers) -> None:
                    help="an anchor document that alone reaches the target length: keep it without negatives "
                         "(default; counted as already_long) or drop it")
     p.add_argument("--index", help="reuse an index folder built by `nextlong index` from the same chunks")
+    p.add_argument("--reproducible-index", action="store_true",
+                   help="build the HNSW index (corpora over 50k chunks) on one thread, so a rerun gives the same "
+                        "bytes; a multi-threaded build gives a slightly different graph each time, hence different "
+                        "negatives for some anchors (default: all threads; rerunning with --index OUT/index also "
+                        "reproduces a run)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
         near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
-        executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
+        reproducible_index=args.reproducible_index, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
         embed_actors=args.embed_actors,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)

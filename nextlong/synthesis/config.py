@@ -45,6 +45,7 @@ class SynthesisConfig:
     id_field: str | None = None
     on_error: str = "raise"  # bad corpus records: stop, or "skip" and count them (truncated files always stop)
     verify: bool = True  # CRC32-check the index and embeddings files before use (one read of each)
+    reproducible_index: bool = False  # build the HNSW index on one thread: the same graph, hence the same output, every run
     # --- NExtLong details (method §1.4) ---
     overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
     chars_per_token: float | None = None  # E; None: measured on the corpus's chunks

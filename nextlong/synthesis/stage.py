@@ -21,7 +21,8 @@ metadata (`field(metadata={"identity": fn})`) that turns the value into what ide
 mtime of the corpus files, the tokenizer's vocabulary hash). A stage's fingerprint also covers the
 fingerprints of the stages it reads (`inputs`), so changing an early setting invalidates every stage
 after it. Executor options that do not change outputs (block size, threads, number of actors) are
-never fields.
+never fields. A setting added to a stage later is declared with `added_setting(default)`: at its default
+it stays out of the fingerprint, so folders recorded before it existed are not redone.
 
 The one completion record (`_done.json`, see `write_done` / `is_done`):
     {"stage", "fingerprint", "settings", "counts", "finished"}
@@ -168,6 +169,13 @@ def not_a_setting(**kwargs):
     return field(metadata={"setting": False}, **kwargs)
 
 
+def added_setting(default, **kwargs):
+    """A setting added after stages were first recorded: at its default it is left out of the
+    fingerprint, so a folder made before the setting existed (which behaved as the default) still
+    matches and is not redone; any other value is fingerprinted like every setting."""
+    return field(default=default, metadata={"omit_at_default": True}, **kwargs)
+
+
 @dataclass
 class Stage:
     """Common part of both stage kinds. Subclasses are dataclasses whose fields are their settings.
@@ -189,6 +197,8 @@ class Stage:
             if f.metadata.get("setting", True) is False:
                 continue
             value = getattr(self, f.name)
+            if f.metadata.get("omit_at_default") and value == f.default:
+                continue
             fn = f.metadata.get("identity")
             out[f.name] = _jsonable(fn(value) if fn is not None else _material(value))
         return out

@@ -205,7 +205,7 @@ from pathlib import Path as _Path  # noqa: E402
 import pyarrow.parquet as _pq  # noqa: E402
 
 from ..atomic import atomic_path as _atomic_path  # noqa: E402
-from .stage import MapStage, WholeStage, identity, input_blocks, not_a_setting  # noqa: E402
+from .stage import MapStage, WholeStage, added_setting, identity, input_blocks, not_a_setting  # noqa: E402
 
 CHUNKS_FILE = "chunks.parquet"
 STORE_DIR = "store"
@@ -542,10 +542,17 @@ EXACT_SEARCH_MAX_CHUNKS = 50_000
 @_dc.dataclass
 class IndexStage(WholeStage):
     """The usearch HNSW index over the embeddings, for corpora above `exact_max` chunks (below it,
-    planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks, embedder)."""
+    planning searches exactly and this stage writes nothing). inputs: (embeddings, chunks, embedder).
+
+    A multi-threaded HNSW build is not reproducible: the graph depends on which thread inserted what
+    first, so two builds of the same vectors answer some searches differently and the plans differ.
+    Everything after the index is a function of it (a rerun with `--index DIR/index` gives the same
+    bytes). `reproducible` builds on one thread instead, which gives the same graph every time, at the
+    cost of the build's parallelism."""
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
     exact_max: int = EXACT_SEARCH_MAX_CHUNKS
+    reproducible: bool = added_setting(False)
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
@@ -562,11 +569,12 @@ class IndexStage(WholeStage):
             embedder.save(ctx.out_dir)
         index = ChunkIndex.build(vectors, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
                                  text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder,
-                                 threads=self.threads or ctx.threads or 0, progress=ctx.progress)
+                                 threads=1 if self.reproducible else (self.threads or ctx.threads or 0),
+                                 progress=ctx.progress)
         index.info["chunks_path"] = str((chunks_dir / CHUNKS_FILE).resolve())
         index.info["embeddings_path"] = str((emb_dir / EMBEDDINGS_FILE).resolve())
         index.save(ctx.out_dir)
-        return {"search": "usearch", "chunks": len(index)}
+        return {"search": "usearch", "chunks": len(index), "reproducible": self.reproducible}
 
 
 @_dc.dataclass
