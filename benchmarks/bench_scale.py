@@ -162,7 +162,16 @@ def shard_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
 
 
-def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True) -> dict:
+def planned_anchors(out: Path) -> int:
+    """Plan rows (anchors or units tried) over every block the run computed, cut or not."""
+    from nextlong.synthesis.stage import block_counts, block_numbers
+
+    plan = out / "plan"
+    return sum(int(c.get("rows", 0)) for c in block_counts(plan, block_numbers(plan))) if plan.exists() else 0
+
+
+def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True,
+                      dim: int = 256, num_samples: int | None = None) -> dict:
     from nextlong.synthesis import executor_ray
 
     corpus = work / "corpus.jsonl"
@@ -170,7 +179,8 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
     info = write_corpus(corpus, n_chunks)
     print(f"corpus: {info['documents']} documents, {info['bytes'] / 1e6:.1f} MB, ~{n_chunks} chunks "
           f"(generated in {time.perf_counter() - t0:.1f} s)")
-    settings = dict(embedder="hashed-tfidf:256", target_length=target_length, progress=False, shard_size=64)
+    settings = dict(embedder=f"hashed-tfidf:{dim}", target_length=target_length, progress=False, shard_size=64,
+                    num_samples=num_samples)
     results = {"corpus": info}
     with TreeMemory() as memory:
         load = os.getloadavg()[0]
@@ -201,6 +211,8 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
     results["identical"] = bool(hashes[0]) and all(h == hashes[0] for h in hashes)
     chunks = results["local"]["manifest"]["statistics"]["corpus_chunks"]
     results["chunks"] = chunks
+    for run in ("local", "ray"):  # the cut may stop planning early: per-anchor cost from what was planned
+        results[run]["planned_anchors"] = planned_anchors(work / run)
     print(f"\nstages on {os.cpu_count()} cores ({chunks} chunks; load {results['local']['load_before']:.2f} before "
           f"the local run, {results['ray']['load_before']:.2f} before the Ray run; Ray start-up "
           f"{results['ray_start_s']:.1f} s, not in the table)")
@@ -211,6 +223,10 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
         print(f"{name:<12} {a['seconds']:>9.2f} {chunks / max(a['seconds'], 1e-9):>10.0f} {a['peak_rss_mib']:>9} | "
               f"{b['seconds']:>9.2f} {chunks / max(b['seconds'], 1e-9):>10.0f} {b['peak_rss_mib']:>9}")
     print(f"{'total':<12} {results['local']['total_s']:>9.2f} {'':>10} {'':>9} | {results['ray']['total_s']:>9.2f}")
+    for run in ("local", "ray"):
+        n = results[run]["planned_anchors"]
+        s = sum(results[run]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
+        print(f"plan + assemble ({run}): {n} anchors planned, {1e3 * s / max(n, 1):.2f} ms wall per anchor")
     print("(a chain of map stages is timed as one step, booked to its last stage: assemble = plan + assemble;\n"
           " peak 0 = a step shorter than the 0.25 s sampling interval)")
     default = sum(results["ray"]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
@@ -220,6 +236,23 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
               f"{results['ray_other_order_plan_assemble_s']:.2f} s with {not on}")
     print(f"output shards byte-identical ({', '.join(runs)}): {results['identical']}")
     return results
+
+
+def driver_read(corpus: Path, block_bytes: int = 4 << 20) -> dict:
+    """The Ray executor's one serial step: the driver streams the corpus with the native reader into
+    blocks (doc_index numbered) that it hands to the chunk actors. Timed alone, one core."""
+    from nextlong.corpus import CorpusReader
+
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    reader = CorpusReader(corpus, batch_size=1024, batch_bytes=block_bytes)
+    blocks = sum(1 for _ in reader.batches())
+    s = time.perf_counter() - t0
+    size = corpus.stat().st_size
+    out = {"seconds": s, "bytes": size, "mb_per_s": size / 1e6 / s, "blocks": blocks, "load": load}
+    print(f"driver read: {size / 1e6:.0f} MB in {s:.1f} s = {out['mb_per_s']:.0f} MB/s, {blocks} blocks "
+          f"(native reader, one core; load {load:.2f})")
+    return out
 
 
 # --- 2. mining at scale ------------------------------------------------------------------------------
@@ -257,7 +290,8 @@ def planning(sizes: list[int], anchors: int) -> dict:
 # --- 3. projection -------------------------------------------------------------------------------------
 
 
-def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunks_per_doc: float, args) -> dict:
+def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunks_per_doc: float, args,
+            read: dict | None = None) -> dict:
     """Hours and cost for PAPER_CHUNKS chunks on args.nodes nodes (CPU stages spread over every core,
     embedding over every GPU at the assumed rate; whole stages as they scale: see docs/scale.md)."""
     n = PAPER_CHUNKS
@@ -266,11 +300,19 @@ def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunk
     rows = {}
     for name, core_s in per_chunk_core_s.items():
         rows[name] = {"core_hours": core_s * n / 3600, "wall_hours": core_s * n / 3600 / cores}
+    if "index (HNSW)" in rows:  # one build on one node today (docs/scale.md, limits)
+        one_node = rows["index (HNSW)"]["core_hours"] / args.cores
+        rows["index (HNSW)"]["note"] = f"if it could spread; one {args.cores}-core node today: {one_node:.0f} h"
     anchors = n / chunks_per_doc
     # planning measured end to end above (exact search, small corpus); the stub-search figure at the
     # largest size is shown for comparison, not added (flat per anchor: see the planning section)
     planning_note = (f"  planning alone at scale (stub search): {plan_ms_per_anchor:.1f} ms/anchor x {anchors / 1e6:.0f}M "
                      f"anchors = {plan_ms_per_anchor / 1e3 * anchors / 3600:.0f} core-h (inside 'plan + assemble + write')")
+    if read is not None:  # serial in the driver, but streamed: it overlaps the chunk actors
+        paper_bytes = n * read["bytes_per_chunk"]
+        hours = paper_bytes / (read["mb_per_s"] * 1e6) / 3600
+        rows["corpus read (driver)"] = {"core_hours": hours, "wall_hours": hours,
+                                        "note": f"{paper_bytes / 1e12:.1f} TB at {read['mb_per_s']:.0f} MB/s"}
     rows["embed (GPU)"] = {"gpu_hours": n / args.gpu_chunks_per_s / 3600,
                            "wall_hours": n / args.gpu_chunks_per_s / 3600 / gpus}
     cpu_hours = sum(r.get("core_hours", 0) for r in rows.values())
@@ -284,7 +326,7 @@ def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunk
     print(planning_note)
     for name, r in rows.items():
         amount = f"{r['gpu_hours']:.0f} GPU-h" if "gpu_hours" in r else f"{r['core_hours']:.0f} core-h"
-        print(f"  {name:<24} {amount:>14}  {r['wall_hours']:8.2f} h wall")
+        print(f"  {name:<24} {amount:>14}  {r['wall_hours']:8.2f} h wall" + (f"  ({r['note']})" if "note" in r else ""))
     print(f"  {'total':<24} {cpu_hours:>8.0f} core-h + {gpu_hours:.0f} GPU-h, {wall:.1f} h wall if stages run "
           f"one after another, ${cost:,.0f}")
     return {"rows": rows, "cpu_hours": cpu_hours, "gpu_hours": gpu_hours, "wall_hours": wall, "usd": cost}
@@ -295,6 +337,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="2k chunks, index at 20k, planning at 100k (a minute or two)")
     ap.add_argument("--chunks", type=int, default=20_000, help="chunks of the generated corpus for local vs Ray")
     ap.add_argument("--target-length", type=int, default=8192)
+    ap.add_argument("--dim", type=int, default=256, help="hashed-tfidf dimension of the local-vs-Ray runs")
+    ap.add_argument("--num-samples", type=int, help="cut the local-vs-Ray runs at this many samples (default: every anchor)")
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--index-sizes", default="100000,1000000")
     ap.add_argument("--plan-sizes", default="100000,1000000,10000000")
@@ -307,6 +351,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--core-hour-usd", type=float, default=0.04)
     ap.add_argument("--no-order-check", action="store_true", help="skip the third run (Ray, other preserve_order)")
     ap.add_argument("--stages-only", action="store_true", help="only part 1 (local vs Ray), no mining, no projection")
+    ap.add_argument("--stages-from", help="take part 1 from this earlier --json output instead of running it")
+    ap.add_argument("--mining-from", help="take part 2 (and the driver read) from this earlier --json output")
     ap.add_argument("--work", help="folder for the corpus and outputs (default: a temporary one)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -317,14 +363,27 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args)}
     try:
-        results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus,
-                                              order_check=not args.no_order_check)
+        if args.stages_from:  # part 1 from an earlier run's --json (a 1M-chunk run takes over an hour)
+            results["stages"] = json.loads(Path(args.stages_from).read_text())["stages"]
+        else:
+            results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus,
+                                                  order_check=not args.no_order_check, dim=args.dim,
+                                                  num_samples=args.num_samples)
         if args.stages_only:
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1, default=str))
             return results
-        results["index"] = index_build([int(x) for x in args.index_sizes.split(",")])
-        results["planning"] = planning([int(x) for x in args.plan_sizes.split(",")], args.anchors)
+        corpus = work / "corpus.jsonl"
+        if args.mining_from:  # parts 2 and the driver read from an earlier --json: only the projection again
+            earlier = json.loads(Path(args.mining_from).read_text())
+            results.update({k: earlier[k] for k in ("read", "index", "planning") if k in earlier})
+            for k in ("index", "planning"):  # JSON turned the sizes into strings
+                results[k] = {int(n) if str(n).isdigit() else n: v for n, v in results[k].items()}
+        else:
+            if corpus.exists():
+                results["read"] = driver_read(corpus)
+            results["index"] = index_build([int(x) for x in args.index_sizes.split(",")])
+            results["planning"] = planning([int(x) for x in args.plan_sizes.split(",")], args.anchors)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -334,14 +393,21 @@ def main(argv=None) -> dict:
     cores_here = os.cpu_count()
     per_chunk = {}  # core-seconds per chunk of the local run's CPU stages (threads use every core)
     for name, group in (("chunk + tokenize", ("chunk", "chunks")), ("near-copy graph", ("neardup",)),
-                        ("plan + assemble + write", ("units", "assemble", "data"))):
+                        ("units", ("units",))):
         s = sum(local["stages"].get(k, {}).get("seconds", 0) for k in group)
         per_chunk[name] = s * cores_here / chunks
+    # planning runs per anchor (a cut run plans only some): core-seconds per planned anchor, spread per chunk
+    s = sum(local["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble", "data"))
+    anchors_here = max(local["planned_anchors"], 1)
+    per_chunk["plan + assemble + write"] = s * cores_here / anchors_here * stats["corpus_documents"] / chunks
     biggest = max(results["index"])
     per_chunk["index (HNSW)"] = results["index"][biggest]["core_us_per_chunk"] / 1e6
     sizes = sorted(k for k in results["planning"] if isinstance(k, int))
     plan_ms = max(results["planning"][s]["ms_per_anchor"] for s in sizes)
-    results["projection"] = project(per_chunk, plan_ms, chunks / stats["corpus_documents"], args)
+    read = results.get("read")
+    if read is not None:
+        read = dict(read, bytes_per_chunk=read["bytes"] / chunks)
+    results["projection"] = project(per_chunk, plan_ms, chunks / stats["corpus_documents"], args, read)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return results
