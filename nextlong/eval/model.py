@@ -110,8 +110,8 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if attn == "auto":
-        attn = "nextlong" if device.startswith("cuda") else "sdpa"
+    if attn == "auto":  # evaluation prefills one document: SDPA measured faster there (docs/benchmarks.md)
+        attn = "sdpa"
     if attn == "nextlong":
         import nextlong.kernels.transformers_attention  # noqa: F401  registers "nextlong"
     try:
