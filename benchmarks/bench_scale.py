@@ -164,10 +164,15 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 
 def planned_anchors(out: Path) -> int:
     """Plan rows (anchors or units tried) over every block the run computed, cut or not."""
-    from nextlong.synthesis.stage import block_counts, block_numbers
+    from nextlong.synthesis.stage import block_counts
 
     plan = out / "plan"
-    return sum(int(c.get("rows", 0)) for c in block_counts(plan, block_numbers(plan))) if plan.exists() else 0
+    return sum(int(c.get("rows", 0)) for c in block_counts(plan)) if plan.exists() else 0
+
+
+def stage_seconds(run: dict, names) -> float:
+    """Seconds of a run_synthesis result's stages `names`, summed (a stage it did not run counts 0)."""
+    return sum(run["stages"].get(k, {}).get("seconds", 0) for k in names)
 
 
 def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True,
@@ -205,8 +210,7 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
                             ignore=shutil.ignore_patterns("plan", "assemble", "data", "manifest.json", ".lock*"))
             other = run_synthesis(corpus, work / "ray-other-order", "ray", settings, memory)
             executor_ray.RayExecutor.preserve_order = default_order
-            results["ray_other_order_plan_assemble_s"] = sum(other["stages"].get(k, {}).get("seconds", 0)
-                                                           for k in ("plan", "assemble"))
+            results["ray_other_order_plan_assemble_s"] = stage_seconds(other, ("plan", "assemble"))
     hashes = [shard_hashes(work / run / "data") for run in runs]
     results["identical"] = bool(hashes[0]) and all(h == hashes[0] for h in hashes)
     chunks = results["local"]["manifest"]["statistics"]["corpus_chunks"]
@@ -225,11 +229,11 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
     print(f"{'total':<12} {results['local']['total_s']:>9.2f} {'':>10} {'':>9} | {results['ray']['total_s']:>9.2f}")
     for run in ("local", "ray"):
         n = results[run]["planned_anchors"]
-        s = sum(results[run]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
+        s = stage_seconds(results[run], ("plan", "assemble"))
         print(f"plan + assemble ({run}): {n} anchors planned, {1e3 * s / max(n, 1):.2f} ms wall per anchor")
     print("(a chain of map stages is timed as one step, booked to its last stage: assemble = plan + assemble;\n"
           " peak 0 = a step shorter than the 0.25 s sampling interval)")
-    default = sum(results["ray"]["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble"))
+    default = stage_seconds(results["ray"], ("plan", "assemble"))
     on = executor_ray.RayExecutor.preserve_order
     if results["ray_other_order_plan_assemble_s"] is not None:
         print(f"plan -> assemble on Ray: {default:.2f} s with preserve_order {on} (the default), "
@@ -397,12 +401,11 @@ def main(argv=None) -> dict:
     per_chunk = {}  # core-seconds per chunk of the local run's CPU stages (threads use every core)
     for name, group in (("chunk + tokenize", ("chunk", "chunks")), ("near-copy graph", ("neardup",)),
                         ("units", ("units",))):
-        s = sum(local["stages"].get(k, {}).get("seconds", 0) for k in group)
-        per_chunk[name] = s * cores_here / chunks
+        per_chunk[name] = stage_seconds(local, group) * cores_here / chunks
     # planning runs per anchor (a cut run plans only some): core-seconds per planned anchor, spread per chunk
-    s = sum(local["stages"].get(k, {}).get("seconds", 0) for k in ("plan", "assemble", "data"))
     anchors_here = max(local["planned_anchors"], 1)
-    per_chunk["plan + assemble + write"] = s * cores_here / anchors_here * stats["corpus_documents"] / chunks
+    per_chunk["plan + assemble + write"] = (stage_seconds(local, ("plan", "assemble", "data")) * cores_here
+                                            / anchors_here * stats["corpus_documents"] / chunks)
     biggest = max(results["index"])
     per_chunk["index (HNSW)"] = results["index"][biggest]["core_us_per_chunk"] / 1e6
     sizes = sorted(k for k in results["planning"] if isinstance(k, int))
