@@ -89,6 +89,11 @@ void bind_corpus(py::module_& m) {
              r.feed(p, n);
            })
       .def("finish_input", &JsonlReader::finish_input)
+      .def("set_part_of_file", &JsonlReader::set_part_of_file, py::arg("starts_file"),
+           "The input is one byte range of a file cut into several: no whole-file checks; a BOM is stripped "
+           "only when the range starts the file.")
+      .def_property_readonly("lines", &JsonlReader::lines)
+      .def_property_readonly("nonblank_lines", &JsonlReader::nonblank_lines)
       .def_property_readonly("records", &JsonlReader::records)
       .def_property_readonly("skipped", &JsonlReader::skipped)
       .def_property_readonly("bytes_consumed", &JsonlReader::bytes_consumed)

@@ -79,7 +79,7 @@ void JsonlReader::reject(const std::string& message, int64_t line) {
 void JsonlReader::handle_line(const char* p, size_t n, TextBatch& out) {
   ++line_no_;
   bytes_consumed_ += int64_t(n) + 1;
-  if (line_no_ == 1 && n >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) {  // UTF-8 byte-order mark
+  if (line_no_ == 1 && starts_file_ && n >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) {  // UTF-8 byte-order mark
     p += 3;
     n -= 3;
   }
@@ -116,6 +116,7 @@ void JsonlReader::handle_line(const char* p, size_t n, TextBatch& out) {
 void JsonlReader::check_end_of_file() {
   if (end_checked_) return;
   end_checked_ = true;
+  if (part_of_file_) return;
   if (bytes_seen_ == 0)
     reject("empty file (expected JSON lines, one object per line)", 0);
   else if (nonblank_lines_ == 0)

@@ -49,10 +49,19 @@ class JsonlReader {
   bool next_batch(size_t max_records, size_t max_bytes, TextBatch& out);
   void feed(const char* data, size_t n);
   void finish_input() { eof_ = true; }
+  // The input is one byte range of a file cut into several (a split read by one task): the whole-file
+  // checks (empty, only blank lines) are left to whoever sees every range; a byte-order mark is
+  // stripped only in the range that starts the file. Line numbers count from the range's start.
+  void set_part_of_file(bool starts_file) {
+    part_of_file_ = true;
+    starts_file_ = starts_file;
+  }
 
   int64_t records() const { return records_; }
   int64_t skipped() const { return skipped_; }
   int64_t bytes_consumed() const { return bytes_consumed_; }
+  int64_t nonblank_lines() const { return nonblank_lines_; }
+  int64_t lines() const { return line_no_; }
   const std::vector<std::string>& skipped_examples() const { return skipped_examples_; }
 
  private:
@@ -63,6 +72,7 @@ class JsonlReader {
 
   std::string path_, name_, text_field_, id_field_;
   bool skip_errors_, fed_;
+  bool part_of_file_ = false, starts_file_ = true;
   gzFile gz_ = nullptr;
   std::vector<char> buffer_;
   size_t buffer_pos_ = 0;

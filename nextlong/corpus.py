@@ -236,16 +236,22 @@ class CorpusReader:
             if not path.is_file():
                 raise CorpusError(path, "no such file")
             self.stats.files += 1
-            for doc_ids, texts in self._file_columns(path, name, fmt):
-                n = len(texts)
-                if n == 0:
-                    continue
-                doc_index = pa.array(np.arange(next_index, next_index + n, dtype=np.int64))
-                next_index += n
-                self.stats.documents += n
-                offsets, _ = string_layout(texts)
-                self.stats.bytes += int(offsets[-1] - offsets[0])
-                yield pa.RecordBatch.from_arrays([doc_index, doc_ids, texts], schema=CORPUS_BATCH_SCHEMA)
+            for batch in self._numbered(self._file_columns(path, name, fmt), next_index):
+                next_index += batch.num_rows
+                yield batch
+
+    def _numbered(self, columns, first_index: int) -> Iterator[pa.RecordBatch]:
+        """(doc_ids, texts) pairs as record batches, doc_index counted from first_index; stats updated."""
+        for doc_ids, texts in columns:
+            n = len(texts)
+            if n == 0:
+                continue
+            doc_index = pa.array(np.arange(first_index, first_index + n, dtype=np.int64))
+            first_index += n
+            self.stats.documents += n
+            offsets, _ = string_layout(texts)
+            self.stats.bytes += int(offsets[-1] - offsets[0])
+            yield pa.RecordBatch.from_arrays([doc_index, doc_ids, texts], schema=CORPUS_BATCH_SCHEMA)
 
     def _file_columns(self, path: Path, name: str, fmt: str) -> Iterator[tuple[pa.Array, pa.Array]]:
         if fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
@@ -259,14 +265,22 @@ class CorpusReader:
         if len(self.stats.skipped_examples) < 5:
             self.stats.skipped_examples.append(message)
 
-    def _jsonl_columns(self, path: Path, name: str, fed: bool):
+    def _jsonl_columns(self, path: Path, name: str, fed: bool, byte_range: tuple[int, int] | None = None):
+        """Columns of a JSON-lines file, or of the lines that start in `byte_range` of a plain one (a
+        split's piece; see nextlong/corpus_split.py): its lines count from the range's start, and the
+        file line of an error or a skipped record is found by counting the newlines before it."""
         from . import _native
 
         skip = self.on_error == "skip"
+        fed = fed or byte_range is not None
         try:
             reader = _native.JsonlReader(str(path), name, self.text_field, self.id_field or "", skip, fed)
         except _native.CorpusFormatError as exc:
             raise CorpusError(path, exc.args[0]) from None
+        start = 0
+        if byte_range is not None:
+            start, end = (align_to_line(path, pos) for pos in byte_range)
+            reader.set_part_of_file(start == 0)
 
         def drain():
             while True:
@@ -274,6 +288,7 @@ class CorpusReader:
                     got = reader.next_batch(self.batch_size, self.batch_bytes)
                 except _native.CorpusFormatError as exc:
                     message, line = exc.args
+                    line = line + lines_before(path, start) if line and start else line
                     raise CorpusError(path, message, line=line or None) from None
                 if got is None:
                     return
@@ -281,15 +296,37 @@ class CorpusReader:
                 yield _string_array(id_off, id_data), _string_array(text_off, text_data)
 
         try:
-            if not fed:
+            if byte_range is not None:
+                yield from self._feed_range(path, reader, drain, start, end)
+            elif not fed:
                 yield from drain()
             else:
                 yield from self._feed_zstd(path, reader, drain)
         finally:
             self.stats.skipped += reader.skipped
             room = 5 - len(self.stats.skipped_examples)
-            if room > 0:
-                self.stats.skipped_examples.extend(reader.skipped_examples[:room])
+            examples = reader.skipped_examples[:max(room, 0)]
+            if examples and start:
+                offset = lines_before(path, start)
+                examples = [_shift_line(e, name, offset) for e in examples]
+            self.stats.skipped_examples.extend(examples)
+            self.last_piece = {"lines": reader.lines, "nonblank_lines": reader.nonblank_lines}
+
+    @staticmethod
+    def _feed_range(path: Path, reader, drain, start: int, end: int):
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = end - start
+            while left > 0:
+                block = fh.read(min(left, _ZSTD_READ_BLOCK))
+                if not block:
+                    raise CorpusError(path, f"file ended at byte {end - left} while reading bytes {start}-{end} "
+                                      "(did it change during the run?)")
+                left -= len(block)
+                reader.feed(block)
+                yield from drain()
+        reader.finish_input()
+        yield from drain()
 
     @staticmethod
     def _feed_zstd(path: Path, reader, drain):
@@ -299,7 +336,9 @@ class CorpusReader:
         reader.finish_input()
         yield from drain()
 
-    def _parquet_columns(self, path: Path, name: str):
+    def _parquet_columns(self, path: Path, name: str, row_groups: tuple[int, int] | None = None, row0: int = 0):
+        """Columns of a Parquet file, or of its row groups [a, b) (a split's piece; `row0`: the rows
+        before group a, so default ids stay "<file>:<row>" of the whole file)."""
         import pyarrow.parquet as pq
 
         try:
@@ -327,8 +366,8 @@ class CorpusReader:
                 return
             raise CorpusError(path, message)
         columns = [self.text_field] + ([self.id_field] if self.id_field and self.id_field != self.text_field else [])
-        row0 = 0
-        for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns):
+        groups = None if row_groups is None else list(range(*row_groups))
+        for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns, row_groups=groups):
             n = batch.num_rows
             texts = batch.column(self.text_field).cast(pa.string())
             if self.id_field:
@@ -390,6 +429,41 @@ class CorpusReader:
             raise CorpusError(path, message, line=line)
         text = data.decode("utf-8")
         yield pa.array([name], pa.string()), pa.array([text], pa.string())
+
+
+def align_to_line(path, pos: int) -> int:
+    """The first line start at or after byte `pos` of a file (0 stays 0; the file's size when no line
+    starts there). Neighbouring byte ranges aligned this way share no line and miss none."""
+    if pos <= 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(pos - 1)
+        at = pos - 1
+        while block := fh.read(1 << 16):
+            nl = block.find(b"\n")
+            if nl >= 0:
+                return at + nl + 1
+            at += len(block)
+    return at
+
+
+def lines_before(path, pos: int) -> int:
+    """How many lines of a file end before byte `pos` (read only to name the line of an error)."""
+    count, left = 0, pos
+    with open(path, "rb") as fh:
+        while left > 0 and (block := fh.read(min(left, 1 << 22))):
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
+def _shift_line(example: str, name: str, offset: int) -> str:
+    """A skipped-record message "<name>:<line>: ..." with its line moved by `offset`."""
+    head = name + ":"
+    line, sep, rest = example[len(head):].partition(":")
+    if not example.startswith(head) or not sep or not line.isdigit():
+        return example
+    return f"{head}{int(line) + offset}:{rest}"
 
 
 def read_corpus(

@@ -62,16 +62,18 @@ def counts(manifest: dict) -> dict:
 def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path, monkeypatch):
     """nextlong with hard negatives and a --num-samples cut over several shards and corpus blocks.
 
-    Ray and the local executor both read the corpus in blocks of 40 documents: every file of every
-    stage folder is the same. The local executor's default blocks (1024 documents) give the same
-    output shards and the same chunk table (its Parquet row groups follow the blocks)."""
+    Ray and the local executor both cut the corpus file into byte ranges of 60 kB, read by Ray's
+    actors each on its own, in blocks of 40 documents: every file of every stage folder is the same.
+    The local executor's defaults (one split, blocks of 1024 documents) give the same output shards
+    and the same chunk table (its Parquet row groups follow the blocks)."""
     from nextlong.synthesis.executor_local import LocalExecutor
 
     monkeypatch.setattr(RayExecutor, "corpus_block_docs", 40)
+    monkeypatch.setattr(RayExecutor, "corpus_split_bytes", 60_000)
     default_local = synthesize(corpus, tmp_path / "local-1024", num_samples=20, **FAST)
     local_init = LocalExecutor.__init__
-    monkeypatch.setattr(LocalExecutor, "__init__",
-                        lambda self, threads=None, **kw: local_init(self, threads, corpus_block_docs=40))
+    monkeypatch.setattr(LocalExecutor, "__init__", lambda self, threads=None, **kw: local_init(
+        self, threads, corpus_block_docs=40, corpus_split_bytes=60_000))
     local = synthesize(corpus, tmp_path / "local", num_samples=20, **FAST)
     ray = synthesize(corpus, tmp_path / "ray", num_samples=20, executor="ray", **FAST)
     data_local, data_ray = file_hashes(tmp_path / "local" / "data"), file_hashes(tmp_path / "ray" / "data")
@@ -86,6 +88,7 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
     assert {"chunks/chunks.parquet", "embeddings/embeddings.npy", "chunk/part-00001.parquet",
             "plan/part-00001.parquet", "assemble/part-00001.parquet"} <= common
     assert {k: everything_local[k] for k in common} == {k: everything_ray[k] for k in common}
+    assert read_done(tmp_path / "ray" / "chunk" / DONE_FILE)["counts"]["splits"] == 5
 
     # a driver that died after some blocks: records of later blocks and stages gone, a half-written
     # part left behind. The rerun computes only what is missing and gives the same bytes.
@@ -177,7 +180,7 @@ def test_worker_killed_mid_stage_is_retried(ray_session, corpus, tmp_path):
 @pytest.mark.slow  # starts Ray (~10-20 s)
 def test_stage_error_names_stage_and_block_and_leaves_no_record(ray_session, corpus, tmp_path):
     small = write_jsonl(tmp_path / "small.jsonl", corpus_head(limit=100))
-    with pytest.raises(NextlongError, match=r"stage upper, block 2: .*document 50: no good"):
+    with pytest.raises(NextlongError, match=r"stage upper, corpus split 0 \(small.jsonl\): .*document 50: no good"):
         RayExecutor(corpus_block_docs=25).run(small_pipeline(tmp_path / "ray", small, fail_on=50), progress=False)
     assert read_done(block_record_path(tmp_path / "ray" / "upper", 2)) is None
     assert not (tmp_path / "ray" / "upper" / DONE_FILE).exists()

@@ -134,9 +134,10 @@ def test_killed_run_resumes_from_finished_blocks(tmp_path):
     with pytest.raises(RuntimeError, match="injected"):
         LocalExecutor(corpus_block_docs=10).run(p, progress=False)
     words = tmp_path / "out" / "words"
-    assert sorted(x.name for x in words.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
-    assert not (words / DONE_FILE).exists() and not list(words.glob(".*.tmp"))
-    (words / "part-00002.parquet").write_bytes(b"half-written")  # without its record: never counted as done
+    staged = words / "_splits"  # the corpus split's blocks wait here until every split is read
+    assert sorted(x.name for x in staged.glob("*.parquet")) == ["split-00000-00000.parquet", "split-00000-00001.parquet"]
+    assert not list(words.glob("part-*")) and not (words / DONE_FILE).exists() and not list(words.rglob(".*.tmp"))
+    (staged / "split-00000-00002.parquet").write_bytes(b"half-written")  # without its record: never done
     p2 = _pipeline(tmp_path / "out", corpus)
     LocalExecutor(corpus_block_docs=10).run(p2, progress=False)
     assert p2.stage("words").calls == 2, "blocks 0 and 1 were kept, 2 and 3 computed"

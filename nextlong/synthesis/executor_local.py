@@ -1,7 +1,7 @@
 """The local executor: runs a Pipeline in this process, block by block (protocol: stage.py).
 
 Parallelism lives inside the stages (the native chunker's threads, torch's, numba's); here reading the
-corpus overlaps chunking (a prefetch thread). Consecutive map stages that read each other's blocks run
+corpus overlaps chunking (a prefetch thread), split after split (nextlong/synthesis/read.py). Consecutive map stages that read each other's blocks run
 as one chain, block by block, so a `--num-samples` cut after them stops the chain early.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..corpus_split import DEFAULT_SPLIT_BYTES
 from .stage import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
                     finish_map_stage, prepare, read_done, write_block)
 
@@ -21,8 +21,9 @@ class LocalExecutor(Executor):
     name: ClassVar[str] = "local"
 
     def __init__(self, threads: int | None = None, corpus_block_docs: int = 1024,
-                 corpus_block_bytes: int = 4 << 20):
+                 corpus_block_bytes: int = 4 << 20, corpus_split_bytes: int = DEFAULT_SPLIT_BYTES):
         self.threads = threads
+        self.corpus_split_bytes = corpus_split_bytes
         self.corpus_block_docs = corpus_block_docs
         self.corpus_block_bytes = corpus_block_bytes
 
@@ -34,39 +35,16 @@ class LocalExecutor(Executor):
     def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
         from tqdm.auto import tqdm
 
-        from ..corpus import CorpusReader, prefetch
+        from .read import CorpusRead, finish_read, map_split
 
-        reader = CorpusReader(source.path, text_field=source.text_field, id_field=source.id_field,
-                              on_error=source.on_error, batch_size=self.corpus_block_docs,
-                              batch_bytes=self.corpus_block_bytes)
-        stage = ctx.stage
-        stage.setup(ctx)
-        first_doc = 0
-
-        def numbered():  # protocol item 4: doc_index = documents before the block + position
-            nonlocal first_doc
-            for j, batch in enumerate(reader.batches()):
-                n = batch.num_rows
-                part = {"first_doc": first_doc, "docs": n}
-                batch = batch.set_column(0, "doc_index", pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)))
-                first_doc += n
-                yield j, part, batch
-
-        def mapped():
-            for j, part, batch in prefetch(numbered()):
-                if block_done(ctx, j, part):
-                    yield j, part, batch.num_rows, None
-                else:
-                    yield j, part, batch.num_rows, stage(pa.Table.from_batches([batch]))
-
-        blocks = 0
-        with tqdm(desc=stage.name, unit="doc", unit_scale=True, disable=not ctx.progress) as bar:
-            for j, part, docs, table in prefetch(mapped()):
-                if table is not None:
-                    write_block(ctx, j, table, dict(stage.count(table), docs=docs), part)
-                blocks = j + 1
-                bar.update(docs)
-        return finish_map_stage(ctx, blocks, extra={"reader": reader.stats.as_dict()})
+        read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
+                          block_bytes=self.corpus_block_bytes)
+        splits = read.plan()
+        ctx.stage.setup(ctx)
+        with tqdm(desc=ctx.stage.name, unit="doc", unit_scale=True, disable=not ctx.progress) as bar:
+            for s, split in enumerate(splits):
+                map_split(ctx, read, s, split, on_block=bar.update)
+        return finish_read(ctx, read, splits)
 
     # --- map chains ----------------------------------------------------------------------------
 

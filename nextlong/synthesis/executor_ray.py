@@ -13,6 +13,7 @@ import os
 import socket
 import time
 
+from ..corpus_split import DEFAULT_SPLIT_BYTES
 from ..errors import NextlongError, missing_extra
 from .stage import Executor
 
@@ -170,28 +171,26 @@ class _BlockWorker:
     record), so the files are the same whoever runs them. Returns only counts to the driver: the data
     stays on shared storage and never crosses the object store."""
 
-    def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None):
+    def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None, read=None, splits=None):
         from .stage import StageContext
 
         self.contexts = [StageContext(pipeline, pipeline.stage(n), fingerprints[n], rebuild=rebuild,
                                       progress=False, threads=threads) for n in names]
+        self.read, self.splits = read, splits  # the corpus read (first map stage only)
         for ctx in self.contexts:
             ctx.stage.setup(ctx)
 
-    def corpus_block(self, j: int, part: dict, batch) -> dict:
-        """Block j of the corpus (doc_index already numbered) through the first map stage."""
-        import pyarrow as pa
-
-        from .stage import write_block
+    def corpus_split(self, s: int) -> dict:
+        """Split s of the corpus, read here with the native reader, through the first map stage."""
+        from ..corpus_split import describe_split
+        from .read import map_split
 
         ctx = self.contexts[0]
         try:
-            table = ctx.stage(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch)
-            counts = dict(ctx.stage.count(table), docs=part["docs"])
-            write_block(ctx, j, table, counts, part)
+            counts = map_split(ctx, self.read, s, self.splits[s])
         except Exception as e:
-            raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
-        return {"block": j, "rows": int(counts.get("rows", 0))}
+            raise _as_nextlong_error(e, f"stage {ctx.stage.name}, corpus split {s} ({describe_split(self.splits[s])})") from e
+        return {"block": s, "rows": int(counts["docs"])}
 
     def chain_block(self, j: int) -> dict:
         """Block j through the chain of map stages (each reads the previous one's part j)."""
@@ -222,10 +221,11 @@ class _BlockWorker:
         return {"block": j, "rows": int(last["counts"].get("rows", 0))}
 
     def __call__(self, batch):
-        """Ray Data's face: a batch of block numbers -> their row counts."""
+        """Ray Data's face: a batch of block numbers (or corpus split numbers) -> their row counts."""
         import pyarrow as pa
 
-        done = [self.chain_block(int(j)) for j in batch.column("block").to_pylist()]
+        work = self.chain_block if self.read is None else self.corpus_split
+        done = [work(int(j)) for j in batch.column("block").to_pylist()]
         return pa.table({"block": pa.array([d["block"] for d in done], pa.int64()),
                          "rows": pa.array([d["rows"] for d in done], pa.int64())})
 
@@ -241,9 +241,9 @@ def _build_whole(stage, ctx) -> dict:
 class RayExecutor(Executor):
     """Runs a Pipeline on Ray (protocol: stage.py). Same stage code, same files as LocalExecutor.
 
-    * corpus -> first map stage: this process streams the corpus with the native reader, numbers
-      `doc_index` (protocol item 4) and hands blocks to a pool of Ray actors, at most two per actor in
-      flight (bounded memory); each actor maps its block and writes it.
+    * corpus -> first map stage: this process only plans the corpus splits from file sizes; a pool
+      of Ray actors (one per CPU) each reads its splits with the native reader, maps them block by
+      block and writes them (nextlong/synthesis/read.py: the same steps as the local executor).
     * a chain of map stages (embed; plan -> assemble): Ray Data `map_batches` over the block numbers
       with an actor pool (`concurrency`); the embedder's actors take GPUs when `embed_gpus` > 0.
       Each actor reads its input part from shared storage and writes its output part: files are
@@ -259,6 +259,7 @@ class RayExecutor(Executor):
     name = "ray"
     corpus_block_docs = 1024  # documents per corpus block (the output does not depend on it)
     corpus_block_bytes = 4 << 20
+    corpus_split_bytes = DEFAULT_SPLIT_BYTES  # bytes of corpus files per split (one actor's read)
     # Ray Data's preserve_order for the chains: off. The output does not need it (files are named by
     # block number, the cut reads the finished prefix of blocks); bench_scale.py measures both ways
     # (same bytes; plan -> assemble 101 s without, 111 s with, on 20k chunks, 2 loaded cores).
@@ -267,7 +268,7 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, embed_gpus: int = 0, embed_actors: int | None = None,
                  threads: int | None = None, *, cpu_actors: int | None = None, num_cpus: int | None = None,
                  object_store_memory: int | None = None, corpus_block_docs: int | None = None,
-                 corpus_block_bytes: int | None = None, retries: int = 3):
+                 corpus_block_bytes: int | None = None, corpus_split_bytes: int | None = None, retries: int = 3):
         self.ray = connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
         self.cluster = check_resources(self.ray, embed_gpus=int(embed_gpus or 0),
                                        embed_actors=embed_actors or max(1, int(embed_gpus or 0)))
@@ -277,9 +278,20 @@ class RayExecutor(Executor):
         self.threads = threads
         self.corpus_block_docs = corpus_block_docs or self.corpus_block_docs
         self.corpus_block_bytes = corpus_block_bytes or self.corpus_block_bytes
+        self.corpus_split_bytes = corpus_split_bytes or self.corpus_split_bytes
         self.retries = retries
 
     # --- the run -------------------------------------------------------------------------------
+
+    def run(self, pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
+        """As Executor.run, with the run's folders made absolute: Ray's workers need not share the
+        driver's working directory (on a cluster they start where `ray start` ran)."""
+        import dataclasses
+        from pathlib import Path
+
+        pipeline = dataclasses.replace(pipeline, root=Path(pipeline.root).absolute(),
+                                       external={k: str(Path(v).absolute()) for k, v in pipeline.external.items()})
+        return super().run(pipeline, rebuild=rebuild, progress=progress)
 
     def before_run(self, progress: bool) -> None:
         ctx_data = self.ray.data.DataContext.get_current()
@@ -304,61 +316,20 @@ class RayExecutor(Executor):
     # --- corpus -> first map stage ---------------------------------------------------------------
 
     def read_and_map(self, pipeline, fps, source, ctx) -> dict:
-        rebuild = ctx.rebuild
-        import numpy as np
-        import pyarrow as pa
-        from tqdm.auto import tqdm
+        from .read import CorpusRead, finish_read, split_done
 
-        from ..corpus import CorpusReader
-        from .stage import block_done, finish_map_stage
-
-        ray = self.ray
-        reader = CorpusReader(source.path, text_field=source.text_field, id_field=source.id_field,
-                              on_error=source.on_error, batch_size=self.corpus_block_docs,
-                              batch_bytes=self.corpus_block_bytes)
-        worker = ray.remote(_BlockWorker).options(num_cpus=1, max_restarts=self.retries,
-                                                  max_task_retries=self.retries)
-        actors: list = []
-        pending: dict = {}  # object ref -> (actor, block)
-        idle: list = []
-        first_doc, blocks = 0, 0
-
-        def collect(wait_all=False):
-            while pending and (wait_all or not idle):
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                actor, j = pending.pop(ready[0])
-                try:
-                    ray.get(ready[0])
-                except Exception as e:
-                    raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
-                idle.append(actor)
-                bar.update(1)
-
-        with tqdm(desc=ctx.stage.name, unit="block", disable=not ctx.progress) as bar:
-            for j, batch in enumerate(reader.batches()):  # protocol item 4: doc_index numbered here
-                n = batch.num_rows
-                part = {"first_doc": first_doc, "docs": n}
-                batch = batch.set_column(0, "doc_index", pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)))
-                first_doc += n
-                blocks = j + 1
-                if block_done(ctx, j, part):
-                    continue
-                if not idle and len(actors) < self.cpu_actors:
-                    # one CPU per actor, so one thread each unless --threads says otherwise
-                    actors.append(worker.remote(pipeline, [ctx.stage.name], fps, rebuild, self.threads or 1))
-                    idle.extend([actors[-1]] * 2)  # two blocks in flight per actor: one running, one queued
-                collect()
-                actor = idle.pop()
-                pending[actor.corpus_block.remote(j, part, batch)] = (actor, j)
-            collect(wait_all=True)
-        for actor in actors:
-            ray.kill(actor)
-        return finish_map_stage(ctx, blocks, extra={"reader": reader.stats.as_dict()})
+        read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
+                          block_bytes=self.corpus_block_bytes)
+        splits = read.plan()  # from file sizes: the driver reads no document
+        pending = [s for s, split in enumerate(splits) if split_done(ctx, read, s, split) is None]
+        if pending:  # one actor per CPU, one thread each: each reads its split and maps it
+            self._map_blocks(pending, [ctx], self.cpu_actors, self.threads or 1, {"num_cpus": 1},
+                             read=read, splits=splits)
+        return finish_read(ctx, read, splits)
 
     # --- chains of map stages ----------------------------------------------------------------------
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
-        rebuild = chain[0].rebuild
         from .stage import DONE_FILE, block_done, finish_map_stage, prepare, read_done
 
         results = {}
@@ -385,28 +356,7 @@ class RayExecutor(Executor):
 
             rows_done = {j: int((read_done(block_record_path(todo[-1].out_dir, j)) or {}).get("counts", {})
                                 .get("rows", 0)) for j in range(num_blocks) if j not in set(pending)}
-            ds = self.ray.data.from_items([{"block": j} for j in pending], override_num_blocks=len(pending))
-            # Ray Data restarts a dead actor and retries its block (max_restarts / max_task_retries -1)
-            ds = ds.map_batches(
-                _BlockWorker, batch_size=1, batch_format="pyarrow",
-                compute=self.ray.data.ActorPoolStrategy(size=min(actors, len(pending))),
-                fn_constructor_kwargs=dict(pipeline=pipeline, names=[c.stage.name for c in todo], fingerprints=fps,
-                                           rebuild=rebuild, threads=threads), **resources)
-            names = " -> ".join(c.stage.name for c in todo)
-            try:
-                rows, next_block = 0, 0
-                for out in ds.iter_rows():  # in any order: the finished prefix of blocks counts
-                    rows_done[int(out["block"])] = int(out["rows"])
-                    while next_block in rows_done:  # rows of the finished prefix of blocks
-                        rows += rows_done[next_block]
-                        next_block += 1
-                    if cut is not None and rows >= cut:
-                        stopped = next_block
-                        break
-            except NextlongError:
-                raise
-            except Exception as e:
-                raise _as_nextlong_error(e, f"stage {names}") from e
+            stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done)
         if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
             for ctx in todo:
                 results[ctx.stage.name] = {"blocks_computed": stopped}
@@ -414,3 +364,37 @@ class RayExecutor(Executor):
         for ctx in todo:
             results[ctx.stage.name] = finish_map_stage(ctx, num_blocks)
         return results
+
+    def _map_blocks(self, items: list[int], contexts, actors: int, threads, resources: dict, *, cut=None,
+                    rows_done=None, read=None, splits=None) -> int | None:
+        """Ray Data `map_batches` over block numbers (or corpus splits) with a pool of `_BlockWorker`s;
+        returns the block the `cut` stopped before, or None. Ray Data restarts a dead actor and retries
+        its item (max_restarts / max_task_retries -1)."""
+        rebuild = contexts[0].rebuild
+        ds = self.ray.data.from_items([{"block": j} for j in items], override_num_blocks=len(items))
+        ds = ds.map_batches(
+            _BlockWorker, batch_size=1, batch_format="pyarrow",
+            compute=self.ray.data.ActorPoolStrategy(size=min(actors, len(items))),
+            fn_constructor_kwargs=dict(pipeline=contexts[0].pipeline, names=[c.stage.name for c in contexts],
+                                       fingerprints=self._fingerprints(contexts), rebuild=rebuild, threads=threads,
+                                       read=read, splits=splits), **resources)
+        names = " -> ".join(c.stage.name for c in contexts)
+        rows_done = dict(rows_done or {})
+        try:
+            rows, next_block = 0, 0
+            for out in ds.iter_rows():  # in any order: the finished prefix of blocks counts
+                rows_done[int(out["block"])] = int(out["rows"])
+                while next_block in rows_done:  # rows of the finished prefix of blocks
+                    rows += rows_done[next_block]
+                    next_block += 1
+                if cut is not None and rows >= cut:
+                    return next_block
+        except NextlongError:
+            raise
+        except Exception as e:
+            raise _as_nextlong_error(e, f"stage {names}") from e
+        return None
+
+    @staticmethod
+    def _fingerprints(contexts) -> dict:
+        return {c.stage.name: c.fingerprint for c in contexts}

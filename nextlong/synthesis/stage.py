@@ -41,18 +41,20 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.p
 2. Order. Stages run in list order; a stage starts only when every stage it reads is done (its
    record written). An executor may overlap stages (streaming) as long as no stage is marked done
    before everything it reads is.
-3. Blocks. The input of the first map stage (`ReadCorpus`) is the corpus read in blocks of
-   documents; any later map stage's blocks are the parts of its first input: `ctx.input(inputs[0])`
-   holds `part-NNNNN.parquet` files, block j = part j. Block numbers are 0, 1, 2, ... in input
-   order and name the outputs: block j of map stage s is written to `<s>/part-{j:05d}.parquet`
-   (`block_path`) with its block record `<s>/_done/part-{j:05d}.json` after it. A block whose map
-   output has no rows still gets its record (and no Parquet file).
+3. Blocks. The input of the first map stage (`ReadCorpus`) is the corpus, cut into splits from file
+   sizes and read split by split, each in blocks of documents (nextlong/synthesis/read.py: the
+   steps every executor runs, wherever each split is read); any later map stage's blocks are the
+   parts of its first input: `ctx.input(inputs[0])` holds `part-NNNNN.parquet` files, block j =
+   part j. Block numbers are 0, 1, 2, ... in input order and name the outputs: block j of map stage
+   s is written to `<s>/part-{j:05d}.parquet` (`block_path`) with its block record
+   `<s>/_done/part-{j:05d}.json` after it. A block whose map output has no rows still gets its
+   record (and no Parquet file).
 4. Ids. Nothing may depend on which worker ran what or in which order: ids are derived from
-   per-block counts and a prefix sum. Corpus blocks: the executor sets `doc_index` = (documents in
-   earlier blocks) + position in the block before calling the chunk stage; the chunk stage numbers
-   its chunks from 0 in each block, and the `chunks` whole stage adds the prefix sum of the earlier
-   blocks' chunk counts (read from their block records' `counts["rows"]`). The block size of the
-   corpus read therefore changes nothing in the output.
+   per-block counts and a prefix sum. Corpus blocks: a split numbers `doc_index` from 0 (and the
+   lines of a byte range from its start); the first map stage keeps what it is given and numbers its
+   chunks from 0 in each block. The `chunks` whole stage adds the prefix sums of the earlier blocks'
+   documents (their records' `numbering`), lines of the same file, and chunks (`counts["rows"]`).
+   The split and block sizes therefore change nothing in the consolidated output.
 5. Resume. Before running stage s, call `prepare(ctx)`: a stage whose `_done.json` holds its
    fingerprint is skipped; one with another fingerprint raises StageMismatchError (or is cleared with
    `rebuild=True`, or at once when the stage is `remake_on_change`, as the cut is); a folder with only an older nextlong's records (`stage.json`, `_shards/`) is
@@ -287,12 +289,11 @@ def corpus_identity(path) -> dict:
 
 @dataclass
 class ReadCorpus(Stage):
-    """The source: the corpus, read in blocks of documents (doc_index, doc_id, text) by the executor.
+    """The source: the corpus, read in splits and blocks of documents (doc_index, doc_id, text).
 
-    Nothing is written for it; its blocks feed the first map stage directly. The executor numbers
-    `doc_index` per protocol item 4 and passes each block's partition identity
-    `{"first_doc": ..., "docs": ...}` to `block_fingerprint`, so a resumed run with another block
-    size recomputes the blocks instead of mixing partitions."""
+    Nothing is written for it; its blocks feed the first map stage directly (synthesis/read.py). A
+    split's record holds its pieces and block sizes in its fingerprint, so a resumed run with other
+    sizes recomputes the splits instead of mixing partitions."""
 
     kind: ClassVar[str] = "read"
     path: str = identity(corpus_identity, default="")

@@ -285,15 +285,17 @@ class ChunkStage(MapStage):
 
 
 def _renumbered_parts(parts_dir, blocks: int):
-    """(block, table) of a map stage's parts with chunk_id = rows in earlier blocks + local id."""
-    from .stage import block_path
+    """(block, table) of a map stage's parts with chunk_id = rows in earlier blocks + local id, and the
+    corpus-wide doc_index and doc ids its block records name (read.corpus_numbered)."""
+    from .read import corpus_numbered
+    from .stage import block_path, block_record_path, read_done
 
     first = 0
     for j in range(blocks):
         path = block_path(parts_dir, j)
         if not path.exists():
             continue
-        t = _pq.read_table(path)
+        t = corpus_numbered(_pq.read_table(path), read_done(block_record_path(parts_dir, j)))
         ids = pa.array(np.arange(first, first + t.num_rows, dtype=np.int64))
         first += t.num_rows
         yield j, t.set_column(t.schema.get_field_index("chunk_id"), "chunk_id", ids)
