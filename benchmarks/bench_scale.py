@@ -176,7 +176,8 @@ def stage_seconds(run: dict, names) -> float:
 
 
 def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True,
-                      dim: int = 256, num_samples: int | None = None, reproducible_index: bool = False) -> dict:
+                      dim: int = 256, num_samples: int | None = None, reproducible_index: bool = False,
+                      index_shards: int = 1) -> dict:
     from nextlong.synthesis import executor_ray
 
     corpus = work / "corpus.jsonl"
@@ -185,7 +186,7 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
     print(f"corpus: {info['documents']} documents, {info['bytes'] / 1e6:.1f} MB, ~{n_chunks} chunks "
           f"(generated in {time.perf_counter() - t0:.1f} s)")
     settings = dict(embedder=f"hashed-tfidf:{dim}", target_length=target_length, progress=False, shard_size=64,
-                    num_samples=num_samples, reproducible_index=reproducible_index)
+                    num_samples=num_samples, reproducible_index=reproducible_index, index_shards=index_shards)
     results = {"corpus": info}
     with TreeMemory() as memory:
         load = os.getloadavg()[0]
@@ -346,6 +347,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--reproducible-index", action="store_true",
                     help="one-thread HNSW build in both runs (above 50k chunks the output is then byte-identical)")
+    ap.add_argument("--index-shards", type=int, default=1,
+                    help="HNSW shards, each built on one thread, in parallel (byte-identical output too)")
     ap.add_argument("--index-sizes", default="100000,1000000")
     ap.add_argument("--plan-sizes", default="100000,1000000,10000000")
     ap.add_argument("--anchors", type=int, default=20)
@@ -375,7 +378,8 @@ def main(argv=None) -> dict:
             results["stages"] = compare_executors(args.chunks, work, args.target_length, args.ray_cpus,
                                                   order_check=not args.no_order_check, dim=args.dim,
                                                   num_samples=args.num_samples,
-                                                  reproducible_index=args.reproducible_index)
+                                                  reproducible_index=args.reproducible_index,
+                                                  index_shards=args.index_shards)
         if args.stages_only:
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1, default=str))

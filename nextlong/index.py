@@ -7,7 +7,8 @@ the rows that came up short with a larger count, ending in an exact scan only wh
 exhausted.
 
 An index directory holds:
-    index.usearch     the HNSW graph with vectors (f16 by default), keys = chunk_id
+    index.usearch     the HNSW graph with vectors (f16 by default), keys = chunk_id; a sharded index
+                      has index-000.usearch, index-001.usearch, ... instead (nextlong/index_shards.py)
     chunks.parquet    chunk_id, doc_index, doc_id, chunk_index, num_tokens, text_hash (row i = index row i)
     index.json        embedder name/dim/spec, metric, dtype, HNSW settings, counts, file size and CRC,
                       the chunk table it came from; written last, so its presence marks a complete save
@@ -30,6 +31,7 @@ from .errors import (CorpusError, EmbedderMismatchError, IndexFileError,  # noqa
                      NextlongError, StageMismatchError, UsageError)
 
 INDEX_FILE = "index.usearch"
+SHARD_FILE = "index-{:03d}.usearch"  # a sharded index's files (nextlong/index_shards.py)
 META_FILE = "chunks.parquet"
 INFO_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"
@@ -130,6 +132,39 @@ def _is_collection(x) -> bool:
     return isinstance(x, (list, tuple, set, frozenset, np.ndarray)) and not isinstance(x, (str, bytes))
 
 
+def _open_usearch(path: Path, recorded: dict, dim: int, count: int, *, view: bool, verify: bool):
+    """One saved usearch file, checked against what index.json recorded for it: size, header (dim and
+    count), and the CRC (one streaming read) unless verify=False."""
+    from usearch.index import Index
+
+    if not path.is_file():
+        raise IndexFileError(f"{path}: index file missing")
+    size = path.stat().st_size
+    if size != recorded.get("bytes"):
+        raise IndexFileError(f"{path}: {size} bytes, but {recorded.get('bytes')} were saved; the file is partial or was replaced")
+    try:
+        header = Index.metadata(str(path))
+    except (ValueError, RuntimeError) as exc:
+        raise IndexFileError(f"{path}: not a usearch index ({exc})") from exc
+    if header is None or header.get("dimensions") != dim or header.get("count_present") != count:
+        raise IndexFileError(f"{path}: header (dim {header and header.get('dimensions')}, count "
+                             f"{header and header.get('count_present')}) disagrees with {INFO_FILE} "
+                             f"(dim {dim}, count {count})")
+    if verify:
+        actual = file_crc32(path)
+        if actual != recorded.get("crc32"):
+            raise IndexFileError(
+                f"{path}: CRC32 mismatch ({actual:08x} now, {recorded.get('crc32') or 0:08x} stored in {INFO_FILE} "
+                "when it was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
+    try:
+        index = Index.restore(str(path), view=view)
+    except (ValueError, RuntimeError) as exc:
+        raise IndexFileError(f"{path}: cannot open the usearch index ({exc})") from exc
+    if index is None:
+        raise IndexFileError(f"{path}: cannot open the usearch index")
+    return index
+
+
 class ChunkIndex:
     """usearch HNSW index of chunk embeddings plus the chunk metadata mining needs.
 
@@ -186,6 +221,7 @@ class ChunkIndex:
         expansion_add: int = DEFAULT_EXPANSION_ADD,
         expansion_search: int = DEFAULT_EXPANSION_SEARCH,
         threads: int = 0,
+        shards: int = 1,
         progress: bool = False,
         add_batch: int = 1 << 16,
     ) -> "ChunkIndex":
@@ -195,7 +231,9 @@ class ChunkIndex:
         against; `text_hashes` (uint64) enables `exclude_hashes`. `metadata`: an optional pyarrow Table
         with the other chunk columns (doc_index, doc_id, chunk_index, num_tokens) kept beside the index.
         `embedder`: the Embedder (or its name) that made the vectors, recorded for load-time checks.
-        `threads=0` uses all cores.
+        `threads=0` uses all cores. `shards` > 1 cuts the rows into that many shards, each built on one
+        thread, `threads` of them at a time, and searched together (nextlong/index_shards.py): the same
+        graphs on every run, unlike one build on several threads.
         """
         import pyarrow as pa
         from usearch.index import Index
@@ -240,22 +278,35 @@ class ChunkIndex:
         # kernel skips the two norms per distance (~20% more queries/s); i8 keeps usearch's cos kernel,
         # whose quantisation relies on it.
         kernel = "ip" if metric == "cos" and kind != "i8" else metric
-        index = Index(ndim=dim, metric=kernel, dtype=kind, connectivity=connectivity,
-                      expansion_add=expansion_add, expansion_search=expansion_search)
+        def make_index():
+            return Index(ndim=dim, metric=kernel, dtype=kind, connectivity=connectivity,
+                         expansion_add=expansion_add, expansion_search=expansion_search)
+
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=n, unit="vec", desc="indexing (HNSW)", dynamic_ncols=True)
-        started = time.perf_counter()
-        try:
-            for start in range(0, n, add_batch):
-                block = np.ascontiguousarray(emb[start : start + add_batch], dtype=np.float32)
+
+        def add_rows(index, lo: int, hi: int, threads: int) -> None:
+            for start in range(lo, hi, add_batch):
+                stop = min(hi, start + add_batch)
+                block = np.ascontiguousarray(emb[start:stop], dtype=np.float32)
                 if metric == "cos":  # unit rows: what the ip kernel needs, and i8 quantises [-1, 1]
                     block = _unit_rows(block)
-                index.add(chunk_ids[start : start + add_batch].astype(np.uint64), block, threads=threads)
+                index.add(chunk_ids[start:stop].astype(np.uint64), block, threads=threads)
                 if bar is not None:
                     bar.update(len(block))
+
+        started = time.perf_counter()
+        try:
+            if shards > 1 and n > 1:
+                from .index_shards import build_shards
+
+                index = build_shards(make_index, add_rows, n, shards, threads or os.cpu_count() or 1)
+            else:
+                index = make_index()
+                add_rows(index, 0, n, threads)
         finally:
             if bar is not None:
                 bar.close()
@@ -284,20 +335,28 @@ class ChunkIndex:
         folder.mkdir(parents=True, exist_ok=True)
         needed = int(self._index.serialized_length)
         check_free_space(folder / INDEX_FILE, needed)
-        with atomic_path(folder / INDEX_FILE) as tmp:
-            try:
-                self._index.save(str(tmp))
-            except RuntimeError as exc:  # usearch reports a failed write (a full disk too) this way
-                import shutil
+        shards = getattr(self._index, "shards", None)
+        files = []
+        for i, index in enumerate(shards or [self._index]):
+            name = INDEX_FILE if shards is None else SHARD_FILE.format(i)
+            with atomic_path(folder / name) as tmp:
+                try:
+                    index.save(str(tmp))
+                except RuntimeError as exc:  # usearch reports a failed write (a full disk too) this way
+                    import shutil
 
-                free = shutil.disk_usage(folder).free
-                if free < needed + (1 << 20):
-                    raise disk_full(folder / INDEX_FILE, needed, free) from exc
-                raise IndexFileError(f"{folder / INDEX_FILE}: cannot write the index ({exc})") from exc
-            size, crc = tmp.stat().st_size, file_crc32(tmp)
+                    free = shutil.disk_usage(folder).free
+                    if free < needed + (1 << 20):
+                        raise disk_full(folder / name, needed, free) from exc
+                    raise IndexFileError(f"{folder / name}: cannot write the index ({exc})") from exc
+                files.append({"name": name, "bytes": tmp.stat().st_size, "crc32": file_crc32(tmp),
+                              "chunks": len(index)})
         with atomic_path(folder / META_FILE) as tmp:
             pq.write_table(self.meta, tmp)
-        self.info["index_file"] = {"name": INDEX_FILE, "bytes": size, "crc32": crc}
+        if shards is None:
+            self.info["index_file"] = {k: files[0][k] for k in ("name", "bytes", "crc32")}
+        else:
+            self.info["index_files"] = files
         write_json_atomic(folder / INFO_FILE, {k: v for k, v in self.info.items() if not k.startswith("_")})
         self.folder = folder
         return folder
@@ -319,12 +378,12 @@ class ChunkIndex:
     def _open(cls, folder, *, view: bool, embedder, expect_dim, verify: bool) -> "ChunkIndex":
         import pyarrow as pa
         import pyarrow.parquet as pq
-        from usearch.index import Index
 
         folder = Path(folder)
         info_path = folder / INFO_FILE
         if not info_path.is_file():
-            what = "an incomplete save (index.json is written last)" if (folder / INDEX_FILE).exists() else "not an index directory"
+            what = ("an incomplete save (index.json is written last)" if any(folder.glob("index*.usearch"))
+                    else "not an index directory")
             raise IndexFileError(f"{folder}: no {INFO_FILE}; {what}")
         try:
             info = json.loads(info_path.read_text())
@@ -334,33 +393,15 @@ class ChunkIndex:
             raise IndexFileError(f"{info_path}: index format {info.get('format')!r}, this nextlong reads {FORMAT_VERSION}")
         check_embedder(info, embedder, expect_dim, where=folder)
 
-        path = folder / INDEX_FILE
-        recorded = info.get("index_file", {})
-        if not path.is_file():
-            raise IndexFileError(f"{path}: index file missing")
-        size = path.stat().st_size
-        if size != recorded.get("bytes"):
-            raise IndexFileError(f"{path}: {size} bytes, but {recorded.get('bytes')} were saved; the file is partial or was replaced")
-        try:
-            header = Index.metadata(str(path))
-        except (ValueError, RuntimeError) as exc:
-            raise IndexFileError(f"{path}: not a usearch index ({exc})") from exc
-        if header is None or header.get("dimensions") != info["embedder"]["dim"] or header.get("count_present") != info["counts"]["chunks"]:
-            raise IndexFileError(f"{path}: header (dim {header and header.get('dimensions')}, count "
-                                 f"{header and header.get('count_present')}) disagrees with {INFO_FILE} "
-                                 f"(dim {info['embedder']['dim']}, count {info['counts']['chunks']})")
-        if verify:
-            actual = file_crc32(path)
-            if actual != recorded.get("crc32"):
-                raise IndexFileError(
-                    f"{path}: CRC32 mismatch ({actual:08x} now, {recorded.get('crc32') or 0:08x} stored in {INFO_FILE} "
-                    "when it was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
-        try:
-            index = Index.restore(str(path), view=view)
-        except (ValueError, RuntimeError) as exc:
-            raise IndexFileError(f"{path}: cannot open the usearch index ({exc})") from exc
-        if index is None:
-            raise IndexFileError(f"{path}: cannot open the usearch index")
+        dim = info["embedder"]["dim"]
+        if "index_files" in info:  # a sharded index (nextlong/index_shards.py)
+            from .index_shards import ShardedUsearch
+
+            index = ShardedUsearch([_open_usearch(folder / f["name"], f, dim, f["chunks"], view=view, verify=verify)
+                                    for f in info["index_files"]])
+        else:
+            index = _open_usearch(folder / INDEX_FILE, info.get("index_file", {}), dim, info["counts"]["chunks"],
+                                  view=view, verify=verify)
         settings = info.get("settings", {})
         if settings.get("expansion_search"):
             index.expansion_search = int(settings["expansion_search"])

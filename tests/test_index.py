@@ -1,13 +1,16 @@
-"""ChunkIndex against exact brute-force search: recall, exclusions that never lose k, save/load/view, bad files."""
+"""ChunkIndex against exact brute-force search: recall, exclusions that never lose k, save/load/view, bad
+files; and the same for a sharded index."""
 
 from __future__ import annotations
 
+import hashlib
 
 import numpy as np
 import pytest
 
 from nextlong.embedding import HashedLexicalEmbedder
 from nextlong.index import ChunkIndex, EmbedderMismatchError, IndexFileError
+from nextlong.index_shards import shard_bounds
 from tests.helpers import chunk_table, corpus_documents, corpus_head
 
 
@@ -291,3 +294,91 @@ def test_vectors_not_of_unit_length_still_give_cosines(dtype):
     tolerance = {"f16": 3e-3, "f32": 1e-5, "i8": 3e-2}[dtype]
     np.testing.assert_allclose(sims, expected, atol=tolerance)
     assert np.all(np.abs(sims) <= 1 + tolerance)
+
+
+# --- a sharded index (nextlong/index_shards.py): shards built each on one thread, in parallel, and
+# searched together; checked against exact search (the merge), against itself (reproducible on any
+# number of threads), and through save / view. The pipeline's use: tests/test_synthesis_pipeline.py.
+
+
+@pytest.fixture(scope="module")
+def sharded(real):
+    vecs, docs, hashes = real
+    return ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes, embedder="lexical-test",
+                            threads=2, shards=3)
+
+
+def test_shard_bounds_cover_every_row_once():
+    for n, s in ((10, 3), (7, 7), (5, 9), (1000, 4), (0, 3)):
+        bounds = shard_bounds(n, s)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(hi > lo for lo, hi in bounds) or n == 0
+        assert len(bounds) == (max(1, min(s, n)) if n else 1)
+
+
+def test_exact_search_of_the_shards_merged_is_exact_search_of_the_whole(real, sharded, built):
+    vecs, docs, _ = real
+    q = built._prepare_queries(np.asarray(vecs[::40], np.float32))
+    merged = sharded.usearch.search(q, 15, exact=True)
+    whole = built.usearch.search(q, 15, exact=True)  # one index, the same f16 kernel
+    np.testing.assert_array_equal(merged.distances, np.asarray(whole.distances, np.float32))
+    distinct = np.ones_like(merged.distances, dtype=bool)  # a tie may come in either order
+    distinct[:, 1:] &= merged.distances[:, 1:] != merged.distances[:, :-1]
+    distinct[:, :-1] &= merged.distances[:, :-1] != merged.distances[:, 1:]
+    assert distinct.mean() > 0.9
+    np.testing.assert_array_equal(merged.keys[distinct], np.asarray(whole.keys)[distinct])
+    assert (merged.counts == 15).all() and (np.diff(merged.distances, axis=1) >= 0).all()
+
+
+def test_recall_and_exclusions_as_one_index(real, sharded):
+    vecs, docs, hashes = real
+    sel = np.arange(0, len(vecs), max(1, len(vecs) // 300))
+    q = vecs[sel]
+    ids, sims = sharded.search(q, 10)
+    assert recall_at(ids, brute_force(q, vecs, 10)[0]) >= 0.95
+    ids, sims = sharded.search(q, 12, exclude_doc_ids=docs[sel], exclude_hashes=hashes[sel])
+    assert (ids >= 0).all() and not np.isnan(sims).any()
+    assert not (docs[ids] == docs[sel][:, None]).any() and not (hashes[ids] == hashes[sel][:, None]).any()
+    truth, _ = brute_force(q, vecs, 12, lambda i: (docs != docs[sel[i]]) & (hashes != hashes[sel[i]]))
+    assert recall_at(ids, truth) >= 0.95
+    np.testing.assert_allclose(sims, (unit(q)[:, None, :] * unit(vecs)[ids]).sum(-1), atol=3e-3)
+
+
+def test_same_bytes_on_any_number_of_threads_and_after_save(tmp_path, real, sharded):
+    vecs, docs, hashes = real
+    digests = []
+    for threads, folder in ((2, "a"), (1, "b"), (3, "c")):
+        index = sharded if threads == 2 else ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes,
+                                                              embedder="lexical-test", threads=threads, shards=3)
+        index.save(tmp_path / folder)
+        digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / folder).glob("*.usearch"))])
+    assert len(digests[0]) == 3 and digests[0] == digests[1] == digests[2]
+    assert not (tmp_path / "a" / "index.usearch").exists()
+    want = sharded.search(vecs[:50], 10, exclude_doc_ids=docs[:50])
+    for opened in (sharded, ChunkIndex.load(tmp_path / "a"), ChunkIndex.view(tmp_path / "a")):
+        # each shard is searched with twice the index's efSearch (the recall of one graph; index_shards.py)
+        assert opened.usearch.expansion_search == 32 and [s.expansion_search for s in opened.usearch.shards] == [64] * 3
+        got = opened.search(vecs[:50], 10, exclude_doc_ids=docs[:50])
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+
+
+def test_a_damaged_shard_is_named(tmp_path, sharded):
+    folder = sharded.save(tmp_path / "idx")
+    shard = folder / "index-001.usearch"
+    good = shard.read_bytes()
+    body = bytearray(good)
+    body[len(body) // 2 : len(body) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(body))
+    with pytest.raises(IndexFileError, match=r"index-001\.usearch: CRC32 mismatch"):
+        ChunkIndex.view(folder)
+    shard.write_bytes(good[:100])
+    with pytest.raises(IndexFileError, match=r"index-001\.usearch: .*partial"):
+        ChunkIndex.load(folder)
+    shard.unlink()
+    with pytest.raises(IndexFileError, match=r"index-001\.usearch: index file missing"):
+        ChunkIndex.load(folder)
+    (folder / "index.json").unlink()
+    with pytest.raises(IndexFileError, match="incomplete save"):
+        ChunkIndex.load(folder)

@@ -398,6 +398,29 @@ def test_reproducible_index_gives_the_same_bytes_on_every_run(corpus, tmp_path, 
         synthesize(corpus, runs[0], num_samples=4, num_threads=2, **FAST)
 
 
+def test_index_shards_give_the_same_bytes_on_every_run(corpus, tmp_path, monkeypatch):
+    """--index-shards 3 on two threads: three shards, each built on one thread, two at a time; two runs
+    give the same shard files and the same output, and a run with one graph is another setting."""
+    from nextlong import synthesize
+    from nextlong.synthesis import pipeline
+    from nextlong.synthesis.stages import IndexStage
+
+    monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        synthesize(corpus, out, num_samples=4, index_shards=3, num_threads=2, **FAST)
+    shards = [sorted(p.name for p in (out / "index").glob("*.usearch")) for out in runs]
+    assert shards[0] == shards[1] == ["index-000.usearch", "index-001.usearch", "index-002.usearch"]
+    for name in shards[0]:
+        assert (runs[0] / "index" / name).read_bytes() == (runs[1] / "index" / name).read_bytes()
+    assert _files(runs[0]) == _files(runs[1]) != {}
+    counts = json.loads((runs[0] / "index" / "_done.json").read_text())["counts"]
+    assert counts["shards"] == 3 and counts["reproducible"] is True
+    assert "shards" not in IndexStage(name="index").settings()
+    with pytest.raises(StageMismatchError, match="shards"):
+        synthesize(corpus, runs[0], num_samples=4, num_threads=2, **FAST)
+
+
 def test_cli_separator_escapes():
     from nextlong.commands.synthesize import unescape
 

@@ -43,6 +43,10 @@ def add_parser(subparsers) -> None:
                         "bytes; a multi-threaded build gives a slightly different graph each time, hence different "
                         "negatives for some anchors (default: all threads; rerunning with --index OUT/index also "
                         "reproduces a run)")
+    p.add_argument("--index-shards", type=positive_int, default=1,
+                   help="build the HNSW index as N shards, each on one thread, N at a time up to the threads: the "
+                        "same bytes on every run, like --reproducible-index, but built in parallel; each search "
+                        "then visits N smaller graphs (default 1: one graph, all threads)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
         near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
-        reproducible_index=args.reproducible_index, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
+        reproducible_index=args.reproducible_index, index_shards=args.index_shards, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
         embed_actors=args.embed_actors,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)

@@ -46,6 +46,7 @@ class SynthesisConfig:
     on_error: str = "raise"  # bad corpus records: stop, or "skip" and count them (truncated files always stop)
     verify: bool = True  # CRC32-check the index and embeddings files before use (one read of each)
     reproducible_index: bool = False  # build the HNSW index on one thread: the same graph, hence the same output, every run
+    index_shards: int = 1  # > 1: that many HNSW shards, each built on one thread, in parallel: reproducible and parallel
     # --- NExtLong details (method §1.4) ---
     overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
     chars_per_token: float | None = None  # E; None: measured on the corpus's chunks
@@ -115,6 +116,8 @@ class SynthesisConfig:
             bad(f"overshoot w must be positive, got {self.overshoot}")
         if self.shard_size < 1:
             bad(f"shard_size must be positive, got {self.shard_size}")
+        if self.index_shards < 1:
+            bad(f"index_shards must be positive, got {self.index_shards}")
         if self.executor not in EXECUTORS:
             bad(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.embed_gpus < 0:

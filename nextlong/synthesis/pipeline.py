@@ -125,7 +125,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
             if cfg.index is None:
                 steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks, "embedder"), embedder=spec,
                                           exact_max=EXACT_SEARCH_MAX_CHUNKS, reproducible=cfg.reproducible_index,
-                                          threads=threads))
+                                          shards=cfg.index_shards, threads=threads))
     common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok, separator=cfg.separator)
     steps += [
         S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,

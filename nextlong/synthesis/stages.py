@@ -550,11 +550,13 @@ class IndexStage(WholeStage):
     first, so two builds of the same vectors answer some searches differently and the plans differ.
     Everything after the index is a function of it (a rerun with `--index DIR/index` gives the same
     bytes). `reproducible` builds on one thread instead, which gives the same graph every time, at the
-    cost of the build's parallelism."""
+    cost of the build's parallelism; `shards` > 1 builds that many shards, each on one thread, several
+    at once: reproducible and parallel, at the cost of searching every shard (index_shards.py)."""
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
     exact_max: int = EXACT_SEARCH_MAX_CHUNKS
     reproducible: bool = added_setting(False)
+    shards: int = added_setting(1)
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
@@ -572,11 +574,12 @@ class IndexStage(WholeStage):
         index = ChunkIndex.build(vectors, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
                                  text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder,
                                  threads=1 if self.reproducible else (self.threads or ctx.threads or 0),
-                                 progress=ctx.progress)
+                                 shards=self.shards, progress=ctx.progress)
         index.info["chunks_path"] = str((chunks_dir / CHUNKS_FILE).resolve())
         index.info["embeddings_path"] = str((emb_dir / EMBEDDINGS_FILE).resolve())
         index.save(ctx.out_dir)
-        return {"search": "usearch", "chunks": len(index), "reproducible": self.reproducible}
+        return {"search": "usearch", "chunks": len(index), "reproducible": self.reproducible or self.shards > 1,
+                "shards": self.shards}
 
 
 @_dc.dataclass
