@@ -29,11 +29,11 @@ class Matches:
     counts: np.ndarray
 
 
-# Each shard is searched with twice the index's efSearch. Measured (bench_index_shards.py, 60k
-# hashed-tfidf vectors of 64 dims, top-11 against exact search): one graph at ef 32 found 0.942; two
-# shards merged found 0.869 at ef 32 and 0.944 at ef 64; four shards 0.899 at 32 and 0.974 at 64. So
-# with the same ef a sharded index loses recall (a shard is searched for queries far from most of
-# its points), and doubling it gives the recall of one graph back, at 2-5x the search time.
+# Each shard is searched with twice the index's efSearch. Measured (bench_index_shards.py on 200k
+# hashed-tfidf vectors of 64 dims, top-11 against exact search, docs/scale.md): one graph at ef 32
+# found 0.859; two shards merged 0.788 at ef 32 and 0.873 at ef 64; four shards 0.807 and 0.915. So
+# with the same ef a sharded index loses recall (a shard is also searched for queries far from most
+# of its points), and doubling it gives one graph's recall back, at 2.6-3.9x the search time.
 SHARD_EF_FACTOR = 2
 
 
