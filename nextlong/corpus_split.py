@@ -103,7 +103,7 @@ def starts_mid_file(piece: dict) -> bool:
 
 
 class SplitReader(CorpusReader):
-    """Reads one split (`batches(split)`), numbering doc_index from 0; `stats` as CorpusReader's, and
+    """Reads one split (`split_batches(split)`), numbering doc_index from 0; `stats` as CorpusReader's, and
     `info` = {"lines", "nonblank_lines"} of a byte-range piece (what consolidation and the whole-file
     checks need)."""
 

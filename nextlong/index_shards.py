@@ -93,7 +93,7 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def build_shards(make_index, add_rows, n: int, shards: int, threads: int, on_rows=None) -> ShardedUsearch:
+def build_shards(make_index, add_rows, n: int, shards: int, threads: int) -> ShardedUsearch:
     """Build `shards` indexes over contiguous row ranges, each on one thread, `threads` at a time.
 
     `make_index()` returns an empty usearch Index; `add_rows(index, lo, hi, threads=1)` adds rows lo..hi
@@ -103,8 +103,6 @@ def build_shards(make_index, add_rows, n: int, shards: int, threads: int, on_row
     def build(bound):
         index = make_index()
         add_rows(index, *bound, threads=1)
-        if on_rows is not None:
-            on_rows(bound[1] - bound[0])
         return index
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(bounds)))) as pool:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..corpus_split import DEFAULT_SPLIT_BYTES, SplitReader, file_line_ids, plan_splits, starts_mid_file
 from .stage import (BLOCK_RECORDS, StageContext, block_fingerprint, block_path, block_record_path, finish_map_stage,
-                    read_done, sum_counts, write_done)
+                    part_done, read_done, sum_counts, write_done, write_part)
 
 SPLITS = "_splits"
 MAX_SKIPPED_EXAMPLES = 5
@@ -81,7 +81,6 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
               on_block: Callable[[int], None] | None = None) -> dict:
     """Split s through the stage of `ctx` (set up already), unless done; returns its record's counts."""
     from ..corpus import prefetch
-    from .writers import write_parquet_atomic
 
     record = split_done(ctx, read, s, split)
     if record is not None:
@@ -95,8 +94,8 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
         for k, batch in enumerate(prefetch(reader.split_batches(split))):
             fp = block_fingerprint(ctx.fingerprint, s, {**partition, "block": k})
             part = split_part_path(ctx.out_dir, s, k)
-            done = read_done(part.with_suffix(".json"))
-            if done is not None and done["fingerprint"] == fp and (part.exists() or not done["counts"].get("rows", 0)):
+            done = part_done(part, part.with_suffix(".json"), fp)
+            if done is not None:
                 yield k, fp, batch.num_rows, None, done["counts"]  # a resumed split keeps its finished blocks
             else:
                 yield k, fp, batch.num_rows, stage(pa.Table.from_batches([batch])), None
@@ -105,19 +104,16 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
     for k, fp, docs, table, counts in prefetch(mapped()):
         if counts is None:
             part = split_part_path(ctx.out_dir, s, k)
-            if table.num_rows:
-                write_parquet_atomic(table, part, **getattr(stage, "parquet_options", {}))
             counts = dict(stage.count(table), docs=docs)
-            write_done(part.with_suffix(".json"), stage=stage.name, fingerprint=fp, counts=counts,
-                       stage_fingerprint=ctx.fingerprint)
+            write_part(ctx, part, part.with_suffix(".json"), table, counts, fp)
         blocks.append(counts)
         if on_block is not None:
             on_block(docs)
     counts = {"blocks": blocks, "docs": sum(b["docs"] for b in blocks), **reader.info,
               "reader": reader.stats.as_dict()}
     write_done(split_record_path(ctx.out_dir, s), stage=stage.name,
-               fingerprint=block_fingerprint(ctx.fingerprint, s, read.partition(s, split)),
-               settings=stage.settings(), counts=counts, split=s, stage_fingerprint=ctx.fingerprint)
+               fingerprint=block_fingerprint(ctx.fingerprint, s, partition), settings=stage.settings(),
+               counts=counts, split=s, stage_fingerprint=ctx.fingerprint)
     return counts
 
 

@@ -425,28 +425,38 @@ def _diff(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: cached {old.get(k)!r}, asked {new.get(k)!r}" for k in keys) or "inputs changed"
 
 
-def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, partition: Any = None) -> None:
-    """Write block `block` of a map stage: its Parquet part (atomic; none for 0 rows), then its record
-    (which also names the stage fingerprint, so `prepare` can tell a partial stage of other settings)."""
+def write_part(ctx: StageContext, part: Path, record: Path, table: pa.Table, counts: dict, fingerprint: str,
+               **extra) -> None:
+    """Write one part of a map stage: its Parquet file (atomic; none for 0 rows), then its record (which
+    also names the stage fingerprint, so `prepare` can tell a partial stage of other settings)."""
     from .writers import write_parquet_atomic
 
-    part = block_path(ctx.out_dir, block)
     if table.num_rows:
         write_parquet_atomic(table, part, **getattr(ctx.stage, "parquet_options", {}))
     else:
         part.unlink(missing_ok=True)
-    write_done(block_record_path(ctx.out_dir, block), stage=ctx.stage.name,
-               fingerprint=block_fingerprint(ctx.fingerprint, block, partition),
-               settings=ctx.stage.settings(), counts=counts,
-               block=block, partition=partition, stage_fingerprint=ctx.fingerprint)
+    write_done(record, stage=ctx.stage.name, fingerprint=fingerprint, settings=ctx.stage.settings(), counts=counts,
+               stage_fingerprint=ctx.fingerprint, **extra)
+
+
+def part_done(part: Path, record: Path, fingerprint: str) -> dict | None:
+    """The record of a part when it holds `fingerprint` and the part exists (unless it had 0 rows)."""
+    done = read_done(record)
+    if done is None or done["fingerprint"] != fingerprint:
+        return None
+    return done if done["counts"].get("rows", 0) == 0 or part.exists() else None
+
+
+def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, partition: Any = None) -> None:
+    """Write block `block` of a map stage (`write_part` at its block number)."""
+    write_part(ctx, block_path(ctx.out_dir, block), block_record_path(ctx.out_dir, block), table, counts,
+               block_fingerprint(ctx.fingerprint, block, partition), block=block, partition=partition)
 
 
 def block_done(ctx: StageContext, block: int, partition: Any = None) -> bool:
     """A block is done when its record holds its fingerprint (and its part exists unless it had 0 rows)."""
-    record = read_done(block_record_path(ctx.out_dir, block))
-    if record is None or record["fingerprint"] != block_fingerprint(ctx.fingerprint, block, partition):
-        return False
-    return record["counts"].get("rows", 0) == 0 or block_path(ctx.out_dir, block).exists()
+    return part_done(block_path(ctx.out_dir, block), block_record_path(ctx.out_dir, block),
+                     block_fingerprint(ctx.fingerprint, block, partition)) is not None
 
 
 def block_counts(stage_dir, blocks: Iterable[int] | None = None) -> list[dict]:
