@@ -14,8 +14,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl liger-kernel cut-cross-entropy
 #
 # Lessons from the 2026-11-27 lease (docs/benchmarks.md): run `python3 -c` from benchmarks/ (from the
-# repo root the source `nextlong/` without `kernels/` shadows the site copy); FlexAttention's first
-# compile takes minutes, so it has its own section at the end.
+# repo root the source `nextlong/`, without its native module, shadows the site copy); FlexAttention's
+# first compile takes minutes, so it has its own section at the end.
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -23,7 +23,7 @@ OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 SITE=/tmp/nextlong-site
 rm -rf "$SITE" && mkdir -p "$SITE"
-cp -r nextlong "$SITE/nextlong" && rm -f "$SITE"/nextlong/*.so && cp -r kernels "$SITE/nextlong/kernels"
+cp -r nextlong "$SITE/nextlong" && rm -f "$SITE"/nextlong/*.so
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
 fi

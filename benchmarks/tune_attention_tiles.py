@@ -8,7 +8,7 @@ a tiling that computes something else is reported, not ranked. A candidate that 
 (shared memory, registers) is reported and skipped.
 
 Run on a GPU: ``python3 benchmarks/tune_attention_tiles.py [--dim 128] [--seq 32768] [--heads 16]``.
-The winners go into ``_FWD``/``_DKDV``/``_DQ`` in ``kernels/_attn_triton.py`` by hand, with the
+The winners go into ``_FWD``/``_DKDV``/``_DQ`` in ``nextlong/kernels/_attn_triton.py`` by hand, with the
 figures in docs/benchmarks.md.
 """
 
