@@ -255,9 +255,10 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
     return;
   }
   size_t pos = 0, from = 0;
+  int64_t steps_left = regex_->step_budget(n);  // linear work over the whole text, or RegexError
   while (from <= n) {
     size_t ms, me;
-    if (!regex_->find(text, from, &ms, &me)) break;
+    if (!regex_->find(text, from, &ms, &me, &steps_left)) break;
     if (me == ms) {  // empty match: yields no piece; search again one character later
       if (ms >= n) break;
       size_t len;

@@ -1,5 +1,7 @@
 #include "corpus_reader.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstring>
 
@@ -20,15 +22,29 @@ JsonlReader::JsonlReader(std::string path, std::string name, std::string text_fi
       id_field_(std::move(id_field)),
       skip_errors_(skip_errors),
       fed_(fed) {
-  if (!fed_) {
-    gz_ = gzopen(path_.c_str(), "rb");
-    if (!gz_) throw CorpusFormatError("cannot open file (" + std::string(std::strerror(errno)) + ")", 0);
-    gzbuffer(gz_, 1 << 18);
+  if (fed_) return;
+  file_ = std::fopen(path_.c_str(), "rb");
+  if (!file_) throw CorpusFormatError("cannot open file (" + std::string(std::strerror(errno)) + ")", 0);
+  input_.resize(kReadBlock);
+  try {
+    read_input();
+  } catch (...) {
+    std::fclose(file_);
+    throw;
+  }
+  gzip_ = zs_.avail_in >= 2 && input_[0] == 0x1f && input_[1] == 0x8b;
+  if (gzip_) {
+    if (inflateInit2(&zs_, 15 + 16) != Z_OK) {  // 16: gzip members only
+      std::fclose(file_);
+      throw CorpusFormatError("zlib cannot start inflating (out of memory?)", 0);
+    }
+    inflating_ = true;
   }
 }
 
 JsonlReader::~JsonlReader() {
-  if (gz_) gzclose(gz_);
+  if (inflating_) inflateEnd(&zs_);
+  if (file_) std::fclose(file_);
 }
 
 void JsonlReader::feed(const char* data, size_t n) {
@@ -40,7 +56,7 @@ void JsonlReader::feed(const char* data, size_t n) {
   bytes_seen_ += int64_t(n);
 }
 
-// Reads one more block from zlib. Returns false at end of file.
+// Reads one more block of the file (inflated if gzip) into buffer_. Returns false at end of file.
 bool JsonlReader::fill_buffer() {
   if (buffer_pos_ > 0) {
     buffer_.erase(buffer_.begin(), buffer_.begin() + std::ptrdiff_t(buffer_pos_));
@@ -48,25 +64,81 @@ bool JsonlReader::fill_buffer() {
   }
   size_t old = buffer_.size();
   buffer_.resize(old + kReadBlock);
-  int got = gzread(gz_, buffer_.data() + old, unsigned(kReadBlock));
-  if (got < 0) {
-    int errnum = 0;
-    const char* msg = gzerror(gz_, &errnum);
+  size_t got = 0;
+  try {
+    got = gzip_ ? read_gzip(buffer_.data() + old, kReadBlock) : read_plain(buffer_.data() + old, kReadBlock);
+  } catch (...) {
     buffer_.resize(old);
-    throw CorpusFormatError(std::string("cannot decompress/read file: ") + msg + " (a corrupt or truncated gzip stream?)",
-                            line_no_ + 1);
+    throw;
   }
-  buffer_.resize(old + size_t(got));
-  bytes_seen_ += got;
-  if (got == 0) {
-    int errnum = 0;
-    const char* msg = gzerror(gz_, &errnum);
-    if (errnum != Z_OK && errnum != Z_STREAM_END)
-      throw CorpusFormatError(std::string("cannot decompress file: ") + msg + " (a corrupt or truncated gzip stream?)",
-                              line_no_ + 1);
-    return false;
+  buffer_.resize(old + got);
+  bytes_seen_ += int64_t(got);
+  return got > 0;
+}
+
+// The next block of the raw file into input_ (zs_.next_in / avail_in). Returns false at its end.
+bool JsonlReader::read_input() {
+  size_t got = std::fread(input_.data(), 1, input_.size(), file_);
+  if (got == 0 && std::ferror(file_))
+    throw CorpusFormatError("cannot read file (" + std::string(std::strerror(errno)) + ")", line_no_ + 1);
+  raw_read_ += int64_t(got);
+  zs_.next_in = input_.data();
+  zs_.avail_in = unsigned(got);
+  return got > 0;
+}
+
+size_t JsonlReader::read_plain(char* out, size_t room) {
+  if (zs_.avail_in == 0 && !read_input()) return 0;
+  size_t n = std::min(room, size_t(zs_.avail_in));
+  std::memcpy(out, zs_.next_in, n);
+  zs_.next_in += n;
+  zs_.avail_in -= unsigned(n);
+  return n;
+}
+
+// Inflates gzip members one after another (concatenated members are valid gzip, as `cat a.gz b.gz`
+// makes). Bytes after the last member that do not start another one are an error naming their
+// offset: zlib's gzread ignored them, so a damaged or appended-to file read as if whole.
+size_t JsonlReader::read_gzip(char* out, size_t room) {
+  // Where a member begins, for messages: lines are no guide, the reader inflates ahead of the parser.
+  auto member = [&] {
+    return "gzip member " + std::to_string(members_) + " (from byte offset " + std::to_string(member_start_) + ")";
+  };
+  auto trailing_junk = [&] {
+    return CorpusFormatError("unexpected bytes after the end of the gzip data, from byte offset " +
+                                 std::to_string(member_start_) + " on (not another gzip member): the file was "
+                                 "damaged or appended to (gzip -t warns of it too)",
+                             0);
+  };
+  zs_.next_out = reinterpret_cast<Bytef*>(out);
+  zs_.avail_out = unsigned(room);
+  while (zs_.avail_out > 0) {
+    if (zs_.avail_in == 0 && !read_input()) {
+      if (!in_member_) break;  // the last member ended with the file
+      if (members_ > 1 && gz_head_.done != 1) throw trailing_junk();  // 1: the header was read whole
+      throw CorpusFormatError("truncated gzip file: it ends inside " + member() +
+                                  "; the records in it are lost (gzip -t reports the same)",
+                              0);
+    }
+    if (!in_member_) {  // a member starts here: the first, or one concatenated after the last
+      in_member_ = true;
+      ++members_;
+      member_start_ = raw_read_ - int64_t(zs_.avail_in);
+      if (members_ > 1) inflateReset(&zs_);
+      gz_head_ = gz_header{};
+      inflateGetHeader(&zs_, &gz_head_);
+    }
+    int rc = inflate(&zs_, Z_NO_FLUSH);
+    if (rc == Z_STREAM_END) {
+      in_member_ = false;
+    } else if (rc != Z_OK && rc != Z_BUF_ERROR) {  // Z_BUF_ERROR: it needs more input, read above
+      if (members_ > 1 && gz_head_.done != 1) throw trailing_junk();
+      throw CorpusFormatError("corrupt gzip data in " + member() + ": " + (zs_.msg ? zs_.msg : "inflate failed") +
+                                  "; gzip -t reports the same",
+                              0);
+    }
   }
-  return true;
+  return room - zs_.avail_out;
 }
 
 void JsonlReader::reject(const std::string& message, int64_t line) {

@@ -1,10 +1,11 @@
-// Streaming JSON-lines reader: reads plain or gzip files through zlib (or blocks fed from Python,
+// Streaming JSON-lines reader: reads plain or gzip files, inflated with zlib (or blocks fed from Python,
 // e.g. zstd-decompressed), splits lines, validates UTF-8 and JSON, and returns the text and id of
 // each record in Arrow string layout, a batch at a time, so a corpus is never held whole in memory.
 #pragma once
 #include <zlib.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -36,8 +37,8 @@ struct TextBatch {
 
 class JsonlReader {
  public:
-  // `path` is opened with zlib (plain and gzip files alike) unless `fed`, in which case bytes
-  // arrive through feed(). `name` is what default doc ids and messages call the file.
+  // `path` is read (a gzip file, told by its magic bytes, is inflated) unless `fed`, in which case
+  // bytes arrive through feed(). `name` is what default doc ids and messages call the file.
   JsonlReader(std::string path, std::string name, std::string text_field, std::string id_field, bool skip_errors,
               bool fed);
   ~JsonlReader();
@@ -66,6 +67,9 @@ class JsonlReader {
 
  private:
   bool fill_buffer();
+  size_t read_plain(char* out, size_t room);
+  size_t read_gzip(char* out, size_t room);
+  bool read_input();
   void handle_line(const char* p, size_t n, TextBatch& out);
   void reject(const std::string& message, int64_t line);
   void check_end_of_file();
@@ -73,7 +77,14 @@ class JsonlReader {
   std::string path_, name_, text_field_, id_field_;
   bool skip_errors_, fed_;
   bool part_of_file_ = false, starts_file_ = true;
-  gzFile gz_ = nullptr;
+  // The file, read a block at a time into input_. A gzip file is inflated member after member, and
+  // whatever follows the last member must be another member (zlib's gzread ignored anything else).
+  std::FILE* file_ = nullptr;
+  std::vector<unsigned char> input_;
+  z_stream zs_{};          // next_in / avail_in: the unread part of input_ (plain files too)
+  gz_header gz_head_{};    // the current member's header: done == 1 once it has been read whole
+  bool gzip_ = false, inflating_ = false, in_member_ = false;
+  int64_t members_ = 0, member_start_ = 0, raw_read_ = 0;
   std::vector<char> buffer_;
   size_t buffer_pos_ = 0;
   bool eof_ = false;

@@ -2,6 +2,10 @@
 
 #include <cstring>
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 #include "unicode_props.h"
 
 namespace nextlong::regex {
@@ -17,6 +21,30 @@ constexpr int kKeyCcSpace = unicode::kNumCategories;
 constexpr uint32_t kAllCats = (1u << unicode::kNumCategories) - 1;
 
 uint32_t cat_bit(int c) { return 1u << c; }
+
+// `s` in single quotes for a one-line error message: control characters escaped, cut after about
+// max_bytes (at a character boundary) with "...". Patterns and inputs can be megabytes long.
+std::string quoted(std::string_view s, size_t max_bytes = 80) {
+  std::string out = "'";
+  size_t i = 0;
+  for (; i < s.size() && i < max_bytes; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7F) {
+      static const char* hex = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  while (i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) out += s[i++];  // finish the character
+  if (i < s.size()) out += "...";
+  return out + "'";
+}
 
 // Evaluates a set on an abstract non-ASCII character described by its key. Returns false and sets
 // *exact=false when the answer depends on the concrete code point (explicit non-ASCII ranges).
@@ -107,10 +135,28 @@ class Parser {
   std::string_view p_;
   size_t i_ = 0;
   bool icase_ = false;
+  int nesting_ = 0;  // groups and classes open at i_
 
   [[noreturn]] void fail(const std::string& what) {
     throw RegexError("unsupported or invalid regex construct: " + what + " (at offset " +
-                     std::to_string(i_) + " of pattern " + std::string(p_) + ")");
+                     std::to_string(i_) + " of pattern " + quoted(p_) + ")");
+  }
+
+  // One level of group or class nesting, refused past Regex::kMaxNesting (the parser, CharSet and
+  // the matcher recurse once per level).
+  struct Nest {
+    Parser& parser;
+    explicit Nest(Parser& p) : parser(p) {
+      if (++parser.nesting_ > Regex::kMaxNesting)
+        parser.fail("groups or classes nested more than " + std::to_string(Regex::kMaxNesting) + " deep");
+    }
+    ~Nest() { --parser.nesting_; }
+  };
+
+  Node* new_node(Node::Kind kind) {
+    if (re_.nodes_.size() >= Regex::kMaxNodes)
+      fail("pattern too large (more than " + std::to_string(Regex::kMaxNodes) + " elements)");
+    return re_.new_node(kind);
   }
   bool eof() const { return i_ >= p_.size(); }
   char peek() const { return eof() ? '\0' : p_[i_]; }
@@ -129,7 +175,7 @@ class Parser {
   Node* set_node(CharSet set) {
     set.compile();
     re_.sets_.push_back(std::move(set));
-    Node* n = re_.new_node(Node::kSet);
+    Node* n = new_node(Node::kSet);
     n->set = static_cast<int>(re_.sets_.size() - 1);
     return n;
   }
@@ -318,13 +364,13 @@ class Parser {
     alts.push_back(parse_seq());
     while (accept('|')) alts.push_back(parse_seq());
     if (alts.size() == 1) return alts[0];
-    Node* n = re_.new_node(Node::kAlt);
+    Node* n = new_node(Node::kAlt);
     n->kids = std::move(alts);
     return n;
   }
 
   Node* parse_seq() {
-    Node* seq = re_.new_node(Node::kSeq);
+    Node* seq = new_node(Node::kSeq);
     while (!eof() && peek() != '|' && peek() != ')') {
       Node* atom = parse_atom();
       if (!atom) continue;
@@ -391,7 +437,7 @@ class Parser {
       atom->max = -1;
       return atom;
     }
-    Node* r = re_.new_node(Node::kRepeat);
+    Node* r = new_node(Node::kRepeat);
     r->kids.push_back(atom);
     r->min = mn;
     r->max = mx;
@@ -407,7 +453,7 @@ class Parser {
       if (quantified && !allow_more) fail("nested quantifier");
       if (atom->kind == Node::kAssert || atom->kind == Node::kLook) fail("quantified assertion");
       char c = peek();
-      int mn, mx;
+      int mn = 0, mx = -1;
       bool interval = false;
       if (c == '{') {
         parse_interval(&mn, &mx);
@@ -434,6 +480,7 @@ class Parser {
 
   Node* parse_group() {
     // After '('.
+    Nest nest(*this);
     bool saved = icase_;
     Node* n = nullptr;
     if (accept('?')) {
@@ -442,13 +489,13 @@ class Parser {
       else if (c == '=' || c == '!') {
         ++i_;
         Node* inner = parse_alt();
-        n = re_.new_node(Node::kLook);
+        n = new_node(Node::kLook);
         n->kids.push_back(inner);
         n->negative = (c == '!');
       } else if (c == '>') {
         ++i_;
         Node* inner = parse_alt();
-        n = re_.new_node(Node::kAtomic);
+        n = new_node(Node::kAtomic);
         n->kids.push_back(inner);
       } else if (c == '<') {
         char d = (i_ + 1 < p_.size()) ? p_[i_ + 1] : '\0';
@@ -491,6 +538,7 @@ class Parser {
 
   Node* parse_class() {
     // After '['.
+    Nest nest(*this);
     CharSet set;
     if (accept('^')) set.negated = true;
     bool first = true;
@@ -557,7 +605,7 @@ class Parser {
       }
       case '^': case '$': {
         ++i_;
-        Node* n = re_.new_node(Node::kAssert);
+        Node* n = new_node(Node::kAssert);
         bool onig = re_.dialect_ == Dialect::kOniguruma;
         if (c == '^') n->anchor = onig ? Node::kLineStart : Node::kTextStart;
         else n->anchor = onig ? Node::kLineEnd : Node::kTextEnd;
@@ -569,7 +617,7 @@ class Parser {
         if (eof()) fail("trailing backslash");
         char e = p_[i_++];
         if (e == 'A' || e == 'z' || e == 'Z') {
-          Node* n = re_.new_node(Node::kAssert);
+          Node* n = new_node(Node::kAssert);
           n->anchor = e == 'A' ? Node::kTextStart : (e == 'z' ? Node::kTextEnd : Node::kTextEndNewline);
           return n;
         }
@@ -600,10 +648,34 @@ Regex::Regex(std::string_view pattern, Dialect dialect) : pattern_(pattern), dia
 // ---------------------------------------------------------------------------------------------
 // Matcher: recursive backtracking with explicit continuations (what to match after a node).
 // ---------------------------------------------------------------------------------------------
+namespace {
+constexpr size_t kStackMargin = 128 * 1024;
+
+// Lowest stack address the matcher may reach on this thread (0 where unknown): kMaxDepth bounds
+// the recursion the same way everywhere, but a thread with a small stack (a 2 MB thread under
+// `ulimit -s unlimited`, or `ulimit -s 1024`) would overflow before reaching it.
+uintptr_t stack_floor() {
+  thread_local const uintptr_t floor = [] {
+    uintptr_t f = 0;
+#if defined(__linux__)
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* addr;
+      size_t size;
+      if (pthread_attr_getstack(&attr, &addr, &size) == 0) f = reinterpret_cast<uintptr_t>(addr) + kStackMargin;
+      pthread_attr_destroy(&attr);
+    }
+#endif
+    return f;
+  }();
+  return floor;
+}
+}  // namespace
+
 class Matcher {
  public:
-  Matcher(const Regex& re, std::string_view text)
-      : re_(re), s_(reinterpret_cast<const uint8_t*>(text.data())), n_(text.size()) {}
+  Matcher(const Regex& re, std::string_view text, int64_t steps_left)
+      : steps_left_(steps_left), re_(re), s_(reinterpret_cast<const uint8_t*>(text.data())), n_(text.size()) {}
 
   struct Cont {
     enum Kind : uint8_t { kSeqRest, kRepeatMore } kind;
@@ -614,8 +686,16 @@ class Matcher {
   };
 
   size_t end_ = 0;
-  static constexpr int kMaxDepth = 5000;
+  size_t attempt_ = 0;  // where the current match attempt started
+  int64_t steps_left_;
   int depth_ = 0;
+
+  // Match-time refusal, naming the pattern and where in the text the attempt started.
+  [[noreturn]] __attribute__((cold, noinline)) void fail(const char* what, const char* why) const {
+    std::string_view rest(reinterpret_cast<const char*>(s_) + attempt_, n_ - attempt_);
+    throw RegexError(std::string(what) + " at byte " + std::to_string(attempt_) + " of the text (near " +
+                     quoted(rest, 24) + "): pattern " + quoted(re_.pattern()) + " " + why);
+  }
 
   inline bool set_at(int set, size_t p, size_t* len) const {
     const CharSet& cs = re_.sets_[set];
@@ -660,17 +740,24 @@ class Matcher {
     return cont(k, p);
   }
 
+  // Past kCheckDepth levels: refuses recursion beyond kMaxDepth or near the end of the thread's stack.
+  static constexpr int kCheckDepth = 64;
+  __attribute__((noinline)) void check_depth() const {
+    if (depth_ > Regex::kMaxDepth || reinterpret_cast<uintptr_t>(__builtin_frame_address(0)) < stack_floor())
+      fail("regex backtracking too deep", "repeats a group over too long a match");
+  }
+
   bool m(const Node* n, size_t p, const Cont* k) {
+    if (--steps_left_ < 0) fail("regex step budget exhausted", "backtracks too much on this input");
     // Backtracking recurses once per nested step; a general (non single-character) repeat over a
     // long input could exhaust the thread's stack. Fail loudly instead of crashing.
     struct Depth {
-      int& d;
-      explicit Depth(int& x) : d(x) {
-        if (++d > kMaxDepth)
-          throw RegexError("regex backtracking too deep for this input (a repeated group over a very long match)");
+      Matcher& mt;
+      explicit Depth(Matcher& x) : mt(x) {
+        if (++mt.depth_ > kCheckDepth) mt.check_depth();
       }
-      ~Depth() { --d; }
-    } guard(depth_);
+      ~Depth() { --mt.depth_; }
+    } guard(*this);
     switch (n->kind) {
       case Node::kSet: {
         if (p >= n_) return false;
@@ -697,6 +784,7 @@ class Matcher {
             int cnt = 0;
             size_t len;
             while ((n->max < 0 || cnt < n->max) && e < n_ && set_at(kid->set, e, &len)) { e += len; ++cnt; }
+            steps_left_ -= cnt;
             if (cnt < n->min) return false;
           } else {
             Node tmp = *n;
@@ -712,6 +800,7 @@ class Matcher {
             size_t e = p;
             int cnt = 0;
             while ((n->max < 0 || cnt < n->max) && e < n_ && set_at(kid->set, e, &len)) { e += len; ++cnt; }
+            steps_left_ -= cnt;
             if (cnt < n->min) return false;
             while (true) {
               if (cont(k, e)) return true;
@@ -767,25 +856,24 @@ class Matcher {
   size_t n_;
 };
 
-bool Regex::match_at(std::string_view text, size_t pos, size_t* end) const {
-  Matcher mt(*this, text);
-  if (!mt.m(root_, pos, nullptr)) return false;
-  *end = mt.end_;
-  return true;
-}
-
-bool Regex::find(std::string_view text, size_t from, size_t* match_start, size_t* match_end) const {
-  Matcher mt(*this, text);
+bool Regex::find(std::string_view text, size_t from, size_t* match_start, size_t* match_end,
+                 int64_t* steps_left) const {
+  Matcher mt(*this, text, *steps_left);
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t n = text.size();
   size_t p = from;
   while (true) {
+    mt.attempt_ = p;
     if (mt.m(root_, p, nullptr)) {
       *match_start = p;
       *match_end = mt.end_;
+      *steps_left = mt.steps_left_;
       return true;
     }
-    if (p >= n) return false;
+    if (p >= n) {
+      *steps_left = mt.steps_left_;
+      return false;
+    }
     size_t len;
     decode_utf8(s, n, p, &len);
     p += len;

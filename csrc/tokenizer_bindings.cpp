@@ -61,7 +61,17 @@ constexpr size_t kReleaseGilBytes = 4096;
 }  // namespace
 
 void bind_tokenizer(py::module_& m) {
-  py::register_exception<regex::RegexError>(m, "RegexError", PyExc_ValueError);
+  // A RegexError while encoding (a pattern that backtracks too much or recurses too deep on some
+  // input) is the tokenizer file's fault: nextlong.errors.TokenizerError, whichever way it came
+  // (encode, encode_batch's worker threads, the corpus engine), so the CLI prints it as one line.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const regex::RegexError& e) {
+      py::object error = py::module_::import("nextlong.errors").attr("TokenizerError");
+      PyErr_SetString(error.ptr(), e.what());
+    }
+  });
   m.def(
       "nfc",
       [](py::handle text) {

@@ -22,15 +22,19 @@ joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "wor
 Unicode \w: letters, marks, Nd, Nl, Pc, joiners); with an NFC normalizer, ``normalized=true`` added
 tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
-of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Unicode data comes from Python's
-unicodedata at generation time (see scripts/gen_unicode_tables.py). A regex that would backtrack
-more than a few thousand levels deep (a repeated group over a very long match) raises instead of
-tokenizing.
+of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
+like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
+
+Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids that are negative,
+shared by two tokens or far beyond the vocabulary's size, and duplicate JSON keys are refused on load;
+a match that recurses too deep or exhausts its step budget (linear in the text: catastrophic
+backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import gzip
 import hashlib
@@ -197,8 +201,16 @@ class Tokenizer:
         """Load a HuggingFace tokenizer.json (BPE model, byte-level pre-tokenization)."""
         path = Path(path)
         raw = _read_bytes(path)
+
+        def unique_keys(pairs):  # json.loads would silently keep the last of a repeated key
+            obj = dict(pairs)
+            if len(obj) < len(pairs):
+                key = next(k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1)
+                raise TokenizerError(f"{path}: key {_short(key)} appears twice in one JSON object")
+            return obj
+
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise TokenizerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
         tok = _from_hf_json(data, raw, path)
@@ -230,7 +242,8 @@ class Tokenizer:
         if not model:
             raise TokenizerError(f"{path}: no tokens in rank file")
         specials = dict(special_tokens or {})
-        added = [(content, int(i), False, False, False, False) for content, i in specials.items()]
+        _check_ids(path, [*((token, rank) for rank, token in model), *specials.items()])
+        added = [(content, i, False, False, False, False) for content, i in specials.items()]
         native = _build_native(path, model=model, merges=None, pattern=pattern, dialect="fancy-regex",
                                keep_gaps=False, prefix_space=_PREFIX_NONE, ignore_merges=True, added=added,
                                decode_only=[])
@@ -341,6 +354,34 @@ def _fingerprint(raw: bytes, pattern: str) -> str:
     return h.hexdigest()
 
 
+def _short(value, limit: int = 60) -> str:
+    """repr of a token, id or merge for a one-line error message, cut to about `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_ids(path, tokens: Iterable[tuple[object, object]]) -> None:
+    """Refuses (token, id) pairs that would corrupt the id tables or the model using them: each id
+    must be a non-negative int, each token have one id and each id one token (a pair given twice, as
+    HF files list added tokens that are also in the vocab, is fine), and the largest id must stay
+    below twice the number of tokens plus 1024: cl100k's specials leave a few unused ids, but id
+    5,000,000 in a 1,000-token vocabulary is an error, and native id tables are sized by it."""
+    id_of: dict = {}
+    token_of: dict[int, object] = {}
+    for token, i in tokens:
+        if type(i) is not int or i < 0:
+            raise TokenizerError(f"{path}: token {_short(token)} has id {_short(i)}; ids must be non-negative integers")
+        if id_of.setdefault(token, i) != i:
+            raise TokenizerError(f"{path}: token {_short(token)} has two ids, {id_of[token]} and {i}")
+        if token_of.setdefault(i, token) != token:
+            raise TokenizerError(f"{path}: id {i} is given to two tokens, {_short(token_of[i])} and {_short(token)}")
+    bound = 2 * len(token_of) + 1024
+    top = max(token_of, default=0)
+    if top >= bound:
+        raise TokenizerError(f"{path}: token {_short(token_of[top])} has id {top}, too large for a vocabulary of "
+                             f"{len(token_of)} tokens (ids must be below {bound})")
+
+
 def _build_native(path, **kwargs):
     native_mod = _native_module()
     try:
@@ -426,33 +467,36 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     pattern, prefix = _parse_pre_tokenizer(data.get("pre_tokenizer"), path)
 
     vocab = model.get("vocab") or {}
+    merges_json = model.get("merges") or []
+    added_json = data.get("added_tokens") or []
+    if not isinstance(vocab, dict) or not isinstance(merges_json, list) or not isinstance(added_json, list):
+        raise TokenizerError(f"{path}: model.vocab must be an object, model.merges and added_tokens lists")
+    added = []
+    for k, t in enumerate(added_json):
+        if not isinstance(t, dict) or not isinstance(t.get("content", ""), str):
+            raise TokenizerError(f"{path}: added_tokens[{k}] is not an object with a string content")
+        if not t.get("content"):
+            continue
+        added.append((t["content"], t.get("id"), bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
+                      bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+    _check_ids(path, [*vocab.items(), *((a[0], a[1]) for a in added)])
+
     model_list, decode_only = [], {}
     for token, i in vocab.items():
         b = _token_str_to_bytes(token)
         if b is None or not b:
-            decode_only[token] = int(i)
+            decode_only[token] = i
         else:
-            model_list.append((int(i), b))
+            model_list.append((i, b))
     merges = []
-    for k, m in enumerate(model.get("merges") or []):
-        if isinstance(m, str):
-            parts = m.split(" ")
-        else:
-            parts = list(m)
-        if len(parts) != 2:
-            raise TokenizerError(f"{path}: merge #{k} {m!r} is not a pair of tokens")
+    for k, m in enumerate(merges_json):
+        parts = m.split(" ") if isinstance(m, str) else m
+        if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(x, str) for x in parts):
+            raise TokenizerError(f"{path}: merge #{k} {_short(m)} is not a pair of tokens")
         a, b = vocab.get(parts[0]), vocab.get(parts[1])
         if a is None or b is None:
-            raise TokenizerError(f"{path}: merge #{k} {m!r} uses a token missing from the vocabulary")
-        merges.append((int(a), int(b)))
-
-    added_json = data.get("added_tokens") or []
-    added = []
-    for t in added_json:
-        if not t.get("content"):
-            continue
-        added.append((t["content"], int(t["id"]), bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
-                      bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+            raise TokenizerError(f"{path}: merge #{k} {_short(m)} uses a token missing from the vocabulary")
+        merges.append((a, b))
     native = _build_native(path, model=model_list, merges=merges, pattern=pattern, dialect="oniguruma",
                            keep_gaps=True, prefix_space=prefix, ignore_merges=bool(model.get("ignore_merges", False)),
                            added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],

@@ -202,3 +202,64 @@ def near_copy_rate(out_dir, threshold: float = 0.5) -> tuple[int, int]:
             near += any(reference_jaccard(t, o) >= threshold for o in anchors + earlier)
             earlier.append(t)
     return near, total
+
+
+def run_cli(args, capsys):
+    """(exit status, stdout, stderr) of `nextlong ARGS`, run in this process."""
+    from nextlong.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, command: str) -> str:
+    """The CLI's error contract: exactly one line `nextlong COMMAND: error: ...`, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"nextlong {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def save_small_llama(folder: Path) -> Path:
+    """A 1-layer Llama (config.json + model.safetensors) naming the shipped cl100k_base tokenizer: the
+    smallest folder `eval`, `heads` and `train --model` load."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    (folder / "nextlong.json").write_text(json.dumps({"tokenizer": "cl100k_base"}))
+    return folder
+
+
+def bytelevel_json(tmp_path, pre_tokenizer, normalizer=None, model_type="BPE") -> Path:
+    """A minimal byte-level BPE tokenizer.json in tmp_path: the 256 bytes plus "ab" (id 256)."""
+    from nextlong.tokenizer import _byte_alphabet
+
+    alphabet = _byte_alphabet()[0]
+    vocab = {alphabet[b]: b for b in range(256)}
+    vocab[alphabet[ord("a")] + alphabet[ord("b")]] = 256
+    data = {
+        "version": "1.0", "added_tokens": [], "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+        "post_processor": None, "decoder": None,
+        "model": {"type": model_type, "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [["a", "b"]]},
+    }
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def split_pre_tokenizer(pattern: str) -> dict:
+    """The pre_tokenizer of Llama-3-style files: Split(pattern, Isolated), then ByteLevel without regex."""
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from nextlong.errors import TokenizerError
-from tests.helpers import corpus_texts
+from tests.helpers import bytelevel_json, corpus_texts, split_pre_tokenizer
 from nextlong.tokenizer import (
     CL100K_PATTERN,
     CL100K_SPECIAL_TOKENS,
@@ -373,6 +373,61 @@ def test_fuzz_matches_references(hf_files, cl100k_pair, o200k_pair):
         assert_same_ids(hf_ours.encode_ordinary, _hf_ids(hf_ref), texts, f"tokenizers ({key})")
 
 
+def _code_points(full: bool) -> list[int]:
+    """Every code point but the surrogates; unless `full`, only planes 0-3 and 14 (where every
+    assigned character is) in full, and every 61st of the rest (planes 4-13 are unassigned, 15-16
+    private use)."""
+    return [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF
+            and (full or cp < 0x40000 or 0xE0000 <= cp < 0xF0000 or cp % 61 == 0)]
+
+
+def _sweep_texts(cps: list[int], context: str, per_text: int = 4096) -> list[tuple[list[int], str]]:
+    """(code points, text) batches: each code point put in `context`, one after the other."""
+    return [(cps[i:i + per_text], "".join(context.format(chr(cp)) for cp in cps[i:i + per_text]))
+            for i in range(0, len(cps), per_text)]
+
+
+# A letter's piece stops before "\n\t\n", a symbol's takes the "\n" along; " {}1" tells digits apart.
+SWEEP_CONTEXTS = ["{}\n\t\n", " {}1"]
+
+
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["assigned-planes", "all"])
+def test_unicode_classes_match_tiktoken(cl100k_pair, o200k_pair, full):
+    """Letters, numbers, marks and spaces are those of Unicode 16.0, like tiktoken's regex crate: with
+    Python 3.11's tables (Unicode 14.0) the ids of 9,392 code points differed, e.g. U+31F34."""
+    cps = _code_points(full)
+    for context in SWEEP_CONTEXTS[:2 if full else 1]:
+        batches = _sweep_texts(cps, context)
+        for ours, ref in (cl100k_pair, o200k_pair):
+            got = ours.encode_ordinary_batch([t for _, t in batches], num_threads=2)
+            want = ref.encode_ordinary_batch([t for _, t in batches], num_threads=2)
+            for (chunk, _), g, w in zip(batches, got, want):
+                if g.tolist() != w:
+                    bad = [f"U+{cp:04X}" for cp in chunk if ours.encode_ordinary(context.format(chr(cp))).tolist()
+                           != ref.encode_ordinary(context.format(chr(cp)))]
+                    pytest.fail(f"{ours.name}: ids differ from tiktoken's in context {context!r} for {len(bad)} "
+                                f"code points of U+{chunk[0]:04X}..U+{chunk[-1]:04X}: {bad[:20]}")
+
+
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["assigned-planes", "all"])
+def test_unicode_classes_match_hf(tmp_path, full):
+    """The same classes as HF tokenizers' Oniguruma (which agrees with tiktoken on every code point):
+    pieces of the Split pre-tokenizer, compared directly."""
+    from tokenizers import Regex, pre_tokenizers
+
+    cps = _code_points(full)
+    for pattern in (CL100K_PATTERN, O200K_PATTERN)[:2 if full else 1]:
+        ours = Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer(pattern)))
+        ref = pre_tokenizers.Split(Regex(pattern), "isolated")
+        for context in (SWEEP_CONTEXTS + ["A{}a"]) if full else SWEEP_CONTEXTS[:1]:
+            for chunk, text in _sweep_texts(cps, context, per_text=16384):
+                if ours.pretokenize(text) != [piece for piece, _ in ref.pre_tokenize_str(text)]:
+                    bad = [f"U+{cp:04X}" for cp in chunk if ours.pretokenize(context.format(chr(cp)))
+                           != [piece for piece, _ in ref.pre_tokenize_str(context.format(chr(cp)))]]
+                    pytest.fail(f"pieces differ from tokenizers' in context {context!r} for {len(bad)} "
+                                f"code points of U+{chunk[0]:04X}..U+{chunk[-1]:04X}: {bad[:20]}")
+
+
 @pytest.mark.parametrize("pattern, text", [
     (r"a{2}?b", "b aab ab"),          # Oniguruma: X{n}? is (?:X{n})?, not lazy
     (r"\d{1,2}+", "12345 6"),         # Oniguruma: X{m,n}+ is (?:X{m,n})+, not possessive
@@ -387,7 +442,7 @@ def test_oniguruma_dialect_matches_hf_split(tmp_path, pattern, text):
     from tokenizers import Regex, pre_tokenizers
 
     ref = [piece for piece, _ in pre_tokenizers.Split(Regex(pattern), "isolated").pre_tokenize_str(text)]
-    ours = Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre(pattern)))
+    ours = Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer(pattern)))
     assert ours.pretokenize(text) == ref
 
 
@@ -483,30 +538,6 @@ def test_wordpiece_is_rejected():
         Tokenizer.from_file(path)
 
 
-def _tiny_bytelevel_json(tmp_path, pre_tokenizer, normalizer=None, model_type="BPE") -> Path:
-    from nextlong.tokenizer import _byte_alphabet
-
-    alphabet = _byte_alphabet()[0]
-    vocab = {alphabet[b]: b for b in range(256)}
-    vocab[alphabet[ord("a")] + alphabet[ord("b")]] = 256
-    data = {
-        "version": "1.0", "added_tokens": [], "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
-        "post_processor": None, "decoder": None,
-        "model": {"type": model_type, "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": [["a", "b"]]},
-    }
-    path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def _split_pre(pattern: str) -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-
-
 @pytest.mark.parametrize("pattern, construct", [
     (r"(a)\1", "backreference"),
     (r"(?<=a)b", "lookbehind"),
@@ -518,7 +549,7 @@ def _split_pre(pattern: str) -> dict:
     (r"[a-z&&[^aeiou]]", "intersection"),
 ])
 def test_unsupported_regex_construct_is_named(tmp_path, pattern, construct):
-    path = _tiny_bytelevel_json(tmp_path, _split_pre(pattern))
+    path = bytelevel_json(tmp_path, split_pre_tokenizer(pattern))
     with pytest.raises(TokenizerError, match=construct.replace("\\", "\\\\").replace("{", "\\{").replace("}", "\\}")):
         Tokenizer.from_file(path)
     with pytest.raises(TokenizerError):
@@ -526,7 +557,7 @@ def test_unsupported_regex_construct_is_named(tmp_path, pattern, construct):
 
 
 def test_tiny_file_works_and_components_are_checked(tmp_path):
-    path = _tiny_bytelevel_json(tmp_path, _split_pre(r"\p{L}+|\s+|[^\s\p{L}]+"))
+    path = bytelevel_json(tmp_path, split_pre_tokenizer(r"\p{L}+|\s+|[^\s\p{L}]+"))
     ours = Tokenizer.from_file(path)
     ref = tokenizers.Tokenizer.from_file(str(path))
     for text in ["ab abab cab", "xyz  ab!", *ADVERSARIAL]:
@@ -537,13 +568,13 @@ def test_tiny_file_works_and_components_are_checked(tmp_path):
     path.write_text(json.dumps(data))
     assert Tokenizer.from_file(path).encode("abab").tolist() == [256, 256]
     with pytest.raises(TokenizerError, match="NFKC"):
-        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "NFKC"}))
+        Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer("a"), normalizer={"type": "NFKC"}))
     with pytest.raises(TokenizerError, match="Lowercase"):
-        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), normalizer={"type": "Lowercase"}))
+        Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer("a"), normalizer={"type": "Lowercase"}))
     with pytest.raises(TokenizerError, match="Metaspace"):
-        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, {"type": "Metaspace", "replacement": "_"}))
+        Tokenizer.from_file(bytelevel_json(tmp_path, {"type": "Metaspace", "replacement": "_"}))
     with pytest.raises(TokenizerError, match="Unigram"):
-        Tokenizer.from_file(_tiny_bytelevel_json(tmp_path, _split_pre("a"), model_type="Unigram"))
+        Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer("a"), model_type="Unigram"))
 
 
 def test_generic_engine_constructs_and_depth_guard():
@@ -556,7 +587,7 @@ def test_generic_engine_constructs_and_depth_guard():
     for text in ["ababab xxy xxxy xxxxy 12345 qqq  \n a", "abab" * 50, "xy xxy"]:
         assert ours.encode_ordinary(text).tolist() == ref.encode_ordinary(text)
     assert not ours.native.has_fast_scanner
-    with pytest.raises(ValueError, match="too deep"):
+    with pytest.raises(TokenizerError, match="too deep"):
         ours.encode_ordinary("ab" * 100_000)
 
 

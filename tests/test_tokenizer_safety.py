@@ -1,0 +1,255 @@
+"""A hostile tokenizer file must not crash, hang or corrupt the native tokenizer (issue 24, item 4).
+
+Split patterns are bounded when loaded (nesting, size) and while matching (recursion depth, a step
+budget linear in the text); ids and merges are checked when loaded. Every refusal is one
+TokenizerError line naming the file or the pattern. Each test here failed (crashed, hung, or
+accepted the file) before these checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nextlong.cli import main
+from nextlong.errors import TokenizerError
+from nextlong.tokenizer import (
+    CL100K_PATTERN,
+    GPT2_PATTERN,
+    LLAMA3_PATTERN,
+    O200K_PATTERN,
+    QWEN2_PATTERN,
+    Tokenizer,
+)
+from tests.helpers import bytelevel_json, split_pre_tokenizer
+
+
+def _hf(tmp_path, pattern: str) -> Tokenizer:
+    """A byte-level tokenizer.json splitting with `pattern` (read as Oniguruma, like HF)."""
+    return Tokenizer.from_file(bytelevel_json(tmp_path, split_pre_tokenizer(pattern)))
+
+
+def _rank_file(tmp_path, extra: str = "") -> Path:
+    path = tmp_path / "bytes.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)) + extra)
+    return path
+
+
+def _tiktoken(tmp_path, pattern: str) -> Tokenizer:
+    """Byte-level ranks with `pattern` (read as fancy-regex, like tiktoken)."""
+    return Tokenizer.from_tiktoken(_rank_file(tmp_path), pattern=pattern)
+
+
+def _one_line(exc: pytest.ExceptionInfo, limit: int = 400) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and len(text) < limit, text
+    return text
+
+
+# --- patterns: refused when loaded ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("(" * 101 + "a" + ")" * 101, "nested more than 100 deep"),
+    ("(?:" * 101 + "a" + ")" * 101, "nested more than 100 deep"),
+    ("[" * 101 + "a" + "]" * 101, "nested more than 100 deep"),
+    ("a" * 2600, "too large (more than 2500 elements)"),
+])
+def test_pattern_too_deep_or_large_is_refused_on_load(tmp_path, pattern, expected):
+    for load in (_hf, _tiktoken):
+        with pytest.raises(TokenizerError) as exc:
+            load(tmp_path, pattern)
+        line = _one_line(exc)
+        assert expected in line and "..." in line  # the pattern is named, cut short
+
+
+def test_patterns_within_the_bounds_load_and_match(tmp_path):
+    assert _hf(tmp_path, "(" * 100 + "a" + ")" * 100).pretokenize("xaax") == ["x", "a", "a", "x"]
+    # the largest pattern allowed still matches: one pass stays inside the recursion bound
+    assert _tiktoken(tmp_path, "a" * 2400).pretokenize("a" * 2401) == ["a" * 2400]
+
+
+def test_cli_tokenize_with_a_pattern_nested_20000_deep(tmp_path):
+    """Crashed the process (rc 139) before: the parser recursed once per level."""
+    tok = bytelevel_json(tmp_path, split_pre_tokenizer("(" * 20000 + "a" + ")" * 20000))
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(json.dumps({"text": "a b c"}) + "\n")
+    argv = ["tokenize", str(corpus), "--out", str(tmp_path / "t.parquet"), "--tokenizer", str(tok), "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "nextlong", *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nextlong tokenize: error: "), run.stderr[-2000:]
+    assert str(tok) in lines[0] and "nested more than 100 deep" in lines[0]
+
+
+# --- matching: a step budget and a recursion bound ----------------------------------------------
+
+
+@pytest.mark.parametrize("pattern, text, at", [
+    (r"(a+)+$", "a" * 24 + "b", 0),       # exponential: took 0.41 s at 24 characters, x4 per 2 more
+    (r"(?:a|aa)+c", "a" * 32, 0),          # exponential without nesting quantifiers directly
+    (r"a*b|a", "a" * 20_000, None),        # quadratic: every position scans to the end
+])
+def test_catastrophic_backtracking_raises_one_line(tmp_path, pattern, text, at):
+    for load in (_hf, _tiktoken):
+        tok = load(tmp_path, pattern)
+        with pytest.raises(TokenizerError) as exc:
+            tok.encode(text)
+        line = _one_line(exc)
+        assert line.startswith("regex step budget exhausted") and f"pattern {pattern!r}" in line
+        if at is not None:
+            assert f"at byte {at} of the text (near 'aaaa" in line
+
+
+def test_budget_errors_propagate_from_worker_threads(tmp_path):
+    """encode_batch runs on the native pool with the GIL released; a bad text anywhere in the batch
+    raises TokenizerError in the caller, and the pool keeps working."""
+    tok = _hf(tmp_path, r"(a+)+$|\s+|[^a\s]+")
+    good = ["word " * 1000 + "a"] * 40
+    texts = good[:17] + ["x " * 3000 + "a" * 30 + "b"] + good[17:]
+    for _ in range(3):
+        with pytest.raises(TokenizerError, match=r"step budget exhausted at byte 6000 "):
+            tok.encode_batch(texts, num_threads=2)
+    with pytest.raises(TokenizerError, match="step budget"):
+        tok.encode(texts[17])  # over 4096 bytes: encoded with the GIL released
+    assert [len(ids) for ids in tok.encode_batch(good, num_threads=2)] == [len(tok.encode(t)) for t in good]
+
+
+def test_cli_tokenize_budget_error_is_one_line(tmp_path, capsys):
+    tok = bytelevel_json(tmp_path, split_pre_tokenizer(r"(a+)+$|\s+|[^a\s]+"))
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["fine text"] * 50 + ["a" * 30 + "b"]))
+    code = main(["tokenize", str(corpus), "--out", str(tmp_path / "t.parquet"), "--tokenizer", str(tok),
+                 "--threads", "2", "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("nextlong tokenize: error: regex step budget exhausted"), lines
+
+
+def test_deep_recursion_on_a_small_thread_stack_raises(tmp_path):
+    """A 1 MiB stack (`ulimit -s 1024`: the main thread and every pool thread) overflowed before the
+    recursion bound was reached; now the matcher stops at the stack's end and raises."""
+    script = textwrap.dedent(f"""
+        import threading
+        from nextlong.errors import TokenizerError
+        from nextlong.tokenizer import Tokenizer
+        tok = Tokenizer.from_tiktoken({str(_rank_file(tmp_path))!r}, pattern=r"(?:ab)+|\\S")
+        def encode(fn, arg):
+            try:
+                fn(arg)
+            except TokenizerError as exc:
+                print("raised:", exc)
+        encode(tok.encode, "ab" * 100_000)  # the main thread
+        encode(tok.encode_batch, ["ab" * 100_000] * 4)  # pool threads
+        t = threading.Thread(target=encode, args=(tok.encode, "ab" * 100_000))  # a Python thread
+        t.start()
+        t.join()
+    """)
+
+    def small_stack():
+        resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         preexec_fn=small_stack)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.count("raised: regex backtracking too deep") == 3, run.stdout
+
+
+STANDARD = [("gpt2", GPT2_PATTERN, "oniguruma"), ("cl100k", CL100K_PATTERN, "fancy-regex"),
+            ("cl100k", CL100K_PATTERN, "oniguruma"), ("o200k", O200K_PATTERN, "fancy-regex"),
+            ("llama3", LLAMA3_PATTERN, "oniguruma"), ("qwen2", QWEN2_PATTERN, "oniguruma")]
+# 1 MB runs of one character class, then 200 KB of the short units that cost the most steps per
+# byte (many alternatives tried for each short piece). Each run ends in "x": a run of spaces then
+# backtracks out of \s+(?!\S).
+RUNS = {" ": 1_000_000, "7": 1_000_000, "a": 1_000_000, "\u65e5": 1_000_000, "\n": 1_000_000, "A": 200_000,
+        "!": 200_000, "\r\n": 200_000, " \n": 200_000, "/\n": 200_000, "1a": 200_000, " !": 200_000,
+        "'s": 200_000, "a\u0301": 200_000}
+
+
+@pytest.mark.parametrize("name, pattern, dialect", STANDARD, ids=[f"{n}-{d}" for n, _, d in STANDARD])
+def test_standard_patterns_never_hit_the_budget(tmp_path, name, pattern, dialect):
+    """The generic engine (not the hand-written cl100k/o200k scanners) on long runs."""
+    tok = _hf(tmp_path, pattern) if dialect == "oniguruma" else _tiktoken(tmp_path, pattern)
+    for unit, size in RUNS.items():
+        text = unit * (size // len(unit.encode())) + "x"
+        assert "".join(tok.native.pretokenize(text, generic=True)) == text
+
+
+# --- vocabularies: checked when loaded -----------------------------------------------------------
+
+
+def _edit_json(tmp_path, edit) -> Path:
+    path = bytelevel_json(tmp_path, split_pre_tokenizer(r"\S+|\s+"))
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _add_token(data, content, token_id):
+    data["added_tokens"].append({"id": token_id, "content": content, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["model"]["vocab"].update({"xyz": 5_000_000}),
+     "token 'xyz' has id 5000000, too large for a vocabulary of 258 tokens (ids must be below 1540)"),
+    (lambda d: d["model"]["vocab"].update({"xyz": 2**40}), "token 'xyz' has id 1099511627776, too large"),
+    (lambda d: d["model"]["vocab"].update({"xyz": -1}), "token 'xyz' has id -1; ids must be non-negative integers"),
+    (lambda d: d["model"]["vocab"].update({"xyz": 3.0}), "token 'xyz' has id 3.0; ids must be"),
+    (lambda d: d["model"]["vocab"].update({"xyz": 97}), "id 97 is given to two tokens, 'a' and 'xyz'"),
+    (lambda d: d["model"]["vocab"].update({"x" * 500: 97}), "id 97 is given to two tokens, 'a' and 'xxxxxx"),
+    (lambda d: _add_token(d, "<s>", 97), "id 97 is given to two tokens, 'a' and '<s>'"),
+    (lambda d: _add_token(d, "a", 300), "token 'a' has two ids, 97 and 300"),
+    (lambda d: (_add_token(d, "<s>", 300), _add_token(d, "</s>", 300)), "id 300 is given to two tokens"),
+    (lambda d: d["model"]["merges"].append(["a", "zz" * 400]), "uses a token missing from the vocabulary"),
+])
+def test_bad_vocab_is_refused_with_one_line(tmp_path, edit, expected):
+    path = _edit_json(tmp_path, edit)
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_file(path)
+    line = _one_line(exc, limit=300)
+    assert line.startswith(f"{path}: ") and expected in line, line
+
+
+def test_consistent_added_tokens_and_a_few_unused_ids_load(tmp_path):
+    """What real files do: an added token that is also in the vocab with the same id (GPT-2's
+    <|endoftext|>), and specials past a gap of unused ids (cl100k's)."""
+    def edit(d):
+        d["model"]["vocab"]["<|endoftext|>"] = 257
+        _add_token(d, "<|endoftext|>", 257)
+        _add_token(d, "<|fim|>", 1200)
+
+    tok = Tokenizer.from_file(_edit_json(tmp_path, edit))
+    assert tok.encode("ab<|endoftext|><|fim|>").tolist() == [256, 257, 1200]
+
+
+def test_duplicate_vocab_key_is_refused(tmp_path):
+    """json.loads keeps the last of two equal keys: the first token's id silently vanished."""
+    path = bytelevel_json(tmp_path, split_pre_tokenizer(r"\S+"))
+    path.write_text(path.read_text().replace('"vocab": {', '"vocab": {"ab": 300, ', 1))
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_file(path)
+    assert _one_line(exc) == f"{path}: key 'ab' appears twice in one JSON object"
+
+
+@pytest.mark.parametrize("extra, specials, expected", [
+    ("YWI= -3\n", None, "token b'ab' has id -3; ids must be non-negative integers"),
+    ("YWI= 99999999999\n", None, "token b'ab' has id 99999999999, too large"),
+    ("YWI= 300\nYWI= 301\n", None, "token b'ab' has two ids, 300 and 301"),
+    ("YWI= 97\n", None, "id 97 is given to two tokens, b'a' and b'ab'"),
+    ("", {"<|end|>": 98}, "id 98 is given to two tokens, b'b' and '<|end|>'"),
+])
+def test_bad_ranks_are_refused_with_one_line(tmp_path, extra, specials, expected):
+    path = _rank_file(tmp_path, extra)
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_tiktoken(path, special_tokens=specials)
+    line = _one_line(exc, limit=300)
+    assert line.startswith(f"{path}: ") and expected in line, line
