@@ -13,9 +13,10 @@ from pathlib import Path
 
 from .errors import disk_full, is_disk_full
 
-# mkstemp creates files readable by the owner only; finished outputs get the usual permissions.
+# mkstemp (and safetensors) create files readable by the owner only; finished outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def atomic_path(final: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
     except BaseException as exc:
         written, full = None, is_disk_full(exc)

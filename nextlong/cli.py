@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from .errors import NextlongError, disk_full, is_disk_full
+from .extras import EXTRA_OF, missing_modules_error, require
 
 COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "inspect", "train", "plot", "eval", "heads")
 
@@ -44,7 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        requirements = getattr(importlib.import_module(f"nextlong.commands.{args.command}"), "requirements", None)
+        if requirements:
+            require("this run", *requirements(args))
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        # An optional package imported deeper than `requirements` knew: the same one line, not a traceback.
+        if args.debug or (exc.name or "").partition(".")[0] not in EXTRA_OF:
+            raise
+        _print_error(args.command, missing_modules_error("this run", [exc.name.partition(".")[0]]))
+        return 1
     except NextlongError as exc:
         if args.debug:
             raise
@@ -63,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(command: str, exc) -> None:
-    message = " ".join(str(exc).splitlines())  # always one line
-    print(f"nextlong {command}: error: {message}", file=sys.stderr)
+    print(f"nextlong {command}: error: {one_line(str(exc))}", file=sys.stderr)
+
+
+def one_line(message: str) -> str:
+    """A message as one printable line. Errors quote bytes of untrusted files and file names: a control
+    character there (an escape sequence, a carriage return) must not reach the terminal as one."""
+    message = " ".join(message.splitlines())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
 
 
 if __name__ == "__main__":

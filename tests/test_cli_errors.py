@@ -14,6 +14,7 @@ import pytest
 
 from nextlong.cli import main
 from nextlong.errors import NextlongError
+from tests.helpers import assert_one_line_error, run_cli
 
 DOCS = [f"Document {d} about topic {d % 5}.\n" + "\n".join(f"paragraph {p} of document {d}: " + "words " * 40
                                                              for p in range(6)) for d in range(24)]
@@ -38,24 +39,6 @@ def index_dir(tmp_path_factory, chunks):
     out = tmp_path_factory.mktemp("index") / "idx"
     assert main(["index", str(chunks), "--out", str(out), "--embedder", "hashed-tfidf:64", "--no-progress"]) == 0
     return out
-
-
-def run_cli(args, capsys):
-    """(exit status, stdout, stderr) of `nextlong ARGS`, run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, command: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"nextlong {command}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # (name, command, argv built from the fixtures, expected exit status, expected part of the message)
@@ -84,6 +67,13 @@ USAGE_CASES = [
     ("synthesize --target-length 0", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
                                                               f["tmp"] / "s", "--target-length", "0"],
      "argument --target-length: must be a positive integer, got 0"),
+    ("synthesize --target-length 10", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
+                                                               f["tmp"] / "s", "--target-length", "10", "--quiet"],
+     "--target-length 10 is shorter than one meta-chunk (--chunk-size 2048 chars, about 512 tokens)"),
+    ("synthesize --target-length below --chunk-unit tokens", "synthesize",
+     lambda f: ["synthesize", "--corpus", f["corpus"], "--out", f["tmp"] / "s", "--method", "standard",
+                "--target-length", "255", "--chunk-size", "256", "--chunk-unit", "tokens", "--quiet"],
+     "use --target-length 256 or more"),
     ("synthesize --on-error bad", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
                                                            f["tmp"] / "s", "--on-error", "bad"],
      "argument --on-error: invalid choice"),
@@ -251,3 +241,11 @@ def test_the_installed_command_prints_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("nextlong search: error: argument -k: must be a positive integer, got 0 "
                                    "(see nextlong search --help)")
+
+
+def test_control_characters_in_an_error_never_reach_the_terminal(tmp_path, capsys):
+    """File names and file bytes quoted in errors are untrusted: an escape sequence is shown escaped."""
+    evil = tmp_path / "a\x1b[2Jb\x07.jsonl"
+    code, _, err = run_cli(["chunk", evil, "--out", tmp_path / "c.parquet"], capsys)  # the bar too: none
+    line = assert_one_line_error(err, "chunk")
+    assert code == 1 and "\x1b" not in err and "\x07" not in err and "a\\x1b[2Jb\\x07.jsonl" in line

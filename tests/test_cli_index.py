@@ -44,6 +44,23 @@ def test_index_then_search_lexical(tmp_path, chunks, capsys):
     assert printed.count("chunk ") == 5 and f"chunk {target:>8}" not in printed
 
 
+def test_a_refused_rerun_leaves_the_index_as_it_was(tmp_path, chunks, capsys):
+    """Issue 24: `--embedder hashed-tfidf:256` over a 512-dim index rewrote lexical_embedder.json before
+    refusing, and `search` on the index failed from then on."""
+    path, table = chunks
+    out = tmp_path / "idx"
+    assert main(["index", str(path), "--out", str(out), "--embedder", "hashed-tfidf", "--no-progress"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    capsys.readouterr()
+    assert main(["index", str(path), "--out", str(out), "--embedder", "hashed-tfidf:256", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "embeddings were made with other settings" in err and "dim: on disk 512, asked 256" in err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    text = table.column("text")[17].as_py()
+    assert main(["search", str(out), text, "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunk_id"] == 17
+
+
 @pytest.mark.slow
 def test_index_default_embedder_matches_direct_build(tmp_path, chunks, capsys):
     """The CLI with the default MiniLM gives the same neighbours as embedding + ChunkIndex.build by hand."""
@@ -103,3 +120,10 @@ def test_index_accepts_nextlong_chunk_output(tmp_path, capsys):
     query = index.query_embedder().embed(["the first chunk's words"])
     ids, _ = index.search(query, 3)
     assert (ids >= 0).all()
+
+
+def test_index_quiet_draws_no_bar(tmp_path, chunks, capsys):
+    """--quiet, as chunk and synthesize take it: nothing on stderr."""
+    path, _ = chunks
+    assert main(["index", str(path), "--out", str(tmp_path / "idx"), "--embedder", "hashed-tfidf", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

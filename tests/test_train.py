@@ -15,6 +15,7 @@ import torch
 from nextlong.errors import NextlongError, UsageError
 from nextlong.train import train
 from nextlong.train.data import SampleStream, SequencePacker, Source, collate, open_sources
+from nextlong.train.state_file import load_state
 from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, metrics, synthesized
 
 FAST = dict(model="tiny", progress=False, num_threads=1)
@@ -196,7 +197,7 @@ def test_tiny_run_lowers_the_loss_and_exports_the_model(data, tmp_path):
     spec = json.loads((run / "model" / "nextlong.json").read_text())["tokenizer"]
     assert load_tokenizer(str(run / "model" / spec)).vocab_size == 1024
     lm = AutoModelForCausalLM.from_pretrained(run / "model")
-    saved = torch.load(sorted((run / "checkpoints").iterdir())[-1] / "model.pt")
+    saved = load_state(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors")
     for name, tensor in lm.state_dict().items():
         assert torch.equal(tensor, saved["lm." + name]), name
 
@@ -207,24 +208,23 @@ def test_resume_continues_exactly_and_ignores_half_written_checkpoints(data, tmp
     train(data, tmp_path / "whole", **opts)
     whole = metrics(tmp_path / "whole")
 
-    # stop after 4 steps; then a crash while writing the next checkpoint (step 6's model.pt)
+    # stop after 4 steps; then a crash while writing the next checkpoint (step 6's model.safetensors)
     train(data, tmp_path / "cut", stop_after=4, **opts)
     import nextlong.train.checkpoint as ckpt
 
-    real_save = torch.save
+    real_save = ckpt.save_state
 
-    def crashing_save(obj, path, *a, **k):
-        if str(path).endswith("model.pt"):
-            real_save(obj, path, *a, **k)
+    def crashing_save(path, obj):
+        real_save(path, obj)
+        if str(path).endswith("model.safetensors"):
             with open(path, "r+b") as f:
                 f.truncate(100)  # half-written
             raise KeyboardInterrupt("killed while checkpointing")
-        return real_save(obj, path, *a, **k)
 
-    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    monkeypatch.setattr(ckpt, "save_state", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "cut", resume=True, **opts)
-    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    monkeypatch.setattr(ckpt, "save_state", real_save)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut")] == ["step-00000002", "step-00000004"]
     assert any(p.name.startswith(".tmp-") for p in (tmp_path / "cut" / "checkpoints").iterdir())
 
@@ -258,7 +258,8 @@ def test_bad_input_is_reported_before_training(data, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(data, other)
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["settings"].update(tokenizer="cl100k_base", tokenizer_fingerprint=None, tokenizer_name="cl100k_base")
+    manifest["settings"].update(tokenizer="cl100k_base", tokenizer_copy=None, tokenizer_fingerprint=None,
+                                tokenizer_name="cl100k_base")
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(NextlongError, match="tokenized with cl100k_base"):
         train(other, tmp_path / "d", model=str(run), progress=False)
@@ -289,6 +290,23 @@ def test_cli_train_and_plot(data, tmp_path, capsys):
     assert "longer than --seq-len" in capsys.readouterr().err
 
 
+def test_cli_resume_takes_the_runs_own_settings(data, tmp_path, capsys):
+    """`nextlong train DATA --out RUN --resume`, as the README writes it, continues a run started with
+    other than default settings; an option given anew that differs is still refused, naming it."""
+    from nextlong.cli import main
+
+    run = tmp_path / "run"
+    start = ["train", str(data), "--out", str(run), "--quiet", "--threads", "1"]
+    assert main(start + ["--steps", "3", "--stop-after", "1", "--lr", "0.002", "--seq-len", "512",
+                         "--warmup", "1"]) == 0
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 0
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["tokens"] == 3 * 512
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--lr", "0.5"]) == 1
+    assert "lr: saved 0.002, now 0.5" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_readme_trainer_example_runs(data, tmp_path):
     """The README's transformers Trainer example, on the test data for a few steps."""
@@ -304,7 +322,7 @@ def test_readme_trainer_example_runs(data, tmp_path):
                      ("max_steps=10", "max_steps=3")):
         assert old in code, old
         code = code.replace(old, new)
-    before = torch.load(sorted((run / "checkpoints").iterdir())[-1] / "model.pt")["lm.model.norm.weight"]
+    before = load_state(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors")["lm.model.norm.weight"]
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     model = namespace["model"]

@@ -67,8 +67,16 @@ def add_parser(subparsers) -> None:
                    help="weights dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="run lengths beyond the model's max_position_embeddings (warns instead of refusing)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code the model folder ships (config.json auto_map); off by default, never "
+                        "asked: only for a folder you trust")
     p.add_argument("--dump", action="store_true", help="also write DIR/samples.jsonl with prompts and predictions")
     p.set_defaults(func=run)
+
+
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    """Checked before the model loads: the pictures are drawn only after all the scoring."""
+    return ("torch", "transformers", "matplotlib")
 
 
 def run(args: argparse.Namespace) -> int:

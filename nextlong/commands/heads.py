@@ -46,7 +46,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="run lengths beyond the model's max_position_embeddings")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code the model folder ships (config.json auto_map); off by default, never "
+                        "asked: only for a folder you trust")
     p.set_defaults(func=run)
+
+
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    """Checked before the model loads: the pictures are drawn only after all the scoring."""
+    return ("torch", "transformers", "matplotlib")
 
 
 def run(args: argparse.Namespace) -> int:

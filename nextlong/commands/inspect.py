@@ -31,6 +31,7 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
     import numpy as np
     import pyarrow.parquet as pq
 
+    from ..manifest import recorded_tokenizer
     from ..tokenizer import load_tokenizer
     from ..synthesis.writers import shard_paths
 
@@ -50,7 +51,7 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
         seen += n
     if row is None:
         raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
-    tok = load_tokenizer(settings.get("tokenizer"))
+    tok = load_tokenizer(recorded_tokenizer(directory, settings))
     ids = np.asarray(row["input_ids"], np.uint32)
     lines = [f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document {row['anchor_doc_id']!r}, "
              f"{len(row['segments'])} segments"]

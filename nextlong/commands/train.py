@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import ATTENTIONS, LOSSES, SPAN_MODES, WEIGHTINGS
+from ..train.config import ATTENTIONS, LOSSES, NAN_POLICIES, SPAN_MODES, WEIGHTINGS
 from .argtypes import nonnegative_int, positive_float, positive_int
 
 
@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="tiny",
                    help="tiny | small (Llama presets at random init, vocabulary of the data's tokenizer) or a "
                         "Hugging Face causal-LM folder / earlier run folder (default tiny)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code the --model / --scorer folder ships (config.json auto_map); off by default, "
+                        "never asked: only for a folder you trust")
     p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default: the data's sample length)")
     p.add_argument("--batch-tokens", type=positive_int,
                    help="tokens per optimizer step; gradient accumulation makes up the rest (default seq-len x processes)")
@@ -59,12 +62,63 @@ def add_parser(subparsers) -> None:
                    help="checkpoint every N steps (default 0: only at the end)")
     p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: load an old checkpoint written as Python pickles (model.pt, rank-N.pt: "
+                        "loading them can run any code) once and rewrite it as safetensors + JSON; only for a run "
+                        "folder you trust")
+    p.add_argument("--nan-policy", choices=NAN_POLICIES, default="stop",
+                   help="on a non-finite loss or gradient norm: stop = end the run with an error, keeping the last "
+                        "good checkpoint (default); skip-step = skip that update and go on")
     p.add_argument("--stop-after", type=positive_int,
                    help="end this invocation after N steps with a checkpoint (continue later with --resume)")
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    # An option left out takes its default, or with --resume the resumed run's value: to tell the two
+    # apart, every option parses to UNSET when it is not on the command line.
+    defaults = {}
+    for action in p._actions:
+        if action.option_strings and action.dest not in ("help", "out", "resume"):
+            defaults[action.dest], action.default = action.default, UNSET
+    p.set_defaults(func=run, option_defaults=defaults)
+
+
+UNSET = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
+
+
+def resolve_options(args: argparse.Namespace) -> dict:
+    """Every option's value: as given on the command line; else, with --resume, the value the resumed
+    run recorded in RUN/manifest.json (for the settings a resume must share, TrainConfig.run_defining);
+    else its default. So `nextlong train DATA --out RUN --resume` continues a run with its own settings,
+    and an option given anew that differs from the saved one is still refused by the trainer."""
+    from ..train.config import TrainConfig
+
+    saved = {}
+    if args.resume:
+        saved = recorded_settings(args.out)
+        shared = set(TrainConfig(data=[], out="").run_defining())
+        saved = {k: v for k, v in saved.items() if k in shared}
+    return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
+            for dest, default in args.option_defaults.items()}
+
+
+def recorded_settings(run) -> dict:
+    """The settings a run folder's manifest recorded ({} when it has none yet, or an unreadable one:
+    the trainer then reports what it finds)."""
+    import json
+    from pathlib import Path
+
+    try:
+        manifest = json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
+
+
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    """matplotlib is not here: without it the run skips loss.png with a notice (nextlong.train.plot)."""
+    return ("torch", "transformers")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.trainer import train
 
+    args = argparse.Namespace(**{**vars(args), **resolve_options(args)})
     summary = train(
         args.data, args.out, model=args.model, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
+        trust_remote_code=args.trust_remote_code,
         micro_batch=args.micro_batch, steps=args.steps, lr=args.lr, warmup=args.warmup,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         rope_theta=args.rope_theta, seed=args.seed, attention=args.attention, loss=args.loss,
@@ -82,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         dense_lam=args.dense_lam, sparse_keep=args.sparse_keep, longce_gamma=args.longce_gamma,
         grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
+        trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy,
         num_threads=args.threads, progress=not args.quiet)
     import os
 

@@ -36,7 +36,8 @@ def run_eval(args) -> dict:
 
     from .model import check_lengths, load_model
 
-    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code)
     lengths = args.lengths or default_lengths(lm.max_positions)
     longppl_length = args.longppl_length or max(lengths)
     warnings = check_lengths(sorted(set(lengths + ([longppl_length] if want_longppl else []))), lm,

@@ -89,7 +89,8 @@ def run_heads(args) -> dict:
     from .model import check_lengths, load_model
     from .plots import head_heatmap
 
-    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code)
     lengths = args.lengths or auto_lengths(lm.max_positions, args.num_lengths, args.max_new_tokens)
     for w in check_lengths(lengths, lm, args.allow_extrapolation, extra=args.max_new_tokens):
         print(f"nextlong heads: warning: {w}", file=sys.stderr)

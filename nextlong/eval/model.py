@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NextlongError, UsageError
+from ..errors import UsageError
+from ..model_folder import ModelFolderError, load_causal_lm, read_config, tokenizer_spec
 
 ATTENTION = ("auto", "nextlong", "sdpa", "eager")
-
-
-class ModelFolderError(NextlongError):
-    """The MODEL argument is not a causal LM folder nextlong can load."""
 
 
 @dataclass
@@ -62,21 +58,11 @@ def resolve_model_folder(path) -> tuple[Path, str]:
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"{root}: not a causal LM folder: no config.json (nor model/config.json of a "
                                "`nextlong train` run)")
-    meta = folder / "nextlong.json"
-    if meta.is_file():
-        try:
-            spec = json.loads(meta.read_text())["tokenizer"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelFolderError(f"{meta}: expected a JSON object with a \"tokenizer\" entry ({exc})") from None
-        if not isinstance(spec, str) or not spec:
-            raise ModelFolderError(f"{meta}: \"tokenizer\" must be a tokenizer name or file name, got {spec!r}")
-        if (folder / spec).exists():
-            spec = str(folder / spec)
-        return folder, spec
-    if (folder / "tokenizer.json").is_file():
-        return folder, str(folder / "tokenizer.json")
-    raise ModelFolderError(f"{folder}: no tokenizer: expected nextlong.json with a \"tokenizer\" entry or a "
-                           "tokenizer.json beside config.json")
+    spec = tokenizer_spec(folder)
+    if spec is None:
+        raise ModelFolderError(f"{folder}: no tokenizer: expected nextlong.json with a \"tokenizer\" entry or a "
+                               "tokenizer.json beside config.json")
+    return folder, spec
 
 
 def max_positions_of(config) -> int | None:
@@ -87,21 +73,19 @@ def max_positions_of(config) -> int | None:
     return None
 
 
-def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load MODEL for evaluation (eval mode, no gradients). `attn` picks the prefill attention."""
+def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load MODEL for evaluation (eval mode, no gradients). `attn` picks the prefill attention; the
+    folder's own Python code runs only with `trust_remote_code` (nextlong.model_folder)."""
     if attn not in ATTENTION:
         raise UsageError(f"--attn must be one of {', '.join(ATTENTION)}, got {attn!r}")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..tokenizer import load_tokenizer
 
     folder, spec = resolve_model_folder(path)
+    config = read_config(folder, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(spec)
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelFolderError(f"{folder}/config.json: not a transformers model config ({exc})") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
@@ -114,14 +98,8 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
         attn = "sdpa"
     if attn == "nextlong":
         import nextlong.kernels.transformers_attention  # noqa: F401  registers "nextlong"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
-                                                     attn_implementation="sdpa")
-    except TypeError:  # transformers before `dtype=`
-        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True,
-                                                     attn_implementation="sdpa")
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelFolderError(f"{folder}: cannot load a causal LM from it ({' '.join(str(exc).split())})") from None
+    model = load_causal_lm(folder, config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                           attn_implementation="sdpa")
     model.to(device).eval()
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab and tokenizer.vocab_size > vocab:

@@ -7,7 +7,8 @@
 DIR/<stage>/ holds each stage's output and its completion record `_done.json` (map stages also a
 record per block in `_done/`); DIR/data/part-NNNNN.parquet is the output (read the folder with
 `pyarrow.parquet.read_table(DIR/"data")`), DIR/jsonl | DIR/mds derived formats, DIR/manifest.json
-settings, versions, counts and quality statistics. A stage cached with other settings is refused
+settings, versions, counts and quality statistics, DIR/tokenizer/ a copy of a --tokenizer file (so
+`nextlong train` finds it from anywhere, after the folder moves). A stage cached with other settings is refused
 (StageMismatchError) unless `rebuild=True`, except that removing DIR/data discards the output and the
 stages that made it (units, plan, assemble), so one folder's chunks and embeddings can serve several
 methods and seeds. An interrupted run resumes from finished stages and blocks, and the same seed gives
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
-from .config import SynthesisConfig
+from .config import EMBEDDING_METHODS, SynthesisConfig
 from .stage import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, executor_for, read_done
 from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
@@ -109,7 +110,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
             steps.append(S.DedupStage(name="dedup", inputs=("chunk", "chunks", "neardup"), tokenizer=tok,
                                       threshold=cfg.near_dup_threshold))
             blocks = chunks = graph = "dedup"
-    if cfg.method in ("nextlong", "knn", "iclm"):
+    if cfg.method in EMBEDDING_METHODS:
         emb = "embeddings"
         if cfg.index is not None:
             external["index"] = str(cfg.index)
@@ -198,7 +199,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 
     if not Path(cfg.corpus).exists():
         raise NextlongError(f"{cfg.corpus}: corpus not found")
-    if cfg.method in ("nextlong", "knn", "iclm"):
+    if cfg.method in EMBEDDING_METHODS:
         if cfg.index is not None:
             index = Path(cfg.index)
             if not (index / "index.json").is_file():
@@ -332,6 +333,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     index_dir = pipeline.external.get("index", out / "index")
     search = str(index_dir) if (Path(index_dir) / "index.json").exists() and "index" in fps else "exact"
     settings = cfg.to_dict()
+    settings.update(_keep_tokenizer_file(cfg.tokenizer, out))
     sep_ids = tokenizer.encode_ordinary(cfg.separator) if cfg.separator else []
     settings.update(tokenizer_name=getattr(tokenizer, "name", None),
                     tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
@@ -344,6 +346,24 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         _log(cfg, f"warning: asked for {cfg.num_samples} documents, built {built}: " + _why(cfg, stats))
     _log(cfg, summary(manifest))
     return manifest
+
+
+def _keep_tokenizer_file(spec, out: Path) -> dict:
+    """The manifest's tokenizer entries (read by `nextlong.manifest.recorded_tokenizer`). A relative
+    --tokenizer path is only valid from where synthesize ran, so a file is recorded by its absolute path
+    and also copied into OUT/tokenizer/ (`tokenizer_copy`, relative to OUT) for when the output moves.
+    A name such as cl100k_base is recorded as it is."""
+    import shutil
+
+    from ..atomic import atomic_path
+
+    path = Path(spec) if spec is not None else None
+    if path is None or not path.exists():
+        return {"tokenizer": spec}
+    source = path / "tokenizer.json" if path.is_dir() else path
+    with atomic_path(out / "tokenizer" / source.name) as tmp:
+        shutil.copyfile(source, tmp)
+    return {"tokenizer": str(path.resolve()), "tokenizer_copy": f"tokenizer/{source.name}"}
 
 
 def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:

@@ -4,8 +4,9 @@
     train("demo-out", "demo-run", model="tiny", steps=10)
 
 Modules: `config` (settings), `data` (stream, packer, collator; the transformers Trainer drop-in),
-`model` (presets, attention and loss selection), `trainer` (the loop), `checkpoint` (atomic
-checkpoints, resume, the exported model folder), `plot` (metrics.jsonl and loss.png).
+`model` (presets, attention and loss selection), `memory` (settings too large for the machine),
+`trainer` (the loop), `checkpoint` (atomic checkpoints, resume, the exported model folder),
+`state_file` (checkpoint files that run no code when loaded), `plot` (metrics.jsonl and loss.png).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ length) the default is named in docs/training.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -17,9 +18,11 @@ ATTENTIONS = ("nextlong", "sdpa", "eager")
 LOSSES = ("fused", "eager")
 WEIGHTINGS = ("none", "dense", "sparse", "longce")
 SPAN_MODES = ("sample", "document", "none")
+NAN_POLICIES = ("stop", "skip-step")
 
 # Settings that change what a step computes: a resumed run must use the same ones.
-_NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads"}
+_NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads",
+                     "nan_policy", "trust_checkpoint", "trust_remote_code"}
 
 
 @dataclass
@@ -27,6 +30,7 @@ class TrainConfig:
     data: list[str]                      # "PATH" or "PATH@weight", one per source
     out: str
     model: str = "tiny"                  # tiny | small | a local Hugging Face causal-LM folder
+    trust_remote_code: bool = False      # run Python code a model folder ships (nextlong.model_folder)
     seq_len: int | None = None           # default: the data's sample length
     batch_tokens: int | None = None      # tokens per optimizer step; default seq_len x world size
     micro_batch: int = 1                 # sequences per forward pass on one rank
@@ -55,6 +59,8 @@ class TrainConfig:
     save_every: int = 0                  # 0: only at the end
     keep_checkpoints: int = 2
     resume: bool = False
+    trust_checkpoint: bool = False       # load an old pickle checkpoint once (it can run code) and rewrite it safely
+    nan_policy: str = "stop"             # a non-finite loss or gradient norm: stop the run, or skip that update
     stop_after: int | None = None        # end this invocation after N steps (a later --resume goes on)
     progress: bool = True
     num_threads: int = 0                 # CPU threads per process (0: the cores divided among local ranks)
@@ -80,17 +86,21 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
         check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens")
-        check(self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.lr is None or 0 < self.lr < math.inf, f"--lr must be > 0 and finite, got {self.lr}")
         check(self.warmup is None or 0 <= self.warmup <= self.steps,
               f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup}")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
-        check(self.rope_theta is None or self.rope_theta > 0, f"--rope-theta must be > 0, got {self.rope_theta}")
+        check(self.rope_theta is None or 0 < self.rope_theta < math.inf,
+              f"--rope-theta must be > 0 and finite, got {self.rope_theta}")
+        check(0 <= self.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
         check(0.0 <= self.dense_lam <= 1.0, f"--dense-lam must be in [0, 1], got {self.dense_lam}")
         check(0.0 < self.sparse_keep <= 1.0, f"--sparse-keep must be in (0, 1], got {self.sparse_keep}")
         check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}")
         check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
         check(self.num_threads >= 0, f"--threads must be >= 0, got {self.num_threads}")
+        check(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        check(self.resume or not self.trust_checkpoint, "--trust-checkpoint only applies with --resume")
         return self
 
     def resolved_warmup(self) -> int:

@@ -75,16 +75,16 @@ class Source:
         if not self.path.exists():
             raise NextlongError(f"{self.path}: data not found (expected a `nextlong synthesize` output folder, "
                                 "Parquet shards or an MDS folder)")
-        self.manifest = self._find_manifest()
+        self.manifest, self.manifest_dir = self._find_manifest()
         self.kind, self.files = self._find_files()
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
+            from ..corpus import open_parquet
 
             self._row_groups = []  # (file, row group, first global row, rows)
             start = 0
             for f in self.files:
-                meta = pq.ParquetFile(f).metadata
-                names = set(pq.read_schema(f).names)
+                pf = open_parquet(f)
+                meta, names = pf.metadata, set(pf.schema_arrow.names)
                 if "input_ids" not in names:
                     raise NextlongError(f"{f}: no `input_ids` column (columns: {sorted(names)})")
                 self.has_segments = "segments" in names
@@ -103,8 +103,9 @@ class Source:
         self._cache = None  # parquet: (row group index, table); mds: (iterator, next row)
 
     # where the files are
-    def _find_manifest(self) -> dict | None:
-        """The `nextlong synthesize` manifest of DIR, DIR/data, DIR/mds or a shard file inside them."""
+    def _find_manifest(self) -> tuple[dict | None, Path | None]:
+        """The `nextlong synthesize` manifest of DIR, DIR/data, DIR/mds or a shard file inside them, and
+        its folder."""
         p = self.path
         folders = (p, p.parent) if p.is_dir() else (p.parent, p.parent.parent)
         for folder in folders:
@@ -115,8 +116,8 @@ class Source:
                 except (OSError, json.JSONDecodeError) as exc:
                     raise NextlongError(f"{m}: unreadable manifest ({exc})") from None
                 if manifest.get("command") == "synthesize":
-                    return manifest
-        return None
+                    return manifest, folder
+        return None, None
 
     def _find_files(self) -> tuple[str, list[Path]]:
         p = self.path
@@ -137,8 +138,10 @@ class Source:
     # what made it
     @property
     def tokenizer_spec(self) -> str | None:
+        from ..manifest import recorded_tokenizer
+
         settings = (self.manifest or {}).get("settings", {})
-        return settings.get("tokenizer") or ("cl100k_base" if self.manifest else None)
+        return recorded_tokenizer(self.manifest_dir, settings) or ("cl100k_base" if self.manifest else None)
 
     @property
     def tokenizer_fingerprint(self) -> str | None:
@@ -184,14 +187,19 @@ class Source:
     def _parquet_row(self, row: int, with_segments: bool):
         import bisect
 
-        import pyarrow.parquet as pq
+        import pyarrow as pa
+
+        from ..corpus import corrupt_parquet, open_parquet
 
         starts = [g[2] for g in self._row_groups]
         gi = bisect.bisect_right(starts, row) - 1
         f, g, first, _ = self._row_groups[gi]
         if self._cache is None or self._cache[0] != (gi, with_segments):
             cols = ["input_ids", "segments"] if with_segments and self.has_segments else ["input_ids"]
-            self._cache = ((gi, with_segments), pq.ParquetFile(f).read_row_group(g, columns=cols))
+            try:
+                self._cache = ((gi, with_segments), open_parquet(f).read_row_group(g, columns=cols))
+            except (pa.ArrowException, OSError) as exc:
+                raise corrupt_parquet(f, exc, f"in row group {g}") from None
         table = self._cache[1]
         i = row - first
         ids = table.column("input_ids")[i].values.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
@@ -208,10 +216,26 @@ class Source:
         while it[1] <= row:
             sample = next(it[0])
             it[1] += 1
+        where = f"{self.files[0]} sample {row}"
         if "input_ids" not in sample:
-            raise NextlongError(f"{self.files[0]}: sample {row} has no input_ids column")
-        ids = np.asarray(sample["input_ids"]).astype(np.uint32, copy=False).reshape(-1)
-        return ids, sample.get("indices"), f"{self.files[0]} sample {row}"
+            raise NextlongError(f"{where}: no input_ids column")
+        ids, spans = _int_array(sample["input_ids"], "input_ids", where), sample.get("indices")
+        if spans is not None:
+            spans = _int_array(spans, "indices", where, pairs=True)
+        return ids.astype(np.uint32, copy=False).reshape(-1), spans, where
+
+
+def _int_array(value, name: str, where: str, pairs: bool = False) -> np.ndarray:
+    """An MDS column as an integer array ([start, end) pairs with `pairs`): an MDS folder may come from
+    anyone, and floats, strings or an odd count would otherwise be cast or reshaped blindly."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged lists (a json column)
+        arr = np.asarray(None)
+    if arr.dtype.kind in "iu" and not (pairs and arr.size % 2):
+        return arr
+    raise NextlongError(f"{where}: {name} must be an integer array{' of [start, end) pairs' if pairs else ''} "
+                        f"(ndarray:uint32), got {arr.dtype} of shape {arr.shape}")
 
 
 def open_sources(specs) -> list[Source]:

@@ -18,13 +18,14 @@ tensor); "eager" = `lm_head` then `F.cross_entropy` on the full logits.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import NextlongError
+from ..model_folder import load_causal_lm, read_config
+from ..model_folder import tokenizer_spec as model_tokenizer_spec  # noqa: F401  (the trainer's name)
 
 PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -63,35 +64,22 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
-def model_tokenizer_spec(folder) -> str | None:
-    """The tokenizer a pretrained folder was trained with: RUN/model/nextlong.json, or its tokenizer.json."""
-    folder = Path(folder)
-    meta = folder / "nextlong.json"
-    if meta.exists():
-        spec = json.loads(meta.read_text()).get("tokenizer")
-        if spec and not Path(spec).is_absolute() and (folder / spec).exists():
-            return str(folder / spec)
-        return spec
-    if (folder / "tokenizer.json").exists():
-        return str(folder / "tokenizer.json")
-    return None
-
-
 def resolve_model_folder(spec: str) -> Path:
     """A training run folder (RUN/model/config.json) or a Hugging Face model folder."""
     path = Path(spec)
-    if (path / "model" / "config.json").exists():
+    if (path / "model" / "config.json").is_file():
         return path / "model"
-    if (path / "config.json").exists():
+    if (path / "config.json").is_file():
         return path
     raise NextlongError(f"{spec}: not a model preset ({', '.join(PRESETS)}) nor a folder with config.json "
                         "(a Hugging Face causal-LM folder or a `nextlong train` run)")
 
 
 def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: str,
-                rope_theta: float | None = None, seed: int = 0):
-    """(model, description). Presets are initialised from `seed`; folders are loaded with from_pretrained."""
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+                rope_theta: float | None = None, seed: int = 0, trust_remote_code: bool = False):
+    """The model. Presets are initialised from `seed`; folders are loaded by nextlong.model_folder, which
+    runs the folder's own Python code only with `trust_remote_code`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     attn = _transformers_attention_name(attention)
     if is_preset(spec):
@@ -105,12 +93,12 @@ def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: s
         model = LlamaForCausalLM(config)
     else:
         folder = resolve_model_folder(spec)
-        config = AutoConfig.from_pretrained(folder)
+        config = read_config(folder, trust_remote_code=trust_remote_code)
         if rope_theta is not None:
             set_rope_theta(config, rope_theta)
         if getattr(config, "max_position_embeddings", seq_len) < seq_len:
             config.max_position_embeddings = seq_len
-        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32)
+        model = load_causal_lm(folder, config, dtype=torch.float32, trust_remote_code=trust_remote_code)
     model.config._attn_implementation = attn
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False

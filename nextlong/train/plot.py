@@ -10,6 +10,15 @@ from ..errors import NextlongError
 METRICS = "metrics.jsonl"
 
 
+def has_steps(run) -> bool:
+    """Whether RUN/metrics.jsonl records a finished step (a run that failed before one holds none)."""
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return False
+    with open(path) as fh:
+        return any(line.strip() for line in fh)
+
+
 def read_metrics(run) -> list[dict]:
     path = Path(run) / METRICS
     if not path.exists():
@@ -26,7 +35,8 @@ def read_metrics(run) -> list[dict]:
 
 
 def plot_loss(run, out=None) -> Path:
-    """Draw loss (and learning rate) against step into RUN/loss.png (or `out`); returns the path."""
+    """Draw loss (and learning rate) against step into RUN/loss.png (or `out`); returns the path.
+    Skipped steps (a non-finite loss, logged as null) are gaps in the curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +49,8 @@ def plot_loss(run, out=None) -> Path:
         raise NextlongError(f"{Path(run) / METRICS}: no steps recorded yet")
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.2, label="loss")
+    ax.plot(steps, [float("nan") if r["loss"] is None else r["loss"] for r in rows], color="tab:blue", lw=1.2,
+            label="loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (weighted CE, nats)", color="tab:blue")
     ax.grid(alpha=0.3)

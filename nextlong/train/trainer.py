@@ -25,8 +25,9 @@ from ..errors import NextlongError, UsageError
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate, open_sources
+from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, get_rope_theta, is_preset, model_tokenizer_spec, resolve_model_folder
-from .plot import METRICS, plot_loss
+from .plot import METRICS, has_steps, plot_loss
 
 
 def train(data, out, **settings) -> dict:
@@ -95,9 +96,9 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.rank, self.world, local_world, self.device = init_distributed()
-        if self.device.type == "cpu" and (cfg.num_threads or local_world > 1):
-            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
+        self.rank, self.world, self.local_world, self.device = init_distributed()
+        if self.device.type == "cpu" and (cfg.num_threads or self.local_world > 1):
+            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.local_world))
         lock = contextlib.nullcontext()
         if self.rank == 0:
             from ..locking import output_lock
@@ -152,7 +153,7 @@ class Trainer:
                              "scores (the sharded model cannot run the sliding-window pass on its own)")
 
         lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
-                         rope_theta=cfg.rope_theta, seed=cfg.seed)
+                         rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
         self.model_vocab = lm.config.vocab_size
         if vocab is not None and vocab > self.model_vocab:
             raise NextlongError(f"the data's tokenizer ({data_tok}) has {vocab} ids but the model's vocabulary has "
@@ -162,12 +163,15 @@ class Trainer:
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.to(self.device).train()
+        check_step_memory(lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
+                          shards=self.world if cfg.fsdp else 1, local_world=self.local_world)
         self.lm = lm
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
         self.scorer = None
         if cfg.scorer is not None:
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
-                                      seed=cfg.seed).to(self.device).eval().requires_grad_(False)
+                                      seed=cfg.seed, trust_remote_code=cfg.trust_remote_code
+                                      ).to(self.device).eval().requires_grad_(False)
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -222,7 +226,7 @@ class Trainer:
     def _resume_or_start(self) -> None:
         cfg, run = self.cfg, self.run_dir
         found = ckpt.list_checkpoints(run)
-        existing = bool(found) or (run / METRICS).exists()
+        existing = bool(found) or has_steps(run)  # a run that failed before its first step does not count
         ckpt._barrier()  # every rank looks before rank 0 writes anything
         if not cfg.resume:
             if existing:
@@ -249,10 +253,9 @@ class Trainer:
         if diff:
             details = "; ".join(f"{k}: saved {theirs.get(k)!r}, now {mine_json.get(k)!r}" for k in diff)
             raise NextlongError(f"{run}: cannot resume with other settings ({details})")
-        rank_state = ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer,
-                                          scheduler=self.scheduler, sharded=self.cfg.fsdp, rank=self.rank,
-                                          world=self.world)
-        self.packer.load_state_dict(rank_state["data"])
+        ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
+                             packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
+                             trust=cfg.trust_checkpoint)
         self.start_step = int(saved["step"])
         self.history = saved.get("history", [])
         if self.rank == 0:  # drop metric lines of steps after the checkpoint (a killed run may have logged some)
@@ -295,7 +298,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     # one optimizer step
-    def step(self, batches: list[dict]) -> tuple[float, float]:
+    def step(self, batches: list[dict]) -> tuple[float, float, bool]:
+        """(loss, gradient norm before clipping, whether the update was applied). A non-finite loss or
+        norm is never applied; every rank takes the same decision (one all-reduced flag)."""
         batches = [self._to_device(b) for b in batches]
         weights = [self.token_weights(b) for b in batches]
         total_w = all_reduce_sum(torch.stack([w[:, 1:].sum() for w in weights]).sum().double())
@@ -311,10 +316,26 @@ class Trainer:
         loss = all_reduce_sum(loss_sum) / total_w
         params = [p for p in self.loss_model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+        loss = float(loss)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        applied = ckpt.all_ranks_ok(math.isfinite(loss) and math.isfinite(grad_norm))
+        if applied:
+            self.optimizer.step()
+        self.scheduler.step()  # a skipped step still uses up its place in the schedule
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss), float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        return loss, grad_norm, applied
+
+    def step_explained(self, batches: list[dict], step: int) -> tuple[float, float, bool]:
+        """`step`, with running out of memory said in one line naming the options that size a step."""
+        try:
+            return self.step(batches)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            detail = " ".join(str(exc).split())[:200]
+            raise NextlongError(f"step {step}: out of memory with --seq-len {self.seq_len} x --micro-batch "
+                                f"{self.cfg.micro_batch} ({detail}); lower them, or pass --grad-checkpointing"
+                                ) from None
 
     def loop(self) -> dict:
         import json
@@ -329,6 +350,8 @@ class Trainer:
         t_run = time.perf_counter()
         step = self.start_step
         last_saved = self.start_step
+        if self.rank == 0:  # the run's record exists before the first step (and never waits for the plot)
+            self.write_manifest({"status": "running", "steps": self.start_step})
         metrics = open(run / METRICS, "a") if self.rank == 0 else None
         batches = self.next_batches  # read in setup, so bad data failed before any step
         try:
@@ -339,7 +362,7 @@ class Trainer:
                 if batches is None:
                     batches = self._read_step_batches()
                 lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm = self.step(batches)
+                loss, grad_norm, applied = self.step_explained(batches, step + 1)
                 batches = None
                 step += 1
                 steps_here += 1
@@ -347,14 +370,18 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
-                row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
-                       "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
+                row = {"step": step, "loss": _finite_or_none(loss), "lr": lr, "grad_norm": _finite_or_none(grad_norm),
+                       "tokens": tokens, "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
                        "peak_memory_mb": round(peak_memory_mb(self.device), 1),
                        "epoch": round(self.packer.stream.epochs(), 4)}
+                if not applied:
+                    row["skipped"] = True  # loss / grad_norm null: not finite
                 self.history.append(row)
                 if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
+                    metrics.write(json.dumps(row, allow_nan=False) + "\n")
                     metrics.flush()
+                if not applied and cfg.nan_policy == "stop":
+                    self.stop_diverged(step, loss, grad_norm)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
                                 mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
@@ -370,16 +397,46 @@ class Trainer:
         finished = step >= cfg.steps
         summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
         if self.rank == 0:
+            self.write_manifest(summary)
             if self.history:
-                plot_loss(run)
-            from ..manifest import write_manifest
-
-            write_manifest(run / "manifest.json", command="train", settings=self.manifest_settings(),
-                           statistics=summary, seed=cfg.seed)
+                self.draw_loss()
         return summary
 
+    def write_manifest(self, statistics: dict) -> None:
+        from ..manifest import write_manifest
+
+        write_manifest(self.run_dir / "manifest.json", command="train", settings=self.manifest_settings(),
+                       statistics=statistics, seed=self.cfg.seed)
+
+    def draw_loss(self) -> None:
+        """loss.png is optional: without matplotlib (or if drawing fails) the finished run says so in one line."""
+        try:
+            plot_loss(self.run_dir)
+        except Exception as exc:
+            print(f"nextlong train: loss.png not drawn ({' '.join(str(exc).split())}); the run itself is complete "
+                  f"(draw it later with `nextlong plot {self.run_dir}`)", file=sys.stderr)
+
+    def stop_diverged(self, step: int, loss: float, grad_norm: float) -> None:
+        """--nan-policy stop: end the run at its first non-finite loss or gradient norm, update not applied,
+        nothing saved, so the newest checkpoint is the last good one."""
+        found = ckpt.list_checkpoints(self.run_dir)
+        last = f"{found[-1]} is the last good checkpoint" if found else "no checkpoint was saved before it"
+        if self.rank == 0:
+            self.write_manifest({"status": "diverged", "steps": step - 1, "diverged_at_step": step})
+        raise NextlongError(f"step {step}: the loss is {loss} and the gradient norm {grad_norm}: training diverged; "
+                            f"stopped without applying this update, and {last}; lower --lr (or pass --nan-policy "
+                            "skip-step to skip such updates)")
+
+    def weights_finite(self) -> bool:
+        local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                    for p in self.loss_model.parameters())
+        return ckpt.all_ranks_ok(local)
+
     def save(self, step: int) -> None:
-        """Checkpoint (all ranks) and RUN/model (rank 0) at `step`."""
+        """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved."""
+        if not self.weights_finite():
+            raise NextlongError(f"step {step}: the model's weights are no longer finite (an update overflowed), so "
+                                "they are not saved; the newest checkpoint is the last good one; lower --lr")
         rank_state = {"data": self.packer.state_dict()}
         trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world}
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
@@ -393,11 +450,12 @@ class Trainer:
             ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict)
 
     def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
-        rows = self.history
+        losses = [r["loss"] for r in self.history if r.get("loss") is not None]
         return {
             "status": "finished" if finished else "stopped",
             "steps": step, "tokens": step * self.batch_tokens,
-            "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
+            "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "skipped_steps": sum(1 for r in self.history if r.get("skipped")),
             "seconds_this_invocation": round(seconds, 3),
             "steps_per_s": round(steps_here / seconds, 4) if seconds > 0 and steps_here else None,
             "tokens_per_s": round(steps_here * self.batch_tokens / seconds, 1) if seconds > 0 and steps_here else None,
@@ -413,3 +471,8 @@ class Trainer:
                  accumulation_steps=self.accum,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
         return d
+
+
+def _finite_or_none(x: float) -> float | None:
+    """metrics.jsonl stays strict JSON: a non-finite value is null (the row also says "skipped")."""
+    return x if math.isfinite(x) else None

@@ -1,0 +1,216 @@
+"""Load a Hugging Face model folder without running anything from it (eval, heads, train, embedders).
+
+A model folder is untrusted input, like a data file. Its config.json may name Python files in the
+folder (`auto_map`) that transformers would import, and a `pytorch_model.bin` is a pickle, which can
+run code when unpickled. So:
+
+* trust_remote_code is always passed explicitly, False unless the user gave --trust-remote-code:
+  transformers then refuses instead of asking on stdin (where `yes |` would have answered);
+* pickled weights are read only by torch's weights_only loader, which transformers uses by default
+  (torch older than 2.6 is refused for them: its loader had an escape, CVE-2025-32434);
+* any way the folder can be broken (config.json not JSON, a corrupt safetensors file, weights missing
+  or of the wrong shape, config values that make the model's constructor fail) is one ModelFolderError
+  naming the file; `--debug` shows the original traceback.
+
+Symlinked files are followed: a Hugging Face cache snapshot is all symlinks into its blobs/, and
+reading a file the user can read runs nothing. Files must be regular files (not /dev/zero, a FIFO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from .errors import NextlongError
+
+TRUST_FLAG = "--trust-remote-code"
+
+
+class ModelFolderError(NextlongError):
+    """A model folder that cannot be loaded safely: corrupt, incomplete, or asking to run its own code."""
+
+
+def read_config(folder, *, trust_remote_code: bool = False):
+    """The folder's transformers config, after checking that config.json is a JSON object."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing or not a regular file (a model folder needs config.json)")
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, got a JSON {type(data).__name__}")
+    with _load_errors(folder, trust_remote_code), _quiet_transformers():
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(folder, config, *, dtype, trust_remote_code: bool = False, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(folder) in `dtype` (see load_pretrained), refusing a
+    checkpoint that lacks some of the model's tensors: transformers would initialise them at random."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "AutoModelForCausalLM" not in (
+            getattr(config, "auto_map", None) or {}):
+        raise ModelFolderError(f"{folder}: cannot load a causal LM from it: transformers has none of model type "
+                               f"{model_type!r}")
+    model, missing = load_pretrained(AutoModelForCausalLM, folder, config=config, dtype=dtype,
+                                     trust_remote_code=trust_remote_code, **kwargs)
+    if missing:
+        raise ModelFolderError(f"{folder}: the weights files lack {len(missing)} of the model's tensors "
+                               f"(e.g. {missing[0]}); an incomplete or mismatched checkpoint")
+    return model
+
+
+def load_pretrained(auto_class, folder, *, dtype=None, trust_remote_code: bool = False,
+                    trust_hint: str = TRUST_FLAG, **kwargs):
+    """(model, names of the tensors the weights lack) from auto_class.from_pretrained(folder) in `dtype`
+    (None: transformers' default), refusing weights that are corrupt, pickled beyond what weights_only reads, or of another shape
+    than the config gives. `trust_hint` is how the refusal of the folder's code says to allow it."""
+    import transformers
+
+    folder = Path(folder)
+    _check_weight_files(folder)
+    if dtype is not None:
+        old_transformers = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 56)
+        kwargs["torch_dtype" if old_transformers else "dtype"] = dtype
+    with _load_errors(folder, trust_remote_code, trust_hint), _quiet_transformers():
+        model, info = auto_class.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True,
+            ignore_mismatched_sizes=True, **kwargs)
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, stored, expected = mismatched[0]
+        raise ModelFolderError(f"{folder}: {len(mismatched)} weight(s) do not fit config.json, e.g. {name} is "
+                               f"{tuple(stored)} in the weights file but {tuple(expected)} for the config")
+    return model, sorted(info.get("missing_keys") or [])
+
+
+def _weight_files(folder: Path) -> tuple[str | None, list[Path]]:
+    """("safetensors" | "pickle" | None, files) in transformers' order of preference."""
+    for name, kind in (("model.safetensors", "safetensors"), ("pytorch_model.bin", "pickle")):
+        if (folder / name).exists():
+            return kind, [folder / name]
+        index = folder / f"{name}.index.json"
+        if index.exists():
+            data = _read_json(index)
+            shards = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
+                raise ModelFolderError(f"{index}: expected a JSON object whose \"weight_map\" maps tensor names to "
+                                       "file names")
+            return kind, [folder / s for s in sorted(set(shards.values()))]
+    return None, []
+
+
+def _read_json(path: Path):
+    """The JSON value in `path`; unreadable, not JSON or nested too deep for Python is a ModelFolderError."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelFolderError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Refuse missing or non-regular weight files, unreadable safetensors headers (naming the file:
+    transformers does not), and pickled weights on a torch whose weights_only loader is unsafe."""
+    kind, files = _weight_files(folder)
+    if kind is None:
+        raise ModelFolderError(f"{folder}: no weights (model.safetensors, pytorch_model.bin or their "
+                               "*.index.json shards)")
+    for f in files:
+        if not f.is_file():
+            raise ModelFolderError(f"{f}: missing or not a regular file")
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass  # the header, with every tensor's offsets, is checked against the file's size
+            except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
+                raise ModelFolderError(f"{f}: not a valid safetensors file ({' '.join(str(exc).split())})") from None
+    else:
+        import torch
+
+        if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+            raise ModelFolderError(f"{files[0]}: pickled weights need torch >= 2.6 to be read safely (older "
+                                   "torch.load(weights_only=True) can run code, CVE-2025-32434); upgrade torch or "
+                                   "convert the folder to safetensors where you trust it")
+
+
+def _remote_code_files(folder: Path) -> str:
+    """The Python files config.json's `auto_map` names (for the refusal message)."""
+    try:
+        auto_map = _read_json(folder / "config.json").get("auto_map") or {}
+        refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    except (ModelFolderError, AttributeError):
+        refs = []
+    return ", ".join(sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs})) or "auto_map"
+
+
+@contextlib.contextmanager
+def _load_errors(folder: Path, trust_remote_code: bool, trust_hint: str = TRUST_FLAG):
+    """Turn whatever transformers raises while reading the folder into one ModelFolderError. A folder
+    can be broken in more ways than can be listed (a zero head count raises ZeroDivisionError, a
+    negative vocabulary RuntimeError, a string one a dataclass error, ...); all are the folder's fault."""
+    import pickle
+
+    try:
+        yield
+    except NextlongError:
+        raise
+    except pickle.UnpicklingError as exc:
+        _, files = _weight_files(folder)
+        where = files[0] if len(files) == 1 else folder
+        raise ModelFolderError(f"{where}: refused: a pickle that torch's safe loader (weights_only) does not accept; "
+                               "loading it anyway could run code, so convert it to safetensors where you trust it "
+                               "(--debug shows torch's reason)") from exc
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        if not trust_remote_code and "trust_remote_code" in text:
+            raise ModelFolderError(
+                f"{folder / 'config.json'}: the model's code is Python in the folder ({_remote_code_files(folder)}), "
+                f"which nextlong does not run: pass {trust_hint} to run it, only for a folder you trust") from None
+        raise ModelFolderError(f"{folder}: cannot load the model ({type(exc).__name__}: {text})") from exc
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No output while loading: transformers' report on missing or mismatched weights, its progress bar
+    and torch's warnings on an odd pickle would come before the one line that says what is wrong."""
+    import warnings
+
+    from transformers.utils import logging
+
+    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def tokenizer_spec(folder) -> str | None:
+    """The tokenizer a model folder was trained with: nextlong.json's "tokenizer" (a file name is
+    resolved against the folder), else the folder's tokenizer.json, else None."""
+    folder = Path(folder)
+    meta = folder / "nextlong.json"
+    if meta.is_file():
+        data = _read_json(meta)
+        if not isinstance(data, dict) or "tokenizer" not in data:
+            raise ModelFolderError(f"{meta}: expected a JSON object with a \"tokenizer\" entry")
+        spec = data["tokenizer"]
+        if not isinstance(spec, str) or not spec:
+            raise ModelFolderError(f"{meta}: \"tokenizer\" must be a tokenizer name or file name, got {spec!r}")
+        return str(folder / spec) if (folder / spec).exists() else spec
+    if (folder / "tokenizer.json").is_file():
+        return str(folder / "tokenizer.json")
+    return None

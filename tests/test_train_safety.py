@@ -1,0 +1,420 @@
+"""nextlong train with untrusted folders and bad luck: checkpoints that could run code, a run that diverges,
+a run that fails early or is killed while exporting, a full disk, an impossible --seq-len, no matplotlib, a
+synthesize output read from another folder."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nextlong.train.checkpoint as ckpt
+from nextlong.atomic import FILE_MODE
+from nextlong.cli import main
+from nextlong.errors import DiskFullError, NextlongError, UsageError
+from nextlong.train import train
+from nextlong.train.state_file import load_state
+from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, synthesized
+
+FAST = dict(model="tiny", progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthesized("standard")
+
+
+def _rows(run) -> list[dict]:
+    """metrics.jsonl read as strict JSON (NaN or Infinity is an error)."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line, parse_constant=refuse) for line in lines if line]
+
+
+def _one_error_line(capsys, command="train") -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nextlong {command}: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# --- checkpoints never run code --------------------------------------------------------------
+
+
+class _Payload:
+    """A pickle that creates `marker` when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _to_pickle_format(checkpoint: Path) -> None:
+    """Rewrite a checkpoint the way nextlong wrote them before: torch.save pickles, no "format"."""
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        torch.save(load_state(f), f.with_suffix(".pt"))
+        f.unlink()
+    state = json.loads((checkpoint / "trainer.json").read_text())
+    state.pop("format")
+    (checkpoint / "trainer.json").write_text(json.dumps(state))
+
+
+def test_a_pickle_planted_in_a_checkpoint_never_runs(data, tmp_path, capsys):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    opts = dict(steps=3, stop_after=2, **FAST)
+    train(data, run, **opts)
+    (checkpoint,) = ckpt.list_checkpoints(run)
+    # beside the checkpoint's own files: never read
+    for name in ("rank-0.pt", "model.pt", "optimizer.pt"):
+        torch.save(_Payload(marker), checkpoint / name)
+    train(data, run, resume=True, **opts)
+    assert not marker.exists() and len(_rows(run)) == 3
+
+    # a checkpoint of pickles only (as nextlong wrote them before): refused, the payload never runs
+    run2 = tmp_path / "run2"
+    train(data, run2, **opts)
+    (checkpoint,) = ckpt.list_checkpoints(run2)
+    state = json.loads((checkpoint / "trainer.json").read_text())
+    state.pop("format", None)
+    (checkpoint / "trainer.json").write_text(json.dumps(state))
+    for name in ("rank-0", "model", "optimizer"):
+        torch.save(_Payload(marker), checkpoint / f"{name}.pt")
+    with pytest.raises(NextlongError, match="can run any code.*--trust-checkpoint"):
+        train(data, run2, resume=True, **opts)
+    argv = ["train", str(data), "--out", str(run2), "--steps", "3", "--resume", "--quiet", "--threads", "1"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "--trust-checkpoint" in _one_error_line(capsys)
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_file_is_refused_in_one_line(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(data, run, steps=3, stop_after=2, **FAST)
+    (checkpoint,) = ckpt.list_checkpoints(run)
+    (checkpoint / "rank-0.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), "--steps", "3", "--resume", "--quiet", "--threads", "1"]) == 1
+    assert "rank-0.safetensors: unreadable checkpoint file" in _one_error_line(capsys)
+
+
+def test_trust_checkpoint_converts_an_old_checkpoint_and_resume_is_exact(data, tmp_path):
+    opts = dict(steps=4, batch_tokens=2 * SAMPLE_LEN, save_every=2, **FAST)
+    train(data, tmp_path / "whole", **opts)
+    run = tmp_path / "cut"
+    train(data, run, stop_after=2, **opts)
+    (checkpoint,) = ckpt.list_checkpoints(run)
+    _to_pickle_format(checkpoint)
+    with pytest.raises(NextlongError, match="--trust-checkpoint"):
+        train(data, run, resume=True, **opts)
+    with pytest.raises(UsageError, match="only applies with --resume"):
+        train(data, tmp_path / "other", trust_checkpoint=True, **opts)
+
+    train(data, run, resume=True, trust_checkpoint=True, stop_after=1, **opts)
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                            "rank-0.safetensors", "trainer.json"]
+    assert json.loads((checkpoint / "trainer.json").read_text())["format"] == ckpt.FORMAT
+    assert {f.stat().st_mode & 0o777 for f in checkpoint.iterdir()} == {FILE_MODE}  # not private to the writer
+    train(data, run, resume=True, **opts)  # the converted checkpoint needs no trust any more
+    timing = ("tokens_per_s", "step_s", "peak_memory_mb")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in _rows(run)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in _rows(tmp_path / "whole")]
+    last = [load_state(ckpt.list_checkpoints(r)[-1] / "model.safetensors") for r in (run, tmp_path / "whole")]
+    assert last[0].keys() == last[1].keys() and all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+
+
+# --- divergence --------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_writes_json(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    opts = dict(steps=6, lr=1e9, warmup=0, save_every=1, keep_checkpoints=1, **FAST)
+    with pytest.raises(NextlongError, match=r"step 2: the loss is nan.*diverged.*step-00000001 is the last good"):
+        train(data, run, **opts)
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["loss"] is None and rows[1]["skipped"]
+    (good,) = ckpt.list_checkpoints(run)
+    assert good.name == "step-00000001"
+    weights = load_state(good / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(run / "model").state_dict()
+    assert all(torch.equal(t, weights["lm." + k]) for k, t in exported.items())
+    assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "diverged"
+
+    capsys.readouterr()
+    argv = ["train", str(data), "--out", str(tmp_path / "cli"), "--steps", "6", "--lr", "1e9", "--warmup", "0",
+            "--quiet", "--threads", "1"]
+    assert main(argv) == 1
+    assert "training diverged" in _one_error_line(capsys)
+
+
+def test_skip_step_goes_on_without_applying_the_bad_updates(data, tmp_path):
+    run = tmp_path / "run"
+    summary = train(data, run, steps=4, lr=1e9, warmup=0, save_every=1, keep_checkpoints=4,
+                    nan_policy="skip-step", **FAST)
+    rows = _rows(run)
+    assert summary["status"] == "finished" and summary["skipped_steps"] == 3
+    assert [r.get("skipped", False) for r in rows] == [False, True, True, True]
+    first, *_, last = ckpt.list_checkpoints(run)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_state(first / name), load_state(last / name)
+        flat_a, flat_b = (dict(_tensors(x)) for x in (a, b))
+        assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), name
+
+
+def _tensors(tree, path=""):
+    if torch.is_tensor(tree):
+        yield path, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _tensors(v, f"{path}/{k}")
+
+
+def test_weights_that_are_not_finite_are_never_saved(data, tmp_path, monkeypatch):
+    from nextlong.train.trainer import Trainer
+
+    real_step = Trainer.step
+
+    def overflow(self, batches):
+        out = real_step(self, batches)
+        with torch.no_grad():
+            next(self.lm.parameters()).fill_(float("inf"))  # an update that overflowed, with a finite loss
+        return out
+
+    monkeypatch.setattr(Trainer, "step", overflow)
+    run = tmp_path / "run"
+    with pytest.raises(NextlongError, match="weights are no longer finite"):
+        train(data, run, steps=1, **FAST)
+    assert ckpt.list_checkpoints(run) == [] and not (run / "model").exists()
+
+
+# --- runs that fail early, exports that are killed --------------------------------------------------
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(data, tmp_path, monkeypatch):
+    from nextlong.train.trainer import Trainer
+
+    def broken(self, batches):
+        raise RuntimeError("out of memory at step 0")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "step", broken)
+        with pytest.raises(RuntimeError):
+            train(data, run, steps=2, **FAST)
+    manifest = json.loads((run / "manifest.json").read_text())  # written before the first step
+    assert manifest["command"] == "train" and manifest["statistics"]["status"] == "running"
+    assert train(data, run, steps=2, **FAST)["status"] == "finished"
+    assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "finished"
+
+
+def test_a_kill_at_any_rename_of_the_model_export_leaves_a_complete_model(data, tmp_path, monkeypatch):
+    from nextlong.eval.model import resolve_model_folder
+
+    run = tmp_path / "run"
+    train(data, run, steps=1, **FAST)
+    before = (run / "model" / "model.safetensors").read_bytes()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    real_replace = os.replace
+    for killed_at in range(1, 10):  # interrupt the export at its first rename, then its second, ...
+        calls = []
+
+        def killed(src, dst):
+            calls.append(dst)
+            if len(calls) == killed_at:
+                raise KeyboardInterrupt("kill -9")
+            real_replace(src, dst)
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", killed)
+            try:
+                ckpt.export_model(run, model, tokenizer_spec=None)
+                break  # it made fewer renames: done
+            except KeyboardInterrupt:
+                pass
+        folder, _ = resolve_model_folder(run)  # what `nextlong eval RUN` opens
+        assert (folder / "model.safetensors").read_bytes() == before, killed_at
+    after = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert torch.equal(after.model.norm.weight, model.model.norm.weight)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".model")) == [os.readlink(run / "model")]
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    opts = dict(steps=4, save_every=2, **FAST)
+    real_save_file, real_torch_save = safetensors.torch.save_file, torch.save
+
+    def full(writer):
+        def write(obj, path, *args, **kwargs):
+            if ".tmp-step-00000004" in str(path):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return writer(obj, path, *args, **kwargs)
+        return write
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full(real_save_file))
+        m.setattr(torch, "save", full(real_torch_save))
+        with pytest.raises(DiskFullError, match=r"checkpoints/step-00000004: no space left on device"):
+            train(data, run, **opts)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    train(data, run, resume=True, **opts)  # the previous checkpoint is intact
+    assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_while_exporting_the_model_is_one_line(data, tmp_path, monkeypatch, capsys):
+    from transformers import PreTrainedModel
+
+    def full(self, folder, *args, **kwargs):  # what safetensors raises: not an OSError
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    capsys.readouterr()
+    argv = ["train", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet", "--threads", "1"]
+    assert main(argv) == 1
+    assert "no space left on device" in _one_error_line(capsys)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")]
+
+
+# --- settings found impossible before the first step --------------------------------------------
+
+
+def test_an_impossible_seq_len_is_refused_before_any_work(data, tmp_path, monkeypatch, capsys):
+    import nextlong.train.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device, local_world=1: 16 << 30)
+    with pytest.raises(UsageError, match=r"--seq-len 99999999 = 99,999,999 tokens per forward pass need at least "
+                                         r"[\d.,]+ GiB of main memory .* but 16.0 GiB is available"):
+        train(data, tmp_path / "run", seq_len=99_999_999, **FAST)
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(tmp_path / "cli"), "--seq-len", "99999999", "--micro-batch", "2",
+                 "--batch-tokens", "199999998", "--quiet"]) == 2
+    assert "--seq-len 99999999 x --micro-batch 2" in _one_error_line(capsys)
+    assert not (tmp_path / "cli" / "metrics.jsonl").exists()
+
+
+def test_running_out_of_memory_in_a_step_is_one_line(data, tmp_path, monkeypatch, capsys):
+    from nextlong.train.trainer import Trainer
+
+    def too_big(self, batches):  # what the CPU allocator raises past the floor the check counts
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 25599999744 bytes. Error code 12")
+
+    monkeypatch.setattr(Trainer, "step", too_big)
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet", "--threads", "1"]) == 1
+    assert f"step 1: out of memory with --seq-len {SAMPLE_LEN} x --micro-batch 1" in _one_error_line(capsys)
+
+
+def test_without_matplotlib_the_run_completes_and_skips_the_plot(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert train(data, run, steps=1, **FAST)["status"] == "finished"
+    notice = capsys.readouterr().err.strip()
+    assert notice.startswith("nextlong train: loss.png not drawn (") and "matplotlib" in notice
+    assert "\n" not in notice
+    assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "finished"
+    assert not (run / "loss.png").exists()
+    assert main(["plot", str(run)]) == 1
+    assert "'matplotlib'" in _one_error_line(capsys, "plot")
+
+
+# --- the synthesize output names its tokenizer so that it resolves from anywhere ---------------------
+
+
+def test_a_relative_tokenizer_path_resolves_from_another_folder(tmp_path, monkeypatch):
+    import shutil
+
+    from nextlong import synthesize
+
+    corpus, tok = corpus_and_tokenizer()
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(tok, made / "tok1k.json")
+    monkeypatch.chdir(made)
+    synthesize(corpus, "syn", method="standard", tokenizer="tok1k.json", target_length=SAMPLE_LEN, chunk_size=256,
+               num_samples=4, progress=False)
+    monkeypatch.chdir(elsewhere)
+    # the data and the manifest alone (as a script that copies them): the tokenizer's absolute path
+    (elsewhere / "bare").mkdir()
+    shutil.copytree(made / "syn" / "data", elsewhere / "bare" / "data")
+    shutil.copy(made / "syn" / "manifest.json", elsewhere / "bare")
+    train("bare", "run1", steps=1, **FAST)
+    # the whole output moved, the file it was made with gone: the copy inside the output
+    (made / "tok1k.json").unlink()
+    shutil.move(made / "syn", elsewhere / "moved")
+    train("moved", "run2", steps=1, **FAST)
+    spec = json.loads((elsewhere / "run2" / "model" / "nextlong.json").read_text())["tokenizer"]
+    assert spec == "tok1k.json" and (elsewhere / "run2" / "model" / spec).is_file()
+
+
+# --- every rank takes the same decision ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_both_stop_at_a_non_finite_loss(tmp_path):
+    import subprocess
+
+    data = synthesized("standard")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "nextlong",
+           "train", str(data), "--out", str(tmp_path / "run"), "--steps", "6", "--lr", "1e9", "--warmup", "0",
+           "--save-every", "1", "--quiet", "--threads", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("nextlong train: error: step 2: the loss is nan") == 2, proc.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000001"]
+    assert [r["step"] for r in _rows(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """Real SIGKILLs (not exceptions) while steps, checkpoints and model exports are being written."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    data = synthesized("standard")
+    argv = [sys.executable, "-m", "nextlong", "train", str(data), "--steps", "8", "--save-every", "1", "--quiet",
+            "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(argv + ["--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=300)
+    run, rng = tmp_path / "killed", random.Random(0)
+    for after_step in (2, 4, 6):
+        proc = subprocess.Popen(argv + ["--out", str(run)] + (["--resume"] if run.exists() else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().count("\n") >= after_step):
+            assert proc.poll() is None, "ended before it could be killed"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert (run / "model" / "config.json").is_file()  # a complete model at every moment
+    subprocess.run(argv + ["--out", str(run), "--resume"], env=env, check=True, capture_output=True, timeout=300)
+    whole, killed = _rows(tmp_path / "whole"), _rows(run)
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in killed] == [(r["step"], r["loss"], r["grad_norm"])
+                                                                        for r in whole]
+    assert (run / "model" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model" /
+                                                                 "model.safetensors").read_bytes()
