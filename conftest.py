@@ -13,3 +13,19 @@ if not _has_gpu:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The versions this run resolved (printed even under -q): CI installs the newest each time, so a
+    failure's log says what changed upstream."""
+    import importlib.metadata
+
+    names = ("torch", "transformers", "kernels", "triton", "tokenizers", "usearch", "numba", "pyarrow", "ray",
+             "matplotlib", "accelerate", "model2vec")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} -")
+    terminalreporter.write_line("versions: " + ", ".join(found))

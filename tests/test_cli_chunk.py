@@ -156,3 +156,14 @@ def test_all_records_skipped_still_gives_a_valid_empty_table(tmp_path, capsys):
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.schema == CHUNK_SCHEMA
     assert "2 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["chunk"], ["tokenize", "--tokenizer", "cl100k_base"]])
+def test_quiet_writes_nothing(tmp_path, capsys, command):
+    """--quiet, as in synthesize: no progress bar and no summary; the output is still written."""
+    corpus = make_corpus(tmp_path / "c.jsonl", sample_texts(20))
+    assert main([*command, str(corpus), "--out", str(tmp_path / "loud.parquet")]) == 0
+    assert capsys.readouterr().err  # the bar that --quiet must silence
+    assert main([*command, str(corpus), "--out", str(tmp_path / "quiet.parquet"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert pq.read_table(tmp_path / "quiet.parquet").equals(pq.read_table(tmp_path / "loud.parquet"))

@@ -182,6 +182,20 @@ def test_a_task_too_long_for_a_length_is_skipped_not_fatal(tok, essay):
         make_sample(tok, "cwe", 1024, None, 0, seed=0)
 
 
+def test_preflight_skips_a_cell_where_only_a_later_sample_is_too_long(tok, essay):
+    """At vt/560 the first sample fits and the second does not: checking only the first sample of each
+    cell let `nextlong eval` fail deep into scoring (seen at sample 110 of 123)."""
+    from nextlong.eval.haystack import LengthTooShortError
+    from nextlong.eval.runner import preflight
+
+    make_sample(tok, "vt", 560, None, 0, seed=0, essay=essay)
+    with pytest.raises(LengthTooShortError):
+        make_sample(tok, "vt", 560, None, 1, seed=0, essay=essay)
+    jobs = [("vt", 560, None, 0), ("vt", 560, None, 1), ("vt", 2048, None, 0), ("vt", 2048, None, 1)]
+    skipped = preflight(tok, jobs, 0, essay)
+    assert list(skipped) == [("vt", 560)] and "too short" in skipped[("vt", 560)]
+
+
 def test_key_words_are_the_shipped_lists_whatever_is_installed():
     """Keys come from nextlong/eval/words (wonderwords 2.2.0's lists); an installed wonderwords 3 changed its
     lists, so reading the installed package would let the environment change what a seed generates."""

@@ -29,6 +29,15 @@ def brute_force(queries, vectors, k, eligible=None):
     return top, np.take_along_axis(sims, top, axis=1)
 
 
+def build(vecs, keys, docs, **options) -> ChunkIndex:
+    """ChunkIndex.build on one thread. usearch's multi-threaded add() can strand nodes that no search
+    reaches (unum-cloud/USearch#735, open in 2.26.6): in 300 builds of the 250 vectors of
+    test_exact_duplicates_in_other_documents_are_skipped on 2 threads, 84 left 1 to 16 nodes unreachable
+    even with expansion_search 1000, and a test of recall or of an expected neighbour then fails at
+    random (more often under load). One thread inserts in order: the same graph every run, none stranded."""
+    return ChunkIndex.build(vecs, keys, docs, threads=1, **options)
+
+
 def recall_at(found, truth):
     k = truth.shape[1]
     return np.mean([len(set(found[i][found[i] >= 0]) & set(truth[i])) / k for i in range(len(truth))])
@@ -49,8 +58,7 @@ def real():
 @pytest.fixture(scope="module")
 def built(real):
     vecs, docs, hashes = real
-    # one thread: a reproducible graph, so the recall thresholds below are not flaky
-    return ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes, embedder="lexical-test", threads=1)
+    return build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes, embedder="lexical-test")
 
 
 def test_recall_at_10_against_exact_search(real, built):
@@ -88,7 +96,7 @@ def test_refill_when_own_document_crowds_the_top():
     others = unit(rng.standard_normal((700, 32)) + 0.5 * base)
     vecs = np.concatenate([crowd, others])
     docs = np.concatenate([np.zeros(300, np.int64), 1 + np.arange(700) // 7])
-    index = ChunkIndex.build(vecs, np.arange(1000), docs)
+    index = build(vecs, np.arange(1000), docs)
     ids, _ = index.search(crowd[:5], 10, exclude_doc_ids=[0] * 5)
     assert (ids >= 300).all()
     truth, _ = brute_force(crowd[:5], vecs, 10, lambda i: docs != 0)
@@ -132,7 +140,7 @@ def test_string_doc_ids_and_custom_keys():
     vecs = unit(rng.standard_normal((200, 24)))
     keys = 1000 + 3 * np.arange(200)  # keys need not be row numbers
     docs = np.array([f"doc-{i // 4}" for i in range(200)])
-    index = ChunkIndex.build(vecs, keys, docs)
+    index = build(vecs, keys, docs)
     ids, _ = index.search(vecs[:10], 8, exclude_doc_ids=docs[:10])
     rows = (ids - 1000) // 3
     assert np.isin(ids, keys).all()
@@ -145,7 +153,7 @@ def test_string_doc_ids_and_custom_keys():
 def test_other_storage_dtypes(real, dtype):
     vecs, docs, _ = real
     sub = vecs[:1500]
-    index = ChunkIndex.build(sub, np.arange(len(sub)), docs[: len(sub)], dtype=dtype)
+    index = build(sub, np.arange(len(sub)), docs[: len(sub)], dtype=dtype)
     ids, _ = index.search(sub[:100], 10)
     truth, _ = brute_force(sub[:100], sub, 10)
     assert index.info["dtype"] == dtype
@@ -229,7 +237,7 @@ def test_hnsw_recall_on_minilm_embeddings(tmp_path):
     table = chunk_table(corpus_head(limit=80), max_chars=300, max_chunks=200, min_chars=40)
     vecs = load_embedder().embed(table.column("text").to_pylist())
     docs = table.column("doc_index").to_numpy()
-    index = ChunkIndex.build(vecs, np.arange(len(vecs)), docs)
+    index = build(vecs, np.arange(len(vecs)), docs)
     ids, _ = index.search(vecs, 10, exclude_doc_ids=docs)
     truth, _ = brute_force(vecs, vecs, 10, lambda i: docs != docs[i])
     assert recall_at(ids, truth) >= 0.95
@@ -244,7 +252,7 @@ def test_exact_duplicates_in_other_documents_are_skipped():
     vecs = np.concatenate([base, copies])
     docs = np.concatenate([np.arange(200), 1000 + np.arange(50)])  # ... each copy in its own document
     hashes = np.concatenate([np.arange(200), np.repeat(np.arange(10), 5)]).astype(np.uint64)
-    index = ChunkIndex.build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes)
+    index = build(vecs, np.arange(len(vecs)), docs, text_hashes=hashes)
     plain, _ = index.search(base[:10], 6, exclude_doc_ids=docs[:10])
     assert (hashes[plain[:, :5]] == np.arange(10)[:, None]).all()  # without the filter: the copies come first
     ids, _ = index.search(base[:10], 6, exclude_doc_ids=docs[:10], exclude_hashes=hashes[:10])
@@ -287,7 +295,7 @@ def test_vectors_not_of_unit_length_still_give_cosines(dtype):
     rng = np.random.default_rng(5)
     vecs = rng.normal(size=(400, 32)).astype(np.float32) * rng.uniform(0.1, 10, size=(400, 1)).astype(np.float32)
     queries = rng.normal(size=(20, 32)).astype(np.float32) * 7.0
-    index = ChunkIndex.build(vecs, np.arange(400), np.arange(400) // 4, dtype=dtype, threads=1)
+    index = build(vecs, np.arange(400), np.arange(400) // 4, dtype=dtype)
     ids, sims = index.search(queries, 5)
     exact = unit(queries) @ unit(vecs).T
     expected = np.take_along_axis(exact, ids, axis=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,35 @@ def test_outputs_of_readme_commands_are_ignored_by_git():
     assert "demo-out" in outputs
     proc = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=ROOT, capture_output=True, text=True)
     assert sorted(proc.stdout.split()) == outputs
+
+
+def root_import_names() -> set[str]:
+    """Top-level names the repository root makes importable when it is on sys.path (`python -m`,
+    `python -c`, torchrun and Ray workers started from a checkout): modules and folders alike, since a
+    folder without __init__.py still imports as a namespace package."""
+    names = set()
+    for entry in ROOT.iterdir():
+        name = entry.stem if entry.suffix == ".py" else entry.name if entry.is_dir() else ""
+        if name.isidentifier() and not name.startswith("."):
+            names.add(name)
+    return names
+
+
+def test_repository_root_shadows_no_installed_distribution_or_stdlib_module():
+    """A top-level `kernels/` once hid HF's `kernels` package, which transformers imports: every test
+    that touched transformers failed from the repository root. Only `nextlong` may be importable from
+    here under a name that something installed also provides (itself, in an editable install)."""
+    import importlib.metadata
+    import sys
+
+    provided = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    clashes = sorted((root_import_names() - {"nextlong"}) & provided)
+    assert not clashes, f"names at the repository root shadow installed modules: {clashes}"
+
+
+def test_root_import_names_sees_a_planted_folder(tmp_path, monkeypatch):
+    """The check above must be able to fail: a folder named after an installed module is found."""
+    (tmp_path / "json").mkdir()
+    (tmp_path / "kernels.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert {"json", "kernels"} <= root_import_names()

@@ -92,3 +92,20 @@ def test_weighted_training_reduces_loss_on_cpu():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_patched_forward_warns_no_more_than_stock_and_keeps_the_cache():
+    """The patch once named `past_key_values` itself, which transformers 5.25 renamed to `cache`: every
+    call warned (FutureWarning) though the caller passed neither. It must warn exactly when stock does."""
+    import warnings
+
+    model = patch_causal_lm(tiny_llama(), backend="torch")
+    ids, labels = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(input_ids=ids)
+        model(ids, labels=labels)
+        out = model(input_ids=ids, labels=labels, use_cache=True)
+    stock = model._nextlong_original_forward(input_ids=ids, use_cache=True)
+    cache_field = "cache" if hasattr(stock, "cache") else "past_key_values"
+    assert getattr(out, cache_field) is not None and type(getattr(out, cache_field)) is type(getattr(stock, cache_field))

@@ -20,9 +20,14 @@ def add_corpus_arguments(p) -> None:
     p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP)
     p.add_argument("--batch-size", type=positive_int, default=1024, help="documents per batch (default: 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary (errors only)")
 
 
-def print_summary(command: str, stats: dict, out: str) -> None:
+def print_summary(command: str, stats: dict, args) -> None:
+    """The one-line summary on stdout and the skipped records on stderr, unless --quiet."""
+    if args.quiet:
+        return
+    out = args.out
     parts = [f"{stats['documents']:,} documents"]
     if "chunks" in stats:
         parts.append(f"{stats['chunks']:,} chunks")
@@ -63,7 +68,7 @@ def corpus_options(args) -> dict:
         on_error=args.on_error,
         num_threads=args.threads,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or args.quiet),
     )
 
 
@@ -83,5 +88,5 @@ def run(args) -> int:
         count_newlines=args.count_newlines,
         **corpus_options(args),
     )
-    print_summary("chunk", stats, args.out)
+    print_summary("chunk", stats, args)
     return 0

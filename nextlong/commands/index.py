@@ -31,7 +31,14 @@ def add_parser(subparsers) -> None:
                    help="embeddings .npy to write/resume (default INDEX_DIR/embeddings.npy); an existing complete "
                    "file made by the same embedder from the same chunks is reused")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars (as --no-progress)")
     p.set_defaults(func=run)
+
+
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    from ..extras import embedder_modules
+
+    return ("usearch",) + embedder_modules(args.embedder)
 
 
 def run(args: argparse.Namespace) -> int:

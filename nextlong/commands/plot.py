@@ -14,6 +14,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("matplotlib",)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.plot import plot_loss
 

@@ -128,6 +128,17 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def requirements(args: argparse.Namespace) -> tuple[str, ...]:
+    """Optional packages this run will import: the embedder's (unless --index brings the vectors) and Ray's."""
+    from ..extras import embedder_modules
+    from ..synthesis.config import EMBEDDING_METHODS
+
+    needs = ()
+    if args.method in EMBEDDING_METHODS and (args.index is None or args.embedder):
+        needs += embedder_modules(args.embedder)
+    return needs + (("ray",) if args.executor == "ray" else ())
+
+
 def run(args: argparse.Namespace) -> int:
     from ..synthesis import demo_config
     from ..synthesis.config import SynthesisConfig

@@ -16,5 +16,5 @@ def run(args) -> int:
     from ..chunking import tokenize_corpus
 
     stats = tokenize_corpus(*corpus_io(args), tokenizer=args.tokenizer, **corpus_options(args))
-    print_summary("tokenize", stats, args.out)
+    print_summary("tokenize", stats, args)
     return 0

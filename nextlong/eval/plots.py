@@ -13,9 +13,9 @@ def _pyplot():
     try:
         import matplotlib
     except ModuleNotFoundError:
-        from ..errors import NextlongError
+        from ..extras import missing_modules_error
 
-        raise NextlongError("drawing the PNGs needs matplotlib: pip install 'nextlong[eval]'") from None
+        raise missing_modules_error("drawing the PNGs", ["matplotlib"]) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -23,9 +23,15 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
+    """Write `fig` as a PNG at `path` (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -38,12 +44,19 @@ def _annotated(ax, matrix, fmt="{:.0f}"):
 
 def length_depth_heatmap(path, task: str, lengths: Sequence[int], depths: Sequence, panels: dict[str, list[list]]):
     """One panel per score (e.g. greedy, teacher-forced EM), rows = lengths, columns = depths, 0..100."""
+    return _save(length_depth_figure(task, lengths, depths, panels), path)
+
+
+def length_depth_figure(task: str, lengths: Sequence[int], depths: Sequence, panels: dict[str, list[list]]):
+    """The figure of `length_depth_heatmap`. Constrained layout places the task's title above the panels'
+    and the colour bar beside them, and the panels share the length axis, labelled once on the left:
+    with one length a fixed title position and per-panel labels overlapped."""
     plt = _pyplot()
     import numpy as np
 
     panel_width = max(2.8, 1.4 + 0.6 * len(depths))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.8 + panel_width * len(panels), 1.6 + 0.4 * len(lengths)),
-                             squeeze=False)
+                             squeeze=False, sharey=True, layout="constrained")
     for k, (ax, (name, matrix)) in enumerate(zip(axes[0], panels.items())):
         data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
         im = ax.imshow(data, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
@@ -54,12 +67,12 @@ def length_depth_heatmap(path, task: str, lengths: Sequence[int], depths: Sequen
                       fontsize=8)
         if k == 0:
             ax.set_ylabel("length (tokens)", fontsize=8)
+        else:
+            ax.tick_params(labelleft=False)
         ax.set_title(name, fontsize=9)
-    fig.suptitle(task, fontsize=10, y=1.03)
+    fig.suptitle(task, fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="score (0-100)")
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def loss_by_position(path, positions: Sequence[float], losses: Sequence[float], title: str, window: int | None = None):
@@ -74,9 +87,7 @@ def loss_by_position(path, positions: Sequence[float], losses: Sequence[float], 
     ax.set_ylabel("mean loss (nats)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def repeat_gain(path, rows: Sequence[dict], title: str):
@@ -92,13 +103,18 @@ def repeat_gain(path, rows: Sequence[dict], title: str):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def head_heatmap(path, scores, title: str, *, diverging: bool = False):
-    """Layers (rows) x query heads (columns)."""
+    """Layers (rows) x query heads (columns): retrieval scores, or B - A of two runs (`diverging`)."""
+    return _save(head_figure(scores, title, diverging=diverging), path)
+
+
+def head_figure(scores, title: str, *, diverging: bool = False):
+    """The figure of `head_heatmap`. Scores (fractions of the needle copied) on a fixed 0..1 scale, so
+    maps of two runs compare by eye and an all-zero map has a readable colour bar; differences on a scale
+    symmetric around 0. A map with nothing on it says so in words."""
     plt = _pyplot()
     import numpy as np
 
@@ -109,14 +125,16 @@ def head_heatmap(path, scores, title: str, *, diverging: bool = False):
         bound = float(np.abs(data).max()) or 1.0
         im = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     else:
-        im = ax.imshow(data, cmap="viridis", vmin=0, vmax=max(float(data.max()), 1e-9), aspect="auto")
+        im = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    if not data.any():
+        ax.text(0.5, 0.5, "no difference between the runs" if diverging else "no retrieval head found",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9})
     step_h, step_l = max(1, heads // 16), max(1, layers // 16)
     ax.set_xticks(range(0, heads, step_h))
     ax.set_yticks(range(0, layers, step_l))
     ax.set_xlabel("query head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    fig.colorbar(im, ax=ax, shrink=0.8, label="score B - A" if diverging else "retrieval score")
+    return fig

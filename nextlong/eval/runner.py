@@ -179,16 +179,20 @@ class Progress:
 
 
 def preflight(tokenizer, jobs, seed: int, essay) -> dict[tuple[str, int], str]:
-    """Build the first sample of every (task, length) before any model work, so a corpus that is
-    too small stops the run at once rather than after hours. A (task, length) whose fixed parts
-    alone exceed the length (e.g. cwe's solved example at 1K with a small vocabulary) is returned
-    with the reason, to be skipped and reported rather than failing the whole run."""
+    """Build every sample once before any model work (seconds, against minutes of scoring each), so
+    a corpus that is too small, or a length too short for a task's prompt, stops or skips at once
+    rather than after hours. A (task, length) cell where any sample's fixed parts alone exceed the
+    length (e.g. cwe's solved example at 1K with a small vocabulary; its word lists differ from
+    sample to sample, so checking the first one is not enough) is returned with the reason, to be
+    skipped and reported rather than failing the whole run."""
+    from tqdm import tqdm
+
     from .haystack import LengthTooShortError
 
-    seen, skipped = set(), {}
-    for task, length, depth, index in jobs:
-        if (task, length) not in seen:
-            seen.add((task, length))
+    skipped = {}
+    for task, length, depth, index in tqdm(jobs, desc="eval: building samples", unit="sample", dynamic_ncols=True,
+                                           leave=False, disable=len(jobs) < 50):
+        if (task, length) not in skipped:
             try:
                 make_sample(tokenizer, task, length, depth, index, seed, essay)
             except LengthTooShortError as exc:

@@ -97,28 +97,33 @@ def patch_causal_lm(model: torch.nn.Module, **options) -> torch.nn.Module:
     options.setdefault("logit_softcap", _softcap_from_config(model))
     original = model.forward
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwargs):
+        # Everything else (attention_mask, position_ids, the KV cache under whichever name this
+        # transformers version uses, ...) passes through only when the caller gave it: naming a
+        # renamed argument ourselves would trip its deprecation warning on every call.
         loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
         if labels is None and loss_kwargs.get("shift_labels") is None:
-            return original(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids, past_key_values=past_key_values,
-                            inputs_embeds=inputs_embeds, use_cache=use_cache,
-                            logits_to_keep=logits_to_keep, **kwargs)
-        outputs = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, past_key_values=past_key_values,
-                          inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+            return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        outputs = decoder(input_ids=input_ids, **kwargs)
         loss = causal_lm_loss(outputs.last_hidden_state, head, labels, **loss_kwargs, **options)
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
-        return CausalLMOutputWithPast(loss=loss, logits=None,
-                                      past_key_values=getattr(outputs, "past_key_values", None),
-                                      hidden_states=getattr(outputs, "hidden_states", None),
-                                      attentions=getattr(outputs, "attentions", None))
+        return _causal_lm_output(loss, outputs)
 
     model._nextlong_original_forward = original
     model.forward = types.MethodType(forward, model)
     return model
+
+
+def _causal_lm_output(loss, outputs):
+    """transformers' CausalLMOutputWithPast, with the cache under the field name of the installed version
+    (`past_key_values` before 5.25, `cache` since)."""
+    import dataclasses
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    cache = next(f.name for f in dataclasses.fields(CausalLMOutputWithPast) if f.name in ("cache", "past_key_values"))
+    return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=getattr(outputs, "hidden_states", None),
+                                  attentions=getattr(outputs, "attentions", None),
+                                  **{cache: getattr(outputs, cache, None)})
 
 
 def unpatch_causal_lm(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,12 +7,14 @@ fingerprint is derived and a cached stage built with other settings is detected,
 from __future__ import annotations
 
 import dataclasses
+import math
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
+EMBEDDING_METHODS = ("nextlong", "knn", "iclm")  # the methods that embed every chunk
 NEGATIVE_RULES = ("fixed-k", "fill")
 FORMATS = ("parquet", "jsonl", "mds")
 ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long document, or per source document
@@ -110,6 +112,11 @@ class SynthesisConfig:
             bad(f"--target-length must be positive, got {self.target_length}")
         if self.chunk_size < 1:
             bad(f"--chunk-size must be positive, got {self.chunk_size}")
+        if self.target_length < self.min_target_length:
+            unit = "tokens" if self.chunk_unit == "tokens" else f"chars, about {self.chunk_tokens_estimate} tokens"
+            bad(f"--target-length {self.target_length} is shorter than one meta-chunk (--chunk-size {self.chunk_size} "
+                f"{unit}): every document would be a cut-off piece of one anchor chunk, with no negative; "
+                f"use --target-length {self.min_target_length} or more, or a smaller --chunk-size")
         if self.num_samples is not None and self.num_samples < 1:
             bad(f"--num-samples must be positive, got {self.num_samples}")
         if self.overshoot <= 0:
@@ -128,6 +135,19 @@ class SynthesisConfig:
             bad("--ray-address, --embed-gpus and --embed-actors work with --executor ray")
         if self.corpus is None:
             bad("no corpus: give --corpus PATH (or --demo)")
+
+    @property
+    def chunk_tokens_estimate(self) -> int:
+        """A meta-chunk's length in tokens: exact for --chunk-unit tokens, else at --chars-per-token (4 when
+        not given, the usual figure for English BPE; the run measures the real one later)."""
+        if self.chunk_unit == "tokens":
+            return self.chunk_size
+        return max(1, math.ceil(self.chunk_size / (self.chars_per_token or 4.0)))
+
+    @property
+    def min_target_length(self) -> int:
+        """The shortest document that still holds a whole anchor meta-chunk."""
+        return self.chunk_tokens_estimate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

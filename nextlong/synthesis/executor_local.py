@@ -33,15 +33,14 @@ class LocalExecutor(Executor):
     # --- the corpus into the first map stage ---------------------------------------------------
 
     def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
-        from tqdm.auto import tqdm
-
+        from .progress import corpus_bar
         from .read import CorpusRead, finish_read, map_split
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
                           block_bytes=self.corpus_block_bytes)
         splits = read.plan()
         ctx.stage.setup(ctx)
-        with tqdm(desc=ctx.stage.name, unit="doc", unit_scale=True, disable=not ctx.progress) as bar:
+        with corpus_bar(ctx) as bar:
             for s, split in enumerate(splits):
                 map_split(ctx, read, s, split, on_block=bar.update)
         return finish_read(ctx, read, splits)
@@ -49,7 +48,7 @@ class LocalExecutor(Executor):
     # --- map chains ----------------------------------------------------------------------------
 
     def run_chain(self, pipeline: Pipeline, fps, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
-        from tqdm.auto import tqdm
+        from .progress import ChainProgress, input_rows
 
         results = {}
         todo = [ctx for ctx in chain if not prepare(ctx)]
@@ -66,8 +65,9 @@ class LocalExecutor(Executor):
             ctx.stage.setup(ctx)
         rows = 0
         stopped = None
-        with tqdm(total=num_blocks, desc=" -> ".join(c.stage.name for c in todo), unit="block",
-                  disable=not todo[0].progress) as bar:
+        first = todo[0].stage
+        with ChainProgress([c.stage.name for c in todo], first.progress_unit, input_rows(source, num_blocks), cut,
+                           todo[0].progress, first=first) as bar:
             for j in range(num_blocks):
                 table = None  # the previous stage's output block, once read or computed
                 for k, ctx in enumerate(todo):
@@ -85,9 +85,9 @@ class LocalExecutor(Executor):
                         out = ctx.stage(table)
                         write_block(ctx, j, out, ctx.stage.count(out))
                     table = out
-                last = read_done(block_record_path(todo[-1].out_dir, j))
-                rows += int(last["counts"].get("rows", 0))
-                bar.update(1)
+                last = int(read_done(block_record_path(todo[-1].out_dir, j))["counts"].get("rows", 0))
+                rows += last
+                bar.block_done(j, last)
                 if cut is not None and rows >= cut:
                     stopped = j + 1
                     break

@@ -15,7 +15,7 @@ import time
 
 from ..corpus_split import DEFAULT_SPLIT_BYTES
 from ..errors import NextlongError, missing_extra
-from .stage import Executor
+from .stage import Executor, FinishedPrefix
 
 CONNECT_TIMEOUT_S = 10.0  # a TCP probe of the head's address before ray.init
 
@@ -294,15 +294,18 @@ class RayExecutor(Executor):
         return super().run(pipeline, rebuild=rebuild, progress=progress)
 
     def before_run(self, progress: bool) -> None:
+        import logging
+
         ctx_data = self.ray.data.DataContext.get_current()
-        ctx_data.enable_progress_bars = bool(progress)
+        # the driver draws the local executor's bars (progress.py): Ray Data's count its own batches, and
+        # stop short of their totals when the --num-samples cut ends a chain. Its line per dataset and its
+        # notice that its bars are off would only come between ours (or break --quiet)
+        ctx_data.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         ctx_data.execution_options.preserve_order = bool(self.preserve_order)
         ctx_data.print_on_execution_start = False
         ctx_data.raise_original_map_exception = True  # a stage's NextlongError, not Ray's wrapper of it
-        if not progress:
-            import logging
-
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     def build_whole(self, stage, ctx) -> dict:
         # max_calls=1: the worker exits after the stage, so what a whole stage held (the near-copy graph,
@@ -316,21 +319,26 @@ class RayExecutor(Executor):
     # --- corpus -> first map stage ---------------------------------------------------------------
 
     def read_and_map(self, pipeline, fps, source, ctx) -> dict:
+        from .progress import corpus_bar
         from .read import CorpusRead, finish_read, split_done
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
                           block_bytes=self.corpus_block_bytes)
         splits = read.plan()  # from file sizes: the driver reads no document
-        pending = [s for s, split in enumerate(splits) if split_done(ctx, read, s, split) is None]
-        if pending:  # one actor per CPU, one thread each: each reads its split and maps it
-            self._map_blocks(pending, [ctx], self.cpu_actors, self.threads or 1, {"num_cpus": 1},
-                             read=read, splits=splits)
+        records = [split_done(ctx, read, s, split) for s, split in enumerate(splits)]
+        pending = [s for s, record in enumerate(records) if record is None]
+        with corpus_bar(ctx) as bar:
+            bar.update(sum(record["counts"]["docs"] for record in records if record is not None))
+            if pending:  # one actor per CPU, one thread each: each reads its split and maps it
+                self._map_blocks(pending, [ctx], self.cpu_actors, self.threads or 1, {"num_cpus": 1},
+                                 read=read, splits=splits, on_result=lambda s, docs: bar.update(docs))
         return finish_read(ctx, read, splits)
 
     # --- chains of map stages ----------------------------------------------------------------------
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
-        from .stage import DONE_FILE, block_done, finish_map_stage, prepare, read_done
+        from .progress import ChainProgress, input_rows
+        from .stage import DONE_FILE, block_done, block_record_path, finish_map_stage, prepare, read_done
 
         results = {}
         todo = [ctx for ctx in chain if not prepare(ctx)]
@@ -351,12 +359,15 @@ class RayExecutor(Executor):
         else:  # one actor per CPU, one thread each
             actors, threads, resources = self.cpu_actors, self.threads or 1, {"num_cpus": 1}
         stopped = None
-        if pending:
-            from .stage import block_record_path
-
-            rows_done = {j: int((read_done(block_record_path(todo[-1].out_dir, j)) or {}).get("counts", {})
-                                .get("rows", 0)) for j in range(num_blocks) if j not in set(pending)}
-            stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done)
+        rows_done = {j: int((read_done(block_record_path(todo[-1].out_dir, j)) or {}).get("counts", {})
+                            .get("rows", 0)) for j in range(num_blocks) if j not in set(pending)}
+        with ChainProgress([c.stage.name for c in todo], todo[0].stage.progress_unit, input_rows(source, num_blocks),
+                           cut, todo[0].progress) as bar:
+            for j, rows in rows_done.items():
+                bar.block_done(j, rows)
+            if pending:
+                stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done,
+                                           on_result=bar.block_done)
         if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
             for ctx in todo:
                 results[ctx.stage.name] = {"blocks_computed": stopped}
@@ -366,10 +377,11 @@ class RayExecutor(Executor):
         return results
 
     def _map_blocks(self, items: list[int], contexts, actors: int, threads, resources: dict, *, cut=None,
-                    rows_done=None, read=None, splits=None) -> int | None:
+                    rows_done=None, read=None, splits=None, on_result=None) -> int | None:
         """Ray Data `map_batches` over block numbers (or corpus splits) with a pool of `_BlockWorker`s;
-        returns the block the `cut` stopped before, or None. Ray Data restarts a dead actor and retries
-        its item (max_restarts / max_task_retries -1)."""
+        returns the block the `cut` stopped before, or None. `on_result(item, rows)` is called as each item
+        finishes (the progress bars). Ray Data restarts a dead actor and retries its item (max_restarts /
+        max_task_retries -1)."""
         rebuild = contexts[0].rebuild
         ds = self.ray.data.from_items([{"block": j} for j in items], override_num_blocks=len(items))
         ds = ds.map_batches(
@@ -379,16 +391,14 @@ class RayExecutor(Executor):
                                        fingerprints=self._fingerprints(contexts), rebuild=rebuild, threads=threads,
                                        read=read, splits=splits), **resources)
         names = " -> ".join(c.stage.name for c in contexts)
-        rows_done = dict(rows_done or {})
+        prefix = FinishedPrefix(rows_done)
         try:
-            rows, next_block = 0, 0
             for out in ds.iter_rows():  # in any order: the finished prefix of blocks counts
-                rows_done[int(out["block"])] = int(out["rows"])
-                while next_block in rows_done:  # rows of the finished prefix of blocks
-                    rows += rows_done[next_block]
-                    next_block += 1
-                if cut is not None and rows >= cut:
-                    return next_block
+                prefix.add(int(out["block"]), int(out["rows"]))
+                if on_result is not None:
+                    on_result(int(out["block"]), int(out["rows"]))
+                if cut is not None and prefix.rows >= cut:
+                    return prefix.blocks
         except NextlongError:
             raise
         except Exception as e:

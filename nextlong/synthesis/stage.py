@@ -233,6 +233,10 @@ class MapStage(Stage):
     kind: ClassVar[str] = "map"
     uses_gpu: ClassVar[bool] = False
     parquet_options: ClassVar[dict] = {}  # writer options of its blocks (write_block applies them)
+    progress_unit: ClassVar[str] = "row"  # what its input rows are, on the bar of a chain it starts
+    # set by an executor that shows progress: a stage whose block takes long calls it with the input rows
+    # it has finished as it goes (progress.py), so the bar does not sit still for a whole block
+    on_rows: ClassVar[Callable[[int], None] | None] = None
 
     def setup(self, ctx: "StageContext") -> None:
         """Load heavy state (embedder, memory-mapped store, searcher). Default: nothing."""
@@ -392,6 +396,23 @@ def map_chain(stages: list, i: int) -> tuple[list, int, int | None]:
     cut = (follower.cut_rows if follower is not None and follower.kind == "whole"
            and follower.inputs[:1] == (chain[-1].name,) else None)
     return chain, j, cut
+
+
+class FinishedPrefix:
+    """The output rows of the finished prefix of a chain's blocks 0, 1, 2, ..., whatever order the blocks
+    finish in: what the `--num-samples` cut counts (protocol item 7). `add` a block's rows as it finishes;
+    `rows` is then the prefix's rows and `blocks` its length."""
+
+    def __init__(self, rows_done: dict[int, int] | None = None):
+        self.rows, self.blocks, self._waiting = 0, 0, {}
+        for block, rows in (rows_done or {}).items():
+            self.add(block, rows)
+
+    def add(self, block: int, rows: int) -> None:
+        self._waiting[block] = rows
+        while self.blocks in self._waiting:
+            self.rows += self._waiting.pop(self.blocks)
+            self.blocks += 1
 
 
 def prepare(ctx: StageContext) -> bool:

@@ -444,6 +444,7 @@ class EmbedStage(MapStage):
     threads: int | None = not_a_setting(default=None)
 
     uses_gpu = True
+    progress_unit = "chunk"
     # float vectors: a dictionary or zstd only costs time; one row group per block
     parquet_options = {"compression": "none", "use_dictionary": False, "write_statistics": False,
                        "row_group_size": 1 << 20}
@@ -464,6 +465,8 @@ class EmbedStage(MapStage):
                 raise EmbedderError(f"embedder {self._embedder.name!r} returned shape {part.shape}, expected "
                                     f"{(len(texts[lo:lo + self.batch_size]), dim)}")
             vecs[lo:lo + part.shape[0]] = part
+            if self.on_rows is not None:
+                self.on_rows(part.shape[0])
         windowed = getattr(self._embedder, "windowed_texts", 0) - before
         table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)})
         return table.replace_schema_metadata({b"windowed": str(windowed).encode(),
@@ -652,6 +655,7 @@ class PlanStage(MapStage):
 
     inputs: (units, chunks, embeddings, index, near-copy graph) - absent ones are None names."""
 
+    progress_unit = "unit"  # one synthesis unit (anchor document or document group) per input row
     method: str = "nextlong"
     target_length: int = 131072
     tokenizer: str | None = identity(tokenizer_identity, default=None)

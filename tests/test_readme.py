@@ -1,0 +1,211 @@
+"""The README, run as written: every fenced command and snippet, each after only the install line the
+README gives for it (tests/install_scope.py hides every other installed package).
+
+Each command runs with the README's arguments; a few get extra arguments appended (argparse keeps
+the last value) so that the whole README runs in minutes on two cores: `RUNS` lists every command and
+what is appended, and a README command missing from it fails the fast test below, so a new command
+cannot go untested. The commands run in README order in one folder, as a user pasting them would:
+later ones read what earlier ones wrote (demo-out, demo-run, out/).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.install_scope import ROOT, hidden_modules, run_with_extras
+
+README = ROOT / "README.md"
+INSTALL = re.compile(r'pip install\b[^\n]*?-e\s+"\.\[([\w,]+)\]"')
+
+# Every README command, as parsed below (option lists in [brackets] dropped), with the arguments the
+# test appends to shrink it. The quick start's model is trained for one step, evaluated at 1K only.
+SMALL_EVAL = ["--lengths", "1024", "--depths", "1", "--samples", "1"]
+SMALL_TRAIN = ["--seq-len", "2048", "--batch-tokens", "2048", "--steps", "1"]
+RUNS = {
+    "nextlong synthesize --demo --out demo-out": [],
+    "nextlong train demo-out --model tiny --steps 10 --out demo-run": ["--steps", "1"],
+    "nextlong chunk corpus.jsonl.gz --out chunks.parquet --tokenizer cl100k_base --with-ids": [],
+    "nextlong tokenize corpus/ --tokenizer cl100k_base --out tokens.parquet": [],
+    "nextlong index chunks.parquet --out index/": [],
+    "nextlong search index/ 'how do I open a file for appending' -k 10": [],
+    "nextlong synthesize --corpus corpus.jsonl.gz --tokenizer cl100k_base --target-length 131072 --out out/":
+        ["--target-length", "2048", "--num-samples", "2"],
+    "nextlong inspect out/": [],
+    "nextlong train out/ --model demo-run/model --seq-len 131072 --batch-tokens 524288 --steps 500 --out out/train":
+        SMALL_TRAIN,
+    "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": SMALL_TRAIN,
+    "nextlong train out/ --out out/train --resume": SMALL_TRAIN[:-1] + ["2"],
+    "nextlong plot out/train": [],
+    "nextlong eval demo-run --out demo-eval": SMALL_EVAL,
+    "nextlong heads demo-run --out demo-heads": ["--num-lengths", "2", "--depths", "2"],
+    "nextlong eval demo-run --out eval-dir": SMALL_EVAL,
+    "nextlong heads demo-run --out heads-dir": ["--num-lengths", "2", "--depths", "2"],
+    "nextlong heads --compare demo-heads heads-dir --out heads-ab": [],
+}
+# Commands not run here, and why.
+SKIPS = {
+    "torchrun --nproc-per-node 8 -m nextlong train out/ --model demo-run/model --out out/train":
+        "starts its own interpreters (outside the install scope); tests/test_train_distributed.py runs it",
+}
+# Placeholders of the README, as the commands above spell them.
+PLACEHOLDERS = {"PATH": "demo-run/model", "MODEL": "demo-run", "DIR": "{command}-dir", "DIR_A": "demo-heads",
+                "DIR_B": "heads-dir", "DIR_AB": "heads-ab"}
+# Python snippets: what each needs defined before it runs, and literal edits that shrink it.
+SNIPPET_SETUP = {
+    "nextlong.Tokenizer.from_file": ("texts = ['hello world', 'long context']\n",
+                                     {"target_length=65536": "target_length=2048, num_samples=2",
+                                      'out="out/"': 'out="out-py/"'}),
+    "Trainer(model=model": ("", {"max_steps=10": "max_steps=1"}),
+    "from nextlong.kernels import": (
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "q, k, v = (torch.randn(96, 4, 16, requires_grad=True) for _ in range(3))\n"
+        "cu_seqlens, max_len = torch.tensor([0, 40, 96], dtype=torch.int32), 56\n"
+        "hidden, lm_head = torch.randn(96, 32, requires_grad=True), torch.nn.Linear(32, 50, bias=False)\n"
+        "labels, w = torch.randint(0, 50, (96,)), torch.rand(96)\n", {}),
+}
+
+
+@dataclass(frozen=True)
+class Snippet:
+    line: int  # of the opening fence in README.md
+    lang: str
+    text: str
+    extras: frozenset  # the install line in effect
+
+
+def readme_snippets(text: str | None = None) -> list[Snippet]:
+    """Fenced blocks in order, each with the install line in effect: the quick start's, unless an
+    earlier block of the same section gave another. The CI line (install + pytest) is not a snippet."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    default = current = None
+    out = []
+    for m in re.finditer(r"^## [^\n]*$|^```(\w+)\n(.*?)^```", text, flags=re.M | re.S):
+        if m.group(1) is None:
+            current = default
+            continue
+        lang, body = m.group(1), m.group(2)
+        install = INSTALL.search(body)
+        if install and "pytest" in body:
+            continue
+        if install:
+            current = frozenset(install.group(1).split(","))
+            default = default or current
+        out.append(Snippet(text.count("\n", 0, m.start()) + 1, lang, body, current))
+    return out
+
+
+def commands(snippet: Snippet) -> list[list[str]]:
+    """The commands of a bash block: continuations joined, comments and [option lists] dropped,
+    placeholders filled in; install lines left out."""
+    logical = re.sub(r"\\\n|\n(?=\s+\[)", " ", snippet.text)
+    out = []
+    for line in logical.splitlines():
+        depth, argv = 0, []
+        for token in shlex.split(line, comments=True):
+            depth += token.startswith("[")
+            if not depth:
+                argv.append(token)
+            depth -= token.endswith("]") and depth > 0
+        while argv:
+            part, argv = (argv[:argv.index("&&")], argv[argv.index("&&") + 1:]) if "&&" in argv else (argv, [])
+            if part[:3] == ["python3", "-m", "pip"]:
+                continue
+            command = part[1] if part[0] == "nextlong" else part[0]
+            out.append([PLACEHOLDERS.get(a, a).format(command=command) for a in part])
+    return out
+
+
+def test_every_readme_command_is_run_or_skipped_with_a_reason():
+    listed = [shlex.join(argv) for s in readme_snippets() if s.lang == "bash" for argv in commands(s)]
+    assert sorted(set(listed)) == sorted(set(RUNS) | set(SKIPS)), "update RUNS/SKIPS with the README"
+    python = [s for s in readme_snippets() if s.lang == "python"]
+    assert all(sum(key in s.text for key in SNIPPET_SETUP) == 1 for s in python), "one SNIPPET_SETUP per snippet"
+    assert len(python) == len(SNIPPET_SETUP)
+
+
+def test_each_snippet_gets_the_install_line_of_its_section():
+    snippets = readme_snippets()
+    assert snippets[0].extras == {"ml"}
+    trainer = next(s for s in snippets if "Trainer(model=model" in s.text)
+    assert trainer.extras == {"hf"}
+    kernels = next(s for s in snippets if "from nextlong.kernels import" in s.text)
+    assert kernels.extras == {"ml"}, "a later section falls back to the quick start's install"
+    assert all(s.extras for s in snippets)
+
+
+def test_install_scope_hides_what_an_extra_does_not_bring(tmp_path):
+    """The scope must be able to fail a snippet: Trainer's accelerate is hidden under `ml` only."""
+    assert "accelerate" in hidden_modules({"ml"}) and "accelerate" not in hidden_modules({"hf"})
+    assert "matplotlib" not in hidden_modules({"ml"}), "nextlong train draws loss.png after the quick start's install"
+    probe = ("import importlib.util as u, importlib.metadata as m\n"
+             "print(u.find_spec('accelerate') is None, m.version('accelerate') if u.find_spec('accelerate') else '')\n")
+    hidden = run_with_extras({"ml"}, probe + "import accelerate", tmp_path)
+    assert hidden.returncode == 1 and hidden.stdout.split() == ["True"] and "ModuleNotFoundError" in hidden.stderr
+    shown = run_with_extras({"hf"}, probe, tmp_path)  # not imported: accelerate imports torch, seconds
+    assert shown.returncode == 0 and shown.stdout.split()[0] == "False"
+
+
+def write_inputs(folder: Path) -> None:
+    """The inputs the README's commands name, small: a corpus as .jsonl.gz, .jsonl and a folder of .txt
+    files (from the shipped docstrings), a byte-level BPE tokenizer.json, and out-64k/, out-512k/."""
+    from tests.eval_fixtures import train_tokenizer
+    from tests.helpers import corpus_head
+
+    docs = corpus_head(max_bytes=120_000)
+    lines = "".join(json.dumps({"id": d, "text": t}) + "\n" for d, t in docs)
+    (folder / "corpus.jsonl").write_text(lines)
+    (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (folder / "corpus").mkdir()
+    for i, (_, text) in enumerate(docs[:20]):
+        (folder / "corpus" / f"{i:03d}.txt").write_text(text)
+    train_tokenizer(folder / "tokenizer.json")
+
+
+def run_step(folder: Path, extras, code: str, what: str) -> str:
+    proc = run_with_extras(set(extras), code, folder)
+    assert proc.returncode == 0, f"{what}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_readme_runs_after_its_install_lines(tmp_path):
+    """The whole README in order (about 8 minutes on 2 cores). The quick start's synthesis is the
+    real demo (MiniLM over the stdlib docstrings): the one path every new user runs first."""
+    write_inputs(tmp_path)
+    for snippet in readme_snippets():
+        if snippet.lang == "bash":
+            for argv in commands(snippet):
+                key = shlex.join(argv)
+                if key in SKIPS:
+                    continue
+                if argv[1] == "train" and "out-64k/@2" in argv:
+                    for name in ("out-64k", "out-512k"):
+                        if not (tmp_path / name).exists():
+                            shutil.copytree(tmp_path / "out", tmp_path / name)
+                code = f"import sys\nfrom nextlong.cli import main\nsys.exit(main({argv[1:] + RUNS[key]!r}))"
+                run_step(tmp_path, snippet.extras, code, f"README.md:{snippet.line}: {key}")
+                if key == "nextlong synthesize --demo --out demo-out":
+                    stats = json.loads((tmp_path / "demo-out" / "manifest.json").read_text())
+                    assert stats["statistics"]["documents_built"] == 8
+                    assert stats["settings"]["embedder_name"] == "all-MiniLM-L6-v2"
+                    s = stats["statistics"]
+                    assert s["anchor_negative_similarity_mean"] > s["random_chunk_pair_similarity_mean"]
+        elif snippet.lang == "python":
+            setup, edits = next(v for k, v in SNIPPET_SETUP.items() if k in snippet.text)
+            code = snippet.text
+            for old, new in edits.items():
+                assert old in code, f"README.md:{snippet.line}: {old!r} no longer in the snippet"
+                code = code.replace(old, new)
+            run_step(tmp_path, snippet.extras, setup + code, f"README.md:{snippet.line}: python snippet")
+    for made in ("demo-run/loss.png", "demo-run/manifest.json", "demo-eval/results.json", "demo-heads/heads.png",
+                 "out/train/loss.png", "out/mix/manifest.json", "out-py/manifest.json", "out/hf-run"):
+        assert (tmp_path / made).exists(), made

@@ -1,0 +1,110 @@
+"""The progress bars of `nextlong synthesize` count the real work and end at their totals: the embed bar
+counts chunks and moves within a block, and the plan -> assemble bar reaches its total when the
+--num-samples cut stops the chain early (it used to end at 1/8 blocks)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import tqdm.auto
+
+from nextlong.synthesis.executor_local import LocalExecutor
+from tests.helpers import corpus_head, write_jsonl
+
+FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=2048, shard_size=4, progress=True)
+
+
+class Recorder(tqdm.auto.tqdm):
+    """A tqdm that keeps, per bar, its description, unit, total, final count and every count it showed."""
+
+    bars: list[dict] = []
+
+    def __init__(self, *args, **kwargs):
+        kwargs["file"] = io.StringIO()
+        super().__init__(*args, **kwargs)
+        self.seen = {"desc": self.desc, "unit": self.unit, "counts": []}
+        if not self.disable:
+            Recorder.bars.append(self.seen)
+
+    def update(self, n=1):
+        super().update(n)
+        self.seen["counts"].append(self.n)
+
+    def close(self):
+        if not self.disable:
+            self.seen.update(n=self.n, total=self.total)
+        super().close()
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    Recorder.bars = []
+    return Recorder.bars
+
+
+def run(corpus, out, executor=None, **settings):
+    """A run in corpus blocks of 60 documents: two blocks to embed, the first of more than 512 chunks
+    (EmbedStage.batch_size), so the bar has a block to move within."""
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.pipeline import run as run_pipeline
+
+    cfg = SynthesisConfig(corpus=str(corpus), out=str(out), **FAST, **settings)
+    return run_pipeline(cfg, executor=executor or LocalExecutor(corpus_block_docs=60))
+
+
+def by_name(bars, name):
+    found = [b for b in bars if b["desc"] == name]
+    assert len(found) == 1, [b["desc"] for b in bars]
+    return found[0]
+
+
+def test_every_bar_ends_at_its_total_and_counts_the_work(tmp_path, bars):
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(400_000))
+    manifest = run(corpus, tmp_path / "out", num_samples=3)
+    stats = manifest["statistics"]
+    for bar in bars:
+        assert bar["total"] is None or bar["n"] == bar["total"], bar
+    assert by_name(bars, "chunk")["n"] == stats["corpus_documents"]  # documents: no total before reading
+    embed = by_name(bars, "embed")
+    assert embed["unit"] == "chunk" and embed["total"] == stats["corpus_chunks"]
+    blocks = len(list((tmp_path / "out" / "embed").glob("part-*.parquet")))
+    assert len(set(embed["counts"])) > blocks, "the embed bar moves only when a whole block is done"
+    chain = by_name(bars, "plan -> assemble")  # the cut stops it after the first blocks of many
+    assert chain["unit"] == "doc" and chain["total"] == chain["n"] == 3
+    assert len(list((tmp_path / "out" / "units").glob("part-*.parquet"))) > 2
+
+    # the same folder without the cut: the chain resumes after its finished blocks and counts units
+    bars.clear()
+    run(corpus, tmp_path / "out")
+    chain = by_name(bars, "plan -> assemble")
+    assert chain["unit"] == "unit" and chain["n"] == chain["total"] == stats["corpus_documents"]
+    assert "embed" not in [b["desc"] for b in bars]  # cached stages draw no bar
+
+
+def test_a_cut_larger_than_the_output_ends_the_bar_at_what_was_built(tmp_path, bars):
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(60_000))
+    manifest = run(corpus, tmp_path / "out", num_samples=10_000)
+    chain = by_name(bars, "plan -> assemble")
+    assert chain["n"] == chain["total"] == manifest["statistics"]["documents_built"] < 10_000
+
+
+@pytest.mark.slow  # starts Ray (~10-20 s)
+def test_ray_bars_count_the_same_work(tmp_path, bars):
+    """Ray's driver draws the same bars from its actors' results (its own bars are off): the embed bar
+    counts chunks (a block at a time) and the chain bar ends at the cut."""
+    pytest.importorskip("ray")
+    from nextlong.synthesis import executor_ray
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(400_000))
+    ray = executor_ray.connect(None, num_cpus=2, object_store_memory=300 * 2 ** 20)
+    try:
+        manifest = run(corpus, tmp_path / "out", executor_ray.RayExecutor(corpus_block_docs=60), num_samples=3)
+    finally:
+        ray.shutdown()
+    for bar in bars:
+        assert bar["total"] is None or bar["n"] == bar["total"], bar
+    assert by_name(bars, "chunk")["n"] == manifest["statistics"]["corpus_documents"]
+    assert by_name(bars, "embed")["total"] == manifest["statistics"]["corpus_chunks"]
+    assert by_name(bars, "plan -> assemble")["n"] == 3
