@@ -40,9 +40,9 @@ RUNS = {
         ["--target-length", "2048", "--num-samples", "2"],
     "nextlong inspect out/": [],
     "nextlong train out/ --model demo-run/model --seq-len 131072 --batch-tokens 524288 --steps 500 --out out/train":
-        SMALL_TRAIN,
+        SMALL_TRAIN[:-1] + ["2", "--stop-after", "1"],  # stopped after one step of two: the resume below ends it
     "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": SMALL_TRAIN,
-    "nextlong train out/ --out out/train --resume": SMALL_TRAIN[:-1] + ["2"],
+    "nextlong train out/ --out out/train --resume": [],  # as written: the run's own settings
     "nextlong plot out/train": [],
     "nextlong eval demo-run --out demo-eval": SMALL_EVAL,
     "nextlong heads demo-run --out demo-heads": ["--num-lengths", "2", "--depths", "2"],
@@ -206,6 +206,8 @@ def test_readme_runs_after_its_install_lines(tmp_path):
                 assert old in code, f"README.md:{snippet.line}: {old!r} no longer in the snippet"
                 code = code.replace(old, new)
             run_step(tmp_path, snippet.extras, setup + code, f"README.md:{snippet.line}: python snippet")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "out/train/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2], "the README's --resume continued the stopped run"
     for made in ("demo-run/loss.png", "demo-run/manifest.json", "demo-eval/results.json", "demo-heads/heads.png",
                  "out/train/loss.png", "out/mix/manifest.json", "out-py/manifest.json", "out/hf-run"):
         assert (tmp_path / made).exists(), made

@@ -304,19 +304,6 @@ def test_demo_runs_with_a_fast_embedder(tmp_path):
         L = saved
 
 
-@pytest.mark.slow
-def test_demo_default_minilm(tmp_path):
-    """The README's main command, as is: MiniLM embeddings of the stdlib docstrings (1.5-2.5 minutes
-    on 2 cores). Worth its time in CI: it is the one path every new user runs first."""
-    from nextlong.cli import main
-
-    assert main(["synthesize", "--demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
-    m = json.loads((tmp_path / "demo" / "manifest.json").read_text())
-    assert m["statistics"]["documents_built"] == 8
-    assert m["settings"]["embedder_name"] == "all-MiniLM-L6-v2"
-    assert m["statistics"]["anchor_negative_similarity_mean"] > m["statistics"]["random_chunk_pair_similarity_mean"]
-
-
 def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
     """The batch->batch stages, called by hand (as a Ray Data map would), give the driver's output."""
     import pyarrow as pa

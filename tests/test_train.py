@@ -307,28 +307,6 @@ def test_cli_resume_takes_the_runs_own_settings(data, tmp_path, capsys):
     assert "lr: saved 0.002, now 0.5" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_readme_trainer_example_runs(data, tmp_path):
-    """The README's transformers Trainer example, on the test data for a few steps."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "PackedDataset" in b)
-    run = tmp_path / "pre"
-    train(data, run, steps=1, **FAST)
-    for old, new in (('"demo-run/model"', repr(str(run / "model"))), ('"demo-out"', repr(str(data))),
-                     ("seq_len=8192", f"seq_len={SAMPLE_LEN}"), ('"out/hf-run"', repr(str(tmp_path / "hf"))),
-                     ("max_steps=10", "max_steps=3")):
-        assert old in code, old
-        code = code.replace(old, new)
-    before = load_state(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors")["lm.model.norm.weight"]
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    model = namespace["model"]
-    assert namespace["Trainer"] is not None and not torch.equal(model.model.norm.weight.detach(), before)
-
-
 @pytest.mark.parametrize("scheme", ["dense", "sparse", "longce"])
 def test_token_weighting_schemes_train(data, tmp_path, scheme):
     """Each scheme runs in the loop (short-context scores from the model itself, or from --scorer) and
