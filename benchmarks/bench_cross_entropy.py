@@ -8,6 +8,9 @@ the same, Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` and Apple's Cut Cr
 CPU: small shapes, the chunked fallback vs eager, peak resident memory from ``VmHWM`` (reset
 through ``/proc/self/clear_refs``), so it runs on the CI machine.
 
+Every table row also gives the max |difference| of the loss and of both gradients (hidden, weight)
+against the first implementation of the table (nextlong), on the same inputs.
+
 Run: ``python3 -m pytest -q benchmarks/bench_cross_entropy.py -k cpu`` (pytest-benchmark), or
 ``python3 benchmarks/bench_cross_entropy.py [cpu|gpu]`` for a table with ratios to the peers.
 """
@@ -126,6 +129,17 @@ def measure_gpu(fn, n, h, v, repeats=5):
     return seconds, peak, None
 
 
+def step_outputs(fn, n, h, v, device, dtype):
+    """(loss, d hidden, d weight) of one fwd+bwd on the seeded inputs, as fp32."""
+    hidden, weight, labels = _inputs(n, h, v, device, dtype)
+    loss = _step(fn, hidden, weight, labels)
+    return [loss.detach().float(), hidden.grad.float(), weight.grad.float()]
+
+
+def max_diffs(a, b) -> tuple[float, ...]:
+    return tuple((x - y).abs().max().item() for x, y in zip(a, b))
+
+
 def matmul_fraction_of_peak(n, h, v, seconds):
     """Useful logit matmul work (forward + two backward products = 6NHV flops) / H100 bf16 peak."""
     return 6.0 * n * h * v / seconds / 1e12 / H100_BF16_DENSE_TFLOPS
@@ -133,7 +147,7 @@ def matmul_fraction_of_peak(n, h, v, seconds):
 
 # ---- pytest-benchmark entries -------------------------------------------------------------
 
-CPU_IMPLS = ("nextlong", "eager")
+CPU_IMPLS = ("nextlong", "eager", "compile")
 GPU_IMPLS = ("nextlong", "nextlong_triton", "eager", "compile", "liger", "cce")
 
 
@@ -186,20 +200,27 @@ def _table(kind):
     impls, measure = (GPU_IMPLS, measure_gpu) if kind == "gpu" else (CPU_IMPLS, measure_cpu)
     if kind == "cpu":
         torch.set_num_threads(2)
-    print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>9} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
-          f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}")
+    device, dtype = ("cuda", torch.bfloat16) if kind == "gpu" else ("cpu", torch.float32)
+    print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>15} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
+          f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}  max|diff| loss, dh, dw vs the first row")
     for n, h, v in shapes:
-        rows = {}
+        rows, diffs, ref = {}, {}, None
         for name in impls:
             fn = implementation(name)
             if isinstance(fn, str):
-                print(f"{n:>7} {h:>5} {v:>7} {name:>9}  skipped: {fn}")
+                print(f"{n:>7} {h:>5} {v:>7} {name:>15}  skipped: {fn}")
                 continue
             try:
                 rows[name] = measure(fn, n, h, v)
+                outs = step_outputs(fn, n, h, v, device, dtype)
+                if ref is None:
+                    ref = outs
+                diffs[name] = max_diffs(outs, ref)
+                del outs
             except torch.OutOfMemoryError:
+                rows.pop(name, None)
                 torch.cuda.empty_cache()
-                print(f"{n:>7} {h:>5} {v:>7} {name:>9}  out of memory")
+                print(f"{n:>7} {h:>5} {v:>7} {name:>15}  out of memory")
         peer_t = rows.get("liger", rows.get("eager"))
         peer_m = rows.get("cce", rows.get("eager"))
         for name, (sec, mib, cpu) in rows.items():
@@ -211,7 +232,8 @@ def _table(kind):
                 rt = "      -"
             rm = f"{mib / peer_m[1]:8.2f}" if peer_m and peer_m[1] > 0 else "       -"
             cms = f"{1000 * cpu:8.1f}" if cpu is not None else "       -"
-            print(f"{n:>7} {h:>5} {v:>7} {name:>9} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}")
+            d = " ".join(f"{x:.1e}" for x in diffs[name]) if name in diffs else "-"
+            print(f"{n:>7} {h:>5} {v:>7} {name:>15} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}  {d}")
     print("t/peer: time relative to liger (eager when liger is absent; CPU time on CPU); "
           "mem/peer: peak relative to cce (eager when cce is absent)")
 

@@ -145,6 +145,9 @@ def print_report() -> None:
     print("\nsynthesis benchmark (2 cores):")
     for name, (value, unit) in RESULTS.items():
         print(f"  {name:48s} {value:12.2f} {unit}")
+    # The peer a user would write is the numpy gather; plain Python is shown for scale only.
+    if "assembly numba" in RESULTS and "assembly numpy" in RESULTS:
+        print(f"  assembly numba / numpy: {RESULTS['assembly numba'][0] / RESULTS['assembly numpy'][0]:.1f}x")
     if "assembly python" in RESULTS:
         for impl in ("numpy", "numba"):
             if f"assembly {impl}" in RESULTS:

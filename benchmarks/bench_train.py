@@ -1,4 +1,4 @@
-"""Training-step throughput and peak memory: our attention + fused loss against the dense-mask paths.
+"""Training-step throughput and peak memory: our attention + fused loss against the peer stacks.
 
 One step = forward + backward + AdamW update of one packed sequence of S tokens holding documents of
 `--doc` tokens each (attention must not cross them), the way `nextlong train` runs it (its
@@ -9,20 +9,39 @@ One step = forward + backward + AdamW update of one packed sequence of S tokens 
   and `fused_linear_cross_entropy` from the last hidden state (no logits tensor);
 * eager+dense-mask+CE — transformers' eager attention with a dense (1, 1, S, S) additive
   block-diagonal causal mask, then `lm_head` and `F.cross_entropy` on the full logits;
-* sdpa+dense-mask+CE — transformers' SDPA with the same mask as a boolean tensor, standard CE.
+* sdpa+dense-mask+CE — transformers' SDPA with the same mask as a boolean tensor, standard CE;
+* sdpa-split+CE — SDPA with `is_causal` once per document (torch.split views of the packed sequence,
+  as in bench_attention.py), standard CE: the attention a CPU user would write without a dense mask.
+
+The dense-mask configurations pay an (S, S) mask and the full logits: they show what our kernels save
+against the obvious transformers set-up, not against the fastest peers. On CUDA the fair peer stacks
+are added (each guarded: skipped with the reason when its package or kernel is missing):
+
+* varlen+liger — PyTorch's own varlen attention (`torch.nn.attention.varlen.varlen_attn`, registered as
+  a transformers attention function fed the collator's `cu_seq_lens`) and Liger's
+  `LigerFusedLinearCrossEntropyLoss`;
+* flex+liger — transformers' `flex_attention` (compiled FlexAttention) with a document+causal
+  `BlockMask` built from `cu_seq_lens` in every step (bench_attention.flex_block_mask), and Liger;
+* flash-attn-varlen+liger — transformers' `flash_attention_2` (flash-attn's varlen kernel) and Liger.
+
+Every configuration starts from the same weights and data, so the first step's loss must agree:
+the table gives each one's difference from nextlong+fused's.
 
 Reported: tokens/s (S / median step time) and peak memory above the process's memory once the model
-and optimizer exist (CPU: peak RSS, VmHWM; CUDA: max allocated). Ratios are against the eager path.
+and optimizer exist (CPU: peak RSS, VmHWM; CUDA: max allocated). Ratios are against the eager
+dense-mask path (SDPA's where eager ran out of memory) and, on CUDA, against the fastest fair peer
+stack of the run ("x best peer").
 
 CPU:  python3 benchmarks/bench_train.py cpu [--seq 2048,4096] [--vocab 32768] [--threads 1]
 GPU:  python3 benchmarks/bench_train.py gpu [--seq 8192,...,65536] (small preset, bf16 autocast; adds
-      flash-attn varlen + Liger fused linear CE when importable, and model FLOPs utilisation)
+      the peer stacks above and model FLOPs utilisation)
 pytest: python3 -m pytest -q benchmarks/bench_train.py (a 1K-token CPU step per configuration)
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -36,8 +55,14 @@ CONFIGS = {
     "nextlong+fused": ("nextlong", "fused"),
     "eager+dense-mask+CE": ("eager", "eager"),
     "sdpa+dense-mask+CE": ("sdpa", "eager"),
+    "sdpa-split+CE": ("bench_sdpa_split", "eager"),
 }
-GPU_EXTRA = {"flash-attn-varlen+liger": ("flash_attention_2", "liger")}
+GPU_EXTRA = {
+    "varlen+liger": ("bench_varlen", "liger"),
+    "flex+liger": ("flex_attention", "liger"),
+    "flash-attn-varlen+liger": ("flash_attention_2", "liger"),
+}
+FAIR_PEERS = tuple(GPU_EXTRA)
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
@@ -60,21 +85,101 @@ def _batch(seq: int, doc: int, vocab: int, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-class _LigerLoss(torch.nn.Module):
-    """flash-attn varlen attention (transformers' flash_attention_2 with cu_seq_lens) + Liger's fused CE."""
+def _packed(query, key, value):
+    """transformers' (B, H, S, D) -> the packed (B * S, H, D) layout of varlen kernels, in autocast's dtype
+    when autocast is on (as SDPA and F.linear compute; the rotary embedding hands over fp32 q/k)."""
+    b, _, s, d = query.shape
+    out = [x.transpose(1, 2).reshape(b * s, x.shape[1], d) for x in (query, key, value)]
+    if torch.is_autocast_enabled(query.device.type):
+        dtype = torch.get_autocast_dtype(query.device.type)
+        out = [x.to(dtype) for x in out]
+    return out
 
-    def __init__(self, lm):
+
+def _repeat_kv(x, heads):
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function over torch.nn.attention.varlen.varlen_attn (CUDA), fed the
+    collator's cu_seq_lens_q / max_length_q: attention never crosses a document."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    b, h, s, d = query.shape
+    q, k, v = _packed(query, key, value)
+    params = inspect.signature(varlen_attn).parameters
+    extra = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    if "enable_gqa" in params:
+        extra["enable_gqa"] = True
+    else:
+        k, v = _repeat_kv(k, h), _repeat_kv(v, h)
+    if "scale" in params:  # torch 2.9 takes none (its default 1/sqrt(D) is Llama's scaling too)
+        extra["scale"] = scaling
+    cu = kwargs["cu_seq_lens_q"].to(torch.int32)
+    m = int(kwargs["max_length_q"])
+    out = varlen_attn(q, k, v, cu, cu, m, m, **extra)
+    return out.reshape(b, s, h, d), None  # in autocast's dtype, as SDPA's output would be
+
+
+def sdpa_split_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function: SDPA with is_causal once per document, over torch.split views."""
+    import torch.nn.functional as F
+
+    b, h, s, d = query.shape
+    assert b == 1, "sdpa_split_attention: one packed row"
+    lengths = torch.diff(kwargs["cu_seq_lens_q"]).tolist()
+    key, value = _repeat_kv(key, h), _repeat_kv(value, h)
+    parts = [x.split(lengths, dim=2) for x in (query, key, value)]
+    outs = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling) for q, k, v in zip(*parts)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2), None
+
+
+def _register(name: str, fn) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, flash_attention_mask)  # no mask: the boundaries come as cu_seq_lens
+
+
+CUSTOM_ATTENTION = {"bench_varlen": varlen_attention, "bench_sdpa_split": sdpa_split_attention}
+SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+class PeerLoss(torch.nn.Module):
+    """A peer stack: the decoder with `attention` given the document boundaries the way that attention
+    takes them (cu_seq_lens, or a FlexAttention BlockMask built each step), then Liger's fused linear CE
+    ("liger") or lm_head + F.cross_entropy on fp32 logits ("eager"); the sum over the labelled tokens,
+    like LossModel's with weights 1."""
+
+    def __init__(self, lm, attention: str, loss: str):
         super().__init__()
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        self.lm, self.attention, self.ce = lm, attention, None
+        if loss == "liger":
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-        self.lm, self.ce = lm, LigerFusedLinearCrossEntropyLoss(reduction="sum")
+            self.ce = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def attention_inputs(self, batch):
+        if self.attention == "flex_attention":
+            from bench_attention import flex_block_mask
+
+            lengths = torch.diff(batch["cu_seq_lens_q"]).tolist()
+            return {"attention_mask": flex_block_mask(lengths, batch["input_ids"].device)[0]}
+        return {k: batch[k] for k in SPAN_KEYS}
 
     def forward(self, batch, weights):
-        keys = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-        hidden = self.lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                               **{k: batch[k] for k in keys}).last_hidden_state
+        import torch.nn.functional as F
+
+        hidden = self.lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                       use_cache=False, **self.attention_inputs(batch)).last_hidden_state
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        return self.ce(self.lm.lm_head.weight, h, batch["labels"][:, 1:].reshape(-1))
+        y = batch["labels"][:, 1:].reshape(-1)
+        head = self.lm.get_output_embeddings()
+        if self.ce is not None:
+            return self.ce(head.weight, h, y)
+        return F.cross_entropy(head(h).float(), y, ignore_index=-100, reduction="sum")
 
 
 def measure_one(config: str, seq: int, doc: int, vocab: int, preset: str, steps: int, threads: int) -> dict:
@@ -87,11 +192,15 @@ def measure_one(config: str, seq: int, doc: int, vocab: int, preset: str, steps:
         torch.set_num_threads(threads)
     attention, loss = {**CONFIGS, **GPU_EXTRA}[config]
     lm = build_model(preset, vocab_size=vocab, seq_len=seq,
-                     attention="nextlong" if attention == "flash_attention_2" else attention, seed=0)
-    if attention == "flash_attention_2":
-        lm.config._attn_implementation = "flash_attention_2"
+                     attention=attention if attention in ("nextlong", "eager", "sdpa") else "nextlong", seed=0)
+    if attention in CUSTOM_ATTENTION:
+        _register(attention, CUSTOM_ATTENTION[attention])
+    lm.config._attn_implementation = "nextlong" if attention == "nextlong" else attention
     lm.to(device).train()
-    model = _LigerLoss(lm) if loss == "liger" else LossModel(lm, attention=attention, loss=loss)
+    if attention in ("nextlong", "eager", "sdpa"):
+        model = LossModel(lm, attention=attention, loss=loss)
+    else:
+        model = PeerLoss(lm, attention, loss)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     batch = _batch(seq, doc, vocab, device)
     weights = (batch["labels"] != -100).float()
@@ -149,20 +258,43 @@ def run_isolated(config, seq, doc, vocab, preset, steps, threads) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| S | config | tokens/s | x eager | peak MiB | x eager | step s |" + (" MFU |" if "mfu" in rows[0] else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if "mfu" in rows[0] else "")]
+    """Markdown table; ratios against eager+dense-mask+CE (sdpa+dense-mask+CE where eager failed) and
+    against the fastest fair peer stack of the same S (FAIR_PEERS, CUDA only); 'loss diff': first-step
+    loss minus nextlong+fused's."""
+    ok_rows = [r for r in rows if "error" not in r]
+    mfu_col = any("mfu" in r for r in ok_rows)
+    peers = any(r["config"] in FAIR_PEERS for r in ok_rows)
+    head = "| S | config | tokens/s | x dense | peak MiB | x dense | step s | loss diff |"
+    sep = "|---|---|---|---|---|---|---|---|"
+    if peers:
+        head, sep = head + " x best peer (tokens/s, memory) |", sep + "---|"
+    if mfu_col:
+        head, sep = head + " MFU |", sep + "---|"
+    lines = [head, sep]
     for seq in sorted({r["seq"] for r in rows}):
         group = [r for r in rows if r["seq"] == seq]
-        ref = next((r for r in group if r["config"] == "eager+dense-mask+CE" and "error" not in r), None)
+        ok = [r for r in group if "error" not in r]
+        ref = next((r for r in ok if r["config"] == "eager+dense-mask+CE"),
+                   next((r for r in ok if r["config"] == "sdpa+dense-mask+CE"), None))
+        ours = next((r for r in ok if r["config"] == "nextlong+fused"), None)
+        best = max((r for r in ok if r["config"] in FAIR_PEERS), key=lambda r: r["tokens_per_s"], default=None)
         for r in group:
             if "error" in r:
-                lines.append(f"| {seq} | {r['config']} | error: {r['error'][:60]} | | | | |")
+                lines.append(f"| {seq} | {r['config']} | error: {r['error'][:80]} |" + " |" * (sep.count("|") - 4))
                 continue
             tput = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
             mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}" if ref else "-"
-            mfu = f" {100 * r['mfu']:.1f}% |" if "mfu" in r else ""
-            lines.append(f"| {seq} | {r['config']} | {r['tokens_per_s']:,.0f} | {tput} | {r['peak_mib']:,.0f} | {mem} "
-                         f"| {r['median_step_s']:.3f} |{mfu}")
+            diff = f"{r['first_loss'] - ours['first_loss']:+.4f}" if ours else "-"
+            line = (f"| {seq} | {r['config']} | {r['tokens_per_s']:,.0f} | {tput} | {r['peak_mib']:,.0f} | {mem} "
+                    f"| {r['median_step_s']:.3f} | {diff} |")
+            if peers:
+                line += (f" {r['tokens_per_s'] / best['tokens_per_s']:.2f}, {r['peak_mib'] / best['peak_mib']:.2f} "
+                         f"({best['config']}) |" if best else " - |")
+            if mfu_col:
+                line += f" {100 * r['mfu']:.1f}% |" if "mfu" in r else " |"
+            lines.append(line)
+    lines.append("\nx dense: against eager+dense-mask+CE, or sdpa+dense-mask+CE where eager failed; x best peer: "
+                 "against the fastest fair peer stack of that S; loss diff: first-step loss minus nextlong+fused's")
     return "\n".join(lines)
 
 
@@ -180,12 +312,18 @@ def main(argv=None) -> int:
     p.add_argument("--preset", help="model preset (cpu: tiny, gpu: small)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up (default 5)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = torch's default)")
+    p.add_argument("--configs", help="comma-separated configurations to run (default: all for the device)")
     a = p.parse_args(argv)
     gpu = a.kind == "gpu"
     seqs = [int(s) for s in (a.seq or ("8192,16384,32768,65536" if gpu else "2048,4096")).split(",")]
     doc = a.doc if not gpu or a.doc != 512 else 4096
     preset = a.preset or ("small" if gpu else "tiny")
     configs = list(CONFIGS) + (list(GPU_EXTRA) if gpu else [])
+    if a.configs:
+        unknown = set(a.configs.split(",")) - set(CONFIGS) - set(GPU_EXTRA)
+        if unknown:
+            p.error(f"unknown configurations {sorted(unknown)}; known: {', '.join([*CONFIGS, *GPU_EXTRA])}")
+        configs = a.configs.split(",")
     print(f"load before: {os.getloadavg()}", file=sys.stderr)
     rows = []
     for seq in seqs:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The GPU tables in one pass, sized for a short lease on one H100/H200 (about 9.5 minutes of run):
-# fused CE, training step, attention, eval prefill, FlexAttention, tile sweep. Each section has its
-# own time cap, so a slow one costs only itself; everything printed is also written to $OUT.
+# The GPU tables in one pass on one H100/H200: fused CE, training step, attention (with its peers:
+# PyTorch varlen, flash-attn varlen, the SDPA loop, then compiled FlexAttention), eval prefill (and
+# its attention alone at two head shapes), tile sweep. Each section has its own time cap, so a slow
+# one costs only itself; everything printed is also written to $OUT. All caps at their defaults add
+# up to about 16 minutes: more than a 15-minute lease, so pick sections or lower caps
+# (CAP_CE, CAP_TRAIN, CAP_TRAIN_LONG, CAP_ATTN, CAP_FLEX, CAP_EVAL, CAP_TILES) to fit.
 #
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
-# Sections: ce train attention eval flex tiles (default: all, in that order).
+# Sections: ce train attention eval tiles (default: all, in that order); `attention` runs the
+# subsections attention-peers and attention-flex, each also a section of its own; `flex` is
+# attention-flex.
 #
 # The machine needs torch + triton + transformers (a GPU image has them). The package runs from the
 # source tree copied to a site folder (no native build: the kernels and the model code are pure
@@ -15,7 +20,9 @@
 #
 # Lessons from the 2026-11-27 lease (docs/benchmarks.md): run `python3 -c` from benchmarks/ (from the
 # repo root the source `nextlong/`, without its native module, shadows the site copy); FlexAttention's
-# first compile takes minutes, so it has its own section at the end.
+# first compile took minutes, so it runs in its own subsection (its own cap) after the other peers.
+# The FlexAttention block mask is now built from the document lengths (no create_block_mask compile);
+# the "1st ms" column is flex_attention's compile.
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -44,19 +51,28 @@ run() {
 import bench_cross_entropy as b
 b.GPU_TOKENS = (16384,); b.GPU_VOCABS = (131072,)
 b._table('gpu')" ;;
-    train) section train "${CAP_TRAIN:-150}" python3 bench_train.py gpu --seq 16384,65536 --steps 5 ;;
-    attention) section attention "${CAP_ATTN:-110}" python3 -c "
+    # Every configuration at 16K (the dense-mask ones run out of memory at 64K), then ours against the
+    # fair peer stacks (varlen + Liger, FlexAttention + Liger, flash-attn + Liger) at 64K.
+    train)
+      section train "${CAP_TRAIN:-200}" python3 bench_train.py gpu --seq 16384 --steps 5
+      section train-64k "${CAP_TRAIN_LONG:-120}" python3 bench_train.py gpu --seq 65536 --steps 5 \
+        --configs nextlong+fused,varlen+liger,flex+liger,flash-attn-varlen+liger ;;
+    attention) run attention-peers; run attention-flex ;;
+    attention-peers) section attention-peers "${CAP_ATTN:-150}" python3 -c "
 import bench_attention as b
-b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (262144,); b.GPU_IMPLS = ('nextlong', 'sdpa_flash')
+b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (262144,)
+b.GPU_IMPLS = ('nextlong', 'varlen', 'flash_attn', 'sdpa_flash')
 b._table('gpu')" ;;
-    eval) section eval "${CAP_EVAL:-90}" python3 -c "
+    attention-flex|flex) section attention-flex "${CAP_FLEX:-180}" python3 -c "
+import bench_attention as b
+b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (); b.MASKS = ('docs',)
+b.GPU_IMPLS = ('nextlong', 'flex', 'varlen')
+b._table('gpu')" ;;
+    eval) section eval "${CAP_EVAL:-120}" python3 -c "
 import bench_eval as b
 b.GPU_LENGTHS = (32768, 131072)
-b.print_table(b.run_gpu())" ;;
-    flex) section flex "${CAP_FLEX:-120}" python3 -c "
-import bench_attention as b
-b.GPU_SEQLENS = (16384,); b.GPU_FWD_ONLY_SEQLENS = (); b.MASKS = ('docs',); b.GPU_IMPLS = ('nextlong', 'flex')
-b._table('gpu')" ;;
+b.print_table(b.run_gpu())
+b.print_attention(b.attention_only_gpu())" ;;
     tiles) section tiles "${CAP_TILES:-100}" python3 tune_attention_tiles.py --dim 128 --seq 32768 ;;
     *) echo "unknown section $1" ;;
   esac
@@ -65,6 +81,6 @@ b._table('gpu')" ;;
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
-for s in "${@:-ce train attention eval flex tiles}"; do
+for s in "${@:-ce train attention eval tiles}"; do
   for one in $s; do run "$one"; done
 done
