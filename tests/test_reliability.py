@@ -285,7 +285,7 @@ def test_enospc_while_writing_a_synthesis_shard_then_resume_is_identical(tmp_pat
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
-    argv = ["synthesize", "--corpus", str(corpus), "--method", "standard", "--target-length", "256",
+    argv = ["synthesize", "--corpus", str(corpus), "--method", "standard", "--target-length", "256", "--chunk-size", "512",
             "--shard-size", "2", "--quiet"]
     assert main(argv + ["--out", str(tmp_path / "clean")]) == 0
     real = writers.pq.write_table
