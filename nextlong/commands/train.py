@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import ATTENTIONS, LOSSES, NAN_POLICIES, SPAN_MODES, WEIGHTINGS
+from ..train.config import ATTENTIONS, LOSS_ON, LOSSES, NAN_POLICIES, SPAN_MODES, WEIGHTINGS
 from .argtypes import nonnegative_int, positive_float, positive_int
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a causal LM on synthesized long documents (document masks, fused loss)",
-        description="Continual pre-training on the output of `nextlong synthesize` (Parquet or MDS), with our "
+        description="Continual pre-training on the output of `nextlong synthesize` or `nextlong acer` (Parquet, "
+                    "MDS or JSONL with token ids; ACER's loss_mask trains on the answers only), with our "
                     "attention and fused cross-entropy kernels and ProLong's defaults (AdamW 0.9/0.95, weight "
                     "decay 0.1, clip 1.0, cosine to --min-lr-ratio). Several DATA as PATH@weight are mixed. "
                     "Multi-GPU: torchrun --nproc-per-node N -m nextlong train ...")
@@ -46,6 +47,10 @@ def add_parser(subparsers) -> None:
                         "(from segments); none = plain causal over the packed sequence")
     p.add_argument("--split-spans", action="store_true",
                    help="cut spans at sequence boundaries instead of refusing spans longer than --seq-len")
+    p.add_argument("--loss-on", choices=LOSS_ON,
+                   help="all = every token; answer = only tokens whose loss_mask is 1 (ACER data: the answers), "
+                        "each sample one attention span, never split (default: answer when the data has a "
+                        "loss_mask column, else all)")
     p.add_argument("--token-weighting", choices=WEIGHTINGS, default="none",
                    help="loss weights from long- vs short-context log-probabilities (nextlong.weighting)")
     p.add_argument("--scorer", help="short-context scorer model (default: the model being trained, sliding window)")
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         rope_theta=args.rope_theta, seed=args.seed, attention=args.attention, loss=args.loss,
         attention_spans=args.attention_spans, split_spans=args.split_spans, token_weighting=args.token_weighting,
+        loss_on=args.loss_on,
         scorer=args.scorer, short_window=args.short_window, short_stride=args.short_stride,
         dense_lam=args.dense_lam, sparse_keep=args.sparse_keep, longce_gamma=args.longce_gamma,
         grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, save_every=args.save_every,

@@ -19,6 +19,7 @@ LOSSES = ("fused", "eager")
 WEIGHTINGS = ("none", "dense", "sparse", "longce")
 SPAN_MODES = ("sample", "document", "none")
 NAN_POLICIES = ("stop", "skip-step")
+LOSS_ON = ("all", "answer")
 
 # Settings that change what a step computes: a resumed run must use the same ones.
 _NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads",
@@ -47,6 +48,7 @@ class TrainConfig:
     loss: str = "fused"
     attention_spans: str = "sample"
     split_spans: bool = False            # cut spans longer than the room left in a sequence
+    loss_on: str | None = None           # all | answer (loss_mask tokens only); default answer when the data has a mask
     token_weighting: str = "none"
     scorer: str | None = None            # short-context scorer model (default: the model being trained)
     short_window: int = 4096             # context of the short-context scores (capped at seq_len / 4)
@@ -76,6 +78,8 @@ class TrainConfig:
         check(self.loss in LOSSES, f"--loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.attention_spans in SPAN_MODES,
               f"--attention-spans must be one of {SPAN_MODES}, got {self.attention_spans!r}")
+        check(self.loss_on is None or self.loss_on in LOSS_ON,
+              f"--loss-on must be one of {LOSS_ON}, got {self.loss_on!r}")
         check(self.token_weighting in WEIGHTINGS,
               f"--token-weighting must be one of {WEIGHTINGS}, got {self.token_weighting!r}")
         check(self.scorer is None or self.token_weighting != "none",

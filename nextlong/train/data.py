@@ -13,6 +13,13 @@ whole packed sequence. MDS input carries its spans in `indices` (ProLong's layou
 "sample" and "document". As in ProLong's collator, the first label of every span is -100 and RoPE
 positions are not reset per span.
 
+Answer-only loss (`loss_on="answer"`, ACER's samples: a long context, a question, an answer): a
+source with a `loss_mask` column (uint8, one per token, 1 on the answer) contributes to the loss
+only at the tokens whose mask is 1: their labels stay, every other label is -100 (ignored, so the
+token-weighting schemes and the global normalisation see only answer tokens). Each sample is one
+attention span and is never split across sequences (its answer would lose its context).
+`resolve_loss_on` decides and checks the mode for a set of sources.
+
 Mixing: sample k of the global stream comes from source j with probability weight_j / sum(weights),
 drawn from one seeded generator; a source that runs out starts again (a new epoch). Rank r of a
 data-parallel run keeps the samples k with k % world == r and reads only those rows. The stream's
@@ -33,6 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import NextlongError, UsageError
+from .config import LOSS_ON
 
 IGNORE_INDEX = -100
 PAD_ID = 0  # padding tokens get label -100 and a span of their own, so their id never matters
@@ -60,13 +68,20 @@ class Sample:
     ids: np.ndarray          # uint32 token ids
     spans: list[tuple[int, int]]  # [start, end) attention spans tiling ids (or [(0, len)])
     where: str               # "FILE row N", for error messages
+    loss_mask: np.ndarray | None = None  # uint8 per token, 1 = a target of the loss (read for loss_on="answer")
+
+
+LOSS_MASK = "loss_mask"
+DATA_COMMANDS = ("synthesize", "acer")  # manifests whose settings (tokenizer, target_length) the trainer reads
 
 
 class Source:
-    """One DATA entry: a `nextlong synthesize` output folder, a folder of Parquet shards, one Parquet
-    file, or an MDS folder (index.json). Rows are read on demand by index; the reader keeps the last
-    decoded row group (Parquet) or its position in the shard stream (MDS), so in-order reads decode
-    each row once."""
+    """One DATA entry: a `nextlong synthesize` (or `nextlong acer`) output folder, a folder of Parquet
+    shards, one Parquet file, an MDS folder (index.json), or JSONL files whose rows carry `input_ids`.
+    Rows are read on demand by index; the reader keeps the last decoded row group (Parquet) or its
+    position in the shard stream (MDS), so in-order reads decode each row once; JSONL rows are found
+    by their byte offsets, indexed when the source is opened. `has_loss_mask`: every row carries a
+    `loss_mask` column."""
 
     def __init__(self, spec: str):
         path, self.weight = parse_data_spec(spec)
@@ -81,26 +96,73 @@ class Source:
             from ..corpus import open_parquet
 
             self._row_groups = []  # (file, row group, first global row, rows)
-            start = 0
+            start, masked = 0, {}
             for f in self.files:
                 pf = open_parquet(f)
                 meta, names = pf.metadata, set(pf.schema_arrow.names)
                 if "input_ids" not in names:
                     raise NextlongError(f"{f}: no `input_ids` column (columns: {sorted(names)})")
                 self.has_segments = "segments" in names
+                masked[f] = LOSS_MASK in names
                 for g in range(meta.num_row_groups):
                     n = meta.row_group(g).num_rows
                     self._row_groups.append((f, g, start, n))
                     start += n
             self.num_rows = start
-        else:
-            from ..mds import num_samples
-
-            self.num_rows = num_samples(self.files[0])
+            self.has_loss_mask = self._all_or_none(masked)
+        elif self.kind == "jsonl":
+            self.num_rows, self.has_loss_mask = self._index_jsonl()
             self.has_segments = True
+        else:
+            from ..mds import shards
+
+            found = shards(self.files[0])
+            self.num_rows = sum(sh.samples for sh in found)
+            self.has_segments = True
+            self.has_loss_mask = self._all_or_none(
+                {f"{sh.path.name}": LOSS_MASK in {c[0] for c in sh.columns} for sh in found})
         if self.num_rows == 0:
             raise NextlongError(f"{self.path}: the data holds no samples")
         self._cache = None  # parquet: (row group index, table); mds: (iterator, next row)
+
+    def _all_or_none(self, masked: dict) -> bool:
+        """Whether the files of this source have a loss_mask: all of them or none (a source is one data set)."""
+        if len(set(masked.values())) > 1:
+            some = sorted(str(k) for k, v in masked.items() if v)
+            other = sorted(str(k) for k, v in masked.items() if not v)
+            raise NextlongError(f"{self.path}: some files have a `loss_mask` column ({some[0]}) and some do not "
+                                f"({other[0]}); a source must be one data set")
+        return bool(masked) and all(masked.values())
+
+    def _index_jsonl(self) -> tuple[int, bool]:
+        """Byte offsets of the rows of every JSONL file; whether the rows have a loss_mask (from the first)."""
+        self._jsonl = []  # (file, first global row, offsets of its non-empty lines)
+        start, first = 0, None
+        for f in self.files:
+            offsets, pos = [], 0
+            with open(f, "rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        offsets.append(pos)
+                        if first is None:
+                            first = self._jsonl_object(line, f"{f} line 1")
+                    pos += len(line)
+            self._jsonl.append((f, start, np.asarray(offsets, np.int64)))
+            start += len(offsets)
+        if first is not None and "input_ids" not in first:
+            raise NextlongError(f"{self.files[0]}: JSONL rows without `input_ids` (keys: {sorted(first)[:8]}); the "
+                                "trainer reads token ids, not text: train on the output's Parquet (DIR/data) instead")
+        return start, first is not None and LOSS_MASK in first
+
+    @staticmethod
+    def _jsonl_object(line: bytes, where: str) -> dict:
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise NextlongError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise NextlongError(f"{where}: expected a JSON object per line")
+        return obj
 
     # where the files are
     def _find_manifest(self) -> tuple[dict | None, Path | None]:
@@ -115,16 +177,16 @@ class Source:
                     manifest = json.loads(m.read_text())
                 except (OSError, json.JSONDecodeError) as exc:
                     raise NextlongError(f"{m}: unreadable manifest ({exc})") from None
-                if manifest.get("command") == "synthesize":
+                if manifest.get("command") in DATA_COMMANDS:
                     return manifest, folder
         return None, None
 
     def _find_files(self) -> tuple[str, list[Path]]:
         p = self.path
         if p.is_file():
-            if p.suffix != ".parquet":
-                raise NextlongError(f"{p}: expected a .parquet file or a folder")
-            return "parquet", [p]
+            if p.suffix not in (".parquet", ".jsonl"):
+                raise NextlongError(f"{p}: expected a .parquet or .jsonl file or a folder")
+            return p.suffix[1:], [p]
         for folder in (p, p / "data"):
             files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             if files:
@@ -132,8 +194,12 @@ class Source:
         for folder in (p, p / "mds"):
             if (folder / "index.json").exists():
                 return "mds", [folder]
-        raise NextlongError(f"{p}: no training data inside (looked for data/part-*.parquet, *.parquet and an MDS "
-                            "index.json); is it the --out of a finished `nextlong synthesize`?")
+        for folder in (p, p / "jsonl"):
+            files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+            if files:
+                return "jsonl", files
+        raise NextlongError(f"{p}: no training data inside (looked for data/part-*.parquet, *.parquet, an MDS "
+                            "index.json and *.jsonl); is it the --out of a finished `nextlong synthesize`?")
 
     # what made it
     @property
@@ -152,23 +218,30 @@ class Source:
         return (self.manifest or {}).get("settings", {}).get("target_length")
 
     def fingerprint(self) -> dict:
-        files = self.files if self.kind == "parquet" else sorted(self.files[0].iterdir())
+        files = self.files if self.kind != "mds" else sorted(self.files[0].iterdir())
         return {"path": str(self.path.resolve()), "kind": self.kind, "rows": self.num_rows,
                 "files": len(files), "bytes": sum(f.stat().st_size for f in files if f.is_file()),
                 "output_fingerprint": (self.manifest or {}).get("settings", {}).get("output_fingerprint")}
 
     # rows
-    def sample(self, row: int, spans: str) -> Sample:
+    def sample(self, row: int, spans: str, loss_mask: bool = False) -> Sample:
+        """Row `row` with its attention spans. With `loss_mask` (answer-only loss) its mask is read and
+        checked, and the sample is one span whatever `spans` says (the answer must see its context)."""
         if self.kind == "parquet":
-            ids, segments, where = self._parquet_row(row, with_segments=spans == "document")
+            ids, segments, mask, where = self._parquet_row(row, with_segments=spans == "document",
+                                                           with_mask=loss_mask)
+        elif self.kind == "jsonl":
+            ids, segments, mask, where = self._jsonl_row(row, loss_mask)
         else:
-            ids, segments, where = self._mds_row(row)
+            ids, segments, mask, where = self._mds_row(row, loss_mask)
         if ids.size == 0:
             raise NextlongError(f"{where}: empty input_ids")
         n = int(ids.size)
+        if loss_mask:
+            return Sample(ids, [(0, n)], where, _check_mask(mask, n, where))
         if spans == "none" or segments is None:
             return Sample(ids, [(0, n)], where)
-        if self.kind == "parquet":  # document: merge consecutive segments of one source document
+        if self.kind != "mds":  # document: merge consecutive segments of one source document
             out: list[list] = []
             for seg in segments:
                 if out and out[-1][2] == seg["doc_id"] and out[-1][1] == seg["start"]:
@@ -184,7 +257,7 @@ class Source:
                                 f"{n} tokens in order")
         return Sample(ids, pairs, where)
 
-    def _parquet_row(self, row: int, with_segments: bool):
+    def _parquet_row(self, row: int, with_segments: bool, with_mask: bool = False):
         import bisect
 
         import pyarrow as pa
@@ -194,19 +267,55 @@ class Source:
         starts = [g[2] for g in self._row_groups]
         gi = bisect.bisect_right(starts, row) - 1
         f, g, first, _ = self._row_groups[gi]
-        if self._cache is None or self._cache[0] != (gi, with_segments):
+        if self._cache is None or self._cache[0] != (gi, with_segments, with_mask):
             cols = ["input_ids", "segments"] if with_segments and self.has_segments else ["input_ids"]
+            if with_mask and self.has_loss_mask:
+                cols.append(LOSS_MASK)
             try:
-                self._cache = ((gi, with_segments), open_parquet(f).read_row_group(g, columns=cols))
+                self._cache = ((gi, with_segments, with_mask), open_parquet(f).read_row_group(g, columns=cols))
             except (pa.ArrowException, OSError) as exc:
                 raise corrupt_parquet(f, exc, f"in row group {g}") from None
         table = self._cache[1]
         i = row - first
+        where = f"{f} row {i} of row group {g}"
         ids = table.column("input_ids")[i].values.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
         segments = table.column("segments")[i].as_py() if "segments" in table.column_names else None
-        return ids, segments, f"{f} row {i} of row group {g}"
+        mask = None
+        if LOSS_MASK in table.column_names:
+            cell = table.column(LOSS_MASK)[i]
+            if not cell.is_valid or not hasattr(cell, "values"):
+                raise NextlongError(f"{where}: loss_mask must be a list of 0/1 per token, got {cell.type}"
+                                    f"{'' if cell.is_valid else ' null'}")
+            mask = cell.values.to_numpy(zero_copy_only=False)
+        return ids, segments, mask, where
 
-    def _mds_row(self, row: int):
+    def _jsonl_row(self, row: int, with_mask: bool):
+        import bisect
+
+        fi = bisect.bisect_right([first for _, first, _ in self._jsonl], row) - 1
+        f, first, offsets = self._jsonl[fi]
+        with open(f, "rb") as fh:
+            fh.seek(int(offsets[row - first]))
+            line = fh.readline()
+        where = f"{f} row {row - first}"
+        obj = self._jsonl_object(line, where)
+        if "input_ids" not in obj:
+            raise NextlongError(f"{where}: no input_ids")
+        ids = _int_array(obj["input_ids"], "input_ids", where).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint32).max):
+            raise NextlongError(f"{where}: input_ids outside 0..2**32-1")
+        mask = None
+        if with_mask:
+            if LOSS_MASK not in obj:
+                raise NextlongError(f"{where}: no loss_mask (the source's first row has one)")
+            mask = obj[LOSS_MASK]
+        segments = obj.get("segments")
+        if segments is not None and not (isinstance(segments, list) and all(
+                isinstance(s, dict) and {"start", "end", "doc_id"} <= set(s) for s in segments)):
+            raise NextlongError(f"{where}: segments must be a list of {{start, end, doc_id}} objects")
+        return ids.astype(np.uint32), segments, mask, where
+
+    def _mds_row(self, row: int, with_mask: bool = False):
         from ..mds import read_mds
 
         if self._cache is None or self._cache[1] > row:
@@ -222,7 +331,26 @@ class Source:
         ids, spans = _int_array(sample["input_ids"], "input_ids", where), sample.get("indices")
         if spans is not None:
             spans = _int_array(spans, "indices", where, pairs=True)
-        return ids.astype(np.uint32, copy=False).reshape(-1), spans, where
+        mask = sample.get(LOSS_MASK) if with_mask else None
+        return ids.astype(np.uint32, copy=False).reshape(-1), spans, mask, where
+
+
+def _check_mask(mask, n: int, where: str) -> np.ndarray:
+    """A row's loss_mask as uint8 0/1 of its `n` tokens (a 0/1 integer or boolean array)."""
+    try:
+        arr = np.asarray(mask)
+    except ValueError:
+        arr = np.asarray(None)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise NextlongError(f"{where}: loss_mask must be a list of 0/1 per token (uint8), got "
+                            f"{arr.dtype} of shape {arr.shape}")
+    if arr.size != n:
+        raise NextlongError(f"{where}: loss_mask has {arr.size} entries for {n} tokens")
+    if arr.size and (arr.min() < 0 or arr.max() > 1):
+        raise NextlongError(f"{where}: loss_mask holds values other than 0 and 1 (max {arr.max()})")
+    return arr.astype(np.uint8, copy=False)
 
 
 def _int_array(value, name: str, where: str, pairs: bool = False) -> np.ndarray:
@@ -236,6 +364,36 @@ def _int_array(value, name: str, where: str, pairs: bool = False) -> np.ndarray:
         return arr
     raise NextlongError(f"{where}: {name} must be an integer array{' of [start, end) pairs' if pairs else ''} "
                         f"(ndarray:uint32), got {arr.dtype} of shape {arr.shape}")
+
+
+def resolve_loss_on(sources: list[Source], loss_on: str | None, *, attention_spans: str = "sample",
+                    split_spans: bool = False) -> str:
+    """The loss mode for these sources: `loss_on` as asked, or (None) "answer" when the data has a
+    loss_mask, else "all". A UsageError in one line when "answer" cannot apply: a source without a
+    loss_mask (mixing masked and unmasked data needs --loss-on all), or options that would cut a
+    sample or its attention (--split-spans, --attention-spans other than sample)."""
+    if loss_on not in (None, *LOSS_ON):
+        raise UsageError(f"--loss-on must be one of {LOSS_ON}, got {loss_on!r}")
+    masked = [s for s in sources if s.has_loss_mask]
+    if loss_on is None:
+        loss_on = "answer" if masked else "all"
+    if loss_on == "all":
+        return loss_on
+    plain = [s for s in sources if not s.has_loss_mask]
+    if plain and not masked:
+        raise UsageError(f"{plain[0].path}: --loss-on answer needs a `loss_mask` column (1 on the answer tokens, "
+                         "as `nextlong acer` writes) and this data has none; use --loss-on all")
+    if plain:
+        raise UsageError(f"{plain[0].path} has no `loss_mask` but {masked[0].path} has one: answer-only loss "
+                         "cannot apply to every source; pass --loss-on all to train on every token of every source")
+    why = f"--loss-on answer (the default for data with a loss_mask such as {masked[0].path})"
+    if split_spans:
+        raise UsageError(f"--split-spans with {why} would cut a sample and leave its answer without its context; "
+                         "raise --seq-len instead, or pass --loss-on all")
+    if attention_spans != "sample":
+        raise UsageError(f"--attention-spans {attention_spans} with {why}: each sample is one attention span, so "
+                         "its answer sees its whole context; use --attention-spans sample, or pass --loss-on all")
+    return loss_on
 
 
 def open_sources(specs) -> list[Source]:
@@ -254,11 +412,14 @@ def open_sources(specs) -> list[Source]:
 
 
 class SampleStream:
-    """Global sample order (weighted mixture, seeded); this rank yields every world-th sample."""
+    """Global sample order (weighted mixture, seeded); this rank yields every world-th sample.
+    `loss_mask`: read every sample's loss_mask (answer-only loss; each sample is then one span)."""
 
     def __init__(self, sources: list[Source], *, seed: int = 0, rank: int = 0, world: int = 1,
-                 spans: str = "sample", vocab_size: int | None = None, state: dict | None = None):
+                 spans: str = "sample", vocab_size: int | None = None, state: dict | None = None,
+                 loss_mask: bool = False):
         self.sources, self.rank, self.world, self.spans = sources, rank, world, spans
+        self.loss_mask = loss_mask
         self.vocab_size = vocab_size
         w = np.asarray([s.weight for s in sources], np.float64)
         self.probs = w / w.sum()
@@ -283,7 +444,7 @@ class SampleStream:
             k = self.index
             j, row = self._next_global()
             if k % self.world == self.rank:
-                sample = self.sources[j].sample(row, self.spans)
+                sample = self.sources[j].sample(row, self.spans, self.loss_mask)
                 if self.vocab_size is not None:
                     top = int(sample.ids.max())
                     if top >= self.vocab_size:
@@ -310,6 +471,7 @@ class Sequence:
     ids: np.ndarray               # (seq_len,) uint32
     span_lengths: list[int]       # spans tiling ids, in order
     num_pad: int = 0              # trailing padding tokens (their own span, labels -100)
+    loss_mask: np.ndarray | None = None  # (seq_len,) uint8: labels are kept only where 1 (None: everywhere)
 
 
 class SequencePacker:
@@ -325,49 +487,64 @@ class SequencePacker:
         self.stream, self.seq_len = stream, seq_len
         self.whole = stream.spans == "none"
         self.split = split or self.whole
-        self.pending: list[tuple[np.ndarray, str]] = []  # spans not yet placed: (ids, where)
+        # spans not yet placed: (ids, where, loss_mask or None)
+        self.pending: list[tuple[np.ndarray, str, np.ndarray | None]] = []
+        self.masked = stream.loss_mask
         if state is not None:
             self.load_state_dict(state)
 
     def next_sequence(self) -> Sequence:
-        parts, lengths, used = [], [], 0
+        parts, masks, lengths, used = [], [], [], 0
         while used < self.seq_len:
             if not self.pending:
                 sample = next(self.stream)
-                self.pending = [(sample.ids[a:b], sample.where) for a, b in sample.spans]
-            ids, where = self.pending[0]
+                m = sample.loss_mask
+                self.pending = [(sample.ids[a:b], sample.where, None if m is None else m[a:b])
+                                for a, b in sample.spans]
+            ids, where, mask = self.pending[0]
             room = self.seq_len - used
             if len(ids) <= room:
                 self.pending.pop(0)
             elif self.split:
-                ids, self.pending[0] = ids[:room], (ids[room:], where)
+                tail = None if mask is None else mask[room:]
+                self.pending[0] = (ids[room:], where, tail)
+                ids, mask = ids[:room], None if mask is None else mask[:room]
             elif len(ids) > self.seq_len:
                 raise NextlongError(
                     f"{where}: an attention span of {len(ids)} tokens is longer than --seq-len {self.seq_len}; "
-                    "raise --seq-len, or pass --split-spans to cut spans at sequence boundaries")
+                    "raise --seq-len" + ("" if self.masked else
+                                         ", or pass --split-spans to cut spans at sequence boundaries"))
             else:  # pad out this sequence; the span opens the next one
-                pad = np.full(room, PAD_ID, np.uint32)
-                parts.append(pad)
+                parts.append(np.full(room, PAD_ID, np.uint32))
+                if self.masked:
+                    masks.append(np.zeros(room, np.uint8))
                 lengths.append(room)
-                return self._finish(parts, lengths, room)
+                return self._finish(parts, masks, lengths, room)
             parts.append(ids)
+            if self.masked:
+                masks.append(mask)
             lengths.append(len(ids))
             used += len(ids)
-        return self._finish(parts, lengths, 0)
+        return self._finish(parts, masks, lengths, 0)
 
-    def _finish(self, parts, lengths, num_pad) -> Sequence:
+    def _finish(self, parts, masks, lengths, num_pad) -> Sequence:
         ids = np.concatenate(parts).astype(np.uint32, copy=False)
         if self.whole:
             lengths = [self.seq_len]
-        return Sequence(ids, lengths, num_pad)
+        mask = np.concatenate(masks).astype(np.uint8, copy=False) if self.masked else None
+        return Sequence(ids, lengths, num_pad, mask)
 
     def state_dict(self) -> dict:
         return {"stream": self.stream.state_dict(),
-                "pending": [(np.asarray(ids).copy(), where) for ids, where in self.pending]}
+                "pending": [(np.asarray(ids).copy(), where) + (() if mask is None else (np.asarray(mask).copy(),))
+                            for ids, where, mask in self.pending]}
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
-        self.pending = [(np.asarray(ids, np.uint32), where) for ids, where in state["pending"]]
+        self.pending = [(np.asarray(entry[0], np.uint32), entry[1],
+                         np.asarray(entry[2], np.uint8) if len(entry) > 2 else None) for entry in state["pending"]]
+        if self.masked and any(m is None for _, _, m in self.pending):
+            raise ValueError("the saved data position holds spans without a loss_mask")
 
 
 # --- collation ---------------------------------------------------------------------------------
@@ -378,8 +555,11 @@ def collate(sequences: list[Sequence]) -> dict:
 
     input_ids, labels, position_ids: (B, S) int64. labels = input_ids with -100 at the first token of
     every span and at padding (transformers shifts labels inside the loss, so the token that starts a
-    span is never predicted from the span before it). cu_seq_lens_q/k: int32 span boundaries over the
-    flattened B*S tokens (flash-attn's `cu_seqlens`); max_length_q/k: the longest span.
+    span is never predicted from the span before it), and, for a sequence with a `loss_mask`, at every
+    token whose mask is 0. Labels are aligned with input_ids and the loss at position t predicts
+    labels[t + 1], so the first answer token is predicted from the question's last token.
+    cu_seq_lens_q/k: int32 span boundaries over the flattened B*S tokens (flash-attn's `cu_seqlens`);
+    max_length_q/k: the longest span.
     """
     import torch
 
@@ -397,6 +577,10 @@ def collate(sequences: list[Sequence]) -> dict:
             bounds.append(offset + start)
         if seq.num_pad:
             labels[b, seq_len - seq.num_pad:] = IGNORE_INDEX
+        if seq.loss_mask is not None:
+            if len(seq.loss_mask) != seq_len:
+                raise ValueError("collate: a loss_mask differs in length from its sequence")
+            labels[b, torch.from_numpy(np.asarray(seq.loss_mask) == 0)] = IGNORE_INDEX
         offset += seq_len
     cu = torch.tensor(bounds, dtype=torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
@@ -415,33 +599,45 @@ def _torch_iterable_dataset():
 
 
 class PackedDataset(_torch_iterable_dataset()):
-    """An endless IterableDataset of packed sequences, as dicts {"input_ids", "span_lengths", "num_pad"}.
+    """An endless IterableDataset of packed sequences, as dicts {"input_ids", "span_lengths", "num_pad"}
+    (and "loss_mask" with answer-only loss, which `PackedCollator` turns into -100 labels).
 
-    `data`: one DATA spec or a list ("PATH@weight"); the other arguments as for `nextlong train`.
-    Under torch.distributed each rank reads its own share.
+    `data`: one DATA spec or a list ("PATH@weight"); the other arguments as for `nextlong train`
+    (`loss_on`: None = "answer" when the data has a loss_mask, else "all"; checked here, so a bad
+    combination fails when the dataset is made). Under torch.distributed each rank reads its own share.
     """
 
     def __init__(self, data, seq_len: int, *, attention_spans: str = "sample", split_spans: bool = False,
-                 seed: int = 0, vocab_size: int | None = None):
+                 seed: int = 0, vocab_size: int | None = None, loss_on: str | None = None):
         super().__init__()
         self.data, self.seq_len, self.attention_spans = data, seq_len, attention_spans
         self.split_spans, self.seed, self.vocab_size = split_spans, seed, vocab_size
+        self.loss_on = resolve_loss_on(open_sources(data), loss_on, attention_spans=attention_spans,
+                                       split_spans=split_spans)
 
     def __iter__(self):
         import torch.distributed as dist
 
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
         stream = SampleStream(open_sources(self.data), seed=self.seed, rank=rank, world=world,
-                              spans=self.attention_spans, vocab_size=self.vocab_size)
+                              spans=self.attention_spans, vocab_size=self.vocab_size,
+                              loss_mask=self.loss_on == "answer")
         packer = SequencePacker(stream, self.seq_len, split=self.split_spans)
         while True:
             seq = packer.next_sequence()
-            yield {"input_ids": seq.ids, "span_lengths": seq.span_lengths, "num_pad": seq.num_pad}
+            item = {"input_ids": seq.ids, "span_lengths": seq.span_lengths, "num_pad": seq.num_pad}
+            if seq.loss_mask is not None:
+                item["loss_mask"] = seq.loss_mask
+            yield item
 
 
 class PackedCollator:
-    """Collates `PackedDataset` items into `collate`'s batch (cu_seq_lens_q/k, max_length_q/k, ...)."""
+    """Collates `PackedDataset` items into `collate`'s batch (cu_seq_lens_q/k, max_length_q/k, ...);
+    an item's "loss_mask" (answer-only loss) makes its labels -100 wherever the mask is 0, so stock
+    transformers models and `patch_causal_lm` ones alike train on the answers only."""
 
     def __call__(self, features: list[dict]) -> dict:
         return collate([Sequence(np.asarray(f["input_ids"], np.uint32), list(f["span_lengths"]),
-                                 int(f.get("num_pad", 0))) for f in features])
+                                 int(f.get("num_pad", 0)),
+                                 None if f.get("loss_mask") is None else np.asarray(f["loss_mask"], np.uint8))
+                        for f in features])

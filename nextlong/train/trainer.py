@@ -7,6 +7,12 @@ One optimizer step = `batch_tokens` tokens = G sequences of `seq_len`, split ove
 step divides by the total weight of all micro-batches on all ranks (known before the first backward,
 since weights never depend on the parameters' gradients), so the gradient is that of
 sum w*CE / sum w over the global batch whether it ran on one process or eight.
+
+Answer-only loss (`loss_on="answer"`, data with a `loss_mask`): labels outside the answers are -100,
+so w is 0 there and sum w counts answer tokens only. A step whose global batch holds no target
+token (sum w = 0) has no defined loss: it applies no update (AdamW would still move the weights by
+momentum and decay), logs a null loss with `loss_tokens: 0`, and uses up its data and its place in
+the schedule; a run in which no step had a target is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from ..errors import NextlongError, UsageError
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import SampleStream, SequencePacker, collate, open_sources
+from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, get_rope_theta, is_preset, model_tokenizer_spec, resolve_model_folder
 from .plot import METRICS, has_steps, plot_loss
@@ -112,6 +118,8 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.sources = sources = open_sources(cfg.data)
+        self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
+                                       split_spans=cfg.split_spans)
         data_tok = next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
         data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
         self.tokenizer_spec, vocab = data_tok, None
@@ -183,12 +191,17 @@ class Trainer:
             self.optimizer, cosine_schedule(self.warmup, cfg.steps, cfg.min_lr_ratio))
 
         stream = SampleStream(sources, seed=cfg.seed, rank=self.rank, world=self.world,
-                              spans=cfg.attention_spans, vocab_size=self.model_vocab)
+                              spans=cfg.attention_spans, vocab_size=self.model_vocab,
+                              loss_mask=self.loss_on == "answer")
         self.packer = SequencePacker(stream, self.seq_len, split=cfg.split_spans)
         self.start_step, self.history = 0, []
         self._resume_or_start()
         # the first step's data is read now: bad samples fail before any training
         self.next_batches = self._read_step_batches()
+        if self.loss_on == "answer" and self.rank == 0 and not any(
+                bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
+            print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
+                  "target); a step without one applies no update", file=sys.stderr)
 
     def _check_model_tokenizer(self, data_tok, data_fp) -> None:
         folder = resolve_model_folder(self.cfg.model)
@@ -220,7 +233,7 @@ class Trainer:
     def resolved_settings(self) -> dict:
         d = self.cfg.run_defining()
         d.update(seq_len=self.seq_len, batch_tokens=self.batch_tokens, lr=self.lr, warmup=self.warmup,
-                 world_size=self.world, rope_theta=self.rope_theta)
+                 world_size=self.world, rope_theta=self.rope_theta, loss_on=self.loss_on)
         return d
 
     def _resume_or_start(self) -> None:
@@ -245,7 +258,8 @@ class Trainer:
         latest = found[-1]
         saved = ckpt.read_trainer_state(latest)
         mine = self.resolved_settings()
-        theirs = saved.get("settings", {})
+        theirs = dict(saved.get("settings", {}))
+        theirs.setdefault("loss_on", "all")  # saved before --loss-on existed: every token was a target
         import json
 
         mine_json = json.loads(json.dumps(mine, default=str))
@@ -298,14 +312,22 @@ class Trainer:
         return contextlib.nullcontext()
 
     # one optimizer step
-    def step(self, batches: list[dict]) -> tuple[float, float, bool]:
-        """(loss, gradient norm before clipping, whether the update was applied). A non-finite loss or
-        norm is never applied; every rank takes the same decision (one all-reduced flag)."""
+    def step(self, batches: list[dict]) -> tuple[float, float, bool | None, int]:
+        """(loss, gradient norm before clipping, whether the update was applied, target tokens in the
+        global batch). A non-finite loss or norm is never applied; every rank takes the same decision
+        (one all-reduced flag). A global batch whose total weight is 0 (no target token: answer-only
+        loss on sequences without an answer) has no loss (nan): nothing is applied, and `applied` is
+        None (nothing to apply, not a failure)."""
         batches = [self._to_device(b) for b in batches]
         weights = [self.token_weights(b) for b in batches]
-        total_w = all_reduce_sum(torch.stack([w[:, 1:].sum() for w in weights]).sum().double())
-        if float(total_w) == 0:
-            total_w = torch.ones_like(total_w)  # every target ignored: a zero loss, no update
+        sums = torch.stack([torch.stack([w[:, 1:].sum().double(), (b["labels"][:, 1:] != -100).sum().double()])
+                            for w, b in zip(weights, batches)]).sum(0)
+        total_w, loss_tokens = all_reduce_sum(sums)
+        loss_tokens = int(loss_tokens)
+        if loss_tokens == 0 or float(total_w) == 0:  # nothing to learn from: same on every rank
+            self._advance_schedule()  # the step still uses up its place in the schedule
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan"), 0.0, None, loss_tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, (batch, w) in enumerate(zip(batches, weights)):
             sync = i == len(batches) - 1 or not hasattr(self.wrapped, "no_sync")
@@ -318,14 +340,23 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
         loss = float(loss)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        applied = ckpt.all_ranks_ok(math.isfinite(loss) and math.isfinite(grad_norm))
+        applied = bool(ckpt.all_ranks_ok(math.isfinite(loss) and math.isfinite(grad_norm)))
         if applied:
             self.optimizer.step()
-        self.scheduler.step()  # a skipped step still uses up its place in the schedule
+        self._advance_schedule()  # a skipped step still uses up its place in the schedule
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, applied
+        return loss, grad_norm, applied, loss_tokens
 
-    def step_explained(self, batches: list[dict], step: int) -> tuple[float, float, bool]:
+    def _advance_schedule(self) -> None:
+        """scheduler.step(), also after a step that applied no update (without torch's warning about a
+        scheduler stepped before its optimizer: skipping an update is deliberate here)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
+
+    def step_explained(self, batches: list[dict], step: int) -> tuple[float, float, bool | None, int]:
         """`step`, with running out of memory said in one line naming the options that size a step."""
         try:
             return self.step(batches)
@@ -362,7 +393,7 @@ class Trainer:
                 if batches is None:
                     batches = self._read_step_batches()
                 lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm, applied = self.step_explained(batches, step + 1)
+                loss, grad_norm, applied, loss_tokens = self.step_explained(batches, step + 1)
                 batches = None
                 step += 1
                 steps_here += 1
@@ -373,14 +404,14 @@ class Trainer:
                 row = {"step": step, "loss": _finite_or_none(loss), "lr": lr, "grad_norm": _finite_or_none(grad_norm),
                        "tokens": tokens, "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
                        "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-                       "epoch": round(self.packer.stream.epochs(), 4)}
-                if not applied:
+                       "epoch": round(self.packer.stream.epochs(), 4), "loss_tokens": loss_tokens}
+                if applied is False:
                     row["skipped"] = True  # loss / grad_norm null: not finite
                 self.history.append(row)
                 if metrics is not None:
                     metrics.write(json.dumps(row, allow_nan=False) + "\n")
                     metrics.flush()
-                if not applied and cfg.nan_policy == "stop":
+                if applied is False and cfg.nan_policy == "stop":
                     self.stop_diverged(step, loss, grad_norm)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
@@ -396,6 +427,13 @@ class Trainer:
             self.save(step)
         finished = step >= cfg.steps
         summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
+        if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
+            if self.rank == 0:
+                self.write_manifest(dict(summary, status="no-loss-tokens"))
+            what = "an answer token (the data's loss_mask is 0 on every target read)" if self.loss_on == "answer" \
+                else "a target token"
+            raise NextlongError(f"{run}: none of the run's {step} steps held {what}, so nothing was trained; check "
+                                "the data" + ("'s loss_mask, or pass --loss-on all" if self.loss_on == "answer" else ""))
         if self.rank == 0:
             self.write_manifest(summary)
             if self.history:
@@ -456,6 +494,9 @@ class Trainer:
             "steps": step, "tokens": step * self.batch_tokens,
             "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "skipped_steps": sum(1 for r in self.history if r.get("skipped")),
+            "loss_on": self.loss_on,
+            "loss_tokens": sum(r.get("loss_tokens", 0) for r in self.history),
+            "steps_without_loss_tokens": sum(1 for r in self.history if r.get("loss_tokens", 1) == 0),
             "seconds_this_invocation": round(seconds, 3),
             "steps_per_s": round(steps_here / seconds, 4) if seconds > 0 and steps_here else None,
             "tokens_per_s": round(steps_here * self.batch_tokens / seconds, 1) if seconds > 0 and steps_here else None,
