@@ -104,6 +104,7 @@ def list_corpus_files(path) -> list[tuple[Path, str]]:
     root = Path(path)
     if root.is_dir():
         files = []
+        real_root = root.resolve()
         for p in root.rglob("*"):
             rel = p.relative_to(root)
             if any(part.startswith(".") for part in rel.parts) or not p.is_file():
@@ -111,6 +112,11 @@ def list_corpus_files(path) -> list[tuple[Path, str]]:
             if p.name.endswith(".manifest.json"):
                 continue
             if any(p.name.lower().endswith(suffix) for suffix, _ in _SUFFIX_FORMATS):
+                target = p.resolve()
+                if real_root not in target.parents:  # a folder from elsewhere must not make us read /etc/...
+                    raise CorpusError(p, f"a symbolic link to {target}, outside the corpus folder; nextlong reads "
+                                         "only the folder's own files: copy the file in, or name it on the "
+                                         "command line")
                 files.append((p, rel.as_posix()))
         if not files:
             raise CorpusError(root, "directory holds no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)")

@@ -13,7 +13,6 @@ what it costs in recall of the semantic neighbours.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import zlib
@@ -23,6 +22,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
+from .untrusted import json_type, plain_name, read_bytes, read_json, show
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {None, "", "default", "minilm", DEFAULT_EMBEDDER, "sentence-transformers/" + DEFAULT_EMBEDDER}
@@ -107,7 +107,7 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
     if path.is_dir():
         if (path / _LEXICAL_STATE).is_file():
             return HashedLexicalEmbedder.load(path)
-        if (_read_json(path / "config.json") or {}).get("model_type") == "model2vec":
+        if (_read_json(path / "config.json", dict) or {}).get("model_type") == "model2vec":
             from .static_embedding import StaticEmbedder
 
             return StaticEmbedder(path, threads=options.get("threads"))
@@ -123,26 +123,33 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+def _read_json(path: Path, expect=None) -> dict | list | None:
+    """The JSON value of a file of a model folder (untrusted: nextlong.untrusted.read_json), None when
+    the file does not exist; `expect` (dict or list) is the type it must have."""
+    if not path.exists() and not path.is_symlink():
         return None
-    except (OSError, ValueError) as exc:
-        raise EmbedderError(f"{path}: unreadable JSON ({exc})") from exc
+    return read_json(path, EmbedderError, expect=expect)
 
 
 def _sentence_transformers_layout(folder: Path) -> tuple[Path, str, int | None]:
-    """(transformer folder, pooling mode, max_seq_length) from a sentence-transformers folder, or defaults."""
+    """(transformer folder, pooling mode, max_seq_length) from a sentence-transformers folder, or defaults.
+    The modules' folders must lie in `folder` (a relative path without '..'; a symbolic link inside is
+    followed, as everywhere in a model folder)."""
     model_dir, pooling, max_len = folder, "mean", None
-    modules = _read_json(folder / "modules.json") or []
-    for module in modules:
+    where = folder / "modules.json"
+    modules = _read_json(where, list) or []
+    for i, module in enumerate(modules):
+        if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
+            raise EmbedderError(f"{where}: entry {i}: expected an object with a string \"type\", got "
+                                f"{json_type(module)} {show(module)}")
         kind = module.get("type", "")
-        sub = folder / module.get("path", "")
+        name = module.get("path", "")
+        sub = folder / plain_name(name, f"{where}: entry {i} \"path\"", EmbedderError, "model folder") if name \
+            else folder
         if kind.endswith("models.Transformer"):
             model_dir = sub
         elif kind.endswith("models.Pooling"):
-            cfg = _read_json(sub / "config.json") or {}
+            cfg = _read_json(sub / "config.json", dict) or {}
             if cfg.get("pooling_mode_cls_token"):
                 pooling = "cls"
             elif cfg.get("pooling_mode_lasttoken"):
@@ -151,9 +158,13 @@ def _sentence_transformers_layout(folder: Path) -> tuple[Path, str, int | None]:
                 pooling = "max"
             else:
                 pooling = "mean"
-    cfg = _read_json(model_dir / "sentence_bert_config.json") or _read_json(folder / "sentence_bert_config.json")
+    cfg = (_read_json(model_dir / "sentence_bert_config.json", dict)
+           or _read_json(folder / "sentence_bert_config.json", dict))
     if cfg and cfg.get("max_seq_length"):
-        max_len = int(cfg["max_seq_length"])
+        max_len = cfg["max_seq_length"]
+        if type(max_len) is not int or max_len < 1:
+            raise EmbedderError(f"{folder}: sentence_bert_config.json: max_seq_length must be a positive integer, "
+                                f"got {show(max_len)}")
     return model_dir, pooling, max_len
 
 
@@ -536,14 +547,27 @@ class HashedLexicalEmbedder:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "HashedLexicalEmbedder":
+        import io
+
         folder = Path(folder)
-        cfg = _read_json(folder / _LEXICAL_STATE)
+        where = folder / _LEXICAL_STATE
+        cfg = _read_json(where, dict)
         if not cfg or cfg.get("kind") != LEXICAL_EMBEDDER:
-            raise EmbedderError(f"{folder / _LEXICAL_STATE}: not a saved {LEXICAL_EMBEDDER} embedder")
-        try:
-            idf = np.load(folder / "lexical_idf.npy")
-        except (OSError, ValueError) as exc:
+            raise EmbedderError(f"{where}: not a saved {LEXICAL_EMBEDDER} embedder")
+        for key, lo, hi in (("dim", 8, 1 << 16), ("buckets_log2", 1, 30), ("nnz", 1, 1 << 10), ("seed", 0, 1 << 64),
+                            ("num_docs", 0, 1 << 63)):
+            if type(cfg.get(key)) is not int or not lo <= cfg[key] < hi:
+                raise EmbedderError(f"{where}: {key}: expected an integer in {lo}..{hi - 1}, got {show(cfg.get(key))}")
+        if type(cfg.get("bigrams")) is not bool:
+            raise EmbedderError(f"{where}: bigrams: expected true or false, got {show(cfg.get('bigrams'))}")
+        try:  # no pickle (allow_pickle is False), and no more bytes than the table takes
+            data = read_bytes(folder / "lexical_idf.npy", EmbedderError, limit=(4 << cfg["buckets_log2"]) + 4096,
+                              what="IDF table")
+            idf = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise EmbedderError(f"{folder / 'lexical_idf.npy'}: unreadable IDF array ({exc})") from exc
+        if idf.dtype.kind != "f" or not np.isfinite(idf).all():
+            raise EmbedderError(f"{folder / 'lexical_idf.npy'}: expected finite floats, got {idf.dtype}")
         return cls(cfg["dim"], buckets_log2=cfg["buckets_log2"], nnz=cfg["nnz"], bigrams=cfg["bigrams"],
                    seed=cfg["seed"], idf=idf, num_docs=cfg["num_docs"])
 

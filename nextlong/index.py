@@ -18,7 +18,6 @@ An index directory holds:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -132,37 +131,130 @@ def _is_collection(x) -> bool:
     return isinstance(x, (list, tuple, set, frozenset, np.ndarray)) and not isinstance(x, (str, bytes))
 
 
-def _open_usearch(path: Path, recorded: dict, dim: int, count: int, *, view: bool, verify: bool):
-    """One saved usearch file, checked against what index.json recorded for it: size, header (dim and
-    count), and the CRC (one streaming read) unless verify=False."""
+def _open_usearch(path: Path, recorded: dict, info: dict, count: int, *, view: bool, verify: bool):
+    """(usearch Index, its keys) for one saved usearch file, checked against what index.json recorded
+    for it: size, the CRC (unless verify=False), and, always, the whole structure usearch would trust
+    (nextlong/usearch_file.py): a crafted file could otherwise crash the process or read past it."""
+    import zlib
+
     from usearch.index import Index
 
-    if not path.is_file():
+    from .untrusted import member
+    from .usearch_file import check_usearch, map_file
+
+    if not path.exists():
         raise IndexFileError(f"{path}: index file missing")
-    size = path.stat().st_size
-    if size != recorded.get("bytes"):
-        raise IndexFileError(f"{path}: {size} bytes, but {recorded.get('bytes')} were saved; the file is partial or was replaced")
-    try:
-        header = Index.metadata(str(path))
-    except (ValueError, RuntimeError) as exc:
-        raise IndexFileError(f"{path}: not a usearch index ({exc})") from exc
-    if header is None or header.get("dimensions") != dim or header.get("count_present") != count:
-        raise IndexFileError(f"{path}: header (dim {header and header.get('dimensions')}, count "
-                             f"{header and header.get('count_present')}) disagrees with {INFO_FILE} "
-                             f"(dim {dim}, count {count})")
-    if verify:
-        actual = file_crc32(path)
-        if actual != recorded.get("crc32"):
+    path, st = member(path.parent, path.name, str(path), IndexFileError, kind="index folder")
+    size = st.st_size
+    if size != recorded["bytes"]:
+        raise IndexFileError(f"{path}: {size} bytes, but {recorded['bytes']} were saved; the file is partial or was "
+                             "replaced")
+    data = map_file(path)  # unmapped when the last view of it goes (an error's traceback may hold one)
+
+    def crc() -> None:
+        actual = zlib.crc32(data)
+        if actual != recorded["crc32"]:
             raise IndexFileError(
-                f"{path}: CRC32 mismatch ({actual:08x} now, {recorded.get('crc32') or 0:08x} stored in {INFO_FILE} "
-                "when it was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
+                f"{path}: CRC32 mismatch ({actual:08x} now, {recorded['crc32']:08x} stored in {INFO_FILE} when it "
+                "was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
+
+    keys = check_usearch(data, path, dim=info["embedder"]["dim"], count=count, dtype=info["dtype"],
+                         metric=info["usearch_metric"], after_header=crc if verify else None)
     try:
         index = Index.restore(str(path), view=view)
     except (ValueError, RuntimeError) as exc:
         raise IndexFileError(f"{path}: cannot open the usearch index ({exc})") from exc
     if index is None:
         raise IndexFileError(f"{path}: cannot open the usearch index")
-    return index
+    return index, keys
+
+
+def _read_info(folder: Path) -> dict:
+    """index.json, every field the loader uses checked (an index folder is untrusted input): one
+    IndexFileError naming the field, never a KeyError or TypeError."""
+    from .untrusted import json_type, plain_name, read_json, show
+
+    path = folder / INFO_FILE
+    info = read_json(path, IndexFileError, expect=dict)
+    if info.get("format") != FORMAT_VERSION:
+        raise IndexFileError(f"{path}: index format {show(info.get('format'))}, this nextlong reads {FORMAT_VERSION}")
+
+    def field(obj: dict, key: str, kind, where: str, check=None, expected: str = ""):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool) or (check is not None and not check(value)):
+            raise IndexFileError(f"{path}: {where}{key}: expected {expected or kind.__name__}, got "
+                                 f"{json_type(value)} {show(value)}")
+        return value
+
+    count = lambda v: v >= 0  # noqa: E731
+    embedder = field(info, "embedder", dict, "", expected="an object")
+    field(embedder, "name", str, "embedder.")
+    field(embedder, "dim", int, "embedder.", lambda v: 0 < v <= 1 << 16, "a dimension (1..65536)")
+    if embedder.get("spec") is not None:
+        field(embedder, "spec", str, "embedder.")
+    field(info, "metric", str, "", lambda v: v in ("cos", "ip"), "'cos' or 'ip'")
+    field(info, "dtype", str, "", lambda v: v in set(_DTYPES.values()), "one of f16, i8, f32, bf16")
+    info.setdefault("usearch_metric", "ip" if info["metric"] == "cos" and info["dtype"] != "i8" else info["metric"])
+    field(info, "usearch_metric", str, "", lambda v: v in ("cos", "ip"), "'cos' or 'ip'")
+    counts = field(info, "counts", dict, "", expected="an object")
+    chunks = field(counts, "chunks", int, "counts.", count, "a count")
+    field(info, "doc_key", str, "", lambda v: v in ("doc_index", "doc_id"), "'doc_index' or 'doc_id'")
+    settings = info.get("settings", {})
+    if not isinstance(settings, dict):
+        raise IndexFileError(f"{path}: settings: expected an object, got {json_type(settings)}")
+    if settings.get("expansion_search") is not None:
+        field(settings, "expansion_search", int, "settings.", lambda v: 0 < v <= 1 << 20, "an int in 1..1048576")
+    for key in ("chunks_path", "embeddings_path"):
+        if info.get(key) is not None:
+            field(info, key, str, "")
+
+    def file_entry(entry, where: str, default_name: str | None = None) -> dict:
+        if not isinstance(entry, dict):
+            raise IndexFileError(f"{path}: {where}: expected an object, got {json_type(entry)}")
+        name = entry.get("name", default_name)
+        if len(plain_name(name, f"{path}: {where}.name", IndexFileError, "index folder").parts) != 1:
+            raise IndexFileError(f"{path}: {where}.name: expected a file name, got {show(name)}")
+        field(entry, "bytes", int, f"{where}.", count, "a size")
+        field(entry, "crc32", int, f"{where}.", lambda v: 0 <= v < 1 << 32, "a CRC32")
+        return entry
+
+    if "index_files" in info:  # a sharded index (nextlong/index_shards.py)
+        files = info["index_files"]
+        if not isinstance(files, list) or not files:
+            raise IndexFileError(f"{path}: index_files: expected a non-empty array, got {json_type(files)}")
+        for i, entry in enumerate(files):
+            file_entry(entry, f"index_files[{i}]")
+            field(entry, "chunks", int, f"index_files[{i}].", count, "a count")
+        if sum(f["chunks"] for f in files) != chunks:
+            raise IndexFileError(f"{path}: index_files hold {sum(f['chunks'] for f in files)} chunks, counts.chunks "
+                                 f"says {chunks}")
+    else:
+        file_entry(info.get("index_file"), "index_file", INDEX_FILE)
+        info["index_file"]["name"] = info["index_file"].get("name", INDEX_FILE)
+    return info
+
+
+def _check_meta(path: Path, meta, info: dict, keys: np.ndarray) -> None:
+    """The chunk table beside the index: the columns ChunkIndex reads, of the types it reads them as,
+    and chunk ids that are exactly the index's keys (a search returns keys; they index this table)."""
+    import pyarrow as pa
+
+    count = info["counts"]["chunks"]
+    if meta.num_rows != count:
+        raise IndexFileError(f"{path}: {meta.num_rows} rows, expected {count}")
+    wanted = {"chunk_id": pa.types.is_integer, info["doc_key"]: pa.types.is_integer if info["doc_key"] == "doc_index"
+              else pa.types.is_string, "text_hash": pa.types.is_integer}
+    for name, ok in wanted.items():
+        if name not in meta.column_names:
+            if name == "text_hash":
+                continue
+            raise IndexFileError(f"{path}: no {name} column")
+        if not ok(meta.schema.field(name).type) or meta.column(name).null_count:
+            raise IndexFileError(f"{path}: column {name} is {meta.schema.field(name).type}"
+                                 f"{' with nulls' if meta.column(name).null_count else ''}, not what nextlong wrote")
+    ids = meta.column("chunk_id").to_numpy()
+    if len(ids) and (ids.min() < 0 or not np.array_equal(np.sort(ids.astype(np.uint64)), np.sort(keys))):
+        raise IndexFileError(f"{path}: its chunk ids are not the keys of the index's vectors")
 
 
 class ChunkIndex:
@@ -379,38 +471,36 @@ class ChunkIndex:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from .untrusted import member
+
         folder = Path(folder)
         info_path = folder / INFO_FILE
-        if not info_path.is_file():
+        if not info_path.exists():
             what = ("an incomplete save (index.json is written last)" if any(folder.glob("index*.usearch"))
                     else "not an index directory")
             raise IndexFileError(f"{folder}: no {INFO_FILE}; {what}")
-        try:
-            info = json.loads(info_path.read_text())
-        except ValueError as exc:
-            raise IndexFileError(f"{info_path}: not valid JSON ({exc})") from exc
-        if info.get("format") != FORMAT_VERSION:
-            raise IndexFileError(f"{info_path}: index format {info.get('format')!r}, this nextlong reads {FORMAT_VERSION}")
+        info = _read_info(folder)
         check_embedder(info, embedder, expect_dim, where=folder)
+        meta_path, _ = member(folder, META_FILE, f"{folder}", IndexFileError, kind="index folder")
 
-        dim = info["embedder"]["dim"]
         if "index_files" in info:  # a sharded index (nextlong/index_shards.py)
             from .index_shards import ShardedUsearch
 
-            index = ShardedUsearch([_open_usearch(folder / f["name"], f, dim, f["chunks"], view=view, verify=verify)
-                                    for f in info["index_files"]])
+            opened = [_open_usearch(folder / f["name"], f, info, f["chunks"], view=view, verify=verify)
+                      for f in info["index_files"]]
+            index = ShardedUsearch([shard for shard, _ in opened])
+            keys = np.concatenate([k for _, k in opened])
         else:
-            index = _open_usearch(folder / INDEX_FILE, info.get("index_file", {}), dim, info["counts"]["chunks"],
-                                  view=view, verify=verify)
+            index, keys = _open_usearch(folder / info["index_file"]["name"], info["index_file"], info,
+                                        info["counts"]["chunks"], view=view, verify=verify)
         settings = info.get("settings", {})
         if settings.get("expansion_search"):
             index.expansion_search = int(settings["expansion_search"])
         try:
-            meta = pq.read_table(folder / META_FILE)
+            meta = pq.read_table(meta_path)
         except (OSError, pa.ArrowException) as exc:
             raise IndexFileError(f"{folder / META_FILE}: unreadable chunk metadata ({exc})") from exc
-        if meta.num_rows != info["counts"]["chunks"]:
-            raise IndexFileError(f"{folder / META_FILE}: {meta.num_rows} rows, expected {info['counts']['chunks']}")
+        _check_meta(folder / META_FILE, meta, info, keys)
         info["_viewed"] = view
         return cls(index, meta, info, folder)
 

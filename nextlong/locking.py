@@ -16,8 +16,10 @@ sub-folders of the output, are removed again (folders with finished work stay, f
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from .errors import NextlongError, OutputLockedError
@@ -82,9 +84,17 @@ def output_lock(target: str | os.PathLike, command: str = "nextlong", *, file: b
     try:
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                # never through a link or into a FIFO: the lock file lives in a folder the user handed us
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise NextlongError(f"{path}: the lock file is a symbolic link; remove it (a lock is never "
+                                        "written through a link)") from None
                 raise NextlongError(f"{path.parent}: cannot create the output's lock file ({exc.strerror})") from exc
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                fd = None
+                raise NextlongError(f"{path}: the lock file is not a regular file; remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

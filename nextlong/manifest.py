@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -22,17 +23,42 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def recorded_tokenizer(folder, settings: dict) -> str | None:
+def recorded_tokenizer(folder, settings: dict, *, where=None) -> str | None:
     """The tokenizer a `nextlong synthesize` manifest in `folder` names: the copy synthesize keeps in its
     output (`tokenizer_copy`, relative to the folder, so the folder can move to another machine), else
-    the `tokenizer` it was made with: a name (cl100k_base) or an absolute path (a path relative to the
-    working directory in manifests written before the copy)."""
+    the `tokenizer` it was made with: a name (cl100k_base). The manifest is as untrusted as the folder
+    (SECURITY.md), so nothing outside the folder is read on its word: `tokenizer_copy` must be a regular
+    file inside the folder (no absolute path, '..' or link out), and a `tokenizer` that is a path
+    outside the folder (synthesize records the absolute path it was given; older manifests a path
+    relative to where it ran) is refused in one line that says to pass it with --tokenizer. A missing
+    copy falls back to `tokenizer` (a folder copied without its tokenizer/ subfolder). `where` names
+    the manifest in errors."""
     from pathlib import Path
 
+    from .errors import NextlongError
+    from .tokenizer import _NAMED
+    from .untrusted import inside, member, plain_name, show
+
+    where = where or (Path(folder) / "manifest.json" if folder is not None else "manifest")
     copy = settings.get("tokenizer_copy")
-    if copy and folder is not None and (Path(folder) / copy).is_file():
-        return str(Path(folder) / copy)
-    return settings.get("tokenizer")
+    if copy is not None and folder is not None:
+        rel = plain_name(copy, f"{where}: settings.tokenizer_copy", NextlongError, kind="data folder")
+        if os.path.lexists(Path(folder) / rel):
+            member(folder, str(rel), f"{where}: settings.tokenizer_copy", NextlongError, kind="data folder")
+            return str(Path(folder) / rel)
+    name = settings.get("tokenizer")
+    if name is not None and not isinstance(name, str):
+        raise NextlongError(f"{where}: settings.tokenizer must be a string, got {show(name)}")
+    if name is None or name in _NAMED:
+        return name
+    if folder is not None and isinstance(name, str) and inside(folder, Path(folder) / name):
+        rel = os.path.relpath((Path(folder) / name).resolve(), Path(folder).resolve())
+        path, _ = member(folder, rel, f"{where}: settings.tokenizer", NextlongError, kind="data folder")
+        return str(path)
+    raise NextlongError(f"{where}: the data names its tokenizer by a path outside its folder "
+                        f"({show(name, 200)}), which is not read on a data folder's word; if you trust that file, "
+                        "pass it with --tokenizer PATH (or put a copy in the folder, as `nextlong synthesize` "
+                        "does in tokenizer/)")
 
 
 def write_manifest(path, *, command: str, settings: dict, statistics: dict, seed: int | None = None) -> dict:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from . import untrusted
 from .errors import NextlongError
 
 INDEX_NAME = "index.json"
@@ -157,8 +157,13 @@ def decode(encoding: str, data: bytes):
         if len(data) - pos != need:
             raise MDSFormatError(f"ndarray of shape {shape} takes {need} bytes of values, the column has "
                                  f"{len(data) - pos}")
+        if max(shape, default=0) >= 1 << 62:  # numpy cannot make an array with such a dimension, even empty
+            raise MDSFormatError(f"ndarray of shape {shape}: a dimension too large for numpy")
         values = np.frombuffer(data, np.dtype(dtype).newbyteorder("<"), offset=pos)
-        return values.astype(dtype).reshape(shape)
+        try:
+            return values.astype(dtype).reshape(shape)
+        except (ValueError, OverflowError) as exc:  # any other shape numpy refuses
+            raise MDSFormatError(f"ndarray of shape {shape}: {exc}") from None
     size = encoded_size(encoding)
     if size is not None and len(data) != size:
         raise MDSFormatError(f"{len(data)} bytes, {encoding!r} takes {size}")
@@ -256,56 +261,21 @@ class Shard:
 
 
 # Opening a shard never follows a link swapped in since it was checked, nor waits for a FIFO's writer.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-_KINDS = {"d": "a directory", "p": "a FIFO", "c": "a device", "b": "a device", "s": "a socket"}
-
-
 def _not_regular(st: os.stat_result) -> str | None:
     """Why a file cannot be read as data (a FIFO hangs, a device never ends), or None."""
-    if stat.S_ISREG(st.st_mode):
-        return None
-    return f"is {_KINDS.get(stat.filemode(st.st_mode)[0], 'something else')}, not a regular file"
+    return untrusted.not_regular(st)
 
 
 def _member(folder: Path, name, where: str) -> tuple[Path, os.stat_result]:
     """`name` resolved inside the (resolved) `folder`, and its stat: a regular file that no absolute
     path, '..' or symlink takes out of the folder (into another dataset, /etc, /dev/zero)."""
-    rel = PurePosixPath(name) if isinstance(name, str) and "\0" not in name else PurePosixPath()
-    if not rel.parts:
-        raise MDSFormatError(f"{where}: expected a file name, got {_show(name)}")
-    if rel.is_absolute() or ".." in rel.parts:
-        raise MDSFormatError(f"{where}: {_show(name)} is outside the MDS folder (an absolute path or '..')")
-    try:
-        path = (folder / rel).resolve()
-        if folder not in path.parents:
-            raise MDSFormatError(f"{where}: {_show(name)} is a link out of the MDS folder")
-        st = path.stat()
-    except FileNotFoundError:
-        raise MDSFormatError(f"{where}: {folder / rel} is missing") from None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        reason = exc.strerror if isinstance(exc, OSError) else exc
-        raise MDSFormatError(f"{where}: cannot read {folder / rel} ({reason})") from None
-    problem = _not_regular(st)
-    if problem:
-        raise MDSFormatError(f"{where}: {path} {problem}")
-    return path, st
+    return untrusted.member(folder, name, where, MDSFormatError, kind="MDS folder")
 
 
 def _read(path: Path, size: int | None = None) -> bytes:
     """The bytes of a file `_member` checked, checked again on the open file (it may have been swapped
     since): a regular file, and `size` bytes long when given (no more is read)."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise MDSFormatError(f"{path}: cannot open ({exc.strerror})") from None
-    with open(fd, "rb") as f:
-        problem = _not_regular(os.fstat(fd))
-        if problem:
-            raise MDSFormatError(f"{path}: {problem}")
-        data = f.read() if size is None else f.read(size + 1)
-    if size is not None and len(data) != size:
-        raise MDSFormatError(f"{path}: {len(data):,} bytes, index.json records {size:,} (changed since opened?)")
-    return data
+    return untrusted.read_bytes(path, MDSFormatError, size=size, follow=False)
 
 
 def _count(obj: dict, key: str, where: str) -> int:
@@ -361,10 +331,7 @@ def shards(folder) -> list[Shard]:
     run's first step, not when it reaches a missing shard)."""
     folder = Path(folder).resolve()
     index, _ = _member(folder, INDEX_NAME, f"{folder}: not an MDS folder")
-    try:
-        obj = json.loads(_read(index))
-    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a number too long
-        raise MDSFormatError(f"{index}: not valid JSON ({exc})") from None
+    obj = untrusted.parse_json(_read(index), index, MDSFormatError)
     entries = obj.get("shards") if isinstance(obj, dict) else None
     if not isinstance(entries, list):
         raise MDSFormatError(f"{index}: expected an object with a 'shards' list")

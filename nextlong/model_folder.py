@@ -19,10 +19,10 @@ reading a file the user can read runs nothing. Files must be regular files (not 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from .errors import NextlongError
+from .untrusted import plain_name, read_json
 
 TRUST_FLAG = "--trust-remote-code"
 
@@ -39,9 +39,7 @@ def read_config(folder, *, trust_remote_code: bool = False):
     path = folder / "config.json"
     if not path.is_file():
         raise ModelFolderError(f"{path}: missing or not a regular file (a model folder needs config.json)")
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: expected a JSON object, got a JSON {type(data).__name__}")
+    _read_json(path, expect=dict, finite=True)  # NaN or Infinity in a config: a model that computes NaN
     with _load_errors(folder, trust_remote_code), _quiet_transformers():
         return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
 
@@ -105,12 +103,10 @@ def _weight_files(folder: Path) -> tuple[str | None, list[Path]]:
     return None, []
 
 
-def _read_json(path: Path):
-    """The JSON value in `path`; unreadable, not JSON or nested too deep for Python is a ModelFolderError."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ModelFolderError(f"{path}: not valid JSON ({exc})") from None
+def _read_json(path: Path, *, expect=None, finite: bool = False):
+    """The JSON value in `path`; unreadable, not a regular file, not JSON, nested too deep for Python or
+    not of type `expect` is a ModelFolderError (nextlong.untrusted.read_json)."""
+    return read_json(path, ModelFolderError, expect=expect, finite=finite)
 
 
 def _check_weight_files(folder: Path) -> None:
@@ -199,18 +195,29 @@ def _quiet_transformers():
 
 
 def tokenizer_spec(folder) -> str | None:
-    """The tokenizer a model folder was trained with: nextlong.json's "tokenizer" (a file name is
-    resolved against the folder), else the folder's tokenizer.json, else None."""
+    """The tokenizer a model folder was trained with: nextlong.json's "tokenizer", else the folder's
+    tokenizer.json, else None. nextlong.json may name a built-in tokenizer ("cl100k_base") or a file
+    in the folder (a symbolic link there is followed, as for the weights), nothing else: a folder from
+    elsewhere must not make nextlong read "../secret.json" or "/home/you/tokenizer.json"."""
+    from .tokenizer import _NAMED
+
     folder = Path(folder)
     meta = folder / "nextlong.json"
-    if meta.is_file():
-        data = _read_json(meta)
-        if not isinstance(data, dict) or "tokenizer" not in data:
+    if meta.exists():
+        data = _read_json(meta, expect=dict)
+        if "tokenizer" not in data:
             raise ModelFolderError(f"{meta}: expected a JSON object with a \"tokenizer\" entry")
         spec = data["tokenizer"]
         if not isinstance(spec, str) or not spec:
             raise ModelFolderError(f"{meta}: \"tokenizer\" must be a tokenizer name or file name, got {spec!r}")
-        return str(folder / spec) if (folder / spec).exists() else spec
+        if spec in _NAMED:
+            return spec
+        where = f"{meta}: \"tokenizer\""
+        rel = plain_name(spec, where, ModelFolderError, "model folder")
+        if not (folder / rel).exists():
+            raise ModelFolderError(f"{where}: {spec!r} is neither a file in the model folder nor a built-in "
+                                   f"tokenizer ({', '.join(sorted(_NAMED))})")
+        return str(folder / rel)
     if (folder / "tokenizer.json").is_file():
         return str(folder / "tokenizer.json")
     return None

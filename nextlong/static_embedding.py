@@ -216,8 +216,9 @@ class StaticEmbedder:
         log.setLevel(logging.ERROR)  # it warns that max_length=None overrides its config's 512: intended
         try:
             self.model = StaticModel.from_pretrained(str(folder), max_length=None, force_download=False)
-        except (OSError, ValueError) as exc:
-            raise EmbedderError(f"{folder}: not a readable model2vec folder ({exc})") from exc
+        except Exception as exc:  # an untrusted folder breaks model2vec in many ways (KeyError, RecursionError, ...)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise EmbedderError(f"{folder}: not a readable model2vec folder ({reason[:200]})") from exc
         finally:
             log.setLevel(level)
         if self.model.token_mapping is not None or self.model.weights is not None:

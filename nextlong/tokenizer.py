@@ -39,7 +39,6 @@ import functools
 import gzip
 import hashlib
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -47,6 +46,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from nextlong.errors import TokenizerError
+from nextlong.untrusted import json_type, parse_json, read_bytes
 
 __all__ = [
     "Tokenizer",
@@ -209,10 +209,7 @@ class Tokenizer:
                 raise TokenizerError(f"{path}: key {_short(key)} appears twice in one JSON object")
             return obj
 
-        try:
-            data = json.loads(raw, object_pairs_hook=unique_keys)
-        except json.JSONDecodeError as exc:
-            raise TokenizerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        data = parse_json(raw, path, TokenizerError, object_pairs_hook=unique_keys)
         tok = _from_hf_json(data, raw, path)
         tok._load_args = ("json", str(path), None, None, None)
         return tok
@@ -338,13 +335,12 @@ def _reload(kind: str, path: str, pattern, specials, name) -> Tokenizer:
     return Tokenizer.from_tiktoken(path, pattern=pattern, special_tokens=specials, name=name)
 
 
+_FILE_LIMIT = 1 << 30  # the largest tokenizer.json files in use are tens of MiB
+
+
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise TokenizerError(f"{path}: tokenizer file not found") from exc
-    except OSError as exc:
-        raise TokenizerError(f"{path}: cannot read tokenizer file ({exc})") from exc
+    """The file's bytes: a regular file (a FIFO or device named as a tokenizer is refused, not read)."""
+    return read_bytes(path, TokenizerError, limit=_FILE_LIMIT, what="tokenizer file")
 
 
 def _fingerprint(raw: bytes, pattern: str) -> str:
@@ -388,12 +384,34 @@ def _build_native(path, **kwargs):
         return native_mod.BpeTokenizer(**kwargs)
     except ValueError as exc:
         raise TokenizerError(f"{path}: {exc}") from exc
+    except TypeError as exc:  # a field of a type the checks above missed; pybind11 lists every argument
+        reason = str(exc).split("Invoked with", 1)[0].split(".")[0]
+        raise TokenizerError(f"{path}: a field has the wrong type ({_short(reason, 100)})") from None
+
+
+def _need(value, kind, what: str, path):
+    """`value` if it is of JSON type `kind` (dict, list, str), else a TokenizerError naming `what`."""
+    if not isinstance(value, kind):
+        names = {dict: "an object", list: "an array", str: "a string"}
+        raise TokenizerError(f"{path}: {what} must be {names[kind]}, got {json_type(value)} {_short(value, 40)}")
+    return value
+
+
+def _text(value: str, what: str, path) -> str:
+    """A string from the file that can be encoded as UTF-8 (JSON escapes can spell a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TokenizerError(f"{path}: {what} {_short(value)} holds a lone surrogate "
+                             f"({ascii(value[exc.start])[1:-1]}), which is not text") from None
+    return value
 
 
 def _component(obj) -> str:
     if isinstance(obj, dict):
-        return str(obj.get("type", "<untyped>"))
-    return repr(obj)
+        kind = obj.get("type", "<untyped>")
+        return kind if isinstance(kind, str) else _short(kind, 40)
+    return _short(obj, 40)
 
 
 def _parse_pre_tokenizer(pre, path) -> tuple[str, int]:
@@ -405,7 +423,9 @@ def _parse_pre_tokenizer(pre, path) -> tuple[str, int]:
         pattern = GPT2_PATTERN if pre.get("use_regex", True) else ""
         return pattern, _PREFIX_TEXT if pre.get("add_prefix_space", False) else _PREFIX_NONE
     if kind == "Sequence":
-        steps = pre.get("pretokenizers") or []
+        steps = _need(pre.get("pretokenizers") or [], list, "pre_tokenizer.pretokenizers", path)
+        for k, step in enumerate(steps):
+            _need(step, dict, f"pre_tokenizer.pretokenizers[{k}]", path)
         if not steps or _component(steps[-1]) != "ByteLevel":
             names = ", ".join(_component(s) for s in steps)
             raise TokenizerError(f"{path}: unsupported pre_tokenizer Sequence[{names}]; expected [Split, ByteLevel]")
@@ -423,28 +443,31 @@ def _parse_pre_tokenizer(pre, path) -> tuple[str, int]:
             raise TokenizerError(
                 f"{path}: unsupported Split pre_tokenizer (behavior={split.get('behavior')!r}, "
                 f"invert={split.get('invert')!r}); only behavior Isolated with invert false is supported")
-        pat = split.get("pattern") or {}
+        pat = _need(split.get("pattern") or {}, dict, "the Split pre_tokenizer's pattern", path)
         if "Regex" in pat:
-            pattern = pat["Regex"]
+            pattern = _text(_need(pat["Regex"], str, "the Split pattern's Regex", path), "Split pattern", path)
         elif "String" in pat:
-            pattern = _regex_escape(pat["String"])
+            pattern = _regex_escape(_text(_need(pat["String"], str, "the Split pattern's String", path),
+                                          "Split pattern", path))
         else:
             raise TokenizerError(f"{path}: Split pre_tokenizer without a Regex or String pattern")
         return pattern, _PREFIX_PIECE if byte_level.get("add_prefix_space", False) else _PREFIX_NONE
     raise TokenizerError(f"{path}: unsupported pre_tokenizer {kind}; only byte-level BPE is supported")
 
 
-def _check_normalizer(norm, path) -> bool:
+def _check_normalizer(norm, path, depth: int = 0) -> bool:
     """True when the normalizer is NFC, False when there is none; anything else is an error."""
     if norm is None:
         return False
+    if depth > 8:
+        raise TokenizerError(f"{path}: normalizer Sequences nested more than 8 deep")
     kind = _component(norm)
     if kind == "Sequence":
-        steps = norm.get("normalizers") or []
+        steps = _need(norm.get("normalizers") or [], list, "normalizer.normalizers", path)
         if not steps:
             return False
         if len(steps) == 1:
-            return _check_normalizer(steps[0], path)
+            return _check_normalizer(steps[0], path, depth + 1)
         raise TokenizerError(f"{path}: unsupported normalizer Sequence[{', '.join(_component(s) for s in steps)}]")
     if kind == "NFC":
         return True
@@ -454,10 +477,11 @@ def _check_normalizer(norm, path) -> bool:
 def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     if not isinstance(data, dict) or "model" not in data:
         raise TokenizerError(f"{path}: not a tokenizer.json (no 'model')")
-    model = data["model"]
+    model = _need(data["model"], dict, "model", path)
     mtype = model.get("type") or ("BPE" if "merges" in model else _component(model))
     if mtype != "BPE":
-        raise TokenizerError(f"{path}: unsupported model {mtype}; only byte-level BPE is supported")
+        raise TokenizerError(f"{path}: unsupported model {_component({'type': mtype})}; only byte-level BPE is "
+                             "supported")
     for key, ok in (("dropout", None), ("continuing_subword_prefix", None), ("end_of_word_suffix", None)):
         if model.get(key) not in (ok, "", None):
             raise TokenizerError(f"{path}: unsupported BPE option {key}={model.get(key)!r}")
@@ -477,6 +501,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
             raise TokenizerError(f"{path}: added_tokens[{k}] is not an object with a string content")
         if not t.get("content"):
             continue
+        _text(t["content"], f"added_tokens[{k}].content", path)
         added.append((t["content"], t.get("id"), bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
     _check_ids(path, [*vocab.items(), *((a[0], a[1]) for a in added)])
@@ -485,7 +510,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     for token, i in vocab.items():
         b = _token_str_to_bytes(token)
         if b is None or not b:
-            decode_only[token] = i
+            decode_only[_text(token, "vocabulary token", path)] = i
         else:
             model_list.append((i, b))
     merges = []

@@ -71,6 +71,27 @@ def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
     assert out.is_dir()
 
 
+def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):
+    """The output folder is the user's to hand us: a `.nextlong.lock` linking to another file once had
+    that file truncated and overwritten with our pid; a FIFO must not block either."""
+    from nextlong.errors import NextlongError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".nextlong.lock").symlink_to(victim)
+    with pytest.raises(NextlongError, match="lock file is a symbolic link"):
+        with output_lock(out, "test"):
+            pass
+    assert victim.read_text() == "precious"
+    (out / ".nextlong.lock").unlink()
+    os.mkfifo(out / ".nextlong.lock")
+    with pytest.raises(NextlongError, match="not a regular file"):
+        with output_lock(out, "test"):
+            pass
+
+
 @pytest.mark.slow
 def test_cli_commands_refuse_an_output_in_use(tmp_path, capsys):
     corpus = tmp_path / "c.jsonl"

@@ -64,8 +64,10 @@ def write_acer(root, rows, formats=("parquet", "jsonl", "mds")):
         with MDSWriter(root / "mds", columns) as w:
             for ids, mask in rows:
                 w.write({"input_ids": ids, "indices": np.asarray([[0, len(ids)]], np.uint32), "loss_mask": mask})
-    settings = {"tokenizer": str(tok), "tokenizer_fingerprint": load_tokenizer(str(tok)).fingerprint,
-                "target_length": MAX_LEN}
+    (root / "tokenizer").mkdir()  # as `nextlong acer` does: the folder keeps its own copy of the tokenizer
+    (root / "tokenizer" / tok.name).write_bytes(tok.read_bytes())
+    settings = {"tokenizer": str(tok), "tokenizer_copy": f"tokenizer/{tok.name}",
+                "tokenizer_fingerprint": load_tokenizer(str(tok)).fingerprint, "target_length": MAX_LEN}
     (root / "manifest.json").write_text(json.dumps({"command": "acer", "settings": settings}))
     return root
 

@@ -355,11 +355,14 @@ def test_a_relative_tokenizer_path_resolves_from_another_folder(tmp_path, monkey
     synthesize(corpus, "syn", method="standard", tokenizer="tok1k.json", target_length=SAMPLE_LEN, chunk_size=256,
                num_samples=4, progress=False)
     monkeypatch.chdir(elsewhere)
-    # the data and the manifest alone (as a script that copies them): the tokenizer's absolute path
+    # the data and the manifest alone (as a script that copies them): the manifest's absolute path of the
+    # tokenizer is outside the folder, so it is used only when the user names it (SECURITY.md)
     (elsewhere / "bare").mkdir()
     shutil.copytree(made / "syn" / "data", elsewhere / "bare" / "data")
     shutil.copy(made / "syn" / "manifest.json", elsewhere / "bare")
-    train("bare", "run1", steps=1, **FAST)
+    with pytest.raises(NextlongError, match="outside its folder.*--tokenizer PATH"):
+        train("bare", "run1", steps=1, **FAST)
+    train("bare", "run1", steps=1, tokenizer=str(made / "tok1k.json"), **FAST)
     # the whole output moved, the file it was made with gone: the copy inside the output
     (made / "tok1k.json").unlink()
     shutil.move(made / "syn", elsewhere / "moved")

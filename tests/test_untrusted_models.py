@@ -192,8 +192,8 @@ def _bad_shard_index(folder: Path) -> None:
 
 
 BROKEN = {  # case: (damage, what the one line must say)
-    "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "config.json: not valid JSON"),
-    "config a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json: expected a JSON object"),
+    "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "config.json:1: not valid JSON"),
+    "config a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json: expected an object, got an array"),
     "config nested too deep": (lambda f: (f / "config.json").write_text("[" * 100_000), "config.json: not valid JSON"),
     "nextlong.json nested too deep": (lambda f: (f / "nextlong.json").write_text("[" * 100_000),
                                       "nextlong.json: not valid JSON"),

@@ -450,6 +450,10 @@ def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: 
         for f in files:
             shutil.copy2(f, folder / "data" / f.name)
         shutil.copy2(work / "manifest.json", folder / "manifest.json")
+        copy = (manifest.get("settings") or {}).get("tokenizer_copy")
+        if copy:  # `nextlong train` reads a data folder's tokenizer from inside it (its own copy) only
+            (folder / copy).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / copy, folder / copy)
         import pyarrow.parquet as pq
 
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)

@@ -36,8 +36,10 @@ def print_summary(command: str, stats: dict, args) -> None:
     parts.append(f"{stats['bytes'] / 1e6:.1f} MB in {stats['seconds']:.2f} s ({stats['mb_per_s']:.1f} MB/s)")
     parts.append(f"{stats['skipped']:,} skipped")
     print(f"nextlong {command}: {', '.join(parts)} -> {out}")
+    from ..untrusted import one_line
+
     for example in stats.get("skipped_examples", []):
-        print(f"  skipped: {example}", file=sys.stderr)
+        print(f"  skipped: {one_line(example)}", file=sys.stderr)  # it may quote bytes of the corpus
 
 
 def add_parser(subparsers) -> None:

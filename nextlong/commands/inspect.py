@@ -31,16 +31,21 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
     import numpy as np
     import pyarrow.parquet as pq
 
+    from ..untrusted import printable
     from ..manifest import recorded_tokenizer
-    from ..tokenizer import load_tokenizer
     from ..synthesis.writers import shard_paths
+    from ..tokenizer import load_tokenizer
+    from ..untrusted import read_json
 
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
         raise NextlongError(f"{manifest_path}: not found; is {directory} the --out of a finished nextlong synthesize?")
-    manifest = json.loads(manifest_path.read_text())
-    settings, stats = manifest["settings"], manifest["statistics"]
+    manifest = read_json(manifest_path, NextlongError, expect=dict)
+    settings, stats = manifest.get("settings"), manifest.get("statistics")
+    if not isinstance(settings, dict) or not isinstance(stats, dict):
+        raise NextlongError(f"{manifest_path}: expected \"settings\" and \"statistics\" objects (is {directory} the "
+                            "--out of nextlong synthesize?)")
     shards = shard_paths(directory / "data")
     row, seen = None, 0
     for path in shards:
@@ -53,8 +58,9 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
         raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
     tok = load_tokenizer(recorded_tokenizer(directory, settings))
     ids = np.asarray(row["input_ids"], np.uint32)
-    lines = [f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document {row['anchor_doc_id']!r}, "
-             f"{len(row['segments'])} segments"]
+    # everything from the folder is shown through printable(): corpus text may hold escape sequences
+    lines = [printable(f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document "
+                       f"{row['anchor_doc_id']!r}, {len(row['segments'])} segments")]
     legend = "[A] anchor meta-chunk   [N] negative"
     lines.append(legend if not color else f"{_COLOURS['anchor']}[A] anchor meta-chunk{_RESET}   "
                                           f"{_COLOURS['negative']}[N] negative{_RESET}")
@@ -62,8 +68,8 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
         text = tok.decode(ids[seg["start"]:seg["end"]])
         short = text if len(text) <= max_chars else text[:max_chars] + " …"
         mark = "[A]" if seg["role"] == "anchor" else "[N]"
-        head = f"{mark} {seg['doc_id']}#{seg['chunk_index']} tokens {seg['start']}-{seg['end']}"
-        body = short.rstrip("\n").replace("\n", "\n    ")
+        head = printable(f"{mark} {seg['doc_id']}#{seg['chunk_index']} tokens {seg['start']}-{seg['end']}")
+        body = printable(short.rstrip("\n")).replace("\n", "\n    ")
         if color:
             c = _COLOURS.get(seg["role"], "")
             lines.append(f"{c}{head}{_RESET}\n    {c}{body}{_RESET}")
@@ -79,7 +85,7 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
             value = f"{value:.4f}"
         elif isinstance(value, dict):
             value = json.dumps(value, sort_keys=True)
-        lines.append(f"  {key}: {value}")
+        lines.append(printable(f"  {key}: {value}"))
     return "\n".join(lines)
 
 

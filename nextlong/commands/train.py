@@ -21,6 +21,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="tiny",
                    help="tiny | small (Llama presets at random init, vocabulary of the data's tokenizer) or a "
                         "Hugging Face causal-LM folder / earlier run folder (default tiny)")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="the tokenizer the data was made with (default: the copy a `nextlong synthesize` folder "
+                        "keeps, or the name its manifest records); a data folder that names a file outside itself "
+                        "is refused until you pass that file here")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code the --model / --scorer folder ships (config.json auto_map); off by default, "
                         "never asked: only for a folder you trust")
@@ -109,13 +113,16 @@ def resolve_options(args: argparse.Namespace) -> dict:
 
 def recorded_settings(run) -> dict:
     """The settings a run folder's manifest recorded ({} when it has none yet, or an unreadable one:
-    the trainer then reports what it finds)."""
-    import json
+    the trainer then reports what it finds). Read only as a regular file of the run (never through a
+    link, never waiting on a FIFO); anything else is refused by the trainer's check of the run folder."""
     from pathlib import Path
 
+    from ..errors import NextlongError
+    from ..untrusted import read_json
+
     try:
-        manifest = json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(Path(run) / "manifest.json", NextlongError, follow=False)
+    except NextlongError:
         return {}
     settings = manifest.get("settings") if isinstance(manifest, dict) else None
     return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**{**vars(args), **resolve_options(args)})
     summary = train(
         args.data, args.out, model=args.model, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer,
         micro_batch=args.micro_batch, steps=args.steps, lr=args.lr, warmup=args.warmup,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         rope_theta=args.rope_theta, seed=args.seed, attention=args.attention, loss=args.loss,

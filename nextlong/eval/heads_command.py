@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path
+from ..untrusted import printable
 from ..errors import NextlongError, UsageError
 from ..locking import output_lock
 from ..manifest import write_manifest
+from ..untrusted import read_json, show
 from . import heads as H
-from .report import CHARS_PER_TOKEN_BUDGET, corpus_texts
+from .report import (
+    CHARS_PER_TOKEN_BUDGET,
+    corpus_texts,
+    non_finite_note,
+    write_strict_json,
+)
 from .runner import Progress
 from .tasks import linear_depths
 
@@ -31,12 +39,14 @@ def _load_scores(folder) -> dict[str, float]:
     path = Path(folder) / "head_scores.json"
     if not path.is_file():
         raise NextlongError(f"{folder}: no head_scores.json (expected an output folder of `nextlong heads`)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise NextlongError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+    data = read_json(path, NextlongError)
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in data.values()):
         raise NextlongError(f"{path}: expected {{\"layer-head\": score}}")
+    bad = next((k for k in data if not re.fullmatch(r"\d{1,4}-\d{1,4}", k)), None)
+    if bad is not None or not data:
+        raise NextlongError(f"{path}: expected {{\"layer-head\": score}} with names such as \"3-7\", got "
+                            f"{show(bad) if data else 'no heads'}")
     return data
 
 
@@ -50,7 +60,7 @@ def run_compare(args) -> dict:
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
     with output_lock(out, "heads"):
-        write_json_atomic(out / "compare.json", result)
+        write_strict_json(out / "compare.json", result)
         import numpy as np
 
         from .plots import head_heatmap
@@ -69,7 +79,7 @@ def run_compare(args) -> dict:
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
           f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
     for name, d in result["largest_changes"][:10]:
-        print(f"  {name}: {named_a[name]:.3f} -> {named_b[name]:.3f} ({d:+.3f})")
+        print(printable(f"  {name}: {named_a[name]:.3f} -> {named_b[name]:.3f} ({d:+.3f})"))
     return result
 
 
@@ -133,7 +143,7 @@ def run_heads(args) -> dict:
         ranking = H.ranked(named)
         retrieval = [(name, s) for name, s in ranking if s > args.threshold]
         total_heads = lm.num_layers * lm.num_heads
-        write_json_atomic(out / "head_scores.json", named)
+        non_finite = write_strict_json(out / "head_scores.json", named)
         summary_data = {
             "model": str(args.model), "lengths": lengths, "depths": depths, "needles": len(needles),
             "trials": len(trials), "trials_counted": counted, "all_trials": args.all_trials,
@@ -152,7 +162,7 @@ def run_heads(args) -> dict:
                      f"{args.threshold})")
         if args.mask_heads:
             summary_data["masking"] = H.mask_check(lm, trials, named, args.mask_heads, args.seed, args.min_recall)
-        write_json_atomic(out / "heads.json", summary_data)
+        non_finite += write_strict_json(out / "heads.json", summary_data)
         lines = [f"# nextlong heads: {args.model}", "",
                  f"{len(trials)} trials ({len(lengths)} lengths x {len(depths)} depths x {len(needles)} needles); "
                  f"{counted} counted ({'all trials' if args.all_trials else f'ROUGE-1 recall > {args.min_recall}'}); "
@@ -161,6 +171,8 @@ def run_heads(args) -> dict:
                  f"({100 * summary_data['retrieval_fraction']:.2f}%).", ""]
         if counted == 0:
             lines += ["No trial was answered well enough to count; `--all-trials` scores every trial.", ""]
+        if non_finite:
+            lines += [f"> {non_finite_note(non_finite)}", ""]
         lines += ["| head (layer-head) | score |", "|---|---|"] + [f"| {n} | {s:.3f} |" for n, s in ranking[:10]]
         if args.mask_heads:
             m = summary_data["masking"]
@@ -175,5 +187,5 @@ def run_heads(args) -> dict:
                            "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn},
                        statistics={"trials": len(trials), "trials_counted": counted,
                                    "retrieval_heads": len(retrieval), "seconds": round(time.time() - started, 2)})
-    print(summary)
+    print(printable(summary))
     return summary_data

@@ -2,8 +2,9 @@
 
 MODEL is either a folder with `config.json` and weights (`save_pretrained`), or a run folder RUN
 holding `RUN/model/` in that layout plus `RUN/model/nextlong.json` = {"tokenizer": SPEC}, where SPEC
-is anything `nextlong.tokenizer.load_tokenizer` takes (a name such as "cl100k_base", or a file name
-relative to RUN/model). Without nextlong.json the folder's `tokenizer.json` is used. Our own
+is a built-in tokenizer name ("cl100k_base") or a file in RUN/model (nothing outside the folder: it is
+untrusted input, nextlong.model_folder.tokenizer_spec). Without nextlong.json the folder's
+`tokenizer.json` is used. Our own
 tokenizer counts and encodes every prompt, so lengths are the model's tokens.
 
 Prefill runs with our attention kernel (`attn="nextlong"`, `nextlong.kernels.transformers_attention`),

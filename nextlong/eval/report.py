@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..atomic import atomic_path, write_json_atomic
+from ..untrusted import strict_json
 from .tasks import depths_for
 
 CHARS_PER_TOKEN_BUDGET = 12  # corpus characters read per token of the longest length (generous)
@@ -30,15 +31,34 @@ def corpus_texts(corpus: str | None, text_field: str = "text", max_chars: int | 
             return
 
 
+def write_strict_json(path: Path, obj) -> list[str]:
+    """Write `obj` as strict JSON: a NaN or infinite number (a model whose weights or config make it
+    compute NaN) is written as null, never as the bare NaN that JSON parsers reject. Returns where."""
+    clean, replaced = strict_json(obj)
+    write_json_atomic(path, clean)
+    return replaced
+
+
+def non_finite_note(replaced: list[str]) -> str:
+    """The warning that says which values were not finite (written as null)."""
+    shown = ", ".join(replaced[:5]) + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else "")
+    return (f"{len(replaced)} value(s) were not finite numbers (NaN or infinite: the model computes NaN?) and are "
+            f"written as null: {shown}")
+
+
 def write_results(out_dir: Path, results: dict) -> None:
-    write_json_atomic(out_dir / "results.json", results)
+    """results.json, strict JSON; non-finite values are named in results["warnings"] (so in the summary)."""
+    _, replaced = strict_json(results)
+    if replaced:
+        results.setdefault("warnings", []).append(non_finite_note(replaced))
+    write_strict_json(out_dir / "results.json", results)
 
 
 def write_samples(out_dir: Path, records: Sequence[dict]) -> None:
     with atomic_path(out_dir / "samples.jsonl") as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for r in records:
-                fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+                fh.write(json.dumps(strict_json(r)[0], ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def draw_heatmaps(out_dir: Path, results: dict, lengths: Sequence[int], depths: Sequence[float]) -> list[str]:

@@ -17,6 +17,14 @@ final name only when all ranks have finished writing: resume looks only at `step
 crash mid-write leaves a `.tmp-*` folder that is ignored (and cleared by the next save). A write that
 fails (a full disk) on any rank removes the folder on every rank; the older checkpoints stay.
 
+A run folder may come from someone else, so `--resume` trusts nothing in it (`check_run_folder`):
+`checkpoints/` and every `step-*` / `.tmp-step-*` entry must be real folders of the run (never a
+symbolic link: rotation would delete, and resume read, whatever it points to), and every file is read
+as a regular file of its folder (no link, FIFO or device). trainer.json and the state files are
+checked field by field against the run being resumed (`read_trainer_state`, `load_checkpoint`)
+before anything is loaded, so a damaged or crafted checkpoint is refused in one line, never loaded in
+part.
+
 RUN/model is the latest weights as a Hugging Face `save_pretrained` folder (config.json +
 model.safetensors) plus `nextlong.json` = {"tokenizer": SPEC} (SPEC for `nextlong.tokenizer.load_tokenizer`;
 a tokenizer file is copied beside it and named relative to RUN/model). It is a symbolic link to a
@@ -29,16 +37,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import random
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import FILE_MODE, atomic_path
+from ..atomic import FILE_MODE, atomic_path, open_regular
 from ..errors import NextlongError, disk_full, is_disk_full
+from ..untrusted import read_json, show
 from .state_file import load_state, save_state
 
 CHECKPOINTS = "checkpoints"
@@ -153,8 +164,8 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
     tmp, final = root / f".tmp-{name}", root / name
     model_sd, optim_sd = full_state_dicts(model, optimizer, sharded)
     if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        check_run_folder(run)  # nothing swapped in since setup: a link here would send the writes elsewhere
+        _remove(tmp)
         tmp.mkdir(parents=True)
     _barrier()
     error = None
@@ -179,48 +190,308 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
         raise NextlongError(f"{tmp}: another process failed to write its part of this checkpoint; the older "
                             "checkpoints are kept")
     if rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
+        _remove(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         for old in list_checkpoints(run)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale, ignore_errors=True)
     _barrier()
     return final
+
+
+def _remove(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a folder of the run, or whatever else has its name: a symbolic link is unlinked, never
+    followed (shutil.rmtree does not follow the links inside a folder either)."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 # --- reading -----------------------------------------------------------------------------------
 
 
+def _is_step_name(name: str) -> bool:
+    return name.startswith("step-") and name[5:].isdigit()
+
+
 def list_checkpoints(run) -> list[Path]:
-    """Complete checkpoints, oldest first (`.tmp-*` folders of interrupted saves never count)."""
+    """Complete checkpoints, oldest first (`.tmp-*` folders of interrupted saves never count; neither
+    does anything that is not a real folder, such as a symbolic link: `check_run_folder` refuses them)."""
     root = Path(run) / CHECKPOINTS
-    if not root.is_dir():
+    if root.is_symlink() or not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    found = [p for p in root.iterdir() if _is_step_name(p.name) and p.is_dir() and not p.is_symlink()]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def read_trainer_state(checkpoint: Path) -> dict:
-    try:
-        state = json.loads((checkpoint / "trainer.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise NextlongError(f"{checkpoint}: unreadable checkpoint ({exc}); delete it to resume from an older one")
-    if not isinstance(state, dict):
-        raise NextlongError(f"{checkpoint}/trainer.json: expected a JSON object; delete the checkpoint to resume "
-                            "from an older one")
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+            stat.S_IFBLK: "a device"}.get(stat.S_IFMT(mode), "not a folder")
+
+
+def check_run_folder(run) -> None:
+    """Refuse, in one line and before any work, a run folder whose parts are not its own: `checkpoints/`
+    and its `step-*` / `.tmp-step-*` entries must be real folders (lstat: a symbolic link would make
+    resume read, and rotation delete, what it points to), and the files the trainer reads or rewrites
+    (manifest.json, metrics.jsonl) regular files, not links, FIFOs or devices."""
+    run = Path(run)
+    fix = "; a run folder's parts must be its own (remove it, or choose another --out)"
+
+    def lstat(path: Path):
+        try:
+            return path.lstat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise NextlongError(f"{path}: cannot read ({exc.strerror})") from None
+
+    if lstat(run) is None:
+        return
+    if not run.is_dir():  # the folder the user named may itself be a link: their choice
+        raise NextlongError(f"{run}: exists and is not a folder; choose another --out")
+    for name in ("manifest.json", "metrics.jsonl"):
+        st = lstat(run / name)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise NextlongError(f"{run / name}: is {_kind(st.st_mode)}, not a regular file{fix}")
+    root = run / CHECKPOINTS
+    st = lstat(root)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise NextlongError(f"{root}: is {_kind(st.st_mode)}, not a folder of the run{fix}")
+    for entry in sorted(root.iterdir()):
+        name = entry.name
+        if _is_step_name(name) or (name.startswith(".tmp-step-") and name[10:].isdigit()):
+            st = lstat(entry)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise NextlongError(f"{entry}: is {_kind(st.st_mode)}, not a checkpoint folder of the run{fix}")
+
+
+def _unreadable(checkpoint: Path):
+    """The error for a file of `checkpoint` that cannot be read (`untrusted`'s `error` argument)."""
+    return lambda message: NextlongError(f"{message}; delete {checkpoint} to resume from an older checkpoint")
+
+
+def _unfit(checkpoint: Path, what: str) -> NextlongError:
+    return NextlongError(f"{checkpoint}: does not fit this run ({what}); delete it to resume from an older one")
+
+
+def _count(value, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
+    """trainer.json of `checkpoint`, every field the trainer uses checked: a regular file of strict JSON
+    (no NaN, no number of thousands of digits, nesting Python can parse), an object whose `step` is
+    the folder's number (and at most `max_step`, the run's --steps), `history` one row per step."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint / "trainer.json"
+    state = read_json(path, _unreadable(checkpoint), expect=dict, finite=True, follow=False)
+
+    def bad(field: str, expected: str, value) -> NextlongError:
+        return NextlongError(f"{path}: {field} must be {expected}, got {show(value)}; delete {checkpoint} to "
+                             "resume from an older checkpoint")
+
+    fmt = state.get("format")
+    if fmt is not None and type(fmt) is not int:
+        raise bad("format", "an integer", fmt)
+    step = state.get("step")
+    if not _count(step):
+        raise bad("step", "an integer >= 0", step)
+    if _is_step_name(checkpoint.name) and step != int(checkpoint.name[5:]):
+        raise bad("step", f"{int(checkpoint.name[5:])} (the folder's step)", step)
+    if max_step is not None and step > max_step:
+        raise bad("step", f"at most --steps ({max_step})", step)
+    if not _count(state.get("world_size", 1), 1):
+        raise bad("world_size", "an integer >= 1", state.get("world_size"))
+    if not isinstance(state.get("settings", {}), dict):
+        raise bad("settings", "an object", state.get("settings"))
+    if not isinstance(state.get("scheduler", {}), dict):
+        raise bad("scheduler", "an object", state.get("scheduler"))
+    history = state.get("history", [])
+    if not isinstance(history, list) or len(history) != step:
+        raise bad("history", f"a list of one row per step ({step})",
+                  history if not isinstance(history, list) else f"{len(history)} rows")
+    for i, row in enumerate(history):
+        if not isinstance(row, dict) or row.get("step") != i + 1 or any(
+                isinstance(v, (dict, list)) or (isinstance(v, bool) and k != "skipped") for k, v in row.items()):
+            raise bad(f"history[{i}]", f"an object of numbers for step {i + 1}", row)
+        for key in ("loss", "lr", "grad_norm"):
+            if not (row.get(key) is None or type(row.get(key)) in (int, float)):
+                raise bad(f"history[{i}].{key}", "a number or null", row.get(key))
+        if not (_count(row.get("loss_tokens", 0)) and _count(row.get("tokens", 0))):
+            raise bad(f"history[{i}]", "token counts that are integers >= 0", row)
+        if not isinstance(row.get("skipped", False), bool):
+            raise bad(f"history[{i}].skipped", "true or false", row.get("skipped"))
     return state
 
 
+def _same_form(ours, theirs) -> bool:
+    """Whether `theirs` (from a checkpoint) has the form of `ours` (this run's own state): the same JSON
+    types, list lengths and object keys (a float may be stored as an integer)."""
+    if isinstance(ours, bool) or ours is None:
+        return type(theirs) is type(ours)
+    if isinstance(ours, int):
+        return type(theirs) is int
+    if isinstance(ours, float):
+        return type(theirs) in (int, float) and math.isfinite(theirs)
+    if isinstance(ours, str):
+        return isinstance(theirs, str)
+    if isinstance(ours, (list, tuple)):
+        return isinstance(theirs, (list, tuple)) and len(theirs) == len(ours) and all(
+            _same_form(a, b) for a, b in zip(ours, theirs))
+    if isinstance(ours, dict):
+        return isinstance(theirs, dict) and set(theirs) <= set(ours) and all(
+            _same_form(ours[k], v) for k, v in theirs.items())
+    return False
+
+
+def _check_scheduler(checkpoint: Path, scheduler, saved: dict, step: int) -> None:
+    ours = scheduler.state_dict()
+    unknown = set(saved) - set(ours)
+    if unknown:
+        raise _unfit(checkpoint, f"unknown scheduler entries {show(sorted(unknown))}")
+    for key, value in saved.items():
+        if not _same_form(ours[key], value):
+            raise _unfit(checkpoint, f"scheduler.{key} is {show(value)}, expected the form of {show(ours[key])}")
+    if "last_epoch" in saved and saved["last_epoch"] != step:
+        raise _unfit(checkpoint, f"scheduler.last_epoch {saved['last_epoch']} is not the checkpoint's step {step}")
+    if "base_lrs" in saved and [float(x) for x in saved["base_lrs"]] != [float(x) for x in ours["base_lrs"]]:
+        raise _unfit(checkpoint, f"scheduler.base_lrs {show(saved['base_lrs'])}, but this run's --lr gives "
+                                 f"{show(ours['base_lrs'])}")
+
+
+def _tensor_problem(t, shape, name: str) -> str | None:
+    if not isinstance(t, torch.Tensor):
+        return f"{name} is {type(t).__name__}, not a tensor"
+    if tuple(t.shape) != tuple(shape):
+        return f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}"
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        return f"{name} holds values that are not finite"
+    return None
+
+
+def _check_model_state(checkpoint: Path, model, model_sd) -> None:
+    ours = model.state_dict()
+    if not isinstance(model_sd, dict):
+        raise _unfit(checkpoint, f"model.safetensors holds {type(model_sd).__name__}, not a state dict")
+    missing, extra = sorted(set(ours) - set(model_sd)), sorted(str(k) for k in set(model_sd) - set(ours))
+    if missing or extra:
+        raise _unfit(checkpoint, f"model.safetensors lacks {show(missing[:3])}" if missing else
+                     f"model.safetensors has unknown tensors {show(extra[:3])}")
+    for name, want in ours.items():
+        problem = _tensor_problem(model_sd[name], want.shape, f"model tensor {name}")
+        if problem is None and model_sd[name].dtype != want.dtype:
+            problem = f"model tensor {name} is {model_sd[name].dtype}, expected {want.dtype}"
+        if problem:
+            raise _unfit(checkpoint, problem)
+
+
+_ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+_NEEDED_HYPERPARAMETERS = {"params", "lr", "initial_lr", "betas", "eps", "weight_decay"}
+
+
+def _plain(value):
+    """A hyperparameter as JSON would give it back (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_optimizer_state(checkpoint: Path, model, optimizer, optim_sd, step: int, sharded: bool) -> None:
+    """AdamW's state must be this run's: every moment the shape of its parameter, the same parameter
+    groups and hyperparameters (only the scheduled lr moves). Checked whole before anything is loaded:
+    torch would load a wrongly shaped moment and fail only at the next step."""
+    if not isinstance(optim_sd, dict) or not isinstance(optim_sd.get("state"), dict) or not isinstance(
+            optim_sd.get("param_groups"), list) or set(optim_sd) != {"state", "param_groups"}:
+        raise _unfit(checkpoint, "optimizer.safetensors is not an optimizer state (state, param_groups)")
+    if sharded:  # full state dicts name parameters by their qualified names
+        shapes = {name: p.shape for name, p in model.named_parameters() if p.requires_grad}
+        ours_groups = None
+    else:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        shapes = {i: p.shape for i, p in enumerate(params)}
+        ours_groups = optimizer.state_dict()["param_groups"]
+    groups = optim_sd["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise _unfit(checkpoint, f"{len(groups)} optimizer parameter groups, this run has "
+                                 f"{len(optimizer.param_groups)}")
+    for g, (group, mine) in enumerate(zip(groups, optimizer.param_groups)):
+        where = f"optimizer param_groups[{g}]"
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise _unfit(checkpoint, f"{where} is not a parameter group")
+        if ours_groups is not None and group["params"] != ours_groups[g]["params"]:
+            raise _unfit(checkpoint, f"{where} holds other parameters than this run's")
+        if ours_groups is None and (len(group["params"]) != len(mine["params"])
+                                    or not all(k in shapes for k in group["params"])):
+            raise _unfit(checkpoint, f"{where} holds other parameters than this run's")
+        unknown, missing = set(group) - set(mine), _NEEDED_HYPERPARAMETERS - set(group)
+        if unknown or missing:
+            raise _unfit(checkpoint, f"{where} has unknown settings {show(sorted(unknown))}" if unknown else
+                         f"{where} lacks {show(sorted(missing))}")
+        for key, value in group.items():
+            if key == "params":
+                continue
+            want = _plain(mine[key])
+            if key == "lr":  # the scheduled rate: anything from 0 to the peak
+                ok = type(value) in (int, float) and 0 <= value <= mine["initial_lr"]
+            else:  # what this run's own settings give (AdamW's defaults fill what an older torch did not save)
+                ok = (_plain(value) == want and type(_plain(value)) is type(want)) or (
+                    type(want) is float and type(value) is int and value == want)
+            if not ok:
+                raise _unfit(checkpoint, f"{where}.{key} is {show(value)}" +
+                             (f", this run's is {show(want)}" if key != "lr" else ""))
+    for key, entry in optim_sd["state"].items():
+        if key not in shapes:
+            raise _unfit(checkpoint, f"optimizer state for an unknown parameter {show(key)}")
+        if not isinstance(entry, dict) or set(entry) != _ADAM_STATE:
+            raise _unfit(checkpoint, f"optimizer state {show(key)} is not AdamW's (step, exp_avg, exp_avg_sq)")
+        for name in ("exp_avg", "exp_avg_sq"):
+            problem = _tensor_problem(entry[name], shapes[key], f"optimizer {name} of parameter {key}")
+            if problem:
+                raise _unfit(checkpoint, problem)
+        count = entry["step"]
+        if not (isinstance(count, torch.Tensor) and count.numel() == 1 and 0 <= float(count) <= step):
+            raise _unfit(checkpoint, f"optimizer step count of parameter {key} is {show(count)}, expected 0.."
+                                     f"{step}")
+
+
+def _check_rng(checkpoint: Path, rng) -> None:
+    """The saved random states, tried on scratch generators (so a bad one is refused before any is set)."""
+    try:
+        if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= set(rng):
+            raise ValueError("expected python, numpy and torch states")
+        random.Random().setstate(rng["python"])
+        np.random.RandomState().set_state(rng["numpy"])
+        if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:
+            raise ValueError("the torch state is not a byte tensor")
+        torch.Generator().set_state(rng["torch"])
+        cuda = rng.get("cuda", [])
+        if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                                 for t in cuda):
+            raise ValueError("the cuda states are not byte tensors")
+    except (TypeError, ValueError, RuntimeError, OverflowError, KeyError, IndexError) as exc:
+        detail = " ".join(str(exc).split())
+        raise _unfit(checkpoint, f"its random states: {type(exc).__name__}: {detail[:200]}") from None
+
+
 def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler, packer, sharded: bool, rank: int, world: int,
-                    trust: bool = False) -> dict:
+                    trust: bool = False, max_step: int | None = None) -> dict:
     """Restore model, optimizer, scheduler, data position and RNG; returns trainer.json's state.
 
     Reads only safetensors and JSON. An old pickle checkpoint is refused, or with `trust` (the user's
-    --trust-checkpoint) converted first, by rank 0 while the others wait."""
-    state = read_trainer_state(checkpoint)
+    --trust-checkpoint) converted first, by rank 0 while the others wait. Everything is checked
+    against this run before anything is loaded: a checkpoint that does not fit is refused whole."""
+    state = read_trainer_state(checkpoint, max_step)
     if state.get("world_size", 1) != world:
         raise NextlongError(f"{checkpoint}: saved by {state.get('world_size')} processes, resumed with {world}; "
                             "the data position is per process, so resume with the same number")
@@ -237,22 +508,32 @@ def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler, packer, sh
     if fmt is None and rank == 0:
         convert_pickled_checkpoint(checkpoint, state)
     _barrier()
+    step = state["step"]
     model_sd = load_state(checkpoint / "model.safetensors")
     optim_sd = load_state(checkpoint / "optimizer.safetensors")
     rank_state = load_state(checkpoint / f"rank-{rank}.safetensors")
+    saved_scheduler = state.get("scheduler")
+    if saved_scheduler is None:
+        raise _unfit(checkpoint, "trainer.json has no scheduler state")
+    _check_scheduler(checkpoint, scheduler, saved_scheduler, step)
+    _check_model_state(checkpoint, model, model_sd)
+    _check_optimizer_state(checkpoint, model, optimizer, optim_sd, step, sharded)
+    if not isinstance(rank_state, dict) or not {"data", "rng"} <= set(rank_state):
+        raise _unfit(checkpoint, f"rank-{rank}.safetensors holds no data position and random states")
+    _check_rng(checkpoint, rank_state["rng"])
     try:
-        saved_scheduler = state["scheduler"]
-        unknown = set(saved_scheduler) - set(scheduler.state_dict())
-        if unknown:
-            raise KeyError(f"unknown scheduler entries {sorted(unknown)}")
+        packer.load_state_dict(rank_state["data"])  # checks the whole position before it sets any of it
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        detail = " ".join(str(exc).split())
+        raise _unfit(checkpoint, f"rank-{rank}.safetensors, data position: {type(exc).__name__}: "
+                                 f"{detail[:300]}") from None
+    try:  # checked above: nothing here should fail, but a failure is still one line
         load_full_state_dicts(model, optimizer, model_sd, optim_sd, sharded)
         scheduler.load_state_dict(saved_scheduler)
-        packer.load_state_dict(rank_state["data"])
         set_rng_state(rank_state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         detail = " ".join(str(exc).split())
-        raise NextlongError(f"{checkpoint}: does not fit this run ({type(exc).__name__}: {detail[:300]}); delete it "
-                            "to resume from an older one") from None
+        raise _unfit(checkpoint, f"{type(exc).__name__}: {detail[:300]}") from None
     return state
 
 
@@ -262,11 +543,13 @@ def convert_pickled_checkpoint(checkpoint: Path, state: dict) -> None:
     ranks = [f"rank-{r}" for r in range(int(state.get("world_size", 1)))]
     with disk_full_as_error(checkpoint):
         for name in ["model", "optimizer", *ranks]:
-            obj = torch.load(checkpoint / f"{name}.pt", map_location="cpu", weights_only=False)
+            with open_regular(checkpoint / f"{name}.pt", _unreadable(checkpoint),
+                              what="missing from the checkpoint") as (fh, _):
+                obj = torch.load(fh, map_location="cpu", weights_only=False)
             save_state(checkpoint / f"{name}.safetensors", obj)
             _finish(checkpoint / f"{name}.safetensors")
         with atomic_path(checkpoint / "trainer.json") as tmp:
-            tmp.write_text(json.dumps(dict(state, format=FORMAT), indent=1, default=str))
+            tmp.write_text(json.dumps(dict(state, format=FORMAT), indent=1, default=str, allow_nan=False))
     for name in ["model", "optimizer", *ranks]:
         (checkpoint / f"{name}.pt").unlink(missing_ok=True)
 
@@ -284,13 +567,13 @@ def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict:
         with disk_full_as_error(final):
             _write_model_folder(folder, hf_model, tokenizer_spec, state_dict)
             link = run / f".{MODEL}-link"
-            link.unlink(missing_ok=True)
+            _remove(link)  # whatever has the name (a crafted folder too), never followed
             os.symlink(folder.name, link)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     if final.is_dir() and not final.is_symlink():  # a run folder of nextlong before the link: once
-        shutil.rmtree(run / f".{MODEL}-before-link", ignore_errors=True)
+        _remove(run / f".{MODEL}-before-link")
         os.replace(final, run / f".{MODEL}-before-link")
     os.replace(link, final)  # the atomic step: readers see the old complete model or the new one
     _fsync_dir(run)
@@ -298,7 +581,7 @@ def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict:
         if stale != folder and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     for stale in (run / ".tmp-model", run / ".old-model"):  # left by nextlong before the link
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale, ignore_errors=True)
     return final
 
 

@@ -22,8 +22,10 @@ NAN_POLICIES = ("stop", "skip-step")
 LOSS_ON = ("all", "answer")
 
 # Settings that change what a step computes: a resumed run must use the same ones.
+# `tokenizer` is the user's own say-so about a file (never taken from a run folder's manifest on resume).
 _NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads",
-                     "nan_policy", "trust_checkpoint", "trust_remote_code"}
+                     "nan_policy", "trust_checkpoint", "trust_remote_code", "tokenizer"}
+MAX_LR = 1e10  # far above any rate that trains; AdamW's float32 arithmetic overflows near 1e38
 
 
 @dataclass
@@ -32,6 +34,7 @@ class TrainConfig:
     out: str
     model: str = "tiny"                  # tiny | small | a local Hugging Face causal-LM folder
     trust_remote_code: bool = False      # run Python code a model folder ships (nextlong.model_folder)
+    tokenizer: str | None = None         # the data's tokenizer (default: its manifest's own copy or built-in name)
     seq_len: int | None = None           # default: the data's sample length
     batch_tokens: int | None = None      # tokens per optimizer step; default seq_len x world size
     micro_batch: int = 1                 # sequences per forward pass on one rank
@@ -90,7 +93,7 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
         check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens")
-        check(self.lr is None or 0 < self.lr < math.inf, f"--lr must be > 0 and finite, got {self.lr}")
+        check(self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         check(self.warmup is None or 0 <= self.warmup <= self.steps,
               f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup}")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")

@@ -32,7 +32,9 @@ batches carry `cu_seq_lens_q/k` and `max_length_q/k` as transformers' padding-fr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +42,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import NextlongError, UsageError
+from ..untrusted import member, read_json, show
 from .config import LOSS_ON
 
 IGNORE_INDEX = -100
@@ -98,10 +101,12 @@ class Source:
             self._row_groups = []  # (file, row group, first global row, rows)
             start, masked = 0, {}
             for f in self.files:
+                _check_regular(f)
                 pf = open_parquet(f)
                 meta, names = pf.metadata, set(pf.schema_arrow.names)
                 if "input_ids" not in names:
                     raise NextlongError(f"{f}: no `input_ids` column (columns: {sorted(names)})")
+                _check_ids_type(f, pf.schema_arrow.field("input_ids").type)
                 self.has_segments = "segments" in names
                 masked[f] = LOSS_MASK in names
                 for g in range(meta.num_row_groups):
@@ -140,7 +145,7 @@ class Source:
         start, first = 0, None
         for f in self.files:
             offsets, pos = [], 0
-            with open(f, "rb") as fh:
+            with _open_data_file(f) as fh:
                 for line in fh:
                     if line.strip():
                         offsets.append(pos)
@@ -167,18 +172,18 @@ class Source:
     # where the files are
     def _find_manifest(self) -> tuple[dict | None, Path | None]:
         """The `nextlong synthesize` manifest of DIR, DIR/data, DIR/mds or a shard file inside them, and
-        its folder."""
+        its folder. The manifest is untrusted like the data: a regular file of the folder (no FIFO, no
+        link out), a JSON object, and every setting the trainer uses of the type it expects."""
         p = self.path
         folders = (p, p.parent) if p.is_dir() else (p.parent, p.parent.parent)
         for folder in folders:
             m = folder / "manifest.json"
-            if m.exists():
-                try:
-                    manifest = json.loads(m.read_text())
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise NextlongError(f"{m}: unreadable manifest ({exc})") from None
-                if manifest.get("command") in DATA_COMMANDS:
-                    return manifest, folder
+            if not os.path.lexists(m):
+                continue
+            path, _ = member(folder, "manifest.json", str(folder), NextlongError)
+            manifest = read_json(path, NextlongError, expect=dict, follow=False, what="manifest")
+            if manifest.get("command") in DATA_COMMANDS:
+                return _checked_manifest(m, manifest), folder
         return None, None
 
     def _find_files(self) -> tuple[str, list[Path]]:
@@ -190,14 +195,14 @@ class Source:
         for folder in (p, p / "data"):
             files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             if files:
-                return "parquet", files
+                return "parquet", [_data_member(folder, f) for f in files]
         for folder in (p, p / "mds"):
             if (folder / "index.json").exists():
                 return "mds", [folder]
         for folder in (p, p / "jsonl"):
             files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
             if files:
-                return "jsonl", files
+                return "jsonl", [_data_member(folder, f) for f in files]
         raise NextlongError(f"{p}: no training data inside (looked for data/part-*.parquet, *.parquet, an MDS "
                             "index.json and *.jsonl); is it the --out of a finished `nextlong synthesize`?")
 
@@ -207,7 +212,8 @@ class Source:
         from ..manifest import recorded_tokenizer
 
         settings = (self.manifest or {}).get("settings", {})
-        return recorded_tokenizer(self.manifest_dir, settings) or ("cl100k_base" if self.manifest else None)
+        return recorded_tokenizer(self.manifest_dir, settings, where=self.manifest_dir / "manifest.json" if
+                                  self.manifest_dir else None) or ("cl100k_base" if self.manifest else None)
 
     @property
     def tokenizer_fingerprint(self) -> str | None:
@@ -243,11 +249,17 @@ class Source:
             return Sample(ids, [(0, n)], where)
         if self.kind != "mds":  # document: merge consecutive segments of one source document
             out: list[list] = []
-            for seg in segments:
-                if out and out[-1][2] == seg["doc_id"] and out[-1][1] == seg["start"]:
-                    out[-1][1] = seg["end"]
-                else:
-                    out.append([seg["start"], seg["end"], seg["doc_id"]])
+            try:
+                for seg in segments:
+                    if out and out[-1][2] == seg["doc_id"] and out[-1][1] == seg["start"]:
+                        out[-1][1] = seg["end"]
+                    else:
+                        out.append([seg["start"], seg["end"], seg["doc_id"]])
+                if not all(type(a) is int and type(b) is int for a, b, _ in out):
+                    raise TypeError("start and end must be integers")
+            except (TypeError, KeyError, IndexError) as exc:
+                raise NextlongError(f"{where}: segments must be a list of {{start, end, doc_id}} objects with "
+                                    f"integer offsets ({exc})") from None
             pairs = [(int(a), int(b)) for a, b, _ in out]
         else:
             pairs = [(int(a), int(b)) for a, b in np.asarray(segments).reshape(-1, 2)]
@@ -271,6 +283,7 @@ class Source:
             cols = ["input_ids", "segments"] if with_segments and self.has_segments else ["input_ids"]
             if with_mask and self.has_loss_mask:
                 cols.append(LOSS_MASK)
+            _check_regular(f)  # still (it is opened again for each row group)
             try:
                 self._cache = ((gi, with_segments, with_mask), open_parquet(f).read_row_group(g, columns=cols))
             except (pa.ArrowException, OSError) as exc:
@@ -278,7 +291,7 @@ class Source:
         table = self._cache[1]
         i = row - first
         where = f"{f} row {i} of row group {g}"
-        ids = table.column("input_ids")[i].values.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+        ids = _parquet_ids(table.column("input_ids")[i], where)
         segments = table.column("segments")[i].as_py() if "segments" in table.column_names else None
         mask = None
         if LOSS_MASK in table.column_names:
@@ -294,7 +307,7 @@ class Source:
 
         fi = bisect.bisect_right([first for _, first, _ in self._jsonl], row) - 1
         f, first, offsets = self._jsonl[fi]
-        with open(f, "rb") as fh:
+        with _open_data_file(f) as fh:
             fh.seek(int(offsets[row - first]))
             line = fh.readline()
         where = f"{f} row {row - first}"
@@ -366,6 +379,75 @@ def _int_array(value, name: str, where: str, pairs: bool = False) -> np.ndarray:
                         f"(ndarray:uint32), got {arr.dtype} of shape {arr.shape}")
 
 
+def _data_member(folder: Path, f: Path) -> Path:
+    """`f`, a file found in the data folder `folder`: a regular file of the folder (a FIFO would hang the
+    reader, a device never ends, a symbolic link out would read another folder); returned as found."""
+    member(folder, f.name, str(folder), NextlongError, kind="data folder")
+    return f
+
+
+def _check_regular(f: Path) -> None:
+    """`f` is (still) a regular file: checked before each open of a Parquet file, which pyarrow opens by
+    name."""
+    from ..untrusted import not_regular
+
+    try:
+        problem = not_regular(os.stat(f))
+    except OSError as exc:
+        raise NextlongError(f"{f}: cannot read ({exc.strerror})") from None
+    if problem:
+        raise NextlongError(f"{f}: {problem}")
+
+
+@contextlib.contextmanager
+def _open_data_file(f: Path):
+    """`f` opened for reading, checked on the descriptor to be a regular file (never waits on a FIFO)."""
+    from ..atomic import open_regular
+
+    with open_regular(f, NextlongError, follow=True, what="data file not found") as (fh, _):
+        yield fh
+
+
+def _check_ids_type(f: Path, dtype) -> None:
+    """The Parquet type of `input_ids`: lists of integers (floats would be cut to integers silently)."""
+    import pyarrow as pa
+
+    if not ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
+            and pa.types.is_integer(dtype.value_type)):
+        raise NextlongError(f"{f}: input_ids must be lists of integer token ids (list<uint32>), got {dtype}")
+
+
+def _parquet_ids(cell, where: str) -> np.ndarray:
+    """One Parquet `input_ids` cell as uint32 ids: not null, no null id, each in 0..2**32-1."""
+    if not cell.is_valid:
+        raise NextlongError(f"{where}: input_ids is null")
+    values = cell.values
+    if values.null_count:
+        raise NextlongError(f"{where}: input_ids holds {values.null_count} null ids")
+    ids = values.to_numpy(zero_copy_only=False)
+    if ids.dtype.kind not in "iu":
+        raise NextlongError(f"{where}: input_ids must be integer token ids, got {ids.dtype}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > np.iinfo(np.uint32).max):
+        raise NextlongError(f"{where}: input_ids outside 0..2**32-1")
+    return ids.astype(np.uint32, copy=False)
+
+
+def _checked_manifest(path: Path, manifest: dict) -> dict:
+    """A data manifest whose settings the trainer reads, each of the type it expects."""
+    settings = manifest.get("settings", {})
+    if not isinstance(settings, dict):
+        raise NextlongError(f"{path}: settings must be a JSON object, got {show(settings)}")
+    length = settings.get("target_length")
+    if length is not None and (type(length) is not int or length < 1):
+        raise NextlongError(f"{path}: settings.target_length must be a token count (an integer >= 1), got "
+                            f"{show(length)}")
+    for key in ("tokenizer", "tokenizer_copy", "tokenizer_fingerprint", "output_fingerprint"):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, str):
+            raise NextlongError(f"{path}: settings.{key} must be a string, got {show(value)}")
+    return manifest
+
+
 def resolve_loss_on(sources: list[Source], loss_on: str | None, *, attention_spans: str = "sample",
                     split_spans: bool = False) -> str:
     """The loss mode for these sources: `loss_on` as asked, or (None) "answer" when the data has a
@@ -402,7 +484,7 @@ def open_sources(specs) -> list[Source]:
     sources = [Source(str(s)) for s in specs]
     fps = {s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint}
     if len(fps) > 1:
-        desc = ", ".join(f"{s.path}: {s.tokenizer_spec}" for s in sources)
+        desc = ", ".join(f"{s.path}: {(s.manifest or {}).get('settings', {}).get('tokenizer')}" for s in sources)
         raise NextlongError(f"the data sources were tokenized with different tokenizers ({desc}); "
                             "mix only data made with one tokenizer")
     return sources
@@ -459,8 +541,22 @@ class SampleStream:
         return {"index": self.index, "drawn": list(self.drawn), "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.index, self.drawn = int(state["index"]), list(state["drawn"])
-        self.rng.bit_generator.state = state["rng"]
+        """Set the position `state_dict` gave; a position that cannot be this stream's (from a damaged or
+        crafted checkpoint) is a ValueError, and then nothing is set."""
+        if not isinstance(state, dict):
+            raise ValueError(f"the stream position must be an object, got {show(state)}")
+        index, drawn = state.get("index"), state.get("drawn")
+        if type(index) is not int or index < 0:
+            raise ValueError(f"stream index must be an integer >= 0, got {show(index)}")
+        if not (isinstance(drawn, list) and len(drawn) == len(self.sources)
+                and all(type(d) is int and d >= 0 for d in drawn)):
+            raise ValueError(f"stream drawn must be one count >= 0 per data source ({len(self.sources)}), got "
+                             f"{show(drawn)}")
+        if sum(drawn) != index:
+            raise ValueError(f"stream drawn {show(drawn)} does not add up to its index {index}")
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state.get("rng")  # TypeError / ValueError for anything but a PCG64 state
+        self.index, self.drawn, self.rng = index, list(drawn), rng
 
 
 # --- packing into sequences --------------------------------------------------------------------
@@ -540,11 +636,42 @@ class SequencePacker:
                             for ids, where, mask in self.pending]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
-        self.pending = [(np.asarray(entry[0], np.uint32), entry[1],
-                         np.asarray(entry[2], np.uint8) if len(entry) > 2 else None) for entry in state["pending"]]
-        if self.masked and any(m is None for _, _, m in self.pending):
-            raise ValueError("the saved data position holds spans without a loss_mask")
+        """Set the position `state_dict` gave, checked whole first (a ValueError, and nothing set): every
+        leftover span's ids are integers in the model's vocabulary, with a 0/1 mask of the same length
+        when the run trains on answers."""
+        if not isinstance(state, dict) or not isinstance(state.get("pending"), list):
+            raise ValueError("the data position must be an object with a `pending` list")
+        vocab = self.stream.vocab_size or (1 << 32)
+        pending = []
+        for i, entry in enumerate(state["pending"]):
+            if not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3) or not isinstance(entry[1], str):
+                raise ValueError(f"pending[{i}] must be (ids, where[, loss_mask]), got {show(entry)}")
+            ids = _state_array(entry[0], f"pending[{i}] ids")
+            if not ids.size or int(ids.min()) < 0 or int(ids.max()) >= vocab:
+                raise ValueError(f"pending[{i}] ids must be {'' if ids.size else 'a non-empty list of '}token ids "
+                                 f"in 0..{vocab - 1}")
+            mask = None
+            if len(entry) > 2:
+                mask = _state_array(entry[2], f"pending[{i}] loss_mask")
+                if mask.shape != ids.shape or (mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1)):
+                    raise ValueError(f"pending[{i}] loss_mask must be 0/1 per token of its span")
+                mask = mask.astype(np.uint8)
+            if self.masked and mask is None:
+                raise ValueError("the saved data position holds spans without a loss_mask")
+            pending.append((ids.astype(np.uint32), entry[1], mask))
+        self.stream.load_state_dict(state.get("stream"))
+        self.pending = pending
+
+
+def _state_array(value, what: str) -> np.ndarray:
+    """A 1-D integer array from a saved data position (a list or an array of any integer type)."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        arr = np.asarray(None)
+    if arr.ndim != 1 or (arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f")):
+        raise ValueError(f"{what} must be a list of integers, got {show(value)}")
+    return arr
 
 
 # --- collation ---------------------------------------------------------------------------------

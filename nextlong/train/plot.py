@@ -10,27 +10,42 @@ from ..errors import NextlongError
 METRICS = "metrics.jsonl"
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a run's metrics.jsonl, read only as a regular file (never a link out of the run, a FIFO
+    or a device)."""
+    from ..atomic import open_regular
+
+    with open_regular(path, NextlongError, what="not found") as (fh, _):
+        return fh.read().decode("utf-8", errors="replace").splitlines()
+
+
 def has_steps(run) -> bool:
     """Whether RUN/metrics.jsonl records a finished step (a run that failed before one holds none)."""
     path = Path(run) / METRICS
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         return False
-    with open(path) as fh:
-        return any(line.strip() for line in fh)
+    return any(line.strip() for line in _lines(path))
 
 
 def read_metrics(run) -> list[dict]:
+    """The rows of RUN/metrics.jsonl, each an object with an integer `step` and a numeric (or null) loss
+    and lr: what the plot draws. A run folder may come from anyone: anything else is one line."""
     path = Path(run) / METRICS
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise NextlongError(f"{path}: not found; is {run} the --out of `nextlong train`?")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
             raise NextlongError(f"{path}:{n}: not a JSON object") from None
+        if not (isinstance(row, dict) and type(row.get("step")) is int and type(row.get("tokens", 0)) is int
+                and all(k in row and (row[k] is None or type(row[k]) in (int, float)) for k in ("loss", "lr"))):
+            raise NextlongError(f"{path}:{n}: expected an object with an integer step and tokens, and numbers (or "
+                                "null) for loss and lr")
+        rows.append(row)
     return rows
 
 

@@ -72,22 +72,27 @@ def save_state(path: str | os.PathLike, state) -> None:
 
 
 def load_state(path: str | os.PathLike):
-    """Read what `save_state` wrote; anything else is a one-line NextlongError naming the file."""
+    """Read what `save_state` wrote; anything else is a one-line NextlongError naming the file. The file
+    must be a regular file, never a symbolic link (a checkpoint is read only from its own folder), and
+    is checked on the open descriptor first, so a FIFO or device cannot hang or flood the reader."""
     from safetensors import safe_open
 
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(_HEADER_KEY)
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        if header is None:
-            raise ValueError("no nextlong state in its header")
-        return _decode(json.loads(header), tensors)
-    except FileNotFoundError:
-        raise NextlongError(f"{path}: missing from the checkpoint; delete the checkpoint to resume from an "
-                            "older one") from None
-    except Exception as exc:  # safetensors' own errors, bad JSON, a header that names no stored tensor
-        raise NextlongError(f"{path}: unreadable checkpoint file ({type(exc).__name__}: {exc}); delete the "
-                            "checkpoint to resume from an older one") from None
+    from ..atomic import fd_path, open_regular
+
+    def refuse(message: str) -> NextlongError:
+        return NextlongError(f"{message}; delete the checkpoint to resume from an older one")
+
+    with open_regular(path, refuse, what="missing from the checkpoint") as (fh, _):
+        try:
+            with safe_open(fd_path(fh, path), framework="pt") as f:
+                header = (f.metadata() or {}).get(_HEADER_KEY)
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            if header is None:
+                raise ValueError("no nextlong state in its header")
+            return _decode(json.loads(header), tensors)
+        except Exception as exc:  # safetensors' own errors, bad JSON, a header that names no stored tensor
+            detail = " ".join(str(exc).split())
+            raise refuse(f"{path}: unreadable checkpoint file ({type(exc).__name__}: {detail[:300]})") from None
 
 
 def _decode(node, tensors: dict):

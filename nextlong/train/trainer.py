@@ -117,16 +117,22 @@ class Trainer:
     # setup: everything that can go wrong with the input fails here, before the first step
     def setup(self) -> None:
         cfg = self.cfg
+        ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
         self.sources = sources = open_sources(cfg.data)
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
                                        split_spans=cfg.split_spans)
-        data_tok = next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
+        # the user's --tokenizer, else what the data's manifests name (their own copy, or a built-in name)
+        data_tok = cfg.tokenizer or next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
         data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
         self.tokenizer_spec, vocab = data_tok, None
         if data_tok is not None:
             from ..tokenizer import load_tokenizer
 
             tok = load_tokenizer(data_tok)
+            if cfg.tokenizer is not None and data_fp is not None and tok.fingerprint != data_fp:
+                raise NextlongError(f"--tokenizer {cfg.tokenizer} is not the tokenizer the data was made with (its "
+                                    "manifest records another fingerprint); pass the file the data was synthesized "
+                                    "with")
             vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
         if not is_preset(cfg.model):
             self._check_model_tokenizer(data_tok, data_fp)
@@ -246,37 +252,46 @@ class Trainer:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
                                     "another --out")
             if self.rank == 0:
-                run.mkdir(parents=True, exist_ok=True)
-                (run / METRICS).write_text("")
+                self._write_metrics([])
             return
         if not found:
             if self.rank == 0:
                 print(f"nextlong train: no checkpoint in {run}; starting from step 0", file=sys.stderr)
-                run.mkdir(parents=True, exist_ok=True)
-                (run / METRICS).write_text("")
+                self._write_metrics([])
             return
         latest = found[-1]
-        saved = ckpt.read_trainer_state(latest)
+        saved = ckpt.read_trainer_state(latest, max_step=cfg.steps)
         mine = self.resolved_settings()
         theirs = dict(saved.get("settings", {}))
         theirs.setdefault("loss_on", "all")  # saved before --loss-on existed: every token was a target
         import json
 
+        from ..untrusted import show
+
         mine_json = json.loads(json.dumps(mine, default=str))
-        diff = sorted(k for k in set(mine_json) | set(theirs) if mine_json.get(k) != theirs.get(k))
+        diff = sorted(str(k) for k in set(mine_json) | set(theirs) if mine_json.get(k) != theirs.get(k))
         if diff:
-            details = "; ".join(f"{k}: saved {theirs.get(k)!r}, now {mine_json.get(k)!r}" for k in diff)
+            details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(theirs.get(k), 100)}, "
+                                f"now {show(mine_json.get(k), 100)}" for k in diff[:8])
             raise NextlongError(f"{run}: cannot resume with other settings ({details})")
         ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
                              packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
-                             trust=cfg.trust_checkpoint)
-        self.start_step = int(saved["step"])
-        self.history = saved.get("history", [])
+                             trust=cfg.trust_checkpoint, max_step=cfg.steps)
+        self.start_step = saved["step"]
+        self.history = saved["history"]
         if self.rank == 0:  # drop metric lines of steps after the checkpoint (a killed run may have logged some)
-            from ..atomic import atomic_path
+            self._write_metrics(self.history)
 
-            with atomic_path(run / METRICS) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+    def _write_metrics(self, rows: list[dict]) -> None:
+        """RUN/metrics.jsonl replaced by `rows` (strict JSON); the run folder is made if need be. A new file
+        under the name, never a write through whatever was there (a link out of the run, a FIFO)."""
+        import json
+
+        from ..atomic import atomic_path
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.run_dir / METRICS) as tmp:
+            tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
     # data and weights
     def _read_step_batches(self) -> list[dict]:
@@ -383,7 +398,7 @@ class Trainer:
         last_saved = self.start_step
         if self.rank == 0:  # the run's record exists before the first step (and never waits for the plot)
             self.write_manifest({"status": "running", "steps": self.start_step})
-        metrics = open(run / METRICS, "a") if self.rank == 0 else None
+        metrics = _append(run / METRICS) if self.rank == 0 else None
         batches = self.next_batches  # read in setup, so bad data failed before any step
         try:
             while step < cfg.steps:
@@ -512,6 +527,12 @@ class Trainer:
                  accumulation_steps=self.accum,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
         return d
+
+
+def _append(path: Path):
+    """`path` opened to append lines, never through a symbolic link nor waiting on a FIFO."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    return open(fd, "a")
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -1,0 +1,385 @@
+"""`nextlong train` given run folders and data folders made by someone else (SECURITY.md): links out of the
+run folder, FIFOs where files belong, crafted checkpoints and manifests, a tokenizer named outside the data
+folder. Each is refused in one line before any work: nothing outside is read, deleted or written, nothing
+hangs, nothing is loaded in part. The cases are the attack reproducers of issue 24's review."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nextlong.train.checkpoint as ckpt
+from nextlong.cli import main
+from nextlong.errors import NextlongError
+from nextlong.train import train
+from tests.train_support import corpus_and_tokenizer, synthesized
+
+FAST = dict(model="tiny", progress=False, num_threads=1)
+STEPS = 6
+HANG = 120  # seconds: a command that has not ended by then hangs (it takes a few seconds)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthesized("standard")
+
+
+@pytest.fixture(scope="module")
+def base(data, tmp_path_factory):
+    """A run stopped after 2 of 6 steps: RUN/checkpoints/step-00000002."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    train(data, run, steps=STEPS, stop_after=2, **FAST)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000002"]
+    return run
+
+
+def _copy(base: Path, tmp_path: Path) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    shutil.copytree(base, run, symlinks=True)
+    return run, run / "checkpoints" / "step-00000002"
+
+
+def _resume_argv(data, run) -> list[str]:
+    return ["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]
+
+
+def _one_line(capsys, status: int, code: int = 1) -> str:
+    err = capsys.readouterr().err.strip()
+    assert status == code, err
+    assert err.startswith("nextlong train: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def _steps_logged(run) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def _cli(argv: list[str]) -> subprocess.CompletedProcess:
+    """The command in a process of its own, killed after HANG seconds: a FIFO read must never hang CI."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    try:
+        return subprocess.run([sys.executable, "-m", "nextlong", *argv], env=env, capture_output=True, text=True,
+                              timeout=HANG)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"nextlong {' '.join(argv[:2])} hung (killed after {HANG} s)")
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess, *words: str) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode == 1, err[-2000:]
+    assert err.startswith("nextlong train: error: ") and "\n" not in err and "Traceback" not in err, err[-2000:]
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# --- links out of the run folder -----------------------------------------------------------------
+
+
+def test_checkpoints_folder_linked_out_of_the_run_is_refused_and_nothing_outside_is_deleted(data, base, tmp_path,
+                                                                                              capsys):
+    victim = tmp_path / "victim"
+    for name in ("step-00000000", "step-00000001"):
+        (victim / name).mkdir(parents=True)
+        (victim / name / "precious.txt").write_text("someone else's data")
+    shutil.copytree(base / "checkpoints" / "step-00000002", victim / "step-00000002")  # a valid checkpoint
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("manifest.json", "metrics.jsonl"):
+        shutil.copy(base / name, run / name)
+    (run / "checkpoints").symlink_to("../victim")
+    capsys.readouterr()
+    err = _one_line(capsys, main(_resume_argv(data, run)))
+    assert "checkpoints: is a symbolic link, not a folder of the run" in err
+    assert sorted(p.name for p in victim.iterdir()) == ["step-00000000", "step-00000001", "step-00000002"]
+    assert (victim / "step-00000000" / "precious.txt").read_text() == "someone else's data"
+    assert _steps_logged(run) == [1, 2]  # nothing trained, nothing rewritten
+
+
+def test_a_checkpoint_linked_from_elsewhere_is_not_resumed(data, base, tmp_path, capsys):
+    run, checkpoint = _copy(base, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(checkpoint, elsewhere)
+    checkpoint.symlink_to(elsewhere)
+    capsys.readouterr()
+    err = _one_line(capsys, main(_resume_argv(data, run)))
+    assert "step-00000002: is a symbolic link, not a checkpoint folder of the run" in err
+    assert _steps_logged(run) == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["step-00000006", ".tmp-step-00000006"])
+def test_the_next_checkpoints_name_linked_out_is_refused_and_its_target_kept(data, base, tmp_path, capsys, name):
+    """step-<last> (replaced when saved) and .tmp-step-<last> (cleared when saved) as links to a folder
+    elsewhere: the save would delete it, or write the checkpoint into it (a traceback before)."""
+    run, checkpoint = _copy(base, tmp_path)
+    victim = tmp_path / "victim_ck"
+    shutil.copytree(checkpoint, victim)
+    (run / "checkpoints" / name).symlink_to(victim)
+    capsys.readouterr()
+    err = _one_line(capsys, main(_resume_argv(data, run)))
+    assert f"{name}: is a symbolic link" in err
+    assert sorted(p.name for p in victim.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
+
+
+def test_a_metrics_file_linked_out_is_never_written_through(data, tmp_path, capsys):
+    """A fresh run into a folder whose metrics.jsonl links elsewhere: the file was truncated through the link."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("")  # empty: no finished step, so the folder counted as holding no run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(victim)
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(data), "--out", str(run), "--steps", "1", "--quiet", "--threads", "1"]))
+    assert "metrics.jsonl: is a symbolic link, not a regular file" in err
+    assert (run / "metrics.jsonl").is_symlink() and victim.read_text() == ""
+
+
+# --- FIFOs where files belong: refused, never waited on --------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["trainer.json", "rank-0.safetensors", "model.safetensors", "run manifest.json"])
+def test_a_fifo_in_the_run_folder_never_hangs_resume(data, base, tmp_path, where):
+    run, checkpoint = _copy(base, tmp_path)
+    path = run / "manifest.json" if where == "run manifest.json" else checkpoint / where
+    path.unlink()
+    os.mkfifo(path)
+    _assert_one_line(_cli(_resume_argv(data, run)), "FIFO")
+
+
+@pytest.mark.parametrize("where", ["manifest.json", "data/part-00000.parquet"])
+def test_a_fifo_in_the_data_folder_never_hangs_train(data, tmp_path, where):
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    (folder / where).unlink()
+    os.mkfifo(folder / where)
+    proc = _cli(["train", str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet", "--threads", "1"])
+    _assert_one_line(proc, "FIFO")
+
+
+# --- crafted checkpoints: one line, never loaded in part --------------------------------------------
+
+
+def _edit_trainer(fn):
+    def edit(checkpoint: Path):
+        state = json.loads((checkpoint / "trainer.json").read_text())
+        fn(state)
+        (checkpoint / "trainer.json").write_text(json.dumps(state))
+    return edit
+
+
+def _edit_rank(fn):
+    """Edit the JSON state in rank-0.safetensors' header (the data position, the RNG states)."""
+    def edit(checkpoint: Path):
+        path = checkpoint / "rank-0.safetensors"
+        raw = path.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        state = json.loads(header["__metadata__"]["nextlong_state"])
+        fn(state)
+        header["__metadata__"]["nextlong_state"] = json.dumps(state)
+        head = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(head)) + head + raw[8 + n:])
+    return edit
+
+
+def _optimizer_wrong_shape(checkpoint: Path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = checkpoint / "optimizer.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    name = next(k for k in tensors if k.endswith("exp_avg"))
+    tensors[name] = torch.zeros(3)
+    save_file(tensors, path, metadata=meta)
+
+
+def _history_nan(checkpoint: Path):
+    """A bare NaN (Python's json reads it; it is not JSON) as a loss in the history."""
+    text = (checkpoint / "trainer.json").read_text()
+    at = text.index('"loss": ', text.index('"history"'))
+    (checkpoint / "trainer.json").write_text(text[:at] + '"loss": NaN, "was": ' + text[at + len('"loss": '):])
+
+
+def _step_too_far(checkpoint: Path):
+    _edit_trainer(lambda t: t.update(step=10**12))(checkpoint)
+    checkpoint.rename(checkpoint.with_name(f"step-{10**12:08d}"))
+
+
+CRAFTED = {
+    "trainer_deep_json": (lambda c: (c / "trainer.json").write_text("[" * 100000 + "]" * 100000), "nested too deeply"),
+    "trainer_5000_digit_int": (lambda c: (c / "trainer.json").write_text('{"step": ' + "1" * 5000 + "}"),
+                               "more than 4,300 digits"),
+    "trainer_no_step": (_edit_trainer(lambda t: t.pop("step")), "step must be an integer >= 0"),
+    "trainer_step_string": (_edit_trainer(lambda t: t.update(step="two")), "step must be an integer >= 0"),
+    "trainer_step_negative": (_edit_trainer(lambda t: t.update(step=-3)), "step must be an integer >= 0"),
+    "trainer_step_past_steps": (_step_too_far, "step must be at most --steps (6)"),
+    "trainer_history_not_list": (_edit_trainer(lambda t: t.update(history={"a": 1})), "history must be a list"),
+    "trainer_history_NaN": (_history_nan, "NaN is not a JSON number"),
+    "scheduler_last_epoch_string": (_edit_trainer(lambda t: t["scheduler"].update(last_epoch="x")),
+                                    "scheduler.last_epoch"),
+    "pending_ids_past_vocabulary": (_edit_rank(lambda s: s["data"].update(pending=[[[999999] * 10, "x"]])),
+                                    "pending[0] ids must be token ids in 0..1023"),
+    "pending_ids_negative": (_edit_rank(lambda s: s["data"].update(pending=[[[-1] * 10, "x"]])),
+                             "pending[0] ids must be token ids in 0..1023"),
+    "drawn_empty": (_edit_rank(lambda s: s["data"]["stream"].update(drawn=[])), "stream drawn must be one count"),
+    "optimizer_state_wrong_shape": (_optimizer_wrong_shape, "has shape (3,), expected"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_checkpoint_is_refused_in_one_line_before_any_step(data, base, tmp_path, capsys, case):
+    run, checkpoint = _copy(base, tmp_path)
+    craft, words = CRAFTED[case]
+    craft(checkpoint)
+    before = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    err = _one_line(capsys, main(_resume_argv(data, run)))
+    assert words in err and "delete" in err, err
+    assert (run / "metrics.jsonl").read_bytes() == before  # not rewritten (with NaN), no step taken
+    assert len(ckpt.list_checkpoints(run)) == 1
+
+
+def test_a_wrongly_shaped_optimizer_state_loads_nothing(data, base, tmp_path, monkeypatch):
+    """Refused at load, before any tensor is copied into the model or the optimizer (torch itself would
+    load it and fail only at the first step)."""
+    from nextlong.train.config import TrainConfig
+    from nextlong.train.trainer import Trainer
+
+    run, checkpoint = _copy(base, tmp_path)
+    _optimizer_wrong_shape(checkpoint)
+    cfg = TrainConfig(data=[str(data)], out=str(run), steps=STEPS, resume=True, **FAST).validate()
+    trainer = Trainer(cfg)
+    loaded = []
+    monkeypatch.setattr(ckpt, "load_full_state_dicts", lambda *a, **k: loaded.append(a))
+    with pytest.raises(NextlongError, match="exp_avg"):
+        trainer.run()
+    assert not loaded and not trainer.optimizer.state and trainer.packer.stream.index == 0
+
+
+# --- crafted training data ------------------------------------------------------------------------
+
+
+def _edit_manifest(fn):
+    def edit(folder: Path):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        fn(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return edit
+
+
+def _parquet_ids(make):
+    def edit(folder: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = folder / "data" / "part-00000.parquet"
+        table = pq.read_table(path)
+        table = table.set_column(table.schema.get_field_index("input_ids"), "input_ids", make(pa, table.num_rows))
+        pq.write_table(table, path)
+    return edit
+
+
+BAD_DATA = {
+    "manifest_deep_json": (lambda d: (d / "manifest.json").write_text("[" * 100000 + "]" * 100000),
+                           "nested too deeply"),
+    "manifest_is_a_list": (lambda d: (d / "manifest.json").write_text("[1]"), "expected an object, got an array"),
+    "manifest_settings_a_list": (_edit_manifest(lambda m: m.update(settings=[1])), "settings must be a JSON object"),
+    "manifest_target_length_string": (_edit_manifest(lambda m: m["settings"].update(target_length="256")),
+                                      "settings.target_length must be a token count"),
+    "input_ids_strings": (_parquet_ids(lambda pa, n: pa.array(["abc"] * n)), "input_ids must be lists of integer"),
+    "input_ids_null": (_parquet_ids(lambda pa, n: pa.array([None] * n, pa.list_(pa.uint32()))), "input_ids is null"),
+    "input_ids_floats": (_parquet_ids(lambda pa, n: pa.array([[1.7] * 256] * n, pa.list_(pa.float64()))),
+                         "input_ids must be lists of integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_crafted_training_data_is_refused_in_one_line(data, tmp_path, capsys, case):
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    craft, words = BAD_DATA[case]
+    craft(folder)
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet",
+                                  "--threads", "1"]))
+    assert words in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_learning_rate_that_overflows_the_optimizer_is_refused_as_an_option(data, tmp_path, capsys):
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(data), "--out", str(tmp_path / "run"), "--lr", "1e39", "--steps",
+                                  "1", "--quiet", "--threads", "1"]), code=2)
+    assert "--lr must be > 0 and at most" in err
+
+
+# --- the data's tokenizer: its own copy, a built-in name, or the user's --tokenizer ----------------
+
+
+@pytest.fixture()
+def bare_data(data, tmp_path):
+    """The synthesize output without its tokenizer/ copy, and a tokenizer file outside it."""
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    shutil.rmtree(folder / "tokenizer")
+    secret = tmp_path / "SECRET_tokenizer.json"
+    shutil.copy(corpus_and_tokenizer()[1], secret)
+    return folder, secret
+
+
+@pytest.mark.parametrize("copy", ["../SECRET_tokenizer.json", "ABSOLUTE", "tokenizer/link.json"])
+def test_tokenizer_copy_must_be_a_file_of_the_data_folder(bare_data, tmp_path, capsys, copy):
+    folder, secret = bare_data
+    if copy == "ABSOLUTE":
+        copy = str(secret)
+    if copy == "tokenizer/link.json":
+        (folder / "tokenizer").mkdir()
+        (folder / "tokenizer" / "link.json").symlink_to(secret)
+    _edit_manifest(lambda m: m["settings"].update(tokenizer_copy=copy))(folder)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    err = _one_line(capsys, main(["train", str(folder), "--out", str(run), "--steps", "1", "--quiet", "--threads",
+                                  "1"]))
+    assert "settings.tokenizer_copy" in err and ("outside the data folder" in err or "link out" in err), err
+    assert not (run / "model").exists()
+
+
+def test_a_tokenizer_path_outside_the_data_folder_needs_the_users_tokenizer_option(bare_data, tmp_path, capsys):
+    folder, secret = bare_data
+    _edit_manifest(lambda m: m["settings"].update(tokenizer=str(secret), tokenizer_copy=None))(folder)
+    argv = ["train", str(folder), "--steps", "1", "--quiet", "--threads", "1"]
+    capsys.readouterr()
+    err = _one_line(capsys, main(argv + ["--out", str(tmp_path / "refused")]))
+    assert "outside its folder" in err and "--tokenizer PATH" in err
+    assert not (tmp_path / "refused" / "model").exists()
+    # the user names it: trusted, and recorded in the exported model
+    assert main(argv + ["--out", str(tmp_path / "run"), "--tokenizer", str(secret)]) == 0
+    spec = json.loads((tmp_path / "run" / "model" / "nextlong.json").read_text())["tokenizer"]
+    assert spec == secret.name
+    # another tokenizer than the data was made with is still refused
+    capsys.readouterr()
+    err = _one_line(capsys, main(argv + ["--out", str(tmp_path / "other"), "--tokenizer", "cl100k_base"]))
+    assert "is not the tokenizer the data was made with" in err
+
+
+# --- nextlong plot reads the run folder's metrics.jsonl ---------------------------------------------
+
+
+def test_plot_refuses_crafted_metrics_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": "one", "loss": 1.0, "lr": 0.1}\n')
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "metrics.jsonl:1: expected an object" in err and "\n" not in err and "Traceback" not in err
