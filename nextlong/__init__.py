@@ -24,6 +24,8 @@ _LAZY = {
     "build_index_from_chunks": "nextlong.index",
     "embed_chunks": "nextlong.embed_store",
     "synthesize": "nextlong.synthesis",
+    "acer": "nextlong.synthesis.acer",
+    "BM25Index": "nextlong.bm25",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

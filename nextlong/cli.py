@@ -9,8 +9,9 @@ import sys
 
 from .errors import NextlongError, disk_full, is_disk_full
 from .extras import EXTRA_OF, missing_modules_error, require
+from .untrusted import one_line
 
-COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "inspect", "train", "plot", "eval", "heads")
+COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "acer", "inspect", "train", "plot", "eval", "heads")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,13 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_error(command: str, exc) -> None:
     print(f"nextlong {command}: error: {one_line(str(exc))}", file=sys.stderr)
-
-
-def one_line(message: str) -> str:
-    """A message as one printable line. Errors quote bytes of untrusted files and file names: a control
-    character there (an escape sequence, a carriage return) must not reach the terminal as one."""
-    message = " ".join(message.splitlines())
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ RUNS = {
     "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": SMALL_TRAIN,
     "nextlong train out/ --out out/train --resume": [],  # as written: the run's own settings
     "nextlong plot out/train": [],
+    "nextlong acer --corpus demo-out/demo_corpus.jsonl --model demo-run --generate-questions 16 --out demo-acer "
+    "--embedder hashed-tfidf --target-length 8192 --retrieve 64 --read 4 --max-new-tokens 32":
+        ["--generate-questions", "4"],
+    "nextlong train demo-acer --model demo-run --steps 10 --out demo-acer-run": ["--steps", "1"],
+    "nextlong acer --corpus corpus.jsonl --questions q.jsonl --model demo-run --out acer-dir":
+        ["--target-length", "2048", "--retrieve", "16", "--read", "2", "--max-new-tokens", "8", "--chunk-tokens", "128"],
     "nextlong eval demo-run --out demo-eval": SMALL_EVAL,
     "nextlong heads demo-run --out demo-heads": ["--num-lengths", "2", "--depths", "2"],
     "nextlong eval demo-run --out eval-dir": SMALL_EVAL,
@@ -156,13 +162,16 @@ def test_install_scope_hides_what_an_extra_does_not_bring(tmp_path):
 
 def write_inputs(folder: Path) -> None:
     """The inputs the README's commands name, small: a corpus as .jsonl.gz, .jsonl and a folder of .txt
-    files (from the shipped docstrings), a byte-level BPE tokenizer.json, and out-64k/, out-512k/."""
+    files (from the shipped docstrings), two questions for ACER, and a byte-level BPE tokenizer.json."""
     from tests.eval_fixtures import train_tokenizer
     from tests.helpers import corpus_head
 
     docs = corpus_head(max_bytes=120_000)
     lines = "".join(json.dumps({"id": d, "text": t}) + "\n" for d, t in docs)
     (folder / "corpus.jsonl").write_text(lines)
+    questions = [{"question": "What does the json module encode?", "answer": "JSON"},
+                 {"question": "Which module handles regular expressions?", "answer": "re"}]
+    (folder / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
     (folder / "corpus").mkdir()
     for i, (_, text) in enumerate(docs[:20]):
@@ -208,6 +217,7 @@ def test_readme_runs_after_its_install_lines(tmp_path):
             run_step(tmp_path, snippet.extras, setup + code, f"README.md:{snippet.line}: python snippet")
     steps = [json.loads(line)["step"] for line in (tmp_path / "out/train/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2], "the README's --resume continued the stopped run"
-    for made in ("demo-run/loss.png", "demo-run/manifest.json", "demo-eval/results.json", "demo-heads/heads.png",
+    for made in ("demo-acer/manifest.json", "demo-acer-run/manifest.json", "acer-dir/manifest.json",
+                 "demo-run/loss.png", "demo-run/manifest.json", "demo-eval/results.json", "demo-heads/heads.png",
                  "out/train/loss.png", "out/mix/manifest.json", "out-py/manifest.json", "out/hf-run"):
         assert (tmp_path / made).exists(), made

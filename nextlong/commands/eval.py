@@ -33,8 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help="comma-separated tasks or groups: niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
                    "niah_multiquery, vt, cwe, fwe, json_kv, longppl, repeat (the repeat probe: can the model copy from "
-                   "half of each length back, see nextlong.eval.repeat); groups all, ruler, recall, niah_single, "
-                   f"niah_multikey (default {DEFAULT_TASKS})")
+                   "half of each length back, see nextlong.eval.repeat), rag (long-context RAG against retrieve-then-"
+                   "read, ACER's evaluation: needs --rag-questions and --corpus, see nextlong.eval.rag); groups all, "
+                   f"ruler, recall, niah_single, niah_multikey (default {DEFAULT_TASKS})")
     p.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated target lengths in tokens (default: 1024, 2048, ... up to the model's "
                    "positions)")
@@ -50,6 +51,31 @@ def add_parser(subparsers) -> None:
                    help="local corpus (JSONL/Parquet/text folder) for the essay haystacks and LongPPL documents "
                    "(default: the embedded stdlib-docstring corpus)")
     p.add_argument("--text-field", default="text", help="text field of --corpus records (default text)")
+    p.add_argument("--id-field", default=None,
+                   help="id field of --corpus records, which --rag-questions' doc_id names (default: FILE:LINE ids)")
+    rag = p.add_argument_group("--tasks rag (long-context RAG vs retrieve-then-read; --corpus is the distractor pool)")
+    rag.add_argument("--rag-questions", default=None, metavar="FILE.jsonl",
+                     help="held-out questions: question, answer or answers, optional id, and the gold evidence as "
+                     "context (the passage holding the answer) or doc_id (+ optional chunk_index) into --corpus")
+    rag.add_argument("--rag-retriever", choices=("embedding", "bm25"), default="embedding",
+                     help="ranks the pool for the distractors and the reader (default embedding)")
+    rag.add_argument("--rag-embedder", default=None,
+                     help="--rag-retriever embedding: all-MiniLM-L6-v2 (default, offline), hashed-tfidf[:DIM], static, "
+                     "or a local encoder folder")
+    rag.add_argument("--rag-chunk-tokens", type=positive_int, default=256,
+                     help="chunk size in the model's tokens, as `nextlong acer --chunk-tokens` (default 256)")
+    rag.add_argument("--rag-read", type=positive_int, default=8,
+                     help="retrieve-then-read: chunks the model reads, as `nextlong acer --read` (default 8)")
+    rag.add_argument("--rag-retrieve", type=positive_int, default=None,
+                     help="chunks retrieved per question (default: enough to fill the largest length twice)")
+    rag.add_argument("--rag-distractors", choices=("retrieved", "no-answer"), default="retrieved",
+                     help="retrieved: the best retrieved chunks other than the gold (default); no-answer: also "
+                     "leave out every chunk that holds a gold answer (HELMET's RAG)")
+    rag.add_argument("--rag-order", choices=("shuffled", "retrieval"), default="shuffled",
+                     help="distractor order around the gold: seeded shuffle (ACER's default) or retrieval rank")
+    rag.add_argument("--rag-prompts", default=None, metavar="DIR",
+                     help="a folder whose sample.txt / read.txt / passage.txt replace ACER's templates (as `nextlong "
+                     "acer --prompts`)")
     p.add_argument("--longppl-length", type=positive_int, default=None,
                    help="tokens per LongPPL document (default: the largest length)")
     p.add_argument("--longppl-docs", type=positive_int, default=4, help="LongPPL documents (default 4)")

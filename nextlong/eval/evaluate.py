@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..untrusted import printable
 from ..errors import UsageError
 from ..locking import output_lock
 from ..manifest import write_manifest
@@ -26,11 +27,18 @@ def default_lengths(max_positions: int | None) -> list[int]:
 
 def run_eval(args) -> dict:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    want_longppl, want_repeat = "longppl" in names, "repeat" in names
-    names = [t for t in names if t not in ("longppl", "repeat")]
+    want_longppl, want_repeat, want_rag = "longppl" in names, "repeat" in names, "rag" in names
+    names = [t for t in names if t not in ("longppl", "repeat", "rag")]
     tasks = expand_tasks(names) if names else []
-    if not tasks and not want_longppl and not want_repeat:
+    if not tasks and not want_longppl and not want_repeat and not want_rag:
         raise UsageError("--tasks: no task given")
+    rag_settings = rag_questions = None
+    if want_rag:  # its options and questions file are checked before the model loads (nextlong.eval.rag)
+        from .rag import read_rag_questions, settings_from_args
+
+        rag_settings = settings_from_args(args, [], [])
+        rag_settings.validate()
+        rag_questions = read_rag_questions(rag_settings.questions)
     greedy = args.mode in ("both", "greedy")
     teacher_forced = args.mode in ("both", "teacher-forced")
 
@@ -52,6 +60,12 @@ def run_eval(args) -> dict:
                                                    "tokenizer": lm.tokenizer.fingerprint})
     started = time.time()
     with output_lock(out, "eval"):
+        rag_plan = None
+        if want_rag:  # chunk, retrieve and check every rag prompt before any scoring
+            from .rag import prepare_rag
+
+            rag_settings.lengths, rag_settings.depths = list(lengths), list(depths)
+            rag_plan = prepare_rag(lm, rag_settings, rag_questions, out, model_id=str(lm.folder))
         results = {"model": str(args.model), "tokenizer": lm.tokenizer_spec, "seed": args.seed,
                    "lengths": lengths, "depths": depths, "samples": args.samples,
                    "modes": [m for m, on in (("greedy", greedy), ("teacher_forced", teacher_forced)) if on],
@@ -64,6 +78,8 @@ def run_eval(args) -> dict:
             essay = essay_sentences(list(report.corpus_texts(args.corpus, args.text_field, budget)))
         reused = 0
         written = []
+        dumped: list = []
+        rag_answers = 0
         if tasks:
             records, metrics, reused, skipped = run_tasks(lm, settings, out, essay, model_id=str(lm.folder))
             for reason in skipped.values():
@@ -72,9 +88,24 @@ def run_eval(args) -> dict:
             results.update(aggregate(records, settings, metrics))
             results["skipped"] = [{"task": t, "length": n, "reason": r} for (t, n), r in sorted(skipped.items())]
             if args.dump:
-                report.write_samples(out, records)
-                written.append("samples.jsonl")
+                dumped += records
             written += report.draw_heatmaps(out, results, lengths, depths)
+        if rag_plan is not None:
+            from . import rag
+
+            rag_records = rag.run_rag(lm, rag_plan)
+            rag_answers = len(rag_records)
+            results["rag"] = rag.aggregate(rag_records, rag_plan)
+            if results["rag"]["contexts_short_of_length"]:
+                warnings.append(f"rag: {results['rag']['contexts_short_of_length']} long contexts ran out of retrieved "
+                                "chunks before their length (raise --rag-retrieve)")
+                print(f"nextlong eval: warning: {warnings[-1]}", file=sys.stderr)
+            written += rag.draw_heatmap(out, results["rag"], lengths, depths)
+            if args.dump:
+                dumped += rag_records
+        if args.dump and dumped:
+            report.write_samples(out, dumped)
+            written.append("samples.jsonl")
         if want_longppl:
             from .longppl import evaluate_longppl, long_documents
             from .plots import loss_by_position
@@ -102,6 +133,10 @@ def run_eval(args) -> dict:
             written.append("repeat_gain.png")
         report.write_results(out, results)
         summary = report.summary_markdown(results, lengths)
+        if "rag" in results:
+            from .rag import summary_section
+
+            summary += "\n" + summary_section(results["rag"])
         from ..atomic import atomic_path
 
         with atomic_path(out / "summary.md") as tmp:
@@ -111,7 +146,8 @@ def run_eval(args) -> dict:
                            "tasks_expanded": tasks, "lengths": lengths, "depths": depths,
                            "prefill_attention": lm.prefill_attn, "model_folder": str(lm.folder)},
                        statistics={"samples": len(plan(settings)) if tasks else 0,
-                           "samples_reused": reused, "seconds": round(time.time() - started, 2),
+                           "samples_reused": reused, "rag_answers": rag_answers,
+                           "seconds": round(time.time() - started, 2),
                            "files": ["results.json", "summary.md", "manifest.json"] + written})
-    print(summary)
+    print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
     return results

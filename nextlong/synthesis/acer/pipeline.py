@@ -1,0 +1,373 @@
+"""The driver of `nextlong acer`: the checks before any work, the run as a list of stages (stage.py)
+handed to an executor, and the manifest.
+
+    corpus -> chunk (blocks, --chunk-tokens) -> chunks -> [embedder -> embed -> embeddings -> index | bm25]
+    -> questions (whole: the file, or chunks to ask about) [-> ask] -> retrieve -> rank -> read -> assemble
+    (one chain of map stages, block by block) -> data (--filter)
+
+OUT/<stage>/ holds each stage's output and its completion record; OUT/data/part-NNNNN.parquet the samples
+(`pyarrow.parquet.read_table(OUT/"data")`), OUT/jsonl or OUT/mds a derived format, OUT/manifest.json the
+settings, counts, LM work and seconds per stage, OUT/tokenizer/ a copy of the samples' tokenizer file
+(`nextlong train` finds it there). A stage cached with other settings is refused unless `rebuild`; an
+interrupted run resumes from its finished stages and blocks; the same settings and seed give the same
+samples (on the same device: the LM's float rounding is the device's).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import NextlongError, UsageError
+from ..stage import DONE_FILE, Pipeline, ReadCorpus, read_done
+from .config import AcerConfig
+
+# which manifest timing each stage's seconds count toward
+_TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "embedder": "embed", "embed": "embed", "embeddings": "embed",
+                 "index": "index", "bm25": "index", "questions": "questions", "ask": "questions"}
+MAP_STAGES = ("ask", "retrieve", "rank", "read", "assemble")
+
+
+@dataclass
+class Checked:
+    """What the checks before work found, and what the stages are built from."""
+
+    model: object  # lm.ModelInfo
+    templates: dict  # name -> Template
+    tokenizer: str  # the samples' tokenizer spec
+    eos_id: int | None
+    question_tokens: int  # longest question, in the LM's tokens (a bound for generated ones)
+    needs: dict  # tokens each prompt and the sample need at most
+
+
+def _log(cfg, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def end_of_text_id(sample_tok, lm_tok, model_eos: tuple) -> int | None:
+    """The id ending every answer: the model's end-of-sequence id when the samples use the model's own
+    tokenizer, else the samples' tokenizer's end-of-text token (by its usual names), else none."""
+    if model_eos and sample_tok.fingerprint == lm_tok.fingerprint:
+        return int(model_eos[0])
+    for name in ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>"):
+        i = sample_tok.token_to_id(name)
+        if i is not None:
+            return int(i)
+    return None
+
+
+def check_before_work(cfg: AcerConfig) -> Checked:
+    """Every error that would otherwise surface after chunking, embedding or hours of ranking: a model
+    that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
+    set beyond the model's context, a --target-length below what the read chunks need."""
+    from ...tokenizer import load_tokenizer
+    from .lm import inspect_model
+    from .templates import load_templates, option_ids, passages_ids
+
+    if not Path(cfg.corpus).exists():
+        raise NextlongError(f"{cfg.corpus}: corpus not found")
+    templates = load_templates(cfg.prompts)
+    info = inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    lm_tok = load_tokenizer(info.tokenizer_spec)
+    spec = cfg.tokenizer or info.tokenizer_spec
+    sample_tok = load_tokenizer(spec)
+    if cfg.ranker == "model":
+        option_ids(lm_tok)
+    if cfg.questions is not None:
+        from .questions import read_questions
+
+        questions = read_questions(cfg.questions)
+        longest = max((q["question"] for q in questions), key=lambda q: len(lm_tok.encode_ordinary(" " + q)))
+        question_tokens = len(lm_tok.encode_ordinary(" " + longest))
+        sample_question = len(sample_tok.encode_ordinary(" " + longest))
+    else:
+        question_tokens = sample_question = cfg.question_max_new_tokens + 2  # " " + a re-encoded generated line
+        longest = None
+    if cfg.retriever_used == "embedding":
+        from ...embedding import check_embedder_spec
+
+        check_embedder_spec(cfg.embedder)
+    else:
+        from ... import _native
+
+        if not hasattr(_native, "bm25_search"):
+            raise NextlongError("--retriever bm25 needs nextlong's native BM25 search, which this build lacks: "
+                                "rebuild the package (pip install -e .)")
+
+    def q_value(n):  # the longest question as the prompt sees it
+        return longest if longest is not None else np.zeros(n, np.uint32)
+
+    chunk = np.zeros(cfg.chunk_tokens, np.uint32)
+    limit = info.max_positions
+    needs = {}
+    read_prompt = len(templates["read_cot" if cfg.chain_of_thought else "read"].render(
+        lm_tok, passages=passages_ids(templates, lm_tok, [chunk] * cfg.read), question=q_value(question_tokens)))
+    needs["read"] = read_prompt + cfg.max_new_tokens
+    if limit is not None and needs["read"] > limit:
+        raise UsageError(
+            f"--read {cfg.read} chunks of up to {cfg.chunk_tokens} tokens do not fit the model's context: the reader's "
+            f"prompt needs up to {read_prompt} tokens (passages, template and the longest question, "
+            f"{question_tokens} tokens) plus --max-new-tokens {cfg.max_new_tokens} = {needs['read']}, but "
+            f"{info.folder} has {limit} positions (max_position_embeddings); use a smaller --read or --chunk-tokens")
+    if cfg.ranker == "model":
+        needs["rank"] = len(templates["rank"].render(lm_tok, passage=chunk, question=q_value(question_tokens))) + 1
+        if limit is not None and needs["rank"] > limit:
+            raise UsageError(f"the ranker's prompt (one chunk of {cfg.chunk_tokens} tokens, the template and the "
+                             f"longest question) needs {needs['rank']} tokens, beyond the {limit} positions of "
+                             f"{info.folder}; use a smaller --chunk-tokens")
+    if cfg.generate_questions is not None:
+        needs["ask"] = len(templates["question"].render(lm_tok, passage=chunk)) + cfg.question_max_new_tokens
+        if limit is not None and needs["ask"] > limit:
+            raise UsageError(f"the question writer's prompt needs {needs['ask']} tokens, beyond the {limit} positions "
+                             f"of {info.folder}; use a smaller --chunk-tokens")
+    eos = end_of_text_id(sample_tok, lm_tok, info.eos_ids)
+    sep = len(sample_tok.encode_ordinary(cfg.separator))
+    sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
+                                              else np.zeros(sample_question, np.uint32)))
+    answer = cfg.max_new_tokens + 1 + (eos is not None)  # " " + answer, re-encoded, then the end-of-text id
+    needs["sample"] = cfg.read * (cfg.chunk_tokens + sep) + sample_q + answer
+    if needs["sample"] > cfg.target_length:
+        raise UsageError(
+            f"--target-length {cfg.target_length} is below what the read chunks need: {needs['sample']} tokens "
+            f"(--read {cfg.read} x (up to {cfg.chunk_tokens} tokens + a {sep}-token separator) + the question, up to "
+            f"{sample_q} tokens + the answer, up to {answer}); use --target-length {needs['sample']} or more, or a "
+            "smaller --read, --chunk-tokens or --max-new-tokens")
+    return Checked(info, templates, spec, eos, question_tokens, needs)
+
+
+def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
+    """The stages of a run, in order, with exactly the settings each depends on."""
+    from .. import stages as S
+    from ..pipeline import EXACT_SEARCH_MAX_CHUNKS
+    from . import stages as A
+
+    tok = checked.tokenizer
+    threads = cfg.num_threads or None
+    spec = cfg.embedder or S.DEFAULT_EMBEDDER_SPEC
+    t = checked.templates
+    model = str(checked.model.folder)
+    lm = dict(model=model, tokenizer=tok, chunk_tokens=cfg.chunk_tokens, trust_remote_code=cfg.trust_remote_code,
+              device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    steps = [
+        ReadCorpus(name="corpus", path=str(cfg.corpus), text_field=cfg.text_field, id_field=cfg.id_field,
+                   on_error=cfg.on_error),
+        A.ChunkStage(name="chunk", inputs=("corpus",), tokenizer=tok, chunk_size=cfg.chunk_tokens, chunk_unit="tokens",
+                     threads=threads),
+        S.Consolidate(name="chunks", inputs=("chunk",)),
+    ]
+    if cfg.retriever_used == "embedding":
+        steps += [S.FitEmbedder(name="embedder", inputs=("chunks",), embedder=spec, threads=threads),
+                  S.EmbedStage(name="embed", inputs=("chunk", "embedder"), embedder=spec, threads=threads),
+                  S.GatherEmbeddings(name="embeddings", inputs=("embed",)),
+                  S.IndexStage(name="index", inputs=("embeddings", "chunks", "embedder"), embedder=spec,
+                               exact_max=EXACT_SEARCH_MAX_CHUNKS, threads=threads)]
+        retrieval_inputs = ("chunks", "embedder", "embeddings", "index")
+    else:
+        steps.append(A.BM25Stage(name="bm25", inputs=("chunks",), k1=cfg.bm25_k1, b=cfg.bm25_b, threads=threads))
+        retrieval_inputs = ("chunks", "bm25")
+    steps.append(A.QuestionsStage(name="questions", inputs=("chunks",),
+                                  path=None if cfg.questions is None else str(Path(cfg.questions).resolve()),
+                                  generate=cfg.generate_questions, seed=cfg.seed,
+                                  min_tokens=min(32, max(1, cfg.chunk_tokens // 2)),
+                                  block_questions=cfg.block_questions))
+    source = "questions"
+    if cfg.generate_questions is not None:
+        steps.append(A.AskStage(name="ask", inputs=("questions", "chunks"), template=t["question"].text,
+                                max_new_tokens=cfg.question_max_new_tokens, **lm))
+        source = "ask"
+    ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="")
+    reader = t["read_cot" if cfg.chain_of_thought else "read"]
+    steps += [
+        A.RetrieveStage(name="retrieve", inputs=(source,) + retrieval_inputs, retriever=cfg.retriever_used,
+                        k=cfg.retrieve, embedder=spec if cfg.retriever_used == "embedding" else None, threads=threads),
+        A.RankStage(name="rank", inputs=("retrieve", "chunks"), ranker=cfg.ranker,
+                    template=t["rank"].text if cfg.ranker == "model" else "", **ranker_lm),
+        A.ReadStage(name="read", inputs=("rank", "chunks"), read=cfg.read, template=reader.text,
+                    passage_template=t["passage"].text, max_new_tokens=cfg.max_new_tokens,
+                    stop="\n\n" if cfg.chain_of_thought else "\n", **lm),
+        A.AssembleStage(name="assemble", inputs=("read", "chunks"), target_length=cfg.target_length, read=cfg.read,
+                        chunk_tokens=cfg.chunk_tokens, order=cfg.order, seed=cfg.seed, separator=cfg.separator,
+                        template=t["sample"].text, eos_id=checked.eos_id, tokenizer=tok),
+        A.DataStage(name="data", inputs=("assemble",), filter=cfg.filter),
+    ]
+    return Pipeline(cfg.out_dir, steps)
+
+
+def run(cfg: AcerConfig, executor=None) -> dict:
+    """Check what can be checked, lock the output folder (one writer at a time), run the stages, write
+    the manifest; returns it."""
+    from ...atomic import remove_stale_temporaries
+    from ...locking import output_lock
+    from ..pipeline import _thread_limit
+
+    cfg.validate()
+    checked = check_before_work(cfg)
+    if executor is None:
+        from ..stage import executor_for
+
+        executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
+                                embed_gpus=cfg.gpus, embed_actors=cfg.actors)
+    with output_lock(cfg.out_dir, "acer"), _thread_limit(cfg.num_threads):
+        manifest = _run(cfg, checked, executor)
+        remove_stale_temporaries(cfg.out_dir)
+        return manifest
+
+
+def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
+    from ...manifest import write_manifest
+    from ..pipeline import _keep_tokenizer_file
+    from ..stages import load_store
+    from ...tokenizer import load_tokenizer
+
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    pipeline = build_pipeline(cfg, checked)
+    fps = pipeline.fingerprints()
+    executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
+
+    def record(name):
+        return (read_done(out / name / DONE_FILE) or {}).get("counts", {}) if name in fps else {}
+
+    store = load_store(out / "chunks")
+    if store.num_chunks == 0:
+        raise NextlongError(f"{cfg.corpus}: the corpus has no documents with text")
+    if int(record("data").get("rows", 0)) == 0:
+        raise NextlongError(_nothing_built(cfg, record))
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(checked.tokenizer)
+    if cfg.format == "jsonl":
+        from .writers import write_jsonl
+
+        write_jsonl(out / "data", out / "jsonl", tokenizer)
+    elif cfg.format == "mds":
+        from .writers import write_mds
+
+        write_mds(out / "data", out / "mds")
+    seconds = _seconds(executor, record)
+    seconds["write_format"] = round(time.perf_counter() - t0, 3)
+    seconds["total"] = round(time.perf_counter() - t_start, 3)
+    stats = _statistics(cfg, store, record, seconds)
+    settings = cfg.to_dict()
+    settings.update(_keep_tokenizer_file(checked.tokenizer, out))
+    settings.update(
+        model_folder=str(checked.model.folder.resolve()), model_type=checked.model.model_type,
+        model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,
+        tokenizer_name=getattr(tokenizer, "name", None), tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
+        retriever=cfg.retriever_used, eos_id=checked.eos_id,
+        separator_ids=[int(x) for x in tokenizer.encode_ordinary(cfg.separator)],
+        prompts={name: {"path": t.path, "text": t.text} for name, t in checked.templates.items()},
+        context_needs=checked.needs, question_source=_question_source(cfg, record("questions")),
+        output_fingerprint=fps["data"], stage_fingerprints=fps, search=record("index").get("search", "bm25"))
+    manifest = write_manifest(out / "manifest.json", command="acer", settings=settings, statistics=stats,
+                              seed=cfg.seed)
+    _log(cfg, summary(manifest))
+    return manifest
+
+
+def _question_source(cfg, questions: dict) -> dict:
+    if cfg.questions is not None:
+        return {"source": "file", "path": str(Path(cfg.questions).resolve()), "questions": questions.get("rows")}
+    return {"source": "generated", "by": "the model (question.txt), one question per random chunk",
+            "asked": cfg.generate_questions, "chunks_drawn": questions.get("rows"),
+            "chunks_eligible": questions.get("chunks_eligible")}
+
+
+def _seconds(executor, record) -> dict:
+    """Wall seconds per stage group: the executor's for whole stages, each map stage's own (from its
+    blocks' records: only blocks computed, in any session) for the chain."""
+    out: dict = {}
+    for name, secs in getattr(executor, "seconds", {}).items():
+        if name in MAP_STAGES:
+            continue
+        group = _TIMING_GROUP.get(name, name)
+        out[group] = out.get(group, 0.0) + secs
+    for name in MAP_STAGES:
+        if name in ("ask",):
+            out["questions"] = out.get("questions", 0.0) + float(record(name).get("seconds", 0.0))
+        elif record(name):
+            out[name] = float(record(name).get("seconds", 0.0))
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _per(total, n):
+    return round(total / n, 3) if n else None
+
+
+def _statistics(cfg, store, record, seconds) -> dict:
+    questions, ask, retrieve = record("questions"), record("ask"), record("retrieve")
+    rank, read, assembled, data = record("rank"), record("read"), record("assemble"), record("data")
+    built = int(assembled.get("rows", 0))
+    kept = int(data.get("rows", 0))
+    counts = np.asarray(store.token_counts)
+    stats = {
+        "corpus_documents": store.num_docs,
+        "corpus_chunks": store.num_chunks,
+        "corpus_tokens": int(store.tok_offsets[-1]),
+        "chunk_pieces": record("chunk").get("pieces"),  # pieces cut from chunks longer than --chunk-tokens
+        "chunks_over_chunk_tokens": int((counts > cfg.chunk_tokens).sum()),  # 0: the pieces are at most that long
+        "questions": int(retrieve.get("rows", questions.get("rows", 0))),
+        "questions_empty_generated": ask.get("empty_questions") if ask else None,
+        "retrieved_chunks_mean": _per(retrieve.get("chunks", 0), retrieve.get("rows", 0)),
+        "samples_assembled": built,
+        "samples_dropped": assembled.get("dropped", {}),
+        "samples": kept,
+        "filter": cfg.filter,
+        "kept_fraction": data.get("kept_fraction") if cfg.filter != "none" else None,
+        "samples_without_gold": data.get("without_gold") if cfg.filter != "none" else None,
+        "sample_tokens_mean": _per(assembled.get("tokens", 0), built),
+        "samples_short_of_target": assembled.get("ran_out", 0),  # every retrieved chunk used, still below the target
+        "chunks_per_sample_mean": _per(assembled.get("chunks", 0), built),
+        "read_chunks_per_sample_mean": _per(assembled.get("read_chunks", 0), built),
+    }
+    # the LM's work per stage, in total and per question the stage saw
+    lm = {}
+    for name, rec in (("ask", ask), ("rank", rank), ("read", read)):
+        if rec.get("lm_calls"):
+            n = int(rec.get("rows", 0)) + int(rec.get("empty_questions", 0))
+            lm[name] = {"calls": rec["lm_calls"], "prompt_tokens": rec.get("prompt_tokens", 0),
+                        "generated_tokens": rec.get("generated_tokens", 0),
+                        "seconds": round(rec.get("seconds", 0.0), 3),
+                        "calls_per_question": _per(rec["lm_calls"], n),
+                        "prompt_tokens_per_question": _per(rec.get("prompt_tokens", 0), n)}
+    stats["lm"] = lm
+    stats["seconds"] = seconds
+    stats["seconds_per_sample"] = _per(seconds.get("total", 0.0), kept)
+    return stats
+
+
+def _nothing_built(cfg, record) -> str:
+    assembled = record("assemble")
+    reasons = "; ".join(f"{n}x {r}" for r, n in assembled.get("dropped", {}).items()) or "no question to build from"
+    if assembled.get("rows", 0) and cfg.filter == "answer-match":
+        return (f"{cfg.out}: --filter answer-match kept none of the {assembled['rows']} samples (no generated answer "
+                "contains its gold answer); try a stronger --model, --chain-of-thought, or --filter none")
+    return f"{cfg.out}: built 0 samples ({reasons})"
+
+
+def summary(manifest: dict) -> str:
+    s, st = manifest["statistics"], manifest["settings"]
+    lines = [f"nextlong acer: {s['samples']} samples of up to {st['target_length']} tokens -> {st['out']}",
+             f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks of up to {st['chunk_tokens']} "
+             f"tokens; questions: {s['questions']} ({st['question_source']['source']})",
+             f"  retrieval: {st['retriever']}, {s['retrieved_chunks_mean']} chunks per question; "
+             f"ranker: {st['ranker']}; read: top {st['read']}"]
+    if s.get("samples_dropped"):
+        lines.append("  dropped: " + "; ".join(f"{n}x {r}" for r, n in s["samples_dropped"].items()))
+    if s.get("kept_fraction") is not None:
+        lines.append(f"  --filter answer-match kept {s['samples']} of {s['samples_assembled']} "
+                     f"({100 * s['kept_fraction']:.1f}%)")
+    if s.get("samples_short_of_target"):
+        lines.append(f"  {s['samples_short_of_target']} samples shorter than the target: their retrieved chunks ran "
+                     f"out (mean length {s['sample_tokens_mean']} tokens; raise --retrieve to fill them)")
+    for name, w in s.get("lm", {}).items():
+        lines.append(f"  {name}: {w['calls']} LM calls, {w['prompt_tokens']} prompt tokens, "
+                     f"{w['generated_tokens']} generated, {w['seconds']:.1f} s")
+    if s.get("seconds"):
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
+    return "\n".join(lines)

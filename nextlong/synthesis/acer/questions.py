@@ -1,0 +1,75 @@
+"""The questions file of `nextlong acer --questions Q.jsonl`: one JSON object per line with
+
+    question   the question (a non-empty string; required)
+    answer     its gold answer: a string, or a list of strings (aliases, as TriviaQA gives); optional
+    answers    the same as a list (Natural Questions' name); optional, instead of answer
+    id         a string or an integer naming it; optional, default the line number
+
+Blank lines are skipped. A line that breaks these rules is one error naming the file and the line.
+Plain or gzip-compressed (.gz).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from ...errors import CorpusError
+
+
+def _open(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_questions(path) -> list[dict]:
+    """[{"id", "question", "gold" (list of strings, or None)}] in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(path, "questions file not found")
+    rows, seen = [], {}
+    try:
+        with _open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise CorpusError(path, f"not valid JSON ({exc})", line=lineno) from None
+                rows.append(_row(path, lineno, obj, seen))
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise CorpusError(path, f"cannot read the questions file ({exc})") from None
+    if not rows:
+        raise CorpusError(path, "no questions in the file")
+    return rows
+
+
+def _row(path, lineno: int, obj, seen: dict) -> dict:
+    def bad(msg):
+        raise CorpusError(path, msg, line=lineno)
+
+    if not isinstance(obj, dict):
+        bad(f"expected a JSON object with a \"question\", got a JSON {type(obj).__name__}")
+    question = obj.get("question")
+    if not isinstance(question, str) or not question.strip():
+        bad("no \"question\" (a non-empty string)" if "question" not in obj
+            else f"\"question\" must be a non-empty string, got {json.dumps(question)[:60]}")
+    if "answer" in obj and "answers" in obj:
+        bad("give \"answer\" or \"answers\", not both")
+    gold = obj.get("answers", obj.get("answer"))
+    if isinstance(gold, str):
+        gold = [gold]
+    if gold is not None and not (isinstance(gold, list) and all(isinstance(g, str) for g in gold)):
+        bad(f"\"{'answers' if 'answers' in obj else 'answer'}\" must be a string or a list of strings")
+    qid = obj.get("id", lineno)
+    if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+        bad(f"\"id\" must be a string or an integer, got {json.dumps(qid)[:60]}")
+    qid = str(qid)
+    if qid in seen:
+        bad(f"id {qid!r} was already given on line {seen[qid]}")
+    seen[qid] = lineno
+    golds = [g for g in gold or [] if g.strip()]
+    return {"id": qid, "question": " ".join(question.split()), "gold": golds or None}

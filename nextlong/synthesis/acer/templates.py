@@ -1,0 +1,141 @@
+"""The prompt templates of ACER, as files a user can replace (`--prompts DIR`).
+
+Shipped in nextlong/acer/prompts/; a file of the same name in DIR replaces one (the others stay):
+
+    rank.txt      the ranker's multiple-choice prompt: {passage}, {question}; option A = helpful, B = not
+    read.txt      the reader's prompt: {passages}, {question}
+    read_cot.txt  the reader's prompt with --chain-of-thought: {passages}, {question}
+    passage.txt   one passage inside {passages}: {passage}, optional {n} (1-based rank); joined by a blank line
+    question.txt  --generate-questions: {passage}
+    sample.txt    what follows the chunks in a training sample: {question}; the answer comes right after
+
+A template is rendered straight to token ids, piece by piece: its literal text is encoded with special
+tokens allowed (a chat model's markers can be written in it), a value with no special-token parsing
+(data never becomes a control token), and a passage is the chunk's own ids. So a prompt's length is
+exactly the sum of its pieces' lengths, which is what the context checks add up. A literal that ends
+in one space before a text value gives that space to the value (`Question: {question}` encodes
+" What ..." as the model would have seen it in running text). One trailing newline of a file (the one
+editors add) is not part of the template.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UsageError
+
+SHIPPED = Path(__file__).resolve().parent / "prompts"
+# template name -> the placeholders it must hold
+REQUIRED = {
+    "rank": ("passage", "question"),
+    "read": ("passages", "question"),
+    "read_cot": ("passages", "question"),
+    "passage": ("passage",),
+    "question": ("passage",),
+    "sample": ("question",),
+}
+FIELDS = {"passage", "passages", "question", "n"}
+PASSAGE_JOINER = "\n\n"
+HELPFUL, NOT_HELPFUL = " A", " B"  # the ranker's options, as the model continues "Answer:"
+_FIELD = re.compile(r"\{(" + "|".join(sorted(FIELDS)) + r")\}")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    text: str
+    path: str  # where it was read from (for messages and the manifest)
+
+    def pieces(self) -> list[tuple[str, str]]:
+        """("text", literal) and ("field", name) in order."""
+        out, at = [], 0
+        for m in _FIELD.finditer(self.text):
+            if m.start() > at:
+                out.append(("text", self.text[at:m.start()]))
+            out.append(("field", m.group(1)))
+            at = m.end()
+        if at < len(self.text):
+            out.append(("text", self.text[at:]))
+        return out
+
+    def render(self, tokenizer, **values) -> np.ndarray:
+        """Token ids (uint32) of the template with `values`: a str is text (encoded without special tokens),
+        anything else a sequence of token ids used as they are."""
+        parts: list[np.ndarray] = []
+        pieces = self.pieces()
+        for k, (kind, value) in enumerate(pieces):
+            if kind == "text":
+                nxt = pieces[k + 1] if k + 1 < len(pieces) else None
+                if nxt is not None and isinstance(values.get(nxt[1]), str) and value.endswith(" ") \
+                        and not value.endswith("  "):
+                    value = value[:-1]  # the space goes with the value
+                if value:
+                    parts.append(np.asarray(tokenizer.encode(value), np.uint32))
+                continue
+            if value not in values:
+                raise KeyError(f"{self.name} template: no value for {{{value}}}")
+            v = values[value]
+            if isinstance(v, str):
+                prev = pieces[k - 1] if k else None
+                if prev is not None and prev[0] == "text" and prev[1].endswith(" ") and not prev[1].endswith("  "):
+                    v = " " + v
+                parts.append(np.asarray(tokenizer.encode_ordinary(v), np.uint32))
+            else:
+                parts.append(np.asarray(v, np.uint32).reshape(-1))
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+
+def _read(path: Path, name: str) -> Template:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the {name} prompt template ({exc})") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    template = Template(name, text, str(path))
+    missing = [f for f in REQUIRED[name] if f"{{{f}}}" not in text]
+    if missing:
+        raise UsageError(f"{path}: the {name} prompt template must contain "
+                         + " and ".join(f"{{{f}}}" for f in missing))
+    return template
+
+
+def load_templates(prompts_dir=None) -> dict[str, Template]:
+    """The templates: the shipped ones, each replaced by DIR/<name>.txt when that file exists."""
+    own = None
+    if prompts_dir is not None:
+        own = Path(prompts_dir)
+        if not own.is_dir():
+            raise UsageError(f"{own}: --prompts must be a folder holding some of "
+                             + ", ".join(f"{n}.txt" for n in REQUIRED))
+        if not any((own / f"{n}.txt").is_file() for n in REQUIRED):
+            raise UsageError(f"{own}: --prompts holds none of " + ", ".join(f"{n}.txt" for n in REQUIRED))
+    out = {}
+    for name in REQUIRED:
+        path = own / f"{name}.txt" if own is not None and (own / f"{name}.txt").is_file() else SHIPPED / f"{name}.txt"
+        out[name] = _read(path, name)
+    return out
+
+
+def option_ids(tokenizer) -> tuple[int, int]:
+    """First token ids of the ranker's two options (" A": helpful, " B": not); they must differ."""
+    a, b = (np.asarray(tokenizer.encode_ordinary(s), np.int64) for s in (HELPFUL, NOT_HELPFUL))
+    if a.size == 0 or b.size == 0 or a[0] == b[0]:
+        raise UsageError(f"the model's tokenizer cannot tell the ranker's options {HELPFUL!r} and {NOT_HELPFUL!r} "
+                         "apart by their first token")
+    return int(a[0]), int(b[0])
+
+
+def passages_ids(templates: dict, tokenizer, passages: list) -> np.ndarray:
+    """The {passages} value: each passage (token ids) in passage.txt, numbered from 1, joined by a blank line."""
+    joiner = np.asarray(tokenizer.encode(PASSAGE_JOINER), np.uint32)
+    parts = []
+    for n, ids in enumerate(passages, 1):
+        if parts:
+            parts.append(joiner)
+        parts.append(templates["passage"].render(tokenizer, passage=ids, n=str(n)))
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint32)

@@ -1,0 +1,60 @@
+"""ACER's derived output formats, written from OUT/data at the end of a run (Parquet stays canonical).
+
+* jsonl: OUT/jsonl/part-NNNNN.jsonl, one object per sample for people to read: `context` (the chunks'
+  text), `question`, `answer`, `gold`, `question_id`, `num_tokens`, and `segments` each with its text.
+* mds: OUT/mds, Mosaic Data Shards with ProLong's columns plus the mask: `input_ids` (uint32),
+  `indices` (one attention span [0, n) per sample: the answer must see the whole context) and
+  `loss_mask` (uint8, 1 on the answer tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ...atomic import atomic_path
+from ..writers import shard_paths
+
+MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32", "loss_mask": "ndarray:uint8"}
+
+
+def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in shard_paths(data_dir):
+        target = out_dir / (path.stem + ".jsonl")
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for row in pq.read_table(path).to_pylist():
+                ids = np.asarray(row["input_ids"], np.uint32)
+                segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
+                context_end = max((s["end"] for s in segs if s["role"] == "context"), default=0)
+                obj = {"question_id": row["question_id"], "question": row["question"], "answer": row["answer"],
+                       "gold": row["gold"], "num_tokens": row["num_tokens"], "method": row["method"],
+                       "context": tokenizer.decode(ids[:context_end]), "segments": segs}
+                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        written.append(target)
+    return written
+
+
+def write_mds(data_dir, out_dir) -> Path:
+    from ...mds import MDSWriter
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with MDSWriter(tmp, MDS_COLUMNS) as writer:
+        for path in shard_paths(data_dir):
+            table = pq.read_table(path, columns=["input_ids", "loss_mask"])
+            for ids, mask in zip(table.column("input_ids").to_numpy(zero_copy_only=False),
+                                 table.column("loss_mask").to_numpy(zero_copy_only=False)):
+                ids = np.asarray(ids, np.uint32)
+                writer.write({"input_ids": ids, "indices": np.asarray([[0, ids.size]], np.uint32),
+                              "loss_mask": np.asarray(mask, np.uint8)})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,489 @@
+"""`nextlong acer` on a tiny random Llama and a small BPE trained on the shipped corpus: the sample layout,
+chunk order, determinism, resume, the ranker's multiple-choice score against the model's logits, the
+retrievers against brute force, the formats and filter, and every error caught before work.
+
+The random model's answers are junk; the layout does not care."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import nextlong  # noqa: E402
+from nextlong.synthesis.acer import AcerConfig  # noqa: E402
+from nextlong.synthesis.acer.answers import contains_answer, exact_match, normalize_answer, token_f1  # noqa: E402
+from nextlong.synthesis.acer.pipeline import run  # noqa: E402
+from nextlong.cli import main  # noqa: E402
+from nextlong.errors import NextlongError, StageMismatchError, UsageError  # noqa: E402
+from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
+from tests.helpers import corpus_head, write_jsonl  # noqa: E402
+
+QUESTIONS = [
+    {"question": "What does the json module encode and decode?", "answer": "JSON"},
+    {"question": "How do I parse command line arguments?", "answers": ["argparse", "getopt"], "id": "args"},
+    {"question": "What is a future statement?"},
+    {"question": "Which module defines abstract base classes?", "answer": "abc", "id": 7},
+    {"question": "How is data compressed with zlib?", "answer": "compress"},
+]
+TARGET = 1024
+FAST = dict(target_length=TARGET, chunk_tokens=64, retrieve=24, read=3, max_new_tokens=8, embedder="hashed-tfidf",
+            block_questions=2, progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acer")
+    tok = train_tokenizer(root / "tok" / "tokenizer.json")
+    model = save_tiny_llama(root / "model", tok, max_positions=2048)
+    corpus = write_jsonl(root / "corpus.jsonl", corpus_head(limit=20))
+    questions = root / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return {"root": root, "model": model, "corpus": corpus, "questions": questions, "tokenizer": tok}
+
+
+def acer(files, out, **settings):
+    options = dict(FAST, **settings)
+    if "generate_questions" not in options:
+        options["questions"] = files["questions"]
+    return nextlong.acer(files["corpus"], out, model=files["model"], **options)
+
+
+@pytest.fixture(scope="module")
+def base(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    manifest = acer(files, out)
+    return out, manifest
+
+
+def rows(out):
+    return pq.read_table(out / "data").to_pylist()
+
+
+def store(out):
+    from nextlong.synthesis.stages import load_store
+
+    return load_store(out / "chunks")
+
+
+# --- the sample ------------------------------------------------------------------------------------
+
+
+def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the_answer(files, base):
+    from nextlong.tokenizer import load_tokenizer
+
+    out, manifest = base
+    tok = load_tokenizer(files["tokenizer"])
+    chunks = store(out)
+    sep = np.asarray(tok.encode_ordinary("\n\n"), np.uint32)
+    samples = rows(out)
+    retrieved = {r["question_id"]: r["retrieved"] for r in pq.read_table(out / "retrieve").to_pylist()}
+    assert len(samples) == len(QUESTIONS) and manifest["statistics"]["samples"] == len(QUESTIONS)
+    assert [s["question_id"] for s in samples] == ["1", "args", "3", "7", "5"]
+    assert samples[1]["gold"] == ["argparse", "getopt"] and samples[2]["gold"] is None
+    for s in samples:
+        ids, mask, segs = np.asarray(s["input_ids"]), np.asarray(s["loss_mask"]), s["segments"]
+        assert s["method"] == "acer" and s["num_tokens"] == ids.size <= TARGET
+        assert segs[0]["start"] == 0 and segs[-1]["end"] == ids.size
+        assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:]))
+        assert [g["role"] for g in segs[-2:]] == ["question", "answer"]
+        context = segs[:-2]
+        assert {g["role"] for g in context} == {"context"}
+        for g in context:  # each chunk's own ids (at most --chunk-tokens), then the separator
+            want = np.r_[chunks.chunk_tokens(g["chunk_id"]), sep]
+            np.testing.assert_array_equal(ids[g["start"]:g["end"]], want)
+            assert chunks.chunk_tokens(g["chunk_id"]).size <= 64
+            assert g["doc_id"] == chunks.doc_ids[int(chunks.chunk_doc[g["chunk_id"]])]
+            assert g["read"] == (g["rank"] < 3)
+        assert sorted(g["rank"] for g in context if g["read"]) == [0, 1, 2]  # the read chunks are all in
+        assert len({g["chunk_id"] for g in context}) == len(context)
+        answer = segs[-1]
+        assert mask.sum() == answer["end"] - answer["start"] and mask[answer["start"]:].all()
+        assert not mask[:answer["start"]].any()
+        assert tok.decode(ids[answer["start"]:answer["end"] - 1]) == " " + s["answer"] and ids[-1] == 0  # eos
+        assert tok.decode(ids[segs[-2]["start"]:segs[-2]["end"]]) == f"Question: {s['question']}\nAnswer:"
+        # every retrieved chunk left out would not have fitted
+        left_out = set(retrieved[s["question_id"]]) - {g["chunk_id"] for g in context}
+        assert all(chunks.chunk_tokens(c).size + sep.size > TARGET - ids.size for c in left_out)
+
+
+def test_order_retrieval_vs_shuffled_same_chunks(files, base, tmp_path):
+    out, _ = base
+    acer(files, tmp_path, order="retrieval")
+    for shuffled, ordered in zip(rows(out), rows(tmp_path)):
+        ranks = [g["retrieval_rank"] for g in ordered["segments"][:-2]]
+        assert ranks == sorted(ranks)
+        assert sorted(g["chunk_id"] for g in shuffled["segments"][:-2]) == sorted(
+            g["chunk_id"] for g in ordered["segments"][:-2])
+        assert shuffled["answer"] == ordered["answer"]
+    ranks = [[g["retrieval_rank"] for g in s["segments"][:-2]] for s in rows(out)]
+    assert any(r != sorted(r) for r in ranks)
+
+
+def test_same_seed_same_bytes_other_seed_other_order(files, base, tmp_path):
+    out, _ = base
+    acer(files, tmp_path / "again")
+    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "again" / "data").glob("*.parquet"))):
+        assert a.read_bytes() == b.read_bytes()
+    acer(files, tmp_path / "seed1", seed=1)
+    other = rows(tmp_path / "seed1")
+    assert [s["input_ids"] for s in other] != [s["input_ids"] for s in rows(out)]
+    assert [s["answer"] for s in other] == [s["answer"] for s in rows(out)]  # only the order differs
+
+
+def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_path, monkeypatch):
+    from nextlong.synthesis.acer import stages as A
+
+    out, _ = base
+    real_map, real_scores = A.ReadStage.map, A.RankStage.scores
+    seen = []
+
+    def dying(self, block):
+        if block.column("question_id")[0].as_py() == "3":  # the second block of 2 questions
+            raise RuntimeError("killed")
+        return real_map(self, block)
+
+    monkeypatch.setattr(A.ReadStage, "map", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        acer(files, tmp_path)
+    assert (tmp_path / "read" / "_done" / "part-00000.json").exists()
+    assert not (tmp_path / "read" / "_done.json").exists() and not (tmp_path / "data").exists()
+    monkeypatch.setattr(A.ReadStage, "map", real_map)
+
+    def counting(self, question, chunk_ids, on_done=None):
+        seen.append(question)
+        return real_scores(self, question, chunk_ids, on_done)
+
+    monkeypatch.setattr(A.RankStage, "scores", counting)
+    acer(files, tmp_path)
+    assert seen == [q["question"] for q in QUESTIONS[4:]]  # blocks 0 and 1 were ranked before the kill
+    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "data").glob("*.parquet"))):
+        assert a.read_bytes() == b.read_bytes()
+    # other settings in the same folder: refused, unless rebuilt (then only the stages they change are redone)
+    with pytest.raises(StageMismatchError, match="read: cached 3, asked 2.*--rebuild"):
+        acer(files, tmp_path, read=2)
+    seen.clear()
+    acer(files, tmp_path, read=2, rebuild=True)
+    assert seen == [] and all(sum(g["read"] for g in s["segments"]) == 2 for s in rows(tmp_path))
+
+
+def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
+    from nextlong.tokenizer import load_tokenizer
+
+    manifest = acer(files, tmp_path, tokenizer="cl100k_base", ranker="embedding")
+    tok = load_tokenizer("cl100k_base")
+    assert manifest["settings"]["eos_id"] == tok.token_to_id("<|endoftext|>")
+    assert manifest["settings"]["tokenizer_fingerprint"] == tok.fingerprint
+    for s in rows(tmp_path):
+        ids, segs = np.asarray(s["input_ids"]), s["segments"]
+        assert tok.decode(ids[segs[-1]["start"]:segs[-1]["end"] - 1]) == " " + s["answer"]
+        assert ids[-1] == tok.token_to_id("<|endoftext|>") and s["num_tokens"] <= TARGET
+
+
+def test_manifest(base, files):
+    _, manifest = base
+    st, s = manifest["settings"], manifest["statistics"]
+    assert manifest["command"] == "acer" and st["question_source"]["source"] == "file"
+    assert st["tokenizer_fingerprint"] and st["eos_id"] == 0 and st["retriever"] == "embedding"
+    assert set(st["prompts"]) >= {"rank", "read", "sample"} and "{passage}" in st["prompts"]["rank"]["text"]
+    assert s["lm"]["rank"]["calls"] == len(QUESTIONS) * 24 and s["lm"]["read"]["calls"] == len(QUESTIONS)
+    assert s["chunks_over_chunk_tokens"] == 0 and s["chunk_pieces"] > 0
+    assert {"chunk", "embed", "retrieve", "rank", "read", "assemble", "total"} <= set(s["seconds"])
+    assert (base[0] / st["tokenizer_copy"]).read_bytes() == files["tokenizer"].read_bytes()
+
+
+# --- the LM ----------------------------------------------------------------------------------------
+
+
+def test_multiple_choice_score_is_the_models_option_probability(files, base):
+    from nextlong.synthesis.acer.lm import load_lm
+    from nextlong.synthesis.acer.stages import RankStage
+    from nextlong.synthesis.acer.templates import load_templates, option_ids
+
+    out, _ = base
+    lm = load_lm(files["model"], device="cpu")
+    template = load_templates()["rank"]
+    a, b = option_ids(lm.tokenizer)
+    chunks = store(out)
+    prompts = [template.render(lm.tokenizer, passage=chunks.chunk_tokens(c), question=QUESTIONS[0]["question"])
+               for c in (3, 10, 40, 41, 90)]
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    got = lm.option_probs(prompts, [a, b], batch_size=4)
+    for p, row in zip(prompts, got):
+        with torch.no_grad():
+            logits = lm.model(torch.as_tensor(np.asarray(p, np.int64))[None]).logits[0, -1].double()
+        probs = logits.softmax(-1)
+        assert row[0] == pytest.approx(float(probs[a] / (probs[a] + probs[b])), abs=1e-5)
+        assert row.sum() == pytest.approx(1.0)
+    # the rank stage orders by that score, best first
+    ranked = pq.read_table(out / "rank").to_pylist()[0]
+    stage = RankStage(name="rank", model=str(files["model"]), tokenizer=str(files["tokenizer"]), chunk_tokens=64,
+                      template=template.text)
+    stage._lm, stage._calls, stage._tokens, stage._t, stage._options = lm, 0, 0, template, (a, b)
+    from nextlong.synthesis.acer.stages import Passages
+
+    stage._passages = Passages(out / "chunks", str(files["tokenizer"]), lm.tokenizer, 64)
+    scores = stage.scores(ranked["question"], ranked["retrieved"])
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    assert ranked["ranked"] == [ranked["retrieved"][i] for i in order]
+    np.testing.assert_allclose(ranked["rank_scores"], scores[order], atol=1e-6)
+
+
+def test_batched_greedy_generation_matches_one_prompt_at_a_time(files):
+    from nextlong.synthesis.acer.lm import load_lm
+
+    lm = load_lm(files["model"], device="cpu")
+    prompts = [lm.tokenizer.encode(t) for t in ("Question: what is json?\nAnswer:", "The zlib module",
+                                                "A much longer prompt about the argparse module and its parsers")]
+    batched = lm.generate(prompts, 12, stop="\n", batch_size=3)
+    assert batched == [lm.generate([p], 12, stop="\n", batch_size=1)[0] for p in prompts]
+    assert all(n <= 12 for _, n in batched)
+
+
+# --- retrieval ---------------------------------------------------------------------------------------
+
+
+def test_embedding_retrieval_and_ranker_match_brute_force(files, tmp_path):
+    from nextlong.synthesis.stages import _ready_embedder, open_vectors
+
+    out = tmp_path
+    acer(files, out, ranker="embedding")
+    vectors = np.asarray(open_vectors(out / "embeddings"), np.float64)
+    embedder = _ready_embedder("hashed-tfidf", out / "embedder", 1)
+    q = np.asarray(embedder.embed([x["question"] for x in QUESTIONS]), np.float64)
+    sims = q @ vectors.T
+    for row, s in zip(pq.read_table(out / "retrieve").to_pylist(), sims):
+        want = np.lexsort((np.arange(s.size), -s))[:24]
+        assert row["retrieved"] == want.tolist()
+        np.testing.assert_allclose(row["retrieval_scores"], s[want], atol=1e-5)
+    for sample in rows(out):  # the embedding ranker keeps the retrieval order
+        assert all(g["rank"] == g["retrieval_rank"] for g in sample["segments"][:-2])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "rank" not in manifest["statistics"]["lm"]
+
+
+def test_bm25_retrieval_matches_brute_force(files, tmp_path):
+    from nextlong.bm25 import BM25Index
+
+    out = tmp_path
+    acer(files, out, ranker="bm25", read=2)
+    index = BM25Index.load(out / "bm25")
+    assert len(index) == store(out).num_chunks
+    for row in pq.read_table(out / "retrieve").to_pylist():
+        s = index.scores(row["question"])
+        want = [int(i) for i in np.lexsort((np.arange(s.size), -s)) if s[i] > 0][:24]
+        assert row["retrieved"] == want
+    assert json.loads((out / "manifest.json").read_text())["settings"]["retriever"] == "bm25"
+
+
+# --- questions, formats, filter --------------------------------------------------------------------
+
+
+def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path):
+    manifest = acer(files, tmp_path, generate_questions=3, question_max_new_tokens=12, chain_of_thought=True,
+                    ranker="embedding", format="jsonl")
+    source = manifest["settings"]["question_source"]
+    assert source["source"] == "generated" and source["chunks_drawn"] == 3
+    assert "Helpful information:" in manifest["settings"]["prompts"]["read_cot"]["text"]
+    lines = [json.loads(x) for f in sorted((tmp_path / "jsonl").glob("*.jsonl")) for x in f.read_text().splitlines()]
+    assert len(lines) == manifest["statistics"]["samples"] > 0
+    for line, sample in zip(lines, rows(tmp_path)):
+        assert line["question"] and line["gold"] is None and line["question_id"].startswith("generated-")
+        assert line["answer"] == sample["answer"] and line["num_tokens"] == sample["num_tokens"]
+        assert "".join(g["text"] for g in line["segments"]).startswith(line["context"])
+    assert manifest["statistics"]["lm"]["ask"]["calls"] == 3
+
+
+def test_mds_holds_the_mask(files, base, tmp_path):
+    from nextlong.mds import read_mds
+
+    out, _ = base
+    acer(files, tmp_path, format="mds")
+    samples = list(read_mds(tmp_path / "mds"))
+    assert len(samples) == len(QUESTIONS)
+    for got, want in zip(samples, rows(out)):
+        np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+        np.testing.assert_array_equal(got["loss_mask"], want["loss_mask"])
+        np.testing.assert_array_equal(got["indices"], [[0, len(want["input_ids"])]])
+
+
+def test_answer_match_filter_keeps_matching_and_gold_less_samples(files, base, tmp_path):
+    out, _ = base
+    answers = {s["question_id"]: s["answer"] for s in rows(out)}
+    questions = [dict(q) for q in QUESTIONS]
+    questions[0]["answer"] = answers["1"].split()[-1]  # what the model says, so it matches
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    manifest = nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=tmp_path / "q.jsonl",
+                             filter="answer-match", **FAST)
+    kept = {s["question_id"] for s in rows(tmp_path / "out")}
+    assert "1" in kept and "3" in kept  # a match, and a question without a gold answer
+    assert all(contains_answer(answers[k], QUESTIONS[i].get("answers") or [QUESTIONS[i]["answer"]])
+               for i, k in enumerate(["1", "args", "3", "7", "5"]) if k in kept and k not in ("1", "3"))
+    s = manifest["statistics"]
+    assert s["kept_fraction"] == pytest.approx(len(kept) / 5) and s["samples_without_gold"] == 1
+
+
+def test_squad_normalisation():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert contains_answer("It was built in Paris, France.", ["paris"]) and not contains_answer("Parisian", ["Paris"])
+    assert exact_match("the Paris", ["Paris"]) == 1.0
+    assert token_f1("Paris France", ["Paris"]) == pytest.approx(2 / 3)
+
+
+def test_long_chunks_are_cut_into_exact_pieces():
+    from nextlong.synthesis.acer.stages import split_long_chunks
+    from nextlong.chunking import chunk_documents
+    from nextlong.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    docs = ["short line\n" + "é" * 300 + " and then a very long paragraph " * 20 + "\nend", "x"]
+    table = chunk_documents(docs, max_len=32, unit="tokens", tokenizer=tok, with_ids=True)
+    assert max(table.column("num_tokens").to_pylist()) > 32
+    cut = split_long_chunks(table, 32, tok)
+    assert int(cut.schema.metadata[b"pieces"]) > 0
+    got = cut.to_pylist()
+    assert all(r["num_tokens"] == len(r["input_ids"]) <= 32 for r in got)
+    assert [r["chunk_id"] for r in got] == list(range(len(got)))
+    for d, text in enumerate(docs):
+        pieces = [r for r in got if r["doc_index"] == d]
+        assert [r["chunk_index"] for r in pieces] == list(range(len(pieces)))
+        assert all(text[r["char_start"]:r["char_end"]] == r["text"] for r in pieces)
+        assert all(tok.decode(r["input_ids"]) == r["text"] for r in pieces)
+
+
+def test_nextlong_acer_is_the_function_whatever_was_imported_first():
+    import nextlong.synthesis.acer.stages  # noqa: F401  (importing a module of the package first changes nothing)
+    from nextlong.synthesis.acer import acer
+
+    assert nextlong.acer is acer and nextlong.BM25Index.__module__ == "nextlong.bm25"
+
+
+# --- errors before any work ------------------------------------------------------------------------
+
+
+def started(out) -> bool:
+    return out.exists() and any(p.name in ("chunk", "chunks", "questions") for p in out.iterdir())
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "no question"}', r"q\.jsonl:2: no \"question\""),
+    ('{"question": ""}', r"q\.jsonl:2: \"question\" must be a non-empty string"),
+    ("not json", r"q\.jsonl:2: not valid JSON"),
+    ('{"question": "x", "answer": 3}', r"q\.jsonl:2: \"answer\" must be a string or a list of strings"),
+    ('{"question": "x", "id": 1}', r"q\.jsonl:2: id '1' was already given on line 1"),
+])
+def test_bad_questions_file(files, tmp_path, line, message):
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question": "fine"}\n' + line + "\n")
+    with pytest.raises(NextlongError, match=message):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=q, **FAST)
+    assert not started(tmp_path / "out")
+
+
+def test_not_a_causal_lm(files, tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+               architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "bert")
+    (tmp_path / "bert" / "tokenizer.json").write_bytes(files["tokenizer"].read_bytes())
+    with pytest.raises(NextlongError, match="not a causal LM: config.json's architectures are BertForMaskedLM"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=tmp_path / "bert", questions=files["questions"], **FAST)
+    from transformers import T5Config
+
+    T5Config(vocab_size=100, d_model=16, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
+    (tmp_path / "t5" / "tokenizer.json").write_bytes(files["tokenizer"].read_bytes())
+    with pytest.raises(NextlongError, match="not a causal LM \\(model type 't5'\\)"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=tmp_path / "t5", questions=files["questions"], **FAST)
+    with pytest.raises(NextlongError, match="no config.json"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=tmp_path, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+
+
+def test_a_folders_code_is_not_run(files, tmp_path):
+    marker = tmp_path / "marker"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil", "architectures": ["EvilForCausalLM"],
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}))
+    (folder / "evil.py").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n")
+    (folder / "tokenizer.json").write_bytes(files["tokenizer"].read_bytes())
+    with pytest.raises(NextlongError, match="evil.py.*--trust-remote-code"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+    assert not marker.exists() and not started(tmp_path / "out")
+
+
+def test_read_set_beyond_the_models_context(files, tmp_path):
+    small = save_tiny_llama(tmp_path / "small", files["tokenizer"], max_positions=256)
+    with pytest.raises(UsageError, match=r"--read 3 chunks of up to 64 tokens do not fit the model's context.*256 "
+                                         r"positions"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=small, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+
+
+def test_target_length_below_what_the_read_chunks_need(files, tmp_path):
+    with pytest.raises(UsageError, match=r"--target-length 200 is below what the read chunks need: \d+ tokens"):
+        acer(files, tmp_path / "out", target_length=200)
+    assert not started(tmp_path / "out")
+
+
+def test_bad_options(files, tmp_path):
+    for settings, message in ((dict(read=30), "--read 30 is more than --retrieve 24"),
+                              (dict(ranker="bm25", retriever="embedding"), "--ranker bm25 ranks by the bm25"),
+                              (dict(generate_questions=2, questions=files["questions"]), "exactly one of --questions")):
+        with pytest.raises(UsageError, match=message):
+            acer(files, tmp_path / "out", **settings)
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "rank.txt").write_text("Is it helpful? {passage}\n")
+    with pytest.raises(UsageError, match=r"rank\.txt: the rank prompt template must contain \{question\}"):
+        acer(files, tmp_path / "out", prompts=tmp_path / "prompts")
+    assert not started(tmp_path / "out")
+
+
+def test_cli_errors_are_one_line(files, tmp_path, capsys):
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"query": "no question"}\n')
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(q), "--model", str(files["model"]),
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and err.startswith("nextlong acer: error: ") and "q.jsonl:1" in err
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path / "out"), "--target-length", "100", "--read", "2",
+                 "--chunk-tokens", "64", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--target-length 100 is below" in err
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_files(files, base, tmp_path):
+    """The same stages on Ray (the LM stages on the GPU-stage actors, CPU ones here): the same bytes."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'nextlong[ray]')")
+    from nextlong.synthesis import executor_ray
+
+    out, _ = base
+    ray = executor_ray.connect(None, num_cpus=2, object_store_memory=300 * 2 ** 20)
+    try:
+        run(AcerConfig(out=str(tmp_path), corpus=str(files["corpus"]), model=str(files["model"]),
+                       questions=str(files["questions"]), **FAST), executor_ray.RayExecutor(threads=1))
+    finally:
+        ray.shutdown()
+    for stage in ("chunks", "retrieve", "rank", "read", "assemble", "data"):
+        local = sorted(p.relative_to(out) for p in (out / stage).rglob("*.parquet"))
+        assert local and local == sorted(p.relative_to(tmp_path) for p in (tmp_path / stage).rglob("*.parquet"))
+        assert all((out / p).read_bytes() == (tmp_path / p).read_bytes() for p in local), stage
+
+
+def test_cli_run(files, tmp_path, capsys):
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path), "--target-length", "1024", "--chunk-tokens", "64",
+                 "--retrieve", "24", "--read", "3", "--max-new-tokens", "8", "--ranker", "embedding", "--embedder",
+                 "hashed-tfidf", "--order", "retrieval", "--threads", "1"])
+    assert code == 0
+    assert f"nextlong acer: {len(QUESTIONS)} samples of up to 1024 tokens" in capsys.readouterr().err
+    settings = json.loads((tmp_path / "manifest.json").read_text())["settings"]
+    assert settings["order"] == "retrieval" and settings["separator"] == "\n\n" and settings["read"] == 3
