@@ -76,6 +76,7 @@ def old_experiment_loop(lm, docs, sc, buckets=32):
             "key_token_fraction": n_key / n_tot,
             "long_context_gain": (far_full - far_short) / n_far,
             "loss_far_full": far_full / n_far,
+            "key_tokens": n_key,
             "short_ppl": math.exp(short_sum / short_n),
         },
         "loss_by_position": {"positions": positions, "loss": [s / n if n else None for s, n in zip(pos_sum, pos_n)]},

@@ -62,33 +62,106 @@ def test_split_text_gives_back_the_text_in_pieces_within_the_limit():
     assert X.split_text("", 10) == [] and X.split_text("abc", 10) == ["abc"]
 
 
+def test_the_copy_gate_passes_a_model_that_copies_and_fails_a_random_one(tmp_path):
+    """The gate reads the repeat probe at D = base length / 2: a model that copies from exactly D back (an
+    induction head by construction) passes it, a randomly initialised Llama does not, and a missing or NaN
+    gain never passes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nextlong.eval.model import load_model
+    from nextlong.eval.repeat import repeat_losses
+    from tests.eval_fixtures import CopyModel, save_tiny_llama, train_tokenizer
+
+    X = load_script()
+    C = X.C
+    base_len = 128
+    D = C.gate_distance(base_len)
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 256, (300,), generator=g).tolist() for _ in range(4)]
+    copier = SimpleNamespace(model=CopyModel(vocab=256, period=D), prefill_attn="eager", device=torch.device("cpu"))
+    tok = train_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    random_lm = load_model(str(save_tiny_llama(tmp_path / "model", tok)), attn="sdpa", device="cpu")
+    copies = repeat_losses(copier, docs, [D], progress=False)[0].gain
+    random = repeat_losses(random_lm, [[t % 1000 for t in d] for d in docs], [D], progress=False)[0].gain
+    assert copies < -3 and C.gate_passes(copies)
+    assert abs(random) < 0.5 and not C.gate_passes(random)
+    assert not C.gate_passes(None) and not C.gate_passes(float("nan")) and C.gate_passes(C.GATE_NATS)
+    # the script reads the gain at exactly D from the base's repeat probe
+    sc = X.replace(X.SCALES["smoke"], base_len=base_len)
+    probe = tmp_path / "eval" / "base" / "repeat" / "repeat.json"
+    for gain, passed in ((copies, True), (random, False)):
+        X.write_json(probe, {"distances": [{"distance": 16, "gain": -9.0}, {"distance": D, "gain": gain}]})
+        assert X.copy_gate(tmp_path, sc) == {"distance": D, "gain": gain, "threshold": C.GATE_NATS, "passed": passed}
+
+
+def test_copy_rows_hold_exact_copies_in_their_own_spans():
+    X = load_script()
+    C = X.C
+    docs = [list(range(1000, 1000 + n)) for n in (300, 700, 90)]
+    rows, segs, stats = C.copy_rows(docs, 2048, rows=20, seq_len=256, span_min=4, span_max=64, random_share=0.5,
+                                    seed=3)
+    assert len(rows) == 20 and all(len(r) == 256 for r in rows)
+    episodes = 0
+    for row, spans in zip(rows, segs):
+        assert spans[0]["start"] == 0 and spans[-1]["end"] == 256
+        assert all(a["end"] == b["start"] for a, b in zip(spans, spans[1:]))  # they tile the row
+        for sp in spans:
+            if sp["doc_id"].endswith("-fill"):
+                continue
+            n = (sp["end"] - sp["start"]) // 2
+            assert 4 <= n <= 64 and row[sp["start"]:sp["start"] + n] == row[sp["start"] + n:sp["end"]]
+            episodes += 1
+    assert episodes == stats["episodes"] and stats["random_episodes"] and stats["text_episodes"]
+    assert C.natural_rows([[1, 2, 3], [4, 5]], 3, 0) == [[1, 2, 3], [0, 4, 5]]  # the tail [0] is dropped
+
+
 @pytest.mark.slow
 def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     out, report = tmp_path / "exp", tmp_path / "report"
     cmd = [sys.executable, str(SCRIPT), "--scale", "smoke", "--out", str(out), "--report-dir", str(report),
            "--threads", "1"]
+    # the smoke base (6 pre-training steps) cannot copy: the script stops at the gate, says so, trains no arm
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "copy gate: FAILED" in proc.stderr and not (out / "runs").exists()
+    page = (report / "nextlong-vs-standard.md").read_text()
+    assert "the base failed the copy gate" in page and "no arm was trained" in page
+    gated = json.loads((report / "nextlong-vs-standard" / "results.json").read_text())
+    assert gated["gate"]["passed"] is False and gated["base_length"] == 256 and "standard" not in gated["arms"]
+    assert [r["step"] for r in gated["copy_curve"]["stage A: copy episodes"]] == [3]
+
+    # --skip-gate trains the arms anyway, to test the pipeline; the page says their numbers answer nothing
+    cmd.append("--skip-gate")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
+    assert "their numbers answer nothing" in (report / "nextlong-vs-standard.md").read_text()
     results = json.loads((report / "nextlong-vs-standard" / "results.json").read_text())
-    assert set(results["arms"]) == {"base", "standard", "nextlong"}
+    assert set(results["arms"]) == {"base", "standard", "nextlong", "nextlong+longce"}
     assert results["missing"] == []
-    for arm in ("standard", "nextlong"):
+    assert results["primary"] == ["repeat_gain_512", "niah_single_tf_logprob_at_1024",
+                                  "niah_multikey_tf_logprob_at_1024"]
+    for arm in ("standard", "nextlong", "nextlong+longce"):
         metrics = results["arms"][arm]["seeds"]["0"]
-        for name in ("niah_single_tf_acc", "niah_multikey_tf_logprob", "vt_tf_logprob", "json_kv_tf_acc",
-                     "ppl_long", "long_context_gain", "short_ppl", "retrieval_heads", "repeat_gain_128",
-                     "repeat_gain_512"):
+        for name in results["primary"] + ["niah_single_tf_acc", "vt_tf_logprob", "json_kv_tf_acc", "ppl_long",
+                                          "long_context_gain", "short_ppl", "retrieval_heads", "repeat_gain_128"]:
             assert isinstance(metrics[name], (int, float)) and math.isfinite(metrics[name]), (arm, name)
         assert 1 < metrics["ppl_long"] < 2048 * 4  # a trained model: far below nothing-learned x4
     # the arms trained from one base with the same budget
     runs = {arm: json.loads((out / "runs" / arm / "seed-0" / ".done.json").read_text())["settings"]
-            for arm in ("standard", "nextlong")}
+            for arm in ("standard", "nextlong", "nextlong+longce")}
     same = ("model", "batch_tokens", "steps", "lr", "warmup", "rope_theta", "seed", "seq_len")
-    assert {k: runs["standard"][k] for k in same} == {k: runs["nextlong"][k] for k in same}
+    assert {k: runs["standard"][k] for k in same} == {k: runs["nextlong"][k] for k in same} \
+        == {k: runs["nextlong+longce"][k] for k in same}
+    # the LongCE arm: the NExtLong arm's data, weighted against the base as the short-context scorer
+    assert runs["nextlong+longce"]["data"] == runs["nextlong"]["data"] and "token_weighting" not in runs["nextlong"]
+    assert runs["nextlong+longce"]["token_weighting"] == "longce" and runs["nextlong+longce"]["scorer"] == str(out / "base")
     # the exported models keep the tokenizer of the model folder they started from (plain Parquet data
     # has no synthesis manifest to name one)
     assert json.loads((out / "base" / "model" / "nextlong.json").read_text())["tokenizer"] == "tokenizer.json"
-    for p in ("loss_by_position.png", "answer_logprob_by_length.png", "retrieval_heads.png", "repeat_probe.png"):
+    for p in ("loss_by_position.png", "answer_logprob_by_length.png", "retrieval_heads.png", "repeat_probe.png",
+              "copy_curve.png", "answer_logprob_by_depth.png"):
         assert (report / "nextlong-vs-standard" / p).stat().st_size > 1000
 
     # resumable: a second run finds every stage done; --report-only recomputes the same table
@@ -106,7 +179,7 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     # theirs starts again), keeps its own runs, and the main page links its paired result
     proc = subprocess.run(cmd + ["--variant", "short-docs"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for shared in ("corpus", "tokenizer", "pre-training", "evaluate base"):
+    for shared in ("corpus", "tokenizer", "pre-training stage A", "pre-training stage B", "evaluate base"):
         assert f"] {shared}: start" not in proc.stderr, proc.stderr[-3000:]
     assert "split corpus: start" in proc.stderr
     variant = json.loads((report / "nextlong-vs-standard-short-docs" / "results.json").read_text())
@@ -122,6 +195,7 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     proc = subprocess.run(cmd + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     main_page = (report / "nextlong-vs-standard.md").read_text()
     assert "## What else was tried" in main_page and "NExtLong − standard over 1 paired seed(s) (0)" in main_page
+    assert "## Paired: nextlong − standard" in main_page and "## Paired: nextlong+longce − nextlong" in main_page
     assert table(main_page) == table(md)  # the main table does not change
 
 
@@ -172,17 +246,38 @@ def test_eval_summary_marks_a_mode_not_run_with_a_dash_not_nan():
     assert "| **mean** | - / 0.0 |" in text and "nan" not in text
 
 
-def test_probe_lines_follow_the_numbers():
-    X = load_script()
+def test_report_follows_the_numbers():
+    """The report module reads results.json only: probe table, "no signal", paired verdicts with the general
+    loss gap beside them, and the answer (which starts from the gate)."""
+    load_script()
+    R = sys.modules["experiment_report"]
 
     def results(gains):
         return {"arms": {arm: {"seeds": {str(i): {f"repeat_gain_{d}": g for d, g in per.items()}
                                          for i, per in enumerate(seeds)}} for arm, seeds in gains.items()}}
 
-    none = X.probe_lines(results({"base": [{256: 0.01, 1024: 0.1}], "standard": [{256: -0.02}, {256: -0.04}]}))
-    text = "\n".join(none)
-    assert "No model copies" in text and "-0.030" in text and "(standard, D = 256" in text
-    some = "\n".join(X.probe_lines(results({"base": [{256: -2.0, 1024: 0.1}], "nextlong": [{1024: -0.7}]})))
-    assert "No model copies" not in some and "-2.000" in some
-    assert "copy (gain below −0.5) at some distance: base, nextlong." in some
-    assert X.probe_lines({"arms": {"base": {"seeds": {"0": {"ppl_long": 3.0}}}}}) == []
+    none = "\n".join(R.probe_lines(results({"base": [{256: 0.01, 1024: 0.1}], "standard": [{256: -0.02}, {256: -0.04}]})))
+    assert "No model copies" in none and "| standard | -0.030 | – |" in none and "| base | 0.010 | 0.100 |" in none
+    some = "\n".join(R.probe_lines(results({"base": [{256: -2.0, 1024: 0.1}], "nextlong": [{1024: -0.7}]})))
+    assert "No model copies" not in some and "copy (gain below −0.5) at some distance: base, nextlong." in some
+    assert R.probe_lines({"arms": {"base": {"seeds": {"0": {"ppl_long": 3.0}}}}}) == []
+
+    # three seeds: nextlong copies further at 2048 on every seed, is 1% worse overall, and has accuracy 0 like
+    # every model
+    seeds = lambda rows: {"seeds": {str(i): r for i, r in enumerate(rows)}}  # noqa: E731
+    res = {"arms": {
+        "standard": seeds([{"repeat_gain_2048": -0.5 + e, "ppl_long": 10.0 + e, "niah_single_tf_acc": 0.0}
+                           for e in (0.0, 0.1, -0.1)]),
+        "nextlong": seeds([{"repeat_gain_2048": -1.5 + e, "ppl_long": 10.1 * (1 + e / 10), "niah_single_tf_acc": 0.0}
+                           for e in (0.02, 0.1, -0.07)])},
+        "primary": ["repeat_gain_2048"], "gate": {"passed": True, "gain": -2.5, "distance": 256, "threshold": -1.0}}
+    assert R.no_signal(res) == ["niah_single_tf_acc"]
+    c = R.compare(res, "nextlong", "standard")
+    assert c["seeds"] == ["0", "1", "2"] and ("repeat_gain_2048", True) in c["resolved"]
+    assert "niah_single_tf_acc" not in dict(c["resolved"])
+    assert c["gap"]["mean"] == pytest.approx(sum(math.log(10.1 * (1 + e / 10)) - math.log(10.0 + f)
+                                                 for e, f in ((0.02, 0.0), (0.1, 0.1), (-0.07, -0.1))) / 3)
+    answer = "\n".join(R.answer_lines(res))
+    assert "The base copies" in answer and "better `repeat_gain_2048` -0.983 [" in answer and "general loss gap" in answer
+    failed = "\n".join(R.answer_lines(res | {"gate": {"passed": False, "gain": -0.2, "distance": 256, "threshold": -1.0}}))
+    assert "failed the copy gate" in failed and "repeat_gain_2048" not in failed

@@ -37,9 +37,11 @@ class RepeatLoss:
 
 
 def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], *, batch_size: int = 4,
-                  progress: bool = True) -> list[RepeatLoss]:
-    """For each distance d: the first d tokens of every document with at least d tokens, each fed as
-    [x; x] (2d tokens) in batches of `batch_size`."""
+                  progress: bool = True, max_length: int | None = None) -> list[RepeatLoss]:
+    """For each distance d: the first d tokens x of every document with at least d tokens, each fed as
+    [x; x] (2d tokens) in batches of `batch_size`. With `max_length` (the context a model is meant for),
+    a distance with 2d > max_length feeds [x; x[:max_length - d]] instead: the repeated tokens still sit
+    exactly d back, and both copies are scored on those same m = max_length - d tokens."""
     import torch
     from tqdm import tqdm
 
@@ -47,6 +49,8 @@ def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], 
 
     if any(d < 2 for d in distances):
         raise ValueError(f"repeat probe: every distance must be >= 2 tokens, got {distances}")
+    if max_length is not None and any(max_length - d < 2 for d in distances):
+        raise ValueError(f"repeat probe: every distance must be <= max_length - 2 = {max_length - 2}, got {distances}")
     results = []
     with torch.no_grad(), attention(lm.model, lm.prefill_attn):
         for d in distances:
@@ -54,13 +58,14 @@ def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], 
             if not segments:
                 raise ValueError(f"repeat probe: no document has {d} tokens (the longest has "
                                  f"{max(map(len, docs), default=0)})")
+            m = d if max_length is None else min(d, max_length - d)  # tokens repeated
             first = second = 0.0
             for i in tqdm(range(0, len(segments), batch_size), desc=f"repeat d={d}", unit="batch",
                           dynamic_ncols=True, disable=not progress):
                 x = torch.tensor(segments[i:i + batch_size], dtype=torch.long, device=lm.device)
-                lp = long_context_logprobs(lm.model, torch.cat([x, x], dim=1)).float()
-                first += float(-lp[:, 1:d].sum())           # x[1:] after its own prefix
-                second += float(-lp[:, d + 1:2 * d].sum())  # the same tokens, one copy later
-            n = len(segments) * (d - 1)
+                lp = long_context_logprobs(lm.model, torch.cat([x, x[:, :m]], dim=1)).float()
+                first += float(-lp[:, 1:m].sum())           # x[1:m] after its own prefix
+                second += float(-lp[:, d + 1:d + m].sum())  # the same tokens, d positions later
+            n = len(segments) * (m - 1)
             results.append(RepeatLoss(d, len(segments), first / n, second / n))
     return results
