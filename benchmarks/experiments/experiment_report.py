@@ -122,6 +122,13 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
     TASK_GROUPS = results["task_groups"]
     curve = results.get("copy_curve") or {}
     if any(curve.values()):
@@ -138,10 +145,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
         ax.set_ylabel(f"repeat gain at D = {gate.get('distance', '?')} (nats/token)")
         ax.set_title("the base's copy curve on held-out text (lower = copies)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "copy_curve.png", dpi=110)
-        plt.close(fig)
-        written.append("copy_curve.png")
+        save(fig, "copy_curve.png")
     curves = results.get("curves", {})
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -154,10 +158,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
         ax.set_ylabel("loss (nats/token), held-out documents")
         ax.set_title("loss by position (mean over seeds)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "loss_by_position.png", dpi=110)
-        plt.close(fig)
-        written.append("loss_by_position.png")
+        save(fig, "loss_by_position.png")
 
         fig, axes = plt.subplots(1, len(TASK_GROUPS), figsize=(4 * len(TASK_GROUPS), 3.5), squeeze=False)
         for ax, group in zip(axes[0], TASK_GROUPS):
@@ -171,10 +172,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
             ax.set_xlabel("context length (tokens)")
         axes[0][0].set_ylabel("answer log-prob per token (teacher-forced)")
         axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "answer_logprob_by_length.png", dpi=110)
-        plt.close(fig)
-        written.append("answer_logprob_by_length.png")
+        save(fig, "answer_logprob_by_length.png")
 
         groups = [g for g in TASK_GROUPS if all(g in s.get("by_depth_long", {}) for v in curves.values()
                                                 for s in v.values())]
@@ -190,10 +188,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
                 ax.set_xlabel("needle depth (% of the context)")
             axes[0][0].set_ylabel("answer log-prob per token (teacher-forced)")
             axes[0][-1].legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(folder / "answer_logprob_by_depth.png", dpi=110)
-            plt.close(fig)
-            written.append("answer_logprob_by_depth.png")
+            save(fig, "answer_logprob_by_depth.png")
 
         arms = list(curves)
         fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
@@ -214,10 +209,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
             ax.set_ylabel("layer")
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle("retrieval score per head (mean over seeds)")
-        fig.tight_layout()
-        fig.savefig(folder / "retrieval_heads.png", dpi=110)
-        plt.close(fig)
-        written.append("retrieval_heads.png")
+        save(fig, "retrieval_heads.png")
 
         probed = {arm: [s["repeat"] for s in seeds.values() if s.get("repeat")] for arm, seeds in curves.items()}
         probed = {arm: per for arm, per in probed.items() if per}
@@ -234,10 +226,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
             ax.set_ylabel("repeat gain (nats/token; lower = copies)")
             ax.set_title("repeat probe on held-out text (mean over seeds)")
             ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(folder / "repeat_probe.png", dpi=110)
-            plt.close(fig)
-            written.append("repeat_probe.png")
+            save(fig, "repeat_probe.png")
     return written
 
 
