@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import NextlongError, disk_full, is_disk_full
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(args.command, exc)
         return exc.exit_code
+    except BrokenPipeError:  # an OSError: before the clause below
+        # The reader went away (`nextlong inspect X | head`): stop quietly, as other command-line tools do.
+        # stdout is pointed at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         # The environment, not a bug: a full disk, a read-only or missing folder, a path that is a file.
         if args.debug or exc.filename is None and not is_disk_full(exc):

@@ -249,3 +249,14 @@ def test_control_characters_in_an_error_never_reach_the_terminal(tmp_path, capsy
     code, _, err = run_cli(["chunk", evil, "--out", tmp_path / "c.parquet"], capsys)  # the bar too: none
     line = assert_one_line_error(err, "chunk")
     assert code == 1 and "\x1b" not in err and "\x07" not in err and "a\\x1b[2Jb\\x07.jsonl" in line
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(index_dir):
+    """`nextlong search ... | head -1`: the reader has closed the pipe (here before the command writes at all);
+    the command stops with no traceback (it printed `BrokenPipeError` with a traceback before)."""
+    proc = subprocess.Popen([sys.executable, "-m", "nextlong", "search", str(index_dir), "paragraph 2", "-k", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
