@@ -197,6 +197,22 @@ def test_manifest(base, files):
     assert (base[0] / st["tokenizer_copy"]).read_bytes() == files["tokenizer"].read_bytes()
 
 
+def test_inspect_shows_the_chunks_question_and_answer(base):
+    from nextlong.commands.inspect import render
+
+    out, _ = base
+    row = rows(out)[1]
+    text = render(out, sample=1, max_segments=100, max_chars=10_000)
+    assert text.startswith(f"sample 1: {len(row['input_ids'])} tokens, method acer, question {row['question']!r}")
+    heads = [line for line in text.splitlines() if line.startswith("[")]
+    marks = [h.split()[0] for h in heads[1:]]  # heads[0] is the legend
+    assert len(marks) == len(row["segments"]) and marks[-2:] == ["[Q]", "[R]"]
+    assert marks.count("[C*]") == sum(1 for s in row["segments"] if s["role"] == "context" and s["read"])
+    first = next(s for s in row["segments"] if s["role"] == "context")
+    assert f"{first['doc_id']}#{first['chunk_index']} rank {first['rank']} (retrieval {first['retrieval_rank']})" \
+        in heads[1]
+
+
 # --- the LM ----------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""`nextlong inspect DIR`: look at what `nextlong synthesize` made — a sample long document with its
-anchors and negatives marked, and the run's statistics."""
+"""`nextlong inspect DIR`: look at what `nextlong synthesize` or `nextlong acer` made — a sample long
+document with its anchors and negatives (or, for ACER, its retrieved chunks, question and answer)
+marked, and the run's statistics."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from pathlib import Path
 from ..errors import NextlongError
 from .argtypes import nonnegative_int, positive_int
 
-_COLOURS = {"anchor": "\033[1;32m", "negative": "\033[2;37m"}
+_COLOURS = {"anchor": "\033[1;32m", "negative": "\033[2;37m", "read": "\033[1;32m", "context": "\033[2;37m",
+            "question": "\033[1;36m", "answer": "\033[1;33m"}
+_MARKS = {"anchor": "[A]", "negative": "[N]", "read": "[C*]", "context": "[C]", "question": "[Q]", "answer": "[R]"}
+_LEGENDS = {"nextlong": (("anchor", "anchor meta-chunk"), ("negative", "negative")),
+            "acer": (("read", "chunk the reader saw"), ("context", "chunk it did not"), ("question", "question"),
+                     ("answer", "answer (the loss is on it)"))}
 _RESET = "\033[0m"
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="show a synthesized document and the run's statistics",
                               description="Print one long document of a `nextlong synthesize` output folder with "
-                                          "anchor meta-chunks and negatives marked, then the manifest's statistics.")
-    p.add_argument("dir", help="output folder of nextlong synthesize")
+                                          "anchor meta-chunks and negatives marked (of a `nextlong acer` folder: its "
+                                          "chunks, question and answer), then the manifest's statistics.")
+    p.add_argument("dir", help="output folder of nextlong synthesize or nextlong acer")
     p.add_argument("--sample", type=nonnegative_int, default=0, help="which long document (row number, default 0)")
     p.add_argument("--max-chars", type=positive_int, default=300, help="characters shown per segment (default 300)")
     p.add_argument("--max-segments", type=positive_int, default=12, help="segments shown (default 12)")
@@ -59,19 +66,28 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
     tok = load_tokenizer(recorded_tokenizer(directory, settings))
     ids = np.asarray(row["input_ids"], np.uint32)
     # everything from the folder is shown through printable(): corpus text may hold escape sequences
-    lines = [printable(f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document "
-                       f"{row['anchor_doc_id']!r}, {len(row['segments'])} segments")]
-    legend = "[A] anchor meta-chunk   [N] negative"
-    lines.append(legend if not color else f"{_COLOURS['anchor']}[A] anchor meta-chunk{_RESET}   "
-                                          f"{_COLOURS['negative']}[N] negative{_RESET}")
+    acer = row.get("method") == "acer"
+    if acer:
+        gold = f", gold {row['gold']!r}" if row.get("gold") else ""
+        lines = [printable(f"sample {sample}: {len(ids)} tokens, method acer, question {row['question']!r}, answer "
+                           f"{row['answer']!r}{gold}, {len(row['segments'])} segments")]
+    else:
+        lines = [printable(f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document "
+                           f"{row['anchor_doc_id']!r}, {len(row['segments'])} segments")]
+    legend = _LEGENDS["acer" if acer else "nextlong"]
+    lines.append("   ".join(f"{_COLOURS[k]}{_MARKS[k]} {what}{_RESET}" if color else f"{_MARKS[k]} {what}"
+                            for k, what in legend))
     for seg in row["segments"][:max_segments]:
         text = tok.decode(ids[seg["start"]:seg["end"]])
         short = text if len(text) <= max_chars else text[:max_chars] + " …"
-        mark = "[A]" if seg["role"] == "anchor" else "[N]"
-        head = printable(f"{mark} {seg['doc_id']}#{seg['chunk_index']} tokens {seg['start']}-{seg['end']}")
+        kind = "read" if seg["role"] == "context" and seg.get("read") else seg["role"]
+        mark = _MARKS.get(kind, "[?]")
+        where = f" {seg['doc_id']}#{seg['chunk_index']}" if seg.get("doc_id") else ""
+        ranks = f" rank {seg['rank']} (retrieval {seg['retrieval_rank']})" if acer and seg["role"] == "context" else ""
+        head = printable(f"{mark}{where}{ranks} tokens {seg['start']}-{seg['end']}")
         body = printable(short.rstrip("\n")).replace("\n", "\n    ")
         if color:
-            c = _COLOURS.get(seg["role"], "")
+            c = _COLOURS.get(kind, "")
             lines.append(f"{c}{head}{_RESET}\n    {c}{body}{_RESET}")
         else:
             lines.append(f"{head}\n    {body}")
