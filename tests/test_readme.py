@@ -47,6 +47,7 @@ RUNS = {
     "nextlong acer --corpus demo-out/demo_corpus.jsonl --model demo-run --generate-questions 16 --out demo-acer "
     "--embedder hashed-tfidf --target-length 8192 --retrieve 64 --read 4 --max-new-tokens 32":
         ["--generate-questions", "4"],
+    "nextlong inspect demo-acer": [],
     "nextlong train demo-acer --model demo-run --steps 10 --out demo-acer-run": ["--steps", "1"],
     "nextlong acer --corpus corpus.jsonl --questions q.jsonl --model demo-run --out acer-dir":
         ["--target-length", "2048", "--retrieve", "16", "--read", "2", "--max-new-tokens", "8", "--chunk-tokens", "128"],
