@@ -102,10 +102,11 @@ class _FlashAttention(torch.autograd.Function):
                                                     **_torch_options(blocks))
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
         ctx.args = (causal, left, right, scale, backend, blocks)
-        return out
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
-    def backward(ctx, do):
+    def backward(ctx, do, _dlse):
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         causal, left, right, scale, backend, blocks = ctx.args
         if backend == "triton":
@@ -130,6 +131,15 @@ def flash_attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, s
     backend="torch", selects the chunked path instead of PyTorch's fused CPU kernel).
     """
     del max_seqlen
+    return attention_with_lse(q, k, v, causal=causal, cu_seqlens=cu_seqlens, softmax_scale=softmax_scale,
+                              window=window, backend=backend, _blocks=_blocks)[0]
+
+
+def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=None, window=None, backend="auto",
+                       _blocks=None):
+    """`flash_attention`, also returning each query's log-sum-exp of its scaled scores (fp32, q's shape without
+    head_dim: (total, H) or (B, S, H)), which ring-style wrappers need to merge partial results. The lse
+    carries no gradient."""
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
@@ -148,10 +158,12 @@ def flash_attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, s
         cu_seqlens = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
         q, k, v = (x.reshape(b * s, x.shape[2], x.shape[3]) for x in (q, k, v))
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    out = _FlashAttention.apply(q, k, v, cu_seqlens, bool(causal), left, right, scale, backend, _blocks)
+    out, lse = _FlashAttention.apply(q, k, v, cu_seqlens, bool(causal), left, right, scale, backend, _blocks)
+    if backend == "triton":  # the kernels keep it in base 2, laid out (heads, tokens)
+        lse = (lse * math.log(2.0)).t()
     if batched:
-        out = out.reshape(b, s, *out.shape[1:])
-    return out
+        out, lse = out.reshape(b, s, *out.shape[1:]), lse.reshape(b, s, lse.shape[-1])
+    return out, lse
 
 
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -162,4 +174,4 @@ def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     return out
 
 
-__all__ = ["flash_attention", "cu_seqlens_from_lengths"]
+__all__ = ["flash_attention", "attention_with_lse", "cu_seqlens_from_lengths"]

@@ -1,0 +1,137 @@
+"""`nextlong.kernels.flash_attn_varlen_func` against flash-attn's documented semantics, written out as a
+slow loop over queries (fp64): bottom-right causal alignment for unequal q/k lengths, sliding windows,
+softmax scale, GQA, the returned log-sum-exp, and gradients. Tolerance 1e-5 (fp32)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nextlong.kernels import flash_attn_varlen_func
+
+
+def loop_reference(q, k, v, cu_q, cu_k, causal, scale, window):
+    """Query by query: sequence s's query i (of lq) may see key j (of lk) when j <= i + lk - lq (causal) and
+    i + lk - lq - left <= j <= i + lk - lq + right (window, -1 unbounded). A query with no key gives 0."""
+    left, right = window
+    group = q.shape[1] // k.shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float64)
+    for s in range(len(cu_q) - 1):
+        a, b, c, d = cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]
+        lq, lk = b - a, d - c
+        for i in range(lq):
+            pos = i + lk - lq
+            keys = [j for j in range(lk) if (not causal or j <= pos) and (left < 0 or pos - j <= left)
+                    and (right < 0 or causal or j - pos <= right)]
+            if not keys:
+                continue
+            for h in range(q.shape[1]):
+                kk = k[c + torch.tensor(keys), h // group].double()
+                vv = v[c + torch.tensor(keys), h // group].double()
+                scores = (kk @ q[a + i, h].double()) * scale
+                m = torch.logsumexp(scores, 0)
+                out[a + i, h] = torch.softmax(scores, 0) @ vv
+                lse[h, a + i] = m
+    return out, lse
+
+
+def data(lq, lk, heads=4, kv_heads=2, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(sum(lq), heads, dim, generator=g, requires_grad=True)
+    k = torch.randn(sum(lk), kv_heads, dim, generator=g, requires_grad=True)
+    v = torch.randn(sum(lk), kv_heads, dim, generator=g, requires_grad=True)
+    cu = lambda lengths: torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)  # noqa: E731
+    return q, k, v, cu(lq), cu(lk)
+
+
+CASES = [  # (query lengths, key lengths, causal, window, scale)
+    ([5, 17, 9], [5, 17, 9], True, (-1, -1), None),       # self-attention, several documents
+    ([5, 17, 9], [5, 17, 9], True, (4, 0), 0.3),          # sliding window, custom scale
+    ([5, 17, 9], [5, 17, 9], False, (3, 2), None),        # two-sided window, not causal
+    ([3, 8, 1], [7, 8, 12], True, (-1, -1), None),        # shorter queries: the last lq positions
+    ([3, 8, 1], [7, 8, 12], True, (2, 0), None),
+    ([3, 8, 1], [7, 8, 12], False, (-1, -1), 0.5),
+    ([9, 4], [5, 4], True, (-1, -1), None),               # longer queries: the first see no key at all
+    ([9, 4], [5, 4], False, (1, 1), None),
+]
+
+
+@pytest.mark.parametrize("lq,lk,causal,window,scale", CASES)
+def test_flash_attn_varlen_func_follows_flash_attn_semantics(lq, lk, causal, window, scale):
+    q, k, v, cu_q, cu_k = data(lq, lk)
+    out, lse, extra = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk), 0.0, softmax_scale=scale,
+                                             causal=causal, window_size=window, return_attn_probs=True)
+    want, want_lse = loop_reference(q.detach(), k.detach(), v.detach(), cu_q.tolist(), cu_k.tolist(), causal,
+                                    scale if scale is not None else 1 / math.sqrt(q.shape[-1]), window)
+    assert extra is None and out.shape == q.shape and out.dtype == q.dtype and lse.shape == (q.shape[1], q.shape[0])
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    seen = torch.isfinite(want_lse)
+    torch.testing.assert_close(lse.double()[seen], want_lse[seen], atol=1e-5, rtol=1e-5)
+    assert torch.all(lse[~seen] == -math.inf)
+    # gradients, against autograd through the same loop
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    dq, dk, dv = torch.autograd.grad((out * g).sum(), (q, k, v))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref, _ = loop_reference_autograd(q64, k64, v64, cu_q.tolist(), cu_k.tolist(), causal,
+                                     scale if scale is not None else 1 / math.sqrt(q.shape[-1]), window)
+    rq, rk, rv = torch.autograd.grad((ref * g.double()).sum(), (q64, k64, v64))
+    for got, exp in ((dq, rq), (dk, rk), (dv, rv)):
+        torch.testing.assert_close(got.double(), exp, atol=1e-5, rtol=1e-5)
+
+
+def loop_reference_autograd(q, k, v, cu_q, cu_k, causal, scale, window):
+    """loop_reference, differentiable (rows built with torch.stack instead of in-place writes)."""
+    left, right = window
+    group = q.shape[1] // k.shape[1]
+    rows = []
+    for s in range(len(cu_q) - 1):
+        a, b, c, d = cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]
+        lq, lk = b - a, d - c
+        for i in range(lq):
+            pos = i + lk - lq
+            keys = [j for j in range(lk) if (not causal or j <= pos) and (left < 0 or pos - j <= left)
+                    and (right < 0 or causal or j - pos <= right)]
+            heads = []
+            for h in range(q.shape[1]):
+                if not keys:
+                    heads.append(torch.zeros(q.shape[-1], dtype=q.dtype))
+                    continue
+                idx = c + torch.tensor(keys)
+                scores = (k[idx, h // group] @ q[a + i, h]) * scale
+                heads.append(torch.softmax(scores, 0) @ v[idx, h // group])
+            rows.append(torch.stack(heads))
+    return torch.stack(rows), None
+
+
+def test_unsupported_arguments_are_named():
+    q, k, v, cu, _ = data([4], [4])
+    with pytest.raises(ValueError, match="dropout_p"):
+        flash_attn_varlen_func(q, k, v, cu, cu, 4, 4, dropout_p=0.1)
+    for name, value in (("softcap", 30.0), ("alibi_slopes", torch.zeros(4)), ("block_table", torch.zeros(1))):
+        with pytest.raises(NotImplementedError, match=name):
+            flash_attn_varlen_func(q, k, v, cu, cu, 4, 4, **{name: value})
+
+
+def test_same_as_flash_attention_on_self_attention():
+    """Equal cu_seqlens are our flash_attention exactly (the path every Ulysses call takes)."""
+    from nextlong.kernels import flash_attention
+
+    q, k, v, cu, _ = data([6, 30, 11], [6, 30, 11])
+    out = flash_attn_varlen_func(q, k, v, cu, cu.clone(), 30, 30, causal=True)
+    assert torch.equal(out, flash_attention(q, k, v, causal=True, cu_seqlens=cu))
+
+
+def test_the_log_sum_exp_is_the_same_from_both_backends():
+    """The Triton kernels keep lse in base 2, (heads, tokens); attention_with_lse gives natural log, (tokens,
+    heads), from either backend (Triton here in the interpreter, fp32)."""
+    from nextlong.kernels.attention import attention_with_lse
+
+    q, k, v, cu, _ = data([7, 20], [7, 20], dim=16)
+    ref_out, ref_lse = attention_with_lse(q, k, v, causal=True, cu_seqlens=cu, window=(5, 0), backend="torch")
+    out, lse = attention_with_lse(q, k, v, causal=True, cu_seqlens=cu, window=(5, 0), backend="triton")
+    assert lse.shape == ref_lse.shape == (27, 4) and not lse.requires_grad
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
