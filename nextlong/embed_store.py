@@ -160,7 +160,7 @@ def embed_chunks(
                 detail = "; ".join(f"{k}: on disk {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
                 raise StageMismatchError(
                     f"{out_path}: embeddings were made with other settings ({detail}); "
-                    "delete the file or pass overwrite=True to re-embed"
+                    "delete it to re-embed (from Python: embed_chunks(..., overwrite=True))"
                 )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if record is None:
@@ -178,12 +178,12 @@ def embed_chunks(
         try:
             arr = np.lib.format.open_memmap(out_path, mode="r+")
         except (OSError, ValueError) as exc:
-            raise StageMismatchError(f"{out_path}: unreadable embeddings file ({exc}); delete it or pass "
-                                     "overwrite=True") from exc
+            raise StageMismatchError(f"{out_path}: unreadable embeddings file ({exc}); delete it to re-embed "
+                                     "(from Python: embed_chunks(..., overwrite=True))") from exc
         if arr.shape != (texts.rows, expected["dim"]) or arr.dtype != np.dtype(expected["dtype"]):
             raise StageMismatchError(f"{out_path}: holds {arr.shape} {arr.dtype}, its progress record says "
-                                     f"{(texts.rows, expected['dim'])} {expected['dtype']}; delete it or pass "
-                                     "overwrite=True")
+                                     f"{(texts.rows, expected['dim'])} {expected['dtype']}; delete it to "
+                                     "re-embed (from Python: embed_chunks(..., overwrite=True))")
         if record.get("complete"):
             if verify:
                 _verify(out_path, record)
