@@ -1,0 +1,90 @@
+"""`nextlong.parallel.ulysses_attention` with gloo on CPU, 2 and 4 processes: each rank's output and the
+gradients of its q, k, v slices equal single-process attention on the whole packed sequence (fp32,
+1e-5), with document boundaries inside and across the ranks' slices, grouped-query heads split or
+repeated, a sliding window, and our flash_attn_varlen_func or any function of its signature."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+LENGTHS = [5, 20, 3, 20]  # 48 tokens: boundaries fall inside and across the 24- or 12-token slices
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, kv_heads, window, attn_name):
+    import torch.distributed as dist
+
+    from nextlong.kernels import cu_seqlens_from_lengths, flash_attention, flash_attn_varlen_func
+    from nextlong.parallel import ulysses_attention
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(0)
+        total, heads, dim = sum(LENGTHS), 4, 16
+        q = torch.randn(total, heads, dim, generator=g)
+        k = torch.randn(total, kv_heads, dim, generator=g)
+        v = torch.randn(total, kv_heads, dim, generator=g)
+        grad = torch.randn(total, heads, dim, generator=g)
+        cu = cu_seqlens_from_lengths(LENGTHS)
+        # the reference: one process, the whole sequence
+        full = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref = flash_attention(*full, causal=True, cu_seqlens=cu, window=None if window is None else (window, 0))
+        ref_grads = torch.autograd.grad((ref * grad).sum(), full)
+        # this rank's slice
+        n = total // world
+        part = slice(rank * n, (rank + 1) * n)
+        local = [x[part].clone().requires_grad_() for x in (q, k, v)]
+        calls = []
+
+        def counting(*args, **kwargs):  # any function of flash_attn_varlen_func's signature
+            calls.append(args[0].shape)
+            return flash_attn_varlen_func(*args, **kwargs)
+
+        out = ulysses_attention(*local, cu, causal=True, window_size=(-1, -1) if window is None else (window, 0),
+                                attn_fn=None if attn_name == "default" else counting)
+        grads = torch.autograd.grad((out * grad[part]).sum(), local)
+        torch.testing.assert_close(out, ref[part], atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want[part], atol=1e-5, rtol=1e-5)
+        if attn_name == "counting":  # attention ran on every token of this rank's heads
+            assert calls == [torch.Size([total, heads // world, dim])]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world,kv_heads,window,attn_name", [
+    (2, 2, None, "default"),    # kv heads split with the query heads
+    (2, 1, 6, "counting"),      # one kv head: repeated; a sliding window
+    (4, 2, None, "counting"),   # 2 kv heads over 4 ranks: repeated
+    (4, 4, 6, "default"),
+])
+def test_ulysses_equals_one_process(world, kv_heads, window, attn_name):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, free_port(), kv_heads, window, attn_name), nprocs=world, join=True)
+
+
+def test_heads_that_do_not_split_are_refused(monkeypatch):
+    import torch.distributed as dist
+
+    from nextlong.kernels import cu_seqlens_from_lengths
+    from nextlong.parallel import ulysses_attention
+
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
+    q = torch.zeros(16, 4, 16)
+    with pytest.raises(ValueError, match="4 query heads cannot be split over 3 ranks"):
+        ulysses_attention(q, q, q, cu_seqlens_from_lengths([48]))
+    q = torch.zeros(16, 3, 16)
+    with pytest.raises(ValueError, match="3 ranks x 16 local tokens != 50"):
+        ulysses_attention(q, q, q, cu_seqlens_from_lengths([50]))
