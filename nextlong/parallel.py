@@ -13,11 +13,49 @@ query heads first, as Ulysses implementations do, so a model with one kv head ru
 
 `attn_fn` is any function with flash-attn's `flash_attn_varlen_func` signature (default: ours,
 `nextlong.kernels.flash_attn_varlen_func`), so the same wrapper serves flash-attn itself.
+
+Inside a transformers model: `with sequence_parallel(group):` makes `attn_implementation="nextlong"`
+call `ulysses_attention` with the `cu_seq_lens_q` the model is given (the whole sequence's boundaries);
+each rank then feeds the model its token slice, with that slice's `position_ids`.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+_STATE = {"group": None}
+
+
+@contextlib.contextmanager
+def sequence_parallel(group):
+    """Within this block, attn_implementation="nextlong" runs Ulysses over `group` (None: no parallelism)."""
+    previous, _STATE["group"] = _STATE["group"], group
+    try:
+        yield
+    finally:
+        _STATE["group"] = previous
+
+
+def current_group():
+    """The process group `sequence_parallel` set, or None."""
+    return _STATE["group"]
+
+
+def split_for_rank(batch: dict, rank: int, parts: int) -> dict:
+    """This rank's token slice of a collated batch (nextlong.train.data.collate, one sequence per batch):
+    input_ids and position_ids [a, b) with a = rank * S / parts; labels [a, b + 1) (one more column: the
+    target of the slice's last token is the next slice's first), so the loss at local position t still
+    predicts labels[t + 1]; cu_seq_lens and max lengths stay those of the whole sequence."""
+    seq = batch["input_ids"].shape[1]
+    n = seq // parts
+    a, b = rank * n, (rank + 1) * n
+    labels = batch["labels"][:, a:b + 1]
+    if labels.shape[1] == n:  # the last slice: nothing follows it
+        labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), -100)], dim=1)
+    return dict(batch, input_ids=batch["input_ids"][:, a:b], position_ids=batch["position_ids"][:, a:b],
+                labels=labels)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -75,4 +113,4 @@ def ulysses_attention(q, k, v, cu_seqlens, *, group=None, causal: bool = True, s
     return _AllToAll.apply(out, group, 0, 1)  # (T / N, heads, D)
 
 
-__all__ = ["ulysses_attention"]
+__all__ = ["ulysses_attention", "sequence_parallel", "current_group", "split_for_rank"]

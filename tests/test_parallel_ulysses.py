@@ -88,3 +88,24 @@ def test_heads_that_do_not_split_are_refused(monkeypatch):
     q = torch.zeros(16, 3, 16)
     with pytest.raises(ValueError, match="3 ranks x 16 local tokens != 50"):
         ulysses_attention(q, q, q, cu_seqlens_from_lengths([50]))
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "the 1 process(es) do not split into groups of 2"),
+    (["--attention", "sdpa"], "it runs our attention (--attention nextlong), not sdpa"),
+    (["--micro-batch", "2"], "it takes --micro-batch 1"),
+    (["--token-weighting", "longce"], "--token-weighting is not supported with it yet"),
+    (["--seq-len", "255"], "--seq-len 255 does not split into 2 equal slices"),
+])
+def test_train_refuses_what_sequence_parallelism_cannot_run(tmp_path, capsys, extra, message):
+    """One line before any work (here without torchrun, so the world of 1 is the first thing refused)."""
+    from nextlong.cli import main
+    from tests.train_support import SAMPLE_LEN, synthesized
+
+    argv = ["train", str(synthesized("standard")), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps", "1",
+            "--seq-len", str(SAMPLE_LEN), "--seq-parallel", "2", "--split-spans", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nextlong train: error: --seq-parallel 2:") and len(err.splitlines()) == 1
+    assert message in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -67,6 +67,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--longce-gamma", type=float, default=5.0, help="LongCE clip gamma (default 5)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 fully_shard (under torchrun)")
+    p.add_argument("--seq-parallel", type=positive_int, default=1,
+                   help="Ulysses sequence parallelism: split every sequence's tokens over N ranks (N divides the "
+                   "torchrun world and the attention heads; data parallel over the rest; default 1)")
     p.add_argument("--save-every", type=nonnegative_int, default=0,
                    help="checkpoint every N steps (default 0: only at the end)")
     p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         loss_on=args.loss_on,
         scorer=args.scorer, short_window=args.short_window, short_stride=args.short_stride,
         dense_lam=args.dense_lam, sparse_keep=args.sparse_keep, longce_gamma=args.longce_gamma,
-        grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
+        grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, seq_parallel=args.seq_parallel,
+        save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
         trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy,
         num_threads=args.threads, progress=not args.quiet)

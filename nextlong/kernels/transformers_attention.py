@@ -54,6 +54,13 @@ def packed_cu_seqlens(position_ids: torch.Tensor | None, batch: int, seq: int, d
     return torch.cat([idx, total])
 
 
+def _sequence_parallel_group():
+    import sys
+
+    parallel = sys.modules.get("nextlong.parallel")  # set only by code that imported it
+    return parallel.current_group() if parallel is not None else None
+
+
 def nextlong_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                                scaling: float | None = None, sliding_window: int | None = None,
                                softcap: float | None = None, is_causal: bool | None = None, **kwargs):
@@ -92,9 +99,19 @@ def nextlong_attention_forward(module, query, key, value, attention_mask, dropou
             raise NotImplementedError("nextlong attention: cu_seq_lens_k must equal cu_seq_lens_q (self-attention)")
         cu = cu_q.to(device=q.device, dtype=torch.int32)
         flat = [x.reshape(batch * seq, x.shape[2], dim) for x in (q, k, v)]
-        out = flash_attention(*flat, causal=causal, cu_seqlens=cu, softmax_scale=scaling, window=window,
-                              backend=BACKEND)
+        group = _sequence_parallel_group()
+        if group is not None:  # this rank holds a slice of the tokens; cu covers the whole sequence
+            from nextlong.parallel import ulysses_attention
+
+            out = ulysses_attention(*flat, cu, group=group, causal=causal, softmax_scale=scaling,
+                                    window_size=window or (-1, -1))
+        else:
+            out = flash_attention(*flat, causal=causal, cu_seqlens=cu, softmax_scale=scaling, window=window,
+                                  backend=BACKEND)
         return out.reshape(batch, seq, heads, dim), None
+    if _sequence_parallel_group() is not None:
+        raise NotImplementedError("nextlong attention: under sequence_parallel the model needs cu_seq_lens_q/k "
+                                  "(the boundaries of the whole sequence), not a mask or position_ids")
 
     position_ids = kwargs.get("position_ids")
     if keep is None:

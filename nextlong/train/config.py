@@ -61,6 +61,7 @@ class TrainConfig:
     longce_gamma: float = 5.0
     grad_checkpointing: bool = False
     fsdp: bool = False
+    seq_parallel: int = 1                # Ulysses: each sequence's tokens split over this many ranks
     save_every: int = 0                  # 0: only at the end
     keep_checkpoints: int = 2
     resume: bool = False
@@ -87,7 +88,7 @@ class TrainConfig:
               f"--token-weighting must be one of {WEIGHTINGS}, got {self.token_weighting!r}")
         check(self.scorer is None or self.token_weighting != "none",
               "--scorer is only used with --token-weighting dense|sparse|longce")
-        for name in ("steps", "micro_batch", "short_window", "short_stride", "keep_checkpoints"):
+        for name in ("steps", "micro_batch", "short_window", "short_stride", "keep_checkpoints", "seq_parallel"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("seq_len", "batch_tokens", "stop_after"):
             value = getattr(self, name)

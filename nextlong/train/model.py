@@ -149,9 +149,11 @@ class LossModel(torch.nn.Module):
         return out.last_hidden_state
 
     def token_losses(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str, weights=None):
-        """CE of predicting labels[:, t+1] from hidden[:, t]; weights aligned with labels."""
+        """CE of predicting labels[:, t+1] from hidden[:, t]; weights aligned with labels. Labels one column
+        longer than hidden (a sequence-parallel slice: nextlong.parallel.split_for_rank) give every
+        position of hidden a target."""
         head = self.lm.get_output_embeddings()
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        h = (hidden if labels.shape[1] == hidden.shape[1] + 1 else hidden[:, :-1]).reshape(-1, hidden.shape[-1])
         y = labels[:, 1:].reshape(-1)
         w = None if weights is None else weights[:, 1:].reshape(-1)
         if self.loss == "fused":

@@ -150,14 +150,16 @@ class Trainer:
                     raise UsageError(f"{s.path}: its samples are {s.sample_length} tokens, longer than --seq-len "
                                      f"{self.seq_len}, and a sample is one attention span; raise --seq-len, pass "
                                      "--split-spans to cut them, or use --attention-spans document|none")
-        self.batch_tokens = cfg.batch_tokens or self.seq_len * self.world
+        self._check_sequence_parallel()
+        self.batch_tokens = cfg.batch_tokens or self.seq_len * self.dp_world
         if self.batch_tokens % self.seq_len:
             raise UsageError(f"--batch-tokens {self.batch_tokens} must be a multiple of --seq-len {self.seq_len}")
         per_step = self.batch_tokens // self.seq_len
-        if per_step % (self.world * cfg.micro_batch):
+        if per_step % (self.dp_world * cfg.micro_batch):
             raise UsageError(f"--batch-tokens {self.batch_tokens} is {per_step} sequences per step, which "
-                             f"{self.world} process(es) x --micro-batch {cfg.micro_batch} do not divide")
-        self.accum = per_step // (self.world * cfg.micro_batch)
+                             f"{self.dp_world} data-parallel process(es) x --micro-batch {cfg.micro_batch} do not "
+                             "divide")
+        self.accum = per_step // (self.dp_world * cfg.micro_batch)
         self.lr = cfg.lr or (1e-3 if is_preset(cfg.model) else 1e-5)
         self.warmup = cfg.resolved_warmup()
         if cfg.fsdp and self.world == 1:
@@ -172,12 +174,15 @@ class Trainer:
         if vocab is not None and vocab > self.model_vocab:
             raise NextlongError(f"the data's tokenizer ({data_tok}) has {vocab} ids but the model's vocabulary has "
                                 f"{self.model_vocab}: token ids would reach past the embedding table")
+        if self.sp > 1 and lm.config.num_attention_heads % self.sp:
+            raise UsageError(f"--seq-parallel {self.sp}: the model's {lm.config.num_attention_heads} attention heads "
+                             "do not split over it (Ulysses gives each rank whole heads)")
         self.num_params = sum(p.numel() for p in lm.parameters())
         self.rope_theta = get_rope_theta(lm.config)
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.to(self.device).train()
-        check_step_memory(lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
+        check_step_memory(lm, seq_len=self.seq_len // self.sp, micro_batch=cfg.micro_batch, device=self.device,
                           shards=self.world if cfg.fsdp else 1, local_world=self.local_world)
         self.lm = lm
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
@@ -196,7 +201,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_schedule(self.warmup, cfg.steps, cfg.min_lr_ratio))
 
-        stream = SampleStream(sources, seed=cfg.seed, rank=self.rank, world=self.world,
+        stream = SampleStream(sources, seed=cfg.seed, rank=self.dp_rank, world=self.dp_world,
                               spans=cfg.attention_spans, vocab_size=self.model_vocab,
                               loss_mask=self.loss_on == "answer")
         self.packer = SequencePacker(stream, self.seq_len, split=cfg.split_spans)
@@ -208,6 +213,36 @@ class Trainer:
                 bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
             print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
                   "target); a step without one applies no update", file=sys.stderr)
+
+    def _check_sequence_parallel(self) -> None:
+        """--seq-parallel N: ranks r, r+1, ... r+N-1 (r a multiple of N) split each sequence's tokens and read the
+        same data; data parallelism runs over the world / N groups. Sets sp, sp_rank, sp_group, dp_rank,
+        dp_world (1-way groups when N = 1)."""
+        cfg, sp = self.cfg, self.cfg.seq_parallel
+        self.sp, self.sp_rank, self.sp_group = sp, self.rank % sp, None
+        self.dp_rank, self.dp_world = self.rank // sp, self.world // sp
+        if sp == 1:
+            return
+        problems = [
+            (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
+            (cfg.micro_batch != 1, "it takes --micro-batch 1 (one sequence per forward; raise --batch-tokens "
+                                   "for more sequences per step)"),
+            (cfg.token_weighting != "none", "--token-weighting is not supported with it yet"),
+            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
+            (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
+                              f"torchrun --nproc-per-node a multiple of {sp}"),
+        ]
+        for bad, why in problems:
+            if bad:
+                raise UsageError(f"--seq-parallel {sp}: {why}")
+        import torch.distributed as dist
+
+        import nextlong.parallel  # noqa: F401  (the attention hook looks for it)
+
+        for first in range(0, self.world, sp):  # every rank creates every group, in the same order
+            group = dist.new_group(list(range(first, first + sp)))
+            if first <= self.rank < first + sp:
+                self.sp_group = group
 
     def _check_model_tokenizer(self, data_tok, data_fp) -> None:
         folder = resolve_model_folder(self.cfg.model)
@@ -295,8 +330,13 @@ class Trainer:
 
     # data and weights
     def _read_step_batches(self) -> list[dict]:
-        return [collate([self.packer.next_sequence() for _ in range(self.cfg.micro_batch)])
-                for _ in range(self.accum)]
+        batches = [collate([self.packer.next_sequence() for _ in range(self.cfg.micro_batch)])
+                   for _ in range(self.accum)]
+        if self.sp > 1:  # every rank of a sequence-parallel group read the same sequences: keep this rank's slice
+            from ..parallel import split_for_rank
+
+            batches = [split_for_rank(b, self.sp_rank, self.sp) for b in batches]
+        return batches
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -320,6 +360,13 @@ class Trainer:
         if cfg.token_weighting == "dense":
             return W.dense_weights(scores, mask, lam=cfg.dense_lam)
         return W.sparse_weights(scores, mask, keep=cfg.sparse_keep)
+
+    def _sequence_parallel(self):
+        if self.sp == 1:
+            return contextlib.nullcontext()
+        from ..parallel import sequence_parallel
+
+        return sequence_parallel(self.sp_group)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -346,7 +393,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, (batch, w) in enumerate(zip(batches, weights)):
             sync = i == len(batches) - 1 or not hasattr(self.wrapped, "no_sync")
-            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast(), \
+                    self._sequence_parallel():
                 part = self.wrapped(batch, w)
             (part * (self.world / total_w.to(part.dtype))).backward()
             loss_sum += part.detach().double()
