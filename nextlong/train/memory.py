@@ -69,22 +69,24 @@ def _cgroup_room() -> int | None:
 
 
 def check_step_memory(model, *, seq_len: int, micro_batch: int, device: torch.device, shards: int = 1,
-                      local_world: int = 1) -> None:
-    """UsageError (on every rank) when one micro-batch cannot fit in the memory available now."""
-    tokens = seq_len * micro_batch
+                      local_world: int = 1, seq_parallel: int = 1) -> None:
+    """UsageError (on every rank) when one micro-batch cannot fit in the memory available now (under
+    sequence parallelism, this rank's 1/seq_parallel of each sequence)."""
+    tokens = seq_len // seq_parallel * micro_batch
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need = step_memory_floor(model.config, tokens=tokens, trainable=trainable, shards=shards,
                              cuda=device.type == "cuda")
     have = available_memory(device, local_world)
     if all_ranks_ok(have is None or need <= have):
         return
-    what = f"--seq-len {seq_len}" + (f" x --micro-batch {micro_batch}" if micro_batch > 1 else "")
+    what = f"--seq-len {seq_len}" + (f" / --seq-parallel {seq_parallel}" if seq_parallel > 1 else "") + (
+        f" x --micro-batch {micro_batch}" if micro_batch > 1 else "")
     where = "GPU" if device.type == "cuda" else "main"
     have_text = _gib(have) if have is not None and have < need else "less on another process"
     raise UsageError(f"{what} = {tokens:,} tokens per forward pass need at least {_gib(need)} of {where} memory "
                      f"for this model (the token batch and the {getattr(model.config, 'hidden_size', '?')}-wide "
                      f"hidden states backward keeps for each layer), but {have_text} is available; lower "
-                     f"--seq-len or --micro-batch")
+                     f"--seq-len or --micro-batch, or split each sequence over more ranks (--seq-parallel)")
 
 
 def _gib(n: int) -> str:

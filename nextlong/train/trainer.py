@@ -182,8 +182,8 @@ class Trainer:
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.to(self.device).train()
-        check_step_memory(lm, seq_len=self.seq_len // self.sp, micro_batch=cfg.micro_batch, device=self.device,
-                          shards=self.world if cfg.fsdp else 1, local_world=self.local_world)
+        check_step_memory(lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
+                          shards=self.world if cfg.fsdp else 1, local_world=self.local_world, seq_parallel=self.sp)
         self.lm = lm
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
         self.scorer = None
