@@ -396,7 +396,8 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast(), \
                     self._sequence_parallel():
                 part = self.wrapped(batch, w)
-            (part * (self.world / total_w.to(part.dtype))).backward()
+            with self._sequence_parallel():  # --grad-checkpointing recomputes attention inside backward
+                (part * (self.world / total_w.to(part.dtype))).backward()
             loss_sum += part.detach().double()
         loss = all_reduce_sum(loss_sum) / total_w
         params = [p for p in self.loss_model.parameters() if p.grad is not None]
