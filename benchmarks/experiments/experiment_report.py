@@ -354,7 +354,7 @@ model overall". Metrics with the same value for every model (e.g. an accuracy of
 "No signal", never under "no difference resolved".
 
 **Scales.** `smoke` (CI: seconds; its base never passes the gate, which the test checks, and `--skip-gate` runs
-the arms to test the pipeline); `cpu` (about 2 hours on 2 idle cores: the token plan and the times measured are in
+the arms to test the pipeline); `cpu` (about 1 hour on 2 cores: the token plan and the times measured are in
 "Budget"); `lease` (one H100/H200, our Triton kernels, 4 layers x 256, base length 1,024 extended to 8,192: sized
 by estimate to fit 9 minutes, not yet run).
 
@@ -442,11 +442,13 @@ def answer_lines(results: dict) -> list[str]:
     lines.append(f"The base copies (repeat gain {fmt(gate['gain'])} nats/token at D = {gate['distance']}; gate "
                  f"{gate['threshold']}), so the arms can show a difference in retrieval.")
     primary = results.get("primary", [])
+    tested = 0
     for treat, control, what in COMPARISONS:
         c = compare(results, treat, control)
         if c is None:
             continue
         n = len(c["seeds"])
+        tested += len(primary) if n >= 3 else 0
         res = [(m, good) for m, good in c["resolved"] if m in primary]
         if n < 3:
             lines.append(f"- {treat} − {control} ({what}): {n} paired seed(s) so far, too few for a claim.")
@@ -457,6 +459,12 @@ def answer_lines(results: dict) -> list[str]:
             lines.append(f"- {treat} − {control} ({what}): " + "; ".join(
                 f"{'better' if good else 'worse'} `{m}` {interval(c['metrics'][m])}" for m, good in res)
                 + f" (general loss gap {interval(c['gap'])} nats/token).")
+    if tested:
+        lines += ["", f"{tested} primary intervals were read ({len(primary)} metrics x the comparisons with 3 or more "
+                  f"seeds): at 95% about {0.05 * tested:.1f} of them would exclude 0 by chance alone, so an interval "
+                  "that only just excludes 0 is weak evidence; one far from 0 on every seed is not. The general "
+                  "loss gap (the paired difference of ln `ppl_long`) says whether an arm is a better or worse "
+                  "language model overall while it copies better or worse."]
     return lines + [""]
 
 
