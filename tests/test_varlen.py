@@ -14,11 +14,11 @@ from nextlong.kernels import flash_attn_varlen_func
 
 def loop_reference(q, k, v, cu_q, cu_k, causal, scale, window):
     """Query by query: sequence s's query i (of lq) may see key j (of lk) when j <= i + lk - lq (causal) and
-    i + lk - lq - left <= j <= i + lk - lq + right (window, -1 unbounded). A query with no key gives 0."""
+    i + lk - lq - left <= j <= i + lk - lq + right (window, -1 unbounded). A query with no key gives 0 and
+    lse -inf. Differentiable (rows are stacked, not written in place). Returns (out, lse (H, total_q))."""
     left, right = window
     group = q.shape[1] // k.shape[1]
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float64)
+    rows, lses = [], []
     for s in range(len(cu_q) - 1):
         a, b, c, d = cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]
         lq, lk = b - a, d - c
@@ -26,16 +26,19 @@ def loop_reference(q, k, v, cu_q, cu_k, causal, scale, window):
             pos = i + lk - lq
             keys = [j for j in range(lk) if (not causal or j <= pos) and (left < 0 or pos - j <= left)
                     and (right < 0 or causal or j - pos <= right)]
-            if not keys:
-                continue
+            heads, row_lse = [], []
             for h in range(q.shape[1]):
-                kk = k[c + torch.tensor(keys), h // group].double()
-                vv = v[c + torch.tensor(keys), h // group].double()
-                scores = (kk @ q[a + i, h].double()) * scale
-                m = torch.logsumexp(scores, 0)
-                out[a + i, h] = torch.softmax(scores, 0) @ vv
-                lse[h, a + i] = m
-    return out, lse
+                if not keys:
+                    heads.append(torch.zeros(q.shape[-1], dtype=q.dtype))
+                    row_lse.append(torch.tensor(-math.inf, dtype=q.dtype))
+                    continue
+                idx = c + torch.tensor(keys)
+                scores = (k[idx, h // group] @ q[a + i, h]) * scale
+                heads.append(torch.softmax(scores, 0) @ v[idx, h // group])
+                row_lse.append(torch.logsumexp(scores, 0))
+            rows.append(torch.stack(heads))
+            lses.append(torch.stack(row_lse))
+    return torch.stack(rows), torch.stack(lses).t()
 
 
 def data(lq, lk, heads=4, kv_heads=2, dim=16, seed=0):
@@ -64,46 +67,20 @@ def test_flash_attn_varlen_func_follows_flash_attn_semantics(lq, lk, causal, win
     q, k, v, cu_q, cu_k = data(lq, lk)
     out, lse, extra = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk), 0.0, softmax_scale=scale,
                                              causal=causal, window_size=window, return_attn_probs=True)
-    want, want_lse = loop_reference(q.detach(), k.detach(), v.detach(), cu_q.tolist(), cu_k.tolist(), causal,
-                                    scale if scale is not None else 1 / math.sqrt(q.shape[-1]), window)
+    scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    want, want_lse = loop_reference(q64, k64, v64, cu_q.tolist(), cu_k.tolist(), causal, scale, window)
     assert extra is None and out.shape == q.shape and out.dtype == q.dtype and lse.shape == (q.shape[1], q.shape[0])
-    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), want.detach(), atol=1e-5, rtol=1e-5)
     seen = torch.isfinite(want_lse)
-    torch.testing.assert_close(lse.double()[seen], want_lse[seen], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double()[seen], want_lse.detach()[seen], atol=1e-5, rtol=1e-5)
     assert torch.all(lse[~seen] == -math.inf)
     # gradients, against autograd through the same loop
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     dq, dk, dv = torch.autograd.grad((out * g).sum(), (q, k, v))
-    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref, _ = loop_reference_autograd(q64, k64, v64, cu_q.tolist(), cu_k.tolist(), causal,
-                                     scale if scale is not None else 1 / math.sqrt(q.shape[-1]), window)
-    rq, rk, rv = torch.autograd.grad((ref * g.double()).sum(), (q64, k64, v64))
+    rq, rk, rv = torch.autograd.grad((want * g.double()).sum(), (q64, k64, v64))
     for got, exp in ((dq, rq), (dk, rk), (dv, rv)):
         torch.testing.assert_close(got.double(), exp, atol=1e-5, rtol=1e-5)
-
-
-def loop_reference_autograd(q, k, v, cu_q, cu_k, causal, scale, window):
-    """loop_reference, differentiable (rows built with torch.stack instead of in-place writes)."""
-    left, right = window
-    group = q.shape[1] // k.shape[1]
-    rows = []
-    for s in range(len(cu_q) - 1):
-        a, b, c, d = cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]
-        lq, lk = b - a, d - c
-        for i in range(lq):
-            pos = i + lk - lq
-            keys = [j for j in range(lk) if (not causal or j <= pos) and (left < 0 or pos - j <= left)
-                    and (right < 0 or causal or j - pos <= right)]
-            heads = []
-            for h in range(q.shape[1]):
-                if not keys:
-                    heads.append(torch.zeros(q.shape[-1], dtype=q.dtype))
-                    continue
-                idx = c + torch.tensor(keys)
-                scores = (k[idx, h // group] @ q[a + i, h]) * scale
-                heads.append(torch.softmax(scores, 0) @ v[idx, h // group])
-            rows.append(torch.stack(heads))
-    return torch.stack(rows), None
 
 
 def test_unsupported_arguments_are_named():
