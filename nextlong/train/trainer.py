@@ -101,18 +101,27 @@ class Trainer:
         self.run_dir = Path(cfg.out)
 
     def run(self) -> dict:
-        cfg = self.cfg
-        self.rank, self.world, self.local_world, self.device = init_distributed()
-        if self.device.type == "cpu" and (cfg.num_threads or self.local_world > 1):
-            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.local_world))
-        lock = contextlib.nullcontext()
-        if self.rank == 0:
-            from ..locking import output_lock
+        import torch.distributed as dist
 
-            lock = output_lock(self.run_dir, "train")
-        with lock:
-            self.setup()
-            return self.loop()
+        cfg = self.cfg
+        started = not dist.is_initialized()
+        self.rank, self.world, self.local_world, self.device = init_distributed()
+        try:
+            if self.device.type == "cpu" and (cfg.num_threads or self.local_world > 1):
+                torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.local_world))
+            lock = contextlib.nullcontext()
+            if self.rank == 0:
+                from ..locking import output_lock
+
+                lock = output_lock(self.run_dir, "train")
+            with lock:
+                self.setup()
+                return self.loop()
+        finally:
+            # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
+            # them with --seq-parallel's subgroups) could abort the process ("terminate called ...")
+            if started and dist.is_initialized():
+                dist.destroy_process_group()
 
     # setup: everything that can go wrong with the input fails here, before the first step
     def setup(self) -> None:
