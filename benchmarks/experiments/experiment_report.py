@@ -381,6 +381,7 @@ COMPARISONS = (
     ("standard", "short", "extension to the long context vs the same tokens at the base length"),
 )
 COPY_THRESHOLD = 0.5  # nats/token: a repeat gain below minus this counts as copying
+DESCRIPTIVE = {"key_tokens", "key_token_fraction"}  # counts that describe LongPPL, not better or worse
 FEW_KEY_TOKENS = 200  # LongPPL resting on fewer key tokens than this is noise
 
 
@@ -421,7 +422,8 @@ def compare(results: dict, treat: str, control: str) -> dict | None:
     for name in metric_names(results):
         st = summarize(paired_diffs(a, b, seeds, name))
         out["metrics"][name] = st | {"diffs": paired_diffs(a, b, seeds, name)}
-        if name not in silent and st["n"] >= 3 and st["std"] is not None and (st["ci95"][0] > 0 or st["ci95"][1] < 0):
+        if name not in silent and name not in DESCRIPTIVE and st["n"] >= 3 and st["std"] is not None and \
+                (st["ci95"][0] > 0 or st["ci95"][1] < 0):
             out["resolved"].append((name, (st["ci95"][0] > 0) == better_when_higher(name)))
     return out
 
@@ -535,8 +537,9 @@ def comparison_lines(results: dict) -> list[str]:
                       f"`{m}` {interval(c['metrics'][m])}" for m in good) or "none") + ".",
                   f"- {treat} worse, interval excluding 0: " + (", ".join(
                       f"`{m}` {interval(c['metrics'][m])}" for m in bad) or "none") + ".",
-                  "- No difference resolved: " + (", ".join(f"`{m}`" for m in names if m not in silent and m not in
-                                                            dict(c["resolved"]) and c["metrics"][m]["n"]) or "none")
+                  "- No difference resolved: " + (", ".join(f"`{m}`" for m in names if m not in silent | DESCRIPTIVE
+                                                            and m not in dict(c["resolved"]) and c["metrics"][m]["n"])
+                                                  or "none")
                   + ".", ""]
     return lines
 
