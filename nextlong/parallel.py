@@ -44,8 +44,8 @@ def current_group():
 
 
 def split_for_rank(batch: dict, rank: int, parts: int) -> dict:
-    """This rank's token slice of a collated batch (nextlong.train.data.collate, one sequence per batch):
-    input_ids and position_ids [a, b) with a = rank * S / parts; labels [a, b + 1) (one more column: the
+    """This rank's token slice of every row of a collated batch (nextlong.train.data.collate): input_ids
+    and position_ids [a, b) with a = rank * S / parts; labels [a, b + 1) (one more column: the
     target of the slice's last token is the next slice's first), so the loss at local position t still
     predicts labels[t + 1]; cu_seq_lens and max lengths stay those of the whole sequence."""
     seq = batch["input_ids"].shape[1]
@@ -87,30 +87,35 @@ def ulysses_attention(q, k, v, cu_seqlens, *, group=None, causal: bool = True, s
                       window_size=(-1, -1), attn_fn=None):
     """Attention over sequences split by tokens across `group` (default: the whole world).
 
-    q: (T/N, H, D), k and v: (T/N, H_kv, D), this rank's slice of the packed tokens; `cu_seqlens`: the
-    int32 document boundaries of the whole packed sequence (T tokens), the same on every rank. Returns
-    this rank's slice of the output, (T/N, H, D)."""
+    q: (T/N, H, D), k and v: (T/N, H_kv, D), this rank's slice of the packed tokens; or, for a batch of
+    B rows each split the same way, (B, S/N, H, D) and (B, S/N, H_kv, D). `cu_seqlens`: the int32 document
+    boundaries of the whole sequence (T tokens), or of the B whole rows flattened (B * S), the same on
+    every rank. Returns this rank's slice of the output, q's shape."""
     import torch.distributed as dist
 
     from .kernels.varlen import flash_attn_varlen_func
 
     attn_fn = attn_fn or flash_attn_varlen_func
     world = dist.get_world_size(group)
-    heads, kv_heads = q.shape[1], k.shape[1]
+    rows = q.dim() == 4
+    heads, kv_heads = q.shape[-2], k.shape[-2]
     if heads % world:
         raise ValueError(f"ulysses_attention: {heads} query heads cannot be split over {world} ranks "
                          "(the sequence-parallel size must divide the query heads)")
-    total = int(cu_seqlens[-1])
-    if q.shape[0] * world != total:
-        raise ValueError(f"ulysses_attention: {world} ranks x {q.shape[0]} local tokens != {total}, the tokens "
+    total, local = int(cu_seqlens[-1]), q.shape[0] * (q.shape[1] if rows else 1)
+    if local * world != total:
+        raise ValueError(f"ulysses_attention: {world} ranks x {local} local tokens != {total}, the tokens "
                          "cu_seqlens covers (every rank holds an equal slice of the packed sequence)")
     if kv_heads % world:
-        k, v = (x.repeat_interleave(heads // kv_heads, dim=1) for x in (k, v))
-    q, k, v = (_AllToAll.apply(x, group, 1, 0) for x in (q, k, v))  # (T, heads / N, D)
+        k, v = (x.repeat_interleave(heads // kv_heads, dim=-2) for x in (k, v))
+    token_dim, head_dim = (1, 2) if rows else (0, 1)
+    q, k, v = (_AllToAll.apply(x, group, head_dim, token_dim) for x in (q, k, v))  # whole rows, heads / N
+    shape = q.shape
+    q, k, v = (x.reshape(-1, *x.shape[-2:]) for x in (q, k, v))
     longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     out = attn_fn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, 0.0, softmax_scale=softmax_scale,
                   causal=causal, window_size=window_size)
-    return _AllToAll.apply(out, group, 0, 1)  # (T / N, heads, D)
+    return _AllToAll.apply(out.reshape(shape), group, token_dim, head_dim)  # this rank's tokens, all heads
 
 
 __all__ = ["ulysses_attention", "sequence_parallel", "current_group", "split_for_rank"]

@@ -20,7 +20,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, kv_heads, window, attn_name):
+def _worker(rank, world, port, kv_heads, window, attn_name, rows=1):
     import torch.distributed as dist
 
     from nextlong.kernels import cu_seqlens_from_lengths, flash_attention, flash_attn_varlen_func
@@ -31,20 +31,25 @@ def _worker(rank, world, port, kv_heads, window, attn_name):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         g = torch.Generator().manual_seed(0)
-        total, heads, dim = sum(LENGTHS), 4, 16
+        total, heads, dim = sum(LENGTHS) * rows, 4, 16
         q = torch.randn(total, heads, dim, generator=g)
         k = torch.randn(total, kv_heads, dim, generator=g)
         v = torch.randn(total, kv_heads, dim, generator=g)
         grad = torch.randn(total, heads, dim, generator=g)
-        cu = cu_seqlens_from_lengths(LENGTHS)
+        cu = cu_seqlens_from_lengths(LENGTHS * rows)
         # the reference: one process, the whole sequence
         full = [x.clone().requires_grad_() for x in (q, k, v)]
         ref = flash_attention(*full, causal=True, cu_seqlens=cu, window=None if window is None else (window, 0))
         ref_grads = torch.autograd.grad((ref * grad).sum(), full)
-        # this rank's slice
-        n = total // world
+        # this rank's slice of every row: (rows, S / world, heads, dim), or (S / world, heads, dim) for one row
+        n = total // rows // world
         part = slice(rank * n, (rank + 1) * n)
-        local = [x[part].clone().requires_grad_() for x in (q, k, v)]
+
+        def mine(x):
+            x = x.reshape(rows, total // rows, *x.shape[1:])[:, part]
+            return x if rows > 1 else x[0]
+
+        local = [mine(x).clone().requires_grad_() for x in (q, k, v)]
         calls = []
 
         def counting(*args, **kwargs):  # any function of flash_attn_varlen_func's signature
@@ -53,26 +58,27 @@ def _worker(rank, world, port, kv_heads, window, attn_name):
 
         out = ulysses_attention(*local, cu, causal=True, window_size=(-1, -1) if window is None else (window, 0),
                                 attn_fn=None if attn_name == "default" else counting)
-        grads = torch.autograd.grad((out * grad[part]).sum(), local)
-        torch.testing.assert_close(out, ref[part], atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad((out * mine(grad)).sum(), local)
+        torch.testing.assert_close(out, mine(ref), atol=1e-5, rtol=1e-5)
         for got, want in zip(grads, ref_grads):
-            torch.testing.assert_close(got, want[part], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got, mine(want), atol=1e-5, rtol=1e-5)
         if attn_name == "counting":  # attention ran on every token of this rank's heads
             assert calls == [torch.Size([total, heads // world, dim])]
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,kv_heads,window,attn_name", [
-    (2, 2, None, "default"),    # kv heads split with the query heads
-    (2, 1, 6, "counting"),      # one kv head: repeated; a sliding window
-    (4, 2, None, "counting"),   # 2 kv heads over 4 ranks: repeated
-    (4, 4, 6, "default"),
+@pytest.mark.parametrize("world,kv_heads,window,attn_name,rows", [
+    (2, 2, None, "default", 1),    # kv heads split with the query heads
+    (2, 1, 6, "counting", 1),      # one kv head: repeated; a sliding window
+    (4, 2, None, "counting", 1),   # 2 kv heads over 4 ranks: repeated
+    (4, 4, 6, "default", 1),
+    (2, 2, None, "counting", 3),   # three rows, each split over the ranks (a micro-batch of 3 sequences)
 ])
-def test_ulysses_equals_one_process(world, kv_heads, window, attn_name):
+def test_ulysses_equals_one_process(world, kv_heads, window, attn_name, rows):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(world, free_port(), kv_heads, window, attn_name), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), kv_heads, window, attn_name, rows), nprocs=world, join=True)
 
 
 def test_heads_that_do_not_split_are_refused(monkeypatch):
@@ -93,7 +99,6 @@ def test_heads_that_do_not_split_are_refused(monkeypatch):
 @pytest.mark.parametrize("extra,message", [
     ([], "the 1 process(es) do not split into groups of 2"),
     (["--attention", "sdpa"], "it runs our attention (--attention nextlong), not sdpa"),
-    (["--micro-batch", "2"], "it takes --micro-batch 1"),
     (["--token-weighting", "longce"], "--token-weighting is not supported with it yet"),
     (["--seq-len", "255"], "--seq-len 255 does not split into 2 equal slices"),
 ])

@@ -72,7 +72,7 @@ def gqa_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("nproc,sp,extra", [(2, 2, ()), (4, 4, ()), (4, 2, ()), (2, 2, ("--fsdp",)),
-                                            (2, 2, ("--grad-checkpointing",))])
+                                            (2, 2, ("--grad-checkpointing",)), (2, 2, ("--micro-batch", "2"))])
 def test_sequence_parallel_gives_the_single_process_loss_curve(gqa_model, tmp_path, nproc, sp, extra):
     """Each sequence's tokens split over `sp` ranks (document boundaries fall inside and across the slices);
     world 4 with sp 2 is 2-way data parallel on top."""

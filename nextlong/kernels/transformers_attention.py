@@ -100,10 +100,10 @@ def nextlong_attention_forward(module, query, key, value, attention_mask, dropou
         cu = cu_q.to(device=q.device, dtype=torch.int32)
         flat = [x.reshape(batch * seq, x.shape[2], dim) for x in (q, k, v)]
         group = _sequence_parallel_group()
-        if group is not None:  # this rank holds a slice of the tokens; cu covers the whole sequence
+        if group is not None:  # this rank holds a slice of every row's tokens; cu covers the whole rows
             from nextlong.parallel import ulysses_attention
 
-            out = ulysses_attention(*flat, cu, group=group, causal=causal, softmax_scale=scaling,
+            out = ulysses_attention(q, k, v, cu, group=group, causal=causal, softmax_scale=scaling,
                                     window_size=window or (-1, -1))
         else:
             out = flash_attention(*flat, causal=causal, cu_seqlens=cu, softmax_scale=scaling, window=window,

@@ -234,8 +234,6 @@ class Trainer:
             return
         problems = [
             (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
-            (cfg.micro_batch != 1, "it takes --micro-batch 1 (one sequence per forward; raise --batch-tokens "
-                                   "for more sequences per step)"),
             (cfg.token_weighting != "none", "--token-weighting is not supported with it yet"),
             (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
             (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
