@@ -54,39 +54,6 @@ def atomic_path(final: str | os.PathLike):
                 stale.unlink()
 
 
-@contextlib.contextmanager
-def open_regular(path: str | os.PathLike, error, *, follow: bool = False, what: str = "file"):
-    """Yield (binary file object, its stat) of `path`, checked on the open descriptor to be a regular
-    file (`untrusted.not_regular`): opened without blocking, so a FIFO cannot hang the reader, and
-    (unless `follow`) never through a symbolic link. Any problem is one `error(message)`. For files of
-    a folder someone handed us (a run folder, a data folder) that are too large for
-    `untrusted.read_bytes`, or read in parts."""
-    from .untrusted import NOFOLLOW, OPEN_FLAGS, not_regular
-
-    path = Path(path)
-    try:
-        fd = os.open(path, OPEN_FLAGS | (0 if follow else NOFOLLOW))
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except OSError as exc:
-        link = not follow and os.path.islink(path)
-        raise error(f"{path}: {'a symbolic link, not a regular file' if link else f'cannot open ({exc.strerror})'}"
-                    ) from None
-    with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        problem = not_regular(st)
-        if problem:
-            raise error(f"{path}: {problem}")
-        yield fh, st
-
-
-def fd_path(fh, path) -> str:
-    """A name that reopens exactly the file `fh` has open (Linux: /proc/self/fd/N, immune to a swap of
-    `path` since it was checked), for readers that take only a path; `path` elsewhere."""
-    proc = f"/proc/self/fd/{fh.fileno()}"
-    return proc if os.path.exists(proc) else os.fspath(path)
-
-
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

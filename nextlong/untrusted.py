@@ -20,6 +20,7 @@ escaped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -94,22 +95,43 @@ def inside(folder: Path, path: Path) -> bool:
         return False
 
 
-def read_bytes(path, error, *, size: int | None = None, limit: int | None = None, follow: bool = True,
-               what: str = "file") -> bytes:
-    """The bytes of `path`, checked on the open file: a regular file (opened without blocking, so a
-    FIFO cannot hang us), exactly `size` bytes when given, at most `limit` bytes when given."""
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike, error, *, follow: bool = False, what: str = "file"):
+    """Yield (binary file object, its stat) of `path`, checked on the open descriptor to be a regular
+    file (`not_regular`): opened without blocking, so a FIFO cannot hang the reader, and
+    (unless `follow`) never through a symbolic link. Any problem is one `error(message)`. For files of
+    a folder someone handed us (a run folder, a data folder) that are too large for `read_bytes`, or
+    read in parts."""
     path = Path(path)
     try:
         fd = os.open(path, OPEN_FLAGS | (0 if follow else NOFOLLOW))
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except OSError as exc:
-        raise error(f"{path}: cannot open ({exc.strerror})") from None
-    with open(fd, "rb") as f:
+        link = not follow and os.path.islink(path)
+        raise error(f"{path}: {'a symbolic link, not a regular file' if link else f'cannot open ({exc.strerror})'}"
+                    ) from None
+    with open(fd, "rb") as fh:
         st = os.fstat(fd)
         problem = not_regular(st)
         if problem:
             raise error(f"{path}: {problem}")
+        yield fh, st
+
+
+def fd_path(fh, path) -> str:
+    """A name that reopens exactly the file `fh` has open (Linux: /proc/self/fd/N, immune to a swap of
+    `path` since it was checked), for readers that take only a path; `path` elsewhere."""
+    proc = f"/proc/self/fd/{fh.fileno()}"
+    return proc if os.path.exists(proc) else os.fspath(path)
+
+
+def read_bytes(path, error, *, size: int | None = None, limit: int | None = None, follow: bool = True,
+               what: str = "file") -> bytes:
+    """The bytes of `path`, checked on the open file: a regular file (opened without blocking, so a
+    FIFO cannot hang us), exactly `size` bytes when given, at most `limit` bytes when given."""
+    path = Path(path)
+    with open_regular(path, error, follow=follow, what=what) as (f, st):
         if limit is not None and st.st_size > limit:
             raise error(f"{path}: {st.st_size:,} bytes, more than a {what} may have ({limit:,})")
         want = size if size is not None else limit

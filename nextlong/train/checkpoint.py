@@ -47,9 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import FILE_MODE, atomic_path, open_regular
+from ..atomic import FILE_MODE, atomic_path
 from ..errors import NextlongError, disk_full, is_disk_full
-from ..untrusted import read_json, show
+from ..untrusted import open_regular, read_json, show
 from .state_file import load_state, save_state
 
 CHECKPOINTS = "checkpoints"

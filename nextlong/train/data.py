@@ -402,7 +402,7 @@ def _check_regular(f: Path) -> None:
 @contextlib.contextmanager
 def _open_data_file(f: Path):
     """`f` opened for reading, checked on the descriptor to be a regular file (never waits on a FIFO)."""
-    from ..atomic import open_regular
+    from ..untrusted import open_regular
 
     with open_regular(f, NextlongError, follow=True, what="data file not found") as (fh, _):
         yield fh

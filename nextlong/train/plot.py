@@ -13,7 +13,7 @@ METRICS = "metrics.jsonl"
 def _lines(path: Path) -> list[str]:
     """The lines of a run's metrics.jsonl, read only as a regular file (never a link out of the run, a FIFO
     or a device)."""
-    from ..atomic import open_regular
+    from ..untrusted import open_regular
 
     with open_regular(path, NextlongError, what="not found") as (fh, _):
         return fh.read().decode("utf-8", errors="replace").splitlines()

@@ -77,7 +77,7 @@ def load_state(path: str | os.PathLike):
     is checked on the open descriptor first, so a FIFO or device cannot hang or flood the reader."""
     from safetensors import safe_open
 
-    from ..atomic import fd_path, open_regular
+    from ..untrusted import fd_path, open_regular
 
     def refuse(message: str) -> NextlongError:
         return NextlongError(f"{message}; delete the checkpoint to resume from an older one")
