@@ -42,8 +42,9 @@ def shard_paths(data_dir) -> list[Path]:
     return sorted(Path(data_dir).glob("part-*.parquet"))
 
 
-def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
-    """One JSONL file per Parquet shard, decoded to text."""
+def write_jsonl_shards(data_dir, out_dir, tokenizer, record) -> list[Path]:
+    """One JSONL file per Parquet shard (written atomically): `record(row, ids, segments)` makes each line's
+    object, given the row, its ids and its segments each with their decoded `text`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -53,12 +54,16 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
             for row in pq.read_table(path).to_pylist():
                 ids = np.asarray(row["input_ids"], np.uint32)
                 segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
-                obj = {"text": tokenizer.decode(ids), "anchor_doc_id": row["anchor_doc_id"], "method": row["method"],
-                       "group_key": row.get("group_key"),
-                       "num_tokens": int(ids.size), "segments": segs}
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
         written.append(target)
     return written
+
+
+def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
+    """One JSONL file per Parquet shard, decoded to text."""
+    return write_jsonl_shards(data_dir, out_dir, tokenizer, lambda row, ids, segs: {
+        "text": tokenizer.decode(ids), "anchor_doc_id": row["anchor_doc_id"], "method": row["method"],
+        "group_key": row.get("group_key"), "num_tokens": int(ids.size), "segments": segs})
 
 
 def mds_available() -> bool:

@@ -9,36 +9,25 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ...atomic import atomic_path
-from ..writers import shard_paths
+from ..writers import shard_paths, write_jsonl_shards
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32", "loss_mask": "ndarray:uint8"}
 
 
 def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in shard_paths(data_dir):
-        target = out_dir / (path.stem + ".jsonl")
-        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for row in pq.read_table(path).to_pylist():
-                ids = np.asarray(row["input_ids"], np.uint32)
-                segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
-                context_end = max((s["end"] for s in segs if s["role"] == "context"), default=0)
-                obj = {"question_id": row["question_id"], "question": row["question"], "answer": row["answer"],
-                       "gold": row["gold"], "num_tokens": row["num_tokens"], "method": row["method"],
-                       "context": tokenizer.decode(ids[:context_end]), "segments": segs}
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        written.append(target)
-    return written
+    def record(row, ids, segs):
+        context_end = max((s["end"] for s in segs if s["role"] == "context"), default=0)
+        return {"question_id": row["question_id"], "question": row["question"], "answer": row["answer"],
+                "gold": row["gold"], "num_tokens": row["num_tokens"], "method": row["method"],
+                "context": tokenizer.decode(ids[:context_end]), "segments": segs}
+
+    return write_jsonl_shards(data_dir, out_dir, tokenizer, record)
 
 
 def write_mds(data_dir, out_dir) -> Path:
