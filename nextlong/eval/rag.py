@@ -41,7 +41,6 @@ finished answers in DIR/rag/.progress.jsonl, so a stopped run resumes.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import math
@@ -123,28 +122,9 @@ class RagQuestion:
 
 def read_rag_questions(path) -> list[RagQuestion]:
     """The questions, in file order; any line without answers or gold evidence is one error naming it."""
-    from ..synthesis.acer.questions import _row
+    from ..synthesis.acer.questions import question_lines
 
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(path, "questions file not found")
-    out: list[RagQuestion] = []
-    seen: dict = {}
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise CorpusError(path, f"not valid JSON ({exc})", line=lineno) from None
-                out.append(_evidence(path, lineno, obj, _row(path, lineno, obj, seen)))
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise CorpusError(path, f"cannot read the questions file ({exc})") from None
-    if not out:
-        raise CorpusError(path, "no questions in the file")
-    return out
+    return [_evidence(path, lineno, obj, row) for lineno, obj, row in question_lines(path)]
 
 
 def _evidence(path, lineno: int, obj: dict, row: dict) -> RagQuestion:

@@ -26,10 +26,16 @@ def _open(path: Path):
 
 def read_questions(path) -> list[dict]:
     """[{"id", "question", "gold" (list of strings, or None)}] in file order."""
+    return [row for _, _, row in question_lines(path)]
+
+
+def question_lines(path) -> list[tuple[int, dict, dict]]:
+    """(line number, the line's JSON object, its read_questions row) of every question, in file order: for
+    readers whose lines carry more fields (nextlong eval --tasks rag's evidence)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(path, "questions file not found")
-    rows, seen = [], {}
+    out, seen = [], {}
     try:
         with _open(path) as f:
             for lineno, line in enumerate(f, 1):
@@ -39,12 +45,12 @@ def read_questions(path) -> list[dict]:
                     obj = json.loads(line)
                 except ValueError as exc:
                     raise CorpusError(path, f"not valid JSON ({exc})", line=lineno) from None
-                rows.append(_row(path, lineno, obj, seen))
+                out.append((lineno, obj, _row(path, lineno, obj, seen)))
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise CorpusError(path, f"cannot read the questions file ({exc})") from None
-    if not rows:
+    if not out:
         raise CorpusError(path, "no questions in the file")
-    return rows
+    return out
 
 
 def _row(path, lineno: int, obj, seen: dict) -> dict:
