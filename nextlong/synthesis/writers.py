@@ -17,6 +17,7 @@ written atomically); JSONL and MDS are derived from them at the end of a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -99,14 +100,26 @@ def attention_spans(starts, ends, doc_ids, length: int, mode: str = "sample") ->
     return np.asarray(spans, np.uint32).reshape(-1, 2)
 
 
-def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
-    """ProLong-style MDS shards from the Parquet shards (written to a temporary folder, then renamed)."""
-    from ..mds import TRAINING_COLUMNS, MDSWriter
+@contextlib.contextmanager
+def mds_output(out_dir, columns):
+    """An MDSWriter into a temporary folder beside `out_dir`, renamed to `out_dir` once it closed cleanly
+    (a failed or killed run leaves the previous output, never half of a new one)."""
+    from ..mds import MDSWriter
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with MDSWriter(tmp, TRAINING_COLUMNS) as writer:
+    with MDSWriter(tmp, columns) as writer:
+        yield writer
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
+    """ProLong-style MDS shards from the Parquet shards (written to a temporary folder, then renamed)."""
+    from ..mds import TRAINING_COLUMNS
+
+    with mds_output(out_dir, TRAINING_COLUMNS) as writer:
         for path in shard_paths(data_dir):
             table = pq.read_table(path, columns=["input_ids", "segments"])
             ids_col = table.column("input_ids").combine_chunks()
@@ -117,6 +130,4 @@ def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
                 spans = attention_spans([s["start"] for s in segs], [s["end"] for s in segs],
                                         [s["doc_id"] for s in segs], int(ids.size), attention_spans_mode)
                 writer.write({"input_ids": ids, "indices": spans})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    return Path(out_dir)

@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..writers import shard_paths, write_jsonl_shards
+from ..writers import mds_output, shard_paths, write_jsonl_shards
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32", "loss_mask": "ndarray:uint8"}
 
@@ -31,12 +30,7 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
 
 
 def write_mds(data_dir, out_dir) -> Path:
-    from ...mds import MDSWriter
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with MDSWriter(tmp, MDS_COLUMNS) as writer:
+    with mds_output(out_dir, MDS_COLUMNS) as writer:
         for path in shard_paths(data_dir):
             table = pq.read_table(path, columns=["input_ids", "loss_mask"])
             for ids, mask in zip(table.column("input_ids").to_numpy(zero_copy_only=False),
@@ -44,6 +38,4 @@ def write_mds(data_dir, out_dir) -> Path:
                 ids = np.asarray(ids, np.uint32)
                 writer.write({"input_ids": ids, "indices": np.asarray([[0, ids.size]], np.uint32),
                               "loss_mask": np.asarray(mask, np.uint8)})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    return Path(out_dir)
