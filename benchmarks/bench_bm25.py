@@ -108,6 +108,16 @@ def hit_rates(ids: np.ndarray, sources: list[int], texts: list[str]) -> tuple[fl
 # --- the same search without the native helper -----------------------------------------------------
 
 
+def _top_k(cand: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (row, score) by (score desc, row asc); a partition first when there are more than k."""
+    if len(cand) > k:
+        kth = np.partition(s, len(s) - k)[len(s) - k]
+        keep = s >= kth
+        cand, s = cand[keep], s[keep]
+    order = np.lexsort((cand, -s))[:k]
+    return cand[order], s[order]
+
+
 def numpy_search(index: BM25Index, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query: gather the postings of its terms, np.bincount them into a dense score row, then top-k
     by (float32 score desc, row asc) among the rows that matched."""
@@ -125,12 +135,8 @@ def numpy_search(index: BM25Index, queries, k: int) -> tuple[np.ndarray, np.ndar
         scores = np.bincount(rows, w, minlength=n).astype(np.float32)
         cand = np.unique(rows)
         s = scores[cand]
-        if len(cand) > k:
-            kth = np.partition(s, len(s) - k)[len(s) - k]
-            keep = s >= kth
-            cand, s = cand[keep], s[keep]
-        order = np.lexsort((cand, -s))[:k]
-        out_ids[qi, :len(order)], out_sc[qi, :len(order)] = cand[order], s[order]
+        top = _top_k(cand, s, k)
+        out_ids[qi, :len(top[0])], out_sc[qi, :len(top[0])] = top
     return out_ids, out_sc
 
 
@@ -154,12 +160,8 @@ def scipy_search(index: BM25Index, queries, k: int, matrix=None) -> tuple[np.nda
     for qi in range(len(queries)):
         lo, hi = prod.indptr[qi], prod.indptr[qi + 1]
         cand, s = prod.indices[lo:hi].astype(np.int64), prod.data[lo:hi].astype(np.float32)
-        if len(cand) > k:
-            kth = np.partition(s, len(s) - k)[len(s) - k]
-            keep = s >= kth
-            cand, s = cand[keep], s[keep]
-        order = np.lexsort((cand, -s))[:k]
-        out_ids[qi, :len(order)], out_sc[qi, :len(order)] = cand[order], s[order]
+        top = _top_k(cand, s, k)
+        out_ids[qi, :len(top[0])], out_sc[qi, :len(top[0])] = top
     return out_ids, out_sc
 
 
