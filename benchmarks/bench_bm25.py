@@ -1,4 +1,4 @@
-"""BM25 retrieval: our index (nextlong/bm25.py, native search) against bm25s, and against plain numpy /
+"""BM25 retrieval: our index (nextlong/mining/bm25.py, native search) against bm25s, and against plain numpy /
 scipy-sparse searches over the same matrix; plus the term choice (words vs BPE tokens) on a recall check.
 
     python3 -m benchmarks.bench_bm25 [--threads 2] [--queries 2000]        # the real text
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from nextlong.bm25 import BM25Index, word_terms
+from nextlong.mining.bm25 import BM25Index, word_terms
 
 K1, B = 1.2, 0.75
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

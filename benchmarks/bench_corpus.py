@@ -54,7 +54,7 @@ def hf_cl100k():
 
 
 def nextlong_cl100k():
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     return load_tokenizer("cl100k_base")
 
@@ -141,14 +141,14 @@ def python_tokenize_pipeline(corpus: Path, out: Path, hf_tokenizer, batch_size: 
 
 
 def nextlong_chunk_pipeline(corpus: Path, out: Path, tokenizer=None) -> None:
-    from nextlong.chunking import chunk_corpus
+    from nextlong.corpus.chunking import chunk_corpus
 
     chunk_corpus(corpus, out, max_len=MAX_LEN, tokenizer=tokenizer, with_ids=tokenizer is not None,
                  id_field="id", num_threads=THREADS, progress=False)
 
 
 def nextlong_tokenize_pipeline(corpus: Path, out: Path, tokenizer) -> None:
-    from nextlong.chunking import tokenize_corpus
+    from nextlong.corpus.chunking import tokenize_corpus
 
     tokenize_corpus(corpus, out, tokenizer=tokenizer, id_field="id", num_threads=THREADS, progress=False)
 

@@ -55,7 +55,7 @@ def test_sentence_transformers_encode(benchmark, sample, dtype):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from nextlong.embedding import default_model_path
+    from nextlong.mining.embedding import default_model_path
 
     model = SentenceTransformer(str(default_model_path()), device="cpu").to(getattr(torch, dtype))
     _throughput(benchmark, lambda: model.encode(sample, batch_size=32, normalize_embeddings=True), SAMPLE,
@@ -63,14 +63,14 @@ def test_sentence_transformers_encode(benchmark, sample, dtype):
 
 
 def test_nextlong_minilm_fp32(benchmark, sample):
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     emb = load_embedder(dtype="float32")
     _throughput(benchmark, lambda: emb.embed(sample), SAMPLE, "nextlong MiniLM fp32 (length-sorted token batches)")
 
 
 def test_nextlong_minilm_default(benchmark, sample):
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     emb = load_embedder()
     ref = load_embedder(dtype="float32").embed(sample)
@@ -80,7 +80,7 @@ def test_nextlong_minilm_default(benchmark, sample):
 
 
 def test_lexical_embedder(benchmark, corpus):
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     texts = corpus[0]
     emb = HashedLexicalEmbedder(512).fit(texts)
@@ -99,7 +99,7 @@ def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
 
 def test_lexical_recall_of_semantic_neighbours(corpus):
     """recall@10 of MiniLM's exact top-10 (other chunks) by the lexical embedder's exact top-10."""
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     texts, sem, _ = corpus
     k = 10
@@ -120,7 +120,7 @@ def test_lexical_recall_of_semantic_neighbours(corpus):
 
 @pytest.fixture(scope="module")
 def static_embedder():
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     return load_embedder("static", threads=2)  # distils MiniLM into the user cache on first use (minutes), then loads
 
@@ -142,7 +142,7 @@ WARMUP = 8
 
 FRESH_MINILM = """
 import json, sys, time
-from nextlong.embedding import load_embedder
+from nextlong.mining.embedding import load_embedder
 texts, warm, kwargs = json.load(open(sys.argv[1]))
 emb = load_embedder(threads=2, **kwargs)
 emb.embed(warm)
@@ -176,7 +176,7 @@ def test_static_vs_minilm_same_chunks(corpus, static_embedder, tmp_path):
     import sys
     from pathlib import Path
 
-    from nextlong.embedding import HashedLexicalEmbedder, load_embedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder, load_embedder
 
     all_texts = corpus[0]
     rng = np.random.default_rng(1)
@@ -283,7 +283,7 @@ def _hardness(judge, vecs, docs, rng):
 def test_static_and_lexical_quality_against_minilm(corpus, static_embedder, snapshot_docs):
     """recall@10 of MiniLM's exact neighbours, and hardness: the similarity (judged by MiniLM, which sees
     the whole chunk) of the negatives each embedder mines (top-10 of other documents) vs random pairs."""
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     texts, sem, _ = corpus
     k = 10
@@ -304,8 +304,8 @@ def test_windowed_embedding_effect_on_hardness(corpus, snapshot_docs):
     judged by the windowed vectors (the whole chunk) and by the cut ones."""
     from bench_index import CACHE
 
-    from nextlong.embed_store import embed_chunks
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embed_store import embed_chunks
+    from nextlong.mining.embedding import load_embedder
 
     texts, whole, _ = corpus
     cut_emb = load_embedder(dtype="float32", long_texts="truncate")
@@ -332,7 +332,7 @@ if sys.argv[1] == "after-assembly":  # a numba parallel kernel runs before torch
     plan = Plan.from_lists([([0, 1, 2], [0, 0, 0])] * 8, list(range(8)))
     assemble(np.arange(10000, dtype=np.uint32), np.arange(0, 10001, 100), plan, np.array([1], np.uint32), 256,
              impl="numba")
-from nextlong.embedding import load_embedder
+from nextlong.mining.embedding import load_embedder
 sys.path.insert(0, "tests")
 from helpers import chunk_table, corpus_head
 texts = chunk_table(corpus_head(limit=60), 2048).column("text").to_pylist()[:48]

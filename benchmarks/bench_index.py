@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nextlong.embedding import available_threads
-from nextlong.index import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, ChunkIndex
+from nextlong.mining.embedding import available_threads
+from nextlong.mining.index import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, ChunkIndex
 from tests.helpers import benchmark_documents, chunk_table, corpus_documents, write_chunk_table
 
 HELD_OUT = 0.1
@@ -51,8 +51,8 @@ def corpus_embeddings(embedder_name: str | None = None):
     """(chunk table, embeddings) of the shipped snapshot at 2048 chars; embedded once, resumable, cached."""
     import pyarrow.parquet as pq
 
-    from nextlong.embed_store import embed_chunks
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embed_store import embed_chunks
+    from nextlong.mining.embedding import load_embedder
 
     chunks = corpus_chunk_table(path=True)
     embedder = load_embedder(embedder_name)
@@ -391,7 +391,7 @@ def lexical_scale_set():
     """Hashed TF-IDF (dim 256) vectors of the snapshot and the running interpreter's standard-library
     sources (UTF-8 .py files outside test and site-packages folders), chunked at 384 characters (chunks
     under 40 characters and all-zero vectors dropped); cached."""
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     path = CACHE / "snapshot-stdlib-384.lexical256.npy"
     if path.is_file():

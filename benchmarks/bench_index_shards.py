@@ -44,7 +44,7 @@ def index_digest(index, folder: Path) -> str:
 
 
 def main(argv=None) -> dict:
-    from nextlong.index import ChunkIndex
+    from nextlong.mining.index import ChunkIndex
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--embeddings", help="an embeddings.npy (rows = chunks)")

@@ -107,7 +107,7 @@ def generated_chunk_store(folder: Path, n_chunks: int, copy_rate: float, seed: i
     Returns (store, tokenizer, injected pairs as (copy, original) arrays)."""
     import numpy as np
 
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     words = word_token_ids(tok)

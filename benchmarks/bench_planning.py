@@ -173,7 +173,7 @@ def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int
 
 def main(argv=None) -> dict:
     from nextlong.synthesis.neardup import NearDupFilter, NearDupGraph
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000,10000000")

@@ -70,7 +70,7 @@ def mean_cosine(vectors: dict[str, np.ndarray], pairs) -> float:
 
 def main(argv=None) -> dict:
     from nextlong import synthesize
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
     from tests.helpers import corpus_documents, write_jsonl
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -27,17 +27,17 @@ from pathlib import Path
 def run_one(corpus: str, out: str, executor: str, ray_cpus: int) -> dict:
     """One executor's run, in this (fresh) process: stage seconds, driver CPU and peak RSS."""
     from nextlong.synthesis import stages as S
-    from nextlong.synthesis.stage import Pipeline, ReadCorpus
+    from nextlong.synthesis.framework import Pipeline, ReadCorpus
 
     pipeline = Pipeline(Path(out), [ReadCorpus(name="corpus", path=corpus),
                                     S.ChunkStage(name="chunk", inputs=("corpus",), chunk_size=2048),
                                     S.Consolidate(name="chunks", inputs=("chunk",))])
     if executor == "ray":
-        from nextlong.synthesis.executor_ray import RayExecutor
+        from nextlong.synthesis.executors.ray import RayExecutor
 
         ex = RayExecutor(num_cpus=ray_cpus)
     else:
-        from nextlong.synthesis.executor_local import LocalExecutor
+        from nextlong.synthesis.executors.local import LocalExecutor
 
         ex = LocalExecutor()
     load = os.getloadavg()[0]

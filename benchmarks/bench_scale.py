@@ -125,11 +125,11 @@ def stage_windows(t_start: float, seconds: dict[str, float]) -> dict[str, tuple[
 
 
 def run_synthesis(corpus: Path, out: Path, executor: str, settings: dict, memory: TreeMemory) -> dict:
-    from nextlong.synthesis import stage as stage_module
+    from nextlong.synthesis import executors as executors_module
     from nextlong.synthesis import synthesize
 
     made = {}
-    make = stage_module.executor_for
+    make = executors_module.executor_for
 
     def capture(name, **options):  # keep the executor (its per-stage seconds) and when its run starts
         executor = made["executor"] = make(name, **options)
@@ -164,7 +164,7 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 
 def planned_anchors(out: Path) -> int:
     """Plan rows (anchors or units tried) over every block the run computed, cut or not."""
-    from nextlong.synthesis.stage import block_counts
+    from nextlong.synthesis.framework import block_counts
 
     plan = out / "plan"
     return sum(int(c.get("rows", 0)) for c in block_counts(plan)) if plan.exists() else 0
@@ -178,7 +178,7 @@ def stage_seconds(run: dict, names) -> float:
 def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: int, order_check: bool = True,
                       dim: int = 256, num_samples: int | None = None, reproducible_index: bool = False,
                       index_shards: int = 1) -> dict:
-    from nextlong.synthesis import executor_ray
+    from nextlong.synthesis.executors import ray as executor_ray
 
     corpus = work / "corpus.jsonl"
     t0 = time.perf_counter()
@@ -246,7 +246,7 @@ def compare_executors(n_chunks: int, work: Path, target_length: int, ray_cpus: i
 def read_rate(corpus: Path, block_bytes: int = 4 << 20) -> dict:
     """The native reader alone on one core (what each chunk actor spends reading its splits; the
     chunk stage's measured time already includes it). Timed alone, for reference."""
-    from nextlong.corpus import CorpusReader
+    from nextlong.corpus.reader import CorpusReader
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def read_rate(corpus: Path, block_bytes: int = 4 << 20) -> dict:
 
 def index_build(sizes: list[int], dim: int = 384, threads: int = 0) -> dict:
     """usearch HNSW build (f16, cosine; ChunkIndex's defaults) over random unit vectors."""
-    from nextlong.index import ChunkIndex
+    from nextlong.mining.index import ChunkIndex
 
     out = {}
     for n in sizes:

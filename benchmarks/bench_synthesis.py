@@ -96,7 +96,7 @@ def run_all(tmp: Path) -> None:
     # MiniLM on a sample of chunks: what the embedding stage would cost with the default embedder
     import pyarrow.parquet as pq
 
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
     rng = np.random.default_rng(0)

@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from nextlong.tokenizer import CL100K_PATTERN, CL100K_SPECIAL_TOKENS, LLAMA3_PATTERN, load_tokenizer  # noqa: E402
+from nextlong.corpus.tokenizer import CL100K_PATTERN, CL100K_SPECIAL_TOKENS, LLAMA3_PATTERN, load_tokenizer  # noqa: E402
 
 from tests.helpers import benchmark_documents  # noqa: E402
 
@@ -198,12 +198,12 @@ COLD_SCRIPT = """
 import json, sys, time
 texts = json.load(open(sys.argv[2], encoding="utf-8"))
 if sys.argv[1] == "nextlong":
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
     tok = load_tokenizer("cl100k_base")
     encode = lambda: tok.encode_ordinary_batch(texts, num_threads=1)
 else:
     import tiktoken
-    from nextlong.tokenizer import CL100K_PATTERN
+    from nextlong.corpus.tokenizer import CL100K_PATTERN
     from tests.helpers import bpe_openai_ranks
     enc = tiktoken.Encoding("cl100k_offline", pat_str=CL100K_PATTERN, mergeable_ranks=bpe_openai_ranks("cl100k_base"),
                             special_tokens={})

@@ -12,20 +12,20 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "Tokenizer": "nextlong.tokenizer",
-    "read_corpus": "nextlong.corpus",
-    "Document": "nextlong.corpus",
+    "Tokenizer": "nextlong.corpus.tokenizer",
+    "read_corpus": "nextlong.corpus.reader",
+    "Document": "nextlong.corpus.reader",
     "CorpusError": "nextlong.errors",
-    "chunk_documents": "nextlong.chunking",
-    "MetaChunk": "nextlong.chunking",
-    "Embedder": "nextlong.embedding",
-    "load_embedder": "nextlong.embedding",
-    "ChunkIndex": "nextlong.index",
-    "build_index_from_chunks": "nextlong.index",
-    "embed_chunks": "nextlong.embed_store",
+    "chunk_documents": "nextlong.corpus.chunking",
+    "MetaChunk": "nextlong.corpus.chunking",
+    "Embedder": "nextlong.mining.embedding",
+    "load_embedder": "nextlong.mining.embedding",
+    "ChunkIndex": "nextlong.mining.index",
+    "build_index_from_chunks": "nextlong.mining.index",
+    "embed_chunks": "nextlong.mining.embed_store",
     "synthesize": "nextlong.synthesis",
     "acer": "nextlong.synthesis.acer",
-    "BM25Index": "nextlong.bm25",
+    "BM25Index": "nextlong.mining.bm25",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

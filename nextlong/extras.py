@@ -55,8 +55,8 @@ def require(feature: str, *modules: str) -> None:
 
 
 def embedder_modules(spec: str | None) -> tuple[str, ...]:
-    """What `load_embedder(spec)` will import, known from the name alone (see nextlong.embedding)."""
-    from .embedding import _DEFAULT_ALIASES, LEXICAL_EMBEDDER
+    """What `load_embedder(spec)` will import, known from the name alone (see nextlong.mining.embedding)."""
+    from .mining.embedder import _DEFAULT_ALIASES, LEXICAL_EMBEDDER
 
     spec = "" if spec is None else str(spec)
     if spec in _DEFAULT_ALIASES:

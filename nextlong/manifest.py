@@ -36,7 +36,7 @@ def recorded_tokenizer(folder, settings: dict, *, where=None) -> str | None:
     from pathlib import Path
 
     from .errors import NextlongError
-    from .tokenizer import _NAMED
+    from .corpus.tokenizer import _NAMED
     from .untrusted import inside, member, plain_name, show
 
     where = where or (Path(folder) / "manifest.json" if folder is not None else "manifest")

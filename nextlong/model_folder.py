@@ -199,7 +199,7 @@ def tokenizer_spec(folder) -> str | None:
     tokenizer.json, else None. nextlong.json may name a built-in tokenizer ("cl100k_base") or a file
     in the folder (a symbolic link there is followed, as for the weights), nothing else: a folder from
     elsewhere must not make nextlong read "../secret.json" or "/home/you/tokenizer.json"."""
-    from .tokenizer import _NAMED
+    from .corpus.tokenizer import _NAMED
 
     folder = Path(folder)
     meta = folder / "nextlong.json"

@@ -77,7 +77,7 @@ def chunk_table(docs, max_chars: int = 2048, *, max_chunks: int | None = None, m
     """Meta-chunks of (id, text) documents by the production chunker (newline groups of at most
     `max_chars` characters). Chunks with fewer than `min_chars` non-blank characters are dropped and
     chunk_id renumbered; with a tokenizer, `num_tokens` and `input_ids` (each chunk on its own)."""
-    from nextlong.chunking import chunk_documents
+    from nextlong.corpus.chunking import chunk_documents
 
     docs = list(docs)
     batch = pa.table({
@@ -104,7 +104,7 @@ def write_chunk_table(table: pa.Table, path) -> Path:
 
 def lexical_vectors(texts, dim: int = 256) -> np.ndarray:
     """The project's hashed TF-IDF embedder (unit rows): fast, deterministic stand-in for MiniLM."""
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     return np.asarray(load_embedder(f"hashed-tfidf:{dim}").embed(list(texts)), np.float32)
 
@@ -112,7 +112,7 @@ def lexical_vectors(texts, dim: int = 256) -> np.ndarray:
 @lru_cache(maxsize=1)
 def get_tokenizer():
     """The default tokenizer (cl100k_base, offline)."""
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     return load_tokenizer(None)
 
@@ -241,7 +241,7 @@ def save_small_llama(folder: Path) -> Path:
 
 def bytelevel_json(tmp_path, pre_tokenizer, normalizer=None, model_type="BPE") -> Path:
     """A minimal byte-level BPE tokenizer.json in tmp_path: the 256 bytes plus "ab" (id 256)."""
-    from nextlong.tokenizer import _byte_alphabet
+    from nextlong.corpus.tokenizer import _byte_alphabet
 
     alphabet = _byte_alphabet()[0]
     vocab = {alphabet[b]: b for b in range(256)}

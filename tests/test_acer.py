@@ -75,7 +75,7 @@ def store(out):
 
 
 def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the_answer(files, base):
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     out, manifest = base
     tok = load_tokenizer(files["tokenizer"])
@@ -173,7 +173,7 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_
 
 
 def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     manifest = acer(files, tmp_path, tokenizer="cl100k_base", ranker="embedding")
     tok = load_tokenizer("cl100k_base")
@@ -284,7 +284,7 @@ def test_embedding_retrieval_and_ranker_match_brute_force(files, tmp_path):
 
 
 def test_bm25_retrieval_matches_brute_force(files, tmp_path):
-    from nextlong.bm25 import BM25Index
+    from nextlong.mining.bm25 import BM25Index
 
     out = tmp_path
     acer(files, out, ranker="bm25", read=2)
@@ -353,8 +353,8 @@ def test_squad_normalisation():
 
 def test_long_chunks_are_cut_into_exact_pieces():
     from nextlong.synthesis.acer.stages import split_long_chunks
-    from nextlong.chunking import chunk_documents
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.chunking import chunk_documents
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     docs = ["short line\n" + "é" * 300 + " and then a very long paragraph " * 20 + "\nend", "x"]
@@ -376,7 +376,7 @@ def test_nextlong_acer_is_the_function_whatever_was_imported_first():
     import nextlong.synthesis.acer.stages  # noqa: F401  (importing a module of the package first changes nothing)
     from nextlong.synthesis.acer import acer
 
-    assert nextlong.acer is acer and nextlong.BM25Index.__module__ == "nextlong.bm25"
+    assert nextlong.acer is acer and nextlong.BM25Index.__module__ == "nextlong.mining.bm25"
 
 
 # --- errors before any work ------------------------------------------------------------------------
@@ -479,7 +479,7 @@ def test_cli_errors_are_one_line(files, tmp_path, capsys):
 def test_ray_executor_gives_the_same_files(files, base, tmp_path):
     """The same stages on Ray (the LM stages on the GPU-stage actors, CPU ones here): the same bytes."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'nextlong[ray]')")
-    from nextlong.synthesis import executor_ray
+    from nextlong.synthesis.executors import ray as executor_ray
 
     out, _ = base
     ray = executor_ray.connect(None, num_cpus=2, object_store_memory=300 * 2 ** 20)

@@ -1,4 +1,4 @@
-"""BM25 index (nextlong/bm25.py): top-k against a brute-force reference computed from the formula,
+"""BM25 index (nextlong/mining/bm25.py): top-k against a brute-force reference computed from the formula,
 ties, exclusions, padding, determinism, streaming build, save/load and damaged files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from nextlong.bm25 import BM25Index, word_terms
+from nextlong.mining.bm25 import BM25Index, word_terms
 from nextlong.errors import IndexFileError, NextlongError, UsageError
 from tests.helpers import chunk_table, corpus_head, get_tokenizer, write_chunk_table
 

@@ -10,9 +10,9 @@ import pytest
 
 import nextlong
 from nextlong import _native
-from nextlong.chunking import MetaChunk, chunk_documents, split_meta_chunks
+from nextlong.corpus.chunking import MetaChunk, chunk_documents, split_meta_chunks
 from nextlong.schema import CHUNK_SCHEMA
-from nextlong.tokenizer import load_tokenizer
+from nextlong.corpus.tokenizer import load_tokenizer
 from tests.helpers import corpus_texts, tiktoken_cl100k
 
 

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nextlong.chunking import chunk_documents
+from nextlong.corpus.chunking import chunk_documents
 from nextlong.cli import main
 from nextlong.schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
-from nextlong.tokenizer import load_tokenizer
+from nextlong.corpus.tokenizer import load_tokenizer
 from tests.helpers import corpus_texts
 
 

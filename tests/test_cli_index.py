@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.cli import main
-from nextlong.index import ChunkIndex, build_index_from_chunks
+from nextlong.mining.index import ChunkIndex, build_index_from_chunks
 from tests.helpers import chunk_table, corpus_head, write_chunk_table, write_txt_folder
 
 
@@ -98,7 +98,7 @@ def test_search_reports_a_missing_index(tmp_path, capsys):
 
 def test_build_index_from_chunks_resumes_embedding(tmp_path, chunks):
     path, table = chunks
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     first = build_index_from_chunks(path, tmp_path / "idx", HashedLexicalEmbedder(64), progress=False)
     before = (tmp_path / "idx" / "embeddings.npy").stat().st_mtime_ns

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import nextlong
-from nextlong.corpus import CorpusReader, Document, iter_corpus_batches, read_corpus
+from nextlong.corpus.reader import CorpusReader, Document, iter_corpus_batches, read_corpus
 from nextlong.errors import CorpusError
 from tests.helpers import CORPUS, corpus_head
 

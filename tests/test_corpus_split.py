@@ -1,6 +1,6 @@
 """Reading a corpus split by split (what Ray actors do, each on its own splits): whatever the split
 size, the documents, their order, doc_index and default ids equal one reader's pass over the whole
-corpus (nextlong.corpus.CorpusReader, the reference), and errors name the file's true line."""
+corpus (nextlong.corpus.reader.CorpusReader, the reference), and errors name the file's true line."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nextlong.corpus import CorpusReader
-from nextlong.corpus_split import plan_splits
+from nextlong.corpus.reader import CorpusReader
+from nextlong.corpus.split import plan_splits
 from nextlong.errors import CorpusError
-from nextlong.synthesis.executor_local import LocalExecutor
+from nextlong.synthesis.executors.local import LocalExecutor
 from nextlong.synthesis.read import corpus_numbered
-from nextlong.synthesis.stage import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage, block_path,
+from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage, block_path,
                                       block_record_path, not_a_setting, read_done)
 
 
@@ -38,7 +38,7 @@ class Gathered(WholeStage):
         blocks = ctx.input_record(self.inputs[0])["counts"]["blocks"]
         tables = [corpus_numbered(pq.read_table(block_path(src, j)), read_done(block_record_path(src, j)))
                   for j in range(blocks) if block_path(src, j).exists()]
-        from nextlong.corpus import CORPUS_BATCH_SCHEMA
+        from nextlong.corpus.reader import CORPUS_BATCH_SCHEMA
 
         pq.write_table(pa.concat_tables(tables) if tables else CORPUS_BATCH_SCHEMA.empty_table(),
                        ctx.out_dir / "docs.parquet")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nextlong.embedding import (
+from nextlong.mining.embedding import (
     DEFAULT_EMBEDDER,
     Embedder,
     EmbedderError,
@@ -69,7 +69,7 @@ def test_long_texts_are_the_weighted_mean_of_their_windows(minilm_fp32, tmp_path
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from nextlong.embed_store import embed_chunks, embedding_progress
+    from nextlong.mining.embed_store import embed_chunks, embedding_progress
 
     texts = chunk_table(corpus_head(limit=30), max_chars=2048, max_chunks=5, min_chars=1500).column("text").to_pylist()
     texts.append("short text")
@@ -174,7 +174,7 @@ def test_lexical_vectors_are_unit_deterministic_and_topical():
 
 
 def test_lexical_hash_is_stable_across_processes():
-    code = ("import numpy as np; from nextlong.embedding import HashedLexicalEmbedder as H; "
+    code = ("import numpy as np; from nextlong.mining.embedding import HashedLexicalEmbedder as H; "
             "print(repr(H(64).embed(['stable hashing across processes'])[0][:8].tolist()))")
     outs = set()
     for seed in ("1", "2"):

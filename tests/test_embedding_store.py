@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from nextlong.embed_store import embed_chunks, embedding_progress, progress_path
-from nextlong.embedding import HashedLexicalEmbedder
+from nextlong.mining.embed_store import embed_chunks, embedding_progress, progress_path
+from nextlong.mining.embedding import HashedLexicalEmbedder
 from nextlong.errors import CorpusError, StageMismatchError
 from tests.helpers import chunk_table, corpus_head, write_chunk_table
 

@@ -8,7 +8,7 @@ from nextlong.errors import UsageError
 from nextlong.eval import scoring
 from nextlong.eval.haystack import CorpusTooSmallError, essay_sentences
 from nextlong.eval.tasks import ALL_TASKS, DEPTHLESS_TASKS, GROUPS, NIAH_TASKS, expand_tasks, make_sample
-from nextlong.tokenizer import Tokenizer
+from nextlong.corpus.tokenizer import Tokenizer
 from tests.eval_fixtures import train_tokenizer
 
 COARSE_UNITS = ("niah_multikey_2", "niah_multikey_3", "json_kv")  # whole needles or UUID pairs

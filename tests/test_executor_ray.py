@@ -23,9 +23,9 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 'nextlong[r
 
 from nextlong.errors import NextlongError  # noqa: E402
 from nextlong.synthesis import synthesize  # noqa: E402
-from nextlong.synthesis import executor_ray  # noqa: E402
-from nextlong.synthesis.executor_ray import RayClusterError, RayExecutor  # noqa: E402
-from nextlong.synthesis.stage import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage,  # noqa: E402
+from nextlong.synthesis.executors import ray as executor_ray  # noqa: E402
+from nextlong.synthesis.executors.ray import RayClusterError, RayExecutor  # noqa: E402
+from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage,  # noqa: E402
                                       block_path, block_record_path, input_blocks, read_done)
 from tests.helpers import corpus_head, write_jsonl  # noqa: E402
 
@@ -66,7 +66,7 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
     actors each on its own, in blocks of 40 documents: every file of every stage folder is the same.
     The local executor's defaults (one split, blocks of 1024 documents) give the same output shards
     and the same chunk table (its Parquet row groups follow the blocks)."""
-    from nextlong.synthesis.executor_local import LocalExecutor
+    from nextlong.synthesis.executors.local import LocalExecutor
 
     monkeypatch.setattr(RayExecutor, "corpus_block_docs", 40)
     monkeypatch.setattr(RayExecutor, "corpus_split_bytes", 60_000)
@@ -162,7 +162,7 @@ def small_pipeline(root: Path, corpus: Path, lengths_fail_on: int = -1, **upper)
 
 @pytest.mark.slow
 def test_worker_killed_mid_stage_is_retried(ray_session, corpus, tmp_path):
-    from nextlong.synthesis.executor_local import LocalExecutor
+    from nextlong.synthesis.executors.local import LocalExecutor
 
     docs = 200
     small = write_jsonl(tmp_path / "small.jsonl", corpus_head(limit=docs))

@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from nextlong.embedding import HashedLexicalEmbedder
-from nextlong.index import ChunkIndex, EmbedderMismatchError, IndexFileError
-from nextlong.index_shards import shard_bounds
+from nextlong.mining.embedding import HashedLexicalEmbedder
+from nextlong.mining.index import ChunkIndex, EmbedderMismatchError, IndexFileError
+from nextlong.mining.index_shards import shard_bounds
 from tests.helpers import chunk_table, corpus_documents, corpus_head
 
 
@@ -232,7 +232,7 @@ def test_query_shape_errors(built):
 @pytest.mark.slow
 def test_hnsw_recall_on_minilm_embeddings(tmp_path):
     """Semantic embeddings of real chunks: HNSW at default settings reaches recall@10 >= 0.95."""
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     table = chunk_table(corpus_head(limit=80), max_chars=300, max_chunks=200, min_chars=40)
     vecs = load_embedder().embed(table.column("text").to_pylist())
@@ -304,7 +304,7 @@ def test_vectors_not_of_unit_length_still_give_cosines(dtype):
     assert np.all(np.abs(sims) <= 1 + tolerance)
 
 
-# --- a sharded index (nextlong/index_shards.py): shards built each on one thread, in parallel, and
+# --- a sharded index (nextlong/mining/index_shards.py): shards built each on one thread, in parallel, and
 # searched together; checked against exact search (the merge), against itself (reproducible on any
 # number of threads), and through save / view. The pipeline's use: tests/test_synthesis_pipeline.py.
 

@@ -70,7 +70,7 @@ def store_of(texts, tok):
 
 @pytest.fixture(scope="module")
 def tok():
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     return load_tokenizer(None)
 

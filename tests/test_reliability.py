@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.atomic import write_json_atomic
-from nextlong.chunking import chunk_corpus
+from nextlong.corpus.chunking import chunk_corpus
 from nextlong.cli import main
-from nextlong.embed_store import embed_chunks, open_embeddings, progress_path
-from nextlong.embedding import load_embedder
+from nextlong.mining.embed_store import embed_chunks, open_embeddings, progress_path
+from nextlong.mining.embedding import load_embedder
 from nextlong.errors import CorpusError, CorruptFileError, DiskFullError, IndexFileError, OutputLockedError
-from nextlong.index import ChunkIndex, build_index_from_chunks
+from nextlong.mining.index import ChunkIndex, build_index_from_chunks
 from nextlong.locking import output_lock
 
 TEXTS = [f"chunk {i} says " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(30)) for i in range(300)]
@@ -264,7 +264,7 @@ def test_embedding_reserves_the_file_and_reports_enospc(tmp_path, lexical, monke
 
 
 def test_enospc_in_the_middle_of_embedding_then_resume_is_identical(tmp_path, lexical, monkeypatch):
-    import nextlong.embed_store as store
+    import nextlong.mining.embed_store as store
 
     whole = np.array(embed_chunks(TEXTS, lexical, tmp_path / "one.npy", batch_size=64, progress=False))
     calls = {"n": 0}
@@ -370,8 +370,8 @@ def test_a_shard_whose_anchors_are_all_dropped_writes_no_file(tmp_path):
     import pyarrow.parquet as pq
 
     from nextlong.synthesis.assemble import OUTPUT_SCHEMA
-    from nextlong.synthesis.executor_local import LocalExecutor
-    from nextlong.synthesis.stage import MapStage, Pipeline, WholeStage, not_a_setting
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.framework import MapStage, Pipeline, WholeStage, not_a_setting
     from nextlong.synthesis.stages import CutStage
 
     @dataclass
@@ -423,7 +423,7 @@ def test_exact_searcher_rejects_exclusions_it_would_ignore():
 
 def test_synthesize_threads_bound_the_embedder(tmp_path, monkeypatch):
     """--threads 1 reaches the embedder (torch would otherwise take every core)."""
-    import nextlong.embedding as embedding
+    import nextlong.mining.embedding as embedding
 
     seen = []
     real = embedding.load_embedder

@@ -23,7 +23,7 @@ def _tiny_bert(folder):
     import torch
     from transformers import BertConfig, BertModel
 
-    from nextlong.embedding import default_model_path
+    from nextlong.mining.embedding import default_model_path
 
     src = default_model_path()
     tok = json.loads((src / "tokenizer.json").read_text())
@@ -58,8 +58,8 @@ def tiny(tmp_path_factory):
 
 
 def test_distilled_once_into_the_user_cache_then_reused(tiny, tmp_path, monkeypatch):
-    from nextlong import static_embedding
-    from nextlong.embedding import load_embedder
+    from nextlong.mining import static_embedding
+    from nextlong.mining.embedding import load_embedder
 
     monkeypatch.delenv("NEXTLONG_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -89,7 +89,7 @@ def test_static_vectors_are_the_mean_of_all_piece_vectors(tiny, tmp_path):
     a text far beyond 512 pieces is embedded whole (its tail changes the vector)."""
     from model2vec import StaticModel
 
-    from nextlong.static_embedding import load_static_embedder
+    from nextlong.mining.static_embedding import load_static_embedder
 
     emb = load_static_embedder(tiny, pca_dims=16, cache_dir=tmp_path)
     long_text = "the socket " * 400 + "decimal number " * 400
@@ -123,7 +123,7 @@ def test_native_path_gives_model2vecs_ids_and_vectors(tiny, tmp_path):
     "[UNK]") go to HF."""
     from model2vec import StaticModel
 
-    from nextlong.static_embedding import load_static_embedder
+    from nextlong.mining.static_embedding import load_static_embedder
     from tests.helpers import corpus_documents
 
     emb = load_static_embedder(tiny, pca_dims=16, cache_dir=tmp_path, threads=2)
@@ -149,7 +149,7 @@ def test_native_path_gives_model2vecs_ids_and_vectors(tiny, tmp_path):
 def test_minilm_default_dtype_is_the_documented_one(tiny, monkeypatch):
     """fp32 on a CPU without native bf16 (bf16 is emulated there: ~5x slower measured on AVX2), bf16 where
     the CPU has AVX512-BF16/AMX; an explicit dtype wins. `dtype` names the choice for the manifest."""
-    from nextlong import embedding
+    from nextlong.mining import embedding
 
     monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: False)
     assert embedding.load_embedder(str(tiny), device="cpu").dtype == "float32"
@@ -159,7 +159,7 @@ def test_minilm_default_dtype_is_the_documented_one(tiny, monkeypatch):
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
-    from nextlong.embedding import EmbedderError, load_embedder
+    from nextlong.mining.embedding import EmbedderError, load_embedder
 
     with pytest.raises(EmbedderError, match="cannot load"):
         load_embedder(f"static:{tmp_path}", cache_dir=tmp_path / "cache")
@@ -173,7 +173,7 @@ def test_synthesis_with_a_short_window_model_and_with_static(tiny, tmp_path, mon
     import pyarrow.parquet as pq
 
     from nextlong import synthesize
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
     from tests.helpers import corpus_head, write_jsonl
 
     monkeypatch.setenv("NEXTLONG_CACHE_DIR", str(tmp_path / "cache"))

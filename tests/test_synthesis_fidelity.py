@@ -74,7 +74,7 @@ def test_graph_holds_exactly_the_pairs_above_the_threshold():
     """Candidates share two of the 25 smallest hashes of their sets; the graph must hold every pair at or above
     the threshold (none missed by the sketch) and no pair below it."""
     from nextlong.synthesis.neardup import NearDupGraph
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     rng = random.Random(2)

@@ -309,7 +309,7 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
     import pyarrow as pa
 
     from nextlong import synthesize
-    from nextlong.corpus import iter_corpus_batches
+    from nextlong.corpus.reader import iter_corpus_batches
     from nextlong.synthesis.negatives import ExactSearcher
     from nextlong.synthesis.stages import assemble_batch, chunk_batch, plan_nextlong_batch
     from nextlong.synthesis.store import ChunkStore
@@ -339,7 +339,7 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
 def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
     """Past the exact-search size the driver builds a usearch index; --index reuses a prebuilt one."""
     from nextlong import synthesize
-    from nextlong.index import build_index_from_chunks
+    from nextlong.mining.index import build_index_from_chunks
     from nextlong.synthesis import pipeline
 
     monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)

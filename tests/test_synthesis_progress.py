@@ -9,7 +9,7 @@ import io
 import pytest
 import tqdm.auto
 
-from nextlong.synthesis.executor_local import LocalExecutor
+from nextlong.synthesis.executors.local import LocalExecutor
 from tests.helpers import corpus_head, write_jsonl
 
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=2048, shard_size=4, progress=True)
@@ -95,7 +95,7 @@ def test_ray_bars_count_the_same_work(tmp_path, bars):
     """Ray's driver draws the same bars from its actors' results (its own bars are off): the embed bar
     counts chunks (a block at a time) and the chain bar ends at the cut."""
     pytest.importorskip("ray")
-    from nextlong.synthesis import executor_ray
+    from nextlong.synthesis.executors import ray as executor_ray
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(400_000))
     ray = executor_ray.connect(None, num_cpus=2, object_store_memory=300 * 2 ** 20)

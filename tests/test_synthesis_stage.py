@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.errors import StageMismatchError
-from nextlong.synthesis.executor_local import LocalExecutor
-from nextlong.synthesis.stage import (DONE_FILE, MapStage, Pipeline, ReadCorpus, StageContext, WholeStage,
-                                      executor_for, is_done, map_stage, not_a_setting, prepare, read_done,
-                                      write_done)
+from nextlong.synthesis.executors.local import LocalExecutor
+from nextlong.synthesis.executors import executor_for
+from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, StageContext, WholeStage, is_done,
+                                          map_stage, not_a_setting, prepare, read_done, write_done)
 
 
 @dataclass
@@ -181,7 +181,7 @@ def test_executor_for_names():
     with pytest.raises(UsageError):
         executor_for("spark")
     try:
-        import nextlong.synthesis.executor_ray  # noqa: F401
+        import nextlong.synthesis.executors.ray  # noqa: F401
     except ImportError:
         with pytest.raises(NextlongError, match=r"pip install 'nextlong\[ray\]'"):
             executor_for("ray")

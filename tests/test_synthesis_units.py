@@ -257,7 +257,7 @@ def test_exact_duplicates_are_skipped():
 
 
 def test_embed_stage_function_matches_the_embedder(table):
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
     from nextlong.synthesis.stages import embed_batch
 
     emb = load_embedder("hashed-tfidf:64")

@@ -19,7 +19,7 @@ import pytest
 
 from nextlong.errors import TokenizerError
 from tests.helpers import bytelevel_json, corpus_texts, split_pre_tokenizer
-from nextlong.tokenizer import (
+from nextlong.corpus.tokenizer import (
     CL100K_PATTERN,
     CL100K_SPECIAL_TOKENS,
     GPT2_PATTERN,

@@ -20,7 +20,7 @@ import pytest
 
 from nextlong.cli import main
 from nextlong.errors import TokenizerError
-from nextlong.tokenizer import (
+from nextlong.corpus.tokenizer import (
     CL100K_PATTERN,
     GPT2_PATTERN,
     LLAMA3_PATTERN,
@@ -139,7 +139,7 @@ def test_deep_recursion_on_a_small_thread_stack_raises(tmp_path):
     script = textwrap.dedent(f"""
         import threading
         from nextlong.errors import TokenizerError
-        from nextlong.tokenizer import Tokenizer
+        from nextlong.corpus.tokenizer import Tokenizer
         tok = Tokenizer.from_tiktoken({str(_rank_file(tmp_path))!r}, pattern=r"(?:ab)+|\\S")
         def encode(fn, arg):
             try:

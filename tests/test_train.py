@@ -117,7 +117,7 @@ def test_mds_input_matches_parquet():
 
 
 def _model_and_batch(data, attention, loss, spans="document"):
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
     from nextlong.train.model import LossModel, build_model
 
     _, tok = corpus_and_tokenizer()
@@ -182,7 +182,7 @@ def test_token_weights_change_the_gradient_as_the_formula_says(data):
 def test_tiny_run_lowers_the_loss_and_exports_the_model(data, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     run = tmp_path / "run"
     summary = train(data, run, steps=30, batch_tokens=2 * SAMPLE_LEN, lr=3e-3, **FAST)

@@ -44,7 +44,7 @@ def make_rows(n=10, seed=0, answers=True):
 def write_acer(root, rows, formats=("parquet", "jsonl", "mds")):
     """An ACER-like output folder holding `rows` in each of `formats`."""
     from nextlong.mds import MDSWriter
-    from nextlong.tokenizer import load_tokenizer
+    from nextlong.corpus.tokenizer import load_tokenizer
 
     _, tok = corpus_and_tokenizer()
     root.mkdir(parents=True)

@@ -253,7 +253,7 @@ def test_a_pytorch_model_bin_of_plain_tensors_still_loads(base_model, tmp_path):
 def test_an_embedder_folder_gets_the_same_care(tmp_path):
     """`--embedder FOLDER` loads an encoder through the same loader: a pickle holding code is refused
     unrun (it was an UnpicklingError traceback)."""
-    from nextlong.embedding import EmbedderError, default_model_path, load_embedder
+    from nextlong.mining.embedding import EmbedderError, default_model_path, load_embedder
 
     folder = tmp_path / "encoder"
     folder.mkdir()

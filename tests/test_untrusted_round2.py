@@ -1,7 +1,7 @@
 """Untrusted folders, second round (issue 24 follow-up): what an attacker found after the first round.
 
 1. A crafted usearch graph, with the CRC beside it updated, crashed `search` (SIGSEGV): the whole file
-   is now checked before usearch reads it (nextlong/usearch_file.py).
+   is now checked before usearch reads it (nextlong/mining/usearch_file.py).
 2. Names in a folder's own files reached outside it: nextlong.json's tokenizer, a corpus folder's
    symbolic link, an index's file names, an embedder's module paths.
 3. Broken JSON files (tokenizer.json, index.json, modules.json, config.json) and an MDS shape gave
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.errors import EmbedderError, IndexFileError, TokenizerError
-from nextlong.index import ChunkIndex
+from nextlong.mining.index import ChunkIndex
 from tests.helpers import (
     assert_one_line_error,
     bytelevel_json,
@@ -60,7 +60,7 @@ def _small_index(folder: Path, n: int = 400, dim: int = 16, **options) -> Path:
 
 def _layout(b: bytes) -> dict:
     """Where things are in a usearch file (usearch 2.x, 32-bit matrix dimensions): written from the
-    format, independently of nextlong/usearch_file.py."""
+    format, independently of nextlong/mining/usearch_file.py."""
     rows, cols = struct.unpack_from("<II", b, 0)
     head = 8 + rows * cols
     graph = head + 64
@@ -146,7 +146,7 @@ _VIEW_AND_SEARCH = """
 import sys
 import numpy as np
 from nextlong.errors import IndexFileError
-from nextlong.index import ChunkIndex
+from nextlong.mining.index import ChunkIndex
 try:
     index = ChunkIndex.view(sys.argv[1])
     index.search(np.random.default_rng(1).standard_normal((64, index.dim)), 20)
@@ -353,7 +353,7 @@ def test_a_corpus_folder_link_out_of_the_folder_is_refused(tmp_path, capsys):
     assert code == 1 and "b.txt" in line and "outside the corpus folder" in line and "TOPSECRET" not in out + err
     (corpus / "b.txt").unlink()
     (corpus / "c.txt").symlink_to(corpus / "a.txt")  # a link inside the folder is one of its files
-    from nextlong.corpus import list_corpus_files
+    from nextlong.corpus.reader import list_corpus_files
 
     assert [name for _, name in list_corpus_files(corpus)] == ["a.txt", "c.txt"]
 
@@ -368,7 +368,7 @@ def _st_folder(tmp_path: Path, modules) -> Path:
 
 @pytest.mark.parametrize("path", ["../emb_elsewhere", "/etc", "1_Pooling/../../x"])
 def test_an_embedder_module_path_stays_in_the_folder(path, tmp_path):
-    from nextlong.embedding import _sentence_transformers_layout
+    from nextlong.mining.embedding import _sentence_transformers_layout
 
     folder = _st_folder(tmp_path, [{"idx": 0, "name": "0", "path": path,
                                     "type": "sentence_transformers.models.Transformer"}])
@@ -383,7 +383,7 @@ def test_an_embedder_module_path_stays_in_the_folder(path, tmp_path):
     ('[{"type": 7}]', "entry 0"),
 ])
 def test_a_broken_modules_json_is_one_error(modules, message, tmp_path):
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     folder = _st_folder(tmp_path, modules)
     with pytest.raises(EmbedderError, match=message):
@@ -391,7 +391,7 @@ def test_a_broken_modules_json_is_one_error(modules, message, tmp_path):
 
 
 def test_a_deep_embedder_config_json_is_one_error(tmp_path):
-    from nextlong.embedding import load_embedder
+    from nextlong.mining.embedding import load_embedder
 
     folder = tmp_path / "emb"
     folder.mkdir()
@@ -414,13 +414,13 @@ def _refused_in_subprocess(code: str, error: str, message: str) -> None:
 
 
 def test_a_saved_lexical_embedder_is_checked(tmp_path):
-    from nextlong.embedding import HashedLexicalEmbedder
+    from nextlong.mining.embedding import HashedLexicalEmbedder
 
     HashedLexicalEmbedder(16, buckets_log2=8).save(tmp_path)
     assert HashedLexicalEmbedder.load(tmp_path).dim == 16
     state = json.loads((tmp_path / "lexical_embedder.json").read_text())
     (tmp_path / "lexical_embedder.json").write_text(json.dumps({**state, "buckets_log2": 62}))
-    load = f"from nextlong.embedding import HashedLexicalEmbedder\nHashedLexicalEmbedder.load({str(tmp_path)!r})"
+    load = f"from nextlong.mining.embedding import HashedLexicalEmbedder\nHashedLexicalEmbedder.load({str(tmp_path)!r})"
     _refused_in_subprocess(load, "EmbedderError", "buckets_log2")  # 2**62 buckets: memory
     (tmp_path / "lexical_embedder.json").write_text(json.dumps(state))
     os.unlink(tmp_path / "lexical_idf.npy")
@@ -463,7 +463,7 @@ TOKENIZER_FILES = {
 
 @pytest.mark.parametrize("case", TOKENIZER_FILES)
 def test_a_broken_tokenizer_json_is_one_short_line(case, base_tokenizer, tmp_path, capsys):
-    from nextlong.tokenizer import Tokenizer
+    from nextlong.corpus.tokenizer import Tokenizer
 
     edit, message = TOKENIZER_FILES[case]
     if edit is None:
@@ -488,7 +488,7 @@ def test_a_broken_tokenizer_json_is_one_short_line(case, base_tokenizer, tmp_pat
 
 def test_a_tokenizer_fifo_is_refused_not_read(tmp_path):
     os.mkfifo(tmp_path / "tokenizer.json")
-    _refused_in_subprocess(f"from nextlong.tokenizer import Tokenizer\n"
+    _refused_in_subprocess(f"from nextlong.corpus.tokenizer import Tokenizer\n"
                            f"Tokenizer.from_file({str(tmp_path / 'tokenizer.json')!r})", "TokenizerError",
                            "not a regular file")
 

@@ -26,7 +26,7 @@ NON_ASCII = ["café", "naïve Ünïcödé", "北京大学", "mixed 中文 text",
 
 
 def minilm_tokenizer():
-    from nextlong.embedding import default_model_path
+    from nextlong.mining.embedding import default_model_path
 
     return tokenizers.Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
 
@@ -55,7 +55,7 @@ def small_tokenizer():
 
 
 def native(tok):
-    from nextlong.static_embedding import native_wordpiece
+    from nextlong.mining.static_embedding import native_wordpiece
 
     wp = native_wordpiece(tok)
     assert wp is not None, "a plain BERT tokenizer must get the native path"
@@ -143,7 +143,7 @@ def test_threads_do_not_change_ids():
 def test_tokenizers_the_native_path_cannot_reproduce_are_refused():
     from tokenizers import normalizers
 
-    from nextlong.static_embedding import native_wordpiece
+    from nextlong.mining.static_embedding import native_wordpiece
 
     tok = minilm_tokenizer()
     assert native_wordpiece(tok) is None  # truncation at 512 is on in the file: HF would cut
@@ -193,7 +193,7 @@ def test_mixed_texts_match_hf_with_only_non_ascii_words_sent_to_hf():
     """hybrid_ids (native ASCII runs + HF for the words holding non-ASCII characters) against HF on the
     whole text, over random mixes of ASCII and non-ASCII words, combining marks at word edges, non-ASCII
     spaces and controls, joined by ASCII whitespace or nothing."""
-    from nextlong.static_embedding import hybrid_ids, split_at_non_ascii_words
+    from nextlong.mining.static_embedding import hybrid_ids, split_at_non_ascii_words
 
     rng = random.Random(1)
     texts = []

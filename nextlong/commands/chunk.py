@@ -75,7 +75,7 @@ def corpus_options(args) -> dict:
 
 
 def run(args) -> int:
-    from ..chunking import chunk_corpus
+    from ..corpus.chunking import chunk_corpus
 
     if args.unit == "tokens" and not args.tokenizer:
         args.parser.error("--unit tokens needs --tokenizer")

@@ -41,7 +41,7 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
     from ..untrusted import printable
     from ..manifest import recorded_tokenizer
     from ..synthesis.writers import shard_paths
-    from ..tokenizer import load_tokenizer
+    from ..corpus.tokenizer import load_tokenizer
     from ..untrusted import read_json
 
     directory = Path(directory)

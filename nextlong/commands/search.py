@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..untrusted import printable
     from ..errors import CorpusError
-    from ..index import ChunkIndex
+    from ..mining.index import ChunkIndex
 
     index = ChunkIndex.view(args.index_dir, verify=not args.no_verify)
     embedder = index.query_embedder()

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..chunking import tokenize_corpus
+    from ..corpus.chunking import tokenize_corpus
 
     stats = tokenize_corpus(*corpus_io(args), tokenizer=args.tokenizer, **corpus_options(args))
     print_summary("tokenize", stats, args)

@@ -82,7 +82,7 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
         raise UsageError(f"--attn must be one of {', '.join(ATTENTION)}, got {attn!r}")
     import torch
 
-    from ..tokenizer import load_tokenizer
+    from ..corpus.tokenizer import load_tokenizer
 
     folder, spec = resolve_model_folder(path)
     config = read_config(folder, trust_remote_code=trust_remote_code)

@@ -24,7 +24,7 @@ model's tokenizer, pieces of at most --rag-chunk-tokens tokens), plus every `con
 way (identical contexts share their chunks). A question's gold chunks are those of its evidence that
 contain one of its answers (SQuAD-normalised whole words), or all of them when none does, or the
 `chunk_index` ones. Retrieval ranks the whole pool for the question (embedding: exact cosine search;
-bm25: nextlong.bm25), so the gold chunk competes like any other. A question's candidates are the
+bm25: nextlong.mining.bm25), so the gold chunk competes like any other. A question's candidates are the
 retrieved chunks minus copies of its gold text (a corpus chunk whose normalised text contains a gold
 chunk's or is contained in it) and, with --rag-distractors no-answer (HELMET's choice), minus every
 other chunk holding an answer. Retrieve-then-read reads the top R candidates (gold among them only
@@ -101,7 +101,7 @@ class RagSettings:
         if not Path(self.corpus).exists():
             raise UsageError(f"{self.corpus}: corpus not found")
         if self.retriever == "embedding":
-            from ..embedding import check_embedder_spec
+            from ..mining.embedding import check_embedder_spec
 
             check_embedder_spec(self.embedder)
 
@@ -168,7 +168,7 @@ def corpus_pipeline(settings: RagSettings, tokenizer_spec: str, root: Path):
     """The corpus chunked as `nextlong acer` chunks it, and (embedding) its vectors: cached stages in `root`."""
     from ..synthesis.acer import stages as A
     from ..synthesis import stages as S
-    from ..synthesis.stage import Pipeline, ReadCorpus
+    from ..synthesis.framework import Pipeline, ReadCorpus
 
     spec = settings.embedder or S.DEFAULT_EMBEDDER_SPEC
     steps = [ReadCorpus(name="corpus", path=str(settings.corpus), text_field=settings.text_field,
@@ -186,7 +186,7 @@ def corpus_pipeline(settings: RagSettings, tokenizer_spec: str, root: Path):
 def chunk_contexts(texts: Sequence[str], tokenizer, chunk_tokens: int) -> list[list[tuple[str, np.ndarray]]]:
     """Each text cut as ACER cuts a corpus document: [(chunk text, token ids)] (empty chunks left out)."""
     from ..synthesis.acer.stages import split_long_chunks
-    from ..chunking import chunk_documents
+    from ..corpus.chunking import chunk_documents
 
     if not texts:
         return []
@@ -340,13 +340,13 @@ def _search(settings: RagSettings, pool: Pool, root: Path, questions: list[str],
     if settings.retriever == "bm25":
         import itertools
 
-        from ..bm25 import BM25Index
+        from ..mining.bm25 import BM25Index
         from ..synthesis.stages import chunk_texts
 
         index = BM25Index.build(itertools.chain(chunk_texts(root / "chunks")(), pool.extra_texts))
         return index.search(questions, k)
     from ..synthesis.negatives import ExactSearcher
-    from ..synthesis.stage import DONE_FILE, read_done
+    from ..synthesis.framework import DONE_FILE, read_done
     from ..synthesis.stages import DEFAULT_EMBEDDER_SPEC, _ready_embedder, open_vectors
 
     embedder = _ready_embedder(settings.embedder or DEFAULT_EMBEDDER_SPEC, root / "embedder", None)
@@ -380,8 +380,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     question's gold chunks, retrieve, and check every prompt fits. Errors are one line, before any scoring."""
     from ..synthesis.acer.answers import contains_answer
     from ..synthesis.acer.templates import load_templates
-    from ..synthesis.executor_local import LocalExecutor
-    from ..synthesis.stage import corpus_identity
+    from ..synthesis.executors.local import LocalExecutor
+    from ..synthesis.framework import corpus_identity
     from ..synthesis.stages import load_store
 
     settings.validate()

@@ -21,7 +21,7 @@ def corpus_texts(corpus: str | None, text_field: str = "text", max_chars: int | 
         for _, text in iter_stdlib_documents(max_bytes=max_chars):
             yield text
         return
-    from ..corpus import read_corpus
+    from ..corpus.reader import read_corpus
 
     total = 0
     for doc in read_corpus(corpus, text_field=text_field):

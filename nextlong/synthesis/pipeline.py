@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from .config import EMBEDDING_METHODS, SynthesisConfig
-from .stage import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, executor_for, read_done
+from .executors import executor_for
+from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, read_done
 from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
@@ -67,11 +68,11 @@ class PrebuiltIndexCheck(WholeStage):
 
 def check_prebuilt_index(index_dir, store, embedder_spec, verify: bool = True):
     """A `nextlong index` folder given with --index: it must come from the same chunks."""
-    from ..index import ChunkIndex
+    from ..mining.index import ChunkIndex
 
     index = ChunkIndex.view(index_dir, verify=verify)
     if embedder_spec:  # the index fixes the embedder; an explicit --embedder must agree with it
-        from ..embedding import load_embedder
+        from ..mining.embedding import load_embedder
 
         asked = load_embedder(embedder_spec).name
         if not str(index.embedder_name or "").startswith(asked):  # a fitted lexical embedder adds "-idf"
@@ -206,7 +207,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
                 what = "no such folder" if not index.exists() else "not a folder written by nextlong index (no index.json)"
                 raise IndexFileError(f"{index}: --index: {what}")
         if cfg.index is None or cfg.embedder:
-            from ..embedding import check_embedder_spec
+            from ..mining.embedding import check_embedder_spec
 
             check_embedder_spec(cfg.embedder)
     if cfg.method == "nextlong" and cfg.index is not None:
@@ -231,7 +232,7 @@ def _discard_other_outputs(out: Path, fps: dict) -> None:
     and seeds (remove DIR/data between them). Blocks of these settings (a killed run) are kept."""
     import shutil
 
-    from .stage import BLOCK_RECORDS
+    from .framework import BLOCK_RECORDS
 
     for name in OUTPUT_STAGES:
         folder = out / name
@@ -246,9 +247,9 @@ def _discard_other_outputs(out: Path, fps: dict) -> None:
 
 def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..manifest import write_manifest
-    from ..tokenizer import load_tokenizer
+    from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
-    from .stage import block_counts
+    from .framework import block_counts
     from .stages import load_store, open_vectors
 
     out = cfg.out_dir
@@ -303,7 +304,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         stats["quest"] = units["quest"]
     embedder_name = None
     if "embeddings" in pipeline.external:
-        from ..index import ChunkIndex
+        from ..mining.index import ChunkIndex
 
         embedder_name = ChunkIndex.view(pipeline.external["embeddings"], verify=False).embedder_name
     elif vectors is not None:
@@ -369,7 +370,7 @@ def _keep_tokenizer_file(spec, out: Path) -> dict:
 def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
     """Plan and assembly counts of the part of a block the --num-samples cut kept: its plan rows up to
     the `rows`-th built one (as if planning had stopped there), and the rows written."""
-    from .stage import block_path
+    from .framework import block_path
     from .stages import assemble_counts, plan_counts
 
     plan = pq.read_table(block_path(out / "plan", block))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from .stage import FinishedPrefix, block_path
+from .framework import FinishedPrefix, block_path
 
 
 def corpus_bar(ctx):

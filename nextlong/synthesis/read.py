@@ -1,7 +1,7 @@
 """The corpus into the first map stage, split by split: the steps every executor runs (protocol items 3
 and 4 in stage.py), so a split read by a Ray actor and one read in this process write the same files.
 
-1. `CorpusRead.plan()`: the corpus cut into splits from file sizes (nextlong/corpus_split.py).
+1. `CorpusRead.plan()`: the corpus cut into splits from file sizes (nextlong/corpus/split.py).
 2. `map_split(ctx, read, s)`, anywhere, in any order: split s is read and fed to the stage in blocks of
    `block_docs` documents / `block_bytes` of text, bounded memory whatever the split's size. Its
    blocks are written to `<stage>/_splits/split-SSSSS-KKKKK.parquet`, each with its record beside it
@@ -26,8 +26,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ..corpus_split import DEFAULT_SPLIT_BYTES, SplitReader, file_line_ids, plan_splits, starts_mid_file
-from .stage import (BLOCK_RECORDS, StageContext, block_fingerprint, block_path, block_record_path, finish_map_stage,
+from ..corpus.split import DEFAULT_SPLIT_BYTES, SplitReader, file_line_ids, plan_splits, starts_mid_file
+from .framework import (BLOCK_RECORDS, StageContext, block_fingerprint, block_path, block_record_path, finish_map_stage,
                     part_done, read_done, sum_counts, write_done, write_part)
 
 SPLITS = "_splits"
@@ -80,7 +80,7 @@ def split_done(ctx: StageContext, read: CorpusRead, s: int, split: list[dict]) -
 def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
               on_block: Callable[[int], None] | None = None) -> dict:
     """Split s through the stage of `ctx` (set up already), unless done; returns its record's counts."""
-    from ..corpus import prefetch
+    from ..corpus.reader import prefetch
 
     record = split_done(ctx, read, s, split)
     if record is not None:

@@ -39,7 +39,7 @@ PLAN_SCHEMA = pa.schema(
 def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chunk_id: int = 0,
                 num_threads: int | None = None) -> pa.Table:
     """Meta-chunk a corpus batch; each chunk tokenized on its own (input_ids)."""
-    from ..chunking import chunk_documents
+    from ..corpus.chunking import chunk_documents
 
     return chunk_documents(batch, max_len=chunk_size, unit=chunk_unit, tokenizer=tokenizer, with_ids=True,
                            num_threads=num_threads, first_chunk_id=first_chunk_id)
@@ -205,7 +205,7 @@ from pathlib import Path as _Path  # noqa: E402
 import pyarrow.parquet as _pq  # noqa: E402
 
 from ..atomic import atomic_path as _atomic_path  # noqa: E402
-from .stage import MapStage, WholeStage, added_setting, identity, input_blocks, not_a_setting  # noqa: E402
+from .framework import MapStage, WholeStage, added_setting, identity, input_blocks, not_a_setting  # noqa: E402
 
 CHUNKS_FILE = "chunks.parquet"
 STORE_DIR = "store"
@@ -215,14 +215,14 @@ DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
 
 def tokenizer_identity(spec) -> dict:
     """A tokenizer setting as its vocabulary's fingerprint (a spec string alone could name other files)."""
-    from ..tokenizer import load_tokenizer
+    from ..corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(spec)
     return {"spec": spec, "name": getattr(tok, "name", None), "fingerprint": getattr(tok, "fingerprint", None)}
 
 
 def _separator_ids(tokenizer_spec, separator: str) -> np.ndarray:
-    from ..tokenizer import load_tokenizer
+    from ..corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_spec)
     return np.asarray(tok.encode_ordinary(separator), np.uint32) if separator else np.zeros(0, np.uint32)
@@ -231,7 +231,7 @@ def _separator_ids(tokenizer_spec, separator: str) -> np.ndarray:
 def _load_embedder(spec: str, threads: int | None, chunk_texts=None):
     """The embedder of `spec`; a lexical one is fitted on `chunk_texts()` (an iterable of texts, in chunk
     order: deterministic, so every worker fits the same weights)."""
-    from ..embedding import load_embedder
+    from ..mining.embedding import load_embedder
 
     embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec, **({"threads": threads} if threads else {}))
     if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1) and chunk_texts is not None:
@@ -268,8 +268,8 @@ class ChunkStage(MapStage):
                        "write_statistics": ["chunk_id", "doc_index", "chunk_index"], "row_group_size": 1 << 20}
 
     def setup(self, ctx):
-        from ..chunking import resolve_tokenizer
-        from ..tokenizer import load_tokenizer
+        from ..corpus.chunking import resolve_tokenizer
+        from ..corpus.tokenizer import load_tokenizer
 
         self._encoder = resolve_tokenizer(load_tokenizer(self.tokenizer))[1]
         self._threads = self.threads or ctx.threads
@@ -288,7 +288,7 @@ def _renumbered_parts(parts_dir, blocks: int):
     """(block, table) of a map stage's parts with chunk_id = rows in earlier blocks + local id, and the
     corpus-wide doc_index and doc ids its block records name (read.corpus_numbered)."""
     from .read import corpus_numbered
-    from .stage import block_path, block_record_path, read_done
+    from .framework import block_path, block_record_path, read_done
 
     first = 0
     for j in range(blocks):
@@ -303,7 +303,7 @@ def _renumbered_parts(parts_dir, blocks: int):
 
 def _write_chunk_table(tables, out_dir) -> int:
     """Concatenate chunk tables into out_dir/chunks.parquet (atomic) and build the chunk store."""
-    from ..chunking import _STATISTICS_COLUMNS, chunk_table_schema
+    from ..corpus.chunking import _STATISTICS_COLUMNS, chunk_table_schema
     from .store import ChunkStore
 
     out_dir = _Path(out_dir)
@@ -346,7 +346,7 @@ class NearDupStage(WholeStage):
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
-        from ..tokenizer import load_tokenizer
+        from ..corpus.tokenizer import load_tokenizer
         from .neardup import NearDupGraph
 
         graph = NearDupGraph.build(load_store(ctx.input(self.inputs[0])), load_tokenizer(self.tokenizer),
@@ -369,9 +369,9 @@ class DedupStage(WholeStage):
     threshold: float = 0.5
 
     def build(self, ctx):
-        from ..tokenizer import load_tokenizer
+        from ..corpus.tokenizer import load_tokenizer
         from .neardup import NearDupGraph, duplicate_documents
-        from .stage import block_path
+        from .framework import block_path
 
         blocks_dir, chunks_dir, graph_dir = (ctx.input(n) for n in self.inputs)
         store = load_store(chunks_dir)
@@ -425,7 +425,7 @@ class FitEmbedder(WholeStage):
 
 def _ready_embedder(spec: str, fitted_dir, threads: int | None):
     """The embedder a FitEmbedder stage prepared: its saved folder when it wrote one, else `spec`."""
-    from ..embedding import _LEXICAL_STATE, load_embedder
+    from ..mining.embedding import _LEXICAL_STATE, load_embedder
 
     if (_Path(fitted_dir) / _LEXICAL_STATE).exists():
         return load_embedder(str(fitted_dir))
@@ -487,7 +487,7 @@ class GatherEmbeddings(WholeStage):
 
     def build(self, ctx):
         from ..atomic import file_crc32
-        from .stage import block_counts, block_path
+        from .framework import block_counts, block_path
 
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
@@ -499,7 +499,7 @@ class GatherEmbeddings(WholeStage):
                 dim = _pq.read_schema(block_path(src, j)).field("embedding").type.list_size
                 break
         dim = dim or 1
-        from ..embed_store import _reserve
+        from ..mining.embed_store import _reserve
         from ..errors import check_free_space
 
         check_free_space(ctx.out_dir / EMBEDDINGS_FILE, 128 + rows * dim * 4)
@@ -524,7 +524,7 @@ class GatherEmbeddings(WholeStage):
 
 def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None) -> np.ndarray:
     """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
-    from ..embed_store import open_embeddings
+    from ..mining.embed_store import open_embeddings
     from ..errors import CorruptFileError
 
     path = _Path(embeddings_dir) / EMBEDDINGS_FILE
@@ -567,7 +567,7 @@ class IndexStage(WholeStage):
         store = load_store(chunks_dir)
         if store.num_chunks <= self.exact_max:
             return {"search": "exact"}
-        from ..index import ChunkIndex, read_chunk_metadata
+        from ..mining.index import ChunkIndex, read_chunk_metadata
 
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[0]))
         embedder = _ready_embedder(self.embedder, embedder_dir, self.threads or ctx.threads)
@@ -605,7 +605,7 @@ class UnitsStage(WholeStage):
     def build(self, ctx):
         from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
                                 pack_stream, quest_contexts, standard_order)
-        from .stage import block_path
+        from .framework import block_path
         from .writers import write_parquet_atomic
 
         chunks_dir = ctx.input(self.inputs[0])
@@ -688,7 +688,7 @@ class PlanStage(MapStage):
             self._vectors = open_vectors(ctx.input(emb_name), self.verify, ctx.input_record(emb_name))
             index_dir = ctx.input(index_name)
             if (index_dir / "index.json").exists():
-                from ..index import ChunkIndex
+                from ..mining.index import ChunkIndex
 
                 self._searcher = IndexSearcher(ChunkIndex.view(index_dir, verify=self.verify), store.num_chunks)
                 self._doc_label = lambda d: int(store.doc_index[d])
@@ -826,7 +826,7 @@ class CutStage(WholeStage):
     def build(self, ctx):
         import os
 
-        from .stage import block_numbers, block_path, read_done
+        from .framework import block_numbers, block_path, read_done
         from .writers import write_parquet_atomic
 
         src = ctx.input(self.inputs[0])

@@ -26,7 +26,7 @@ before anything is loaded, so a damaged or crafted checkpoint is refused in one 
 part.
 
 RUN/model is the latest weights as a Hugging Face `save_pretrained` folder (config.json +
-model.safetensors) plus `nextlong.json` = {"tokenizer": SPEC} (SPEC for `nextlong.tokenizer.load_tokenizer`;
+model.safetensors) plus `nextlong.json` = {"tokenizer": SPEC} (SPEC for `nextlong.corpus.tokenizer.load_tokenizer`;
 a tokenizer file is copied beside it and named relative to RUN/model). It is a symbolic link to a
 hidden folder `.model-XXXXXXXX` written completely first; replacing the link is one atomic rename,
 so a reader of RUN/model finds a complete model at every moment, even after a kill.

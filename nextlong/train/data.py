@@ -96,7 +96,7 @@ class Source:
         self.manifest, self.manifest_dir = self._find_manifest()
         self.kind, self.files = self._find_files()
         if self.kind == "parquet":
-            from ..corpus import open_parquet
+            from ..corpus.reader import open_parquet
 
             self._row_groups = []  # (file, row group, first global row, rows)
             start, masked = 0, {}
@@ -274,7 +274,7 @@ class Source:
 
         import pyarrow as pa
 
-        from ..corpus import corrupt_parquet, open_parquet
+        from ..corpus.reader import corrupt_parquet, open_parquet
 
         starts = [g[2] for g in self._row_groups]
         gi = bisect.bisect_right(starts, row) - 1

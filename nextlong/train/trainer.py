@@ -135,7 +135,7 @@ class Trainer:
         data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
         self.tokenizer_spec, vocab = data_tok, None
         if data_tok is not None:
-            from ..tokenizer import load_tokenizer
+            from ..corpus.tokenizer import load_tokenizer
 
             tok = load_tokenizer(data_tok)
             if cfg.tokenizer is not None and data_fp is not None and tok.fingerprint != data_fp:
@@ -256,7 +256,7 @@ class Trainer:
         model_tok = model_tokenizer_spec(folder)
         if model_tok is None or data_fp is None:
             return
-        from ..tokenizer import load_tokenizer
+        from ..corpus.tokenizer import load_tokenizer
 
         model_fp = load_tokenizer(model_tok).fingerprint
         if model_fp != data_fp:

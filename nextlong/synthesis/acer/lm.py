@@ -203,7 +203,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
     import torch
 
     from ...model_folder import load_causal_lm, read_config
-    from ...tokenizer import load_tokenizer
+    from ...corpus.tokenizer import load_tokenizer
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,7 +211,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dtype is None:
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    from ..stage import corpus_identity
+    from ..framework import corpus_identity
 
     info = inspect_model(path, trust_remote_code=trust_remote_code)
     key = (corpus_identity(info.folder)["hash"], str(info.folder.resolve()), device, dtype, trust_remote_code)

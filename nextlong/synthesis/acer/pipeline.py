@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import NextlongError, UsageError
-from ..stage import DONE_FILE, Pipeline, ReadCorpus, read_done
+from ..framework import DONE_FILE, Pipeline, ReadCorpus, read_done
 from .config import AcerConfig
 
 # which manifest timing each stage's seconds count toward
@@ -65,7 +65,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     """Every error that would otherwise surface after chunking, embedding or hours of ranking: a model
     that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
     set beyond the model's context, a --target-length below what the read chunks need."""
-    from ...tokenizer import load_tokenizer
+    from ...corpus.tokenizer import load_tokenizer
     from .lm import inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
@@ -89,7 +89,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         question_tokens = sample_question = cfg.question_max_new_tokens + 2  # " " + a re-encoded generated line
         longest = None
     if cfg.retriever_used == "embedding":
-        from ...embedding import check_embedder_spec
+        from ...mining.embedding import check_embedder_spec
 
         check_embedder_spec(cfg.embedder)
     else:
@@ -208,7 +208,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     cfg.validate()
     checked = check_before_work(cfg)
     if executor is None:
-        from ..stage import executor_for
+        from ..executors import executor_for
 
         executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                 embed_gpus=cfg.gpus, embed_actors=cfg.actors)
@@ -222,7 +222,7 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     from ...manifest import write_manifest
     from ..pipeline import _keep_tokenizer_file
     from ..stages import load_store
-    from ...tokenizer import load_tokenizer
+    from ...corpus.tokenizer import load_tokenizer
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
-"""The stages of an ACER run (the contract: nextlong/synthesis/stage.py). Chunking, embedding and the
+"""The stages of an ACER run (the contract: nextlong/synthesis/framework.py). Chunking, embedding and the
 index are synthesize's own stages; these are the ones ACER adds:
 
     questions (whole)   the questions file, or N random chunks for the LM to write questions about,
                         in blocks of `block_questions` rows: question_id, question, gold, source_chunk
     ask (map, LM)       --generate-questions: the LM writes the question about each picked chunk
-    bm25 (whole)        --retriever bm25: the BM25 index over the chunk texts (nextlong.bm25)
+    bm25 (whole)        --retriever bm25: the BM25 index over the chunk texts (nextlong.mining.bm25)
     retrieve (map)      question -> its `retrieve` best chunks (embedding: exact search below
                         EXACT_SEARCH_MAX_CHUNKS chunks, the HNSW index above; or BM25) and their scores
     rank (map, LM)      --ranker model: the LM's multiple-choice probability that each chunk helps
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from ..stage import MapStage, WholeStage, corpus_identity, identity, not_a_setting
+from ..framework import MapStage, WholeStage, corpus_identity, identity, not_a_setting
 from ..stages import CHUNKS_FILE, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
 
@@ -130,7 +130,7 @@ class ChunkStage(SynthesisChunkStage):
         return split_long_chunks(super().__call__(block), self.chunk_size, self._decoder)
 
     def setup(self, ctx):
-        from ...tokenizer import load_tokenizer
+        from ...corpus.tokenizer import load_tokenizer
 
         super().setup(ctx)
         self._decoder = load_tokenizer(self.tokenizer)
@@ -202,7 +202,7 @@ class QuestionsStage(WholeStage):
     block_questions: int = not_a_setting(default=64)
 
     def build(self, ctx):
-        from ..stage import block_path
+        from ..framework import block_path
         from ..writers import write_parquet_atomic
 
         if self.path:
@@ -279,7 +279,7 @@ class Passages:
     when the LM's tokenizer is the samples' tokenizer, else its text encoded by the LM's tokenizer)."""
 
     def __init__(self, chunks_dir, sample_tokenizer, lm_tokenizer, chunk_tokens: int):
-        from ...tokenizer import load_tokenizer
+        from ...corpus.tokenizer import load_tokenizer
 
         self.store = load_store(chunks_dir)
         self.chunk_tokens = int(chunk_tokens)
@@ -334,14 +334,14 @@ class AskStage(LMStage):
 
 @dataclasses.dataclass
 class BM25Stage(WholeStage):
-    """The BM25 index over the chunk texts, row = chunk id (nextlong.bm25). inputs: (chunks,)."""
+    """The BM25 index over the chunk texts, row = chunk id (nextlong.mining.bm25). inputs: (chunks,)."""
 
     k1: float = 1.2
     b: float = 0.75
     threads: int | None = not_a_setting(default=None)
 
     def build(self, ctx):
-        from ...bm25 import BM25Index
+        from ...mining.bm25 import BM25Index
 
         index = BM25Index.from_chunks(ctx.input(self.inputs[0]) / CHUNKS_FILE, k1=self.k1, b=self.b,
                                       num_threads=self.threads or ctx.threads or 0, progress=ctx.progress)
@@ -372,7 +372,7 @@ class RetrieveStage(AcerMapStage):
 
             raise NextlongError(f"{ctx.input(self.inputs[1])}: the corpus has no text to retrieve")
         if self.retriever == "bm25":
-            from ...bm25 import BM25Index
+            from ...mining.bm25 import BM25Index
 
             self._bm25 = BM25Index.load(ctx.input(self.inputs[2]))
             self._threads = threads or 0
@@ -384,7 +384,7 @@ class RetrieveStage(AcerMapStage):
         self._embedder = _ready_embedder(self.embedder, embedder_dir, threads)
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[3]))
         if (index_dir / "index.json").exists():
-            from ...index import ChunkIndex
+            from ...mining.index import ChunkIndex
 
             self._searcher = IndexSearcher(ChunkIndex.view(index_dir), vectors.shape[0])
         else:
@@ -526,7 +526,7 @@ class AssembleStage(AcerMapStage):
     progress_unit = "question"
 
     def setup(self, ctx):
-        from ...tokenizer import load_tokenizer
+        from ...corpus.tokenizer import load_tokenizer
         from .templates import Template
 
         self._store = load_store(ctx.input(self.inputs[1]))
@@ -615,7 +615,7 @@ class DataStage(WholeStage):
     def build(self, ctx):
         import os
 
-        from ..stage import block_numbers, block_path
+        from ..framework import block_numbers, block_path
         from ..writers import write_parquet_atomic
         from .answers import contains_answer
 

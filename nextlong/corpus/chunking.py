@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .corpus import CorpusReader, prefetch, string_layout
-from .errors import UsageError
-from .locking import output_lock
-from .schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
+from .reader import CorpusReader, prefetch, string_layout
+from ..errors import UsageError
+from ..locking import output_lock
+from ..schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
 
 UNITS = ("chars", "tokens")
 # Parquet column statistics only where readers filter on them (ids), not on text or token lists.
@@ -64,10 +64,10 @@ def chunk_table_schema(with_ids: bool) -> pa.Schema:
 
 def resolve_tokenizer(tokenizer) -> tuple[Any, Any]:
     """(tokenizer object or None, native TextEncoder or None) from a Tokenizer, a native encoder,
-    or a spec that nextlong.tokenizer.load_tokenizer understands ("cl100k_base", a tokenizer.json path)."""
+    or a spec that nextlong.corpus.tokenizer.load_tokenizer understands ("cl100k_base", a tokenizer.json path)."""
     if tokenizer is None:
         return None, None
-    from . import _native
+    from .. import _native
 
     if isinstance(tokenizer, _native.TextEncoder):
         return tokenizer, tokenizer
@@ -142,7 +142,7 @@ def chunk_documents(
     """Meta-chunks a batch of documents into a chunk table (CHUNK_SCHEMA, plus `input_ids` when
     with_ids). Input: a pyarrow batch/table with `text` (and optionally doc_index, doc_id), or a
     sequence of str (doc_index = position, doc_id = str(position)). chunk_id counts from first_chunk_id."""
-    from . import _native
+    from .. import _native
 
     _, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
@@ -184,7 +184,7 @@ def split_meta_chunks(
 
 def tokenize_documents(batch_or_texts, *, tokenizer, num_threads: int | None = None) -> pa.Table:
     """Token ids of each whole document (TOKENS_SCHEMA), tokenized on `num_threads` threads."""
-    from . import _native
+    from .. import _native
 
     _, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:
@@ -220,7 +220,7 @@ def _run_pipeline(
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
 
     totals: dict[str, int] = {}
     start = time.perf_counter()
@@ -269,7 +269,7 @@ def chunk_corpus(
 ) -> dict:
     """Chunks a whole corpus into a Parquet chunk table at `out_path` (plus `<out>.manifest.json`).
     Returns the statistics: files, documents, bytes, skipped, chunks, tokens, seconds, mb_per_s."""
-    from .manifest import write_manifest
+    from ..manifest import write_manifest
 
     tok, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
@@ -321,7 +321,7 @@ def tokenize_corpus(
 ) -> dict:
     """Tokenizes every whole document of a corpus into a Parquet table (TOKENS_SCHEMA) at `out_path`
     plus `<out>.manifest.json`. Returns the statistics (files, documents, bytes, skipped, tokens, ...)."""
-    from .manifest import write_manifest
+    from ..manifest import write_manifest
 
     tok, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:

@@ -13,9 +13,9 @@ import os
 import socket
 import time
 
-from ..corpus_split import DEFAULT_SPLIT_BYTES
-from ..errors import NextlongError, missing_extra
-from .stage import Executor, FinishedPrefix
+from ...corpus.split import DEFAULT_SPLIT_BYTES
+from ...errors import NextlongError, missing_extra
+from ..framework import Executor, FinishedPrefix
 
 CONNECT_TIMEOUT_S = 10.0  # a TCP probe of the head's address before ray.init
 
@@ -172,7 +172,7 @@ class _BlockWorker:
     stays on shared storage and never crosses the object store."""
 
     def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None, read=None, splits=None):
-        from .stage import StageContext
+        from ..framework import StageContext
 
         self.contexts = [StageContext(pipeline, pipeline.stage(n), fingerprints[n], rebuild=rebuild,
                                       progress=False, threads=threads) for n in names]
@@ -182,8 +182,8 @@ class _BlockWorker:
 
     def corpus_split(self, s: int) -> dict:
         """Split s of the corpus, read here with the native reader, through the first map stage."""
-        from ..corpus_split import describe_split
-        from .read import map_split
+        from ...corpus.split import describe_split
+        from ..read import map_split
 
         ctx = self.contexts[0]
         try:
@@ -197,7 +197,7 @@ class _BlockWorker:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .stage import block_done, block_path, block_record_path, read_done, write_block
+        from ..framework import block_done, block_path, block_record_path, read_done, write_block
 
         table = None
         for ctx in self.contexts:
@@ -319,8 +319,8 @@ class RayExecutor(Executor):
     # --- corpus -> first map stage ---------------------------------------------------------------
 
     def read_and_map(self, pipeline, fps, source, ctx) -> dict:
-        from .progress import corpus_bar
-        from .read import CorpusRead, finish_read, split_done
+        from ..progress import corpus_bar
+        from ..read import CorpusRead, finish_read, split_done
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
                           block_bytes=self.corpus_block_bytes)
@@ -337,8 +337,8 @@ class RayExecutor(Executor):
     # --- chains of map stages ----------------------------------------------------------------------
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
-        from .progress import ChainProgress, input_rows
-        from .stage import DONE_FILE, block_done, block_record_path, finish_map_stage, prepare, read_done
+        from ..progress import ChainProgress, input_rows
+        from ..framework import DONE_FILE, block_done, block_record_path, finish_map_stage, prepare, read_done
 
         results = {}
         todo = [ctx for ctx in chain if not prepare(ctx)]

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .errors import CorpusError, UsageError
+from ..errors import CorpusError, UsageError
 
 # Columns of the record batches the reader yields.
 CORPUS_BATCH_SCHEMA = pa.schema(
@@ -308,9 +308,9 @@ class CorpusReader:
 
     def _jsonl_columns(self, path: Path, name: str, fed: bool, byte_range: tuple[int, int] | None = None):
         """Columns of a JSON-lines file, or of the lines that start in `byte_range` of a plain one (a
-        split's piece; see nextlong/corpus_split.py): its lines count from the range's start, and the
+        split's piece; see nextlong/corpus/split.py): its lines count from the range's start, and the
         file line of an error or a skipped record is found by counting the newlines before it."""
-        from . import _native
+        from .. import _native
 
         skip = self.on_error == "skip"
         fed = fed or byte_range is not None
@@ -425,7 +425,7 @@ class CorpusReader:
         try:
             texts.validate(full=True)
         except pa.ArrowInvalid:
-            from . import _native
+            from .. import _native
 
             for i, value in enumerate(texts.cast(pa.binary()).to_pylist()):
                 if value is not None and _native.find_invalid_utf8(value) is not None:
@@ -442,7 +442,7 @@ class CorpusReader:
         return pa.array(keep)
 
     def _txt_columns(self, path: Path, name: str):
-        from . import _native
+        from .. import _native
 
         data = path.read_bytes()
         message = None

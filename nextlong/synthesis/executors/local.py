@@ -12,8 +12,8 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..corpus_split import DEFAULT_SPLIT_BYTES
-from .stage import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
+from ...corpus.split import DEFAULT_SPLIT_BYTES
+from ..framework import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
                     finish_map_stage, prepare, read_done, write_block)
 
 
@@ -33,8 +33,8 @@ class LocalExecutor(Executor):
     # --- the corpus into the first map stage ---------------------------------------------------
 
     def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
-        from .progress import corpus_bar
-        from .read import CorpusRead, finish_read, map_split
+        from ..progress import corpus_bar
+        from ..read import CorpusRead, finish_read, map_split
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
                           block_bytes=self.corpus_block_bytes)
@@ -48,7 +48,7 @@ class LocalExecutor(Executor):
     # --- map chains ----------------------------------------------------------------------------
 
     def run_chain(self, pipeline: Pipeline, fps, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
-        from .progress import ChainProgress, input_rows
+        from ..progress import ChainProgress, input_rows
 
         results = {}
         todo = [ctx for ctx in chain if not prepare(ctx)]

@@ -8,7 +8,7 @@ exhausted.
 
 An index directory holds:
     index.usearch     the HNSW graph with vectors (f16 by default), keys = chunk_id; a sharded index
-                      has index-000.usearch, index-001.usearch, ... instead (nextlong/index_shards.py)
+                      has index-000.usearch, index-001.usearch, ... instead (nextlong/mining/index_shards.py)
     chunks.parquet    chunk_id, doc_index, doc_id, chunk_index, num_tokens, text_hash (row i = index row i)
     index.json        embedder name/dim/spec, metric, dtype, HNSW settings, counts, file size and CRC,
                       the chunk table it came from; written last, so its presence marks a complete save
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, file_crc32, write_json_atomic
-from .errors import (CorpusError, EmbedderMismatchError, IndexFileError,  # noqa: F401  (importable from here)
+from ..atomic import atomic_path, file_crc32, write_json_atomic
+from ..errors import (CorpusError, EmbedderMismatchError, IndexFileError,  # noqa: F401  (importable from here)
                      NextlongError, StageMismatchError, UsageError)
 
 INDEX_FILE = "index.usearch"
-SHARD_FILE = "index-{:03d}.usearch"  # a sharded index's files (nextlong/index_shards.py)
+SHARD_FILE = "index-{:03d}.usearch"  # a sharded index's files (nextlong/mining/index_shards.py)
 META_FILE = "chunks.parquet"
 INFO_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"
@@ -134,12 +134,12 @@ def _is_collection(x) -> bool:
 def _open_usearch(path: Path, recorded: dict, info: dict, count: int, *, view: bool, verify: bool):
     """(usearch Index, its keys) for one saved usearch file, checked against what index.json recorded
     for it: size, the CRC (unless verify=False), and, always, the whole structure usearch would trust
-    (nextlong/usearch_file.py): a crafted file could otherwise crash the process or read past it."""
+    (nextlong/mining/usearch_file.py): a crafted file could otherwise crash the process or read past it."""
     import zlib
 
     from usearch.index import Index
 
-    from .untrusted import member
+    from ..untrusted import member
     from .usearch_file import check_usearch, map_file
 
     if not path.exists():
@@ -172,7 +172,7 @@ def _open_usearch(path: Path, recorded: dict, info: dict, count: int, *, view: b
 def _read_info(folder: Path) -> dict:
     """index.json, every field the loader uses checked (an index folder is untrusted input): one
     IndexFileError naming the field, never a KeyError or TypeError."""
-    from .untrusted import json_type, plain_name, read_json, show
+    from ..untrusted import json_type, plain_name, read_json, show
 
     path = folder / INFO_FILE
     info = read_json(path, IndexFileError, expect=dict)
@@ -218,7 +218,7 @@ def _read_info(folder: Path) -> dict:
         field(entry, "crc32", int, f"{where}.", lambda v: 0 <= v < 1 << 32, "a CRC32")
         return entry
 
-    if "index_files" in info:  # a sharded index (nextlong/index_shards.py)
+    if "index_files" in info:  # a sharded index (nextlong/mining/index_shards.py)
         files = info["index_files"]
         if not isinstance(files, list) or not files:
             raise IndexFileError(f"{path}: index_files: expected a non-empty array, got {json_type(files)}")
@@ -324,7 +324,7 @@ class ChunkIndex:
         with the other chunk columns (doc_index, doc_id, chunk_index, num_tokens) kept beside the index.
         `embedder`: the Embedder (or its name) that made the vectors, recorded for load-time checks.
         `threads=0` uses all cores. `shards` > 1 cuts the rows into that many shards, each built on one
-        thread, `threads` of them at a time, and searched together (nextlong/index_shards.py): the same
+        thread, `threads` of them at a time, and searched together (nextlong/mining/index_shards.py): the same
         graphs on every run, unlike one build on several threads.
         """
         import pyarrow as pa
@@ -421,7 +421,7 @@ class ChunkIndex:
         """Write the index directory; index.json goes last and records the index file's size and CRC."""
         import pyarrow.parquet as pq
 
-        from .errors import check_free_space, disk_full
+        from ..errors import check_free_space, disk_full
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -471,7 +471,7 @@ class ChunkIndex:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .untrusted import member
+        from ..untrusted import member
 
         folder = Path(folder)
         info_path = folder / INFO_FILE
@@ -483,7 +483,7 @@ class ChunkIndex:
         check_embedder(info, embedder, expect_dim, where=folder)
         meta_path, _ = member(folder, META_FILE, f"{folder}", IndexFileError, kind="index folder")
 
-        if "index_files" in info:  # a sharded index (nextlong/index_shards.py)
+        if "index_files" in info:  # a sharded index (nextlong/mining/index_shards.py)
             from .index_shards import ShardedUsearch
 
             opened = [_open_usearch(folder / f["name"], f, info, f["chunks"], view=view, verify=verify)
@@ -789,7 +789,7 @@ def read_chunk_metadata(chunks_path):
     try:
         meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
     except (OSError, pa.ArrowException) as exc:
-        from .corpus import corrupt_parquet
+        from ..corpus.reader import corrupt_parquet
 
         raise corrupt_parquet(path, exc, "in its metadata columns") from None
     ids = meta.column("chunk_id").to_numpy()
@@ -822,8 +822,8 @@ def build_index_from_chunks(
     """
     from .embed_store import _Texts, embed_chunks
     from .embedding import HashedLexicalEmbedder, load_embedder
-    from .locking import output_lock
-    from .manifest import write_manifest
+    from ..locking import output_lock
+    from ..manifest import write_manifest
 
     chunks_path = Path(chunks_path)
     out_dir = Path(out_dir)

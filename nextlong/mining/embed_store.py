@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import file_crc32, write_json_atomic
-from .corpus import parquet_batches
-from .errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
+from ..atomic import file_crc32, write_json_atomic
+from ..corpus.reader import parquet_batches
+from ..errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
                      check_free_space, disk_full, is_disk_full)
 
 PROGRESS_SUFFIX = ".progress.json"

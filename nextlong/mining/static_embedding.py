@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import EmbedderError
+from ..errors import EmbedderError
 
 STATIC_EMBEDDER = "static"
 DEFAULT_PCA_DIMS = 256
@@ -75,8 +75,8 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
     from model2vec.distill import distill_from_model
     from transformers import AutoModel, AutoTokenizer
 
-    from .embedding import _sentence_transformers_layout
-    from .model_folder import ModelFolderError, load_pretrained
+    from .embedder import _sentence_transformers_layout
+    from ..model_folder import ModelFolderError, load_pretrained
 
     model_dir, _, _ = _sentence_transformers_layout(Path(source))
     try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
@@ -106,7 +106,7 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
 def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIMS,
                      cache_dir: Path | None = None) -> Path:
     """The cached distillation of `source` (default: the shipped MiniLM), made now if missing."""
-    from .embedding import DEFAULT_EMBEDDER, default_model_path
+    from .embedder import DEFAULT_EMBEDDER, default_model_path
 
     default = default_model_path().resolve() if source is None else None
     source = Path(source or default).resolve()
@@ -122,7 +122,7 @@ def native_wordpiece(tokenizer):
     """A native ASCII WordPiece (nextlong._native.WordPiece) equivalent to this HF `tokenizers.Tokenizer`,
     or None when the tokenizer is not a plain BERT one (BertNormalizer with clean_text, BertPreTokenizer,
     WordPiece, no truncation, no normalized added tokens); then everything goes through HF."""
-    from . import _native
+    from .. import _native
 
     cfg = json.loads(tokenizer.to_str())
     model, norm, pre = cfg.get("model") or {}, cfg.get("normalizer") or {}, cfg.get("pre_tokenizer") or {}
@@ -208,7 +208,7 @@ class StaticEmbedder:
 
         import logging
 
-        from .embedding import available_threads
+        from .embedder import available_threads
 
         folder = Path(folder)
         log = logging.getLogger("model2vec")
@@ -262,7 +262,7 @@ class StaticEmbedder:
     def _embed_with_hf(self, texts: list[str]) -> np.ndarray:
         """Texts the fused path left: their ASCII runs natively, their non-ASCII words (or the whole text
         when it holds an added token) through HF `tokenizers`; then the native pooling ([UNK] skipped)."""
-        from . import _native
+        from .. import _native
 
         if self.wordpiece is None:
             ids = self.model.tokenize(texts)
