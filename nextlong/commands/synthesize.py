@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
-from .argtypes import THREADS_HELP, positive_float, positive_int, threads
+from .argtypes import THREADS_HELP, nonnegative_int, positive_float, positive_int, threads
 
 
 def add_parser(subparsers) -> None:
@@ -47,6 +47,20 @@ def add_parser(subparsers) -> None:
                    help="build the HNSW index as N shards, each on one thread, N at a time up to the threads: the "
                         "same bytes on every run, like --reproducible-index, but built in parallel; each search "
                         "then visits N smaller graphs (default 1: one graph, all threads)")
+    p.add_argument("--mining", choices=("hnsw", "partitioned"), default="hnsw",
+                   help="how negatives are mined: hnsw (default: exact search up to 50k chunks, one usearch HNSW "
+                        "index above) or partitioned (always: k-means partitions, each chunk's neighbour list from a "
+                        "batch search of its --nprobe nearest partitions, built as many tasks; deterministic for the "
+                        "corpus, the same bytes on every executor; docs/scale.md)")
+    p.add_argument("--partitions", type=nonnegative_int, default=0,
+                   help="--mining partitioned: k-means partitions (default 0: sqrt(chunks))")
+    p.add_argument("--nprobe", type=positive_int, default=32,
+                   help="--mining partitioned: partitions searched for each chunk (default 32: recall@10 0.98 on "
+                        "100k real-text chunks; more: higher recall, proportionally slower)")
+    p.add_argument("--neighbours", type=nonnegative_int, default=0,
+                   help="--mining partitioned: neighbours kept per chunk (default 0: what the planner's first search "
+                        "asks for, for 90%% of the anchors; an anchor that needs more is searched again, counted in "
+                        "the manifest)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files (each costs one read of the file)")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
@@ -154,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
         near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
-        reproducible_index=args.reproducible_index, index_shards=args.index_shards, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
+        reproducible_index=args.reproducible_index, index_shards=args.index_shards, mining=args.mining,
+        partitions=args.partitions, nprobe=args.nprobe, neighbours=args.neighbours, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
         embed_actors=args.embed_actors,
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)

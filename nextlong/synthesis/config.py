@@ -21,6 +21,7 @@ ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long doc
 K_ROUNDINGS = ("ceil", "floor")
 LONG_DOCS = ("keep", "drop")
 EXECUTORS = ("local", "ray")
+MINING = ("hnsw", "partitioned")  # how negatives are found above the exact-search threshold
 
 
 @dataclass
@@ -49,6 +50,13 @@ class SynthesisConfig:
     verify: bool = True  # CRC32-check the index and embeddings files before use (one read of each)
     reproducible_index: bool = False  # build the HNSW index on one thread: the same graph, hence the same output, every run
     index_shards: int = 1  # > 1: that many HNSW shards, each built on one thread, in parallel: reproducible and parallel
+    # hnsw: exact search up to 50k chunks, one HNSW index above; partitioned: always neighbour lists from a
+    # partitioned batch self-search (synthesis/neighbours.py), built as tasks, deterministic for a seed
+    mining: str = "hnsw"
+    partitions: int = 0  # --mining partitioned: k-means partitions (0: sqrt(chunks))
+    nprobe: int = 32  # --mining partitioned: partitions searched per chunk
+    neighbours: int = 0  # --mining partitioned: K per chunk (0: the planner's first search for 90% of anchors)
+    mining_block_rows: int = 1 << 16  # --mining partitioned: chunks per task of the route and merge steps
     # --- NExtLong details (method §1.4) ---
     overshoot: float = 1.5  # w in k = (T·E·w − S)/(p·s)
     chars_per_token: float | None = None  # E; None: measured on the corpus's chunks
@@ -125,6 +133,17 @@ class SynthesisConfig:
             bad(f"shard_size must be positive, got {self.shard_size}")
         if self.index_shards < 1:
             bad(f"index_shards must be positive, got {self.index_shards}")
+        if self.mining not in MINING:
+            bad(f"--mining must be one of {', '.join(MINING)}, got {self.mining!r}")
+        if self.mining == "partitioned":
+            if self.method != "nextlong":
+                bad(f"--mining partitioned mines NExtLong's negatives: it works with --method nextlong, not {self.method}")
+            if self.index is not None or self.reproducible_index or self.index_shards > 1:
+                bad("--index, --reproducible-index and --index-shards are HNSW settings: leave them out with "
+                    "--mining partitioned")
+        if self.partitions < 0 or self.neighbours < 0 or self.nprobe < 1 or self.mining_block_rows < 1:
+            bad(f"--partitions and --neighbours must be 0 (default) or positive, --nprobe positive; got "
+                f"{self.partitions}, {self.neighbours}, {self.nprobe}")
         if self.executor not in EXECUTORS:
             bad(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.embed_gpus < 0:

@@ -48,13 +48,10 @@ def negatives_per_meta_chunk(target_length: int, chars_per_token: float, doc_cha
 class ExactSearcher:
     """Brute-force cosine search over L2-normalised vectors: the reference, and the small-corpus path.
 
-    Results do not depend on how queries are batched: a float32 product finds the candidates (every
-    column within the product's rounding bound of the k-th), then each candidate's similarity is
-    recomputed in float64 by a fixed per-row reduction and the ranking is a total order (similarity
-    descending, then chunk id ascending). So a search for many queries at once (`PrefetchedRows`)
-    answers each anchor exactly as a search of its own would, and the top k is a prefix of the top K."""
-
-    ROWS = 256  # query rows per product: bounds the (rows x n) similarity block to 200 MB at 200k chunks
+    Results do not depend on how queries are batched (nextlong.mining.exact.exact_top_k: float32
+    candidates, float64 rescoring, similarity descending then chunk id ascending). So a search for many
+    queries at once (`PrefetchedRows`) answers each anchor exactly as a search of its own would, and the
+    top k is a prefix of the top K."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -66,28 +63,9 @@ class ExactSearcher:
     def search(self, queries: np.ndarray, k: int):
         """Top-k by cosine. It takes no exclusions (passing them is a TypeError, never silently ignored):
         plan_anchor filters the exact results itself."""
-        queries = np.asarray(queries, np.float32)
-        n = self.vectors.shape[0]
-        k_eff = min(k, n)
-        ids = np.full((queries.shape[0], k), -1, np.int64)
-        sims = np.full((queries.shape[0], k), -np.inf, np.float32)
-        if k_eff == 0:
-            return ids, sims
-        for lo in range(0, queries.shape[0], self.ROWS):
-            q = queries[lo : lo + self.ROWS]
-            s = q @ self.vectors.T
-            kth = -np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if k_eff < n else np.full(len(q), -np.inf)
-            # float32 products of length d err by at most about d * eps * |q| * |v| (twice: for the
-            # k-th and for the candidate); anything closer to the k-th than that is re-checked exactly
-            bound = 2.0 * q.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(q, axis=1) * self._max_norm
-            for r in range(len(q)):
-                cols = np.flatnonzero(s[r] >= kth[r] - bound[r])
-                # einsum's own loop (no BLAS): a row's value depends on that row alone
-                exact = np.einsum("ij,j->i", self.vectors[cols].astype(np.float64), q[r].astype(np.float64))
-                order = np.lexsort((cols, -exact))[:k_eff]
-                ids[lo + r, :k_eff] = cols[order]
-                sims[lo + r, :k_eff] = exact[order]
-        return ids, sims
+        from ..mining.exact import exact_top_k
+
+        return exact_top_k(queries, self.vectors, k, max_norm=self._max_norm)
 
 
 class PrefetchedRows:
@@ -112,7 +90,7 @@ class PrefetchedRows:
 
 
 class IndexSearcher:
-    """Adapter over nextlong.index.ChunkIndex (usearch HNSW), keys = chunk ids."""
+    """Adapter over nextlong.mining.index.ChunkIndex (usearch HNSW), keys = chunk ids."""
 
     def __init__(self, index, size: int):
         self.index = index

@@ -122,27 +122,51 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
             steps += [S.FitEmbedder(name="embedder", inputs=(chunks,), embedder=spec, threads=threads),
                       S.EmbedStage(name="embed", inputs=(blocks, "embedder"), embedder=spec, threads=threads),
                       S.GatherEmbeddings(name="embeddings", inputs=("embed",))]
-        if cfg.method == "nextlong":
+        if cfg.method == "nextlong" and cfg.mining == "partitioned":
+            steps += partitioned_steps(cfg, chunks)
+            index = "neighbour_lists"
+        elif cfg.method == "nextlong":
             index = "index"
             if cfg.index is None:
                 steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks, "embedder"), embedder=spec,
                                           exact_max=EXACT_SEARCH_MAX_CHUNKS, reproducible=cfg.reproducible_index,
                                           shards=cfg.index_shards, threads=threads))
     common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok, separator=cfg.separator)
+    plan = plan_settings(cfg)
     steps += [
         S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
                      doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
                      quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats, **common),
-        S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), negatives=cfg.negatives,
-                    chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit, chars_per_token=cfg.chars_per_token,
-                    overshoot=cfg.overshoot, k_rounding=cfg.k_rounding, exclude_duplicates=cfg.exclude_duplicates,
-                    max_candidates=cfg.max_candidates, near_dup_threshold=cfg.near_dup_threshold,
-                    long_docs=cfg.long_docs, doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
-                    verify=cfg.verify, threads=threads, **common),
+        S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), exclude_duplicates=cfg.exclude_duplicates,
+                    near_dup_threshold=cfg.near_dup_threshold, long_docs=cfg.long_docs,
+                    doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors, verify=cfg.verify,
+                    threads=threads, method=cfg.method, **plan),
         S.AssembleStage(name="assemble", inputs=("plan", chunks), **common),
         S.CutStage(name="data", inputs=("assemble",), rows=cfg.num_samples),
     ]
     return Pipeline(cfg.out_dir, steps, external=external)
+
+
+def plan_settings(cfg: SynthesisConfig) -> dict:
+    """The settings that fix how wide the planner's first search is (also what sizes the default K of
+    the partitioned route's neighbour lists)."""
+    return dict(target_length=cfg.target_length, tokenizer=cfg.tokenizer, separator=cfg.separator,
+                negatives=cfg.negatives, chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit,
+                chars_per_token=cfg.chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
+                max_candidates=cfg.max_candidates)
+
+
+def partitioned_steps(cfg: SynthesisConfig, chunks: str) -> list:
+    """--mining partitioned: centroids -> route -> search -> merge -> neighbour_lists (neighbours.py)."""
+    from . import neighbours as N
+
+    width = dict(neighbours=cfg.neighbours, plan=plan_settings(cfg))
+    return [N.CentroidsStage(name="centroids", inputs=("embeddings",), partitions=cfg.partitions, nprobe=cfg.nprobe,
+                             block_rows=cfg.mining_block_rows),
+            N.RouteStage(name="route", inputs=("centroids", "embeddings")),
+            N.SearchStage(name="search", inputs=("centroids", "route", "embeddings", chunks), **width),
+            N.MergeStage(name="merge", inputs=("centroids", "search", chunks), **width),
+            N.NeighbourListsStage(name="neighbour_lists", inputs=("merge", "centroids"))]
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -220,6 +244,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 # which manifest timing each stage's seconds count toward
 _TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph", "dedup": "near_dup_graph",
                  "index_check": "index", "embedder": "embed", "embed": "embed", "embeddings": "embed", "index": "index",
+                 "centroids": "index", "route": "index", "search": "index", "merge": "index", "neighbour_lists": "index",
                  "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
 
 
@@ -333,6 +358,14 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     stats["output_tokens_per_s"] = round(built * cfg.target_length / max(timings["total"], 1e-9), 1)
     index_dir = pipeline.external.get("index", out / "index")
     search = str(index_dir) if (Path(index_dir) / "index.json").exists() and "index" in fps else "exact"
+    if "neighbour_lists" in fps:
+        search = "partitioned"
+        lists = record("neighbour_lists")
+        stats["mining"] = {"route": "partitioned", "partitions": lists.get("partitions"), "nprobe": lists.get("nprobe"),
+                           "neighbours": lists.get("neighbours"), "kmeans_sample": record("centroids").get("sample"),
+                           "partition_size_min": lists.get("partition_size_min"),
+                           "partition_size_max": lists.get("partition_size_max"),
+                           "anchors_searched_again": _sum(metas, "searched_again") if metas else 0}
     settings = cfg.to_dict()
     settings.update(_keep_tokenizer_file(cfg.tokenizer, out))
     sep_ids = tokenizer.encode_ordinary(cfg.separator) if cfg.separator else []
@@ -477,6 +510,10 @@ def summary(manifest: dict) -> str:
         lines.append(f"  near-copies refused as negatives: {s['near_duplicate_candidates_rejected']}; "
                      f"already long (no negatives): {s.get('already_long', 0)}; anchor meta-chunks after the cut: "
                      f"{100 * (s.get('anchor_meta_chunks_after_cut_fraction') or 0):.1f}%")
+    if s.get("mining"):
+        m = s["mining"]
+        lines.append(f"  mining: partitioned, {m['partitions']} partitions, nprobe {m['nprobe']}, {m['neighbours']} "
+                     f"neighbours per chunk; anchors that needed more (searched again): {m['anchors_searched_again']}")
     if s.get("mean_dependency_distance_tokens") is not None:
         lines.append(f"  mean dependency distance between consecutive meta-chunks: "
                      f"{s['mean_dependency_distance_tokens']:.0f} tokens")

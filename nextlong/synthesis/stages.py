@@ -32,6 +32,8 @@ PLAN_SCHEMA = pa.schema(
         pa.field("near_dup_rejected", pa.int32()),  # nextlong: candidates skipped as near-copies of a piece
         pa.field("already_long", pa.bool_()),  # nextlong: the anchor document alone reaches L
         pa.field("group_key", pa.string()),  # quest: the key group the documents come from
+        # --mining partitioned: the anchor needed more candidates than its neighbour lists hold (searched again)
+        pa.field("searched_again", pa.bool_()),
     ]
 )
 
@@ -72,6 +74,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
     neardup.NearDupFilter (None: only exact duplicates are excluded). With an exact searcher, the
     anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads
     (`batch_exact=False`: one search per anchor, the reference the batched plan must equal)."""
+    from ..mining.partitioned import NeighbourLists
     from .negatives import ExactSearcher, negatives_per_meta_chunk
 
     def k_of(d):
@@ -91,7 +94,8 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                                     chunk_vectors=chunk_vectors, target_length=target_length, sep_len=sep_len,
                                     rule=negatives, max_candidates=max_candidates, threads=search_threads)
         own = store.doc_chunks(d)
-        res = plan_anchor(store, views.get(d, searcher), d, target_length=target_length, sep_len=sep_len,
+        view = searcher.rows(own) if isinstance(searcher, NeighbourLists) else views.get(d, searcher)
+        res = plan_anchor(store, view, d, target_length=target_length, sep_len=sep_len,
                           rule=negatives, k_fixed=k_of(d), anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
                           exclude_doc_label=doc_label(d) if doc_label else None, near_dup=near_dup,
@@ -99,7 +103,8 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
         rows.append({"anchor_doc": d, "ok": res.ok, "reason": res.reason, "chunks": res.chunks,
                      "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
                      "negative_sims": res.negative_sims, "near_dup_rejected": res.near_dup_rejected,
-                     "already_long": res.already_long})
+                     "already_long": res.already_long,
+                     "searched_again": getattr(view, "searched_again", None)})
         done += res.ok
     return _plan_table(rows)
 
@@ -687,7 +692,14 @@ class PlanStage(MapStage):
         if self.method == "nextlong":
             self._vectors = open_vectors(ctx.input(emb_name), self.verify, ctx.input_record(emb_name))
             index_dir = ctx.input(index_name)
-            if (index_dir / "index.json").exists():
+            from ..mining.partitioned import INFO_FILE as NEIGHBOURS_INFO
+
+            if index_name == "neighbour_lists" or (index_dir / NEIGHBOURS_INFO).exists():  # --mining partitioned
+                from ..mining.partitioned import NeighbourLists
+
+                self._searcher = NeighbourLists(index_dir, self._vectors, verify=self.verify)
+                self._doc_label = None
+            elif (index_dir / "index.json").exists():
                 from ..mining.index import ChunkIndex
 
                 self._searcher = IndexSearcher(ChunkIndex.view(index_dir, verify=self.verify), store.num_chunks)
@@ -750,7 +762,9 @@ def plan_counts(plan_table: pa.Table) -> dict:
             "near_dup_rejected": int(sum(n or 0 for n in plan_table.column("near_dup_rejected").to_pylist())),
             "already_long": int(sum(bool(a) for a, good in zip(plan_table.column("already_long").to_pylist(), ok)
                                     if good)),
-            "anchor_meta_chunks": int(planned_anchors)}
+            "anchor_meta_chunks": int(planned_anchors),
+            "searched_again": (int(sum(bool(a) for a in plan_table.column("searched_again").to_pylist()))
+                               if "searched_again" in plan_table.column_names else 0)}
 
 
 def _single_threaded_blas():

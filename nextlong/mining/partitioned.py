@@ -1,0 +1,233 @@
+"""Partitioned batch self-search: every chunk's top-K neighbours, computed partition by partition.
+
+FAISS's offline recipe for billion-scale mining, on our stack: train a coarse quantizer (spherical
+k-means, kmeans.py) on a sample of the embeddings; route every chunk to its `nprobe` nearest centroids
+(the first is its home partition, where it is a member); then search each partition once, exactly,
+for all the chunks routed to it, and merge each chunk's `nprobe` candidate lists. No step holds the
+whole corpus, and each step is many independent tasks (synthesis/neighbours.py runs them as stages).
+
+Exactness: with nprobe = partitions every chunk meets every member, and the merge orders candidates by
+their float64 similarity, then chunk id, exactly as `exact_top_k` orders one search over the whole
+corpus: the lists are then the exact search's, byte for byte. With fewer probes a neighbour in an
+unprobed partition is missed; recall is measured in benchmarks/bench_scale.py.
+
+`NeighbourLists` is what the planner opens: the lists as memory-mapped (chunks x K) arrays, and, for
+an anchor that needs more than K candidates, a partitioned search with a larger k over the same
+partitions (counted: `searched_again`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexFileError
+from .exact import exact_top_k
+
+# recall@10 against exact search, 100k real-text chunks (static MiniLM, 256-d), sqrt(n) partitions:
+# 0.90 at nprobe 8, 0.95 at 16, 0.98 at 32 (docs/scale.md); recall falls as partitions grow, so 32
+DEFAULT_NPROBE = 32
+
+# files of a neighbour-lists folder
+INFO_FILE = "neighbours.json"
+IDS_FILE = "neighbour_ids.npy"
+SIMS_FILE = "neighbour_sims.npy"
+MEMBERS_FILE = "members.npy"  # chunk ids by home partition, then id
+OFFSETS_FILE = "member_offsets.npy"  # partition p's members: members[offsets[p]:offsets[p + 1]]
+CENTROIDS_FILE = "centroids.npy"
+ARRAY_FILES = (IDS_FILE, SIMS_FILE, MEMBERS_FILE, OFFSETS_FILE, CENTROIDS_FILE)
+
+
+def default_partitions(n_chunks: int) -> int:
+    """sqrt(n) partitions of about sqrt(n) chunks: a chunk's search then scans nprobe * sqrt(n) others
+    (FAISS's rule of thumb is 1-16 sqrt(n); more partitions are cheaper per probe but need more probes
+    for the same recall)."""
+    return max(1, round(math.sqrt(max(n_chunks, 0))))
+
+
+def route(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+    """(n, nprobe) int32: each row's nearest centroids, nearest first (ties to the lower centroid)."""
+    ids, _ = exact_top_k(vectors, centroids, min(nprobe, centroids.shape[0]))
+    return ids.astype(np.int32)
+
+
+def search_partition(member_ids: np.ndarray, member_vectors: np.ndarray, query_vectors: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-min(k, members) members of one partition for each query: (chunk ids int64, float64 sims).
+    `member_ids` ascending, so ties fall to the lower chunk id as in one search of the whole corpus."""
+    k = min(k, len(member_ids))
+    cols, sims = exact_top_k(query_vectors, member_vectors, k, sims_dtype=np.float64)
+    return np.asarray(member_ids, np.int64)[cols], sims
+
+
+def merge(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n_queries: int,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (query row, chunk id, float64 sim) -> (n_queries, k) ids and float32 sims: per query by
+    similarity descending then id ascending, padded with -1 / -inf. A chunk is a member of one partition
+    only, so a candidate never comes twice."""
+    from .exact import group_rows, segment_top_k
+
+    out_ids = np.full((n_queries, k), -1, np.int64)
+    sims64 = np.full((n_queries, k), -np.inf, np.float64)
+    if ids.size:
+        order, starts = group_rows(query_rows, n_queries)
+        segment_top_k(starts, ids[order], sims[order], k, out_ids, sims64)
+    return out_ids, sims64.astype(np.float32)
+
+
+def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
+                rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, sims, home) of every row of `vectors`, in one process: the same steps the stages run as
+    tasks (route, search each partition for the chunks routed to it, merge), for benchmarks and tests."""
+    n = vectors.shape[0]
+    probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe)
+                             for lo in range(0, n, rows)]) if n else np.zeros((0, nprobe), np.int32)
+    home = probes[:, 0] if n else np.zeros(0, np.int32)
+    members, offsets = members_by_partition(home, centroids.shape[0])
+    query_of = np.repeat(np.arange(n, dtype=np.int64), probes.shape[1])
+    flat = probes.reshape(-1)
+    by_partition = np.argsort(flat, kind="stable")
+    q_offsets = np.zeros(centroids.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(flat, minlength=centroids.shape[0]), out=q_offsets[1:])
+    rows_, ids_, sims_ = [], [], []
+    for p in range(centroids.shape[0]):
+        member_ids = members[offsets[p]:offsets[p + 1]]
+        queries = query_of[by_partition[q_offsets[p]:q_offsets[p + 1]]]
+        if member_ids.size == 0 or queries.size == 0:
+            continue
+        found, sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
+                                       np.asarray(vectors[queries], np.float32), k)
+        rows_.append(np.repeat(queries, found.shape[1]))
+        ids_.append(found.reshape(-1))
+        sims_.append(sims.reshape(-1))
+    if not rows_:
+        return (np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), home)
+    ids, sims = merge(np.concatenate(rows_), np.concatenate(ids_), np.concatenate(sims_), n, k)
+    return ids, sims, home
+
+
+def members_by_partition(home: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(members, offsets): chunk ids grouped by home partition (ascending within one), and where each
+    partition's group starts."""
+    members = np.argsort(home, kind="stable").astype(np.int64)
+    offsets = np.zeros(partitions + 1, np.int64)
+    np.cumsum(np.bincount(home, minlength=partitions), out=offsets[1:])
+    return members, offsets
+
+
+class NeighbourLists:
+    """A neighbour-lists folder (written by synthesis/neighbours.py), opened for planning.
+
+    `rows(chunks)` gives the searcher of one anchor: its chunks' lists, and a partitioned search with a
+    larger k when planning needs more than K candidates. Every array is checked against neighbours.json
+    (shape, dtype, size and, with verify, CRC32) before use: a damaged file is named, never trusted."""
+
+    def __init__(self, folder, vectors: np.ndarray, verify: bool = True):
+        from ..untrusted import read_json
+
+        self.folder = Path(folder)
+        info = read_json(self.folder / INFO_FILE, IndexFileError, expect=dict)
+        try:
+            self.k, self.partitions, self.nprobe, n = (int(info[key]) for key in ("neighbours", "partitions",
+                                                                                 "nprobe", "chunks"))
+            files = dict(info["files"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFileError(f"{self.folder / INFO_FILE}: expected neighbours, partitions, nprobe, chunks and "
+                                 f"files ({exc})") from None
+        expected = {IDS_FILE: ((n, self.k), np.int64), SIMS_FILE: ((n, self.k), np.float32),
+                    MEMBERS_FILE: ((n,), np.int64), OFFSETS_FILE: ((self.partitions + 1,), np.int64),
+                    CENTROIDS_FILE: ((self.partitions, vectors.shape[1]), np.float32)}
+        arrays = {}
+        for name, (shape, dtype) in expected.items():
+            arrays[name] = open_array(self.folder / name, shape, dtype, files.get(name), verify)
+        if vectors.shape[0] != n:
+            raise IndexFileError(f"{self.folder}: neighbour lists of {n} chunks, but the embeddings hold "
+                                 f"{vectors.shape[0]}")
+        self.ids, self.sims = arrays[IDS_FILE], arrays[SIMS_FILE]
+        self.members, self.offsets = arrays[MEMBERS_FILE], arrays[OFFSETS_FILE]
+        self.centroids = np.asarray(arrays[CENTROIDS_FILE])
+        self.vectors = vectors
+        self.searched_again = 0  # searches wider than the lists (each one a partitioned search)
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+    def rows(self, chunks: np.ndarray) -> "ListRows":
+        chunks = np.asarray(chunks, np.int64)
+        return ListRows(self, np.asarray(self.ids[chunks]), np.asarray(self.sims[chunks]))
+
+    def search(self, queries: np.ndarray, k: int):
+        """Top-k over the members of each query's nprobe nearest partitions (the lists' own route)."""
+        self.searched_again += 1
+        queries = np.asarray(queries, np.float32)
+        probes = route(queries, self.centroids, self.nprobe)
+        ids = np.full((len(queries), k), -1, np.int64)
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        for i, q in enumerate(queries):
+            pool = np.sort(np.concatenate([self.members[self.offsets[p]:self.offsets[p + 1]] for p in probes[i]]))
+            cols, s = exact_top_k(q[None], np.asarray(self.vectors[pool], np.float32), k)
+            found = cols[0] >= 0
+            ids[i, :found.sum()] = pool[cols[0][found]]
+            sims[i, :found.sum()] = s[0][found]
+        return ids, sims
+
+
+class ListRows:
+    """One anchor's neighbour lists as a searcher: answers up to K from the lists, wider from a search."""
+
+    def __init__(self, lists: NeighbourLists, ids: np.ndarray, sims: np.ndarray):
+        self.lists, self.ids, self.sims = lists, ids, sims
+        self.searched_again = False
+
+    def __len__(self):
+        return len(self.lists)
+
+    def search(self, queries: np.ndarray, k: int):
+        if k <= self.ids.shape[1]:
+            return self.ids[:, :k], self.sims[:, :k]
+        self.searched_again = True
+        return self.lists.search(queries, k)
+
+
+def open_array(path: Path, shape: tuple, dtype, recorded: dict | None, verify: bool) -> np.ndarray:
+    """A .npy file of a neighbour-lists folder, memory-mapped after its size (and CRC32) match the record."""
+    from ..atomic import file_crc32
+
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("bytes"), int):
+        raise IndexFileError(f"{path}: not recorded in {INFO_FILE}")
+    if not path.is_file() or path.stat().st_size != recorded["bytes"]:
+        size = path.stat().st_size if path.is_file() else "missing"
+        raise IndexFileError(f"{path}: expected {recorded['bytes']} bytes, found {size}: the file is damaged or "
+                             "was replaced; rebuild the neighbour lists (remove the folder and run again)")
+    if verify and file_crc32(path) != recorded.get("crc32"):
+        raise IndexFileError(f"{path}: CRC32 does not match {INFO_FILE}: the file is damaged; rebuild the "
+                             "neighbour lists (remove the folder and run again)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexFileError(f"{path}: not a readable .npy file ({exc})") from None
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        raise IndexFileError(f"{path}: expected {np.dtype(dtype).name} of shape {tuple(shape)}, found "
+                             f"{array.dtype.name} of shape {array.shape}")
+    return array
+
+
+def write_info(folder: Path, *, neighbours: int, partitions: int, nprobe: int, chunks: int) -> dict:
+    """neighbours.json, written last: the settings and each array's size and CRC32."""
+    from ..atomic import file_crc32, write_json_atomic
+
+    files = {name: {"bytes": (folder / name).stat().st_size, "crc32": file_crc32(folder / name)}
+             for name in ARRAY_FILES}
+    info = {"neighbours": neighbours, "partitions": partitions, "nprobe": nprobe, "chunks": chunks, "files": files}
+    write_json_atomic(folder / INFO_FILE, info)
+    return info
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean fraction of each row's exact top-k found in its top-k."""
+    hits = [len(set(f[:k].tolist()) & set(e[:k].tolist()) - {-1}) for f, e in zip(found, exact)]
+    total = sum(min(k, int((e[:k] >= 0).sum())) for e in exact)
+    return sum(hits) / total if total else 1.0

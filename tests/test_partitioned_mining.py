@@ -1,0 +1,214 @@
+"""`--mining partitioned`: exact top-k, k-means, the partitioned self-search against exact search, and the
+stages end to end (equal to the exact route when every partition is probed, resume after a killed
+partition task, a damaged partition named)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nextlong.errors import IndexFileError, UsageError
+from nextlong.mining.exact import exact_top_k
+from nextlong.mining.kmeans import spherical_kmeans
+from nextlong.mining.partitioned import (NeighbourLists, default_partitions, merge, recall_at, route,
+                                         self_search)
+from tests.helpers import corpus_head, lexical_vectors, stdlib_source_documents, write_jsonl
+
+
+def unit_vectors(n, d, seed=0):
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def reference_top_k(queries, vectors, k):
+    """float64 products, then similarity descending and column ascending: the slow, obvious answer."""
+    s = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    return np.stack([np.lexsort((np.arange(len(vectors)), -row))[:k] for row in s])
+
+
+def test_exact_top_k_equals_the_float64_reference_with_ties_and_padding():
+    v = unit_vectors(700, 32)
+    v[5] = v[9] = v[300]  # three identical vectors: the tie goes to the lower id
+    ids, sims = exact_top_k(v[:300], v, 12, rows=64)
+    assert np.array_equal(ids, reference_top_k(v[:300], v, 12))
+    assert ids[5, :3].tolist() == [5, 9, 300] and ids[300 - 300 + 9, :3].tolist() == [5, 9, 300]
+    assert np.allclose(sims, np.sort(v[:300].astype(np.float64) @ v.T.astype(np.float64), axis=1)[:, ::-1][:, :12],
+                       atol=1e-6)
+    small, small_sims = exact_top_k(v[:2], v[:3], 5)  # fewer vectors than k: padded
+    assert (small[:, 3:] == -1).all() and np.isinf(small_sims[:, 3:]).all() and (small[:, :3] >= 0).all()
+
+
+def test_exact_top_k_does_not_depend_on_the_batch():
+    v = unit_vectors(2000, 64, seed=1)
+    batch_ids, batch_sims = exact_top_k(v[:500], v, 20, rows=128)
+    for i in (0, 77, 499):
+        ids, sims = exact_top_k(v[i:i + 1], v, 20)
+        assert np.array_equal(ids[0], batch_ids[i]) and sims[0].tobytes() == batch_sims[i].tobytes()
+    ids, _ = exact_top_k(v[:500], v, 7, rows=500)
+    assert np.array_equal(ids, batch_ids[:, :7])  # the top k is a prefix of the top K
+
+
+def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
+    v = unit_vectors(600, 16, seed=2)
+    a = spherical_kmeans(v, 12, seed=3)
+    b = spherical_kmeans(v, 12, seed=3)
+    assert a.tobytes() == b.tobytes()
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert not np.array_equal(a, spherical_kmeans(v, 12, seed=4))
+    # 10 distinct points, 4 copies each, asked for 10 clusters: every cluster keeps a member
+    base = unit_vectors(10, 8, seed=5)
+    c = spherical_kmeans(np.repeat(base, 4, axis=0), 10, seed=0)
+    labels = route(np.repeat(base, 4, axis=0), c, 1)[:, 0]
+    assert np.bincount(labels, minlength=10).min() > 0
+
+
+def test_merge_orders_by_similarity_then_id_and_pads():
+    ids, sims = merge(np.array([0, 0, 0, 1]), np.array([7, 3, 5, 2]), np.array([0.5, 0.9, 0.9, 0.1]), 3, 3)
+    assert ids.tolist() == [[3, 5, 7], [2, -1, -1], [-1, -1, -1]]
+    assert sims[0].tolist() == pytest.approx([0.9, 0.9, 0.5]) and np.isinf(sims[1, 1:]).all()
+
+
+def test_probing_every_partition_gives_the_exact_lists():
+    v = unit_vectors(900, 24, seed=6)
+    v[100:110] = v[50]  # ten copies of one vector: ties across partitions go by id
+    centroids = spherical_kmeans(v, 15, seed=0)
+    ids, sims, home = self_search(v, centroids, nprobe=15, k=20)
+    exact_ids, exact_sims = exact_top_k(v, v, 20)
+    assert np.array_equal(ids, exact_ids) and sims.tobytes() == exact_sims.tobytes()
+    assert np.bincount(home, minlength=15).sum() == 900
+    fewer, _, _ = self_search(v, centroids, nprobe=3, k=20)
+    assert 0.5 < recall_at(fewer, exact_ids, 10) < 1.0  # fewer probes miss some: the parameter does something
+
+
+def test_recall_at_the_default_nprobe_on_real_text_vectors():
+    """Stdlib sources chunked, embedded by the lexical embedder: recall@10 of the lists against exact search
+    at the default partitions and nprobe (the benchmark measures it on MiniLM / static vectors at scale)."""
+    from nextlong.mining.kmeans import sample_rows
+    from nextlong.mining.partitioned import DEFAULT_NPROBE
+
+    texts = [text[i:i + 1024] for _, text in stdlib_source_documents()[:400] for i in range(0, len(text), 1024)]
+    v = lexical_vectors(texts[:6000], dim=64)
+    p = default_partitions(len(v))
+    centroids = spherical_kmeans(v[sample_rows(len(v), 64 * p, 0)], p, seed=0)
+    ids, _, _ = self_search(v, centroids, DEFAULT_NPROBE, 11)
+    queries = np.arange(0, len(v), 7)
+    exact, _ = exact_top_k(v[queries], v, 11)
+    assert recall_at(ids[queries], exact, 11) >= 0.95
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+
+FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", corpus_head(250_000))
+
+
+def folder_bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(".json")}
+
+
+def test_probing_every_partition_reproduces_the_exact_route(corpus, tmp_path):
+    from nextlong.synthesis import synthesize
+    from nextlong.synthesis.negatives import ExactSearcher
+    from nextlong.synthesis.stages import open_vectors
+
+    exact = synthesize(corpus, tmp_path / "exact", **FAST)
+    part = synthesize(corpus, tmp_path / "part", mining="partitioned", partitions=12, nprobe=12, mining_block_rows=100,
+                      **FAST)
+    assert exact["settings"]["search"] == "exact" and part["settings"]["search"] == "partitioned"
+    mining = part["statistics"]["mining"]
+    assert mining["route"] == "partitioned" and mining["partitions"] == 12 and mining["nprobe"] == 12
+    assert folder_bytes(tmp_path / "exact" / "data") == folder_bytes(tmp_path / "part" / "data")
+    vectors = open_vectors(tmp_path / "part" / "embeddings")
+    lists = NeighbourLists(tmp_path / "part" / "neighbour_lists", vectors)
+    ids, sims = ExactSearcher(vectors).search(vectors, lists.k)
+    assert np.array_equal(np.asarray(lists.ids), ids) and np.asarray(lists.sims).tobytes() == sims.tobytes()
+    assert len(list((tmp_path / "part" / "search").glob("part-*.parquet"))) > 1  # several partition tasks
+
+
+def test_default_partitioned_run_finds_hard_negatives_and_counts_wide_searches(corpus, tmp_path):
+    from nextlong.synthesis import synthesize
+
+    m = synthesize(corpus, tmp_path / "p", mining="partitioned", neighbours=8, **FAST)
+    s = m["statistics"]
+    assert s["documents_built"] > 0
+    assert s["anchor_negative_similarity_mean"] > 2 * s["random_chunk_pair_similarity_mean"]
+    assert s["mining"]["neighbours"] == 8 and s["mining"]["anchors_searched_again"] > 0  # k = 8 is too few here
+    again = synthesize(corpus, tmp_path / "p2", mining="partitioned", neighbours=8, **FAST)
+    assert folder_bytes(tmp_path / "p" / "data") == folder_bytes(tmp_path / "p2" / "data")
+
+
+def test_resume_after_a_killed_partition_task_redoes_only_that_task(corpus, tmp_path, monkeypatch):
+    from nextlong.synthesis import neighbours, synthesize
+
+    settings = dict(mining="partitioned", partitions=12, mining_block_rows=64, **FAST)
+    real = neighbours.SearchStage.__call__
+    calls = []
+
+    def dies_on_the_fourth(self, block):
+        calls.append(int(block.column("p_lo")[0].as_py()))
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        return real(self, block)
+
+    monkeypatch.setattr(neighbours.SearchStage, "__call__", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(corpus, tmp_path / "out", **settings)
+    done = sorted((tmp_path / "out" / "search" / "_done").glob("part-*.json"))
+    assert len(done) == 3
+    calls.clear()
+    monkeypatch.setattr(neighbours.SearchStage, "__call__", lambda self, block: (calls.append(1), real(self, block))[1])
+    synthesize(corpus, tmp_path / "out", **settings)
+    blocks = len(list((tmp_path / "out" / "centroids").glob("part-*.parquet")))
+    assert len(calls) == blocks - 3  # the three finished tasks were not redone
+    synthesize(corpus, tmp_path / "clean", **settings)
+    for stage in ("search", "merge", "neighbour_lists", "data"):
+        assert folder_bytes(tmp_path / "out" / stage) == folder_bytes(tmp_path / "clean" / stage), stage
+
+
+def test_a_damaged_partition_is_named(corpus, tmp_path):
+    import shutil
+
+    from nextlong.synthesis import synthesize
+    from nextlong.synthesis.stages import open_vectors
+
+    out = tmp_path / "out"
+    synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
+    part = out / "search" / "part-00001.parquet"
+    first = pq.ParquetFile(part).metadata.row_group(0).column(3)  # the ids lists of the first row group
+    data = bytearray(part.read_bytes())
+    at = first.data_page_offset + first.total_compressed_size // 2
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    part.write_bytes(bytes(data))
+    shutil.rmtree(out / "merge")
+    with pytest.raises(IndexFileError, match=r"part-00001\.parquet: candidates of chunks .*delete it"):
+        synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
+    lists = out / "neighbour_lists" / "neighbour_ids.npy"
+    raw = bytearray(lists.read_bytes())
+    raw[-3] ^= 1
+    lists.write_bytes(bytes(raw))
+    with pytest.raises(IndexFileError, match="neighbour_ids.npy: CRC32"):
+        NeighbourLists(out / "neighbour_lists", open_vectors(out / "embeddings"))
+    info = json.loads((out / "neighbour_lists" / "neighbours.json").read_text())
+    assert set(info["files"]) >= {"neighbour_ids.npy", "neighbour_sims.npy", "members.npy", "centroids.npy"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (dict(method="standard"), "works with --method nextlong"),
+    (dict(index_shards=2), "HNSW settings"),
+    (dict(nprobe=0), "--nprobe positive"),
+])
+def test_partitioned_settings_are_checked_before_any_work(corpus, tmp_path, extra, message):
+    from nextlong.synthesis import synthesize
+
+    with pytest.raises(UsageError, match=message):
+        synthesize(corpus, tmp_path / "o", **dict(FAST, mining="partitioned", **extra))
+    assert not (tmp_path / "o" / "chunk").exists()
