@@ -12,7 +12,10 @@ stages at 1M+ chunks, and a projection to the paper's 644M chunks from measured 
    per chunk at `--index-sizes`, and planning time per anchor at `--plan-sizes` (it must stay flat).
 3. Projection to 644M chunks: per-chunk core-seconds of each CPU stage measured in (1) and (2), an
    assumed GPU embedding rate (default: the paper's 644M chunks in ~928 GPU-hours, ~193 chunks/s per
-   GPU), `--nodes` nodes of `--cores` cores and `--gpus-per-node` GPUs, and assumed prices.
+   GPU), `--nodes` nodes of `--cores` cores and `--gpus-per-node` GPUs, and assumed prices. Printed
+   again with `--embedder static` on CPUs (its measured rate, `--static-chunks-per-s`) in place of the
+   GPUs, and, with `--partitioned-from bench_mining.json`, with the partitioned mining route (spread
+   over every core, scaled from its largest measured size by sqrt(n)) in place of the HNSW index.
 
     python3 -m benchmarks.bench_scale [--quick] [--chunks 20000] [--index-sizes 100000,1000000]
         [--plan-sizes 100000,1000000,10000000] [--nodes 16 --cores 32 --gpus-per-node 8]
@@ -296,9 +299,10 @@ def planning(sizes: list[int], anchors: int) -> dict:
 
 
 def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunks_per_doc: float, args,
-            read: dict | None = None) -> dict:
+            read: dict | None = None, embedder: str = "minilm") -> dict:
     """Hours and cost for PAPER_CHUNKS chunks on args.nodes nodes (CPU stages spread over every core,
-    embedding over every GPU at the assumed rate; whole stages as they scale: see docs/scale.md)."""
+    embedding over every GPU at the assumed rate, or with `embedder="static"` over every core at the
+    measured static rate; whole stages as they scale: see docs/scale.md)."""
     n = PAPER_CHUNKS
     cores = args.nodes * args.cores
     gpus = args.nodes * args.gpus_per_node
@@ -318,13 +322,17 @@ def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunk
         hours = paper_bytes / (read["mb_per_s"] * 1e6) / 3600
         planning_note += (f"\n  corpus read: {paper_bytes / 1e12:.1f} TB at {read['mb_per_s']:.0f} MB/s per core = "
                           f"{hours:.1f} core-h, spread over the chunk actors (inside 'chunk + tokenize')")
-    rows["embed (GPU)"] = {"gpu_hours": n / args.gpu_chunks_per_s / 3600,
-                           "wall_hours": n / args.gpu_chunks_per_s / 3600 / gpus}
+    if embedder == "static":  # CPU only: the static embedder's measured rate per core
+        core_h = n / (args.static_chunks_per_s / args.static_cores) / 3600
+        rows["embed (static, CPU)"] = {"core_hours": core_h, "wall_hours": core_h / cores}
+    else:
+        rows["embed (GPU)"] = {"gpu_hours": n / args.gpu_chunks_per_s / 3600,
+                               "wall_hours": n / args.gpu_chunks_per_s / 3600 / gpus}
     cpu_hours = sum(r.get("core_hours", 0) for r in rows.values())
-    gpu_hours = rows["embed (GPU)"]["gpu_hours"]
+    gpu_hours = sum(r.get("gpu_hours", 0) for r in rows.values())
     wall = sum(r["wall_hours"] for r in rows.values())
     cost = cpu_hours * args.core_hour_usd + gpu_hours * args.gpu_hour_usd
-    print(f"\nprojection to {n / 1e6:.0f}M chunks on {args.nodes} nodes x {args.cores} cores + "
+    print(f"\nprojection ({embedder} embedder) to {n / 1e6:.0f}M chunks on {args.nodes} nodes x {args.cores} cores + "
           f"{args.gpus_per_node} GPUs ({cores} cores, {gpus} GPUs); GPU embedding at {args.gpu_chunks_per_s:.0f} "
           f"chunks/s per GPU; ${args.core_hour_usd}/core-hour, ${args.gpu_hour_usd}/GPU-hour; "
           f"{chunks_per_doc:.2f} chunks per document (one anchor each)")
@@ -335,6 +343,16 @@ def project(per_chunk_core_s: dict[str, float], plan_ms_per_anchor: float, chunk
     print(f"  {'total':<24} {cpu_hours:>8.0f} core-h + {gpu_hours:.0f} GPU-h, {wall:.1f} h wall if stages run "
           f"one after another, ${cost:,.0f}")
     return {"rows": rows, "cpu_hours": cpu_hours, "gpu_hours": gpu_hours, "wall_hours": wall, "usd": cost}
+
+
+def partitioned_core_s(mining: list[dict]) -> float:
+    """Core-seconds per chunk of the partitioned route at 644M chunks, from bench_mining.py's largest
+    measured size: with sqrt(n) partitions a chunk's search scans nprobe * sqrt(n) members, so its cost
+    per chunk grows as sqrt(n) (k-means and routing grow slower; scaling all of it by sqrt(n) is an upper
+    bound)."""
+    runs = [r for r in mining if r["route"] == "partitioned"]
+    largest = max(runs, key=lambda r: r["chunks"])
+    return largest["core_us_per_chunk"] / 1e6 * (PAPER_CHUNKS / largest["chunks"]) ** 0.5
 
 
 def main(argv=None) -> dict:
@@ -357,6 +375,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--gpu-chunks-per-s", type=float, default=PAPER_CHUNKS / (PAPER_GPU_HOURS * 3600))
     ap.add_argument("--gpu-hour-usd", type=float, default=2.5)
+    ap.add_argument("--static-chunks-per-s", type=float, default=50_445.0,
+                    help="--embedder static's measured rate (docs/scale.md: 2-core machine, see --static-cores)")
+    ap.add_argument("--static-cores", type=int, default=2)
+    ap.add_argument("--partitioned-from", help="bench_mining.py --json output: add the partitioned route (spread "
+                                                "over the nodes) beside the HNSW line, scaled to 644M chunks")
     ap.add_argument("--core-hour-usd", type=float, default=0.04)
     ap.add_argument("--no-order-check", action="store_true", help="skip the third run (Ray, other preserve_order)")
     ap.add_argument("--stages-only", action="store_true", help="only part 1 (local vs Ray), no mining, no projection")
@@ -417,7 +440,17 @@ def main(argv=None) -> dict:
     read = results.get("read")
     if read is not None:
         read = dict(read, bytes_per_chunk=read["bytes"] / chunks)
-    results["projection"] = project(per_chunk, plan_ms, chunks / stats["corpus_documents"], args, read)
+    per_doc = chunks / stats["corpus_documents"]
+    results["projection"] = project(per_chunk, plan_ms, per_doc, args, read)
+    routes = {"hnsw": per_chunk}
+    if args.partitioned_from:  # the same run with the partitioned route in place of the HNSW index
+        partitioned = {k: v for k, v in per_chunk.items() if k != "index (HNSW)"}
+        partitioned["mining (partitioned, tasks)"] = partitioned_core_s(
+            json.loads(Path(args.partitioned_from).read_text()))
+        results["projection_partitioned"] = project(partitioned, plan_ms, per_doc, args, read)
+        routes["partitioned"] = partitioned
+    for route, costs in routes.items():  # CPU only: --embedder static instead of MiniLM on GPUs
+        results[f"projection_static_{route}"] = project(costs, plan_ms, per_doc, args, read, embedder="static")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return results

@@ -142,7 +142,7 @@ def test_default_partitioned_run_finds_hard_negatives_and_counts_wide_searches(c
     assert s["documents_built"] > 0
     assert s["anchor_negative_similarity_mean"] > 2 * s["random_chunk_pair_similarity_mean"]
     assert s["mining"]["neighbours"] == 8 and s["mining"]["anchors_searched_again"] > 0  # k = 8 is too few here
-    again = synthesize(corpus, tmp_path / "p2", mining="partitioned", neighbours=8, **FAST)
+    synthesize(corpus, tmp_path / "p2", mining="partitioned", neighbours=8, **FAST)
     assert folder_bytes(tmp_path / "p" / "data") == folder_bytes(tmp_path / "p2" / "data")
 
 

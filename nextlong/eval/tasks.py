@@ -20,7 +20,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ..errors import NextlongError, UsageError
+from ..errors import UsageError
 from .haystack import (Insert, LengthTooShortError, Units, build_context, essay_units, fit_to_length, noise_units,
                        search_largest)
 

@@ -18,7 +18,6 @@ partitions (counted: `searched_again`).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -80,33 +79,39 @@ def merge(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n_queries: 
 
 def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
                 rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, sims, home) of every row of `vectors`, in one process: the same steps the stages run as
-    tasks (route, search each partition for the chunks routed to it, merge), for benchmarks and tests."""
+    """(ids, sims, home) of every row of `vectors`, in one process: the steps the stages run as tasks
+    (route, search each partition for the chunks routed to it, merge), for benchmarks and tests. Each
+    partition's candidates are merged into the running top k at once, so memory stays (rows x k)."""
+    from .exact import segment_top_k
+
     n = vectors.shape[0]
     probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe)
                              for lo in range(0, n, rows)]) if n else np.zeros((0, nprobe), np.int32)
     home = probes[:, 0] if n else np.zeros(0, np.int32)
     members, offsets = members_by_partition(home, centroids.shape[0])
-    query_of = np.repeat(np.arange(n, dtype=np.int64), probes.shape[1])
     flat = probes.reshape(-1)
-    by_partition = np.argsort(flat, kind="stable")
+    by_partition = np.argsort(flat, kind="stable") // probes.shape[1] if n else flat  # query rows, by partition
     q_offsets = np.zeros(centroids.shape[0] + 1, np.int64)
     np.cumsum(np.bincount(flat, minlength=centroids.shape[0]), out=q_offsets[1:])
-    rows_, ids_, sims_ = [], [], []
+    best_ids = np.full((n, k), -1, np.int64)
+    best_sims = np.full((n, k), -np.inf, np.float64)
     for p in range(centroids.shape[0]):
         member_ids = members[offsets[p]:offsets[p + 1]]
-        queries = query_of[by_partition[q_offsets[p]:q_offsets[p + 1]]]
+        queries = by_partition[q_offsets[p]:q_offsets[p + 1]]
         if member_ids.size == 0 or queries.size == 0:
             continue
         found, sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
                                        np.asarray(vectors[queries], np.float32), k)
-        rows_.append(np.repeat(queries, found.shape[1]))
-        ids_.append(found.reshape(-1))
-        sims_.append(sims.reshape(-1))
-    if not rows_:
-        return (np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), home)
-    ids, sims = merge(np.concatenate(rows_), np.concatenate(ids_), np.concatenate(sims_), n, k)
-    return ids, sims, home
+        width = found.shape[1] + k  # each query's running best, then this partition's candidates
+        merged_ids = np.concatenate([best_ids[queries], found], axis=1)
+        merged_sims = np.concatenate([best_sims[queries], sims], axis=1)
+        keep = merged_ids.reshape(-1) >= 0
+        starts = np.concatenate([[0], np.cumsum(keep.reshape(-1, width).sum(axis=1))])
+        out_ids = np.full((queries.size, k), -1, np.int64)
+        out_sims = np.full((queries.size, k), -np.inf, np.float64)
+        segment_top_k(starts, merged_ids.reshape(-1)[keep], merged_sims.reshape(-1)[keep], k, out_ids, out_sims)
+        best_ids[queries], best_sims[queries] = out_ids, out_sims
+    return best_ids, best_sims.astype(np.float32), home
 
 
 def members_by_partition(home: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:

@@ -465,7 +465,6 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = No
     in one range or several, and the `max_group` rule sees the same groups: the result does not
     depend on `ranges`."""
     n, m = sketch.shape
-    pad = np.iinfo(np.uint64).max
     if ranges is None:
         ranges = max(1, math.ceil(n * m / RANGE_ENTRIES))
     row_dtype = np.int32 if n < 2 ** 31 else np.int64

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..errors import IndexFileError
 from ..mining import partitioned as P
-from .framework import WholeStage, MapStage, input_blocks, not_a_setting
+from .framework import WholeStage, MapStage, input_blocks
 
 BLOCK_ROWS = 1 << 16  # chunks per block: the tasks of route and merge, and the partition groups of search
 CHECKED_PARTS = {"write_page_checksum": True, "write_statistics": True, "compression": "zstd"}

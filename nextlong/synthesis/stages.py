@@ -204,13 +204,12 @@ def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, 
 # (map stages) or `build` (whole stages) from the folders of its inputs, so every one pickles small.
 
 import dataclasses as _dc  # noqa: E402
-import json as _json  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 
 import pyarrow.parquet as _pq  # noqa: E402
 
 from ..atomic import atomic_path as _atomic_path  # noqa: E402
-from .framework import MapStage, WholeStage, added_setting, identity, input_blocks, not_a_setting  # noqa: E402
+from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting  # noqa: E402
 
 CHUNKS_FILE = "chunks.parquet"
 STORE_DIR = "store"
