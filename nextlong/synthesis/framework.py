@@ -403,6 +403,22 @@ def map_chain(stages: list, i: int) -> tuple[list, int, int | None]:
     return chain, j, cut
 
 
+def chain_work(chain: list) -> tuple[dict, list, int]:
+    """What is left of a map chain (contexts in chain order): the counts of its stages already done, the
+    contexts still to run (each `prepare`d), and how many blocks their input has."""
+    results, todo = {}, [ctx for ctx in chain if not prepare(ctx)]
+    for ctx in chain:
+        if ctx not in todo:
+            results[ctx.stage.name] = read_done(ctx.record_path)["counts"]
+    if not todo:
+        return results, todo, 0
+    source = todo[0].input(todo[0].stage.inputs[0])
+    record = read_done(source / DONE_FILE)
+    num_blocks = (int(record["counts"]["blocks"]) if record and "blocks" in record["counts"]
+                  else len(list(source.glob("part-*.parquet"))))
+    return results, todo, num_blocks
+
+
 class FinishedPrefix:
     """The output rows of the finished prefix of a chain's blocks 0, 1, 2, ..., whatever order the blocks
     finish in: what the `--num-samples` cut counts (protocol item 7). `add` a block's rows as it finishes;

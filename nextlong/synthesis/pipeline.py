@@ -1,4 +1,4 @@
-"""The driver of `nextlong synthesize`: the run as a list of stages (stage.py) handed to an executor.
+"""The driver of `nextlong synthesize`: the run as a list of stages (framework.py) handed to an executor.
 
     corpus -> chunk (blocks) -> chunks (one id space + store) [-> neardup -> dedup] -> embedder (fitted
     once) -> embed (blocks) -> embeddings -> index -> units (shards) -> plan -> assemble -> data (the

@@ -1,5 +1,5 @@
 """The corpus into the first map stage, split by split: the steps every executor runs (protocol items 3
-and 4 in stage.py), so a split read by a Ray actor and one read in this process write the same files.
+and 4 in framework.py), so a split read by a Ray actor and one read in this process write the same files.
 
 1. `CorpusRead.plan()`: the corpus cut into splits from file sizes (nextlong/corpus/split.py).
 2. `map_split(ctx, read, s)`, anywhere, in any order: split s is read and fed to the stage in blocks of

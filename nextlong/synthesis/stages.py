@@ -1,4 +1,4 @@
-"""The stages of synthesis: batch -> batch functions, and the Stage objects (stage.py) built on them.
+"""The stages of synthesis: batch -> batch functions, and the Stage objects (framework.py) built on them.
 
 Everything a function needs is passed in (tokenizer, embedder, chunk store, searcher, settings); no
 function keeps state between calls. The Stage classes at the end of this module bind the settings
@@ -198,7 +198,7 @@ def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, 
     return to_output_table(store, plan, ids, start, end, method, group_keys=keys)
 
 
-# --- the stages as Stage objects (stage.py): what pipeline.py lists and an executor runs ---------
+# --- the stages as Stage objects (framework.py): what pipeline.py lists and an executor runs ---------
 #
 # Each is a dataclass whose fields are the settings it depends on; heavy state is built in `setup`
 # (map stages) or `build` (whole stages) from the folders of its inputs, so every one pickles small.

@@ -1,4 +1,4 @@
-"""The driver of `nextlong acer`: the checks before any work, the run as a list of stages (stage.py)
+"""The driver of `nextlong acer`: the checks before any work, the run as a list of stages (framework.py)
 handed to an executor, and the manifest.
 
     corpus -> chunk (blocks, --chunk-tokens) -> chunks -> [embedder -> embed -> embeddings -> index | bm25]

@@ -92,7 +92,7 @@ def _with(block: pa.Table, **columns) -> pa.Table:
 
 class AcerMapStage(MapStage):
     """A map stage whose `map(block)` returns (table, counts). `__call__` times it and keeps the counts, with
-    `seconds`, for `count` (called next, in the same process, on the same table: stage.py), so the manifest
+    `seconds`, for `count` (called next, in the same process, on the same table: framework.py), so the manifest
     reports each stage's own time and LM work although the executor runs retrieve -> rank -> read ->
     assemble as one chain. Nothing of it goes into the table: the same block gives the same bytes."""
 

@@ -1,4 +1,4 @@
-"""The local executor: runs a Pipeline in this process, block by block (protocol: stage.py).
+"""The local executor: runs a Pipeline in this process, block by block (protocol: ../framework.py).
 
 Parallelism lives inside the stages (the native chunker's threads, torch's, numba's); here reading the
 corpus overlaps chunking (a prefetch thread), split after split (nextlong/synthesis/read.py). Consecutive map stages that read each other's blocks run
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...corpus.split import DEFAULT_SPLIT_BYTES
-from ..framework import (DONE_FILE, Executor, Pipeline, StageContext, block_done, block_path, block_record_path,
-                    finish_map_stage, prepare, read_done, write_block)
+from ..framework import (Executor, Pipeline, StageContext, block_done, block_path, block_record_path, chain_work,
+                    finish_map_stage, read_done, write_block)
 
 
 class LocalExecutor(Executor):
@@ -50,17 +50,10 @@ class LocalExecutor(Executor):
     def run_chain(self, pipeline: Pipeline, fps, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
         from ..progress import ChainProgress, input_rows
 
-        results = {}
-        todo = [ctx for ctx in chain if not prepare(ctx)]
-        for ctx in chain:
-            if ctx not in todo:
-                results[ctx.stage.name] = read_done(ctx.record_path)["counts"]
+        results, todo, num_blocks = chain_work(chain)
         if not todo:
             return results
         source = todo[0].input(todo[0].stage.inputs[0])
-        record = read_done(source / DONE_FILE)
-        num_blocks = int(record["counts"]["blocks"]) if record and "blocks" in record["counts"] else \
-            len(list(source.glob("part-*.parquet")))
         for ctx in todo:
             ctx.stage.setup(ctx)
         rows = 0

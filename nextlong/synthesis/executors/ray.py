@@ -239,7 +239,7 @@ def _build_whole(stage, ctx) -> dict:
 
 
 class RayExecutor(Executor):
-    """Runs a Pipeline on Ray (protocol: stage.py). Same stage code, same files as LocalExecutor.
+    """Runs a Pipeline on Ray (protocol: ../framework.py). Same stage code, same files as LocalExecutor.
 
     * corpus -> first map stage: this process only plans the corpus splits from file sizes; a pool
       of Ray actors (one per CPU) each reads its splits with the native reader, maps them block by
@@ -338,19 +338,12 @@ class RayExecutor(Executor):
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
         from ..progress import ChainProgress, input_rows
-        from ..framework import DONE_FILE, block_done, block_record_path, finish_map_stage, prepare, read_done
+        from ..framework import block_done, block_record_path, chain_work, finish_map_stage, read_done
 
-        results = {}
-        todo = [ctx for ctx in chain if not prepare(ctx)]
-        for ctx in chain:
-            if ctx not in todo:
-                results[ctx.stage.name] = read_done(ctx.record_path)["counts"]
+        results, todo, num_blocks = chain_work(chain)
         if not todo:
             return results
         source = todo[0].input(todo[0].stage.inputs[0])
-        record = read_done(source / DONE_FILE)
-        num_blocks = int(record["counts"]["blocks"]) if record and "blocks" in record["counts"] else \
-            len(list(source.glob("part-*.parquet")))
         pending = [j for j in range(num_blocks) if not all(block_done(ctx, j) for ctx in todo)]
         gpu = any(getattr(ctx.stage, "uses_gpu", False) for ctx in todo)
         if gpu:  # few actors: on CPU each may use the node's threads (torch's own pool)
