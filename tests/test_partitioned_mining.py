@@ -199,6 +199,13 @@ def test_a_damaged_partition_is_named(corpus, tmp_path):
         NeighbourLists(out / "neighbour_lists", open_vectors(out / "embeddings"))
     info = json.loads((out / "neighbour_lists" / "neighbours.json").read_text())
     assert set(info["files"]) >= {"neighbour_ids.npy", "neighbour_sims.npy", "members.npy", "centroids.npy"}
+    centroids = out / "centroids" / "centroids.npy"
+    raw = bytearray(centroids.read_bytes())
+    raw[-5] ^= 1
+    centroids.write_bytes(bytes(raw))
+    shutil.rmtree(out / "route")
+    with pytest.raises(IndexFileError, match="centroids.npy: CRC32"):
+        synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
 
 
 @pytest.mark.parametrize("extra, message", [

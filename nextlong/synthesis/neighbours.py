@@ -163,8 +163,15 @@ class RouteStage(_Blocks):
     progress_unit = "block"
 
     def setup(self, ctx):
+        from ..atomic import file_crc32
+        from .framework import read_done
+
         self._partitions, self._nprobe = self._settings(ctx)
-        self._centroids = np.load(ctx.input(self.inputs[0]) / P.CENTROIDS_FILE, allow_pickle=False)
+        path = ctx.input(self.inputs[0]) / P.CENTROIDS_FILE
+        if file_crc32(path) != read_done(ctx.input(self.inputs[0]) / "_done.json")["counts"].get("crc32"):
+            raise IndexFileError(f"{path}: CRC32 does not match the centroids stage's record: the file is damaged; "
+                                 f"remove {path.parent} and run again")
+        self._centroids = np.load(path, allow_pickle=False)
         self._vectors = _embeddings(ctx, self.inputs[1])
 
     def __call__(self, block):
