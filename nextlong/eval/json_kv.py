@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from .haystack import Insert, Units, build_context, fit_to_length
-from .tasks import Sample, distinct_values, sample_rng
+from .samples import Sample, distinct_values, sample_rng
 
 JSON_KV_HEAD = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n"
 QUESTION = 'Key: "{key}"\nCorresponding value:'
