@@ -110,12 +110,12 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
 
 @pytest.mark.slow
 def test_partitioned_mining_gives_the_same_bytes_on_ray(ray_session, corpus, tmp_path):
-    """--mining partitioned: every mining step (centroids, route, search, merge, the gathered lists) and the
+    """--mining partitioned: every mining step (centroids, layout, route, search, merge, the lists) and the
     output are the same files whichever executor ran its tasks, over several blocks per step."""
     settings = dict(FAST, mining="partitioned", partitions=10, nprobe=4, mining_block_rows=100, num_samples=20)
     local = synthesize(corpus, tmp_path / "local", **settings)
     ray = synthesize(corpus, tmp_path / "ray", executor="ray", **settings)
-    for stage in ("centroids", "route", "search", "merge", "neighbour_lists", "data"):
+    for stage in ("centroids", "layout", "route", "search", "merge", "neighbour_lists", "data"):
         hashes = file_hashes(tmp_path / "local" / stage)
         assert hashes and hashes == file_hashes(tmp_path / "ray" / stage), stage
     assert len(file_hashes(tmp_path / "ray" / "search")) > 1

@@ -167,7 +167,7 @@ def test_resume_after_a_killed_partition_task_redoes_only_that_task(corpus, tmp_
     calls.clear()
     monkeypatch.setattr(neighbours.SearchStage, "__call__", lambda self, block: (calls.append(1), real(self, block))[1])
     synthesize(corpus, tmp_path / "out", **settings)
-    blocks = len(list((tmp_path / "out" / "centroids").glob("part-*.parquet")))
+    blocks = len(list((tmp_path / "out" / "layout").glob("part-*.parquet")))
     assert len(calls) == blocks - 3  # the three finished tasks were not redone
     synthesize(corpus, tmp_path / "clean", **settings)
     for stage in ("search", "merge", "neighbour_lists", "data"):
@@ -181,6 +181,14 @@ def test_a_damaged_partition_is_named(corpus, tmp_path):
     from nextlong.synthesis.stages import open_vectors
 
     out = tmp_path / "out"
+    synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
+    merged = out / "merge" / "part-00000.parquet"
+    kept = merged.read_bytes()
+    merged.unlink()  # a finished stage's part gone: refused, not read as zeros
+    shutil.rmtree(out / "neighbour_lists")
+    with pytest.raises(IndexFileError, match=r"merge parts hold \d+ of \d+ chunks"):
+        synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
+    merged.write_bytes(kept)
     synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
     part = out / "search" / "part-00001.parquet"
     first = pq.ParquetFile(part).metadata.row_group(0).column(3)  # the ids lists of the first row group
@@ -206,6 +214,47 @@ def test_a_damaged_partition_is_named(corpus, tmp_path):
     shutil.rmtree(out / "route")
     with pytest.raises(IndexFileError, match="centroids.npy: CRC32"):
         synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)
+
+
+def test_a_small_task_budget_cuts_more_blocks_and_changes_nothing(corpus, tmp_path, monkeypatch):
+    """The layout adds blocks until a search task holds at most task_candidates candidates; the lists do not
+    depend on it, and k-means is not redone for it."""
+    from nextlong.synthesis import pipeline, synthesize
+
+    settings = dict(mining="partitioned", partitions=12, neighbours=16, **FAST)
+    synthesize(corpus, tmp_path / "few", **settings)
+    real = pipeline.partitioned_steps
+
+    def small_tasks(cfg, chunks):
+        steps = real(cfg, chunks)
+        steps[1].task_candidates = 4_000  # the layout stage
+        return steps
+
+    monkeypatch.setattr(pipeline, "partitioned_steps", small_tasks)
+    synthesize(corpus, tmp_path / "many", **settings)
+    blocks = len(list((tmp_path / "many" / "layout").glob("part-*.parquet")))
+    chunks = json.loads((tmp_path / "many" / "layout" / "_done.json").read_text())["counts"]["chunks"]
+    assert blocks >= chunks * 12 * 16 // 4_000 > 1
+    for stage in ("centroids", "neighbour_lists", "data"):
+        assert folder_bytes(tmp_path / "few" / stage) == folder_bytes(tmp_path / "many" / stage), stage
+
+
+def test_a_non_finite_embedding_is_named_before_any_search(corpus, tmp_path):
+    from nextlong.atomic import file_crc32
+    from nextlong.synthesis import synthesize
+
+    out = tmp_path / "out"
+    synthesize(corpus, out, **FAST)  # the exact route: chunks and embeddings cached
+    path = out / "embeddings" / "embeddings.npy"
+    vectors = np.load(path, mmap_mode="r+")
+    vectors[7, 3] = np.nan
+    vectors.flush()
+    del vectors
+    record = json.loads((out / "embeddings" / "_done.json").read_text())
+    record["counts"]["crc32"] = file_crc32(path)  # damage that the checksum does not see: a NaN from the embedder
+    (out / "embeddings" / "_done.json").write_text(json.dumps(record))
+    with pytest.raises(IndexFileError, match="chunk 7 is not finite"):
+        synthesize(corpus, out, mining="partitioned", partitions=4, **FAST)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -5,7 +5,8 @@ seeded generator, every assignment is `exact_top_k` (batching-independent), and 
 float64 sum of its members taken in row order, then L2-normalised (the vectors are unit length and
 the search is by inner product, so centroids live on the sphere too). An empty cluster takes the
 sample point worst served by its centroid (lowest similarity, then lowest row), as FAISS re-seeds
-empty clusters by splitting, so every partition keeps members.
+empty clusters by splitting. With fewer distinct vectors than clusters some partitions stay empty
+(counted in the neighbour lists' record: empty_partitions).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ whole corpus, and each step is many independent tasks (synthesis/neighbours.py r
 
 Exactness: with nprobe = partitions every chunk meets every member, and the merge orders candidates by
 their float64 similarity, then chunk id, exactly as `exact_top_k` orders one search over the whole
-corpus: the lists are then the exact search's, byte for byte. With fewer probes a neighbour in an
+corpus: the lists are then the exact search's, byte for byte. (The stored sims are float32: two that
+differ only in float64 may print equal, in float64 order.) With fewer probes a neighbour in an
 unprobed partition is missed; recall is measured in benchmarks/bench_scale.py.
 
 `NeighbourLists` is what the planner opens: the lists as memory-mapped (chunks x K) arrays, and, for
@@ -62,19 +63,32 @@ def search_partition(member_ids: np.ndarray, member_vectors: np.ndarray, query_v
     return np.asarray(member_ids, np.int64)[cols], sims
 
 
-def merge(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n_queries: int,
-          k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates (query row, chunk id, float64 sim) -> (n_queries, k) ids and float32 sims: per query by
-    similarity descending then id ascending, padded with -1 / -inf. A chunk is a member of one partition
-    only, so a candidate never comes twice."""
+def merge_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np.ndarray,
+               best_sims: np.ndarray) -> None:
+    """Candidates (row, chunk id, float64 sim) -> each row's top k, written over best_ids / best_sims
+    (rows x k; float64 sims): by similarity descending, then id ascending; -1 / -inf where a row has
+    fewer than k. To keep a running best, pass it among the candidates. A chunk is a member of one
+    partition only, so no candidate comes twice."""
     from .exact import group_rows, segment_top_k
 
-    out_ids = np.full((n_queries, k), -1, np.int64)
-    sims64 = np.full((n_queries, k), -np.inf, np.float64)
+    n, k = best_ids.shape
+    out_ids = np.full((n, k), -1, np.int64)
+    out_sims = np.full((n, k), -np.inf, np.float64)
     if ids.size:
-        order, starts = group_rows(query_rows, n_queries)
-        segment_top_k(starts, ids[order], sims[order], k, out_ids, sims64)
-    return out_ids, sims64.astype(np.float32)
+        order, starts = group_rows(rows, n)
+        segment_top_k(starts, ids[order], sims[order], k, out_ids, out_sims)
+    best_ids[...] = out_ids
+    best_sims[...] = out_sims
+
+
+def merge(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n_queries: int,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (query row, chunk id, float64 sim) -> (n_queries, k) ids and sims (`merge_into`); the
+    sims are returned rounded to float32, the order is the float64 one."""
+    out_ids = np.full((n_queries, k), -1, np.int64)
+    out_sims = np.full((n_queries, k), -np.inf, np.float64)
+    merge_into(query_rows, ids, sims, out_ids, out_sims)
+    return out_ids, out_sims.astype(np.float32)
 
 
 def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
@@ -82,8 +96,6 @@ def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
     """(ids, sims, home) of every row of `vectors`, in one process: the steps the stages run as tasks
     (route, search each partition for the chunks routed to it, merge), for benchmarks and tests. Each
     partition's candidates are merged into the running top k at once, so memory stays (rows x k)."""
-    from .exact import segment_top_k
-
     n = vectors.shape[0]
     probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe)
                              for lo in range(0, n, rows)]) if n else np.zeros((0, nprobe), np.int32)
@@ -100,17 +112,16 @@ def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
         queries = by_partition[q_offsets[p]:q_offsets[p + 1]]
         if member_ids.size == 0 or queries.size == 0:
             continue
-        found, sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
-                                       np.asarray(vectors[queries], np.float32), k)
-        width = found.shape[1] + k  # each query's running best, then this partition's candidates
-        merged_ids = np.concatenate([best_ids[queries], found], axis=1)
-        merged_sims = np.concatenate([best_sims[queries], sims], axis=1)
-        keep = merged_ids.reshape(-1) >= 0
-        starts = np.concatenate([[0], np.cumsum(keep.reshape(-1, width).sum(axis=1))])
-        out_ids = np.full((queries.size, k), -1, np.int64)
-        out_sims = np.full((queries.size, k), -np.inf, np.float64)
-        segment_top_k(starts, merged_ids.reshape(-1)[keep], merged_sims.reshape(-1)[keep], k, out_ids, out_sims)
-        best_ids[queries], best_sims[queries] = out_ids, out_sims
+        found, found_sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
+                                             np.asarray(vectors[queries], np.float32), k)
+        ids, sims = best_ids[queries], best_sims[queries]  # these queries' running best, merged with the new
+        owner = np.concatenate([np.repeat(np.arange(queries.size), k),
+                                np.repeat(np.arange(queries.size), found.shape[1])])
+        cand = np.concatenate([ids.reshape(-1), found.reshape(-1)])
+        keep = cand >= 0
+        merge_into(owner[keep], cand[keep], np.concatenate([sims.reshape(-1), found_sims.reshape(-1)])[keep],
+                   ids, sims)
+        best_ids[queries], best_sims[queries] = ids, sims
     return best_ids, best_sims.astype(np.float32), home
 
 

@@ -1,20 +1,25 @@
 """`--mining partitioned`: every chunk's neighbour list from a partitioned batch self-search, as stages.
 
-The steps of nextlong/mining/partitioned.py, each as many tasks as the corpus has blocks of
-`block_rows` chunks, so mining spreads over a cluster like every other stage:
+The steps of nextlong/mining/partitioned.py, each as many tasks as the layout has blocks, so mining
+spreads over a cluster like every other stage:
 
-    embeddings --centroids-->  k-means on a sample; block j = chunks [lo, hi) and partitions [p_lo, p_hi)
+    embeddings --centroids-->  spherical k-means on a seeded sample (depends on nothing else, so other
+                               nprobe, K or block sizes reuse it)
+               --layout-->     K, and the blocks: block j = chunks [lo, hi) and partitions [p_lo, p_hi),
+                               enough blocks that no task holds more than TASK_CANDIDATES candidates
                --route-->      (partition, chunk, home) for each chunk's nprobe nearest centroids,
                                each block sorted by partition
                --search-->     block j searches partitions [p_lo, p_hi): the members (home rows) against
-                               every chunk routed there; rows (chunk, partition, ids, sims) sorted by chunk
-               --merge-->      block j merges the candidates of chunks [lo, hi) into their top K
+                               every chunk routed there; rows (chunk, partition, home, ids, sims) by chunk
+               --merge-->      block j merges the candidates of chunks [lo, hi) into their top K, one
+                               search part at a time
                --neighbour_lists--> memory-mapped (chunks x K) arrays, members by partition, centroids
                                (mining/partitioned.py: NeighbourLists), each with its CRC32
 
 route -> search and search -> merge are the shuffles: a block reads, from every part of the step before,
 only the row groups whose statistics overlap its range (each part is sorted by the column it is read
-by), so no task reads the whole corpus. Parts carry page checksums: a damaged one is named, with its
+by), so no task reads the whole corpus. What the search -> merge shuffle carries is nprobe x K
+candidates per chunk (docs/scale.md). Parts carry page checksums: a damaged one is named, with its
 partitions or chunks, and how to recompute it.
 """
 
@@ -29,9 +34,10 @@ import pyarrow.parquet as pq
 
 from ..errors import IndexFileError
 from ..mining import partitioned as P
-from .framework import WholeStage, MapStage, input_blocks
+from .framework import MapStage, WholeStage, input_blocks, read_done
 
-BLOCK_ROWS = 1 << 16  # chunks per block: the tasks of route and merge, and the partition groups of search
+BLOCK_ROWS = 1 << 16  # chunks per block at most: the tasks of route and merge
+TASK_CANDIDATES = 1 << 27  # candidates one search task may hold (x 16 bytes: 2 GiB); more blocks otherwise
 CHECKED_PARTS = {"write_page_checksum": True, "write_statistics": True, "compression": "zstd"}
 
 
@@ -41,43 +47,75 @@ def _embeddings(ctx, name):
     return open_vectors(ctx.input(name), record=ctx.input_record(name))
 
 
+def _record(ctx, name) -> dict:
+    return read_done(ctx.input(name) / "_done.json")["counts"]
+
+
+def _finite(vectors: np.ndarray, chunks: np.ndarray, where) -> None:
+    """A NaN or infinite embedding would be routed nowhere: refuse it by name before any search.
+    `chunks`: the chunk id of each row."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise IndexFileError(f"{where}: the embedding of chunk {int(chunks[np.flatnonzero(bad)[0]])} is not finite "
+                             "(NaN or infinity): re-embed the corpus (remove the embed and embeddings folders)")
+
+
 @_dc.dataclass
 class CentroidsStage(WholeStage):
-    """k-means centroids on a seeded sample of the embeddings, and the block layout every later step
-    maps over. inputs: (embeddings,). Its record holds the resolved partitions and nprobe. The seed is
-    its own (not --seed): a new --seed draws other documents from the same mined lists."""
+    """k-means centroids on a seeded sample of the embeddings. inputs: (embeddings,). The seed is its own
+    (not --seed): a new --seed draws other documents from the same mined lists."""
 
     partitions: int = 0  # 0: default_partitions(chunks)
-    nprobe: int = P.DEFAULT_NPROBE
     seed: int = 0
     iterations: int = 20
     points_per_centroid: int = 64
-    block_rows: int = BLOCK_ROWS
 
     def build(self, ctx):
         from ..atomic import atomic_path, file_crc32
-        from ..mining.kmeans import spherical_kmeans, sample_rows
-        from .framework import block_path
-        from .writers import write_parquet_atomic
+        from ..mining.kmeans import sample_rows, spherical_kmeans
 
         vectors = _embeddings(ctx, self.inputs[0])
         n = vectors.shape[0]
         partitions = min(self.partitions or P.default_partitions(n), max(n, 1))
         rows = sample_rows(n, min(n, partitions * self.points_per_centroid), self.seed)
+        sample = np.asarray(vectors[rows], np.float32)
+        _finite(sample, rows, ctx.input(self.inputs[0]))
         ctx.log(f"centroids: k-means of {partitions} partitions on {rows.size} of {n} chunks")
-        centroids = (spherical_kmeans(np.asarray(vectors[rows], np.float32), partitions, seed=self.seed,
-                                      iterations=self.iterations) if n else
-                     np.zeros((1, vectors.shape[1]), np.float32))
+        centroids = (spherical_kmeans(sample, partitions, seed=self.seed, iterations=self.iterations) if n
+                     else np.zeros((1, vectors.shape[1]), np.float32))
         with atomic_path(ctx.out_dir / P.CENTROIDS_FILE) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, centroids)
-        blocks = max(1, math.ceil(n / self.block_rows))
-        for j in range(blocks):
-            lo, hi = j * self.block_rows, min(n, (j + 1) * self.block_rows)
-            write_parquet_atomic(pa.table({"lo": [lo], "hi": [hi], "p_lo": [j * partitions // blocks],
-                                           "p_hi": [(j + 1) * partitions // blocks]}), block_path(ctx.out_dir, j))
-        return {"partitions": partitions, "nprobe": min(self.nprobe, partitions), "chunks": n, "blocks": blocks, "sample": int(rows.size),
+        return {"partitions": int(centroids.shape[0]), "chunks": n, "sample": int(rows.size),
                 "crc32": file_crc32(ctx.out_dir / P.CENTROIDS_FILE)}
+
+
+@_dc.dataclass
+class LayoutStage(WholeStage):
+    """K and the blocks every later step maps over. inputs: (centroids, chunks). Block j covers chunks
+    [lo, hi) for route and merge and partitions [p_lo, p_hi) for search; there are enough blocks that a
+    search task's candidates (its share of chunks x nprobe x K) stay under `task_candidates`."""
+
+    nprobe: int = P.DEFAULT_NPROBE
+    neighbours: int = 0  # K; 0: what planning asks for at the 90th percentile of anchors
+    plan: dict = _dc.field(default_factory=dict)  # the planner's settings, to size K when it is 0
+    block_rows: int = BLOCK_ROWS
+    task_candidates: int = TASK_CANDIDATES
+
+    def build(self, ctx):
+        from .framework import block_path
+        from .writers import write_parquet_atomic
+
+        centroids = _record(ctx, self.inputs[0])
+        n, partitions = int(centroids["chunks"]), int(centroids["partitions"])
+        nprobe = min(self.nprobe, partitions)
+        k = self.neighbours or neighbours_for_planning(ctx.input(self.inputs[1]), self.plan)
+        blocks = max(1, math.ceil(n / self.block_rows), math.ceil(n * nprobe * k / self.task_candidates))
+        for j in range(blocks):
+            write_parquet_atomic(pa.table({"lo": [j * n // blocks], "hi": [(j + 1) * n // blocks],
+                                           "p_lo": [j * partitions // blocks],
+                                           "p_hi": [(j + 1) * partitions // blocks]}), block_path(ctx.out_dir, j))
+        return {"partitions": partitions, "nprobe": nprobe, "neighbours": int(k), "chunks": n, "blocks": blocks}
 
 
 def neighbours_for_planning(chunks_dir, plan: dict, quantile: float = 0.9, sample: int = 100_000) -> int:
@@ -108,75 +146,70 @@ def neighbours_for_planning(chunks_dir, plan: dict, quantile: float = 0.9, sampl
     return int(min(plan["max_candidates"], 8 * math.ceil(np.quantile(widths, quantile) / 8)))
 
 
-def read_range(folder, column: str, lo: int, hi: int, what: str, columns=None) -> pa.Table:
-    """The rows of every part in `folder` whose `column` (the first column, each part sorted by it) lies
-    in [lo, hi): only row groups whose statistics overlap are read, every page's checksum verified."""
-    tables = []
-    for path in input_blocks(folder):
-        try:
-            f = pq.ParquetFile(path, page_checksum_verification=True)
-            groups = []
-            for g in range(f.metadata.num_row_groups):
-                stats = f.metadata.row_group(g).column(0).statistics
-                if stats is None or not stats.has_min_max or (stats.max >= lo and stats.min < hi):
-                    groups.append(g)
-            if groups:
-                table = f.read_row_groups(groups, columns=columns)
-                keep = np.flatnonzero((table.column(column).to_numpy() >= lo) & (table.column(column).to_numpy() < hi))
-                tables.append(table.take(keep))
-        except (OSError, pa.ArrowException) as exc:
-            raise IndexFileError(f"{path}: {what}: unreadable ({str(exc).splitlines()[0][:200]}); delete it and "
-                                 f"{path.parent / '_done.json'} (if present), then run again: only that part is "
-                                 "recomputed") from None
+def _unreadable(path, what: str, exc) -> IndexFileError:
+    return IndexFileError(f"{path}: {what}: unreadable ({str(exc).splitlines()[0][:200]}); delete it and "
+                          f"{path.parent / '_done.json'} (if present), then run again: only that part is recomputed")
+
+
+def read_part_range(path, column: str, lo: int, hi: int, what: str, columns=None) -> pa.Table | None:
+    """The rows of one part whose `column` (its first column, the part sorted by it) lies in [lo, hi): only
+    row groups whose statistics overlap are read, every page's checksum verified."""
+    try:
+        f = pq.ParquetFile(path, page_checksum_verification=True)
+        groups = []
+        for g in range(f.metadata.num_row_groups):
+            stats = f.metadata.row_group(g).column(0).statistics
+            if stats is None or not stats.has_min_max or (stats.max >= lo and stats.min < hi):
+                groups.append(g)
+        if not groups:
+            return None
+        table = f.read_row_groups(groups, columns=columns)
+        values = table.column(column).to_numpy()
+        return table.take(np.flatnonzero((values >= lo) & (values < hi)))
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, what, exc) from None
+
+
+def read_range(folder, column: str, lo: int, hi: int, what: str, columns=None) -> pa.Table | None:
+    """`read_part_range` over every part of a map stage's folder, concatenated (None: no rows)."""
+    tables = [t for t in (read_part_range(p, column, lo, hi, what, columns) for p in input_blocks(folder))
+              if t is not None]
     return pa.concat_tables(tables) if tables else None
 
 
 class _Blocks(MapStage):
-    """A step mapped over the centroids stage's blocks (one row: lo, hi, p_lo, p_hi)."""
+    """A step mapped over the layout stage's blocks (one row: lo, hi, p_lo, p_hi)."""
 
     parquet_options = {**CHECKED_PARTS, "row_group_size": 4096}
+    progress_unit = "block"
 
     def _settings(self, ctx):
-        from .framework import read_done
-
-        record = read_done(ctx.input(self.inputs[0]) / "_done.json")["counts"]
-        return record["partitions"], record["nprobe"]
-
-
-@_dc.dataclass
-class _ListsOfK(_Blocks):
-    """A step that knows K: `neighbours`, or (0) what the planner's settings `plan` ask for on the chunks
-    (the last input)."""
-
-    neighbours: int = 0
-    plan: dict = _dc.field(default_factory=dict)
-
-    def _width(self, ctx) -> int:
-        return self.neighbours or neighbours_for_planning(ctx.input(self.inputs[-1]), self.plan)
+        record = _record(ctx, self.inputs[0])
+        return record["partitions"], record["nprobe"], record["neighbours"]
 
 
 @_dc.dataclass
 class RouteStage(_Blocks):
     """Block -> (partition, chunk, home) for each of its chunks' nprobe nearest centroids, by partition.
-    inputs: (centroids, embeddings)."""
-
-    progress_unit = "block"
+    inputs: (layout, centroids, embeddings)."""
 
     def setup(self, ctx):
         from ..atomic import file_crc32
-        from .framework import read_done
 
-        self._partitions, self._nprobe = self._settings(ctx)
-        path = ctx.input(self.inputs[0]) / P.CENTROIDS_FILE
-        if file_crc32(path) != read_done(ctx.input(self.inputs[0]) / "_done.json")["counts"].get("crc32"):
+        self._partitions, self._nprobe, _ = self._settings(ctx)
+        path = ctx.input(self.inputs[1]) / P.CENTROIDS_FILE
+        if file_crc32(path) != _record(ctx, self.inputs[1]).get("crc32"):
             raise IndexFileError(f"{path}: CRC32 does not match the centroids stage's record: the file is damaged; "
                                  f"remove {path.parent} and run again")
         self._centroids = np.load(path, allow_pickle=False)
-        self._vectors = _embeddings(ctx, self.inputs[1])
+        self._where = ctx.input(self.inputs[2])
+        self._vectors = _embeddings(ctx, self.inputs[2])
 
     def __call__(self, block):
         lo, hi = int(block.column("lo")[0].as_py()), int(block.column("hi")[0].as_py())
-        probes = P.route(np.asarray(self._vectors[lo:hi], np.float32), self._centroids, self._nprobe)
+        vectors = np.asarray(self._vectors[lo:hi], np.float32)
+        _finite(vectors, np.arange(lo, hi), self._where)
+        probes = P.route(vectors, self._centroids, self._nprobe)
         chunk = np.repeat(np.arange(lo, hi, dtype=np.int64), probes.shape[1])
         partition = probes.reshape(-1)
         home = np.tile(np.arange(probes.shape[1]) == 0, hi - lo)
@@ -185,29 +218,26 @@ class RouteStage(_Blocks):
 
 
 @_dc.dataclass
-class SearchStage(_ListsOfK):
+class SearchStage(_Blocks):
     """Block -> for partitions [p_lo, p_hi): each member list searched, exactly, for every chunk routed
-    there; rows (chunk, partition, home, ids, sims) sorted by chunk. inputs: (centroids, route, embeddings,
-    chunks)."""
+    there; rows (chunk, partition, home, ids, sims) sorted by chunk, sims in float64 (the merge orders by
+    them). inputs: (layout, route, embeddings)."""
 
-    progress_unit = "block"
     parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
 
     def setup(self, ctx):
-        self._partitions, self._nprobe = self._settings(ctx)
-        self._k = self._width(ctx)
+        self._partitions, self._nprobe, self._k = self._settings(ctx)
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
 
     def __call__(self, block):
         p_lo, p_hi = int(block.column("p_lo")[0].as_py()), int(block.column("p_hi")[0].as_py())
-        empty = pa.table({"chunk": pa.array([], pa.int64()), "partition": pa.array([], pa.int32()),
-                          "home": pa.array([], pa.bool_()), "ids": pa.array([], pa.list_(pa.int64())), "sims": pa.array([], pa.list_(pa.float64()))})
-        if p_hi <= p_lo:
-            return empty
-        routed = read_range(self._route, "partition", p_lo, p_hi, f"routes of partitions {p_lo}..{p_hi - 1}")
+        routed = (read_range(self._route, "partition", p_lo, p_hi, f"routes of partitions {p_lo}..{p_hi - 1}")
+                  if p_hi > p_lo else None)
         if routed is None:
-            return empty
+            return pa.table({"chunk": pa.array([], pa.int64()), "partition": pa.array([], pa.int32()),
+                             "home": pa.array([], pa.bool_()), "ids": pa.array([], pa.large_list(pa.int64())),
+                             "sims": pa.array([], pa.large_list(pa.float64()))})
         partition = routed.column("partition").to_numpy()
         chunk = routed.column("chunk").to_numpy()
         home = routed.column("home").to_numpy(zero_copy_only=False)
@@ -228,106 +258,117 @@ class SearchStage(_ListsOfK):
             out["ids"].append(ids.reshape(-1))
             out["sims"].append(sims.reshape(-1))
             out["length"].append(np.full(queries.size, ids.shape[1], np.int64))
-        if not out["chunk"]:
-            return empty
-        cols = {key: np.concatenate(value) for key, value in out.items()}
-        length = cols["length"]
+        cols = {key: np.concatenate(value) if value else np.zeros(0) for key, value in out.items()}
+        length = cols["length"].astype(np.int64)
         starts = np.cumsum(length) - length
         order = np.lexsort((cols["partition"], cols["chunk"]))
-        # the flat positions of each row's list, rows in the new order
-        lengths = length[order]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        lengths = length[order]  # each row's list, rows in the new order
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         take = np.repeat(starts[order] - offsets[:-1], lengths) + np.arange(offsets[-1])
-        list_offsets = pa.array(offsets.astype(np.int32))
-        return pa.table({"chunk": cols["chunk"][order], "partition": cols["partition"][order],
-                         "home": cols["home"][order],
-                         "ids": pa.ListArray.from_arrays(list_offsets, pa.array(cols["ids"][take])),
-                         "sims": pa.ListArray.from_arrays(list_offsets, pa.array(cols["sims"][take]))})
+        list_offsets = pa.array(offsets, pa.int64())  # int64: a task's lists may pass 2**31 values
+        return pa.table({"chunk": cols["chunk"][order].astype(np.int64),
+                         "partition": cols["partition"][order].astype(np.int32),
+                         "home": cols["home"][order].astype(bool),
+                         "ids": pa.LargeListArray.from_arrays(list_offsets, pa.array(cols["ids"][take], pa.int64())),
+                         "sims": pa.LargeListArray.from_arrays(list_offsets,
+                                                               pa.array(cols["sims"][take], pa.float64()))})
 
 
 @_dc.dataclass
-class MergeStage(_ListsOfK):
-    """Block -> chunks [lo, hi) with their top-K neighbours merged from their probes' candidates, and
-    their home partition. inputs: (centroids, search, chunks)."""
+class MergeStage(_Blocks):
+    """Block -> chunks [lo, hi) with their top-K neighbours and their home partition, merged one search
+    part at a time into a running top K (memory: the block's chunks x K). inputs: (layout, search)."""
 
-    progress_unit = "block"
     parquet_options = {**CHECKED_PARTS, "compression": "none", "use_dictionary": False, "row_group_size": 1 << 16}
 
     def setup(self, ctx):
-        self._partitions, self._nprobe = self._settings(ctx)
-        self._k = self._width(ctx)
+        self._partitions, self._nprobe, self._k = self._settings(ctx)
         self._search = ctx.input(self.inputs[1])
 
     def __call__(self, block):
         lo, hi = int(block.column("lo")[0].as_py()), int(block.column("hi")[0].as_py())
-        found = read_range(self._search, "chunk", lo, hi, f"candidates of chunks {lo}..{hi - 1}")
-        n = hi - lo
+        n, k = hi - lo, self._k
         home = np.full(n, -1, np.int32)
-        if found is None:
-            ids = np.full((n, self._k), -1, np.int64)
-            sims = np.full((n, self._k), -np.inf, np.float32)
-        else:
+        best_ids = np.full((n, k), -1, np.int64)
+        best_sims = np.full((n, k), -np.inf, np.float64)
+        for path in input_blocks(self._search):
+            found = read_part_range(path, "chunk", lo, hi, f"candidates of chunks {lo}..{hi - 1}")
+            if found is None or found.num_rows == 0:
+                continue
             chunk = found.column("chunk").to_numpy() - lo
-            id_lists, sim_lists = found.column("ids").combine_chunks(), found.column("sims").combine_chunks()
-            counts = np.diff(id_lists.offsets.to_numpy())
-            cand = id_lists.flatten().to_numpy()
-            ids, sims = P.merge(np.repeat(chunk, counts), cand, sim_lists.flatten().to_numpy(), n, self._k)
             is_home = found.column("home").to_numpy(zero_copy_only=False)
             home[chunk[is_home]] = found.column("partition").to_numpy()[is_home]
+            id_lists, sim_lists = found.column("ids").combine_chunks(), found.column("sims").combine_chunks()
+            rows = np.repeat(chunk, np.diff(id_lists.offsets.to_numpy()))
+            # each chunk's running best and this part's candidates, grouped by chunk
+            rows = np.concatenate([np.repeat(np.arange(n), k), rows])
+            ids = np.concatenate([best_ids.reshape(-1), id_lists.flatten().to_numpy()])
+            sims = np.concatenate([best_sims.reshape(-1), sim_lists.flatten().to_numpy()])
+            keep = ids >= 0
+            P.merge_into(rows[keep], ids[keep], sims[keep], best_ids, best_sims)
         if (home < 0).any():
             missing = lo + int(np.flatnonzero(home < 0)[0])
-            raise IndexFileError(f"{self._search}: chunk {missing} has no candidates from its home partition: "
-                                 "the search parts are incomplete (remove the search folder and run again)")
-        k = ids.shape[1]
+            raise IndexFileError(f"{self._search}: chunk {missing} has no row from its home partition: the search "
+                                 "parts are incomplete (remove the search folder and run again)")
         return pa.table({"chunk": np.arange(lo, hi, dtype=np.int64), "home": home,
-                         "ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), k),
-                         "sims": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1)), k)})
+                         "ids": pa.FixedSizeListArray.from_arrays(pa.array(best_ids.reshape(-1)), k),
+                         "sims": pa.FixedSizeListArray.from_arrays(pa.array(best_sims.astype(np.float32).reshape(-1)),
+                                                                   k)})
 
 
 @_dc.dataclass
 class NeighbourListsStage(WholeStage):
     """Merge blocks -> the folder NeighbourLists opens: ids and sims (chunks x K), members by home
     partition and their offsets, the centroids, and neighbours.json (sizes, CRC32s) written last.
-    inputs: (merge, centroids)."""
+    inputs: (merge, layout, centroids)."""
 
     def build(self, ctx):
         import shutil
 
         from ..atomic import atomic_path
         from ..mining.embed_store import _reserve
-        from .framework import block_path, read_done
+        from .framework import block_path
 
         src = ctx.input(self.inputs[0])
-        record = read_done(ctx.input(self.inputs[1]) / "_done.json")["counts"]
-        n, partitions = int(record["chunks"]), int(record["partitions"])
-        parts = [block_path(src, j) for j in range(int(record["blocks"])) if block_path(src, j).exists()]
-        k = pq.read_schema(parts[0]).field("ids").type.list_size if parts else 0
+        layout = _record(ctx, self.inputs[1])
+        n, partitions, k = int(layout["chunks"]), int(layout["partitions"]), int(layout["neighbours"])
         home = np.zeros(n, np.int32)
+        covered = 0
         with atomic_path(ctx.out_dir / P.IDS_FILE) as ids_tmp, atomic_path(ctx.out_dir / P.SIMS_FILE) as sims_tmp:
             ids = np.lib.format.open_memmap(ids_tmp, mode="w+", dtype=np.int64, shape=(n, k))
             sims = np.lib.format.open_memmap(sims_tmp, mode="w+", dtype=np.float32, shape=(n, k))
             _reserve(ids_tmp)
             _reserve(sims_tmp)
-            for part in parts:
-                table = pq.read_table(part)
+            for j in range(int(layout["blocks"])):
+                part = block_path(src, j)
+                if not part.exists():
+                    continue  # a block of no chunks (more blocks than chunks)
+                try:
+                    table = pq.read_table(part, page_checksum_verification=True)
+                except (OSError, pa.ArrowException) as exc:
+                    raise _unreadable(part, f"neighbour lists of block {j}", exc) from None
                 chunk = table.column("chunk").to_numpy()
                 if chunk.size:
                     rows = slice(int(chunk[0]), int(chunk[-1]) + 1)
                     ids[rows] = table.column("ids").combine_chunks().flatten().to_numpy().reshape(-1, k)
                     sims[rows] = table.column("sims").combine_chunks().flatten().to_numpy().reshape(-1, k)
                     home[rows] = table.column("home").to_numpy()
+                    covered += chunk.size
             ids.flush()
             sims.flush()
             del ids, sims
+            if covered != n:
+                raise IndexFileError(f"{src}: the merge parts hold {covered} of {n} chunks: remove the merge folder "
+                                     "and run again")
         members, offsets = P.members_by_partition(home, partitions)
         for name, array in ((P.MEMBERS_FILE, members), (P.OFFSETS_FILE, offsets)):
             with atomic_path(ctx.out_dir / name) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
         with atomic_path(ctx.out_dir / P.CENTROIDS_FILE) as tmp:
-            shutil.copyfile(ctx.input(self.inputs[1]) / P.CENTROIDS_FILE, tmp)
-        info = P.write_info(ctx.out_dir, neighbours=k, partitions=partitions, nprobe=int(record["nprobe"]), chunks=n)
+            shutil.copyfile(ctx.input(self.inputs[2]) / P.CENTROIDS_FILE, tmp)
+        info = P.write_info(ctx.out_dir, neighbours=k, partitions=partitions, nprobe=int(layout["nprobe"]), chunks=n)
         sizes = np.diff(offsets)
-        return {"chunks": n, "neighbours": k, "partitions": partitions, "nprobe": int(record["nprobe"]),
+        return {"chunks": n, "neighbours": k, "partitions": partitions, "nprobe": int(layout["nprobe"]),
                 "partition_size_min": int(sizes.min(initial=0)), "partition_size_max": int(sizes.max(initial=0)),
                 "empty_partitions": int((sizes == 0).sum()), "files": info["files"]}

@@ -157,16 +157,16 @@ def plan_settings(cfg: SynthesisConfig) -> dict:
 
 
 def partitioned_steps(cfg: SynthesisConfig, chunks: str) -> list:
-    """--mining partitioned: centroids -> route -> search -> merge -> neighbour_lists (neighbours.py)."""
+    """--mining partitioned: centroids -> layout -> route -> search -> merge -> neighbour_lists (neighbours.py)."""
     from . import neighbours as N
 
-    width = dict(neighbours=cfg.neighbours, plan=plan_settings(cfg))
-    return [N.CentroidsStage(name="centroids", inputs=("embeddings",), partitions=cfg.partitions, nprobe=cfg.nprobe,
-                             block_rows=cfg.mining_block_rows),
-            N.RouteStage(name="route", inputs=("centroids", "embeddings")),
-            N.SearchStage(name="search", inputs=("centroids", "route", "embeddings", chunks), **width),
-            N.MergeStage(name="merge", inputs=("centroids", "search", chunks), **width),
-            N.NeighbourListsStage(name="neighbour_lists", inputs=("merge", "centroids"))]
+    return [N.CentroidsStage(name="centroids", inputs=("embeddings",), partitions=cfg.partitions),
+            N.LayoutStage(name="layout", inputs=("centroids", chunks), nprobe=cfg.nprobe, neighbours=cfg.neighbours,
+                          plan=plan_settings(cfg), block_rows=cfg.mining_block_rows),
+            N.RouteStage(name="route", inputs=("layout", "centroids", "embeddings")),
+            N.SearchStage(name="search", inputs=("layout", "route", "embeddings")),
+            N.MergeStage(name="merge", inputs=("layout", "search")),
+            N.NeighbourListsStage(name="neighbour_lists", inputs=("merge", "layout", "centroids"))]
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 # which manifest timing each stage's seconds count toward
 _TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph", "dedup": "near_dup_graph",
                  "index_check": "index", "embedder": "embed", "embed": "embed", "embeddings": "embed", "index": "index",
-                 "centroids": "index", "route": "index", "search": "index", "merge": "index", "neighbour_lists": "index",
+                 "centroids": "index", "layout": "index", "route": "index", "search": "index", "merge": "index", "neighbour_lists": "index",
                  "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
 
 
