@@ -30,9 +30,9 @@ ROLE_ANCHOR, ROLE_NEGATIVE = 0, 1
 
 def write_corpus(path: Path, chunks: int, chunk_chars: int = 2048) -> int:
     """Documents from the text files of the Python installs (deduplicated), until ~`chunks` chunks."""
-    import sys
+    import sysconfig
 
-    roots = sorted({p for p in sys.path if p.endswith(("site-packages", "python3.11", "python3.12", "python3.13"))})
+    roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]})
     seen, total = set(), 0
     with open(path, "w") as out:
         for root in roots:

@@ -142,6 +142,10 @@ def test_default_partitioned_run_finds_hard_negatives_and_counts_wide_searches(c
     assert s["documents_built"] > 0
     assert s["anchor_negative_similarity_mean"] > 2 * s["random_chunk_pair_similarity_mean"]
     assert s["mining"]["neighbours"] == 8 and s["mining"]["anchors_searched_again"] > 0  # k = 8 is too few here
+    # outside its home partition a chunk keeps only what reaches its home's K-th similarity
+    layout = json.loads((tmp_path / "p" / "layout" / "_done.json").read_text())["counts"]
+    kept = json.loads((tmp_path / "p" / "search" / "_done.json").read_text())["counts"]["candidates"]
+    assert layout["chunks"] * 8 <= kept < 0.5 * layout["chunks"] * layout["nprobe"] * 8, (kept, layout)
     synthesize(corpus, tmp_path / "p2", mining="partitioned", neighbours=8, **FAST)
     assert folder_bytes(tmp_path / "p" / "data") == folder_bytes(tmp_path / "p2" / "data")
 

@@ -9,8 +9,12 @@ spreads over a cluster like every other stage:
                                enough blocks that no task holds more than TASK_CANDIDATES candidates
                --route-->      (partition, chunk, home) for each chunk's nprobe nearest centroids,
                                each block sorted by partition
+               --home-->       block j searches partitions [p_lo, p_hi) for their own members only: each
+                               chunk's K-th similarity in its home partition (the threshold)
+               --thresholds--> the thresholds gathered, one per chunk (memory-mapped by search)
                --search-->     block j searches partitions [p_lo, p_hi): the members (home rows) against
-                               every chunk routed there; rows (chunk, partition, home, ids, sims) by chunk
+                               every chunk routed there, keeping, outside a chunk's home, only what
+                               reaches its threshold; rows (chunk, partition, home, ids, sims) by chunk
                --merge-->      block j merges the candidates of chunks [lo, hi) into their top K, one
                                search part at a time
                --neighbour_lists--> memory-mapped (chunks x K) arrays, members by partition, centroids
@@ -18,8 +22,9 @@ spreads over a cluster like every other stage:
 
 route -> search and search -> merge are the shuffles: a block reads, from every part of the step before,
 only the row groups whose statistics overlap its range (each part is sorted by the column it is read
-by), so no task reads the whole corpus. What the search -> merge shuffle carries is nprobe x K
-candidates per chunk (docs/scale.md). Parts carry page checksums: a damaged one is named, with its
+by), so no task reads the whole corpus. What the search -> merge shuffle carries is K candidates per
+chunk from its home partition and, from the others, only those at or above the home partition's K-th
+similarity (anything below cannot enter the chunk's top K): a few more than K instead of nprobe x K. Parts carry page checksums: a damaged one is named, with its
 partitions or chunks, and how to recompute it.
 """
 
@@ -36,6 +41,7 @@ from ..errors import IndexFileError
 from ..mining import partitioned as P
 from .framework import MapStage, WholeStage, input_blocks, read_done
 
+THRESHOLDS_FILE = "thresholds.npy"
 BLOCK_ROWS = 1 << 16  # chunks per block at most: the tasks of route and merge
 TASK_CANDIDATES = 1 << 27  # candidates one search task may hold (x 16 bytes: 2 GiB); more blocks otherwise
 CHECKED_PARTS = {"write_page_checksum": True, "write_statistics": True, "compression": "zstd"}
@@ -218,12 +224,10 @@ class RouteStage(_Blocks):
 
 
 @_dc.dataclass
-class SearchStage(_Blocks):
-    """Block -> for partitions [p_lo, p_hi): each member list searched, exactly, for every chunk routed
-    there; rows (chunk, partition, home, ids, sims) sorted by chunk, sims in float64 (the merge orders by
-    them). inputs: (layout, route, embeddings)."""
-
-    parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
+class HomeStage(_Blocks):
+    """Block -> for partitions [p_lo, p_hi): each member's K-th similarity among its own partition's members
+    (-inf when the partition has fewer than K), rows (chunk, threshold) sorted by chunk. No candidate
+    from another partition below it can enter the chunk's top K. inputs: (layout, route, embeddings)."""
 
     def setup(self, ctx):
         self._partitions, self._nprobe, self._k = self._settings(ctx)
@@ -231,47 +235,125 @@ class SearchStage(_Blocks):
         self._vectors = _embeddings(ctx, self.inputs[2])
 
     def __call__(self, block):
-        p_lo, p_hi = int(block.column("p_lo")[0].as_py()), int(block.column("p_hi")[0].as_py())
-        routed = (read_range(self._route, "partition", p_lo, p_hi, f"routes of partitions {p_lo}..{p_hi - 1}")
-                  if p_hi > p_lo else None)
-        if routed is None:
-            return pa.table({"chunk": pa.array([], pa.int64()), "partition": pa.array([], pa.int32()),
-                             "home": pa.array([], pa.bool_()), "ids": pa.array([], pa.large_list(pa.int64())),
-                             "sims": pa.array([], pa.large_list(pa.float64()))})
-        partition = routed.column("partition").to_numpy()
-        chunk = routed.column("chunk").to_numpy()
-        home = routed.column("home").to_numpy(zero_copy_only=False)
-        order = np.lexsort((chunk, partition))
-        partition, chunk, home = partition[order], chunk[order], home[order]
-        bounds = np.searchsorted(partition, np.arange(p_lo, p_hi + 1))
-        out = {"chunk": [], "partition": [], "home": [], "ids": [], "sims": [], "length": []}
-        for p in range(p_lo, p_hi):
-            a, b = bounds[p - p_lo], bounds[p - p_lo + 1]
-            queries, members = chunk[a:b], chunk[a:b][home[a:b]]
-            if queries.size == 0 or members.size == 0:
+        chunks, thresholds = [], []
+        for p, members, _, _ in _routed_partitions(self._route, block):
+            if members.size == 0:
+                continue
+            vectors = np.asarray(self._vectors[members], np.float32)
+            _, sims = P.search_partition(members, vectors, vectors, self._k)
+            chunks.append(members)
+            thresholds.append(sims[:, -1] if sims.shape[1] == self._k else np.full(members.size, -np.inf))
+        chunk = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        order = np.argsort(chunk, kind="stable")
+        return pa.table({"chunk": chunk[order].astype(np.int64),
+                         "threshold": (np.concatenate(thresholds)[order] if chunks else np.zeros(0)).astype(np.float64)})
+
+
+@_dc.dataclass
+class ThresholdsStage(WholeStage):
+    """Home blocks -> thresholds.npy: one float64 per chunk (its home partition's K-th similarity), its
+    CRC32 in the record. inputs: (home, layout)."""
+
+    def build(self, ctx):
+        from ..atomic import atomic_path, file_crc32
+
+        n = int(_record(ctx, self.inputs[1])["chunks"])
+        thresholds = np.full(n, np.nan)
+        for path in input_blocks(ctx.input(self.inputs[0])):
+            try:
+                table = pq.read_table(path, page_checksum_verification=True)
+            except (OSError, pa.ArrowException) as exc:
+                raise _unreadable(path, "home thresholds", exc) from None
+            thresholds[table.column("chunk").to_numpy()] = table.column("threshold").to_numpy()
+        if np.isnan(thresholds).any():
+            raise IndexFileError(f"{ctx.input(self.inputs[0])}: no threshold for chunk "
+                                 f"{int(np.flatnonzero(np.isnan(thresholds))[0])}: remove the home folder and run again")
+        with atomic_path(ctx.out_dir / THRESHOLDS_FILE) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, thresholds)
+        return {"chunks": n, "crc32": file_crc32(ctx.out_dir / THRESHOLDS_FILE)}
+
+
+def _routed_partitions(route_dir, block):
+    """(partition, members, routed chunks, their home flags) for the partitions of a layout block that
+    have routed chunks, from every route part."""
+    p_lo, p_hi = int(block.column("p_lo")[0].as_py()), int(block.column("p_hi")[0].as_py())
+    routed = (read_range(route_dir, "partition", p_lo, p_hi, f"routes of partitions {p_lo}..{p_hi - 1}")
+              if p_hi > p_lo else None)
+    if routed is None:
+        return
+    partition = routed.column("partition").to_numpy()
+    chunk = routed.column("chunk").to_numpy()
+    home = routed.column("home").to_numpy(zero_copy_only=False)
+    order = np.lexsort((chunk, partition))
+    partition, chunk, home = partition[order], chunk[order], home[order]
+    bounds = np.searchsorted(partition, np.arange(p_lo, p_hi + 1))
+    for p in range(p_lo, p_hi):
+        a, b = bounds[p - p_lo], bounds[p - p_lo + 1]
+        if b > a:
+            yield p, chunk[a:b][home[a:b]], chunk[a:b], home[a:b]
+
+
+@_dc.dataclass
+class SearchStage(_Blocks):
+    """Block -> for partitions [p_lo, p_hi): each member list searched, exactly, for every chunk routed
+    there: its top K in its home partition, and elsewhere only candidates at or above its threshold;
+    rows (chunk, partition, home, ids, sims) sorted by chunk, sims in float64 (the merge orders by them).
+    inputs: (layout, route, embeddings, thresholds)."""
+
+    parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
+
+    def setup(self, ctx):
+        from ..atomic import file_crc32
+
+        self._partitions, self._nprobe, self._k = self._settings(ctx)
+        self._route = ctx.input(self.inputs[1])
+        self._vectors = _embeddings(ctx, self.inputs[2])
+        path = ctx.input(self.inputs[3]) / THRESHOLDS_FILE
+        if file_crc32(path) != _record(ctx, self.inputs[3]).get("crc32"):
+            raise IndexFileError(f"{path}: CRC32 does not match the thresholds stage's record: the file is damaged; "
+                                 f"remove {path.parent} and run again")
+        self._thresholds = np.load(path, mmap_mode="r", allow_pickle=False)
+
+    def __call__(self, block):
+        rows = {"chunk": [], "partition": [], "home": [], "count": []}
+        flat_ids, flat_sims = [], []
+        for p, members, queries, home in _routed_partitions(self._route, block):
+            if members.size == 0:
                 continue
             ids, sims = P.search_partition(members, np.asarray(self._vectors[members], np.float32),
                                            np.asarray(self._vectors[queries], np.float32), self._k)
-            out["chunk"].append(queries)
-            out["partition"].append(np.full(queries.size, p, np.int32))
-            out["home"].append(home[a:b])
-            out["ids"].append(ids.reshape(-1))
-            out["sims"].append(sims.reshape(-1))
-            out["length"].append(np.full(queries.size, ids.shape[1], np.int64))
-        cols = {key: np.concatenate(value) if value else np.zeros(0) for key, value in out.items()}
-        length = cols["length"].astype(np.int64)
-        starts = np.cumsum(length) - length
+            # outside its home, a chunk keeps only what reaches its home partition's K-th similarity
+            keep = home[:, None] | (sims >= np.asarray(self._thresholds[queries])[:, None])
+            rows["chunk"].append(queries)
+            rows["partition"].append(np.full(queries.size, p, np.int32))
+            rows["home"].append(home)
+            rows["count"].append(keep.sum(axis=1))
+            flat_ids.append(ids[keep])  # row-major: each row's kept candidates, in order
+            flat_sims.append(sims[keep])
+        if not rows["chunk"]:
+            return pa.table({"chunk": pa.array([], pa.int64()), "partition": pa.array([], pa.int32()),
+                             "home": pa.array([], pa.bool_()), "ids": pa.array([], pa.large_list(pa.int64())),
+                             "sims": pa.array([], pa.large_list(pa.float64()))})
+        cols = {key: np.concatenate(value) for key, value in rows.items()}
+        ids, sims = np.concatenate(flat_ids), np.concatenate(flat_sims)
+        count = cols["count"].astype(np.int64)
+        starts = np.cumsum(count) - count
         order = np.lexsort((cols["partition"], cols["chunk"]))
-        lengths = length[order]  # each row's list, rows in the new order
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        take = np.repeat(starts[order] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        counts = count[order]  # each row's list, rows in the new order
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        take = np.repeat(starts[order] - offsets[:-1], counts) + np.arange(offsets[-1])
         list_offsets = pa.array(offsets, pa.int64())  # int64: a task's lists may pass 2**31 values
         return pa.table({"chunk": cols["chunk"][order].astype(np.int64),
                          "partition": cols["partition"][order].astype(np.int32),
                          "home": cols["home"][order].astype(bool),
-                         "ids": pa.LargeListArray.from_arrays(list_offsets, pa.array(cols["ids"][take], pa.int64())),
-                         "sims": pa.LargeListArray.from_arrays(list_offsets,
-                                                               pa.array(cols["sims"][take], pa.float64()))})
+                         "ids": pa.LargeListArray.from_arrays(list_offsets, pa.array(ids[take], pa.int64())),
+                         "sims": pa.LargeListArray.from_arrays(list_offsets, pa.array(sims[take], pa.float64()))})
+
+    def count(self, output):
+        lists = output.column("ids")
+        values = int(sum(len(chunk.values) for chunk in lists.chunks)) if output.num_rows else 0
+        return {"rows": output.num_rows, "candidates": values}
 
 
 @_dc.dataclass

@@ -157,14 +157,17 @@ def plan_settings(cfg: SynthesisConfig) -> dict:
 
 
 def partitioned_steps(cfg: SynthesisConfig, chunks: str) -> list:
-    """--mining partitioned: centroids -> layout -> route -> search -> merge -> neighbour_lists (neighbours.py)."""
+    """--mining partitioned: centroids -> layout -> route -> home -> thresholds -> search -> merge ->
+    neighbour_lists (neighbours.py)."""
     from . import neighbours as N
 
     return [N.CentroidsStage(name="centroids", inputs=("embeddings",), partitions=cfg.partitions),
             N.LayoutStage(name="layout", inputs=("centroids", chunks), nprobe=cfg.nprobe, neighbours=cfg.neighbours,
                           plan=plan_settings(cfg), block_rows=cfg.mining_block_rows),
             N.RouteStage(name="route", inputs=("layout", "centroids", "embeddings")),
-            N.SearchStage(name="search", inputs=("layout", "route", "embeddings")),
+            N.HomeStage(name="home", inputs=("layout", "route", "embeddings")),
+            N.ThresholdsStage(name="thresholds", inputs=("home", "layout")),
+            N.SearchStage(name="search", inputs=("layout", "route", "embeddings", "thresholds")),
             N.MergeStage(name="merge", inputs=("layout", "search")),
             N.NeighbourListsStage(name="neighbour_lists", inputs=("merge", "layout", "centroids"))]
 
@@ -244,7 +247,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 # which manifest timing each stage's seconds count toward
 _TIMING_GROUP = {"chunk": "chunk", "chunks": "chunk", "neardup": "near_dup_graph", "dedup": "near_dup_graph",
                  "index_check": "index", "embedder": "embed", "embed": "embed", "embeddings": "embed", "index": "index",
-                 "centroids": "index", "layout": "index", "route": "index", "search": "index", "merge": "index", "neighbour_lists": "index",
+                 "centroids": "index", "layout": "index", "route": "index", "home": "index", "thresholds": "index", "search": "index", "merge": "index", "neighbour_lists": "index",
                  "units": "synthesize", "plan": "synthesize", "assemble": "synthesize", "data": "synthesize"}
 
 
