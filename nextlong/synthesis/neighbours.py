@@ -57,6 +57,17 @@ def _record(ctx, name) -> dict:
     return read_done(ctx.input(name) / "_done.json")["counts"]
 
 
+def _checked_array(ctx, name: str, filename: str, **load) -> np.ndarray:
+    """A .npy file an input stage wrote, after its CRC32 matches the one that stage's record holds."""
+    from ..atomic import file_crc32
+
+    path = ctx.input(name) / filename
+    if file_crc32(path) != _record(ctx, name).get("crc32"):
+        raise IndexFileError(f"{path}: CRC32 does not match the {name} stage's record: the file is damaged; "
+                             f"remove {path.parent} and run again")
+    return np.load(path, allow_pickle=False, **load)
+
+
 def _finite(vectors: np.ndarray, chunks: np.ndarray, where) -> None:
     """A NaN or infinite embedding would be routed nowhere: refuse it by name before any search.
     `chunks`: the chunk id of each row."""
@@ -200,14 +211,8 @@ class RouteStage(_Blocks):
     inputs: (layout, centroids, embeddings)."""
 
     def setup(self, ctx):
-        from ..atomic import file_crc32
-
         self._partitions, self._nprobe, _ = self._settings(ctx)
-        path = ctx.input(self.inputs[1]) / P.CENTROIDS_FILE
-        if file_crc32(path) != _record(ctx, self.inputs[1]).get("crc32"):
-            raise IndexFileError(f"{path}: CRC32 does not match the centroids stage's record: the file is damaged; "
-                                 f"remove {path.parent} and run again")
-        self._centroids = np.load(path, allow_pickle=False)
+        self._centroids = _checked_array(ctx, self.inputs[1], P.CENTROIDS_FILE)
         self._where = ctx.input(self.inputs[2])
         self._vectors = _embeddings(ctx, self.inputs[2])
 
@@ -304,16 +309,10 @@ class SearchStage(_Blocks):
     parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
 
     def setup(self, ctx):
-        from ..atomic import file_crc32
-
         self._partitions, self._nprobe, self._k = self._settings(ctx)
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
-        path = ctx.input(self.inputs[3]) / THRESHOLDS_FILE
-        if file_crc32(path) != _record(ctx, self.inputs[3]).get("crc32"):
-            raise IndexFileError(f"{path}: CRC32 does not match the thresholds stage's record: the file is damaged; "
-                                 f"remove {path.parent} and run again")
-        self._thresholds = np.load(path, mmap_mode="r", allow_pickle=False)
+        self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, mmap_mode="r")
 
     def __call__(self, block):
         rows = {"chunk": [], "partition": [], "home": [], "count": []}
