@@ -403,6 +403,36 @@ def map_chain(stages: list, i: int) -> tuple[list, int, int | None]:
     return chain, j, cut
 
 
+def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
+    """Block j through a chain of map stages (contexts in chain order, each set up): a stage whose block j
+    is done is skipped, the next one reads that part from disk; an empty input block maps to an empty
+    block. Returns the last stage's rows for block j. `on_error(exc, ctx)` turns a stage's exception into
+    the one to raise (the Ray executor names the stage and the block); without it, it is raised as is."""
+    import pyarrow.parquet as pq
+
+    table = None  # the previous stage's output block, once read or computed
+    for ctx in contexts:
+        try:
+            if block_done(ctx, j):
+                table = None
+                continue
+            if table is None:
+                path = block_path(ctx.input(ctx.stage.inputs[0]), j)
+                table = pq.read_table(path) if path.exists() else None
+            if table is None or table.num_rows == 0:
+                out = pa.table({})
+                write_block(ctx, j, out, {"rows": 0})
+            else:
+                out = ctx.stage(table)
+                write_block(ctx, j, out, ctx.stage.count(out))
+            table = out
+        except Exception as exc:
+            if on_error is None:
+                raise
+            raise on_error(exc, ctx) from exc
+    return int(read_done(block_record_path(contexts[-1].out_dir, j))["counts"].get("rows", 0))
+
+
 def chain_work(chain: list) -> tuple[dict, list, int]:
     """What is left of a map chain (contexts in chain order): the counts of its stages already done, the
     contexts still to run (each `prepare`d), and how many blocks their input has."""

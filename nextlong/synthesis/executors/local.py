@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from ...corpus.split import DEFAULT_SPLIT_BYTES
-from ..framework import (Executor, Pipeline, StageContext, block_done, block_path, block_record_path, chain_work,
-                    finish_map_stage, read_done, write_block)
+from ..framework import Executor, Pipeline, StageContext, chain_work, finish_map_stage, map_block
 
 
 class LocalExecutor(Executor):
@@ -62,23 +58,7 @@ class LocalExecutor(Executor):
         with ChainProgress([c.stage.name for c in todo], first.progress_unit, input_rows(source, num_blocks), cut,
                            todo[0].progress, first=first) as bar:
             for j in range(num_blocks):
-                table = None  # the previous stage's output block, once read or computed
-                for k, ctx in enumerate(todo):
-                    if block_done(ctx, j):
-                        table = None
-                        continue
-                    if table is None:
-                        prev = ctx.input(ctx.stage.inputs[0])
-                        path = block_path(prev, j)
-                        table = pq.read_table(path) if path.exists() else None
-                    if table is None or table.num_rows == 0:  # an empty input block maps to an empty block
-                        out = pa.table({})
-                        write_block(ctx, j, out, {"rows": 0})
-                    else:
-                        out = ctx.stage(table)
-                        write_block(ctx, j, out, ctx.stage.count(out))
-                    table = out
-                last = int(read_done(block_record_path(todo[-1].out_dir, j))["counts"].get("rows", 0))
+                last = map_block(todo, j)
                 rows += last
                 bar.block_done(j, last)
                 if cut is not None and rows >= cut:

@@ -194,31 +194,11 @@ class _BlockWorker:
 
     def chain_block(self, j: int) -> dict:
         """Block j through the chain of map stages (each reads the previous one's part j)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from ..framework import map_block
 
-        from ..framework import block_done, block_path, block_record_path, read_done, write_block
-
-        table = None
-        for ctx in self.contexts:
-            try:
-                if block_done(ctx, j):
-                    table = None
-                    continue
-                if table is None:
-                    path = block_path(ctx.input(ctx.stage.inputs[0]), j)
-                    table = pq.read_table(path) if path.exists() else None
-                if table is None or table.num_rows == 0:  # an empty input block maps to an empty block
-                    out = pa.table({})
-                    write_block(ctx, j, out, {"rows": 0})
-                else:
-                    out = ctx.stage(table)
-                    write_block(ctx, j, out, ctx.stage.count(out))
-                table = out
-            except Exception as e:
-                raise _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}") from e
-        last = read_done(block_record_path(self.contexts[-1].out_dir, j))
-        return {"block": j, "rows": int(last["counts"].get("rows", 0))}
+        rows = map_block(self.contexts, j,
+                         on_error=lambda e, ctx: _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}"))
+        return {"block": j, "rows": rows}
 
     def __call__(self, batch):
         """Ray Data's face: a batch of block numbers (or corpus split numbers) -> their row counts."""
