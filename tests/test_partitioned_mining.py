@@ -13,7 +13,7 @@ import pytest
 from nextlong.errors import IndexFileError, UsageError
 from nextlong.mining.exact import exact_top_k
 from nextlong.mining.kmeans import spherical_kmeans
-from nextlong.mining.partitioned import (NeighbourLists, default_partitions, merge, recall_at, route,
+from nextlong.mining.partitioned import (NeighbourLists, default_partitions, merge_into, recall_at, route,
                                          self_search)
 from tests.helpers import corpus_head, lexical_vectors, stdlib_source_documents, write_jsonl
 
@@ -66,7 +66,8 @@ def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
 
 
 def test_merge_orders_by_similarity_then_id_and_pads():
-    ids, sims = merge(np.array([0, 0, 0, 1]), np.array([7, 3, 5, 2]), np.array([0.5, 0.9, 0.9, 0.1]), 3, 3)
+    ids, sims = np.zeros((3, 3), np.int64), np.zeros((3, 3))  # overwritten whole, padding included
+    merge_into(np.array([0, 0, 0, 1]), np.array([7, 3, 5, 2]), np.array([0.5, 0.9, 0.9, 0.1]), ids, sims)
     assert ids.tolist() == [[3, 5, 7], [2, -1, -1], [-1, -1, -1]]
     assert sims[0].tolist() == pytest.approx([0.9, 0.9, 0.5]) and np.isinf(sims[1, 1:]).all()
 

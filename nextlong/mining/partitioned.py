@@ -14,7 +14,7 @@ unprobed partition is missed; recall is measured in benchmarks/bench_scale.py.
 
 `NeighbourLists` is what the planner opens: the lists as memory-mapped (chunks x K) arrays, and, for
 an anchor that needs more than K candidates, a partitioned search with a larger k over the same
-partitions (counted: `searched_again`).
+partitions (the planner counts those anchors: `searched_again`).
 """
 
 from __future__ import annotations
@@ -79,16 +79,6 @@ def merge_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np
         segment_top_k(starts, ids[order], sims[order], k, out_ids, out_sims)
     best_ids[...] = out_ids
     best_sims[...] = out_sims
-
-
-def merge(query_rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n_queries: int,
-          k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates (query row, chunk id, float64 sim) -> (n_queries, k) ids and sims (`merge_into`); the
-    sims are returned rounded to float32, the order is the float64 one."""
-    out_ids = np.full((n_queries, k), -1, np.int64)
-    out_sims = np.full((n_queries, k), -np.inf, np.float64)
-    merge_into(query_rows, ids, sims, out_ids, out_sims)
-    return out_ids, out_sims.astype(np.float32)
 
 
 def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
@@ -166,18 +156,17 @@ class NeighbourLists:
         self.members, self.offsets = arrays[MEMBERS_FILE], arrays[OFFSETS_FILE]
         self.centroids = np.asarray(arrays[CENTROIDS_FILE])
         self.vectors = vectors
-        self.searched_again = 0  # searches wider than the lists (each one a partitioned search)
 
     def __len__(self):
         return self.ids.shape[0]
 
-    def rows(self, chunks: np.ndarray) -> "ListRows":
+    def rows(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lists of `chunks`: (ids, sims), each (len(chunks), K)."""
         chunks = np.asarray(chunks, np.int64)
-        return ListRows(self, np.asarray(self.ids[chunks]), np.asarray(self.sims[chunks]))
+        return np.asarray(self.ids[chunks]), np.asarray(self.sims[chunks])
 
     def search(self, queries: np.ndarray, k: int):
         """Top-k over the members of each query's nprobe nearest partitions (the lists' own route)."""
-        self.searched_again += 1
         queries = np.asarray(queries, np.float32)
         probes = route(queries, self.centroids, self.nprobe)
         ids = np.full((len(queries), k), -1, np.int64)
@@ -189,23 +178,6 @@ class NeighbourLists:
             ids[i, :found.sum()] = pool[cols[0][found]]
             sims[i, :found.sum()] = s[0][found]
         return ids, sims
-
-
-class ListRows:
-    """One anchor's neighbour lists as a searcher: answers up to K from the lists, wider from a search."""
-
-    def __init__(self, lists: NeighbourLists, ids: np.ndarray, sims: np.ndarray):
-        self.lists, self.ids, self.sims = lists, ids, sims
-        self.searched_again = False
-
-    def __len__(self):
-        return len(self.lists)
-
-    def search(self, queries: np.ndarray, k: int):
-        if k <= self.ids.shape[1]:
-            return self.ids[:, :k], self.sims[:, :k]
-        self.searched_again = True
-        return self.lists.search(queries, k)
 
 
 def open_array(path: Path, shape: tuple, dtype, recorded: dict | None, verify: bool) -> np.ndarray:

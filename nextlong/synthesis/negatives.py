@@ -69,24 +69,28 @@ class ExactSearcher:
 
 
 class PrefetchedRows:
-    """One anchor's rows of a search made for many anchors at once, as a searcher.
+    """One anchor's rows of a search made beforehand, as a searcher: a request up to their width is
+    answered from them, a wider one (an anchor whose candidates ran out) goes to `wider`, and
+    `searched_again` says whether that happened.
 
-    Planning asks for one anchor's few meta-chunks at a time; searching a block's anchors together
-    runs one (256 x corpus) product per 256 queries instead of a thin product per anchor (1.4-1.9x
-    per anchor at 20k-60k chunks, docs/scale.md; exact search stays O(corpus) per query). A request
-    wider than the prefetched one (an anchor whose candidates ran out) goes to the exact searcher:
-    ExactSearcher's results do not depend on batching, so the answer is the same either way."""
+    Two sources: a batched exact search of a block's anchors (one (256 x corpus) product per 256
+    queries instead of a thin product per anchor: 1.4-1.9x per anchor at 20k-60k chunks, docs/scale.md;
+    ExactSearcher's results do not depend on batching, so the answer is the same either way), and the
+    neighbour lists of `--mining partitioned` (mining/partitioned.py), whose wider search probes the
+    same partitions."""
 
-    def __init__(self, exact: ExactSearcher, ids: np.ndarray, sims: np.ndarray):
-        self.exact, self.ids, self.sims = exact, ids, sims
+    def __init__(self, wider, ids: np.ndarray, sims: np.ndarray):
+        self.wider, self.ids, self.sims = wider, ids, sims
+        self.searched_again = False
 
     def __len__(self):
-        return len(self.exact)
+        return len(self.wider)
 
     def search(self, queries: np.ndarray, k: int):
         if k <= self.ids.shape[1]:
             return self.ids[:, :k], self.sims[:, :k]
-        return self.exact.search(queries, k)
+        self.searched_again = True
+        return self.wider.search(queries, k)
 
 
 class IndexSearcher:

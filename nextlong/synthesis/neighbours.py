@@ -200,9 +200,9 @@ class _Blocks(MapStage):
     parquet_options = {**CHECKED_PARTS, "row_group_size": 4096}
     progress_unit = "block"
 
-    def _settings(self, ctx):
-        record = _record(ctx, self.inputs[0])
-        return record["partitions"], record["nprobe"], record["neighbours"]
+    def _layout(self, ctx) -> dict:
+        """The layout stage's record: partitions, nprobe, neighbours (K), chunks, blocks."""
+        return _record(ctx, self.inputs[0])
 
 
 @_dc.dataclass
@@ -211,7 +211,7 @@ class RouteStage(_Blocks):
     inputs: (layout, centroids, embeddings)."""
 
     def setup(self, ctx):
-        self._partitions, self._nprobe, _ = self._settings(ctx)
+        self._nprobe = self._layout(ctx)["nprobe"]
         self._centroids = _checked_array(ctx, self.inputs[1], P.CENTROIDS_FILE)
         self._where = ctx.input(self.inputs[2])
         self._vectors = _embeddings(ctx, self.inputs[2])
@@ -235,7 +235,7 @@ class HomeStage(_Blocks):
     from another partition below it can enter the chunk's top K. inputs: (layout, route, embeddings)."""
 
     def setup(self, ctx):
-        self._partitions, self._nprobe, self._k = self._settings(ctx)
+        self._k = self._layout(ctx)["neighbours"]
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
 
@@ -309,7 +309,7 @@ class SearchStage(_Blocks):
     parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
 
     def setup(self, ctx):
-        self._partitions, self._nprobe, self._k = self._settings(ctx)
+        self._k = self._layout(ctx)["neighbours"]
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
         self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, mmap_mode="r")
@@ -363,7 +363,7 @@ class MergeStage(_Blocks):
     parquet_options = {**CHECKED_PARTS, "compression": "none", "use_dictionary": False, "row_group_size": 1 << 16}
 
     def setup(self, ctx):
-        self._partitions, self._nprobe, self._k = self._settings(ctx)
+        self._k = self._layout(ctx)["neighbours"]
         self._search = ctx.input(self.inputs[1])
 
     def __call__(self, block):

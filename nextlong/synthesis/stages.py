@@ -75,7 +75,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
     anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads
     (`batch_exact=False`: one search per anchor, the reference the batched plan must equal)."""
     from ..mining.partitioned import NeighbourLists
-    from .negatives import ExactSearcher, negatives_per_meta_chunk
+    from .negatives import ExactSearcher, PrefetchedRows, negatives_per_meta_chunk
 
     def k_of(d):
         return negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]),
@@ -94,7 +94,8 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                                     chunk_vectors=chunk_vectors, target_length=target_length, sep_len=sep_len,
                                     rule=negatives, max_candidates=max_candidates, threads=search_threads)
         own = store.doc_chunks(d)
-        view = searcher.rows(own) if isinstance(searcher, NeighbourLists) else views.get(d, searcher)
+        lists = isinstance(searcher, NeighbourLists)
+        view = PrefetchedRows(searcher, *searcher.rows(own)) if lists else views.get(d, searcher)
         res = plan_anchor(store, view, d, target_length=target_length, sep_len=sep_len,
                           rule=negatives, k_fixed=k_of(d), anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
@@ -104,7 +105,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                      "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
                      "negative_sims": res.negative_sims, "near_dup_rejected": res.near_dup_rejected,
                      "already_long": res.already_long,
-                     "searched_again": getattr(view, "searched_again", None)})
+                     "searched_again": view.searched_again if lists else None})
         done += res.ok
     return _plan_table(rows)
 
