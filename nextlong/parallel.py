@@ -58,6 +58,20 @@ def split_for_rank(batch: dict, rank: int, parts: int) -> dict:
                 labels=labels)
 
 
+def assemble_rows(part: torch.Tensor, start: int, length: int, group) -> torch.Tensor:
+    """Whole rows from the columns each rank of `group` holds: `part` (B, n) is columns [start, start + n)
+    of rows `length` long (columns past the end are dropped); every rank gets the (B, length) rows.
+    Not differentiable: for scores and masks, which every rank then reads whole."""
+    import torch.distributed as dist
+
+    rows = part.new_zeros((part.shape[0], length))
+    stop = min(length, start + part.shape[1])
+    if stop > start:
+        rows[:, start:stop] = part[:, :stop - start]
+    dist.all_reduce(rows, group=group)  # each column is non-zero on one rank only: the sum is exact
+    return rows
+
+
 class _AllToAll(torch.autograd.Function):
     """Split `x` into `world` pieces along `scatter_dim`, send piece i to rank i, and join what arrives along
     `gather_dim` in rank order. Its gradient is the same exchange with the two dimensions swapped."""
@@ -118,4 +132,4 @@ def ulysses_attention(q, k, v, cu_seqlens, *, group=None, causal: bool = True, s
     return _AllToAll.apply(out.reshape(shape), group, token_dim, head_dim)  # this rank's tokens, all heads
 
 
-__all__ = ["ulysses_attention", "sequence_parallel", "current_group", "split_for_rank"]
+__all__ = ["ulysses_attention", "sequence_parallel", "current_group", "split_for_rank", "assemble_rows"]

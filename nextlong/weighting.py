@@ -126,7 +126,7 @@ def long_context_logprobs(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def short_context_logprobs(model, input_ids: torch.Tensor, window: int, *, stride: int = 1,
-                           batch_size: int = 64) -> torch.Tensor:
+                           batch_size: int = 64, targets: tuple[int, int] | None = None) -> torch.Tensor:
     """``log p(x_t | x_{t-window}..x_{t-1})``: each token sees only its last ``window`` tokens.
 
     Tokens with ``t <= window`` have their whole prefix anyway and come from one forward pass over
@@ -137,30 +137,39 @@ def short_context_logprobs(model, input_ids: torch.Tensor, window: int, *, strid
     and ``window + stride - 1`` tokens) at ``(window + stride) / stride`` model tokens per token
     instead of ``window + 1``. Windows restart positions at 0, as for a model that only saw the
     window; equal-length windows are stacked without padding and run ``batch_size`` at a time.
+
+    ``targets=(start, stop)`` scores only the targets ``start <= t < stop`` (the rest stay 0) with
+    the windows the whole row would use, so the ranks of a sequence-parallel group can each score
+    their own slice and together give the whole row's values.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
     if window < 1 or stride < 1:
         raise ValueError(f"window and stride must be >= 1, got window={window}, stride={stride}")
     b, t = input_ids.shape
+    lo, hi = (1, t) if targets is None else (max(1, int(targets[0])), min(t, int(targets[1])))
     out = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
-    head = min(t, window + 1)
-    if head > 1:
-        out[:, :head] = _target_logprobs(model, input_ids[:, :head])
-    n_targets = t - head
-    if n_targets <= 0:
+    if lo >= hi:
         return out
-    full, rest = divmod(n_targets, stride)
+    head = min(t, window + 1)
+    if lo < head:
+        out[:, lo:min(hi, head)] = _target_logprobs(model, input_ids[:, :head])[:, lo:min(hi, head)]
+    full, rest = divmod(t - head, stride)
     span = window + stride
-    if full:
-        # window j covers tokens 1 + j*stride .. window + (j+1)*stride; its last `stride` are targets
-        wins = input_ids[:, 1:1 + full * stride + window].unfold(1, span, stride)
+    # blocks j0 .. j1 - 1 hold the wanted targets; block j's window covers tokens 1 + j*stride ..
+    # window + (j+1)*stride, and its last `stride` tokens are targets head + j*stride ..
+    j0 = max(0, (lo - head) // stride)
+    j1 = min(full, max(0, -(-(hi - head) // stride)))
+    if j1 > j0:
+        wins = input_ids[:, 1 + j0 * stride:1 + j1 * stride + window].unfold(1, span, stride)
         flat = wins.reshape(-1, span)
         scored = torch.empty((flat.shape[0], stride), dtype=torch.float32, device=input_ids.device)
         for start in range(0, flat.shape[0], batch_size):
             scored[start:start + batch_size] = _target_logprobs(model, flat[start:start + batch_size])[:, -stride:]
-        out[:, head:head + full * stride] = scored.reshape(b, full * stride)
-    if rest:
-        t0 = head + full * stride
-        out[:, t0:] = _target_logprobs(model, input_ids[:, t0 - window:])[:, -rest:]
+        first = head + j0 * stride
+        a, z = max(lo, first), min(hi, head + j1 * stride)
+        out[:, a:z] = scored.reshape(b, (j1 - j0) * stride)[:, a - first:z - first]
+    t0 = head + full * stride
+    if rest and hi > t0:
+        out[:, max(lo, t0):hi] = _target_logprobs(model, input_ids[:, t0 - window:])[:, -rest:][:, max(lo, t0) - t0:hi - t0]
     return out

@@ -99,7 +99,6 @@ def test_heads_that_do_not_split_are_refused(monkeypatch):
 @pytest.mark.parametrize("extra,message", [
     ([], "the 1 process(es) do not split into groups of 2"),
     (["--attention", "sdpa"], "it runs our attention (--attention nextlong), not sdpa"),
-    (["--token-weighting", "longce"], "--token-weighting is not supported with it yet"),
     (["--seq-len", "255"], "--seq-len 255 does not split into 2 equal slices"),
 ])
 def test_train_refuses_what_sequence_parallelism_cannot_run(tmp_path, capsys, extra, message):

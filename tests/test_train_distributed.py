@@ -89,6 +89,27 @@ def test_sequence_parallel_gives_the_single_process_loss_curve(gqa_model, tmp_pa
         assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
 
 
+@pytest.mark.parametrize("nproc,sp,scheme", [(2, 2, "longce"), (4, 2, "dense"), (4, 4, "sparse")])
+def test_sequence_parallel_token_weighting_gives_the_single_process_loss_curve(gqa_model, tmp_path, nproc, sp,
+                                                                               scheme):
+    """Each rank scores its own targets (the short pass in 16-token blocks after a 64-token window, so blocks
+    and the head pass straddle the slice boundaries) and the group assembles whole rows: dense weights need
+    each row's mean, sparse its ranking; world 4 with sp 2 adds data parallelism."""
+    data = synthesized("nextlong")
+    weighting = dict(token_weighting=scheme, short_stride=16)
+    reference = tmp_path / "single"
+    train(data, reference, model=str(gqa_model), steps=STEPS, seq_len=SAMPLE_LEN, batch_tokens=4 * SAMPLE_LEN,
+          attention_spans="document", progress=False, num_threads=1, **weighting)
+    run = tmp_path / "sp"
+    _torchrun(data, run, "--model", str(gqa_model), "--seq-parallel", str(sp), "--token-weighting", scheme,
+              "--short-stride", "16", nproc=nproc)
+    got, want = metrics(run), metrics(reference)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for a, b in zip(got, want):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
+        assert a["loss_tokens"] == b["loss_tokens"]
+
+
 def test_sequence_parallel_resumes_exactly(tmp_path):
     data = synthesized("nextlong")
     whole, cut = tmp_path / "whole", tmp_path / "cut"

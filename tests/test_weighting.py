@@ -99,3 +99,24 @@ def test_short_and_long_logprobs_match_direct_computation():
                                long_context_logprobs(model, ids), **tol)
     with pytest.raises(ValueError, match="window"):
         short_context_logprobs(model, ids, 0)
+
+
+def test_short_logprobs_of_a_target_range_are_the_whole_rows_values():
+    """A sequence-parallel rank scores only its slice of targets; every cut of the row into ranges
+    (through the head pass, inside and across stride blocks, into the remainder) gives the whole
+    row's values there and 0 elsewhere, and the ranges add up to the whole row."""
+    model = tiny_llama()
+    ids = torch.randint(0, 61, (2, 23), generator=torch.Generator().manual_seed(3))
+    for window, stride in ((4, 3), (4, 1), (6, 5), (30, 4)):
+        whole = direct_logprobs(model, ids, window, stride=stride)
+        for cuts in ((0, 12, 23), (0, 5, 9, 16, 23), (0, 1, 2, 22, 24), (0, 7, 8, 23)):
+            total = torch.zeros_like(whole)
+            for lo, hi in zip(cuts, cuts[1:]):
+                got = short_context_logprobs(model, ids, window, stride=stride, batch_size=2, targets=(lo, hi))
+                inside = torch.zeros(ids.shape[1], dtype=torch.bool)
+                inside[lo:hi] = True
+                assert (got[:, ~inside] == 0).all()
+                torch.testing.assert_close(got[:, inside], whole[:, inside], rtol=1e-4, atol=1e-4)
+                total += got
+            torch.testing.assert_close(total, whole, rtol=1e-4, atol=1e-4)
+    assert (short_context_logprobs(model, ids, 4, targets=(30, 40)) == 0).all()

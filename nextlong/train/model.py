@@ -174,12 +174,16 @@ class LossModel(torch.nn.Module):
         hidden = self.hidden_states(batch)
         if weights is not None:
             return self.token_losses(hidden, batch["labels"], "sum", weights)
-        ce = self.token_losses(hidden, batch["input_ids"], "none")
-        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=ce.device)
+        targets = batch["input_ids"]
+        if batch["labels"].shape[1] == targets.shape[1] + 1:  # a sequence-parallel slice: its last position
+            targets = batch["labels"].clamp_min(0)             # predicts the next slice's first token
+        ce = self.token_losses(hidden, targets, "none")
+        out = torch.zeros(targets.shape, dtype=torch.float32, device=ce.device)
         out[:, 1:] = -ce.float().reshape(out.shape[0], -1)
         return out
 
     def target_logprobs(self, batch: dict) -> torch.Tensor:
-        """log p(x_t | its span's prefix) in nextlong.weighting's layout: (B, S) fp32, column 0 = 0."""
+        """log p(x_t | its span's prefix) in nextlong.weighting's layout: (B, S) fp32, column 0 = 0; for a
+        sequence-parallel slice, aligned with its labels (B, S/N + 1), where masked targets hold garbage."""
         with torch.no_grad():
             return self(batch)

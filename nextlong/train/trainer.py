@@ -234,7 +234,6 @@ class Trainer:
             return
         problems = [
             (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
-            (cfg.token_weighting != "none", "--token-weighting is not supported with it yet"),
             (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
             (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
                               f"torchrun --nproc-per-node a multiple of {sp}"),
@@ -350,17 +349,54 @@ class Trainer:
 
     def token_weights(self, batch: dict) -> torch.Tensor:
         """Per-token loss weights aligned with labels (0 where the label is ignored)."""
+        mask = batch["labels"] != -100
+        if self.cfg.token_weighting == "none":
+            return mask.float()
+        if self.sp > 1:
+            return self._sequence_parallel_weights(batch)
+        with self._autocast():
+            long = self._long_logprobs(batch)
+            short = self._short_logprobs(batch["input_ids"])
+        return self._weights_from_scores(long, short, mask)
+
+    def _sequence_parallel_weights(self, batch: dict) -> torch.Tensor:
+        """token_weights of this rank's slice, equal to the single-process weights: the rank scores its own
+        targets (global tokens a+1 .. a+n; the long pass under Ulysses, the short pass on the windows the whole
+        row would use, 1/N of the scorer's work), the group assembles whole rows of scores (dense and sparse
+        weights depend on whole rows), and each rank keeps its slice."""
+        from ..parallel import assemble_rows
+
+        ids, labels = batch["input_ids"], batch["labels"]
+        n = ids.shape[1]
+        a, total = self.sp_rank * n, n * self.sp
+        rows = lambda part, start: assemble_rows(part, start, total, self.sp_group)  # noqa: E731
+        whole_ids = rows(ids, a)
+        with self._autocast():
+            with self._sequence_parallel():
+                long = rows(self._long_logprobs(batch)[:, 1:], a + 1)
+            short = self._short_logprobs(whole_ids, targets=(a + 1, a + n + 1))
+        short = rows(short[:, a + 1:a + n + 1], a + 1)
+        mask = rows(labels[:, :n], a) != -100  # local label column j is global column a + j
+        w = self._weights_from_scores(long, short, mask)
+        local = torch.zeros(labels.shape, dtype=w.dtype, device=w.device)
+        mine = w[:, a + 1:a + n + 1]  # the last rank's last column (past the row's end) stays 0
+        local[:, 1:1 + mine.shape[1]] = mine
+        return local
+
+    def _long_logprobs(self, batch: dict) -> torch.Tensor:
+        return self.loss_model.target_logprobs(batch) if not self.cfg.fsdp else self.wrapped.target_logprobs(batch)
+
+    def _short_logprobs(self, input_ids: torch.Tensor, targets=None) -> torch.Tensor:
+        from ..weighting import short_context_logprobs
+
+        window = max(1, min(self.cfg.short_window, self.seq_len // 4))
+        return short_context_logprobs(self.scorer or self.lm, input_ids, window, stride=self.cfg.short_stride,
+                                      targets=targets)
+
+    def _weights_from_scores(self, long: torch.Tensor, short: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from .. import weighting as W
 
         cfg = self.cfg
-        mask = batch["labels"] != -100
-        if cfg.token_weighting == "none":
-            return mask.float()
-        with self._autocast():
-            long = self.loss_model.target_logprobs(batch) if not cfg.fsdp else self.wrapped.target_logprobs(batch)
-            window = max(1, min(cfg.short_window, self.seq_len // 4))
-            short = W.short_context_logprobs(self.scorer or self.lm, batch["input_ids"], window,
-                                             stride=cfg.short_stride)
         if cfg.token_weighting == "longce":
             return W.longce_weights(long, short, mask, gamma=cfg.longce_gamma)
         scores = W.token_scores(long, short, absolute=True)
