@@ -112,3 +112,99 @@ def test_the_log_sum_exp_is_the_same_from_both_backends():
     assert lse.shape == ref_lse.shape == (27, 4) and not lse.requires_grad
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lq,lk,causal,window,scale", CASES)
+def test_forward_and_backward_halves_follow_flash_attn_semantics(lq, lk, causal, window, scale):
+    """The halves ring wrappers call (flash-attn's private `_flash_attn_varlen_forward/_backward`):
+    the backward runs on the saved out and lse and gives autograd's gradients through the loop."""
+    from nextlong.kernels import flash_attn_varlen_backward, flash_attn_varlen_forward
+
+    q, k, v, cu_q, cu_k = data(lq, lk)
+    out, lse = flash_attn_varlen_forward(q, k, v, cu_q, cu_k, max(lq), max(lk), softmax_scale=scale, causal=causal,
+                                         window_size=window)
+    assert not out.requires_grad and lse.shape == (q.shape[1], q.shape[0])
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    dq, dk, dv = flash_attn_varlen_backward(g, q.detach(), k.detach(), v.detach(), out, lse, cu_q, cu_k, max(lq),
+                                            max(lk), softmax_scale=scale, causal=causal, window_size=window)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+    scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    want, _ = loop_reference(q64, k64, v64, cu_q.tolist(), cu_k.tolist(), causal, scale, window)
+    torch.testing.assert_close(out.double(), want.detach(), atol=1e-5, rtol=1e-5)
+    for got, exp in zip((dq, dk, dv), torch.autograd.grad((want * g.double()).sum(), (q64, k64, v64))):
+        torch.testing.assert_close(got.double(), exp, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backward_from_a_merged_log_sum_exp_is_the_whole_gradient(backend):
+    """Ring attention in one process: keys in two blocks, each block's forward on its own, the partial results
+    merged by their lse, then each block's backward given the *merged* out and lse. The summed dq and the
+    blocks' dk, dv equal the gradients of attention over all keys (the lse really is read: a stale one fails)."""
+    from nextlong.kernels.attention import attention_backward
+
+    from nextlong.kernels import flash_attn_varlen_backward, flash_attn_varlen_forward
+
+    q, k, v, cu, _ = data([24], [24], dim=16, seed=3)
+    q, k, v = (x.detach() for x in (q, k, v))
+    cu_q, cu_first, cu_second = (torch.tensor([0, n], dtype=torch.int32) for n in (12, 12, 12))
+    qs = q[12:]  # the second half's queries see the first half's keys (not causal) and their own (causal)
+    o1, l1 = flash_attn_varlen_forward(qs, k[:12], v[:12], cu_q, cu_first, causal=False)
+    o2, l2 = flash_attn_varlen_forward(qs, k[12:], v[12:], cu_q, cu_second, causal=True)
+    lse = torch.logaddexp(l1, l2)
+    out = o1 * torch.exp(l1 - lse).t()[..., None] + o2 * torch.exp(l2 - lse).t()[..., None]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    if backend == "torch":
+        dq1, dk1, dv1 = flash_attn_varlen_backward(g, qs, k[:12], v[:12], out, lse, cu_q, cu_first, causal=False)
+        dq2, dk2, dv2 = flash_attn_varlen_backward(g, qs, k[12:], v[12:], out, lse, cu_q, cu_second, causal=True)
+    else:  # the Triton kernels (interpreter, fp32) through the same entry point the varlen halves use
+        dq1, dk1, dv1 = attention_backward(g, qs, k[:12], v[:12], out, lse.t(), cu_seqlens=cu_q, causal=False,
+                                           backend="triton")
+        dq2, dk2, dv2 = attention_backward(g, qs, k[12:], v[12:], out, lse.t(), cu_seqlens=cu_q, causal=True,
+                                           backend="triton")
+    leaves = [x.clone().requires_grad_() for x in (qs, k, v)]
+    scale = 1 / math.sqrt(q.shape[-1])
+    want, _ = loop_reference(*leaves, [0, 12], [0, 24], True, scale, (-1, -1))
+    rq, rk, rv = torch.autograd.grad((want * g).sum(), leaves)
+    torch.testing.assert_close(out, want.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dq1 + dq2, rq, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([dk1, dk2]), rk, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([dv1, dv2]), rv, atol=1e-5, rtol=1e-5)
+    stale = flash_attn_varlen_backward(g, qs, k[12:], v[12:], out, l2, cu_q, cu_second, causal=True)[0]
+    assert not torch.allclose(dq1 + stale, rq, atol=1e-3)
+
+
+@pytest.mark.parametrize("front", [(9, 2), (3, 2), (1, 7)])
+def test_backward_from_a_merged_log_sum_exp_with_unequal_lengths(front):
+    """As above with two sequences (6 and 10 queries over 14 and 16 keys), each sequence's keys cut into a
+    front block every query sees (not causal) and a back block (causal, bottom-right aligned): the cuts give
+    blocks shorter than their queries (the exact PyTorch path) and longer (the padded kernel path). The
+    backward must use the merged lse, not the block's own softmax."""
+    from nextlong.kernels import flash_attn_varlen_backward, flash_attn_varlen_forward
+
+    lq, lk = [6, 10], [14, 16]
+    q, k, v, cu_q, cu_k = data(lq, lk, seed=5)
+    q, k, v = (x.detach() for x in (q, k, v))
+    cut = lambda lengths: torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)  # noqa
+    f = list(front)
+    back = [n - m for n, m in zip(lk, f)]
+    first = torch.cat([torch.arange(c, c + m) for c, m in zip(cu_k[:-1].tolist(), f)])
+    second = torch.cat([torch.arange(c + m, c + n) for c, m, n in zip(cu_k[:-1].tolist(), f, lk)])
+    blocks = [(first, cut(f), False), (second, cut(back), True)]
+    halves = [flash_attn_varlen_forward(q, k[idx], v[idx], cu_q, cu, causal=causal) for idx, cu, causal in blocks]
+    (o1, l1), (o2, l2) = halves
+    lse = torch.logaddexp(l1, l2)
+    w1, w2 = (torch.exp(l - lse).nan_to_num(0.0).t()[..., None] for l in (l1, l2))
+    out = o1 * w1 + o2 * w2
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+    dq = torch.zeros_like(q)
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    for idx, cu, causal in blocks:
+        bq, bk, bv = flash_attn_varlen_backward(g, q, k[idx], v[idx], out, lse, cu_q, cu, causal=causal)
+        dq += bq
+        dk[idx], dv[idx] = bk, bv
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    want, _ = loop_reference(*leaves, cu_q.tolist(), cu_k.tolist(), True, 1 / math.sqrt(q.shape[-1]), (-1, -1))
+    torch.testing.assert_close(out, want.detach(), atol=1e-5, rtol=1e-5)
+    for got, exp in zip((dq, dk, dv), torch.autograd.grad((want * g).sum(), leaves)):
+        torch.testing.assert_close(got, exp, atol=1e-5, rtol=1e-5)

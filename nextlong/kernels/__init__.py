@@ -15,6 +15,8 @@ _LAZY = {
     "flash_attention": "attention",
     "cu_seqlens_from_lengths": "attention",
     "flash_attn_varlen_func": "varlen",
+    "flash_attn_varlen_forward": "varlen",
+    "flash_attn_varlen_backward": "varlen",
 }
 
 __all__ = sorted(_LAZY)

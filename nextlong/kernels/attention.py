@@ -166,6 +166,31 @@ def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=N
     return out, lse
 
 
+def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softmax_scale=None, window=None,
+                       backend="auto"):
+    """(dq, dk, dv) of `attention_with_lse` from its saved `out` and `lse` (packed layout, natural-log lse
+    (total, H) as it returns it), without running the forward again: for ring-style wrappers, which merge
+    partial results themselves and call each block's backward with the merged out and lse. A query row
+    whose `do` is 0 contributes nothing, whatever its lse (+inf is allowed there)."""
+    q, k, v = autocast_inputs(q, k, v)
+    _check(q, k, v, cu_seqlens)
+    if cu_seqlens is None:
+        raise ValueError("attention_backward: give cu_seqlens (the packed layout)")
+    left, right = _normalise_window(window, causal)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    q, k, v, out, do = (_last_dim_contiguous(x) for x in (q, k, v, out.to(q.dtype), do.to(q.dtype)))
+    lse = lse.float()
+    if backend == "triton":
+        from ._attn_triton import triton_attention_backward
+
+        return triton_attention_backward(do, q, k, v, out, (lse / math.log(2.0)).t().contiguous(), cu_seqlens,
+                                         bool(causal), left, right, scale, None)
+    return _ref.torch_attention_backward(do, q, k, v, out, lse.contiguous(), cu_seqlens, bool(causal), left, right,
+                                         scale)
+
+
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     """`cu_seqlens` (int32) for documents of the given lengths packed back to back."""
     lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
@@ -174,4 +199,4 @@ def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     return out
 
 
-__all__ = ["flash_attention", "attention_with_lse", "cu_seqlens_from_lengths"]
+__all__ = ["flash_attention", "attention_with_lse", "attention_backward", "cu_seqlens_from_lengths"]

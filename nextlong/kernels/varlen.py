@@ -18,6 +18,11 @@ all) takes a PyTorch path that builds each sequence's mask: exact, not fast. Com
 
 Not supported (an error names the argument): dropout_p > 0, softcap, alibi_slopes, block_table
 (paged KV cache). `deterministic` is accepted: our backward is deterministic either way.
+
+Ring attention merges partial results itself, so it needs the two halves apart, as flash-attn's private
+`_flash_attn_varlen_forward` / `_flash_attn_varlen_backward` give them: `flash_attn_varlen_forward` returns
+(out, softmax_lse) and records no graph; `flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, ...)`
+returns (dq, dk, dv) from the saved out and lse without running the forward again (dk, dv in the kv heads).
 """
 
 from __future__ import annotations
@@ -26,7 +31,23 @@ import math
 
 import torch
 
-from .attention import attention_with_lse
+from .attention import attention_backward, attention_with_lse
+
+
+def _supported(name, dropout_p, softcap, alibi_slopes, block_table, window_size):
+    """The window as attention_with_lse takes it, after refusing what our kernels do not do."""
+    if dropout_p:
+        raise ValueError(f"{name}: dropout_p={dropout_p} is not supported (attention dropout is off in "
+                         "long-context training); pass 0.0")
+    for arg, value in (("softcap", softcap), ("alibi_slopes", alibi_slopes), ("block_table", block_table)):
+        if value is not None and (torch.is_tensor(value) or value != 0.0):
+            raise NotImplementedError(f"{name}: {arg} is not supported by nextlong's kernels")
+    left, right = (int(w) for w in window_size)
+    return None if left < 0 and right < 0 else (left, right)
+
+
+def _same(cu_q, cu_k) -> bool:
+    return cu_q is cu_k or torch.equal(cu_q, cu_k)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
@@ -34,15 +55,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's `flash_attn_varlen_func` (see the module docstring for what is supported)."""
     del max_seqlen_q, max_seqlen_k, deterministic
-    if dropout_p:
-        raise ValueError(f"flash_attn_varlen_func: dropout_p={dropout_p} is not supported (attention dropout is "
-                         "off in long-context training); pass 0.0")
-    for name, value in (("softcap", softcap), ("alibi_slopes", alibi_slopes), ("block_table", block_table)):
-        if value is not None and (torch.is_tensor(value) or value != 0.0):
-            raise NotImplementedError(f"flash_attn_varlen_func: {name} is not supported by nextlong's kernels")
-    left, right = (int(w) for w in window_size)
-    window = None if left < 0 and right < 0 else (left, right)
-    if cu_seqlens_q is cu_seqlens_k or torch.equal(cu_seqlens_q, cu_seqlens_k):
+    window = _supported("flash_attn_varlen_func", dropout_p, softcap, alibi_slopes, block_table, window_size)
+    if _same(cu_seqlens_q, cu_seqlens_k) or torch.equal(cu_seqlens_q, cu_seqlens_k):
         out, lse = attention_with_lse(q, k, v, causal=causal, cu_seqlens=cu_seqlens_q, softmax_scale=softmax_scale,
                                       window=window)
     else:
@@ -50,32 +64,74 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
     return (out, lse.t().contiguous(), None) if return_attn_probs else out
 
 
-def _unequal(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
+@torch.no_grad()
+def flash_attn_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                              dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                              alibi_slopes=None, block_table=None):
+    """(out, softmax_lse (H, total_q) fp32): the forward half of `flash_attn_varlen_func`, no graph recorded."""
+    out, lse, _ = flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                         softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                                         softcap=softcap, alibi_slopes=alibi_slopes, return_attn_probs=True,
+                                         block_table=block_table)
+    return out, lse
+
+
+def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
+                               max_seqlen_k=None, dropout_p=0.0, softmax_scale=None, causal=False,
+                               window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False):
+    """(dq, dk, dv) of `flash_attn_varlen_func` given its out and softmax_lse (H, total_q), which may come from
+    a merge of several blocks (ring attention): the kernel's backward runs on them directly."""
+    del max_seqlen_q, max_seqlen_k, deterministic
+    window = _supported("flash_attn_varlen_backward", dropout_p, softcap, alibi_slopes, None, window_size)
+    lse = softmax_lse.t()
+    if _same(cu_seqlens_q, cu_seqlens_k):
+        return attention_backward(dout, q, k, v, out, lse, cu_seqlens=cu_seqlens_q, causal=causal,
+                                  softmax_scale=softmax_scale, window=window)
+    rows = _query_rows(q, cu_seqlens_q, cu_seqlens_k)
+    if rows is None:  # some lq > lk: the exact PyTorch path
+        return _reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale,
+                                   window)
+    # the padded layout _unequal ran: pad rows have dout 0 and lse +inf, so they add nothing to dk, dv
+    pad = lambda x, fill: x.new_full((k.shape[0], *x.shape[1:]), fill).index_copy(0, rows, x)  # noqa: E731
+    dq, dk, dv = attention_backward(pad(dout, 0), pad(q, 0), k, v, pad(out, 0), pad(lse.float(), float("inf")),
+                                    cu_seqlens=cu_seqlens_k, causal=causal, softmax_scale=softmax_scale,
+                                    window=window)
+    return dq[rows], dk, dv
+
+
+def _query_rows(q, cu_q, cu_k):
+    """Where each query row sits in the key layout (query sequence i at the end of key sequence i), or None
+    when some query sequence is longer than its keys."""
     if cu_q.numel() != cu_k.numel():
         raise ValueError(f"flash_attn_varlen_func: cu_seqlens_q has {cu_q.numel() - 1} sequences, cu_seqlens_k "
                          f"{cu_k.numel() - 1}")
     lq, lk = (cu[1:] - cu[:-1] for cu in (cu_q.long(), cu_k.long()))
-    if bool((lq <= lk).all()):
-        # self-attention on the key layout: sequence i's queries are the last lq[i] rows of its lk[i]
-        seq = torch.repeat_interleave(torch.arange(lq.numel(), device=q.device), lq)
-        rows = cu_k.long()[seq] + (lk - lq)[seq] + (torch.arange(q.shape[0], device=q.device) - cu_q.long()[seq])
-        padded = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy(0, rows, q)
-        out, lse = attention_with_lse(padded, k, v, causal=causal, cu_seqlens=cu_k, softmax_scale=softmax_scale,
-                                      window=window)
-        return out[rows], lse[rows]
-    return _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window)
+    if not bool((lq <= lk).all()):
+        return None
+    seq = torch.repeat_interleave(torch.arange(lq.numel(), device=q.device), lq)
+    return cu_k.long()[seq] + (lk - lq)[seq] + (torch.arange(q.shape[0], device=q.device) - cu_q.long()[seq])
 
 
-def _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
-    """Per sequence, the explicit bottom-right-aligned mask; rows that see no key give 0 (and lse -inf)."""
+def _unequal(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
+    rows = _query_rows(q, cu_q, cu_k)
+    if rows is None:
+        return _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window)
+    # self-attention on the key layout: sequence i's queries are the last lq[i] rows of its lk[i]
+    padded = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy(0, rows, q)
+    out, lse = attention_with_lse(padded, k, v, causal=causal, cu_seqlens=cu_k, softmax_scale=softmax_scale,
+                                  window=window)
+    return out[rows], lse[rows]
+
+
+def _reference_scores(q, k, cu_q, cu_k, causal, softmax_scale, window):
+    """Per sequence: (query rows, key rows, masked scores (H, lq, lk) fp32) with the explicit
+    bottom-right-aligned mask; k is repeated up to q's heads."""
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     left, right = window if window is not None else (-1, -1)
     group = q.shape[1] // k.shape[1]
-    outs, lses = [], []
     for a, b, c, d in zip(cu_q.tolist(), cu_q.tolist()[1:], cu_k.tolist(), cu_k.tolist()[1:]):
-        qs, ks, vs = q[a:b].float(), k[c:d].float(), v[c:d].float()
-        ks, vs = (x.repeat_interleave(group, dim=1) for x in (ks, vs))
-        s = torch.einsum("ihd,jhd->hij", qs, ks) * scale
+        ks = k[c:d].float().repeat_interleave(group, dim=1)
+        s = torch.einsum("ihd,jhd->hij", q[a:b].float(), ks) * scale
         i = torch.arange(b - a, device=q.device)[:, None] + (d - c) - (b - a)  # aligned query positions
         j = torch.arange(d - c, device=q.device)[None, :]
         allowed = torch.ones_like(s[0], dtype=torch.bool)
@@ -85,12 +141,41 @@ def _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
             allowed &= i - j <= left
         if right >= 0 and not causal:
             allowed &= j - i <= right
-        s = s.masked_fill(~allowed, float("-inf"))
+        yield slice(a, b), slice(c, d), s.masked_fill(~allowed, float("-inf"))
+
+
+def _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
+    """Per sequence, the explicit mask; rows that see no key give 0 (and lse -inf). Differentiable."""
+    group = q.shape[1] // k.shape[1]
+    outs, lses = [], []
+    for _, keys, s in _reference_scores(q, k, cu_q, cu_k, causal, softmax_scale, window):
         lse = torch.logsumexp(s, dim=-1)  # (H, lq)
         p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-        outs.append(torch.einsum("hij,jhd->ihd", p, vs).to(q.dtype))
+        outs.append(torch.einsum("hij,jhd->ihd", p, v[keys].float().repeat_interleave(group, dim=1)).to(q.dtype))
         lses.append(lse.t())
     return torch.cat(outs), torch.cat(lses)
 
 
-__all__ = ["flash_attn_varlen_func"]
+def _reference_backward(dout, q, k, v, out, lse, cu_q, cu_k, causal, softmax_scale, window):
+    """(dq, dk, dv) from the given out and lse (T_q, H), which may be a ring's merge of several blocks: the
+    probabilities are exp(s - lse), not this block's own softmax."""
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    kv_heads, group = k.shape[1], q.shape[1] // k.shape[1]
+    dq = torch.zeros_like(q, dtype=torch.float32)
+    dk = torch.zeros_like(k, dtype=torch.float32)
+    dv = torch.zeros_like(v, dtype=torch.float32)
+    for rows, keys, s in _reference_scores(q, k, cu_q, cu_k, causal, softmax_scale, window):
+        p = torch.exp(s - lse[rows].float().t()[..., None]).nan_to_num(0.0)  # (H, lq, lk)
+        do, o = dout[rows].float(), out[rows].float()
+        vs = v[keys].float().repeat_interleave(group, dim=1)
+        ks = k[keys].float().repeat_interleave(group, dim=1)
+        dp = torch.einsum("ihd,jhd->hij", do, vs)
+        ds = p * (dp - (do * o).sum(-1).t()[..., None]) * scale
+        dq[rows] = torch.einsum("hij,jhd->ihd", ds, ks)
+        lk = keys.stop - keys.start
+        dk[keys] = torch.einsum("hij,ihd->jhd", ds, q[rows].float()).reshape(lk, kv_heads, group, -1).sum(2)
+        dv[keys] = torch.einsum("hij,ihd->jhd", p, do).reshape(lk, kv_heads, group, -1).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+__all__ = ["flash_attn_varlen_func", "flash_attn_varlen_forward", "flash_attn_varlen_backward"]
