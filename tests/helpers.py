@@ -263,3 +263,12 @@ def split_pre_tokenizer(pattern: str) -> dict:
     return {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a test's own process group or Ray head)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -27,7 +27,7 @@ from nextlong.synthesis.executors import ray as executor_ray  # noqa: E402
 from nextlong.synthesis.executors.ray import RayClusterError, RayExecutor  # noqa: E402
 from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage,  # noqa: E402
                                       block_path, block_record_path, input_blocks, read_done)
-from tests.helpers import corpus_head, write_jsonl  # noqa: E402
+from tests.helpers import corpus_head, free_port, write_jsonl  # noqa: E402
 
 L = 2048
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, shard_size=8, progress=False)
@@ -208,12 +208,6 @@ def test_stage_error_names_stage_and_block_and_leaves_no_record(ray_session, cor
 
 
 # --- connection and cluster checks --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 def test_address_where_nothing_listens_fails_fast():

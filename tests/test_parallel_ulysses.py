@@ -6,18 +6,13 @@ repeated, a sliding window, and our flash_attn_varlen_func or any function of it
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 
+from tests.helpers import free_port
+
 LENGTHS = [5, 20, 3, 20]  # 48 tokens: boundaries fall inside and across the 24- or 12-token slices
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, kv_heads, window, attn_name, rows=1):

@@ -34,7 +34,7 @@ import types
 import pytest
 import torch
 
-from tests.test_parallel_ulysses import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
