@@ -32,3 +32,53 @@ def cuda_median_seconds_and_peak_mib(step, repeats: int) -> tuple[float, float]:
         times.append(start.elapsed_time(end) / 1000)
     peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     return sorted(times)[len(times) // 2], peak
+
+
+# ---- one JSON object per measured GPU row (docs/benchmarks/gpu-runs.jsonl) ----------------------
+
+GPU_ROW_FIELDS = ("lease", "date", "device", "torch", "triton", "op", "pass", "impl", "seq", "docs", "n", "h", "v",
+                  "head_dim", "kv_heads", "weights", "dtype", "ms", "peak_mib", "tflops")
+GPU_OPS = ("cross_entropy", "attention", "prefill", "train_step")
+
+
+def gpu_row(op: str, pass_: str, impl: str, *, ms, peak_mib=None, tflops=None, **shape) -> dict:
+    """A measured row with every field of GPU_ROW_FIELDS (absent shape fields null), stamped with the lease
+    (NEXTLONG_LEASE, set by gpu_lease.sh), the date, the device and the versions. ms is None when the
+    implementation ran out of memory."""
+    import datetime
+    import os
+
+    if op not in GPU_OPS:
+        raise ValueError(f"op must be one of {GPU_OPS}, got {op!r}")
+    unknown = set(shape) - set(GPU_ROW_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown row fields {sorted(unknown)}")
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    row = dict.fromkeys(GPU_ROW_FIELDS)
+    row.update(lease=os.environ.get("NEXTLONG_LEASE"), date=datetime.date.today().isoformat(), device=device,
+               torch=torch.__version__, triton=triton_version, op=op, impl=impl, ms=ms, peak_mib=peak_mib,
+               tflops=tflops, **shape)
+    row["pass"] = pass_
+    if isinstance(row["dtype"], torch.dtype):
+        row["dtype"] = str(row["dtype"]).removeprefix("torch.")
+    return row
+
+
+def record_gpu_row(op: str, pass_: str, impl: str, **fields) -> dict:
+    """`gpu_row`, appended as one line to the file NEXTLONG_GPU_RUNS names (nothing is written when it is
+    unset, so the tables run anywhere)."""
+    import json
+    import os
+
+    row = gpu_row(op, pass_, impl, **fields)
+    path = os.environ.get("NEXTLONG_GPU_RUNS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, allow_nan=False) + "\n")
+    return row

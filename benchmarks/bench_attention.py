@@ -61,9 +61,9 @@ import torch
 import torch.nn.functional as F
 
 try:  # benchmarks/ on sys.path (script, pytest on this file, the GPU lease) ...
-    from _measure import cuda_median_seconds_and_peak_mib, rss_kib
+    from _measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
 except ModuleNotFoundError:  # ... or imported as benchmarks.bench_attention from the repository root
-    from benchmarks._measure import cuda_median_seconds_and_peak_mib, rss_kib
+    from benchmarks._measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
 
 from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
 
@@ -71,6 +71,7 @@ H100_BF16_DENSE_TFLOPS = 989.0
 GPU_SEQLENS = (8192, 16384, 32768, 65536, 131072)
 GPU_FWD_ONLY_SEQLENS = (524288,)
 GPU_HEADS, GPU_DIM = 16, 128
+KV_HEADS = None  # key/value heads of every case (None: as many as the query heads; 4 with 16 heads is GQA 4:1)
 CPU_SHAPES = ((2048, 8, 64), (4096, 8, 64), (8192, 8, 64), (4096, 8, 128))  # (S, H, D)
 MASKS = ("causal", "docs")
 ROUNDS = 7
@@ -117,14 +118,15 @@ def _sdpa_dense_mask(q, k, v, lengths, cu):
                                   torch.tensor(lengths, device=q.device))
     pos = torch.arange(q.shape[0], device=q.device)
     mask = (doc[:, None] == doc[None, :]) & (pos[None, :] <= pos[:, None])
-    out = F.scaled_dot_product_attention(_heads_first(q), _heads_first(k), _heads_first(v), attn_mask=mask)
+    out = F.scaled_dot_product_attention(_heads_first(q), _heads_first(k), _heads_first(v), attn_mask=mask,
+                                         **_gqa(q, k))
     return out[0].transpose(0, 1)
 
 
 def _sdpa_split(q, k, v, lengths, cu):
     """SDPA with is_causal once per document (it takes no document mask): torch.split views, one cat."""
     parts = [_heads_first(x).split(lengths, dim=2) for x in (q, k, v)]
-    outs = [F.scaled_dot_product_attention(a, b, c, is_causal=True) for a, b, c in zip(*parts)]
+    outs = [F.scaled_dot_product_attention(a, b, c, is_causal=True, **_gqa(q, k)) for a, b, c in zip(*parts)]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out[0].transpose(0, 1)
 
@@ -200,7 +202,7 @@ def _flex(q, k, v, lengths, cu, compiled=True):
     fn = _flex_state["compiled"] if compiled else flex_attention
     if not torch.is_grad_enabled():  # on CPU it refuses inputs that require grad, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
-    out = fn(_heads_first(q), _heads_first(k), _heads_first(v), block_mask=_flex_state["mask"])
+    out = fn(_heads_first(q), _heads_first(k), _heads_first(v), block_mask=_flex_state["mask"], **_gqa(q, k))
     return out[0].transpose(0, 1)
 
 
@@ -213,7 +215,7 @@ def _varlen():
 
     def run(q, k, v, lengths, cu):
         m = max(lengths)
-        return varlen_attn(q, k, v, cu, cu, m, m, **causal)
+        return varlen_attn(q, k, v, cu, cu, m, m, **causal, **_gqa(q, k))
 
     return run
 
@@ -277,9 +279,16 @@ def ratio(a: Result, b: Result, cpu: bool = False) -> float:
 
 
 def _inputs(total, heads, dim, device, dtype, seed=0):
+    """q (T, H, D) and k, v (T, KV_HEADS or H, D), seeded, requiring grad."""
     g = torch.Generator(device=device).manual_seed(seed)
-    return [torch.randn(total, heads, dim, device=device, dtype=dtype, generator=g).requires_grad_()
-            for _ in range(3)]
+    kv = KV_HEADS or heads
+    return [torch.randn(total, h, dim, device=device, dtype=dtype, generator=g).requires_grad_()
+            for h in (heads, kv, kv)]
+
+
+def _gqa(q, k) -> dict:
+    """enable_gqa=True for the PyTorch peers when k has fewer heads than q (flash-attn and ours take it as is)."""
+    return {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
 
 
 def _step(fn, q, k, v, lengths, cu, backward):
@@ -456,7 +465,17 @@ def test_cpu_fallback_vs_peers(benchmark, impl, shape, backward):
     _bench(benchmark, result, fn, *shape, backward, "cpu", torch.float32)
 
 
-def check_peers_agree_with_nextlong():
+def check_peers_agree_with_nextlong(kv_heads=None):
+    """`_check_peers` with KV_HEADS = kv_heads (4 query heads over kv_heads: GQA), restored after."""
+    global KV_HEADS
+    saved, KV_HEADS = KV_HEADS, kv_heads
+    try:
+        _check_peers(4 if kv_heads else 2)
+    finally:
+        KV_HEADS = saved
+
+
+def _check_peers(heads):
     """Every peer that runs on this machine gives our output and gradients (fp32 on CPU, 3 documents in
     457 tokens; FlexAttention uncompiled, forward only), and the block mask built from the lengths is
     the one create_block_mask evaluates from the mask function. tests/test_benchmark_peers.py runs it
@@ -467,7 +486,7 @@ def check_peers_agree_with_nextlong():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lengths = [300, 57, 100]  # blocks of 128: full, partial and empty key blocks, a partial last block
-    total, heads, dim = sum(lengths), 2, 64
+    total, dim = sum(lengths), 64
     cu = cu_seqlens_from_lengths(lengths, device=device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -523,6 +542,14 @@ def test_gpu_attention(benchmark, impl, mask, backward, total):
 
 # ---- table with ratios (script mode) -----------------------------------------------------------
 
+def _record(name, label, total, heads, dim, lengths, result, tflops=None):
+    """One row of docs/benchmarks/gpu-runs.jsonl (the SDPA flash loop is impl "sdpa")."""
+    record_gpu_row("attention", label, {"sdpa_flash": "sdpa"}.get(name, name), seq=total, docs=len(lengths), h=heads,
+                   head_dim=dim, kv_heads=KV_HEADS or heads, dtype="bfloat16",
+                   ms=None if result is None else 1000 * result.seconds,
+                   peak_mib=None if result is None else result.peak_mib, tflops=tflops)
+
+
 def _table(kind):
     if kind == "gpu" and not torch.cuda.is_available():
         print("gpu: skipped, CUDA not available")
@@ -568,8 +595,12 @@ def _table(kind):
         for name, r in rows.items():
             if isinstance(r, str):
                 print(f"{head} {'':>5} {name:>16}  {r}")
+                if kind == "gpu" and r == "out of memory":
+                    _record(name, label, total, heads, dim, document_lengths(total, mask), None)
                 continue
             tflops = attention_flops(r.lengths, heads, dim, backward) / r.seconds / 1e12
+            if kind == "gpu":
+                _record(name, label, total, heads, dim, r.lengths, r, tflops)
             ratios = ""
             for peer in peers:
                 ref = rows.get(peer)

@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _measure import cuda_median_seconds_and_peak_mib, rss_kib
+from _measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
 
 from nextlong.kernels.losses import fused_linear_cross_entropy
 
@@ -56,6 +56,18 @@ def _nextlong(h, w, y):
     return fused_linear_cross_entropy(h, w, y)
 
 
+def _nextlong_fp32acc(h, w, y):
+    """dW summed in an fp32 accumulator (the default with bf16 weights sums it in place, as Liger does)."""
+    return fused_linear_cross_entropy(h, w, y, accumulate_fp32=True)
+
+
+def _nextlong_weighted(h, w, y):
+    """Per-token weights (LongCE-style, in [0, 5)): the same kernels with one more O(N) vector."""
+    g = torch.Generator(device=h.device).manual_seed(1)
+    tw = 5 * torch.rand(y.shape, device=h.device, generator=g)
+    return fused_linear_cross_entropy(h, w, y, token_weights=tw)
+
+
 def _nextlong_triton(h, w, y):
     """Our Triton kernels forced (on CUDA, training takes the chunked cuBLAS path by default)."""
     return fused_linear_cross_entropy(h, w, y, backend="triton")
@@ -76,7 +88,8 @@ def _cce():
 
 def implementation(name):
     """The callable for ``name``, or a skip reason string when its package is missing."""
-    table = {"nextlong": lambda: _nextlong, "nextlong_triton": lambda: _nextlong_triton,
+    table = {"nextlong": lambda: _nextlong, "nextlong_fp32acc": lambda: _nextlong_fp32acc,
+             "nextlong_weighted": lambda: _nextlong_weighted, "nextlong_triton": lambda: _nextlong_triton,
              "eager": lambda: _eager, "compile": lambda: _compile,
              "liger": _liger, "cce": _cce}
     try:
@@ -148,7 +161,8 @@ def matmul_fraction_of_peak(n, h, v, seconds):
 # ---- pytest-benchmark entries -------------------------------------------------------------
 
 CPU_IMPLS = ("nextlong", "eager", "compile")
-GPU_IMPLS = ("nextlong", "nextlong_triton", "eager", "compile", "liger", "cce")
+GPU_IMPLS = ("nextlong", "nextlong_fp32acc", "nextlong_weighted", "nextlong_triton", "eager", "compile", "liger",
+             "cce")
 
 
 def _run(benchmark, measure, fn, n, h, v, device, dtype):
@@ -189,7 +203,44 @@ def test_gpu_fused_linear_ce(benchmark, impl, n, v):
         pytest.skip(f"{impl} out of memory at N={n} V={v}")
 
 
+# ---- accuracy of dW summed in place (16-bit) or in fp32 -------------------------------------
+
+def weight_grad_errors(n, h, v, device="cpu", chunk=None, seed=0) -> dict:
+    """max |dW - fp64 dW| of the chunked path with bf16 inputs, dW summed in place in bf16 (the default for
+    bf16 weights) and in an fp32 accumulator, both relative to max |dW|; and, for scale, the error of
+    rounding the exact dW to bf16 once. Same bf16 inputs for all, the reference in fp64 on the device."""
+    hidden, weight, labels = _inputs(n, h, v, device, torch.bfloat16, seed=seed)
+    h64, w64 = (t.detach().double().requires_grad_() for t in (hidden, weight))
+    exact = torch.autograd.grad(F.cross_entropy(F.linear(h64, w64), labels), w64)[0]
+    del h64, w64
+    scale = exact.abs().max().item()
+    out = {"chunks": -(-n // (chunk or _chunk(n, v, device))), "max_abs_dw": scale,
+           "bf16_rounding": (exact.bfloat16().double() - exact).abs().max().item() / scale}
+    for name, fp32 in (("in_place_bf16", False), ("fp32_accumulator", True)):
+        x, w = hidden.detach(), weight.detach().requires_grad_()
+        loss = fused_linear_cross_entropy(x, w, labels, chunk_size=chunk, accumulate_fp32=fp32)
+        grad = torch.autograd.grad(loss, w)[0]
+        out[name] = (grad.double() - exact).abs().max().item() / scale
+        del grad
+    return out
+
+
+def _chunk(n, v, device):
+    from nextlong.kernels._ce_reference import default_chunk
+
+    return default_chunk(n, v, device == "cuda")
+
+
 # ---- table with ratios (script mode) ------------------------------------------------------
+
+def _record(name, n, h, v, seconds, mib):
+    """One row of docs/benchmarks/gpu-runs.jsonl; the weighted run is impl "nextlong" with weights true,
+    the fp32-accumulation one keeps its own impl name, "nextlong_fp32acc"."""
+    impl = "nextlong" if name == "nextlong_weighted" else name
+    record_gpu_row("cross_entropy", "fwd+bwd", impl, n=n, h=h, v=v, weights=name == "nextlong_weighted",
+                   dtype="bfloat16", ms=None if seconds is None else 1000 * seconds, peak_mib=mib,
+                   tflops=None if seconds is None else 6.0 * n * h * v / seconds / 1e12)
+
 
 def _table(kind):
     if kind == "gpu" and not torch.cuda.is_available():
@@ -221,6 +272,8 @@ def _table(kind):
                 rows.pop(name, None)
                 torch.cuda.empty_cache()
                 print(f"{n:>7} {h:>5} {v:>7} {name:>15}  out of memory")
+                if kind == "gpu":
+                    _record(name, n, h, v, None, None)
         peer_t = rows.get("liger", rows.get("eager"))
         peer_m = rows.get("cce", rows.get("eager"))
         for name, (sec, mib, cpu) in rows.items():
@@ -234,10 +287,25 @@ def _table(kind):
             cms = f"{1000 * cpu:8.1f}" if cpu is not None else "       -"
             d = " ".join(f"{x:.1e}" for x in diffs[name]) if name in diffs else "-"
             print(f"{n:>7} {h:>5} {v:>7} {name:>15} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}  {d}")
+            if kind == "gpu":
+                _record(name, n, h, v, sec, mib)
     print("t/peer: time relative to liger (eager when liger is absent; CPU time on CPU); "
           "mem/peer: peak relative to cce (eager when cce is absent)")
 
 
+def print_weight_grad_errors(shapes, device) -> None:
+    for n, h, v, chunk in shapes:
+        e = weight_grad_errors(n, h, v, device, chunk)
+        print(f"N={n} H={h} V={v} chunks={e['chunks']} ({device}, bf16): max|dW - fp64| / max|dW|: in place "
+              f"{e['in_place_bf16']:.2e}, fp32 accumulator {e['fp32_accumulator']:.2e}; one bf16 rounding of "
+              f"the exact dW {e['bf16_rounding']:.2e}")
+
+
 if __name__ == "__main__":
     for kind in sys.argv[1:] or ["cpu", "gpu"]:
-        _table(kind)
+        if kind == "accuracy-cpu":
+            torch.set_num_threads(2)
+            print_weight_grad_errors([(16384, 256, 8192, 1024), (16384, 256, 8192, 256), (65536, 256, 8192, 1024)],
+                                     "cpu")
+        else:
+            _table(kind)

@@ -104,6 +104,18 @@ def run_cpu() -> list[dict]:
     return rows
 
 
+def _record(impl, length, seconds, peak):
+    """One row of docs/benchmarks/gpu-runs.jsonl: a whole-model prefill of one document (h: the model's
+    hidden size, v: its vocabulary)."""
+    from _measure import record_gpu_row
+
+    shape = GPU_SHAPE
+    record_gpu_row("prefill", "fwd", impl, seq=length, docs=1, h=shape["hidden_size"], v=shape["vocab_size"],
+                   head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+                   kv_heads=shape["num_key_value_heads"], dtype="bfloat16",
+                   ms=None if seconds is None else 1000 * seconds, peak_mib=peak)
+
+
 def run_gpu() -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("gpu: CUDA is not available")
@@ -119,7 +131,9 @@ def run_gpu() -> list[dict]:
             except torch.cuda.OutOfMemoryError:
                 rows.append({"device": torch.cuda.get_device_name(), "impl": impl, "tokens": length, "oom": True})
                 torch.cuda.empty_cache()
+                _record(impl, length, None, None)
                 continue
+            _record(impl, length, seconds, peak)
             row = {"device": torch.cuda.get_device_name(), "impl": impl, "tokens": length,
                    "seconds": seconds, "tokens_per_s": length / seconds, "peak_mib": peak}
             if impl != "sdpa" and "sdpa" in logits:

@@ -237,6 +237,8 @@ def measure_one(config: str, seq: int, doc: int, vocab: int, preset: str, steps:
         cfg = lm.config
         attn = 6 * cfg.num_hidden_layers * cfg.hidden_size * sum(min(doc, seq - s) ** 2 for s in range(0, seq, doc))
         out["mfu"] = (6 * n_params * seq + attn) / median / (H100_BF16_DENSE_TFLOPS * 1e12)
+        out["tflops"] = (6 * n_params * seq + attn) / median / 1e12
+        out["hidden"] = cfg.hidden_size
     return out
 
 
@@ -298,6 +300,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _record(row: dict, seq: int, doc: int, vocab: int) -> None:
+    """One row of docs/benchmarks/gpu-runs.jsonl: impl is the stack's configuration name (attention + loss);
+    a failed run (out of memory among others) has ms null."""
+    try:
+        from _measure import record_gpu_row
+    except ModuleNotFoundError:
+        from benchmarks._measure import record_gpu_row
+
+    ok = "error" not in row
+    record_gpu_row("train_step", "fwd+bwd", row["config"], seq=seq, docs=-(-seq // doc), v=vocab,
+                   h=row.get("hidden"), dtype="bfloat16", ms=1000 * row["median_step_s"] if ok else None,
+                   peak_mib=row.get("peak_mib"), tflops=row.get("tflops"))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "one":
@@ -330,6 +346,8 @@ def main(argv=None) -> int:
         for config in configs:
             rows.append(run_isolated(config, seq, doc, a.vocab, preset, a.steps, a.threads))
             print(json.dumps(rows[-1]), file=sys.stderr)
+            if gpu:
+                _record(rows[-1], seq, doc, a.vocab)
     print(f"load after: {os.getloadavg()}", file=sys.stderr)
     print(table(rows))
     return 0

@@ -7,7 +7,7 @@
 # (CAP_CE, CAP_TRAIN, CAP_TRAIN_LONG, CAP_ATTN, CAP_FLEX, CAP_EVAL, CAP_TILES) to fit.
 #
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
-# Sections: ce train attention eval tiles (default: all, in that order); `attention` runs the
+# Sections: ce train attention eval tiles (default: all, in that order; also ce-64k, ce-accuracy); `attention` runs the
 # subsections attention-peers and attention-flex, each also a section of its own; `flex` is
 # attention-flex.
 #
@@ -28,6 +28,11 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
+# Every measured row also goes to $OUT/gpu-runs.jsonl (benchmarks/_measure.record_gpu_row), stamped with this
+# lease's id; after the lease: python3 benchmarks/gpu_runs.py append gpu-out/gpu-runs.jsonl
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | awk '{print tolower($NF)}')
+export NEXTLONG_LEASE=${NEXTLONG_LEASE:-$(date -u +%Y-%m-%dT%H%MZ)-${GPU_NAME:-gpu}}
+export NEXTLONG_GPU_RUNS="$OUT/gpu-runs.jsonl"
 SITE=/tmp/nextlong-site
 rm -rf "$SITE" && mkdir -p "$SITE"
 cp -r nextlong "$SITE/nextlong" && rm -f "$SITE"/nextlong/*.so
@@ -47,10 +52,21 @@ section() {  # section NAME SECONDS COMMAND...
 
 run() {
   case $1 in
+    # Fused CE at 16K and 64K tokens (H 4096, V 128K): ours (dW summed in place in bf16, the default for bf16
+    # weights; with an fp32 accumulator; with per-token weights), our Triton kernels, and the peers; then the
+    # accuracy of the two dW sums against fp64.
     ce) section ce "${CAP_CE:-100}" python3 -c "
 import bench_cross_entropy as b
 b.GPU_TOKENS = (16384,); b.GPU_VOCABS = (131072,)
 b._table('gpu')" ;;
+    ce-64k) section ce-64k "${CAP_CE_LONG:-90}" python3 -c "
+import bench_cross_entropy as b
+b.GPU_TOKENS = (65536,); b.GPU_VOCABS = (131072,)
+b.GPU_IMPLS = ('nextlong', 'nextlong_fp32acc', 'nextlong_weighted', 'liger', 'cce', 'compile')
+b._table('gpu')" ;;
+    ce-accuracy) section ce-accuracy "${CAP_CE_ACC:-60}" python3 -c "
+import bench_cross_entropy as b
+b.print_weight_grad_errors([(16384, 4096, 32768, None), (65536, 4096, 32768, None)], 'cuda')" ;;
     # Every configuration at 16K (the dense-mask ones run out of memory at 64K), then ours against the
     # fair peer stacks (varlen + Liger, FlexAttention + Liger, flash-attn + Liger) at 64K.
     train)
@@ -58,16 +74,19 @@ b._table('gpu')" ;;
       section train-64k "${CAP_TRAIN_LONG:-120}" python3 bench_train.py gpu --seq 65536 --steps 5 \
         --configs nextlong+fused,varlen+liger,flex+liger,flash-attn-varlen+liger ;;
     attention) run attention-peers; run attention-flex ;;
+    # Issue 28's shapes: 16 query heads over 4 kv heads (GQA 4:1), head dim 128 then 64.
     attention-peers) section attention-peers "${CAP_ATTN:-150}" python3 -c "
 import bench_attention as b
-b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (262144,)
+b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (262144,); b.KV_HEADS = 4
 b.GPU_IMPLS = ('nextlong', 'varlen', 'flash_attn', 'sdpa_flash')
-b._table('gpu')" ;;
+for b.GPU_DIM in (128, 64):
+    b._table('gpu')" ;;
     attention-flex|flex) section attention-flex "${CAP_FLEX:-180}" python3 -c "
 import bench_attention as b
-b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (); b.MASKS = ('docs',)
+b.GPU_SEQLENS = (16384, 65536); b.GPU_FWD_ONLY_SEQLENS = (); b.MASKS = ('docs',); b.KV_HEADS = 4
 b.GPU_IMPLS = ('nextlong', 'flex', 'varlen')
-b._table('gpu')" ;;
+for b.GPU_DIM in (128, 64):
+    b._table('gpu')" ;;
     eval) section eval "${CAP_EVAL:-120}" python3 -c "
 import bench_eval as b
 b.GPU_LENGTHS = (32768, 131072)

@@ -1,6 +1,7 @@
 """Fused linear / logits cross-entropy against PyTorch eager on materialised logits.
 
-Both backends: "torch" (chunked fallback) and "triton" (CPU interpreter without a GPU, fp32).
+The fused-linear backends: "torch" (chunked fallback), "triton" (fused kernels) and "chunked" (chunks with
+the Triton logit kernels), the last two in the CPU interpreter without a GPU, fp32.
 Shapes are deliberately not multiples of the block sizes (interpreter blocks: 16 tokens, 32
 vocabulary entries, 16 hidden units) and the vocabulary spans several blocks.
 Tolerances (fp32): loss rtol 1e-5 / atol 1e-6; gradients rtol 1e-4 / atol 1e-5.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from nextlong.kernels.losses import cross_entropy, fused_linear_cross_entropy
 
 N, H, V = 37, 24, 101
+LINEAR_BACKENDS = ["torch", "triton", "chunked"]
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -74,7 +76,7 @@ def check_linear(backend, reduction, weighted, opts, bias=True, chunk_size=None,
         torch.testing.assert_close(a, e, **GRAD_TOL, msg=lambda m: f"grad {name}: {m}")
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("opt", list(OPTIONS))
@@ -82,7 +84,7 @@ def test_fused_linear_matches_eager(backend, reduction, weighted, opt):
     check_linear(backend, reduction, weighted, OPTIONS[opt], chunk_size=8)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 def test_fused_linear_without_bias_and_custom_ignore_index(backend):
     # ignore_index is an ordinary class id here: those tokens must drop out entirely.
     check_linear(backend, "mean", True, OPTIONS["all"], bias=False, ignore_index=7)
@@ -105,7 +107,7 @@ def test_cross_entropy_on_logits_matches_eager(backend):
             torch.testing.assert_close(got, want, **GRAD_TOL)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 def test_batched_shapes_and_all_ignored(backend):
     x, w, b, y, tw, _ = make_inputs(seed=2, n=2 * 11)
     x3, y3, tw3 = x.reshape(2, 11, H), y.reshape(2, 11), tw.reshape(2, 11)
@@ -227,7 +229,7 @@ class _LargestTensor:
         self.mode = Mode()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 def test_never_materialises_full_logits(backend):
     n, h, v, chunk = 96, 8, 211, 16
     g = torch.Generator().manual_seed(9)
@@ -270,7 +272,7 @@ def test_cuda_triton_against_fp32_eager(dtype):
         assert err < 2e-2, float(err)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("frozen", ["bias", "weight", "hidden"])
 def test_frozen_inputs_get_no_gradient_and_others_stay_exact(backend, reduction, frozen):
@@ -288,7 +290,7 @@ def test_frozen_inputs_get_no_gradient_and_others_stay_exact(backend, reduction,
         torch.testing.assert_close(got, want, **GRAD_TOL)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 def test_zero_tokens(backend):
     x = torch.zeros(0, H, requires_grad=True)
     w = torch.randn(V, H, requires_grad=True)
@@ -315,3 +317,36 @@ def test_autocast_computes_in_its_dtype_and_grads_reach_fp32_params():
     assert torch.equal(loss, ref)
     assert x.grad.dtype == w.grad.dtype == torch.float32
     assert torch.equal(x.grad, xb.grad.float()) and torch.equal(w.grad, wb.grad.float())
+
+
+@pytest.mark.parametrize("backend", ["torch", "chunked"])
+def test_bf16_weight_gradient_in_place_or_in_fp32(backend):
+    """dW of bf16 weights over 32 chunks, against fp64 on the same bf16 inputs: summed in place in bf16 (the
+    default, one rounding per chunk, as Liger does) or in an fp32 accumulator (`accumulate_fp32=True`). Both
+    return bf16; the fp32 accumulator is the closer one, and the in-place sum stays within a few bf16 steps."""
+    n, h, v, chunk = 256, 32, 64, 8
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(n, h, generator=g).bfloat16()
+    w = (0.3 * torch.randn(v, h, generator=g)).bfloat16()
+    y = torch.randint(0, v, (n,), generator=g)
+    x64, w64 = (t.double().requires_grad_() for t in (x, w))
+    want = torch.autograd.grad(F.cross_entropy(x64 @ w64.T, y), w64)[0]
+    errors, grads = {}, {}
+    for fp32 in (False, True):
+        wb = w.clone().requires_grad_()
+        loss = fused_linear_cross_entropy(x, wb, y, backend=backend, chunk_size=chunk, accumulate_fp32=fp32)
+        grads[fp32] = torch.autograd.grad(loss, wb)[0]
+        assert grads[fp32].dtype == torch.bfloat16
+        errors[fp32] = float((grads[fp32].double() - want).abs().max() / want.abs().max())
+    assert errors[True] < errors[False] < 5e-2, errors
+    assert errors[True] < 1e-2, errors
+    # the default follows the parameter's dtype: bf16 weights sum in place; fp32 master weights under
+    # autocast (computed in bf16) get the fp32 accumulator
+    wb = w.clone().requires_grad_()
+    default = torch.autograd.grad(fused_linear_cross_entropy(x, wb, y, backend=backend, chunk_size=chunk), wb)[0]
+    assert torch.equal(default, grads[False])
+    w32 = w.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fused_linear_cross_entropy(x.float(), w32, y, backend=backend, chunk_size=chunk)
+    master = torch.autograd.grad(loss, w32)[0]
+    assert master.dtype == torch.float32 and torch.equal(master, grads[True].float())

@@ -65,33 +65,43 @@ def flce_stats(hidden, weight, bias, labels, softcap, chunk):
     return tuple(out)
 
 
-def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk):
+def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False):
     """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)``."""
-    need_dx, need_dw, need_db = needs
-    acc = acc_dtype(hidden)
-    dx = torch.empty_like(hidden) if need_dx else None
-    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_dw else None
-    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_db else None
+    dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         z = _capped_logits(hidden[sl], weight, bias, softcap)
         d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
         del z
-        _accumulate(d, hidden[sl], weight, sl, dx, dw, db)
+        accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
     return dx, _cast(dw, weight), _cast(db, bias)
 
 
-def _accumulate(d, hidden_chunk, weight, rows, dx, dw, db):
-    low = weight.dtype in (torch.float16, torch.bfloat16)
-    d_mm = d.to(weight.dtype)  # the dX product runs in the weight's dtype (tensor cores on a GPU)
+def grad_buffers(hidden, weight, needs, accumulate_fp32=False):
+    """(dx, dw, db) to fill chunk by chunk (None where not needed). dW lives in the weight's dtype and is
+    summed in place, one rounding per chunk, as Liger does (16-bit weights: half the memory of an fp32
+    accumulator and no (V, H) temporary per chunk); ``accumulate_fp32`` keeps an fp32 one instead. dB is
+    fp32 (it is small)."""
+    need_dx, need_dw, need_db = needs
+    acc = acc_dtype(hidden)
+    dx = torch.empty_like(hidden) if need_dx else None
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc if accumulate_fp32 else weight.dtype) \
+        if need_dw else None
+    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_db else None
+    return dx, dw, db
+
+
+def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
+    """Add one chunk's logit gradient ``d`` (chunk, V) into dX rows, dW and dB (buffers of grad_buffers)."""
+    d_mm = d if d.dtype == weight.dtype else d.to(weight.dtype)  # products in the weight's dtype (tensor cores)
     if dx is not None:
         dx[rows] = (d_mm @ weight).to(dx.dtype)
-    if dw is not None and low:  # 16-bit product with fp32 accumulation inside it, summed over chunks in fp32
+    if dw is not None and dw.dtype == weight.dtype:  # in place: the GEMM adds into dW with beta = 1
+        dw.addmm_(d_mm.t(), hidden_chunk)
+    elif dw is not None:  # fp32 accumulator of 16-bit products: one (V, H) temporary per chunk
         dw.add_(d_mm.t() @ hidden_chunk)
-    elif dw is not None:
-        dw.addmm_(d.t(), hidden_chunk.to(dw.dtype))
     if db is not None:
-        db += d.sum(dim=0)
+        db += d.sum(dim=0, dtype=db.dtype)
 
 
 def _cast(grad, like):
@@ -122,7 +132,7 @@ def ce_grad(logits, labels, softcap, lse, ga, gb, gc, chunk):
 
 
 def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
-                         need_sum=True):
+                         need_sum=True, accumulate_fp32=False):
     """One pass: per-token stats and the gradients of a loss whose derivative is known up front.
 
     ``coefficients(lse_chunk, rows)`` returns that chunk's ``dL/d(lse, zy, sz)``. Each chunk's
@@ -132,11 +142,8 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
     uses it) and reports 0.
     """
     acc = acc_dtype(hidden)
-    need_dx, need_dw, need_db = needs
     stats = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc) for _ in range(3)]
-    dx = torch.empty_like(hidden) if need_dx else None
-    dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_dw else None
-    db = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if need_db else None
+    dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         y = labels[sl]
@@ -158,5 +165,5 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
         if cap_grad is not None:
             d.mul_(cap_grad)
         del z
-        _accumulate(d, hidden[sl], weight, sl, dx, dw, db)
+        accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
     return tuple(stats), (dx, _cast(dw, weight), _cast(db, bias))

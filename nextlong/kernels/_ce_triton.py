@@ -313,12 +313,39 @@ def ce_stats(logits, labels, softcap):
     return lse, zy, sz
 
 
-def ce_grad(logits, labels, softcap, lse, ga, gb, gc):
+def ce_grad(logits, labels, softcap, lse, ga, gb, gc, out=None):
+    """dL/dz; ``out=logits`` writes it over the logits (each tile is read, then written, by one program)."""
     n, v = logits.shape
     bn, bv, warps = _logits_blocks()
-    dz = torch.empty_like(logits)
+    dz = torch.empty_like(logits) if out is None else out
     _ce_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(v, bv))](
         logits, labels, lse, ga, gb, gc, dz, n, v, logits.stride(0), dz.stride(0),
         float(softcap or 1.0), HAS_CAP=softcap is not None, BLOCK_N=bn, BLOCK_V=bv,
         num_warps=warps)
     return dz
+
+
+def chunked_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
+                            accumulate_fp32=False):
+    """``_ce_reference.flce_stats_and_grads`` (same contract) with Liger's memory shape: per chunk of tokens,
+    cuBLAS forms the chunk's logits in the input dtype, `_ce_fwd_kernel` reduces them to (lse, zy, sz) with
+    fp32 math in registers, `_ce_bwd_kernel` overwrites them with their gradient, and cuBLAS adds dX and,
+    in place, dW. The only logit memory is one (chunk, V) buffer in the input dtype: no fp32 copy of the
+    logits, no exp pass in PyTorch."""
+    from ._ce_reference import _cast, accumulate_grads, grad_buffers
+
+    n = hidden.shape[0]
+    stats = [torch.empty(n, device=hidden.device, dtype=torch.float32) for _ in range(3)]
+    dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        y = labels[sl]
+        z = torch.nn.functional.linear(hidden[sl], weight, bias)
+        lse, zy, sz = ce_stats(z, y, softcap)
+        for dst, src in zip(stats, (lse, zy, sz)):
+            dst[sl] = src
+        ga, gb, gc = (g.to(torch.float32).contiguous() for g in coefficients(lse, sl))
+        ce_grad(z, y, softcap, lse, ga, gb, gc, out=z)
+        accumulate_grads(z, hidden[sl], weight, sl, dx, dw, db)
+        del z
+    return tuple(stats), (dx, _cast(dw, weight), _cast(db, bias))

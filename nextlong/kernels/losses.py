@@ -42,7 +42,7 @@ from . import _ce_reference as _ref
 from ._autocast import autocast_inputs
 
 _REDUCTIONS = ("mean", "sum", "none")
-_BACKENDS = ("auto", "triton", "torch")
+_BACKENDS = ("auto", "triton", "chunked", "torch")
 
 
 def _triton_module():
@@ -56,9 +56,9 @@ def _pick_backend(backend: str, tensor: torch.Tensor) -> str:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "triton" if tensor.is_cuda else "torch"
-    if backend == "triton" and not tensor.is_cuda and not _triton_module().interpreting():
+    if backend in ("triton", "chunked") and not tensor.is_cuda and not _triton_module().interpreting():
         raise ValueError(
-            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+            f"backend={backend!r} needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
             "use backend='torch' or 'auto' on CPU")
     return backend
 
@@ -67,13 +67,13 @@ class _LinearStats(torch.autograd.Function):
     """(hidden, weight, bias) -> per-token (lse, z_y, sum z) of the soft-capped logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk):
+    def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk, accumulate_fp32):
         if backend == "triton":
             stats = _triton_module().flce_stats(hidden, weight, bias, labels, softcap)
         else:
             stats = _ref.flce_stats(hidden, weight, bias, labels, softcap, chunk)
         ctx.save_for_backward(hidden, weight, bias, labels, stats[0])
-        ctx.softcap, ctx.backend, ctx.chunk = softcap, backend, chunk
+        ctx.softcap, ctx.backend, ctx.chunk, ctx.accumulate_fp32 = softcap, backend, chunk, accumulate_fp32
         return stats
 
     @staticmethod
@@ -87,8 +87,8 @@ class _LinearStats(torch.autograd.Function):
                 hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
         else:
             dx, dw, db = _ref.flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk)
-        return dx, dw, db, None, None, None, None
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32)
+        return dx, dw, db, None, None, None, None, None
 
 
 class _LogitStats(torch.autograd.Function):
@@ -116,7 +116,7 @@ class _LogitStats(torch.autograd.Function):
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
-    """Scalar ("mean"/"sum") loss on the PyTorch fallback, gradients computed during forward.
+    """Scalar ("mean"/"sum") loss in chunks of tokens, gradients computed during forward.
 
     For a scalar reduction the derivative of the loss w.r.t. each token's (lse, z_y, sum z) is
     known as soon as that token's lse is: ``s*(1 + 2*z_loss*lse)``, ``-(1-eps)*s`` and
@@ -124,11 +124,14 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     each chunk's logits into their gradient right away (Liger-style) and backward only scales
     the stored gradients by the incoming scalar: 3 matmul passes instead of 4. The stored
     gradients are exactly what backward would allocate anyway, right when the loss (the last op
-    of a forward pass) is computed, so peak memory does not grow.
+    of a forward pass) is computed, so peak memory does not grow. ``rows="triton"`` does each chunk's
+    row math with the Triton logit kernels on the chunk's 16-bit logits, in place (the CUDA default);
+    ``rows="torch"`` in PyTorch on an fp32 copy (CPU).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, token_weights, softcap, chunk, reduction, eps, zl):
+    def forward(ctx, hidden, weight, bias, labels, token_weights, softcap, chunk, reduction, eps, zl, rows,
+                accumulate_fp32):
         vocab = weight.shape[0]
         valid = labels >= 0
         w = valid.to(_ref.acc_dtype(hidden))
@@ -146,15 +149,19 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  bias is not None and ctx.needs_input_grad[2])
-        stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap,
-                                                 coefficients, needs, chunk, need_sum=bool(eps))
+        if rows == "triton":
+            stats, grads = _triton_module().chunked_stats_and_grads(
+                hidden, weight, bias, labels, softcap, coefficients, needs, chunk, accumulate_fp32)
+        else:
+            stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs,
+                                                     chunk, need_sum=bool(eps), accumulate_fp32=accumulate_fp32)
         ctx.grads = grads  # freed with the graph; neither inputs nor outputs, so no saved-tensor rules
         return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
 
     @staticmethod
     def backward(ctx, grad_loss):
         scaled = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
-        return scaled + (None,) * 7
+        return scaled + (None,) * 9
 
 
 def _check_options(reduction, label_smoothing, z_loss, logit_softcap):
@@ -223,16 +230,34 @@ def fused_linear_cross_entropy(
     logit_softcap: float | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
+    accumulate_fp32: bool | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` without the full logits.
 
     ``hidden`` is ``(..., H)``, ``weight`` ``(V, H)``, ``labels`` the leading shape of ``hidden``
     (any integer dtype), ``token_weights`` the same shape as ``labels``. Options and reductions
-    are defined in the module docstring. ``backend="auto"`` uses Triton for CUDA tensors and the
-    chunked PyTorch fallback otherwise; ``chunk_size`` (tokens per chunk) applies to the
-    fallback only (default: 16M logits, 64 MiB in fp32, per chunk).
+    are defined in the module docstring.
+
+    Backends: ``"chunked"`` (CUDA's default for a training loss with a scalar reduction): chunks of
+    tokens whose logits cuBLAS forms in the input dtype and the Triton logit kernels turn into their
+    gradient in place; ``"torch"`` (CPU's default): the same chunks in PyTorch, on an fp32 copy of each
+    chunk's logits; ``"triton"`` (CUDA's default otherwise): fused kernels that never hold a logit
+    chunk, slower for training. ``chunk_size`` is tokens per chunk (default: 64 MiB of fp32 logits on
+    CPU, 512 MiB worth on CUDA). Reductions other than a scalar one under ``"chunked"`` take the
+    PyTorch chunks.
+
+    ``accumulate_fp32``: how the chunked paths sum dW over chunks when the matmuls run in 16 bits.
+    False: in place in the 16-bit dtype, one rounding per chunk, as Liger-Kernel does (no fp32 (V, H)
+    accumulator, no (V, H) temporary per chunk); the error grows with the number of chunks (measured on
+    CPU at 64 chunks: 4% of max |dW| against 0.3% for fp32, docs/benchmarks.md). True: an fp32
+    accumulator, at 2 bytes more per weight plus a 16-bit (V, H) product per chunk. None (default):
+    True when ``weight`` is fp32 (mixed precision with fp32 master weights, under autocast or not: the
+    gradient is fp32 anyway), False when it is 16-bit (the caller chose 16-bit gradients). The fused
+    Triton kernels always accumulate in fp32.
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
+        accumulate_fp32 = weight.dtype in (torch.float32, torch.float64)
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -252,18 +277,20 @@ def fused_linear_cross_entropy(
     b2 = None if bias is None else bias.contiguous()
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
-    # Training with a scalar loss takes the chunked path on CUDA too: there its three matmuls run on
-    # cuBLAS, while the Triton backward (atomic adds into dX and dW) measured 11.7x slower than
+    # Training with a scalar loss takes the chunked path on CUDA: there its three matmuls run on
+    # cuBLAS, while the fused Triton backward (atomic adds into dX and dW) measured 11.7x slower than
     # Liger's fused linear CE on an H200 (docs/benchmarks.md). backend="triton" still forces the kernel.
-    chunked = which == "torch" or (backend == "auto" and h2.is_cuda)
-    if chunked and reduction != "none" and training:
+    if backend == "auto" and h2.is_cuda:
+        which = "chunked" if reduction != "none" and training else "triton"
+    if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():
             raise ValueError(f"token_weights has {tw.numel()} elements, labels has {flat.numel()}")
-        loss = _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction,
-                                        float(label_smoothing), float(z_loss))
-        return loss
-    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, which, chunk)
+        rows = "triton" if which == "chunked" else "torch"
+        return _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction, float(label_smoothing),
+                                        float(z_loss), rows, bool(accumulate_fp32))
+    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, "torch" if which == "chunked" else which, chunk,
+                               bool(accumulate_fp32))
     return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
 
 
