@@ -325,13 +325,42 @@ def ce_grad(logits, labels, softcap, lse, ga, gb, gc, out=None):
     return dz
 
 
+def chunked_stats(hidden, weight, bias, labels, softcap, chunk):
+    """(lse, zy, sz) in fp32, chunk by chunk: cuBLAS forms a chunk's logits in the input dtype and
+    `_ce_fwd_kernel` reduces them with fp32 math in registers."""
+    n = hidden.shape[0]
+    stats = [torch.empty(n, device=hidden.device, dtype=torch.float32) for _ in range(3)]
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        z = torch.nn.functional.linear(hidden[sl], weight, bias)
+        for dst, src in zip(stats, ce_stats(z, labels[sl], softcap)):
+            dst[sl] = src
+        del z
+    return tuple(stats)
+
+
+def chunked_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False):
+    """Gradients (or None) of hidden, weight, bias given dL/d(lse, zy, sz): per chunk the logits are formed
+    again, `_ce_bwd_kernel` overwrites them with their gradient, and cuBLAS adds dX and dW."""
+    from ._ce_reference import _cast, accumulate_grads, grad_buffers
+
+    dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
+    for start in range(0, hidden.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        z = torch.nn.functional.linear(hidden[sl], weight, bias)
+        ce_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], out=z)
+        accumulate_grads(z, hidden[sl], weight, sl, dx, dw, db)
+        del z
+    return dx, _cast(dw, weight), _cast(db, bias)
+
+
 def chunked_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
                             accumulate_fp32=False):
     """``_ce_reference.flce_stats_and_grads`` (same contract) with Liger's memory shape: per chunk of tokens,
     cuBLAS forms the chunk's logits in the input dtype, `_ce_fwd_kernel` reduces them to (lse, zy, sz) with
     fp32 math in registers, `_ce_bwd_kernel` overwrites them with their gradient, and cuBLAS adds dX and,
     in place, dW. The only logit memory is one (chunk, V) buffer in the input dtype: no fp32 copy of the
-    logits, no exp pass in PyTorch."""
+    logits, no exp pass in PyTorch, and each chunk's logits formed once (3 matmul passes, not 4)."""
     from ._ce_reference import _cast, accumulate_grads, grad_buffers
 
     n = hidden.shape[0]

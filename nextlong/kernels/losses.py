@@ -70,6 +70,8 @@ class _LinearStats(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk, accumulate_fp32):
         if backend == "triton":
             stats = _triton_module().flce_stats(hidden, weight, bias, labels, softcap)
+        elif backend == "chunked":
+            stats = _triton_module().chunked_stats(hidden, weight, bias, labels, softcap, chunk)
         else:
             stats = _ref.flce_stats(hidden, weight, bias, labels, softcap, chunk)
         ctx.save_for_backward(hidden, weight, bias, labels, stats[0])
@@ -85,6 +87,9 @@ class _LinearStats(torch.autograd.Function):
         if ctx.backend == "triton":
             dx, dw, db = _triton_module().flce_grads(
                 hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
+        elif ctx.backend == "chunked":
+            dx, dw, db = _triton_module().chunked_grads(
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32)
         else:
             dx, dw, db = _ref.flce_grads(
                 hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32)
@@ -238,13 +243,13 @@ def fused_linear_cross_entropy(
     (any integer dtype), ``token_weights`` the same shape as ``labels``. Options and reductions
     are defined in the module docstring.
 
-    Backends: ``"chunked"`` (CUDA's default for a training loss with a scalar reduction): chunks of
-    tokens whose logits cuBLAS forms in the input dtype and the Triton logit kernels turn into their
-    gradient in place; ``"torch"`` (CPU's default): the same chunks in PyTorch, on an fp32 copy of each
-    chunk's logits; ``"triton"`` (CUDA's default otherwise): fused kernels that never hold a logit
-    chunk, slower for training. ``chunk_size`` is tokens per chunk (default: 64 MiB of fp32 logits on
-    CPU, 512 MiB worth on CUDA). Reductions other than a scalar one under ``"chunked"`` take the
-    PyTorch chunks.
+    Backends: ``"chunked"`` (CUDA's default): chunks of tokens whose logits cuBLAS forms in the input
+    dtype and the Triton logit kernels reduce, then turn into their gradient in place; ``"torch"``
+    (CPU's default): the same chunks in PyTorch, on an fp32 copy of each chunk's logits; ``"triton"``:
+    fused kernels that never hold a logit chunk, least memory, slowest. ``chunk_size`` is tokens per
+    chunk (default: 64 MiB of fp32 logits on CPU, 512 MiB worth on CUDA). A training loss with a scalar
+    reduction forms each chunk's gradient in the same pass as its statistics (3 matmul passes); other
+    reductions recompute the chunk's logits in backward (4).
 
     ``accumulate_fp32``: how the chunked paths sum dW over chunks when the matmuls run in 16 bits.
     False: in place in the 16-bit dtype, one rounding per chunk, as Liger-Kernel does (no fp32 (V, H)
@@ -277,11 +282,11 @@ def fused_linear_cross_entropy(
     b2 = None if bias is None else bias.contiguous()
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
-    # Training with a scalar loss takes the chunked path on CUDA: there its three matmuls run on
-    # cuBLAS, while the fused Triton backward (atomic adds into dX and dW) measured 11.7x slower than
-    # Liger's fused linear CE on an H200 (docs/benchmarks.md). backend="triton" still forces the kernel.
+    # CUDA takes the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic adds
+    # into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused forward
+    # alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
     if backend == "auto" and h2.is_cuda:
-        which = "chunked" if reduction != "none" and training else "triton"
+        which = "chunked"
     if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():
@@ -289,8 +294,7 @@ def fused_linear_cross_entropy(
         rows = "triton" if which == "chunked" else "torch"
         return _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction, float(label_smoothing),
                                         float(z_loss), rows, bool(accumulate_fp32))
-    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, "torch" if which == "chunked" else which, chunk,
-                               bool(accumulate_fp32))
+    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, which, chunk, bool(accumulate_fp32))
     return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
 
 
