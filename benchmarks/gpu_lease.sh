@@ -7,7 +7,7 @@
 # (CAP_CE, CAP_TRAIN, CAP_TRAIN_LONG, CAP_ATTN, CAP_FLEX, CAP_EVAL, CAP_TILES) to fit.
 #
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
-# Sections: ce train attention eval tiles (default: all, in that order; also ce-64k, ce-accuracy); `attention` runs the
+# Sections: ce train attention eval tiles (default: all, in that order; also ce-64k, ce-accuracy, train-1b); `attention` runs the
 # subsections attention-peers and attention-flex, each also a section of its own; `flex` is
 # attention-flex.
 #
@@ -73,6 +73,10 @@ b.print_weight_grad_errors([(16384, 4096, 32768, None), (16384, 4096, 32768, 256
       section train "${CAP_TRAIN:-200}" python3 bench_train.py gpu --seq 16384 --steps 5
       section train-64k "${CAP_TRAIN_LONG:-120}" python3 bench_train.py gpu --seq 65536 --steps 5 \
         --configs nextlong+fused,varlen+liger,flex+liger,flash-attn-varlen+liger ;;
+    # The 1B-class step (Llama-3.2-1B's shape, 128K vocabulary) at 16K against the fair peer stacks; 64K of
+    # activations without checkpointing would not fit beside its 19 GB of weights and AdamW state.
+    train-1b) section train-1b "${CAP_TRAIN_1B:-150}" python3 bench_train.py gpu --preset 1b --vocab 128256 \
+        --seq 16384 --steps 3 --configs nextlong+fused,varlen+liger,flex+liger,flash-attn-varlen+liger ;;
     attention) run attention-peers; run attention-flex ;;
     # Issue 28's shapes: 16 query heads over 4 kv heads (GQA 4:1), head dim 128 then 64.
     attention-peers) section attention-peers "${CAP_ATTN:-150}" python3 -c "

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("data", nargs="+", metavar="DATA", help="synthesize output folder(s), PATH or PATH@weight")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss.png, model/")
     p.add_argument("--model", default="tiny",
-                   help="tiny | small (Llama presets at random init, vocabulary of the data's tokenizer) or a "
+                   help="tiny | small | 1b (Llama presets at random init, vocabulary of the data's tokenizer) or a "
                         "Hugging Face causal-LM folder / earlier run folder (default tiny)")
     p.add_argument("--tokenizer", metavar="PATH",
                    help="the tokenizer the data was made with (default: the copy a `nextlong synthesize` folder "

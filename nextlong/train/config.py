@@ -32,7 +32,7 @@ MAX_LR = 1e10  # far above any rate that trains; AdamW's float32 arithmetic over
 class TrainConfig:
     data: list[str]                      # "PATH" or "PATH@weight", one per source
     out: str
-    model: str = "tiny"                  # tiny | small | a local Hugging Face causal-LM folder
+    model: str = "tiny"                  # tiny | small | 1b | a local Hugging Face causal-LM folder
     trust_remote_code: bool = False      # run Python code a model folder ships (nextlong.model_folder)
     tokenizer: str | None = None         # the data's tokenizer (default: its manifest's own copy or built-in name)
     seq_len: int | None = None           # default: the data's sample length

@@ -7,7 +7,9 @@ tokenizer (the sizes are in docs/training.md):
 * tiny  — 2 layers, hidden 64, 2 heads of 32 (1 KV head), MLP 192, tied embeddings: a few million
           parameters with a 100K vocabulary, for tests and CPU experiments;
 * small — 12 layers, hidden 768, 12 heads of 64 (4 KV heads), MLP 2048, tied embeddings: GPT-2-small
-          class (~150M parameters with a 100K vocabulary), for GPU experiments.
+          class (~150M parameters with a 100K vocabulary), for GPU experiments;
+* 1b    — 16 layers, hidden 2048, 32 heads of 64 (8 KV heads), MLP 8192, tied embeddings: Llama-3.2-1B's
+          shape (~1.2B parameters with a 100K vocabulary), for GPU benchmarks at a realistic size.
 
 Attention: "nextlong" = our kernel (Triton on CUDA, its PyTorch fallback on CPU) fed the collator's
 `cu_seq_lens_q/k`; "sdpa" and "eager" = transformers' implementations fed a dense (B, 1, S, S)
@@ -32,6 +34,8 @@ PRESETS = {
                  intermediate_size=192),
     "small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
                   intermediate_size=2048),
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=8192),
 }
 PRESET_ROPE_THETA = 500_000.0  # Llama-3's base value; long-context stages raise it (--rope-theta)
 
