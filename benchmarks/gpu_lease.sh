@@ -3,7 +3,8 @@
 # PyTorch varlen, flash-attn varlen, the SDPA loop, then compiled FlexAttention), eval prefill (and
 # its attention alone at two head shapes), tile sweep. Each section has its own time cap, so a slow
 # one costs only itself; everything printed is also written to $OUT. All caps at their defaults add
-# up to about 16 minutes: more than a 15-minute lease, so pick sections or lower caps
+# up to about 16 minutes (the extra sections ce-64k, ce-accuracy and train-1b, 5 more, are not in the
+# default list): more than a 15-minute lease, so pick sections or lower caps
 # (CAP_CE, CAP_TRAIN, CAP_TRAIN_LONG, CAP_ATTN, CAP_FLEX, CAP_EVAL, CAP_TILES) to fit.
 #
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
@@ -30,7 +31,9 @@ OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 # Every measured row also goes to $OUT/gpu-runs.jsonl (benchmarks/_measure.record_gpu_row), stamped with this
 # lease's id; after the lease: python3 benchmarks/gpu_runs.py append gpu-out/gpu-runs.jsonl
-GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | awk '{print tolower($NF)}')
+# the model word of the name: "NVIDIA H100 80GB HBM3" -> h100, "NVIDIA H200" -> h200
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
+  | grep -oE '\b[A-Z][0-9]{2,4}\b' | head -1 | tr '[:upper:]' '[:lower:]')
 export NEXTLONG_LEASE=${NEXTLONG_LEASE:-$(date -u +%Y-%m-%dT%H%MZ)-${GPU_NAME:-gpu}}
 export NEXTLONG_GPU_RUNS="$OUT/gpu-runs.jsonl"
 SITE=/tmp/nextlong-site
@@ -52,9 +55,9 @@ section() {  # section NAME SECONDS COMMAND...
 
 run() {
   case $1 in
-    # Fused CE at 16K and 64K tokens (H 4096, V 128K): ours (dW summed in place in bf16, the default for bf16
-    # weights; with an fp32 accumulator; with per-token weights), our Triton kernels, and the peers; then the
-    # accuracy of the two dW sums against fp64.
+    # Fused CE at 16K tokens (H 4096, V 128K): ours (dW summed in place in bf16, the default for bf16 weights;
+    # with an fp32 accumulator; with per-token weights), our Triton kernels, and the peers. ce-64k: the same at
+    # 64K beside the fastest peers; ce-accuracy: the two dW sums against fp64. Neither is in the default list.
     ce) section ce "${CAP_CE:-100}" python3 -c "
 import bench_cross_entropy as b
 b.GPU_TOKENS = (16384,); b.GPU_VOCABS = (131072,)

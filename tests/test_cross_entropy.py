@@ -350,3 +350,25 @@ def test_bf16_weight_gradient_in_place_or_in_fp32(backend):
         loss = fused_linear_cross_entropy(x.float(), w32, y, backend=backend, chunk_size=chunk)
     master = torch.autograd.grad(loss, w32)[0]
     assert master.dtype == torch.float32 and torch.equal(master, grads[True].float())
+
+
+def test_fp16_keeps_small_logit_gradients():
+    """A sum over many tokens with small weights makes each logit's gradient ~ w * p, below fp16's smallest
+    subnormal (6e-8): the PyTorch chunks keep fp16's products in fp32, so nothing is flushed to 0 (on CUDA,
+    fp16 takes the fused kernels, which sum in fp32: losses._cuda_backend)."""
+    from nextlong.kernels.losses import _cuda_backend
+
+    g = torch.Generator().manual_seed(13)
+    n, h, v = 256, 32, 512
+    x = torch.randn(n, h, generator=g).half()
+    w = (0.3 * torch.randn(v, h, generator=g)).half()
+    y = torch.randint(0, v, (n,), generator=g)
+    tw = torch.full((n,), 1e-5)
+    xh, wh = (t.clone().requires_grad_() for t in (x, w))
+    loss = fused_linear_cross_entropy(xh, wh, y, token_weights=tw, reduction="sum", backend="torch", chunk_size=64)
+    gx, gw = torch.autograd.grad(loss, (xh, wh))
+    xf, wf = (t.float().requires_grad_() for t in (x, w))
+    rx, rw = torch.autograd.grad(eager_loss(xf @ wf.T, y, tw, "sum"), (xf, wf))
+    for got, want in ((gx, rx), (gw, rw)):
+        assert float((got.float() - want).abs().max() / want.abs().max()) < 1e-2
+    assert _cuda_backend(torch.float16) == "triton" and _cuda_backend(torch.bfloat16) == "chunked"

@@ -93,12 +93,15 @@ def grad_buffers(hidden, weight, needs, accumulate_fp32=False):
 
 def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
     """Add one chunk's logit gradient ``d`` (chunk, V) into dX rows, dW and dB (buffers of grad_buffers)."""
+    if weight.dtype == torch.float16 and d.dtype != torch.float16:
+        # fp16 would flush small logit gradients (p / tokens) to 0: keep the products in d's dtype
+        weight, hidden_chunk = weight.to(d.dtype), hidden_chunk.to(d.dtype)
     d_mm = d if d.dtype == weight.dtype else d.to(weight.dtype)  # products in the weight's dtype (tensor cores)
     if dx is not None:
         dx[rows] = (d_mm @ weight).to(dx.dtype)
     if dw is not None and dw.dtype == weight.dtype:  # in place: the GEMM adds into dW with beta = 1
         dw.addmm_(d_mm.t(), hidden_chunk)
-    elif dw is not None:  # fp32 accumulator of 16-bit products: one (V, H) temporary per chunk
+    elif dw is not None:  # a wider accumulator than the products: one (V, H) temporary per chunk
         dw.add_(d_mm.t() @ hidden_chunk)
     if db is not None:
         db += d.sum(dim=0, dtype=db.dtype)

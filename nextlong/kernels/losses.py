@@ -169,6 +169,15 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         return scaled + (None,) * 9
 
 
+def _cuda_backend(dtype: torch.dtype) -> str:
+    """backend="auto" on CUDA. bf16 and fp32: the chunked path. fp16: the fused kernels, which sum in fp32
+    registers; the chunked path writes each logit's gradient (scaled by 1/tokens for a mean) in the input
+    dtype, where fp16's range (smallest subnormal 6e-8) flushes it to 0 on large batches, and a loss scaler
+    cannot help because the gradient is formed before it scales (bf16 has fp32's range). fp64: the PyTorch
+    chunks, exact (the Triton row kernels compute in fp32)."""
+    return {torch.float16: "triton", torch.float64: "torch"}.get(dtype, "chunked")
+
+
 def _check_options(reduction, label_smoothing, z_loss, logit_softcap):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -243,10 +252,11 @@ def fused_linear_cross_entropy(
     (any integer dtype), ``token_weights`` the same shape as ``labels``. Options and reductions
     are defined in the module docstring.
 
-    Backends: ``"chunked"`` (CUDA's default): chunks of tokens whose logits cuBLAS forms in the input
-    dtype and the Triton logit kernels reduce, then turn into their gradient in place; ``"torch"``
-    (CPU's default): the same chunks in PyTorch, on an fp32 copy of each chunk's logits; ``"triton"``:
-    fused kernels that never hold a logit chunk, least memory, slowest. ``chunk_size`` is tokens per
+    Backends: ``"chunked"`` (CUDA's default for bf16 and fp32): chunks of tokens whose logits cuBLAS
+    forms in the input dtype and the Triton logit kernels reduce, then turn into their gradient in place;
+    ``"torch"`` (CPU's default, and CUDA's for fp64): the same chunks in PyTorch, on an fp32 copy of each
+    chunk's logits; ``"triton"`` (CUDA's default for fp16, see ``_cuda_backend``): fused kernels that
+    never hold a logit chunk and sum in fp32, least memory, slowest. ``chunk_size`` is tokens per
     chunk (default: 64 MiB of fp32 logits on CPU, 512 MiB worth on CUDA). A training loss with a scalar
     reduction forms each chunk's gradient in the same pass as its statistics (3 matmul passes); other
     reductions recompute the chunk's logits in backward (4).
@@ -256,9 +266,10 @@ def fused_linear_cross_entropy(
     accumulator, no (V, H) temporary per chunk); the error grows with the number of chunks (measured on
     CPU at 64 chunks: 4% of max |dW| against 0.3% for fp32, docs/benchmarks.md). True: an fp32
     accumulator, at 2 bytes more per weight plus a 16-bit (V, H) product per chunk. None (default):
-    True when ``weight`` is fp32 (mixed precision with fp32 master weights, under autocast or not: the
-    gradient is fp32 anyway), False when it is 16-bit (the caller chose 16-bit gradients). The fused
-    Triton kernels always accumulate in fp32.
+    True when ``weight`` is fp32 (mixed precision with fp32 master weights: the parameter's gradient is
+    fp32, so the per-chunk rounding is avoidable; under autocast the sum is still rounded once to the
+    autocast dtype on its way back), False when it is 16-bit (the caller chose 16-bit gradients). The
+    fused Triton kernels always accumulate in fp32.
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap)
     if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
@@ -286,7 +297,7 @@ def fused_linear_cross_entropy(
     # into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused forward
     # alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
     if backend == "auto" and h2.is_cuda:
-        which = "chunked"
+        which = _cuda_backend(h2.dtype)
     if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():

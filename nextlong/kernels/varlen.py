@@ -56,7 +56,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
     """flash-attn's `flash_attn_varlen_func` (see the module docstring for what is supported)."""
     del max_seqlen_q, max_seqlen_k, deterministic
     window = _supported("flash_attn_varlen_func", dropout_p, softcap, alibi_slopes, block_table, window_size)
-    if _same(cu_seqlens_q, cu_seqlens_k) or torch.equal(cu_seqlens_q, cu_seqlens_k):
+    if _same(cu_seqlens_q, cu_seqlens_k):
         out, lse = attention_with_lse(q, k, v, causal=causal, cu_seqlens=cu_seqlens_q, softmax_scale=softmax_scale,
                                       window=window)
     else:
@@ -101,9 +101,10 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
 
 def _query_rows(q, cu_q, cu_k):
     """Where each query row sits in the key layout (query sequence i at the end of key sequence i), or None
-    when some query sequence is longer than its keys."""
+    when some query sequence is longer than its keys. The padded layout computes every key position's row,
+    so a query range much shorter than its keys (a llama3-style ring's slice) costs the whole key range."""
     if cu_q.numel() != cu_k.numel():
-        raise ValueError(f"flash_attn_varlen_func: cu_seqlens_q has {cu_q.numel() - 1} sequences, cu_seqlens_k "
+        raise ValueError(f"flash_attn_varlen: cu_seqlens_q has {cu_q.numel() - 1} sequences, cu_seqlens_k "
                          f"{cu_k.numel() - 1}")
     lq, lk = (cu[1:] - cu[:-1] for cu in (cu_q.long(), cu_k.long()))
     if not bool((lq <= lk).all()):
