@@ -65,7 +65,8 @@ def flce_stats(hidden, weight, bias, labels, softcap, chunk):
     return tuple(out)
 
 
-def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False):
+def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False,
+               grad_dtype=None):
     """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)``."""
     dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
     for start in range(0, hidden.shape[0], chunk):
@@ -74,7 +75,7 @@ def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, ch
         d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
         del z
         accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
-    return dx, _cast(dw, weight), _cast(db, bias)
+    return dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype)
 
 
 def grad_buffers(hidden, weight, needs, accumulate_fp32=False):
@@ -101,14 +102,28 @@ def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
         dx[rows] = (d_mm @ weight).to(dx.dtype)
     if dw is not None and dw.dtype == weight.dtype:  # in place: the GEMM adds into dW with beta = 1
         dw.addmm_(d_mm.t(), hidden_chunk)
-    elif dw is not None:  # a wider accumulator than the products: one (V, H) temporary per chunk
-        dw.add_(d_mm.t() @ hidden_chunk)
+    elif dw is not None:  # a wider accumulator than the products
+        _add_product(dw, d_mm.t(), hidden_chunk)
     if db is not None:
         db += d.sum(dim=0, dtype=db.dtype)
 
 
-def _cast(grad, like):
-    return None if grad is None else grad.to(like.dtype)
+def _add_product(acc, a, b):
+    """acc += a @ b for 16-bit a, b and an fp32 acc. On CUDA one GEMM with fp32 output adds into acc in place
+    (torch's `out_dtype`, CUDA-only): no temporary, no rounding of the product to 16 bits. Elsewhere, or
+    where that overload is missing, the 16-bit product is formed (one (V, H) temporary) and added."""
+    if acc.is_cuda and acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16):
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    acc.add_(a @ b)
+
+
+def _cast(grad, like, dtype=None):
+    """grad in `dtype`, or in the dtype of `like` (the parameter it belongs to) when dtype is None."""
+    return None if grad is None else grad.to(dtype or like.dtype)
 
 
 def ce_stats(logits, labels, softcap, chunk):
@@ -135,7 +150,7 @@ def ce_grad(logits, labels, softcap, lse, ga, gb, gc, chunk):
 
 
 def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
-                         need_sum=True, accumulate_fp32=False):
+                         need_sum=True, accumulate_fp32=False, grad_dtype=None):
     """One pass: per-token stats and the gradients of a loss whose derivative is known up front.
 
     ``coefficients(lse_chunk, rows)`` returns that chunk's ``dL/d(lse, zy, sz)``. Each chunk's
@@ -169,4 +184,4 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
             d.mul_(cap_grad)
         del z
         accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
-    return tuple(stats), (dx, _cast(dw, weight), _cast(db, bias))
+    return tuple(stats), (dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype))

@@ -339,7 +339,8 @@ def chunked_stats(hidden, weight, bias, labels, softcap, chunk):
     return tuple(stats)
 
 
-def chunked_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False):
+def chunked_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, chunk, accumulate_fp32=False,
+                  grad_dtype=None):
     """Gradients (or None) of hidden, weight, bias given dL/d(lse, zy, sz): per chunk the logits are formed
     again, `_ce_bwd_kernel` overwrites them with their gradient, and cuBLAS adds dX and dW."""
     from ._ce_reference import _cast, accumulate_grads, grad_buffers
@@ -351,11 +352,11 @@ def chunked_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs,
         ce_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], out=z)
         accumulate_grads(z, hidden[sl], weight, sl, dx, dw, db)
         del z
-    return dx, _cast(dw, weight), _cast(db, bias)
+    return dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype)
 
 
 def chunked_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs, chunk,
-                            accumulate_fp32=False):
+                            accumulate_fp32=False, grad_dtype=None):
     """``_ce_reference.flce_stats_and_grads`` (same contract) with Liger's memory shape: per chunk of tokens,
     cuBLAS forms the chunk's logits in the input dtype, `_ce_fwd_kernel` reduces them to (lse, zy, sz) with
     fp32 math in registers, `_ce_bwd_kernel` overwrites them with their gradient, and cuBLAS adds dX and,
@@ -377,4 +378,4 @@ def chunked_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients,
         ce_grad(z, y, softcap, lse, ga, gb, gc, out=z)
         accumulate_grads(z, hidden[sl], weight, sl, dx, dw, db)
         del z
-    return tuple(stats), (dx, _cast(dw, weight), _cast(db, bias))
+    return tuple(stats), (dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype))

@@ -67,20 +67,26 @@ class _LinearStats(torch.autograd.Function):
     """(hidden, weight, bias) -> per-token (lse, z_y, sum z) of the soft-capped logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk, accumulate_fp32):
+    def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk, accumulate_fp32, compute_dtype):
+        ctx.save_for_backward(hidden, weight, bias, labels)  # the parameters as given (fp32 masters too)
+        weight, bias = _lowered(weight, bias, compute_dtype)
         if backend == "triton":
             stats = _triton_module().flce_stats(hidden, weight, bias, labels, softcap)
         elif backend == "chunked":
             stats = _triton_module().chunked_stats(hidden, weight, bias, labels, softcap, chunk)
         else:
             stats = _ref.flce_stats(hidden, weight, bias, labels, softcap, chunk)
-        ctx.save_for_backward(hidden, weight, bias, labels, stats[0])
+        ctx.lse = stats[0]  # an output: kept outside save_for_backward, freed with the graph
         ctx.softcap, ctx.backend, ctx.chunk, ctx.accumulate_fp32 = softcap, backend, chunk, accumulate_fp32
+        ctx.compute_dtype = compute_dtype
         return stats
 
     @staticmethod
     def backward(ctx, g_lse, g_zy, g_sz):
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        hidden, weight, bias, labels = ctx.saved_tensors
+        lse = ctx.lse
+        grad_dtype = weight.dtype if ctx.compute_dtype is not None else None  # fp32 masters get fp32 grads
+        weight, bias = _lowered(weight, bias, ctx.compute_dtype)
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  bias is not None and ctx.needs_input_grad[2])
         g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
@@ -89,11 +95,20 @@ class _LinearStats(torch.autograd.Function):
                 hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
         elif ctx.backend == "chunked":
             dx, dw, db = _triton_module().chunked_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32)
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
+                grad_dtype=grad_dtype)
         else:
             dx, dw, db = _ref.flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32)
-        return dx, dw, db, None, None, None, None, None
+                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
+                grad_dtype=grad_dtype)
+        return dx, dw, db, None, None, None, None, None, None
+
+
+def _lowered(weight, bias, compute_dtype):
+    """The parameters in the dtype the matmuls run in (autocast's), when they were passed as fp32 masters."""
+    if compute_dtype is None:
+        return weight, bias
+    return weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype)
 
 
 class _LogitStats(torch.autograd.Function):
@@ -136,7 +151,9 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, token_weights, softcap, chunk, reduction, eps, zl, rows,
-                accumulate_fp32):
+                accumulate_fp32, compute_dtype):
+        grad_dtype = weight.dtype if compute_dtype is not None else None  # fp32 masters get fp32 grads
+        weight, bias = _lowered(weight, bias, compute_dtype)
         vocab = weight.shape[0]
         valid = labels >= 0
         w = valid.to(_ref.acc_dtype(hidden))
@@ -156,17 +173,19 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                  bias is not None and ctx.needs_input_grad[2])
         if rows == "triton":
             stats, grads = _triton_module().chunked_stats_and_grads(
-                hidden, weight, bias, labels, softcap, coefficients, needs, chunk, accumulate_fp32)
+                hidden, weight, bias, labels, softcap, coefficients, needs, chunk, accumulate_fp32,
+                grad_dtype=grad_dtype)
         else:
             stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs,
-                                                     chunk, need_sum=bool(eps), accumulate_fp32=accumulate_fp32)
+                                                     chunk, need_sum=bool(eps), accumulate_fp32=accumulate_fp32,
+                                                     grad_dtype=grad_dtype)
         ctx.grads = grads  # freed with the graph; neither inputs nor outputs, so no saved-tensor rules
         return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
 
     @staticmethod
     def backward(ctx, grad_loss):
         scaled = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
-        return scaled + (None,) * 9
+        return scaled + (None,) * 10
 
 
 def _cuda_backend(dtype: torch.dtype) -> str:
@@ -267,13 +286,15 @@ def fused_linear_cross_entropy(
     CPU at 64 chunks: 4% of max |dW| against 0.3% for fp32, docs/benchmarks.md). True: an fp32
     accumulator, at 2 bytes more per weight plus a 16-bit (V, H) product per chunk. None (default):
     True when ``weight`` is fp32 (mixed precision with fp32 master weights: the parameter's gradient is
-    fp32, so the per-chunk rounding is avoidable; under autocast the sum is still rounded once to the
-    autocast dtype on its way back), False when it is 16-bit (the caller chose 16-bit gradients). The
-    fused Triton kernels always accumulate in fp32.
+    fp32, so no per-chunk rounding is needed), False when it is 16-bit (the caller chose 16-bit
+    gradients). Under autocast the chunked paths take fp32 parameters as they are and lower them
+    themselves, so dW and dB leave the fp32 accumulator as they are, not rounded to the autocast dtype
+    and back. The fused Triton kernels always accumulate in fp32.
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap)
     if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
         accumulate_fp32 = weight.dtype in (torch.float32, torch.float64)
+    params = (weight, bias)
     hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -298,14 +319,21 @@ def fused_linear_cross_entropy(
     # alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
     if backend == "auto" and h2.is_cuda:
         which = _cuda_backend(h2.dtype)
+    # fp32 parameters that autocast lowered: the chunked paths lower them inside, so their gradients come
+    # back in fp32 straight from the fp32 accumulator
+    compute_dtype = None
+    if which in ("chunked", "torch") and accumulate_fp32 and params[0].dtype == torch.float32 \
+            and w2.dtype != torch.float32:
+        compute_dtype, w2 = w2.dtype, params[0].contiguous()
+        b2 = None if params[1] is None else params[1].contiguous()
     if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():
             raise ValueError(f"token_weights has {tw.numel()} elements, labels has {flat.numel()}")
         rows = "triton" if which == "chunked" else "torch"
         return _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction, float(label_smoothing),
-                                        float(z_loss), rows, bool(accumulate_fp32))
-    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, which, chunk, bool(accumulate_fp32))
+                                        float(z_loss), rows, bool(accumulate_fp32), compute_dtype)
+    stats = _LinearStats.apply(h2, w2, b2, flat, softcap, which, chunk, bool(accumulate_fp32), compute_dtype)
     return _reduce(stats, flat, shape, vocab, token_weights, reduction, label_smoothing, z_loss)
 
 
