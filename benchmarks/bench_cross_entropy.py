@@ -291,6 +291,7 @@ def _table(kind):
                 _record(name, n, h, v, sec, mib)
     print("t/peer: time relative to liger (eager when liger is absent; CPU time on CPU); "
           "mem/peer: peak relative to cce (eager when cce is absent)")
+    print_fp32_output_gemm()
 
 
 def print_weight_grad_errors(shapes, device) -> None:
@@ -299,6 +300,17 @@ def print_weight_grad_errors(shapes, device) -> None:
         print(f"N={n} H={h} V={v} chunks={e['chunks']} ({device}, bf16): max|dW - fp64| / max|dW|: in place "
               f"{e['in_place_bf16']:.2e}, fp32 accumulator {e['fp32_accumulator']:.2e}; one bf16 rounding of "
               f"the exact dW {e['bf16_rounding']:.2e}")
+    print_fp32_output_gemm()
+
+
+def print_fp32_output_gemm() -> None:
+    """Which way the fp32 dW sum added each chunk's product in this process (nothing when it never ran)."""
+    from nextlong.kernels._ce_reference import fp32_output_gemm
+
+    found = fp32_output_gemm()
+    if "cuda" in found:
+        print("fp32 dW sum: " + ("one GEMM with fp32 output, in place (out_dtype)" if found["cuda"] else
+                                 f"a bf16 product added (out_dtype refused: {found.get('why')})"))
 
 
 if __name__ == "__main__":

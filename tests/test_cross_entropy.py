@@ -373,3 +373,58 @@ def test_fp16_keeps_small_logit_gradients():
     for got, want in ((gx, rx), (gw, rw)):
         assert float((got.float() - want).abs().max() / want.abs().max()) < 1e-2
     assert _cuda_backend(torch.float16) == "triton" and _cuda_backend(torch.bfloat16) == "chunked"
+
+
+def test_fp16_autocast_keeps_small_logit_gradients_too():
+    """As above with fp32 parameters under fp16 autocast: the loss computes its products in the dtypes it
+    chose, autocast does not turn them back into fp16."""
+    g = torch.Generator().manual_seed(13)
+    n, h, v = 256, 32, 512
+    x = torch.randn(n, h, generator=g).half().float()
+    w = (0.3 * torch.randn(v, h, generator=g)).half().float()
+    y = torch.randint(0, v, (n,), generator=g)
+    tw = torch.full((n,), 1e-5)
+    xh, wh = (t.clone().requires_grad_() for t in (x, w))
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = fused_linear_cross_entropy(xh, wh, y, token_weights=tw, reduction="sum", backend="torch",
+                                          chunk_size=64, accumulate_fp32=False)
+    gx, gw = torch.autograd.grad(loss, (xh, wh))
+    xf, wf = (t.clone().requires_grad_() for t in (x, w))
+    rx, rw = torch.autograd.grad(eager_loss(xf @ wf.T, y, tw, "sum"), (xf, wf))
+    for got, want in ((gx, rx), (gw, rw)):
+        assert float((got.float() - want).abs().max() / want.abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["torch", "chunked"])
+def test_per_token_losses_under_autocast_give_fp32_master_gradients(backend):
+    """reduction="none" under bf16 autocast with fp32 parameters (the statistics path lowers them itself):
+    per-token losses and fp32 gradients of weight and bias match eager on the same lowered inputs."""
+    x, w, b, y, tw, up = make_inputs(seed=14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=tw, reduction="none", backend=backend,
+                                         chunk_size=8)
+    gx, gw, gb = torch.autograd.grad((out * up).sum(), (x, w, b))
+    assert gw.dtype == torch.float32 and gb.dtype == torch.float32
+    lx, lw, lb = (t.detach().bfloat16().float().requires_grad_() for t in (x, w, b))
+    ref = eager_loss(F.linear(lx, lw, lb), y, tw, "none")
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    for got, want in zip((gx, gw, gb), torch.autograd.grad((ref * up).sum(), (lx, lw, lb))):
+        assert float((got.float() - want).abs().max() / want.abs().max()) < 2e-2
+
+
+def test_a_dropped_loss_graph_frees_its_inputs_without_the_cycle_collector():
+    """Per-token losses whose graph is dropped without backward (scoring with grad enabled) free what they
+    saved at once: nothing of the loss sits in a reference cycle waiting for gc."""
+    import gc
+    import weakref
+
+    x, w, b, y, tw, _ = make_inputs(seed=15)
+    gc.disable()
+    try:
+        hidden = x * 2  # an activation the graph saves
+        probe = weakref.ref(hidden)
+        out = fused_linear_cross_entropy(hidden, w, y, bias=b, reduction="none", backend="torch")
+        del hidden, out
+        assert probe() is None
+    finally:
+        gc.enable()

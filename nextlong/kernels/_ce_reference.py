@@ -69,12 +69,13 @@ def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, ch
                grad_dtype=None):
     """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)``."""
     dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
+    w_mm = product_weight(weight, acc_dtype(hidden))
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         z = _capped_logits(hidden[sl], weight, bias, softcap)
         d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
         del z
-        accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
+        accumulate_grads(d, hidden[sl], w_mm, sl, dx, dw, db)
     return dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype)
 
 
@@ -92,33 +93,57 @@ def grad_buffers(hidden, weight, needs, accumulate_fp32=False):
     return dx, dw, db
 
 
+def product_weight(weight, d_dtype):
+    """The weight the gradient products use: the weight itself (16-bit products on tensor cores), or, for fp16
+    weights with wider logit gradients, an fp32 copy made once per call: fp16 would flush small logit
+    gradients (p / tokens) to 0."""
+    return weight.to(d_dtype) if weight.dtype == torch.float16 and d_dtype != torch.float16 else weight
+
+
 def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
-    """Add one chunk's logit gradient ``d`` (chunk, V) into dX rows, dW and dB (buffers of grad_buffers)."""
-    if weight.dtype == torch.float16 and d.dtype != torch.float16:
-        # fp16 would flush small logit gradients (p / tokens) to 0: keep the products in d's dtype
-        weight, hidden_chunk = weight.to(d.dtype), hidden_chunk.to(d.dtype)
-    d_mm = d if d.dtype == weight.dtype else d.to(weight.dtype)  # products in the weight's dtype (tensor cores)
+    """Add one chunk's logit gradient ``d`` (chunk, V) into dX rows, dW and dB (buffers of grad_buffers);
+    ``weight`` is ``product_weight``'s, whose dtype the products run in."""
+    hidden_chunk = hidden_chunk if hidden_chunk.dtype == weight.dtype else hidden_chunk.to(weight.dtype)
+    d_mm = d if d.dtype == weight.dtype else d.to(weight.dtype)
     if dx is not None:
         dx[rows] = (d_mm @ weight).to(dx.dtype)
     if dw is not None and dw.dtype == weight.dtype:  # in place: the GEMM adds into dW with beta = 1
         dw.addmm_(d_mm.t(), hidden_chunk)
-    elif dw is not None:  # a wider accumulator than the products
+    elif dw is not None:  # an accumulator of another dtype than the products
         _add_product(dw, d_mm.t(), hidden_chunk)
     if db is not None:
         db += d.sum(dim=0, dtype=db.dtype)
 
 
+_FP32_OUT_GEMM = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32, out=acc) works there
+
+
 def _add_product(acc, a, b):
     """acc += a @ b for 16-bit a, b and an fp32 acc. On CUDA one GEMM with fp32 output adds into acc in place
-    (torch's `out_dtype`, CUDA-only): no temporary, no rounding of the product to 16 bits. Elsewhere, or
-    where that overload is missing, the 16-bit product is formed (one (V, H) temporary) and added."""
-    if acc.is_cuda and acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16):
-        try:
+    (torch's `out_dtype` overload, CUDA-only, and in older torch versions refused for an fp32 `acc`): no
+    temporary, no rounding of the product to 16 bits. Whether it works is found once per process and said
+    by `fp32_output_gemm()`; where it does not, the 16-bit product is formed (one (V, H) temporary) and
+    added."""
+    kind = acc.device.type
+    if acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16) and kind == "cuda" \
+            and _FP32_OUT_GEMM.get(kind, True):
+        if kind not in _FP32_OUT_GEMM:
+            try:
+                probe = torch.zeros((2, 2), device=acc.device)
+                torch.addmm(probe, a[:2, :1], b[:1, :2], out_dtype=torch.float32, out=probe)
+                _FP32_OUT_GEMM[kind] = True
+            except (TypeError, RuntimeError, NotImplementedError) as exc:  # not an out-of-memory: 16 bytes
+                _FP32_OUT_GEMM[kind] = False
+                _FP32_OUT_GEMM["why"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        if _FP32_OUT_GEMM[kind]:
             torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
             return
-        except (TypeError, RuntimeError, NotImplementedError):
-            pass
     acc.add_(a @ b)
+
+
+def fp32_output_gemm() -> dict:
+    """What `_add_product` found on this process's devices: {"cuda": True/False, "why": the refusal}."""
+    return dict(_FP32_OUT_GEMM)
 
 
 def _cast(grad, like, dtype=None):
@@ -162,6 +187,7 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
     acc = acc_dtype(hidden)
     stats = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc) for _ in range(3)]
     dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
+    w_mm = product_weight(weight, acc)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         y = labels[sl]
@@ -183,5 +209,5 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
         if cap_grad is not None:
             d.mul_(cap_grad)
         del z
-        accumulate_grads(d, hidden[sl], weight, sl, dx, dw, db)
+        accumulate_grads(d, hidden[sl], w_mm, sl, dx, dw, db)
     return tuple(stats), (dx, _cast(dw, weight, grad_dtype), _cast(db, bias, grad_dtype))

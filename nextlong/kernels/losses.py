@@ -68,40 +68,47 @@ class _LinearStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, softcap, backend, chunk, accumulate_fp32, compute_dtype):
-        ctx.save_for_backward(hidden, weight, bias, labels)  # the parameters as given (fp32 masters too)
-        weight, bias = _lowered(weight, bias, compute_dtype)
-        if backend == "triton":
-            stats = _triton_module().flce_stats(hidden, weight, bias, labels, softcap)
-        elif backend == "chunked":
-            stats = _triton_module().chunked_stats(hidden, weight, bias, labels, softcap, chunk)
-        else:
-            stats = _ref.flce_stats(hidden, weight, bias, labels, softcap, chunk)
-        ctx.lse = stats[0]  # an output: kept outside save_for_backward, freed with the graph
+        w, b = _lowered(weight, bias, compute_dtype)
+        with _no_autocast(hidden):
+            if backend == "triton":
+                stats = _triton_module().flce_stats(hidden, w, b, labels, softcap)
+            elif backend == "chunked":
+                stats = _triton_module().chunked_stats(hidden, w, b, labels, softcap, chunk)
+            else:
+                stats = _ref.flce_stats(hidden, w, b, labels, softcap, chunk)
+        # the parameters as given (fp32 masters are lowered again in backward, not kept lowered in between)
+        ctx.save_for_backward(hidden, weight, bias, labels, stats[0])
         ctx.softcap, ctx.backend, ctx.chunk, ctx.accumulate_fp32 = softcap, backend, chunk, accumulate_fp32
         ctx.compute_dtype = compute_dtype
         return stats
 
     @staticmethod
     def backward(ctx, g_lse, g_zy, g_sz):
-        hidden, weight, bias, labels = ctx.saved_tensors
-        lse = ctx.lse
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
         grad_dtype = weight.dtype if ctx.compute_dtype is not None else None  # fp32 masters get fp32 grads
         weight, bias = _lowered(weight, bias, ctx.compute_dtype)
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  bias is not None and ctx.needs_input_grad[2])
         g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
-        if ctx.backend == "triton":
-            dx, dw, db = _triton_module().flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
-        elif ctx.backend == "chunked":
-            dx, dw, db = _triton_module().chunked_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
-                grad_dtype=grad_dtype)
-        else:
-            dx, dw, db = _ref.flce_grads(
-                hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
-                grad_dtype=grad_dtype)
+        with _no_autocast(hidden):
+            if ctx.backend == "triton":
+                dx, dw, db = _triton_module().flce_grads(
+                    hidden, weight, bias, labels, ctx.softcap, lse, *g, needs)
+            elif ctx.backend == "chunked":
+                dx, dw, db = _triton_module().chunked_grads(
+                    hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
+                    grad_dtype=grad_dtype)
+            else:
+                dx, dw, db = _ref.flce_grads(
+                    hidden, weight, bias, labels, ctx.softcap, lse, *g, needs, ctx.chunk, ctx.accumulate_fp32,
+                    grad_dtype=grad_dtype)
         return dx, dw, db, None, None, None, None, None, None
+
+
+def _no_autocast(tensor):
+    """The kernels pick their own dtypes; autocast must not recast their products (fp16 autocast would turn
+    the fp32 gradient products of fp16 weights back into fp16)."""
+    return torch.autocast(tensor.device.type, enabled=False)
 
 
 def _lowered(weight, bias, compute_dtype):
@@ -171,14 +178,15 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  bias is not None and ctx.needs_input_grad[2])
-        if rows == "triton":
-            stats, grads = _triton_module().chunked_stats_and_grads(
-                hidden, weight, bias, labels, softcap, coefficients, needs, chunk, accumulate_fp32,
-                grad_dtype=grad_dtype)
-        else:
-            stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, needs,
-                                                     chunk, need_sum=bool(eps), accumulate_fp32=accumulate_fp32,
-                                                     grad_dtype=grad_dtype)
+        with _no_autocast(hidden):
+            if rows == "triton":
+                stats, grads = _triton_module().chunked_stats_and_grads(
+                    hidden, weight, bias, labels, softcap, coefficients, needs, chunk, accumulate_fp32,
+                    grad_dtype=grad_dtype)
+            else:
+                stats, grads = _ref.flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients,
+                                                         needs, chunk, need_sum=bool(eps),
+                                                         accumulate_fp32=accumulate_fp32, grad_dtype=grad_dtype)
         ctx.grads = grads  # freed with the graph; neither inputs nor outputs, so no saved-tensor rules
         return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
 
@@ -324,8 +332,9 @@ def fused_linear_cross_entropy(
     compute_dtype = None
     if which in ("chunked", "torch") and accumulate_fp32 and params[0].dtype == torch.float32 \
             and w2.dtype != torch.float32:
-        compute_dtype, w2 = w2.dtype, params[0].contiguous()
-        b2 = None if params[1] is None else params[1].contiguous()
+        compute_dtype = w2.dtype
+        weight, bias = params  # drop autocast's lowered copies: the Function lowers its own
+        w2, b2 = weight.contiguous(), None if bias is None else bias.contiguous()
     if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
         if tw is not None and tw.numel() != flat.numel():
