@@ -253,6 +253,35 @@ def test_a_kill_at_any_rename_of_the_model_export_leaves_a_complete_model(data, 
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".model")) == [os.readlink(run / "model")]
 
 
+def test_resuming_a_run_killed_between_its_last_checkpoint_and_its_model_export_exports_it(data, tmp_path,
+                                                                                           monkeypatch):
+    """A kill after the last step's checkpoint but before its model export left RUN/model one step behind;
+    --resume finds nothing to train and must still export the checkpoint's weights (it once kept the stale
+    model: found by the random-kill test below, 1 run in 10)."""
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    train(data, whole, steps=3, save_every=1, **FAST)
+    real_export = ckpt.export_model
+
+    def killed_at_the_last(*args, step=None, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt("kill -9")
+        return real_export(*args, step=step, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "export_model", killed_at_the_last)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, steps=3, save_every=1, **FAST)
+    assert ckpt.exported_step(run) == 2 and ckpt.list_checkpoints(run)[-1].name.endswith("3")
+    train(data, run, steps=3, save_every=1, resume=True, **FAST)
+    assert ckpt.exported_step(run) == 3
+    assert (run / "model" / "model.safetensors").read_bytes() == (whole / "model" / "model.safetensors").read_bytes()
+    exports = []
+    with monkeypatch.context() as m:  # a finished run resumed again has nothing to redo
+        m.setattr(ckpt, "export_model", lambda *a, **k: exports.append(k))
+        train(data, run, steps=3, save_every=1, resume=True, **FAST)
+    assert exports == []
+
+
 # --- a full disk ---------------------------------------------------------------------------------
 
 

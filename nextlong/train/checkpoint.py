@@ -26,7 +26,7 @@ before anything is loaded, so a damaged or crafted checkpoint is refused in one 
 part.
 
 RUN/model is the latest weights as a Hugging Face `save_pretrained` folder (config.json +
-model.safetensors) plus `nextlong.json` = {"tokenizer": SPEC} (SPEC for `nextlong.corpus.tokenizer.load_tokenizer`;
+model.safetensors) plus `nextlong.json` = {"tokenizer": SPEC, "step": N} (SPEC for `nextlong.corpus.tokenizer.load_tokenizer`;
 a tokenizer file is copied beside it and named relative to RUN/model). It is a symbolic link to a
 hidden folder `.model-XXXXXXXX` written completely first; replacing the link is one atomic rename,
 so a reader of RUN/model finds a complete model at every moment, even after a kill.
@@ -557,15 +557,25 @@ def convert_pickled_checkpoint(checkpoint: Path, state: dict) -> None:
 # --- the exported model ------------------------------------------------------------------------
 
 
-def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict: dict | None = None) -> Path:
-    """Write RUN/model (save_pretrained + nextlong.json) atomically; rank 0 only."""
+def exported_step(run: Path) -> int | None:
+    """The training step RUN/model holds (nextlong.json's "step"), or None when it says none or cannot be read."""
+    try:
+        step = json.loads((Path(run) / MODEL / "nextlong.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict: dict | None = None,
+                 step: int | None = None) -> Path:
+    """Write RUN/model (save_pretrained + nextlong.json, which records `step`) atomically; rank 0 only."""
     run = Path(run)
     final = run / MODEL
     folder = run / f".{MODEL}-{os.urandom(4).hex()}"
     folder.mkdir()
     try:
         with disk_full_as_error(final):
-            _write_model_folder(folder, hf_model, tokenizer_spec, state_dict)
+            _write_model_folder(folder, hf_model, tokenizer_spec, state_dict, step)
             link = run / f".{MODEL}-link"
             _remove(link)  # whatever has the name (a crafted folder too), never followed
             os.symlink(folder.name, link)
@@ -585,7 +595,8 @@ def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict:
     return final
 
 
-def _write_model_folder(folder: Path, hf_model, tokenizer_spec: str | None, state_dict: dict | None) -> None:
+def _write_model_folder(folder: Path, hf_model, tokenizer_spec: str | None, state_dict: dict | None,
+                        step: int | None) -> None:
     try:  # no "Writing model shards" bar inside the training bar
         from transformers.utils import logging as hf_logging
 
@@ -602,5 +613,6 @@ def _write_model_folder(folder: Path, hf_model, tokenizer_spec: str | None, stat
     if spec is not None and Path(spec).is_file():
         shutil.copy2(spec, folder / Path(spec).name)
         spec = Path(spec).name
-    (folder / "nextlong.json").write_text(json.dumps({"tokenizer": spec}, indent=1) + "\n")
+    meta = {"tokenizer": spec} if step is None else {"tokenizer": spec, "step": int(step)}
+    (folder / "nextlong.json").write_text(json.dumps(meta, indent=1) + "\n")
     _finish(*(f for f in folder.iterdir() if f.is_file()))

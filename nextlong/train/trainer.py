@@ -532,6 +532,8 @@ class Trainer:
                 metrics.close()
         if step != last_saved:  # the data position saved is the one after the last step taken
             self.save(step)
+        elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
+            self.export(step)  # resumed at a checkpoint whose model export a kill cut short
         finished = step >= cfg.steps
         summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
         if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
@@ -587,12 +589,17 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
                              sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints)
+        self.export(step)
+
+    def export(self, step: int) -> None:
+        """RUN/model from the weights now (all ranks take part under FSDP; rank 0 writes), recording `step`."""
         state_dict = None
         if self.cfg.fsdp:
             full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
             state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
         if self.rank == 0:
-            ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict)
+            ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict,
+                              step=step)
 
     def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
         losses = [r["loss"] for r in self.history if r.get("loss") is not None]
