@@ -81,6 +81,22 @@ def _check(q, k, v, cu_seqlens):
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """"auto" made concrete (Triton for CUDA fp16/bf16, torch otherwise), and what cannot run refused."""
+    if backend == "auto":
+        return "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "triton" and q.is_cuda and q.dtype == torch.float32:
+        raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
+                         "tensor-core path); use backend='torch' or backend='auto' for fp32")
+    return backend
+
+
+def _scale(softmax_scale, q: torch.Tensor) -> float:
+    return float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -143,14 +159,8 @@ def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=N
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
-    if backend == "auto":
-        backend = "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton" and q.is_cuda and q.dtype == torch.float32:
-        raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
-                         "tensor-core path); use backend='torch' or backend='auto' for fp32")
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    backend = _resolve_backend(backend, q)
+    scale = _scale(softmax_scale, q)
 
     batched = cu_seqlens is None
     if batched:
@@ -172,14 +182,13 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
     (total, H) as it returns it), without running the forward again: for ring-style wrappers, which merge
     partial results themselves and call each block's backward with the merged out and lse. A query row
     whose `do` is 0 contributes nothing, whatever its lse (+inf is allowed there)."""
-    q, k, v = autocast_inputs(q, k, v)
-    _check(q, k, v, cu_seqlens)
     if cu_seqlens is None:
         raise ValueError("attention_backward: give cu_seqlens (the packed layout)")
+    q, k, v = autocast_inputs(q, k, v)
+    _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
-    if backend == "auto":
-        backend = "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    backend = _resolve_backend(backend, q)
+    scale = _scale(softmax_scale, q)
     q, k, v, out, do = (_last_dim_contiguous(x) for x in (q, k, v, out.to(q.dtype), do.to(q.dtype)))
     lse = lse.float()
     if backend == "triton":

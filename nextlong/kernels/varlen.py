@@ -92,11 +92,17 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
         return _reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale,
                                    window)
     # the padded layout _unequal ran: pad rows have dout 0 and lse +inf, so they add nothing to dk, dv
-    pad = lambda x, fill: x.new_full((k.shape[0], *x.shape[1:]), fill).index_copy(0, rows, x)  # noqa: E731
-    dq, dk, dv = attention_backward(pad(dout, 0), pad(q, 0), k, v, pad(out, 0), pad(lse.float(), float("inf")),
-                                    cu_seqlens=cu_seqlens_k, causal=causal, softmax_scale=softmax_scale,
-                                    window=window)
+    total = k.shape[0]
+    dq, dk, dv = attention_backward(
+        _in_key_layout(dout, rows, total), _in_key_layout(q, rows, total), k, v, _in_key_layout(out, rows, total),
+        _in_key_layout(lse.float(), rows, total, fill=float("inf")), cu_seqlens=cu_seqlens_k, causal=causal,
+        softmax_scale=softmax_scale, window=window)
     return dq[rows], dk, dv
+
+
+def _in_key_layout(x, rows, total: int, fill: float = 0.0):
+    """`x`'s query rows placed at `rows` (from _query_rows) of a `total`-row tensor filled with `fill`."""
+    return x.new_full((total, *x.shape[1:]), fill).index_copy(0, rows, x)
 
 
 def _query_rows(q, cu_q, cu_k):
@@ -118,8 +124,7 @@ def _unequal(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
     if rows is None:
         return _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window)
     # self-attention on the key layout: sequence i's queries are the last lq[i] rows of its lk[i]
-    padded = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy(0, rows, q)
-    out, lse = attention_with_lse(padded, k, v, causal=causal, cu_seqlens=cu_k, softmax_scale=softmax_scale,
+    out, lse = attention_with_lse(_in_key_layout(q, rows, k.shape[0]), k, v, causal=causal, cu_seqlens=cu_k, softmax_scale=softmax_scale,
                                   window=window)
     return out[rows], lse[rows]
 
