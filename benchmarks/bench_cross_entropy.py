@@ -308,8 +308,8 @@ def print_fp32_output_gemm() -> None:
     from nextlong.kernels._ce_reference import fp32_output_gemm
 
     found = fp32_output_gemm()
-    if "cuda" in found:
-        print("fp32 dW sum: " + ("one GEMM with fp32 output, in place (out_dtype)" if found["cuda"] else
+    if "works" in found:
+        print("fp32 dW sum: " + ("one GEMM with fp32 output, in place (out_dtype)" if found["works"] else
                                  f"a bf16 product added (out_dtype refused: {found.get('why')})"))
 
 

@@ -115,34 +115,35 @@ def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
         db += d.sum(dim=0, dtype=db.dtype)
 
 
-_FP32_OUT_GEMM = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32, out=acc) works there
+_FP32_OUT_GEMM = {}  # "works": whether torch.addmm(..., out_dtype=torch.float32, out=acc) runs on CUDA; "why"
 
 
 def _add_product(acc, a, b):
     """acc += a @ b for 16-bit a, b and an fp32 acc. On CUDA one GEMM with fp32 output adds into acc in place
     (torch's `out_dtype` overload, CUDA-only, and in older torch versions refused for an fp32 `acc`): no
-    temporary, no rounding of the product to 16 bits. Whether it works is found once per process and said
-    by `fp32_output_gemm()`; where it does not, the 16-bit product is formed (one (V, H) temporary) and
-    added."""
-    kind = acc.device.type
-    if acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16) and kind == "cuda" \
-            and _FP32_OUT_GEMM.get(kind, True):
-        if kind not in _FP32_OUT_GEMM:
-            try:
-                probe = torch.zeros((2, 2), device=acc.device)
-                torch.addmm(probe, a[:2, :1], b[:1, :2], out_dtype=torch.float32, out=probe)
-                _FP32_OUT_GEMM[kind] = True
-            except (TypeError, RuntimeError, NotImplementedError) as exc:  # not an out-of-memory: 16 bytes
-                _FP32_OUT_GEMM[kind] = False
-                _FP32_OUT_GEMM["why"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        if _FP32_OUT_GEMM[kind]:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            return
-    acc.add_(a @ b)
+    temporary, no rounding of the product to 16 bits. Where it does not run, the 16-bit product is formed
+    (one (V, H) temporary) and added."""
+    if acc.is_cuda and acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16) \
+            and _fp32_output_gemm_works(a, b):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.add_(a @ b)
+
+
+def _fp32_output_gemm_works(a, b) -> bool:
+    """Tried once per process on a 2 x 2 product; `fp32_output_gemm()` says what was found."""
+    if "works" not in _FP32_OUT_GEMM:
+        try:
+            probe = torch.zeros((2, 2), device=a.device)
+            torch.addmm(probe, a[:2, :1], b[:1, :2], out_dtype=torch.float32, out=probe)
+            _FP32_OUT_GEMM["works"] = True
+        except (TypeError, RuntimeError, NotImplementedError) as exc:  # not an out-of-memory: 16 bytes
+            _FP32_OUT_GEMM.update(works=False, why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    return _FP32_OUT_GEMM["works"]
 
 
 def fp32_output_gemm() -> dict:
-    """What `_add_product` found on this process's devices: {"cuda": True/False, "why": the refusal}."""
+    """What `_add_product` found on CUDA in this process: {"works": True/False, "why": the refusal}, or {}."""
     return dict(_FP32_OUT_GEMM)
 
 

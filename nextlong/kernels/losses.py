@@ -51,11 +51,11 @@ def _triton_module():
     return _ce_triton
 
 
-def _pick_backend(backend: str, tensor: torch.Tensor) -> str:
+def _pick_backend(backend: str, tensor: torch.Tensor, cuda_default: str = "triton") -> str:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if tensor.is_cuda else "torch"
+        return cuda_default if tensor.is_cuda else "torch"
     if backend in ("triton", "chunked") and not tensor.is_cuda and not _triton_module().interpreting():
         raise ValueError(
             f"backend={backend!r} needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
@@ -315,18 +315,16 @@ def fused_linear_cross_entropy(
     h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     vocab = weight.shape[0]
     flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
-    which = _pick_backend(backend, h2)
+    # CUDA defaults to the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic
+    # adds into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused
+    # forward alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
+    which = _pick_backend(backend, h2, _cuda_backend(h2.dtype))
     chunk = chunk_size or _ref.default_chunk(h2.shape[0], vocab, h2.is_cuda)
     softcap = float(logit_softcap) if logit_softcap is not None else None
     w2 = weight.contiguous()
     b2 = None if bias is None else bias.contiguous()
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
-    # CUDA takes the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic adds
-    # into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused forward
-    # alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
-    if backend == "auto" and h2.is_cuda:
-        which = _cuda_backend(h2.dtype)
     # fp32 parameters that autocast lowered: the chunked paths lower them inside, so their gradients come
     # back in fp32 straight from the fp32 accumulator
     compute_dtype = None
