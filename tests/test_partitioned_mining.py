@@ -29,13 +29,14 @@ def reference_top_k(queries, vectors, k):
     return np.stack([np.lexsort((np.arange(len(vectors)), -row))[:k] for row in s])
 
 
-def test_exact_top_k_equals_the_float64_reference_with_ties_and_padding():
+@pytest.mark.parametrize("k", [12, 5])  # the k-th found by numpy's partition (k a large share), by the heap
+def test_exact_top_k_equals_the_float64_reference_with_ties_and_padding(k):
     v = unit_vectors(700, 32)
     v[5] = v[9] = v[300]  # three identical vectors: the tie goes to the lower id
-    ids, sims = exact_top_k(v[:300], v, 12, rows=64)
-    assert np.array_equal(ids, reference_top_k(v[:300], v, 12))
+    ids, sims = exact_top_k(v[:300], v, k, rows=64)
+    assert np.array_equal(ids, reference_top_k(v[:300], v, k))
     assert ids[5, :3].tolist() == [5, 9, 300] and ids[300 - 300 + 9, :3].tolist() == [5, 9, 300]
-    assert np.allclose(sims, np.sort(v[:300].astype(np.float64) @ v.T.astype(np.float64), axis=1)[:, ::-1][:, :12],
+    assert np.allclose(sims, np.sort(v[:300].astype(np.float64) @ v.T.astype(np.float64), axis=1)[:, ::-1][:, :k],
                        atol=1e-6)
     small, small_sims = exact_top_k(v[:2], v[:3], 5)  # fewer vectors than k: padded
     assert (small[:, 3:] == -1).all() and np.isinf(small_sims[:, 3:]).all() and (small[:, :3] >= 0).all()
@@ -49,6 +50,8 @@ def test_exact_top_k_does_not_depend_on_the_batch():
         assert np.array_equal(ids[0], batch_ids[i]) and sims[0].tobytes() == batch_sims[i].tobytes()
     ids, _ = exact_top_k(v[:500], v, 7, rows=500)
     assert np.array_equal(ids, batch_ids[:, :7])  # the top k is a prefix of the top K
+    ids, sims = exact_top_k(v[:500], v, 20, rows=300, threads=3)  # rows split over threads
+    assert np.array_equal(ids, batch_ids) and sims.tobytes() == batch_sims.tobytes()
 
 
 def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
@@ -66,10 +69,42 @@ def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
 
 
 def test_merge_orders_by_similarity_then_id_and_pads():
-    ids, sims = np.zeros((3, 3), np.int64), np.zeros((3, 3))  # overwritten whole, padding included
+    ids, sims = np.full((3, 3), -1, np.int64), np.full((3, 3), -np.inf)  # empty running best
     merge_into(np.array([0, 0, 0, 1]), np.array([7, 3, 5, 2]), np.array([0.5, 0.9, 0.9, 0.1]), ids, sims)
     assert ids.tolist() == [[3, 5, 7], [2, -1, -1], [-1, -1, -1]]
     assert sims[0].tolist() == pytest.approx([0.9, 0.9, 0.5]) and np.isinf(sims[1, 1:]).all()
+    # into a running best: a tie goes to the lower id, a worse candidate and padding (-1) change nothing
+    merge_into(np.array([0, 0, 1, 2]), np.array([4, 1, -1, 8]), np.array([0.5, 0.1, 0.7, 0.3]), ids, sims)
+    assert ids.tolist() == [[3, 5, 4], [2, -1, -1], [8, -1, -1]]
+
+
+def test_merging_candidates_in_any_order_and_split_gives_one_searchs_top_k():
+    rng = np.random.default_rng(0)
+    n, k, m = 40, 6, 2000
+    rows, ids = rng.integers(0, n, m), rng.permutation(m)  # distinct ids
+    sims = rng.integers(0, 50, m) / 50.0  # many ties
+    expected = np.full((n, k), -1, np.int64)
+    for r in range(n):
+        mine = np.flatnonzero(rows == r)
+        best = mine[np.lexsort((ids[mine], -sims[mine]))][:k]
+        expected[r, :best.size] = ids[best]
+    got_ids, got_sims = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf)
+    for part in np.array_split(rng.permutation(m), 7):
+        merge_into(rows[part], ids[part], sims[part], got_ids, got_sims)
+    assert np.array_equal(got_ids, expected)
+
+
+def test_a_floor_leaves_out_only_what_is_below_it():
+    v = unit_vectors(800, 16, seed=9)
+    full_ids, full_sims = exact_top_k(v[:200], v, 15, sims_dtype=np.float64)
+    floor = np.where(np.arange(200) % 3 == 0, -np.inf, full_sims[:, 7])  # some rows without a floor
+    floor[1] = full_sims[1, 0] + 1.0  # nothing reaches it
+    floor[2] = full_sims[2, 7] + 1e-9  # the 8th is within float32 rounding of it, but below: left out
+    ids, sims = exact_top_k(v[:200], v, 15, sims_dtype=np.float64, floor=floor, rows=32)
+    keep = full_sims >= floor[:, None]
+    assert np.array_equal(np.where(keep, full_ids, -1), ids)
+    assert np.array_equal(np.where(keep, full_sims, -np.inf), sims)
+    assert (ids[1] == -1).all() and (ids[0] >= 0).all() and (ids[2, 7:] == -1).all() and ids[2, 6] >= 0
 
 
 def test_probing_every_partition_gives_the_exact_lists():

@@ -7,14 +7,23 @@ rounding bound of the k-th best), then each candidate's similarity is recomputed
 fixed reduction per (query, column) pair, and the order is total: similarity descending, then column
 ascending. So a query's answer is the same alone or in a batch of thousands, whatever BLAS does with
 its threads, and the top k is a prefix of the top K.
+
+The selection after the product is one numba pass per row (no (rows x n) temporaries besides the
+product): the columns at or above an optional floor, their k-th float32 score by a min-heap, then the
+float64 rescoring and an insertion into the row's sorted top k. A floor (a caller's running k-th) is
+what makes the partitioned self-search cheap: most of a visited partition falls below it and is never
+rescored.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 ROWS = 256  # query rows per float32 product at least: bounds the (rows x n) block to 200 MB at 200k columns
 BLOCK_ELEMENTS = 1 << 22  # against few columns (a partition), more rows per product: 16 MB blocks, less overhead
+MIN_THREAD_ROWS = 64  # rows per thread at least: fewer are not worth a thread's start
 
 
 def rounding_bound(queries: np.ndarray, max_norm: float) -> np.ndarray:
@@ -34,31 +43,17 @@ def _kernels():
     return _KERNELS
 
 
-def pair_dots(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """float64 dot products of queries[rows[i]] and vectors[cols[i]], each summed in index order: a
-    pair's value depends on that pair alone (no gather copies, no BLAS)."""
-    out = np.empty(rows.shape[0], np.float64)
-    _kernels()[0](vectors, queries, rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False), out)
-    return out
-
-
-def segment_top_k(starts: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int, out_ids: np.ndarray,
-                  out_sims: np.ndarray) -> None:
-    """For each segment i (entries starts[i]:starts[i + 1]), its k best entries, similarity descending then
-    id ascending, into row i of out_ids / out_sims (float64; left as they are beyond the segment's length)."""
-    if k > 0:
-        _kernels()[1](starts.astype(np.int64, copy=False), ids.astype(np.int64, copy=False),
-                      sims.astype(np.float64, copy=False), k, out_ids, out_sims)
-
-
-def group_rows(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(order, starts): a counting sort of row numbers in [0, n), stable, and where each row's run starts."""
-    counts = np.bincount(rows, minlength=n)
-    starts = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=starts[1:])
-    order = np.empty(rows.shape[0], np.int64)
-    _kernels()[2](rows.astype(np.int64, copy=False), starts[:-1].copy(), order)
-    return order, starts
+def insert_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np.ndarray,
+                best_sims: np.ndarray) -> None:
+    """Insert candidates (row, id, float64 sim) into each row's running top k (best_ids / best_sims, kept
+    sorted: similarity descending, then id ascending; -1 / -inf in unused slots), in place. The result
+    is the top k of the running best and the candidates together whatever their order, as long as no
+    id comes twice to one row."""
+    if rows.size and (rows.min() < 0 or rows.max() >= best_ids.shape[0]):  # the loop does not check bounds
+        raise ValueError(f"candidate rows must lie in [0, {best_ids.shape[0]}), got {rows.min()}..{rows.max()}")
+    if best_ids.shape[1] > 0 and rows.size:
+        _kernels()[1](rows.astype(np.int64, copy=False), ids.astype(np.int64, copy=False),
+                      sims.astype(np.float64, copy=False), best_ids, best_sims)
 
 
 def _compile():
@@ -69,52 +64,96 @@ def _compile():
 
         raise missing_extra("numba", "ml", "exact search") from None
 
+    @njit(cache=True, nogil=True, inline="always")
+    def insert(row, c, s, out_ids, out_sims):
+        # into a sorted row of k (unused slots -inf): one comparison for most candidates, which fall
+        # below its k-th
+        k = out_ids.shape[1]
+        if not (s > out_sims[row, k - 1] or (s == out_sims[row, k - 1] and c < out_ids[row, k - 1])):
+            return
+        pos = k - 1
+        while pos > 0 and (s > out_sims[row, pos - 1] or (s == out_sims[row, pos - 1] and c < out_ids[row, pos - 1])):
+            out_sims[row, pos] = out_sims[row, pos - 1]
+            out_ids[row, pos] = out_ids[row, pos - 1]
+            pos -= 1
+        out_sims[row, pos] = s
+        out_ids[row, pos] = c
+
     @njit(cache=True, nogil=True)
-    def dots(vectors, queries, rows, cols, out):
+    def select(s, queries, vectors, bound, floor, kth, k, out_ids, out_sims):
+        # per row: the columns at or above the floor (less the rounding bound), compacted in one
+        # branch-free scan; their k-th largest float32 score (given in kth, else by a min-heap of k);
+        # then those within the bound of it rescored in float64, summed in index order, into the top k
+        m, n = s.shape
         d = vectors.shape[1]
-        for i in range(rows.shape[0]):
-            a = vectors[cols[i]]
-            b = queries[rows[i]]
-            s = 0.0
-            for j in range(d):
-                s += np.float64(a[j]) * np.float64(b[j])
-            out[i] = s
-
-    @njit(cache=True, nogil=True)
-    def top_k(starts, ids, sims, k, out_ids, out_sims):
-        # insertion into a sorted buffer of the best k: one comparison for most entries
-        for i in range(starts.shape[0] - 1):
-            filled = 0
-            for e in range(starts[i], starts[i + 1]):
-                s, c = sims[e], ids[e]
-                if filled == k and not (s > out_sims[i, k - 1] or (s == out_sims[i, k - 1] and c < out_ids[i, k - 1])):
+        heap = np.empty(k, np.float32)
+        cols = np.empty(n, np.int64)
+        for i in range(m):
+            low = floor[i] - bound[i]
+            given = not np.isnan(kth[i])
+            if given:
+                low = max(low, np.float64(kth[i]) - bound[i])
+            found = 0
+            for j in range(n):
+                cols[found] = j
+                found += s[i, j] >= low
+            if found > k and not given:
+                for e in range(k):  # heapify the first k, then keep the k largest
+                    x = s[i, cols[e]]
+                    pos = e
+                    while pos > 0 and heap[(pos - 1) // 2] > x:
+                        heap[pos] = heap[(pos - 1) // 2]
+                        pos = (pos - 1) // 2
+                    heap[pos] = x
+                for e in range(k, found):
+                    x = s[i, cols[e]]
+                    if x <= heap[0]:
+                        continue
+                    pos = 0
+                    while True:
+                        child = 2 * pos + 1
+                        if child >= k:
+                            break
+                        if child + 1 < k and heap[child + 1] < heap[child]:
+                            child += 1
+                        if heap[child] >= x:
+                            break
+                        heap[pos] = heap[child]
+                        pos = child
+                    heap[pos] = x
+                low = max(low, np.float64(heap[0]) - bound[i])
+            q = queries[i]
+            for e in range(found):
+                j = cols[e]
+                if not (s[i, j] >= low):
                     continue
-                pos = filled if filled < k else k - 1
-                while pos > 0 and (s > out_sims[i, pos - 1] or (s == out_sims[i, pos - 1] and c < out_ids[i, pos - 1])):
-                    if pos < k:
-                        out_sims[i, pos] = out_sims[i, pos - 1]
-                        out_ids[i, pos] = out_ids[i, pos - 1]
-                    pos -= 1
-                out_sims[i, pos] = s
-                out_ids[i, pos] = c
-                if filled < k:
-                    filled += 1
+                v = vectors[j]
+                exact = 0.0
+                for t in range(d):
+                    exact += np.float64(v[t]) * np.float64(q[t])
+                if exact >= floor[i]:
+                    insert(i, j, exact, out_ids, out_sims)
 
     @njit(cache=True, nogil=True)
-    def scatter(rows, next_slot, order):
-        for i in range(rows.shape[0]):
-            order[next_slot[rows[i]]] = i
-            next_slot[rows[i]] += 1
+    def insert_all(rows, ids, sims, out_ids, out_sims):
+        for e in range(rows.shape[0]):
+            insert(rows[e], ids[e], sims[e], out_ids, out_sims)
 
-    return dots, top_k, scatter
+    return select, insert_all
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: float | None = None,
-                rows: int | None = None, sims_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+                rows: int | None = None, sims_dtype=np.float32, floor: np.ndarray | None = None,
+                threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(ids, sims) of shape (len(queries), k): the columns of `vectors` with the largest inner product,
     similarity descending then column ascending, padded with -1 / -inf when `vectors` has fewer than k
     rows. Similarities are the float64 values, rounded to `sims_dtype` (float64 keeps them exact, for a
-    merge that must order candidates from several searches as one search would)."""
+    merge that must order candidates from several searches as one search would).
+
+    `floor` (float64 per query) leaves out every column whose similarity is below it: the answer is the
+    top k of the rest, so a caller that already holds k candidates at or above a value (a running top k,
+    a threshold) skips rescoring what could not enter it. The answer does not depend on the batch either.
+    `threads`: the selection runs on this many threads, each on its own rows (the product uses BLAS's)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, m = vectors.shape[0], queries.shape[0]
@@ -125,21 +164,37 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
         return ids, sims
     if max_norm is None:
         max_norm = float(np.linalg.norm(vectors, axis=1).max(initial=0.0))
+    unfloored = floor is None
+    floor = (np.full(m, -np.inf) if floor is None
+             else np.ascontiguousarray(np.broadcast_to(np.asarray(floor, np.float64), (m,))))
+    bound = rounding_bound(queries, max_norm).astype(np.float64)
+    select = _kernels()[0]
     rows = rows or max(ROWS, BLOCK_ELEMENTS // max(n, 1))
-    for lo in range(0, m, rows):
-        q = queries[lo:lo + rows]
-        s = q @ vectors.T
-        if k_eff < n:
-            kth = -np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1]
-            r, c = np.nonzero(s >= (kth - rounding_bound(q, max_norm))[:, None])
-        else:
-            r, c = np.divmod(np.arange(len(q) * n, dtype=np.int64), n)
-        exact = pair_dots(vectors, q, r, c)
-        starts = np.zeros(len(q) + 1, np.int64)  # nonzero lists pairs by row, columns ascending within one
-        np.cumsum(np.bincount(r, minlength=len(q)), out=starts[1:])
-        block_sims = np.full((len(q), k), -np.inf, np.float64)
-        block_ids = np.full((len(q), k_eff), -1, np.int64)
-        segment_top_k(starts, c, exact, k_eff, block_ids, block_sims[:, :k_eff])
-        ids[lo:lo + len(q), :k_eff] = block_ids
-        sims[lo:lo + len(q)] = block_sims
+    pool = ThreadPoolExecutor(threads) if threads > 1 and m >= 2 * MIN_THREAD_ROWS else None
+    try:
+        for lo in range(0, m, rows):
+            q = queries[lo:lo + rows]
+            s = q @ vectors.T
+            block_ids = np.full((len(q), k_eff), -1, np.int64)
+            block_sims = np.full((len(q), k_eff), -np.inf, np.float64)
+            # without a floor every column is a candidate: numpy's introselect finds the k-th faster than
+            # the heap when k is a large share of the row (routing: 32 of ~1000 centroids), where most
+            # columns would pass through the heap (measured: 0.8 vs 0.5 s routing 100k rows to 316)
+            kth = (-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if unfloored and k_eff < n < 64 * k_eff
+                   else np.full(len(q), np.nan, np.float32))
+
+            def part(a, b, lo=lo, q=q, s=s, kth=kth, block_ids=block_ids, block_sims=block_sims):
+                select(s[a:b], q[a:b], vectors, bound[lo + a:lo + b], floor[lo + a:lo + b], kth[a:b], k_eff,
+                       block_ids[a:b], block_sims[a:b])
+
+            cuts = np.linspace(0, len(q), min(threads, max(1, len(q) // MIN_THREAD_ROWS)) + 1).astype(int)
+            if pool is None or len(cuts) == 2:
+                part(0, len(q))
+            else:
+                list(pool.map(part, cuts[:-1], cuts[1:]))
+            ids[lo:lo + len(q), :k_eff] = block_ids
+            sims[lo:lo + len(q), :k_eff] = block_sims
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return ids, sims

@@ -48,70 +48,64 @@ def default_partitions(n_chunks: int) -> int:
     return max(1, round(math.sqrt(max(n_chunks, 0))))
 
 
-def route(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+def route(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, threads: int = 1) -> np.ndarray:
     """(n, nprobe) int32: each row's nearest centroids, nearest first (ties to the lower centroid)."""
-    ids, _ = exact_top_k(vectors, centroids, min(nprobe, centroids.shape[0]))
+    ids, _ = exact_top_k(vectors, centroids, min(nprobe, centroids.shape[0]), threads=threads)
     return ids.astype(np.int32)
 
 
 def search_partition(member_ids: np.ndarray, member_vectors: np.ndarray, query_vectors: np.ndarray,
-                     k: int) -> tuple[np.ndarray, np.ndarray]:
+                     k: int, floor: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Top-min(k, members) members of one partition for each query: (chunk ids int64, float64 sims).
-    `member_ids` ascending, so ties fall to the lower chunk id as in one search of the whole corpus."""
+    `member_ids` ascending, so ties fall to the lower chunk id as in one search of the whole corpus.
+    With `floor` (float64 per query), members below it are left out (ids -1, sims -inf)."""
     k = min(k, len(member_ids))
-    cols, sims = exact_top_k(query_vectors, member_vectors, k, sims_dtype=np.float64)
-    return np.asarray(member_ids, np.int64)[cols], sims
+    cols, sims = exact_top_k(query_vectors, member_vectors, k, sims_dtype=np.float64, floor=floor, threads=threads)
+    return np.where(cols >= 0, np.asarray(member_ids, np.int64)[cols], -1), sims
 
 
 def merge_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np.ndarray,
                best_sims: np.ndarray) -> None:
-    """Candidates (row, chunk id, float64 sim) -> each row's top k, written over best_ids / best_sims
-    (rows x k; float64 sims): by similarity descending, then id ascending; -1 / -inf where a row has
-    fewer than k. To keep a running best, pass it among the candidates. A chunk is a member of one
-    partition only, so no candidate comes twice."""
-    from .exact import group_rows, segment_top_k
+    """Candidates (row, chunk id, float64 sim) merged into each row's running top k (best_ids / best_sims,
+    rows x k, float64 sims; -1 / -inf where a row has fewer than k), in place: by similarity descending,
+    then id ascending. A chunk is a member of one partition only, so no candidate comes twice."""
+    from .exact import insert_into
 
-    n, k = best_ids.shape
-    out_ids = np.full((n, k), -1, np.int64)
-    out_sims = np.full((n, k), -np.inf, np.float64)
-    if ids.size:
-        order, starts = group_rows(rows, n)
-        segment_top_k(starts, ids[order], sims[order], k, out_ids, out_sims)
-    best_ids[...] = out_ids
-    best_sims[...] = out_sims
+    keep = ids >= 0
+    insert_into(rows[keep], ids[keep], sims[keep], best_ids, best_sims)
 
 
 def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
-                rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                rows: int = 1 << 16, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, sims, home) of every row of `vectors`, in one process: the steps the stages run as tasks
     (route, search each partition for the chunks routed to it, merge), for benchmarks and tests. Each
-    partition's candidates are merged into the running top k at once, so memory stays (rows x k)."""
+    partition's candidates are merged into the running top k at once, so memory stays (rows x k), and a
+    partition's search leaves out what falls below a query's running k-th (it could not enter)."""
     n = vectors.shape[0]
-    probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe)
+    probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe, threads)
                              for lo in range(0, n, rows)]) if n else np.zeros((0, nprobe), np.int32)
     home = probes[:, 0] if n else np.zeros(0, np.int32)
     members, offsets = members_by_partition(home, centroids.shape[0])
     flat = probes.reshape(-1)
-    by_partition = np.argsort(flat, kind="stable") // probes.shape[1] if n else flat  # query rows, by partition
+    order = np.argsort(flat, kind="stable")
+    by_partition, is_home = order // probes.shape[1], order % probes.shape[1] == 0  # query rows, by partition
     q_offsets = np.zeros(centroids.shape[0] + 1, np.int64)
     np.cumsum(np.bincount(flat, minlength=centroids.shape[0]), out=q_offsets[1:])
     best_ids = np.full((n, k), -1, np.int64)
     best_sims = np.full((n, k), -np.inf, np.float64)
-    for p in range(centroids.shape[0]):
-        member_ids = members[offsets[p]:offsets[p + 1]]
-        queries = by_partition[q_offsets[p]:q_offsets[p + 1]]
-        if member_ids.size == 0 or queries.size == 0:
-            continue
-        found, found_sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
-                                             np.asarray(vectors[queries], np.float32), k)
-        ids, sims = best_ids[queries], best_sims[queries]  # these queries' running best, merged with the new
-        owner = np.concatenate([np.repeat(np.arange(queries.size), k),
-                                np.repeat(np.arange(queries.size), found.shape[1])])
-        cand = np.concatenate([ids.reshape(-1), found.reshape(-1)])
-        keep = cand >= 0
-        merge_into(owner[keep], cand[keep], np.concatenate([sims.reshape(-1), found_sims.reshape(-1)])[keep],
-                   ids, sims)
-        best_ids[queries], best_sims[queries] = ids, sims
+    for visitors in (False, True):  # home partitions first: their k-th is a high floor for the others
+        for p in range(centroids.shape[0]):
+            member_ids = members[offsets[p]:offsets[p + 1]]
+            queries = by_partition[q_offsets[p]:q_offsets[p + 1]]
+            queries = queries[is_home[q_offsets[p]:q_offsets[p + 1]] != visitors]
+            if member_ids.size == 0 or queries.size == 0:
+                continue
+            found, found_sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
+                                                 np.asarray(vectors[queries], np.float32), k,
+                                                 floor=best_sims[queries, k - 1] if visitors else None,
+                                                 threads=threads)
+            merge_into(np.repeat(queries, found.shape[1]), found.reshape(-1), found_sims.reshape(-1),
+                       best_ids, best_sims)
     return best_ids, best_sims.astype(np.float32), home
 
 
