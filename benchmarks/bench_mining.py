@@ -67,7 +67,7 @@ def run_route(route: str, path: str, n: int, pca: int | None, k: int, nprobe: in
     if route == "partitioned":
         centroids = spherical_kmeans(v[sample], partitions, seed=0)
         t1 = time.perf_counter()
-        ids, _, home = self_search(v, centroids, nprobe, k + 1, threads=threads)
+        ids, _, home = self_search(v, centroids, nprobe, k + 1)
         sizes = np.bincount(home, minlength=partitions)
         # the largest search task at BLOCK_ROWS-chunk blocks: its partitions' members and routed queries
         per_block = max(1, partitions // max(1, -(-n // (1 << 16))))

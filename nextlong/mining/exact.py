@@ -17,13 +17,10 @@ rescored.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 ROWS = 256  # query rows per float32 product at least: bounds the (rows x n) block to 200 MB at 200k columns
 BLOCK_ELEMENTS = 1 << 22  # against few columns (a partition), more rows per product: 16 MB blocks, less overhead
-MIN_THREAD_ROWS = 64  # rows per thread at least: fewer are not worth a thread's start
 
 
 def rounding_bound(queries: np.ndarray, max_norm: float) -> np.ndarray:
@@ -143,8 +140,8 @@ def _compile():
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: float | None = None,
-                rows: int | None = None, sims_dtype=np.float32, floor: np.ndarray | None = None,
-                threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                rows: int | None = None, sims_dtype=np.float32, floor: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, sims) of shape (len(queries), k): the columns of `vectors` with the largest inner product,
     similarity descending then column ascending, padded with -1 / -inf when `vectors` has fewer than k
     rows. Similarities are the float64 values, rounded to `sims_dtype` (float64 keeps them exact, for a
@@ -152,8 +149,7 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
 
     `floor` (float64 per query) leaves out every column whose similarity is below it: the answer is the
     top k of the rest, so a caller that already holds k candidates at or above a value (a running top k,
-    a threshold) skips rescoring what could not enter it. The answer does not depend on the batch either.
-    `threads`: the selection runs on this many threads, each on its own rows (the product uses BLAS's)."""
+    a threshold) skips rescoring what could not enter it. The answer does not depend on the batch either."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, m = vectors.shape[0], queries.shape[0]
@@ -170,31 +166,17 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
     bound = rounding_bound(queries, max_norm).astype(np.float64)
     select = _kernels()[0]
     rows = rows or max(ROWS, BLOCK_ELEMENTS // max(n, 1))
-    pool = ThreadPoolExecutor(threads) if threads > 1 and m >= 2 * MIN_THREAD_ROWS else None
-    try:
-        for lo in range(0, m, rows):
-            q = queries[lo:lo + rows]
-            s = q @ vectors.T
-            block_ids = np.full((len(q), k_eff), -1, np.int64)
-            block_sims = np.full((len(q), k_eff), -np.inf, np.float64)
-            # without a floor every column is a candidate: numpy's introselect finds the k-th faster than
-            # the heap when k is a large share of the row (routing: 32 of ~1000 centroids), where most
-            # columns would pass through the heap (measured: 0.8 vs 0.5 s routing 100k rows to 316)
-            kth = (-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if unfloored and k_eff < n < 64 * k_eff
-                   else np.full(len(q), np.nan, np.float32))
-
-            def part(a, b, lo=lo, q=q, s=s, kth=kth, block_ids=block_ids, block_sims=block_sims):
-                select(s[a:b], q[a:b], vectors, bound[lo + a:lo + b], floor[lo + a:lo + b], kth[a:b], k_eff,
-                       block_ids[a:b], block_sims[a:b])
-
-            cuts = np.linspace(0, len(q), min(threads, max(1, len(q) // MIN_THREAD_ROWS)) + 1).astype(int)
-            if pool is None or len(cuts) == 2:
-                part(0, len(q))
-            else:
-                list(pool.map(part, cuts[:-1], cuts[1:]))
-            ids[lo:lo + len(q), :k_eff] = block_ids
-            sims[lo:lo + len(q), :k_eff] = block_sims
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for lo in range(0, m, rows):
+        q = queries[lo:lo + rows]
+        s = q @ vectors.T
+        block_ids = np.full((len(q), k_eff), -1, np.int64)
+        block_sims = np.full((len(q), k_eff), -np.inf, np.float64)
+        # without a floor every column is a candidate: numpy's introselect finds the k-th faster than
+        # the heap when k is a large share of the row (routing: 32 of ~1000 centroids), where most
+        # columns would pass through the heap (measured: 0.8 vs 0.5 s routing 100k rows to 316)
+        kth = (-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if unfloored and k_eff < n < 64 * k_eff
+               else np.full(len(q), np.nan, np.float32))
+        select(s, q, vectors, bound[lo:lo + rows], floor[lo:lo + rows], kth, k_eff, block_ids, block_sims)
+        ids[lo:lo + len(q), :k_eff] = block_ids
+        sims[lo:lo + len(q), :k_eff] = block_sims
     return ids, sims

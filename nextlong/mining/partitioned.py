@@ -48,19 +48,19 @@ def default_partitions(n_chunks: int) -> int:
     return max(1, round(math.sqrt(max(n_chunks, 0))))
 
 
-def route(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, threads: int = 1) -> np.ndarray:
+def route(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
     """(n, nprobe) int32: each row's nearest centroids, nearest first (ties to the lower centroid)."""
-    ids, _ = exact_top_k(vectors, centroids, min(nprobe, centroids.shape[0]), threads=threads)
+    ids, _ = exact_top_k(vectors, centroids, min(nprobe, centroids.shape[0]))
     return ids.astype(np.int32)
 
 
 def search_partition(member_ids: np.ndarray, member_vectors: np.ndarray, query_vectors: np.ndarray,
-                     k: int, floor: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                     k: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-min(k, members) members of one partition for each query: (chunk ids int64, float64 sims).
     `member_ids` ascending, so ties fall to the lower chunk id as in one search of the whole corpus.
     With `floor` (float64 per query), members below it are left out (ids -1, sims -inf)."""
     k = min(k, len(member_ids))
-    cols, sims = exact_top_k(query_vectors, member_vectors, k, sims_dtype=np.float64, floor=floor, threads=threads)
+    cols, sims = exact_top_k(query_vectors, member_vectors, k, sims_dtype=np.float64, floor=floor)
     return np.where(cols >= 0, np.asarray(member_ids, np.int64)[cols], -1), sims
 
 
@@ -76,13 +76,13 @@ def merge_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np
 
 
 def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
-                rows: int = 1 << 16, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, sims, home) of every row of `vectors`, in one process: the steps the stages run as tasks
     (route, search each partition for the chunks routed to it, merge), for benchmarks and tests. Each
     partition's candidates are merged into the running top k at once, so memory stays (rows x k), and a
     partition's search leaves out what falls below a query's running k-th (it could not enter)."""
     n = vectors.shape[0]
-    probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe, threads)
+    probes = np.concatenate([route(np.asarray(vectors[lo:lo + rows], np.float32), centroids, nprobe)
                              for lo in range(0, n, rows)]) if n else np.zeros((0, nprobe), np.int32)
     home = probes[:, 0] if n else np.zeros(0, np.int32)
     members, offsets = members_by_partition(home, centroids.shape[0])
@@ -102,8 +102,7 @@ def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
                 continue
             found, found_sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
                                                  np.asarray(vectors[queries], np.float32), k,
-                                                 floor=best_sims[queries, k - 1] if visitors else None,
-                                                 threads=threads)
+                                                 floor=best_sims[queries, k - 1] if visitors else None)
             merge_into(np.repeat(queries, found.shape[1]), found.reshape(-1), found_sims.reshape(-1),
                        best_ids, best_sims)
     return best_ids, best_sims.astype(np.float32), home

@@ -68,13 +68,6 @@ def _checked_array(ctx, name: str, filename: str, **load) -> np.ndarray:
     return np.load(path, allow_pickle=False, **load)
 
 
-def _threads(ctx) -> int:
-    """Threads of a search task's selection: the executor's bound, else the CPUs this process may use."""
-    from .neardup import default_threads
-
-    return ctx.threads or default_threads()
-
-
 def _finite(vectors: np.ndarray, chunks: np.ndarray, where) -> None:
     """A NaN or infinite embedding would be routed nowhere: refuse it by name before any search.
     `chunks`: the chunk id of each row."""
@@ -219,7 +212,6 @@ class RouteStage(_Blocks):
 
     def setup(self, ctx):
         self._nprobe = self._layout(ctx)["nprobe"]
-        self._threads = _threads(ctx)
         self._centroids = _checked_array(ctx, self.inputs[1], P.CENTROIDS_FILE)
         self._where = ctx.input(self.inputs[2])
         self._vectors = _embeddings(ctx, self.inputs[2])
@@ -228,7 +220,7 @@ class RouteStage(_Blocks):
         lo, hi = int(block.column("lo")[0].as_py()), int(block.column("hi")[0].as_py())
         vectors = np.asarray(self._vectors[lo:hi], np.float32)
         _finite(vectors, np.arange(lo, hi), self._where)
-        probes = P.route(vectors, self._centroids, self._nprobe, self._threads)
+        probes = P.route(vectors, self._centroids, self._nprobe)
         chunk = np.repeat(np.arange(lo, hi, dtype=np.int64), probes.shape[1])
         partition = probes.reshape(-1)
         home = np.tile(np.arange(probes.shape[1]) == 0, hi - lo)
@@ -246,7 +238,6 @@ class HomeStage(_Blocks):
         self._k = self._layout(ctx)["neighbours"]
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
-        self._threads = _threads(ctx)
 
     def __call__(self, block):
         chunks, thresholds = [], []
@@ -254,7 +245,7 @@ class HomeStage(_Blocks):
             if members.size == 0:
                 continue
             vectors = np.asarray(self._vectors[members], np.float32)
-            _, sims = P.search_partition(members, vectors, vectors, self._k, threads=self._threads)
+            _, sims = P.search_partition(members, vectors, vectors, self._k)
             chunks.append(members)
             thresholds.append(sims[:, -1] if sims.shape[1] == self._k else np.full(members.size, -np.inf))
         chunk = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
@@ -322,7 +313,6 @@ class SearchStage(_Blocks):
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
         self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, mmap_mode="r")
-        self._threads = _threads(ctx)
 
     def __call__(self, block):
         rows = {"chunk": [], "partition": [], "home": [], "count": []}
@@ -333,8 +323,7 @@ class SearchStage(_Blocks):
             # outside its home, a chunk keeps only what reaches its home partition's K-th similarity
             floor = np.where(home, -np.inf, np.asarray(self._thresholds[queries]))
             ids, sims = P.search_partition(members, np.asarray(self._vectors[members], np.float32),
-                                           np.asarray(self._vectors[queries], np.float32), self._k, floor=floor,
-                                           threads=self._threads)
+                                           np.asarray(self._vectors[queries], np.float32), self._k, floor=floor)
             keep = ids >= 0
             rows["chunk"].append(queries)
             rows["partition"].append(np.full(queries.size, p, np.int32))
