@@ -55,19 +55,27 @@ def load_causal_lm(folder, config, *, dtype, trust_remote_code: bool = False, **
             getattr(config, "auto_map", None) or {}):
         raise ModelFolderError(f"{folder}: cannot load a causal LM from it: transformers has none of model type "
                                f"{model_type!r}")
-    model, missing = load_pretrained(AutoModelForCausalLM, folder, config=config, dtype=dtype,
-                                     trust_remote_code=trust_remote_code, **kwargs)
+    model, missing, unexpected = load_pretrained(AutoModelForCausalLM, folder, config=config, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code, **kwargs)
     if missing:
         raise ModelFolderError(f"{folder}: the weights files lack {len(missing)} of the model's tensors "
                                f"(e.g. {missing[0]}); an incomplete or mismatched checkpoint")
+    # tensors config.json has no place for (a layer count cut down, another architecture's weights): the model
+    # that would run is not the one the weights describe. Old checkpoints' rotary inv_freq buffers are harmless.
+    unexpected = [name for name in unexpected if not name.endswith("inv_freq")]
+    if unexpected:
+        raise ModelFolderError(f"{folder}: the weights files hold {len(unexpected)} tensor(s) the model of "
+                               f"config.json does not have (e.g. {unexpected[0]}); config.json does not describe "
+                               "these weights")
     return model
 
 
 def load_pretrained(auto_class, folder, *, dtype=None, trust_remote_code: bool = False,
                     trust_hint: str = TRUST_FLAG, **kwargs):
-    """(model, names of the tensors the weights lack) from auto_class.from_pretrained(folder) in `dtype`
-    (None: transformers' default), refusing weights that are corrupt, pickled beyond what weights_only reads, or of another shape
-    than the config gives. `trust_hint` is how the refusal of the folder's code says to allow it."""
+    """(model, names of the tensors the weights lack, names of the weights the model has no place for) from
+    auto_class.from_pretrained(folder) in `dtype` (None: transformers' default), refusing weights that are
+    corrupt, pickled beyond what weights_only reads, or of another shape than the config gives. `trust_hint`
+    is how the refusal of the folder's code says to allow it."""
     import transformers
 
     folder = Path(folder)
@@ -84,7 +92,7 @@ def load_pretrained(auto_class, folder, *, dtype=None, trust_remote_code: bool =
         name, stored, expected = mismatched[0]
         raise ModelFolderError(f"{folder}: {len(mismatched)} weight(s) do not fit config.json, e.g. {name} is "
                                f"{tuple(stored)} in the weights file but {tuple(expected)} for the config")
-    return model, sorted(info.get("missing_keys") or [])
+    return model, sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
 
 
 def _weight_files(folder: Path) -> tuple[str | None, list[Path]]:

@@ -392,6 +392,9 @@ def started(out) -> bool:
     ("not json", r"q\.jsonl:2: not valid JSON"),
     ('{"question": "x", "answer": 3}', r"q\.jsonl:2: \"answer\" must be a string or a list of strings"),
     ('{"question": "x", "id": 1}', r"q\.jsonl:2: id '1' was already given on line 1"),
+    ('{"question": ' + "[" * 100_000, r"q\.jsonl:2: not valid JSON \(nested too deeply\)"),
+    ('{"question": "x \\ud800 y"}', r"q\.jsonl:2: .* is not valid Unicode text \(a lone surrogate\)"),
+    ('{"question": "x", "answer": "js\\udc00on"}', r"q\.jsonl:2: .* lone surrogate"),
 ])
 def test_bad_questions_file(files, tmp_path, line, message):
     q = tmp_path / "q.jsonl"
@@ -399,6 +402,25 @@ def test_bad_questions_file(files, tmp_path, line, message):
     with pytest.raises(NextlongError, match=message):
         nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=q, **FAST)
     assert not started(tmp_path / "out")
+
+
+def test_damaged_questions_files_are_one_line(files, tmp_path):
+    import gzip
+
+    good = b'{"question": "fine"}\n' * 50
+    damaged = bytearray(gzip.compress(good))
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / "q.jsonl.gz").write_bytes(bytes(damaged))
+    (tmp_path / "bad.jsonl").write_bytes(b'{"question": "fine"}\n{"question": "caf\xe9"}\n')
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good[:21])
+    for name, message in (("q.jsonl.gz", r"q\.jsonl\.gz: cannot read the questions file"),
+                          ("bad.jsonl", r"bad\.jsonl:2: not UTF-8 text")):
+        with pytest.raises(NextlongError, match=message):
+            nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=tmp_path / name, **FAST)
+    assert not started(tmp_path / "out")
+    from nextlong.synthesis.acer.questions import read_questions
+
+    assert read_questions(tmp_path / "bom.jsonl")[0]["question"] == "fine"  # a byte-order mark is skipped
 
 
 def test_not_a_causal_lm(files, tmp_path):

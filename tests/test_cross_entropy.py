@@ -195,6 +195,16 @@ def test_bad_inputs_raise_clear_errors():
         fused_linear_cross_entropy(x, w, y, token_weights=torch.ones(3))
     with pytest.raises(ValueError, match="backend"):
         fused_linear_cross_entropy(x, w, y, backend="cuda")
+    # a chunk size below 1 would leave the statistics as torch.empty left them
+    for size in (0.5, -3, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            fused_linear_cross_entropy(x, w, y, chunk_size=size)
+    with pytest.raises(ValueError, match="chunk_size"):
+        cross_entropy(x @ w.T, y, chunk_size=-1)
+    with pytest.raises(ValueError, match="z_loss"):
+        cross_entropy(x @ w.T, y, z_loss=float("nan"))
+    with pytest.raises(TypeError, match="floating point"):
+        cross_entropy(torch.ones(4, 8, dtype=torch.long), y[:4])
 
 
 def test_public_names_callable_from_package():

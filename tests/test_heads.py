@@ -4,6 +4,7 @@ loop over eager attentions, trial filtering, masking, comparison and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -169,5 +170,14 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
     assert main(["heads", str(model_dir), "--compare", str(out), str(out), "--out", str(tmp_path / "d")]) == 2
     assert main(["heads", "--compare", str(tmp_path / "nope"), str(out), "--out", str(tmp_path / "d")]) == 1
     assert "no head_scores.json" in capsys.readouterr().err
+    # names far apart (a 10,000 x 10,000 plot) or a score outside [0, 1]: refused before anything is written
+    for name, data, message in (("sparse", {"9999-9999": 0.5, "0-0": 0.1}, "every head of 10000 layers"),
+                                ("range", {"0-0": -1e308, "0-1": 0.5}, "lie in \\[0, 1\\]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "head_scores.json").write_text(json.dumps(data))
+        assert main(["heads", "--compare", str(tmp_path / name), str(tmp_path / name), "--out",
+                     str(tmp_path / "e")]) == 1
+        assert re.search(message, capsys.readouterr().err)
+        assert not (tmp_path / "e").exists()
     assert main(["heads", str(model_dir), "--lengths", "5000", "--out", str(tmp_path / "d")]) == 2
     assert "beyond the model's 4096 positions" in capsys.readouterr().err

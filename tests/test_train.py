@@ -305,6 +305,17 @@ def test_cli_resume_takes_the_runs_own_settings(data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--lr", "0.5"]) == 1
     assert "lr: saved 0.002, now 0.5" in capsys.readouterr().err
+    # an edited manifest: each saved value is checked as its option would be, one line naming the field
+    good = (run / "manifest.json").read_text()
+    for field, value in (("seq_len", "abc"), ("steps", [6]), ("lr", "fast"), ("min_lr_ratio", None),
+                         ("attention", "magic"), ("split_spans", "yes")):
+        manifest = json.loads(good)
+        manifest["settings"][field] = value
+        (run / "manifest.json").write_text(json.dumps(manifest))
+        assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 1, field
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"manifest.json: settings.{field} = " in err, err
+    (run / "manifest.json").write_text(good)
 
 
 @pytest.mark.parametrize("scheme", ["dense", "sparse", "longce"])
@@ -318,6 +329,14 @@ def test_token_weighting_schemes_train(data, tmp_path, scheme):
     if scheme == "longce":
         scored = train(data, tmp_path / "scorer", token_weighting=scheme, scorer=str(tmp_path / "none"), **opts)
         assert np.isfinite(scored["first_loss"])
+        # a scorer of another tokenizer: its log-probs would be of other ids; refused before the first step
+        other = tmp_path / "other-scorer"
+        shutil.copytree(tmp_path / "none" / "model", other)
+        info = json.loads((other / "nextlong.json").read_text())
+        (other / "nextlong.json").write_text(json.dumps({**info, "tokenizer": "cl100k_base"}))
+        with pytest.raises(NextlongError, match="--scorer .*trained with tokenizer cl100k_base"):
+            train(data, tmp_path / "bad-scorer", token_weighting=scheme, scorer=str(other), **opts)
+        assert not (tmp_path / "bad-scorer" / "metrics.jsonl").exists()
 
 
 def test_step_under_autocast_with_our_kernels(data):

@@ -204,6 +204,8 @@ BROKEN = {  # case: (damage, what the one line must say)
     "wrong shapes": (_edit_config(hidden_size=64, intermediate_size=128), "do not fit config.json"),
     "a tensor missing": (_drop_a_tensor, "lack 1 of the model's tensors (e.g. model.layers.0.mlp.down_proj"),
     "zero heads": (_edit_config(num_attention_heads=0), "ZeroDivisionError"),
+    "fewer layers than the weights": (_edit_config(num_hidden_layers=0),
+                                      "the model of config.json does not have (e.g. model.layers.0."),
     "vocabulary a string": (_edit_config(vocab_size="many"), "vocab_size"),
 }
 
@@ -218,6 +220,15 @@ def test_a_broken_model_folder_is_one_line(command, case, base_model, train_data
     assert code == 1
     line = assert_one_line_error(err, command)
     assert str(folder) in line and expected in line
+
+
+@pytest.mark.parametrize("command", ("eval", "heads"))
+def test_a_non_positive_position_limit_is_one_line(command, base_model, train_data, tmp_path, capsys):
+    folder = model_copy(base_model, tmp_path)
+    _edit_config(max_position_embeddings=-5)(folder)
+    code, _, err = run_cli(command_args(command, folder, tmp_path / "out", train_data), capsys)
+    assert code == 1
+    assert "max_position_embeddings must be a positive number of positions" in assert_one_line_error(err, command)
 
 
 def test_symlinked_files_are_followed(base_model, tmp_path):

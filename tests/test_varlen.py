@@ -92,6 +92,34 @@ def test_unsupported_arguments_are_named():
             flash_attn_varlen_func(q, k, v, cu, cu, 4, 4, **{name: value})
 
 
+def test_inconsistent_inputs_are_named_not_computed():
+    """Each of these once returned a tensor of the wrong length, read past a split, or failed deep in torch."""
+    from nextlong.kernels import flash_attn_varlen_backward
+
+    def t(n, d=16):
+        return torch.randn(n, 2, d)
+
+    def i32(*x):
+        return torch.tensor(x, dtype=torch.int32)
+
+    cases = [
+        (lambda: flash_attn_varlen_func(t(10), t(4), t(4), i32(0, 5, 8), i32(0, 2, 4)), "cu_seqlens_q must rise"),
+        (lambda: flash_attn_varlen_func(t(10), t(6), t(6), i32(0, 5, 10), i32(0, 2, 4)), "cu_seqlens_k must rise"),
+        (lambda: flash_attn_varlen_func(t(6), t(10), t(10), i32(0, 5, 4), i32(0, 5, 10)), "cu_seqlens_q must rise"),
+        (lambda: flash_attn_varlen_func(t(10, 17), t(4, 17), t(4, 17), i32(0, 5, 10), i32(0, 2, 4)), "head_dim"),
+        (lambda: flash_attn_varlen_func(t(4), t(10), t(10), torch.tensor([0., 2., 4.]), i32(0, 5, 10)), "int32"),
+        (lambda: flash_attn_varlen_func(t(4), t(10), t(10), i32(0, 2, 4), i32(0, 5, 10), window_size=3),
+         "window_size"),
+        (lambda: flash_attn_varlen_backward(t(4), t(10), t(10), t(10), t(10), torch.zeros(2, 10), i32(0, 5, 10),
+                                            i32(0, 5, 10)), "dout must have"),
+        (lambda: flash_attn_varlen_backward(t(10), t(10), t(10), t(10), t(10), torch.zeros(3), i32(0, 5, 10),
+                                            i32(0, 5, 10)), "softmax_lse must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_same_as_flash_attention_on_self_attention():
     """Equal cu_seqlens are our flash_attention exactly (the path every Ulysses call takes)."""
     from nextlong.kernels import flash_attention

@@ -88,11 +88,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # An option left out takes its default, or with --resume the resumed run's value: to tell the two
     # apart, every option parses to UNSET when it is not on the command line.
-    defaults = {}
+    defaults, actions = {}, {}
     for action in p._actions:
         if action.option_strings and action.dest not in ("help", "out", "resume"):
             defaults[action.dest], action.default = action.default, UNSET
-    p.set_defaults(func=run, option_defaults=defaults)
+            actions[action.dest] = action
+    p.set_defaults(func=run, option_defaults=defaults, option_actions=actions)
 
 
 UNSET = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
@@ -109,9 +110,39 @@ def resolve_options(args: argparse.Namespace) -> dict:
     if args.resume:
         saved = recorded_settings(args.out)
         shared = set(TrainConfig(data=[], out="").run_defining())
-        saved = {k: v for k, v in saved.items() if k in shared}
+        saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
+                 for k, v in saved.items() if k in shared and k in args.option_actions}
     return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
             for dest, default in args.option_defaults.items()}
+
+
+def _checked(run, value, action: argparse.Action, default):
+    """A value RUN/manifest.json recorded, checked as the command line checks the option (the file may have
+    been edited): the option's type and choices, a flag's bool, None only where None is the default."""
+    from pathlib import Path
+
+    from ..errors import NextlongError
+
+    def bad(why: str):
+        raise NextlongError(f"{Path(run) / 'manifest.json'}: settings.{action.dest} = {str(value)[:60]!r} is not a "
+                            f"valid {action.option_strings[-1]} ({why}); fix or remove the field, or give the option")
+
+    if value is None and default is None:
+        return None
+    if action.nargs == 0:  # a flag
+        if not isinstance(value, bool):
+            bad("expected true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        bad("expected a string or a number")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            bad(str(exc) or "wrong type")
+    if action.choices is not None and value not in action.choices:
+        bad(f"expected one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def recorded_settings(run) -> dict:

@@ -12,6 +12,7 @@ from ..atomic import atomic_path
 from ..untrusted import printable
 from ..errors import NextlongError, UsageError
 from ..locking import output_lock
+from ..model_folder import ModelFolderError
 from ..manifest import write_manifest
 from ..untrusted import read_json, show
 from . import heads as H
@@ -47,6 +48,16 @@ def _load_scores(folder) -> dict[str, float]:
     if bad is not None or not data:
         raise NextlongError(f"{path}: expected {{\"layer-head\": score}} with names such as \"3-7\", got "
                             f"{show(bad) if data else 'no heads'}")
+    # every head of a layers x heads grid, as `nextlong heads` writes it (the plot is that grid)
+    layers = 1 + max(int(k.split("-")[0]) for k in data)
+    heads = 1 + max(int(k.split("-")[1]) for k in data)
+    if len(data) != layers * heads or len({tuple(int(x) for x in k.split("-")) for k in data}) != len(data):
+        raise NextlongError(f"{path}: expected a score for every head of {layers} layers x {heads} heads "
+                            f"(names 0-0 .. {layers - 1}-{heads - 1}), got {len(data)} names")
+    out_of_range = next((k for k, v in data.items() if not 0.0 <= v <= 1.0), None)
+    if out_of_range is not None:
+        raise NextlongError(f"{path}: retrieval scores lie in [0, 1], got {show(data[out_of_range])} for head "
+                            f"{out_of_range}")
     return data
 
 
@@ -60,6 +71,9 @@ def run_compare(args) -> dict:
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
     with output_lock(out, "heads"):
+        write_manifest(out / "manifest.json", command="heads --compare", seed=None,
+                       settings={"run_a": str(a), "run_b": str(b), "threshold": args.threshold},
+                       statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
         write_strict_json(out / "compare.json", result)
         import numpy as np
 
@@ -73,9 +87,6 @@ def run_compare(args) -> dict:
             grid[l, h] = d
         head_heatmap(out / "compare.png", grid, f"retrieval score B - A ({Path(b).name} - {Path(a).name})",
                      diverging=True)
-        write_manifest(out / "manifest.json", command="heads --compare", seed=None,
-                       settings={"run_a": str(a), "run_b": str(b), "threshold": args.threshold},
-                       statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
           f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
     for name, d in result["largest_changes"][:10]:
@@ -101,6 +112,9 @@ def run_heads(args) -> dict:
 
     lm = load_model(args.model, attn=args.attn, device=args.device, dtype=args.dtype,
                     trust_remote_code=args.trust_remote_code)
+    if lm.num_layers < 1 or lm.num_heads < 1:
+        raise ModelFolderError(f"{lm.folder}: config.json gives {lm.num_layers} layers of {lm.num_heads} attention "
+                               "heads: no head to score")
     lengths = args.lengths or auto_lengths(lm.max_positions, args.num_lengths, args.max_new_tokens)
     for w in check_lengths(lengths, lm, args.allow_extrapolation, extra=args.max_new_tokens):
         print(f"nextlong heads: warning: {w}", file=sys.stderr)

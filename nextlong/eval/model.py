@@ -66,10 +66,12 @@ def resolve_model_folder(path) -> tuple[Path, str]:
     return folder, spec
 
 
-def max_positions_of(config) -> int | None:
+def max_positions_of(config, folder) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
+                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of positions, got {value}")
             return value
     return None
 
@@ -86,6 +88,7 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
 
     folder, spec = resolve_model_folder(path)
     config = read_config(folder, trust_remote_code=trust_remote_code)
+    max_positions = max_positions_of(config, folder)
     tokenizer = load_tokenizer(spec)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,7 +111,7 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
                                f"vocabulary only {vocab}; wrong tokenizer?")
     eos = getattr(config, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if isinstance(eos, int) else ())
-    return LoadedModel(model, tokenizer, folder, spec, max_positions_of(config), attn, eos_ids)
+    return LoadedModel(model, tokenizer, folder, spec, max_positions, attn, eos_ids)
 
 
 def check_lengths(lengths, loaded: LoadedModel, allow_extrapolation: bool, extra: int = 0) -> list[str]:

@@ -120,7 +120,9 @@ def head_figure(scores, title: str, *, diverging: bool = False):
 
     data = np.asarray(scores, dtype=float)
     layers, heads = data.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.25 * heads), max(2.5, 1.2 + 0.22 * layers)))
+    # capped: a model of hundreds of heads still gives a figure that fits in memory (labels thin out below)
+    width, height = max(4.0, 1.5 + 0.25 * heads), max(2.5, 1.2 + 0.22 * layers)
+    fig, ax = plt.subplots(figsize=(min(40.0, width), min(30.0, height)))
     if diverging:
         bound = float(np.abs(data).max()) or 1.0
         im = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")

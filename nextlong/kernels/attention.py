@@ -57,21 +57,37 @@ def _check(q, k, v, cu_seqlens):
         if q.dim() != 3:
             raise ValueError("flash_attention: with cu_seqlens q must be (total_tokens, heads, head_dim), "
                              f"got {tuple(q.shape)}")
-        if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError("flash_attention: cu_seqlens must be a 1-D int32 tensor [0, ..., total_tokens] "
-                             f"(flash-attn convention), got dtype {cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
-        if cu_seqlens.device != q.device:
-            raise ValueError(f"flash_attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
-        if not cu_seqlens.is_cuda:  # free to check on the host; on a GPU it would cost a sync per call
-            cu = cu_seqlens.tolist()
-            if cu[0] != 0 or cu[-1] != q.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
-                raise ValueError(f"flash_attention: cu_seqlens must rise from 0 to total_tokens={q.shape[0]}, "
-                                 f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
-    if k.shape != v.shape or k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
+        check_cu_seqlens(cu_seqlens, q, "cu_seqlens")
+    if k.shape[:-2] != q.shape[:-2]:
+        raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    check_heads(q, k, v)
+
+
+def check_cu_seqlens(cu_seqlens, x, name: str, host: bool = False) -> None:
+    """`cu_seqlens` splits x's rows: 1-D int32 [0, ..., total], non-decreasing. The values are checked on the
+    host when they are there already (CPU) or when `host` says a sync is paid anyway."""
+    if not torch.is_tensor(cu_seqlens) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 \
+            or cu_seqlens.numel() < 2:
+        raise ValueError(f"flash_attention: {name} must be a 1-D int32 tensor [0, ..., total_tokens] (flash-attn "
+                         f"convention), got {getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)} shape "
+                         f"{tuple(getattr(cu_seqlens, 'shape', ()))}")
+    if cu_seqlens.device != x.device:
+        raise ValueError(f"flash_attention: {name} is on {cu_seqlens.device}, the tokens on {x.device}")
+    if host or not cu_seqlens.is_cuda:  # free to check on the host; on a GPU it would cost a sync per call
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != x.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"flash_attention: {name} must rise from 0 to total_tokens={x.shape[0]}, "
+                             f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
+
+
+def check_heads(q, k, v) -> None:
+    """k and v alike, their head count dividing q's, one supported head_dim and dtype."""
+    if k.shape != v.shape or k.dim() != q.dim() or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
-    if heads % kv_heads:
+    if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"flash_attention: k/v heads ({kv_heads}) must divide q heads ({heads}) "
                          "for grouped-query attention")
     if dim not in _HEAD_DIMS:
@@ -186,6 +202,10 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
         raise ValueError("attention_backward: give cu_seqlens (the packed layout)")
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
+    if do.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:2]:
+        raise ValueError(f"attention_backward: do and out must have q's shape {tuple(q.shape)} and lse "
+                         f"{tuple(q.shape[:2])} (tokens, heads); got {tuple(do.shape)}, {tuple(out.shape)}, "
+                         f"{tuple(lse.shape)}")
     left, right = _normalise_window(window, causal)
     backend = _resolve_backend(backend, q)
     scale = _scale(softmax_scale, q)

@@ -205,13 +205,17 @@ def _cuda_backend(dtype: torch.dtype) -> str:
     return {torch.float16: "triton", torch.float64: "torch"}.get(dtype, "chunked")
 
 
-def _check_options(reduction, label_smoothing, z_loss, logit_softcap):
+def _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, scores):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if z_loss < 0:
-        raise ValueError(f"z_loss must be >= 0, got {z_loss}")
+    if not 0.0 <= z_loss < float("inf"):  # NaN fails too
+        raise ValueError(f"z_loss must be finite and >= 0, got {z_loss}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if not scores.is_floating_point():
+        raise TypeError(f"hidden states and logits must be floating point, got {scores.dtype}")
     if logit_softcap is not None and not logit_softcap > 0:
         raise ValueError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
 
@@ -299,7 +303,7 @@ def fused_linear_cross_entropy(
     themselves, so dW and dB leave the fp32 accumulator as they are, not rounded to the autocast dtype
     and back. The fused Triton kernels always accumulate in fp32.
     """
-    _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, hidden)
     if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
         accumulate_fp32 = weight.dtype in (torch.float32, torch.float64)
     params = (weight, bias)
@@ -361,7 +365,7 @@ def cross_entropy(
 
     The gradient w.r.t. ``logits`` has their shape and dtype; no fp32 copy of the logits is kept.
     """
-    _check_options(reduction, label_smoothing, z_loss, logit_softcap)
+    _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, logits)
     shape = labels.shape
     z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
     vocab = z2.shape[1]

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .attention import attention_backward, attention_with_lse
+from .attention import attention_backward, attention_with_lse, check_cu_seqlens, check_heads
 
 
 def _supported(name, dropout_p, softcap, alibi_slopes, block_table, window_size):
@@ -42,8 +42,34 @@ def _supported(name, dropout_p, softcap, alibi_slopes, block_table, window_size)
     for arg, value in (("softcap", softcap), ("alibi_slopes", alibi_slopes), ("block_table", block_table)):
         if value is not None and (torch.is_tensor(value) or value != 0.0):
             raise NotImplementedError(f"{name}: {arg} is not supported by nextlong's kernels")
-    left, right = (int(w) for w in window_size)
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: window_size must be a pair (left, right), -1 for unbounded; got "
+                         f"{window_size!r}") from None
     return None if left < 0 and right < 0 else (left, right)
+
+
+def _check_unequal(q, k, v, cu_q, cu_k) -> None:
+    """What attention_with_lse checks for one cu_seqlens, for a query and a key split of their own (read on
+    the host: comparing them syncs anyway)."""
+    for name, x in (("q", q), ("k", k)):
+        if x.dim() != 3:
+            raise ValueError(f"flash_attn_varlen: {name} must be (total_tokens, heads, head_dim), got {tuple(x.shape)}")
+    check_cu_seqlens(cu_q, q, "cu_seqlens_q", host=True)
+    check_cu_seqlens(cu_k, k, "cu_seqlens_k", host=True)
+    check_heads(q, k, v)
+
+
+def _check_saved(dout, q, out, softmax_lse) -> None:
+    """The backward's inputs from the forward: dout and out shaped like q, softmax_lse (heads, total_q)."""
+    for name, x in (("dout", dout), ("out", out)):
+        if x.shape != q.shape:
+            raise ValueError(f"flash_attn_varlen_backward: {name} must have q's shape {tuple(q.shape)}, got "
+                             f"{tuple(x.shape)}")
+    if softmax_lse.shape != (q.shape[1], q.shape[0]):
+        raise ValueError(f"flash_attn_varlen_backward: softmax_lse must be (heads, total_q) = "
+                         f"{(q.shape[1], q.shape[0])}, got {tuple(softmax_lse.shape)}")
 
 
 def _same(cu_q, cu_k) -> bool:
@@ -83,10 +109,12 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
     a merge of several blocks (ring attention): the kernel's backward runs on them directly."""
     del max_seqlen_q, max_seqlen_k, deterministic
     window = _supported("flash_attn_varlen_backward", dropout_p, softcap, alibi_slopes, None, window_size)
+    _check_saved(dout, q, out, softmax_lse)
     lse = softmax_lse.t()
     if _same(cu_seqlens_q, cu_seqlens_k):
         return attention_backward(dout, q, k, v, out, lse, cu_seqlens=cu_seqlens_q, causal=causal,
                                   softmax_scale=softmax_scale, window=window)
+    _check_unequal(q, k, v, cu_seqlens_q, cu_seqlens_k)
     rows = _query_rows(q, cu_seqlens_q, cu_seqlens_k)
     if rows is None:  # some lq > lk: the exact PyTorch path
         return _reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale,
@@ -120,6 +148,7 @@ def _query_rows(q, cu_q, cu_k):
 
 
 def _unequal(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
+    _check_unequal(q, k, v, cu_q, cu_k)
     rows = _query_rows(q, cu_q, cu_k)
     if rows is None:
         return _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window)

@@ -162,7 +162,7 @@ class TransformerEmbedder:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
             )
-            model, _ = load_pretrained(AutoModel, model_dir, dtype=self.torch_dtype,
+            model, _, _ = load_pretrained(AutoModel, model_dir, dtype=self.torch_dtype,
                                        trust_remote_code=trust_remote_code, trust_hint="trust_remote_code=True")
         except (OSError, ValueError, ModelFolderError) as exc:
             raise EmbedderError(f"{model_dir}: cannot load a transformers encoder ({exc})") from exc

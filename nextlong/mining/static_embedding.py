@@ -82,7 +82,7 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
     try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True,
                                                   trust_remote_code=False)
-        model, _ = load_pretrained(AutoModel, model_dir)
+        model, _, _ = load_pretrained(AutoModel, model_dir)
     except (OSError, ValueError, ModelFolderError) as exc:
         raise EmbedderError(f"{model_dir}: cannot load a transformers encoder to distil ({exc})") from exc
     vocab = tokenizer.vocab_size

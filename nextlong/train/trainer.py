@@ -144,7 +144,9 @@ class Trainer:
                                     "with")
             vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
         if not is_preset(cfg.model):
-            self._check_model_tokenizer(data_tok, data_fp)
+            self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
+        if cfg.scorer is not None and not is_preset(cfg.scorer):  # its log-probs must be of the data's ids
+            self._check_model_tokenizer(cfg.scorer, "--scorer", data_tok, data_fp)
             if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
                 self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
             if self.tokenizer_spec is None:  # plain Parquet data: the exported model keeps the model's tokenizer
@@ -200,6 +202,10 @@ class Trainer:
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                                       seed=cfg.seed, trust_remote_code=cfg.trust_remote_code
                                       ).to(self.device).eval().requires_grad_(False)
+            if vocab is not None and vocab > self.scorer.config.vocab_size:
+                raise NextlongError(f"--scorer {cfg.scorer}: its vocabulary has {self.scorer.config.vocab_size} ids, "
+                                    f"but the data's tokenizer ({data_tok}) has {vocab}: token ids would reach past "
+                                    "its embedding table")
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -250,8 +256,8 @@ class Trainer:
             if first <= self.rank < first + sp:
                 self.sp_group = group
 
-    def _check_model_tokenizer(self, data_tok, data_fp) -> None:
-        folder = resolve_model_folder(self.cfg.model)
+    def _check_model_tokenizer(self, spec, option, data_tok, data_fp) -> None:
+        folder = resolve_model_folder(spec)
         model_tok = model_tokenizer_spec(folder)
         if model_tok is None or data_fp is None:
             return
@@ -259,7 +265,7 @@ class Trainer:
 
         model_fp = load_tokenizer(model_tok).fingerprint
         if model_fp != data_fp:
-            raise NextlongError(f"{self.cfg.model}: the model was trained with tokenizer {model_tok}, but the data was "
+            raise NextlongError(f"{option} {spec}: the model was trained with tokenizer {model_tok}, but the data was "
                                 f"tokenized with {data_tok}; synthesize the data with --tokenizer {model_tok}")
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:

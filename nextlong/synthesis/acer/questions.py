@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 from ...errors import CorpusError
 
 
 def _open(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    # bytes: each line is decoded by itself, so a bad byte is named by its line
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def read_questions(path) -> list[dict]:
@@ -38,15 +38,21 @@ def question_lines(path) -> list[tuple[int, dict, dict]]:
     out, seen = [], {}
     try:
         with _open(path) as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, raw in enumerate(f, 1):
+                try:  # utf-8-sig on the first line: a byte-order mark is skipped, as the corpus reader skips it
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", line=lineno) from None
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
+                except RecursionError:
+                    raise CorpusError(path, "not valid JSON (nested too deeply)", line=lineno) from None
                 except ValueError as exc:
                     raise CorpusError(path, f"not valid JSON ({exc})", line=lineno) from None
                 out.append((lineno, obj, _row(path, lineno, obj, seen)))
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise CorpusError(path, f"cannot read the questions file ({exc})") from None
     if not out:
         raise CorpusError(path, "no questions in the file")
@@ -74,6 +80,11 @@ def _row(path, lineno: int, obj, seen: dict) -> dict:
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
         bad(f"\"id\" must be a string or an integer, got {json.dumps(qid)[:60]}")
     qid = str(qid)
+    for text in [question, qid, *(gold or [])]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape (\ud800) in the JSON
+            bad(f"{text[:40]!r} is not valid Unicode text (a lone surrogate)")
     if qid in seen:
         bad(f"id {qid!r} was already given on line {seen[qid]}")
     seen[qid] = lineno
