@@ -7,6 +7,7 @@ The random model's answers are junk; the layout does not care."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -479,6 +480,17 @@ def test_bad_options(files, tmp_path):
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "rank.txt").write_text("Is it helpful? {passage}\n")
     with pytest.raises(UsageError, match=r"rank\.txt: the rank prompt template must contain \{question\}"):
+        acer(files, tmp_path / "out", prompts=tmp_path / "prompts")
+    # a template that is a link out of the folder, or a FIFO (whose read would block), is refused unread
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Is it helpful? {passage} {question}\n")
+    (tmp_path / "prompts" / "rank.txt").unlink()
+    (tmp_path / "prompts" / "rank.txt").symlink_to(secret)
+    with pytest.raises(UsageError, match=r"rank\.txt.*link"):
+        acer(files, tmp_path / "out", prompts=tmp_path / "prompts")
+    (tmp_path / "prompts" / "rank.txt").unlink()
+    os.mkfifo(tmp_path / "prompts" / "rank.txt")
+    with pytest.raises(UsageError, match=r"rank\.txt"):
         acer(files, tmp_path / "out", prompts=tmp_path / "prompts")
     assert not started(tmp_path / "out")
 

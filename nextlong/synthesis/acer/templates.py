@@ -89,11 +89,19 @@ class Template:
         return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
 
+TEMPLATE_LIMIT = 1 << 20  # bytes of one prompt template at most
+
+
 def _read(path: Path, name: str) -> Template:
+    from ...untrusted import read_bytes
+
+    # a regular file of the folder itself: not a link out of it, not a FIFO that would block the read
+    data = read_bytes(path, UsageError, limit=TEMPLATE_LIMIT, follow=False, what="prompt template")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the {name} prompt template ({exc})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: the {name} prompt template is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
     if text.endswith("\n"):
         text = text[:-1]
     template = Template(name, text, str(path))
