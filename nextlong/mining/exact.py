@@ -29,15 +29,17 @@ def rounding_bound(queries: np.ndarray, max_norm: float) -> np.ndarray:
     return 2.0 * queries.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(queries, axis=1) * max_norm
 
 
-_KERNELS = None
-
-
 def _kernels():
-    """The numba loops (compiled once per process, cached on disk)."""
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _compile()
-    return _KERNELS
+    """(select, insert_all): the numba loops, imported on first use (cached on disk by numba)."""
+    try:
+        from . import _exact_kernels as kernels
+    except ImportError as exc:
+        if getattr(exc, "name", None) != "numba":
+            raise
+        from ..errors import missing_extra
+
+        raise missing_extra("numba", "ml", "exact search") from None
+    return kernels.select, kernels.insert_all
 
 
 def insert_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np.ndarray,
@@ -51,92 +53,6 @@ def insert_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: n
     if best_ids.shape[1] > 0 and rows.size:
         _kernels()[1](rows.astype(np.int64, copy=False), ids.astype(np.int64, copy=False),
                       sims.astype(np.float64, copy=False), best_ids, best_sims)
-
-
-def _compile():
-    try:
-        from numba import njit
-    except ImportError:
-        from ..errors import missing_extra
-
-        raise missing_extra("numba", "ml", "exact search") from None
-
-    @njit(cache=True, nogil=True, inline="always")
-    def insert(row, c, s, out_ids, out_sims):
-        # into a sorted row of k (unused slots -inf): one comparison for most candidates, which fall
-        # below its k-th
-        k = out_ids.shape[1]
-        if not (s > out_sims[row, k - 1] or (s == out_sims[row, k - 1] and c < out_ids[row, k - 1])):
-            return
-        pos = k - 1
-        while pos > 0 and (s > out_sims[row, pos - 1] or (s == out_sims[row, pos - 1] and c < out_ids[row, pos - 1])):
-            out_sims[row, pos] = out_sims[row, pos - 1]
-            out_ids[row, pos] = out_ids[row, pos - 1]
-            pos -= 1
-        out_sims[row, pos] = s
-        out_ids[row, pos] = c
-
-    @njit(cache=True, nogil=True)
-    def select(s, queries, vectors, bound, floor, kth, k, out_ids, out_sims):
-        # per row: the columns at or above the floor (less the rounding bound), compacted in one
-        # branch-free scan; their k-th largest float32 score (given in kth, else by a min-heap of k);
-        # then those within the bound of it rescored in float64, summed in index order, into the top k
-        m, n = s.shape
-        d = vectors.shape[1]
-        heap = np.empty(k, np.float32)
-        cols = np.empty(n, np.int64)
-        for i in range(m):
-            low = floor[i] - bound[i]
-            given = not np.isnan(kth[i])
-            if given:
-                low = max(low, np.float64(kth[i]) - bound[i])
-            found = 0
-            for j in range(n):
-                cols[found] = j
-                found += s[i, j] >= low
-            if found > k and not given:
-                for e in range(k):  # heapify the first k, then keep the k largest
-                    x = s[i, cols[e]]
-                    pos = e
-                    while pos > 0 and heap[(pos - 1) // 2] > x:
-                        heap[pos] = heap[(pos - 1) // 2]
-                        pos = (pos - 1) // 2
-                    heap[pos] = x
-                for e in range(k, found):
-                    x = s[i, cols[e]]
-                    if x <= heap[0]:
-                        continue
-                    pos = 0
-                    while True:
-                        child = 2 * pos + 1
-                        if child >= k:
-                            break
-                        if child + 1 < k and heap[child + 1] < heap[child]:
-                            child += 1
-                        if heap[child] >= x:
-                            break
-                        heap[pos] = heap[child]
-                        pos = child
-                    heap[pos] = x
-                low = max(low, np.float64(heap[0]) - bound[i])
-            q = queries[i]
-            for e in range(found):
-                j = cols[e]
-                if not (s[i, j] >= low):
-                    continue
-                v = vectors[j]
-                exact = 0.0
-                for t in range(d):
-                    exact += np.float64(v[t]) * np.float64(q[t])
-                if exact >= floor[i]:
-                    insert(i, j, exact, out_ids, out_sims)
-
-    @njit(cache=True, nogil=True)
-    def insert_all(rows, ids, sims, out_ids, out_sims):
-        for e in range(rows.shape[0]):
-            insert(rows[e], ids[e], sims[e], out_ids, out_sims)
-
-    return select, insert_all
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: float | None = None,
@@ -174,8 +90,8 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
         # without a floor every column is a candidate: numpy's introselect finds the k-th faster than
         # the heap when k is a large share of the row (routing: 32 of ~1000 centroids), where most
         # columns would pass through the heap (measured: 0.8 vs 0.5 s routing 100k rows to 316)
-        kth = (-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1] if unfloored and k_eff < n < 64 * k_eff
-               else np.full(len(q), np.nan, np.float32))
+        kth = (np.ascontiguousarray(-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1])
+               if unfloored and k_eff < n < 64 * k_eff else np.full(len(q), np.nan, np.float32))
         select(s, q, vectors, bound[lo:lo + rows], floor[lo:lo + rows], kth, k_eff, block_ids, block_sims)
         ids[lo:lo + len(q), :k_eff] = block_ids
         sims[lo:lo + len(q), :k_eff] = block_sims
