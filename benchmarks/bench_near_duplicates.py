@@ -156,10 +156,9 @@ def scale_run(n_chunks: int, copy_rate: float, threshold: float = 0.5, seed: int
         store, tok, (copies, src) = generated_chunk_store(Path(tmp), n_chunks, copy_rate, seed)
         gen_s = time.perf_counter() - t0
         neardup.fast_shingle_set(b"numba compiles or loads its cache before the clock starts")
-        batch_kernel = getattr(neardup, "_numba_sketch_batch", [None])[0]
-        if batch_kernel is not None:  # the batched sketch kernel too (absent before it existed)
-            batch_kernel(np.frombuffer(b"a b c d e f", np.uint8), np.array([0, 11], np.int64), 5,
-                         np.zeros((1, 2), np.uint64), np.zeros(1, np.int64))
+        neardup._numba_kernels().sketch_batch(  # the batched sketch kernel too
+            np.frombuffer(b"a b c d e f", np.uint8), np.array([0, 11], np.int64), 5, np.zeros((1, 2), np.uint64),
+            np.zeros(1, np.int64), *neardup._CONSTANTS)
         phases = {}
 
         def timed(name, fn):

@@ -110,117 +110,15 @@ def shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
     return np.unique(_finalize(mixed))
 
 
-_numba_shingles = None
+def _numba_kernels():
+    """The compiled loops (_neardup_kernels.py); ImportError without numba."""
+    from . import _neardup_kernels
+
+    return _neardup_kernels
 
 
-def _get_numba_shingles():
-    """The same computation as `shingle_set`, compiled: one pass over the bytes (~20x faster)."""
-    global _numba_shingles
-    if _numba_shingles is None:
-        import numba
-
-        ws_table, mix, base = _WS, np.asarray(_MIX, np.uint64), _BASE
-
-        @numba.njit(cache=True, nogil=True)
-        def shingles(b, n):
-            words = np.empty(b.size // 2 + 1, np.uint64)
-            nw = 0
-            h = np.uint64(0)
-            pw = np.uint64(1)
-            inside = False
-            for i in range(b.size):
-                if ws_table[b[i]]:
-                    if inside:
-                        words[nw] = h
-                        nw += 1
-                        inside = False
-                else:
-                    if not inside:
-                        h = np.uint64(0)
-                        pw = np.uint64(1)
-                        inside = True
-                    h += (np.uint64(b[i]) + np.uint64(1)) * pw
-                    pw *= base
-            if inside:
-                words[nw] = h
-                nw += 1
-            if nw == 0:
-                return np.empty(0, np.uint64)
-            if nw < n:
-                out = np.empty(1, np.uint64)
-                x = np.uint64(nw)
-                for j in range(nw):
-                    x += words[j] * mix[j]
-                out[0] = x
-                m = 1
-            else:
-                m = nw - n + 1
-                out = np.empty(m, np.uint64)
-                for i in range(m):
-                    x = np.uint64(0)
-                    for j in range(n):
-                        x += words[i + j] * mix[j]
-                    out[i] = x
-            for i in range(m):
-                x = out[i]
-                x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-                x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-                out[i] = x ^ (x >> np.uint64(31))
-            out.sort()
-            k = 1
-            for i in range(1, m):
-                if out[i] != out[k - 1]:
-                    out[k] = out[i]
-                    k += 1
-            return out[:k].copy()
-
-        @numba.njit(cache=True, nogil=True)
-        def sketch_batch(data, byte_offsets, n, sketch, sizes):
-            # the texts of a batch of chunks back to back: row i of `sketch` gets the smallest hashes
-            # of text i (the rest of the row is left as it was: the padding), sizes[i] its set size
-            m = sketch.shape[1]
-            for i in range(byte_offsets.size - 1):
-                full = shingles(data[byte_offsets[i]:byte_offsets[i + 1]], n)
-                k = min(m, full.size)
-                sketch[i, :k] = full[:k]
-                sizes[i] = full.size
-
-        @numba.njit(cache=True, nogil=True)
-        def sketch_tokens(tokens, tok_offsets, vocab_bytes, vocab_offsets, vocab_known, n, sketch, sizes):
-            # as sketch_batch, decoding the token ids with the vocabulary's byte table itself (no GIL);
-            # returns the first chunk holding an id outside the vocabulary, or -1
-            m = sketch.shape[1]
-            buf = np.empty(0, np.uint8)
-            base = tok_offsets[0]
-            for i in range(tok_offsets.size - 1):
-                t0, t1 = tok_offsets[i] - base, tok_offsets[i + 1] - base
-                size = 0
-                for t in range(t0, t1):
-                    tid = tokens[t]
-                    if tid >= vocab_known.size or not vocab_known[tid]:
-                        return i
-                    size += vocab_offsets[tid + 1] - vocab_offsets[tid]
-                if buf.size < size:
-                    buf = np.empty(max(size, 2 * buf.size), np.uint8)
-                pos = 0
-                for t in range(t0, t1):
-                    tid = tokens[t]
-                    for k in range(vocab_offsets[tid], vocab_offsets[tid + 1]):
-                        buf[pos] = vocab_bytes[k]
-                        pos += 1
-                full = shingles(buf[:size], n)
-                k = min(m, full.size)
-                sketch[i, :k] = full[:k]
-                sizes[i] = full.size
-            return -1
-
-        _numba_shingles = shingles
-        _numba_sketch_batch[0] = sketch_batch
-        _numba_sketch_batch[1] = sketch_tokens
-    return _numba_shingles
-
-
-_numba_sketch_batch = [None, None]
+_MIX_ARRAY = np.asarray(_MIX, np.uint64)
+_CONSTANTS = (_WS, _MIX_ARRAY, _BASE)  # the kernels' last arguments: the same hashes as shingle_set
 
 
 def _vocabulary_bytes(tokenizer):
@@ -241,10 +139,10 @@ def _vocabulary_bytes(tokenizer):
 def fast_shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
     """`shingle_set`, compiled with numba when it is installed."""
     try:
-        fn = _get_numba_shingles()
+        kernels = _numba_kernels()
     except ImportError:
         return shingle_set(data, n)
-    return fn(np.frombuffer(data, np.uint8), n)
+    return kernels.shingles(np.frombuffer(data, np.uint8), n, *_CONSTANTS)
 
 
 _numba_intersect = None
@@ -380,24 +278,23 @@ def chunk_sketches(store, tokenizer, m: int, progress: bool = False, threads: in
     sketch = np.full((n, m), np.iinfo(np.uint64).max, np.uint64)
     sizes = np.zeros(n, np.int64)
     try:
-        _get_numba_shingles()
-        kernel, token_kernel = _numba_sketch_batch
+        kernels = _numba_kernels()
         vocabulary = _vocabulary_bytes(tokenizer)
     except ImportError:
-        kernel = token_kernel = vocabulary = None
+        kernels = vocabulary = None
 
     def run(lo: int) -> int:
         hi = min(n, lo + SKETCH_BATCH)
         if vocabulary is not None:
             offsets = np.asarray(store.tok_offsets[lo:hi + 1], np.int64)
             tokens = np.asarray(store.tokens[offsets[0]:offsets[-1]])
-            bad = token_kernel(tokens, offsets, *vocabulary, NGRAM, sketch[lo:hi], sizes[lo:hi])
+            bad = kernels.sketch_tokens(tokens, offsets, *vocabulary, NGRAM, sketch[lo:hi], sizes[lo:hi], *_CONSTANTS)
             if bad >= 0:  # decode_bytes names the unknown id
                 chunk_shingles(store, tokenizer, lo + bad)
                 raise ValueError(f"chunk {lo + bad}: a token id outside the tokenizer's vocabulary")
-        elif kernel is not None:
+        elif kernels is not None:
             data, offsets = _decode_batch(store, tokenizer, lo, hi)
-            kernel(data, offsets, NGRAM, sketch[lo:hi], sizes[lo:hi])
+            kernels.sketch_batch(data, offsets, NGRAM, sketch[lo:hi], sizes[lo:hi], *_CONSTANTS)
         else:
             for c in range(lo, hi):
                 full = chunk_shingles(store, tokenizer, c)
