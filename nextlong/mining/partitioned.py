@@ -102,7 +102,7 @@ def self_search(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, k: int,
                 continue
             found, found_sims = search_partition(member_ids, np.asarray(vectors[member_ids], np.float32),
                                                  np.asarray(vectors[queries], np.float32), k,
-                                                 floor=best_sims[queries, k - 1] if visitors else None)
+                                                 floor=best_sims[queries, k - 1] if visitors and k else None)
             merge_into(np.repeat(queries, found.shape[1]), found.reshape(-1), found_sims.reshape(-1),
                        best_ids, best_sims)
     return best_ids, best_sims.astype(np.float32), home
