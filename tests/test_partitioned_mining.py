@@ -52,6 +52,30 @@ def test_exact_top_k_does_not_depend_on_the_batch():
     assert np.array_equal(ids, batch_ids[:, :7])  # the top k is a prefix of the top K
 
 
+def test_exact_top_k_at_the_edges_of_float32():
+    """Similarities below float32's normal range (absolute, not relative, rounding), products that
+    overflow to inf or NaN (inf - inf), a zero query against huge vectors: still the float64 order."""
+    def check(q, v, k, **kw):
+        ids, _ = exact_top_k(np.asarray(q, np.float32), np.asarray(v, np.float32), k, **kw)
+        assert np.array_equal(ids, reference_top_k(np.asarray(q, np.float32), np.asarray(v, np.float32), k)), (q, v)
+
+    check([[1e-45, 1e-45]], [[1.45, 1.45], [2.6, 0.0]], 1)  # subnormal products
+    check([[-3.2926106e-21, -1.7368760e-20]], [[1.5171485e-21, -3.5991368e-21], [1.5172132e-21, -3.5991416e-21]], 1)
+    check([[0.0, 0.0]], [[2e19, 0.0], [0.0, 1.0]], 2)  # a float32 norm would overflow
+    check([[1e20, 1e20]], [[1e20, -1e20], [-1.0, 0.0]], 1)  # the float32 product is NaN
+    check([[2e19, 2e19]], [[2e19, 2e19], [1.0, 0.0], [2e19, 1.9e19]], 2)  # inf products, 64*k > n path
+    check([[2e19, 2e19]], [[2e19, 2e19], [1.0, 0.0], [2e19, 1.9e19]] + [[0.0, 1.0]] * 300, 2)  # the heap path
+    q = np.array([[1e-45]], np.float32)
+    exact = reference_top_k(q, np.array([[1.0000001]], np.float32), 1)
+    ids, _ = exact_top_k(q, np.array([[1.0000001]], np.float32), 1, floor=np.array([1.4012986313726115e-45]))
+    assert ids.tolist() == exact.tolist() == [[0]]  # a floor equal to a subnormal similarity keeps it
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        exact_top_k(np.ones((1, 2), np.float32), np.array([[np.nan, 0.0]], np.float32), 1)
+    best_ids, best_sims = np.full((1, 2), -1, np.int64), np.full((1, 2), -np.inf)
+    merge_into(np.array([0]), np.array([5]), np.array([-np.inf]), best_ids, best_sims)
+    assert best_ids.tolist() == [[5, -1]]  # an unused slot takes any candidate
+
+
 def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
     v = unit_vectors(600, 16, seed=2)
     a = spherical_kmeans(v, 12, seed=3)

@@ -9,14 +9,20 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, inline="always")
+def before(s, c, slot_sim, slot_id):
+    # (s, c) comes before a slot: higher similarity, or equal and a lower id, or the slot is unused (-1)
+    return s > slot_sim or (s == slot_sim and (c < slot_id or slot_id < 0))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def insert(row, c, s, out_ids, out_sims):
     # into a sorted row of k (unused slots -inf): one comparison for most candidates, which fall
     # below its k-th
     k = out_ids.shape[1]
-    if not (s > out_sims[row, k - 1] or (s == out_sims[row, k - 1] and c < out_ids[row, k - 1])):
+    if not before(s, c, out_sims[row, k - 1], out_ids[row, k - 1]):
         return
     pos = k - 1
-    while pos > 0 and (s > out_sims[row, pos - 1] or (s == out_sims[row, pos - 1] and c < out_ids[row, pos - 1])):
+    while pos > 0 and before(s, c, out_sims[row, pos - 1], out_ids[row, pos - 1]):
         out_sims[row, pos] = out_sims[row, pos - 1]
         out_ids[row, pos] = out_ids[row, pos - 1]
         pos -= 1
@@ -28,7 +34,8 @@ def insert(row, c, s, out_ids, out_sims):
 def select(s, queries, vectors, bound, floor, kth, k, out_ids, out_sims):
     # per row: the columns at or above the floor (less the rounding bound), compacted in one
     # branch-free scan; their k-th largest float32 score (given in kth, else by a min-heap of k);
-    # then those within the bound of it rescored in float64, summed in index order, into the top k
+    # then those within the bound of it rescored in float64, summed in index order, into the top k.
+    # A score that overflowed float32 (inf, or NaN from inf - inf) says nothing: always rescored.
     m, n = s.shape
     d = vectors.shape[1]
     heap = np.empty(k, np.float32)
@@ -40,37 +47,42 @@ def select(s, queries, vectors, bound, floor, kth, k, out_ids, out_sims):
             low = max(low, np.float64(kth[i]) - bound[i])
         found = 0
         for j in range(n):
+            x = s[i, j]
             cols[found] = j
-            found += s[i, j] >= low
+            found += (x >= low) | (not (abs(x) < np.inf))
         if found > k and not given:
-            for e in range(k):  # heapify the first k, then keep the k largest
+            filled = 0
+            for e in range(found):
                 x = s[i, cols[e]]
-                pos = e
-                while pos > 0 and heap[(pos - 1) // 2] > x:
-                    heap[pos] = heap[(pos - 1) // 2]
-                    pos = (pos - 1) // 2
-                heap[pos] = x
-            for e in range(k, found):
-                x = s[i, cols[e]]
-                if x <= heap[0]:
+                if not (abs(x) < np.inf):
                     continue
-                pos = 0
-                while True:
-                    child = 2 * pos + 1
-                    if child >= k:
-                        break
-                    if child + 1 < k and heap[child + 1] < heap[child]:
-                        child += 1
-                    if heap[child] >= x:
-                        break
-                    heap[pos] = heap[child]
-                    pos = child
-                heap[pos] = x
-            low = max(low, np.float64(heap[0]) - bound[i])
+                if filled < k:  # sift up
+                    pos = filled
+                    filled += 1
+                    while pos > 0 and heap[(pos - 1) // 2] > x:
+                        heap[pos] = heap[(pos - 1) // 2]
+                        pos = (pos - 1) // 2
+                    heap[pos] = x
+                elif x > heap[0]:  # replace the smallest, sift down
+                    pos = 0
+                    while True:
+                        child = 2 * pos + 1
+                        if child >= k:
+                            break
+                        if child + 1 < k and heap[child + 1] < heap[child]:
+                            child += 1
+                        if heap[child] >= x:
+                            break
+                        heap[pos] = heap[child]
+                        pos = child
+                    heap[pos] = x
+            if filled == k:
+                low = max(low, np.float64(heap[0]) - bound[i])
         q = queries[i]
         for e in range(found):
             j = cols[e]
-            if not (s[i, j] >= low):
+            x = s[i, j]
+            if not (x >= low or not (abs(x) < np.inf)):
                 continue
             v = vectors[j]
             exact = 0.0

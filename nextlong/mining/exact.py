@@ -24,9 +24,22 @@ BLOCK_ELEMENTS = 1 << 22  # against few columns (a partition), more rows per pro
 
 
 def rounding_bound(queries: np.ndarray, max_norm: float) -> np.ndarray:
-    """Per query, how far a float32 product of length d can be from the exact one (twice: for the k-th
-    and for the candidate), about d * eps * |q| * |v|."""
-    return 2.0 * queries.shape[1] * np.finfo(np.float32).eps * np.linalg.norm(queries, axis=1) * max_norm
+    """Per query (float64), how far a float32 product of length d can be from the exact one (twice: for
+    the k-th and for the candidate): about d * eps * |q| * |v|, plus d subnormal steps, since products
+    below float32's normal range lose absolute, not relative, precision. Norms in float64, which neither
+    underflow nor overflow for float32 data."""
+    d = queries.shape[1]
+    return 2.0 * d * float(np.finfo(np.float32).eps) * row_norms(queries) * max_norm + 4.0 * d * 2.0 ** -149
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row, summed in float64 (buffered: no float64 copy of x)."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+
+
+def max_norm_of(vectors: np.ndarray) -> float:
+    """The largest row norm: the `max_norm` of exact_top_k, for a caller that searches the same vectors often."""
+    return float(row_norms(np.asarray(vectors, np.float32)).max(initial=0.0))
 
 
 def _kernels():
@@ -75,24 +88,30 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
     if k_eff == 0 or m == 0:
         return ids, sims
     if max_norm is None:
-        max_norm = float(np.linalg.norm(vectors, axis=1).max(initial=0.0))
+        max_norm = max_norm_of(vectors)
     unfloored = floor is None
     floor = (np.full(m, -np.inf) if floor is None
              else np.ascontiguousarray(np.broadcast_to(np.asarray(floor, np.float64), (m,))))
-    bound = rounding_bound(queries, max_norm).astype(np.float64)
+    bound = rounding_bound(queries, max_norm)
+    if not (np.isfinite(max_norm) and np.isfinite(bound).all()):  # norms of finite float32 data are finite
+        raise ValueError("exact_top_k: the vectors or queries hold NaN or infinite values")
     select = _kernels()[0]
     rows = rows or max(ROWS, BLOCK_ELEMENTS // max(n, 1))
     for lo in range(0, m, rows):
         q = queries[lo:lo + rows]
-        s = q @ vectors.T
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowed products are rescored (the kernel)
+            s = q @ vectors.T
         block_ids = np.full((len(q), k_eff), -1, np.int64)
         block_sims = np.full((len(q), k_eff), -np.inf, np.float64)
         # without a floor every column is a candidate: numpy's introselect finds the k-th faster than
         # the heap when k is a large share of the row (routing: 32 of ~1000 centroids), where most
         # columns would pass through the heap (measured: 0.8 vs 0.5 s routing 100k rows to 316)
+        # (a product that overflowed float32 leaves inf or NaN: the kernel's heap handles those rows)
         kth = (np.ascontiguousarray(-np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1])
-               if unfloored and k_eff < n < 64 * k_eff else np.full(len(q), np.nan, np.float32))
+               if unfloored and k_eff < n < 64 * k_eff and np.isfinite(s).all()
+               else np.full(len(q), np.nan, np.float32))
         select(s, q, vectors, bound[lo:lo + rows], floor[lo:lo + rows], kth, k_eff, block_ids, block_sims)
         ids[lo:lo + len(q), :k_eff] = block_ids
-        sims[lo:lo + len(q), :k_eff] = block_sims
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, in the requested dtype
+            sims[lo:lo + len(q), :k_eff] = block_sims
     return ids, sims

@@ -54,8 +54,10 @@ class ExactSearcher:
     top k is a prefix of the top K."""
 
     def __init__(self, vectors: np.ndarray):
+        from ..mining.exact import max_norm_of
+
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._max_norm = float(np.linalg.norm(self.vectors, axis=1).max(initial=0.0))
+        self._max_norm = max_norm_of(self.vectors)
 
     def __len__(self):
         return self.vectors.shape[0]

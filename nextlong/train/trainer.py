@@ -145,12 +145,10 @@ class Trainer:
             vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
         if not is_preset(cfg.model):
             self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
-        if cfg.scorer is not None and not is_preset(cfg.scorer):  # its log-probs must be of the data's ids
-            self._check_model_tokenizer(cfg.scorer, "--scorer", data_tok, data_fp)
             if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
                 self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
-            if self.tokenizer_spec is None:  # plain Parquet data: the exported model keeps the model's tokenizer
-                self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
+        if cfg.scorer is not None and not is_preset(cfg.scorer):  # its log-probs must be of the data's ids
+            self._check_model_tokenizer(cfg.scorer, "--scorer", data_tok, data_fp)
 
         self.seq_len = cfg.seq_len or next((s.sample_length for s in sources if s.sample_length), None)
         if self.seq_len is None:
