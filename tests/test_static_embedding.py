@@ -166,6 +166,24 @@ def test_missing_source_is_a_clear_error(tmp_path):
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-made left in the cache
 
 
+def test_the_check_before_work_finds_packages_without_importing_them(monkeypatch):
+    """`--embedder static` is checked before any work by finding the packages a distillation imports, not by
+    importing model2vec.distill (~4 s of transformers); a missing one is named."""
+    import importlib.util
+    import sys
+
+    from nextlong.errors import NextlongError
+    from nextlong.mining.embedding import check_embedder_spec
+
+    monkeypatch.delitem(sys.modules, "model2vec.distill", raising=False)
+    check_embedder_spec("static")
+    assert "model2vec.distill" not in sys.modules
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skeletoken" else real(name, *a))
+    with pytest.raises(NextlongError, match="needs the Python package 'skeletoken'"):
+        check_embedder_spec("static")
+
+
 @pytest.mark.slow
 def test_synthesis_with_a_short_window_model_and_with_static(tiny, tmp_path, monkeypatch):
     """End to end on real text: the manifest counts the chunks embedded in windows (the tiny BERT reads

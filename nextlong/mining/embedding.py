@@ -494,8 +494,8 @@ def check_embedder_spec(name_or_path: str | os.PathLike | None) -> None:
     if Path(str(name_or_path)).expanduser().is_dir():
         return  # loaded (and checked) when used
     if str(name_or_path) == "static" or str(name_or_path).startswith("static:"):
-        from .static_embedding import _require_model2vec
+        from .static_embedding import check_model2vec_installed
 
-        _require_model2vec()  # distilling takes minutes: done when used
+        check_model2vec_installed()  # distilling takes minutes: done when used
         return
     load_embedder(name_or_path)  # a lexical spec loads in no time; an unknown name raises here

@@ -57,6 +57,20 @@ def _source_fingerprint(source: Path, pca_dims: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+DISTILL_MODULES = ("model2vec", "skeletoken", "torch", "transformers")  # what model2vec.distill imports
+
+
+def check_model2vec_installed() -> None:
+    """The cheap check before any work: the packages distilling needs are installed (found, not imported:
+    importing model2vec.distill costs ~4 s, paid when a distillation really runs, by _require_model2vec)."""
+    import importlib.util
+
+    for module in DISTILL_MODULES:
+        if importlib.util.find_spec(module) is None:
+            raise EmbedderError(f"the {STATIC_EMBEDDER} embedder needs the Python package {module!r}, which is not "
+                                "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)")
+
+
 def _require_model2vec():
     try:
         import model2vec  # noqa: F401
@@ -111,7 +125,6 @@ def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIM
     default = default_model_path().resolve() if source is None else None
     source = Path(source or default).resolve()
     label = DEFAULT_EMBEDDER if source == default else source.name
-    _require_model2vec()
     folder = Path(cache_dir or cache_root()) / "static" / f"{label}-pca{pca_dims}-{_source_fingerprint(source, pca_dims)}"
     if not (folder / "model.safetensors").is_file():
         distill_static(source, folder, pca_dims)
@@ -203,10 +216,13 @@ class StaticEmbedder:
     (or whole text, with an added token) HF `tokenizers` reads; `native_texts` the rest."""
 
     def __init__(self, folder: str | os.PathLike, name: str | None = None, threads: int | None = None):
-        _require_model2vec()
-        from model2vec import StaticModel
-
         import logging
+
+        try:  # loading needs model2vec alone, not its distillation's imports (transformers: ~4 s)
+            from model2vec import StaticModel
+        except ImportError as exc:
+            raise EmbedderError(f"the {STATIC_EMBEDDER} embedder needs the Python package {exc.name!r}, which is "
+                                "not installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)") from exc
 
         from .embedder import available_threads
 
