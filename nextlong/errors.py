@@ -117,5 +117,12 @@ def missing_extra(module: str, extra: str, feature: str) -> NextlongError:
                          f"pip install 'nextlong[{extra}]'")
 
 
+def missing_embedder_package(who: str, module: str) -> EmbedderError:
+    """The error for an embedder whose package (of the `ml` extra) is not installed; torch is named with its
+    pin, since an unpinned install would replace this machine's build."""
+    return EmbedderError(f"{who} needs the Python package {module!r}, which is not installed: "
+                         "pip install 'nextlong[ml]' (pin torch with -c constraints.txt)")
+
+
 class CorruptFileError(NextlongError):
     """A stored file whose checksum no longer matches what was written (bytes changed on disk)."""

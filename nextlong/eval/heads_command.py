@@ -36,6 +36,18 @@ def auto_lengths(max_positions: int | None, count: int, reserve: int) -> list[in
     return sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)})
 
 
+def _cell(name: str) -> tuple[int, int]:
+    """(layer, head) of a head name such as "3-7"."""
+    layer, head = name.split("-")
+    return int(layer), int(head)
+
+
+def _grid_shape(names) -> tuple[int, int]:
+    """(layers, heads) of the grid the head names span."""
+    cells = [_cell(k) for k in names]
+    return 1 + max(c[0] for c in cells), 1 + max(c[1] for c in cells)
+
+
 def _load_scores(folder) -> dict[str, float]:
     path = Path(folder) / "head_scores.json"
     if not path.is_file():
@@ -49,9 +61,8 @@ def _load_scores(folder) -> dict[str, float]:
         raise NextlongError(f"{path}: expected {{\"layer-head\": score}} with names such as \"3-7\", got "
                             f"{show(bad) if data else 'no heads'}")
     # every head of a layers x heads grid, as `nextlong heads` writes it (the plot is that grid)
-    layers = 1 + max(int(k.split("-")[0]) for k in data)
-    heads = 1 + max(int(k.split("-")[1]) for k in data)
-    if len(data) != layers * heads or len({tuple(int(x) for x in k.split("-")) for k in data}) != len(data):
+    layers, heads = _grid_shape(data)
+    if len(data) != layers * heads or len({_cell(k) for k in data}) != len(data):
         raise NextlongError(f"{path}: expected a score for every head of {layers} layers x {heads} heads "
                             f"(names 0-0 .. {layers - 1}-{heads - 1}), got {len(data)} names")
     out_of_range = next((k for k, v in data.items() if not 0.0 <= v <= 1.0), None)
@@ -79,12 +90,9 @@ def run_compare(args) -> dict:
 
         from .plots import head_heatmap
 
-        layers = 1 + max(int(k.split("-")[0]) for k in named_a)
-        heads = 1 + max(int(k.split("-")[1]) for k in named_a)
-        grid = np.zeros((layers, heads))
+        grid = np.zeros(_grid_shape(named_a))
         for name, d in result["difference"].items():
-            l, h = (int(x) for x in name.split("-"))
-            grid[l, h] = d
+            grid[_cell(name)] = d
         head_heatmap(out / "compare.png", grid, f"retrieval score B - A ({Path(b).name} - {Path(a).name})",
                      diverging=True)
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "

@@ -71,7 +71,8 @@ def max_positions_of(config, folder) -> int | None:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool):
             if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
-                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of positions, got {value}")
+                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of "
+                                       f"positions, got {value}")
             return value
     return None
 

@@ -153,8 +153,8 @@ def _unequal(q, k, v, cu_q, cu_k, causal, softmax_scale, window):
     if rows is None:
         return _reference(q, k, v, cu_q, cu_k, causal, softmax_scale, window)
     # self-attention on the key layout: sequence i's queries are the last lq[i] rows of its lk[i]
-    out, lse = attention_with_lse(_in_key_layout(q, rows, k.shape[0]), k, v, causal=causal, cu_seqlens=cu_k, softmax_scale=softmax_scale,
-                                  window=window)
+    out, lse = attention_with_lse(_in_key_layout(q, rows, k.shape[0]), k, v, causal=causal, cu_seqlens=cu_k,
+                                  softmax_scale=softmax_scale, window=window)
     return out[rows], lse[rows]
 
 

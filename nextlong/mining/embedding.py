@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
+from ..errors import missing_embedder_package
 from ..untrusted import read_bytes, show
 from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Embedder, _read_json,  # noqa: F401
                        _sentence_transformers_layout, available_threads, cpu_has_native_bf16, default_model_path)
@@ -125,8 +126,7 @@ class TransformerEmbedder:
             import torch
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
-            raise EmbedderError(f"transformer embedders need the Python package {exc.name!r}, which is not "
-                                "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)") from exc
+            raise missing_embedder_package("transformer embedders", exc.name) from exc
 
         folder = Path(path).expanduser().resolve()
         if not folder.is_dir():
@@ -488,8 +488,7 @@ def check_embedder_spec(name_or_path: str | os.PathLike | None) -> None:
 
         for module in ("torch", "transformers"):
             if importlib.util.find_spec(module) is None:
-                raise EmbedderError(f"the default embedder needs the Python package {module!r}, which is not "
-                                    "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)")
+                raise missing_embedder_package("the default embedder", module)
         return
     if Path(str(name_or_path)).expanduser().is_dir():
         return  # loaded (and checked) when used

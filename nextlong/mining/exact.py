@@ -9,10 +9,10 @@ ascending. So a query's answer is the same alone or in a batch of thousands, wha
 its threads, and the top k is a prefix of the top K.
 
 The selection after the product is one numba pass per row (no (rows x n) temporaries besides the
-product): the columns at or above an optional floor, their k-th float32 score by a min-heap, then the
-float64 rescoring and an insertion into the row's sorted top k. A floor (a caller's running k-th) is
-what makes the partitioned self-search cheap: most of a visited partition falls below it and is never
-rescored.
+product): the columns at or above an optional floor, their k-th float32 score (numpy's introselect or a
+min-heap), then the float64 rescoring and an insertion into the row's sorted top k. A floor (a caller's
+running k-th) is what makes the partitioned self-search cheap: most of a visited partition falls below
+it and is never rescored.
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ def max_norm_of(vectors: np.ndarray) -> float:
 
 
 def _kernels():
-    """(select, insert_all): the numba loops, imported on first use (cached on disk by numba)."""
+    """The numba loops (module _exact_kernels), imported on first use (cached on disk by numba)."""
     try:
-        from . import _exact_kernels as kernels
+        from . import _exact_kernels
     except ImportError as exc:
         if getattr(exc, "name", None) != "numba":
             raise
         from ..errors import missing_extra
 
         raise missing_extra("numba", "ml", "exact search") from None
-    return kernels.select, kernels.insert_all
+    return _exact_kernels
 
 
 def insert_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: np.ndarray,
@@ -64,7 +64,7 @@ def insert_into(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, best_ids: n
     if rows.size and (rows.min() < 0 or rows.max() >= best_ids.shape[0]):  # the loop does not check bounds
         raise ValueError(f"candidate rows must lie in [0, {best_ids.shape[0]}), got {rows.min()}..{rows.max()}")
     if best_ids.shape[1] > 0 and rows.size:
-        _kernels()[1](rows.astype(np.int64, copy=False), ids.astype(np.int64, copy=False),
+        _kernels().insert_all(rows.astype(np.int64, copy=False), ids.astype(np.int64, copy=False),
                       sims.astype(np.float64, copy=False), best_ids, best_sims)
 
 
@@ -95,7 +95,7 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, *, max_norm: f
     bound = rounding_bound(queries, max_norm)
     if not (np.isfinite(max_norm) and np.isfinite(bound).all()):  # norms of finite float32 data are finite
         raise ValueError("exact_top_k: the vectors or queries hold NaN or infinite values")
-    select = _kernels()[0]
+    select = _kernels().select
     rows = rows or max(ROWS, BLOCK_ELEMENTS // max(n, 1))
     for lo in range(0, m, rows):
         q = queries[lo:lo + rows]

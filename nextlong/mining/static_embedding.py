@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EmbedderError
+from ..errors import EmbedderError, missing_embedder_package
 
 STATIC_EMBEDDER = "static"
 DEFAULT_PCA_DIMS = 256
@@ -67,8 +67,7 @@ def check_model2vec_installed() -> None:
 
     for module in DISTILL_MODULES:
         if importlib.util.find_spec(module) is None:
-            raise EmbedderError(f"the {STATIC_EMBEDDER} embedder needs the Python package {module!r}, which is not "
-                                "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)")
+            raise missing_embedder_package(f"the {STATIC_EMBEDDER} embedder", module)
 
 
 def _require_model2vec():
@@ -76,8 +75,7 @@ def _require_model2vec():
         import model2vec  # noqa: F401
         from model2vec.distill import distill_from_model  # noqa: F401  (needs skeletoken, torch, transformers)
     except ImportError as exc:
-        raise EmbedderError(f"the {STATIC_EMBEDDER} embedder needs the Python package {exc.name!r}, which is not "
-                            "installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)") from exc
+        raise missing_embedder_package(f"the {STATIC_EMBEDDER} embedder", exc.name) from exc
 
 
 def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, device: str = "cpu") -> Path:
@@ -221,8 +219,7 @@ class StaticEmbedder:
         try:  # loading needs model2vec alone, not its distillation's imports (transformers: ~4 s)
             from model2vec import StaticModel
         except ImportError as exc:
-            raise EmbedderError(f"the {STATIC_EMBEDDER} embedder needs the Python package {exc.name!r}, which is "
-                                "not installed: pip install 'nextlong[ml]' (pin torch with -c constraints.txt)") from exc
+            raise missing_embedder_package(f"the {STATIC_EMBEDDER} embedder", exc.name) from exc
 
         from .embedder import available_threads
 

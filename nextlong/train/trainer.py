@@ -180,9 +180,7 @@ class Trainer:
         lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                          rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
         self.model_vocab = lm.config.vocab_size
-        if vocab is not None and vocab > self.model_vocab:
-            raise NextlongError(f"the data's tokenizer ({data_tok}) has {vocab} ids but the model's vocabulary has "
-                                f"{self.model_vocab}: token ids would reach past the embedding table")
+        _check_vocabulary("--model", cfg.model, self.model_vocab, data_tok, vocab)
         if self.sp > 1 and lm.config.num_attention_heads % self.sp:
             raise UsageError(f"--seq-parallel {self.sp}: the model's {lm.config.num_attention_heads} attention heads "
                              "do not split over it (Ulysses gives each rank whole heads)")
@@ -200,10 +198,7 @@ class Trainer:
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                                       seed=cfg.seed, trust_remote_code=cfg.trust_remote_code
                                       ).to(self.device).eval().requires_grad_(False)
-            if vocab is not None and vocab > self.scorer.config.vocab_size:
-                raise NextlongError(f"--scorer {cfg.scorer}: its vocabulary has {self.scorer.config.vocab_size} ids, "
-                                    f"but the data's tokenizer ({data_tok}) has {vocab}: token ids would reach past "
-                                    "its embedding table")
+            _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -630,6 +625,13 @@ class Trainer:
                  accumulation_steps=self.accum,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
         return d
+
+
+def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int | None) -> None:
+    """The data's token ids must all fit the model's embedding table (the trained model's or the scorer's)."""
+    if vocab is not None and vocab > model_vocab:
+        raise NextlongError(f"{option} {spec}: the data's tokenizer ({data_tok}) has {vocab} ids but the model's "
+                            f"vocabulary has {model_vocab}: token ids would reach past its embedding table")
 
 
 def _append(path: Path):

@@ -65,8 +65,8 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     eos = getattr(config, "eos_token_id", None)
     eos_ids = (tuple(int(e) for e in eos) if isinstance(eos, (list, tuple))
                else (int(eos),) if isinstance(eos, int) else ())
-    return ModelInfo(folder, spec, max_positions_of(config, folder), int(getattr(config, "vocab_size", 0) or 0), eos_ids,
-                     str(model_type))
+    return ModelInfo(folder, spec, max_positions_of(config, folder), int(getattr(config, "vocab_size", 0) or 0),
+                     eos_ids, str(model_type))
 
 
 class LM:
