@@ -189,7 +189,12 @@ def test_probing_every_partition_reproduces_the_exact_route(corpus, tmp_path):
     lists = NeighbourLists(tmp_path / "part" / "neighbour_lists", vectors)
     ids, sims = ExactSearcher(vectors).search(vectors, lists.k)
     assert np.array_equal(np.asarray(lists.ids), ids) and np.asarray(lists.sims).tobytes() == sims.tobytes()
-    assert len(list((tmp_path / "part" / "search").glob("part-*.parquet"))) > 1  # several partition tasks
+    parts = sorted((tmp_path / "part" / "search").glob("part-*.parquet"))
+    assert len(parts) > 1  # several partition tasks
+    for path in parts:  # a task passes on at most K candidates per chunk: its running top K, not all it scored
+        table = pq.read_table(path)
+        counts = np.bincount(table.column("chunk").to_numpy(), weights=[len(x) for x in table.column("ids").to_pylist()])
+        assert counts.max() <= lists.k < counts.sum()
 
 
 def test_default_partitioned_run_finds_hard_negatives_and_counts_wide_searches(corpus, tmp_path):

@@ -13,8 +13,8 @@ spreads over a cluster like every other stage:
                                chunk's K-th similarity in its home partition (the threshold)
                --thresholds--> the thresholds gathered, one per chunk (memory-mapped by search)
                --search-->     block j searches partitions [p_lo, p_hi): the members (home rows) against
-                               every chunk routed there, keeping, outside a chunk's home, only what
-                               reaches its threshold; rows (chunk, partition, home, ids, sims) by chunk
+                               every chunk routed there, keeping what enters the chunk's running
+                               top K in the task; rows (chunk, partition, home, ids, sims) by chunk
                --merge-->      block j merges the candidates of chunks [lo, hi) into their top K, one
                                search part at a time
                --neighbour_lists--> memory-mapped (chunks x K) arrays, members by partition, centroids
@@ -22,10 +22,11 @@ spreads over a cluster like every other stage:
 
 route -> search and search -> merge are the shuffles: a block reads, from every part of the step before,
 only the row groups whose statistics overlap its range (each part is sorted by the column it is read
-by), so no task reads the whole corpus. What the search -> merge shuffle carries is K candidates per
-chunk from its home partition and, from the others, only those at or above the home partition's K-th
-similarity (anything below cannot enter the chunk's top K): a few more than K instead of nprobe x K. Parts carry page checksums: a damaged one is named, with its
-partitions or chunks, and how to recompute it.
+by), so no task reads the whole corpus. What the search -> merge shuffle carries is at most K
+candidates per chunk from each search task, the task's running top K of the chunk (anything below its
+K-th cannot enter the chunk's top K), instead of nprobe x K; a partition's search already leaves out
+what falls below the larger of the home partition's K-th similarity and that running K-th. Parts carry
+page checksums: a damaged one is named, with its partitions or chunks, and how to recompute it.
 """
 
 from __future__ import annotations
@@ -302,9 +303,10 @@ def _routed_partitions(route_dir, block):
 @_dc.dataclass
 class SearchStage(_Blocks):
     """Block -> for partitions [p_lo, p_hi): each member list searched, exactly, for every chunk routed
-    there: its top K in its home partition, and elsewhere only candidates at or above its threshold;
-    rows (chunk, partition, home, ids, sims) sorted by chunk, sims in float64 (the merge orders by them).
-    inputs: (layout, route, embeddings, thresholds)."""
+    there (home partitions first), keeping what enters the chunk's running top K in this task: elsewhere
+    than its home only candidates at or above its threshold and its running K-th. Rows (chunk, partition,
+    home, ids, sims) sorted by chunk, sims in float64 (the merge orders by them). inputs: (layout,
+    route, embeddings, thresholds)."""
 
     parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
 
@@ -315,28 +317,44 @@ class SearchStage(_Blocks):
         self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, mmap_mode="r")
 
     def __call__(self, block):
-        rows = {"chunk": [], "partition": [], "home": [], "count": []}
-        flat_ids, flat_sims = [], []
-        for p, members, queries, home in _routed_partitions(self._route, block):
-            if members.size == 0:
-                continue
-            # outside its home, a chunk keeps only what reaches its home partition's K-th similarity
-            floor = np.where(home, -np.inf, np.asarray(self._thresholds[queries]))
-            ids, sims = P.search_partition(members, np.asarray(self._vectors[members], np.float32),
-                                           np.asarray(self._vectors[queries], np.float32), self._k, floor=floor)
-            keep = ids >= 0
-            rows["chunk"].append(queries)
-            rows["partition"].append(np.full(queries.size, p, np.int32))
-            rows["home"].append(home)
-            rows["count"].append(keep.sum(axis=1))
-            flat_ids.append(ids[keep])  # row-major: each row's kept candidates, in order
-            flat_sims.append(sims[keep])
-        if not rows["chunk"]:
+        routed = [r for r in _routed_partitions(self._route, block) if r[1].size]
+        if not routed:
             return pa.table({"chunk": pa.array([], pa.int64()), "partition": pa.array([], pa.int32()),
                              "home": pa.array([], pa.bool_()), "ids": pa.array([], pa.large_list(pa.int64())),
                              "sims": pa.array([], pa.large_list(pa.float64()))})
-        cols = {key: np.concatenate(value) for key, value in rows.items()}
-        ids, sims = np.concatenate(flat_ids), np.concatenate(flat_sims)
+        # The task's own running top K of each chunk it sees: nothing below its K-th can enter the chunk's
+        # final top K (those K are real candidates), so it is a floor for the chunk's later partitions, on
+        # top of the home threshold; home partitions go first, as in partitioned.self_search.
+        chunks = np.unique(np.concatenate([queries for _, _, queries, _ in routed]))
+        best_ids = np.full((chunks.size, self._k), -1, np.int64)
+        best_sims = np.full((chunks.size, self._k), -np.inf, np.float64)
+        found = {"row": [], "partition": [], "home": [], "count": [], "ids": [], "sims": []}  # row: of `chunks`
+        for visitors in (False, True):
+            for p, members, queries, home in routed:
+                queries, home = queries[home != visitors], home[home != visitors]
+                if queries.size == 0:
+                    continue
+                rows = np.searchsorted(chunks, queries)
+                floor = (np.maximum(np.asarray(self._thresholds[queries]), best_sims[rows, -1]) if visitors
+                         else None)
+                ids, sims = P.search_partition(members, np.asarray(self._vectors[members], np.float32),
+                                               np.asarray(self._vectors[queries], np.float32), self._k, floor=floor)
+                keep = ids >= 0
+                count = keep.sum(axis=1)
+                P.merge_into(np.repeat(rows, count), ids[keep], sims[keep], best_ids, best_sims)
+                for key, value in (("row", rows), ("partition", np.full(rows.size, p, np.int32)), ("home", home),
+                                   ("count", count), ("ids", ids[keep]), ("sims", sims[keep])):
+                    found[key].append(value)  # row-major: each row's candidates, in order
+        cols = {key: np.concatenate(value) for key, value in found.items()}
+        del found
+        # only what is still in its chunk's running top K goes on: the rest cannot enter the final top K
+        owner = np.repeat(np.arange(cols["row"].size), cols["count"])  # each candidate's search row
+        row = cols["row"][owner]
+        kth_sim, kth_id = best_sims[row, -1], best_ids[row, -1]
+        keep = (cols["sims"] > kth_sim) | ((cols["sims"] == kth_sim) & (cols["ids"] <= kth_id))
+        ids, sims = cols["ids"][keep], cols["sims"][keep]
+        cols["count"] = np.bincount(owner[keep], minlength=cols["row"].size)
+        cols["chunk"] = chunks[cols.pop("row")]
         count = cols["count"].astype(np.int64)
         starts = np.cumsum(count) - count
         order = np.lexsort((cols["partition"], cols["chunk"]))
