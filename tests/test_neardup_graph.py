@@ -163,3 +163,20 @@ def test_unknown_token_id_is_refused_as_before(tok):
     store.tokens[store.tok_offsets[2]] = 4_000_000_000
     with pytest.raises(ValueError, match="not in the vocabulary"):
         neardup.chunk_sketches(store, tok, 25, threads=1)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_pair_intersections_and_jaccard_match_numpy(compiled, monkeypatch):
+    if not compiled:  # the fallback without numba
+        monkeypatch.setattr(neardup, "_numba_kernels", lambda: (_ for _ in ()).throw(ImportError("numba")))
+    rng = np.random.default_rng(0)
+    sets = [np.unique(rng.integers(0, 300, size=int(rng.integers(0, 120))).astype(np.uint64)) for _ in range(40)]
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in sets])]).astype(np.int64)
+    flat = np.concatenate(sets)
+    left, right = rng.integers(0, 40, 200), rng.integers(0, 40, 200)
+    expected = [np.intersect1d(sets[a], sets[b]).size for a, b in zip(left, right)]
+    assert neardup._pair_intersections(flat, offsets, left, right).tolist() == expected
+    for a, b in zip(left[:50], right[:50]):
+        union = np.union1d(sets[a], sets[b]).size
+        assert neardup.jaccard(sets[a], sets[b]) == (np.intersect1d(sets[a], sets[b]).size / union
+                                                     if sets[a].size and sets[b].size else 0.0)

@@ -1,7 +1,7 @@
 """The numba loops of neardup.py, in a module of their own: numba caches a function on disk only when the
 jitted functions it calls are module-level names (as closures of a factory, sketch_batch and sketch_tokens,
 which call shingles, were compiled afresh in every process, ~2 s each). The hashing constants come in as
-arguments. Imported only when a sketch is computed, so numba stays optional."""
+arguments. Imported only when a sketch or an intersection is computed, so numba stays optional."""
 
 from __future__ import annotations
 
@@ -104,3 +104,29 @@ def sketch_tokens(tokens, tok_offsets, vocab_bytes, vocab_offsets, vocab_known, 
         sketch[i, :k] = full[:k]
         sizes[i] = full.size
     return -1
+
+
+@njit(cache=True, nogil=True)
+def intersection_size(x, y):
+    # |x ∩ y| of two sorted unique arrays: one merge walk
+    i = j = n = 0
+    while i < x.size and j < y.size:
+        if x[i] < y[j]:
+            i += 1
+        elif x[i] > y[j]:
+            j += 1
+        else:
+            n += 1
+            i += 1
+            j += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def pair_intersections(flat, offsets, left, right):
+    # |S_l ∩ S_r| for each pair, the sets back to back in flat (set i = flat[offsets[i]:offsets[i + 1]])
+    out = np.zeros(left.size, np.int64)
+    for e in range(left.size):
+        out[e] = intersection_size(flat[offsets[left[e]]:offsets[left[e] + 1]],
+                                   flat[offsets[right[e]]:offsets[right[e] + 1]])
+    return out

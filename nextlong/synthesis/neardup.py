@@ -145,74 +145,24 @@ def fast_shingle_set(data: bytes, n: int = NGRAM) -> np.ndarray:
     return kernels.shingles(np.frombuffer(data, np.uint8), n, *_CONSTANTS)
 
 
-_numba_intersect = None
-
-
 def _intersection_size(a: np.ndarray, b: np.ndarray) -> int:
     """|a ∩ b| of two sorted unique arrays: a merge walk (numba) or numpy's intersect1d."""
-    global _numba_intersect
-    if _numba_intersect is None:
-        try:
-            import numba
-
-            @numba.njit(cache=True, nogil=True)
-            def merge_count(x, y):
-                i = j = k = 0
-                while i < x.size and j < y.size:
-                    if x[i] < y[j]:
-                        i += 1
-                    elif x[i] > y[j]:
-                        j += 1
-                    else:
-                        k += 1
-                        i += 1
-                        j += 1
-                return k
-
-            _numba_intersect = merge_count
-        except ImportError:
-            _numba_intersect = lambda x, y: np.intersect1d(x, y, assume_unique=True).size  # noqa: E731
-    return int(_numba_intersect(a, b))
+    try:
+        kernels = _numba_kernels()
+    except ImportError:
+        return int(np.intersect1d(a, b, assume_unique=True).size)
+    return int(kernels.intersection_size(a, b))
 
 
 def _pair_intersections(flat, offsets, left, right) -> np.ndarray:
     """|S_l ∩ S_r| for many pairs of sorted sets stored back to back (set i = flat[offsets[i]:offsets[i+1]])."""
-    out = np.zeros(left.size, np.int64)
-    for k in range(left.size):  # numba below when available
-        x = flat[offsets[left[k]]:offsets[left[k] + 1]]
-        y = flat[offsets[right[k]]:offsets[right[k] + 1]]
-        out[k] = _intersection_size(x, y)
-    return out
-
-
-try:
-    import numba as _numba
-
-    @_numba.njit(cache=True, nogil=True)
-    def _pair_intersections_numba(flat, offsets, left, right):
-        out = np.zeros(left.size, np.int64)
-        for k in range(left.size):
-            i, i_end = offsets[left[k]], offsets[left[k] + 1]
-            j, j_end = offsets[right[k]], offsets[right[k] + 1]
-            n = 0
-            while i < i_end and j < j_end:
-                if flat[i] < flat[j]:
-                    i += 1
-                elif flat[i] > flat[j]:
-                    j += 1
-                else:
-                    n += 1
-                    i += 1
-                    j += 1
-            out[k] = n
-        return out
-
-    _pair_intersections_python = _pair_intersections
-
-    def _pair_intersections(flat, offsets, left, right) -> np.ndarray:  # noqa: F811
-        return _pair_intersections_numba(flat, offsets, np.asarray(left, np.int64), np.asarray(right, np.int64))
-except ImportError:  # pragma: no cover
-    pass
+    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+    try:
+        kernels = _numba_kernels()
+    except ImportError:
+        return np.array([_intersection_size(flat[offsets[x]:offsets[x + 1]], flat[offsets[y]:offsets[y + 1]])
+                         for x, y in zip(left.tolist(), right.tolist())], np.int64)
+    return kernels.pair_intersections(flat, offsets, left, right)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
