@@ -27,10 +27,29 @@ def acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _capped_logits(hidden, weight, bias, softcap):
-    z = torch.nn.functional.linear(hidden, weight, bias).to(acc_dtype(hidden))
+def logits_buffer(hidden, weight, bias, chunk):
+    """One (chunk, V) buffer the chunks' logits are written into in turn, or None where they cannot be (the
+    product runs in another dtype than the logits, or autograd records it: a double backward). Reused, not
+    allocated per chunk: on CPU a fresh 64 MiB block is a fresh mmap whose page faults cost ~10% of a step."""
+    acc = acc_dtype(hidden)
+    if torch.is_grad_enabled() or not (hidden.dtype == weight.dtype == acc and (bias is None or bias.dtype == acc)):
+        return None
+    return torch.empty((min(chunk, hidden.shape[0]), weight.shape[0]), device=hidden.device, dtype=acc)
+
+
+def _capped_logits(hidden, weight, bias, softcap, out=None):
+    """The chunk's soft-capped logits in the accumulation dtype, written into `out` (logits_buffer's) when
+    given; the caller may overwrite them."""
+    if out is not None:
+        z = out[:hidden.shape[0]]
+        if bias is None:
+            torch.mm(hidden, weight.t(), out=z)
+        else:
+            torch.addmm(bias, hidden, weight.t(), out=z)
+    else:
+        z = torch.nn.functional.linear(hidden, weight, bias).to(acc_dtype(hidden))
     if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
+        z = z.div_(softcap).tanh_().mul_(softcap) if out is not None else softcap * torch.tanh(z / softcap)
     return z
 
 
@@ -56,9 +75,10 @@ def _row_grad(z, labels, softcap, lse, ga, gb, gc, inplace=False):
 
 def flce_stats(hidden, weight, bias, labels, softcap, chunk):
     out = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc_dtype(hidden)) for _ in range(3)]
+    buffer = logits_buffer(hidden, weight, bias, chunk)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
-        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        z = _capped_logits(hidden[sl], weight, bias, softcap, out=buffer)
         for dst, src in zip(out, _row_stats(z, labels[sl])):
             dst[sl] = src
         del z
@@ -70,9 +90,10 @@ def flce_grads(hidden, weight, bias, labels, softcap, lse, ga, gb, gc, needs, ch
     """Gradients (or None) of hidden, weight, bias for ``needs = (dx?, dw?, db?)``."""
     dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
     w_mm = product_weight(weight, acc_dtype(hidden))
+    buffer = logits_buffer(hidden, weight, bias, chunk)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
-        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        z = _capped_logits(hidden[sl], weight, bias, softcap, out=buffer)
         d = _row_grad(z, labels[sl], softcap, lse[sl], ga[sl], gb[sl], gc[sl], inplace=True)
         del z
         accumulate_grads(d, hidden[sl], w_mm, sl, dx, dw, db)
@@ -105,7 +126,9 @@ def accumulate_grads(d, hidden_chunk, weight, rows, dx, dw, db):
     ``weight`` is ``product_weight``'s, whose dtype the products run in."""
     hidden_chunk = hidden_chunk if hidden_chunk.dtype == weight.dtype else hidden_chunk.to(weight.dtype)
     d_mm = d if d.dtype == weight.dtype else d.to(weight.dtype)
-    if dx is not None:
+    if dx is not None and dx.dtype == weight.dtype and dx[rows].is_contiguous() and not torch.is_grad_enabled():
+        torch.mm(d_mm, weight, out=dx[rows])
+    elif dx is not None:
         dx[rows] = (d_mm @ weight).to(dx.dtype)
     if dw is not None and dw.dtype == weight.dtype:  # in place: the GEMM adds into dW with beta = 1
         dw.addmm_(d_mm.t(), hidden_chunk)
@@ -183,16 +206,17 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
     logits are computed once and turned into their gradient in place, so training costs three
     matmul passes instead of four (no recomputation in backward), and softmax is formed from the
     same exponentials as the log-sum-exp. ``need_sum=False`` skips ``sum z`` (only label smoothing
-    uses it) and reports 0.
+    uses it) and reports 0; its coefficient (``dL/d sum z``) must then be 0, and is not added.
     """
     acc = acc_dtype(hidden)
     stats = [torch.empty(hidden.shape[0], device=hidden.device, dtype=acc) for _ in range(3)]
     dx, dw, db = grad_buffers(hidden, weight, needs, accumulate_fp32)
     w_mm = product_weight(weight, acc)
+    buffer = logits_buffer(hidden, weight, bias, chunk)
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         y = labels[sl]
-        z = _capped_logits(hidden[sl], weight, bias, softcap)
+        z = _capped_logits(hidden[sl], weight, bias, softcap, out=buffer)
         valid = (y >= 0) & (y < z.shape[-1])
         rows = torch.nonzero(valid)[:, 0]
         stats[1][sl] = 0.0
@@ -205,7 +229,9 @@ def flce_stats_and_grads(hidden, weight, bias, labels, softcap, coefficients, ne
         lse = top + total.log()
         stats[0][sl] = lse
         ga, gb, gc = coefficients(lse, sl)
-        d.mul_((ga / total)[:, None]).add_(gc[:, None])  # a * softmax + c
+        d.mul_((ga / total)[:, None])  # a * softmax (+ c)
+        if need_sum:
+            d.add_(gc[:, None])
         d[rows, y[rows]] += gb[rows]
         if cap_grad is not None:
             d.mul_(cap_grad)
