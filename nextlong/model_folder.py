@@ -107,7 +107,10 @@ def _weight_files(folder: Path) -> tuple[str | None, list[Path]]:
             if not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
                 raise ModelFolderError(f"{index}: expected a JSON object whose \"weight_map\" maps tensor names to "
                                        "file names")
-            return kind, [folder / s for s in sorted(set(shards.values()))]
+            # plain names of the folder (no absolute path, no '..'): nothing outside it is even opened
+            names = sorted(set(shards.values()))
+            return kind, [folder / plain_name(s, f"{index}: weight_map", ModelFolderError, "model folder")
+                          for s in names]
     return None, []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..synthesis.acer.config import DTYPES, FILTERS, FORMATS, ORDERS, RANKERS, RETRIEVERS
-from .argtypes import THREADS_HELP, nonnegative_int, positive_int, threads
+from .argtypes import THREADS_HELP, nonnegative_int, positive_int, seed, threads
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chain-of-thought", action="store_true",
                    help="the reader first says which passages help and what they say, then answers (read_cot.txt); "
                         "the whole text is the sample's answer")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--embedder", help="embedder for --retriever embedding (default all-MiniLM-L6-v2 offline; static; "
                                       "hashed-tfidf; or a local model folder)")
     p.add_argument("--tokenizer", help="tokenizer of the samples (default: the model folder's own, with exact ids)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import positive_int
+from .argtypes import positive_int, seed
 
 DEFAULT_TASKS = "ruler,json_kv,longppl"
 
@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
         description="Generate RULER's offline tasks and HELMET's JSON-KV on the fly in the model's own tokens "
         "(prompt + answer fill each length), score them by greedy generation and teacher-forced, and compute "
         "LongPPL on long documents. Writes DIR/results.json, a length x depth heat map per task, "
-        "loss_by_position.png, summary.md and a manifest; --dump adds samples.jsonl.",
+        "loss_by_position.png (longppl), repeat_gain.png (repeat), summary.md and a manifest; --dump adds "
+        "samples.jsonl.",
     )
     p.add_argument("model", help="a Hugging Face causal-LM folder, or a `nextlong train` run folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--depths", type=positive_int, default=5, help="needle depths spread over 0-100%% (default 5)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="samples per task, length and depth (default 1; RULER uses hundreds)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--mode", choices=("both", "greedy", "teacher-forced"), default="both",
                    help="greedy generation (RULER), teacher-forced answer scoring, or both (default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
@@ -86,8 +87,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--short-stride", type=positive_int, default=1024,
                    help="stride of the short-context windows (1 = exact, default 1024)")
     p.add_argument("--attn", choices=("auto", "nextlong", "sdpa", "eager"), default="auto",
-                   help="prefill attention: our kernel, SDPA or eager (default: sdpa, the faster one for a single "
-                   "document on an H200; ours pays off for packed documents, which evaluation does not feed)")
+                   help="prefill attention: our kernel, SDPA or eager (default auto: SDPA, the faster one for a "
+                   "single document on an H200; ours pays off for packed documents, which evaluation does not feed)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights dtype (default bfloat16 on CUDA, float32 on CPU)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import nonnegative_int, positive_int
+from .argtypes import nonnegative_int, positive_int, seed
 from .eval import _int_list
 
 
@@ -39,9 +39,10 @@ def add_parser(subparsers) -> None:
                    help="compare two `nextlong heads` output folders (counts and score differences B - A)")
     p.add_argument("--corpus", default=None, help="haystack corpus (default: the embedded stdlib docstrings)")
     p.add_argument("--text-field", default="text", help="text field of --corpus records (default text)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random heads masked by --mask-heads")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random heads masked by --mask-heads")
     p.add_argument("--attn", choices=("auto", "nextlong", "sdpa", "eager"), default="auto",
-                   help="prefill attention (decoding steps use eager attention, which returns the weights)")
+                   help="prefill attention (default auto: SDPA); decoding steps use eager attention, which returns "
+                   "the weights")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--allow-extrapolation", action="store_true",

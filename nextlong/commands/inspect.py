@@ -35,64 +35,59 @@ def add_parser(subparsers) -> None:
 
 
 def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: int = 12, color: bool = False) -> str:
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from ..untrusted import printable
     from ..manifest import recorded_tokenizer
-    from ..synthesis.writers import shard_paths
     from ..corpus.tokenizer import load_tokenizer
-    from ..untrusted import read_json
+    from ..untrusted import printable, read_json
 
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
         raise NextlongError(f"{manifest_path}: not found; is {directory} the --out of a finished nextlong synthesize?")
     manifest = read_json(manifest_path, NextlongError, expect=dict)
+    if manifest.get("command") == "train":
+        raise NextlongError(f"{directory} is a `nextlong train` run folder; inspect shows what `nextlong synthesize` "
+                            f"or `nextlong acer` made (plot a run with `nextlong plot {directory}`)")
     settings, stats = manifest.get("settings"), manifest.get("statistics")
     if not isinstance(settings, dict) or not isinstance(stats, dict):
         raise NextlongError(f"{manifest_path}: expected \"settings\" and \"statistics\" objects (is {directory} the "
                             "--out of nextlong synthesize?)")
-    shards = shard_paths(directory / "data")
-    row, seen = None, 0
-    for path in shards:
-        n = pq.ParquetFile(path).metadata.num_rows
-        if sample < seen + n:
-            row = pq.read_table(path).slice(sample - seen, 1).to_pylist()[0]
-            break
-        seen += n
-    if row is None:
-        raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
+    row, where = _row(directory, sample)
+    ids, segments = _checked_row(row, where)
     tok = load_tokenizer(recorded_tokenizer(directory, settings))
-    ids = np.asarray(row["input_ids"], np.uint32)
     # everything from the folder is shown through printable(): corpus text may hold escape sequences
     acer = row.get("method") == "acer"
     if acer:
         gold = f", gold {row['gold']!r}" if row.get("gold") else ""
-        lines = [printable(f"sample {sample}: {len(ids)} tokens, method acer, question {row['question']!r}, answer "
-                           f"{row['answer']!r}{gold}, {len(row['segments'])} segments")]
+        lines = [printable(f"sample {sample}: {len(ids)} tokens, method acer, question {row.get('question')!r}, "
+                           f"answer {row.get('answer')!r}{gold}, {len(segments)} segments")]
     else:
-        lines = [printable(f"document {sample}: {len(ids)} tokens, method {row['method']}, anchor document "
-                           f"{row['anchor_doc_id']!r}, {len(row['segments'])} segments")]
+        lines = [printable(f"document {sample}: {len(ids)} tokens, method {row.get('method')}, anchor document "
+                           f"{row.get('anchor_doc_id')!r}, {len(segments)} segments")]
     legend = _LEGENDS["acer" if acer else "nextlong"]
     lines.append("   ".join(f"{_COLOURS[k]}{_MARKS[k]} {what}{_RESET}" if color else f"{_MARKS[k]} {what}"
                             for k, what in legend))
-    for seg in row["segments"][:max_segments]:
-        text = tok.decode(ids[seg["start"]:seg["end"]])
+    shown = _shown(segments, max_segments, acer)
+    for seg in shown:
+        try:
+            text = tok.decode(ids[seg["start"]:seg["end"]])
+        except ValueError as exc:  # an id outside the tokenizer's vocabulary
+            raise NextlongError(f"{where}: {exc} (of the tokenizer the manifest names)") from None
         short = text if len(text) <= max_chars else text[:max_chars] + " …"
-        kind = "read" if seg["role"] == "context" and seg.get("read") else seg["role"]
+        kind = "read" if seg.get("role") == "context" and seg.get("read") else seg.get("role")
         mark = _MARKS.get(kind, "[?]")
-        where = f" {seg['doc_id']}#{seg['chunk_index']}" if seg.get("doc_id") else ""
-        ranks = f" rank {seg['rank']} (retrieval {seg['retrieval_rank']})" if acer and seg["role"] == "context" else ""
-        head = printable(f"{mark}{where}{ranks} tokens {seg['start']}-{seg['end']}")
+        where_from = f" {seg['doc_id']}#{seg.get('chunk_index')}" if seg.get("doc_id") else ""
+        ranks = (f" rank {seg.get('rank')} (retrieval {seg.get('retrieval_rank')})"
+                 if acer and seg.get("role") == "context" else "")
+        head = printable(f"{mark}{where_from}{ranks} tokens {seg['start']}-{seg['end']}")
         body = printable(short.rstrip("\n")).replace("\n", "\n    ")
         if color:
             c = _COLOURS.get(kind, "")
             lines.append(f"{c}{head}{_RESET}\n    {c}{body}{_RESET}")
         else:
             lines.append(f"{head}\n    {body}")
-    if len(row["segments"]) > max_segments:
-        lines.append(f"... {len(row['segments']) - max_segments} more segments")
+    if len(segments) > len(shown):
+        lines.append(f"... {len(segments) - len(shown)} more segments" + (
+            " (chunks the reader did not see)" if acer else ""))
     lines.append("")
     lines.append("statistics:")
     for key in sorted(stats):
@@ -103,6 +98,59 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
             value = json.dumps(value, sort_keys=True)
         lines.append(printable(f"  {key}: {value}"))
     return "\n".join(lines)
+
+
+def _shown(segments: list, limit: int, acer: bool) -> list:
+    """The first `limit` segments; of an ACER sample, always the chunks the reader saw, the question and
+    the answer (they come last), then its other chunks up to the limit, in sample order."""
+    if not acer:
+        return segments[:limit]
+    keep = [seg.get("role") != "context" or bool(seg.get("read")) for seg in segments]
+    room = max(0, limit - sum(keep))
+    for i, kept in enumerate(keep):
+        if not kept and room:
+            keep[i], room = True, room - 1
+    return [seg for seg, kept in zip(segments, keep) if kept]
+
+
+def _row(directory: Path, sample: int) -> tuple[dict, str]:
+    """Row `sample` of the folder's data shards and where it is ("FILE row N"). Each shard must be a
+    regular file of DIR/data (pyarrow would wait forever on a FIFO; a link could show another folder's
+    text) and readable Parquet; either problem is named."""
+    import pyarrow as pa
+
+    from ..corpus.reader import corrupt_parquet, open_parquet
+    from ..synthesis.writers import shard_paths
+    from ..untrusted import member
+
+    seen = 0
+    for path in shard_paths(directory / "data"):
+        member(path.parent, path.name, str(path.parent), NextlongError, kind="output folder")
+        pf = open_parquet(path)
+        n = pf.metadata.num_rows
+        if sample < seen + n:
+            try:
+                return pf.read().slice(sample - seen, 1).to_pylist()[0], f"{path} row {sample - seen}"
+            except (pa.ArrowException, OSError) as exc:
+                raise corrupt_parquet(path, exc, f"reading row {sample - seen}") from None
+        seen += n
+    raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
+
+
+def _checked_row(row: dict, where: str) -> tuple:
+    """(ids as uint32, segments) of a data row, each of the shape `nextlong synthesize` / `nextlong acer`
+    write: token ids in 0..2**32-1, segments objects with integer 0 <= start <= end <= len(ids)."""
+    import numpy as np
+
+    ids, segments = row.get("input_ids"), row.get("segments")
+    if not isinstance(ids, list) or not all(type(i) is int and 0 <= i < 1 << 32 for i in ids):
+        raise NextlongError(f"{where}: input_ids must be a list of token ids (integers in 0..2**32-1)")
+    if not isinstance(segments, list) or not all(
+            isinstance(seg, dict) and type(seg.get("start")) is int and type(seg.get("end")) is int
+            and 0 <= seg["start"] <= seg["end"] <= len(ids) for seg in segments):
+        raise NextlongError(f"{where}: segments must be a list of {{start, end, ...}} objects with integer "
+                            f"offsets 0 <= start <= end <= {len(ids)} (the document's tokens)")
+    return np.asarray(ids, np.uint32), segments
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
-from .argtypes import THREADS_HELP, nonnegative_int, positive_float, positive_int, threads
+from .argtypes import THREADS_HELP, nonnegative_int, positive_float, positive_int, seed, threads
 
 
 def add_parser(subparsers) -> None:
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> None:
                                       "lexical, fastest; or a local model folder)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet")
     p.add_argument("--attention-spans", choices=ATTENTION_SPANS, default="sample",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.config import ATTENTIONS, LOSS_ON, LOSSES, NAN_POLICIES, SPAN_MODES, WEIGHTINGS
-from .argtypes import nonnegative_int, positive_float, positive_int
+from .argtypes import nonnegative_int, positive_float, positive_int, seed
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code the --model / --scorer folder ships (config.json auto_map); off by default, "
                         "never asked: only for a folder you trust")
-    p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default: the data's sample length)")
+    p.add_argument("--seq-len", type=positive_int,
+                   help="tokens per sequence (default: the longest sample length among the data sources)")
     p.add_argument("--batch-tokens", type=positive_int,
                    help="tokens per optimizer step; gradient accumulation makes up the rest (default seq-len x processes)")
     p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per forward pass (default 1)")
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = no clipping (default 1.0)")
     p.add_argument("--rope-theta", type=positive_float,
                    help="RoPE base set on the config before training (ProLong: 8e6 at 64K; default: unchanged)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--attention", choices=ATTENTIONS, default="nextlong",
                    help="nextlong = our kernel (Triton on CUDA, PyTorch fallback on CPU); sdpa/eager = transformers' "
                         "with a dense block-diagonal mask")
@@ -85,7 +86,7 @@ def add_parser(subparsers) -> None:
                    help="end this invocation after N steps with a checkpoint (continue later with --resume)")
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="print nothing: no progress bar and no summary")
     # An option left out takes its default, or with --resume the resumed run's value: to tell the two
     # apart, every option parses to UNSET when it is not on the command line.
     defaults, actions = {}, {}

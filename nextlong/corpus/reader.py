@@ -388,6 +388,9 @@ class CorpusReader:
         for col in (self.text_field, self.id_field):
             if col is not None and col not in names:
                 raise CorpusError(path, f"no column {col!r} (columns: {', '.join(names)})")
+            if col is not None and names.count(col) > 1:
+                raise CorpusError(path, f"column {col!r} appears {names.count(col)} times, expected one column "
+                                  "of that name")
         text_type = pf.schema_arrow.field(self.text_field).type
         if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
             raise CorpusError(path, f"column {self.text_field!r} has type {text_type}, expected a string")
@@ -422,14 +425,15 @@ class CorpusReader:
             if col.null_count:
                 for i in np.flatnonzero(~np.asarray(col.is_valid())):
                     bad.setdefault(int(i), f"{what} is null, expected a string")
-        try:
-            texts.validate(full=True)
-        except pa.ArrowInvalid:
-            from .. import _native
+        for col, what in ((texts, f"column {self.text_field!r}"), (ids, f"id column {self.id_field!r}")):
+            try:
+                col.validate(full=True)
+            except pa.ArrowInvalid:
+                from .. import _native
 
-            for i, value in enumerate(texts.cast(pa.binary()).to_pylist()):
-                if value is not None and _native.find_invalid_utf8(value) is not None:
-                    bad.setdefault(i, f"invalid UTF-8 in column {self.text_field!r}")
+                for i, value in enumerate(col.cast(pa.binary()).to_pylist()):
+                    if value is not None and _native.find_invalid_utf8(value) is not None:
+                        bad.setdefault(i, f"invalid UTF-8 in {what}")
         if not bad:
             return None
         if self.on_error == "raise":

@@ -36,10 +36,10 @@ from __future__ import annotations
 import base64
 import collections
 import functools
-import gzip
 import hashlib
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -221,10 +221,8 @@ class Tokenizer:
         path = Path(path)
         raw = _read_bytes(path)
         if path.name.endswith(".gz"):
-            try:
-                raw = gzip.decompress(raw)
-            except OSError as exc:
-                raise TokenizerError(f"{path}: not a gzip file ({exc})") from exc
+            raw = _gunzip(path, raw)
+        _check_rank_lines(path, _line_breaks(raw))
         model = []
         for lineno, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
@@ -312,6 +310,12 @@ class Tokenizer:
         i = self.native.model_id(data)
         return None if i < 0 else int(i)
 
+    @property
+    def end_of_text_id(self) -> int | None:
+        """The id of the tokenizer's end-of-text special token (an added token only: `<|endoftext|>`,
+        `<|end_of_text|>`, `</s>` or `<eos>`), or None: what a model made for it stops generating at."""
+        return next((self._added_ids[t] for t in END_OF_TEXT if t in self._added_ids), None)
+
     def id_to_token(self, token_id: int) -> str | None:
         """Inverse of `token_to_id` (byte-level alphabet string for vocab tokens)."""
         token_id = int(token_id)
@@ -335,12 +339,52 @@ def _reload(kind: str, path: str, pattern, specials, name) -> Tokenizer:
     return Tokenizer.from_tiktoken(path, pattern=pattern, special_tokens=specials, name=name)
 
 
+END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # names of the end-of-text special token
 _FILE_LIMIT = 1 << 30  # the largest tokenizer.json files in use are tens of MiB
+_RANK_LINE_LIMIT = 1 << 22  # lines of a tiktoken rank file; the largest vocabularies in use hold 200k-odd tokens
+_GZIP_BLOCK = 1 << 24  # bytes decompressed at a time
 
 
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes: a regular file (a FIFO or device named as a tokenizer is refused, not read)."""
     return read_bytes(path, TokenizerError, limit=_FILE_LIMIT, what="tokenizer file")
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    """The gzip members of `data` (zero padding between them allowed, as gzip.decompress does), decompressed
+    block by block: refused once past _FILE_LIMIT bytes or the rank file's line limit, so a small .gz
+    cannot expand to gigabytes (or to hundreds of millions of lines) before anything is checked."""
+    parts, size, breaks = [], 0, 0
+    while data:
+        d = zlib.decompressobj(31)
+        while not d.eof:
+            try:
+                block = d.decompress(data, min(_GZIP_BLOCK, _FILE_LIMIT + 1 - size))
+            except zlib.error as exc:
+                raise TokenizerError(f"{path}: not a gzip file ({exc})") from None
+            data = d.unconsumed_tail
+            if not block and not data and not d.eof:
+                raise TokenizerError(f"{path}: gzip data ends before its end-of-stream marker (truncated?)")
+            parts.append(block)
+            size += len(block)
+            breaks += _line_breaks(block)  # a CR LF split between blocks counts twice: harmless for a limit
+            if size > _FILE_LIMIT:
+                raise TokenizerError(f"{path}: decompresses to more than {_FILE_LIMIT:,} bytes (the limit of a "
+                                     "tokenizer file)")
+            _check_rank_lines(path, breaks)
+        data = d.unused_data.lstrip(b"\0")
+    return b"".join(parts)
+
+
+def _line_breaks(data: bytes) -> int:
+    """The line breaks bytes.splitlines() splits at (LF, CR, CR LF), counted without making the lines."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+def _check_rank_lines(path, breaks: int) -> None:
+    if breaks >= _RANK_LINE_LIMIT:  # the list of that many lines alone would take gigabytes
+        raise TokenizerError(f"{path}: more than {_RANK_LINE_LIMIT:,} lines; a rank file holds one line per "
+                             "token (cl100k_base: 100,256)")
 
 
 def _fingerprint(raw: bytes, pattern: str) -> str:

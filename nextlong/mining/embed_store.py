@@ -255,22 +255,29 @@ def _verify(path: Path, record: dict) -> None:
 
 def open_embeddings(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
     """A finished embeddings file as a read-only memory map, its CRC32 checked against the progress
-    record (`verify=False` skips the read). A file without a record is opened as it is."""
-    import json
+    record (`verify=False` skips the read). A file without a record is opened as it is. The file may
+    come from a folder someone handed us (an index's embeddings.npy): it must be a regular file in its
+    folder (a FIFO would hang the load, a link could read elsewhere) holding a 2-d float array."""
+    from ..untrusted import member, read_json, show
 
     path = Path(path)
+    resolved, _ = member(path.parent, path.name, str(path), CorruptFileError)
     record_path = progress_path(path)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if not record.get("complete"):
-            raise NextlongError(f"{path}: embedding stopped at row {record.get('done')} of {record.get('rows')}; "
-                                "re-run to finish it")
+    if record_path.is_file() or record_path.is_symlink():
+        record = read_json(record_path, CorruptFileError, expect=dict, follow=False)
+        if record.get("complete") is not True:
+            raise NextlongError(f"{path}: embedding stopped at row {show(record.get('done'))} of "
+                                f"{show(record.get('rows'))}; re-run to finish it")
         if verify:
-            _verify(path, record)
+            _verify(resolved, record)
     try:
-        return np.load(path, mmap_mode="r")
+        vectors = np.load(resolved, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: unreadable embeddings file ({exc})") from exc
+        raise CorruptFileError(f"{path}: unreadable embeddings file ({str(exc).splitlines()[0][:200]})") from None
+    if vectors.ndim != 2 or vectors.dtype.kind != "f":
+        raise CorruptFileError(f"{path}: expected a 2-d float array (chunks x dim), found {vectors.dtype.name} "
+                               f"of shape {vectors.shape}")
+    return vectors
 
 
 def embedding_progress(out_path: str | os.PathLike) -> dict | None:

@@ -82,6 +82,7 @@ class SynthesisConfig:
     embed_actors: int | None = None  # --executor ray: embedding actors (None: one per GPU, or one)
 
     def validate(self) -> None:
+        from ..commands.argtypes import seed_problem
         from ..errors import UsageError
 
         def bad(msg):
@@ -127,6 +128,8 @@ class SynthesisConfig:
                 f"use --target-length {self.min_target_length} or more, or a smaller --chunk-size")
         if self.num_samples is not None and self.num_samples < 1:
             bad(f"--num-samples must be positive, got {self.num_samples}")
+        if problem := seed_problem(self.seed):
+            bad(f"--seed {problem}")
         if self.overshoot <= 0:
             bad(f"overshoot w must be positive, got {self.overshoot}")
         if self.shard_size < 1:

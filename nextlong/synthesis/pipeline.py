@@ -33,7 +33,7 @@ from .config import EMBEDDING_METHODS, SynthesisConfig
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, read_done
 from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
-from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
+from .stages import EMBEDDINGS_FILE, EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
 
 def corpus_fingerprint(path) -> dict:
@@ -84,7 +84,28 @@ def check_prebuilt_index(index_dir, store, embedder_spec, verify: bool = True):
             f"{index_dir}: the index holds {len(index)} chunks that differ from the {store.num_chunks} chunks of "
             "the corpus chunked with these --chunk-size / --chunk-unit settings: build it from the same chunk "
             "table (nextlong chunk, then nextlong index)")
+    vectors_path = Path(index_dir) / EMBEDDINGS_FILE
+    if vectors_path.exists() or vectors_path.is_symlink():
+        check_index_vectors(vectors_path, len(index), index.dim, verify)
     return index
+
+
+def check_index_vectors(path: Path, chunks: int, dim: int, verify: bool = True) -> None:
+    """The index folder's embeddings.npy, which synthesis reads instead of embedding again: one finite
+    row of the index's dimension per chunk (NaN rows would give garbage negatives and NaN statistics)."""
+    from ..errors import IndexFileError
+    from ..mining.embed_store import open_embeddings
+
+    vectors = open_embeddings(path, verify=verify)
+    if vectors.shape != (chunks, dim):
+        raise IndexFileError(f"{path}: embeddings of shape {vectors.shape}, but the index holds {chunks} chunks of "
+                             f"dimension {dim}: rebuild the index (nextlong index)")
+    rows = max(1, (1 << 24) // max(dim, 1))
+    for lo in range(0, chunks, rows):
+        bad = np.flatnonzero(~np.isfinite(vectors[lo:lo + rows]).all(axis=1))
+        if bad.size:
+            raise IndexFileError(f"{path}: the embedding of chunk {lo + int(bad[0])} is not finite (NaN or infinity): "
+                                 "rebuild the index (nextlong index)")
 
 
 def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
@@ -116,7 +137,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         if cfg.index is not None:
             external["index"] = str(cfg.index)
             steps.append(PrebuiltIndexCheck(name="index_check", inputs=(chunks, "index"), embedder=cfg.embedder))
-        if cfg.index is not None and (Path(cfg.index) / S.EMBEDDINGS_FILE).exists():
+        if cfg.index is not None and (Path(cfg.index) / EMBEDDINGS_FILE).exists():
             external["embeddings"] = str(cfg.index)  # reuse the index's vectors: embedding is the cost
         else:
             steps += [S.FitEmbedder(name="embedder", inputs=(chunks,), embedder=spec, threads=threads),

@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 from ..errors import NextlongError
+from ..untrusted import show
 
 METRICS = "metrics.jsonl"
+# |loss| and |lr| drawn at most this: matplotlib's axis arithmetic overflows near float's own limit (a real
+# run logs nothing near it, and a non-finite value as null)
+DRAWABLE = 1e300
 
 
 def _lines(path: Path) -> list[str]:
@@ -28,7 +32,7 @@ def has_steps(run) -> bool:
 
 
 def read_metrics(run) -> list[dict]:
-    """The rows of RUN/metrics.jsonl, each an object with an integer `step` and a numeric (or null) loss
+    """The rows of RUN/metrics.jsonl, each an object with an integer `step` and a finite (or null) loss
     and lr: what the plot draws. A run folder may come from anyone: anything else is one line."""
     path = Path(run) / METRICS
     if not path.exists() and not path.is_symlink():
@@ -45,8 +49,21 @@ def read_metrics(run) -> list[dict]:
                 and all(k in row and (row[k] is None or type(row[k]) in (int, float)) for k in ("loss", "lr"))):
             raise NextlongError(f"{path}:{n}: expected an object with an integer step and tokens, and numbers (or "
                                 "null) for loss and lr")
+        if not 0 <= row["step"] < 1 << 63:
+            raise NextlongError(f"{path}:{n}: step {show(row['step'])} is out of range (expected 0 to 2**63-1)")
+        for key in ("loss", "lr"):
+            if row[key] is not None and not _drawable(row[key]):
+                raise NextlongError(f"{path}:{n}: {key} {show(row[key])} is not a finite number of magnitude at "
+                                    f"most {DRAWABLE:g} (nextlong train logs a non-finite value as null)")
         rows.append(row)
     return rows
+
+
+def _drawable(value: float) -> bool:
+    try:
+        return abs(float(value)) <= DRAWABLE  # False for NaN, Infinity, and an int beyond float's range
+    except OverflowError:
+        return False
 
 
 def plot_loss(run, out=None) -> Path:

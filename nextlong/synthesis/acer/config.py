@@ -80,6 +80,7 @@ class AcerConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
+        from ...commands.argtypes import seed_problem
         from ...errors import UsageError
 
         def bad(msg):
@@ -107,6 +108,8 @@ class AcerConfig:
                             ("--batch-size", self.batch_size), ("block_questions", self.block_questions)):
             if not isinstance(value, int) or value < 1:
                 bad(f"{name} must be a positive integer, got {value!r}")
+        if problem := seed_problem(self.seed):
+            bad(f"--seed {problem}")
         if self.generate_questions is not None and self.generate_questions < 1:
             bad(f"--generate-questions must be positive, got {self.generate_questions}")
         if self.read > self.retrieve:

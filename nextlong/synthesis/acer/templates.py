@@ -15,7 +15,9 @@ tokens allowed (a chat model's markers can be written in it), a value with no sp
 exactly the sum of its pieces' lengths, which is what the context checks add up. A literal that ends
 in one space before a text value gives that space to the value (`Question: {question}` encodes
 " What ..." as the model would have seen it in running text). One trailing newline of a file (the one
-editors add) is not part of the template.
+editors add) is not part of the template. A field that the template is never given (`{n}` outside
+passage.txt, `{passages}` in sample.txt) is refused when the templates are read, not met mid-run; any
+other `{word}` is literal text (code or LaTeX in a prompt).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ REQUIRED = {
     "sample": ("question",),
 }
 FIELDS = {"passage", "passages", "question", "n"}
+# template name -> every placeholder it is given when rendered (any other would fail mid-run)
+GIVEN = {name: set(fields) | ({"n"} if name == "passage" else set()) for name, fields in REQUIRED.items()}
 PASSAGE_JOINER = "\n\n"
 HELPFUL, NOT_HELPFUL = " A", " B"  # the ranker's options, as the model continues "Answer:"
 _FIELD = re.compile(r"\{(" + "|".join(sorted(FIELDS)) + r")\}")
@@ -105,6 +109,10 @@ def _read(path: Path, name: str) -> Template:
     if text.endswith("\n"):
         text = text[:-1]
     template = Template(name, text, str(path))
+    unknown = sorted({m.group(1) for m in _FIELD.finditer(text)} - GIVEN[name])
+    if unknown:
+        raise UsageError(f"{path}: the {name} prompt template uses {{{unknown[0]}}}, which it is never given "
+                         f"(its fields: {', '.join(f'{{{f}}}' for f in sorted(GIVEN[name]))})")
     missing = [f for f in REQUIRED[name] if f"{{{f}}}" not in text]
     if missing:
         raise UsageError(f"{path}: the {name} prompt template must contain "
