@@ -262,6 +262,36 @@ def test_batched_greedy_generation_matches_one_prompt_at_a_time(files):
     assert all(n <= 12 for _, n in batched)
 
 
+
+def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files):
+    """A barely trained model (the README's 10-step demo) puts whitespace and the end-of-text id first: the
+    continuation skips them until it has written something, so a question or answer is never empty."""
+    import torch
+
+    from nextlong.synthesis.acer.lm import load_lm
+
+    lm = load_lm(files["model"], device="cpu")
+    newline, space = lm.tokenizer.encode("\n\n")[0], lm.tokenizer.encode(" ")[0]
+    forward = lm._forward
+
+    def prefers_blanks(*args, **kwargs):
+        logits, cache = forward(*args, **kwargs)
+        logits = logits.clone()
+        logits[:, newline] += 1e4
+        logits[:, space] += 5e3
+        for e in lm.eos_ids:
+            logits[:, e] += 2e3
+        return logits, cache
+
+    lm._forward = prefers_blanks
+    try:
+        prompts = [lm.tokenizer.encode(t) for t in ("Question: what is json?\nAnswer:", "The zlib module")]
+        for text, count in lm.generate(prompts, 8, stop="\n", batch_size=2):
+            assert text.strip() and count == 2  # one visible token, then the stop
+    finally:
+        lm._forward = forward
+
+
 # --- retrieval ---------------------------------------------------------------------------------------
 
 

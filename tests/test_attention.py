@@ -185,3 +185,13 @@ def test_autocast_casts_mixed_inputs_to_its_dtype():
     assert torch.equal(out, ref)
     with pytest.raises(ValueError, match="must share"):  # outside autocast a mix stays an error
         flash_attention(q, k, v.bfloat16(), causal=True, cu_seqlens=cu)
+
+
+def test_triton_backend_on_cpu_tensors_says_what_it_needs(monkeypatch):
+    """Outside the interpreter, backend='triton' on CPU tensors is refused in our words, not Triton's
+    "0 active drivers"."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        flash_attention(q, q, q, causal=True, backend="triton")
+    assert flash_attention(q, q, q, causal=True, backend="auto").shape == q.shape

@@ -26,12 +26,14 @@ README = ROOT / "README.md"
 INSTALL = re.compile(r'pip install\b[^\n]*?-e\s+"\.\[([\w,]+)\]"')
 
 # Every README command, as parsed below (option lists in [brackets] dropped), with the arguments the
-# test appends to shrink it. The quick start's model is trained for one step, evaluated at 1K only.
+# test appends to shrink it. The quick start's model is trained as written (ten steps: a one-step model
+# hid that a barely trained one writes only newlines, which left the ACER demo without questions),
+# evaluated at 1K only.
 SMALL_EVAL = ["--lengths", "1024", "--depths", "1", "--samples", "1"]
 SMALL_TRAIN = ["--seq-len", "2048", "--batch-tokens", "2048", "--steps", "1"]
 RUNS = {
     "nextlong synthesize --demo --out demo-out": [],
-    "nextlong train demo-out --model tiny --steps 10 --out demo-run": ["--steps", "1"],
+    "nextlong train demo-out --model tiny --steps 10 --out demo-run": [],
     "nextlong chunk corpus.jsonl.gz --out chunks.parquet --tokenizer cl100k_base --with-ids": [],
     "nextlong tokenize corpus/ --tokenizer cl100k_base --out tokens.parquet": [],
     "nextlong index chunks.parquet --out index/": [],
@@ -41,7 +43,9 @@ RUNS = {
     "nextlong inspect out/": [],
     "nextlong train out/ --model demo-run/model --seq-len 131072 --batch-tokens 524288 --steps 500 --out out/train":
         SMALL_TRAIN[:-1] + ["2", "--stop-after", "1"],  # stopped after one step of two: the resume below ends it
-    "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": SMALL_TRAIN,
+    # no --seq-len, as written: the longer source (its manifest says twice out/'s length) sets the sequence
+    "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": ["--batch-tokens", "4096",
+                                                                                 "--steps", "1"],
     "nextlong train out/ --out out/train --resume": [],  # as written: the run's own settings
     "nextlong plot out/train": [],
     "nextlong acer --corpus demo-out/demo_corpus.jsonl --model demo-run --generate-questions 16 --out demo-acer "
@@ -201,6 +205,10 @@ def test_readme_runs_after_its_install_lines(tmp_path):
                     for name in ("out-64k", "out-512k"):
                         if not (tmp_path / name).exists():
                             shutil.copytree(tmp_path / "out", tmp_path / name)
+                    longer = tmp_path / "out-512k" / "manifest.json"
+                    manifest = json.loads(longer.read_text())
+                    manifest["settings"]["target_length"] = 4096  # out/ is synthesized at 2048 (RUNS above)
+                    longer.write_text(json.dumps(manifest))
                 code = f"import sys\nfrom nextlong.cli import main\nsys.exit(main({argv[1:] + RUNS[key]!r}))"
                 run_step(tmp_path, snippet.extras, code, f"README.md:{snippet.line}: {key}")
                 if key == "nextlong synthesize --demo --out demo-out":

@@ -284,6 +284,15 @@ def test_cli_train_and_plot(data, tmp_path, capsys):
     assert len(metrics(run)) == 2
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["rope_parameters"]["rope_theta"] == 8e6
+    # the preset stops generating at the data tokenizer's end-of-text token, not at LlamaConfig's default ids
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.manifest import recorded_tokenizer
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    eos = load_tokenizer(recorded_tokenizer(data, manifest["settings"])).end_of_text_id
+    assert config.get("eos_token_id") == config.get("bos_token_id") == eos
+    generation = json.loads((run / "model" / "generation_config.json").read_text())
+    assert generation.get("eos_token_id") == eos
     (run / "loss.png").unlink()
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").exists()
     assert main(["train", str(data), "--out", str(tmp_path / "x"), "--seq-len", "8"]) == 2
@@ -353,3 +362,15 @@ def test_step_under_autocast_with_our_kernels(data):
     assert abs(float(loss.detach()) - ref_loss) < 0.05 * ref_loss
     assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.requires_grad)
+
+
+def test_without_seq_len_a_mix_trains_at_its_longest_sources_length(data, tmp_path):
+    """`nextlong train short/@2 long/@1` (the README's mix): the sequence is the longest source's sample length,
+    whichever source comes first, so the longer samples fit and the shorter are packed."""
+    longer = tmp_path / "longer"
+    shutil.copytree(data, longer)
+    manifest = json.loads((longer / "manifest.json").read_text())
+    manifest["settings"]["target_length"] = 2 * SAMPLE_LEN
+    (longer / "manifest.json").write_text(json.dumps(manifest))
+    train([f"{data}@2", f"{longer}@1"], tmp_path / "run", steps=1, progress=False)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["settings"]["seq_len"] == 2 * SAMPLE_LEN

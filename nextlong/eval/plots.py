@@ -98,6 +98,7 @@ def repeat_gain(path, rows: Sequence[dict], title: str):
     ax.plot(xs, [r["first"] for r in rows], marker="o", lw=1, label="first copy")
     ax.plot(xs, [r["second"] for r in rows], marker="o", lw=1, label="second copy")
     ax.set_xscale("log", base=2)
+    ax.ticklabel_format(axis="y", useOffset=False)  # nearly equal losses: no "+1.12e1" offset to add in one's head
     ax.set_xlabel("distance to the earlier copy (tokens)")
     ax.set_ylabel("mean loss (nats)")
     ax.set_title(title, fontsize=9)

@@ -22,6 +22,7 @@ triton for CUDA fp16/bf16 tensors, torch otherwise (CPU, fp32).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -103,6 +104,9 @@ def _resolve_backend(backend: str, q: torch.Tensor) -> str:
         return "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
     if backend not in ("triton", "torch"):
         raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("flash_attention: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
+                         "interpreter); use backend='torch' or backend='auto' on CPU")
     if backend == "triton" and q.is_cuda and q.dtype == torch.float32:
         raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
                          "tensor-core path); use backend='torch' or backend='auto' for fp32")

@@ -80,8 +80,11 @@ def resolve_model_folder(spec: str) -> Path:
 
 
 def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: str,
-                rope_theta: float | None = None, seed: int = 0, trust_remote_code: bool = False):
-    """The model. Presets are initialised from `seed`; folders are loaded by nextlong.model_folder, which
+                rope_theta: float | None = None, seed: int = 0, trust_remote_code: bool = False,
+                eos_id: int | None = None):
+    """The model. Presets are initialised from `seed`, with `eos_id` (the data tokenizer's end-of-text id,
+    or None) as their BOS/EOS ids: LlamaConfig's defaults, 1 and 2, are ordinary tokens of a BPE vocabulary
+    (cl100k: '"' and '#'), where generation would stop. Folders are loaded by nextlong.model_folder, which
     runs the folder's own Python code only with `trust_remote_code`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,7 +94,8 @@ def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: s
             raise NextlongError(f"--model {spec} needs the data's tokenizer to size its vocabulary; the data has no "
                                 "manifest (give a pretrained --model folder instead)")
         config = LlamaConfig(vocab_size=int(vocab_size), max_position_embeddings=max(seq_len, 2048),
-                             tie_word_embeddings=True, attention_dropout=0.0, **PRESETS[spec])
+                             tie_word_embeddings=True, attention_dropout=0.0, bos_token_id=eos_id,
+                             eos_token_id=eos_id, pad_token_id=None, **PRESETS[spec])
         set_rope_theta(config, rope_theta or PRESET_ROPE_THETA)
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

@@ -133,7 +133,7 @@ class Trainer:
         # the user's --tokenizer, else what the data's manifests name (their own copy, or a built-in name)
         data_tok = cfg.tokenizer or next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
         data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
-        self.tokenizer_spec, vocab = data_tok, None
+        self.tokenizer_spec, vocab, eos_id = data_tok, None, None
         if data_tok is not None:
             from ..corpus.tokenizer import load_tokenizer
 
@@ -142,7 +142,7 @@ class Trainer:
                 raise NextlongError(f"--tokenizer {cfg.tokenizer} is not the tokenizer the data was made with (its "
                                     "manifest records another fingerprint); pass the file the data was synthesized "
                                     "with")
-            vocab, data_fp = tok.vocab_size, data_fp or tok.fingerprint
+            vocab, data_fp, eos_id = tok.vocab_size, data_fp or tok.fingerprint, tok.end_of_text_id
         if not is_preset(cfg.model):
             self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
             if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
@@ -150,7 +150,8 @@ class Trainer:
         if cfg.scorer is not None and not is_preset(cfg.scorer):  # its log-probs must be of the data's ids
             self._check_model_tokenizer(cfg.scorer, "--scorer", data_tok, data_fp)
 
-        self.seq_len = cfg.seq_len or next((s.sample_length for s in sources if s.sample_length), None)
+        # without --seq-len: the longest source's samples (a mix of 64K and 512K data packs the 64K ones)
+        self.seq_len = cfg.seq_len or max((s.sample_length for s in sources if s.sample_length), default=None)
         if self.seq_len is None:
             raise UsageError("give --seq-len: the data has no `nextlong synthesize` manifest to take it from")
         if cfg.attention_spans == "sample" and not cfg.split_spans:
@@ -178,7 +179,8 @@ class Trainer:
                              "scores (the sharded model cannot run the sliding-window pass on its own)")
 
         lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
-                         rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
+                         rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                         eos_id=eos_id)
         self.model_vocab = lm.config.vocab_size
         _check_vocabulary("--model", cfg.model, self.model_vocab, data_tok, vocab)
         if self.sp > 1 and lm.config.num_attention_heads % self.sp:
@@ -196,7 +198,7 @@ class Trainer:
         self.scorer = None
         if cfg.scorer is not None:
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
-                                      seed=cfg.seed, trust_remote_code=cfg.trust_remote_code
+                                      seed=cfg.seed, trust_remote_code=cfg.trust_remote_code, eos_id=eos_id
                                       ).to(self.device).eval().requires_grad_(False)
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
         self.wrapped = self._wrap(self.loss_model)

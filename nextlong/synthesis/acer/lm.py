@@ -8,7 +8,8 @@ Two operations, both on token ids (the prompts are built by nextlong/acer/templa
   renormalised over the options (a multiple-choice answer: P(A) / (P(A) + P(B))). One forward per batch,
   logits of the last position only.
 * `generate(prompts, max_new_tokens, stop)`: greedy decoding with a KV cache, batched, until an
-  end-of-text id, the `stop` text after some generated text, or the budget.
+  end-of-text id, the `stop` text after some generated text, or the budget. It starts with visible
+  text: ids that write only whitespace (or end the text) are skipped until a row has written some.
 
 Batches are left-padded with explicit position ids (each row sees exactly its own tokens at positions
 0, 1, ...) and sorted by length to pad little. A row's result is the same as alone up to float rounding
@@ -74,6 +75,7 @@ class LM:
 
     def __init__(self, model, tokenizer, info: ModelInfo, device: str, dtype):
         self.model, self.tokenizer, self.info, self.device, self.dtype = model, tokenizer, info, device, dtype
+        self._blank = None  # _blank_ids, once per vocabulary size
         params = set(inspect.signature(model.forward).parameters)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
@@ -161,7 +163,11 @@ class LM:
                 logits, cache = self._forward(ids, mask, positions)
                 generated = [[] for _ in rows]
                 texts = [None] * len(rows)
+                blank_rows = torch.ones(len(rows), dtype=torch.bool, device=logits.device)  # no visible text yet
                 for step in range(max_new_tokens):
+                    if blank_rows.any():  # a continuation starts with visible text (not whitespace, not the end)
+                        logits = torch.where(blank_rows[:, None] & self._blank_ids(logits.shape[-1], logits.device),
+                                             torch.finfo(logits.dtype).min, logits)
                     nxt = logits.argmax(-1).cpu().tolist()
                     for r, tok in enumerate(nxt):
                         if texts[r] is not None:
@@ -171,6 +177,7 @@ class LM:
                             continue
                         generated[r].append(tok)
                         text = decode(self.tokenizer, generated[r])
+                        blank_rows[r] = not text.strip()
                         cut = _stop_at(text, stop)
                         if cut is not None:
                             texts[r] = text[:cut]
@@ -186,6 +193,27 @@ class LM:
                 if on_done is not None:
                     on_done(len(rows))
         return results
+
+
+    def _blank_ids(self, vocab: int, device):
+        """(vocab,) bool: the ids that write no visible character (whitespace only, nothing, an end-of-text
+        id). Greedy decoding skips them until a row has written some text, as HF's min_new_tokens skips
+        the end: a barely trained model (the README's demo) would otherwise write only newlines, and
+        every question and answer would be empty."""
+        import torch
+
+        if self._blank is None or self._blank.numel() != vocab:
+            blank = [False] * vocab
+            for i in range(vocab):
+                try:
+                    blank[i] = not self.tokenizer.decode_bytes([i]).strip()
+                except ValueError:  # an id the tokenizer lacks (a padded vocabulary): shown as U+FFFD
+                    pass
+            for e in self.eos_ids:
+                if 0 <= e < vocab:
+                    blank[e] = True
+            self._blank = torch.tensor(blank, dtype=torch.bool, device=device)
+        return self._blank
 
 
 def _stop_at(text: str, stop: str | None) -> int | None:
