@@ -90,6 +90,26 @@ def test_spherical_kmeans_is_deterministic_and_reseeds_empty_clusters():
     assert np.bincount(labels, minlength=10).min() > 0
 
 
+
+def test_spatial_order_puts_neighbouring_centroids_in_the_same_ranges():
+    """Centroids along an arc, shuffled: every aligned range of 2^j consecutive ids after spatial_order is a
+    run of neighbours on the arc (what makes a search task's range of partitions one region)."""
+    from nextlong.mining.kmeans import spatial_order
+
+    rng = np.random.default_rng(3)
+    angles = rng.permutation(np.linspace(0.0, 1.5, 64))
+    arc = np.zeros((64, 8))
+    arc[:, 0], arc[:, 1] = np.cos(angles), np.sin(angles)
+    arc[:, 2:] = 1e-3 * rng.standard_normal((64, 6))
+    order = spatial_order(arc)
+    assert sorted(order.tolist()) == list(range(64)) and np.array_equal(order, spatial_order(arc))
+    rank = np.argsort(np.argsort(angles))[order]  # each position's place along the arc
+    for width in (2, 4, 8, 16, 32):
+        for lo in range(0, 64, width):
+            block = np.sort(rank[lo:lo + width])
+            assert block[-1] - block[0] == width - 1, (width, lo, block)
+
+
 def test_merge_orders_by_similarity_then_id_and_pads():
     ids, sims = np.full((3, 3), -1, np.int64), np.full((3, 3), -np.inf)  # empty running best
     merge_into(np.array([0, 0, 0, 1]), np.array([7, 3, 5, 2]), np.array([0.5, 0.9, 0.9, 0.1]), ids, sims)

@@ -59,3 +59,27 @@ def spherical_kmeans(sample: np.ndarray, n_clusters: int, *, seed: int, iteratio
         if not moved and not empty.size:
             break
     return centroids
+
+
+def spatial_order(centroids: np.ndarray) -> np.ndarray:
+    """A permutation of the centroids that puts neighbours next to each other: halve them at the median of
+    their projection on their principal direction, then each half likewise (a k-d tree's leaf order along
+    the data's own axes). Any range of consecutive ids is then a compact region, so a search task of the
+    partitioned route, which takes a range of partitions, holds more of each chunk's nprobe nearest
+    partitions, and its running top K prunes more (synthesis/neighbours.py). Deterministic: float64
+    SVD, stable sorts, ties to the lower id."""
+    centroids = np.asarray(centroids, np.float64)
+    order = np.empty(len(centroids), np.int64)
+    pending, filled = [np.arange(len(centroids))], 0  # depth-first, first half first
+    while pending:
+        ids = pending.pop()
+        if ids.size <= 2:
+            order[filled:filled + ids.size] = ids
+            filled += ids.size
+            continue
+        x = centroids[ids] - centroids[ids].mean(axis=0)
+        direction = np.linalg.svd(x, full_matrices=False)[2][0]
+        by = np.argsort(x @ direction, kind="stable")
+        half = ids.size // 2
+        pending += [ids[by[half:]], ids[by[:half]]]
+    return order

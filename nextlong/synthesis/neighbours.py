@@ -3,8 +3,8 @@
 The steps of nextlong/mining/partitioned.py, each as many tasks as the layout has blocks, so mining
 spreads over a cluster like every other stage:
 
-    embeddings --centroids-->  spherical k-means on a seeded sample (depends on nothing else, so other
-                               nprobe, K or block sizes reuse it)
+    embeddings --centroids-->  spherical k-means on a seeded sample, numbered in spatial order (depends
+                               on nothing else, so other nprobe, K or block sizes reuse it)
                --layout-->     K, and the blocks: block j = chunks [lo, hi) and partitions [p_lo, p_hi),
                                enough blocks that no task holds more than TASK_CANDIDATES candidates
                --route-->      (partition, chunk, home) for each chunk's nprobe nearest centroids,
@@ -90,7 +90,7 @@ class CentroidsStage(WholeStage):
 
     def build(self, ctx):
         from ..atomic import atomic_path, file_crc32
-        from ..mining.kmeans import sample_rows, spherical_kmeans
+        from ..mining.kmeans import sample_rows, spatial_order, spherical_kmeans
 
         vectors = _embeddings(ctx, self.inputs[0])
         n = vectors.shape[0]
@@ -101,6 +101,7 @@ class CentroidsStage(WholeStage):
         ctx.log(f"centroids: k-means of {partitions} partitions on {rows.size} of {n} chunks")
         centroids = (spherical_kmeans(sample, partitions, seed=self.seed, iterations=self.iterations) if n
                      else np.zeros((1, vectors.shape[1]), np.float32))
+        centroids = centroids[spatial_order(centroids)]  # a search task's range of partitions: one region
         with atomic_path(ctx.out_dir / P.CENTROIDS_FILE) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, centroids)
