@@ -2,7 +2,7 @@
 
     python3 benchmarks/experiments/nextlong_vs_standard.py --out DIR [--scale smoke|cpu|lease] [--seeds 0,1,2]
             [--arms standard,nextlong,nextlong+longce,standard+longce,short,quest,knn] [--threads N]
-            [--report-dir docs/experiments] [--report-only] [--base-only] [--skip-gate]
+            [--report-dir docs/experiments] [--report-only] [--base-only] [--skip-gate] [--embedder SPEC]
 
 One command runs the whole experiment; every stage writes its output folder and then a completion
 record (`.done.json`, holding the stage's settings), so a re-run skips finished stages and finished
@@ -854,6 +854,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-gate", action="store_true",
                    help="train the arms even when the base fails the copy gate (to test the pipeline only: the "
                    "report then says that its results cannot answer the question)")
+    p.add_argument("--embedder", default=None,
+                   help="the synthesis embedder instead of the scale's (e.g. the folder of a distilled static "
+                   "embedder, on a machine without the MiniLM package it is distilled from: lease_run.sh)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default, all cores). On a CPU shared with other jobs use 1: "
                    "two OpenMP threads contending with other processes ran 30x slower here")
@@ -865,6 +868,8 @@ def main(argv=None) -> int:
     sc = SCALES[args.scale]
     if args.variant:
         sc = replace(sc, **VARIANTS[args.variant]["overrides"])
+    if args.embedder:
+        sc = replace(sc, embedder=args.embedder)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(sc.seeds)
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(sc.arms)
     bad = [a for a in arms if a not in ALL_ARMS]
