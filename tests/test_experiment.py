@@ -4,6 +4,7 @@ results.json in the documented shape; the report is recomputable from results an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -281,3 +282,17 @@ def test_report_follows_the_numbers():
     assert "The base copies" in answer and "better `repeat_gain_2048` -0.983 [" in answer and "general loss gap" in answer
     failed = "\n".join(R.answer_lines(res | {"gate": {"passed": False, "gain": -0.2, "distance": 256, "threshold": -1.0}}))
     assert "failed the copy gate" in failed and "repeat_gain_2048" not in failed
+
+
+def test_the_lease_scale_trains_a_step_in_one_forward_pass_and_cpu_scales_keep_their_settings():
+    """On a GPU a small model's step of 32 sequences would be 32 launches-bound passes (the lease budget);
+    the micro-batch covers the step. CPU scales add no setting, so their finished runs stay valid."""
+    mod = load_script()
+    lease, cpu = mod.SCALES["lease"], mod.SCALES["cpu"]
+    assert mod.micro_batch(lease, lease.base_len, lease.base_batch_tokens) == {"micro_batch": 32}
+    assert mod.micro_batch(lease, lease.long_len, lease.batch_tokens) == {"micro_batch": 8}
+    assert mod.micro_batch(lease, lease.base_len, lease.batch_tokens) == {"micro_batch": 64}  # the short arm
+    assert mod.micro_batch(cpu, cpu.base_len, cpu.base_batch_tokens) == mod.micro_batch(cpu, cpu.long_len,
+                                                                                         cpu.batch_tokens) == {}
+    odd = dataclasses.replace(lease, micro_tokens=3 * lease.long_len)  # the largest divisor of 8 that fits in 3
+    assert mod.micro_batch(odd, odd.long_len, odd.batch_tokens) == {"micro_batch": 2}

@@ -98,6 +98,8 @@ class Scale:
     repeat_distances: tuple[int, ...] = ()  # the repeat probe's distances D (nextlong.eval.repeat), < long_len
     probe_every: int = 0           # pre-training steps between two points of the base's copy curve (0: end only)
     attention: str = "nextlong"    # the trainer's attention (sdpa on CPU: the calibrated, faster path there)
+    micro_tokens: int = 0          # > 0: tokens per forward pass (micro-batch), so a GPU step of a small model is
+                                   # a few launches, not one per sequence; 0: one sequence per pass (CPU)
 
 
 SCALES = {
@@ -126,7 +128,8 @@ SCALES = {
                    eval_lengths=[2048, 4096, 8192], eval_depths=5, eval_samples=2, ppl_window=1024,
                    heads_lengths=[2048, 8000], heads_depths=3, seeds=[0, 1, 2],
                    arms=["standard", "nextlong", "nextlong+longce", "standard+longce", "short"], save_every=20,
-                   repeat_distances=(512, 2048, 4096, 6144), probe_every=200, attention="nextlong"),
+                   repeat_distances=(512, 2048, 4096, 6144), probe_every=200, attention="nextlong",
+                   micro_tokens=65536),
 }
 
 
@@ -483,12 +486,22 @@ def train_with_curve(folder: Path, settings: dict, name: str, out: Path, sc: Sca
     return stage(folder, settings, name)(run)
 
 
+def micro_batch(sc: Scale, seq_len: int, batch_tokens: int) -> dict:
+    """The trainer's micro_batch for this scale: the most sequences per forward pass within micro_tokens that
+    divides a step's sequences ({} on CPU scales, whose recorded settings stay as they were). The gradient
+    does not depend on the split (the trainer divides by the step's total weight)."""
+    per_step = batch_tokens // seq_len
+    most = min(per_step, sc.micro_tokens // seq_len)
+    size = max((m for m in range(1, most + 1) if per_step % m == 0), default=1)
+    return {"micro_batch": size} if size > 1 else {}
+
+
 def pretrain(out: Path, sc: Scale, data: Path, init: Path) -> Path:
     """The base, in two stages (copy_curriculum.py): out/base-copy (stage A, constant learning rate after
     warm-up), then out/base (stage B, from stage A, cosine to 10%)."""
     common = dict(seq_len=sc.base_len, batch_tokens=sc.base_batch_tokens, lr=sc.base_lr, rope_theta=sc.base_theta,
                   seed=0, attention_spans="document", split_spans=False, save_every=sc.save_every,
-                  attention=sc.attention)
+                  attention=sc.attention, **micro_batch(sc, sc.base_len, sc.base_batch_tokens))
     a = dict(common, data=str(data / "copy-a"), model=str(init), steps=sc.copy_steps,
              warmup=max(1, min(50, sc.copy_steps // 20)), min_lr_ratio=1.0)
     train_with_curve(out / "base-copy", a, "pre-training stage A (copy episodes)", out, sc, **a)
@@ -569,7 +582,7 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
     kwargs = dict(data=str(data), model=str(out / "base"), seq_len=seq, batch_tokens=sc.batch_tokens,
                   steps=sc.steps, lr=sc.lr, warmup=sc.warmup, rope_theta=sc.long_theta, seed=seed,
                   attention_spans="sample", split_spans=arm == "short", save_every=sc.save_every,
-                  attention=sc.attention)
+                  attention=sc.attention, **micro_batch(sc, seq, sc.batch_tokens))
     if arm.endswith("+longce"):
         # LongCE weights: the model in training with the whole context against the base reading only the last
         # base_len / 2 tokens (blocks of base_len / 4: every window stays inside the base's trained length)
