@@ -8,7 +8,8 @@ before any work starts, and `--threads` means the same everywhere.
 from __future__ import annotations
 
 import argparse
-import operator
+
+from ..seeds import seed_problem
 
 THREADS_HELP = "worker threads (default 0: all cores this process may use)"
 
@@ -42,23 +43,6 @@ def threads(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (all cores) or a positive number of threads, got {value}")
     return value
-
-
-SEED_LIMIT = 1 << 63  # numpy's and torch's generators take seeds in [0, 2**63)
-
-
-def seed_problem(value) -> str | None:
-    """Why `value` cannot seed every generator nextlong uses (None when it can), so the CLI and the
-    Python API refuse a bad seed before any work, not deep in a run."""
-    if isinstance(value, bool):
-        return f"expected an integer, got {value!r}"
-    try:
-        value = operator.index(value)  # numpy integers too
-    except TypeError:
-        return f"expected an integer, got {value!r}"
-    if not 0 <= value < SEED_LIMIT:
-        return f"must be between 0 and 2**63-1 ({SEED_LIMIT - 1}), got {value}"
-    return None
 
 
 def seed(text: str) -> int:

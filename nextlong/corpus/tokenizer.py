@@ -221,8 +221,9 @@ class Tokenizer:
         path = Path(path)
         raw = _read_bytes(path)
         if path.name.endswith(".gz"):
-            raw = _gunzip(path, raw)
-        _check_rank_lines(path, _line_breaks(raw))
+            raw = _gunzip(path, raw)  # checks the line count as it goes
+        else:
+            _check_rank_lines(path, _line_breaks(raw))
         model = []
         for lineno, line in enumerate(raw.splitlines(), 1):
             if not line.strip():

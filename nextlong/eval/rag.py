@@ -632,13 +632,18 @@ def aggregate(records: Sequence[dict], plan: RagPlan) -> dict:
     }
 
 
+def _questions(result: dict) -> str:
+    n = result["questions"]
+    return f"{n} question{'' if n == 1 else 's'}"
+
+
 def draw_heatmap(out_dir, result: dict, lengths: Sequence[int], depths: Sequence[float]) -> list[str]:
     from .plots import length_depth_heatmap
 
     cells = {(c["length"], c["depth"]): c for c in result["cells"]}
     panels = {name: [[cells[(n, d)].get(key) for d in depths] for n in lengths]
               for key, name in (("f1", "token F1"), ("em", "exact match"))}
-    title = f"rag: the gold chunk among retrieved distractors ({result['questions']} question{'' if result['questions'] == 1 else 's'})"
+    title = f"rag: the gold chunk among retrieved distractors ({_questions(result)})"
     return [length_depth_heatmap(Path(out_dir) / "heatmap_rag.png", title, lengths, depths, panels).name]
 
 
@@ -647,7 +652,7 @@ def summary_section(result: dict) -> str:
     gold = f"; the gold chunk was among them for {base['gold_in_read']:.1f}% of the questions" \
         if "gold_in_read" in base else ""
     retriever = s["retriever"] + (f" ({s['embedder'] or 'all-MiniLM-L6-v2'})" if s["retriever"] == "embedding" else "")
-    lines = [f"RAG ({result['questions']} question{'' if result['questions'] == 1 else 's'}; {retriever} retrieval over chunks of up to {s['chunk_tokens']} "
+    lines = [f"RAG ({_questions(result)}; {retriever} retrieval over chunks of up to {s['chunk_tokens']} "
              f"tokens, {s['distractors']} distractors): exact match / token F1, 0-100, the best over each question's "
              "gold answers. Long context: the gold chunk(s) among retrieved distractors filling the length, averaged "
              f"over depths (heat map `heatmap_rag.png`); retrieve-then-read: the same model reading only the top "

@@ -82,7 +82,7 @@ class SynthesisConfig:
     embed_actors: int | None = None  # --executor ray: embedding actors (None: one per GPU, or one)
 
     def validate(self) -> None:
-        from ..commands.argtypes import seed_problem
+        from ..seeds import seed_problem
         from ..errors import UsageError
 
         def bad(msg):

@@ -12,8 +12,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..commands.argtypes import seed_problem
 from ..errors import UsageError
+from ..seeds import seed_problem
 
 ATTENTIONS = ("nextlong", "sdpa", "eager")
 LOSSES = ("fused", "eager")
@@ -108,7 +108,8 @@ class TrainConfig:
         check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}")
         check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
         check(self.num_threads >= 0, f"--threads must be >= 0, got {self.num_threads}")
-        check(not seed_problem(self.seed), f"--seed {seed_problem(self.seed)}")
+        problem = seed_problem(self.seed)
+        check(problem is None, f"--seed {problem}")
         check(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         check(self.resume or not self.trust_checkpoint, "--trust-checkpoint only applies with --resume")
         return self

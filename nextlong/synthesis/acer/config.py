@@ -80,7 +80,7 @@ class AcerConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        from ...commands.argtypes import seed_problem
+        from ...seeds import seed_problem
         from ...errors import UsageError
 
         def bad(msg):

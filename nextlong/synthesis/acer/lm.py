@@ -163,10 +163,11 @@ class LM:
                 logits, cache = self._forward(ids, mask, positions)
                 generated = [[] for _ in rows]
                 texts = [None] * len(rows)
-                blank_rows = torch.ones(len(rows), dtype=torch.bool, device=logits.device)  # no visible text yet
+                blank_rows = [True] * len(rows)  # no visible text yet
                 for step in range(max_new_tokens):
-                    if blank_rows.any():  # a continuation starts with visible text (not whitespace, not the end)
-                        logits = torch.where(blank_rows[:, None] & self._blank_ids(logits.shape[-1], logits.device),
+                    if any(blank_rows):  # a continuation starts with visible text (not whitespace, not the end)
+                        skip = torch.tensor(blank_rows, device=logits.device)[:, None]
+                        logits = torch.where(skip & self._blank_ids(logits.shape[-1], logits.device),
                                              torch.finfo(logits.dtype).min, logits)
                     nxt = logits.argmax(-1).cpu().tolist()
                     for r, tok in enumerate(nxt):
@@ -193,7 +194,6 @@ class LM:
                 if on_done is not None:
                     on_done(len(rows))
         return results
-
 
     def _blank_ids(self, vocab: int, device):
         """(vocab,) bool: the ids that write no visible character (whitespace only, nothing, an end-of-text
