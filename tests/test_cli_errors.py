@@ -162,7 +162,9 @@ def test_index_hashed_tfidf_with_threads_1(chunks, tmp_path, capsys):
 def test_search_k_1_is_fine(index_dir, capsys):
     code, out, err = run_cli(["search", index_dir, "paragraph 3 of document 7", "-k", "1"], capsys)
     assert code == 0, err
-    assert out.startswith("  1  ")
+    header, first = out.splitlines()[:2]
+    assert header.split() == ["#", "cosine", "chunk", "document"]
+    assert first.startswith("  1  ")
 
 
 def test_unknown_embedder_is_reported_before_chunking(corpus, tmp_path, capsys):

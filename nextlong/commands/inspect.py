@@ -129,10 +129,16 @@ def _row(directory: Path, sample: int) -> tuple[dict, str]:
         pf = open_parquet(path)
         n = pf.metadata.num_rows
         if sample < seen + n:
-            try:
-                return pf.read().slice(sample - seen, 1).to_pylist()[0], f"{path} row {sample - seen}"
+            row = sample - seen
+            try:  # only the row group that holds the row: a shard of 512K-token documents is GBs
+                for g in range(pf.metadata.num_row_groups):
+                    size = pf.metadata.row_group(g).num_rows
+                    if row < size:
+                        return pf.read_row_group(g).slice(row, 1).to_pylist()[0], f"{path} row {sample - seen}"
+                    row -= size
             except (pa.ArrowException, OSError) as exc:
                 raise corrupt_parquet(path, exc, f"reading row {sample - seen}") from None
+            raise NextlongError(f"{path}: its row groups hold fewer rows than its footer's {n}")
         seen += n
     raise NextlongError(f"{directory / 'data'}: no long document number {sample} (the output has {seen})")
 

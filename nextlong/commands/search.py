@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     meta = index.meta
     doc_ids = meta.column("doc_id").to_pylist() if "doc_id" in meta.column_names else None
     doc_index = meta.column("doc_index").to_numpy() if "doc_index" in meta.column_names else None
+    if not args.json and len(ids):
+        print(f"{'#':>3}  {'cosine':6}  {'chunk':14}  document")
     for rank, (cid, sim, row) in enumerate(zip(ids, sims, rows), 1):
         doc = doc_ids[row] if doc_ids is not None else str(doc_index[row])
         text = texts.get(int(cid))

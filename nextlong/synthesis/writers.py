@@ -51,11 +51,19 @@ def write_jsonl_shards(data_dir, out_dir, tokenizer, record) -> list[Path]:
     written = []
     for path in shard_paths(data_dir):
         target = out_dir / (path.stem + ".jsonl")
+        shard = pq.ParquetFile(path)
+        others = [name for name in shard.schema_arrow.names if name != "input_ids"]
         with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for row in pq.read_table(path).to_pylist():
-                ids = np.asarray(row["input_ids"], np.uint32)
-                segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
-                f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
+            # a few rows at a time, ids as numpy: a shard of 64 rows at 512K tokens is 32M ids, over a GB
+            # as Python ints
+            for batch in shard.iter_batches(batch_size=8):
+                column = batch.column("input_ids")
+                flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+                offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+                for r, row in enumerate(batch.select(others).to_pylist()):
+                    ids = flat[offsets[r]:offsets[r + 1]]
+                    segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
+                    f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
         written.append(target)
     return written
 
