@@ -573,6 +573,15 @@ def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = No
     return counts
 
 
+def finish_map_chain(todo: list, num_blocks: int, stopped: int | None) -> dict:
+    """{stage: counts} once a chain of map stages ran its blocks: stage records written when all
+    `num_blocks` are done; only `blocks_computed` (no record, protocol item 7) when `--max-...` stopped it
+    after `stopped` blocks."""
+    if stopped is not None and stopped < num_blocks:
+        return {ctx.stage.name: {"blocks_computed": stopped} for ctx in todo}
+    return {ctx.stage.name: finish_map_stage(ctx, num_blocks) for ctx in todo}
+
+
 def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
     write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
                settings=ctx.stage.settings(), counts=counts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...corpus.split import DEFAULT_SPLIT_BYTES
-from ..framework import Executor, Pipeline, StageContext, chain_work, finish_map_stage, map_block
+from ..framework import Executor, Pipeline, StageContext, chain_work, finish_map_chain, map_block
 
 
 class LocalExecutor(Executor):
@@ -64,10 +64,5 @@ class LocalExecutor(Executor):
                 if cut is not None and rows >= cut:
                     stopped = j + 1
                     break
-        if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
-            for ctx in todo:
-                results[ctx.stage.name] = {"blocks_computed": stopped}
-            return results
-        for ctx in todo:
-            results[ctx.stage.name] = finish_map_stage(ctx, num_blocks)
+        results.update(finish_map_chain(todo, num_blocks, stopped))
         return results

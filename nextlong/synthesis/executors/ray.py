@@ -318,7 +318,7 @@ class RayExecutor(Executor):
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
         from ..progress import ChainProgress, input_rows
-        from ..framework import block_done, block_record_path, chain_work, finish_map_stage, read_done
+        from ..framework import block_done, block_record_path, chain_work, finish_map_chain, read_done
 
         results, todo, num_blocks = chain_work(chain)
         if not todo:
@@ -341,12 +341,7 @@ class RayExecutor(Executor):
             if pending:
                 stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done,
                                            on_result=bar.block_done)
-        if stopped is not None and stopped < num_blocks:  # protocol item 7: not complete, no record
-            for ctx in todo:
-                results[ctx.stage.name] = {"blocks_computed": stopped}
-            return results
-        for ctx in todo:
-            results[ctx.stage.name] = finish_map_stage(ctx, num_blocks)
+        results.update(finish_map_chain(todo, num_blocks, stopped))
         return results
 
     def _map_blocks(self, items: list[int], contexts, actors: int, threads, resources: dict, *, cut=None,
