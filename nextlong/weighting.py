@@ -93,6 +93,21 @@ def longce_weights(logp_long: torch.Tensor, logp_short: torch.Tensor, mask=None,
     return torch.where(valid, w, torch.zeros_like(w))
 
 
+def short_logprobs_with_full_prefix(logp_short: torch.Tensor, logp_long: torch.Tensor, window: int):
+    """``logp_short`` with the targets ``t <= window`` taken from ``logp_long``.
+
+    Their whole prefix fits in the short window, so long context cannot help them: score 0, LongCE
+    weight 1 (Fang et al.'s code sets w = 1 on the first window). With the model as its own scorer
+    the two passes agree there anyway, up to rounding; a separate short-context scorer would
+    otherwise weight those tokens by its gap to the model being trained, not by context.
+    """
+    if logp_long.shape != logp_short.shape:
+        raise ValueError(f"shapes differ: {tuple(logp_long.shape)} vs {tuple(logp_short.shape)}")
+    out = logp_short.clone()
+    out[..., :window + 1] = logp_long[..., :window + 1].to(out.dtype)
+    return out
+
+
 # ---- log-probabilities from a HuggingFace causal LM, through the fused loss (no full logits) ----
 
 

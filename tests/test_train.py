@@ -348,6 +348,36 @@ def test_token_weighting_schemes_train(data, tmp_path, scheme):
         assert not (tmp_path / "bad-scorer" / "metrics.jsonl").exists()
 
 
+def test_longce_with_another_scorer_weighs_the_first_window_one(data, tmp_path):
+    """With --scorer, the targets whose whole prefix fits in the short window get weight 1 (no context to gain),
+    not exp(the gap between the two models); later targets keep their LongCE weights."""
+    from nextlong.train.config import TrainConfig
+    from nextlong.train.trainer import Trainer, init_distributed
+    from nextlong.weighting import long_context_logprobs, longce_weights, short_context_logprobs
+
+    train(data, tmp_path / "scorer", steps=1, seed=7, **FAST)  # another model than the one trained below
+    window = 32
+    cfg = TrainConfig(data=[str(data)], out=str(tmp_path / "w"), steps=1, token_weighting="longce",
+                      scorer=str(tmp_path / "scorer" / "model"), short_window=window, short_stride=window,
+                      **FAST).validate()
+    t = Trainer(cfg)
+    t.rank, t.world, t.local_world, t.device = init_distributed()
+    t.setup()
+    batch = t.next_batches[0]
+    w = t.token_weights(batch)
+    valid = batch["labels"] != -100
+    head = valid[:, :window + 1]
+    assert bool(head.any()) and bool((w[:, :window + 1][head] == 1.0).all())
+    # past the window: min(exp(log p_long(model) - log p_short(scorer)), gamma), from the two models directly
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        long = long_context_logprobs(t.lm, ids)
+        short = short_context_logprobs(t.scorer, ids, window, stride=window)
+    ref = longce_weights(long, short, valid, gamma=cfg.longce_gamma)
+    torch.testing.assert_close(w[:, window + 1:], ref[:, window + 1:], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ref[:, :window + 1][head], torch.ones(int(head.sum())))  # the old weights differ
+
+
 def test_step_under_autocast_with_our_kernels(data):
     # `nextlong train` wraps GPU steps in bf16 autocast; there rotary hands fp32 q/k beside a bf16 v
     # and fp32 hidden states to the loss. Both kernels take autocast's dtype (here on the CPU) and the

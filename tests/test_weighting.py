@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nextlong.weighting import (dense_weights, long_context_logprobs, longce_weights,
-                                short_context_logprobs, sparse_weights, token_scores)
+                                short_context_logprobs, short_logprobs_with_full_prefix, sparse_weights,
+                                token_scores)
 
 
 def test_token_scores_signed_and_absolute():
@@ -54,6 +55,22 @@ def test_longce_hand_computed():
     assert longce_weights(long, short, gamma=5.0)[1].item() == 5.0
     mask = torch.tensor([True, False, True, True])
     assert longce_weights(long, short, mask, gamma=5.0)[1].item() == 0.0
+
+
+def test_targets_inside_the_short_window_score_zero_and_weigh_one():
+    """Targets 1..window see their whole prefix in the short pass: long context cannot help them, so their
+    score is 0 and their LongCE weight 1 (Fang et al.'s code), even when another model scored the short pass."""
+    long = torch.tensor([[0.0, -1.0, -2.0, -3.0, -0.5, -6.0]])
+    short = torch.tensor([[0.0, -4.0, -0.1, -9.0, -3.0, -1.0]])  # a different scorer: far from `long` everywhere
+    fixed = short_logprobs_with_full_prefix(short, long, window=3)
+    torch.testing.assert_close(fixed, torch.tensor([[0.0, -1.0, -2.0, -3.0, -3.0, -1.0]]))
+    assert short[0, 1].item() == -4.0  # the input is left as it was
+    w = longce_weights(long, fixed, gamma=20.0)
+    torch.testing.assert_close(w[0, :4], torch.ones(4))
+    torch.testing.assert_close(w[0, 4:], torch.tensor([math.exp(2.5), math.exp(-5.0)]))
+    assert token_scores(long, fixed, absolute=True)[0, :4].abs().max().item() == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        short_logprobs_with_full_prefix(short[:, :5], long, window=3)
 
 
 def tiny_llama(seed=0, vocab=61):

@@ -387,17 +387,22 @@ class Trainer:
     def _long_logprobs(self, batch: dict) -> torch.Tensor:
         return self.loss_model.target_logprobs(batch) if not self.cfg.fsdp else self.wrapped.target_logprobs(batch)
 
+    @property
+    def _short_window(self) -> int:
+        return max(1, min(self.cfg.short_window, self.seq_len // 4))
+
     def _short_logprobs(self, input_ids: torch.Tensor, targets=None) -> torch.Tensor:
         from ..weighting import short_context_logprobs
 
-        window = max(1, min(self.cfg.short_window, self.seq_len // 4))
-        return short_context_logprobs(self.scorer or self.lm, input_ids, window, stride=self.cfg.short_stride,
-                                      targets=targets)
+        return short_context_logprobs(self.scorer or self.lm, input_ids, self._short_window,
+                                      stride=self.cfg.short_stride, targets=targets)
 
     def _weights_from_scores(self, long: torch.Tensor, short: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Weights of whole rows (column t: the target x_t) from both passes' log-probabilities."""
         from .. import weighting as W
 
         cfg = self.cfg
+        short = W.short_logprobs_with_full_prefix(short, long, self._short_window)
         if cfg.token_weighting == "longce":
             return W.longce_weights(long, short, mask, gamma=cfg.longce_gamma)
         scores = W.token_scores(long, short, absolute=True)
