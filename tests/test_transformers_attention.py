@@ -107,6 +107,17 @@ def test_cu_seqlens_from_restarting_position_ids():
     assert nla.packed_cu_seqlens(two_rows, 2, 4, "cpu").tolist() == [0, 2, 4, 8]
     keep = torch.tensor([[True, True, False, False], [False, True, True, True]])
     assert nla.packed_cu_seqlens(None, 2, 4, "cpu", keep=keep).tolist() == [0, 2, 5]
+    # as transformers' flash-attention path: only a fall back to the row's smallest id starts a document, so
+    # skipped positions (PoSE) stay one document, and so do rows starting at another id (RoBERTa's padding + 1)
+    skipped = torch.tensor([[0, 1, 2, 3, 50, 51, 52, 0, 1]])
+    assert nla.packed_cu_seqlens(skipped, 1, 9, "cpu").tolist() == [0, 7, 9]
+    roberta = torch.tensor([[2, 3, 4, 2, 3]])
+    assert nla.packed_cu_seqlens(roberta, 1, 5, "cpu").tolist() == [0, 3, 5]
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    for pos in (torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]), skipped, roberta):
+        (cu, _), _ = prepare_fa_kwargs_from_position_ids(pos)
+        assert nla.packed_cu_seqlens(pos, 1, pos.shape[1], "cpu").tolist() == cu.tolist()
 
 
 def test_kv_cache_decoding_is_refused():

@@ -109,3 +109,90 @@ def test_patched_forward_warns_no_more_than_stock_and_keeps_the_cache():
     stock = model._nextlong_original_forward(input_ids=ids, use_cache=True)
     cache_field = "cache" if hasattr(stock, "cache") else "past_key_values"
     assert getattr(out, cache_field) is not None and type(getattr(out, cache_field)) is type(getattr(stock, cache_field))
+
+
+def test_a_deep_copy_of_a_patched_model_uses_its_own_weights():
+    """An EMA or reference model made with copy.deepcopy (TRL's create_reference_model) computed with the
+    original's decoder and head: the patched forward held them in a closure."""
+    model = patch_causal_lm(tiny_llama(), backend="torch")
+    twin = copy.deepcopy(model)
+    ids, labels = batch()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    plain = unpatch_causal_lm(copy.deepcopy(twin))
+    torch.testing.assert_close(twin(input_ids=ids, labels=labels).loss, plain(input_ids=ids, labels=labels).loss,
+                               rtol=1e-5, atol=1e-6)
+    twin(input_ids=ids, labels=labels).loss.backward()
+    assert all(p.grad is not None for p in twin.parameters()) and all(p.grad is None for p in model.parameters())
+
+
+def _look_alike(cls_name, **extra):
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    return getattr(transformers, cls_name)(config).eval()
+
+
+def test_logit_scales_of_granite_and_cohere_are_applied():
+    """Granite divides its logits by logits_scaling after lm_head, Cohere multiplies them by logit_scale: the
+    patched loss dropped both (4.63 against 4.58)."""
+    ids, labels = batch()
+    for name, extra in (("GraniteForCausalLM", {"logits_scaling": 8.0}), ("CohereForCausalLM", {"logit_scale": 0.0625})):
+        stock = _look_alike(name, **extra)
+        fused = patch_causal_lm(copy.deepcopy(stock), backend="torch")
+        ref = stock(input_ids=ids, labels=labels)
+        out = fused(input_ids=ids, labels=labels)
+        torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6, msg=name)
+        ref.loss.backward()
+        out.loss.backward()
+        for n, g in grads(stock).items():
+            torch.testing.assert_close(grads(fused)[n], g, rtol=1e-4, atol=1e-5, msg=f"{name} {n}")
+
+
+def test_an_unknown_logit_scale_is_refused_unless_given():
+    import pytest
+
+    model = tiny_llama()
+    model.config.logits_scaling = 4.0  # a Llama look-alike this module does not know
+    with pytest.raises(ValueError, match="config.logits_scaling = 4.0.*pass logit_scale="):
+        patch_causal_lm(copy.deepcopy(model))
+    stock = tiny_llama()
+    ids, labels = batch()
+    with torch.no_grad():
+        logits = stock(input_ids=ids).logits[:, :-1] * 0.25
+    ref = F.cross_entropy(logits.reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
+    fused = patch_causal_lm(copy.deepcopy(stock), backend="torch", logit_scale=0.25)
+    torch.testing.assert_close(fused(input_ids=ids, labels=labels).loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_num_items_in_batch_keeps_the_weighted_means_scale():
+    """Trainer passes num_items_in_batch on every step: sum w*CE / N grew with the weights' scale (weights of 3
+    gave 3x the loss). Weights are scaled to mean 1 over the call's targets first."""
+    model = patch_causal_lm(tiny_llama(), backend="torch")
+    ids, labels = batch()
+    n = int((labels[:, 1:] != -100).sum())
+    plain = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(n)).loss
+    three = model(input_ids=ids, labels=labels, token_weights=torch.full(labels.shape, 3.0),
+                  num_items_in_batch=torch.tensor(n)).loss
+    torch.testing.assert_close(three, plain, rtol=1e-5, atol=1e-6)
+    w = torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) * 4
+    weighted_mean = model(input_ids=ids, labels=labels, token_weights=w).loss  # sum w*CE / sum w
+    # one micro-batch that holds every target: the same as the weighted mean; half the count: twice it
+    torch.testing.assert_close(model(input_ids=ids, labels=labels, token_weights=w,
+                                     num_items_in_batch=torch.tensor(n)).loss, weighted_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(input_ids=ids, labels=labels, token_weights=w,
+                                     num_items_in_batch=torch.tensor(2 * n)).loss, weighted_mean / 2,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_return_dict_false_gives_a_tuple_led_by_the_loss():
+    stock = tiny_llama()
+    fused = patch_causal_lm(copy.deepcopy(stock), backend="torch")
+    ids, labels = batch()
+    out = fused(input_ids=ids, labels=labels, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[0], stock(input_ids=ids, labels=labels, return_dict=False)[0], rtol=1e-5, atol=1e-6)

@@ -5,8 +5,9 @@
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="nextlong")
 
 Packed batches work as with transformers' flash-attention path: give `position_ids` that restart at
-every document (`[[0, 1, 2, 0, 1, 0, 1, 2, 3]]`) and no attention mask; every restart (any step that is
-not +1) starts a new document, so attention never crosses it. Also accepted: flash-attn style
+every document (`[[0, 1, 2, 0, 1, 0, 1, 2, 3]]`) and no attention mask; every restart (a position that
+falls back to the row's smallest id) starts a new document, so attention never crosses it. Other jumps
+(`[0..9, 50..59]`, positions skipped on purpose) stay within one document, as in transformers. Also accepted: flash-attn style
 `cu_seq_lens_q`/`cu_seq_lens_k` keyword arguments (what `DataCollatorWithFlattening` produces), and a
 2-D padding `attention_mask` (padding tokens are dropped before the kernel and get zeros out).
 Not supported, with an error: KV-cache decoding (queries shorter than keys), dropout, logit softcapping,
@@ -27,9 +28,11 @@ BACKEND = "auto"
 
 
 def _document_starts(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, S) bool: True where a new document starts (row start, or position not previous + 1)."""
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    """(B, S) bool: True where a new document starts: the row's start, and every later position that falls
+    back to the row's smallest id, as transformers' flash-attention path reads packed rows. Other jumps
+    (positions skipped on purpose, as in PoSE) stay inside one document."""
+    starts = position_ids == position_ids.min(dim=-1, keepdim=True).values
+    starts[:, 0] = True
     return starts
 
 

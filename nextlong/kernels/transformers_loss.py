@@ -18,9 +18,17 @@ Usage::
 
 Semantics follow transformers' ``ForCausalLMLoss``: labels are shifted left by one inside (pass
 ``shift_labels=`` to give already-shifted labels), ``token_weights`` are aligned with ``labels``
-(weight of the token being predicted) and shifted the same way, and ``num_items_in_batch`` (set
-by ``Trainer`` under gradient accumulation) switches to ``sum / num_items_in_batch``. A model
-config's ``final_logit_softcapping`` (Gemma-2 style) is applied as ``logit_softcap``.
+(weight of the token being predicted) and shifted the same way, and ``num_items_in_batch`` (which
+``Trainer`` passes on every step: the target tokens of the whole accumulated batch) switches to
+``sum / num_items_in_batch``. With ``token_weights`` too, the weights are first scaled to mean 1
+over the call's target tokens, so the step still averages ``sum w*CE / sum w`` (exactly when every
+micro-batch has the same mean weight) instead of growing with the weights' scale.
+
+The patch assumes the model's logits are ``lm_head(last hidden state)``, then at most a scale and a
+soft-cap. It applies a config's ``final_logit_softcapping`` (Gemma-2) and the logit scale of the
+models that have one (Granite and MiniCPM3 divide by ``logits_scaling``, HyperCLOVA X multiplies by
+it, Cohere multiplies by ``logit_scale``); a config with such a field on a model type it does not
+know is refused, unless ``logit_scale=`` is given.
 """
 
 from __future__ import annotations
@@ -66,6 +74,12 @@ def causal_lm_loss(
             token_weights = shift_for_causal_lm(token_weights, fill=0.0)
     shift_labels = shift_labels.to(hidden_states.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
+    if token_weights is not None and num_items_in_batch is not None:
+        # Trainer divides by the accumulated token count: weights of mean 1 keep the weighted mean's scale
+        valid = shift_labels != ignore_index
+        token_weights = token_weights.to(hidden_states.device).float() * valid
+        total = token_weights.sum()
+        token_weights = token_weights * (valid.sum() / torch.where(total > 0, total, torch.ones_like(total)))
     loss = fused_linear_cross_entropy(
         hidden_states, lm_head.weight, shift_labels, bias=lm_head.bias,
         token_weights=token_weights, ignore_index=ignore_index, reduction=reduction, **options)
@@ -82,34 +96,81 @@ def _softcap_from_config(model) -> float | None:
     return float(cap) if cap else None
 
 
+# model_type -> how its forward scales the logits after lm_head (from each model's modeling file)
+_LOGIT_SCALES = {
+    **{t: lambda c: 1.0 / c.logits_scaling for t in (
+        "granite", "granitemoe", "granitemoeshared", "granitemoehybrid", "granite_swa", "granitemoe_swa",
+        "minicpm3")},
+    "hyperclovax": lambda c: float(c.logits_scaling),
+    "cohere": lambda c: float(c.logit_scale),
+    "cohere2": lambda c: float(c.logit_scale),
+}
+
+
+def _logit_scale_from_config(model) -> float:
+    """The factor this model's forward multiplies its logits by (1.0 for Llama and most others)."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind in _LOGIT_SCALES:
+        return float(_LOGIT_SCALES[kind](config))
+    for field in ("logits_scaling", "logit_scale"):
+        if getattr(config, field, None) not in (None, 1, 1.0):
+            raise ValueError(f"patch_causal_lm: {type(model).__name__} (model_type {kind!r}) has config.{field} = "
+                             f"{getattr(config, field)!r}, and how its forward applies it is not known here; pass "
+                             "logit_scale= (the factor its logits are multiplied by after lm_head)")
+    return 1.0
+
+
+def _patched_forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwargs):
+    """The forward patch_causal_lm installs. It finds everything through `self` (no closure), so a
+    `copy.deepcopy` of the model (an EMA or reference model) computes with the copy's own weights."""
+    # Everything else (attention_mask, position_ids, the KV cache under whichever name this
+    # transformers version uses, ...) passes through only when the caller gave it: naming a
+    # renamed argument ourselves would trip its deprecation warning on every call.
+    loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
+    if labels is None and loss_kwargs.get("shift_labels") is None:
+        return self._nextlong_original_forward(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+    return_dict = kwargs.pop("return_dict", None)
+    options = dict(self._nextlong_loss_options)
+    scale = options.pop("logit_scale")
+    outputs = self.get_decoder()(input_ids=input_ids, **kwargs)
+    hidden, head = outputs.last_hidden_state, self.get_output_embeddings()
+    if scale != 1.0:  # (h W^T + b) * s = (s h) W^T + s b
+        hidden = hidden * scale
+        head = _ScaledHead(head.weight, None if head.bias is None else head.bias * scale)
+    loss = causal_lm_loss(hidden, head, labels, **loss_kwargs, **options)
+    out = _causal_lm_output(loss, outputs)
+    if return_dict is None:
+        return_dict = getattr(getattr(self, "config", None), "return_dict", True)
+    return out if return_dict is not False else out.to_tuple()
+
+
+class _ScaledHead:
+    """What causal_lm_loss reads of an output head (weight, bias), with the bias already scaled."""
+
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+
 def patch_causal_lm(model: torch.nn.Module, **options) -> torch.nn.Module:
     """Make ``model(..., labels=...)`` compute its loss with the fused kernel; returns the model.
 
-    ``options`` (label_smoothing, z_loss, backend, chunk_size, logit_softcap) apply to every
-    call. The patched forward accepts an extra ``token_weights=`` argument.
+    ``options`` (label_smoothing, z_loss, backend, chunk_size, logit_softcap, logit_scale) apply to
+    every call. The patched forward accepts an extra ``token_weights=`` argument.
     """
     if getattr(model, "_nextlong_original_forward", None) is not None:
         return model
     head = model.get_output_embeddings()
-    decoder = model.get_decoder()
     if head is None or not isinstance(head, torch.nn.Linear):
         raise TypeError(f"{type(model).__name__} has no linear output head (get_output_embeddings)")
     options.setdefault("logit_softcap", _softcap_from_config(model))
-    original = model.forward
-
-    def forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwargs):
-        # Everything else (attention_mask, position_ids, the KV cache under whichever name this
-        # transformers version uses, ...) passes through only when the caller gave it: naming a
-        # renamed argument ourselves would trip its deprecation warning on every call.
-        loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
-        if labels is None and loss_kwargs.get("shift_labels") is None:
-            return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
-        outputs = decoder(input_ids=input_ids, **kwargs)
-        loss = causal_lm_loss(outputs.last_hidden_state, head, labels, **loss_kwargs, **options)
-        return _causal_lm_output(loss, outputs)
-
-    model._nextlong_original_forward = original
-    model.forward = types.MethodType(forward, model)
+    if "logit_scale" not in options:
+        options["logit_scale"] = _logit_scale_from_config(model)
+    options["logit_scale"] = float(options["logit_scale"])
+    # instance attributes: copy.deepcopy rebinds the bound method to the copy and copies the options
+    model._nextlong_original_forward = model.forward
+    model._nextlong_loss_options = options
+    model.forward = types.MethodType(_patched_forward, model)
     return model
 
 
