@@ -149,8 +149,6 @@ def test_bad_inputs_raise_clear_errors():
         flash_attention(q, k, k, cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32))
     with pytest.raises(ValueError, match="must divide"):
         flash_attention(q, torch.randn(10, 3, 16), torch.randn(10, 3, 16), cu_seqlens=cu)
-    with pytest.raises(ValueError, match="head_dim"):
-        flash_attention(torch.randn(10, 4, 48), torch.randn(10, 4, 48), torch.randn(10, 4, 48), cu_seqlens=cu)
     with pytest.raises(ValueError, match="batch, seq, heads, head_dim"):
         flash_attention(q, k, k)
     with pytest.raises(ValueError, match="window"):
@@ -195,3 +193,36 @@ def test_triton_backend_on_cpu_tensors_says_what_it_needs(monkeypatch):
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
         flash_attention(q, q, q, causal=True, backend="triton")
     assert flash_attention(q, q, q, causal=True, backend="auto").shape == q.shape
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch_chunked"])
+@pytest.mark.parametrize("dim", [80, 96, 24])
+def test_head_dims_the_kernels_lack_run_on_the_torch_backend(backend, dim):
+    """Phi-2 (80) and Phi-3-mini (96) head dims: the PyTorch backend takes any head_dim ('auto' picks it for them
+    on CUDA too); the Triton kernels refuse them in one line."""
+    q, k, v, do, cu = _inputs([7, 20], 4, 2, dim, seed=dim)
+    _check(q, k, v, do, cu, True, None, backend)
+
+
+def test_triton_refuses_what_it_cannot_compute(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.randn(10, 2, 48)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match="Triton kernels take head_dim 16, 32, 64, 128, 256, got 48"):
+        flash_attention(q, q, q, cu_seqlens=cu, backend="triton")
+    # the interpreter's 16-bit dots are garbage (numpy has no bf16 matmul): refused, not returned
+    h = torch.randn(10, 2, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="interpreter computes torch.bfloat16 dot products wrongly"):
+        flash_attention(h, h, h, cu_seqlens=cu, backend="triton")
+
+
+def test_empty_batch_and_double_backward():
+    q = torch.randn(2, 0, 4, 16, requires_grad=True)
+    out = flash_attention(q, q, q, causal=True)
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+    q, k, v, do, cu = _inputs([5, 6], 2, 2, 16)
+    out = flash_attention(q, k, v, cu_seqlens=cu)
+    with pytest.raises(RuntimeError, match="differentiable once; create_graph=True"):
+        torch.autograd.grad((out * do).sum(), q, create_graph=True)

@@ -205,6 +205,18 @@ def test_bad_inputs_raise_clear_errors():
         cross_entropy(x @ w.T, y, z_loss=float("nan"))
     with pytest.raises(TypeError, match="floating point"):
         cross_entropy(torch.ones(4, 8, dtype=torch.long), y[:4])
+    # F.cross_entropy's layout (classes in dimension 1) is named, not computed on
+    with pytest.raises(ValueError, match="vocabulary is the last dimension"):
+        cross_entropy(torch.randn(2, V, 5), torch.zeros(2, 5, dtype=torch.long))
+    # Liger's argument order (weight, hidden, labels): the swap is named
+    with pytest.raises(ValueError, match="were hidden and weight swapped"):
+        fused_linear_cross_entropy(w, x, torch.zeros(x.shape[0], dtype=torch.long))
+    # no double backward: said at once, not a detached gradient that fails later
+    h = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(fused_linear_cross_entropy(h, w, y), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(cross_entropy(h @ w.T, y), h, create_graph=True)
 
 
 def test_public_names_callable_from_package():

@@ -106,7 +106,7 @@ def test_inconsistent_inputs_are_named_not_computed():
         (lambda: flash_attn_varlen_func(t(10), t(4), t(4), i32(0, 5, 8), i32(0, 2, 4)), "cu_seqlens_q must rise"),
         (lambda: flash_attn_varlen_func(t(10), t(6), t(6), i32(0, 5, 10), i32(0, 2, 4)), "cu_seqlens_k must rise"),
         (lambda: flash_attn_varlen_func(t(6), t(10), t(10), i32(0, 5, 4), i32(0, 5, 10)), "cu_seqlens_q must rise"),
-        (lambda: flash_attn_varlen_func(t(10, 17), t(4, 17), t(4, 17), i32(0, 5, 10), i32(0, 2, 4)), "head_dim"),
+        (lambda: flash_attn_varlen_func(t(10, 17), t(4), t(4), i32(0, 5, 10), i32(0, 2, 4)), "must match q"),
         (lambda: flash_attn_varlen_func(t(4), t(10), t(10), torch.tensor([0., 2., 4.]), i32(0, 5, 10)), "int32"),
         (lambda: flash_attn_varlen_func(t(4), t(10), t(10), i32(0, 2, 4), i32(0, 5, 10), window_size=3),
          "window_size"),
@@ -236,3 +236,50 @@ def test_backward_from_a_merged_log_sum_exp_with_unequal_lengths(front):
     torch.testing.assert_close(out, want.detach(), atol=1e-5, rtol=1e-5)
     for got, exp in zip((dq, dk, dv), torch.autograd.grad((want * g).sum(), leaves)):
         torch.testing.assert_close(got, exp, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sq,sk,causal", [(9, 9, False), (9, 9, True), (4, 9, True), (4, 9, False)])
+def test_flash_attn_func_is_the_batched_layout_with_flash_attns_defaults(sq, sk, causal):
+    """flash-attn's flash_attn_func: (B, S, H, D), causal False by default, bottom-right alignment for S_q < S_k,
+    softmax_lse (B, H, S_q); the loop reference per row."""
+    from nextlong.kernels import flash_attn_func
+
+    g = torch.Generator().manual_seed(sq * 10 + sk)
+    q = torch.randn(3, sq, 4, 16, generator=g, requires_grad=True)
+    k = torch.randn(3, sk, 2, 16, generator=g, requires_grad=True)
+    v = torch.randn(3, sk, 2, 16, generator=g, requires_grad=True)
+    kwargs = {"causal": True} if causal else {}  # the default is flash-attn's: not causal
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **kwargs)
+    cu_q = [i * sq for i in range(4)]
+    cu_k = [i * sk for i in range(4)]
+    ref, ref_lse = loop_reference(q.reshape(-1, 4, 16), k.reshape(-1, 2, 16), v.reshape(-1, 2, 16), cu_q, cu_k,
+                                  causal, 0.25, (-1, -1))
+    assert out.shape == q.shape and lse.shape == (3, 4, sq)
+    torch.testing.assert_close(out, ref.reshape(q.shape), atol=2e-5, rtol=0)
+    torch.testing.assert_close(lse, ref_lse.reshape(4, 3, sq).transpose(0, 1), atol=2e-5, rtol=0)
+    do = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(ref.reshape(q.shape), (q, k, v), do)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=0, msg=lambda m: f"d{name}: {m}")
+
+
+def test_split_halves_with_an_empty_key_sequence_and_misused_splits():
+    """A sequence with no key (lengths q [2, 3], k [0, 3]): the backward half crashed reshaping 0 elements; a
+    Python list or a split on another device was failed on by torch.equal instead of being named."""
+    from nextlong.kernels import flash_attn_varlen_backward, flash_attn_varlen_forward
+
+    q, k, v, cu_q, cu_k = data([2, 3], [0, 3])
+    out, lse = flash_attn_varlen_forward(q, k, v, cu_q, cu_k, causal=True)
+    assert bool((out[:2] == 0).all()) and bool(torch.isneginf(lse[:, :2]).all())
+    do = torch.randn(out.shape)
+    dq, dk, dv = flash_attn_varlen_backward(do, q, k, v, out, lse, cu_q, cu_k, causal=True)
+    want = torch.autograd.grad(flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True), (q, k, v), do)
+    for a, b in zip((dq, dk, dv), want):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=0)
+    with pytest.raises(ValueError, match="flash_attn_varlen_func: cu_seqlens_q must be a 1-D int32 tensor"):
+        flash_attn_varlen_func(q, k, v, cu_q.tolist(), cu_k)
+    with pytest.raises(ValueError, match="flash_attn_varlen_func: cu_seqlens_k is on meta, the tokens on cpu"):
+        flash_attn_varlen_func(q, k, v, cu_q, cu_k.to("meta"))
+    with pytest.raises(ValueError, match="flash_attn_varlen_func: window_size entries must be >= 0"):
+        flash_attn_varlen_func(q, k, v, cu_q, cu_k, window_size=(-5, 2))

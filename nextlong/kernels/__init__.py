@@ -14,6 +14,7 @@ _LAZY = {
     "cross_entropy": "losses",
     "flash_attention": "attention",
     "cu_seqlens_from_lengths": "attention",
+    "flash_attn_func": "varlen",
     "flash_attn_varlen_func": "varlen",
     "flash_attn_varlen_forward": "varlen",
     "flash_attn_varlen_backward": "varlen",

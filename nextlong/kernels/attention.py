@@ -14,9 +14,12 @@ Mask, per document, query position i, key position j (0-based inside the documen
 which with `causal=True` is "the current token and the `w` before it". transformers' `sliding_window=s`
 is `window=s - 1`.
 
-Backends: "triton" (CUDA fp16/bf16, or any device in the interpreter with TRITON_INTERPRET=1, where
-fp32 is computed exactly), "torch" (a chunked PyTorch implementation of the same algorithm), "auto" =
-triton for CUDA fp16/bf16 tensors, torch otherwise (CPU, fp32).
+Backends: "triton" (CUDA fp16/bf16 at head_dim 16, 32, 64, 128 or 256; or fp32 on any device in the
+interpreter with TRITON_INTERPRET=1, which computes 16-bit dots wrongly and refuses them), "torch" (a
+chunked PyTorch implementation of the same algorithm, any head_dim), "auto" = triton for CUDA fp16/bf16
+tensors at those head dims, torch otherwise (CPU, fp32, head_dim 80 or 96). Differentiable once (no
+double backward). Unlike flash-attn's `flash_attn_func`, `causal` defaults to True here (training a
+decoder); `nextlong.kernels.flash_attn_func` keeps flash-attn's default (False).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from . import _attn_reference as _ref
 from ._autocast import autocast_inputs
+from ._autograd import first_order_only
 
 _HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -65,20 +69,20 @@ def _check(q, k, v, cu_seqlens):
     check_heads(q, k, v)
 
 
-def check_cu_seqlens(cu_seqlens, x, name: str, host: bool = False) -> None:
+def check_cu_seqlens(cu_seqlens, x, name: str, host: bool = False, caller: str = "flash_attention") -> None:
     """`cu_seqlens` splits x's rows: 1-D int32 [0, ..., total], non-decreasing. The values are checked on the
     host when they are there already (CPU) or when `host` says a sync is paid anyway."""
     if not torch.is_tensor(cu_seqlens) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 \
             or cu_seqlens.numel() < 2:
-        raise ValueError(f"flash_attention: {name} must be a 1-D int32 tensor [0, ..., total_tokens] (flash-attn "
+        raise ValueError(f"{caller}: {name} must be a 1-D int32 tensor [0, ..., total_tokens] (flash-attn "
                          f"convention), got {getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)} shape "
                          f"{tuple(getattr(cu_seqlens, 'shape', ()))}")
     if cu_seqlens.device != x.device:
-        raise ValueError(f"flash_attention: {name} is on {cu_seqlens.device}, the tokens on {x.device}")
+        raise ValueError(f"{caller}: {name} is on {cu_seqlens.device}, the tokens on {x.device}")
     if host or not cu_seqlens.is_cuda:  # free to check on the host; on a GPU it would cost a sync per call
         cu = cu_seqlens.tolist()
         if cu[0] != 0 or cu[-1] != x.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
-            raise ValueError(f"flash_attention: {name} must rise from 0 to total_tokens={x.shape[0]}, "
+            raise ValueError(f"{caller}: {name} must rise from 0 to total_tokens={x.shape[0]}, "
                              f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
 
 
@@ -91,25 +95,34 @@ def check_heads(q, k, v) -> None:
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"flash_attention: k/v heads ({kv_heads}) must divide q heads ({heads}) "
                          "for grouped-query attention")
-    if dim not in _HEAD_DIMS:
-        raise ValueError(f"flash_attention: head_dim must be one of {_HEAD_DIMS}, got {dim}")
+    if dim < 1:
+        raise ValueError(f"flash_attention: head_dim must be positive, got {dim}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError("flash_attention: q, k, v must share one of fp16/bf16/fp32, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
 def _resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """"auto" made concrete (Triton for CUDA fp16/bf16, torch otherwise), and what cannot run refused."""
+    """"auto" made concrete (Triton for CUDA fp16/bf16 at the kernels' head dims, torch otherwise), and what
+    cannot run refused."""
+    dim = q.shape[-1]
     if backend == "auto":
-        return "triton" if q.is_cuda and q.dtype != torch.float32 else "torch"
+        return "triton" if q.is_cuda and q.dtype != torch.float32 and dim in _HEAD_DIMS else "torch"
     if backend not in ("triton", "torch"):
         raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise ValueError("flash_attention: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
-                         "interpreter); use backend='torch' or backend='auto' on CPU")
-    if backend == "triton" and q.is_cuda and q.dtype == torch.float32:
-        raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
-                         "tensor-core path); use backend='torch' or backend='auto' for fp32")
+    if backend == "triton":
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise ValueError("flash_attention: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
+                             "interpreter); use backend='torch' or backend='auto' on CPU")
+        if q.is_cuda and q.dtype == torch.float32:
+            raise ValueError("flash_attention: the Triton kernels take fp16/bf16 on GPU (fp32 tiles do not fit the "
+                             "tensor-core path); use backend='torch' or backend='auto' for fp32")
+        if not q.is_cuda and q.dtype != torch.float32:
+            raise ValueError(f"flash_attention: the Triton interpreter computes {q.dtype} dot products wrongly "
+                             "(numpy has no 16-bit matmul); run it in fp32, or use backend='torch'")
+        if dim not in _HEAD_DIMS:
+            raise ValueError(f"flash_attention: the Triton kernels take head_dim {', '.join(map(str, _HEAD_DIMS))}, "
+                             f"got {dim}; backend='torch' (or 'auto') takes any")
     return backend
 
 
@@ -142,6 +155,7 @@ class _FlashAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @first_order_only
     def backward(ctx, do, _dlse):
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         causal, left, right, scale, backend, blocks = ctx.args
@@ -183,6 +197,8 @@ def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=N
     scale = _scale(softmax_scale, q)
 
     batched = cu_seqlens is None
+    if batched and q.shape[0] * q.shape[1] == 0:  # no token: nothing to attend (and no document to split)
+        return q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum()), q.new_zeros(q.shape[:3], dtype=torch.float32)
     if batched:
         b, s = q.shape[:2]
         cu_seqlens = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)

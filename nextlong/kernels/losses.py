@@ -40,6 +40,7 @@ import torch
 
 from . import _ce_reference as _ref
 from ._autocast import autocast_inputs
+from ._autograd import first_order_only
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "chunked", "torch")
@@ -83,6 +84,7 @@ class _LinearStats(torch.autograd.Function):
         return stats
 
     @staticmethod
+    @first_order_only
     def backward(ctx, g_lse, g_zy, g_sz):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         grad_dtype = weight.dtype if ctx.compute_dtype is not None else None  # fp32 masters get fp32 grads
@@ -132,6 +134,7 @@ class _LogitStats(torch.autograd.Function):
         return stats
 
     @staticmethod
+    @first_order_only
     def backward(ctx, g_lse, g_zy, g_sz):
         logits, labels, lse = ctx.saved_tensors
         g = [x.to(lse.dtype).contiguous() for x in (g_lse, g_zy, g_sz)]
@@ -191,6 +194,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         return _reduce(stats, labels, labels.shape, vocab, token_weights, reduction, eps, zl)
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad_loss):
         scaled = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads)
         return scaled + (None,) * 10
@@ -318,6 +322,10 @@ def fused_linear_cross_entropy(
     shape = labels.shape
     h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     vocab = weight.shape[0]
+    if labels.numel() != h2.shape[0] and labels.numel() == vocab:
+        raise ValueError(f"labels has {labels.numel()} elements but hidden holds {h2.shape[0]} tokens, and weight "
+                         f"{vocab} rows: were hidden and weight swapped? The order is (hidden, weight, labels); "
+                         "Liger's fused loss takes (weight, hidden, labels)")
     flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
     # CUDA defaults to the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic
     # adds into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused
@@ -363,10 +371,17 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Same loss as :func:`fused_linear_cross_entropy` for precomputed ``logits`` of shape ``(..., V)``.
 
-    The gradient w.r.t. ``logits`` has their shape and dtype; no fp32 copy of the logits is kept.
+    The vocabulary is the *last* dimension and ``labels`` has the leading shape, as in a language
+    model's ``(batch, seq, V)`` logits; ``F.cross_entropy`` instead takes classes in dimension 1
+    (``(N, V, d1, ...)``): transpose such logits first. The gradient w.r.t. ``logits`` has their shape
+    and dtype; no fp32 copy of the logits is kept. Differentiable once (no double backward).
     """
     _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, logits)
     shape = labels.shape
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"labels {tuple(labels.shape)} must have the logits' leading shape {tuple(logits.shape[:-1])}: "
+                         "the vocabulary is the last dimension of logits (F.cross_entropy's (N, V, ...) layout "
+                         "puts it in dimension 1; move it last)")
     z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
     vocab = z2.shape[1]
     flat = _flat_labels(labels.to(z2.device), z2.shape[0], vocab, ignore_index)

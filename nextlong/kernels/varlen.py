@@ -16,6 +16,14 @@ dropped): the same mask, on the same kernels. A sequence with lq > lk (queries t
 all) takes a PyTorch path that builds each sequence's mask: exact, not fast. Comparing unequal
 `cu_seqlens` reads them on the host (one sync per call).
 
+A query row that may see no key (lq > lk under `causal`, or a window that leaves none) gets output 0
+and lse -inf, the log of an empty sum; flash-attn writes +inf there. -inf is what merging formulas need
+to ignore the row (ring attention's `lse - logsigmoid(lse - block_lse)`, logaddexp), and our backward
+takes either.
+
+`flash_attn_func(q, k, v, ...)` is the same for the batched layout (B, S, H, D), with flash-attn's
+defaults (`causal=False`); its softmax_lse is (B, H, S_q).
+
 Not supported (an error names the argument): dropout_p > 0, softcap, alibi_slopes, block_table
 (paged KV cache). `deterministic` is accepted: our backward is deterministic either way.
 
@@ -47,6 +55,8 @@ def _supported(name, dropout_p, softcap, alibi_slopes, block_table, window_size)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: window_size must be a pair (left, right), -1 for unbounded; got "
                          f"{window_size!r}") from None
+    if left < -1 or right < -1:
+        raise ValueError(f"{name}: window_size entries must be >= 0, or -1 for unbounded; got {window_size!r}")
     return None if left < 0 and right < 0 else (left, right)
 
 
@@ -56,8 +66,8 @@ def _check_unequal(q, k, v, cu_q, cu_k) -> None:
     for name, x in (("q", q), ("k", k)):
         if x.dim() != 3:
             raise ValueError(f"flash_attn_varlen: {name} must be (total_tokens, heads, head_dim), got {tuple(x.shape)}")
-    check_cu_seqlens(cu_q, q, "cu_seqlens_q", host=True)
-    check_cu_seqlens(cu_k, k, "cu_seqlens_k", host=True)
+    check_cu_seqlens(cu_q, q, "cu_seqlens_q", host=True, caller="flash_attn_varlen")
+    check_cu_seqlens(cu_k, k, "cu_seqlens_k", host=True, caller="flash_attn_varlen")
     check_heads(q, k, v)
 
 
@@ -72,7 +82,14 @@ def _check_saved(dout, q, out, softmax_lse) -> None:
                          f"{(q.shape[1], q.shape[0])}, got {tuple(softmax_lse.shape)}")
 
 
-def _same(cu_q, cu_k) -> bool:
+def _same(name, q, k, cu_q, cu_k) -> bool:
+    """Whether the two splits are one (self-attention), after checking each is a split of its tokens (type,
+    device; values only where free) so that a list or a tensor on another device is named, not failed on."""
+    if q.dim() != 3 or k.dim() != 3:
+        raise ValueError(f"{name}: q and k must be (total_tokens, heads, head_dim), got {tuple(q.shape)} and "
+                         f"{tuple(k.shape)}")
+    check_cu_seqlens(cu_q, q, "cu_seqlens_q", caller=name)
+    check_cu_seqlens(cu_k, k, "cu_seqlens_k", caller=name)
     return cu_q is cu_k or torch.equal(cu_q, cu_k)
 
 
@@ -82,12 +99,37 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
     """flash-attn's `flash_attn_varlen_func` (see the module docstring for what is supported)."""
     del max_seqlen_q, max_seqlen_k, deterministic
     window = _supported("flash_attn_varlen_func", dropout_p, softcap, alibi_slopes, block_table, window_size)
-    if _same(cu_seqlens_q, cu_seqlens_k):
+    if _same("flash_attn_varlen_func", q, k, cu_seqlens_q, cu_seqlens_k):
         out, lse = attention_with_lse(q, k, v, causal=causal, cu_seqlens=cu_seqlens_q, softmax_scale=softmax_scale,
                                       window=window)
     else:
         out, lse = _unequal(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, window)
     return (out, lse.t().contiguous(), None) if return_attn_probs else out
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash-attn's `flash_attn_func`: q (B, S_q, H, D), k and v (B, S_k, H_kv, D), each row one sequence;
+    S_q may differ from S_k (the bottom-right causal alignment of the module docstring)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not torch.is_tensor(x) or x.dim() != 4:
+            raise ValueError(f"flash_attn_func: {name} must be (batch, seq, heads, head_dim), got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    if k.shape[0] != q.shape[0] or v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"flash_attn_func: q, k, v must share the batch, and k and v the sequence: q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    (b, sq), sk = q.shape[:2], k.shape[1]
+    cu_q = torch.arange(0, (b + 1) * sq, sq, dtype=torch.int32, device=q.device) if sq else \
+        torch.zeros(b + 1, dtype=torch.int32, device=q.device)
+    cu_k = cu_q if sk == sq else (torch.arange(0, (b + 1) * sk, sk, dtype=torch.int32, device=k.device) if sk else
+                                  torch.zeros(b + 1, dtype=torch.int32, device=k.device))
+    flat = [x.reshape(-1, *x.shape[2:]) for x in (q, k, v)]
+    out, lse, _ = flash_attn_varlen_func(*flat, cu_q, cu_k, sq, sk, dropout_p, softmax_scale, causal, window_size,
+                                         softcap, alibi_slopes, deterministic, return_attn_probs=True)
+    out = out.reshape(q.shape[:3] + out.shape[-1:])
+    if not return_attn_probs:
+        return out
+    return out, lse.reshape(lse.shape[0], b, sq).transpose(0, 1), None
 
 
 @torch.no_grad()
@@ -111,7 +153,7 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
     window = _supported("flash_attn_varlen_backward", dropout_p, softcap, alibi_slopes, None, window_size)
     _check_saved(dout, q, out, softmax_lse)
     lse = softmax_lse.t()
-    if _same(cu_seqlens_q, cu_seqlens_k):
+    if _same("flash_attn_varlen_backward", q, k, cu_seqlens_q, cu_seqlens_k):
         return attention_backward(dout, q, k, v, out, lse, cu_seqlens=cu_seqlens_q, causal=causal,
                                   softmax_scale=softmax_scale, window=window)
     _check_unequal(q, k, v, cu_seqlens_q, cu_seqlens_k)
@@ -208,9 +250,9 @@ def _reference_backward(dout, q, k, v, out, lse, cu_q, cu_k, causal, softmax_sca
         ds = p * (dp - (do * o).sum(-1).t()[..., None]) * scale
         dq[rows] = torch.einsum("hij,jhd->ihd", ds, ks)
         lk = keys.stop - keys.start
-        dk[keys] = torch.einsum("hij,ihd->jhd", ds, q[rows].float()).reshape(lk, kv_heads, group, -1).sum(2)
-        dv[keys] = torch.einsum("hij,ihd->jhd", p, do).reshape(lk, kv_heads, group, -1).sum(2)
+        dk[keys] = torch.einsum("hij,ihd->jhd", ds, q[rows].float()).reshape(lk, kv_heads, group, k.shape[-1]).sum(2)
+        dv[keys] = torch.einsum("hij,ihd->jhd", p, do).reshape(lk, kv_heads, group, v.shape[-1]).sum(2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-__all__ = ["flash_attn_varlen_func", "flash_attn_varlen_forward", "flash_attn_varlen_backward"]
+__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_varlen_forward", "flash_attn_varlen_backward"]
