@@ -87,6 +87,34 @@ def member(folder: Path, name, where: str, error, *, links: bool = False,
     return path, st
 
 
+def check_work_folder(folder, error, *, command: str) -> None:
+    """Before a resumed run reads its own earlier output: every entry of `folder`, at any depth, is a real
+    folder or a regular file. nextlong writes nothing else there, so a symbolic link (whose target a run
+    would read: another folder's text in the output) or a FIFO or device (on which a read waits forever) is
+    a folder someone else put together; refused in one line naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as exc:
+            raise error(f"{here}: cannot list the {command} output folder ({exc.strerror})") from None
+        for entry in entries:
+            if entry.is_symlink():
+                raise error(f"{entry.path} is a symbolic link: nextlong writes only folders and regular files in a "
+                            f"{command} output folder; remove it, or run into a fresh --out")
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+                continue
+            problem = not_regular(entry.stat(follow_symlinks=False))
+            if problem:
+                raise error(f"{entry.path} {problem}: nextlong writes only folders and regular files in a {command} "
+                            "output folder; remove it, or run into a fresh --out")
+
+
 def inside(folder: Path, path: Path) -> bool:
     """Whether `path`, symbolic links resolved, lies in `folder` (resolved)."""
     try:
@@ -111,11 +139,12 @@ def open_regular(path: str | os.PathLike, error, *, follow: bool = False, what: 
         link = not follow and os.path.islink(path)
         raise error(f"{path}: {'a symbolic link, not a regular file' if link else f'cannot open ({exc.strerror})'}"
                     ) from None
+    st = os.fstat(fd)
+    problem = not_regular(st)
+    if problem:  # checked before open(), which refuses a folder with its own IsADirectoryError
+        os.close(fd)
+        raise error(f"{path}: {problem}")
     with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        problem = not_regular(st)
-        if problem:
-            raise error(f"{path}: {problem}")
         yield fh, st
 
 

@@ -290,6 +290,8 @@ class Tokenizer:
     def decode_bytes(self, ids) -> bytes:
         arr = np.asarray(ids)
         if arr.dtype != np.uint32:
+            if arr.size and arr.dtype.kind not in "iu":  # 1.5 would be decoded as token 1
+                raise ValueError(f"token ids must be integers, got {arr.dtype}")
             if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
                 raise ValueError("token ids must be in [0, 2**32)")
             arr = arr.astype(np.uint32)

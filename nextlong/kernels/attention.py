@@ -127,7 +127,12 @@ def _resolve_backend(backend: str, q: torch.Tensor) -> str:
 
 
 def _scale(softmax_scale, q: torch.Tensor) -> float:
-    return float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    scale = float(softmax_scale)
+    if not 0 < scale < math.inf:  # 0 or below gives NaN in the online softmax's max, nan and inf garbage
+        raise ValueError(f"flash_attention: softmax_scale must be a positive finite number, got {softmax_scale!r}")
+    return scale
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +248,8 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     """`cu_seqlens` (int32) for documents of the given lengths packed back to back."""
     lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+    if not lengths.is_cuda and lengths.numel() and int(lengths.min()) < 0:  # (on a GPU: no sync for a check)
+        raise ValueError(f"cu_seqlens_from_lengths: lengths must be 0 or more, got {int(lengths.min())}")
     out = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
     out[1:] = torch.cumsum(lengths, 0)
     return out

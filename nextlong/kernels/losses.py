@@ -225,6 +225,8 @@ def _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size
 
 
 def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int) -> torch.Tensor:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must be an integer label value (64-bit), got {ignore_index!r}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if labels.numel() != n:

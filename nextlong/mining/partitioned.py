@@ -156,7 +156,11 @@ class NeighbourLists:
     def rows(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lists of `chunks`: (ids, sims), each (len(chunks), K)."""
         chunks = np.asarray(chunks, np.int64)
-        return np.asarray(self.ids[chunks]), np.asarray(self.sims[chunks])
+        ids = np.asarray(self.ids[chunks])
+        if ids.size and (int(ids.min()) < -1 or int(ids.max()) >= self.ids.shape[0]):  # -1 pads a short list
+            raise IndexFileError(f"{self.folder / IDS_FILE}: a neighbour id outside 0..{self.ids.shape[0] - 1}: the "
+                                 "file is damaged; rebuild the neighbour lists (remove the folder and run again)")
+        return ids, np.asarray(self.sims[chunks])
 
     def search(self, queries: np.ndarray, k: int):
         """Top-k over the members of each query's nprobe nearest partitions (the lists' own route)."""

@@ -184,8 +184,33 @@ def assemble_numba(tokens, tok_offsets, plan: Plan, sep_ids, target_length: int)
     return out, seg_start, seg_end
 
 
+def check_plan(plan: Plan, tok_offsets, num_tokens: int) -> None:
+    """What the compiled kernel indexes, checked before it runs (a damaged plan part of a resumed run would
+    read out of bounds): document offsets rising from 0 to the pieces, chunk ids of the store, their token
+    ranges inside the token array, roles anchor or negative."""
+    from ..errors import CorruptFileError
+
+    n_chunks = len(tok_offsets) - 1
+    off, chunks = plan.offsets, plan.chunks
+    problem = None
+    if off.size == 0 or off[0] != 0 or off[-1] != chunks.size or bool((np.diff(off) < 0).any()):
+        problem = "its document offsets do not rise from 0 to its pieces"
+    elif chunks.size and (int(chunks.min()) < 0 or int(chunks.max()) >= n_chunks):
+        problem = f"chunk ids must lie in 0..{n_chunks - 1} (the chunk store's), got {int(chunks.min())}..{int(chunks.max())}"
+    elif plan.roles.shape != chunks.shape or (plan.roles.size and not bool(np.isin(plan.roles, (0, 1)).all())):
+        problem = "roles must be 0 (anchor) or 1 (negative), one per piece"
+    elif chunks.size:
+        a, b = np.asarray(tok_offsets[chunks]), np.asarray(tok_offsets[chunks + 1])
+        if bool((a < 0).any() | (b < a).any() | (b > num_tokens).any()):
+            problem = "its chunks' token ranges fall outside the chunk store's tokens"
+    if problem:
+        raise CorruptFileError(f"a plan block does not fit the chunk store: {problem}; the work folder's plan or "
+                               "chunks stage is damaged: delete it (or run into a fresh --out)")
+
+
 def assemble(tokens, tok_offsets, plan: Plan, sep_ids, target_length: int, impl: str = "auto"):
     """Gather a plan into an (n_docs, L) uint32 array and each piece's [start, end) in it."""
+    check_plan(plan, tok_offsets, len(tokens))
     if impl == "auto":
         impl = "numba" if numba_available() else "numpy"
     fn = {"numba": assemble_numba, "numpy": assemble_numpy, "python": assemble_python}[impl]

@@ -7,9 +7,10 @@ fingerprint is derived and a cached stage built with other settings is detected,
 from __future__ import annotations
 
 import dataclasses
-import math
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ K_ROUNDINGS = ("ceil", "floor")
 LONG_DOCS = ("keep", "drop")
 EXECUTORS = ("local", "ray")
 MINING = ("hnsw", "partitioned")  # how negatives are found above the exact-search threshold
+
+
+MAX_TARGET_LENGTH = (1 << 31) - 1  # token positions (segment and span offsets) stay 32-bit
 
 
 @dataclass
@@ -87,6 +91,35 @@ class SynthesisConfig:
 
         def bad(msg):
             raise UsageError(msg)
+
+        import math
+        import numbers
+
+        # the Python API takes what a caller passes: numbers of the wrong kind fail here, not deep in a stage
+        for name in ("target_length", "chunk_size", "num_samples", "index_shards", "partitions", "nprobe", "neighbours",
+                     "mining_block_rows", "max_candidates", "knn_neighbors", "quest_keywords", "quest_max_repeats",
+                     "shard_size", "num_threads", "quality_pairs", "embed_gpus", "embed_actors"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                bad(f"{name} must be an integer, got {value!r}")
+        for name in ("overshoot", "chars_per_token", "near_dup_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not math.isfinite(value)):
+                bad(f"{name} must be a finite number, got {value!r}")
+        if self.target_length > MAX_TARGET_LENGTH:
+            bad(f"--target-length {self.target_length} is above {MAX_TARGET_LENGTH:,} tokens (token positions are "
+                "32-bit in the MDS and training formats)")
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            memory = None
+        if memory and isinstance(self.shard_size, int) and self.shard_size * self.target_length * 4 > memory:
+            bad(f"--target-length {self.target_length:,} x {self.shard_size} documents per output shard needs "
+                f"{self.shard_size * self.target_length * 4 / 2**30:.0f} GiB to assemble a shard, more than this "
+                f"machine's {memory / 2**30:.0f} GiB; lower --target-length (or shard_size)")
+        if self.chars_per_token is not None and not 0.01 <= self.chars_per_token <= 1000:
+            bad(f"--chars-per-token must be between 0.01 and 1000 characters per token, got {self.chars_per_token:.3g}")
 
         if self.method not in METHODS:
             bad(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")

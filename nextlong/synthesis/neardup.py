@@ -430,8 +430,21 @@ class NearDupGraph:
     def load(cls, directory, threshold: float) -> "NearDupGraph":
         from pathlib import Path
 
+        from ..errors import CorruptFileError
+
         directory = Path(directory)
-        return cls(np.load(directory / "indptr.npy"), np.load(directory / "indices.npy"), threshold)
+        try:
+            indptr, indices = (np.load(directory / f"{name}.npy", allow_pickle=False) for name in ("indptr", "indices"))
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptFileError(f"{directory}: near-duplicate graph not readable ({exc}); delete the folder to "
+                                   "build it again") from None
+        n = indptr.shape[0] - 1 if indptr.ndim == 1 else -1
+        if n < 0 or indptr.dtype.kind not in "iu" or indices.ndim != 1 or indices.dtype.kind not in "iu" \
+                or indptr[0] != 0 or indptr[-1] != indices.shape[0] or bool((np.diff(indptr) < 0).any()) \
+                or (indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n)):
+            raise CorruptFileError(f"{directory}: the near-duplicate graph (indptr.npy, indices.npy) is not a CSR "
+                                   "graph of its chunks; delete the folder to build it again")
+        return cls(indptr, indices, threshold)
 
 
 def document_shingles(store, tokenizer, d: int) -> np.ndarray:

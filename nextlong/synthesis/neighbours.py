@@ -58,15 +58,25 @@ def _record(ctx, name) -> dict:
     return read_done(ctx.input(name) / "_done.json")["counts"]
 
 
-def _checked_array(ctx, name: str, filename: str, **load) -> np.ndarray:
-    """A .npy file an input stage wrote, after its CRC32 matches the one that stage's record holds."""
+def _checked_array(ctx, name: str, filename: str, shape: tuple, **load) -> np.ndarray:
+    """A .npy file an input stage wrote, after its CRC32 matches the one that stage's record holds, of the
+    float `shape` its readers index it with (the record beside a file proves nothing against whoever
+    rewrote both)."""
     from ..atomic import file_crc32
 
     path = ctx.input(name) / filename
     if file_crc32(path) != _record(ctx, name).get("crc32"):
         raise IndexFileError(f"{path}: CRC32 does not match the {name} stage's record: the file is damaged; "
                              f"remove {path.parent} and run again")
-    return np.load(path, allow_pickle=False, **load)
+    try:
+        array = np.load(path, allow_pickle=False, **load)
+    except (OSError, ValueError, EOFError) as exc:
+        raise IndexFileError(f"{path}: not a readable numpy array ({exc}); remove {path.parent} and run again"
+                             ) from None
+    if array.shape != tuple(shape) or array.dtype.kind != "f":
+        raise IndexFileError(f"{path}: {array.dtype} array of shape {array.shape}, expected floats of shape "
+                             f"{tuple(shape)}; remove {path.parent} and run again")
+    return array
 
 
 def _finite(vectors: np.ndarray, chunks: np.ndarray, where) -> None:
@@ -214,9 +224,10 @@ class RouteStage(_Blocks):
 
     def setup(self, ctx):
         self._nprobe = self._layout(ctx)["nprobe"]
-        self._centroids = _checked_array(ctx, self.inputs[1], P.CENTROIDS_FILE)
         self._where = ctx.input(self.inputs[2])
         self._vectors = _embeddings(ctx, self.inputs[2])
+        self._centroids = _checked_array(ctx, self.inputs[1], P.CENTROIDS_FILE,
+                                         (self._layout(ctx)["partitions"], self._vectors.shape[1]))
 
     def __call__(self, block):
         lo, hi = int(block.column("lo")[0].as_py()), int(block.column("hi")[0].as_py())
@@ -315,7 +326,8 @@ class SearchStage(_Blocks):
         self._k = self._layout(ctx)["neighbours"]
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
-        self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, mmap_mode="r")
+        self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, (self._vectors.shape[0],),
+                                          mmap_mode="r")
 
     def __call__(self, block):
         routed = [r for r in _routed_partitions(self._route, block) if r[1].size]

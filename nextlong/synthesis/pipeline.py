@@ -216,6 +216,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
     """Check what can be checked, lock the output folder (one writer at a time), then run the stages
     with `executor` (default: the one `cfg.executor` names)."""
     from ..locking import output_lock
+    from ..untrusted import check_work_folder
 
     cfg.validate()
     check_before_work(cfg)
@@ -223,6 +224,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
         executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                 embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
     with output_lock(cfg.out_dir, "synthesize"), _thread_limit(cfg.num_threads):
+        check_work_folder(cfg.out_dir, NextlongError, command="synthesize")  # its finished stages are read as they are
         manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
         return manifest

@@ -539,7 +539,18 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
         if file_crc32(path) != record["counts"]["crc32"]:
             raise CorruptFileError(f"{path}: CRC32 mismatch with its stage record; the embeddings file is corrupt: "
                                    "delete the folder to embed again (or pass --no-verify)")
-        return np.load(path, mmap_mode="r")
+    if record is not None:
+        counts = record.get("counts", {})
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptFileError(f"{path}: not a readable numpy array ({exc}); delete the folder to embed again"
+                                   ) from None
+        want = (counts.get("rows"), counts.get("dim"))
+        if vectors.ndim != 2 or vectors.dtype.kind != "f" or (None not in want and vectors.shape != want):
+            raise CorruptFileError(f"{path}: {vectors.dtype} array of shape {vectors.shape}, but its stage record "
+                                   f"says {want[0]} float rows of dimension {want[1]}; delete the folder to embed again")
+        return vectors
     return open_embeddings(path, verify=verify)
 
 
@@ -681,6 +692,7 @@ class PlanStage(MapStage):
     threads: int | None = not_a_setting(default=None)  # BLAS threads for the batched exact search
 
     def setup(self, ctx):
+        from ..errors import CorruptFileError
         from .negatives import ExactSearcher, IndexSearcher
 
         self._threads = self.threads or ctx.threads or None
@@ -691,6 +703,9 @@ class PlanStage(MapStage):
         self._cpt = self.chars_per_token or store.chars_per_token()
         if self.method == "nextlong":
             self._vectors = open_vectors(ctx.input(emb_name), self.verify, ctx.input_record(emb_name))
+            if self._vectors.shape[0] != store.num_chunks:
+                raise CorruptFileError(f"{ctx.input(emb_name) / EMBEDDINGS_FILE}: {self._vectors.shape[0]} rows for "
+                                       f"{store.num_chunks} chunks; delete the folder to embed again")
             index_dir = ctx.input(index_name)
             from ..mining.partitioned import INFO_FILE as NEIGHBOURS_INFO
 
@@ -704,7 +719,11 @@ class PlanStage(MapStage):
 
                 self._searcher = IndexSearcher(ChunkIndex.view(index_dir, verify=self.verify), store.num_chunks)
                 self._doc_label = lambda d: int(store.doc_index[d])
-            else:
+            else:  # a small corpus (exact search): its vectors are checked whole, a NaN named here
+                bad = np.flatnonzero(~np.isfinite(np.asarray(self._vectors)).all(axis=1))
+                if bad.size:
+                    raise CorruptFileError(f"{ctx.input(emb_name) / EMBEDDINGS_FILE}: the embedding of chunk "
+                                           f"{int(bad[0])} is not finite: delete the folder to embed again")
                 self._searcher = ExactSearcher(self._vectors)
                 self._doc_label = None
             self._near_dup = None

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 
 from ..atomic import atomic_path
 
+_CHECKED: set = set()  # (folder, mtime) of stores whose structure this process has checked
+
 _ARRAYS = ("tokens", "tok_offsets", "chunk_doc", "chunk_index", "text_hash", "char_len",
            "doc_first_chunk", "doc_num_chunks", "doc_chars", "doc_index")
 
@@ -131,7 +133,58 @@ class ChunkStore:
 
     @classmethod
     def load(cls, directory) -> "ChunkStore":
+        """The store saved in `directory`, memory-mapped, its structure checked (once per process): a resumed
+        run reads it as it is, and the compiled kernels index the token array through its offsets."""
+        from ..errors import CorruptFileError
+
         directory = Path(directory)
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-        doc_ids = json.loads((directory / "doc_ids.json").read_text())
-        return cls(doc_ids=doc_ids, **arrays)
+        arrays = {}
+        for name in _ARRAYS:
+            path = directory / f"{name}.npy"
+            try:
+                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise CorruptFileError(f"{path}: not a readable numpy array ({exc}); delete {directory.parent} "
+                                       "to build the chunk store again") from None
+        try:
+            doc_ids = json.loads((directory / "doc_ids.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CorruptFileError(f"{directory / 'doc_ids.json'}: not readable JSON ({exc})") from None
+        store = cls(doc_ids=doc_ids, **arrays)
+        key = (str(directory.resolve()), (directory / "tok_offsets.npy").stat().st_mtime_ns)
+        if key not in _CHECKED:
+            store._check(directory)
+            _CHECKED.add(key)
+        return store
+
+    def _check(self, directory: Path) -> None:
+        """Shapes, dtypes and the offsets every reader trusts, or one CorruptFileError naming the file."""
+        from ..errors import CorruptFileError
+
+        def bad(name, what):
+            raise CorruptFileError(f"{directory / name}: {what}; the chunk store is damaged: delete "
+                                   f"{directory.parent} to build it again")
+
+        kinds = {"tokens": "u", "text_hash": "u"}
+        for name in _ARRAYS:
+            a = getattr(self, name)
+            if a.ndim != 1 or a.dtype.kind != kinds.get(name, "i"):
+                bad(f"{name}.npy", f"expected a 1-d {'unsigned ' if name in kinds else ''}integer array, got "
+                                   f"{a.dtype} of shape {a.shape}")
+        n, docs = self.num_chunks, self.num_docs
+        for name, size in (("tok_offsets", n + 1), ("chunk_index", n), ("text_hash", n), ("char_len", n),
+                           ("doc_num_chunks", docs), ("doc_chars", docs), ("doc_index", docs)):
+            if getattr(self, name).shape[0] != size:
+                bad(f"{name}.npy", f"{getattr(self, name).shape[0]} entries, expected {size}")
+        off = np.asarray(self.tok_offsets)
+        if off[0] != 0 or off[-1] != self.tokens.shape[0] or bool((np.diff(off) < 0).any()):
+            bad("tok_offsets.npy", f"offsets must rise from 0 to the {self.tokens.shape[0]} tokens")
+        if n and (int(self.chunk_doc.min()) < 0 or int(self.chunk_doc.max()) >= docs):
+            bad("chunk_doc.npy", f"document numbers must lie in 0..{docs - 1}")
+        first, count = np.asarray(self.doc_first_chunk), np.asarray(self.doc_num_chunks)
+        if docs and (int(first[0]) != 0 or bool((count < 1).any()) or bool((first[1:] != (first + count)[:-1]).any())
+                     or int(first[-1] + count[-1]) != n):
+            bad("doc_first_chunk.npy", "each document's chunks must follow the previous document's, covering every chunk")
+        if not isinstance(self.doc_ids, list) or len(self.doc_ids) != docs or \
+                not all(isinstance(x, str) for x in self.doc_ids):
+            bad("doc_ids.json", f"expected a list of {docs} strings")

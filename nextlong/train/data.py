@@ -61,8 +61,8 @@ def parse_data_spec(spec: str) -> tuple[str, float]:
         value = float(weight)
     except ValueError:
         return str(spec), 1.0  # an '@' that is part of the path
-    if not value > 0:
-        raise UsageError(f"{spec}: the mixing weight after '@' must be > 0, got {weight}")
+    if not 0 < value < 1e100:  # also refuses inf and nan; weights are normalised, so any scale works below
+        raise UsageError(f"{spec}: the mixing weight after '@' must be a positive number below 1e100, got {weight}")
     return path, value
 
 

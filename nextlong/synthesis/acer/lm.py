@@ -66,8 +66,12 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     eos = getattr(config, "eos_token_id", None)
     eos_ids = (tuple(int(e) for e in eos) if isinstance(eos, (list, tuple))
                else (int(eos),) if isinstance(eos, int) else ())
-    return ModelInfo(folder, spec, max_positions_of(config, folder), int(getattr(config, "vocab_size", 0) or 0),
-                     eos_ids, str(model_type))
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    bad = [e for e in eos_ids if e < 0 or (vocab and e >= vocab)]
+    if bad:  # it would end every answer with an id outside the vocabulary
+        raise ModelFolderError(f"{folder}: config.json's eos_token_id {bad[0]} is not a token id of the model "
+                               f"(0..{vocab - 1})" if vocab else f"{folder}: config.json's eos_token_id {bad[0]} is negative")
+    return ModelInfo(folder, spec, max_positions_of(config, folder), vocab, eos_ids, str(model_type))
 
 
 class LM:

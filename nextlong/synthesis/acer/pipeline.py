@@ -203,6 +203,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     the manifest; returns it."""
     from ...atomic import remove_stale_temporaries
     from ...locking import output_lock
+    from ...untrusted import check_work_folder
     from ..pipeline import _thread_limit
 
     cfg.validate()
@@ -213,6 +214,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
         executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                 embed_gpus=cfg.gpus, embed_actors=cfg.actors)
     with output_lock(cfg.out_dir, "acer"), _thread_limit(cfg.num_threads):
+        check_work_folder(cfg.out_dir, NextlongError, command="acer")  # its finished stages are read as they are
         manifest = _run(cfg, checked, executor)
         remove_stale_temporaries(cfg.out_dir)
         return manifest

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, corpus_identity, identity, not_a_setting
 from ..stages import CHUNKS_FILE, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
@@ -479,8 +480,10 @@ class ReadStage(LMStage):
         return self._t["read"].render(self._lm.tokenizer, passages=passages, question=question)
 
     def map(self, block):
-        prompts = [self.prompt(q, r) for q, r in zip(block.column("question").to_pylist(),
-                                                     block.column("ranked").to_pylist())]
+        ranked = block.column("ranked").to_pylist()
+        for qid, ids in zip(block.column("question_id").to_pylist(), ranked):
+            _check_chunk_ids(ids, self._passages.store.num_chunks, qid)
+        prompts = [self.prompt(q, r) for q, r in zip(block.column("question").to_pylist(), ranked)]
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, batch_size=self.batch_size,
                                     on_done=bar.update)
@@ -489,6 +492,15 @@ class ReadStage(LMStage):
                       generated_tokens=pa.array([n for _, n in out], pa.int32()))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(n for _, n in out)}
+
+
+def _check_chunk_ids(ids, num_chunks: int, question_id) -> None:
+    """Chunk ids a cached stage part hands on, within the chunk store (a damaged part of a resumed run
+    would index out of range, or from the end with a negative id)."""
+    if ids and (min(ids) < 0 or max(ids) >= num_chunks):
+        raise CorruptFileError(f"question {question_id!r}: chunk ids must lie in 0..{num_chunks - 1}, got "
+                               f"{min(ids)}..{max(ids)}; the work folder's retrieve, rank or read stage is damaged: "
+                               "delete it (or run into a fresh --out)")
 
 
 # --- the samples -------------------------------------------------------------------------------
@@ -542,6 +554,10 @@ class AssembleStage(AcerMapStage):
         ranked, retrieved = row["ranked"], row["retrieved"]
         if not ranked:
             return None, "no chunk retrieved"
+        _check_chunk_ids(retrieved, self._store.num_chunks, row["question_id"])
+        if not set(ranked) <= set(retrieved):
+            raise CorruptFileError(f"question {row['question_id']!r}: ranked chunks that were not retrieved; the work "
+                                   "folder's rank or read stage is damaged: delete it (or run into a fresh --out)")
         q_ids = self._t.render(self._tok, question=row["question"])
         a_ids = np.asarray(self._tok.encode_ordinary(" " + answer), np.uint32)
         if self.eos_id is not None:

@@ -22,6 +22,8 @@ other `{word}` is literal text (code or LaTeX in a prompt).
 
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +130,14 @@ def load_templates(prompts_dir=None) -> dict[str, Template]:
         if not own.is_dir():
             raise UsageError(f"{own}: --prompts must be a folder holding some of "
                              + ", ".join(f"{n}.txt" for n in REQUIRED))
-        if not any((own / f"{n}.txt").is_file() for n in REQUIRED):
+        # a name that exists is read as a template whatever it is: a FIFO, a folder or a link is refused by
+        # _read in one line, never replaced by the shipped template behind the user's back
+        if not any(os.path.lexists(own / f"{n}.txt") for n in REQUIRED):
             raise UsageError(f"{own}: --prompts holds none of " + ", ".join(f"{n}.txt" for n in REQUIRED))
     out = {}
     for name in REQUIRED:
-        path = own / f"{name}.txt" if own is not None and (own / f"{name}.txt").is_file() else SHIPPED / f"{name}.txt"
+        mine = own / f"{name}.txt" if own is not None else None
+        path = mine if mine is not None and os.path.lexists(mine) else SHIPPED / f"{name}.txt"
         out[name] = _read(path, name)
     return out
 
