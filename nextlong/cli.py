@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(args.command, disk_full(exc.filename or "output") if is_disk_full(exc)
                      else f"{exc.filename}: {exc.strerror or exc}")
         return 1
-    except KeyboardInterrupt:
-        print(f"nextlong {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # train says what it saved (TrainingInterrupted) and needs --resume; the other commands resume by
+        # running the same command again
+        said = str(exc) or ("interrupted; checkpoints are kept: run the same command with --resume to continue"
+                            if args.command == "train" else "interrupted; finished work is kept, re-run to resume")
+        print(f"nextlong {args.command}: {said}", file=sys.stderr)
         return 130
 
 

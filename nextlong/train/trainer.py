@@ -95,6 +95,41 @@ def cosine_schedule(warmup: int, steps: int, min_ratio: float):
 # --- the trainer -------------------------------------------------------------------------------
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM at a step boundary, after saving that step's checkpoint."""
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM during training: noted, so the loop stops at the end of the step and saves
+    it, instead of losing every step since the last checkpoint (with --save-every 0, all of them). A second
+    signal acts at once (the handlers are restored by the first). Only the main thread can take signals."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum, frame):
+        import signal
+        import sys
+
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after this step and saving it (again to stop at once)", file=sys.stderr)
+        self.restore()
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -498,9 +533,12 @@ class Trainer:
             self.write_manifest({"status": "running", "steps": self.start_step})
         metrics = _append(run / METRICS) if self.rank == 0 else None
         batches = self.next_batches  # read in setup, so bad data failed before any step
+        stop = _StopRequest()
         try:
             while step < cfg.steps:
                 if cfg.stop_after is not None and steps_here >= cfg.stop_after:
+                    break
+                if steps_here and not ckpt.all_ranks_ok(not stop.requested):  # every rank stops at one step
                     break
                 t0 = time.perf_counter()
                 if batches is None:
@@ -533,6 +571,7 @@ class Trainer:
                     self.save(step)
                     last_saved = step
         finally:
+            stop.restore()
             bar.close()
             if metrics is not None:
                 metrics.close()
@@ -553,6 +592,9 @@ class Trainer:
             self.write_manifest(summary)
             if self.history:
                 self.draw_loss()
+        if stop.requested and not finished:
+            raise TrainingInterrupted(f"interrupted ({stop.requested}) after step {step} of {cfg.steps}; its "
+                                      f"checkpoint is saved: run the same command with --resume to continue")
         return summary
 
     def write_manifest(self, statistics: dict) -> None:
