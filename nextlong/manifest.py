@@ -61,6 +61,15 @@ def recorded_tokenizer(folder, settings: dict, *, where=None) -> str | None:
                         "does in tokenizer/)")
 
 
+RUNNING = "running"  # statistics.status of a run's first manifest, until its last one replaces it
+
+
+def write_running_manifest(path, *, command: str, settings: dict, seed: int | None = None) -> dict:
+    """The manifest a run writes before its work: its settings, `statistics.status` "running". The run's
+    last manifest replaces it; one still "running" is a run that was stopped (or is going on)."""
+    return write_manifest(path, command=command, settings=settings, statistics={"status": RUNNING}, seed=seed)
+
+
 def write_manifest(path, *, command: str, settings: dict, statistics: dict, seed: int | None = None) -> dict:
     manifest = {
         "command": command,

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..untrusted import printable
 from ..errors import UsageError
 from ..locking import output_lock
-from ..manifest import write_manifest
+from ..manifest import write_manifest, write_running_manifest
 from . import report
 from .runner import EvalSettings, aggregate, plan, run_tasks
 from .tasks import NEEDS_ESSAY, expand_tasks, linear_depths
@@ -59,7 +59,11 @@ def run_eval(args) -> dict:
                             dump=args.dump, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
                                                    "tokenizer": lm.tokenizer.fingerprint})
     started = time.time()
+    manifest_settings = {k: v for k, v in vars(args).items() if k != "func"} | {
+        "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
+        "model_folder": str(lm.folder)}
     with output_lock(out, "eval"):
+        write_running_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings)
         rag_plan = None
         if want_rag:  # chunk, retrieve and check every rag prompt before any scoring
             from .rag import prepare_rag
@@ -141,10 +145,7 @@ def run_eval(args) -> dict:
 
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(summary + "\n", encoding="utf-8")
-        write_manifest(out / "manifest.json", command="eval", seed=args.seed,
-                       settings={k: v for k, v in vars(args).items() if k != "func"} | {
-                           "tasks_expanded": tasks, "lengths": lengths, "depths": depths,
-                           "prefill_attention": lm.prefill_attn, "model_folder": str(lm.folder)},
+        write_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings,
                        statistics={"samples": len(plan(settings)) if tasks else 0,
                            "samples_reused": reused, "rag_answers": rag_answers,
                            "seconds": round(time.time() - started, 2),

@@ -119,6 +119,7 @@ def embed_chunks(
     dtype: str = "float32",
     overwrite: bool = False,
     verify: bool = True,
+    on_accepted=None,
 ) -> np.ndarray:
     """Embed every chunk's text into `out_path` (.npy, shape (rows, dim)), resuming a stopped run.
 
@@ -132,7 +133,8 @@ def embed_chunks(
     The file's full size is reserved on disk before anything is written (a write into a memory-mapped
     page the disk cannot back kills the process with SIGBUS), so a full disk is a DiskFullError up
     front. A finished file's CRC32 is stored in its progress record and checked when the file is
-    reused (`verify=False` skips that read).
+    reused (`verify=False` skips that read). `on_accepted()` runs once an existing file has been
+    accepted (or there is none), before any embedding: where a caller may first write to the folder.
     """
     import json
 
@@ -189,6 +191,8 @@ def embed_chunks(
                 _verify(out_path, record)
         else:
             _reserve(out_path)  # a file begun by an older nextlong may still be sparse
+    if on_accepted is not None:
+        on_accepted()
     done = int(record["done"])
     if done < texts.rows:
         bar = None

@@ -823,7 +823,7 @@ def build_index_from_chunks(
     from .embed_store import _Texts, embed_chunks
     from .embedding import HashedLexicalEmbedder, load_embedder
     from ..locking import output_lock
-    from ..manifest import write_manifest
+    from ..manifest import write_manifest, write_running_manifest
 
     chunks_path = Path(chunks_path)
     out_dir = Path(out_dir)
@@ -840,6 +840,9 @@ def build_index_from_chunks(
     if embedder is None or isinstance(embedder, (str, os.PathLike)):
         embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
     lexical = isinstance(embedder, HashedLexicalEmbedder)
+    settings = {"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": str(dtype),
+                "connectivity": connectivity, "expansion_add": expansion_add, "expansion_search": expansion_search,
+                "batch_size": batch_size, "threads": threads}
     with output_lock(out_dir, "index"):
         # nothing in out_dir changes before embed_chunks has accepted (or refused) the embeddings file
         # there: a refused re-run must leave the index it refuses to overwrite as it was
@@ -850,8 +853,9 @@ def build_index_from_chunks(
             timings["fit_seconds"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
-        emb = embed_chunks(chunks_path, embedder, embeddings_path,
-                           batch_size=batch_size, progress=progress)
+        emb = embed_chunks(chunks_path, embedder, embeddings_path, batch_size=batch_size, progress=progress,
+                           on_accepted=lambda: write_running_manifest(out_dir / MANIFEST_FILE, command="index",
+                                                                      settings=settings))
         timings["embed_seconds"] = round(time.perf_counter() - t, 3)
         index = ChunkIndex.build(
             emb, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
@@ -865,12 +869,6 @@ def build_index_from_chunks(
         if lexical:  # the query embedder's state, beside the index it belongs to
             embedder.save(out_dir)
         index.save(out_dir)
-        write_manifest(
-            out_dir / MANIFEST_FILE,
-            command="index",
-            settings={"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": index.info["dtype"],
-                      "connectivity": connectivity, "expansion_add": expansion_add,
-                      "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads},
-            statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings},
-        )
+        write_manifest(out_dir / MANIFEST_FILE, command="index", settings={**settings, "dtype": index.info["dtype"]},
+                       statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings})
     return index

@@ -297,7 +297,7 @@ def _discard_other_outputs(out: Path, fps: dict) -> None:
 
 
 def _run(cfg: SynthesisConfig, executor) -> dict:
-    from ..manifest import write_manifest
+    from ..manifest import write_manifest, write_running_manifest
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
     from .framework import block_counts
@@ -310,6 +310,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     fps = pipeline.fingerprints()
     if not (out / "data").exists():
         _discard_other_outputs(out, fps)
+    write_running_manifest(out / "manifest.json", command="synthesize", seed=cfg.seed,
+                           settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
     timings = {"chunk": 0.0}
     for name, secs in getattr(executor, "seconds", {}).items():

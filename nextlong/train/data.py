@@ -433,7 +433,13 @@ def _parquet_ids(cell, where: str) -> np.ndarray:
 
 
 def _checked_manifest(path: Path, manifest: dict) -> dict:
-    """A data manifest whose settings the trainer reads, each of the type it expects."""
+    """A data manifest whose settings the trainer reads, each of the type it expects, of a finished run."""
+    from ..manifest import RUNNING
+
+    stats = manifest.get("statistics")
+    if isinstance(stats, dict) and stats.get("status") == RUNNING:
+        raise NextlongError(f"{path}: the nextlong {manifest.get('command')} run writing this folder has not finished "
+                            "(stopped, or still running): run its command again to complete it, then train")
     settings = manifest.get("settings", {})
     if not isinstance(settings, dict):
         raise NextlongError(f"{path}: settings must be a JSON object, got {show(settings)}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NextlongError, UsageError
+from ..manifest import RUNNING
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
@@ -529,8 +530,10 @@ class Trainer:
         t_run = time.perf_counter()
         step = self.start_step
         last_saved = self.start_step
-        if self.rank == 0:  # the run's record exists before the first step (and never waits for the plot)
-            self.write_manifest({"status": "running", "steps": self.start_step})
+        # a finished run resumed has nothing to do: its manifest keeps the statistics of the run that did the work
+        keep_manifest = self.start_step >= cfg.steps and (run / "manifest.json").is_file()
+        if self.rank == 0 and not keep_manifest:  # the run's record exists before the first step
+            self.write_manifest({"status": RUNNING, "steps": self.start_step})
         metrics = _append(run / METRICS) if self.rank == 0 else None
         batches = self.next_batches  # read in setup, so bad data failed before any step
         stop = _StopRequest()
@@ -588,7 +591,7 @@ class Trainer:
                 else "a target token"
             raise NextlongError(f"{run}: none of the run's {step} steps held {what}, so nothing was trained; check "
                                 "the data" + ("'s loss_mask, or pass --loss-on all" if self.loss_on == "answer" else ""))
-        if self.rank == 0:
+        if self.rank == 0 and not keep_manifest:
             self.write_manifest(summary)
             if self.history:
                 self.draw_loss()

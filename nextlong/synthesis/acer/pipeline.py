@@ -221,7 +221,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
 
 
 def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
-    from ...manifest import write_manifest
+    from ...manifest import write_manifest, write_running_manifest
     from ..pipeline import _keep_tokenizer_file
     from ..stages import load_store
     from ...corpus.tokenizer import load_tokenizer
@@ -231,6 +231,8 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg, checked)
     fps = pipeline.fingerprints()
+    write_running_manifest(out / "manifest.json", command="acer", seed=cfg.seed,
+                           settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
 
     def record(name):

@@ -1,0 +1,71 @@
+"""Every run writes its manifest first (settings, statistics.status "running"), so a stopped run leaves a
+record of what it was; its last manifest replaces that one. Training refuses data whose synthesize run has
+not finished."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nextlong.errors import NextlongError
+from nextlong.manifest import RUNNING
+from tests.helpers import corpus_head, run_cli, write_jsonl
+
+
+def test_synthesize_and_index_write_their_manifest_before_the_work(tmp_path, monkeypatch, capsys):
+    from nextlong.mining import embed_store
+    from nextlong.synthesis.executors.local import LocalExecutor
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    seen = {}
+
+    def stop(self, pipeline, **kwargs):  # the executor starts the stages: the manifest is there already
+        seen.update(json.loads((out / "manifest.json").read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalExecutor, "run", stop)
+    code, _, err = run_cli(["synthesize", "--corpus", str(corpus), "--out", str(out), "--embedder", "hashed-tfidf:32",
+                            "--target-length", "2048", "--quiet"], capsys)
+    assert code == 130 and seen["command"] == "synthesize" and seen["statistics"] == {"status": RUNNING}
+    assert seen["settings"]["target_length"] == 2048 and seen["settings"]["output_fingerprint"]
+    # training on the stopped run's folder is refused by name, not read half-made
+    with pytest.raises(NextlongError, match="has not finished"):
+        from nextlong.train.data import open_sources
+
+        open_sources([str(out)])
+    monkeypatch.undo()
+    assert run_cli(["synthesize", "--corpus", str(corpus), "--out", str(out), "--embedder", "hashed-tfidf:32",
+                    "--target-length", "2048", "--quiet"], capsys)[0] == 0
+    final = json.loads((out / "manifest.json").read_text())
+    assert final["statistics"].get("status") != RUNNING and final["statistics"]["documents_built"] >= 1
+
+    chunks = tmp_path / "chunks.parquet"
+    assert run_cli(["chunk", str(corpus), "--out", str(chunks), "--no-progress"], capsys)[0] == 0
+    real = embed_store.embed_chunks
+
+    def embed_then_look(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen["index"] = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+        return result
+
+    monkeypatch.setattr(embed_store, "embed_chunks", embed_then_look)
+    assert run_cli(["index", str(chunks), "--out", str(tmp_path / "idx"), "--embedder", "hashed-tfidf:32",
+                    "--no-progress"], capsys)[0] == 0
+    assert seen["index"]["statistics"] == {"status": RUNNING}
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["statistics"]["chunks"] >= 1
+
+
+def test_resuming_a_finished_training_run_keeps_its_manifest(tmp_path):
+    """--resume on a finished run does nothing, and rewrote the manifest with that empty session's numbers
+    (tokens_per_s null, epochs read one step ahead)."""
+    from nextlong.train import train
+    from tests.train_support import synthesized
+
+    opts = dict(model="tiny", progress=False, num_threads=1, steps=2)
+    train(synthesized(), tmp_path / "run", **opts)
+    before = (tmp_path / "run" / "manifest.json").read_bytes()
+    assert json.loads(before)["statistics"]["status"] == "finished"
+    train(synthesized(), tmp_path / "run", resume=True, **opts)
+    assert (tmp_path / "run" / "manifest.json").read_bytes() == before
