@@ -54,6 +54,18 @@ def test_jsonl_is_the_decoded_text(corpus, tmp_path):
         assert {s["role"] for s in obj["segments"]} <= {"anchor", "negative"}
 
 
+def test_a_rerun_with_fewer_documents_leaves_no_stale_jsonl(corpus, tmp_path):
+    """The JSONL folder kept the parts of an earlier run with more shards (356 rows beside the 20 asked)."""
+    from nextlong import synthesize
+
+    opts = dict(FAST, format="jsonl", shard_size=1)
+    synthesize(corpus, tmp_path / "j", **dict(opts, num_samples=3))
+    assert len(list((tmp_path / "j" / "jsonl").glob("part-*.jsonl"))) == 3
+    synthesize(corpus, tmp_path / "j", **dict(opts, num_samples=1))
+    parts = list((tmp_path / "j" / "jsonl").glob("part-*.jsonl"))
+    assert len(parts) == len(list((tmp_path / "j" / "data").glob("part-*.parquet"))) == 1
+
+
 def _block_streaming(monkeypatch):
     import builtins
 

@@ -144,6 +144,15 @@ def aggregate(records: Sequence[dict], settings: EvalSettings, metrics: dict[str
     return {"tasks": tasks, "mean_over_tasks": means}
 
 
+def _header_fingerprint(line: str):
+    """The fingerprint a progress file's first line records, or None (torn or foreign)."""
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return None
+    return header.get("fingerprint") if isinstance(header, dict) else None
+
+
 class Progress:
     """Append-only record of finished samples; a re-run with the same settings reuses them."""
 
@@ -151,19 +160,24 @@ class Progress:
         self.path = Path(out_dir) / PROGRESS
         self.fingerprint = fingerprint
         self.done: dict[tuple, dict] = {}
+        kept = []
         if self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            if lines and json.loads(lines[0]).get("fingerprint") == fingerprint:
+            lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+            if lines and _header_fingerprint(lines[0]) == fingerprint:
                 for line in lines[1:]:
                     try:
                         r = json.loads(line)
-                    except ValueError:
-                        break  # a torn last line of a killed run
-                    self.done[self.key(r)] = r
-        if not self.done:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-        self._fh = open(self.path, "a")
+                        self.done[self.key(r)] = r
+                    except (ValueError, TypeError, KeyError):
+                        break  # a line torn by a kill or a full disk: what follows was appended after it
+                    kept.append(line)
+        # written back without a torn tail (atomically), so the records appended now stay readable
+        from ..atomic import atomic_path
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("\n".join([json.dumps({"fingerprint": fingerprint})] + kept) + "\n", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")
 
     @staticmethod
     def key(r) -> tuple:

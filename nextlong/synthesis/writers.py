@@ -65,6 +65,8 @@ def write_jsonl_shards(data_dir, out_dir, tokenizer, record) -> list[Path]:
                     segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
                     f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
         written.append(target)
+    for stale in set(out_dir.glob("part-*.jsonl")) - set(written):  # of an earlier run with more shards
+        stale.unlink()
     return written
 
 

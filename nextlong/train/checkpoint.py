@@ -194,7 +194,14 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
         os.replace(tmp, final)
         _fsync_dir(root)
         for old in list_checkpoints(run)[:-keep]:
-            _remove(old, ignore_errors=True)
+            # renamed first: a kill during the deletion leaves a .tmp- folder (cleaned below, next time),
+            # never a half-deleted one under a checkpoint's name
+            doomed = root / f".tmp-{old.name}-removed"
+            try:
+                os.replace(old, doomed)
+            except OSError:
+                continue
+            _remove(doomed, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):
             _remove(stale, ignore_errors=True)
     _barrier()
