@@ -29,9 +29,28 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_path
 from ..errors import NextlongError
 
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    """`t` with every list's item field named "item": a list column read back from Parquet names it
+    "element", one built in memory "item", and the name is stored in the file, so a stage resumed from
+    disk would write other bytes than one fed by the stage before it."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = t.value_field
+        field = pa.field("item", _canonical_type(item.type), item.nullable, item.metadata)
+        return pa.large_list(field) if pa.types.is_large_list(t) else pa.list_(field)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_canonical_type(f.type)) for f in t])
+    return t
+
+
+def canonical_lists(table: pa.Table) -> pa.Table:
+    schema = pa.schema([f.with_type(_canonical_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    return table if schema.equals(table.schema, check_metadata=True) else table.cast(schema)
+
+
 def write_parquet_atomic(table: pa.Table, path, **options) -> None:
     # fixed writer options so the same rows give the same bytes (`options` override them, e.g. no
     # dictionary for float vectors)
+    table = canonical_lists(table)
     settings = dict(compression="zstd", use_dictionary=True, write_statistics=True,
                     row_group_size=max(1, min(table.num_rows, 256)))
     settings.update(options)
