@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         # The environment, not a bug: a full disk, a read-only or missing folder, a path that is a file.
         if args.debug or exc.filename is None and not is_disk_full(exc):
             raise
-        _print_error(args.command, disk_full(exc.filename or "output") if is_disk_full(exc)
-                     else f"{exc.filename}: {exc.strerror or exc}")
+        # a write through an open file names no file: name the command's output folder instead
+        where = exc.filename or getattr(args, "out", None) or "output"
+        _print_error(args.command, disk_full(where) if is_disk_full(exc) else f"{exc.filename}: {exc.strerror or exc}")
         return 1
     except KeyboardInterrupt as exc:
         # train says what it saved (TrainingInterrupted) and needs --resume; the other commands resume by

@@ -108,3 +108,18 @@ def test_ray_bars_count_the_same_work(tmp_path, bars):
     assert by_name(bars, "chunk")["n"] == manifest["statistics"]["corpus_documents"]
     assert by_name(bars, "embed")["total"] == manifest["statistics"]["corpus_chunks"]
     assert by_name(bars, "plan -> assemble")["n"] == 3
+
+
+def test_blocks_an_earlier_run_finished_start_the_bar_and_stay_out_of_its_rate():
+    """A resumed run's bar jumped from 0 to what the earlier run had done at this run's rate ("188 unit/s")."""
+    from nextlong.synthesis.progress import ChainProgress
+
+    with ChainProgress(["plan", "assemble"], "unit", [10, 10, 10], None, True) as bar:
+        bar.block_done(0, 10, reused=True)
+        bar.block_done(1, 10, reused=True)
+        assert bar.bar.initial == 20 and bar.bar.n == 20
+        bar.block_done(2, 10)
+        assert bar.bar.n == 30 and bar.bar.initial == 20 and bar.done == 30
+    with ChainProgress(["plan"], "unit", [5], None, False) as quiet:  # a disabled bar still counts
+        quiet.block_done(0, 5, reused=True)
+        assert quiet.done == 5

@@ -231,10 +231,13 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
     reused = sum(1 for j in jobs if j in progress.done)
     metrics: dict[str, str] = {}
     records = []
+    # the samples an earlier run finished start the bar (they are not this run's work, nor in its rate)
+    bar = tqdm(total=len(jobs), initial=reused, desc="eval samples", unit="sample", dynamic_ncols=True)
     try:
-        for task, length, depth, index in tqdm(jobs, desc="eval samples", unit="sample", dynamic_ncols=True):
+        for task, length, depth, index in jobs:
             key = (task, length, depth, index)
             record = progress.done.get(key)
+            computed = record is None
             if record is None or (settings.dump and "prompt" not in record):
                 sample = make_sample(lm.tokenizer, task, length, depth, index, settings.seed, essay)
                 metrics[task] = sample.metric
@@ -249,7 +252,10 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
                 progress.add(record)
             metrics[task] = record.get("metric", metrics.get(task))
             records.append(record)
+            if computed:
+                bar.update(1)
     finally:
+        bar.close()
         progress.close()
     return records, metrics, reused, skipped
 

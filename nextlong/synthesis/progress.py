@@ -59,9 +59,17 @@ class ChainProgress:
             self.bar.refresh()
         self.bar.close()
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, n: int, reused: bool = False) -> None:
         self.done += n
-        self.bar.update(n)
+        if self.bar.disable:
+            return
+        if reused:  # finished by an earlier run: the bar starts further on, and its rate counts this run's work
+            self.bar.initial += n
+            self.bar.n += n
+            self.bar.last_print_n = self.bar.n
+            self.bar.refresh()
+        else:
+            self.bar.update(n)
 
     def rows(self, n: int) -> None:
         """`n` more input rows of the block under way are done (the first stage calls this as it goes)."""
@@ -69,11 +77,12 @@ class ChainProgress:
             self.partial += n
             self._advance(n)
 
-    def block_done(self, block: int, rows: int) -> None:
-        """Block `block` went through the chain; its last stage wrote `rows` rows."""
+    def block_done(self, block: int, rows: int, reused: bool = False) -> None:
+        """Block `block` went through the chain; its last stage wrote `rows` rows. `reused`: an earlier run
+        did (a resumed run finds it done)."""
         if self.cut is None:
-            self._advance(self.sizes[block] - self.partial)
+            self._advance(self.sizes[block] - self.partial, reused)
         else:
             self.kept.add(block, rows)
-            self._advance(min(self.kept.rows, self.cut) - self.done)
+            self._advance(min(self.kept.rows, self.cut) - self.done, reused)
         self.partial = 0

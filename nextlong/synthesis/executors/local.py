@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...corpus.split import DEFAULT_SPLIT_BYTES
-from ..framework import Executor, Pipeline, StageContext, chain_work, finish_map_chain, map_block
+from ..framework import Executor, Pipeline, StageContext, block_done, chain_work, finish_map_chain, map_block
 
 
 class LocalExecutor(Executor):
@@ -58,9 +58,10 @@ class LocalExecutor(Executor):
         with ChainProgress([c.stage.name for c in todo], first.progress_unit, input_rows(source, num_blocks), cut,
                            todo[0].progress, first=first) as bar:
             for j in range(num_blocks):
+                reused = all(block_done(ctx, j) for ctx in todo)
                 last = map_block(todo, j)
                 rows += last
-                bar.block_done(j, last)
+                bar.block_done(j, last, reused)
                 if cut is not None and rows >= cut:
                     stopped = j + 1
                     break

@@ -337,7 +337,7 @@ class RayExecutor(Executor):
         with ChainProgress([c.stage.name for c in todo], todo[0].stage.progress_unit, input_rows(source, num_blocks),
                            cut, todo[0].progress) as bar:
             for j, rows in rows_done.items():
-                bar.block_done(j, rows)
+                bar.block_done(j, rows, reused=True)
             if pending:
                 stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done,
                                            on_result=bar.block_done)
