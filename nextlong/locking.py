@@ -61,7 +61,17 @@ def _make_folders(folder: Path) -> list[Path]:
 
 def _prune_empty(root: Path | None, created: list[Path]) -> None:
     """Remove empty folders under the output folder `root` (deepest first), then the empty folders
-    this run created (a single output file's folder is the user's: only what the run created goes)."""
+    this run created (a single output file's folder is the user's: only what the run created goes). In a
+    folder this run created, a manifest that says only "running" and sits beside nothing else records no
+    work: it goes too, so a run refused at its first record leaves no folder."""
+    if root is not None and root in created and root.is_dir():
+        files = [Path(d) / f for d, _, names in os.walk(root) for f in names]
+        if files == [root / "manifest.json"]:
+            with contextlib.suppress(OSError, ValueError):
+                import json
+
+                if json.loads(files[0].read_text()).get("statistics") == {"status": "running"}:
+                    files[0].unlink()
     if root is not None and root.is_dir():
         for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
             with contextlib.suppress(OSError):

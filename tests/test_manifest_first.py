@@ -19,7 +19,8 @@ def test_synthesize_and_index_write_their_manifest_before_the_work(tmp_path, mon
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
     out = tmp_path / "out"
-    seen = {}
+    out.mkdir()  # the user's folder: what a stopped run leaves there stays (a folder the run made and did
+    seen = {}    # no work in goes, with its "running" manifest)
 
     def stop(self, pipeline, **kwargs):  # the executor starts the stages: the manifest is there already
         seen.update(json.loads((out / "manifest.json").read_text()))
