@@ -837,13 +837,15 @@ def build_index_from_chunks(
     if threads < 0:
         raise UsageError(f"threads must be 0 (all cores) or positive, got {threads}")
     meta = read_chunk_metadata(chunks_path)
-    if embedder is None or isinstance(embedder, (str, os.PathLike)):
-        embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
-    lexical = isinstance(embedder, HashedLexicalEmbedder)
-    settings = {"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": str(dtype),
-                "connectivity": connectivity, "expansion_add": expansion_add, "expansion_search": expansion_search,
-                "batch_size": batch_size, "threads": threads}
+    # the lock first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
+    # a refused run still leaves no folder (the lock prunes what it created)
     with output_lock(out_dir, "index"):
+        if embedder is None or isinstance(embedder, (str, os.PathLike)):
+            embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
+        lexical = isinstance(embedder, HashedLexicalEmbedder)
+        settings = {"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": str(dtype),
+                    "connectivity": connectivity, "expansion_add": expansion_add,
+                    "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads}
         # nothing in out_dir changes before embed_chunks has accepted (or refused) the embeddings file
         # there: a refused re-run must leave the index it refuses to overwrite as it was
         timings = {}

@@ -207,13 +207,15 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     from ..pipeline import _thread_limit
 
     cfg.validate()
-    checked = check_before_work(cfg)
-    if executor is None:
-        from ..executors import executor_for
-
-        executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
-                                embed_gpus=cfg.gpus, embed_actors=cfg.actors)
+    # the lock before the checks that load the model's tokenizer and config (seconds): a second run into the
+    # folder stops at once; a refused one still leaves no folder (the lock prunes what it created)
     with output_lock(cfg.out_dir, "acer"), _thread_limit(cfg.num_threads):
+        checked = check_before_work(cfg)
+        if executor is None:
+            from ..executors import executor_for
+
+            executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
+                                    embed_gpus=cfg.gpus, embed_actors=cfg.actors)
         check_work_folder(cfg.out_dir, NextlongError, command="acer")  # its finished stages are read as they are
         manifest = _run(cfg, checked, executor)
         remove_stale_temporaries(cfg.out_dir)
