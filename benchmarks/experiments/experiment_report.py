@@ -322,7 +322,10 @@ tokens), `nextlong` (hard-negative extension with the paper's defaults, embedder
 distilled to static vectors), `nextlong+longce` and `standard+longce` (the same data as `nextlong` and `standard`
 for the same seed, with LongCE token weights `min(exp(log p_long − log p_short), 5)`: p_long from the model in
 training with its whole context, p_short from the base reading only the last 256 tokens, in blocks of 128, so
-every window of the scorer stays inside the length it was trained at; the loss is the weighted mean), and `short`
+every window of the scorer stays inside the length it was trained at; the first 256 targets, whose whole prefix
+the window holds, get weight 1, as in Fang et al.'s code; the loss is the weighted mean; these arms were rerun on
+2026-12-06 after that rule was added, with one torch thread on a busy machine, hence their longer wall times),
+and `short`
 (the same modules at 512 tokens, the same tokens per step: the control for "more training at all"). `quest` and
 `knn` (the paper's other baselines) run with `--arms`. Each seed changes the synthesis sampling (which documents
 and distractors each sample holds) and the data order; the base is shared.
