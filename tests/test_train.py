@@ -351,18 +351,14 @@ def test_token_weighting_schemes_train(data, tmp_path, scheme):
 def test_longce_with_another_scorer_weighs_the_first_window_one(data, tmp_path):
     """With --scorer, the targets whose whole prefix fits in the short window get weight 1 (no context to gain),
     not exp(the gap between the two models); later targets keep their LongCE weights."""
-    from nextlong.train.config import TrainConfig
-    from nextlong.train.trainer import Trainer, init_distributed
     from nextlong.weighting import long_context_logprobs, longce_weights, short_context_logprobs
+    from tests.train_support import set_up_trainer
 
     train(data, tmp_path / "scorer", steps=1, seed=7, **FAST)  # another model than the one trained below
     window = 32
-    cfg = TrainConfig(data=[str(data)], out=str(tmp_path / "w"), steps=1, token_weighting="longce",
-                      scorer=str(tmp_path / "scorer" / "model"), short_window=window, short_stride=window,
-                      **FAST).validate()
-    t = Trainer(cfg)
-    t.rank, t.world, t.local_world, t.device = init_distributed()
-    t.setup()
+    t = set_up_trainer(data=[str(data)], out=str(tmp_path / "w"), steps=1, token_weighting="longce",
+                       scorer=str(tmp_path / "scorer" / "model"), short_window=window, short_stride=window, **FAST)
+    cfg = t.cfg
     batch = t.next_batches[0]
     w = t.token_weights(batch)
     valid = batch["labels"] != -100

@@ -257,14 +257,10 @@ def test_the_first_step_loss_is_the_cross_entropy_of_the_answers(acer, rows, tmp
 
 
 def test_token_weights_fall_on_answer_tokens_only(acer, rows, tmp_path):
-    from nextlong.train.config import TrainConfig
-    from nextlong.train.trainer import Trainer, init_distributed
+    from tests.train_support import set_up_trainer
 
-    cfg = TrainConfig(data=[str(acer)], out=str(tmp_path / "w"), seq_len=SEQ, steps=1, token_weighting="dense",
-                      short_window=32, short_stride=32, **FAST).validate()
-    t = Trainer(cfg)
-    t.rank, t.world, t.local_world, t.device = init_distributed()
-    t.setup()
+    t = set_up_trainer(data=[str(acer)], out=str(tmp_path / "w"), seq_len=SEQ, steps=1, token_weighting="dense",
+                       short_window=32, short_stride=32, **FAST)
     batch = t.next_batches[0]
     w = t.token_weights(batch)
     answer = batch["labels"] != -100

@@ -61,3 +61,15 @@ def synthesized(method: str = "standard", fmt: str = "parquet", target_length: i
 
 def metrics(run) -> list[dict]:
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def set_up_trainer(**settings):
+    """A Trainer of TrainConfig(**settings), set up in this process (one rank) with its first batches read:
+    for tests that look at one step's pieces (token weights, the loss) without running the loop."""
+    from nextlong.train.config import TrainConfig
+    from nextlong.train.trainer import Trainer, init_distributed
+
+    trainer = Trainer(TrainConfig(**settings).validate())
+    trainer.rank, trainer.world, trainer.local_world, trainer.device = init_distributed()
+    trainer.setup()
+    return trainer
