@@ -181,6 +181,10 @@ def test_kernel_and_tokenizer_values(tmp_path):
         cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), ignore_index=10**20)
     with pytest.raises(ValueError, match="token ids must be integers"):
         load_tokenizer("cl100k_base").decode([1.5])
+    from nextlong.errors import TokenizerError
+
+    with pytest.raises(TokenizerError, match="tokenizer spec is empty"):  # not "'.' has no tokenizer.json"
+        load_tokenizer("")
 
 
 def test_an_acer_model_whose_eos_id_is_not_a_token_is_refused(tmp_path):

@@ -608,6 +608,8 @@ def load_tokenizer(spec=None) -> Tokenizer:
     if not isinstance(spec, (str, os.PathLike)):
         raise TokenizerError(f"tokenizer spec must be a name or a path, got {type(spec).__name__}")
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the current folder: "'.' has no tokenizer.json" would mislead
+        raise TokenizerError(f"tokenizer spec is empty: expected one of {sorted(_NAMED)} or a tokenizer file")
     if text in _NAMED:
         path = _bpe_openai_file(text)
         return _load_cached("named", str(path), path.stat().st_mtime, text)
