@@ -70,7 +70,9 @@ def _prune_empty(root: Path | None, created: list[Path]) -> None:
             with contextlib.suppress(OSError, ValueError):
                 import json
 
-                if json.loads(files[0].read_text()).get("statistics") == {"status": "running"}:
+                from .manifest import RUNNING
+
+                if json.loads(files[0].read_text()).get("statistics") == {"status": RUNNING}:
                     files[0].unlink()
     if root is not None and root.is_dir():
         for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
