@@ -46,6 +46,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    code = _run(args)
+    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        _end_torchrun_rank(code)
+    return code
+
+
+def _end_torchrun_rank(code: int) -> None:
+    """A torchrun rank of `nextlong train` leaves here, skipping the interpreter's shutdown. DDP and FSDP keep
+    references to the process group that destroy_process_group cannot drop (11 after one DDP(...) with torch
+    2.13), so gloo's and NCCL's threads outlive it, and one of them touching a tensor while the interpreter
+    shuts down aborts the rank ("terminate called without an active exception", pytorch/pytorch#190489):
+    a finished run was then reported failed. Everything the run writes is closed and fsynced by now."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing more can be said on it
+            pass
+    os._exit(code)
+
+
+def _run(args) -> int:
     try:
         requirements = getattr(importlib.import_module(f"nextlong.commands.{args.command}"), "requirements", None)
         if requirements:

@@ -20,13 +20,18 @@ STEPS = 4
 
 
 def _torchrun(data, run, *extra, nproc=2):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = _torchrun_process(data, run, *extra, nproc=nproc)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _torchrun_process(data, run, *extra, nproc=2) -> subprocess.CompletedProcess:
+    # faulthandler: a rank that dies of a signal prints where each of its threads was
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "nextlong", "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len",
            str(SAMPLE_LEN), "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet",
            "--threads", "1", *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,15 @@ def test_two_processes_give_the_single_process_loss_curve(single, tmp_path, mode
         assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
         assert a["tokens"] == b["tokens"]
     assert (run / "model" / "config.json").exists() and len(list((run / "checkpoints").iterdir())) == 1
+
+
+def test_a_rank_that_refuses_its_settings_exits_with_the_usage_status(single, tmp_path):
+    """Ranks leave through os._exit (cli._end_torchrun_rank): the status and the one-line error survive it."""
+    data, _ = single
+    proc = _torchrun_process(data, tmp_path / "run", "--fsdp", "--token-weighting", "longce")
+    assert proc.returncode != 0
+    assert "exitcode  : 2" in proc.stderr, proc.stderr[-4000:]
+    assert "nextlong train: error: --fsdp with --token-weighting needs a separate --scorer" in proc.stderr
 
 
 @pytest.fixture(scope="module")
