@@ -79,6 +79,14 @@ def all_ranks_ok(ok: bool) -> bool:
     return float(flag) == 0.0
 
 
+def seed_all(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from --seed: without it a pretrained model's dropout
+    drew from the process's startup entropy, so two runs with the same --seed trained differently."""
+    random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # numpy takes 32-bit words; seeds go up to 2**63
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

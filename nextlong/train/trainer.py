@@ -162,6 +162,7 @@ class Trainer:
     # setup: everything that can go wrong with the input fails here, before the first step
     def setup(self) -> None:
         cfg = self.cfg
+        ckpt.seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
         self.sources = sources = open_sources(cfg.data)
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
