@@ -200,7 +200,9 @@ def test_eval_longppl_entry_is_unchanged(model_and_docs, short_window, short_str
     docs = [d[:256] for d in docs]
     old = old_evaluate_longppl(lm, docs, short_window=short_window, short_stride=short_stride)
     new = evaluate_longppl(lm, docs, short_window=short_window, short_stride=short_stride)
-    assert list(new) == list(old) and list(new["loss_by_position"]) == list(old["loss_by_position"])
+    # one key more since 2026-12-06: who chose the key tokens ("self" here)
+    assert [k for k in new if k != "key_tokens_from"] == list(old) and new["key_tokens_from"] == "self"
+    assert list(new["loss_by_position"]) == list(old["loss_by_position"])
     for key in ("length", "documents", "short_window", "short_stride", "tokens", "key_tokens"):
         assert new[key] == old[key], key
     for key in ("key_fraction", "longppl", "ppl"):
@@ -209,3 +211,78 @@ def test_eval_longppl_entry_is_unchanged(model_and_docs, short_window, short_str
     assert new["loss_by_position"]["loss"] == pytest.approx(old["loss_by_position"]["loss"], rel=REL)
     if short_window >= 255:
         assert new["key_tokens"] == 0 and new["longppl"] is None
+
+
+# --- key tokens chosen by an evaluator model (Fang et al.) --------------------------------------------
+
+
+def test_self_chosen_key_tokens_can_rank_a_better_model_worse_and_an_evaluator_cannot():
+    """B is better than A on every token, yet each picking its own key tokens gives B the higher LongPPL
+    (it finds more of them, harder ones among them); scored on one evaluator's key tokens, B is lower."""
+    from nextlong.eval.longppl import DocumentLosses, key_token_mask
+
+    short = torch.tensor([0.0, -5.0, -5.0, -5.0, -5.0, -5.0])
+    a = torch.tensor([0.0, -0.01, -0.01, -4.0, -4.0, -4.0])    # sure of two tokens, lost on the rest
+    b = torch.tensor([0.0, -0.01, -0.01, -1.5, -1.5, -1.5])    # as sure of the two, far better on the rest
+    assert bool((b >= a).all())
+    own = {}
+    for name, lp in (("a", a), ("b", b)):
+        own[name] = DocumentLosses(length=6, short_window=1, short_stride=1)
+        own[name].add(lp, short)
+    assert own["b"].longppl > own["a"].longppl  # the flaw the evaluator removes
+    mask = key_token_mask(b, short)  # the evaluator here: a model that finds all five key tokens
+    shared = {}
+    for name, lp in (("a", a), ("b", b)):
+        shared[name] = DocumentLosses(length=6, short_window=1, short_stride=1, key_tokens_from="ev")
+        shared[name].add(lp, short, mask)
+    assert shared["a"].key_tokens == shared["b"].key_tokens == 5
+    assert shared["b"].longppl < shared["a"].longppl
+    assert shared["a"].longppl == pytest.approx(math.exp((0.02 + 12.0) / 5))
+    assert shared["a"].summary()["key_tokens_from"] == "ev" and own["a"].summary()["key_tokens_from"] == "self"
+
+
+def test_an_evaluator_equal_to_the_model_gives_its_own_longppl(model_and_docs):
+    from nextlong.eval.longppl import evaluate_longppl, key_token_masks
+
+    lm, docs = model_and_docs
+    docs = [d[:256] for d in docs]
+    own = evaluate_longppl(lm, docs, short_window=32, short_stride=16)
+    masks = key_token_masks(lm, docs, short_window=32, short_stride=16, progress=False)
+    shared = evaluate_longppl(lm, docs, short_window=32, short_stride=16, key_masks=masks, key_tokens_from="it")
+    assert shared["key_tokens_from"] == "it" and own["key_tokens_from"] == "self"
+    assert {k: v for k, v in shared.items() if k != "key_tokens_from"} == \
+        {k: v for k, v in own.items() if k != "key_tokens_from"}
+    with pytest.raises(ValueError, match="one per document"):
+        evaluate_longppl(lm, docs, short_window=32, short_stride=16, key_masks=masks[:1])
+
+
+def test_cli_longppl_evaluator(tmp_path, capsys):
+    """`nextlong eval --longppl-evaluator`: key tokens from another model, named in results and summary;
+    refused, before any work, with another tokenizer or without the longppl task."""
+    import json
+
+    from nextlong.cli import main
+    from tests.helpers import corpus_head, write_jsonl
+
+    tok = train_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    model = save_tiny_llama(tmp_path / "model", tok, seed=0)
+    evaluator = save_tiny_llama(tmp_path / "evaluator", tok, seed=1)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_head(max_bytes=200_000))
+    common = [str(model), "--corpus", str(corpus), "--tasks", "longppl", "--lengths", "256", "--short-window", "32",
+              "--short-stride", "16", "--longppl-docs", "2", "--device", "cpu"]
+    assert main(["eval", *common, "--out", str(tmp_path / "own")]) == 0
+    assert main(["eval", *common, "--out", str(tmp_path / "ev"), "--longppl-evaluator", str(evaluator)]) == 0
+    own = json.loads((tmp_path / "own" / "results.json").read_text())["longppl"]
+    ev = json.loads((tmp_path / "ev" / "results.json").read_text())["longppl"]
+    assert own["key_tokens_from"] == "self" and ev["key_tokens_from"] == str(evaluator)
+    assert ev["ppl"] == own["ppl"]  # the evaluated model's own loss; only the key tokens differ
+    assert "chosen by the evaluator" in (tmp_path / "ev" / "summary.md").read_text()
+    assert "does not compare models" in (tmp_path / "own" / "summary.md").read_text()
+
+    other = save_tiny_llama(tmp_path / "other", train_tokenizer(tmp_path / "tok2" / "tokenizer.json", 512))
+    capsys.readouterr()
+    assert main(["eval", *common, "--out", str(tmp_path / "bad"), "--longppl-evaluator", str(other)]) == 2
+    assert "must share a tokenizer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["eval", *common[:4], "ruler", *common[5:], "--out", str(tmp_path / "bad2"),
+                 "--longppl-evaluator", str(evaluator)]) == 2
+    assert "add longppl to --tasks" in capsys.readouterr().err

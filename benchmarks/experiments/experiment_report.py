@@ -345,7 +345,8 @@ from D back; a model that copies well reaches several nats). `GROUP_tf_logprob_a
 token, teacher-forced, over the group's RULER variants and depths at length L (higher is better);
 `GROUP_tf_logprob` and `GROUP_tf_acc` (exact match of the whole answer, %) average every length. On the held-out
 documents cut to 4,096 tokens: `ppl_long` (perplexity); `longppl` (perplexity on key tokens only, LongPPL's rule
-with window W = 512; `key_tokens` says how many tokens it rests on); `loss_far_full` (mean loss of tokens past
+with window W = 512, each model choosing its own key tokens, so not a comparison of models; `key_tokens` says how
+many tokens it rests on); `loss_far_full` (mean loss of tokens past
 position W with the full context); `long_context_gain` (`loss_far_full` minus the same tokens' loss with only the
 last W to 1.5 W tokens: negative = the far context helps); `short_ppl` (perplexity on 512-token windows: the base
 length). `retrieval_heads`: heads with retrieval score > 0.1 (Wu et al.; every trial counted, since a model this
@@ -585,7 +586,10 @@ def results_table(results: dict) -> list[str]:
     if keys:
         lines += [f"`longppl` rests on {min(keys):,} to {max(keys):,} key tokens per model" + (
             f": fewer than {FEW_KEY_TOKENS} for some models, so their LongPPL is noise." if min(keys) < FEW_KEY_TOKENS
-            else ".") + " Metric definitions are in the Design section below.", ""]
+            else ".") + " Each model picked its own key tokens, so `longppl` is measured on a different token set "
+            "per model and does not compare models (a model better on every token can get the higher LongPPL: "
+            "docs/evaluation.md); its differences below are descriptive only. Metric definitions are in the Design "
+            "section below.", ""]
     return lines
 
 

@@ -80,6 +80,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--longppl-length", type=positive_int, default=None,
                    help="tokens per LongPPL document (default: the largest length)")
     p.add_argument("--longppl-docs", type=positive_int, default=4, help="LongPPL documents (default 4)")
+    p.add_argument("--longppl-evaluator", default=None, metavar="MODEL",
+                   help="a model (same tokenizer) that picks LongPPL's key tokens, as Fang et al. do, so every "
+                        "model you evaluate with it is scored on the same tokens (default: each model picks its "
+                        "own, which does not compare models)")
     p.add_argument("--repeat-docs", type=positive_int, default=4,
                    help="documents of the repeat probe, each with half the largest length in tokens (default 4)")
     p.add_argument("--short-window", type=positive_int, default=4096,

@@ -25,6 +25,28 @@ def default_lengths(max_positions: int | None) -> list[int]:
     return lengths or [1024]
 
 
+def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, trust_remote_code: bool) -> list[str]:
+    """Before any work: the evaluator must read the evaluated model's token ids (the same tokenizer: key
+    tokens are positions in one token sequence) and reach `length`; returns the warnings to print."""
+    from ..corpus.tokenizer import load_tokenizer
+    from ..model_folder import read_config
+    from .model import max_positions_of, resolve_model_folder
+
+    folder, spec = resolve_model_folder(path)
+    if load_tokenizer(spec).fingerprint != lm.tokenizer.fingerprint:
+        raise UsageError(f"--longppl-evaluator {path}: its tokenizer ({spec}) is not the evaluated model's "
+                         f"({lm.tokenizer_spec}); key tokens are positions in one token sequence, so both models "
+                         "must share a tokenizer")
+    limit = max_positions_of(read_config(folder, trust_remote_code=trust_remote_code), folder)
+    if limit is None or length <= limit:
+        return []
+    message = (f"--longppl-evaluator {path}: LongPPL length {length} is beyond its {limit} positions "
+               "(max_position_embeddings)")
+    if not allow_extrapolation:
+        raise UsageError(message + "; pass --allow-extrapolation to run it anyway")
+    return [message + "; running anyway (--allow-extrapolation)"]
+
+
 def run_eval(args) -> dict:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     want_longppl, want_repeat, want_rag = "longppl" in names, "repeat" in names, "rag" in names
@@ -32,6 +54,9 @@ def run_eval(args) -> dict:
     tasks = expand_tasks(names) if names else []
     if not tasks and not want_longppl and not want_repeat and not want_rag:
         raise UsageError("--tasks: no task given")
+    evaluator = getattr(args, "longppl_evaluator", None)
+    if evaluator and not want_longppl:
+        raise UsageError("--longppl-evaluator picks LongPPL's key tokens: add longppl to --tasks")
     rag_settings = rag_questions = None
     if want_rag:  # its options and questions file are checked before the model loads (nextlong.eval.rag)
         from .rag import read_rag_questions, settings_from_args
@@ -50,6 +75,9 @@ def run_eval(args) -> dict:
     longppl_length = args.longppl_length or max(lengths)
     warnings = check_lengths(sorted(set(lengths + ([longppl_length] if want_longppl else []))), lm,
                              args.allow_extrapolation)
+    if evaluator:
+        warnings += check_longppl_evaluator(evaluator, lm, longppl_length, args.allow_extrapolation,
+                                            args.trust_remote_code)
     for w in warnings:
         print(f"nextlong eval: warning: {w}", file=sys.stderr)
     depths = linear_depths(args.depths)
@@ -116,7 +144,9 @@ def run_eval(args) -> dict:
 
             texts = report.corpus_texts(args.corpus, args.text_field, None)
             docs = long_documents(lm.tokenizer, texts, longppl_length, args.longppl_docs)
-            lp = evaluate_longppl(lm, docs, short_window=args.short_window, short_stride=args.short_stride)
+            masks = key_masks_from(evaluator, args, docs) if evaluator else None
+            lp = evaluate_longppl(lm, docs, short_window=args.short_window, short_stride=args.short_stride,
+                                  key_masks=masks, key_tokens_from=str(evaluator) if evaluator else "self")
             results["longppl"] = lp
             curve = lp["loss_by_position"]
             loss_by_position(out / "loss_by_position.png", curve["positions"], curve["loss"],
@@ -152,3 +182,24 @@ def run_eval(args) -> dict:
                            "files": ["results.json", "summary.md", "manifest.json"] + written})
     print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
     return results
+
+
+def key_masks_from(evaluator, args, docs) -> list:
+    """The evaluator's key tokens in `docs`; it is loaded for this alone and freed before the evaluated
+    model's own LongPPL pass, so the two never share the device's memory for long."""
+    import gc
+
+    import torch
+
+    from .longppl import key_token_masks
+    from .model import load_model
+
+    ev = load_model(evaluator, attn=args.attn, device=args.device, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code)
+    try:
+        return key_token_masks(ev, docs, short_window=args.short_window, short_stride=args.short_stride)
+    finally:
+        del ev
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

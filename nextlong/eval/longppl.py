@@ -2,10 +2,17 @@
 
 A token is *key* when long context helps it a lot and the model then gets it right:
 `log p(x | full context) − log p(x | last `short_window` tokens) > 2` and `log p(x | full) > −2`.
-LongPPL = exp(mean loss over key tokens); PPL = exp(mean loss over all predicted tokens). Here the
-evaluated model picks its own key tokens (the paper may use a separate evaluator model). Tokens
-within the first `short_window` positions see their whole prefix either way, so they are never key;
-a short window at least as long as the documents gives no key tokens (LongPPL is then null).
+LongPPL = exp(mean loss over key tokens); PPL = exp(mean loss over all predicted tokens).
+
+Who picks the key tokens matters. Fang et al. pick them with one fixed *evaluator* model, so every
+evaluated model is scored on the same tokens: pass `key_masks` (from `key_token_masks` run on the
+evaluator; `nextlong eval --longppl-evaluator`). Without it the evaluated model picks its own. That
+self-selected LongPPL is below e² ≈ 7.39 by construction (a key token has loss < 2) and is measured on
+a different token set for each model, so it does not compare models: a model better on every token can
+get a higher one (it finds more key tokens, harder ones among them).
+
+Tokens within the first `short_window` positions see their whole prefix either way, so they are never
+key; a short window at least as long as the documents gives no key tokens (LongPPL is then null).
 The short pass slides windows with `short_stride` (1 is exact; larger strides give each token
 between `short_window` and `short_window + stride - 1` tokens of context, see
 `nextlong.weighting.short_context_logprobs`).
@@ -76,6 +83,7 @@ class DocumentLosses:
     far_tokens: int = 0  # positions > short_window: their full context is longer than the window
     far_loss_full: float = 0.0
     far_loss_short: float = 0.0
+    key_tokens_from: str = "self"  # "self", or the evaluator model that chose the key tokens
     short_context_tokens: int = 0  # the optional short-context perplexity pass
     short_context_loss_sum: float = 0.0
     bucket_loss_sum: list = field(default_factory=list)
@@ -91,13 +99,14 @@ class DocumentLosses:
         """Predicted positions per loss-by-position bucket (the last one may hold fewer)."""
         return max(1, math.ceil((self.length - 1) / self.buckets))
 
-    def add(self, logp_long, logp_short) -> None:
-        """One document's log-probs, (length,) each, position t = log p(x_t | its context)."""
+    def add(self, logp_long, logp_short, key_mask=None) -> None:
+        """One document's log-probs, (length,) each, position t = log p(x_t | its context); `key_mask`:
+        the key tokens an evaluator chose (default: this model's own, from these log-probs)."""
         loss = -logp_long[1:]
         self.documents += 1
         self.loss_sum += float(loss.sum())
         self.tokens += loss.numel()
-        mask = key_token_mask(logp_long, logp_short)
+        mask = key_token_mask(logp_long, logp_short) if key_mask is None else key_mask
         self.key_loss_sum += float(-logp_long[mask].sum())
         self.key_tokens += int(mask.sum())
         far = slice(self.short_window + 1, self.length)
@@ -152,6 +161,7 @@ class DocumentLosses:
             "short_stride": self.short_stride,
             "tokens": self.tokens,
             "key_tokens": self.key_tokens,
+            "key_tokens_from": self.key_tokens_from,
             "key_fraction": round(self.key_fraction, 6),
             "longppl": None if self.longppl is None else round(self.longppl, 6),
             "ppl": None if self.ppl is None else round(self.ppl, 6),
@@ -159,30 +169,62 @@ class DocumentLosses:
         }
 
 
-def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
-                      buckets: int = 32, length: int | None = None, short_context_length: int | None = None,
-                      short_context_windows: int = 8, progress: bool = True) -> DocumentLosses:
-    """Long and short passes over the first `length` tokens of each document (default: the first
-    document's length; every document must have that many). With `short_context_length`, also the
-    short-context perplexity: up to `short_context_windows` consecutive windows of that many tokens
-    from the start of each whole document, each run on its own."""
+def _two_passes(lm: LoadedModel, ids, short_window: int, stride: int):
+    """(log p with the full prefix, log p with the last `short_window` tokens), one document each, on CPU."""
+    from ..weighting import long_context_logprobs, short_context_logprobs
+
+    logp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
+    if short_window < ids.shape[1] - 1:
+        logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0].float().cpu()
+    else:  # every token sees its whole prefix in a window this long
+        logp_short = logp_long.clone()
+    return logp_long, logp_short
+
+
+def key_token_masks(evaluator: LoadedModel, docs: list[list[int]], *, length: int | None = None,
+                    short_window: int = 4096, short_stride: int = 1024, progress: bool = True) -> list:
+    """The key tokens `evaluator` finds in each document (a bool mask over its first `length` tokens), to
+    score other models on the same tokens (`measure_documents(..., key_masks=...)`)."""
     import torch
     from tqdm import tqdm
 
-    from ..weighting import long_context_logprobs, short_context_logprobs
-
     length = length or len(docs[0])
     stride = max(1, min(short_stride, short_window))
-    sums = DocumentLosses(length=length, short_window=short_window, short_stride=stride, buckets=buckets)
+    masks = []
+    with torch.no_grad(), attention(evaluator.model, evaluator.prefill_attn):
+        for doc in tqdm(docs, desc="longppl key tokens (evaluator)", unit="doc", dynamic_ncols=True,
+                        disable=not progress):
+            ids = torch.tensor([doc[:length]], dtype=torch.long, device=evaluator.device)
+            masks.append(key_token_mask(*_two_passes(evaluator, ids, short_window, stride)))
+    return masks
+
+
+def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
+                      buckets: int = 32, length: int | None = None, short_context_length: int | None = None,
+                      short_context_windows: int = 8, progress: bool = True, key_masks: list | None = None,
+                      key_tokens_from: str = "self") -> DocumentLosses:
+    """Long and short passes over the first `length` tokens of each document (default: the first
+    document's length; every document must have that many). `key_masks`: one per document, from
+    `key_token_masks` on an evaluator model named by `key_tokens_from` (default: `lm` picks its own).
+    With `short_context_length`, also the short-context perplexity: up to `short_context_windows`
+    consecutive windows of that many tokens from the start of each whole document, each run on its own."""
+    import torch
+    from tqdm import tqdm
+
+    from ..weighting import long_context_logprobs
+
+    length = length or len(docs[0])
+    if key_masks is not None and (len(key_masks) != len(docs) or any(m.shape != (length,) for m in key_masks)):
+        raise ValueError(f"key_masks: expected {len(docs)} masks of {length} tokens, one per document")
+    stride = max(1, min(short_stride, short_window))
+    sums = DocumentLosses(length=length, short_window=short_window, short_stride=stride, buckets=buckets,
+                          key_tokens_from=key_tokens_from if key_masks is not None else "self")
     with torch.no_grad(), attention(lm.model, lm.prefill_attn):
-        for doc in tqdm(docs, desc="longppl documents", unit="doc", dynamic_ncols=True, disable=not progress):
+        for d, doc in enumerate(tqdm(docs, desc="longppl documents", unit="doc", dynamic_ncols=True,
+                                     disable=not progress)):
             ids = torch.tensor([doc[:length]], dtype=torch.long, device=lm.device)
-            logp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
-            if short_window < length - 1:
-                logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0].float().cpu()
-            else:  # every token sees its whole prefix in a window this long
-                logp_short = logp_long.clone()
-            sums.add(logp_long, logp_short)
+            logp_long, logp_short = _two_passes(lm, ids, short_window, stride)
+            sums.add(logp_long, logp_short, None if key_masks is None else key_masks[d])
             if short_context_length:
                 n = short_context_length
                 windows = [doc[i:i + n] for i in range(0, len(doc) - n + 1, n)][:short_context_windows]
@@ -195,6 +237,8 @@ def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: i
 
 
 def evaluate_longppl(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
-                     buckets: int = 32) -> dict:
-    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists)."""
-    return measure_documents(lm, docs, short_window=short_window, short_stride=short_stride, buckets=buckets).summary()
+                     buckets: int = 32, key_masks: list | None = None, key_tokens_from: str = "self") -> dict:
+    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists); `key_masks` and
+    `key_tokens_from` as for `measure_documents`."""
+    return measure_documents(lm, docs, short_window=short_window, short_stride=short_stride, buckets=buckets,
+                             key_masks=key_masks, key_tokens_from=key_tokens_from).summary()

@@ -111,7 +111,11 @@ def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
         longppl = "n/a (no key tokens)" if lp["longppl"] is None else f"{lp['longppl']:.3f}"
         lines += [f"LongPPL {longppl}, PPL {lp['ppl']:.3f} over {lp['documents']} documents of {lp['length']} "
                   f"tokens; {lp['key_tokens']} key tokens ({100 * lp['key_fraction']:.2f}%), short window "
-                  f"{lp['short_window']}. Loss by position: `loss_by_position.png`.", ""]
+                  f"{lp['short_window']}, chosen by "
+                  + ("the model itself (this LongPPL does not compare models: each is scored on its own key tokens, "
+                     "below e² by construction)" if lp.get("key_tokens_from", "self") == "self"
+                     else f"the evaluator `{lp['key_tokens_from']}`") + ". Loss by position: `loss_by_position.png`.",
+                  ""]
     rows = results.get("repeat")
     if rows:
         lines += ["Repeat probe (each segment fed twice; mean loss per token, second copy minus first: negative = "
