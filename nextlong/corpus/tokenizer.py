@@ -16,9 +16,10 @@ subword prefixes/suffixes, pre-tokenizers other than the two shapes above, Split
 than Isolated, regex constructs outside the engine's subset (backreferences, lookbehind, \b, POSIX
 classes, scripts like \p{Greek}, class intersection, inline flags other than i).
 
-Known approximations, documented rather than hidden: post-processors and decoders are ignored
-(``encode`` never adds BOS/EOS, like ``tokenizers`` with ``add_special_tokens=False``; ``decode``
-joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
+Known approximations, documented rather than hidden: ``encode`` never adds BOS/EOS, like
+``tokenizers`` with ``add_special_tokens=False``; ``encode_prompt`` adds what the post-processor puts
+*before* one sequence (``prefix_ids``: Llama-3's ``<|begin_of_text|>``), as a model's prompts need, but
+never a suffix; decoders are ignored (``decode`` joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
 Unicode \w: letters, marks, Nd, Nl, Pc, joiners); with an NFC normalizer, ``normalized=true`` added
 tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
@@ -172,6 +173,7 @@ class Tokenizer:
         self._added_by_id = {i: content for content, i, _ in self._added}
         self._decode_only = dict(decode_only)
         self._decode_only_by_id = {i: s for s, i in self._decode_only.items()}
+        self.prefix_ids: tuple[int, ...] = ()  # set by the tokenizer.json loader (see encode_prompt)
         if source == "tiktoken":
             self.vocab_size = int(native.max_id) + 1
         else:  # what tokenizers' get_vocab_size() reports: model vocab plus added tokens not in it
@@ -267,6 +269,13 @@ class Tokenizer:
         tokens that are not allowed are encoded as ordinary text instead of raising.
         """
         return self.native.encode(text, self._allowed_mask(allowed_special))
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """`encode(text)` after `prefix_ids`: what ``tokenizers`` gives by default for one sequence when its
+        post-processor adds only a prefix (Llama-3's BOS). A model's prompts start this way; training data
+        made by the corpus engine does not."""
+        ids = self.encode(text)
+        return np.concatenate([np.asarray(self.prefix_ids, np.uint32), ids]) if self.prefix_ids else ids
 
     def encode_ordinary(self, text: str) -> np.ndarray:
         """Ids of `text` with no special-token parsing (what the corpus engine uses)."""
@@ -574,8 +583,54 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                            added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],
                            nfc=nfc)
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
-    return Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
-                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
+    tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
+                    pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
+    prefix = _prefix_ids(data.get("post_processor"), path)
+    for i in prefix:
+        if tok.id_to_token(i) is None:
+            raise TokenizerError(f"{path}: post_processor puts id {i} before each sequence, but the tokenizer has "
+                                 "no such token")
+    tok.prefix_ids = prefix
+    return tok
+
+
+def _prefix_ids(pp, path, depth: int = 0) -> tuple[int, ...]:
+    """The ids `tokenizers` puts before one sequence when it adds special tokens: TemplateProcessing's leading
+    SpecialToken pieces (Llama-3: <|begin_of_text|>), Roberta's/Bert's `cls`; a Sequence chains its
+    processors, each wrapping what the ones before it made. Other processors (ByteLevel) add nothing."""
+    if pp is None:
+        return ()
+    if not isinstance(pp, dict) or depth > 8:
+        raise TokenizerError(f"{path}: post_processor is not an object (or is nested over 8 deep)")
+    kind = pp.get("type")
+    if kind == "Sequence":
+        processors = _need(pp.get("processors"), list, "post_processor.processors", path)
+        prefix: tuple[int, ...] = ()
+        for sub in processors:
+            prefix = _prefix_ids(sub, path, depth + 1) + prefix
+        return prefix
+    if kind in ("RobertaProcessing", "BertProcessing"):
+        cls = pp.get("cls")
+        if not (isinstance(cls, list) and len(cls) == 2 and isinstance(cls[1], int) and not isinstance(cls[1], bool)):
+            raise TokenizerError(f"{path}: post_processor.cls must be [token, id], got {_short(cls)}")
+        return (cls[1],)
+    if kind != "TemplateProcessing":
+        return ()
+    single = _need(pp.get("single"), list, "post_processor.single", path)
+    specials = _need(pp.get("special_tokens", {}), dict, "post_processor.special_tokens", path)
+    ids: list[int] = []
+    for piece in single:
+        if not isinstance(piece, dict) or "SpecialToken" not in piece:
+            break  # the sequence itself: anything after it is a suffix, which encode_prompt never adds
+        name = piece["SpecialToken"].get("id") if isinstance(piece["SpecialToken"], dict) else None
+        entry = specials.get(name) if isinstance(name, str) else None
+        found = entry.get("ids") if isinstance(entry, dict) else None
+        if not (isinstance(found, list) and found
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in found)):
+            raise TokenizerError(f"{path}: post_processor.single names special token {_short(name)} without "
+                                 "ids in post_processor.special_tokens")
+        ids += found
+    return tuple(ids)
 
 
 def _bpe_openai_file(name: str) -> Path:
