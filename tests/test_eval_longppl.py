@@ -286,3 +286,45 @@ def test_cli_longppl_evaluator(tmp_path, capsys):
     assert main(["eval", *common[:4], "ruler", *common[5:], "--out", str(tmp_path / "bad2"),
                  "--longppl-evaluator", str(evaluator)]) == 2
     assert "add longppl to --tasks" in capsys.readouterr().err
+
+
+# --- a tokenizer that puts BOS before each sequence (Llama-3) ---------------------------------------
+
+
+class RecordingCopyModel(CopyModel):
+    """CopyModel that keeps every sequence it is fed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fed = []
+
+    def get_decoder(self):
+        inner = super().get_decoder()
+
+        def decoder(input_ids):
+            self.fed.append(input_ids.tolist())
+            return inner(input_ids)
+        return decoder
+
+
+def test_documents_start_with_the_tokenizers_prefix_and_still_fit_their_length():
+    """LongPPL and the repeat probe feed the BOS-like prefix first (as HF tokenizers' default encode does in
+    Fang et al.'s code), in place of a document token, so every sequence is still at most `length` long."""
+    from nextlong.eval.longppl import measure_documents
+    from nextlong.eval.repeat import repeat_losses
+
+    BOS, L = 63, 256
+    docs = periodic_docs(63, 48, (300, 420))
+    for prefix in ((), (BOS,)):
+        model = RecordingCopyModel(vocab=64, period=48)
+        lm = SimpleNamespace(model=model, prefill_attn="eager", device=torch.device("cpu"),
+                             tokenizer=SimpleNamespace(prefix_ids=prefix))
+        m = measure_documents(lm, docs, length=L, short_window=32, short_stride=16, short_context_length=64,
+                              progress=False)
+        assert m.length == L - len(prefix) and m.tokens == 2 * (L - len(prefix) - 1)
+        assert model.fed and all(len(row) <= L and row[:len(prefix)] == list(prefix) for seq in model.fed
+                                 for row in seq if len(row) >= 64)  # the long passes and short-ppl windows (64)
+        model.fed.clear()
+        (r,) = repeat_losses(lm, docs, [128], max_length=L, progress=False)
+        assert all(len(row) <= L and row[:len(prefix)] == list(prefix) for seq in model.fed for row in seq)
+        assert r.segments == 2 and math.isfinite(r.gain)

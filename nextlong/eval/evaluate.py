@@ -162,7 +162,8 @@ def run_eval(args) -> dict:
             texts = report.corpus_texts(args.corpus, args.text_field, None)
             docs = long_documents(lm.tokenizer, texts, max(distances), args.repeat_docs,
                                   what="repeat probe", option="--lengths (the probe needs half the largest)")
-            results["repeat"] = [r.summary() for r in repeat_losses(lm, docs, distances)]
+            # max_length: [x; x] fills the largest length; with a BOS-like prefix, x's copy is cut by its size
+            results["repeat"] = [r.summary() for r in repeat_losses(lm, docs, distances, max_length=max(lengths))]
             repeat_gain(out / "repeat_gain.png", results["repeat"], f"repeat probe ({len(docs)} documents)")
             written.append("repeat_gain.png")
         report.write_results(out, results)

@@ -169,13 +169,30 @@ class DocumentLosses:
         }
 
 
-def _two_passes(lm: LoadedModel, ids, short_window: int, stride: int):
-    """(log p with the full prefix, log p with the last `short_window` tokens), one document each, on CPU."""
+def prefix_of(lm) -> list[int]:
+    """The ids the model's tokenizer puts before a sequence (Llama-3's BOS; usually none), which every
+    document fed here starts with, as in Fang et al.'s code (the tokenizer's default encode)."""
+    return [int(i) for i in getattr(getattr(lm, "tokenizer", None), "prefix_ids", ())]
+
+
+def scored_length(lm, length: int) -> int:
+    """Document tokens scored per document of `length` fed tokens: the prefix takes its place in them."""
+    return length - len(prefix_of(lm))
+
+
+def _two_passes(lm: LoadedModel, doc: list[int], short_window: int, stride: int):
+    """(log p with the full prefix, log p with the last `short_window` tokens) of each token of `doc`, on
+    CPU, with the tokenizer's prefix ids fed first (their own log-probs are dropped)."""
+    import torch
+
     from ..weighting import long_context_logprobs, short_context_logprobs
 
-    logp_long = long_context_logprobs(lm.model, ids)[0].float().cpu()
+    prefix = prefix_of(lm)
+    ids = torch.tensor([prefix + list(doc)], dtype=torch.long, device=lm.device)
+    p = len(prefix)
+    logp_long = long_context_logprobs(lm.model, ids)[0, p:].float().cpu()
     if short_window < ids.shape[1] - 1:
-        logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0].float().cpu()
+        logp_short = short_context_logprobs(lm.model, ids, short_window, stride=stride)[0, p:].float().cpu()
     else:  # every token sees its whole prefix in a window this long
         logp_short = logp_long.clone()
     return logp_long, logp_short
@@ -188,14 +205,13 @@ def key_token_masks(evaluator: LoadedModel, docs: list[list[int]], *, length: in
     import torch
     from tqdm import tqdm
 
-    length = length or len(docs[0])
+    length = scored_length(evaluator, length or len(docs[0]))
     stride = max(1, min(short_stride, short_window))
     masks = []
     with torch.no_grad(), attention(evaluator.model, evaluator.prefill_attn):
         for doc in tqdm(docs, desc="longppl key tokens (evaluator)", unit="doc", dynamic_ncols=True,
                         disable=not progress):
-            ids = torch.tensor([doc[:length]], dtype=torch.long, device=evaluator.device)
-            masks.append(key_token_mask(*_two_passes(evaluator, ids, short_window, stride)))
+            masks.append(key_token_mask(*_two_passes(evaluator, doc[:length], short_window, stride)))
     return masks
 
 
@@ -204,7 +220,9 @@ def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: i
                       short_context_windows: int = 8, progress: bool = True, key_masks: list | None = None,
                       key_tokens_from: str = "self") -> DocumentLosses:
     """Long and short passes over the first `length` tokens of each document (default: the first
-    document's length; every document must have that many). `key_masks`: one per document, from
+    document's length; every document must have that many); a tokenizer that puts ids before a sequence
+    (Llama-3's BOS, `prefix_of`) has them fed first, in place of the document's last tokens, so what the
+    model reads is still `length` tokens. `key_masks`: one per document, from
     `key_token_masks` on an evaluator model named by `key_tokens_from` (default: `lm` picks its own).
     With `short_context_length`, also the short-context perplexity: up to `short_context_windows`
     consecutive windows of that many tokens from the start of each whole document, each run on its own."""
@@ -213,7 +231,7 @@ def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: i
 
     from ..weighting import long_context_logprobs
 
-    length = length or len(docs[0])
+    length = scored_length(lm, length or len(docs[0]))
     if key_masks is not None and (len(key_masks) != len(docs) or any(m.shape != (length,) for m in key_masks)):
         raise ValueError(f"key_masks: expected {len(docs)} masks of {length} tokens, one per document")
     stride = max(1, min(short_stride, short_window))
@@ -222,15 +240,15 @@ def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: i
     with torch.no_grad(), attention(lm.model, lm.prefill_attn):
         for d, doc in enumerate(tqdm(docs, desc="longppl documents", unit="doc", dynamic_ncols=True,
                                      disable=not progress)):
-            ids = torch.tensor([doc[:length]], dtype=torch.long, device=lm.device)
-            logp_long, logp_short = _two_passes(lm, ids, short_window, stride)
+            logp_long, logp_short = _two_passes(lm, doc[:length], short_window, stride)
             sums.add(logp_long, logp_short, None if key_masks is None else key_masks[d])
             if short_context_length:
-                n = short_context_length
-                windows = [doc[i:i + n] for i in range(0, len(doc) - n + 1, n)][:short_context_windows]
+                prefix = prefix_of(lm)
+                p, n = len(prefix), short_context_length - len(prefix)
+                windows = [prefix + doc[i:i + n] for i in range(0, len(doc) - n + 1, n)][:short_context_windows]
                 if windows:
                     w_ids = torch.tensor(windows, dtype=torch.long, device=lm.device)
-                    lp = long_context_logprobs(lm.model, w_ids)[:, 1:].float()
+                    lp = long_context_logprobs(lm.model, w_ids)[:, p + 1:].float()
                     sums.short_context_loss_sum += float(-lp.sum())
                     sums.short_context_tokens += lp.numel()
     return sums

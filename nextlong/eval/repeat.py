@@ -41,12 +41,19 @@ def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], 
     """For each distance d: the first d tokens x of every document with at least d tokens, each fed as
     [x; x] (2d tokens) in batches of `batch_size`. With `max_length` (the context a model is meant for),
     a distance with 2d > max_length feeds [x; x[:max_length - d]] instead: the repeated tokens still sit
-    exactly d back, and both copies are scored on those same m = max_length - d tokens."""
+    exactly d back, and both copies are scored on those same m = max_length - d tokens. A tokenizer that
+    puts ids before a sequence (Llama-3's BOS) has them fed first: [prefix; x; x], scored as without them,
+    and counted in `max_length`."""
     import torch
     from tqdm import tqdm
 
     from ..weighting import long_context_logprobs
+    from .longppl import prefix_of
 
+    prefix = prefix_of(lm)
+    p = len(prefix)
+    if max_length is not None:
+        max_length -= p
     if any(d < 2 for d in distances):
         raise ValueError(f"repeat probe: every distance must be >= 2 tokens, got {distances}")
     if max_length is not None and any(max_length - d < 2 for d in distances):
@@ -63,7 +70,8 @@ def repeat_losses(lm: LoadedModel, docs: list[list[int]], distances: list[int], 
             for i in tqdm(range(0, len(segments), batch_size), desc=f"repeat d={d}", unit="batch",
                           dynamic_ncols=True, disable=not progress):
                 x = torch.tensor(segments[i:i + batch_size], dtype=torch.long, device=lm.device)
-                lp = long_context_logprobs(lm.model, torch.cat([x, x[:, :m]], dim=1)).float()
+                head = torch.tensor([prefix], dtype=torch.long, device=lm.device).expand(x.shape[0], p)
+                lp = long_context_logprobs(lm.model, torch.cat([head, x, x[:, :m]], dim=1))[:, p:].float()
                 first += float(-lp[:, 1:m].sum())           # x[1:m] after its own prefix
                 second += float(-lp[:, d + 1:d + m].sum())  # the same tokens, d positions later
             n = len(segments) * (m - 1)
