@@ -2,12 +2,18 @@
 chunk order, determinism, resume, the ranker's multiple-choice score against the model's logits, the
 retrievers against brute force, the formats and filter, and every error caught before work.
 
-The random model's answers are junk; the layout does not care."""
+The random model's answers are junk; the layout does not care. Its output layer is zeroed on the ids that
+are not whole UTF-8 characters on their own (`whole_characters_only`), so its junk re-encodes to no more
+tokens than it generated (a random model's stray byte would become U+FFFD, three bytes, and its answer
+would be dropped as longer than the bound the checks before work give it). Its answers never stop before
+the 8-token budget, so FAST keeps cut answers (--keep-cut-answers); the default, dropping them, has its
+own tests."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,7 +40,26 @@ QUESTIONS = [
 ]
 TARGET = 1024
 FAST = dict(target_length=TARGET, chunk_tokens=64, retrieve=24, read=3, max_new_tokens=8, embedder="hashed-tfidf",
-            block_questions=2, progress=False, num_threads=1)
+            block_questions=2, progress=False, num_threads=1, keep_cut_answers=True)
+
+
+def whole_characters_only(model_dir, tokenizer_json) -> None:
+    """Zero the output-layer rows of the ids that are not a whole UTF-8 text alone (a byte of a multi-byte
+    character, the id past the tokenizer's vocabulary): their logit is 0 while ~1000 random ones compete,
+    so greedy decoding never picks them."""
+    from safetensors.torch import load_file, save_file
+
+    from nextlong.corpus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_json))
+    path = model_dir / "model.safetensors"
+    weights = load_file(path)
+    for i in range(weights["lm_head.weight"].shape[0]):
+        try:
+            tok.decode_bytes([i]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            weights["lm_head.weight"][i] = 0
+    save_file(weights, path, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +67,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("acer")
     tok = train_tokenizer(root / "tok" / "tokenizer.json")
     model = save_tiny_llama(root / "model", tok, max_positions=2048)
+    whole_characters_only(model, tok)
     corpus = write_jsonl(root / "corpus.jsonl", corpus_head(limit=20))
     questions = root / "q.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
@@ -106,7 +132,10 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
         answer = segs[-1]
         assert mask.sum() == answer["end"] - answer["start"] and mask[answer["start"]:].all()
         assert not mask[:answer["start"]].any()
-        assert tok.decode(ids[answer["start"]:answer["end"] - 1]) == " " + s["answer"] and ids[-1] == 0  # eos
+        # the random model rarely stops within 8 tokens: a cut answer is kept (FAST) without the end-of-text id
+        finished = not s["answer_cut"]
+        assert tok.decode(ids[answer["start"]:answer["end"] - finished]) == " " + s["answer"]
+        assert (ids[-1] == 0) == finished  # eos
         assert tok.decode(ids[segs[-2]["start"]:segs[-2]["end"]]) == f"Question: {s['question']}\nAnswer:"
         # every retrieved chunk left out would not have fitted
         left_out = set(retrieved[s["question_id"]]) - {g["chunk_id"] for g in context}
@@ -182,8 +211,10 @@ def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
     assert manifest["settings"]["tokenizer_fingerprint"] == tok.fingerprint
     for s in rows(tmp_path):
         ids, segs = np.asarray(s["input_ids"]), s["segments"]
-        assert tok.decode(ids[segs[-1]["start"]:segs[-1]["end"] - 1]) == " " + s["answer"]
-        assert ids[-1] == tok.token_to_id("<|endoftext|>") and s["num_tokens"] <= TARGET
+        finished = not s["answer_cut"]
+        assert tok.decode(ids[segs[-1]["start"]:segs[-1]["end"] - finished]) == " " + s["answer"]
+        assert (ids[-1] == tok.token_to_id("<|endoftext|>")) == finished and s["num_tokens"] <= TARGET
+        assert segs[-1]["end"] - segs[-1]["start"] <= 8 + 1  # the bound of the checks before work
 
 
 def test_manifest(base, files):
@@ -259,11 +290,11 @@ def test_batched_greedy_generation_matches_one_prompt_at_a_time(files):
                                                 "A much longer prompt about the argparse module and its parsers")]
     batched = lm.generate(prompts, 12, stop="\n", batch_size=3)
     assert batched == [lm.generate([p], 12, stop="\n", batch_size=1)[0] for p in prompts]
-    assert all(n <= 12 for _, n in batched)
+    assert all(g.tokens <= 12 for g in batched)
 
 
 
-def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files):
+def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files, monkeypatch):
     """A barely trained model (the README's 10-step demo) puts whitespace and the end-of-text id first: the
     continuation skips them until it has written something, so a question or answer is never empty."""
     import torch
@@ -283,13 +314,11 @@ def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files
             logits[:, e] += 2e3
         return logits, cache
 
-    lm._forward = prefers_blanks
-    try:
-        prompts = [lm.tokenizer.encode(t) for t in ("Question: what is json?\nAnswer:", "The zlib module")]
-        for text, count in lm.generate(prompts, 8, stop="\n", batch_size=2):
-            assert text.strip() and count == 2  # one visible token, then the stop
-    finally:
-        lm._forward = forward
+    monkeypatch.setitem(lm.__dict__, "_forward", prefers_blanks)  # undone by deleting it (not a bound copy)
+    prompts = [lm.tokenizer.encode(t) for t in ("Question: what is json?\nAnswer:", "The zlib module")]
+    for g in lm.generate(prompts, 8, stop="\n", batch_size=2):
+        assert g.text.strip() and g.tokens == 2 and g.end == "stop"  # one visible token, then the stop
+        assert g.start_masked  # greedy alone would have begun with the newline
 
 
 # --- retrieval ---------------------------------------------------------------------------------------
@@ -331,9 +360,30 @@ def test_bm25_retrieval_matches_brute_force(files, tmp_path):
 # --- questions, formats, filter --------------------------------------------------------------------
 
 
-def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path):
+def rewrite_generations(monkeypatch, change):
+    """LM.generate as it is, then each row replaced by change(prompt text, Generation, generate's keywords):
+    what a model that writes a given answer would have returned (the random one writes junk)."""
+    from nextlong.synthesis.acer.lm import LM
+
+    real = LM.generate
+
+    def generate(self, prompts, max_new_tokens, **kw):
+        out = real(self, prompts, max_new_tokens, **kw)
+        return [change(self.tokenizer.decode(p), g, kw) for p, g in zip(prompts, out)]
+
+    monkeypatch.setattr(LM, "generate", generate)
+
+
+def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path, monkeypatch):
+    def reasoned(prompt, g, kw):  # the reader (the only caller with a marker) quotes, then answers after it
+        if not kw.get("stop_after"):
+            return g
+        words = g.text.split()
+        return g._replace(text=f' "{" ".join(words[:3])}" helps.\nSo the answer is: {words[-1]}', end="stop")
+
+    rewrite_generations(monkeypatch, reasoned)
     manifest = acer(files, tmp_path, generate_questions=3, question_max_new_tokens=12, chain_of_thought=True,
-                    ranker="embedding", format="jsonl")
+                    ranker="embedding", format="jsonl", max_new_tokens=24)
     source = manifest["settings"]["question_source"]
     assert source["source"] == "generated" and source["chunks_drawn"] == 3
     assert "Helpful information:" in manifest["settings"]["prompts"]["read_cot"]["text"]
@@ -342,8 +392,11 @@ def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path):
     for line, sample in zip(lines, rows(tmp_path)):
         assert line["question"] and line["gold"] is None and line["question_id"].startswith("generated-")
         assert line["answer"] == sample["answer"] and line["num_tokens"] == sample["num_tokens"]
+        assert "\nSo the answer is: " in line["answer"] and line["answer_cut"] is False
         assert "".join(g["text"] for g in line["segments"]).startswith(line["context"])
-    assert manifest["statistics"]["lm"]["ask"]["calls"] == 3
+    s = manifest["statistics"]
+    assert s["lm"]["ask"]["calls"] == 3
+    assert s["questions_cut_at_budget"] + s["questions_empty_generated"] <= 3 and s["questions_start_masked"] == 0
 
 
 def test_mds_holds_the_mask(files, base, tmp_path):
@@ -408,6 +461,230 @@ def test_nextlong_acer_is_the_function_whatever_was_imported_first():
     from nextlong.synthesis.acer import acer
 
     assert nextlong.acer is acer and nextlong.BM25Index.__module__ == "nextlong.mining.bm25"
+
+
+# --- how answers end: the budget, the chain-of-thought marker, the blank-start mask ------------------
+
+
+def scripted(lm, monkeypatch, ids):
+    """lm's forward replaced: step k of a one-prompt generation puts all its mass on ids[k] (then on the
+    end-of-text id), so generate() writes exactly `ids`."""
+    vocab = lm.model.config.vocab_size
+    step = [0]
+
+    def forward(input_ids, mask, positions, cache=None):
+        k = step[0]
+        step[0] += 1
+        logits = torch.zeros((input_ids.shape[0], vocab))
+        logits[:, ids[k] if k < len(ids) else lm.eos_ids[0]] = 100.0
+        return logits, None
+
+    monkeypatch.setitem(lm.__dict__, "_forward", forward)  # undone by deleting it: the class's method again
+
+
+def test_generation_says_how_each_row_ended(files, monkeypatch):
+    from nextlong.synthesis.acer.lm import load_lm
+
+    lm = load_lm(files["model"], device="cpu")
+    tok = lm.tokenizer
+    prompt = tok.encode("Question: where?\nAnswer:")
+
+    def generate(ids, budget, **kw):
+        ids = tok.encode_ordinary(ids) if isinstance(ids, str) else ids
+        scripted(lm, monkeypatch, ids)
+        return lm.generate([prompt], budget, **kw)[0]
+
+    g = generate(" Paris", 8)
+    assert (g.text, g.end, g.cut, g.tokens) == (" Paris", "eos", False, len(tok.encode_ordinary(" Paris")))
+    g = generate(" Paris\nmore", 8, stop="\n")
+    assert (g.text, g.end, g.cut) == (" Paris", "stop", False)
+    words = tok.encode_ordinary(" Paris is the capital of France, on the Seine")
+    g = generate(words, 4)
+    assert (g.end, g.cut, g.tokens) == ("budget", True, 4) and g.text == tok.decode(words[:4])
+    # a budget that cuts a multi-byte character: its first byte is left out, not written as U+FFFD
+    first_byte = next(i for i in range(tok.vocab_size) if tok.decode_bytes([i]) == "é".encode()[:1])
+    ids = list(tok.encode_ordinary(" caf")) + [first_byte]
+    g = generate(ids, len(ids))
+    assert g.end == "budget" and g.text == " caf" and g.tokens == len(ids)
+
+
+def test_chain_of_thought_stop_waits_for_the_marker(files, monkeypatch):
+    """The reasoning may hold blank lines and newlines: only a newline after "So the answer is:" and some
+    text after it ends the text (the old blank-line stop cut the reasoning before the marker)."""
+    from nextlong.synthesis.acer.answers import ANSWER_MARKER
+    from nextlong.synthesis.acer.lm import load_lm
+
+    lm = load_lm(files["model"], device="cpu")
+    prompt = lm.tokenizer.encode("Helpful information:")
+
+    def generate(text):
+        scripted(lm, monkeypatch, lm.tokenizer.encode_ordinary(text))
+        return lm.generate([prompt], 64, stop="\n", stop_after=ANSWER_MARKER)[0]
+
+    g = generate(' "json encodes" helps.\n\nIt also decodes.\nSo the answer is: JSON\nAnd then more')
+    assert g.end == "stop" and g.text == ' "json encodes" helps.\n\nIt also decodes.\nSo the answer is: JSON'
+    g = generate(' "x" helps.\nso the answer is:\n JSON.\nmore')  # any case; the answer on the next line
+    assert g.end == "stop" and g.text == ' "x" helps.\nso the answer is:\n JSON.'
+    g = generate(" a\n\nb\nc")  # no marker: only the end-of-text id (or the budget) ends it
+    assert g.end == "eos" and g.text == " a\n\nb\nc"
+
+
+def test_answers_cut_by_the_budget_are_dropped_by_default_and_counted(files, tmp_path, monkeypatch):
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.stages import DROP_CUT
+
+    # every answer reaches the budget unfinished: by default none is a sample
+    rewrite_generations(monkeypatch, lambda prompt, g, kw: g._replace(text=" It is the", tokens=8, end="budget"))
+    with pytest.raises(NextlongError, match=r"built 0 samples \(5x answer cut at --max-new-tokens; raise "
+                                            r"--max-new-tokens, or keep the cut answers \(--keep-cut-answers\)\)"):
+        acer(files, tmp_path / "cut", ranker="embedding", keep_cut_answers=False)
+    read = pq.read_table(tmp_path / "cut" / "read").to_pylist()
+    assert [(r["answer"], r["answer_end"]) for r in read] == [("It is the", "budget")] * 5
+    # two answers end (as a model's that stops would): only they stay, with the end-of-text id
+    finished = ("parse command line", "abstract base")
+    rewrite_generations(monkeypatch, lambda prompt, g, kw: g._replace(
+        text=" It is argparse" if any(f in prompt for f in finished) else " It is the",
+        end="eos" if any(f in prompt for f in finished) else "budget"))
+    tok = load_tokenizer(files["tokenizer"])
+    manifest = acer(files, tmp_path / "drop", ranker="embedding", keep_cut_answers=False)
+    s = manifest["statistics"]
+    assert s["answers_cut_at_budget"] == 3 and s["samples_dropped"] == {DROP_CUT: 3}
+    assert s["samples"] == 2 and s["samples_with_cut_answer"] == 0 and not manifest["settings"]["keep_cut_answers"]
+    for sample in rows(tmp_path / "drop"):
+        ids, answer = np.asarray(sample["input_ids"]), sample["segments"][-1]
+        assert sample["question_id"] in ("args", "7") and not sample["answer_cut"]
+        assert ids[-1] == 0 and tok.decode(ids[answer["start"]:answer["end"] - 1]) == " " + sample["answer"]
+        assert sum(sample["loss_mask"]) == answer["end"] - answer["start"]
+    # --keep-cut-answers: the cut ones stay too, without the end-of-text id (the model is not taught to stop there)
+    manifest = acer(files, tmp_path / "keep", ranker="embedding", keep_cut_answers=True)
+    s = manifest["statistics"]
+    assert s["samples"] == 5 and s["answers_cut_at_budget"] == 3 and s["samples_with_cut_answer"] == 3
+    assert s["samples_dropped"] == {} and manifest["settings"]["keep_cut_answers"]
+    for sample in rows(tmp_path / "keep"):
+        ids, answer = np.asarray(sample["input_ids"]), sample["segments"][-1]
+        cut = sample["question_id"] not in ("args", "7")
+        assert sample["answer_cut"] == cut and (ids[-1] == 0) == (not cut)
+        assert tok.decode(ids[answer["start"]:answer["end"] - (not cut)]) == " " + sample["answer"]
+        assert sum(sample["loss_mask"]) == answer["end"] - answer["start"] and sample["loss_mask"][-1] == 1
+
+
+def test_an_answer_longer_than_the_checked_bound_is_dropped(files, base, tmp_path, monkeypatch):
+    """The checks before work give the answer --max-new-tokens + 1 tokens (" " + answer, re-encoded): eight
+    generated ids that decode to U+FFFD (stray bytes) re-encode to three times as many, and are dropped."""
+    from nextlong.synthesis.acer.stages import DROP_LONG
+
+    need = base[1]["settings"]["context_needs"]["sample"]
+    rewrite_generations(monkeypatch, lambda prompt, g, kw: g._replace(
+        text=" " + "\ufffd" * 8 if "json module" in prompt else " It is zlib", end="eos"))
+    manifest = acer(files, tmp_path, ranker="embedding", target_length=need)
+    s = manifest["statistics"]
+    assert s["samples_dropped"] == {DROP_LONG: 1} and s["samples"] == 4
+    for sample in rows(tmp_path):
+        answer = sample["segments"][-1]
+        assert answer["end"] - answer["start"] <= 8 + 1 + 1 and sample["num_tokens"] <= need
+
+
+def test_chain_of_thought_quotes_answers_after_the_marker_and_the_filter_reads_that(files, tmp_path, monkeypatch):
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.stages import DROP_CITES_NUMBER, DROP_NO_MARKER
+
+    said = {  # question -> what the reader writes
+        "json module": ' "The json module encodes and decodes JSON." is what helps.\nSo the answer is: JSON',
+        # the reasoning quotes a gold answer, the final answer is another: answer-match must not keep it
+        "command line": ' "argparse parses command line arguments" helps.\nSo the answer is: optparse',
+        "future statement": " It is a statement about the future.",  # no final answer
+        "abstract base": " Passage 2 says abc defines them.\nSo the answer is: abc",  # cites a number
+        "zlib": ' "zlib.compress(data)" compresses data.\nSo the answer is: compress',
+    }
+
+    def reader(prompt, g, kw):
+        return g._replace(text=next(t for k, t in said.items() if k in prompt), end="stop")
+
+    rewrite_generations(monkeypatch, reader)
+    manifest = acer(files, tmp_path, ranker="embedding", chain_of_thought=True, filter="answer-match",
+                    max_new_tokens=48)
+    s = manifest["statistics"]
+    assert s["samples_dropped"] == {DROP_NO_MARKER: 1, DROP_CITES_NUMBER: 1}
+    assert s["samples_assembled"] == 3 and s["samples"] == 2 and s["kept_fraction"] == pytest.approx(2 / 3)
+    kept = rows(tmp_path)
+    assert [r["question_id"] for r in kept] == ["1", "5"]
+    assert [r["answer"] for r in kept] == [said["json module"].strip(), said["zlib"].strip()]
+    tok = load_tokenizer(files["tokenizer"])
+    assert not any(re.search(r"Passage \d", tok.decode(r["input_ids"])) for r in kept)  # the chunks carry no number
+    prompt = manifest["settings"]["prompts"]["read_cot"]["text"]
+    assert "never by its number" in prompt and "quotation marks" in prompt and "So the answer is:" in prompt
+    record = json.loads((tmp_path / "read" / "_done.json").read_text())
+    assert record["settings"]["stop"] == "\n" and record["settings"]["stop_after"] == "So the answer is:"
+
+
+def test_final_answer_and_passage_numbers():
+    from nextlong.synthesis.acer.answers import cites_passage_number, final_answer
+
+    assert final_answer("quote.\nSo the answer is: Paris") == "Paris"
+    assert final_answer("quote.\nso the answer is:\n Paris, France ") == "Paris, France"
+    assert final_answer("no marker here") is None and final_answer("So the answer is:  ") is None
+    assert all(cites_passage_number(t) for t in ("Passage 2 says", "passages 1 and 3", "passage #4", "Passage no. 5"))
+    assert not any(cites_passage_number(t) for t in ("the passage says 2 things", "a passage of 1990s text"))
+
+
+def test_answers_whose_first_token_the_blank_mask_changed_are_counted(files, base, tmp_path, monkeypatch):
+    """Greedy decoding masks whitespace-only ids and the end-of-text id until some text is written: a model
+    that would start with a newline writes its best visible token instead, and the manifest counts it."""
+    from nextlong.synthesis.acer.lm import LM, load_lm
+
+    assert base[1]["statistics"]["answers_start_masked"] == 0
+    lm = load_lm(files["model"], device="cpu")  # the copy the run uses (one per process)
+
+    def prefers_blanks(*args, **kwargs):
+        logits, cache = LM._forward(lm, *args, **kwargs)
+        logits = logits.clone()
+        logits[:, lm.tokenizer.encode("\n\n")[0]] += 1e4
+        logits[:, lm.eos_ids[0]] += 2e3
+        return logits, cache
+
+    monkeypatch.setitem(lm.__dict__, "_forward", prefers_blanks)
+    manifest = acer(files, tmp_path, ranker="embedding")
+    assert manifest["statistics"]["answers_start_masked"] == 5
+    assert all(r["start_masked"] and r["answer_end"] == "stop" for r in pq.read_table(tmp_path / "read").to_pylist())
+    for sample in rows(tmp_path):  # one visible token, then the newline ends it: a finished answer
+        assert not sample["answer_cut"] and sample["input_ids"][-1] == 0 and sample["answer"]
+
+
+# --- the query prefix -------------------------------------------------------------------------------
+
+
+def test_query_prefix_reaches_the_question_embedding_only(files, base, tmp_path):
+    from nextlong.synthesis.acer.stages import RetrieveStage
+    from nextlong.synthesis.stages import _ready_embedder, open_vectors
+
+    prefix = "Represent this sentence for searching relevant passages: "
+    out = tmp_path / "prefixed"
+    manifest = acer(files, out, ranker="embedding", query_prefix=prefix)
+    assert manifest["settings"]["query_prefix"] == prefix
+    vectors = np.asarray(open_vectors(out / "embeddings"), np.float64)
+    embedder = _ready_embedder("hashed-tfidf", out / "embedder", 1)
+    q = np.asarray(embedder.embed([prefix + x["question"] for x in QUESTIONS]), np.float64)
+    plain = np.asarray(embedder.embed([x["question"] for x in QUESTIONS]), np.float64)
+    assert not np.allclose(q, plain)  # the prefix changes the query vectors
+    for row, sims in zip(pq.read_table(out / "retrieve").to_pylist(), q @ vectors.T):
+        want = np.lexsort((np.arange(sims.size), -sims))[:24]
+        assert row["retrieved"] == want.tolist()
+        np.testing.assert_allclose(row["retrieval_scores"], sims[want], atol=1e-5)
+    # the chunks are embedded as without it: the same stages, the same bytes
+    fps, base_fps = manifest["settings"]["stage_fingerprints"], base[1]["settings"]["stage_fingerprints"]
+    assert all(fps[n] == base_fps[n] for n in ("chunks", "embedder", "embed", "embeddings", "index"))
+    assert fps["retrieve"] != base_fps["retrieve"]
+    stored = sorted((base[0] / "embeddings").rglob("*.npy"))
+    assert stored
+    for a in stored:
+        assert a.read_bytes() == (out / "embeddings" / a.relative_to(base[0] / "embeddings")).read_bytes()
+    # another prefix in the same folder is other settings; the default leaves folders made before it matching
+    with pytest.raises(StageMismatchError, match=r"query_prefix: cached 'Represent .*', asked 'query: '"):
+        acer(files, out, ranker="embedding", query_prefix="query: ")
+    assert "query_prefix" not in RetrieveStage(name="retrieve").settings()
+    assert RetrieveStage(name="retrieve", query_prefix="query: ").settings()["query_prefix"] == "query: "
+    with pytest.raises(UsageError, match="--query-prefix .* no effect with --retriever bm25"):
+        acer(files, tmp_path / "bm25", ranker="bm25", query_prefix="query: ")
 
 
 # --- errors before any work ------------------------------------------------------------------------
@@ -507,6 +784,11 @@ def test_bad_options(files, tmp_path):
                               (dict(generate_questions=2, questions=files["questions"]), "exactly one of --questions")):
         with pytest.raises(UsageError, match=message):
             acer(files, tmp_path / "out", **settings)
+    (tmp_path / "cot").mkdir()
+    (tmp_path / "cot" / "read_cot.txt").write_text("{passages}\nQuestion: {question}\nThink, then answer:\n")
+    with pytest.raises(UsageError, match=r"read_cot\.txt: with --chain-of-thought the read_cot prompt must ask for "
+                                         r"the final answer after 'So the answer is:'"):
+        acer(files, tmp_path / "out", prompts=tmp_path / "cot", chain_of_thought=True)
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "rank.txt").write_text("Is it helpful? {passage}\n")
     with pytest.raises(UsageError, match=r"rank\.txt: the rank prompt template must contain \{question\}"):
@@ -562,8 +844,10 @@ def test_cli_run(files, tmp_path, capsys):
     code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
                  str(files["model"]), "--out", str(tmp_path), "--target-length", "1024", "--chunk-tokens", "64",
                  "--retrieve", "24", "--read", "3", "--max-new-tokens", "8", "--ranker", "embedding", "--embedder",
-                 "hashed-tfidf", "--order", "retrieval", "--threads", "1"])
+                 "hashed-tfidf", "--order", "retrieval", "--threads", "1", "--keep-cut-answers", "--query-prefix",
+                 "query: "])
     assert code == 0
     assert f"nextlong acer: {len(QUESTIONS)} samples of up to 1024 tokens" in capsys.readouterr().err
     settings = json.loads((tmp_path / "manifest.json").read_text())["settings"]
     assert settings["order"] == "retrieval" and settings["separator"] == "\n\n" and settings["read"] == 3
+    assert settings["keep_cut_answers"] is True and settings["query_prefix"] == "query: "

@@ -49,12 +49,14 @@ RUNS = {
     "nextlong train out/ --out out/train --resume": [],  # as written: the run's own settings
     "nextlong plot out/train": [],
     "nextlong acer --corpus demo-out/demo_corpus.jsonl --model demo-run --generate-questions 16 --out demo-acer "
-    "--embedder hashed-tfidf --target-length 8192 --retrieve 64 --read 4 --max-new-tokens 32":
+    "--embedder hashed-tfidf --target-length 8192 --retrieve 64 --read 4 --max-new-tokens 32 --keep-cut-answers":
         ["--generate-questions", "4"],
     "nextlong inspect demo-acer": [],
     "nextlong train demo-acer --model demo-run --steps 10 --out demo-acer-run": ["--steps", "1"],
     "nextlong acer --corpus corpus.jsonl --questions q.jsonl --model demo-run --out acer-dir":
-        ["--target-length", "2048", "--retrieve", "16", "--read", "2", "--max-new-tokens", "8", "--chunk-tokens", "128"],
+        # the demo model never ends an answer within 8 tokens: every one would be cut, and dropped
+        ["--target-length", "2048", "--retrieve", "16", "--read", "2", "--max-new-tokens", "8", "--chunk-tokens", "128",
+         "--keep-cut-answers"],
     "nextlong eval demo-run --out demo-eval": SMALL_EVAL,
     "nextlong heads demo-run --out demo-heads": ["--num-lengths", "2", "--depths", "2"],
     "nextlong eval demo-run --out eval-dir": SMALL_EVAL,

@@ -42,15 +42,25 @@ def add_parser(subparsers) -> None:
                    help="chunk order in the sample: a seeded shuffle (default) or retrieval rank, best first")
     p.add_argument("--filter", choices=FILTERS, default="none",
                    help="answer-match: keep only samples whose answer contains a gold answer (SQuAD normalisation)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="the reader's answer budget (default 256)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="the reader's answer budget (default 256); an answer that reaches it unfinished is dropped "
+                        "and counted (statistics.answers_cut_at_budget)")
+    p.add_argument("--keep-cut-answers", action="store_true",
+                   help="keep answers cut at --max-new-tokens, without the end-of-text id (so the model is not "
+                        "taught to stop there); default: drop them")
     p.add_argument("--question-max-new-tokens", type=positive_int, default=64,
                    help="--generate-questions: one question's budget (default 64)")
     p.add_argument("--chain-of-thought", action="store_true",
-                   help="the reader first says which passages help and what they say, then answers (read_cot.txt); "
-                        "the whole text is the sample's answer")
+                   help="the reader first quotes what helps from the passages, then answers on a line starting "
+                        "\"So the answer is:\" (read_cot.txt); the whole text is the sample's answer, answers "
+                        "without that line are dropped, and --filter answer-match reads only what follows it")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--embedder", help="embedder for --retriever embedding (default all-MiniLM-L6-v2 offline; static; "
                                       "hashed-tfidf; or a local model folder)")
+    p.add_argument("--query-prefix", default="",
+                   help="text put before each question when it is embedded, never before the chunks: the query "
+                        "instruction of BGE / E5 style embedders, e.g. 'query: ' (default none; --retriever "
+                        "embedding only)")
     p.add_argument("--tokenizer", help="tokenizer of the samples (default: the model folder's own, with exact ids)")
     p.add_argument("--separator", default="\\n\\n", help="text after every chunk of a sample (default a blank line)")
     p.add_argument("--format", choices=FORMATS, default="parquet")
@@ -102,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, corpus=args.corpus, model=args.model, questions=args.questions,
         generate_questions=args.generate_questions, target_length=args.target_length, chunk_tokens=args.chunk_tokens,
         retrieve=args.retrieve, read=args.read, retriever=args.retriever, ranker=args.ranker, order=args.order,
-        filter=args.filter, max_new_tokens=args.max_new_tokens, question_max_new_tokens=args.question_max_new_tokens,
+        filter=args.filter, max_new_tokens=args.max_new_tokens, keep_cut_answers=args.keep_cut_answers,
+        question_max_new_tokens=args.question_max_new_tokens, query_prefix=args.query_prefix,
         chain_of_thought=args.chain_of_thought, seed=args.seed, embedder=args.embedder, tokenizer=args.tokenizer,
         separator=unescape(args.separator), format=args.format, prompts=args.prompts, bm25_k1=args.bm25_k1,
         bm25_b=args.bm25_b, text_field=args.text_field, id_field=args.id_field, on_error=args.on_error,

@@ -2,9 +2,10 @@
 used for Natural Questions and TriviaQA in ACER's paper): lower case, punctuation removed, the articles
 a / an / the removed, whitespace collapsed.
 
-`contains_answer` is the `--filter answer-match` test (a generated answer, possibly with its reasoning,
-keeps its sample when it contains one of the gold answers); `exact_match` and `token_f1` are the
-paper's metrics, for evaluation.
+`contains_answer` is the `--filter answer-match` test (a generated answer keeps its sample when it
+contains one of the gold answers; with --chain-of-thought, only its `final_answer`, after
+ANSWER_MARKER, is compared, never the reasoning); `exact_match` and `token_f1` are the paper's
+metrics, for evaluation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,25 @@ from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
+
+ANSWER_MARKER = "So the answer is:"  # read_cot.txt asks for the final answer after it
+# "Passage 2", "passages 1 and 3", "passage #2", "passage no. 2": what read.txt's numbering invites
+_PASSAGE_NUMBER = re.compile(r"\bpassages?\s*(?:#\s*|no\.?\s*|number\s+)?\d", re.IGNORECASE)
+
+
+def final_answer(text: str, marker: str = ANSWER_MARKER) -> str | None:
+    """The final answer of a chain-of-thought answer: the text after the first `marker` (matched without
+    regard to case), stripped; None when there is no marker or nothing after it."""
+    m = re.search(re.escape(marker), text, re.IGNORECASE)
+    if m is None:
+        return None
+    return text[m.end():].strip() or None
+
+
+def cites_passage_number(text: str) -> bool:
+    """True when the text names a passage by its number ("Passage 2 says ..."): the reader's prompt numbers
+    its passages, a training sample's chunks carry no numbers."""
+    return _PASSAGE_NUMBER.search(text) is not None
 
 
 def normalize_answer(text: str) -> str:

@@ -39,10 +39,12 @@ class AcerConfig:
     order: str = "shuffled"  # chunk order in the sample: seeded shuffle, or retrieval rank
     filter: str = "none"  # answer-match: keep samples whose answer contains a gold answer
     max_new_tokens: int = 256  # reader's generation budget
+    keep_cut_answers: bool = False  # keep answers the budget cut (without the end-of-text id); default: drop them
     question_max_new_tokens: int = 64  # --generate-questions: budget of one question
     chain_of_thought: bool = False  # the reader says what helps before answering (read_cot.txt)
     seed: int = 0
     embedder: str | None = None  # None: offline all-MiniLM-L6-v2 (as synthesize)
+    query_prefix: str = ""  # before each question, for the embedder only (BGE / E5 query instructions)
     tokenizer: str | None = None  # None: the model folder's tokenizer (the model trained on the data is that LM)
     separator: str = "\n\n"  # after every chunk of a sample
     format: str = "parquet"
@@ -115,6 +117,11 @@ class AcerConfig:
         if self.read > self.retrieve:
             bad(f"--read {self.read} is more than --retrieve {self.retrieve}: the reader reads the top of the "
                 "retrieved chunks")
+        if not isinstance(self.query_prefix, str):
+            bad(f"--query-prefix must be a string, got {self.query_prefix!r}")
+        if self.query_prefix and self.retriever_used != "embedding":
+            bad("--query-prefix is put before each question for the embedder: it has no effect with --retriever "
+                f"{self.retriever_used}")
         if self.bm25_k1 < 0 or not 0 <= self.bm25_b <= 1:
             bad(f"BM25 needs k1 >= 0 and b in [0, 1], got k1={self.bm25_k1}, b={self.bm25_b}")
         if self.on_error not in ("raise", "skip"):

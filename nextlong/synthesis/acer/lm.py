@@ -7,9 +7,13 @@ Two operations, both on token ids (the prompts are built by nextlong/acer/templa
 * `option_probs(prompts, options)`: for each prompt, the next-token probabilities of the option tokens,
   renormalised over the options (a multiple-choice answer: P(A) / (P(A) + P(B))). One forward per batch,
   logits of the last position only.
-* `generate(prompts, max_new_tokens, stop)`: greedy decoding with a KV cache, batched, until an
-  end-of-text id, the `stop` text after some generated text, or the budget. It starts with visible
-  text: ids that write only whitespace (or end the text) are skipped until a row has written some.
+* `generate(prompts, max_new_tokens, stop, stop_after)`: greedy decoding with a KV cache, batched, until
+  an end-of-text id, the `stop` text after some generated text (with `stop_after`: only after that
+  marker and some text after it), or the budget. Each row says how it ended (`Generation.end`), so a
+  caller can tell an answer cut by the budget from a finished one. Not plain greedy at the start: while
+  a row has written no visible character, the ids that write only whitespace (or nothing) and the
+  end-of-text ids are masked out (`_blank_ids`); `Generation.start_masked` says when that changed the
+  token chosen.
 
 Batches are left-padded with explicit position ids (each row sees exactly its own tokens at positions
 0, 1, ...) and sorted by length to pad little. A row's result is the same as alone up to float rounding
@@ -18,9 +22,12 @@ Batches are left-padded with explicit position ids (each row sees exactly its ow
 
 from __future__ import annotations
 
+import codecs
 import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +79,20 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
         raise ModelFolderError(f"{folder}: config.json's eos_token_id {bad[0]} is not a token id of the model "
                                f"(0..{vocab - 1})" if vocab else f"{folder}: config.json's eos_token_id {bad[0]} is negative")
     return ModelInfo(folder, spec, max_positions_of(config, folder), vocab, eos_ids, str(model_type))
+
+
+class Generation(NamedTuple):
+    """One row of `LM.generate`."""
+
+    text: str  # the continuation, before the end-of-text id or the stop text (not stripped)
+    tokens: int  # ids generated, the end-of-text id not counted
+    end: str  # "eos" (an end-of-text id), "stop" (the stop rule) or "budget" (max_new_tokens ids, no end)
+    start_masked: bool  # the blank-start mask changed a token greedy decoding would have chosen
+
+    @property
+    def cut(self) -> bool:
+        """The budget ended it: the text may stop mid-sentence (a budget cut inside a character is left out)."""
+        return self.end == "budget"
 
 
 class LM:
@@ -149,16 +170,21 @@ class LM:
 
     # --- generation -----------------------------------------------------------------------------
 
-    def generate(self, prompts, max_new_tokens: int, *, stop: str | None = "\n", batch_size: int = 16,
-                 on_done=None) -> list[tuple[str, int]]:
-        """Greedy continuations: (text, generated token count) per prompt. The text ends before the end-of-
-        text id or before `stop` once some non-space text came (the stop text itself is not kept)."""
+    def generate(self, prompts, max_new_tokens: int, *, stop: str | None = "\n", stop_after: str | None = None,
+                 batch_size: int = 16, on_done=None) -> list[Generation]:
+        """Greedy continuations, one `Generation` per prompt. The text ends before the end-of-text id, or
+        before `stop` once some non-space text came (the stop text itself is not kept); with `stop_after`
+        (a marker such as "So the answer is:", found case-insensitively), `stop` counts only after the
+        marker and some non-space text after it, so nothing before the marker can end the text. A row
+        that reaches `max_new_tokens` ids without either ends by the budget (`end` "budget"); its text
+        leaves out an incomplete character at the end (the budget cut a multi-byte character)."""
         import torch
 
         from ...eval.model import decode
 
         results: list = [None] * len(prompts)
         eos = set(self.eos_ids)
+        after = re.compile(re.escape(stop_after), re.IGNORECASE) if stop_after else None
         with torch.inference_mode():
             for rows in self._batches(prompts, batch_size):
                 batch = [prompts[r] for r in rows]
@@ -167,9 +193,13 @@ class LM:
                 logits, cache = self._forward(ids, mask, positions)
                 generated = [[] for _ in rows]
                 texts = [None] * len(rows)
+                ends = ["budget"] * len(rows)
                 blank_rows = [True] * len(rows)  # no visible text yet
+                masked = [False] * len(rows)
                 for step in range(max_new_tokens):
+                    raw = None
                     if any(blank_rows):  # a continuation starts with visible text (not whitespace, not the end)
+                        raw = logits.argmax(-1).cpu().tolist()
                         skip = torch.tensor(blank_rows, device=logits.device)[:, None]
                         logits = torch.where(skip & self._blank_ids(logits.shape[-1], logits.device),
                                              torch.finfo(logits.dtype).min, logits)
@@ -177,15 +207,17 @@ class LM:
                     for r, tok in enumerate(nxt):
                         if texts[r] is not None:
                             continue
+                        if raw is not None and blank_rows[r] and raw[r] != tok:
+                            masked[r] = True
                         if tok in eos:
-                            texts[r] = decode(self.tokenizer, generated[r])
+                            texts[r], ends[r] = decode(self.tokenizer, generated[r]), "eos"
                             continue
                         generated[r].append(tok)
                         text = decode(self.tokenizer, generated[r])
                         blank_rows[r] = not text.strip()
-                        cut = _stop_at(text, stop)
+                        cut = _stop_at(text, stop, after)
                         if cut is not None:
-                            texts[r] = text[:cut]
+                            texts[r], ends[r] = text[:cut], "stop"
                     if all(t is not None for t in texts) or step == max_new_tokens - 1:
                         break
                     mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=mask.device)], 1)
@@ -193,17 +225,18 @@ class LM:
                     step_ids = torch.as_tensor(nxt, dtype=torch.long, device=ids.device)[:, None]
                     logits, cache = self._forward(step_ids, mask, positions, cache)
                 for r, row in enumerate(rows):
-                    text = texts[r] if texts[r] is not None else decode(self.tokenizer, generated[r])
-                    results[row] = (text, len(generated[r]))
+                    text = texts[r] if texts[r] is not None else _decode_whole_characters(self.tokenizer, generated[r])
+                    results[row] = Generation(text, len(generated[r]), ends[r], masked[r])
                 if on_done is not None:
                     on_done(len(rows))
         return results
 
     def _blank_ids(self, vocab: int, device):
-        """(vocab,) bool: the ids that write no visible character (whitespace only, nothing, an end-of-text
-        id). Greedy decoding skips them until a row has written some text, as HF's min_new_tokens skips
-        the end: a barely trained model (the README's demo) would otherwise write only newlines, and
-        every question and answer would be empty."""
+        """(vocab,) bool: the ids that write no visible character (their bytes are whitespace only or
+        nothing: str.strip() leaves no text) and the model's end-of-text ids. Greedy decoding masks them
+        while a row has written no visible character (so, in practice, at its first token only), as HF's
+        min_new_tokens masks the end: a barely trained model (the README's demo) would otherwise write
+        only newlines or stop at once, and every question and answer would be empty."""
         import torch
 
         if self._blank is None or self._blank.numel() != vocab:
@@ -220,13 +253,32 @@ class LM:
         return self._blank
 
 
-def _stop_at(text: str, stop: str | None) -> int | None:
-    """Where `text` is cut: the first `stop` after the leading whitespace, or None."""
+def _stop_at(text: str, stop: str | None, after: re.Pattern | None = None) -> int | None:
+    """Where `text` is cut: the first `stop` after the leading whitespace, or None. With `after`, the
+    first `stop` after the first match of `after` and the whitespace that follows it (None before it)."""
     if not stop:
         return None
-    lead = len(text) - len(text.lstrip())
-    at = text.find(stop, lead)
+    start = 0
+    if after is not None:
+        m = after.search(text)
+        if m is None:
+            return None
+        start = m.end()
+    rest = text[start:]
+    at = text.find(stop, start + len(rest) - len(rest.lstrip()))
     return None if at < 0 else at
+
+
+def _decode_whole_characters(tokenizer, ids) -> str:
+    """Text of generated ids, leaving out an incomplete UTF-8 sequence at the end (ids the tokenizer lacks
+    become U+FFFD, as eval.model.decode): a budget that cuts a character's bytes leaves no U+FFFD."""
+    parts = []
+    for i in ids:
+        try:
+            parts.append(tokenizer.decode_bytes([int(i)]))
+        except ValueError:
+            parts.append("\ufffd".encode())
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(b"".join(parts), final=False)
 
 
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:

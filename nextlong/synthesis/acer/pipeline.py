@@ -72,6 +72,13 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     if not Path(cfg.corpus).exists():
         raise NextlongError(f"{cfg.corpus}: corpus not found")
     templates = load_templates(cfg.prompts)
+    if cfg.chain_of_thought:
+        from .answers import ANSWER_MARKER
+
+        if ANSWER_MARKER.lower() not in templates["read_cot"].text.lower():
+            raise UsageError(f"{templates['read_cot'].path}: with --chain-of-thought the read_cot prompt must ask for "
+                             f"the final answer after {ANSWER_MARKER!r}: the answer-match filter reads what follows "
+                             "it, and answers without it are dropped")
     info = inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     lm_tok = load_tokenizer(info.tokenizer_spec)
     spec = cfg.tokenizer or info.tokenizer_spec
@@ -129,7 +136,8 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     sep = len(sample_tok.encode_ordinary(cfg.separator))
     sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
                                               else np.zeros(sample_question, np.uint32)))
-    answer = cfg.max_new_tokens + 1 + (eos is not None)  # " " + answer, re-encoded, then the end-of-text id
+    # " " + answer, re-encoded, then the end-of-text id; AssembleStage drops an answer whose re-encoding is longer
+    answer = cfg.max_new_tokens + 1 + (eos is not None)
     needs["sample"] = cfg.read * (cfg.chunk_tokens + sep) + sample_q + answer
     if needs["sample"] > cfg.target_length:
         raise UsageError(
@@ -182,18 +190,24 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
         source = "ask"
     ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="")
     reader = t["read_cot" if cfg.chain_of_thought else "read"]
+    if cfg.chain_of_thought:
+        from .answers import ANSWER_MARKER as marker
+    else:
+        marker = ""
     steps += [
         A.RetrieveStage(name="retrieve", inputs=(source,) + retrieval_inputs, retriever=cfg.retriever_used,
-                        k=cfg.retrieve, embedder=spec if cfg.retriever_used == "embedding" else None, threads=threads),
+                        k=cfg.retrieve, embedder=spec if cfg.retriever_used == "embedding" else None,
+                        query_prefix=cfg.query_prefix, threads=threads),
         A.RankStage(name="rank", inputs=("retrieve", "chunks"), ranker=cfg.ranker,
                     template=t["rank"].text if cfg.ranker == "model" else "", **ranker_lm),
         A.ReadStage(name="read", inputs=("rank", "chunks"), read=cfg.read, template=reader.text,
-                    passage_template=t["passage"].text, max_new_tokens=cfg.max_new_tokens,
-                    stop="\n\n" if cfg.chain_of_thought else "\n", **lm),
+                    passage_template=t["passage"].text, max_new_tokens=cfg.max_new_tokens, stop="\n",
+                    stop_after=marker, **lm),
         A.AssembleStage(name="assemble", inputs=("read", "chunks"), target_length=cfg.target_length, read=cfg.read,
                         chunk_tokens=cfg.chunk_tokens, order=cfg.order, seed=cfg.seed, separator=cfg.separator,
-                        template=t["sample"].text, eos_id=checked.eos_id, tokenizer=tok),
-        A.DataStage(name="data", inputs=("assemble",), filter=cfg.filter),
+                        template=t["sample"].text, eos_id=checked.eos_id, tokenizer=tok,
+                        max_new_tokens=cfg.max_new_tokens, keep_cut=cfg.keep_cut_answers, answer_marker=marker),
+        A.DataStage(name="data", inputs=("assemble",), filter=cfg.filter, answer_marker=marker),
     ]
     return Pipeline(cfg.out_dir, steps)
 
@@ -319,6 +333,16 @@ def _statistics(cfg, store, record, seconds) -> dict:
         "chunks_over_chunk_tokens": int((counts > cfg.chunk_tokens).sum()),  # 0: the pieces are at most that long
         "questions": int(retrieve.get("rows", questions.get("rows", 0))),
         "questions_empty_generated": ask.get("empty_questions") if ask else None,
+        # generated questions that reached --question-max-new-tokens without a newline or end (kept)
+        "questions_cut_at_budget": ask.get("cut_at_budget") if ask else None,
+        "questions_start_masked": ask.get("start_masked") if ask else None,
+        # reader answers that reached --max-new-tokens without an end-of-text id or the stop rule: dropped
+        # (samples_dropped) unless --keep-cut-answers, which keeps them without the end-of-text id
+        "answers_cut_at_budget": read.get("cut_at_budget"),
+        "samples_with_cut_answer": assembled.get("cut_kept", 0),
+        # reader answers whose first token the blank-start mask changed (greedy would have begun with
+        # whitespace or the end-of-text id; docs/acer.md, "Reading")
+        "answers_start_masked": read.get("start_masked"),
         "retrieved_chunks_mean": _per(retrieve.get("chunks", 0), retrieve.get("rows", 0)),
         "samples_assembled": built,
         "samples_dropped": assembled.get("dropped", {}),
@@ -348,8 +372,12 @@ def _statistics(cfg, store, record, seconds) -> dict:
 
 
 def _nothing_built(cfg, record) -> str:
+    from .stages import DROP_CUT
+
     assembled = record("assemble")
     reasons = "; ".join(f"{n}x {r}" for r, n in assembled.get("dropped", {}).items()) or "no question to build from"
+    if not assembled.get("rows", 0) and DROP_CUT in assembled.get("dropped", {}):
+        reasons += "; raise --max-new-tokens, or keep the cut answers (--keep-cut-answers)"
     if assembled.get("rows", 0) and cfg.filter == "answer-match":
         return (f"{cfg.out}: --filter answer-match kept none of the {assembled['rows']} samples (no generated answer "
                 "contains its gold answer); try a stronger --model, --chain-of-thought, or --filter none")
@@ -368,6 +396,15 @@ def summary(manifest: dict) -> str:
     if s.get("kept_fraction") is not None:
         lines.append(f"  --filter answer-match kept {s['samples']} of {s['samples_assembled']} "
                      f"({100 * s['kept_fraction']:.1f}%)")
+    if s.get("answers_cut_at_budget"):
+        kept = s.get("samples_with_cut_answer") or 0
+        lines.append(f"  {s['answers_cut_at_budget']} answers reached --max-new-tokens {st['max_new_tokens']} "
+                     "unfinished: "
+                     + (f"{kept} kept without the end-of-text id (--keep-cut-answers)" if st.get("keep_cut_answers")
+                        else "dropped (raise --max-new-tokens, or --keep-cut-answers)"))
+    if s.get("answers_start_masked"):
+        lines.append(f"  {s['answers_start_masked']} answers would have begun with whitespace or the end-of-text id; "
+                     "their first visible token was taken instead")
     if s.get("samples_short_of_target"):
         lines.append(f"  {s['samples_short_of_target']} samples shorter than the target: their retrieved chunks ran "
                      f"out (mean length {s['sample_tokens_mean']} tokens; raise --retrieve to fill them)")

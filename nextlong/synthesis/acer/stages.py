@@ -9,9 +9,11 @@ index are synthesize's own stages; these are the ones ACER adds:
                         EXACT_SEARCH_MAX_CHUNKS chunks, the HNSW index above; or BM25) and their scores
     rank (map, LM)      --ranker model: the LM's multiple-choice probability that each chunk helps
                         (option A of rank.txt); embedding | bm25: the retriever's order
-    read (map, LM)      the LM reads the top `read` chunks and the question and answers (greedy)
+    read (map, LM)      the LM reads the top `read` chunks and the question and answers (greedy), and
+                        each row records how the answer ended (end-of-text, stop rule, or the budget)
     assemble (map)      the training sample: chunks up to --target-length in the chosen order, then the
-                        question, then the answer; the loss mask covers the answer
+                        question, then the answer; the loss mask covers the answer. Answers cut by the
+                        budget are dropped (or kept without the end-of-text id), counted
     data (whole)        --filter: the samples kept, as OUT/data/part-NNNNN.parquet
 
 The map stages after `questions` read each other's blocks, so the executor runs them as one chain,
@@ -32,7 +34,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
-from ..framework import MapStage, WholeStage, corpus_identity, identity, not_a_setting
+from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
 from ..stages import CHUNKS_FILE, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
 
@@ -62,6 +64,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("question_id", pa.string(), nullable=False),
     pa.field("question", pa.string(), nullable=False),
     pa.field("answer", pa.string(), nullable=False),  # what the reader generated
+    pa.field("answer_cut", pa.bool_(), nullable=False),  # the budget cut it (--keep-cut-answers): no end-of-text id
     pa.field("gold", pa.list_(pa.string())),  # the given answers, when the question came with some
     pa.field("num_tokens", pa.int64(), nullable=False),  # len(input_ids), <= --target-length
     pa.field("method", pa.string(), nullable=False),  # "acer"
@@ -309,7 +312,9 @@ def chunk_text(chunks_file, chunk_ids) -> list[str]:
 @dataclasses.dataclass
 class AskStage(LMStage):
     """--generate-questions: the LM writes one question about each picked chunk (question.txt, greedy,
-    up to the first newline). Rows whose question comes out empty are dropped (counted)."""
+    up to the first newline). Rows whose question comes out empty are dropped (counted); questions cut by
+    the budget and questions whose first token the blank-start mask changed are counted, not dropped
+    (new counts: the version stays, so a folder's cached questions, rankings and all are not redone)."""
 
     template: str = ""
     max_new_tokens: int = 64
@@ -324,10 +329,12 @@ class AskStage(LMStage):
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop="\n", batch_size=self.batch_size,
                                     on_done=bar.update)
-        questions = [" ".join(text.split()) for text, _ in out]
+        questions = [" ".join(g.text.split()) for g in out]
         table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array([bool(q) for q in questions]))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
-                       "generated_tokens": sum(n for _, n in out), "empty_questions": len(questions) - table.num_rows}
+                       "generated_tokens": sum(g.tokens for g in out),
+                       "empty_questions": len(questions) - table.num_rows,
+                       "cut_at_budget": sum(g.cut for g in out), "start_masked": sum(g.start_masked for g in out)}
 
 
 # --- retrieval ---------------------------------------------------------------------------------
@@ -355,11 +362,14 @@ class RetrieveStage(AcerMapStage):
     """Question block -> `k` chunk ids per question, best first, with the retriever's scores (cosine or
     BM25). inputs: (questions, chunks, then the embedder, embeddings and index stages, or bm25).
     Embedding search is exact (ExactSearcher: a total order, so the same for any batching) unless the
-    index stage built an HNSW index (corpora over EXACT_SEARCH_MAX_CHUNKS chunks)."""
+    index stage built an HNSW index (corpora over EXACT_SEARCH_MAX_CHUNKS chunks). `query_prefix` is put
+    before each question before it is embedded (the query instruction of BGE / E5 style encoders); the
+    chunks are embedded as they are, and BM25 never sees it."""
 
     retriever: str = "embedding"
     k: int = 200
     embedder: str | None = None
+    query_prefix: str = added_setting("")  # "" (the default) leaves a folder made before it matching
     threads: int | None = not_a_setting(default=None)
 
     progress_unit = "question"
@@ -394,7 +404,7 @@ class RetrieveStage(AcerMapStage):
     def search(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.retriever == "bm25":
             return self._bm25.search(questions, self.k, num_threads=self._threads)
-        q = np.asarray(self._embedder.embed(questions), np.float32)
+        q = np.asarray(self._embedder.embed([self.query_prefix + x for x in questions]), np.float32)
         return self._searcher.search(q, self.k)
 
     def map(self, block):
@@ -461,13 +471,19 @@ class RankStage(LMStage):
 class ReadStage(LMStage):
     """The reader: the top `read` ranked chunks (passage.txt each, numbered by rank) and the question in
     read.txt (or read_cot.txt), answered greedily up to `max_new_tokens` tokens, an end-of-text id, or
-    `stop` after some text. The answer is the generated text before the stop, stripped."""
+    `stop` after some text (with `stop_after`, --chain-of-thought's "So the answer is:", only after that
+    marker and some text after it). The answer is the generated text before the stop, stripped;
+    `answer_end` says how it ended ("eos", "stop", or "budget": cut at `max_new_tokens`) and
+    `start_masked` whether the blank-start mask changed its first token (lm.py)."""
 
     read: int = 8
     template: str = ""
     passage_template: str = ""
     max_new_tokens: int = 256
     stop: str = "\n"
+    stop_after: str = ""
+
+    version = 2  # answer_end and start_masked; the chain-of-thought stop rule waits for the marker
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -485,13 +501,16 @@ class ReadStage(LMStage):
             _check_chunk_ids(ids, self._passages.store.num_chunks, qid)
         prompts = [self.prompt(q, r) for q, r in zip(block.column("question").to_pylist(), ranked)]
         with self._bar(len(prompts), "question") as bar:
-            out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, batch_size=self.batch_size,
-                                    on_done=bar.update)
-        table = _with(block, answer=pa.array([text.strip() for text, _ in out], pa.string()),
+            out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, stop_after=self.stop_after or None,
+                                    batch_size=self.batch_size, on_done=bar.update)
+        table = _with(block, answer=pa.array([g.text.strip() for g in out], pa.string()),
                       read_prompt_tokens=pa.array([len(p) for p in prompts], pa.int32()),
-                      generated_tokens=pa.array([n for _, n in out], pa.int32()))
+                      generated_tokens=pa.array([g.tokens for g in out], pa.int32()),
+                      answer_end=pa.array([g.end for g in out], pa.string()),
+                      start_masked=pa.array([g.start_masked for g in out], pa.bool_()))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
-                       "generated_tokens": sum(n for _, n in out)}
+                       "generated_tokens": sum(g.tokens for g in out), "cut_at_budget": sum(g.cut for g in out),
+                       "start_masked": sum(g.start_masked for g in out)}
 
 
 def _check_chunk_ids(ids, num_chunks: int, question_id) -> None:
@@ -504,6 +523,14 @@ def _check_chunk_ids(ids, num_chunks: int, question_id) -> None:
 
 
 # --- the samples -------------------------------------------------------------------------------
+
+
+ANSWER_ENDS = ("eos", "stop", "budget")
+# why AssembleStage drops a sample (the keys of statistics.samples_dropped)
+DROP_CUT = "answer cut at --max-new-tokens"
+DROP_NO_MARKER = "chain-of-thought answer without its final answer after the marker"
+DROP_CITES_NUMBER = "chain-of-thought answer names a passage by number"
+DROP_LONG = "answer re-encodes to more than --max-new-tokens + 1 tokens"
 
 
 def question_seed(seed: int, question_id: str) -> int:
@@ -522,8 +549,14 @@ class AssembleStage(AcerMapStage):
     separator. They are laid out in a seeded shuffle (`order` shuffled) or in retrieval order, then
     sample.txt with the question, then " " + answer and the end-of-text id (when the tokenizer has
     one): the loss mask is 1 on exactly those last tokens. A sample is shorter than `target_length`
-    when the retrieved chunks run out (`num_tokens` says how long). Samples with an empty answer, or no
-    retrieved chunk, are dropped (counted)."""
+    when the retrieved chunks run out (`num_tokens` says how long).
+
+    Dropped, each reason counted: an empty answer; no retrieved chunk; an answer the budget cut
+    (`max_new_tokens` ids without an end: unless `keep_cut`, which keeps it without the end-of-text id,
+    so the model is not taught to stop there); with `answer_marker` (--chain-of-thought), an answer
+    without the marker and some text after it, or one that names a passage by number (the sample's
+    chunks carry no numbers); an answer whose re-encoding (" " + answer) is longer than
+    `max_new_tokens` + 1 tokens, the bound the checks before work give it."""
 
     target_length: int = 32768
     read: int = 8
@@ -534,7 +567,11 @@ class AssembleStage(AcerMapStage):
     template: str = ""
     eos_id: int | None = None
     tokenizer: str | None = identity(tokenizer_identity, default=None)
+    max_new_tokens: int = 256
+    keep_cut: bool = False
+    answer_marker: str = ""
 
+    version = 2  # the drops above and the answer_cut column
     progress_unit = "question"
 
     def setup(self, ctx):
@@ -548,19 +585,35 @@ class AssembleStage(AcerMapStage):
 
     def sample(self, row: dict) -> tuple[dict | None, str | None]:
         """One sample from one read row, or (None, why it was dropped)."""
+        from .answers import cites_passage_number, final_answer
+
         answer = row["answer"]
         if not answer:
             return None, "empty answer"
         ranked, retrieved = row["ranked"], row["retrieved"]
         if not ranked:
             return None, "no chunk retrieved"
+        if row["answer_end"] not in ANSWER_ENDS:
+            raise CorruptFileError(f"question {row['question_id']!r}: answer_end {row['answer_end']!r} is not one of "
+                                   f"{', '.join(ANSWER_ENDS)}; the work folder's read stage is damaged: delete it (or "
+                                   "run into a fresh --out)")
         _check_chunk_ids(retrieved, self._store.num_chunks, row["question_id"])
         if not set(ranked) <= set(retrieved):
             raise CorruptFileError(f"question {row['question_id']!r}: ranked chunks that were not retrieved; the work "
                                    "folder's rank or read stage is damaged: delete it (or run into a fresh --out)")
+        cut = row["answer_end"] == "budget"
+        if cut and not self.keep_cut:
+            return None, DROP_CUT
+        if self.answer_marker:
+            if not final_answer(answer, self.answer_marker):
+                return None, DROP_NO_MARKER
+            if cites_passage_number(answer):
+                return None, DROP_CITES_NUMBER
         q_ids = self._t.render(self._tok, question=row["question"])
         a_ids = np.asarray(self._tok.encode_ordinary(" " + answer), np.uint32)
-        if self.eos_id is not None:
+        if a_ids.size > self.max_new_tokens + 1:  # what check_before_work counted for it (pipeline.py)
+            return None, DROP_LONG
+        if self.eos_id is not None and not cut:
             a_ids = np.append(a_ids, np.uint32(self.eos_id))
         budget = self.target_length - q_ids.size - a_ids.size
         retrieval_rank = {c: r for r, c in enumerate(retrieved)}
@@ -594,12 +647,13 @@ class AssembleStage(AcerMapStage):
         mask = np.zeros(input_ids.size, np.uint8)
         mask[input_ids.size - a_ids.size:] = 1
         return {"input_ids": input_ids, "loss_mask": mask, "segments": segments, "question_id": row["question_id"],
-                "question": row["question"], "answer": answer, "gold": row["gold"], "num_tokens": int(input_ids.size),
-                "method": "acer", "_ran_out": len(chosen) == len(ranked)}, None
+                "question": row["question"], "answer": answer, "answer_cut": cut, "gold": row["gold"],
+                "num_tokens": int(input_ids.size), "method": "acer", "_ran_out": len(chosen) == len(ranked)}, None
 
     def map(self, block):
         built, dropped = [], {}
-        for row in block.select(["question_id", "question", "gold", "retrieved", "ranked", "answer"]).to_pylist():
+        for row in block.select(["question_id", "question", "gold", "retrieved", "ranked", "answer",
+                                 "answer_end"]).to_pylist():
             sample, why = self.sample(row)
             if sample is None:
                 dropped[why] = dropped.get(why, 0) + 1
@@ -610,9 +664,10 @@ class AssembleStage(AcerMapStage):
             "loss_mask": _ids_list([s["loss_mask"] for s in built], np.uint8),
             "segments": pa.array([s["segments"] for s in built], pa.list_(SEGMENT_TYPE)),
             **{name: pa.array([s[name] for s in built], OUTPUT_SCHEMA.field(name).type)
-               for name in ("question_id", "question", "answer", "gold", "num_tokens", "method")},
+               for name in ("question_id", "question", "answer", "answer_cut", "gold", "num_tokens", "method")},
         }, schema=OUTPUT_SCHEMA)
         return table, {"dropped": dropped, "ran_out": sum(s["_ran_out"] for s in built),
+                       "cut_kept": sum(s["answer_cut"] for s in built),
                        "tokens": int(sum(s["num_tokens"] for s in built)),
                        "chunks": sum(sum(seg["role"] == "context" for seg in s["segments"]) for s in built),
                        "read_chunks": sum(sum(seg["read"] for seg in s["segments"]) for s in built)}
@@ -622,9 +677,14 @@ class AssembleStage(AcerMapStage):
 class DataStage(WholeStage):
     """The output: the assembled blocks, filtered (`filter` answer-match: a sample stays when its answer
     contains one of its gold answers after SQuAD normalisation; one without gold answers stays), one
-    Parquet part per block. Cheap, so another --filter just remakes it."""
+    Parquet part per block. With `answer_marker` (--chain-of-thought) the answer compared is only the
+    final one, after the marker, not the reasoning (which may quote the gold answer from a passage).
+    Cheap, so another --filter just remakes it."""
 
     filter: str = "none"
+    answer_marker: str = ""
+
+    version = 2  # answer_marker
 
     remake_on_change = True
 
@@ -633,7 +693,7 @@ class DataStage(WholeStage):
 
         from ..framework import block_numbers, block_path
         from ..writers import write_parquet_atomic
-        from .answers import contains_answer
+        from .answers import contains_answer, final_answer
 
         src = ctx.input(self.inputs[0])
         for stale in ctx.out_dir.glob("part-*.parquet"):
@@ -648,7 +708,10 @@ class DataStage(WholeStage):
             if self.filter == "answer-match":
                 golds = table.column("gold").to_pylist()
                 without_gold += sum(not g for g in golds)
-                keep = [not g or contains_answer(a, g) for a, g in zip(table.column("answer").to_pylist(), golds)]
+                answers = table.column("answer").to_pylist()
+                if self.answer_marker:
+                    answers = [final_answer(a, self.answer_marker) or "" for a in answers]
+                keep = [not g or contains_answer(a, g) for a, g in zip(answers, golds)]
                 if not all(keep):
                     table = table.filter(pa.array(keep)).cast(OUTPUT_SCHEMA)
                     kept += table.num_rows

@@ -1,7 +1,7 @@
 """ACER's derived output formats, written from OUT/data at the end of a run (Parquet stays canonical).
 
 * jsonl: OUT/jsonl/part-NNNNN.jsonl, one object per sample for people to read: `context` (the chunks'
-  text), `question`, `answer`, `gold`, `question_id`, `num_tokens`, and `segments` each with its text.
+  text), `question`, `answer`, `answer_cut`, `gold`, `question_id`, `num_tokens`, and `segments` each with its text.
 * mds: OUT/mds, Mosaic Data Shards with ProLong's columns plus the mask: `input_ids` (uint32),
   `indices` (one attention span [0, n) per sample: the answer must see the whole context) and
   `loss_mask` (uint8, 1 on the answer tokens).
@@ -23,7 +23,8 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
     def record(row, ids, segs):
         context_end = max((s["end"] for s in segs if s["role"] == "context"), default=0)
         return {"question_id": row["question_id"], "question": row["question"], "answer": row["answer"],
-                "gold": row["gold"], "num_tokens": row["num_tokens"], "method": row["method"],
+                "answer_cut": row.get("answer_cut"), "gold": row["gold"], "num_tokens": row["num_tokens"],
+                "method": row["method"],
                 "context": tokenizer.decode(ids[:context_end]), "segments": segs}
 
     return write_jsonl_shards(data_dir, out_dir, tokenizer, record)
