@@ -7,12 +7,18 @@ exponential then binary search, the largest number of units for which prompt + g
 target length, as RULER searches its haystack size.
 
 Depth is the fraction of the haystack's tokens (the context without the inserts) that comes before
-an insert, so depth 0 is the very start of the context and depth 100 its very end.
+an insert, so depth 0 is the very start of the context and depth 100 its very end. An insert can only
+go between two units, so the depth reached (`Built.depths`; `depth_actual` in `nextlong eval`'s
+records) can differ from the asked one by up to half a unit's share of the haystack: a fraction of a
+point for the small units of noise and essay haystacks, several points for large units at short
+lengths (`json_kv`'s UUID pairs at 1K tokens).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -142,14 +148,45 @@ def place_inserts(units: Units, n: int, inserts: Sequence[Insert], snap: float =
 class Built:
     context: str
     spans: list[tuple[int, int]] = field(default_factory=list)  # char spans of queried inserts in context
+    # the depth each insert reached, in percent of the haystack's tokens (in the order of `inserts`)
+    depths: list[float | None] = field(default_factory=list)
+
+
+_DEPTH_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("nextlong_eval_depth_log", default=None)
+
+
+@contextlib.contextmanager
+def recording_depths():
+    """Within the block, every `build_context` call appends (context, depths reached) to the list it
+    yields, so a caller that only gets the finished prompt (a task's `Sample`) can still learn where
+    its needles landed (`depth_reached`)."""
+    log: list[tuple[str, list[float | None]]] = []
+    token = _DEPTH_LOG.set(log)
+    try:
+        yield log
+    finally:
+        _DEPTH_LOG.reset(token)
+
+
+def depth_reached(log: Sequence[tuple[str, list]], text: str) -> list[float | None] | None:
+    """The depths reached by the inserts of the context that `text` holds: of the contexts built while
+    `log` recorded, the longest one found in `text` (the size search builds smaller ones first; the
+    chosen context is the prompt's). None when none is found."""
+    for context, depths in sorted(log, key=lambda e: len(e[0]), reverse=True):
+        if len(context) <= len(text) and context in text:
+            return list(depths)
+    return None
 
 
 def build_context(units: Units, n: int, inserts: Sequence[Insert], *, opening: str = "",
                   closing: str = "") -> Built:
     """Join the first n units with the inserts placed at their depths. The spans of the queried
-    inserts come in the order of `inserts` (the first is the one placed at the asked depth)."""
+    inserts come in the order of `inserts` (the first is the one placed at the asked depth), and so do
+    the depths they reached."""
     units.ensure(n)
     positions = place_inserts(units, n, inserts)
+    total = units.cum[n]
+    depths = [round(100 * units.cum[p] / total, 4) if total else None for p in positions]  # None: no haystack
     by_pos: dict[int, list[int]] = {}
     for k in sorted(range(len(inserts)), key=lambda k: (positions[k], inserts[k].fraction, k)):
         by_pos.setdefault(positions[k], []).append(k)
@@ -171,7 +208,11 @@ def build_context(units: Units, n: int, inserts: Sequence[Insert], *, opening: s
         text.append(piece)
         offset += len(piece)
     text.append(closing)
-    return Built("".join(text), [found[k] for k in sorted(found)])
+    built = Built("".join(text), [found[k] for k in sorted(found)], depths)
+    log = _DEPTH_LOG.get()
+    if log is not None:
+        log.append((built.context, depths))
+    return built
 
 
 def search_largest(fits: Callable[[int], bool], lo: int, available: Callable[[int], int]) -> int | None:
@@ -201,16 +242,19 @@ def search_largest(fits: Callable[[int], bool], lo: int, available: Callable[[in
 
 
 def fit_to_length(tokenizer, units: Units, build: Callable[[int], tuple[str, list[tuple[int, int]]]],
-                  answer_tokens: int, length: int, *, task: str, what: str = "haystack") -> tuple[str, list, int]:
+                  answer_tokens: int | Callable[[str, list], int], length: int, *, task: str,
+                  what: str = "haystack") -> tuple[str, list, int]:
     """Largest prompt `build(n)` with tokens(prompt) + answer_tokens <= length. Returns (prompt,
-    spans, n). Raises a UsageError when even an empty haystack is too long, and
-    CorpusTooSmallError when the corpus runs out before the length is reached."""
+    spans, n). `answer_tokens` may be a function of (prompt, spans), for a gold answer whose wording
+    depends on where the needles landed. Raises a UsageError when even an empty haystack is too long,
+    and CorpusTooSmallError when the corpus runs out before the length is reached."""
     cache: dict[int, tuple[str, list, int]] = {}
 
     def measure(n: int):
         if n not in cache:
             prompt, spans = build(n)
-            cache[n] = (prompt, spans, tokenizer.count_tokens(prompt) + answer_tokens)
+            answer = answer_tokens(prompt, spans) if callable(answer_tokens) else answer_tokens
+            cache[n] = (prompt, spans, tokenizer.count_tokens(prompt) + answer)
         return cache[n]
 
     def fits(n: int) -> bool:

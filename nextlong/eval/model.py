@@ -180,6 +180,40 @@ def crop_cache(cache, length: int) -> None:
         cache.crop(length)
 
 
+def keep_past(cache, tokens: int) -> None:
+    """Call before feeding `tokens` more tokens over `cache` that `rewind_cache` is to take back.
+
+    transformers 5 keeps only the last window of a sliding-window layer (`DynamicSlidingWindowLayer`:
+    Mistral with `sliding_window`, Gemma 2/3's local layers, Qwen2's windowed layers) and can cut such a
+    layer back past the window only when told beforehand to keep what it would drop
+    (`Cache.activate_past_recording`; without it `crop` raises "the current layer does not track past
+    states"). After the cut the layer holds the same window as before, and it keeps recording: later
+    steps grow it by one position each instead of sliding, which costs memory for the generated tokens
+    only and changes no attention (a recording layer still hands attention just the window). Full
+    attention layers are unaffected. A cache without that method (transformers 4) is left as it is."""
+    activate = getattr(cache, "activate_past_recording", None)
+    if callable(activate):
+        try:
+            activate(recurrent_states_to_keep=tokens)  # the history linear-attention layers keep
+        except TypeError:  # a version whose method takes no arguments
+            activate()
+
+
+def rewind_cache(cache, length: int) -> bool:
+    """Cut `cache` back to its first `length` positions (after `keep_past`), exactly: True when done,
+    False when this cache cannot be cut back (a layer that says it is not croppable, e.g. a static
+    sliding-window layer that went past its window, or a crop that refuses); then the caller must
+    rebuild it, since a refused crop may have cut some layers and not others."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "is_croppable", True) is False:
+            return False
+    try:
+        crop_cache(cache, length)
+    except (RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError):
+        return False
+    return cache.get_seq_length() == length
+
+
 def decode(tokenizer, ids) -> str:
     """Text of generated ids; ids the tokenizer lacks (a model's padded vocabulary) become U+FFFD."""
     try:

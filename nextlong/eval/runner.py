@@ -3,9 +3,10 @@
 Per sample: one prefill of the prompt (our attention kernel, SDPA or eager) into a KV cache; the
 gold answer tokens are then fed over that cache to get their log-probabilities (teacher-forced
 score: total log-prob, and exact match = every gold token is the top choice); the cache is cut
-back and the model decodes greedily (RULER's way) until a newline after some text, an end-of-text
-id, or `max_new_tokens`. Finished samples are appended to `DIR/.progress.jsonl`, so a stopped run
-resumes where it was.
+back (sliding-window layers are told to keep their past first, `model.keep_past`; a cache that cannot
+be cut back is rebuilt by a second prefill) and the model decodes greedily (RULER's way) until a
+newline after some text, an end-of-text id, or `max_new_tokens`. Finished samples are appended to
+`DIR/.progress.jsonl`, so a stopped run resumes where it was.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import scoring
-from .model import LoadedModel, attention, crop_cache, decode, forward
-from .tasks import Sample, depths_for, make_sample
+from .model import LoadedModel, attention, decode, forward, keep_past, rewind_cache
+from .tasks import TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
 
@@ -41,6 +42,7 @@ class EvalSettings:
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "extra")}
         data["model"] = model_id
         data.update(self.extra)
+        data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -73,10 +75,14 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
             steps = [last]
             if len(gold_ids) > 1:
                 gold = torch.tensor([gold_ids[:-1]], dtype=torch.long, device=lm.device)
+                keep_past(cache, len(gold_ids) - 1)  # else a sliding-window layer cannot be cut back
                 with attention(model, decode_attn):
                     more, cache, _ = forward(model, gold, cache=cache)
                 steps.extend(more[0].float())
-                crop_cache(cache, len(prompt_ids))
+                if greedy and not rewind_cache(cache, len(prompt_ids)):
+                    cache = None  # freed before the second prefill builds its own
+                    with attention(model, lm.prefill_attn):  # a cache that cannot be cut back: prefill again
+                        _, cache, _ = forward(model, ids, last_only=True)
             table = torch.stack(steps).log_softmax(-1)
             target = torch.tensor(gold_ids, device=table.device)
             logp = table.gather(1, target[:, None])[:, 0]
@@ -99,6 +105,22 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
             record["prediction"] = prediction
             record["greedy"] = scoring.score(sample.metric, prediction, sample.answers)
     return record
+
+
+def make_sample_with_depth(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
+                           essay: Sequence[str] | None = None) -> tuple[Sample, float | None]:
+    """`make_sample`, and the depth its asked needle reached (percent of the haystack's tokens before
+    it; None for a task without a depth). A needle goes between two haystack units, so with large
+    units at short lengths the depth reached can be several points from the asked one."""
+    from .haystack import depth_reached, recording_depths
+
+    with recording_depths() as log:
+        sample = make_sample(tokenizer, task, length, depth, index, seed, essay)
+    if depth is None:
+        return sample, None
+    c0, c1 = sample.context_span
+    reached = depth_reached(log, sample.prompt[c0:c1])
+    return sample, (reached[0] if reached else None)  # the first insert is the one at the asked depth
 
 
 def _cell_stats(records: Sequence[dict]) -> dict:
@@ -136,12 +158,37 @@ def aggregate(records: Sequence[dict], settings: EvalSettings, metrics: dict[str
             "by_length": {str(length): _cell_stats(per_length[length]) for length in settings.lengths},
             "overall": _cell_stats(recs),
         }
+    return {"tasks": tasks, "mean_over_tasks": mean_over_tasks(tasks, settings)}
+
+
+def mean_over_tasks(tasks: dict, settings: EvalSettings) -> dict:
+    """Per length: the mean over tasks of each mode's score and how many tasks it averages ("tasks").
+
+    A task × length cell can be skipped (too short for the task), and a mean over fewer tasks is not
+    comparable with the other lengths' means. Where a length lacks a task that some other length has,
+    its means move under "partial" (beside "tasks" and "of_tasks", the number scored at any length), so
+    the summary's mean row shows no number there ("-"); results.json keeps them."""
+    keys = ("greedy", "teacher_forced_em")
+    present = {length: {key: [t for t in settings.tasks if key in tasks[t]["by_length"][str(length)]]
+                        for key in keys}
+               for length in settings.lengths}
     means = {}
     for length in settings.lengths:
-        row = [tasks[t]["by_length"][str(length)] for t in settings.tasks]
-        means[str(length)] = {key: round(sum(r[key] for r in row if key in r) / sum(key in r for r in row), 4)
-                              for key in ("greedy", "teacher_forced_em") if any(key in r for r in row)}
-    return {"tasks": tasks, "mean_over_tasks": means}
+        entry: dict = {}
+        for key in keys:
+            scored = present[length][key]
+            if not scored:
+                continue
+            value = round(sum(tasks[t]["by_length"][str(length)][key] for t in scored) / len(scored), 4)
+            anywhere = {t for n in settings.lengths for t in present[n][key]}
+            if set(scored) == anywhere:
+                entry[key] = value
+            else:
+                entry.setdefault("partial", {})[key] = value
+                entry["of_tasks"] = len(anywhere)
+            entry["tasks"] = len(scored)
+        means[str(length)] = entry
+    return means
 
 
 def _header_fingerprint(line: str):
@@ -239,13 +286,16 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
             record = progress.done.get(key)
             computed = record is None
             if record is None or (settings.dump and "prompt" not in record):
-                sample = make_sample(lm.tokenizer, task, length, depth, index, settings.seed, essay)
+                sample, depth_actual = make_sample_with_depth(lm.tokenizer, task, length, depth, index,
+                                                              settings.seed, essay)
                 metrics[task] = sample.metric
                 if record is None:
                     record = evaluate_sample(lm, sample, greedy=settings.greedy,
                                              teacher_forced=settings.teacher_forced,
                                              max_new_tokens=settings.max_new_tokens)
                     record["metric"] = sample.metric
+                if depth is not None:
+                    record["depth_actual"] = depth_actual
                 if settings.dump:
                     record.update(prompt=sample.prompt, gold=sample.gold, context_span=list(sample.context_span),
                                   needle_spans=[list(s) for s in sample.needle_spans])

@@ -8,6 +8,14 @@ against 3), fwe (coded words drawn from a Zipf(2) law, ranks 2-4 asked), and HEL
 (`nextlong.eval.json_kv`). The needle, question and answer wording follows RULER's templates so
 numbers stay comparable. Every sample's random choices come from its own generator, seeded by
 (seed, task, length, depth, index), so a sample never depends on which others were asked for.
+
+Where an answer lists several items whose order the question does not fix, the gold answer (the
+completion teacher-forced scoring measures) lists them in the order they appear in the prompt:
+niah_multivalue's 4 values in the order of their needles in the haystack, cwe's 10 words in the order
+of their first appearance in the word list (its solved example too). niah_multiquery follows the asked
+keys, vt its chain. Before 2026-12-06 the multivalue gold followed the values' draw order and cwe's the
+shuffled vocabulary's, both unrelated to the text, so a perfect reader matched them by chance only.
+Greedy scoring (string_match_all) does not depend on the order.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from .haystack import (Insert, LengthTooShortError, Units, build_context, essay_
                        search_largest)
 from .samples import (ANSWER_MARGIN, Sample, adjectives, distinct_values, nouns,  # noqa: F401  (users import them from here)
                       random_value, sample_rng, verbs)
+
+# The sample generators' revision, part of `nextlong eval`'s resume fingerprint: a change in what a seed
+# generates (here the gold order of niah_multivalue and cwe, 2026-12-06) must not reuse older records.
+TASKS_REVISION = "2026-12-06"
 
 
 # ---------------------------------------------------------------- NIAH
@@ -99,7 +111,6 @@ def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, le
             fraction = depth / 100 if (k == 0 and j == 0) else rng.random()
             inserts.append(Insert(NEEDLE.format(type_v=spec.value_kind, key=key, value=value), fraction,
                                   queried=k in queried))
-    answers = [v for k in queried for v in values[k]]
     singular = spec.num_queries * spec.num_values == 1
     type_v = spec.value_kind[:-1] if singular else spec.value_kind
     query_keys = [keys[k] for k in queried]
@@ -109,7 +120,19 @@ def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, le
     if singular:
         head = head.replace("Some", "A", 1).replace(" are ", " is ", 1)
         tail = tail.replace("are all", "is").replace(" are", " is")
-    gold = " " + ", ".join(answers) + "."
+
+    def answers_in_text_order(spans) -> list[str]:
+        """The asked keys in the asked order; one key's values in the order their needles appear in the
+        text (the spans come in the order of the queried inserts: key by key, value by value)."""
+        out, i = [], 0
+        for k in queried:
+            span_of = dict(zip(values[k], spans[i:i + len(values[k])]))
+            out += sorted(values[k], key=lambda v: span_of[v][0])
+            i += len(values[k])
+        return out
+
+    def gold_of(answers) -> str:
+        return " " + ", ".join(answers) + "."
 
     if spec.haystack == "noise":
         units = noise_units(tok)
@@ -132,9 +155,12 @@ def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, le
         built = build_context(units, n, inserts)
         return head + built.context + tail, [(a + len(head), b + len(head)) for a, b in built.spans]
 
+    prompt, spans, _ = fit_to_length(tok, units, build,
+                                     lambda _, spans: tok.count_tokens(gold_of(answers_in_text_order(spans))),
+                                     length, task=task, what="essay" if spec.haystack == "essay" else "haystack")
+    answers = answers_in_text_order(spans)
+    gold = gold_of(answers)
     answer_tokens = tok.count_tokens(gold)
-    prompt, spans, _ = fit_to_length(tok, units, build, answer_tokens, length, task=task,
-                                     what="essay" if spec.haystack == "essay" else "haystack")
     context_span = (len(head), len(prompt) - len(tail))
     return Sample(task, length, depth, index, prompt, answers, gold, "string_match_all", context_span, spans,
                   max_new_tokens=answer_tokens + ANSWER_MARGIN)
@@ -210,10 +236,12 @@ def _numbered(words: Sequence[str]) -> str:
 
 
 def _cwe_list(rng_seed: str, words: Sequence[str], num_common: int, common_repeats: int, uncommon_repeats: int):
+    """The shuffled list, and its common words in the order of their first appearance in it."""
     common, uncommon = list(words[:num_common]), list(words[num_common:])
     listed = common * common_repeats + uncommon * uncommon_repeats
     random.Random(rng_seed).shuffle(listed)
-    return listed, common
+    wanted = set(common)
+    return listed, list(dict.fromkeys(w for w in listed if w in wanted))
 
 
 def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: int = 10) -> Sample:
@@ -231,25 +259,25 @@ def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: 
     pool = order[:-ex_words]
 
     def build(num_words):
+        """(prompt, common words in the order of their first appearance, gold, gold tokens)"""
         listed, common = _cwe_list(f"{seed}:{task}:{length}:{index}:{num_words}", pool[:num_words], num_common,
                                    *repeats)
         context = _numbered(listed)
-        return example + CWE_HEAD + context + CWE_TAIL, common
+        gold = " " + _numbered(common)
+        return example + CWE_HEAD + context + CWE_TAIL, common, gold, tok.count_tokens(gold)
 
-    answers = list(pool[:num_common])
-    gold = " " + _numbered(answers)
-    answer_tokens = tok.count_tokens(gold)
     cache = {}
 
     def fits(num_words):
         if num_words not in cache:
-            cache[num_words] = build(num_words)[0]
-        return tok.count_tokens(cache[num_words]) + answer_tokens <= length
+            cache[num_words] = build(num_words)
+        prompt, _, _, answer_tokens = cache[num_words]
+        return tok.count_tokens(prompt) + answer_tokens <= length
 
     n = search_largest(fits, num_common + 1, lambda want: min(want, len(pool)))
     if n is None:
         raise LengthTooShortError(f"task {task}: length {length} is too short for a list of {num_common + 1} words")
-    prompt = cache[n] if n in cache else build(n)[0]
+    prompt, answers, gold, answer_tokens = cache[n] if n in cache else build(n)
     start = len(example) + len(CWE_HEAD)
     return Sample(task, length, None, index, prompt, answers, gold, "string_match_all",
                   (start, len(prompt) - len(CWE_TAIL)), [], max_new_tokens=answer_tokens + ANSWER_MARGIN)
