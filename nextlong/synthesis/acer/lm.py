@@ -124,8 +124,12 @@ class LM:
         return out.logits[:, -1].float(), new_cache
 
     def _left_padded(self, prompts):
+        """Ids, attention mask and positions of a batch, each prompt after the tokenizer's prefix ids (Llama-3's
+        BOS: the model was trained with its prompts starting there; none for most tokenizers)."""
         import torch
 
+        prefix = list(self.tokenizer.prefix_ids)
+        prompts = [prefix + [int(i) for i in p] for p in prompts] if prefix else prompts
         width = max(len(p) for p in prompts)
         ids = torch.zeros((len(prompts), width), dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -138,6 +142,7 @@ class LM:
 
     def _check_length(self, n: int, extra: int = 0) -> None:
         limit = self.info.max_positions
+        n += len(self.tokenizer.prefix_ids)
         if limit is not None and n + extra > limit:
             raise UsageError(f"a prompt of {n} tokens (+{extra} to generate) is beyond the model's {limit} positions")
 

@@ -112,7 +112,8 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     chunk = np.zeros(cfg.chunk_tokens, np.uint32)
     limit = info.max_positions
     needs = {}
-    read_prompt = len(templates["read_cot" if cfg.chain_of_thought else "read"].render(
+    bos = len(lm_tok.prefix_ids)  # the LM's prompts start with its tokenizer's prefix ids (nextlong.acer.lm)
+    read_prompt = bos + len(templates["read_cot" if cfg.chain_of_thought else "read"].render(
         lm_tok, passages=passages_ids(templates, lm_tok, [chunk] * cfg.read), question=q_value(question_tokens)))
     needs["read"] = read_prompt + cfg.max_new_tokens
     if limit is not None and needs["read"] > limit:
@@ -122,13 +123,14 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"{question_tokens} tokens) plus --max-new-tokens {cfg.max_new_tokens} = {needs['read']}, but "
             f"{info.folder} has {limit} positions (max_position_embeddings); use a smaller --read or --chunk-tokens")
     if cfg.ranker == "model":
-        needs["rank"] = len(templates["rank"].render(lm_tok, passage=chunk, question=q_value(question_tokens))) + 1
+        needs["rank"] = bos + len(templates["rank"].render(lm_tok, passage=chunk,
+                                                           question=q_value(question_tokens))) + 1
         if limit is not None and needs["rank"] > limit:
             raise UsageError(f"the ranker's prompt (one chunk of {cfg.chunk_tokens} tokens, the template and the "
                              f"longest question) needs {needs['rank']} tokens, beyond the {limit} positions of "
                              f"{info.folder}; use a smaller --chunk-tokens")
     if cfg.generate_questions is not None:
-        needs["ask"] = len(templates["question"].render(lm_tok, passage=chunk)) + cfg.question_max_new_tokens
+        needs["ask"] = bos + len(templates["question"].render(lm_tok, passage=chunk)) + cfg.question_max_new_tokens
         if limit is not None and needs["ask"] > limit:
             raise UsageError(f"the question writer's prompt needs {needs['ask']} tokens, beyond the {limit} positions "
                              f"of {info.folder}; use a smaller --chunk-tokens")

@@ -1,0 +1,72 @@
+"""Prompts a model reads start with its tokenizer's prefix ids (Llama-3's <|begin_of_text|>, from the
+tokenizer.json post-processor), as HF tokenizers' default encode gives them: ACER's short-context LM
+(ranking, reading, asking) and `nextlong eval`'s recall tasks. Tokenizers without one are unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
+
+BOS_TEXT = "<|begin_of_text|>"
+
+
+def bos_tokenizer(path):
+    """The test tokenizer plus a Llama-3-style BOS the post-processor puts before each sequence; the BOS id
+    is the model vocabulary's last (save_tiny_llama sizes the model one id past the BPE vocabulary)."""
+    plain = train_tokenizer(path.parent / "plain" / "tokenizer.json")
+    data = json.loads(plain.read_text())
+    bos = len(data["model"]["vocab"])
+    data["added_tokens"].append({"id": bos, "content": BOS_TEXT, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    data["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": BOS_TEXT, "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [], "special_tokens": {BOS_TEXT: {"id": BOS_TEXT, "ids": [bos],
+                                                                         "tokens": [BOS_TEXT]}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path, bos
+
+
+@pytest.fixture(scope="module")
+def bos_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bos")
+    tok, bos = bos_tokenizer(root / "tok" / "tokenizer.json")
+    return save_tiny_llama(root / "model", tok, max_positions=512), bos
+
+
+def _recording(model):
+    fed = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).clone()),
+        with_kwargs=True)
+    return fed
+
+
+def test_acer_lm_reads_every_prompt_after_the_bos(bos_model):
+    from nextlong.synthesis.acer.lm import load_lm
+
+    folder, bos = bos_model
+    lm = load_lm(folder, device="cpu")
+    assert lm.tokenizer.prefix_ids == (bos,)
+    prompt = lm.tokenizer.encode("Question: what does json.dumps return?\nAnswer:")
+    a, b = (int(lm.tokenizer.encode(" A")[0]), int(lm.tokenizer.encode(" B")[0]))
+    fed = _recording(lm.model)
+    (probs,) = lm.option_probs([prompt], [a, b])
+    assert fed[0][0, 0].item() == bos and fed[0].shape[1] == len(prompt) + 1
+    with torch.no_grad():
+        logits = lm.model(torch.as_tensor(np.r_[bos, prompt].astype(np.int64))[None]).logits[0, -1].double()
+    p = logits.softmax(-1)
+    assert probs[0] == pytest.approx(float(p[a] / (p[a] + p[b])), abs=1e-6)
+    fed.clear()
+    lm.generate([prompt], 3, stop=None)
+    assert fed[0][0, 0].item() == bos and fed[0].shape[1] == len(prompt) + 1
+    with pytest.raises(Exception, match="beyond the model's 512 positions"):
+        lm.generate([np.zeros(509, np.uint32)], 3)  # 1 + 509 + 3 > 512: the BOS counts
