@@ -70,3 +70,54 @@ def test_acer_lm_reads_every_prompt_after_the_bos(bos_model):
     assert fed[0][0, 0].item() == bos and fed[0].shape[1] == len(prompt) + 1
     with pytest.raises(Exception, match="beyond the model's 512 positions"):
         lm.generate([np.zeros(509, np.uint32)], 3)  # 1 + 509 + 3 > 512: the BOS counts
+
+
+@pytest.fixture(scope="module")
+def bos_lm(bos_model):
+    from nextlong.eval.model import load_model
+
+    folder, bos = bos_model
+    return load_model(str(folder), device="cpu"), bos
+
+
+@pytest.fixture(scope="module")
+def essay():
+    from nextlong.eval.haystack import essay_sentences
+    from tests.helpers import corpus_texts
+
+    return essay_sentences(corpus_texts(max_bytes=40_000))
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "niah_multivalue", "niah_multikey_2"])
+def test_recall_prompts_start_with_the_bos_and_still_fit_their_length(bos_lm, essay, task):
+    from nextlong.eval.runner import evaluate_sample
+    from nextlong.eval.tasks import make_sample
+
+    lm, bos = bos_lm
+    sample = make_sample(lm.tokenizer, task, 384, 50.0, 0, 0, essay)
+    assert sample.length == 384
+    fed = _recording(lm.model)
+    record = evaluate_sample(lm, sample, greedy=False, teacher_forced=True)
+    assert fed[0][0, 0].item() == bos and fed[0].shape[1] == record["prompt_tokens"]
+    assert record["prompt_tokens"] == 1 + len(lm.tokenizer.encode(sample.prompt))
+    assert record["prompt_tokens"] + record["answer_tokens"] <= 384
+
+
+def test_retrieval_head_trials_start_with_the_bos_and_point_at_the_needle(bos_lm, essay):
+    from nextlong.eval import heads as H
+
+    lm, bos = bos_lm
+    for trial in H.make_trials(lm.tokenizer, essay, [256, 384], [0.0, 50.0, 100.0], H.NEEDLES[:1]):
+        assert trial.prompt_ids[0] == bos and len(trial.prompt_ids) <= trial.length
+        start, end = trial.span
+        assert lm.tokenizer.decode(trial.prompt_ids[start:end]).strip() in trial.reference or \
+            trial.reference in lm.tokenizer.decode(trial.prompt_ids[start:end])
+
+
+def test_rag_generation_reads_after_the_bos(bos_lm):
+    from nextlong.eval.rag import generate
+
+    lm, bos = bos_lm
+    fed = _recording(lm.model)
+    generate(lm, lm.tokenizer.encode("Question: what is zlib?\nAnswer:"), 2)
+    assert fed[0][0, 0].item() == bos

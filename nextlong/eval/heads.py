@@ -81,10 +81,12 @@ def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths:
                     built = build_context(units, n, inserts)
                     return built.context + tail, built.spans
 
+                prefix = [int(i) for i in tokenizer.prefix_ids]  # fed first (Llama-3's BOS), counted in length
                 prompt, spans, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
-                                                 length, task="heads", what="essay")
+                                                 length - len(prefix), task="heads", what="essay")
                 ids = [int(i) for i in tokenizer.encode(prompt)]
-                trials.append(Trial(length, depth, k, prompt, ids, token_span(tokenizer, ids, prompt, *spans[0]),
+                start, end = token_span(tokenizer, ids, prompt, *spans[0])
+                trials.append(Trial(length, depth, k, prompt, prefix + ids, (start + len(prefix), end + len(prefix)),
                                     needle))
     return trials
 

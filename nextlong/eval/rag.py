@@ -296,7 +296,8 @@ class RagPlan:
 
         sep, ct = self.separator, self.settings.chunk_tokens
         size = {c: min(self.pool.num_tokens(c), ct) + sep.size for c in e.gold + e.candidates}
-        budget = length - e.question_ids.size - e.answer_tokens - sum(size[c] for c in e.gold)
+        budget = (length - len(self.tokenizer.prefix_ids) - e.question_ids.size - e.answer_tokens
+                  - sum(size[c] for c in e.gold))
         chosen, used = [], 0
         distractors = e.distractors
         for c in distractors:
@@ -444,7 +445,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     for q, gold in zip(questions, golds):
         q_ids = templates["sample"].render(tok, question=q.question)
         answer_tokens = max(len(tok.encode_ordinary(" " + a)) for a in q.answers)
-        need = sum(min(pool.num_tokens(c), ct) + sep.size for c in gold) + q_ids.size + answer_tokens
+        need = (sum(min(pool.num_tokens(c), ct) + sep.size for c in gold) + q_ids.size + answer_tokens
+                + len(tok.prefix_ids))
         if need > min(settings.lengths):
             raise UsageError(
                 f"--lengths {min(settings.lengths)} is too short for {settings.questions}:{q.line} (question {q.id!r}): "
@@ -481,7 +483,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     limit = lm.max_positions
     if limit is not None:
         for e in entries:
-            n = len(plan.read_prompt(e)) + e.max_new_tokens
+            n = len(tok.prefix_ids) + len(plan.read_prompt(e)) + e.max_new_tokens
             if n > limit:
                 raise UsageError(
                     f"retrieve-then-read: the reader's prompt for question {e.q.id!r} ({settings.questions}:{e.q.line}: "
@@ -514,7 +516,9 @@ def generate(lm, prompt_ids, max_new_tokens: int) -> str:
     decode_attn = "eager" if lm.prefill_attn == "eager" else "sdpa"
     out: list[int] = []
     with torch.no_grad():
-        ids = torch.tensor([[int(i) for i in prompt_ids]], dtype=torch.long, device=lm.device)
+        # after the tokenizer's BOS-like prefix (Llama-3), as HF tokenizers' default encode gives a prompt
+        ids = torch.tensor([[*lm.tokenizer.prefix_ids, *(int(i) for i in prompt_ids)]], dtype=torch.long,
+                           device=lm.device)
         with attention(lm.model, lm.prefill_attn):
             logits, cache, _ = forward(lm.model, ids, last_only=True)
         next_id = int(logits[0, -1].float().argmax())

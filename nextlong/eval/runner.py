@@ -61,7 +61,7 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
     import torch
 
     tok, model = lm.tokenizer, lm.model
-    prompt_ids = [int(i) for i in tok.encode(sample.prompt)]
+    prompt_ids = [int(i) for i in tok.encode_prompt(sample.prompt)]  # after the tokenizer's BOS, if any
     gold_ids = [int(i) for i in tok.encode(sample.gold)]
     decode_attn = "eager" if lm.prefill_attn == "eager" else "sdpa"
     record = {"task": sample.task, "length": sample.length, "depth": sample.depth, "index": sample.index,

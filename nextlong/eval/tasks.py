@@ -337,7 +337,19 @@ def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float
 
 def make_sample(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
                 essay: Sequence[str] | None = None) -> Sample:
-    """One sample of `task` whose prompt + gold answer fill `length` tokens of `tokenizer`."""
+    """One sample of `task` whose prompt + gold answer fill `length` tokens of `tokenizer`, the ids it puts
+    before a sequence (Llama-3's BOS, `Tokenizer.prefix_ids`, which the prompt is fed after) included."""
+    prefix = len(getattr(tokenizer, "prefix_ids", ()))
+    if prefix:
+        import dataclasses
+
+        return dataclasses.replace(_make_sample(tokenizer, task, length - prefix, depth, index, seed, essay),
+                                   length=length)
+    return _make_sample(tokenizer, task, length, depth, index, seed, essay)
+
+
+def _make_sample(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
+                 essay: Sequence[str] | None = None) -> Sample:
     if task in NIAH_TASKS:
         return _niah_sample(tokenizer, essay, task, NIAH_TASKS[task], length, depth, index, seed)
     if task == "vt":
