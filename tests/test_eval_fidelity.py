@@ -202,7 +202,7 @@ def test_the_mean_row_shows_no_mean_over_fewer_tasks_than_another_length():
     assert means["2048"] == {"greedy": 50.0, "teacher_forced_em": 0.0, "tasks": 2}
     assert means["1024"] == {"partial": {"greedy": 100.0, "teacher_forced_em": 100.0}, "tasks": 1, "of_tasks": 2}
     summary = summary_markdown({"model": "m", "tasks": out["tasks"], "mean_over_tasks": means}, [1024, 2048])
-    assert "| **mean** | - / - | 50.0 / 0.0 |" in summary
+    assert "| **mean** | 100.0 (1 of 2 tasks) / 100.0 (1 of 2 tasks) | 50.0 / 0.0 |" in summary
     # the same tasks at every length: every length has its mean
     full = aggregate(records + [_record("cwe", 1024, 0.0, 0.0)], settings, {})["mean_over_tasks"]
     assert full["1024"] == {"greedy": 50.0, "teacher_forced_em": 50.0, "tasks": 2}

@@ -100,6 +100,8 @@ def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
         means = results.get("mean_over_tasks", {})
         if means:
             def score(m, key):  # "-" for a mode that was not run, as in the task rows (not "nan")
+                if key in m.get("partial", {}):  # a mean over fewer tasks than other lengths have: say so
+                    return f"{m['partial'][key]:.1f} ({m['tasks']} of {m['of_tasks']} tasks)"
                 return f"{m[key]:.1f}" if key in m else "-"
 
             lines.append("| **mean** | " + " | ".join(

@@ -166,8 +166,8 @@ def mean_over_tasks(tasks: dict, settings: EvalSettings) -> dict:
 
     A task × length cell can be skipped (too short for the task), and a mean over fewer tasks is not
     comparable with the other lengths' means. Where a length lacks a task that some other length has,
-    its means move under "partial" (beside "tasks" and "of_tasks", the number scored at any length), so
-    the summary's mean row shows no number there ("-"); results.json keeps them."""
+    its means move under "partial" (beside "tasks" and "of_tasks", the number scored at any length), and
+    the summary's mean row prints them with "(k of n tasks)"."""
     keys = ("greedy", "teacher_forced_em")
     present = {length: {key: [t for t in settings.tasks if key in tasks[t]["by_length"][str(length)]]
                         for key in keys}
