@@ -104,6 +104,18 @@ def test_gold_chunks_are_the_answer_bearing_evidence(plan):
     assert doc_of(plan, ledger.gold[0]) == "ledger"
 
 
+def test_the_separator_is_the_datas(lm, files, tmp_path):
+    """--rag-separator: the long context is laid out with the separator the ACER data was built with."""
+    custom = prepare(lm, files, tmp_path / "sep", separator="\n---\n")
+    want = lm.tokenizer.encode_ordinary("\n---\n")
+    np.testing.assert_array_equal(custom.separator, want)
+    e = custom.entries[0]
+    lay = custom.layout(e, LENGTHS[-1], DEPTHS[0])
+    first = lay.chunks[0]
+    n = custom.pool.ids(first).size
+    np.testing.assert_array_equal(lay.ids[n:n + want.size], want)
+
+
 @pytest.mark.parametrize("length", LENGTHS)
 def test_gold_at_the_requested_depth_by_token_offsets(plan, length):
     sep = plan.separator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import positive_int, seed
+from .synthesize import unescape
 
 DEFAULT_TASKS = "ruler,json_kv,longppl"
 
@@ -74,6 +75,9 @@ def add_parser(subparsers) -> None:
                      "leave out every chunk that holds a gold answer (HELMET's RAG)")
     rag.add_argument("--rag-order", choices=("shuffled", "retrieval"), default="shuffled",
                      help="distractor order around the gold: seeded shuffle (ACER's default) or retrieval rank")
+    rag.add_argument("--rag-separator", default="\\n\\n", type=unescape,
+                     help="text after every chunk of the long context, as the data's `nextlong acer --separator` "
+                     "(default a blank line)")
     rag.add_argument("--rag-prompts", default=None, metavar="DIR",
                      help="a folder whose sample.txt / read.txt / passage.txt replace ACER's templates (as `nextlong "
                      "acer --prompts`)")

@@ -77,6 +77,7 @@ class RagSettings:
     distractors: str = "retrieved"
     order: str = "shuffled"
     prompts: str | None = None  # a folder replacing sample.txt / read.txt / passage.txt (ACER's --prompts)
+    separator: str = SEPARATOR  # after every chunk of the long context (ACER's --separator)
     max_new_tokens: int | None = None  # None: the longest gold answer's tokens + ANSWER_MARGIN
     text_field: str = "text"
     id_field: str | None = None
@@ -439,7 +440,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
         golds.append(holding or evidence)
 
     # fixed prompt parts, and the length each question needs at least
-    sep = np.asarray(tok.encode_ordinary(SEPARATOR), np.uint32)
+    sep = np.asarray(tok.encode_ordinary(settings.separator), np.uint32)
     ct = settings.chunk_tokens
     entries = []
     for q, gold in zip(questions, golds):
@@ -622,7 +623,7 @@ def aggregate(records: Sequence[dict], plan: RagPlan) -> dict:
         "questions": len(plan.entries),
         "settings": {"retriever": s.retriever, "embedder": s.embedder if s.retriever == "embedding" else None,
                      "chunk_tokens": s.chunk_tokens, "read": s.read, "retrieve": plan.retrieve,
-                     "distractors": s.distractors, "order": s.order, "separator": SEPARATOR,
+                     "distractors": s.distractors, "order": s.order, "separator": s.separator,
                      "prompts": {n: plan.templates[n].path for n in ("sample", "read", "passage")}},
         "pool": {"corpus_chunks": plan.pool.corpus_chunks, "context_chunks": len(plan.pool.extra_ids),
                  "gold_chunks_mean": round(sum(len(e.gold) for e in plan.entries) / len(plan.entries), 3)},
@@ -685,5 +686,6 @@ def settings_from_args(args, lengths, depths) -> RagSettings:
                        seed=args.seed, read=args.rag_read, retriever=args.rag_retriever, embedder=args.rag_embedder,
                        chunk_tokens=args.rag_chunk_tokens, retrieve=args.rag_retrieve,
                        distractors=args.rag_distractors, order=args.rag_order, prompts=args.rag_prompts,
+                       separator=getattr(args, "rag_separator", SEPARATOR),
                        max_new_tokens=args.max_new_tokens, text_field=args.text_field, id_field=args.id_field,
                        dump=args.dump)
