@@ -110,3 +110,20 @@ class CopyModel(torch.nn.Module):
                                                                 self.vocab).float()
             return SimpleNamespace(last_hidden_state=hidden)
         return decoder
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """The trained test tokenizer, loaded by nextlong."""
+    from nextlong.corpus.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def essay():
+    """Essay sentences from 200 KB of the test corpus: the haystack of the needle tasks."""
+    from nextlong.eval.haystack import essay_sentences
+    from tests.helpers import corpus_texts
+
+    return essay_sentences(corpus_texts(max_bytes=200_000))

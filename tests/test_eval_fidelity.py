@@ -11,24 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from nextlong.corpus.tokenizer import Tokenizer  # noqa: E402
-from nextlong.eval.haystack import essay_sentences  # noqa: E402
 from nextlong.eval.model import LoadedModel, decode  # noqa: E402
 from nextlong.eval.runner import EvalSettings, aggregate, evaluate_sample  # noqa: E402
 from nextlong.eval.tasks import CWE_TAIL, make_sample  # noqa: E402
-from tests.eval_fixtures import one_thread, train_tokenizer  # noqa: E402,F401
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return Tokenizer.from_file(train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
-
-
-@pytest.fixture(scope="module")
-def essay():
-    from tests.helpers import corpus_texts
-
-    return essay_sentences(corpus_texts(max_bytes=200_000))
+from tests.eval_fixtures import essay, one_thread, tok  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- gold order

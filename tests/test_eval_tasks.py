@@ -6,24 +6,11 @@ import pytest
 
 from nextlong.errors import UsageError
 from nextlong.eval import scoring
-from nextlong.eval.haystack import CorpusTooSmallError, essay_sentences
+from nextlong.eval.haystack import CorpusTooSmallError
 from nextlong.eval.tasks import ALL_TASKS, DEPTHLESS_TASKS, GROUPS, NIAH_TASKS, expand_tasks, make_sample
-from nextlong.corpus.tokenizer import Tokenizer
-from tests.eval_fixtures import train_tokenizer
+from tests.eval_fixtures import essay, tok  # noqa: F401 (fixtures)
 
 COARSE_UNITS = ("niah_multikey_2", "niah_multikey_3", "json_kv")  # whole needles or UUID pairs
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return Tokenizer.from_file(train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
-
-
-@pytest.fixture(scope="module")
-def essay():
-    from tests.helpers import corpus_texts
-
-    return essay_sentences(corpus_texts(max_bytes=200_000))
 
 
 def _total(tok, sample):

@@ -214,15 +214,21 @@ def rewind_cache(cache, length: int) -> bool:
     return cache.get_seq_length() == length
 
 
+def generated_bytes(tokenizer, ids) -> bytes:
+    """The bytes of generated ids, one id at a time; an id the tokenizer lacks (a model's padded
+    vocabulary) gives U+FFFD's bytes."""
+    parts = []
+    for i in ids:
+        try:
+            parts.append(tokenizer.decode_bytes([int(i)]))
+        except ValueError:
+            parts.append("\ufffd".encode())
+    return b"".join(parts)
+
+
 def decode(tokenizer, ids) -> str:
     """Text of generated ids; ids the tokenizer lacks (a model's padded vocabulary) become U+FFFD."""
     try:
         return tokenizer.decode(ids)
     except ValueError:
-        parts = []
-        for i in ids:
-            try:
-                parts.append(tokenizer.decode_bytes([int(i)]))
-            except ValueError:
-                parts.append("\ufffd".encode())
-        return b"".join(parts).decode("utf-8", errors="replace")
+        return generated_bytes(tokenizer, ids).decode("utf-8", errors="replace")

@@ -277,13 +277,10 @@ def _stop_at(text: str, stop: str | None, after: re.Pattern | None = None) -> in
 def _decode_whole_characters(tokenizer, ids) -> str:
     """Text of generated ids, leaving out an incomplete UTF-8 sequence at the end (ids the tokenizer lacks
     become U+FFFD, as eval.model.decode): a budget that cuts a character's bytes leaves no U+FFFD."""
-    parts = []
-    for i in ids:
-        try:
-            parts.append(tokenizer.decode_bytes([int(i)]))
-        except ValueError:
-            parts.append("\ufffd".encode())
-    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(b"".join(parts), final=False)
+    from ...eval.model import generated_bytes
+
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(generated_bytes(tokenizer, ids),
+                                                                         final=False)
 
 
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:
