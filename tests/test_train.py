@@ -395,6 +395,27 @@ def test_longce_with_another_scorer_weighs_the_first_window_one(data, tmp_path):
     assert not torch.allclose(ref[:, :window + 1][head], torch.ones(int(head.sum())))  # the old weights differ
 
 
+def test_longce_weighs_one_at_the_start_of_every_span_of_a_packed_row(data, tmp_path):
+    """Two samples per row: the second one's first targets see only their own span in the long pass, so when
+    that prefix fits the short window they weigh 1 too (before 2026-12-06 only the row's first ones did)."""
+    from nextlong.weighting import span_offsets
+    from tests.train_support import set_up_trainer
+
+    train(data, tmp_path / "scorer", steps=1, seed=7, **FAST)
+    window = 32
+    t = set_up_trainer(data=[str(data)], out=str(tmp_path / "w"), steps=1, seq_len=2 * SAMPLE_LEN,
+                       batch_tokens=2 * SAMPLE_LEN, token_weighting="longce", scorer=str(tmp_path / "scorer" / "model"),
+                       short_window=window, short_stride=window, **FAST)
+    batch = t.next_batches[0]
+    w = t.token_weights(batch)
+    offsets = span_offsets(batch["cu_seq_lens_q"], *batch["input_ids"].shape)
+    assert bool((offsets[:, SAMPLE_LEN] == 0).all())  # a span starts mid-row
+    head = (batch["labels"] != -100) & (offsets <= window)
+    assert bool(head[:, SAMPLE_LEN:].any()) and bool((w[head] == 1.0).all())
+    later = (batch["labels"] != -100) & (offsets > window)
+    assert not bool((w[later] == 1.0).all())  # past the window the scorer's gap still weighs
+
+
 def test_step_under_autocast_with_our_kernels(data):
     # `nextlong train` wraps GPU steps in bf16 autocast; there rotary hands fp32 q/k beside a bf16 v
     # and fp32 hidden states to the loss. Both kernels take autocast's dtype (here on the CPU) and the
@@ -421,3 +442,33 @@ def test_without_seq_len_a_mix_trains_at_its_longest_sources_length(data, tmp_pa
     (longer / "manifest.json").write_text(json.dumps(manifest))
     train([f"{data}@2", f"{longer}@1"], tmp_path / "run", steps=1, progress=False)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["settings"]["seq_len"] == 2 * SAMPLE_LEN
+
+
+@pytest.mark.parametrize("loss", ["fused", "eager"])
+def test_the_training_loss_is_the_models_own_with_its_logit_softcap_and_scale(loss):
+    """Gemma-2 soft-caps its logits, Granite divides them by logits_scaling: the trainer's loss (and the
+    scorer's log-probs) equal the model's own forward loss (before 2026-12-06 both were left out)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    from nextlong.train.model import LossModel
+    from nextlong.weighting import long_context_logprobs
+
+    small = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1)
+    torch.manual_seed(0)
+    for lm in (Gemma2ForCausalLM(Gemma2Config(**small, head_dim=16, final_logit_softcapping=0.5,
+                                              attn_logit_softcapping=None)),
+               GraniteForCausalLM(GraniteConfig(**small, logits_scaling=4.0))):
+        lm.config._attn_implementation = "eager"
+        ids = torch.randint(0, 128, (1, 24))
+        with torch.no_grad():
+            ref = float(lm(input_ids=ids, labels=ids).loss)
+            logits = lm(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        cu = torch.tensor([0, 24], dtype=torch.int32)
+        batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(24)[None],
+                 "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 24, "max_length_k": 24}
+        batch["labels"][0, 0] = -100
+        got = float(LossModel(lm, attention="eager", loss=loss)(batch, torch.ones(1, 24))) / 23
+        assert got == pytest.approx(ref, abs=1e-5), type(lm).__name__
+        scored = long_context_logprobs(lm, ids)[0, 1:]
+        torch.testing.assert_close(scored, logits.gather(-1, ids[0, 1:, None])[:, 0], atol=1e-5, rtol=0)

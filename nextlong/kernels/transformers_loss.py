@@ -90,7 +90,7 @@ def causal_lm_loss(
     return loss
 
 
-def _softcap_from_config(model) -> float | None:
+def logit_softcap_of(model) -> float | None:
     config = getattr(model, "config", None)
     cap = getattr(config, "final_logit_softcapping", None)
     return float(cap) if cap else None
@@ -107,7 +107,7 @@ _LOGIT_SCALES = {
 }
 
 
-def _logit_scale_from_config(model) -> float:
+def logit_scale_of(model) -> float:
     """The factor this model's forward multiplies its logits by (1.0 for Llama and most others)."""
     config = getattr(model, "config", None)
     kind = getattr(config, "model_type", None)
@@ -163,9 +163,9 @@ def patch_causal_lm(model: torch.nn.Module, **options) -> torch.nn.Module:
     head = model.get_output_embeddings()
     if head is None or not isinstance(head, torch.nn.Linear):
         raise TypeError(f"{type(model).__name__} has no linear output head (get_output_embeddings)")
-    options.setdefault("logit_softcap", _softcap_from_config(model))
+    options.setdefault("logit_softcap", logit_softcap_of(model))
     if "logit_scale" not in options:
-        options["logit_scale"] = _logit_scale_from_config(model)
+        options["logit_scale"] = logit_scale_of(model)
     options["logit_scale"] = float(options["logit_scale"])
     # instance attributes: copy.deepcopy rebinds the bound method to the copy and copies the options
     model._nextlong_original_forward = model.forward

@@ -112,6 +112,13 @@ def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: s
         model.config.use_cache = False
     if model.get_output_embeddings() is None or model.get_decoder() is None:
         raise NextlongError(f"{spec}: the model has no output head or decoder (expected a causal LM)")
+    from nextlong.kernels.transformers_loss import logit_scale_of
+
+    try:  # the loss applies the model's logit scale as its forward does: one it cannot place is refused here
+        logit_scale_of(model)
+    except ValueError as exc:
+        raise NextlongError(f"{spec}: {str(exc).split(': ', 1)[1].split('; pass')[0]}; its loss cannot be "
+                            "computed as its own forward computes it") from None
     return model
 
 
@@ -160,16 +167,25 @@ class LossModel(torch.nn.Module):
         """CE of predicting labels[:, t+1] from hidden[:, t]; weights aligned with labels. Labels one column
         longer than hidden (a sequence-parallel slice: nextlong.parallel.split_for_rank) give every
         position of hidden a target."""
+        from nextlong.kernels.transformers_loss import logit_scale_of, logit_softcap_of
+
         head = self.lm.get_output_embeddings()
         h = (hidden if labels.shape[1] == hidden.shape[1] + 1 else hidden[:, :-1]).reshape(-1, hidden.shape[-1])
         y = labels[:, 1:].reshape(-1)
         w = None if weights is None else weights[:, 1:].reshape(-1)
+        # the model's own logits: its post-head scale (Granite, Cohere) and soft-cap (Gemma-2), as its forward
+        scale, cap = logit_scale_of(self.lm), logit_softcap_of(self.lm)
+        bias = head.bias if head.bias is None or scale == 1.0 else head.bias * scale
+        if scale != 1.0:
+            h = h * scale
         if self.loss == "fused":
             from nextlong.kernels.losses import fused_linear_cross_entropy
 
-            return fused_linear_cross_entropy(h, head.weight, y, bias=head.bias, token_weights=w,
-                                              reduction=reduction)
-        logits = head(h).float()
+            return fused_linear_cross_entropy(h, head.weight, y, bias=bias, token_weights=w,
+                                              reduction=reduction, logit_softcap=cap)
+        logits = F.linear(h, head.weight, bias).float()
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
         ce = F.cross_entropy(logits, y, ignore_index=-100, reduction="none")
         if w is not None:
             ce = ce * w.to(ce.dtype)
