@@ -93,19 +93,30 @@ def longce_weights(logp_long: torch.Tensor, logp_short: torch.Tensor, mask=None,
     return torch.where(valid, w, torch.zeros_like(w))
 
 
-def short_logprobs_with_full_prefix(logp_short: torch.Tensor, logp_long: torch.Tensor, window: int):
-    """``logp_short`` with the targets ``t <= window`` taken from ``logp_long``.
+def span_offsets(cu_seqlens: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """(rows, length) int64: each position's distance from the start of its attention span (`cu_seqlens`:
+    the span boundaries over the flattened rows, as the trainer's batches carry them)."""
+    flat = torch.arange(rows * length, device=cu_seqlens.device)
+    cu = cu_seqlens.to(torch.int64)
+    return (flat - cu[torch.searchsorted(cu, flat, right=True) - 1]).view(rows, length)
 
-    Their whole prefix fits in the short window, so long context cannot help them: score 0, LongCE
-    weight 1 (Fang et al.'s code sets w = 1 on the first window). With the model as its own scorer
-    the two passes agree there anyway, up to rounding; a separate short-context scorer would
-    otherwise weight those tokens by its gap to the model being trained, not by context.
+
+def short_logprobs_with_full_prefix(logp_short: torch.Tensor, logp_long: torch.Tensor, window: int,
+                                    offsets: torch.Tensor | None = None):
+    """``logp_short`` with the targets whose whole prefix fits in the short window taken from ``logp_long``.
+
+    Long context cannot help them: score 0, LongCE weight 1 (Fang et al.'s code sets w = 1 on the first
+    window). With the model as its own scorer the two passes agree there anyway, up to rounding; a
+    separate short-context scorer would otherwise weight those tokens by its gap to the model being
+    trained, not by context. The prefix is the target's attention span's (`offsets`, `span_offsets`),
+    default the whole row: in a row packing several documents, the short windows run over the raw row,
+    so a document's first tokens would otherwise be scored against the end of the one before it.
     """
     if logp_long.shape != logp_short.shape:
         raise ValueError(f"shapes differ: {tuple(logp_long.shape)} vs {tuple(logp_short.shape)}")
-    out = logp_short.clone()
-    out[..., :window + 1] = logp_long[..., :window + 1].to(out.dtype)
-    return out
+    if offsets is None:
+        offsets = torch.arange(logp_long.shape[-1], device=logp_long.device)
+    return torch.where(offsets.to(logp_long.device) <= window, logp_long.to(logp_short.dtype), logp_short)
 
 
 # ---- log-probabilities from a HuggingFace causal LM, through the fused loss (no full logits) ----
@@ -117,13 +128,17 @@ def _target_logprobs(model, input_ids: torch.Tensor, last_only: bool = False) ->
     ``last_only``: only the last token's log-probability, shape (B,).
     """
     from nextlong.kernels.losses import fused_linear_cross_entropy
+    from nextlong.kernels.transformers_loss import logit_scale_of, logit_softcap_of
 
     head = model.get_output_embeddings()
     hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    scale = logit_scale_of(model)  # (h W^T + b) * s = (s h) W^T + s b: Granite, Cohere, ...
+    bias = head.bias if head.bias is None or scale == 1.0 else head.bias * scale
+    if scale != 1.0:
+        hidden = hidden * scale
     src, tgt = (hidden[:, -2:-1], input_ids[:, -1:]) if last_only else (hidden[:, :-1], input_ids[:, 1:])
-    ce = fused_linear_cross_entropy(src, head.weight, tgt, bias=head.bias, reduction="none",
-                                    logit_softcap=cap or None)
+    ce = fused_linear_cross_entropy(src, head.weight, tgt, bias=bias, reduction="none",
+                                    logit_softcap=logit_softcap_of(model))
     if last_only:
         return -ce[:, 0].float()
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=ce.device)

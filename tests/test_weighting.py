@@ -73,6 +73,25 @@ def test_targets_inside_the_short_window_score_zero_and_weigh_one():
         short_logprobs_with_full_prefix(short[:, :5], long, window=3)
 
 
+def test_the_full_prefix_rule_counts_from_each_attention_span():
+    """A row packing two documents: the second one's first targets see only their own span in the long pass
+    (document masks), so when their span prefix fits the window they score 0 and weigh 1 as a row's first
+    targets do; the short pass, which runs over the raw row, would otherwise score them against the end of
+    the document before (seen: LongCE weights 0.79-1.19 there before 2026-12-06)."""
+    from nextlong.weighting import span_offsets
+
+    offsets = span_offsets(torch.tensor([0, 4, 10, 13, 20], dtype=torch.int32), rows=2, length=10)
+    assert offsets.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]
+    long = -torch.arange(20, dtype=torch.float32).view(2, 10) / 10
+    short = long - 1.0  # a scorer 1 nat worse everywhere
+    fixed = short_logprobs_with_full_prefix(short, long, window=3, offsets=offsets)
+    expect = torch.where(offsets <= 3, long, short)
+    torch.testing.assert_close(fixed, expect)
+    assert fixed[0, 4] == long[0, 4] and fixed[0, 8] == short[0, 8]  # span 2 of row 0: offsets 0..5
+    torch.testing.assert_close(short_logprobs_with_full_prefix(short, long, window=3),
+                               torch.where(torch.arange(10) <= 3, long, short))  # default: the whole row
+
+
 def tiny_llama(seed=0, vocab=61):
     from transformers import LlamaConfig, LlamaForCausalLM
 

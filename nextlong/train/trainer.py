@@ -395,7 +395,7 @@ class Trainer:
         with self._autocast():
             long = self._long_logprobs(batch)
             short = self._short_logprobs(batch["input_ids"])
-        return self._weights_from_scores(long, short, mask)
+        return self._weights_from_scores(long, short, mask, self._span_offsets(batch, batch["input_ids"].shape))
 
     def _sequence_parallel_weights(self, batch: dict) -> torch.Tensor:
         """token_weights of this rank's slice, equal to the single-process weights: the rank scores its own
@@ -415,7 +415,7 @@ class Trainer:
             short = self._short_logprobs(whole_ids, targets=(a + 1, a + n + 1))
         short = rows(short[:, a + 1:a + n + 1], a + 1)
         mask = rows(labels[:, :n], a) != -100  # local label column j is global column a + j
-        w = self._weights_from_scores(long, short, mask)
+        w = self._weights_from_scores(long, short, mask, self._span_offsets(batch, whole_ids.shape))
         local = torch.zeros(labels.shape, dtype=w.dtype, device=w.device)
         mine = w[:, a + 1:a + n + 1]  # the last rank's last column (past the row's end) stays 0
         local[:, 1:1 + mine.shape[1]] = mine
@@ -434,12 +434,21 @@ class Trainer:
         return short_context_logprobs(self.scorer or self.lm, input_ids, self._short_window,
                                       stride=self.cfg.short_stride, targets=targets)
 
-    def _weights_from_scores(self, long: torch.Tensor, short: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Weights of whole rows (column t: the target x_t) from both passes' log-probabilities."""
+    @staticmethod
+    def _span_offsets(batch: dict, shape) -> torch.Tensor:
+        """Each position of the whole rows' distance from its attention span's start (column t: target x_t)."""
+        from ..weighting import span_offsets
+
+        return span_offsets(batch["cu_seq_lens_q"], shape[0], shape[1])
+
+    def _weights_from_scores(self, long: torch.Tensor, short: torch.Tensor, mask: torch.Tensor,
+                             offsets: torch.Tensor) -> torch.Tensor:
+        """Weights of whole rows (column t: the target x_t) from both passes' log-probabilities; `offsets`:
+        each target's distance from its span's start (a target whose span prefix fits the window scores 0)."""
         from .. import weighting as W
 
         cfg = self.cfg
-        short = W.short_logprobs_with_full_prefix(short, long, self._short_window)
+        short = W.short_logprobs_with_full_prefix(short, long, self._short_window, offsets.to(long.device))
         if cfg.token_weighting == "longce":
             return W.longce_weights(long, short, mask, gamma=cfg.longce_gamma)
         scores = W.token_scores(long, short, absolute=True)
