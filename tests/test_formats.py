@@ -123,6 +123,21 @@ def test_mds_document_spans_merge_runs_of_one_source_document(corpus, tmp_path):
     assert merged_somewhere  # multi-chunk documents became one span, not one per chunk
 
 
+def test_nextlong_with_document_spans_warns_that_it_blocks_the_method(corpus, tmp_path, capsys):
+    """One span per source document cuts every dependency NExtLong builds between its meta-chunks: allowed
+    (an ablation), but said, in synthesize and in train; the standard method is not warned about."""
+    from nextlong import synthesize
+    from nextlong.train import train
+
+    synthesize(corpus, tmp_path / "std", format="mds", method="standard", attention_spans="document", **FAST)
+    assert "blocked" not in capsys.readouterr().err
+    out = tmp_path / "nl"
+    synthesize(corpus, out, format="mds", method="nextlong", attention_spans="document", **FAST)
+    assert "warning: --attention-spans document with NExtLong data" in capsys.readouterr().err
+    train(out, tmp_path / "run", model="tiny", steps=1, attention_spans="document", progress=False, num_threads=1)
+    assert "nextlong train: warning: --attention-spans document with NExtLong data" in capsys.readouterr().err
+
+
 def test_attention_spans_of_interleaved_documents():
     from nextlong.synthesis.writers import attention_spans
 

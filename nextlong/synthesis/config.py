@@ -18,7 +18,11 @@ METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
 EMBEDDING_METHODS = ("nextlong", "knn", "iclm")  # the methods that embed every chunk
 NEGATIVE_RULES = ("fixed-k", "fill")
 FORMATS = ("parquet", "jsonl", "mds")
-ATTENTION_SPANS = ("sample", "document")  # MDS `indices`: one span per long document, or per source document
+ATTENTION_SPANS = ("sample", "document")
+# NExtLong builds dependencies across its meta-chunks; one attention span per source document cuts them
+BLOCKED_DEPENDENCIES = ("warning: {what} with NExtLong data makes each meta-chunk its own attention span, so "
+                        "no meta-chunk can attend to the one before it across its distractors: the dependency the "
+                        "method builds is blocked (fine for an ablation; for training, keep one span per sample)")  # MDS `indices`: one span per long document, or per source document
 K_ROUNDINGS = ("ceil", "floor")
 LONG_DOCS = ("keep", "drop")
 EXECUTORS = ("local", "ray")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
-from .config import EMBEDDING_METHODS, SynthesisConfig
+from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, read_done
 from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
@@ -220,6 +220,8 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
 
     cfg.validate()
     check_before_work(cfg)
+    if cfg.method == "nextlong" and cfg.attention_spans == "document":
+        print(BLOCKED_DEPENDENCIES.format(what="--attention-spans document"), file=sys.stderr, flush=True)
     if executor is None:
         executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                 embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)

@@ -191,12 +191,19 @@ class Trainer:
         self.seq_len = cfg.seq_len or max((s.sample_length for s in sources if s.sample_length), default=None)
         if self.seq_len is None:
             raise UsageError("give --seq-len: the data has no `nextlong synthesize` manifest to take it from")
+        if cfg.attention_spans == "document" and self.rank == 0 and any(
+                ((s.manifest or {}).get("settings") or {}).get("method") == "nextlong" for s in sources):
+            from ..synthesis.config import BLOCKED_DEPENDENCIES
+
+            print(f"nextlong train: {BLOCKED_DEPENDENCIES.format(what='--attention-spans document')}", file=sys.stderr)
         if cfg.attention_spans == "sample" and not cfg.split_spans:
             for s in sources:
                 if s.kind == "parquet" and s.sample_length and s.sample_length > self.seq_len:
                     raise UsageError(f"{s.path}: its samples are {s.sample_length} tokens, longer than --seq-len "
-                                     f"{self.seq_len}, and a sample is one attention span; raise --seq-len, pass "
-                                     "--split-spans to cut them, or use --attention-spans document|none")
+                                     f"{self.seq_len}, and a sample is one attention span; raise --seq-len (which keeps "
+                                     "every dependency in the data), pass --split-spans to cut them, or use "
+                                     "--attention-spans document|none (for NExtLong data, document blocks the "
+                                     "dependencies between its meta-chunks)")
         self._check_sequence_parallel()
         self.batch_tokens = cfg.batch_tokens or self.seq_len * self.dp_world
         if self.batch_tokens % self.seq_len:
