@@ -38,7 +38,6 @@ def check_invariants(out, method, tok, sep="\n"):
     table = read_output(out)
     assert table.schema.equals(OUTPUT_SCHEMA), table.schema
     chunks = chunk_lookup(out)
-    sep_ids = np.asarray(tok.encode_ordinary(sep), np.uint32)
     used_docs_global = []
     with_negatives = 0
     rows = table.to_pylist()
@@ -55,11 +54,12 @@ def check_invariants(out, method, tok, sep="\n"):
         for k, seg in enumerate(segs):
             text, cids = chunks[(seg["doc_id"], seg["chunk_index"])]
             got = ids[seg["start"]:seg["end"]]
-            full = np.r_[cids, sep_ids]
+            full = cids  # since 2026-12-06 a chunk's ids are its text and the separator tokenized together
             if k < len(segs) - 1:
                 np.testing.assert_array_equal(got, full)
                 if k < 3:
                     assert tok.decode(got) == text + sep
+                    assert got.tolist() == tok.encode_ordinary(text + sep).tolist()
             else:  # up to the final truncation
                 np.testing.assert_array_equal(got, full[: got.size])
         assert segs[0]["doc_id"] == row["anchor_doc_id"] and segs[0]["role"] == "anchor"
@@ -149,6 +149,21 @@ def test_fill_reaches_target_with_fewer_tokens_than_fixed_k(corpus, tmp_path):
     check_invariants(tmp_path / "fill", "nextlong", get_tokenizer())
     k = synthesize(corpus, tmp_path / "fixed", negatives="fixed-k", num_samples=3, **FAST)
     assert m["statistics"]["negatives_per_meta_chunk_mean"] < k["statistics"]["negatives_per_meta_chunk_mean"]
+
+
+@pytest.mark.parametrize("method", ["nextlong", "standard"])
+def test_a_row_is_the_tokenization_of_its_own_text(corpus, tmp_path, method):
+    """Decoding a row and encoding the text again gives the row's ids (up to the cut at L): piece boundaries
+    leave no mark in the tokens. Before 2026-12-06 each chunk was tokenized alone and the separator's ids
+    appended, so a chunk ending in "." before "\n" gave "." and "\n" where the text has ".\n": rows
+    re-encoded to 8,105-8,180 tokens of 8,192 in a demo run, and the ids marked where every piece began."""
+    from nextlong import synthesize
+
+    tok = get_tokenizer()
+    synthesize(corpus, tmp_path / method, method=method, negatives="fill", num_samples=3, **FAST)
+    for ids in read_output(tmp_path / method).column("input_ids").to_pylist():
+        again = tok.encode_ordinary(tok.decode(ids)).tolist()
+        assert again[:L - 2] == ids[:L - 2]  # the last piece is cut mid-text: its last token may differ
 
 
 def _files(out):
@@ -319,7 +334,8 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
     tok = get_tokenizer()
     parts, next_id = [], 0
     for batch in iter_corpus_batches(corpus, batch_size=17):
-        t = chunk_batch(batch, tokenizer=tok, chunk_size=512, chunk_unit="chars", first_chunk_id=next_id)
+        t = chunk_batch(batch, tokenizer=tok, chunk_size=512, chunk_unit="chars", first_chunk_id=next_id,
+                        separator="\n")
         next_id += t.num_rows
         parts.append(t)
     chunks = pa.concat_tables(parts)
@@ -329,10 +345,11 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
     vectors = np.load(out / "embeddings" / "embeddings.npy")
     anchors = pa.table({"anchor_doc": np.random.default_rng(2).permutation(store.num_docs)[:8]})
     plan = plan_nextlong_batch(anchors, store=store, searcher=ExactSearcher(vectors), chunk_vectors=vectors,
-                               target_length=L, sep_len=1, negatives="fixed-k", chunk_size=512,
+                               target_length=L, sep_len=0, negatives="fixed-k", chunk_size=512,
                                chars_per_token=m["settings"]["chars_per_token_used"], overshoot=1.5,
                                k_rounding="ceil", exclude_duplicates=True, max_candidates=4096, max_rows=3)
-    got = assemble_batch(plan, store=store, sep_ids=tok.encode_ordinary("\n"), target_length=L, method="nextlong")
+    # the separator is inside each chunk's ids: nothing is appended between pieces
+    got = assemble_batch(plan, store=store, sep_ids=[], target_length=L, method="nextlong")
     assert got.equals(read_output(out))
 
 

@@ -151,12 +151,12 @@ def neighbours_for_planning(chunks_dir, plan: dict, quantile: float = 0.9, sampl
     """K such that the first search of `quantile` of the anchors fits in the lists: the planner's own
     initial width (negatives.initial_width) over a sample of documents, rounded up to a multiple of 8."""
     from .negatives import anchor_tokens, initial_width, negatives_per_meta_chunk
-    from .stages import _separator_ids, load_store
+    from .stages import NO_SEPARATOR, load_store
 
     store = load_store(chunks_dir)
     if store.num_docs == 0:
         return 16
-    sep_len = int(_separator_ids(plan.get("tokenizer"), plan.get("separator", "\n")).size)
+    sep_len = NO_SEPARATOR.size
     cpt = plan.get("chars_per_token") or store.chars_per_token()
     docs = np.random.default_rng(0).permutation(store.num_docs)[:sample]
     widths = []

@@ -119,7 +119,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         ReadCorpus(name="corpus", path=str(cfg.corpus), text_field=cfg.text_field, id_field=cfg.id_field,
                    on_error=cfg.on_error),
         S.ChunkStage(name="chunk", inputs=("corpus",), tokenizer=tok, chunk_size=cfg.chunk_size,
-                     chunk_unit=cfg.chunk_unit, threads=threads),
+                     chunk_unit=cfg.chunk_unit, separator=cfg.separator, threads=threads),
         S.Consolidate(name="chunks", inputs=("chunk",)),
     ]
     blocks, chunks, graph, emb, index = "chunk", "chunks", None, None, None
@@ -370,8 +370,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
                               "chunks_windowed": e.get("windowed"),
                               "dtype": e.get("dtype")}  # the compute dtype sets the embedding speed (bf16 is emulated on most CPUs)
     if built == 0:
-        raise NextlongError(_too_small_message(cfg, store, stats, doc_lengths(store, len(tokenizer.encode_ordinary(
-            cfg.separator)) if cfg.separator else 0)))
+        raise NextlongError(_too_small_message(cfg, store, stats, doc_lengths(store, 0)))  # separators in the ids
 
     t0 = time.perf_counter()
     if cfg.format == "jsonl":
@@ -401,7 +400,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     sep_ids = tokenizer.encode_ordinary(cfg.separator) if cfg.separator else []
     settings.update(tokenizer_name=getattr(tokenizer, "name", None),
                     tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
-                    separator_ids=[int(x) for x in sep_ids], separator_side="trailing", embedder_name=embedder_name,
+                    separator_ids=[int(x) for x in sep_ids], separator_side="trailing",
+                    separator_tokenized_with_chunk=True, embedder_name=embedder_name,
                     chars_per_token_used=cfg.chars_per_token or store.chars_per_token(), search=search,
                     output_fingerprint=fps["data"], stage_fingerprints=fps)
     manifest = write_manifest(out / "manifest.json", command="synthesize", settings=settings, statistics=stats,
