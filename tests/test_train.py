@@ -416,6 +416,19 @@ def test_longce_weighs_one_at_the_start_of_every_span_of_a_packed_row(data, tmp_
     assert not bool((w[later] == 1.0).all())  # past the window the scorer's gap still weighs
 
 
+@pytest.mark.parametrize("weighting", ["dense", "sparse"])
+def test_weighted_runs_log_the_plain_cross_entropy_beside_their_objective(data, tmp_path, weighting):
+    """With token weighting, `loss` is sum w CE / sum w, not comparable across schemes; `ce` is the plain mean
+    cross-entropy of the same step (before its update): at step 1 it equals an unweighted run's loss."""
+    opts = dict(steps=2, batch_tokens=2 * SAMPLE_LEN, short_window=32, short_stride=32, **FAST)
+    train(data, tmp_path / "plain", **opts)
+    train(data, tmp_path / weighting, token_weighting=weighting, **opts)
+    plain, weighted = metrics(tmp_path / "plain"), metrics(tmp_path / weighting)
+    assert "ce" not in plain[0] and all("ce" in r for r in weighted)
+    assert weighted[0]["ce"] == pytest.approx(plain[0]["loss"], rel=1e-5)
+    assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-5)
+
+
 def test_step_under_autocast_with_our_kernels(data):
     # `nextlong train` wraps GPU steps in bf16 autocast; there rotary hands fp32 q/k beside a bf16 v
     # and fp32 hidden states to the loss. Both kernels take autocast's dtype (here on the CPU) and the

@@ -135,6 +135,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
+        self.plain_ce = None  # the last step's unweighted cross-entropy, with token weighting
 
     def run(self) -> dict:
         import torch.distributed as dist
@@ -394,15 +395,22 @@ class Trainer:
 
     def token_weights(self, batch: dict) -> torch.Tensor:
         """Per-token loss weights aligned with labels (0 where the label is ignored)."""
+        return self.weights_and_plain_ce(batch)[0]
+
+    def weights_and_plain_ce(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token_weights, the batch's plain cross-entropy summed over its targets, read off the weighting's
+        own long pass: the unweighted loss a reader compares runs by; None without weighting, where the
+        loss is plain already)."""
         mask = batch["labels"] != -100
         if self.cfg.token_weighting == "none":
-            return mask.float()
+            return mask.float(), None
         if self.sp > 1:
             return self._sequence_parallel_weights(batch)
         with self._autocast():
             long = self._long_logprobs(batch)
             short = self._short_logprobs(batch["input_ids"])
-        return self._weights_from_scores(long, short, mask, self._span_offsets(batch, batch["input_ids"].shape))
+        w = self._weights_from_scores(long, short, mask, self._span_offsets(batch, batch["input_ids"].shape))
+        return w, _plain_ce_sum(long, mask)
 
     def _sequence_parallel_weights(self, batch: dict) -> torch.Tensor:
         """token_weights of this rank's slice, equal to the single-process weights: the rank scores its own
@@ -426,7 +434,8 @@ class Trainer:
         local = torch.zeros(labels.shape, dtype=w.dtype, device=w.device)
         mine = w[:, a + 1:a + n + 1]  # the last rank's last column (past the row's end) stays 0
         local[:, 1:1 + mine.shape[1]] = mine
-        return local
+        # every rank of the group holds the whole rows: its share of their sum, so the global sum counts each once
+        return local, _plain_ce_sum(long, mask) / self.sp
 
     def _long_logprobs(self, batch: dict) -> torch.Tensor:
         return self.loss_model.target_logprobs(batch) if not self.cfg.fsdp else self.wrapped.target_logprobs(batch)
@@ -483,11 +492,16 @@ class Trainer:
         loss on sequences without an answer) has no loss (nan): nothing is applied, and `applied` is
         None (nothing to apply, not a failure)."""
         batches = [self._to_device(b) for b in batches]
-        weights = [self.token_weights(b) for b in batches]
-        sums = torch.stack([torch.stack([w[:, 1:].sum().double(), (b["labels"][:, 1:] != -100).sum().double()])
-                            for w, b in zip(weights, batches)]).sum(0)
-        total_w, loss_tokens = all_reduce_sum(sums)
+        scored = [self.weights_and_plain_ce(b) for b in batches]
+        weights = [w for w, _ in scored]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = torch.stack([torch.stack([w[:, 1:].sum().double(), (b["labels"][:, 1:] != -100).sum().double(),
+                                         zero if ce is None else ce.to(self.device)])
+                            for (w, ce), b in zip(scored, batches)]).sum(0)
+        total_w, loss_tokens, plain = all_reduce_sum(sums)
         loss_tokens = int(loss_tokens)
+        # the step's unweighted cross-entropy (before the update), beside the weighted objective it trains on
+        self.plain_ce = float(plain) / loss_tokens if scored[0][1] is not None and loss_tokens else None
         if loss_tokens == 0 or float(total_w) == 0:  # nothing to learn from: same on every rank
             self._advance_schedule()  # the step still uses up its place in the schedule
             self.optimizer.zero_grad(set_to_none=True)
@@ -576,6 +590,8 @@ class Trainer:
                        "tokens": tokens, "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
                        "peak_memory_mb": round(peak_memory_mb(self.device), 1),
                        "epoch": round(self.packer.stream.epochs(), 4), "loss_tokens": loss_tokens}
+                if self.cfg.token_weighting != "none":  # `loss` is the weighted objective: the plain one beside it
+                    row["ce"] = _finite_or_none(self.plain_ce) if self.plain_ce is not None else None
                 if applied is False:
                     row["skipped"] = True  # loss / grad_norm null: not finite
                 self.history.append(row)
@@ -707,6 +723,12 @@ def _append(path: Path):
     """`path` opened to append lines, never through a symbolic link nor waiting on a FIFO."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     return open(fd, "a")
+
+
+def _plain_ce_sum(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of -log p over the targets (columns 1.. of the weighting layout; masked ones may hold garbage)."""
+    lp = logprobs[:, 1:].double()
+    return -torch.where(mask[:, 1:], lp, torch.zeros_like(lp)).sum()
 
 
 def _finite_or_none(x: float) -> float | None:
