@@ -429,6 +429,16 @@ def test_weighted_runs_log_the_plain_cross_entropy_beside_their_objective(data, 
     assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-5)
 
 
+def test_a_preset_scorer_is_refused_and_the_manifest_records_the_window_used(data, tmp_path):
+    """A preset scorer is a random model (with the run's seed, the trained model's own initial weights): refused.
+    The manifest records the short window used beside the one asked for (capped at seq_len / 4)."""
+    with pytest.raises(UsageError, match="--scorer tiny: a preset is a model at random initialisation"):
+        train(data, tmp_path / "p", steps=1, token_weighting="longce", scorer="tiny", **FAST)
+    train(data, tmp_path / "w", steps=1, token_weighting="dense", short_window=4096, **FAST)
+    settings = json.loads((tmp_path / "w" / "manifest.json").read_text())["settings"]
+    assert settings["short_window"] == 4096 and settings["short_window_used"] == SAMPLE_LEN // 4
+
+
 def test_step_under_autocast_with_our_kernels(data):
     # `nextlong train` wraps GPU steps in bf16 autocast; there rotary hands fp32 q/k beside a bf16 v
     # and fp32 hidden states to the loss. Both kernels take autocast's dtype (here on the CPU) and the

@@ -58,7 +58,10 @@ def add_parser(subparsers) -> None:
                         "loss_mask column, else all)")
     p.add_argument("--token-weighting", choices=WEIGHTINGS, default="none",
                    help="loss weights from long- vs short-context log-probabilities (nextlong.weighting)")
-    p.add_argument("--scorer", help="short-context scorer model (default: the model being trained, sliding window)")
+    p.add_argument("--scorer", metavar="MODEL",
+                   help="a trained model folder as the short-context scorer (default: the model being trained, on "
+                        "sliding windows, as LongCE prescribes; with longce, another scorer's weights also carry "
+                        "the gap between the two models)")
     p.add_argument("--short-window", type=positive_int, default=4096,
                    help="short-context window in tokens (capped at seq-len/4; default 4096)")
     p.add_argument("--short-stride", type=positive_int, default=512, help="sliding-window stride (default 512)")

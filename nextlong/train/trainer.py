@@ -185,7 +185,11 @@ class Trainer:
             self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
             if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
                 self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
-        if cfg.scorer is not None and not is_preset(cfg.scorer):  # its log-probs must be of the data's ids
+        if cfg.scorer is not None and is_preset(cfg.scorer):
+            raise UsageError(f"--scorer {cfg.scorer}: a preset is a model at random initialisation (with this --seed, "
+                             "the very weights the trained model starts from), whose log-probs measure nothing; give "
+                             "a trained model folder, or leave --scorer out to score with the model being trained")
+        if cfg.scorer is not None:  # its log-probs must be of the data's ids
             self._check_model_tokenizer(cfg.scorer, "--scorer", data_tok, data_fp)
 
         # without --seq-len: the longest source's samples (a mix of 64K and 512K data packs the 64K ones)
@@ -708,6 +712,8 @@ class Trainer:
         d.update(self.resolved_settings())
         d.update(tokenizer=self.tokenizer_spec, model_config=self.lm.config.to_dict(),
                  accumulation_steps=self.accum,
+                 # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
+                 short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
         return d
 
