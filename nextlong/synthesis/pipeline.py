@@ -152,7 +152,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
                 steps.append(S.IndexStage(name="index", inputs=("embeddings", chunks, "embedder"), embedder=spec,
                                           exact_max=EXACT_SEARCH_MAX_CHUNKS, reproducible=cfg.reproducible_index,
                                           shards=cfg.index_shards, threads=threads))
-    common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok, separator=cfg.separator)
+    common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok)
     plan = plan_settings(cfg)
     steps += [
         S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
@@ -171,7 +171,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
 def plan_settings(cfg: SynthesisConfig) -> dict:
     """The settings that fix how wide the planner's first search is (also what sizes the default K of
     the partitioned route's neighbour lists)."""
-    return dict(target_length=cfg.target_length, tokenizer=cfg.tokenizer, separator=cfg.separator,
+    return dict(target_length=cfg.target_length, tokenizer=cfg.tokenizer,
                 negatives=cfg.negatives, chunk_size=cfg.chunk_size, chunk_unit=cfg.chunk_unit,
                 chars_per_token=cfg.chars_per_token, overshoot=cfg.overshoot, k_rounding=cfg.k_rounding,
                 max_candidates=cfg.max_candidates)

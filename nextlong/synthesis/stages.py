@@ -44,7 +44,7 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     `separator` after it, tokenized together: every piece of an output row is a chunk followed by the
     separator, and the tokens where the two meet are then the ones the assembled text has (a chunk ending
     in "." before "\n" is the one token ".\n" in cl100k, as in real text, not "." then "\n")."""
-    from ..corpus.chunking import chunk_documents, resolve_tokenizer
+    from ..corpus.chunking import chunk_documents, chunk_table_schema, resolve_tokenizer
 
     # with a separator the chunker needs the tokenizer only to measure chunks in tokens: counting them
     # there as well would tokenize every chunk twice (1.8x slower on one thread)
@@ -60,8 +60,6 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate(ids).astype(np.uint32) if ids else np.zeros(0, np.uint32)
     column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-    from ..corpus.chunking import chunk_table_schema
-
     schema = chunk_table_schema(True)
     table = table.set_column(table.schema.get_field_index("num_tokens"), "num_tokens",
                              pa.array(lengths.astype(np.int32)))
@@ -631,7 +629,6 @@ class UnitsStage(WholeStage):
     seed: int = 0
     target_length: int = 131072
     tokenizer: str | None = identity(tokenizer_identity, default=None)
-    separator: str = "\n"
     shard_size: int = 64
     doc_embedding: str = "mean"
     knn_neighbors: int = 32
@@ -695,7 +692,6 @@ class PlanStage(MapStage):
     method: str = "nextlong"
     target_length: int = 131072
     tokenizer: str | None = identity(tokenizer_identity, default=None)
-    separator: str = "\n"
     negatives: str = "fixed-k"
     chunk_size: int = 2048
     chunk_unit: str = "chars"
@@ -830,7 +826,6 @@ class AssembleStage(MapStage):
     method: str = "nextlong"
     target_length: int = 131072
     tokenizer: str | None = identity(tokenizer_identity, default=None)
-    separator: str = "\n"
 
     def setup(self, ctx):
         self._store = load_store(ctx.input(self.inputs[1]))
