@@ -296,3 +296,48 @@ def test_the_lease_scale_trains_a_step_in_one_forward_pass_and_cpu_scales_keep_t
                                                                                          cpu.batch_tokens) == {}
     odd = dataclasses.replace(lease, micro_tokens=3 * lease.long_len)  # the largest divisor of 8 that fits in 3
     assert mod.micro_batch(odd, odd.long_len, odd.batch_tokens) == {"micro_batch": 2}
+
+
+def test_each_scale_page_has_its_own_name_and_a_design_in_its_own_numbers():
+    """The design text was written for the cpu scale; the lease page printed "extended from 512 to 4,096" and a
+    gate at D = 256 beside a 1,024 -> 8,192 run. Now it is written from the scale, and the lease page is its own."""
+    mod = load_script()
+    R = sys.modules["experiment_report"]
+    assert R.report_stem(None, "cpu") == "nextlong-vs-standard" == R.report_stem(None, "smoke")
+    assert R.report_stem(None, "lease") == "nextlong-vs-standard-lease"
+    assert R.report_stem("short-docs", "lease") == "nextlong-vs-standard-lease-short-docs"
+    pages = {}
+    for name in ("cpu", "lease"):
+        sc = dataclasses.asdict(mod.SCALES[name])
+        corpus = {"train_docs": 7, "train_chars": 2_500_000, "heldout_chars": 1_000_000,
+                  "heldout_ids": ["a.py", "idlelib/idle_test/test_format.py"]}
+        raw = "\n".join(R.design_lines({"scale": sc, "corpus": corpus, "machine": {"python": "3.99.1"}}))
+        assert "  " not in raw and "\n " not in raw  # no gap left by an empty optional part
+        pages[name] = text = " ".join(raw.split())  # the checks below ignore where lines break
+        base, long_ = sc["base_len"], sc["long_len"]
+        assert f"extended from {base:,} to {long_:,} tokens" in text
+        assert f"at D = {base // 2:,} (half the base length)" in text
+        assert f"`niah_multikey` at {long_:,} tokens" in text and f"window W = {sc['ppl_window']:,}" in text
+        far = [d for d in sc["repeat_distances"] if d > base]
+        assert "Primary: the repeat gain at D = " + ", ".join(f"{d:,}" for d in far[:-1]) + f" and {far[-1]:,}" in text
+        assert f"{R.llama_params(sc) / 1e6:.2f} M-parameter" in text and "(3.99.1 here)" in text
+        assert "one held-out module, `idlelib/idle_test/test_format.py`, is a test file" in text
+    assert "1.05 M-parameter" in pages["cpu"] and "1,210 standard-library files" in pages["cpu"]
+    assert "1,210" not in pages["lease"] and "first lease" in pages["lease"] and "D = 256" not in pages["lease"]
+
+
+def test_a_page_made_from_results_json_reads_as_the_one_made_at_the_end_of_the_run():
+    """results.json is saved with sorted keys; a page regenerated from it listed the arms alphabetically (knn
+    first, the plan's order lost) and the metrics in another order than the page the run wrote."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    results = json.loads((ROOT / "docs" / "experiments" / "nextlong-vs-standard-lease" / "results.json").read_text())
+    shuffled = dict(results, arms={a: dict(v, seeds={s: dict(reversed(list(m.items()))) for s, m in v["seeds"].items()})
+                                   for a, v in reversed(list(results["arms"].items()))})
+    page = R.render_markdown(results, [], "nextlong-vs-standard-lease")
+    assert R.render_markdown(shuffled, [], "nextlong-vs-standard-lease") == page
+    header = next(line for line in page.splitlines() if line.startswith("| metric | base"))
+    assert header == "| metric | base | standard | nextlong | nextlong+longce | standard+longce | short |"
+    table = page.split("## Results")[1].split("\n## ")[0]
+    rows = [line.split(" |")[0][2:] for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:6] == [f"{m} (primary)" for m in results["primary"]] and rows[-1] == "repeat_gain_512"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -114,7 +115,32 @@ def metric_names(results: dict) -> list[str]:
     return names
 
 
+def in_report_order(results: dict) -> dict:
+    """`results` with its arms in the plan's order (base, the planned arms, the optional ones) and each seed's
+    metrics in a fixed order (primary, then by task group, then by name, repeat gains last by distance). The page
+    then reads the same whether made at the end of a run or from results.json, which is saved with sorted keys."""
+    arms = results["arms"]
+    plan = ["base"] + list((results.get("machine") or {}).get("arms") or results["scale"].get("arms", [])) + list(
+        results.get("optional_arms", []))
+    primary, groups = results.get("primary", []), results.get("task_groups", [])
+
+    def rank(name: str):
+        if name in primary:
+            return (0, primary.index(name), "")
+        group = [i for i, g in enumerate(groups) if name.startswith(g + "_")]
+        if group:
+            return (1, group[0], name)
+        if name.startswith("repeat_gain_") and name.rsplit("_", 1)[1].isdigit():
+            return (3, int(name.rsplit("_", 1)[1]), "")
+        return (2, 0, name)
+
+    order = [a for a in dict.fromkeys(plan) if a in arms] + [a for a in arms if a not in plan]
+    return dict(results, arms={a: dict(arms[a], seeds={s: {k: m[k] for k in sorted(m, key=rank)}
+                                                       for s, m in arms[a]["seeds"].items()}) for a in order})
+
+
 def draw_plots(results: dict, folder: Path) -> list[str]:
+    results = in_report_order(results)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,21 +256,28 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
     return written
 
 
-def report_stem(variant: str | None) -> str:
-    return "nextlong-vs-standard" + (f"-{variant}" if variant else "")
+# The page of each scale: `cpu` keeps the experiment's first page name; a scale listed here has a page of its own
+PAGE_SUFFIX = {"lease": "-lease"}
+
+
+def report_stem(variant: str | None, scale: str | None = None) -> str:
+    """The page's file name without .md: one page per scale with a PAGE_SUFFIX, and one per variant."""
+    return "nextlong-vs-standard" + PAGE_SUFFIX.get(scale, "") + (f"-{variant}" if variant else "")
 
 
 def variant_lines(results: dict, report_dir: Path) -> list[str]:
     """The variant this page reports (why it was tried), or, on the main page, every variant and its result."""
     variant, variants = results.get("variant"), results.get("variants") or {}
+    scale = results["scale"]["name"]
     if variant:
         v = variants[variant]
-        return [f"## Variant `{variant}`", "", f"Changed against `--scale {results['scale']['name']}`: "
+        main = report_stem(None, scale) + ".md"
+        return [f"## Variant `{variant}`", "", f"Changed against `--scale {scale}`: "
                 + ", ".join(f"`{k}` = {val}" for k, val in v["overrides"].items()) + ".", "", v["why"], "",
-                "Main run: [nextlong-vs-standard.md](nextlong-vs-standard.md).", ""]
+                f"Main run: [{main}]({main}).", ""]
     lines = ["## What else was tried", ""]
     for name, v in variants.items():
-        stem = report_stem(name)
+        stem = report_stem(name, scale)
         path = report_dir / stem / "results.json"
         lines.append(f"- `{name}` ([{stem}.md]({stem}.md)): {v['why']}")
         if not path.exists():
@@ -267,14 +300,62 @@ def variant_lines(results: dict, report_dir: Path) -> list[str]:
     return lines
 
 
-DESIGN = """## Design (why it is built this way)
+# What was measured on the way to each scale's pre-training recipe (its calibration), and notes that belong to one
+# run only: history, so it lives here, not in the code that runs the scale
+SCALE_NOTES = {
+    "cpu": {
+        "calibration": "How the recipe was found (measured on this corpus before the run, 1-2 threads): natural text "
+        "alone, or natural text with repeated spans, gave gains of −0.2 to −0.8 at D = 256 after up to 16 M tokens; "
+        "stage A alone gave −0.2 to −0.8 on natural text while copying random ids perfectly at short range; stage A "
+        "then stage B reached −2.2 to −2.7 within 2 M tokens of stage B on three training seeds (every curve: "
+        "[copy-gate-calibration.png](copy-gate-calibration.png); measured with the same trainer and probe by a "
+        "throwaway calibration script).",
+        "corpus": "Of the 1,210 standard-library files over 32 KB on this machine most are in the left-out folders; "
+        "the kept corpus has 83 (75 training, 8 held out).",
+        "longce": "these arms were rerun on 2026-12-06 after that rule was added, with one torch thread on a busy "
+        "machine, hence their longer wall times",
+    },
+    "lease": {
+        "calibration": "How the recipe was sized: the CPU scale's recipe, scaled up. The first lease (2026-12-06, one "
+        "H100) ran it with 400 + 600 steps; that base failed the gate (repeat gain −0.10, −0.21 after stage A's steps "
+        "200 and 400, then −0.01, −0.06, −0.46 after stage B's 200, 400 and 600: falling fast, but not below −1.0), "
+        "and the script stopped before any arm, as designed. Pre-training took 59 s there, so the second lease, the "
+        "run on this page, gave it 600 + 2,000 steps; nothing else changed.",
+    },
+}
+
+
+def llama_params(sc: dict) -> int:
+    """Parameters of the scale's Llama (tied embeddings, as many kv heads as heads): embedding, per layer four
+    h x h attention projections, three h x mlp projections and two norms, and the final norm."""
+    h = sc["hidden"]
+    return sc["vocab"] * h + sc["layers"] * (4 * h * h + 3 * h * sc["mlp"] + 2 * h) + h
+
+
+def design_lines(results: dict) -> list[str]:
+    """The design, written with the scale's own numbers (the page of every scale shares this text)."""
+    sc = results["scale"]
+    notes = SCALE_NOTES.get(sc["name"], {})
+    base, long_, W = sc["base_len"], sc["long_len"], sc["ppl_window"]
+    gate_d = base // 2
+    params = llama_params(sc)
+    python = (results.get("machine") or {}).get("python")
+    held = (results.get("corpus") or {}).get("heldout_ids") or []
+    tests = [h for h in held if h.split("/")[-1].startswith("test_")
+             or any(part.endswith("_test") for part in h.split("/")[:-1])]  # e.g. idlelib/idle_test/test_format.py
+    corpus = results.get("corpus") or {}
+    far = [d for d in sc.get("repeat_distances", []) if d > base]
+    primary_d = ", ".join(f"{d:,}" for d in far[:-1]) + (" and " if len(far) > 1 else "") + (f"{far[-1]:,}" if far
+                                                                                              else "")
+    lease_page = "nextlong-vs-standard" + PAGE_SUFFIX["lease"] + ".md"
+    text = f"""## Design (why it is built this way)
 
 **Question.** The NExtLong paper (8B model, 128K context) reports NExtLong 62.58 against Quest 55.25,
 Standard 52.85, KNN 50.97 and ICLM 50.37 on HELMET/RULER averages; token weighting (Helm et al. 2025; LongCE,
 Fang et al. 2024) reports that up-weighting the tokens whose prediction needs the long context helps
 long-context tasks. This experiment asks whether our implementations move a small model in the direction those
-papers report, at a scale two CPU cores afford (`cpu`) or one short GPU lease (`lease`): a 1 M-parameter Llama
-extended from 512 to 4,096 tokens.
+papers report, at a scale two CPU cores afford (`cpu`) or one short GPU lease (`lease`). This page's scale,
+`{sc['name']}`: a {params / 1e6:.2f} M-parameter Llama extended from {base:,} to {long_:,} tokens.
 
 **First attempt and its lesson.** The first version of this experiment
 ([nextlong-vs-standard-first-attempt.md](nextlong-vs-standard-first-attempt.md)) pre-trained a 4.5 M-parameter
@@ -286,71 +367,71 @@ whatever its data, so that run could only compare ordinary perplexities. Hence t
 that has Python (no download at run time), real text written by people (code, docstrings, comments), with
 long-range structure (a name defined near the top is used thousands of tokens later). Left out: `site-packages`,
 `encodings/` (codec tables) and every module under a folder named `test` or `tests` (much of the test suite is
-generated or repetitive); folders with other names stay, so one held-out module, `idlelib/idle_test/test_format.py`,
-is a test file. Of the 1,210 standard-library files over 32 KB on this machine most are in the left-out folders;
-the kept corpus has 83 (75 training, 8 held out). Split: the 16 modules of at least 5 x 4,096 characters with the
-smallest SHA-256 of their path are held out (1.42 M chars); they are used only by the evaluation (LongPPL,
-long-context gain, loss by position, short-context perplexity, the repeat probe, and as the haystack of the recall
-tasks). Training, tokenizer and synthesis see only the other 636 modules (9.76 M chars). The corpus depends on the
-Python version (3.11 here), which the work folder records.
+generated or repetitive); folders with other names stay{
+        f", so {'one held-out module' if len(tests) == 1 else f'{len(tests)} held-out modules'}, "
+        + ', '.join(f'`{t}`' for t in tests) + (", is a test file" if len(tests) == 1 else ", are test files")
+        if tests else ""}. {notes.get('corpus', '')} Split: the {sc['heldout_docs']} modules of at least 5 x
+{long_:,} characters with the smallest SHA-256 of their path are held out{
+        f" ({corpus['heldout_chars'] / 1e6:.2f} M chars)" if corpus.get('heldout_chars') else ""}; they are used only
+by the evaluation (LongPPL, long-context gain, loss by position, short-context perplexity, the repeat probe, and
+as the haystack of the recall tasks). Training, tokenizer and synthesis see only the other modules{
+        f" ({corpus['train_docs']}, {corpus['train_chars'] / 1e6:.2f} M chars)" if corpus.get('train_docs') else ""},
+in path-hash order up to {sc['corpus_max_bytes'] / 1e6:g} M chars. The corpus depends on the Python version{
+        f" ({python} here)" if python else ""}, which the work folder records.
 
-**Tokenizer.** Byte-level BPE with 4,096 ids trained on the training split with HF `tokenizers`' trainer, loaded
-by `nextlong.Tokenizer.from_file`; the script checks that both encode the first training documents identically.
+**Tokenizer.** Byte-level BPE with {sc['vocab']:,} ids trained on the training split with HF `tokenizers`'
+trainer, loaded by `nextlong.Tokenizer.from_file`; the script checks that both encode the first training
+documents identically.
 
-**The base, and the copy gate.** Llama, 2 layers, hidden 128, 4 heads of 32, MLP 512, tied embeddings (1.05 M
-parameters, half of them the embedding), RoPE theta 10,000, context 512, AdamW at 3e-3. Pre-trained in two
-stages (`benchmarks/experiments/copy_curriculum.py`):
-stage A, 1,000 steps x 4,096 tokens of pure copy episodes [x ; x] with x a run of 4 to 64 random token ids, each
-episode its own attention span, constant learning rate after warm-up: the only way to predict the second copy is
-to find the first, so an induction mechanism forms; stage B, 2,000 steps x 4,096 tokens, half natural rows (the
-training modules joined by `<|endoftext|>` and cut to 512 tokens) and half copy rows whose x (4 to 256 tokens) is
-random ids or a slice of training text, cosine decay to 10%: the mechanism carries over to natural text at every
-distance the base context holds. **Gate:** the base's repeat gain on the held-out documents at D = 256 (half the
-base length) must be at most −1.0 nat/token, or the script stops before any arm and the page says so. How the
-recipe was found (measured on this corpus before the run, 1-2 threads): natural text alone, or natural text with
-repeated spans, gave gains of −0.2 to −0.8 at D = 256 after up to 16 M tokens; stage A alone gave −0.2 to −0.8 on
-natural text while copying random ids perfectly at short range; stage A then stage B reached −2.2 to −2.7 within
-2 M tokens of stage B on three training seeds (every curve:
-[copy-gate-calibration.png](copy-gate-calibration.png); measured with the same trainer and probe by a throwaway
-calibration script). The curve of this run's base is plotted above (`copy_curve.png`).
-The copy rows are part of the shared base only: every arm starts from the same checkpoint and trains on its own
-data alone.
+**The base, and the copy gate.** Llama, {sc['layers']} layers, hidden {sc['hidden']}, {sc['heads']} heads of
+{sc['hidden'] // sc['heads']}, MLP {sc['mlp']}, tied embeddings ({params / 1e6:.2f} M parameters,
+{sc['vocab'] * sc['hidden'] / params:.0%} of them the embedding), RoPE theta {sc['base_theta']:,.0f}, context
+{base:,}, AdamW at {sc['base_lr']:g}. Pre-trained in two stages (`benchmarks/experiments/copy_curriculum.py`):
+stage A, {sc['copy_steps']:,} steps x {sc['base_batch_tokens']:,} tokens of pure copy episodes [x ; x] with x a
+run of 4 to {base // 8} random token ids, each episode its own attention span, constant learning rate after
+warm-up: the only way to predict the second copy is to find the first, so an induction mechanism forms; stage B,
+{sc['base_steps']:,} steps x {sc['base_batch_tokens']:,} tokens, half natural rows (the training modules joined
+by `<|endoftext|>` and cut to {base:,} tokens) and half copy rows whose x (4 to {base // 2} tokens) is random ids
+or a slice of training text, cosine decay to 10%: the mechanism carries over to natural text at every distance
+the base context holds. **Gate:** the base's repeat gain on the held-out documents at D = {gate_d:,} (half the
+base length) must be at most −1.0 nat/token, or the script stops before any arm and the page says so.
+{notes.get('calibration', '')} The curve of this run's base is plotted above (`copy_curve.png`). The copy rows
+are part of the shared base only: every arm starts from the same checkpoint and trains on its own data alone.
 
 **Arms** (every one from the base, same optimizer steps, tokens per step, learning rate schedule, RoPE theta
-80,000, one attention span per sample, seed): `standard` (random concatenation of training modules to 4,096
-tokens), `nextlong` (hard-negative extension with the paper's defaults, embedder `static`: the shipped MiniLM
-distilled to static vectors), `nextlong+longce` and `standard+longce` (the same data as `nextlong` and `standard`
-for the same seed, with LongCE token weights `min(exp(log p_long − log p_short), 5)`: p_long from the model in
-training with its whole context, p_short from the base reading only the last 256 tokens, in blocks of 128, so
-every window of the scorer stays inside the length it was trained at; the first 256 targets, whose whole prefix
-the window holds, get weight 1, as in Fang et al.'s code; the loss is the weighted mean; these arms were rerun on
-2026-12-06 after that rule was added, with one torch thread on a busy machine, hence their longer wall times),
-and `short`
-(the same modules at 512 tokens, the same tokens per step: the control for "more training at all"). `quest` and
-`knn` (the paper's other baselines) run with `--arms`. Each seed changes the synthesis sampling (which documents
-and distractors each sample holds) and the data order; the base is shared.
+{sc['long_theta']:,.0f}, one attention span per sample, seed): `standard` (random concatenation of training
+modules to {long_:,} tokens), `nextlong` (hard-negative extension with the paper's defaults, embedder `static`:
+the shipped MiniLM distilled to static vectors), `nextlong+longce` and `standard+longce` (the same data as
+`nextlong` and `standard` for the same seed, with LongCE token weights `min(exp(log p_long − log p_short), 5)`:
+p_long from the model in training with its whole context, p_short from the base reading only the last
+{base // 2:,} tokens, in blocks of {base // 4:,}, so every window of the scorer stays inside the length it was
+trained at; the first {base // 2:,} targets, whose whole prefix the window holds, get weight 1, as in Fang et
+al.'s code; the loss is the weighted mean{'; ' + notes['longce'] if notes.get('longce') else ''}), and `short`
+(the same modules at {base:,} tokens, the same tokens per step: the control for "more training at all"). `quest`
+and `knn` (the paper's other baselines) run with `--arms`. Each seed changes the synthesis sampling (which
+documents and distractors each sample holds) and the data order; the base is shared.
 
-**Pre-registered metrics**, fixed before any arm ran. Primary: the repeat gain at D = 1,024, 2,048 and 3,072
-(past the base length: did extension teach the copy mechanism to reach that far?), and the teacher-forced answer
-log-prob per token of `niah_single` and `niah_multikey` at 4,096 tokens (mean over 5 depths; by depth in the
-plot). Secondary: held-out perplexity at 4,096, the long-context gain, short-context perplexity (the regression
-budget) and the retrieval-head count. Every other number is descriptive. A difference is "resolved" when the
-95% t-interval of the paired (same-seed) differences over 3 seeds excludes 0; with 3 seeds only large, consistent
-differences resolve.
+**Pre-registered metrics**, fixed before any arm ran. Primary: the repeat gain at D = {primary_d} (past the base
+length: did extension teach the copy mechanism to reach that far?), and the teacher-forced answer log-prob per
+token of `niah_single` and `niah_multikey` at {long_:,} tokens (mean over {sc['eval_depths']} depths; by depth in
+the plot). Secondary: held-out perplexity at {long_:,}, the long-context gain, short-context perplexity (the
+regression budget) and the retrieval-head count. Every other number is descriptive. A difference is "resolved"
+when the 95% t-interval of the paired (same-seed) differences over 3 seeds excludes 0; with 3 seeds only large,
+consistent differences resolve.
 
-**Metric definitions.** `repeat_gain_D`: the first D tokens x of each held-out document fed as [x ; x] (within the
-4,096-token context: for 2D > 4,096 only the first 4,096 − D tokens of x are repeated, still exactly D back);
-the mean loss of the repeated tokens on the second copy minus on the first (negative = the model fetches tokens
-from D back; a model that copies well reaches several nats). `GROUP_tf_logprob_at_L`: mean log-prob per answer
-token, teacher-forced, over the group's RULER variants and depths at length L (higher is better);
-`GROUP_tf_logprob` and `GROUP_tf_acc` (exact match of the whole answer, %) average every length. On the held-out
-documents cut to 4,096 tokens: `ppl_long` (perplexity); `longppl` (perplexity on key tokens only, LongPPL's rule
-with window W = 512, each model choosing its own key tokens, so not a comparison of models; `key_tokens` says how
-many tokens it rests on); `loss_far_full` (mean loss of tokens past
-position W with the full context); `long_context_gain` (`loss_far_full` minus the same tokens' loss with only the
-last W to 1.5 W tokens: negative = the far context helps); `short_ppl` (perplexity on 512-token windows: the base
-length). `retrieval_heads`: heads with retrieval score > 0.1 (Wu et al.; every trial counted, since a model this
-small rarely reproduces the needle); `max_head_score` the highest score.
+**Metric definitions.** `repeat_gain_D`: the first D tokens x of each held-out document fed as [x ; x] (within
+the {long_:,}-token context: for 2D > {long_:,} only the first {long_:,} − D tokens of x are repeated, still
+exactly D back); the mean loss of the repeated tokens on the second copy minus on the first (negative = the model
+fetches tokens from D back; a model that copies well reaches several nats). `GROUP_tf_logprob_at_L`: mean
+log-prob per answer token, teacher-forced, over the group's RULER variants and depths at length L (higher is
+better); `GROUP_tf_logprob` and `GROUP_tf_acc` (exact match of the whole answer, %) average every length. On the
+held-out documents cut to {long_:,} tokens: `ppl_long` (perplexity); `longppl` (perplexity on key tokens only,
+LongPPL's rule with window W = {W:,}, each model choosing its own key tokens, so not a comparison of models;
+`key_tokens` says how many tokens it rests on); `loss_far_full` (mean loss of tokens past position W with the
+full context); `long_context_gain` (`loss_far_full` minus the same tokens' loss with only the last W to 1.5 W
+tokens: negative = the far context helps); `short_ppl` (perplexity on {base:,}-token windows: the base length).
+`retrieval_heads`: heads with retrieval score > 0.1 (Wu et al.; every trial counted, since a model this small
+rarely reproduces the needle); `max_head_score` the highest score.
 
 **Reading a difference.** Each resolved difference is printed beside the two arms' general loss gap (the paired
 difference of ln `ppl_long`), so a reader can tell "uses far context better" from "is a slightly worse or better
@@ -358,15 +439,18 @@ model overall". Metrics with the same value for every model (e.g. an accuracy of
 "No signal", never under "no difference resolved".
 
 **Scales.** `smoke` (CI: seconds; its base never passes the gate, which the test checks, and `--skip-gate` runs
-the arms to test the pipeline); `cpu` (about 1 hour on 2 cores: the token plan and the times measured are in
-"Budget"); `lease` (one H100/H200, our Triton kernels, 4 layers x 256, base length 1,024 extended to 8,192: sized
-by estimate to fit 9 minutes, not yet run).
+the arms to test the pipeline); `cpu` (about 1 hour on 2 cores: [nextlong-vs-standard.md](nextlong-vs-standard.md));
+`lease` (one H100/H200, our Triton kernels, 4 layers x 256, base length 1,024 extended to 8,192, micro-batches of
+up to 65,536 tokens: [{lease_page}]({lease_page}); the whole run, pre-training to evaluation, took about
+8.5 minutes on one H100 with `bash benchmarks/experiments/lease_run.sh run`). The times measured are in "Budget".
 
 **Resuming.** Run the same command again: finished stages are skipped (each folder's `.done.json` holds its
 settings), training resumes from its last checkpoint, evaluation from its progress file. `--threads 1` on a CPU
 shared with other jobs, `--threads 2` on idle cores. `--report-only` regenerates this page from whatever has
 finished.
 """
+    # an empty optional part leaves a double space, or a space at a line's start
+    return [re.sub(r"\n ", "\n", re.sub(r" {2,}", " ", text))]
 
 
 def better_when_higher(name: str) -> bool:
@@ -604,10 +688,13 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
                     report_dir: Path | None = None) -> str:
     """The whole page: answer, status, the gate, the pre-registered metrics, results, paired differences, plots,
     design."""
+    results = in_report_order(results)
     sc = results["scale"]
     optional = results.get("optional_arms", [])
+    device = (results.get("machine") or {}).get("device")
     title = "# NExtLong data and token weighting vs standard concatenation at mini scale" + (
-        f" (variant `{results['variant']}`)" if results.get("variant") else "")
+        f" (variant `{results['variant']}`)" if results.get("variant") else "") + (
+        f" (scale `{sc['name']}`" + (f", {device}" if device else "") + ")" if sc["name"] in PAGE_SUFFIX else "")
     lines = [title, "",
              "<!-- generated by benchmarks/experiments/nextlong_vs_standard.py --report-only; edit the script -->", "",
              f"Command: `{results['command']}`  ", f"Generated: {results['generated']}", ""]
@@ -673,5 +760,5 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
         lines += variant_lines(results, report_dir)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({stem}/{p})" for p in plots] + [""]
-    lines += [DESIGN]
+    lines += design_lines(results)
     return "\n".join(lines)

@@ -120,9 +120,11 @@ SCALES = {
                  heads_lengths=[1024, 2048, 4000], heads_depths=3, seeds=[0, 1, 2],
                  arms=["standard", "nextlong", "nextlong+longce", "standard+longce", "short"],
                  save_every=25, repeat_distances=(256, 1024, 2048, 3072), probe_every=250, attention="sdpa"),
-    # One H100/H200 lease (9 minutes for everything): sized by estimate from the CPU run's throughput, not yet run.
+    # One H100/H200 lease (9 minutes for everything). The first lease (2026-12-06, H100) ran stage A's 400 steps in
+    # 30 s and stage B's 600 in 29 s, and the base failed the gate (-0.46 at D = 512, falling fast: -0.01, -0.06,
+    # -0.46 at steps 200, 400, 600), so pre-training is now 600 + 2,000 steps (about 2.5 minutes there).
     "lease": Scale("lease", corpus_max_bytes=12_000_000, heldout_docs=16, vocab=4096, hidden=256, layers=4, heads=4,
-                   mlp=1024, base_len=1024, copy_steps=400, base_steps=600, base_batch_tokens=32768,
+                   mlp=1024, base_len=1024, copy_steps=600, base_steps=2000, base_batch_tokens=32768,
                    copy_rows=12000, base_lr=2e-3, long_len=8192, batch_tokens=65536, steps=80, lr=5e-4, warmup=8,
                    base_theta=10_000.0, long_theta=160_000.0, chunk_chars=1024, embedder="static",
                    eval_lengths=[2048, 4096, 8192], eval_depths=5, eval_samples=2, ppl_window=1024,
@@ -826,7 +828,7 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
 
 def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str,
                  variant: str | None = None) -> Path:
-    stem = report_stem(variant)
+    stem = report_stem(variant, sc.name)
     results = gather(out, variant_root(out, variant), sc, seeds, arms)
     assets = report_dir / stem
     results["generated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
