@@ -341,3 +341,20 @@ def test_a_page_made_from_results_json_reads_as_the_one_made_at_the_end_of_the_r
     table = page.split("## Results")[1].split("\n## ")[0]
     rows = [line.split(" |")[0][2:] for line in table.splitlines() if line.startswith("| ")]
     assert rows[1:6] == [f"{m} (primary)" for m in results["primary"]] and rows[-1] == "repeat_gain_512"
+
+
+def test_self_scored_longce_arms_train_without_a_scorer_and_base_scored_ones_with_the_base(tmp_path, monkeypatch):
+    """`+longce` is scored against the base (issue 25's arm); `+longce-self` is Fang et al.'s LongCE, the model in
+    training scoring its own short windows: the same settings but no --scorer."""
+    mod = load_script()
+    seen = {}
+    monkeypatch.setattr(mod, "train_run", lambda folder, settings, name, **kw: seen.__setitem__(name, kw))
+    sc = mod.SCALES["cpu"]
+    for arm in ("nextlong", "nextlong+longce", "nextlong+longce-self", "standard+longce-self"):
+        mod.arm_run(tmp_path, tmp_path, sc, arm, 0, tmp_path / "data")
+    plain, base, own = (seen[f"train {a} seed 0"] for a in ("nextlong", "nextlong+longce", "nextlong+longce-self"))
+    assert "token_weighting" not in plain and base["scorer"] == str(tmp_path / "base") and "scorer" not in own
+    assert own["token_weighting"] == base["token_weighting"] == "longce"
+    assert own["short_window"] == base["short_window"] == sc.base_len // 2
+    assert {k: v for k, v in own.items() if k not in ("token_weighting", "short_window", "short_stride")} == plain
+    assert mod.arm_method("standard+longce-self") == "standard" and "nextlong+longce-self" in mod.OPTIONAL_ARMS

@@ -88,8 +88,8 @@ def budget_lines(results: dict) -> list[str]:
                 tps.setdefault(arm, []).append(t["seconds"])
     if tps:
         lines.append("- Mean wall time per extension run: " + "; ".join(
-            f"{arm} {sum(v) / len(v) / 60:.1f} min" for arm, v in tps.items()) + " (LongCE arms also run the base "
-            "as the short-context scorer).")
+            f"{arm} {sum(v) / len(v) / 60:.1f} min" for arm, v in tps.items()) + " (LongCE arms also run a "
+            "short-context scoring pass: the base's for `+longce`, their own for `+longce-self`).")
     evals = [v["seconds"] for k, v in stages.items() if k.startswith("eval/") and k.count("/") == 1 and v["seconds"]]
     if evals:
         lines.append(f"- Evaluation: {sum(evals) / len(evals) / 60:.1f} min per model on average ({len(evals)} "
@@ -411,7 +411,9 @@ p_long from the model in training with its whole context, p_short from the base 
 trained at; the first {base // 2:,} targets, whose whole prefix the window holds, get weight 1, as in Fang et
 al.'s code; the loss is the weighted mean{'; ' + notes['longce'] if notes.get('longce') else ''}), and `short`
 (the same modules at {base:,} tokens, the same tokens per step: the control for "more training at all"). `quest`
-and `knn` (the paper's other baselines) run with `--arms`. Each seed changes the synthesis sampling (which
+and `knn` (the paper's other baselines) run with `--arms`, and so do `nextlong+longce-self` and
+`standard+longce-self` (the same LongCE training with the model in training as its own short-context scorer, as
+Fang et al. run it; the `longce-self` variant). Each seed changes the synthesis sampling (which
 documents and distractors each sample holds) and the data order; the base is shared.
 
 **Pre-registered metrics**, fixed before any arm ran. Primary: the repeat gain at D = {primary_d} (past the base
@@ -471,10 +473,15 @@ COMPARISONS = (
     ("standard+longce", "standard", "LongCE-style weights scored against the base, on standard data"),
     ("standard", "short", "extension to the long context vs the same tokens at the base length"),
 )
-# The paper's other baselines, where their optional arms ran: exploratory, not among the pre-registered comparisons
+# The paper's other baselines and self-scored LongCE, where their optional arms ran: exploratory, not among the
+# pre-registered comparisons
 EXPLORATORY = (
     ("quest", "standard", "Quest's keyword-grouped documents vs standard concatenation; exploratory"),
     ("knn", "standard", "kNN-ordered documents vs standard concatenation; exploratory"),
+    ("nextlong+longce-self", "nextlong", "LongCE with the model in training as its own scorer, on NExtLong data; "
+                                        "exploratory"),
+    ("standard+longce-self", "standard", "LongCE with the model in training as its own scorer, on standard data; "
+                                        "exploratory"),
 )
 LONGCE_CAVEAT = ("The `+longce` arms weight tokens by min(exp(log p_long − log p_short), 5) with the *base* as the "
                  "short-context scorer, as issue 25 asked. That is not Fang et al.'s LongCE, whose short pass runs on "
