@@ -7,6 +7,15 @@
 # default list): more than a 15-minute lease, so pick sections or lower caps
 # (CAP_CE, CAP_TRAIN, CAP_TRAIN_LONG, CAP_ATTN, CAP_FLEX, CAP_EVAL, CAP_TILES) to fit.
 #
+# A plan for one 15-minute lease (900 s of device time, machine start and idle included; one command at most
+# 600 s; the machine stays warm 30 s after a call, so a second call must follow at once). Call 1:
+#   NEXTLONG_LEASE=<date>-h100 CAP_CE=100 CAP_TRAIN=170 CAP_TRAIN_LONG=100 CAP_ATTN=150 \
+#     bash benchmarks/gpu_lease.sh ce train attention-peers                    (at most 520 s; timeout_s 580)
+# call 2, at once on the warm machine, with what is left (about 250 s):
+#   NEXTLONG_LEASE=<the same id> CAP_FLEX=150 CAP_EVAL=80 bash benchmarks/gpu_lease.sh attention-flex eval
+# Everything printed goes to $OUT/sections.log (one file: the device tool brings back 8 files at most, and a
+# file per section would pass that), beside $OUT/device.txt and $OUT/gpu-runs.jsonl.
+#
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
 # Sections: ce train attention eval tiles (default: all, in that order; also ce-64k, ce-accuracy, train-1b); `attention` runs the
 # subsections attention-peers and attention-flex, each also a section of its own; `flex` is
@@ -48,9 +57,9 @@ cd benchmarks
 section() {  # section NAME SECONDS COMMAND...
   local name=$1 cap=$2
   shift 2
-  echo "=== $name (cap ${cap}s) $(date +%T)" | tee -a "$OUT/$name.txt"
-  timeout --kill-after=5 "$cap" "$@" 2>&1 | tee -a "$OUT/$name.txt"
-  echo "=== $name: exit ${PIPESTATUS[0]} $(date +%T)" | tee -a "$OUT/$name.txt"
+  echo "=== $name (cap ${cap}s) $(date +%T)" | tee -a "$OUT/sections.log"
+  timeout --kill-after=5 "$cap" "$@" 2>&1 | tee -a "$OUT/sections.log"
+  echo "=== $name: exit ${PIPESTATUS[0]} $(date +%T)" | tee -a "$OUT/sections.log"
 }
 
 run() {
