@@ -470,3 +470,31 @@ def test_removing_data_lets_one_folder_serve_other_methods_and_seeds(corpus, tmp
         synthesize(corpus, tmp_path / f"fresh-{method}", num_samples=2, seed=seed, method=method, **FAST)
         assert _files(out) == _files(tmp_path / f"fresh-{method}")
     assert (out / "chunks" / "chunks.parquet").stat().st_mtime_ns == chunks_time
+
+
+@pytest.mark.parametrize("method", ["nextlong", "standard", "quest"])
+def test_blank_documents_are_dropped_and_counted(tmp_path, method):
+    """A whitespace-only document was a NExtLong anchor whose vector tied with everything: its negatives were
+    the corpus's first chunks and its sample held nothing of its own. Blank documents (empty or whitespace
+    only) are dropped at chunking and counted; a document with some text keeps its blank chunks."""
+    from nextlong import synthesize
+
+    docs = list(corpus_head(250_000))
+    docs[5] = ("padded", "\n\n   \n" + docs[5][1])
+    blank = {"blank-0": "", "blank-1": "   \n\t\n  ", "blank-2": "\n\n\n", "blank-3": "\u3000\u00a0\n "}
+    for i, (doc_id, text) in enumerate(blank.items()):
+        docs.insert(3 + 11 * i, (doc_id, text))
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / method
+    manifest = synthesize(corpus, out, method=method, num_samples=3, id_field="id", **FAST)
+    stats = manifest["statistics"]
+    assert stats["blank_documents_dropped"] == len(blank)
+    assert stats["corpus_documents"] == len(docs) - len(blank)
+    store_ids = set(pq.read_table(out / "chunks" / "chunks.parquet", columns=["doc_id"]).column("doc_id").to_pylist())
+    assert not store_ids & set(blank) and "padded" in store_ids
+    used = {s["doc_id"] for row in read_output(out).to_pylist() for s in row["segments"]}
+    assert not used & set(blank)
+    if method == "nextlong":  # the chunk ids of every later block's rows are still dense (the store renumbers)
+        ids = pq.read_table(out / "chunks" / "chunks.parquet", columns=["chunk_id"]).column("chunk_id").to_numpy()
+        np.testing.assert_array_equal(ids, np.arange(ids.size))
+    check_invariants(out, method, get_tokenizer())

@@ -345,7 +345,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     units = record("units")
     leftover_dropped = units.get("leftover_dropped", 0) if (cfg.num_samples is None
                                                             or cfg.num_samples >= units.get("units", 0)) else 0
-    chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
+    chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes"),
+                   "blank_documents": int(record("chunk").get("blank_documents", 0))}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
         near = record("neardup")
@@ -455,6 +456,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         "corpus_bytes": chunk_stats.get("bytes"),
+        "blank_documents_dropped": chunk_stats.get("blank_documents", 0),  # whitespace only: nothing to use
         "chars_per_token_measured": round(store.chars_per_token(), 4),
         "documents_built": built,
         "output_tokens": built * cfg.target_length,
@@ -518,7 +520,9 @@ def summary(manifest: dict) -> str:
     lines = [
         f"nextlong synthesize: {s['documents_built']} documents of {st['target_length']} tokens "
         f"({st['method']}) -> {st['out']}",
-        f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks, {s['corpus_tokens']} tokens",
+        f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks, {s['corpus_tokens']} tokens"
+        + (f" ({s['blank_documents_dropped']} blank documents dropped: whitespace only)"
+           if s.get("blank_documents_dropped") else ""),
         f"  dropped (cannot reach the target length): {s['dropped_too_short']}",
     ]
     if s.get("negatives_per_meta_chunk_mean") is not None:

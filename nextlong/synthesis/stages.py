@@ -46,13 +46,14 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     in "." before "\n" is the one token ".\n" in cl100k, as in real text, not "." then "\n")."""
     from ..corpus.chunking import chunk_documents, chunk_table_schema, resolve_tokenizer
 
-    # with a separator the chunker needs the tokenizer only to measure chunks in tokens: counting them
-    # there as well would tokenize every chunk twice (1.8x slower on one thread)
-    table = chunk_documents(batch, max_len=chunk_size, unit=chunk_unit,
-                            tokenizer=tokenizer if not separator or chunk_unit == "tokens" else None,
-                            with_ids=not separator, num_threads=num_threads, first_chunk_id=first_chunk_id)
+    table, blank = _drop_blank_documents(chunk_documents(
+        batch, max_len=chunk_size, unit=chunk_unit,
+        tokenizer=tokenizer if not separator or chunk_unit == "tokens" else None,
+        with_ids=not separator, num_threads=num_threads, first_chunk_id=first_chunk_id), first_chunk_id)
+    # (with a separator the chunker above needs the tokenizer only to measure chunks in tokens: counting them
+    # there as well would tokenize every chunk twice, 1.8x slower on one thread)
     if not separator:
-        return table
+        return _with_blank_count(table, blank)
     texts = [t + separator for t in table.column("text").to_pylist()]
     ids = resolve_tokenizer(tokenizer)[1].encode_batch(texts, None, num_threads, True)
     lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
@@ -63,7 +64,33 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     schema = chunk_table_schema(True)
     table = table.set_column(table.schema.get_field_index("num_tokens"), "num_tokens",
                              pa.array(lengths.astype(np.int32)))
-    return pa.Table.from_arrays([*table.columns, column.cast(schema.field("input_ids").type)], schema=schema)
+    return _with_blank_count(pa.Table.from_arrays([*table.columns, column.cast(schema.field("input_ids").type)],
+                                                  schema=schema), blank)
+
+
+BLANK_DOCUMENTS = b"blank_documents"  # the chunk table's schema metadata: documents dropped as blank
+
+
+def _drop_blank_documents(table: pa.Table, first_chunk_id: int) -> tuple[pa.Table, int]:
+    """The chunks of documents with some non-whitespace text, chunk ids renumbered from `first_chunk_id`, and
+    how many documents were dropped. A blank document has nothing to read, retrieve or embed: as a NExtLong
+    anchor its vector ties with everything (zero under hashed-tfidf), so its negatives were simply the
+    corpus's first chunks and its sample held nothing of its own."""
+    texts = table.column("text").to_pylist()
+    blank = np.fromiter((not t.strip() for t in texts), bool, len(texts))
+    if not blank.any():
+        return table, 0
+    doc = table.column("doc_index").to_numpy()
+    keep = np.isin(doc, doc[~blank])
+    dropped = int(np.unique(doc[~keep]).size)
+    table = table.filter(pa.array(keep))
+    at = table.schema.get_field_index("chunk_id")
+    ids = pa.array(np.arange(first_chunk_id, first_chunk_id + table.num_rows, dtype=np.int64))
+    return table.set_column(at, table.schema.field(at), ids.cast(table.schema.field(at).type)), dropped
+
+
+def _with_blank_count(table: pa.Table, blank: int) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), BLANK_DOCUMENTS: str(blank).encode()})
 
 
 def embed_batch(batch, *, embedder) -> pa.Table:
@@ -286,6 +313,8 @@ class ChunkStage(MapStage):
     separator: str = "\n"  # tokenized with each chunk (chunk_batch)
     threads: int | None = not_a_setting(default=None)
 
+    version = 2  # blank documents dropped
+
     # chunk_corpus's options: text and token lists gain nothing from a dictionary; snappy is fast
     parquet_options = {"compression": "snappy", "use_dictionary": ["doc_id"],
                        "write_statistics": ["chunk_id", "doc_index", "chunk_index"], "row_group_size": 1 << 20}
@@ -304,7 +333,8 @@ class ChunkStage(MapStage):
     def count(self, output):
         import pyarrow.compute as pc
 
-        return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0)}
+        return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0),
+                "blank_documents": int((output.schema.metadata or {}).get(BLANK_DOCUMENTS, b"0"))}
 
 
 def _renumbered_parts(parts_dir, blocks: int):
