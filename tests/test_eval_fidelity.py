@@ -213,23 +213,21 @@ def _measured_depth(tok, sample) -> float:
 
 def test_the_depth_reached_is_recorded_and_is_where_the_needle_is(tok, essay):
     """With UUID pairs as units, json_kv at 1K can only put its needle every ~8 points of depth; the
-    record says where it went."""
-    from nextlong.eval.runner import make_sample_with_depth
-
+    sample says where it went (measured here by counting the haystack's tokens before the needle)."""
     off = []
     for depth in (10.0, 25.0, 60.0, 75.0):
-        sample, reached = make_sample_with_depth(tok, "json_kv", 1024, depth, 0, 0, essay)
-        assert sample == make_sample(tok, "json_kv", 1024, depth, 0, 0, essay)
-        assert reached == pytest.approx(_measured_depth(tok, sample), abs=1.0)
-        off.append(abs(reached - depth))
+        sample = make_sample(tok, "json_kv", 1024, depth, 0, 0, essay)
+        assert sample.depth_actual == pytest.approx(_measured_depth(tok, sample), abs=1.0)
+        off.append(abs(sample.depth_actual - depth))
     assert max(off) > 3  # coarse units: the asked depth alone would misplace the needle
-    sample, reached = make_sample_with_depth(tok, "niah_single_2", 4096, 30.0, 0, 0, essay)
-    assert reached == pytest.approx(30.0, abs=1.0)
-    assert make_sample_with_depth(tok, "vt", 2048, None, 0, 0, essay)[1] is None
+    niah = make_sample(tok, "niah_single_2", 4096, 30.0, 0, 0, essay)
+    assert niah.depth_actual == pytest.approx(30.0, abs=1.0)
+    assert niah.depth_actual == pytest.approx(_measured_depth(tok, niah), abs=1.0)
+    assert make_sample(tok, "vt", 2048, None, 0, 0, essay).depth_actual is None
 
 
 def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
-    from nextlong.eval.runner import make_sample_with_depth, run_tasks
+    from nextlong.eval.runner import run_tasks
 
     model = _tiny_model("mistral", tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
@@ -238,6 +236,6 @@ def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
     records, _, _, skipped = run_tasks(lm, settings, tmp_path, None, model_id="tiny")
     assert not skipped
     by_task = {r["task"]: r for r in records}
-    sample, reached = make_sample_with_depth(tok, "json_kv", 1024, 25.0, 0, 0)
+    reached = make_sample(tok, "json_kv", 1024, 25.0, 0, 0).depth_actual
     assert by_task["json_kv"]["depth_actual"] == reached and reached is not None
     assert "depth_actual" not in by_task["vt"]

@@ -8,7 +8,7 @@ target length, as RULER searches its haystack size.
 
 Depth is the fraction of the haystack's tokens (the context without the inserts) that comes before
 an insert, so depth 0 is the very start of the context and depth 100 its very end. An insert can only
-go between two units, so the depth reached (`Built.depths`; `depth_actual` in `nextlong eval`'s
+go between two units, so the depth reached (`Built.depths`, `Sample.depth_actual`; `depth_actual` in `nextlong eval`'s
 records) can differ from the asked one by up to half a unit's share of the haystack: a fraction of a
 point for the small units of noise and essay haystacks, several points for large units at short
 lengths (`json_kv`'s UUID pairs at 1K tokens).
@@ -17,8 +17,6 @@ lengths (`json_kv`'s UUID pairs at 1K tokens).
 from __future__ import annotations
 
 import bisect
-import contextlib
-import contextvars
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -151,31 +149,10 @@ class Built:
     # the depth each insert reached, in percent of the haystack's tokens (in the order of `inserts`)
     depths: list[float | None] = field(default_factory=list)
 
-
-_DEPTH_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("nextlong_eval_depth_log", default=None)
-
-
-@contextlib.contextmanager
-def recording_depths():
-    """Within the block, every `build_context` call appends (context, depths reached) to the list it
-    yields, so a caller that only gets the finished prompt (a task's `Sample`) can still learn where
-    its needles landed (`depth_reached`)."""
-    log: list[tuple[str, list[float | None]]] = []
-    token = _DEPTH_LOG.set(log)
-    try:
-        yield log
-    finally:
-        _DEPTH_LOG.reset(token)
-
-
-def depth_reached(log: Sequence[tuple[str, list]], text: str) -> list[float | None] | None:
-    """The depths reached by the inserts of the context that `text` holds: of the contexts built while
-    `log` recorded, the longest one found in `text` (the size search builds smaller ones first; the
-    chosen context is the prompt's). None when none is found."""
-    for context, depths in sorted(log, key=lambda e: len(e[0]), reverse=True):
-        if len(context) <= len(text) and context in text:
-            return list(depths)
-    return None
+    def framed(self, head: str, tail: str = "") -> "Built":
+        """The same context with `head` before it and `tail` after it: a prompt, its spans moved along."""
+        return Built(head + self.context + tail, [(a + len(head), b + len(head)) for a, b in self.spans],
+                     list(self.depths))
 
 
 def build_context(units: Units, n: int, inserts: Sequence[Insert], *, opening: str = "",
@@ -208,11 +185,7 @@ def build_context(units: Units, n: int, inserts: Sequence[Insert], *, opening: s
         text.append(piece)
         offset += len(piece)
     text.append(closing)
-    built = Built("".join(text), [found[k] for k in sorted(found)], depths)
-    log = _DEPTH_LOG.get()
-    if log is not None:
-        log.append((built.context, depths))
-    return built
+    return Built("".join(text), [found[k] for k in sorted(found)], depths)
 
 
 def search_largest(fits: Callable[[int], bool], lo: int, available: Callable[[int], int]) -> int | None:
@@ -241,32 +214,32 @@ def search_largest(fits: Callable[[int], bool], lo: int, available: Callable[[in
     return good
 
 
-def fit_to_length(tokenizer, units: Units, build: Callable[[int], tuple[str, list[tuple[int, int]]]],
+def fit_to_length(tokenizer, units: Units, build: Callable[[int], Built],
                   answer_tokens: int | Callable[[str, list], int], length: int, *, task: str,
-                  what: str = "haystack") -> tuple[str, list, int]:
-    """Largest prompt `build(n)` with tokens(prompt) + answer_tokens <= length. Returns (prompt,
-    spans, n). `answer_tokens` may be a function of (prompt, spans), for a gold answer whose wording
-    depends on where the needles landed. Raises a UsageError when even an empty haystack is too long,
-    and CorpusTooSmallError when the corpus runs out before the length is reached."""
-    cache: dict[int, tuple[str, list, int]] = {}
+                  what: str = "haystack") -> tuple[Built, int]:
+    """Largest prompt `build(n)` (a Built whose context is the whole prompt, e.g. `build_context(...).framed(
+    head, tail)`) with tokens(prompt) + answer_tokens <= length. Returns (that Built, n): its spans and the
+    depths its inserts reached come with it. `answer_tokens` may be a function of (prompt, spans), for a gold
+    answer whose wording depends on where the needles landed. Raises a UsageError when even an empty haystack
+    is too long, and CorpusTooSmallError when the corpus runs out before the length is reached."""
+    cache: dict[int, tuple[Built, int]] = {}
 
     def measure(n: int):
         if n not in cache:
-            prompt, spans = build(n)
-            answer = answer_tokens(prompt, spans) if callable(answer_tokens) else answer_tokens
-            cache[n] = (prompt, spans, tokenizer.count_tokens(prompt) + answer)
+            built = build(n)
+            answer = answer_tokens(built.context, built.spans) if callable(answer_tokens) else answer_tokens
+            cache[n] = (built, tokenizer.count_tokens(built.context) + answer)
         return cache[n]
 
     def fits(n: int) -> bool:
-        return measure(n)[2] <= length
+        return measure(n)[1] <= length
 
     n = search_largest(fits, 0, units.ensure)
     if n is None:
         raise LengthTooShortError(f"task {task}: length {length} is too short: the prompt without any {what} already takes "
-                         f"{measure(0)[2]} tokens")
-    if units.exhausted and n == len(units.items) and measure(n)[2] < 0.98 * length:
+                         f"{measure(0)[1]} tokens")
+    if units.exhausted and n == len(units.items) and measure(n)[1] < 0.98 * length:
         raise CorpusTooSmallError(
             f"task {task}: the {what} corpus is too small for length {length}: all of it ({n} sentences) gives "
-            f"only {measure(n)[2]} tokens; give a larger --corpus or a shorter length")
-    prompt, spans, _ = measure(n)
-    return prompt, spans, n
+            f"only {measure(n)[1]} tokens; give a larger --corpus or a shorter length")
+    return measure(n)[0], n

@@ -78,12 +78,12 @@ def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths:
                 inserts = [Insert(needle, depth / 100, queried=True)]
 
                 def build(n, units=units, inserts=inserts, tail=tail):
-                    built = build_context(units, n, inserts)
-                    return built.context + tail, built.spans
+                    return build_context(units, n, inserts).framed("", tail)
 
                 prefix = [int(i) for i in tokenizer.prefix_ids]  # fed first (Llama-3's BOS), counted in length
-                prompt, spans, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
-                                                 length - len(prefix), task="heads", what="essay")
+                built, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
+                                         length - len(prefix), task="heads", what="essay")
+                prompt, spans = built.context, built.spans
                 ids = [int(i) for i in tokenizer.encode(prompt)]
                 start, end = token_span(tokenizer, ids, prompt, *spans[0])
                 trials.append(Trial(length, depth, k, prompt, prefix + ids, (start + len(prefix), end + len(prefix)),

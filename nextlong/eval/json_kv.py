@@ -42,13 +42,11 @@ def json_kv_sample(tok, length: int, depth: float, index: int, seed: int, task: 
     tail = "}\n\n" + demos + QUESTION.format(key=keys[0])
     head = JSON_KV_HEAD + "{"
 
-    def build(n):
-        built = build_context(units, n, inserts)
-        return head + built.context + tail, [(a + len(head), b + len(head)) for a, b in built.spans]
-
     gold = " " + values[0]
     answer_tokens = tok.count_tokens(gold)
-    prompt, spans, _ = fit_to_length(tok, units, build, answer_tokens, length, task=task, what="JSON object")
+    built, _ = fit_to_length(tok, units, lambda n: build_context(units, n, inserts).framed(head, tail),
+                             answer_tokens, length, task=task, what="JSON object")
+    prompt, spans = built.context, built.spans
     context_span = (len(JSON_KV_HEAD), len(prompt) - len(tail) + 1)  # the object with its braces
     return Sample(task, length, depth, index, prompt, [values[0]], gold, "substring_exact_match", context_span,
-                  spans, max_new_tokens=answer_tokens + 8)
+                  spans, max_new_tokens=answer_tokens + 8, depth_actual=built.depths[0])

@@ -107,22 +107,6 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
     return record
 
 
-def make_sample_with_depth(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
-                           essay: Sequence[str] | None = None) -> tuple[Sample, float | None]:
-    """`make_sample`, and the depth its asked needle reached (percent of the haystack's tokens before
-    it; None for a task without a depth). A needle goes between two haystack units, so with large
-    units at short lengths the depth reached can be several points from the asked one."""
-    from .haystack import depth_reached, recording_depths
-
-    with recording_depths() as log:
-        sample = make_sample(tokenizer, task, length, depth, index, seed, essay)
-    if depth is None:
-        return sample, None
-    c0, c1 = sample.context_span
-    reached = depth_reached(log, sample.prompt[c0:c1])
-    return sample, (reached[0] if reached else None)  # the first insert is the one at the asked depth
-
-
 def _cell_stats(records: Sequence[dict]) -> dict:
     out = {"n": len(records)}
     for key in ("greedy", "teacher_forced_em"):
@@ -286,8 +270,7 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
             record = progress.done.get(key)
             computed = record is None
             if record is None or (settings.dump and "prompt" not in record):
-                sample, depth_actual = make_sample_with_depth(lm.tokenizer, task, length, depth, index,
-                                                              settings.seed, essay)
+                sample = make_sample(lm.tokenizer, task, length, depth, index, settings.seed, essay)
                 metrics[task] = sample.metric
                 if record is None:
                     record = evaluate_sample(lm, sample, greedy=settings.greedy,
@@ -295,7 +278,7 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
                                              max_new_tokens=settings.max_new_tokens)
                     record["metric"] = sample.metric
                 if depth is not None:
-                    record["depth_actual"] = depth_actual
+                    record["depth_actual"] = sample.depth_actual
                 if settings.dump:
                     record.update(prompt=sample.prompt, gold=sample.gold, context_span=list(sample.context_span),
                                   needle_spans=[list(s) for s in sample.needle_spans])

@@ -27,6 +27,9 @@ class Sample:
     context_span: tuple[int, int]  # the haystack with its needles
     needle_spans: list[tuple[int, int]] = field(default_factory=list)  # the asked needle(s)
     max_new_tokens: int = 32
+    # where the asked needle landed, in percent of the haystack's tokens before it (an insert goes between two
+    # haystack units, so it can differ from `depth`: nextlong.eval.haystack); None for a task without a depth
+    depth_actual: float | None = None
 
     @property
     def question(self) -> str:

@@ -151,19 +151,16 @@ def _niah_sample(tok, essay: Sequence[str] | None, task: str, spec: NiahSpec, le
 
         units = Units(tok, make, "\n")
 
-    def build(n):
-        built = build_context(units, n, inserts)
-        return head + built.context + tail, [(a + len(head), b + len(head)) for a, b in built.spans]
-
-    prompt, spans, _ = fit_to_length(tok, units, build,
-                                     lambda _, spans: tok.count_tokens(gold_of(answers_in_text_order(spans))),
-                                     length, task=task, what="essay" if spec.haystack == "essay" else "haystack")
+    built, _ = fit_to_length(tok, units, lambda n: build_context(units, n, inserts).framed(head, tail),
+                             lambda _, spans: tok.count_tokens(gold_of(answers_in_text_order(spans))),
+                             length, task=task, what="essay" if spec.haystack == "essay" else "haystack")
+    prompt, spans = built.context, built.spans
     answers = answers_in_text_order(spans)
     gold = gold_of(answers)
     answer_tokens = tok.count_tokens(gold)
     context_span = (len(head), len(prompt) - len(tail))
     return Sample(task, length, depth, index, prompt, answers, gold, "string_match_all", context_span, spans,
-                  max_new_tokens=answer_tokens + ANSWER_MARGIN)
+                  max_new_tokens=answer_tokens + ANSWER_MARGIN, depth_actual=built.depths[0])
 
 
 # ---------------------------------------------------------------- variable tracking
@@ -185,10 +182,11 @@ def _vt_chain(rng: random.Random, hops: int, name_len: int) -> tuple[list[str], 
     return names, chain, value
 
 
-def _vt_prompt(tok, units: Units, n: int, chain: list[str], fractions: list[float], value: str, hops: int):
-    built = build_context(units, n, [Insert(s, f, queried=True) for s, f in zip(chain, fractions)])
+def _vt_prompt(units: Units, n: int, chain: list[str], fractions: list[float], value: str, hops: int):
+    """The prompt (VT_HEAD, the context with the chain, the question) as a Built, and its question."""
     tail = VT_TAIL.format(query=value, num_v=hops + 1)
-    return VT_HEAD + built.context + tail, built.spans, tail
+    built = build_context(units, n, [Insert(s, f, queried=True) for s, f in zip(chain, fractions)])
+    return built.framed(VT_HEAD, tail), tail
 
 
 def _vt_sample(tok, task: str, length: int, index: int, seed: int, hops: int = 4) -> Sample:
@@ -196,8 +194,8 @@ def _vt_sample(tok, task: str, length: int, index: int, seed: int, hops: int = 4
     # A short solved example first (3-letter names), as RULER gives one.
     ex_names, ex_chain, ex_value = _vt_chain(rng, hops, 3)
     ex_fracs = sorted(rng.random() for _ in ex_chain)
-    ex_prompt, _, _ = _vt_prompt(tok, noise_units(tok), 10, ex_chain, ex_fracs, ex_value, hops)
-    example = ex_prompt + " " + " ".join(ex_names) + "\n\n"
+    example = _vt_prompt(noise_units(tok), 10, ex_chain, ex_fracs, ex_value, hops)[0].context + " " + " ".join(
+        ex_names) + "\n\n"
     names, chain, value = _vt_chain(rng, hops, 5)
     while set(names) & set(ex_names):
         names, chain, value = _vt_chain(rng, hops, 5)
@@ -206,13 +204,12 @@ def _vt_sample(tok, task: str, length: int, index: int, seed: int, hops: int = 4
     tails: dict[int, str] = {}
 
     def build(n):
-        prompt, spans, tail = _vt_prompt(tok, units, n, chain, fractions, value, hops)
-        tails[n] = tail
-        return example + prompt, [(a + len(example) + len(VT_HEAD), b + len(example) + len(VT_HEAD))
-                                  for a, b in spans]
+        built, tails[n] = _vt_prompt(units, n, chain, fractions, value, hops)
+        return built.framed(example)
 
     gold = " " + " ".join(names)
-    prompt, spans, n = fit_to_length(tok, units, build, tok.count_tokens(gold), length, task=task)
+    built, n = fit_to_length(tok, units, build, tok.count_tokens(gold), length, task=task)
+    prompt, spans = built.context, built.spans
     context_span = (len(example) + len(VT_HEAD), len(prompt) - len(tails[n]))
     return Sample(task, length, None, index, prompt, names, gold, "string_match_all", context_span, spans,
                   max_new_tokens=tok.count_tokens(gold) + ANSWER_MARGIN)
