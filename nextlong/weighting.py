@@ -19,6 +19,10 @@ Example (LongCE with the model being trained as its own short-context scorer)::
     short = short_context_logprobs(model, input_ids, window=4096, stride=512)
     w = longce_weights(long, short, mask, gamma=5.0)
     loss = model(input_ids=input_ids, labels=labels, token_weights=w).loss  # patched model
+
+Dense weighting as `nextlong train --token-weighting dense` does it (Helm et al.'s absolute score)::
+
+    w = dense_weights(token_scores(long, short, absolute=True), mask)  # lam 0.25, as --dense-lam
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ def token_scores(logp_long: torch.Tensor, logp_short: torch.Tensor, *, absolute:
     return s.abs() if absolute else s
 
 
-def dense_weights(scores: torch.Tensor, mask: torch.Tensor | None = None, *, lam: float = 0.5):
+def dense_weights(scores: torch.Tensor, mask: torch.Tensor | None = None, *, lam: float = 0.25):
     """``w = lam * s / mean(s) + (1 - lam)`` per row over valid tokens, so valid weights average 1.
 
     Negative scores count as 0 (the token does not need long context); a row whose valid scores
     are all 0 gets uniform weights. ``lam = 0`` is ordinary uniform training, ``lam = 1`` pure
-    score weighting.
+    score weighting. The default 0.25 is `nextlong train --dense-lam`'s (the authors' 0.75 on the
+    uniform part), which scores with ``token_scores(..., absolute=True)``.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")

@@ -156,3 +156,17 @@ def test_short_logprobs_of_a_target_range_are_the_whole_rows_values():
                 total += got
             torch.testing.assert_close(total, whole, rtol=1e-4, atol=1e-4)
     assert (short_context_logprobs(model, ids, 4, targets=(30, 40)) == 0).all()
+
+
+def test_the_library_defaults_are_the_trainers():
+    """dense_weights defaulted to lam 0.5 while `nextlong train` uses 0.25 (the documented method): a user
+    calling the library as its docstring shows got other weights than the CLI trains with."""
+    import inspect
+
+    from nextlong import weighting as W
+    from nextlong.train.config import TrainConfig
+
+    cfg = TrainConfig.__dataclass_fields__
+    assert inspect.signature(W.dense_weights).parameters["lam"].default == cfg["dense_lam"].default
+    assert inspect.signature(W.sparse_weights).parameters["keep"].default == cfg["sparse_keep"].default
+    assert inspect.signature(W.longce_weights).parameters["gamma"].default == cfg["longce_gamma"].default
