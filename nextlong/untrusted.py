@@ -10,7 +10,10 @@ way, as one line naming the file, raised as the caller's error class:
   without blocking and checked on the open descriptor, up to a size cap;
 * `read_json`: the above, then JSON that is malformed, nested too deep for Python (RecursionError),
   has a number too long to convert (ValueError), or is of the wrong type is one error, never a
-  traceback; `finite=True` refuses NaN / Infinity (not JSON, but Python's json reads them).
+  traceback; `finite=True` refuses NaN / Infinity (not JSON, but Python's json reads them);
+* `load_array`: a .npy file (a work folder's, an index's), memory-mapped without pickles after its
+  size and CRC32 match what was recorded when it was written, of the dtype and shape its readers
+  index it with.
 
 `strict_json` is the other direction: what nextlong writes is strict JSON (non-finite numbers become
 null, and the caller is told where). `one_line` and `printable` are the way out to a terminal: text
@@ -173,6 +176,57 @@ def read_bytes(path, error, *, size: int | None = None, limit: int | None = None
     if limit is not None and len(data) > limit:
         raise error(f"{path}: more than {limit:,} bytes (grew while read?)")
     return data
+
+
+def load_array(path, error, *, remedy: str, mmap: bool = True, size: int | None = None, crc32: int | None = None,
+               kind: str | None = None, dtype=None, ndim: int | None = None, shape: tuple | None = None):
+    """The numpy array in `path`, or one `error` naming the file and saying what to do (`remedy`).
+
+    Checked in order: a regular file (a FIFO would hang the load); `size` bytes and the `crc32` recorded
+    when it was written, where given (the file was altered or damaged); a .npy file numpy reads without
+    pickles; then `dtype` (or only its `kind`, numpy's letters: "f" floats, "iu" integers), `ndim` and
+    `shape` (None in a shape: any length there)."""
+    import numpy as np
+
+    from .atomic import file_crc32
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); {remedy}") from None
+    why = not_regular(st)
+    if why is None and size is not None and st.st_size != size:
+        why = f"is {st.st_size:,} bytes, but {size:,} were written: the file is partial or was replaced"
+    if why is None and crc32 is not None and file_crc32(path) != crc32:
+        why = "CRC32 does not match the one recorded when it was written: the file is damaged or was altered"
+    if why:
+        raise error(f"{path}: {why}; {remedy}")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not a readable numpy array ({detail}); {remedy}") from None
+    wrong = ((dtype is not None and array.dtype != np.dtype(dtype))
+             or (kind is not None and array.dtype.kind not in kind)
+             or (ndim is not None and array.ndim != ndim)
+             or (shape is not None and (array.ndim != len(shape)
+                                        or any(w is not None and w != a for w, a in zip(shape, array.shape)))))
+    if wrong:
+        name = np.dtype(dtype).name if dtype is not None else {"f": "float", "u": "unsigned integer",
+                                                                "iu": "integer", "i": "integer"}.get(kind, "")
+        want = (f"{name} array of shape {tuple('any' if w is None else w for w in shape)}" if shape is not None
+                else f"{ndim}-d {name} array" if ndim is not None else f"{name} array").replace("  ", " ").strip()
+        article = "an" if want[:1] in ("a", "e", "i", "o", "u") else "a"
+        raise error(f"{path}: {array.dtype.name} array of shape {array.shape}, expected {article} {want}; {remedy}")
+    return array
+
+
+def recorded_crc(record: dict) -> int:
+    """The CRC32 a record holds for a file, or -1 (which no file matches) when it holds none: a record
+    without one must not let its file through unchecked."""
+    crc = record.get("crc32") if isinstance(record, dict) else None
+    return crc if isinstance(crc, int) and not isinstance(crc, bool) else -1
 
 
 def _refuse_constant(name: str):

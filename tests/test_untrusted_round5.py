@@ -125,7 +125,7 @@ def test_a_damaged_chunk_store_is_named(finished, tmp_path, capsys, damage, mess
     assert code == 1 and message in assert_one_line_error(err, "synthesize")
 
 
-@pytest.mark.parametrize("damage,message", [("rows", "but its stage record says"), ("wide", "but its stage record says"),
+@pytest.mark.parametrize("damage,message", [("rows", "expected a float array of shape"), ("wide", "expected a float array of shape"),
                                             ("nan", "is not finite")])
 def test_cached_embeddings_of_another_shape_or_not_finite_are_named(finished, tmp_path, capsys, damage, message):
     """The record's CRC updated too (it proves nothing against whoever rewrote both): shapes are checked

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..atomic import atomic_path, file_crc32, write_json_atomic
 from ..errors import IndexFileError, NextlongError, UsageError
+from ..untrusted import load_array, recorded_crc
 
 __all__ = ["DEFAULT_B", "DEFAULT_K1", "ENGLISH_STOPWORDS", "BM25Index", "word_terms"]
 
@@ -459,25 +460,12 @@ class BM25Index:
             raise IndexFileError(f"{header_path}: bad BM25 header ({exc})") from None
         arrays = {}
         for name in header["files"]:
-            path = folder / f"{name}.npy"
             want = header["files"][name]
-            try:
-                st = path.stat()
-                if not stat.S_ISREG(st.st_mode):
-                    raise ValueError("not a regular file")
-                size = st.st_size
-                if size != want["bytes"]:
-                    raise ValueError(f"{size:,} bytes, the header says {want['bytes']:,}")
-                if verify and file_crc32(path) != want["crc32"]:
-                    raise ValueError("CRC32 differs from the header's: the file was altered or damaged")
-                arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise IndexFileError(f"{path}: corrupt BM25 array ({exc})") from None
             dtype, shape = _ARRAYS[name]
-            if arr.dtype != np.dtype(dtype) or arr.shape != shape(header):
-                raise IndexFileError(f"{path}: corrupt BM25 array (dtype {arr.dtype}, shape {arr.shape}; "
-                                     f"expected {np.dtype(dtype)}, {shape(header)})")
-            arrays[name] = arr
+            arrays[name] = load_array(folder / f"{name}.npy", IndexFileError, mmap=mmap,
+                                      remedy="the BM25 index is damaged: build it again", size=want["bytes"],
+                                      crc32=recorded_crc(want) if verify else None, dtype=dtype,
+                                      shape=tuple(shape(header)))
         vocab = None
         if header["terms"] == "words":
             vocab = _unpack_vocab(arrays["vocab_bytes"], arrays["vocab_offsets"], folder)

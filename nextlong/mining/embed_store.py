@@ -262,7 +262,7 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = True) -> np.ndarr
     record (`verify=False` skips the read). A file without a record is opened as it is. The file may
     come from a folder someone handed us (an index's embeddings.npy): it must be a regular file in its
     folder (a FIFO would hang the load, a link could read elsewhere) holding a 2-d float array."""
-    from ..untrusted import member, read_json, show
+    from ..untrusted import load_array, member, read_json, show
 
     path = Path(path)
     resolved, _ = member(path.parent, path.name, str(path), CorruptFileError)
@@ -274,14 +274,8 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = True) -> np.ndarr
                                 f"{show(record.get('rows'))}; re-run to finish it")
         if verify:
             _verify(resolved, record)
-    try:
-        vectors = np.load(resolved, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: unreadable embeddings file ({str(exc).splitlines()[0][:200]})") from None
-    if vectors.ndim != 2 or vectors.dtype.kind != "f":
-        raise CorruptFileError(f"{path}: expected a 2-d float array (chunks x dim), found {vectors.dtype.name} "
-                               f"of shape {vectors.shape}")
-    return vectors
+    return load_array(resolved, CorruptFileError, kind="f", ndim=2,
+                      remedy="an embeddings file holds one row of floats per chunk: embed the corpus again")
 
 
 def embedding_progress(out_path: str | os.PathLike) -> dict | None:

@@ -179,25 +179,13 @@ class NeighbourLists:
 
 def open_array(path: Path, shape: tuple, dtype, recorded: dict | None, verify: bool) -> np.ndarray:
     """A .npy file of a neighbour-lists folder, memory-mapped after its size (and CRC32) match the record."""
-    from ..atomic import file_crc32
+    from ..untrusted import load_array, recorded_crc
 
     if not isinstance(recorded, dict) or not isinstance(recorded.get("bytes"), int):
         raise IndexFileError(f"{path}: not recorded in {INFO_FILE}")
-    if not path.is_file() or path.stat().st_size != recorded["bytes"]:
-        size = path.stat().st_size if path.is_file() else "missing"
-        raise IndexFileError(f"{path}: expected {recorded['bytes']} bytes, found {size}: the file is damaged or "
-                             "was replaced; rebuild the neighbour lists (remove the folder and run again)")
-    if verify and file_crc32(path) != recorded.get("crc32"):
-        raise IndexFileError(f"{path}: CRC32 does not match {INFO_FILE}: the file is damaged; rebuild the "
-                             "neighbour lists (remove the folder and run again)")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise IndexFileError(f"{path}: not a readable .npy file ({exc})") from None
-    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
-        raise IndexFileError(f"{path}: expected {np.dtype(dtype).name} of shape {tuple(shape)}, found "
-                             f"{array.dtype.name} of shape {array.shape}")
-    return array
+    return load_array(path, IndexFileError, remedy="rebuild the neighbour lists (remove the folder and run again)",
+                      size=recorded["bytes"], crc32=recorded_crc(recorded) if verify else None, dtype=dtype,
+                      shape=tuple(shape))
 
 
 def write_info(folder: Path, *, neighbours: int, partitions: int, nprobe: int, chunks: int) -> dict:

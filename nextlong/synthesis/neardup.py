@@ -431,13 +431,12 @@ class NearDupGraph:
         from pathlib import Path
 
         from ..errors import CorruptFileError
+        from ..untrusted import load_array
 
         directory = Path(directory)
-        try:
-            indptr, indices = (np.load(directory / f"{name}.npy", allow_pickle=False) for name in ("indptr", "indices"))
-        except (OSError, ValueError, EOFError) as exc:
-            raise CorruptFileError(f"{directory}: near-duplicate graph not readable ({exc}); delete the folder to "
-                                   "build it again") from None
+        indptr, indices = (load_array(directory / f"{name}.npy", CorruptFileError, mmap=False,
+                                      remedy="the near-duplicate graph is damaged: delete its folder to build it again")
+                           for name in ("indptr", "indices"))
         n = indptr.shape[0] - 1 if indptr.ndim == 1 else -1
         if n < 0 or indptr.dtype.kind not in "iu" or indices.ndim != 1 or indices.dtype.kind not in "iu" \
                 or indptr[0] != 0 or indptr[-1] != indices.shape[0] or bool((np.diff(indptr) < 0).any()) \

@@ -58,25 +58,15 @@ def _record(ctx, name) -> dict:
     return read_done(ctx.input(name) / "_done.json")["counts"]
 
 
-def _checked_array(ctx, name: str, filename: str, shape: tuple, **load) -> np.ndarray:
+def _checked_array(ctx, name: str, filename: str, shape: tuple, *, mmap: bool = False) -> np.ndarray:
     """A .npy file an input stage wrote, after its CRC32 matches the one that stage's record holds, of the
     float `shape` its readers index it with (the record beside a file proves nothing against whoever
     rewrote both)."""
-    from ..atomic import file_crc32
+    from ..untrusted import load_array, recorded_crc
 
     path = ctx.input(name) / filename
-    if file_crc32(path) != _record(ctx, name).get("crc32"):
-        raise IndexFileError(f"{path}: CRC32 does not match the {name} stage's record: the file is damaged; "
-                             f"remove {path.parent} and run again")
-    try:
-        array = np.load(path, allow_pickle=False, **load)
-    except (OSError, ValueError, EOFError) as exc:
-        raise IndexFileError(f"{path}: not a readable numpy array ({exc}); remove {path.parent} and run again"
-                             ) from None
-    if array.shape != tuple(shape) or array.dtype.kind != "f":
-        raise IndexFileError(f"{path}: {array.dtype} array of shape {array.shape}, expected floats of shape "
-                             f"{tuple(shape)}; remove {path.parent} and run again")
-    return array
+    return load_array(path, IndexFileError, remedy=f"remove {path.parent} and run again",
+                      crc32=recorded_crc(_record(ctx, name)), kind="f", shape=tuple(shape), mmap=mmap)
 
 
 def _finite(vectors: np.ndarray, chunks: np.ndarray, where) -> None:
@@ -327,7 +317,7 @@ class SearchStage(_Blocks):
         self._route = ctx.input(self.inputs[1])
         self._vectors = _embeddings(ctx, self.inputs[2])
         self._thresholds = _checked_array(ctx, self.inputs[3], THRESHOLDS_FILE, (self._vectors.shape[0],),
-                                          mmap_mode="r")
+                                          mmap=True)
 
     def __call__(self, block):
         routed = [r for r in _routed_partitions(self._route, block) if r[1].size]

@@ -579,27 +579,16 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
     """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
     from ..mining.embed_store import open_embeddings
     from ..errors import CorruptFileError
+    from ..untrusted import load_array
 
     path = _Path(embeddings_dir) / EMBEDDINGS_FILE
-    if record is not None and verify and record.get("counts", {}).get("crc32") is not None:
-        from ..atomic import file_crc32
-
-        if file_crc32(path) != record["counts"]["crc32"]:
-            raise CorruptFileError(f"{path}: CRC32 mismatch with its stage record; the embeddings file is corrupt: "
-                                   "delete the folder to embed again (or pass --no-verify)")
-    if record is not None:
-        counts = record.get("counts", {})
-        try:
-            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise CorruptFileError(f"{path}: not a readable numpy array ({exc}); delete the folder to embed again"
-                                   ) from None
-        want = (counts.get("rows"), counts.get("dim"))
-        if vectors.ndim != 2 or vectors.dtype.kind != "f" or (None not in want and vectors.shape != want):
-            raise CorruptFileError(f"{path}: {vectors.dtype} array of shape {vectors.shape}, but its stage record "
-                                   f"says {want[0]} float rows of dimension {want[1]}; delete the folder to embed again")
-        return vectors
-    return open_embeddings(path, verify=verify)
+    if record is None:
+        return open_embeddings(path, verify=verify)
+    counts = record.get("counts", {})
+    crc = counts.get("crc32") if verify else None
+    return load_array(path, CorruptFileError, remedy="delete the folder to embed again (or pass --no-verify)",
+                      crc32=crc if isinstance(crc, int) else None, kind="f",
+                      shape=(counts.get("rows"), counts.get("dim")))
 
 
 # Exact search costs O(corpus) per anchor; the HNSW route costs a build (~4 ms per chunk on one core of

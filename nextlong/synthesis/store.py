@@ -136,16 +136,12 @@ class ChunkStore:
         """The store saved in `directory`, memory-mapped, its structure checked (once per process): a resumed
         run reads it as it is, and the compiled kernels index the token array through its offsets."""
         from ..errors import CorruptFileError
+        from ..untrusted import load_array
 
         directory = Path(directory)
-        arrays = {}
-        for name in _ARRAYS:
-            path = directory / f"{name}.npy"
-            try:
-                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise CorruptFileError(f"{path}: not a readable numpy array ({exc}); delete {directory.parent} "
-                                       "to build the chunk store again") from None
+        arrays = {name: load_array(directory / f"{name}.npy", CorruptFileError,
+                                   remedy=f"delete {directory.parent} to build the chunk store again")
+                  for name in _ARRAYS}
         try:
             doc_ids = json.loads((directory / "doc_ids.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:

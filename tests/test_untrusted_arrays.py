@@ -1,0 +1,69 @@
+"""nextlong.untrusted.load_array: the one reader of .npy files a user's folder or a work folder holds (chunk
+stores, embeddings, neighbour lists, BM25 and near-duplicate arrays). Each hostile or damaged file is one
+error naming it, never a hang, a pickle load or a traceback."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from nextlong.errors import CorruptFileError
+from nextlong.untrusted import load_array, recorded_crc
+
+
+def _saved(tmp_path, array, name="a.npy", **kw):
+    path = tmp_path / name
+    np.save(path, array, **kw)
+    return path
+
+
+def _refused(path, match, **checks):
+    with pytest.raises(CorruptFileError, match=match) as err:
+        load_array(path, CorruptFileError, remedy="build it again", **checks)
+    assert str(err.value).startswith(str(path)) and str(err.value).endswith("; build it again")
+    assert "\n" not in str(err.value)
+
+
+def test_a_good_file_loads_memory_mapped_or_whole(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = _saved(tmp_path, a)
+    crc = zlib.crc32(path.read_bytes())
+    got = load_array(path, CorruptFileError, remedy="-", size=path.stat().st_size, crc32=crc, dtype=np.float32,
+                     shape=(3, None))
+    assert isinstance(got, np.memmap) and np.array_equal(got, a)
+    whole = load_array(path, CorruptFileError, remedy="-", mmap=False, kind="f", ndim=2)
+    assert not isinstance(whole, np.memmap) and np.array_equal(whole, a)
+
+
+def test_damage_and_lies_are_named(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = _saved(tmp_path, a)
+    _refused(tmp_path / "missing.npy", "cannot be read")
+    _refused(path, "is 176 bytes, but 100 were written", size=100)
+    _refused(path, "CRC32 does not match", crc32=zlib.crc32(path.read_bytes()) ^ 1)
+    _refused(path, "float32 array of shape", dtype=np.float64)
+    _refused(path, r"expected an integer array", kind="iu")
+    _refused(path, r"expected a 1-d float array", kind="f", ndim=1)
+    _refused(path, r"expected a float32 array of shape \(4, 'any'\)", dtype=np.float32, shape=(4, None))
+    truncated = tmp_path / "t.npy"
+    truncated.write_bytes(path.read_bytes()[:100])
+    _refused(truncated, "not a readable numpy array")
+    _refused(_saved(tmp_path, np.array([{"x": 1}], dtype=object), "o.npy", allow_pickle=True),
+             "not a readable numpy array")  # never unpickled
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = tmp_path / "f.npy"
+    os.mkfifo(fifo)
+    _refused(fifo, "is a FIFO, not a regular file")
+
+
+def test_a_record_without_a_crc_lets_nothing_through():
+    assert recorded_crc({"crc32": 7}) == 7
+    assert recorded_crc({}) == recorded_crc({"crc32": None}) == recorded_crc({"crc32": True}) == -1
+    assert recorded_crc(None) == -1
