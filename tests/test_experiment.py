@@ -195,7 +195,7 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     assert "## Variant `short-docs`" in (report / "nextlong-vs-standard-short-docs.md").read_text()
     proc = subprocess.run(cmd + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     main_page = (report / "nextlong-vs-standard.md").read_text()
-    assert "## What else was tried" in main_page and "NExtLong − standard over 1 paired seed(s) (0)" in main_page
+    assert "## What else was tried" in main_page and "nextlong − standard over 1 paired seed(s) (0)" in main_page
     assert "## Paired: nextlong − standard" in main_page and "## Paired: nextlong+longce − nextlong" in main_page
     assert table(main_page) == table(md)  # the main table does not change
 

@@ -284,19 +284,22 @@ def variant_lines(results: dict, report_dir: Path) -> list[str]:
             lines += ["  Not run yet with this design.", ""]
             continue
         other = json.loads(path.read_text())
-        a, b = other["arms"].get("standard"), other["arms"].get("nextlong")
-        common = paired_seeds(a, b)
-        if not common:
-            lines += ["  No paired seed has finished yet.", ""]
-            continue
-        cells = []
-        for name_ in other.get("primary", []) + ["long_context_gain", "ppl_long"]:
-            st = summarize(paired_diffs(a, b, common, name_))
-            if st["n"]:
-                cells.append(f"`{name_}` {fmt(st['mean'])}" + (f" [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]"
-                                                            if st["n"] > 1 and st["std"] is not None else ""))
-        lines += [f"  NExtLong − standard over {len(common)} paired seed(s) ({', '.join(common)}): "
-                  + "; ".join(cells) + ".", ""]
+        shown = 0
+        for treat, control, _ in COMPARISONS + EXPLORATORY:  # each comparison the variant's arms allow
+            a, b = other["arms"].get(control), other["arms"].get(treat)
+            common = paired_seeds(a, b)
+            if not common:
+                continue
+            cells = []
+            for name_ in other.get("primary", []) + ["long_context_gain", "ppl_long"]:
+                st = summarize(paired_diffs(a, b, common, name_))
+                if st["n"]:
+                    cells.append(f"`{name_}` {fmt(st['mean'])}" + (f" [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]"
+                                                                if st["n"] > 1 and st["std"] is not None else ""))
+            lines.append(f"  {treat} − {control} over {len(common)} paired seed(s) ({', '.join(common)}): "
+                         + "; ".join(cells) + ".")
+            shown += 1
+        lines += ([] if shown else ["  No paired seed has finished yet."]) + [""]
     return lines
 
 
