@@ -320,13 +320,14 @@ SCALE_NOTES = {
     },
     "lease": {
         "calibration": "How the recipe was sized: the CPU scale's recipe, scaled up. The first lease (2026-12-06, one "
-        "H100) ran it with 400 + 600 steps; that base failed the gate (repeat gain −0.10, −0.21 after stage A's steps "
+        "H100) ran it with 400 + 600 steps; that base failed the gate (repeat gain −0.13, −0.23 after stage A's steps "
         "200 and 400, then −0.01, −0.06, −0.46 after stage B's 200, 400 and 600: falling fast, but not below −1.0), "
         "and the script stopped before any arm, as designed. Pre-training took 59 s there, so the second lease, the "
         "run on this page, gave it 600 + 2,000 steps; nothing else changed. There stage A ended at −0.73 and stage "
-        "B's first 200 steps reached −3.05, after which the gain stayed between −2.4 and −2.6: the longer stage A is "
-        "what made the difference (after 400 steps it stood at −0.21, and stage B then needed more than 600 steps), "
-        "and most of stage B's 2,000 steps were more than the gate needed.",
+        "B's first 200 steps reached −3.05, after which the gain stayed between −2.37 and −2.65. Which change made "
+        "the difference is not tested: stage A's 200 more steps, or stage B's longer schedule (its cosine spans 2,000 "
+        "steps, so its first 600 ran at a higher learning rate than the first lease's, after a 50-step warm-up "
+        "instead of 30); either way most of stage B's 2,000 steps were more than the gate needed.",
     },
 }
 

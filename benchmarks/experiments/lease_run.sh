@@ -25,6 +25,8 @@
 # results.json was left behind as a ninth) and records.tgz (every stage's completion record and the small JSON
 # outputs, no checkpoints: `tar xzf records.tgz -C lease-work` here, then --report-only regenerates the page).
 # The corpus is the lent machine's own standard library (Python 3.12: not the CPU run's 3.11).
+# VARIANTS="short-docs longce-self" runs those variants instead of the main run (each page its own), and
+# VARIANTS="main longce-self" the main run and then a variant, all within CAP.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LEASE=.lease
@@ -62,14 +64,21 @@ torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__
     export PYTHONPATH="$SITE"
     REPORT=/tmp/lease-report
     rm -rf "$REPORT"
+    # VARIANTS="short-docs longce-self": those variants one after the other instead of the main run (they share
+    # its corpus, tokenizer and base, made by the first); CAP bounds them all together
+    export SCALE EXTRA REPORT EMBEDDER="$PWD/$LEASE/static"
+    read -r -a runs <<< "${VARIANTS:-main}"
+    experiment='for v in "$@"; do
+        python3 benchmarks/experiments/nextlong_vs_standard.py --scale "$SCALE" --out lease-work \
+          --embedder "$EMBEDDER" --report-dir "$REPORT" $EXTRA $([ "$v" = main ] || echo --variant "$v") "${REPORT_ONLY[@]}" \
+          || exit $?
+      done'
     set +e
-    timeout --kill-after=10 "${CAP:-540}" python3 benchmarks/experiments/nextlong_vs_standard.py --scale "$SCALE" \
-      --out lease-work --embedder "$PWD/$LEASE/static" --report-dir "$REPORT" $EXTRA 2>&1 | tee "$OUT/exp25.log"
+    timeout --kill-after=10 "${CAP:-540}" bash -c "REPORT_ONLY=(); $experiment" _ "${runs[@]}" 2>&1 | tee "$OUT/exp25.log"
     status=${PIPESTATUS[0]}
     set -e
     if [ "$status" -ne 0 ]; then  # cut or failed: the report of what finished (a re-run resumes the rest)
-      python3 benchmarks/experiments/nextlong_vs_standard.py --scale "$SCALE" --out lease-work \
-        --embedder "$PWD/$LEASE/static" --report-dir "$REPORT" $EXTRA --report-only 2>&1 | tail -3 || true
+      bash -c "REPORT_ONLY=(--report-only); $experiment" _ "${runs[@]}" 2>&1 | tail -3 || true
     fi
     (cd lease-work && find . \( -name '*.json' -o -name '*.jsonl' \) -size -4M -not -path '*/checkpoints/*' -print0 \
       | tar --null -czf "$OUT/records.tgz" -T -) || true
