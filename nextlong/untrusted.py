@@ -207,6 +207,11 @@ def load_array(path, error, *, remedy: str, mmap: bool = True, size: int | None 
     except (OSError, ValueError, EOFError) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise error(f"{path}: not a readable numpy array ({detail}); {remedy}") from None
+    if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever the file's name
+        close = getattr(array, "close", None)
+        if close:
+            close()
+        raise error(f"{path}: a .npz archive, not a .npy array file; {remedy}")
     wrong = ((dtype is not None and array.dtype != np.dtype(dtype))
              or (kind is not None and array.dtype.kind not in kind)
              or (ndim is not None and array.ndim != ndim)

@@ -472,12 +472,14 @@ def test_removing_data_lets_one_folder_serve_other_methods_and_seeds(corpus, tmp
     assert (out / "chunks" / "chunks.parquet").stat().st_mtime_ns == chunks_time
 
 
-@pytest.mark.parametrize("method", ["nextlong", "standard", "quest"])
-def test_blank_documents_are_dropped_and_counted(tmp_path, method):
+@pytest.mark.parametrize("method", ["nextlong", "standard", "quest", "iclm"])
+def test_no_row_is_built_from_a_blank_document(tmp_path, method, monkeypatch):
     """A whitespace-only document was a NExtLong anchor whose vector tied with everything: its negatives were
     the corpus's first chunks and its sample held nothing of its own. Blank documents (empty or whitespace
-    only) are dropped at chunking and counted; a document with some text keeps its blank chunks."""
+    only) stay in the chunk table, as `nextlong chunk` keeps them (an index built from it still matches: the
+    nextlong case reuses one), but no output row is built from them, and the manifest counts them."""
     from nextlong import synthesize
+    from nextlong.mining.index import build_index_from_chunks
 
     docs = list(corpus_head(250_000))
     docs[5] = ("padded", "\n\n   \n" + docs[5][1])
@@ -488,13 +490,29 @@ def test_blank_documents_are_dropped_and_counted(tmp_path, method):
     out = tmp_path / method
     manifest = synthesize(corpus, out, method=method, num_samples=3, id_field="id", **FAST)
     stats = manifest["statistics"]
-    assert stats["blank_documents_dropped"] == len(blank)
-    assert stats["corpus_documents"] == len(docs) - len(blank)
+    assert stats["blank_documents_skipped"] == len(blank) and stats["corpus_documents"] == len(docs)
     store_ids = set(pq.read_table(out / "chunks" / "chunks.parquet", columns=["doc_id"]).column("doc_id").to_pylist())
-    assert not store_ids & set(blank) and "padded" in store_ids
+    assert set(blank) | {"padded"} <= store_ids
     used = {s["doc_id"] for row in read_output(out).to_pylist() for s in row["segments"]}
     assert not used & set(blank)
-    if method == "nextlong":  # the chunk ids of every later block's rows are still dense (the store renumbers)
-        ids = pq.read_table(out / "chunks" / "chunks.parquet", columns=["chunk_id"]).column("chunk_id").to_numpy()
-        np.testing.assert_array_equal(ids, np.arange(ids.size))
     check_invariants(out, method, get_tokenizer())
+    if method == "nextlong":  # through a prebuilt index of the same chunk table (nextlong chunk, nextlong index)
+        from nextlong.synthesis import pipeline
+
+        monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
+        prebuilt = tmp_path / "prebuilt"
+        build_index_from_chunks(out / "chunks" / "chunks.parquet", prebuilt, embedder="hashed-tfidf:256",
+                                progress=False)
+        again = synthesize(corpus, tmp_path / "reuse", num_samples=3, id_field="id", index=str(prebuilt), **FAST)
+        assert again["statistics"]["blank_documents_skipped"] == len(blank)
+        assert not {s["doc_id"] for row in read_output(tmp_path / "reuse").to_pylist()
+                    for s in row["segments"]} & set(blank)
+
+
+def test_a_corpus_of_blank_documents_is_a_clear_error(tmp_path):
+    from nextlong import synthesize
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [(f"b{i}", " \n" * i) for i in range(30)])
+    with pytest.raises(NextlongError) as err:
+        synthesize(corpus, tmp_path / "out", num_samples=2, id_field="id", **FAST)
+    assert "\n" not in str(err.value) and "30 documents (30 of them blank)" in str(err.value)

@@ -53,6 +53,10 @@ def test_damage_and_lies_are_named(tmp_path):
     _refused(truncated, "not a readable numpy array")
     _refused(_saved(tmp_path, np.array([{"x": 1}], dtype=object), "o.npy", allow_pickle=True),
              "not a readable numpy array")  # never unpickled
+    archive = tmp_path / "z.npy"
+    with open(archive, "wb") as f:
+        np.savez(f, a=a)
+    _refused(archive, "a .npz archive, not a .npy array file")
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):

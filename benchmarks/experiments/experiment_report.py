@@ -383,7 +383,7 @@ generated or repetitive); folders with other names stay{
 by the evaluation (LongPPL, long-context gain, loss by position, short-context perplexity, the repeat probe, and
 as the haystack of the recall tasks). Training, tokenizer and synthesis see only the other modules{
         f" ({corpus['train_docs']}, {corpus['train_chars'] / 1e6:.2f} M chars)" if corpus.get('train_docs') else ""},
-in path-hash order up to {sc['corpus_max_bytes'] / 1e6:g} M chars. The corpus depends on the Python version{
+in path-hash order up to {sc['corpus_max_bytes'] / 1e6:g} MB of source text. The corpus depends on the Python version{
         f" ({python} here)" if python else ""}, which the work folder records.
 
 **Tokenizer.** Byte-level BPE with {sc['vocab']:,} ids trained on the training split with HF `tokenizers`'
@@ -704,7 +704,9 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
     design."""
     results = in_report_order(results)
     sc = results["scale"]
-    optional = results.get("optional_arms", [])
+    # optional arms are those a run may leave out; a variant's own arms (longce-self's) are not optional there
+    own = ((results.get("variants") or {}).get(results.get("variant") or "", {}).get("overrides") or {}).get("arms", [])
+    optional = [a for a in results.get("optional_arms", []) if a not in own]
     device = (results.get("machine") or {}).get("device")
     title = "# NExtLong data and token weighting vs standard concatenation at mini scale" + (
         f" (variant `{results['variant']}`)" if results.get("variant") else "") + (
@@ -744,8 +746,8 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
               "Fixed in the design before any arm ran. Primary: " + ", ".join(f"`{m}`" for m in primary) +
               ". Secondary: " + ", ".join(f"`{m}`" for m in results.get("secondary", [])) + ". Comparisons, each "
               "paired by seed: " + "; ".join(f"{t} − {c}" for t, c, _ in COMPARISONS) + ". Where the optional "
-              "`quest` and `knn` arms ran, their comparisons with `standard` are added as exploratory (not "
-              "pre-registered).", ""]
+              "arms ran, their comparisons are added as exploratory (not pre-registered): " + "; ".join(
+                  f"{t} − {c}" for t, c, _ in EXPLORATORY) + ".", ""]
     lines += ["## Setup", "",
               f"- Scale `{sc['name']}`: Llama {sc['layers']} layers, hidden {sc['hidden']}, {sc['heads']} heads, "
               f"MLP {sc['mlp']}, vocabulary {sc['vocab']} (byte-level BPE trained on the training split), tied "

@@ -346,7 +346,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     leftover_dropped = units.get("leftover_dropped", 0) if (cfg.num_samples is None
                                                             or cfg.num_samples >= units.get("units", 0)) else 0
     chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes"),
-                   "blank_documents": int(record("chunk").get("blank_documents", 0))}
+                   "blank_documents": int(units.get("blank_documents_skipped", 0))}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
         near = record("neardup")
@@ -456,7 +456,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         "corpus_bytes": chunk_stats.get("bytes"),
-        "blank_documents_dropped": chunk_stats.get("blank_documents", 0),  # whitespace only: nothing to use
+        "blank_documents_skipped": chunk_stats.get("blank_documents", 0),  # whitespace only: no row built from them
         "chars_per_token_measured": round(store.chars_per_token(), 4),
         "documents_built": built,
         "output_tokens": built * cfg.target_length,
@@ -508,7 +508,9 @@ def _too_small_message(cfg, store, stats, lengths) -> str:
                 f"{cfg.quest_max_repeats} passes). Use a larger corpus, a smaller --target-length, or a higher "
                 "--quest-max-repeats.")
     return (f"{cfg.corpus}: built 0 long documents of {cfg.target_length} tokens with method {cfg.method}: "
-            f"{_why(cfg, stats)}. The corpus has {store.num_docs} documents, {store.num_chunks} chunks, "
+            f"{_why(cfg, stats)}. The corpus has {store.num_docs} documents"
+            + (f" ({stats['blank_documents_skipped']} of them blank)" if stats.get("blank_documents_skipped") else "")
+            + f", {store.num_chunks} chunks, "
             f"{int(store.tok_offsets[-1])} tokens (longest document {int(lengths.max()) if lengths.size else 0} "
             "tokens). Use a larger corpus, a smaller --target-length"
             + (", or --negatives fill" if any(r.startswith("fixed-k") for r in stats["drop_reasons"]) else "") + ".")
@@ -521,8 +523,8 @@ def summary(manifest: dict) -> str:
         f"nextlong synthesize: {s['documents_built']} documents of {st['target_length']} tokens "
         f"({st['method']}) -> {st['out']}",
         f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks, {s['corpus_tokens']} tokens"
-        + (f" ({s['blank_documents_dropped']} blank documents dropped: whitespace only)"
-           if s.get("blank_documents_dropped") else ""),
+        + (f" ({s['blank_documents_skipped']} blank, whitespace only: no row is built from them)"
+           if s.get("blank_documents_skipped") else ""),
         f"  dropped (cannot reach the target length): {s['dropped_too_short']}",
     ]
     if s.get("negatives_per_meta_chunk_mean") is not None:

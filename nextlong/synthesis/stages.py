@@ -46,14 +46,13 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     in "." before "\n" is the one token ".\n" in cl100k, as in real text, not "." then "\n")."""
     from ..corpus.chunking import chunk_documents, chunk_table_schema, resolve_tokenizer
 
-    table, blank = _drop_blank_documents(chunk_documents(
-        batch, max_len=chunk_size, unit=chunk_unit,
-        tokenizer=tokenizer if not separator or chunk_unit == "tokens" else None,
-        with_ids=not separator, num_threads=num_threads, first_chunk_id=first_chunk_id), first_chunk_id)
-    # (with a separator the chunker above needs the tokenizer only to measure chunks in tokens: counting them
-    # there as well would tokenize every chunk twice, 1.8x slower on one thread)
+    # with a separator the chunker needs the tokenizer only to measure chunks in tokens: counting them
+    # there as well would tokenize every chunk twice (1.8x slower on one thread)
+    table = chunk_documents(batch, max_len=chunk_size, unit=chunk_unit,
+                            tokenizer=tokenizer if not separator or chunk_unit == "tokens" else None,
+                            with_ids=not separator, num_threads=num_threads, first_chunk_id=first_chunk_id)
     if not separator:
-        return _with_blank_count(table, blank)
+        return table
     texts = [t + separator for t in table.column("text").to_pylist()]
     ids = resolve_tokenizer(tokenizer)[1].encode_batch(texts, None, num_threads, True)
     lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
@@ -64,33 +63,7 @@ def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chu
     schema = chunk_table_schema(True)
     table = table.set_column(table.schema.get_field_index("num_tokens"), "num_tokens",
                              pa.array(lengths.astype(np.int32)))
-    return _with_blank_count(pa.Table.from_arrays([*table.columns, column.cast(schema.field("input_ids").type)],
-                                                  schema=schema), blank)
-
-
-BLANK_DOCUMENTS = b"blank_documents"  # the chunk table's schema metadata: documents dropped as blank
-
-
-def _drop_blank_documents(table: pa.Table, first_chunk_id: int) -> tuple[pa.Table, int]:
-    """The chunks of documents with some non-whitespace text, chunk ids renumbered from `first_chunk_id`, and
-    how many documents were dropped. A blank document has nothing to read, retrieve or embed: as a NExtLong
-    anchor its vector ties with everything (zero under hashed-tfidf), so its negatives were simply the
-    corpus's first chunks and its sample held nothing of its own."""
-    texts = table.column("text").to_pylist()
-    blank = np.fromiter((not t.strip() for t in texts), bool, len(texts))
-    if not blank.any():
-        return table, 0
-    doc = table.column("doc_index").to_numpy()
-    keep = np.isin(doc, doc[~blank])
-    dropped = int(np.unique(doc[~keep]).size)
-    table = table.filter(pa.array(keep))
-    at = table.schema.get_field_index("chunk_id")
-    ids = pa.array(np.arange(first_chunk_id, first_chunk_id + table.num_rows, dtype=np.int64))
-    return table.set_column(at, table.schema.field(at), ids.cast(table.schema.field(at).type)), dropped
-
-
-def _with_blank_count(table: pa.Table, blank: int) -> pa.Table:
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), BLANK_DOCUMENTS: str(blank).encode()})
+    return pa.Table.from_arrays([*table.columns, column.cast(schema.field("input_ids").type)], schema=schema)
 
 
 def embed_batch(batch, *, embedder) -> pa.Table:
@@ -313,8 +286,6 @@ class ChunkStage(MapStage):
     separator: str = "\n"  # tokenized with each chunk (chunk_batch)
     threads: int | None = not_a_setting(default=None)
 
-    version = 2  # blank documents dropped
-
     # chunk_corpus's options: text and token lists gain nothing from a dictionary; snappy is fast
     parquet_options = {"compression": "snappy", "use_dictionary": ["doc_id"],
                        "write_statistics": ["chunk_id", "doc_index", "chunk_index"], "row_group_size": 1 << 20}
@@ -333,8 +304,7 @@ class ChunkStage(MapStage):
     def count(self, output):
         import pyarrow.compute as pc
 
-        return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0),
-                "blank_documents": int((output.schema.metadata or {}).get(BLANK_DOCUMENTS, b"0"))}
+        return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0)}
 
 
 def _renumbered_parts(parts_dir, blocks: int):
@@ -359,11 +329,13 @@ def _write_chunk_table(tables, out_dir) -> int:
     from ..corpus.chunking import _STATISTICS_COLUMNS, chunk_table_schema
     from .store import ChunkStore
 
+    import pyarrow.compute as pc
+
     out_dir = _Path(out_dir)
     rows = 0
     schema = chunk_table_schema(True)
     store_columns = ["doc_index", "doc_id", "chunk_index", "char_start", "char_end", "text_hash", "input_ids"]
-    kept = []  # the store's columns (no text), so it is built without reading the file back
+    kept, blank = [], []  # the store's columns (no text), so it is built without reading the file back
     with _atomic_path(out_dir / CHUNKS_FILE) as tmp:
         with _pq.ParquetWriter(tmp, schema, use_dictionary=["doc_id"],
                                write_statistics=_STATISTICS_COLUMNS) as writer:
@@ -371,22 +343,56 @@ def _write_chunk_table(tables, out_dir) -> int:
                 t = t.cast(schema)
                 writer.write_table(t)
                 kept.append(t.select(store_columns))
+                text = t.column("text")  # a blank chunk: empty or whitespace only (Unicode White_Space)
+                blank.append(pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0))
+                             .to_numpy(zero_copy_only=False).astype(bool))
                 rows += t.num_rows
     whole = pa.concat_tables(kept) if kept else schema.empty_table().select(store_columns)
-    ChunkStore.from_table(whole).save(out_dir / STORE_DIR)
+    store = ChunkStore.from_table(whole)
+    store.save(out_dir / STORE_DIR)
+    blank_docs = np.ones(store.num_docs, bool)  # a document whose every chunk is blank
+    if rows:
+        np.logical_and.at(blank_docs, np.asarray(store.chunk_doc), np.concatenate(blank))
+    with _atomic_path(out_dir / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.flatnonzero(blank_docs).astype(np.int64))
     return rows
+
+
+BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
+
+
+def blank_documents(chunks_dir, num_docs: int) -> np.ndarray:
+    """The dense numbers of the documents with no text but whitespace (written with the chunk table). They
+    stay in the chunk table, as `nextlong chunk` keeps them (so an index built from it matches), but no
+    output row is built from them: as a NExtLong anchor a blank document's vector ties with every chunk (zero
+    under hashed-tfidf), so its negatives were the corpus's first chunks and its sample held nothing of its
+    own; in the other methods it only added whitespace."""
+    from ..errors import CorruptFileError
+    from ..untrusted import load_array
+
+    path = _Path(chunks_dir) / BLANK_DOCS_FILE
+    docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
+                      remedy=f"delete {path.parent} to chunk the corpus again")
+    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= num_docs or bool((np.diff(docs) <= 0).any())):
+        raise CorruptFileError(f"{path}: not increasing document numbers below {num_docs}; delete {path.parent} to "
+                               "chunk the corpus again")
+    return docs
 
 
 @_dc.dataclass
 class Consolidate(WholeStage):
-    """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store."""
+    """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store, and the
+    blank documents (BLANK_DOCS_FILE)."""
+
+    version = 2  # blank_docs.npy
 
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
         rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks)), ctx.out_dir)
         store = load_store(ctx.out_dir)
-        return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks}
+        return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks,
+                "blank_documents": int(blank_documents(ctx.out_dir, store.num_docs).size)}
 
 
 @_dc.dataclass
@@ -420,6 +426,8 @@ class DedupStage(WholeStage):
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
+
+    version = 2  # blank_docs.npy beside the kept chunk table
 
     def build(self, ctx):
         from ..corpus.tokenizer import load_tokenizer
@@ -579,15 +587,14 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
     """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
     from ..mining.embed_store import open_embeddings
     from ..errors import CorruptFileError
-    from ..untrusted import load_array
+    from ..untrusted import load_array, recorded_crc
 
     path = _Path(embeddings_dir) / EMBEDDINGS_FILE
     if record is None:
         return open_embeddings(path, verify=verify)
     counts = record.get("counts", {})
-    crc = counts.get("crc32") if verify else None
     return load_array(path, CorruptFileError, remedy="delete the folder to embed again (or pass --no-verify)",
-                      crc32=crc if isinstance(crc, int) else None, kind="f",
+                      crc32=recorded_crc(counts) if verify else None, kind="f",
                       shape=(counts.get("rows"), counts.get("dim")))
 
 
@@ -654,6 +661,8 @@ class UnitsStage(WholeStage):
     quest_keywords: int = 3
     quest_max_repeats: int = 4
 
+    version = 2  # no unit is built from a blank document
+
     def build(self, ctx):
         from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
                                 pack_stream, quest_contexts, standard_order)
@@ -663,12 +672,20 @@ class UnitsStage(WholeStage):
         chunks_dir = ctx.input(self.inputs[0])
         store = load_store(chunks_dir)
         lengths = doc_lengths(store, NO_SEPARATOR.size)
-        counts: dict = {"leftover_dropped": 0}
+        blank = blank_documents(chunks_dir, store.num_docs)
+
+        def with_text(order: np.ndarray) -> np.ndarray:  # the order without the blank documents
+            return order[~np.isin(order, blank)] if blank.size else order
+
+        counts: dict = {"leftover_dropped": 0, "blank_documents_skipped": int(blank.size)}
         if self.method in ("nextlong", "knn"):
-            units = pa.table({"anchor_doc": np.random.default_rng(self.seed).permutation(store.num_docs).astype(np.int64)})
+            units = pa.table({"anchor_doc": with_text(np.random.default_rng(self.seed).permutation(store.num_docs)
+                                                      .astype(np.int64))})
         elif self.method == "quest":
             texts = _document_texts(chunks_dir, store)
             keys = draw_keys(document_keywords(texts, top_k=self.quest_keywords), self.seed)
+            for d in blank.tolist():  # no group holds a blank document
+                keys[d] = None
             groups, group_keys, quest = quest_contexts(keys, lengths, self.target_length, self.seed,
                                                        max_repeats=self.quest_max_repeats)
             quest["keywords_per_document"] = self.quest_keywords
@@ -682,7 +699,7 @@ class UnitsStage(WholeStage):
                 vectors = open_vectors(ctx.input(self.inputs[1]), record=ctx.input_record(self.inputs[1]))
                 order = iclm_order(knn_graph(document_vectors(store, vectors, self.doc_embedding), self.knn_neighbors),
                                    self.seed)
-            groups, leftover = pack_stream(order, lengths, self.target_length)
+            groups, leftover = pack_stream(with_text(np.asarray(order, np.int64)), lengths, self.target_length)
             counts["leftover_dropped"] = len(leftover)
             units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
         blocks = 0
