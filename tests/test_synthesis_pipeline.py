@@ -516,3 +516,25 @@ def test_a_corpus_of_blank_documents_is_a_clear_error(tmp_path):
     with pytest.raises(NextlongError) as err:
         synthesize(corpus, tmp_path / "out", num_samples=2, id_field="id", **FAST)
     assert "\n" not in str(err.value) and "30 documents (30 of them blank)" in str(err.value)
+
+
+def test_a_chunk_table_written_before_blank_docs_npy_gives_the_same_blank_documents(tmp_path):
+    """Work folders chunked before blank_docs.npy existed keep their later stages (ACER's model-written ones
+    among them): the blank documents are then read off the table's text."""
+    from nextlong.synthesis.stages import BLANK_DOCS_FILE, blank_documents, load_store
+
+    docs = list(corpus_head(60_000)) + [("blank", " \n\t")]
+    docs.insert(2, ("empty", ""))
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    synthesize_out = tmp_path / "out"
+    from nextlong import synthesize
+
+    with pytest.raises(NextlongError):  # too small to build a row; the chunk table is written first
+        synthesize(corpus, synthesize_out, num_samples=1, id_field="id", **dict(FAST, target_length=10**6))
+    chunks = synthesize_out / "chunks"
+    store = load_store(chunks)
+    written = blank_documents(chunks, store)
+    assert written.tolist() == [2, len(docs) - 1]
+    (chunks / BLANK_DOCS_FILE).unlink()
+    np.testing.assert_array_equal(blank_documents(chunks, store), written)
+    assert not (chunks / BLANK_DOCS_FILE).exists()  # read, not written into the finished stage's folder

@@ -329,8 +329,6 @@ def _write_chunk_table(tables, out_dir) -> int:
     from ..corpus.chunking import _STATISTICS_COLUMNS, chunk_table_schema
     from .store import ChunkStore
 
-    import pyarrow.compute as pc
-
     out_dir = _Path(out_dir)
     rows = 0
     schema = chunk_table_schema(True)
@@ -343,39 +341,58 @@ def _write_chunk_table(tables, out_dir) -> int:
                 t = t.cast(schema)
                 writer.write_table(t)
                 kept.append(t.select(store_columns))
-                text = t.column("text")  # a blank chunk: empty or whitespace only (Unicode White_Space)
-                blank.append(pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0))
-                             .to_numpy(zero_copy_only=False).astype(bool))
+                blank.append(_blank_chunks(t.column("text")))
                 rows += t.num_rows
     whole = pa.concat_tables(kept) if kept else schema.empty_table().select(store_columns)
     store = ChunkStore.from_table(whole)
     store.save(out_dir / STORE_DIR)
-    blank_docs = np.ones(store.num_docs, bool)  # a document whose every chunk is blank
-    if rows:
-        np.logical_and.at(blank_docs, np.asarray(store.chunk_doc), np.concatenate(blank))
-    with _atomic_path(out_dir / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.flatnonzero(blank_docs).astype(np.int64))
+    _save_blank_documents(out_dir, store, np.concatenate(blank) if blank else np.zeros(0, bool))
     return rows
 
 
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
 
 
-def blank_documents(chunks_dir, num_docs: int) -> np.ndarray:
-    """The dense numbers of the documents with no text but whitespace (written with the chunk table). They
-    stay in the chunk table, as `nextlong chunk` keeps them (so an index built from it matches), but no
-    output row is built from them: as a NExtLong anchor a blank document's vector ties with every chunk (zero
-    under hashed-tfidf), so its negatives were the corpus's first chunks and its sample held nothing of its
-    own; in the other methods it only added whitespace."""
+def _blank_chunks(text) -> np.ndarray:
+    """Per chunk: empty or whitespace only (Unicode White_Space)."""
+    import pyarrow.compute as pc
+
+    return pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0)).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _blank_documents_of(store, blank_chunks: np.ndarray) -> np.ndarray:
+    """The dense numbers of the documents whose every chunk is blank."""
+    docs = np.ones(store.num_docs, bool)
+    if blank_chunks.size:
+        np.logical_and.at(docs, np.asarray(store.chunk_doc), blank_chunks)
+    return np.flatnonzero(docs).astype(np.int64)
+
+
+def _save_blank_documents(out_dir, store, blank_chunks: np.ndarray) -> None:
+    with _atomic_path(_Path(out_dir) / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, _blank_documents_of(store, blank_chunks))
+
+
+def blank_documents(chunks_dir, store) -> np.ndarray:
+    """The dense numbers of the documents with no text but whitespace. They stay in the chunk table, as
+    `nextlong chunk` keeps them (so an index built from it matches), but no output row is built from them:
+    as a NExtLong anchor a blank document's vector ties with every chunk (zero under hashed-tfidf), so its
+    negatives were the corpus's first chunks and its sample held nothing of its own; in the other methods it
+    only added whitespace. Written with the chunk table; a work folder chunked before that (whose later
+    stages, ACER's model-written ones included, stay valid) gets it from the table's text."""
     from ..errors import CorruptFileError
     from ..untrusted import load_array
 
     path = _Path(chunks_dir) / BLANK_DOCS_FILE
+    if not (path.exists() or path.is_symlink()):
+        text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
+        blank = [_blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
+        return _blank_documents_of(store, np.concatenate(blank) if blank else np.zeros(0, bool))
     docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
                       remedy=f"delete {path.parent} to chunk the corpus again")
-    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= num_docs or bool((np.diff(docs) <= 0).any())):
-        raise CorruptFileError(f"{path}: not increasing document numbers below {num_docs}; delete {path.parent} to "
-                               "chunk the corpus again")
+    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= store.num_docs or bool((np.diff(docs) <= 0).any())):
+        raise CorruptFileError(f"{path}: not increasing document numbers below {store.num_docs}; delete {path.parent} "
+                               "to chunk the corpus again")
     return docs
 
 
@@ -384,15 +401,13 @@ class Consolidate(WholeStage):
     """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store, and the
     blank documents (BLANK_DOCS_FILE)."""
 
-    version = 2  # blank_docs.npy
-
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
         rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks)), ctx.out_dir)
         store = load_store(ctx.out_dir)
         return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks,
-                "blank_documents": int(blank_documents(ctx.out_dir, store.num_docs).size)}
+                "blank_documents": int(blank_documents(ctx.out_dir, store).size)}
 
 
 @_dc.dataclass
@@ -426,8 +441,6 @@ class DedupStage(WholeStage):
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
-
-    version = 2  # blank_docs.npy beside the kept chunk table
 
     def build(self, ctx):
         from ..corpus.tokenizer import load_tokenizer
@@ -672,7 +685,7 @@ class UnitsStage(WholeStage):
         chunks_dir = ctx.input(self.inputs[0])
         store = load_store(chunks_dir)
         lengths = doc_lengths(store, NO_SEPARATOR.size)
-        blank = blank_documents(chunks_dir, store.num_docs)
+        blank = blank_documents(chunks_dir, store)
 
         def with_text(order: np.ndarray) -> np.ndarray:  # the order without the blank documents
             return order[~np.isin(order, blank)] if blank.size else order
