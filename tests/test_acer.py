@@ -108,6 +108,7 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
     tok = load_tokenizer(files["tokenizer"])
     chunks = store(out)
     sep = np.asarray(tok.encode_ordinary("\n\n"), np.uint32)
+    texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
     samples = rows(out)
     retrieved = {r["question_id"]: r["retrieved"] for r in pq.read_table(out / "retrieve").to_pylist()}
     assert len(samples) == len(QUESTIONS) and manifest["statistics"]["samples"] == len(QUESTIONS)
@@ -124,6 +125,8 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
         for g in context:  # each chunk's own ids (at most --chunk-tokens), then the separator
             want = np.r_[chunks.chunk_tokens(g["chunk_id"]), sep]
             np.testing.assert_array_equal(ids[g["start"]:g["end"]], want)
+            # the chunk's text and the separator, nothing between them (a "\n" was, when chunks had synthesize's)
+            assert tok.decode(ids[g["start"]:g["end"]]) == texts[g["chunk_id"]] + "\n\n"
             assert chunks.chunk_tokens(g["chunk_id"]).size <= 64
             assert g["doc_id"] == chunks.doc_ids[int(chunks.chunk_doc[g["chunk_id"]])]
             assert g["read"] == (g["rank"] < 3)

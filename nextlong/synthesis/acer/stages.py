@@ -128,7 +128,14 @@ class ChunkStage(SynthesisChunkStage):
     the newlines between paragraphs are not counted, so without this about half the chunks of a
     docstring corpus at 128 tokens overflow). A piece ends at a token boundary that is also a character
     boundary (a few tokens early when a character spans tokens), so its text is exact, its ids are the
-    chunk's ids, and the pieces of a chunk tile it. chunk_index then counts pieces within a document."""
+    chunk's ids, and the pieces of a chunk tile it. chunk_index then counts pieces within a document.
+
+    A chunk's ids are its text's alone (`separator` ""): the assemble stage and the rag evaluation put their
+    own separator between chunks, and the short-context LM reads each chunk as it is. (Synthesize's chunk
+    stage tokenizes each chunk with the "\n" after it; inherited here, that made every gap "\n" + the
+    separator, and each chunk one token longer than its text.)"""
+
+    separator: str = ""
 
     def __call__(self, block):
         return split_long_chunks(super().__call__(block), self.chunk_size, self._decoder)
