@@ -215,3 +215,51 @@ def test_lexical_neighbours_overlap_minilm_neighbours(minilm_fp32):
     a, b = topk(sem), topk(lex)
     recall = np.mean([len(set(a[i]) & set(b[i])) / k for i in range(len(texts))])
     assert recall > 0.25, recall  # chance would be ~k/len = 0.03
+
+
+def test_a_folders_default_prompt_is_put_before_every_text_as_sentence_transformers_does(tmp_path):
+    """E5-style folders name a default prompt ("passage: ") in config_sentence_transformers.json, which
+    SentenceTransformer.encode puts before every text; we embedded the bare text, other vectors than the
+    model's own library gives."""
+    import json
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "prompted"
+    shutil.copytree(default_model_path(), folder)
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    texts = real_texts(6)
+    ours = load_embedder(str(folder), dtype="float32", long_texts="truncate")
+    assert ours.prefix == "passage: "
+    ref = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True,
+                                                                 convert_to_numpy=True)
+    np.testing.assert_allclose(ours.embed(texts), ref, atol=2e-5)
+    bare = load_embedder(str(folder), dtype="float32", long_texts="truncate", prefix="")
+    assert np.abs(bare.embed(texts) - ref).max() > 1e-3  # the prompt changes the vectors
+    cfg["default_prompt_name"] = "missing"
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    with pytest.raises(EmbedderError, match="default_prompt_name 'missing' must name a string"):
+        load_embedder(str(folder), dtype="float32")
+
+
+def test_a_query_prefix_replaces_the_folders_passage_prompt(tmp_path):
+    """ACER's --query-prefix ("query: ") goes before each question instead of the folder's default prompt,
+    as SentenceTransformer.encode(prompt_name="query") does; the chunks keep the default ("passage: ")."""
+    import json
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "prompted"
+    shutil.copytree(default_model_path(), folder)
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    questions = ["Which module parses command-line options?", "How are files copied?"]
+    ref = SentenceTransformer(str(folder), device="cpu").encode(questions, prompt_name="query",
+                                                                 normalize_embeddings=True, convert_to_numpy=True)
+    ours = load_embedder(str(folder), dtype="float32")
+    np.testing.assert_allclose(ours.embed(questions, prefix="query: "), ref, atol=2e-5)

@@ -73,6 +73,19 @@ def _read_json(path: Path, expect=None) -> dict | list | None:
     return read_json(path, EmbedderError, expect=expect)
 
 
+def _default_prompt(folder: Path) -> str:
+    """The prompt sentence-transformers puts before every text a folder's model encodes when none is named: its
+    config_sentence_transformers.json's `prompts[default_prompt_name]` (E5's "passage: ", for example), or ""."""
+    where = folder / "config_sentence_transformers.json"
+    cfg = _read_json(where, dict) or {}
+    name, prompts = cfg.get("default_prompt_name"), cfg.get("prompts") or {}
+    if name is None:
+        return ""
+    if not isinstance(prompts, dict) or not isinstance(name, str) or not isinstance(prompts.get(name), str):
+        raise EmbedderError(f"{where}: default_prompt_name {show(name)} must name a string in \"prompts\"")
+    return prompts[name]
+
+
 def _sentence_transformers_layout(folder: Path) -> tuple[Path, str, int | None]:
     """(transformer folder, pooling mode, max_seq_length) from a sentence-transformers folder, or defaults.
     The modules' folders must lie in `folder` (a relative path without '..'; a symbolic link inside is

@@ -25,7 +25,8 @@ from ..errors import EmbedderError, NextlongError, UnknownEmbedderError  # noqa:
 from ..errors import missing_embedder_package
 from ..untrusted import read_bytes, show
 from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Embedder, _read_json,  # noqa: F401
-                       _sentence_transformers_layout, available_threads, cpu_has_native_bf16, default_model_path)
+                       _default_prompt, _sentence_transformers_layout, available_threads, cpu_has_native_bf16,
+                       default_model_path)
 
 _LEXICAL_STATE = "lexical_embedder.json"
 
@@ -116,7 +117,7 @@ class TransformerEmbedder:
         pooling: str | None = None,
         batch_tokens: int = 16384,
         max_batch: int = 256,
-        prefix: str = "",
+        prefix: str | None = None,
         trust_remote_code: bool = False,
         long_texts: str = "window",
     ):
@@ -137,7 +138,8 @@ class TransformerEmbedder:
         self.pooling = pooling or st_pooling
         if self.pooling not in ("mean", "cls", "max", "last"):
             raise EmbedderError(f"pooling must be mean, cls, max or last, got {self.pooling!r}")
-        self.prefix = prefix
+        # None: the folder's default sentence-transformers prompt, as SentenceTransformer.encode puts it
+        self.prefix = _default_prompt(folder) if prefix is None else prefix
         if long_texts not in ("window", "truncate"):
             raise EmbedderError(f"long_texts must be window or truncate, got {long_texts!r}")
         self.long_texts = long_texts
@@ -177,22 +179,25 @@ class TransformerEmbedder:
     def __repr__(self) -> str:
         return f"TransformerEmbedder(name={self.name!r}, dim={self.dim}, device={self.device}, pooling={self.pooling})"
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Model input ids of each text, cut at max_length (the first window)."""
-        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
+    def tokenize(self, texts: Sequence[str], prefix: str | None = None) -> list[list[int]]:
+        """Model input ids of each text, cut at max_length (the first window). `prefix`: instead of the
+        embedder's own (a query instruction where the folder's default prompt is the passages')."""
+        prefix = self.prefix if prefix is None else prefix
+        texts = [prefix + t for t in texts] if prefix else list(texts)
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
         return enc["input_ids"]
 
-    def windows(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    def windows(self, texts: Sequence[str], prefix: str | None = None) -> tuple[list[list[int]], np.ndarray,
+                                                                                   np.ndarray]:
         """(model input ids of every window, the text each belongs to, its weight = its text tokens).
         A text within max_length is one window, the same ids `tokenize` gives."""
         if self.long_texts == "truncate":
-            ids = self.tokenize(texts)
+            ids = self.tokenize(texts, prefix)
             return ids, np.arange(len(ids)), np.ones(len(ids))
         body = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, padding=False,
                               verbose=False)["input_ids"]
-        prefix = (self.tokenizer(self.prefix, add_special_tokens=False, verbose=False)["input_ids"]
-                  if self.prefix else [])
+        prefix = self.prefix if prefix is None else prefix
+        prefix = self.tokenizer(prefix, add_special_tokens=False, verbose=False)["input_ids"] if prefix else []
         head, tail = self._special_tokens()
         room = self.max_length - len(head) - len(tail) - len(prefix)
         if room < 1:
@@ -221,11 +226,12 @@ class TransformerEmbedder:
             self._specials = (list(full[:at]), list(full[at + len(plain):]))
         return self._specials
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], prefix: str | None = None) -> np.ndarray:
+        """Unit vectors of `texts`, each after `prefix` (default: the embedder's own, see `prefix`)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
-        windows, owner, weight = self.windows(texts)
+        windows, owner, weight = self.windows(texts, prefix)
         vecs = self.embed_ids(windows)
         if len(windows) == len(texts):
             return vecs

@@ -370,8 +370,9 @@ class RetrieveStage(AcerMapStage):
     BM25). inputs: (questions, chunks, then the embedder, embeddings and index stages, or bm25).
     Embedding search is exact (ExactSearcher: a total order, so the same for any batching) unless the
     index stage built an HNSW index (corpora over EXACT_SEARCH_MAX_CHUNKS chunks). `query_prefix` is put
-    before each question before it is embedded (the query instruction of BGE / E5 style encoders); the
-    chunks are embedded as they are, and BM25 never sees it."""
+    before each question before it is embedded (the query instruction of BGE / E5 style encoders), in place of
+    a model folder's default sentence-transformers prompt, which the chunks get (E5's "passage: "); BM25
+    never sees it."""
 
     retriever: str = "embedding"
     k: int = 200
@@ -411,8 +412,14 @@ class RetrieveStage(AcerMapStage):
     def search(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.retriever == "bm25":
             return self._bm25.search(questions, self.k, num_threads=self._threads)
-        q = np.asarray(self._embedder.embed([self.query_prefix + x for x in questions]), np.float32)
-        return self._searcher.search(q, self.k)
+        from ...mining.embedding import TransformerEmbedder
+
+        if self.query_prefix and isinstance(self._embedder, TransformerEmbedder):
+            # instead of the folder's default prompt, which is the passages' (E5's "passage: ")
+            q = self._embedder.embed(questions, prefix=self.query_prefix)
+        else:
+            q = self._embedder.embed([self.query_prefix + x for x in questions])
+        return self._searcher.search(np.asarray(q, np.float32), self.k)
 
     def map(self, block):
         ids, scores = self.search(block.column("question").to_pylist())
