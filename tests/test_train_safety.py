@@ -212,8 +212,9 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(data, tm
         m.setattr(Trainer, "step", broken)
         with pytest.raises(RuntimeError):
             train(data, run, steps=2, **FAST)
-    manifest = json.loads((run / "manifest.json").read_text())  # written before the first step
-    assert manifest["command"] == "train" and manifest["statistics"]["status"] == "running"
+    manifest = json.loads((run / "manifest.json").read_text())  # written before the first step, then the failure
+    assert manifest["command"] == "train" and manifest["statistics"]["status"] == "failed"
+    assert manifest["statistics"]["error"] == "out of memory at step 0" and manifest["statistics"]["steps"] == 0
     assert train(data, run, steps=2, **FAST)["status"] == "finished"
     assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "finished"
 
@@ -484,3 +485,73 @@ def test_ctrl_c_or_sigterm_saves_the_step_it_stops_at_and_resume_is_exact(data, 
     assert [r["loss"] for r in _rows(run)] == [r["loss"] for r in _rows(whole)]
     a, b = load_file(whole / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- the end of a run: a signal during the final save, a manifest left "running", a damaged --model ------------
+
+
+def test_a_signal_during_the_final_save_is_noted_and_the_run_is_kept(data, tmp_path):
+    """The signal handlers were given back before the final checkpoint: a first Ctrl-C or SIGTERM during it
+    killed the run with its last steps unsaved (and the message said the checkpoints were kept)."""
+    import subprocess
+
+    run = tmp_path / "run"
+    script = f"""
+import os, signal
+import nextlong.train.checkpoint as ckpt
+from nextlong.train import train
+real = ckpt.save_checkpoint
+def save(*args, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the final checkpoint is written
+    return real(*args, **kw)
+ckpt.save_checkpoint = save
+print(train({str(data)!r}, {str(run)!r}, steps=3, model="tiny", progress=False, num_threads=1)["status"])
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "finished", proc.stderr[-2000:]
+    assert "SIGTERM" in proc.stderr
+    assert ckpt.list_checkpoints(run)[-1].name.endswith("00000003") and (run / "model" / "model.safetensors").exists()
+    assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "finished"
+
+
+def test_a_finished_run_whose_manifest_still_says_running_gets_its_final_manifest(data, tmp_path):
+    """A kill while the final manifest was written left "running"; resuming the finished run kept it forever."""
+    run = tmp_path / "run"
+    train(data, run, steps=2, **FAST)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["statistics"] = {"status": "running", "steps": 0}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert train(data, run, steps=2, resume=True, **FAST)["status"] == "finished"
+    assert json.loads((run / "manifest.json").read_text())["statistics"]["status"] == "finished"
+
+
+def test_a_model_with_a_nan_weight_is_refused_before_any_step(data, tmp_path):
+    """It failed at step 1 with 'training diverged ... lower --lr'."""
+    from safetensors.torch import load_file, save_file
+
+    first = tmp_path / "first"
+    train(data, first, steps=1, **FAST)
+    weights = load_file(first / "model" / "model.safetensors")
+    name = next(k for k in weights if k.endswith("down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, first / "model" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NextlongError, match=r"the weight .*down_proj.weight holds a NaN or an infinity"):
+        train(data, tmp_path / "second", steps=1, **dict(FAST, model=str(first / "model")))
+    assert not (tmp_path / "second" / "metrics.jsonl").exists() or not _rows(tmp_path / "second")
+
+
+def test_a_resume_on_changed_data_says_so(tmp_path, capsys):
+    """Only the data's path was compared: a run resumed on other rows went on silently, and its manifest's
+    data fingerprint was replaced."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthesized("standard"), data)
+    run = tmp_path / "run"
+    train(data, run, steps=4, stop_after=2, **FAST)
+    capsys.readouterr()
+    shutil.rmtree(data)
+    shutil.copytree(synthesized("nextlong"), data)  # the same length and tokenizer, other rows
+    train(data, run, steps=4, resume=True, **FAST)
+    assert "warning: the data changed since step 2 was saved" in capsys.readouterr().err
+    assert json.loads((run / "manifest.json").read_text())["settings"]["data_changed_at_step"] == 2

@@ -100,6 +100,22 @@ class TrainingInterrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or SIGTERM at a step boundary, after saving that step's checkpoint."""
 
 
+class _Recorded(NextlongError):
+    """An error that ends a run whose manifest already says why (diverged, no loss tokens)."""
+
+
+def _finished_manifest(path: Path) -> bool:
+    """Whether a run's manifest records a run that ended (a kill while it was written, or before the final one,
+    leaves "running", which a resumed finished run must replace)."""
+    import json
+
+    try:
+        status = (json.loads(path.read_text(encoding="utf-8")).get("statistics") or {}).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status not in (None, RUNNING)
+
+
 class _StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM during training: noted, so the loop stops at the end of the step and saves
     it, instead of losing every step since the last checkpoint (with --save-every 0, all of them). A second
@@ -153,7 +169,19 @@ class Trainer:
                 lock = output_lock(self.run_dir, "train")
             with lock:
                 self.setup()
-                return self.loop()
+                try:
+                    return self.loop()
+                except (TrainingInterrupted, _Recorded):
+                    raise
+                except BaseException as exc:  # the record said "running": it now says the run stopped, and why
+                    if getattr(self, "manifest_running", False):
+                        from ..untrusted import one_line
+
+                        self.write_manifest({"status": "interrupted" if isinstance(exc, KeyboardInterrupt)
+                                             else "failed", "steps": self.history[-1]["step"] if self.history
+                                             else self.start_step,
+                                             "error": one_line(str(exc) or type(exc).__name__)[:500]})
+                    raise
         finally:
             # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
             # them with --seq-parallel's subgroups) could abort the process ("terminate called ...")
@@ -236,6 +264,7 @@ class Trainer:
             raise UsageError(f"--seq-parallel {self.sp}: the model's {lm.config.num_attention_heads} attention heads "
                              "do not split over it (Ulysses gives each rank whole heads)")
         self.num_params = sum(p.numel() for p in lm.parameters())
+        _check_finite_weights("--model", cfg.model, lm)
         self.rope_theta = get_rope_theta(lm.config)
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -250,6 +279,7 @@ class Trainer:
                                       seed=cfg.seed, trust_remote_code=cfg.trust_remote_code, eos_id=eos_id
                                       ).to(self.device).eval().requires_grad_(False)
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
+            _check_finite_weights("--scorer", cfg.scorer, self.scorer)
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -370,8 +400,26 @@ class Trainer:
                              trust=cfg.trust_checkpoint, max_step=cfg.steps)
         self.start_step = saved["step"]
         self.history = saved["history"]
+        self._warn_if_data_changed(run)
         if self.rank == 0:  # drop metric lines of steps after the checkpoint (a killed run may have logged some)
             self._write_metrics(self.history)
+
+    def _warn_if_data_changed(self, run: Path) -> None:
+        """The data's content is not among the settings a resume must match (a fixed row is a reason to resume),
+        but a resumed run on other data is no exact continuation: say so, and keep it in the manifest."""
+        import json
+
+        try:
+            recorded = json.loads((run / "manifest.json").read_text(encoding="utf-8"))["settings"]["data_fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        now = json.loads(json.dumps([s.fingerprint() for s in self.sources], default=str))
+        if recorded != now:
+            self.data_changed_at_step = self.start_step
+            if self.rank == 0:
+                print(f"nextlong train: warning: the data changed since step {self.start_step} was saved (its rows, "
+                      "files or bytes differ from the manifest's): the resumed run is not an exact continuation",
+                      file=sys.stderr)
 
     def _write_metrics(self, rows: list[dict]) -> None:
         """RUN/metrics.jsonl replaced by `rows` (strict JSON); the run folder is made if need be. A new file
@@ -566,76 +614,82 @@ class Trainer:
         step = self.start_step
         last_saved = self.start_step
         # a finished run resumed has nothing to do: its manifest keeps the statistics of the run that did the work
-        keep_manifest = self.start_step >= cfg.steps and (run / "manifest.json").is_file()
+        keep_manifest = self.start_step >= cfg.steps and _finished_manifest(run / "manifest.json")
         if self.rank == 0 and not keep_manifest:  # the run's record exists before the first step
             self.write_manifest({"status": RUNNING, "steps": self.start_step})
+            self.manifest_running = True
         metrics = _append(run / METRICS) if self.rank == 0 else None
         batches = self.next_batches  # read in setup, so bad data failed before any step
+        # Ctrl-C / SIGTERM are noted until the final checkpoint, export and manifest are written: a first signal
+        # during them must not kill the run with its last steps unsaved
         stop = _StopRequest()
         try:
-            while step < cfg.steps:
-                if cfg.stop_after is not None and steps_here >= cfg.stop_after:
-                    break
-                if steps_here and not ckpt.all_ranks_ok(not stop.requested):  # every rank stops at one step
-                    break
-                t0 = time.perf_counter()
-                if batches is None:
-                    batches = self._read_step_batches()
-                lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm, applied, loss_tokens = self.step_explained(batches, step + 1)
-                batches = None
-                step += 1
-                steps_here += 1
-                tokens += self.batch_tokens
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - t0
-                row = {"step": step, "loss": _finite_or_none(loss), "lr": lr, "grad_norm": _finite_or_none(grad_norm),
-                       "tokens": tokens, "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
-                       "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-                       "epoch": round(self.packer.stream.epochs(), 4), "loss_tokens": loss_tokens}
-                if self.cfg.token_weighting != "none":  # `loss` is the weighted objective: the plain one beside it
-                    row["ce"] = _finite_or_none(self.plain_ce) if self.plain_ce is not None else None
-                if applied is False:
-                    row["skipped"] = True  # loss / grad_norm null: not finite
-                self.history.append(row)
+            try:
+                while step < cfg.steps:
+                    if cfg.stop_after is not None and steps_here >= cfg.stop_after:
+                        break
+                    if steps_here and not ckpt.all_ranks_ok(not stop.requested):  # every rank stops at one step
+                        break
+                    t0 = time.perf_counter()
+                    if batches is None:
+                        batches = self._read_step_batches()
+                    lr = self.scheduler.get_last_lr()[0]
+                    loss, grad_norm, applied, loss_tokens = self.step_explained(batches, step + 1)
+                    batches = None
+                    step += 1
+                    steps_here += 1
+                    tokens += self.batch_tokens
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    dt = time.perf_counter() - t0
+                    row = {"step": step, "loss": _finite_or_none(loss), "lr": lr,
+                           "grad_norm": _finite_or_none(grad_norm), "tokens": tokens,
+                           "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
+                           "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                           "epoch": round(self.packer.stream.epochs(), 4), "loss_tokens": loss_tokens}
+                    if self.cfg.token_weighting != "none":  # `loss` is the weighted objective: the plain one too
+                        row["ce"] = _finite_or_none(self.plain_ce) if self.plain_ce is not None else None
+                    if applied is False:
+                        row["skipped"] = True  # loss / grad_norm null: not finite
+                    self.history.append(row)
+                    if metrics is not None:
+                        metrics.write(json.dumps(row, allow_nan=False) + "\n")
+                        metrics.flush()
+                    if applied is False and cfg.nan_policy == "stop":
+                        self.stop_diverged(step, loss, grad_norm)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                    mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
+                    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                        self.save(step)
+                        last_saved = step
+            finally:
+                bar.close()
                 if metrics is not None:
-                    metrics.write(json.dumps(row, allow_nan=False) + "\n")
-                    metrics.flush()
-                if applied is False and cfg.nan_policy == "stop":
-                    self.stop_diverged(step, loss, grad_norm)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
-                                mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                    self.save(step)
-                    last_saved = step
+                    metrics.close()
+            if step != last_saved:  # the data position saved is the one after the last step taken
+                self.save(step)
+            elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
+                self.export(step)  # resumed at a checkpoint whose model export a kill cut short
+            finished = step >= cfg.steps
+            summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
+            if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
+                if self.rank == 0:
+                    self.write_manifest(dict(summary, status="no-loss-tokens"))
+                what = "an answer token (the data's loss_mask is 0 on every target read)" \
+                    if self.loss_on == "answer" else "a target token"
+                raise _Recorded(f"{run}: none of the run's {step} steps held {what}, so nothing was trained; check "
+                                "the data" + ("'s loss_mask, or pass --loss-on all" if self.loss_on == "answer" else ""))
+            if self.rank == 0 and not keep_manifest:
+                self.write_manifest(summary)
+                if self.history:
+                    self.draw_loss()
+            if stop.requested and not finished:
+                raise TrainingInterrupted(f"interrupted ({stop.requested}) after step {step} of {cfg.steps}; its "
+                                          f"checkpoint is saved: run the same command with --resume to continue")
+            return summary
         finally:
             stop.restore()
-            bar.close()
-            if metrics is not None:
-                metrics.close()
-        if step != last_saved:  # the data position saved is the one after the last step taken
-            self.save(step)
-        elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
-            self.export(step)  # resumed at a checkpoint whose model export a kill cut short
-        finished = step >= cfg.steps
-        summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
-        if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
-            if self.rank == 0:
-                self.write_manifest(dict(summary, status="no-loss-tokens"))
-            what = "an answer token (the data's loss_mask is 0 on every target read)" if self.loss_on == "answer" \
-                else "a target token"
-            raise NextlongError(f"{run}: none of the run's {step} steps held {what}, so nothing was trained; check "
-                                "the data" + ("'s loss_mask, or pass --loss-on all" if self.loss_on == "answer" else ""))
-        if self.rank == 0 and not keep_manifest:
-            self.write_manifest(summary)
-            if self.history:
-                self.draw_loss()
-        if stop.requested and not finished:
-            raise TrainingInterrupted(f"interrupted ({stop.requested}) after step {step} of {cfg.steps}; its "
-                                      f"checkpoint is saved: run the same command with --resume to continue")
-        return summary
 
     def write_manifest(self, statistics: dict) -> None:
         from ..manifest import write_manifest
@@ -658,9 +712,9 @@ class Trainer:
         last = f"{found[-1]} is the last good checkpoint" if found else "no checkpoint was saved before it"
         if self.rank == 0:
             self.write_manifest({"status": "diverged", "steps": step - 1, "diverged_at_step": step})
-        raise NextlongError(f"step {step}: the loss is {loss} and the gradient norm {grad_norm}: training diverged; "
-                            f"stopped without applying this update, and {last}; lower --lr (or pass --nan-policy "
-                            "skip-step to skip such updates)")
+        raise _Recorded(f"step {step}: the loss is {loss} and the gradient norm {grad_norm}: training diverged; "
+                        f"stopped without applying this update, and {last}; lower --lr (or pass --nan-policy "
+                        "skip-step to skip such updates)")
 
     def weights_finite(self) -> bool:
         local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
@@ -715,7 +769,18 @@ class Trainer:
                  # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
                  short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
+        if getattr(self, "data_changed_at_step", None) is not None:
+            d["data_changed_at_step"] = self.data_changed_at_step
         return d
+
+
+def _check_finite_weights(option: str, spec, model) -> None:
+    """A model whose weights hold a NaN or an infinity is refused before any step: its first step would
+    report a diverged loss and blame the learning rate."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise NextlongError(f"{option} {spec}: the weight {name} holds a NaN or an infinity; the model folder is "
+                                "damaged (or was saved from a run that diverged)")
 
 
 def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int | None) -> None:
