@@ -239,6 +239,13 @@ def test_a_folders_default_prompt_is_put_before_every_text_as_sentence_transform
     np.testing.assert_allclose(ours.embed(texts), ref, atol=2e-5)
     bare = load_embedder(str(folder), dtype="float32", long_texts="truncate", prefix="")
     assert np.abs(bare.embed(texts) - ref).max() > 1e-3  # the prompt changes the vectors
+    # the synthesis embed stage fingerprints it: embeddings cached without it are not taken for these
+    from nextlong.synthesis.stages import EmbedStage
+
+    prompted = EmbedStage(name="embed", inputs=("chunk", "embedder"), embedder=str(folder))
+    plain = EmbedStage(name="embed", inputs=("chunk", "embedder"), embedder=str(default_model_path()))
+    assert prompted.prompt == "passage: " and prompted.settings()["prompt"] == "passage: "
+    assert plain.prompt == "" and "prompt" not in plain.settings()  # unchanged for every other embedder
     cfg["default_prompt_name"] = "missing"
     (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
     with pytest.raises(EmbedderError, match="default_prompt_name 'missing' must name a string"):

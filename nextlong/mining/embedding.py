@@ -31,6 +31,18 @@ from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Emb
 _LEXICAL_STATE = "lexical_embedder.json"
 
 
+def default_prompt_of(spec) -> str:
+    """The prompt `load_embedder(spec)` puts before every text: a transformers model folder's default
+    sentence-transformers prompt, else "" (the built-in, static and lexical embedders have none)."""
+    if spec is None or spec in _DEFAULT_ALIASES:
+        return ""
+    path = Path(str(spec)).expanduser()
+    if not path.is_dir() or (path / _LEXICAL_STATE).is_file() or \
+            (_read_json(path / "config.json", dict) or {}).get("model_type") == "model2vec":
+        return ""
+    return _default_prompt(path.resolve())
+
+
 def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> Embedder:
     """The embedder named, never downloading anything.
 

@@ -514,11 +514,19 @@ class EmbedStage(MapStage):
 
     embedder: str = DEFAULT_EMBEDDER_SPEC
     long_texts: str = "window"  # chunks beyond the model's window are embedded whole (mean of windows)
+    # the model folder's default sentence-transformers prompt, put before every chunk (E5's "passage: "); read
+    # from the folder, so embeddings cached before it was applied are not taken for ones made with it
+    prompt: str = added_setting("")
     batch_size: int = not_a_setting(default=512)
     threads: int | None = not_a_setting(default=None)
 
     uses_gpu = True
     progress_unit = "chunk"
+
+    def __post_init__(self):
+        from ..mining.embedding import default_prompt_of
+
+        self.prompt = default_prompt_of(self.embedder)
     # float vectors: a dictionary or zstd only costs time; one row group per block
     parquet_options = {"compression": "none", "use_dictionary": False, "write_statistics": False,
                        "row_group_size": 1 << 20}
