@@ -555,3 +555,42 @@ def test_a_resume_on_changed_data_says_so(tmp_path, capsys):
     train(data, run, steps=4, resume=True, **FAST)
     assert "warning: the data changed since step 2 was saved" in capsys.readouterr().err
     assert json.loads((run / "manifest.json").read_text())["settings"]["data_changed_at_step"] == 2
+
+
+def test_a_bad_row_met_mid_run_keeps_the_steps_before_it(tmp_path):
+    """A row that fails when read (here an id past the vocabulary) ended the run with every step since the
+    last checkpoint lost (with --save-every 0, all of them). They are saved first, with the data position from
+    before the failed read, so fixing the row and resuming gives exactly the uninterrupted run's weights."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = synthesized("standard")
+    files = sorted((src / "data").glob("*.parquet"))
+    table = pq.read_table(files[0])
+    data = tmp_path / "data"
+    for row in range(table.num_rows):  # the first row whose damage is met after a step, not in setup
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.copytree(src, data)
+        ids = table.column("input_ids").to_pylist()
+        ids[row][3] = 10**6
+        column = pa.array(ids, table.schema.field("input_ids").type)
+        pq.write_table(table.set_column(table.schema.get_field_index("input_ids"), "input_ids", column),
+                       data / "data" / files[0].name)
+        run = tmp_path / f"run-{row}"
+        with pytest.raises(NextlongError, match="vocabulary|token id"):
+            train(data, run, steps=6, **FAST)
+        if _rows(run):
+            break
+    else:
+        pytest.skip("every damaged row was read before the first step")
+    done = _rows(run)[-1]["step"]
+    assert ckpt.list_checkpoints(run)[-1].name == f"step-{done:08d}"  # kept, though --save-every is 0
+    shutil.rmtree(data)
+    shutil.copytree(src, data)  # the row fixed
+    resumed = train(data, run, steps=6, resume=True, **FAST)
+    whole = train(data, tmp_path / "whole", steps=6, **FAST)
+    assert resumed["status"] == whole["status"] == "finished"
+    assert (run / "model" / "model.safetensors").read_bytes() == \
+        (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()

@@ -632,7 +632,7 @@ class Trainer:
                         break
                     t0 = time.perf_counter()
                     if batches is None:
-                        batches = self._read_step_batches()
+                        batches = self._read_next_step(step, last_saved)
                     lr = self.scheduler.get_last_lr()[0]
                     loss, grad_norm, applied, loss_tokens = self.step_explained(batches, step + 1)
                     batches = None
@@ -721,12 +721,26 @@ class Trainer:
                     for p in self.loss_model.parameters())
         return ckpt.all_ranks_ok(local)
 
-    def save(self, step: int) -> None:
-        """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved."""
+    def _read_next_step(self, step: int, last_saved: int) -> list[dict]:
+        """The next step's batches. A row that fails while they are read (a bad id, a damaged file) ends the run,
+        but first, in a single-process run, the steps since the last checkpoint are saved with the data position
+        from before the read, so fixing the row and resuming loses nothing. (Across ranks the save is collective
+        and the others are not failing: there the newest checkpoint is what is kept.)"""
+        position = self.packer.state_dict() if self.world == 1 and step != last_saved else None
+        try:
+            return self._read_step_batches()
+        except Exception:
+            if position is not None:
+                self.save(step, data_position=position)
+            raise
+
+    def save(self, step: int, data_position: dict | None = None) -> None:
+        """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved.
+        `data_position`: the stream position to record, when it is not the packer's current one."""
         if not self.weights_finite():
             raise NextlongError(f"step {step}: the model's weights are no longer finite (an update overflowed), so "
                                 "they are not saved; the newest checkpoint is the last good one; lower --lr")
-        rank_state = {"data": self.packer.state_dict()}
+        rank_state = {"data": data_position if data_position is not None else self.packer.state_dict()}
         trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world}
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
