@@ -594,3 +594,18 @@ def test_a_bad_row_met_mid_run_keeps_the_steps_before_it(tmp_path):
     assert resumed["status"] == whole["status"] == "finished"
     assert (run / "model" / "model.safetensors").read_bytes() == \
         (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()
+
+
+def test_throughput_counts_real_tokens_not_padding(data, tmp_path):
+    """With --seq-len 384 on 256-token samples a third of every step is padding; tokens_per_s counted it."""
+    run = tmp_path / "run"
+    summary = train(data, run, steps=2, seq_len=SAMPLE_LEN + SAMPLE_LEN // 2, **FAST)
+    rows = _rows(run)
+    seq = SAMPLE_LEN + SAMPLE_LEN // 2
+    for r in rows:  # the padding closing each 384-token sequence after its one 256-token sample
+        assert r["padding_tokens"] == r["tokens"] // r["step"] * (seq - SAMPLE_LEN) // seq
+        assert r["tokens_per_s"] == pytest.approx((r["tokens"] // r["step"] - r["padding_tokens"]) / r["step_s"],
+                                                  rel=0.01)
+    assert summary["padding_tokens"] == sum(r["padding_tokens"] for r in rows) > 0
+    packed = train(data, tmp_path / "packed", steps=2, **FAST)
+    assert packed["padding_tokens"] == 0

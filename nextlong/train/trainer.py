@@ -434,8 +434,11 @@ class Trainer:
 
     # data and weights
     def _read_step_batches(self) -> list[dict]:
-        batches = [collate([self.packer.next_sequence() for _ in range(self.cfg.micro_batch)])
-                   for _ in range(self.accum)]
+        seqs = [[self.packer.next_sequence() for _ in range(self.cfg.micro_batch)] for _ in range(self.accum)]
+        # the step's padding, this rank's share scaled to the global batch: throughput counts real tokens
+        read = sum(len(s.ids) for group in seqs for s in group)
+        self.step_padding = round(self.batch_tokens * sum(s.num_pad for g in seqs for s in g) / max(read, 1))
+        batches = [collate(group) for group in seqs]
         if self.sp > 1:  # every rank of a sequence-parallel group read the same sequences: keep this rank's slice
             from ..parallel import split_for_rank
 
@@ -610,6 +613,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
                    disable=self.rank != 0 or not cfg.progress)
         tokens = self.start_step * self.batch_tokens
+        real_here = 0  # tokens of this invocation's steps, padding left out
         t_run = time.perf_counter()
         step = self.start_step
         last_saved = self.start_step
@@ -642,9 +646,12 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     dt = time.perf_counter() - t0
+                    real = self.batch_tokens - self.step_padding
+                    real_here += real
                     row = {"step": step, "loss": _finite_or_none(loss), "lr": lr,
                            "grad_norm": _finite_or_none(grad_norm), "tokens": tokens,
-                           "tokens_per_s": round(self.batch_tokens / dt, 1), "step_s": round(dt, 4),
+                           "padding_tokens": self.step_padding,  # in `tokens`, not in tokens_per_s
+                           "tokens_per_s": round(real / dt, 1), "step_s": round(dt, 4),
                            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
                            "epoch": round(self.packer.stream.epochs(), 4), "loss_tokens": loss_tokens}
                     if self.cfg.token_weighting != "none":  # `loss` is the weighted objective: the plain one too
@@ -672,7 +679,7 @@ class Trainer:
             elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
                 self.export(step)  # resumed at a checkpoint whose model export a kill cut short
             finished = step >= cfg.steps
-            summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
+            summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here, real_here)
             if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
                 if self.rank == 0:
                     self.write_manifest(dict(summary, status="no-loss-tokens"))
@@ -757,7 +764,7 @@ class Trainer:
             ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict,
                               step=step)
 
-    def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
+    def summary(self, step: int, finished: bool, seconds: float, steps_here: int, real_here: int = 0) -> dict:
         losses = [r["loss"] for r in self.history if r.get("loss") is not None]
         return {
             "status": "finished" if finished else "stopped",
@@ -769,7 +776,9 @@ class Trainer:
             "steps_without_loss_tokens": sum(1 for r in self.history if r.get("loss_tokens", 1) == 0),
             "seconds_this_invocation": round(seconds, 3),
             "steps_per_s": round(steps_here / seconds, 4) if seconds > 0 and steps_here else None,
-            "tokens_per_s": round(steps_here * self.batch_tokens / seconds, 1) if seconds > 0 and steps_here else None,
+            # tokens of this invocation's steps, padding left out, per second
+            "tokens_per_s": round(real_here / seconds, 1) if seconds > 0 and steps_here else None,
+            "padding_tokens": sum(r.get("padding_tokens", 0) for r in self.history),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "num_parameters": self.num_params,
             "epochs": round(self.packer.stream.epochs(), 4),
