@@ -133,14 +133,11 @@ def _target_logprobs(model, input_ids: torch.Tensor, last_only: bool = False) ->
     ``last_only``: only the last token's log-probability, shape (B,).
     """
     from nextlong.kernels.losses import fused_linear_cross_entropy
-    from nextlong.kernels.transformers_loss import logit_scale_of, logit_softcap_of
+    from nextlong.kernels.transformers_loss import fold_logit_scale, logit_scale_of, logit_softcap_of
 
     head = model.get_output_embeddings()
     hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
-    scale = logit_scale_of(model)  # (h W^T + b) * s = (s h) W^T + s b: Granite, Cohere, ...
-    bias = head.bias if head.bias is None or scale == 1.0 else head.bias * scale
-    if scale != 1.0:
-        hidden = hidden * scale
+    hidden, bias = fold_logit_scale(hidden, head.bias, logit_scale_of(model))  # Granite, Cohere, ...
     src, tgt = (hidden[:, -2:-1], input_ids[:, -1:]) if last_only else (hidden[:, :-1], input_ids[:, 1:])
     ce = fused_linear_cross_entropy(src, head.weight, tgt, bias=bias, reduction="none",
                                     logit_softcap=logit_softcap_of(model))

@@ -107,6 +107,14 @@ _LOGIT_SCALES = {
 }
 
 
+def fold_logit_scale(hidden: torch.Tensor, bias: torch.Tensor | None, scale: float):
+    """(hidden, bias) with a post-head logit scale folded in: (h W^T + b) * s = (s h) W^T + s b, so the loss
+    of the scaled logits is computed from the head's own weight, without materialising logits to scale."""
+    if scale == 1.0:
+        return hidden, bias
+    return hidden * scale, None if bias is None else bias * scale
+
+
 def logit_scale_of(model) -> float:
     """The factor this model's forward multiplies its logits by (1.0 for Llama and most others)."""
     config = getattr(model, "config", None)
@@ -135,9 +143,9 @@ def _patched_forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwar
     scale = options.pop("logit_scale")
     outputs = self.get_decoder()(input_ids=input_ids, **kwargs)
     hidden, head = outputs.last_hidden_state, self.get_output_embeddings()
-    if scale != 1.0:  # (h W^T + b) * s = (s h) W^T + s b
-        hidden = hidden * scale
-        head = _ScaledHead(head.weight, None if head.bias is None else head.bias * scale)
+    if scale != 1.0:
+        hidden, bias = fold_logit_scale(hidden, head.bias, scale)
+        head = _ScaledHead(head.weight, bias)
     loss = causal_lm_loss(hidden, head, labels, **loss_kwargs, **options)
     out = _causal_lm_output(loss, outputs)
     if return_dict is None:

@@ -167,17 +167,15 @@ class LossModel(torch.nn.Module):
         """CE of predicting labels[:, t+1] from hidden[:, t]; weights aligned with labels. Labels one column
         longer than hidden (a sequence-parallel slice: nextlong.parallel.split_for_rank) give every
         position of hidden a target."""
-        from nextlong.kernels.transformers_loss import logit_scale_of, logit_softcap_of
+        from nextlong.kernels.transformers_loss import fold_logit_scale, logit_scale_of, logit_softcap_of
 
         head = self.lm.get_output_embeddings()
         h = (hidden if labels.shape[1] == hidden.shape[1] + 1 else hidden[:, :-1]).reshape(-1, hidden.shape[-1])
         y = labels[:, 1:].reshape(-1)
         w = None if weights is None else weights[:, 1:].reshape(-1)
         # the model's own logits: its post-head scale (Granite, Cohere) and soft-cap (Gemma-2), as its forward
-        scale, cap = logit_scale_of(self.lm), logit_softcap_of(self.lm)
-        bias = head.bias if head.bias is None or scale == 1.0 else head.bias * scale
-        if scale != 1.0:
-            h = h * scale
+        h, bias = fold_logit_scale(h, head.bias, logit_scale_of(self.lm))
+        cap = logit_softcap_of(self.lm)
         if self.loss == "fused":
             from nextlong.kernels.losses import fused_linear_cross_entropy
 
