@@ -104,16 +104,22 @@ class _Recorded(NextlongError):
     """An error that ends a run whose manifest already says why (diverged, no loss tokens)."""
 
 
-def _finished_manifest(path: Path) -> bool:
-    """Whether a run's manifest records a run that ended (a kill while it was written, or before the final one,
-    leaves "running", which a resumed finished run must replace)."""
+def _run_manifest(run: Path) -> dict:
+    """The run folder's manifest as it stands ({} when it is missing or unreadable: the run rewrites it)."""
     import json
 
     try:
-        status = (json.loads(path.read_text(encoding="utf-8")).get("statistics") or {}).get("status")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return status not in (None, RUNNING)
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _finished_manifest(run: Path) -> bool:
+    """Whether a run's manifest records a run that ended (a kill while it was written, or before the final one,
+    leaves "running", which a resumed finished run must replace)."""
+    stats = _run_manifest(run).get("statistics")
+    return isinstance(stats, dict) and stats.get("status") not in (None, RUNNING)
 
 
 class _StopRequest:
@@ -152,6 +158,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.plain_ce = None  # the last step's unweighted cross-entropy, with token weighting
+        self.manifest_running = False  # this invocation wrote a "running" manifest that its end must replace
+        self.data_changed_at_step = None  # a resume found other data than the manifest's, at this step
 
     def run(self) -> dict:
         import torch.distributed as dist
@@ -174,7 +182,7 @@ class Trainer:
                 except (TrainingInterrupted, _Recorded):
                     raise
                 except BaseException as exc:  # the record said "running": it now says the run stopped, and why
-                    if getattr(self, "manifest_running", False):
+                    if self.manifest_running:
                         from ..untrusted import one_line
 
                         self.write_manifest({"status": "interrupted" if isinstance(exc, KeyboardInterrupt)
@@ -409,9 +417,9 @@ class Trainer:
         but a resumed run on other data is no exact continuation: say so, and keep it in the manifest."""
         import json
 
-        try:
-            recorded = json.loads((run / "manifest.json").read_text(encoding="utf-8"))["settings"]["data_fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
+        settings = _run_manifest(run).get("settings")
+        recorded = settings.get("data_fingerprint") if isinstance(settings, dict) else None
+        if recorded is None:
             return
         now = json.loads(json.dumps([s.fingerprint() for s in self.sources], default=str))
         if recorded != now:
@@ -613,12 +621,11 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
                    disable=self.rank != 0 or not cfg.progress)
         tokens = self.start_step * self.batch_tokens
-        real_here = 0  # tokens of this invocation's steps, padding left out
         t_run = time.perf_counter()
         step = self.start_step
         last_saved = self.start_step
         # a finished run resumed has nothing to do: its manifest keeps the statistics of the run that did the work
-        keep_manifest = self.start_step >= cfg.steps and _finished_manifest(run / "manifest.json")
+        keep_manifest = self.start_step >= cfg.steps and _finished_manifest(run)
         if self.rank == 0 and not keep_manifest:  # the run's record exists before the first step
             self.write_manifest({"status": RUNNING, "steps": self.start_step})
             self.manifest_running = True
@@ -647,7 +654,6 @@ class Trainer:
                         torch.cuda.synchronize(self.device)
                     dt = time.perf_counter() - t0
                     real = self.batch_tokens - self.step_padding
-                    real_here += real
                     row = {"step": step, "loss": _finite_or_none(loss), "lr": lr,
                            "grad_norm": _finite_or_none(grad_norm), "tokens": tokens,
                            "padding_tokens": self.step_padding,  # in `tokens`, not in tokens_per_s
@@ -679,7 +685,7 @@ class Trainer:
             elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
                 self.export(step)  # resumed at a checkpoint whose model export a kill cut short
             finished = step >= cfg.steps
-            summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here, real_here)
+            summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
             if finished and self.history and not any(r.get("loss_tokens", 1) for r in self.history):
                 if self.rank == 0:
                     self.write_manifest(dict(summary, status="no-loss-tokens"))
@@ -764,8 +770,11 @@ class Trainer:
             ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict,
                               step=step)
 
-    def summary(self, step: int, finished: bool, seconds: float, steps_here: int, real_here: int = 0) -> dict:
+    def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
         losses = [r["loss"] for r in self.history if r.get("loss") is not None]
+        # the tokens of this invocation's steps, padding left out
+        real_here = sum(self.batch_tokens - r.get("padding_tokens", 0) for r in self.history[-steps_here:]) \
+            if steps_here else 0
         return {
             "status": "finished" if finished else "stopped",
             "steps": step, "tokens": step * self.batch_tokens,
@@ -776,7 +785,6 @@ class Trainer:
             "steps_without_loss_tokens": sum(1 for r in self.history if r.get("loss_tokens", 1) == 0),
             "seconds_this_invocation": round(seconds, 3),
             "steps_per_s": round(steps_here / seconds, 4) if seconds > 0 and steps_here else None,
-            # tokens of this invocation's steps, padding left out, per second
             "tokens_per_s": round(real_here / seconds, 1) if seconds > 0 and steps_here else None,
             "padding_tokens": sum(r.get("padding_tokens", 0) for r in self.history),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
@@ -792,7 +800,7 @@ class Trainer:
                  # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
                  short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
                  data_fingerprint=[s.fingerprint() for s in self.sources])
-        if getattr(self, "data_changed_at_step", None) is not None:
+        if self.data_changed_at_step is not None:
             d["data_changed_at_step"] = self.data_changed_at_step
         return d
 
