@@ -345,9 +345,9 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     units = record("units")
     leftover_dropped = units.get("leftover_dropped", 0) if (cfg.num_samples is None
                                                             or cfg.num_samples >= units.get("units", 0)) else 0
-    chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes"),
-                   "blank_documents": int(units.get("blank_documents_skipped", 0))}
+    chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
+    stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
     if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
@@ -456,7 +456,6 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         "corpus_bytes": chunk_stats.get("bytes"),
-        "blank_documents_skipped": chunk_stats.get("blank_documents", 0),  # whitespace only: no row built from them
         "chars_per_token_measured": round(store.chars_per_token(), 4),
         "documents_built": built,
         "output_tokens": built * cfg.target_length,

@@ -522,14 +522,14 @@ class EmbedStage(MapStage):
 
     uses_gpu = True
     progress_unit = "chunk"
+    # float vectors: a dictionary or zstd only costs time; one row group per block
+    parquet_options = {"compression": "none", "use_dictionary": False, "write_statistics": False,
+                       "row_group_size": 1 << 20}
 
     def __post_init__(self):
         from ..mining.embedding import default_prompt_of
 
         self.prompt = default_prompt_of(self.embedder)
-    # float vectors: a dictionary or zstd only costs time; one row group per block
-    parquet_options = {"compression": "none", "use_dictionary": False, "write_statistics": False,
-                       "row_group_size": 1 << 20}
 
     def setup(self, ctx):
         self._embedder = _ready_embedder(self.embedder, ctx.input(self.inputs[1]), self.threads or ctx.threads)
