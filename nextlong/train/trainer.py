@@ -159,7 +159,9 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.plain_ce = None  # the last step's unweighted cross-entropy, with token weighting
         self.manifest_running = False  # this invocation wrote a "running" manifest that its end must replace
-        self.data_changed_at_step = None  # a resume found other data than the manifest's, at this step
+        # a resume found other data / another scorer than the manifest records, at this step (or an earlier one)
+        self.changed_at_step: dict[str, int] = {}
+        self.scorer_identity = None  # --scorer's folder as its files' names, sizes and modification times
 
     def run(self) -> dict:
         import torch.distributed as dist
@@ -288,6 +290,9 @@ class Trainer:
                                       ).to(self.device).eval().requires_grad_(False)
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
+            from ..synthesis.framework import corpus_identity
+
+            self.scorer_identity = corpus_identity(resolve_model_folder(cfg.scorer))
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -380,13 +385,10 @@ class Trainer:
             if existing:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
                                     "another --out")
-            if self.rank == 0:
-                self._write_metrics([])
             return
         if not found:
             if self.rank == 0:
                 print(f"nextlong train: no checkpoint in {run}; starting from step 0", file=sys.stderr)
-                self._write_metrics([])
             return
         latest = found[-1]
         saved = ckpt.read_trainer_state(latest, max_step=cfg.steps)
@@ -408,26 +410,32 @@ class Trainer:
                              trust=cfg.trust_checkpoint, max_step=cfg.steps)
         self.start_step = saved["step"]
         self.history = saved["history"]
-        self._warn_if_data_changed(run)
-        if self.rank == 0:  # drop metric lines of steps after the checkpoint (a killed run may have logged some)
-            self._write_metrics(self.history)
+        self._warn_if_inputs_changed(run)
 
-    def _warn_if_data_changed(self, run: Path) -> None:
-        """The data's content is not among the settings a resume must match (a fixed row is a reason to resume),
-        but a resumed run on other data is no exact continuation: say so, and keep it in the manifest."""
+    def _warn_if_inputs_changed(self, run: Path) -> None:
+        """The content of the data and of --scorer's folder is not among the settings a resume must match (a fixed
+        row is a reason to resume), but a resumed run on other data, or scored by a scorer whose files changed (a
+        run folder that trained on meanwhile), is no exact continuation: say so, and keep it in the manifest."""
         import json
 
         settings = _run_manifest(run).get("settings")
-        recorded = settings.get("data_fingerprint") if isinstance(settings, dict) else None
-        if recorded is None:
-            return
-        now = json.loads(json.dumps([s.fingerprint() for s in self.sources], default=str))
-        if recorded != now:
-            self.data_changed_at_step = self.start_step
-            if self.rank == 0:
-                print(f"nextlong train: warning: the data changed since step {self.start_step} was saved (its rows, "
-                      "files or bytes differ from the manifest's): the resumed run is not an exact continuation",
-                      file=sys.stderr)
+        settings = settings if isinstance(settings, dict) else {}
+        now = json.loads(json.dumps({"data": [s.fingerprint() for s in self.sources],
+                                     "scorer": self.scorer_identity}, default=str))
+        recorded = {"data": settings.get("data_fingerprint"), "scorer": settings.get("scorer_identity")}
+        what = {"data": "the data changed since step {} was saved (its rows, files or bytes differ from the "
+                        "manifest's)",
+                "scorer": f"--scorer {self.cfg.scorer}: its files changed since step {{}} was saved (names, sizes or "
+                          "modification times differ from the manifest's)"}
+        for key in ("data", "scorer"):
+            earlier = settings.get(f"{key}_changed_at_step")
+            if isinstance(earlier, int) and not isinstance(earlier, bool):  # a change found by an earlier resume
+                self.changed_at_step[key] = earlier
+            if recorded[key] is not None and recorded[key] != now[key]:
+                self.changed_at_step.setdefault(key, self.start_step)
+                if self.rank == 0:
+                    print(f"nextlong train: warning: {what[key].format(self.start_step)}: the resumed run is not an "
+                          "exact continuation", file=sys.stderr)
 
     def _write_metrics(self, rows: list[dict]) -> None:
         """RUN/metrics.jsonl replaced by `rows` (strict JSON); the run folder is made if need be. A new file
@@ -629,7 +637,10 @@ class Trainer:
         if self.rank == 0 and not keep_manifest:  # the run's record exists before the first step
             self.write_manifest({"status": RUNNING, "steps": self.start_step})
             self.manifest_running = True
-        metrics = _append(run / METRICS) if self.rank == 0 else None
+        metrics = None
+        if self.rank == 0:  # written after setup, so a run refused there leaves no file behind; a resumed run drops
+            self._write_metrics(self.history)  # the lines of steps after its checkpoint (a killed run logs some)
+            metrics = _append(run / METRICS)
         batches = self.next_batches  # read in setup, so bad data failed before any step
         # Ctrl-C / SIGTERM are noted until the final checkpoint, export and manifest are written: a first signal
         # during them must not kill the run with its last steps unsaved
@@ -799,9 +810,8 @@ class Trainer:
                  accumulation_steps=self.accum,
                  # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
                  short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
-                 data_fingerprint=[s.fingerprint() for s in self.sources])
-        if self.data_changed_at_step is not None:
-            d["data_changed_at_step"] = self.data_changed_at_step
+                 data_fingerprint=[s.fingerprint() for s in self.sources], scorer_identity=self.scorer_identity)
+        d.update({f"{key}_changed_at_step": step for key, step in self.changed_at_step.items()})
         return d
 
 
