@@ -107,7 +107,6 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
     out, manifest = base
     tok = load_tokenizer(files["tokenizer"])
     chunks = store(out)
-    sep = np.asarray(tok.encode_ordinary("\n\n"), np.uint32)
     texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
     samples = rows(out)
     retrieved = {r["question_id"]: r["retrieved"] for r in pq.read_table(out / "retrieve").to_pylist()}
@@ -122,8 +121,8 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
         assert [g["role"] for g in segs[-2:]] == ["question", "answer"]
         context = segs[:-2]
         assert {g["role"] for g in context} == {"context"}
-        for g in context:  # each chunk's own ids (at most --chunk-tokens), then the separator
-            want = np.r_[chunks.chunk_tokens(g["chunk_id"]), sep]
+        for g in context:  # each chunk's text (at most --chunk-tokens ids) and the separator, tokenized together
+            want = tok.encode_ordinary(texts[g["chunk_id"]] + "\n\n")
             np.testing.assert_array_equal(ids[g["start"]:g["end"]], want)
             # the chunk's text and the separator, nothing between them (a "\n" was, when chunks had synthesize's)
             assert tok.decode(ids[g["start"]:g["end"]]) == texts[g["chunk_id"]] + "\n\n"
@@ -142,7 +141,7 @@ def test_layout_segments_tile_the_ids_the_read_chunks_are_in_and_the_mask_is_the
         assert tok.decode(ids[segs[-2]["start"]:segs[-2]["end"]]) == f"Question: {s['question']}\nAnswer:"
         # every retrieved chunk left out would not have fitted
         left_out = set(retrieved[s["question_id"]]) - {g["chunk_id"] for g in context}
-        assert all(chunks.chunk_tokens(c).size + sep.size > TARGET - ids.size for c in left_out)
+        assert all(tok.encode_ordinary(texts[c] + "\n\n").size > TARGET - ids.size for c in left_out)
 
 
 def test_order_retrieval_vs_shuffled_same_chunks(files, base, tmp_path):
@@ -854,3 +853,22 @@ def test_cli_run(files, tmp_path, capsys):
     settings = json.loads((tmp_path / "manifest.json").read_text())["settings"]
     assert settings["order"] == "retrieval" and settings["separator"] == "\n\n" and settings["read"] == 3
     assert settings["keep_cut_answers"] is True and settings["query_prefix"] == "query: "
+
+
+def test_context_pieces_tokenize_a_chunk_with_its_separator():
+    """A sample's context chunk and the separator after it are tokenized together: cl100k writes ".\n\n" as one
+    token, which tokenizing them apart split into "." + "\n\n" at every boundary, a mark running text never
+    has. Ids that end inside a character keep their own ids, then the separator's."""
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.templates import context_pieces
+
+    tok = load_tokenizer("cl100k_base")
+    texts = ["The end.", "def f():\n    return 1", "Plain words"]
+    chunks = [tok.encode_ordinary(t) for t in texts] + [tok.encode_ordinary("\U0001d518x")[:1]]  # half a character
+    pieces = context_pieces(tok, chunks, "\n\n")
+    for t, got in zip(texts, pieces):
+        np.testing.assert_array_equal(got, tok.encode_ordinary(t + "\n\n"))
+    assert pieces[0].size == chunks[0].size  # "." + "\n\n" is one token, ".\n\n"
+    assert not np.array_equal(pieces[0], np.r_[chunks[0], tok.encode_ordinary("\n\n")])
+    np.testing.assert_array_equal(np.concatenate(pieces[:3]), tok.encode_ordinary("".join(t + "\n\n" for t in texts)))
+    np.testing.assert_array_equal(pieces[3], np.r_[chunks[3], tok.encode_ordinary("\n\n")])

@@ -104,42 +104,63 @@ def test_gold_chunks_are_the_answer_bearing_evidence(plan):
     assert doc_of(plan, ledger.gold[0]) == "ledger"
 
 
-def test_the_separator_is_the_datas(lm, files, tmp_path):
-    """--rag-separator: the long context is laid out with the separator the ACER data was built with."""
-    custom = prepare(lm, files, tmp_path / "sep", separator="\n---\n")
-    want = lm.tokenizer.encode_ordinary("\n---\n")
-    np.testing.assert_array_equal(custom.separator, want)
-    e = custom.entries[0]
-    lay = custom.layout(e, LENGTHS[-1], DEPTHS[0])
-    first = lay.chunks[0]
-    n = custom.pool.ids(first).size
-    np.testing.assert_array_equal(lay.ids[n:n + want.size], want)
+def piece(plan, c):
+    """A chunk as the long context holds it: its text and the separator after it, tokenized together."""
+    tok = plan.tokenizer
+    return tok.encode_ordinary(tok.decode(plan.pool.ids(c)[:plan.settings.chunk_tokens]) + plan.settings.separator)
+
+
+@pytest.mark.parametrize("separator", ["\n---\n", " "])
+def test_the_separator_is_the_datas(lm, files, tmp_path, separator):
+    """--rag-separator: the long context is laid out with the separator the ACER data was built with, each
+    chunk tokenized together with it (the context decodes to the chunks' texts, each followed by the
+    separator). With " ", this tokenizer merges a chunk's end with the separator at about one boundary in
+    five: tokenized apart, the ids differed there. With a separator that ends in a newline no token spans a
+    gap, and the context's ids are the whole text's."""
+    custom = prepare(lm, files, tmp_path / "sep", separator=separator)
+    tok = lm.tokenizer
+    sep_ids = tok.encode_ordinary(separator)
+    apart = 0
+    for e in custom.entries:
+        lay = custom.layout(e, LENGTHS[-1], DEPTHS[0])
+        context = lay.ids[:lay.ids.size - e.question_ids.size]
+        text = "".join(tok.decode(custom.pool.ids(c)) + separator for c in lay.chunks)
+        assert tok.decode(context) == text
+        at = 0
+        for c in lay.chunks:
+            want = piece(custom, c)
+            np.testing.assert_array_equal(context[at:at + want.size], want)
+            at += want.size
+            apart += not np.array_equal(want, np.r_[custom.pool.ids(c), sep_ids])
+        assert at == context.size
+        if separator.endswith("\n"):
+            np.testing.assert_array_equal(context, tok.encode_ordinary(text))
+    assert (apart > 0) == (separator == " ")
 
 
 @pytest.mark.parametrize("length", LENGTHS)
 def test_gold_at_the_requested_depth_by_token_offsets(plan, length):
-    sep = plan.separator
     for e in plan.entries:
         layouts = [plan.layout(e, length, d) for d in DEPTHS]
         for depth, lay in zip(DEPTHS, layouts):
             ids = lay.ids
             assert ids.size + e.answer_tokens <= length
             np.testing.assert_array_equal(ids[ids.size - e.question_ids.size:], e.question_ids)  # sample.txt last
-            # the chunks tile the context, each its own ids then the separator
+            # the chunks tile the context, each its text and the separator tokenized together
             at, starts = 0, {}
             for c in lay.chunks:
-                want = np.r_[plan.pool.ids(c), sep]
+                want = piece(plan, c)
                 np.testing.assert_array_equal(ids[at:at + want.size], want)
                 starts[c] = at
                 at += want.size
             assert at == ids.size - e.question_ids.size
             # the gold block: exactly the gold chunks, in order, at gold_span
             start, end = lay.gold_span
-            np.testing.assert_array_equal(ids[start:end], np.concatenate([np.r_[plan.pool.ids(c), sep] for c in e.gold]))
+            np.testing.assert_array_equal(ids[start:end], np.concatenate([piece(plan, c) for c in e.gold]))
             assert start == starts[e.gold[0]]
             # at the chunk boundary nearest the asked share of the distractor tokens
             others = [c for c in lay.chunks if c not in e.gold]
-            sizes = [plan.pool.num_tokens(c) + sep.size for c in others]
+            sizes = [piece(plan, c).size for c in others]
             total = sum(sizes)
             assert total > 0 and total + (end - start) == at
             bounds = np.r_[0, np.cumsum(sizes)]
@@ -345,6 +366,7 @@ def write_questions(path, rows):
     ({"question": "Who?", "answer": "Ada", "context": LIGHTHOUSE, "doc_id": "ledger"}, "not both"),
     ({"question": "Who?", "answer": "Ada", "doc_id": "ledger", "chunk_index": -1}, "chunk_index"),
     ({"question": "Who?", "answer": "Ada", "context": ""}, "context"),
+    ({"question": "Who?", "answer": "Ada", "doc_id": "ledger", "chunk_id": 3}, '"chunk_id" is not read'),
 ])
 def test_bad_questions_files_fail_in_one_line_before_the_model_loads(files, tmp_path, capsys, row, message):
     q = write_questions(tmp_path / "q.jsonl", [QUESTIONS[0], row])

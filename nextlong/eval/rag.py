@@ -58,6 +58,7 @@ RETRIEVERS = ("embedding", "bm25")
 DISTRACTORS = ("retrieved", "no-answer")
 ORDERS = ("shuffled", "retrieval")
 SEPARATOR = "\n\n"  # after every chunk, as ACER's samples (--separator's default)
+LAYOUT_REVISION = 2  # 2: each chunk tokenized with its separator (records of older layouts are not reused)
 CONTEXT_DOC = "rag-context:"  # doc_id of the pool chunks cut from a `context`
 ANSWER_MARGIN = 8  # greedy budget beyond the longest gold answer (as the other tasks)
 
@@ -136,6 +137,9 @@ def _evidence(path, lineno: int, obj: dict, row: dict) -> RagQuestion:
         bad("no gold answer: --tasks rag scores against \"answer\" or \"answers\" (a non-empty string or a list of "
             "them)")
     context, doc_id, chunk_index = obj.get("context"), obj.get("doc_id"), obj.get("chunk_index")
+    if "chunk_id" in obj:  # read as chunk_index, a row number would name another chunk than the user meant
+        bad("\"chunk_id\" is not read (it is a row number of one chunk table, which changes with the corpus); name "
+            "the gold chunks by \"doc_id\" and \"chunk_index\" (their places within the document), or leave it out")
     if context is not None and doc_id is not None:
         bad("give the gold evidence as \"context\" (text) or \"doc_id\" (a --corpus document), not both")
     if context is None and doc_id is None:
@@ -279,6 +283,25 @@ class Layout:
     ran_out: bool  # every candidate was used and the length is still not filled
 
 
+class Pieces:
+    """Pool chunks as a long context holds them: each one's first `chunk_tokens` ids and the separator after it,
+    tokenized together as ACER's samples are (templates.context_pieces), each made once."""
+
+    def __init__(self, pool: Pool, tokenizer, settings: RagSettings):
+        self.pool, self.tokenizer, self.settings = pool, tokenizer, settings
+        self._made: dict[int, np.ndarray] = {}
+
+    def of(self, chunk_ids) -> dict[int, np.ndarray]:
+        from ..synthesis.acer.templates import context_pieces
+
+        todo = [c for c in dict.fromkeys(chunk_ids) if c not in self._made]
+        if todo:
+            ct = self.settings.chunk_tokens
+            made = context_pieces(self.tokenizer, [self.pool.ids(c)[:ct] for c in todo], self.settings.separator)
+            self._made.update(zip(todo, made))
+        return {c: self._made[c] for c in chunk_ids}
+
+
 @dataclass
 class RagPlan:
     settings: RagSettings
@@ -286,7 +309,7 @@ class RagPlan:
     entries: list[Entry]
     templates: dict
     tokenizer: object
-    separator: np.ndarray
+    pieces: Pieces
     retrieve: int
     fingerprint: str
     root: Path
@@ -295,8 +318,8 @@ class RagPlan:
         """The long context of `e` at `length` with the gold at `depth` percent (ACER's sample format)."""
         from ..synthesis.acer.stages import question_seed
 
-        sep, ct = self.separator, self.settings.chunk_tokens
-        size = {c: min(self.pool.num_tokens(c), ct) + sep.size for c in e.gold + e.candidates}
+        piece = self.pieces.of(e.gold + e.candidates)
+        size = {c: p.size for c, p in piece.items()}
         budget = (length - len(self.tokenizer.prefix_ids) - e.question_ids.size - e.answer_tokens
                   - sum(size[c] for c in e.gold))
         chosen, used = [], 0
@@ -312,9 +335,7 @@ class RagPlan:
         total = int(prefix[-1])
         at = int(np.argmin(np.abs(prefix - depth / 100 * total)))  # nearest boundary; ties: the earlier
         order = chosen[:at] + e.gold + chosen[at:]
-        parts = []
-        for c in order:
-            parts += [self.pool.ids(c)[:ct], sep]
+        parts = [piece[c] for c in order]
         start = int(prefix[at])
         end = start + sum(size[c] for c in e.gold)
         ids = np.concatenate(parts + [e.question_ids]).astype(np.uint32)
@@ -442,11 +463,12 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     # fixed prompt parts, and the length each question needs at least
     sep = np.asarray(tok.encode_ordinary(settings.separator), np.uint32)
     ct = settings.chunk_tokens
+    pieces = Pieces(pool, tok, settings)
     entries = []
     for q, gold in zip(questions, golds):
         q_ids = templates["sample"].render(tok, question=q.question)
         answer_tokens = max(len(tok.encode_ordinary(" " + a)) for a in q.answers)
-        need = (sum(min(pool.num_tokens(c), ct) + sep.size for c in gold) + q_ids.size + answer_tokens
+        need = (sum(p.size for p in pieces.of(gold).values()) + q_ids.size + answer_tokens
                 + len(tok.prefix_ids))
         if need > min(settings.lengths):
             raise UsageError(
@@ -480,7 +502,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
             candidates.append(c)
         e.candidates = candidates
 
-    plan = RagPlan(settings, pool, entries, templates, tok, sep, k, "", root)
+    plan = RagPlan(settings, pool, entries, templates, tok, pieces, k, "", root)
     limit = lm.max_positions
     if limit is not None:
         for e in entries:
@@ -494,7 +516,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     identity = {"settings": {k: v for k, v in asdict(settings).items() if k not in ("dump", "progress")},
                 "questions": corpus_identity(settings.questions), "corpus": corpus_identity(settings.corpus),
                 "model": model_id, "tokenizer": tok.fingerprint, "retrieve": k,
-                "templates": {n: t.text for n, t in templates.items()}}
+                "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION}
     plan.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return plan
 

@@ -37,6 +37,7 @@ from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
 from ..stages import CHUNKS_FILE, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
+from .templates import context_pieces
 
 QUESTION_SCHEMA = pa.schema([
     pa.field("question_id", pa.string(), nullable=False),
@@ -560,7 +561,8 @@ class AssembleStage(AcerMapStage):
     The chunks of a sample: the `read` top-ranked ones always, then the other retrieved chunks in rank
     order, each taken when it still fits `target_length` with the question and the answer (a longer
     one is skipped, a later shorter one may fit). Each is its first `chunk_tokens` ids followed by the
-    separator. They are laid out in a seeded shuffle (`order` shuffled) or in retrieval order, then
+    separator, the two tokenized together (templates.context_pieces: the gap reads as in running text). They
+    are laid out in a seeded shuffle (`order` shuffled) or in retrieval order, then
     sample.txt with the question, then " " + answer and the end-of-text id (when the tokenizer has
     one): the loss mask is 1 on exactly those last tokens. A sample is shorter than `target_length`
     when the retrieved chunks run out (`num_tokens` says how long).
@@ -585,7 +587,7 @@ class AssembleStage(AcerMapStage):
     keep_cut: bool = False
     answer_marker: str = ""
 
-    version = 2  # the drops above and the answer_cut column
+    version = 3  # 2: the drops above and the answer_cut column; 3: each chunk tokenized with its separator
     progress_unit = "question"
 
     def setup(self, ctx):
@@ -594,7 +596,6 @@ class AssembleStage(AcerMapStage):
 
         self._store = load_store(ctx.input(self.inputs[1]))
         self._tok = load_tokenizer(self.tokenizer)
-        self._sep = np.asarray(self._tok.encode_ordinary(self.separator), np.uint32)
         self._t = Template("sample", self.template, "<stage setting>")
 
     def sample(self, row: dict) -> tuple[dict | None, str | None]:
@@ -631,12 +632,13 @@ class AssembleStage(AcerMapStage):
             a_ids = np.append(a_ids, np.uint32(self.eos_id))
         budget = self.target_length - q_ids.size - a_ids.size
         retrieval_rank = {c: r for r, c in enumerate(retrieved)}
+        pieces = context_pieces(self._tok, [np.asarray(self._store.chunk_tokens(c)[:self.chunk_tokens], np.uint32)
+                                            for c in ranked], self.separator)
         chosen, used = [], 0
-        for rank, c in enumerate(ranked):
-            n = min(int(self._store.token_counts[c]), self.chunk_tokens) + self._sep.size
-            if rank < self.read or used + n <= budget:
-                chosen.append((rank, c, n))
-                used += n
+        for rank, (c, piece) in enumerate(zip(ranked, pieces)):
+            if rank < self.read or used + piece.size <= budget:
+                chosen.append((rank, c, piece))
+                used += piece.size
         if used > budget:
             return None, "the read chunks, question and answer exceed --target-length"
         if self.order == "shuffled":
@@ -645,9 +647,9 @@ class AssembleStage(AcerMapStage):
         else:
             chosen.sort(key=lambda x: retrieval_rank[x[1]])
         parts, segments, at = [], [], 0
-        for rank, c, n in chosen:
-            parts.append(np.asarray(self._store.chunk_tokens(c)[:self.chunk_tokens], np.uint32))
-            parts.append(self._sep)
+        for rank, c, piece in chosen:
+            n = piece.size
+            parts.append(piece)
             segments.append({"start": at, "end": at + n, "doc_id": self._store.doc_ids[int(self._store.chunk_doc[c])],
                              "chunk_index": int(self._store.chunk_index[c]), "chunk_id": int(c), "role": "context",
                              "rank": rank, "retrieval_rank": retrieval_rank[c], "read": rank < self.read})

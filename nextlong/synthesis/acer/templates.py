@@ -160,3 +160,22 @@ def passages_ids(templates: dict, tokenizer, passages: list) -> np.ndarray:
             parts.append(joiner)
         parts.append(templates["passage"].render(tokenizer, passage=ids, n=str(n)))
     return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+
+def context_pieces(tokenizer, chunks: list, separator: str) -> list[np.ndarray]:
+    """Each chunk (its token ids) of a long context with the separator after it, tokenized as the text the two
+    make together, as a tokenizer writes running text: cl100k and Llama-3 write ".\n\n" as one token, which
+    tokenizing the chunk and the separator apart splits into "." + "\n\n" at every chunk boundary, a mark no
+    ordinary text carries. Ids that do not decode to whole characters keep their own ids, then the separator's."""
+    sep = np.asarray(tokenizer.encode_ordinary(separator), np.uint32)
+    texts, whole = [], []
+    for ids in chunks:
+        try:
+            texts.append(tokenizer.decode_bytes(ids).decode("utf-8") + separator)
+            whole.append(True)
+        except UnicodeDecodeError:
+            texts.append("")
+            whole.append(False)
+    encoded = tokenizer.encode_ordinary_batch(texts, num_threads=1)
+    return [np.asarray(e, np.uint32) if ok else np.concatenate([np.asarray(ids, np.uint32), sep])
+            for ids, e, ok in zip(chunks, encoded, whole)]
