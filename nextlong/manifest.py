@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -68,6 +69,36 @@ def write_running_manifest(path, *, command: str, settings: dict, seed: int | No
     """The manifest a run writes before its work: its settings, `statistics.status` "running". The run's
     last manifest replaces it; one still "running" is a run that was stopped (or is going on)."""
     return write_manifest(path, command=command, settings=settings, statistics={"status": RUNNING}, seed=seed)
+
+
+@contextlib.contextmanager
+def running_beside_output(path, *, command: str, settings: dict):
+    """The "running" manifest of a run whose output is one file (`chunk`, `tokenize`: OUT.manifest.json). Its
+    output is renamed into place only when complete, so a run that fails leaves the previous output as it
+    was: its manifest is put back too (or none, if there was none). A killed run leaves "running"."""
+    from pathlib import Path
+
+    path = Path(path)
+    before = None
+    with contextlib.suppress(OSError):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= _RESTORED_BYTES:
+            before = path.read_bytes()
+    write_running_manifest(path, command=command, settings=settings)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if before is None:
+                path.unlink()
+            else:
+                from .atomic import atomic_path
+
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(before)
+        raise
+
+
+_RESTORED_BYTES = 1 << 24  # a larger file beside the output is no manifest of ours: it is not kept
 
 
 def write_manifest(path, *, command: str, settings: dict, statistics: dict, seed: int | None = None) -> dict:

@@ -77,6 +77,35 @@ def test_error_mid_run_leaves_nothing_half_written(tmp_path, capsys):
     assert out.read_bytes() == b"previous result"  # an old output is not clobbered by a failed run
 
 
+@pytest.mark.parametrize("command", ["chunk", "tokenize"])
+def test_the_manifest_says_running_while_the_output_is_written(tmp_path, capsys, monkeypatch, command):
+    """The manifest was written only at the end: a killed chunk run left none saying what ran. It is now
+    "running" first, and a run that fails puts the previous output's manifest back as it was."""
+    import nextlong.corpus.chunking as chunking
+
+    corpus = make_corpus(tmp_path / "c.jsonl", [f"doc {i}\nline" for i in range(20)])
+    out = tmp_path / "out.parquet"
+    manifest = Path(f"{out}.manifest.json")
+    seen = []
+    real = chunking._run_pipeline
+
+    def watched(*args, **kwargs):
+        seen.append(json.loads(manifest.read_text()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunking, "_run_pipeline", watched)
+    args = [command, str(corpus), "--out", str(out), "--no-progress"] + (
+        ["--tokenizer", "cl100k_base"] if command == "tokenize" else [])
+    assert main(args) == 0
+    assert [m["statistics"] for m in seen] == [{"status": "running"}] and seen[0]["command"] == command
+    finished = manifest.read_bytes()
+    assert json.loads(finished)["statistics"]["documents"] == 20
+    bad = make_corpus(tmp_path / "bad.jsonl", [f"doc {i}" for i in range(20)], bad_line=10)
+    assert main([a if a != str(corpus) else str(bad) for a in args]) == 1
+    assert manifest.read_bytes() == finished and len(seen) == 2  # the failed run's "running" record is gone
+    capsys.readouterr()
+
+
 def test_skip_mode_reports_what_it_skipped(tmp_path, capsys):
     texts = [f"doc {i}" for i in range(20)]
     corpus = make_corpus(tmp_path / "c.jsonl", texts, bad_line=5)

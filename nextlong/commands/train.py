@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seq-len", type=positive_int,
                    help="tokens per sequence (default: the longest sample length among the data sources)")
     p.add_argument("--batch-tokens", type=positive_int,
-                   help="tokens per optimizer step; gradient accumulation makes up the rest (default seq-len x processes)")
+                   help="tokens per optimizer step; gradient accumulation makes up the rest (default seq-len x processes, "
+                        "or x sequence-parallel groups under --seq-parallel)")
     p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per forward pass (default 1)")
     p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default 100)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 for a preset, 1e-5 pretrained)")

@@ -269,7 +269,7 @@ def chunk_corpus(
 ) -> dict:
     """Chunks a whole corpus into a Parquet chunk table at `out_path` (plus `<out>.manifest.json`).
     Returns the statistics: files, documents, bytes, skipped, chunks, tokens, seconds, mb_per_s."""
-    from ..manifest import write_manifest
+    from ..manifest import running_beside_output, write_manifest
 
     tok, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
@@ -291,17 +291,18 @@ def chunk_corpus(
         tokens = table.column("num_tokens")
         return {"chunks": table.num_rows, "tokens": int(pc.sum(tokens).as_py() or 0) if encoder else 0}
 
+    settings = {
+        "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
+        "max_len": max_len, "unit": unit, "count_newlines": count_newlines, "with_ids": with_ids,
+        "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
+        "tokenizer": _tokenizer_info(tok), "text_hash": "xxh64-seed0-utf8",
+    }
     with output_lock(out_path, "chunk", file=True):
-        stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
-                              desc="chunk", progress=progress)
+        with running_beside_output(f"{out_path}.manifest.json", command="chunk", settings=settings):
+            stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
+                                  desc="chunk", progress=progress)
         stats.setdefault("chunks", 0)
         stats.setdefault("tokens", 0)
-        settings = {
-            "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
-            "max_len": max_len, "unit": unit, "count_newlines": count_newlines, "with_ids": with_ids,
-            "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
-            "tokenizer": _tokenizer_info(tok), "text_hash": "xxh64-seed0-utf8",
-        }
         write_manifest(f"{out_path}.manifest.json", command="chunk", settings=settings, statistics=stats)
     return stats
 
@@ -321,7 +322,7 @@ def tokenize_corpus(
 ) -> dict:
     """Tokenizes every whole document of a corpus into a Parquet table (TOKENS_SCHEMA) at `out_path`
     plus `<out>.manifest.json`. Returns the statistics (files, documents, bytes, skipped, tokens, ...)."""
-    from ..manifest import write_manifest
+    from ..manifest import running_beside_output, write_manifest
 
     tok, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:
@@ -336,13 +337,15 @@ def tokenize_corpus(
         return {"tokens": int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)}
 
     _threads(num_threads)
+    settings = {
+        "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
+        "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
+        "tokenizer": _tokenizer_info(tok),
+    }
     with output_lock(out_path, "tokenize", file=True):
-        stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize", progress=progress)
+        with running_beside_output(f"{out_path}.manifest.json", command="tokenize", settings=settings):
+            stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize",
+                                  progress=progress)
         stats.setdefault("tokens", 0)
-        settings = {
-            "input": [str(p) for p in input] if isinstance(input, (list, tuple)) else str(input),
-            "text_field": text_field, "id_field": id_field, "format": format, "on_error": on_error,
-            "tokenizer": _tokenizer_info(tok),
-        }
         write_manifest(f"{out_path}.manifest.json", command="tokenize", settings=settings, statistics=stats)
     return stats

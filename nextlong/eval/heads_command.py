@@ -13,7 +13,7 @@ from ..untrusted import printable
 from ..errors import NextlongError, UsageError
 from ..locking import output_lock
 from ..model_folder import ModelFolderError
-from ..manifest import write_manifest
+from ..manifest import write_manifest, write_running_manifest
 from ..untrusted import read_json, show
 from . import heads as H
 from .report import (
@@ -82,9 +82,8 @@ def run_compare(args) -> dict:
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
     with output_lock(out, "heads"):
-        write_manifest(out / "manifest.json", command="heads --compare", seed=None,
-                       settings={"run_a": str(a), "run_b": str(b), "threshold": args.threshold},
-                       statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
+        settings = {"run_a": str(a), "run_b": str(b), "threshold": args.threshold}
+        write_running_manifest(out / "manifest.json", command="heads --compare", settings=settings)
         write_strict_json(out / "compare.json", result)
         import numpy as np
 
@@ -95,6 +94,8 @@ def run_compare(args) -> dict:
             grid[_cell(name)] = d
         head_heatmap(out / "compare.png", grid, f"retrieval score B - A ({Path(b).name} - {Path(a).name})",
                      diverging=True)
+        write_manifest(out / "manifest.json", command="heads --compare", settings=settings,
+                       statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
           f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
     for name, d in result["largest_changes"][:10]:
@@ -135,7 +136,10 @@ def run_heads(args) -> dict:
     trials = H.make_trials(lm.tokenizer, essay, lengths, depths, needles)
     out = Path(args.out)
     started = time.time()
+    settings = {k: v for k, v in vars(args).items() if k != "func"} | {
+        "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
     with output_lock(out, "heads"):
+        write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         fingerprint = json.dumps({"model": str(lm.folder), "lengths": lengths, "depths": depths,
                                   "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,
                                   "corpus": args.corpus, "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True)
@@ -204,9 +208,7 @@ def run_heads(args) -> dict:
         summary = "\n".join(lines) + "\n"
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(summary)
-        write_manifest(out / "manifest.json", command="heads", seed=args.seed,
-                       settings={k: v for k, v in vars(args).items() if k != "func"} | {
-                           "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn},
+        write_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings,
                        statistics={"trials": len(trials), "trials_counted": counted,
                                    "retrieval_heads": len(retrieval), "seconds": round(time.time() - started, 2)})
     print(printable(summary))
