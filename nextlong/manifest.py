@@ -72,33 +72,49 @@ def write_running_manifest(path, *, command: str, settings: dict, seed: int | No
 
 
 @contextlib.contextmanager
-def running_beside_output(path, *, command: str, settings: dict):
-    """The "running" manifest of a run whose output is one file (`chunk`, `tokenize`: OUT.manifest.json). Its
-    output is renamed into place only when complete, so a run that fails leaves the previous output as it
-    was: its manifest is put back too (or none, if there was none). A killed run leaves "running"."""
+def running_beside_output(path, *, output, command: str, settings: dict):
+    """The "running" manifest of a run whose output is one file (`chunk`, `tokenize`: OUT.manifest.json). The
+    output is renamed into place only when complete, so a run that fails before that leaves the previous
+    output as it was, and its manifest is put back too (renamed aside and back: a link stays a link, a file
+    keeps its mode and times), or none if there was none. A run that fails after its output is in place, or
+    is killed, leaves "running" (a killed one also the previous manifest under a hidden name, which the next
+    run replaces)."""
     from pathlib import Path
 
     path = Path(path)
-    before = None
-    with contextlib.suppress(OSError):
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= _RESTORED_BYTES:
-            before = path.read_bytes()
-    write_running_manifest(path, command=command, settings=settings)
+    backup = path.with_name(f".{path.name}.previous")
+
+    def output_identity():
+        try:
+            st = os.stat(output)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    if path.is_dir() and not path.is_symlink():
+        from .errors import NextlongError
+
+        raise NextlongError(f"{path}: is a folder, where the run's manifest goes; move it away")
+    output_before = output_identity()
+    had = os.path.lexists(path)
+    if had:
+        os.replace(path, backup)
     try:
+        write_running_manifest(path, command=command, settings=settings)
         yield
     except BaseException:
         with contextlib.suppress(OSError):
-            if before is None:
-                path.unlink()
+            if output_identity() != output_before:  # the new output is in place: the old record is not its
+                if had:
+                    os.unlink(backup)
+            elif had:
+                os.replace(backup, path)
             else:
-                from .atomic import atomic_path
-
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(before)
+                path.unlink()
         raise
-
-
-_RESTORED_BYTES = 1 << 24  # a larger file beside the output is no manifest of ours: it is not kept
+    if had:
+        with contextlib.suppress(OSError):
+            os.unlink(backup)
 
 
 def write_manifest(path, *, command: str, settings: dict, statistics: dict, seed: int | None = None) -> dict:

@@ -872,3 +872,7 @@ def test_context_pieces_tokenize_a_chunk_with_its_separator():
     assert not np.array_equal(pieces[0], np.r_[chunks[0], tok.encode_ordinary("\n\n")])
     np.testing.assert_array_equal(np.concatenate(pieces[:3]), tok.encode_ordinary("".join(t + "\n\n" for t in texts)))
     np.testing.assert_array_equal(pieces[3], np.r_[chunks[3], tok.encode_ordinary("\n\n")])
+    # never longer than side by side (the pre-work checks' bound): "\r\n" + "\n\n" together takes more ids
+    crlf = tok.encode_ordinary("print(x)\r\n")
+    assert tok.encode_ordinary("print(x)\r\n\n\n").size > crlf.size + 1
+    np.testing.assert_array_equal(context_pieces(tok, [crlf], "\n\n")[0], np.r_[crlf, tok.encode_ordinary("\n\n")])

@@ -101,8 +101,40 @@ def test_the_manifest_says_running_while_the_output_is_written(tmp_path, capsys,
     finished = manifest.read_bytes()
     assert json.loads(finished)["statistics"]["documents"] == 20
     bad = make_corpus(tmp_path / "bad.jsonl", [f"doc {i}" for i in range(20)], bad_line=10)
-    assert main([a if a != str(corpus) else str(bad) for a in args]) == 1
+    stamp = manifest.stat().st_mtime_ns
+    bad_args = [a if a != str(corpus) else str(bad) for a in args]
+    assert main(bad_args) == 1
     assert manifest.read_bytes() == finished and len(seen) == 2  # the failed run's "running" record is gone
+    assert manifest.stat().st_mtime_ns == stamp  # put back, not rewritten
+    kept = tmp_path / "kept.json"  # a manifest that is a link (a DVC or git-annex checkout) stays one
+    manifest.rename(kept)
+    manifest.symlink_to(kept)
+    assert main(bad_args) == 1
+    assert manifest.is_symlink() and manifest.read_bytes() == finished
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no backup left behind
+    capsys.readouterr()
+
+
+def test_a_run_stopped_after_its_output_is_in_place_keeps_no_stale_manifest(tmp_path, capsys, monkeypatch):
+    """Stopped between the output's rename and its last manifest, a run must not put back the previous
+    run's manifest beside its own output: the record stays "running"."""
+    import nextlong.corpus.chunking as chunking
+
+    corpus = make_corpus(tmp_path / "c.jsonl", [f"doc {i}\nline" for i in range(20)])
+    out = tmp_path / "out.parquet"
+    args = ["chunk", str(corpus), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    real = chunking._run_pipeline
+
+    def stopped_after(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chunking, "_run_pipeline", stopped_after)
+    assert main(args + ["--max-len", "64"]) == 130
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["statistics"] == {"status": "running"} and manifest["settings"]["max_len"] == 64
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     capsys.readouterr()
 
 

@@ -416,3 +416,19 @@ def test_missing_options_and_a_reader_beyond_the_model(lm, files, tmp_path, caps
         prepare(lm, files, tmp_path / "big", read=100)
     with pytest.raises(UsageError, match="--rag-retrieve 2 is below --rag-read 3"):
         prepare(lm, files, tmp_path / "k", retrieve=2)
+
+
+def test_pieces_kept_within_their_bound_give_the_same_layouts(plan):
+    """The tokenized context chunks are kept up to a bound (a whole evaluation's candidates could take
+    gigabytes); chunks let go are made again, the same."""
+    import dataclasses
+
+    small = rag.Pieces(plan.pool, plan.tokenizer, plan.settings, keep_ids=64)
+    bounded = dataclasses.replace(plan, pieces=small)
+    for e in plan.entries:
+        for n in LENGTHS:
+            for d in DEPTHS:
+                a, b = plan.layout(e, n, d), bounded.layout(e, n, d)
+                np.testing.assert_array_equal(a.ids, b.ids)
+                assert a.chunks == b.chunks and a.gold_span == b.gold_span
+                assert small._kept_ids <= 64 and small._kept_ids == sum(p.size for p in small._kept.values())

@@ -162,6 +162,9 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
     assert json.loads((tmp_path / "b" / "head_scores.json").read_text()) == scores
     assert main(["heads", "--compare", str(out), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
     comparison = json.loads((tmp_path / "c" / "compare.json").read_text())
+    before = (out / "manifest.json").read_bytes()
+    assert main(["heads", "--compare", str(out), str(tmp_path / "b"), "--out", str(out)]) == 2  # not into a run
+    assert "is one of the runs compared" in capsys.readouterr().err and (out / "manifest.json").read_bytes() == before
     assert all(d == 0 for d in comparison["difference"].values())
     assert (tmp_path / "c" / "compare.png").is_file()
     capsys.readouterr()

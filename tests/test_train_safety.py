@@ -579,10 +579,16 @@ def test_a_resume_with_a_changed_scorer_says_so(data, tmp_path, capsys):
     assert f"warning: --scorer {scorer}: its files changed since step 4 was saved" in err
     settings = json.loads((run / "manifest.json").read_text())["settings"]
     assert settings["scorer_changed_at_step"] == 4 and "data_changed_at_step" not in settings
+    (scorer / "model" / ".cache").mkdir()  # what loading does not read does not count
+    (scorer / "model" / ".cache" / "lock").write_text("x")
     train(data, run, steps=6, resume=True, **opts)  # the same (changed) scorer: no new warning, the step kept
     assert "warning" not in capsys.readouterr().err
     settings = json.loads((run / "manifest.json").read_text())["settings"]
     assert settings["scorer_changed_at_step"] == 4 and settings["scorer_identity"]["files"] >= 2
+    save_file(load_file(scorer / "model" / "model.safetensors"), scorer / "model" / "model.safetensors",
+              metadata={"format": "pt"})
+    train(data, run, steps=6, resume=True, **opts)  # finished: no step runs, so nothing to warn about
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_bad_row_met_mid_run_keeps_the_steps_before_it(tmp_path):

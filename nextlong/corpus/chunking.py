@@ -298,7 +298,8 @@ def chunk_corpus(
         "tokenizer": _tokenizer_info(tok), "text_hash": "xxh64-seed0-utf8",
     }
     with output_lock(out_path, "chunk", file=True):
-        with running_beside_output(f"{out_path}.manifest.json", command="chunk", settings=settings):
+        with running_beside_output(f"{out_path}.manifest.json", output=out_path, command="chunk",
+                                   settings=settings):
             stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
                                   desc="chunk", progress=progress)
         stats.setdefault("chunks", 0)
@@ -343,7 +344,8 @@ def tokenize_corpus(
         "tokenizer": _tokenizer_info(tok),
     }
     with output_lock(out_path, "tokenize", file=True):
-        with running_beside_output(f"{out_path}.manifest.json", command="tokenize", settings=settings):
+        with running_beside_output(f"{out_path}.manifest.json", output=out_path, command="tokenize",
+                                   settings=settings):
             stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize",
                                   progress=progress)
         stats.setdefault("tokens", 0)

@@ -74,6 +74,9 @@ def _load_scores(folder) -> dict[str, float]:
 
 def run_compare(args) -> dict:
     a, b = args.compare
+    if Path(args.out).resolve() in (Path(a).resolve(), Path(b).resolve()):
+        raise UsageError(f"--out {args.out} is one of the runs compared: its manifest would be replaced; give "
+                         "another folder")
     named_a, named_b = _load_scores(a), _load_scores(b)
     try:
         result = H.compare(named_a, named_b, args.threshold)

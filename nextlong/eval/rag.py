@@ -285,21 +285,35 @@ class Layout:
 
 class Pieces:
     """Pool chunks as a long context holds them: each one's first `chunk_tokens` ids and the separator after it,
-    tokenized together as ACER's samples are (templates.context_pieces), each made once."""
+    tokenized together as ACER's samples are (templates.context_pieces). Each is made once; the most recently
+    used are kept up to `keep_ids` ids in all (a whole evaluation's candidates could take gigabytes), the
+    others made again when a later layout needs them."""
 
-    def __init__(self, pool: Pool, tokenizer, settings: RagSettings):
-        self.pool, self.tokenizer, self.settings = pool, tokenizer, settings
-        self._made: dict[int, np.ndarray] = {}
+    def __init__(self, pool: Pool, tokenizer, settings: RagSettings, keep_ids: int = 1 << 25):
+        from collections import OrderedDict
+
+        self.pool, self.tokenizer, self.settings, self.keep_ids = pool, tokenizer, settings, keep_ids
+        self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._kept_ids = 0
 
     def of(self, chunk_ids) -> dict[int, np.ndarray]:
         from ..synthesis.acer.templates import context_pieces
 
-        todo = [c for c in dict.fromkeys(chunk_ids) if c not in self._made]
-        if todo:
-            ct = self.settings.chunk_tokens
-            made = context_pieces(self.tokenizer, [self.pool.ids(c)[:ct] for c in todo], self.settings.separator)
-            self._made.update(zip(todo, made))
-        return {c: self._made[c] for c in chunk_ids}
+        wanted = list(dict.fromkeys(chunk_ids))
+        todo = [c for c in wanted if c not in self._kept]
+        ct = self.settings.chunk_tokens
+        made = dict(zip(todo, context_pieces(self.tokenizer, [self.pool.ids(c)[:ct] for c in todo],
+                                             self.settings.separator))) if todo else {}
+        out = {c: made[c] if c in made else self._kept[c] for c in wanted}
+        for c in wanted:  # most recently used last; the oldest go first
+            if c in made:
+                self._kept[c] = made[c]
+                self._kept_ids += made[c].size
+            else:
+                self._kept.move_to_end(c)
+        while self._kept_ids > self.keep_ids and self._kept:
+            self._kept_ids -= self._kept.popitem(last=False)[1].size
+        return out
 
 
 @dataclass

@@ -33,7 +33,8 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
-from .model import LossModel, build_model, get_rope_theta, is_preset, model_tokenizer_spec, resolve_model_folder
+from .model import (LossModel, build_model, folder_identity, get_rope_theta, is_preset, model_tokenizer_spec,
+                    resolve_model_folder)
 from .plot import METRICS, has_steps, plot_loss
 
 
@@ -284,15 +285,13 @@ class Trainer:
         self.lm = lm
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
         self.scorer = None
-        if cfg.scorer is not None:
+        if cfg.scorer is not None:  # its identity taken first: a change while it loads shows on the next resume
+            self.scorer_identity = folder_identity(resolve_model_folder(cfg.scorer))
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                                       seed=cfg.seed, trust_remote_code=cfg.trust_remote_code, eos_id=eos_id
                                       ).to(self.device).eval().requires_grad_(False)
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
-            from ..synthesis.framework import corpus_identity
-
-            self.scorer_identity = corpus_identity(resolve_model_folder(cfg.scorer))
         self.wrapped = self._wrap(self.loss_model)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -418,6 +417,8 @@ class Trainer:
         run folder that trained on meanwhile), is no exact continuation: say so, and keep it in the manifest."""
         import json
 
+        if self.start_step >= self.cfg.steps:  # a finished run resumed takes no step: nothing is scored or read
+            return
         settings = _run_manifest(run).get("settings")
         settings = settings if isinstance(settings, dict) else {}
         now = json.loads(json.dumps({"data": [s.fingerprint() for s in self.sources],
@@ -425,8 +426,8 @@ class Trainer:
         recorded = {"data": settings.get("data_fingerprint"), "scorer": settings.get("scorer_identity")}
         what = {"data": "the data changed since step {} was saved (its rows, files or bytes differ from the "
                         "manifest's)",
-                "scorer": f"--scorer {self.cfg.scorer}: its files changed since step {{}} was saved (names, sizes or "
-                          "modification times differ from the manifest's)"}
+                "scorer": f"--scorer {self.cfg.scorer}: its files changed since step {{}} was saved (the names, sizes "
+                          "or modification times of the model folder's files differ from the manifest's)"}
         for key in ("data", "scorer"):
             earlier = settings.get(f"{key}_changed_at_step")
             if isinstance(earlier, int) and not isinstance(earlier, bool):  # a change found by an earlier resume

@@ -166,7 +166,9 @@ def context_pieces(tokenizer, chunks: list, separator: str) -> list[np.ndarray]:
     """Each chunk (its token ids) of a long context with the separator after it, tokenized as the text the two
     make together, as a tokenizer writes running text: cl100k and Llama-3 write ".\n\n" as one token, which
     tokenizing the chunk and the separator apart splits into "." + "\n\n" at every chunk boundary, a mark no
-    ordinary text carries. Ids that do not decode to whole characters keep their own ids, then the separator's."""
+    ordinary text carries. Ids that do not decode to whole characters keep their own ids, then the separator's,
+    as does a chunk whose joint tokenization would be longer (cl100k: "print(x)\r\n" + "\n\n" gives 5 ids, not
+    3 + 1): a piece is never longer than the two side by side, the bound the checks before work count with."""
     sep = np.asarray(tokenizer.encode_ordinary(separator), np.uint32)
     texts, whole = [], []
     for ids in chunks:
@@ -177,5 +179,5 @@ def context_pieces(tokenizer, chunks: list, separator: str) -> list[np.ndarray]:
             texts.append("")
             whole.append(False)
     encoded = tokenizer.encode_ordinary_batch(texts, num_threads=1)
-    return [np.asarray(e, np.uint32) if ok else np.concatenate([np.asarray(ids, np.uint32), sep])
-            for ids, e, ok in zip(chunks, encoded, whole)]
+    return [np.asarray(e, np.uint32) if ok and len(e) <= len(ids) + sep.size
+            else np.concatenate([np.asarray(ids, np.uint32), sep]) for ids, e, ok in zip(chunks, encoded, whole)]
