@@ -424,19 +424,20 @@ class Trainer:
         now = json.loads(json.dumps({"data": [s.fingerprint() for s in self.sources],
                                      "scorer": self.scorer_identity}, default=str))
         recorded = {"data": settings.get("data_fingerprint"), "scorer": settings.get("scorer_identity")}
-        what = {"data": "the data changed since step {} was saved (its rows, files or bytes differ from the "
+        step = self.start_step
+        what = {"data": f"the data changed since step {step} was saved (its rows, files or bytes differ from the "
                         "manifest's)",
-                "scorer": f"--scorer {self.cfg.scorer}: its files changed since step {{}} was saved (the names, sizes "
-                          "or modification times of the model folder's files differ from the manifest's)"}
+                "scorer": f"--scorer {self.cfg.scorer}: its files changed since step {step} was saved (the names, "
+                          "sizes or modification times of the model folder's files differ from the manifest's)"}
         for key in ("data", "scorer"):
             earlier = settings.get(f"{key}_changed_at_step")
             if isinstance(earlier, int) and not isinstance(earlier, bool):  # a change found by an earlier resume
                 self.changed_at_step[key] = earlier
             if recorded[key] is not None and recorded[key] != now[key]:
-                self.changed_at_step.setdefault(key, self.start_step)
+                self.changed_at_step.setdefault(key, step)
                 if self.rank == 0:
-                    print(f"nextlong train: warning: {what[key].format(self.start_step)}: the resumed run is not an "
-                          "exact continuation", file=sys.stderr)
+                    print(f"nextlong train: warning: {what[key]}: the resumed run is not an exact continuation",
+                          file=sys.stderr)
 
     def _write_metrics(self, rows: list[dict]) -> None:
         """RUN/metrics.jsonl replaced by `rows` (strict JSON); the run folder is made if need be. A new file
