@@ -318,7 +318,9 @@ def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files
 
     monkeypatch.setitem(lm.__dict__, "_forward", prefers_blanks)  # undone by deleting it (not a bound copy)
     prompts = [lm.tokenizer.encode(t) for t in ("Question: what is json?\nAnswer:", "The zlib module")]
-    for g in lm.generate(prompts, 8, stop="\n", batch_size=2):
+    generated = lm.generate(prompts, 8, stop="\n", batch_size=2)
+    assert len(generated) == 2
+    for g in generated:
         assert g.text.strip() and g.tokens == 2 and g.end == "stop"  # one visible token, then the stop
         assert g.start_masked  # greedy alone would have begun with the newline
 

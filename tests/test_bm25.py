@@ -204,11 +204,13 @@ def test_from_chunks_parquet_streams_and_checks_chunk_ids(tmp_path, table, index
 
 
 def test_bad_settings_are_usage_errors(texts):
-    for kwargs in ({"k1": -1}, {"b": 1.5}, {"terms": "chars"}, {"stopwords": "fr"},
-                   {"terms": "tokens", "stopwords": "en"}, {"tokenizer": "cl100k_base"}):
-        with pytest.raises(UsageError):
+    for kwargs, message in (({"k1": -1}, "k1 >= 0"), ({"b": 1.5}, "0 <= b <= 1"), ({"terms": "chars"}, "terms must be"),
+                            ({"stopwords": "fr"}, "stopwords must be"),
+                            ({"terms": "tokens", "stopwords": "en"}, "stopwords apply to terms='words' only"),
+                            ({"tokenizer": "cl100k_base"}, "a tokenizer is used with terms='tokens' only")):
+        with pytest.raises(UsageError, match=message):
             BM25Index.build(texts[:3], **kwargs)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="wrap a single query in a list"):
         BM25Index.build(texts[:3]).search("one query, not a list", 3)
 
 

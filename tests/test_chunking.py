@@ -81,7 +81,7 @@ def test_edge_cases_and_spans():
     assert split_meta_chunks("abc", 1) == [(0, 3)]  # over-long paragraph: its own chunk, never split
     assert split_meta_chunks("ab\n" + "x" * 20 + "\ncd", 5) == [(0, 2), (3, 23), (24, 26)]
     assert split_meta_chunks("é😀\nz", 2) == [(0, 2), (3, 4)]  # code points, not bytes or UTF-16 units
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive, got 0"):
         split_meta_chunks("x", 0)
     with pytest.raises(ValueError, match="needs a tokenizer"):
         split_meta_chunks("x", 10, unit="tokens")

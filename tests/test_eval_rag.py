@@ -418,17 +418,28 @@ def test_missing_options_and_a_reader_beyond_the_model(lm, files, tmp_path, caps
         prepare(lm, files, tmp_path / "k", retrieve=2)
 
 
-def test_pieces_kept_within_their_bound_give_the_same_layouts(plan):
+def test_pieces_kept_within_their_bound_give_the_same_layouts(plan, monkeypatch):
     """The tokenized context chunks are kept up to a bound (a whole evaluation's candidates could take
     gigabytes); chunks let go are made again, the same."""
     import dataclasses
 
+    import nextlong.synthesis.acer.templates as templates
+
+    cells = [(e, n, d) for e in plan.entries for n in LENGTHS for d in DEPTHS]
+    whole = [plan.layout(*cell) for cell in cells]  # before counting: the plan's own pieces are not counted
+    made, original = [], templates.context_pieces
+
+    def counted(tokenizer, chunks, separator):
+        made.append(len(chunks))
+        return original(tokenizer, chunks, separator)
+
+    monkeypatch.setattr(templates, "context_pieces", counted)
     small = rag.Pieces(plan.pool, plan.tokenizer, plan.settings, keep_ids=64)
     bounded = dataclasses.replace(plan, pieces=small)
-    for e in plan.entries:
-        for n in LENGTHS:
-            for d in DEPTHS:
-                a, b = plan.layout(e, n, d), bounded.layout(e, n, d)
-                np.testing.assert_array_equal(a.ids, b.ids)
-                assert a.chunks == b.chunks and a.gold_span == b.gold_span
-                assert small._kept_ids <= 64 and small._kept_ids == sum(p.size for p in small._kept.values())
+    for a, cell in zip(whole, cells):
+        b = bounded.layout(*cell)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        assert a.chunks == b.chunks and a.gold_span == b.gold_span
+        assert small._kept_ids <= 64 and small._kept_ids == sum(p.size for p in small._kept.values())
+    distinct = len({c for e in plan.entries for c in e.gold + e.candidates})
+    assert sum(made) > distinct  # chunks were let go and made again

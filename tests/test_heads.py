@@ -139,7 +139,7 @@ def test_compare_counts_and_differences():
     assert c["shared"] == ["0-0"] and c["only_a"] == ["1-0"] and c["only_b"] == ["0-1"]
     assert c["difference"] == {"0-0": -0.1, "0-1": 0.25, "1-0": -0.2}
     assert c["largest_changes"][0] == ("0-1", 0.25)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="different heads"):
         H.compare(a, {"0-0": 1.0})
 
 

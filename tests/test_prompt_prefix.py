@@ -109,9 +109,12 @@ def test_retrieval_head_trials_start_with_the_bos_and_point_at_the_needle(bos_lm
     lm, bos = bos_lm
     for trial in H.make_trials(lm.tokenizer, essay, [256, 384], [0.0, 50.0, 100.0], H.NEEDLES[:1]):
         assert trial.prompt_ids[0] == bos and len(trial.prompt_ids) <= trial.length
-        start, end = trial.span
-        assert lm.tokenizer.decode(trial.prompt_ids[start:end]).strip() in trial.reference or \
-            trial.reference in lm.tokenizer.decode(trial.prompt_ids[start:end])
+        start, end = trial.span  # the needle, whole, and no more: one token less on either side loses it
+        decode = lm.tokenizer.decode
+        text = decode(trial.prompt_ids[start:end])
+        assert trial.reference in text and len(text) <= len(trial.reference) + 4
+        assert trial.reference not in decode(trial.prompt_ids[start + 1:end])
+        assert trial.reference not in decode(trial.prompt_ids[start:end - 1])
 
 
 def test_rag_generation_reads_after_the_bos(bos_lm):

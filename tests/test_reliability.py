@@ -415,7 +415,7 @@ def test_exact_searcher_rejects_exclusions_it_would_ignore():
     from nextlong.synthesis.negatives import ExactSearcher
 
     vectors = np.eye(4, dtype=np.float32)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="exclude_doc_ids"):
         ExactSearcher(vectors).search(vectors[:1], 2, exclude_doc_ids=[0])
     ids, _ = ExactSearcher(vectors).search(vectors[:1], 2)
     assert ids[0, 0] == 0

@@ -159,9 +159,13 @@ def test_numbers_that_passed_their_checks_but_ended_in_tracebacks(finished, tmp_
     from nextlong import synthesize
     from nextlong.errors import UsageError
 
-    for bad in ({"target_length": 2048.7}, {"target_length": "2048"}, {"chunk_size": 100.5}, {"num_samples": 2.5},
-                {"overshoot": float("inf")}, {"chars_per_token": 1e-300}):
-        with pytest.raises(UsageError):
+    for bad, message in (({"target_length": 2048.7}, "target_length must be an integer"),
+                         ({"target_length": "2048"}, "target_length must be an integer"),
+                         ({"chunk_size": 100.5}, "chunk_size must be an integer"),
+                         ({"num_samples": 2.5}, "num_samples must be an integer"),
+                         ({"overshoot": float("inf")}, "overshoot must be a finite number"),
+                         ({"chars_per_token": 1e-300}, "chars-per-token must be between")):
+        with pytest.raises(UsageError, match=message):
             synthesize(corpus=str(corpus), out=str(tmp_path / "api"), **bad)
     assert not (tmp_path / "api").exists()
 
