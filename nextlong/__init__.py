@@ -7,12 +7,14 @@ transformers) for users who only tokenize or chunk.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
     "Tokenizer": "nextlong.corpus.tokenizer",
+    "load_tokenizer": "nextlong.corpus.tokenizer",
     "read_corpus": "nextlong.corpus.reader",
     "Document": "nextlong.corpus.reader",
     "CorpusError": "nextlong.errors",
@@ -33,7 +35,9 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
-    if module is None:
+    if module is None:  # a sub-package or module (nextlong.corpus, nextlong.kernels, ...), imported when first used
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'nextlong' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

@@ -386,12 +386,15 @@ def test_bad_questions_files_fail_in_one_line_before_the_model_loads(files, tmp_
     ({"question": "Who?", "answer": "Ada", "doc_id": "ledger", "chunk_index": 40}, "has no chunk 40"),
 ])
 def test_gold_evidence_missing_from_the_corpus(files, tmp_path, capsys, row, message):
+    """Bad data in the questions file (exit 1, not a bad option's 2), said before the corpus is embedded."""
     q = write_questions(tmp_path / "q.jsonl", [QUESTIONS[0], row])
     args = eval_args(files, tmp_path / "out")
     args[args.index("--rag-questions") + 1] = str(q)
-    assert main(args) != 0
+    args[args.index("--rag-retriever") + 1] = "embedding"
+    assert main(args + ["--rag-embedder", "hashed-tfidf"]) == 1
     err = error_line(capsys)
     assert message in err and "gold evidence missing from the corpus" in err
+    assert (tmp_path / "out" / "rag" / "chunks").is_dir() and not (tmp_path / "out" / "rag" / "embed").exists()
     assert not (tmp_path / "out" / "rag" / ".progress.jsonl").exists() and not (tmp_path / "out" / "results.json").exists()
 
 

@@ -73,9 +73,7 @@ PLACEHOLDERS = {"PATH": "demo-run/model", "MODEL": "demo-run", "DIR": "{command}
                 "DIR_B": "heads-dir", "DIR_AB": "heads-ab"}
 # Python snippets: what each needs defined before it runs, and literal edits that shrink it.
 SNIPPET_SETUP = {
-    "nextlong.Tokenizer.from_file": ("texts = ['hello world', 'long context']\n",
-                                     {"target_length=65536": "target_length=2048, num_samples=2",
-                                      'out="out/"': 'out="out-py/"'}),
+    "nextlong.load_tokenizer": ("", {"target_length=65536": "target_length=2048, num_samples=2"}),
     "Trainer(model=model": ("", {"max_steps=10": "max_steps=1"}),
     "from nextlong.kernels import": (
         "import torch\n"

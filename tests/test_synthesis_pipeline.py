@@ -231,12 +231,19 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
 
     out = tmp_path / "m"
     synthesize(corpus, out, num_samples=1, **FAST)
+    finished = (out / "manifest.json").read_bytes()
     with pytest.raises(StageMismatchError, match="chunk_size"):
         synthesize(corpus, out, num_samples=1, **dict(FAST, chunk_size=256))
+    # refused before anything is written: the finished run's manifest was replaced by a "running" one, and
+    # `nextlong train` then refused the folder's (good) data as unfinished
+    assert (out / "manifest.json").read_bytes() == finished
     with pytest.raises(StageMismatchError, match="embedder"):
         synthesize(corpus, out, num_samples=1, **dict(FAST, embedder="hashed-tfidf:128"))
     with pytest.raises(StageMismatchError, match="tokenizer"):
         synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **FAST)
+    if "tokenizer" not in FAST:  # the default, named: the same tokenizer, and the message says how to reuse it
+        with pytest.raises(StageMismatchError, match="the same tokenizer, named otherwise: leave --tokenizer out"):
+            synthesize(corpus, out, num_samples=1, tokenizer="cl100k_base", **FAST)
     with pytest.raises(StageMismatchError, match="cached plan stage"):
         synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
     with pytest.raises(StageMismatchError, match="overshoot: cached 1.5, asked 2.0"):

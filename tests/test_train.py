@@ -257,6 +257,8 @@ def test_resume_continues_exactly_and_ignores_half_written_checkpoints(data, tmp
 
     with pytest.raises(NextlongError, match="cannot resume with other settings.*lr"):
         train(data, tmp_path / "cut", resume=True, **dict(opts, lr=5e-4))
+    with pytest.raises(NextlongError, match=r"steps: saved 6, now 8\); to train on from it, start a new run with --model"):
+        train(data, tmp_path / "cut", resume=True, **dict(opts, steps=8))
     with pytest.raises(NextlongError, match="already holds a training run"):
         train(data, tmp_path / "cut", **opts)
 

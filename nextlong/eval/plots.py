@@ -36,10 +36,13 @@ def _save(fig, path) -> Path:
 
 
 def _annotated(ax, matrix, fmt="{:.0f}"):
+    """Each score written on its cell of a 0..100 RdYlGn map: white on the dark red and green ends, black on
+    the light middle (black on dark red was hard to read, and a model that scores 0 everywhere is common)."""
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             if value is not None and value == value:
-                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7, color="black")
+                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="white" if value < 20 or value > 85 else "black")
 
 
 def length_depth_heatmap(path, task: str, lengths: Sequence[int], depths: Sequence, panels: dict[str, list[list]]):

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorpusError, UsageError
+from ..errors import CorpusError, NextlongError, UsageError
 
 TASK = "rag"
 BASELINE = "rag_read"
@@ -418,7 +418,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     from ..synthesis.acer.answers import contains_answer
     from ..synthesis.acer.templates import load_templates
     from ..synthesis.executors.local import LocalExecutor
-    from ..synthesis.framework import corpus_identity
+    from ..synthesis.framework import Pipeline, corpus_identity
     from ..synthesis.stages import load_store
 
     settings.validate()
@@ -426,8 +426,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     templates = load_templates(settings.prompts)
     root = Path(out_dir) / "rag"
     pipeline = corpus_pipeline(settings, lm.tokenizer_spec, root)
-    with _torch_threads_kept():
-        LocalExecutor().run(pipeline, rebuild=True, progress=settings.progress)  # only stages whose settings changed
+    with _torch_threads_kept():  # the chunks first: the questions' evidence is checked before the (slow) embedding
+        LocalExecutor().run(Pipeline(root, pipeline.stages[:3]), rebuild=True, progress=settings.progress)
     store = load_store(root / "chunks")
     pool = Pool(store, root / "chunks" / "chunks.parquet")
 
@@ -450,11 +450,11 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
         if q.contexts is not None:
             evidence = [c for text in q.contexts for c in by_text[text]]
             if not evidence:
-                raise UsageError(f"{where}: its context has no text to chunk")
+                raise NextlongError(f"{where}: its context has no text to chunk")
         else:
             if q.doc_id not in doc_number:
                 id_field = f"the --id-field {settings.id_field!r}" if settings.id_field else "FILE:LINE (no --id-field)"
-                raise UsageError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} is not a "
+                raise NextlongError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} is not a "
                                  f"document of {settings.corpus} (ids are {id_field})")
             d = doc_number[q.doc_id]
             first, count = int(store.doc_first_chunk[d]), int(store.doc_num_chunks[d])
@@ -463,13 +463,13 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
                 have = {int(store.chunk_index[c]): c for c in evidence}
                 missing = [i for i in q.chunk_index if i not in have]
                 if missing:
-                    raise UsageError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} has no chunk "
+                    raise NextlongError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} has no chunk "
                                      f"{missing[0]} (it has {len(have)} chunks of up to {settings.chunk_tokens} "
                                      "tokens, indexed from 0)")
                 golds.append([have[i] for i in q.chunk_index])
                 continue
             if not evidence:
-                raise UsageError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} has no text")
+                raise NextlongError(f"{where}: gold evidence missing from the corpus: doc_id {q.doc_id!r} has no text")
         text_of = pool.texts(evidence)
         holding = [c for c in evidence if contains_answer(text_of[c], q.answers)]
         golds.append(holding or evidence)
@@ -494,6 +494,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
         entries.append(Entry(q, gold, [], q_ids, answer_tokens, budget, settings.read))
 
     # retrieval over the whole pool, then each question's candidates
+    with _torch_threads_kept():  # only stages whose settings changed
+        LocalExecutor().run(pipeline, rebuild=True, progress=settings.progress)
     k = settings.retrieve or _retrieve_default(settings, pool, sep.size, max(map(len, golds)))
     k = min(k, len(pool))
     with _torch_threads_kept():

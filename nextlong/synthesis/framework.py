@@ -337,6 +337,18 @@ class Pipeline:
             fps[s.name] = s.fingerprint(fps)
         return fps
 
+    def check_cached(self, fps: dict[str, str], rebuild: bool) -> None:
+        """Refuse, before the run writes anything (its "running" manifest included), a folder whose cached
+        stage was built with other settings: the executor would refuse it when it got there, after the
+        manifest of the finished run in the folder had been replaced by this one's."""
+        if rebuild:
+            return
+        for s in self.stages:
+            if s.kind != "read" and not s.remake_on_change:
+                stale = _stale_record(StageContext(self, s, fps[s.name]))
+                if stale is not None:
+                    raise _mismatch(self.root / s.name, s, stale)
+
 
 @dataclass
 class StageContext:
@@ -474,16 +486,10 @@ def prepare(ctx: StageContext) -> bool:
     record = read_done(directory / DONE_FILE)
     if record is not None and record["fingerprint"] == ctx.fingerprint:
         return True
-    stale = record
-    if stale is None and (directory / BLOCK_RECORDS).is_dir():
-        stale = next((r for r in (read_done(p) for p in sorted((directory / BLOCK_RECORDS).glob("*.json")))
-                      if r is not None and r.get("stage") == ctx.stage.name
-                      and r.get("stage_fingerprint") not in (None, ctx.fingerprint)), None)
+    stale = _stale_record(ctx)
     if stale is not None:
         if not (ctx.rebuild or ctx.stage.remake_on_change):
-            raise StageMismatchError(f"{directory}: the cached {ctx.stage.name} stage was built with other "
-                                     f"settings ({_diff(stale.get('settings', {}), ctx.stage.settings())}). "
-                                     "Use another --out, or pass --rebuild to rebuild it.")
+            raise _mismatch(directory, ctx.stage, stale)
         shutil.rmtree(directory)
     elif any((directory / name).exists() for name in LEGACY_RECORDS):
         ctx.log(f"{directory}: written by an older nextlong (no {DONE_FILE}); rebuilding it")
@@ -492,9 +498,37 @@ def prepare(ctx: StageContext) -> bool:
     return False
 
 
+def _stale_record(ctx: StageContext) -> dict | None:
+    """The record (stage or block) of the stage's folder written for another fingerprint, or None."""
+    directory = ctx.out_dir
+    record = read_done(directory / DONE_FILE)
+    if record is not None:
+        return None if record["fingerprint"] == ctx.fingerprint else record
+    if (directory / BLOCK_RECORDS).is_dir():
+        return next((r for r in (read_done(p) for p in sorted((directory / BLOCK_RECORDS).glob("*.json")))
+                     if r is not None and r.get("stage") == ctx.stage.name
+                     and r.get("stage_fingerprint") not in (None, ctx.fingerprint)), None)
+    return None
+
+
+def _mismatch(directory: Path, stage: Stage, stale: dict) -> StageMismatchError:
+    return StageMismatchError(f"{directory}: the cached {stage.name} stage was built with other settings "
+                              f"({_diff(stale.get('settings', {}), stage.settings())}). Use another --out, or pass "
+                              "--rebuild to rebuild it (from Python: another out=, or rebuild=True).")
+
+
 def _diff(old: dict, new: dict) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
-    return "; ".join(f"{k}: cached {old.get(k)!r}, asked {new.get(k)!r}" for k in keys) or "inputs changed"
+    said = []
+    for k in keys:
+        was, now = old.get(k), _jsonable(new.get(k))
+        line = f"{k}: cached {was!r}, asked {now!r}"
+        if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
+                and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
+            how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"
+            line += f" (the same tokenizer, named otherwise: {how} to reuse the stage)"
+        said.append(line)
+    return "; ".join(said) or "inputs changed"
 
 
 def write_part(ctx: StageContext, part: Path, record: Path, table: pa.Table, counts: dict, fingerprint: str,

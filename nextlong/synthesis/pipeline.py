@@ -312,6 +312,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     fps = pipeline.fingerprints()
     if not (out / "data").exists():
         _discard_other_outputs(out, fps)
+    pipeline.check_cached(fps, cfg.rebuild)  # before the running manifest replaces a finished run's
     write_running_manifest(out / "manifest.json", command="synthesize", seed=cfg.seed,
                            settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)

@@ -403,7 +403,9 @@ class Trainer:
         if diff:
             details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(theirs.get(k), 100)}, "
                                 f"now {show(mine_json.get(k), 100)}" for k in diff[:8])
-            raise NextlongError(f"{run}: cannot resume with other settings ({details})")
+            more = ("; to train on from it, start a new run with --model " + str(run) + " and another --out"
+                    if "steps" in diff else "")
+            raise NextlongError(f"{run}: cannot resume with other settings ({details}){more}")
         ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
                              packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
                              trust=cfg.trust_checkpoint, max_step=cfg.steps)

@@ -249,6 +249,7 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg, checked)
     fps = pipeline.fingerprints()
+    pipeline.check_cached(fps, cfg.rebuild)  # before the running manifest replaces a finished run's
     write_running_manifest(out / "manifest.json", command="acer", seed=cfg.seed,
                            settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
@@ -391,7 +392,7 @@ def summary(manifest: dict) -> str:
     lines = [f"nextlong acer: {s['samples']} samples of up to {st['target_length']} tokens -> {st['out']}",
              f"  corpus: {s['corpus_documents']} documents, {s['corpus_chunks']} chunks of up to {st['chunk_tokens']} "
              f"tokens; questions: {s['questions']} ({st['question_source']['source']})",
-             f"  retrieval: {st['retriever']}, {s['retrieved_chunks_mean']} chunks per question; "
+             f"  retrieval: {st['retriever']}, {s['retrieved_chunks_mean'] or 0:g} chunks per question; "
              f"ranker: {st['ranker']}; read: top {st['read']}"]
     if s.get("samples_dropped"):
         lines.append("  dropped: " + "; ".join(f"{n}x {r}" for r, n in s["samples_dropped"].items()))
@@ -409,7 +410,7 @@ def summary(manifest: dict) -> str:
                      "their first visible token was taken instead")
     if s.get("samples_short_of_target"):
         lines.append(f"  {s['samples_short_of_target']} samples shorter than the target: their retrieved chunks ran "
-                     f"out (mean length {s['sample_tokens_mean']} tokens; raise --retrieve to fill them)")
+                     f"out (mean length {s['sample_tokens_mean']:,.0f} tokens; raise --retrieve to fill them)")
     for name, w in s.get("lm", {}).items():
         lines.append(f"  {name}: {w['calls']} LM calls, {w['prompt_tokens']} prompt tokens, "
                      f"{w['generated_tokens']} generated, {w['seconds']:.1f} s")
