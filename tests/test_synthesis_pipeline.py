@@ -287,6 +287,19 @@ def test_cli_synthesize_then_inspect(corpus, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "empty")]) == 1
 
 
+def test_cli_no_progress_keeps_the_summary(corpus, tmp_path, capsys):
+    """--no-progress (as chunk, tokenize and index have it): no bars, but the summary --quiet also hides."""
+    from nextlong.cli import main
+
+    args = ["synthesize", "--corpus", str(corpus), "--target-length", str(L), "--chunk-size", "512",
+            "--embedder", "hashed-tfidf:256", "--num-samples", "2"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "documents" in err and "%|" not in err and "it/s" not in err
+    assert main(args + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("separator,unit,size", [("", "chars", 512), ("\n\n", "tokens", 128)])
 def test_separator_and_token_chunking(corpus, tmp_path, separator, unit, size):
     from nextlong import synthesize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..synthesis.acer.config import DTYPES, FILTERS, FORMATS, ORDERS, RANKERS, RETRIEVERS
 from .argtypes import THREADS_HELP, nonnegative_int, positive_int, seed, threads
@@ -90,6 +91,7 @@ def add_parser(subparsers) -> None:
                    help="--executor ray: actors of those stages, each holding the LM (default: one per GPU, or one)")
     p.add_argument("--rebuild", action="store_true", help="rebuild cached stages built with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; the summary is still printed")
     p.set_defaults(func=run)
 
 
@@ -119,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         bm25_b=args.bm25_b, text_field=args.text_field, id_field=args.id_field, on_error=args.on_error,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         num_threads=args.threads, executor=args.executor, ray_address=args.ray_address, gpus=args.gpus,
-        actors=args.actors, rebuild=args.rebuild, progress=not args.quiet)
-    run_pipeline(cfg)
+        actors=args.actors, rebuild=args.rebuild, progress=not (args.quiet or args.no_progress))
+    manifest = run_pipeline(cfg)
+    if args.no_progress and not args.quiet:
+        from ..synthesis.acer.pipeline import summary
+
+        print(summary(manifest), file=sys.stderr, flush=True)
     return 0

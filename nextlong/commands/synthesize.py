@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
 from .argtypes import THREADS_HELP, nonnegative_int, positive_float, positive_int, seed, threads
@@ -103,6 +104,7 @@ def add_parser(subparsers) -> None:
                    help="--executor ray: GPUs for the embedding actors (default 0: CPU)")
     p.add_argument("--embed-actors", type=positive_int, help="--executor ray: embedding actors (default: one per GPU, or one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; the summary is still printed")
     p.set_defaults(func=run)
 
 
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, chunk_unit=args.chunk_unit, seed=args.seed, format=args.format,
         separator=unescape(args.separator),
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
-        num_threads=args.threads, progress=not args.quiet, chars_per_token=args.chars_per_token,
+        num_threads=args.threads, progress=not (args.quiet or args.no_progress), chars_per_token=args.chars_per_token,
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
@@ -178,5 +180,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = SynthesisConfig(out=args.out, corpus=args.corpus, **common,
                               **{k: v for k, v in optional.items() if v is not None})
-    run_pipeline(cfg)
+    manifest = run_pipeline(cfg)
+    if args.no_progress and not args.quiet:
+        from ..synthesis.pipeline import summary
+
+        print(summary(manifest), file=sys.stderr, flush=True)
     return 0

@@ -91,6 +91,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
     p.add_argument("--quiet", action="store_true", help="print nothing: no progress bar and no summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     # An option left out takes its default, or with --resume the resumed run's value: to tell the two
     # apart, every option parses to UNSET when it is not on the command line.
     defaults, actions = {}, {}
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
         trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy,
-        num_threads=args.threads, progress=not args.quiet)
+        num_threads=args.threads, progress=not (args.quiet or args.no_progress))
     import os
 
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet and summary["final_loss"] is not None:
