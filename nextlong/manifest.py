@@ -73,12 +73,13 @@ def write_running_manifest(path, *, command: str, settings: dict, seed: int | No
 
 @contextlib.contextmanager
 def running_beside_output(path, *, output, command: str, settings: dict):
-    """The "running" manifest of a run whose output is one file (`chunk`, `tokenize`: OUT.manifest.json). The
-    output is renamed into place only when complete, so a run that fails before that leaves the previous
-    output as it was, and its manifest is put back too (renamed aside and back: a link stays a link, a file
-    keeps its mode and times), or none if there was none. A run that fails after its output is in place, or
-    is killed, leaves "running" (a killed one also the previous manifest under a hidden name, which the next
-    run replaces)."""
+    """The manifest of a run whose output is one file (`chunk`, `tokenize`: OUT.manifest.json): "running" while
+    the run works; the body calls the `finish(statistics)` it is given to write the finished one. The output is
+    renamed into place only when complete, so a run that fails before that leaves the previous output as it
+    was, and its manifest is put back too (renamed aside and back: a link stays a link, a file keeps its mode
+    and times), or none if there was none. A run that fails after its output is in place, or is killed,
+    leaves "running" (a killed one also the previous manifest under a hidden name, which the next run
+    replaces)."""
     from pathlib import Path
 
     path = Path(path)
@@ -91,6 +92,9 @@ def running_beside_output(path, *, output, command: str, settings: dict):
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
 
+    def finish(statistics: dict) -> None:
+        write_manifest(path, command=command, settings=settings, statistics=statistics)
+
     if path.is_dir() and not path.is_symlink():
         from .errors import NextlongError
 
@@ -101,7 +105,7 @@ def running_beside_output(path, *, output, command: str, settings: dict):
         os.replace(path, backup)
     try:
         write_running_manifest(path, command=command, settings=settings)
-        yield
+        yield finish
     except BaseException:
         with contextlib.suppress(OSError):
             if output_identity() != output_before:  # the new output is in place: the old record is not its

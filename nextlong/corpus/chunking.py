@@ -269,7 +269,7 @@ def chunk_corpus(
 ) -> dict:
     """Chunks a whole corpus into a Parquet chunk table at `out_path` (plus `<out>.manifest.json`).
     Returns the statistics: files, documents, bytes, skipped, chunks, tokens, seconds, mb_per_s."""
-    from ..manifest import running_beside_output, write_manifest
+    from ..manifest import running_beside_output
 
     tok, encoder = resolve_tokenizer(tokenizer)
     _check_unit(unit, encoder, max_len)
@@ -299,12 +299,12 @@ def chunk_corpus(
     }
     with output_lock(out_path, "chunk", file=True):
         with running_beside_output(f"{out_path}.manifest.json", output=out_path, command="chunk",
-                                   settings=settings):
+                                   settings=settings) as finish:
             stats = _run_pipeline(reader, out_path, chunk_table_schema(with_ids), transform, count,
                                   desc="chunk", progress=progress)
-        stats.setdefault("chunks", 0)
-        stats.setdefault("tokens", 0)
-        write_manifest(f"{out_path}.manifest.json", command="chunk", settings=settings, statistics=stats)
+            stats.setdefault("chunks", 0)
+            stats.setdefault("tokens", 0)
+            finish(stats)
     return stats
 
 
@@ -323,7 +323,7 @@ def tokenize_corpus(
 ) -> dict:
     """Tokenizes every whole document of a corpus into a Parquet table (TOKENS_SCHEMA) at `out_path`
     plus `<out>.manifest.json`. Returns the statistics (files, documents, bytes, skipped, tokens, ...)."""
-    from ..manifest import running_beside_output, write_manifest
+    from ..manifest import running_beside_output
 
     tok, encoder = resolve_tokenizer(tokenizer)
     if encoder is None:
@@ -345,9 +345,9 @@ def tokenize_corpus(
     }
     with output_lock(out_path, "tokenize", file=True):
         with running_beside_output(f"{out_path}.manifest.json", output=out_path, command="tokenize",
-                                   settings=settings):
+                                   settings=settings) as finish:
             stats = _run_pipeline(reader, out_path, TOKENS_SCHEMA, transform, count, desc="tokenize",
                                   progress=progress)
-        stats.setdefault("tokens", 0)
-        write_manifest(f"{out_path}.manifest.json", command="tokenize", settings=settings, statistics=stats)
+            stats.setdefault("tokens", 0)
+            finish(stats)
     return stats

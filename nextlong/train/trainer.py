@@ -205,6 +205,7 @@ class Trainer:
         ckpt.seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
         self.sources = sources = open_sources(cfg.data)
+        self.data_fingerprint = [s.fingerprint() for s in sources]  # what the manifest records and a resume compares
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
                                        split_spans=cfg.split_spans)
         # the user's --tokenizer, else what the data's manifests name (their own copy, or a built-in name)
@@ -423,7 +424,7 @@ class Trainer:
             return
         settings = _run_manifest(run).get("settings")
         settings = settings if isinstance(settings, dict) else {}
-        now = json.loads(json.dumps({"data": [s.fingerprint() for s in self.sources],
+        now = json.loads(json.dumps({"data": self.data_fingerprint,
                                      "scorer": self.scorer_identity}, default=str))
         recorded = {"data": settings.get("data_fingerprint"), "scorer": settings.get("scorer_identity")}
         step = self.start_step
@@ -814,7 +815,7 @@ class Trainer:
                  accumulation_steps=self.accum,
                  # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
                  short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
-                 data_fingerprint=[s.fingerprint() for s in self.sources], scorer_identity=self.scorer_identity)
+                 data_fingerprint=self.data_fingerprint, scorer_identity=self.scorer_identity)
         d.update({f"{key}_changed_at_step": step for key, step in self.changed_at_step.items()})
         return d
 
