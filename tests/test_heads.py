@@ -157,9 +157,14 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
     assert info["masking"]["top_heads"] != info["masking"]["random_heads"]
     for name in ("heads.png", "summary.md", "manifest.json", "trials.jsonl"):
         assert (out / name).is_file()
-    # the same run again reuses the finished trials and writes the same scores
-    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert "heads trials" in capsys.readouterr().err
+    # the same run again writes the same scores; --no-progress drops the bar, not the summary
+    assert main(args + ["--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "b" / "head_scores.json").read_text()) == scores
+    bare = capsys.readouterr()
+    assert "heads trials" not in bare.err and "Retrieval heads" in bare.out
+    assert main(["heads", "--compare", str(out), str(tmp_path / "b"), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "q" / "compare.json").is_file()
     assert main(["heads", "--compare", str(out), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
     comparison = json.loads((tmp_path / "c" / "compare.json").read_text())
     before = (out / "manifest.json").read_bytes()

@@ -106,6 +106,8 @@ def add_parser(subparsers) -> None:
                    help="run Python code the model folder ships (config.json auto_map); off by default, never "
                         "asked: only for a folder you trust")
     p.add_argument("--dump", action="store_true", help="also write DIR/samples.jsonl with prompts and predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; the summary is still printed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary (warnings and errors only)")
     p.set_defaults(func=run)
 
 

@@ -44,6 +44,8 @@ def add_parser(subparsers) -> None:
                    help="prefill attention (default auto: SDPA); decoding steps use eager attention, which returns "
                    "the weights")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary (warnings and errors only)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="run lengths beyond the model's max_position_embeddings")

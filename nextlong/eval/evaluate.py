@@ -65,6 +65,7 @@ def run_eval(args) -> dict:
         rag_settings.validate()
         rag_questions = read_rag_questions(rag_settings.questions)
     greedy = args.mode in ("both", "greedy")
+    bars = not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
     teacher_forced = args.mode in ("both", "teacher-forced")
 
     from .model import check_lengths, load_model
@@ -84,7 +85,7 @@ def run_eval(args) -> dict:
     out = Path(args.out)
     settings = EvalSettings(tasks=tasks, lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                             greedy=greedy, teacher_forced=teacher_forced, max_new_tokens=args.max_new_tokens,
-                            dump=args.dump, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
+                            dump=args.dump, progress=bars, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
                                                    "tokenizer": lm.tokenizer.fingerprint})
     started = time.time()
     manifest_settings = {k: v for k, v in vars(args).items() if k != "func"} | {
@@ -97,6 +98,7 @@ def run_eval(args) -> dict:
             from .rag import prepare_rag
 
             rag_settings.lengths, rag_settings.depths = list(lengths), list(depths)
+            rag_settings.progress = bars
             rag_plan = prepare_rag(lm, rag_settings, rag_questions, out, model_id=str(lm.folder))
         results = {"model": str(args.model), "tokenizer": lm.tokenizer_spec, "seed": args.seed,
                    "lengths": lengths, "depths": depths, "samples": args.samples,
@@ -144,8 +146,8 @@ def run_eval(args) -> dict:
 
             texts = report.corpus_texts(args.corpus, args.text_field, None)
             docs = long_documents(lm.tokenizer, texts, longppl_length, args.longppl_docs)
-            masks = key_masks_from(evaluator, args, docs) if evaluator else None
-            lp = evaluate_longppl(lm, docs, short_window=args.short_window, short_stride=args.short_stride,
+            masks = key_masks_from(evaluator, args, docs, progress=bars) if evaluator else None
+            lp = evaluate_longppl(lm, docs, short_window=args.short_window, short_stride=args.short_stride, progress=bars,
                                   key_masks=masks, key_tokens_from=str(evaluator) if evaluator else "self")
             results["longppl"] = lp
             curve = lp["loss_by_position"]
@@ -163,7 +165,8 @@ def run_eval(args) -> dict:
             docs = long_documents(lm.tokenizer, texts, max(distances), args.repeat_docs,
                                   what="repeat probe", option="--lengths (the probe needs half the largest)")
             # max_length: [x; x] fills the largest length; with a BOS-like prefix, x's copy is cut by its size
-            results["repeat"] = [r.summary() for r in repeat_losses(lm, docs, distances, max_length=max(lengths))]
+            results["repeat"] = [r.summary() for r in repeat_losses(lm, docs, distances, max_length=max(lengths),
+                                                                    progress=bars)]
             repeat_gain(out / "repeat_gain.png", results["repeat"], f"repeat probe ({len(docs)} documents)")
             written.append("repeat_gain.png")
         report.write_results(out, results)
@@ -181,11 +184,12 @@ def run_eval(args) -> dict:
                            "samples_reused": reused, "rag_answers": rag_answers,
                            "seconds": round(time.time() - started, 2),
                            "files": ["results.json", "summary.md", "manifest.json"] + written})
-    print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
+    if not getattr(args, "quiet", False):
+        print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
     return results
 
 
-def key_masks_from(evaluator, args, docs) -> list:
+def key_masks_from(evaluator, args, docs, progress: bool = True) -> list:
     """The evaluator's key tokens in `docs`; it is loaded for this alone and freed before the evaluated
     model's own LongPPL pass, so the two never share the device's memory for long."""
     import gc
@@ -198,7 +202,8 @@ def key_masks_from(evaluator, args, docs) -> list:
     ev = load_model(evaluator, attn=args.attn, device=args.device, dtype=args.dtype,
                     trust_remote_code=args.trust_remote_code)
     try:
-        return key_token_masks(ev, docs, short_window=args.short_window, short_stride=args.short_stride)
+        return key_token_masks(ev, docs, short_window=args.short_window, short_stride=args.short_stride,
+                               progress=progress)
     finally:
         del ev
         gc.collect()

@@ -99,6 +99,8 @@ def run_compare(args) -> dict:
                      diverging=True)
         write_manifest(out / "manifest.json", command="heads --compare", settings=settings,
                        statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
+    if getattr(args, "quiet", False):
+        return result
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
           f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
     for name, d in result["largest_changes"][:10]:
@@ -153,7 +155,8 @@ def run_heads(args) -> dict:
         progress = Progress(out, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
         results = []
         try:
-            for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True):
+            for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,
+                          disable=getattr(args, "no_progress", False) or getattr(args, "quiet", False)):
                 key = ("heads", t.length, t.depth, t.needle)
                 rec = progress.done.get(key)
                 if rec is None:
@@ -214,5 +217,6 @@ def run_heads(args) -> dict:
         write_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings,
                        statistics={"trials": len(trials), "trials_counted": counted,
                                    "retrieval_heads": len(retrieval), "seconds": round(time.time() - started, 2)})
-    print(printable(summary))
+    if not getattr(args, "quiet", False):
+        print(printable(summary))
     return summary_data

@@ -36,10 +36,11 @@ class EvalSettings:
     teacher_forced: bool = True
     max_new_tokens: int | None = None  # None: per task (answer tokens + a margin)
     dump: bool = False
+    progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self, model_id: str) -> str:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "extra")}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_id
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
@@ -223,7 +224,7 @@ class Progress:
         self._fh.close()
 
 
-def preflight(tokenizer, jobs, seed: int, essay) -> dict[tuple[str, int], str]:
+def preflight(tokenizer, jobs, seed: int, essay, progress: bool = True) -> dict[tuple[str, int], str]:
     """Build every sample once before any model work (seconds, against minutes of scoring each), so
     a corpus that is too small, or a length too short for a task's prompt, stops or skips at once
     rather than after hours. A (task, length) cell where any sample's fixed parts alone exceed the
@@ -236,7 +237,7 @@ def preflight(tokenizer, jobs, seed: int, essay) -> dict[tuple[str, int], str]:
 
     skipped = {}
     for task, length, depth, index in tqdm(jobs, desc="eval: building samples", unit="sample", dynamic_ncols=True,
-                                           leave=False, disable=len(jobs) < 50):
+                                           leave=False, disable=not progress or len(jobs) < 50):
         if (task, length) not in skipped:
             try:
                 make_sample(tokenizer, task, length, depth, index, seed, essay)
@@ -252,7 +253,7 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
     from tqdm import tqdm
 
     jobs = plan(settings)
-    skipped = preflight(lm.tokenizer, jobs, settings.seed, essay)
+    skipped = preflight(lm.tokenizer, jobs, settings.seed, essay, progress=settings.progress)
     if skipped and len(skipped) == len({(t, n) for t, n, _, _ in jobs}):
         from .haystack import LengthTooShortError
 
@@ -263,7 +264,8 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
     metrics: dict[str, str] = {}
     records = []
     # the samples an earlier run finished start the bar (they are not this run's work, nor in its rate)
-    bar = tqdm(total=len(jobs), initial=reused, desc="eval samples", unit="sample", dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), initial=reused, desc="eval samples", unit="sample", dynamic_ncols=True,
+               disable=not settings.progress)
     try:
         for task, length, depth, index in jobs:
             key = (task, length, depth, index)
