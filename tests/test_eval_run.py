@@ -294,16 +294,18 @@ def test_a_torn_progress_file_keeps_every_finished_sample(tmp_path):
 def test_no_progress_and_quiet(tmp_path, run_dir, capsys):
     """--no-progress: no bars, the summary still printed; --quiet: neither. Neither is a setting of the
     results: a quiet run into a loud run's folder reuses its samples and writes the same results."""
-    common = ["eval", str(run_dir), "--tasks", "niah_single_1,repeat", "--lengths", "512", "--depths", "2",
-              "--samples", "1", "--max-new-tokens", "4", "--repeat-docs", "1"]
+    common = ["eval", str(run_dir), "--tasks", "niah_single_1,repeat,longppl", "--lengths", "512", "--depths", "2",
+              "--samples", "1", "--max-new-tokens", "4", "--repeat-docs", "1", "--longppl-docs", "1",
+              "--short-window", "256", "--short-stride", "256"]
     out = tmp_path / "e"
     assert main([*common, "--out", str(out)]) == 0
     loud = capsys.readouterr()
-    assert "eval samples" in loud.err and "repeat d=" in loud.err and "Repeat probe" in loud.out
+    assert "eval samples" in loud.err and "repeat d=" in loud.err and "longppl documents" in loud.err
+    assert "Repeat probe" in loud.out
     results = (out / "results.json").read_text()
     assert main([*common, "--out", str(tmp_path / "n"), "--no-progress"]) == 0
     bare = capsys.readouterr()
-    assert "eval samples" not in bare.err and "repeat d=" not in bare.err and "it/s" not in bare.err
+    assert not any(bar in bare.err for bar in ("eval samples", "repeat d=", "longppl", "it/s", "doc/s"))
     assert "Repeat probe" in bare.out
     assert (tmp_path / "n" / "results.json").read_text() == results
     assert main([*common, "--out", str(out), "--quiet"]) == 0

@@ -255,8 +255,9 @@ def measure_documents(lm: LoadedModel, docs: list[list[int]], *, short_window: i
 
 
 def evaluate_longppl(lm: LoadedModel, docs: list[list[int]], *, short_window: int = 4096, short_stride: int = 1024,
-                     buckets: int = 32, key_masks: list | None = None, key_tokens_from: str = "self") -> dict:
-    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists); `key_masks` and
-    `key_tokens_from` as for `measure_documents`."""
+                     buckets: int = 32, key_masks: list | None = None, key_tokens_from: str = "self",
+                     progress: bool = True) -> dict:
+    """LongPPL, PPL and the loss-by-position curve over `docs` (equal-length token lists); `key_masks`,
+    `key_tokens_from` and `progress` as for `measure_documents`."""
     return measure_documents(lm, docs, short_window=short_window, short_stride=short_stride, buckets=buckets,
-                             key_masks=key_masks, key_tokens_from=key_tokens_from).summary()
+                             key_masks=key_masks, key_tokens_from=key_tokens_from, progress=progress).summary()
