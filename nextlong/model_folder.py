@@ -79,7 +79,7 @@ def load_pretrained(auto_class, folder, *, dtype=None, trust_remote_code: bool =
     import transformers
 
     folder = Path(folder)
-    _check_weight_files(folder)
+    check_weight_files(folder)
     if dtype is not None:
         old_transformers = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 56)
         kwargs["torch_dtype" if old_transformers else "dtype"] = dtype
@@ -120,7 +120,7 @@ def _read_json(path: Path, *, expect=None, finite: bool = False):
     return read_json(path, ModelFolderError, expect=expect, finite=finite)
 
 
-def _check_weight_files(folder: Path) -> None:
+def check_weight_files(folder: Path) -> None:
     """Refuse missing or non-regular weight files, unreadable safetensors headers (naming the file:
     transformers does not), and pickled weights on a torch whose weights_only loader is unsafe."""
     kind, files = _weight_files(folder)
@@ -231,4 +231,34 @@ def tokenizer_spec(folder) -> str | None:
         return str(folder / rel)
     if (folder / "tokenizer.json").is_file():
         return str(folder / "tokenizer.json")
+    return None
+
+
+def resolve_model_folder(path) -> tuple[Path, str]:
+    """(folder holding config.json, tokenizer spec) for a model folder or a `nextlong train` run."""
+    root = Path(path)
+    if not root.exists():
+        raise ModelFolderError(f"{root}: no such model folder")
+    if not root.is_dir():
+        raise ModelFolderError(f"{root}: expected a model folder (config.json + weights), got a file")
+    folder = root / "model" if (root / "model" / "config.json").is_file() else root
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"{root}: not a causal LM folder: no config.json (nor model/config.json of a "
+                               "`nextlong train` run)")
+    spec = tokenizer_spec(folder)
+    if spec is None:
+        raise ModelFolderError(f"{folder}: no tokenizer: expected nextlong.json with a \"tokenizer\" entry or a "
+                               "tokenizer.json beside config.json")
+    return folder, spec
+
+
+def max_positions_of(config, folder) -> int | None:
+    """The positions the config says the model was built for, or None where it names none."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
+                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of "
+                                       f"positions, got {value}")
+            return value
     return None

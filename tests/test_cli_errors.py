@@ -88,7 +88,7 @@ USAGE_CASES = [
      "argument --executor: invalid choice"),
     ("synthesize --embed-gpus -1", "synthesize", lambda f: ["synthesize", "--corpus", f["corpus"], "--out",
                                                             f["tmp"] / "s", "--executor", "ray", "--embed-gpus", "-1"],
-     "argument --embed-gpus: expected a whole number >= 0, got '-1'"),
+     "argument --embed-gpus: must be 0 or more, got -1"),
     ("chunk --unit tokens without --tokenizer", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet",
                                                                     "--unit", "tokens"],
      "--unit tokens needs --tokenizer"),

@@ -122,7 +122,7 @@ def test_near_copies_among_negatives_before_and_after(injected, tmp_path):
 def test_cli_near_dup_threshold_values():
     import argparse
 
-    from nextlong.commands.synthesize import near_dup_threshold
+    from nextlong.commands.argtypes import near_dup_threshold
 
     assert near_dup_threshold("off") == 0.0 and near_dup_threshold("0.7") == 0.7
     for bad in ("1.5", "-0.1", "half"):

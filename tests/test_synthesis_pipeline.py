@@ -446,7 +446,7 @@ def test_index_shards_give_the_same_bytes_on_every_run(corpus, tmp_path, monkeyp
 
 
 def test_cli_separator_escapes():
-    from nextlong.commands.synthesize import unescape
+    from nextlong.commands.argtypes import unescape
 
     assert unescape(r"\n") == "\n" and unescape(r"\n\n") == "\n\n" and unescape(r"a\tb") == "a\tb"
     assert unescape(r"\\n") == "\\n" and unescape("é|") == "é|" and unescape("\n") == "\n"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..synthesis.acer.config import DTYPES, FILTERS, FORMATS, ORDERS, RANKERS, RETRIEVERS
-from .argtypes import THREADS_HELP, nonnegative_int, positive_int, seed, threads
+from .argtypes import THREADS_HELP, nonnegative_int, positive_int, seed, threads, unescape
 
 
 def add_parser(subparsers) -> None:
@@ -108,7 +108,6 @@ def requirements(args: argparse.Namespace) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from ..synthesis.acer.config import AcerConfig
     from ..synthesis.acer.pipeline import run as run_pipeline
-    from .synthesize import unescape
 
     cfg = AcerConfig(
         out=args.out, corpus=args.corpus, model=args.model, questions=args.questions,

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import positive_int, seed
-from .synthesize import unescape
+from .argtypes import int_list, positive_int, seed, unescape
 
 DEFAULT_TASKS = "ruler,json_kv,longppl"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return sorted(set(values))
 
 
 def add_parser(subparsers) -> None:
@@ -38,7 +27,7 @@ def add_parser(subparsers) -> None:
                    "half of each length back, see nextlong.eval.repeat), rag (long-context RAG against retrieve-then-"
                    "read, ACER's evaluation: needs --rag-questions and --corpus, see nextlong.eval.rag); groups all, "
                    f"ruler, recall, niah_single, niah_multikey (default {DEFAULT_TASKS})")
-    p.add_argument("--lengths", type=_int_list, default=None,
+    p.add_argument("--lengths", type=int_list, default=None,
                    help="comma-separated target lengths in tokens (default: 1024, 2048, ... up to the model's "
                    "positions)")
     p.add_argument("--depths", type=positive_int, default=5, help="needle depths spread over 0-100%% (default 5)")

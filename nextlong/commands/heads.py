@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import nonnegative_int, positive_int, seed
-from .eval import _int_list
+from .argtypes import int_list, nonnegative_int, positive_int, seed
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +20,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("model", nargs="?", help="a Hugging Face causal-LM folder, or a `nextlong train` run folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--lengths", type=_int_list, default=None,
+    p.add_argument("--lengths", type=int_list, default=None,
                    help="comma-separated context lengths in tokens (default: --num-lengths lengths spread from "
                    "1000 to the model's positions, at most 50000)")
     p.add_argument("--num-lengths", type=positive_int, default=5,

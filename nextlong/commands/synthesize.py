@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
-from .argtypes import THREADS_HELP, nonnegative_int, positive_float, positive_int, seed, threads
+from .argtypes import (THREADS_HELP, near_dup_threshold, nonnegative_int, positive_float, positive_int, seed,
+                       threads, unescape)
 
 
 def add_parser(subparsers) -> None:
@@ -100,48 +101,12 @@ def add_parser(subparsers) -> None:
                    help="where the stages run: local (this process, default) or ray (a Ray cluster; needs "
                         "pip install 'nextlong[ray]'); the output is the same byte for byte")
     p.add_argument("--ray-address", help="--executor ray: a cluster to join (auto or HOST:PORT; default: start one here)")
-    p.add_argument("--embed-gpus", type=non_negative_int, default=0,
+    p.add_argument("--embed-gpus", type=nonnegative_int, default=0,
                    help="--executor ray: GPUs for the embedding actors (default 0: CPU)")
     p.add_argument("--embed-actors", type=positive_int, help="--executor ray: embedding actors (default: one per GPU, or one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; the summary is still printed")
     p.set_defaults(func=run)
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def near_dup_threshold(text: str) -> float:
-    """--near-dup-threshold: a Jaccard in [0, 1], or off (= 0)."""
-    if text.strip().lower() == "off":
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or off, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or off, got {text!r}")
-    return value
-
-
-def unescape(text: str) -> str:
-    """Shell-friendly escapes in --separator: \\n, \\t, \\\\ (other text is taken as is)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
-            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def requirements(args: argparse.Namespace) -> tuple[str, ...]:

@@ -29,8 +29,7 @@ def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, tr
     """Before any work: the evaluator must read the evaluated model's token ids (the same tokenizer: key
     tokens are positions in one token sequence) and reach `length`; returns the warnings to print."""
     from ..corpus.tokenizer import load_tokenizer
-    from ..model_folder import read_config
-    from .model import max_positions_of, resolve_model_folder
+    from ..model_folder import max_positions_of, read_config, resolve_model_folder
 
     folder, spec = resolve_model_folder(path)
     if load_tokenizer(spec).fingerprint != lm.tokenizer.fingerprint:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..model_folder import ModelFolderError, load_causal_lm, read_config, tokenizer_spec
+from ..model_folder import (ModelFolderError, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
+                            read_config, resolve_model_folder)
 
 ATTENTION = ("auto", "nextlong", "sdpa", "eager")
 
@@ -46,35 +47,6 @@ class LoadedModel:
     @property
     def num_heads(self) -> int:
         return int(self.model.config.num_attention_heads)
-
-
-def resolve_model_folder(path) -> tuple[Path, str]:
-    """(folder holding config.json, tokenizer spec) for a model folder or a `nextlong train` run."""
-    root = Path(path)
-    if not root.exists():
-        raise ModelFolderError(f"{root}: no such model folder")
-    if not root.is_dir():
-        raise ModelFolderError(f"{root}: expected a model folder (config.json + weights), got a file")
-    folder = root / "model" if (root / "model" / "config.json").is_file() else root
-    if not (folder / "config.json").is_file():
-        raise ModelFolderError(f"{root}: not a causal LM folder: no config.json (nor model/config.json of a "
-                               "`nextlong train` run)")
-    spec = tokenizer_spec(folder)
-    if spec is None:
-        raise ModelFolderError(f"{folder}: no tokenizer: expected nextlong.json with a \"tokenizer\" entry or a "
-                               "tokenizer.json beside config.json")
-    return folder, spec
-
-
-def max_positions_of(config, folder) -> int | None:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
-                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of "
-                                       f"positions, got {value}")
-            return value
-    return None
 
 
 def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None,

@@ -7,8 +7,6 @@ fingerprint is derived and a cached stage built with other settings is detected,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -214,9 +212,3 @@ class SynthesisConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
-
-
-def fingerprint(settings: dict) -> str:
-    """Stable short hash of a settings dict (key order does not matter)."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

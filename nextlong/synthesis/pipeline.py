@@ -31,16 +31,8 @@ from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .executors import executor_for
-from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, corpus_identity, read_done
-from .stages import DEFAULT_EMBEDDER_SPEC  # noqa: F401  (re-exported: callers import it from here)
+from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
 from .stages import EMBEDDINGS_FILE, EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
-
-
-def corpus_fingerprint(path) -> dict:
-    """Cheap identity of the corpus files (path, size, modification time)."""
-    if not Path(path).exists():
-        raise NextlongError(f"{Path(path).resolve()}: corpus not found")
-    return corpus_identity(path)
 
 
 def _log(cfg, msg: str) -> None:

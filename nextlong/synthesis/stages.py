@@ -231,9 +231,10 @@ import pyarrow.parquet as _pq  # noqa: E402
 from ..atomic import atomic_path as _atomic_path  # noqa: E402
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting  # noqa: E402
 
+from ..mining.index import EMBEDDINGS_FILE  # noqa: E402  (an index folder's name: --index reuses the stage's)
+
 CHUNKS_FILE = "chunks.parquet"
 STORE_DIR = "store"
-EMBEDDINGS_FILE = "embeddings.npy"
 DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
 
 

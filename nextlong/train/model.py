@@ -68,7 +68,7 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
-def resolve_model_folder(spec: str) -> Path:
+def run_or_model_folder(spec: str) -> Path:
     """A training run folder (RUN/model/config.json) or a Hugging Face model folder."""
     path = Path(spec)
     if (path / "model" / "config.json").is_file():
@@ -109,7 +109,7 @@ def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: s
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     else:
-        folder = resolve_model_folder(spec)
+        folder = run_or_model_folder(spec)
         config = read_config(folder, trust_remote_code=trust_remote_code)
         if rope_theta is not None:
             set_rope_theta(config, rope_theta)

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
 from .model import (LossModel, build_model, folder_identity, get_rope_theta, is_preset, model_tokenizer_spec,
-                    resolve_model_folder)
+                    run_or_model_folder)
 from .plot import METRICS, has_steps, plot_loss
 
 
@@ -224,7 +224,7 @@ class Trainer:
         if not is_preset(cfg.model):
             self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
             if self.tokenizer_spec is None:  # plain Parquet/MDS names no tokenizer: keep the model folder's
-                self.tokenizer_spec = model_tokenizer_spec(resolve_model_folder(cfg.model))
+                self.tokenizer_spec = model_tokenizer_spec(run_or_model_folder(cfg.model))
         if cfg.scorer is not None and is_preset(cfg.scorer):
             raise UsageError(f"--scorer {cfg.scorer}: a preset is a model at random initialisation (with this --seed, "
                              "the very weights the trained model starts from), whose log-probs measure nothing; give "
@@ -287,7 +287,7 @@ class Trainer:
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
         self.scorer = None
         if cfg.scorer is not None:  # its identity taken first: a change while it loads shows on the next resume
-            self.scorer_identity = folder_identity(resolve_model_folder(cfg.scorer))
+            self.scorer_identity = folder_identity(run_or_model_folder(cfg.scorer))
             self.scorer = build_model(cfg.scorer, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                                       seed=cfg.seed, trust_remote_code=cfg.trust_remote_code, eos_id=eos_id
                                       ).to(self.device).eval().requires_grad_(False)
@@ -344,7 +344,7 @@ class Trainer:
                 self.sp_group = group
 
     def _check_model_tokenizer(self, spec, option, data_tok, data_fp) -> None:
-        folder = resolve_model_folder(spec)
+        folder = run_or_model_folder(spec)
         model_tok = model_tokenizer_spec(folder)
         if model_tok is None or data_fp is None:
             return

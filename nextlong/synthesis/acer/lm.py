@@ -53,8 +53,7 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     """Refuse a folder that is not a causal LM (or has no tokenizer, or unreadable weights) in one line."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ...eval.model import max_positions_of, resolve_model_folder
-    from ...model_folder import _check_weight_files, read_config
+    from ...model_folder import check_weight_files, max_positions_of, read_config, resolve_model_folder
 
     folder, spec = resolve_model_folder(path)
     config = read_config(folder, trust_remote_code=trust_remote_code)
@@ -69,7 +68,7 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     if architectures and not custom and not any(a in causal_classes or a.endswith(("ForCausalLM", "LMHeadModel"))
                                                 for a in architectures):
         raise ModelFolderError(f"{folder}: not a causal LM: config.json's architectures are {', '.join(architectures)}")
-    _check_weight_files(folder)
+    check_weight_files(folder)
     eos = getattr(config, "eos_token_id", None)
     eos_ids = (tuple(int(e) for e in eos) if isinstance(eos, (list, tuple))
                else (int(eos),) if isinstance(eos, int) else ())
