@@ -67,12 +67,10 @@ def _prune_empty(root: Path | None, created: list[Path]) -> None:
     if root is not None and root in created and root.is_dir():
         files = [Path(d) / f for d, _, names in os.walk(root) for f in names]
         if files == [root / "manifest.json"]:
-            with contextlib.suppress(OSError, ValueError):
-                import json
+            from .manifest import RUNNING, read_manifest
 
-                from .manifest import RUNNING
-
-                if json.loads(files[0].read_text()).get("statistics") == {"status": RUNNING}:
+            if read_manifest(files[0]).get("statistics") == {"status": RUNNING}:
+                with contextlib.suppress(OSError):
                     files[0].unlink()
     if root is not None and root.is_dir():
         for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):

@@ -65,6 +65,27 @@ def recorded_tokenizer(folder, settings: dict, *, where=None) -> str | None:
 RUNNING = "running"  # statistics.status of a run's first manifest, until its last one replaces it
 
 
+def read_manifest(path) -> dict:
+    """A manifest as it stands, read as untrusted input (a regular file, never through a link or from a
+    FIFO, bounded in size): {} when it is missing, unreadable or not a JSON object."""
+    from .errors import NextlongError
+    from .untrusted import read_json
+
+    try:
+        manifest = read_json(path, NextlongError, follow=False)
+    except NextlongError:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def run_status(manifest: dict) -> str | None:
+    """`statistics.status`: RUNNING from a run's first manifest until its last; `train` ends with its own
+    ("finished", "failed", ...), the other commands' last manifests carry none (None)."""
+    stats = manifest.get("statistics")
+    status = stats.get("status") if isinstance(stats, dict) else None
+    return status if isinstance(status, str) else None
+
+
 def write_running_manifest(path, *, command: str, settings: dict, seed: int | None = None) -> dict:
     """The manifest a run writes before its work: its settings, `statistics.status` "running". The run's
     last manifest replaces it; one still "running" is a run that was stopped (or is going on)."""

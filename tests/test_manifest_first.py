@@ -70,3 +70,34 @@ def test_resuming_a_finished_training_run_keeps_its_manifest(tmp_path):
     assert json.loads(before)["statistics"]["status"] == "finished"
     train(synthesized(), tmp_path / "run", resume=True, **opts)
     assert (tmp_path / "run" / "manifest.json").read_bytes() == before
+
+
+def test_read_manifest_takes_it_as_untrusted(tmp_path):
+    """One reader for every manifest a command looks at before its work (resume, a data folder, the lock's
+    clean-up): a FIFO, a link, a folder, bad JSON or a non-object read as {} at once, never hang or follow."""
+    import json
+    import os
+    import threading
+
+    from nextlong.manifest import RUNNING, read_manifest, run_status
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"command": "train", "statistics": {"status": "finished"}}))
+    assert run_status(read_manifest(good)) == "finished"
+    (tmp_path / "running.json").write_text(json.dumps({"statistics": {"status": RUNNING}}))
+    assert run_status(read_manifest(tmp_path / "running.json")) == RUNNING
+    (tmp_path / "plain.json").write_text(json.dumps({"statistics": {"chunks": 3}}))
+    assert run_status(read_manifest(tmp_path / "plain.json")) is None
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "link.json").symlink_to(good)
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(
+        {name: read_manifest(tmp_path / name) for name in
+         ("fifo.json", "link.json", "folder.json", "bad.json", "list.json", "missing.json")}), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "read_manifest waited on a FIFO"
+    assert all(v == {} for v in got.values()) and len(got) == 6

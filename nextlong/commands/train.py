@@ -157,14 +157,10 @@ def recorded_settings(run) -> dict:
     link, never waiting on a FIFO); anything else is refused by the trainer's check of the run folder."""
     from pathlib import Path
 
-    from ..errors import NextlongError
-    from ..untrusted import read_json
+    from ..manifest import read_manifest
 
-    try:
-        manifest = read_json(Path(run) / "manifest.json", NextlongError, follow=False)
-    except NextlongError:
-        return {}
-    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    manifest = read_manifest(Path(run) / "manifest.json")
+    settings = manifest.get("settings")
     return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
 
 

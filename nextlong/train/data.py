@@ -434,10 +434,9 @@ def _parquet_ids(cell, where: str) -> np.ndarray:
 
 def _checked_manifest(path: Path, manifest: dict) -> dict:
     """A data manifest whose settings the trainer reads, each of the type it expects, of a finished run."""
-    from ..manifest import RUNNING
+    from ..manifest import RUNNING, run_status
 
-    stats = manifest.get("statistics")
-    if isinstance(stats, dict) and stats.get("status") == RUNNING:
+    if run_status(manifest) == RUNNING:
         raise NextlongError(f"{path}: the nextlong {manifest.get('command')} run writing this folder has not finished "
                             "(stopped, or still running): run its command again to complete it, then train")
     settings = manifest.get("settings", {})

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NextlongError, UsageError
-from ..manifest import RUNNING
+from ..manifest import RUNNING, read_manifest, run_status
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
@@ -105,22 +105,10 @@ class _Recorded(NextlongError):
     """An error that ends a run whose manifest already says why (diverged, no loss tokens)."""
 
 
-def _run_manifest(run: Path) -> dict:
-    """The run folder's manifest as it stands ({} when it is missing or unreadable: the run rewrites it)."""
-    import json
-
-    try:
-        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
 def _finished_manifest(run: Path) -> bool:
     """Whether a run's manifest records a run that ended (a kill while it was written, or before the final one,
     leaves "running", which a resumed finished run must replace)."""
-    stats = _run_manifest(run).get("statistics")
-    return isinstance(stats, dict) and stats.get("status") not in (None, RUNNING)
+    return run_status(read_manifest(run / "manifest.json")) not in (None, RUNNING)
 
 
 class _StopRequest:
@@ -422,7 +410,7 @@ class Trainer:
 
         if self.start_step >= self.cfg.steps:  # a finished run resumed takes no step: nothing is scored or read
             return
-        settings = _run_manifest(run).get("settings")
+        settings = read_manifest(run / "manifest.json").get("settings")
         settings = settings if isinstance(settings, dict) else {}
         now = json.loads(json.dumps({"data": self.data_fingerprint,
                                      "scorer": self.scorer_identity}, default=str))
