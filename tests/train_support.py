@@ -67,7 +67,8 @@ def set_up_trainer(**settings):
     """A Trainer of TrainConfig(**settings), set up in this process (one rank) with its first batches read:
     for tests that look at one step's pieces (token weights, the loss) without running the loop."""
     from nextlong.train.config import TrainConfig
-    from nextlong.train.trainer import Trainer, init_distributed
+    from nextlong.train.distributed import init_distributed
+    from nextlong.train.trainer import Trainer
 
     trainer = Trainer(TrainConfig(**settings).validate())
     trainer.rank, trainer.world, trainer.local_world, trainer.device = init_distributed()

@@ -50,56 +50,12 @@ import torch
 from ..atomic import FILE_MODE, atomic_path
 from ..errors import NextlongError, disk_full, is_disk_full
 from ..untrusted import open_regular, read_json, show
+from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
 from .state_file import load_state, save_state
 
 CHECKPOINTS = "checkpoints"
 FORMAT = 2  # trainer.json "format"; the pickle checkpoints of before have none
 MODEL = "model"
-
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _barrier():
-    d = _dist()
-    if d is not None:
-        d.barrier()
-
-
-def all_ranks_ok(ok: bool) -> bool:
-    """True when `ok` holds on every rank (a barrier too), so all ranks take the same branch."""
-    d = _dist()
-    if d is None:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device="cuda" if d.get_backend() == "nccl" else "cpu")
-    d.all_reduce(flag)
-    return float(flag) == 0.0
-
-
-def seed_all(seed: int) -> None:
-    """Python's, numpy's and torch's global generators from --seed: without it a pretrained model's dropout
-    drew from the process's startup entropy, so two runs with the same --seed trained differently."""
-    random.seed(seed)
-    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # numpy takes 32-bit words; seeds go up to 2**63
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def full_state_dicts(model: torch.nn.Module, optimizer, sharded: bool) -> tuple[dict, dict]:
@@ -175,7 +131,7 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
         check_run_folder(run)  # nothing swapped in since setup: a link here would send the writes elsewhere
         _remove(tmp)
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     error = None
     try:
         with disk_full_as_error(final):
@@ -212,7 +168,7 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
             _remove(doomed, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):
             _remove(stale, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 
@@ -519,10 +475,10 @@ def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler, packer, sh
                             "rank-N.pt), which can run any code when loaded, so it is not loaded; if you trust "
                             "whoever wrote this run folder, resume once with --trust-checkpoint to load it and "
                             "rewrite it as safetensors + JSON")
-    _barrier()  # every rank has read trainer.json before rank 0 may rewrite it
+    barrier()  # every rank has read trainer.json before rank 0 may rewrite it
     if fmt is None and rank == 0:
         convert_pickled_checkpoint(checkpoint, state)
-    _barrier()
+    barrier()
     step = state["step"]
     model_sd = load_state(checkpoint / "model.safetensors")
     optim_sd = load_state(checkpoint / "optimizer.safetensors")

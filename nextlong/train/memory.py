@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from .checkpoint import all_ranks_ok
+from .distributed import all_ranks_ok
 
 _BATCH_BYTES_PER_TOKEN = 3 * 8 + 4  # input_ids, labels, position_ids (int64) + the packed uint32 ids
 

@@ -31,11 +31,13 @@ from ..errors import NextlongError, UsageError
 from ..manifest import RUNNING, read_manifest, run_status
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, seed_all
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
 from .model import (LossModel, build_model, folder_identity, get_rope_theta, is_preset, model_tokenizer_spec,
                     run_or_model_folder)
 from .plot import METRICS, has_steps, plot_loss
+from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
 
 
 def train(data, out, **settings) -> dict:
@@ -49,32 +51,6 @@ def train(data, out, **settings) -> dict:
 
 
 # --- processes and devices ---------------------------------------------------------------------
-
-
-def init_distributed() -> tuple[int, int, int, torch.device]:
-    """(rank, world, local world, device); starts the process group under torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return rank, world, local_world, device
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -190,7 +166,7 @@ class Trainer:
     # setup: everything that can go wrong with the input fails here, before the first step
     def setup(self) -> None:
         cfg = self.cfg
-        ckpt.seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
+        seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
         self.sources = sources = open_sources(cfg.data)
         self.data_fingerprint = [s.fingerprint() for s in sources]  # what the manifest records and a resume compares
@@ -282,6 +258,9 @@ class Trainer:
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
         self.wrapped = self._wrap(self.loss_model)
+        self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
+                                    short_model=self.scorer or self.lm, sp=self.sp, sp_rank=self.sp_rank,
+                                    sp_group=self.sp_group)
 
         decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() < 2]
@@ -368,7 +347,7 @@ class Trainer:
         cfg, run = self.cfg, self.run_dir
         found = ckpt.list_checkpoints(run)
         existing = bool(found) or has_steps(run)  # a run that failed before its first step does not count
-        ckpt._barrier()  # every rank looks before rank 0 writes anything
+        barrier()  # every rank looks before rank 0 writes anything
         if not cfg.resume:
             if existing:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
@@ -459,94 +438,16 @@ class Trainer:
 
     def token_weights(self, batch: dict) -> torch.Tensor:
         """Per-token loss weights aligned with labels (0 where the label is ignored)."""
-        return self.weights_and_plain_ce(batch)[0]
-
-    def weights_and_plain_ce(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(token_weights, the batch's plain cross-entropy summed over its targets, read off the weighting's
-        own long pass: the unweighted loss a reader compares runs by; None without weighting, where the
-        loss is plain already)."""
-        mask = batch["labels"] != -100
-        if self.cfg.token_weighting == "none":
-            return mask.float(), None
-        if self.sp > 1:
-            return self._sequence_parallel_weights(batch)
-        with self._autocast():
-            long = self._long_logprobs(batch)
-            short = self._short_logprobs(batch["input_ids"])
-        w = self._weights_from_scores(long, short, mask, self._span_offsets(batch, batch["input_ids"].shape))
-        return w, _plain_ce_sum(long, mask)
-
-    def _sequence_parallel_weights(self, batch: dict) -> torch.Tensor:
-        """token_weights of this rank's slice, equal to the single-process weights: the rank scores its own
-        targets (global tokens a+1 .. a+n; the long pass under Ulysses, the short pass on the windows the whole
-        row would use, 1/N of the scorer's work), the group assembles whole rows of scores (dense and sparse
-        weights depend on whole rows), and each rank keeps its slice."""
-        from ..parallel import assemble_rows
-
-        ids, labels = batch["input_ids"], batch["labels"]
-        n = ids.shape[1]
-        a, total = self.sp_rank * n, n * self.sp
-        rows = lambda part, start: assemble_rows(part, start, total, self.sp_group)  # noqa: E731
-        whole_ids = rows(ids, a)
-        with self._autocast():
-            with self._sequence_parallel():
-                long = rows(self._long_logprobs(batch)[:, 1:], a + 1)
-            short = self._short_logprobs(whole_ids, targets=(a + 1, a + n + 1))
-        short = rows(short[:, a + 1:a + n + 1], a + 1)
-        mask = rows(labels[:, :n], a) != -100  # local label column j is global column a + j
-        w = self._weights_from_scores(long, short, mask, self._span_offsets(batch, whole_ids.shape))
-        local = torch.zeros(labels.shape, dtype=w.dtype, device=w.device)
-        mine = w[:, a + 1:a + n + 1]  # the last rank's last column (past the row's end) stays 0
-        local[:, 1:1 + mine.shape[1]] = mine
-        # every rank of the group holds the whole rows: its share of their sum, so the global sum counts each once
-        return local, _plain_ce_sum(long, mask) / self.sp
+        return self.weigher(batch)[0]
 
     def _long_logprobs(self, batch: dict) -> torch.Tensor:
         return self.loss_model.target_logprobs(batch) if not self.cfg.fsdp else self.wrapped.target_logprobs(batch)
 
-    @property
-    def _short_window(self) -> int:
-        return max(1, min(self.cfg.short_window, self.seq_len // 4))
-
-    def _short_logprobs(self, input_ids: torch.Tensor, targets=None) -> torch.Tensor:
-        from ..weighting import short_context_logprobs
-
-        return short_context_logprobs(self.scorer or self.lm, input_ids, self._short_window,
-                                      stride=self.cfg.short_stride, targets=targets)
-
-    @staticmethod
-    def _span_offsets(batch: dict, shape) -> torch.Tensor:
-        """Each position of the whole rows' distance from its attention span's start (column t: target x_t)."""
-        from ..weighting import span_offsets
-
-        return span_offsets(batch["cu_seq_lens_q"], shape[0], shape[1])
-
-    def _weights_from_scores(self, long: torch.Tensor, short: torch.Tensor, mask: torch.Tensor,
-                             offsets: torch.Tensor) -> torch.Tensor:
-        """Weights of whole rows (column t: the target x_t) from both passes' log-probabilities; `offsets`:
-        each target's distance from its span's start (a target whose span prefix fits the window scores 0)."""
-        from .. import weighting as W
-
-        cfg = self.cfg
-        short = W.short_logprobs_with_full_prefix(short, long, self._short_window, offsets.to(long.device))
-        if cfg.token_weighting == "longce":
-            return W.longce_weights(long, short, mask, gamma=cfg.longce_gamma)
-        scores = W.token_scores(long, short, absolute=True)
-        if cfg.token_weighting == "dense":
-            return W.dense_weights(scores, mask, lam=cfg.dense_lam)
-        return W.sparse_weights(scores, mask, keep=cfg.sparse_keep)
-
     def _sequence_parallel(self):
-        if self.sp == 1:
-            return contextlib.nullcontext()
-        from ..parallel import sequence_parallel
-
-        return sequence_parallel(self.sp_group)
+        return sequence_parallel(self.sp, self.sp_group)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
     # one optimizer step
     def step(self, batches: list[dict]) -> tuple[float, float, bool | None, int]:
@@ -556,7 +457,7 @@ class Trainer:
         loss on sequences without an answer) has no loss (nan): nothing is applied, and `applied` is
         None (nothing to apply, not a failure)."""
         batches = [self._to_device(b) for b in batches]
-        scored = [self.weights_and_plain_ce(b) for b in batches]
+        scored = [self.weigher(b) for b in batches]
         weights = [w for w, _ in scored]
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         sums = torch.stack([torch.stack([w[:, 1:].sum().double(), (b["labels"][:, 1:] != -100).sum().double(),
@@ -584,7 +485,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
         loss = float(loss)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        applied = bool(ckpt.all_ranks_ok(math.isfinite(loss) and math.isfinite(grad_norm)))
+        applied = bool(all_ranks_ok(math.isfinite(loss) and math.isfinite(grad_norm)))
         if applied:
             self.optimizer.step()
         self._advance_schedule()  # a skipped step still uses up its place in the schedule
@@ -643,7 +544,7 @@ class Trainer:
                 while step < cfg.steps:
                     if cfg.stop_after is not None and steps_here >= cfg.stop_after:
                         break
-                    if steps_here and not ckpt.all_ranks_ok(not stop.requested):  # every rank stops at one step
+                    if steps_here and not all_ranks_ok(not stop.requested):  # every rank stops at one step
                         break
                     t0 = time.perf_counter()
                     if batches is None:
@@ -686,7 +587,7 @@ class Trainer:
                     metrics.close()
             if step != last_saved:  # the data position saved is the one after the last step taken
                 self.save(step)
-            elif steps_here == 0 and step and not ckpt.all_ranks_ok(ckpt.exported_step(run) == step):
+            elif steps_here == 0 and step and not all_ranks_ok(ckpt.exported_step(run) == step):
                 self.export(step)  # resumed at a checkpoint whose model export a kill cut short
             finished = step >= cfg.steps
             summary = self.summary(step, finished, time.perf_counter() - t_run, steps_here)
@@ -736,7 +637,7 @@ class Trainer:
     def weights_finite(self) -> bool:
         local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
                     for p in self.loss_model.parameters())
-        return ckpt.all_ranks_ok(local)
+        return all_ranks_ok(local)
 
     def _read_next_step(self, step: int, last_saved: int) -> list[dict]:
         """The next step's batches. A row that fails while they are read (a bad id, a damaged file) ends the run,
@@ -802,7 +703,7 @@ class Trainer:
         d.update(tokenizer=self.tokenizer_spec, model_config=self.lm.config.to_dict(),
                  accumulation_steps=self.accum,
                  # --short-window as used: capped at seq_len / 4 (the setting above is what was asked for)
-                 short_window_used=self._short_window if self.cfg.token_weighting != "none" else None,
+                 short_window_used=short_window(self.cfg, self.seq_len) if self.cfg.token_weighting != "none" else None,
                  data_fingerprint=self.data_fingerprint, scorer_identity=self.scorer_identity)
         d.update({f"{key}_changed_at_step": step for key, step in self.changed_at_step.items()})
         return d
@@ -828,12 +729,6 @@ def _append(path: Path):
     """`path` opened to append lines, never through a symbolic link nor waiting on a FIFO."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     return open(fd, "a")
-
-
-def _plain_ce_sum(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of -log p over the targets (columns 1.. of the weighting layout; masked ones may hold garbage)."""
-    lp = logprobs[:, 1:].double()
-    return -torch.where(mask[:, 1:], lp, torch.zeros_like(lp)).sum()
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -1,0 +1,85 @@
+"""The processes of a training run: the process group under torchrun, collective decisions every rank takes
+alike, and the global random generators a checkpoint saves. One process (no torchrun) needs none of it:
+every function here then does the single-process thing."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """(rank, world, local world, device); starts the process group under torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return rank, world, local_world, device
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def _dist():
+    """torch.distributed when a process group runs (torchrun), else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in one process)."""
+    d = _dist()
+    if d is not None:
+        d.barrier()
+
+
+def all_ranks_ok(ok: bool) -> bool:
+    """True when `ok` holds on every rank (a barrier too), so all ranks take the same branch."""
+    d = _dist()
+    if d is None:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device="cuda" if d.get_backend() == "nccl" else "cpu")
+    d.all_reduce(flag)
+    return float(flag) == 0.0
+
+
+def seed_all(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from --seed: without it a pretrained model's dropout
+    drew from the process's startup entropy, so two runs with the same --seed trained differently."""
+    random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # numpy takes 32-bit words; seeds go up to 2**63
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global generator's state, saved with each rank's checkpoint for an exact resume."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
