@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-from .errors import NextlongError, disk_full, is_disk_full
+from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
 
@@ -81,7 +81,8 @@ def _run(args) -> int:
     except NextlongError as exc:
         if args.debug:
             raise
-        _print_error(args.command, exc)
+        if not isinstance(exc, OtherRankFailed):  # the rank that failed prints it
+            _print_error(args.command, exc)
         return exc.exit_code
     except BrokenPipeError:  # an OSError: before the clause below
         # The reader went away (`nextlong inspect X | head`): stop quietly, as other command-line tools do.

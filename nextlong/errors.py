@@ -40,6 +40,12 @@ class TokenizerError(NextlongError, ValueError):
     """A tokenizer file nextlong cannot load faithfully (unsupported model, regex construct, ...)."""
 
 
+class OtherRankFailed(NextlongError):
+    """Raised under torchrun on the ranks that did not fail, carrying the message of the lowest rank that did
+    (nextlong.train.distributed.on_every_rank): rank 0 records it in the run's manifest. Not printed: the
+    failed rank prints its own error, so a job's log has it once, not once per rank."""
+
+
 class StageMismatchError(NextlongError):
     """A cached stage was built with other settings than the ones asked for now."""
 

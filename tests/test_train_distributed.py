@@ -66,6 +66,57 @@ def test_a_rank_that_refuses_its_settings_exits_with_the_usage_status(single, tm
     assert "nextlong train: error: --fsdp with --token-weighting needs a separate --scorer" in proc.stderr
 
 
+def _with_bad_row(data, tmp_path, row: int):
+    """A copy of a data folder whose global row `row` holds a token id past the 1K vocabulary."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad-data"
+    shutil.copytree(data, bad)
+    first = 0
+    for part in sorted((bad / "data").glob("*.parquet")):
+        table = pq.read_table(part)
+        if first <= row < first + table.num_rows:
+            ids = table.column("input_ids").to_pylist()
+            ids[row - first][5] = 5000
+            column = pa.array(ids, table.schema.field("input_ids").type)
+            pq.write_table(table.set_column(table.schema.get_field_index("input_ids"), "input_ids", column), part)
+            return bad
+        first += table.num_rows
+    raise AssertionError(f"no row {row}")
+
+
+def test_a_bad_row_read_by_one_rank_stops_every_rank_with_its_message(tmp_path):
+    """Rank 1 alone reads global row 5 (one source: rank r reads rows r, r + 2, ...), at step 2. The other rank
+    learned of it only when its next collective broke: rank 0's manifest recorded gloo's "Connection reset by
+    peer" (or stayed "running"), with a 38-line traceback. Now the ranks agree on the failure before the step:
+    rank 0 records rank 1's message, the steps before it are saved, and the error is printed once."""
+    import json
+
+    data = _with_bad_row(synthesized("standard"), tmp_path, 5)
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, "--save-every", "0")
+    assert proc.returncode != 0
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["steps"] == 1, stats
+    assert stats["error"].startswith("rank 1: ") and "token id 5000 is outside the model's vocabulary" in stats["error"]
+    assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "Connection reset" not in proc.stderr
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_a_bad_row_in_rank_1s_first_step_leaves_nothing(tmp_path):
+    """Refused in setup on rank 1 only: rank 0 used to go on, write its manifest and metrics, and fail at the
+    first collective; now every rank stops in setup and --out is left as it was (not made)."""
+    data = _with_bad_row(synthesized("standard"), tmp_path, 1)
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run)
+    assert proc.returncode != 0 and not run.exists(), sorted(p.name for p in run.iterdir())
+    assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory):
     """A Llama with 4 query heads over 2 kv heads (the tiny preset has 2 over 1): SP = 4 needs 4 heads."""

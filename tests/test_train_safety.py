@@ -643,3 +643,28 @@ def test_throughput_counts_real_tokens_not_padding(data, tmp_path):
     assert summary["padding_tokens"] == sum(r["padding_tokens"] for r in rows) > 0
     packed = train(data, tmp_path / "packed", steps=2, **FAST)
     assert packed["padding_tokens"] == 0
+
+
+def test_a_signal_repeated_at_once_is_one_request():
+    """A scheduler that signals every process of a job (Slurm's scancel, a time limit) reaches a torchrun worker
+    twice, directly and forwarded by torchrun: the second signal stopped the run at once, losing the steps
+    since the last checkpoint. Within SAME_REQUEST_S it is the same request; a later one still acts at once."""
+    import os
+    import signal
+    import time
+
+    from nextlong.train.trainer import _StopRequest
+
+    stop = _StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested == "SIGTERM"
+        stop._at -= stop.SAME_REQUEST_S  # the window has passed: Ctrl-C now is a second request
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,6 +10,8 @@ import random
 import numpy as np
 import torch
 
+from ..errors import OtherRankFailed
+
 
 def init_distributed() -> tuple[int, int, int, torch.device]:
     """(rank, world, local world, device); starts the process group under torchrun."""
@@ -83,3 +85,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def on_every_rank(work):
+    """(work()'s result, None) when it succeeded on every rank, else (None, the exception to raise here):
+    this rank's own, or OtherRankFailed with the failed rank's one-line message. Collective: every rank
+    calls it at the same point (a bad row read by rank 1 alone reached rank 0 only as a broken gloo
+    connection at the next step, which its manifest then recorded as the cause)."""
+    from ..untrusted import one_line
+
+    error = result = None
+    try:
+        result = work()
+    except Exception as exc:  # noqa: BLE001  (passed on, never swallowed)
+        error = exc
+    d = _dist()
+    if d is None or all_ranks_ok(error is None):
+        return (result, None) if error is None else (None, error)
+    messages = [None] * d.get_world_size()
+    d.all_gather_object(messages, None if error is None else one_line(str(error) or type(error).__name__)[:500])
+    if error is not None:
+        return None, error
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    return None, OtherRankFailed(f"rank {rank}: {message}")

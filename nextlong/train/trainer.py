@@ -31,7 +31,7 @@ from ..errors import NextlongError, UsageError
 from ..manifest import RUNNING, read_manifest, run_status
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, seed_all
+from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
 from .model import (LossModel, build_model, folder_identity, get_rope_theta, is_preset, model_tokenizer_spec,
@@ -90,13 +90,18 @@ def _finished_manifest(run: Path) -> bool:
 class _StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM during training: noted, so the loop stops at the end of the step and saves
     it, instead of losing every step since the last checkpoint (with --save-every 0, all of them). A second
-    signal acts at once (the handlers are restored by the first). Only the main thread can take signals."""
+    signal acts at once, unless it comes within SAME_REQUEST_S of the first: a scheduler that signals every
+    process of a job (Slurm) reaches a torchrun worker twice, directly and forwarded by torchrun, and that
+    is one request. Only the main thread can take signals."""
+
+    SAME_REQUEST_S = 2.0
 
     def __init__(self):
         import signal
         import threading
 
         self.requested = None
+        self._at = None
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,9 +111,14 @@ class _StopRequest:
         import signal
         import sys
 
-        self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: stopping after this step and saving it (again to stop at once)", file=sys.stderr)
-        self.restore()
+        now = time.monotonic()
+        if self.requested is None:
+            self.requested, self._at = signal.Signals(signum).name, now
+            print(f"\n{self.requested}: stopping after this step and saving it (again to stop at once)",
+                  file=sys.stderr)
+        elif now - self._at >= self.SAME_REQUEST_S:  # a second request: the signal's own action, at once
+            self.restore()
+            signal.raise_signal(signum)
 
     def restore(self) -> None:
         import signal
@@ -277,7 +287,9 @@ class Trainer:
         self.start_step, self.history = 0, []
         self._resume_or_start()
         # the first step's data is read now: bad samples fail before any training
-        self.next_batches = self._read_step_batches()
+        self.next_batches, failure = on_every_rank(self._read_step_batches)
+        if failure is not None:  # on any rank: every rank stops here, before the run writes anything
+            raise failure
         if self.loss_on == "answer" and self.rank == 0 and not any(
                 bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
             print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
@@ -640,17 +652,17 @@ class Trainer:
         return all_ranks_ok(local)
 
     def _read_next_step(self, step: int, last_saved: int) -> list[dict]:
-        """The next step's batches. A row that fails while they are read (a bad id, a damaged file) ends the run,
-        but first, in a single-process run, the steps since the last checkpoint are saved with the data position
-        from before the read, so fixing the row and resuming loses nothing. (Across ranks the save is collective
-        and the others are not failing: there the newest checkpoint is what is kept.)"""
-        position = self.packer.state_dict() if self.world == 1 and step != last_saved else None
-        try:
-            return self._read_step_batches()
-        except Exception:
+        """The next step's batches. A row that fails while they are read (a bad id, a damaged file) ends the run
+        on every rank, with that rank's message (the ranks agree before the step's collectives), but first the
+        steps since the last checkpoint are saved with the data position from before the read, so fixing the
+        row and resuming loses nothing."""
+        position = self.packer.state_dict() if step != last_saved else None
+        batches, failure = on_every_rank(self._read_step_batches)
+        if failure is not None:
             if position is not None:
                 self.save(step, data_position=position)
-            raise
+            raise failure
+        return batches
 
     def save(self, step: int, data_position: dict | None = None) -> None:
         """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved.
