@@ -101,3 +101,19 @@ def test_read_manifest_takes_it_as_untrusted(tmp_path):
     reader.join(10)
     assert not reader.is_alive(), "read_manifest waited on a FIFO"
     assert all(v == {} for v in got.values()) and len(got) == 6
+
+
+def test_a_second_run_stops_at_the_lock_before_its_executor_starts(tmp_path, monkeypatch, capsys):
+    """With --executor ray, a second run into a busy folder started (or joined) a Ray cluster, 8 s, before it
+    met the lock: the executor is now built inside it."""
+    from nextlong.locking import output_lock
+    from nextlong.synthesis import pipeline
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(20_000))
+    out = tmp_path / "out"
+    built = []
+    monkeypatch.setattr(pipeline, "executor_for", lambda *a, **k: built.append(a) or None)
+    with output_lock(out, "synthesize"):
+        code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", out, "--executor", "ray",
+                                "--embedder", "hashed-tfidf:32", "--quiet"], capsys)
+    assert code == 1 and "another run is writing this output" in err and built == []

@@ -220,3 +220,25 @@ def test_a_prompts_template_that_is_not_a_file_is_refused_not_replaced(tmp_path)
 
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and symbolic links")
+
+
+def test_a_damaged_part_of_a_finished_stage_is_named_before_the_chain_runs(tmp_path, capsys):
+    """The chain's progress bar reads its input parts' footers on the driver: a part damaged since its stage
+    finished raised pyarrow's ArrowInvalid with a traceback that named no file (both executors)."""
+    import shutil
+
+    from tests.helpers import assert_one_line_error, corpus_head, run_cli, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    args = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:32", "--target-length", "1024",
+            "--tokenizer", "cl100k_base", "--quiet"]
+    assert run_cli(args, capsys)[0] == 0
+    for stage in ("plan", "assemble"):
+        shutil.rmtree(out / stage)
+    part = sorted((out / "units").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    message = assert_one_line_error(err, "synthesize")
+    assert f"{part}: not a readable Parquet file" in message

@@ -214,10 +214,12 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
     check_before_work(cfg)
     if cfg.method == "nextlong" and cfg.attention_spans == "document":
         print(BLOCKED_DEPENDENCIES.format(what="--attention-spans document"), file=sys.stderr, flush=True)
-    if executor is None:
-        executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
-                                embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
+    # the lock before the executor: a Ray one starts (or joins) a cluster first, seconds, and a second run into
+    # the folder must stop at once; a refused one still leaves no folder (the lock prunes what it created)
     with output_lock(cfg.out_dir, "synthesize"), _thread_limit(cfg.num_threads):
+        if executor is None:
+            executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
+                                    embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
         check_work_folder(cfg.out_dir, NextlongError, command="synthesize")  # its finished stages are read as they are
         manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion

@@ -141,6 +141,16 @@ def _renamed(err: NextlongError, message: str) -> NextlongError:
         return NextlongError(message)
 
 
+def _from_ray(exc: BaseException) -> bool:
+    """Ray's wrapper of a worker's exception: `RayTaskError(NextlongError)` is a NextlongError too, whose
+    text is the worker's whole traceback (the one line the user sees would be kilobytes of it)."""
+    try:
+        from ray.exceptions import RayError
+    except ImportError:  # pragma: no cover - only called where ray runs
+        return False
+    return isinstance(exc, RayError)
+
+
 def _as_nextlong_error(exc: BaseException, where: str) -> NextlongError:
     """What the user sees for an exception of a stage run on Ray.
 
@@ -158,7 +168,9 @@ def _as_nextlong_error(exc: BaseException, where: str) -> NextlongError:
         if isinstance(cur, NextlongError) and not isinstance(cur, RayError):
             if cur is exc:  # in the worker: say where
                 return _renamed(cur, f"{where}: {cur}")
-            return _renamed(cur, str(cur))
+            # Ray Data appends its retry advice after a newline ("Failed to apply UDF transform after 1/1
+            # attempts ... if you believe this to be transient"): a stage's error is not transient
+            return _renamed(cur, str(cur).split("\nFailed to ", 1)[0])
         cause = getattr(cur, "cause", None)
         cur = cause if isinstance(cause, BaseException) else cur.__cause__
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
@@ -281,8 +293,9 @@ class RayExecutor(Executor):
         # stop short of their totals when the --num-samples cut ends a chain. Its line per dataset and its
         # notice that its bars are off would only come between ours (or break --quiet)
         ctx_data.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # a failed block's traceback is logged by Ray Data at ERROR before it is raised: the run says it in one
+        # line (_as_nextlong_error), and --debug shows the traceback
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         ctx_data.execution_options.preserve_order = bool(self.preserve_order)
         ctx_data.print_on_execution_start = False
         ctx_data.raise_original_map_exception = True  # a stage's NextlongError, not Ray's wrapper of it
@@ -367,9 +380,9 @@ class RayExecutor(Executor):
                     on_result(int(out["block"]), int(out["rows"]))
                 if cut is not None and prefix.rows >= cut:
                     return prefix.blocks
-        except NextlongError:
-            raise
         except Exception as e:
+            if isinstance(e, NextlongError) and not _from_ray(e):  # the driver's own (a bar, the cut)
+                raise
             raise _as_nextlong_error(e, f"stage {names}") from e
         return None
 
