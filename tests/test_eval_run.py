@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -314,3 +315,28 @@ def test_no_progress_and_quiet(tmp_path, run_dir, capsys):
     statistics = json.loads((out / "manifest.json").read_text())["statistics"]
     assert statistics["samples_reused"] == statistics["samples"] == 2
     assert (out / "results.json").read_text() == results
+
+
+def test_the_python_api_is_the_cli(tmp_path, run_dir, capsys):
+    """nextlong.eval.evaluate takes the CLI's options as keywords, checks them as the CLI's types do (one
+    UsageError naming the option, before the model loads), and writes the same results."""
+    from nextlong.errors import UsageError
+    from nextlong.eval import evaluate
+
+    cli = ["eval", str(run_dir), "--out", str(tmp_path / "cli"), "--tasks", "niah_single_1,vt", "--lengths", "512",
+           "--depths", "2", "--max-new-tokens", "4", "--quiet"]
+    assert main(cli) == 0
+    got = evaluate(run_dir, tmp_path / "py", tasks=["niah_single_1", "vt"], lengths=[512, 512], depths=2,
+                   max_new_tokens=4, quiet=True)
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "py" / "results.json").read_text() == (tmp_path / "cli" / "results.json").read_text()
+    assert got == json.loads((tmp_path / "py" / "results.json").read_text())
+    for options, message in (({"samples": 0}, "--samples must be a positive integer, got 0"),
+                             ({"lengths": "512"}, "--lengths must be a list of positive integers"),
+                             ({"mode": "sampled"}, "--mode must be one of both, greedy, teacher-forced"),
+                             ({"seed": -1}, "--seed must be an integer in [0, 2**63)"),
+                             ({"dump": "yes"}, "--dump must be True or False"),
+                             ({"max_new_token": 4}, "evaluate: unknown option 'max_new_token'")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            evaluate(run_dir, tmp_path / "bad", **options)
+    assert not (tmp_path / "bad").exists()

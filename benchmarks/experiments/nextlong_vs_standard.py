@@ -670,16 +670,12 @@ def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: 
                 "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
 
     def run():
-        from nextlong.eval.evaluate import run_eval
+        from nextlong.eval import evaluate
         from nextlong.eval.heads_command import run_heads
 
         essay = str(out / "corpus" / "heldout.jsonl")
-        lengths = ",".join(map(str, sc.eval_lengths))
-        args = _cli_args("eval", [str(model_dir), "--out", str(folder / "tasks"), "--tasks", ",".join(TASK_GROUPS),
-                                  "--lengths", lengths, "--depths", str(sc.eval_depths), "--samples",
-                                  str(sc.eval_samples), "--seed", str(eval_seed), "--mode", "teacher-forced",
-                                  "--corpus", essay])
-        run_eval(args)
+        evaluate(model_dir, folder / "tasks", tasks=list(TASK_GROUPS), lengths=list(sc.eval_lengths),
+                 depths=sc.eval_depths, samples=sc.eval_samples, seed=eval_seed, mode="teacher-forced", corpus=essay)
         docs = document_metrics(model_dir, out, sc)
         write_json(folder / "documents.json", docs)
         hargs = _cli_args("heads", [str(model_dir), "--out", str(folder / "heads"), "--lengths",

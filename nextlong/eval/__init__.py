@@ -4,10 +4,14 @@ detection (`heads`), the run loop (`runner`), model loading (`model`) and pictur
 
     nextlong eval MODEL --out DIR      # recall tasks x lengths x depths, LongPPL, heat maps
     nextlong heads MODEL --out DIR     # retrieval heads (Wu et al.), layers x heads map
+
+    from nextlong.eval import evaluate
+    results = evaluate("demo-run", "demo-eval", tasks="niah_single_1,repeat", lengths=[1024])  # as `nextlong eval`
 """
 
+from .options import EvalOptions, evaluate
 from .scoring import rouge1_recall, string_match_all, string_match_part, substring_exact_match
 from .tasks import ALL_TASKS, GROUPS, Sample, expand_tasks, make_sample
 
-__all__ = ["ALL_TASKS", "GROUPS", "Sample", "expand_tasks", "make_sample", "rouge1_recall", "string_match_all",
+__all__ = ["ALL_TASKS", "EvalOptions", "GROUPS", "Sample", "evaluate", "expand_tasks", "make_sample", "rouge1_recall", "string_match_all",
            "string_match_part", "substring_exact_match"]

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from .options import ATTENTION
 from ..model_folder import (ModelFolderError, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
                             read_config, resolve_model_folder)
 
-ATTENTION = ("auto", "nextlong", "sdpa", "eager")
 
 
 @dataclass

@@ -52,11 +52,11 @@ import numpy as np
 
 from ..errors import CorpusError, NextlongError, UsageError
 from ..synthesis.acer.config import ORDERS, RETRIEVERS  # ACER's choices: the rag task evaluates what it builds
+from .options import DISTRACTORS
 from .samples import ANSWER_MARGIN  # greedy budget beyond the longest gold answer, as the other tasks
 
 TASK = "rag"
 BASELINE = "rag_read"
-DISTRACTORS = ("retrieved", "no-answer")
 SEPARATOR = "\n\n"  # after every chunk, as ACER's samples (--separator's default)
 LAYOUT_REVISION = 2  # 2: each chunk tokenized with its separator (records of older layouts are not reused)
 CONTEXT_DOC = "rag-context:"  # doc_id of the pool chunks cut from a `context`

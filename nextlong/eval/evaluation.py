@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from ..errors import UsageError
 from ..locking import output_lock
 from ..manifest import write_manifest, write_running_manifest
 from . import report
+from .options import EvalOptions
 from .runner import EvalSettings, aggregate, plan, run_tasks
 from .tasks import NEEDS_ESSAY, expand_tasks, linear_depths
 
@@ -46,7 +48,8 @@ def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, tr
     return [message + "; running anyway (--allow-extrapolation)"]
 
 
-def run_eval(args) -> dict:
+def run_eval(args: EvalOptions) -> dict:
+    """The whole evaluation of `args` (checked: EvalOptions.validate); returns what results.json holds."""
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     want_longppl, want_repeat, want_rag = "longppl" in names, "repeat" in names, "rag" in names
     names = [t for t in names if t not in ("longppl", "repeat", "rag")]
@@ -64,7 +67,7 @@ def run_eval(args) -> dict:
         rag_settings.validate()
         rag_questions = read_rag_questions(rag_settings.questions)
     greedy = args.mode in ("both", "greedy")
-    bars = not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
+    bars = not (args.no_progress or args.quiet)
     teacher_forced = args.mode in ("both", "teacher-forced")
 
     from .model import check_lengths, load_model
@@ -87,7 +90,7 @@ def run_eval(args) -> dict:
                             dump=args.dump, progress=bars, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
                                                    "tokenizer": lm.tokenizer.fingerprint})
     started = time.time()
-    manifest_settings = {k: v for k, v in vars(args).items() if k != "func"} | {
+    manifest_settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
         "model_folder": str(lm.folder)}
     with output_lock(out, "eval"):
@@ -183,7 +186,7 @@ def run_eval(args) -> dict:
                            "samples_reused": reused, "rag_answers": rag_answers,
                            "seconds": round(time.time() - started, 2),
                            "files": ["results.json", "summary.md", "manifest.json"] + written})
-    if not getattr(args, "quiet", False):
+    if not args.quiet:
         print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
     return results
 
