@@ -255,3 +255,39 @@ def test_a_part_written_from_a_table_read_back_has_the_same_bytes(tmp_path):
     assert back.schema.field("ids").type.value_field.name == "element"  # what pyarrow reads back
     write_parquet_atomic(back, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_mds_output_keeps_the_previous_one_until_the_new_one_is_complete(tmp_path):
+    """The previous MDS folder was deleted before the new one was renamed into place; it is now renamed aside
+    and deleted after the swap. A failed writer leaves the previous output untouched."""
+    from pathlib import Path
+
+    from nextlong.synthesis.writers import mds_output
+
+    out = tmp_path / "mds"
+    columns = {"input_ids": "ndarray:uint32"}
+    with mds_output(out, columns) as writer:
+        writer.write({"input_ids": np.arange(5, dtype=np.uint32)})
+    first = (out / "index.json").read_bytes()
+    with pytest.raises(RuntimeError, match="stopped"):
+        with mds_output(out, columns) as writer:
+            writer.write({"input_ids": np.arange(9, dtype=np.uint32)})
+            raise RuntimeError("stopped")
+    assert (out / "index.json").read_bytes() == first
+    real = Path.rename
+
+    def failing(self, target):  # the swap itself fails (a full or read-only disk, an injected fault)
+        if self.name == "mds.tmp":
+            raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "rename", failing)
+        with pytest.raises(OSError):
+            with mds_output(out, columns) as writer:
+                writer.write({"input_ids": np.arange(9, dtype=np.uint32)})
+    assert (out / "index.json").read_bytes() == first
+    with mds_output(out, columns) as writer:
+        writer.write({"input_ids": np.arange(9, dtype=np.uint32)})
+    assert (out / "index.json").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mds"]

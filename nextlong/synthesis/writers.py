@@ -132,16 +132,27 @@ def attention_spans(starts, ends, doc_ids, length: int, mode: str = "sample") ->
 @contextlib.contextmanager
 def mds_output(out_dir, columns):
     """An MDSWriter into a temporary folder beside `out_dir`, renamed to `out_dir` once it closed cleanly
-    (a failed or killed run leaves the previous output, never half of a new one)."""
+    (a failed or killed run leaves the previous output, never half of a new one). The previous output is
+    renamed aside before the swap (and back if the swap fails) and deleted after it; what a kill between the
+    two renames leaves aside (`NAME.old.tmp`) the next run's clean-up of temporaries removes, and every run
+    writes the format anew."""
     from ..mds import MDSWriter
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with MDSWriter(tmp, columns) as writer:
         yield writer
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if old.exists() and not out_dir.exists():
+            old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
