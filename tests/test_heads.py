@@ -213,3 +213,27 @@ def test_a_stopped_heads_run_leaves_a_running_manifest(tmp_path, model_dir, monk
     assert main(args) == 0
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["statistics"]["trials"] == 2
     capsys.readouterr()
+
+
+def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys):
+    """nextlong.eval.retrieval_heads: `nextlong heads` with its options as keywords, the same checks and files."""
+    from nextlong.errors import UsageError
+    from nextlong.eval import retrieval_heads
+
+    assert main(["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
+                 "--max-new-tokens", "6", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    info = retrieval_heads(model_dir, tmp_path / "py", lengths=[320], depths=2, needles=1, all_trials=True,
+                           max_new_tokens=6, quiet=True)
+    assert capsys.readouterr().out == ""
+    for name in ("head_scores.json", "heads.json"):
+        assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text(), name
+    assert info["trials"] == 2
+    compared = retrieval_heads(None, tmp_path / "c", compare=(tmp_path / "cli", tmp_path / "py"), quiet=True)
+    assert all(d == 0 for d in compared["difference"].values())
+    for options, message in (({"needles": 4}, "--needles must be 1, 2 or 3, got 4"),
+                             ({"threshold": float("nan")}, "--threshold must be a finite number"),
+                             ({"compare": "ab"}, "--compare must be two run folders"),
+                             ({"mask_head": 1}, "retrieval_heads: unknown option 'mask_head'")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            retrieval_heads(model_dir, tmp_path / "bad", **options)
+    assert not (tmp_path / "bad").exists()

@@ -614,16 +614,6 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
 # --- stage 7: evaluation -----------------------------------------------------------------------
 
 
-def _cli_args(command: str, argv: list[str]) -> argparse.Namespace:
-    from nextlong.commands import eval as eval_cmd
-    from nextlong.commands import heads as heads_cmd
-
-    parser = argparse.ArgumentParser(prog="nextlong")
-    sub = parser.add_subparsers(dest="command")
-    {"eval": eval_cmd, "heads": heads_cmd}[command].add_parser(sub)
-    return parser.parse_args([command] + argv)
-
-
 def heldout_tokens(out: Path, tok) -> list[list[int]]:
     texts = [r["text"] for r in read_jsonl(out / "corpus" / "heldout.jsonl")]
     return [list(map(int, tok.encode(t))) for t in texts]
@@ -670,18 +660,15 @@ def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: 
                 "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
 
     def run():
-        from nextlong.eval import evaluate
-        from nextlong.eval.heads_command import run_heads
+        from nextlong.eval import evaluate, retrieval_heads
 
         essay = str(out / "corpus" / "heldout.jsonl")
         evaluate(model_dir, folder / "tasks", tasks=list(TASK_GROUPS), lengths=list(sc.eval_lengths),
                  depths=sc.eval_depths, samples=sc.eval_samples, seed=eval_seed, mode="teacher-forced", corpus=essay)
         docs = document_metrics(model_dir, out, sc)
         write_json(folder / "documents.json", docs)
-        hargs = _cli_args("heads", [str(model_dir), "--out", str(folder / "heads"), "--lengths",
-                                    ",".join(map(str, sc.heads_lengths)), "--depths", str(sc.heads_depths),
-                                    "--needles", "1", "--max-new-tokens", "12", "--all-trials", "--corpus", essay])
-        run_heads(hargs)
+        retrieval_heads(model_dir, folder / "heads", lengths=list(sc.heads_lengths), depths=sc.heads_depths,
+                        needles=1, max_new_tokens=12, all_trials=True, corpus=essay)
         return {}
 
     stage(folder, settings, f"evaluate {name}")(run)

@@ -7,11 +7,12 @@ detection (`heads`), the run loop (`runner`), model loading (`model`) and pictur
 
     from nextlong.eval import evaluate
     results = evaluate("demo-run", "demo-eval", tasks="niah_single_1,repeat", lengths=[1024])  # as `nextlong eval`
+    heads = retrieval_heads("demo-run", "demo-heads", lengths=[1024], needles=1)              # as `nextlong heads`
 """
 
-from .options import EvalOptions, evaluate
+from .options import EvalOptions, HeadsOptions, evaluate, retrieval_heads
 from .scoring import rouge1_recall, string_match_all, string_match_part, substring_exact_match
 from .tasks import ALL_TASKS, GROUPS, Sample, expand_tasks, make_sample
 
-__all__ = ["ALL_TASKS", "EvalOptions", "GROUPS", "Sample", "evaluate", "expand_tasks", "make_sample", "rouge1_recall", "string_match_all",
+__all__ = ["ALL_TASKS", "EvalOptions", "GROUPS", "HeadsOptions", "Sample", "evaluate", "retrieval_heads", "expand_tasks", "make_sample", "rouge1_recall", "string_match_all",
            "string_match_part", "substring_exact_match"]

@@ -1,8 +1,9 @@
-"""The settings of one `nextlong eval` run, their defaults and their checks, shared by the CLI (which takes
-its defaults from here) and the Python API:
+"""The settings of one `nextlong eval` or `nextlong heads` run, their defaults and their checks, shared by
+the CLI (which takes its defaults from here) and the Python API:
 
-    from nextlong.eval import evaluate
+    from nextlong.eval import evaluate, retrieval_heads
     results = evaluate("demo-run", "demo-eval", tasks="niah_single_1,repeat", lengths=[1024, 2048])
+    heads = retrieval_heads("demo-run", "demo-heads", lengths=[1024], needles=1)
 
 Field names are the CLI's options with `_` for `-` (`--max-new-tokens` is `max_new_tokens`). A bad value
 is one UsageError naming the option, before the model loads, as on the command line.
@@ -11,6 +12,7 @@ is one UsageError naming the option, before the model loads, as on the command l
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,3 +131,95 @@ def evaluate(model, out, **options) -> dict:
     from .evaluation import run_eval
 
     return run_eval(EvalOptions(model=model, out=out, **options).validate())
+
+
+@dataclass
+class HeadsOptions:
+    """`nextlong heads`: retrieval-head detection (Wu et al.) of `model`, or `compare` = (RUN_A, RUN_B)."""
+    model: str | Path | None
+    out: str | Path
+    lengths: list[int] | None = None  # None: num_lengths lengths from 1000 to the model's positions
+    num_lengths: int = 5
+    depths: int = 5
+    needles: int = 3  # 1, 2 or 3
+    threshold: float = 0.1
+    min_recall: float = 0.5
+    all_trials: bool = False
+    max_new_tokens: int = 50
+    mask_heads: int = 0
+    compare: tuple | None = None
+    corpus: str | Path | None = None
+    text_field: str = "text"
+    seed: int = 0
+    attn: str = "auto"
+    device: str | None = None
+    dtype: str | None = None
+    allow_extrapolation: bool = False
+    trust_remote_code: bool = False
+    no_progress: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def validate(self) -> "HeadsOptions":
+        from ..seeds import seed_problem
+
+        def bad(name: str, expected: str, value) -> UsageError:
+            return UsageError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")
+
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name in ("num_lengths", "depths", "max_new_tokens"):
+            if not whole(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "a positive integer", getattr(self, name))
+        if self.needles not in (1, 2, 3) or not whole(self.needles):
+            raise bad("needles", "1, 2 or 3", self.needles)
+        if not whole(self.mask_heads) or self.mask_heads < 0:
+            raise bad("mask_heads", "0 or more", self.mask_heads)
+        if self.lengths is not None:
+            if isinstance(self.lengths, (str, bytes)) or not len(self.lengths) \
+                    or not all(whole(n) and n >= 1 for n in self.lengths):
+                raise bad("lengths", "a list of positive integers (or None)", self.lengths)
+            self.lengths = sorted(set(self.lengths))
+        for name in ("threshold", "min_recall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, "a finite number", value)
+        if not whole(self.seed) or seed_problem(self.seed):
+            raise bad("seed", "an integer in [0, 2**63)", self.seed)
+        if self.attn not in ATTENTION:
+            raise bad("attn", f"one of {', '.join(ATTENTION)}", self.attn)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise bad("dtype", f"one of {', '.join(DTYPES)} (or None)", self.dtype)
+        for name in ("all_trials", "allow_extrapolation", "trust_remote_code", "no_progress", "quiet"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False", getattr(self, name))
+        if self.compare is not None and (isinstance(self.compare, (str, bytes)) or len(self.compare) != 2
+                                         or not all(isinstance(c, (str, Path)) for c in self.compare)):
+            raise bad("compare", "two run folders", self.compare)
+        for name in ("model", "corpus", "device"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
+                raise bad(name, "a string or path (or None)", getattr(self, name))
+        if not isinstance(self.out, (str, Path)) or not str(self.out):
+            raise bad("out", "a path", self.out)
+        if not isinstance(self.text_field, str):
+            raise bad("text_field", "a string", self.text_field)
+        return self
+
+
+HEADS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(HeadsOptions)
+                  if f.default is not dataclasses.MISSING}
+
+
+def retrieval_heads(model, out, **options) -> dict:
+    """`nextlong heads MODEL --out OUT` from Python (model None with compare=(RUN_A, RUN_B) for `--compare`), with
+    the same options (see HeadsOptions), checks and files; returns what heads.json (compare.json) holds."""
+    unknown = sorted(set(options) - set(HeadsOptions.field_names()))
+    if unknown:
+        raise UsageError(f"retrieval_heads: unknown option {unknown[0]!r}; the options are {', '.join(HEADS_DEFAULTS)}")
+    from .heads_run import run_heads
+
+    return run_heads(HeadsOptions(model=model, out=out, **options).validate())

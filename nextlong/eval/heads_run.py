@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ from ..model_folder import ModelFolderError
 from ..manifest import write_manifest, write_running_manifest
 from ..untrusted import read_json, show
 from . import heads as H
+from .options import HeadsOptions
 from .report import (
     CHARS_PER_TOKEN_BUDGET,
     corpus_texts,
@@ -72,7 +74,7 @@ def _load_scores(folder) -> dict[str, float]:
     return data
 
 
-def run_compare(args) -> dict:
+def run_compare(args: HeadsOptions) -> dict:
     a, b = args.compare
     if Path(args.out).resolve() in (Path(a).resolve(), Path(b).resolve()):
         raise UsageError(f"--out {args.out} is one of the runs compared: its manifest would be replaced; give "
@@ -99,7 +101,7 @@ def run_compare(args) -> dict:
                      diverging=True)
         write_manifest(out / "manifest.json", command="heads --compare", settings=settings,
                        statistics={k: result[k] for k in ("retrieval_heads_a", "retrieval_heads_b")})
-    if getattr(args, "quiet", False):
+    if args.quiet:
         return result
     print(f"retrieval heads (> {args.threshold}): A {result['retrieval_heads_a']}, B {result['retrieval_heads_b']}, "
           f"shared {len(result['shared'])}, only A {len(result['only_a'])}, only B {len(result['only_b'])}")
@@ -108,7 +110,9 @@ def run_compare(args) -> dict:
     return result
 
 
-def run_heads(args) -> dict:
+def run_heads(args: HeadsOptions) -> dict:
+    """Detect `args.model`'s retrieval heads, or compare two runs (`args.compare`); returns heads.json's
+    (compare.json's) content."""
     if args.compare:
         if args.model:
             raise UsageError("give either MODEL or --compare RUN_A RUN_B, not both")
@@ -141,7 +145,7 @@ def run_heads(args) -> dict:
     trials = H.make_trials(lm.tokenizer, essay, lengths, depths, needles)
     out = Path(args.out)
     started = time.time()
-    settings = {k: v for k, v in vars(args).items() if k != "func"} | {
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
     with output_lock(out, "heads"):
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
@@ -156,7 +160,7 @@ def run_heads(args) -> dict:
         results = []
         try:
             for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,
-                          disable=getattr(args, "no_progress", False) or getattr(args, "quiet", False)):
+                          disable=args.no_progress or args.quiet):
                 key = ("heads", t.length, t.depth, t.needle)
                 rec = progress.done.get(key)
                 if rec is None:
@@ -217,6 +221,6 @@ def run_heads(args) -> dict:
         write_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings,
                        statistics={"trials": len(trials), "trials_counted": counted,
                                    "retrieval_heads": len(retrieval), "seconds": round(time.time() - started, 2)})
-    if not getattr(args, "quiet", False):
+    if not args.quiet:
         print(printable(summary))
     return summary_data
