@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
+from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
 from .stages import EMBEDDINGS_FILE, EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
@@ -216,7 +217,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
         print(BLOCKED_DEPENDENCIES.format(what="--attention-spans document"), file=sys.stderr, flush=True)
     # the lock before the executor: a Ray one starts (or joins) a cluster first, seconds, and a second run into
     # the folder must stop at once; a refused one still leaves no folder (the lock prunes what it created)
-    with output_lock(cfg.out_dir, "synthesize"), _thread_limit(cfg.num_threads):
+    with output_lock(cfg.out_dir, "synthesize"), thread_limit(cfg.num_threads):
         if executor is None:
             executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                     embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
@@ -224,20 +225,6 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
         manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
         return manifest
-
-
-def _thread_limit(threads: int | None):
-    """--threads N bounds every pool a run uses: the chunker's and the embedder's (passed on), and the
-    BLAS / OpenMP pools of numpy and torch (here)."""
-    import contextlib
-
-    if not threads:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(int(threads))
 
 
 def check_before_work(cfg: SynthesisConfig) -> None:
@@ -293,7 +280,7 @@ def _discard_other_outputs(out: Path, fps: dict) -> None:
 
 
 def _run(cfg: SynthesisConfig, executor) -> dict:
-    from ..manifest import write_manifest, write_running_manifest
+    from ..manifest import write_manifest
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
     from .framework import block_counts
@@ -303,20 +290,13 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg)
-    fps = pipeline.fingerprints()
     if not (out / "data").exists():
-        _discard_other_outputs(out, fps)
-    pipeline.check_cached(fps, cfg.rebuild)  # before the running manifest replaces a finished run's
-    write_running_manifest(out / "manifest.json", command="synthesize", seed=cfg.seed,
-                           settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
-    executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
+        _discard_other_outputs(out, pipeline.fingerprints())
+    fps, record = run_stages(pipeline, executor, command="synthesize", cfg=cfg)
     timings = {"chunk": 0.0}
     for name, secs in getattr(executor, "seconds", {}).items():
         group = _TIMING_GROUP.get(name, name)
         timings[group] = timings.get(group, 0.0) + secs
-
-    def record(name):
-        return (read_done(out / name / DONE_FILE) or {}).get("counts", {}) if name in fps else {}
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     chunks_name = "dedup" if "dedup" in fps and "dedup" not in pipeline.external else "chunks"
@@ -369,14 +349,9 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         raise NextlongError(_too_small_message(cfg, store, stats, doc_lengths(store, 0)))  # separators in the ids
 
     t0 = time.perf_counter()
-    if cfg.format == "jsonl":
-        from .writers import write_jsonl
+    from . import writers
 
-        write_jsonl(out / "data", out / "jsonl", tokenizer)
-    elif cfg.format == "mds":
-        from .writers import write_mds
-
-        write_mds(out / "data", out / "mds", attention_spans_mode=cfg.attention_spans)
+    write_format(cfg.format, out, tokenizer, writers, attention_spans_mode=cfg.attention_spans)
     timings["write_format"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
@@ -392,7 +367,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
                            "partition_size_max": lists.get("partition_size_max"),
                            "anchors_searched_again": _sum(metas, "searched_again") if metas else 0}
     settings = cfg.to_dict()
-    settings.update(_keep_tokenizer_file(cfg.tokenizer, out))
+    settings.update(keep_tokenizer_file(cfg.tokenizer, out))
     sep_ids = tokenizer.encode_ordinary(cfg.separator) if cfg.separator else []
     settings.update(tokenizer_name=getattr(tokenizer, "name", None),
                     tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
@@ -406,24 +381,6 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         _log(cfg, f"warning: asked for {cfg.num_samples} documents, built {built}: " + _why(cfg, stats))
     _log(cfg, summary(manifest))
     return manifest
-
-
-def _keep_tokenizer_file(spec, out: Path) -> dict:
-    """The manifest's tokenizer entries (read by `nextlong.manifest.recorded_tokenizer`). A relative
-    --tokenizer path is only valid from where synthesize ran, so a file is recorded by its absolute path
-    and also copied into OUT/tokenizer/ (`tokenizer_copy`, relative to OUT) for when the output moves.
-    A name such as cl100k_base is recorded as it is."""
-    import shutil
-
-    from ..atomic import atomic_path
-
-    path = Path(spec) if spec is not None else None
-    if path is None or not path.exists():
-        return {"tokenizer": spec}
-    source = path / "tokenizer.json" if path.is_dir() else path
-    with atomic_path(out / "tokenizer" / source.name) as tmp:
-        shutil.copyfile(source, tmp)
-    return {"tokenizer": str(path.resolve()), "tokenizer_copy": f"tokenizer/{source.name}"}
 
 
 def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import NextlongError, UsageError
-from ..framework import DONE_FILE, Pipeline, ReadCorpus, read_done
+from ..framework import Pipeline, ReadCorpus
 from .config import AcerConfig
 
 # which manifest timing each stage's seconds count toward
@@ -220,12 +220,12 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     from ...atomic import remove_stale_temporaries
     from ...locking import output_lock
     from ...untrusted import check_work_folder
-    from ..pipeline import _thread_limit
+    from ..driver import thread_limit
 
     cfg.validate()
     # the lock before the checks that load the model's tokenizer and config (seconds): a second run into the
     # folder stops at once; a refused one still leaves no folder (the lock prunes what it created)
-    with output_lock(cfg.out_dir, "acer"), _thread_limit(cfg.num_threads):
+    with output_lock(cfg.out_dir, "acer"), thread_limit(cfg.num_threads):
         checked = check_before_work(cfg)
         if executor is None:
             from ..executors import executor_for
@@ -239,24 +239,17 @@ def run(cfg: AcerConfig, executor=None) -> dict:
 
 
 def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
-    from ...manifest import write_manifest, write_running_manifest
-    from ..pipeline import _keep_tokenizer_file
+    from ...manifest import write_manifest
+    from ..driver import keep_tokenizer_file, run_stages, write_format
     from ..stages import load_store
     from ...corpus.tokenizer import load_tokenizer
+    from . import writers
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg, checked)
-    fps = pipeline.fingerprints()
-    pipeline.check_cached(fps, cfg.rebuild)  # before the running manifest replaces a finished run's
-    write_running_manifest(out / "manifest.json", command="acer", seed=cfg.seed,
-                           settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
-    executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
-
-    def record(name):
-        return (read_done(out / name / DONE_FILE) or {}).get("counts", {}) if name in fps else {}
-
+    fps, record = run_stages(pipeline, executor, command="acer", cfg=cfg)
     store = load_store(out / "chunks")
     if store.num_chunks == 0:
         raise NextlongError(f"{cfg.corpus}: the corpus has no documents with text")
@@ -264,20 +257,13 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
         raise NextlongError(_nothing_built(cfg, record))
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(checked.tokenizer)
-    if cfg.format == "jsonl":
-        from .writers import write_jsonl
-
-        write_jsonl(out / "data", out / "jsonl", tokenizer)
-    elif cfg.format == "mds":
-        from .writers import write_mds
-
-        write_mds(out / "data", out / "mds")
+    write_format(cfg.format, out, tokenizer, writers)
     seconds = _seconds(executor, record)
     seconds["write_format"] = round(time.perf_counter() - t0, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     stats = _statistics(cfg, store, record, seconds)
     settings = cfg.to_dict()
-    settings.update(_keep_tokenizer_file(checked.tokenizer, out))
+    settings.update(keep_tokenizer_file(checked.tokenizer, out))
     settings.update(
         model_folder=str(checked.model.folder.resolve()), model_type=checked.model.model_type,
         model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,

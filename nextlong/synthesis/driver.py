@@ -1,0 +1,70 @@
+"""What the synthesize and acer drivers share around their stages: the run's thread bound, running the
+stages under a "running" manifest, reading a finished stage's counts, the output format, and the tokenizer
+entries of the final manifest. Each driver keeps its own statistics and summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .framework import DONE_FILE, read_done
+
+
+def thread_limit(threads: int | None):
+    """--threads N bounds every pool a run uses: the chunker's and the embedder's (passed on), and the
+    BLAS / OpenMP pools of numpy and torch (here)."""
+    import contextlib
+
+    if not threads:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(int(threads))
+
+
+def run_stages(pipeline, executor, *, command: str, cfg) -> tuple[dict, Callable[[str], dict]]:
+    """Fingerprint the stages, refuse cached ones made with other settings (before the running manifest
+    replaces a finished run's), write that manifest, run the stages. Returns (fingerprints, record), where
+    record(name) is a finished stage's counts ({} for a stage this pipeline does not have)."""
+    from ..manifest import write_running_manifest
+
+    out = cfg.out_dir
+    fps = pipeline.fingerprints()
+    pipeline.check_cached(fps, cfg.rebuild)
+    write_running_manifest(out / "manifest.json", command=command, seed=cfg.seed,
+                           settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
+    executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
+
+    def record(name: str) -> dict:
+        return (read_done(out / name / DONE_FILE) or {}).get("counts", {}) if name in fps else {}
+
+    return fps, record
+
+
+def write_format(fmt: str, out: Path, tokenizer, writers, **mds_options) -> None:
+    """OUT/jsonl or OUT/mds from the Parquet rows in OUT/data (parquet: nothing more), with the method's
+    own `writers` module (their rows differ)."""
+    if fmt == "jsonl":
+        writers.write_jsonl(out / "data", out / "jsonl", tokenizer)
+    elif fmt == "mds":
+        writers.write_mds(out / "data", out / "mds", **mds_options)
+
+
+def keep_tokenizer_file(spec, out: Path) -> dict:
+    """The manifest's tokenizer entries (read by `nextlong.manifest.recorded_tokenizer`). A relative
+    --tokenizer path is only valid from where synthesize ran, so a file is recorded by its absolute path
+    and also copied into OUT/tokenizer/ (`tokenizer_copy`, relative to OUT) for when the output moves.
+    A name such as cl100k_base is recorded as it is."""
+    import shutil
+
+    from ..atomic import atomic_path
+
+    path = Path(spec) if spec is not None else None
+    if path is None or not path.exists():
+        return {"tokenizer": spec}
+    source = path / "tokenizer.json" if path.is_dir() else path
+    with atomic_path(out / "tokenizer" / source.name) as tmp:
+        shutil.copyfile(source, tmp)
+    return {"tokenizer": str(path.resolve()), "tokenizer_copy": f"tokenizer/{source.name}"}
