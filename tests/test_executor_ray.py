@@ -213,6 +213,45 @@ def test_stage_error_names_stage_and_block_and_leaves_no_record(ray_session, cor
     assert not (tmp_path / "chain" / "lengths" / DONE_FILE).exists()
 
 
+@dataclasses.dataclass
+class LengthsSetupFails(Lengths):
+    def setup(self, ctx):
+        from nextlong.errors import CorruptFileError
+
+        raise CorruptFileError("graph.npy: not what was written")
+
+
+@dataclasses.dataclass
+class LengthsTwoLines(Lengths):
+    def __call__(self, block):
+        raise NextlongError("header of shard 3 is bad\nFailed to read column 'text': 7 bytes short")
+
+
+@pytest.mark.slow  # starts Ray (~10-20 s)
+def test_a_stage_setup_error_and_a_two_line_error_reach_the_user_as_they_were_raised(ray_session, tmp_path):
+    """A map stage's setup ran in the actor's constructor: its error came as ActorDiedError after Ray retried
+    the actor (~200 lines), its class lost. Ray Data's retry advice is cut from a message, and only that."""
+    from ray.exceptions import RayError
+
+    from nextlong.errors import CorruptFileError
+
+    small = write_jsonl(tmp_path / "small.jsonl", corpus_head(limit=100))
+
+    def pipeline(root, lengths):
+        return Pipeline(root=root, stages=[ReadCorpus(name="corpus", path=str(small), id_field="id"),
+                                           Upper(name="upper", inputs=("corpus",)), lengths,
+                                           Total(name="total", inputs=("lengths",))])
+
+    with pytest.raises(CorruptFileError, match=r"^stage lengths: graph.npy: not what was written$") as raised:
+        RayExecutor(corpus_block_docs=25).run(pipeline(tmp_path / "a", LengthsSetupFails(
+            name="lengths", inputs=("upper",))), progress=False)
+    assert not isinstance(raised.value, RayError)
+    with pytest.raises(NextlongError) as raised:
+        RayExecutor(corpus_block_docs=25).run(pipeline(tmp_path / "b", LengthsTwoLines(
+            name="lengths", inputs=("upper",))), progress=False)
+    assert str(raised.value).endswith("header of shard 3 is bad\nFailed to read column 'text': 7 bytes short")
+
+
 # --- connection and cluster checks --------------------------------------------------------------
 
 

@@ -107,6 +107,21 @@ def test_a_bad_row_read_by_one_rank_stops_every_rank_with_its_message(tmp_path):
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_a_bad_row_read_by_a_whole_sequence_parallel_group_is_printed_once(tmp_path):
+    """Both ranks of a --seq-parallel 2 group read row 5 (at step 2) and fail alike: rank 0 prints and records
+    it, rank 1 stops without printing it again."""
+    import json
+
+    data = _with_bad_row(synthesized("standard"), tmp_path, 5)
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, "--seq-parallel", "2")
+    assert proc.returncode != 0
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["steps"] == 1, stats
+    assert stats["error"].startswith(str(data)) and "token id 5000 is outside" in stats["error"]
+    assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
+
+
 def test_a_bad_row_in_rank_1s_first_step_leaves_nothing(tmp_path):
     """Refused in setup on rank 1 only: rank 0 used to go on, write its manifest and metrics, and fail at the
     first collective; now every rank stops in setup and --out is left as it was (not made)."""

@@ -242,3 +242,24 @@ def test_a_damaged_part_of_a_finished_stage_is_named_before_the_chain_runs(tmp_p
     assert code == 1
     message = assert_one_line_error(err, "synthesize")
     assert f"{part}: not a readable Parquet file" in message
+
+
+def test_a_damaged_assembled_part_is_named_and_not_published(tmp_path, capsys):
+    """The data stage hard-links the assembled parts without reading them: a part damaged since assembly was
+    published, the stage marked done, and every run after failed in the statistics with pyarrow's traceback."""
+    import shutil
+
+    from tests.helpers import assert_one_line_error, corpus_head, run_cli, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    args = ["synthesize", "--corpus", corpus, "--out", out, "--method", "standard", "--target-length", "1024",
+            "--tokenizer", "cl100k_base", "--quiet"]
+    assert run_cli(args, capsys)[0] == 0
+    shutil.rmtree(out / "data")
+    part = sorted((out / "assemble").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    for _ in range(2):  # and again: nothing was marked done
+        code, _, err = run_cli(args, capsys)
+        assert code == 1 and f"{part}: not a readable Parquet file" in assert_one_line_error(err, "synthesize")
+        assert not (out / "data" / "_done.json").exists()

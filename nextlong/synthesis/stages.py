@@ -354,6 +354,22 @@ def _write_chunk_table(tables, out_dir) -> int:
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
 
 
+def _check_part_rows(part, rows: int) -> None:
+    """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
+    rows its record counts (a part damaged since would be published, its stage marked done, and fail at
+    every later read with pyarrow's traceback)."""
+    from ..errors import CorruptFileError
+
+    try:
+        have = _pq.ParquetFile(part).metadata.num_rows
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
+                               f"{_Path(part).parent} to make that stage again") from None
+    if have != rows:
+        raise CorruptFileError(f"{part}: {have} rows where its stage recorded {rows}; delete {_Path(part).parent} "
+                               "to make that stage again")
+
+
 def _blank_chunks(text) -> np.ndarray:
     """Per chunk: empty or whitespace only (Unicode White_Space)."""
     import pyarrow.compute as pc
@@ -948,6 +964,7 @@ class CutStage(WholeStage):
             if n == 0:
                 continue
             part, target = block_path(src, j), block_path(ctx.out_dir, j)
+            _check_part_rows(part, n)
             if self.rows is None or taken + n <= self.rows:
                 try:
                     os.link(part, target)

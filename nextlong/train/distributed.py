@@ -89,7 +89,8 @@ def set_rng_state(state: dict) -> None:
 
 def on_every_rank(work):
     """(work()'s result, None) when it succeeded on every rank, else (None, the exception to raise here):
-    this rank's own, or OtherRankFailed with the failed rank's one-line message. Collective: every rank
+    this rank's own, or OtherRankFailed with the failed rank's one-line message (also where this rank failed
+    with the very message of a lower rank: each error is printed once). Collective: every rank
     calls it at the same point (a bad row read by rank 1 alone reached rank 0 only as a broken gloo
     connection at the next step, which its manifest then recorded as the cause)."""
     from ..untrusted import one_line
@@ -102,9 +103,11 @@ def on_every_rank(work):
     d = _dist()
     if d is None or all_ranks_ok(error is None):
         return (result, None) if error is None else (None, error)
+    mine = None if error is None else one_line(str(error) or type(error).__name__)[:500]
     messages = [None] * d.get_world_size()
-    d.all_gather_object(messages, None if error is None else one_line(str(error) or type(error).__name__)[:500])
-    if error is not None:
-        return None, error
-    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    d.all_gather_object(messages, mine)
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None and (error is None or m == mine))
+    if error is not None and rank == d.get_rank():
+        return None, error  # the lowest rank with this message: it prints it
+    # a rank that did not fail, or failed as a lower rank did (a sequence-parallel group reads the same rows)
     return None, OtherRankFailed(f"rank {rank}: {message}")

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ..errors import NextlongError
 from ..model_folder import load_causal_lm, read_config
-from ..model_folder import tokenizer_spec as model_tokenizer_spec  # noqa: F401  (the trainer's name)
 
 PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

@@ -34,8 +34,8 @@ from .config import TrainConfig
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
 from .memory import check_step_memory, is_out_of_memory
-from .model import (LossModel, build_model, folder_identity, get_rope_theta, is_preset, model_tokenizer_spec,
-                    run_or_model_folder)
+from ..model_folder import tokenizer_spec as model_tokenizer_spec
+from .model import LossModel, build_model, folder_identity, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS, has_steps, plot_loss
 from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
 
@@ -114,8 +114,8 @@ class _StopRequest:
         now = time.monotonic()
         if self.requested is None:
             self.requested, self._at = signal.Signals(signum).name, now
-            print(f"\n{self.requested}: stopping after this step and saving it (again to stop at once)",
-                  file=sys.stderr)
+            print(f"\n{self.requested}: stopping after this step and saving it (again, {self.SAME_REQUEST_S:g} s or "
+                  "more from now, to stop at once)", file=sys.stderr)
         elif now - self._at >= self.SAME_REQUEST_S:  # a second request: the signal's own action, at once
             self.restore()
             signal.raise_signal(signum)

@@ -141,14 +141,28 @@ def _renamed(err: NextlongError, message: str) -> NextlongError:
         return NextlongError(message)
 
 
-def _from_ray(exc: BaseException) -> bool:
-    """Ray's wrapper of a worker's exception: `RayTaskError(NextlongError)` is a NextlongError too, whose
-    text is the worker's whole traceback (the one line the user sees would be kilobytes of it)."""
+def _ray_error_type():
     try:
         from ray.exceptions import RayError
     except ImportError:  # pragma: no cover - only called where ray runs
-        return False
-    return isinstance(exc, RayError)
+        return ()
+    return RayError
+
+
+def _from_ray(exc: BaseException) -> bool:
+    """Ray's wrapper of a worker's exception: `RayTaskError(NextlongError)` is a NextlongError too, whose
+    text is the worker's whole traceback (the one line the user sees would be kilobytes of it)."""
+    return isinstance(exc, _ray_error_type())
+
+
+def _without_retry_advice(message: str) -> str:
+    """The message without what Ray Data appends to a failed task's error ("\nFailed to apply UDF transform
+    after 1/1 attempts (total backoff 0.0s).\nTo change retry attempts, ... if you believe this to be
+    transient."): a stage's error is not transient. Only that text is cut."""
+    at = message.rfind("\nFailed to ")
+    if at >= 0 and "attempts (total backoff" in message[at:] and message.rstrip().endswith("to be transient."):
+        return message[:at]
+    return message
 
 
 def _as_nextlong_error(exc: BaseException, where: str) -> NextlongError:
@@ -158,19 +172,14 @@ def _as_nextlong_error(exc: BaseException, where: str) -> NextlongError:
     block. On the driver (`exc` is Ray's wrapper, sometimes wrapped twice): the worker's NextlongError
     from inside it. Ray's own failures (an actor dead past its restarts, a lost node) become a
     NextlongError naming `where`: the run stops with a message, not a traceback."""
-    try:
-        from ray.exceptions import RayError
-    except ImportError:  # pragma: no cover - only called where ray runs
-        RayError = ()
+    RayError = _ray_error_type()
     seen, cur = set(), exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, NextlongError) and not isinstance(cur, RayError):
             if cur is exc:  # in the worker: say where
                 return _renamed(cur, f"{where}: {cur}")
-            # Ray Data appends its retry advice after a newline ("Failed to apply UDF transform after 1/1
-            # attempts ... if you believe this to be transient"): a stage's error is not transient
-            return _renamed(cur, str(cur).split("\nFailed to ", 1)[0])
+            return _renamed(cur, _without_retry_advice(str(cur)))
         cause = getattr(cur, "cause", None)
         cur = cause if isinstance(cause, BaseException) else cur.__cause__
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
@@ -189,8 +198,20 @@ class _BlockWorker:
         self.contexts = [StageContext(pipeline, pipeline.stage(n), fingerprints[n], rebuild=rebuild,
                                       progress=False, threads=threads) for n in names]
         self.read, self.splits = read, splits  # the corpus read (first map stage only)
+        self.ready = False
+
+    def _set_up(self) -> None:
+        """Each stage's `setup`, at the actor's first block rather than in its constructor: an error there
+        (a damaged index, an embedder that does not load) is then the stage's one-line error, as a block's
+        is; raised by a constructor it reached the user as ActorDiedError after Ray retried the actor."""
+        if self.ready:
+            return
         for ctx in self.contexts:
-            ctx.stage.setup(ctx)
+            try:
+                ctx.stage.setup(ctx)
+            except Exception as e:
+                raise _as_nextlong_error(e, f"stage {ctx.stage.name}") from e
+        self.ready = True
 
     def corpus_split(self, s: int) -> dict:
         """Split s of the corpus, read here with the native reader, through the first map stage."""
@@ -216,6 +237,7 @@ class _BlockWorker:
         """Ray Data's face: a batch of block numbers (or corpus split numbers) -> their row counts."""
         import pyarrow as pa
 
+        self._set_up()
         work = self.chain_block if self.read is None else self.corpus_split
         done = [work(int(j)) for j in batch.column("block").to_pylist()]
         return pa.table({"block": pa.array([d["block"] for d in done], pa.int64()),
@@ -293,9 +315,12 @@ class RayExecutor(Executor):
         # stop short of their totals when the --num-samples cut ends a chain. Its line per dataset and its
         # notice that its bars are off would only come between ours (or break --quiet)
         ctx_data.enable_progress_bars = False
-        # a failed block's traceback is logged by Ray Data at ERROR before it is raised: the run says it in one
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its warnings stay (a cluster too small to run)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # a failed block's traceback, logged by these two at ERROR before it is raised: the run says it in one
         # line (_as_nextlong_error), and --debug shows the traceback
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+        for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         ctx_data.execution_options.preserve_order = bool(self.preserve_order)
         ctx_data.print_on_execution_start = False
         ctx_data.raise_original_map_exception = True  # a stage's NextlongError, not Ray's wrapper of it
