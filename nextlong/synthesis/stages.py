@@ -516,9 +516,10 @@ class FitEmbedder(WholeStage):
 
 def _ready_embedder(spec: str, fitted_dir, threads: int | None):
     """The embedder a FitEmbedder stage prepared: its saved folder when it wrote one, else `spec`."""
-    from ..mining.embedding import _LEXICAL_STATE, load_embedder
+    from ..mining.embedding import load_embedder
+    from ..mining.lexical_embedding import LEXICAL_STATE
 
-    if (_Path(fitted_dir) / _LEXICAL_STATE).exists():
+    if (_Path(fitted_dir) / LEXICAL_STATE).exists():
         return load_embedder(str(fitted_dir))
     return _load_embedder(spec, threads)
 

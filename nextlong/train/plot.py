@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import NextlongError
 from ..untrusted import show
 
-METRICS = "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"
 # |loss| and |lr| drawn at most this: matplotlib's axis arithmetic overflows near float's own limit (a real
 # run logs nothing near it, and a non-finite value as null)
 DRAWABLE = 1e300
@@ -25,7 +25,7 @@ def _lines(path: Path) -> list[str]:
 
 def has_steps(run) -> bool:
     """Whether RUN/metrics.jsonl records a finished step (a run that failed before one holds none)."""
-    path = Path(run) / METRICS
+    path = Path(run) / METRICS_FILE
     if not path.is_file() or path.is_symlink():
         return False
     return any(line.strip() for line in _lines(path))
@@ -34,7 +34,7 @@ def has_steps(run) -> bool:
 def read_metrics(run) -> list[dict]:
     """The rows of RUN/metrics.jsonl, each an object with an integer `step` and a finite (or null) loss
     and lr: what the plot draws. A run folder may come from anyone: anything else is one line."""
-    path = Path(run) / METRICS
+    path = Path(run) / METRICS_FILE
     if not path.exists() and not path.is_symlink():
         raise NextlongError(f"{path}: not found; is {run} the --out of `nextlong train`?")
     rows = []
@@ -78,7 +78,7 @@ def plot_loss(run, out=None) -> Path:
 
     rows = read_metrics(run)
     if not rows:
-        raise NextlongError(f"{Path(run) / METRICS}: no steps recorded yet")
+        raise NextlongError(f"{Path(run) / METRICS_FILE}: no steps recorded yet")
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [float("nan") if r["loss"] is None else r["loss"] for r in rows], color="tab:blue", lw=1.2,

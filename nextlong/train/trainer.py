@@ -29,14 +29,14 @@ import torch
 
 from ..errors import NextlongError, UsageError
 from ..manifest import RUNNING, read_manifest, run_status
+from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .data import SampleStream, SequencePacker, collate, open_sources, resolve_loss_on
+from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
-from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from .model import LossModel, build_model, folder_identity, get_rope_theta, is_preset, run_or_model_folder
-from .plot import METRICS, has_steps, plot_loss
+from .plot import METRICS_FILE, has_steps, plot_loss
 from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
 
 
@@ -429,7 +429,7 @@ class Trainer:
         from ..atomic import atomic_path
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.run_dir / METRICS) as tmp:
+        with atomic_path(self.run_dir / METRICS_FILE) as tmp:
             tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
     # data and weights
@@ -546,7 +546,7 @@ class Trainer:
         metrics = None
         if self.rank == 0:  # written after setup, so a run refused there leaves no file behind; a resumed run drops
             self._write_metrics(self.history)  # the lines of steps after its checkpoint (a killed run logs some)
-            metrics = _append(run / METRICS)
+            metrics = _append(run / METRICS_FILE)
         batches = self.next_batches  # read in setup, so bad data failed before any step
         # Ctrl-C / SIGTERM are noted until the final checkpoint, export and manifest are written: a first signal
         # during them must not kill the run with its last steps unsaved
