@@ -267,26 +267,26 @@ def test_longppl_key_tokens_and_ppl_match_direct_computation(lm, which):
 def test_a_torn_progress_file_keeps_every_finished_sample(tmp_path):
     """A full disk left a torn line in .progress.jsonl; the next run appended after it and every later run
     stopped reading there, redoing those samples forever. A torn header was a traceback on every rerun."""
-    from nextlong.eval.runner import PROGRESS, Progress
+    from nextlong.eval.runner import PROGRESS, ResultJournal
 
     def rec(i):
         return {"task": "niah_single_1", "length": 1024, "depth": 0.5, "index": i, "score": i}
 
-    p = Progress(tmp_path, "fp")
+    p = ResultJournal(tmp_path, "fp")
     for i in range(3):
         p.add(rec(i))
     p.close()
     with open(tmp_path / PROGRESS, "a") as f:
         f.write('{"ta')  # the torn tail
-    p = Progress(tmp_path, "fp")
+    p = ResultJournal(tmp_path, "fp")
     assert sorted(k[3] for k in p.done) == [0, 1, 2]
     p.add(rec(3))
     p.close()
-    again = Progress(tmp_path, "fp")
+    again = ResultJournal(tmp_path, "fp")
     assert sorted(k[3] for k in again.done) == [0, 1, 2, 3]
     again.close()
     (tmp_path / PROGRESS).write_text('{"finger')  # a torn header: start over, no traceback
-    fresh = Progress(tmp_path, "fp")
+    fresh = ResultJournal(tmp_path, "fp")
     assert fresh.done == {}
     fresh.close()
     assert json.loads((tmp_path / PROGRESS).read_text().splitlines()[0]) == {"fingerprint": "fp"}

@@ -24,7 +24,7 @@ from .report import (
     non_finite_note,
     write_strict_json,
 )
-from .runner import Progress
+from .runner import ResultJournal
 from .tasks import linear_depths
 
 
@@ -156,24 +156,24 @@ def run_heads(args: HeadsOptions) -> dict:
 
         import torch
 
-        progress = Progress(out, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
+        journal = ResultJournal(out, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
         results = []
         try:
             for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,
                           disable=args.no_progress or args.quiet):
                 key = ("heads", t.length, t.depth, t.needle)
-                rec = progress.done.get(key)
+                rec = journal.done.get(key)
                 if rec is None:
                     r = H.detect_trial(lm, t, max_new_tokens=args.max_new_tokens)
                     rec = {"task": "heads", "length": t.length, "depth": t.depth, "index": t.needle,
                            "scores": r.scores.tolist(), "response": r.response, "recall": r.recall,
                            "needle_span": list(t.span), "prompt_tokens": len(t.prompt_ids)}
-                    progress.add(rec)
+                    journal.add(rec)
                 results.append(H.TrialResult(torch.tensor(rec["scores"], dtype=torch.float64), [],
                                              rec["response"], rec["recall"]))
                 results[-1].rec = rec
         finally:
-            progress.close()
+            journal.close()
         scores, counted = H.head_scores(results, args.all_trials, args.min_recall)
         named = H.as_named(scores)
         ranking = H.ranked(named)

@@ -589,16 +589,16 @@ def run_rag(lm, plan: RagPlan) -> list[dict]:
     """Answer every job (resuming DIR/rag/.progress.jsonl); returns the records."""
     from tqdm import tqdm
 
-    from .runner import Progress
+    from .runner import ResultJournal
 
     entry = {e.q.id: e for e in plan.entries}
-    progress = Progress(plan.root, plan.fingerprint)
+    journal = ResultJournal(plan.root, plan.fingerprint)
     records = []
     try:
         for task, length, depth, qid in tqdm(jobs(plan), desc="eval rag", unit="answer", dynamic_ncols=True,
                                              disable=not plan.settings.progress):
             key = (task, length, depth, qid)
-            record = progress.done.get(key)
+            record = journal.done.get(key)
             if record is not None and not (plan.settings.dump and "prompt" not in record):
                 records.append(record)
                 continue
@@ -619,10 +619,10 @@ def run_rag(lm, plan: RagPlan) -> list[dict]:
             if plan.settings.dump:
                 record.update(prompt=plan.tokenizer.decode(np.asarray(ids).tolist()),
                               chunks=[plan.pool.label(c) | {"gold": c in set(e.gold)} for c in chunks])
-            progress.add(record)
+            journal.add(record)
             records.append(record)
     finally:
-        progress.close()
+        journal.close()
     return records
 
 

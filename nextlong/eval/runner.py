@@ -185,8 +185,9 @@ def _header_fingerprint(line: str):
     return header.get("fingerprint") if isinstance(header, dict) else None
 
 
-class Progress:
-    """Append-only record of finished samples; a re-run with the same settings reuses them."""
+class ResultJournal:
+    """The resume journal (DIR/.progress.jsonl): an append-only record of finished samples, headed by the
+    settings' fingerprint; a re-run with the same settings reuses them."""
 
     def __init__(self, out_dir: Path, fingerprint: str):
         self.path = Path(out_dir) / PROGRESS
@@ -259,8 +260,8 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
 
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
-    progress = Progress(out_dir, settings.fingerprint(model_id))
-    reused = sum(1 for j in jobs if j in progress.done)
+    journal = ResultJournal(out_dir, settings.fingerprint(model_id))
+    reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []
     # the samples an earlier run finished start the bar (they are not this run's work, nor in its rate)
@@ -269,7 +270,7 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
     try:
         for task, length, depth, index in jobs:
             key = (task, length, depth, index)
-            record = progress.done.get(key)
+            record = journal.done.get(key)
             computed = record is None
             if record is None or (settings.dump and "prompt" not in record):
                 sample = make_sample(lm.tokenizer, task, length, depth, index, settings.seed, essay)
@@ -284,13 +285,13 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
                 if settings.dump:
                     record.update(prompt=sample.prompt, gold=sample.gold, context_span=list(sample.context_span),
                                   needle_spans=[list(s) for s in sample.needle_spans])
-                progress.add(record)
+                journal.add(record)
             metrics[task] = record.get("metric", metrics.get(task))
             records.append(record)
             if computed:
                 bar.update(1)
     finally:
         bar.close()
-        progress.close()
+        journal.close()
     return records, metrics, reused, skipped
 
