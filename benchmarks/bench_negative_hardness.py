@@ -86,7 +86,7 @@ def run(corpus, out, **settings) -> dict:
 
 
 def main(argv=None) -> dict:
-    from nextlong.synthesis.stages import open_vectors
+    from nextlong.synthesis.artifacts import open_vectors
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)

@@ -1,6 +1,6 @@
 """Planning cost per anchor at 100k, 1M and 10M chunks: it must stay flat (within 2x).
 
-What is timed: `stages.plan_nextlong_batch` (k formula, candidate filtering, the greedy selection
+What is timed: `batches.plan_nextlong_batch` (k formula, candidate filtering, the greedy selection
 with near-duplicate checks, fixed-k at L = 131072) on the same number of anchors at each size.
 What is synthetic: chunk token counts (clipped normal around 460 tokens, ~2048 characters), documents
 of 1..8 chunks, and the search. Exact search is O(corpus) per query by nature and an HNSW query grows
@@ -115,10 +115,10 @@ def token_pool(tokenizer) -> np.ndarray:
 def plan_once(store, searcher, anchors, near_dup) -> float:
     import pyarrow as pa
 
-    from nextlong.synthesis import stages
+    from nextlong.synthesis import batches
 
     t0 = time.perf_counter()
-    table = stages.plan_nextlong_batch(
+    table = batches.plan_nextlong_batch(
         pa.table({"anchor_doc": anchors}), store=store, searcher=searcher, chunk_vectors=RandomVectors(),
         target_length=TARGET, sep_len=SEP, negatives="fixed-k", chunk_size=2048, chars_per_token=4.4,
         overshoot=1.5, k_rounding="ceil", exclude_duplicates=True, max_candidates=4096, near_dup=near_dup)
@@ -146,7 +146,7 @@ def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int
     plan stage; the two plans must be identical."""
     import pyarrow as pa
 
-    from nextlong.synthesis import stages
+    from nextlong.synthesis import batches
     from nextlong.synthesis.negatives import ExactSearcher
 
     store = synthetic_store(n, pool)
@@ -158,8 +158,8 @@ def exact_batched_vs_per_anchor(n: int, pool: np.ndarray, anchors: int, dim: int
     runs = (("per_anchor", False, None), ("batched", True, None), ("batched_all_cores", True, os.cpu_count()))
     for name, batched, threads in runs:
         t0 = time.perf_counter()
-        with stages._single_threaded_blas():  # as in the plan stage; the batched search sets its own
-            tables[name] = stages.plan_nextlong_batch(
+        with batches.blas_threads(1):  # as in the plan stage; the batched search sets its own
+            tables[name] = batches.plan_nextlong_batch(
                 pa.table({"anchor_doc": picked}), store=store, searcher=exact, chunk_vectors=vectors,
                 target_length=TARGET, sep_len=SEP, negatives="fixed-k", chunk_size=2048, chars_per_token=4.4,
                 overshoot=1.5, k_rounding="ceil", exclude_duplicates=True, max_candidates=4096,

@@ -68,7 +68,7 @@ def run_all(tmp: Path) -> None:
     from nextlong.synthesis import SynthesisConfig
     from nextlong.synthesis.assemble import assemble, numba_available
     from nextlong.synthesis.pipeline import run
-    from nextlong.synthesis.stages import plan_from_table
+    from nextlong.synthesis.batches import plan_from_table
     from nextlong.synthesis.store import ChunkStore
 
     corpus, n_bytes, n_docs = build_corpus(tmp / "corpus.jsonl")
@@ -121,7 +121,7 @@ def run_all(tmp: Path) -> None:
             rows.append({"anchor_doc": doc_of[row["anchor_doc_id"]], "ok": True, "reason": "", "chunks": chunks,
                          "roles": [0 if s_["role"] == "anchor" else 1 for s_ in row["segments"]],
                          "negatives_per_meta_chunk": [], "negative_sims": []})
-    from nextlong.synthesis.stages import PLAN_SCHEMA
+    from nextlong.synthesis.batches import PLAN_SCHEMA
 
     plan = plan_from_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
     sep = [198]

@@ -93,7 +93,7 @@ def rows(out):
 
 
 def store(out):
-    from nextlong.synthesis.stages import load_store
+    from nextlong.synthesis.artifacts import load_store
 
     return load_store(out / "chunks")
 
@@ -329,12 +329,12 @@ def test_generation_starts_with_visible_text_when_the_model_prefers_blanks(files
 
 
 def test_embedding_retrieval_and_ranker_match_brute_force(files, tmp_path):
-    from nextlong.synthesis.stages import _ready_embedder, open_vectors
+    from nextlong.synthesis.artifacts import open_vectors, ready_embedder
 
     out = tmp_path
     acer(files, out, ranker="embedding")
     vectors = np.asarray(open_vectors(out / "embeddings"), np.float64)
-    embedder = _ready_embedder("hashed-tfidf", out / "embedder", 1)
+    embedder = ready_embedder("hashed-tfidf", out / "embedder", 1)
     q = np.asarray(embedder.embed([x["question"] for x in QUESTIONS]), np.float64)
     sims = q @ vectors.T
     for row, s in zip(pq.read_table(out / "retrieve").to_pylist(), sims):
@@ -659,14 +659,14 @@ def test_answers_whose_first_token_the_blank_mask_changed_are_counted(files, bas
 
 def test_query_prefix_reaches_the_question_embedding_only(files, base, tmp_path):
     from nextlong.synthesis.acer.stages import RetrieveStage
-    from nextlong.synthesis.stages import _ready_embedder, open_vectors
+    from nextlong.synthesis.artifacts import open_vectors, ready_embedder
 
     prefix = "Represent this sentence for searching relevant passages: "
     out = tmp_path / "prefixed"
     manifest = acer(files, out, ranker="embedding", query_prefix=prefix)
     assert manifest["settings"]["query_prefix"] == prefix
     vectors = np.asarray(open_vectors(out / "embeddings"), np.float64)
-    embedder = _ready_embedder("hashed-tfidf", out / "embedder", 1)
+    embedder = ready_embedder("hashed-tfidf", out / "embedder", 1)
     q = np.asarray(embedder.embed([prefix + x["question"] for x in QUESTIONS]), np.float64)
     plain = np.asarray(embedder.embed([x["question"] for x in QUESTIONS]), np.float64)
     assert not np.allclose(q, plain)  # the prefix changes the query vectors

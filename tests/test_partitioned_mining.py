@@ -197,7 +197,7 @@ def folder_bytes(folder):
 def test_probing_every_partition_reproduces_the_exact_route(corpus, tmp_path):
     from nextlong.synthesis import synthesize
     from nextlong.synthesis.negatives import ExactSearcher
-    from nextlong.synthesis.stages import open_vectors
+    from nextlong.synthesis.artifacts import open_vectors
 
     exact = synthesize(corpus, tmp_path / "exact", **FAST)
     part = synthesize(corpus, tmp_path / "part", mining="partitioned", partitions=12, nprobe=12, mining_block_rows=100,
@@ -266,7 +266,7 @@ def test_a_damaged_partition_is_named(corpus, tmp_path):
     import shutil
 
     from nextlong.synthesis import synthesize
-    from nextlong.synthesis.stages import open_vectors
+    from nextlong.synthesis.artifacts import open_vectors
 
     out = tmp_path / "out"
     synthesize(corpus, out, mining="partitioned", partitions=12, mining_block_rows=100, **FAST)

@@ -346,7 +346,7 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
     from nextlong import synthesize
     from nextlong.corpus.reader import iter_corpus_batches
     from nextlong.synthesis.negatives import ExactSearcher
-    from nextlong.synthesis.stages import assemble_batch, chunk_batch, plan_nextlong_batch
+    from nextlong.synthesis.batches import assemble_batch, chunk_batch, plan_nextlong_batch
     from nextlong.synthesis.store import ChunkStore
 
     out = tmp_path / "s"
@@ -541,7 +541,7 @@ def test_a_corpus_of_blank_documents_is_a_clear_error(tmp_path):
 def test_a_chunk_table_written_before_blank_docs_npy_gives_the_same_blank_documents(tmp_path):
     """Work folders chunked before blank_docs.npy existed keep their later stages (ACER's model-written ones
     among them): the blank documents are then read off the table's text."""
-    from nextlong.synthesis.stages import BLANK_DOCS_FILE, blank_documents, load_store
+    from nextlong.synthesis.artifacts import BLANK_DOCS_FILE, blank_documents, load_store
 
     docs = list(corpus_head(60_000)) + [("blank", " \n\t")]
     docs.insert(2, ("empty", ""))

@@ -143,9 +143,9 @@ def test_exact_search_breaks_ties_by_id_so_narrow_is_a_prefix_of_wide():
 def test_batched_exact_search_plans_exactly_as_per_anchor_search(store, vectors, rule, max_rows, monkeypatch):
     import pyarrow as pa
 
-    from nextlong.synthesis import stages
+    from nextlong.synthesis import batches
 
-    monkeypatch.setattr(stages, "PREFETCH_ANCHORS", 7)  # several windows, and one cut by max_rows
+    monkeypatch.setattr(batches, "PREFETCH_ANCHORS", 7)  # several windows, and one cut by max_rows
     anchors = pa.table({"anchor_doc": np.random.default_rng(3).permutation(store.num_docs)[:40]})
     args = dict(anchors=anchors, store=store, chunk_vectors=vectors, target_length=4096, sep_len=1, negatives=rule,
                 chunk_size=512, chars_per_token=3.5, overshoot=1.5, k_rounding="ceil", exclude_duplicates=True,
@@ -154,9 +154,9 @@ def test_batched_exact_search_plans_exactly_as_per_anchor_search(store, vectors,
     calls = []
     monkeypatch.setattr(ExactSearcher, "search", lambda self, q, k, _f=ExactSearcher.search: calls.append(len(q))
                         or _f(self, q, k))
-    batched = stages.plan_nextlong_batch(searcher=exact, **args)
+    batched = batches.plan_nextlong_batch(searcher=exact, **args)
     batched_calls, calls[:] = list(calls), []
-    single = stages.plan_nextlong_batch(searcher=exact, batch_exact=False, **args)
+    single = batches.plan_nextlong_batch(searcher=exact, batch_exact=False, **args)
     assert batched.equals(single)
     assert sum(batched.column("ok").to_pylist()) > 0
     assert max(batched_calls) > max(calls)  # the batched run did search many anchors at once
@@ -258,7 +258,7 @@ def test_exact_duplicates_are_skipped():
 
 def test_embed_stage_function_matches_the_embedder(table):
     from nextlong.mining.embedding import load_embedder
-    from nextlong.synthesis.stages import embed_batch
+    from nextlong.synthesis.batches import embed_batch
 
     emb = load_embedder("hashed-tfidf:64")
     batch = table.slice(0, 40)

@@ -172,9 +172,10 @@ def corpus_pipeline(settings: RagSettings, tokenizer_spec: str, root: Path):
     """The corpus chunked as `nextlong acer` chunks it, and (embedding) its vectors: cached stages in `root`."""
     from ..synthesis.acer import stages as A
     from ..synthesis import stages as S
+    from ..synthesis.artifacts import DEFAULT_EMBEDDER_SPEC
     from ..synthesis.framework import Pipeline, ReadCorpus
 
-    spec = settings.embedder or S.DEFAULT_EMBEDDER_SPEC
+    spec = settings.embedder or DEFAULT_EMBEDDER_SPEC
     steps = [ReadCorpus(name="corpus", path=str(settings.corpus), text_field=settings.text_field,
                         id_field=settings.id_field),
              A.ChunkStage(name="chunk", inputs=("corpus",), tokenizer=tokenizer_spec, chunk_size=settings.chunk_tokens,
@@ -377,15 +378,15 @@ def _search(settings: RagSettings, pool: Pool, root: Path, questions: list[str],
         import itertools
 
         from ..mining.bm25 import BM25Index
-        from ..synthesis.stages import chunk_texts
+        from ..synthesis.artifacts import chunk_texts
 
         index = BM25Index.build(itertools.chain(chunk_texts(root / "chunks")(), pool.extra_texts))
         return index.search(questions, k)
     from ..synthesis.negatives import ExactSearcher
     from ..synthesis.framework import DONE_FILE, read_done
-    from ..synthesis.stages import DEFAULT_EMBEDDER_SPEC, _ready_embedder, open_vectors
+    from ..synthesis.artifacts import DEFAULT_EMBEDDER_SPEC, open_vectors, ready_embedder
 
-    embedder = _ready_embedder(settings.embedder or DEFAULT_EMBEDDER_SPEC, root / "embedder", None)
+    embedder = ready_embedder(settings.embedder or DEFAULT_EMBEDDER_SPEC, root / "embedder", None)
     vectors = np.asarray(open_vectors(root / "embeddings", record=read_done(root / "embeddings" / DONE_FILE)),
                          np.float32)
     if pool.extra_texts:
@@ -418,7 +419,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     from ..synthesis.acer.templates import load_templates
     from ..synthesis.executors.local import LocalExecutor
     from ..synthesis.framework import Pipeline, corpus_identity
-    from ..synthesis.stages import load_store
+    from ..synthesis.artifacts import load_store
 
     settings.validate()
     tok = lm.tokenizer

@@ -4,7 +4,7 @@ A *plan* lists, for each long document, its pieces in order: a chunk id and a ro
 negative). Every piece contributes its chunk's token ids followed by `sep_ids`: the separator
 belongs to the **trailing side** of the piece before it, so a segment `[start, end)` decodes to
 `chunk text + separator` and the segments tile the document with no gaps. The synthesis pipeline
-tokenizes each chunk together with its separator (stages.chunk_batch) and passes no `sep_ids`, so
+tokenizes each chunk together with its separator (batches.chunk_batch) and passes no `sep_ids`, so
 the ids where two pieces meet are those of the assembled text; `sep_ids` serves chunk stores whose
 ids are the text alone. The document is cut at exactly L tokens; pieces after the cut are dropped,
 the piece across it keeps its head.

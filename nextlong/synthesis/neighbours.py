@@ -49,7 +49,7 @@ CHECKED_PARTS = {"write_page_checksum": True, "write_statistics": True, "compres
 
 
 def _embeddings(ctx, name):
-    from .stages import open_vectors
+    from .artifacts import open_vectors
 
     return open_vectors(ctx.input(name), record=ctx.input_record(name))
 
@@ -141,7 +141,7 @@ def neighbours_for_planning(chunks_dir, plan: dict, quantile: float = 0.9, sampl
     """K such that the first search of `quantile` of the anchors fits in the lists: the planner's own
     initial width (negatives.initial_width) over a sample of documents, rounded up to a multiple of 8."""
     from .negatives import anchor_tokens, initial_width, negatives_per_meta_chunk
-    from .stages import NO_SEPARATOR, load_store
+    from .artifacts import NO_SEPARATOR, load_store
 
     store = load_store(chunks_dir)
     if store.num_docs == 0:

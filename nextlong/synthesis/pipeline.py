@@ -33,7 +33,8 @@ from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
-from .stages import EMBEDDINGS_FILE, EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
+from .artifacts import EMBEDDINGS_FILE
+from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
 
 def _log(cfg, msg: str) -> None:
@@ -52,7 +53,7 @@ class PrebuiltIndexCheck(WholeStage):
     embedder: str | None = None
 
     def build(self, ctx):
-        from .stages import load_store
+        from .artifacts import load_store
 
         chunks_dir, index_dir = (ctx.input(n) for n in self.inputs)
         index = check_prebuilt_index(index_dir, load_store(chunks_dir), self.embedder, verify=True)
@@ -104,8 +105,9 @@ def check_index_vectors(path: Path, chunks: int, dim: int, verify: bool = True) 
 def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     """The stages of a run, in order, with exactly the settings each depends on."""
     from . import stages as S
+    from .artifacts import DEFAULT_EMBEDDER_SPEC
 
-    spec = cfg.embedder or S.DEFAULT_EMBEDDER_SPEC
+    spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
     tok = cfg.tokenizer
     threads = cfg.num_threads or None
     steps = [
@@ -284,7 +286,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
     from .framework import block_counts
-    from .stages import load_store, open_vectors
+    from .artifacts import load_store, open_vectors
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -1,279 +1,27 @@
-"""The stages of synthesis: batch -> batch functions, and the Stage objects (framework.py) built on them.
+"""The stages of synthesis as Stage objects (framework.py): what pipeline.py lists and an executor runs.
 
-Everything a function needs is passed in (tokenizer, embedder, chunk store, searcher, settings); no
-function keeps state between calls. The Stage classes at the end of this module bind the settings
-(their dataclass fields, hence their fingerprints) and load the heavy state in `setup`/`build` from
-their inputs' folders; pipeline.py lists them and an executor (local or Ray) runs them.
-
-    corpus batch (doc_index, doc_id, text)  --chunk_batch-->   chunk table (CHUNK_SCHEMA + input_ids)
-    chunk batch                             --embed_batch-->   chunk_id + embedding
-    anchor batch (anchor_doc)               --plan_*_batch-->  plan table (anchor_doc, chunks, roles, ...)
-    plan table                              --assemble_batch-> output table (OUTPUT_SCHEMA)
+Each is a dataclass whose fields are the settings it depends on (hence its fingerprint); heavy state is
+built in `setup` (map stages) or `build` (whole stages) from the folders of its inputs, so every one
+pickles small. The work itself is batches.py's functions; what a stage leaves and how the next opens
+it, artifacts.py.
 """
 
 from __future__ import annotations
 
+import dataclasses as _dc
+from pathlib import Path as _Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as _pq
 
-from .assemble import Plan, assemble, to_output_table
-from .baselines import knn_anchor, plan_pieces
-from .negatives import plan_anchor
-
-PLAN_SCHEMA = pa.schema(
-    [
-        pa.field("anchor_doc", pa.int64()),  # dense document number of the anchor (first document)
-        pa.field("ok", pa.bool_()),  # False: dropped, cannot reach L
-        pa.field("reason", pa.string()),
-        pa.field("chunks", pa.list_(pa.int64())),
-        pa.field("roles", pa.list_(pa.int8())),
-        pa.field("negatives_per_meta_chunk", pa.list_(pa.int32())),
-        pa.field("negative_sims", pa.list_(pa.float32())),
-        pa.field("near_dup_rejected", pa.int32()),  # nextlong: candidates skipped as near-copies of a piece
-        pa.field("already_long", pa.bool_()),  # nextlong: the anchor document alone reaches L
-        pa.field("group_key", pa.string()),  # quest: the key group the documents come from
-        # --mining partitioned: the anchor needed more candidates than its neighbour lists hold (searched again)
-        pa.field("searched_again", pa.bool_()),
-    ]
-)
-
-
-def chunk_batch(batch, *, tokenizer, chunk_size: int, chunk_unit: str, first_chunk_id: int = 0,
-                num_threads: int | None = None, separator: str = "") -> pa.Table:
-    """Meta-chunk a corpus batch; `input_ids` (and `num_tokens`) of each chunk are those of its text with
-    `separator` after it, tokenized together: every piece of an output row is a chunk followed by the
-    separator, and the tokens where the two meet are then the ones the assembled text has (a chunk ending
-    in "." before "\n" is the one token ".\n" in cl100k, as in real text, not "." then "\n")."""
-    from ..corpus.chunking import chunk_documents, chunk_table_schema, resolve_tokenizer
-
-    # with a separator the chunker needs the tokenizer only to measure chunks in tokens: counting them
-    # there as well would tokenize every chunk twice (1.8x slower on one thread)
-    table = chunk_documents(batch, max_len=chunk_size, unit=chunk_unit,
-                            tokenizer=tokenizer if not separator or chunk_unit == "tokens" else None,
-                            with_ids=not separator, num_threads=num_threads, first_chunk_id=first_chunk_id)
-    if not separator:
-        return table
-    texts = [t + separator for t in table.column("text").to_pylist()]
-    ids = resolve_tokenizer(tokenizer)[1].encode_batch(texts, None, num_threads, True)
-    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    offsets = np.zeros(len(ids) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(ids).astype(np.uint32) if ids else np.zeros(0, np.uint32)
-    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-    schema = chunk_table_schema(True)
-    table = table.set_column(table.schema.get_field_index("num_tokens"), "num_tokens",
-                             pa.array(lengths.astype(np.int32)))
-    return pa.Table.from_arrays([*table.columns, column.cast(schema.field("input_ids").type)], schema=schema)
-
-
-def embed_batch(batch, *, embedder) -> pa.Table:
-    """chunk_id + L2-normalised embedding (fixed-size list of float32) of each chunk's text."""
-    texts = batch.column("text").to_pylist()
-    vecs = np.asarray(embedder.embed(texts), np.float32) if texts else np.zeros((0, embedder.dim), np.float32)
-    flat = pa.array(vecs.reshape(-1), pa.float32())
-    return pa.table({
-        "chunk_id": batch.column("chunk_id"),
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1] if vecs.ndim == 2 else embedder.dim),
-    })
-
-
-def _plan_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-
-
-def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_length: int, sep_len: int,
-                        negatives: str, chunk_size: int, chars_per_token: float, overshoot: float,
-                        k_rounding: str, exclude_duplicates: bool, max_candidates: int,
-                        max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars",
-                        near_dup=None, long_docs: str = "keep", search_threads: int | None = None,
-                        batch_exact: bool = True) -> pa.Table:
-    """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
-
-    Stops after `max_rows` successful rows (the driver's sample limit). `near_dup` is a
-    neardup.NearDupFilter (None: only exact duplicates are excluded). With an exact searcher, the
-    anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads
-    (`batch_exact=False`: one search per anchor, the reference the batched plan must equal)."""
-    from ..mining.partitioned import NeighbourLists
-    from .negatives import ExactSearcher, PrefetchedRows, negatives_per_meta_chunk
-
-    def k_of(d):
-        return negatives_per_meta_chunk(target_length, chars_per_token, int(store.doc_chars[d]),
-                                        store.doc_chunks(d).size, chunk_size, overshoot, k_rounding,
-                                        granularity_unit=chunk_unit)
-
-    doc_ids = anchors.column("anchor_doc").to_pylist()
-    prefetch = batch_exact and isinstance(searcher, ExactSearcher) and doc_label is None
-    views: dict = {}
-    rows, done = [], 0
-    for i, d in enumerate(doc_ids):
-        if max_rows is not None and done >= max_rows:
-            break
-        if prefetch and d not in views:
-            views = _prefetch_exact(searcher, doc_ids[i : i + PREFETCH_ANCHORS], k_of, store=store,
-                                    chunk_vectors=chunk_vectors, target_length=target_length, sep_len=sep_len,
-                                    rule=negatives, max_candidates=max_candidates, threads=search_threads)
-        own = store.doc_chunks(d)
-        lists = isinstance(searcher, NeighbourLists)
-        view = PrefetchedRows(searcher, *searcher.rows(own)) if lists else views.get(d, searcher)
-        res = plan_anchor(store, view, d, target_length=target_length, sep_len=sep_len,
-                          rule=negatives, k_fixed=k_of(d), anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
-                          exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
-                          exclude_doc_label=doc_label(d) if doc_label else None, near_dup=near_dup,
-                          long_docs=long_docs)
-        rows.append({"anchor_doc": d, "ok": res.ok, "reason": res.reason, "chunks": res.chunks,
-                     "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
-                     "negative_sims": res.negative_sims, "near_dup_rejected": res.near_dup_rejected,
-                     "already_long": res.already_long,
-                     "searched_again": view.searched_again if lists else None})
-        done += res.ok
-    return _plan_table(rows)
-
-
-PREFETCH_ANCHORS = 64  # anchors searched together: few enough that a small --num-samples wastes little
-
-
-def _prefetch_exact(searcher, doc_ids, k_of, *, store, chunk_vectors, target_length, sep_len, rule,
-                    max_candidates, threads=None) -> dict:
-    """One batched exact search for the meta-chunks of `doc_ids` (those that need negatives), as a
-    per-anchor searcher each; the width is the widest first search among them."""
-    from .negatives import PrefetchedRows, anchor_tokens, initial_width
-
-    wanted, widths = [], []
-    for d in dict.fromkeys(doc_ids):
-        own, own_tokens = anchor_tokens(store, d, sep_len)
-        if own_tokens < target_length and own.size:
-            wanted.append((d, own))
-            widths.append(initial_width(store, own_tokens, own.size, rule=rule, k_fixed=k_of(d),
-                                        target_length=target_length, sep_len=sep_len,
-                                        max_candidates=max_candidates))
-    if not wanted:
-        return {d: searcher for d in doc_ids}
-    queries = np.asarray(chunk_vectors[np.concatenate([own for _, own in wanted])], np.float32)
-    with _blas_threads(threads):  # one (rows x corpus) product per 256 queries: worth the cores
-        ids, sims = searcher.search(queries, max(widths))
-    ends = np.cumsum([own.size for _, own in wanted])
-    views = {d: searcher for d in doc_ids}
-    views.update({d: PrefetchedRows(searcher, ids[end - own.size : end], sims[end - own.size : end])
-                  for (d, own), end in zip(wanted, ends)})
-    return views
-
-
-def plan_knn_batch(anchors, *, store, doc_searcher, doc_vectors, doc_lengths, target_length: int,
-                   first_width: int = 32, max_rows: int | None = None) -> pa.Table:
-    """One row per anchor document: it, then its nearest documents until L."""
-    rows, done = [], 0
-    for d in anchors.column("anchor_doc").to_pylist():
-        if max_rows is not None and done >= max_rows:
-            break
-        docs = knn_anchor(store, doc_searcher, doc_vectors, d, doc_lengths, target_length, first_width)
-        if docs is None:
-            rows.append({"anchor_doc": d, "ok": False, "chunks": [], "roles": [],
-                         "reason": "its neighbours in the whole corpus do not reach the target length"})
-            continue
-        chunks, roles = plan_pieces(store, docs)
-        rows.append({"anchor_doc": d, "ok": True, "reason": "", "chunks": chunks, "roles": roles})
-        done += 1
-    return _plan_table(rows)
-
-
-def plan_groups_batch(groups, *, store) -> pa.Table:
-    """Stream baselines: each row lists the documents of one long document (already ordered), with
-    quest's `group_key` when the batch has that column."""
-    rows = []
-    keys = (groups.column("group_key").to_pylist() if "group_key" in groups.column_names
-            else [None] * groups.num_rows)
-    for docs, key in zip(groups.column("docs").to_pylist(), keys):
-        chunks, roles = plan_pieces(store, docs)
-        rows.append({"anchor_doc": docs[0], "ok": True, "reason": "", "chunks": chunks, "roles": roles,
-                     "group_key": key})
-    return _plan_table(rows)
-
-
-def plan_from_table(plan_table: pa.Table) -> Plan:
-    """The successful rows of a plan table as a flat Plan."""
-    ok = plan_table.filter(plan_table.column("ok"))
-    chunks, offsets = _flatten(ok.column("chunks"), np.int64)
-    roles, _ = _flatten(ok.column("roles"), np.int8)
-    return Plan(chunks=chunks, roles=roles, offsets=offsets,
-                anchor_docs=ok.column("anchor_doc").to_numpy().astype(np.int64))
-
-
-def _flatten(column, dtype):
-    """(values, offsets) of a list column, correct for sliced and chunked arrays."""
-    import pyarrow.compute as pc
-
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(lengths.size + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(dtype)
-    return values, offsets
-
-
-def assemble_batch(plan_table: pa.Table, *, store, sep_ids, target_length: int, method: str,
-                   impl: str = "auto") -> pa.Table:
-    """Gather a plan's token ranges into rows of exactly L tokens with their segments."""
-    plan = plan_from_table(plan_table)
-    ids, start, end = assemble(store.tokens, store.tok_offsets, plan, sep_ids, target_length, impl=impl)
-    keys = plan_table.filter(plan_table.column("ok")).column("group_key").to_pylist()
-    return to_output_table(store, plan, ids, start, end, method, group_keys=keys)
-
-
-# --- the stages as Stage objects (framework.py): what pipeline.py lists and an executor runs ---------
-#
-# Each is a dataclass whose fields are the settings it depends on; heavy state is built in `setup`
-# (map stages) or `build` (whole stages) from the folders of its inputs, so every one pickles small.
-
-import dataclasses as _dc  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-
-import pyarrow.parquet as _pq  # noqa: E402
-
-from ..atomic import atomic_path as _atomic_path  # noqa: E402
-from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting  # noqa: E402
-
-from ..mining.index import EMBEDDINGS_FILE  # noqa: E402  (an index folder's name: --index reuses the stage's)
-
-CHUNKS_FILE = "chunks.parquet"
-STORE_DIR = "store"
-DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
-
-
-def tokenizer_identity(spec) -> dict:
-    """A tokenizer setting as its vocabulary's fingerprint (a spec string alone could name other files)."""
-    from ..corpus.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(spec)
-    return {"spec": spec, "name": getattr(tok, "name", None), "fingerprint": getattr(tok, "fingerprint", None)}
-
-
-# The separator's ids are inside each chunk's ids (ChunkStage tokenizes a chunk and the separator after it
-# together), so planning counts and assembly appends nothing more between pieces.
-NO_SEPARATOR = np.zeros(0, np.uint32)
-
-
-def _load_embedder(spec: str, threads: int | None, chunk_texts=None):
-    """The embedder of `spec`; a lexical one is fitted on `chunk_texts()` (an iterable of texts, in chunk
-    order: deterministic, so every worker fits the same weights)."""
-    from ..mining.embedding import load_embedder
-
-    embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec, **({"threads": threads} if threads else {}))
-    if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1) and chunk_texts is not None:
-        embedder.fit(chunk_texts())
-    return embedder
-
-
-def chunk_texts(chunks_dir):
-    """Texts of a consolidated chunk table, in chunk-id order (a generator factory)."""
-    def gen():
-        for b in _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=4096):
-            yield from b.column("text").to_pylist()
-    return gen
-
-
-def load_store(chunks_dir):
-    from .store import ChunkStore
-
-    return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
+from ..atomic import atomic_path as _atomic_path
+from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR,
+                        blank_chunks, blank_documents, check_part_rows, chunk_texts, document_texts, load_stage_embedder,
+                        load_store, open_vectors, ready_embedder, save_blank_documents, tokenizer_identity)
+from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
+                      plan_nextlong_batch)
+from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
 
 
 @_dc.dataclass
@@ -342,75 +90,13 @@ def _write_chunk_table(tables, out_dir) -> int:
                 t = t.cast(schema)
                 writer.write_table(t)
                 kept.append(t.select(store_columns))
-                blank.append(_blank_chunks(t.column("text")))
+                blank.append(blank_chunks(t.column("text")))
                 rows += t.num_rows
     whole = pa.concat_tables(kept) if kept else schema.empty_table().select(store_columns)
     store = ChunkStore.from_table(whole)
     store.save(out_dir / STORE_DIR)
-    _save_blank_documents(out_dir, store, np.concatenate(blank) if blank else np.zeros(0, bool))
+    save_blank_documents(out_dir, store, np.concatenate(blank) if blank else np.zeros(0, bool))
     return rows
-
-
-BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
-
-
-def _check_part_rows(part, rows: int) -> None:
-    """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
-    rows its record counts (a part damaged since would be published, its stage marked done, and fail at
-    every later read with pyarrow's traceback)."""
-    from ..errors import CorruptFileError
-
-    try:
-        have = _pq.ParquetFile(part).metadata.num_rows
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                               f"{_Path(part).parent} to make that stage again") from None
-    if have != rows:
-        raise CorruptFileError(f"{part}: {have} rows where its stage recorded {rows}; delete {_Path(part).parent} "
-                               "to make that stage again")
-
-
-def _blank_chunks(text) -> np.ndarray:
-    """Per chunk: empty or whitespace only (Unicode White_Space)."""
-    import pyarrow.compute as pc
-
-    return pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0)).to_numpy(zero_copy_only=False).astype(bool)
-
-
-def _blank_documents_of(store, blank_chunks: np.ndarray) -> np.ndarray:
-    """The dense numbers of the documents whose every chunk is blank."""
-    docs = np.ones(store.num_docs, bool)
-    if blank_chunks.size:
-        np.logical_and.at(docs, np.asarray(store.chunk_doc), blank_chunks)
-    return np.flatnonzero(docs).astype(np.int64)
-
-
-def _save_blank_documents(out_dir, store, blank_chunks: np.ndarray) -> None:
-    with _atomic_path(_Path(out_dir) / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, _blank_documents_of(store, blank_chunks))
-
-
-def blank_documents(chunks_dir, store) -> np.ndarray:
-    """The dense numbers of the documents with no text but whitespace. They stay in the chunk table, as
-    `nextlong chunk` keeps them (so an index built from it matches), but no output row is built from them:
-    as a NExtLong anchor a blank document's vector ties with every chunk (zero under hashed-tfidf), so its
-    negatives were the corpus's first chunks and its sample held nothing of its own; in the other methods it
-    only added whitespace. Written with the chunk table; a work folder chunked before that (whose later
-    stages, ACER's model-written ones included, stay valid) gets it from the table's text."""
-    from ..errors import CorruptFileError
-    from ..untrusted import load_array
-
-    path = _Path(chunks_dir) / BLANK_DOCS_FILE
-    if not (path.exists() or path.is_symlink()):
-        text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
-        blank = [_blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
-        return _blank_documents_of(store, np.concatenate(blank) if blank else np.zeros(0, bool))
-    docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
-                      remedy=f"delete {path.parent} to chunk the corpus again")
-    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= store.num_docs or bool((np.diff(docs) <= 0).any())):
-        raise CorruptFileError(f"{path}: not increasing document numbers below {store.num_docs}; delete {path.parent} "
-                               "to chunk the corpus again")
-    return docs
 
 
 @_dc.dataclass
@@ -509,19 +195,9 @@ class FitEmbedder(WholeStage):
     def build(self, ctx):
         if not str(self.embedder).startswith("hashed-tfidf"):  # nothing to learn: workers load it by name
             return {"saved": False}
-        embedder = _load_embedder(self.embedder, self.threads or ctx.threads, chunk_texts(ctx.input(self.inputs[0])))
+        embedder = load_stage_embedder(self.embedder, self.threads or ctx.threads, chunk_texts(ctx.input(self.inputs[0])))
         embedder.save(ctx.out_dir)
         return {"embedder": embedder.name, "saved": True}
-
-
-def _ready_embedder(spec: str, fitted_dir, threads: int | None):
-    """The embedder a FitEmbedder stage prepared: its saved folder when it wrote one, else `spec`."""
-    from ..mining.embedding import load_embedder
-    from ..mining.lexical_embedding import LEXICAL_STATE
-
-    if (_Path(fitted_dir) / LEXICAL_STATE).exists():
-        return load_embedder(str(fitted_dir))
-    return _load_embedder(spec, threads)
 
 
 @_dc.dataclass
@@ -550,7 +226,7 @@ class EmbedStage(MapStage):
         self.prompt = default_prompt_of(self.embedder)
 
     def setup(self, ctx):
-        self._embedder = _ready_embedder(self.embedder, ctx.input(self.inputs[1]), self.threads or ctx.threads)
+        self._embedder = ready_embedder(self.embedder, ctx.input(self.inputs[1]), self.threads or ctx.threads)
 
     def __call__(self, block):
         texts = block.column("text").to_pylist()
@@ -622,21 +298,6 @@ class GatherEmbeddings(WholeStage):
                 "max_length": named.get("max_length") or None, "dtype": named.get("dtype")}
 
 
-def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None) -> np.ndarray:
-    """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
-    from ..mining.embed_store import open_embeddings
-    from ..errors import CorruptFileError
-    from ..untrusted import load_array, recorded_crc
-
-    path = _Path(embeddings_dir) / EMBEDDINGS_FILE
-    if record is None:
-        return open_embeddings(path, verify=verify)
-    counts = record.get("counts", {})
-    return load_array(path, CorruptFileError, remedy="delete the folder to embed again (or pass --no-verify)",
-                      crc32=recorded_crc(counts) if verify else None, kind="f",
-                      shape=(counts.get("rows"), counts.get("dim")))
-
-
 # Exact search costs O(corpus) per anchor; the HNSW route costs a build (~4 ms per chunk on one core of
 # the 2-core dev machine) plus ~1 ms per chunk of planning. Measured crossover: about 50k chunks
 # (docs/scale.md, "Exact search batched").
@@ -669,7 +330,7 @@ class IndexStage(WholeStage):
         from ..mining.index import ChunkIndex, read_chunk_metadata
 
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[0]))
-        embedder = _ready_embedder(self.embedder, embedder_dir, self.threads or ctx.threads)
+        embedder = ready_embedder(self.embedder, embedder_dir, self.threads or ctx.threads)
         meta = read_chunk_metadata(chunks_dir / CHUNKS_FILE)
         if hasattr(embedder, "save"):
             embedder.save(ctx.out_dir)
@@ -721,7 +382,7 @@ class UnitsStage(WholeStage):
             units = pa.table({"anchor_doc": with_text(np.random.default_rng(self.seed).permutation(store.num_docs)
                                                       .astype(np.int64))})
         elif self.method == "quest":
-            texts = _document_texts(chunks_dir, store)
+            texts = document_texts(chunks_dir, store)
             keys = draw_keys(document_keywords(texts, top_k=self.quest_keywords), self.seed)
             for d in blank.tolist():  # no group holds a blank document
                 keys[d] = None
@@ -746,15 +407,6 @@ class UnitsStage(WholeStage):
             write_parquet_atomic(units.slice(lo, self.shard_size), block_path(ctx.out_dir, blocks - 1))
         counts.update(blocks=blocks, units=units.num_rows)
         return counts
-
-
-def _document_texts(chunks_dir, store) -> list[str]:
-    texts = [[] for _ in range(store.num_docs)]
-    c = 0
-    for t in chunk_texts(chunks_dir)():
-        texts[int(store.chunk_doc[c])].append(t)
-        c += 1
-    return ["\n".join(parts) for parts in texts]
 
 
 @_dc.dataclass
@@ -834,7 +486,7 @@ class PlanStage(MapStage):
 
     def __call__(self, block):
         if self.method == "nextlong":
-            with _single_threaded_blas():  # small per-anchor products: BLAS threads only contend
+            with blas_threads(1):  # small per-anchor products: BLAS threads only contend
                 return plan_nextlong_batch(
                     block, store=self._store, searcher=self._searcher, chunk_vectors=self._vectors,
                     target_length=self.target_length, sep_len=self._sep_len, negatives=self.negatives,
@@ -843,7 +495,7 @@ class PlanStage(MapStage):
                     max_candidates=self.max_candidates, near_dup=self._near_dup, long_docs=self.long_docs,
                     doc_label=self._doc_label, search_threads=self._threads)
         if self.method == "knn":
-            with _single_threaded_blas():
+            with blas_threads(1):
                 return plan_knn_batch(block, store=self._store, doc_searcher=self._doc_searcher,
                                       doc_vectors=self._dvec, doc_lengths=self._lengths,
                                       target_length=self.target_length, first_width=self.knn_neighbors)
@@ -875,23 +527,6 @@ def plan_counts(plan_table: pa.Table) -> dict:
             "anchor_meta_chunks": int(planned_anchors),
             "searched_again": (int(sum(bool(a) for a in plan_table.column("searched_again").to_pylist()))
                                if "searched_again" in plan_table.column_names else 0)}
-
-
-def _single_threaded_blas():
-    return _blas_threads(1)
-
-
-def _blas_threads(n: int | None):
-    """BLAS limited to `n` threads inside the block (None: as it was)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        n = None
-    if n is None:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(n, user_api="blas")
 
 
 @_dc.dataclass
@@ -965,7 +600,7 @@ class CutStage(WholeStage):
             if n == 0:
                 continue
             part, target = block_path(src, j), block_path(ctx.out_dir, j)
-            _check_part_rows(part, n)
+            check_part_rows(part, n)
             if self.rows is None or taken + n <= self.rows:
                 try:
                     os.link(part, target)

@@ -153,12 +153,13 @@ def check_before_work(cfg: AcerConfig) -> Checked:
 def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
     """The stages of a run, in order, with exactly the settings each depends on."""
     from .. import stages as S
+    from ..artifacts import DEFAULT_EMBEDDER_SPEC
     from ..pipeline import EXACT_SEARCH_MAX_CHUNKS
     from . import stages as A
 
     tok = checked.tokenizer
     threads = cfg.num_threads or None
-    spec = cfg.embedder or S.DEFAULT_EMBEDDER_SPEC
+    spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
     t = checked.templates
     model = str(checked.model.folder)
     lm = dict(model=model, tokenizer=tok, chunk_tokens=cfg.chunk_tokens, trust_remote_code=cfg.trust_remote_code,
@@ -241,7 +242,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
 def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     from ...manifest import write_manifest
     from ..driver import keep_tokenizer_file, run_stages, write_format
-    from ..stages import load_store
+    from ..artifacts import load_store
     from ...corpus.tokenizer import load_tokenizer
     from . import writers
 

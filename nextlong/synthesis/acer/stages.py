@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
-from ..stages import CHUNKS_FILE, load_store, tokenizer_identity
+from ..artifacts import CHUNKS_FILE, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
 from .templates import context_pieces
 
@@ -398,10 +398,10 @@ class RetrieveStage(AcerMapStage):
             self._threads = threads or 0
             return
         from ..negatives import ExactSearcher, IndexSearcher
-        from ..stages import _ready_embedder, open_vectors
+        from ..artifacts import open_vectors, ready_embedder
 
         embedder_dir, emb_dir, index_dir = (ctx.input(n) for n in self.inputs[2:5])
-        self._embedder = _ready_embedder(self.embedder, embedder_dir, threads)
+        self._embedder = ready_embedder(self.embedder, embedder_dir, threads)
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[3]))
         if (index_dir / "index.json").exists():
             from ...mining.index import ChunkIndex

@@ -1,0 +1,151 @@
+"""What the stages leave in a work folder, and how a later stage (or acer, the rag evaluation, the mining
+routes) opens it: the chunk table and its store, the blank documents, the embeddings, the embedder a
+FitEmbedder stage prepared, and the check of a finished part before it is published as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path as _Path
+
+import numpy as np
+import pyarrow.parquet as _pq
+
+from ..atomic import atomic_path as _atomic_path
+from ..mining.index import EMBEDDINGS_FILE  # noqa: F401  (an index folder's name: --index reuses the stage's)
+
+CHUNKS_FILE = "chunks.parquet"
+STORE_DIR = "store"
+DEFAULT_EMBEDDER_SPEC = "all-MiniLM-L6-v2"
+
+
+def tokenizer_identity(spec) -> dict:
+    """A tokenizer setting as its vocabulary's fingerprint (a spec string alone could name other files)."""
+    from ..corpus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec)
+    return {"spec": spec, "name": getattr(tok, "name", None), "fingerprint": getattr(tok, "fingerprint", None)}
+
+
+# The separator's ids are inside each chunk's ids (ChunkStage tokenizes a chunk and the separator after it
+# together), so planning counts and assembly appends nothing more between pieces.
+NO_SEPARATOR = np.zeros(0, np.uint32)
+
+
+def load_stage_embedder(spec: str, threads: int | None, chunk_texts=None):
+    """The embedder of `spec`; a lexical one is fitted on `chunk_texts()` (an iterable of texts, in chunk
+    order: deterministic, so every worker fits the same weights)."""
+    from ..mining.embedding import load_embedder
+
+    embedder = load_embedder(None if spec == DEFAULT_EMBEDDER_SPEC else spec, **({"threads": threads} if threads else {}))
+    if hasattr(embedder, "fit") and not getattr(embedder, "num_docs", 1) and chunk_texts is not None:
+        embedder.fit(chunk_texts())
+    return embedder
+
+
+def chunk_texts(chunks_dir):
+    """Texts of a consolidated chunk table, in chunk-id order (a generator factory)."""
+    def gen():
+        for b in _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=4096):
+            yield from b.column("text").to_pylist()
+    return gen
+
+
+def load_store(chunks_dir):
+    from .store import ChunkStore
+
+    return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
+
+
+BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
+
+
+def check_part_rows(part, rows: int) -> None:
+    """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
+    rows its record counts (a part damaged since would be published, its stage marked done, and fail at
+    every later read with pyarrow's traceback)."""
+    from ..errors import CorruptFileError
+
+    try:
+        have = _pq.ParquetFile(part).metadata.num_rows
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
+                               f"{_Path(part).parent} to make that stage again") from None
+    if have != rows:
+        raise CorruptFileError(f"{part}: {have} rows where its stage recorded {rows}; delete {_Path(part).parent} "
+                               "to make that stage again")
+
+
+def blank_chunks(text) -> np.ndarray:
+    """Per chunk: empty or whitespace only (Unicode White_Space)."""
+    import pyarrow.compute as pc
+
+    return pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0)).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _blank_documents_of(store, blank_chunks: np.ndarray) -> np.ndarray:
+    """The dense numbers of the documents whose every chunk is blank."""
+    docs = np.ones(store.num_docs, bool)
+    if blank_chunks.size:
+        np.logical_and.at(docs, np.asarray(store.chunk_doc), blank_chunks)
+    return np.flatnonzero(docs).astype(np.int64)
+
+
+def save_blank_documents(out_dir, store, blank_chunks: np.ndarray) -> None:
+    with _atomic_path(_Path(out_dir) / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, _blank_documents_of(store, blank_chunks))
+
+
+def blank_documents(chunks_dir, store) -> np.ndarray:
+    """The dense numbers of the documents with no text but whitespace. They stay in the chunk table, as
+    `nextlong chunk` keeps them (so an index built from it matches), but no output row is built from them:
+    as a NExtLong anchor a blank document's vector ties with every chunk (zero under hashed-tfidf), so its
+    negatives were the corpus's first chunks and its sample held nothing of its own; in the other methods it
+    only added whitespace. Written with the chunk table; a work folder chunked before that (whose later
+    stages, ACER's model-written ones included, stay valid) gets it from the table's text."""
+    from ..errors import CorruptFileError
+    from ..untrusted import load_array
+
+    path = _Path(chunks_dir) / BLANK_DOCS_FILE
+    if not (path.exists() or path.is_symlink()):
+        text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
+        blank = [blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
+        return _blank_documents_of(store, np.concatenate(blank) if blank else np.zeros(0, bool))
+    docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
+                      remedy=f"delete {path.parent} to chunk the corpus again")
+    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= store.num_docs or bool((np.diff(docs) <= 0).any())):
+        raise CorruptFileError(f"{path}: not increasing document numbers below {store.num_docs}; delete {path.parent} "
+                               "to chunk the corpus again")
+    return docs
+
+
+def ready_embedder(spec: str, fitted_dir, threads: int | None):
+    """The embedder a FitEmbedder stage prepared: its saved folder when it wrote one, else `spec`."""
+    from ..mining.embedding import load_embedder
+    from ..mining.lexical_embedding import LEXICAL_STATE
+
+    if (_Path(fitted_dir) / LEXICAL_STATE).exists():
+        return load_embedder(str(fitted_dir))
+    return load_stage_embedder(spec, threads)
+
+
+def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None) -> np.ndarray:
+    """embeddings.npy of a gathered stage (CRC32 checked against its record) or of a prebuilt index."""
+    from ..mining.embed_store import open_embeddings
+    from ..errors import CorruptFileError
+    from ..untrusted import load_array, recorded_crc
+
+    path = _Path(embeddings_dir) / EMBEDDINGS_FILE
+    if record is None:
+        return open_embeddings(path, verify=verify)
+    counts = record.get("counts", {})
+    return load_array(path, CorruptFileError, remedy="delete the folder to embed again (or pass --no-verify)",
+                      crc32=recorded_crc(counts) if verify else None, kind="f",
+                      shape=(counts.get("rows"), counts.get("dim")))
+
+
+def document_texts(chunks_dir, store) -> list[str]:
+    texts = [[] for _ in range(store.num_docs)]
+    c = 0
+    for t in chunk_texts(chunks_dir)():
+        texts[int(store.chunk_doc[c])].append(t)
+        c += 1
+    return ["\n".join(parts) for parts in texts]
