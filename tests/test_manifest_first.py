@@ -33,7 +33,7 @@ def test_synthesize_and_index_write_their_manifest_before_the_work(tmp_path, mon
     assert seen["settings"]["target_length"] == 2048 and seen["settings"]["output_fingerprint"]
     # training on the stopped run's folder is refused by name, not read half-made
     with pytest.raises(NextlongError, match="has not finished"):
-        from nextlong.train.data import open_sources
+        from nextlong.train.sources import open_sources
 
         open_sources([str(out)])
     monkeypatch.undo()

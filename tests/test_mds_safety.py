@@ -175,7 +175,7 @@ def test_shard_size_must_match_the_index(ds):
 def test_a_missing_later_shard_fails_when_the_dataset_is_opened(ds, tmp_path, capsys):
     """Issue 24 item 7: not after training on the shards before it."""
     from nextlong.cli import main
-    from nextlong.train.data import Source
+    from nextlong.train.sources import Source
 
     last = sorted(ds.glob("shard.*.mds"))[-1]
     last.unlink()
@@ -290,7 +290,7 @@ def test_malformed_shard_bytes_are_one_line_errors(tmp_path, case):
 
 
 def test_training_rows_need_integer_ids_and_paired_spans(tmp_path):
-    from nextlong.train.data import Source
+    from nextlong.train.sources import Source
 
     with MDSWriter(tmp_path / "f", {"input_ids": "ndarray:float32", "indices": "ndarray:uint32"}) as w:
         w.write({"input_ids": np.ones(8, np.float32), "indices": np.asarray([[0, 8]], np.uint32)})

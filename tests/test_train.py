@@ -14,7 +14,8 @@ import torch
 
 from nextlong.errors import NextlongError, UsageError
 from nextlong.train import train
-from nextlong.train.data import SampleStream, SequencePacker, Source, collate, open_sources
+from nextlong.train.data import SampleStream, SequencePacker, collate
+from nextlong.train.sources import Source, open_sources
 from nextlong.train.state_file import load_state
 from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, metrics, synthesized
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from nextlong.errors import NextlongError, UsageError
 from nextlong.train import train
-from nextlong.train.data import (PackedCollator, PackedDataset, SampleStream, SequencePacker, collate, open_sources,
-                                 resolve_loss_on)
+from nextlong.train.data import PackedCollator, PackedDataset, SampleStream, SequencePacker, collate
+from nextlong.train.sources import open_sources, resolve_loss_on
 from tests.train_support import base_dir, corpus_and_tokenizer, metrics, synthesized
 
 FAST = dict(model="tiny", progress=False, num_threads=1)
