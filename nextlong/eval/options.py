@@ -25,8 +25,58 @@ ATTENTION = ("auto", "nextlong", "sdpa", "eager")  # prefill attention
 DISTRACTORS = ("retrieved", "no-answer")  # --rag-distractors
 
 
+class _Checked:
+    """The checks both option sets share: each names the CLI option, as argparse's types would."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def _bad(self, name: str, expected: str) -> UsageError:
+        return UsageError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)!r}")
+
+    def _positive(self, *names: str, optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not (optional and value is None) and (not _whole(value) or value < 1):
+                raise self._bad(name, "a positive integer" + (" (or None)" if optional else ""))
+
+    def _choice(self, name: str, choices, optional: bool = False) -> None:
+        if not (optional and getattr(self, name) is None) and getattr(self, name) not in choices:
+            raise self._bad(name, f"one of {', '.join(choices)}" + (" (or None)" if optional else ""))
+
+    def _flags(self, *names: str) -> None:
+        for name in names:
+            if not isinstance(getattr(self, name), bool):
+                raise self._bad(name, "True or False")
+
+    def _paths(self, *names: str, optional: bool = True) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not isinstance(value, (str, Path)) or not str(value):
+                raise self._bad(name, "a path" + (" or string (or None)" if optional else ""))
+
+    def _lengths_and_seed(self) -> None:
+        """`lengths` (None, or positive integers: sorted, without repeats) and `seed`."""
+        from ..seeds import seed_problem
+
+        if self.lengths is not None:
+            if isinstance(self.lengths, (str, bytes)) or not len(self.lengths) \
+                    or not all(_whole(n) and n >= 1 for n in self.lengths):
+                raise self._bad("lengths", "a list of positive integers (or None)")
+            self.lengths = sorted(set(self.lengths))
+        if not _whole(self.seed) or seed_problem(self.seed):
+            raise self._bad("seed", "an integer in [0, 2**63)")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
-class EvalOptions:
+class EvalOptions(_Checked):
     model: str | Path
     out: str | Path
     tasks: str = DEFAULT_TASKS  # comma-separated tasks or groups (a list is joined)
@@ -64,58 +114,27 @@ class EvalOptions:
     no_progress: bool = False
     quiet: bool = False
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
     def validate(self) -> "EvalOptions":
         """Check every value as its CLI option's type would (and normalise `tasks` and `lengths`)."""
-        from ..seeds import seed_problem
-
-        def bad(name: str, expected: str, value) -> UsageError:
-            return UsageError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")
-
-        def whole(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
         if not isinstance(self.tasks, str):
             if not all(isinstance(t, str) for t in self.tasks or ()):
-                raise bad("tasks", "a comma-separated string or a list of task names", self.tasks)
+                raise self._bad("tasks", "a comma-separated string or a list of task names")
             self.tasks = ",".join(self.tasks)
-        for name in ("depths", "samples", "rag_chunk_tokens", "rag_read", "longppl_docs", "repeat_docs",
-                     "short_window", "short_stride"):
-            if not whole(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "a positive integer", getattr(self, name))
-        for name in ("max_new_tokens", "rag_retrieve", "longppl_length"):
-            value = getattr(self, name)
-            if value is not None and (not whole(value) or value < 1):
-                raise bad(name, "a positive integer (or None)", value)
-        if self.lengths is not None:
-            if isinstance(self.lengths, (str, bytes)) or not all(whole(n) and n >= 1 for n in self.lengths) \
-                    or not len(self.lengths):
-                raise bad("lengths", "a list of positive integers (or None)", self.lengths)
-            self.lengths = sorted(set(self.lengths))
-        if not whole(self.seed) or seed_problem(self.seed):
-            raise bad("seed", "an integer in [0, 2**63)", self.seed)
+        self._positive("depths", "samples", "rag_chunk_tokens", "rag_read", "longppl_docs", "repeat_docs",
+                       "short_window", "short_stride")
+        self._positive("max_new_tokens", "rag_retrieve", "longppl_length", optional=True)
+        self._lengths_and_seed()
         for name, choices in (("mode", MODES), ("attn", ATTENTION), ("rag_retriever", RETRIEVERS),
                               ("rag_distractors", DISTRACTORS), ("rag_order", ORDERS)):
-            if getattr(self, name) not in choices:
-                raise bad(name, f"one of {', '.join(choices)}", getattr(self, name))
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise bad("dtype", f"one of {', '.join(DTYPES)} (or None)", self.dtype)
-        for name in ("allow_extrapolation", "trust_remote_code", "dump", "no_progress", "quiet"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "True or False", getattr(self, name))
-        for name in ("model", "out"):
-            if not isinstance(getattr(self, name), (str, Path)) or not str(getattr(self, name)):
-                raise bad(name, "a path", getattr(self, name))
-        for name in ("corpus", "id_field", "rag_questions", "rag_embedder", "rag_prompts", "longppl_evaluator",
-                     "device"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
-                raise bad(name, "a string or path (or None)", getattr(self, name))
+            self._choice(name, choices)
+        self._choice("dtype", DTYPES, optional=True)
+        self._flags("allow_extrapolation", "trust_remote_code", "dump", "no_progress", "quiet")
+        self._paths("model", "out", optional=False)
+        self._paths("corpus", "id_field", "rag_questions", "rag_embedder", "rag_prompts", "longppl_evaluator",
+                    "device")
         for name in ("text_field", "rag_separator"):
             if not isinstance(getattr(self, name), str):
-                raise bad(name, "a string", getattr(self, name))
+                raise self._bad(name, "a string")
         return self
 
 
@@ -134,7 +153,7 @@ def evaluate(model, out, **options) -> dict:
 
 
 @dataclass
-class HeadsOptions:
+class HeadsOptions(_Checked):
     """`nextlong heads`: retrieval-head detection (Wu et al.) of `model`, or `compare` = (RUN_A, RUN_B)."""
     model: str | Path | None
     out: str | Path
@@ -159,54 +178,28 @@ class HeadsOptions:
     no_progress: bool = False
     quiet: bool = False
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
     def validate(self) -> "HeadsOptions":
-        from ..seeds import seed_problem
-
-        def bad(name: str, expected: str, value) -> UsageError:
-            return UsageError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")
-
-        def whole(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name in ("num_lengths", "depths", "max_new_tokens"):
-            if not whole(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "a positive integer", getattr(self, name))
-        if self.needles not in (1, 2, 3) or not whole(self.needles):
-            raise bad("needles", "1, 2 or 3", self.needles)
-        if not whole(self.mask_heads) or self.mask_heads < 0:
-            raise bad("mask_heads", "0 or more", self.mask_heads)
-        if self.lengths is not None:
-            if isinstance(self.lengths, (str, bytes)) or not len(self.lengths) \
-                    or not all(whole(n) and n >= 1 for n in self.lengths):
-                raise bad("lengths", "a list of positive integers (or None)", self.lengths)
-            self.lengths = sorted(set(self.lengths))
+        """Check every value as its CLI option's type would (and normalise `lengths`)."""
+        self._positive("num_lengths", "depths", "max_new_tokens")
+        if self.needles not in (1, 2, 3) or not _whole(self.needles):
+            raise self._bad("needles", "1, 2 or 3")
+        if not _whole(self.mask_heads) or self.mask_heads < 0:
+            raise self._bad("mask_heads", "0 or more")
+        self._lengths_and_seed()
         for name in ("threshold", "min_recall"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, "a finite number", value)
-        if not whole(self.seed) or seed_problem(self.seed):
-            raise bad("seed", "an integer in [0, 2**63)", self.seed)
-        if self.attn not in ATTENTION:
-            raise bad("attn", f"one of {', '.join(ATTENTION)}", self.attn)
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise bad("dtype", f"one of {', '.join(DTYPES)} (or None)", self.dtype)
-        for name in ("all_trials", "allow_extrapolation", "trust_remote_code", "no_progress", "quiet"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "True or False", getattr(self, name))
+                raise self._bad(name, "a finite number")
+        self._choice("attn", ATTENTION)
+        self._choice("dtype", DTYPES, optional=True)
+        self._flags("all_trials", "allow_extrapolation", "trust_remote_code", "no_progress", "quiet")
         if self.compare is not None and (isinstance(self.compare, (str, bytes)) or len(self.compare) != 2
                                          or not all(isinstance(c, (str, Path)) for c in self.compare)):
-            raise bad("compare", "two run folders", self.compare)
-        for name in ("model", "corpus", "device"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
-                raise bad(name, "a string or path (or None)", getattr(self, name))
-        if not isinstance(self.out, (str, Path)) or not str(self.out):
-            raise bad("out", "a path", self.out)
+            raise self._bad("compare", "two run folders")
+        self._paths("out", optional=False)
+        self._paths("model", "corpus", "device")
         if not isinstance(self.text_field, str):
-            raise bad("text_field", "a string", self.text_field)
+            raise self._bad("text_field", "a string")
         return self
 
 
