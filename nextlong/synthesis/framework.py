@@ -26,7 +26,9 @@ it stays out of the fingerprint, so folders recorded before it existed are not r
 
 The one completion record (`_done.json`, see `write_done` / `is_done`):
     {"stage", "fingerprint", "settings", "counts", "finished"}
-written atomically and LAST, after every file it vouches for. Nothing else says "done". The same
+written atomically and LAST, after every file it vouches for. Nothing else in a work folder says "done"
+(outside synthesis, a run's end is its manifest's last write, nextlong.manifest; a checkpoint's, its
+folder renamed into place; an evaluation sample's, its journal line). The same
 record marks a finished block of a map stage (`<stage>/_done/part-NNNNN.json`) and a finished stage
 (`<stage>/_done.json`). A file without its record is not done, however complete it looks, so a
 half-written shard is never counted. The leading underscore keeps Parquet readers
