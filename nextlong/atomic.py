@@ -75,17 +75,22 @@ _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_path's names: .NAM
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete what killed runs left in an output folder the caller holds the lock of: atomic_path
-    temporaries anywhere below it, and `NAME.tmp` folders of a conversion (MDS) at its top. Returns
-    how many were removed."""
+    temporaries anywhere below it, and at its top whatever a conversion (MDS) left under a `.tmp` name:
+    its unfinished `NAME.tmp` folder, or the previous output renamed aside (`NAME.old.tmp`, a folder,
+    or a file or link that stood at NAME). Returns how many were removed."""
     folder = Path(folder)
     removed = 0
     for path in folder.rglob("*.tmp"):
-        if path.is_file() and _TEMPORARY.fullmatch(path.name):
+        if path.is_file() and not path.is_symlink() and _TEMPORARY.fullmatch(path.name):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1
     for path in folder.glob("*.tmp"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed += 1
+            elif path.name.endswith(".old.tmp") and os.path.lexists(path):
+                path.unlink()
+                removed += 1
     return removed

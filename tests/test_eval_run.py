@@ -336,7 +336,26 @@ def test_the_python_api_is_the_cli(tmp_path, run_dir, capsys):
                              ({"mode": "sampled"}, "--mode must be one of both, greedy, teacher-forced"),
                              ({"seed": -1}, "--seed must be an integer in [0, 2**63)"),
                              ({"dump": "yes"}, "--dump must be True or False"),
+                             ({"tasks": None}, "--tasks must be a comma-separated string or a list"),
+                             ({"tasks": 123}, "--tasks must be a comma-separated string or a list"),
+                             ({"lengths": 512}, "--lengths must be a list of positive integers"),
+                             ({"lengths": (n for n in [512])}, "--lengths must be a list of positive integers"),
+                             ({"device": 0}, "--device must be a string"),
                              ({"max_new_token": 4}, "evaluate: unknown option 'max_new_token'")):
         with pytest.raises(UsageError, match=re.escape(message)):
             evaluate(run_dir, tmp_path / "bad", **options)
     assert not (tmp_path / "bad").exists()
+    # numpy integers and a Path corpus are what the CLI's strings and ints would be: the CLI's journal is reused
+    import numpy as np
+
+    from tests.helpers import corpus_head, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    cli += ["--corpus", str(corpus)]
+    cli[cli.index("--out") + 1] = str(tmp_path / "both")
+    assert main(cli) == 0
+    evaluate(run_dir, tmp_path / "both", tasks="niah_single_1,vt", lengths=np.array([512]), depths=np.int64(2),
+             max_new_tokens=4, corpus=corpus, quiet=True)
+    statistics = json.loads((tmp_path / "both" / "manifest.json").read_text())["statistics"]
+    journal = (tmp_path / "both" / ".progress.jsonl").read_text().splitlines()[1:]  # a cell too short is skipped
+    assert statistics["samples_reused"] == len(journal) > 0

@@ -291,3 +291,29 @@ def test_mds_output_keeps_the_previous_one_until_the_new_one_is_complete(tmp_pat
         writer.write({"input_ids": np.arange(9, dtype=np.uint32)})
     assert (out / "index.json").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mds"]
+
+
+def test_mds_output_replaces_a_file_or_link_at_its_name(tmp_path):
+    """What stood at OUT/mds (a file, a link) was renamed aside and rmtree left it there: every later run then
+    failed with 'Not a directory'."""
+    from nextlong.atomic import remove_stale_temporaries
+    from nextlong.synthesis.writers import mds_output
+
+    columns = {"input_ids": "ndarray:uint32"}
+    for kind in ("file", "link"):
+        root = tmp_path / kind
+        root.mkdir()
+        out = root / "mds"
+        if kind == "file":
+            out.write_text("not an MDS folder")
+        else:
+            (root / "elsewhere").mkdir()
+            out.symlink_to(root / "elsewhere")
+        for _ in range(2):
+            with mds_output(out, columns) as writer:
+                writer.write({"input_ids": np.arange(5, dtype=np.uint32)})
+            assert (out / "index.json").is_file() and not out.is_symlink()
+        assert not any(p.name.endswith(".tmp") for p in root.iterdir())
+    (tmp_path / "x.old.tmp").write_text("left by a kill between the two renames")
+    (tmp_path / "y.tmp").mkdir()
+    assert remove_stale_temporaries(tmp_path) == 2 and not (tmp_path / "x.old.tmp").exists()

@@ -222,8 +222,10 @@ def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys):
 
     assert main(["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
                  "--max-new-tokens", "6", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
-    info = retrieval_heads(model_dir, tmp_path / "py", lengths=[320], depths=2, needles=1, all_trials=True,
-                           max_new_tokens=6, quiet=True)
+    import numpy as np
+
+    info = retrieval_heads(model_dir, tmp_path / "py", lengths=np.array([320]), depths=2, needles=np.int64(1),
+                           all_trials=True, max_new_tokens=6, quiet=True)
     assert capsys.readouterr().out == ""
     for name in ("head_scores.json", "heads.json"):
         assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text(), name
@@ -233,6 +235,9 @@ def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys):
     for options, message in (({"needles": 4}, "--needles must be 1, 2 or 3, got 4"),
                              ({"threshold": float("nan")}, "--threshold must be a finite number"),
                              ({"compare": "ab"}, "--compare must be two run folders"),
+                             ({"compare": (x for x in "ab")}, "--compare must be two run folders"),
+                             ({"lengths": iter([256])}, "--lengths must be a list of positive integers"),
+                             ({"min_recall": 1.0}, "--min-recall must be in [0, 1)"),
                              ({"mask_head": 1}, "retrieval_heads: unknown option 'mask_head'")):
         with pytest.raises(UsageError, match=re.escape(message)):
             retrieval_heads(model_dir, tmp_path / "bad", **options)

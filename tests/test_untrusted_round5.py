@@ -263,3 +263,29 @@ def test_a_damaged_assembled_part_is_named_and_not_published(tmp_path, capsys):
         code, _, err = run_cli(args, capsys)
         assert code == 1 and f"{part}: not a readable Parquet file" in assert_one_line_error(err, "synthesize")
         assert not (out / "data" / "_done.json").exists()
+
+
+def test_a_damaged_page_or_record_of_the_cut_block_is_named(tmp_path, capsys):
+    """--num-samples cuts the last block it takes: that part is read whole (its footer can read while a page
+    cannot) and its block record read for its rows; either damaged gave a traceback."""
+    import shutil
+
+    from tests.helpers import assert_one_line_error, corpus_head, run_cli, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    args = ["synthesize", "--corpus", corpus, "--out", out, "--method", "standard", "--target-length", "1024",
+            "--tokenizer", "cl100k_base", "--num-samples", "1", "--quiet"]
+    assert run_cli(args, capsys)[0] == 0
+    part = out / "assemble" / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    for i in range(8, len(data) // 2):  # the pages, not the footer at the end
+        data[i] ^= 0x5A
+    part.write_bytes(bytes(data))
+    shutil.rmtree(out / "data")
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and f"{part}: not a readable Parquet file" in assert_one_line_error(err, "synthesize")
+    record = out / "assemble" / "_done" / "part-00000.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "counts": "rows"}))
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and f"{record}: not a finished block's record" in assert_one_line_error(err, "synthesize")

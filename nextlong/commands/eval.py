@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..eval.options import ATTENTION, DEFAULT_TASKS, DEFAULTS as D, DISTRACTORS, DTYPES, MODES
+from ..eval.options import ATTENTION, DEFAULT_TASKS, EVAL_DEFAULTS as D, DISTRACTORS, DTYPES, MODES
 from ..synthesis.acer.config import ORDERS, RETRIEVERS
 from .argtypes import int_list, positive_int, seed, unescape
 

@@ -56,7 +56,7 @@ def run_eval(args: EvalOptions) -> dict:
     tasks = expand_tasks(names) if names else []
     if not tasks and not want_longppl and not want_repeat and not want_rag:
         raise UsageError("--tasks: no task given")
-    evaluator = getattr(args, "longppl_evaluator", None)
+    evaluator = args.longppl_evaluator
     if evaluator and not want_longppl:
         raise UsageError("--longppl-evaluator picks LongPPL's key tokens: add longppl to --tasks")
     rag_settings = rag_questions = None

@@ -119,8 +119,6 @@ def run_heads(args: HeadsOptions) -> dict:
         return run_compare(args)
     if not args.model:
         raise UsageError("MODEL is required (or --compare RUN_A RUN_B)")
-    if not 0 <= args.min_recall < 1:
-        raise UsageError(f"--min-recall must be in [0, 1), got {args.min_recall}")
 
     from tqdm import tqdm
 
@@ -151,7 +149,7 @@ def run_heads(args: HeadsOptions) -> dict:
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         fingerprint = json.dumps({"model": str(lm.folder), "lengths": lengths, "depths": depths,
                                   "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,
-                                  "corpus": args.corpus, "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True)
+                                  "corpus": args.corpus, "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True, default=str)
         import hashlib
 
         import torch

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +35,16 @@ class _Checked:
         return [f.name for f in dataclasses.fields(cls)]
 
     def _bad(self, name: str, expected: str) -> UsageError:
-        return UsageError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)!r}")
+        option = "MODEL" if name == "model" else f"--{name.replace('_', '-')}"
+        return UsageError(f"{option} must be {expected}, got {getattr(self, name)!r}")
 
     def _positive(self, *names: str, optional: bool = False) -> None:
         for name in names:
             value = getattr(self, name)
-            if not (optional and value is None) and (not _whole(value) or value < 1):
-                raise self._bad(name, "a positive integer" + (" (or None)" if optional else ""))
+            if not (optional and value is None):
+                if not _whole(value) or value < 1:
+                    raise self._bad(name, "a positive integer" + (" (or None)" if optional else ""))
+                setattr(self, name, int(value))  # a numpy integer too
 
     def _choice(self, name: str, choices, optional: bool = False) -> None:
         if not (optional and getattr(self, name) is None) and getattr(self, name) not in choices:
@@ -51,28 +56,43 @@ class _Checked:
                 raise self._bad(name, "True or False")
 
     def _paths(self, *names: str, optional: bool = True) -> None:
+        """Paths as the strings the CLI would have: the journal's fingerprint and the manifest record them."""
         for name in names:
             value = getattr(self, name)
             if value is None and optional:
                 continue
-            if not isinstance(value, (str, Path)) or not str(value):
-                raise self._bad(name, "a path" + (" or string (or None)" if optional else ""))
+            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+                raise self._bad(name, "a path" + (" (or None)" if optional else ""))
+            setattr(self, name, os.fspath(value))
+
+    def _strings(self, *names: str, optional: bool = True) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not (optional and value is None) and not isinstance(value, str):
+                raise self._bad(name, "a string" + (" (or None)" if optional else ""))
 
     def _lengths_and_seed(self) -> None:
         """`lengths` (None, or positive integers: sorted, without repeats) and `seed`."""
         from ..seeds import seed_problem
 
         if self.lengths is not None:
-            if isinstance(self.lengths, (str, bytes)) or not len(self.lengths) \
+            if not _sequence(self.lengths) or not len(self.lengths) \
                     or not all(_whole(n) and n >= 1 for n in self.lengths):
                 raise self._bad("lengths", "a list of positive integers (or None)")
-            self.lengths = sorted(set(self.lengths))
+            self.lengths = sorted({int(n) for n in self.lengths})
         if not _whole(self.seed) or seed_problem(self.seed):
             raise self._bad("seed", "an integer in [0, 2**63)")
 
 
 def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too: numpy registers its integers as numbers.Integral), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _sequence(value) -> bool:
+    """A list, tuple or array (not a string, an iterator or a set): what an option that takes several values
+    accepts."""
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"  # numpy not imported for it
 
 
 @dataclass
@@ -117,7 +137,7 @@ class EvalOptions(_Checked):
     def validate(self) -> "EvalOptions":
         """Check every value as its CLI option's type would (and normalise `tasks` and `lengths`)."""
         if not isinstance(self.tasks, str):
-            if not all(isinstance(t, str) for t in self.tasks or ()):
+            if not _sequence(self.tasks) or not all(isinstance(t, str) for t in self.tasks):
                 raise self._bad("tasks", "a comma-separated string or a list of task names")
             self.tasks = ",".join(self.tasks)
         self._positive("depths", "samples", "rag_chunk_tokens", "rag_read", "longppl_docs", "repeat_docs",
@@ -130,15 +150,13 @@ class EvalOptions(_Checked):
         self._choice("dtype", DTYPES, optional=True)
         self._flags("allow_extrapolation", "trust_remote_code", "dump", "no_progress", "quiet")
         self._paths("model", "out", optional=False)
-        self._paths("corpus", "id_field", "rag_questions", "rag_embedder", "rag_prompts", "longppl_evaluator",
-                    "device")
-        for name in ("text_field", "rag_separator"):
-            if not isinstance(getattr(self, name), str):
-                raise self._bad(name, "a string")
+        self._paths("corpus", "rag_questions", "rag_embedder", "rag_prompts", "longppl_evaluator")
+        self._strings("id_field", "device")
+        self._strings("text_field", "rag_separator", optional=False)
         return self
 
 
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalOptions) if f.default is not dataclasses.MISSING}
+EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalOptions) if f.default is not dataclasses.MISSING}
 
 
 def evaluate(model, out, **options) -> dict:
@@ -146,7 +164,7 @@ def evaluate(model, out, **options) -> dict:
     returns what results.json holds."""
     unknown = sorted(set(options) - set(EvalOptions.field_names()))
     if unknown:
-        raise UsageError(f"evaluate: unknown option {unknown[0]!r}; the options are {', '.join(DEFAULTS)}")
+        raise UsageError(f"evaluate: unknown option {unknown[0]!r}; the options are {', '.join(EVAL_DEFAULTS)}")
     from .evaluation import run_eval
 
     return run_eval(EvalOptions(model=model, out=out, **options).validate())
@@ -188,18 +206,23 @@ class HeadsOptions(_Checked):
         self._lengths_and_seed()
         for name in ("threshold", "min_recall"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise self._bad(name, "a finite number")
+            setattr(self, name, float(value))
+        if not 0 <= self.min_recall < 1:
+            raise self._bad("min_recall", "in [0, 1)")
         self._choice("attn", ATTENTION)
         self._choice("dtype", DTYPES, optional=True)
         self._flags("all_trials", "allow_extrapolation", "trust_remote_code", "no_progress", "quiet")
-        if self.compare is not None and (isinstance(self.compare, (str, bytes)) or len(self.compare) != 2
-                                         or not all(isinstance(c, (str, Path)) for c in self.compare)):
-            raise self._bad("compare", "two run folders")
+        if self.compare is not None:
+            if not _sequence(self.compare) or len(self.compare) != 2 \
+                    or not all(isinstance(c, (str, os.PathLike)) for c in self.compare):
+                raise self._bad("compare", "two run folders")
+            self.compare = tuple(os.fspath(c) for c in self.compare)
         self._paths("out", optional=False)
-        self._paths("model", "corpus", "device")
-        if not isinstance(self.text_field, str):
-            raise self._bad("text_field", "a string")
+        self._paths("model", "corpus")
+        self._strings("device")
+        self._strings("text_field", optional=False)
         return self
 
 

@@ -58,6 +58,32 @@ def load_store(chunks_dir):
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
 
 
+def recorded_rows(stage_dir, block: int) -> int:
+    """The rows a finished map stage's block record counts (a record edited or damaged since is named)."""
+    from ..errors import CorruptFileError
+    from .framework import block_record_path, read_done
+
+    path = block_record_path(stage_dir, block)
+    record = read_done(path)
+    counts = record.get("counts") if isinstance(record, dict) else None
+    rows = counts.get("rows", 0) if isinstance(counts, dict) else None
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise CorruptFileError(f"{path}: not a finished block's record (counts.rows); delete {_Path(stage_dir)} to "
+                               "make that stage again")
+    return rows
+
+
+def read_part(part):
+    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
+    from ..errors import CorruptFileError
+
+    try:
+        return _pq.read_table(part)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
+                               f"{_Path(part).parent} to make that stage again") from None
+
+
 def check_part_rows(part, rows: int) -> None:
     """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
     rows its record counts (a part damaged since would be published, its stage marked done, and fail at

@@ -24,14 +24,15 @@ def thread_limit(threads: int | None):
     return threadpool_limits(int(threads))
 
 
-def run_stages(pipeline, executor, *, command: str, cfg) -> tuple[dict, Callable[[str], dict]]:
-    """Fingerprint the stages, refuse cached ones made with other settings (before the running manifest
-    replaces a finished run's), write that manifest, run the stages. Returns (fingerprints, record), where
-    record(name) is a finished stage's counts ({} for a stage this pipeline does not have)."""
+def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None) -> tuple[dict, Callable[[str], dict]]:
+    """Fingerprint the stages (unless `fps` has them: a tokenizer setting's identity loads the tokenizer),
+    refuse cached ones made with other settings (before the running manifest replaces a finished run's),
+    write that manifest, run the stages. Returns (fingerprints, record), where record(name) is a finished
+    stage's counts ({} for a stage this pipeline does not have)."""
     from ..manifest import write_running_manifest
 
     out = cfg.out_dir
-    fps = pipeline.fingerprints()
+    fps = fps or pipeline.fingerprints()
     pipeline.check_cached(fps, cfg.rebuild)
     write_running_manifest(out / "manifest.json", command=command, seed=cfg.seed,
                            settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})

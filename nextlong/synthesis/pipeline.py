@@ -292,9 +292,10 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     pipeline = build_pipeline(cfg)
+    fps = pipeline.fingerprints()
     if not (out / "data").exists():
-        _discard_other_outputs(out, pipeline.fingerprints())
-    fps, record = run_stages(pipeline, executor, command="synthesize", cfg=cfg)
+        _discard_other_outputs(out, fps)
+    fps, record = run_stages(pipeline, executor, command="synthesize", cfg=cfg, fps=fps)
     timings = {"chunk": 0.0}
     for name, secs in getattr(executor, "seconds", {}).items():
         group = _TIMING_GROUP.get(name, name)

@@ -17,7 +17,7 @@ import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR,
-                        blank_chunks, blank_documents, check_part_rows, chunk_texts, document_texts, load_stage_embedder,
+                        blank_chunks, blank_documents, check_part_rows, chunk_texts, read_part, recorded_rows, document_texts, load_stage_embedder,
                         load_store, open_vectors, ready_embedder, save_blank_documents, tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
@@ -584,7 +584,7 @@ class CutStage(WholeStage):
     def build(self, ctx):
         import os
 
-        from .framework import block_numbers, block_path, read_done
+        from .framework import block_numbers, block_path
         from .writers import write_parquet_atomic
 
         src = ctx.input(self.inputs[0])
@@ -594,8 +594,7 @@ class CutStage(WholeStage):
         for j in block_numbers(src):
             if self.rows is not None and taken >= self.rows:
                 break
-            record = read_done(src / "_done" / f"part-{j:05d}.json")
-            n = int(record["counts"].get("rows", 0))
+            n = recorded_rows(src, j)
             used.append(j)
             if n == 0:
                 continue
@@ -614,7 +613,7 @@ class CutStage(WholeStage):
 
                 # cast back to the canonical schema: Parquet renames list items, and the stored Arrow
                 # schema must be the one a fresh write has (byte-identical shards)
-                write_parquet_atomic(_pq.read_table(part).slice(0, self.rows - taken).cast(OUTPUT_SCHEMA), target)
+                write_parquet_atomic(read_part(part).slice(0, self.rows - taken).cast(OUTPUT_SCHEMA), target)
                 partial = {"block": j, "rows": self.rows - taken}
                 taken = self.rows
         return {"rows": taken, "blocks_used": used, "partial_block": partial}

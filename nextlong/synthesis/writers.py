@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -140,19 +141,27 @@ def mds_output(out_dir, columns):
 
     out_dir = Path(out_dir)
     tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove(tmp)
     with MDSWriter(tmp, columns) as writer:
         yield writer
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
+    _remove(old)
+    if os.path.lexists(out_dir):
         out_dir.rename(old)
     try:
         tmp.rename(out_dir)
     except BaseException:
-        if old.exists() and not out_dir.exists():
+        if os.path.lexists(old) and not os.path.lexists(out_dir):
             old.rename(out_dir)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at `path`: a folder with what it holds, or a file or link (rmtree leaves those)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:

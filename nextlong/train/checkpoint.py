@@ -51,6 +51,7 @@ from ..atomic import FILE_MODE, atomic_path
 from ..errors import NextlongError, disk_full, is_disk_full
 from ..untrusted import open_regular, read_json, show
 from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
+from .plot import METRICS_FILE
 from .state_file import load_state, save_state
 
 CHECKPOINTS = "checkpoints"
@@ -231,7 +232,7 @@ def check_run_folder(run) -> None:
         return
     if not run.is_dir():  # the folder the user named may itself be a link: their choice
         raise NextlongError(f"{run}: exists and is not a folder; choose another --out")
-    for name in ("manifest.json", "metrics.jsonl"):
+    for name in ("manifest.json", METRICS_FILE):
         st = lstat(run / name)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise NextlongError(f"{run / name}: is {_kind(st.st_mode)}, not a regular file{fix}")
