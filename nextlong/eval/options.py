@@ -59,7 +59,7 @@ class _Checked:
         """Paths as the strings the CLI would have: the journal's fingerprint and the manifest record them."""
         for name in names:
             value = getattr(self, name)
-            if value is None and optional:
+            if optional and (value is None or value == ""):  # "" is "not given", as `--corpus ""` always was
                 continue
             if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
                 raise self._bad(name, "a path" + (" (or None)" if optional else ""))

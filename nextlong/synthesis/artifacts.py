@@ -87,7 +87,8 @@ def read_part(part):
 def check_part_rows(part, rows: int) -> None:
     """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
     rows its record counts (a part damaged since would be published, its stage marked done, and fail at
-    every later read with pyarrow's traceback)."""
+    every later read with pyarrow's traceback). Only the footer is read: damage inside a page shows where
+    the part is read whole (read_part), not here."""
     from ..errors import CorruptFileError
 
     try:
