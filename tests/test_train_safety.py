@@ -668,3 +668,18 @@ def test_a_signal_repeated_at_once_is_one_request():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_python_resume_takes_the_recorded_settings(data, tmp_path):
+    """train(data, run, resume=True) continues a run with its own settings, as `nextlong train DATA --out RUN
+    --resume` does; it was refused ("cannot resume with other settings") unless every setting was repeated.
+    A setting given anew that differs is still refused."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    settings = dict(steps=4, lr=3e-3, warmup=1, seed=5, **FAST)
+    train(data, whole, **settings)
+    train(data, cut, stop_after=2, **settings)
+    done = train(data, cut, resume=True, progress=False, num_threads=1)
+    assert done["status"] == "finished" and done["steps"] == 4
+    assert [r["loss"] for r in _rows(cut)] == [r["loss"] for r in _rows(whole)]
+    with pytest.raises(NextlongError, match=r"cannot resume with other settings \(seed: saved 5, now 6\)"):
+        train(data, cut, resume=True, seed=6, progress=False)

@@ -114,6 +114,8 @@ def resolve_options(args: argparse.Namespace) -> dict:
 
     saved = {}
     if args.resume:
+        from ..train.config import recorded_settings
+
         saved = recorded_settings(args.out)
         shared = set(TrainConfig(data=[], out="").run_defining())
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
@@ -149,19 +151,6 @@ def _checked(run, value, action: argparse.Action, default):
     if action.choices is not None and value not in action.choices:
         bad(f"expected one of {', '.join(map(str, action.choices))}")
     return value
-
-
-def recorded_settings(run) -> dict:
-    """The settings a run folder's manifest recorded ({} when it has none yet, or an unreadable one:
-    the trainer then reports what it finds). Read only as a regular file of the run (never through a
-    link, never waiting on a FIFO); anything else is refused by the trainer's check of the run folder."""
-    from pathlib import Path
-
-    from ..manifest import read_manifest
-
-    manifest = read_manifest(Path(run) / "manifest.json")
-    settings = manifest.get("settings")
-    return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
 
 
 def requirements(args: argparse.Namespace) -> tuple[str, ...]:

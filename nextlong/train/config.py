@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -125,3 +126,22 @@ class TrainConfig:
     def run_defining(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
         return {k: v for k, v in self.to_dict().items() if k not in _NOT_RUN_DEFINING}
+
+
+def recorded_settings(run) -> dict:
+    """The settings a `nextlong train` run folder's manifest recorded ({} when it has none yet, or an
+    unreadable one: the trainer then reports what it finds), read as untrusted input."""
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(Path(run) / "manifest.json")
+    settings = manifest.get("settings")
+    return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
+
+
+def resumed_settings(run, given: dict) -> dict:
+    """`given` (keyword settings of `train(..., resume=True)`) completed with what RUN/manifest.json recorded
+    for every setting a resume must share and `given` leaves out, so a resume needs no setting repeated (as
+    `nextlong train DATA --out RUN --resume`); a setting given anew that differs is still refused."""
+    shared = set(TrainConfig(data=[], out="").run_defining()) - {"data", "extra"}
+    recorded = recorded_settings(run)
+    return {**{k: v for k, v in recorded.items() if k in shared and k not in given}, **given}

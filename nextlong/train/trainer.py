@@ -44,9 +44,16 @@ from .token_weights import TokenWeigher, autocast, sequence_parallel, short_wind
 def train(data, out, **settings) -> dict:
     """Train on `data` (a DATA spec or a list of "PATH@weight"), writing the run to folder `out`.
 
-    Keyword settings are TrainConfig's fields (model, seq_len, batch_tokens, steps, lr, ...).
+    Keyword settings are TrainConfig's fields (model, seq_len, batch_tokens, steps, lr, ...). With
+    resume=True, the settings a resume must share default to what the run recorded.
     Returns a summary dict (also in RUN/manifest.json)."""
     data = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
+    if settings.get("resume"):
+        from .config import resumed_settings
+
+        settings = resumed_settings(out, settings)
+        if isinstance(settings.get("betas"), list):  # JSON keeps the pair as a list
+            settings["betas"] = tuple(settings["betas"])
     cfg = TrainConfig(data=data, out=str(out), **settings).validate()
     return Trainer(cfg).run()
 
