@@ -67,9 +67,9 @@ def _prune_empty(root: Path | None, created: list[Path]) -> None:
     if root is not None and root in created and root.is_dir():
         files = [Path(d) / f for d, _, names in os.walk(root) for f in names]
         if files == [root / "manifest.json"]:
-            from .manifest import RUNNING, read_manifest
+            from .manifest import FAILED, INTERRUPTED, RUNNING, read_manifest, run_status
 
-            if read_manifest(files[0]).get("statistics") == {"status": RUNNING}:
+            if run_status(read_manifest(files[0])) in (RUNNING, FAILED, INTERRUPTED):  # no finished work
                 with contextlib.suppress(OSError):
                     files[0].unlink()
     if root is not None and root.is_dir():

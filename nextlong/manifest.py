@@ -65,6 +65,30 @@ def recorded_tokenizer(folder, settings: dict, *, where=None) -> str | None:
 RUNNING = "running"  # statistics.status of a run's first manifest, until its last one replaces it
 
 
+FAILED, INTERRUPTED = "failed", "interrupted"  # statistics.status of a run that an error or a signal ended
+
+
+@contextlib.contextmanager
+def failure_recorded(path):
+    """Around a run that writes its "running" manifest at `path` before its work: if the run raises, that
+    manifest then says FAILED (or INTERRUPTED, for Ctrl-C) with the error, so a run that failed is not taken
+    for one still going on or killed. A manifest that does not say "running" (a finished run's, left by a
+    run refused before it wrote its own) is left as it is."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # the original error is what the user must see
+            manifest = read_manifest(path)
+            if run_status(manifest) == RUNNING:
+                from .untrusted import one_line
+
+                write_manifest(path, command=manifest.get("command"), settings=manifest.get("settings") or {},
+                               seed=manifest.get("seed"),
+                               statistics={"status": INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED,
+                                           "error": one_line(str(exc) or type(exc).__name__)[:500]})
+        raise
+
+
 def read_manifest(path) -> dict:
     """A manifest as it stands, read as untrusted input (a regular file, never through a link or from a
     FIFO, bounded in size): {} when it is missing, unreadable or not a JSON object."""

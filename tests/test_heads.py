@@ -191,9 +191,10 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
     assert "beyond the model's 4096 positions" in capsys.readouterr().err
 
 
-def test_a_stopped_heads_run_leaves_a_running_manifest(tmp_path, model_dir, monkeypatch, capsys):
+def test_a_stopped_heads_run_leaves_a_manifest_saying_so(tmp_path, model_dir, monkeypatch, capsys):
     """`nextlong heads` wrote its manifest only at the end: a run stopped after some trials left their
-    records and no manifest saying what ran. It says "running" from the start; the rerun finishes it."""
+    records and no manifest saying what ran. It says "running" from the start, "interrupted" once Ctrl-C
+    stopped it; the rerun finishes it."""
     args = ["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
             "--max-new-tokens", "6", "--out", str(tmp_path / "a")]
     real, calls = H.detect_trial, []
@@ -207,7 +208,8 @@ def test_a_stopped_heads_run_leaves_a_running_manifest(tmp_path, model_dir, monk
     monkeypatch.setattr(H, "detect_trial", stop_at_the_second)
     assert main(args) == 130  # the CLI's exit status after Ctrl-C
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["command"] == "heads" and manifest["statistics"] == {"status": "running"}
+    assert manifest["command"] == "heads" and manifest["statistics"] == {"status": "interrupted",
+                                                                         "error": "KeyboardInterrupt"}
     assert manifest["settings"]["lengths"] == [320]
     monkeypatch.setattr(H, "detect_trial", real)
     assert main(args) == 0

@@ -117,3 +117,32 @@ def test_a_second_run_stops_at_the_lock_before_its_executor_starts(tmp_path, mon
         code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", out, "--executor", "ray",
                                 "--embedder", "hashed-tfidf:32", "--quiet"], capsys)
     assert code == 1 and "another run is writing this output" in err and built == []
+
+
+def test_a_run_that_fails_says_so_in_its_manifest(tmp_path, monkeypatch, capsys):
+    """A synthesize that failed after its manifest was written left it "running", not to be told from a run
+    going on or killed. It now says "failed" with the error; training and inspect refuse the folder naming
+    that, and the same command run again completes it."""
+    from nextlong.synthesis.stages import PlanStage
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    args = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:32", "--target-length", "1024",
+            "--tokenizer", "cl100k_base", "--quiet"]
+    real = PlanStage.__call__
+
+    def boom(self, block):
+        raise NextlongError("the plan stage broke")
+
+    monkeypatch.setattr(PlanStage, "__call__", boom)
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "the plan stage broke" in err
+    stats = json.loads((out / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and "the plan stage broke" in stats["error"]
+    code, _, err = run_cli(["train", out, "--model", "tiny", "--steps", "1", "--out", tmp_path / "run"], capsys)
+    assert code == 1 and "run writing this folder has not finished (failed: 'the plan stage broke')" in err
+    code, _, err = run_cli(["inspect", out], capsys)
+    assert code == 1 and "has not finished: failed" in err
+    monkeypatch.setattr(PlanStage, "__call__", real)
+    assert run_cli(args, capsys)[0] == 0
+    assert "status" not in json.loads((out / "manifest.json").read_text())["statistics"]

@@ -48,6 +48,12 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
         raise NextlongError(f"{directory} is a `nextlong train` run folder; inspect shows what `nextlong synthesize` "
                             f"or `nextlong acer` made (plot a run with `nextlong plot {directory}`)")
     settings, stats = manifest.get("settings"), manifest.get("statistics")
+    from ..manifest import run_status
+
+    if isinstance(stats, dict) and run_status(manifest) is not None:  # running, failed or interrupted
+        error = f" ({printable(str(stats.get('error')))[:200]})" if stats.get("error") else ""
+        raise NextlongError(f"{manifest_path}: the nextlong {manifest.get('command')} run writing {directory} has not "
+                            f"finished: {run_status(manifest)}{error}; run its command again to complete it")
     if not isinstance(settings, dict) or not isinstance(stats, dict):
         raise NextlongError(f"{manifest_path}: expected \"settings\" and \"statistics\" objects (is {directory} the "
                             "--out of nextlong synthesize?)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..untrusted import printable
 from ..errors import UsageError
 from ..locking import output_lock
-from ..manifest import write_manifest, write_running_manifest
+from ..manifest import failure_recorded, write_manifest, write_running_manifest
 from . import report
 from .options import EvalOptions
 from .runner import EvalSettings, aggregate, plan, run_tasks
@@ -93,7 +93,7 @@ def run_eval(args: EvalOptions) -> dict:
     manifest_settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
         "model_folder": str(lm.folder)}
-    with output_lock(out, "eval"):
+    with output_lock(out, "eval"), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings)
         rag_plan = None
         if want_rag:  # chunk, retrieve and check every rag prompt before any scoring

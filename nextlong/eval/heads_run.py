@@ -14,7 +14,7 @@ from ..untrusted import printable
 from ..errors import NextlongError, UsageError
 from ..locking import output_lock
 from ..model_folder import ModelFolderError
-from ..manifest import write_manifest, write_running_manifest
+from ..manifest import failure_recorded, write_manifest, write_running_manifest
 from ..untrusted import read_json, show
 from . import heads as H
 from .options import HeadsOptions
@@ -86,7 +86,7 @@ def run_compare(args: HeadsOptions) -> dict:
         raise NextlongError(f"--compare {a} {b}: {exc}") from None
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
-    with output_lock(out, "heads"):
+    with output_lock(out, "heads"), failure_recorded(out / "manifest.json"):
         settings = {"run_a": str(a), "run_b": str(b), "threshold": args.threshold}
         write_running_manifest(out / "manifest.json", command="heads --compare", settings=settings)
         write_strict_json(out / "compare.json", result)
@@ -145,7 +145,7 @@ def run_heads(args: HeadsOptions) -> dict:
     started = time.time()
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
-    with output_lock(out, "heads"):
+    with output_lock(out, "heads"), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         fingerprint = json.dumps({"model": str(lm.folder), "lengths": lengths, "depths": depths,
                                   "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
+from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
@@ -224,7 +225,8 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
             executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                     embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
         check_work_folder(cfg.out_dir, NextlongError, command="synthesize")  # its finished stages are read as they are
-        manifest = _run(cfg, executor)
+        with failure_recorded(cfg.out_dir / "manifest.json"):
+            manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
         return manifest
 

@@ -404,9 +404,16 @@ def _checked_manifest(path: Path, manifest: dict) -> dict:
     """A data manifest whose settings the trainer reads, each of the type it expects, of a finished run."""
     from ..manifest import RUNNING, run_status
 
-    if run_status(manifest) == RUNNING:
+    status = run_status(manifest)
+    if status == RUNNING:
         raise NextlongError(f"{path}: the nextlong {manifest.get('command')} run writing this folder has not finished "
                             "(stopped, or still running): run its command again to complete it, then train")
+    if status is not None:  # a finished synthesize/acer manifest has no status; failed, interrupted
+        stats = manifest.get("statistics")
+        error = stats.get("error") if isinstance(stats, dict) else None
+        raise NextlongError(f"{path}: the nextlong {manifest.get('command')} run writing this folder has not finished "
+                            f"({status}" + (f": {show(error, 200)}" if error else "") + "): fix what stopped it and "
+                            "run its command again to complete it, then train")
     settings = manifest.get("settings", {})
     if not isinstance(settings, dict):
         raise NextlongError(f"{path}: settings must be a JSON object, got {show(settings)}")

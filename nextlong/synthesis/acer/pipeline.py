@@ -220,6 +220,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     the manifest; returns it."""
     from ...atomic import remove_stale_temporaries
     from ...locking import output_lock
+    from ...manifest import failure_recorded
     from ...untrusted import check_work_folder
     from ..driver import thread_limit
 
@@ -234,7 +235,8 @@ def run(cfg: AcerConfig, executor=None) -> dict:
             executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                     embed_gpus=cfg.gpus, embed_actors=cfg.actors)
         check_work_folder(cfg.out_dir, NextlongError, command="acer")  # its finished stages are read as they are
-        manifest = _run(cfg, checked, executor)
+        with failure_recorded(cfg.out_dir / "manifest.json"):
+            manifest = _run(cfg, checked, executor)
         remove_stale_temporaries(cfg.out_dir)
         return manifest
 
