@@ -131,3 +131,33 @@ def test_index_quiet_draws_no_bar(tmp_path, chunks, capsys):
     path, _ = chunks
     assert main(["index", str(path), "--out", str(tmp_path / "idx"), "--embedder", "hashed-tfidf", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_an_index_gives_its_chunks_texts_to_python_callers_too(tmp_path, capsys):
+    """ChunkIndex.texts_of: the texts `nextlong search` shows, with its rule for the chunk table index.json names
+    (read only when its text hashes are the index's own), for Python callers as for the command."""
+    import pyarrow.parquet as pq
+
+    from nextlong.cli import main
+    from nextlong.mining.index import ChunkIndex
+    from tests.helpers import corpus_head, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(20_000))
+    chunks = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(chunks), "--tokenizer", "cl100k_base", "--with-ids",
+                 "--no-progress"]) == 0
+    assert main(["index", str(chunks), "--out", str(tmp_path / "index"), "--embedder", "hashed-tfidf:64",
+                 "--no-progress"]) == 0
+    index = ChunkIndex.view(tmp_path / "index")
+    table = pq.read_table(chunks)
+    texts, note = index.texts_of([0, 2])
+    assert note is None and texts == {0: table.column("text")[0].as_py(), 2: table.column("text")[2].as_py()}
+    import pyarrow as pa
+
+    hashes = table.column("text_hash").to_pylist()
+    other = table.set_column(table.schema.get_field_index("text_hash"), table.schema.field("text_hash"),
+                             pa.array([h ^ 1 for h in hashes], table.schema.field("text_hash").type))
+    pq.write_table(other, chunks)  # another table at the path index.json names: not shown
+    texts, note = index.texts_of([0])
+    assert texts == {} and "is not the one the index was built from" in note
+    capsys.readouterr()

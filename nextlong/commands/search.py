@@ -30,13 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from ..untrusted import printable
-    from ..errors import CorpusError
     from ..mining.index import ChunkIndex
 
     index = ChunkIndex.view(args.index_dir, verify=not args.no_verify)
@@ -50,29 +44,7 @@ def run(args: argparse.Namespace) -> int:
     keep = ids >= 0
     ids, sims = ids[keep], sims[keep]
 
-    chunks_path = args.chunks or index.info.get("chunks_path")
-    texts, note = {}, "(texts not shown: chunk table not found; pass --chunks)"
-    if chunks_path and Path(chunks_path).is_file():
-        columns = ["chunk_id", "text"] + ([] if args.chunks else ["text_hash"])
-        try:
-            table = pq.read_table(chunks_path, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            if args.chunks:
-                raise CorpusError(chunks_path, f"not a readable chunk table ({exc})") from None
-            table = None
-        if table is not None and table.num_rows != len(index):
-            if args.chunks:
-                raise CorpusError(chunks_path, f"{table.num_rows} chunks, but the index holds {len(index)}; wrong "
-                                               "--chunks?")
-            table = None
-        if table is not None and not args.chunks and not _same_chunks(table, index):
-            # index.json names its chunk table by a path on the machine that built it: it is read only when
-            # its text hashes are the index's own, so an index from elsewhere cannot show another file
-            table, note = None, (f"(texts not shown: {chunks_path}, the chunk table index.json names, is not the "
-                                 "one the index was built from; pass --chunks)")
-        if table is not None:
-            col = table.column("text")
-            texts = {int(i): col[int(i)].as_py() for i in ids}
+    texts, note = index.texts_of(ids, chunks=args.chunks)
     rows = index.rows_of(ids.astype("int64"))
     meta = index.meta
     doc_ids = meta.column("doc_id").to_pylist() if "doc_id" in meta.column_names else None
@@ -93,19 +65,6 @@ def run(args: argparse.Namespace) -> int:
         print(printable(f"{rank:>3}  {sim:.4f}  chunk {int(cid):>8}  {doc}"))
         if snippet:
             print(printable(f"     {snippet}"))
-    if not texts and not args.json:
+    if note and not args.json:
         print(printable(note))
     return 0
-
-
-def _same_chunks(table, index) -> bool:
-    """Whether `table` holds the chunks `index` was built from (its text hashes are the index's)."""
-    import numpy as np
-
-    if index.text_hashes is None or "text_hash" not in table.column_names:
-        return False
-    try:
-        hashes = table.column("text_hash").to_numpy().astype(np.uint64)
-    except (TypeError, ValueError, ArithmeticError):
-        return False
-    return bool(np.array_equal(hashes, index.text_hashes))

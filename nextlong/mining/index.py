@@ -540,6 +540,46 @@ class ChunkIndex:
 
     # ------------------------------------------------------------------ search
 
+    def texts_of(self, ids, chunks=None) -> tuple[dict[int, str], str | None]:
+        """({chunk id: text} of `ids`, None), or ({}, why they cannot be shown), from a chunk table: `chunks`
+        when given (refused in one line when it is not the index's size), else the one index.json names,
+        read only when its text hashes are the index's own: index.json names it by a path on the machine
+        that built it, so an index from elsewhere cannot show another file."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..errors import CorpusError
+
+        path = chunks or self.info.get("chunks_path")
+        if not path or not Path(path).is_file():
+            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+        columns = ["chunk_id", "text"] + ([] if chunks else ["text_hash"])
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            if chunks:
+                raise CorpusError(path, f"not a readable chunk table ({exc})") from None
+            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+        if table.num_rows != len(self):
+            if chunks:
+                raise CorpusError(path, f"{table.num_rows} chunks, but the index holds {len(self)}; wrong --chunks?")
+            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+        if not chunks and not self._holds_chunks_of(table):
+            return {}, (f"(texts not shown: {path}, the chunk table index.json names, is not the one the index was "
+                        "built from; pass --chunks)")
+        column = table.column("text")
+        return {int(i): column[int(i)].as_py() for i in ids}, None
+
+    def _holds_chunks_of(self, table) -> bool:
+        """Whether `table` holds the chunks this index was built from (its text hashes are the index's)."""
+        if self.text_hashes is None or "text_hash" not in table.column_names:
+            return False
+        try:
+            hashes = table.column("text_hash").to_numpy().astype(np.uint64)
+        except (TypeError, ValueError, ArithmeticError):
+            return False
+        return bool(np.array_equal(hashes, self.text_hashes))
+
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """Row numbers in `meta` (and in the embeddings) of chunk ids returned by `search` (all must exist)."""
         if self._identity_keys:
