@@ -9,7 +9,7 @@ usearch and FAISS.
 
 Equal-recall study (test_equal_recall_*): recall@10-vs-queries/s curves of raw usearch, nextlong's
 ChunkIndex.search and FAISS IndexHNSWFlat, read at recall 0.95 / 0.99 / 0.995, on the MiniLM set and on
-~60k hashed-lexical vectors (dim 256) of the snapshot + the running interpreter's standard-library
+tens of thousands of hashed-lexical vectors (dim 256; 38,302 here) of the snapshot + the running interpreter's standard-library
 sources (built in seconds); each both in-sample and with held-out queries (HELD_OUT of the rows left
 out of the index and used as queries: what mining looks like for text the index has not seen).
 
