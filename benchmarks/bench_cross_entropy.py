@@ -142,6 +142,50 @@ def measure_cpu(fn, n, h, v, repeats=3):
     return best, (rss_kib("VmHWM") - base) / 1024, best_cpu
 
 
+CPU_ROUNDS = 7
+
+
+def _malloc_trim():
+    """Freed buffers back to the OS, and buffers of 64 KiB and more mmapped from now on (so each is returned
+    when freed): VmHWM then tracks each step's live memory, whatever ran before it (as bench_attention)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_cpu_rows(fns: dict, n, h, v, rounds=CPU_ROUNDS) -> dict:
+    """{name: (best wall seconds, peak extra MiB, best CPU seconds, CPU seconds per round)} for `fns` on one
+    shape: the implementations take turns, one step of each per round on its own copy of the same inputs,
+    the allocator trimmed and VmHWM reset before each step, so load drift and what ran before touch every
+    side alike (the ratios are medians of the per-round pairs)."""
+    _malloc_trim()
+    state = {}
+    for name, fn in fns.items():
+        hidden, weight, labels = _inputs(n, h, v, "cpu", torch.float32)
+        _step(fn, hidden, weight, labels)  # warm-up (the compile, for torch.compile)
+        state[name] = {"fn": fn, "inputs": (hidden, weight, labels), "wall": [], "cpu": [], "peak": 0.0}
+    for _ in range(rounds):
+        for st in state.values():
+            hidden, weight, labels = st["inputs"]
+            hidden.grad = weight.grad = None
+            gc.collect()
+            _malloc_trim()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            base = rss_kib("VmRSS")
+            t0, c0 = time.perf_counter(), time.process_time()
+            _step(st["fn"], hidden, weight, labels)
+            st["wall"].append(time.perf_counter() - t0)
+            st["cpu"].append(time.process_time() - c0)
+            st["peak"] = max(st["peak"], (rss_kib("VmHWM") - base) / 1024)
+    return {name: (min(st["wall"]), st["peak"], min(st["cpu"]), st["cpu"]) for name, st in state.items()}
+
+
 def measure_gpu(fn, n, h, v, repeats=5):
     """(seconds per fwd+bwd, median of ``repeats``; peak extra allocated MiB over the inputs)."""
     hidden, weight, labels = _inputs(n, h, v, "cuda", torch.bfloat16)
@@ -267,14 +311,17 @@ def _table(kind):
           f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}  max|diff| loss, dh, dw vs the first row")
     for n, h, v in shapes:
         new_compile_case()
-        rows, diffs, ref = {}, {}, None
+        rows, diffs, ref, rounds = {}, {}, None, {}
+        if kind == "cpu":  # interleaved: one step of each implementation per round
+            fns = {name: implementation(name) for name in impls}
+            rounds = measure_cpu_rows({k: f for k, f in fns.items() if not isinstance(f, str)}, n, h, v)
         for name in impls:
             fn = implementation(name)
             if isinstance(fn, str):
                 print(f"{n:>7} {h:>5} {v:>7} {name:>15}  skipped: {fn}")
                 continue
             try:
-                rows[name] = measure(fn, n, h, v)
+                rows[name] = rounds[name][:3] if kind == "cpu" else measure(fn, n, h, v)
                 outs = step_outputs(fn, n, h, v, device, dtype)
                 if ref is None:
                     ref = outs
@@ -286,11 +333,15 @@ def _table(kind):
                 print(f"{n:>7} {h:>5} {v:>7} {name:>15}  out of memory")
                 if kind == "gpu":
                     _record(name, n, h, v, None, None)
-        peer_t = rows.get("liger", rows.get("compile", rows.get("eager")))  # the peer a user would pick here
+        peer_name = next((k for k in ("liger", "compile", "eager") if k in rows), None)  # the peer a user would pick
+        peer_t = rows.get(peer_name)
         peer_m = rows.get("cce", rows.get("eager"))
         for name, (sec, mib, cpu) in rows.items():
             frac = f"{100 * matmul_fraction_of_peak(n, h, v, sec):6.1f}" if kind == "gpu" else "     -"
-            if peer_t:  # CPU: compare CPU time (steadier on a shared machine)
+            if peer_t and kind == "cpu":  # CPU time (steadier on a shared machine), median of the per-round pairs
+                pairs = sorted(a / b for a, b in zip(rounds[name][3], rounds[peer_name][3]))
+                rt = f"{pairs[len(pairs) // 2]:7.2f}"
+            elif peer_t:
                 ratio = cpu / peer_t[2] if cpu is not None else sec / peer_t[0]
                 rt = f"{ratio:7.2f}"
             else:
@@ -301,7 +352,8 @@ def _table(kind):
             print(f"{n:>7} {h:>5} {v:>7} {name:>15} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}  {d}")
             if kind == "gpu":
                 _record(name, n, h, v, sec, mib)
-    print("t/peer: time relative to liger (torch.compile where liger is absent, then eager; CPU time on CPU); "
+    print("t/peer: time relative to liger (torch.compile where liger is absent, then eager; on CPU the median "
+          f"of {CPU_ROUNDS} interleaved rounds' CPU-time ratios); "
           "mem/peer: peak relative to cce (eager when cce is absent)")
     print_fp32_output_gemm()
 
