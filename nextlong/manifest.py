@@ -68,6 +68,18 @@ RUNNING = "running"  # statistics.status of a run's first manifest, until its la
 FAILED, INTERRUPTED = "failed", "interrupted"  # statistics.status of a run that an error or a signal ended
 
 
+def error_line(exc: BaseException) -> str:
+    """An error as the one bounded line a manifest records (and the other ranks of a run are told)."""
+    from .untrusted import one_line
+
+    return one_line(str(exc) or type(exc).__name__)[:500]
+
+
+def ended_by(exc: BaseException) -> dict:
+    """The statistics of a run that `exc` ended: INTERRUPTED for Ctrl-C, else FAILED, with the error."""
+    return {"status": INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED, "error": error_line(exc)}
+
+
 @contextlib.contextmanager
 def failure_recorded(path):
     """Around a run that writes its "running" manifest at `path` before its work: if the run raises, that
@@ -80,12 +92,8 @@ def failure_recorded(path):
         with contextlib.suppress(Exception):  # the original error is what the user must see
             manifest = read_manifest(path)
             if run_status(manifest) == RUNNING:
-                from .untrusted import one_line
-
                 write_manifest(path, command=manifest.get("command"), settings=manifest.get("settings") or {},
-                               seed=manifest.get("seed"),
-                               statistics={"status": INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED,
-                                           "error": one_line(str(exc) or type(exc).__name__)[:500]})
+                               seed=manifest.get("seed"), statistics=ended_by(exc))
         raise
 
 

@@ -93,33 +93,32 @@ def test_a_bad_row_read_by_one_rank_stops_every_rank_with_its_message(tmp_path):
     learned of it only when its next collective broke: rank 0's manifest recorded gloo's "Connection reset by
     peer" (or stayed "running"), with a 38-line traceback. Now the ranks agree on the failure before the step:
     rank 0 records rank 1's message, the steps before it are saved, and the error is printed once."""
+    data, run, proc, stats = _failed_on_row_5_at_step_2(tmp_path, "--save-every", "0")
+    assert stats["error"].startswith("rank 1: ") and "token id 5000 is outside the model's vocabulary" in stats["error"]
+    assert "[rank0]: Traceback" not in proc.stderr and "Connection reset" not in proc.stderr
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def _failed_on_row_5_at_step_2(tmp_path, *extra):
+    """(data, run, torchrun's result, the manifest's statistics) of a 2-rank run on data whose row 5, read at
+    step 2, holds an id past the vocabulary: it must have failed there, recorded so, printed the error once."""
     import json
 
     data = _with_bad_row(synthesized("standard"), tmp_path, 5)
     run = tmp_path / "run"
-    proc = _torchrun_process(data, run, "--save-every", "0")
+    proc = _torchrun_process(data, run, *extra)
     assert proc.returncode != 0
     stats = json.loads((run / "manifest.json").read_text())["statistics"]
     assert stats["status"] == "failed" and stats["steps"] == 1, stats
-    assert stats["error"].startswith("rank 1: ") and "token id 5000 is outside the model's vocabulary" in stats["error"]
     assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
-    assert "[rank0]: Traceback" not in proc.stderr and "Connection reset" not in proc.stderr
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+    return data, run, proc, stats
 
 
 def test_a_bad_row_read_by_a_whole_sequence_parallel_group_is_printed_once(tmp_path):
     """Both ranks of a --seq-parallel 2 group read row 5 (at step 2) and fail alike: rank 0 prints and records
     it, rank 1 stops without printing it again."""
-    import json
-
-    data = _with_bad_row(synthesized("standard"), tmp_path, 5)
-    run = tmp_path / "run"
-    proc = _torchrun_process(data, run, "--seq-parallel", "2")
-    assert proc.returncode != 0
-    stats = json.loads((run / "manifest.json").read_text())["statistics"]
-    assert stats["status"] == "failed" and stats["steps"] == 1, stats
+    data, _, _, stats = _failed_on_row_5_at_step_2(tmp_path, "--seq-parallel", "2")
     assert stats["error"].startswith(str(data)) and "token id 5000 is outside" in stats["error"]
-    assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
 
 
 def test_a_bad_row_in_rank_1s_first_step_leaves_nothing(tmp_path):

@@ -109,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.evaluation import run_eval
     from ..eval.options import EvalOptions
 
-    run_eval(EvalOptions(**{name: getattr(args, name) for name in EvalOptions.field_names()}).validate())
+    run_eval(EvalOptions.from_cli(args))
     return 0

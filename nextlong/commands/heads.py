@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.heads_run import run_heads
     from ..eval.options import HeadsOptions
 
-    run_heads(HeadsOptions(**{name: getattr(args, name) for name in HeadsOptions.field_names()}).validate())
+    run_heads(HeadsOptions.from_cli(args))
     return 0

@@ -110,14 +110,12 @@ def resolve_options(args: argparse.Namespace) -> dict:
     run recorded in RUN/manifest.json (for the settings a resume must share, TrainConfig.run_defining);
     else its default. So `nextlong train DATA --out RUN --resume` continues a run with its own settings,
     and an option given anew that differs from the saved one is still refused by the trainer."""
-    from ..train.config import TrainConfig
-
     saved = {}
     if args.resume:
-        from ..train.config import recorded_settings
+        from ..train.config import recorded_settings, run_defining_names
 
         saved = recorded_settings(args.out)
-        shared = set(TrainConfig(data=[], out="").run_defining())
+        shared = run_defining_names()
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
                  for k, v in saved.items() if k in shared and k in args.option_actions}
     return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)

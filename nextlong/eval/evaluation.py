@@ -67,8 +67,8 @@ def run_eval(args: EvalOptions) -> dict:
         rag_settings.validate()
         rag_questions = read_rag_questions(rag_settings.questions)
     greedy = args.mode in ("both", "greedy")
-    bars = not (args.no_progress or args.quiet)
     teacher_forced = args.mode in ("both", "teacher-forced")
+    bars = not (args.no_progress or args.quiet)
 
     from .model import check_lengths, load_model
 

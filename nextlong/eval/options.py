@@ -31,8 +31,23 @@ class _Checked:
     """The checks both option sets share: each names the CLI option, as argparse's types would."""
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+    def defaults(cls) -> dict:
+        """Every option's default (the CLI's defaults; model and out have none)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def from_cli(cls, args):
+        """The options of a parsed command line (argparse's Namespace holds one attribute per field), checked."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}).validate()
+
+    @classmethod
+    def from_keywords(cls, caller: str, model, out, options: dict):
+        """The options of a Python call, checked; a keyword that is no option is refused by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise UsageError(f"{caller}: unknown option {unknown[0]!r}; the options are {', '.join(cls.defaults())}")
+        return cls(model=model, out=out, **options).validate()
 
     def _bad(self, name: str, expected: str) -> UsageError:
         option = "MODEL" if name == "model" else f"--{name.replace('_', '-')}"
@@ -156,18 +171,15 @@ class EvalOptions(_Checked):
         return self
 
 
-EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalOptions) if f.default is not dataclasses.MISSING}
+EVAL_DEFAULTS = EvalOptions.defaults()
 
 
 def evaluate(model, out, **options) -> dict:
     """`nextlong eval MODEL --out OUT` from Python, with the same options (see EvalOptions), checks and files;
     returns what results.json holds."""
-    unknown = sorted(set(options) - set(EvalOptions.field_names()))
-    if unknown:
-        raise UsageError(f"evaluate: unknown option {unknown[0]!r}; the options are {', '.join(EVAL_DEFAULTS)}")
     from .evaluation import run_eval
 
-    return run_eval(EvalOptions(model=model, out=out, **options).validate())
+    return run_eval(EvalOptions.from_keywords("evaluate", model, out, options))
 
 
 @dataclass
@@ -226,16 +238,12 @@ class HeadsOptions(_Checked):
         return self
 
 
-HEADS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(HeadsOptions)
-                  if f.default is not dataclasses.MISSING}
+HEADS_DEFAULTS = HeadsOptions.defaults()
 
 
 def retrieval_heads(model, out, **options) -> dict:
     """`nextlong heads MODEL --out OUT` from Python (model None with compare=(RUN_A, RUN_B) for `--compare`), with
     the same options (see HeadsOptions), checks and files; returns what heads.json (compare.json) holds."""
-    unknown = sorted(set(options) - set(HeadsOptions.field_names()))
-    if unknown:
-        raise UsageError(f"retrieval_heads: unknown option {unknown[0]!r}; the options are {', '.join(HEADS_DEFAULTS)}")
     from .heads_run import run_heads
 
-    return run_heads(HeadsOptions(model=model, out=out, **options).validate())
+    return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))

@@ -550,20 +550,21 @@ class ChunkIndex:
 
         from ..errors import CorpusError
 
+        not_found = {}, "(texts not shown: chunk table not found; pass --chunks)"
         path = chunks or self.info.get("chunks_path")
         if not path or not Path(path).is_file():
-            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+            return not_found
         columns = ["chunk_id", "text"] + ([] if chunks else ["text_hash"])
         try:
             table = pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             if chunks:
                 raise CorpusError(path, f"not a readable chunk table ({exc})") from None
-            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+            return not_found
         if table.num_rows != len(self):
             if chunks:
                 raise CorpusError(path, f"{table.num_rows} chunks, but the index holds {len(self)}; wrong --chunks?")
-            return {}, "(texts not shown: chunk table not found; pass --chunks)"
+            return not_found
         if not chunks and not self._holds_chunks_of(table):
             return {}, (f"(texts not shown: {path}, the chunk table index.json names, is not the one the index was "
                         "built from; pass --chunks)")

@@ -73,15 +73,27 @@ def recorded_rows(stage_dir, block: int) -> int:
     return rows
 
 
-def read_part(part):
-    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
+def _damaged_part(part, exc: Exception):
     from ..errors import CorruptFileError
 
+    return CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
+                            f"{_Path(part).parent} to make that stage again")
+
+
+def read_part(part):
+    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
     try:
         return _pq.read_table(part)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                               f"{_Path(part).parent} to make that stage again") from None
+        raise _damaged_part(part, exc) from None
+
+
+def part_rows(part) -> int:
+    """The rows a finished stage's Parquet part holds, from its footer, its damage named."""
+    try:
+        return _pq.ParquetFile(part).metadata.num_rows
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise _damaged_part(part, exc) from None
 
 
 def check_part_rows(part, rows: int) -> None:
@@ -91,11 +103,7 @@ def check_part_rows(part, rows: int) -> None:
     the part is read whole (read_part), not here."""
     from ..errors import CorruptFileError
 
-    try:
-        have = _pq.ParquetFile(part).metadata.num_rows
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                               f"{_Path(part).parent} to make that stage again") from None
+    have = part_rows(part)
     if have != rows:
         raise CorruptFileError(f"{part}: {have} rows where its stage recorded {rows}; delete {_Path(part).parent} "
                                "to make that stage again")

@@ -11,8 +11,6 @@ would stop short of its total.
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-
 from .framework import FinishedPrefix, block_path
 
 
@@ -27,17 +25,10 @@ def corpus_bar(ctx):
 def input_rows(folder, num_blocks: int) -> list[int]:
     """Rows of each input block of a chain, from the Parquet footers (0 where an empty block has no part).
     A part that is no Parquet file (damaged since its stage finished) is named here, before any block runs."""
-    from ..errors import CorruptFileError
+    from .artifacts import part_rows
 
-    rows = []
-    for j in range(num_blocks):
-        path = block_path(folder, j)
-        try:
-            rows.append(pq.ParquetFile(path).metadata.num_rows if path.exists() else 0)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise CorruptFileError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                                   f"{path.parent} to make that stage again") from None
-    return rows
+    paths = [block_path(folder, j) for j in range(num_blocks)]
+    return [part_rows(p) if p.exists() else 0 for p in paths]
 
 
 class ChainProgress:

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
-from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR,
-                        blank_chunks, blank_documents, check_part_rows, chunk_texts, read_part, recorded_rows, document_texts, load_stage_embedder,
-                        load_store, open_vectors, ready_embedder, save_blank_documents, tokenizer_identity)
+from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
+                        blank_documents, check_part_rows, chunk_texts, document_texts, load_stage_embedder, load_store,
+                        open_vectors, read_part, ready_embedder, recorded_rows, save_blank_documents,
+                        tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting

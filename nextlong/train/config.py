@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import UsageError
 from ..seeds import seed_problem
@@ -138,10 +138,17 @@ def recorded_settings(run) -> dict:
     return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
 
 
+def run_defining_names() -> set[str]:
+    """The names of the settings a resumed run must share with the run it continues."""
+    return set(TrainConfig(data=[], out="").run_defining())
+
+
 def resumed_settings(run, given: dict) -> dict:
     """`given` (keyword settings of `train(..., resume=True)`) completed with what RUN/manifest.json recorded
     for every setting a resume must share and `given` leaves out, so a resume needs no setting repeated (as
     `nextlong train DATA --out RUN --resume`); a setting given anew that differs is still refused."""
-    shared = set(TrainConfig(data=[], out="").run_defining()) - {"data", "extra"}
-    recorded = recorded_settings(run)
-    return {**{k: v for k, v in recorded.items() if k in shared and k not in given}, **given}
+    shared = run_defining_names() - {"data", "extra"}
+    recorded = {k: v for k, v in recorded_settings(run).items() if k in shared and k not in given}
+    if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list
+        recorded["betas"] = tuple(recorded["betas"])
+    return {**recorded, **given}

@@ -31,11 +31,11 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    """x summed over the ranks (a copy; x itself in one process)."""
+    d = _dist()
+    if d is not None:
         x = x.clone()
-        dist.all_reduce(x)
+        d.all_reduce(x)
     return x
 
 
@@ -93,7 +93,7 @@ def on_every_rank(work):
     with the very message of a lower rank: each error is printed once). Collective: every rank
     calls it at the same point (a bad row read by rank 1 alone reached rank 0 only as a broken gloo
     connection at the next step, which its manifest then recorded as the cause)."""
-    from ..untrusted import one_line
+    from ..manifest import error_line
 
     error = result = None
     try:
@@ -103,7 +103,7 @@ def on_every_rank(work):
     d = _dist()
     if d is None or all_ranks_ok(error is None):
         return (result, None) if error is None else (None, error)
-    mine = None if error is None else one_line(str(error) or type(error).__name__)[:500]
+    mine = None if error is None else error_line(error)
     messages = [None] * d.get_world_size()
     d.all_gather_object(messages, mine)
     rank, message = next((r, m) for r, m in enumerate(messages) if m is not None and (error is None or m == mine))

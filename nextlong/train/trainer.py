@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NextlongError, UsageError
-from ..manifest import RUNNING, read_manifest, run_status
+from ..manifest import RUNNING, ended_by, read_manifest, run_status
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -52,8 +52,6 @@ def train(data, out, **settings) -> dict:
         from .config import resumed_settings
 
         settings = resumed_settings(out, settings)
-        if isinstance(settings.get("betas"), list):  # JSON keeps the pair as a list
-            settings["betas"] = tuple(settings["betas"])
     cfg = TrainConfig(data=data, out=str(out), **settings).validate()
     return Trainer(cfg).run()
 
@@ -168,12 +166,8 @@ class Trainer:
                     raise
                 except BaseException as exc:  # the record said "running": it now says the run stopped, and why
                     if self.manifest_running:
-                        from ..untrusted import one_line
-
-                        self.write_manifest({"status": "interrupted" if isinstance(exc, KeyboardInterrupt)
-                                             else "failed", "steps": self.history[-1]["step"] if self.history
-                                             else self.start_step,
-                                             "error": one_line(str(exc) or type(exc).__name__)[:500]})
+                        self.write_manifest({**ended_by(exc), "steps": self.history[-1]["step"] if self.history
+                                             else self.start_step})
                     raise
         finally:
             # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
