@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import re
 
 import torch
@@ -82,3 +83,41 @@ def record_gpu_row(op: str, pass_: str, impl: str, **fields) -> dict:
         with open(path, "a") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
     return row
+
+
+# ---- every timed row's outputs checked against a wider-precision reference of the same work ---------
+
+# A row is called wrong when max |x - ref| / max |ref| of any output (loss, output, each gradient) passes the
+# tolerance of its dtype. A gross-error gate: bf16 kernels round every element (2^-8 relative) and may sum dW
+# in bf16 over chunks (4% of max |dW| at 64 chunks, measured), while a wrong mask, scale, label shift or
+# gradient is off by tens of percent or more. fp32 rows (CPU) are held to 1e-4 against an fp64 reference.
+AGREE_TOL = {torch.bfloat16: 0.1, torch.float16: 0.05, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The reference's dtype for rows in `dtype`: fp32 for 16-bit rows (a GPU's fast fp32 path), else fp64."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else torch.float64
+
+
+def relative_error(outputs, reference) -> float:
+    """Max over paired tensors of max |x - ref| / max |ref| (absolute where ref is all zero); inf when x is
+    not finite, so a NaN row can never pass."""
+    worst = 0.0
+    for x, ref in zip(outputs, reference, strict=True):
+        if not bool(torch.isfinite(x).all()):
+            return math.inf
+        diff = (x.to(ref.dtype) - ref).abs().max().item()
+        scale = ref.abs().max().item()
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
+def agrees(error: float | None, dtype: torch.dtype) -> bool | None:
+    """True/False against AGREE_TOL[dtype]; None when no reference was computed."""
+    return None if error is None else error <= AGREE_TOL[dtype]
+
+
+def verdict(error: float | None, dtype: torch.dtype) -> str:
+    """The table's cell: the error and ok / WRONG (or "unchecked")."""
+    ok = agrees(error, dtype)
+    return "unchecked" if ok is None else f"{error:.1e} {'ok' if ok else 'WRONG'}"

@@ -61,9 +61,11 @@ import torch
 import torch.nn.functional as F
 
 try:  # benchmarks/ on sys.path (script, pytest on this file, the GPU lease) ...
-    from _measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
+    from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row, relative_error,
+                          rss_kib, verdict, wide_dtype)
 except ModuleNotFoundError:  # ... or imported as benchmarks.bench_attention from the repository root
-    from benchmarks._measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
+    from benchmarks._measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row,
+                                     relative_error, rss_kib, verdict, wide_dtype)
 
 from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
 
@@ -268,6 +270,7 @@ class Result(NamedTuple):
     lengths: list
     first_seconds: float  # the first call (compiles, for FlexAttention)
     max_diff: float | None  # max |difference| of output and gradients against nextlong's
+    error: float | None = None  # max |x - ref| / max |ref| against the wider-precision reference (None: unchecked)
     times: tuple = ()  # CPU: wall seconds of each interleaved round (for paired ratios)
     cpu_times: tuple = ()  # CPU: process CPU seconds of each round
 
@@ -316,6 +319,38 @@ def _outputs(out, q, k, v, backward):
 
 def _max_diff(a, b) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+# The reference is skipped (the row says "unchecked") past this much work in allowed-pair flops: fp32 attention
+# has no tensor-core kernel, and one 256K-token document would cost more of a lease than its row.
+REFERENCE_MAX_FLOPS = 1e14
+
+
+def reference_outputs(q, k, v, lengths, backward):
+    """Output (and, with `backward`, dQ, dK, dV for the gradient of ones that `_step` uses) of causal attention
+    inside each document, from the same inputs in ``wide_dtype``: SDPA once per document (the memory-efficient
+    kernel on CUDA, which takes fp32 without an (L, L) matrix), key/value heads repeated for GQA. None when
+    the case is past REFERENCE_MAX_FLOPS."""
+    if attention_flops(lengths, q.shape[1], q.shape[2], backward) > REFERENCE_MAX_FLOPS:
+        return None
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    wide = wide_dtype(q.dtype)
+    qw, kw, vw = (x.detach().to(wide).requires_grad_(backward) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    outs = []
+    with torch.set_grad_enabled(backward), \
+            sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if q.is_cuda else nullcontext():
+        for a, b, c in zip(*(x.split(lengths) for x in (qw, kw, vw))):
+            b, c = (_heads_first(x.repeat_interleave(group, dim=1)) for x in (b, c))
+            outs.append(F.scaled_dot_product_attention(_heads_first(a), b, c, is_causal=True)[0].transpose(0, 1))
+        out = torch.cat(outs)
+        if not backward:
+            return [out]
+        out.backward(torch.ones_like(out))
+    return [out.detach(), qw.grad, kw.grad, vw.grad]
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -370,8 +405,10 @@ def measure_cpu_case(fns: dict, total, heads, dim, mask, backward, rounds=ROUNDS
             s["outputs"] = _outputs(out, q, k, v, backward)
             del out
     ref = state.get("nextlong", {}).get("outputs")
+    exact = reference_outputs(*_inputs(total, heads, dim, "cpu", torch.float32), lengths, backward)
     rows = {name: Result(min(s["times"]), s["peak"], min(s["cpu_times"]), lengths, s["first"],
                          _max_diff(s["outputs"], ref) if ref is not None else None,
+                         relative_error(s["outputs"], exact) if exact is not None else None,
                          tuple(s["times"]), tuple(s["cpu_times"]))
             for name, s in state.items()}
     return {**rows, **failed}
@@ -384,9 +421,10 @@ def measure_cpu(fn, total, heads, dim, mask, backward, repeats=3) -> Result:
     return result
 
 
-def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5, reference=None):
+def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5, reference=None, exact=None):
     """(Result, outputs): median seconds of `repeats` after the first call (timed apart), peak extra
-    allocated MiB over the inputs; max |diff| against `reference` outputs when given."""
+    allocated MiB over the inputs; max |diff| against `reference` outputs and the relative error against
+    `exact` (reference_outputs) when given."""
     lengths = document_lengths(total, mask)
     cu = cu_seqlens_from_lengths(lengths, device="cuda")
     q, k, v = _inputs(total, heads, dim, "cuda", torch.bfloat16)
@@ -399,7 +437,8 @@ def measure_gpu(fn, total, heads, dim, mask, backward, repeats=5, reference=None
     seconds, peak = cuda_median_seconds_and_peak_mib(lambda: _step(fn, q, k, v, lengths, cu, backward), repeats)
     outputs = _outputs(_step(fn, q, k, v, lengths, cu, backward), q, k, v, backward)
     diff = _max_diff(outputs, reference) if reference is not None else None
-    return Result(seconds, peak, None, lengths, first, diff), outputs
+    error = relative_error(outputs, exact) if exact is not None else None
+    return Result(seconds, peak, None, lengths, first, diff, error), outputs
 
 
 def matmul_tflops(n=8192, repeats=10):
@@ -419,11 +458,14 @@ def matmul_tflops(n=8192, repeats=10):
 
 
 def measure_gpu_case(fns: dict, total, heads, dim, mask, backward) -> dict:
-    """{name: Result or error string}; nextlong (first in `fns`) is the reference of the max |diff|."""
+    """{name: Result or error string}; nextlong (first in `fns`) is the reference of the max |diff|, the
+    fp32 reference_outputs that of the error."""
     rows, ref = {}, None
+    exact = reference_outputs(*_inputs(total, heads, dim, "cuda", torch.bfloat16), document_lengths(total, mask),
+                              backward)
     for name, fn in fns.items():
         try:
-            rows[name], outputs = measure_gpu(fn, total, heads, dim, mask, backward, reference=ref)
+            rows[name], outputs = measure_gpu(fn, total, heads, dim, mask, backward, reference=ref, exact=exact)
             if ref is None and name == "nextlong":
                 ref = outputs
             del outputs
@@ -551,12 +593,13 @@ def test_gpu_attention(benchmark, impl, mask, backward, total):
 
 # ---- table with ratios (script mode) -----------------------------------------------------------
 
-def _record(name, label, total, heads, dim, lengths, result, tflops=None):
-    """One row of docs/benchmarks/gpu-runs.jsonl (the SDPA flash loop is impl "sdpa")."""
+def _record(name, label, total, heads, dim, lengths, result, tflops=None, wrong=False):
+    """One row of docs/benchmarks/gpu-runs.jsonl (the SDPA flash loop is impl "sdpa"); ms null when the
+    implementation ran out of memory or its outputs were `wrong`."""
     record_gpu_row("attention", label, {"sdpa_flash": "sdpa"}.get(name, name), seq=total, docs=len(lengths), h=heads,
                    head_dim=dim, kv_heads=KV_HEADS or heads, dtype="bfloat16",
-                   ms=None if result is None else 1000 * result.seconds,
-                   peak_mib=None if result is None else result.peak_mib, tflops=tflops)
+                   ms=None if result is None or wrong else 1000 * result.seconds,
+                   peak_mib=None if result is None else result.peak_mib, tflops=None if wrong else tflops)
 
 
 def _table(kind):
@@ -564,6 +607,7 @@ def _table(kind):
         print("gpu: skipped, CUDA not available")
         return
     device = "cuda" if kind == "gpu" else "cpu"
+    dtype = torch.bfloat16 if kind == "gpu" else torch.float32
     if kind == "gpu":
         cases = [(s, GPU_HEADS, GPU_DIM, m, b) for s in GPU_SEQLENS for m in MASKS for b in (False, True)]
         cases += [(s, GPU_HEADS, GPU_DIM, m, False) for s in GPU_FWD_ONLY_SEQLENS for m in MASKS]
@@ -583,7 +627,9 @@ def _table(kind):
     print(f"{'S':>7} {'H':>3} {'D':>4} {'mask':>6} {'pass':>7} {'docs':>5} {'impl':>16} {'ms':>9} {'cpu ms':>8} "
           f"{'1st ms':>8} {'TFLOP/s':>8} {'peak MiB':>9}"
           + "".join(f" {f't/p{i}':>6} {f'cpu/p{i}':>7} {f'mem/p{i}':>7}" for i in range(1, len(peers) + 1))
-          + f" {'max|diff|':>9} {'%matmul':>7} {'%989':>5}  load")
+          + f" {'max|diff|':>9} {'error vs ' + str(wide_dtype(dtype)).removeprefix('torch.'):>19} {'%matmul':>7} "
+          f"{'%989':>5}  load")
+    wrong = []
     for total, heads, dim, mask, backward in cases:
         label = "fwd+bwd" if backward else "fwd"
         head = f"{total:>7} {heads:>3} {dim:>4} {mask:>6} {label:>7}"
@@ -608,8 +654,10 @@ def _table(kind):
                     _record(name, label, total, heads, dim, document_lengths(total, mask), None)
                 continue
             tflops = attention_flops(r.lengths, heads, dim, backward) / r.seconds / 1e12
-            if kind == "gpu":
-                _record(name, label, total, heads, dim, r.lengths, r, tflops)
+            if agrees(r.error, dtype) is False:
+                wrong.append(f"{name} at S={total} D={dim} {mask} {label}")
+            if kind == "gpu":  # a row whose outputs are wrong is recorded as failed (ms null), not as a time
+                _record(name, label, total, heads, dim, r.lengths, r, tflops, wrong=agrees(r.error, dtype) is False)
             ratios = ""
             for peer in peers:
                 ref = rows.get(peer)
@@ -622,7 +670,7 @@ def _table(kind):
             pm = f"{100 * tflops / peak:7.1f}" if peak else "      -"
             pp = f"{100 * tflops / H100_BF16_DENSE_TFLOPS:5.1f}" if peak else "    -"
             print(f"{head} {len(r.lengths):>5} {name:>16} {1000 * r.seconds:9.1f} {cms} {1000 * r.first_seconds:8.0f} "
-                  f"{tflops:8.3f} {r.peak_mib:9.0f}{ratios} {diff} {pm} {pp}  {load}")
+                  f"{tflops:8.3f} {r.peak_mib:9.0f}{ratios} {diff} {verdict(r.error, dtype):>19} {pm} {pp}  {load}")
         if "build_seconds" in _flex_state:
             print(f"{head} {'':>5} {'flex block mask':>16} built from the lengths in "
                   f"{1000 * _flex_state['build_seconds']:.1f} ms (not in the flex rows' time)")
@@ -630,8 +678,13 @@ def _table(kind):
           "the row is better (CPU: median over the rounds of the paired per-round ratio). ms: wall, best of "
           "the interleaved rounds on CPU, median of 5 on GPU; cpu ms: "
           "process CPU time (includes OpenMP spin-waiting); 1st ms: the first call (FlexAttention's compile); "
-          "max|diff|: of output (and dQ, dK, dV) against nextlong's on the same inputs; TFLOP/s over allowed "
+          "max|diff|: of output (and dQ, dK, dV) against nextlong's on the same inputs; error: max over them of "
+          f"max|x - ref| / max|ref| against the same inputs in {str(wide_dtype(dtype)).removeprefix('torch.')}, "
+          f"ok up to {AGREE_TOL[dtype]:g} "
+          "(unchecked: the reference would cost more than the row); TFLOP/s over allowed "
           "pairs only; %matmul: of torch.matmul in this run; %989: of the H100 SXM bf16 dense paper peak")
+    if wrong:
+        print(f"WRONG outputs (times not recorded): {'; '.join(wrong)}")
 
 
 if __name__ == "__main__":

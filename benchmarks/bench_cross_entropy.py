@@ -9,8 +9,10 @@ CPU: small shapes, the chunked fallback vs eager and a static torch.compile of i
 shape), peak resident memory from ``VmHWM`` (reset through ``/proc/self/clear_refs``), so it runs on the CI
 machine.
 
-Every table row also gives the max |difference| of the loss and of both gradients (hidden, weight)
-against the first implementation of the table (nextlong), on the same inputs.
+Every table row is checked: its loss and both gradients (hidden, weight) against the same inputs' loss
+computed in a wider dtype (fp32 for the GPU's bf16 rows, fp64 for the CPU's fp32 rows; the weighted row
+against the weighted mean), as max |x - ref| / max |ref|, called ok or WRONG at ``_measure.AGREE_TOL``.
+A WRONG row is no peer for the ratios, and its time is recorded as failed (ms null).
 
 Run: ``python3 -m pytest -q benchmarks/bench_cross_entropy.py -k cpu`` (pytest-benchmark), or
 ``python3 benchmarks/bench_cross_entropy.py [cpu|gpu]`` for a table with ratios to the peers.
@@ -26,7 +28,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _measure import cuda_median_seconds_and_peak_mib, record_gpu_row, rss_kib
+from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row, relative_error, rss_kib,
+                      verdict, wide_dtype)
 
 from nextlong.kernels.losses import fused_linear_cross_entropy
 
@@ -70,11 +73,15 @@ def _nextlong_fp32acc(h, w, y):
     return fused_linear_cross_entropy(h, w, y, accumulate_fp32=True)
 
 
+def _token_weights(labels):
+    """The weighted row's per-token weights (LongCE-style, in [0, 5)), seeded apart from the inputs."""
+    g = torch.Generator(device=labels.device).manual_seed(1)
+    return 5 * torch.rand(labels.shape, device=labels.device, generator=g)
+
+
 def _nextlong_weighted(h, w, y):
-    """Per-token weights (LongCE-style, in [0, 5)): the same kernels with one more O(N) vector."""
-    g = torch.Generator(device=h.device).manual_seed(1)
-    tw = 5 * torch.rand(y.shape, device=h.device, generator=g)
-    return fused_linear_cross_entropy(h, w, y, token_weights=tw)
+    """Per-token weights: the same kernels with one more O(N) vector."""
+    return fused_linear_cross_entropy(h, w, y, token_weights=_token_weights(y))
 
 
 def _nextlong_triton(h, w, y):
@@ -202,8 +209,26 @@ def step_outputs(fn, n, h, v, device, dtype):
     return [loss.detach().float(), hidden.grad.float(), weight.grad.float()]
 
 
-def max_diffs(a, b) -> tuple[float, ...]:
-    return tuple((x - y).abs().max().item() for x, y in zip(a, b))
+WEIGHTED = ("nextlong_weighted",)  # rows whose work is the token-weighted mean
+
+
+def reference_outputs(n, h, v, device, dtype, weighted=False, rows=4096):
+    """(loss, d hidden, d weight) of the seeded inputs' mean cross-entropy (weighted: sum w ce / sum w, with
+    the weighted row's weights), computed in ``wide_dtype(dtype)`` from the same rounded inputs, ``rows``
+    tokens of logits at a time: the reference every row of the table is checked against."""
+    wide = wide_dtype(dtype)
+    hidden, weight, labels = _inputs(n, h, v, device, dtype)
+    x, w = hidden.detach().to(wide), weight.detach().to(wide).requires_grad_()
+    tw = _token_weights(labels).to(wide) if weighted else torch.ones(n, device=device, dtype=wide)
+    total, loss, dx = tw.sum(), torch.zeros((), device=device, dtype=wide), torch.empty_like(x)
+    for s in range(0, n, rows):
+        part = x[s:s + rows].requires_grad_()
+        ce = F.cross_entropy(F.linear(part, w), labels[s:s + rows], reduction="none")
+        piece = (ce * tw[s:s + rows]).sum() / total
+        piece.backward()
+        dx[s:s + rows] = part.grad
+        loss += piece.detach()
+    return [loss, dx, w.grad]
 
 
 def matmul_fraction_of_peak(n, h, v, seconds):
@@ -307,35 +332,38 @@ def _table(kind):
     if kind == "cpu":
         torch.set_num_threads(2)
     device, dtype = ("cuda", torch.bfloat16) if kind == "gpu" else ("cpu", torch.float32)
-    print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>15} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
-          f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}  max|diff| loss, dh, dw vs the first row")
+    print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>17} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
+          f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}  error vs "
+          f"{str(wide_dtype(dtype)).removeprefix('torch.')} reference")
+    wrong = []
     for n, h, v in shapes:
         new_compile_case()
-        rows, diffs, ref, rounds = {}, {}, None, {}
+        rows, errors, rounds = {}, {}, {}
+        refs = {weighted: reference_outputs(n, h, v, device, dtype, weighted)
+                for weighted in {name in WEIGHTED for name in impls}}
         if kind == "cpu":  # interleaved: one step of each implementation per round
             fns = {name: implementation(name) for name in impls}
             rounds = measure_cpu_rows({k: f for k, f in fns.items() if not isinstance(f, str)}, n, h, v)
         for name in impls:
             fn = implementation(name)
             if isinstance(fn, str):
-                print(f"{n:>7} {h:>5} {v:>7} {name:>15}  skipped: {fn}")
+                print(f"{n:>7} {h:>5} {v:>7} {name:>17}  skipped: {fn}")
                 continue
             try:
                 rows[name] = rounds[name][:3] if kind == "cpu" else measure(fn, n, h, v)
-                outs = step_outputs(fn, n, h, v, device, dtype)
-                if ref is None:
-                    ref = outs
-                diffs[name] = max_diffs(outs, ref)
-                del outs
+                errors[name] = relative_error(step_outputs(fn, n, h, v, device, dtype), refs[name in WEIGHTED])
             except torch.OutOfMemoryError:
                 rows.pop(name, None)
                 torch.cuda.empty_cache()
-                print(f"{n:>7} {h:>5} {v:>7} {name:>15}  out of memory")
+                print(f"{n:>7} {h:>5} {v:>7} {name:>17}  out of memory")
                 if kind == "gpu":
                     _record(name, n, h, v, None, None)
-        peer_name = next((k for k in ("liger", "compile", "eager") if k in rows), None)  # the peer a user would pick
+        del refs
+        # the peer a user would pick, among the rows whose outputs agree with the reference
+        peer_name = next((k for k in ("liger", "compile", "eager") if k in rows and agrees(errors[k], dtype)), None)
         peer_t = rows.get(peer_name)
-        peer_m = rows.get("cce", rows.get("eager"))
+        mem_peer = next((k for k in ("cce", "eager") if k in rows and agrees(errors[k], dtype)), None)
+        peer_m = rows.get(mem_peer)
         for name, (sec, mib, cpu) in rows.items():
             frac = f"{100 * matmul_fraction_of_peak(n, h, v, sec):6.1f}" if kind == "gpu" else "     -"
             if peer_t and kind == "cpu":  # CPU time (steadier on a shared machine), median of the per-round pairs
@@ -348,13 +376,20 @@ def _table(kind):
                 rt = "      -"
             rm = f"{mib / peer_m[1]:8.2f}" if peer_m and peer_m[1] > 0 else "       -"
             cms = f"{1000 * cpu:8.1f}" if cpu is not None else "       -"
-            d = " ".join(f"{x:.1e}" for x in diffs[name]) if name in diffs else "-"
-            print(f"{n:>7} {h:>5} {v:>7} {name:>15} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}  {d}")
-            if kind == "gpu":
-                _record(name, n, h, v, sec, mib)
+            print(f"{n:>7} {h:>5} {v:>7} {name:>17} {1000 * sec:10.1f} {cms} {mib:10.0f} {rt} {rm} {frac}  "
+                  f"{verdict(errors[name], dtype)}")
+            if not agrees(errors[name], dtype):
+                wrong.append(f"{name} at N={n} H={h} V={v}")
+            if kind == "gpu":  # a row whose outputs are wrong is recorded as failed (ms null), not as a time
+                _record(name, n, h, v, sec if agrees(errors[name], dtype) else None, mib)
+    wide = str(wide_dtype(dtype)).removeprefix("torch.")
     print("t/peer: time relative to liger (torch.compile where liger is absent, then eager; on CPU the median "
           f"of {CPU_ROUNDS} interleaved rounds' CPU-time ratios); "
-          "mem/peer: peak relative to cce (eager when cce is absent)")
+          "mem/peer: peak relative to cce (eager when cce is absent); a peer is one whose outputs pass. "
+          f"error: max over loss, dh, dw of max|x - ref| / max|ref|, against the same inputs in {wide} "
+          f"(weighted rows: the weighted mean); ok up to {AGREE_TOL[dtype]:g}")
+    if wrong:
+        print(f"WRONG outputs (times not recorded): {'; '.join(wrong)}")
     print_fp32_output_gemm()
 
 

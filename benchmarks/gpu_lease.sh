@@ -16,6 +16,9 @@
 # Everything printed goes to $OUT/sections.log (one file: the device tool brings back 8 files at most, and a
 # file per section would pass that), beside $OUT/device.txt and $OUT/gpu-runs.jsonl.
 #
+# Every timed ce and attention row is checked against the same inputs in fp32 (`error ... ok|WRONG`; a WRONG
+# row is recorded with ms null, and the section ends with a WRONG line naming it): read those before a ratio.
+#
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu_lease.sh [SECTION ...]
 # Sections: ce train attention eval tiles (default: all, in that order; also ce-64k, ce-accuracy, train-1b); `attention` runs the
 # subsections attention-peers and attention-flex, each also a section of its own; `flex` is
