@@ -15,11 +15,22 @@ from .untrusted import one_line
 COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "acer", "inspect", "train", "plot", "eval", "heads")
 
 
+def _launched() -> bool:
+    """This process is one rank of a multi-process launch (torchrun sets WORLD_SIZE)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return False
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's error contract: one line `nextlong CMD: error: ...`, exit status 2."""
+    """argparse with the CLI's error contract: one line `nextlong CMD: error: ...`, exit status 2. Under a
+    launcher (torchrun: WORLD_SIZE > 1) every rank parses the same arguments and meets the same error, so only
+    each node's first rank (LOCAL_RANK 0) prints it; the others exit 2 without a word."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        quiet_rank = _launched() and os.environ.get("LOCAL_RANK", "0") not in ("", "0")
+        self.exit(2, None if quiet_rank else f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     code = _run(args)
-    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if args.command == "train" and _launched():
         _end_torchrun_rank(code)
     return code
 

@@ -262,3 +262,27 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(index_dir):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("local_rank, printed", [("0", True), ("1", False), (None, True)])
+def test_a_usage_error_under_torchrun_is_printed_once_per_node(local_rank, printed, capsys, monkeypatch):
+    """Every rank parses the same arguments: only LOCAL_RANK 0 says the error; each rank still exits 2."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--no-such-flag"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert ("the following arguments are required" in err) == printed
+    assert err.count("\n") == (1 if printed else 0)
+
+
+def test_a_garbled_world_size_is_one_process(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit):
+        main(["train", "--no-such-flag"])
+    assert "the following arguments are required" in capsys.readouterr().err

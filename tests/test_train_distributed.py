@@ -131,6 +131,39 @@ def test_a_bad_row_in_rank_1s_first_step_leaves_nothing(tmp_path):
     assert proc.stderr.count("token id 5000 is outside") == 1, proc.stderr[-4000:]
 
 
+RANK_1_FAILS = """import os, sys
+import nextlong.train.trainer as trainer
+from nextlong.errors import NextlongError
+where = sys.argv.pop(1)
+if os.environ.get("RANK") == "1":  # this rank alone meets a failure in setup
+    def fail(*args, **kwargs):
+        raise NextlongError("rank 1 alone cannot go on")
+    setattr(trainer, where, fail)
+from nextlong.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["open_sources", "build_model"])
+def test_a_setup_failure_on_one_rank_stops_every_rank_with_its_message(single, tmp_path, where):
+    """Rank 1 fails reading its data (open_sources) or loading its model (build_model); rank 0 went on to its
+    next collective and met a broken connection there (or waited in it). Now both parts of
+    setup end in an agreement: every rank stops, the message is printed once, --out is left as it was."""
+    data, _ = single
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(RANK_1_FAILS)
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(launcher),
+           where, "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len", str(SAMPLE_LEN),
+           "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet", "--threads", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("nextlong train: error: rank 1 alone cannot go on") == 1, proc.stderr[-4000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "Connection reset" not in proc.stderr, proc.stderr[-4000:]
+    assert not run.exists(), sorted(p.name for p in run.iterdir())
+
+
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory):
     """A Llama with 4 query heads over 2 kv heads (the tiny preset has 2 over 1): SP = 4 needs 4 heads."""

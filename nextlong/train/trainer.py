@@ -79,6 +79,14 @@ def cosine_schedule(warmup: int, steps: int, min_ratio: float):
 # --- the trainer -------------------------------------------------------------------------------
 
 
+def _agreed(work):
+    """work()'s result when it succeeded on every rank; else every rank raises (on_every_rank)."""
+    result, failure = on_every_rank(work)
+    if failure is not None:
+        raise failure
+    return result
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or SIGTERM at a step boundary, after saving that step's checkpoint."""
 
@@ -175,8 +183,46 @@ class Trainer:
             if started and dist.is_initialized():
                 dist.destroy_process_group()
 
-    # setup: everything that can go wrong with the input fails here, before the first step
+    # setup: everything that can go wrong with the input fails here, before the first step. Under torchrun the
+    # parts that may fail on one rank alone (its files, its device's memory) end in an agreement, so every rank
+    # stops there with the failed rank's message instead of meeting a broken connection at the next collective.
     def setup(self) -> None:
+        _agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
+        self._check_sequence_parallel()  # collective: creates the sequence-parallel groups
+        _agreed(self._setup_model)  # the model built and checked on this rank: no collective
+        cfg = self.cfg
+        check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
+                          shards=self.world if cfg.fsdp else 1, local_world=self.local_world,
+                          seq_parallel=self.sp)  # collective: every rank refuses alike
+        _agreed(self._setup_scorer)
+        self.wrapped = self._wrap(self.loss_model)
+        self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
+                                    short_model=self.scorer or self.lm, sp=self.sp, sp_rank=self.sp_rank,
+                                    sp_group=self.sp_group)
+
+        decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=self.lr, betas=tuple(cfg.betas), eps=1e-8)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_schedule(self.warmup, cfg.steps, cfg.min_lr_ratio))
+
+        stream = SampleStream(self.sources, seed=cfg.seed, rank=self.dp_rank, world=self.dp_world,
+                              spans=cfg.attention_spans, vocab_size=self.model_vocab,
+                              loss_mask=self.loss_on == "answer")
+        self.packer = SequencePacker(stream, self.seq_len, split=cfg.split_spans)
+        self.start_step, self.history = 0, []
+        self._resume_or_start()
+        # the first step's data is read now: bad samples fail before any training, on every rank, before the run
+        # writes anything
+        self.next_batches = _agreed(self._read_step_batches)
+        if self.loss_on == "answer" and self.rank == 0 and not any(
+                bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
+            print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
+                  "target); a step without one applies no update", file=sys.stderr)
+
+    def _setup_inputs(self) -> None:
         cfg = self.cfg
         seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
@@ -225,7 +271,10 @@ class Trainer:
                                      "every dependency in the data), pass --split-spans to cut them, or use "
                                      "--attention-spans document|none (for NExtLong data, document blocks the "
                                      "dependencies between its meta-chunks)")
-        self._check_sequence_parallel()
+        self.data_tok, self.data_vocab, self.eos_id = data_tok, vocab, eos_id
+
+    def _setup_model(self) -> None:
+        cfg, data_tok, vocab, eos_id = self.cfg, self.data_tok, self.data_vocab, self.eos_id
         self.batch_tokens = cfg.batch_tokens or self.seq_len * self.dp_world
         if self.batch_tokens % self.seq_len:
             raise UsageError(f"--batch-tokens {self.batch_tokens} must be a multiple of --seq-len {self.seq_len}")
@@ -257,10 +306,11 @@ class Trainer:
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.to(self.device).train()
-        check_step_memory(lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
-                          shards=self.world if cfg.fsdp else 1, local_world=self.local_world, seq_parallel=self.sp)
         self.lm = lm
         self.loss_model = LossModel(lm, attention=cfg.attention, loss=cfg.loss)
+
+    def _setup_scorer(self) -> None:
+        cfg, data_tok, vocab, eos_id = self.cfg, self.data_tok, self.data_vocab, self.eos_id
         self.scorer = None
         if cfg.scorer is not None:  # its identity taken first: a change while it loads shows on the next resume
             self.scorer_identity = folder_identity(run_or_model_folder(cfg.scorer))
@@ -269,33 +319,6 @@ class Trainer:
                                       ).to(self.device).eval().requires_grad_(False)
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
-        self.wrapped = self._wrap(self.loss_model)
-        self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
-                                    short_model=self.scorer or self.lm, sp=self.sp, sp_rank=self.sp_rank,
-                                    sp_group=self.sp_group)
-
-        decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.loss_model.parameters() if p.requires_grad and p.dim() < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=self.lr, betas=tuple(cfg.betas), eps=1e-8)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_schedule(self.warmup, cfg.steps, cfg.min_lr_ratio))
-
-        stream = SampleStream(sources, seed=cfg.seed, rank=self.dp_rank, world=self.dp_world,
-                              spans=cfg.attention_spans, vocab_size=self.model_vocab,
-                              loss_mask=self.loss_on == "answer")
-        self.packer = SequencePacker(stream, self.seq_len, split=cfg.split_spans)
-        self.start_step, self.history = 0, []
-        self._resume_or_start()
-        # the first step's data is read now: bad samples fail before any training
-        self.next_batches, failure = on_every_rank(self._read_step_batches)
-        if failure is not None:  # on any rank: every rank stops here, before the run writes anything
-            raise failure
-        if self.loss_on == "answer" and self.rank == 0 and not any(
-                bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
-            print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
-                  "target); a step without one applies no update", file=sys.stderr)
 
     def _check_sequence_parallel(self) -> None:
         """--seq-parallel N: ranks r, r+1, ... r+N-1 (r a multiple of N) split each sequence's tokens and read the
