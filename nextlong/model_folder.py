@@ -31,6 +31,16 @@ class ModelFolderError(NextlongError):
     """A model folder that cannot be loaded safely: corrupt, incomplete, or asking to run its own code."""
 
 
+def folder_identity(folder) -> dict:
+    """A model folder as what loading it reads: its top-level files' names, sizes and modification times
+    (hidden files and sub-folders such as .git/ or checkpoint-*/ left out). Cheap, and it changes when a training
+    run saves new weights into the folder: a resumed training run compares its --scorer's, and an evaluation's
+    resume journal its model's, so results of other weights are never reused."""
+    files = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.is_file())
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "entries": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
 def read_config(folder, *, trust_remote_code: bool = False):
     """The folder's transformers config, after checking that config.json is a JSON object."""
     from transformers import AutoConfig

@@ -233,7 +233,7 @@ def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", 2048, "sdpa", (0,))
     settings = EvalSettings(tasks=["json_kv", "vt"], lengths=[1024], depths=[25.0], samples=1, max_new_tokens=2)
-    records, _, _, skipped = run_tasks(lm, settings, tmp_path, None, model_id="tiny")
+    records, _, _, skipped = run_tasks(lm, settings, tmp_path, None)
     assert not skipped
     by_task = {r["task"]: r for r in records}
     reached = make_sample(tok, "json_kv", 1024, 25.0, 0, 0).depth_actual

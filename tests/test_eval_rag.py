@@ -72,7 +72,7 @@ def settings(files, **kw):
 
 def prepare(lm, files, out, **kw):
     s = settings(files, **kw)
-    return rag.prepare_rag(lm, s, rag.read_rag_questions(s.questions), out, model_id=str(lm.folder))
+    return rag.prepare_rag(lm, s, rag.read_rag_questions(s.questions), out)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +316,7 @@ def test_same_seed_same_prompts_other_seed_other_order(lm, files, tmp_path, monk
     a = prepare(lm, files, tmp_path / "a")
     b = prepare(lm, files, tmp_path / "b")
     other = rag.RagSettings(**{**settings(files).__dict__, "seed": 1})
-    c = rag.prepare_rag(lm, other, rag.read_rag_questions(other.questions), tmp_path / "c", model_id=str(lm.folder))
+    c = rag.prepare_rag(lm, other, rag.read_rag_questions(other.questions), tmp_path / "c")
     differs = False
     for ea, eb, ec in zip(a.entries, b.entries, c.entries):
         assert ea.candidates == eb.candidates == ec.candidates

@@ -359,3 +359,27 @@ def test_the_python_api_is_the_cli(tmp_path, run_dir, capsys):
     statistics = json.loads((tmp_path / "both" / "manifest.json").read_text())["statistics"]
     journal = (tmp_path / "both" / ".progress.jsonl").read_text().splitlines()[1:]  # a cell too short is skipped
     assert statistics["samples_reused"] == len(journal) > 0
+
+
+def test_a_resume_reuses_only_results_of_the_same_weights_dtype_and_corpus_field(tmp_path, tokenizer_json, capsys):
+    """The journal reused every sample after --dtype or --text-field changed, or after new weights were saved into
+    the model folder (a training run writing RUN/model/ meanwhile), and results.json then held the old numbers
+    under the new settings. Each of those now starts the samples afresh; the same run again still reuses them."""
+    run = save_tiny_llama(tmp_path / "run", tokenizer_json, run_layout=True)
+    corpus = tmp_path / "corpus.jsonl"
+    texts = [" ".join(f"word{(i * 7 + j) % 97}" for j in range(400)) for i in range(30)]
+    corpus.write_text("".join(json.dumps({"text": t, "other": t[::-1]}) + "\n" for t in texts))
+    out = tmp_path / "e"
+
+    def reused(*extra) -> int:
+        assert main(["eval", str(run), "--out", str(out), "--tasks", "niah_single_1", "--lengths", "512",
+                     "--depths", "2", "--samples", "1", "--max-new-tokens", "4", "--corpus", str(corpus), "--quiet",
+                     *extra]) == 0
+        return json.loads((out / "manifest.json").read_text())["statistics"]["samples_reused"]
+
+    assert reused() == 0 and reused() == 2
+    assert reused("--dtype", "bfloat16") == 0
+    assert reused("--dtype", "bfloat16", "--text-field", "other") == 0
+    save_tiny_llama(run, tokenizer_json, run_layout=True, seed=5)  # other weights, same folder
+    assert reused("--dtype", "bfloat16", "--text-field", "other") == 0
+    assert reused("--dtype", "bfloat16", "--text-field", "other") == 2

@@ -88,7 +88,8 @@ def run_eval(args: EvalOptions) -> dict:
     settings = EvalSettings(tasks=tasks, lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                             greedy=greedy, teacher_forced=teacher_forced, max_new_tokens=args.max_new_tokens,
                             dump=args.dump, progress=bars, extra={"corpus": args.corpus, "attn": lm.prefill_attn,
-                                                   "tokenizer": lm.tokenizer.fingerprint})
+                                                                   "tokenizer": lm.tokenizer.fingerprint,
+                                                                   "text_field": args.text_field})
     started = time.time()
     manifest_settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
@@ -101,7 +102,7 @@ def run_eval(args: EvalOptions) -> dict:
 
             rag_settings.lengths, rag_settings.depths = list(lengths), list(depths)
             rag_settings.progress = bars
-            rag_plan = prepare_rag(lm, rag_settings, rag_questions, out, model_id=str(lm.folder))
+            rag_plan = prepare_rag(lm, rag_settings, rag_questions, out)
         results = {"model": str(args.model), "tokenizer": lm.tokenizer_spec, "seed": args.seed,
                    "lengths": lengths, "depths": depths, "samples": args.samples,
                    "modes": [m for m, on in (("greedy", greedy), ("teacher_forced", teacher_forced)) if on],
@@ -117,7 +118,7 @@ def run_eval(args: EvalOptions) -> dict:
         dumped: list = []
         rag_answers = 0
         if tasks:
-            records, metrics, reused, skipped = run_tasks(lm, settings, out, essay, model_id=str(lm.folder))
+            records, metrics, reused, skipped = run_tasks(lm, settings, out, essay)
             for reason in skipped.values():
                 warnings.append(f"skipped: {reason}")
                 print(f"nextlong eval: warning: skipped: {reason}", file=sys.stderr)

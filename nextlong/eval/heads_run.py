@@ -147,9 +147,10 @@ def run_heads(args: HeadsOptions) -> dict:
         "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
     with output_lock(out, "heads"), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
-        fingerprint = json.dumps({"model": str(lm.folder), "lengths": lengths, "depths": depths,
+        fingerprint = json.dumps({"model": lm.identity, "lengths": lengths, "depths": depths,
                                   "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,
-                                  "corpus": args.corpus, "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True, default=str)
+                                  "corpus": args.corpus, "text_field": args.text_field,
+                                  "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True, default=str)
         import hashlib
 
         import torch

@@ -412,7 +412,7 @@ def _padded(text: str) -> str:
     return f" {normalize_answer(text)} "
 
 
-def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir, *, model_id: str) -> RagPlan:
+def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir) -> RagPlan:
     """Everything before the model answers: chunk (and embed) the corpus into DIR/rag/, resolve each
     question's gold chunks, retrieve, and check every prompt fits. Errors are one line, before any scoring."""
     from ..synthesis.acer.answers import contains_answer
@@ -531,7 +531,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
                     "use a smaller --rag-read or --rag-chunk-tokens")
     identity = {"settings": {k: v for k, v in asdict(settings).items() if k not in ("dump", "progress")},
                 "questions": corpus_identity(settings.questions), "corpus": corpus_identity(settings.corpus),
-                "model": model_id, "tokenizer": tok.fingerprint, "retrieve": k,
+                "model": lm.identity, "tokenizer": tok.fingerprint, "retrieve": k,
                 "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION}
     plan.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return plan

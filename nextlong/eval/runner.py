@@ -39,9 +39,9 @@ class EvalSettings:
     progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
-    def fingerprint(self, model_id: str) -> str:
+    def fingerprint(self, model_identity) -> str:
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
-        data["model"] = model_id
+        data["model"] = model_identity
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -247,8 +247,8 @@ def preflight(tokenizer, jobs, seed: int, essay, progress: bool = True) -> dict[
     return skipped
 
 
-def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Sequence[str] | None,
-              model_id: str) -> tuple[list[dict], dict[str, str], int, dict]:
+def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
+              essay: Sequence[str] | None) -> tuple[list[dict], dict[str, str], int, dict]:
     """Score every planned sample (resuming finished ones). Returns (records, metric per task, reused,
     {(task, length): reason} of the cells skipped because the length is too short for the task)."""
     from tqdm import tqdm
@@ -260,7 +260,7 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path, essay: Seq
 
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
-    journal = ResultJournal(out_dir, settings.fingerprint(model_id))
+    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity))
     reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []

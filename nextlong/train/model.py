@@ -78,15 +78,6 @@ def run_or_model_folder(spec: str) -> Path:
                         "(a Hugging Face causal-LM folder or a `nextlong train` run)")
 
 
-def folder_identity(folder: Path) -> dict:
-    """A model folder as what loading it reads: its top-level files' names, sizes and modification times
-    (hidden files and sub-folders such as .git/ or checkpoint-*/ left out), to tell a resumed run that its
-    --scorer changed since it was recorded."""
-    files = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.is_file())
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "entries": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
-
-
 def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: str,
                 rope_theta: float | None = None, seed: int = 0, trust_remote_code: bool = False,
                 eos_id: int | None = None):

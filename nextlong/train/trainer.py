@@ -29,13 +29,14 @@ import torch
 
 from ..errors import NextlongError, UsageError
 from ..manifest import RUNNING, ended_by, read_manifest, run_status
+from ..model_folder import folder_identity
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SampleStream, SequencePacker, collate
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
-from .model import LossModel, build_model, folder_identity, get_rope_theta, is_preset, run_or_model_folder
+from .model import LossModel, build_model, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
 from .sources import open_sources, resolve_loss_on
 from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
