@@ -92,12 +92,27 @@ def test_teacher_forced_and_greedy_match_a_full_recompute(lm):
     assert record["prediction"] == _reference_greedy(lm, sample, 6)
 
 
-def test_prefill_with_our_attention_kernel_scores_like_sdpa(run_dir, lm):
+def test_prefill_with_our_attention_kernel_scores_like_sdpa(run_dir, lm, monkeypatch):
+    """On CPU our kernel's fallback gives SDPA's very numbers, so the comparison alone would pass were the switch
+    a no-op: the prefill is also checked to call it, once per layer."""
+    from transformers import AttentionInterface
+
+    import nextlong.kernels.transformers_attention as nla
+
     ours = load_model(run_dir, attn="nextlong", device="cpu")
     assert ours.prefill_attn == "nextlong"
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape[-2])  # the query length
+        return nla.nextlong_attention_forward(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, nla.NAME, counted)
     sample = make_sample(lm.tokenizer, "json_kv", 1024, 50.0, 0, seed=1)
     a = evaluate_sample(lm, sample, max_new_tokens=4)
     b = evaluate_sample(ours, sample, max_new_tokens=4)
+    prefill = calls[:ours.num_layers]  # one call per layer over the whole prompt (about 1,000 tokens)
+    assert len(prefill) == ours.num_layers and min(prefill) > 900, calls[:4]
     assert b["teacher_forced_logprob"] == pytest.approx(a["teacher_forced_logprob"], abs=1e-3)
     assert b["prediction"] == a["prediction"]
 

@@ -132,9 +132,11 @@ def test_scoring_matches_rulers_definitions():
     # string_match_part: any reference found
     assert scoring.string_match_part("Paris, France", ["paris", "Lyon"]) == 1.0
     assert scoring.string_match_part("Berlin", ["paris", "Lyon"]) == 0.0
-    # HELMET's substring exact match is case-sensitive
+    # HELMET's substring exact match, on SQuAD-normalised text (case, punctuation and articles do not count)
     assert scoring.substring_exact_match(" 3f2a-11 is it", ["3f2a-11"]) == 1.0
-    assert scoring.substring_exact_match("3F2A-11", ["3f2a-11"]) == 0.0
+    assert scoring.substring_exact_match("The value: 3F2A-11.", ["3f2a-11"]) == 1.0
+    assert scoring.substring_exact_match("3f2a-12", ["3f2a-11"]) == 0.0
+    assert scoring.substring_exact_match("3f2a", ["3f2a-11"]) == 0.0
     # ROUGE-1 recall with clipped counts
     assert scoring.rouge1_recall("the cat the cat", "the cat sat") == pytest.approx(2 / 3)
     assert scoring.rouge1_recall("nothing", "the cat sat") == 0.0

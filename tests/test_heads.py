@@ -143,14 +143,34 @@ def test_compare_counts_and_differences():
         H.compare(a, {"0-0": 1.0})
 
 
+@pytest.fixture
+def copying(monkeypatch):
+    """Every trial's answer forced to be the needle's own tokens (the teacher-forced probe of the same rule): a
+    random model copies nothing, so its heads all score 0 and any scoring code, a broken one too, would give
+    "the same scores" twice. The decoding budgets asked for are recorded."""
+    budgets = []
+    real = H.detect_trial
+
+    def forced(lm, trial, *, max_new_tokens=H.MAX_NEW_TOKENS, forced=None):
+        budgets.append(max_new_tokens)
+        start, end = trial.span
+        return real(lm, trial, max_new_tokens=max_new_tokens, forced=trial.prompt_ids[start:end])
+
+    monkeypatch.setattr(H, "detect_trial", forced)
+    return budgets
+
+
 @pytest.mark.slow
-def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys):
+def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys, copying):
     args = ["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
-            "--max-new-tokens", "6"]
+            "--max-new-tokens", "40"]
     assert main(args + ["--out", str(tmp_path / "a"), "--mask-heads", "1"]) == 0
+    # detection and each of the three masking passes decode with --max-new-tokens (the masking used 50)
+    assert copying == [40] * 2 * 4
     out = tmp_path / "a"
     scores = json.loads((out / "head_scores.json").read_text())
     assert sorted(scores) == sorted(f"{l}-{h}" for l in range(2) for h in range(4))
+    assert any(v > 0 for v in scores.values()), scores  # the equalities below can fail
     info = json.loads((out / "heads.json").read_text())
     assert info["trials"] == 2 and info["trials_counted"] == 2
     assert set(info["masking"]) >= {"accuracy_unmasked", "accuracy_top_masked", "accuracy_random_masked"}
@@ -217,18 +237,20 @@ def test_a_stopped_heads_run_leaves_a_manifest_saying_so(tmp_path, model_dir, mo
     capsys.readouterr()
 
 
-def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys):
-    """nextlong.eval.retrieval_heads: `nextlong heads` with its options as keywords, the same checks and files."""
+def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys, copying):
+    """nextlong.eval.retrieval_heads: `nextlong heads` with its options as keywords, the same checks and files
+    (with answers that copy the needle, so the scores compared are not all 0)."""
     from nextlong.errors import UsageError
     from nextlong.eval import retrieval_heads
 
     assert main(["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
-                 "--max-new-tokens", "6", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+                 "--max-new-tokens", "40", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
     import numpy as np
 
     info = retrieval_heads(model_dir, tmp_path / "py", lengths=np.array([320]), depths=2, needles=np.int64(1),
-                           all_trials=True, max_new_tokens=6, quiet=True)
+                           all_trials=True, max_new_tokens=40, quiet=True)
     assert capsys.readouterr().out == ""
+    assert any(v > 0 for v in json.loads((tmp_path / "cli" / "head_scores.json").read_text()).values())
     for name in ("head_scores.json", "heads.json"):
         assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text(), name
     assert info["trials"] == 2

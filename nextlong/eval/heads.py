@@ -200,24 +200,28 @@ def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
             handle.remove()
 
 
-def niah_accuracy(lm: LoadedModel, trials: Sequence[Trial], min_recall: float = MIN_RECALL) -> float:
-    """Fraction of trials whose greedy answer reaches the ROUGE-1 recall bar."""
-    return sum(detect_trial(lm, t).recall > min_recall for t in trials) / max(len(trials), 1)
+def niah_accuracy(lm: LoadedModel, trials: Sequence[Trial], min_recall: float = MIN_RECALL, *,
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> float:
+    """Fraction of trials whose greedy answer (`max_new_tokens` at most) reaches the ROUGE-1 recall bar."""
+    return sum(detect_trial(lm, t, max_new_tokens=max_new_tokens).recall > min_recall
+               for t in trials) / max(len(trials), 1)
 
 
 def mask_check(lm: LoadedModel, trials: Sequence[Trial], named: dict[str, float], k: int, seed: int = 0,
-               min_recall: float = MIN_RECALL) -> dict:
-    """NIAH accuracy unmasked, with the top-k heads masked, and with k random other heads masked."""
+               min_recall: float = MIN_RECALL, *, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    """NIAH accuracy unmasked, with the top-k heads masked, and with k random other heads masked, each answer
+    decoded with the detection's `max_new_tokens` (so the unmasked figure is the detection's own accuracy)."""
     order = [tuple(int(x) for x in name.split("-")) for name, _ in ranked(named)]
     top = order[:k]
     rest = order[k:]
     rand = random.Random(f"mask:{seed}").sample(rest, min(k, len(rest)))
     out = {"k": k, "top_heads": [f"{l}-{h}" for l, h in top], "random_heads": [f"{l}-{h}" for l, h in rand],
-           "trials": len(trials), "accuracy_unmasked": niah_accuracy(lm, trials, min_recall)}
+           "trials": len(trials), "accuracy_unmasked": niah_accuracy(lm, trials, min_recall,
+                                                                    max_new_tokens=max_new_tokens)}
     with masked_heads(lm, top):
-        out["accuracy_top_masked"] = niah_accuracy(lm, trials, min_recall)
+        out["accuracy_top_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens)
     with masked_heads(lm, rand):
-        out["accuracy_random_masked"] = niah_accuracy(lm, trials, min_recall)
+        out["accuracy_random_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens)
     return out
 
 

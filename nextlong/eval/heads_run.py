@@ -196,7 +196,8 @@ def run_heads(args: HeadsOptions) -> dict:
                      f"retrieval scores ({counted}/{len(trials)} trials counted; {len(retrieval)} heads > "
                      f"{args.threshold})")
         if args.mask_heads:
-            summary_data["masking"] = H.mask_check(lm, trials, named, args.mask_heads, args.seed, args.min_recall)
+            summary_data["masking"] = H.mask_check(lm, trials, named, args.mask_heads, args.seed, args.min_recall,
+                                                       max_new_tokens=args.max_new_tokens)
         non_finite += write_strict_json(out / "heads.json", summary_data)
         lines = [f"# nextlong heads: {args.model}", "",
                  f"{len(trials)} trials ({len(lengths)} lengths x {len(depths)} depths x {len(needles)} needles); "

@@ -30,10 +30,14 @@ def string_match_part(prediction: str, references: list[str]) -> float:
 
 
 def substring_exact_match(prediction: str, references: list[str]) -> float:
-    """HELMET's JSON-KV: 1 when the (single) gold value occurs verbatim in the prediction."""
+    """HELMET's JSON-KV: 1 when a gold value occurs in the prediction, both normalised as HELMET (after SQuAD)
+    does: lower case, punctuation and the articles a/an/the removed, white space collapsed."""
+    from ..synthesis.acer.answers import normalize_answer
+
     if not references:
         raise ValueError("substring_exact_match needs at least one reference")
-    return float(any(ref in prediction for ref in references))
+    pred = normalize_answer(prediction)
+    return float(any(normalize_answer(ref) in pred for ref in references))
 
 
 def score(metric: str, prediction: str, references: list[str]) -> float:

@@ -33,9 +33,10 @@ from .haystack import (Insert, LengthTooShortError, Units, build_context, essay_
 from .samples import (ANSWER_MARGIN, Sample, adjectives, distinct_values, nouns,  # noqa: F401  (users import them from here)
                       random_value, sample_rng, verbs)
 
-# The sample generators' revision, part of `nextlong eval`'s resume fingerprint: a change in what a seed
-# generates (here the gold order of niah_multivalue and cwe, 2026-12-06) must not reuse older records.
-TASKS_REVISION = "2026-12-06"
+# The sample generators' and scorers' revision, part of `nextlong eval`'s resume fingerprint: a change in what a
+# seed generates (the gold order of niah_multivalue and cwe, 2026-12-06) or how a record is scored (json_kv's
+# normalised match, 2026-12-06b) must not reuse older records.
+TASKS_REVISION = "2026-12-06b"
 
 
 # ---------------------------------------------------------------- NIAH
