@@ -200,7 +200,7 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys, c
     assert "no head_scores.json" in capsys.readouterr().err
     # names far apart (a 10,000 x 10,000 plot) or a score outside [0, 1]: refused before anything is written
     for name, data, message in (("sparse", {"9999-9999": 0.5, "0-0": 0.1}, "every head of 10000 layers"),
-                                ("range", {"0-0": -1e308, "0-1": 0.5}, "lie in \\[0, 1\\]")):
+                                ("range", {"0-0": -1e308, "0-1": 0.5}, "lie in \\[0, 1000\\]")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "head_scores.json").write_text(json.dumps(data))
         assert main(["heads", "--compare", str(tmp_path / name), str(tmp_path / name), "--out",
@@ -266,3 +266,14 @@ def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys, copying):
         with pytest.raises(UsageError, match=re.escape(message)):
             retrieval_heads(model_dir, tmp_path / "bad", **options)
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_takes_scores_above_1_of_a_model_that_repeats_the_needle(tmp_path, capsys):
+    """Wu et al.'s rule adds 1/len(needle) per copying step, so a needle copied twice scores up to 2: such a run
+    was refused by --compare as out of range."""
+    for name, score in (("a", 1.5), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "head_scores.json").write_text(json.dumps({"0-0": score, "0-1": 0.0}))
+    assert main(["heads", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["difference"]["0-0"] == -1.25
