@@ -15,10 +15,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS = DATA_DIR / "stdlib-docstrings.jsonl.gz"
 EXPERIMENT_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "nextlong_vs_standard.py"
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def gpu_bench(monkeypatch, tmp_path):
+    """benchmarks/ importable as the GPU lease runs it, and the rows the tables record going to a temporary runs
+    file (returned), stamped with a test lease id."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    runs = tmp_path / "gpu-runs.jsonl"
+    monkeypatch.setenv("NEXTLONG_GPU_RUNS", str(runs))
+    monkeypatch.setenv("NEXTLONG_LEASE", "test-lease")
+    return runs
 
 
 def load_experiment_script():

@@ -7,23 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@pytest.fixture
-def bench(monkeypatch, tmp_path):
-    """benchmarks/ importable as the lease runs it; rows go to a temporary runs file."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    runs = tmp_path / "gpu-runs.jsonl"
-    monkeypatch.setenv("NEXTLONG_GPU_RUNS", str(runs))
-    monkeypatch.setenv("NEXTLONG_LEASE", "test-lease")
-    return runs
+from tests.helpers import gpu_bench as bench  # noqa: F401  (the fixture)
 
 
 def test_relative_error_and_verdict(bench):

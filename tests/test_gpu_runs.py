@@ -5,21 +5,10 @@ and appending checks every row, names a bad one by file and line, and refuses a 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@pytest.fixture
-def bench(monkeypatch, tmp_path):
-    """benchmarks/ importable as the lease runs it, and rows going to a temporary runs file."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    runs = tmp_path / "gpu-runs.jsonl"
-    monkeypatch.setenv("NEXTLONG_GPU_RUNS", str(runs))
-    monkeypatch.setenv("NEXTLONG_LEASE", "test-lease")
-    return runs
+from tests.helpers import gpu_bench as bench  # noqa: F401  (the fixture)
 
 
 def test_the_committed_runs_are_well_formed(bench):
