@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <queue>
 #include <stdexcept>
@@ -82,6 +83,22 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     uint8_t c = static_cast<uint8_t>(b);
     byte_id_[b] = vocab_.find(&c, 1);
   }
+  if (opt_.unk_id >= 0 && (uint64_t(opt_.unk_id) >= id_bytes_.size() || !has_id_[opt_.unk_id]))
+    throw std::invalid_argument("unk id " + std::to_string(opt_.unk_id) + " is not a token of the vocabulary");
+  // A byte without a token was dropped from the ids in silence. tiktoken cannot encode it either (it
+  // panics), HF emits unk_token's id: so without an unk id, refuse the vocabulary now. Bytes that
+  // never occur in UTF-8 (C0, C1, F5-FF) need no token: the text we encode is always valid UTF-8.
+  if (opt_.unk_id < 0) {
+    for (int b = 0; b < 256; ++b) {
+      bool in_utf8 = !(b == 0xC0 || b == 0xC1 || b >= 0xF5);
+      if (in_utf8 && byte_id_[b] == bpe::BytesMap::kMissing) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", b);
+        throw std::invalid_argument(std::string("the vocabulary has no token for byte ") + hex +
+                                    " and no unk_token, so text holding that byte cannot be encoded");
+      }
+    }
+  }
   if (merges) {
     pairs_.reserve(merges->size());
     uint32_t rank = 0;
@@ -123,16 +140,32 @@ int64_t BpeTokenizer::model_id(std::string_view bytes) const {
   return v == bpe::BytesMap::kMissing ? -1 : static_cast<int64_t>(v);
 }
 
+template <class Push>
+void BpeTokenizer::byte_symbols(const uint8_t* s, size_t n, Push&& push) const {
+  bool after_unk = false;  // the last symbol pushed is an unk (for fuse_unk)
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b = byte_id_[s[i]];
+    if (b != bpe::BytesMap::kMissing) {
+      push(b);
+      after_unk = false;
+    } else if (opt_.unk_id >= 0) {
+      if (!(after_unk && opt_.fuse_unk)) push(static_cast<uint32_t>(opt_.unk_id));
+      after_unk = true;
+    } else {  // only a byte that UTF-8 never holds can get here (the constructor checked the rest)
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", s[i]);
+      throw EncodeError(std::string("text holds byte ") + hex + ", which is not valid UTF-8 and has no token");
+    }
+  }
+}
+
 // Lowest rank first, leftmost on ties; O(n^2) on a small stack array, which beats a heap for the
 // short pieces that make up nearly all text.
 void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   uint32_t ids[kSmallPiece];
   bpe::PairMap::Merge mg[kSmallPiece];
   size_t m = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b = byte_id_[s[i]];
-    if (b != bpe::BytesMap::kMissing) ids[m++] = b;
-  }
+  byte_symbols(s, n, [&](uint32_t id) { ids[m++] = id; });
   if (m == 0) return;
   for (size_t i = 0; i + 1 < m; ++i) mg[i] = pairs_.find(ids[i], ids[i + 1]);
   while (m > 1) {
@@ -156,10 +189,7 @@ void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>
 void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   std::vector<uint32_t> ids;
   ids.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b = byte_id_[s[i]];
-    if (b != bpe::BytesMap::kMissing) ids.push_back(b);
-  }
+  byte_symbols(s, n, [&](uint32_t id) { ids.push_back(id); });
   size_t m = ids.size();
   if (m == 0) return;
   constexpr uint32_t kEnd = 0xFFFFFFFFu;
@@ -199,8 +229,7 @@ void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>
 void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   if (n == 0) return;
   if (n == 1) {
-    uint32_t b = byte_id_[s[0]];
-    if (b != bpe::BytesMap::kMissing) out.push_back(b);
+    byte_symbols(s, 1, [&](uint32_t id) { out.push_back(id); });
     return;
   }
   if (opt_.ignore_merges) {

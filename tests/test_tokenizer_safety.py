@@ -253,3 +253,55 @@ def test_bad_ranks_are_refused_with_one_line(tmp_path, extra, specials, expected
         Tokenizer.from_tiktoken(path, special_tokens=specials)
     line = _one_line(exc, limit=300)
     assert line.startswith(f"{path}: ") and expected in line, line
+
+
+# --- bytes without a token: unk_token's id, or refused on load (never dropped in silence) ----------
+
+
+def _without_bytes(data, chars, unk=None, fuse_unk=False):
+    """Removes the byte tokens `chars` (renumbering the vocabulary densely) and sets unk_token."""
+    vocab = {k: v for k, v in data["model"]["vocab"].items() if k not in chars}
+    vocab = {k: i for i, k in enumerate(sorted(vocab, key=vocab.get))}
+    if unk is not None:
+        vocab[unk] = len(vocab)
+    data["model"].update(vocab=vocab, unk_token=unk, fuse_unk=fuse_unk)
+
+
+@pytest.mark.parametrize("fuse_unk", [False, True])
+def test_a_byte_without_a_token_gives_unk_token_like_hf(tmp_path, fuse_unk):
+    """HF tokenizers emits unk_token's id for a byte the vocabulary lacks; nextlong dropped the byte."""
+    tokenizers = pytest.importorskip("tokenizers")
+    path = _edit_json(tmp_path, lambda d: _without_bytes(d, "<=", "<unk>", fuse_unk))
+    ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+    for text in ["a<b=c", "<<==ab", "x <= y", "ab<", "=", "<ab=ab<<"]:
+        want = ref.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text).tolist() == want, text
+        assert ours.encode_batch([text] * 3, num_threads=2)[2].tolist() == want
+
+
+def test_a_vocabulary_missing_a_byte_without_unk_is_refused_on_load(tmp_path):
+    path = _edit_json(tmp_path, lambda d: _without_bytes(d, "<"))
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_file(path)
+    assert _one_line(exc) == (f"{path}: the vocabulary has no token for byte 0x3C and no unk_token, so text "
+                              "holding that byte cannot be encoded")
+    # an unk_token that is not in the vocabulary is no unk_token (HF fails on the first such byte)
+    path = _edit_json(tmp_path, lambda d: (_without_bytes(d, "<"), d["model"].update(unk_token="<nope>")))
+    with pytest.raises(TokenizerError, match="no token for byte 0x3C"):
+        Tokenizer.from_file(path)
+    path = _edit_json(tmp_path, lambda d: d["model"].update(unk_token=["<unk>"]))
+    with pytest.raises(TokenizerError, match=r"model.unk_token must be a string or null, got an array"):
+        Tokenizer.from_file(path)
+
+
+def test_a_rank_file_missing_a_byte_is_refused_on_load(tmp_path):
+    """tiktoken panics on such a byte; nextlong dropped it from the ids."""
+    path = tmp_path / "gap.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256) if b != 0x61))
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_tiktoken(path)
+    assert _one_line(exc).startswith(f"{path}: the vocabulary has no token for byte 0x61")
+    # bytes that UTF-8 text never holds need no token
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(0xF5)
+                            if b not in (0xC0, 0xC1)))
+    assert Tokenizer.from_tiktoken(path).encode("a\u00e9\U0001F600").tolist() == list("a\u00e9\U0001F600".encode())
