@@ -185,7 +185,9 @@ void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>
 }
 
 // Same result as merge_small, with a heap of candidate pairs and a linked list of parts: for long
-// pieces (minified code, long runs) where O(n^2) would hurt.
+// pieces (minified code, long runs) where O(n^2) would hurt. About 21 bytes per input byte (ids,
+// links, one 8-byte heap key per candidate; the merged id is looked up again when a key is popped),
+// and encode_piece refuses pieces over kMaxPieceBytes, so one piece costs at most ~340 MiB.
 void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   std::vector<uint32_t> ids;
   ids.reserve(n);
@@ -194,30 +196,32 @@ void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>
   if (m == 0) return;
   constexpr uint32_t kEnd = 0xFFFFFFFFu;
   std::vector<uint32_t> next(m), prev(m);
-  std::vector<char> alive(m, 1);
   for (size_t i = 0; i < m; ++i) {
     next[i] = i + 1 < m ? static_cast<uint32_t>(i + 1) : kEnd;
     prev[i] = i > 0 ? static_cast<uint32_t>(i - 1) : kEnd;
   }
-  using Cand = std::pair<uint64_t, uint32_t>;  // (rank << 32 | pos, merged id)
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  constexpr uint32_t kDead = kEnd - 1;  // prev[] of a part merged into its left neighbour
+  std::vector<uint64_t> keys;            // rank << 32 | position: lowest rank, then leftmost
+  keys.reserve(m);
+  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> heap(std::greater<uint64_t>(),
+                                                                                   std::move(keys));
   auto push = [&](uint32_t i) {
     if (i == kEnd || next[i] == kEnd) return;
     bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
-    if (mg.rank != bpe::PairMap::kNoRank) heap.push({(uint64_t{mg.rank} << 32) | i, mg.id});
+    if (mg.rank != bpe::PairMap::kNoRank) heap.push((uint64_t{mg.rank} << 32) | i);
   };
   for (size_t i = 0; i + 1 < m; ++i) push(static_cast<uint32_t>(i));
   while (!heap.empty()) {
-    auto [key, nid] = heap.top();
+    uint64_t key = heap.top();
     heap.pop();
     uint32_t i = static_cast<uint32_t>(key & 0xFFFFFFFFu);
     uint32_t rank = static_cast<uint32_t>(key >> 32);
-    if (!alive[i] || next[i] == kEnd) continue;
+    if (prev[i] == kDead || next[i] == kEnd) continue;
     bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
-    if (mg.rank != rank || mg.id != nid) continue;  // stale
+    if (mg.rank != rank) continue;  // stale: the pair at i changed since it was pushed
     uint32_t j = next[i];
-    ids[i] = nid;
-    alive[j] = 0;
+    ids[i] = mg.id;
+    prev[j] = kDead;
     next[i] = next[j];
     if (next[j] != kEnd) prev[next[j]] = i;
     if (prev[i] != kEnd) push(prev[i]);
@@ -228,6 +232,10 @@ void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>
 
 void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   if (n == 0) return;
+  if (n > kMaxPieceBytes)  // merge_large's memory grows with the piece; no real word comes near this
+    throw EncodeError("a piece of " + std::to_string(n) + " bytes after pre-tokenization is longer than the " +
+                      std::to_string(kMaxPieceBytes >> 20) + " MiB nextlong encodes in one piece (a run of "
+                      "letters or a text that the pattern does not split)");
   if (n == 1) {
     byte_symbols(s, 1, [&](uint32_t id) { out.push_back(id); });
     return;

@@ -48,6 +48,9 @@ struct EncodeError : std::runtime_error {
 class BpeTokenizer : public TextEncoder {
  public:
   static constexpr int kPrefixNone = 0, kPrefixText = 1, kPrefixPiece = 2;
+  // Longest pre-tokenization piece BPE merges (tiktoken and HF have no limit; nextlong bounds the
+  // memory one piece takes, ~21 bytes per byte): a longer one raises EncodeError.
+  static constexpr size_t kMaxPieceBytes = size_t(16) << 20;
 
   // model: (id, bytes) of the vocabulary BPE can produce. merges: (left, right) ids in rank order,
   // or nullptr for tiktoken ranks (a token merges from any split into two vocab tokens, with its own

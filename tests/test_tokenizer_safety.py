@@ -305,3 +305,13 @@ def test_a_rank_file_missing_a_byte_is_refused_on_load(tmp_path):
     path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(0xF5)
                             if b not in (0xC0, 0xC1)))
     assert Tokenizer.from_tiktoken(path).encode("a\u00e9\U0001F600").tolist() == list("a\u00e9\U0001F600".encode())
+
+
+def test_a_piece_over_16_mib_is_refused(tmp_path):
+    """BPE of one pre-tokenized piece took ~32 bytes of memory per byte ('a' * 1 GiB: over 15 GB); a
+    piece is now at most 16 MiB (no word comes near it), and a longer one is one TokenizerError line."""
+    tok = _tiktoken(tmp_path, CL100K_PATTERN)
+    with pytest.raises(TokenizerError) as exc:
+        tok.encode_ordinary("a" * ((16 << 20) + 1))
+    assert _one_line(exc).startswith("a piece of 16777217 bytes after pre-tokenization is longer than the 16 MiB")
+    assert len(tok.encode_ordinary("hello " + "a" * 100_000 + " world")) == 100_000 + 12  # bytes only: no merges
