@@ -114,7 +114,14 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     }
   } else {
     // tiktoken: merging two adjacent parts is allowed when their concatenation is a token; its rank
-    // is that token's rank (= id).
+    // is that token's rank (= id). Each split of a token hashes both halves, so a token of n bytes
+    // costs O(n^2): bound the total (a 1 MB token took minutes; o200k's total is 1.3e7).
+    constexpr uint64_t kMaxSplitWork = uint64_t(1) << 30;
+    uint64_t work = 0;
+    for (const auto& [id, b] : model) work += uint64_t(b.size()) * b.size();
+    if (work > kMaxSplitWork)
+      throw std::invalid_argument("the tokens are too long to build the merge table from (their squared lengths sum to " +
+                                  std::to_string(work) + ", over 2^30; o200k's sum to 1.3e7)");
     pairs_.reserve(model.size() * 4);
     for (const auto& [id, b] : model) {
       const uint8_t* s = reinterpret_cast<const uint8_t*>(b.data());

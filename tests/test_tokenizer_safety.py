@@ -315,3 +315,21 @@ def test_a_piece_over_16_mib_is_refused(tmp_path):
         tok.encode_ordinary("a" * ((16 << 20) + 1))
     assert _one_line(exc).startswith("a piece of 16777217 bytes after pre-tokenization is longer than the 16 MiB")
     assert len(tok.encode_ordinary("hello " + "a" * 100_000 + " world")) == 100_000 + 12  # bytes only: no merges
+
+
+def test_long_rank_file_tokens_are_refused(tmp_path):
+    """Building the merge table of a tiktoken file hashes both halves of every split of every token:
+    one 1 MB token took minutes. A token over 1,024 bytes is refused naming its line, and so are many
+    long tokens whose total work would be as large."""
+    long = base64.b64encode(b"a" * 1025).decode()
+    path = _rank_file(tmp_path, f"{long} 256\n")
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_tiktoken(path)
+    assert _one_line(exc) == (f"{path}:257: a token of 1,025 bytes; tokens may be at most 1,024 bytes long "
+                              "(cl100k's and o200k's longest hold 128)")
+    many = "".join(f"{base64.b64encode(bytes([65 + i % 26]) * 1000 + i.to_bytes(3, 'big')).decode()} {256 + i}\n"
+                   for i in range(1100))
+    with pytest.raises(TokenizerError, match=r"bytes.tiktoken: the tokens are too long to build the merge table"):
+        Tokenizer.from_tiktoken(_rank_file(tmp_path, many))
+    assert Tokenizer.from_tiktoken(_rank_file(tmp_path, f"{base64.b64encode(b'a' * 1024).decode()} 256\n")
+                                   ).encode("a" * 1024).tolist() == [256]

@@ -239,6 +239,9 @@ class Tokenizer:
                 model.append((int(parts[1]), base64.b64decode(parts[0], validate=True)))
             except ValueError as exc:
                 raise TokenizerError(f"{path}:{lineno}: expected '<base64 token> <rank>' ({exc})") from exc
+            if len(model[-1][1]) > _MAX_RANK_TOKEN_BYTES:  # the merge table's build is quadratic in it
+                raise TokenizerError(f"{path}:{lineno}: a token of {len(model[-1][1]):,} bytes; tokens may be at most "
+                                     f"{_MAX_RANK_TOKEN_BYTES:,} bytes long (cl100k's and o200k's longest hold 128)")
         if not model:
             raise TokenizerError(f"{path}: no tokens in rank file")
         specials = dict(special_tokens or {})
@@ -355,6 +358,7 @@ def _reload(kind: str, path: str, pattern, specials, name) -> Tokenizer:
 
 END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # names of the end-of-text special token
 _FILE_LIMIT = 1 << 30  # the largest tokenizer.json files in use are tens of MiB
+_MAX_RANK_TOKEN_BYTES = 1024  # a tiktoken token; the native build also bounds the sum of squared lengths
 _RANK_LINE_LIMIT = 1 << 22  # lines of a tiktoken rank file; the largest vocabularies in use hold 200k-odd tokens
 _GZIP_BLOCK = 1 << 24  # bytes decompressed at a time
 
