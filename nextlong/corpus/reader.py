@@ -250,8 +250,8 @@ class CorpusReader:
             raise UsageError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         if format is not None and format not in FORMATS:
             raise UsageError(f"format must be one of {FORMATS}, got {format!r}")
-        if batch_size < 1 or batch_bytes < 1:
-            raise UsageError(f"batch_size and batch_bytes must be positive, got {batch_size} and {batch_bytes}")
+        if not (1 <= batch_size <= 2**62 and 1 <= batch_bytes <= 2**62):  # native size_t / int64 beyond
+            raise UsageError(f"batch_size and batch_bytes must be from 1 to 2**62, got {batch_size} and {batch_bytes}")
         self.path = path
         self.text_field = text_field
         self.id_field = id_field
