@@ -30,8 +30,8 @@ Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids t
 shared by two tokens or far beyond the vocabulary's size, duplicate JSON keys, and a vocabulary without a
 token for some byte UTF-8 text can hold (unless a tokenizer.json names an unk_token, whose id such a byte
 then gets, as in HF) are refused on load;
-a match that recurses too deep or exhausts its step budget (linear in the text: catastrophic
-backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
+a match that recurses too deep or exhausts its step budget (linear in the text, times the pattern's
+size: up to 20,000 steps per byte for the largest patterns; catastrophic backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
 """
 
 from __future__ import annotations
