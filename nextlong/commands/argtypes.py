@@ -54,9 +54,10 @@ def nonnegative_int(text: str) -> int:
 def threads(text: str) -> int:
     """A thread count: N >= 1 threads, or 0 for all the cores this process may use."""
     value = _int(text)
-    if value < 0 or value > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 0 (all cores) or a number of threads from 1 to {MAX_THREADS}, "
-                                         f"got {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all cores) or a positive number of threads, got {value}")
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} threads, got {value}")
     return value
 
 
