@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <queue>
 #include <stdexcept>
@@ -82,6 +83,22 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     uint8_t c = static_cast<uint8_t>(b);
     byte_id_[b] = vocab_.find(&c, 1);
   }
+  if (opt_.unk_id >= 0 && (uint64_t(opt_.unk_id) >= id_bytes_.size() || !has_id_[opt_.unk_id]))
+    throw std::invalid_argument("unk id " + std::to_string(opt_.unk_id) + " is not a token of the vocabulary");
+  // A byte without a token was dropped from the ids in silence. tiktoken cannot encode it either (it
+  // panics), HF emits unk_token's id: so without an unk id, refuse the vocabulary now. Bytes that
+  // never occur in UTF-8 (C0, C1, F5-FF) need no token: the text we encode is always valid UTF-8.
+  if (opt_.unk_id < 0) {
+    for (int b = 0; b < 256; ++b) {
+      bool in_utf8 = !(b == 0xC0 || b == 0xC1 || b >= 0xF5);
+      if (in_utf8 && byte_id_[b] == bpe::BytesMap::kMissing) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", b);
+        throw std::invalid_argument(std::string("the vocabulary has no token for byte ") + hex +
+                                    " and no unk_token, so text holding that byte cannot be encoded");
+      }
+    }
+  }
   if (merges) {
     pairs_.reserve(merges->size());
     uint32_t rank = 0;
@@ -97,7 +114,14 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     }
   } else {
     // tiktoken: merging two adjacent parts is allowed when their concatenation is a token; its rank
-    // is that token's rank (= id).
+    // is that token's rank (= id). Each split of a token hashes both halves, so a token of n bytes
+    // costs O(n^2): bound the total (a 1 MB token took minutes; o200k's total is 1.3e7).
+    constexpr uint64_t kMaxSplitWork = uint64_t(1) << 30;
+    uint64_t work = 0;
+    for (const auto& [id, b] : model) work += uint64_t(b.size()) * b.size();
+    if (work > kMaxSplitWork)
+      throw std::invalid_argument("the tokens are too long to build the merge table from (their squared lengths sum to " +
+                                  std::to_string(work) + ", over 2^30; o200k's sum to 1.3e7)");
     pairs_.reserve(model.size() * 4);
     for (const auto& [id, b] : model) {
       const uint8_t* s = reinterpret_cast<const uint8_t*>(b.data());
@@ -123,16 +147,32 @@ int64_t BpeTokenizer::model_id(std::string_view bytes) const {
   return v == bpe::BytesMap::kMissing ? -1 : static_cast<int64_t>(v);
 }
 
+template <class Push>
+void BpeTokenizer::byte_symbols(const uint8_t* s, size_t n, Push&& push) const {
+  bool after_unk = false;  // the last symbol pushed is an unk (for fuse_unk)
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b = byte_id_[s[i]];
+    if (b != bpe::BytesMap::kMissing) {
+      push(b);
+      after_unk = false;
+    } else if (opt_.unk_id >= 0) {
+      if (!(after_unk && opt_.fuse_unk)) push(static_cast<uint32_t>(opt_.unk_id));
+      after_unk = true;
+    } else {  // only a byte that UTF-8 never holds can get here (the constructor checked the rest)
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", s[i]);
+      throw EncodeError(std::string("text holds byte ") + hex + ", which is not valid UTF-8 and has no token");
+    }
+  }
+}
+
 // Lowest rank first, leftmost on ties; O(n^2) on a small stack array, which beats a heap for the
 // short pieces that make up nearly all text.
 void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   uint32_t ids[kSmallPiece];
   bpe::PairMap::Merge mg[kSmallPiece];
   size_t m = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b = byte_id_[s[i]];
-    if (b != bpe::BytesMap::kMissing) ids[m++] = b;
-  }
+  byte_symbols(s, n, [&](uint32_t id) { ids[m++] = id; });
   if (m == 0) return;
   for (size_t i = 0; i + 1 < m; ++i) mg[i] = pairs_.find(ids[i], ids[i + 1]);
   while (m > 1) {
@@ -152,42 +192,43 @@ void BpeTokenizer::merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>
 }
 
 // Same result as merge_small, with a heap of candidate pairs and a linked list of parts: for long
-// pieces (minified code, long runs) where O(n^2) would hurt.
+// pieces (minified code, long runs) where O(n^2) would hurt. About 21 bytes per input byte (ids,
+// links, one 8-byte heap key per candidate; the merged id is looked up again when a key is popped),
+// and encode_piece refuses pieces over kMaxPieceBytes, so one piece costs at most ~340 MiB.
 void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   std::vector<uint32_t> ids;
   ids.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b = byte_id_[s[i]];
-    if (b != bpe::BytesMap::kMissing) ids.push_back(b);
-  }
+  byte_symbols(s, n, [&](uint32_t id) { ids.push_back(id); });
   size_t m = ids.size();
   if (m == 0) return;
   constexpr uint32_t kEnd = 0xFFFFFFFFu;
   std::vector<uint32_t> next(m), prev(m);
-  std::vector<char> alive(m, 1);
   for (size_t i = 0; i < m; ++i) {
     next[i] = i + 1 < m ? static_cast<uint32_t>(i + 1) : kEnd;
     prev[i] = i > 0 ? static_cast<uint32_t>(i - 1) : kEnd;
   }
-  using Cand = std::pair<uint64_t, uint32_t>;  // (rank << 32 | pos, merged id)
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  constexpr uint32_t kDead = kEnd - 1;  // prev[] of a part merged into its left neighbour
+  std::vector<uint64_t> keys;            // rank << 32 | position: lowest rank, then leftmost
+  keys.reserve(m);
+  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> heap(std::greater<uint64_t>(),
+                                                                                   std::move(keys));
   auto push = [&](uint32_t i) {
     if (i == kEnd || next[i] == kEnd) return;
     bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
-    if (mg.rank != bpe::PairMap::kNoRank) heap.push({(uint64_t{mg.rank} << 32) | i, mg.id});
+    if (mg.rank != bpe::PairMap::kNoRank) heap.push((uint64_t{mg.rank} << 32) | i);
   };
   for (size_t i = 0; i + 1 < m; ++i) push(static_cast<uint32_t>(i));
   while (!heap.empty()) {
-    auto [key, nid] = heap.top();
+    uint64_t key = heap.top();
     heap.pop();
     uint32_t i = static_cast<uint32_t>(key & 0xFFFFFFFFu);
     uint32_t rank = static_cast<uint32_t>(key >> 32);
-    if (!alive[i] || next[i] == kEnd) continue;
+    if (prev[i] == kDead || next[i] == kEnd) continue;
     bpe::PairMap::Merge mg = pairs_.find(ids[i], ids[next[i]]);
-    if (mg.rank != rank || mg.id != nid) continue;  // stale
+    if (mg.rank != rank) continue;  // stale: the pair at i changed since it was pushed
     uint32_t j = next[i];
-    ids[i] = nid;
-    alive[j] = 0;
+    ids[i] = mg.id;
+    prev[j] = kDead;
     next[i] = next[j];
     if (next[j] != kEnd) prev[next[j]] = i;
     if (prev[i] != kEnd) push(prev[i]);
@@ -198,9 +239,12 @@ void BpeTokenizer::merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>
 
 void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   if (n == 0) return;
+  if (n > kMaxPieceBytes)  // merge_large's memory grows with the piece; no real word comes near this
+    throw EncodeError("a piece of " + std::to_string(n) + " bytes after pre-tokenization is longer than the " +
+                      std::to_string(kMaxPieceBytes >> 20) + " MiB nextlong encodes in one piece (a run of "
+                      "letters or a text that the pattern does not split)");
   if (n == 1) {
-    uint32_t b = byte_id_[s[0]];
-    if (b != bpe::BytesMap::kMissing) out.push_back(b);
+    byte_symbols(s, 1, [&](uint32_t id) { out.push_back(id); });
     return;
   }
   if (opt_.ignore_merges) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,11 +33,24 @@ struct BpeOptions {
   bool ignore_merges = false;  // a piece that is a whole vocab token becomes that token
   bool nfc = false;                 // NFC-normalize text before pre-tokenization (HF NFC normalizer)
   bool generic_regex_only = false;  // never use the hand-written cl100k/o200k scanners (tests)
+  // HF BPE unk_token: a byte with no token becomes this id (consecutive ones fuse into one when
+  // fuse_unk). -1: none, and then the vocabulary must hold every byte UTF-8 text can contain.
+  int64_t unk_id = -1;
+  bool fuse_unk = false;
+};
+
+// Text the tokenizer refuses to encode (a limit of nextlong's, not the file's fault):
+// nextlong.errors.TokenizerError in Python, like a regex::RegexError.
+struct EncodeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 class BpeTokenizer : public TextEncoder {
  public:
   static constexpr int kPrefixNone = 0, kPrefixText = 1, kPrefixPiece = 2;
+  // Longest pre-tokenization piece BPE merges (tiktoken and HF have no limit; nextlong bounds the
+  // memory one piece takes, ~21 bytes per byte): a longer one raises EncodeError.
+  static constexpr size_t kMaxPieceBytes = size_t(16) << 20;
 
   // model: (id, bytes) of the vocabulary BPE can produce. merges: (left, right) ids in rank order,
   // or nullptr for tiktoken ranks (a token merges from any split into two vocab tokens, with its own
@@ -69,6 +83,9 @@ class BpeTokenizer : public TextEncoder {
   void encode_text(std::string_view text, std::vector<uint32_t>& out) const;
   void encode_normalized(std::string_view text, std::vector<uint32_t>& out) const;
   void encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  // Appends the initial symbols of s[0, n): byte tokens, or unk ids for bytes without one.
+  template <class Push>
+  void byte_symbols(const uint8_t* s, size_t n, Push&& push) const;
   void merge_small(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   struct Segment {

@@ -174,6 +174,10 @@ void JsonlReader::handle_line(const char* p, size_t n, TextBatch& out) {
   }
   if (out.text.data.size() + fields.text.size() > size_t(INT32_MAX))
     throw CorpusFormatError("a single record holds more than 2 GiB of text", line_no_);
+  // Arrow's int32 offsets: next_batch ends a batch once its ids reach max_bytes, so only a max_bytes
+  // near 2 GiB gets here.
+  if (out.doc_id.data.size() + (fields.has_id ? fields.id.size() : name_.size() + 21) > size_t(INT32_MAX))
+    throw CorpusFormatError("the ids of one batch hold more than 2 GiB (use a smaller batch_bytes)", line_no_);
   out.text.append(fields.text.data(), fields.text.size());
   if (fields.has_id) {
     out.doc_id.append(fields.id.data(), fields.id.size());
@@ -197,17 +201,27 @@ void JsonlReader::check_end_of_file() {
 
 bool JsonlReader::next_batch(size_t max_records, size_t max_bytes, TextBatch& out) {
   size_t start_records = out.text.size();
-  while (out.text.size() - start_records < max_records && out.text.data.size() < max_bytes) {
+  // Ids count apart from the text: long ids in a batch of short texts overflowed the int32 offsets.
+  while (out.text.size() - start_records < max_records && out.text.data.size() < max_bytes &&
+         out.doc_id.data.size() < max_bytes) {
     const char* base = buffer_.data();
     const size_t size = buffer_.size();
-    const void* nl = buffer_pos_ < size ? std::memchr(base + buffer_pos_, '\n', size - buffer_pos_) : nullptr;
+    const size_t from = buffer_pos_ + scanned_;
+    const void* nl = from < size ? std::memchr(base + from, '\n', size - from) : nullptr;
     if (nl) {
       size_t end = size_t(static_cast<const char*>(nl) - base);
       size_t begin = buffer_pos_;
       buffer_pos_ = end + 1;
+      scanned_ = 0;
       handle_line(base + begin, end - begin, out);
       continue;
     }
+    scanned_ = size - buffer_pos_;
+    if (scanned_ > kMaxLineBytes)
+      throw CorpusFormatError("line longer than " + std::to_string(kMaxLineBytes >> 20) +
+                                  " MiB (no newline in its first " + std::to_string(scanned_) +
+                                  " bytes); one record may hold at most that much",
+                              line_no_ + 1);
     if (!eof_) {
       if (fed_) break;  // wait for more input
       if (!fill_buffer()) eof_ = true;
@@ -216,6 +230,7 @@ bool JsonlReader::next_batch(size_t max_records, size_t max_bytes, TextBatch& ou
     if (buffer_pos_ < size) {  // last line without a newline
       size_t begin = buffer_pos_;
       buffer_pos_ = size;
+      scanned_ = 0;
       handle_line(base + begin, size - begin, out);
       bytes_consumed_ -= 1;
       continue;

@@ -37,6 +37,10 @@ struct TextBatch {
 
 class JsonlReader {
  public:
+  // The longest line (one record) read: past it the reader stops with an error naming the line,
+  // instead of buffering a line that a small compressed file can make as large as memory.
+  static constexpr size_t kMaxLineBytes = size_t(256) << 20;
+
   // `path` is read (a gzip file, told by its magic bytes, is inflated) unless `fed`, in which case
   // bytes arrive through feed(). `name` is what default doc ids and messages call the file.
   JsonlReader(std::string path, std::string name, std::string text_field, std::string id_field, bool skip_errors,
@@ -87,6 +91,9 @@ class JsonlReader {
   int64_t members_ = 0, member_start_ = 0, raw_read_ = 0;
   std::vector<char> buffer_;
   size_t buffer_pos_ = 0;
+  // Bytes from buffer_pos_ on already searched for '\n': a line arriving a block at a time is scanned
+  // once, not again after every block (which was quadratic in the line's length).
+  size_t scanned_ = 0;
   bool eof_ = false;
   bool end_checked_ = false;
   int64_t line_no_ = 0;

@@ -1,5 +1,6 @@
 #include "regex_engine.h"
 
+#include <algorithm>
 #include <cstring>
 
 #if defined(__linux__)
@@ -77,22 +78,43 @@ bool eval_key(const CharSet& set, int key, bool* exact) {
 
 bool CharSet::eval(uint32_t cp) const {
   bool hit = false;
-  for (const auto& it : items) {
-    bool r = false;
-    switch (it.kind) {
-      case Item::kRange: r = cp >= it.lo && cp <= it.hi; break;
-      case Item::kCategories: r = ((it.cat_mask >> category(cp)) & 1) != it.negated; break;
-      case Item::kSpace: r = is_space(cp) != it.negated; break;
-      case Item::kNested: r = it.nested->eval(cp) != it.negated; break;
-    }
-    if (r) { hit = true; break; }
+  auto r = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(cp, UINT32_MAX));
+  if (r != ranges.begin() && std::prev(r)->second >= cp) hit = true;
+  if (!hit && (cats_any || has_neg_cats)) {
+    uint8_t cat = category(cp);
+    hit = ((cats_any >> cat) & 1) || (has_neg_cats && !((cats_all_neg >> cat) & 1));
   }
+  if (!hit && (space_pos || space_neg)) hit = is_space(cp) ? space_pos : space_neg;
+  for (size_t k = 0; !hit && k < nested_items.size(); ++k)
+    hit = items[nested_items[k]].nested->eval(cp) != items[nested_items[k]].negated;
   return hit != negated;
 }
 
 void CharSet::compile() {
-  for (auto& it : items)
-    if (it.kind == Item::kNested) it.nested->compile();
+  ranges.clear();
+  nested_items.clear();
+  cats_any = 0;
+  cats_all_neg = ~0u;
+  has_neg_cats = space_pos = space_neg = false;
+  for (size_t k = 0; k < items.size(); ++k) {
+    Item& it = items[k];
+    switch (it.kind) {
+      case Item::kRange: ranges.emplace_back(it.lo, it.hi); break;
+      case Item::kCategories:
+        if (it.negated) { cats_all_neg &= it.cat_mask; has_neg_cats = true; }
+        else cats_any |= it.cat_mask;
+        break;
+      case Item::kSpace: (it.negated ? space_neg : space_pos) = true; break;
+      case Item::kNested: it.nested->compile(); nested_items.push_back(static_cast<uint32_t>(k)); break;
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  size_t m = 0;
+  for (const auto& r : ranges) {
+    if (m > 0 && r.first <= ranges[m - 1].second + uint64_t{1}) ranges[m - 1].second = std::max(ranges[m - 1].second, r.second);
+    else ranges[m++] = r;
+  }
+  ranges.resize(m);
   ascii[0] = ascii[1] = 0;
   for (uint32_t c = 0; c < 128; ++c)
     if (eval(c)) ascii[c >> 6] |= uint64_t{1} << (c & 63);
@@ -132,6 +154,7 @@ class Parser {
 
  private:
   Regex& re_;
+  size_t class_items_ = 0, nested_classes_ = 0;  // over the whole pattern (count_items)
   std::string_view p_;
   size_t i_ = 0;
   bool icase_ = false;
@@ -173,6 +196,7 @@ class Parser {
   }
 
   Node* set_node(CharSet set) {
+    count_items(set);
     set.compile();
     re_.sets_.push_back(std::move(set));
     Node* n = new_node(Node::kSet);
@@ -183,6 +207,8 @@ class Parser {
   // Adds the ASCII case variants of [lo, hi] (plus the two non-ASCII simple case folds of ASCII
   // letters: U+017F LONG S ~ s, U+212A KELVIN SIGN ~ k) when case-insensitive.
   void add_range(CharSet& set, uint32_t lo, uint32_t hi) {
+    if (set.items.size() > Regex::kMaxClassItems)  // stop early; set_node counts the pattern's total
+      fail("character class too large (more than " + std::to_string(Regex::kMaxClassItems) + " items)");
     set.items.push_back({CharSet::Item::kRange, lo, hi});
     if (!icase_) return;
     for (uint32_t c = lo; c <= hi && c < 0x80; ++c) {
@@ -193,11 +219,34 @@ class Parser {
       if (c == 's' || c == 'S') set.items.push_back({CharSet::Item::kRange, 0x17F, 0x17F});
       if (c == 'k' || c == 'K') set.items.push_back({CharSet::Item::kRange, 0x212A, 0x212A});
     }
-    for (uint32_t c = lo < 0x80 ? 0x80 : lo; c <= hi; ++c) {
-      uint8_t cat = category(c);
-      if (cat == unicode::kCatLu || cat == unicode::kCatLl || cat == unicode::kCatLt)
-        fail("case-insensitive matching of a non-ASCII cased letter");
-      if (c - lo > 0x10000) break;
+    if (hi >= 0x80 && has_cased_letter(lo < 0x80 ? 0x80 : lo, hi))
+      fail("case-insensitive matching of a non-ASCII cased letter");
+  }
+
+  // Whether [lo, hi] holds a cased letter (Lu, Ll, Lt): a binary search in a table built once, where
+  // scanning the range cost up to 65,536 lookups per range (millions of ranges: over an hour).
+  static bool has_cased_letter(uint32_t lo, uint32_t hi) {
+    static const std::vector<uint32_t> cased = [] {
+      std::vector<uint32_t> v;
+      for (uint32_t c = 0x80; c <= 0x10FFFF; ++c) {
+        uint8_t cat = category(c);
+        if (cat == unicode::kCatLu || cat == unicode::kCatLl || cat == unicode::kCatLt) v.push_back(c);
+      }
+      return v;
+    }();
+    auto it = std::lower_bound(cased.begin(), cased.end(), lo);
+    return it != cased.end() && *it <= hi;
+  }
+
+  void count_items(const CharSet& set) {
+    for (const auto& it : set.items) {
+      if (++class_items_ > Regex::kMaxClassItems)
+        fail("character classes too large (more than " + std::to_string(Regex::kMaxClassItems) + " items in all)");
+      if (it.kind == CharSet::Item::kNested) {
+        if (++nested_classes_ > Regex::kMaxNestedClasses)
+          fail("more than " + std::to_string(Regex::kMaxNestedClasses) + " nested character classes");
+        count_items(*it.nested);
+      }
     }
   }
 

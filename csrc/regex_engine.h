@@ -46,9 +46,17 @@ struct CharSet {
   uint64_t ascii[2] = {0, 0};
   uint32_t key_mask = 0;
   bool by_key = true;
+  // What eval() reads: the ranges sorted and merged (binary search), the category items folded into
+  // two masks, so one test costs O(log ranges + nested sets), not O(items) (a class of 1,000,000
+  // items made each character test walk all of them, which the step budget did not count).
+  std::vector<std::pair<uint32_t, uint32_t>> ranges;
+  uint32_t cats_any = 0;      // hit when the category is in it (\p items)
+  uint32_t cats_all_neg = 0;  // hit when the category is not in it (\P items), if has_neg_cats
+  bool has_neg_cats = false, space_pos = false, space_neg = false;
+  std::vector<uint32_t> nested_items;  // indices into items
 
   void compile();
-  bool eval(uint32_t cp) const;  // slow, from items
+  bool eval(uint32_t cp) const;  // from the compiled form above
   inline bool contains_nonascii(uint32_t cp, uint8_t cat) const;
 };
 
@@ -70,11 +78,17 @@ class Regex {
   static constexpr int kMaxNesting = 100;
   static constexpr int kMaxDepth = 5000;  // matcher recursion; enough for any pattern of kMaxNodes
   static constexpr size_t kMaxNodes = kMaxDepth / 2;
+  // Class items (ranges, \p{..}, nested classes and case variants) in the whole pattern, and nested
+  // classes: the standard patterns use under 100 items and no nesting.
+  static constexpr size_t kMaxClassItems = 10000;
+  static constexpr size_t kMaxNestedClasses = 32;
   // Match-time bound: one pre-tokenization pass over n bytes may take step_budget(n) steps (node
   // visits plus characters scanned), the O(pattern size x text size) an automaton would take. The
   // standard GPT-2/cl100k/o200k/Llama-3/Qwen2 patterns take at most 0.6 steps per element and byte,
-  // long runs of one character class included (tests/test_tokenizer_safety.py); a pattern that
-  // backtracks exponentially, like (a+)+$, exhausts the budget within milliseconds.
+  // long runs of one character class included (tests/test_tokenizer_safety.py); (a+)+$ alone exhausts
+  // the budget within milliseconds, but the budget grows with the pattern: padded to kMaxNodes it is
+  // 20,000 steps per byte (~0.1 ms per byte before the error). A step is a node visit or a character
+  // test, O(log class size) since classes are compiled to sorted ranges.
   static constexpr int64_t kBaseSteps = 1 << 20;
   static constexpr int64_t kStepsPerNodeByte = 8;
   int64_t step_budget(size_t n) const {

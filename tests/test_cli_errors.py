@@ -286,3 +286,19 @@ def test_a_garbled_world_size_is_one_process(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "--no-such-flag"])
     assert "the following arguments are required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--max-len", "99999999999999999999999"), ("--threads", "2147483648"), ("--batch-size", "9223372036854775808"),
+])
+def test_huge_numeric_options_are_one_line_usage_errors(tmp_path, capsys, option, value):
+    """Values past what native code takes (size_t, int64, a C int for threads) were pybind11
+    TypeError/OverflowError tracebacks (audit s11 H)."""
+    from tests.helpers import assert_one_line_error, run_cli
+
+    corpus = tmp_path / "hw.jsonl"
+    corpus.write_text('{"text": "hello\\nworld"}\n')
+    code, _, err = run_cli(["chunk", corpus, "--out", tmp_path / "o.parquet", option, value], capsys)
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "must be" in line and option in line, err

@@ -359,3 +359,41 @@ def test_parser_agrees_with_python_json_on_mutated_records(tmp_path):
     assert got == expected
     assert reader.stats.skipped == len(lines) - len(expected)
     assert 300 < len(expected) < 2700  # the fuzz exercises both outcomes
+
+
+# --- one huge line from a small compressed file (audit s11 E), long ids (F) -------------------------
+
+
+def _one_long_line(path: Path, megabytes: int, fmt: str) -> Path:
+    """An unterminated JSON string `megabytes` MiB long, no newline: a few hundred KB compressed."""
+    block = b"a" * (1 << 20)
+    if fmt == "gz":
+        import zlib
+
+        co = zlib.compressobj(1, zlib.DEFLATED, 31)
+        path.write_bytes(b"".join([co.compress(b'{"text":"')] + [co.compress(block) for _ in range(megabytes)]
+                                  + [co.flush()]))
+    else:
+        zstandard = pytest.importorskip("zstandard")
+        path.write_bytes(zstandard.ZstdCompressor(level=1).compress(b'{"text":"' + block * megabytes))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["gz", "zst"])
+def test_a_line_over_256_mib_is_refused_naming_the_line(tmp_path, fmt):
+    """The reader rescanned the pending line after every 1 MiB read (a 1 GiB line: over 100 s) and
+    buffered it whole; now each byte is scanned once and a line stops at 256 MiB."""
+    path = _one_long_line(tmp_path / f"bomb.jsonl.{fmt}", 257, fmt)
+    with pytest.raises(CorpusError) as exc:
+        list(CorpusReader(path).batches())
+    message = str(exc.value)
+    assert "\n" not in message and f"{path}:1: line longer than 256 MiB" in message, message
+
+
+def test_long_ids_end_a_batch_like_long_texts(tmp_path):
+    """Batches were cut by text bytes only, so ids of 2 GiB in one batch overflowed Arrow's int32 offsets
+    (ArrowInvalid: negative offsets); ids now count towards batch_bytes too."""
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"text": "", "id": f"{i:04d}" + "x" * 600} for i in range(20)])
+    batches = list(CorpusReader(path, id_field="id", batch_bytes=1000).batches())
+    assert max(b.num_rows for b in batches) <= 2
+    assert [d[:4] for b in batches for d in b.column(1).to_pylist()] == [f"{i:04d}" for i in range(20)]

@@ -253,3 +253,112 @@ def test_bad_ranks_are_refused_with_one_line(tmp_path, extra, specials, expected
         Tokenizer.from_tiktoken(path, special_tokens=specials)
     line = _one_line(exc, limit=300)
     assert line.startswith(f"{path}: ") and expected in line, line
+
+
+# --- bytes without a token: unk_token's id, or refused on load (never dropped in silence) ----------
+
+
+def _without_bytes(data, chars, unk=None, fuse_unk=False):
+    """Removes the byte tokens `chars` (renumbering the vocabulary densely) and sets unk_token."""
+    vocab = {k: v for k, v in data["model"]["vocab"].items() if k not in chars}
+    vocab = {k: i for i, k in enumerate(sorted(vocab, key=vocab.get))}
+    if unk is not None:
+        vocab[unk] = len(vocab)
+    data["model"].update(vocab=vocab, unk_token=unk, fuse_unk=fuse_unk)
+
+
+@pytest.mark.parametrize("fuse_unk", [False, True])
+def test_a_byte_without_a_token_gives_unk_token_like_hf(tmp_path, fuse_unk):
+    """HF tokenizers emits unk_token's id for a byte the vocabulary lacks; nextlong dropped the byte."""
+    tokenizers = pytest.importorskip("tokenizers")
+    path = _edit_json(tmp_path, lambda d: _without_bytes(d, "<=", "<unk>", fuse_unk))
+    ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+    for text in ["a<b=c", "<<==ab", "x <= y", "ab<", "=", "<ab=ab<<"]:
+        want = ref.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text).tolist() == want, text
+        assert ours.encode_batch([text] * 3, num_threads=2)[2].tolist() == want
+
+
+def test_a_vocabulary_missing_a_byte_without_unk_is_refused_on_load(tmp_path):
+    path = _edit_json(tmp_path, lambda d: _without_bytes(d, "<"))
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_file(path)
+    assert _one_line(exc) == (f"{path}: the vocabulary has no token for byte 0x3C and no unk_token, so text "
+                              "holding that byte cannot be encoded")
+    # an unk_token that is not in the vocabulary is no unk_token (HF fails on the first such byte)
+    path = _edit_json(tmp_path, lambda d: (_without_bytes(d, "<"), d["model"].update(unk_token="<nope>")))
+    with pytest.raises(TokenizerError, match="no token for byte 0x3C"):
+        Tokenizer.from_file(path)
+    path = _edit_json(tmp_path, lambda d: d["model"].update(unk_token=["<unk>"]))
+    with pytest.raises(TokenizerError, match=r"model.unk_token must be a string or null, got an array"):
+        Tokenizer.from_file(path)
+
+
+def test_a_rank_file_missing_a_byte_is_refused_on_load(tmp_path):
+    """tiktoken panics on such a byte; nextlong dropped it from the ids."""
+    path = tmp_path / "gap.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256) if b != 0x61))
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_tiktoken(path)
+    assert _one_line(exc).startswith(f"{path}: the vocabulary has no token for byte 0x61")
+    # bytes that UTF-8 text never holds need no token
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(0xF5)
+                            if b not in (0xC0, 0xC1)))
+    assert Tokenizer.from_tiktoken(path).encode("a\u00e9\U0001F600").tolist() == list("a\u00e9\U0001F600".encode())
+
+
+def test_a_piece_over_16_mib_is_refused(tmp_path):
+    """BPE of one pre-tokenized piece took ~32 bytes of memory per byte ('a' * 1 GiB: over 15 GB); a
+    piece is now at most 16 MiB (no word comes near it), and a longer one is one TokenizerError line."""
+    tok = _tiktoken(tmp_path, CL100K_PATTERN)
+    with pytest.raises(TokenizerError) as exc:
+        tok.encode_ordinary("a" * ((16 << 20) + 1))
+    assert _one_line(exc).startswith("a piece of 16777217 bytes after pre-tokenization is longer than the 16 MiB")
+    assert len(tok.encode_ordinary("hello " + "a" * 100_000 + " world")) == 100_000 + 12  # bytes only: no merges
+
+
+def test_long_rank_file_tokens_are_refused(tmp_path):
+    """Building the merge table of a tiktoken file hashes both halves of every split of every token:
+    one 1 MB token took minutes. A token over 1,024 bytes is refused naming its line, and so are many
+    long tokens whose total work would be as large."""
+    long = base64.b64encode(b"a" * 1025).decode()
+    path = _rank_file(tmp_path, f"{long} 256\n")
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_tiktoken(path)
+    assert _one_line(exc) == (f"{path}:257: a token of 1,025 bytes; tokens may be at most 1,024 bytes long "
+                              "(cl100k's and o200k's longest hold 128)")
+    many = "".join(f"{base64.b64encode(bytes([65 + i % 26]) * 1000 + i.to_bytes(3, 'big')).decode()} {256 + i}\n"
+                   for i in range(1100))
+    with pytest.raises(TokenizerError, match=r"bytes.tiktoken: the tokens are too long to build the merge table"):
+        Tokenizer.from_tiktoken(_rank_file(tmp_path, many))
+    assert Tokenizer.from_tiktoken(_rank_file(tmp_path, f"{base64.b64encode(b'a' * 1024).decode()} 256\n")
+                                   ).encode("a" * 1024).tolist() == [256]
+
+
+def test_a_class_with_many_items_costs_little_per_character(tmp_path):
+    """Each character test walked every item of a class (9,000 items x 1M characters: ~20 s; a 6 MB
+    class: hours), outside the step budget. Ranges are now binary-searched, and a pattern's classes
+    hold at most 10,000 items."""
+    import time
+
+    items = "".join(chr(0x100 + i) for i in range(9000))
+    tok = _hf(tmp_path, f"[{items}]+|\\S")
+    start = time.perf_counter()
+    pieces = tok.native.pretokenize("\u4e2d" * 1_000_000 + "\u0101\u0102", generic=True)
+    assert len(pieces) == 1_000_001 and pieces[-1] == "\u0101\u0102"
+    assert time.perf_counter() - start < 5
+    with pytest.raises(TokenizerError) as exc:
+        _hf(tmp_path, f"[{items}{items[:1001]}]|\\S")
+    assert "too large (more than 10000 items" in _one_line(exc, limit=600)
+
+
+def test_case_insensitive_non_ascii_ranges_load_fast(tmp_path):
+    """(?i) scanned every code point of each non-ASCII range for a cased letter (3,000,000 CJK ranges:
+    94 s); the check is now a binary search, and a cased letter is still refused."""
+    import time
+
+    start = time.perf_counter()
+    _hf(tmp_path, "(?i)[" + "\u4e00-\u9fff" * 3000 + "]|\\S")
+    assert time.perf_counter() - start < 2
+    with pytest.raises(TokenizerError, match="case-insensitive matching of a non-ASCII cased letter"):
+        _hf(tmp_path, "(?i)[\u4e00-\u9fff\u00c0-\u00ff]")

@@ -14,11 +14,25 @@ from ..seeds import seed_problem
 THREADS_HELP = "worker threads (default 0: all cores this process may use)"
 
 
-def _int(text: str) -> int:
+# Counts and sizes reach native code as size_t/int64 (and --threads as a C int): a larger value was a
+# pybind11 TypeError/OverflowError traceback. No count nextlong takes comes near 2**62.
+MAX_INT = 2**62
+MAX_THREADS = 1024
+
+
+def _parse_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _int(text: str) -> int:
+    value = _parse_int(text)
+    if value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be at most 2**62 ({MAX_INT}), got {text[:40]}"
+                                         f"{'...' if len(text) > 40 else ''}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -42,12 +56,14 @@ def threads(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (all cores) or a positive number of threads, got {value}")
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} threads, got {value}")
     return value
 
 
 def seed(text: str) -> int:
     """A random seed: an integer in [0, 2**63)."""
-    value = _int(text)
+    value = _parse_int(text)
     problem = seed_problem(value)
     if problem:
         raise argparse.ArgumentTypeError(problem)

@@ -53,6 +53,7 @@ _SUFFIX_FORMATS = (
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt")
 _ON_ERROR = ("raise", "skip")
 _ZSTD_READ_BLOCK = 4 << 20
+_ZSTD_IN_SLICE = 4 << 10  # compressed bytes per decompress() call (see zstd_blocks)
 
 
 class Document(NamedTuple):
@@ -137,22 +138,35 @@ def zstd_blocks(path: Path) -> Iterator[bytes]:
     dctx = zstandard.ZstdDecompressor()
     frame = None  # the decompressor of the frame in progress
     frames = 0
+    pending: list[bytes] = []  # decompressed, not yet yielded
+    size = 0
     with open(path, "rb") as fh:
-        while data := fh.read(_ZSTD_READ_BLOCK):
-            while data:
-                if frame is None:
-                    frame = dctx.decompressobj()
-                    frames += 1
-                try:
-                    out = frame.decompress(data)
-                except zstandard.ZstdError as exc:
-                    raise CorpusError(path, f"corrupt zstd data in frame {frames}: {exc}") from None
-                if out:
-                    yield out
-                if frame.eof:
-                    data, frame = frame.unused_data, None
-                else:
-                    data = b""
+        while block := fh.read(_ZSTD_READ_BLOCK):
+            # decompress() has no output limit and zstd inflates up to ~32,000x: 4 MiB read at once
+            # could become 128 GiB. A 4 KiB slice becomes at most ~128 MiB; outputs are joined into
+            # blocks of about _ZSTD_READ_BLOCK so the reader still gets large batches.
+            for k in range(0, len(block), _ZSTD_IN_SLICE):
+                data = block[k:k + _ZSTD_IN_SLICE]
+                while data:
+                    if frame is None:
+                        frame = dctx.decompressobj()
+                        frames += 1
+                    try:
+                        out = frame.decompress(data)
+                    except zstandard.ZstdError as exc:
+                        raise CorpusError(path, f"corrupt zstd data in frame {frames}: {exc}") from None
+                    if out:
+                        pending.append(out)
+                        size += len(out)
+                        if size >= _ZSTD_READ_BLOCK:
+                            yield b"".join(pending)
+                            pending, size = [], 0
+                    if frame.eof:
+                        data, frame = frame.unused_data, None
+                    else:
+                        data = b""
+    if pending:
+        yield b"".join(pending)
     if frame is not None:
         raise CorpusError(path, f"truncated zstd file: frame {frames} ends before its end mark (zstd -t reports "
                           "the same); the records in it are lost, so nothing is written")
@@ -236,8 +250,8 @@ class CorpusReader:
             raise UsageError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         if format is not None and format not in FORMATS:
             raise UsageError(f"format must be one of {FORMATS}, got {format!r}")
-        if batch_size < 1 or batch_bytes < 1:
-            raise UsageError(f"batch_size and batch_bytes must be positive, got {batch_size} and {batch_bytes}")
+        if not (1 <= batch_size <= 2**62 and 1 <= batch_bytes <= 2**62):  # native size_t / int64 beyond
+            raise UsageError(f"batch_size and batch_bytes must be from 1 to 2**62, got {batch_size} and {batch_bytes}")
         self.path = path
         self.text_field = text_field
         self.id_field = id_field

@@ -27,9 +27,11 @@ of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes 
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
 
 Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids that are negative,
-shared by two tokens or far beyond the vocabulary's size, and duplicate JSON keys are refused on load;
-a match that recurses too deep or exhausts its step budget (linear in the text: catastrophic
-backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
+shared by two tokens or far beyond the vocabulary's size, duplicate JSON keys, and a vocabulary without a
+token for some byte UTF-8 text can hold (unless a tokenizer.json names an unk_token, whose id such a byte
+then gets, as in HF) are refused on load;
+a match that recurses too deep or exhausts its step budget (linear in the text, times the pattern's
+size: up to 20,000 steps per byte for the largest patterns; catastrophic backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
 """
 
 from __future__ import annotations
@@ -237,6 +239,9 @@ class Tokenizer:
                 model.append((int(parts[1]), base64.b64decode(parts[0], validate=True)))
             except ValueError as exc:
                 raise TokenizerError(f"{path}:{lineno}: expected '<base64 token> <rank>' ({exc})") from exc
+            if len(model[-1][1]) > _MAX_RANK_TOKEN_BYTES:  # the merge table's build is quadratic in it
+                raise TokenizerError(f"{path}:{lineno}: a token of {len(model[-1][1]):,} bytes; tokens may be at most "
+                                     f"{_MAX_RANK_TOKEN_BYTES:,} bytes long (cl100k's and o200k's longest hold 128)")
         if not model:
             raise TokenizerError(f"{path}: no tokens in rank file")
         specials = dict(special_tokens or {})
@@ -353,6 +358,7 @@ def _reload(kind: str, path: str, pattern, specials, name) -> Tokenizer:
 
 END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # names of the end-of-text special token
 _FILE_LIMIT = 1 << 30  # the largest tokenizer.json files in use are tens of MiB
+_MAX_RANK_TOKEN_BYTES = 1024  # a tiktoken token; the native build also bounds the sum of squared lengths
 _RANK_LINE_LIMIT = 1 << 22  # lines of a tiktoken rank file; the largest vocabularies in use hold 200k-odd tokens
 _GZIP_BLOCK = 1 << 24  # bytes decompressed at a time
 
@@ -578,10 +584,11 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
         if a is None or b is None:
             raise TokenizerError(f"{path}: merge #{k} {_short(m)} uses a token missing from the vocabulary")
         merges.append((a, b))
+    unk_id, fuse_unk = _unk(model, vocab, path)
     native = _build_native(path, model=model_list, merges=merges, pattern=pattern, dialect="oniguruma",
                            keep_gaps=True, prefix_space=prefix, ignore_merges=bool(model.get("ignore_merges", False)),
                            added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],
-                           nfc=nfc)
+                           nfc=nfc, unk_id=unk_id, fuse_unk=fuse_unk)
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
     tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
@@ -592,6 +599,18 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                                  "no such token")
     tok.prefix_ids = prefix
     return tok
+
+
+def _unk(model: dict, vocab: dict, path) -> tuple[int, bool]:
+    """(id of model.unk_token or -1, fuse_unk). HF BPE gives a byte without a token unk_token's id
+    (consecutive ones fused into one when fuse_unk), looked up in the model vocabulary; without one the
+    native loader refuses a vocabulary that misses a byte, since the ids would silently lose it."""
+    unk, fuse = model.get("unk_token"), model.get("fuse_unk", False)
+    if unk is not None and not isinstance(unk, str):
+        raise TokenizerError(f"{path}: model.unk_token must be a string or null, got {json_type(unk)} {_short(unk, 40)}")
+    if fuse is not None and not isinstance(fuse, bool):
+        raise TokenizerError(f"{path}: model.fuse_unk must be true or false, got {json_type(fuse)} {_short(fuse, 40)}")
+    return (vocab[unk] if unk in vocab else -1), bool(fuse)
 
 
 def _prefix_ids(pp, path, depth: int = 0) -> tuple[int, ...]:
