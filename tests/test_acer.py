@@ -403,6 +403,45 @@ def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path, monkeyp
     assert s["questions_cut_at_budget"] + s["questions_empty_generated"] <= 3 and s["questions_start_masked"] == 0
 
 
+def test_a_generated_question_beyond_its_bound_is_dropped_and_the_run_finishes(files, tmp_path, monkeypatch):
+    """The checks before work give a generated question --question-max-new-tokens + 2 tokens, but the question
+    is kept as text and re-encoded: stray bytes decode to U+FFFD, several ids each. With a model that has
+    exactly the positions the checks computed, such a question made the reader's prompt too long after the
+    LM stages had run (a crash); now it is dropped and counted, and the run finishes."""
+    import shutil
+
+    from nextlong.synthesis.acer.pipeline import check_before_work
+
+    words = " ".join(text for _, text in corpus_head(limit=20)).split()
+    corpus = write_jsonl(tmp_path / "one.jsonl", [("d", " ".join(words[:3000]))])  # every chunk 64 tokens
+    model = tmp_path / "model"
+    shutil.copytree(files["model"], model)
+    settings = dict(FAST, generate_questions=4, question_max_new_tokens=12, ranker="embedding", read=2, retrieve=8)
+    needs = check_before_work(AcerConfig(out=str(tmp_path / "x"), corpus=str(corpus), model=str(model),
+                                         **settings)).needs
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = needs["read"]  # the checks before work pass, just
+    (model / "config.json").write_text(json.dumps(config))
+    asked = []
+
+    def writer(prompt, g, kw):  # every other question is stray bytes (U+FFFD), 12 generated ids
+        if "Write one question" not in prompt:
+            return g
+        asked.append(prompt)
+        return g._replace(text=" What is " + ("\ufffd" * 12 if len(asked) % 2 else "json") + "?", tokens=12,
+                          end="stop")
+
+    rewrite_generations(monkeypatch, writer)
+    manifest = nextlong.acer(corpus, tmp_path / "out", model=model, **settings)
+    s = manifest["statistics"]
+    assert len(asked) == 4 and s["questions_dropped_too_long"] == 2 and s["questions"] == 2 and s["samples"] == 2
+    assert [r["question"] for r in pq.read_table(tmp_path / "out" / "ask").to_pylist()] == ["What is json?"] * 2
+    assert json.loads((tmp_path / "out" / "ask" / "_done.json").read_text())["counts"]["too_long_questions"] == 2
+    from nextlong.synthesis.acer.stages import question_bound
+
+    assert question_bound(12) == 14
+
+
 def test_mds_holds_the_mask(files, base, tmp_path):
     from nextlong.mds import read_mds
 

@@ -93,7 +93,10 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         question_tokens = len(lm_tok.encode_ordinary(" " + longest))
         sample_question = len(sample_tok.encode_ordinary(" " + longest))
     else:
-        question_tokens = sample_question = cfg.question_max_new_tokens + 2  # " " + a re-encoded generated line
+        from .stages import question_bound
+
+        # AskStage drops a generated question that re-encodes longer, in either tokenizer
+        question_tokens = sample_question = question_bound(cfg.question_max_new_tokens)
         longest = None
     if cfg.retriever_used == "embedding":
         from ...mining.embedding import check_embedder_spec
@@ -325,6 +328,9 @@ def _statistics(cfg, store, record, seconds) -> dict:
         "chunks_over_chunk_tokens": int((counts > cfg.chunk_tokens).sum()),  # 0: the pieces are at most that long
         "questions": int(retrieve.get("rows", questions.get("rows", 0))),
         "questions_empty_generated": ask.get("empty_questions") if ask else None,
+        # generated questions that re-encode to more than --question-max-new-tokens + 2 tokens (dropped: the
+        # checks before work bound every prompt and sample with that)
+        "questions_dropped_too_long": ask.get("too_long_questions", 0) if ask else None,
         # generated questions that reached --question-max-new-tokens without a newline or end (kept)
         "questions_cut_at_budget": ask.get("cut_at_budget") if ask else None,
         "questions_start_masked": ask.get("start_masked") if ask else None,
@@ -351,7 +357,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
     lm = {}
     for name, rec in (("ask", ask), ("rank", rank), ("read", read)):
         if rec.get("lm_calls"):
-            n = int(rec.get("rows", 0)) + int(rec.get("empty_questions", 0))
+            n = int(rec.get("rows", 0)) + int(rec.get("empty_questions", 0)) + int(rec.get("too_long_questions", 0))
             lm[name] = {"calls": rec["lm_calls"], "prompt_tokens": rec.get("prompt_tokens", 0),
                         "generated_tokens": rec.get("generated_tokens", 0),
                         "seconds": round(rec.get("seconds", 0.0), 3),
@@ -383,6 +389,9 @@ def summary(manifest: dict) -> str:
              f"tokens; questions: {s['questions']} ({st['question_source']['source']})",
              f"  retrieval: {st['retriever']}, {s['retrieved_chunks_mean'] or 0:g} chunks per question; "
              f"ranker: {st['ranker']}; read: top {st['read']}"]
+    if s.get("questions_dropped_too_long"):
+        lines.append(f"  {s['questions_dropped_too_long']} generated questions dropped: they re-encode to more than "
+                     f"--question-max-new-tokens {st['question_max_new_tokens']} + 2 tokens")
     if s.get("samples_dropped"):
         lines.append("  dropped: " + "; ".join(f"{n}x {r}" for r, n in s["samples_dropped"].items()))
     if s.get("kept_fraction") is not None:

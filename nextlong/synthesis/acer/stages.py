@@ -317,19 +317,45 @@ def chunk_text(chunks_file, chunk_ids) -> list[str]:
         .column("text").to_pylist()
 
 
+QUESTION_SLACK = 2  # a generated question's bound in tokens: --question-max-new-tokens + this (" " + text)
+
+
+def question_bound(max_new_tokens: int) -> int:
+    """Tokens a generated question may take in a prompt or a sample, in either tokenizer (the LM's and the
+    samples'): what the checks before work count for it (pipeline.check_before_work)."""
+    return int(max_new_tokens) + QUESTION_SLACK
+
+
 @dataclasses.dataclass
 class AskStage(LMStage):
     """--generate-questions: the LM writes one question about each picked chunk (question.txt, greedy,
     up to the first newline). Rows whose question comes out empty are dropped (counted); questions cut by
-    the budget and questions whose first token the blank-start mask changed are counted, not dropped
-    (new counts: the version stays, so a folder's cached questions, rankings and all are not redone)."""
+    the budget and questions whose first token the blank-start mask changed are counted, not dropped.
+
+    A question is kept as text, which later stages re-encode (the rank and read prompts in the LM's
+    tokenizer, the sample in the samples'). Re-encoding can take more ids than were generated (a stray byte
+    decodes to U+FFFD, two or three ids; ids that are not the tokenizer's own split of their text; another
+    --tokenizer), so a question longer than `question_bound` tokens in either tokenizer, with or without
+    the leading space a template gives it, is dropped and counted (`too_long_questions`): every prompt and
+    sample then stays within what the checks before work computed, instead of failing mid-run."""
 
     template: str = ""
     max_new_tokens: int = 64
 
+    version = 2  # 2: questions beyond question_bound are dropped
+
     def setup(self, ctx):
+        from ...corpus.tokenizer import load_tokenizer
+
         super().setup(ctx)
         self._t = self._templates(question=self.template)["question"]
+        self._sample_tok = load_tokenizer(self.tokenizer)
+
+    def fits(self, question: str) -> bool:
+        """The question re-encodes to at most `question_bound` ids in the LM's and the samples' tokenizer."""
+        bound = question_bound(self.max_new_tokens)
+        return all(len(tok.encode_ordinary(text)) <= bound for tok in (self._lm.tokenizer, self._sample_tok)
+                   for text in (question, " " + question))
 
     def map(self, block):
         passages = self._passages.ids(block.column("source_chunk").to_pylist())
@@ -338,10 +364,12 @@ class AskStage(LMStage):
             out = self._lm.generate(prompts, self.max_new_tokens, stop="\n", batch_size=self.batch_size,
                                     on_done=bar.update)
         questions = [" ".join(g.text.split()) for g in out]
-        table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array([bool(q) for q in questions]))
+        too_long = [bool(q) and not self.fits(q) for q in questions]
+        keep = [bool(q) and not long for q, long in zip(questions, too_long)]
+        table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array(keep))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(g.tokens for g in out),
-                       "empty_questions": len(questions) - table.num_rows,
+                       "empty_questions": sum(not q for q in questions), "too_long_questions": sum(too_long),
                        "cut_at_budget": sum(g.cut for g in out), "start_masked": sum(g.start_masked for g in out)}
 
 
