@@ -551,6 +551,65 @@ def test_generation_says_how_each_row_ended(files, monkeypatch):
     assert g.end == "budget" and g.text == " caf" and g.tokens == len(ids)
 
 
+def with_turn_end(files, folder, generation_eos):
+    """A copy of the model whose tokenizer has a special `<|eot_id|>` (the model's spare id) and whose
+    generation_config.json's eos_token_id is `generation_eos(eot)`: a chat model that lists its turn-end id
+    only there, as gemma-2-it and the first Llama-3-8B-Instruct release did."""
+    import shutil
+
+    shutil.copytree(files["model"], folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    eot = len(tok["model"]["vocab"])
+    tok["added_tokens"].append({"id": eot, "content": "<|eot_id|>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = generation_eos(eot)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder, eot
+
+
+def test_generation_config_end_of_text_ids_end_an_answer(files, tmp_path, monkeypatch):
+    """transformers' generate() stops at generation_config.json's eos_token_id: a turn-end id listed only
+    there must end the answer (it went into the answer's text, the training target, when only config.json's
+    id was read)."""
+    from nextlong.synthesis.acer.lm import inspect_model, load_lm
+
+    folder, eot = with_turn_end(files, tmp_path / "chat", lambda eot: [0, eot])
+    lm = load_lm(folder, device="cpu")
+    tok = lm.tokenizer
+    scripted(lm, monkeypatch, list(tok.encode_ordinary(" Paris")) + [eot] + list(tok.encode_ordinary(" more\nx")))
+    g = lm.generate([tok.encode("Question: where?\nAnswer:")], 16, stop="\n")[0]
+    assert (g.text, g.end) == (" Paris", "eos")
+    assert bool(lm._blank_ids(lm.model.config.vocab_size, "cpu")[eot])  # and it is masked at the start, as 0 is
+    info = inspect_model(folder)
+    assert info.config_eos_ids == (0,) and info.generation_eos_ids == (0, eot) and info.eos_ids == (0, eot)
+    # the run records where the ids come from; the samples' appended id stays config.json's
+    monkeypatch.delitem(lm.__dict__, "_forward")
+    manifest = nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"],
+                             **dict(FAST, ranker="embedding"))
+    st = manifest["settings"]
+    assert st["model_eos_ids"] == {"config.json": [0], "generation_config.json": [0, eot], "stops_at": [0, eot]}
+    assert st["eos_id"] == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x", r"generation_config\.json: eos_token_id must be a token id or a list of token ids, got 'x'"),
+    ([0, 1.5], r"generation_config\.json: eos_token_id must be a token id or a list of token ids, got \[0, 1\.5\]"),
+    ([0, True], r"generation_config\.json: eos_token_id must be a token id"),
+    (10 ** 9, r"generation_config\.json: eos_token_id 1000000000 is not a token id of the model \(0\.\.\d+\)"),
+    ([-1], r"generation_config\.json: eos_token_id -1 is not a token id"),
+])
+def test_a_bad_generation_config_is_one_line_before_work(files, tmp_path, value, message):
+    folder, _ = with_turn_end(files, tmp_path / "chat", lambda eot: value)
+    with pytest.raises(NextlongError, match=message):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(NextlongError, match=r"generation_config\.json"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+
+
 def test_chain_of_thought_stop_waits_for_the_marker(files, monkeypatch):
     """The reasoning may hold blank lines and newlines: only a newline after "So the answer is:" and some
     text after it ends the text (the old blank-line stop cut the reasoning before the marker)."""

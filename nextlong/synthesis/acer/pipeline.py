@@ -137,7 +137,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         if limit is not None and needs["ask"] > limit:
             raise UsageError(f"the question writer's prompt needs {needs['ask']} tokens, beyond the {limit} positions "
                              f"of {info.folder}; use a smaller --chunk-tokens")
-    eos = end_of_text_id(sample_tok, lm_tok, info.eos_ids)
+    eos = end_of_text_id(sample_tok, lm_tok, info.config_eos_ids)  # config.json's, as before
     sep = len(sample_tok.encode_ordinary(cfg.separator))
     sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
                                               else np.zeros(sample_question, np.uint32)))
@@ -275,6 +275,10 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
         model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,
         tokenizer_name=getattr(tokenizer, "name", None), tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
         retriever=cfg.retriever_used, eos_id=checked.eos_id,
+        # the ids that end the LM's generations: config.json's and generation_config.json's eos_token_id
+        model_eos_ids={"config.json": list(checked.model.config_eos_ids),
+                       "generation_config.json": list(checked.model.generation_eos_ids),
+                       "stops_at": list(checked.model.eos_ids)},
         separator_ids=[int(x) for x in tokenizer.encode_ordinary(cfg.separator)],
         prompts={name: {"path": t.path, "text": t.text} for name, t in checked.templates.items()},
         context_needs=checked.needs, question_source=_question_source(cfg, record("questions")),

@@ -342,7 +342,7 @@ class AskStage(LMStage):
     template: str = ""
     max_new_tokens: int = 64
 
-    version = 2  # 2: questions beyond question_bound are dropped
+    version = 2  # questions beyond question_bound are dropped; generation_config.json's eos ids end one
 
     def setup(self, ctx):
         from ...corpus.tokenizer import load_tokenizer
@@ -526,7 +526,8 @@ class ReadStage(LMStage):
     stop: str = "\n"
     stop_after: str = ""
 
-    version = 2  # answer_end and start_masked; the chain-of-thought stop rule waits for the marker
+    # 2: answer_end and start_masked; the chain-of-thought stop rule waits for the marker
+    version = 3  # 3: generation_config.json's eos_token_id ends an answer too (lm.inspect_model)
 
     def setup(self, ctx):
         super().setup(ctx)
