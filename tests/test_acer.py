@@ -455,6 +455,23 @@ def test_mds_holds_the_mask(files, base, tmp_path):
         np.testing.assert_array_equal(got["indices"], [[0, len(want["input_ids"])]])
 
 
+def test_a_later_run_that_changes_the_data_leaves_no_stale_format(files, tmp_path):
+    """A later run into the same folder with --filter answer-match remakes OUT/data (as documented, without
+    --rebuild); OUT/mds and OUT/jsonl, derived from it, kept the earlier samples (5 rows beside 1)."""
+    from nextlong.mds import num_samples
+
+    out = tmp_path / "out"
+    acer(files, out, ranker="embedding", format="mds")
+    built = len(rows(out))
+    assert num_samples(out / "mds") == built > 1
+    manifest = acer(files, out, ranker="embedding", filter="answer-match")  # parquet only
+    assert manifest["statistics"]["samples"] == len(rows(out)) == 1 and not (out / "mds").exists()
+    acer(files, out, ranker="embedding", filter="answer-match", format="jsonl")
+    acer(files, out, ranker="embedding", format="mds")  # the data changes back: the jsonl of 1 sample goes
+    assert num_samples(out / "mds") == len(rows(out)) == built and not (out / "jsonl").exists()
+    assert not list(out.glob("*.tmp"))
+
+
 def test_answer_match_filter_keeps_matching_and_gold_less_samples(files, base, tmp_path):
     out, _ = base
     answers = {s["question_id"]: s["answer"] for s in rows(out)}
