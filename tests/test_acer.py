@@ -157,11 +157,18 @@ def test_order_retrieval_vs_shuffled_same_chunks(files, base, tmp_path):
     assert any(r != sorted(r) for r in ranks)
 
 
+def assert_same_parts(a, b):
+    """Two folders of Parquet parts hold the same part names (a lost last part is a difference) and bytes."""
+    names = sorted(p.name for p in a.glob("*.parquet"))
+    assert names and names == sorted(p.name for p in b.glob("*.parquet"))
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
 def test_same_seed_same_bytes_other_seed_other_order(files, base, tmp_path):
     out, _ = base
     acer(files, tmp_path / "again")
-    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "again" / "data").glob("*.parquet"))):
-        assert a.read_bytes() == b.read_bytes()
+    assert_same_parts(out / "data", tmp_path / "again" / "data")
     acer(files, tmp_path / "seed1", seed=1)
     other = rows(tmp_path / "seed1")
     assert [s["input_ids"] for s in other] != [s["input_ids"] for s in rows(out)]
@@ -194,8 +201,7 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_
     monkeypatch.setattr(A.RankStage, "scores", counting)
     acer(files, tmp_path)
     assert seen == [q["question"] for q in QUESTIONS[4:]]  # blocks 0 and 1 were ranked before the kill
-    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "data").glob("*.parquet"))):
-        assert a.read_bytes() == b.read_bytes()
+    assert_same_parts(out / "data", tmp_path / "data")
     # other settings in the same folder: refused, unless rebuilt (then only the stages they change are redone)
     with pytest.raises(StageMismatchError, match="read: cached 3, asked 2.*--rebuild"):
         acer(files, tmp_path, read=2)
@@ -282,6 +288,68 @@ def test_multiple_choice_score_is_the_models_option_probability(files, base):
     order = np.lexsort((np.arange(len(scores)), -scores))
     assert ranked["ranked"] == [ranked["retrieved"][i] for i in order]
     np.testing.assert_allclose(ranked["rank_scores"], scores[order], atol=1e-6)
+
+
+def test_the_lm_sees_the_prompts_the_method_describes(files, tmp_path, monkeypatch):
+    """The prompts that reach the LM, against prompts built here from the stored chunks: the question writer
+    sees the chunk drawn for it (`source_chunk`); the ranker sees each retrieved chunk with that question, in
+    retrieval order; the reader sees the top --read chunks of the *ranked* order, best first, numbered, then
+    the question. (The stored outputs alone could not tell: a ranker that ignored the question, or a reader of
+    the retrieval order, still wrote consistent files.)"""
+    from nextlong.synthesis.acer.lm import LM
+    from nextlong.synthesis.acer.templates import load_templates, passages_ids
+
+    seen = {"ask": [], "rank": [], "read": []}
+    real_probs, real_generate = LM.option_probs, LM.generate
+
+    def option_probs(self, prompts, options, **kw):
+        seen["rank"].extend(np.asarray(p).tolist() for p in prompts)
+        return real_probs(self, prompts, options, **kw)
+
+    def generate(self, prompts, max_new_tokens, **kw):
+        seen["ask" if max_new_tokens == 12 else "read"].extend(np.asarray(p).tolist() for p in prompts)
+        return real_generate(self, prompts, max_new_tokens, **kw)
+
+    monkeypatch.setattr(LM, "option_probs", option_probs)
+    monkeypatch.setattr(LM, "generate", generate)
+    out = tmp_path / "out"
+    acer(files, out, generate_questions=4, question_max_new_tokens=12, retrieve=6, read=3)
+    from nextlong.corpus.tokenizer import load_tokenizer
+
+    tok, t, chunks = load_tokenizer(files["tokenizer"]), load_templates(), store(out)
+
+    def ids(c):
+        return np.asarray(chunks.chunk_tokens(c)[:64], np.uint32)
+
+    asked = pq.read_table(out / "questions").to_pylist()
+    assert len({r["source_chunk"] for r in asked}) == 4
+    assert seen["ask"] == [t["question"].render(tok, passage=ids(r["source_chunk"])).tolist() for r in asked]
+    ranked = pq.read_table(out / "rank").to_pylist()
+    assert len({r["question"] for r in ranked}) > 1
+    assert seen["rank"] == [t["rank"].render(tok, passage=ids(c), question=r["question"]).tolist()
+                            for r in ranked for c in r["retrieved"]]
+    assert any(r["ranked"][:3] != r["retrieved"][:3] for r in ranked)  # the ranking reorders what is read
+    assert seen["read"] == [t["read"].render(tok, passages=passages_ids(t, tok, [ids(c) for c in r["ranked"][:3]]),
+                                             question=r["question"]).tolist() for r in ranked]
+    first = tok.decode(seen["read"][0])  # by hand: "Passage 1:" is the best-ranked chunk's text
+    texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    assert texts[ranked[0]["ranked"][0]] in first.split("Passage 2:")[0] and "Passage 1:" in first
+    assert texts[ranked[0]["ranked"][2]] in first.split("Passage 3:")[1]
+
+
+def test_the_shuffle_depends_on_the_question_id(base):
+    """Each sample's context order is the permutation seeded by --seed and its question's id (docs/acer.md), so
+    two questions with as many chunks get different orders."""
+    from nextlong.synthesis.acer.stages import question_seed
+
+    out, _ = base
+    perms = {tuple(np.random.default_rng(question_seed(0, q)).permutation(12)) for q in ("1", "args", "3", "7", "5")}
+    assert len(perms) == 5
+    for s in rows(out):
+        context = s["segments"][:-2]
+        by_rank = sorted(context, key=lambda g: g["rank"])
+        perm = np.random.default_rng(question_seed(0, s["question_id"])).permutation(len(context))
+        assert [g["chunk_id"] for g in context] == [by_rank[i]["chunk_id"] for i in perm]
 
 
 def test_batched_greedy_generation_matches_one_prompt_at_a_time(files):
