@@ -994,6 +994,23 @@ def test_bad_options(files, tmp_path):
     assert not started(tmp_path / "out")
 
 
+def test_device_is_checked_before_any_work(files, tmp_path, capsys):
+    """--device was checked only when the first LM stage loaded the model, after chunking, embedding and the
+    index: a misspelled one ended in torch's 41-line traceback, an absent CUDA in an error after that work."""
+    with pytest.raises(UsageError, match=r"--device 'tpu' is not a torch device \(.*\); use cpu, cuda or cuda:N"):
+        acer(files, tmp_path / "out", device="tpu")
+    assert not started(tmp_path / "out")
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path / "out"), "--device", "tpu", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("nextlong acer: error: --device 'tpu'")
+    assert not started(tmp_path / "out")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match=r"--device cuda:1: CUDA is not available on this machine"):
+            acer(files, tmp_path / "out", device="cuda:1")
+        assert not started(tmp_path / "out")
+
+
 def test_cli_errors_are_one_line(files, tmp_path, capsys):
     q = tmp_path / "q.jsonl"
     q.write_text('{"query": "no question"}\n')

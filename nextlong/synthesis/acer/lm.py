@@ -311,6 +311,35 @@ def _decode_whole_characters(tokenizer, ids) -> str:
                                                                          final=False)
 
 
+def check_device(device: str | None, *, here: bool = True) -> None:
+    """--device checked before any work (the LM loads only when the first LM stage starts, after chunking,
+    embedding and the index): a string torch cannot parse is one line, not torch's traceback; with `here`
+    (the local executor: the LM runs in this process), also a device this machine lacks. On Ray the actors'
+    machines hold the devices, so only the spelling is checked."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UsageError(f"--device {device!r} is not a torch device ({reason}); use cpu, cuda or cuda:N") from None
+    if not here or parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    try:  # another backend (mps, xpu, ...): usable when a tensor can be made on it
+        torch.empty(0, device=parsed)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UsageError(f"--device {device}: not usable on this machine ({reason})") from None
+
+
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:
     """The LM of `path` on `device` (default cuda when available) in `dtype` (default bfloat16 on CUDA,
     float32 on CPU), loaded once per process (the ranker and reader stages share it)."""

@@ -66,11 +66,12 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
     set beyond the model's context, a --target-length below what the read chunks need."""
     from ...corpus.tokenizer import load_tokenizer
-    from .lm import inspect_model
+    from .lm import check_device, inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
     if not Path(cfg.corpus).exists():
         raise NextlongError(f"{cfg.corpus}: corpus not found")
+    check_device(cfg.device, here=cfg.executor == "local")
     templates = load_templates(cfg.prompts)
     if cfg.chain_of_thought:
         from .answers import ANSWER_MARKER
