@@ -1011,6 +1011,31 @@ def test_device_is_checked_before_any_work(files, tmp_path, capsys):
         assert not started(tmp_path / "out")
 
 
+def test_ray_gpu_shortage_names_acers_own_flag(files, tmp_path, capsys, monkeypatch):
+    """The Ray executor's check of the cluster's GPUs named synthesize's --embed-gpus, a flag acer lacks."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'nextlong[ray]')")
+    from nextlong.synthesis.executors import ray as executor_ray
+
+    class NoGPUCluster:  # what ray.cluster_resources() / ray.nodes() say of a CPU-only cluster
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True}]
+
+    monkeypatch.setattr(executor_ray, "connect", lambda *a, **k: NoGPUCluster)
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path / "out"), "--executor", "ray", "--gpus", "1", "--quiet",
+                 "--target-length", "1024", "--chunk-tokens", "64", "--retrieve", "24", "--read", "3",
+                 "--max-new-tokens", "8", "--embedder", "hashed-tfidf"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "--embed-gpus" not in err
+    assert "error: --gpus 1: the Ray cluster has 0 GPUs" in err and "run on CPUs with --gpus 0" in err
+    assert not started(tmp_path / "out")
+
+
 def test_cli_errors_are_one_line(files, tmp_path, capsys):
     q = tmp_path / "q.jsonl"
     q.write_text('{"query": "no question"}\n')

@@ -236,8 +236,11 @@ def run(cfg: AcerConfig, executor=None) -> dict:
         if executor is None:
             from ..executors import executor_for
 
-            executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
-                                    embed_gpus=cfg.gpus, embed_actors=cfg.actors)
+            options = dict(threads=cfg.num_threads or None)
+            if cfg.executor == "ray":  # its messages name acer's own flags
+                options.update(address=cfg.ray_address, embed_gpus=cfg.gpus, embed_actors=cfg.actors,
+                               flags=("--gpus", "--actors"))
+            executor = executor_for(cfg.executor, **options)
         check_work_folder(cfg.out_dir, NextlongError, command="acer")  # its finished stages are read as they are
         with failure_recorded(cfg.out_dir / "manifest.json"):
             manifest = _run(cfg, checked, executor)
