@@ -429,6 +429,26 @@ def test_bm25_retrieval_matches_brute_force(files, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["settings"]["retriever"] == "bm25"
 
 
+def test_whitespace_chunks_are_never_retrieved_and_a_blank_corpus_is_one_line(files, tmp_path):
+    """Chunks of whitespace only (blank documents; the lone "\n" a long chunk's cut can leave) were retrieval
+    units: with --retrieve above the visible chunks they filled contexts and reader passages with blanks,
+    and a corpus of blank documents gave "samples" that were all whitespace."""
+    docs = list(corpus_head(limit=2)) + [("blank1", "   \n\n  "), ("blank2", "\t\u3000\n"), ("blank3", "\n")]
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs)
+    manifest = nextlong.acer(corpus, tmp_path / "out", model=files["model"], questions=files["questions"],
+                             **dict(FAST, ranker="embedding", retrieve=200, read=2))
+    texts = pq.read_table(tmp_path / "out" / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    blank = {c for c, t in enumerate(texts) if not t.strip()}
+    for r in pq.read_table(tmp_path / "out" / "retrieve").to_pylist():
+        assert r["retrieved"] and not blank & set(r["retrieved"])
+        assert len(r["retrieved"]) == len(texts) - len(blank)  # every visible chunk, none of the blank ones
+    assert len(blank) >= 3 and manifest["statistics"]["chunks_blank"] == len(blank)
+    corpus = write_jsonl(tmp_path / "blank.jsonl", docs[2:])
+    with pytest.raises(NextlongError, match=r"the corpus has no text to retrieve \(its documents are empty or "
+                                            r"whitespace only\)"):
+        nextlong.acer(corpus, tmp_path / "blank", model=files["model"], questions=files["questions"], **FAST)
+
+
 # --- questions, formats, filter --------------------------------------------------------------------
 
 
