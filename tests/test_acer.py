@@ -223,6 +223,13 @@ def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
         assert tok.decode(ids[segs[-1]["start"]:segs[-1]["end"] - finished]) == " " + s["answer"]
         assert (ids[-1] == tok.token_to_id("<|endoftext|>")) == finished and s["num_tokens"] <= TARGET
         assert segs[-1]["end"] - segs[-1]["start"] <= 8 + 1  # the bound of the checks before work
+    # the LM sees each chunk's text in its own tokens, cut to --chunk-tokens: counted, per LM stage
+    texts = pq.read_table(tmp_path / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    lm_tok = load_tokenizer(files["tokenizer"])
+    read = pq.read_table(tmp_path / "read").to_pylist()
+    shown = [c for r in read for c in r["ranked"][:3]]
+    cut = sum(len(lm_tok.encode_ordinary(texts[c])) > 64 for c in shown)
+    assert manifest["statistics"]["passages_cut_for_model"] == {"read": cut} and cut > 0
 
 
 def test_manifest(base, files):
@@ -230,6 +237,7 @@ def test_manifest(base, files):
     st, s = manifest["settings"], manifest["statistics"]
     assert manifest["command"] == "acer" and st["question_source"]["source"] == "file"
     assert st["tokenizer_fingerprint"] and st["eos_id"] == 0 and st["retriever"] == "embedding"
+    assert s["passages_cut_for_model"] is None  # the model's own tokenizer: passages are the chunks' own ids
     assert set(st["prompts"]) >= {"rank", "read", "sample"} and "{passage}" in st["prompts"]["rank"]["text"]
     assert s["lm"]["rank"]["calls"] == len(QUESTIONS) * 24 and s["lm"]["read"]["calls"] == len(QUESTIONS)
     assert s["chunks_over_chunk_tokens"] == 0 and s["chunk_pieces"] > 0

@@ -272,6 +272,12 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     seconds["write_format"] = round(time.perf_counter() - t0, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     stats = _statistics(cfg, store, record, seconds)
+    # with a --tokenizer other than the model's: the passages the LM was shown cut to their first --chunk-tokens
+    # LM tokens, per LM stage (None with the model's own tokenizer, whose passages are the chunks' own ids)
+    same = tokenizer.fingerprint == load_tokenizer(checked.model.tokenizer_spec).fingerprint
+    stats["passages_cut_for_model"] = None if same else {
+        name: int(record(name).get("passages_cut", 0)) for name in ("ask", "rank", "read")
+        if record(name).get("lm_calls")}
     settings = cfg.to_dict()
     settings.update(keep_tokenizer_file(checked.tokenizer, out))
     settings.update(

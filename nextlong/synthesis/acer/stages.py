@@ -288,7 +288,11 @@ class LMStage(AcerMapStage):
 
 class Passages:
     """Chunk ids -> the token ids an LM prompt shows: the chunk's ids cut to `chunk_tokens` (its own ids
-    when the LM's tokenizer is the samples' tokenizer, else its text encoded by the LM's tokenizer)."""
+    when the LM's tokenizer is the samples' tokenizer, else its text encoded by the LM's tokenizer).
+
+    With another --tokenizer a chunk of at most `chunk_tokens` sample tokens can take more LM tokens, and
+    the LM then sees only their first `chunk_tokens` (the checks before work bound the prompts by that);
+    `cut` counts the passages shown cut, so each LM stage reports how many (`passages_cut`)."""
 
     def __init__(self, chunks_dir, sample_tokenizer, lm_tokenizer, chunk_tokens: int):
         from ...corpus.tokenizer import load_tokenizer
@@ -297,14 +301,16 @@ class Passages:
         self.chunk_tokens = int(chunk_tokens)
         self.lm_tokenizer = lm_tokenizer
         self.same = load_tokenizer(sample_tokenizer).fingerprint == lm_tokenizer.fingerprint
+        self.cut = 0  # passages shown cut to chunk_tokens LM tokens (another --tokenizer only)
         self._file = Path(chunks_dir) / CHUNKS_FILE
 
     def ids(self, chunk_ids) -> list[np.ndarray]:
         chunk_ids = [int(c) for c in chunk_ids]
         if self.same:
             return [np.asarray(self.store.chunk_tokens(c)[:self.chunk_tokens], np.uint32) for c in chunk_ids]
-        texts = chunk_text(self._file, chunk_ids)
-        return [np.asarray(self.lm_tokenizer.encode_ordinary(t)[:self.chunk_tokens], np.uint32) for t in texts]
+        encoded = [self.lm_tokenizer.encode_ordinary(t) for t in chunk_text(self._file, chunk_ids)]
+        self.cut += sum(len(e) > self.chunk_tokens for e in encoded)
+        return [np.asarray(e[:self.chunk_tokens], np.uint32) for e in encoded]
 
 
 def chunk_text(chunks_file, chunk_ids) -> list[str]:
@@ -358,6 +364,7 @@ class AskStage(LMStage):
                    for text in (question, " " + question))
 
     def map(self, block):
+        cut_before = self._passages.cut
         passages = self._passages.ids(block.column("source_chunk").to_pylist())
         prompts = [self._t.render(self._lm.tokenizer, passage=p) for p in passages]
         with self._bar(len(prompts), "question") as bar:
@@ -370,6 +377,7 @@ class AskStage(LMStage):
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(g.tokens for g in out),
                        "empty_questions": sum(not q for q in questions), "too_long_questions": sum(too_long),
+                       "passages_cut": self._passages.cut - cut_before,
                        "cut_at_budget": sum(g.cut for g in out), "start_masked": sum(g.start_masked for g in out)}
 
 
@@ -515,6 +523,7 @@ class RankStage(LMStage):
         if self.ranker != "model":
             return _with(block, ranked=block.column("retrieved"), rank_scores=block.column("retrieval_scores")), {}
         self._calls = self._tokens = 0
+        cut_before = self._passages.cut
         ranked, scores = [], []
         with self._bar(sum(map(len, retrieved)), "chunk") as bar:
             for question, chunks in zip(block.column("question").to_pylist(), retrieved):
@@ -524,7 +533,8 @@ class RankStage(LMStage):
                 scores.append(p[order].astype(np.float32))
         table = _with(block, ranked=pa.array(ranked, pa.list_(pa.int64())),
                       rank_scores=pa.array(scores, pa.list_(pa.float32())))
-        return table, {"lm_calls": self._calls, "prompt_tokens": self._tokens}
+        return table, {"lm_calls": self._calls, "prompt_tokens": self._tokens,
+                       "passages_cut": self._passages.cut - cut_before}
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -563,6 +573,7 @@ class ReadStage(LMStage):
         ranked = block.column("ranked").to_pylist()
         for qid, ids in zip(block.column("question_id").to_pylist(), ranked):
             _check_chunk_ids(ids, self._passages.store.num_chunks, qid)
+        cut_before = self._passages.cut
         prompts = [self.prompt(q, r) for q, r in zip(block.column("question").to_pylist(), ranked)]
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, stop_after=self.stop_after or None,
@@ -574,7 +585,8 @@ class ReadStage(LMStage):
                       start_masked=pa.array([g.start_masked for g in out], pa.bool_()))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(g.tokens for g in out), "cut_at_budget": sum(g.cut for g in out),
-                       "start_masked": sum(g.start_masked for g in out)}
+                       "start_masked": sum(g.start_masked for g in out),
+                       "passages_cut": self._passages.cut - cut_before}
 
 
 def _check_chunk_ids(ids, num_chunks: int, question_id) -> None:
