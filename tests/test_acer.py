@@ -157,11 +157,18 @@ def test_order_retrieval_vs_shuffled_same_chunks(files, base, tmp_path):
     assert any(r != sorted(r) for r in ranks)
 
 
+def assert_same_parts(a, b):
+    """Two folders of Parquet parts hold the same part names (a lost last part is a difference) and bytes."""
+    names = sorted(p.name for p in a.glob("*.parquet"))
+    assert names and names == sorted(p.name for p in b.glob("*.parquet"))
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
 def test_same_seed_same_bytes_other_seed_other_order(files, base, tmp_path):
     out, _ = base
     acer(files, tmp_path / "again")
-    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "again" / "data").glob("*.parquet"))):
-        assert a.read_bytes() == b.read_bytes()
+    assert_same_parts(out / "data", tmp_path / "again" / "data")
     acer(files, tmp_path / "seed1", seed=1)
     other = rows(tmp_path / "seed1")
     assert [s["input_ids"] for s in other] != [s["input_ids"] for s in rows(out)]
@@ -194,8 +201,7 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_
     monkeypatch.setattr(A.RankStage, "scores", counting)
     acer(files, tmp_path)
     assert seen == [q["question"] for q in QUESTIONS[4:]]  # blocks 0 and 1 were ranked before the kill
-    for a, b in zip(sorted((out / "data").glob("*.parquet")), sorted((tmp_path / "data").glob("*.parquet"))):
-        assert a.read_bytes() == b.read_bytes()
+    assert_same_parts(out / "data", tmp_path / "data")
     # other settings in the same folder: refused, unless rebuilt (then only the stages they change are redone)
     with pytest.raises(StageMismatchError, match="read: cached 3, asked 2.*--rebuild"):
         acer(files, tmp_path, read=2)
@@ -217,6 +223,13 @@ def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
         assert tok.decode(ids[segs[-1]["start"]:segs[-1]["end"] - finished]) == " " + s["answer"]
         assert (ids[-1] == tok.token_to_id("<|endoftext|>")) == finished and s["num_tokens"] <= TARGET
         assert segs[-1]["end"] - segs[-1]["start"] <= 8 + 1  # the bound of the checks before work
+    # the LM sees each chunk's text in its own tokens, cut to --chunk-tokens: counted, per LM stage
+    texts = pq.read_table(tmp_path / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    lm_tok = load_tokenizer(files["tokenizer"])
+    read = pq.read_table(tmp_path / "read").to_pylist()
+    shown = [c for r in read for c in r["ranked"][:3]]
+    cut = sum(len(lm_tok.encode_ordinary(texts[c])) > 64 for c in shown)
+    assert manifest["statistics"]["passages_cut_for_model"] == {"read": cut} and cut > 0
 
 
 def test_manifest(base, files):
@@ -224,6 +237,7 @@ def test_manifest(base, files):
     st, s = manifest["settings"], manifest["statistics"]
     assert manifest["command"] == "acer" and st["question_source"]["source"] == "file"
     assert st["tokenizer_fingerprint"] and st["eos_id"] == 0 and st["retriever"] == "embedding"
+    assert s["passages_cut_for_model"] is None  # the model's own tokenizer: passages are the chunks' own ids
     assert set(st["prompts"]) >= {"rank", "read", "sample"} and "{passage}" in st["prompts"]["rank"]["text"]
     assert s["lm"]["rank"]["calls"] == len(QUESTIONS) * 24 and s["lm"]["read"]["calls"] == len(QUESTIONS)
     assert s["chunks_over_chunk_tokens"] == 0 and s["chunk_pieces"] > 0
@@ -282,6 +296,68 @@ def test_multiple_choice_score_is_the_models_option_probability(files, base):
     order = np.lexsort((np.arange(len(scores)), -scores))
     assert ranked["ranked"] == [ranked["retrieved"][i] for i in order]
     np.testing.assert_allclose(ranked["rank_scores"], scores[order], atol=1e-6)
+
+
+def test_the_lm_sees_the_prompts_the_method_describes(files, tmp_path, monkeypatch):
+    """The prompts that reach the LM, against prompts built here from the stored chunks: the question writer
+    sees the chunk drawn for it (`source_chunk`); the ranker sees each retrieved chunk with that question, in
+    retrieval order; the reader sees the top --read chunks of the *ranked* order, best first, numbered, then
+    the question. (The stored outputs alone could not tell: a ranker that ignored the question, or a reader of
+    the retrieval order, still wrote consistent files.)"""
+    from nextlong.synthesis.acer.lm import LM
+    from nextlong.synthesis.acer.templates import load_templates, passages_ids
+
+    seen = {"ask": [], "rank": [], "read": []}
+    real_probs, real_generate = LM.option_probs, LM.generate
+
+    def option_probs(self, prompts, options, **kw):
+        seen["rank"].extend(np.asarray(p).tolist() for p in prompts)
+        return real_probs(self, prompts, options, **kw)
+
+    def generate(self, prompts, max_new_tokens, **kw):
+        seen["ask" if max_new_tokens == 12 else "read"].extend(np.asarray(p).tolist() for p in prompts)
+        return real_generate(self, prompts, max_new_tokens, **kw)
+
+    monkeypatch.setattr(LM, "option_probs", option_probs)
+    monkeypatch.setattr(LM, "generate", generate)
+    out = tmp_path / "out"
+    acer(files, out, generate_questions=4, question_max_new_tokens=12, retrieve=6, read=3)
+    from nextlong.corpus.tokenizer import load_tokenizer
+
+    tok, t, chunks = load_tokenizer(files["tokenizer"]), load_templates(), store(out)
+
+    def ids(c):
+        return np.asarray(chunks.chunk_tokens(c)[:64], np.uint32)
+
+    asked = pq.read_table(out / "questions").to_pylist()
+    assert len({r["source_chunk"] for r in asked}) == 4
+    assert seen["ask"] == [t["question"].render(tok, passage=ids(r["source_chunk"])).tolist() for r in asked]
+    ranked = pq.read_table(out / "rank").to_pylist()
+    assert len({r["question"] for r in ranked}) > 1
+    assert seen["rank"] == [t["rank"].render(tok, passage=ids(c), question=r["question"]).tolist()
+                            for r in ranked for c in r["retrieved"]]
+    assert any(r["ranked"][:3] != r["retrieved"][:3] for r in ranked)  # the ranking reorders what is read
+    assert seen["read"] == [t["read"].render(tok, passages=passages_ids(t, tok, [ids(c) for c in r["ranked"][:3]]),
+                                             question=r["question"]).tolist() for r in ranked]
+    first = tok.decode(seen["read"][0])  # by hand: "Passage 1:" is the best-ranked chunk's text
+    texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    assert texts[ranked[0]["ranked"][0]] in first.split("Passage 2:")[0] and "Passage 1:" in first
+    assert texts[ranked[0]["ranked"][2]] in first.split("Passage 3:")[1]
+
+
+def test_the_shuffle_depends_on_the_question_id(base):
+    """Each sample's context order is the permutation seeded by --seed and its question's id (docs/acer.md), so
+    two questions with as many chunks get different orders."""
+    from nextlong.synthesis.acer.stages import question_seed
+
+    out, _ = base
+    perms = {tuple(np.random.default_rng(question_seed(0, q)).permutation(12)) for q in ("1", "args", "3", "7", "5")}
+    assert len(perms) == 5
+    for s in rows(out):
+        context = s["segments"][:-2]
+        by_rank = sorted(context, key=lambda g: g["rank"])
+        perm = np.random.default_rng(question_seed(0, s["question_id"])).permutation(len(context))
+        assert [g["chunk_id"] for g in context] == [by_rank[i]["chunk_id"] for i in perm]
 
 
 def test_batched_greedy_generation_matches_one_prompt_at_a_time(files):
@@ -361,6 +437,26 @@ def test_bm25_retrieval_matches_brute_force(files, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["settings"]["retriever"] == "bm25"
 
 
+def test_whitespace_chunks_are_never_retrieved_and_a_blank_corpus_is_one_line(files, tmp_path):
+    """Chunks of whitespace only (blank documents; the lone "\n" a long chunk's cut can leave) were retrieval
+    units: with --retrieve above the visible chunks they filled contexts and reader passages with blanks,
+    and a corpus of blank documents gave "samples" that were all whitespace."""
+    docs = list(corpus_head(limit=2)) + [("blank1", "   \n\n  "), ("blank2", "\t\u3000\n"), ("blank3", "\n")]
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs)
+    manifest = nextlong.acer(corpus, tmp_path / "out", model=files["model"], questions=files["questions"],
+                             **dict(FAST, ranker="embedding", retrieve=200, read=2))
+    texts = pq.read_table(tmp_path / "out" / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    blank = {c for c, t in enumerate(texts) if not t.strip()}
+    for r in pq.read_table(tmp_path / "out" / "retrieve").to_pylist():
+        assert r["retrieved"] and not blank & set(r["retrieved"])
+        assert len(r["retrieved"]) == len(texts) - len(blank)  # every visible chunk, none of the blank ones
+    assert len(blank) >= 3 and manifest["statistics"]["chunks_blank"] == len(blank)
+    corpus = write_jsonl(tmp_path / "blank.jsonl", docs[2:])
+    with pytest.raises(NextlongError, match=r"the corpus has no text to retrieve \(its documents are empty or "
+                                            r"whitespace only\)"):
+        nextlong.acer(corpus, tmp_path / "blank", model=files["model"], questions=files["questions"], **FAST)
+
+
 # --- questions, formats, filter --------------------------------------------------------------------
 
 
@@ -403,6 +499,45 @@ def test_generated_questions_chain_of_thought_and_jsonl(files, tmp_path, monkeyp
     assert s["questions_cut_at_budget"] + s["questions_empty_generated"] <= 3 and s["questions_start_masked"] == 0
 
 
+def test_a_generated_question_beyond_its_bound_is_dropped_and_the_run_finishes(files, tmp_path, monkeypatch):
+    """The checks before work give a generated question --question-max-new-tokens + 2 tokens, but the question
+    is kept as text and re-encoded: stray bytes decode to U+FFFD, several ids each. With a model that has
+    exactly the positions the checks computed, such a question made the reader's prompt too long after the
+    LM stages had run (a crash); now it is dropped and counted, and the run finishes."""
+    import shutil
+
+    from nextlong.synthesis.acer.pipeline import check_before_work
+
+    words = " ".join(text for _, text in corpus_head(limit=20)).split()
+    corpus = write_jsonl(tmp_path / "one.jsonl", [("d", " ".join(words[:3000]))])  # every chunk 64 tokens
+    model = tmp_path / "model"
+    shutil.copytree(files["model"], model)
+    settings = dict(FAST, generate_questions=4, question_max_new_tokens=12, ranker="embedding", read=2, retrieve=8)
+    needs = check_before_work(AcerConfig(out=str(tmp_path / "x"), corpus=str(corpus), model=str(model),
+                                         **settings)).needs
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = needs["read"]  # the checks before work pass, just
+    (model / "config.json").write_text(json.dumps(config))
+    asked = []
+
+    def writer(prompt, g, kw):  # every other question is stray bytes (U+FFFD), 12 generated ids
+        if "Write one question" not in prompt:
+            return g
+        asked.append(prompt)
+        return g._replace(text=" What is " + ("\ufffd" * 12 if len(asked) % 2 else "json") + "?", tokens=12,
+                          end="stop")
+
+    rewrite_generations(monkeypatch, writer)
+    manifest = nextlong.acer(corpus, tmp_path / "out", model=model, **settings)
+    s = manifest["statistics"]
+    assert len(asked) == 4 and s["questions_dropped_too_long"] == 2 and s["questions"] == 2 and s["samples"] == 2
+    assert [r["question"] for r in pq.read_table(tmp_path / "out" / "ask").to_pylist()] == ["What is json?"] * 2
+    assert json.loads((tmp_path / "out" / "ask" / "_done.json").read_text())["counts"]["too_long_questions"] == 2
+    from nextlong.synthesis.acer.stages import question_bound
+
+    assert question_bound(12) == 14
+
+
 def test_mds_holds_the_mask(files, base, tmp_path):
     from nextlong.mds import read_mds
 
@@ -414,6 +549,23 @@ def test_mds_holds_the_mask(files, base, tmp_path):
         np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
         np.testing.assert_array_equal(got["loss_mask"], want["loss_mask"])
         np.testing.assert_array_equal(got["indices"], [[0, len(want["input_ids"])]])
+
+
+def test_a_later_run_that_changes_the_data_leaves_no_stale_format(files, tmp_path):
+    """A later run into the same folder with --filter answer-match remakes OUT/data (as documented, without
+    --rebuild); OUT/mds and OUT/jsonl, derived from it, kept the earlier samples (5 rows beside 1)."""
+    from nextlong.mds import num_samples
+
+    out = tmp_path / "out"
+    acer(files, out, ranker="embedding", format="mds")
+    built = len(rows(out))
+    assert num_samples(out / "mds") == built > 1
+    manifest = acer(files, out, ranker="embedding", filter="answer-match")  # parquet only
+    assert manifest["statistics"]["samples"] == len(rows(out)) == 1 and not (out / "mds").exists()
+    acer(files, out, ranker="embedding", filter="answer-match", format="jsonl")
+    acer(files, out, ranker="embedding", format="mds")  # the data changes back: the jsonl of 1 sample goes
+    assert num_samples(out / "mds") == len(rows(out)) == built and not (out / "jsonl").exists()
+    assert not list(out.glob("*.tmp"))
 
 
 def test_answer_match_filter_keeps_matching_and_gold_less_samples(files, base, tmp_path):
@@ -510,6 +662,65 @@ def test_generation_says_how_each_row_ended(files, monkeypatch):
     ids = list(tok.encode_ordinary(" caf")) + [first_byte]
     g = generate(ids, len(ids))
     assert g.end == "budget" and g.text == " caf" and g.tokens == len(ids)
+
+
+def with_turn_end(files, folder, generation_eos):
+    """A copy of the model whose tokenizer has a special `<|eot_id|>` (the model's spare id) and whose
+    generation_config.json's eos_token_id is `generation_eos(eot)`: a chat model that lists its turn-end id
+    only there, as gemma-2-it and the first Llama-3-8B-Instruct release did."""
+    import shutil
+
+    shutil.copytree(files["model"], folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    eot = len(tok["model"]["vocab"])
+    tok["added_tokens"].append({"id": eot, "content": "<|eot_id|>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = generation_eos(eot)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder, eot
+
+
+def test_generation_config_end_of_text_ids_end_an_answer(files, tmp_path, monkeypatch):
+    """transformers' generate() stops at generation_config.json's eos_token_id: a turn-end id listed only
+    there must end the answer (it went into the answer's text, the training target, when only config.json's
+    id was read)."""
+    from nextlong.synthesis.acer.lm import inspect_model, load_lm
+
+    folder, eot = with_turn_end(files, tmp_path / "chat", lambda eot: [0, eot])
+    lm = load_lm(folder, device="cpu")
+    tok = lm.tokenizer
+    scripted(lm, monkeypatch, list(tok.encode_ordinary(" Paris")) + [eot] + list(tok.encode_ordinary(" more\nx")))
+    g = lm.generate([tok.encode("Question: where?\nAnswer:")], 16, stop="\n")[0]
+    assert (g.text, g.end) == (" Paris", "eos")
+    assert bool(lm._blank_ids(lm.model.config.vocab_size, "cpu")[eot])  # and it is masked at the start, as 0 is
+    info = inspect_model(folder)
+    assert info.config_eos_ids == (0,) and info.generation_eos_ids == (0, eot) and info.eos_ids == (0, eot)
+    # the run records where the ids come from; the samples' appended id stays config.json's
+    monkeypatch.delitem(lm.__dict__, "_forward")
+    manifest = nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"],
+                             **dict(FAST, ranker="embedding"))
+    st = manifest["settings"]
+    assert st["model_eos_ids"] == {"config.json": [0], "generation_config.json": [0, eot], "stops_at": [0, eot]}
+    assert st["eos_id"] == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x", r"generation_config\.json: eos_token_id must be a token id or a list of token ids, got 'x'"),
+    ([0, 1.5], r"generation_config\.json: eos_token_id must be a token id or a list of token ids, got \[0, 1\.5\]"),
+    ([0, True], r"generation_config\.json: eos_token_id must be a token id"),
+    (10 ** 9, r"generation_config\.json: eos_token_id 1000000000 is not a token id of the model \(0\.\.\d+\)"),
+    ([-1], r"generation_config\.json: eos_token_id -1 is not a token id"),
+])
+def test_a_bad_generation_config_is_one_line_before_work(files, tmp_path, value, message):
+    folder, _ = with_turn_end(files, tmp_path / "chat", lambda eot: value)
+    with pytest.raises(NextlongError, match=message):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(NextlongError, match=r"generation_config\.json"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
 
 
 def test_chain_of_thought_stop_waits_for_the_marker(files, monkeypatch):
@@ -808,6 +1019,48 @@ def test_bad_options(files, tmp_path):
     os.mkfifo(tmp_path / "prompts" / "rank.txt")
     with pytest.raises(UsageError, match=r"rank\.txt"):
         acer(files, tmp_path / "out", prompts=tmp_path / "prompts")
+    assert not started(tmp_path / "out")
+
+
+def test_device_is_checked_before_any_work(files, tmp_path, capsys):
+    """--device was checked only when the first LM stage loaded the model, after chunking, embedding and the
+    index: a misspelled one ended in torch's 41-line traceback, an absent CUDA in an error after that work."""
+    with pytest.raises(UsageError, match=r"--device 'tpu' is not a torch device \(.*\); use cpu, cuda or cuda:N"):
+        acer(files, tmp_path / "out", device="tpu")
+    assert not started(tmp_path / "out")
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path / "out"), "--device", "tpu", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("nextlong acer: error: --device 'tpu'")
+    assert not started(tmp_path / "out")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match=r"--device cuda:1: CUDA is not available on this machine"):
+            acer(files, tmp_path / "out", device="cuda:1")
+        assert not started(tmp_path / "out")
+
+
+def test_ray_gpu_shortage_names_acers_own_flag(files, tmp_path, capsys, monkeypatch):
+    """The Ray executor's check of the cluster's GPUs named synthesize's --embed-gpus, a flag acer lacks."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'nextlong[ray]')")
+    from nextlong.synthesis.executors import ray as executor_ray
+
+    class NoGPUCluster:  # what ray.cluster_resources() / ray.nodes() say of a CPU-only cluster
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True}]
+
+    monkeypatch.setattr(executor_ray, "connect", lambda *a, **k: NoGPUCluster)
+    code = main(["acer", "--corpus", str(files["corpus"]), "--questions", str(files["questions"]), "--model",
+                 str(files["model"]), "--out", str(tmp_path / "out"), "--executor", "ray", "--gpus", "1", "--quiet",
+                 "--target-length", "1024", "--chunk-tokens", "64", "--retrieve", "24", "--read", "3",
+                 "--max-new-tokens", "8", "--embedder", "hashed-tfidf"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "--embed-gpus" not in err
+    assert "error: --gpus 1: the Ray cluster has 0 GPUs" in err and "run on CPUs with --gpus 0" in err
     assert not started(tmp_path / "out")
 
 

@@ -317,3 +317,50 @@ def test_mds_output_replaces_a_file_or_link_at_its_name(tmp_path):
     (tmp_path / "x.old.tmp").write_text("left by a kill between the two renames")
     (tmp_path / "y.tmp").mkdir()
     assert remove_stale_temporaries(tmp_path) == 2 and not (tmp_path / "x.old.tmp").exists()
+
+
+def test_a_later_run_that_changes_the_data_leaves_no_stale_format(corpus, tmp_path):
+    """OUT/mds and OUT/jsonl are derived from OUT/data: a later run into the folder that remakes the data
+    (another --num-samples) used to leave the format it did not ask for as it was, holding other samples."""
+    from nextlong import synthesize
+    from nextlong.mds import num_samples
+
+    out = tmp_path / "s"
+    synthesize(corpus, out, **dict(FAST, format="mds"))
+    assert num_samples(out / "mds") == 3
+    synthesize(corpus, out, **dict(FAST, num_samples=1))  # parquet only: the data changes
+    assert pq.read_table(out / "data").num_rows == 1 and not (out / "mds").exists()
+    synthesize(corpus, out, **dict(FAST, num_samples=1, format="jsonl"))
+    synthesize(corpus, out, **dict(FAST, num_samples=2, format="mds"))  # the jsonl of 1 sample goes
+    assert num_samples(out / "mds") == 2 and not (out / "jsonl").exists()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_a_failed_jsonl_rewrite_leaves_the_previous_folder_whole(tmp_path):
+    """JSONL is written beside OUT/jsonl and swapped in whole: a failure part-way (a kill, a full disk)
+    leaves the previous folder as it was, never a mix of new and old parts."""
+    from nextlong.synthesis.writers import write_jsonl_shards
+    from nextlong.corpus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("cl100k_base")
+    data = tmp_path / "data"
+    data.mkdir()
+    for j in range(3):
+        pq.write_table(pa.table({"input_ids": [[1, 2, 3]], "segments": [[{"start": 0, "end": 3}]],
+                                 "n": [j]}), data / f"part-{j:05d}.parquet")
+    write_jsonl_shards(data, tmp_path / "jsonl", tok, lambda row, ids, segs: {"n": row["n"], "v": "old"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "jsonl").iterdir()}
+    assert len(before) == 3
+
+    def fails_at_the_second(row, ids, segs):
+        if row["n"] == 1:
+            raise OSError("disk full")
+        return {"n": row["n"], "v": "new"}
+
+    with pytest.raises(OSError, match="disk full"):
+        write_jsonl_shards(data, tmp_path / "jsonl", tok, fails_at_the_second)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "jsonl").iterdir()} == before
+    assert (tmp_path / "jsonl.tmp").is_dir()  # the failed one's, for the clean-up of temporaries
+    written = write_jsonl_shards(data, tmp_path / "jsonl", tok, lambda row, ids, segs: {"n": row["n"], "v": "new"})
+    assert [json.loads(p.read_text())["v"] for p in written] == ["new"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "jsonl"]

@@ -4,6 +4,7 @@ entries of the final manifest. Each driver keeps its own statistics and summary.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     out = cfg.out_dir
     fps = fps or pipeline.fingerprints()
     pipeline.check_cached(fps, cfg.rebuild)
+    discard_stale_formats(out, cfg.format, fps["data"])
     write_running_manifest(out / "manifest.json", command=command, seed=cfg.seed,
                            settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
@@ -44,9 +46,32 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     return fps, record
 
 
+DERIVED_FORMATS = ("jsonl", "mds")  # OUT/<name>, written from OUT/data at the end of a run
+
+
+def discard_stale_formats(out: Path, fmt: str, data_fingerprint: str) -> list[str]:
+    """Remove, before the stages run, each derived format (OUT/jsonl, OUT/mds) this run will not write from
+    the data it leaves: every one not asked for (`fmt`), and the asked one too when OUT/data is about to be
+    remade with other settings (a later --filter, --num-samples, ...), so that neither a finished run nor a
+    killed one leaves a format holding other samples than OUT/data. The asked one is written again at the
+    end (`write_format`). Returns the names removed."""
+    from .framework import read_done
+    from .writers import remove_output
+
+    record = read_done(out / "data" / DONE_FILE)
+    data_kept = record is not None and record.get("fingerprint") == data_fingerprint
+    removed = []
+    for name in DERIVED_FORMATS:
+        if os.path.lexists(out / name) and (name != fmt or not data_kept):
+            remove_output(out / name)
+            removed.append(name)
+    return removed
+
+
 def write_format(fmt: str, out: Path, tokenizer, writers, **mds_options) -> None:
     """OUT/jsonl or OUT/mds from the Parquet rows in OUT/data (parquet: nothing more), with the method's
-    own `writers` module (their rows differ)."""
+    own `writers` module (their rows differ), each written beside its place and swapped in whole. A format
+    not asked for was removed before the stages ran (`discard_stale_formats`)."""
     if fmt == "jsonl":
         writers.write_jsonl(out / "data", out / "jsonl", tokenizer)
     elif fmt == "mds":

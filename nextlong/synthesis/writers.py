@@ -1,5 +1,7 @@
 """Output formats. Parquet shards are the canonical, resumable output (one file per shard, each
-written atomically); JSONL and MDS are derived from them at the end of a run.
+written atomically); JSONL and MDS are derived from them at the end of a run, each written beside its
+folder and swapped in whole (`swapped_folder`); a run removes the ones it does not write
+(driver.discard_stale_formats), so none holds other rows than DIR/data.
 
 * parquet: OUTPUT_SCHEMA rows in DIR/data/part-NNNNN.parquet (read the folder with
   `pyarrow.parquet.read_table(DIR/"data")`; the `_done.json` completion record is ignored by readers);
@@ -64,30 +66,31 @@ def shard_paths(data_dir) -> list[Path]:
 
 
 def write_jsonl_shards(data_dir, out_dir, tokenizer, record) -> list[Path]:
-    """One JSONL file per Parquet shard (written atomically): `record(row, ids, segments)` makes each line's
-    object, given the row, its ids and its segments each with their decoded `text`."""
+    """One JSONL file per Parquet shard: `record(row, ids, segments)` makes each line's object, given the row,
+    its ids and its segments each with their decoded `text`. The folder is written beside `out_dir` and
+    swapped in whole (`swapped_folder`): a failed or killed run leaves the previous folder, never a mix of
+    new and old files."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in shard_paths(data_dir):
-        target = out_dir / (path.stem + ".jsonl")
-        shard = pq.ParquetFile(path)
-        others = [name for name in shard.schema_arrow.names if name != "input_ids"]
-        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            # a few rows at a time, ids as numpy: a shard of 64 rows at 512K tokens is 32M ids, over a GB
-            # as Python ints
-            for batch in shard.iter_batches(batch_size=8):
-                column = batch.column("input_ids")
-                flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
-                offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
-                for r, row in enumerate(batch.select(others).to_pylist()):
-                    ids = flat[offsets[r]:offsets[r + 1]]
-                    segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]])) for seg in row["segments"]]
-                    f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
-        written.append(target)
-    for stale in set(out_dir.glob("part-*.jsonl")) - set(written):  # of an earlier run with more shards
-        stale.unlink()
-    return written
+    names = []
+    with swapped_folder(out_dir) as tmp_dir:
+        for path in shard_paths(data_dir):
+            target = tmp_dir / (path.stem + ".jsonl")
+            shard = pq.ParquetFile(path)
+            others = [name for name in shard.schema_arrow.names if name != "input_ids"]
+            with open(target, "w", encoding="utf-8") as f:
+                # a few rows at a time, ids as numpy: a shard of 64 rows at 512K tokens is 32M ids, over a GB
+                # as Python ints
+                for batch in shard.iter_batches(batch_size=8):
+                    column = batch.column("input_ids")
+                    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+                    offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+                    for r, row in enumerate(batch.select(others).to_pylist()):
+                        ids = flat[offsets[r]:offsets[r + 1]]
+                        segs = [dict(seg, text=tokenizer.decode(ids[seg["start"]:seg["end"]]))
+                                for seg in row["segments"]]
+                        f.write(json.dumps(record(row, ids, segs), ensure_ascii=False) + "\n")
+            names.append(target.name)
+    return [out_dir / name for name in names]
 
 
 def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
@@ -131,19 +134,16 @@ def attention_spans(starts, ends, doc_ids, length: int, mode: str = "sample") ->
 
 
 @contextlib.contextmanager
-def mds_output(out_dir, columns):
-    """An MDSWriter into a temporary folder beside `out_dir`, renamed to `out_dir` once it closed cleanly
-    (a failed or killed run leaves the previous output, never half of a new one). The previous output is
-    renamed aside before the swap (and back if the swap fails) and deleted after it; what a kill between the
-    two renames leaves aside (`NAME.old.tmp`) the next run's clean-up of temporaries removes, and every run
-    writes the format anew."""
-    from ..mds import MDSWriter
-
+def swapped_folder(out_dir):
+    """A temporary folder beside `out_dir` to write into, renamed to `out_dir` once the block finished
+    cleanly (a failed or killed run leaves the previous output, never half of a new one). The previous
+    output is renamed aside before the swap (and back if the swap fails) and deleted after it; what a kill
+    between the two renames leaves aside (`NAME.old.tmp`) the next run's clean-up of temporaries removes."""
     out_dir = Path(out_dir)
     tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old.tmp")
     _remove(tmp)
-    with MDSWriter(tmp, columns) as writer:
-        yield writer
+    tmp.mkdir(parents=True)
+    yield tmp
     _remove(old)
     if os.path.lexists(out_dir):
         out_dir.rename(old)
@@ -154,6 +154,30 @@ def mds_output(out_dir, columns):
             old.rename(out_dir)
         raise
     _remove(old)
+
+
+def remove_output(path) -> None:
+    """A derived output folder removed at once for its readers: renamed aside (`NAME.old.tmp`, which the
+    clean-up of temporaries removes if a kill comes first), then deleted."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    old = path.with_name(path.name + ".old.tmp")
+    _remove(old)
+    path.rename(old)
+    _remove(old)
+
+
+@contextlib.contextmanager
+def mds_output(out_dir, columns):
+    """An MDSWriter into a temporary folder beside `out_dir`, swapped in whole once it closed cleanly
+    (`swapped_folder`); every run writes the format anew."""
+    from ..mds import MDSWriter
+
+    with swapped_folder(out_dir) as tmp:
+        _remove(tmp)  # MDSWriter makes its own folder
+        with MDSWriter(tmp, columns) as writer:
+            yield writer
 
 
 def _remove(path: Path) -> None:

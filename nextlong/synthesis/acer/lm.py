@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import inspect
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,45 @@ _LOADED: dict = {}  # (folder, device, dtype, trust) -> LM: the ranker and the r
 
 @dataclass
 class ModelInfo:
-    """What the checks before work need, read from config.json without loading weights."""
+    """What the checks before work need, read from config.json and generation_config.json without loading
+    weights."""
 
     folder: Path
     tokenizer_spec: str
     max_positions: int | None
     vocab_size: int
-    eos_ids: tuple[int, ...]
+    eos_ids: tuple[int, ...]  # every id that ends a generation: config.json's, then generation_config.json's
     model_type: str
+    config_eos_ids: tuple[int, ...] = ()  # config.json's eos_token_id (its first ends the samples' answers)
+    generation_eos_ids: tuple[int, ...] = ()  # generation_config.json's eos_token_id
+
+
+def eos_token_ids(value, path, vocab: int) -> tuple[int, ...]:
+    """An `eos_token_id` entry (None, a token id or a list of them) as a tuple of distinct ids; anything else,
+    or an id outside the vocabulary, is one ModelFolderError naming `path` (a model folder is untrusted)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, int):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ModelFolderError(f"{path}: eos_token_id must be a token id or a list of token ids, got {shown}")
+        if e < 0 or (vocab and e >= vocab):  # it would end every answer with an id outside the vocabulary
+            raise ModelFolderError(f"{path}: eos_token_id {e} is not a token id of the model (0..{vocab - 1})"
+                                   if vocab else f"{path}: eos_token_id {e} is negative")
+    return tuple(dict.fromkeys(int(e) for e in items))
+
+
+def generation_eos_ids(folder: Path, vocab: int) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id, which transformers' generate() stops at: chat models list their
+    turn-end id there only (gemma-2-it [1, 107]; the first Llama-3-8B-Instruct release [128001, 128009],
+    whose config.json had 128001 alone). No file, or no entry: none. The file is checked as untrusted JSON."""
+    from ...model_folder import _read_json
+
+    path = folder / "generation_config.json"
+    if not os.path.lexists(path):
+        return ()
+    return eos_token_ids(_read_json(path, expect=dict).get("eos_token_id"), path, vocab)
 
 
 def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
@@ -69,15 +101,12 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
                                                 for a in architectures):
         raise ModelFolderError(f"{folder}: not a causal LM: config.json's architectures are {', '.join(architectures)}")
     check_weight_files(folder)
-    eos = getattr(config, "eos_token_id", None)
-    eos_ids = (tuple(int(e) for e in eos) if isinstance(eos, (list, tuple))
-               else (int(eos),) if isinstance(eos, int) else ())
     vocab = int(getattr(config, "vocab_size", 0) or 0)
-    bad = [e for e in eos_ids if e < 0 or (vocab and e >= vocab)]
-    if bad:  # it would end every answer with an id outside the vocabulary
-        raise ModelFolderError(f"{folder}: config.json's eos_token_id {bad[0]} is not a token id of the model "
-                               f"(0..{vocab - 1})" if vocab else f"{folder}: config.json's eos_token_id {bad[0]} is negative")
-    return ModelInfo(folder, spec, max_positions_of(config, folder), vocab, eos_ids, str(model_type))
+    config_eos = eos_token_ids(getattr(config, "eos_token_id", None), folder / "config.json", vocab)
+    generation_eos = generation_eos_ids(folder, vocab)
+    eos_ids = tuple(dict.fromkeys(config_eos + generation_eos))  # the union: generate() stops at either
+    return ModelInfo(folder, spec, max_positions_of(config, folder), vocab, eos_ids, str(model_type),
+                     config_eos, generation_eos)
 
 
 class Generation(NamedTuple):
@@ -280,6 +309,35 @@ def _decode_whole_characters(tokenizer, ids) -> str:
 
     return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(generated_bytes(tokenizer, ids),
                                                                          final=False)
+
+
+def check_device(device: str | None, *, here: bool = True) -> None:
+    """--device checked before any work (the LM loads only when the first LM stage starts, after chunking,
+    embedding and the index): a string torch cannot parse is one line, not torch's traceback; with `here`
+    (the local executor: the LM runs in this process), also a device this machine lacks. On Ray the actors'
+    machines hold the devices, so only the spelling is checked."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UsageError(f"--device {device!r} is not a torch device ({reason}); use cpu, cuda or cuda:N") from None
+    if not here or parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    try:  # another backend (mps, xpu, ...): usable when a tensor can be made on it
+        torch.empty(0, device=parsed)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UsageError(f"--device {device}: not usable on this machine ({reason})") from None
 
 
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:

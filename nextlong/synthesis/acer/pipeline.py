@@ -66,11 +66,12 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
     set beyond the model's context, a --target-length below what the read chunks need."""
     from ...corpus.tokenizer import load_tokenizer
-    from .lm import inspect_model
+    from .lm import check_device, inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
     if not Path(cfg.corpus).exists():
         raise NextlongError(f"{cfg.corpus}: corpus not found")
+    check_device(cfg.device, here=cfg.executor == "local")
     templates = load_templates(cfg.prompts)
     if cfg.chain_of_thought:
         from .answers import ANSWER_MARKER
@@ -93,7 +94,10 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         question_tokens = len(lm_tok.encode_ordinary(" " + longest))
         sample_question = len(sample_tok.encode_ordinary(" " + longest))
     else:
-        question_tokens = sample_question = cfg.question_max_new_tokens + 2  # " " + a re-encoded generated line
+        from .stages import question_bound
+
+        # AskStage drops a generated question that re-encodes longer, in either tokenizer
+        question_tokens = sample_question = question_bound(cfg.question_max_new_tokens)
         longest = None
     if cfg.retriever_used == "embedding":
         from ...mining.embedding import check_embedder_spec
@@ -134,7 +138,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         if limit is not None and needs["ask"] > limit:
             raise UsageError(f"the question writer's prompt needs {needs['ask']} tokens, beyond the {limit} positions "
                              f"of {info.folder}; use a smaller --chunk-tokens")
-    eos = end_of_text_id(sample_tok, lm_tok, info.eos_ids)
+    eos = end_of_text_id(sample_tok, lm_tok, info.config_eos_ids)  # config.json's, as before
     sep = len(sample_tok.encode_ordinary(cfg.separator))
     sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
                                               else np.zeros(sample_question, np.uint32)))
@@ -232,8 +236,11 @@ def run(cfg: AcerConfig, executor=None) -> dict:
         if executor is None:
             from ..executors import executor_for
 
-            executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
-                                    embed_gpus=cfg.gpus, embed_actors=cfg.actors)
+            options = dict(threads=cfg.num_threads or None)
+            if cfg.executor == "ray":  # its messages name acer's own flags
+                options.update(address=cfg.ray_address, embed_gpus=cfg.gpus, embed_actors=cfg.actors,
+                               flags=("--gpus", "--actors"))
+            executor = executor_for(cfg.executor, **options)
         check_work_folder(cfg.out_dir, NextlongError, command="acer")  # its finished stages are read as they are
         with failure_recorded(cfg.out_dir / "manifest.json"):
             manifest = _run(cfg, checked, executor)
@@ -265,6 +272,12 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     seconds["write_format"] = round(time.perf_counter() - t0, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     stats = _statistics(cfg, store, record, seconds)
+    # with a --tokenizer other than the model's: the passages the LM was shown cut to their first --chunk-tokens
+    # LM tokens, per LM stage (None with the model's own tokenizer, whose passages are the chunks' own ids)
+    same = tokenizer.fingerprint == load_tokenizer(checked.model.tokenizer_spec).fingerprint
+    stats["passages_cut_for_model"] = None if same else {
+        name: int(record(name).get("passages_cut", 0)) for name in ("ask", "rank", "read")
+        if record(name).get("lm_calls")}
     settings = cfg.to_dict()
     settings.update(keep_tokenizer_file(checked.tokenizer, out))
     settings.update(
@@ -272,6 +285,10 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
         model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,
         tokenizer_name=getattr(tokenizer, "name", None), tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
         retriever=cfg.retriever_used, eos_id=checked.eos_id,
+        # the ids that end the LM's generations: config.json's and generation_config.json's eos_token_id
+        model_eos_ids={"config.json": list(checked.model.config_eos_ids),
+                       "generation_config.json": list(checked.model.generation_eos_ids),
+                       "stops_at": list(checked.model.eos_ids)},
         separator_ids=[int(x) for x in tokenizer.encode_ordinary(cfg.separator)],
         prompts={name: {"path": t.path, "text": t.text} for name, t in checked.templates.items()},
         context_needs=checked.needs, question_source=_question_source(cfg, record("questions")),
@@ -312,6 +329,8 @@ def _per(total, n):
 
 
 def _statistics(cfg, store, record, seconds) -> dict:
+    from .stages import blank_chunks
+
     questions, ask, retrieve = record("questions"), record("ask"), record("retrieve")
     rank, read, assembled, data = record("rank"), record("read"), record("assemble"), record("data")
     built = int(assembled.get("rows", 0))
@@ -321,10 +340,15 @@ def _statistics(cfg, store, record, seconds) -> dict:
         "corpus_documents": store.num_docs,
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
+        # chunks of whitespace only (blank documents, a lone "\n" piece): never retrieved
+        "chunks_blank": int(blank_chunks(cfg.out_dir / "chunks", store).sum()),
         "chunk_pieces": record("chunk").get("pieces"),  # pieces cut from chunks longer than --chunk-tokens
         "chunks_over_chunk_tokens": int((counts > cfg.chunk_tokens).sum()),  # 0: the pieces are at most that long
         "questions": int(retrieve.get("rows", questions.get("rows", 0))),
         "questions_empty_generated": ask.get("empty_questions") if ask else None,
+        # generated questions that re-encode to more than --question-max-new-tokens + 2 tokens (dropped: the
+        # checks before work bound every prompt and sample with that)
+        "questions_dropped_too_long": ask.get("too_long_questions", 0) if ask else None,
         # generated questions that reached --question-max-new-tokens without a newline or end (kept)
         "questions_cut_at_budget": ask.get("cut_at_budget") if ask else None,
         "questions_start_masked": ask.get("start_masked") if ask else None,
@@ -351,7 +375,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
     lm = {}
     for name, rec in (("ask", ask), ("rank", rank), ("read", read)):
         if rec.get("lm_calls"):
-            n = int(rec.get("rows", 0)) + int(rec.get("empty_questions", 0))
+            n = int(rec.get("rows", 0)) + int(rec.get("empty_questions", 0)) + int(rec.get("too_long_questions", 0))
             lm[name] = {"calls": rec["lm_calls"], "prompt_tokens": rec.get("prompt_tokens", 0),
                         "generated_tokens": rec.get("generated_tokens", 0),
                         "seconds": round(rec.get("seconds", 0.0), 3),
@@ -383,6 +407,9 @@ def summary(manifest: dict) -> str:
              f"tokens; questions: {s['questions']} ({st['question_source']['source']})",
              f"  retrieval: {st['retriever']}, {s['retrieved_chunks_mean'] or 0:g} chunks per question; "
              f"ranker: {st['ranker']}; read: top {st['read']}"]
+    if s.get("questions_dropped_too_long"):
+        lines.append(f"  {s['questions_dropped_too_long']} generated questions dropped: they re-encode to more than "
+                     f"--question-max-new-tokens {st['question_max_new_tokens']} + 2 tokens")
     if s.get("samples_dropped"):
         lines.append("  dropped: " + "; ".join(f"{n}x {r}" for r, n in s["samples_dropped"].items()))
     if s.get("kept_fraction") is not None:

@@ -288,7 +288,11 @@ class LMStage(AcerMapStage):
 
 class Passages:
     """Chunk ids -> the token ids an LM prompt shows: the chunk's ids cut to `chunk_tokens` (its own ids
-    when the LM's tokenizer is the samples' tokenizer, else its text encoded by the LM's tokenizer)."""
+    when the LM's tokenizer is the samples' tokenizer, else its text encoded by the LM's tokenizer).
+
+    With another --tokenizer a chunk of at most `chunk_tokens` sample tokens can take more LM tokens, and
+    the LM then sees only their first `chunk_tokens` (the checks before work bound the prompts by that);
+    `cut` counts the passages shown cut, so each LM stage reports how many (`passages_cut`)."""
 
     def __init__(self, chunks_dir, sample_tokenizer, lm_tokenizer, chunk_tokens: int):
         from ...corpus.tokenizer import load_tokenizer
@@ -297,14 +301,16 @@ class Passages:
         self.chunk_tokens = int(chunk_tokens)
         self.lm_tokenizer = lm_tokenizer
         self.same = load_tokenizer(sample_tokenizer).fingerprint == lm_tokenizer.fingerprint
+        self.cut = 0  # passages shown cut to chunk_tokens LM tokens (another --tokenizer only)
         self._file = Path(chunks_dir) / CHUNKS_FILE
 
     def ids(self, chunk_ids) -> list[np.ndarray]:
         chunk_ids = [int(c) for c in chunk_ids]
         if self.same:
             return [np.asarray(self.store.chunk_tokens(c)[:self.chunk_tokens], np.uint32) for c in chunk_ids]
-        texts = chunk_text(self._file, chunk_ids)
-        return [np.asarray(self.lm_tokenizer.encode_ordinary(t)[:self.chunk_tokens], np.uint32) for t in texts]
+        encoded = [self.lm_tokenizer.encode_ordinary(t) for t in chunk_text(self._file, chunk_ids)]
+        self.cut += sum(len(e) > self.chunk_tokens for e in encoded)
+        return [np.asarray(e[:self.chunk_tokens], np.uint32) for e in encoded]
 
 
 def chunk_text(chunks_file, chunk_ids) -> list[str]:
@@ -317,31 +323,61 @@ def chunk_text(chunks_file, chunk_ids) -> list[str]:
         .column("text").to_pylist()
 
 
+QUESTION_SLACK = 2  # a generated question's bound in tokens: --question-max-new-tokens + this (" " + text)
+
+
+def question_bound(max_new_tokens: int) -> int:
+    """Tokens a generated question may take in a prompt or a sample, in either tokenizer (the LM's and the
+    samples'): what the checks before work count for it (pipeline.check_before_work)."""
+    return int(max_new_tokens) + QUESTION_SLACK
+
+
 @dataclasses.dataclass
 class AskStage(LMStage):
     """--generate-questions: the LM writes one question about each picked chunk (question.txt, greedy,
     up to the first newline). Rows whose question comes out empty are dropped (counted); questions cut by
-    the budget and questions whose first token the blank-start mask changed are counted, not dropped
-    (new counts: the version stays, so a folder's cached questions, rankings and all are not redone)."""
+    the budget and questions whose first token the blank-start mask changed are counted, not dropped.
+
+    A question is kept as text, which later stages re-encode (the rank and read prompts in the LM's
+    tokenizer, the sample in the samples'). Re-encoding can take more ids than were generated (a stray byte
+    decodes to U+FFFD, two or three ids; ids that are not the tokenizer's own split of their text; another
+    --tokenizer), so a question longer than `question_bound` tokens in either tokenizer, with or without
+    the leading space a template gives it, is dropped and counted (`too_long_questions`): every prompt and
+    sample then stays within what the checks before work computed, instead of failing mid-run."""
 
     template: str = ""
     max_new_tokens: int = 64
 
+    version = 2  # questions beyond question_bound are dropped; generation_config.json's eos ids end one
+
     def setup(self, ctx):
+        from ...corpus.tokenizer import load_tokenizer
+
         super().setup(ctx)
         self._t = self._templates(question=self.template)["question"]
+        self._sample_tok = load_tokenizer(self.tokenizer)
+
+    def fits(self, question: str) -> bool:
+        """The question re-encodes to at most `question_bound` ids in the LM's and the samples' tokenizer."""
+        bound = question_bound(self.max_new_tokens)
+        return all(len(tok.encode_ordinary(text)) <= bound for tok in (self._lm.tokenizer, self._sample_tok)
+                   for text in (question, " " + question))
 
     def map(self, block):
+        cut_before = self._passages.cut
         passages = self._passages.ids(block.column("source_chunk").to_pylist())
         prompts = [self._t.render(self._lm.tokenizer, passage=p) for p in passages]
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop="\n", batch_size=self.batch_size,
                                     on_done=bar.update)
         questions = [" ".join(g.text.split()) for g in out]
-        table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array([bool(q) for q in questions]))
+        too_long = [bool(q) and not self.fits(q) for q in questions]
+        keep = [bool(q) and not long for q, long in zip(questions, too_long)]
+        table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array(keep))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(g.tokens for g in out),
-                       "empty_questions": len(questions) - table.num_rows,
+                       "empty_questions": sum(not q for q in questions), "too_long_questions": sum(too_long),
+                       "passages_cut": self._passages.cut - cut_before,
                        "cut_at_budget": sum(g.cut for g in out), "start_masked": sum(g.start_masked for g in out)}
 
 
@@ -365,6 +401,23 @@ class BM25Stage(WholeStage):
         return {"chunks": len(index), "terms": index.num_terms}
 
 
+def blank_chunks(chunks_dir, store) -> np.ndarray:
+    """(num_chunks,) bool: the chunks with no visible character, empty or whitespace only (Unicode's White_Space,
+    as pyarrow's utf8_trim_whitespace strips): a blank document, or the lone "\n" piece the cut of a long
+    chunk can leave. They are no retrieval unit: a sample or a reader's passage of whitespace teaches nothing.
+    The text column is read in batches (memory bounded by a batch, not the corpus)."""
+    import pyarrow.compute as pc
+
+    blank = np.asarray(store.token_counts) == 0
+    at = 0
+    for batch in pq.ParquetFile(Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=1 << 16):
+        text = batch.column(0)
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0).fill_null(True)
+        blank[at:at + len(text)] |= empty.to_numpy(zero_copy_only=False)
+        at += len(text)
+    return blank
+
+
 @dataclasses.dataclass
 class RetrieveStage(AcerMapStage):
     """Question block -> `k` chunk ids per question, best first, with the retriever's scores (cosine or
@@ -377,6 +430,8 @@ class RetrieveStage(AcerMapStage):
 
     retriever: str = "embedding"
     k: int = 200
+
+    version = 2  # 2: chunks of whitespace only are never retrieved (blank_chunks)
     embedder: str | None = None
     query_prefix: str = added_setting("")  # "" (the default) leaves a folder made before it matching
     threads: int | None = not_a_setting(default=None)
@@ -386,11 +441,12 @@ class RetrieveStage(AcerMapStage):
     def setup(self, ctx):
         threads = self.threads or ctx.threads or None
         store = load_store(ctx.input(self.inputs[1]))
-        self._empty = np.asarray(store.token_counts) == 0  # an empty document's one empty chunk: never retrieved
+        self._empty = blank_chunks(ctx.input(self.inputs[1]), store)  # never retrieved
         if self._empty.all():
             from ...errors import NextlongError
 
-            raise NextlongError(f"{ctx.input(self.inputs[1])}: the corpus has no text to retrieve")
+            raise NextlongError(f"{ctx.input(self.inputs[1])}: the corpus has no text to retrieve (its documents are "
+                                "empty or whitespace only)")
         if self.retriever == "bm25":
             from ...mining.bm25 import BM25Index
 
@@ -467,6 +523,7 @@ class RankStage(LMStage):
         if self.ranker != "model":
             return _with(block, ranked=block.column("retrieved"), rank_scores=block.column("retrieval_scores")), {}
         self._calls = self._tokens = 0
+        cut_before = self._passages.cut
         ranked, scores = [], []
         with self._bar(sum(map(len, retrieved)), "chunk") as bar:
             for question, chunks in zip(block.column("question").to_pylist(), retrieved):
@@ -476,7 +533,8 @@ class RankStage(LMStage):
                 scores.append(p[order].astype(np.float32))
         table = _with(block, ranked=pa.array(ranked, pa.list_(pa.int64())),
                       rank_scores=pa.array(scores, pa.list_(pa.float32())))
-        return table, {"lm_calls": self._calls, "prompt_tokens": self._tokens}
+        return table, {"lm_calls": self._calls, "prompt_tokens": self._tokens,
+                       "passages_cut": self._passages.cut - cut_before}
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -498,7 +556,8 @@ class ReadStage(LMStage):
     stop: str = "\n"
     stop_after: str = ""
 
-    version = 2  # answer_end and start_masked; the chain-of-thought stop rule waits for the marker
+    # 2: answer_end and start_masked; the chain-of-thought stop rule waits for the marker
+    version = 3  # 3: generation_config.json's eos_token_id ends an answer too (lm.inspect_model)
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -514,6 +573,7 @@ class ReadStage(LMStage):
         ranked = block.column("ranked").to_pylist()
         for qid, ids in zip(block.column("question_id").to_pylist(), ranked):
             _check_chunk_ids(ids, self._passages.store.num_chunks, qid)
+        cut_before = self._passages.cut
         prompts = [self.prompt(q, r) for q, r in zip(block.column("question").to_pylist(), ranked)]
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, stop_after=self.stop_after or None,
@@ -525,7 +585,8 @@ class ReadStage(LMStage):
                       start_masked=pa.array([g.start_masked for g in out], pa.bool_()))
         return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
                        "generated_tokens": sum(g.tokens for g in out), "cut_at_budget": sum(g.cut for g in out),
-                       "start_masked": sum(g.start_masked for g in out)}
+                       "start_masked": sum(g.start_masked for g in out),
+                       "passages_cut": self._passages.cut - cut_before}
 
 
 def _check_chunk_ids(ids, num_chunks: int, question_id) -> None:

@@ -112,21 +112,25 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     return ray
 
 
-def check_resources(ray, *, embed_gpus: int = 0, embed_actors: int = 1) -> dict:
+def check_resources(ray, *, embed_gpus: int = 0, embed_actors: int = 1,
+                    flags: tuple[str, str] = ("--embed-gpus", "--embed-actors")) -> dict:
     """The cluster's CPUs and GPUs; RayClusterError when it has fewer GPUs than `embed_gpus` or no CPU.
 
-    Checked before any work: Ray Data would otherwise wait forever for an actor it cannot place."""
+    Checked before any work: Ray Data would otherwise wait forever for an actor it cannot place. `flags`
+    names the command's own options for the GPUs and the actors (synthesize's by default; acer's are
+    --gpus and --actors), so the message points to a flag the user has."""
+    gpus_flag, actors_flag = flags
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if embed_gpus and gpus < embed_gpus:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         raise RayClusterError(
-            f"--embed-gpus {embed_gpus}: the Ray cluster has {gpus:g} GPUs ({nodes} live nodes, {cpus:g} CPUs). "
-            "Add GPU nodes, lower --embed-gpus, or embed on CPUs with --embed-gpus 0")
+            f"{gpus_flag} {embed_gpus}: the Ray cluster has {gpus:g} GPUs ({nodes} live nodes, {cpus:g} CPUs). "
+            f"Add GPU nodes, lower {gpus_flag}, or run on CPUs with {gpus_flag} 0")
     if cpus < 1:
         raise RayClusterError("the Ray cluster has no CPU to run the stages on")
     if embed_actors < 1:
-        raise RayClusterError(f"--embed-actors {embed_actors}: need at least one embedding actor")
+        raise RayClusterError(f"{actors_flag} {embed_actors}: need at least one actor")
     return {"cpus": cpus, "gpus": gpus}
 
 
@@ -282,10 +286,11 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, embed_gpus: int = 0, embed_actors: int | None = None,
                  threads: int | None = None, *, cpu_actors: int | None = None, num_cpus: int | None = None,
                  object_store_memory: int | None = None, corpus_block_docs: int | None = None,
-                 corpus_block_bytes: int | None = None, corpus_split_bytes: int | None = None, retries: int = 3):
+                 corpus_block_bytes: int | None = None, corpus_split_bytes: int | None = None, retries: int = 3,
+                 flags: tuple[str, str] = ("--embed-gpus", "--embed-actors")):
         self.ray = connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
         self.cluster = check_resources(self.ray, embed_gpus=int(embed_gpus or 0),
-                                       embed_actors=embed_actors or max(1, int(embed_gpus or 0)))
+                                       embed_actors=embed_actors or max(1, int(embed_gpus or 0)), flags=flags)
         self.embed_gpus = int(embed_gpus or 0)
         self.embed_actors = embed_actors or max(1, self.embed_gpus)
         self.cpu_actors = cpu_actors or max(1, int(self.cluster["cpus"]))
