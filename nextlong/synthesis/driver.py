@@ -5,6 +5,7 @@ entries of the final manifest. Each driver keeps its own statistics and summary.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,11 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     out = cfg.out_dir
     fps = fps or pipeline.fingerprints()
     pipeline.check_cached(fps, cfg.rebuild)
-    discard_stale_formats(out, cfg.format, fps["data"])
+    for name in discard_stale_formats(out, cfg.format, fps["data"]):
+        if cfg.progress:
+            print(f"nextlong {command}: removed {out / name}/ (it is derived from OUT/data, and this run "
+                  f"{'remakes the data' if name == cfg.format else 'writes --format ' + cfg.format})",
+                  file=sys.stderr)
     write_running_manifest(out / "manifest.json", command=command, seed=cfg.seed,
                            settings={**cfg.to_dict(), "output_fingerprint": fps["data"], "stage_fingerprints": fps})
     executor.run(pipeline, rebuild=cfg.rebuild, progress=cfg.progress)
