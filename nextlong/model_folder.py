@@ -19,6 +19,7 @@ reading a file the user can read runs nothing. Files must be regular files (not 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from .errors import NextlongError
@@ -213,6 +214,39 @@ def _quiet_transformers():
         logging.set_verbosity(level)
         if bar:
             logging.enable_progress_bar()
+
+
+def eos_token_ids(value, path, vocab: int) -> tuple[int, ...]:
+    """An `eos_token_id` entry (None, a token id or a list of them) as a tuple of distinct ids; anything else,
+    or an id outside the vocabulary, is one ModelFolderError naming `path` (a model folder is untrusted)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, int):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ModelFolderError(f"{path}: eos_token_id must be a token id or a list of token ids, got {shown}")
+        if e < 0 or (vocab and e >= vocab):  # it would end every answer with an id outside the vocabulary
+            raise ModelFolderError(f"{path}: eos_token_id {e} is not a token id of the model (0..{vocab - 1})"
+                                   if vocab else f"{path}: eos_token_id {e} is negative")
+    return tuple(dict.fromkeys(int(e) for e in items))
+
+
+def generation_eos_ids(folder, vocab: int) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id, which transformers' generate() stops at: chat models list their
+    turn-end id there only (gemma-2-it [1, 107]; the first Llama-3-8B-Instruct release [128001, 128009],
+    whose config.json had 128001 alone). No file, or no entry: none. The file is checked as untrusted JSON."""
+    path = Path(folder) / "generation_config.json"
+    if not os.path.lexists(path):
+        return ()
+    return eos_token_ids(_read_json(path, expect=dict).get("eos_token_id"), path, vocab)
+
+
+def end_of_text_ids(folder, config, vocab: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(config.json's eos ids, generation_config.json's): a generation ends at either (their union), as
+    transformers' generate() does."""
+    return (eos_token_ids(getattr(config, "eos_token_id", None), Path(folder) / "config.json", vocab),
+            generation_eos_ids(folder, vocab))
 
 
 def tokenizer_spec(folder) -> str | None:

@@ -398,3 +398,14 @@ def test_a_resume_reuses_only_results_of_the_same_weights_dtype_and_corpus_field
     save_tiny_llama(run, tokenizer_json, run_layout=True, seed=5)  # other weights, same folder
     assert reused("--dtype", "bfloat16", "--text-field", "other") == 0
     assert reused("--dtype", "bfloat16", "--text-field", "other") == 2
+
+
+def test_greedy_answers_end_at_generation_configs_eos_ids_too(tmp_path, tokenizer_json):
+    """Chat models list their turn-end id in generation_config.json only (transformers' generate() stops at
+    it); eval read config.json's alone, so an answer ran past the turn end. A bad entry is refused in one line."""
+    folder = save_tiny_llama(tmp_path / "m", tokenizer_json)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 7]}))
+    assert load_model(folder, device="cpu").eos_ids == (0, 7)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, True]}))
+    with pytest.raises(ModelFolderError, match="generation_config.json: eos_token_id must be a token id"):
+        load_model(folder, device="cpu")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .options import ATTENTION
-from ..model_folder import (ModelFolderError, folder_identity, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
+from ..model_folder import (ModelFolderError, end_of_text_ids, folder_identity, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
                             read_config, resolve_model_folder)
 
 
@@ -78,17 +78,17 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
         attn = "sdpa"
     if attn == "nextlong":
         import nextlong.kernels.transformers_attention  # noqa: F401  registers "nextlong"
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab and tokenizer.vocab_size > vocab:
+        raise ModelFolderError(f"{folder}: the tokenizer ({spec}) has {tokenizer.vocab_size} ids but the model's "
+                               f"vocabulary only {vocab}; wrong tokenizer?")
+    config_eos, generation_eos = end_of_text_ids(folder, config, vocab)
+    eos_ids = tuple(dict.fromkeys(config_eos + generation_eos))  # greedy answers end at either, as generate()'s
     identity = {"folder": str(folder), "files": folder_identity(folder)}  # taken first: a change while it loads shows
     model = load_causal_lm(folder, config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                            attn_implementation="sdpa")
     model.to(device).eval()
     identity.update(dtype=str(torch_dtype).removeprefix("torch."), device=torch.device(device).type)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    if vocab and tokenizer.vocab_size > vocab:
-        raise ModelFolderError(f"{folder}: the tokenizer ({spec}) has {tokenizer.vocab_size} ids but the model's "
-                               f"vocabulary only {vocab}; wrong tokenizer?")
-    eos = getattr(config, "eos_token_id", None)
-    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if isinstance(eos, int) else ())
     return LoadedModel(model, tokenizer, folder, spec, max_positions, attn, eos_ids, identity)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import inspect
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,39 +52,11 @@ class ModelInfo:
     generation_eos_ids: tuple[int, ...] = ()  # generation_config.json's eos_token_id
 
 
-def eos_token_ids(value, path, vocab: int) -> tuple[int, ...]:
-    """An `eos_token_id` entry (None, a token id or a list of them) as a tuple of distinct ids; anything else,
-    or an id outside the vocabulary, is one ModelFolderError naming `path` (a model folder is untrusted)."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, (list, tuple)) else [value]
-    for e in items:
-        if isinstance(e, bool) or not isinstance(e, int):
-            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-            raise ModelFolderError(f"{path}: eos_token_id must be a token id or a list of token ids, got {shown}")
-        if e < 0 or (vocab and e >= vocab):  # it would end every answer with an id outside the vocabulary
-            raise ModelFolderError(f"{path}: eos_token_id {e} is not a token id of the model (0..{vocab - 1})"
-                                   if vocab else f"{path}: eos_token_id {e} is negative")
-    return tuple(dict.fromkeys(int(e) for e in items))
-
-
-def generation_eos_ids(folder: Path, vocab: int) -> tuple[int, ...]:
-    """generation_config.json's eos_token_id, which transformers' generate() stops at: chat models list their
-    turn-end id there only (gemma-2-it [1, 107]; the first Llama-3-8B-Instruct release [128001, 128009],
-    whose config.json had 128001 alone). No file, or no entry: none. The file is checked as untrusted JSON."""
-    from ...model_folder import _read_json
-
-    path = folder / "generation_config.json"
-    if not os.path.lexists(path):
-        return ()
-    return eos_token_ids(_read_json(path, expect=dict).get("eos_token_id"), path, vocab)
-
-
 def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     """Refuse a folder that is not a causal LM (or has no tokenizer, or unreadable weights) in one line."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ...model_folder import check_weight_files, max_positions_of, read_config, resolve_model_folder
+    from ...model_folder import check_weight_files, end_of_text_ids, max_positions_of, read_config, resolve_model_folder
 
     folder, spec = resolve_model_folder(path)
     config = read_config(folder, trust_remote_code=trust_remote_code)
@@ -102,8 +73,7 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
         raise ModelFolderError(f"{folder}: not a causal LM: config.json's architectures are {', '.join(architectures)}")
     check_weight_files(folder)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
-    config_eos = eos_token_ids(getattr(config, "eos_token_id", None), folder / "config.json", vocab)
-    generation_eos = generation_eos_ids(folder, vocab)
+    config_eos, generation_eos = end_of_text_ids(folder, config, vocab)
     eos_ids = tuple(dict.fromkeys(config_eos + generation_eos))  # the union: generate() stops at either
     return ModelInfo(folder, spec, max_positions_of(config, folder), vocab, eos_ids, str(model_type),
                      config_eos, generation_eos)
