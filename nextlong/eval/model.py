@@ -79,9 +79,6 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
     if attn == "nextlong":
         import nextlong.kernels.transformers_attention  # noqa: F401  registers "nextlong"
     vocab = int(getattr(config, "vocab_size", 0) or 0)
-    if vocab and tokenizer.vocab_size > vocab:
-        raise ModelFolderError(f"{folder}: the tokenizer ({spec}) has {tokenizer.vocab_size} ids but the model's "
-                               f"vocabulary only {vocab}; wrong tokenizer?")
     config_eos, generation_eos = end_of_text_ids(folder, config, vocab)
     eos_ids = tuple(dict.fromkeys(config_eos + generation_eos))  # greedy answers end at either, as generate()'s
     identity = {"folder": str(folder), "files": folder_identity(folder)}  # taken first: a change while it loads shows
@@ -89,6 +86,9 @@ def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: st
                            attn_implementation="sdpa")
     model.to(device).eval()
     identity.update(dtype=str(torch_dtype).removeprefix("torch."), device=torch.device(device).type)
+    if vocab and tokenizer.vocab_size > vocab:
+        raise ModelFolderError(f"{folder}: the tokenizer ({spec}) has {tokenizer.vocab_size} ids but the model's "
+                               f"vocabulary only {vocab}; wrong tokenizer?")
     return LoadedModel(model, tokenizer, folder, spec, max_positions, attn, eos_ids, identity)
 
 
