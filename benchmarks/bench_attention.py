@@ -661,7 +661,7 @@ def _table(kind):
             ratios = ""
             for peer in peers:
                 ref = rows.get(peer)
-                ok = isinstance(ref, Result)
+                ok = isinstance(ref, Result) and agrees(ref.error, dtype) is not False  # a WRONG row is no peer
                 ratios += f" {ratio(r, ref):6.2f}" if ok else "      -"
                 ratios += f" {ratio(r, ref, cpu=True):7.2f}" if ok and r.cpu_seconds is not None else "       -"
                 ratios += f" {r.peak_mib / ref.peak_mib:7.2f}" if ok and ref.peak_mib > 0 else "       -"

@@ -85,20 +85,9 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
   }
   if (opt_.unk_id >= 0 && (uint64_t(opt_.unk_id) >= id_bytes_.size() || !has_id_[opt_.unk_id]))
     throw std::invalid_argument("unk id " + std::to_string(opt_.unk_id) + " is not a token of the vocabulary");
-  // A byte without a token was dropped from the ids in silence. tiktoken cannot encode it either (it
-  // panics), HF emits unk_token's id: so without an unk id, refuse the vocabulary now. Bytes that
-  // never occur in UTF-8 (C0, C1, F5-FF) need no token: the text we encode is always valid UTF-8.
-  if (opt_.unk_id < 0) {
-    for (int b = 0; b < 256; ++b) {
-      bool in_utf8 = !(b == 0xC0 || b == 0xC1 || b >= 0xF5);
-      if (in_utf8 && byte_id_[b] == bpe::BytesMap::kMissing) {
-        char hex[8];
-        std::snprintf(hex, sizeof hex, "0x%02X", b);
-        throw std::invalid_argument(std::string("the vocabulary has no token for byte ") + hex +
-                                    " and no unk_token, so text holding that byte cannot be encoded");
-      }
-    }
-  }
+  // A vocabulary may lack byte tokens (HF's BpeTrainer keeps only the bytes its corpus held): it loads,
+  // and a text that holds such a byte is refused when it is encoded (byte_symbols), unless there is an
+  // unk id.
   if (merges) {
     pairs_.reserve(merges->size());
     uint32_t rank = 0;
@@ -158,10 +147,13 @@ void BpeTokenizer::byte_symbols(const uint8_t* s, size_t n, Push&& push) const {
     } else if (opt_.unk_id >= 0) {
       if (!(after_unk && opt_.fuse_unk)) push(static_cast<uint32_t>(opt_.unk_id));
       after_unk = true;
-    } else {  // only a byte that UTF-8 never holds can get here (the constructor checked the rest)
+    } else {
+      // HF tokenizers drops such a byte from the ids and tiktoken panics; dropped, it would leave ids that
+      // decode to other text than the corpus holds, in silence
       char hex[8];
       std::snprintf(hex, sizeof hex, "0x%02X", s[i]);
-      throw EncodeError(std::string("text holds byte ") + hex + ", which is not valid UTF-8 and has no token");
+      throw EncodeError(std::string("text holds byte ") + hex + ", for which the tokenizer's vocabulary has no "
+                        "token and no unk_token (HF tokenizers would drop it from the ids, changing the text)");
     }
   }
 }

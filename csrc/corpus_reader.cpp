@@ -199,6 +199,12 @@ void JsonlReader::check_end_of_file() {
     reject("file holds only blank lines (expected JSON lines, one object per line)", 0);
 }
 
+[[noreturn]] void JsonlReader::reject_long_line(size_t seen) const {
+  throw CorpusFormatError("line longer than " + std::to_string(kMaxLineBytes >> 20) + " MiB (at least " +
+                              std::to_string(seen) + " bytes); one record may hold at most that much",
+                          line_no_ + 1);
+}
+
 bool JsonlReader::next_batch(size_t max_records, size_t max_bytes, TextBatch& out) {
   size_t start_records = out.text.size();
   // Ids count apart from the text: long ids in a batch of short texts overflowed the int32 offsets.
@@ -211,17 +217,15 @@ bool JsonlReader::next_batch(size_t max_records, size_t max_bytes, TextBatch& ou
     if (nl) {
       size_t end = size_t(static_cast<const char*>(nl) - base);
       size_t begin = buffer_pos_;
+      // the limit holds for a line whose newline came in the same read that passed it, too
+      if (end - begin > kMaxLineBytes) reject_long_line(end - begin);
       buffer_pos_ = end + 1;
       scanned_ = 0;
       handle_line(base + begin, end - begin, out);
       continue;
     }
     scanned_ = size - buffer_pos_;
-    if (scanned_ > kMaxLineBytes)
-      throw CorpusFormatError("line longer than " + std::to_string(kMaxLineBytes >> 20) +
-                                  " MiB (no newline in its first " + std::to_string(scanned_) +
-                                  " bytes); one record may hold at most that much",
-                              line_no_ + 1);
+    if (scanned_ > kMaxLineBytes) reject_long_line(scanned_);
     if (!eof_) {
       if (fed_) break;  // wait for more input
       if (!fill_buffer()) eof_ = true;
@@ -229,6 +233,7 @@ bool JsonlReader::next_batch(size_t max_records, size_t max_bytes, TextBatch& ou
     }
     if (buffer_pos_ < size) {  // last line without a newline
       size_t begin = buffer_pos_;
+      if (size - begin > kMaxLineBytes) reject_long_line(size - begin);
       buffer_pos_ = size;
       scanned_ = 0;
       handle_line(base + begin, size - begin, out);

@@ -75,6 +75,7 @@ class JsonlReader {
   size_t read_gzip(char* out, size_t room);
   bool read_input();
   void handle_line(const char* p, size_t n, TextBatch& out);
+  [[noreturn]] void reject_long_line(size_t seen) const;  // a line past kMaxLineBytes: CorpusFormatError
   void reject(const std::string& message, int64_t line);
   void check_end_of_file();
 

@@ -24,12 +24,14 @@ def _launched() -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's error contract: one line `nextlong CMD: error: ...`, exit status 2. Under a
-    launcher (torchrun: WORLD_SIZE > 1) every rank parses the same arguments and meets the same error, so only
-    each node's first rank (LOCAL_RANK 0) prints it; the others exit 2 without a word."""
+    """argparse with the CLI's error contract: one line `nextlong CMD: error: ...`, exit status 2. `nextlong
+    train` under a launcher (torchrun: WORLD_SIZE > 1): every rank parses the same arguments and meets the same
+    error, so only each node's first rank (LOCAL_RANK 0) prints it; the others exit 2 without a word. (Other
+    commands are not launched so, but may inherit the variables from a training rank that runs them.)"""
 
     def error(self, message: str):
-        quiet_rank = _launched() and os.environ.get("LOCAL_RANK", "0") not in ("", "0")
+        quiet_rank = (self.prog == "nextlong train" and _launched()
+                      and os.environ.get("LOCAL_RANK", "0") not in ("", "0"))
         self.exit(2, None if quiet_rank else f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -302,3 +302,13 @@ def test_huge_numeric_options_are_one_line_usage_errors(tmp_path, capsys, option
     assert code == 2, err
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err and "must be" in line and option in line, err
+
+
+def test_other_commands_run_from_a_training_rank_still_say_their_usage_errors(capsys, monkeypatch):
+    """Only `train` is launched by torchrun; `nextlong eval` started from inside a rank inherits WORLD_SIZE and
+    LOCAL_RANK and must still say what is wrong."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit):
+        main(["eval", "--no-such-flag"])
+    assert "nextlong eval: error:" in capsys.readouterr().err

@@ -390,6 +390,21 @@ def test_a_line_over_256_mib_is_refused_naming_the_line(tmp_path, fmt):
     assert "\n" not in message and f"{path}:1: line longer than 256 MiB" in message, message
 
 
+def test_a_terminated_line_just_past_256_mib_is_refused_too(tmp_path):
+    """The limit was checked only while no newline had been read: a line of 256 MiB and a few bytes whose
+    newline came in the same read passed. Now a terminated line is held to it as well."""
+    import zlib
+
+    limit = 256 << 20
+    co = zlib.compressobj(1, zlib.DEFLATED, 31)
+    head = b'{"text":"'
+    body = b"a" * (limit + 1 - len(head) - 2)  # the line, without its newline, is limit + 1 bytes
+    path = tmp_path / "just-over.jsonl.gz"
+    path.write_bytes(co.compress(head) + co.compress(body) + co.compress(b'"}\n') + co.flush())
+    with pytest.raises(CorpusError, match="line longer than 256 MiB"):
+        list(CorpusReader(path).batches())
+
+
 def test_long_ids_end_a_batch_like_long_texts(tmp_path):
     """Batches were cut by text bytes only, so ids of 2 GiB in one batch overflowed Arrow's int32 offsets
     (ArrowInvalid: negative offsets); ids now count towards batch_bytes too."""
