@@ -49,6 +49,9 @@ def split_for_rank(batch: dict, rank: int, parts: int) -> dict:
     target of the slice's last token is the next slice's first), so the loss at local position t still
     predicts labels[t + 1]; cu_seq_lens and max lengths stay those of the whole sequence."""
     seq = batch["input_ids"].shape[1]
+    if parts < 1 or seq % parts or not 0 <= rank < parts:
+        raise ValueError(f"split_for_rank: a sequence of {seq} tokens does not split into {parts} equal slices "
+                         f"for rank {rank} (the tokens past the last whole slice would go to no rank)")
     n = seq // parts
     a, b = rank * n, (rank + 1) * n
     labels = batch["labels"][:, a:b + 1]

@@ -226,3 +226,14 @@ def test_empty_batch_and_double_backward():
     out = flash_attention(q, k, v, cu_seqlens=cu)
     with pytest.raises(RuntimeError, match="differentiable once; create_graph=True"):
         torch.autograd.grad((out * do).sum(), q, create_graph=True)
+
+
+def test_a_strided_cu_seqlens_gives_the_same_numbers_on_every_backend():
+    """The Triton kernels read cu_seqlens as contiguous: a strided view (a column of a table) gave NaN (audit)."""
+    lengths = [5, 7, 8]
+    q, k, v, do, cu = _inputs(lengths, 2, 2, 16)
+    table = torch.stack([cu, torch.zeros_like(cu)], dim=1)
+    strided = table[:, 0]
+    assert not strided.is_contiguous()
+    for backend in ("torch", "triton"):
+        _check(q, k, v, do, strided, True, None, backend)

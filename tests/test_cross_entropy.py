@@ -450,3 +450,68 @@ def test_a_dropped_loss_graph_frees_its_inputs_without_the_cycle_collector():
         assert probe() is None
     finally:
         gc.enable()
+
+
+# ---- from an outside audit of the kernels (2026-12-06) ----------------------------------------------------
+
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
+def test_a_vocabulary_tile_of_minus_inf_logits_is_finite(backend):
+    """A restricted-answer mask (logits -inf outside an allowed set) made a whole vocabulary tile -inf: the
+    Triton kernels' running max stayed -inf and exp(-inf + inf) gave a NaN loss where F.cross_entropy is finite."""
+    g = torch.Generator().manual_seed(1)
+    n, v = 5, 70
+    allowed = torch.arange(v) >= 40  # the first interpreter tiles (32 wide) hold no allowed entry
+    y = torch.randint(40, v, (n,), generator=g)
+    z = torch.randn(n, v, generator=g).masked_fill(~allowed, float("-inf")).requires_grad_()
+    x, w = torch.randn(n, 16, generator=g).requires_grad_(), (0.3 * torch.randn(v, 16, generator=g)).requires_grad_()
+    b = torch.zeros(v).masked_fill(~allowed, float("-inf"))
+    want = F.cross_entropy((x.double() @ w.double().T + b.double()), y)
+    got = fused_linear_cross_entropy(x, w, y, bias=b, backend=backend)
+    torch.testing.assert_close(got.double(), want, **LOSS_TOL)
+    assert all(bool(torch.isfinite(t).all()) for t in torch.autograd.grad(got, (x, w)))
+    if backend != "chunked":  # cross_entropy has no chunked backend of its own
+        got = cross_entropy(z, y, backend=backend)
+        torch.testing.assert_close(got.double(), F.cross_entropy(z.double(), y), **LOSS_TOL)
+        assert bool(torch.isfinite(torch.autograd.grad(got, z)[0]).all())
+
+
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_weight_at_an_ignored_position_stays_out(backend, bad):
+    """Ignored tokens get weight 0 (the docs): a NaN or inf weight there (0/0 scores at padding) made the whole
+    loss NaN, since the weights were applied by multiplying (0 x NaN)."""
+    x, w, b, y, tw, _ = make_inputs()
+    ignored = int(torch.nonzero(y == -100)[0, 0])
+    tw = tw.clone()
+    tw[ignored] = bad
+    clean = tw.clone()
+    clean[ignored] = 0.0
+    for reduction in ("mean", "sum", "none"):
+        got = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=tw, reduction=reduction, backend=backend)
+        want = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=clean, reduction=reduction, backend=backend)
+        torch.testing.assert_close(got, want, **LOSS_TOL)
+        assert bool(torch.isfinite(torch.autograd.grad(got.sum(), x)[0]).all())
+
+
+def test_labels_and_weights_must_pair_by_shape_not_only_by_count():
+    """(T, B) labels or weights beside (B, T) tokens have the right count and paired every token with another
+    token's target or weight, in silence."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 3, 8, generator=g), torch.randn(11, 8, generator=g)
+    y = torch.randint(0, 11, (2, 3), generator=g)
+    with pytest.raises(ValueError, match=r"labels \(3, 2\) must have hidden's leading shape \(2, 3\)"):
+        fused_linear_cross_entropy(x, w, y.T)
+    with pytest.raises(ValueError, match=r"token_weights \(3, 2\) must have the labels' shape \(2, 3\)"):
+        fused_linear_cross_entropy(x, w, y, token_weights=torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"token_weights \(3, 2\) must have the labels' shape"):
+        cross_entropy(x @ w.T, y, token_weights=torch.ones(3, 2))
+    flat = fused_linear_cross_entropy(x, w, y.reshape(-1), token_weights=torch.ones(6))  # flat is fine
+    torch.testing.assert_close(flat, fused_linear_cross_entropy(x, w, y))
+
+
+@pytest.mark.parametrize("backend", ["triton", "chunked"])
+def test_fp64_on_the_fp32_kernels_is_refused_not_rounded(backend):
+    x, w, _, y, _, _ = make_inputs(dtype=torch.float64, bias=False)
+    with pytest.raises(ValueError, match="fp64 runs on backend='torch'"):
+        fused_linear_cross_entropy(x, w, y, backend=backend)
+    assert fused_linear_cross_entropy(x, w, y).dtype == torch.float64  # auto takes it to torch

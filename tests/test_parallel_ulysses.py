@@ -108,3 +108,14 @@ def test_train_refuses_what_sequence_parallelism_cannot_run(tmp_path, capsys, ex
     assert err.startswith("nextlong train: error: --seq-parallel 2:") and len(err.splitlines()) == 1
     assert message in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_split_for_rank_refuses_a_sequence_that_does_not_split_evenly():
+    """The tail past the last whole slice went to no rank, in silence (the trainer checks first; the helper is
+    exported for other stacks)."""
+    from nextlong.parallel import split_for_rank
+
+    batch = {k: torch.zeros(1, 10, dtype=torch.long) for k in ("input_ids", "position_ids", "labels")}
+    with pytest.raises(ValueError, match="10 tokens does not split into 3 equal slices"):
+        split_for_rank(batch, 0, 3)
+    assert split_for_rank(batch, 1, 2)["input_ids"].shape == (1, 5)

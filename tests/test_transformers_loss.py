@@ -5,6 +5,7 @@ Tolerances (fp32): loss rtol 1e-5 / atol 1e-6; parameter gradients rtol 1e-4 / a
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -196,3 +197,33 @@ def test_return_dict_false_gives_a_tuple_led_by_the_loss():
     out = fused(input_ids=ids, labels=labels, return_dict=False)
     assert isinstance(out, tuple)
     torch.testing.assert_close(out[0], stock(input_ids=ids, labels=labels, return_dict=False)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_positional_arguments_mean_what_the_models_forward_says():
+    """model(ids, mask): transformers' second positional parameter is attention_mask; the patched forward took it
+    as labels and returned a loss and no logits, in silence (audit)."""
+    stock = tiny_llama()
+    fused = patch_causal_lm(copy.deepcopy(stock), backend="torch")
+    ids, _ = batch()
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        want, got = stock(ids, mask), fused(ids, mask)
+    assert got.loss is None
+    torch.testing.assert_close(got.logits, want.logits)
+    with pytest.raises(TypeError, match="multiple values for argument 'input_ids'"):
+        fused(ids, input_ids=ids)
+
+
+def test_a_non_finite_weight_at_an_ignored_position_stays_out_of_the_trainer_path():
+    """num_items_in_batch (what transformers' Trainer passes) rescales the weights: a NaN there at an ignored
+    position made the loss NaN (audit)."""
+    model = patch_causal_lm(tiny_llama(), backend="torch")
+    ids, labels = batch()
+    weights = torch.rand(ids.shape)
+    clean = weights.clone()
+    weights[1, 1] = float("nan")  # predicts labels[1, 2], which is ignored
+    clean[1, 1] = 0.0
+    got = model(input_ids=ids, labels=labels, token_weights=weights, num_items_in_batch=20).loss
+    want = model(input_ids=ids, labels=labels, token_weights=clean, num_items_in_batch=20).loss
+    assert torch.isfinite(got) and torch.equal(got, want)

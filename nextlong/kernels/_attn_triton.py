@@ -365,6 +365,7 @@ def _interpreting() -> bool:
 
 
 def triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, blocks=None):
+    cu_seqlens = cu_seqlens.contiguous()  # the kernels read CU + doc: a strided view gave NaN
     total, heads, dim = q.shape
     group = heads // k.shape[1]
     out = torch.empty_like(q)
@@ -383,6 +384,7 @@ def triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, bl
 
 
 def triton_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, right, scale, blocks=None):
+    cu_seqlens = cu_seqlens.contiguous()
     total, heads, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads

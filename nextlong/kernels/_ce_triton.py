@@ -72,7 +72,8 @@ def _logit_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, H, stride_xn, stride_wv
 def _online_stats(z, offs_v, mask_v, y, m, s, zy, sz):
     zm = tl.where(mask_v[None, :], z, float("-inf"))
     m_new = tl.maximum(m, tl.max(zm, axis=1))
-    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new[:, None]), axis=1)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no finite logit yet: exp(-inf - 0) = 0, not NaN
+    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(zm - m_safe[:, None]), axis=1)
     zy += tl.sum(tl.where(offs_v[None, :] == y[:, None], z, 0.0), axis=1)
     sz += tl.sum(tl.where(mask_v[None, :], z, 0.0), axis=1)
     return m_new, s, zy, sz

@@ -15,7 +15,8 @@ Semantics, per non-ignored token ``t`` with label ``y``, over a vocabulary of si
     loss_t = ce_t + z_loss * lse ** 2
 
 which is exactly ``F.cross_entropy(softcapped_logits, y, label_smoothing=eps)`` plus the z-loss
-term, per token. With token weights ``w`` (``w = 1`` when omitted; ignored tokens get ``w = 0``):
+term, per token (up to fp32 rounding of ``lse - z_y``: about |z| x 6e-8 absolute, below 1e-5 at language-model
+logit scales; the gradients come from the softmax and do not lose it). With token weights ``w`` (``w = 1`` when omitted; ignored tokens get ``w = 0``):
 
 * ``reduction="none"``: ``w_t * loss_t`` with the shape of ``labels`` (0 at ignored positions);
 * ``reduction="sum"``:  ``sum_t w_t * loss_t``;
@@ -61,6 +62,10 @@ def _pick_backend(backend: str, tensor: torch.Tensor, cuda_default: str = "trito
         raise ValueError(
             f"backend={backend!r} needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
             "use backend='torch' or 'auto' on CPU")
+    if backend in ("triton", "chunked") and tensor.dtype == torch.float64:
+        # their statistics are fp32 (the loss would come back in fp32, not fp64 as documented)
+        raise ValueError(f"backend={backend!r} takes fp32, bf16 or fp16; fp64 runs on backend='torch' (what "
+                         "'auto' picks for it)")
     return backend
 
 
@@ -168,7 +173,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         valid = labels >= 0
         w = valid.to(_ref.acc_dtype(hidden))
         if token_weights is not None:
-            w = w * token_weights.reshape(-1).to(device=w.device, dtype=w.dtype)
+            w = torch.where(valid, token_weights.reshape(-1).to(device=w.device, dtype=w.dtype), w)
         scale = w
         if reduction == "mean":
             denom = w.sum()
@@ -242,6 +247,14 @@ def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int) ->
     return torch.where(flat == ignore_index, torch.full_like(flat, -1), flat)
 
 
+def _check_weight_shape(token_weights, labels) -> None:
+    """token_weights pair with labels element for element: the same shape, or flat. Counting elements alone let a
+    (T, B) beside (B, T) labels weight each token with another token's weight."""
+    if token_weights is not None and tuple(token_weights.shape) not in (tuple(labels.shape), (labels.numel(),)):
+        raise ValueError(f"token_weights {tuple(token_weights.shape)} must have the labels' shape "
+                         f"{tuple(labels.shape)} (or be flat, ({labels.numel()},))")
+
+
 def _reduce(stats, labels, shape, vocab, token_weights, reduction, label_smoothing, z_loss):
     lse, zy, sz = stats
     eps = float(label_smoothing)
@@ -256,7 +269,7 @@ def _reduce(stats, labels, shape, vocab, token_weights, reduction, label_smoothi
         if token_weights.numel() != labels.numel():
             raise ValueError(
                 f"token_weights has {token_weights.numel()} elements, labels has {labels.numel()}")
-        w = w * token_weights.detach().reshape(-1).to(device=lse.device, dtype=lse.dtype)
+        w = torch.where(valid, token_weights.detach().reshape(-1).to(device=lse.device, dtype=lse.dtype), w)
     weighted = torch.where(valid, loss, torch.zeros_like(loss)) * w
     if reduction == "none":
         return weighted.reshape(shape)
@@ -328,6 +341,12 @@ def fused_linear_cross_entropy(
         raise ValueError(f"labels has {labels.numel()} elements but hidden holds {h2.shape[0]} tokens, and weight "
                          f"{vocab} rows: were hidden and weight swapped? The order is (hidden, weight, labels); "
                          "Liger's fused loss takes (weight, hidden, labels)")
+    lead = tuple(hidden.shape[:-1])
+    if hidden.dim() > 2 and labels.numel() == h2.shape[0] and tuple(labels.shape) not in (lead, (h2.shape[0],)):
+        # same count, other layout: a (T, B) beside (B, T, H) would pair tokens with other tokens' targets
+        raise ValueError(f"labels {tuple(labels.shape)} must have hidden's leading shape {lead} (or be flat, "
+                         f"({h2.shape[0]},))")
+    _check_weight_shape(token_weights, labels)
     flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
     # CUDA defaults to the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic
     # adds into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused
@@ -384,6 +403,7 @@ def cross_entropy(
         raise ValueError(f"labels {tuple(labels.shape)} must have the logits' leading shape {tuple(logits.shape[:-1])}: "
                          "the vocabulary is the last dimension of logits (F.cross_entropy's (N, V, ...) layout "
                          "puts it in dimension 1; move it last)")
+    _check_weight_shape(token_weights, labels)
     z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
     vocab = z2.shape[1]
     flat = _flat_labels(labels.to(z2.device), z2.shape[0], vocab, ignore_index)

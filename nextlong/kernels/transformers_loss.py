@@ -18,7 +18,8 @@ Usage::
 
 Semantics follow transformers' ``ForCausalLMLoss``: labels are shifted left by one inside (pass
 ``shift_labels=`` to give already-shifted labels), ``token_weights`` are aligned with ``labels``
-(weight of the token being predicted) and shifted the same way, and ``num_items_in_batch`` (which
+(weight of the token being predicted) and shifted the same way (given with ``shift_labels``, they must be
+aligned with ``shift_labels`` and are not shifted), and ``num_items_in_batch`` (which
 ``Trainer`` passes on every step: the target tokens of the whole accumulated batch) switches to
 ``sum / num_items_in_batch``. With ``token_weights`` too, the weights are first scaled to mean 1
 over the call's target tokens, so the step still averages ``sum w*CE / sum w`` (exactly when every
@@ -77,7 +78,8 @@ def causal_lm_loss(
     if token_weights is not None and num_items_in_batch is not None:
         # Trainer divides by the accumulated token count: weights of mean 1 keep the weighted mean's scale
         valid = shift_labels != ignore_index
-        token_weights = token_weights.to(hidden_states.device).float() * valid
+        # where(), not a product: a NaN or inf weight at an ignored position (0/0 scores at padding) stays out
+        token_weights = torch.where(valid, token_weights.to(hidden_states.device).float(), 0.0)
         total = token_weights.sum()
         token_weights = token_weights * (valid.sum() / torch.where(total > 0, total, torch.ones_like(total)))
     loss = fused_linear_cross_entropy(
@@ -129,9 +131,15 @@ def logit_scale_of(model) -> float:
     return 1.0
 
 
-def _patched_forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwargs):
+def _patched_forward(self, *args, **kwargs):
     """The forward patch_causal_lm installs. It finds everything through `self` (no closure), so a
-    `copy.deepcopy` of the model (an EMA or reference model) computes with the copy's own weights."""
+    `copy.deepcopy` of the model (an EMA or reference model) computes with the copy's own weights.
+    Positional arguments mean what they mean to the model's own forward (`model(ids, mask)`: the mask is
+    attention_mask, as transformers has it, not labels)."""
+    if args:
+        kwargs = _as_keywords(self._nextlong_original_forward, args, kwargs)
+    input_ids, labels = kwargs.pop("input_ids", None), kwargs.pop("labels", None)
+    logits_to_keep = kwargs.pop("logits_to_keep", 0)
     # Everything else (attention_mask, position_ids, the KV cache under whichever name this
     # transformers version uses, ...) passes through only when the caller gave it: naming a
     # renamed argument ourselves would trip its deprecation warning on every call.
@@ -151,6 +159,21 @@ def _patched_forward(self, input_ids=None, labels=None, logits_to_keep=0, **kwar
     if return_dict is None:
         return_dict = getattr(getattr(self, "config", None), "return_dict", True)
     return out if return_dict is not False else out.to_tuple()
+
+
+def _as_keywords(forward, args: tuple, kwargs: dict) -> dict:
+    """`args` named by `forward`'s positional parameters, merged into `kwargs` (TypeError as Python's own)."""
+    import inspect
+
+    names = [p.name for p in inspect.signature(forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(names):
+        raise TypeError(f"forward() takes {len(names)} positional arguments but {len(args)} were given")
+    for name, value in zip(names, args):
+        if name in kwargs:
+            raise TypeError(f"forward() got multiple values for argument {name!r}")
+        kwargs[name] = value
+    return kwargs
 
 
 class _ScaledHead:
