@@ -124,6 +124,10 @@ def test_fixed_k_uses_the_paper_formula(corpus, tmp_path):
     store = ChunkStore.load(out / "chunks" / "store")
     E = manifest["settings"]["chars_per_token_used"]
     assert E == pytest.approx(store.chars_per_token())
+    # E measured from the chunk table itself (the check above compared the store with itself: a 30% error in it
+    # passed): characters of every chunk's text over its tokens
+    chunks = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text", "num_tokens"]).to_pydict()
+    assert E == pytest.approx(sum(len(t) for t in chunks["text"]) / sum(chunks["num_tokens"]), rel=1e-9)
     doc_of = {d: i for i, d in enumerate(store.doc_ids)}
     for row in read_output(out).to_pylist():
         d = doc_of[row["anchor_doc_id"]]
@@ -558,3 +562,45 @@ def test_a_chunk_table_written_before_blank_docs_npy_gives_the_same_blank_docume
     (chunks / BLANK_DOCS_FILE).unlink()
     np.testing.assert_array_equal(blank_documents(chunks, store), written)
     assert not (chunks / BLANK_DOCS_FILE).exists()  # read, not written into the finished stage's folder
+
+
+def test_the_reported_distance_and_similarity_are_what_the_rows_and_embeddings_give(corpus, tmp_path):
+    """Recomputed from OUT/data and the stored embeddings, not from the stages' own counts (the tests checked only
+    their sign: a corrupted mean passed). The distance is between consecutive meta-chunks of one document, over
+    every row and over the rows that hold negatives (already-long rows add zeros: 561 against 957 tokens on a
+    corpus with such rows); the similarity is each chosen negative's cosine with the meta-chunk it follows, over
+    the negatives the plan chose for the anchors built (the cut to L may drop the last, least similar ones)."""
+    from nextlong import synthesize
+
+    docs = [(f"long-{i}", " ".join(text for _, text in corpus_head(40_000))) for i in range(3)]  # past L alone
+    src = write_jsonl(tmp_path / "docs.jsonl", docs + list(corpus_head(250_000)))
+    out = tmp_path / "o"
+    manifest = synthesize(src, out, method="nextlong", long_docs="keep", seed=3, **FAST)
+    stats = manifest["statistics"]
+    assert stats["already_long"] > 0 and stats["documents_built"] > stats["already_long"]
+    vectors = np.load(out / "embeddings" / "embeddings.npy", mmap_mode="r")
+    dists, dists_neg, sims = [], [], []
+    for segs in pq.read_table(out / "data", columns=["segments"]).column("segments").to_pylist():
+        row, prev = [], None
+        for seg in (s for s in segs if s["role"] == "anchor"):
+            if prev is not None and prev["doc_id"] == seg["doc_id"] and seg["chunk_index"] == prev["chunk_index"] + 1:
+                row.append(seg["start"] - prev["end"])
+            prev = seg
+        dists += row
+        if any(s["role"] == "negative" for s in segs):
+            dists_neg += row
+    plan = pq.read_table(out / "plan", columns=["ok", "chunks", "roles"])  # no cut: every anchor built
+    built = [r for r in plan.to_pylist() if r["ok"]]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for r in built:
+        anchor = None
+        for c, role in zip(r["chunks"], r["roles"]):
+            if role == 0:
+                anchor = c
+            else:
+                sims.append(float(unit[anchor] @ unit[c]))
+    assert dists and dists_neg and sims
+    assert stats["mean_dependency_distance_tokens"] == pytest.approx(np.mean(dists))
+    assert stats["mean_dependency_distance_tokens_with_negatives"] == pytest.approx(np.mean(dists_neg))
+    assert np.mean(dists_neg) > np.mean(dists)  # the already-long rows' zeros are out of it
+    assert stats["anchor_negative_similarity_mean"] == pytest.approx(np.mean(sims), abs=1e-5)

@@ -266,3 +266,34 @@ def test_embed_stage_function_matches_the_embedder(table):
     assert out.column("chunk_id").to_pylist() == batch.column("chunk_id").to_pylist()
     vecs = np.asarray(out.column("embedding").combine_chunks().flatten()).reshape(40, 64)
     np.testing.assert_array_equal(vecs, emb.embed(batch.column("text").to_pylist()))
+
+
+def test_no_negative_comes_from_the_anchors_own_document_even_without_the_duplicate_rule():
+    """The document rule held in the tests only because the exact-duplicate rule (the anchor's own text hashes
+    are banned) hid it: dropping the document check passed every test (outside audit)."""
+    docs = [("a", "foxes and dogs by the river\nfoxes and dogs by the bank\nfoxes and dogs in the park"),
+            ("b", "foxes and cats by the river"), ("c", "compilers and parsers"), ("d", "dogs and foxes at home")]
+    table = chunk_table(docs, 30, tokenizer=get_tokenizer())
+    store = ChunkStore.from_table(table)
+    vecs = lexical_vectors(table.column("text").to_pylist())
+    own = store.doc_chunks(0)
+    assert own.size >= 2  # its other chunks are its nearest neighbours
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=200, sep_len=1, rule="fixed-k", k_fixed=3,
+                      anchor_vectors=vecs[own], exclude_duplicates=False)
+    negatives = [c for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE]
+    assert negatives and all(store.chunk_doc[c] != 0 for c in negatives)
+
+
+def test_a_negative_is_never_an_exact_copy_of_an_earlier_negative():
+    """Two other documents hold the same paragraph, the anchor's nearest: one may be a negative, not both (the
+    rule's removal passed every test; with --near-dup-threshold 0 it gave 13 duplicate negatives)."""
+    shared = "foxes and dogs by the river bank"
+    docs = [("a", "foxes and dogs by the river"), ("b", shared), ("c", shared), ("d", "compilers and parsers"),
+            ("e", "a recipe for bread")]
+    table = chunk_table(docs, 60, tokenizer=get_tokenizer())
+    store = ChunkStore.from_table(table)
+    vecs = lexical_vectors(table.column("text").to_pylist())
+    res = plan_anchor(store, ExactSearcher(vecs), 0, target_length=200, sep_len=1, rule="fixed-k", k_fixed=3,
+                      anchor_vectors=vecs[store.doc_chunks(0)])
+    neg_docs = [store.doc_ids[store.chunk_doc[c]] for c, r in zip(res.chunks, res.roles) if r == ROLE_NEGATIVE]
+    assert len(neg_docs) == 3 and len({"b", "c"} & set(neg_docs)) == 1, neg_docs

@@ -48,7 +48,7 @@ def fmt(x, digits=3) -> str:
 
 SYNTH_STATS = ("source_documents_used", "already_long", "negatives_per_meta_chunk_mean",
                "anchor_negative_similarity_mean", "random_chunk_pair_similarity_mean",
-               "mean_dependency_distance_tokens")
+               "mean_dependency_distance_tokens", "mean_dependency_distance_tokens_with_negatives")
 
 
 def synthesis_lines(results: dict) -> list[str]:

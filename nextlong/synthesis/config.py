@@ -70,7 +70,7 @@ class SynthesisConfig:
     exclude_duplicates: bool = True  # skip chunks whose text hash equals an anchor chunk's or a used one's
     near_dup_threshold: float = 0.5  # skip near-copies: word 5-gram Jaccard >= this with a piece; 0 = off
     long_docs: str = "keep"  # an anchor document that alone reaches L: keep it (no negatives) or drop it
-    dedup_corpus: bool = False  # drop documents that are near-copies of an earlier one (nextlong; counted)
+    dedup_corpus: bool = False  # drop documents that are near-copies of an earlier one (every method; counted)
     max_candidates: int = 4096  # stop widening the search beyond this many neighbours per meta-chunk
     # --- baselines (method §2) ---
     doc_embedding: str = "mean"  # knn/iclm: document vector = mean of its chunk vectors, or "first" chunk
@@ -133,9 +133,9 @@ class SynthesisConfig:
             bad(f"--attention-spans must be one of {', '.join(ATTENTION_SPANS)}, got {self.attention_spans!r}")
         if not 0.0 <= self.near_dup_threshold <= 1.0:
             bad(f"--near-dup-threshold must be in [0, 1] (0 or off disables), got {self.near_dup_threshold}")
-        if self.dedup_corpus and (self.method != "nextlong" or self.near_dup_threshold <= 0):
-            bad("--dedup-corpus works with --method nextlong and a --near-dup-threshold above 0 (it drops "
-                "documents at that word 5-gram Jaccard)")
+        if self.dedup_corpus and self.near_dup_threshold <= 0:
+            bad("--dedup-corpus needs a --near-dup-threshold above 0 (it drops documents at that word 5-gram "
+                "Jaccard)")
         if self.long_docs not in LONG_DOCS:
             bad(f"--long-docs must be one of {', '.join(LONG_DOCS)}, got {self.long_docs!r}")
         if self.k_rounding not in K_ROUNDINGS:

@@ -120,7 +120,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     ]
     blocks, chunks, graph, emb, index = "chunk", "chunks", None, None, None
     external: dict = {}
-    if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
+    if cfg.near_dup_threshold > 0 and (cfg.method == "nextlong" or cfg.dedup_corpus):
         steps.append(S.NearDupStage(name="neardup", inputs=("chunks",), tokenizer=tok,
                                     threshold=cfg.near_dup_threshold, threads=threads))
         graph = "neardup"
@@ -128,6 +128,8 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
             steps.append(S.DedupStage(name="dedup", inputs=("chunk", "chunks", "neardup"), tokenizer=tok,
                                       threshold=cfg.near_dup_threshold))
             blocks = chunks = graph = "dedup"
+        if cfg.method != "nextlong":  # the baselines only drop the copies: no negatives to keep them from
+            graph = None
     if cfg.method in EMBEDDING_METHODS:
         emb = "embeddings"
         if cfg.index is not None:
@@ -328,7 +330,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
-    if cfg.method == "nextlong" and cfg.near_dup_threshold > 0:
+    if cfg.near_dup_threshold > 0 and (cfg.method == "nextlong" or cfg.dedup_corpus):
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
         stats["chunks_with_near_copies"] = near.get("chunks_with_near_copies")
@@ -422,6 +424,10 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         "shards": len(metas),  # output shards the --num-samples cut used (statistics cover all their anchors)
         "mean_dependency_distance_tokens": (_sum(metas, "dependency_distance_sum") / dist_n) if dist_n else None,
     }
+    ext_n = _sum(metas, "dependency_distance_n_with_negatives") if metas else 0
+    # the same over the rows that hold negatives: what NExtLong's distractors make (already-long rows add 0s)
+    stats["mean_dependency_distance_tokens_with_negatives"] = (
+        _sum(metas, "dependency_distance_sum_with_negatives") / ext_n if ext_n else None)
     used = set()
     for path in sorted((cfg.out_dir / "data").glob("part-*.parquet")):
         segments = pc.list_flatten(pq.read_table(path, columns=["segments"]).column("segments"))
@@ -507,8 +513,10 @@ def summary(manifest: dict) -> str:
         lines.append(f"  mining: partitioned, {m['partitions']} partitions, nprobe {m['nprobe']}, {m['neighbours']} "
                      f"neighbours per chunk; anchors that needed more (searched again): {m['anchors_searched_again']}")
     if s.get("mean_dependency_distance_tokens") is not None:
+        ext = s.get("mean_dependency_distance_tokens_with_negatives")
         lines.append(f"  mean dependency distance between consecutive meta-chunks: "
-                     f"{s['mean_dependency_distance_tokens']:.0f} tokens")
+                     f"{s['mean_dependency_distance_tokens']:.0f} tokens"
+                     + (f" ({ext:.0f} in the documents that hold negatives)" if ext is not None else ""))
     secs = s.get("seconds", {})
     if secs:
         lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))

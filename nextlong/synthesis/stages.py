@@ -534,6 +534,7 @@ def plan_counts(plan_table: pa.Table) -> dict:
 class AssembleStage(MapStage):
     """Plan block -> output rows of exactly L tokens (OUTPUT_SCHEMA). inputs: (plan, chunks)."""
 
+    version = 2  # its counts split the dependency distance of rows with negatives from already-long rows'
     method: str = "nextlong"
     target_length: int = 131072
     tokenizer: str | None = identity(tokenizer_identity, default=None)
@@ -551,20 +552,26 @@ class AssembleStage(MapStage):
 
 
 def assemble_counts(output: pa.Table) -> dict:
-    """Statistics of output rows: dependency distance between consecutive meta-chunks, anchors kept."""
-    dist_sum, dist_n, kept = 0, 0, 0
+    """Statistics of output rows: dependency distance between consecutive meta-chunks, over all rows and over
+    the rows that hold negatives (an already-long document kept whole has its meta-chunks adjacent, distance 0:
+    counted with the others it pulls the mean towards the source text's, away from what the negatives add)."""
+    dist_sum, dist_n, kept, ext_sum, ext_n = 0, 0, 0, 0, 0
     for segs in output.column("segments").to_pylist():
-        prev = None
+        prev, row_sum, row_n = None, 0, 0
         for seg in segs:
             if seg["role"] != "anchor":
                 continue
             kept += 1
             if (prev is not None and prev["doc_id"] == seg["doc_id"]
                     and seg["chunk_index"] == prev["chunk_index"] + 1):
-                dist_sum += seg["start"] - prev["end"]
-                dist_n += 1
+                row_sum += seg["start"] - prev["end"]
+                row_n += 1
             prev = seg
+        dist_sum, dist_n = dist_sum + row_sum, dist_n + row_n
+        if any(seg["role"] == "negative" for seg in segs):
+            ext_sum, ext_n = ext_sum + row_sum, ext_n + row_n
     return {"rows": output.num_rows, "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n,
+            "dependency_distance_sum_with_negatives": int(ext_sum), "dependency_distance_n_with_negatives": ext_n,
             "anchor_meta_chunks_kept": kept}
 
 
