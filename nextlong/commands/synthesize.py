@@ -77,7 +77,9 @@ def add_parser(subparsers) -> None:
                    help="MDS `indices` (each pair is one attention block in training): sample = one span [0, L) "
                         "per long document (default); document = one span per run of the same source document")
     p.add_argument("--separator", default="\n",
-                   help="text appended after every piece (default newline; use '' for none)")
+                   help="text appended after every piece (default newline; use '' for none: then each piece is "
+                        "tokenized alone and the ids where two pieces meet differ from the joined text's, a cue a "
+                        "model can learn)")
     p.add_argument("--overshoot", type=positive_float, default=1.5, help="w of the k formula (default 1.5)")
     p.add_argument("--chars-per-token", type=positive_float,
                    help="E of the k formula (default: measured on the corpus's chunks)")
