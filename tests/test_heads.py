@@ -277,3 +277,22 @@ def test_compare_takes_scores_above_1_of_a_model_that_repeats_the_needle(tmp_pat
     assert main(["heads", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
                  "--quiet"]) == 0
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["difference"]["0-0"] == -1.25
+
+
+def test_a_resume_decodes_again_after_new_weights_or_another_dtype(tmp_path, copying):
+    """The trials' journal keyed results on the model folder's path: new weights saved into the folder, or another
+    --dtype, reused the old trials' answers (outside audit). Each now decodes every trial again."""
+    tok = train_tokenizer(tmp_path / "tok.json")
+    model = save_tiny_llama(tmp_path / "m", tok, init=0.5, seed=1)
+    args = ["heads", str(model), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
+            "--max-new-tokens", "6", "--out", str(tmp_path / "h"), "--quiet"]
+
+    def decoded(*extra) -> int:
+        copying.clear()
+        assert main(args + list(extra)) == 0
+        return len(copying)
+
+    assert decoded() == 2 and decoded() == 0  # the same run again reuses both trials
+    assert decoded("--dtype", "bfloat16") == 2
+    save_tiny_llama(tmp_path / "m", tok, init=0.5, seed=2)
+    assert decoded("--dtype", "bfloat16") == 2 and decoded("--dtype", "bfloat16") == 0
