@@ -15,6 +15,29 @@ def rss_kib(field: str) -> int:
         return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
 
 
+def reset_peak_rss() -> None:
+    """VmHWM back to the current RSS (Linux >= 4.0): a later rss_kib("VmHWM") is the peak of what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def malloc_trim() -> None:
+    """Freed buffers back to the OS, and buffers of 64 KiB and more mmapped from now on (so each is returned
+    when freed): VmHWM then tracks each step's live memory, whatever ran before it and whatever
+    MALLOC_MMAP_THRESHOLD_ says (the CPU tables call it before every step they measure)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 65536)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def cuda_median_seconds_and_peak_mib(step, repeats: int) -> tuple[float, float]:
     """Median seconds of `step()` over `repeats` runs timed with CUDA events, and the peak memory the
     runs allocated beyond what was allocated before them (MiB). Call after a warm-up step."""
@@ -67,7 +90,7 @@ def gpu_row(op: str, pass_: str, impl: str, *, ms, peak_mib=None, tflops=None, *
                tflops=tflops, **shape)
     row["pass"] = pass_
     if isinstance(row["dtype"], torch.dtype):
-        row["dtype"] = str(row["dtype"]).removeprefix("torch.")
+        row["dtype"] = dtype_name(row["dtype"])
     return row
 
 
@@ -92,6 +115,11 @@ def record_gpu_row(op: str, pass_: str, impl: str, **fields) -> dict:
 # in bf16 over chunks (4% of max |dW| at 64 chunks, measured), while a wrong mask, scale, label shift or
 # gradient is off by tens of percent or more. fp32 rows (CPU) are held to 1e-4 against an fp64 reference.
 AGREE_TOL = {torch.bfloat16: 0.1, torch.float16: 0.05, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16", as the tables and the runs file write it."""
+    return str(dtype).removeprefix("torch.")
 
 
 def wide_dtype(dtype: torch.dtype) -> torch.dtype:

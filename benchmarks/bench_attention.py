@@ -61,11 +61,12 @@ import torch
 import torch.nn.functional as F
 
 try:  # benchmarks/ on sys.path (script, pytest on this file, the GPU lease) ...
-    from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row, relative_error,
-                          rss_kib, verdict, wide_dtype)
+    from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, dtype_name, malloc_trim,
+                          record_gpu_row, relative_error, reset_peak_rss, rss_kib, verdict, wide_dtype)
 except ModuleNotFoundError:  # ... or imported as benchmarks.bench_attention from the repository root
-    from benchmarks._measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row,
-                                     relative_error, rss_kib, verdict, wide_dtype)
+    from benchmarks._measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, dtype_name,
+                                     malloc_trim, record_gpu_row, relative_error, reset_peak_rss, rss_kib,
+                                     verdict, wide_dtype)
 
 from nextlong.kernels.attention import cu_seqlens_from_lengths, flash_attention
 
@@ -353,28 +354,12 @@ def reference_outputs(q, k, v, lengths, backward):
     return [out.detach(), qw.grad, kw.grad, vw.grad]
 
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _malloc_trim():
-    """Freed buffers back to the OS, and buffers of 64 KiB and more mmapped from now on (so each is
-    returned when freed): VmHWM then tracks live memory, independent of MALLOC_MMAP_THRESHOLD_."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 65536)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def measure_cpu_case(fns: dict, total, heads, dim, mask, backward, rounds=ROUNDS) -> dict:
     """{name: Result} for the callables in `fns` on one CPU case, fp32. The implementations take turns
     (one step of each per round, each on its own copy of the same inputs); best of `rounds`."""
     lengths = document_lengths(total, mask, lo=128, hi=1024)
     cu = cu_seqlens_from_lengths(lengths)
-    _malloc_trim()
+    malloc_trim()
     state, failed = {}, {}
     for name, fn in fns.items():
         q, k, v = _inputs(total, heads, dim, "cpu", torch.float32)
@@ -393,9 +378,8 @@ def measure_cpu_case(fns: dict, total, heads, dim, mask, backward, rounds=ROUNDS
             q.grad = k.grad = v.grad = None
             s["outputs"] = None
             gc.collect()
-            _malloc_trim()  # hand freed pages back, so the peak of this step shows in VmHWM
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
+            malloc_trim()  # hand freed pages back, so the peak of this step shows in VmHWM
+            reset_peak_rss()
             base = rss_kib("VmRSS")
             t0, c0 = time.perf_counter(), time.process_time()
             out = _step(s["fn"], q, k, v, lengths, cu, backward)
@@ -627,7 +611,7 @@ def _table(kind):
     print(f"{'S':>7} {'H':>3} {'D':>4} {'mask':>6} {'pass':>7} {'docs':>5} {'impl':>16} {'ms':>9} {'cpu ms':>8} "
           f"{'1st ms':>8} {'TFLOP/s':>8} {'peak MiB':>9}"
           + "".join(f" {f't/p{i}':>6} {f'cpu/p{i}':>7} {f'mem/p{i}':>7}" for i in range(1, len(peers) + 1))
-          + f" {'max|diff|':>9} {'error vs ' + str(wide_dtype(dtype)).removeprefix('torch.'):>19} {'%matmul':>7} "
+          + f" {'max|diff|':>9} {'error vs ' + dtype_name(wide_dtype(dtype)):>19} {'%matmul':>7} "
           f"{'%989':>5}  load")
     wrong = []
     for total, heads, dim, mask, backward in cases:
@@ -654,10 +638,11 @@ def _table(kind):
                     _record(name, label, total, heads, dim, document_lengths(total, mask), None)
                 continue
             tflops = attention_flops(r.lengths, heads, dim, backward) / r.seconds / 1e12
-            if agrees(r.error, dtype) is False:
+            is_wrong = agrees(r.error, dtype) is False
+            if is_wrong:
                 wrong.append(f"{name} at S={total} D={dim} {mask} {label}")
             if kind == "gpu":  # a row whose outputs are wrong is recorded as failed (ms null), not as a time
-                _record(name, label, total, heads, dim, r.lengths, r, tflops, wrong=agrees(r.error, dtype) is False)
+                _record(name, label, total, heads, dim, r.lengths, r, tflops, wrong=is_wrong)
             ratios = ""
             for peer in peers:
                 ref = rows.get(peer)
@@ -679,7 +664,7 @@ def _table(kind):
           "the interleaved rounds on CPU, median of 5 on GPU; cpu ms: "
           "process CPU time (includes OpenMP spin-waiting); 1st ms: the first call (FlexAttention's compile); "
           "max|diff|: of output (and dQ, dK, dV) against nextlong's on the same inputs; error: max over them of "
-          f"max|x - ref| / max|ref| against the same inputs in {str(wide_dtype(dtype)).removeprefix('torch.')}, "
+          f"max|x - ref| / max|ref| against the same inputs in {dtype_name(wide_dtype(dtype))}, "
           f"ok up to {AGREE_TOL[dtype]:g} "
           "(unchecked: the reference would cost more than the row); TFLOP/s over allowed "
           "pairs only; %matmul: of torch.matmul in this run; %989: of the H100 SXM bf16 dense paper peak")

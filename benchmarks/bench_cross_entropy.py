@@ -28,8 +28,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, record_gpu_row, relative_error, rss_kib,
-                      verdict, wide_dtype)
+from _measure import (AGREE_TOL, agrees, cuda_median_seconds_and_peak_mib, dtype_name, malloc_trim, record_gpu_row,
+                      relative_error, reset_peak_rss, rss_kib, verdict, wide_dtype)
 
 from nextlong.kernels.losses import fused_linear_cross_entropy
 
@@ -137,8 +137,7 @@ def measure_cpu(fn, n, h, v, repeats=3):
     hidden, weight, labels = _inputs(n, h, v, "cpu", torch.float32)
     _step(fn, hidden, weight, labels)  # warm-up; also allocates the .grad tensors' first copy
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
+    reset_peak_rss()
     base = rss_kib("VmRSS")
     best = best_cpu = float("inf")
     for _ in range(repeats):
@@ -152,25 +151,12 @@ def measure_cpu(fn, n, h, v, repeats=3):
 CPU_ROUNDS = 7
 
 
-def _malloc_trim():
-    """Freed buffers back to the OS, and buffers of 64 KiB and more mmapped from now on (so each is returned
-    when freed): VmHWM then tracks each step's live memory, whatever ran before it (as bench_attention)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def measure_cpu_rows(fns: dict, n, h, v, rounds=CPU_ROUNDS) -> dict:
     """{name: (best wall seconds, peak extra MiB, best CPU seconds, CPU seconds per round)} for `fns` on one
     shape: the implementations take turns, one step of each per round on its own copy of the same inputs,
     the allocator trimmed and VmHWM reset before each step, so load drift and what ran before touch every
     side alike (the ratios are medians of the per-round pairs)."""
-    _malloc_trim()
+    malloc_trim()
     state = {}
     for name, fn in fns.items():
         hidden, weight, labels = _inputs(n, h, v, "cpu", torch.float32)
@@ -181,9 +167,8 @@ def measure_cpu_rows(fns: dict, n, h, v, rounds=CPU_ROUNDS) -> dict:
             hidden, weight, labels = st["inputs"]
             hidden.grad = weight.grad = None
             gc.collect()
-            _malloc_trim()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
+            malloc_trim()
+            reset_peak_rss()
             base = rss_kib("VmRSS")
             t0, c0 = time.perf_counter(), time.process_time()
             _step(st["fn"], hidden, weight, labels)
@@ -334,7 +319,7 @@ def _table(kind):
     device, dtype = ("cuda", torch.bfloat16) if kind == "gpu" else ("cpu", torch.float32)
     print(f"{'N':>7} {'H':>5} {'V':>7} {'impl':>17} {'ms':>10} {'cpu ms':>8} {'peak MiB':>10} "
           f"{'t/peer':>7} {'mem/peer':>8} {'%peak':>6}  error vs "
-          f"{str(wide_dtype(dtype)).removeprefix('torch.')} reference")
+          f"{dtype_name(wide_dtype(dtype))} reference")
     wrong = []
     for n, h, v in shapes:
         new_compile_case()
@@ -382,7 +367,7 @@ def _table(kind):
                 wrong.append(f"{name} at N={n} H={h} V={v}")
             if kind == "gpu":  # a row whose outputs are wrong is recorded as failed (ms null), not as a time
                 _record(name, n, h, v, sec if agrees(errors[name], dtype) else None, mib)
-    wide = str(wide_dtype(dtype)).removeprefix("torch.")
+    wide = dtype_name(wide_dtype(dtype))
     print("t/peer: time relative to liger (torch.compile where liger is absent, then eager; on CPU the median "
           f"of {CPU_ROUNDS} interleaved rounds' CPU-time ratios); "
           "mem/peer: peak relative to cce (eager when cce is absent); a peer is one whose outputs pass. "
