@@ -34,13 +34,13 @@ struct BpeOptions {
   bool nfc = false;                 // NFC-normalize text before pre-tokenization (HF NFC normalizer)
   bool generic_regex_only = false;  // never use the hand-written cl100k/o200k scanners (tests)
   // HF BPE unk_token: a byte with no token becomes this id (consecutive ones fuse into one when
-  // fuse_unk). -1: none, and then the vocabulary must hold every byte UTF-8 text can contain.
+  // fuse_unk). -1: none, and text holding a byte without a token is refused (EncodeError).
   int64_t unk_id = -1;
   bool fuse_unk = false;
 };
 
-// Text the tokenizer refuses to encode (a limit of nextlong's, not the file's fault):
-// nextlong.errors.TokenizerError in Python, like a regex::RegexError.
+// Text the tokenizer refuses to encode (a piece past nextlong's limit, or a byte the vocabulary has no
+// token for and no unk id): nextlong.errors.TokenizerError in Python, like a regex::RegexError.
 struct EncodeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

@@ -27,9 +27,9 @@ of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes 
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
 
 Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids that are negative,
-shared by two tokens or far beyond the vocabulary's size, duplicate JSON keys, and a vocabulary without a
-token for some byte UTF-8 text can hold (unless a tokenizer.json names an unk_token, whose id such a byte
-then gets, as in HF) are refused on load;
+shared by two tokens or far beyond the vocabulary's size, and duplicate JSON keys are refused on load; a
+byte the vocabulary has no token for gets the id of a tokenizer.json's unk_token, as in HF, and without one
+the text holding it is refused when encoded (TokenizerError; HF would drop the byte from the ids);
 a match that recurses too deep or exhausts its step budget (linear in the text, times the pattern's
 size: up to 20,000 steps per byte for the largest patterns; catastrophic backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
 """
@@ -604,7 +604,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
 def _unk(model: dict, vocab: dict, path) -> tuple[int, bool]:
     """(id of model.unk_token or -1, fuse_unk). HF BPE gives a byte without a token unk_token's id
     (consecutive ones fused into one when fuse_unk), looked up in the model vocabulary; without one the
-    native loader refuses a vocabulary that misses a byte, since the ids would silently lose it."""
+    native encoder refuses text holding such a byte, since the ids would silently lose it."""
     unk, fuse = model.get("unk_token"), model.get("fuse_unk", False)
     if unk is not None and not isinstance(unk, str):
         raise TokenizerError(f"{path}: model.unk_token must be a string or null, got {json_type(unk)} {_short(unk, 40)}")

@@ -265,10 +265,7 @@ def _reduce(stats, labels, shape, vocab, token_weights, reduction, label_smoothi
         loss = loss + z_loss * lse * lse
     valid = labels >= 0
     w = valid.to(lse.dtype)
-    if token_weights is not None:
-        if token_weights.numel() != labels.numel():
-            raise ValueError(
-                f"token_weights has {token_weights.numel()} elements, labels has {labels.numel()}")
+    if token_weights is not None:  # its shape was checked against the labels' (_check_weight_shape)
         w = torch.where(valid, token_weights.detach().reshape(-1).to(device=lse.device, dtype=lse.dtype), w)
     weighted = torch.where(valid, loss, torch.zeros_like(loss)) * w
     if reduction == "none":
@@ -368,8 +365,6 @@ def fused_linear_cross_entropy(
         w2, b2 = weight.contiguous(), None if bias is None else bias.contiguous()
     if which in ("chunked", "torch") and reduction != "none" and training:
         tw = None if token_weights is None else token_weights.detach()
-        if tw is not None and tw.numel() != flat.numel():
-            raise ValueError(f"token_weights has {tw.numel()} elements, labels has {flat.numel()}")
         rows = "triton" if which == "chunked" else "torch"
         return _ChunkedLinearLoss.apply(h2, w2, b2, flat, tw, softcap, chunk, reduction, float(label_smoothing),
                                         float(z_loss), rows, bool(accumulate_fp32), compute_dtype)

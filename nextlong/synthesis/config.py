@@ -202,6 +202,12 @@ class SynthesisConfig:
         return max(1, math.ceil(self.chunk_size / (self.chars_per_token or 4.0)))
 
     @property
+    def builds_near_copy_graph(self) -> bool:
+        """The corpus's near-copy graph is built: NExtLong keeps near-copies out of its negatives, and
+        --dedup-corpus (every method) drops the documents it links."""
+        return self.near_dup_threshold > 0 and (self.method == "nextlong" or self.dedup_corpus)
+
+    @property
     def min_target_length(self) -> int:
         """The shortest document that still holds a whole anchor meta-chunk."""
         return self.chunk_tokens_estimate

@@ -120,7 +120,7 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     ]
     blocks, chunks, graph, emb, index = "chunk", "chunks", None, None, None
     external: dict = {}
-    if cfg.near_dup_threshold > 0 and (cfg.method == "nextlong" or cfg.dedup_corpus):
+    if cfg.builds_near_copy_graph:
         steps.append(S.NearDupStage(name="neardup", inputs=("chunks",), tokenizer=tok,
                                     threshold=cfg.near_dup_threshold, threads=threads))
         graph = "neardup"
@@ -330,7 +330,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
-    if cfg.near_dup_threshold > 0 and (cfg.method == "nextlong" or cfg.dedup_corpus):
+    if cfg.builds_near_copy_graph:
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
         stats["chunks_with_near_copies"] = near.get("chunks_with_near_copies")

@@ -557,9 +557,10 @@ def assemble_counts(output: pa.Table) -> dict:
     counted with the others it pulls the mean towards the source text's, away from what the negatives add)."""
     dist_sum, dist_n, kept, ext_sum, ext_n = 0, 0, 0, 0, 0
     for segs in output.column("segments").to_pylist():
-        prev, row_sum, row_n = None, 0, 0
+        prev, row_sum, row_n, negatives = None, 0, 0, False
         for seg in segs:
             if seg["role"] != "anchor":
+                negatives = negatives or seg["role"] == "negative"
                 continue
             kept += 1
             if (prev is not None and prev["doc_id"] == seg["doc_id"]
@@ -568,7 +569,7 @@ def assemble_counts(output: pa.Table) -> dict:
                 row_n += 1
             prev = seg
         dist_sum, dist_n = dist_sum + row_sum, dist_n + row_n
-        if any(seg["role"] == "negative" for seg in segs):
+        if negatives:
             ext_sum, ext_n = ext_sum + row_sum, ext_n + row_n
     return {"rows": output.num_rows, "dependency_distance_sum": int(dist_sum), "dependency_distance_n": dist_n,
             "dependency_distance_sum_with_negatives": int(ext_sum), "dependency_distance_n_with_negatives": ext_n,
