@@ -116,6 +116,14 @@ def blank_chunks(text) -> np.ndarray:
     return pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0)).to_numpy(zero_copy_only=False).astype(bool)
 
 
+def blank_chunks_of(chunks_dir) -> np.ndarray:
+    """blank_chunks of every row of a chunk table, its text column read in batches (memory bounded by a batch,
+    not the corpus)."""
+    text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
+    blank = [blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
+    return np.concatenate(blank) if blank else np.zeros(0, bool)
+
+
 def _blank_documents_of(store, blank_chunks: np.ndarray) -> np.ndarray:
     """The dense numbers of the documents whose every chunk is blank."""
     docs = np.ones(store.num_docs, bool)
@@ -141,9 +149,7 @@ def blank_documents(chunks_dir, store) -> np.ndarray:
 
     path = _Path(chunks_dir) / BLANK_DOCS_FILE
     if not (path.exists() or path.is_symlink()):
-        text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
-        blank = [blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
-        return _blank_documents_of(store, np.concatenate(blank) if blank else np.zeros(0, bool))
+        return _blank_documents_of(store, blank_chunks_of(chunks_dir))
     docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
                       remedy=f"delete {path.parent} to chunk the corpus again")
     if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= store.num_docs or bool((np.diff(docs) <= 0).any())):

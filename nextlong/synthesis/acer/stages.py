@@ -401,21 +401,13 @@ class BM25Stage(WholeStage):
         return {"chunks": len(index), "terms": index.num_terms}
 
 
-def blank_chunks(chunks_dir, store) -> np.ndarray:
-    """(num_chunks,) bool: the chunks with no visible character, empty or whitespace only (Unicode's White_Space,
-    as pyarrow's utf8_trim_whitespace strips): a blank document, or the lone "\n" piece the cut of a long
-    chunk can leave. They are no retrieval unit: a sample or a reader's passage of whitespace teaches nothing.
-    The text column is read in batches (memory bounded by a batch, not the corpus)."""
-    import pyarrow.compute as pc
+def unretrievable_chunks(chunks_dir, store) -> np.ndarray:
+    """(num_chunks,) bool: the chunks with no visible character, empty or whitespace only (artifacts.blank_chunks):
+    a blank document, or the lone "\n" piece the cut of a long chunk can leave. They are no retrieval unit: a
+    sample or a reader's passage of whitespace teaches nothing."""
+    from ..artifacts import blank_chunks_of
 
-    blank = np.asarray(store.token_counts) == 0
-    at = 0
-    for batch in pq.ParquetFile(Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=1 << 16):
-        text = batch.column(0)
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0).fill_null(True)
-        blank[at:at + len(text)] |= empty.to_numpy(zero_copy_only=False)
-        at += len(text)
-    return blank
+    return blank_chunks_of(chunks_dir) | (np.asarray(store.token_counts) == 0)
 
 
 @dataclasses.dataclass
@@ -431,7 +423,7 @@ class RetrieveStage(AcerMapStage):
     retriever: str = "embedding"
     k: int = 200
 
-    version = 2  # 2: chunks of whitespace only are never retrieved (blank_chunks)
+    version = 2  # 2: chunks of whitespace only are never retrieved (unretrievable_chunks)
     embedder: str | None = None
     query_prefix: str = added_setting("")  # "" (the default) leaves a folder made before it matching
     threads: int | None = not_a_setting(default=None)
@@ -441,7 +433,7 @@ class RetrieveStage(AcerMapStage):
     def setup(self, ctx):
         threads = self.threads or ctx.threads or None
         store = load_store(ctx.input(self.inputs[1]))
-        self._empty = blank_chunks(ctx.input(self.inputs[1]), store)  # never retrieved
+        self._empty = unretrievable_chunks(ctx.input(self.inputs[1]), store)  # never retrieved
         if self._empty.all():
             from ...errors import NextlongError
 
