@@ -24,11 +24,13 @@ def _torchrun(data, run, *extra, nproc=2):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def _torchrun_process(data, run, *extra, nproc=2) -> subprocess.CompletedProcess:
+def _torchrun_process(data, run, *extra, nproc=2, program=("-m", "nextlong")) -> subprocess.CompletedProcess:
+    """`nextlong train` on `nproc` ranks; `program`: what torchrun starts instead of `-m nextlong` (a launcher
+    script and its arguments, which then runs the CLI)."""
     # faulthandler: a rank that dies of a signal prints where each of its threads was
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "nextlong", "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len",
+           *program, "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len",
            str(SAMPLE_LEN), "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet",
            "--threads", "1", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -153,11 +155,7 @@ def test_a_setup_failure_on_one_rank_stops_every_rank_with_its_message(single, t
     launcher = tmp_path / "launch.py"
     launcher.write_text(RANK_1_FAILS)
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(launcher),
-           where, "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len", str(SAMPLE_LEN),
-           "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet", "--threads", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = _torchrun_process(data, run, program=(str(launcher), where))
     assert proc.returncode != 0
     assert proc.stderr.count("nextlong train: error: rank 1 alone cannot go on") == 1, proc.stderr[-4000:]
     assert "[rank0]: Traceback" not in proc.stderr and "Connection reset" not in proc.stderr, proc.stderr[-4000:]
