@@ -152,6 +152,7 @@ class Trainer:
         # a resume found other data / another scorer than the manifest records, at this step (or an earlier one)
         self.changed_at_step: dict[str, int] = {}
         self.scorer_identity = None  # --scorer's folder as its files' names, sizes and modification times
+        self.agreed_failure = None  # a failure every rank raised at the same point (a bad row read mid-run)
 
     def run(self) -> dict:
         import torch.distributed as dist
@@ -177,6 +178,10 @@ class Trainer:
                     if self.manifest_running:
                         self.write_manifest({**ended_by(exc), "steps": self.history[-1]["step"] if self.history
                                              else self.start_step})
+                    if exc is self.agreed_failure:
+                        # every rank is here, alive: none leaves before rank 0 has written that record (torchrun
+                        # stops the other workers as soon as one exits, and rank 0's record stayed "running")
+                        barrier()
                     raise
         finally:
             # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
@@ -687,6 +692,7 @@ class Trainer:
         if failure is not None:
             if position is not None:
                 self.save(step, data_position=position)
+            self.agreed_failure = failure
             raise failure
         return batches
 
