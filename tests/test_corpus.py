@@ -169,6 +169,17 @@ def test_empty_missing_and_unknown_files(tmp_path):
     assert list(reader) == [] and reader.stats.skipped == 1
 
 
+def test_a_named_pipe_is_refused_as_not_a_regular_file(tmp_path):
+    """A FIFO has no size to split by byte ranges, and reading it could block: refused in one line, not
+    reported as missing."""
+    import os
+
+    fifo = tmp_path / "corpus.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(CorpusError, match="corpus.jsonl: not a regular file"):
+        read_corpus(fifo)
+
+
 def test_gzip_and_zstd_give_the_same_documents(tmp_path):
     import zstandard
 

@@ -127,6 +127,15 @@ def list_corpus_files(path) -> list[tuple[Path, str]]:
     return [(root, root.name)]
 
 
+def not_a_file(path: Path) -> str:
+    """Why a named corpus input that is not a regular file cannot be read: it is missing, or it is a pipe,
+    device or socket, which has no size to split by byte ranges and could block a reader for ever."""
+    if path.exists():
+        return "not a regular file (a pipe, device or socket): nextlong reads corpus files it can measure; " \
+               "write the data to a file first"
+    return "no such file"
+
+
 def zstd_blocks(path: Path) -> Iterator[bytes]:
     """The decompressed bytes of a .zst file, frame after frame, in blocks.
 
@@ -265,7 +274,7 @@ class CorpusReader:
         self.files = list_corpus_files(self.path)
         missing = next((path for path, _ in self.files if not path.is_file()), None)
         if missing is not None:
-            raise CorpusError(missing, "no such file")
+            raise CorpusError(missing, not_a_file(missing))
 
     # -- documents -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Document]:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from .reader import CorpusReader, detect_format, list_corpus_files
+from .reader import CorpusReader, detect_format, list_corpus_files, not_a_file
 from ..errors import CorpusError
 
 DEFAULT_SPLIT_BYTES = 64 << 20
@@ -113,7 +113,7 @@ class SplitReader(CorpusReader):
         for piece in split:
             path, name, fmt = Path(piece["path"]), piece["name"], piece["format"]
             if not path.is_file():
-                raise CorpusError(path, "no such file")
+                raise CorpusError(path, not_a_file(path))
             if not starts_mid_file(piece) and not (piece.get("row_groups") or [0])[0]:
                 self.stats.files += 1
             if piece.get("bytes"):
