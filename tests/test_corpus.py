@@ -176,7 +176,7 @@ def test_a_named_pipe_is_refused_as_not_a_regular_file(tmp_path):
 
     fifo = tmp_path / "corpus.jsonl"
     os.mkfifo(fifo)
-    with pytest.raises(CorpusError, match="corpus.jsonl: not a regular file"):
+    with pytest.raises(CorpusError, match="corpus.jsonl: is a FIFO, not a regular file"):
         read_corpus(fifo)
 
 

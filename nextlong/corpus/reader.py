@@ -129,11 +129,13 @@ def list_corpus_files(path) -> list[tuple[Path, str]]:
 
 def not_a_file(path: Path) -> str:
     """Why a named corpus input that is not a regular file cannot be read: it is missing, or it is a pipe,
-    device or socket, which has no size to split by byte ranges and could block a reader for ever."""
-    if path.exists():
-        return "not a regular file (a pipe, device or socket): nextlong reads corpus files it can measure; " \
-               "write the data to a file first"
-    return "no such file"
+    device or socket (no size to split by byte ranges; reading it could block for ever)."""
+    from ..untrusted import not_regular
+
+    try:
+        return not_regular(path.stat()) or "no such file"
+    except OSError:
+        return "no such file"
 
 
 def zstd_blocks(path: Path) -> Iterator[bytes]:
