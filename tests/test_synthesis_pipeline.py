@@ -533,6 +533,53 @@ def test_no_row_is_built_from_a_blank_document(tmp_path, method, monkeypatch):
                     for s in row["segments"]} & set(blank)
 
 
+def test_a_chunk_of_whitespace_is_never_a_negative(tmp_path, monkeypatch):
+    """A whitespace-only chunk (a blank document, or a run of blank lines cut off on its own) says nothing through
+    its embedding and adds nothing between meta-chunks: it is never a negative, even where it would rank first,
+    and the manifest counts such chunks. The ranking here is forced: every blank chunk is given the vector of the
+    anchor's first meta-chunk, so planning without the mask takes them first."""
+    from nextlong import synthesize
+    from nextlong.synthesis.artifacts import BLANK_CHUNKS_FILE, EMBEDDINGS_FILE, empty_chunks, load_store
+    from nextlong.synthesis.negatives import ExactSearcher, plan_anchor
+
+    docs = list(corpus_head(250_000))
+    docs.insert(4, ("gap", docs[4][1][:400] + "\n" + " \n" * 3000 + docs[4][1][400:900]))
+    for i, text in enumerate(["", "   \n\t\n  ", "\n\n\n", "\u3000\u00a0\n "]):
+        docs.insert(3 + 11 * i, (f"blank-{i}", text))
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / "out"
+    from nextlong.synthesis import batches
+
+    masks, plan = [], batches.plan_anchor
+    monkeypatch.setattr(batches, "plan_anchor", lambda *a, **kw: masks.append(kw["empty"]) or plan(*a, **kw))
+    manifest = synthesize(corpus, out, num_samples=3, id_field="id", **FAST)
+    texts = pq.read_table(out / "chunks" / "chunks.parquet", columns=["text"]).column("text").to_pylist()
+    blank = [i for i, t in enumerate(texts) if not t.strip()]  # Python's whitespace: the reference
+    chunk_doc = pq.read_table(out / "chunks" / "chunks.parquet", columns=["doc_id"]).column("doc_id").to_pylist()
+    assert "gap" in {chunk_doc[i] for i in blank}  # a blank chunk inside a document with text
+    store = load_store(out / "chunks")
+    empty = empty_chunks(out / "chunks", store)
+    assert np.flatnonzero(empty).tolist() == blank and manifest["statistics"]["chunks_blank"] == len(blank)
+    assert masks and all(m is not None and np.flatnonzero(np.frombuffer(m, np.uint8)).tolist() == blank for m in masks)
+    (out / "chunks" / BLANK_CHUNKS_FILE).unlink()  # a folder chunked before the file: read off the text
+    np.testing.assert_array_equal(empty_chunks(out / "chunks", store), empty)
+    assert not {s["doc_id"] for row in read_output(out).to_pylist() for s in row["segments"] if s["role"] != 0} \
+        & {chunk_doc[i] for i in blank if chunk_doc[i] != "gap"}
+
+    vectors = np.load(out / "embeddings" / EMBEDDINGS_FILE).astype(np.float32)
+    anchor = next(d for d in range(store.num_docs) if store.doc_chunks(d).size and chunk_doc[store.doc_chunks(d)[0]]
+                  not in {"gap"} and not empty[store.doc_chunks(d)].any())
+    own = store.doc_chunks(anchor)
+    vectors[blank] = vectors[own[0]]
+    plans = {}
+    for mask in (None, bytearray(empty.astype(np.uint8).tobytes())):
+        res = plan_anchor(store, ExactSearcher(vectors), anchor, target_length=L, sep_len=0, rule="fill",
+                          k_fixed=None, anchor_vectors=vectors[own], empty=mask)
+        plans[mask is None] = set(res.chunks) - set(own.tolist())
+    assert plans[True] & set(blank)  # without the mask the forced ranking takes them
+    assert not plans[False] & set(blank) and plans[False]
+
+
 def test_a_corpus_of_blank_documents_is_a_clear_error(tmp_path):
     from nextlong import synthesize
 

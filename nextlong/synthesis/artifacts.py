@@ -56,6 +56,7 @@ def load_store(chunks_dir):
 
 
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
+BLANK_CHUNKS_FILE = "blank_chunks.npy"  # beside chunks.parquet: the numbers of the chunks of whitespace only
 
 
 def recorded_rows(stage_dir, block: int) -> int:
@@ -132,9 +133,29 @@ def _blank_documents_of(store, blank_chunks: np.ndarray) -> np.ndarray:
     return np.flatnonzero(docs).astype(np.int64)
 
 
-def save_blank_documents(out_dir, store, blank_chunks: np.ndarray) -> None:
-    with _atomic_path(_Path(out_dir) / BLANK_DOCS_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, _blank_documents_of(store, blank_chunks))
+def save_blanks(out_dir, store, blank_chunks: np.ndarray) -> None:
+    """BLANK_CHUNKS_FILE and BLANK_DOCS_FILE, written with the chunk table so that later stages (a planning or
+    retrieval worker on each node) need not read the corpus's text again to find them."""
+    for name, numbers in ((BLANK_CHUNKS_FILE, np.flatnonzero(blank_chunks).astype(np.int64)),
+                          (BLANK_DOCS_FILE, _blank_documents_of(store, blank_chunks))):
+        with _atomic_path(_Path(out_dir) / name) as tmp, open(tmp, "wb") as f:
+            np.save(f, numbers)
+
+
+def _saved_numbers(path, below: int):
+    """The increasing numbers below `below` saved in `path`, or None for a folder chunked before the file."""
+    from ..errors import CorruptFileError
+    from ..untrusted import load_array
+
+    if not (path.exists() or path.is_symlink()):
+        return None
+    numbers = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
+                         remedy=f"delete {path.parent} to chunk the corpus again")
+    if numbers.size and (int(numbers.min()) < 0 or int(numbers.max()) >= below
+                         or bool((np.diff(numbers) <= 0).any())):
+        raise CorruptFileError(f"{path}: not increasing numbers below {below}; delete {path.parent} "
+                               "to chunk the corpus again")
+    return numbers
 
 
 def blank_documents(chunks_dir, store) -> np.ndarray:
@@ -144,18 +165,22 @@ def blank_documents(chunks_dir, store) -> np.ndarray:
     negatives were the corpus's first chunks and its sample held nothing of its own; in the other methods it
     only added whitespace. Written with the chunk table; a work folder chunked before that (whose later
     stages, ACER's model-written ones included, stay valid) gets it from the table's text."""
-    from ..errors import CorruptFileError
-    from ..untrusted import load_array
+    docs = _saved_numbers(_Path(chunks_dir) / BLANK_DOCS_FILE, store.num_docs)
+    return _blank_documents_of(store, blank_chunks_of(chunks_dir)) if docs is None else docs
 
-    path = _Path(chunks_dir) / BLANK_DOCS_FILE
-    if not (path.exists() or path.is_symlink()):
-        return _blank_documents_of(store, blank_chunks_of(chunks_dir))
-    docs = load_array(path, CorruptFileError, mmap=False, kind="iu", ndim=1,
-                      remedy=f"delete {path.parent} to chunk the corpus again")
-    if docs.size and (int(docs.min()) < 0 or int(docs.max()) >= store.num_docs or bool((np.diff(docs) <= 0).any())):
-        raise CorruptFileError(f"{path}: not increasing document numbers below {store.num_docs}; delete {path.parent} "
-                               "to chunk the corpus again")
-    return docs
+
+def empty_chunks(chunks_dir, store) -> np.ndarray:
+    """(num_chunks,) bool: the chunks with no visible character (empty or whitespace only, blank_chunks) or no
+    token: a blank document, or the lone "\\n" piece the cut of a long chunk can leave. Never a NExtLong
+    negative nor an ACER passage: whitespace between meta-chunks or in a reader's prompt teaches nothing.
+    Read from BLANK_CHUNKS_FILE, or for a folder chunked before it, from the table's text."""
+    numbers = _saved_numbers(_Path(chunks_dir) / BLANK_CHUNKS_FILE, store.num_chunks)
+    if numbers is None:
+        empty = blank_chunks_of(chunks_dir)
+    else:
+        empty = np.zeros(store.num_chunks, bool)
+        empty[numbers] = True
+    return empty | (np.asarray(store.token_counts) == 0)
 
 
 def ready_embedder(spec: str, fitted_dir, threads: int | None):

@@ -85,11 +85,12 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                         k_rounding: str, exclude_duplicates: bool, max_candidates: int,
                         max_rows: int | None = None, doc_label=None, chunk_unit: str = "chars",
                         near_dup=None, long_docs: str = "keep", search_threads: int | None = None,
-                        batch_exact: bool = True) -> pa.Table:
+                        batch_exact: bool = True, empty=None) -> pa.Table:
     """One row per anchor: its meta-chunks interleaved with their hard negatives, or why not.
 
     Stops after `max_rows` successful rows (the driver's sample limit). `near_dup` is a
-    neardup.NearDupFilter (None: only exact duplicates are excluded). With an exact searcher, the
+    neardup.NearDupFilter (None: only exact duplicates are excluded); `empty`, one byte per chunk, marks the
+    chunks that are never a negative (artifacts.empty_chunks). With an exact searcher, the
     anchors are searched PREFETCH_ANCHORS at a time, with `search_threads` BLAS threads
     (`batch_exact=False`: one search per anchor, the reference the batched plan must equal)."""
     from ..mining.partitioned import NeighbourLists
@@ -118,7 +119,7 @@ def plan_nextlong_batch(anchors, *, store, searcher, chunk_vectors, target_lengt
                           rule=negatives, k_fixed=k_of(d), anchor_vectors=np.asarray(chunk_vectors[own], np.float32),
                           exclude_duplicates=exclude_duplicates, max_candidates=max_candidates,
                           exclude_doc_label=doc_label(d) if doc_label else None, near_dup=near_dup,
-                          long_docs=long_docs)
+                          long_docs=long_docs, empty=empty)
         rows.append({"anchor_doc": d, "ok": res.ok, "reason": res.reason, "chunks": res.chunks,
                      "roles": res.roles, "negatives_per_meta_chunk": res.negatives_per_meta_chunk,
                      "negative_sims": res.negative_sims, "near_dup_rejected": res.near_dup_rejected,

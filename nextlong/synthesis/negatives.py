@@ -149,7 +149,7 @@ def initial_width(store, own_tokens: int, p: int, *, rule: str, k_fixed: int | N
 def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len: int, rule: str,
                 k_fixed: int | None, anchor_vectors: np.ndarray, exclude_duplicates: bool = True,
                 max_candidates: int = 4096, exclude_doc_label=None, near_dup=None,
-                long_docs: str = "keep") -> AnchorResult:
+                long_docs: str = "keep", empty=None) -> AnchorResult:
     """Choose the negatives of one anchor and lay out m_1, n_1^1..n_1^k, m_2, ... (head position)."""
     own, own_tokens = anchor_tokens(store, anchor_doc, sep_len)
     p = own.size
@@ -172,7 +172,7 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
             ids, sims = searcher.search(anchor_vectors, width, exclude_doc_ids=exclude_doc_label,
                                         exclude_hashes=banned_hashes or None)
         result, exhausted = _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len,
-                                    own_tokens, anchor_doc, banned_hashes, exclude_duplicates, near_dup)
+                                    own_tokens, anchor_doc, banned_hashes, exclude_duplicates, near_dup, empty)
         widened = min(width * 4, max_candidates, n_index)
         if not exhausted or widened <= width:
             break
@@ -192,8 +192,9 @@ def plan_anchor(store, searcher, anchor_doc: int, *, target_length: int, sep_len
 
 
 def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, own_tokens, anchor_doc,
-            banned_hashes, exclude_duplicates, near_dup=None):
-    """Greedy selection from ranked candidate lists; returns (result, ran_out_of_candidates)."""
+            banned_hashes, exclude_duplicates, near_dup=None, empty=None):
+    """Greedy selection from ranked candidate lists; returns (result, ran_out_of_candidates). `empty`: one
+    byte per chunk, non-zero for a chunk that is never a negative (whitespace only)."""
     p = own.size
     used: set[int] = set()
     used_hashes = set(banned_hashes)
@@ -231,7 +232,7 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
                 return None
             if (store.chunk_doc[c] == anchor_doc or c in used
                     or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)
-                    or (removed is not None and removed[c])):
+                    or (removed is not None and removed[c]) or (empty is not None and empty[c])):
                 if c in near_banned or (removed is not None and removed[c]):
                     near_copies.add(c)
                 cursor[i] += 1

@@ -290,7 +290,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
     from .framework import block_counts
-    from .artifacts import load_store, open_vectors
+    from .artifacts import empty_chunks, load_store, open_vectors
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -330,6 +330,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
+    if cfg.method == "nextlong":
+        stats["chunks_blank"] = int(empty_chunks(out / chunks_name, store).sum())  # never a negative
     if cfg.builds_near_copy_graph:
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")

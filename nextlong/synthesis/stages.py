@@ -17,9 +17,9 @@ import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
-                        blank_documents, check_part_rows, chunk_texts, document_texts, load_stage_embedder, load_store,
-                        open_vectors, read_part, ready_embedder, recorded_rows, save_blank_documents,
-                        tokenizer_identity)
+                        blank_documents, check_part_rows, chunk_texts, document_texts, empty_chunks,
+                        load_stage_embedder, load_store, open_vectors, read_part, ready_embedder, recorded_rows,
+                        save_blanks, tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
@@ -96,14 +96,14 @@ def _write_chunk_table(tables, out_dir) -> int:
     whole = pa.concat_tables(kept) if kept else schema.empty_table().select(store_columns)
     store = ChunkStore.from_table(whole)
     store.save(out_dir / STORE_DIR)
-    save_blank_documents(out_dir, store, np.concatenate(blank) if blank else np.zeros(0, bool))
+    save_blanks(out_dir, store, np.concatenate(blank) if blank else np.zeros(0, bool))
     return rows
 
 
 @_dc.dataclass
 class Consolidate(WholeStage):
     """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store, and the
-    blank documents (BLANK_DOCS_FILE)."""
+    blank chunks and documents (BLANK_CHUNKS_FILE, BLANK_DOCS_FILE)."""
 
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
@@ -416,6 +416,7 @@ class PlanStage(MapStage):
 
     inputs: (units, chunks, embeddings, index, near-copy graph) - absent ones are None names."""
 
+    version = 2  # 2: a chunk of whitespace only is never a negative (artifacts.empty_chunks)
     progress_unit = "unit"  # one synthesis unit (anchor document or document group) per input row
     method: str = "nextlong"
     target_length: int = 131072
@@ -470,6 +471,8 @@ class PlanStage(MapStage):
                                            f"{int(bad[0])} is not finite: delete the folder to embed again")
                 self._searcher = ExactSearcher(self._vectors)
                 self._doc_label = None
+            empty = empty_chunks(ctx.input(chunks_name), store)  # whitespace: never a negative
+            self._empty = bytearray(empty.astype(np.uint8).tobytes()) if empty.any() else None
             self._near_dup = None
             if graph_name is not None and self.near_dup_threshold > 0:
                 from .neardup import NearDupFilter, NearDupGraph
@@ -494,7 +497,7 @@ class PlanStage(MapStage):
                     chunk_size=self.chunk_size, chunk_unit=self.chunk_unit, chars_per_token=self._cpt,
                     overshoot=self.overshoot, k_rounding=self.k_rounding, exclude_duplicates=self.exclude_duplicates,
                     max_candidates=self.max_candidates, near_dup=self._near_dup, long_docs=self.long_docs,
-                    doc_label=self._doc_label, search_threads=self._threads)
+                    doc_label=self._doc_label, search_threads=self._threads, empty=self._empty)
         if self.method == "knn":
             with blas_threads(1):
                 return plan_knn_batch(block, store=self._store, doc_searcher=self._doc_searcher,

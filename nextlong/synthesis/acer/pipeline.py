@@ -329,7 +329,7 @@ def _per(total, n):
 
 
 def _statistics(cfg, store, record, seconds) -> dict:
-    from .stages import unretrievable_chunks
+    from ..artifacts import empty_chunks
 
     questions, ask, retrieve = record("questions"), record("ask"), record("retrieve")
     rank, read, assembled, data = record("rank"), record("read"), record("assemble"), record("data")
@@ -341,7 +341,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         # chunks of whitespace only (blank documents, a lone "\n" piece): never retrieved
-        "chunks_blank": int(unretrievable_chunks(cfg.out_dir / "chunks", store).sum()),
+        "chunks_blank": int(empty_chunks(cfg.out_dir / "chunks", store).sum()),
         "chunk_pieces": record("chunk").get("pieces"),  # pieces cut from chunks longer than --chunk-tokens
         "chunks_over_chunk_tokens": int((counts > cfg.chunk_tokens).sum()),  # 0: the pieces are at most that long
         "questions": int(retrieve.get("rows", questions.get("rows", 0))),

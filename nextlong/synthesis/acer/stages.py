@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
-from ..artifacts import CHUNKS_FILE, load_store, tokenizer_identity
+from ..artifacts import CHUNKS_FILE, empty_chunks, load_store, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
 from .templates import context_pieces
 
@@ -401,15 +401,6 @@ class BM25Stage(WholeStage):
         return {"chunks": len(index), "terms": index.num_terms}
 
 
-def unretrievable_chunks(chunks_dir, store) -> np.ndarray:
-    """(num_chunks,) bool: the chunks with no visible character, empty or whitespace only (artifacts.blank_chunks):
-    a blank document, or the lone "\n" piece the cut of a long chunk can leave. They are no retrieval unit: a
-    sample or a reader's passage of whitespace teaches nothing."""
-    from ..artifacts import blank_chunks_of
-
-    return blank_chunks_of(chunks_dir) | (np.asarray(store.token_counts) == 0)
-
-
 @dataclasses.dataclass
 class RetrieveStage(AcerMapStage):
     """Question block -> `k` chunk ids per question, best first, with the retriever's scores (cosine or
@@ -423,7 +414,7 @@ class RetrieveStage(AcerMapStage):
     retriever: str = "embedding"
     k: int = 200
 
-    version = 2  # 2: chunks of whitespace only are never retrieved (unretrievable_chunks)
+    version = 2  # 2: chunks of whitespace only are never retrieved (artifacts.empty_chunks)
     embedder: str | None = None
     query_prefix: str = added_setting("")  # "" (the default) leaves a folder made before it matching
     threads: int | None = not_a_setting(default=None)
@@ -433,7 +424,7 @@ class RetrieveStage(AcerMapStage):
     def setup(self, ctx):
         threads = self.threads or ctx.threads or None
         store = load_store(ctx.input(self.inputs[1]))
-        self._empty = unretrievable_chunks(ctx.input(self.inputs[1]), store)  # never retrieved
+        self._empty = empty_chunks(ctx.input(self.inputs[1]), store)  # never retrieved
         if self._empty.all():
             from ...errors import NextlongError
 
