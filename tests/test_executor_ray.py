@@ -301,3 +301,19 @@ def test_cluster_without_the_asked_gpus(ray_session, corpus, tmp_path, capsys):
     assert code == 1 and "error: --embed-gpus 1: the Ray cluster has 0 GPUs" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "chunk").exists(), "work started before the check"
+
+
+def test_only_the_token_auth_on_notice_is_hidden_on_a_local_start(caplog):
+    """Ray warns on each local start that finds a saved token that authentication is on (the secure default):
+    noise in a local instance only this process uses, so it is filtered; the warning that authentication is
+    *off*, and any other message of that logger, still reach the user."""
+    import logging
+
+    executor_ray._hide_token_auth_notice()
+    executor_ray._hide_token_auth_notice()  # once per logger, whatever the number of starts
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert len(log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]

@@ -105,11 +105,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
                   logging_level="warning")
     if resolved is None:  # a local instance: our limits apply
         kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
+        _hide_token_auth_notice()
     try:
         ray.init(address=resolved, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
     return ray
+
+
+def _hide_token_auth_notice() -> None:
+    """Ray 2.5x+ warns, on every local start that finds a saved token, that token authentication is *on* (the
+    secure default) and how to turn it off: news to nobody in a local instance only this process uses. The
+    opposite warning (authentication off) and every other message stay."""
+    import logging
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(type(f).__name__ == "_Filter" for f in log.filters):
+        log.addFilter(_Filter())
 
 
 def check_resources(ray, *, embed_gpus: int = 0, embed_actors: int = 1,
