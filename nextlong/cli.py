@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nextlong {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback for errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices  # name -> its parser, for main's errors
     for name in COMMANDS:
         importlib.import_module(f"nextlong.commands.{name}").add_parser(sub)
         # `nextlong CMD ... --debug` works as well as `nextlong --debug CMD ...`
@@ -55,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, so that the line names it and its --help
+        command = parser.commands.get(getattr(args, "command", None), parser)
+        hint = ""
+        if any(not a.startswith("-") for a in extra) and "--corpus" in command._option_string_actions:
+            hint = "; name the corpus with --corpus PATH"
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
