@@ -23,7 +23,7 @@ _LAZY = {
     "Embedder": "nextlong.mining.embedding",
     "load_embedder": "nextlong.mining.embedding",
     "ChunkIndex": "nextlong.mining.index",
-    "build_index_from_chunks": "nextlong.mining.index",
+    "build_index_from_chunks": "nextlong.mining.index_job",
     "embed_chunks": "nextlong.mining.embed_store",
     "synthesize": "nextlong.synthesis",
     "acer": "nextlong.synthesis.acer",

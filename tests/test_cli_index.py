@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.cli import main
-from nextlong.mining.index import ChunkIndex, build_index_from_chunks
+from nextlong.mining.index import ChunkIndex
+from nextlong.mining.index_job import build_index_from_chunks
 from tests.helpers import chunk_table, corpus_head, write_chunk_table, write_txt_folder
 
 

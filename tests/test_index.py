@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from nextlong.mining.embedding import HashedLexicalEmbedder
-from nextlong.mining.index import ChunkIndex, EmbedderMismatchError, IndexFileError
+from nextlong.errors import EmbedderMismatchError, IndexFileError
+from nextlong.mining.index import ChunkIndex
 from nextlong.mining.index_shards import shard_bounds
 from tests.helpers import chunk_table, corpus_documents, corpus_head
 

@@ -22,7 +22,8 @@ from nextlong.cli import main
 from nextlong.mining.embed_store import embed_chunks, open_embeddings, progress_path
 from nextlong.mining.embedding import load_embedder
 from nextlong.errors import CorpusError, CorruptFileError, DiskFullError, IndexFileError, OutputLockedError
-from nextlong.mining.index import ChunkIndex, build_index_from_chunks
+from nextlong.mining.index import ChunkIndex
+from nextlong.mining.index_job import build_index_from_chunks
 from nextlong.locking import output_lock
 
 TEXTS = [f"chunk {i} says " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(30)) for i in range(300)]

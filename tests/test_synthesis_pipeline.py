@@ -380,7 +380,7 @@ def test_stage_functions_compose_without_the_driver(corpus, tmp_path):
 def test_usearch_index_paths(corpus, tmp_path, monkeypatch):
     """Past the exact-search size the driver builds a usearch index; --index reuses a prebuilt one."""
     from nextlong import synthesize
-    from nextlong.mining.index import build_index_from_chunks
+    from nextlong.mining.index_job import build_index_from_chunks
     from nextlong.synthesis import pipeline
 
     monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_CHUNKS", 0)
@@ -503,7 +503,7 @@ def test_no_row_is_built_from_a_blank_document(tmp_path, method, monkeypatch):
     only) stay in the chunk table, as `nextlong chunk` keeps them (an index built from it still matches: the
     nextlong case reuses one), but no output row is built from them, and the manifest counts them."""
     from nextlong import synthesize
-    from nextlong.mining.index import build_index_from_chunks
+    from nextlong.mining.index_job import build_index_from_chunks
 
     docs = list(corpus_head(250_000))
     docs[5] = ("padded", "\n\n   \n" + docs[5][1])

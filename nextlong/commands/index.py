@@ -42,8 +42,8 @@ def requirements(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..mining.index import (DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH,
-                         build_index_from_chunks)
+    from ..mining.index import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH
+    from ..mining.index_job import build_index_from_chunks
 
     index = build_index_from_chunks(
         args.chunks,

@@ -6,14 +6,7 @@ filters by document, text hash and chunk id, and still returns k results: it ove
 the rows that came up short with a larger count, ending in an exact scan only when the index is nearly
 exhausted.
 
-An index directory holds:
-    index.usearch     the HNSW graph with vectors (f16 by default), keys = chunk_id; a sharded index
-                      has index-000.usearch, index-001.usearch, ... instead (nextlong/mining/index_shards.py)
-    chunks.parquet    chunk_id, doc_index, doc_id, chunk_index, num_tokens, text_hash (row i = index row i)
-    index.json        embedder name/dim/spec, metric, dtype, HNSW settings, counts, file size and CRC,
-                      the chunk table it came from; written last, so its presence marks a complete save
-    manifest.json     (build_index_from_chunks) settings, versions, timings
-    embeddings.npy    (build_index_from_chunks) the float vectors, resumable; reused by synthesis baselines
+The folder's files and their checked reading: index_folder.py; the `nextlong index` job: index_job.py.
 """
 
 from __future__ import annotations
@@ -26,16 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, file_crc32, write_json_atomic
-from ..errors import (CorpusError, EmbedderMismatchError, IndexFileError,  # noqa: F401  (importable from here)
-                     NextlongError, StageMismatchError, UsageError)
-
-INDEX_FILE = "index.usearch"
-SHARD_FILE = "index-{:03d}.usearch"  # a sharded index's files (nextlong/mining/index_shards.py)
-META_FILE = "chunks.parquet"
-INFO_FILE = "index.json"
-MANIFEST_FILE = "manifest.json"
-EMBEDDINGS_FILE = "embeddings.npy"
-FORMAT_VERSION = 1
+from ..errors import IndexFileError, NextlongError, UsageError
+from .index_folder import (DTYPES, FORMAT_VERSION, INDEX_FILE, INFO_FILE, META_FILE, SHARD_FILE, check_embedder,
+                           check_meta, embedder_spec, open_usearch, read_info)
 
 # Defaults from the equal-recall sweeps in benchmarks/bench_index.py (2 threads). On the 5,595 MiniLM
 # chunks of the Python docs, M=32 / ef=32 gives recall@10 0.997 (M=16 needs ef=24 for 0.99, ef=16 is
@@ -46,8 +32,12 @@ FORMAT_VERSION = 1
 DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 128
 DEFAULT_EXPANSION_SEARCH = 32
-_DTYPES = {"f16": "f16", "float16": "f16", "i8": "i8", "int8": "i8", "f32": "f32", "float32": "f32",
-           "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def _is_collection(x) -> bool:
+    return isinstance(x, (list, tuple, set, frozenset, np.ndarray)) and not isinstance(x, (str, bytes))
+
+
 _SEARCH_BATCH = 1 << 14  # queries per usearch call: bounds the (queries x count) result matrices
 
 
@@ -125,136 +115,6 @@ class _Exclusion:
         if self.shared is not None and len(self.shared):
             out |= np.isin(values, self.shared)
         return out
-
-
-def _is_collection(x) -> bool:
-    return isinstance(x, (list, tuple, set, frozenset, np.ndarray)) and not isinstance(x, (str, bytes))
-
-
-def _open_usearch(path: Path, recorded: dict, info: dict, count: int, *, view: bool, verify: bool):
-    """(usearch Index, its keys) for one saved usearch file, checked against what index.json recorded
-    for it: size, the CRC (unless verify=False), and, always, the whole structure usearch would trust
-    (nextlong/mining/usearch_file.py): a crafted file could otherwise crash the process or read past it."""
-    import zlib
-
-    from usearch.index import Index
-
-    from ..untrusted import member
-    from .usearch_file import check_usearch, map_file
-
-    if not path.exists():
-        raise IndexFileError(f"{path}: index file missing")
-    path, st = member(path.parent, path.name, str(path), IndexFileError, kind="index folder")
-    size = st.st_size
-    if size != recorded["bytes"]:
-        raise IndexFileError(f"{path}: {size} bytes, but {recorded['bytes']} were saved; the file is partial or was "
-                             "replaced")
-    data = map_file(path)  # unmapped when the last view of it goes (an error's traceback may hold one)
-
-    def crc() -> None:
-        actual = zlib.crc32(data)
-        if actual != recorded["crc32"]:
-            raise IndexFileError(
-                f"{path}: CRC32 mismatch ({actual:08x} now, {recorded['crc32']:08x} stored in {INFO_FILE} when it "
-                "was saved); the index file is corrupt: rebuild it with nextlong index (or pass --no-verify)")
-
-    keys = check_usearch(data, path, dim=info["embedder"]["dim"], count=count, dtype=info["dtype"],
-                         metric=info["usearch_metric"], after_header=crc if verify else None)
-    try:
-        index = Index.restore(str(path), view=view)
-    except (ValueError, RuntimeError) as exc:
-        raise IndexFileError(f"{path}: cannot open the usearch index ({exc})") from exc
-    if index is None:
-        raise IndexFileError(f"{path}: cannot open the usearch index")
-    return index, keys
-
-
-def _read_info(folder: Path) -> dict:
-    """index.json, every field the loader uses checked (an index folder is untrusted input): one
-    IndexFileError naming the field, never a KeyError or TypeError."""
-    from ..untrusted import json_type, plain_name, read_json, show
-
-    path = folder / INFO_FILE
-    info = read_json(path, IndexFileError, expect=dict)
-    if info.get("format") != FORMAT_VERSION:
-        raise IndexFileError(f"{path}: index format {show(info.get('format'))}, this nextlong reads {FORMAT_VERSION}")
-
-    def field(obj: dict, key: str, kind, where: str, check=None, expected: str = ""):
-        value = obj.get(key) if isinstance(obj, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool) or (check is not None and not check(value)):
-            raise IndexFileError(f"{path}: {where}{key}: expected {expected or kind.__name__}, got "
-                                 f"{json_type(value)} {show(value)}")
-        return value
-
-    count = lambda v: v >= 0  # noqa: E731
-    embedder = field(info, "embedder", dict, "", expected="an object")
-    field(embedder, "name", str, "embedder.")
-    field(embedder, "dim", int, "embedder.", lambda v: 0 < v <= 1 << 16, "a dimension (1..65536)")
-    if embedder.get("spec") is not None:
-        field(embedder, "spec", str, "embedder.")
-    field(info, "metric", str, "", lambda v: v in ("cos", "ip"), "'cos' or 'ip'")
-    field(info, "dtype", str, "", lambda v: v in set(_DTYPES.values()), "one of f16, i8, f32, bf16")
-    info.setdefault("usearch_metric", "ip" if info["metric"] == "cos" and info["dtype"] != "i8" else info["metric"])
-    field(info, "usearch_metric", str, "", lambda v: v in ("cos", "ip"), "'cos' or 'ip'")
-    counts = field(info, "counts", dict, "", expected="an object")
-    chunks = field(counts, "chunks", int, "counts.", count, "a count")
-    field(info, "doc_key", str, "", lambda v: v in ("doc_index", "doc_id"), "'doc_index' or 'doc_id'")
-    settings = info.get("settings", {})
-    if not isinstance(settings, dict):
-        raise IndexFileError(f"{path}: settings: expected an object, got {json_type(settings)}")
-    if settings.get("expansion_search") is not None:
-        field(settings, "expansion_search", int, "settings.", lambda v: 0 < v <= 1 << 20, "an int in 1..1048576")
-    for key in ("chunks_path", "embeddings_path"):
-        if info.get(key) is not None:
-            field(info, key, str, "")
-
-    def file_entry(entry, where: str, default_name: str | None = None) -> dict:
-        if not isinstance(entry, dict):
-            raise IndexFileError(f"{path}: {where}: expected an object, got {json_type(entry)}")
-        name = entry.get("name", default_name)
-        if len(plain_name(name, f"{path}: {where}.name", IndexFileError, "index folder").parts) != 1:
-            raise IndexFileError(f"{path}: {where}.name: expected a file name, got {show(name)}")
-        field(entry, "bytes", int, f"{where}.", count, "a size")
-        field(entry, "crc32", int, f"{where}.", lambda v: 0 <= v < 1 << 32, "a CRC32")
-        return entry
-
-    if "index_files" in info:  # a sharded index (nextlong/mining/index_shards.py)
-        files = info["index_files"]
-        if not isinstance(files, list) or not files:
-            raise IndexFileError(f"{path}: index_files: expected a non-empty array, got {json_type(files)}")
-        for i, entry in enumerate(files):
-            file_entry(entry, f"index_files[{i}]")
-            field(entry, "chunks", int, f"index_files[{i}].", count, "a count")
-        if sum(f["chunks"] for f in files) != chunks:
-            raise IndexFileError(f"{path}: index_files hold {sum(f['chunks'] for f in files)} chunks, counts.chunks "
-                                 f"says {chunks}")
-    else:
-        file_entry(info.get("index_file"), "index_file", INDEX_FILE)
-        info["index_file"]["name"] = info["index_file"].get("name", INDEX_FILE)
-    return info
-
-
-def _check_meta(path: Path, meta, info: dict, keys: np.ndarray) -> None:
-    """The chunk table beside the index: the columns ChunkIndex reads, of the types it reads them as,
-    and chunk ids that are exactly the index's keys (a search returns keys; they index this table)."""
-    import pyarrow as pa
-
-    count = info["counts"]["chunks"]
-    if meta.num_rows != count:
-        raise IndexFileError(f"{path}: {meta.num_rows} rows, expected {count}")
-    wanted = {"chunk_id": pa.types.is_integer, info["doc_key"]: pa.types.is_integer if info["doc_key"] == "doc_index"
-              else pa.types.is_string, "text_hash": pa.types.is_integer}
-    for name, ok in wanted.items():
-        if name not in meta.column_names:
-            if name == "text_hash":
-                continue
-            raise IndexFileError(f"{path}: no {name} column")
-        if not ok(meta.schema.field(name).type) or meta.column(name).null_count:
-            raise IndexFileError(f"{path}: column {name} is {meta.schema.field(name).type}"
-                                 f"{' with nulls' if meta.column(name).null_count else ''}, not what nextlong wrote")
-    ids = meta.column("chunk_id").to_numpy()
-    if len(ids) and (ids.min() < 0 or not np.array_equal(np.sort(ids.astype(np.uint64)), np.sort(keys))):
-        raise IndexFileError(f"{path}: its chunk ids are not the keys of the index's vectors")
 
 
 class ChunkIndex:
@@ -344,7 +204,7 @@ class ChunkIndex:
             text_hashes = np.asarray(text_hashes, dtype=np.uint64)
             if text_hashes.shape != (n,):
                 raise ValueError(f"text_hashes has shape {text_hashes.shape}, expected ({n},)")
-        kind = _DTYPES.get(str(dtype))
+        kind = DTYPES.get(str(dtype))
         if kind is None:
             raise UsageError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
         if metric not in ("cos", "ip"):
@@ -405,7 +265,7 @@ class ChunkIndex:
         name = getattr(embedder, "name", embedder)
         info = {
             "format": FORMAT_VERSION,
-            "embedder": {"name": name, "dim": int(dim), "spec": _embedder_spec(embedder)},
+            "embedder": {"name": name, "dim": int(dim), "spec": embedder_spec(embedder)},
             "metric": metric,
             "usearch_metric": kernel,
             "dtype": kind,
@@ -479,19 +339,19 @@ class ChunkIndex:
             what = ("an incomplete save (index.json is written last)" if any(folder.glob("index*.usearch"))
                     else "not an index directory")
             raise IndexFileError(f"{folder}: no {INFO_FILE}; {what}")
-        info = _read_info(folder)
+        info = read_info(folder)
         check_embedder(info, embedder, expect_dim, where=folder)
         meta_path, _ = member(folder, META_FILE, f"{folder}", IndexFileError, kind="index folder")
 
         if "index_files" in info:  # a sharded index (nextlong/mining/index_shards.py)
             from .index_shards import ShardedUsearch
 
-            opened = [_open_usearch(folder / f["name"], f, info, f["chunks"], view=view, verify=verify)
+            opened = [open_usearch(folder / f["name"], f, info, f["chunks"], view=view, verify=verify)
                       for f in info["index_files"]]
             index = ShardedUsearch([shard for shard, _ in opened])
             keys = np.concatenate([k for _, k in opened])
         else:
-            index, keys = _open_usearch(folder / info["index_file"]["name"], info["index_file"], info,
+            index, keys = open_usearch(folder / info["index_file"]["name"], info["index_file"], info,
                                         info["counts"]["chunks"], view=view, verify=verify)
         settings = info.get("settings", {})
         if settings.get("expansion_search"):
@@ -500,7 +360,7 @@ class ChunkIndex:
             meta = pq.read_table(meta_path)
         except (OSError, pa.ArrowException) as exc:
             raise IndexFileError(f"{folder / META_FILE}: unreadable chunk metadata ({exc})") from exc
-        _check_meta(folder / META_FILE, meta, info, keys)
+        check_meta(folder / META_FILE, meta, info, keys)
         info["_viewed"] = view
         return cls(index, meta, info, folder)
 
@@ -775,143 +635,3 @@ class ChunkIndex:
         return self.chunk_ids[top], np.take_along_axis(sims, top, axis=1)
 
 
-def _embedder_spec(embedder) -> str | None:
-    """What load_embedder needs to rebuild `embedder` for queries ('<lexical>': state saved beside the index)."""
-    from .embedding import DEFAULT_EMBEDDER, HashedLexicalEmbedder, TransformerEmbedder
-
-    if embedder is None:
-        return None
-    if isinstance(embedder, str):
-        return embedder
-    if isinstance(embedder, HashedLexicalEmbedder):
-        return "<lexical>"
-    if isinstance(embedder, TransformerEmbedder):
-        return DEFAULT_EMBEDDER if embedder.name == DEFAULT_EMBEDDER else str(embedder.path)
-    return getattr(embedder, "name", None)
-
-
-def check_embedder(info: dict, embedder, expect_dim: int | None, where) -> None:
-    """Raise EmbedderMismatchError when `embedder` (object or name) / `expect_dim` differ from the index's."""
-    built = info["embedder"]
-    if embedder is not None:
-        name = getattr(embedder, "name", embedder)
-        dim = getattr(embedder, "dim", None)
-        if name != built["name"] or (dim is not None and int(dim) != built["dim"]):
-            raise EmbedderMismatchError(
-                f"{where}: index was built with embedder {built['name']!r} (dim {built['dim']}), "
-                f"but {name!r}" + (f" (dim {dim})" if dim is not None else "") + " was asked for"
-            )
-    if expect_dim is not None and int(expect_dim) != built["dim"]:
-        raise EmbedderMismatchError(
-            f"{where}: index was built with embedder {built['name']!r} of dim {built['dim']}, "
-            f"but dim {expect_dim} was asked for"
-        )
-
-
-# ---------------------------------------------------------------------- the whole stage
-
-
-_META_COLUMNS = ("chunk_id", "doc_index", "doc_id", "chunk_index", "num_tokens", "text_hash")
-
-
-def read_chunk_metadata(chunks_path):
-    """The chunk table's columns other than text (a pyarrow Table), checked for what the index needs."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(chunks_path)
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise CorpusError(path, f"not a readable Parquet chunk table ({exc})") from exc
-    missing = [c for c in ("chunk_id", "doc_index", "text_hash", "text") if c not in schema.names]
-    if missing:
-        raise CorpusError(path, f"chunk table lacks column(s) {missing} (expected nextlong.schema.CHUNK_SCHEMA)")
-    try:
-        meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
-    except (OSError, pa.ArrowException) as exc:
-        from ..corpus.reader import corrupt_parquet
-
-        raise corrupt_parquet(path, exc, "in its metadata columns") from None
-    ids = meta.column("chunk_id").to_numpy()
-    bad = np.flatnonzero(ids != np.arange(len(ids)))
-    if len(bad):
-        raise CorpusError(path, f"chunk_id must equal the row number; row {bad[0]} has chunk_id {ids[bad[0]]}",
-                          record=int(bad[0]))
-    return meta
-
-
-def build_index_from_chunks(
-    chunks_path,
-    out_dir,
-    embedder=None,
-    *,
-    dtype: str = "f16",
-    connectivity: int = DEFAULT_CONNECTIVITY,
-    expansion_add: int = DEFAULT_EXPANSION_ADD,
-    expansion_search: int = DEFAULT_EXPANSION_SEARCH,
-    batch_size: int = 512,
-    threads: int = 0,
-    progress: bool = True,
-    embeddings_path=None,
-) -> ChunkIndex:
-    """Embed a chunk table (resumable), build the HNSW index, save it with metadata and a manifest.
-
-    `embedder`: an Embedder, a name/path for load_embedder, or None for the default MiniLM. A lexical
-    embedder that has not been fitted learns its IDF from these chunks first (saved in `out_dir`).
-    Documents are excluded by doc_index. Returns the built ChunkIndex (saved in `out_dir`).
-    """
-    from .embed_store import _Texts, embed_chunks
-    from .embedding import HashedLexicalEmbedder, load_embedder
-    from ..locking import output_lock
-    from ..manifest import write_manifest, write_running_manifest
-
-    chunks_path = Path(chunks_path)
-    out_dir = Path(out_dir)
-    # everything that can be checked is checked before the embedding pass (hours on a real corpus)
-    if _DTYPES.get(str(dtype)) is None:
-        raise UsageError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
-    for name, value in (("batch_size", batch_size), ("connectivity", connectivity),
-                        ("expansion_add", expansion_add), ("expansion_search", expansion_search)):
-        if value < 1:
-            raise UsageError(f"{name} must be positive, got {value}")
-    if threads < 0:
-        raise UsageError(f"threads must be 0 (all cores) or positive, got {threads}")
-    meta = read_chunk_metadata(chunks_path)
-    # the lock first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
-    # a refused run still leaves no folder (the lock prunes what it created)
-    with output_lock(out_dir, "index"):
-        if embedder is None or isinstance(embedder, (str, os.PathLike)):
-            embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
-        lexical = isinstance(embedder, HashedLexicalEmbedder)
-        settings = {"chunks": str(chunks_path.resolve()), "embedder": embedder.name, "dtype": str(dtype),
-                    "connectivity": connectivity, "expansion_add": expansion_add,
-                    "expansion_search": expansion_search, "batch_size": batch_size, "threads": threads}
-        # nothing in out_dir changes before embed_chunks has accepted (or refused) the embeddings file
-        # there: a refused re-run must leave the index it refuses to overwrite as it was
-        timings = {}
-        if lexical and not embedder.num_docs:
-            t = time.perf_counter()
-            embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
-            timings["fit_seconds"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
-        emb = embed_chunks(chunks_path, embedder, embeddings_path, batch_size=batch_size, progress=progress,
-                           on_accepted=lambda: write_running_manifest(out_dir / MANIFEST_FILE, command="index",
-                                                                      settings=settings))
-        timings["embed_seconds"] = round(time.perf_counter() - t, 3)
-        index = ChunkIndex.build(
-            emb, meta.column("chunk_id").to_numpy(), meta.column("doc_index").to_numpy(),
-            text_hashes=meta.column("text_hash").to_numpy(), metadata=meta, embedder=embedder, dtype=dtype,
-            connectivity=connectivity, expansion_add=expansion_add, expansion_search=expansion_search,
-            threads=threads, progress=progress,
-        )
-        timings["index_seconds"] = index.info["build_seconds"]
-        index.info["chunks_path"] = str(chunks_path.resolve())
-        index.info["embeddings_path"] = str(embeddings_path.resolve())
-        if lexical:  # the query embedder's state, beside the index it belongs to
-            embedder.save(out_dir)
-        index.save(out_dir)
-        write_manifest(out_dir / MANIFEST_FILE, command="index", settings={**settings, "dtype": index.info["dtype"]},
-                       statistics={"chunks": len(index), "documents": index.info["counts"]["documents"], **timings})
-    return index

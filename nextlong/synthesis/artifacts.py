@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
-from ..mining.index import EMBEDDINGS_FILE  # noqa: F401  (an index folder's name: --index reuses the stage's)
+from ..mining.index_folder import EMBEDDINGS_FILE  # noqa: F401  (an index folder's name: --index reuses the stage's)
 
 CHUNKS_FILE = "chunks.parquet"
 STORE_DIR = "store"

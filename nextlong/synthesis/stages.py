@@ -328,7 +328,8 @@ class IndexStage(WholeStage):
         store = load_store(chunks_dir)
         if store.num_chunks <= self.exact_max:
             return {"search": "exact"}
-        from ..mining.index import ChunkIndex, read_chunk_metadata
+        from ..mining.index import ChunkIndex
+        from ..mining.index_job import read_chunk_metadata
 
         vectors = open_vectors(emb_dir, record=ctx.input_record(self.inputs[0]))
         embedder = ready_embedder(self.embedder, embedder_dir, self.threads or ctx.threads)
