@@ -120,15 +120,27 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
       }
     }
   }
-  added_by_first_byte_.assign(256, {});
+  added_trie_.assign(1, {});
   for (size_t i = 0; i < added_.size(); ++i) {
-    if (added_[i].content.empty()) continue;
-    added_by_first_byte_[static_cast<uint8_t>(added_[i].content[0])].push_back(static_cast<uint32_t>(i));
+    const std::string& c = added_[i].content;
+    if (c.empty()) continue;
+    if (c.size() > kMaxAddedTokenBytes)
+      throw std::invalid_argument("an added token of " + std::to_string(c.size()) + " bytes, over the " +
+                                  std::to_string(kMaxAddedTokenBytes) + " nextlong accepts (matching it at every "
+                                  "position of a text would cost its length each time)");
+    uint32_t node = 0;
+    for (unsigned char byte : c) {
+      auto& next = added_trie_[node].next;
+      auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(static_cast<uint8_t>(byte), uint32_t(0)));
+      if (it == next.end() || it->first != byte) {
+        uint32_t child = static_cast<uint32_t>(added_trie_.size());
+        it = next.insert(it, {static_cast<uint8_t>(byte), child});
+        added_trie_.emplace_back();  // invalidates `next`, not `child`
+      }
+      node = it->second;
+    }
+    added_trie_[node].ends.push_back(static_cast<uint32_t>(i));
   }
-  for (auto& v : added_by_first_byte_)
-    std::stable_sort(v.begin(), v.end(), [&](uint32_t x, uint32_t y) {
-      return added_[x].content.size() > added_[y].content.size();
-    });
 }
 
 int64_t BpeTokenizer::model_id(std::string_view bytes) const {
@@ -368,14 +380,15 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
     return unicode::decode_utf8(s, e, st, &len);
   };
   while (p < e) {
-    const auto& cands = added_by_first_byte_[s[p]];
-    int64_t hit = -1;
-    for (uint32_t idx : cands) {
-      const BpeAddedToken& t = added_[idx];
-      if (t.normalized != normalized_pass || !allowed[idx]) continue;
-      if (p + t.content.size() <= e && std::memcmp(s + p, t.content.data(), t.content.size()) == 0) {
-        hit = idx;
-        break;
+    int64_t hit = -1;  // the longest allowed token of this pass starting at p; the first in added_ order on a tie
+    uint32_t node = 0;
+    for (size_t q = p; q < e; ++q) {
+      const auto& next = added_trie_[node].next;
+      auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(s[q], uint32_t(0)));
+      if (it == next.end() || it->first != s[q]) break;
+      node = it->second;
+      for (uint32_t idx : added_trie_[node].ends) {
+        if (added_[idx].normalized == normalized_pass && allowed[idx]) { hit = idx; break; }
       }
     }
     if (hit < 0) { ++p; continue; }

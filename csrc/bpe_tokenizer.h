@@ -51,6 +51,7 @@ class BpeTokenizer : public TextEncoder {
   // Longest pre-tokenization piece BPE merges (tiktoken and HF have no limit; nextlong bounds the
   // memory one piece takes, ~21 bytes per byte): a longer one raises EncodeError.
   static constexpr size_t kMaxPieceBytes = size_t(16) << 20;
+  static constexpr size_t kMaxAddedTokenBytes = 1024;  // an added token's content; real ones are a few bytes
 
   // model: (id, bytes) of the vocabulary BPE can produce. merges: (left, right) ids in rank order,
   // or nullptr for tiktoken ranks (a token merges from any split into two vocab tokens, with its own
@@ -108,7 +109,13 @@ class BpeTokenizer : public TextEncoder {
   std::vector<char> has_id_;
   size_t num_model_ = 0;
   std::vector<BpeAddedToken> added_;
-  std::vector<std::vector<uint32_t>> added_by_first_byte_;  // indices, longest content first
+  // The added tokens' contents as a byte trie: matching at a position walks it once, so the cost per text
+  // byte is bounded by the longest added token (kMaxAddedTokenBytes), not by how many tokens there are.
+  struct AddedTrieNode {
+    std::vector<std::pair<uint8_t, uint32_t>> next;  // (byte, child node), sorted by byte
+    std::vector<uint32_t> ends;                       // tokens whose content ends here, in added_ order
+  };
+  std::vector<AddedTrieNode> added_trie_;  // node 0 is the root
   uint64_t uid_;
 };
 

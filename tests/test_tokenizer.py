@@ -478,6 +478,24 @@ def test_hf_gpt2_style_bytelevel_trained(tmp_path, docstrings, add_prefix_space)
     assert_same_ids(ours.encode, _hf_ids(ref), ADVERSARIAL + docstrings[:150] + extra, "tokenizers (trained ByteLevel)")
 
 
+def test_added_tokens_that_prefix_each_other_match_hf(tmp_path, docstrings):
+    """At each position the longest added token wins (HF's leftmost-longest rule), whatever the order the file
+    lists them in: the matcher walks a byte trie of the added tokens, where it scanned every token with the
+    same first byte (the trie bounds the cost per text byte by the longest token, not by their number)."""
+    import random
+
+    ref = _train_bytelevel(docstrings[:200], add_prefix_space=False, vocab_size=600)
+    ref.add_tokens([tokenizers.AddedToken(t) for t in ("<a", "<a><b>", "<a>", "ab<", "<a><b", "b>")])
+    path = tmp_path / "tokenizer.json"
+    ref.save(str(path))
+    ref = tokenizers.Tokenizer.from_file(str(path))
+    ours = load_tokenizer(path)
+    rng = random.Random(5)
+    pieces = ["<a>", "<b>", "<a", "ab<", "<", "a", "b", ">", " ", "x", "<a><b>"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(400)]
+    assert_same_ids(ours.encode, _hf_ids(ref), texts, "tokenizers (prefix-sharing added tokens)")
+
+
 def test_vocab_and_token_mapping_match_hf(hf_files):
     ours, ref = _hf_pair(hf_files["cl100k"])
     assert ours.vocab_size == ref.get_vocab_size()

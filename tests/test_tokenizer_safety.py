@@ -374,3 +374,26 @@ def test_case_insensitive_non_ascii_ranges_load_fast(tmp_path):
     assert time.perf_counter() - start < 2
     with pytest.raises(TokenizerError, match="case-insensitive matching of a non-ASCII cased letter"):
         _hf(tmp_path, "(?i)[\u4e00-\u9fff\u00c0-\u00ff]")
+
+
+def test_many_added_tokens_with_one_first_byte_cost_little_per_byte(tmp_path):
+    """Matching scanned every added token starting with the text's byte at each position (30,000 tokens 'a0',
+    'a1', ... against 300,000 a's: about 9e9 comparisons); it now walks a byte trie, one step here. A token
+    over 1,024 bytes is refused: the walk's cost per byte is bounded by the longest token."""
+    import time
+
+    def edit(d):
+        for i in range(30_000):
+            _add_token(d, f"a{i}", 300 + i)
+
+    plain = Tokenizer.from_file(_edit_json(tmp_path, lambda d: None))
+    tok = Tokenizer.from_file(_edit_json(tmp_path, edit))
+    text = "a" * 300_000 + " a17 a29999"
+    start = time.perf_counter()
+    ids = tok.encode(text).tolist()
+    assert time.perf_counter() - start < 5
+    assert ids == plain.encode("a" * 300_000 + " ").tolist() + [300 + 17, plain.encode(" ").tolist()[0], 300 + 29999]
+    with pytest.raises(TokenizerError) as exc:
+        Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1025, 300)))
+    assert "an added token of 1025 bytes, over the 1024" in _one_line(exc)
+    assert Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1024, 300))).encode("b" * 1024)[0] == 300
