@@ -153,6 +153,17 @@ def test_tokenizers_the_native_path_cannot_reproduce_are_refused():
     tok = plain(minilm_tokenizer())
     tok.normalizer = normalizers.NFKC()
     assert native_wordpiece(tok) is None
+    # the native check looks for every added token in every text: a folder with very many goes to HF's matcher
+    from tokenizers import AddedToken
+
+    from nextlong.mining.static_embedding import MAX_NATIVE_ADDED_TOKENS
+
+    tok = plain(minilm_tokenizer())
+    have = len(tok.get_added_tokens_decoder())
+    tok.add_tokens([AddedToken(f"[extra{i}]", normalized=False) for i in range(MAX_NATIVE_ADDED_TOKENS - have)])
+    assert native_wordpiece(tok) is not None
+    tok.add_tokens([AddedToken("[one-too-many]", normalized=False)])
+    assert native_wordpiece(tok) is None
 
 
 def test_pooling_is_the_mean_of_table_rows():

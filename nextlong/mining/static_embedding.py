@@ -129,10 +129,14 @@ def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIM
     return folder
 
 
+MAX_NATIVE_ADDED_TOKENS = 64  # the native check looks for each added token in each text (BERT has 5): more go to HF
+
+
 def native_wordpiece(tokenizer):
     """A native ASCII WordPiece (nextlong._native.WordPiece) equivalent to this HF `tokenizers.Tokenizer`,
     or None when the tokenizer is not a plain BERT one (BertNormalizer with clean_text, BertPreTokenizer,
-    WordPiece, no truncation, no normalized added tokens); then everything goes through HF."""
+    WordPiece, no truncation, no normalized added tokens, at most MAX_NATIVE_ADDED_TOKENS added tokens); then
+    everything goes through HF."""
     from .. import _native
 
     cfg = json.loads(tokenizer.to_str())
@@ -140,7 +144,7 @@ def native_wordpiece(tokenizer):
     added = cfg.get("added_tokens") or []
     if (model.get("type") != "WordPiece" or norm.get("type") != "BertNormalizer" or not norm.get("clean_text")
             or pre.get("type") != "BertPreTokenizer" or cfg.get("truncation") is not None
-            or any(a.get("normalized") for a in added)):
+            or any(a.get("normalized") for a in added) or len(added) > MAX_NATIVE_ADDED_TOKENS):
         return None
     vocab = model["vocab"]
     unk = vocab.get(model.get("unk_token", "[UNK]"))
