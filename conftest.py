@@ -12,6 +12,9 @@ except ImportError:
 if not _has_gpu:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# atomic writes skip their fsync here (nextlong.atomic.fsync_path): the suite writes thousands of tiny files,
+# and the flushes doubled the time of the synthesis tests; tests/test_reliability.py checks that they happen
+os.environ.setdefault("NEXTLONG_FSYNC", "0")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 

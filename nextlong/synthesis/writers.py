@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, fsync_path
 from ..errors import NextlongError
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:
@@ -144,6 +144,9 @@ def swapped_folder(out_dir):
     _remove(tmp)
     tmp.mkdir(parents=True)
     yield tmp
+    for f in sorted(tmp.rglob("*")):  # on disk before the swap publishes them (atomic.fsync_path)
+        fsync_path(f)
+    fsync_path(tmp)
     _remove(old)
     if os.path.lexists(out_dir):
         out_dir.rename(old)
@@ -153,6 +156,7 @@ def swapped_folder(out_dir):
         if os.path.lexists(old) and not os.path.lexists(out_dir):
             old.rename(out_dir)
         raise
+    fsync_path(out_dir.parent)
     _remove(old)
 
 

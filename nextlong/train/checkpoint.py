@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import FILE_MODE, atomic_path
+from ..atomic import FILE_MODE, atomic_path, fsync_path
 from ..errors import NextlongError, disk_full, is_disk_full
 from ..untrusted import open_regular, read_json, show
 from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
@@ -109,16 +109,7 @@ def _finish(*files: Path) -> None:
     """Give the files the usual permissions (safetensors makes them private) and put them on disk."""
     for f in files:
         os.chmod(f, FILE_MODE)
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(f)
 
 
 def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_state: dict, trainer_state: dict,
@@ -157,7 +148,7 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
     if rank == 0:
         _remove(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_path(root)
         for old in list_checkpoints(run)[:-keep]:
             # renamed first: a kill during the deletion leaves a .tmp- folder (cleaned below, next time),
             # never a half-deleted one under a checkpoint's name
@@ -558,7 +549,7 @@ def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict:
         _remove(run / f".{MODEL}-before-link")
         os.replace(final, run / f".{MODEL}-before-link")
     os.replace(link, final)  # the atomic step: readers see the old complete model or the new one
-    _fsync_dir(run)
+    fsync_path(run)
     for stale in run.glob(f".{MODEL}-*"):
         if stale != folder and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
