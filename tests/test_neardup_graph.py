@@ -180,3 +180,28 @@ def test_pair_intersections_and_jaccard_match_numpy(compiled, monkeypatch):
         union = np.union1d(sets[a], sets[b]).size
         assert neardup.jaccard(sets[a], sets[b]) == (np.intersect1d(sets[a], sets[b]).size / union
                                                      if sets[a].size and sets[b].size else 0.0)
+
+
+def test_groups_too_large_to_pair_are_clustered_into_families(tok):
+    """Two license texts, each in 12 versions that differ in one word (its year), and unrelated chunks. With
+    max_group 4 every sketched hash of a license is too widely shared to pair whole: the groups are clustered
+    around leaders into exactly two families (no chunk outside them, none across them), each member joined to
+    its family by an edge whose exact Jaccard reaches the threshold."""
+    mit = ("Permission is hereby granted free of charge to any person obtaining a copy of this software to deal in "
+           "the Software without restriction including the rights to use copy modify merge Copyright {}")
+    bsd = ("Redistribution and use in source and binary forms with or without modification are permitted provided "
+           "that the following conditions are met and the notice is retained Copyright {}")
+    other = [f"unrelated paragraph number {i} " + " ".join(f"w{i}x{j}" for j in range(30)) for i in range(20)]
+    texts = [mit.format(1990 + i) for i in range(12)] + other + [bsd.format(2000 + i) for i in range(12)]
+    store = store_of(texts, tok)
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=4, threads=1)
+    fam = graph.family
+    assert fam is not None
+    families = {int(f) for f in fam[fam >= 0]}
+    assert families == {0, 32}  # each family is named by its smallest chunk
+    assert (fam[:12] == 0).all() and (fam[32:] == 32).all() and (fam[12:32] == -1).all()
+    sets = [chunk_shingles(store, tok, c) for c in range(len(texts))]
+    for a, b in graph_edges(graph):
+        assert neardup.jaccard(sets[a], sets[b]) >= 0.5
+    assert neardup._components(5, np.array([3, 4]), np.array([1, 3])).tolist() == [-1, 1, -1, 1, 1]
+    assert neardup._components(5, np.zeros(0, np.int64), np.zeros(0, np.int64)) is None

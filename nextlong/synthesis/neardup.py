@@ -21,7 +21,10 @@ A ∩ B with probability J, and one that does is among the m smallest of both A 
 Jaccard J shares fewer than two sketched hashes with probability about (1−J)^m + m·J·(1−J)^(m−1);
 `m` keeps that below 1e-6 at the threshold (25 hashes at 0.5). Every pair sharing two or more gets its
 exact Jaccard from the full sets (exact from the counts when both sets fit in the sketch). A hash
-sketched by more than 256 chunks (boilerplate) links no pairs by itself.
+sketched by more than 256 chunks is not paired whole (its pairs grow with the square of its chunks): such a
+group is clustered around a few leaders, each member checked exactly against them (`_family_edges`), and the
+connected components of those edges are *families* of near-copies (a license text with another year in
+every document), which planning bans whole once one member is in the document.
 
 Scale: the (n, m) sketch matrix (200 bytes a chunk at m = 25) is the one array the size of the
 corpus; the candidate search takes the hash space one range at a time (`_candidate_pairs`) and the
@@ -270,13 +273,18 @@ _ROW_BLOCK = 1 << 18
 CHECK_BATCH = 1 << 16  # candidate pairs whose full shingle sets are held at once in the exact check  # sketch rows scanned at once when gathering a range's hashes
 
 
-def _groups_to_pairs(keys: np.ndarray, rows: np.ndarray, n: int, max_group: int) -> np.ndarray:
-    """Pair codes lo * n + hi (lo < hi) of the rows sharing each key; `keys` sorted, `rows` aligned."""
+def _groups_to_pairs(keys: np.ndarray, rows: np.ndarray, n: int, max_group: int, big: list | None = None) -> np.ndarray:
+    """Pair codes lo * n + hi (lo < hi) of the rows sharing each key; `keys` sorted, `rows` aligned. The rows of
+    a group over `max_group` are appended to `big` (sorted), where given, instead of being paired."""
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     sizes = np.diff(np.r_[starts, keys.size])
     codes = []
     for g in np.unique(sizes):
-        if g < 2 or g > max_group:
+        if g < 2:
+            continue
+        if g > max_group:
+            if big is not None:
+                big.extend(np.sort(rows[s:s + int(g)].astype(np.int64)) for s in starts[sizes == g].tolist())
             continue
         first = starts[sizes == g]
         i, j = np.triu_indices(int(g), 1)
@@ -300,10 +308,11 @@ def _range_bounds(sketch: np.ndarray, ranges: int) -> list:
     return [np.uint64(x) for x in bounds] + [np.uint64(pad)]
 
 
-def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = None):
+def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = None, big: list | None = None):
     """Pairs (a < b) of chunks sharing at least one sketched hash, with how many they share.
 
-    A hash sketched by more than `max_group` chunks (boilerplate) links no pairs by itself.
+    A hash sketched by more than `max_group` chunks (boilerplate, or a large family of near-copies) links no
+    pairs by itself: its chunks (sorted row numbers) are appended to `big` where given (_family_edges).
 
     Memory stays near the sketch itself: the hash space is cut into `ranges` ranges (default: enough
     that each holds about RANGE_ENTRIES sketched hashes; `_range_bounds`) and each range is gathered, sorted and grouped on its own, with int32 row ids. Every hash
@@ -341,7 +350,7 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = No
         keys = keys[shared_entry]
         rows = rows[order[shared_entry]]
         del order, shared_entry
-        codes = _groups_to_pairs(keys, rows, n, max_group) if keys.size else np.zeros(0, np.int64)
+        codes = _groups_to_pairs(keys, rows, n, max_group, big) if keys.size else np.zeros(0, np.int64)
         del keys, rows
         if codes.size:
             u, c = np.unique(codes, return_counts=True)
@@ -358,6 +367,83 @@ def _candidate_pairs(sketch: np.ndarray, max_group: int, ranges: int | None = No
     return pair_codes // n, pair_codes % n, shared
 
 
+def _exact_keep(store, tokenizer, a: np.ndarray, b: np.ndarray, sizes: np.ndarray, threshold: float) -> np.ndarray:
+    """Per pair (a[i], b[i]): their exact word 5-gram Jaccard reaches `threshold`. In batches of pairs, so that
+    only one batch's full shingle sets are held at a time."""
+    keep = np.zeros(a.size, bool)
+    for k0 in range(0, a.size, CHECK_BATCH):
+        pa_, pb_ = a[k0:k0 + CHECK_BATCH], b[k0:k0 + CHECK_BATCH]
+        involved, local = np.unique(np.concatenate([pa_, pb_]), return_inverse=True)
+        sets = [chunk_shingles(store, tokenizer, int(c)) for c in involved]
+        offsets = np.zeros(len(sets) + 1, np.int64)
+        np.cumsum([x.size for x in sets], out=offsets[1:])
+        flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
+        del sets
+        local = local.reshape(-1)
+        inter = _pair_intersections(flat, offsets, local[: pa_.size], local[pa_.size:])
+        keep[k0:k0 + pa_.size] = inter >= threshold * (sizes[pa_] + sizes[pb_] - inter)
+    return keep
+
+
+MAX_LEADERS = 8  # rounds of the leader clustering of one large group: its kinds of near-copies, not its size
+
+
+def _family_edges(store, tokenizer, big: list, sizes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Verified near-copy pairs inside the groups too large to pair whole (chunks sketching one hash shared by
+    more than max_group chunks). Pairing such a group costs its size squared, yet it is exactly where a large
+    family of near-copies lives (a license text with another year in 600 documents shares every sketched hash
+    with the others), so skipping it let every member through as a negative of every other. Each group is
+    clustered around leaders instead: its first member leads; the members at the threshold with it join it;
+    the first member left leads the next round, up to MAX_LEADERS rounds. The (member, leader) pairs found are
+    edges of the graph, and their connected components are the families planning bans whole (_components).
+    Cost: the group's size per round, each pair checked exactly."""
+    groups = list({g.tobytes(): g for g in big}.values())  # a family sketches ~m hashes: mostly the same group
+    edges_a, edges_b = [], []
+    for _ in range(MAX_LEADERS):
+        groups = [g for g in groups if g.size >= 2]
+        if not groups:
+            break
+        leaders = np.concatenate([np.full(g.size - 1, g[0], np.int64) for g in groups])
+        members = np.concatenate([g[1:] for g in groups])
+        sl, sm = sizes[leaders], sizes[members]
+        ok = (np.minimum(sl, sm) >= threshold * np.maximum(sl, sm)) & (np.maximum(sl, sm) > 0)
+        idx = np.flatnonzero(ok)
+        ok[idx] = _exact_keep(store, tokenizer, members[idx], leaders[idx], sizes, threshold)
+        edges_a.append(members[ok])
+        edges_b.append(leaders[ok])
+        left, start = [], 0
+        for g in groups:
+            joined = ok[start:start + g.size - 1]
+            left.append(g[1:][~joined])
+            start += g.size - 1
+        groups = left
+    if not edges_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(edges_a), np.concatenate(edges_b)
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """(n,) int32: the family of each chunk, the smallest chunk number of its connected component over the
+    edges (a[i], b[i]); -1 for a chunk on no edge. None when there is no edge."""
+    if a.size == 0:
+        return None
+    nodes, local = np.unique(np.concatenate([a, b]), return_inverse=True)
+    local = local.reshape(2, -1)
+    label = np.arange(nodes.size)
+    while True:  # min-label propagation with pointer jumping: a few rounds for stars and short chains
+        low = np.minimum(label[local[0]], label[local[1]])
+        new = label.copy()
+        np.minimum.at(new, local[0], low)
+        np.minimum.at(new, local[1], low)
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    family = np.full(n, -1, np.int32)
+    family[nodes] = nodes[label].astype(np.int32)
+    return family
+
+
 class NearDupGraph:
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), computed once per corpus.
 
@@ -365,10 +451,12 @@ class NearDupGraph:
     with the exact Jaccard of the full sets (exact from the counts when both sets fit in the sketch).
     Stored as CSR: the near-copies of chunk c are `indices[indptr[c]:indptr[c + 1]]`."""
 
-    def __init__(self, indptr: np.ndarray, indices: np.ndarray, threshold: float):
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, threshold: float, family: np.ndarray | None = None):
         self.indptr = np.asarray(indptr, np.int64)
         self.indices = np.asarray(indices, np.int64)
         self.threshold = threshold
+        # per chunk, its family of near-copies (the smallest chunk number in it) or -1; None: no family at all
+        self.family = None if family is None else np.asarray(family, np.int32)
 
     @property
     def num_pairs(self) -> int:
@@ -384,7 +472,8 @@ class NearDupGraph:
         of the candidate search (default: sized to bound its memory; the graph does not depend on it)."""
         m = sketch_size(threshold)
         sketch, sizes = chunk_sketches(store, tokenizer, m, progress, threads=threads)
-        a, b, shared = _candidate_pairs(sketch, max_group, ranges)
+        big: list = []
+        a, b, shared = _candidate_pairs(sketch, max_group, ranges, big)
         del sketch
         sa, sb = sizes[a], sizes[b]
         possible = np.minimum(sa, sb) >= threshold * np.maximum(sa, sb)  # J <= |small| / |large|
@@ -394,26 +483,18 @@ class NearDupGraph:
         keep[whole] = shared[whole] >= threshold * (sa[whole] + sb[whole] - shared[whole])
         # a pair at the threshold shares at least two sketched hashes (all but 1e-6 of the time)
         check = np.flatnonzero(~whole & (shared >= 2))
-        # in batches of pairs, so that only one batch's full shingle sets are held at a time
-        for k0 in range(0, check.size, CHECK_BATCH):
-            part = check[k0:k0 + CHECK_BATCH]
-            involved, local = np.unique(np.concatenate([a[part], b[part]]), return_inverse=True)
-            sets = [chunk_shingles(store, tokenizer, int(c)) for c in involved]
-            offsets = np.zeros(len(sets) + 1, np.int64)
-            np.cumsum([x.size for x in sets], out=offsets[1:])
-            flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
-            del sets
-            local = local.reshape(-1)
-            inter = _pair_intersections(flat, offsets, local[: part.size], local[part.size:])
-            union = sa[part] + sb[part] - inter
-            keep[part] = inter >= threshold * union
-        a, b = a[keep], b[keep]
+        keep[check] = _exact_keep(store, tokenizer, a[check], b[check], sizes, threshold)
+        fa, fb = _family_edges(store, tokenizer, big, sizes, threshold)
+        del big
+        codes = np.unique(np.concatenate([np.minimum(a[keep], b[keep]) * store.num_chunks + np.maximum(a[keep], b[keep]),
+                                          np.minimum(fa, fb) * store.num_chunks + np.maximum(fa, fb)]))
+        a, b = codes // max(store.num_chunks, 1), codes % max(store.num_chunks, 1)
         src = np.concatenate([a, b])
         dst = np.concatenate([b, a])
         order = np.lexsort((dst, src))
         indptr = np.zeros(store.num_chunks + 1, np.int64)
         np.cumsum(np.bincount(src, minlength=store.num_chunks), out=indptr[1:])
-        return cls(indptr, dst[order], threshold)
+        return cls(indptr, dst[order], threshold, family=_components(store.num_chunks, fa, fb))
 
     def save(self, directory) -> None:
         from pathlib import Path
@@ -422,9 +503,10 @@ class NearDupGraph:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("indptr", "indices"):
+        family = np.full(self.indptr.size - 1, -1, np.int32) if self.family is None else self.family
+        for name, array in (("indptr", self.indptr), ("indices", self.indices), ("family", family)):
             with atomic_path(directory / f"{name}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, getattr(self, name))
+                np.save(f, array)
 
     @classmethod
     def load(cls, directory, threshold: float) -> "NearDupGraph":
@@ -443,7 +525,12 @@ class NearDupGraph:
                 or (indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n)):
             raise CorruptFileError(f"{directory}: the near-duplicate graph (indptr.npy, indices.npy) is not a CSR "
                                    "graph of its chunks; delete the folder to build it again")
-        return cls(indptr, indices, threshold)
+        family = load_array(directory / "family.npy", CorruptFileError, mmap=False, kind="i", ndim=1,
+                            remedy="the near-duplicate graph is damaged: delete its folder to build it again")
+        if family.shape[0] != n or (family.size and (int(family.min()) < -1 or int(family.max()) >= n)):
+            raise CorruptFileError(f"{directory / 'family.npy'}: not one family number (-1 or a chunk below {n}) per "
+                                   "chunk; delete the folder to build it again")
+        return cls(indptr, indices, threshold, family=family if (family >= 0).any() else None)
 
 
 def document_shingles(store, tokenizer, d: int) -> np.ndarray:
@@ -493,6 +580,7 @@ class NearDupFilter:
 
     def __init__(self, graph: NearDupGraph, removed_chunks: np.ndarray | None = None):
         self.graph = graph
-        self.has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())
+        self.has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())  # families included
+        self.family = graph.family  # None, or per chunk its family (-1: none): a chosen member bans them all
         self.removed = (None if removed_chunks is None
                         else bytearray(np.asarray(removed_chunks, bool).astype(np.uint8).tobytes()))

@@ -208,12 +208,19 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
     near_banned: set[int] = set()
     has_copies = near_dup.has_copies if near_dup is not None else None
     removed = near_dup.removed if near_dup is not None else None  # --dedup-corpus: never a negative
+    family = near_dup.family if near_dup is not None else None
+    banned_families: set[int] = set()  # a family of near-copies too large to list its pairs: banned by number
 
     def ban_near_copies(c):
         for o in near_dup.graph.neighbours(c).tolist():
             if o not in used:
                 used.add(o)
                 near_banned.add(o)
+        if family is not None and family[c] >= 0:
+            banned_families.add(int(family[c]))
+
+    def in_banned_family(c) -> bool:
+        return bool(banned_families) and bool(has_copies[c]) and int(family[c]) in banned_families
 
     if has_copies is not None:
         for c in own.tolist():
@@ -232,8 +239,9 @@ def _select(store, lengths, own, ids, sims, rule, want, target_length, sep_len, 
                 return None
             if (store.chunk_doc[c] == anchor_doc or c in used
                     or (exclude_duplicates and int(store.text_hash[c]) in used_hashes)
-                    or (removed is not None and removed[c]) or (empty is not None and empty[c])):
-                if c in near_banned or (removed is not None and removed[c]):
+                    or (removed is not None and removed[c]) or (empty is not None and empty[c])
+                    or in_banned_family(c)):
+                if c in near_banned or (removed is not None and removed[c]) or in_banned_family(c):
                     near_copies.add(c)
                 cursor[i] += 1
                 continue

@@ -336,6 +336,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
         stats["chunks_with_near_copies"] = near.get("chunks_with_near_copies")
+        stats["near_copy_families"] = near.get("near_copy_families")  # too large to pair whole: banned whole
+        stats["chunks_in_near_copy_families"] = near.get("chunks_in_near_copy_families")
         if cfg.dedup_corpus:
             dedup = record("dedup")
             stats["documents_removed_as_near_duplicates"] = dedup.get("documents_removed")

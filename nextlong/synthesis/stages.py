@@ -118,6 +118,8 @@ class Consolidate(WholeStage):
 class NearDupStage(WholeStage):
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
 
+    version = 2  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped
+
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
     ngram: int = 5
@@ -131,7 +133,10 @@ class NearDupStage(WholeStage):
                                    self.threshold, progress=ctx.progress,
                                    threads=self.threads or ctx.threads or None)
         graph.save(ctx.out_dir)
-        return {"pairs": graph.num_pairs, "chunks_with_near_copies": int(np.count_nonzero(np.diff(graph.indptr)))}
+        family = graph.family if graph.family is not None else np.zeros(0, np.int32)
+        return {"pairs": graph.num_pairs, "chunks_with_near_copies": int(np.count_nonzero(np.diff(graph.indptr))),
+                "near_copy_families": int(np.unique(family[family >= 0]).size),
+                "chunks_in_near_copy_families": int((family >= 0).sum())}
 
 
 @_dc.dataclass
@@ -179,7 +184,16 @@ class DedupStage(WholeStage):
         s, d = new_id[src[ok]], new_id[graph.indices[ok]]
         indptr = np.zeros(rows + 1, np.int64)
         np.cumsum(np.bincount(s, minlength=rows), out=indptr[1:])
-        NearDupGraph(indptr, d[np.lexsort((d, s))], self.threshold).save(ctx.out_dir / "graph")
+        family = None
+        if graph.family is not None:  # renumbered too: a family is its smallest kept chunk
+            old_family, family = graph.family[kept_chunks], np.full(rows, -1, np.int32)
+            member = np.flatnonzero(old_family >= 0)
+            if member.size:
+                _, which = np.unique(old_family[member], return_inverse=True)
+                smallest = np.full(int(which.max()) + 1, rows, np.int64)
+                np.minimum.at(smallest, which, member)
+                family[member] = smallest[which]
+        NearDupGraph(indptr, d[np.lexsort((d, s))], self.threshold, family=family).save(ctx.out_dir / "graph")
         return {"blocks": blocks, "documents_removed": int(removed.sum()),
                 "chunks_removed": int(store.num_chunks - rows), "chunks": rows}
 
