@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # said by the command's own parser, so that the line names it and its --help
         command = parser.commands.get(getattr(args, "command", None), parser)
         hint = ""
-        if any(not a.startswith("-") for a in extra) and "--corpus" in command._option_string_actions:
+        if (not any(a.startswith("-") for a in extra) and os.path.exists(extra[0])
+                and "--corpus" in command._option_string_actions):  # a path where `nextlong chunk` takes one
             hint = "; name the corpus with --corpus PATH"
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not getattr(args, "func", None):

@@ -386,40 +386,51 @@ def _exact_keep(store, tokenizer, a: np.ndarray, b: np.ndarray, sizes: np.ndarra
 
 
 MAX_LEADERS = 8  # rounds of the leader clustering of one large group: its kinds of near-copies, not its size
+FAMILY_BUDGET = 4  # member-leader pairs considered in all large groups, per chunk of the corpus
 
 
-def _family_edges(store, tokenizer, big: list, sizes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.ndarray,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Verified near-copy pairs inside the groups too large to pair whole (chunks sketching one hash shared by
-    more than max_group chunks). Pairing such a group costs its size squared, yet it is exactly where a large
-    family of near-copies lives (a license text with another year in 600 documents shares every sketched hash
-    with the others), so skipping it let every member through as a negative of every other. Each group is
-    clustered around leaders instead: its first member leads; the members at the threshold with it join it;
-    the first member left leads the next round, up to MAX_LEADERS rounds. The (member, leader) pairs found are
-    edges of the graph, and their connected components are the families planning bans whole (_components).
-    Cost: the group's size per round, each pair checked exactly."""
-    groups = list({g.tobytes(): g for g in big}.values())  # a family sketches ~m hashes: mostly the same group
-    edges_a, edges_b = [], []
-    for _ in range(MAX_LEADERS):
-        groups = [g for g in groups if g.size >= 2]
-        if not groups:
-            break
-        leaders = np.concatenate([np.full(g.size - 1, g[0], np.int64) for g in groups])
-        members = np.concatenate([g[1:] for g in groups])
-        sl, sm = sizes[leaders], sizes[members]
-        ok = (np.minimum(sl, sm) >= threshold * np.maximum(sl, sm)) & (np.maximum(sl, sm) > 0)
-        idx = np.flatnonzero(ok)
-        ok[idx] = _exact_keep(store, tokenizer, members[idx], leaders[idx], sizes, threshold)
-        edges_a.append(members[ok])
-        edges_b.append(leaders[ok])
-        left, start = [], 0
-        for g in groups:
-            joined = ok[start:start + g.size - 1]
-            left.append(g[1:][~joined])
-            start += g.size - 1
-        groups = left
+    more than max_group chunks), and how many members were left unexamined when the budget ran out.
+
+    Pairing such a group costs its size squared, yet it is where a large family of near-copies lives (a license
+    text with another year in 600 documents shares every sketched hash with the others): skipping it let every
+    member through as a negative of every other. Each group, largest first, is clustered around leaders: its
+    first member not yet in a family leads; the members at the threshold with it join it; the first member left
+    leads the next round, up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (the
+    group is shared boilerplate in different texts, not a family). A pair is checked as the other pairs are: the
+    size bound, at least two shared sketched hashes, then the exact Jaccard. The members considered in all
+    groups are bounded by FAMILY_BUDGET per chunk of the corpus, so the cost stays linear in it."""
+    groups = sorted({g.tobytes(): g for g in big}.values(), key=lambda g: (-g.size, int(g[0])))
+    joined = np.zeros(sketch.shape[0], bool)
+    budget = FAMILY_BUDGET * sketch.shape[0]
+    edges_a, edges_b, unexamined = [], [], 0
+    for group in groups:
+        for _ in range(MAX_LEADERS):
+            group = group[~joined[group]]
+            if group.size < 2:
+                break
+            if group.size - 1 > budget:
+                unexamined += int(group.size)
+                break
+            budget -= group.size - 1
+            leader, members = int(group[0]), group[1:]
+            sl, sm = sizes[leader], sizes[members]
+            ok = np.minimum(sl, sm) >= threshold * np.maximum(sl, sm)
+            ok &= np.isin(sketch[members], sketch[leader][sketch[leader] != np.iinfo(np.uint64).max]).sum(1) >= 2
+            idx = np.flatnonzero(ok)
+            ok[idx] = _exact_keep(store, tokenizer, members[idx], np.full(idx.size, leader, np.int64), sizes,
+                                  threshold)
+            if not ok.any():
+                break
+            edges_a.append(members[ok])
+            edges_b.append(np.full(int(ok.sum()), leader, np.int64))
+            joined[members[ok]] = True
+            joined[leader] = True
     if not edges_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(edges_a), np.concatenate(edges_b)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), unexamined
+    return np.concatenate(edges_a), np.concatenate(edges_b), unexamined
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -457,6 +468,7 @@ class NearDupGraph:
         self.threshold = threshold
         # per chunk, its family of near-copies (the smallest chunk number in it) or -1; None: no family at all
         self.family = None if family is None else np.asarray(family, np.int32)
+        self.unexamined = 0  # set by build: members of large groups past the clustering's budget
 
     @property
     def num_pairs(self) -> int:
@@ -474,7 +486,8 @@ class NearDupGraph:
         sketch, sizes = chunk_sketches(store, tokenizer, m, progress, threads=threads)
         big: list = []
         a, b, shared = _candidate_pairs(sketch, max_group, ranges, big)
-        del sketch
+        fa, fb, unexamined = _family_edges(store, tokenizer, big, sketch, sizes, threshold)
+        del sketch, big
         sa, sb = sizes[a], sizes[b]
         possible = np.minimum(sa, sb) >= threshold * np.maximum(sa, sb)  # J <= |small| / |large|
         a, b, shared, sa, sb = a[possible], b[possible], shared[possible], sa[possible], sb[possible]
@@ -484,8 +497,6 @@ class NearDupGraph:
         # a pair at the threshold shares at least two sketched hashes (all but 1e-6 of the time)
         check = np.flatnonzero(~whole & (shared >= 2))
         keep[check] = _exact_keep(store, tokenizer, a[check], b[check], sizes, threshold)
-        fa, fb = _family_edges(store, tokenizer, big, sizes, threshold)
-        del big
         codes = np.unique(np.concatenate([np.minimum(a[keep], b[keep]) * store.num_chunks + np.maximum(a[keep], b[keep]),
                                           np.minimum(fa, fb) * store.num_chunks + np.maximum(fa, fb)]))
         a, b = codes // max(store.num_chunks, 1), codes % max(store.num_chunks, 1)
@@ -494,7 +505,9 @@ class NearDupGraph:
         order = np.lexsort((dst, src))
         indptr = np.zeros(store.num_chunks + 1, np.int64)
         np.cumsum(np.bincount(src, minlength=store.num_chunks), out=indptr[1:])
-        return cls(indptr, dst[order], threshold, family=_components(store.num_chunks, fa, fb))
+        graph = cls(indptr, dst[order], threshold, family=_components(store.num_chunks, fa, fb))
+        graph.unexamined = unexamined  # members of large groups past FAMILY_BUDGET (a count for the manifest)
+        return graph
 
     def save(self, directory) -> None:
         from pathlib import Path

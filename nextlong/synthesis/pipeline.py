@@ -338,6 +338,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         stats["chunks_with_near_copies"] = near.get("chunks_with_near_copies")
         stats["near_copy_families"] = near.get("near_copy_families")  # too large to pair whole: banned whole
         stats["chunks_in_near_copy_families"] = near.get("chunks_in_near_copy_families")
+        stats["large_group_members_unexamined"] = near.get("large_group_members_unexamined")
         if cfg.dedup_corpus:
             dedup = record("dedup")
             stats["documents_removed_as_near_duplicates"] = dedup.get("documents_removed")

@@ -136,7 +136,8 @@ class NearDupStage(WholeStage):
         family = graph.family if graph.family is not None else np.zeros(0, np.int32)
         return {"pairs": graph.num_pairs, "chunks_with_near_copies": int(np.count_nonzero(np.diff(graph.indptr))),
                 "near_copy_families": int(np.unique(family[family >= 0]).size),
-                "chunks_in_near_copy_families": int((family >= 0).sum())}
+                "chunks_in_near_copy_families": int((family >= 0).sum()),
+                "large_group_members_unexamined": graph.unexamined}
 
 
 @_dc.dataclass
