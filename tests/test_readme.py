@@ -35,7 +35,7 @@ RUNS = {
     "nextlong synthesize --demo --out demo-out": [],
     "nextlong train demo-out --model tiny --steps 10 --out demo-run": [],
     "nextlong chunk corpus.jsonl.gz --out chunks.parquet --tokenizer cl100k_base --with-ids": [],
-    "nextlong tokenize corpus/ --tokenizer cl100k_base --out tokens.parquet": [],
+    "nextlong tokenize corpus.jsonl --tokenizer cl100k_base --out tokens.parquet": [],
     "nextlong index chunks.parquet --out index/": [],
     "nextlong search index/ 'how do I open a file for appending' -k 10": [],
     "nextlong synthesize --corpus corpus.jsonl.gz --tokenizer cl100k_base --target-length 131072 --out out/":
@@ -166,8 +166,10 @@ def test_install_scope_hides_what_an_extra_does_not_bring(tmp_path):
 
 
 def write_inputs(folder: Path) -> None:
-    """The inputs the README's commands name, small: a corpus as .jsonl.gz, .jsonl and a folder of .txt
-    files (from the shipped docstrings), two questions for ACER, and a byte-level BPE tokenizer.json."""
+    """The inputs the README's commands name, small: a corpus as .jsonl.gz and .jsonl (what its setup line makes
+    from the demo's corpus; from the shipped docstrings here), two questions for ACER, and a byte-level BPE
+    tokenizer.json. Nothing the README does not tell the user to make: a `corpus/` folder made here once hid
+    that no README line made it."""
     from tests.eval_fixtures import train_tokenizer
     from tests.helpers import corpus_head
 
@@ -178,9 +180,6 @@ def write_inputs(folder: Path) -> None:
                  {"question": "Which module handles regular expressions?", "answer": "re"}]
     (folder / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
-    (folder / "corpus").mkdir()
-    for i, (_, text) in enumerate(docs[:20]):
-        (folder / "corpus" / f"{i:03d}.txt").write_text(text)
     train_tokenizer(folder / "tokenizer.json")
 
 
