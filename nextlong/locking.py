@@ -81,14 +81,31 @@ def _prune_empty(root: Path | None, created: list[Path]) -> None:
             path.rmdir()
 
 
+def refuse_another_commands_folder(folder: Path, command: str) -> None:
+    """A folder whose manifest.json records another command's run is that run's output: `nextlong index --out`
+    given a synthesize folder replaced its manifest (a later `train` then read the index's chunk table as
+    data). Refused before anything is written, naming what the folder holds."""
+    from .manifest import read_manifest
+
+    manifest = folder / "manifest.json"
+    if folder.is_dir() and os.path.lexists(manifest):
+        other = read_manifest(manifest).get("command")
+        if isinstance(other, str) and other and other != command:
+            raise NextlongError(f"{folder}: holds the output of a `nextlong {other}` run (its manifest.json); give "
+                                f"`nextlong {command}` a new folder, or the folder of an earlier `nextlong {command}` "
+                                "run to resume it")
+
+
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike, command: str = "nextlong", *, file: bool | None = None):
     """Hold an exclusive lock on an output folder (or file, `file=True`) for the duration of the block.
 
     Creates the folder (or the file's folder). Raises OutputLockedError at once when another live
-    process holds the lock."""
+    process holds the lock, and NextlongError when the folder holds another command's run."""
     target = Path(target)
     path = lock_path_for(target, file)
+    if path.name == LOCK_NAME and command != "nextlong":
+        refuse_another_commands_folder(target, command)
     created = _make_folders(path.parent)
     fd = None
     try:

@@ -122,6 +122,33 @@ def test_cli_commands_refuse_an_output_in_use(tmp_path, capsys):
     assert main(cases[0][2]) == 0
 
 
+@pytest.mark.parametrize("holder, argv", [
+    ("synthesize", lambda t, c: ["index", str(c), "--out", str(t), "--embedder", "hashed-tfidf:64", "--no-progress"]),
+    ("index", lambda t, c: ["synthesize", "--corpus", str(c).replace(".parquet", ".jsonl"), "--out", str(t),
+                            "--method", "standard", "--target-length", "512", "--quiet"]),
+])
+def test_a_folder_holding_another_commands_run_is_refused_as_it_is(tmp_path, capsys, holder, argv):
+    """`nextlong index --out` given a synthesize folder exited 0 and replaced its manifest (a later `train` read the
+    index's chunk table as data; an outside UX audit): an output folder whose manifest.json records another
+    command is refused before anything is written."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    chunks = tmp_path / "c.parquet"
+    assert main(["chunk", str(corpus), "--out", str(chunks), "--no-progress"]) == 0
+    capsys.readouterr()
+    target = tmp_path / "theirs"
+    target.mkdir()
+    record = json.dumps({"command": holder, "settings": {}, "statistics": {}})
+    (target / "manifest.json").write_text(record)
+    code = main(argv(target, chunks))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.endswith(f"{target}: holds the output of a `nextlong {holder}` run (its manifest.json); "
+                                      f"give `nextlong {argv(target, chunks)[0]}` a new folder, or the folder of an "
+                                      f"earlier `nextlong {argv(target, chunks)[0]}` run to resume it"), err
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]
+    assert (target / "manifest.json").read_text() == record
+
+
 # --- 2. checksums of the index and the embeddings ------------------------------------------------------
 
 
