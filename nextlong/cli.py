@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -67,10 +68,37 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    code = _run(args)
+    with _sigterm_as_interrupt():
+        code = _run(args)
     if args.command == "train" and _launched():
         _end_torchrun_rank(code)
     return code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, the stop of a scheduler (Slurm, Kubernetes) or of `timeout`, taken as Ctrl-C is: the run's
+    manifest says "interrupted" and its finished work is kept, where the default action ended the process
+    with no word and left the manifest "running" for good. (`train` handles both signals itself, at a step
+    boundary.)"""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield  # an embedding program's own handler stays
+        return
+
+    def stop(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_torchrun_rank(code: int) -> None:
@@ -119,12 +147,17 @@ def _run(args) -> int:
         _print_error(args.command, disk_full(where) if is_disk_full(exc) else f"{exc.filename}: {exc.strerror or exc}")
         return 1
     except KeyboardInterrupt as exc:
-        # train says what it saved (TrainingInterrupted) and needs --resume; the other commands resume by
-        # running the same command again
-        said = str(exc) or ("interrupted; checkpoints are kept: run the same command with --resume to continue"
-                            if args.command == "train" else "interrupted; finished work is kept, re-run to resume")
+        # train says what it saved (TrainingInterrupted) and needs --resume; chunk and tokenize write their one
+        # file whole at the end; the other commands resume by running the same command again
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        said = (str(exc) if str(exc) and not isinstance(exc, Terminated) else
+                f"{what}; checkpoints are kept: run the same command with --resume to continue"
+                if args.command == "train" else
+                f"{what}; nothing was written (the output is written whole at the end): run the command again"
+                if args.command in ("chunk", "tokenize") else
+                f"{what}; finished work is kept, re-run to resume")
         print(f"nextlong {args.command}: {said}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 def _print_error(command: str, exc) -> None:

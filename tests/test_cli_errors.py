@@ -319,3 +319,31 @@ def test_other_commands_run_from_a_training_rank_still_say_their_usage_errors(ca
     with pytest.raises(SystemExit):
         main(["eval", "--no-such-flag"])
     assert "nextlong eval: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, said", [
+    ("synthesize", "terminated (SIGTERM); finished work is kept, re-run to resume"),
+    ("chunk", "terminated (SIGTERM); nothing was written (the output is written whole at the end): run the command again"),
+])
+def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said):
+    """A scheduler's stop (SIGTERM) ended every command but train at once, with no word, leaving a synthesize
+    manifest "running" for good (an outside UX audit). It is now Ctrl-C's path: one line, exit 143, the
+    manifest's `failure_recorded` sees it; the default action is back after the command."""
+    import importlib
+    import os
+    import signal
+    import time
+
+    module = importlib.import_module(f"nextlong.commands.{command}")
+
+    def stopped(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(module, "run", stopped)
+    argv = ["synthesize", "--demo", "--out", str(tmp_path / "s")] if command == "synthesize" else \
+        ["chunk", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "c.parquet")]
+    assert main(argv) == 143
+    assert capsys.readouterr().err.strip() == f"nextlong {command}: {said}"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
