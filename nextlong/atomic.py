@@ -27,7 +27,17 @@ def atomic_path(final: str | os.PathLike):
     written so far. After the rename, temporaries of `final` left by a killed run are deleted
     (callers hold the output folder's lock, so no live writer owns them)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir():  # the rename would fail after the work, naming the temporary
+        from .errors import NextlongError
+
+        raise NextlongError(f"{final}: is a folder, where a file of that name is to be written; choose another path")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from .errors import NextlongError
+
+        raise NextlongError(f"{final.parent}: exists and is not a folder (or is inside a file), where {final.name} "
+                            "is to be written; choose another path") from None
     prefix = f".{final.name}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)

@@ -22,7 +22,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import NextlongError, OutputLockedError
+from .errors import NextlongError, OutputLockedError, UsageError
 
 LOCK_NAME = ".nextlong.lock"
 
@@ -102,8 +102,13 @@ def output_lock(target: str | os.PathLike, command: str = "nextlong", *, file: b
 
     Creates the folder (or the file's folder). Raises OutputLockedError at once when another live
     process holds the lock, and NextlongError when the folder holds another command's run."""
-    target = Path(target)
+    raw, target = os.fspath(target), Path(target)
     path = lock_path_for(target, file)
+    if path.name != LOCK_NAME and (target.is_dir() or raw.endswith(os.sep)):
+        raise UsageError(f"{raw}: is a folder, where `nextlong {command}` writes one file; give --out a file name")
+    if path.name == LOCK_NAME and os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"{target}: exists and is not a folder, where `nextlong {command}` writes a folder; "
+                         "choose another --out")
     if path.name == LOCK_NAME and command != "nextlong":
         refuse_another_commands_folder(target, command)
     created = _make_folders(path.parent)

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from ..untrusted import printable
     from ..mining.index import ChunkIndex
 
+    if not args.query.strip():  # an empty query embeds to nothing: every cosine 0, arbitrary chunks
+        from ..errors import UsageError
+
+        raise UsageError("the query is empty: give the text to search for")
     index = ChunkIndex.view(args.index_dir, verify=not args.no_verify)
     embedder = index.query_embedder()
     query = embedder.embed([args.query])

@@ -143,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
     )
     optional = dict(target_length=args.target_length, negatives=args.negatives, num_samples=args.num_samples)
     if args.demo:
-        cfg = demo_config(args.out, corpus=args.corpus, **common, **optional)
+        if args.corpus is not None:  # --demo also names the demo corpus's id field: not a setting for another
+            from ..errors import UsageError
+
+            raise UsageError("--demo runs on the embedded demo corpus: drop --corpus, or --demo to run on your corpus")
+        cfg = demo_config(args.out, **common, **optional)
     else:
         cfg = SynthesisConfig(out=args.out, corpus=args.corpus, **common,
                               **{k: v for k, v in optional.items() if v is not None})

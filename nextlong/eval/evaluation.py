@@ -94,7 +94,7 @@ def run_eval(args: EvalOptions) -> dict:
     manifest_settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
         "model_folder": str(lm.folder)}
-    with output_lock(out, "eval"), failure_recorded(out / "manifest.json"):
+    with output_lock(out, "eval", file=False), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings)
         rag_plan = None
         if want_rag:  # chunk, retrieve and check every rag prompt before any scoring

@@ -90,7 +90,7 @@ def run_compare(args: HeadsOptions) -> dict:
         raise NextlongError(f"--compare {a} {b}: {exc}") from None
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
-    with output_lock(out, "heads"), failure_recorded(out / "manifest.json"):
+    with output_lock(out, "heads", file=False), failure_recorded(out / "manifest.json"):
         settings = {"run_a": str(a), "run_b": str(b), "threshold": args.threshold}
         write_running_manifest(out / "manifest.json", command="heads --compare", settings=settings)
         write_strict_json(out / "compare.json", result)
@@ -149,7 +149,7 @@ def run_heads(args: HeadsOptions) -> dict:
     started = time.time()
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()} | {
         "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
-    with output_lock(out, "heads"), failure_recorded(out / "manifest.json"):
+    with output_lock(out, "heads", file=False), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         fingerprint = json.dumps({"model": lm.identity, "lengths": lengths, "depths": depths,
                                   "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,

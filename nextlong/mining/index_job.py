@@ -83,7 +83,7 @@ def build_index_from_chunks(
     meta = read_chunk_metadata(chunks_path)
     # the lock first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
     # a refused run still leaves no folder (the lock prunes what it created)
-    with output_lock(out_dir, "index"):
+    with output_lock(out_dir, "index", file=False):
         if embedder is None or isinstance(embedder, (str, os.PathLike)):
             embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
         lexical = isinstance(embedder, HashedLexicalEmbedder)

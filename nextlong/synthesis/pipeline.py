@@ -222,7 +222,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
         print(BLOCKED_DEPENDENCIES.format(what="--attention-spans document"), file=sys.stderr, flush=True)
     # the lock before the executor: a Ray one starts (or joins) a cluster first, seconds, and a second run into
     # the folder must stop at once; a refused one still leaves no folder (the lock prunes what it created)
-    with output_lock(cfg.out_dir, "synthesize"), thread_limit(cfg.num_threads):
+    with output_lock(cfg.out_dir, "synthesize", file=False), thread_limit(cfg.num_threads):
         if executor is None:
             executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                     embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)

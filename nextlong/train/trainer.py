@@ -167,7 +167,7 @@ class Trainer:
             if self.rank == 0:
                 from ..locking import output_lock
 
-                lock = output_lock(self.run_dir, "train")
+                lock = output_lock(self.run_dir, "train", file=False)
             with lock:
                 self.setup()
                 try:

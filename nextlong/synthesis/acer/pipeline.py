@@ -231,7 +231,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
     cfg.validate()
     # the lock before the checks that load the model's tokenizer and config (seconds): a second run into the
     # folder stops at once; a refused one still leaves no folder (the lock prunes what it created)
-    with output_lock(cfg.out_dir, "acer"), thread_limit(cfg.num_threads):
+    with output_lock(cfg.out_dir, "acer", file=False), thread_limit(cfg.num_threads):
         checked = check_before_work(cfg)
         if executor is None:
             from ..executors import executor_for
