@@ -14,7 +14,7 @@ from ..manifest import failure_recorded, write_manifest, write_running_manifest
 from . import report
 from .options import EvalOptions
 from .runner import EvalSettings, aggregate, plan, run_tasks
-from .tasks import NEEDS_ESSAY, expand_tasks, linear_depths
+from .tasks import MEASURES, NEEDS_ESSAY, expand_tasks, linear_depths
 
 
 def default_lengths(max_positions: int | None) -> list[int]:
@@ -52,7 +52,7 @@ def run_eval(args: EvalOptions) -> dict:
     """The whole evaluation of `args` (checked: EvalOptions.validate); returns what results.json holds."""
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     want_longppl, want_repeat, want_rag = "longppl" in names, "repeat" in names, "rag" in names
-    names = [t for t in names if t not in ("longppl", "repeat", "rag")]
+    names = [t for t in names if t not in MEASURES]
     tasks = expand_tasks(names) if names else []
     if not tasks and not want_longppl and not want_repeat and not want_rag:
         raise UsageError("--tasks: no task given")

@@ -82,6 +82,9 @@ GROUPS = {
 NEEDS_ESSAY = tuple(name for name, spec in NIAH_TASKS.items() if spec.haystack == "essay")
 
 
+MEASURES = ("longppl", "repeat", "rag")  # what `nextlong eval --tasks` runs besides the generated tasks
+
+
 def expand_tasks(names: Sequence[str]) -> list[str]:
     """Task names and group names -> task names in a fixed order, without repeats."""
     out: list[str] = []
@@ -91,7 +94,8 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
             continue
         members = GROUPS.get(name, (name,) if name in ALL_TASKS else None)
         if members is None:
-            raise UsageError(f"unknown task {name!r}; tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}")
+            raise UsageError(f"unknown task {name!r}; tasks: {', '.join(ALL_TASKS + MEASURES)}; groups: "
+                             f"{', '.join(GROUPS)}")
         out.extend(m for m in members if m not in out)
     if not out:
         raise UsageError("no task given")
