@@ -239,3 +239,17 @@ def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
     reached = make_sample(tok, "json_kv", 1024, 25.0, 0, 0).depth_actual
     assert by_task["json_kv"]["depth_actual"] == reached and reached is not None
     assert "depth_actual" not in by_task["vt"]
+
+
+def test_a_longppl_without_key_tokens_says_when_the_short_window_covers_the_documents():
+    """The default 4,096-token short window over 2,048-token documents leaves no token a longer context than the
+    short pass: LongPPL is n/a, and the summary now says why and what to pass (an outside UX audit)."""
+    from nextlong.eval.report import summary_markdown
+
+    lp = {"longppl": None, "ppl": 12.0, "documents": 2, "length": 2048, "key_tokens": 0, "key_fraction": 0.0,
+          "short_window": 4096}
+    summary = summary_markdown({"model": "m", "longppl": lp}, [])
+    assert "n/a (no key tokens: the short window, 4096 tokens, covers the documents' 2048; pass --short-window " \
+           "below the length, e.g. 512)" in summary
+    summary = summary_markdown({"model": "m", "longppl": dict(lp, short_window=512)}, [])
+    assert "LongPPL n/a (no key tokens), PPL" in summary

@@ -111,6 +111,9 @@ def summary_markdown(results: dict, lengths: Sequence[int]) -> str:
     lp = results.get("longppl")
     if lp:
         longppl = "n/a (no key tokens)" if lp["longppl"] is None else f"{lp['longppl']:.3f}"
+        if lp["longppl"] is None and lp["short_window"] >= lp["length"] - 1:  # no token sees more than the window
+            longppl = (f"n/a (no key tokens: the short window, {lp['short_window']} tokens, covers the documents' "
+                       f"{lp['length']}; pass --short-window below the length, e.g. {max(1, lp['length'] // 4)})")
         lines += [f"LongPPL {longppl}, PPL {lp['ppl']:.3f} over {lp['documents']} documents of {lp['length']} "
                   f"tokens; {lp['key_tokens']} key tokens ({100 * lp['key_fraction']:.2f}%), short window "
                   f"{lp['short_window']}, chosen by "
