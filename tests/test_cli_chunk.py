@@ -216,7 +216,11 @@ def test_all_records_skipped_still_gives_a_valid_empty_table(tmp_path, capsys):
     assert main(["chunk", str(corpus), "--out", str(out), "--on-error", "skip", "--no-progress"]) == 0
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.schema == CHUNK_SCHEMA
-    assert "2 skipped" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "2 skipped" in said.out
+    # an empty table on purpose (one bad shard of many), but not a silent one (an outside UX audit)
+    assert said.err.strip().splitlines()[-1] == ("nextlong chunk: warning: no document could be read (every record "
+                                                 "was skipped): check the format (--format) and --text-field")
 
 
 @pytest.mark.parametrize("command", [["chunk"], ["tokenize", "--tokenizer", "cl100k_base"]])

@@ -40,6 +40,9 @@ def print_summary(command: str, stats: dict, args) -> None:
 
     for example in stats.get("skipped_examples", []):
         print(f"  skipped: {one_line(example)}", file=sys.stderr)  # it may quote bytes of the corpus
+    if stats["skipped"] and not stats["documents"]:  # an empty table, on purpose (a bad shard of many), but say it
+        print(f"nextlong {command}: warning: no document could be read (every record was skipped): check the "
+              "format (--format) and --text-field", file=sys.stderr)
 
 
 def add_parser(subparsers) -> None:
