@@ -391,12 +391,22 @@ class ChunkIndex:
         """The embedder that made this index, to embed queries the same way."""
         from .embedding import HashedLexicalEmbedder, load_embedder
 
-        spec = self.info["embedder"].get("spec")
-        if spec == "<lexical>" and self.folder is not None:
-            return HashedLexicalEmbedder.load(self.folder)
+        from ..errors import EmbedderMismatchError
+        from .index_folder import query_spec
+
+        recorded = self.info["embedder"].get("spec")
+        spec = query_spec(self.info, self.folder)
         if spec is None:
-            raise NextlongError(f"index records no loadable embedder (name {self.embedder_name!r}); pass one explicitly")
-        return load_embedder(spec, **options)
+            raise NextlongError(f"index records no loadable embedder (name {self.embedder_name!r}, spec "
+                                f"{recorded!r}); pass one explicitly")
+        embedder = (HashedLexicalEmbedder.load(self.folder) if recorded == "<lexical>"
+                    else load_embedder(spec, **options))
+        renamed = spec != recorded and recorded != "<lexical>"  # an old folder's name, mapped to a spec
+        if int(getattr(embedder, "dim", self.dim)) != self.dim or (renamed and embedder.name != self.embedder_name):
+            raise EmbedderMismatchError(
+                f"{self.folder}: the index was built with embedder {self.embedder_name!r} (dim {self.dim}), but "
+                f"{spec!r} now loads {embedder.name!r} (dim {embedder.dim}): rebuild the index (nextlong index)")
+        return embedder
 
     # ------------------------------------------------------------------ search
 

@@ -168,6 +168,10 @@ def embedder_spec(embedder) -> str | None:
         return "<lexical>"
     if isinstance(embedder, TransformerEmbedder):
         return DEFAULT_EMBEDDER if embedder.name == DEFAULT_EMBEDDER else str(embedder.path)
+    from .static_embedding import StaticEmbedder, is_default_distillation
+
+    if isinstance(embedder, StaticEmbedder):  # its name ('static-all-MiniLM-L6-v2-d256') is no spec
+        return "static" if is_default_distillation(embedder.path) else str(embedder.path)
     return getattr(embedder, "name", None)
 
 
