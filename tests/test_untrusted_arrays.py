@@ -59,6 +59,7 @@ def test_damage_and_lies_are_named(tmp_path):
     _refused(archive, "a .npz archive, not a .npy array file")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # numpy on some flipped headers
 def test_a_damaged_header_dict_is_one_error(tmp_path):
     """Audit s12 F3: numpy parses the header dict with ast and tokenize, which raise TokenError or SyntaxError
     (not ValueError) on some damage, e.g. its '(' flipped: that was a traceback. Every bit of every header
