@@ -186,6 +186,8 @@ def load_array(path, error, *, remedy: str, mmap: bool = True, size: int | None 
     when it was written, where given (the file was altered or damaged); a .npy file numpy reads without
     pickles; then `dtype` (or only its `kind`, numpy's letters: "f" floats, "iu" integers), `ndim` and
     `shape` (None in a shape: any length there)."""
+    from tokenize import TokenError
+
     import numpy as np
 
     from .atomic import file_crc32
@@ -204,8 +206,11 @@ def load_array(path, error, *, remedy: str, mmap: bool = True, size: int | None 
         raise error(f"{path}: {why}; {remedy}")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError, TypeError, OverflowError, RecursionError,
+            MemoryError) as exc:  # a damaged header dict breaks numpy's parser (ast, tokenize) in these ways too
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if isinstance(exc, (SyntaxError, TokenError)):
+            detail = f"its header does not parse: {type(exc).__name__}"
         raise error(f"{path}: not a readable numpy array ({detail}); {remedy}") from None
     if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever the file's name
         close = getattr(array, "close", None)

@@ -391,3 +391,27 @@ def test_a_damaged_shard_is_named(tmp_path, sharded):
     (folder / "index.json").unlink()
     with pytest.raises(IndexFileError, match="incomplete save"):
         ChunkIndex.load(folder)
+
+
+def test_the_build_bar_advances_every_4096_vectors(monkeypatch):
+    """Audit s12 F7: the HNSW bar advanced once per 65,536 vectors (0% for 90 s at 99k chunks, then 66%).
+    Vectors go to usearch 4,096 at a time: no slower (CPU time 14.6 s against 15.3 s at 50k x 256, 2 threads),
+    and on one thread the same graph, byte for byte."""
+    import tqdm
+
+    steps = []
+
+    class Bar:
+        def __init__(self, *a, **k):
+            pass
+
+        def update(self, n):
+            steps.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    vectors = unit(np.random.default_rng(0).standard_normal((10_000, 16)).astype(np.float32))
+    ChunkIndex.build(vectors, np.arange(10_000), np.arange(10_000) // 4, threads=1, progress=True)
+    assert sum(steps) == 10_000 and max(steps) <= 4096

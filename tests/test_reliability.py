@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,30 @@ def test_synthesize_refuses_a_damaged_prebuilt_index(tmp_path, capsys):
             "--target-length", "1024", "--quiet"]
     assert main(argv) == 1
     assert "CRC32 mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damaged", ["chunks/store/chunk_doc.npy", "chunks/blank_docs.npy"])
+def test_a_damaged_npy_header_in_a_work_folder_is_one_line(tmp_path, capsys, damaged):
+    """Audit s12 F3: one flipped byte in the header dict of a work folder's .npy (these carry no CRC) gave a
+    40-line tokenize.TokenError traceback from numpy's header parser; it is one line naming the file."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", str(corpus), "--out", str(out), "--method", "standard", "--target-length",
+            "256", "--chunk-size", "512", "--quiet"]
+    assert main(argv) == 0
+    path = out / damaged
+    raw = path.read_bytes()
+    at = raw.index(b"(", 10)  # the shape tuple's '(' turned into 'h': tokenize runs out of input
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1:])
+    for stage in ("units", "plan", "assemble", "data"):  # what reads the chunk store again
+        shutil.rmtree(out / stage)
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"nextlong synthesize: error: {path}: not a readable numpy array")
+    assert err.endswith(f"delete {out / 'chunks'} to build the chunk store again" if "store" in damaged
+                        else f"delete {out / 'chunks'} to chunk the corpus again")
 
 
 # --- 3. truncated compressed input -------------------------------------------------------------------

@@ -208,3 +208,40 @@ def test_synthesis_with_a_short_window_model_and_with_static(tiny, tmp_path, mon
     static = synthesize(corpus, tmp_path / "static", embedder=f"static:{tiny}", **common)
     assert static["statistics"]["documents_built"] == 2
     assert static["settings"]["embedder_name"].startswith("static-tiny-bert")
+
+
+def test_search_opens_an_index_built_with_a_static_embedder(tiny, tmp_path, monkeypatch, capsys):
+    """Audit s12 F4: index.json recorded the static embedder's name ('static-all-MiniLM-L6-v2-d256') as its
+    spec, which load_embedder refuses, so `nextlong search` failed on every --embedder static index. It records
+    'static' for the default distillation (the tiny BERT stands in for MiniLM here) and the model2vec folder
+    for another; a folder written before (its name as spec) still opens."""
+    from nextlong.cli import main
+    from nextlong.mining import embedder as embedder_module
+    from tests.helpers import chunk_table, corpus_head, write_chunk_table
+
+    monkeypatch.setenv("NEXTLONG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedder_module, "default_model_path", lambda: tiny)
+    table = chunk_table(corpus_head(limit=6), max_chars=600, max_chunks=40, min_chars=30)
+    chunks = write_chunk_table(table, tmp_path / "chunks.parquet")
+    text = table.column("text")[7].as_py()
+
+    def search(index) -> int:
+        capsys.readouterr()
+        assert main(["search", str(index), text, "-k", "2", "--json"]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out.splitlines()[0])["chunk_id"]
+
+    for embedder, spec in (("static", "static"), (f"static:{tiny}", None)):
+        out = tmp_path / embedder.replace(":", "_").replace("/", "_")
+        assert main(["index", str(chunks), "--out", str(out), "--embedder", embedder, "--no-progress"]) == 0
+        info = json.loads((out / "index.json").read_text())
+        recorded = info["embedder"]["spec"]
+        assert recorded == spec if spec else recorded.startswith(str(tmp_path / "cache" / "static" / "tiny-bert-pca"))
+        assert search(out) == 7
+
+    # a folder from before: the default distillation's name as its spec
+    out = tmp_path / "static"
+    info = json.loads((out / "index.json").read_text())
+    assert info["embedder"]["name"] == "static-all-MiniLM-L6-v2-d32"
+    info["embedder"]["spec"] = info["embedder"]["name"]
+    (out / "index.json").write_text(json.dumps(info))
+    assert search(out) == 7

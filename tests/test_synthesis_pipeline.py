@@ -704,3 +704,38 @@ def test_the_reported_distance_and_similarity_are_what_the_rows_and_embeddings_g
     assert stats["mean_dependency_distance_tokens_with_negatives"] == pytest.approx(np.mean(dists_neg))
     assert np.mean(dists_neg) > np.mean(dists)  # the already-long rows' zeros are out of it
     assert stats["anchor_negative_similarity_mean"] == pytest.approx(np.mean(sims), abs=1e-5)
+
+
+def test_an_index_without_embeddings_embeds_the_corpus_with_its_own_embedder(tmp_path):
+    """Audit s12 F2: `--index` over a folder with no embeddings.npy and no --embedder embedded the corpus with
+    the default MiniLM and searched the index's other vectors with it (exit 0, negatives below random pairs).
+    The index's recorded embedder embeds it now; one that cannot be loaded, or an --embedder of another
+    dimension, is refused before any chunking or embedding."""
+    from nextlong import synthesize
+    from nextlong.errors import EmbedderMismatchError
+    from nextlong.mining.index_job import build_index_from_chunks
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(60_000))
+    settings = dict(chunk_size=512, target_length=L, progress=False, num_samples=2)
+    synthesize(corpus, tmp_path / "first", embedder="hashed-tfidf:256", **settings)
+    prebuilt = tmp_path / "prebuilt"
+    index = build_index_from_chunks(tmp_path / "first" / "chunks" / "chunks.parquet", prebuilt,
+                                    embedder="hashed-tfidf:384", progress=False,
+                                    embeddings_path=tmp_path / "elsewhere.npy")
+    assert not (prebuilt / "embeddings.npy").exists()
+
+    m = synthesize(corpus, tmp_path / "reuse", index=str(prebuilt), **settings)
+    assert m["settings"]["embedder_name"] == index.embedder_name == m["statistics"]["embedding"]["embedder"]
+    np.testing.assert_allclose(np.load(tmp_path / "reuse" / "embeddings" / "embeddings.npy"),
+                               np.load(tmp_path / "elsewhere.npy"), atol=1e-6)
+
+    # a prefix of the index's name, another dimension ('hashed-tfidf-d38' vs 'hashed-tfidf-d384-idf...')
+    with pytest.raises(StageMismatchError, match=r"dim 384.*dim 38\)"):
+        synthesize(corpus, tmp_path / "dim", index=str(prebuilt), embedder="hashed-tfidf:38", **settings)
+    assert not (tmp_path / "dim" / "embed").exists(), "refused before embedding"
+
+    (prebuilt / "lexical_embedder.json").unlink()  # the fitted IDF weights are gone: the embedder cannot be rebuilt
+    with pytest.raises(EmbedderMismatchError, match=r"^\S*prebuilt: --index: no embeddings.npy .*'hashed-tfidf-d384-idf"
+                                                     r"\w+' \(dim 384\).*pass --embedder") as err:
+        synthesize(corpus, tmp_path / "lost", index=str(prebuilt), **settings)
+    assert "\n" not in str(err.value) and not (tmp_path / "lost").exists(), "refused before any chunking"

@@ -59,6 +59,27 @@ def test_damage_and_lies_are_named(tmp_path):
     _refused(archive, "a .npz archive, not a .npy array file")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # numpy on some flipped headers
+def test_a_damaged_header_dict_is_one_error(tmp_path):
+    """Audit s12 F3: numpy parses the header dict with ast and tokenize, which raise TokenError or SyntaxError
+    (not ValueError) on some damage, e.g. its '(' flipped: that was a traceback. Every bit of every header
+    byte flipped: the array loads, or one error naming the file."""
+    raw = _saved(tmp_path, np.arange(7, dtype=np.int64)).read_bytes()
+    header_end = 10 + int.from_bytes(raw[8:10], "little")
+    damaged = tmp_path / "d.npy"
+    for at in (raw.index(b"(", 10), raw.index(b"{", 10)):  # the ones that reach tokenize
+        damaged.write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1:])
+        _refused(damaged, r"not a readable numpy array \(its header does not parse: TokenError\)")
+    for at in range(header_end):
+        for bit in range(8):
+            damaged.write_bytes(raw[:at] + bytes([raw[at] ^ (1 << bit)]) + raw[at + 1:])
+            for mmap in (True, False):
+                try:
+                    load_array(damaged, CorruptFileError, remedy="build it again", mmap=mmap)
+                except CorruptFileError as exc:
+                    assert str(exc).startswith(str(damaged)) and "\n" not in str(exc)
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     if not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs here")

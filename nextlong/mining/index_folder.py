@@ -168,7 +168,32 @@ def embedder_spec(embedder) -> str | None:
         return "<lexical>"
     if isinstance(embedder, TransformerEmbedder):
         return DEFAULT_EMBEDDER if embedder.name == DEFAULT_EMBEDDER else str(embedder.path)
+    from .static_embedding import StaticEmbedder, is_default_distillation
+
+    if isinstance(embedder, StaticEmbedder):  # its name ('static-all-MiniLM-L6-v2-d256') is no spec
+        return "static" if is_default_distillation(embedder.path) else str(embedder.path)
     return getattr(embedder, "name", None)
+
+
+def query_spec(info: dict, folder: Path | None) -> str | None:
+    """The spec load_embedder takes to rebuild the index's embedder here, or None when what index.json
+    records cannot be loaded ('<lexical>' without its state beside the index, a name load_embedder does
+    not know, a folder missing on this machine). Folders written before static embedders recorded a spec
+    hold the embedder's name: 'static-all-MiniLM-L6-v2-dN' is the default distillation, 'static'."""
+    from .embedder import _DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER
+    from .lexical_embedding import LEXICAL_STATE
+
+    spec = info["embedder"].get("spec")
+    if spec == "<lexical>":
+        return str(folder) if folder is not None and (Path(folder) / LEXICAL_STATE).is_file() else None
+    if spec is None:
+        return None
+    if spec.startswith(f"static-{DEFAULT_EMBEDDER}-d") and spec[len(f"static-{DEFAULT_EMBEDDER}-d"):].isdigit():
+        return "static"
+    if (spec in _DEFAULT_ALIASES or spec == "static" or spec.startswith("static:") or spec == LEXICAL_EMBEDDER
+            or spec.startswith(LEXICAL_EMBEDDER + ":") or Path(spec).expanduser().is_dir()):
+        return spec
+    return None
 
 
 def check_embedder(info: dict, embedder, expect_dim: int | None, where) -> None:

@@ -129,6 +129,15 @@ def static_model_dir(source: Path | None = None, pca_dims: int = DEFAULT_PCA_DIM
     return folder
 
 
+def is_default_distillation(folder: Path) -> bool:
+    """Whether `folder` is a cached distillation of the shipped MiniLM at the default settings, which
+    load_embedder("static") rebuilds anywhere (an index records "static" for it, not a cache path)."""
+    from .embedder import DEFAULT_EMBEDDER
+
+    folder = Path(folder)
+    return folder.parent.name == "static" and folder.name.startswith(f"{DEFAULT_EMBEDDER}-pca{DEFAULT_PCA_DIMS}-")
+
+
 MAX_NATIVE_ADDED_TOKENS = 64  # the native check looks for each added token in each text (BERT has 5): more go to HF
 
 

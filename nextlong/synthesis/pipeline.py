@@ -66,13 +66,15 @@ def check_prebuilt_index(index_dir, store, embedder_spec, verify: bool = True):
     from ..mining.index import ChunkIndex
 
     index = ChunkIndex.view(index_dir, verify=verify)
-    if embedder_spec:  # the index fixes the embedder; an explicit --embedder must agree with it
+    if embedder_spec:  # the index fixes the embedder: the one that embeds the corpus must be it
         from ..mining.embedding import load_embedder
 
-        asked = load_embedder(embedder_spec).name
-        if not str(index.embedder_name or "").startswith(asked):  # a fitted lexical embedder adds "-idf"
-            raise StageMismatchError(f"{index_dir}: the index was built with embedder {index.embedder_name!r}, "
-                                     f"but --embedder {embedder_spec!r} ({asked!r}) was asked for")
+        embedder = load_embedder(embedder_spec)
+        asked, dim = embedder.name, int(getattr(embedder, "dim", index.dim))
+        built = str(index.embedder_name or "")
+        if not built.startswith(asked) or dim != index.dim:  # a fitted lexical embedder adds "-idf"
+            raise StageMismatchError(f"{index_dir}: the index was built with embedder {built!r} (dim {index.dim}), "
+                                     f"but --embedder {embedder_spec!r} ({asked!r}, dim {dim}) was asked for")
     hashes = pq.read_table(Path(index_dir) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
     if len(index) != store.num_chunks or not np.array_equal(hashes, np.asarray(store.text_hash)):
         raise StageMismatchError(
@@ -108,7 +110,8 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     from . import stages as S
     from .artifacts import DEFAULT_EMBEDDER_SPEC
 
-    spec = cfg.embedder or DEFAULT_EMBEDDER_SPEC
+    recorded = index_embedder(cfg)
+    spec = cfg.embedder or recorded or DEFAULT_EMBEDDER_SPEC
     tok = cfg.tokenizer
     threads = cfg.num_threads or None
     steps = [
@@ -134,7 +137,8 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         emb = "embeddings"
         if cfg.index is not None:
             external["index"] = str(cfg.index)
-            steps.append(PrebuiltIndexCheck(name="index_check", inputs=(chunks, "index"), embedder=cfg.embedder))
+            steps.append(PrebuiltIndexCheck(name="index_check", inputs=(chunks, "index"),
+                                            embedder=cfg.embedder or recorded))
         if cfg.index is not None and (Path(cfg.index) / EMBEDDINGS_FILE).exists():
             external["embeddings"] = str(cfg.index)  # reuse the index's vectors: embedding is the cost
         else:
@@ -164,6 +168,30 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         S.CutStage(name="data", inputs=("assemble",), rows=cfg.num_samples),
     ]
     return Pipeline(cfg.out_dir, steps, external=external)
+
+
+def index_embedder(cfg: SynthesisConfig) -> str | None:
+    """--index without --embedder over a folder with no embeddings.npy to reuse: the spec of the embedder
+    the index records, which must embed the corpus (another one's vectors searched in this index give
+    garbage negatives, silently); refused in one line when index.json's record cannot be loaded here.
+    None when the corpus is not embedded for the index, or --embedder names the embedder."""
+    if cfg.index is None or cfg.embedder or cfg.method not in EMBEDDING_METHODS:
+        return None
+    folder = Path(cfg.index)
+    if (folder / EMBEDDINGS_FILE).exists():
+        return None
+    from ..errors import EmbedderMismatchError
+    from ..mining.index_folder import query_spec, read_info
+
+    info = read_info(folder)
+    spec = query_spec(info, folder)
+    if spec is None:
+        built = info["embedder"]
+        raise EmbedderMismatchError(
+            f"{folder}: --index: no {EMBEDDINGS_FILE} to reuse, so the corpus must be embedded with the index's "
+            f"embedder {built['name']!r} (dim {built['dim']}), which cannot be loaded from what the index folder "
+            "records: pass --embedder naming that embedder")
+    return spec
 
 
 def plan_settings(cfg: SynthesisConfig) -> dict:
@@ -245,10 +273,10 @@ def check_before_work(cfg: SynthesisConfig) -> None:
             if not (index / "index.json").is_file():
                 what = "no such folder" if not index.exists() else "not a folder written by nextlong index (no index.json)"
                 raise IndexFileError(f"{index}: --index: {what}")
-        if cfg.index is None or cfg.embedder:
+        if cfg.index is None or cfg.embedder or index_embedder(cfg):
             from ..mining.embedding import check_embedder_spec
 
-            check_embedder_spec(cfg.embedder)
+            check_embedder_spec(cfg.embedder or index_embedder(cfg))
     if cfg.method == "nextlong" and cfg.index is not None:
         import importlib.util
 
