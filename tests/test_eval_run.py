@@ -409,3 +409,17 @@ def test_greedy_answers_end_at_generation_configs_eos_ids_too(tmp_path, tokenize
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, True]}))
     with pytest.raises(ModelFolderError, match="generation_config.json: eos_token_id must be a token id"):
         load_model(folder, device="cpu")
+
+
+def test_a_rerun_removes_the_pictures_of_tasks_it_no_longer_runs(tmp_path):
+    """A second eval into the same --out with fewer tasks left the first run's heat maps beside a summary that no
+    longer names them (an outside UX audit): the pictures and sample dump this run does not write are removed,
+    nothing else is."""
+    from nextlong.eval.evaluation import stale_outputs
+
+    for name in ("heatmap_niah_single_1.png", "heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl",
+                 "results.json", "notes.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "heatmap_link.png").symlink_to(tmp_path / "notes.png")
+    assert stale_outputs(tmp_path, ["heatmap_niah_single_1.png", "loss_by_position.png"]) == [
+        "heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl"]

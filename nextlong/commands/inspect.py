@@ -53,7 +53,9 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
     if isinstance(stats, dict) and run_status(manifest) is not None:  # running, failed or interrupted
         error = f" ({printable(str(stats.get('error')))[:200]})" if stats.get("error") else ""
         raise NextlongError(f"{manifest_path}: the nextlong {manifest.get('command')} run writing {directory} has not "
-                            f"finished: {run_status(manifest)}{error}; run its command again to complete it")
+                            f"finished: {run_status(manifest)}{error}; "
+                            + ("fix what stopped it, then run its command again" if run_status(manifest) == "failed"
+                               else "run its command again to complete it"))
     if not isinstance(settings, dict) or not isinstance(stats, dict):
         raise NextlongError(f"{manifest_path}: expected \"settings\" and \"statistics\" objects (is {directory} the "
                             "--out of nextlong synthesize?)")

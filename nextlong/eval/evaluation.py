@@ -182,6 +182,9 @@ def run_eval(args: EvalOptions) -> dict:
 
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(summary + "\n", encoding="utf-8")
+        for name in stale_outputs(out, written):  # an earlier run's, beside results that no longer mention them
+            (out / name).unlink()
+            print(f"nextlong eval: removed {out / name}, an earlier run's, which this run does not write", file=sys.stderr)
         write_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings,
                        statistics={"samples": len(plan(settings)) if tasks else 0,
                            "samples_reused": reused, "rag_answers": rag_answers,
@@ -190,6 +193,17 @@ def run_eval(args: EvalOptions) -> dict:
     if not args.quiet:
         print(printable(summary))  # it quotes corpus-derived warnings and the tokenizer's name
     return results
+
+
+EVAL_PICTURES = ("heatmap_*.png", "loss_by_position.png", "repeat_gain.png")
+
+
+def stale_outputs(out: Path, written: list[str]) -> list[str]:
+    """The pictures and sample dump an earlier eval left in `out` that this run did not write: a rerun with fewer
+    tasks left their heat maps beside a summary that no longer names them (an outside UX audit)."""
+    found = {p.name for pattern in EVAL_PICTURES + ("samples.jsonl",) for p in out.glob(pattern)
+             if p.is_file() and not p.is_symlink()}
+    return sorted(found - set(written))
 
 
 def key_masks_from(evaluator, args, docs, progress: bool = True) -> list:
