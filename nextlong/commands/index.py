@@ -21,8 +21,8 @@ def add_parser(subparsers) -> None:
                    help="all-MiniLM-L6-v2 (default, offline), static (MiniLM distilled to static vectors, "
                    "cached after first use), hashed-tfidf[:DIM] (lexical, fast), "
                    "or a local sentence-transformers/transformers model folder")
-    p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index")
-    p.add_argument("--batch-size", type=positive_int, default=512, help="texts embedded and flushed to disk at a time")
+    p.add_argument("--dtype", default="f16", choices=["f16", "i8", "f32", "bf16"], help="vector storage in the index (default f16)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="texts embedded and flushed to disk at a time (default 512)")
     p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP)
     p.add_argument("--connectivity", type=positive_int, default=None, help="HNSW M (default 32)")
     p.add_argument("--expansion-add", type=positive_int, default=None, help="HNSW efConstruction (default 128)")

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunks", default=None, help="chunk table for the texts (default: the one recorded in the index)")
     p.add_argument("--exclude-doc", action="append", default=None, type=nonnegative_int,
                    help="doc_index to exclude (repeatable), as mining excludes the document being extended")
-    p.add_argument("--snippet", type=nonnegative_int, default=160, help="characters of text shown per result")
+    p.add_argument("--snippet", type=nonnegative_int, default=160, help="characters of text shown per result (default 160)")
     p.add_argument("--json", action="store_true", help="one JSON object per result instead of a table")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 check of the index file (one read of the file)")

@@ -94,7 +94,7 @@ def add_parser(subparsers) -> None:
                    help="quest: a document's key is drawn among its top N TF-IDF keywords (default 3)")
     p.add_argument("--quest-max-repeats", type=positive_int, default=4,
                    help="quest: a key group shorter than L is repeated, reshuffled, at most N times (default 4)")
-    p.add_argument("--shard-size", type=positive_int, default=64, help="anchors (or long documents) per output shard")
+    p.add_argument("--shard-size", type=positive_int, default=64, help="anchors (or long documents) per output shard (default 64)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),

@@ -1,4 +1,5 @@
-"""`nextlong tokenize`: every whole document of a corpus into token ids (Parquet, TOKENS_SCHEMA)."""
+"""`nextlong tokenize`: every whole document of a corpus into token ids (Parquet: one row per document, with its
+number in the corpus, its id and its token ids)."""
 
 from __future__ import annotations
 
