@@ -355,3 +355,14 @@ def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said
     assert main(argv) == 143
     assert capsys.readouterr().err.strip() == f"nextlong {command}: {said}"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize("command", ["eval", "heads"])
+def test_eval_and_heads_take_trains_attention_option_name(command):
+    """`nextlong train --attention sdpa` but `nextlong eval --attn sdpa`: the same option under two names (an outside
+    UX audit); eval and heads now take --attention as well."""
+    from nextlong.cli import build_parser
+
+    args = build_parser().parse_args([command, "model", "--out", "o", "--attention", "sdpa"])
+    assert args.attn == "sdpa"
+    assert build_parser().parse_args([command, "model", "--out", "o", "--attn", "eager"]).attn == "eager"
