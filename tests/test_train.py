@@ -114,6 +114,30 @@ def test_mds_input_matches_parquet():
     assert Source(str(mds / "mds")).kind == "mds"
 
 
+def test_jsonl_rows_with_segments_train_as_the_same_parquet_rows(tmp_path):
+    """JSONL rows carrying `segments` were cut into per-document spans under the default `--attention-spans
+    sample` (Parquet's segments are read for `document` only): the NExtLong rows as JSONL trained with 252-254
+    targets a step where the same rows as Parquet have 255. Now both give the same steps in both span modes."""
+    data = synthesized("nextlong")
+    jsonl = tmp_path / "rows.jsonl"
+    with open(jsonl, "w") as f:
+        for row in pq.read_table(data / "data").to_pylist():
+            segments = [{k: s[k] for k in ("start", "end", "doc_id")} for s in row["segments"]]
+            f.write(json.dumps({"input_ids": row["input_ids"], "segments": segments}) + "\n")
+    tok = str(corpus_and_tokenizer()[1])
+    for spans in ("sample", "document"):
+        curves = {}
+        for name, source in (("parquet", data), ("jsonl", jsonl)):
+            train(source, tmp_path / f"{spans}-{name}", steps=3, seq_len=SAMPLE_LEN, tokenizer=tok,
+                  attention_spans=spans, **FAST)
+            curves[name] = [(r["loss_tokens"], r["loss"]) for r in metrics(tmp_path / f"{spans}-{name}")]
+        assert curves["jsonl"] == curves["parquet"], spans
+        if spans == "sample":
+            assert {n for n, _ in curves["parquet"]} == {SAMPLE_LEN - 1}
+        else:
+            assert min(n for n, _ in curves["parquet"]) < SAMPLE_LEN - 1
+
+
 # --- the model: kernels against eager, token weights ----------------------------------------------
 
 
