@@ -683,3 +683,79 @@ def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     assert [r["loss"] for r in _rows(cut)] == [r["loss"] for r in _rows(whole)]
     with pytest.raises(NextlongError, match=r"cannot resume with other settings \(seed: saved 5, now 6\)"):
         train(data, cut, resume=True, seed=6, progress=False)
+
+
+# --- what --out and --resume may be given ------------------------------------------------------------
+
+
+def test_an_out_holding_another_commands_output_or_the_data_is_refused(data, tmp_path, capsys):
+    """--out holding a `nextlong synthesize` output (the DATA folder itself, too) had its manifest replaced by
+    the run's and checkpoints written among the data, with or without --resume; a plain Parquet folder given
+    as DATA and --out got the run's files. Now each is one line before any work, and the folder is untouched."""
+    import shutil
+
+    other = tmp_path / "synthesized"
+    shutil.copytree(data, other)
+    before = (other / "manifest.json").read_bytes()
+    common = ["--steps", "1", "--quiet", "--threads", "1"]
+    for argv in (["train", str(data), "--out", str(other), *common],
+                 ["train", str(data), "--out", str(other), "--resume", *common],
+                 ["train", str(data), "--out", str(other), "--resume", "--quiet"],  # the short form
+                 ["train", str(other), "--out", str(other), *common]):
+        assert main(argv) == 1, argv
+        err = _one_error_line(capsys)
+        assert f"{other} holds a `nextlong synthesize` output (manifest.json): give --out a new folder" in err, err
+    assert (other / "manifest.json").read_bytes() == before
+    assert not (other / "checkpoints").exists() and not (other / "metrics.jsonl").exists()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for part in sorted((data / "data").glob("*.parquet")):
+        shutil.copy2(part, plain / part.name)
+    argv = ["train", str(plain), "--out", f"{plain}/", "--seq-len", str(SAMPLE_LEN), "--tokenizer",
+            str(corpus_and_tokenizer()[1]), *common]
+    assert main(argv) == 1
+    assert f"{plain} is the DATA folder {plain}: give --out a new folder" in _one_error_line(capsys)
+    assert sorted(p.name for p in plain.iterdir()) == sorted(p.name for p in (data / "data").glob("*.parquet"))
+
+
+def test_resume_of_a_run_killed_before_its_manifest_is_refused_in_the_short_form(data, tmp_path, capsys):
+    """A run killed during setup leaves --out holding only its lock file. `--resume` without settings then
+    trained a new run with the defaults ("no checkpoint ...; starting from step 0"), not the killed run's
+    settings, which were never recorded. Now the short form is refused in one line (CLI and Python); a resume
+    that gives settings starts from step 0 with them, and an --out that does not exist starts fresh."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".nextlong.lock").write_text("12345\n")  # what a kill -9 in setup leaves
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 1
+    err = _one_error_line(capsys)
+    assert (f"{run} records no settings to resume from (it stopped before writing its manifest): give the "
+            "settings again, or run without --resume") in err, err
+    with pytest.raises(NextlongError, match="records no settings to resume from"):
+        train(data, run, resume=True, progress=False, num_threads=1)
+    assert sorted(p.name for p in run.iterdir()) == [".nextlong.lock"]
+
+    assert main(["train", str(data), "--out", str(run), "--resume", "--steps", "3", "--lr", "0.003",
+                 "--stop-after", "1", "--quiet", "--threads", "1"]) == 0
+    settings = json.loads((run / "manifest.json").read_text())["settings"]
+    assert settings["steps"] == 3 and settings["lr"] == 0.003
+    # now recorded: the short form continues it
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 0
+    assert [r["step"] for r in _rows(run)] == [1, 2, 3]
+    fresh = tmp_path / "fresh"  # job scripts pass --resume always
+    assert main(["train", str(data), "--out", str(fresh), "--resume", "--stop-after", "1", "--quiet",
+                 "--threads", "1"]) == 0
+    assert [r["step"] for r in _rows(fresh)] == [1]
+
+
+def test_errors_read_from_the_run_before_training_are_said_once_per_node(data, tmp_path, capsys, monkeypatch):
+    """Under torchrun every rank reads the run's manifest before training: a rank other than a node's first
+    exits with the error's status without printing it again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr("nextlong.cli._end_torchrun_rank", lambda code: None)
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet"]) == 1
+    assert capsys.readouterr().err == ""
+

@@ -32,7 +32,7 @@ from ..manifest import RUNNING, ended_by, read_manifest, run_status
 from ..model_folder import folder_identity
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, check_output_folder
 from .data import SampleStream, SequencePacker, collate
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
@@ -232,7 +232,13 @@ class Trainer:
         cfg = self.cfg
         seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
+        check_output_folder(self.run_dir)  # nor another command's output, whose manifest the run would replace
         self.sources = sources = open_sources(cfg.data)
+        out = self.run_dir.resolve()
+        for s in sources:  # the run's files would land among the data (a plain Parquet folder has no manifest)
+            if out in {s.path.resolve(), *([s.manifest_dir.resolve()] if s.manifest_dir else [])}:
+                raise NextlongError(f"{self.run_dir} is the DATA folder {s.spec}: give --out a new folder or a "
+                                    "training run's folder")
         self.data_fingerprint = [s.fingerprint() for s in sources]  # what the manifest records and a resume compares
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
                                        split_spans=cfg.split_spans)
