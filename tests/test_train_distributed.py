@@ -162,6 +162,26 @@ def test_a_setup_failure_on_one_rank_stops_every_rank_with_its_message(single, t
     assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
+@pytest.mark.parametrize("case", ["seq-parallel", "attention-dropout"])
+def test_a_setting_every_rank_refuses_is_printed_once(single, tmp_path, case):
+    """`--seq-parallel 3` on 2 ranks was refused by each rank outside setup's agreements, so its line was printed
+    twice; a model with attention dropout under our attention failed at step 1 with a traceback on each rank.
+    Both are refused in setup's agreements now: one line, --out not made."""
+    data, _ = single
+    if case == "seq-parallel":
+        extra, line = ("--seq-parallel", "3"), "nextlong train: error: --seq-parallel 3: "
+    else:
+        from tests.test_train_safety import _dropout_model
+
+        model = _dropout_model(tmp_path / "model")
+        extra, line = ("--model", str(model)), f"--model {model}: its config sets attention_dropout = 0.5"
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, *extra)
+    assert proc.returncode != 0 and "[rank0]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1, proc.stderr[-4000:]
+    assert not run.exists()
+
+
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory):
     """A Llama with 4 query heads over 2 kv heads (the tiny preset has 2 over 1): SP = 4 needs 4 heads."""

@@ -36,7 +36,7 @@ from .config import TrainConfig, check_output_folder
 from .data import SampleStream, SequencePacker, collate
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
-from .model import LossModel, build_model, get_rope_theta, is_preset, run_or_model_folder
+from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
 from .sources import open_sources, resolve_loss_on
 from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
@@ -194,7 +194,7 @@ class Trainer:
     # stops there with the failed rank's message instead of meeting a broken connection at the next collective.
     def setup(self) -> None:
         _agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
-        self._check_sequence_parallel()  # collective: creates the sequence-parallel groups
+        self._sequence_parallel_groups()  # collective: creates the sequence-parallel groups
         _agreed(self._setup_model)  # the model built and checked on this rank: no collective
         cfg = self.cfg
         check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
@@ -284,6 +284,23 @@ class Trainer:
                                      "--attention-spans document|none (for NExtLong data, document blocks the "
                                      "dependencies between its meta-chunks)")
         self.data_tok, self.data_vocab, self.eos_id = data_tok, vocab, eos_id
+        self._check_sequence_parallel_settings()
+
+    def _check_sequence_parallel_settings(self) -> None:
+        """--seq-parallel N's usage errors, checked here, inside setup's first agreement: every rank meets them
+        alike, and only the lowest prints (raised beside the group creation, each rank printed its own copy)."""
+        cfg, sp = self.cfg, self.cfg.seq_parallel
+        if sp == 1:
+            return
+        problems = [
+            (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
+            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
+            (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
+                              f"torchrun --nproc-per-node a multiple of {sp}"),
+        ]
+        for bad, why in problems:
+            if bad:
+                raise UsageError(f"--seq-parallel {sp}: {why}")
 
     def _setup_model(self) -> None:
         cfg, data_tok, vocab, eos_id = self.cfg, self.data_tok, self.data_vocab, self.eos_id
@@ -307,6 +324,7 @@ class Trainer:
         lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                          rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
                          eos_id=eos_id)
+        check_attention_dropout(lm, cfg.model, cfg.attention)
         self.model_vocab = lm.config.vocab_size
         _check_vocabulary("--model", cfg.model, self.model_vocab, data_tok, vocab)
         if self.sp > 1 and lm.config.num_attention_heads % self.sp:
@@ -332,24 +350,15 @@ class Trainer:
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
 
-    def _check_sequence_parallel(self) -> None:
+    def _sequence_parallel_groups(self) -> None:
         """--seq-parallel N: ranks r, r+1, ... r+N-1 (r a multiple of N) split each sequence's tokens and read the
         same data; data parallelism runs over the world / N groups. Sets sp, sp_rank, sp_group, dp_rank,
-        dp_world (1-way groups when N = 1)."""
-        cfg, sp = self.cfg, self.cfg.seq_parallel
+        dp_world (1-way groups when N = 1); the settings were checked in _setup_inputs."""
+        sp = self.cfg.seq_parallel
         self.sp, self.sp_rank, self.sp_group = sp, self.rank % sp, None
         self.dp_rank, self.dp_world = self.rank // sp, self.world // sp
         if sp == 1:
             return
-        problems = [
-            (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
-            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
-            (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
-                              f"torchrun --nproc-per-node a multiple of {sp}"),
-        ]
-        for bad, why in problems:
-            if bad:
-                raise UsageError(f"--seq-parallel {sp}: {why}")
         import torch.distributed as dist
 
         import nextlong.parallel  # noqa: F401  (the attention hook looks for it)
