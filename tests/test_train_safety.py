@@ -782,3 +782,29 @@ def test_a_model_with_attention_dropout_under_our_attention_is_a_usage_error(dat
     assert "pass --attention sdpa, or set attention_dropout to 0 in" in err and str(model / "config.json") in err
     assert not run.exists()
 
+
+def test_the_summary_line_counts_skipped_steps(data, tmp_path, capsys):
+    """A skip-step run whose later steps were all skipped printed `loss X -> X` (the last finite loss, step
+    1's) with no hint that 3 steps were skipped."""
+    run = tmp_path / "skip"
+    assert main(["train", str(data), "--out", str(run), "--steps", "4", "--lr", "1e9", "--warmup", "0",
+                 "--nan-policy", "skip-step", "--no-progress", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "finished: 4 steps" in err and " (3 skipped: not finite), " in err, err
+
+
+def test_resume_takes_the_same_data_however_spelled(data, tmp_path, monkeypatch):
+    """A resume refused the same data folder given relative or with a trailing '/' ("data: saved [...], now
+    [...]"); another folder (even a copy) is still refused."""
+    cut = tmp_path / "cut"
+    settings = dict(steps=3, lr=3e-3, warmup=1, **FAST)
+    train(str(data), cut, stop_after=1, **settings)
+    monkeypatch.chdir(data.parent)
+    train(data.name, cut, resume=True, stop_after=1, **settings)
+    assert train(f"{data}/", cut, resume=True, **settings)["steps"] == 3
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    with pytest.raises(NextlongError, match=r"cannot resume with other settings \(data: saved"):
+        train(copy, cut, resume=True, **settings)

@@ -198,8 +198,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet and summary["final_loss"] is not None:
+        # the final loss is the last finite one: say when later steps were skipped (--nan-policy skip-step)
+        skipped = f" ({summary['skipped_steps']} skipped: not finite)" if summary.get("skipped_steps") else ""
         print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, loss "
-              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['tokens_per_s'] or 0:,.0f} "
+              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{skipped}, "
+              f"{summary['tokens_per_s'] or 0:,.0f} "
               f"tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB; run in {args.out} "
               f"(loss.png, metrics.jsonl, model/)", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import resource
 import sys
@@ -425,7 +426,9 @@ class Trainer:
         from ..untrusted import show
 
         mine_json = json.loads(json.dumps(mine, default=str))
-        diff = sorted(str(k) for k in set(mine_json) | set(theirs) if mine_json.get(k) != theirs.get(k))
+        same = {"data": _same_data}  # the same folders spelled otherwise (relative, a trailing '/') are the same data
+        diff = sorted(str(k) for k in set(mine_json) | set(theirs)
+                      if not same.get(k, operator.eq)(mine_json.get(k), theirs.get(k)))
         if diff:
             details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(theirs.get(k), 100)}, "
                                 f"now {show(mine_json.get(k), 100)}" for k in diff[:8])
@@ -782,6 +785,21 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
     if vocab is not None and vocab > model_vocab:
         raise NextlongError(f"{option} {spec}: the data's tokenizer ({data_tok}) has {vocab} ids but the model's "
                             f"vocabulary has {model_vocab}: token ids would reach past its embedding table")
+
+
+def _same_data(now, saved) -> bool:
+    """Whether two `data` settings (lists of "PATH" or "PATH@weight") name the same sources, compared as resolved
+    paths (a saved relative path from the current folder), weight by weight."""
+    from .sources import parse_data_spec
+
+    def resolved(specs):
+        try:
+            return [(str(Path(path).resolve()), weight) for path, weight in map(parse_data_spec, specs)]
+        except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a saved value of the wrong shape
+            return specs
+
+    return now == saved or (isinstance(now, list) and isinstance(saved, list) and all(
+        isinstance(x, str) for x in now + saved) and resolved(now) == resolved(saved))
 
 
 def _append(path: Path):
