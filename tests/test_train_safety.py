@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -165,6 +166,9 @@ def test_skip_step_goes_on_without_applying_the_bad_updates(data, tmp_path):
     rows = _rows(run)
     assert summary["status"] == "finished" and summary["skipped_steps"] == 3
     assert [r.get("skipped", False) for r in rows] == [False, True, True, True]
+    # a skipped step still uses up its place in the schedule (no warm-up: cosine from lr to 0.1 lr)
+    assert [r["lr"] for r in rows] == pytest.approx([1e9 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 3)))
+                                                     for s in range(4)])
     first, *_, last = ckpt.list_checkpoints(run)
     for name in ("model.safetensors", "optimizer.safetensors"):
         a, b = load_state(first / name), load_state(last / name)
