@@ -4,6 +4,7 @@ exact resume, atomic checkpoints, bad input, the exported model folder, the CLI.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -114,6 +115,30 @@ def test_mds_input_matches_parquet():
     assert Source(str(mds / "mds")).kind == "mds"
 
 
+def test_jsonl_rows_with_segments_train_as_the_same_parquet_rows(tmp_path):
+    """JSONL rows carrying `segments` were cut into per-document spans under the default `--attention-spans
+    sample` (Parquet's segments are read for `document` only): the NExtLong rows as JSONL trained with 252-254
+    targets a step where the same rows as Parquet have 255. Now both give the same steps in both span modes."""
+    data = synthesized("nextlong")
+    jsonl = tmp_path / "rows.jsonl"
+    with open(jsonl, "w") as f:
+        for row in pq.read_table(data / "data").to_pylist():
+            segments = [{k: s[k] for k in ("start", "end", "doc_id")} for s in row["segments"]]
+            f.write(json.dumps({"input_ids": row["input_ids"], "segments": segments}) + "\n")
+    tok = str(corpus_and_tokenizer()[1])
+    for spans in ("sample", "document"):
+        curves = {}
+        for name, source in (("parquet", data), ("jsonl", jsonl)):
+            train(source, tmp_path / f"{spans}-{name}", steps=3, seq_len=SAMPLE_LEN, tokenizer=tok,
+                  attention_spans=spans, **FAST)
+            curves[name] = [(r["loss_tokens"], r["loss"]) for r in metrics(tmp_path / f"{spans}-{name}")]
+        assert curves["jsonl"] == curves["parquet"], spans
+        if spans == "sample":
+            assert {n for n, _ in curves["parquet"]} == {SAMPLE_LEN - 1}
+        else:
+            assert min(n for n, _ in curves["parquet"]) < SAMPLE_LEN - 1
+
+
 # --- the model: kernels against eager, token weights ----------------------------------------------
 
 
@@ -222,6 +247,10 @@ def test_the_seed_fixes_every_random_draw_dropout_included(data, tmp_path):
         curves[name] = [r["loss"] for r in metrics(tmp_path / name)]
     assert curves["a"] == curves["b"]
     assert curves["a"] != curves["c"]
+    # a resume restores the generators the checkpoint saved: step 2's dropout is the uninterrupted run's
+    train(data, tmp_path / "cut", seed=0, stop_after=1, **opts)
+    train(data, tmp_path / "cut", seed=0, resume=True, **opts)
+    assert [r["loss"] for r in metrics(tmp_path / "cut")] == curves["a"]
 
 
 @pytest.mark.slow
@@ -262,6 +291,69 @@ def test_resume_continues_exactly_and_ignores_half_written_checkpoints(data, tmp
         train(data, tmp_path / "cut", resume=True, **dict(opts, steps=8))
     with pytest.raises(NextlongError, match="already holds a training run"):
         train(data, tmp_path / "cut", **opts)
+
+
+def test_optimizer_steps_are_a_hand_written_adamw_with_clipping_and_the_documented_schedule(data, tmp_path,
+                                                                                          monkeypatch):
+    """ProLong's optimizer, written out: AdamW (betas 0.9/0.95, eps 1e-8, weight decay on the matrices only),
+    the gradient clipped to norm 1, a linear warm-up that trains at lr/warmup from the first step, then cosine
+    decay to min_lr_ratio x lr at the last step. Applied by hand in float64 to the gradients the run computed
+    (taken where it clips them), it must give the run's weights after every step, and its `lr` and `grad_norm`
+    must be the logged ones (no test looked at the optimizer before: betas swapped, decay on the norms, no
+    clipping, a warm-up from 0 or no cosine floor all passed)."""
+    steps, warmup, lr, floor, decay = 6, 2, 2e-2, 0.2, 0.1
+    seen = []  # (weights before the update, gradients) at each step, in parameter order
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        seen.append(([p.detach().double().clone() for p in params], [p.grad.detach().double().clone() for p in params]))
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    train(data, tmp_path / "run", steps=steps, warmup=warmup, lr=lr, min_lr_ratio=floor, weight_decay=decay, **FAST)
+    rows = metrics(tmp_path / "run")
+
+    def rate(s):  # step s, from 0
+        if s < warmup:
+            return lr * (s + 1) / warmup
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup - 1))))
+
+    weights = seen[0][0]
+    m = [torch.zeros_like(w) for w in weights]
+    v = [torch.zeros_like(w) for w in weights]
+    factors = []
+    for s, (before, grads) in enumerate(seen):
+        assert max(float((a - b).abs().max()) for a, b in zip(before, weights)) < 2e-6, f"weights before step {s + 1}"
+        norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+        assert rows[s]["grad_norm"] == pytest.approx(norm, rel=1e-5) and rows[s]["lr"] == pytest.approx(rate(s))
+        factors.append(min(1.0, 1.0 / (norm + 1e-6)))
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            g = g * factors[-1]
+            w.mul_(1 - rate(s) * (decay if w.dim() >= 2 else 0.0))
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.95 * v[i] + 0.05 * g * g
+            w.sub_(rate(s) * (m[i] / (1 - 0.9 ** (s + 1))) / ((v[i] / (1 - 0.95 ** (s + 1))).sqrt() + 1e-8))
+    assert len(seen) == steps and min(factors) < 0.9  # clipping took part
+    assert rows[-1]["lr"] == pytest.approx(floor * lr)
+
+
+def test_the_logged_weighted_loss_is_divided_by_the_total_weight(data, tmp_path):
+    """With token weighting the step's `loss` is sum w CE / sum w (not / the number of targets: LongCE weights do
+    not average 1)."""
+    from tests.train_support import set_up_trainer
+
+    t = set_up_trainer(data=[str(data)], out=str(tmp_path / "run"), steps=1, batch_tokens=2 * SAMPLE_LEN,
+                       token_weighting="longce", short_window=32, short_stride=32, **FAST)
+    weighted = total = 0.0
+    with torch.no_grad():
+        for batch in t.next_batches:
+            w = t.token_weights(batch)
+            weighted += float(t.loss_model(batch, w))
+            total += float(w[:, 1:].sum())
+    loss, _, applied, targets = t.step(t.next_batches)
+    assert applied and targets == 2 * (SAMPLE_LEN - 1) and abs(total - targets) > 1e-3 * targets
+    assert loss == pytest.approx(weighted / total, rel=1e-5)
 
 
 # --- bad input: clear errors before the first step -----------------------------------------------

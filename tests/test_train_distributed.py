@@ -36,6 +36,18 @@ def _torchrun_process(data, run, *extra, nproc=2, program=("-m", "nextlong")) ->
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _same_steps(got: list[dict], want: list[dict], *extra: str) -> None:
+    """The steps of two runs of one global batch agree: loss (and `extra` columns) to 1e-5, the gradient norm
+    before clipping to 1e-5 relative (Adam and clipping hide a gradient scaled by the world size from the
+    loss), the learning rate, and the token counts exactly."""
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
+    for a, b in zip(got, want):
+        for key in ("loss", *extra):
+            assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (a, b)
+        assert a["lr"] == b["lr"] and a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"], (a, b)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     data = synthesized("nextlong")
@@ -51,11 +63,7 @@ def test_two_processes_give_the_single_process_loss_curve(single, tmp_path, mode
     data, reference = single
     run = tmp_path / mode
     _torchrun(data, run, *(["--fsdp"] if mode == "fsdp" else []))
-    got = metrics(run)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
-    for a, b in zip(got, reference):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
-        assert a["tokens"] == b["tokens"]
+    _same_steps(metrics(run), reference)
     assert (run / "model" / "config.json").exists() and len(list((run / "checkpoints").iterdir())) == 1
 
 
@@ -162,6 +170,26 @@ def test_a_setup_failure_on_one_rank_stops_every_rank_with_its_message(single, t
     assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
+@pytest.mark.parametrize("case", ["seq-parallel", "attention-dropout"])
+def test_a_setting_every_rank_refuses_is_printed_once(single, tmp_path, case):
+    """`--seq-parallel 3` on 2 ranks was refused by each rank outside setup's agreements, so its line was printed
+    twice; a model with attention dropout under our attention failed at step 1 with a traceback on each rank.
+    Both are refused in setup's agreements now: one line, --out not made."""
+    data, _ = single
+    if case == "seq-parallel":
+        extra, line = ("--seq-parallel", "3"), "nextlong train: error: --seq-parallel 3: "
+    else:
+        from tests.test_train_safety import _dropout_model
+
+        model = _dropout_model(tmp_path / "model")
+        extra, line = ("--model", str(model)), f"--model {model}: its config sets attention_dropout = 0.5"
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, *extra)
+    assert proc.returncode != 0 and "[rank0]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1, proc.stderr[-4000:]
+    assert not run.exists()
+
+
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory):
     """A Llama with 4 query heads over 2 kv heads (the tiny preset has 2 over 1): SP = 4 needs 4 heads."""
@@ -193,10 +221,7 @@ def test_sequence_parallel_gives_the_single_process_loss_curve(gqa_model, tmp_pa
     run = tmp_path / "sp"
     _torchrun(data, run, "--model", str(gqa_model), "--seq-parallel", str(sp), *extra, nproc=nproc)
     got, want = metrics(run), metrics(reference)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
-    for a, b in zip(got, want):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
-        assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
+    _same_steps(got, want)
 
 
 @pytest.mark.parametrize("nproc,sp,scheme", [(2, 2, "longce"), (4, 2, "dense"), (4, 4, "sparse")])
@@ -214,10 +239,7 @@ def test_sequence_parallel_token_weighting_gives_the_single_process_loss_curve(g
     _torchrun(data, run, "--model", str(gqa_model), "--seq-parallel", str(sp), "--token-weighting", scheme,
               "--short-stride", "16", nproc=nproc)
     got, want = metrics(run), metrics(reference)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
-    for a, b in zip(got, want):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
-        assert a["loss_tokens"] == b["loss_tokens"]
+    _same_steps(got, want, "ce")
 
 
 def test_sequence_parallel_resumes_exactly(tmp_path):

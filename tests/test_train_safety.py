@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -165,6 +166,9 @@ def test_skip_step_goes_on_without_applying_the_bad_updates(data, tmp_path):
     rows = _rows(run)
     assert summary["status"] == "finished" and summary["skipped_steps"] == 3
     assert [r.get("skipped", False) for r in rows] == [False, True, True, True]
+    # a skipped step still uses up its place in the schedule (no warm-up: cosine from lr to 0.1 lr)
+    assert [r["lr"] for r in rows] == pytest.approx([1e9 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 3)))
+                                                     for s in range(4)])
     first, *_, last = ckpt.list_checkpoints(run)
     for name in ("model.safetensors", "optimizer.safetensors"):
         a, b = load_state(first / name), load_state(last / name)
@@ -683,3 +687,128 @@ def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     assert [r["loss"] for r in _rows(cut)] == [r["loss"] for r in _rows(whole)]
     with pytest.raises(NextlongError, match=r"cannot resume with other settings \(seed: saved 5, now 6\)"):
         train(data, cut, resume=True, seed=6, progress=False)
+
+
+# --- what --out and --resume may be given ------------------------------------------------------------
+
+
+def test_an_out_holding_another_commands_output_or_the_data_is_refused(data, tmp_path, capsys):
+    """--out holding a `nextlong synthesize` output (the DATA folder itself, too) had its manifest replaced by
+    the run's and checkpoints written among the data, with or without --resume; a plain Parquet folder given
+    as DATA and --out got the run's files. Now each is one line before any work, and the folder is untouched."""
+    import shutil
+
+    other = tmp_path / "synthesized"
+    shutil.copytree(data, other)
+    before = (other / "manifest.json").read_bytes()
+    common = ["--steps", "1", "--quiet", "--threads", "1"]
+    for argv in (["train", str(data), "--out", str(other), *common],
+                 ["train", str(data), "--out", str(other), "--resume", *common],
+                 ["train", str(data), "--out", str(other), "--resume", "--quiet"],  # the short form
+                 ["train", str(other), "--out", str(other), *common]):
+        assert main(argv) == 1, argv
+        err = _one_error_line(capsys)
+        assert f"{other} holds a `nextlong synthesize` output (manifest.json): give --out a new folder" in err, err
+    assert (other / "manifest.json").read_bytes() == before
+    assert not (other / "checkpoints").exists() and not (other / "metrics.jsonl").exists()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for part in sorted((data / "data").glob("*.parquet")):
+        shutil.copy2(part, plain / part.name)
+    argv = ["train", str(plain), "--out", f"{plain}/", "--seq-len", str(SAMPLE_LEN), "--tokenizer",
+            str(corpus_and_tokenizer()[1]), *common]
+    assert main(argv) == 1
+    assert f"{plain} is the DATA folder {plain}: give --out a new folder" in _one_error_line(capsys)
+    assert sorted(p.name for p in plain.iterdir()) == sorted(p.name for p in (data / "data").glob("*.parquet"))
+
+
+def test_resume_of_a_run_killed_before_its_manifest_is_refused_in_the_short_form(data, tmp_path, capsys):
+    """A run killed during setup leaves --out holding only its lock file. `--resume` without settings then
+    trained a new run with the defaults ("no checkpoint ...; starting from step 0"), not the killed run's
+    settings, which were never recorded. Now the short form is refused in one line (CLI and Python); a resume
+    that gives settings starts from step 0 with them, and an --out that does not exist starts fresh."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".nextlong.lock").write_text("12345\n")  # what a kill -9 in setup leaves
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 1
+    err = _one_error_line(capsys)
+    assert (f"{run} records no settings to resume from (it stopped before writing its manifest): give the "
+            "settings again, or run without --resume") in err, err
+    with pytest.raises(NextlongError, match="records no settings to resume from"):
+        train(data, run, resume=True, progress=False, num_threads=1)
+    assert sorted(p.name for p in run.iterdir()) == [".nextlong.lock"]
+
+    assert main(["train", str(data), "--out", str(run), "--resume", "--steps", "3", "--lr", "0.003",
+                 "--stop-after", "1", "--quiet", "--threads", "1"]) == 0
+    settings = json.loads((run / "manifest.json").read_text())["settings"]
+    assert settings["steps"] == 3 and settings["lr"] == 0.003
+    # now recorded: the short form continues it
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 0
+    assert [r["step"] for r in _rows(run)] == [1, 2, 3]
+    fresh = tmp_path / "fresh"  # job scripts pass --resume always
+    assert main(["train", str(data), "--out", str(fresh), "--resume", "--stop-after", "1", "--quiet",
+                 "--threads", "1"]) == 0
+    assert [r["step"] for r in _rows(fresh)] == [1]
+
+
+def test_errors_read_from_the_run_before_training_are_said_once_per_node(data, tmp_path, capsys, monkeypatch):
+    """Under torchrun every rank reads the run's manifest before training: a rank other than a node's first
+    exits with the error's status without printing it again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr("nextlong.cli._end_torchrun_rank", lambda code: None)
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet"]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def _dropout_model(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, attention_dropout=0.5,
+                                 tie_word_embeddings=True)).save_pretrained(folder)
+    return folder
+
+
+def test_a_model_with_attention_dropout_under_our_attention_is_a_usage_error(data, tmp_path, capsys):
+    """Our attention applies no dropout: the default --attention nextlong died at step 1 with a 93-line
+    NotImplementedError traceback (and a `failed` manifest). Now it is refused at setup, naming the fix."""
+    model = _dropout_model(tmp_path / "model")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--model", str(model), "--out", str(run), "--steps", "1", "--quiet",
+                 "--threads", "1"]) == 2
+    err = _one_error_line(capsys)
+    assert f"--model {model}: its config sets attention_dropout = 0.5" in err, err
+    assert "pass --attention sdpa, or set attention_dropout to 0 in" in err and str(model / "config.json") in err
+    assert not run.exists()
+
+
+def test_the_summary_line_counts_skipped_steps(data, tmp_path, capsys):
+    """A skip-step run whose later steps were all skipped printed `loss X -> X` (the last finite loss, step
+    1's) with no hint that 3 steps were skipped."""
+    run = tmp_path / "skip"
+    assert main(["train", str(data), "--out", str(run), "--steps", "4", "--lr", "1e9", "--warmup", "0",
+                 "--nan-policy", "skip-step", "--no-progress", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "finished: 4 steps" in err and " (3 skipped: not finite), " in err, err
+
+
+def test_resume_takes_the_same_data_however_spelled(data, tmp_path, monkeypatch):
+    """A resume refused the same data folder given relative or with a trailing '/' ("data: saved [...], now
+    [...]"); another folder (even a copy) is still refused."""
+    cut = tmp_path / "cut"
+    settings = dict(steps=3, lr=3e-3, warmup=1, **FAST)
+    train(str(data), cut, stop_after=1, **settings)
+    monkeypatch.chdir(data.parent)
+    train(data.name, cut, resume=True, stop_after=1, **settings)
+    assert train(f"{data}/", cut, resume=True, **settings)["steps"] == 3
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    with pytest.raises(NextlongError, match=r"cannot resume with other settings \(data: saved"):
+        train(copy, cut, resume=True, **settings)

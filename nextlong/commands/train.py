@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import NextlongError
 from ..train.config import ATTENTIONS, LOSS_ON, LOSSES, NAN_POLICIES, SPAN_MODES, WEIGHTINGS
 from .argtypes import nonnegative_int, positive_float, positive_int, seed
 
@@ -112,10 +113,12 @@ def resolve_options(args: argparse.Namespace) -> dict:
     and an option given anew that differs from the saved one is still refused by the trainer."""
     saved = {}
     if args.resume:
-        from ..train.config import recorded_settings, run_defining_names
+        from ..train.config import check_settings_recorded, recorded_settings, run_defining_names
 
-        saved = recorded_settings(args.out)
         shared = run_defining_names()
+        check_settings_recorded(args.out, settings_given=any(
+            getattr(args, k) is not UNSET for k in shared if k in args.option_actions))
+        saved = recorded_settings(args.out)
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
                  for k, v in saved.items() if k in shared and k in args.option_actions}
     return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
@@ -126,8 +129,6 @@ def _checked(run, value, action: argparse.Action, default):
     """A value RUN/manifest.json recorded, checked as the command line checks the option (the file may have
     been edited): the option's type and choices, a flag's bool, None only where None is the default."""
     from pathlib import Path
-
-    from ..errors import NextlongError
 
     def bad(why: str):
         raise NextlongError(f"{Path(run) / 'manifest.json'}: settings.{action.dest} = {str(value)[:60]!r} is not a "
@@ -151,6 +152,20 @@ def _checked(run, value, action: argparse.Action, default):
     return value
 
 
+def _said_once_per_node(exc: NextlongError) -> NextlongError:
+    """An error met before training (the run's manifest, read alike by every torchrun rank): said by each node's
+    first rank only, as the parser's usage errors (cli._Parser); the others exit with its status, silently."""
+    import os
+
+    from ..errors import OtherRankFailed
+
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1 and os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+        quiet = OtherRankFailed(str(exc))
+        quiet.exit_code = exc.exit_code
+        return quiet
+    return exc
+
+
 def requirements(args: argparse.Namespace) -> tuple[str, ...]:
     """matplotlib is not here: without it the run skips loss.png with a notice (nextlong.train.plot)."""
     return ("torch", "transformers")
@@ -161,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.trainer import train
 
-    args = argparse.Namespace(**{**vars(args), **resolve_options(args)})
+    try:
+        args = argparse.Namespace(**{**vars(args), **resolve_options(args)})
+    except NextlongError as exc:
+        raise _said_once_per_node(exc) from None
     summary = train(
         args.data, args.out, model=args.model, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
         trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer,
@@ -180,8 +198,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet and summary["final_loss"] is not None:
+        # the final loss is the last finite one: say when later steps were skipped (--nan-policy skip-step)
+        skipped = f" ({summary['skipped_steps']} skipped: not finite)" if summary.get("skipped_steps") else ""
         print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, loss "
-              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['tokens_per_s'] or 0:,.0f} "
+              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{skipped}, "
+              f"{summary['tokens_per_s'] or 0:,.0f} "
               f"tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB; run in {args.out} "
               f"(loss.png, metrics.jsonl, model/)", file=sys.stderr)
     return 0

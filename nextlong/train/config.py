@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,42 @@ def recorded_settings(run) -> dict:
     return settings if isinstance(settings, dict) and manifest.get("command") == "train" else {}
 
 
+def check_output_folder(run) -> None:
+    """--out holding another command's record (a `nextlong synthesize` or `acer` output, such as the DATA folder
+    itself) is refused: the run would replace its manifest.json, which the data's provenance and train's own
+    data fingerprint rest on, and write its checkpoints among the data."""
+    from ..errors import NextlongError
+    from ..manifest import read_manifest
+    from ..untrusted import show
+
+    command = read_manifest(Path(run) / "manifest.json").get("command")
+    if command is not None and command != "train":
+        what = (f"a `nextlong {command}` output" if isinstance(command, str) and command.isalpha()
+                and len(command) <= 20 else f"another command's output ({show(command, 40)})")
+        raise NextlongError(f"{run} holds {what} (manifest.json): give --out a new folder or a training run's "
+                            "folder")
+
+
+def check_settings_recorded(run, settings_given: bool) -> None:
+    """With --resume: a run folder that exists but records no settings (no `nextlong train` manifest and no
+    checkpoint: a run killed during its setup, before it wrote its manifest) cannot supply the settings a short
+    `--resume` leaves to it, and its defaults would silently train another run than the one killed. So a resume
+    that gives none of the run-defining settings (`settings_given` False) is refused there; one that gives some
+    states the run itself (what it leaves off takes its default, as in a new run), and an --out that does not
+    exist yet starts a new run (job scripts pass --resume always)."""
+    from ..errors import NextlongError
+    from . import checkpoint as ckpt
+
+    run = Path(run)
+    check_output_folder(run)
+    if settings_given or not run.is_dir() or recorded_settings(run) or ckpt.list_checkpoints(run):
+        return
+    why = ("it stopped before writing its manifest" if not os.path.lexists(run / "manifest.json") else
+           "its manifest.json is not a readable `nextlong train` manifest")
+    raise NextlongError(f"{run} records no settings to resume from ({why}): give the settings again, or run "
+                        "without --resume")
+
+
 def run_defining_names() -> set[str]:
     """The names of the settings a resumed run must share with the run it continues."""
     return set(TrainConfig(data=[], out="").run_defining())
@@ -148,6 +185,7 @@ def resumed_settings(run, given: dict) -> dict:
     for every setting a resume must share and `given` leaves out, so a resume needs no setting repeated (as
     `nextlong train DATA --out RUN --resume`); a setting given anew that differs is still refused."""
     shared = run_defining_names() - {"data", "extra"}
+    check_settings_recorded(run, settings_given=bool(shared & set(given)))
     recorded = {k: v for k, v in recorded_settings(run).items() if k in shared and k not in given}
     if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list
         recorded["betas"] = tuple(recorded["betas"])

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import NextlongError
+from ..errors import NextlongError, UsageError
 from ..model_folder import load_causal_lm, read_config
 
 PRESETS = {
@@ -119,6 +119,16 @@ def build_model(spec: str, *, vocab_size: int | None, seq_len: int, attention: s
         raise NextlongError(f"{spec}: {str(exc).split(': ', 1)[1].split('; pass')[0]}; its loss cannot be "
                             "computed as its own forward computes it") from None
     return model
+
+
+def check_attention_dropout(model, spec: str, attention: str) -> None:
+    """Our attention applies no dropout: a model that trains with attention dropout is refused at setup under
+    --attention nextlong (its first step died in the kernel, with a 93-line traceback)."""
+    p = getattr(model.config, "attention_dropout", 0.0) or 0.0
+    if attention == "nextlong" and isinstance(p, (int, float)) and p > 0:
+        raise UsageError(f"--model {spec}: its config sets attention_dropout = {p:g}, which our attention "
+                         "(--attention nextlong, the default) does not apply; pass --attention sdpa, or set "
+                         f"attention_dropout to 0 in {run_or_model_folder(spec) / 'config.json'}")
 
 
 def dense_span_mask(cu_seqlens: torch.Tensor, batch: int, seq: int, device) -> torch.Tensor:

@@ -204,8 +204,8 @@ class Source:
         if self.kind == "parquet":
             ids, segments, mask, where = self._parquet_row(row, with_segments=spans == "document",
                                                            with_mask=loss_mask)
-        elif self.kind == "jsonl":
-            ids, segments, mask, where = self._jsonl_row(row, loss_mask)
+        elif self.kind == "jsonl":  # as Parquet: its segments are read for `document` spans only
+            ids, segments, mask, where = self._jsonl_row(row, loss_mask, with_segments=spans == "document")
         else:
             ids, segments, mask, where = self._mds_row(row, loss_mask)
         if ids.size == 0:
@@ -270,7 +270,7 @@ class Source:
             mask = cell.values.to_numpy(zero_copy_only=False)
         return ids, segments, mask, where
 
-    def _jsonl_row(self, row: int, with_mask: bool):
+    def _jsonl_row(self, row: int, with_mask: bool, with_segments: bool = True):
         import bisect
 
         fi = bisect.bisect_right([first for _, first, _ in self._jsonl], row) - 1
@@ -290,7 +290,7 @@ class Source:
             if LOSS_MASK not in obj:
                 raise NextlongError(f"{where}: no loss_mask (the source's first row has one)")
             mask = obj[LOSS_MASK]
-        segments = obj.get("segments")
+        segments = obj.get("segments") if with_segments else None
         if segments is not None and not (isinstance(segments, list) and all(
                 isinstance(s, dict) and {"start", "end", "doc_id"} <= set(s) for s in segments)):
             raise NextlongError(f"{where}: segments must be a list of {{start, end, doc_id}} objects")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import resource
 import sys
@@ -32,11 +33,11 @@ from ..manifest import RUNNING, ended_by, read_manifest, run_status
 from ..model_folder import folder_identity
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, check_output_folder
 from .data import SampleStream, SequencePacker, collate
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
-from .model import LossModel, build_model, get_rope_theta, is_preset, run_or_model_folder
+from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
 from .sources import open_sources, resolve_loss_on
 from .token_weights import TokenWeigher, autocast, sequence_parallel, short_window
@@ -194,7 +195,7 @@ class Trainer:
     # stops there with the failed rank's message instead of meeting a broken connection at the next collective.
     def setup(self) -> None:
         _agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
-        self._check_sequence_parallel()  # collective: creates the sequence-parallel groups
+        self._sequence_parallel_groups()  # collective: creates the sequence-parallel groups
         _agreed(self._setup_model)  # the model built and checked on this rank: no collective
         cfg = self.cfg
         check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
@@ -232,7 +233,13 @@ class Trainer:
         cfg = self.cfg
         seed_all(cfg.seed)  # a resumed run then restores the checkpoint's generator states
         ckpt.check_run_folder(self.run_dir)  # a run folder from someone else: its parts must be its own
+        check_output_folder(self.run_dir)  # nor another command's output, whose manifest the run would replace
         self.sources = sources = open_sources(cfg.data)
+        out = self.run_dir.resolve()
+        for s in sources:  # the run's files would land among the data (a plain Parquet folder has no manifest)
+            if out in {s.path.resolve(), *([s.manifest_dir.resolve()] if s.manifest_dir else [])}:
+                raise NextlongError(f"{self.run_dir} is the DATA folder {s.spec}: give --out a new folder or a "
+                                    "training run's folder")
         self.data_fingerprint = [s.fingerprint() for s in sources]  # what the manifest records and a resume compares
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
                                        split_spans=cfg.split_spans)
@@ -278,6 +285,23 @@ class Trainer:
                                      "--attention-spans document|none (for NExtLong data, document blocks the "
                                      "dependencies between its meta-chunks)")
         self.data_tok, self.data_vocab, self.eos_id = data_tok, vocab, eos_id
+        self._check_sequence_parallel_settings()
+
+    def _check_sequence_parallel_settings(self) -> None:
+        """--seq-parallel N's usage errors, checked here, inside setup's first agreement: every rank meets them
+        alike, and only the lowest prints (raised beside the group creation, each rank printed its own copy)."""
+        cfg, sp = self.cfg, self.cfg.seq_parallel
+        if sp == 1:
+            return
+        problems = [
+            (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
+            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
+            (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
+                              f"torchrun --nproc-per-node a multiple of {sp}"),
+        ]
+        for bad, why in problems:
+            if bad:
+                raise UsageError(f"--seq-parallel {sp}: {why}")
 
     def _setup_model(self) -> None:
         cfg, data_tok, vocab, eos_id = self.cfg, self.data_tok, self.data_vocab, self.eos_id
@@ -301,6 +325,7 @@ class Trainer:
         lm = build_model(cfg.model, vocab_size=vocab, seq_len=self.seq_len, attention=cfg.attention,
                          rope_theta=cfg.rope_theta, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
                          eos_id=eos_id)
+        check_attention_dropout(lm, cfg.model, cfg.attention)
         self.model_vocab = lm.config.vocab_size
         _check_vocabulary("--model", cfg.model, self.model_vocab, data_tok, vocab)
         if self.sp > 1 and lm.config.num_attention_heads % self.sp:
@@ -326,24 +351,15 @@ class Trainer:
             _check_vocabulary("--scorer", cfg.scorer, self.scorer.config.vocab_size, data_tok, vocab)
             _check_finite_weights("--scorer", cfg.scorer, self.scorer)
 
-    def _check_sequence_parallel(self) -> None:
+    def _sequence_parallel_groups(self) -> None:
         """--seq-parallel N: ranks r, r+1, ... r+N-1 (r a multiple of N) split each sequence's tokens and read the
         same data; data parallelism runs over the world / N groups. Sets sp, sp_rank, sp_group, dp_rank,
-        dp_world (1-way groups when N = 1)."""
-        cfg, sp = self.cfg, self.cfg.seq_parallel
+        dp_world (1-way groups when N = 1); the settings were checked in _setup_inputs."""
+        sp = self.cfg.seq_parallel
         self.sp, self.sp_rank, self.sp_group = sp, self.rank % sp, None
         self.dp_rank, self.dp_world = self.rank // sp, self.world // sp
         if sp == 1:
             return
-        problems = [
-            (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
-            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
-            (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
-                              f"torchrun --nproc-per-node a multiple of {sp}"),
-        ]
-        for bad, why in problems:
-            if bad:
-                raise UsageError(f"--seq-parallel {sp}: {why}")
         import torch.distributed as dist
 
         import nextlong.parallel  # noqa: F401  (the attention hook looks for it)
@@ -410,7 +426,9 @@ class Trainer:
         from ..untrusted import show
 
         mine_json = json.loads(json.dumps(mine, default=str))
-        diff = sorted(str(k) for k in set(mine_json) | set(theirs) if mine_json.get(k) != theirs.get(k))
+        same = {"data": _same_data}  # the same folders spelled otherwise (relative, a trailing '/') are the same data
+        diff = sorted(str(k) for k in set(mine_json) | set(theirs)
+                      if not same.get(k, operator.eq)(mine_json.get(k), theirs.get(k)))
         if diff:
             details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(theirs.get(k), 100)}, "
                                 f"now {show(mine_json.get(k), 100)}" for k in diff[:8])
@@ -767,6 +785,21 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
     if vocab is not None and vocab > model_vocab:
         raise NextlongError(f"{option} {spec}: the data's tokenizer ({data_tok}) has {vocab} ids but the model's "
                             f"vocabulary has {model_vocab}: token ids would reach past its embedding table")
+
+
+def _same_data(now, saved) -> bool:
+    """Whether two `data` settings (lists of "PATH" or "PATH@weight") name the same sources, compared as resolved
+    paths (a saved relative path from the current folder), weight by weight."""
+    from .sources import parse_data_spec
+
+    def resolved(specs):
+        try:
+            return [(str(Path(path).resolve()), weight) for path, weight in map(parse_data_spec, specs)]
+        except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a saved value of the wrong shape
+            return specs
+
+    return now == saved or (isinstance(now, list) and isinstance(saved, list) and all(
+        isinstance(x, str) for x in now + saved) and resolved(now) == resolved(saved))
 
 
 def _append(path: Path):
