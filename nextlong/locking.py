@@ -86,12 +86,15 @@ def refuse_another_commands_folder(folder: Path, command: str) -> None:
     given a synthesize folder replaced its manifest (a later `train` then read the index's chunk table as
     data). Refused before anything is written, naming what the folder holds."""
     from .manifest import read_manifest
+    from .untrusted import show
 
     manifest = folder / "manifest.json"
     if folder.is_dir() and os.path.lexists(manifest):
         other = read_manifest(manifest).get("command")
-        if isinstance(other, str) and other and other != command:
-            raise NextlongError(f"{folder}: holds the output of a `nextlong {other}` run (its manifest.json); give "
+        if other is not None and other != command:
+            what = (f"`nextlong {other}`" if isinstance(other, str) and other.isalpha() and len(other) <= 20
+                    else f"another command's ({show(other, 40)})")
+            raise NextlongError(f"{folder}: holds the output of a {what} run (its manifest.json); give "
                                 f"`nextlong {command}` a new folder, or the folder of an earlier `nextlong {command}` "
                                 "run to resume it")
 

@@ -708,7 +708,8 @@ def test_an_out_holding_another_commands_output_or_the_data_is_refused(data, tmp
                  ["train", str(other), "--out", str(other), *common]):
         assert main(argv) == 1, argv
         err = _one_error_line(capsys)
-        assert f"{other} holds a `nextlong synthesize` output (manifest.json): give --out a new folder" in err, err
+        assert f"{other}: holds the output of a `nextlong synthesize` run (its manifest.json); give `nextlong train` " \
+               "a new folder" in err, err
     assert (other / "manifest.json").read_bytes() == before
     assert not (other / "checkpoints").exists() and not (other / "metrics.jsonl").exists()
 

@@ -142,17 +142,11 @@ def recorded_settings(run) -> dict:
 def check_output_folder(run) -> None:
     """--out holding another command's record (a `nextlong synthesize` or `acer` output, such as the DATA folder
     itself) is refused: the run would replace its manifest.json, which the data's provenance and train's own
-    data fingerprint rest on, and write its checkpoints among the data."""
-    from ..errors import NextlongError
-    from ..manifest import read_manifest
-    from ..untrusted import show
+    data fingerprint rest on, and write its checkpoints among the data. The rule every folder command's lock
+    applies (locking.refuse_another_commands_folder), checked here before train's setup."""
+    from ..locking import refuse_another_commands_folder
 
-    command = read_manifest(Path(run) / "manifest.json").get("command")
-    if command is not None and command != "train":
-        what = (f"a `nextlong {command}` output" if isinstance(command, str) and command.isalpha()
-                and len(command) <= 20 else f"another command's output ({show(command, 40)})")
-        raise NextlongError(f"{run} holds {what} (manifest.json): give --out a new folder or a training run's "
-                            "folder")
+    refuse_another_commands_folder(Path(run), "train")
 
 
 def check_settings_recorded(run, settings_given: bool) -> None:
