@@ -179,9 +179,9 @@ def test_a_setting_every_rank_refuses_is_printed_once(single, tmp_path, case):
     if case == "seq-parallel":
         extra, line = ("--seq-parallel", "3"), "nextlong train: error: --seq-parallel 3: "
     else:
-        from tests.test_train_safety import _dropout_model
+        from tests.train_support import dropout_model
 
-        model = _dropout_model(tmp_path / "model")
+        model = dropout_model(tmp_path / "model")
         extra, line = ("--model", str(model)), f"--model {model}: its config sets attention_dropout = 0.5"
     run = tmp_path / "run"
     proc = _torchrun_process(data, run, *extra)

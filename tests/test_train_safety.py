@@ -20,7 +20,7 @@ from nextlong.cli import main
 from nextlong.errors import DiskFullError, NextlongError, UsageError
 from nextlong.train import train
 from nextlong.train.state_file import load_state
-from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, synthesized
+from tests.train_support import SAMPLE_LEN, corpus_and_tokenizer, dropout_model, synthesized
 
 FAST = dict(model="tiny", progress=False, num_threads=1)
 
@@ -765,20 +765,10 @@ def test_errors_read_from_the_run_before_training_are_said_once_per_node(data, t
     assert capsys.readouterr().err == ""
 
 
-def _dropout_model(folder: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, attention_dropout=0.5,
-                                 tie_word_embeddings=True)).save_pretrained(folder)
-    return folder
-
-
 def test_a_model_with_attention_dropout_under_our_attention_is_a_usage_error(data, tmp_path, capsys):
     """Our attention applies no dropout: the default --attention nextlong died at step 1 with a 93-line
     NotImplementedError traceback (and a `failed` manifest). Now it is refused at setup, naming the fix."""
-    model = _dropout_model(tmp_path / "model")
+    model = dropout_model(tmp_path / "model")
     run = tmp_path / "run"
     assert main(["train", str(data), "--model", str(model), "--out", str(run), "--steps", "1", "--quiet",
                  "--threads", "1"]) == 2

@@ -74,3 +74,15 @@ def set_up_trainer(**settings):
     trainer.rank, trainer.world, trainer.local_world, trainer.device = init_distributed()
     trainer.setup()
     return trainer
+
+
+def dropout_model(folder: Path) -> Path:
+    """A one-layer Llama folder whose config sets attention_dropout 0.5 (what our attention refuses)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, attention_dropout=0.5,
+                                 tie_word_embeddings=True)).save_pretrained(folder)
+    return folder
