@@ -593,7 +593,10 @@ class NearDupFilter:
 
     def __init__(self, graph: NearDupGraph, removed_chunks: np.ndarray | None = None):
         self.graph = graph
-        self.has_copies = bytearray((np.diff(graph.indptr) > 0).astype(np.uint8).tobytes())  # families included
+        copies = np.diff(graph.indptr) > 0
+        if graph.family is not None:  # a member whose edge to its leader went with a removed document
+            copies |= graph.family >= 0
+        self.has_copies = bytearray(copies.astype(np.uint8).tobytes())
         self.family = graph.family  # None, or per chunk its family (-1: none): a chosen member bans them all
         self.removed = (None if removed_chunks is None
                         else bytearray(np.asarray(removed_chunks, bool).astype(np.uint8).tobytes()))
