@@ -74,11 +74,17 @@ def fsync_path(path: str | os.PathLike) -> None:
     if os.environ.get("NEXTLONG_FSYNC") == "0":  # a test suite's thousands of small files; never for real work
         return
     path = Path(path)
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    folder = path.is_dir()
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    except PermissionError:
+        if folder:  # a folder we may write but not read: its entry is left as durable as the file system makes it
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        if not path.is_dir():
+        if not folder:
             raise
     finally:
         os.close(fd)

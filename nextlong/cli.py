@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         command = parser.commands.get(getattr(args, "command", None), parser)
         hint = ""
         if (not any(a.startswith("-") for a in extra) and os.path.exists(extra[0])
-                and "--corpus" in command._option_string_actions):  # a path where `nextlong chunk` takes one
+                and getattr(args, "command", None) in ("synthesize", "acer")):  # a path where `chunk` takes one
             hint = "; name the corpus with --corpus PATH"
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not getattr(args, "func", None):

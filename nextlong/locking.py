@@ -92,9 +92,11 @@ def refuse_another_commands_folder(folder: Path, command: str) -> None:
     if folder.is_dir() and os.path.lexists(manifest):
         other = read_manifest(manifest).get("command")
         if other is not None and other != command:
-            what = (f"`nextlong {other}`" if isinstance(other, str) and other.isalpha() and len(other) <= 20
-                    else f"another command's ({show(other, 40)})")
-            raise NextlongError(f"{folder}: holds the output of a {what} run (its manifest.json); give "
+            import re
+
+            what = (f"a `nextlong {other}` run" if isinstance(other, str) and re.fullmatch(r"[a-z][a-z -]{0,30}", other)
+                    else f"another command's run ({show(other, 40)})")
+            raise NextlongError(f"{folder}: holds the output of {what} (its manifest.json); give "
                                 f"`nextlong {command}` a new folder, or the folder of an earlier `nextlong {command}` "
                                 "run to resume it")
 

@@ -152,6 +152,14 @@ def running_beside_output(path, *, output, command: str, settings: dict):
         from .errors import NextlongError
 
         raise NextlongError(f"{path}: is a folder, where the run's manifest goes; move it away")
+    other = read_manifest(path).get("command") if os.path.lexists(path) else None
+    if other is not None and other != command:  # the file is another command's output (chunk over tokenize's)
+        from .errors import NextlongError
+        from .untrusted import show
+
+        what = other if isinstance(other, str) and other.isalpha() and len(other) <= 20 else show(other, 30)
+        raise NextlongError(f"{output}: is the output of a `nextlong {what}` run ({path.name}); give "
+                            f"`nextlong {command}` another --out")
     output_before = output_identity()
     had = os.path.lexists(path)
     if had:

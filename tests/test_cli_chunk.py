@@ -232,3 +232,17 @@ def test_quiet_writes_nothing(tmp_path, capsys, command):
     assert main([*command, str(corpus), "--out", str(tmp_path / "quiet.parquet"), "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
     assert pq.read_table(tmp_path / "quiet.parquet").equals(pq.read_table(tmp_path / "loud.parquet"))
+
+
+def test_a_one_file_output_of_another_command_is_refused(tmp_path, capsys):
+    """`nextlong chunk --out` naming tokenize's output replaced it and its manifest silently (an attack on this
+    session's output checks); refused in one line now, both left as they were."""
+    corpus = make_corpus(tmp_path / "c.jsonl", sample_texts(5))
+    out = tmp_path / "t.parquet"
+    assert main(["tokenize", str(corpus), "--out", str(out), "--tokenizer", "cl100k_base", "--quiet"]) == 0
+    before = out.read_bytes(), (tmp_path / "t.parquet.manifest.json").read_bytes()
+    assert main(["chunk", str(corpus), "--out", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (f"nextlong chunk: error: {out}: is the output of a `nextlong tokenize` "
+                                               "run (t.parquet.manifest.json); give `nextlong chunk` another --out")
+    assert (out.read_bytes(), (tmp_path / "t.parquet.manifest.json").read_bytes()) == before
+    assert main(["tokenize", str(corpus), "--out", str(out), "--tokenizer", "cl100k_base", "--quiet"]) == 0

@@ -162,3 +162,22 @@ def test_an_index_gives_its_chunks_texts_to_python_callers_too(tmp_path, capsys)
     texts, note = index.texts_of([0])
     assert texts == {} and "is not the one the index was built from" in note
     capsys.readouterr()
+
+
+def test_an_interrupted_index_run_says_so_in_its_manifest(tmp_path, chunks, monkeypatch):
+    """Ctrl-C or SIGTERM during `nextlong index` left its manifest "running" for good (an attack on this session's
+    SIGTERM change): the manifest now says "interrupted", as the other commands' do."""
+    import json
+
+    from nextlong.mining import embed_store
+    from nextlong.mining.embedding import HashedLexicalEmbedder
+
+    def interrupted(chunks_path, embedder, embeddings_path, on_accepted=None, **kwargs):
+        embeddings_path.write_bytes(b"partial")  # finished work the resume would reuse: the folder is kept
+        on_accepted()  # the running manifest is written once the embeddings file is accepted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_store, "embed_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index_from_chunks(chunks[0], tmp_path / "idx", HashedLexicalEmbedder(64), progress=False)
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["statistics"]["status"] == "interrupted"

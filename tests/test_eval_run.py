@@ -413,13 +413,23 @@ def test_greedy_answers_end_at_generation_configs_eos_ids_too(tmp_path, tokenize
 
 def test_a_rerun_removes_the_pictures_of_tasks_it_no_longer_runs(tmp_path):
     """A second eval into the same --out with fewer tasks left the first run's heat maps beside a summary that no
-    longer names them (an outside UX audit): the pictures and sample dump this run does not write are removed,
-    nothing else is."""
-    from nextlong.eval.evaluation import stale_outputs
+    longer names them (an outside UX audit): the pictures and sample dump the earlier eval listed as its own and
+    this run does not write are removed; nothing else, and nothing in a folder no eval finished in (an attack on
+    the first version: a user's samples.jsonl in a new --out was deleted)."""
+    import json
+
+    from nextlong.eval.evaluation import earlier_outputs, stale_outputs
 
     for name in ("heatmap_niah_single_1.png", "heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl",
-                 "results.json", "notes.png"):
+                 "results.json", "notes.png", "heatmap_mine.png"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "heatmap_link.png").symlink_to(tmp_path / "notes.png")
-    assert stale_outputs(tmp_path, ["heatmap_niah_single_1.png", "loss_by_position.png"]) == [
-        "heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl"]
+    assert earlier_outputs(tmp_path) == set()  # no manifest: nothing is an earlier eval's
+    assert stale_outputs(tmp_path, ["heatmap_niah_single_1.png"], earlier_outputs(tmp_path)) == []
+    files = ["results.json", "heatmap_niah_single_1.png", "heatmap_niah_single_2.png", "repeat_gain.png",
+             "samples.jsonl", "heatmap_link.png", "../escape.png", 7]
+    (tmp_path / "manifest.json").write_text(json.dumps({"command": "eval", "statistics": {"files": files}}))
+    assert stale_outputs(tmp_path, ["heatmap_niah_single_1.png", "loss_by_position.png"], earlier_outputs(tmp_path)) \
+        == ["heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"command": "heads", "statistics": {"files": files}}))
+    assert earlier_outputs(tmp_path) == set()

@@ -205,3 +205,44 @@ def test_groups_too_large_to_pair_are_clustered_into_families(tok):
         assert neardup.jaccard(sets[a], sets[b]) >= 0.5
     assert neardup._components(5, np.array([3, 4]), np.array([1, 3])).tolist() == [-1, 1, -1, 1, 1]
     assert neardup._components(5, np.zeros(0, np.int64), np.zeros(0, np.int64)) is None
+
+
+def test_a_family_is_found_whatever_boilerplate_the_corpus_also_holds(tok):
+    """An attack on the first version: the clustering's budget went to boilerplate groups (a paragraph shared by
+    thousands of otherwise different chunks, no family), so a 300-version license family elsewhere was missed
+    at 5,000 such chunks though found at 1,000 and 20,000. Each fruitless leader is now tried once, and only the
+    exact checks count against the budget."""
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(100000)]
+    shared = " ".join(rng.choice(vocab) for _ in range(60))
+    license_text = " ".join(rng.choice(vocab) for _ in range(120))
+    texts = [license_text + f" Copyright {1700 + i}" for i in range(300)]
+    texts += [shared + " " + " ".join(rng.choice(vocab) for _ in range(60)) for _ in range(5000)]
+    graph = NearDupGraph.build(store_of(texts, tok), tok, 0.5, threads=1)
+    assert graph.family is not None and (graph.family[:300] == 0).all() and (graph.family[300:] == -1).all()
+    assert graph.unexamined == 0
+
+
+def test_dedup_compares_a_family_with_its_earliest_kept_document(tok):
+    """An attack on the first version: a family's members reach each other through its leader alone, and when the
+    leader's document was itself removed (a near-copy of an earlier one) no member was compared with anything
+    (1 document of 401 removed where 400 should go). Document 1 is document 0's text plus the license: removed as
+    its near-copy, and its license chunk leads the family (the smallest chunk); every later license document is
+    now compared with the family's earliest kept one."""
+    from nextlong.synthesis.neardup import duplicate_documents
+
+    rng = random.Random(3)
+    vocab = [f"v{i}" for i in range(50000)]
+    license_text = " ".join(rng.choice(vocab) for _ in range(120))
+    x = " ".join(rng.choice(vocab) for _ in range(600))
+    chunks = [x, x, license_text + " Copyright 1699"] + [license_text + f" Copyright {1700 + i}" for i in range(300)]
+    chunk_doc = np.array([0, 1, 1] + list(range(2, 302)))
+    store = store_of(chunks, tok)
+    store.chunk_doc, store.num_docs = chunk_doc, 302
+    store.doc_first_chunk = np.array([0, 1] + list(range(3, 303)))
+    store.doc_num_chunks = np.array([1, 2] + [1] * 300)
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1, max_group=16)
+    assert graph.family is not None and graph.family[2] == 2  # the family's leader is document 1's chunk
+    removed = duplicate_documents(store, tok, graph, 0.5)
+    assert removed[1] and not removed[0] and not removed[2]
+    assert removed[3:].all()

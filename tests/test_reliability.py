@@ -22,7 +22,8 @@ from nextlong.corpus.chunking import chunk_corpus
 from nextlong.cli import main
 from nextlong.mining.embed_store import embed_chunks, open_embeddings, progress_path
 from nextlong.mining.embedding import load_embedder
-from nextlong.errors import CorpusError, CorruptFileError, DiskFullError, IndexFileError, OutputLockedError
+from nextlong.errors import (CorpusError, CorruptFileError, DiskFullError, IndexFileError, NextlongError,
+                             OutputLockedError)
 from nextlong.mining.index import ChunkIndex
 from nextlong.mining.index_job import build_index_from_chunks
 from nextlong.locking import output_lock
@@ -544,3 +545,42 @@ def test_a_successful_synthesize_removes_what_killed_runs_left(tmp_path):
     assert main(argv) == 0
     assert not [p for p in left if p.exists()] and not (out / "mds.tmp").exists()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_heads_compare_reruns_into_its_own_folder_and_is_told_from_heads(tmp_path):
+    """An attack on the folder check: `heads --compare` records "heads --compare" but locked as "heads", so its own
+    rerun was refused, and it could take over a finished `heads` run's folder."""
+    from nextlong.locking import output_lock
+
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"command": "heads --compare", "statistics": {}}))
+    with output_lock(folder, "heads --compare", file=False):
+        pass
+    with pytest.raises(NextlongError, match=r"holds the output of a `nextlong heads --compare` run \(its "):
+        with output_lock(folder, "heads", file=False):
+            pass
+    (folder / "manifest.json").write_text(json.dumps({"command": ["x"], "statistics": {}}))
+    with pytest.raises(NextlongError, match=r"holds the output of another command's run \("):
+        with output_lock(folder, "heads", file=False):
+            pass
+
+
+def test_a_folder_that_cannot_be_opened_for_its_fsync_is_left_as_the_file_system_keeps_it(tmp_path, monkeypatch):
+    """An attack on fsync_path: a write-only folder (mode 0300, not root) cannot be opened to fsync its entries;
+    the file was already published and the run then failed. The folder's flush is skipped there; a file's stays."""
+    import os
+
+    from nextlong import atomic
+
+    monkeypatch.delenv("NEXTLONG_FSYNC", raising=False)
+    real_open = os.open
+
+    def no_read(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_read)
+    atomic.write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}

@@ -95,6 +95,7 @@ def run_eval(args: EvalOptions) -> dict:
         "tasks_expanded": tasks, "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn,
         "model_folder": str(lm.folder)}
     with output_lock(out, "eval", file=False), failure_recorded(out / "manifest.json"):
+        earlier = earlier_outputs(out)  # before the running manifest replaces the record of what they are
         write_running_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings)
         rag_plan = None
         if want_rag:  # chunk, retrieve and check every rag prompt before any scoring
@@ -182,7 +183,7 @@ def run_eval(args: EvalOptions) -> dict:
 
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(summary + "\n", encoding="utf-8")
-        for name in stale_outputs(out, written):  # an earlier run's, beside results that no longer mention them
+        for name in stale_outputs(out, written, earlier):  # an earlier run's, beside results that no longer mention them
             (out / name).unlink()
             print(f"nextlong eval: removed {out / name}, an earlier run's, which this run does not write", file=sys.stderr)
         write_manifest(out / "manifest.json", command="eval", seed=args.seed, settings=manifest_settings,
@@ -198,12 +199,22 @@ def run_eval(args: EvalOptions) -> dict:
 EVAL_PICTURES = ("heatmap_*.png", "loss_by_position.png", "repeat_gain.png")
 
 
-def stale_outputs(out: Path, written: list[str]) -> list[str]:
-    """The pictures and sample dump an earlier eval left in `out` that this run did not write: a rerun with fewer
-    tasks left their heat maps beside a summary that no longer names them (an outside UX audit)."""
+def earlier_outputs(out: Path) -> set[str]:
+    """The files the finished eval in `out` listed as its own (its manifest's statistics.files), or none."""
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(out / "manifest.json")
+    files = (manifest.get("statistics") or {}).get("files") if manifest.get("command") == "eval" else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def stale_outputs(out: Path, written: list[str], earlier: set[str]) -> list[str]:
+    """The pictures and sample dump the earlier eval in `out` wrote (`earlier`, its manifest's list) that this run
+    did not: a rerun with fewer tasks left their heat maps beside a summary that no longer names them (an outside
+    UX audit). Nothing else is touched: a user's file of the same name in a folder no eval finished in stays."""
     found = {p.name for pattern in EVAL_PICTURES + ("samples.jsonl",) for p in out.glob(pattern)
              if p.is_file() and not p.is_symlink()}
-    return sorted(found - set(written))
+    return sorted((found & earlier) - set(written))
 
 
 def key_masks_from(evaluator, args, docs, progress: bool = True) -> list:

@@ -90,7 +90,7 @@ def run_compare(args: HeadsOptions) -> dict:
         raise NextlongError(f"--compare {a} {b}: {exc}") from None
     result.update(run_a=str(a), run_b=str(b))
     out = Path(args.out)
-    with output_lock(out, "heads", file=False), failure_recorded(out / "manifest.json"):
+    with output_lock(out, "heads --compare", file=False), failure_recorded(out / "manifest.json"):
         settings = {"run_a": str(a), "run_b": str(b), "threshold": args.threshold}
         write_running_manifest(out / "manifest.json", command="heads --compare", settings=settings)
         write_strict_json(out / "compare.json", result)

@@ -67,7 +67,7 @@ def build_index_from_chunks(
     from .embed_store import _Texts, embed_chunks
     from .embedding import HashedLexicalEmbedder, load_embedder
     from ..locking import output_lock
-    from ..manifest import write_manifest, write_running_manifest
+    from ..manifest import failure_recorded, write_manifest, write_running_manifest
 
     chunks_path = Path(chunks_path)
     out_dir = Path(out_dir)
@@ -83,7 +83,7 @@ def build_index_from_chunks(
     meta = read_chunk_metadata(chunks_path)
     # the lock first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
     # a refused run still leaves no folder (the lock prunes what it created)
-    with output_lock(out_dir, "index", file=False):
+    with output_lock(out_dir, "index", file=False), failure_recorded(out_dir / MANIFEST_FILE):
         if embedder is None or isinstance(embedder, (str, os.PathLike)):
             embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
         lexical = isinstance(embedder, HashedLexicalEmbedder)

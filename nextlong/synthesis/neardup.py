@@ -386,7 +386,7 @@ def _exact_keep(store, tokenizer, a: np.ndarray, b: np.ndarray, sizes: np.ndarra
 
 
 MAX_LEADERS = 8  # rounds of the leader clustering of one large group: its kinds of near-copies, not its size
-FAMILY_BUDGET = 4  # member-leader pairs considered in all large groups, per chunk of the corpus
+FAMILY_BUDGET = 4  # exact member-leader checks in all large groups, per chunk of the corpus
 
 
 def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.ndarray,
@@ -396,38 +396,51 @@ def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.nda
 
     Pairing such a group costs its size squared, yet it is where a large family of near-copies lives (a license
     text with another year in 600 documents shares every sketched hash with the others): skipping it let every
-    member through as a negative of every other. Each group, largest first, is clustered around leaders: its
-    first member not yet in a family leads; the members at the threshold with it join it; the first member left
-    leads the next round, up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (the
-    group is shared boilerplate in different texts, not a family). A pair is checked as the other pairs are: the
-    size bound, at least two shared sketched hashes, then the exact Jaccard. The members considered in all
-    groups are bounded by FAMILY_BUDGET per chunk of the corpus, so the cost stays linear in it."""
-    groups = sorted({g.tobytes(): g for g in big}.values(), key=lambda g: (-g.size, int(g[0])))
+    member through as a negative of every other. Each group, smallest first (a family's groups come before the
+    larger ones of boilerplate shared by unrelated texts), is clustered around leaders: its first member not yet
+    in a family leads; the members at the threshold with it join it; the first member left leads the next round,
+    up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (shared boilerplate, not a
+    family). A pair is checked as the other pairs are: the size bound, at least two shared sketched hashes, then
+    the exact Jaccard; the exact checks in all groups are bounded by FAMILY_BUDGET per chunk of the corpus, so
+    the cost stays linear in it (the chunks of groups past it are counted, each once)."""
+    groups = sorted({g.tobytes(): g for g in big}.values(), key=lambda g: (g.size, int(g[0])))
     joined = np.zeros(sketch.shape[0], bool)
+    unexamined_chunks = np.zeros(sketch.shape[0], bool)
     budget = FAMILY_BUDGET * sketch.shape[0]
-    edges_a, edges_b, unexamined = [], [], 0
+    edges_a, edges_b = [], []
+    fruitless: set[int] = set()  # leaders nobody joined: boilerplate shares many sketched hashes, one group each
     for group in groups:
-        for _ in range(MAX_LEADERS):
-            group = group[~joined[group]]
-            if group.size < 2:
+        # the group's first chunk leads the first round even when it is already in a family, so that the members
+        # joining it join that family (a family's groups overlap); later rounds take the first member left
+        leader, members = int(group[0]), group[1:][~joined[group[1:]]]
+        if leader in fruitless:
+            continue
+        for round_ in range(MAX_LEADERS):
+            if members.size == 0:
                 break
-            if group.size - 1 > budget:
-                unexamined += int(group.size)
-                break
-            budget -= group.size - 1
-            leader, members = int(group[0]), group[1:]
             sl, sm = sizes[leader], sizes[members]
             ok = np.minimum(sl, sm) >= threshold * np.maximum(sl, sm)
             ok &= np.isin(sketch[members], sketch[leader][sketch[leader] != np.iinfo(np.uint64).max]).sum(1) >= 2
             idx = np.flatnonzero(ok)
+            if idx.size > budget:
+                unexamined_chunks[members] = True
+                break
+            budget -= idx.size
             ok[idx] = _exact_keep(store, tokenizer, members[idx], np.full(idx.size, leader, np.int64), sizes,
                                   threshold)
-            if not ok.any():
+            if ok.any():
+                edges_a.append(members[ok])
+                edges_b.append(np.full(int(ok.sum()), leader, np.int64))
+                joined[members[ok]] = True
+                joined[leader] = True
+            elif not (round_ == 0 and joined[leader]):  # nobody joins a new leader: shared boilerplate, no family
+                fruitless.add(leader)
                 break
-            edges_a.append(members[ok])
-            edges_b.append(np.full(int(ok.sum()), leader, np.int64))
-            joined[members[ok]] = True
-            joined[leader] = True
+            members = members[~ok]
+            if members.size < 2:
+                break
+            leader, members = int(members[0]), members[1:]
+    unexamined = int((unexamined_chunks & ~joined).sum())
     if not edges_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), unexamined
     return np.concatenate(edges_a), np.concatenate(edges_b), unexamined
@@ -583,6 +596,19 @@ def duplicate_documents(store, tokenizer, graph: NearDupGraph, threshold: float)
             continue
         if jaccard(sets(a), sets(b)) >= threshold:
             removed[b] = True
+    if graph.family is not None:  # a family's members reach it through its leader alone: compare each with the
+        # family's earliest document still kept (the leader's may have gone as a near-copy of an earlier one)
+        member = np.flatnonzero(graph.family >= 0)
+        docs = np.asarray(store.chunk_doc)[member]
+        for f in np.unique(graph.family[member]).tolist():
+            kept = None
+            for d in np.unique(docs[graph.family[member] == f]).tolist():
+                if removed[d]:
+                    continue
+                if kept is None:
+                    kept = d
+                elif jaccard(sets(kept), sets(d)) >= threshold:
+                    removed[d] = True
     return removed
 
 
