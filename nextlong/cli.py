@@ -155,6 +155,8 @@ def _run(args) -> int:
                 if args.command == "train" else
                 f"{what}; nothing was written (the output is written whole at the end): run the command again"
                 if args.command in ("chunk", "tokenize") else
+                f"{what}; finished blocks are kept (the ones in progress are redone): re-run to resume"
+                if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
         print(f"nextlong {args.command}: {said}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
