@@ -273,10 +273,11 @@ def check_before_work(cfg: SynthesisConfig) -> None:
             if not (index / "index.json").is_file():
                 what = "no such folder" if not index.exists() else "not a folder written by nextlong index (no index.json)"
                 raise IndexFileError(f"{index}: --index: {what}")
-        if cfg.index is None or cfg.embedder or index_embedder(cfg):
+        spec = cfg.embedder or index_embedder(cfg)  # the one that will embed the corpus, where one does
+        if cfg.index is None or spec:
             from ..mining.embedding import check_embedder_spec
 
-            check_embedder_spec(cfg.embedder or index_embedder(cfg))
+            check_embedder_spec(spec)
     if cfg.method == "nextlong" and cfg.index is not None:
         import importlib.util
 
