@@ -85,20 +85,12 @@ def refuse_another_commands_folder(folder: Path, command: str) -> None:
     """A folder whose manifest.json records another command's run is that run's output: `nextlong index --out`
     given a synthesize folder replaced its manifest (a later `train` then read the index's chunk table as
     data). Refused before anything is written, naming what the folder holds."""
-    from .manifest import read_manifest
-    from .untrusted import show
+    from .manifest import another_commands_run
 
-    manifest = folder / "manifest.json"
-    if folder.is_dir() and os.path.lexists(manifest):
-        other = read_manifest(manifest).get("command")
-        if other is not None and other != command:
-            import re
-
-            what = (f"a `nextlong {other}` run" if isinstance(other, str) and re.fullmatch(r"[a-z][a-z -]{0,30}", other)
-                    else f"another command's run ({show(other, 40)})")
-            raise NextlongError(f"{folder}: holds the output of {what} (its manifest.json); give "
-                                f"`nextlong {command}` a new folder, or the folder of an earlier `nextlong {command}` "
-                                "run to resume it")
+    other = another_commands_run(folder / "manifest.json", command) if folder.is_dir() else None
+    if other is not None:
+        raise NextlongError(f"{folder}: holds the output of {other} (its manifest.json); give `nextlong {command}` a "
+                            f"new folder, or the folder of an earlier `nextlong {command}` run to resume it")
 
 
 @contextlib.contextmanager

@@ -110,6 +110,22 @@ def read_manifest(path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
+def another_commands_run(path, command: str) -> str | None:
+    """How the manifest at `path` names the run of another command than `command` whose output it records ("a
+    `nextlong synthesize` run", or "another command's run (...)" for a value that names no command), or None:
+    no manifest, or one of `command`'s. An output of another command is refused, not written over."""
+    import re
+
+    from .untrusted import show
+
+    other = read_manifest(path).get("command") if os.path.lexists(path) else None
+    if other is None or other == command:
+        return None
+    if isinstance(other, str) and re.fullmatch(r"[a-z][a-z -]{0,30}", other):
+        return f"a `nextlong {other}` run"
+    return f"another command's run ({show(other, 40)})"
+
+
 def run_status(manifest: dict) -> str | None:
     """`statistics.status`: RUNNING from a run's first manifest until its last; `train` ends with its own
     ("finished", "failed", ...), the other commands' last manifests carry none (None)."""
@@ -152,14 +168,12 @@ def running_beside_output(path, *, output, command: str, settings: dict):
         from .errors import NextlongError
 
         raise NextlongError(f"{path}: is a folder, where the run's manifest goes; move it away")
-    other = read_manifest(path).get("command") if os.path.lexists(path) else None
-    if other is not None and other != command:  # the file is another command's output (chunk over tokenize's)
+    other = another_commands_run(path, command)
+    if other is not None:  # the file is another command's output (chunk over tokenize's)
         from .errors import NextlongError
-        from .untrusted import show
 
-        what = other if isinstance(other, str) and other.isalpha() and len(other) <= 20 else show(other, 30)
-        raise NextlongError(f"{output}: is the output of a `nextlong {what}` run ({path.name}); give "
-                            f"`nextlong {command}` another --out")
+        raise NextlongError(f"{output}: is the output of {other} ({path.name}); give `nextlong {command}` another "
+                            "--out")
     output_before = output_identity()
     had = os.path.lexists(path)
     if had:
