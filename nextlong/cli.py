@@ -9,19 +9,11 @@ import importlib
 import os
 import sys
 
-from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full
+from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full, launched, quiet_rank
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
 
 COMMANDS = ("chunk", "tokenize", "index", "search", "synthesize", "acer", "inspect", "train", "plot", "eval", "heads")
-
-
-def _launched() -> bool:
-    """This process is one rank of a multi-process launch (torchrun sets WORLD_SIZE)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE") or 1) > 1
-    except ValueError:
-        return False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,9 +23,8 @@ class _Parser(argparse.ArgumentParser):
     commands are not launched so, but may inherit the variables from a training rank that runs them.)"""
 
     def error(self, message: str):
-        quiet_rank = (self.prog == "nextlong train" and _launched()
-                      and os.environ.get("LOCAL_RANK", "0") not in ("", "0"))
-        self.exit(2, None if quiet_rank else f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        quiet = self.prog == "nextlong train" and quiet_rank()
+        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with _sigterm_as_interrupt():
         code = _run(args)
-    if args.command == "train" and _launched():
+    if args.command == "train" and launched():
         _end_torchrun_rank(code)
     return code
 

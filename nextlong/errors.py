@@ -46,6 +46,26 @@ class OtherRankFailed(NextlongError):
     failed rank prints its own error, so a job's log has it once, not once per rank."""
 
 
+def launched() -> bool:
+    """This process is one rank of a multi-process launch (torchrun sets WORLD_SIZE; a garbled value is one
+    process)."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return False
+
+
+def quiet_rank() -> bool:
+    """A launched rank other than its node's first (LOCAL_RANK 0): an error every rank meets alike (a usage error,
+    the run's record read before training) is said by each node's first rank only, so a job's log has it once
+    per node."""
+    import os
+
+    return launched() and os.environ.get("LOCAL_RANK", "0") not in ("", "0")
+
+
 class StageMismatchError(NextlongError):
     """A cached stage was built with other settings than the ones asked for now."""
 

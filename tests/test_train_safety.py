@@ -769,6 +769,7 @@ def test_a_model_with_attention_dropout_under_our_attention_is_a_usage_error(dat
     """Our attention applies no dropout: the default --attention nextlong died at step 1 with a 93-line
     NotImplementedError traceback (and a `failed` manifest). Now it is refused at setup, naming the fix."""
     model = dropout_model(tmp_path / "model")
+    capsys.readouterr()  # transformers' own save bar (shown unless an earlier test turned its bars off)
     run = tmp_path / "run"
     assert main(["train", str(data), "--model", str(model), "--out", str(run), "--steps", "1", "--quiet",
                  "--threads", "1"]) == 2

@@ -155,11 +155,9 @@ def _checked(run, value, action: argparse.Action, default):
 def _said_once_per_node(exc: NextlongError) -> NextlongError:
     """An error met before training (the run's manifest, read alike by every torchrun rank): said by each node's
     first rank only, as the parser's usage errors (cli._Parser); the others exit with its status, silently."""
-    import os
+    from ..errors import OtherRankFailed, quiet_rank
 
-    from ..errors import OtherRankFailed
-
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1 and os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+    if quiet_rank():
         quiet = OtherRankFailed(str(exc))
         quiet.exit_code = exc.exit_code
         return quiet
