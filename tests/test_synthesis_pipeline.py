@@ -245,9 +245,6 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
         synthesize(corpus, out, num_samples=1, **dict(FAST, embedder="hashed-tfidf:128"))
     with pytest.raises(StageMismatchError, match="tokenizer"):
         synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **FAST)
-    if "tokenizer" not in FAST:  # the default, named: the same tokenizer, and the message says how to reuse it
-        with pytest.raises(StageMismatchError, match="the same tokenizer, named otherwise: leave --tokenizer out"):
-            synthesize(corpus, out, num_samples=1, tokenizer="cl100k_base", **FAST)
     with pytest.raises(StageMismatchError, match="cached plan stage"):
         synthesize(corpus, out, num_samples=1, **dict(FAST), overshoot=2.0)
     with pytest.raises(StageMismatchError, match="overshoot: cached 1.5, asked 2.0"):
@@ -255,6 +252,25 @@ def test_cached_stage_with_other_settings_is_refused_unless_rebuild(corpus, tmp_
     m = synthesize(corpus, out, num_samples=1, rebuild=True, **dict(FAST, chunk_size=256))
     assert m["settings"]["chunk_size"] == 256
     check_invariants(out, "nextlong", get_tokenizer())
+
+
+def test_the_default_tokenizer_named_or_not_reuses_the_cached_stages(corpus, tmp_path):
+    """Leaving --tokenizer out and passing cl100k_base (the default) are one setting, whichever made the
+    folder: the cached stages are reused, not refused as "other settings"."""
+    from nextlong import synthesize
+    from nextlong.synthesis.framework import DONE_FILE
+
+    opts = {k: v for k, v in FAST.items() if k != "tokenizer"}
+    for first, then in ((None, "cl100k_base"), ("cl100k_base", None)):
+        out = tmp_path / f"from-{first}"
+        synthesize(corpus, out, num_samples=1, tokenizer=first, **opts)
+        chunk_record = (out / "chunk" / DONE_FILE).read_bytes()
+        m = synthesize(corpus, out, num_samples=1, tokenizer=then, **opts)
+        assert (out / "chunk" / DONE_FILE).read_bytes() == chunk_record  # reused, not redone
+        assert m["settings"]["tokenizer"] == first
+    # another vocabulary is still another setting
+    with pytest.raises(StageMismatchError, match="tokenizer"):
+        synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **opts)
 
 
 def test_too_small_corpus_is_a_clear_error(tmp_path):

@@ -672,6 +672,11 @@ def _load_cached(kind: str, path: str, mtime: float, name: str | None) -> Tokeni
     return Tokenizer.from_file(path)
 
 
+def is_builtin_spec(spec) -> bool:
+    """Whether `spec` names a built-in vocabulary (None: the default, cl100k_base), not a file."""
+    return spec is None or (isinstance(spec, str) and spec in _NAMED)
+
+
 def load_tokenizer(spec=None) -> Tokenizer:
     """Tokenizer from a name ("cl100k_base", "o200k_base"; None means cl100k_base), a tokenizer.json
     path or a directory holding one, or a .tiktoken[.gz] path (read with the cl100k pattern)."""

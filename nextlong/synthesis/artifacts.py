@@ -25,6 +25,22 @@ def tokenizer_identity(spec) -> dict:
     return {"spec": spec, "name": getattr(tok, "name", None), "fingerprint": getattr(tok, "fingerprint", None)}
 
 
+def cached_tokenizer_spec(stage_dir, spec):
+    """`spec` as the cached stage in `stage_dir` recorded it, where both are built-in names (None being
+    cl100k_base) of the same vocabulary: leaving --tokenizer out and naming the default are one setting,
+    whichever of the two made the folder. Any other spec (a file) is returned as given."""
+    from ..corpus.tokenizer import is_builtin_spec
+    from .framework import recorded_settings
+
+    if not is_builtin_spec(spec):
+        return spec
+    cached = (recorded_settings(_Path(stage_dir)) or {}).get("tokenizer")
+    if (not isinstance(cached, dict) or cached.get("spec") == spec or not is_builtin_spec(cached.get("spec"))
+            or cached.get("fingerprint") is None):
+        return spec
+    return cached["spec"] if cached["fingerprint"] == tokenizer_identity(spec)["fingerprint"] else spec
+
+
 # The separator's ids are inside each chunk's ids (ChunkStage tokenizes a chunk and the separator after it
 # together), so planning counts and assembly appends nothing more between pieces.
 NO_SEPARATOR = np.zeros(0, np.uint32)

@@ -513,6 +513,15 @@ def _stale_record(ctx: StageContext) -> dict | None:
     return None
 
 
+def recorded_settings(directory: Path) -> dict | None:
+    """The settings a stage's folder records (its stage record, else its first block record), or None."""
+    record = read_done(directory / DONE_FILE)
+    if record is None and (directory / BLOCK_RECORDS).is_dir():
+        record = next((r for r in map(read_done, sorted((directory / BLOCK_RECORDS).glob("*.json"))) if r), None)
+    settings = (record or {}).get("settings")
+    return settings if isinstance(settings, dict) else None
+
+
 def _mismatch(directory: Path, stage: Stage, stale: dict) -> StageMismatchError:
     return StageMismatchError(f"{directory}: the cached {stage.name} stage was built with other settings "
                               f"({_diff(stale.get('settings', {}), stage.settings())}). Use another --out, or pass "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
-from .artifacts import EMBEDDINGS_FILE
+from .artifacts import EMBEDDINGS_FILE, cached_tokenizer_spec
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
 
@@ -255,6 +255,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
             executor = executor_for(cfg.executor, threads=cfg.num_threads or None, address=cfg.ray_address,
                                     embed_gpus=cfg.embed_gpus, embed_actors=cfg.embed_actors)
         check_work_folder(cfg.out_dir, NextlongError, command="synthesize")  # its finished stages are read as they are
+        cfg = _replace(cfg, tokenizer=cached_tokenizer_spec(cfg.out_dir / "chunk", cfg.tokenizer))
         with failure_recorded(cfg.out_dir / "manifest.json"):
             manifest = _run(cfg, executor)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
