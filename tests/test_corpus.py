@@ -423,3 +423,37 @@ def test_long_ids_end_a_batch_like_long_texts(tmp_path):
     batches = list(CorpusReader(path, id_field="id", batch_bytes=1000).batches())
     assert max(b.num_rows for b in batches) <= 2
     assert [d[:4] for b in batches for d in b.column(1).to_pylist()] == [f"{i:04d}" for i in range(20)]
+
+
+def test_a_parquet_file_under_another_name_is_refused_before_reading(tmp_path):
+    """Named .jsonl it was read line by line: "invalid UTF-8 at byte 8", and with on_error="skip" an empty
+    corpus and exit 0. Now one error before any document, whatever on_error, saying what it is."""
+    from nextlong.corpus.split import plan_splits
+
+    pq.write_table(pa.table({"text": ["hello world"] * 10}), tmp_path / "p.jsonl")
+    for on_error in ("raise", "skip"):
+        with pytest.raises(CorpusError, match=r"p\.jsonl: a Parquet file \(it starts with PAR1\), not jsonl as its "
+                                              r"name says: rename it to end in \.parquet"):
+            CorpusReader(tmp_path / "p.jsonl", on_error=on_error)
+    with pytest.raises(CorpusError, match="not the format txt asked for: pass --format parquet"):
+        CorpusReader(tmp_path, format="txt")
+    with pytest.raises(CorpusError, match="a Parquet file"):
+        plan_splits(tmp_path)  # what synthesize reads by
+    assert [d.text for d in CorpusReader(tmp_path / "p.jsonl", format="parquet")] == ["hello world"] * 10
+
+
+def test_a_text_file_of_json_lines_is_read_as_asked_with_a_warning(tmp_path, capsys):
+    from nextlong.corpus.split import plan_splits
+
+    write_jsonl(tmp_path / "j.txt", [{"text": f"doc {i}"} for i in range(3)])
+    (tmp_path / "code.txt").write_text('{"a": 1,\n "b": 2}\n')  # JSON, but not one object per line: no warning
+    (tmp_path / "one.txt").write_text('{"text": "a single line"}\n')  # one line: nothing to split, no warning
+    docs = list(CorpusReader(tmp_path / "j.txt"))
+    assert len(docs) == 1 and docs[0].text.startswith('{"text": "doc 0"}')
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "j.txt: read as plain text, one document per file, but its lines are " \
+        "JSON objects; name it .jsonl (or pass --format jsonl)" in err
+    list(CorpusReader(tmp_path / "code.txt")), list(CorpusReader(tmp_path / "one.txt"))
+    assert capsys.readouterr().err == ""
+    plan_splits(tmp_path)
+    assert "j.txt: read as plain text" in capsys.readouterr().err

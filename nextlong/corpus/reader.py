@@ -5,7 +5,8 @@ Formats, chosen by extension (or `format=`):
   (zstandard blocks fed to the same C++ line parser), .parquet (pyarrow row batches), .txt (one
   document per file; doc_id = the path relative to the directory given).
 A path may be a file, a directory (its supported files, recursively, sorted by relative path;
-hidden files and `*.manifest.json` are ignored) or a list of those.
+hidden files and `*.manifest.json` are ignored) or a list of those. Before reading, a Parquet file under
+another format's name is refused, and a .txt file whose lines are JSON objects gets a warning (check_contents).
 
 Default doc ids: "<file>:<line>" for JSON lines (1-based, as editors count) and "<file>:<row>" for
 Parquet (0-based, as pyarrow counts), where <file> is the path relative to the directory given (the
@@ -93,6 +94,43 @@ def detect_format(path: str | os.PathLike) -> str:
     raise CorpusError(
         path, "unknown corpus file extension (expected .jsonl, .json, .jsonl.gz, .jsonl.zst, .parquet or .txt)"
     )
+
+
+_HEAD_BYTES = 4096  # what check_contents reads of each file: the magic number and the first line
+
+
+def check_contents(files: list[tuple[Path, str]], format: str | None = None) -> None:
+    """Before any work: a Parquet file under another format's name is refused (the JSON-lines parser would
+    call its first bytes invalid UTF-8, and `--on-error skip` would skip the whole file as bad records); a
+    .txt file whose lines are JSON objects is read as one document, as asked, with a warning on stderr."""
+    import json
+    import sys
+
+    as_json = []
+    for path, name in files:
+        fmt = format or detect_format(path)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+        except OSError:
+            continue  # the reader reports it, with its own wording
+        if fmt != "parquet" and head[:4] == b"PAR1":
+            raise CorpusError(path, "a Parquet file (it starts with PAR1), " + (
+                f"not the format {format} asked for: pass --format parquet" if format else
+                f"not {fmt} as its name says: rename it to end in .parquet"))
+        if fmt == "txt":
+            first, newline, rest = head.partition(b"\n")
+            try:
+                record = json.loads(first) if newline and first.lstrip().startswith(b"{") else None
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and rest.lstrip().startswith(b"{"):
+                as_json.append(name)
+    if as_json:
+        more = f" and {len(as_json) - 1} more" if len(as_json) > 1 else ""
+        print(f"nextlong: warning: {as_json[0]}{more}: read as plain text, one document per file, but its lines "
+              "are JSON objects; name it .jsonl (or pass --format jsonl) to read one document per line",
+              file=sys.stderr, flush=True)
 
 
 def list_corpus_files(path) -> list[tuple[Path, str]]:
@@ -246,6 +284,8 @@ class CorpusReader:
     updated as the stream is consumed.
     """
 
+    checks_contents = True  # see check_contents; a split's reader leaves it to the plan (once, not per split)
+
     def __init__(
         self,
         path,
@@ -277,6 +317,8 @@ class CorpusReader:
         missing = next((path for path, _ in self.files if not path.is_file()), None)
         if missing is not None:
             raise CorpusError(missing, not_a_file(missing))
+        if self.checks_contents:
+            check_contents(self.files, format)
 
     # -- documents -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Document]:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from .reader import CorpusReader, detect_format, list_corpus_files, not_a_file
+from .reader import CorpusReader, check_contents, detect_format, list_corpus_files, not_a_file
 from ..errors import CorpusError
 
 DEFAULT_SPLIT_BYTES = 64 << 20
@@ -43,7 +43,9 @@ def plan_splits(path, split_bytes: int = DEFAULT_SPLIT_BYTES, format: str | None
             splits.append(packed)
         packed, packed_bytes = [], 0
 
-    for file, name in list_corpus_files(path):
+    files = list_corpus_files(path)
+    check_contents(files, format)
+    for file, name in files:
         fmt = format or detect_format(file)
         whole = {"path": str(file.absolute()), "name": name, "format": fmt}  # workers may run elsewhere
         size = file.stat().st_size if file.is_file() else 0  # a missing file: its reader says so
@@ -106,6 +108,8 @@ class SplitReader(CorpusReader):
     """Reads one split (`split_batches(split)`), numbering doc_index from 0; `stats` as CorpusReader's, and
     `info` = {"lines", "nonblank_lines"} of a byte-range piece (what consolidation and the whole-file
     checks need)."""
+
+    checks_contents = False
 
     def split_batches(self, split: list[dict]) -> Iterator[pa.RecordBatch]:
         next_index = 0
