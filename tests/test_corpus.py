@@ -147,7 +147,24 @@ def test_skip_mode_counts_and_keeps_going(tmp_path):
     assert reader.stats.skipped == 3
     assert reader.stats.documents == 2
     assert reader.stats.bytes == 2
-    assert reader.stats.skipped_examples[0].startswith("mixed.jsonl:2: field 'text' is a number")
+    assert reader.stats.skipped_examples[0].startswith(f"{path}:2: field 'text' is a number")
+
+
+def test_skip_messages_name_the_file_as_an_error_would(tmp_path):
+    """With a folder given, skipped records named the file without its folder ("l.jsonl:2") where the
+    same record in raise mode names "<folder>/l.jsonl:2"; both name the file a user can open now."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "l.jsonl").write_bytes(b'{"text": "a"}\n{"text": 1}\n')
+    (tmp_path / "sub" / "e.txt").write_bytes(b"")
+    (tmp_path / "sub" / "p.parquet").write_bytes(b"")
+    with pytest.raises(CorpusError) as raised:
+        list(read_corpus(tmp_path / "sub" / "l.jsonl"))
+    where = str(raised.value).split(": ")[0]
+    assert where == str(tmp_path / "sub" / "l.jsonl:2")
+    reader = read_corpus(tmp_path, on_error="skip")
+    list(reader)
+    assert sorted(e.split(": ")[0] for e in reader.stats.skipped_examples) == sorted(
+        [str(tmp_path / "sub" / "e.txt"), where, str(tmp_path / "sub" / "p.parquet")])
 
 
 def test_empty_missing_and_unknown_files(tmp_path):

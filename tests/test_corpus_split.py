@@ -117,7 +117,7 @@ def test_a_bad_record_names_the_files_true_line(tmp_path, split_bytes):
         _run(tmp_path / "raise", corpus, split_bytes)
     got, counts = _run(tmp_path / "skip", corpus, split_bytes, on_error="skip")
     assert got.num_rows == 79 and counts["reader"]["skipped"] == 1
-    assert counts["reader"]["skipped_examples"][0].startswith("c.jsonl:57: ")
+    assert counts["reader"]["skipped_examples"][0].startswith(f"{corpus}:57: ")
     assert got.column("doc_id").to_pylist()[56] == "c.jsonl:58"
 
 

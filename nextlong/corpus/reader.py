@@ -417,6 +417,8 @@ class CorpusReader:
             if examples and start:
                 offset = lines_before(path, start)
                 examples = [_shift_line(e, name, offset) for e in examples]
+            # the file as the user can open it (the folder given included), as an error in raise mode names it
+            examples = [f"{path}{e[len(name):]}" if e.startswith(name + ":") else e for e in examples]
             self.stats.skipped_examples.extend(examples)
             self.last_piece = {"lines": reader.lines, "nonblank_lines": reader.nonblank_lines}
 
@@ -448,7 +450,7 @@ class CorpusReader:
         """Columns of a Parquet file, or of its row groups [a, b) (a split's piece; `row0`: the rows
         before group a, so default ids stay "<file>:<row>" of the whole file)."""
         if self.on_error == "skip" and path.stat().st_size == 0:
-            self._skip(f"{name}: empty file (expected a Parquet file)")
+            self._skip(f"{path}: empty file (expected a Parquet file)")
             return
         pf = open_parquet(path)
         names = pf.schema_arrow.names
@@ -464,7 +466,7 @@ class CorpusReader:
         if pf.metadata.num_rows == 0:
             message = "file holds no rows (expected documents)"
             if self.on_error == "skip":
-                self._skip(f"{name}: {message}")
+                self._skip(f"{path}: {message}")
                 return
             raise CorpusError(path, message)
         columns = [self.text_field] + ([self.id_field] if self.id_field and self.id_field != self.text_field else [])
@@ -507,7 +509,7 @@ class CorpusReader:
             i = min(bad)
             raise CorpusError(path, f"row {row0 + i}: {bad[i]}", record=row0 + i)
         for i in sorted(bad):
-            self._skip(f"{name}: row {row0 + i}: {bad[i]}")
+            self._skip(f"{path}: row {row0 + i}: {bad[i]}")
         keep = np.ones(len(texts), dtype=bool)
         keep[list(bad)] = False
         return pa.array(keep)
@@ -527,7 +529,7 @@ class CorpusReader:
                 message = f"invalid UTF-8 at byte {bad} (expected UTF-8 text)"
         if message is not None:
             if self.on_error == "skip":
-                self._skip(f"{name}{':' + str(line) if line else ''}: {message}")
+                self._skip(f"{path}{':' + str(line) if line else ''}: {message}")
                 return
             raise CorpusError(path, message, line=line)
         text = data.decode("utf-8")

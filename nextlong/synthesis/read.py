@@ -155,7 +155,7 @@ def finish_read(ctx: StageContext, read: CorpusRead, splits: list[list[dict]]) -
         message = "file holds only blank lines (expected JSON lines, one object per line)"
         if read.source.on_error == "raise":
             raise CorpusError(path, message)
-        skipped_examples.append(f"{Path(path).name}: {message}")
+        skipped_examples.append(f"{path}: {message}")
     reader = sum_counts(stats)
     reader["skipped"] = reader.get("skipped", 0) + len(blank)
     reader["skipped_examples"] = skipped_examples[:MAX_SKIPPED_EXAMPLES]
