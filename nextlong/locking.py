@@ -74,6 +74,8 @@ def _prune_empty(root: Path | None, created: list[Path]) -> None:
                     files[0].unlink()
     if root is not None and root.is_dir():
         for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            if Path(dirpath) == root and root not in created:
+                continue  # the user's folder, empty before the run: theirs to keep
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)  # fails (and is skipped) unless empty
     for path in reversed(created):

@@ -74,6 +74,21 @@ def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
     assert out.is_dir()
 
 
+def test_a_failed_run_removes_the_folders_it_made_not_the_users_empty_one(tmp_path):
+    """A run that fails inside the lock prunes the empty folders it made; a failed `nextlong acer` also removed
+    the empty --out folder the user had made for it."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    made = tmp_path / "new" / "out"
+    for out in (mine, made):
+        with pytest.raises(RuntimeError):
+            with output_lock(out, "test"):
+                (out / "stage" / "part").mkdir(parents=True)
+                raise RuntimeError("failed")
+    assert mine.is_dir() and list(mine.iterdir()) == []
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):
     """The output folder is the user's to hand us: a `.nextlong.lock` linking to another file once had
     that file truncated and overwritten with our pid; a FIFO must not block either."""
