@@ -1131,3 +1131,20 @@ def test_context_pieces_tokenize_a_chunk_with_its_separator():
     crlf = tok.encode_ordinary("print(x)\r\n")
     assert tok.encode_ordinary("print(x)\r\n\n\n").size > crlf.size + 1
     np.testing.assert_array_equal(context_pieces(tok, [crlf], "\n\n")[0], np.r_[crlf, tok.encode_ordinary("\n\n")])
+
+
+def test_the_summary_tells_recorded_work_from_this_runs_time():
+    """On a fully cached rerun the LM lines are the earlier run's work (the blocks' records) while `total` is
+    this run's: the summary printed them side by side as if all ran now ("rank: 1024 LM calls, 2.0 s" next to
+    "total 0.0")."""
+    from nextlong.synthesis.acer.pipeline import summary
+
+    stats = {"samples": 4, "corpus_documents": 2, "corpus_chunks": 9, "questions": 4, "retrieved_chunks_mean": 3,
+             "lm": {"rank": {"calls": 1024, "prompt_tokens": 208828, "generated_tokens": 0, "seconds": 2.0}},
+             "seconds": {"chunk": 0.01, "rank": 2.0, "read": 1.5, "total": 0.04}}
+    settings = {"target_length": 4096, "out": "o", "chunk_tokens": 256, "question_source": {"source": "file"},
+                "retriever": "bm25", "ranker": "lm", "read": 3}
+    text = summary({"statistics": stats, "settings": settings})
+    assert "LM work behind these samples (as recorded when each block was computed, in this run or an earlier " \
+        "one):\n    rank: 1024 LM calls" in text
+    assert "rank 2.0, read 1.5\n  this run: 0.0 s in all" in text and "total" not in text

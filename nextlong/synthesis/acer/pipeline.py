@@ -427,9 +427,18 @@ def summary(manifest: dict) -> str:
     if s.get("samples_short_of_target"):
         lines.append(f"  {s['samples_short_of_target']} samples shorter than the target: their retrieved chunks ran "
                      f"out (mean length {s['sample_tokens_mean']:,.0f} tokens; raise --retrieve to fill them)")
+    # a stage's LM work and seconds are its blocks' records, made by whichever run computed each block: on a
+    # cached rerun they are the earlier run's, and only `total` is this run's
+    if s.get("lm"):
+        lines.append("  LM work behind these samples (as recorded when each block was computed, in this run or an "
+                     "earlier one):")
     for name, w in s.get("lm", {}).items():
-        lines.append(f"  {name}: {w['calls']} LM calls, {w['prompt_tokens']} prompt tokens, "
+        lines.append(f"    {name}: {w['calls']} LM calls, {w['prompt_tokens']} prompt tokens, "
                      f"{w['generated_tokens']} generated, {w['seconds']:.1f} s")
-    if s.get("seconds"):
-        lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
+    per_stage = {k: v for k, v in (s.get("seconds") or {}).items() if k != "total"}
+    if per_stage:
+        lines.append("  seconds per stage (the retrieve to assemble chain's as recorded when each block was computed): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()))
+    if (s.get("seconds") or {}).get("total") is not None:
+        lines.append(f"  this run: {s['seconds']['total']:.1f} s in all")
     return "\n".join(lines)
