@@ -687,6 +687,13 @@ def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     assert [r["loss"] for r in _rows(cut)] == [r["loss"] for r in _rows(whole)]
     with pytest.raises(NextlongError, match=r"cannot resume with other settings \(seed: saved 5, now 6\)"):
         train(data, cut, resume=True, seed=6, progress=False)
+    # a setting given anew is refused by name before the run's own settings are checked against it: the run's
+    # batch_tokens (never given here) was named as if given, "--batch-tokens N must be a multiple of --seq-len 2N"
+    seq_len = json.loads((cut / "manifest.json").read_text())["settings"]["seq_len"]
+    with pytest.raises(NextlongError, match=rf"cannot resume with other settings \(seq_len: saved {seq_len}, now "
+                                            rf"{2 * seq_len}; steps: saved 4, now 8\); to train on from it, start a new "
+                                            rf"run with --model {cut} and another --out"):
+        train(data, cut, resume=True, seq_len=2 * seq_len, steps=8, progress=False)
 
 
 # --- what --out and --resume may be given ------------------------------------------------------------

@@ -180,7 +180,28 @@ def resumed_settings(run, given: dict) -> dict:
     `nextlong train DATA --out RUN --resume`); a setting given anew that differs is still refused."""
     shared = run_defining_names() - {"data", "extra"}
     check_settings_recorded(run, settings_given=bool(shared & set(given)))
-    recorded = {k: v for k, v in recorded_settings(run).items() if k in shared and k not in given}
+    everything = recorded_settings(run)
+    # a number given anew that differs from the run's is refused now, by name: later, a setting taken from the run
+    # was named in an error as if given ("--batch-tokens 1024 must be a multiple of --seq-len 2048", the 1024 the
+    # run's); the trainer still compares every resolved setting against the checkpoint's
+    differ = {k: (everything[k], v) for k, v in given.items() if k in shared and k in everything
+              and isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(everything[k], (int, float))
+              and not isinstance(everything[k], bool) and everything[k] != v}
+    if differ:
+        raise other_settings_error(run, differ)
+    recorded = {k: v for k, v in everything.items() if k in shared and k not in given}
     if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list
         recorded["betas"] = tuple(recorded["betas"])
     return {**recorded, **given}
+
+
+def other_settings_error(run, differ: dict):
+    """The refusal of a resume whose settings differ from the run's: {name: (saved, now)}."""
+    from ..errors import NextlongError
+    from ..untrusted import show
+
+    details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(saved, 100)}, now {show(now, 100)}"
+                        for k, (saved, now) in sorted(differ.items())[:8])
+    more = ("; to train on from it, start a new run with --model " + str(run) + " and another --out"
+            if "steps" in differ else "")
+    return NextlongError(f"{run}: cannot resume with other settings ({details}){more}")

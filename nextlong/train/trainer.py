@@ -33,7 +33,7 @@ from ..manifest import RUNNING, ended_by, read_manifest, run_status
 from ..model_folder import folder_identity
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
 from . import checkpoint as ckpt
-from .config import TrainConfig, check_output_folder
+from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
 from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
@@ -423,18 +423,12 @@ class Trainer:
         theirs.setdefault("loss_on", "all")  # saved before --loss-on existed: every token was a target
         import json
 
-        from ..untrusted import show
-
         mine_json = json.loads(json.dumps(mine, default=str))
         same = {"data": _same_data}  # the same folders spelled otherwise (relative, a trailing '/') are the same data
         diff = sorted(str(k) for k in set(mine_json) | set(theirs)
                       if not same.get(k, operator.eq)(mine_json.get(k), theirs.get(k)))
         if diff:
-            details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(theirs.get(k), 100)}, "
-                                f"now {show(mine_json.get(k), 100)}" for k in diff[:8])
-            more = ("; to train on from it, start a new run with --model " + str(run) + " and another --out"
-                    if "steps" in diff else "")
-            raise NextlongError(f"{run}: cannot resume with other settings ({details}){more}")
+            raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff})
         ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
                              packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
                              trust=cfg.trust_checkpoint, max_step=cfg.steps)
