@@ -246,3 +246,20 @@ def test_a_one_file_output_of_another_command_is_refused(tmp_path, capsys):
                                                "run (t.parquet.manifest.json); give `nextlong chunk` another --out")
     assert (out.read_bytes(), (tmp_path / "t.parquet.manifest.json").read_bytes()) == before
     assert main(["tokenize", str(corpus), "--out", str(out), "--tokenizer", "cl100k_base", "--quiet"]) == 0
+
+
+def test_chunk_takes_the_names_synthesize_uses(tmp_path, capsys):
+    """`--corpus PATH`, `--chunk-size` and `--chunk-unit`, as synthesize spells them, mean what the positional
+    path, --max-len and --unit mean (they were "unrecognized arguments"); no corpus at all is one line."""
+    corpus = make_corpus(tmp_path / "c.jsonl", sample_texts(8))
+    assert main(["chunk", str(corpus), "--out", str(tmp_path / "a.parquet"), "--max-len", "300", "--unit", "chars",
+                 "--quiet"]) == 0
+    assert main(["chunk", "--corpus", str(corpus), "--out", str(tmp_path / "b.parquet"), "--chunk-size", "300",
+                 "--chunk-unit", "chars", "--quiet"]) == 0
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.num_rows > 8 and a.equals(b)
+    capsys.readouterr()
+    assert main(["chunk", "--out", str(tmp_path / "n.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith("no corpus given: name its file(s) or folder, or pass --corpus PATH")
+    assert not (tmp_path / "n.parquet").exists()

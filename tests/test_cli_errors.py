@@ -44,7 +44,7 @@ def index_dir(tmp_path_factory, chunks):
 # (name, command, argv built from the fixtures, expected exit status, expected part of the message)
 USAGE_CASES = [
     ("chunk --max-len 0", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet", "--max-len", "0"],
-     "argument --max-len: must be a positive integer, got 0"),
+     "argument --max-len/--chunk-size: must be a positive integer, got 0"),
     ("chunk --threads -2", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet", "--threads", "-2"],
      "argument --threads: must be 0 (all cores) or a positive number of threads, got -2"),
     ("chunk --batch-size x", "chunk", lambda f: ["chunk", f["corpus"], "--out", f["tmp"] / "c.parquet",

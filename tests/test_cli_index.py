@@ -127,11 +127,16 @@ def test_index_accepts_nextlong_chunk_output(tmp_path, capsys):
     assert (ids >= 0).all()
 
 
-def test_index_quiet_draws_no_bar(tmp_path, chunks, capsys):
-    """--quiet, as chunk and synthesize take it: nothing on stderr."""
+def test_index_quiet_draws_no_bar_and_no_summary(tmp_path, chunks, capsys):
+    """--quiet, as chunk and synthesize take it: nothing on stderr, and no summary (it printed "indexed N
+    chunks ..." where every other command's --quiet leaves it out); --no-progress keeps the summary."""
     path, _ = chunks
     assert main(["index", str(path), "--out", str(tmp_path / "idx"), "--embedder", "hashed-tfidf", "--quiet"]) == 0
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr() == ("", "")
+    assert main(["index", str(path), "--out", str(tmp_path / "idx2"), "--embedder", "hashed-tfidf",
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("indexed ") and err == ""
 
 
 def test_an_index_gives_its_chunks_texts_to_python_callers_too(tmp_path, capsys):

@@ -9,7 +9,9 @@ from .argtypes import THREADS_HELP, positive_int, threads
 
 def add_corpus_arguments(p) -> None:
     """Reader options shared by `chunk` and `tokenize`."""
-    p.add_argument("input", nargs="+", help="corpus file(s) or directory: .jsonl/.json[.gz|.zst], .parquet, .txt")
+    p.add_argument("input", nargs="*", help="corpus file(s) or directory: .jsonl/.json[.gz|.zst], .parquet, .txt")
+    p.add_argument("--corpus", action="append", default=[], metavar="PATH",
+                   help="a corpus path, as synthesize and acer take it (repeatable; the same as naming it first)")
     p.add_argument("--out", required=True, help="output Parquet file (written atomically, plus <out>.manifest.json)")
     p.add_argument("--text-field", default="text", help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--id-field", default=None, help="field holding the document id (default: <file>:<line or row>)")
@@ -51,8 +53,10 @@ def add_parser(subparsers) -> None:
     add_corpus_arguments(p)
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer (cl100k_base, a tokenizer.json, ...): fills num_tokens; needed for --unit tokens")
-    p.add_argument("--max-len", type=positive_int, default=2048, help="granularity s: longest chunk in --unit (default: 2048)")
-    p.add_argument("--unit", default="chars", choices=("chars", "tokens"), help="length unit (default: chars)")
+    p.add_argument("--max-len", "--chunk-size", type=positive_int, default=2048,
+                   help="granularity s: longest chunk in --unit (default: 2048; --chunk-size as in synthesize)")
+    p.add_argument("--unit", "--chunk-unit", default="chars", choices=("chars", "tokens"),
+                   help="length unit (default: chars; --chunk-unit as in synthesize)")
     p.add_argument("--count-newlines", action="store_true",
                    help="count the newline joining two paragraphs as one unit (the reference code does not)")
     p.add_argument("--with-ids", action="store_true", help="store each chunk's token ids (input_ids column)")
@@ -61,7 +65,12 @@ def add_parser(subparsers) -> None:
 
 def corpus_io(args) -> tuple:
     """(input, output) as the library functions take them: one path or a list of paths."""
-    return (args.input if len(args.input) > 1 else args.input[0], args.out)
+    from ..errors import UsageError
+
+    paths = list(args.input) + list(args.corpus)
+    if not paths:
+        raise UsageError("no corpus given: name its file(s) or folder, or pass --corpus PATH")
+    return (paths if len(paths) > 1 else paths[0], args.out)
 
 
 def corpus_options(args) -> dict:

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
                    help="embeddings .npy to write/resume (default INDEX_DIR/embeddings.npy); an existing complete "
                    "file made by the same embedder from the same chunks is reused")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars (as --no-progress)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary (errors only)")
     p.set_defaults(func=run)
 
 
@@ -55,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         expansion_search=args.expansion_search or DEFAULT_EXPANSION_SEARCH,
         batch_size=args.batch_size,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or args.quiet),
         embeddings_path=args.embeddings,
     )
     info = index.info
-    print(f"indexed {info['counts']['chunks']} chunks of {info['counts']['documents']} documents with "
-          f"{info['embedder']['name']} (dim {info['embedder']['dim']}, {info['dtype']}) -> {args.out}")
+    if not args.quiet:
+        print(f"indexed {info['counts']['chunks']} chunks of {info['counts']['documents']} documents with "
+              f"{info['embedder']['name']} (dim {info['embedder']['dim']}, {info['dtype']}) -> {args.out}")
     return 0
