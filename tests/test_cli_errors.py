@@ -120,6 +120,38 @@ def test_usage_errors_exit_2_with_one_line(name, command, argv, expected, corpus
     assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "s").exists() and not (tmp_path / "i").exists()
 
 
+# the wrong kind of folder, or none: one line that says what it is (exit 1: not a mistyped option)
+WRONG_FOLDER_CASES = [
+    ("inspect an index", "inspect", lambda f: ["inspect", f["index"]],
+     "holds a `nextlong index` run (its manifest.json); inspect shows what `nextlong synthesize` or `nextlong acer` made"),
+    ("inspect a missing folder", "inspect", lambda f: ["inspect", f["tmp"] / "nothere"],
+     "nothere: no such folder; give the --out of `nextlong synthesize` or `nextlong acer`"),
+    ("search a missing index", "search", lambda f: ["search", f["tmp"] / "nothere", "words"],
+     "nothere: no such folder; expected the --out of `nextlong index`"),
+    ("train on an index", "train", lambda f: ["train", f["index"], "--out", f["tmp"] / "t", "--model", "tiny"],
+     "holds a `nextlong index` run (its manifest.json), not training data: train on the output of `nextlong "
+     "synthesize` or `nextlong acer`"),
+]
+
+
+@pytest.mark.parametrize("name,command,argv,expected", WRONG_FOLDER_CASES, ids=[c[0] for c in WRONG_FOLDER_CASES])
+def test_the_wrong_kind_of_folder_is_named(name, command, argv, expected, corpus, chunks, index_dir, tmp_path, capsys):
+    """They were: "idx/data: no long document number 0 (the output has 0)"; "nothere/manifest.json: not found";
+    "nothere: no index.json; not an index directory"; "idx/...: no `input_ids` column"."""
+    code, out, err = run_cli(argv({"corpus": corpus, "chunks": chunks, "index": index_dir, "tmp": tmp_path}), capsys)
+    line = assert_one_line_error(err, command)
+    assert code == 1, line
+    assert expected in line and out == ""
+    assert not (tmp_path / "t").exists()
+
+
+def test_train_names_a_weight_that_is_no_number(corpus, tmp_path, capsys):
+    """`DATA@x` with DATA a folder that exists was "data not found"."""
+    code, _, err = run_cli(["train", f"{tmp_path}@x", "--out", tmp_path / "t", "--model", "tiny"], capsys)
+    line = assert_one_line_error(err, "train")
+    assert code == 2 and f"{tmp_path}@x: the mixing weight after '@' must be a positive number, got 'x'" in line
+
+
 def _parent_is_a_file(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

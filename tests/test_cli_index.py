@@ -98,7 +98,10 @@ def test_index_rejects_a_table_without_chunk_columns(tmp_path, capsys):
 
 def test_search_reports_a_missing_index(tmp_path, capsys):
     assert main(["search", str(tmp_path / "nothing"), "query"]) == 1
-    assert "not an index directory" in capsys.readouterr().err
+    assert "nothing: no such folder; expected the --out of `nextlong index`" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["search", str(tmp_path / "empty"), "query"]) == 1
+    assert "empty: no index.json; not an index directory" in capsys.readouterr().err
 
 
 def test_build_index_from_chunks_resumes_embedding(tmp_path, chunks):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +42,21 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
 
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
+    if not directory.is_dir():
+        raise NextlongError(f"{directory}: " + ("no such folder" if not os.path.lexists(directory) else
+                                                "not a folder") + "; give the --out of `nextlong synthesize` or "
+                            "`nextlong acer`")
     if not manifest_path.exists():
         raise NextlongError(f"{manifest_path}: not found; is {directory} the --out of a finished nextlong synthesize?")
     manifest = read_json(manifest_path, NextlongError, expect=dict)
     if manifest.get("command") == "train":
         raise NextlongError(f"{directory} is a `nextlong train` run folder; inspect shows what `nextlong synthesize` "
                             f"or `nextlong acer` made (plot a run with `nextlong plot {directory}`)")
+    if manifest.get("command") not in ("synthesize", "acer", None):  # None: a manifest of an early version
+        from ..manifest import another_commands_run
+
+        raise NextlongError(f"{directory}: holds {another_commands_run(manifest_path, 'synthesize')} (its "
+                            "manifest.json); inspect shows what `nextlong synthesize` or `nextlong acer` made")
     settings, stats = manifest.get("settings"), manifest.get("statistics")
     from ..manifest import run_status
 

@@ -338,6 +338,9 @@ class ChunkIndex:
 
         folder = Path(folder)
         info_path = folder / INFO_FILE
+        if not folder.is_dir():
+            raise IndexFileError(f"{folder}: " + ("no such folder" if not os.path.lexists(folder) else "not a folder")
+                                 + "; expected the --out of `nextlong index`")
         if not info_path.exists():
             what = ("an incomplete save (index.json is written last)" if any(folder.glob("index*.usearch"))
                     else "not an index directory")

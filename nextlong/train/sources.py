@@ -59,6 +59,9 @@ class Source:
         self.spec = str(spec)
         self.path = Path(path)
         if not self.path.exists():
+            stem, at, weight = self.spec.rpartition("@")
+            if at and stem and Path(stem).exists():  # "demo-out@x": a path, then a weight that is no number
+                raise UsageError(f"{self.spec}: the mixing weight after '@' must be a positive number, got {weight!r}")
             raise NextlongError(f"{self.path}: data not found (expected a `nextlong synthesize` output folder, "
                                 "Parquet shards or an MDS folder)")
         self.manifest, self.manifest_dir = self._find_manifest()
@@ -152,6 +155,14 @@ class Source:
             manifest = read_json(path, NextlongError, expect=dict, follow=False, what="manifest")
             if manifest.get("command") in DATA_COMMANDS:
                 return _checked_manifest(m, manifest), folder
+            if folder == p:  # DATA itself is another command's output (a train run, an index): say so, by name
+                from ..manifest import another_commands_run
+
+                other = another_commands_run(m, "synthesize")
+                hint = (f"; to start from this run's weights, pass --model {p}" if manifest.get("command") == "train"
+                        else "")
+                raise NextlongError(f"{p}: holds {other} (its manifest.json), not training data: train on the output "
+                                    f"of `nextlong synthesize` or `nextlong acer`{hint}")
         return None, None
 
     def _find_files(self) -> tuple[str, list[Path]]:
