@@ -146,7 +146,8 @@ def _run(args) -> int:
                 if args.command == "train" else
                 f"{what}; nothing was written (the output is written whole at the end): run the command again"
                 if args.command in ("chunk", "tokenize") else
-                f"{what}; finished blocks are kept (the ones in progress are redone): re-run to resume"
+                f"{what}; finished blocks and embedding batches are kept (the rest of a block under way is redone): "
+                "re-run to resume"
                 if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
         print(f"nextlong {args.command}: {said}", file=sys.stderr)

@@ -287,3 +287,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def embed_pipeline(out, corpus, batch_size: int = 8, embedder: str = "hashed-tfidf:64"):
+    """The synthesis pipeline up to the gathered embeddings, its embed stage in batches of `batch_size` that are
+    spilled as soon as they are done (spill_seconds 0): what the tests of an interrupted embedding run."""
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.framework import Pipeline
+    from nextlong.synthesis.pipeline import build_pipeline
+
+    full = build_pipeline(SynthesisConfig(out=str(out), corpus=str(corpus), embedder=embedder, chunk_size=512,
+                                          target_length=2048, progress=False))
+    names = [s.name for s in full.stages]
+    pipeline = Pipeline(full.root, full.stages[:names.index("embeddings") + 1], full.external,
+                        full.source_fingerprint)
+    pipeline.stage("embed").batch_size = batch_size
+    pipeline.stage("embed").spill_seconds = 0.0
+    return pipeline
+
+
+class BarRecorder:
+    """tqdm stand-in (monkeypatch tqdm.auto.tqdm) keeping each enabled bar in `seen`: where it started (`initial`,
+    what an earlier run had done), its count `n` and its `total`."""
+
+    seen: list = []
+
+    def __init__(self, *args, total=None, desc="", disable=False, **kwargs):
+        self.total, self.desc, self.disable, self.n, self.initial, self.last_print_n = total, desc, disable, 0, 0, 0
+        if not disable:
+            BarRecorder.seen.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -362,7 +362,8 @@ def test_other_commands_run_from_a_training_rank_still_say_their_usage_errors(ca
 
 
 @pytest.mark.parametrize("command, said", [
-    ("synthesize", "terminated (SIGTERM); finished blocks are kept (the ones in progress are redone): re-run to resume"),
+    ("synthesize", "terminated (SIGTERM); finished blocks and embedding batches are kept (the rest of a block under way "
+                   "is redone): re-run to resume"),
     ("chunk", "terminated (SIGTERM); nothing was written (the output is written whole at the end): run the command again"),
 ])
 def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said):

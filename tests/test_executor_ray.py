@@ -317,3 +317,56 @@ def test_only_the_token_auth_on_notice_is_hidden_on_a_local_start(caplog):
         log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
         log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
     assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
+
+
+@pytest.mark.slow  # starts Ray (~10-20 s)
+def test_ray_workers_resume_an_interrupted_embedding_block_from_its_spill(ray_session, tmp_path, monkeypatch):
+    """An embedding run interrupted in block 1 after 3 of its batches, resumed on Ray: the worker starts from the
+    spilled batches (a spill rewritten with other, valid, values shows up in the output: it was read, not
+    recomputed), the untouched spill gives the uninterrupted run's bytes, and the bar starts past the spill."""
+    import shutil
+
+    import numpy as np
+    import tqdm.auto
+
+    from nextlong.mining.lexical_embedding import HashedLexicalEmbedder
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.spill import SPILL_DIR, BlockSpill
+    from tests.helpers import BarRecorder, embed_pipeline
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", corpus_head(60_000))
+    LocalExecutor(corpus_block_docs=5).run(embed_pipeline(tmp_path / "ref", docs), progress=False)
+    first = pq.ParquetFile(tmp_path / "ref" / "embed" / "part-00000.parquet").metadata.num_rows
+    real, calls = HashedLexicalEmbedder.embed, []
+
+    def stopping(self, texts):
+        calls.append(len(texts))
+        if len(calls) == -(-first // 8) + 4:  # block 1's fourth batch
+            raise KeyboardInterrupt
+        return real(self, texts)
+
+    monkeypatch.setattr(HashedLexicalEmbedder, "embed", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(corpus_block_docs=5).run(embed_pipeline(tmp_path / "plain", docs), progress=False)
+    monkeypatch.setattr(HashedLexicalEmbedder, "embed", real)
+    shutil.copytree(tmp_path / "plain", tmp_path / "tampered")
+    (path,) = (tmp_path / "tampered" / "embed" / SPILL_DIR).glob("part-00001.*.spill")
+    spill = BlockSpill(path, path.name.split(".")[1])
+    records = spill.load(64)
+    assert sum(a.shape[0] for _, a in records) == 24
+    spill.clear()
+    for state, rows in records:
+        spill.append(rows + 1, state)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", BarRecorder)
+    BarRecorder.seen = []
+    RayExecutor(corpus_block_docs=5).run(embed_pipeline(tmp_path / "plain", docs), progress=True)
+    (bar,) = [b for b in BarRecorder.seen if b.desc == "embed"]
+    assert (bar.initial, bar.n) == (first + 24, bar.total)
+    assert ((tmp_path / "plain" / "embeddings" / "embeddings.npy").read_bytes()
+            == (tmp_path / "ref" / "embeddings" / "embeddings.npy").read_bytes())
+    assert not (tmp_path / "plain" / "embed" / SPILL_DIR).exists()
+    RayExecutor(corpus_block_docs=5).run(embed_pipeline(tmp_path / "tampered", docs), progress=False)
+    ref, got = (np.load(tmp_path / name / "embeddings" / "embeddings.npy") for name in ("ref", "tampered"))
+    assert np.array_equal(got[first:first + 24], ref[first:first + 24] + 1)
+    assert np.array_equal(np.delete(got, np.s_[first:first + 24], 0), np.delete(ref, np.s_[first:first + 24], 0))

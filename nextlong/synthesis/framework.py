@@ -63,18 +63,21 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executors/local.
    cleared with a one-line log. Map stages resume per block: a block whose record holds the block
    fingerprint (`block_fingerprint(stage_fp, j, partition)`) is skipped; others are (re)computed and
    written atomically (`write_block`). Stale parts beyond the last block are removed when the stage
-   finishes.
+   finishes. Within a block, a stage whose block takes minutes (the embedder) resumes from its spill
+   (`MapStage.spill_key`, spill.py): the batches it finished, kept in `<s>/_partial/`, checked (key,
+   length, CRC32) before use, deleted once the block's record is written. A spill is never a record:
+   a block is done only by its record, and a damaged spill only costs the rows it held.
 6. Counts. Block records carry `stage.count(output_block)`; the stage record carries the sum of its
    blocks' counts (map stage) or what `build` returned (whole stage). The manifest reads them.
 7. Cut. A `WholeStage` with `cut_rows` set (the `--num-samples` cut, stage `data`) reads the blocks of
    its input in block order and keeps the first `cut_rows` rows. An executor MAY therefore stop the
    chain of map stages that feeds it once the first blocks hold `cut_rows` rows (the local executor
    runs that chain block by block and does); computing more blocks changes nothing in the output.
-8. Faults. A block is retried from scratch (its output is atomic, so a killed worker leaves only a
-   temporary file). An error in a stage reaches the caller and neither the failed block's record nor
-   the stage's is written. The local executor raises the stage's own exception unchanged; a
-   distributed one, whose traceback would point into a worker, raises a NextlongError that names the
-   stage and the block.
+8. Faults. A block is retried from scratch, or from its spill for a stage that keeps one (its output is
+   atomic, so a killed worker leaves only a temporary file and the spill's checked records). An error
+   in a stage reaches the caller and neither the failed block's record nor the stage's is written. The
+   local executor raises the stage's own exception unchanged; a distributed one, whose traceback would
+   point into a worker, raises a NextlongError that names the stage and the block.
 9. Resources. A map stage with `uses_gpu = True` (the embedder) may run on GPU actors when the
    executor was given GPUs; all others are CPU work. `ctx.threads` bounds a worker's threads.
 
@@ -249,6 +252,13 @@ class MapStage(Stage):
 
     def __call__(self, block: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+    def spill_key(self) -> dict | None:
+        """None, or the settings (beyond the stage's fingerprint) that fix how its block is cut into batches:
+        a stage whose block takes minutes returns them, and the executor then calls it as
+        `stage(block, spill=BlockSpill)` so it keeps its finished batches (spill.py) and resumes within the
+        block. The spill is work in progress, not a record: only the block record says done."""
+        return None
 
     def count(self, output: pa.Table) -> dict:
         """Counts recorded in the block's record (summed into the stage's). It sees exactly the table
@@ -437,14 +447,47 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
                 out = pa.table({})
                 write_block(ctx, j, out, {"rows": 0})
             else:
-                out = ctx.stage(table)
+                spill = block_spill(ctx, j)
+                out = ctx.stage(table) if spill is None else ctx.stage(table, spill=spill)
                 write_block(ctx, j, out, ctx.stage.count(out))
+                if spill is not None:  # after the record: a kill in between leaves a spill of a done block
+                    spill.remove()
             table = out
         except Exception as exc:
             if on_error is None:
                 raise
             raise on_error(exc, ctx) from exc
     return int(read_done(block_record_path(contexts[-1].out_dir, j))["counts"].get("rows", 0))
+
+
+def block_spill(ctx: StageContext, j: int):
+    """The spill of block j of a stage that keeps one (`MapStage.spill_key`), else None. Its name and header
+    hold a key of the block's fingerprint and the stage's spill settings, so a spill of other settings is
+    never read; this block's spills of other keys are deleted here."""
+    from .spill import BlockSpill, remove_spills, spill_path
+
+    key = _spill_key(ctx, j)
+    if key is None:
+        return None
+    path = spill_path(ctx.out_dir, j, key)
+    remove_spills(ctx.out_dir, j, keep=path)
+    return BlockSpill(path, key, log=ctx.log)
+
+
+def spilled_rows(ctx: StageContext, j: int) -> int:
+    """Input rows of block j that an earlier run finished and spilled (0 for a stage that keeps no spill):
+    what a progress bar counts as done before the block starts, not as this run's work."""
+    from .spill import BlockSpill, spill_path
+
+    key = _spill_key(ctx, j)
+    return 0 if key is None else BlockSpill(spill_path(ctx.out_dir, j, key), key).rows()
+
+
+def _spill_key(ctx: StageContext, j: int) -> str | None:
+    settings = ctx.stage.spill_key()
+    if settings is None:
+        return None
+    return fingerprint({"block": block_fingerprint(ctx.fingerprint, j), "spill": settings})
 
 
 def chain_work(chain: list) -> tuple[dict, list, int]:
@@ -606,7 +649,10 @@ def sum_counts(counts: Iterable[dict]) -> dict:
 
 def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = None) -> dict:
     """After blocks 0..num_blocks-1 are done: drop stale parts beyond them, write the stage record
-    (the blocks' counts summed, plus `extra`)."""
+    (the blocks' counts summed, plus `extra`), and delete the blocks' spills (spill.py) a kill left."""
+    from .spill import remove_spills
+
+    remove_spills(ctx.out_dir)
     for stale in list(ctx.out_dir.glob("part-*.parquet")) + list((ctx.out_dir / BLOCK_RECORDS).glob("part-*.json")):
         if int(stale.stem.split("-")[1]) >= num_blocks:
             stale.unlink()

@@ -3,7 +3,8 @@ the real work and ends at its total when the chain is done.
 
 It counts the rows of the chain's input blocks (embed: chunks; plan -> assemble: synthesis units), not
 the blocks: one block can take minutes (the whole demo corpus is one block of 1,202 chunks to embed),
-and a stage that reports its rows as it goes (`MapStage.on_rows`) moves the bar within a block. A chain
+and a stage that reports its rows as it goes (`MapStage.on_rows`) moves the bar within a block; the rows a
+spill (spill.py) holds from an interrupted run count as done when the block starts, not as this run's work. A chain
 that feeds the `--num-samples` cut stops once the finished prefix of its blocks holds that many rows
 (protocol item 7): its bar counts those output rows up to the cut instead, as a count of its input
 would stop short of its total.
@@ -33,8 +34,9 @@ def input_rows(folder, num_blocks: int) -> list[int]:
 
 class ChainProgress:
     """A tqdm bar over a chain's input rows (or its output rows up to `cut`). Use as a context manager and
-    call `block_done` as each block goes through the chain (in any order). `first`: the chain's first stage
-    when it runs in this process; its `on_rows` then moves the bar within a block, until the bar closes."""
+    call `begin` as a block starts and `block_done` as it goes through the chain (in any order). `first`: the
+    chain's first stage when it runs in this process; its `on_rows` then moves the bar within a block, until the
+    bar closes."""
 
     def __init__(self, names: list[str], unit: str, sizes: list[int], cut: int | None, enabled: bool,
                  first=None):
@@ -42,7 +44,8 @@ class ChainProgress:
 
         self.sizes, self.cut, self.first = sizes, cut, first
         self.done = 0  # what the bar shows (tqdm keeps no count when disabled)
-        self.partial = 0  # rows the first stage reported within the block under way
+        self.partial: dict[int, int] = {}  # block -> its input rows counted before it finished
+        self.current = None  # the block under way in this process (the first stage's on_rows count toward it)
         self.kept = FinishedPrefix()  # what the cut counts
         self.bar = tqdm(total=sum(sizes) if cut is None else cut, desc=" -> ".join(names),
                         unit=unit if cut is None else "doc", disable=not enabled)
@@ -72,18 +75,25 @@ class ChainProgress:
         else:
             self.bar.update(n)
 
+    def begin(self, block: int, resumed: int = 0) -> None:
+        """Block `block` starts (in this process: the first stage's `rows` now count toward it); `resumed` of its
+        input rows were finished by an earlier run (its spill, framework.spilled_rows): done, not this run's work."""
+        self.current = block
+        if self.cut is None and resumed:
+            self.partial[block] = self.partial.get(block, 0) + resumed
+            self._advance(resumed, reused=True)
+
     def rows(self, n: int) -> None:
         """`n` more input rows of the block under way are done (the first stage calls this as it goes)."""
         if self.cut is None:
-            self.partial += n
+            self.partial[self.current] = self.partial.get(self.current, 0) + n
             self._advance(n)
 
     def block_done(self, block: int, rows: int, reused: bool = False) -> None:
         """Block `block` went through the chain; its last stage wrote `rows` rows. `reused`: an earlier run
         did (a resumed run finds it done)."""
         if self.cut is None:
-            self._advance(self.sizes[block] - self.partial, reused)
+            self._advance(self.sizes[block] - self.partial.pop(block, 0), reused)
         else:
             self.kept.add(block, rows)
             self._advance(min(self.kept.rows, self.cut) - self.done, reused)
-        self.partial = 0

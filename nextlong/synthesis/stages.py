@@ -229,6 +229,9 @@ class EmbedStage(MapStage):
     prompt: str = added_setting("")
     batch_size: int = not_a_setting(default=512)
     threads: int | None = not_a_setting(default=None)
+    # finished batches are spilled at most this often (a batch of MiniLM on CPU takes longer: every batch is kept;
+    # a fast embedder's are kept together, so a flushed append per batch does not slow it down)
+    spill_seconds: float = not_a_setting(default=1.0)
 
     uses_gpu = True
     progress_unit = "chunk"
@@ -244,22 +247,45 @@ class EmbedStage(MapStage):
     def setup(self, ctx):
         self._embedder = ready_embedder(self.embedder, ctx.input(self.inputs[1]), self.threads or ctx.threads)
 
-    def __call__(self, block):
+    def spill_key(self):
+        return {"batch_size": self.batch_size}  # resumed, the block is cut into the same batches
+
+    def __call__(self, block, spill=None):
+        """The block's embeddings, batch by batch. With a `spill` (the executor's, spill.py), the batches an
+        interrupted run kept are read back instead of embedded again, and the finished ones are appended
+        to it as they are done (at most every `spill_seconds`), so an interruption loses about one batch."""
+        import time
+
         texts = block.column("text").to_pylist()
         dim = int(self._embedder.dim)
-        before = getattr(self._embedder, "windowed_texts", 0)
         vecs = np.zeros((len(texts), dim), np.float32)
-        for lo in range(0, len(texts), self.batch_size):
+        done, windowed_before = 0, 0
+        if spill is not None:
+            for state, part in spill.load(dim):
+                end = done + part.shape[0]
+                if state.get("rows") != end or end % self.batch_size or end >= len(texts):
+                    done, windowed_before = 0, 0  # not this block's batches (a matching key rules it out): redo it
+                    spill.clear()
+                    break
+                vecs[done:end], done, windowed_before = part, end, int(state.get("windowed", 0))
+        before = getattr(self._embedder, "windowed_texts", 0)
+        saved, since = done, time.monotonic()
+        for lo in range(done, len(texts), self.batch_size):
             part = np.asarray(self._embedder.embed(texts[lo:lo + self.batch_size]), np.float32)
             if part.shape != (len(texts[lo:lo + self.batch_size]), dim):
                 from ..errors import EmbedderError
 
                 raise EmbedderError(f"embedder {self._embedder.name!r} returned shape {part.shape}, expected "
                                     f"{(len(texts[lo:lo + self.batch_size]), dim)}")
-            vecs[lo:lo + part.shape[0]] = part
+            hi = lo + part.shape[0]
+            vecs[lo:hi] = part
             if self.on_rows is not None:
                 self.on_rows(part.shape[0])
-        windowed = getattr(self._embedder, "windowed_texts", 0) - before
+            if spill is not None and hi < len(texts) and time.monotonic() - since >= self.spill_seconds:
+                windowed = windowed_before + getattr(self._embedder, "windowed_texts", 0) - before
+                spill.append(vecs[saved:hi], {"rows": hi, "windowed": windowed})
+                saved, since = hi, time.monotonic()
+        windowed = windowed_before + getattr(self._embedder, "windowed_texts", 0) - before
         table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)})
         return table.replace_schema_metadata({b"windowed": str(windowed).encode(),
                                               b"embedder": str(self._embedder.name).encode(),

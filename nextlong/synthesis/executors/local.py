@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...corpus.split import DEFAULT_SPLIT_BYTES
-from ..framework import Executor, Pipeline, StageContext, block_done, chain_work, finish_map_chain, map_block
+from ..framework import (Executor, Pipeline, StageContext, block_done, chain_work, finish_map_chain, map_block,
+                         spilled_rows)
 
 
 class LocalExecutor(Executor):
@@ -59,6 +60,7 @@ class LocalExecutor(Executor):
                            todo[0].progress, first=first) as bar:
             for j in range(num_blocks):
                 reused = all(block_done(ctx, j) for ctx in todo)
+                bar.begin(j, 0 if reused or block_done(todo[0], j) else spilled_rows(todo[0], j))
                 last = map_block(todo, j)
                 rows += last
                 bar.block_done(j, last, reused)

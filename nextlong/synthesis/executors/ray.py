@@ -377,7 +377,7 @@ class RayExecutor(Executor):
 
     def run_chain(self, pipeline, fps, chain, cut) -> dict[str, dict]:
         from ..progress import ChainProgress, input_rows
-        from ..framework import block_done, block_record_path, chain_work, finish_map_chain, read_done
+        from ..framework import block_done, block_record_path, chain_work, finish_map_chain, read_done, spilled_rows
 
         results, todo, num_blocks = chain_work(chain)
         if not todo:
@@ -397,6 +397,9 @@ class RayExecutor(Executor):
                            cut, todo[0].progress) as bar:
             for j, rows in rows_done.items():
                 bar.block_done(j, rows, reused=True)
+            for j in pending:  # chunks an interrupted run embedded and spilled: done, not this run's work
+                if not block_done(todo[0], j):
+                    bar.begin(j, spilled_rows(todo[0], j))
             if pending:
                 stopped = self._map_blocks(pending, todo, actors, threads, resources, cut=cut, rows_done=rows_done,
                                            on_result=bar.block_done)
