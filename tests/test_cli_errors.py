@@ -283,8 +283,8 @@ def test_the_installed_command_prints_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nextlong", "inspect", str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"nextlong inspect: error: {tmp_path / 'missing' / 'manifest.json'}: not found; "
-                                   f"is {tmp_path / 'missing'} the --out of a finished nextlong synthesize?")
+    assert proc.stderr.strip() == (f"nextlong inspect: error: {tmp_path / 'missing'}: no such folder; give the --out "
+                                   "of `nextlong synthesize` or `nextlong acer`")
     proc = subprocess.run([sys.executable, "-m", "nextlong", "search", str(tmp_path), "q", "-k", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
