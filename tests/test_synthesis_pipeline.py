@@ -273,6 +273,34 @@ def test_the_default_tokenizer_named_or_not_reuses_the_cached_stages(corpus, tmp
         synthesize(corpus, out, num_samples=1, tokenizer="o200k_base", **opts)
 
 
+@pytest.mark.parametrize("num_samples", [None, 3])
+def test_negative_reuse_counts_what_the_documents_hold(corpus, tmp_path, num_samples):
+    """negative_chunks_distinct / negative_uses_per_chunk_mean / _max, against a slow count over the plan rows
+    of the documents written (the first documents_built good rows in block order), as `negatives` counts them:
+    as planned, before a document is cut at the target length; the written documents hold a subset."""
+    from collections import Counter
+
+    from nextlong import synthesize
+    from nextlong.synthesis.pipeline import summary
+
+    out = tmp_path / "r"
+    m = synthesize(corpus, out, num_samples=num_samples, **FAST)
+    s = m["statistics"]
+    rows = [r for part in sorted((out / "plan").glob("part-*.parquet"))
+            for r in pq.read_table(part, columns=["ok", "chunks", "roles"]).to_pylist() if r["ok"]]
+    uses = Counter(c for r in rows[:s["documents_built"]] for c, role in zip(r["chunks"], r["roles"]) if role == 1)
+    assert sum(uses.values()) == s["negatives"] > 0
+    assert s["negative_chunks_distinct"] == len(uses)
+    assert s["negative_uses_per_chunk_max"] == max(uses.values())
+    assert s["negative_uses_per_chunk_mean"] == round(sum(uses.values()) / len(uses), 3)
+    written = Counter()
+    for part in sorted((out / "data").glob("part-*.parquet")):
+        for row in pq.read_table(part, columns=["segments"]).column("segments").to_pylist():
+            written.update((seg["doc_id"], seg["chunk_index"]) for seg in row if seg["role"] == "negative")
+    assert 0 < len(written) <= len(uses) and max(written.values()) <= max(uses.values())
+    assert f"negatives drawn from {len(uses)} distinct chunks" in summary(m)
+
+
 def test_too_small_corpus_is_a_clear_error(tmp_path):
     from nextlong import synthesize
 

@@ -362,6 +362,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
     if cfg.method == "nextlong":
         stats["chunks_blank"] = int(empty_chunks(out / chunks_name, store).sum())  # never a negative
+        stats.update(negative_reuse(out, used, partial, store.num_chunks))
     if cfg.builds_near_copy_graph:
         near = record("neardup")
         stats["near_duplicate_pairs_in_corpus"] = near.get("pairs")
@@ -423,6 +424,31 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         _log(cfg, f"warning: asked for {cfg.num_samples} documents, built {built}: " + _why(cfg, stats))
     _log(cfg, summary(manifest))
     return manifest
+
+
+def negative_reuse(out: Path, blocks: list, partial: dict | None, num_chunks: int) -> dict:
+    """How often each chunk serves as a negative in the documents built: a small corpus asked for many long
+    documents reuses the same chunks again and again (the README's demo corpus at 131,072 tokens: each about
+    130 times), which the mean negatives per meta-chunk does not show. Over the plan rows kept, as the other
+    statistics; memory one counter per corpus chunk."""
+    from .assemble import ROLE_NEGATIVE
+    from .framework import block_path
+
+    uses = np.zeros(num_chunks, np.uint32)
+    for block in blocks:
+        plan = pq.read_table(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
+        if partial is not None and block == partial["block"]:
+            ok = np.flatnonzero(plan.column("ok").to_numpy(zero_copy_only=False))
+            plan = plan.slice(0, int(ok[partial["rows"] - 1]) + 1) if partial["rows"] <= ok.size else plan
+        plan = plan.filter(plan.column("ok"))
+        chunks = pc.list_flatten(plan.column("chunks")).to_numpy(zero_copy_only=False)
+        roles = pc.list_flatten(plan.column("roles")).to_numpy(zero_copy_only=False)
+        ids, n = np.unique(chunks[roles == ROLE_NEGATIVE], return_counts=True)
+        uses[ids] += n.astype(np.uint32)
+    distinct = int(np.count_nonzero(uses))
+    return {"negative_chunks_distinct": distinct,
+            "negative_uses_per_chunk_mean": round(float(uses.sum()) / distinct, 3) if distinct else None,
+            "negative_uses_per_chunk_max": int(uses.max()) if distinct else 0}
 
 
 def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
@@ -513,6 +539,9 @@ def _too_small_message(cfg, store, stats, lengths) -> str:
             + (", or --negatives fill" if any(r.startswith("fixed-k") for r in stats["drop_reasons"]) else "") + ".")
 
 
+REUSE_NOTE = 10  # the summary notes reuse above this many uses per negative chunk on average
+
+
 def summary(manifest: dict) -> str:
     s = manifest["statistics"]
     st = manifest["settings"]
@@ -527,6 +556,12 @@ def summary(manifest: dict) -> str:
     if s.get("negatives_per_meta_chunk_mean") is not None:
         lines.append(f"  negatives per meta-chunk: {s['negatives_per_meta_chunk_mean']:.2f} "
                      f"(rule {st['negatives']})")
+    if s.get("negative_uses_per_chunk_mean") is not None:
+        mean = s["negative_uses_per_chunk_mean"]
+        lines.append(f"  negatives drawn from {s['negative_chunks_distinct']} distinct chunks: each used {mean:.1f} "
+                     f"times on average, at most {s['negative_uses_per_chunk_max']}"
+                     + (" (few chunks for this much output: a larger corpus, or fewer or shorter documents, gives "
+                        "more varied negatives)" if mean > REUSE_NOTE else ""))
     if s.get("anchor_negative_similarity_mean") is not None:
         lines.append(f"  similarity anchor-negative {s['anchor_negative_similarity_mean']:.3f} vs random pairs "
                      f"{s.get('random_chunk_pair_similarity_mean') or float('nan'):.3f}")
