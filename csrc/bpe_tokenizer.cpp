@@ -371,10 +371,22 @@ size_t BpeTokenizer::count_ordinary(std::string_view text) const {
   return n;
 }
 
+// HF tokenizers' AddedVocabulary::find_matches, rule for rule: the matches are the leftmost-longest ones
+// of the token contents, found without overlap on the text as it is (a match's strip does not move where
+// the next search starts). `seg`, the end of what the previous match claimed, only decides where text
+// segments lie: lstrip takes the whitespace before a match back to `seg` at most, rstrip the whitespace
+// after it, and a later match that starts inside what an rstrip took still gives its id, covering
+// [max(its start, seg), its end) (so "\t\t>" with '\t' rstrip is '\t' '\t' '>'), and `seg` becomes its end,
+// even if that goes back. A token whose span is empty gives nothing (HF drops empty splits); one whose
+// span is reversed (an lstrip match wholly inside the previous span) gives nothing and leaves `seg` as it
+// is: HF panics there ("AddedVocabulary bad split"), so there is no reference to follow.
 void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
                                const std::vector<char>& allowed, std::vector<Segment>& out) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t seg = b, p = b;
+  // [ws_lo, ws_hi): whitespace the last rstrip walked, ending at a non-space or e. Matches inside it
+  // (a run of '\t' with '\t' rstrip) reuse its end, so rstrip costs O(1) per byte, not the run's length.
+  size_t ws_lo = 1, ws_hi = 0;
   auto char_before = [&](size_t q) {  // code point ending at q (q > b)
     size_t st = unicode::prev_char(s, b, q), len;
     return unicode::decode_utf8(s, e, st, &len);
@@ -394,29 +406,38 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
     if (hit < 0) { ++p; continue; }
     const BpeAddedToken& t = added_[hit];
     size_t ms = p, me = p + t.content.size();
+    p = me;  // the next search starts after the match itself, whatever the strips below take
     if (t.single_word) {
       size_t len;
       bool start_ok = ms == b || !is_word_char(char_before(ms));
       bool stop_ok = me == e || !is_word_char(unicode::decode_utf8(s, e, me, &len));
-      if (!start_ok || !stop_ok) { p = me; continue; }
+      if (!start_ok || !stop_ok) continue;
     }
-    if (t.lstrip) {
+    if (t.lstrip) {  // back over whitespace, but not into what an earlier match took (HF: max(start, seg))
       while (ms > seg) {
         size_t st = unicode::prev_char(s, seg, ms), len;
         if (!unicode::is_space(unicode::decode_utf8(s, e, st, &len))) break;
         ms = st;
       }
+      ms = std::max(ms, seg);
     }
     if (t.rstrip) {
-      while (me < e) {
-        size_t len;
-        if (!unicode::is_space(unicode::decode_utf8(s, e, me, &len))) break;
-        me += len;
+      if (me >= ws_lo && me <= ws_hi) {
+        me = ws_hi;  // inside the run the last rstrip walked: the same end, without walking it again
+      } else {
+        ws_lo = me;
+        while (me < e) {
+          size_t len;
+          if (!unicode::is_space(unicode::decode_utf8(s, e, me, &len))) break;
+          me += len;
+        }
+        ws_hi = me;
       }
     }
+    if (ms > me) continue;  // an lstrip match wholly inside the previous span: HF panics; nothing here
     if (seg < ms) out.push_back({seg, ms, -1});
-    out.push_back({ms, me, static_cast<int64_t>(t.id)});
-    seg = p = me;
+    if (ms < me) out.push_back({ms, me, static_cast<int64_t>(t.id)});  // HF drops an empty split
+    seg = me;
   }
   if (seg < e) out.push_back({seg, e, -1});
 }

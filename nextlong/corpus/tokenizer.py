@@ -20,7 +20,9 @@ Known approximations, documented rather than hidden: ``encode`` never adds BOS/E
 ``tokenizers`` with ``add_special_tokens=False``; ``encode_prompt`` adds what the post-processor puts
 *before* one sequence (``prefix_ids``: Llama-3's ``<|begin_of_text|>``), as a model's prompts need, but
 never a suffix; decoders are ignored (``decode`` joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
-Unicode \w: letters, marks, Nd, Nl, Pc, joiners); with an NFC normalizer, ``normalized=true`` added
+Unicode \w: letters, marks, Nd, Nl, Pc, joiners) by HF's rule, strips only widening a match's span and a match
+inside what an rstrip took still giving its id; where HF panics (an lstrip match wholly inside the previous
+match's span) that token is dropped; with an NFC normalizer, ``normalized=true`` added
 tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
 of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
