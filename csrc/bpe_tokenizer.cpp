@@ -279,9 +279,11 @@ void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t
 }
 
 template <class Fn>
-void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) const {
+void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn, int64_t* steps_used,
+                                  int64_t* shared_steps) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t n = text.size();
+  if (steps_used) *steps_used = 0;
   if (!regex_) {
     if (n) fn(size_t{0}, n);
     return;
@@ -303,7 +305,11 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
     return;
   }
   size_t pos = 0, from = 0;
-  int64_t steps_left = regex_->step_budget(n);  // linear work over the whole text, or RegexError
+  // Linear work over the whole text, or RegexError. encode() shares one budget over the segments
+  // between added tokens, so splitting a text there does not grant a fresh base per segment.
+  int64_t own_steps = regex_->step_budget(n);
+  int64_t& steps_left = shared_steps ? *shared_steps : own_steps;
+  const int64_t steps_at_start = steps_left;
   while (from <= n) {
     size_t ms, me;
     if (!regex_->find(text, from, &ms, &me, &steps_left)) break;
@@ -319,14 +325,15 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
     pos = from = me;
   }
   if (opt_.keep_gaps && pos < n) fn(pos, n);
+  if (steps_used) *steps_used = steps_at_start - steps_left;
 }
 
 void BpeTokenizer::split_pieces(std::string_view text, bool generic,
-                                std::vector<std::pair<size_t, size_t>>& out) const {
-  for_each_piece(text, generic, [&](size_t b, size_t e) { out.emplace_back(b, e); });
+                                std::vector<std::pair<size_t, size_t>>& out, int64_t* steps_used) const {
+  for_each_piece(text, generic, [&](size_t b, size_t e) { out.emplace_back(b, e); }, steps_used);
 }
 
-void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {
+void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   for_each_piece(text, false, [&](size_t b, size_t e) {
     if (opt_.prefix_space == kPrefixPiece && s[b] != ' ') {
@@ -337,29 +344,33 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out
     } else {
       encode_piece(s + b, e - b, out);
     }
-  });
+  }, nullptr, steps);
 }
 
 void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+  encode_segment(text, out, nullptr);
+}
+
+void BpeTokenizer::encode_segment(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   if (opt_.nfc && !unicode::nfc_quick_check(text)) {
     std::string normalized;
     unicode::nfc_normalize(text, normalized);
-    encode_normalized(normalized, out);
+    encode_normalized(normalized, out, steps);
     return;
   }
-  encode_normalized(text, out);
+  encode_normalized(text, out, steps);
 }
 
-void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out) const {
+void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   if (opt_.prefix_space == kPrefixText && !text.empty() && text[0] != ' ') {
     std::string buf;
     buf.reserve(text.size() + 1);
     buf.push_back(' ');
     buf.append(text);
-    encode_text(buf, out);
+    encode_text(buf, out, steps);
     return;
   }
-  encode_text(text, out);
+  encode_text(text, out, steps);
 }
 
 size_t BpeTokenizer::count_ordinary(std::string_view text) const {
@@ -446,6 +457,7 @@ void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowe
                           std::vector<uint32_t>& out) const {
   if (added_.empty()) { encode_ordinary(text, out); return; }
   std::vector<Segment> first, second;
+  int64_t steps = step_budget(text.size());  // one regex budget for the whole text, not one per segment
   split_added(text, 0, text.size(), false, allowed, first);
   for (const Segment& sg : first) {
     if (sg.token >= 0) { second.push_back(sg); continue; }
@@ -453,7 +465,7 @@ void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowe
   }
   for (const Segment& sg : second) {
     if (sg.token >= 0) out.push_back(static_cast<uint32_t>(sg.token));
-    else encode_ordinary(text.substr(sg.begin, sg.end - sg.begin), out);
+    else encode_segment(text.substr(sg.begin, sg.end - sg.begin), out, regex_ ? &steps : nullptr);
   }
 }
 
