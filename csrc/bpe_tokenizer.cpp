@@ -121,13 +121,21 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     }
   }
   added_trie_.assign(1, {});
+  added_len_.assign(added_.size(), 0);
   for (size_t i = 0; i < added_.size(); ++i) {
-    const std::string& c = added_[i].content;
+    if (added_[i].content.size() > kMaxAddedTokenBytes)
+      throw std::invalid_argument("an added token of " + std::to_string(added_[i].content.size()) +
+                                  " bytes, over the " + std::to_string(kMaxAddedTokenBytes) +
+                                  " nextlong accepts (matching it at every position of a text would cost its "
+                                  "length each time)");
+    // As HF: a normalized token is looked for in the normalized text by its normalized content.
+    std::string c = added_[i].content;
+    if (opt_.nfc && added_[i].normalized && !unicode::nfc_quick_check(c)) {
+      c.clear();
+      unicode::nfc_normalize(added_[i].content, c);
+    }
     if (c.empty()) continue;
-    if (c.size() > kMaxAddedTokenBytes)
-      throw std::invalid_argument("an added token of " + std::to_string(c.size()) + " bytes, over the " +
-                                  std::to_string(kMaxAddedTokenBytes) + " nextlong accepts (matching it at every "
-                                  "position of a text would cost its length each time)");
+    added_len_[i] = c.size();
     uint32_t node = 0;
     for (unsigned char byte : c) {
       auto& next = added_trie_[node].next;
@@ -348,17 +356,13 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out
 }
 
 void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
-  encode_segment(text, out, nullptr);
-}
-
-void BpeTokenizer::encode_segment(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   if (opt_.nfc && !unicode::nfc_quick_check(text)) {
     std::string normalized;
     unicode::nfc_normalize(text, normalized);
-    encode_normalized(normalized, out, steps);
+    encode_normalized(normalized, out);
     return;
   }
-  encode_normalized(text, out, steps);
+  encode_normalized(text, out);
 }
 
 void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
@@ -416,7 +420,7 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
     }
     if (hit < 0) { ++p; continue; }
     const BpeAddedToken& t = added_[hit];
-    size_t ms = p, me = p + t.content.size();
+    size_t ms = p, me = p + added_len_[hit];
     p = me;  // the next search starts after the match itself, whatever the strips below take
     if (t.single_word) {
       size_t len;
@@ -458,14 +462,25 @@ void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowe
   if (added_.empty()) { encode_ordinary(text, out); return; }
   std::vector<Segment> first, second;
   int64_t steps = step_budget(text.size());  // one regex budget for the whole text, not one per segment
+  int64_t* shared = regex_ ? &steps : nullptr;
   split_added(text, 0, text.size(), false, allowed, first);
+  std::string normalized;
   for (const Segment& sg : first) {
-    if (sg.token >= 0) { second.push_back(sg); continue; }
-    split_added(text, sg.begin, sg.end, true, allowed, second);
-  }
-  for (const Segment& sg : second) {
-    if (sg.token >= 0) out.push_back(static_cast<uint32_t>(sg.token));
-    else encode_segment(text.substr(sg.begin, sg.end - sg.begin), out, regex_ ? &steps : nullptr);
+    if (sg.token >= 0) { out.push_back(static_cast<uint32_t>(sg.token)); continue; }
+    // As HF: the text between the non-normalized tokens is normalized, the normalized tokens are
+    // split out of it, and the rest is pre-tokenized as it is (already normalized).
+    std::string_view seg = text.substr(sg.begin, sg.end - sg.begin);
+    if (opt_.nfc && !unicode::nfc_quick_check(seg)) {
+      normalized.clear();
+      unicode::nfc_normalize(seg, normalized);
+      seg = normalized;
+    }
+    second.clear();
+    split_added(seg, 0, seg.size(), true, allowed, second);
+    for (const Segment& piece : second) {
+      if (piece.token >= 0) out.push_back(static_cast<uint32_t>(piece.token));
+      else encode_normalized(seg.substr(piece.begin, piece.end - piece.begin), out, shared);
+    }
   }
 }
 

@@ -87,7 +87,6 @@ class BpeTokenizer : public TextEncoder {
  private:
   // `steps`, when given, is the regex budget these calls share (encode() over its segments); else
   // each pass has its own step_budget of its length.
-  void encode_segment(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const;
   void encode_text(std::string_view text, std::vector<uint32_t>& out, int64_t* steps = nullptr) const;
   void encode_normalized(std::string_view text, std::vector<uint32_t>& out, int64_t* steps = nullptr) const;
   void encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
@@ -124,6 +123,7 @@ class BpeTokenizer : public TextEncoder {
     std::vector<uint32_t> ends;                       // tokens whose content ends here, in added_ order
   };
   std::vector<AddedTrieNode> added_trie_;  // node 0 is the root
+  std::vector<size_t> added_len_;  // bytes a match of each token spans: its content, NFC'd when normalized
   uint64_t uid_;
 };
 

@@ -22,8 +22,8 @@ Known approximations, documented rather than hidden: ``encode`` never adds BOS/E
 never a suffix; decoders are ignored (``decode`` joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
 Unicode \w: letters, marks, Nd, Nl, Pc, joiners) by HF's rule, strips only widening a match's span and a match
 inside what an rstrip took still giving its id; where HF panics (an lstrip match wholly inside the previous
-match's span) that token is dropped; with an NFC normalizer, ``normalized=true`` added
-tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
+match's span) that token is dropped; ``normalized=true`` added tokens are looked for, by their NFC'd content, in
+the NFC'd text between the others, as HF does. tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
 of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
