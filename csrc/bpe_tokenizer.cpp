@@ -121,13 +121,21 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     }
   }
   added_trie_.assign(1, {});
+  added_len_.assign(added_.size(), 0);
   for (size_t i = 0; i < added_.size(); ++i) {
-    const std::string& c = added_[i].content;
+    if (added_[i].content.size() > kMaxAddedTokenBytes)
+      throw std::invalid_argument("an added token of " + std::to_string(added_[i].content.size()) +
+                                  " bytes, over the " + std::to_string(kMaxAddedTokenBytes) +
+                                  " nextlong accepts (matching it at every position of a text would cost its "
+                                  "length each time)");
+    // As HF: a normalized token is looked for in the normalized text by its normalized content.
+    std::string c = added_[i].content;
+    if (opt_.nfc && added_[i].normalized && !unicode::nfc_quick_check(c)) {
+      c.clear();
+      unicode::nfc_normalize(added_[i].content, c);
+    }
     if (c.empty()) continue;
-    if (c.size() > kMaxAddedTokenBytes)
-      throw std::invalid_argument("an added token of " + std::to_string(c.size()) + " bytes, over the " +
-                                  std::to_string(kMaxAddedTokenBytes) + " nextlong accepts (matching it at every "
-                                  "position of a text would cost its length each time)");
+    added_len_[i] = c.size();
     uint32_t node = 0;
     for (unsigned char byte : c) {
       auto& next = added_trie_[node].next;
@@ -279,9 +287,11 @@ void BpeTokenizer::encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t
 }
 
 template <class Fn>
-void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) const {
+void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn, int64_t* steps_used,
+                                  int64_t* shared_steps) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t n = text.size();
+  if (steps_used) *steps_used = 0;
   if (!regex_) {
     if (n) fn(size_t{0}, n);
     return;
@@ -303,7 +313,11 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
     return;
   }
   size_t pos = 0, from = 0;
-  int64_t steps_left = regex_->step_budget(n);  // linear work over the whole text, or RegexError
+  // Linear work over the whole text, or RegexError. encode() shares one budget over the segments
+  // between added tokens, so splitting a text there does not grant a fresh base per segment.
+  int64_t own_steps = regex_->step_budget(n);
+  int64_t& steps_left = shared_steps ? *shared_steps : own_steps;
+  const int64_t steps_at_start = steps_left;
   while (from <= n) {
     size_t ms, me;
     if (!regex_->find(text, from, &ms, &me, &steps_left)) break;
@@ -319,14 +333,15 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn) 
     pos = from = me;
   }
   if (opt_.keep_gaps && pos < n) fn(pos, n);
+  if (steps_used) *steps_used = steps_at_start - steps_left;
 }
 
 void BpeTokenizer::split_pieces(std::string_view text, bool generic,
-                                std::vector<std::pair<size_t, size_t>>& out) const {
-  for_each_piece(text, generic, [&](size_t b, size_t e) { out.emplace_back(b, e); });
+                                std::vector<std::pair<size_t, size_t>>& out, int64_t* steps_used) const {
+  for_each_piece(text, generic, [&](size_t b, size_t e) { out.emplace_back(b, e); }, steps_used);
 }
 
-void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {
+void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   for_each_piece(text, false, [&](size_t b, size_t e) {
     if (opt_.prefix_space == kPrefixPiece && s[b] != ' ') {
@@ -337,7 +352,7 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out
     } else {
       encode_piece(s + b, e - b, out);
     }
-  });
+  }, nullptr, steps);
 }
 
 void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
@@ -350,16 +365,16 @@ void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>&
   encode_normalized(text, out);
 }
 
-void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out) const {
+void BpeTokenizer::encode_normalized(std::string_view text, std::vector<uint32_t>& out, int64_t* steps) const {
   if (opt_.prefix_space == kPrefixText && !text.empty() && text[0] != ' ') {
     std::string buf;
     buf.reserve(text.size() + 1);
     buf.push_back(' ');
     buf.append(text);
-    encode_text(buf, out);
+    encode_text(buf, out, steps);
     return;
   }
-  encode_text(text, out);
+  encode_text(text, out, steps);
 }
 
 size_t BpeTokenizer::count_ordinary(std::string_view text) const {
@@ -371,10 +386,22 @@ size_t BpeTokenizer::count_ordinary(std::string_view text) const {
   return n;
 }
 
+// HF tokenizers' AddedVocabulary::find_matches, rule for rule: the matches are the leftmost-longest ones
+// of the token contents, found without overlap on the text as it is (a match's strip does not move where
+// the next search starts). `seg`, the end of what the previous match claimed, only decides where text
+// segments lie: lstrip takes the whitespace before a match back to `seg` at most, rstrip the whitespace
+// after it, and a later match that starts inside what an rstrip took still gives its id, covering
+// [max(its start, seg), its end) (so "\t\t>" with '\t' rstrip is '\t' '\t' '>'), and `seg` becomes its end,
+// even if that goes back. A token whose span is empty gives nothing (HF drops empty splits); one whose
+// span is reversed (an lstrip match wholly inside the previous span) gives nothing and leaves `seg` as it
+// is: HF panics there ("AddedVocabulary bad split"), so there is no reference to follow.
 void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
                                const std::vector<char>& allowed, std::vector<Segment>& out) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t seg = b, p = b;
+  // [ws_lo, ws_hi): whitespace the last rstrip walked, ending at a non-space or e. Matches inside it
+  // (a run of '\t' with '\t' rstrip) reuse its end, so rstrip costs O(1) per byte, not the run's length.
+  size_t ws_lo = 1, ws_hi = 0;
   auto char_before = [&](size_t q) {  // code point ending at q (q > b)
     size_t st = unicode::prev_char(s, b, q), len;
     return unicode::decode_utf8(s, e, st, &len);
@@ -393,30 +420,39 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
     }
     if (hit < 0) { ++p; continue; }
     const BpeAddedToken& t = added_[hit];
-    size_t ms = p, me = p + t.content.size();
+    size_t ms = p, me = p + added_len_[hit];
+    p = me;  // the next search starts after the match itself, whatever the strips below take
     if (t.single_word) {
       size_t len;
       bool start_ok = ms == b || !is_word_char(char_before(ms));
       bool stop_ok = me == e || !is_word_char(unicode::decode_utf8(s, e, me, &len));
-      if (!start_ok || !stop_ok) { p = me; continue; }
+      if (!start_ok || !stop_ok) continue;
     }
-    if (t.lstrip) {
+    if (t.lstrip) {  // back over whitespace, but not into what an earlier match took (HF: max(start, seg))
       while (ms > seg) {
         size_t st = unicode::prev_char(s, seg, ms), len;
         if (!unicode::is_space(unicode::decode_utf8(s, e, st, &len))) break;
         ms = st;
       }
+      ms = std::max(ms, seg);
     }
     if (t.rstrip) {
-      while (me < e) {
-        size_t len;
-        if (!unicode::is_space(unicode::decode_utf8(s, e, me, &len))) break;
-        me += len;
+      if (me >= ws_lo && me <= ws_hi) {
+        me = ws_hi;  // inside the run the last rstrip walked: the same end, without walking it again
+      } else {
+        ws_lo = me;
+        while (me < e) {
+          size_t len;
+          if (!unicode::is_space(unicode::decode_utf8(s, e, me, &len))) break;
+          me += len;
+        }
+        ws_hi = me;
       }
     }
+    if (ms > me) continue;  // an lstrip match wholly inside the previous span: HF panics; nothing here
     if (seg < ms) out.push_back({seg, ms, -1});
-    out.push_back({ms, me, static_cast<int64_t>(t.id)});
-    seg = p = me;
+    if (ms < me) out.push_back({ms, me, static_cast<int64_t>(t.id)});  // HF drops an empty split
+    seg = me;
   }
   if (seg < e) out.push_back({seg, e, -1});
 }
@@ -425,14 +461,26 @@ void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowe
                           std::vector<uint32_t>& out) const {
   if (added_.empty()) { encode_ordinary(text, out); return; }
   std::vector<Segment> first, second;
+  int64_t steps = step_budget(text.size());  // one regex budget for the whole text, not one per segment
+  int64_t* shared = regex_ ? &steps : nullptr;
   split_added(text, 0, text.size(), false, allowed, first);
+  std::string normalized;
   for (const Segment& sg : first) {
-    if (sg.token >= 0) { second.push_back(sg); continue; }
-    split_added(text, sg.begin, sg.end, true, allowed, second);
-  }
-  for (const Segment& sg : second) {
-    if (sg.token >= 0) out.push_back(static_cast<uint32_t>(sg.token));
-    else encode_ordinary(text.substr(sg.begin, sg.end - sg.begin), out);
+    if (sg.token >= 0) { out.push_back(static_cast<uint32_t>(sg.token)); continue; }
+    // As HF: the text between the non-normalized tokens is normalized, the normalized tokens are
+    // split out of it, and the rest is pre-tokenized as it is (already normalized).
+    std::string_view seg = text.substr(sg.begin, sg.end - sg.begin);
+    if (opt_.nfc && !unicode::nfc_quick_check(seg)) {
+      normalized.clear();
+      unicode::nfc_normalize(seg, normalized);
+      seg = normalized;
+    }
+    second.clear();
+    split_added(seg, 0, seg.size(), true, allowed, second);
+    for (const Segment& piece : second) {
+      if (piece.token >= 0) out.push_back(static_cast<uint32_t>(piece.token));
+      else encode_normalized(seg.substr(piece.begin, piece.end - piece.begin), out, shared);
+    }
   }
 }
 

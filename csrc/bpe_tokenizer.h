@@ -77,12 +77,18 @@ class BpeTokenizer : public TextEncoder {
   int64_t model_id(std::string_view bytes) const;
   const BpeOptions& options() const { return opt_; }
   bool has_fast_scanner() const { return scanner_ != nullptr || o200k_ != nullptr; }
+  // The regex steps one pre-tokenization pass over n bytes may take (0 without a pattern).
+  int64_t step_budget(size_t n) const { return regex_ ? regex_->step_budget(n) : 0; }
   // Byte spans of the pre-tokenization pieces (gaps included when the options keep them).
-  void split_pieces(std::string_view text, bool generic, std::vector<std::pair<size_t, size_t>>& out) const;
+  // steps_used, when given, receives the regex steps the pass took (0 for the scanners or no pattern).
+  void split_pieces(std::string_view text, bool generic, std::vector<std::pair<size_t, size_t>>& out,
+                    int64_t* steps_used = nullptr) const;
 
  private:
-  void encode_text(std::string_view text, std::vector<uint32_t>& out) const;
-  void encode_normalized(std::string_view text, std::vector<uint32_t>& out) const;
+  // `steps`, when given, is the regex budget these calls share (encode() over its segments); else
+  // each pass has its own step_budget of its length.
+  void encode_text(std::string_view text, std::vector<uint32_t>& out, int64_t* steps = nullptr) const;
+  void encode_normalized(std::string_view text, std::vector<uint32_t>& out, int64_t* steps = nullptr) const;
   void encode_piece(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   // Appends the initial symbols of s[0, n): byte tokens, or unk ids for bytes without one.
   template <class Push>
@@ -98,7 +104,8 @@ class BpeTokenizer : public TextEncoder {
 
   BpeOptions opt_;
   template <class Fn>
-  void for_each_piece(std::string_view text, bool generic, Fn&& fn) const;
+  void for_each_piece(std::string_view text, bool generic, Fn&& fn, int64_t* steps_used = nullptr,
+                      int64_t* shared_steps = nullptr) const;
   std::unique_ptr<regex::Regex> regex_;
   std::unique_ptr<regex::Cl100kScanner> scanner_;
   std::unique_ptr<regex::O200kScanner> o200k_;
@@ -116,6 +123,7 @@ class BpeTokenizer : public TextEncoder {
     std::vector<uint32_t> ends;                       // tokens whose content ends here, in added_ order
   };
   std::vector<AddedTrieNode> added_trie_;  // node 0 is the root
+  std::vector<size_t> added_len_;  // bytes a match of each token spans: its content, NFC'd when normalized
   uint64_t uid_;
 };
 

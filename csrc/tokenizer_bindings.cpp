@@ -215,6 +215,16 @@ void bind_tokenizer(py::module_& m) {
              return out;
            },
            py::arg("text"), py::arg("generic") = false)
+      .def("regex_steps",
+           [](const BpeTokenizer& t, py::handle text) {
+             // Steps the generic regex engine takes to pre-tokenize `text` (how the budget is sized).
+             std::string_view sv = utf8_view(text);
+             std::vector<std::pair<size_t, size_t>> spans;
+             int64_t steps = 0;
+             t.split_pieces(sv, true, spans, &steps);
+             return steps;
+           })
+      .def("step_budget", [](const BpeTokenizer& t, size_t n) { return t.step_budget(n); })
       .def_property_readonly("has_fast_scanner", &BpeTokenizer::has_fast_scanner)
       .def_property_readonly("max_id", &BpeTokenizer::max_id)
       .def_property_readonly("num_model_tokens", &BpeTokenizer::num_model_tokens)

@@ -123,6 +123,41 @@ def test_budget_errors_propagate_from_worker_threads(tmp_path):
     assert [len(ids) for ids in tok.encode_batch(good, num_threads=2)] == [len(tok.encode(t)) for t in good]
 
 
+def test_a_pattern_padded_to_the_element_limit_fails_as_fast_as_a_small_one(tmp_path):
+    """The budget is linear in the text alone: it grew with the pattern's elements (8 x elements per byte), so
+    (?:a+)+$ padded with 1,240 alternatives to ~2,500 elements ran 20,000 steps per byte before failing: 6.4 s at
+    30 KB and 14 s at 100 KB here, minutes per MB. It now fails after at most 2^16 + 256 steps per byte (0.2 s)."""
+    import time
+
+    (tmp_path / "small").mkdir(), (tmp_path / "padded").mkdir()
+    small = _hf(tmp_path / "small", r"(?:a+)+$")
+    padded = _hf(tmp_path / "padded", r"(?:a+)+$" + "|\x01" * 1240)
+    text = "a" * 100_000 + "!"
+    for tok in (small, padded):
+        t0 = time.perf_counter()
+        with pytest.raises(TokenizerError, match="step budget exhausted"):
+            tok.encode(text)
+        assert time.perf_counter() - t0 < 2.5  # the old budget took 14 s here
+    n = len(text)
+    assert padded.native.step_budget(n) == small.native.step_budget(n) <= 2**16 + 256 * n
+
+
+def test_segments_between_added_tokens_share_one_budget(tmp_path):
+    """Each segment between added tokens had a budget of its own, base included, so a text of many short segments
+    could take the base (2^20 steps, ~10 ms) per segment without failing. One encode now shares one budget:
+    (a+)+$ takes 49,182 steps on 'a'*13 + '!' (within its own budget), and 1,000 of them between added tokens
+    (17 KB, 49 million steps) fail."""
+    path = bytelevel_json(tmp_path, split_pre_tokenizer(r"(a+)+$|[^a]"))
+    _edit = json.loads(path.read_text())
+    _add_token(_edit, "<s>", 257)
+    path.write_text(json.dumps(_edit))
+    tok = Tokenizer.from_file(path)
+    unit = "a" * 13 + "!"
+    assert len(tok.encode(unit)) == 14
+    with pytest.raises(TokenizerError, match="step budget exhausted"):
+        tok.encode("<s>".join([unit] * 1000))
+
+
 def test_cli_tokenize_budget_error_is_one_line(tmp_path, capsys):
     tok = bytelevel_json(tmp_path, split_pre_tokenizer(r"(a+)+$|\s+|[^a\s]+"))
     corpus = tmp_path / "docs.jsonl"
@@ -169,18 +204,29 @@ STANDARD = [("gpt2", GPT2_PATTERN, "oniguruma"), ("cl100k", CL100K_PATTERN, "fan
 # 1 MB runs of one character class, then 200 KB of the short units that cost the most steps per
 # byte (many alternatives tried for each short piece). Each run ends in "x": a run of spaces then
 # backtracks out of \s+(?!\S).
+# The last units are the costliest per byte found by trying every unit of 1 to 3 characters drawn from letters,
+# digits, spaces, tabs, line breaks, punctuation, quotes, marks and CJK (and of 4 from 9 of them): " \t'" takes
+# Llama-3/Qwen2 38 steps per byte, "1 " 30, "/\n\n" GPT-2 29 (a 1 MB mixed soup and the shipped corpus less).
 RUNS = {" ": 1_000_000, "7": 1_000_000, "a": 1_000_000, "\u65e5": 1_000_000, "\n": 1_000_000, "A": 200_000,
         "!": 200_000, "\r\n": 200_000, " \n": 200_000, "/\n": 200_000, "1a": 200_000, " !": 200_000,
-        "'s": 200_000, "a\u0301": 200_000}
+        "'s": 200_000, "a\u0301": 200_000, " \t'": 200_000, "1 ": 200_000, "/\n\n": 200_000, "\r'\r'": 200_000,
+        "A  1": 200_000}
+# What the budget allows per byte (csrc/regex_engine.h kStepsPerByte), and the most the standard patterns may take:
+# a margin of 5 below it.
+BUDGET_PER_BYTE = 256
+STANDARD_MAX_PER_BYTE = 48
 
 
 @pytest.mark.parametrize("name, pattern, dialect", STANDARD, ids=[f"{n}-{d}" for n, _, d in STANDARD])
 def test_standard_patterns_never_hit_the_budget(tmp_path, name, pattern, dialect):
-    """The generic engine (not the hand-written cl100k/o200k scanners) on long runs."""
+    """The generic engine (not the hand-written cl100k/o200k scanners) on long runs, within a fifth of the budget."""
     tok = _hf(tmp_path, pattern) if dialect == "oniguruma" else _tiktoken(tmp_path, pattern)
+    assert tok.native.step_budget(1_000_000) >= BUDGET_PER_BYTE * 1_000_000
     for unit, size in RUNS.items():
-        text = unit * (size // len(unit.encode())) + "x"
-        assert "".join(tok.native.pretokenize(text, generic=True)) == text
+        for end in ("x", " "):
+            text = unit * (size // len(unit.encode())) + end
+            assert "".join(tok.native.pretokenize(text, generic=True)) == text
+            assert tok.native.regex_steps(text) <= STANDARD_MAX_PER_BYTE * len(text.encode()), unit
 
 
 # --- vocabularies: checked when loaded -----------------------------------------------------------

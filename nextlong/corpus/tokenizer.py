@@ -20,8 +20,10 @@ Known approximations, documented rather than hidden: ``encode`` never adds BOS/E
 ``tokenizers`` with ``add_special_tokens=False``; ``encode_prompt`` adds what the post-processor puts
 *before* one sequence (``prefix_ids``: Llama-3's ``<|begin_of_text|>``), as a model's prompts need, but
 never a suffix; decoders are ignored (``decode`` joins token bytes). Added tokens: lstrip/rstrip/single_word are honoured (a "word" character is
-Unicode \w: letters, marks, Nd, Nl, Pc, joiners); with an NFC normalizer, ``normalized=true`` added
-tokens are matched on the raw rather than the normalized text. tiktoken special tokens are matched
+Unicode \w: letters, marks, Nd, Nl, Pc, joiners) by HF's rule, strips only widening a match's span and a match
+inside what an rstrip took still giving its id; where HF panics (an lstrip match wholly inside the previous
+match's span) that token is dropped; ``normalized=true`` added tokens are looked for, by their NFC'd content, in
+the NFC'd text between the others, as HF does. tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
 of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
@@ -30,8 +32,9 @@ Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids t
 shared by two tokens or far beyond the vocabulary's size, and duplicate JSON keys are refused on load; a
 byte the vocabulary has no token for gets the id of a tokenizer.json's unk_token, as in HF, and without one
 the text holding it is refused when encoded (TokenizerError; HF would drop the byte from the ids);
-a match that recurses too deep or exhausts its step budget (linear in the text, times the pattern's
-size: up to 20,000 steps per byte for the largest patterns; catastrophic backtracking) raises TokenizerError naming the pattern and the byte where the attempt started.
+a match that recurses too deep or exhausts its step budget (2^16 + 256 steps per byte of the text, whatever the
+pattern; the standard patterns take at most 38; catastrophic backtracking) raises TokenizerError naming the pattern
+and the byte where the attempt started.
 """
 
 from __future__ import annotations
