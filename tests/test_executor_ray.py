@@ -319,6 +319,37 @@ def test_only_the_token_auth_on_notice_is_hidden_on_a_local_start(caplog):
     assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
 
 
+def test_the_process_sigterm_handler_outlives_ray_init(monkeypatch):
+    """ray.init installs the driver's own SIGTERM handler (a stack dump, then exit 15), so a scheduler's stop of
+    `synthesize --executor ray` was recorded as failed with the error "15", not as the CLI's interruption
+    (measured by hand: `timeout -s TERM 25 nextlong synthesize ... --executor ray`, now "terminated (SIGTERM)",
+    manifest "interrupted", and a rerun resumes). A fake ray stands in here, to check the rule without a start:
+    a handler of the process's own is put back; with none (the default action), Ray's stays."""
+    import signal
+    import types
+
+    def rays_handler(signum, frame):
+        raise SystemExit(signum)
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **kw: signal.signal(signal.SIGTERM, rays_handler))
+    monkeypatch.setattr(executor_ray, "import_ray", lambda: fake)
+    monkeypatch.setattr(executor_ray, "_hide_token_auth_notice", lambda: None)
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        executor_ray.connect(None, num_cpus=1)
+        assert signal.getsignal(signal.SIGTERM) is ours
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        executor_ray.connect(None, num_cpus=1)
+        assert signal.getsignal(signal.SIGTERM) is rays_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.slow  # starts Ray (~10-20 s)
 def test_ray_workers_resume_an_interrupted_embedding_block_from_its_spill(ray_session, tmp_path, monkeypatch):
     """An embedding run interrupted in block 1 after 3 of its batches, resumed on Ray: the worker starts from the

@@ -9,6 +9,8 @@ forever for the resources). Ray is imported lazily: `import nextlong` never need
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import socket
 import time
@@ -106,11 +108,30 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     if resolved is None:  # a local instance: our limits apply
         kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
         _hide_token_auth_notice()
-    try:
-        ray.init(address=resolved, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
+    with _sigterm_kept():
+        try:
+            ray.init(address=resolved, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
     return ray
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """The SIGTERM handler the process had before ray.init, put back after it. ray.init installs its driver's
+    own (a stack dump, then exit 15): a scheduler's stop of `nextlong synthesize --executor ray` was then
+    recorded as a failure with the error "15", not as the interruption the CLI makes of it (cli.Terminated).
+    A process with no handler of its own (the default action) keeps Ray's."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def _hide_token_auth_notice() -> None:
