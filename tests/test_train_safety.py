@@ -811,3 +811,21 @@ def test_resume_takes_the_same_data_however_spelled(data, tmp_path, monkeypatch)
     shutil.copytree(data, copy)
     with pytest.raises(NextlongError, match=r"cannot resume with other settings \(data: saved"):
         train(copy, cut, resume=True, **settings)
+
+
+def test_the_bar_shows_each_steps_own_loss(data, tmp_path, capsys, monkeypatch):
+    """The postfix was set after update() had drawn the bar, so each drawing showed the step before (at 3/3,
+    step 2's loss, until the bar closed)."""
+    import tqdm
+
+    class EveryStep(tqdm.tqdm):  # draws every step, however fast (the trainer imports tqdm when it runs)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=0, miniters=1, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", EveryStep)
+    train(data, tmp_path / "r", steps=3, **dict(FAST, progress=True))
+    drawn = capsys.readouterr().err.split("\r")
+    losses = [f"{r['loss']:.4f}" for r in _rows(tmp_path / "r")]
+    for step, loss in enumerate(losses, 1):
+        frame = next(f for f in drawn if f" {step}/3 " in f)
+        assert f"loss={loss}" in frame, (step, frame)

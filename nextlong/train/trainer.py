@@ -630,9 +630,10 @@ class Trainer:
                         metrics.flush()
                     if applied is False and cfg.nan_policy == "stop":
                         self.stop_diverged(step, loss, grad_norm)
-                    bar.update(1)
+                    # the postfix first: update() draws the bar, and a postfix set after it showed the step before
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
                                     mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
+                    bar.update(1)
                     if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                         self.save(step)
                         last_saved = step
