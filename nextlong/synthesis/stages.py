@@ -118,7 +118,8 @@ class Consolidate(WholeStage):
 class NearDupStage(WholeStage):
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
 
-    version = 2  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped
+    version = 3  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped;
+    # 3: a family's leaders are linked through the members they share (a drifting chain is one family)
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
