@@ -634,19 +634,36 @@ def duplicate_documents(store, tokenizer, graph: NearDupGraph, threshold: float)
             continue
         if jaccard(sets(a), sets(b)) >= threshold:
             removed[b] = True
-    if graph.family is not None:  # a family's members reach it through its leader alone: compare each with the
-        # family's earliest document still kept (the leader's may have gone as a near-copy of an earlier one)
+    if graph.family is not None:  # a family's members reach each other through its leaders alone, and a family
+        # can be a chain of drifting versions: compare each document, in corpus order, with every kept document of
+        # its family that shares a sketched hash with it (bottom-m of the documents' sets: a pair at the threshold
+        # shares two, all but 1e-6 of the time; one where both sets fit in the sketch)
+        m = sketch_size(threshold)
+        pad = np.iinfo(np.uint64).max
         member = np.flatnonzero(graph.family >= 0)
         docs = np.asarray(store.chunk_doc)[member]
         for f in np.unique(graph.family[member]).tolist():
-            kept = None
+            kept, kept_sketch, kept_size = [], np.full((8, m), pad, np.uint64), np.zeros(8, np.int64)
             for d in np.unique(docs[graph.family[member] == f]).tolist():
                 if removed[d]:
                     continue
-                if kept is None:
-                    kept = d
-                elif jaccard(sets(kept), sets(d)) >= threshold:
+                full = sets(d)
+                if kept and jaccard(sets(kept[0]), full) >= threshold:  # most often: a copy of the first one
                     removed[d] = True
+                    continue
+                sketch = np.full(m, pad, np.uint64)
+                sketch[:min(m, full.size)] = full[:m]
+                held = kept_sketch[:len(kept)]
+                shared = (np.isin(held, full[:m]) & (held != pad)).sum(1)
+                near = (shared >= 2) | ((shared >= 1) & (np.maximum(kept_size[:len(kept)], full.size) <= m))
+                if any(jaccard(sets(kept[j]), full) >= threshold for j in (np.flatnonzero(near[1:]) + 1).tolist()):
+                    removed[d] = True
+                    continue
+                if len(kept) == kept_size.size:  # room doubles: linear in the family's kept documents
+                    kept_sketch = np.vstack([kept_sketch, np.full_like(kept_sketch, pad)])
+                    kept_size = np.append(kept_size, np.zeros_like(kept_size))
+                kept_sketch[len(kept)], kept_size[len(kept)] = sketch, full.size
+                kept.append(d)
     return removed
 
 
