@@ -150,6 +150,8 @@ class DedupStage(WholeStage):
     near-copy graph restricted and renumbered to the kept chunks. Dropped documents are never
     embedded, never an anchor, never a negative."""
 
+    version = 2  # 2: a family's documents are compared with every kept one sharing a sketched hash
+
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
 
