@@ -90,6 +90,28 @@ def test_a_cut_larger_than_the_output_ends_the_bar_at_what_was_built(tmp_path, b
     assert chain["n"] == chain["total"] == manifest["statistics"]["documents_built"] < 10_000
 
 
+def test_the_partitioned_centroids_step_has_a_bar_of_kmeans_iterations(tmp_path, bars):
+    """k-means on the sample is minutes at millions of chunks and drew no bar: it counts iterations now, and
+    ends where k-means settled (at most its 20 iterations)."""
+    from nextlong.mining import kmeans
+
+    iterations = []
+    real = kmeans.spherical_kmeans
+
+    def counted(*args, on_iteration=None, **kwargs):
+        return real(*args, on_iteration=lambda it: (iterations.append(it), on_iteration and on_iteration(it)),
+                    **kwargs)
+
+    import unittest.mock
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(60_000))
+    with unittest.mock.patch.object(kmeans, "spherical_kmeans", counted):
+        run(corpus, tmp_path / "out", num_samples=2, mining="partitioned", partitions=6)
+    bar = by_name(bars, "centroids (k-means)")
+    assert bar["unit"] == "iteration" and bar["n"] == bar["total"] == len(iterations) > 0
+    assert bar["counts"] == list(range(1, len(iterations) + 1))
+
+
 @pytest.mark.slow  # starts Ray (~10-20 s)
 def test_ray_bars_count_the_same_work(tmp_path, bars):
     """Ray's driver draws the same bars from its actors' results (its own bars are off): the embed bar

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexFileError
-from .exact import exact_top_k
+from .exact import exact_top_k, max_norm_of, rounding_bound
 
 # recall@10 against exact search, 100k real-text chunks (static MiniLM, 256-d), sqrt(n) partitions:
 # 0.90 at nprobe 8, 0.95 at 16, 0.98 at 32 (docs/scale.md); recall falls as partitions grow, so 32
 DEFAULT_NPROBE = 32
+SEARCH_BYTES = 256 << 20  # vectors one wide search (NeighbourLists.search) holds at once, beyond one query's
 
 # files of a neighbour-lists folder
 INFO_FILE = "neighbours.json"
@@ -149,6 +150,7 @@ class NeighbourLists:
         self.members, self.offsets = arrays[MEMBERS_FILE], arrays[OFFSETS_FILE]
         self.centroids = np.asarray(arrays[CENTROIDS_FILE])
         self.vectors = vectors
+        self._max_norms: dict[int, float] = {}  # per partition, its members' largest norm (search)
 
     def __len__(self):
         return self.ids.shape[0]
@@ -163,18 +165,69 @@ class NeighbourLists:
         return ids, np.asarray(self.sims[chunks])
 
     def search(self, queries: np.ndarray, k: int):
-        """Top-k over the members of each query's nprobe nearest partitions (the lists' own route)."""
+        """Top-k over the members of each query's nprobe nearest partitions (the lists' own route), by one
+        exact search of those members per query, as before 2026-12-07; but the vectors of every partition
+        probed are read from the embeddings once per call (an anchor's meta-chunks share most partitions),
+        each partition's largest norm is computed once per NeighbourLists, and queries probing the same
+        partitions are searched together (exact_top_k's answer does not depend on the batch, nor on a
+        max_norm at or above the true one). Re-reading and re-norming per query was 2/3 of planning time
+        at 99k chunks (an anchor whose copies fill the lists is searched again with k x 4, then x 16)."""
         queries = np.asarray(queries, np.float32)
-        probes = route(queries, self.centroids, self.nprobe)
         ids = np.full((len(queries), k), -1, np.int64)
         sims = np.full((len(queries), k), -np.inf, np.float32)
-        for i, q in enumerate(queries):
-            pool = np.sort(np.concatenate([self.members[self.offsets[p]:self.offsets[p + 1]] for p in probes[i]]))
-            cols, s = exact_top_k(q[None], np.asarray(self.vectors[pool], np.float32), k)
-            found = cols[0] >= 0
-            ids[i, :found.sum()] = pool[cols[0][found]]
-            sims[i, :found.sum()] = s[0][found]
+        if len(queries) == 0:
+            return ids, sims
+        probes = np.sort(route(queries, self.centroids, self.nprobe), axis=1)
+        sets, which = np.unique(probes, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        sizes = np.diff(np.asarray(self.offsets, np.int64))
+        row_bytes = 4 * max(self.centroids.shape[1], 1)
+        batch: list[int] = []
+        held: set[int] = set()
+        for g in range(len(sets)):  # sets of probes in order (neighbours share partitions), a batch's vectors bounded
+            more = held | set(sets[g].tolist())
+            held_rows = int(sizes[sorted(more)].sum())  # its vectors, and one float32 score per query and vector
+            if batch and held_rows * (row_bytes + 4 * int(np.isin(which, batch + [g]).sum())) > SEARCH_BYTES:
+                self._search_sets(queries, sets, which, batch, k, ids, sims)
+                batch, more = [], set(sets[g].tolist())
+            batch.append(g)
+            held = more
+        self._search_sets(queries, sets, which, batch, k, ids, sims)
         return ids, sims
+
+    def _search_sets(self, queries, sets, which, batch, k, ids, sims) -> None:
+        """search() for the queries whose probe sets are sets[batch]: the vectors of their partitions read once,
+        one float32 product of all those queries with all those vectors, then per query the columns of its
+        own partitions that can reach its top k (within exact_top_k's rounding bound of its k-th float32
+        score: the same rule as its kernel) searched exactly, in ascending id order."""
+        parts = np.unique(sets[batch])
+        lo, hi = np.asarray(self.offsets[parts], np.int64), np.asarray(self.offsets[parts + 1], np.int64)
+        start = np.r_[0, np.cumsum(hi - lo)]
+        members = np.concatenate([np.asarray(self.members[a:b], np.int64) for a, b in zip(lo.tolist(), hi.tolist())])
+        vectors = np.asarray(self.vectors[members], np.float32)  # partition by partition
+        for j, p in enumerate(parts.tolist()):
+            if p not in self._max_norms:
+                self._max_norms[p] = max_norm_of(vectors[start[j]:start[j + 1]])
+        rows_of = [np.flatnonzero(which == g) for g in batch]
+        rows = np.concatenate(rows_of)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowed score is always a candidate
+            scores = queries[rows] @ vectors.T
+        at = dict(zip(rows.tolist(), range(rows.size)))
+        for g, grows in zip(batch, rows_of):
+            block = np.searchsorted(parts, sets[g])
+            positions = np.concatenate([np.arange(start[j], start[j + 1]) for j in block.tolist()])
+            positions = positions[np.argsort(members[positions], kind="stable")]  # ascending ids: ties by id
+            max_norm = max(self._max_norms[p] for p in sets[g].tolist())
+            bound = rounding_bound(queries[grows], max_norm)
+            for r, b in zip(grows.tolist(), bound.tolist()):
+                s = scores[at[r], positions]
+                keep = positions
+                if positions.size > k > 0 and np.isfinite(s).all():
+                    kth = float(np.partition(s, positions.size - k)[positions.size - k])
+                    keep = positions[s >= kth - b]
+                cols, found = exact_top_k(queries[r:r + 1], vectors[keep], k, max_norm=max_norm)
+                ids[r] = np.where(cols[0] >= 0, members[keep][np.maximum(cols[0], 0)] if keep.size else -1, -1)
+                sims[r] = found[0]
 
 
 def open_array(path: Path, shape: tuple, dtype, recorded: dict | None, verify: bool) -> np.ndarray:

@@ -24,7 +24,7 @@ exact Jaccard from the full sets (exact from the counts when both sets fit in th
 sketched by more than 256 chunks is not paired whole (its pairs grow with the square of its chunks): such a
 group is clustered around a few leaders, each member checked exactly against them (`_family_edges`), and the
 connected components of those edges are *families* of near-copies (a license text with another year in
-every document), which planning bans whole once one member is in the document.
+every document, or a chain of drifting versions), which planning bans whole once one member is in the document.
 
 Scale: the (n, m) sketch matrix (200 bytes a chunk at m = 25) is the one array the size of the
 corpus; the candidate search takes the hash space one range at a time (`_candidate_pairs`) and the
@@ -386,7 +386,20 @@ def _exact_keep(store, tokenizer, a: np.ndarray, b: np.ndarray, sizes: np.ndarra
 
 
 MAX_LEADERS = 8  # rounds of the leader clustering of one large group: its kinds of near-copies, not its size
+REPRESENTATIVES = 2  # members of another family checked against a leader: one link joins the families
 FAMILY_BUDGET = 4  # exact member-leader checks in all large groups, per chunk of the corpus
+
+
+def _roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Union-find roots of the chunks `x` (vectorised pointer chasing, with path compression)."""
+    r = parent[x]
+    while True:
+        up = parent[r]
+        if np.array_equal(up, r):
+            break
+        r = up
+    parent[x] = r
+    return r
 
 
 def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.ndarray,
@@ -397,49 +410,74 @@ def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.nda
     Pairing such a group costs its size squared, yet it is where a large family of near-copies lives (a license
     text with another year in 600 documents shares every sketched hash with the others): skipping it let every
     member through as a negative of every other. Each group, smallest first (a family's groups come before the
-    larger ones of boilerplate shared by unrelated texts), is clustered around leaders: its first member not yet
-    in a family leads; the members at the threshold with it join it; the first member left leads the next round,
-    up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (shared boilerplate, not a
-    family). A pair is checked as the other pairs are: the size bound, at least two shared sketched hashes, then
-    the exact Jaccard; the exact checks in all groups are bounded by FAMILY_BUDGET per chunk of the corpus, so
-    the cost stays linear in it (the chunks of groups past it are counted, each once)."""
+    larger ones of boilerplate shared by unrelated texts), is clustered around leaders: its first member leads;
+    every member at the threshold with it is linked to it; the first member linked to no leader of the group
+    leads the next round, up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (shared
+    boilerplate, not a family). A leader is checked against every member of the group that is not yet in its
+    family (union-find over the links so far), those already linked to an earlier leader included: the members
+    between two overlapping rounds link their leaders, so a chain of drifting versions (each a near-copy of the
+    next, the ends of the chain no longer) is one family instead of one per round, whose cross pairs went through.
+    A pair is checked as the other pairs are: the size bound, at least two shared sketched hashes, then the exact
+    Jaccard; the exact checks in all groups are bounded by FAMILY_BUDGET per chunk of the corpus, so the cost
+    stays linear in it (the chunks of groups past it are counted, each once)."""
     groups = sorted({g.tobytes(): g for g in big}.values(), key=lambda g: (g.size, int(g[0])))
-    joined = np.zeros(sketch.shape[0], bool)
-    unexamined_chunks = np.zeros(sketch.shape[0], bool)
-    budget = FAMILY_BUDGET * sketch.shape[0]
+    n = sketch.shape[0]
+    parent = np.arange(n, dtype=np.int64)  # union-find over the links found so far: the families
+    joined = np.zeros(n, bool)
+    unexamined_chunks = np.zeros(n, bool)
+    budget = FAMILY_BUDGET * n
+    pad = np.iinfo(np.uint64).max
     edges_a, edges_b = [], []
     fruitless: set[int] = set()  # leaders nobody joined: boilerplate shares many sketched hashes, one group each
     for group in groups:
-        # the group's first chunk leads the first round even when it is already in a family, so that the members
-        # joining it join that family (a family's groups overlap); later rounds take the first member left
-        leader, members = int(group[0]), group[1:][~joined[group[1:]]]
+        fresh = ~joined[group]  # in no family yet
+        # the first member in no family leads (where all are in one, the first chunk leads, to link the families)
+        first = np.flatnonzero(fresh)
+        leader = int(group[first[0]]) if first.size else int(group[0])
         if leader in fruitless:
             continue
+        left = fresh & (group != leader)  # in no family and linked to no leader of this group yet
         for round_ in range(MAX_LEADERS):
-            if members.size == 0:
-                break
-            sl, sm = sizes[leader], sizes[members]
-            ok = np.minimum(sl, sm) >= threshold * np.maximum(sl, sm)
-            ok &= np.isin(sketch[members], sketch[leader][sketch[leader] != np.iinfo(np.uint64).max]).sum(1) >= 2
+            roots = _roots(parent, group)
+            lroot = roots[group == leader][0]
+            sl, sm = sizes[leader], sizes[group]
+            ok = (roots != lroot) & (np.minimum(sl, sm) >= threshold * np.maximum(sl, sm))
+            idx = np.flatnonzero(ok)
+            shared = np.isin(sketch[group[idx]], sketch[leader][sketch[leader] != pad]).sum(1)
+            ok[idx] = shared >= 2
+            # of a family other than the leader's, its REPRESENTATIVES members sharing the most sketched hashes
+            # with the leader are checked (one link joins the families), every member in no family is
+            in_family = ok[idx] & joined[group[idx]]
+            if in_family.any():
+                cand = idx[in_family]
+                order = np.lexsort((cand, -shared[in_family], roots[cand]))
+                r = roots[cand][order]
+                rank = np.arange(r.size) - np.searchsorted(r, r)
+                ok[cand[order][rank >= REPRESENTATIVES]] = False
             idx = np.flatnonzero(ok)
             if idx.size > budget:
-                unexamined_chunks[members] = True
+                unexamined_chunks[group[roots != lroot]] = True
                 break
             budget -= idx.size
-            ok[idx] = _exact_keep(store, tokenizer, members[idx], np.full(idx.size, leader, np.int64), sizes,
+            ok[idx] = _exact_keep(store, tokenizer, group[idx], np.full(idx.size, leader, np.int64), sizes,
                                   threshold)
             if ok.any():
-                edges_a.append(members[ok])
-                edges_b.append(np.full(int(ok.sum()), leader, np.int64))
-                joined[members[ok]] = True
+                linked = group[ok]
+                edges_a.append(linked)
+                edges_b.append(np.full(linked.size, leader, np.int64))
+                joined[linked] = True
                 joined[leader] = True
-            elif not (round_ == 0 and joined[leader]):  # nobody joins a new leader: shared boilerplate, no family
+                merged = np.unique(_roots(parent, np.r_[linked, leader]))
+                parent[merged] = merged[0]
+            elif not joined[leader]:  # nobody joins a new leader: shared boilerplate, no family
                 fruitless.add(leader)
                 break
-            members = members[~ok]
-            if members.size < 2:
+            left &= ~ok
+            rest = np.flatnonzero(left)
+            if rest.size == 0:
                 break
-            leader, members = int(members[0]), members[1:]
+            leader = int(group[rest[0]])
+            left[rest[0]] = False
     unexamined = int((unexamined_chunks & ~joined).sum())
     if not edges_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), unexamined
@@ -596,19 +634,36 @@ def duplicate_documents(store, tokenizer, graph: NearDupGraph, threshold: float)
             continue
         if jaccard(sets(a), sets(b)) >= threshold:
             removed[b] = True
-    if graph.family is not None:  # a family's members reach it through its leader alone: compare each with the
-        # family's earliest document still kept (the leader's may have gone as a near-copy of an earlier one)
+    if graph.family is not None:  # a family's members reach each other through its leaders alone, and a family
+        # can be a chain of drifting versions: compare each document, in corpus order, with every kept document of
+        # its family that shares a sketched hash with it (bottom-m of the documents' sets: a pair at the threshold
+        # shares two, all but 1e-6 of the time; one where both sets fit in the sketch)
+        m = sketch_size(threshold)
+        pad = np.iinfo(np.uint64).max
         member = np.flatnonzero(graph.family >= 0)
         docs = np.asarray(store.chunk_doc)[member]
         for f in np.unique(graph.family[member]).tolist():
-            kept = None
+            kept, kept_sketch, kept_size = [], np.full((8, m), pad, np.uint64), np.zeros(8, np.int64)
             for d in np.unique(docs[graph.family[member] == f]).tolist():
                 if removed[d]:
                     continue
-                if kept is None:
-                    kept = d
-                elif jaccard(sets(kept), sets(d)) >= threshold:
+                full = sets(d)
+                if kept and jaccard(sets(kept[0]), full) >= threshold:  # most often: a copy of the first one
                     removed[d] = True
+                    continue
+                sketch = np.full(m, pad, np.uint64)
+                sketch[:min(m, full.size)] = full[:m]
+                held = kept_sketch[:len(kept)]
+                shared = (np.isin(held, full[:m]) & (held != pad)).sum(1)
+                near = (shared >= 2) | ((shared >= 1) & (np.maximum(kept_size[:len(kept)], full.size) <= m))
+                if any(jaccard(sets(kept[j]), full) >= threshold for j in (np.flatnonzero(near[1:]) + 1).tolist()):
+                    removed[d] = True
+                    continue
+                if len(kept) == kept_size.size:  # room doubles: linear in the family's kept documents
+                    kept_sketch = np.vstack([kept_sketch, np.full_like(kept_sketch, pad)])
+                    kept_size = np.append(kept_size, np.zeros_like(kept_size))
+                kept_sketch[len(kept)], kept_size[len(kept)] = sketch, full.size
+                kept.append(d)
     return removed
 
 

@@ -99,8 +99,17 @@ class CentroidsStage(WholeStage):
         sample = np.asarray(vectors[rows], np.float32)
         _finite(sample, rows, ctx.input(self.inputs[0]))
         ctx.log(f"centroids: k-means of {partitions} partitions on {rows.size} of {n} chunks")
-        centroids = (spherical_kmeans(sample, partitions, seed=self.seed, iterations=self.iterations) if n
-                     else np.zeros((1, vectors.shape[1]), np.float32))
+        from tqdm.auto import tqdm
+
+        # one step of the bar per k-means iteration (an assignment of the whole sample): minutes at millions of
+        # chunks; k-means that settles early ends the bar where it stopped
+        with tqdm(total=self.iterations if n else 0, desc="centroids (k-means)", unit="iteration",
+                  disable=not ctx.progress) as bar:
+            centroids = (spherical_kmeans(sample, partitions, seed=self.seed, iterations=self.iterations,
+                                          on_iteration=lambda _: bar.update(1)) if n
+                         else np.zeros((1, vectors.shape[1]), np.float32))
+            bar.total = bar.n
+            bar.refresh()
         centroids = centroids[spatial_order(centroids)]  # a search task's range of partitions: one region
         with atomic_path(ctx.out_dir / P.CENTROIDS_FILE) as tmp:
             with open(tmp, "wb") as f:

@@ -118,7 +118,8 @@ class Consolidate(WholeStage):
 class NearDupStage(WholeStage):
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
 
-    version = 2  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped
+    version = 3  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped;
+    # 3: a family's leaders are linked through the members they share (a drifting chain is one family)
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
@@ -148,6 +149,8 @@ class DedupStage(WholeStage):
     (same block numbers, the next map stage's input), as one renumbered table + store, and the
     near-copy graph restricted and renumbered to the kept chunks. Dropped documents are never
     embedded, never an anchor, never a negative."""
+
+    version = 2  # 2: a family's documents are compared with every kept one sharing a sketched hash
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
