@@ -25,23 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-def one_query_at_a_time(lists, queries: np.ndarray, k: int):
-    """The first NeighbourLists.search (before 2026-12-07), for comparison."""
-    from nextlong.mining.exact import exact_top_k
-    from nextlong.mining.partitioned import route
-
-    probes = route(queries, lists.centroids, lists.nprobe)
-    ids = np.full((len(queries), k), -1, np.int64)
-    sims = np.full((len(queries), k), -np.inf, np.float32)
-    for i, q in enumerate(queries):
-        pool = np.sort(np.concatenate([lists.members[lists.offsets[p]:lists.offsets[p + 1]] for p in probes[i]]))
-        cols, s = exact_top_k(q[None], np.asarray(lists.vectors[pool], np.float32), k)
-        found = cols[0] >= 0
-        ids[i, :found.sum()] = pool[cols[0][found]]
-        sims[i, :found.sum()] = s[0][found]
-    return ids, sims
-
-
 def build(folder: Path, n: int, d: int, copies: int, meta: int, nprobe: int, seed: int = 0):
     from nextlong.mining.kmeans import spherical_kmeans
     from nextlong.mining.partitioned import (NeighbourLists, default_partitions, members_by_partition, route,
@@ -79,12 +62,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    from tests.helpers import search_one_query_at_a_time
+
     with tempfile.TemporaryDirectory() as tmp:
         opener, anchor, partitions = build(Path(tmp), args.chunks, args.dim, args.copies, args.meta_chunks,
                                            args.nprobe)
         result = {"chunks": args.chunks, "partitions": partitions, "nprobe": args.nprobe,
                   "meta_chunks": args.meta_chunks, "load": os.getloadavg()[0]}
-        for name, fn in (("one_query_at_a_time", one_query_at_a_time), ("batched", None)):
+        for name, fn in (("one_query_at_a_time", search_one_query_at_a_time), ("batched", None)):
             best = float("inf")
             for _ in range(args.repeat):
                 lists = opener()  # a fresh NeighbourLists: the planner opens one per task

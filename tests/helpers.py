@@ -331,3 +331,22 @@ class BarRecorder:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def search_one_query_at_a_time(lists, queries, k):
+    """The first NeighbourLists.search (before 2026-12-07), kept as the reference of the batched one (its test
+    and benchmarks/bench_wide_search.py): per query, one exact search of the sorted members of its probed
+    partitions."""
+    from nextlong.mining.exact import exact_top_k
+    from nextlong.mining.partitioned import route
+
+    probes = route(queries, lists.centroids, lists.nprobe)
+    ids = np.full((len(queries), k), -1, np.int64)
+    sims = np.full((len(queries), k), -np.inf, np.float32)
+    for i, q in enumerate(queries):
+        pool = np.sort(np.concatenate([lists.members[lists.offsets[p]:lists.offsets[p + 1]] for p in probes[i]]))
+        cols, s = exact_top_k(q[None], np.asarray(lists.vectors[pool], np.float32), k)
+        found = cols[0] >= 0
+        ids[i, :found.sum()] = pool[cols[0][found]]
+        sims[i, :found.sum()] = s[0][found]
+    return ids, sims

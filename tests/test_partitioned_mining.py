@@ -16,7 +16,8 @@ from nextlong.mining.exact import exact_top_k
 from nextlong.mining.kmeans import spherical_kmeans
 from nextlong.mining.partitioned import (NeighbourLists, default_partitions, merge_into, recall_at, route,
                                          self_search)
-from tests.helpers import corpus_head, lexical_vectors, stdlib_source_documents, write_jsonl
+from tests.helpers import (corpus_head, lexical_vectors, search_one_query_at_a_time, stdlib_source_documents,
+                           write_jsonl)
 
 
 def unit_vectors(n, d, seed=0):
@@ -176,21 +177,6 @@ def lists_folder(folder, vectors, partitions, nprobe, k=4):
         np.save(folder / name, array)
     write_info(folder, neighbours=k, partitions=partitions, nprobe=nprobe, chunks=len(vectors))
     return NeighbourLists(folder, vectors)
-
-
-def search_one_query_at_a_time(lists, queries, k):
-    """The first NeighbourLists.search, kept as the reference: per query, one exact search of the sorted
-    members of its probed partitions."""
-    probes = route(queries, lists.centroids, lists.nprobe)
-    ids = np.full((len(queries), k), -1, np.int64)
-    sims = np.full((len(queries), k), -np.inf, np.float32)
-    for i, q in enumerate(queries):
-        pool = np.sort(np.concatenate([lists.members[lists.offsets[p]:lists.offsets[p + 1]] for p in probes[i]]))
-        cols, s = exact_top_k(q[None], np.asarray(lists.vectors[pool], np.float32), k)
-        found = cols[0] >= 0
-        ids[i, :found.sum()] = pool[cols[0][found]]
-        sims[i, :found.sum()] = s[0][found]
-    return ids, sims
 
 
 @pytest.mark.parametrize("k,held", [(1, None), (7, None), (64, None), (1000, None), (64, 1)])

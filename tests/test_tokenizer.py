@@ -523,6 +523,18 @@ def test_stripped_whitespace_that_starts_the_next_match_gives_hf_ids(tmp_path):
     assert time.perf_counter() - t0 < 5  # about 0.1 s; a walk to the run's end per match would be hours
 
 
+def _random_added(rng, pieces, vocab, *, tokens: int, length: int, strip: float, normalized: float) -> list[dict]:
+    """1..`tokens` added tokens of 1..`length` random pieces (none a vocabulary token, no two alike), each flag
+    drawn at random: lstrip and rstrip with probability `strip`, single_word 0.2, normalized `normalized`."""
+    added = []
+    for _ in range(rng.randint(1, tokens)):
+        content = "".join(rng.choice(pieces) for _ in range(rng.randint(1, length)))
+        if content not in vocab and all(a["content"] != content for a in added):
+            added.append({"content": content, "lstrip": rng.random() < strip, "rstrip": rng.random() < strip,
+                          "single_word": rng.random() < 0.2, "normalized": rng.random() < normalized})
+    return added
+
+
 def test_added_token_strips_match_hf_on_random_tokenizers(tmp_path):
     """Random overlapping added tokens, whitespace-heavy, with random lstrip/rstrip/single_word flags, against HF on
     random texts (no normalizer: the NFC approximation is documented apart). The old search gave 44 wrong texts of
@@ -535,12 +547,7 @@ def test_added_token_strips_match_hf_on_random_tokenizers(tmp_path):
     vocab = json.loads(_with_added(tmp_path, "base.json", []).read_text())["model"]["vocab"]
     checked = 0
     for case in range(50):
-        added = []
-        for _ in range(rng.randint(1, 6)):
-            content = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 2)))
-            if content not in vocab and all(a["content"] != content for a in added):
-                added.append({"content": content, "lstrip": rng.random() < 0.4, "rstrip": rng.random() < 0.4,
-                              "single_word": rng.random() < 0.2, "normalized": rng.random() < 0.5})
+        added = _random_added(rng, pieces, vocab, tokens=6, length=2, strip=0.4, normalized=0.5)
         path = _with_added(tmp_path, f"r{case}.json", added)
         ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
         for _ in range(30):
@@ -587,12 +594,7 @@ def test_normalized_added_tokens_are_found_in_the_nfc_text_like_hf(tmp_path):
     pieces = ["e\u0301", "\u00e9", "\u00e9\u0301", "x", "a", " ", "\t", "<", "\u212b", "A\u030a", "\u4e2d", "q"]
     vocab = json.loads(_with_added(tmp_path, "base.json", []).read_text())["model"]["vocab"]
     for case in range(30):
-        added = []
-        for _ in range(rng.randint(1, 5)):
-            content = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
-            if content not in vocab and all(a["content"] != content for a in added):
-                added.append({"content": content, "lstrip": rng.random() < 0.3, "rstrip": rng.random() < 0.3,
-                              "single_word": rng.random() < 0.2, "normalized": rng.random() < 0.6})
+        added = _random_added(rng, pieces, vocab, tokens=5, length=3, strip=0.3, normalized=0.6)
         path = _with_added(tmp_path, f"n{case}.json", added, nfc)
         try:
             ref = tokenizers.Tokenizer.from_file(str(path))
