@@ -462,11 +462,11 @@ def test_a_parquet_file_under_another_name_is_refused_before_reading(tmp_path):
 def test_a_text_file_of_json_lines_is_read_as_asked_with_a_warning(tmp_path, capsys):
     from nextlong.corpus.split import plan_splits
 
-    write_jsonl(tmp_path / "j.txt", [{"text": f"doc {i}"} for i in range(3)])
+    write_jsonl(tmp_path / "j.txt", [{"text": f"doc {i} " + "word " * 2000} for i in range(3)])  # lines over 4 KB
     (tmp_path / "code.txt").write_text('{"a": 1,\n "b": 2}\n')  # JSON, but not one object per line: no warning
     (tmp_path / "one.txt").write_text('{"text": "a single line"}\n')  # one line: nothing to split, no warning
     docs = list(CorpusReader(tmp_path / "j.txt"))
-    assert len(docs) == 1 and docs[0].text.startswith('{"text": "doc 0"}')
+    assert len(docs) == 1 and docs[0].text.startswith('{"text": "doc 0 word')
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "j.txt: read as plain text, one document per file, but its lines are " \
         "JSON objects; name it .jsonl (or pass --format jsonl)" in err

@@ -309,3 +309,51 @@ def test_dedup_leaves_no_near_copies_of_a_chain_of_drifting_versions(tok):
             greedy.append(c)
     assert len(kept) <= len(greedy) + 1
 
+
+
+def test_a_group_of_one_header_beside_texts_of_their_own_is_checked_whole(tok):
+    """An attack on the chain fix: each group was led by its first member in no family yet, so once a header's
+    first chunks were in its family every later group (smallest first) gathered only its new leader each round,
+    the rounds ran out, and the other members were never checked: 26,038 of 138,264 pairs at the threshold
+    missed here, and 273 of 420 negatives near-copies of their anchor end to end. The group's first chunk leads
+    its first round again. Checked against all pairs: 600 chunks of one 200-word header plus 0..150 own words."""
+    rng = random.Random(2)
+    header = [f"h{rng.randrange(10 ** 7)}" for _ in range(200)]
+    texts = [" ".join(header + [f"w{rng.randrange(10 ** 7)}" for _ in range(rng.randrange(0, 150))])
+             for _ in range(600)]
+    store = store_of(texts, tok)
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1)
+    sets = [chunk_shingles(store, tok, c) for c in range(len(texts))]
+    true = {(a, b) for a, b in itertools.combinations(range(len(texts)), 2)
+            if neardup.jaccard(sets[a], sets[b]) >= 0.5}
+    assert len(true) > 100_000
+    family = graph.family if graph.family is not None else np.full(len(texts), -1)
+    missed = [(a, b) for a, b in true - graph_edges(graph) if not (family[a] >= 0 and family[a] == family[b])]
+    assert len(missed) == 0 and graph.unexamined == 0
+
+
+def test_dedup_of_a_large_family_stays_linear(tok, monkeypatch):
+    """Documents sharing a license chunk (one family) beside text of their own, none a near-copy of another: each
+    was compared exactly with every kept document of the family, as all share the license's sketched hashes
+    (8,000 documents: 201 s). A document is now compared with the earliest kept one and at most DEDUP_CHECKS
+    others, found through hashes held by no more than CROWDED kept documents; every document is kept."""
+    from nextlong.synthesis.neardup import DEDUP_CHECKS, duplicate_documents
+
+    rng = random.Random(7)
+    license_words = [f"l{rng.randrange(10 ** 7)}" for _ in range(150)]
+    n = 600
+    texts = []
+    for d in range(n):
+        texts.append(" ".join(license_words[:75] + [f"y{d}"] + license_words[75:]))
+        texts.append(" ".join(f"w{rng.randrange(10 ** 8)}" for _ in range(300)))
+    store = store_of(texts, tok)
+    store.chunk_doc, store.num_docs = np.repeat(np.arange(n), 2), n
+    store.doc_first_chunk, store.doc_num_chunks = np.arange(0, 2 * n, 2), np.full(n, 2)
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1)
+    assert graph.family is not None and (graph.family[0::2] >= 0).all()
+    calls = []
+    real = neardup.jaccard
+    monkeypatch.setattr(neardup, "jaccard", lambda a, b: calls.append(1) or real(a, b))
+    removed = duplicate_documents(store, tok, graph, 0.5)
+    assert not removed.any()
+    assert len(calls) <= (1 + DEDUP_CHECKS) * n  # the quadratic version: about n * n / 2 = 180,000

@@ -97,6 +97,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 _HEAD_BYTES = 4096  # what check_contents reads of each file: the magic number and the first line
+_FIRST_LINE_LIMIT = 16 << 20  # a .txt that starts with '{': read on to its second line, up to this
 
 
 def check_contents(files: list[tuple[Path, str]], format: str | None = None) -> None:
@@ -112,6 +113,14 @@ def check_contents(files: list[tuple[Path, str]], format: str | None = None) -> 
         try:
             with open(path, "rb") as fh:
                 head = fh.read(_HEAD_BYTES)
+                # a text file that starts like a JSON object: its first line whole, and the next one's start (a
+                # long-context record is far longer than the head), up to _FIRST_LINE_LIMIT
+                while (fmt == "txt" and head.lstrip()[:1] == b"{" and len(head) < _FIRST_LINE_LIMIT
+                       and not head.partition(b"\n")[2].strip()):
+                    more = fh.read(len(head))
+                    if not more:
+                        break
+                    head += more
         except OSError:
             continue  # the reader reports it, with its own wording
         if fmt != "parquet" and head[:4] == b"PAR1":
