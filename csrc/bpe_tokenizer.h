@@ -79,6 +79,7 @@ class BpeTokenizer : public TextEncoder {
   bool has_fast_scanner() const { return scanner_ != nullptr || o200k_ != nullptr; }
   // The regex steps one pre-tokenization pass over n bytes may take (0 without a pattern).
   int64_t step_budget(size_t n) const { return regex_ ? regex_->step_budget(n) : 0; }
+  size_t regex_nodes() const { return regex_ ? regex_->num_nodes() : 0; }
   // Byte spans of the pre-tokenization pieces (gaps included when the options keep them).
   // steps_used, when given, receives the regex steps the pass took (0 for the scanners or no pattern).
   void split_pieces(std::string_view text, bool generic, std::vector<std::pair<size_t, size_t>>& out,

@@ -83,17 +83,24 @@ class Regex {
   static constexpr size_t kMaxClassItems = 10000;
   static constexpr size_t kMaxNestedClasses = 32;
   // Match-time bound: one pre-tokenization pass over n bytes (or one encode of an n-byte text, its
-  // segments between added tokens sharing it) may take step_budget(n) steps, linear in the text and
-  // independent of the pattern, which the file's author controls (a budget of 8 x elements per byte
-  // let a pattern padded to kMaxNodes run 20,000 steps per byte, ~2 minutes per MB, before failing).
-  // The standard GPT-2/cl100k/o200k/Llama-3/Qwen2 patterns take at most 38 steps per byte on the
-  // hardest text measured (" \t'" repeated; long runs of spaces, digits, punctuation, marks, mixed
-  // scripts: tests/test_tokenizer_safety.py), so 256 leaves them a margin of over 6; a failing
-  // pattern spends ~2 ms per KB before the error. A step is a node visit or a character test,
-  // O(log class size) since classes are compiled to sorted ranges.
+  // segments between added tokens sharing it) may take step_budget(n) steps: 256 per byte, plus 2 per
+  // byte and pattern element. The standard GPT-2/cl100k/o200k/Llama-3/Qwen2 patterns take at most 38
+  // steps per byte on the hardest text measured (" \t'" repeated; long runs of spaces, digits,
+  // punctuation, marks, mixed scripts: tests/test_tokenizer_safety.py), well inside the first term; a
+  // legitimate pattern with many alternatives (a code tokenizer splitting 120 keywords first) costs about
+  // 2 steps per byte for each, which the second term covers. It was 8 per byte and element, so a
+  // pattern padded to kMaxNodes ran 20,000 steps per byte (~2 minutes per MB) before failing; now about
+  // 5,000 (a pattern with nothing but 256 per byte refused that keyword tokenizer's digits at 28 KB).
+  // A step is a node visit or a character test, O(log class size) since classes are compiled to sorted
+  // ranges.
   static constexpr int64_t kBaseSteps = 1 << 16;
   static constexpr int64_t kStepsPerByte = 256;
-  static int64_t step_budget(size_t n) { return kBaseSteps + kStepsPerByte * static_cast<int64_t>(n); }
+  static constexpr int64_t kStepsPerNodeByte = 2;
+  int64_t step_budget(size_t n) const {
+    return kBaseSteps + (kStepsPerByte + kStepsPerNodeByte * static_cast<int64_t>(nodes_.size())) *
+                            static_cast<int64_t>(n);
+  }
+  size_t num_nodes() const { return nodes_.size(); }
 
   Regex(std::string_view pattern, Dialect dialect);
   Regex(const Regex&) = delete;

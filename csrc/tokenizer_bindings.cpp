@@ -225,6 +225,7 @@ void bind_tokenizer(py::module_& m) {
              return steps;
            })
       .def("step_budget", [](const BpeTokenizer& t, size_t n) { return t.step_budget(n); })
+      .def_property_readonly("regex_nodes", &BpeTokenizer::regex_nodes)
       .def_property_readonly("has_fast_scanner", &BpeTokenizer::has_fast_scanner)
       .def_property_readonly("max_id", &BpeTokenizer::max_id)
       .def_property_readonly("num_model_tokens", &BpeTokenizer::num_model_tokens)

@@ -263,3 +263,7 @@ def test_chunk_takes_the_names_synthesize_uses(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].endswith("no corpus given: name its file(s) or folder, or pass --corpus PATH")
     assert not (tmp_path / "n.parquet").exists()
+    # the same file named twice read it twice (every document doubled): refused, by name
+    assert main(["chunk", str(corpus), "--corpus", str(corpus), "--out", str(tmp_path / "d.parquet")]) == 2
+    assert f"{corpus}: named twice as the corpus" in capsys.readouterr().err
+    assert not (tmp_path / "d.parquet").exists()

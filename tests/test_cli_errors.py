@@ -128,6 +128,8 @@ WRONG_FOLDER_CASES = [
      "nothere: no such folder; give the --out of `nextlong synthesize` or `nextlong acer`"),
     ("search a missing index", "search", lambda f: ["search", f["tmp"] / "nothere", "words"],
      "nothere: no such folder; expected the --out of `nextlong index`"),
+    ("search a synthesize folder", "search", lambda f: ["search", f["synth"], "words"],
+     "no index.json; it holds a `nextlong synthesize` run (its manifest.json), not an index"),
     ("train on an index", "train", lambda f: ["train", f["index"], "--out", f["tmp"] / "t", "--model", "tiny"],
      "holds a `nextlong index` run (its manifest.json), not training data: train on the output of `nextlong "
      "synthesize` or `nextlong acer`"),
@@ -137,8 +139,13 @@ WRONG_FOLDER_CASES = [
 @pytest.mark.parametrize("name,command,argv,expected", WRONG_FOLDER_CASES, ids=[c[0] for c in WRONG_FOLDER_CASES])
 def test_the_wrong_kind_of_folder_is_named(name, command, argv, expected, corpus, chunks, index_dir, tmp_path, capsys):
     """They were: "idx/data: no long document number 0 (the output has 0)"; "nothere/manifest.json: not found";
-    "nothere: no index.json; not an index directory"; "idx/...: no `input_ids` column"."""
-    code, out, err = run_cli(argv({"corpus": corpus, "chunks": chunks, "index": index_dir, "tmp": tmp_path}), capsys)
+    "nothere: no index.json; not an index directory" (for a missing folder and another command's alike);
+    "idx/...: no `input_ids` column"."""
+    synth = tmp_path / "synth"  # what a search of a synthesize folder finds: its manifest, no index.json
+    synth.mkdir()
+    (synth / "manifest.json").write_text(json.dumps({"command": "synthesize", "settings": {}, "statistics": {}}))
+    code, out, err = run_cli(argv({"corpus": corpus, "chunks": chunks, "index": index_dir, "tmp": tmp_path,
+                                   "synth": synth}), capsys)
     line = assert_one_line_error(err, command)
     assert code == 1, line
     assert expected in line and out == ""

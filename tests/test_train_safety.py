@@ -694,6 +694,17 @@ def test_python_resume_takes_the_recorded_settings(data, tmp_path):
                                             rf"{2 * seq_len}; steps: saved 4, now 8\); to train on from it, start a new "
                                             rf"run with --model {cut} and another --out"):
         train(data, cut, resume=True, seq_len=2 * seq_len, steps=8, progress=False)
+    # a run killed before its first checkpoint has nothing to resume: --resume starts it from step 0 with the
+    # settings given (the early refusal above blocked it both ways: "already holds a training run" without
+    # --resume, "cannot resume with other settings" with it)
+    import shutil
+
+    from nextlong.train.checkpoint import list_checkpoints
+
+    for saved in list_checkpoints(cut):
+        shutil.rmtree(saved)
+    done = train(data, cut, resume=True, seed=6, steps=2, progress=False, num_threads=1)
+    assert done["status"] == "finished" and done["steps"] == 2 and len(_rows(cut)) == 2
 
 
 # --- what --out and --resume may be given ------------------------------------------------------------

@@ -70,6 +70,14 @@ def corpus_io(args) -> tuple:
     paths = list(args.input) + list(args.corpus)
     if not paths:
         raise UsageError("no corpus given: name its file(s) or folder, or pass --corpus PATH")
+    import os
+
+    seen: dict = {}
+    for path in paths:  # `chunk A --corpus A` read A twice: every document doubled, silently
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{path}: named twice as the corpus (as {seen[key]} too); name each input once")
+        seen[key] = path
     return (paths if len(paths) > 1 else paths[0], args.out)
 
 

@@ -32,8 +32,8 @@ Files are untrusted: patterns nested over 100 deep or over 2,500 elements, ids t
 shared by two tokens or far beyond the vocabulary's size, and duplicate JSON keys are refused on load; a
 byte the vocabulary has no token for gets the id of a tokenizer.json's unk_token, as in HF, and without one
 the text holding it is refused when encoded (TokenizerError; HF would drop the byte from the ids);
-a match that recurses too deep or exhausts its step budget (2^16 + 256 steps per byte of the text, whatever the
-pattern; the standard patterns take at most 38; catastrophic backtracking) raises TokenizerError naming the pattern
+a match that recurses too deep or exhausts its step budget (2^16 + (256 + 2 x pattern elements) steps per byte of
+the text; the standard patterns take at most 38; catastrophic backtracking) raises TokenizerError naming the pattern
 and the byte where the attempt started.
 """
 

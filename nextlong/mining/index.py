@@ -342,7 +342,11 @@ class ChunkIndex:
             raise IndexFileError(f"{folder}: " + ("no such folder" if not os.path.lexists(folder) else "not a folder")
                                  + "; expected the --out of `nextlong index`")
         if not info_path.exists():
+            from ..manifest import another_commands_run
+
+            other = another_commands_run(folder / "manifest.json", "index")
             what = ("an incomplete save (index.json is written last)" if any(folder.glob("index*.usearch"))
+                    else f"it holds {other} (its manifest.json), not an index" if other
                     else "not an index directory")
             raise IndexFileError(f"{folder}: no {INFO_FILE}; {what}")
         info = read_info(folder)

@@ -178,6 +178,8 @@ def resumed_settings(run, given: dict) -> dict:
     """`given` (keyword settings of `train(..., resume=True)`) completed with what RUN/manifest.json recorded
     for every setting a resume must share and `given` leaves out, so a resume needs no setting repeated (as
     `nextlong train DATA --out RUN --resume`); a setting given anew that differs is still refused."""
+    from . import checkpoint as ckpt
+
     shared = run_defining_names() - {"data", "extra"}
     check_settings_recorded(run, settings_given=bool(shared & set(given)))
     everything = recorded_settings(run)
@@ -187,7 +189,7 @@ def resumed_settings(run, given: dict) -> dict:
     differ = {k: (everything[k], v) for k, v in given.items() if k in shared and k in everything
               and isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(everything[k], (int, float))
               and not isinstance(everything[k], bool) and everything[k] != v}
-    if differ:
+    if differ and ckpt.list_checkpoints(run):  # with none, the run starts from step 0 with what is given
         raise other_settings_error(run, differ)
     recorded = {k: v for k, v in everything.items() if k in shared and k not in given}
     if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list

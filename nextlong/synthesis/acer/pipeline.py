@@ -437,7 +437,8 @@ def summary(manifest: dict) -> str:
                      f"{w['generated_tokens']} generated, {w['seconds']:.1f} s")
     per_stage = {k: v for k, v in (s.get("seconds") or {}).items() if k != "total"}
     if per_stage:
-        lines.append("  seconds per stage (the retrieve to assemble chain's as recorded when each block was computed): "
+        lines.append("  seconds per stage (this run's, but ask's and the retrieve-to-assemble chain's as recorded when "
+                     "each block was computed): "
                      + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()))
     if (s.get("seconds") or {}).get("total") is not None:
         lines.append(f"  this run: {s['seconds']['total']:.1f} s in all")
