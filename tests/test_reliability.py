@@ -265,7 +265,12 @@ def test_a_damaged_npy_header_in_a_work_folder_is_one_line(tmp_path, capsys, dam
     for stage in ("units", "plan", "assemble", "data"):  # what reads the chunk store again
         shutil.rmtree(out / stage)
     capsys.readouterr()
-    assert main(argv) == 1
+    assert main(argv) == 1  # the stage's record lists each file's CRC32: found before anything reads it
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"nextlong synthesize: error: {path}: not the file the chunks stage "
+                                              "wrote") and err.endswith(f"remove {out / 'chunks'} to make it again, "
+                                                                        "or pass --no-verify to use it as it is")
+    assert main(argv + ["--no-verify"]) == 1  # and read without the check, it is still one line
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"nextlong synthesize: error: {path}: not a readable numpy array")
     assert err.endswith(f"delete {out / 'chunks'} to build the chunk store again" if "store" in damaged

@@ -301,6 +301,28 @@ def test_negative_reuse_counts_what_the_documents_hold(corpus, tmp_path, num_sam
     assert f"negatives drawn from {len(uses)} distinct chunks" in summary(m)
 
 
+def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tmp_path):
+    """The chunk store (every later stage reads its token ids as they are) and the near-copy graph carried no
+    checksum: a damaged byte in a cached folder changed the data built from it silently. Their records list
+    each file's size and CRC32, checked before a run uses them (verify=False, --no-verify, skips it)."""
+    from nextlong import synthesize
+    from nextlong.errors import CorruptFileError
+
+    out = tmp_path / "v"
+    synthesize(corpus, out, num_samples=1, **FAST)
+    for path in (out / "chunks" / "store" / "tokens.npy", out / "neardup" / "indices.npy"):
+        whole = path.read_bytes()
+        damaged = bytearray(whole)
+        damaged[-1] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptFileError, match=rf"{path}: not the file the \w+ stage wrote .*: it is damaged; "
+                                                   rf"remove {path.parent.parent if path.parent.name == 'store' else path.parent}"):
+            synthesize(corpus, out, num_samples=1, **FAST)
+        synthesize(corpus, out, num_samples=1, verify=False, **FAST)  # taken as it is, when asked
+        path.write_bytes(whole)
+    synthesize(corpus, out, num_samples=1, **FAST)
+
+
 def test_too_small_corpus_is_a_clear_error(tmp_path):
     from nextlong import synthesize
 

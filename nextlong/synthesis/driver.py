@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .framework import DONE_FILE, read_done
+from .framework import DONE_FILE, check_stage_files, read_done
 
 
 def thread_limit(threads: int | None):
@@ -36,6 +36,8 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     out = cfg.out_dir
     fps = fps or pipeline.fingerprints()
     pipeline.check_cached(fps, cfg.rebuild)
+    if getattr(cfg, "verify", True):
+        check_stage_files(pipeline, fps)  # the chunk store and near-copy graph a cached stage left, before use
     for name in discard_stale_formats(out, cfg.format, fps["data"]):
         if cfg.progress:
             print(f"nextlong {command}: removed {out / name}/ (it is derived from OUT/data, and this run "

@@ -290,6 +290,10 @@ class WholeStage(Stage):
 
     kind: ClassVar[str] = "whole"
     cut_rows: ClassVar[int | None] = None
+    # its record lists each file it wrote with its size and CRC32, checked before a later run uses the stage
+    # (`check_stage_files`): for the ones every later stage reads as they are (the chunk store, the near-copy
+    # graph), where a damaged byte would otherwise change the data built from them silently
+    checksummed: ClassVar[bool] = False
 
     def build(self, ctx: "StageContext") -> dict:
         raise NotImplementedError
@@ -674,9 +678,52 @@ def finish_map_chain(todo: list, num_blocks: int, stopped: int | None) -> dict:
 
 
 def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
+    extra = {"files": stage_files(ctx.out_dir)} if getattr(ctx.stage, "checksummed", False) else {}
     write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
-               settings=ctx.stage.settings(), counts=counts)
+               settings=ctx.stage.settings(), counts=counts, **extra)
     return counts
+
+
+def stage_files(directory: Path) -> dict:
+    """{path under `directory`: {"bytes", "crc32"}} of every file a stage wrote there (its records left out)."""
+    from ..atomic import file_crc32
+
+    out = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = path.relative_to(directory)
+        if rel.parts[0] in (DONE_FILE, BLOCK_RECORDS):
+            continue
+        out[rel.as_posix()] = {"bytes": path.stat().st_size, "crc32": file_crc32(path)}
+    return out
+
+
+def check_stage_files(pipeline: "Pipeline", fps: dict[str, str]) -> None:
+    """Before a run uses its finished checksummed stages: each file the stage's record lists has its recorded
+    size and CRC32 (one read of each). A damaged file is a one-line CorruptFileError naming it; records made
+    before the lists existed are taken as they are."""
+    from ..atomic import file_crc32
+    from ..errors import CorruptFileError
+
+    for stage in pipeline.stages:
+        if not getattr(stage, "checksummed", False) or stage.name in pipeline.external:
+            continue
+        directory = pipeline.root / stage.name
+        record = read_done(directory / DONE_FILE)
+        if record is None or record.get("fingerprint") != fps.get(stage.name) or not isinstance(record.get("files"), dict):
+            continue
+        for rel, want in record["files"].items():
+            path = directory / str(rel)
+            if not isinstance(want, dict) or ".." in Path(str(rel)).parts:
+                raise CorruptFileError(f"{directory / DONE_FILE}: a file entry that is not one of the stage's")
+            try:
+                same = (path.stat().st_size == want.get("bytes") and not path.is_symlink()
+                        and file_crc32(path) == want.get("crc32"))
+            except OSError:
+                same = False
+            if not same:
+                raise CorruptFileError(f"{path}: not the file the {stage.name} stage wrote (its size or CRC32 differs "
+                                       f"from {directory / DONE_FILE}): it is damaged; remove {directory} to make it "
+                                       "again, or pass --no-verify to use it as it is")
 
 
 class Executor:

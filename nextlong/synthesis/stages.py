@@ -105,6 +105,8 @@ class Consolidate(WholeStage):
     """Chunk blocks -> one chunk table with global chunk ids (prefix sum of block counts) + the store, and the
     blank chunks and documents (BLANK_CHUNKS_FILE, BLANK_DOCS_FILE)."""
 
+    checksummed = True
+
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
@@ -125,6 +127,8 @@ class NearDupStage(WholeStage):
     threshold: float = 0.5
     ngram: int = 5
     threads: int | None = not_a_setting(default=None)
+
+    checksummed = True
 
     def build(self, ctx):
         from ..corpus.tokenizer import load_tokenizer
@@ -151,6 +155,7 @@ class DedupStage(WholeStage):
     embedded, never an anchor, never a negative."""
 
     version = 2  # 2: a family's documents are compared with every kept one sharing a sketched hash
+    checksummed = True
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
