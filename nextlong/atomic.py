@@ -109,6 +109,11 @@ def file_crc32(path: str | os.PathLike, block: int = 1 << 24) -> int:
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_path's names: .NAME.XXXXXXXX.tmp
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of atomic_path's temporaries (what a killed write leaves; removed later)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete what killed runs left in an output folder the caller holds the lock of: atomic_path
     temporaries anywhere below it, and at its top whatever a conversion (MDS) left under a `.tmp` name:
@@ -117,7 +122,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     folder = Path(folder)
     removed = 0
     for path in folder.rglob("*.tmp"):
-        if path.is_file() and not path.is_symlink() and _TEMPORARY.fullmatch(path.name):
+        if path.is_file() and not path.is_symlink() and is_temporary(path.name):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1

@@ -309,6 +309,10 @@ def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tm
     from nextlong.errors import CorruptFileError
 
     out = tmp_path / "v"
+    (out / "chunks").mkdir(parents=True)
+    (out / "chunks" / ".tokens.npy.k1ll3d00.tmp").write_bytes(b"a killed write's")  # not listed: removed at the end
+    synthesize(corpus, out, num_samples=1, **FAST)
+    assert not (out / "chunks" / ".tokens.npy.k1ll3d00.tmp").exists()
     synthesize(corpus, out, num_samples=1, **FAST)
     for path in (out / "chunks" / "store" / "tokens.npy", out / "neardup" / "indices.npy"):
         whole = path.read_bytes()

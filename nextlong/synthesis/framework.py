@@ -686,12 +686,12 @@ def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
 
 def stage_files(directory: Path) -> dict:
     """{path under `directory`: {"bytes", "crc32"}} of every file a stage wrote there (its records left out)."""
-    from ..atomic import file_crc32
+    from ..atomic import file_crc32, is_temporary
 
     out = {}
     for path in sorted(p for p in Path(directory).rglob("*") if p.is_file() and not p.is_symlink()):
         rel = path.relative_to(directory)
-        if rel.parts[0] in (DONE_FILE, BLOCK_RECORDS):
+        if rel.parts[0] in (DONE_FILE, BLOCK_RECORDS) or is_temporary(path.name):  # a killed write's, removed later
             continue
         out[rel.as_posix()] = {"bytes": path.stat().st_size, "crc32": file_crc32(path)}
     return out
