@@ -265,5 +265,11 @@ def test_chunk_takes_the_names_synthesize_uses(tmp_path, capsys):
     assert not (tmp_path / "n.parquet").exists()
     # the same file named twice read it twice (every document doubled): refused, by name
     assert main(["chunk", str(corpus), "--corpus", str(corpus), "--out", str(tmp_path / "d.parquet")]) == 2
-    assert f"{corpus}: named twice as the corpus" in capsys.readouterr().err
+    assert f"{corpus}: the same file as {corpus}, named twice in the corpus" in capsys.readouterr().err
+    assert main(["chunk", str(tmp_path), "--corpus", str(corpus), "--out", str(tmp_path / "d.parquet")]) == 2
+    assert "named twice in the corpus" in capsys.readouterr().err  # a folder and a file in it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "link.jsonl").hardlink_to(corpus)
+    assert main(["chunk", str(corpus), str(tmp_path / "other"), "--out", str(tmp_path / "d.parquet")]) == 2
+    assert "named twice in the corpus" in capsys.readouterr().err  # one file under two names
     assert not (tmp_path / "d.parquet").exists()

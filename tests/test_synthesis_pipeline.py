@@ -325,6 +325,18 @@ def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tm
         synthesize(corpus, out, num_samples=1, verify=False, **FAST)  # taken as it is, when asked
         path.write_bytes(whole)
     synthesize(corpus, out, num_samples=1, **FAST)
+    # the record is as untrusted as the folder: an entry naming a file outside it is refused before any read (an
+    # absolute /dev/zero of size 0 was read for ever), and so is one that is no plain name
+    import json
+
+    record_path = out / "chunks" / "_done.json"
+    record = json.loads(record_path.read_text())
+    for bad in ("/dev/zero", "../v/manifest.json", "a\x00b", "\ud800"):
+        hostile = dict(record, files={bad: {"bytes": 0, "crc32": 0}})
+        record_path.write_text(json.dumps(hostile))
+        with pytest.raises(CorruptFileError, match=r"_done.json: the file entry .* is not a name inside the stage's "
+                                                   r"folder; remove .*chunks to make the stage again"):
+            synthesize(corpus, out, num_samples=1, **FAST)
 
 
 def test_too_small_corpus_is_a_clear_error(tmp_path):

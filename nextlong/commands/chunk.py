@@ -70,14 +70,23 @@ def corpus_io(args) -> tuple:
     paths = list(args.input) + list(args.corpus)
     if not paths:
         raise UsageError("no corpus given: name its file(s) or folder, or pass --corpus PATH")
-    import os
+    if len(paths) > 1:  # `chunk A --corpus A`, or a folder and a file in it, read that file twice: every document doubled
+        import os
 
-    seen: dict = {}
-    for path in paths:  # `chunk A --corpus A` read A twice: every document doubled, silently
-        key = os.path.realpath(path)
-        if key in seen:
-            raise UsageError(f"{path}: named twice as the corpus (as {seen[key]} too); name each input once")
-        seen[key] = path
+        from ..corpus.reader import list_corpus_files
+
+        seen: dict = {}
+        for given in paths:
+            for path, _ in list_corpus_files(given):
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    continue  # the reader says what is wrong with it
+                key = (info.st_dev, info.st_ino)
+                if key in seen:
+                    raise UsageError(f"{path}: the same file as {seen[key]}, named twice in the corpus; name each "
+                                     "input once")
+                seen[key] = path
     return (paths if len(paths) > 1 else paths[0], args.out)
 
 

@@ -418,7 +418,7 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     from ..synthesis.acer.answers import contains_answer
     from ..synthesis.acer.templates import load_templates
     from ..synthesis.executors.local import LocalExecutor
-    from ..synthesis.framework import Pipeline, corpus_identity
+    from ..synthesis.framework import Pipeline, check_stage_files, corpus_identity
     from ..synthesis.artifacts import load_store
 
     settings.validate()
@@ -426,8 +426,10 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     templates = load_templates(settings.prompts)
     root = Path(out_dir) / "rag"
     pipeline = corpus_pipeline(settings, lm.tokenizer_spec, root)
+    chunking = Pipeline(root, pipeline.stages[:3])
+    check_stage_files(chunking, chunking.fingerprints(), skip_option=None)  # a cached chunk store, before use
     with _torch_threads_kept():  # the chunks first: the questions' evidence is checked before the (slow) embedding
-        LocalExecutor().run(Pipeline(root, pipeline.stages[:3]), rebuild=True, progress=settings.progress)
+        LocalExecutor().run(chunking, rebuild=True, progress=settings.progress)
     store = load_store(root / "chunks")
     pool = Pool(store, root / "chunks" / "chunks.parquet")
 

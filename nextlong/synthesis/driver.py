@@ -36,8 +36,8 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     out = cfg.out_dir
     fps = fps or pipeline.fingerprints()
     pipeline.check_cached(fps, cfg.rebuild)
-    if getattr(cfg, "verify", True):
-        check_stage_files(pipeline, fps)  # the chunk store and near-copy graph a cached stage left, before use
+    if getattr(cfg, "verify", True):  # the chunk store and near-copy graph a cached stage left, before use
+        check_stage_files(pipeline, fps, skip_option="--no-verify" if hasattr(cfg, "verify") else None)
     for name in discard_stale_formats(out, cfg.format, fps["data"]):
         if cfg.progress:
             print(f"nextlong {command}: removed {out / name}/ (it is derived from OUT/data, and this run "

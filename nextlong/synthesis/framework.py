@@ -697,12 +697,22 @@ def stage_files(directory: Path) -> dict:
     return out
 
 
-def check_stage_files(pipeline: "Pipeline", fps: dict[str, str]) -> None:
+def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: str | None = "--no-verify") -> None:
     """Before a run uses its finished checksummed stages: each file the stage's record lists has its recorded
     size and CRC32 (one read of each). A damaged file is a one-line CorruptFileError naming it; records made
-    before the lists existed are taken as they are."""
+    before the lists existed are taken as they are. The record is read as untrusted as the folder: an entry
+    that is not a plain name inside the stage's folder, or a file that is not a regular one, is refused
+    before anything is read (an absolute /dev/zero in a crafted record read for ever). `skip_option`: the
+    command's option that skips the check, named in the error (None where it has none)."""
+    import stat as _stat
+    from pathlib import PurePosixPath
+
     from ..atomic import file_crc32
     from ..errors import CorruptFileError
+    from ..untrusted import show
+
+    def refused(what: str):
+        return CorruptFileError(f"{directory / DONE_FILE}: {what}; remove {directory} to make the stage again")
 
     for stage in pipeline.stages:
         if not getattr(stage, "checksummed", False) or stage.name in pipeline.external:
@@ -712,18 +722,21 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str]) -> None:
         if record is None or record.get("fingerprint") != fps.get(stage.name) or not isinstance(record.get("files"), dict):
             continue
         for rel, want in record["files"].items():
-            path = directory / str(rel)
-            if not isinstance(want, dict) or ".." in Path(str(rel)).parts:
-                raise CorruptFileError(f"{directory / DONE_FILE}: a file entry that is not one of the stage's")
+            parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+            if (not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\x00" in rel
+                    or not rel.isprintable() or len(rel) > 4096 or not isinstance(want, dict)):
+                raise refused(f"the file entry {show(rel, 80)} is not a name inside the stage's folder")
+            path = directory.joinpath(*parts)
             try:
-                same = (path.stat().st_size == want.get("bytes") and not path.is_symlink()
+                info = path.lstat()
+                same = (_stat.S_ISREG(info.st_mode) and info.st_size == want.get("bytes")
                         and file_crc32(path) == want.get("crc32"))
-            except OSError:
+            except (OSError, ValueError):
                 same = False
             if not same:
                 raise CorruptFileError(f"{path}: not the file the {stage.name} stage wrote (its size or CRC32 differs "
                                        f"from {directory / DONE_FILE}): it is damaged; remove {directory} to make it "
-                                       "again, or pass --no-verify to use it as it is")
+                                       "again" + (f", or pass {skip_option} to use it as it is" if skip_option else ""))
 
 
 class Executor:
