@@ -120,6 +120,13 @@ def test_a_damaged_chunk_store_is_named(finished, tmp_path, capsys, damage, mess
         else:
             n = np.load(store / "char_len.npy").shape[0]
             np.save(store / "char_len.npy", np.array([None] * n, dtype=object), allow_pickle=True)
+        # the record's file list rewritten too (its CRC32s prove nothing against whoever rewrote both): the
+        # structure is still checked when the store is loaded
+        from nextlong.synthesis.framework import stage_files
+
+        record = json.loads((copy / "chunks" / "_done.json").read_text())
+        record["files"] = stage_files(copy / "chunks")
+        (copy / "chunks" / "_done.json").write_text(json.dumps(record))
 
     code, err = resumed(finished, tmp_path, spoil, capsys)
     assert code == 1 and message in assert_one_line_error(err, "synthesize")
