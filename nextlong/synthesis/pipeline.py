@@ -438,8 +438,7 @@ def negative_reuse(out: Path, blocks: list, partial: dict | None, num_chunks: in
     for block in blocks:
         plan = pq.read_table(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
         if partial is not None and block == partial["block"]:
-            ok = np.flatnonzero(plan.column("ok").to_numpy(zero_copy_only=False))
-            plan = plan.slice(0, int(ok[partial["rows"] - 1]) + 1) if partial["rows"] <= ok.size else plan
+            plan = _plan_up_to(plan, partial["rows"])
         plan = plan.filter(plan.column("ok"))
         chunks = pc.list_flatten(plan.column("chunks")).to_numpy(zero_copy_only=False)
         roles = pc.list_flatten(plan.column("roles")).to_numpy(zero_copy_only=False)
@@ -457,11 +456,15 @@ def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
     from .framework import block_path
     from .stages import assemble_counts, plan_counts
 
-    plan = pq.read_table(block_path(out / "plan", block))
-    ok = np.flatnonzero(plan.column("ok").to_numpy(zero_copy_only=False))
-    plan = plan.slice(0, int(ok[rows - 1]) + 1) if rows <= ok.size else plan
+    plan = _plan_up_to(pq.read_table(block_path(out / "plan", block)), rows)
     written = pq.read_table(block_path(out / "data", block), columns=["segments"])
     return plan_counts(plan), assemble_counts(written)
+
+
+def _plan_up_to(plan, rows: int):
+    """A plan block's rows up to its `rows`-th built one (the part of the block the --num-samples cut kept)."""
+    ok = np.flatnonzero(plan.column("ok").to_numpy(zero_copy_only=False))
+    return plan.slice(0, int(ok[rows - 1]) + 1) if rows <= ok.size else plan
 
 
 def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built) -> dict:
