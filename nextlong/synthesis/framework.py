@@ -705,11 +705,10 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
     before anything is read (an absolute /dev/zero in a crafted record read for ever). `skip_option`: the
     command's option that skips the check, named in the error (None where it has none)."""
     import stat as _stat
-    from pathlib import PurePosixPath
 
     from ..atomic import file_crc32
     from ..errors import CorruptFileError
-    from ..untrusted import show
+    from ..untrusted import plain_name, show
 
     def refused(what: str):
         return CorruptFileError(f"{directory / DONE_FILE}: {what}; remove {directory} to make the stage again")
@@ -722,9 +721,11 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
         if record is None or record.get("fingerprint") != fps.get(stage.name) or not isinstance(record.get("files"), dict):
             continue
         for rel, want in record["files"].items():
-            parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
-            if (not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\x00" in rel
-                    or not rel.isprintable() or len(rel) > 4096 or not isinstance(want, dict)):
+            try:  # the project's rule for a name that stays in its folder, and a printable one of sane length
+                parts = plain_name(rel, str(directory), CorruptFileError).parts
+            except CorruptFileError:
+                parts = ()
+            if not parts or not rel.isprintable() or len(rel) > 4096 or not isinstance(want, dict):
                 raise refused(f"the file entry {show(rel, 80)} is not a name inside the stage's folder")
             path = directory.joinpath(*parts)
             try:
