@@ -59,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    with _sigterm_as_interrupt():
+    rank = args.command == "train" and launched()
+    # a torchrun rank is torchrun's to stop: it sends SIGTERM to the other ranks when one fails, and taken as
+    # Ctrl-C that raised in a rank still printing its own error (a traceback, and the message lost); train's
+    # loop takes SIGTERM itself, at a step boundary
+    with contextlib.nullcontext() if rank else _sigterm_as_interrupt():
         code = _run(args)
-    if args.command == "train" and launched():
+    if rank:
         _end_torchrun_rank(code)
     return code
 
