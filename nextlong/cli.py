@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from .commands.argtypes import SPELLINGS
 from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full, launched, quiet_rank
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    vars(args).pop(SPELLINGS, None)
     if extra:  # said by the command's own parser, so that the line names it and its --help
         command = parser.commands.get(getattr(args, "command", None), parser)
         hint = ""

@@ -273,3 +273,32 @@ def test_chunk_takes_the_names_synthesize_uses(tmp_path, capsys):
     assert main(["chunk", str(corpus), str(tmp_path / "other"), "--out", str(tmp_path / "d.parquet")]) == 2
     assert "named twice in the corpus" in capsys.readouterr().err  # one file under two names
     assert not (tmp_path / "d.parquet").exists()
+
+
+@pytest.mark.parametrize("argv, first, second", [
+    (["chunk", "C", "--out", "O", "--chunk-size", "128", "--max-len", "256"], "--chunk-size", "--max-len"),
+    (["chunk", "C", "--out", "O", "--unit", "tokens", "--chunk-unit", "chars"], "--unit", "--chunk-unit"),
+    (["synthesize", "--corpus", "C", "--out", "O", "--knn-neighbors", "4", "--knn-neighbours", "8"],
+     "--knn-neighbors", "--knn-neighbours"),
+    (["eval", "M", "--attention", "sdpa", "--attn", "eager"], "--attention", "--attn"),
+    (["heads", "M", "--attn", "sdpa", "--attention", "eager"], "--attn", "--attention"),
+])
+def test_an_option_given_under_both_its_spellings_is_refused(tmp_path, capsys, argv, first, second):
+    """`--chunk-size 128 --max-len 256` chunked at 256 without a word (argparse lets the last alias win):
+    refused before any work; one spelling given twice keeps argparse's rule."""
+    argv = [str(tmp_path / a) if a in ("C", "O", "M") else a for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"nextlong {argv[0]}: error: {first} and {second} are one option: give it once "
+        f"(see nextlong {argv[0]} --help)")
+    assert not (tmp_path / "O").exists()
+
+
+def test_one_spelling_given_twice_keeps_the_last(tmp_path):
+    corpus = make_corpus(tmp_path / "c.jsonl", sample_texts(8))
+    assert main(["chunk", str(corpus), "--out", str(tmp_path / "a.parquet"), "--max-len", "300", "--quiet"]) == 0
+    assert main(["chunk", str(corpus), "--out", str(tmp_path / "b.parquet"), "--max-len", "80", "--max-len", "300",
+                 "--quiet"]) == 0
+    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))

@@ -20,6 +20,21 @@ MAX_INT = 2**62
 MAX_THREADS = 1024
 
 
+SPELLINGS = "_spellings"  # the namespace entry OneSpelling keeps; cli.main removes it after parsing
+
+
+class OneSpelling(argparse.Action):
+    """An option with two spellings (`--max-len`/`--chunk-size`). argparse lets the last one given win
+    without a word, so `--chunk-size 128 --max-len 256` chunked at 256; naming both is refused instead
+    (one spelling given twice keeps argparse's rule: the last wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        first = vars(namespace).setdefault(SPELLINGS, {}).setdefault(self.dest, option_string)
+        if first != option_string:
+            parser.error(f"{first} and {option_string} are one option: give it once")
+        setattr(namespace, self.dest, values)
+
+
 def _parse_int(text: str) -> int:
     try:
         return int(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .argtypes import THREADS_HELP, positive_int, threads
+from .argtypes import THREADS_HELP, OneSpelling, positive_int, threads
 
 
 def add_corpus_arguments(p) -> None:
@@ -53,9 +53,9 @@ def add_parser(subparsers) -> None:
     add_corpus_arguments(p)
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer (cl100k_base, a tokenizer.json, ...): fills num_tokens; needed for --unit tokens")
-    p.add_argument("--max-len", "--chunk-size", type=positive_int, default=2048,
+    p.add_argument("--max-len", "--chunk-size", action=OneSpelling, type=positive_int, default=2048,
                    help="granularity s: longest chunk in --unit (default: 2048; --chunk-size as in synthesize)")
-    p.add_argument("--unit", "--chunk-unit", default="chars", choices=("chars", "tokens"),
+    p.add_argument("--unit", "--chunk-unit", action=OneSpelling, default="chars", choices=("chars", "tokens"),
                    help="length unit (default: chars; --chunk-unit as in synthesize)")
     p.add_argument("--count-newlines", action="store_true",
                    help="count the newline joining two paragraphs as one unit (the reference code does not)")

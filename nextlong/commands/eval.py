@@ -6,7 +6,7 @@ import argparse
 
 from ..eval.options import ATTENTION, DEFAULT_TASKS, EVAL_DEFAULTS as D, DISTRACTORS, DTYPES, MODES
 from ..synthesis.acer.config import ORDERS, RETRIEVERS
-from .argtypes import int_list, positive_int, seed, unescape
+from .argtypes import OneSpelling, int_list, positive_int, seed, unescape
 
 
 def add_parser(subparsers) -> None:
@@ -83,7 +83,7 @@ def add_parser(subparsers) -> None:
                    help="LongPPL's short context in tokens (default 4096; use less for small models)")
     p.add_argument("--short-stride", type=positive_int, default=D["short_stride"],
                    help="stride of the short-context windows (1 = exact, default 1024)")
-    p.add_argument("--attn", "--attention", dest="attn", choices=ATTENTION, default=D["attn"],
+    p.add_argument("--attn", "--attention", action=OneSpelling, dest="attn", choices=ATTENTION, default=D["attn"],
                    help="prefill attention: our kernel, SDPA or eager (default auto: SDPA, the faster one for a "
                    "single document on an H200; ours pays off for packed documents, which evaluation does not feed)")
     p.add_argument("--device", default=D["device"], help="torch device (default cuda if available)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..eval.options import ATTENTION, DTYPES, HEADS_DEFAULTS as D
-from .argtypes import int_list, nonnegative_int, positive_int, seed
+from .argtypes import OneSpelling, int_list, nonnegative_int, positive_int, seed
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--corpus", default=D["corpus"], help="haystack corpus (default: the embedded stdlib docstrings)")
     p.add_argument("--text-field", default=D["text_field"], help="text field of --corpus records (default text)")
     p.add_argument("--seed", type=seed, default=D["seed"], help="seed of the random heads masked by --mask-heads")
-    p.add_argument("--attn", "--attention", dest="attn", choices=ATTENTION, default=D["attn"],
+    p.add_argument("--attn", "--attention", action=OneSpelling, dest="attn", choices=ATTENTION, default=D["attn"],
                    help="prefill attention (default auto: SDPA); decoding steps use eager attention, which returns "
                    "the weights")
     p.add_argument("--device", default=D["device"])
