@@ -107,6 +107,25 @@ def test_ranks_read_disjoint_shares_and_state_resumes(data):
     assert q.stream.drawn[0] > q.stream.drawn[1]  # weight 3 vs 1
 
 
+def test_a_folder_named_like_a_weight_is_read_as_that_folder(data, tmp_path):
+    """A folder really named `v@2` was read as `v` at weight 2 ("data not found"); it is the folder when `v`
+    does not exist, and refused as ambiguous when both do."""
+    named = tmp_path / "v@2"
+    shutil.copytree(data, named)
+    (source,) = open_sources([str(named)])
+    assert (source.path, source.weight) == (named, 1.0)
+    (source,) = open_sources([f"{named}@3"])
+    assert (source.path, source.weight) == (named, 3.0)
+    shutil.copytree(data, tmp_path / "v")
+    with pytest.raises(UsageError, match=r"v@2: ambiguous: it exists, and so does .*/v \(at weight 2\); "
+                                         r"write .*/v@2@1 for the first, or rename one"):
+        open_sources([str(named)])
+    (source,) = open_sources([f"{named}@1"])
+    assert (source.path, source.weight) == (named, 1.0)
+    (source,) = open_sources([f"{tmp_path / 'v'}@2.5"])
+    assert (source.path, source.weight) == (tmp_path / "v", 2.5)
+
+
 def test_mds_input_matches_parquet():
     mds = synthesized("standard", fmt="mds")
     a = _packer(mds / "mds", SAMPLE_LEN).next_sequence()

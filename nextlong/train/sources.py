@@ -21,14 +21,22 @@ from .config import LOSS_ON
 
 
 def parse_data_spec(spec: str) -> tuple[str, float]:
-    """'PATH' or 'PATH@weight' -> (path, weight)."""
-    path, sep, weight = str(spec).rpartition("@")
+    """'PATH' or 'PATH@weight' -> (path, weight). A path that itself ends in '@number' (a folder named
+    `v@2`) is that path at weight 1 when `v` does not exist (it was read as `v` at weight 2: "data not found");
+    when both exist the spec is refused as ambiguous."""
+    spec = str(spec)
+    path, sep, weight = spec.rpartition("@")
     if not sep or not path:
-        return str(spec), 1.0
+        return spec, 1.0
     try:
         value = float(weight)
     except ValueError:
-        return str(spec), 1.0  # an '@' that is part of the path
+        return spec, 1.0  # an '@' that is part of the path
+    if os.path.lexists(spec):
+        if not os.path.lexists(path):
+            return spec, 1.0
+        raise UsageError(f"{spec}: ambiguous: it exists, and so does {path} (at weight {weight}); write "
+                         f"{spec}@1 for the first, or rename one")
     if not 0 < value < 1e100:  # also refuses inf and nan; weights are normalised, so any scale works below
         raise UsageError(f"{spec}: the mixing weight after '@' must be a positive number below 1e100, got {weight}")
     return path, value
