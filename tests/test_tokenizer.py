@@ -610,6 +610,41 @@ def test_normalized_added_tokens_are_found_in_the_nfc_text_like_hf(tmp_path):
             assert ours.encode(text).tolist() == want, (added, text)
 
 
+def test_added_token_ids_are_the_ones_hf_gives_not_the_files(tmp_path, capsys):
+    """HF does not take an added token's `id` from the file: a token that is also a vocabulary string keeps the
+    vocabulary's id, a new one takes the next id past the vocabulary (or past the largest added id), and a file id
+    that differs is only logged. nextlong refused the first case ("two ids") and took the file's id in the second, so
+    ids differed from HF's (and a model's) on hand-edited files. Random ids and contents, against HF."""
+    import random
+
+    rng = random.Random(3)
+    vocab = json.loads(_with_added(tmp_path, "base.json", []).read_text())["model"]["vocab"]
+    in_vocab = [t for t in vocab if len(t) > 1][:3] + ["a", "x", "<", "<v>", "<w>"]
+    moved = 0
+    for case in range(40):
+        contents = rng.sample(in_vocab + ["<a>", "<b>", "zz", "q q", "\t\t", "|x|"], rng.randint(1, 6))
+        contents += rng.sample(contents, rng.randint(0, 1))  # a token listed twice
+        ids = [rng.randrange(0, 300) for _ in contents]
+        added = [{"content": c} for c in contents]
+        path = _with_added(tmp_path, f"ids{case}.json", added)
+        data = json.loads(path.read_text())
+        # vocabulary strings past a gap of unused ids (as cl100k's specials are), which added tokens may name
+        data["model"]["vocab"].update({"<v>": rng.randrange(400, 600), "<w>": rng.randrange(600, 800)})
+        for entry, i in zip(data["added_tokens"], ids):
+            entry["id"] = i
+        path.write_text(json.dumps(data))
+        ref = tokenizers.Tokenizer.from_file(str(path))
+        ours = Tokenizer.from_file(path)
+        assert {c: ours.token_to_id(c) for c in contents} == {c: ref.token_to_id(c) for c in contents}
+        moved += sum(ref.token_to_id(c) != i for c, i in zip(contents, ids))
+        for _ in range(20):
+            text = "".join(rng.choice(contents + [" ", "a", "b", "<", "x"]) for _ in range(rng.randint(0, 12)))
+            assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids, (contents, ids, text)
+    assert moved > 40  # most file ids here are not HF's
+    err = capsys.readouterr().err
+    assert err.count("nextlong: warning:") == 40 and "but HF tokenizers gives it id" in err
+
+
 def test_vocab_and_token_mapping_match_hf(hf_files):
     ours, ref = _hf_pair(hf_files["cl100k"])
     assert ours.vocab_size == ref.get_vocab_size()

@@ -275,9 +275,10 @@ def _add_token(data, content, token_id):
     (lambda d: d["model"]["vocab"].update({"xyz": 3.0}), "token 'xyz' has id 3.0; ids must be"),
     (lambda d: d["model"]["vocab"].update({"xyz": 97}), "id 97 is given to two tokens, 'a' and 'xyz'"),
     (lambda d: d["model"]["vocab"].update({"x" * 500: 97}), "id 97 is given to two tokens, 'a' and 'xxxxxx"),
-    (lambda d: _add_token(d, "<s>", 97), "id 97 is given to two tokens, 'a' and '<s>'"),
-    (lambda d: _add_token(d, "a", 300), "token 'a' has two ids, 97 and 300"),
-    (lambda d: (_add_token(d, "<s>", 300), _add_token(d, "</s>", 300)), "id 300 is given to two tokens"),
+    # an added token's file id that clashes is not refused: HF gives it an id of its own (test_tokenizer.py's
+    # test_added_token_ids_are_the_ones_hf_gives_not_the_files); a file id that is no id at all still is
+    (lambda d: _add_token(d, "<s>", -3), "added_tokens[0] ('<s>') has id -3; ids must be non-negative integers"),
+    (lambda d: _add_token(d, "<s>", "7"), "added_tokens[0] ('<s>') has id '7'; ids must be non-negative integers"),
     (lambda d: d["model"]["merges"].append(["a", "zz" * 400]), "uses a token missing from the vocabulary"),
 ])
 def test_bad_vocab_is_refused_with_one_line(tmp_path, edit, expected):
@@ -289,15 +290,22 @@ def test_bad_vocab_is_refused_with_one_line(tmp_path, edit, expected):
 
 
 def test_consistent_added_tokens_and_a_few_unused_ids_load(tmp_path):
-    """What real files do: an added token that is also in the vocab with the same id (GPT-2's
-    <|endoftext|>), and specials past a gap of unused ids (cl100k's)."""
+    """What real files do: an added token that is also in the vocab with the same id (GPT-2's <|endoftext|>), and
+    specials past a gap of unused ids that are also vocab entries (cl100k's). A special listed past a gap but not in
+    the vocab gets the next id from HF, not the file's, and the same from nextlong."""
+    import tokenizers
+
     def edit(d):
-        d["model"]["vocab"]["<|endoftext|>"] = 257
+        d["model"]["vocab"].update({"<|endoftext|>": 257, "<|im_end|>": 1100})
         _add_token(d, "<|endoftext|>", 257)
+        _add_token(d, "<|im_end|>", 1100)
         _add_token(d, "<|fim|>", 1200)
 
-    tok = Tokenizer.from_file(_edit_json(tmp_path, edit))
-    assert tok.encode("ab<|endoftext|><|fim|>").tolist() == [256, 257, 1200]
+    path = _edit_json(tmp_path, edit)
+    tok = Tokenizer.from_file(path)
+    text = "ab<|endoftext|><|im_end|><|fim|>"
+    assert tok.encode(text).tolist() == [256, 257, 1100, 259]
+    assert tokenizers.Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids == [256, 257, 1100, 259]
 
 
 def test_duplicate_vocab_key_is_refused(tmp_path):
@@ -452,16 +460,17 @@ def test_many_added_tokens_with_one_first_byte_cost_little_per_byte(tmp_path):
 
     def edit(d):
         for i in range(30_000):
-            _add_token(d, f"a{i}", 300 + i)
+            _add_token(d, f"a{i}", first + i)
 
     plain = Tokenizer.from_file(_edit_json(tmp_path, lambda d: None))
+    first = plain.vocab_size  # the ids HF gives added tokens start there
     tok = Tokenizer.from_file(_edit_json(tmp_path, edit))
     text = "a" * 300_000 + " a17 a29999"
     start = time.perf_counter()
     ids = tok.encode(text).tolist()
     assert time.perf_counter() - start < 5
-    assert ids == plain.encode("a" * 300_000 + " ").tolist() + [300 + 17, plain.encode(" ").tolist()[0], 300 + 29999]
+    assert ids == plain.encode("a" * 300_000 + " ").tolist() + [first + 17, plain.encode(" ").tolist()[0], first + 29999]
     with pytest.raises(TokenizerError) as exc:
-        Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1025, 300)))
+        Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1025, first)))
     assert "an added token of 1025 bytes, over the 1024" in _one_line(exc)
-    assert Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1024, 300))).encode("b" * 1024)[0] == 300
+    assert Tokenizer.from_file(_edit_json(tmp_path, lambda d: _add_token(d, "b" * 1024, first))).encode("b" * 1024)[0] == first

@@ -23,7 +23,8 @@ never a suffix; decoders are ignored (``decode`` joins token bytes). Added token
 Unicode \w: letters, marks, Nd, Nl, Pc, joiners) by HF's rule, strips only widening a match's span and a match
 inside what an rstrip took still giving its id; where HF panics (an lstrip match wholly inside the previous
 match's span) that token is dropped; ``normalized=true`` added tokens are looked for, by their NFC'd content, in
-the NFC'd text between the others, as HF does. tiktoken special tokens are matched
+the NFC'd text between the others, as HF does; their ids are the ones HF gives them, not the file's where the two
+differ (a hand-edited file: see _hf_added_ids). tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
 of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
@@ -45,6 +46,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import sys
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -567,8 +569,12 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
         if not t.get("content"):
             continue
         _text(t["content"], f"added_tokens[{k}].content", path)
-        added.append((t["content"], t.get("id"), bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
+        if type(t.get("id")) is not int or t["id"] < 0:
+            raise TokenizerError(f"{path}: added_tokens[{k}] ({_short(t['content'])}) has id {_short(t.get('id'))}; "
+                                 "ids must be non-negative integers")
+        added.append((t["content"], t["id"], bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+    added = _hf_added_ids(path, vocab, added)
     _check_ids(path, [*vocab.items(), *((a[0], a[1]) for a in added)])
 
     model_list, decode_only = [], {}
@@ -602,6 +608,34 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                                  "no such token")
     tok.prefix_ids = prefix
     return tok
+
+
+def _hf_added_ids(path, vocab: dict, added: list[tuple]) -> list[tuple]:
+    """The added tokens with the ids `tokenizers` (0.23) gives them, which are not the file's `id`s: in the file's
+    order, a token already in the model vocabulary or added before keeps that id, and each new one takes the next id
+    from the model vocabulary's size up (a file id that differs is only logged). Files HF saved agree; in a
+    hand-edited one (an added id left in a gap, an added token that is also a vocabulary string under another id)
+    HF's ids are the ones a model loaded through transformers sees, so they are taken, with a warning."""
+    given: dict[str, int] = {}
+    out, moved, fresh = [], [], len(vocab)
+    for content, file_id, *flags in added:
+        i = given.get(content, vocab.get(content))
+        if i is None:
+            i, fresh = fresh, fresh + 1
+        given[content] = i
+        if i != file_id:
+            moved.append((content, file_id, i))
+        out.append((content, i, *flags))
+    if moved and str(path) not in _WARNED:  # once per file and process: a run loads its tokenizer more than once
+        _WARNED.add(str(path))
+        content, file_id, i = moved[0]
+        more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        print(f"nextlong: warning: {path}: added token {_short(content)} is listed with id {file_id}, but HF "
+              f"tokenizers gives it id {i}{more}; using HF's ids", file=sys.stderr)
+    return out
+
+
+_WARNED: set[str] = set()
 
 
 def _unk(model: dict, vocab: dict, path) -> tuple[int, bool]:
