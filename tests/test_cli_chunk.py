@@ -278,6 +278,7 @@ def test_chunk_takes_the_names_synthesize_uses(tmp_path, capsys):
 @pytest.mark.parametrize("argv, first, second", [
     (["chunk", "C", "--out", "O", "--chunk-size", "128", "--max-len", "256"], "--chunk-size", "--max-len"),
     (["chunk", "C", "--out", "O", "--unit", "tokens", "--chunk-unit", "chars"], "--unit", "--chunk-unit"),
+    (["tokenize", "C", "--out", "O", "--input-format", "txt", "--format", "jsonl"], "--input-format", "--format"),
     (["synthesize", "--corpus", "C", "--out", "O", "--knn-neighbors", "4", "--knn-neighbours", "8"],
      "--knn-neighbors", "--knn-neighbours"),
     (["eval", "M", "--attention", "sdpa", "--attn", "eager"], "--attention", "--attn"),
@@ -298,6 +299,11 @@ def test_an_option_given_under_both_its_spellings_is_refused(tmp_path, capsys, a
 
 def test_one_spelling_given_twice_keeps_the_last(tmp_path):
     corpus = make_corpus(tmp_path / "c.jsonl", sample_texts(8))
+    as_text = tmp_path / "c.data"  # read as the format asked, whatever its name; --format is --input-format
+    as_text.write_bytes(corpus.read_bytes())
+    for i, option in enumerate(("--format", "--input-format")):
+        assert main(["chunk", str(as_text), "--out", str(tmp_path / f"f{i}.parquet"), option, "jsonl", "--quiet"]) == 0
+    assert pq.read_table(tmp_path / "f0.parquet").equals(pq.read_table(tmp_path / "f1.parquet"))
     assert main(["chunk", str(corpus), "--out", str(tmp_path / "a.parquet"), "--max-len", "300", "--quiet"]) == 0
     assert main(["chunk", str(corpus), "--out", str(tmp_path / "b.parquet"), "--max-len", "80", "--max-len", "300",
                  "--quiet"]) == 0

@@ -64,7 +64,8 @@ def add_parser(subparsers) -> None:
                         "embedding only)")
     p.add_argument("--tokenizer", help="tokenizer of the samples (default: the model folder's own, with exact ids)")
     p.add_argument("--separator", default="\\n\\n", help="text after every chunk of a sample (default a blank line)")
-    p.add_argument("--format", choices=FORMATS, default="parquet")
+    p.add_argument("--format", choices=FORMATS, default="parquet",
+                   help="format of the samples written (default parquet; the corpus goes by its files' extensions)")
     p.add_argument("--prompts", metavar="DIR",
                    help="a folder whose rank.txt, read.txt, read_cot.txt, passage.txt, question.txt or sample.txt "
                         "replace the shipped templates (nextlong/synthesis/acer/prompts/)")

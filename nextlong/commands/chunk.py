@@ -15,8 +15,10 @@ def add_corpus_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output Parquet file (written atomically, plus <out>.manifest.json)")
     p.add_argument("--text-field", default="text", help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--id-field", default=None, help="field holding the document id (default: <file>:<line or row>)")
-    p.add_argument("--format", default=None, choices=("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt"),
-                   help="read every input file in this format instead of going by extension")
+    p.add_argument("--input-format", "--format", dest="format", action=OneSpelling, default=None,
+                   choices=("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt"),
+                   help="read every input file in this format instead of going by extension (--format: the same; "
+                        "in synthesize and acer --format is the output's)")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad records: stop with an error (default) or skip and count them")
     p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP)

@@ -75,7 +75,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
-    p.add_argument("--format", choices=FORMATS, default="parquet")
+    p.add_argument("--format", choices=FORMATS, default="parquet",
+                   help="format of the samples written (default parquet; the corpus goes by its files' extensions)")
     p.add_argument("--attention-spans", choices=ATTENTION_SPANS, default="sample",
                    help="MDS `indices` (each pair is one attention block in training): sample = one span [0, L) "
                         "per long document (default); document = one span per run of the same source document")
