@@ -358,3 +358,177 @@ def test_self_scored_longce_arms_train_without_a_scorer_and_base_scored_ones_wit
     assert own["short_window"] == base["short_window"] == sc.base_len // 2
     assert {k: v for k, v in own.items() if k not in ("token_weighting", "short_window", "short_stride")} == plain
     assert mod.arm_method("standard+longce-self") == "standard" and "nextlong+longce-self" in mod.OPTIONAL_ARMS
+
+
+def _paired(rows_by_arm: dict, train_tokens: int | None = None) -> dict:
+    """A results.json-shaped dict: {arm: [metrics of seed 0, seed 1, ...]}, each arm trained on `train_tokens`."""
+    arms = {}
+    for arm, rows in rows_by_arm.items():
+        arms[arm] = {"seeds": {str(i): r for i, r in enumerate(rows)}}
+        if train_tokens:
+            arms[arm]["train"] = {str(i): {"tokens": train_tokens} for i in range(len(rows))}
+    return {"arms": arms, "primary": ["repeat_gain_2048"], "scale": {"long_len": 8192, "base_len": 1024},
+            "gate": {"passed": True, "gain": -2.5, "distance": 512, "threshold": -1.0}}
+
+
+def test_a_comparison_whose_arms_repeat_their_data_unequally_says_so():
+    """The lease's standard arm went 5.1 times over its 126 samples, nextlong 1.8 times over its 360, and no page
+    said so: the page now shows the epochs of every arm and seed, and the Answer marks the comparison."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    res = _paired({"standard": [{"repeat_gain_2048": -0.5 + e, "ppl_long": 10.0} for e in (0.0, 0.01, -0.01)],
+                   "nextlong": [{"repeat_gain_2048": -0.4 + e, "ppl_long": 10.0} for e in (0.0, 0.02, 0.01)],
+                   "nextlong+longce": [{"repeat_gain_2048": -0.6 + e, "ppl_long": 10.0} for e in (0.0, 0.02, 0.01)]},
+                  train_tokens=80 * 65536)
+    res["synthesis"] = {f"{m} seed-{s}": {"samples": n} for m, n in (("standard", 126), ("nextlong", 360))
+                        for s in range(3)}
+    assert R.epochs(res, "standard", "0") == pytest.approx(80 * 65536 / (126 * 8192))
+    assert R.epochs(res, "nextlong+longce", "2") == pytest.approx(80 * 65536 / (360 * 8192))  # nextlong's data
+    table = "\n".join(R.synthesis_lines(res))
+    assert "| standard | 5.08 | 5.08 | 5.08 |" in table and "| nextlong+longce | 1.78 | 1.78 | 1.78 |" in table
+    answer = [line for line in R.answer_lines(res) if line.startswith("- ")]
+    assert "worse `repeat_gain_2048`" in answer[0] and "confounded: standard 5.1 epochs vs nextlong 1.8" in answer[0]
+    assert "confounded" not in answer[1]  # nextlong+longce − nextlong: the same data, the same epochs
+    assert "confounded: standard 5.1 epochs vs nextlong 1.8" in "\n".join(R.comparison_lines(res))
+    # under 1.5x apart (1.11 against 0.99 on the cpu page), or an arm without synthesized data: no mark
+    res["synthesis"] |= {f"standard seed-{s}": {"samples": 269} for s in range(3)}
+    res["synthesis"] |= {f"nextlong seed-{s}": {"samples": 302} for s in range(3)}
+    assert R.epoch_confound(res, "nextlong", "standard", ["0", "1", "2"]) is None
+    assert R.epoch_confound(res, "short", "standard", ["0", "1", "2"]) is None
+
+
+def test_longppl_is_never_called_better_or_worse():
+    """Each model picks its own key tokens, so the pages call `longppl` descriptive, yet listed "nextlong+longce
+    better `longppl` −0.384": LongPPL and its counts are now neither better, worse nor "no difference"."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    res = _paired({"standard": [{"longppl": 3.0 + e, "key_tokens": 100 + i, "key_token_fraction": 0.01 + e,
+                                 "ppl_long": 10.0 + e} for i, e in enumerate((0.0, 0.01, -0.01))],
+                   "nextlong": [{"longppl": 2.0 + e, "key_tokens": 200 + i, "key_token_fraction": 0.02 + e,
+                                 "ppl_long": 11.0 + e} for i, e in enumerate((0.0, 0.02, 0.01))]})
+    assert dict(R.compare(res, "nextlong", "standard")["resolved"]) == {"ppl_long": False}
+    text = "\n".join(R.comparison_lines(res))
+    verdicts = [line for line in text.splitlines() if line.startswith("- ")]
+    for name in R.DESCRIPTIVE:
+        assert f"| {name} |" in text  # its differences are still shown, as numbers
+        assert not any(f"`{name}`" in line for line in verdicts)
+    assert {"longppl", "key_tokens", "key_token_fraction"} <= R.DESCRIPTIVE
+
+
+def test_the_budget_counts_the_runs_that_finished_not_the_scales_default_arms():
+    """The cpu page said "15 runs (5 arms x 3 seeds) = 18.4 M tokens" for a run with --arms adding quest and knn:
+    21 runs, 25.8 M tokens."""
+    mod = load_script()
+    R = sys.modules["experiment_report"]
+    sc = dataclasses.asdict(mod.SCALES["cpu"])
+    arms = ["standard", "nextlong", "nextlong+longce", "standard+longce", "short", "quest", "knn"]
+    res = {"scale": sc, "seeds": [0, 1, 2], "arms": {"base": {"seeds": {"0": {}}}} | {
+        a: {"seeds": {s: {} for s in "012"}} for a in arms}}
+    assert len(sc["arms"]) == 5
+    assert "21 runs finished (7 arms x 3 seeds) = 25.8 M tokens" in "\n".join(R.budget_lines(res))
+    del res["arms"]["knn"]["seeds"]["2"]
+    assert "20 runs finished (seed 0: 7 arms, seed 1: 7 arms, seed 2: 6 arms) = 24.6 M tokens" in \
+        "\n".join(R.budget_lines(res))
+
+
+def test_a_synthesis_statistic_no_method_reports_is_left_out():
+    load_script()
+    R = sys.modules["experiment_report"]
+    res = {"arms": {}, "synthesis": {"nextlong seed-0": {"samples": 3, "mean_dependency_distance_tokens": 420.0},
+                                     "standard seed-0": {"samples": 4, "mean_dependency_distance_tokens": 0.0}}}
+    header = R.synthesis_lines(res)[2]
+    assert header == "| method seed | samples | mean dependency distance tokens |"
+
+
+PAGES = ("nextlong-vs-standard", "nextlong-vs-standard-short-docs", "nextlong-vs-standard-longce-self",
+         "nextlong-vs-standard-lease")
+
+
+@pytest.mark.parametrize("stem", PAGES)
+def test_each_committed_page_is_what_the_code_writes_from_its_results(stem):
+    """The committed pages had drifted from the report code (a column of dashes, another Answer order, stale
+    wording): each is now regenerated from its results.json, and must stay so."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    report_dir = ROOT / "docs" / "experiments"
+    assert (report_dir / f"{stem}.md").read_text(encoding="utf-8") == R.page_from_results(report_dir, stem)
+
+
+def test_the_pages_say_what_their_records_cannot():
+    """The main page came from code before the determinism fix and cannot be reproduced (a rerun's base: −2.174
+    against −2.360), and its results.json cannot show the `longce-self` variant; the longce-self text said it ran
+    "from the main run's base", which was false."""
+    mod = load_script()
+    R = sys.modules["experiment_report"]
+    assert "main run's base" not in mod.VARIANTS["longce-self"]["why"]
+    main = R.page_from_results(ROOT / "docs" / "experiments", "nextlong-vs-standard")
+    note = main.split("**About these records.**")[1].split("\n")[0]
+    assert "1109db3" in note and "−2.174" in note and "−2.360" in note and "`longce-self`" in note
+    assert main.index("**About these records.**") < main.index("## Answer")
+    results = json.loads((ROOT / "docs" / "experiments" / "nextlong-vs-standard" / "results.json").read_text())
+    rerun = R.render_markdown(results | {"generated": "2027-01-01T00:00:00Z"}, [], "nextlong-vs-standard")
+    assert "About these records" not in rerun  # a new run's records carry no note about the old ones
+
+
+def test_standard_minus_short_is_read_with_shorts_untrained_positions_in_mind():
+    """`short`'s repeat gain of +0.91 at D = 2,048 is its loss at positions it never trained on; the Answer now says
+    that `standard − short` there mixes that breakdown with copying."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    res = _paired({"short": [{"repeat_gain_2048": 0.9 + e} for e in (0.0, 0.01, -0.01)],
+                   "standard": [{"repeat_gain_2048": -0.1 + e} for e in (0.0, 0.02, 0.01)]})
+    answer = "\n".join(R.answer_lines(res))
+    assert "positions it never trained on" in answer and "past 1,024" in answer
+    assert "never trained on" not in "\n".join(R.answer_lines(_paired({"standard": [{}], "nextlong": [{}]})))
+
+
+def test_a_model_trained_again_is_evaluated_again(tmp_path, monkeypatch):
+    """The evaluation stages were keyed on the model's path only: a run trained again at the same path kept the old
+    model's metrics. Their records now hold the model's fingerprint; a changed model is measured again, and the
+    repeat probe nested in eval/NAME survives its parent stage being redone."""
+    import nextlong.eval
+    import nextlong.eval.model
+    import nextlong.eval.repeat
+
+    mod = load_script()
+    sc = mod.SCALES["smoke"]
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights one")
+    calls = {"evaluate": 0, "repeat": 0}
+
+    class Row:
+        def summary(self):
+            return {"distance": 4, "gain": -1.0, "first": 2.0, "second": 1.0}
+
+    def fake_evaluate(model_dir, folder, **kw):
+        calls["evaluate"] += 1
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+    def fake_repeat(*a, **kw):
+        calls["repeat"] += 1
+        return [Row()]
+
+    monkeypatch.setattr(nextlong.eval, "evaluate", fake_evaluate)
+    monkeypatch.setattr(nextlong.eval, "retrieval_heads", lambda *a, **kw: None)
+    monkeypatch.setattr(nextlong.eval.model, "load_model", lambda *a, **kw: type("LM", (), {"tokenizer": None}))
+    monkeypatch.setattr(nextlong.eval.repeat, "repeat_losses", fake_repeat)
+    monkeypatch.setattr(mod, "heldout_tokens", lambda out, tok: [[1, 2, 3]])
+    monkeypatch.setattr(mod, "document_metrics", lambda *a, **kw: {"metrics": {}})
+    monkeypatch.setattr(mod, "collect_metrics", lambda folder: {})
+
+    def evaluate_as_the_script_does():  # the base's order: the repeat probe first, then the evaluation
+        mod.repeat_probe(tmp_path, sc, "m", tmp_path / "run")
+        mod.evaluate_model(tmp_path, sc, "m", tmp_path / "run")
+
+    evaluate_as_the_script_does()
+    evaluate_as_the_script_does()
+    assert calls == {"evaluate": 1, "repeat": 1}  # the same model: both stages are kept
+    (model / "model.safetensors").write_bytes(b"weights two")  # trained again, same path and size
+    evaluate_as_the_script_does()
+    assert calls == {"evaluate": 2, "repeat": 2}
+    assert (tmp_path / "eval" / "m" / "repeat" / mod.DONE).exists()  # the nested stage's fresh record stays
+    evaluate_as_the_script_does()
+    assert calls == {"evaluate": 2, "repeat": 2}

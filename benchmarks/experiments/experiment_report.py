@@ -51,17 +51,82 @@ SYNTH_STATS = ("source_documents_used", "already_long", "negatives_per_meta_chun
                "mean_dependency_distance_tokens", "mean_dependency_distance_tokens_with_negatives")
 
 
+def arm_method(arm: str) -> str:
+    """The data an arm trains on: `nextlong+longce` (and `nextlong+longce-self`) train on `nextlong`'s data
+    (same seed)."""
+    return arm.split("+")[0]
+
+
 def synthesis_lines(results: dict) -> list[str]:
     synth = results.get("synthesis") or {}
     if not synth:
         return []
-    cols = ["samples", "seconds"] + list(SYNTH_STATS)
+    # a statistic no method reports (every row "–") is left out
+    cols = [c for c in ["samples", "seconds"] + list(SYNTH_STATS) if any(e.get(c) is not None for e in synth.values())]
     lines = ["## Synthesized data", "", "| method seed | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for key, entry in synth.items():
         lines.append(f"| {key} | " + " | ".join(fmt(entry.get(c)) for c in cols) + " |")
     return lines + ["", "`already long`: anchors that alone reach the target length, kept whole without negatives "
-                    "(the synthesis default `--long-docs keep`); `standard` cuts such documents too.", ""]
+                    "(the synthesis default `--long-docs keep`); `standard` cuts such documents too.", ""] + \
+        epoch_lines(results)
+
+
+def epochs(results: dict, arm: str, seed: str) -> float | None:
+    """How many times the arm's extension tokens go over its synthesized data: tokens trained / (samples x
+    sample length). None where the arm trains on no synthesized data (`short`) or has not finished."""
+    entry = (results.get("synthesis") or {}).get(f"{arm_method(arm)} seed-{seed}") or {}
+    train = ((results["arms"].get(arm) or {}).get("train") or {}).get(str(seed)) or {}
+    if not entry.get("samples") or not train.get("tokens"):
+        return None
+    return train["tokens"] / (entry["samples"] * results["scale"]["long_len"])
+
+
+def epoch_lines(results: dict) -> list[str]:
+    """Epochs per arm and seed: the arms train on the same tokens, not on the same amount of distinct data."""
+    rows = {arm: {s: epochs(results, arm, s) for s in sorted(v["seeds"], key=int)}
+            for arm, v in results["arms"].items() if arm != "base"}
+    rows = {arm: per for arm, per in rows.items() if any(e is not None for e in per.values())}
+    if not rows:
+        return []
+    seeds = sorted({s for per in rows.values() for s in per}, key=int)
+    lines = [f"Epochs over the synthesized data (tokens trained / (samples x {results['scale']['long_len']:,})):", "",
+             "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for arm, per in rows.items():
+        lines.append(f"| {arm} | " + " | ".join(fmt(per.get(s), 2) for s in seeds) + " |")
+    return lines + ["", "An arm that repeats its data more often can learn it better, or overfit it: a comparison "
+                    f"whose arms' epochs differ by more than {EPOCH_RATIO}x is marked confounded in the Answer.", ""]
+
+
+EPOCH_RATIO = 1.5  # epochs of two compared arms further apart than this confound the comparison
+
+
+def epoch_confound(results: dict, treat: str, control: str, seeds: list[str]) -> str | None:
+    """The note "confounded: standard 5.1 epochs vs nextlong 1.8" where the two arms' mean epochs over the paired seeds
+    differ by more than EPOCH_RATIO; None where they do not or either is unknown."""
+    mean = {}
+    for arm in (control, treat):
+        per = [epochs(results, arm, s) for s in seeds]
+        if not per or None in per:
+            return None
+        mean[arm] = sum(per) / len(per)
+    if max(mean.values()) <= EPOCH_RATIO * min(mean.values()):
+        return None
+    return f"confounded: {control} {mean[control]:.1f} epochs vs {treat} {mean[treat]:.1f}"
+
+
+def runs_finished(results: dict) -> tuple[int, str]:
+    """The extension runs evaluated, per seed: (count, "7 arms x 3 seeds" or "seed 0: 7 arms, seed 1: 5 arms")."""
+    per_seed = {}
+    for arm, v in results["arms"].items():
+        if arm != "base":
+            for s in v["seeds"]:
+                per_seed[s] = per_seed.get(s, 0) + 1
+    if len(set(per_seed.values())) <= 1:
+        arms = next(iter(per_seed.values()), 0)
+        return arms * len(per_seed), f"{arms} arms x {len(per_seed)} seeds"
+    return sum(per_seed.values()), ", ".join(f"seed {s}: {n} arms" for s, n in sorted(per_seed.items(),
+                                                                                      key=lambda x: int(x[0])))
 
 
 def budget_lines(results: dict) -> list[str]:
@@ -70,7 +135,7 @@ def budget_lines(results: dict) -> list[str]:
     pre_a = sc["copy_steps"] * sc["base_batch_tokens"]
     pre_b = sc["base_steps"] * sc["base_batch_tokens"]
     ext = sc["steps"] * sc["batch_tokens"]
-    n_runs = len(sc["arms"]) * len(results["seeds"])
+    n_runs, runs_how = runs_finished(results)
     stages = results.get("stages", {})
     seconds = lambda key: (stages.get(key) or {}).get("seconds")  # noqa: E731
     lines = ["## Budget", "",
@@ -79,7 +144,7 @@ def budget_lines(results: dict) -> list[str]:
              + (f"; took {fmt(seconds('base-copy'), 0)} s + {fmt(seconds('base'), 0)} s (with the copy-curve probes)"
                 if seconds("base-copy") and seconds("base") else "") + ".",
              f"- Extension: {ext / 1e6:.2f} M tokens per (arm, seed) at {sc['long_len']} tokens, {n_runs} runs "
-             f"({len(sc['arms'])} arms x {len(results['seeds'])} seeds) = {n_runs * ext / 1e6:.1f} M tokens; the "
+             f"finished ({runs_how}) = {n_runs * ext / 1e6:.1f} M tokens; the "
              "order is seed-major (every arm of seed 0, then seed 1, ...), so a partial run still gives paired seeds."]
     tps = {}
     for arm, v in results["arms"].items():
@@ -253,7 +318,7 @@ def draw_plots(results: dict, folder: Path) -> list[str]:
             ax.set_title("repeat probe on held-out text (mean over seeds)")
             ax.legend(fontsize=8)
             save(fig, "repeat_probe.png")
-    return written
+    return sorted(written, key=PLOT_ORDER.index)
 
 
 # The page of each scale: `cpu` keeps the experiment's first page name; a scale listed here has a page of its own
@@ -330,6 +395,39 @@ SCALE_NOTES = {
         "instead of 30); either way most of stage B's 2,000 steps were more than the gate needed.",
     },
 }
+
+
+# Facts about one page's records that the records cannot show, keyed by (page, the records' `generated` time): a
+# new run writes a new time, so a note never outlives the records it describes
+DETERMINISM_FIX = ("commit 1109db3 (2026-12-06 08:41 UTC), which made a seeded run repeatable (before it, two runs "
+                   "with the same seed differed)")
+RECORD_NOTES = {
+    ("nextlong-vs-standard", "2026-12-06T06:13:18Z"):
+        f"Every stage of this page ran before {DETERMINISM_FIX}: `standard`, `nextlong`, `short`, `quest` and "
+        "`knn` on 2026-12-05, the `+longce` arms on 2026-12-06 after their scoring rule changed, so each "
+        "`+longce` comparison pairs arms trained by two versions of the code. Its work folder no longer exists, and "
+        "the current code does not reproduce it: with the same settings and `--threads 1` it pre-trains another "
+        "base (copy gate −2.174 against −2.360 here; the stage A curves agree at steps 250 and 500 and part at 750) "
+        "and gives slightly different intervals ([nextlong-vs-standard-longce-self.md]"
+        "(nextlong-vs-standard-longce-self.md) reruns `standard` and `nextlong` on that base: nextlong − standard "
+        "`repeat_gain_2048` is −0.013 [−0.026, −0.001] there, resolved, against −0.009 [−0.028, 0.011] here). This "
+        "page's results.json was written before the `longce-self` variant existed and lists only `short-docs`, so "
+        "\"What else was tried\" below cannot show `longce-self`; its results are on its own page.",
+    ("nextlong-vs-standard-longce-self", "2026-12-06T12:56:34Z"):
+        "The main run's work folder was gone when this variant ran, so its base was pre-trained again from the "
+        f"same settings, by the code after {DETERMINISM_FIX}: it copies less well than the main page's (copy gate "
+        "−2.174 against −2.360), and its `standard` and `nextlong` arms are not the main page's, so its numbers "
+        "compare with this page's only (nextlong − standard `repeat_gain_2048` is −0.013 [−0.026, −0.001] here, "
+        "resolved, against −0.009 [−0.028, 0.011] on [nextlong-vs-standard.md](nextlong-vs-standard.md)).",
+    ("nextlong-vs-standard-short-docs", "2026-12-06T07:06:06Z"):
+        f"This variant ran on the main run's base, before {DETERMINISM_FIX}; the current code pre-trains another "
+        "base from the same settings (see the note on [nextlong-vs-standard.md](nextlong-vs-standard.md)).",
+}
+
+
+def record_note_lines(results: dict, stem: str) -> list[str]:
+    note = RECORD_NOTES.get((stem, results.get("generated")))
+    return [f"**About these records.** {note}", ""] if note else []
 
 
 def llama_params(sc: dict) -> int:
@@ -418,7 +516,13 @@ al.'s code; the loss is the weighted mean{'; ' + notes['longce'] if notes.get('l
 and `knn` (the paper's other baselines) run with `--arms`, and so do `nextlong+longce-self` and
 `standard+longce-self` (the same LongCE training with the model in training as its own short-context scorer, as
 Fang et al. run it; the `longce-self` variant). Each seed changes the synthesis sampling (which
-documents and distractors each sample holds) and the data order; the base is shared.
+documents and distractors each sample holds) and the data order; the base is shared. The arms train on the same
+number of tokens, not on the same amount of distinct data: each method makes as many samples as it can from the
+training modules, and training goes over them as often as the budget asks. `standard` packs whole documents into
+samples of at least {long_:,} tokens and cuts each at {long_:,}, dropping the tail of its last document, while
+`nextlong` makes at most one sample per anchor document, so the two see their data a different number of times
+(the epochs per arm are under "Synthesized data"; the Answer marks a comparison whose arms' epochs differ by more
+than {EPOCH_RATIO}x as confounded). The design keeps the token budget equal, not the epochs.
 
 **Pre-registered metrics**, fixed before any arm ran. Primary: the repeat gain at D = {primary_d} (past the base
 length: did extension teach the copy mechanism to reach that far?), and the teacher-forced answer log-prob per
@@ -454,7 +558,8 @@ up to 65,536 tokens: [{lease_page}]({lease_page}); the whole run, pre-training t
 8.5 minutes on one H100 with `bash benchmarks/experiments/lease_run.sh run`). The times measured are in "Budget".
 
 **Resuming.** Run the same command again: finished stages are skipped (each folder's `.done.json` holds its
-settings), training resumes from its last checkpoint, evaluation from its progress file. `--threads 1` on a CPU
+settings), training resumes from its last checkpoint, evaluation from its progress file; an evaluation whose
+model has changed since (its record holds the model files' fingerprint) is done again. `--threads 1` on a CPU
 shared with other jobs, `--threads 2` on idle cores. `--report-only` regenerates this page from whatever has
 finished.
 """
@@ -493,7 +598,9 @@ LONGCE_CAVEAT = ("The `+longce` arms weight tokens by min(exp(log p_long − log
                  "and the base at that token, not only what the far context adds (docs/training.md). Read these arms "
                  "as base-scored LongCE-style weighting.")
 COPY_THRESHOLD = 0.5  # nats/token: a repeat gain below minus this counts as copying
-DESCRIPTIVE = {"key_tokens", "key_token_fraction"}  # counts that describe LongPPL, not better or worse
+# never called better or worse: the counts that describe LongPPL, and LongPPL itself, whose key tokens each model
+# picks for itself, so two models' values are on different token sets
+DESCRIPTIVE = {"key_tokens", "key_token_fraction", "longppl"}
 FEW_KEY_TOKENS = 200  # LongPPL resting on fewer key tokens than this is noise
 
 
@@ -564,15 +671,18 @@ def answer_lines(results: dict) -> list[str]:
         n = len(c["seeds"])
         tested += len(primary) if n >= 3 else 0
         res = [(m, good) for m, good in c["resolved"] if m in primary]
+        confound = epoch_confound(results, treat, control, c["seeds"])
         if n < 3:
-            lines.append(f"- {treat} − {control} ({what}): {n} paired seed(s) so far, too few for a claim.")
+            line = f"- {treat} − {control} ({what}): {n} paired seed(s) so far, too few for a claim"
         elif not res:
-            lines.append(f"- {treat} − {control} ({what}): no primary metric resolved over {n} seeds "
-                         f"(general loss gap {interval(c['gap'])} nats/token).")
+            line = (f"- {treat} − {control} ({what}): no primary metric resolved over {n} seeds "
+                    f"(general loss gap {interval(c['gap'])} nats/token)")
         else:
-            lines.append(f"- {treat} − {control} ({what}): " + "; ".join(
+            line = (f"- {treat} − {control} ({what}): " + "; ".join(
                 f"{'better' if good else 'worse'} `{m}` {interval(c['metrics'][m])}" for m, good in res)
-                + f" (general loss gap {interval(c['gap'])} nats/token).")
+                + f" (general loss gap {interval(c['gap'])} nats/token)")
+        lines.append(line + (f"; **{confound}**, so the difference cannot be put down to the data's design alone."
+                             if confound else "."))
     if tested:
         lines += ["", f"{tested} primary intervals were read ({len(primary)} metrics x the comparisons with 3 or more "
                   f"seeds, the exploratory ones included): at 95% about {0.05 * tested:.1f} of them would exclude 0 by chance alone, so an interval "
@@ -581,7 +691,17 @@ def answer_lines(results: dict) -> list[str]:
                   "language model overall while it copies better or worse."]
     if any(arm.endswith("+longce") for arm in results["arms"]):
         lines += ["", LONGCE_CAVEAT]
+    if compare(results, "standard", "short") is not None:
+        lines += ["", short_caveat(results["scale"]["base_len"])]
     return lines + [""]
+
+
+def short_caveat(base_len: int) -> str:
+    """Why standard − short past the base length is not a clean measure of copying."""
+    return (f"`short` trains at {base_len:,} tokens, so its loss at positions past {base_len:,} (the repeat gains at "
+            f"D > {base_len:,}, the recall tasks at longer lengths) is at positions it never trained on: there "
+            "`standard − short` mixes the breakdown of `short` at unseen positions with copying, and shows what "
+            "extension buys as a whole, not how far the copy mechanism reaches.")
 
 
 def gate_lines(results: dict) -> list[str]:
@@ -645,8 +765,10 @@ def comparison_lines(results: dict) -> list[str]:
             continue
         good = [m for m, g in c["resolved"] if g]
         bad = [m for m, g in c["resolved"] if not g]
+        confound = epoch_confound(results, treat, control, seeds)
         lines += [f"Over {len(seeds)} paired seeds (95% t-intervals, silent metrics left out); general loss gap "
-                  f"(ln `ppl_long`, {treat} − {control}): {interval(c['gap'])} nats/token.",
+                  f"(ln `ppl_long`, {treat} − {control}): {interval(c['gap'])} nats/token"
+                  + (f"; **{confound}** (see Synthesized data)." if confound else "."),
                   f"- {treat} better, interval excluding 0: " + (", ".join(
                       f"`{m}` {interval(c['metrics'][m])}" for m in good) or "none") + ".",
                   f"- {treat} worse, interval excluding 0: " + (", ".join(
@@ -698,6 +820,20 @@ def results_table(results: dict) -> list[str]:
     return lines
 
 
+# The plots in the order draw_plots writes them (the order the page lists them)
+PLOT_ORDER = ("copy_curve.png", "loss_by_position.png", "answer_logprob_by_length.png", "answer_logprob_by_depth.png",
+              "retrieval_heads.png", "repeat_probe.png")
+
+
+def page_from_results(report_dir: Path, stem: str) -> str:
+    """The page `stem` as the code writes it from the committed report_dir/stem/results.json and the plots
+    beside it, without the work folder: how a committed page is regenerated after the report code changes."""
+    assets = report_dir / stem
+    results = json.loads((assets / "results.json").read_text(encoding="utf-8"))
+    plots = [name for name in PLOT_ORDER if (assets / name).is_file()]
+    return render_markdown(results, plots, stem, report_dir)
+
+
 def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-standard",
                     report_dir: Path | None = None) -> str:
     """The whole page: answer, status, the gate, the pre-registered metrics, results, paired differences, plots,
@@ -714,6 +850,7 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
     lines = [title, "",
              "<!-- generated by benchmarks/experiments/nextlong_vs_standard.py --report-only; edit the script -->", "",
              f"Command: `{results['command']}`  ", f"Generated: {results['generated']}", ""]
+    lines += record_note_lines(results, stem)
     if results.get("variant"):
         lines += variant_lines(results, report_dir or Path("."))
     lines += answer_lines(results)

@@ -23,7 +23,8 @@ seeds and a killed run loses only the stage it was in (training resumes from its
               `short` continues at the base length on the same documents
   eval        per (arm, seed): `nextlong eval` (teacher-forced recall tasks), LongPPL / long-context
               gain / loss by position / short-context perplexity on the held-out documents, `nextlong heads`,
-              the repeat probe
+              the repeat probe; each record also holds the fingerprint of the model it measured, so a model
+              trained again at the same path is evaluated again
   report      results.json ({"base_length": N, "arms": {ARM: {"seeds": {SEED: {METRIC: value}}}}, ...}) and
               the Markdown page (experiment_report.py)
 
@@ -44,13 +45,15 @@ import shutil
 import sys
 import sysconfig
 import time
+import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # copy_curriculum.py beside this script
 import copy_curriculum as C  # noqa: E402
-from experiment_report import SYNTH_STATS, draw_plots, fmt, render_markdown, report_stem, summarize  # noqa: E402,F401
+from experiment_report import (SYNTH_STATS, arm_method, draw_plots, fmt, render_markdown,  # noqa: E402,F401
+                               report_stem, summarize)
 ALL_ARMS = ("standard", "nextlong", "nextlong+longce", "standard+longce", "short", "quest", "knn",
             "nextlong+longce-self", "standard+longce-self")
 # the design runs them "where time allows"; the comparison rests on the others. `+longce-self`: LongCE as Fang et
@@ -151,8 +154,9 @@ VARIANTS = {
                "the far context adds for that model, not also how far the extended model has moved from the base. "
                "Here `+longce-self` arms train the same way with the model in training as its own scorer (same "
                "short window and blocks, same clip at 5, weight 1 for the first window), beside `standard` and "
-               "`nextlong` on the same data and seeds, from the main run's base. Added after the main run's results, "
-               "so its comparisons are exploratory.",
+               "`nextlong` on the same data and seeds, all four trained in the variant's own folder from the base of "
+               "the work folder (`--out`), so every comparison here is within this page. Added after the main run's "
+               "results, so its comparisons are exploratory.",
     },
     "short-docs": {
         "overrides": {"split_chars": 2048, "arms": ["standard", "nextlong"]},
@@ -587,12 +591,6 @@ def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: 
 # --- stage 6: extension runs -------------------------------------------------------------------
 
 
-def arm_method(arm: str) -> str:
-    """The data an arm trains on: `nextlong+longce` (and `nextlong+longce-self`) train on `nextlong`'s data
-    (same seed)."""
-    return arm.split("+")[0]
-
-
 def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -> Path:
     folder = root / "runs" / arm / f"seed-{seed}"
     seq = sc.base_len if arm == "short" else sc.long_len
@@ -654,10 +652,45 @@ def heldout_metrics(lm, docs: list[list[int]], sc: Scale, buckets: int = 32) -> 
     }
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """The identity of the weights an evaluation loads: SHA-256 over the name, size and CRC32 of every file of
+    the model folder (RUN/model of a training run). A model trained again gets another fingerprint, though its
+    path and the evaluation's settings are the same."""
+    from nextlong.model_folder import resolve_model_folder
+
+    folder, _ = resolve_model_folder(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        crc = 0
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                crc = zlib.crc32(block, crc)
+        h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0{crc:08x}\n".encode())
+    return h.hexdigest()
+
+
+def forget_stale_evaluation(folder: Path, fingerprint: str) -> None:
+    """An evaluation stage is keyed on the model's path and the evaluation settings; its record also holds the
+    fingerprint of the model it measured. Where the model at that path has changed since (a run trained again),
+    or the record predates fingerprints, the stage's outputs are removed so it measures the model there now. A
+    stage nested in the folder (eval/NAME/repeat) keeps its own: it checks its own record."""
+    record = folder / DONE
+    if not record.exists() or json.loads(record.read_text()).get("model_fingerprint") == fingerprint:
+        return
+    log(f"{folder}: the model changed since it was evaluated: evaluating it again")
+    record.unlink()  # first: a kill below leaves an unfinished stage, never a finished one without its outputs
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink() and (child / DONE).exists():
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
 def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: int = 0, root: Path | None = None) -> dict:
     folder = (root or out) / "eval" / name
     settings = {"model": str(model_dir), "lengths": sc.eval_lengths, "depths": sc.eval_depths,
                 "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
+    fingerprint = model_fingerprint(model_dir)
+    forget_stale_evaluation(folder, fingerprint)
 
     def run():
         from nextlong.eval import evaluate, retrieval_heads
@@ -669,7 +702,7 @@ def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: 
         write_json(folder / "documents.json", docs)
         retrieval_heads(model_dir, folder / "heads", lengths=list(sc.heads_lengths), depths=sc.heads_depths,
                         needles=1, max_new_tokens=12, all_trials=True, corpus=essay)
-        return {}
+        return {"model_fingerprint": fingerprint}
 
     stage(folder, settings, f"evaluate {name}")(run)
     return collect_metrics(folder)
@@ -686,6 +719,8 @@ def repeat_probe(out: Path, sc: Scale, name: str, model_dir: Path, root: Path | 
     folder = (root or out) / "eval" / name / "repeat"
     settings = {"model": str(model_dir), "distances": probe_distances(sc), "documents": "heldout",
                 "max_length": sc.long_len}
+    fingerprint = model_fingerprint(model_dir)
+    forget_stale_evaluation(folder, fingerprint)
 
     def run():
         from nextlong.eval.model import load_model
@@ -695,7 +730,7 @@ def repeat_probe(out: Path, sc: Scale, name: str, model_dir: Path, root: Path | 
         docs = heldout_tokens(out, lm.tokenizer)
         rows = repeat_losses(lm, docs, probe_distances(sc), progress=False, max_length=sc.long_len)
         write_json(folder / "repeat.json", {"distances": [r.summary() for r in rows]})
-        return {}
+        return {"model_fingerprint": fingerprint}
 
     stage(folder, settings, f"repeat probe {name}")(run)
 
