@@ -69,7 +69,26 @@ def synthesis_lines(results: dict) -> list[str]:
         lines.append(f"| {key} | " + " | ".join(fmt(entry.get(c)) for c in cols) + " |")
     return lines + ["", "`already long`: anchors that alone reach the target length, kept whole without negatives "
                     "(the synthesis default `--long-docs keep`); `standard` cuts such documents too.", ""] + \
-        epoch_lines(results)
+        same_data_lines(synth) + epoch_lines(results)
+
+
+def same_data_lines(synth: dict) -> list[str]:
+    """Methods whose seeds give equal statistics to the last digit: their seeds then hold one data set in other
+    orders (NExtLong uses every anchor once and takes each meta-chunk's most similar chunks, not a draw, when the
+    sample count reaches the number of anchors), so the seeds vary training order, not data."""
+    by_method: dict[str, list[tuple]] = {}
+    for key, entry in synth.items():
+        method, _, seed = key.rpartition(" seed-")
+        by_method.setdefault(method, []).append(tuple(entry.get(c) for c in ("samples",) + SYNTH_STATS
+                                                      if c != "random_chunk_pair_similarity_mean"))  # a seeded draw
+    same = [m for m, stats in by_method.items() if len(stats) > 1 and len(set(stats)) == 1]
+    if not same:
+        return []
+    names = ", ".join(f"`{m}`" for m in same)
+    return [f"The seeds of {names} give the same statistics to the last digit (samples, documents used, negatives, "
+            "anchor-negative similarity, distances; the random pair similarity is a seeded draw of its own): as far as "
+            "these show, they hold the same samples in another order, so for those arms the seeds vary the training "
+            "order, not the data.", ""]
 
 
 def epochs(results: dict, arm: str, seed: str) -> float | None:
