@@ -121,8 +121,11 @@ def resolve_options(args: argparse.Namespace) -> dict:
         saved = recorded_settings(args.out)
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
                  for k, v in saved.items() if k in shared and k in args.option_actions}
-    return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
-            for dest, default in args.option_defaults.items()}
+    values = {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
+              for dest, default in args.option_defaults.items()}
+    # which came from the run, so that an error names them as the run's, not as typed
+    values["restored"] = frozenset(k for k in saved if getattr(args, k) is UNSET)
+    return values
 
 
 def _checked(run, value, action: argparse.Action, default):
@@ -191,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, seq_parallel=args.seq_parallel,
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
-        trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy,
+        trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy, restored=args.restored,
         num_threads=args.threads, progress=not (args.quiet or args.no_progress))
     import os
 
