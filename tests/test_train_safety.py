@@ -674,6 +674,45 @@ def test_a_signal_repeated_at_once_is_one_request():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, capsys, monkeypatch):
+    """SIGTERM during train's setup (before its step loop takes signals) said "checkpoints are kept: run the
+    same command with --resume" where nothing had been written and --out did not exist. Now the line says what
+    is there: nothing, a run without a checkpoint, or the checkpoints --resume continues from."""
+    import signal
+    import time
+
+    from nextlong.train.trainer import Trainer
+
+    common = ["--steps", "2", "--quiet", "--threads", "1"]
+    done = tmp_path / "done"
+    assert main(["train", str(data), "--out", str(done), "--stop-after", "1", *common]) == 0
+    bare = tmp_path / "bare"
+    assert main(["train", str(data), "--out", str(bare), "--stop-after", "1", *common]) == 0
+    import shutil
+
+    shutil.rmtree(bare / "checkpoints")
+
+    def setup(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        raise AssertionError("SIGTERM was not taken")
+
+    monkeypatch.setattr(Trainer, "setup", setup)
+    new = tmp_path / "new"
+    assert main(["train", str(data), "--out", str(new), *common]) == 143
+    assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM) before training started; "
+                                               "nothing was written: run the command again")
+    assert not new.exists()
+    assert main(["train", str(data), "--out", str(bare), "--resume", *common]) == 143
+    assert capsys.readouterr().err.strip() == (
+        "nextlong train: terminated (SIGTERM) before the run's first checkpoint; nothing was saved to resume from: "
+        "run the command again (with --resume, the run starts again from step 0)")
+    assert main(["train", str(data), "--out", str(done), "--resume", *common]) == 143
+    assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM); the run's checkpoints are kept: "
+                                               "run the same command with --resume to continue")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     """train(data, run, resume=True) continues a run with its own settings, as `nextlong train DATA --out RUN
     --resume` does; it was refused ("cannot resume with other settings") unless every setting was repeated.

@@ -167,6 +167,28 @@ def _said_once_per_node(exc: NextlongError) -> NextlongError:
     return exc
 
 
+def stopped_outside_the_loop(out, what: str) -> str:
+    """What a Ctrl-C or SIGTERM outside train's step loop (its setup, mostly) leaves: the loop's own handler
+    says which step it saved. Said from the run folder, since "checkpoints are kept: run the same command with
+    --resume" was printed too where nothing had been written and --out did not even exist."""
+    import os
+
+    from ..train.checkpoint import list_checkpoints
+
+    try:
+        found = list_checkpoints(out)
+    except OSError:  # an unreadable folder: claim nothing about it
+        found = None
+    if found is None:
+        return what
+    if found:
+        return f"{what}; the run's checkpoints are kept: run the same command with --resume to continue"
+    if not os.path.isdir(out):
+        return f"{what} before training started; nothing was written: run the command again"
+    return (f"{what} before the run's first checkpoint; nothing was saved to resume from: run the command again "
+            "(with --resume, the run starts again from step 0)")
+
+
 def requirements(args: argparse.Namespace) -> tuple[str, ...]:
     """matplotlib is not here: without it the run skips loss.png with a notice (nextlong.train.plot)."""
     return ("torch", "transformers")
