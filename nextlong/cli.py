@@ -148,7 +148,7 @@ def _run(args) -> int:
         # file whole at the end; the other commands resume by running the same command again
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         said = (str(exc) if str(exc) and not isinstance(exc, Terminated) else
-                f"{what}; checkpoints are kept: run the same command with --resume to continue"
+                importlib.import_module("nextlong.commands.train").stopped_outside_the_loop(args.out, what)
                 if args.command == "train" else
                 f"{what}; nothing was written (the output is written whole at the end): run the command again"
                 if args.command in ("chunk", "tokenize") else

@@ -41,6 +41,18 @@ def test_every_subcommand_has_help():
         assert exc.value.code == 0
 
 
+def test_synthesize_help_gives_the_knn_neighbours_default():
+    """`synthesize --help` gave --knn-neighbours without its default (32), which every other number of the
+    k formula and the graph states."""
+    import argparse
+
+    parser = build_parser()
+    synthesize = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["synthesize"]
+    option = next(a for a in synthesize._actions if "--knn-neighbours" in a.option_strings)
+    assert f"(default {option.default})" in option.help and option.default == 32
+    assert "(default 32)" in " ".join(synthesize.format_help().split())
+
+
 def test_unknown_public_name_raises_attribute_error():
     with pytest.raises(AttributeError):
         nextlong.does_not_exist  # noqa: B018

@@ -674,6 +674,45 @@ def test_a_signal_repeated_at_once_is_one_request():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, capsys, monkeypatch):
+    """SIGTERM during train's setup (before its step loop takes signals) said "checkpoints are kept: run the
+    same command with --resume" where nothing had been written and --out did not exist. Now the line says what
+    is there: nothing, a run without a checkpoint, or the checkpoints --resume continues from."""
+    import signal
+    import time
+
+    from nextlong.train.trainer import Trainer
+
+    common = ["--steps", "2", "--quiet", "--threads", "1"]
+    done = tmp_path / "done"
+    assert main(["train", str(data), "--out", str(done), "--stop-after", "1", *common]) == 0
+    bare = tmp_path / "bare"
+    assert main(["train", str(data), "--out", str(bare), "--stop-after", "1", *common]) == 0
+    import shutil
+
+    shutil.rmtree(bare / "checkpoints")
+
+    def setup(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        raise AssertionError("SIGTERM was not taken")
+
+    monkeypatch.setattr(Trainer, "setup", setup)
+    new = tmp_path / "new"
+    assert main(["train", str(data), "--out", str(new), *common]) == 143
+    assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM) before training started; "
+                                               "nothing was written: run the command again")
+    assert not new.exists()
+    assert main(["train", str(data), "--out", str(bare), "--resume", *common]) == 143
+    assert capsys.readouterr().err.strip() == (
+        "nextlong train: terminated (SIGTERM) before the run's first checkpoint; nothing was saved to resume from: "
+        "run the command again (with --resume, the run starts again from step 0)")
+    assert main(["train", str(data), "--out", str(done), "--resume", *common]) == 143
+    assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM); the run's checkpoints are kept: "
+                                               "run the same command with --resume to continue")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     """train(data, run, resume=True) continues a run with its own settings, as `nextlong train DATA --out RUN
     --resume` does; it was refused ("cannot resume with other settings") unless every setting was repeated.
@@ -705,6 +744,41 @@ def test_python_resume_takes_the_recorded_settings(data, tmp_path):
         shutil.rmtree(saved)
     done = train(data, cut, resume=True, seed=6, steps=2, progress=False, num_threads=1)
     assert done["status"] == "finished" and done["steps"] == 2 and len(_rows(cut)) == 2
+
+
+def test_a_setting_restored_before_the_first_checkpoint_is_named_as_the_runs(data, tmp_path, capsys):
+    """Before its first checkpoint a run resumed with --resume starts from step 0, the options given anew
+    replacing the recorded ones and the rest taken from its manifest. A restored setting that no longer fits a
+    new one was named as if typed: "--batch-tokens 256 must be a multiple of --seq-len 512", with no
+    --batch-tokens on the command line. Now it says where the value came from (CLI and Python)."""
+    import shutil
+
+    from nextlong.train.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    common = ["--quiet", "--threads", "1"]
+    assert main(["train", str(data), "--out", str(run), "--steps", "3", "--stop-after", "1", *common]) == 0
+    for saved in list_checkpoints(run):
+        shutil.rmtree(saved)
+    (run / "metrics.jsonl").unlink()  # as a run killed before its first checkpoint leaves it
+    recorded = json.loads((run / "manifest.json").read_text())["settings"]
+    seq, batch = recorded["seq_len"], recorded["batch_tokens"]
+    assert batch == seq  # the default, one sequence per step, recorded resolved
+    assert main(["train", str(data), "--out", str(run), "--resume", "--seq-len", str(2 * seq), *common]) == 2
+    err = _one_error_line(capsys)
+    assert f"--batch-tokens {batch} (from the run's manifest) must be a multiple of --seq-len {2 * seq}" in err, err
+    with pytest.raises(UsageError, match=rf"^--batch-tokens {batch} \(from the run's manifest\) must be a multiple "
+                                         rf"of --seq-len {2 * seq}$"):
+        train(data, run, resume=True, seq_len=2 * seq, progress=False, num_threads=1)
+    # a setting the user gives is named plainly, beside the run's
+    with pytest.raises(UsageError, match=rf"^--batch-tokens {seq + 1} must be a multiple of --seq-len {seq} \(from "
+                                         r"the run's manifest\)$"):
+        train(data, run, resume=True, batch_tokens=seq + 1, progress=False, num_threads=1)
+    # options given anew replace the recorded ones: the run starts again from step 0 with them
+    done = train(data, run, resume=True, seq_len=2 * seq, batch_tokens=2 * seq, progress=False, num_threads=1)
+    assert done["status"] == "finished" and [r["step"] for r in _rows(run)] == [1, 2, 3]
+    settings = json.loads((run / "manifest.json").read_text())["settings"]
+    assert (settings["seq_len"], settings["batch_tokens"]) == (2 * seq, 2 * seq) and "restored" not in settings
 
 
 # --- what --out and --resume may be given ------------------------------------------------------------

@@ -91,7 +91,8 @@ def add_parser(subparsers) -> None:
                    help="rounding of the k formula (default ceil: keeps the overshoot)")
     p.add_argument("--doc-embedding", choices=("mean", "first"), default="mean",
                    help="knn/iclm document vector: mean of its chunk vectors (default) or its first chunk's")
-    p.add_argument("--knn-neighbours", "--knn-neighbors", action=OneSpelling, dest="knn_neighbors", type=positive_int, default=32, help="iclm graph degree / knn first search width")
+    p.add_argument("--knn-neighbours", "--knn-neighbors", action=OneSpelling, dest="knn_neighbors", type=positive_int,
+                   default=32, help="iclm graph degree / knn first search width (default 32)")
     p.add_argument("--quest-keywords", type=positive_int, default=3,
                    help="quest: a document's key is drawn among its top N TF-IDF keywords (default 3)")
     p.add_argument("--quest-max-repeats", type=positive_int, default=4,

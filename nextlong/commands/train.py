@@ -121,8 +121,11 @@ def resolve_options(args: argparse.Namespace) -> dict:
         saved = recorded_settings(args.out)
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
                  for k, v in saved.items() if k in shared and k in args.option_actions}
-    return {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
-            for dest, default in args.option_defaults.items()}
+    values = {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
+              for dest, default in args.option_defaults.items()}
+    # which came from the run, so that an error names them as the run's, not as typed
+    values["restored"] = frozenset(k for k in saved if getattr(args, k) is UNSET)
+    return values
 
 
 def _checked(run, value, action: argparse.Action, default):
@@ -164,6 +167,28 @@ def _said_once_per_node(exc: NextlongError) -> NextlongError:
     return exc
 
 
+def stopped_outside_the_loop(out, what: str) -> str:
+    """What a Ctrl-C or SIGTERM outside train's step loop (its setup, mostly) leaves: the loop's own handler
+    says which step it saved. Said from the run folder, since "checkpoints are kept: run the same command with
+    --resume" was printed too where nothing had been written and --out did not even exist."""
+    import os
+
+    from ..train.checkpoint import list_checkpoints
+
+    try:
+        found = list_checkpoints(out)
+    except OSError:  # an unreadable folder: claim nothing about it
+        found = None
+    if found is None:
+        return what
+    if found:
+        return f"{what}; the run's checkpoints are kept: run the same command with --resume to continue"
+    if not os.path.isdir(out):
+        return f"{what} before training started; nothing was written: run the command again"
+    return (f"{what} before the run's first checkpoint; nothing was saved to resume from: run the command again "
+            "(with --resume, the run starts again from step 0)")
+
+
 def requirements(args: argparse.Namespace) -> tuple[str, ...]:
     """matplotlib is not here: without it the run skips loss.png with a notice (nextlong.train.plot)."""
     return ("torch", "transformers")
@@ -191,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         grad_checkpointing=args.grad_checkpointing, fsdp=args.fsdp, seq_parallel=args.seq_parallel,
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
-        trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy,
+        trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy, restored=args.restored,
         num_threads=args.threads, progress=not (args.quiet or args.no_progress))
     import os
 

@@ -414,8 +414,9 @@ def _family_edges(store, tokenizer, big: list, sketch: np.ndarray, sizes: np.nda
     member through as a negative of every other. Each group, smallest first (a family's groups come before the
     larger ones of boilerplate shared by unrelated texts), is clustered around leaders: its first member leads;
     every member at the threshold with it is linked to it; the first member linked to no leader of the group
-    leads the next round, up to MAX_LEADERS rounds, and a round whose leader gathers nobody ends the group (shared
-    boilerplate, not a family). A leader is checked against every member of the group that is not yet in its
+    leads the next round, up to MAX_LEADERS rounds. A round whose leader, in no family, was checked against members
+    and gathered none ends the group (shared boilerplate, not a family); a leader with no member it can check hands
+    the group to the next member. A leader is checked against every member of the group that is not yet in its
     family (union-find over the links so far), those already linked to an earlier leader included: the members
     between two overlapping rounds link their leaders, so a chain of drifting versions (each a near-copy of the
     next, the ends of the chain no longer) is one family instead of one per round, whose cross pairs went through.

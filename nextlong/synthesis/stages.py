@@ -121,7 +121,8 @@ class NearDupStage(WholeStage):
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
 
     version = 3  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped;
-    # 3: a family's leaders are linked through the members they share (a drifting chain is one family)
+    # 3: a family's leaders are linked through the members they share (a drifting chain is one family); 940a9ef and
+    # 1acd88c changed the leader rule within the same unreleased session and kept 3
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
@@ -154,7 +155,9 @@ class DedupStage(WholeStage):
     near-copy graph restricted and renumbered to the kept chunks. Dropped documents are never
     embedded, never an anchor, never a negative."""
 
-    version = 2  # 2: a family's documents are compared with every kept one sharing a sketched hash
+    # 2: a family's documents are compared with more kept ones than the earliest: since 940a9ef (same unreleased
+    # session, same version) with it and the 4 sharing the most sketched hashes, not with every one sharing a hash
+    version = 2
     checksummed = True
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)

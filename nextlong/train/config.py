@@ -27,7 +27,7 @@ LOSS_ON = ("all", "answer")
 # Settings that change what a step computes: a resumed run must use the same ones.
 # `tokenizer` is the user's own say-so about a file (never taken from a run folder's manifest on resume).
 _NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads",
-                     "nan_policy", "trust_checkpoint", "trust_remote_code", "tokenizer"}
+                     "nan_policy", "trust_checkpoint", "trust_remote_code", "tokenizer", "restored"}
 MAX_LR = 1e10  # far above any rate that trains; AdamW's float32 arithmetic overflows near 1e38
 
 
@@ -74,6 +74,8 @@ class TrainConfig:
     progress: bool = True
     num_threads: int = 0                 # CPU threads per process (0: the cores divided among local ranks)
     extra: dict = field(default_factory=dict)
+    # with resume: the settings taken from RUN/manifest.json, not given; an error names them as the run's
+    restored: frozenset = frozenset()
 
     def validate(self) -> "TrainConfig":
         def check(ok, message):
@@ -99,7 +101,7 @@ class TrainConfig:
         check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens")
         check(self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         check(self.warmup is None or 0 <= self.warmup <= self.steps,
-              f"--warmup must be between 0 and --steps ({self.steps}), got {self.warmup}")
+              f"--warmup must be between 0 and {self.option('steps')}, got {self.option('warmup')}")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.rope_theta is None or 0 < self.rope_theta < math.inf,
@@ -116,11 +118,19 @@ class TrainConfig:
         check(self.resume or not self.trust_checkpoint, "--trust-checkpoint only applies with --resume")
         return self
 
+    def option(self, name: str, value=None) -> str:
+        """`--name value` as an error names it, marked as the run's own when --resume took it from the run's
+        manifest: a user who never typed it must not read it as their mistake."""
+        value = getattr(self, name) if value is None else value
+        said = f"--{name.replace('_', '-')} {value}"
+        return f"{said} (from the run's manifest)" if name in self.restored else said
+
     def resolved_warmup(self) -> int:
         return self.warmup if self.warmup is not None else int(round(0.05 * self.steps))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        del d["restored"]  # where a value came from, not a setting
         d["betas"] = list(self.betas)
         return d
 
@@ -194,7 +204,8 @@ def resumed_settings(run, given: dict) -> dict:
     recorded = {k: v for k, v in everything.items() if k in shared and k not in given}
     if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list
         recorded["betas"] = tuple(recorded["betas"])
-    return {**recorded, **given}
+    restored = frozenset(given.get("restored", ())) | frozenset(recorded)
+    return {**recorded, **given, "restored": restored}
 
 
 def other_settings_error(run, differ: dict):

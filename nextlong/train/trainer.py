@@ -295,24 +295,25 @@ class Trainer:
             return
         problems = [
             (cfg.attention != "nextlong", f"it runs our attention (--attention nextlong), not {cfg.attention}"),
-            (self.seq_len % sp, f"--seq-len {self.seq_len} does not split into {sp} equal slices"),
+            (self.seq_len % sp, f"{cfg.option('seq_len', self.seq_len)} does not split into {sp} equal slices"),
             (self.world % sp, f"the {self.world} process(es) do not split into groups of {sp}; start it with "
                               f"torchrun --nproc-per-node a multiple of {sp}"),
         ]
         for bad, why in problems:
             if bad:
-                raise UsageError(f"--seq-parallel {sp}: {why}")
+                raise UsageError(f"{cfg.option('seq_parallel')}: {why}")
 
     def _setup_model(self) -> None:
         cfg, data_tok, vocab, eos_id = self.cfg, self.data_tok, self.data_vocab, self.eos_id
         self.batch_tokens = cfg.batch_tokens or self.seq_len * self.dp_world
         if self.batch_tokens % self.seq_len:
-            raise UsageError(f"--batch-tokens {self.batch_tokens} must be a multiple of --seq-len {self.seq_len}")
+            raise UsageError(f"{cfg.option('batch_tokens', self.batch_tokens)} must be a multiple of "
+                             f"{cfg.option('seq_len', self.seq_len)}")
         per_step = self.batch_tokens // self.seq_len
         if per_step % (self.dp_world * cfg.micro_batch):
-            raise UsageError(f"--batch-tokens {self.batch_tokens} is {per_step} sequences per step, which "
-                             f"{self.dp_world} data-parallel process(es) x --micro-batch {cfg.micro_batch} do not "
-                             "divide")
+            raise UsageError(f"{cfg.option('batch_tokens', self.batch_tokens)} is {per_step} sequences per step, "
+                             f"which {self.dp_world} data-parallel process(es) x {cfg.option('micro_batch')} do "
+                             "not divide")
         self.accum = per_step // (self.dp_world * cfg.micro_batch)
         self.lr = cfg.lr or (1e-3 if is_preset(cfg.model) else 1e-5)
         self.warmup = cfg.resolved_warmup()
