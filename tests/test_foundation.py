@@ -53,6 +53,23 @@ def test_synthesize_help_gives_the_knn_neighbours_default():
     assert "(default 32)" in " ".join(synthesize.format_help().split())
 
 
+def test_every_option_with_a_default_says_it_in_its_help():
+    """Fifteen options (synthesize --method, train --seed, heads --needles, ...) had a default their --help did not
+    give; a repeatable option that starts empty (--corpus) and a flag have none to give."""
+    import argparse
+
+    parser = build_parser()
+    missing = []
+    for name, command in parser.commands.items():
+        for a in command._actions:
+            if (not a.option_strings or a.default in (None, False, [], argparse.SUPPRESS)
+                    or isinstance(a, (argparse._StoreTrueAction, argparse._HelpAction))):
+                continue
+            if "default" not in (a.help or "").lower():
+                missing.append(f"{name} {a.option_strings[0]}")
+    assert missing == []
+
+
 def test_unknown_public_name_raises_attribute_error():
     with pytest.raises(AttributeError):
         nextlong.does_not_exist  # noqa: B018

@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--order", choices=ORDERS, default="shuffled",
                    help="chunk order in the sample: a seeded shuffle (default) or retrieval rank, best first")
     p.add_argument("--filter", choices=FILTERS, default="none",
-                   help="answer-match: keep only samples whose answer contains a gold answer (SQuAD normalisation)")
+                   help="answer-match: keep only samples whose answer contains a gold answer (SQuAD normalisation; "
+                        "default none)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256,
                    help="the reader's answer budget (default 256); an answer that reaches it unfinished is dropped "
                         "and counted (statistics.answers_cut_at_budget)")
@@ -71,7 +72,8 @@ def add_parser(subparsers) -> None:
                         "replace the shipped templates (nextlong/synthesis/acer/prompts/)")
     p.add_argument("--bm25-k1", type=float, default=1.2, help="BM25 k1 (default 1.2)")
     p.add_argument("--bm25-b", type=float, default=0.75, help="BM25 b (default 0.75)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default="text",
+                   help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--id-field")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad corpus records: stop with an error (default) or skip and count them")

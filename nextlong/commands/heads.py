@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-lengths", type=positive_int, default=D["num_lengths"],
                    help="lengths when --lengths is not given (default 5; the paper uses 20)")
     p.add_argument("--depths", type=positive_int, default=D["depths"], help="needle depths over 0-100%% (default 5; paper 10)")
-    p.add_argument("--needles", type=positive_int, default=D["needles"], choices=(1, 2, 3), help="needles per length x depth")
+    p.add_argument("--needles", type=positive_int, default=D["needles"], choices=(1, 2, 3),
+                   help=f"needles per length x depth (default {D['needles']})")
     p.add_argument("--threshold", type=float, default=D["threshold"], help="retrieval-head score threshold (default 0.1)")
     p.add_argument("--min-recall", type=float, default=D["min_recall"],
                    help="a trial counts when its answer's ROUGE-1 recall of the needle is above this (default 0.5)")

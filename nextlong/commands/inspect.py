@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sample", type=nonnegative_int, default=0, help="which long document (row number, default 0)")
     p.add_argument("--max-chars", type=positive_int, default=300, help="characters shown per segment (default 300)")
     p.add_argument("--max-segments", type=positive_int, default=12, help="segments shown (default 12)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="mark anchors and negatives in color (default auto: when writing to a terminal)")
     p.set_defaults(func=run)
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
-from .argtypes import (THREADS_HELP, OneSpelling, near_dup_threshold, nonnegative_int, positive_float, positive_int, seed,
-                       threads, unescape)
+from .argtypes import (THREADS_HELP, OneSpelling, near_dup_threshold, nonnegative_int, positive_float, positive_int,
+                       seed, threads, unescape)
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
                    help="use the embedded demo corpus (stdlib docstrings), target length 8192, 8 samples")
     p.add_argument("--tokenizer", help="tokenizer spec (default cl100k_base, offline)")
     p.add_argument("--target-length", type=positive_int, help="tokens per long document L (default 131072; demo 8192)")
-    p.add_argument("--method", choices=METHODS, default="nextlong")
+    p.add_argument("--method", choices=METHODS, default="nextlong",
+                   help="how documents are put together (default nextlong; the others are the paper's baselines)")
     p.add_argument("--negatives", choices=NEGATIVE_RULES,
                    help="fixed-k: the paper's k=(T·E·w−S)/(p·s) per meta-chunk (default); fill: add negatives "
                         "layer by layer until exactly L")
@@ -72,7 +73,7 @@ def add_parser(subparsers) -> None:
                                       "static vectors, far faster, cached after its first use; hashed-tfidf: "
                                       "lexical, fastest; or a local model folder)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
-    p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars")
+    p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars", help="unit of --chunk-size (default chars)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet",
@@ -98,7 +99,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quest-max-repeats", type=positive_int, default=4,
                    help="quest: a key group shorter than L is repeated, reshuffled, at most N times (default 4)")
     p.add_argument("--shard-size", type=positive_int, default=64, help="anchors (or long documents) per output shard (default 64)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default="text",
+                   help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--id-field")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad corpus records: stop with an error (default) or skip and count them")

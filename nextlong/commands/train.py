@@ -39,16 +39,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 for a preset, 1e-5 pretrained)")
     p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps (default 5%% of --steps)")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = no clipping (default 1.0)")
     p.add_argument("--rope-theta", type=positive_float,
                    help="RoPE base set on the config before training (ProLong: 8e6 at 64K; default: unchanged)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seeds the data order, the model's initialisation and dropout (default 0)")
     p.add_argument("--attention", choices=ATTENTIONS, default="nextlong",
                    help="nextlong = our kernel (Triton on CUDA, PyTorch fallback on CPU); sdpa/eager = transformers' "
-                        "with a dense block-diagonal mask")
+                        "with a dense block-diagonal mask (default nextlong)")
     p.add_argument("--loss", choices=LOSSES, default="fused",
-                   help="fused = linear cross-entropy without logits; eager = lm_head + cross_entropy")
+                   help="fused = linear cross-entropy without logits (default); eager = lm_head + cross_entropy")
     p.add_argument("--attention-spans", choices=SPAN_MODES, default="sample",
                    help="sample = one span per synthesized document (default); document = per source document "
                         "(from segments); none = plain causal over the packed sequence")
@@ -59,7 +60,8 @@ def add_parser(subparsers) -> None:
                         "each sample one attention span, never split (default: answer when the data has a "
                         "loss_mask column, else all)")
     p.add_argument("--token-weighting", choices=WEIGHTINGS, default="none",
-                   help="loss weights from long- vs short-context log-probabilities (nextlong.weighting)")
+                   help="loss weights from long- vs short-context log-probabilities (nextlong.weighting; "
+                        "default none)")
     p.add_argument("--scorer", metavar="MODEL",
                    help="a trained model folder as the short-context scorer (default: the model being trained, on "
                         "sliding windows, as LongCE prescribes; with longce, another scorer's weights also carry "
@@ -88,7 +90,8 @@ def add_parser(subparsers) -> None:
                    help="on a non-finite loss or gradient norm: stop = end the run with an error, keeping the last "
                         "good checkpoint (default); skip-step = skip that update and go on")
     p.add_argument("--stop-after", type=positive_int,
-                   help="end this invocation after N steps with a checkpoint (continue later with --resume)")
+                   help="end this invocation after N steps with a checkpoint (continue later with --resume; "
+                        "default: run to --steps)")
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
     p.add_argument("--quiet", action="store_true", help="print nothing: no progress bar and no summary")
