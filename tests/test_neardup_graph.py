@@ -332,6 +332,35 @@ def test_a_group_of_one_header_beside_texts_of_their_own_is_checked_whole(tok):
     assert len(missed) == 0 and graph.unexamined == 0
 
 
+def test_a_family_member_whose_leader_went_with_its_document_still_has_copies():
+    """After --dedup-corpus removes the document holding a family's leader, its members keep the family number
+    but lose their one edge (to the leader): without the family they read as having no near-copy, and
+    planning never looked their family up, so they could be each other's negatives."""
+    from nextlong.synthesis.neardup import NearDupFilter
+
+    graph = NearDupGraph(np.zeros(4, np.int64), np.zeros(0, np.int64), 0.5, family=np.array([0, 0, -1]))
+    assert list(NearDupFilter(graph).has_copies) == [1, 1, 0]
+
+
+def test_members_past_the_family_budget_are_counted_unexamined_and_not_checked(tok, monkeypatch):
+    """With no budget left for exact checks, a large group's members are not checked against its leader (the
+    bound that keeps the clustering linear) and each is counted in `unexamined` (the manifest's
+    large_group_members_unexamined), not silently left out: every test elsewhere has the budget to spare."""
+    mit = ("Permission is hereby granted free of charge to any person obtaining a copy of this software to deal in "
+           "the Software without restriction including the rights to use copy modify merge Copyright {}")
+    store = store_of([mit.format(1990 + i) for i in range(12)], tok)
+    checked, real = [], neardup._exact_keep
+    monkeypatch.setattr(neardup, "_exact_keep", lambda store, tok, a, *rest: checked.append(len(a)) or real(
+        store, tok, a, *rest))
+    monkeypatch.setattr(neardup, "FAMILY_BUDGET", 0)
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=4, threads=1)
+    assert graph.family is None or (graph.family < 0).all()
+    assert graph.unexamined == 11 and sum(checked) == 0  # every member but the leader, and no exact check
+    monkeypatch.setattr(neardup, "FAMILY_BUDGET", 4)  # the default: the same group is one family, all checked
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=4, threads=1)
+    assert graph.unexamined == 0 and (graph.family == 0).all() and sum(checked) == 11
+
+
 def test_dedup_of_a_large_family_stays_linear(tok, monkeypatch):
     """Documents sharing a license chunk (one family) beside text of their own, none a near-copy of another: each
     was compared exactly with every kept document of the family, as all share the license's sketched hashes
