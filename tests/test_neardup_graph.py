@@ -282,6 +282,33 @@ def test_dedup_compares_a_family_with_its_earliest_kept_document(tok):
     assert removed[3:].all()
 
 
+def test_dedup_compares_with_the_earliest_kept_document_not_the_latest(tok):
+    """Family documents P0, then Q0 (in the family, not a near-copy of P0: 300-word windows 120 words apart,
+    Jaccard 0.43), then P1, a copy of P0 reached through the family alone (the leaders are in document 1,
+    removed as a copy of document 0). P1 must be compared with the earliest kept document, P0; the candidate
+    search leaves P0 out, so comparing with the latest kept one (Q0) kept P1."""
+    from nextlong.synthesis.neardup import duplicate_documents
+
+    rng = random.Random(5)
+    stream = [f"s{rng.randrange(10 ** 7)}" for _ in range(420)]
+    x = " ".join(f"x{rng.randrange(10 ** 7)}" for _ in range(600))
+
+    def version(start, i):
+        return " ".join(stream[start:start + 300] + [f"y{i}"])
+
+    p, q = [version(0, i) for i in range(20)], [version(120, 100 + i) for i in range(20)]
+    chunks = [x, x, version(0, 998), version(60, 999), p[0], q[0]] + p[1:] + q[1:]
+    n = len(chunks) - 2  # document 1 holds chunks 1-3
+    store = store_of(chunks, tok)
+    store.chunk_doc, store.num_docs = np.array([0, 1, 1, 1] + list(range(2, n))), n
+    store.doc_first_chunk = np.array([0, 1] + list(range(4, len(chunks))))
+    store.doc_num_chunks = np.array([1, 3] + [1] * (n - 2))
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1, max_group=16)
+    assert (graph.family[2:] == 2).all() and graph.neighbours(6).tolist() == [2]  # P1: linked to a leader only
+    removed = duplicate_documents(store, tok, graph, 0.5)
+    assert removed[:5].tolist() == [False, True, False, False, True]
+
+
 def test_dedup_leaves_no_near_copies_of_a_chain_of_drifting_versions(tok):
     """A chain of drifting versions is one family, and its documents reach each other through the leaders
     alone: comparing each with the family's earliest kept document only left 193 near-copy pairs among the kept
