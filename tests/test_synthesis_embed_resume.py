@@ -135,12 +135,14 @@ def test_a_damaged_spill_is_redone_not_used(reference, work, embeds, damage):
 
 
 def test_a_spill_of_other_settings_is_never_read(reference, work, embeds):
-    """A spill made with batches of 8 is not resumed in batches of 16 (its batches would not be the ones an
-    uninterrupted run embeds): block 1 is embedded again whole, and the old spill deleted."""
+    """A spill made with batches of 8 is not resumed in batches of 4 (its batches would not be the ones an
+    uninterrupted run embeds): block 1 is embedded again whole, and the old spill deleted. Each of its records
+    ends on a whole batch of 4, so only the spill's key refuses it (resumed in batches of 16, the row check
+    did: its first record ends at row 8)."""
     out, corpus = work
     old = _interrupt(out, corpus, embeds, after=3, batch_size=8)
-    calls = _resume(out, corpus, embeds, batch_size=16)
-    assert calls == _batches(out, 16)[1] and not old.exists()
+    calls = _resume(out, corpus, embeds, batch_size=4)
+    assert calls == _batches(out, 4)[1] and not old.exists()
     _same_as_reference(out, reference[0])
 
 
