@@ -299,6 +299,12 @@ def test_negative_reuse_counts_what_the_documents_hold(corpus, tmp_path, num_sam
             written.update((seg["doc_id"], seg["chunk_index"]) for seg in row if seg["role"] == "negative")
     assert 0 < len(written) <= len(uses) and max(written.values()) <= max(uses.values())
     assert f"negatives drawn from {len(uses)} distinct chunks" in summary(m)
+    # the note on heavy reuse: said past REUSE_NOTE uses per chunk on average, not at it
+    from nextlong.synthesis.pipeline import REUSE_NOTE
+
+    for mean, noted in ((REUSE_NOTE + 0.1, True), (REUSE_NOTE, False)):
+        said = summary(dict(m, statistics=dict(s, negative_uses_per_chunk_mean=mean)))
+        assert ("few chunks for this much output" in said) == noted
 
 
 def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tmp_path):
