@@ -309,6 +309,21 @@ def test_dedup_compares_with_the_earliest_kept_document_not_the_latest(tok):
     assert removed[:5].tolist() == [False, True, False, False, True]
 
 
+def test_dedup_removes_a_document_at_exactly_the_threshold(tok):
+    """"Reaches the threshold" is >=: two documents of 150 word 5-grams sharing 100 (Jaccard 200/400 = 0.5
+    exactly) are near-copies at 0.5, in the graph and in the dedup alike."""
+    from nextlong.synthesis.neardup import duplicate_documents
+
+    words = [f"w{i}" for i in range(204)]
+    store = store_of([" ".join(words[:154]), " ".join(words[50:])], tok)
+    store.chunk_doc, store.num_docs = np.arange(2), 2
+    store.doc_first_chunk, store.doc_num_chunks = np.arange(2), np.ones(2, np.int64)
+    assert neardup.jaccard(chunk_shingles(store, tok, 0), chunk_shingles(store, tok, 1)) == 0.5
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1)
+    assert graph_edges(graph) == {(0, 1)}
+    assert duplicate_documents(store, tok, graph, 0.5).tolist() == [False, True]
+
+
 def test_dedup_leaves_no_near_copies_of_a_chain_of_drifting_versions(tok):
     """A chain of drifting versions is one family, and its documents reach each other through the leaders
     alone: comparing each with the family's earliest kept document only left 193 near-copy pairs among the kept
