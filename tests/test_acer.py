@@ -949,11 +949,12 @@ def test_damaged_questions_files_are_one_line(files, tmp_path):
 def test_a_damaged_chunk_store_is_refused_without_an_option_acer_lacks(files, base, tmp_path):
     """A damaged byte in a cached chunk store is refused before use; acer has no --no-verify, so the error
     does not advise it (it did, for every command)."""
+    import dataclasses
     import shutil
 
     from nextlong.errors import CorruptFileError
 
-    assert not any("verify" in f.name for f in __import__("dataclasses").fields(AcerConfig))
+    assert not any("verify" in f.name for f in dataclasses.fields(AcerConfig))  # acer has no --no-verify
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
     path = out / "chunks" / "store" / "tokens.npy"
