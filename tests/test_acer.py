@@ -946,6 +946,25 @@ def test_damaged_questions_files_are_one_line(files, tmp_path):
     assert read_questions(tmp_path / "bom.jsonl")[0]["question"] == "fine"  # a byte-order mark is skipped
 
 
+def test_a_damaged_chunk_store_is_refused_without_an_option_acer_lacks(files, base, tmp_path):
+    """A damaged byte in a cached chunk store is refused before use; acer has no --no-verify, so the error
+    does not advise it (it did, for every command)."""
+    import dataclasses
+    import shutil
+
+    from nextlong.errors import CorruptFileError
+
+    assert not any("verify" in f.name for f in dataclasses.fields(AcerConfig))  # acer has no --no-verify
+    out = tmp_path / "out"
+    shutil.copytree(base[0], out)
+    path = out / "chunks" / "store" / "tokens.npy"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))
+    with pytest.raises(CorruptFileError, match=f"{path}: not the file the chunks stage wrote") as info:
+        acer(files, out)
+    assert str(info.value).endswith(f"remove {out / 'chunks'} to make it again")
+
+
 def test_not_a_causal_lm(files, tmp_path):
     from transformers import BertConfig
 

@@ -427,6 +427,34 @@ def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said
     assert capsys.readouterr().err.strip() == f"nextlong {command}: {said}"
 
 
+def test_sigterm_is_ctrl_c_for_other_commands_run_from_a_training_rank(tmp_path, capsys, monkeypatch):
+    """Only a launched `train` leaves SIGTERM to torchrun: `nextlong chunk` started from inside a rank inherits
+    WORLD_SIZE, and is stopped by SIGTERM as by Ctrl-C (one line, exit 143), not ended with no word."""
+    import os
+    import signal
+
+    from nextlong import cli
+    from nextlong.commands import chunk as chunk_command
+
+    def stopped(args):
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # the signal would end this test's process
+            return 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    ended = []
+    monkeypatch.setattr(chunk_command, "run", stopped)
+    monkeypatch.setattr(cli, "_end_torchrun_rank", ended.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert main(["chunk", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "c.parquet")]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert ended == [] and capsys.readouterr().err.startswith("nextlong chunk: terminated (SIGTERM)")
+
+
 @pytest.mark.parametrize("command", ["eval", "heads"])
 def test_eval_and_heads_take_trains_attention_option_name(command):
     """`nextlong train --attention sdpa` but `nextlong eval --attn sdpa`: the same option under two names (an outside

@@ -343,6 +343,38 @@ def test_embedding_retriever(lm, files, tmp_path):
     assert p.entries[0].gold[0] in p.entries[0].read_chunks
 
 
+def test_a_damaged_or_crafted_chunk_store_is_refused_before_use(lm, files, tmp_path):
+    """The chunk store under DIR/rag/ is reused when its fingerprint matches, so a damaged byte in it gave other
+    prompts silently: it is checked first, in an error without --no-verify (eval has no such option). A file
+    entry that is a FIFO is refused, not read (the read blocked for ever)."""
+    import os
+    import threading
+
+    from nextlong.errors import CorruptFileError
+
+    prepare(lm, files, tmp_path)
+    path = tmp_path / "rag" / "chunks" / "store" / "tokens.npy"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))
+    with pytest.raises(CorruptFileError, match=f"{path}: not the file the chunks stage wrote") as info:
+        prepare(lm, files, tmp_path)
+    assert "--no-verify" not in str(info.value)
+    path.write_bytes(whole)
+    record = tmp_path / "rag" / "chunks" / "_done.json"
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), files={"f": {"bytes": 0, "crc32": 0}})))
+    os.mkfifo(tmp_path / "rag" / "chunks" / "f")
+    raised = []
+    run = threading.Thread(target=lambda: raised.append(pytest.raises(CorruptFileError, prepare, lm, files,
+                                                                      tmp_path)), daemon=True)
+    run.start()
+    run.join(10)
+    if run.is_alive():  # a blocked reader: an end of file lets the thread end
+        os.close(os.open(tmp_path / "rag" / "chunks" / "f", os.O_WRONLY | os.O_NONBLOCK))
+        run.join(10)
+        pytest.fail("a FIFO listed in the chunk store's record blocked the check")
+    assert raised and "chunks/f: not the file the chunks stage wrote" in str(raised[0].value)
+
+
 # --- errors before any work ------------------------------------------------------------------------
 
 

@@ -433,3 +433,18 @@ def test_a_rerun_removes_the_pictures_of_tasks_it_no_longer_runs(tmp_path):
         == ["heatmap_niah_single_2.png", "repeat_gain.png", "samples.jsonl"]
     (tmp_path / "manifest.json").write_text(json.dumps({"command": "heads", "statistics": {"files": files}}))
     assert earlier_outputs(tmp_path) == set()
+
+
+def test_a_rerun_with_fewer_tasks_removes_the_dropped_tasks_heatmap(tmp_path, run_dir, capsys):
+    """End to end (the helpers above are tested alone): eval vt and json_kv with a sample dump, then vt alone
+    without it; json_kv's heat map and the dump are gone, vt's is rewritten, and each removal is said."""
+    out = tmp_path / "e"
+    args = ["eval", str(run_dir), "--out", str(out), "--lengths", "1024", "--depths", "1", "--samples", "1",
+            "--max-new-tokens", "2", "--no-progress", "--quiet"]
+    assert main(args + ["--tasks", "vt,json_kv", "--dump"]) == 0
+    assert (out / "heatmap_json_kv.png").is_file() and (out / "samples.jsonl").is_file()
+    capsys.readouterr()
+    assert main(args + ["--tasks", "vt"]) == 0
+    assert (out / "heatmap_vt.png").is_file()
+    assert not (out / "heatmap_json_kv.png").exists() and not (out / "samples.jsonl").exists()
+    assert f"removed {out / 'heatmap_json_kv.png'}, an earlier run's" in capsys.readouterr().err

@@ -257,6 +257,29 @@ def test_a_chain_of_drifting_versions_is_one_family(tok, seed, shuffle, tree):
     assert missed == [] and graph.unexamined == 0
 
 
+def test_a_leader_is_checked_against_more_than_one_member_of_another_family(tok):
+    """A leader is checked against the REPRESENTATIVES (2) members of another family sharing the most sketched
+    hashes with it, not only the first: here (60 versions of 60 words, each 4 words away from a random earlier
+    one, max_group 8) the first representative alone left one near-copy pair neither an edge nor in one family.
+    (The clustering does not cover every pair of every such tree: 8 of 30 seeds leave 1 to 3 of about 45.)"""
+    rng = random.Random(8)
+    versions = [[f"s{rng.randrange(10 ** 6)}" for _ in range(60)]]
+    for k in range(1, 60):
+        text = list(versions[rng.randrange(k)])
+        for _ in range(4):
+            text[rng.randrange(60)] = f"s{rng.randrange(10 ** 6)}"
+        versions.append(text)
+    texts = [" ".join(v) for v in versions]
+    store = store_of(texts, tok)
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=8, threads=1)
+    sets = [chunk_shingles(store, tok, c) for c in range(len(texts))]
+    true = {(a, b) for a, b in itertools.combinations(range(len(texts)), 2)
+            if neardup.jaccard(sets[a], sets[b]) >= 0.5}
+    family = graph.family if graph.family is not None else np.full(len(texts), -1)
+    missed = [(a, b) for a, b in true - graph_edges(graph) if not (family[a] >= 0 and family[a] == family[b])]
+    assert len(true) == 49 and missed == []
+
+
 def test_dedup_compares_a_family_with_its_earliest_kept_document(tok):
     """An attack on the first version: a family's members reach each other through its leader alone, and when the
     leader's document was itself removed (a near-copy of an earlier one) no member was compared with anything
@@ -280,6 +303,48 @@ def test_dedup_compares_a_family_with_its_earliest_kept_document(tok):
     removed = duplicate_documents(store, tok, graph, 0.5)
     assert removed[1] and not removed[0] and not removed[2]
     assert removed[3:].all()
+
+
+def test_dedup_compares_with_the_earliest_kept_document_not_the_latest(tok):
+    """Family documents P0, then Q0 (in the family, not a near-copy of P0: 300-word windows 120 words apart,
+    Jaccard 0.43), then P1, a copy of P0 reached through the family alone (the leaders are in document 1,
+    removed as a copy of document 0). P1 must be compared with the earliest kept document, P0; the candidate
+    search leaves P0 out, so comparing with the latest kept one (Q0) kept P1."""
+    from nextlong.synthesis.neardup import duplicate_documents
+
+    rng = random.Random(5)
+    stream = [f"s{rng.randrange(10 ** 7)}" for _ in range(420)]
+    x = " ".join(f"x{rng.randrange(10 ** 7)}" for _ in range(600))
+
+    def version(start, i):
+        return " ".join(stream[start:start + 300] + [f"y{i}"])
+
+    p, q = [version(0, i) for i in range(20)], [version(120, 100 + i) for i in range(20)]
+    chunks = [x, x, version(0, 998), version(60, 999), p[0], q[0]] + p[1:] + q[1:]
+    n = len(chunks) - 2  # document 1 holds chunks 1-3
+    store = store_of(chunks, tok)
+    store.chunk_doc, store.num_docs = np.array([0, 1, 1, 1] + list(range(2, n))), n
+    store.doc_first_chunk = np.array([0, 1] + list(range(4, len(chunks))))
+    store.doc_num_chunks = np.array([1, 3] + [1] * (n - 2))
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1, max_group=16)
+    assert (graph.family[2:] == 2).all() and graph.neighbours(6).tolist() == [2]  # P1: linked to a leader only
+    removed = duplicate_documents(store, tok, graph, 0.5)
+    assert removed[:5].tolist() == [False, True, False, False, True]
+
+
+def test_dedup_removes_a_document_at_exactly_the_threshold(tok):
+    """"Reaches the threshold" is >=: two documents of 150 word 5-grams sharing 100 (Jaccard 200/400 = 0.5
+    exactly) are near-copies at 0.5, in the graph and in the dedup alike."""
+    from nextlong.synthesis.neardup import duplicate_documents
+
+    words = [f"w{i}" for i in range(204)]
+    store = store_of([" ".join(words[:154]), " ".join(words[50:])], tok)
+    store.chunk_doc, store.num_docs = np.arange(2), 2
+    store.doc_first_chunk, store.doc_num_chunks = np.arange(2), np.ones(2, np.int64)
+    assert neardup.jaccard(chunk_shingles(store, tok, 0), chunk_shingles(store, tok, 1)) == 0.5
+    graph = NearDupGraph.build(store, tok, 0.5, threads=1)
+    assert graph_edges(graph) == {(0, 1)}
+    assert duplicate_documents(store, tok, graph, 0.5).tolist() == [False, True]
 
 
 def test_dedup_leaves_no_near_copies_of_a_chain_of_drifting_versions(tok):
@@ -330,6 +395,35 @@ def test_a_group_of_one_header_beside_texts_of_their_own_is_checked_whole(tok):
     family = graph.family if graph.family is not None else np.full(len(texts), -1)
     missed = [(a, b) for a, b in true - graph_edges(graph) if not (family[a] >= 0 and family[a] == family[b])]
     assert len(missed) == 0 and graph.unexamined == 0
+
+
+def test_a_family_member_whose_leader_went_with_its_document_still_has_copies():
+    """After --dedup-corpus removes the document holding a family's leader, its members keep the family number
+    but lose their one edge (to the leader): without the family they read as having no near-copy, and
+    planning never looked their family up, so they could be each other's negatives."""
+    from nextlong.synthesis.neardup import NearDupFilter
+
+    graph = NearDupGraph(np.zeros(4, np.int64), np.zeros(0, np.int64), 0.5, family=np.array([0, 0, -1]))
+    assert list(NearDupFilter(graph).has_copies) == [1, 1, 0]
+
+
+def test_members_past_the_family_budget_are_counted_unexamined_and_not_checked(tok, monkeypatch):
+    """With no budget left for exact checks, a large group's members are not checked against its leader (the
+    bound that keeps the clustering linear) and each is counted in `unexamined` (the manifest's
+    large_group_members_unexamined), not silently left out: every test elsewhere has the budget to spare."""
+    mit = ("Permission is hereby granted free of charge to any person obtaining a copy of this software to deal in "
+           "the Software without restriction including the rights to use copy modify merge Copyright {}")
+    store = store_of([mit.format(1990 + i) for i in range(12)], tok)
+    checked, real = [], neardup._exact_keep
+    monkeypatch.setattr(neardup, "_exact_keep", lambda store, tok, a, *rest: checked.append(len(a)) or real(
+        store, tok, a, *rest))
+    monkeypatch.setattr(neardup, "FAMILY_BUDGET", 0)
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=4, threads=1)
+    assert graph.family is None or (graph.family < 0).all()
+    assert graph.unexamined == 11 and sum(checked) == 0  # every member but the leader, and no exact check
+    monkeypatch.setattr(neardup, "FAMILY_BUDGET", 4)  # the default: the same group is one family, all checked
+    graph = NearDupGraph.build(store, tok, 0.5, max_group=4, threads=1)
+    assert graph.unexamined == 0 and (graph.family == 0).all() and sum(checked) == 11
 
 
 def test_dedup_of_a_large_family_stays_linear(tok, monkeypatch):

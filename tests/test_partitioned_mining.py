@@ -203,6 +203,26 @@ def test_wide_search_batched_by_partition_equals_one_query_at_a_time(tmp_path, m
     assert lists.search(queries[:0], k)[0].shape == (0, k)
 
 
+def test_wide_search_keeps_every_candidate_within_the_float32_rounding_of_the_kth_score(tmp_path):
+    """Fractional vectors, where float32 products are rounded (the test above uses small integers, exact in
+    float32): 300 permutations of one vector tie exactly against a constant query, and their float32 scores
+    differ in the last bits, so the top k by id are found only if every column within the rounding bound of
+    the k-th float32 score is searched exactly; the bound must use the largest norm of the probed partitions
+    (a partition of vectors 1000 times shorter is probed too)."""
+    rng = np.random.default_rng(0)
+    d = 48
+    w = (rng.standard_normal(d) * 10.0 ** rng.uniform(-3, 3, d)).astype(np.float32)
+    v = np.concatenate([np.stack([rng.permutation(w) for _ in range(300)]),
+                        -np.abs(rng.standard_normal((100, d))).astype(np.float32) * 1e-3])
+    lists = lists_folder(tmp_path / "lists", v, partitions=6, nprobe=6)
+    queries = np.full((3, d), 0.37, np.float32)
+    queries[1], queries[2] = 1.3, 1e-3
+    for k in (1, 5, 20):
+        ids, sims = lists.search(queries, k)
+        ref_ids, ref_sims = search_one_query_at_a_time(lists, queries, k)
+        assert np.array_equal(ids, ref_ids) and sims.tobytes() == ref_sims.tobytes()
+
+
 def test_recall_at_the_default_nprobe_on_real_text_vectors():
     """Stdlib sources chunked, embedded by the lexical embedder: recall@10 of the lists against exact search
     at the default partitions and nprobe (the benchmark measures it on MiniLM / static vectors at scale)."""

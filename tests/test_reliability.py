@@ -89,6 +89,22 @@ def test_a_failed_run_removes_the_folders_it_made_not_the_users_empty_one(tmp_pa
     assert not (tmp_path / "new").exists()
 
 
+def test_a_folder_the_run_made_holding_only_its_failed_or_interrupted_manifest_is_removed(tmp_path):
+    """A run refused or stopped at its first record leaves no folder: by the time the lock prunes, the
+    manifest says "failed" or "interrupted" (failure_recorded), not "running", and it records no work either."""
+    from nextlong.manifest import failure_recorded, read_manifest, run_status, write_running_manifest
+
+    for name, exc, status in (("f", RuntimeError("failed"), "failed"), ("i", KeyboardInterrupt(), "interrupted")):
+        for out in (tmp_path / name / "out", tmp_path / f"mine-{name}"):
+            (tmp_path / f"mine-{name}").mkdir(exist_ok=True)
+            with pytest.raises(type(exc)):
+                with output_lock(out, "test"), failure_recorded(out / "manifest.json"):
+                    write_running_manifest(out / "manifest.json", command="test", settings={})
+                    raise exc
+        assert not (tmp_path / name).exists()
+        assert run_status(read_manifest(tmp_path / f"mine-{name}" / "manifest.json")) == status  # the user's folder
+
+
 def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):
     """The output folder is the user's to hand us: a `.nextlong.lock` linking to another file once had
     that file truncated and overwritten with our pid; a FIFO must not block either."""

@@ -5,6 +5,7 @@ bytes as an uninterrupted run. A damaged spill, or one of other settings, is red
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -134,13 +136,68 @@ def test_a_damaged_spill_is_redone_not_used(reference, work, embeds, damage):
     _same_as_reference(out, reference[0])
 
 
+@pytest.mark.parametrize("rows, state", [(5, {"rows": 5}), (8, {"rows": 9})])
+def test_a_spill_whose_records_are_not_whole_batches_is_redone(reference, work, embeds, rows, state):
+    """A spill of this block and settings whose record is not a whole batch (5 rows in batches of 8), or whose
+    state counts other rows than it holds: not the batches an uninterrupted run embeds, so the block is
+    embedded again whole (the key alone cannot tell: it matches)."""
+    from nextlong.synthesis.spill import BlockSpill
+
+    out, corpus = work
+    spill = _interrupt(out, corpus, embeds, after=3)
+    crafted = BlockSpill(spill, spill.name.split(".")[1])
+    vectors = np.concatenate([part for _, part in crafted.load(64)])
+    crafted.clear()
+    crafted.append(vectors[:rows], dict(state, windowed=0))
+    assert _resume(out, corpus, embeds) == _batches(out)[1]
+    _same_as_reference(out, reference[0])
+
+
+def test_a_damaged_tail_is_cut_off_before_the_next_record(work, embeds):
+    """A spill whose valid records are followed by junk longer than a record (a damaged tail): the next append
+    cuts the junk off, so the spill holds its records and nothing after them, and is read back whole."""
+    from nextlong.synthesis.spill import BlockSpill
+
+    out, corpus = work
+    spill = _interrupt(out, corpus, embeds, after=3)
+    valid = spill.read_bytes()
+    spill.write_bytes(valid + b"\x00junk" * 2000)
+    embeds.update(n=0, stop=2)  # the resumed run embeds one batch, spills it, and is stopped in the next
+    with pytest.raises(KeyboardInterrupt):
+        _executor().run(embed_pipeline(out, corpus), progress=False)
+    said = []
+    records = BlockSpill(spill, spill.name.split(".")[1], log=said.append).load(64)
+    assert [state["rows"] for state, _ in records] == [8, 16, 24, 32] and said == []
+    record = 20 + len(json.dumps({"rows": 32, "windowed": 0})) + 8 * 64 * 4  # <QQI, state, 8 rows of 64 floats
+    assert spill.stat().st_size == len(valid) + record
+
+
+def test_the_windowed_count_of_spilled_batches_is_kept(work, embeds, monkeypatch):
+    """An embedder that windows long texts counts them (the manifest's chunks_windowed): a resumed block adds
+    the count its spilled batches recorded to its own. Here every text counts as windowed."""
+    real = HashedLexicalEmbedder.embed
+
+    def windowing(self, texts):
+        self.windowed_texts = getattr(self, "windowed_texts", 0) + len(texts)
+        return real(self, texts)
+
+    monkeypatch.setattr(HashedLexicalEmbedder, "embed", windowing)
+    out, corpus = work
+    _interrupt(out, corpus, embeds, after=3)
+    _resume(out, corpus, embeds)
+    rows = pq.ParquetFile(out / "chunk" / "part-00001.parquet").metadata.num_rows
+    assert read_done(block_record_path(out / "embed", 1))["counts"]["windowed"] == rows
+
+
 def test_a_spill_of_other_settings_is_never_read(reference, work, embeds):
-    """A spill made with batches of 8 is not resumed in batches of 16 (its batches would not be the ones an
-    uninterrupted run embeds): block 1 is embedded again whole, and the old spill deleted."""
+    """A spill made with batches of 8 is not resumed in batches of 4 (its batches would not be the ones an
+    uninterrupted run embeds): block 1 is embedded again whole, and the old spill deleted. Each of its records
+    ends on a whole batch of 4, so only the spill's key refuses it (resumed in batches of 16, the row check
+    did: its first record ends at row 8)."""
     out, corpus = work
     old = _interrupt(out, corpus, embeds, after=3, batch_size=8)
-    calls = _resume(out, corpus, embeds, batch_size=16)
-    assert calls == _batches(out, 16)[1] and not old.exists()
+    calls = _resume(out, corpus, embeds, batch_size=4)
+    assert calls == _batches(out, 4)[1] and not old.exists()
     _same_as_reference(out, reference[0])
 
 

@@ -299,32 +299,41 @@ def test_negative_reuse_counts_what_the_documents_hold(corpus, tmp_path, num_sam
             written.update((seg["doc_id"], seg["chunk_index"]) for seg in row if seg["role"] == "negative")
     assert 0 < len(written) <= len(uses) and max(written.values()) <= max(uses.values())
     assert f"negatives drawn from {len(uses)} distinct chunks" in summary(m)
+    # the note on heavy reuse: said past REUSE_NOTE uses per chunk on average, not at it
+    from nextlong.synthesis.pipeline import REUSE_NOTE
+
+    for mean, noted in ((REUSE_NOTE + 0.1, True), (REUSE_NOTE, False)):
+        said = summary(dict(m, statistics=dict(s, negative_uses_per_chunk_mean=mean)))
+        assert ("few chunks for this much output" in said) == noted
 
 
 def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tmp_path):
     """The chunk store (every later stage reads its token ids as they are) and the near-copy graph carried no
     checksum: a damaged byte in a cached folder changed the data built from it silently. Their records list
-    each file's size and CRC32, checked before a run uses them (verify=False, --no-verify, skips it)."""
+    each file's size and CRC32, checked before a run uses them (verify=False, --no-verify, skips it); so do
+    --dedup-corpus's renumbered store and graph (OUT/dedup/)."""
     from nextlong import synthesize
     from nextlong.errors import CorruptFileError
 
+    opts = dict(FAST, dedup_corpus=True)  # the dedup stage's store and graph are checksummed too
     out = tmp_path / "v"
     (out / "chunks").mkdir(parents=True)
     (out / "chunks" / ".tokens.npy.k1ll3d00.tmp").write_bytes(b"a killed write's")  # not listed: removed at the end
-    synthesize(corpus, out, num_samples=1, **FAST)
+    synthesize(corpus, out, num_samples=1, **opts)
     assert not (out / "chunks" / ".tokens.npy.k1ll3d00.tmp").exists()
-    synthesize(corpus, out, num_samples=1, **FAST)
-    for path in (out / "chunks" / "store" / "tokens.npy", out / "neardup" / "indices.npy"):
+    synthesize(corpus, out, num_samples=1, **opts)
+    for path in (out / "chunks" / "store" / "tokens.npy", out / "neardup" / "indices.npy",
+                 out / "dedup" / "store" / "tokens.npy"):
         whole = path.read_bytes()
         damaged = bytearray(whole)
         damaged[-1] ^= 0x01
         path.write_bytes(bytes(damaged))
         with pytest.raises(CorruptFileError, match=rf"{path}: not the file the \w+ stage wrote .*: it is damaged; "
                                                    rf"remove {path.parent.parent if path.parent.name == 'store' else path.parent}"):
-            synthesize(corpus, out, num_samples=1, **FAST)
-        synthesize(corpus, out, num_samples=1, verify=False, **FAST)  # taken as it is, when asked
+            synthesize(corpus, out, num_samples=1, **opts)
+        synthesize(corpus, out, num_samples=1, verify=False, **opts)  # taken as it is, when asked
         path.write_bytes(whole)
-    synthesize(corpus, out, num_samples=1, **FAST)
+    synthesize(corpus, out, num_samples=1, **opts)
     # the record is as untrusted as the folder: an entry naming a file outside it is refused before any read (an
     # absolute /dev/zero of size 0 was read for ever), and so is one that is no plain name
     import json
@@ -336,7 +345,7 @@ def test_a_damaged_chunk_store_or_near_copy_graph_is_found_before_use(corpus, tm
         record_path.write_text(json.dumps(hostile))
         with pytest.raises(CorruptFileError, match=r"_done.json: the file entry .* is not a name inside the stage's "
                                                    r"folder; remove .*chunks to make the stage again"):
-            synthesize(corpus, out, num_samples=1, **FAST)
+            synthesize(corpus, out, num_samples=1, **opts)
 
 
 def test_too_small_corpus_is_a_clear_error(tmp_path):

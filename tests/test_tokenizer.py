@@ -610,6 +610,21 @@ def test_normalized_added_tokens_are_found_in_the_nfc_text_like_hf(tmp_path):
             assert ours.encode(text).tolist() == want, (added, text)
 
 
+@pytest.mark.parametrize("added", [
+    [{"content": "<x>", "lstrip": True}, {"content": "<x>", "rstrip": True}],
+    [{"content": "<x>", "rstrip": True}, {"content": "<x>", "lstrip": True}],
+    [{"content": "<x>", "single_word": True}, {"content": "<x>"}],
+    [{"content": "<x>"}, {"content": "<x>", "single_word": True}],
+])
+def test_an_added_token_listed_twice_matches_with_its_last_listings_flags_like_hf(tmp_path, added):
+    """One content listed twice with other flags: HF keeps one token per id, the last listed, and takes a match's
+    strips and single_word from it; nextlong took the first listing's (4 of these 12 encodings differed)."""
+    path = _with_added(tmp_path, "twice.json", added)
+    ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+    for text in ("a  <x>  b", "a<x>b", "<x>", " <x><x> "):
+        assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids, text
+
+
 def test_added_token_ids_are_the_ones_hf_gives_not_the_files(tmp_path, capsys):
     """HF does not take an added token's `id` from the file: a token that is also a vocabulary string keeps the
     vocabulary's id, a new one takes the next id past the vocabulary (or past the largest added id), and a file id

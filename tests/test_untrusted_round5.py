@@ -265,11 +265,18 @@ def test_a_damaged_assembled_part_is_named_and_not_published(tmp_path, capsys):
     assert run_cli(args, capsys)[0] == 0
     shutil.rmtree(out / "data")
     part = sorted((out / "assemble").glob("part-*.parquet"))[0]
+    whole = pq.read_table(part)
     part.write_bytes(part.read_bytes()[:100])
     for _ in range(2):  # and again: nothing was marked done
         code, _, err = run_cli(args, capsys)
         assert code == 1 and f"{part}: not a readable Parquet file" in assert_one_line_error(err, "synthesize")
         assert not (out / "data" / "_done.json").exists()
+    # a readable part holding other rows than its record counts: named too
+    pq.write_table(whole.slice(0, whole.num_rows - 1), part)
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and (f"{part}: {whole.num_rows - 1} rows where its stage recorded {whole.num_rows}"
+                          in assert_one_line_error(err, "synthesize"))
+    assert not (out / "data" / "_done.json").exists()
 
 
 def test_a_damaged_page_or_record_of_the_cut_block_is_named(tmp_path, capsys):

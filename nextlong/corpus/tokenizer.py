@@ -575,6 +575,10 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
         added.append((t["content"], t["id"], bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
     added = _hf_added_ids(path, vocab, added)
+    # HF keeps one token per id, the last listed, and reads a match's strips and single_word from it: a content
+    # listed twice with other flags takes its last listing's everywhere (the first one's gave other ids)
+    last = {a[0]: a[2:5] for a in added}
+    added = [(a[0], a[1], *last[a[0]], a[5]) for a in added]
     _check_ids(path, [*vocab.items(), *((a[0], a[1]) for a in added)])
 
     model_list, decode_only = [], {}
