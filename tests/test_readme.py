@@ -46,7 +46,7 @@ RUNS = {
     # no --seq-len, as written: the longer source (its manifest says twice out/'s length) sets the sequence
     "nextlong train out-64k/@2 out-512k/@1 --model demo-run/model --out out/mix": ["--batch-tokens", "4096",
                                                                                  "--steps", "1"],
-    "nextlong train out/ --out out/train --resume": [],  # as written: the run's own settings
+    "nextlong train out/ --model demo-run/model --out out/train --resume": [],  # as written: the run's own settings
     "nextlong plot out/train": [],
     "nextlong acer --corpus demo-out/demo_corpus.jsonl --model demo-run --generate-questions 16 --out demo-acer "
     "--embedder hashed-tfidf --target-length 8192 --retrieve 64 --read 4 --max-new-tokens 32 --keep-cut-answers":

@@ -674,7 +674,7 @@ def test_a_signal_repeated_at_once_is_one_request():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, capsys, monkeypatch):
+def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, capsys, monkeypatch, request):
     """SIGTERM during train's setup (before its step loop takes signals) said "checkpoints are kept: run the
     same command with --resume" where nothing had been written and --out did not exist. Now the line says what
     is there: nothing, a run without a checkpoint, or the checkpoints --resume continues from."""
@@ -698,6 +698,10 @@ def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, ca
         raise AssertionError("SIGTERM was not taken")
 
     monkeypatch.setattr(Trainer, "setup", setup)
+    # the CLI leaves an embedding program's own handler in place: an in-process Ray test run before this one
+    # leaves ray.init's, so the process's default is put back for this test
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
     new = tmp_path / "new"
     assert main(["train", str(data), "--out", str(new), *common]) == 143
     assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM) before training started; "
@@ -711,6 +715,30 @@ def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, ca
     assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM); the run's checkpoints are kept: "
                                                "run the same command with --resume to continue")
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_resume_does_not_follow_a_model_path_the_run_folder_names(data, tmp_path, capsys):
+    """A run folder is untrusted: a manifest whose settings name a model at any path made `--resume` load it, train
+    it and export its weights (a fresh run without a checkpoint). A preset name is still taken from the manifest;
+    a path must be given again."""
+    other = tmp_path / "elsewhere"
+    train(data, other, steps=1, **FAST)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--steps", "2", "--stop-after", "1", "--quiet",
+                 "--threads", "1", "--model", "tiny"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    for name, value in (("model", str(other)), ("scorer", str(other))):
+        crafted = {**manifest, "settings": {**manifest["settings"], name: value,
+                                            **({"token_weighting": "dense"} if name == "scorer" else {})}}
+        (run / "manifest.json").write_text(json.dumps(crafted))
+        assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"nextlong train: error: {run / 'manifest.json'}: the run's --{name} is {str(other)!r}, a "
+                       f"path, which a run folder's manifest cannot choose: give it again (--{name} PATH) to resume")
+        with pytest.raises(UsageError, match=f"the run's --{name} is .*, a path"):
+            train(data, run, resume=True, progress=False, num_threads=1)
+    (run / "manifest.json").write_text(json.dumps(manifest))  # "tiny", a preset: taken from the manifest
+    assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 0
 
 
 def test_python_resume_takes_the_recorded_settings(data, tmp_path):

@@ -116,7 +116,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
     and an option given anew that differs from the saved one is still refused by the trainer."""
     saved = {}
     if args.resume:
-        from ..train.config import check_settings_recorded, recorded_settings, run_defining_names
+        from ..train.config import check_settings_recorded, recorded_settings, refuse_recorded_paths, run_defining_names
 
         shared = run_defining_names()
         check_settings_recorded(args.out, settings_given=any(
@@ -124,6 +124,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
         saved = recorded_settings(args.out)
         saved = {k: _checked(args.out, v, args.option_actions[k], args.option_defaults[k])
                  for k, v in saved.items() if k in shared and k in args.option_actions}
+        refuse_recorded_paths(args.out, saved, {k for k in saved if getattr(args, k) is not UNSET})
     values = {dest: getattr(args, dest) if getattr(args, dest) is not UNSET else saved.get(dest, default)
               for dest, default in args.option_defaults.items()}
     # which came from the run, so that an error names them as the run's, not as typed

@@ -202,10 +202,30 @@ def resumed_settings(run, given: dict) -> dict:
     if differ and ckpt.list_checkpoints(run):  # with none, the run starts from step 0 with what is given
         raise other_settings_error(run, differ)
     recorded = {k: v for k, v in everything.items() if k in shared and k not in given}
+    refuse_recorded_paths(run, recorded, given)
     if isinstance(recorded.get("betas"), list):  # JSON keeps the pair as a list
         recorded["betas"] = tuple(recorded["betas"])
     restored = frozenset(given.get("restored", ())) | frozenset(recorded)
     return {**recorded, **given, "restored": restored}
+
+
+PATH_SETTINGS = ("model", "scorer")  # settings that name a folder to load
+
+
+def refuse_recorded_paths(run, recorded: dict, given) -> None:
+    """A run folder is untrusted input: a model path its manifest names is not followed on --resume (a crafted
+    manifest made `--resume` load, train and export a model from anywhere on the disk). A preset name is taken
+    from it; a path must be given again, as the command that started the run gave it."""
+    from ..errors import UsageError
+    from ..untrusted import show
+    from .model import is_preset
+
+    for name in PATH_SETTINGS:
+        value = recorded.get(name)
+        if name in given or value is None or (name == "model" and isinstance(value, str) and is_preset(value)):
+            continue
+        raise UsageError(f"{Path(run) / 'manifest.json'}: the run's --{name} is {show(value, 100)}, a path, which a "
+                         f"run folder's manifest cannot choose: give it again (--{name} PATH) to resume")
 
 
 def other_settings_error(run, differ: dict):

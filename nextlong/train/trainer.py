@@ -425,7 +425,8 @@ class Trainer:
         import json
 
         mine_json = json.loads(json.dumps(mine, default=str))
-        same = {"data": _same_data}  # the same folders spelled otherwise (relative, a trailing '/') are the same data
+        # the same folders spelled otherwise (relative, a trailing '/') are the same data, model and scorer
+        same = {"data": _same_data, "model": _same_path, "scorer": _same_path}
         diff = sorted(str(k) for k in set(mine_json) | set(theirs)
                       if not same.get(k, operator.eq)(mine_json.get(k), theirs.get(k)))
         if diff:
@@ -781,6 +782,17 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
     if vocab is not None and vocab > model_vocab:
         raise NextlongError(f"{option} {spec}: the data's tokenizer ({data_tok}) has {vocab} ids but the model's "
                             f"vocabulary has {model_vocab}: token ids would reach past its embedding table")
+
+
+def _same_path(now, saved) -> bool:
+    """Whether two `model` (or `scorer`) settings name the same thing: equal, or paths resolving alike (a resume
+    must give a model path again, from whatever folder it runs in)."""
+    if now == saved or not (isinstance(now, str) and isinstance(saved, str)):
+        return now == saved
+    try:
+        return Path(now).resolve() == Path(saved).resolve() and Path(now).exists()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _same_data(now, saved) -> bool:
