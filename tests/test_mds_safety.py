@@ -298,3 +298,21 @@ def test_training_rows_need_integer_ids_and_paired_spans(tmp_path):
     with MDSWriter(tmp_path / "odd", TRAINING_COLUMNS) as w:
         w.write({"input_ids": np.arange(8, dtype=np.uint32), "indices": np.asarray([0, 4, 8], np.uint32)})
     _fails(lambda: Source(str(tmp_path / "odd")).sample(0, "sample"), "sample 0", "indices")
+
+
+@pytest.mark.parametrize("dtype, value", [("uint64", (1 << 32) + 7), ("int64", -4294967000), ("int64", -1)])
+def test_input_ids_wider_than_32_bits_are_refused(tmp_path, dtype, value):
+    """Before: ndarray:uint64 ids 2**32+7 were read as 7 and int64 -4294967000 as 296 (a silent wrap into
+    uint32), and training ran on them. Now, as for JSONL and Parquet, one line naming the shard and sample."""
+    from nextlong.train.sources import Source
+
+    folder = tmp_path / "wide"
+    with MDSWriter(folder, {"input_ids": f"ndarray:{dtype}"}) as w:
+        w.write({"input_ids": np.arange(5, dtype=dtype)})  # in range: read as it is
+        w.write({"input_ids": np.array([3, value, 4], dtype)})
+    source = Source(folder)
+    assert source.sample(0, "none").ids.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(NextlongError) as info:
+        source.sample(1, "none")
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("sample 1: input_ids outside 0..2**32-1")

@@ -153,6 +153,42 @@ def test_a_spill_whose_records_are_not_whole_batches_is_redone(reference, work, 
     _same_as_reference(out, reference[0])
 
 
+def _crafted(spill, state: bytes, rows: np.ndarray, **header) -> None:
+    """Rewrite `spill` as one record of `state` and `rows`, its CRC32 valid, under its header changed by `header`."""
+    import struct
+    import zlib
+
+    blob = spill.read_bytes()
+    end = blob.index(b"\n", len(MAGIC)) + 1
+    head = dict(json.loads(blob[len(MAGIC):end]), **header)
+    body = state + rows.tobytes()
+    spill.write_bytes(MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n"
+                      + struct.pack("<QQI", len(state), len(rows.tobytes()), zlib.crc32(body)) + body)
+
+
+CRAFTED = {  # each with a valid CRC32: before, a traceback (or the -1000 in the manifest); now the block is redone
+    "state nested 200,000 deep": (b"[" * 200_000 + b"]" * 200_000, {}),  # RecursionError
+    "state a list": (b"[8]", {}),  # AttributeError
+    "windowed a string": (b'{"rows": 8, "windowed": "x"}', {}),  # ValueError
+    "windowed negative": (b'{"rows": 8, "windowed": -1000}', {}),  # kept as chunks_windowed -1000 + the rest
+    "header width 0": (b'{"rows": 8}', {"width": 0}),  # ZeroDivisionError from the progress bar's count
+    "header width -1": (b'{"rows": 8}', {"width": -1}),  # a reshape ValueError there
+    "header dtype object": (b'{"rows": 8}', {"dtype": "|O"}),  # "cannot create an OBJECT array" there
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_a_crafted_spill_is_redone_never_a_traceback(reference, work, embeds, case):
+    """A spill someone else crafted, its records' CRC32 valid (it checks out byte by byte), with a state or header
+    no run writes: read as no spill (the block is embedded again whole), by the stage and by the bar's count."""
+    out, corpus = work
+    spill = _interrupt(out, corpus, embeds, after=3)
+    state, header = CRAFTED[case]
+    _crafted(spill, state, np.zeros((8, 64), "<f4"), **header)
+    assert _resume(out, corpus, embeds) == _batches(out)[1]
+    _same_as_reference(out, reference[0])
+
+
 def test_a_damaged_tail_is_cut_off_before_the_next_record(work, embeds):
     """A spill whose valid records are followed by junk longer than a record (a damaged tail): the next append
     cuts the junk off, so the spill holds its records and nothing after them, and is read back whole."""

@@ -147,7 +147,7 @@ def read_done(path) -> dict | None:
     path = Path(path)
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a record nested 100,000 deep is as unreadable as bad JSON
         return None
     return record if isinstance(record, dict) and "fingerprint" in record else None
 
@@ -720,6 +720,7 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
         record = read_done(directory / DONE_FILE)
         if record is None or record.get("fingerprint") != fps.get(stage.name) or not isinstance(record.get("files"), dict):
             continue
+        seen = set()
         for rel, want in record["files"].items():
             try:  # the project's rule for a name that stays in its folder, and a printable one of sane length
                 parts = plain_name(rel, str(directory), CorruptFileError).parts
@@ -727,6 +728,9 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
                 parts = ()
             if not parts or not rel.isprintable() or len(rel) > 4096 or not isinstance(want, dict):
                 raise refused(f"the file entry {show(rel, 80)} is not a name inside the stage's folder")
+            if parts in seen:  # one file under many spellings (store//x, ./store/x/) would be read once per spelling
+                raise refused(f"the file entry {show(rel, 80)} names {'/'.join(parts)} a second time")
+            seen.add(parts)
             path = directory.joinpath(*parts)
             try:
                 info = path.lstat()

@@ -10,7 +10,8 @@ A spill never says "done" (the block record does, framework.py): it is what the 
 So it is trusted only as far as it checks out: the header names its key (the block's fingerprint and the
 stage's spill settings: a spill of other settings is never read), every record carries its length and
 CRC32, and reading stops at the first record that is cut short or does not match; the rows after it are
-computed again, and the damaged tail is cut off before the next append.
+computed again, and the damaged tail is cut off before the next append. A CRC proves nothing against whoever
+wrote the file, so a header of no plain rows, or a state that is not a JSON object, is refused the same way.
 
 File layout: `MAGIC`, one JSON line {"key", "width", "dtype"}, then records, each
 `<QQI` (state bytes, data bytes, CRC32 of both) + a JSON state + `rows x width` values.
@@ -61,7 +62,7 @@ class BlockSpill:
             self._end = None
             return []
         at = self._header_end(blob)
-        if at is None:
+        if at is None or not _plain_rows(self._width, self._dtype):
             self._say("is not a spill of this block and settings (another version, or damaged): redoing the block")
             self._end = None
             return []
@@ -76,7 +77,9 @@ class BlockSpill:
                 break
             try:
                 record_state = json.loads(body[:n_state])
-            except ValueError:
+            except (ValueError, RecursionError):  # a crafted state nested 200,000 deep is a RecursionError
+                break
+            if not isinstance(record_state, dict):  # the state the stage appended is always an object
                 break
             records.append((record_state, np.frombuffer(body[n_state:], self._dtype).reshape(-1, self._width)))
             at += _RECORD.size + n_state + n_data
@@ -122,8 +125,10 @@ class BlockSpill:
             with open(self.path, "rb") as f:
                 f.readline()
                 header = json.loads(f.readline())
-            width, dtype = int(header["width"]), header["dtype"]
-        except (OSError, ValueError, KeyError, TypeError):
+            width, dtype = int(header["width"]), np.dtype(header["dtype"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return 0
+        if not _plain_rows(width, dtype):  # a header of width 0 or -1, or of Python objects, holds no rows
             return 0
         quiet = BlockSpill(self.path, self.key)
         return sum(a.shape[0] for _, a in quiet.load(width, dtype))
@@ -139,6 +144,11 @@ class BlockSpill:
     def _say(self, what: str) -> None:
         if self.log is not None:
             self.log(f"{self.path}: {what}")
+
+
+def _plain_rows(width: int, dtype: np.dtype) -> bool:
+    """Rows a spill can hold: a positive width of plain numbers (never Python objects or structures)."""
+    return width > 0 and dtype.kind in "fiu" and not dtype.hasobject and dtype.itemsize > 0
 
 
 def remove_spills(stage_dir, block: int | None = None, keep: Path | None = None) -> None:

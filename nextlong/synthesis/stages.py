@@ -25,6 +25,11 @@ from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_bat
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
 
 
+def _count(value) -> bool:
+    """A count read back from a spill or a record: a non-negative int (a crafted one may be anything)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @_dc.dataclass
 class ChunkStage(MapStage):
     """Corpus block -> meta-chunks with token ids; chunk_id counts from 0 in each block (`Consolidate`
@@ -273,12 +278,13 @@ class EmbedStage(MapStage):
         done, windowed_before = 0, 0
         if spill is not None:
             for state, part in spill.load(dim):
-                end = done + part.shape[0]
-                if state.get("rows") != end or end % self.batch_size or end >= len(texts):
+                end, windowed = done + part.shape[0], state.get("windowed", 0)
+                if (state.get("rows") != end or end % self.batch_size or end >= len(texts)
+                        or not _count(windowed)):  # a crafted "windowed": "x" or -1000000 is not a count
                     done, windowed_before = 0, 0  # not this block's batches (a matching key rules it out): redo it
                     spill.clear()
                     break
-                vecs[done:end], done, windowed_before = part, end, int(state.get("windowed", 0))
+                vecs[done:end], done, windowed_before = part, end, windowed
         before = getattr(self._embedder, "windowed_texts", 0)
         saved, since = done, time.monotonic()
         for lo in range(done, len(texts), self.batch_size):

@@ -329,6 +329,8 @@ class Source:
         if "input_ids" not in sample:
             raise NextlongError(f"{where}: no input_ids column")
         ids, spans = _int_array(sample["input_ids"], "input_ids", where), sample.get("indices")
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint32).max):  # uint64/int64 would wrap
+            raise NextlongError(f"{where}: input_ids outside 0..2**32-1")
         if spans is not None:
             spans = _int_array(spans, "indices", where, pairs=True)
         mask = sample.get(LOSS_MASK) if with_mask else None
