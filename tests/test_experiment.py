@@ -445,12 +445,34 @@ def test_seeds_that_give_one_data_set_are_named():
     meta-chunk's top negatives): three seeds of one data set, which the page did not say."""
     load_script()
     R = sys.modules["experiment_report"]
-    same = {"samples": 360, "anchor_negative_similarity_mean": 0.79362675, "random_chunk_pair_similarity_mean": 0.54}
+    same = {"samples": 360, "source_documents_used": 360, "already_long": 70, "negatives_per_meta_chunk_mean": 1.585,
+            "anchor_negative_similarity_mean": 0.79362675, "mean_dependency_distance_tokens": 420.09,
+            "random_chunk_pair_similarity_mean": 0.54}
     synth = {"nextlong seed-0": same, "nextlong seed-1": {**same, "random_chunk_pair_similarity_mean": 0.55},
              "standard seed-0": {"samples": 126}, "standard seed-1": {"samples": 126, "source_documents_used": 359}}
     (line, _) = R.same_data_lines(synth)
     assert line.startswith("The seeds of `nextlong` give the same statistics") and "`standard`" not in line
     synth["nextlong seed-1"] = {**same, "anchor_negative_similarity_mean": 0.79362676}
+    assert R.same_data_lines(synth) == []
+
+
+def test_equal_statistics_of_standard_seeds_prove_nothing():
+    """`standard` reports only samples and documents used (the rest None): seeds that pack every document into the
+    same sample count give equal values although each seed packs other documents together, which the page called
+    "the same samples in another order". Only a method reporting every compared statistic is judged."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    standard = {"samples": 126, "source_documents_used": 360, "mean_dependency_distance_tokens": 0.0}
+    synth = {f"standard seed-{s}": dict(standard, random_chunk_pair_similarity_mean=0.5 + s / 100) for s in range(3)}
+    assert R.same_data_lines(synth) == []
+    # one nextlong seed lacking a statistic is not judged either
+    full = {"samples": 360, "source_documents_used": 360, "already_long": 70, "negatives_per_meta_chunk_mean": 1.585,
+            "anchor_negative_similarity_mean": 0.79362675, "mean_dependency_distance_tokens": 420.09}
+    synth |= {"nextlong seed-0": full, "nextlong seed-1": full}
+    (line, _) = R.same_data_lines(synth)
+    assert "`nextlong`" in line and "`standard`" not in line
+    synth["nextlong seed-1"] = {**full, "already_long": None}
+    synth["nextlong seed-0"] = {**full, "already_long": None}
     assert R.same_data_lines(synth) == []
 
 
