@@ -445,13 +445,90 @@ def test_seeds_that_give_one_data_set_are_named():
     meta-chunk's top negatives): three seeds of one data set, which the page did not say."""
     load_script()
     R = sys.modules["experiment_report"]
-    same = {"samples": 360, "anchor_negative_similarity_mean": 0.79362675, "random_chunk_pair_similarity_mean": 0.54}
+    same = {"samples": 360, "source_documents_used": 360, "already_long": 70, "negatives_per_meta_chunk_mean": 1.585,
+            "anchor_negative_similarity_mean": 0.79362675, "mean_dependency_distance_tokens": 420.09,
+            "random_chunk_pair_similarity_mean": 0.54}
     synth = {"nextlong seed-0": same, "nextlong seed-1": {**same, "random_chunk_pair_similarity_mean": 0.55},
              "standard seed-0": {"samples": 126}, "standard seed-1": {"samples": 126, "source_documents_used": 359}}
     (line, _) = R.same_data_lines(synth)
     assert line.startswith("The seeds of `nextlong` give the same statistics") and "`standard`" not in line
     synth["nextlong seed-1"] = {**same, "anchor_negative_similarity_mean": 0.79362676}
     assert R.same_data_lines(synth) == []
+
+
+def test_equal_statistics_of_standard_seeds_prove_nothing():
+    """`standard` reports only samples and documents used (the rest None): seeds that pack every document into the
+    same sample count give equal values although each seed packs other documents together, which the page called
+    "the same samples in another order". Only a method reporting every compared statistic is judged."""
+    load_script()
+    R = sys.modules["experiment_report"]
+    standard = {"samples": 126, "source_documents_used": 360, "mean_dependency_distance_tokens": 0.0}
+    synth = {f"standard seed-{s}": dict(standard, random_chunk_pair_similarity_mean=0.5 + s / 100) for s in range(3)}
+    assert R.same_data_lines(synth) == []
+    # one nextlong seed lacking a statistic is not judged either
+    full = {"samples": 360, "source_documents_used": 360, "already_long": 70, "negatives_per_meta_chunk_mean": 1.585,
+            "anchor_negative_similarity_mean": 0.79362675, "mean_dependency_distance_tokens": 420.09}
+    synth |= {"nextlong seed-0": full, "nextlong seed-1": full}
+    (line, _) = R.same_data_lines(synth)
+    assert "`nextlong`" in line and "`standard`" not in line
+    synth["nextlong seed-1"] = {**full, "already_long": None}
+    synth["nextlong seed-0"] = {**full, "already_long": None}
+    assert R.same_data_lines(synth) == []
+
+
+def finished_eval(X, folder: Path, settings: dict, **extra) -> None:
+    """An evaluation folder as a finished stage leaves it: outputs, a nested stage with its own record, the record."""
+    (folder / "heads").mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / "heads" / "x.json").write_text("{}")
+    (folder / "repeat").mkdir()
+    X.mark_done(folder / "repeat", {"distances": [8]}, 1.0)
+    X.mark_done(folder, settings, 1.0, **extra)
+
+
+def test_stale_evaluation_sweep_removes_only_a_changed_model_with_these_settings(tmp_path, capsys):
+    """The sweep ran before the settings check and deleted a folder finished with other settings (which done()
+    refuses with "use another --out"), and every record written before fingerprints existed. Now it removes only a
+    record with these settings and another fingerprint; the rest are left to done()."""
+    X = load_script()
+    settings, other = {"model": "m", "lengths": [512]}, {"model": "m", "lengths": [8192]}
+    f = tmp_path / "other"
+    finished_eval(X, f, other, model_fingerprint="fp-old")
+    X.forget_stale_evaluation(f, settings, "fp-now")
+    assert (f / "metrics.json").exists() and (f / X.DONE).exists()
+    with pytest.raises(SystemExit, match="finished with other settings"):
+        X.done(f, settings)
+
+    f = tmp_path / "predates"
+    finished_eval(X, f, settings)  # no fingerprint: written before fingerprints existed
+    X.forget_stale_evaluation(f, settings, "fp-now")
+    assert (f / "metrics.json").exists() and X.done(f, settings) is not None
+    assert "predates model fingerprints" in capsys.readouterr().err
+
+    f = tmp_path / "same"
+    finished_eval(X, f, settings, model_fingerprint="fp-now")
+    X.forget_stale_evaluation(f, settings, "fp-now")
+    assert (f / "metrics.json").exists() and X.done(f, settings) is not None
+
+    f = tmp_path / "changed"
+    finished_eval(X, f, settings, model_fingerprint="fp-old")
+    X.forget_stale_evaluation(f, settings, "fp-now")
+    assert sorted(p.name for p in f.iterdir()) == ["repeat"] and (f / "repeat" / X.DONE).exists()
+    assert X.done(f, settings) is None
+
+
+@pytest.mark.parametrize("text,kind", [("[1]", "a JSON list"), ("{", "not JSON")])
+def test_a_record_that_is_not_an_object_gets_one_line(tmp_path, text, kind):
+    """A .done.json holding a list gave AttributeError and a broken one JSONDecodeError, from the sweep and from
+    done(). The sweep leaves it; done() refuses it in one line naming the file."""
+    X = load_script()
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / X.DONE).write_text(text)
+    X.forget_stale_evaluation(tmp_path, {"model": "m"}, "fp")
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / X.DONE).exists()
+    with pytest.raises(SystemExit) as e:
+        X.done(tmp_path, {"model": "m"})
+    assert str(tmp_path / X.DONE) in str(e.value) and kind in str(e.value) and "\n" not in str(e.value)
 
 
 PAGES = ("nextlong-vs-standard", "nextlong-vs-standard-short-docs", "nextlong-vs-standard-longce-self",

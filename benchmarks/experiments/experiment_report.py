@@ -72,16 +72,26 @@ def synthesis_lines(results: dict) -> list[str]:
         same_data_lines(synth) + epoch_lines(results)
 
 
+SAME_DATA_STATS = ("samples", "source_documents_used", "already_long", "negatives_per_meta_chunk_mean",
+                   "anchor_negative_similarity_mean", "mean_dependency_distance_tokens")
+# compared too where reported; older results lack it and it is None where no sample has negatives
+SAME_DATA_OPTIONAL = ("mean_dependency_distance_tokens_with_negatives",)
+
+
 def same_data_lines(synth: dict) -> list[str]:
     """Methods whose seeds give equal statistics to the last digit: their seeds then hold one data set in other
     orders (NExtLong uses every anchor once and takes each meta-chunk's most similar chunks, not a draw, when the
-    sample count reaches the number of anchors), so the seeds vary training order, not data."""
-    by_method: dict[str, list[tuple]] = {}
+    sample count reaches the number of anchors), so the seeds vary training order, not data. Only a method that
+    reports every statistic of SAME_DATA_STATS is judged: `standard` reports samples and documents used alone, which
+    are equal whenever its seeds pack every document into the same count, while each seed packs other documents
+    together, so equal values would prove nothing there (the random pair similarity is a seeded draw, not compared)."""
+    by_method: dict[str, list[tuple | None]] = {}
     for key, entry in synth.items():
         method, _, seed = key.rpartition(" seed-")
-        by_method.setdefault(method, []).append(tuple(entry.get(c) for c in ("samples",) + SYNTH_STATS
-                                                      if c != "random_chunk_pair_similarity_mean"))  # a seeded draw
-    same = [m for m, stats in by_method.items() if len(stats) > 1 and len(set(stats)) == 1]
+        stats = tuple(entry.get(c) for c in SAME_DATA_STATS + SAME_DATA_OPTIONAL)
+        by_method.setdefault(method, []).append(
+            None if any(entry.get(c) is None for c in SAME_DATA_STATS) else stats)
+    same = [m for m, stats in by_method.items() if len(stats) > 1 and None not in stats and len(set(stats)) == 1]
     if not same:
         return []
     names = ", ".join(f"`{m}`" for m in same)

@@ -24,7 +24,7 @@ seeds and a killed run loses only the stage it was in (training resumes from its
   eval        per (arm, seed): `nextlong eval` (teacher-forced recall tasks), LongPPL / long-context
               gain / loss by position / short-context perplexity on the held-out documents, `nextlong heads`,
               the repeat probe; each record also holds the fingerprint of the model it measured, so a model
-              trained again at the same path is evaluated again
+              trained again at the same path is evaluated again (a record from before fingerprints is trusted)
   report      results.json ({"base_length": N, "arms": {ARM: {"seeds": {SEED: {METRIC: value}}}}, ...}) and
               the Markdown page (experiment_report.py)
 
@@ -187,12 +187,27 @@ def write_json(path: Path, obj) -> None:
     write_json_atomic(path, obj)
 
 
-def done(folder: Path, settings: dict) -> dict | None:
-    """The completion record of a stage folder, if the stage finished with these settings."""
+def read_record(folder: Path) -> dict | None:
+    """A stage folder's completion record, or None where it has none; one line naming the file where it is not
+    a JSON object."""
     record = folder / DONE
     if not record.exists():
         return None
-    data = json.loads(record.read_text())
+    try:
+        data = json.loads(record.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{record}: not a completion record (not JSON: {e}); remove it to run the stage again")
+    if not isinstance(data, dict):
+        raise SystemExit(f"{record}: not a completion record (a JSON {type(data).__name__}, expected an object); "
+                         "remove it to run the stage again")
+    return data
+
+
+def done(folder: Path, settings: dict) -> dict | None:
+    """The completion record of a stage folder, if the stage finished with these settings."""
+    data = read_record(folder)
+    if data is None:
+        return None
     if data.get("settings") != json.loads(json.dumps(settings)):
         raise SystemExit(f"{folder}: finished with other settings ({data.get('settings')} != {settings}); "
                          "use another --out for another scale or configuration")
@@ -669,13 +684,25 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def forget_stale_evaluation(folder: Path, fingerprint: str) -> None:
+def forget_stale_evaluation(folder: Path, settings: dict, fingerprint: str) -> None:
     """An evaluation stage is keyed on the model's path and the evaluation settings; its record also holds the
-    fingerprint of the model it measured. Where the model at that path has changed since (a run trained again),
-    or the record predates fingerprints, the stage's outputs are removed so it measures the model there now. A
-    stage nested in the folder (eval/NAME/repeat) keeps its own: it checks its own record."""
+    fingerprint of the model it measured. Where the record has these settings and another fingerprint (the run
+    at that path was trained again), the stage's outputs are removed so it measures the model there now. Any
+    other record is left to the stage's own check: other settings are refused there, not deleted here; a record
+    written before fingerprints existed is trusted (deleting it would re-evaluate every model of an older work
+    folder); a record that is not a JSON object gets its one line there. A stage nested in the folder
+    (eval/NAME/repeat) keeps its own: it checks its own record."""
     record = folder / DONE
-    if not record.exists() or json.loads(record.read_text()).get("model_fingerprint") == fingerprint:
+    try:
+        data = read_record(folder)
+    except SystemExit:
+        return
+    if data is None or data.get("settings") != json.loads(json.dumps(settings)):
+        return
+    if "model_fingerprint" not in data:
+        log(f"{folder}: its record predates model fingerprints; trusted as the evaluation of the model there now")
+        return
+    if data["model_fingerprint"] == fingerprint:
         return
     log(f"{folder}: the model changed since it was evaluated: evaluating it again")
     record.unlink()  # first: a kill below leaves an unfinished stage, never a finished one without its outputs
@@ -690,7 +717,7 @@ def evaluate_model(out: Path, sc: Scale, name: str, model_dir: Path, eval_seed: 
     settings = {"model": str(model_dir), "lengths": sc.eval_lengths, "depths": sc.eval_depths,
                 "samples": sc.eval_samples, "window": sc.ppl_window, "heads": sc.heads_lengths, "seed": eval_seed}
     fingerprint = model_fingerprint(model_dir)
-    forget_stale_evaluation(folder, fingerprint)
+    forget_stale_evaluation(folder, settings, fingerprint)
 
     def run():
         from nextlong.eval import evaluate, retrieval_heads
@@ -720,7 +747,7 @@ def repeat_probe(out: Path, sc: Scale, name: str, model_dir: Path, root: Path | 
     settings = {"model": str(model_dir), "distances": probe_distances(sc), "documents": "heldout",
                 "max_length": sc.long_len}
     fingerprint = model_fingerprint(model_dir)
-    forget_stale_evaluation(folder, fingerprint)
+    forget_stale_evaluation(folder, settings, fingerprint)
 
     def run():
         from nextlong.eval.model import load_model

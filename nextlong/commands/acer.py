@@ -56,7 +56,9 @@ def add_parser(subparsers) -> None:
                    help="the reader first quotes what helps from the passages, then answers on a line starting "
                         "\"So the answer is:\" (read_cot.txt); the whole text is the sample's answer, answers "
                         "without that line are dropped, and --filter answer-match reads only what follows it")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seeds the chunks drawn for --generate-questions and, with each question's id, the shuffled "
+                        "chunk order (default 0)")
     p.add_argument("--embedder", help="embedder for --retriever embedding (default all-MiniLM-L6-v2 offline; static; "
                                       "hashed-tfidf; or a local model folder)")
     p.add_argument("--query-prefix", default="",

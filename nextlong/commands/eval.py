@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--depths", type=positive_int, default=D["depths"], help="needle depths spread over 0-100%% (default 5)")
     p.add_argument("--samples", type=positive_int, default=D["samples"],
                    help="samples per task, length and depth (default 1; RULER uses hundreds)")
-    p.add_argument("--seed", type=seed, default=D["seed"])
+    p.add_argument("--seed", type=seed, default=D["seed"],
+                   help="seeds the task samples (needles, keys, haystacks) and the RAG tasks' shuffled chunk order "
+                        f"(default {D['seed']})")
     p.add_argument("--mode", choices=MODES, default=D["mode"],
                    help="greedy generation (RULER), teacher-forced answer scoring, or both (default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=D["max_new_tokens"],

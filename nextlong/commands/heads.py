@@ -35,12 +35,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--all-trials", action="store_true", help="count every trial, whatever the answer")
     p.add_argument("--max-new-tokens", type=positive_int, default=D["max_new_tokens"], help="decoding steps per trial (default 50)")
     p.add_argument("--mask-heads", type=nonnegative_int, default=D["mask_heads"], metavar="K",
-                   help="causal check: NIAH accuracy with the top-K retrieval heads masked vs K random heads")
+                   help="causal check: NIAH accuracy with the top-K retrieval heads masked vs K random heads "
+                        f"(default {D['mask_heads']}: no check)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=D["compare"],
                    help="compare two `nextlong heads` output folders (counts and score differences B - A)")
     p.add_argument("--corpus", default=D["corpus"], help="haystack corpus (default: the embedded stdlib docstrings)")
     p.add_argument("--text-field", default=D["text_field"], help="text field of --corpus records (default text)")
-    p.add_argument("--seed", type=seed, default=D["seed"], help="seed of the random heads masked by --mask-heads")
+    p.add_argument("--seed", type=seed, default=D["seed"],
+                   help=f"seed of the K random heads --mask-heads compares with (default {D['seed']})")
     p.add_argument("--attn", "--attention", action=OneSpelling, dest="attn", choices=ATTENTION, default=D["attn"],
                    help="prefill attention (default auto: SDPA); decoding steps use eager attention, which returns "
                    "the weights")

@@ -74,7 +74,9 @@ def add_parser(subparsers) -> None:
                                       "lexical, fastest; or a local model folder)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="granularity s (default 2048)")
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars", help="unit of --chunk-size (default chars)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seeds the anchor order (nextlong, knn), the packing order (standard), iclm's path starts and "
+                        "quest's keyword draw (default 0)")
     p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet",
                    help="format of the samples written (default parquet; the corpus goes by its files' extensions)")
