@@ -387,8 +387,9 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
         e = record("embeddings")
         embedder_name = e.get("embedder")
         if not _count(e.get("windowed", 0)):  # copied into manifest.json as chunks_windowed
-            raise CorruptFileError(f"{out / 'embeddings' / DONE_FILE}: its windowed count {show(e.get('windowed'), 40)} "
-                                   "is not a non-negative integer; remove {out / 'embeddings'} to embed again")
+            raise CorruptFileError(f"{out / 'embeddings' / DONE_FILE}: its windowed count "
+                                   f"{show(e.get('windowed'), 40)} is not a non-negative integer; remove "
+                                   f"{out / 'embeddings'} to embed again")
         stats["embedding"] = {"embedder": embedder_name,
                               "max_length_tokens": int(e["max_length"]) if e.get("max_length") else None,
                               "chunks_windowed": e.get("windowed"),
