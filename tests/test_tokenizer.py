@@ -625,6 +625,35 @@ def test_an_added_token_listed_twice_matches_with_its_last_listings_flags_like_h
         assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids, text
 
 
+def test_an_added_token_listed_twice_takes_its_last_listings_normalized_flag_and_counts_once(tmp_path):
+    """With an NFC normalizer, 'ǹ' listed normalized then not: HF matches it as the last listing says (the raw
+    content only), nextlong kept each listing's own flag (the attack s14 fuzz: 92-123 of ~7,300 encodings differed);
+    and the token listed twice was counted twice in vocab_size."""
+    added = [{"content": "\u01f9", "normalized": True}, {"content": "\u01f9", "normalized": False}]
+    for order in (added, added[::-1]):
+        path = _with_added(tmp_path, "twice-nfc.json", order, {"type": "NFC"})
+        ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+        for text in ("n\u0300", "\u01f9", "an\u0300b\u01f9", "n\u0300\u01f9n\u0300"):
+            assert ours.encode(text).tolist() == ref.encode(text, add_special_tokens=False).ids, (order, text)
+        assert ours.vocab_size == ref.get_vocab_size()
+
+
+def test_a_file_whose_added_ids_hf_moves_gets_another_fingerprint(tmp_path):
+    """Such a file was read with the file's ids before (an id left in a gap): its data tokenized then must not pass
+    for this tokenizer's output, so its fingerprint changes; a file HF reads as written keeps its fingerprint."""
+    from nextlong.corpus.tokenizer import _fingerprint
+
+    as_written = _with_added(tmp_path, "kept.json", [{"content": "<a>"}])  # id 257, the next one: HF's too
+    data = json.loads(as_written.read_text())
+    data["added_tokens"][0]["id"] = 300
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(data))
+    for path, kept in ((as_written, True), (moved, False)):
+        tok = Tokenizer.from_file(path)
+        assert tok.token_to_id("<a>") == 257
+        assert (tok.fingerprint == _fingerprint(path.read_bytes(), tok.pattern)) is kept
+
+
 def test_added_token_ids_are_the_ones_hf_gives_not_the_files(tmp_path, capsys):
     """HF does not take an added token's `id` from the file: a token that is also a vocabulary string keeps the
     vocabulary's id, a new one takes the next id past the vocabulary (or past the largest added id), and a file id

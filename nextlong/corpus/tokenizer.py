@@ -185,7 +185,8 @@ class Tokenizer:
             self.vocab_size = int(native.max_id) + 1
         else:  # what tokenizers' get_vocab_size() reports: model vocab plus added tokens not in it
             model_ids = native.num_model_tokens + len(self._decode_only)
-            extra = sum(1 for _, i, _ in self._added if native.token_bytes(i) is None or not self._in_model(i))
+            extra = sum(1 for i in {i for _, i, _ in self._added}  # a token listed twice is one id
+                        if native.token_bytes(i) is None or not self._in_model(i))
             self.vocab_size = int(model_ids + extra)
 
     def _in_model(self, token_id: int) -> bool:
@@ -574,11 +575,15 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                                  "ids must be non-negative integers")
         added.append((t["content"], t["id"], bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+    file_ids = [a[1] for a in added]
     added = _hf_added_ids(path, vocab, added)
-    # HF keeps one token per id, the last listed, and reads a match's strips and single_word from it: a content
-    # listed twice with other flags takes its last listing's everywhere (the first one's gave other ids)
-    last = {a[0]: a[2:5] for a in added}
-    added = [(a[0], a[1], *last[a[0]], a[5]) for a in added]
+    # a file whose ids HF moves was read with the file's ids before 2026-12-07: another fingerprint, so that nothing
+    # tokenized then (a cached chunk store, synthesized data) passes for this tokenizer's output
+    salt = b"\0hf-added-ids\0" if file_ids != [a[1] for a in added] else b""
+    # HF keeps one token per id, the last listed, and reads a match's strips, single_word and normalized from it: a
+    # content listed twice with other flags takes its last listing's everywhere (the first one's gave other ids)
+    last = {a[0]: a[2:] for a in added}
+    added = [(a[0], a[1], *last[a[0]]) for a in added]
     _check_ids(path, [*vocab.items(), *((a[0], a[1]) for a in added)])
 
     model_list, decode_only = [], {}
@@ -603,7 +608,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                            added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],
                            nfc=nfc, unk_id=unk_id, fuse_unk=fuse_unk)
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
-    tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw, pattern), source="huggingface",
+    tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw + salt, pattern), source="huggingface",
                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
     prefix = _prefix_ids(data.get("post_processor"), path)
     for i in prefix:
