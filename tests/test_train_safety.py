@@ -707,6 +707,9 @@ def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, ca
     assert capsys.readouterr().err.strip() == ("nextlong train: terminated (SIGTERM) before training started; "
                                                "nothing was written: run the command again")
     assert not new.exists()
+    new.mkdir()  # an empty folder of the user's: no run ever was there either
+    assert main(["train", str(data), "--out", str(new), *common]) == 143
+    assert capsys.readouterr().err.strip().endswith("before training started; nothing was written: run the command again")
     assert main(["train", str(data), "--out", str(bare), "--resume", *common]) == 143
     assert capsys.readouterr().err.strip() == (
         "nextlong train: terminated (SIGTERM) before the run's first checkpoint; nothing was saved to resume from: "

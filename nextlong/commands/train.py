@@ -187,7 +187,7 @@ def stopped_outside_the_loop(out, what: str) -> str:
         return what
     if found:
         return f"{what}; the run's checkpoints are kept: run the same command with --resume to continue"
-    if not os.path.isdir(out):
+    if not os.path.isfile(os.path.join(out, "manifest.json")):  # no --out, or an empty folder: no run was there
         return f"{what} before training started; nothing was written: run the command again"
     return (f"{what} before the run's first checkpoint; nothing was saved to resume from: run the command again "
             "(with --resume, the run starts again from step 0)")
