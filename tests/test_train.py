@@ -118,8 +118,15 @@ def test_a_folder_named_like_a_weight_is_read_as_that_folder(data, tmp_path):
     assert (source.path, source.weight) == (named, 3.0)
     shutil.copytree(data, tmp_path / "v")
     with pytest.raises(UsageError, match=r"v@2: ambiguous: it exists, and so does .*/v \(at weight 2\); "
-                                         r"write .*/v@2@1 for the first, or rename one"):
+                                         r"write .*/v@2@1 for the first, .*/v/@2 for the second"):
         open_sources([str(named)])
+    (source,) = open_sources([f"{tmp_path / 'v'}/@2"])
+    assert (source.path, source.weight) == (tmp_path / "v", 2.0)
+    # a run that recorded `v@2` when only `v` existed resumes, with `v/@2` (or its own spelling)
+    from nextlong.train.trainer import _same_data
+
+    assert _same_data([f"{tmp_path / 'v'}/@2"], [str(named)])
+    assert not _same_data([f"{named}@1"], [str(named)])
     (source,) = open_sources([f"{named}@1"])
     assert (source.path, source.weight) == (named, 1.0)
     (source,) = open_sources([f"{tmp_path / 'v'}@2.5"])

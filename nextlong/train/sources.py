@@ -20,10 +20,11 @@ from ..untrusted import member, read_json, show
 from .config import LOSS_ON
 
 
-def parse_data_spec(spec: str) -> tuple[str, float]:
+def parse_data_spec(spec: str, ambiguous: str = "refuse") -> tuple[str, float]:
     """'PATH' or 'PATH@weight' -> (path, weight). A path that itself ends in '@number' (a folder named
     `v@2`) is that path at weight 1 when `v` does not exist (it was read as `v` at weight 2: "data not found");
-    when both exist the spec is refused as ambiguous."""
+    when both exist the spec is refused as ambiguous (`v@2@1` is the folder, `v/@2` the weight), or, with
+    ambiguous="weight" (a spec an earlier run recorded), read as the weight, the meaning such a spec had then."""
     spec = str(spec)
     path, sep, weight = spec.rpartition("@")
     if not sep or not path:
@@ -35,8 +36,9 @@ def parse_data_spec(spec: str) -> tuple[str, float]:
     if os.path.lexists(spec):
         if not os.path.lexists(path):
             return spec, 1.0
-        raise UsageError(f"{spec}: ambiguous: it exists, and so does {path} (at weight {weight}); write "
-                         f"{spec}@1 for the first, or rename one")
+        if ambiguous != "weight":
+            raise UsageError(f"{spec}: ambiguous: it exists, and so does {path} (at weight {weight}); write "
+                             f"{spec}@1 for the first, {path.rstrip('/')}/@{weight} for the second")
     if not 0 < value < 1e100:  # also refuses inf and nan; weights are normalised, so any scale works below
         raise UsageError(f"{spec}: the mixing weight after '@' must be a positive number below 1e100, got {weight}")
     return path, value

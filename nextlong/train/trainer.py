@@ -800,14 +800,15 @@ def _same_data(now, saved) -> bool:
     paths (a saved relative path from the current folder), weight by weight."""
     from .sources import parse_data_spec
 
-    def resolved(specs):
+    def resolved(specs, ambiguous):
         try:
-            return [(str(Path(path).resolve()), weight) for path, weight in map(parse_data_spec, specs)]
+            return [(str(Path(path).resolve()), weight) for path, weight in
+                    (parse_data_spec(spec, ambiguous) for spec in specs)]
         except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a saved value of the wrong shape
             return specs
 
     return now == saved or (isinstance(now, list) and isinstance(saved, list) and all(
-        isinstance(x, str) for x in now + saved) and resolved(now) == resolved(saved))
+        isinstance(x, str) for x in now + saved) and resolved(now, "refuse") == resolved(saved, "weight"))
 
 
 def _append(path: Path):
