@@ -203,6 +203,14 @@ def test_loss_on_is_checked_before_any_work(acer, tmp_path, capsys):
         train(acer, tmp_path / "e", seq_len=100, **FAST)
     with pytest.raises(UsageError, match="--split-spans with --loss-on answer"):
         PackedDataset(str(acer), SEQ, split_spans=True)
+    # settings --resume took from the run's manifest are named as the run's (attack s14), not as typed
+    masked = open_sources([str(acer)])
+    with pytest.raises(UsageError, match=r"^--split-spans \(from the run's manifest\) with --loss-on answer "
+                                         r"\(from the run's manifest\) would cut"):
+        resolve_loss_on(masked, "answer", split_spans=True, restored=frozenset({"split_spans", "loss_on"}))
+    with pytest.raises(UsageError, match=r"^--attention-spans document \(from the run's manifest\) with --loss-on "
+                                         r"answer \(the default"):
+        resolve_loss_on(masked, None, attention_spans="document", restored=frozenset({"attention_spans"}))
 
 
 def test_bad_masks_are_named_by_row(tmp_path, rows):

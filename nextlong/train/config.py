@@ -31,6 +31,13 @@ _NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progres
 MAX_LR = 1e10  # far above any rate that trains; AdamW's float32 arithmetic overflows near 1e38
 
 
+def option_text(name: str, value, restored=frozenset()) -> str:
+    """`--name value` (a flag: `--name`) as an error names an option, marked as the run's own where --resume took it
+    from RUN/manifest.json: a user who never typed it must not read it as their mistake."""
+    said = f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+    return f"{said} (from the run's manifest)" if name in restored else said
+
+
 @dataclass
 class TrainConfig:
     data: list[str]                      # "PATH" or "PATH@weight", one per source
@@ -119,11 +126,8 @@ class TrainConfig:
         return self
 
     def option(self, name: str, value=None) -> str:
-        """`--name value` as an error names it, marked as the run's own when --resume took it from the run's
-        manifest: a user who never typed it must not read it as their mistake."""
-        value = getattr(self, name) if value is None else value
-        said = f"--{name.replace('_', '-')} {value}"
-        return f"{said} (from the run's manifest)" if name in self.restored else said
+        """`--name value` as an error names it (option_text)."""
+        return option_text(name, getattr(self, name) if value is None else value, self.restored)
 
     def resolved_warmup(self) -> int:
         return self.warmup if self.warmup is not None else int(round(0.05 * self.steps))

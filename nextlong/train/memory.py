@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from .config import option_text
 from .distributed import all_ranks_ok
 
 _BATCH_BYTES_PER_TOKEN = 3 * 8 + 4  # input_ids, labels, position_ids (int64) + the packed uint32 ids
@@ -69,7 +70,7 @@ def _cgroup_room() -> int | None:
 
 
 def check_step_memory(model, *, seq_len: int, micro_batch: int, device: torch.device, shards: int = 1,
-                      local_world: int = 1, seq_parallel: int = 1) -> None:
+                      local_world: int = 1, seq_parallel: int = 1, restored=frozenset()) -> None:
     """UsageError (on every rank) when one micro-batch cannot fit in the memory available now (under
     sequence parallelism, this rank's 1/seq_parallel of each sequence)."""
     tokens = seq_len // seq_parallel * micro_batch
@@ -79,8 +80,9 @@ def check_step_memory(model, *, seq_len: int, micro_batch: int, device: torch.de
     have = available_memory(device, local_world)
     if all_ranks_ok(have is None or need <= have):
         return
-    what = f"--seq-len {seq_len}" + (f" / --seq-parallel {seq_parallel}" if seq_parallel > 1 else "") + (
-        f" x --micro-batch {micro_batch}" if micro_batch > 1 else "")
+    what = option_text("seq_len", seq_len, restored) + (
+        f" / {option_text('seq_parallel', seq_parallel, restored)}" if seq_parallel > 1 else "") + (
+        f" x {option_text('micro_batch', micro_batch, restored)}" if micro_batch > 1 else "")
     where = "GPU" if device.type == "cuda" else "main"
     have_text = _gib(have) if have is not None and have < need else "less on another process"
     raise UsageError(f"{what} = {tokens:,} tokens per forward pass need at least {_gib(need)} of {where} memory "

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import NextlongError, UsageError
 from ..untrusted import member, read_json, show
-from .config import LOSS_ON
+from .config import LOSS_ON, option_text
 
 
 def parse_data_spec(spec: str, ambiguous: str = "refuse") -> tuple[str, float]:
@@ -452,7 +452,7 @@ def _checked_manifest(path: Path, manifest: dict) -> dict:
 
 
 def resolve_loss_on(sources: list[Source], loss_on: str | None, *, attention_spans: str = "sample",
-                    split_spans: bool = False) -> str:
+                    split_spans: bool = False, restored=frozenset()) -> str:
     """The loss mode for these sources: `loss_on` as asked, or (None) "answer" when the data has a
     loss_mask, else "all". A UsageError in one line when "answer" cannot apply: a source without a
     loss_mask (mixing masked and unmasked data needs --loss-on all), or options that would cut a
@@ -471,13 +471,15 @@ def resolve_loss_on(sources: list[Source], loss_on: str | None, *, attention_spa
     if plain:
         raise UsageError(f"{plain[0].path} has no `loss_mask` but {masked[0].path} has one: answer-only loss "
                          "cannot apply to every source; pass --loss-on all to train on every token of every source")
-    why = f"--loss-on answer (the default for data with a loss_mask such as {masked[0].path})"
+    why = (option_text("loss_on", loss_on, restored) if "loss_on" in restored else
+           f"--loss-on answer (the default for data with a loss_mask such as {masked[0].path})")
     if split_spans:
-        raise UsageError(f"--split-spans with {why} would cut a sample and leave its answer without its context; "
-                         "raise --seq-len instead, or pass --loss-on all")
+        raise UsageError(f"{option_text('split_spans', True, restored)} with {why} would cut a sample and leave its "
+                         "answer without its context; raise --seq-len instead, or pass --loss-on all")
     if attention_spans != "sample":
-        raise UsageError(f"--attention-spans {attention_spans} with {why}: each sample is one attention span, so "
-                         "its answer sees its whole context; use --attention-spans sample, or pass --loss-on all")
+        raise UsageError(f"{option_text('attention_spans', attention_spans, restored)} with {why}: each sample is one "
+                         "attention span, so its answer sees its whole context; use --attention-spans sample, or pass "
+                         "--loss-on all")
     return loss_on
 
 

@@ -200,7 +200,7 @@ class Trainer:
         cfg = self.cfg
         check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
                           shards=self.world if cfg.fsdp else 1, local_world=self.local_world,
-                          seq_parallel=self.sp)  # collective: every rank refuses alike
+                          seq_parallel=self.sp, restored=cfg.restored)  # collective: every rank refuses alike
         _agreed(self._setup_scorer)
         self.wrapped = self._wrap(self.loss_model)
         self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
@@ -242,7 +242,7 @@ class Trainer:
                                     "training run's folder")
         self.data_fingerprint = [s.fingerprint() for s in sources]  # what the manifest records and a resume compares
         self.loss_on = resolve_loss_on(sources, cfg.loss_on, attention_spans=cfg.attention_spans,
-                                       split_spans=cfg.split_spans)
+                                       split_spans=cfg.split_spans, restored=cfg.restored)
         # the user's --tokenizer, else what the data's manifests name (their own copy, or a built-in name)
         data_tok = cfg.tokenizer or next((s.tokenizer_spec for s in sources if s.tokenizer_spec), None)
         data_fp = next((s.tokenizer_fingerprint for s in sources if s.tokenizer_fingerprint), None)
@@ -330,8 +330,8 @@ class Trainer:
         self.model_vocab = lm.config.vocab_size
         _check_vocabulary("--model", cfg.model, self.model_vocab, data_tok, vocab)
         if self.sp > 1 and lm.config.num_attention_heads % self.sp:
-            raise UsageError(f"--seq-parallel {self.sp}: the model's {lm.config.num_attention_heads} attention heads "
-                             "do not split over it (Ulysses gives each rank whole heads)")
+            raise UsageError(f"{cfg.option('seq_parallel', self.sp)}: the model's {lm.config.num_attention_heads} "
+                             "attention heads do not split over it (Ulysses gives each rank whole heads)")
         self.num_params = sum(p.numel() for p in lm.parameters())
         _check_finite_weights("--model", cfg.model, lm)
         self.rope_theta = get_rope_theta(lm.config)
