@@ -232,13 +232,7 @@ def test_a_chain_of_drifting_versions_is_one_family(tok, seed, shuffle, tree):
     (in order or shuffled) or 120 versions each two words away from a random earlier one."""
     rng = random.Random(seed)
     if tree:
-        versions = [[f"s{rng.randrange(10 ** 6)}" for _ in range(100)]]
-        for k in range(1, 120):
-            text = list(versions[rng.randrange(k)])
-            for _ in range(2):
-                text[rng.randrange(100)] = f"s{rng.randrange(10 ** 6)}"
-            versions.append(text)
-        texts = [" ".join(v) for v in versions]
+        texts = version_tree(rng, versions=120, words=100, edits=2)
     else:
         stream = [f"s{rng.randrange(10 ** 6)}" for _ in range(220)]
         texts = [" ".join(stream[i:i + 100]) for i in range(120)]
@@ -257,19 +251,24 @@ def test_a_chain_of_drifting_versions_is_one_family(tok, seed, shuffle, tree):
     assert missed == [] and graph.unexamined == 0
 
 
+def version_tree(rng, *, versions: int, words: int, edits: int) -> list[str]:
+    """Texts of `words` random words, each after the first `edits` words away from a random earlier one: a tree of
+    drifting versions."""
+    tree = [[f"s{rng.randrange(10 ** 6)}" for _ in range(words)]]
+    for k in range(1, versions):
+        text = list(tree[rng.randrange(k)])
+        for _ in range(edits):
+            text[rng.randrange(words)] = f"s{rng.randrange(10 ** 6)}"
+        tree.append(text)
+    return [" ".join(v) for v in tree]
+
+
 def test_a_leader_is_checked_against_more_than_one_member_of_another_family(tok):
     """A leader is checked against the REPRESENTATIVES (2) members of another family sharing the most sketched
     hashes with it, not only the first: here (60 versions of 60 words, each 4 words away from a random earlier
     one, max_group 8) the first representative alone left one near-copy pair neither an edge nor in one family.
     (The clustering does not cover every pair of every such tree: 8 of 30 seeds leave 1 to 3 of about 45.)"""
-    rng = random.Random(8)
-    versions = [[f"s{rng.randrange(10 ** 6)}" for _ in range(60)]]
-    for k in range(1, 60):
-        text = list(versions[rng.randrange(k)])
-        for _ in range(4):
-            text[rng.randrange(60)] = f"s{rng.randrange(10 ** 6)}"
-        versions.append(text)
-    texts = [" ".join(v) for v in versions]
+    texts = version_tree(random.Random(8), versions=60, words=60, edits=4)
     store = store_of(texts, tok)
     graph = NearDupGraph.build(store, tok, 0.5, max_group=8, threads=1)
     sets = [chunk_shingles(store, tok, c) for c in range(len(texts))]
