@@ -488,8 +488,8 @@ def finished_eval(X, folder: Path, settings: dict, **extra) -> None:
 
 def test_stale_evaluation_sweep_removes_only_a_changed_model_with_these_settings(tmp_path, capsys):
     """The sweep ran before the settings check and deleted a folder finished with other settings (which done()
-    refuses with "use another --out"), and every record written before fingerprints existed. Now it removes only a
-    record with these settings and another fingerprint; the rest are left to done()."""
+    refuses with "use another --out"). Now it removes only a record with these settings and another fingerprint, or
+    none (written before fingerprints: which model it measured is unknown); the rest are left to done()."""
     X = load_script()
     settings, other = {"model": "m", "lengths": [512]}, {"model": "m", "lengths": [8192]}
     f = tmp_path / "other"
@@ -500,9 +500,9 @@ def test_stale_evaluation_sweep_removes_only_a_changed_model_with_these_settings
         X.done(f, settings)
 
     f = tmp_path / "predates"
-    finished_eval(X, f, settings)  # no fingerprint: written before fingerprints existed
-    X.forget_stale_evaluation(f, settings, "fp-now")
-    assert (f / "metrics.json").exists() and X.done(f, settings) is not None
+    finished_eval(X, f, settings)  # no fingerprint: which model it measured is unknown (the attack: trusted, a
+    X.forget_stale_evaluation(f, settings, "fp-now")  # retrained model kept its first metrics for good)
+    assert sorted(p.name for p in f.iterdir()) == ["repeat"] and X.done(f, settings) is None
     assert "predates model fingerprints" in capsys.readouterr().err
 
     f = tmp_path / "same"

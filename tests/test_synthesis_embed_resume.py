@@ -174,6 +174,7 @@ CRAFTED = {  # each with a valid CRC32: before, a traceback (or the -1000 in the
     "header width 0": (b'{"rows": 8}', {"width": 0}),  # ZeroDivisionError from the progress bar's count
     "header width -1": (b'{"rows": 8}', {"width": -1}),  # a reshape ValueError there
     "header dtype object": (b'{"rows": 8}', {"dtype": "|O"}),  # "cannot create an OBJECT array" there
+    "header width infinite": (b'{"rows": 8}', {"width": float("inf")}),  # an OverflowError there (attack s14 #2)
 }
 
 

@@ -6,6 +6,7 @@ CRC'd again). Each is taken as no record, or refused in one line naming it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -67,6 +68,14 @@ def test_a_file_listed_under_two_spellings_is_refused(work):
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: the file entry './store//tokens.npy/' names "
                                                       "store/tokens.npy a second time")
+    # and under another name: a hard link to it (3,000 of them were each read whole)
+    _edit(path, lambda r: r["files"].pop("./store//tokens.npy/"))
+    os.link(out / "chunks" / "store" / "tokens.npy", out / "chunks" / "store" / "again.npy")
+    _edit(path, lambda r: r["files"].update({"store/again.npy": r["files"]["store/tokens.npy"]}))
+    with pytest.raises(CorruptFileError) as info:
+        synthesize(corpus, out, num_samples=1, **FAST)
+    assert str(info.value).startswith(f"{path}: the file entry 'store/again.npy' is a file already listed under "
+                                      "another name")
 
 
 @pytest.mark.parametrize("change, what", [

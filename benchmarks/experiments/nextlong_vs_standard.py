@@ -687,11 +687,11 @@ def model_fingerprint(model_dir: Path) -> str:
 def forget_stale_evaluation(folder: Path, settings: dict, fingerprint: str) -> None:
     """An evaluation stage is keyed on the model's path and the evaluation settings; its record also holds the
     fingerprint of the model it measured. Where the record has these settings and another fingerprint (the run
-    at that path was trained again), the stage's outputs are removed so it measures the model there now. Any
-    other record is left to the stage's own check: other settings are refused there, not deleted here; a record
-    written before fingerprints existed is trusted (deleting it would re-evaluate every model of an older work
-    folder); a record that is not a JSON object gets its one line there. A stage nested in the folder
-    (eval/NAME/repeat) keeps its own: it checks its own record."""
+    at that path was trained again), or none (written before fingerprints existed: nothing says which model it
+    measured, and trusting it would keep a retrained model's old metrics for good), the stage's outputs are removed
+    so it measures the model there now (once per older work folder). Any other record is left to the stage's own
+    check: other settings are refused there, not deleted here; a record that is not a JSON object gets its one
+    line there. A stage nested in the folder (eval/NAME/repeat) keeps its own: it checks its own record."""
     record = folder / DONE
     try:
         data = read_record(folder)
@@ -699,12 +699,11 @@ def forget_stale_evaluation(folder: Path, settings: dict, fingerprint: str) -> N
         return
     if data is None or data.get("settings") != json.loads(json.dumps(settings)):
         return
-    if "model_fingerprint" not in data:
-        log(f"{folder}: its record predates model fingerprints; trusted as the evaluation of the model there now")
+    if data.get("model_fingerprint") == fingerprint:
         return
-    if data["model_fingerprint"] == fingerprint:
-        return
-    log(f"{folder}: the model changed since it was evaluated: evaluating it again")
+    log(f"{folder}: " + ("the model changed since it was evaluated" if "model_fingerprint" in data else
+                         "its record predates model fingerprints, so which model it measured is unknown")
+        + ": evaluating it again")
     record.unlink()  # first: a kill below leaves an unfinished stage, never a finished one without its outputs
     for child in folder.iterdir():
         if child.is_dir() and not child.is_symlink() and (child / DONE).exists():

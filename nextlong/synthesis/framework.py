@@ -734,6 +734,9 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
             path = directory.joinpath(*parts)
             try:
                 info = path.lstat()
+                if (info.st_dev, info.st_ino) in seen:  # hard links to one file: read once per link as well
+                    raise refused(f"the file entry {show(rel, 80)} is a file already listed under another name")
+                seen.add((info.st_dev, info.st_ino))
                 same = (_stat.S_ISREG(info.st_mode) and info.st_size == want.get("bytes")
                         and file_crc32(path) == want.get("crc32"))
             except (OSError, ValueError):

@@ -126,7 +126,7 @@ class BlockSpill:
                 f.readline()
                 header = json.loads(f.readline())
             width, dtype = int(header["width"]), np.dtype(header["dtype"])
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):  # "width": Infinity
             return 0
         if not _plain_rows(width, dtype):  # a header of width 0 or -1, or of Python objects, holds no rows
             return 0
