@@ -648,10 +648,13 @@ def test_a_file_whose_added_ids_hf_moves_gets_another_fingerprint(tmp_path):
     data["added_tokens"][0]["id"] = 300
     moved = tmp_path / "moved.json"
     moved.write_text(json.dumps(data))
-    for path, kept in ((as_written, True), (moved, False)):
+    data["added_tokens"] = [dict(data["added_tokens"][0], id=257, normalized=flag) for flag in (True, False)]
+    relisted = tmp_path / "relisted.json"  # one id, listed twice with other flags: its matches changed too
+    relisted.write_text(json.dumps(data))
+    for path, kept in ((as_written, True), (moved, False), (relisted, False)):
         tok = Tokenizer.from_file(path)
         assert tok.token_to_id("<a>") == 257
-        assert (tok.fingerprint == _fingerprint(path.read_bytes(), tok.pattern)) is kept
+        assert (tok.fingerprint == _fingerprint(path.read_bytes(), tok.pattern)) is kept, path.name
 
 
 def test_added_token_ids_are_the_ones_hf_gives_not_the_files(tmp_path, capsys):

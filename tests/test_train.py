@@ -107,7 +107,7 @@ def test_ranks_read_disjoint_shares_and_state_resumes(data):
     assert q.stream.drawn[0] > q.stream.drawn[1]  # weight 3 vs 1
 
 
-def test_a_folder_named_like_a_weight_is_read_as_that_folder(data, tmp_path):
+def test_a_folder_named_like_a_weight_is_read_as_that_folder(data, tmp_path, monkeypatch):
     """A folder really named `v@2` was read as `v` at weight 2 ("data not found"); it is the folder when `v`
     does not exist, and refused as ambiguous when both do."""
     named = tmp_path / "v@2"
@@ -122,11 +122,19 @@ def test_a_folder_named_like_a_weight_is_read_as_that_folder(data, tmp_path):
         open_sources([str(named)])
     (source,) = open_sources([f"{tmp_path / 'v'}/@2"])
     assert (source.path, source.weight) == (tmp_path / "v", 2.0)
-    # a run that recorded `v@2` when only `v` existed resumes, with `v/@2` (or its own spelling)
+    # a run that recorded `v@2` when only `v` existed resumes, with `v/@2`
     from nextlong.train.trainer import _same_data
 
     assert _same_data([f"{tmp_path / 'v'}/@2"], [str(named)])
-    assert not _same_data([f"{named}@1"], [str(named)])
+    # or the folder v@2, when the run was started before v existed: either reading of what it recorded
+    assert _same_data([f"{named}@1"], [str(named)]) and not _same_data([f"{named}@1"], [f"{tmp_path / 'v'}@3"])
+    # a model: one path spelled two ways is one setting; a preset and a folder of its name are not (attack s14 #2)
+    from nextlong.train.trainer import _same_path
+
+    assert _same_path(f"{tmp_path / 'v'}/", str(tmp_path / "v"))
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not _same_path("./tiny", "tiny") and not _same_path("tiny", "./tiny")
     (source,) = open_sources([f"{named}@1"])
     assert (source.path, source.weight) == (named, 1.0)
     (source,) = open_sources([f"{tmp_path / 'v'}@2.5"])

@@ -744,6 +744,19 @@ def test_resume_does_not_follow_a_model_path_the_run_folder_names(data, tmp_path
     assert main(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"]) == 0
 
 
+def test_a_bad_value_restored_from_the_run_is_named_as_the_runs():
+    """TrainConfig.validate named a bad --lr (or --grad-clip, ...) that --resume took from a crafted or old manifest as
+    if the user had typed it (attack s14 #2)."""
+    from nextlong.train.config import TrainConfig
+
+    for name, value in (("lr", 1e20), ("grad_clip", -1.0), ("min_lr_ratio", 2.0), ("micro_batch", 0)):
+        for restored, tail in ((frozenset({name}), " (from the run's manifest)"), (frozenset(), "")):
+            with pytest.raises(UsageError) as info:
+                TrainConfig(data=["x"], out="o", restored=restored, **{name: value}).validate()
+            assert str(info.value).startswith(f"--{name.replace('_', '-')} must") and str(info.value).endswith(
+                f"got {value}{tail}"), str(info.value)
+
+
 def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     """train(data, run, resume=True) continues a run with its own settings, as `nextlong train DATA --out RUN
     --resume` does; it was refused ("cannot resume with other settings") unless every setting was repeated.

@@ -577,9 +577,12 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
     file_ids = [a[1] for a in added]
     added = _hf_added_ids(path, vocab, added)
-    # a file whose ids HF moves was read with the file's ids before 2026-12-07: another fingerprint, so that nothing
-    # tokenized then (a cached chunk store, synthesized data) passes for this tokenizer's output
-    salt = b"\0hf-added-ids\0" if file_ids != [a[1] for a in added] else b""
+    # a file whose ids HF moves, or that lists a content twice with other flags, was read otherwise before
+    # 2026-12-07 (the file's ids; each listing's own flags): another fingerprint, so that nothing tokenized then (a
+    # cached chunk store, synthesized data) passes for this tokenizer's output
+    flags = {}
+    relisted = any(flags.setdefault(a[0], a[2:]) != a[2:] for a in added)
+    salt = b"\0hf-added-ids\0" if file_ids != [a[1] for a in added] or relisted else b""
     # HF keeps one token per id, the last listed, and reads a match's strips, single_word and normalized from it: a
     # content listed twice with other flags takes its last listing's everywhere (the first one's gave other ids)
     last = {a[0]: a[2:] for a in added}

@@ -85,9 +85,9 @@ class TrainConfig:
     restored: frozenset = frozenset()
 
     def validate(self) -> "TrainConfig":
-        def check(ok, message):
-            if not ok:
-                raise UsageError(message)
+        def check(ok, message, name=None):
+            if not ok:  # a value --resume took from the run's manifest is said to be the run's, not the user's
+                raise UsageError(message + (" (from the run's manifest)" if name in self.restored else ""))
 
         check(self.data, "train: give at least one DATA folder")
         check(self.attention in ATTENTIONS, f"--attention must be one of {ATTENTIONS}, got {self.attention!r}")
@@ -101,23 +101,27 @@ class TrainConfig:
         check(self.scorer is None or self.token_weighting != "none",
               "--scorer is only used with --token-weighting dense|sparse|longce")
         for name in ("steps", "micro_batch", "short_window", "short_stride", "keep_checkpoints", "seq_parallel"):
-            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", name)
         for name in ("seq_len", "batch_tokens", "stop_after"):
             value = getattr(self, name)
-            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens")
-        check(self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
+            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}", name)
+        check(self.seq_len is None or self.seq_len >= 2, "--seq-len must be at least 2 tokens", "seq_len")
+        check(self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}",
+              "lr")
         check(self.warmup is None or 0 <= self.warmup <= self.steps,
               f"--warmup must be between 0 and {self.option('steps')}, got {self.option('warmup')}")
-        check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}",
+              "min_lr_ratio")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.rope_theta is None or 0 < self.rope_theta < math.inf,
-              f"--rope-theta must be > 0 and finite, got {self.rope_theta}")
-        check(0 <= self.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
-        check(0.0 <= self.dense_lam <= 1.0, f"--dense-lam must be in [0, 1], got {self.dense_lam}")
-        check(0.0 < self.sparse_keep <= 1.0, f"--sparse-keep must be in (0, 1], got {self.sparse_keep}")
-        check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}")
-        check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
+              f"--rope-theta must be > 0 and finite, got {self.rope_theta}", "rope_theta")
+        check(0 <= self.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {self.weight_decay}",
+              "weight_decay")
+        check(0.0 <= self.dense_lam <= 1.0, f"--dense-lam must be in [0, 1], got {self.dense_lam}", "dense_lam")
+        check(0.0 < self.sparse_keep <= 1.0, f"--sparse-keep must be in (0, 1], got {self.sparse_keep}",
+              "sparse_keep")
+        check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}", "longce_gamma")
+        check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}", "grad_clip")
         check(self.num_threads >= 0, f"--threads must be >= 0, got {self.num_threads}")
         problem = seed_problem(self.seed)
         check(problem is None, f"--seed {problem}")

@@ -785,9 +785,12 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
 
 
 def _same_path(now, saved) -> bool:
-    """Whether two `model` (or `scorer`) settings name the same thing: equal, or paths resolving alike (a resume
-    must give a model path again, from whatever folder it runs in)."""
-    if now == saved or not (isinstance(now, str) and isinstance(saved, str)):
+    """Whether two `model` (or `scorer`) settings name the same thing: equal, or paths resolving alike (a resume must
+    give a model path again; a relative one resolves from the current folder, as the data's do). A preset name and a
+    folder of that name are not the same model."""
+    from .model import is_preset
+
+    if now == saved or not (isinstance(now, str) and isinstance(saved, str)) or is_preset(now) or is_preset(saved):
         return now == saved
     try:
         return Path(now).resolve() == Path(saved).resolve() and Path(now).exists()
@@ -797,18 +800,32 @@ def _same_path(now, saved) -> bool:
 
 def _same_data(now, saved) -> bool:
     """Whether two `data` settings (lists of "PATH" or "PATH@weight") name the same sources, compared as resolved
-    paths (a saved relative path from the current folder), weight by weight."""
+    paths (a saved relative path from the current folder), weight by weight. A saved "v@2" that is ambiguous now
+    (both v and a folder v@2 exist) meant one of the two when it was recorded: either matches (a resume on the
+    other one's data is warned of by the data fingerprint)."""
     from .sources import parse_data_spec
 
-    def resolved(specs, ambiguous):
+    def readings(spec, recorded: bool):
         try:
-            return [(str(Path(path).resolve()), weight) for path, weight in
-                    (parse_data_spec(spec, ambiguous) for spec in specs)]
-        except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a saved value of the wrong shape
-            return specs
+            return [parse_data_spec(spec)]
+        except UsageError:
+            if not recorded:
+                raise
+            return [parse_data_spec(spec, "weight"), (spec, 1.0)]
 
-    return now == saved or (isinstance(now, list) and isinstance(saved, list) and all(
-        isinstance(x, str) for x in now + saved) and resolved(now, "refuse") == resolved(saved, "weight"))
+    def resolved(pair):
+        return str(Path(pair[0]).resolve()), pair[1]
+
+    if now == saved:
+        return True
+    if not (isinstance(now, list) and isinstance(saved, list) and len(now) == len(saved)
+            and all(isinstance(x, str) for x in now + saved)):
+        return False
+    try:
+        return all(resolved(readings(n, False)[0]) in [resolved(r) for r in readings(s, True)]
+                   for n, s in zip(now, saved))
+    except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a value of the wrong shape
+        return False
 
 
 def _append(path: Path):
