@@ -301,5 +301,7 @@ def test_a_damaged_page_or_record_of_the_cut_block_is_named(tmp_path, capsys):
     assert code == 1 and f"{part}: not a readable Parquet file" in assert_one_line_error(err, "synthesize")
     record = out / "assemble" / "_done" / "part-00000.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "counts": "rows"}))
-    code, _, err = run_cli(args, capsys)
-    assert code == 1 and f"{record}: not a finished block's record" in assert_one_line_error(err, "synthesize")
+    # a block record whose counts do not read counts as no record (round 7): the block is made again, its
+    # damaged part with it (this test's first version had it named in one line)
+    assert run_cli(args, capsys)[0] == 0
+    assert json.loads(record.read_text())["counts"]["rows"] == pq.read_metadata(part).num_rows > 0

@@ -96,6 +96,7 @@ import datetime
 import hashlib
 import json
 import shutil
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import pyarrow as pa
 
 from ..atomic import write_json_atomic
-from ..errors import StageMismatchError
+from ..errors import CorruptFileError, StageMismatchError
 
 DONE_FILE = "_done.json"
 BLOCK_RECORDS = "_done"
@@ -149,7 +150,54 @@ def read_done(path) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # a record nested 100,000 deep is as unreadable as bad JSON
         return None
-    return record if isinstance(record, dict) and "fingerprint" in record else None
+    if not isinstance(record, dict) or "fingerprint" not in record or not counts_read(record.get("counts")):
+        return None
+    return record
+
+
+# counts that readers take as whole numbers (block numbers, row totals, array shapes) or copy into
+# manifest.json's statistics: JSON integers, never a string, a float or a list (a corpus split's "blocks"
+# excepted: its blocks' counts, in order); "negative_sim_sum" is the one sum of floats
+INTEGER_COUNTS = frozenset({
+    "blocks", "block", "rows", "docs", "windowed", "chunks", "documents", "tokens", "dim", "crc32", "splits",
+    "bytes", "skipped", "units", "leftover_dropped", "blank_documents_skipped", "blank_documents",
+    "pairs", "chunks_with_near_copies", "near_copy_families", "chunks_in_near_copy_families",
+    "large_group_members_unexamined", "documents_removed", "chunks_removed", "partitions", "nprobe",
+    "neighbours", "sample", "partition_size_min", "partition_size_max", "empty_partitions", "tried", "built",
+    "negatives", "meta_chunks", "anchor_meta_chunks", "anchor_meta_chunks_kept", "already_long",
+    "near_dup_rejected", "negative_sim_n", "searched_again", "dependency_distance_n",
+    "dependency_distance_n_with_negatives", "dependency_distance_sum", "dependency_distance_sum_with_negatives"})
+NUMBER_COUNTS = frozenset({"negative_sim_sum"})
+WHOLE_OR_OBJECT_COUNTS = frozenset({"dropped"})  # a number in synthesize's plan records, by reason in acer's
+MAX_COUNT = 2 ** 53  # no count of a real run comes near; 10**30 rows would be a wrong number or a huge allocation
+
+
+def counts_read(counts) -> bool:
+    """Whether a record's counts are of the shape its readers use (else the record counts as no record):
+    an object; every integer in it, at any depth, in 0..2**53 and every float finite (readers sum them into
+    manifest.json); the counts above integers; "reader" an object. Walked without recursion."""
+    if not isinstance(counts, dict) or not isinstance(counts.get("reader", {}), dict):
+        return False
+    stack = [counts]
+    while stack:
+        obj = stack.pop()
+        for key, value in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+            if key in WHOLE_OR_OBJECT_COUNTS and type(value) not in (int, dict):
+                return False
+            if isinstance(value, (dict, list)):
+                if key in INTEGER_COUNTS and not (key == "blocks" and isinstance(value, list)
+                                                  and all(isinstance(c, dict) for c in value)):
+                    return False
+                stack.append(value)
+            elif key in INTEGER_COUNTS and type(value) is not int:
+                return False
+            elif key in NUMBER_COUNTS and type(value) not in (int, float):
+                return False
+            elif type(value) is int and not 0 <= value <= MAX_COUNT:
+                return False
+            elif type(value) is float and not math.isfinite(value):
+                return False
+    return True
 
 
 def is_done(path, fingerprint: str) -> bool:
@@ -195,6 +243,8 @@ class Stage:
 
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1  # bump when the stage's code changes its output for the same settings
+    # the counts its record always holds and its readers index: a record without one is taken as no record
+    recorded_counts: ClassVar[frozenset] = frozenset()
     remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
     # the class name its fingerprint records, when not its module's: a stage class that moved keeps the name
     # it was recorded under, so folders made before the move are not refused as "other settings"
@@ -240,6 +290,7 @@ class MapStage(Stage):
     `__call__` must be a pure function of the block and the state built by `setup`."""
 
     kind: ClassVar[str] = "map"
+    recorded_counts: ClassVar[frozenset] = frozenset({"blocks"})
     uses_gpu: ClassVar[bool] = False
     parquet_options: ClassVar[dict] = {}  # writer options of its blocks (write_block applies them)
     progress_unit: ClassVar[str] = "row"  # what its input rows are, on the bar of a chain it starts
@@ -534,7 +585,10 @@ def prepare(ctx: StageContext) -> bool:
     directory = ctx.out_dir
     record = read_done(directory / DONE_FILE)
     if record is not None and record["fingerprint"] == ctx.fingerprint:
-        return True
+        if ctx.stage.recorded_counts <= record["counts"].keys():
+            return True  # else a record without a count its readers need: no record, the stage is made again
+        ctx.log(f"{directory / DONE_FILE}: lacks one of the counts {sorted(ctx.stage.recorded_counts)}; "
+                "making the stage again")
     stale = _stale_record(ctx)
     if stale is not None:
         if not (ctx.rebuild or ctx.stage.remake_on_change):
@@ -628,7 +682,11 @@ def block_counts(stage_dir, blocks: Iterable[int] | None = None) -> list[dict]:
     numbers = block_numbers(stage_dir) if blocks is None else list(blocks)
     out = []
     for j in numbers:
-        record = read_done(block_record_path(stage_dir, j))
+        path = block_record_path(stage_dir, j)
+        record = read_done(path)
+        if record is None and path.exists():  # a done stage's block record that does not read
+            raise CorruptFileError(f"{path}: not a block record whose counts read (an object of non-negative "
+                                   f"counts); remove {Path(stage_dir)} to make the stage again")
         out.append(record["counts"] if record else {})
     return out
 

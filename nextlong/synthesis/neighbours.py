@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses as _dc
 import math
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -83,6 +84,7 @@ class CentroidsStage(WholeStage):
     """k-means centroids on a seeded sample of the embeddings. inputs: (embeddings,). The seed is its own
     (not --seed): a new --seed draws other documents from the same mined lists."""
 
+    recorded_counts: ClassVar[frozenset] = frozenset({"chunks", "partitions"})
     partitions: int = 0  # 0: default_partitions(chunks)
     seed: int = 0
     iterations: int = 20
@@ -124,6 +126,7 @@ class LayoutStage(WholeStage):
     [lo, hi) for route and merge and partitions [p_lo, p_hi) for search; there are enough blocks that a
     search task's candidates (its share of chunks x nprobe x K) stay under `task_candidates`."""
 
+    recorded_counts: ClassVar[frozenset] = frozenset({"chunks", "partitions", "neighbours", "nprobe", "blocks"})
     nprobe: int = P.DEFAULT_NPROBE
     neighbours: int = 0  # K; 0: what planning asks for at the 90th percentile of anchors
     plan: dict = _dc.field(default_factory=dict)  # the planner's settings, to size K when it is 0
