@@ -219,9 +219,6 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
     if record is None:
         return open_embeddings(path, verify=verify)
     counts = record.get("counts", {})
-    if not isinstance(counts, dict):  # a crafted record's "counts": [1]
-        raise CorruptFileError(f"{_Path(embeddings_dir) / '_done.json'}: its counts are not a JSON object; "
-                               "delete the folder to embed again")
     return load_array(path, CorruptFileError, remedy="delete the folder to embed again (or pass --no-verify)",
                       crc32=recorded_crc(counts) if verify else None, kind="f",
                       shape=(counts.get("rows"), counts.get("dim")))

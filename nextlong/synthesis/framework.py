@@ -95,8 +95,8 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import shutil
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -28,15 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import remove_stale_temporaries
-from ..errors import CorruptFileError, NextlongError, StageMismatchError
+from ..errors import NextlongError, StageMismatchError
 from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
 from .artifacts import EMBEDDINGS_FILE, cached_tokenizer_spec
-from ..untrusted import show
-from .stages import _count
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
 
@@ -386,10 +384,6 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     elif vectors is not None:
         e = record("embeddings")
         embedder_name = e.get("embedder")
-        if not _count(e.get("windowed", 0)):  # copied into manifest.json as chunks_windowed
-            raise CorruptFileError(f"{out / 'embeddings' / DONE_FILE}: its windowed count "
-                                   f"{show(e.get('windowed'), 40)} is not a non-negative integer; remove "
-                                   f"{out / 'embeddings'} to embed again")
         stats["embedding"] = {"embedder": embedder_name,
                               "max_length_tokens": int(e["max_length"]) if e.get("max_length") else None,
                               "chunks_windowed": e.get("windowed"),
