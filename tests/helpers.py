@@ -87,6 +87,26 @@ def write_jsonl(path: Path, docs) -> Path:
     return path
 
 
+RECORD_FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
+
+
+def finished_work_folder(root: Path) -> tuple[Path, Path]:
+    """(a finished one-sample synthesize folder, its corpus) under `root`: the work folder whose records the
+    untrusted-record tests craft (RECORD_FAST settings, the shipped corpus's first 120 KB)."""
+    from nextlong import synthesize
+
+    corpus = write_jsonl(root / "docs.jsonl", corpus_head(120_000))
+    synthesize(corpus, root / "done", num_samples=1, **RECORD_FAST)
+    return root / "done", corpus
+
+
+def edit_json(path: Path, change) -> None:
+    """Rewrite the JSON file `path` with `change(value)` applied in place."""
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
 def chunk_table(docs, max_chars: int = 2048, *, max_chunks: int | None = None, min_chars: int = 1,
                 tokenizer=None) -> pa.Table:
     """Meta-chunks of (id, text) documents by the production chunker (newline groups of at most

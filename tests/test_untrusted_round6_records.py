@@ -12,19 +12,13 @@ import shutil
 import pytest
 
 from nextlong.errors import CorruptFileError
-from tests.helpers import corpus_head, write_jsonl
-
-FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
+from tests.helpers import RECORD_FAST as FAST
+from tests.helpers import edit_json, finished_work_folder
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from nextlong import synthesize
-
-    root = tmp_path_factory.mktemp("records")
-    corpus = write_jsonl(root / "docs.jsonl", corpus_head(120_000))
-    synthesize(corpus, root / "done", num_samples=1, **FAST)
-    return root / "done", corpus
+    return finished_work_folder(tmp_path_factory.mktemp("records"))
 
 
 @pytest.fixture
@@ -32,12 +26,6 @@ def work(finished, tmp_path):
     out = tmp_path / "w"
     shutil.copytree(finished[0], out)
     return out, finished[1]
-
-
-def _edit(path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record)
-    path.write_text(json.dumps(record))
 
 
 def test_a_record_nested_too_deep_is_no_record(work):
@@ -61,16 +49,16 @@ def test_a_file_listed_under_two_spellings_is_refused(work):
 
     out, corpus = work
     path = out / "chunks" / "_done.json"
-    _edit(path, lambda r: r["files"].update({"./store//tokens.npy/": r["files"]["store/tokens.npy"]}))
+    edit_json(path, lambda r: r["files"].update({"./store//tokens.npy/": r["files"]["store/tokens.npy"]}))
     with pytest.raises(CorruptFileError) as info:
         synthesize(corpus, out, num_samples=1, **FAST)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: the file entry './store//tokens.npy/' names "
                                                       "store/tokens.npy a second time")
     # and under another name: a hard link to it (3,000 of them were each read whole)
-    _edit(path, lambda r: r["files"].pop("./store//tokens.npy/"))
+    edit_json(path, lambda r: r["files"].pop("./store//tokens.npy/"))
     os.link(out / "chunks" / "store" / "tokens.npy", out / "chunks" / "store" / "again.npy")
-    _edit(path, lambda r: r["files"].update({"store/again.npy": r["files"]["store/tokens.npy"]}))
+    edit_json(path, lambda r: r["files"].update({"store/again.npy": r["files"]["store/tokens.npy"]}))
     with pytest.raises(CorruptFileError) as info:
         synthesize(corpus, out, num_samples=1, **FAST)
     assert str(info.value).startswith(f"{path}: the file entry 'store/again.npy' is a file already listed under "
@@ -91,7 +79,7 @@ def test_an_embeddings_record_of_the_wrong_shape_is_no_record(work, change):
 
     out, corpus = work
     path = out / "embeddings" / "_done.json"
-    _edit(path, change)
+    edit_json(path, change)
     assert read_done(path) is None
     synthesize(corpus, out, num_samples=2, **FAST)
     assert read_done(path)["counts"]["windowed"] == 0

@@ -12,9 +12,8 @@ import shutil
 import pytest
 
 from nextlong.errors import CorruptFileError
-from tests.helpers import corpus_head, write_jsonl
-
-FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
+from tests.helpers import RECORD_FAST as FAST
+from tests.helpers import edit_json, finished_work_folder
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +22,10 @@ def finished(tmp_path_factory):
     from nextlong import synthesize
 
     root = tmp_path_factory.mktemp("counts")
-    corpus = write_jsonl(root / "docs.jsonl", corpus_head(120_000))
-    synthesize(corpus, root / "done", num_samples=1, **FAST)
-    shutil.copytree(root / "done", root / "ref")
+    done, corpus = finished_work_folder(root)
+    shutil.copytree(done, root / "ref")
     synthesize(corpus, root / "ref", num_samples=2, **FAST)
-    return root / "done", corpus, _statistics(root / "ref")
+    return done, corpus, _statistics(root / "ref")
 
 
 def _statistics(out) -> dict:
@@ -43,9 +41,7 @@ def work(finished, tmp_path):
 
 
 def _edit(path, change) -> None:
-    record = json.loads(path.read_text())
-    change(record, record["counts"])
-    path.write_text(json.dumps(record))
+    edit_json(path, lambda record: change(record, record["counts"]))
 
 
 @pytest.mark.parametrize("counts, reads", [
