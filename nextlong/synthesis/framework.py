@@ -778,7 +778,7 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
         record = read_done(directory / DONE_FILE)
         if record is None or record.get("fingerprint") != fps.get(stage.name) or not isinstance(record.get("files"), dict):
             continue
-        seen = set()
+        names, files = set(), set()  # each listed once: by its parts, and by (device, inode) against hard links
         for rel, want in record["files"].items():
             try:  # the project's rule for a name that stays in its folder, and a printable one of sane length
                 parts = plain_name(rel, str(directory), CorruptFileError).parts
@@ -786,15 +786,15 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
                 parts = ()
             if not parts or not rel.isprintable() or len(rel) > 4096 or not isinstance(want, dict):
                 raise refused(f"the file entry {show(rel, 80)} is not a name inside the stage's folder")
-            if parts in seen:  # one file under many spellings (store//x, ./store/x/) would be read once per spelling
+            if parts in names:  # one file under many spellings (store//x, ./store/x/) would be read once per spelling
                 raise refused(f"the file entry {show(rel, 80)} names {'/'.join(parts)} a second time")
-            seen.add(parts)
+            names.add(parts)
             path = directory.joinpath(*parts)
             try:
                 info = path.lstat()
-                if (info.st_dev, info.st_ino) in seen:  # hard links to one file: read once per link as well
+                if (info.st_dev, info.st_ino) in files:  # hard links to one file: read once per link as well
                     raise refused(f"the file entry {show(rel, 80)} is a file already listed under another name")
-                seen.add((info.st_dev, info.st_ino))
+                files.add((info.st_dev, info.st_ino))
                 same = (_stat.S_ISREG(info.st_mode) and info.st_size == want.get("bytes")
                         and file_crc32(path) == want.get("crc32"))
             except (OSError, ValueError):
