@@ -842,17 +842,16 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
             results["curves"].setdefault(arm, {})[str(seed)] = {k: m[k] for k in (
                 "loss_by_position", "by_length", "by_depth", "by_depth_long", "head_scores", "repeat")}
             run = root / "runs" / arm / f"seed-{seed}"
-            rec = json.loads((run / DONE).read_text()) if (run / DONE).exists() else None
+            rec = read_record(run)
             if rec:
                 results["arms"][arm].setdefault("train", {})[str(seed)] = rec.get("train", {}) | {
                     "seconds": rec.get("seconds")}
-    base = out / "base" / DONE
-    if base.exists():
-        results["pretrain"] = json.loads(base.read_text()).get("train", {}) | {
-            "seconds": json.loads(base.read_text()).get("seconds")}
-    corpus = out / "corpus" / DONE
-    if corpus.exists():
-        results["corpus"] = {k: v for k, v in json.loads(corpus.read_text()).items() if k != "settings"}
+    base = read_record(out / "base")
+    if base is not None:
+        results["pretrain"] = base.get("train", {}) | {"seconds": base.get("seconds")}
+    corpus = read_record(out / "corpus")
+    if corpus is not None:
+        results["corpus"] = {k: v for k, v in corpus.items() if k != "settings"}
     synth = {}
     for rec in sorted((root / "synth").glob(f"*/seed-*/{DONE}")):
         entry = {k: v for k, v in json.loads(rec.read_text()).items() if k in ("seconds", "samples")}
