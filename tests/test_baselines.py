@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nextlong.synthesis.baselines import (doc_lengths, document_keywords, document_vectors, draw_keys,
-                                          iclm_order, knn_anchor, knn_graph, pack_stream, plan_pieces,
+                                          iclm_order, knn_anchor, knn_graph, pack_chunks, pack_stream,
+                                          plan_pieces,
                                           quest_contexts, standard_order)
 from nextlong.synthesis.negatives import ExactSearcher
 from nextlong.synthesis.store import ChunkStore
@@ -37,6 +38,29 @@ def test_pack_stream_cuts_at_target_and_reports_leftover():
     lengths = np.array([5, 7, 3, 10, 1, 1])
     groups, left = pack_stream([0, 1, 2, 3, 4, 5], lengths, 12)
     assert groups == [[0, 1], [2, 3]] and left == [4, 5]
+
+
+def test_pack_chunks_matches_a_slow_loop(setup):
+    """The carry packing against a loop over the stream's chunks one by one: a group closes at the first chunk
+    whose running total reaches L, the next starts at the chunk after it, whichever document it is in."""
+    _, _, store, _ = setup
+    tokens = np.diff(np.asarray(store.tok_offsets))
+    rng = np.random.default_rng(0)
+    for target, sep in ((100, 0), (600, 0), (2048, 3), (5000, 1), (10**9, 0)):
+        order = rng.permutation(store.num_docs)[: store.num_docs - 3]  # not every document
+        want, current, total = [], [], 0
+        for d in order:
+            for c in store.doc_chunks(int(d)):
+                current.append(int(c))
+                total += int(tokens[c]) + sep
+                if total >= target:
+                    want.append(current)
+                    current, total = [], 0
+        groups, left = pack_chunks(order, store, sep, target)
+        assert [g.tolist() for g in groups] == want, target
+        assert left == sorted({int(store.chunk_doc[c]) for c in current})
+        assert len(want) > 1 or target == 10**9
+    assert pack_chunks([], store, 0, 100) == ([], [])
 
 
 def test_standard_is_a_seeded_permutation():

@@ -89,6 +89,11 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
             "plan/part-00001.parquet", "assemble/part-00001.parquet"} <= common
     assert {k: everything_local[k] for k in common} == {k: everything_ray[k] for k in common}
     assert read_done(tmp_path / "ray" / "chunk" / DONE_FILE)["counts"]["splits"] == 5
+    # standard's carry packing (units of chunk groups) gives the same bytes too
+    std = {name: synthesize(corpus, tmp_path / f"standard-{name}", method="standard", **FAST, **kw)
+           for name, kw in (("local", {}), ("ray", {"executor": "ray"}))}
+    assert file_hashes(tmp_path / "standard-local" / "data") == file_hashes(tmp_path / "standard-ray" / "data")
+    assert counts(std["local"]) == counts(std["ray"]) and std["ray"]["statistics"]["documents_built"] > 20
 
     # a driver that died after some blocks: records of later blocks and stages gone, a half-written
     # part left behind. The rerun computes only what is missing and gives the same bytes.

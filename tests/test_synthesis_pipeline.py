@@ -38,7 +38,7 @@ def check_invariants(out, method, tok, sep="\n"):
     table = read_output(out)
     assert table.schema.equals(OUTPUT_SCHEMA), table.schema
     chunks = chunk_lookup(out)
-    used_docs_global = []
+    stream = []  # standard, iclm: (doc, chunk index) of every row's segments, rows in order
     with_negatives = 0
     rows = table.to_pylist()
     assert rows, "no output"
@@ -78,17 +78,23 @@ def check_invariants(out, method, tok, sep="\n"):
             order = [d for i, d in enumerate(docs) if i == 0 or docs[i - 1] != d]
             if method != "quest":
                 assert len(order) == len(set(order)), "a document's chunks are contiguous and used once"
+            if method in ("standard", "iclm"):  # one stream: a document may go on in the next row (--overflow carry)
+                stream.extend((s["doc_id"], s["chunk_index"]) for s in segs)
+                continue
             runs = []  # each run of one document's segments is the whole document from its start
             for i, seg in enumerate(segs):
                 if i == 0 or segs[i - 1]["doc_id"] != seg["doc_id"]:
                     runs.append([])
                 runs[-1].append(seg["chunk_index"])
             assert all(idx == list(range(len(idx))) for idx in runs)
-            used_docs_global.extend(order)
     if method == "nextlong":
         assert with_negatives > 0
-    if method in ("standard", "iclm"):
-        assert len(used_docs_global) == len(set(used_docs_global)), "each document used once"
+    if method in ("standard", "iclm"):  # the rows in order hold each document once, from its start, in order
+        runs = {}
+        for i, (doc, idx) in enumerate(stream):
+            assert doc not in runs or stream[i - 1][0] == doc, "each document used once, in one run"
+            runs.setdefault(doc, []).append(idx)
+        assert all(idx == list(range(len(idx))) for idx in runs.values())
     return table
 
 
@@ -112,6 +118,33 @@ def test_all_methods_produce_valid_output(corpus, tmp_path, method):
         assert stats["mean_dependency_distance_tokens"] > 0
     else:
         assert stats["mean_dependency_distance_tokens"] in (0, None)
+
+
+@pytest.mark.parametrize("method", ["standard", "iclm"])
+def test_stream_baselines_carry_the_rest_of_a_document_into_the_next_row(corpus, tmp_path, method):
+    """--overflow carry (default): the rows hold the stream of documents whole, each chunk once, a document
+    cut at L going on in the next row, so every chunk is used but those of the short tail (the documents
+    the manifest counts as left over); drop starts every row at a document's start, as before, and uses
+    fewer of the corpus's chunks."""
+    from nextlong import synthesize
+
+    rows = {}
+    for overflow in ("carry", "drop"):
+        out = tmp_path / overflow
+        manifest = synthesize(corpus, out, method=method, overflow=overflow, **FAST)
+        table = check_invariants(out, method, get_tokenizer())
+        rows[overflow] = table.to_pylist()
+        used = {(s["doc_id"], s["chunk_index"]) for row in rows[overflow] for s in row["segments"]}
+        missing = set(chunk_lookup(out)) - used
+        left = manifest["statistics"]["dropped_too_short"]
+        if overflow == "carry":
+            assert 0 < left <= 3 and len({d for d, _ in missing}) == left, (left, len(missing))
+            assert any(row["segments"][0]["chunk_index"] > 0 for row in rows[overflow]), "no row continues one"
+        else:
+            assert all(row["segments"][0]["chunk_index"] == 0 for row in rows[overflow])
+        rows[overflow + " unused"] = len(missing)
+    assert len(rows["carry"]) > len(rows["drop"]) and rows["carry unused"] < rows["drop unused"] / 3, (
+        len(rows["carry"]), len(rows["drop"]), rows["carry unused"], rows["drop unused"])
 
 
 def test_fixed_k_uses_the_paper_formula(corpus, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES
+from ..synthesis.config import ATTENTION_SPANS, EXECUTORS, FORMATS, LONG_DOCS, METHODS, NEGATIVE_RULES, OVERFLOW
 from .argtypes import (THREADS_HELP, OneSpelling, near_dup_threshold, nonnegative_int, positive_float, positive_int,
                        seed, threads, unescape)
 
@@ -40,6 +40,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--long-docs", choices=LONG_DOCS, default="keep",
                    help="an anchor document that alone reaches the target length: keep it without negatives "
                         "(default; counted as already_long) or drop it")
+    p.add_argument("--overflow", choices=OVERFLOW, default="carry",
+                   help="standard and iclm pack one stream of documents: the rest of the document cut at the target "
+                        "length starts the next long document (carry, default: every chunk used once) or is dropped "
+                        "(drop: each long document starts at a document's start, as before 2026-12-07)")
     p.add_argument("--index", help="reuse an index folder built by `nextlong index` from the same chunks")
     p.add_argument("--reproducible-index", action="store_true",
                    help="build the HNSW index (corpora over 50k chunks) on one thread, so a rerun gives the same "
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
         quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
-        near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
+        near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, overflow=args.overflow, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
         reproducible_index=args.reproducible_index, index_shards=args.index_shards, mining=args.mining,
         partitions=args.partitions, nprobe=args.nprobe, neighbours=args.neighbours, executor=args.executor, ray_address=args.ray_address, embed_gpus=args.embed_gpus,
         embed_actors=args.embed_actors,

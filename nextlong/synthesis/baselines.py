@@ -1,7 +1,9 @@
 """The baselines NExtLong is compared with (method §2), as plans over whole documents.
 
 Every baseline lays out whole documents (all their chunks, in order, role "anchor") until the long
-document reaches L tokens, then assembly cuts it at exactly L. They differ only in which documents
+document reaches L tokens, then assembly cuts it at exactly L; standard and ICLM, which pack one stream
+of documents, by default go on with the rest of the cut document in the next long document (`--overflow
+carry`, `pack_chunks`) instead of dropping it (`drop`, `pack_stream`). They differ only in which documents
 go together:
 
 * ``standard``: a seeded shuffle of the corpus, packed in that order;
@@ -58,6 +60,33 @@ def pack_stream(order, lengths: np.ndarray, target_length: int):
             groups.append(current)
             current, total = [], 0
     return groups, current
+
+
+def pack_chunks(order, store, sep_len: int, target_length: int):
+    """Cut the stream of the documents' chunks, documents in `order`, into groups of at least L tokens:
+    the `carry` packing. A document that runs past the end of a group goes on in the next group from its
+    next chunk, so every chunk is used once and only the part of the one chunk that crosses L is lost to
+    assembly's cut (the `drop` packing, `pack_stream`, loses the rest of that document). Returns (groups,
+    leftover docs): each group an array of chunk ids in order; the leftover documents are those with a
+    chunk in the short tail of the stream."""
+    order = np.asarray(order, np.int64)
+    if order.size == 0:
+        return [], []
+    first = np.asarray(store.doc_first_chunk, np.int64)[order]
+    count = np.asarray(store.doc_num_chunks, np.int64)[order]
+    # chunk ids of the stream: each document's first chunk, then consecutive ids (a document's chunks are)
+    starts = np.repeat(first - np.concatenate(([0], np.cumsum(count)[:-1])), count)
+    stream = starts + np.arange(int(count.sum()), dtype=np.int64)
+    ends = np.cumsum(np.asarray(store.token_counts, np.int64)[stream] + sep_len)
+    groups, lo, done = [], 0, 0
+    while True:  # a group ends at the first chunk whose running total reaches L from the group's start
+        hi = int(np.searchsorted(ends, done + target_length, side="left"))
+        if hi >= stream.size:
+            break
+        groups.append(stream[lo:hi + 1])
+        lo, done = hi + 1, int(ends[hi])
+    leftover = np.unique(np.asarray(store.chunk_doc, np.int64)[stream[lo:]])
+    return groups, leftover.tolist()
 
 
 def plan_pieces(store, docs) -> tuple[list[int], list[int]]:

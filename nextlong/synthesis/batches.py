@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .assemble import Plan, assemble, to_output_table
+from .assemble import ROLE_ANCHOR, Plan, assemble, to_output_table
 from .baselines import knn_anchor, plan_pieces
 from .negatives import plan_anchor
 
@@ -178,10 +178,15 @@ def plan_knn_batch(anchors, *, store, doc_searcher, doc_vectors, doc_lengths, ta
 
 def plan_groups_batch(groups, *, store) -> pa.Table:
     """Stream baselines: each row lists the documents of one long document (already ordered), with
-    quest's `group_key` when the batch has that column."""
+    quest's `group_key` when the batch has that column, or its chunks (standard and iclm's carry packing)."""
     rows = []
     keys = (groups.column("group_key").to_pylist() if "group_key" in groups.column_names
             else [None] * groups.num_rows)
+    if "chunks" in groups.column_names:
+        for chunks, key in zip(groups.column("chunks").to_pylist(), keys):
+            rows.append({"anchor_doc": int(store.chunk_doc[chunks[0]]), "ok": True, "reason": "", "chunks": chunks,
+                         "roles": [ROLE_ANCHOR] * len(chunks), "group_key": key})
+        return _plan_table(rows)
     for docs, key in zip(groups.column("docs").to_pylist(), keys):
         chunks, roles = plan_pieces(store, docs)
         rows.append({"anchor_doc": docs[0], "ok": True, "reason": "", "chunks": chunks, "roles": roles,

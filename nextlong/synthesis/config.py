@@ -23,6 +23,7 @@ BLOCKED_DEPENDENCIES = ("warning: {what} with NExtLong data makes each meta-chun
                         "method builds is blocked (fine for an ablation; for training, keep one span per sample)")  # MDS `indices`: one span per long document, or per source document
 K_ROUNDINGS = ("ceil", "floor")
 LONG_DOCS = ("keep", "drop")
+OVERFLOW = ("carry", "drop")  # standard, iclm: the rest of a document cut at L
 EXECUTORS = ("local", "ray")
 MINING = ("hnsw", "partitioned")  # how negatives are found above the exact-search threshold
 
@@ -77,6 +78,7 @@ class SynthesisConfig:
     knn_neighbors: int = 32  # iclm graph degree; knn first search width (widened on demand)
     quest_keywords: int = 3  # quest: the key of a document is drawn among its top this-many keywords
     quest_max_repeats: int = 4  # quest: a small key group is repeated (reshuffled) at most this often
+    overflow: str = "carry"  # standard, iclm: the rest of a document cut at L starts the next long document
     # --- execution ---
     shard_size: int = 64  # anchors (nextlong, knn) or long documents (stream baselines) per output shard
     num_threads: int | None = None
@@ -138,6 +140,8 @@ class SynthesisConfig:
                 "Jaccard)")
         if self.long_docs not in LONG_DOCS:
             bad(f"--long-docs must be one of {', '.join(LONG_DOCS)}, got {self.long_docs!r}")
+        if self.overflow not in OVERFLOW:
+            bad(f"--overflow must be one of {', '.join(OVERFLOW)}, got {self.overflow!r}")
         if self.k_rounding not in K_ROUNDINGS:
             bad(f"k_rounding must be one of {K_ROUNDINGS}, got {self.k_rounding!r}")
         if self.chunk_unit not in ("chars", "tokens"):

@@ -159,7 +159,8 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
     steps += [
         S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
                      doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
-                     quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats, **common),
+                     quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats,
+                     overflow=cfg.overflow if cfg.method in ("standard", "iclm") else None, **common),
         S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), exclude_duplicates=cfg.exclude_duplicates,
                     near_dup_threshold=cfg.near_dup_threshold, long_docs=cfg.long_docs,
                     doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors, verify=cfg.verify,

@@ -408,8 +408,9 @@ class IndexStage(WholeStage):
 @_dc.dataclass
 class UnitsStage(WholeStage):
     """What each output row is built from, in blocks of `shard_size` rows: anchor documents (nextlong,
-    knn: a seeded permutation) or ordered document groups (standard, iclm, quest). The blocks are the
-    output shards. inputs: (chunks, embeddings or nothing)."""
+    knn: a seeded permutation), ordered document groups (quest; standard and iclm with overflow "drop") or
+    ordered chunk groups (standard and iclm with overflow "carry"). The blocks are the output shards.
+    inputs: (chunks, embeddings or nothing)."""
 
     method: str = "nextlong"
     seed: int = 0
@@ -420,12 +421,15 @@ class UnitsStage(WholeStage):
     knn_neighbors: int = 32
     quest_keywords: int = 3
     quest_max_repeats: int = 4
+    # standard, iclm: the rest of a document cut at L goes on in the next unit ("carry") or is dropped
+    # ("drop", the only packing before 2026-12-07); None for the methods that do not pack a stream
+    overflow: str | None = added_setting(None)
 
     version = 2  # no unit is built from a blank document
 
     def build(self, ctx):
         from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
-                                pack_stream, quest_contexts, standard_order)
+                                pack_chunks, pack_stream, quest_contexts, standard_order)
         from .framework import block_path
         from .writers import write_parquet_atomic
 
@@ -459,9 +463,14 @@ class UnitsStage(WholeStage):
                 vectors = open_vectors(ctx.input(self.inputs[1]), record=ctx.input_record(self.inputs[1]))
                 order = iclm_order(knn_graph(document_vectors(store, vectors, self.doc_embedding), self.knn_neighbors),
                                    self.seed)
-            groups, leftover = pack_stream(with_text(np.asarray(order, np.int64)), lengths, self.target_length)
+            order = with_text(np.asarray(order, np.int64))
+            if self.overflow == "drop":
+                groups, leftover = pack_stream(order, lengths, self.target_length)
+                units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
+            else:  # a unit lists its chunks: its first and last documents may be pieces
+                groups, leftover = pack_chunks(order, store, NO_SEPARATOR.size, self.target_length)
+                units = pa.table({"chunks": pa.array(groups, pa.list_(pa.int64()))})
             counts["leftover_dropped"] = len(leftover)
-            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
         blocks = 0
         for blocks, lo in enumerate(range(0, units.num_rows, self.shard_size), start=1):
             write_parquet_atomic(units.slice(lo, self.shard_size), block_path(ctx.out_dir, blocks - 1))
