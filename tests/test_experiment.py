@@ -623,3 +623,47 @@ def test_a_model_trained_again_is_evaluated_again(tmp_path, monkeypatch):
     assert (tmp_path / "eval" / "m" / "repeat" / mod.DONE).exists()  # the nested stage's fresh record stays
     evaluate_as_the_script_does()
     assert calls == {"evaluate": 2, "repeat": 2}
+
+
+def test_every_arm_gets_as_many_samples_as_standards_data_holds(tmp_path):
+    """The lease's arms went 5.1 (standard) and 1.8 (nextlong) times over their data: since 2026-12-07 each
+    method's data is cut to standard's sample count for the seed (at most one epoch's worth), standard packs with
+    --overflow carry, and the page's design says which of the two designs its run had."""
+    X = load_script()
+    R = sys.modules["experiment_report"]
+    sc = X.SCALES["lease"]
+    assert (sc.samples, sc.overflow) == ("standard", "carry") and X.samples_needed(sc) == 642
+    corpus, tok = tmp_path / "train.jsonl", tmp_path / "tokenizer.json"
+    std = tmp_path / "synth" / "standard" / "seed-1"
+    std.mkdir(parents=True)
+    settings = X.synth_settings(sc, corpus, tok, "standard", 1, 642)
+    assert settings["overflow"] == "carry" and "overflow" not in X.synth_settings(sc, corpus, tok, "nextlong", 1, 9)
+    X.mark_done(std, settings, 1.0, samples=235)  # standard's data for seed 1: 235 samples
+    assert X.arm_samples(tmp_path, sc, corpus, tok, "nextlong", 1) == 235
+    assert X.arm_samples(tmp_path, sc, corpus, tok, "standard", 1) == 642  # asks for one epoch, gets what it holds
+    X.mark_done(std, settings, 1.0, samples=900)
+    assert X.arm_samples(tmp_path, sc, corpus, tok, "nextlong", 1) == 642  # never more than one epoch
+    old = dataclasses.replace(sc, samples="epoch")
+    assert X.arm_samples(tmp_path / "nowhere", old, corpus, tok, "nextlong", 1) == 642  # standard not consulted
+    new_design = R.data_design(dataclasses.asdict(sc), 8192)
+    assert "same number of distinct samples" in new_design and "--overflow carry" in new_design
+    recorded = {k: v for k, v in dataclasses.asdict(sc).items() if k not in ("samples", "overflow")}  # a page of before
+    assert "not the epochs" in R.data_design(recorded, 8192) and "dropping the tail" in R.data_design(recorded, 8192)
+
+
+def test_a_variant_in_a_folder_without_a_base_says_it_builds_one(tmp_path, monkeypatch, capsys):
+    """A variant reuses the main experiment's corpus, tokenizer and base from --out; given a fresh --out it built
+    them all without a word (a new base, not the one the main page's numbers come from)."""
+    X = load_script()
+
+    def stop(*_):
+        raise SystemExit("stopped before the corpus")
+
+    monkeypatch.setattr(X, "build_corpus", stop)
+    for out, said in ((tmp_path / "fresh", True), (tmp_path / "main", False)):
+        if not said:
+            X.mark_done(out / "base", {"any": 1}, 1.0)
+        with pytest.raises(SystemExit, match="stopped before the corpus"):
+            X.main(["--out", str(out), "--scale", "smoke", "--variant", "short-docs"])
+        assert ("holds no finished base: the corpus, tokenizer and base are built here" in capsys.readouterr().err) \
+            is said

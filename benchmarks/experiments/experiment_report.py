@@ -67,8 +67,11 @@ def synthesis_lines(results: dict) -> list[str]:
              "|---|" + "---|" * len(cols)]
     for key, entry in synth.items():
         lines.append(f"| {key} | " + " | ".join(fmt(entry.get(c)) for c in cols) + " |")
+    carry = (results.get("scale") or {}).get("overflow") == "carry"
+    standard = ("`standard` cuts such documents too and goes on with their rest in its next sample (`--overflow "
+                "carry`)." if carry else "`standard` cuts such documents too (and drops their rest).")
     return lines + ["", "`already long`: anchors that alone reach the target length, kept whole without negatives "
-                    "(the synthesis default `--long-docs keep`); `standard` cuts such documents too.", ""] + \
+                    f"(the synthesis default `--long-docs keep`); {standard}", ""] + \
         same_data_lines(synth) + epoch_lines(results)
 
 
@@ -128,6 +131,31 @@ def epoch_lines(results: dict) -> list[str]:
 
 
 EPOCH_RATIO = 1.5  # epochs of two compared arms further apart than this confound the comparison
+
+
+def data_design(sc: dict, long_: int) -> str:
+    """How much distinct data each arm gets, as the run recorded it. A run before 2026-12-07 has neither
+    `overflow` nor `samples` in its scale: `standard` dropped the rest of a cut document and each method made as
+    many samples as it could (the epochs then differed: the lease's `standard` went 5.1 times over its data,
+    `nextlong` 1.8); since then `standard` packs the stream whole and every arm gets as many samples as
+    `standard`'s data holds for its seed (at most one epoch's worth), so the arms repeat their data equally."""
+    if sc.get("samples") == "standard":
+        packing = ("`standard` cuts the stream of shuffled documents into samples of "
+                   f"{long_:,} tokens, a document cut at the end of one sample going on in the next (`--overflow "
+                   "carry`), so it uses every training module's tokens once")
+        if sc.get("overflow") == "drop":
+            packing = (f"`standard` packs whole documents into samples of at least {long_:,} tokens and cuts each at "
+                       f"{long_:,}, dropping the rest of its last document (`--overflow drop`)")
+        return ("The arms train on the same number of tokens and on the same number of distinct samples: "
+                f"{packing}; every other method's data is cut to as many samples as `standard`'s for the same seed "
+                "(at most one epoch's worth), so all arms go over their data equally often, except a method that "
+                "makes fewer samples than `standard` (Quest on a small corpus), which repeats its own more.")
+    return ("The arms train on the same number of tokens, not on the same amount of distinct data: each method "
+            "makes as many samples as it can from the training modules, and training goes over them as often as "
+            f"the budget asks. `standard` packs whole documents into samples of at least {long_:,} tokens and cuts "
+            f"each at {long_:,}, dropping the tail of its last document, while `nextlong` makes at most one sample "
+            "per anchor document, so the two see their data a different number of times. The design keeps the "
+            "token budget equal, not the epochs.")
 
 
 def epoch_confound(results: dict, treat: str, control: str, seeds: list[str]) -> str | None:
@@ -545,13 +573,9 @@ al.'s code; the loss is the weighted mean{'; ' + notes['longce'] if notes.get('l
 and `knn` (the paper's other baselines) run with `--arms`, and so do `nextlong+longce-self` and
 `standard+longce-self` (the same LongCE training with the model in training as its own short-context scorer, as
 Fang et al. run it; the `longce-self` variant). Each seed changes the synthesis sampling (which
-documents and distractors each sample holds) and the data order; the base is shared. The arms train on the same
-number of tokens, not on the same amount of distinct data: each method makes as many samples as it can from the
-training modules, and training goes over them as often as the budget asks. `standard` packs whole documents into
-samples of at least {long_:,} tokens and cuts each at {long_:,}, dropping the tail of its last document, while
-`nextlong` makes at most one sample per anchor document, so the two see their data a different number of times
-(the epochs per arm are under "Synthesized data"; the Answer marks a comparison whose arms' epochs differ by more
-than {EPOCH_RATIO}x as confounded). The design keeps the token budget equal, not the epochs.
+documents and distractors each sample holds) and the data order; the base is shared.
+{data_design(sc, long_)} (The epochs per arm are under "Synthesized data"; the Answer marks a comparison whose
+arms' epochs differ by more than {EPOCH_RATIO}x as confounded.)
 
 **Pre-registered metrics**, fixed before any arm ran. Primary: the repeat gain at D = {primary_d} (past the base
 length: did extension teach the copy mechanism to reach that far?), and the teacher-forced answer log-prob per

@@ -107,6 +107,12 @@ class Scale:
     attention: str = "nextlong"    # the trainer's attention (sdpa on CPU: the calibrated, faster path there)
     micro_tokens: int = 0          # > 0: tokens per forward pass (micro-batch), so a GPU step of a small model is
                                    # a few launches, not one per sequence; 0: one sequence per pass (CPU)
+    overflow: str = "carry"        # standard's packing (`nextlong synthesize --overflow`): a document cut at the
+                                   # end of a sample goes on in the next; "drop" loses its rest (runs before 2026-12-07)
+    samples: str = "standard"      # "standard": every arm's data holds as many samples as standard's for its seed
+                                   # (at most one epoch's worth), so the arms repeat their data equally; "epoch":
+                                   # each method makes up to one epoch's worth (runs before 2026-12-07: the lease's
+                                   # standard then went 5.1 times over its data, nextlong 1.8)
 
 
 SCALES = {
@@ -562,11 +568,28 @@ def samples_needed(sc: Scale) -> int:
     return math.ceil(sc.steps * sc.batch_tokens / sc.long_len) + 2
 
 
+def arm_samples(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: str, seed: int) -> int:
+    """How many samples a method's data gets: one epoch's worth, and under `samples = "standard"` no more than
+    `standard`'s data holds for the seed (synthesized first for that), so every arm repeats its data as often."""
+    needed = samples_needed(sc)
+    if sc.samples != "standard" or method == "standard":
+        return needed
+    return min(needed, int(read_record(synthesize_arm(root, sc, corpus, tok_path, "standard", seed))["samples"]))
+
+
+def synth_settings(sc: Scale, corpus: Path, tok_path: Path, method: str, seed: int, num_samples: int) -> dict:
+    settings = dict(corpus=str(corpus), tokenizer=str(tok_path), method=method, seed=seed,
+                    target_length=sc.long_len, num_samples=num_samples, chunk_size=sc.chunk_chars,
+                    embedder=sc.embedder if method in ("nextlong", "knn") else None, id_field="id")
+    if method == "standard":
+        settings["overflow"] = sc.overflow
+    return settings
+
+
 def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: str, seed: int) -> Path:
     folder = root / "synth" / method / f"seed-{seed}"
-    settings = dict(corpus=str(corpus), tokenizer=str(tok_path), method=method, seed=seed,
-                    target_length=sc.long_len, num_samples=samples_needed(sc), chunk_size=sc.chunk_chars,
-                    embedder=sc.embedder if method in ("nextlong", "knn") else None, id_field="id")
+    settings = synth_settings(sc, corpus, tok_path, method, seed, arm_samples(root, sc, corpus, tok_path, method,
+                                                                               seed))
 
     def run():
         import nextlong
@@ -595,8 +618,8 @@ def synthesize_arm(root: Path, sc: Scale, corpus: Path, tok_path: Path, method: 
 
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         if rows * sc.long_len < sc.steps * sc.batch_tokens:
-            log(f"synth {method} seed {seed}: warning: {rows} samples < the {samples_needed(sc)} one epoch needs; "
-                "training repeats them")
+            log(f"synth {method} seed {seed}: {rows} samples < the {samples_needed(sc)} one epoch needs; "
+                "training repeats them" + (" (as many as standard's)" if rows == settings["num_samples"] else ""))
         return {"samples": rows, "files": [f.name for f in files]}
 
     stage(folder, settings, f"synthesize {method} seed {seed}")(run)
@@ -968,6 +991,9 @@ def main(argv=None) -> int:
                                          "python": platform.python_version(), "machine": platform.machine(),
                                          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                          "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    if args.variant and read_record(out / "base") is None:
+        log(f"--variant {args.variant}: {out} holds no finished base: the corpus, tokenizer and base are built here "
+            "first (the main experiment run with this --out would reuse them)")
     build_corpus(out, sc)
     tok = build_tokenizer(out, sc)
     init = base_init(out, sc, tok)
