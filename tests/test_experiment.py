@@ -667,3 +667,29 @@ def test_a_variant_in_a_folder_without_a_base_says_it_builds_one(tmp_path, monke
             X.main(["--out", str(out), "--scale", "smoke", "--variant", "short-docs"])
         assert ("holds no finished base: the corpus, tokenizer and base are built here" in capsys.readouterr().err) \
             is said
+
+
+def test_the_hardware_line_names_every_thread_count_the_run_used(tmp_path, monkeypatch, capsys):
+    """experiment.json was rewritten by each invocation, so a run resumed with --threads 1 after one on all cores
+    said "torch threads 1" for timings made with both: every count seen is kept and the page names them."""
+    import torch
+
+    X = load_script()
+    R = sys.modules["experiment_report"]
+
+    def stop(*_):
+        raise SystemExit("stopped before the corpus")
+
+    monkeypatch.setattr(X, "build_corpus", stop)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            with pytest.raises(SystemExit):
+                X.main(["--out", str(tmp_path), "--scale", "smoke", "--threads", str(threads)])
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads((tmp_path / "experiment.json").read_text())
+    assert record["torch_threads"] == 1 and record["torch_threads_seen"] == [1, 2]
+    assert "torch threads 1, 2 (the invocations that made this run differed; the last used 1)" in R.hardware_line(record)
+    record.pop("torch_threads_seen")  # a run recorded before: one count, as before
+    assert "torch threads 1, Python" in R.hardware_line(record)

@@ -219,12 +219,20 @@ def budget_lines(results: dict) -> list[str]:
     total = sum(v["seconds"] or 0 for v in stages.values())
     if total:
         lines.append(f"- Every finished stage together: {total / 3600:.2f} h of wall time.")
-    m = results.get("machine")
-    if m:
-        lines.append(f"- Hardware: {m.get('cpus')} CPU cores ({m.get('machine')}), torch threads "
-                     f"{m.get('torch_threads')}, Python {m.get('python')}" + (f", {m['device']}" if m.get("device")
-                                                                               else "") + ".")
+    if results.get("machine"):
+        lines.append(hardware_line(results["machine"]))
     return lines + [""]
+
+
+def hardware_line(m: dict) -> str:
+    """The machine of experiment.json; every torch thread count its invocations used when they differed (a run
+    resumed with --threads 1 after one on all cores timed stages with both)."""
+    seen = m.get("torch_threads_seen") or []
+    threads = (f"{m.get('torch_threads')}" if len(seen) < 2 else
+               f"{', '.join(map(str, seen))} (the invocations that made this run differed; the last used "
+               f"{m.get('torch_threads')})")
+    return (f"- Hardware: {m.get('cpus')} CPU cores ({m.get('machine')}), torch threads {threads}, "
+            f"Python {m.get('python')}" + (f", {m['device']}" if m.get("device") else "") + ".")
 
 
 def metric_names(results: dict) -> list[str]:

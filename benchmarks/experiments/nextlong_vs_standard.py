@@ -987,9 +987,17 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         THREADS["n"] = args.threads
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:  # the record of the earlier invocations (rewritten below: a damaged one only loses their thread counts)
+        earlier = json.loads((root / "experiment.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        earlier = {}
+    earlier = earlier if isinstance(earlier, dict) else {}
+    seen = earlier.get("torch_threads_seen") or ([earlier["torch_threads"]] if earlier.get("torch_threads") else [])
+    seen = sorted({t for t in seen if isinstance(t, int)} | {threads})  # a resumed run may have used other threads
     write_json(root / "experiment.json", {"scale": asdict(sc), "variant": args.variant, "seeds": seeds, "arms": arms,
                                          "python": platform.python_version(), "machine": platform.machine(),
-                                         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                         "cpus": os.cpu_count(), "torch_threads": threads, "torch_threads_seen": seen,
                                          "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
     if args.variant and read_record(out / "base") is None:
         log(f"--variant {args.variant}: {out} holds no finished base: the corpus, tokenizer and base are built here "
