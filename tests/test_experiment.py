@@ -667,3 +667,26 @@ def test_a_variant_in_a_folder_without_a_base_says_it_builds_one(tmp_path, monke
             X.main(["--out", str(out), "--scale", "smoke", "--variant", "short-docs"])
         assert ("holds no finished base: the corpus, tokenizer and base are built here" in capsys.readouterr().err) \
             is said
+
+
+def test_a_page_of_data_made_before_overflow_keeps_the_old_design(tmp_path):
+    """--report-only on an --out from before 2026-12-07 (or its lease records.tgz unpacked, as lease_run.sh says)
+    took the design from today's scale: its page said `standard` carried cut documents over and every arm had as
+    many samples as standard's, while its standard had dropped their rest and the epochs differed. The records say
+    which design made the data."""
+    X = load_script()
+    R = sys.modules["experiment_report"]
+    sc = X.SCALES["smoke"]
+    corpus, tok = tmp_path / "train.jsonl", tmp_path / "tokenizer.json"
+    old = {k: v for k, v in X.synth_settings(sc, corpus, tok, "standard", 0, 10).items() if k != "overflow"}
+    X.mark_done(tmp_path / "synth" / "standard" / "seed-0", old, 1.0, samples=10)
+    X.mark_done(tmp_path / "synth" / "nextlong" / "seed-0", X.synth_settings(sc, corpus, tok, "nextlong", 0, 10), 1.0,
+                samples=10)
+    scale = X.gather(tmp_path, tmp_path, sc, [0], ["standard", "nextlong"])["scale"]
+    assert "samples" not in scale and "overflow" not in scale
+    assert "not the epochs" in R.data_design(scale, sc.long_len)
+    X.mark_done(tmp_path / "synth" / "standard" / "seed-0", X.synth_settings(sc, corpus, tok, "standard", 0, 10), 1.0,
+                samples=10)
+    scale = X.gather(tmp_path, tmp_path, sc, [0], ["standard", "nextlong"])["scale"]
+    assert (scale["samples"], scale["overflow"]) == ("standard", "carry")
+    assert "same number of distinct samples" in R.data_design(scale, sc.long_len)
