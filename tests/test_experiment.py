@@ -693,3 +693,26 @@ def test_the_hardware_line_names_every_thread_count_the_run_used(tmp_path, monke
     assert "torch threads 1, 2 (the invocations that made this run differed; the last used 1)" in R.hardware_line(record)
     record.pop("torch_threads_seen")  # a run recorded before: one count, as before
     assert "torch threads 1, Python" in R.hardware_line(record)
+
+
+def test_a_page_of_data_made_before_overflow_keeps_the_old_design(tmp_path):
+    """--report-only on an --out from before 2026-12-07 (or its lease records.tgz unpacked, as lease_run.sh says)
+    took the design from today's scale: its page said `standard` carried cut documents over and every arm had as
+    many samples as standard's, while its standard had dropped their rest and the epochs differed. The records say
+    which design made the data."""
+    X = load_script()
+    R = sys.modules["experiment_report"]
+    sc = X.SCALES["smoke"]
+    corpus, tok = tmp_path / "train.jsonl", tmp_path / "tokenizer.json"
+    old = {k: v for k, v in X.synth_settings(sc, corpus, tok, "standard", 0, 10).items() if k != "overflow"}
+    X.mark_done(tmp_path / "synth" / "standard" / "seed-0", old, 1.0, samples=10)
+    X.mark_done(tmp_path / "synth" / "nextlong" / "seed-0", X.synth_settings(sc, corpus, tok, "nextlong", 0, 10), 1.0,
+                samples=10)
+    scale = X.gather(tmp_path, tmp_path, sc, [0], ["standard", "nextlong"])["scale"]
+    assert "samples" not in scale and "overflow" not in scale
+    assert "not the epochs" in R.data_design(scale, sc.long_len)
+    X.mark_done(tmp_path / "synth" / "standard" / "seed-0", X.synth_settings(sc, corpus, tok, "standard", 0, 10), 1.0,
+                samples=10)
+    scale = X.gather(tmp_path, tmp_path, sc, [0], ["standard", "nextlong"])["scale"]
+    assert (scale["samples"], scale["overflow"]) == ("standard", "carry")
+    assert "same number of distinct samples" in R.data_design(scale, sc.long_len)

@@ -884,6 +884,9 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
             entry.update({k: st[k] for k in SYNTH_STATS if k in st})
         synth[f"{rec.parent.parent.name} {rec.parent.name}"] = entry
     results["synthesis"] = synth
+    if data_predates_overflow(root):  # the page says the design its data was made with, not this code's
+        for key in ("overflow", "samples"):
+            results["scale"].pop(key, None)
     stages = {}
     for rec in sorted(root.rglob(DONE)):
         if root == out and rec.parent.relative_to(out).parts[0] == "variants":
@@ -907,6 +910,16 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
     if exp.exists():
         results["machine"] = {k: v for k, v in json.loads(exp.read_text()).items() if k not in ("scale",)}
     return results
+
+
+def data_predates_overflow(root: Path) -> bool:
+    """Whether the synthesized data of `root` was made before 2026-12-07 (`standard` dropped the rest of a cut
+    document, each method made up to one epoch's worth): a seed with data has no `standard` record naming its
+    `overflow`, which every seed has since (each arm's sample count is read from it). Such a run (--report-only on
+    its --out, or its records.tgz unpacked) must not have its page describe the design of today's scale."""
+    seeds = {rec.parent.name for rec in (root / "synth").glob(f"*/seed-*/{DONE}")}
+    return any("overflow" not in ((read_record(root / "synth" / "standard" / seed) or {}).get("settings") or {})
+               for seed in seeds)
 
 
 def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str,
