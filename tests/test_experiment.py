@@ -647,6 +647,8 @@ def test_every_arm_gets_as_many_samples_as_standards_data_holds(tmp_path):
     assert X.arm_samples(tmp_path / "nowhere", old, corpus, tok, "nextlong", 1) == 642  # standard not consulted
     new_design = R.data_design(dataclasses.asdict(sc), 8192)
     assert "same number of distinct samples" in new_design and "--overflow carry" in new_design
+    assert "every training module's tokens once" not in new_design  # untrue once one epoch's worth caps standard
+    assert "--overflow carry" in R.data_design({"samples": "epoch", "overflow": "carry"}, 8192)
     recorded = {k: v for k, v in dataclasses.asdict(sc).items() if k not in ("samples", "overflow")}  # a page of before
     assert "not the epochs" in R.data_design(recorded, 8192) and "dropping the tail" in R.data_design(recorded, 8192)
 

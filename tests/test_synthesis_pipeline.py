@@ -137,8 +137,11 @@ def test_stream_baselines_carry_the_rest_of_a_document_into_the_next_row(corpus,
         used = {(s["doc_id"], s["chunk_index"]) for row in rows[overflow] for s in row["segments"]}
         missing = set(chunk_lookup(out)) - used
         left = manifest["statistics"]["dropped_too_short"]
+        whole = {d for d, _ in missing} - {d for d, _ in used}  # documents no row holds any of
+        assert left == len(whole) and manifest["statistics"]["source_documents_used"] + left == len(
+            {d for d, _ in chunk_lookup(out)}), (left, len(whole))  # used and left over: each document once
         if overflow == "carry":
-            assert 0 < left <= 3 and len({d for d, _ in missing}) == left, (left, len(missing))
+            assert 0 < left <= 3, left
             assert any(row["segments"][0]["chunk_index"] > 0 for row in rows[overflow]), "no row continues one"
         else:
             assert all(row["segments"][0]["chunk_index"] == 0 for row in rows[overflow])
@@ -863,3 +866,21 @@ def test_an_index_without_embeddings_embeds_the_corpus_with_its_own_embedder(tmp
                                                      r"\w+' \(dim 384\).*pass --embedder") as err:
         synthesize(corpus, tmp_path / "lost", index=str(prebuilt), **settings)
     assert "\n" not in str(err.value) and not (tmp_path / "lost").exists(), "refused before any chunking"
+
+
+def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
+    """A standard work folder made before --overflow was refused with "overflow: cached None, asked 'carry'": the
+    error now says the folder predates the setting."""
+    from nextlong import synthesize
+    from nextlong.synthesis.framework import DONE_FILE
+
+    out = tmp_path / "standard"
+    synthesize_kwargs = dict(method="standard", num_samples=2, **FAST)
+    synthesize(corpus, out, **synthesize_kwargs)
+    record = json.loads((out / "units" / DONE_FILE).read_text())
+    del record["settings"]["overflow"]  # as the units stage recorded it before 2026-12-07
+    record["fingerprint"] = "0" * len(record["fingerprint"])
+    (out / "units" / DONE_FILE).write_text(json.dumps(record))
+    with pytest.raises(StageMismatchError, match="overflow: not recorded \\(the folder predates the setting\\), "
+                                                 "asked 'carry'"):
+        synthesize(corpus, out, **synthesize_kwargs)

@@ -137,25 +137,25 @@ def data_design(sc: dict, long_: int) -> str:
     """How much distinct data each arm gets, as the run recorded it. A run before 2026-12-07 has neither
     `overflow` nor `samples` in its scale: `standard` dropped the rest of a cut document and each method made as
     many samples as it could (the epochs then differed: the lease's `standard` went 5.1 times over its data,
-    `nextlong` 1.8); since then `standard` packs the stream whole and every arm gets as many samples as
-    `standard`'s data holds for its seed (at most one epoch's worth), so the arms repeat their data equally."""
+    `nextlong` 1.8); since then `standard` packs the stream whole and every synthesized arm gets as many samples
+    as `standard`'s data holds for its seed (at most one epoch's worth), so those arms repeat their data equally."""
+    if sc.get("overflow") == "carry":
+        packing = (f"`standard` cuts the stream of shuffled training modules into samples of {long_:,} tokens, a "
+                   "module cut at the end of one sample going on in the next (`--overflow carry`: no module's tail is "
+                   "dropped)")
+    else:
+        packing = (f"`standard` packs whole documents into samples of at least {long_:,} tokens and cuts each at "
+                   f"{long_:,}, dropping the tail of its last document")
     if sc.get("samples") == "standard":
-        packing = ("`standard` cuts the stream of shuffled documents into samples of "
-                   f"{long_:,} tokens, a document cut at the end of one sample going on in the next (`--overflow "
-                   "carry`), so it uses every training module's tokens once")
-        if sc.get("overflow") == "drop":
-            packing = (f"`standard` packs whole documents into samples of at least {long_:,} tokens and cuts each at "
-                       f"{long_:,}, dropping the rest of its last document (`--overflow drop`)")
-        return ("The arms train on the same number of tokens and on the same number of distinct samples: "
-                f"{packing}; every other method's data is cut to as many samples as `standard`'s for the same seed "
-                "(at most one epoch's worth), so all arms go over their data equally often, except a method that "
-                "makes fewer samples than `standard` (Quest on a small corpus), which repeats its own more.")
+        return ("The synthesized arms train on the same number of tokens and on the same number of distinct "
+                f"samples: {packing}, up to one epoch's worth; every other method's data is cut to as many samples "
+                "as `standard`'s for the same seed, so these arms go over their data equally often, except a method "
+                "that makes fewer samples than `standard` (Quest on a small corpus), which repeats its own more. "
+                "`short` trains on the modules themselves at the base length, its own amount of data.")
     return ("The arms train on the same number of tokens, not on the same amount of distinct data: each method "
             "makes as many samples as it can from the training modules, and training goes over them as often as "
-            f"the budget asks. `standard` packs whole documents into samples of at least {long_:,} tokens and cuts "
-            f"each at {long_:,}, dropping the tail of its last document, while `nextlong` makes at most one sample "
-            "per anchor document, so the two see their data a different number of times. The design keeps the "
-            "token budget equal, not the epochs.")
+            f"the budget asks. {packing}, while `nextlong` makes at most one sample per anchor document, so the two "
+            "see their data a different number of times. The design keeps the token budget equal, not the epochs.")
 
 
 def epoch_confound(results: dict, treat: str, control: str, seeds: list[str]) -> str | None:

@@ -67,8 +67,9 @@ def pack_chunks(order, store, sep_len: int, target_length: int):
     the `carry` packing. A document that runs past the end of a group goes on in the next group from its
     next chunk, so every chunk is used once and only the part of the one chunk that crosses L is lost to
     assembly's cut (the `drop` packing, `pack_stream`, loses the rest of that document). Returns (groups,
-    leftover docs): each group an array of chunk ids in order; the leftover documents are those with a
-    chunk in the short tail of the stream."""
+    leftover docs): each group an array of chunk ids in order; the leftover documents are those left out
+    whole, every chunk in the short tail of the stream (one cut at the tail's start was used, and counts
+    among the documents used)."""
     order = np.asarray(order, np.int64)
     if order.size == 0:
         return [], []
@@ -85,8 +86,9 @@ def pack_chunks(order, store, sep_len: int, target_length: int):
             break
         groups.append(stream[lo:hi + 1])
         lo, done = hi + 1, int(ends[hi])
-    leftover = np.unique(np.asarray(store.chunk_doc, np.int64)[stream[lo:]])
-    return groups, leftover.tolist()
+    tail = stream[lo:]
+    left = np.unique(np.asarray(store.chunk_doc, np.int64)[tail[np.asarray(store.chunk_index)[tail] == 0]])
+    return groups, left.tolist()
 
 
 def plan_pieces(store, docs) -> tuple[list[int], list[int]]:

@@ -634,7 +634,8 @@ def _diff(old: dict, new: dict) -> str:
     said = []
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
-        line = f"{k}: cached {was!r}, asked {now!r}"
+        line = (f"{k}: cached {was!r}, asked {now!r}" if k in old else
+                f"{k}: not recorded (the folder predates the setting), asked {now!r}")
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"

@@ -422,7 +422,8 @@ class UnitsStage(WholeStage):
     quest_keywords: int = 3
     quest_max_repeats: int = 4
     # standard, iclm: the rest of a document cut at L goes on in the next unit ("carry") or is dropped
-    # ("drop", the only packing before 2026-12-07); None for the methods that do not pack a stream
+    # ("drop", the only packing before 2026-12-07, as None: left out of the fingerprint); the pipeline passes it
+    # for standard and iclm only
     overflow: str | None = added_setting(None)
 
     version = 2  # no unit is built from a blank document
@@ -464,7 +465,7 @@ class UnitsStage(WholeStage):
                 order = iclm_order(knn_graph(document_vectors(store, vectors, self.doc_embedding), self.knn_neighbors),
                                    self.seed)
             order = with_text(np.asarray(order, np.int64))
-            if self.overflow == "drop":
+            if self.overflow != "carry":  # "drop", or None: a stage made before the setting existed packed so
                 groups, leftover = pack_stream(order, lengths, self.target_length)
                 units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
             else:  # a unit lists its chunks: its first and last documents may be pieces
