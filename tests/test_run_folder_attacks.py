@@ -223,6 +223,8 @@ CRAFTED = {
     "trainer_step_string": (_edit_trainer(lambda t: t.update(step="two")), "step must be an integer >= 0"),
     "trainer_step_negative": (_edit_trainer(lambda t: t.update(step=-3)), "step must be an integer >= 0"),
     "trainer_step_past_steps": (_step_too_far, "step must be at most --steps (6)"),
+    "trainer_cwd_relative": (_edit_trainer(lambda t: t.update(cwd="elsewhere")), "cwd must be an absolute path"),
+    "trainer_cwd_not_string": (_edit_trainer(lambda t: t.update(cwd=["/"])), "cwd must be an absolute path"),
     "trainer_history_not_list": (_edit_trainer(lambda t: t.update(history={"a": 1})), "history must be a list"),
     "trainer_history_NaN": (_history_nan, "NaN is not a JSON number"),
     "scheduler_last_epoch_string": (_edit_trainer(lambda t: t["scheduler"].update(last_epoch="x")),

@@ -477,6 +477,25 @@ def test_cli_resume_takes_the_runs_own_settings(data, tmp_path, capsys):
     (run / "manifest.json").write_text(good)
 
 
+def test_cli_resume_from_another_folder_with_the_runs_relative_paths(data, tmp_path, monkeypatch):
+    """A run started with relative paths (`nextlong train data --out run` in A) resumes from another folder
+    (`nextlong train A/data --out A/run --resume`): its checkpoint records the folder its paths were given from.
+    Before: "cannot resume with other settings (data: saved ['data'], now ['A/data'])"."""
+    from nextlong.cli import main
+    from nextlong.train.trainer import _same_path
+
+    shutil.copytree(data, tmp_path / "A" / "data")
+    monkeypatch.chdir(tmp_path / "A")
+    opts = ["--quiet", "--threads", "1"]
+    assert main(["train", "data", "--out", "run", "--steps", "2", "--stop-after", "1", "--seq-len", "512",
+                 "--warmup", "1"] + opts) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "A/data", "--out", "A/run", "--resume"] + opts) == 0
+    assert [r["step"] for r in metrics(tmp_path / "A" / "run")] == [1, 2]
+    # a model or scorer path the same way (compared only: the model loaded is the one given now)
+    assert _same_path("A/run/model", "run/model", str(tmp_path / "A")) and not _same_path("A/run/model", "run/model")
+
+
 @pytest.mark.parametrize("scheme", ["dense", "sparse", "longce"])
 def test_token_weighting_schemes_train(data, tmp_path, scheme):
     """Each scheme runs in the loop (short-context scores from the model itself, or from --scorer) and

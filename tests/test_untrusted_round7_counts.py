@@ -114,3 +114,28 @@ def test_a_done_stages_block_record_that_does_not_read_is_one_line(work, change)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: not a block record whose counts read")
     assert message.endswith(f"remove {out / 'embed'} to make the stage again")
+
+
+@pytest.mark.parametrize("dropped", [{}, {"x": 1}])
+def test_a_plan_records_dropped_that_is_an_object_is_no_record(work, dropped):
+    """"dropped" is a number in synthesize's plan records and an object by reason in acer's assemble records,
+    so read_done lets both through. Before: a plan block record's object was summed with numbers (TypeError in
+    the statistics, or an object in the plan stage record). Now a plan record holding one is no record: the
+    stage record and an unfinished stage's block are made again, a done stage's block record is one line."""
+    from nextlong import synthesize
+
+    out, corpus, reference = work
+    block = out / "plan" / "_done" / "part-00000.json"
+    _edit(out / "plan" / "_done.json", lambda r, c: c.update(dropped=dropped))
+    synthesize(corpus, out, num_samples=2, **FAST)
+    assert json.loads((out / "plan" / "_done.json").read_text())["counts"]["dropped"] == 0
+    (out / "plan" / "_done.json").unlink()
+    _edit(block, lambda r, c: c.update(dropped=dropped))
+    synthesize(corpus, out, num_samples=2, **FAST)
+    assert _statistics(out) == reference
+    assert json.loads(block.read_text())["counts"]["dropped"] == 0
+    _edit(block, lambda r, c: c.update(dropped=dropped))
+    with pytest.raises(CorruptFileError) as info:  # all samples: block 0 is no longer cut, its counts are summed
+        synthesize(corpus, out, **FAST)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{block}: not a block record whose counts read")

@@ -168,7 +168,9 @@ INTEGER_COUNTS = frozenset({
     "near_dup_rejected", "negative_sim_n", "searched_again", "dependency_distance_n",
     "dependency_distance_n_with_negatives", "dependency_distance_sum", "dependency_distance_sum_with_negatives"})
 NUMBER_COUNTS = frozenset({"negative_sim_sum"})
-WHOLE_OR_OBJECT_COUNTS = frozenset({"dropped"})  # a number in synthesize's plan records, by reason in acer's
+# a number in synthesize's plan records, by reason in acer's assemble records: which one a stage's records hold
+# is the stage's (`Stage.object_counts`, checked by `counts_fit` where the stage is known)
+WHOLE_OR_OBJECT_COUNTS = frozenset({"dropped"})
 MAX_COUNT = 2 ** 53  # no count of a real run comes near; 10**30 rows would be a wrong number or a huge allocation
 
 
@@ -198,6 +200,14 @@ def counts_read(counts) -> bool:
             elif type(value) is float and not math.isfinite(value):
                 return False
     return True
+
+
+def counts_fit(stage: "Stage", counts: dict) -> bool:
+    """Whether the WHOLE_OR_OBJECT_COUNTS in a record's counts have the shape `stage` writes: an object for its
+    `object_counts`, a whole number for the others (a plan record's "dropped" that is an object would be summed
+    as a number)."""
+    return all(type(counts[key]) is (dict if key in stage.object_counts else int)
+               for key in WHOLE_OR_OBJECT_COUNTS if key in counts)
 
 
 def is_done(path, fingerprint: str) -> bool:
@@ -245,6 +255,7 @@ class Stage:
     version: ClassVar[int] = 1  # bump when the stage's code changes its output for the same settings
     # the counts its record always holds and its readers index: a record without one is taken as no record
     recorded_counts: ClassVar[frozenset] = frozenset()
+    object_counts: ClassVar[frozenset] = frozenset()  # of WHOLE_OR_OBJECT_COUNTS, those it records as an object
     remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
     # the class name its fingerprint records, when not its module's: a stage class that moved keeps the name
     # it was recorded under, so folders made before the move are not refused as "other settings"
@@ -585,10 +596,10 @@ def prepare(ctx: StageContext) -> bool:
     directory = ctx.out_dir
     record = read_done(directory / DONE_FILE)
     if record is not None and record["fingerprint"] == ctx.fingerprint:
-        if ctx.stage.recorded_counts <= record["counts"].keys():
+        if ctx.stage.recorded_counts <= record["counts"].keys() and counts_fit(ctx.stage, record["counts"]):
             return True  # else a record without a count its readers need: no record, the stage is made again
-        ctx.log(f"{directory / DONE_FILE}: lacks one of the counts {sorted(ctx.stage.recorded_counts)}; "
-                "making the stage again")
+        ctx.log(f"{directory / DONE_FILE}: lacks one of the counts {sorted(ctx.stage.recorded_counts)} or holds "
+                f"one of {sorted(WHOLE_OR_OBJECT_COUNTS)} in another shape than this stage's; making the stage again")
     stale = _stale_record(ctx)
     if stale is not None:
         if not (ctx.rebuild or ctx.stage.remake_on_change):
@@ -673,18 +684,23 @@ def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, pa
 
 
 def block_done(ctx: StageContext, block: int, partition: Any = None) -> bool:
-    """A block is done when its record holds its fingerprint (and its part exists unless it had 0 rows)."""
-    return part_done(block_path(ctx.out_dir, block), block_record_path(ctx.out_dir, block),
-                     block_fingerprint(ctx.fingerprint, block, partition)) is not None
+    """A block is done when its record holds its fingerprint and counts of the stage's shape (`counts_fit`),
+    and its part exists unless it had 0 rows."""
+    record = part_done(block_path(ctx.out_dir, block), block_record_path(ctx.out_dir, block),
+                       block_fingerprint(ctx.fingerprint, block, partition))
+    return record is not None and counts_fit(ctx.stage, record["counts"])
 
 
-def block_counts(stage_dir, blocks: Iterable[int] | None = None) -> list[dict]:
-    """Counts of the recorded blocks of a map stage's folder (all, or the given block numbers)."""
+def block_counts(stage_dir, blocks: Iterable[int] | None = None, stage: Stage | None = None) -> list[dict]:
+    """Counts of the recorded blocks of a map stage's folder (all, or the given block numbers); with the
+    `stage`, a record whose counts do not fit it (`counts_fit`) is one that does not read."""
     numbers = block_numbers(stage_dir) if blocks is None else list(blocks)
     out = []
     for j in numbers:
         path = block_record_path(stage_dir, j)
         record = read_done(path)
+        if record is not None and stage is not None and not counts_fit(stage, record["counts"]):
+            record = None
         if record is None and path.exists():  # a done stage's block record that does not read
             raise CorruptFileError(f"{path}: not a block record whose counts read (an object of non-negative "
                                    f"counts); remove {Path(stage_dir)} to make the stage again")
@@ -719,7 +735,7 @@ def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = No
     for stale in list(ctx.out_dir.glob("part-*.parquet")) + list((ctx.out_dir / BLOCK_RECORDS).glob("part-*.json")):
         if int(stale.stem.split("-")[1]) >= num_blocks:
             stale.unlink()
-    counts = sum_counts(block_counts(ctx.out_dir, range(num_blocks)))
+    counts = sum_counts(block_counts(ctx.out_dir, range(num_blocks), ctx.stage))
     counts["blocks"] = num_blocks
     counts.update(extra or {})
     write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,

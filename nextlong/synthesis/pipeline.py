@@ -348,8 +348,8 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
                                else read_done(Path(emb_dir) / DONE_FILE))
     data = record("data")
     used = data.get("blocks_used", [])
-    plan_counts = block_counts(out / "plan", used)
-    asm_counts = block_counts(out / "assemble", used)
+    plan_counts = block_counts(out / "plan", used, pipeline.stage("plan"))
+    asm_counts = block_counts(out / "assemble", used, pipeline.stage("assemble"))
     partial = data.get("partial_block")
     if partial is not None:  # the cut block: count only the anchors tried up to its last row kept
         plan_counts[-1], asm_counts[-1] = _cut_block_counts(out, partial["block"], partial["rows"])

@@ -4,7 +4,8 @@ exported model folder.
 RUN/checkpoints/step-00000100/
     model.safetensors      full (unsharded) model state dict
     optimizer.safetensors  full optimizer state dict
-    trainer.json           format, step, scheduler state, run-defining settings, the metrics so far
+    trainer.json           format, step, scheduler state, run-defining settings (and the folder their relative
+                           paths were given from), the metrics so far
     rank-N.safetensors     per rank: data position (stream counters, generator, leftover spans) and RNG states
 
 The .safetensors files are `state_file`'s: tensors plus JSON, nothing that executes when loaded, so a
@@ -278,6 +279,8 @@ def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
         raise bad("step", f"at most --steps ({max_step})", step)
     if not _count(state.get("world_size", 1), 1):
         raise bad("world_size", "an integer >= 1", state.get("world_size"))
+    if not (isinstance(state.get("cwd", "/"), str) and os.path.isabs(state.get("cwd", "/"))):
+        raise bad("cwd", "an absolute path", state.get("cwd"))
     if not isinstance(state.get("settings", {}), dict):
         raise bad("settings", "an object", state.get("settings"))
     if not isinstance(state.get("scheduler", {}), dict):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import os
 import resource
 import sys
@@ -425,10 +424,12 @@ class Trainer:
         import json
 
         mine_json = json.loads(json.dumps(mine, default=str))
-        # the same folders spelled otherwise (relative, a trailing '/') are the same data, model and scorer
+        # the same folders spelled otherwise (relative, from another folder, a trailing '/') are the same data, model
+        # and scorer; a checkpoint saved before it recorded its cwd: its relative paths from the current folder
+        base = saved.get("cwd", ".")
         same = {"data": _same_data, "model": _same_path, "scorer": _same_path}
         diff = sorted(str(k) for k in set(mine_json) | set(theirs)
-                      if not same.get(k, operator.eq)(mine_json.get(k), theirs.get(k)))
+                      if not same.get(k, lambda now, was, _: now == was)(mine_json.get(k), theirs.get(k), base))
         if diff:
             raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff})
         ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -718,7 +719,10 @@ class Trainer:
             raise NextlongError(f"step {step}: the model's weights are no longer finite (an update overflowed), so "
                                 "they are not saved; the newest checkpoint is the last good one; lower --lr")
         rank_state = {"data": data_position if data_position is not None else self.packer.state_dict()}
-        trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world}
+        # cwd: the folder the relative paths of its settings were given from, so a resume from another folder
+        # compares them as they were meant
+        trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world,
+                         "cwd": os.getcwd()}
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
                              sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints)
@@ -784,25 +788,26 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
                             f"vocabulary has {model_vocab}: token ids would reach past its embedding table")
 
 
-def _same_path(now, saved) -> bool:
+def _same_path(now, saved, base=".") -> bool:
     """Whether two `model` (or `scorer`) settings name the same thing: equal, or paths resolving alike (a resume must
-    give a model path again; a relative one resolves from the current folder, as the data's do). A preset name and a
-    folder of that name are not the same model."""
+    give a model path again; a relative one resolves from the current folder, as the data's do, a saved one from
+    `base`, the folder the run gave it from). A preset name and a folder of that name are not the same model. Only
+    compared: the model loaded is the one given now."""
     from .model import is_preset
 
     if now == saved or not (isinstance(now, str) and isinstance(saved, str)) or is_preset(now) or is_preset(saved):
         return now == saved
     try:
-        return Path(now).resolve() == Path(saved).resolve() and Path(now).exists()
+        return Path(now).resolve() == (Path(base) / saved).resolve() and Path(now).exists()
     except (OSError, RuntimeError, ValueError):
         return False
 
 
-def _same_data(now, saved) -> bool:
+def _same_data(now, saved, base=".") -> bool:
     """Whether two `data` settings (lists of "PATH" or "PATH@weight") name the same sources, compared as resolved
-    paths (a saved relative path from the current folder), weight by weight. A saved "v@2" that is ambiguous now
-    (both v and a folder v@2 exist) meant one of the two when it was recorded: either matches (a resume on the
-    other one's data is warned of by the data fingerprint)."""
+    paths (a saved relative path from `base`, the folder the run gave it from), weight by weight. A saved "v@2" that
+    is ambiguous now (both v and a folder v@2 exist) meant one of the two when it was recorded: either matches (a
+    resume on the other one's data is warned of by the data fingerprint)."""
     from .sources import parse_data_spec
 
     def readings(spec, recorded: bool):
@@ -813,8 +818,8 @@ def _same_data(now, saved) -> bool:
                 raise
             return [parse_data_spec(spec, "weight"), (spec, 1.0)]
 
-    def resolved(pair):
-        return str(Path(pair[0]).resolve()), pair[1]
+    def resolved(pair, start="."):
+        return str((Path(start) / pair[0]).resolve()), pair[1]
 
     if now == saved:
         return True
@@ -822,7 +827,7 @@ def _same_data(now, saved) -> bool:
             and all(isinstance(x, str) for x in now + saved)):
         return False
     try:
-        return all(resolved(readings(n, False)[0]) in [resolved(r) for r in readings(s, True)]
+        return all(resolved(readings(n, False)[0]) in [resolved(r, base) for r in readings(s, True)]
                    for n, s in zip(now, saved))
     except (TypeError, ValueError, OSError, RuntimeError, UsageError):  # a value of the wrong shape
         return False

@@ -632,6 +632,7 @@ class AssembleStage(AcerMapStage):
     answer_marker: str = ""
 
     version = 3  # 2: the drops above and the answer_cut column; 3: each chunk tokenized with its separator
+    object_counts = frozenset({"dropped"})  # its drops by reason
     progress_unit = "question"
 
     def setup(self, ctx):

@@ -20,6 +20,13 @@ from ...errors import NextlongError, missing_extra
 from ..framework import Executor, FinishedPrefix
 
 CONNECT_TIMEOUT_S = 10.0  # a TCP probe of the head's address before ray.init
+# Ray's notice on stdout for each task it retries ("(raylet) Task ... failed. There are infinite retries remaining,
+# so the task will be retried. Error: The actor is dead because it was killed by `ray.kill`."), off: when the
+# --num-samples cut ends a chain, Ray Data kills its actor pool with ray.kill and each block still in flight drew
+# one, about the run's own stop. A worker that dies is still reported, by Ray's own line ("A worker died or was
+# killed while executing a task ..."), and a block that cannot be finished by its error. The notice is the driver's
+# (it submits the tasks), so this process's setting applies on a cluster too; one already set is kept.
+QUIET_RETRIES = ("RAY_enable_output_error_log_if_still_retry", "0")
 
 
 class RayClusterError(NextlongError):
@@ -108,6 +115,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     if resolved is None:  # a local instance: our limits apply
         kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
         _hide_token_auth_notice()
+    os.environ.setdefault(*QUIET_RETRIES)  # read by this process's Ray core worker as ray.init starts it
     with _sigterm_kept():
         try:
             ray.init(address=resolved, **kwargs)
