@@ -496,6 +496,27 @@ def test_cli_resume_from_another_folder_with_the_runs_relative_paths(data, tmp_p
     assert _same_path("A/run/model", "run/model", str(tmp_path / "A")) and not _same_path("A/run/model", "run/model")
 
 
+def test_resume_compares_recorded_paths_from_the_runs_folder(tmp_path, monkeypatch):
+    """A saved relative DATA/--model is the folder under the run's recorded cwd: the same spelling given from
+    another folder is another folder (it compared equal as strings), and a recorded `v@2` is looked up there (a
+    folder v@2 of the run's folder was read as v at weight 2 from elsewhere: "other settings")."""
+    from nextlong.train.trainer import _same_data, _same_path
+
+    for name in ("A/data", "A/v@2", "A/model", "B/data", "B/model"):
+        (tmp_path / name).mkdir(parents=True)
+    a = str(tmp_path / "A")
+    monkeypatch.chdir(tmp_path / "B")
+    assert not _same_data(["data"], ["data"], a) and not _same_path("model", "model", a)
+    assert _same_data(["../A/data"], ["data"], a) and _same_path("../A/model", "model", a)
+    assert _same_data(["data"], ["data"], str(tmp_path / "B")) and _same_data(["data"], ["data"])  # same folder
+    monkeypatch.chdir(tmp_path)
+    assert _same_data(["A/v@2"], ["v@2"], a) and _same_data(["A/data@2"], ["data@2"], a)
+    assert not _same_data(["A/data@3"], ["data@2"], a)
+    from nextlong.train.config import other_settings_error
+
+    assert f"given from {a!r}" in str(other_settings_error("run", {"data": (["data"], ["data"])}, a))
+
+
 @pytest.mark.parametrize("scheme", ["dense", "sparse", "longce"])
 def test_token_weighting_schemes_train(data, tmp_path, scheme):
     """Each scheme runs in the loop (short-context scores from the model itself, or from --scorer) and

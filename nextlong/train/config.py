@@ -236,13 +236,17 @@ def refuse_recorded_paths(run, recorded: dict, given) -> None:
                          f"run folder's manifest cannot choose: give it again (--{name} PATH) to resume")
 
 
-def other_settings_error(run, differ: dict):
-    """The refusal of a resume whose settings differ from the run's: {name: (saved, now)}."""
+def other_settings_error(run, differ: dict, given_from: str | None = None):
+    """The refusal of a resume whose settings differ from the run's: {name: (saved, now)}; `given_from`: the folder
+    the saved relative paths were given from (a checkpoint's cwd), named when a path differs ("saved ['data'], now
+    ['data']" is another folder of that name)."""
     from ..errors import NextlongError
     from ..untrusted import show
 
     details = "; ".join(f"{k if k.isidentifier() else show(k)}: saved {show(saved, 100)}, now {show(now, 100)}"
                         for k, (saved, now) in sorted(differ.items())[:8])
+    if given_from is not None and {"data", "model", "scorer"} & set(differ):
+        details += f"; the saved relative paths were given from {show(given_from, 200)}"
     more = ("; to train on from it, start a new run with --model " + str(run) + " and another --out"
             if "steps" in differ else "")
     return NextlongError(f"{run}: cannot resume with other settings ({details}){more}")

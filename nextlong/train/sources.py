@@ -20,11 +20,12 @@ from ..untrusted import member, read_json, show
 from .config import LOSS_ON, option_text
 
 
-def parse_data_spec(spec: str, ambiguous: str = "refuse") -> tuple[str, float]:
+def parse_data_spec(spec: str, ambiguous: str = "refuse", base: str = ".") -> tuple[str, float]:
     """'PATH' or 'PATH@weight' -> (path, weight). A path that itself ends in '@number' (a folder named
     `v@2`) is that path at weight 1 when `v` does not exist (it was read as `v` at weight 2: "data not found");
     when both exist the spec is refused as ambiguous (`v@2@1` is the folder, `v/@2` the weight), or, with
-    ambiguous="weight" (a spec an earlier run recorded), read as the weight, the meaning such a spec had then."""
+    ambiguous="weight" (a spec an earlier run recorded), read as the weight, the meaning such a spec had then.
+    `base`: the folder a relative spec was given from (a recorded one: the run's), where what exists is looked at."""
     spec = str(spec)
     path, sep, weight = spec.rpartition("@")
     if not sep or not path:
@@ -33,8 +34,8 @@ def parse_data_spec(spec: str, ambiguous: str = "refuse") -> tuple[str, float]:
         value = float(weight)
     except ValueError:
         return spec, 1.0  # an '@' that is part of the path
-    if os.path.lexists(spec):
-        if not os.path.lexists(path):
+    if os.path.lexists(os.path.join(base, spec)):
+        if not os.path.lexists(os.path.join(base, path)):
             return spec, 1.0
         if ambiguous != "weight":
             raise UsageError(f"{spec}: ambiguous: it exists, and so does {path} (at weight {weight}); write "

@@ -431,7 +431,7 @@ class Trainer:
         diff = sorted(str(k) for k in set(mine_json) | set(theirs)
                       if not same.get(k, lambda now, was, _: now == was)(mine_json.get(k), theirs.get(k), base))
         if diff:
-            raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff})
+            raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff}, saved.get("cwd"))
         ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
                              packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
                              trust=cfg.trust_checkpoint, max_step=cfg.steps)
@@ -789,16 +789,16 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
 
 
 def _same_path(now, saved, base=".") -> bool:
-    """Whether two `model` (or `scorer`) settings name the same thing: equal, or paths resolving alike (a resume must
-    give a model path again; a relative one resolves from the current folder, as the data's do, a saved one from
-    `base`, the folder the run gave it from). A preset name and a folder of that name are not the same model. Only
+    """Whether two `model` (or `scorer`) settings name the same thing: equal presets, or paths resolving alike (a
+    resume must give a model path again; a relative one resolves from the current folder, as the data's do, a saved
+    one from `base`, the folder the run gave it from: the same relative spelling from another folder is another). A preset name and a folder of that name are not the same model. Only
     compared: the model loaded is the one given now."""
     from .model import is_preset
 
-    if now == saved or not (isinstance(now, str) and isinstance(saved, str)) or is_preset(now) or is_preset(saved):
+    if not (isinstance(now, str) and isinstance(saved, str)) or is_preset(now) or is_preset(saved):
         return now == saved
-    try:
-        return Path(now).resolve() == (Path(base) / saved).resolve() and Path(now).exists()
+    try:  # equal relative spellings given from two folders are two folders
+        return Path(now).resolve() == (Path(base) / saved).resolve() and (now == saved or Path(now).exists())
     except (OSError, RuntimeError, ValueError):
         return False
 
@@ -810,18 +810,18 @@ def _same_data(now, saved, base=".") -> bool:
     resume on the other one's data is warned of by the data fingerprint)."""
     from .sources import parse_data_spec
 
-    def readings(spec, recorded: bool):
+    def readings(spec, recorded: bool):  # a recorded spec read where it was given: is `v@2` a folder there?
         try:
-            return [parse_data_spec(spec)]
+            return [parse_data_spec(spec, base=base if recorded else ".")]
         except UsageError:
             if not recorded:
                 raise
-            return [parse_data_spec(spec, "weight"), (spec, 1.0)]
+            return [parse_data_spec(spec, "weight", base), (spec, 1.0)]
 
     def resolved(pair, start="."):
         return str((Path(start) / pair[0]).resolve()), pair[1]
 
-    if now == saved:
+    if now == saved and base == ".":  # equal relative spellings given from two folders are two folders
         return True
     if not (isinstance(now, list) and isinstance(saved, list) and len(now) == len(saved)
             and all(isinstance(x, str) for x in now + saved)):
