@@ -139,3 +139,15 @@ def test_a_plan_records_dropped_that_is_an_object_is_no_record(work, dropped):
         synthesize(corpus, out, **FAST)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{block}: not a block record whose counts read")
+
+
+@pytest.mark.parametrize("reasons", [{"r": "x"}, {"r": 1.5}, {"r": True}, {"r": {"deep": 1}}, {"r": [1, 2]}])
+def test_an_assemble_records_dropped_holds_whole_numbers_by_reason(reasons):
+    """acer's assemble records count drops by reason: {"reason": n}. Before, counts_fit checked only that the
+    value was an object, so a crafted stage record's {"r": "x"} (or 1.5, true, an object, a list) was taken as
+    done and copied into manifest.json's samples_dropped. Now such a record does not fit: it is made again."""
+    from nextlong.synthesis.acer.stages import AssembleStage
+    from nextlong.synthesis.framework import counts_fit
+
+    assert counts_fit(AssembleStage, {"dropped": {"cut": 2, "empty": 0}}) and counts_fit(AssembleStage, {"dropped": {}})
+    assert not counts_fit(AssembleStage, {"dropped": reasons})

@@ -203,11 +203,16 @@ def counts_read(counts) -> bool:
 
 
 def counts_fit(stage: "Stage", counts: dict) -> bool:
-    """Whether the WHOLE_OR_OBJECT_COUNTS in a record's counts have the shape `stage` writes: an object for its
-    `object_counts`, a whole number for the others (a plan record's "dropped" that is an object would be summed
-    as a number)."""
-    return all(type(counts[key]) is (dict if key in stage.object_counts else int)
-               for key in WHOLE_OR_OBJECT_COUNTS if key in counts)
+    """Whether the WHOLE_OR_OBJECT_COUNTS in a record's counts have the shape `stage` writes: an object of whole
+    numbers for its `object_counts`, a whole number for the others (a plan record's "dropped" that is an object
+    would be summed as a number; an assemble record's {"reason": "x"}, 1.5, true or a list was copied into
+    manifest.json's samples_dropped)."""
+    def fits(key, value):
+        if key not in stage.object_counts:
+            return type(value) is int
+        return type(value) is dict and all(type(n) is int for n in value.values())
+
+    return all(fits(key, counts[key]) for key in WHOLE_OR_OBJECT_COUNTS if key in counts)
 
 
 def is_done(path, fingerprint: str) -> bool:
