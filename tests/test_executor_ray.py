@@ -358,6 +358,26 @@ def test_the_process_sigterm_handler_outlives_ray_init(monkeypatch):
         signal.signal(signal.SIGTERM, before)
 
 
+def test_the_retry_notice_setting_is_set_only_while_ray_init_reads_it(monkeypatch):
+    """RAY_enable_output_error_log_if_still_retry=0 reaches ray.init (test_worker_killed_mid_stage_is_retried: no
+    "will be retried" line), but the program's environment is as it was after: it stayed set for good, so a
+    program embedding nextlong lost Ray's retry notices (an OOM kill's among them) in its own later Ray work and
+    passed the setting to every subprocess. A value the user set is kept, and given to ray.init."""
+    import types
+
+    name = executor_ray.QUIET_RETRIES[0]
+    seen = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: seen.append(os.environ.get(name)))
+    monkeypatch.setattr(executor_ray, "import_ray", lambda: fake)
+    monkeypatch.setattr(executor_ray, "_hide_token_auth_notice", lambda: None)
+    monkeypatch.delenv(name, raising=False)
+    executor_ray.connect(None, num_cpus=1)
+    assert seen == ["0"] and name not in os.environ
+    monkeypatch.setenv(name, "1")
+    executor_ray.connect(None, num_cpus=1)
+    assert seen == ["0", "1"] and os.environ[name] == "1"
+
+
 @pytest.mark.slow  # starts Ray (~10-20 s)
 def test_ray_workers_resume_an_interrupted_embedding_block_from_its_spill(ray_session, tmp_path, monkeypatch):
     """An embedding run interrupted in block 1 after 3 of its batches, resumed on Ray: the worker starts from the

@@ -25,7 +25,8 @@ CONNECT_TIMEOUT_S = 10.0  # a TCP probe of the head's address before ray.init
 # --num-samples cut ends a chain, Ray Data kills its actor pool with ray.kill and each block still in flight drew
 # one, about the run's own stop. A worker that dies is still reported, by Ray's own line ("A worker died or was
 # killed while executing a task ..."), and a block that cannot be finished by its error. The notice is the driver's
-# (it submits the tasks), so this process's setting applies on a cluster too; one already set is kept.
+# (it submits the tasks), so this process's setting applies on a cluster too; one already set is kept. Set only
+# while ray.init reads it (`_quiet_retries`): a program that embeds nextlong keeps its own environment.
 QUIET_RETRIES = ("RAY_enable_output_error_log_if_still_retry", "0")
 
 
@@ -115,13 +116,28 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     if resolved is None:  # a local instance: our limits apply
         kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
         _hide_token_auth_notice()
-    os.environ.setdefault(*QUIET_RETRIES)  # read by this process's Ray core worker as ray.init starts it
-    with _sigterm_kept():
+    with _sigterm_kept(), _quiet_retries():
         try:
             ray.init(address=resolved, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
     return ray
+
+
+@contextlib.contextmanager
+def _quiet_retries():
+    """QUIET_RETRIES in the environment while ray.init starts this process's core worker (which reads it then),
+    and the local instance's processes; taken out after, so the program's environment (its later subprocesses, a
+    later ray.init of its own) is as it was. A value already set is the user's: kept, and left."""
+    name, value = QUIET_RETRIES
+    mine = name not in os.environ
+    if mine:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if mine:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
