@@ -791,8 +791,9 @@ def _check_vocabulary(option: str, spec, model_vocab: int, data_tok, vocab: int 
 def _same_path(now, saved, base=".") -> bool:
     """Whether two `model` (or `scorer`) settings name the same thing: equal presets, or paths resolving alike (a
     resume must give a model path again; a relative one resolves from the current folder, as the data's do, a saved
-    one from `base`, the folder the run gave it from: the same relative spelling from another folder is another). A preset name and a folder of that name are not the same model. Only
-    compared: the model loaded is the one given now."""
+    one from `base`, the folder the run gave it from: the same relative spelling from another folder is another).
+    A preset name and a folder of that name are not the same model. Only compared: the model loaded is the one
+    given now."""
     from .model import is_preset
 
     if not (isinstance(now, str) and isinstance(saved, str)) or is_preset(now) or is_preset(saved):
