@@ -718,3 +718,19 @@ def test_a_page_of_data_made_before_overflow_keeps_the_old_design(tmp_path):
     scale = X.gather(tmp_path, tmp_path, sc, [0], ["standard", "nextlong"])["scale"]
     assert (scale["samples"], scale["overflow"]) == ("standard", "carry")
     assert "same number of distinct samples" in R.data_design(scale, sc.long_len)
+
+
+def test_a_run_is_tied_to_the_data_it_trained_on(tmp_path, monkeypatch):
+    """A run's record named its data by path only: data made again in the same folder (synth/ removed, the arm
+    synthesized anew) left the run trained on the old data standing beside it. Its settings now hold the data's
+    completion time, so such a run is refused as other settings."""
+    X = load_script()
+    seen = []
+    monkeypatch.setattr(X, "train_run", lambda folder, settings, name, **kw: seen.append(settings))
+    sc = X.SCALES["smoke"]
+    data = tmp_path / "synth" / "standard" / "seed-0"
+    for finished in ("2026-12-07T08:00:00Z", "2026-12-07T09:00:00Z"):
+        X.write_json(data / X.DONE, {"settings": {}, "seconds": 1.0, "finished": finished, "samples": 10})
+        X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
+    assert [s["data_made"] for s in seen] == ["2026-12-07T08:00:00Z", "2026-12-07T09:00:00Z"]
+    assert {k: v for k, v in seen[0].items() if k != "data_made"} == {k: v for k, v in seen[1].items() if k != "data_made"}

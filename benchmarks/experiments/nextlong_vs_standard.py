@@ -643,7 +643,10 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
         kwargs.update(token_weighting="longce", short_window=sc.base_len // 2, short_stride=sc.base_len // 4)
         if arm.endswith("+longce"):
             kwargs["scorer"] = str(out / "base")
-    train_run(folder, kwargs, f"train {arm} seed {seed}", **kwargs)
+    # the data's completion time too: data made again (its folder removed and synthesized anew) is other data, so a
+    # run trained on the old one is refused as "other settings" instead of being kept beside it
+    made = (read_record(data) or {}).get("finished")
+    train_run(folder, dict(kwargs, data_made=made), f"train {arm} seed {seed}", **kwargs)
     return folder
 
 
