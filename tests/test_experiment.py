@@ -532,7 +532,8 @@ def test_a_record_that_is_not_an_object_gets_one_line(tmp_path, text, kind):
 
 
 PAGES = ("nextlong-vs-standard", "nextlong-vs-standard-short-docs", "nextlong-vs-standard-longce-self",
-         "nextlong-vs-standard-lease")
+         "nextlong-vs-standard-lease", "nextlong-vs-standard-equal-samples",
+         "nextlong-vs-standard-equal-samples-short-docs")
 
 
 @pytest.mark.parametrize("stem", PAGES)

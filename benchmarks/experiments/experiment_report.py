@@ -395,21 +395,26 @@ def report_stem(variant: str | None, scale: str | None = None) -> str:
     return "nextlong-vs-standard" + PAGE_SUFFIX.get(scale, "") + (f"-{variant}" if variant else "")
 
 
-def variant_lines(results: dict, report_dir: Path) -> list[str]:
-    """The variant this page reports (why it was tried), or, on the main page, every variant and its result."""
+def variant_lines(results: dict, report_dir: Path, stem: str | None = None) -> list[str]:
+    """The variant this page reports (why it was tried), or, on the main page, every variant and its result. The
+    pages of one run share its main page's name (`stem` less the variant's suffix): a run published under another
+    name (a rerun beside the first) links its own variants, not those of the run that has the default names."""
     variant, variants = results.get("variant"), results.get("variants") or {}
     scale = results["scale"]["name"]
+    main_stem = report_stem(None, scale)
+    if stem is not None:
+        main_stem = stem[: -len(f"-{variant}")] if variant and stem.endswith(f"-{variant}") else stem
     if variant:
         v = variants[variant]
-        main = report_stem(None, scale) + ".md"
+        main = main_stem + ".md"
         return [f"## Variant `{variant}`", "", f"Changed against `--scale {scale}`: "
                 + ", ".join(f"`{k}` = {val}" for k, val in v["overrides"].items()) + ".", "", v["why"], "",
                 f"Main run: [{main}]({main}).", ""]
     lines = ["## What else was tried", ""]
     for name, v in variants.items():
-        stem = report_stem(name, scale)
-        path = report_dir / stem / "results.json"
-        lines.append(f"- `{name}` ([{stem}.md]({stem}.md)): {v['why']}")
+        page = f"{main_stem}-{name}"
+        path = report_dir / page / "results.json"
+        lines.append(f"- `{name}` ([{page}.md]({page}.md)): {v['why']}")
         if not path.exists():
             lines += ["  Not run yet with this design.", ""]
             continue
@@ -484,6 +489,19 @@ RECORD_NOTES = {
         "−2.174 against −2.360), and its `standard` and `nextlong` arms are not the main page's, so its numbers "
         "compare with this page's only (nextlong − standard `repeat_gain_2048` is −0.013 [−0.026, −0.001] here, "
         "resolved, against −0.009 [−0.028, 0.011] on [nextlong-vs-standard.md](nextlong-vs-standard.md)).",
+    ("nextlong-vs-standard-equal-samples", "2026-12-07T09:53:14Z"):
+        "A rerun of the main experiment on 2026-12-07 with the design of that day: `standard` packs the stream of "
+        "modules whole (`--overflow carry`) and every synthesized arm's data holds as many samples as `standard`'s "
+        "(one epoch's worth here, 302). Only `standard`, `nextlong` and `short` ran (the pre-registered `+longce` "
+        "arms were left out for time), with `--threads 1`, on a base pre-trained anew by the code of that day "
+        "(copy gate −2.369; the main page's base −2.360, the `longce-self` page's −2.174: from one session's "
+        "machine to the next the same settings have not given the same base), so its numbers compare with this "
+        "page's and its `short-docs` variant's only. Its `standard` differs from the main page's in what it holds: "
+        "a module longer than a sample goes on in the next samples instead of ending after its first 4,096 tokens.",
+    ("nextlong-vs-standard-equal-samples-short-docs", "2026-12-07T09:53:12Z"):
+        "This variant ran on the base of [nextlong-vs-standard-equal-samples.md](nextlong-vs-standard-equal-samples.md) "
+        "(2026-12-07, the design of that day), with `--threads 2`; its arms repeat the `short-docs` variant of "
+        "[nextlong-vs-standard-short-docs.md](nextlong-vs-standard-short-docs.md) (2026-12-06, another base).",
     ("nextlong-vs-standard-short-docs", "2026-12-06T07:06:06Z"):
         f"This variant ran on the main run's base, before {DETERMINISM_FIX}; the current code pre-trains another "
         "base from the same settings (see the note on [nextlong-vs-standard.md](nextlong-vs-standard.md)).",
@@ -913,7 +931,7 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
              f"Command: `{results['command']}`  ", f"Generated: {results['generated']}", ""]
     lines += record_note_lines(results, stem)
     if results.get("variant"):
-        lines += variant_lines(results, report_dir or Path("."))
+        lines += variant_lines(results, report_dir or Path("."), stem)
     lines += answer_lines(results)
     finished = {arm: sorted(v["seeds"], key=int) for arm, v in results["arms"].items()}
     core_missing = [m for m in results["missing"] if m.split()[0] not in optional]
@@ -971,7 +989,7 @@ def render_markdown(results: dict, plots: list[str], stem: str = "nextlong-vs-st
     lines += comparison_lines(results)
     lines += probe_lines(results)
     if not results.get("variant") and report_dir is not None:
-        lines += variant_lines(results, report_dir)
+        lines += variant_lines(results, report_dir, stem)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({stem}/{p})" for p in plots] + [""]
     lines += design_lines(results)
