@@ -878,16 +878,25 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
     corpus = read_record(out / "corpus")
     if corpus is not None:
         results["corpus"] = {k: v for k, v in corpus.items() if k != "settings"}
-    synth = {}
+    # per seed with data: whether its `standard` record names `overflow`, as every seed's has since 2026-12-07 (each
+    # arm's sample count is read from it). A seed without marks data made before (`standard` dropped the rest of a
+    # cut document, each method made up to one epoch's worth): such a run (--report-only on its --out, or its
+    # records.tgz unpacked) must not have its page describe the design of today's scale
+    synth, overflow_named = {}, {}
     for rec in sorted((root / "synth").glob(f"*/seed-*/{DONE}")):
-        entry = {k: v for k, v in json.loads(rec.read_text()).items() if k in ("seconds", "samples")}
+        record = read_record(rec.parent)
+        entry = {k: v for k, v in record.items() if k in ("seconds", "samples")}
         manifest = rec.parent / "manifest.json"
         if manifest.exists():
             st = json.loads(manifest.read_text()).get("statistics", {})
             entry.update({k: st[k] for k in SYNTH_STATS if k in st})
-        synth[f"{rec.parent.parent.name} {rec.parent.name}"] = entry
+        method, seed = rec.parent.parent.name, rec.parent.name
+        synth[f"{method} {seed}"] = entry
+        overflow_named.setdefault(seed, False)
+        if method == "standard":
+            overflow_named[seed] = "overflow" in (record.get("settings") or {})
     results["synthesis"] = synth
-    if data_predates_overflow(root):  # the page says the design its data was made with, not this code's
+    if not all(overflow_named.values()):  # the page says the design its data was made with, not this code's
         for key in ("overflow", "samples"):
             results["scale"].pop(key, None)
     stages = {}
@@ -913,16 +922,6 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
     if exp.exists():
         results["machine"] = {k: v for k, v in json.loads(exp.read_text()).items() if k not in ("scale",)}
     return results
-
-
-def data_predates_overflow(root: Path) -> bool:
-    """Whether the synthesized data of `root` was made before 2026-12-07 (`standard` dropped the rest of a cut
-    document, each method made up to one epoch's worth): a seed with data has no `standard` record naming its
-    `overflow`, which every seed has since (each arm's sample count is read from it). Such a run (--report-only on
-    its --out, or its records.tgz unpacked) must not have its page describe the design of today's scale."""
-    seeds = {rec.parent.name for rec in (root / "synth").glob(f"*/seed-*/{DONE}")}
-    return any("overflow" not in ((read_record(root / "synth" / "standard" / seed) or {}).get("settings") or {})
-               for seed in seeds)
 
 
 def write_report(out: Path, sc: Scale, seeds: list[int], arms: list[str], report_dir: Path, command: str,
