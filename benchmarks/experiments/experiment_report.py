@@ -395,15 +395,13 @@ def report_stem(variant: str | None, scale: str | None = None) -> str:
     return "nextlong-vs-standard" + PAGE_SUFFIX.get(scale, "") + (f"-{variant}" if variant else "")
 
 
-def variant_lines(results: dict, report_dir: Path, stem: str | None = None) -> list[str]:
+def variant_lines(results: dict, report_dir: Path, stem: str) -> list[str]:
     """The variant this page reports (why it was tried), or, on the main page, every variant and its result. The
     pages of one run share its main page's name (`stem` less the variant's suffix): a run published under another
     name (a rerun beside the first) links its own variants, not those of the run that has the default names."""
     variant, variants = results.get("variant"), results.get("variants") or {}
     scale = results["scale"]["name"]
-    main_stem = report_stem(None, scale)
-    if stem is not None:
-        main_stem = stem[: -len(f"-{variant}")] if variant and stem.endswith(f"-{variant}") else stem
+    main_stem = stem[: -len(f"-{variant}")] if variant and stem.endswith(f"-{variant}") else stem
     if variant:
         v = variants[variant]
         main = main_stem + ".md"
