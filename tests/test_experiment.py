@@ -722,16 +722,29 @@ def test_a_page_of_data_made_before_overflow_keeps_the_old_design(tmp_path):
 
 
 def test_a_run_is_tied_to_the_data_it_trained_on(tmp_path, monkeypatch):
-    """A run's record named its data by path only: data made again in the same folder (synth/ removed, the arm
-    synthesized anew) left the run trained on the old data standing beside it. Its settings now hold the data's
-    completion time, so such a run is refused as other settings."""
+    """A run's record names its data by path only: data made again differently in the same folder (synth/ removed,
+    the arm synthesized anew with another cap) left the run trained on the old data standing beside it. A finished
+    run is now checked against the data's fingerprint its own manifest recorded: other data is refused, the same
+    data made again keeps the run, and a run without that record is refused rather than trusted."""
     X = load_script()
-    seen = []
-    monkeypatch.setattr(X, "train_run", lambda folder, settings, name, **kw: seen.append(settings))
+    from nextlong.train.sources import open_sources
+
+    C = sys.modules["copy_curriculum"]
+    trained = []
+    monkeypatch.setattr(X, "train_run", lambda folder, settings, name, **kw: trained.append(folder))
     sc = X.SCALES["smoke"]
     data = tmp_path / "synth" / "standard" / "seed-0"
-    for finished in ("2026-12-07T08:00:00Z", "2026-12-07T09:00:00Z"):
-        X.write_json(data / X.DONE, {"settings": {}, "seconds": 1.0, "finished": finished, "samples": 10})
+    run = tmp_path / "runs" / "standard" / "seed-0"
+    C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 6)
+    X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)  # not finished yet: trains
+    X.write_json(run / X.DONE, {"settings": {}, "seconds": 1.0})
+    with pytest.raises(SystemExit, match="no record of the data the run trained on"):
         X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
-    assert [s["data_made"] for s in seen] == ["2026-12-07T08:00:00Z", "2026-12-07T09:00:00Z"]
-    assert {k: v for k, v in seen[0].items() if k != "data_made"} == {k: v for k, v in seen[1].items() if k != "data_made"}
+    recorded = json.loads(json.dumps([s.fingerprint() for s in open_sources([str(data)])]))
+    X.write_json(run / "manifest.json", {"settings": {"data_fingerprint": recorded}})
+    C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 6)  # the same data made again
+    X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
+    assert trained == [run, run]
+    C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 5)  # made again with another cap
+    with pytest.raises(SystemExit, match=f"{run}: trained on other data than"):
+        X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)

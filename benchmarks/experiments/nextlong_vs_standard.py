@@ -643,11 +643,30 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
         kwargs.update(token_weighting="longce", short_window=sc.base_len // 2, short_stride=sc.base_len // 4)
         if arm.endswith("+longce"):
             kwargs["scorer"] = str(out / "base")
-    # the data's completion time too: data made again (its folder removed and synthesized anew) is other data, so a
-    # run trained on the old one is refused as "other settings" instead of being kept beside it
-    made = (read_record(data) or {}).get("finished")
-    train_run(folder, dict(kwargs, data_made=made), f"train {arm} seed {seed}", **kwargs)
+    trained_on(folder, data)
+    train_run(folder, kwargs, f"train {arm} seed {seed}", **kwargs)
     return folder
+
+
+def trained_on(folder: Path, data: Path) -> None:
+    """Refuse a finished run whose data was made again differently since (synth/ removed and synthesized anew
+    with another cap, corpus or setting): its record names the data by path only, so the trainer's own record
+    of what it read (the data's fingerprint: settings, rows, bytes) is compared with what the folder holds now.
+    The same data made again (synthesis is deterministic) keeps the run."""
+    if read_record(folder) is None:
+        return
+    from nextlong.train.sources import open_sources
+
+    manifest = folder / "manifest.json"
+    try:
+        recorded = json.loads(manifest.read_text())["settings"]["data_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{manifest}: no record of the data the run trained on ({type(e).__name__}: {e}); "
+                         f"remove {folder} to train it again")
+    now = json.loads(json.dumps([s.fingerprint() for s in open_sources([str(data)])]))
+    if recorded != now:
+        raise SystemExit(f"{folder}: trained on other data than {data} holds now (recorded {recorded}, now {now}); "
+                         f"remove {folder} to train it again")
 
 
 # --- stage 7: evaluation -----------------------------------------------------------------------
