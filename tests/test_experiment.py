@@ -129,6 +129,7 @@ def test_smoke_scale_runs_end_to_end_and_reports(tmp_path):
     assert "copy gate: FAILED" in proc.stderr and not (out / "runs").exists()
     page = (report / "nextlong-vs-standard.md").read_text()
     assert "the base failed the copy gate" in page and "no arm was trained" in page
+    assert "The base was pre-trained on " in page and " CPU capability " in page  # the processor that made it
     gated = json.loads((report / "nextlong-vs-standard" / "results.json").read_text())
     assert gated["gate"]["passed"] is False and gated["base_length"] == 256 and "standard" not in gated["arms"]
     assert [r["step"] for r in gated["copy_curve"]["stage A: copy episodes"]] == [3]
@@ -748,3 +749,23 @@ def test_a_run_is_tied_to_the_data_it_trained_on(tmp_path, monkeypatch):
     C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 5)  # made again with another cap
     with pytest.raises(SystemExit, match=f"{run}: trained on other data than"):
         X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
+
+
+def test_the_page_names_the_processor_that_made_the_base(tmp_path):
+    """The same settings pre-trained bases with copy gates -2.360, -2.174 and -2.369 on three sessions' machines,
+    and nothing recorded which processor (or which CPU kernels torch chose) made each. Every stage record and
+    experiment.json now say, and the page names them; a run recorded before keeps its text."""
+    import torch
+
+    X = load_script()
+    R = sys.modules["experiment_report"]
+    cpu = X.cpu_identity()
+    assert f"torch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}" in cpu
+    X.mark_done(tmp_path / "base", {}, 1.0, train={"steps": 3})
+    assert X.read_record(tmp_path / "base")["cpu"] == cpu
+    machine = {"cpus": 2, "machine": "x86_64", "python": "3.11.7", "torch_threads": 1, "cpu": cpu}
+    assert f"2 CPU cores (x86_64, {cpu}), torch threads 1" in R.hardware_line(machine)
+    assert "2 CPU cores (x86_64), torch" in R.hardware_line({k: v for k, v in machine.items() if k != "cpu"})
+    gate = {"gate": {"distance": 256, "gain": -2.3, "threshold": -1.0, "passed": True}}
+    assert f"The base was pre-trained on {cpu} (" in "\n".join(R.gate_lines(gate | {"pretrain": {"cpu": cpu}}))
+    assert "pre-trained on" not in "\n".join(R.gate_lines(gate | {"pretrain": {"seconds": 1.0}}))

@@ -231,7 +231,8 @@ def hardware_line(m: dict) -> str:
     threads = (f"{m.get('torch_threads')}" if len(seen) < 2 else
                f"{', '.join(map(str, seen))} (the invocations that made this run differed; the last used "
                f"{m.get('torch_threads')})")
-    return (f"- Hardware: {m.get('cpus')} CPU cores ({m.get('machine')}), torch threads {threads}, "
+    cpu = f", {m['cpu']}" if isinstance(m.get("cpu"), str) else ""
+    return (f"- Hardware: {m.get('cpus')} CPU cores ({m.get('machine')}{cpu}), torch threads {threads}, "
             f"Python {m.get('python')}" + (f", {m['device']}" if m.get("device") else "") + ".")
 
 
@@ -787,7 +788,10 @@ def gate_lines(results: dict) -> list[str]:
         return []
     lines = ["## The copy gate", "",
              f"Base repeat gain at D = {gate['distance']} on the held-out documents: **{fmt(gate['gain'])}** "
-             f"nats/token; the gate asks for at most {gate['threshold']}: **{'passed' if gate['passed'] else 'FAILED'}**."]
+             f"nats/token; the gate asks for at most {gate['threshold']}: **{'passed' if gate['passed'] else 'FAILED'}**."
+             + (f" The base was pre-trained on {results['pretrain']['cpu']} (the same settings have given other "
+                "bases on other machines: compare this page's arms with its own base only)."
+                if isinstance((results.get("pretrain") or {}).get("cpu"), str) else "")]
     for name, rows in (results.get("copy_curve") or {}).items():
         if rows:
             lines.append(f"- {name}: " + ", ".join(f"{r['tokens'] / 1e6:.1f} M tokens {fmt(r['gain'])}" for r in rows))

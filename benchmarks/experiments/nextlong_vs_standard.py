@@ -220,8 +220,27 @@ def done(folder: Path, settings: dict) -> dict | None:
     return data
 
 
+def cpu_identity() -> str:
+    """The processor and the kernels torch picks for it: the same settings have pre-trained different bases on
+    different sessions' machines, and CPU matmul kernels (MKL, oneDNN) differ by processor, so each stage record
+    and the page say which made it."""
+    import torch
+
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or "unknown processor"
+    family = (f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info and "model" in info
+              else "")
+    return f"{name}{family}, torch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
 def mark_done(folder: Path, settings: dict, seconds: float, **extra) -> None:
-    write_json(folder / DONE, {"settings": settings, "seconds": round(seconds, 1),
+    write_json(folder / DONE, {"settings": settings, "seconds": round(seconds, 1), "cpu": cpu_identity(),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
 
 
@@ -893,7 +912,8 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
                     "seconds": rec.get("seconds")}
     base = read_record(out / "base")
     if base is not None:
-        results["pretrain"] = base.get("train", {}) | {"seconds": base.get("seconds")}
+        results["pretrain"] = base.get("train", {}) | {"seconds": base.get("seconds")} | (
+            {"cpu": base["cpu"]} if isinstance(base.get("cpu"), str) else {})
     corpus = read_record(out / "corpus")
     if corpus is not None:
         results["corpus"] = {k: v for k, v in corpus.items() if k != "settings"}
@@ -1031,7 +1051,8 @@ def main(argv=None) -> int:
     seen = sorted({t for t in seen if isinstance(t, int)} | {threads})  # a resumed run may have used other threads
     write_json(root / "experiment.json", {"scale": asdict(sc), "variant": args.variant, "seeds": seeds, "arms": arms,
                                          "python": platform.python_version(), "machine": platform.machine(),
-                                         "cpus": os.cpu_count(), "torch_threads": threads, "torch_threads_seen": seen,
+                                         "cpus": os.cpu_count(), "cpu": cpu_identity(), "torch_threads": threads,
+                                         "torch_threads_seen": seen,
                                          "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
     if args.variant and read_record(out / "base") is None:
         log(f"--variant {args.variant}: {out} holds no finished base: the corpus, tokenizer and base are built here "
