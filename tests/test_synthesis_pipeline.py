@@ -127,6 +127,7 @@ def test_stream_baselines_carry_the_rest_of_a_document_into_the_next_row(corpus,
     the manifest counts as left over); drop starts every row at a document's start, as before, and uses
     fewer of the corpus's chunks."""
     from nextlong import synthesize
+    from nextlong.commands.inspect import render
 
     rows = {}
     for overflow in ("carry", "drop"):
@@ -143,6 +144,13 @@ def test_stream_baselines_carry_the_rest_of_a_document_into_the_next_row(corpus,
         if overflow == "carry":
             assert 0 < left <= 3, left
             assert any(row["segments"][0]["chunk_index"] > 0 for row in rows[overflow]), "no row continues one"
+            # inspect names a continued row's first document as such, not as an anchor
+            going_on = next(i for i, row in enumerate(rows[overflow]) if row["segments"][0]["chunk_index"] > 0)
+            first = rows[overflow][going_on]["segments"][0]
+            assert (f"method {method}, first document {first['doc_id']!r} (going on from the previous document, "
+                    f"from its chunk {first['chunk_index']})") in render(out, sample=going_on)
+            assert f"method {method}, first document " in render(out, sample=0)
+            assert "going on from" not in render(out, sample=0) and "anchor document" not in render(out, sample=0)
         else:
             assert all(row["segments"][0]["chunk_index"] == 0 for row in rows[overflow])
         rows[overflow + " unused"] = len(missing)

@@ -36,6 +36,18 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _first_document(row: dict, segments: list) -> str:
+    """What the row's `anchor_doc_id` is: for the stream baselines (standard, ICLM) the document the row starts
+    with, which under --overflow carry may be the rest of one the previous row cut at L; else the anchor."""
+    doc = row.get("anchor_doc_id")
+    if row.get("method") not in ("standard", "iclm"):
+        return f"anchor document {doc!r}"
+    first = segments[0].get("chunk_index") if segments else None
+    more = (f" (going on from the previous document, from its chunk {first})"
+            if type(first) is int and first > 0 and segments[0].get("doc_id") == doc else "")
+    return f"first document {doc!r}{more}"
+
+
 def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: int = 12, color: bool = False) -> str:
     from ..manifest import recorded_tokenizer
     from ..corpus.tokenizer import load_tokenizer
@@ -80,8 +92,8 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
         lines = [printable(f"sample {sample}: {len(ids)} tokens, method acer, question {row.get('question')!r}, "
                            f"answer {row.get('answer')!r}{gold}, {len(segments)} segments")]
     else:
-        lines = [printable(f"document {sample}: {len(ids)} tokens, method {row.get('method')}, anchor document "
-                           f"{row.get('anchor_doc_id')!r}, {len(segments)} segments")]
+        lines = [printable(f"document {sample}: {len(ids)} tokens, method {row.get('method')}, "
+                           f"{_first_document(row, segments)}, {len(segments)} segments")]
     legend = _LEGENDS["acer" if acer else "nextlong"]
     lines.append("   ".join(f"{_COLOURS[k]}{_MARKS[k]} {what}{_RESET}" if color else f"{_MARKS[k]} {what}"
                             for k, what in legend))
