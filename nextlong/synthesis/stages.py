@@ -436,7 +436,6 @@ class UnitsStage(WholeStage):
 
         chunks_dir = ctx.input(self.inputs[0])
         store = load_store(chunks_dir)
-        lengths = doc_lengths(store, NO_SEPARATOR.size)
         blank = blank_documents(chunks_dir, store)
 
         def with_text(order: np.ndarray) -> np.ndarray:  # the order without the blank documents
@@ -451,8 +450,8 @@ class UnitsStage(WholeStage):
             keys = draw_keys(document_keywords(texts, top_k=self.quest_keywords), self.seed)
             for d in blank.tolist():  # no group holds a blank document
                 keys[d] = None
-            groups, group_keys, quest = quest_contexts(keys, lengths, self.target_length, self.seed,
-                                                       max_repeats=self.quest_max_repeats)
+            groups, group_keys, quest = quest_contexts(keys, doc_lengths(store, NO_SEPARATOR.size), self.target_length,
+                                                       self.seed, max_repeats=self.quest_max_repeats)
             quest["keywords_per_document"] = self.quest_keywords
             counts["quest"] = quest
             units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
@@ -466,7 +465,7 @@ class UnitsStage(WholeStage):
                                    self.seed)
             order = with_text(np.asarray(order, np.int64))
             if self.overflow != "carry":  # "drop", or None: a stage made before the setting existed packed so
-                groups, leftover = pack_stream(order, lengths, self.target_length)
+                groups, leftover = pack_stream(order, doc_lengths(store, NO_SEPARATOR.size), self.target_length)
                 units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64()))})
             else:  # a unit lists its chunks: its first and last documents may be pieces
                 groups, leftover = pack_chunks(order, store, NO_SEPARATOR.size, self.target_length)
