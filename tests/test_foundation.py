@@ -105,3 +105,52 @@ def test_manifest_records_settings_seed_statistics_versions(tmp_path):
     assert manifest["statistics"] == {"documents": 3}
     assert manifest["seed"] == 7
     assert manifest["versions"]["nextlong"] == nextlong.__version__
+
+
+def _imports_of_each_module() -> dict[str, set[str]]:
+    """{module: the nextlong modules it imports}, at any depth (a lazy import inside a function is still a
+    dependency), read from the source; a module importing its own package (`from . import x`) counts x."""
+    import ast
+    from pathlib import Path
+
+    root = Path(nextlong.__file__).parent
+    files = {".".join(f.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): f
+             for f in root.rglob("*.py")}
+    graph = {}
+    for name, f in files.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                parts = package.split(".")
+                base = (".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                        if node.level else node.module or "")
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        # a module may import the packages it is inside (their __init__ runs first anyway)
+        graph[name] = {t for t in found if t in files and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def test_no_import_cycles_between_our_modules():
+    """One concept per module and no import cycles (DEVELOPERS.md): a cycle hidden in a function's lazy import
+    (eval's options calling back into the evaluation that reads them) still ties two modules together."""
+    graph = _imports_of_each_module()
+    assert {"nextlong.eval.options", "nextlong.eval.runner"} <= graph["nextlong.eval.evaluation"]
+    assert "nextlong.synthesis.acer.lm" in graph["nextlong.synthesis.acer.stages"]  # a lazy one
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

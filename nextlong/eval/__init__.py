@@ -10,7 +10,9 @@ detection (`heads`), the run loop (`runner`), model loading (`model`) and pictur
     heads = retrieval_heads("demo-run", "demo-heads", lengths=[1024], needles=1)              # as `nextlong heads`
 """
 
-from .options import EvalOptions, HeadsOptions, evaluate, retrieval_heads
+from .evaluation import evaluate
+from .heads_run import retrieval_heads
+from .options import EvalOptions, HeadsOptions
 from .scoring import rouge1_recall, string_match_all, string_match_part, substring_exact_match
 from .tasks import ALL_TASKS, GROUPS, Sample, expand_tasks, make_sample
 

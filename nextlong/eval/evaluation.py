@@ -48,6 +48,12 @@ def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, tr
     return [message + "; running anyway (--allow-extrapolation)"]
 
 
+def evaluate(model, out, **options) -> dict:
+    """`nextlong eval MODEL --out OUT` from Python, with the same options (see EvalOptions), checks and files;
+    returns what results.json holds."""
+    return run_eval(EvalOptions.from_keywords("evaluate", model, out, options))
+
+
 def run_eval(args: EvalOptions) -> dict:
     """The whole evaluation of `args` (checked: EvalOptions.validate); returns what results.json holds."""
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -114,6 +114,12 @@ def run_compare(args: HeadsOptions) -> dict:
     return result
 
 
+def retrieval_heads(model, out, **options) -> dict:
+    """`nextlong heads MODEL --out OUT` from Python (model None with compare=(RUN_A, RUN_B) for `--compare`), with
+    the same options (see HeadsOptions), checks and files; returns what heads.json (compare.json) holds."""
+    return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
+
+
 def run_heads(args: HeadsOptions) -> dict:
     """Detect `args.model`'s retrieval heads, or compare two runs (`args.compare`); returns heads.json's
     (compare.json's) content."""

@@ -174,14 +174,6 @@ class EvalOptions(_Checked):
 EVAL_DEFAULTS = EvalOptions.defaults()
 
 
-def evaluate(model, out, **options) -> dict:
-    """`nextlong eval MODEL --out OUT` from Python, with the same options (see EvalOptions), checks and files;
-    returns what results.json holds."""
-    from .evaluation import run_eval
-
-    return run_eval(EvalOptions.from_keywords("evaluate", model, out, options))
-
-
 @dataclass
 class HeadsOptions(_Checked):
     """`nextlong heads`: retrieval-head detection (Wu et al.) of `model`, or `compare` = (RUN_A, RUN_B)."""
@@ -239,11 +231,3 @@ class HeadsOptions(_Checked):
 
 
 HEADS_DEFAULTS = HeadsOptions.defaults()
-
-
-def retrieval_heads(model, out, **options) -> dict:
-    """`nextlong heads MODEL --out OUT` from Python (model None with compare=(RUN_A, RUN_B) for `--compare`), with
-    the same options (see HeadsOptions), checks and files; returns what heads.json (compare.json) holds."""
-    from .heads_run import run_heads
-
-    return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
