@@ -278,7 +278,7 @@ def _read(path: Path, size: int | None = None) -> bytes:
     return untrusted.read_bytes(path, MDSFormatError, size=size, follow=False)
 
 
-def _count(obj: dict, key: str, where: str) -> int:
+def _read_count(obj: dict, key: str, where: str) -> int:
     """obj[key] as a count: an int >= 0 (not a string, float or bool, which JSON allows)."""
     value = obj.get(key)
     if type(value) is not int or value < 0:
@@ -299,7 +299,7 @@ def _shard(folder: Path, index: Path, i: int, entry) -> Shard:
     raw = entry.get("raw_data")
     if not isinstance(raw, dict):
         raise MDSFormatError(f"{where}.raw_data: expected an object, got {_show(raw)}")
-    samples, size = _count(entry, "samples", where), _count(raw, "bytes", f"{where}.raw_data")
+    samples, size = _read_count(entry, "samples", where), _read_count(raw, "bytes", f"{where}.raw_data")
     if 4 * (samples + 2) > size:
         raise MDSFormatError(f"{where}.samples: {samples:,} samples do not fit in raw_data.bytes {size:,}")
     lists = [entry.get(k) for k in ("column_names", "column_encodings", "column_sizes")]

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from .errors import NextlongError
-from .untrusted import plain_name, read_json
+from .untrusted import plain_name, read_json, whole
 
 TRUST_FLAG = "--trust-remote-code"
 
@@ -300,7 +300,7 @@ def max_positions_of(config, folder) -> int | None:
     """The positions the config says the model was built for, or None where it names none."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if whole(value):
             if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
                 raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of "
                                        f"positions, got {value}")

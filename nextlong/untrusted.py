@@ -236,7 +236,7 @@ def recorded_crc(record: dict) -> int:
     """The CRC32 a record holds for a file, or -1 (which no file matches) when it holds none: a record
     without one must not let its file through unchecked."""
     crc = record.get("crc32") if isinstance(record, dict) else None
-    return crc if isinstance(crc, int) and not isinstance(crc, bool) else -1
+    return crc if whole(crc) else -1
 
 
 def _refuse_constant(name: str):
@@ -272,6 +272,12 @@ def parse_json(data, where, error, *, expect=None, finite: bool = False, object_
                                            (expect if isinstance(expect, tuple) else (expect,))))
         raise error(f"{where}: expected {wanted}, got {json_type(value)}")
     return value
+
+
+def whole(value, minimum: int | None = None) -> bool:
+    """Whether a value read from JSON is an integer (at least `minimum`): True and False are ints to Python,
+    and a crafted record may hold them, or floats and strings, where a count or an id belongs."""
+    return type(value) is int and (minimum is None or value >= minimum)
 
 
 def json_type(value) -> str:

@@ -151,3 +151,13 @@ def test_an_assemble_records_dropped_holds_whole_numbers_by_reason(reasons):
 
     assert counts_fit(AssembleStage, {"dropped": {"cut": 2, "empty": 0}}) and counts_fit(AssembleStage, {"dropped": {}})
     assert not counts_fit(AssembleStage, {"dropped": reasons})
+
+
+def test_whole_is_an_integer_as_json_gives_it():
+    """The one check every reader of a count or an id uses: JSON's true/false are Python ints, and a crafted
+    record may put them (or 3.0, "3") where a count belongs."""
+    from nextlong.untrusted import whole
+
+    assert whole(0) and whole(-5) and whole(3, 0) and whole(1, 1) and whole(2 ** 70)
+    assert not any(whole(v) for v in (True, False, 3.0, "3", None, [3]))
+    assert not whole(-1, 0) and not whole(0, 1) and not whole(True, 0)

@@ -54,7 +54,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from nextlong.errors import TokenizerError
-from nextlong.untrusted import json_type, parse_json, read_bytes
+from nextlong.untrusted import json_type, parse_json, read_bytes, whole
 
 __all__ = [
     "Tokenizer",
@@ -679,7 +679,7 @@ def _prefix_ids(pp, path, depth: int = 0) -> tuple[int, ...]:
         return prefix
     if kind in ("RobertaProcessing", "BertProcessing"):
         cls = pp.get("cls")
-        if not (isinstance(cls, list) and len(cls) == 2 and isinstance(cls[1], int) and not isinstance(cls[1], bool)):
+        if not (isinstance(cls, list) and len(cls) == 2 and whole(cls[1])):
             raise TokenizerError(f"{path}: post_processor.cls must be [token, id], got {_short(cls)}")
         return (cls[1],)
     if kind != "TemplateProcessing":
@@ -693,8 +693,7 @@ def _prefix_ids(pp, path, depth: int = 0) -> tuple[int, ...]:
         name = piece["SpecialToken"].get("id") if isinstance(piece["SpecialToken"], dict) else None
         entry = specials.get(name) if isinstance(name, str) else None
         found = entry.get("ids") if isinstance(entry, dict) else None
-        if not (isinstance(found, list) and found
-                and all(isinstance(i, int) and not isinstance(i, bool) for i in found)):
+        if not (isinstance(found, list) and found and all(whole(i) for i in found)):
             raise TokenizerError(f"{path}: post_processor.single names special token {_short(name)} without "
                                  "ids in post_processor.special_tokens")
         ids += found

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import CorpusError, NextlongError, UsageError
 from ..synthesis.acer.config import ORDERS, RETRIEVERS  # ACER's choices: the rag task evaluates what it builds
+from ..untrusted import whole
 from .options import DISTRACTORS
 from .samples import ANSWER_MARGIN  # greedy budget beyond the longest gold answer, as the other tasks
 
@@ -157,9 +158,8 @@ def _evidence(path, lineno: int, obj: dict, row: dict) -> RagQuestion:
         bad(f"\"doc_id\" must be a string or an integer, got {json.dumps(doc_id)[:60]}")
     q.doc_id = str(doc_id)
     if chunk_index is not None:
-        idx = [chunk_index] if isinstance(chunk_index, int) and not isinstance(chunk_index, bool) else chunk_index
-        if not isinstance(idx, list) or not idx or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                                           for i in idx):
+        idx = [chunk_index] if whole(chunk_index) else chunk_index
+        if not isinstance(idx, list) or not idx or not all(whole(i, 0) for i in idx):
             bad("\"chunk_index\" must be an integer >= 0 or a non-empty list of them")
         q.chunk_index = sorted(set(idx))
     return q

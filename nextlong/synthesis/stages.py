@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
+from ..untrusted import whole
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
                         blank_documents, check_part_rows, chunk_texts, document_texts, empty_chunks,
                         load_stage_embedder, load_store, open_vectors, read_part, ready_embedder, recorded_rows,
@@ -23,11 +24,6 @@ from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
-
-
-def _count(value) -> bool:
-    """A count read back from a spill or a record: a non-negative int (a crafted one may be anything)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @_dc.dataclass
@@ -280,7 +276,7 @@ class EmbedStage(MapStage):
             for state, part in spill.load(dim):
                 end, windowed = done + part.shape[0], state.get("windowed", 0)
                 if (state.get("rows") != end or end % self.batch_size or end >= len(texts)
-                        or not _count(windowed)):  # a crafted "windowed": "x" or -1000000 is not a count
+                        or not whole(windowed, 0)):  # a crafted "windowed": "x" or -1000000 is not a count
                     done, windowed_before = 0, 0  # not this block's batches (a matching key rules it out): redo it
                     spill.clear()
                     break

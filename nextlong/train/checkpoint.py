@@ -50,7 +50,7 @@ import torch
 
 from ..atomic import FILE_MODE, atomic_path, fsync_path
 from ..errors import NextlongError, disk_full, is_disk_full
-from ..untrusted import open_regular, read_json, show
+from ..untrusted import open_regular, read_json, show, whole
 from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
 from .plot import METRICS_FILE
 from .state_file import load_state, save_state
@@ -251,10 +251,6 @@ def _unfit(checkpoint: Path, what: str) -> NextlongError:
     return NextlongError(f"{checkpoint}: does not fit this run ({what}); delete it to resume from an older one")
 
 
-def _count(value, minimum: int = 0) -> bool:
-    return type(value) is int and value >= minimum
-
-
 def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
     """trainer.json of `checkpoint`, every field the trainer uses checked: a regular file of strict JSON
     (no NaN, no number of thousands of digits, nesting Python can parse), an object whose `step` is
@@ -271,13 +267,13 @@ def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
     if fmt is not None and type(fmt) is not int:
         raise bad("format", "an integer", fmt)
     step = state.get("step")
-    if not _count(step):
+    if not whole(step, 0):
         raise bad("step", "an integer >= 0", step)
     if _is_step_name(checkpoint.name) and step != int(checkpoint.name[5:]):
         raise bad("step", f"{int(checkpoint.name[5:])} (the folder's step)", step)
     if max_step is not None and step > max_step:
         raise bad("step", f"at most --steps ({max_step})", step)
-    if not _count(state.get("world_size", 1), 1):
+    if not whole(state.get("world_size", 1), 1):
         raise bad("world_size", "an integer >= 1", state.get("world_size"))
     if not (isinstance(state.get("cwd", "/"), str) and os.path.isabs(state.get("cwd", "/"))):
         raise bad("cwd", "an absolute path", state.get("cwd"))
@@ -296,7 +292,7 @@ def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
         for key in ("loss", "lr", "grad_norm"):
             if not (row.get(key) is None or type(row.get(key)) in (int, float)):
                 raise bad(f"history[{i}].{key}", "a number or null", row.get(key))
-        if not (_count(row.get("loss_tokens", 0)) and _count(row.get("tokens", 0))):
+        if not (whole(row.get("loss_tokens", 0), 0) and whole(row.get("tokens", 0), 0)):
             raise bad(f"history[{i}]", "token counts that are integers >= 0", row)
         if not isinstance(row.get("skipped", False), bool):
             raise bad(f"history[{i}].skipped", "true or false", row.get("skipped"))
@@ -529,7 +525,7 @@ def exported_step(run: Path) -> int | None:
         step = json.loads((Path(run) / MODEL / "nextlong.json").read_text()).get("step")
     except (OSError, ValueError, AttributeError):
         return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+    return step if whole(step) else None
 
 
 def export_model(run: Path, hf_model, *, tokenizer_spec: str | None, state_dict: dict | None = None,

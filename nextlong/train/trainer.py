@@ -31,6 +31,7 @@ from ..errors import NextlongError, UsageError
 from ..manifest import RUNNING, ended_by, read_manifest, run_status
 from ..model_folder import folder_identity
 from ..model_folder import tokenizer_spec as model_tokenizer_spec
+from ..untrusted import whole
 from . import checkpoint as ckpt
 from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
@@ -459,7 +460,7 @@ class Trainer:
                           "sizes or modification times of the model folder's files differ from the manifest's)"}
         for key in ("data", "scorer"):
             earlier = settings.get(f"{key}_changed_at_step")
-            if isinstance(earlier, int) and not isinstance(earlier, bool):  # a change found by an earlier resume
+            if whole(earlier):  # a change found by an earlier resume
                 self.changed_at_step[key] = earlier
             if recorded[key] is not None and recorded[key] != now[key]:
                 self.changed_at_step.setdefault(key, step)
