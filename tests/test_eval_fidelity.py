@@ -253,3 +253,76 @@ def test_a_longppl_without_key_tokens_says_when_the_short_window_covers_the_docu
            "below the length, e.g. 512)" in summary
     summary = summary_markdown({"model": "m", "longppl": dict(lp, short_window=512)}, [])
     assert "LongPPL n/a (no key tokens), PPL" in summary
+
+
+# ---------------------------------------------------------------- decoding at the model's positions
+
+
+def _tiny_gpt2(vocab: int, positions: int):
+    """A model with learned absolute positions: feeding position `positions` or later cannot work at all."""
+    import transformers
+
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=1, n_head=2,
+                                  eos_token_id=0, bos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def test_greedy_decoding_never_feeds_a_position_past_the_models(tok):
+    """At a length equal to the model's positions (the top of `nextlong eval`'s default lengths), greedy
+    decoding used to feed up to `max_new_tokens` ids past the prompt + gold: past max_position_embeddings,
+    an IndexError for GPT-2's learned positions (silent extrapolation for RoPE models). It now stops before
+    that position; the answer keeps room for the gold answer and one more id."""
+    from nextlong.eval import rag
+
+    positions = 256
+    model = _tiny_gpt2(tok.vocab_size + 1, positions)
+    lm = LoadedModel(model, tok, Path("."), "test", positions, "sdpa", (0,))
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(
+        (kw["past_key_values"].get_seq_length() if kw.get("past_key_values") is not None else 0)
+        + kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        sample = make_sample(tok, "niah_single_1", positions, 50.0, 0, seed=0)
+        record = evaluate_sample(lm, sample)
+        prompt, gold = record["prompt_tokens"], record["answer_tokens"]
+        assert prompt + gold <= positions < prompt + sample.max_new_tokens  # the old budget ran past them
+        assert max(fed) <= positions
+        fed.clear()
+        ids = [int(i) for i in tok.encode(sample.prompt)]
+        rag.generate(lm, ids, 40)
+        assert max(fed) <= positions
+    finally:
+        hook.remove()
+
+
+def test_greedy_decoding_does_not_feed_its_last_id(tok):
+    """The last id of a budget-long answer is never read, so it is not fed: one forward pass per sample less."""
+    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model.config._attn_implementation = "sdpa"
+    lm = LoadedModel(model, tok, Path("."), "test", None, "sdpa", ())  # no end-of-text id: the budget ends it
+    sample = make_sample(tok, "niah_single_1", 200, 50.0, 0, seed=0)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        record = evaluate_sample(lm, sample, teacher_forced=False, max_new_tokens=1)
+        assert calls == [record["prompt_tokens"]] and record["prediction"]  # the prefill alone
+        calls.clear()
+        evaluate_sample(lm, sample, teacher_forced=False, max_new_tokens=4)
+        assert calls[0] == record["prompt_tokens"] and calls[1:] == [1] * (len(calls) - 1) and len(calls) <= 4
+    finally:
+        hook.remove()
+
+
+def test_greedy_records_of_the_older_decoding_are_not_resumed(monkeypatch):
+    """Greedy answers decoded before they stopped at the model's positions are scored again; a teacher-forced-only
+    run (the experiment's) keeps its records."""
+    import nextlong.eval.runner as runner
+
+    both = EvalSettings(tasks=["vt"], lengths=[1024], depths=[50.0])
+    forced = EvalSettings(tasks=["vt"], lengths=[1024], depths=[50.0], greedy=False)
+    before = both.fingerprint({}), forced.fingerprint({})
+    monkeypatch.setattr(runner, "DECODING_REVISION", "an older rule")
+    assert both.fingerprint({}) != before[0] and forced.fingerprint({}) == before[1]
