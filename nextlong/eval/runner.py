@@ -21,7 +21,7 @@ from typing import Sequence
 from . import scoring
 from .model import (DECODING_REVISION, LoadedModel, attention, decode, forward, greedy_ids, keep_past,
                     rewind_cache)
-from .tasks import TASKS_REVISION, Sample, depths_for, make_sample
+from .tasks import PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
 
@@ -40,11 +40,14 @@ class EvalSettings:
     progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
-    def fingerprint(self, model_identity) -> str:
+    def fingerprint(self, model_identity, prefixed: bool = False) -> str:
+        """`prefixed`: the tokenizer puts ids before a sequence (its samples have their own revision)."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
+        if prefixed:
+            data["prefixed_tasks_revision"] = PREFIXED_TASKS_REVISION
         if self.greedy:  # nor greedy answers decoded by an older rule (teacher-forced-only runs keep theirs)
             data["decoding_revision"] = DECODING_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -254,7 +257,8 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
 
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
-    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity))
+    prefixed = bool(getattr(lm.tokenizer, "prefix_ids", ()))
+    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed))
     reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []
