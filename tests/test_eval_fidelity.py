@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from nextlong.eval.model import LoadedModel, decode  # noqa: E402
 from nextlong.eval.runner import EvalSettings, aggregate, evaluate_sample  # noqa: E402
 from nextlong.eval.tasks import CWE_TAIL, make_sample  # noqa: E402
-from tests.eval_fixtures import essay, one_thread, tok  # noqa: E402,F401
+from tests.eval_fixtures import essay, one_thread, sliding_window_model, tok  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- gold order
@@ -73,31 +73,6 @@ def test_cwe_gold_and_its_solved_example_list_the_words_in_order_of_first_appear
 # ---------------------------------------------------------------- sliding-window models
 
 
-def _tiny_model(kind: str, vocab: int):
-    import transformers
-
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=0, bos_token_id=0,
-                  pad_token_id=0)
-    if kind == "mistral":  # every layer slides
-        cfg = transformers.MistralConfig(sliding_window=8, **common)
-        cls = transformers.MistralForCausalLM
-    elif kind == "qwen2":  # one full layer, one sliding layer
-        cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=1, **common)
-        cls = transformers.Qwen2ForCausalLM
-    else:  # Gemma 2: local and global layers alternate
-        cfg = transformers.Gemma2Config(sliding_window=8, head_dim=16, query_pre_attn_scalar=16,
-                                        attn_logit_softcapping=None, **common)  # SDPA takes no soft-cap
-        cls = transformers.Gemma2ForCausalLM
-    torch.manual_seed(0)
-    model = cls(cfg).eval()
-    with torch.no_grad():  # larger weights than the default init: varied logits, so greedy ties cannot occur
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return model
-
-
 def _reference(model, prompt: list[int], gold: list[int], steps: int, eos: tuple[int, ...], tokenizer):
     """Teacher-forced log-prob / EM and greedy decoding by full recomputation, no cache (eager attention
     applies the sliding window through its mask)."""
@@ -125,7 +100,7 @@ def test_teacher_forcing_on_a_sliding_window_model_matches_a_full_recompute(tok,
     """transformers 5's sliding-window cache layers keep only the window and refused to be cut back after
     the gold tokens ("`crop` was called, but the current layer does not track past states"): teacher-forced
     mode crashed on Mistral, Gemma 2/3 and windowed Qwen2 as soon as the prompt outgrew the window."""
-    model = _tiny_model(kind, tok.vocab_size + 1)
+    model = sliding_window_model(kind, tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", 2048, "sdpa", (0,))
     sample = make_sample(tok, "niah_single_1", 200, 50.0, 0, seed=0)
@@ -155,7 +130,7 @@ def test_the_sliding_window_model_has_a_window_the_prompt_outgrows(tok):
     crop failed), not a full-attention cache."""
     from nextlong.eval.model import forward
 
-    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
     with torch.no_grad():
         _, cache, _ = forward(model, torch.arange(1, 30)[None], last_only=True)
     layers = getattr(cache, "layers", None)
@@ -229,7 +204,7 @@ def test_the_depth_reached_is_recorded_and_is_where_the_needle_is(tok, essay):
 def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
     from nextlong.eval.runner import run_tasks
 
-    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", 2048, "sdpa", (0,))
     settings = EvalSettings(tasks=["json_kv", "vt"], lengths=[1024], depths=[25.0], samples=1, max_new_tokens=2)
@@ -300,7 +275,7 @@ def test_greedy_decoding_never_feeds_a_position_past_the_models(tok):
 
 def test_greedy_decoding_does_not_feed_its_last_id(tok):
     """The last id of a budget-long answer is never read, so it is not fed: one forward pass per sample less."""
-    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", None, "sdpa", ())  # no end-of-text id: the budget ends it
     sample = make_sample(tok, "niah_single_1", 200, 50.0, 0, seed=0)
