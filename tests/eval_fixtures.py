@@ -127,3 +127,30 @@ def essay():
     from tests.helpers import corpus_texts
 
     return essay_sentences(corpus_texts(max_bytes=200_000))
+
+
+def sliding_window_model(kind: str, vocab: int):
+    """A tiny random model whose attention slides over 8 tokens: Mistral (every layer), Qwen2 (one of two layers) or
+    Gemma 2 (local and global layers alternate)."""
+    import transformers
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=0, bos_token_id=0,
+                  pad_token_id=0)
+    if kind == "mistral":  # every layer slides
+        cfg = transformers.MistralConfig(sliding_window=8, **common)
+        cls = transformers.MistralForCausalLM
+    elif kind == "qwen2":  # one full layer, one sliding layer
+        cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=1, **common)
+        cls = transformers.Qwen2ForCausalLM
+    else:  # Gemma 2: local and global layers alternate
+        cfg = transformers.Gemma2Config(sliding_window=8, head_dim=16, query_pre_attn_scalar=16,
+                                        attn_logit_softcapping=None, **common)  # SDPA takes no soft-cap
+        cls = transformers.Gemma2ForCausalLM
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init: varied logits, so greedy ties cannot occur
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from nextlong.eval.model import LoadedModel, decode  # noqa: E402
 from nextlong.eval.runner import EvalSettings, aggregate, evaluate_sample  # noqa: E402
 from nextlong.eval.tasks import CWE_TAIL, make_sample  # noqa: E402
-from tests.eval_fixtures import essay, one_thread, tok  # noqa: E402,F401
+from tests.eval_fixtures import essay, one_thread, sliding_window_model, tok  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- gold order
@@ -73,31 +73,6 @@ def test_cwe_gold_and_its_solved_example_list_the_words_in_order_of_first_appear
 # ---------------------------------------------------------------- sliding-window models
 
 
-def _tiny_model(kind: str, vocab: int):
-    import transformers
-
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=0, bos_token_id=0,
-                  pad_token_id=0)
-    if kind == "mistral":  # every layer slides
-        cfg = transformers.MistralConfig(sliding_window=8, **common)
-        cls = transformers.MistralForCausalLM
-    elif kind == "qwen2":  # one full layer, one sliding layer
-        cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=1, **common)
-        cls = transformers.Qwen2ForCausalLM
-    else:  # Gemma 2: local and global layers alternate
-        cfg = transformers.Gemma2Config(sliding_window=8, head_dim=16, query_pre_attn_scalar=16,
-                                        attn_logit_softcapping=None, **common)  # SDPA takes no soft-cap
-        cls = transformers.Gemma2ForCausalLM
-    torch.manual_seed(0)
-    model = cls(cfg).eval()
-    with torch.no_grad():  # larger weights than the default init: varied logits, so greedy ties cannot occur
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return model
-
-
 def _reference(model, prompt: list[int], gold: list[int], steps: int, eos: tuple[int, ...], tokenizer):
     """Teacher-forced log-prob / EM and greedy decoding by full recomputation, no cache (eager attention
     applies the sliding window through its mask)."""
@@ -125,7 +100,7 @@ def test_teacher_forcing_on_a_sliding_window_model_matches_a_full_recompute(tok,
     """transformers 5's sliding-window cache layers keep only the window and refused to be cut back after
     the gold tokens ("`crop` was called, but the current layer does not track past states"): teacher-forced
     mode crashed on Mistral, Gemma 2/3 and windowed Qwen2 as soon as the prompt outgrew the window."""
-    model = _tiny_model(kind, tok.vocab_size + 1)
+    model = sliding_window_model(kind, tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", 2048, "sdpa", (0,))
     sample = make_sample(tok, "niah_single_1", 200, 50.0, 0, seed=0)
@@ -155,7 +130,7 @@ def test_the_sliding_window_model_has_a_window_the_prompt_outgrows(tok):
     crop failed), not a full-attention cache."""
     from nextlong.eval.model import forward
 
-    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
     with torch.no_grad():
         _, cache, _ = forward(model, torch.arange(1, 30)[None], last_only=True)
     layers = getattr(cache, "layers", None)
@@ -229,7 +204,7 @@ def test_the_depth_reached_is_recorded_and_is_where_the_needle_is(tok, essay):
 def test_run_tasks_writes_the_depth_reached_into_each_record(tmp_path, tok):
     from nextlong.eval.runner import run_tasks
 
-    model = _tiny_model("mistral", tok.vocab_size + 1)
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
     model.config._attn_implementation = "sdpa"
     lm = LoadedModel(model, tok, Path("."), "test", 2048, "sdpa", (0,))
     settings = EvalSettings(tasks=["json_kv", "vt"], lengths=[1024], depths=[25.0], samples=1, max_new_tokens=2)
@@ -253,3 +228,76 @@ def test_a_longppl_without_key_tokens_says_when_the_short_window_covers_the_docu
            "below the length, e.g. 512)" in summary
     summary = summary_markdown({"model": "m", "longppl": dict(lp, short_window=512)}, [])
     assert "LongPPL n/a (no key tokens), PPL" in summary
+
+
+# ---------------------------------------------------------------- decoding at the model's positions
+
+
+def _tiny_gpt2(vocab: int, positions: int):
+    """A model with learned absolute positions: feeding position `positions` or later cannot work at all."""
+    import transformers
+
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=1, n_head=2,
+                                  eos_token_id=0, bos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def test_greedy_decoding_never_feeds_a_position_past_the_models(tok):
+    """At a length equal to the model's positions (the top of `nextlong eval`'s default lengths), greedy
+    decoding used to feed up to `max_new_tokens` ids past the prompt + gold: past max_position_embeddings,
+    an IndexError for GPT-2's learned positions (silent extrapolation for RoPE models). It now stops before
+    that position; the answer keeps room for the gold answer and one more id."""
+    from nextlong.eval import rag
+
+    positions = 256
+    model = _tiny_gpt2(tok.vocab_size + 1, positions)
+    lm = LoadedModel(model, tok, Path("."), "test", positions, "sdpa", (0,))
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(
+        (kw["past_key_values"].get_seq_length() if kw.get("past_key_values") is not None else 0)
+        + kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        sample = make_sample(tok, "niah_single_1", positions, 50.0, 0, seed=0)
+        record = evaluate_sample(lm, sample)
+        prompt, gold = record["prompt_tokens"], record["answer_tokens"]
+        assert prompt + gold <= positions < prompt + sample.max_new_tokens  # the old budget ran past them
+        assert max(fed) <= positions
+        fed.clear()
+        ids = [int(i) for i in tok.encode(sample.prompt)]
+        rag.generate(lm, ids, 40)
+        assert max(fed) <= positions
+    finally:
+        hook.remove()
+
+
+def test_greedy_decoding_does_not_feed_its_last_id(tok):
+    """The last id of a budget-long answer is never read, so it is not fed: one forward pass per sample less."""
+    model = sliding_window_model("mistral", tok.vocab_size + 1)
+    model.config._attn_implementation = "sdpa"
+    lm = LoadedModel(model, tok, Path("."), "test", None, "sdpa", ())  # no end-of-text id: the budget ends it
+    sample = make_sample(tok, "niah_single_1", 200, 50.0, 0, seed=0)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        record = evaluate_sample(lm, sample, teacher_forced=False, max_new_tokens=1)
+        assert calls == [record["prompt_tokens"]] and record["prediction"]  # the prefill alone
+        calls.clear()
+        evaluate_sample(lm, sample, teacher_forced=False, max_new_tokens=4)
+        assert calls[0] == record["prompt_tokens"] and calls[1:] == [1] * (len(calls) - 1) and len(calls) <= 4
+    finally:
+        hook.remove()
+
+
+def test_greedy_records_of_the_older_decoding_are_not_resumed(monkeypatch):
+    """Greedy answers decoded before they stopped at the model's positions are scored again; a teacher-forced-only
+    run (the experiment's) keeps its records."""
+    import nextlong.eval.runner as runner
+
+    both = EvalSettings(tasks=["vt"], lengths=[1024], depths=[50.0])
+    forced = EvalSettings(tasks=["vt"], lengths=[1024], depths=[50.0], greedy=False)
+    before = both.fingerprint({}), forced.fingerprint({})
+    monkeypatch.setattr(runner, "DECODING_REVISION", "an older rule")
+    assert both.fingerprint({}) != before[0] and forced.fingerprint({}) == before[1]

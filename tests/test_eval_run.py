@@ -448,3 +448,17 @@ def test_a_rerun_with_fewer_tasks_removes_the_dropped_tasks_heatmap(tmp_path, ru
     assert (out / "heatmap_vt.png").is_file()
     assert not (out / "heatmap_json_kv.png").exists() and not (out / "samples.jsonl").exists()
     assert f"removed {out / 'heatmap_json_kv.png'}, an earlier run's" in capsys.readouterr().err
+
+
+def test_longppl_and_repeat_lengths_that_leave_nothing_to_score_are_refused_first(tmp_path, run_dir):
+    """--longppl-length 1 left LongPPL and PPL without a token and the run failed at its end formatting the
+    missing PPL (TypeError); --lengths 3 with the repeat probe failed with a ValueError traceback. Both are
+    refused before any work, one line each."""
+    from nextlong.errors import UsageError
+    from nextlong.eval import evaluate
+
+    with pytest.raises(UsageError, match="LongPPL needs documents of at least 2 tokens"):
+        evaluate(run_dir, tmp_path / "a", tasks=["longppl"], lengths=[256], longppl_length=1, quiet=True)
+    with pytest.raises(UsageError, match="repeat probe .* at least 4"):
+        evaluate(run_dir, tmp_path / "b", tasks=["repeat"], lengths=[3], quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from nextlong.cli import main  # noqa: E402
 from nextlong.eval import heads as H  # noqa: E402
 from nextlong.eval.model import decode, load_model  # noqa: E402
-from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
+from tests.eval_fixtures import one_thread, save_tiny_llama, sliding_window_model, train_tokenizer  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,32 @@ def test_retrieval_scores_equal_a_slow_reference_loop(lm, trials):
         ref, generated = reference_trial_scores(lm, t, max_new_tokens=12)
         assert fast.generated == generated
         assert torch.allclose(fast.scores, torch.tensor(ref, dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma2"])
+def test_retrieval_scores_on_a_sliding_window_model_equal_the_reference(lm, kind):
+    """A sliding-window layer's cache holds only its last window, so its attention row covers those keys only:
+    the top-1 index is an offset into the window, not a prompt position. It was read as a prompt position
+    (Mistral: a head attending inside its window was scored as if it pointed at the prompt's first tokens, where
+    a needle at depth 0 sits), and Gemma 2's local and global rows of different lengths could not be stacked
+    (RuntimeError). Checked against the full recompute, whose rows span every position."""
+    from pathlib import Path
+
+    from nextlong.eval.haystack import essay_sentences
+    from nextlong.eval.model import LoadedModel
+    from tests.helpers import corpus_texts
+
+    model = sliding_window_model(kind, lm.tokenizer.vocab_size + 1)
+    model.config._attn_implementation = "sdpa"
+    swa = LoadedModel(model, lm.tokenizer, Path("."), "test", 2048, "sdpa", (0,))
+    essay = essay_sentences(corpus_texts(max_bytes=20_000))
+    for t in H.make_trials(lm.tokenizer, essay, [256], [0.0, 100.0], H.NEEDLES[:1]):
+        start, end = t.span
+        forced = t.prompt_ids[start:end]  # copy the needle: a head attending at it scores
+        fast = H.detect_trial(swa, t, forced=forced)
+        ref, generated = reference_trial_scores(swa, t, forced=forced)
+        assert fast.generated == generated
+        assert torch.allclose(fast.scores, torch.tensor(ref, dtype=torch.float64), atol=1e-9), (kind, t.depth)
 
 
 def test_head_scores_count_only_trials_that_answer_unless_all_trials():
@@ -296,3 +322,31 @@ def test_a_resume_decodes_again_after_new_weights_or_another_dtype(tmp_path, cop
     assert decoded("--dtype", "bfloat16") == 2
     save_tiny_llama(tmp_path / "m", tok, init=0.5, seed=2)
     assert decoded("--dtype", "bfloat16") == 2 and decoded("--dtype", "bfloat16") == 0
+
+
+def test_a_sliding_window_models_trials_are_scored_again_others_resume(monkeypatch):
+    """Trials of a model with a sliding window, scored by window offsets before 2026-12-07, are not reused; the
+    journal of any other model keeps its fingerprint (the formula before, written out here)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from nextlong.eval import heads_run
+    from nextlong.eval.options import HeadsOptions
+
+    args = HeadsOptions(model="m", out="o")
+    tokenizer = SimpleNamespace(fingerprint="tok")
+
+    def fake(window):
+        return SimpleNamespace(identity={"folder": "m"}, prefill_attn="sdpa", tokenizer=tokenizer,
+                               model=SimpleNamespace(config=SimpleNamespace(sliding_window=window)))
+
+    old = json.dumps({"model": {"folder": "m"}, "lengths": [256], "depths": [50.0], "needles": 1,
+                      "max_new": args.max_new_tokens, "attn": "sdpa", "corpus": args.corpus,
+                      "text_field": args.text_field, "tokenizer": "tok"}, sort_keys=True, default=str)
+    full = heads_run.journal_fingerprint(fake(None), args, [256], [50.0], 1)
+    assert full == hashlib.sha256(old.encode()).hexdigest()[:16]
+    sliding = heads_run.journal_fingerprint(fake(4096), args, [256], [50.0], 1)
+    assert sliding != full
+    monkeypatch.setattr(H, "SLIDING_REVISION", "an older rule")
+    assert heads_run.journal_fingerprint(fake(4096), args, [256], [50.0], 1) != sliding
+    assert heads_run.journal_fingerprint(fake(None), args, [256], [50.0], 1) == full

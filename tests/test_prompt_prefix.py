@@ -124,3 +124,32 @@ def test_rag_generation_reads_after_the_bos(bos_lm):
     fed = _recording(lm.model)
     generate(lm, lm.tokenizer.encode("Question: what is zlib?\nAnswer:"), 2)
     assert fed[0][0, 0].item() == bos
+
+
+def test_cwe_follows_rulers_setting_for_the_asked_length_whatever_the_bos_takes(tmp_path):
+    """RULER picks cwe's repeats (30 against 3 from 4K on, 6 against 1 below) and fwe's vocabulary (length // 50)
+    by the asked length. The prompt is built one BOS shorter, and that shorter length picked them: at 4096 a
+    Llama-3-style tokenizer got the below-4K list, 6 repeats of each common word instead of 30."""
+    from nextlong.corpus.tokenizer import Tokenizer
+    from nextlong.eval.tasks import make_sample
+
+    tok = Tokenizer.from_file(bos_tokenizer(tmp_path / "tok" / "tokenizer.json")[0])
+    assert len(tok.prefix_ids) == 1
+    s = make_sample(tok, "cwe", 4096, None, 0, seed=0)
+    listing = s.prompt[s.context_span[0]:s.context_span[1]]
+    counts = {w: listing.count(f". {w} ") + listing.endswith(f". {w}") for w in s.answers}
+    assert len(counts) == 10 and set(counts.values()) == {30}, counts
+    assert 1 + tok.count_tokens(s.prompt) + tok.count_tokens(s.gold) <= 4096 and s.length == 4096
+
+
+def test_a_prefixed_tokenizers_records_have_their_own_revision(monkeypatch):
+    """Records a BOS tokenizer's run wrote before cwe's setting followed the asked length are scored again;
+    other runs keep theirs."""
+    import nextlong.eval.runner as runner
+    from nextlong.eval.runner import EvalSettings
+
+    settings = EvalSettings(tasks=["cwe"], lengths=[4096], depths=[50.0])
+    before = settings.fingerprint({}, prefixed=True), settings.fingerprint({})
+    assert before[0] != before[1]
+    monkeypatch.setattr(runner, "PREFIXED_TASKS_REVISION", "an older rule")
+    assert settings.fingerprint({}, prefixed=True) != before[0] and settings.fingerprint({}) == before[1]

@@ -27,6 +27,21 @@ def default_lengths(max_positions: int | None) -> list[int]:
     return lengths or [1024]
 
 
+def check_measure_lengths(lm, lengths: list[int], longppl_length: int | None, repeat: bool) -> None:
+    """Before any work: LongPPL's documents and the repeat probe's [x; x] must leave a token to score after the
+    first (and after the tokenizer's prefix, which takes a place in them); a shorter one gave no number to report,
+    and the run failed at its end on the missing value."""
+    prefix = len(lm.tokenizer.prefix_ids)
+    after = f" and the tokenizer's {prefix} prefix id(s)" if prefix else ""
+    if longppl_length is not None and longppl_length - prefix < 2:
+        raise UsageError(f"--longppl-length {longppl_length}: LongPPL needs documents of at least {2 + prefix} tokens "
+                         f"(a predicted token after the first{after})")
+    longest, least = max(lengths), max(4 + prefix, 3 + 2 * prefix)
+    if repeat and longest - prefix - max(2, longest // 2) < 2:
+        raise UsageError(f"--lengths: the repeat probe feeds [x; x] within the largest length, {longest}, which leaves "
+                         f"no repeated token to score{after}; give a length of at least {least}")
+
+
 def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, trust_remote_code: bool) -> list[str]:
     """Before any work: the evaluator must read the evaluated model's token ids (the same tokenizer: key
     tokens are positions in one token sequence) and reach `length`; returns the warnings to print."""
@@ -84,6 +99,7 @@ def run_eval(args: EvalOptions) -> dict:
     longppl_length = args.longppl_length or max(lengths)
     warnings = check_lengths(sorted(set(lengths + ([longppl_length] if want_longppl else []))), lm,
                              args.allow_extrapolation)
+    check_measure_lengths(lm, lengths, longppl_length if want_longppl else None, want_repeat)
     if evaluator:
         warnings += check_longppl_evaluator(evaluator, lm, longppl_length, args.allow_extrapolation,
                                             args.trust_remote_code)

@@ -35,6 +35,9 @@ QUESTION = "\n\nBased on the content of the text above, answer the question.\nQu
 MAX_NEW_TOKENS = 50
 RETRIEVAL_THRESHOLD = 0.1
 MIN_RECALL = 0.5
+# Part of `nextlong heads`' resume fingerprint for models with a sliding window: until 2026-12-07 a sliding layer's
+# top-1 index (an offset into its window) was read as a prompt position, so such trials are scored again.
+SLIDING_REVISION = "2026-12-07"
 
 
 @dataclass
@@ -91,6 +94,15 @@ def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths:
     return trials
 
 
+def _top_positions(weights, keys: int):
+    """The position each query head of a layer attends most, from the layer's attention weights of the token fed
+    last, the `keys`-th position (0-based `keys - 1`). A sliding-window layer's cache keeps only its last window, so
+    its row covers the last `weights.shape[-1]` positions: its argmax is an offset into them (a full layer's row
+    covers them all)."""
+    row = weights[0, :, -1, :]
+    return row.argmax(-1) + (keys - row.shape[-1])
+
+
 @dataclass(eq=False)
 class TrialResult:
     scores: object          # (layers, heads) float tensor: this trial's copy sum per head
@@ -122,7 +134,7 @@ def detect_trial(lm: LoadedModel, trial: Trial, *, max_new_tokens: int = MAX_NEW
                 logits, cache, attentions = forward(model, torch.tensor([[token]], device=lm.device), cache=cache,
                                                     output_attentions=True)
                 nxt = int(logits[0, -1].argmax()) if forced is None else int(forced[step])
-                top = torch.stack([a[0, :, -1, :] for a in attentions]).argmax(-1)  # (layers, heads)
+                top = torch.stack([_top_positions(a, len(ids) + step) for a in attentions])  # (layers, heads)
                 inside = (top >= start) & (top < end)
                 copied = prompt[top.clamp(max=len(ids) - 1)] == nxt
                 scores += (inside & copied).double().cpu() / (end - start)

@@ -120,6 +120,18 @@ def retrieval_heads(model, out, **options) -> dict:
     return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
 
 
+def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int) -> str:
+    """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again."""
+    import hashlib
+
+    identity = {"model": lm.identity, "lengths": lengths, "depths": depths, "needles": needles,
+                "max_new": args.max_new_tokens, "attn": lm.prefill_attn, "corpus": args.corpus,
+                "text_field": args.text_field, "tokenizer": lm.tokenizer.fingerprint}
+    if getattr(lm.model.config, "sliding_window", None):  # scored by window offsets before (H.SLIDING_REVISION)
+        identity["sliding_revision"] = H.SLIDING_REVISION
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_heads(args: HeadsOptions) -> dict:
     """Detect `args.model`'s retrieval heads, or compare two runs (`args.compare`); returns heads.json's
     (compare.json's) content."""
@@ -157,15 +169,9 @@ def run_heads(args: HeadsOptions) -> dict:
         "lengths": lengths, "depths": depths, "prefill_attention": lm.prefill_attn}
     with output_lock(out, "heads", file=False), failure_recorded(out / "manifest.json"):
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
-        fingerprint = json.dumps({"model": lm.identity, "lengths": lengths, "depths": depths,
-                                  "needles": len(needles), "max_new": args.max_new_tokens, "attn": lm.prefill_attn,
-                                  "corpus": args.corpus, "text_field": args.text_field,
-                                  "tokenizer": lm.tokenizer.fingerprint}, sort_keys=True, default=str)
-        import hashlib
-
         import torch
 
-        journal = ResultJournal(out, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
+        journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles)))
         results = []
         try:
             for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,

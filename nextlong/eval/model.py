@@ -191,6 +191,35 @@ def rewind_cache(cache, length: int) -> bool:
     return cache.get_seq_length() == length
 
 
+# Greedy decoding's revision, part of the resume fingerprints of greedy records (`nextlong eval`, its rag task):
+# 2026-12-07, decoding stops at the model's positions (before, an answer at a length equal to them was decoded
+# past them), so such records from before are scored again.
+DECODING_REVISION = "2026-12-07"
+
+
+def greedy_ids(lm: LoadedModel, cache, first_id: int, prompt_tokens: int, budget: int) -> list[int]:
+    """Greedy ids after a prefilled prompt of `prompt_tokens` ids (`cache`; `first_id`: the argmax of its last
+    logits), up to an end-of-text id, a newline after some text, or `budget` ids. Each id is fed only to get
+    the next one, so the last is never fed. While the prompt lies within the model's positions, no id is fed
+    at a position past them (decoding stops there): a prompt + answer that fills a length equal to
+    `max_position_embeddings` leaves room for the answer and one more id, not for the whole margin, and a
+    model with learned positions (GPT-2) cannot index past them at all. Run under the decoding attention."""
+    import torch
+
+    limit = lm.max_positions
+    if limit is not None and prompt_tokens <= limit:
+        budget = min(budget, limit - prompt_tokens + 1)
+    out: list[int] = []
+    next_id = first_id
+    while len(out) < budget and next_id not in lm.eos_ids:
+        out.append(next_id)
+        if "\n" in decode(lm.tokenizer, out).lstrip() or len(out) == budget:
+            break
+        step, cache, _ = forward(lm.model, torch.tensor([[next_id]], device=lm.device), cache=cache)
+        next_id = int(step[0, -1].float().argmax())
+    return out
+
+
 def generated_bytes(tokenizer, ids) -> bytes:
     """The bytes of generated ids, one id at a time; an id the tokenizer lacks (a model's padded
     vocabulary) gives U+FFFD's bytes."""

@@ -53,6 +53,7 @@ import numpy as np
 from ..errors import CorpusError, NextlongError, UsageError
 from ..synthesis.acer.config import ORDERS, RETRIEVERS  # ACER's choices: the rag task evaluates what it builds
 from ..untrusted import whole
+from .model import DECODING_REVISION
 from .options import DISTRACTORS
 from .samples import ANSWER_MARGIN  # greedy budget beyond the longest gold answer, as the other tasks
 
@@ -534,7 +535,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     identity = {"settings": {k: v for k, v in asdict(settings).items() if k not in ("dump", "progress")},
                 "questions": corpus_identity(settings.questions), "corpus": corpus_identity(settings.corpus),
                 "model": lm.identity, "tokenizer": tok.fingerprint, "retrieve": k,
-                "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION}
+                "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION,
+                "decoding": DECODING_REVISION}
     plan.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return plan
 
@@ -552,26 +554,17 @@ def generate(lm, prompt_ids, max_new_tokens: int) -> str:
     budget (the other tasks' decoding: one prefill into a KV cache, then one token per step)."""
     import torch
 
-    from .model import attention, decode, forward
+    from .model import attention, decode, forward, greedy_ids
 
     decode_attn = "eager" if lm.prefill_attn == "eager" else "sdpa"
-    out: list[int] = []
     with torch.no_grad():
         # after the tokenizer's BOS-like prefix (Llama-3), as HF tokenizers' default encode gives a prompt
         ids = torch.tensor([[*lm.tokenizer.prefix_ids, *(int(i) for i in prompt_ids)]], dtype=torch.long,
                            device=lm.device)
         with attention(lm.model, lm.prefill_attn):
             logits, cache, _ = forward(lm.model, ids, last_only=True)
-        next_id = int(logits[0, -1].float().argmax())
-        with attention(lm.model, decode_attn):
-            for _ in range(max_new_tokens):
-                if next_id in lm.eos_ids:
-                    break
-                out.append(next_id)
-                if "\n" in decode(lm.tokenizer, out).lstrip():
-                    break
-                step, cache, _ = forward(lm.model, torch.tensor([[next_id]], device=lm.device), cache=cache)
-                next_id = int(step[0, -1].float().argmax())
+        with attention(lm.model, decode_attn):  # never fed past the model's positions (greedy_ids)
+            out = greedy_ids(lm, cache, int(logits[0, -1].float().argmax()), ids.shape[1], max_new_tokens)
     return answer_text(decode(lm.tokenizer, out))
 
 

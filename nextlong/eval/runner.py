@@ -5,7 +5,7 @@ gold answer tokens are then fed over that cache to get their log-probabilities (
 score: total log-prob, and exact match = every gold token is the top choice); the cache is cut
 back (sliding-window layers are told to keep their past first, `model.keep_past`; a cache that cannot
 be cut back is rebuilt by a second prefill) and the model decodes greedily (RULER's way) until a
-newline after some text, an end-of-text id, or `max_new_tokens`. Finished samples are appended to
+newline after some text, an end-of-text id, `max_new_tokens`, or the model's positions (`model.greedy_ids`). Finished samples are appended to
 `DIR/.progress.jsonl`, so a stopped run resumes where it was.
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import scoring
-from .model import LoadedModel, attention, decode, forward, keep_past, rewind_cache
-from .tasks import TASKS_REVISION, Sample, depths_for, make_sample
+from .model import (DECODING_REVISION, LoadedModel, attention, decode, forward, greedy_ids, keep_past,
+                    rewind_cache)
+from .tasks import PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
 
@@ -39,11 +40,16 @@ class EvalSettings:
     progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
-    def fingerprint(self, model_identity) -> str:
+    def fingerprint(self, model_identity, prefixed: bool = False) -> str:
+        """`prefixed`: the tokenizer puts ids before a sequence (its samples have their own revision)."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
+        if prefixed:
+            data["prefixed_tasks_revision"] = PREFIXED_TASKS_REVISION
+        if self.greedy:  # nor greedy answers decoded by an older rule (teacher-forced-only runs keep theirs)
+            data["decoding_revision"] = DECODING_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -90,18 +96,9 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
             record["teacher_forced_logprob"] = float(logp.sum())
             record["teacher_forced_em"] = float(bool((table.argmax(-1) == target).all()))
         if greedy:
-            budget = max_new_tokens or sample.max_new_tokens
-            out: list[int] = []
-            next_id = int(last.argmax())
-            with attention(model, decode_attn):
-                for _ in range(budget):
-                    if next_id in lm.eos_ids:
-                        break
-                    out.append(next_id)
-                    if "\n" in decode(tok, out).lstrip():
-                        break
-                    step, cache, _ = forward(model, torch.tensor([[next_id]], device=lm.device), cache=cache)
-                    next_id = int(step[0, -1].argmax())
+            with attention(model, decode_attn):  # never fed past the model's positions (greedy_ids)
+                out = greedy_ids(lm, cache, int(last.argmax()), len(prompt_ids),
+                                 max_new_tokens or sample.max_new_tokens)
             prediction = decode(tok, out)
             record["prediction"] = prediction
             record["greedy"] = scoring.score(sample.metric, prediction, sample.answers)
@@ -260,7 +257,8 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
 
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
-    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity))
+    prefixed = bool(getattr(lm.tokenizer, "prefix_ids", ()))
+    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed))
     reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []

@@ -37,6 +37,10 @@ from .samples import (ANSWER_MARGIN, Sample, adjectives, distinct_values, nouns,
 # seed generates (the gold order of niah_multivalue and cwe, 2026-12-06) or how a record is scored (json_kv's
 # normalised match, 2026-12-06b) must not reuse older records.
 TASKS_REVISION = "2026-12-06b"
+# What a seed generates for a tokenizer with prefix ids (Llama-3's BOS), part of the fingerprint of such runs only:
+# 2026-12-07, cwe's and fwe's settings follow the asked length, not the length less the prefix (cwe at 4096 had
+# RULER's below-4K repeats, 6 against 1).
+PREFIXED_TASKS_REVISION = "2026-12-07"
 
 
 # ---------------------------------------------------------------- NIAH
@@ -246,12 +250,15 @@ def _cwe_list(rng_seed: str, words: Sequence[str], num_common: int, common_repea
     return listed, list(dict.fromkeys(w for w in listed if w in wanted))
 
 
-def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: int = 10) -> Sample:
+def _cwe_sample(tok, task: str, length: int, index: int, seed: int, num_common: int = 10,
+                nominal: int | None = None) -> Sample:
+    """`length`: the tokens prompt + gold may take; `nominal`: the length asked (default `length`), which picks
+    RULER's setting as RULER's max_seq_length does, whatever a BOS takes of it."""
     rng = sample_rng(seed, task, length, None, index)
     vocab = _cwe_vocabulary()
     order = rng.sample(vocab, len(vocab))
     # RULER's repeats: 30 against 3 (example 10 against 3) from 4K on; 6 against 1 (example 3/1) below.
-    if length >= 4096:
+    if (nominal or length) >= 4096:
         repeats, ex_words, ex_repeats = (30, 3), 40, (10, 3)
     else:
         repeats, ex_words, ex_repeats = (6, 1), 20, (3, 1)
@@ -295,11 +302,13 @@ FWE_TAIL = ("\nQuestion: Do not provide any explanation. Please ignore the dots 
 ZETA_2 = math.pi ** 2 / 6
 
 
-def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float = 2.0, word_len: int = 6) -> Sample:
+def _fwe_sample(tok, task: str, length: int, index: int, seed: int, alpha: float = 2.0, word_len: int = 6,
+                nominal: int | None = None) -> Sample:
+    """`length` and `nominal` as for `_cwe_sample`: the vocabulary size is RULER's max_seq_length // 50."""
     if alpha != 2.0:
         raise UsageError("fwe: only alpha = 2.0 (RULER's default) is supported")
     rng = sample_rng(seed, task, length, None, index)
-    vocab_size = max(length // 50, 8)
+    vocab_size = max((nominal or length) // 50, 8)
     vocab: list[str] = []
     seen = set()
     while len(vocab) < vocab_size:
@@ -342,24 +351,24 @@ def make_sample(tokenizer, task: str, length: int, depth: float | None, index: i
     """One sample of `task` whose prompt + gold answer fill `length` tokens of `tokenizer`, the ids it puts
     before a sequence (Llama-3's BOS, `Tokenizer.prefix_ids`, which the prompt is fed after) included."""
     prefix = len(getattr(tokenizer, "prefix_ids", ()))
-    if prefix:
+    if prefix:  # the prompt is built one prefix shorter; cwe's and fwe's settings still follow `length`
         import dataclasses
 
-        return dataclasses.replace(_make_sample(tokenizer, task, length - prefix, depth, index, seed, essay),
-                                   length=length)
+        return dataclasses.replace(_make_sample(tokenizer, task, length - prefix, depth, index, seed, essay,
+                                                nominal=length), length=length)
     return _make_sample(tokenizer, task, length, depth, index, seed, essay)
 
 
 def _make_sample(tokenizer, task: str, length: int, depth: float | None, index: int, seed: int,
-                 essay: Sequence[str] | None = None) -> Sample:
+                 essay: Sequence[str] | None = None, nominal: int | None = None) -> Sample:
     if task in NIAH_TASKS:
         return _niah_sample(tokenizer, essay, task, NIAH_TASKS[task], length, depth, index, seed)
     if task == "vt":
         return _vt_sample(tokenizer, task, length, index, seed)
     if task == "cwe":
-        return _cwe_sample(tokenizer, task, length, index, seed)
+        return _cwe_sample(tokenizer, task, length, index, seed, nominal=nominal)
     if task == "fwe":
-        return _fwe_sample(tokenizer, task, length, index, seed)
+        return _fwe_sample(tokenizer, task, length, index, seed, nominal=nominal)
     if task == "json_kv":
         from .json_kv import json_kv_sample
 
