@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
-from ..artifacts import CHUNKS_FILE, empty_chunks, load_store, tokenizer_identity
+from ..artifacts import (CHUNKS_FILE, check_part_rows, empty_chunks, load_store, read_part, recorded_rows,
+                         tokenizer_identity)
 from ..stages import ChunkStage as SynthesisChunkStage
 from .templates import context_pieces
 
@@ -212,6 +213,8 @@ class QuestionsStage(WholeStage):
     seed: int = 0
     min_tokens: int = 32
     block_questions: int = not_a_setting(default=64)
+
+    parts_never_empty = True  # blocks of block_questions rows, the last one shorter
 
     def build(self, ctx):
         from ..framework import block_path
@@ -761,10 +764,13 @@ class DataStage(WholeStage):
             stale.unlink()
         total = kept = without_gold = 0
         for j in block_numbers(src):
-            part = block_path(src, j)
-            if not part.exists():
+            # a part deleted or damaged since assemble finished is named, never taken as a block of no samples
+            n = recorded_rows(src, j)
+            if n == 0:
                 continue
-            table = pq.read_table(part)
+            part = block_path(src, j)
+            check_part_rows(part, n)
+            table = read_part(part)
             total += table.num_rows
             if self.filter == "answer-match":
                 golds = table.column("gold").to_pylist()
