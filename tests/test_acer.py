@@ -210,6 +210,32 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_
     assert seen == [] and all(sum(g["read"] for g in s["segments"]) == 2 for s in rows(tmp_path))
 
 
+def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
+    """bfloat16 and float32 flip greedy tokens (the demo model's third answer differs), so a folder whose LM stages
+    ran in float32 (the CPU default) is refused with another dtype: resumed, its blocks would mix two runs' answers,
+    and a cached one reported --dtype bfloat16 for float32 answers. float32 named or not is the same setting, as it
+    was in folders made before it was one (their fingerprints are unchanged)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(base[0], out)
+    with pytest.raises(StageMismatchError, match=r"rank: .*dtype: cached 'float32' \(the default, left out of the "
+                                                 r"record\), asked 'bfloat16'"):
+        acer(files, out, dtype="bfloat16")
+    manifest = acer(files, out, dtype="float32")
+    assert manifest["settings"]["lm_dtype"] == "float32" == base[1]["settings"]["lm_dtype"]
+    assert_same_parts(base[0] / "data", out / "data")
+    assert manifest["settings"]["stage_fingerprints"] == base[1]["settings"]["stage_fingerprints"]
+    assert "dtype" not in json.loads((out / "read" / "_done.json").read_text())["settings"]
+    # --ranker embedding runs no LM in its rank stage: its dtype is no setting there
+    from nextlong.synthesis.acer.pipeline import build_pipeline, check_before_work
+
+    cfg = AcerConfig(out=str(out), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(files["questions"]), ranker="embedding", dtype="bfloat16", **FAST)
+    stages = {s.name: s.settings() for s in build_pipeline(cfg, check_before_work(cfg)).stages}
+    assert "dtype" not in stages["rank"] and stages["read"]["dtype"] == "bfloat16"
+
+
 def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
     from nextlong.corpus.tokenizer import load_tokenizer
 

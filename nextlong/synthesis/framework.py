@@ -661,17 +661,22 @@ def recorded_settings(directory: Path) -> dict | None:
 
 def _mismatch(directory: Path, stage: Stage, stale: dict) -> StageMismatchError:
     return StageMismatchError(f"{directory}: the cached {stage.name} stage was built with other settings "
-                              f"({_diff(stale.get('settings', {}), stage.settings())}). Use another --out, or pass "
-                              "--rebuild to rebuild it (from Python: another out=, or rebuild=True).")
+                              f"({_diff(stale.get('settings', {}), stage.settings(), stage)}). Use another --out, or "
+                              "pass --rebuild to rebuild it (from Python: another out=, or rebuild=True).")
 
 
-def _diff(old: dict, new: dict) -> str:
+def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
+    # an added_setting at a default other than None is left out of a record: not recorded is that default (the
+    # folder may be new), as much as a folder made before the setting
+    defaults = {f.name: f.default for f in dataclasses.fields(stage)
+                if f.metadata.get("omit_at_default") and f.default is not None} if stage is not None else {}
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
     said = []
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
         line = (f"{k}: cached {was!r}, asked {now!r}" if k in old else
-                f"{k}: not recorded (the folder predates the setting), asked {now!r}")
+                f"{k}: cached {defaults[k]!r} (the default, left out of the record), asked {now!r}" if k in defaults
+                else f"{k}: not recorded (the folder predates the setting), asked {now!r}")
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"

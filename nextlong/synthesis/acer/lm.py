@@ -310,6 +310,15 @@ def check_device(device: str | None, *, here: bool = True) -> None:
         raise UsageError(f"--device {device}: not usable on this machine ({reason})") from None
 
 
+def resolved_dtype(dtype: str | None, device: str | None, cuda: bool) -> str:
+    """The weights dtype the LM runs in: `dtype`, else bfloat16 on CUDA (`device` cuda..., or no device where the
+    LM's process has CUDA: `cuda`) and float32 elsewhere, as load_lm resolves it."""
+    if dtype is not None:
+        return dtype
+    on_cuda = device.startswith("cuda") if device is not None else cuda
+    return "bfloat16" if on_cuda else "float32"
+
+
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:
     """The LM of `path` on `device` (default cuda when available) in `dtype` (default bfloat16 on CUDA,
     float32 on CPU), loaded once per process (the ranker and reader stages share it)."""
@@ -322,8 +331,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    if dtype is None:
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = resolved_dtype(dtype, device, cuda=False)
     from ..framework import corpus_identity
 
     info = inspect_model(path, trust_remote_code=trust_remote_code)

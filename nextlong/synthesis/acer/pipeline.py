@@ -42,6 +42,7 @@ class Checked:
     eos_id: int | None
     question_tokens: int  # longest question, in the LM's tokens (a bound for generated ones)
     needs: dict  # tokens each prompt and the sample need at most
+    lm_dtype: str = "float32"  # the LM's weights dtype, resolved where the LM runs (lm.resolved_dtype)
 
 
 def _log(cfg, msg: str) -> None:
@@ -151,7 +152,21 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"(--read {cfg.read} x (up to {cfg.chunk_tokens} tokens + a {sep}-token separator) + the question, up to "
             f"{sample_q} tokens + the answer, up to {answer}); use --target-length {needs['sample']} or more, or a "
             "smaller --read, --chunk-tokens or --max-new-tokens")
-    return Checked(info, templates, spec, eos, question_tokens, needs)
+    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg))
+
+
+def lm_dtype(cfg: AcerConfig) -> str:
+    """The dtype the LM stages will run in: --dtype, else bfloat16 where they have CUDA (this machine's, with the
+    local executor; Ray's actors have it when given --gpus) and float32 elsewhere."""
+    from .lm import resolved_dtype
+
+    if cfg.dtype is not None or cfg.device is not None:
+        return resolved_dtype(cfg.dtype, cfg.device, cuda=False)
+    if cfg.executor == "ray":
+        return resolved_dtype(None, None, cuda=cfg.gpus > 0)
+    import torch
+
+    return resolved_dtype(None, None, cuda=torch.cuda.is_available())
 
 
 def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
@@ -167,7 +182,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
     t = checked.templates
     model = str(checked.model.folder)
     lm = dict(model=model, tokenizer=tok, chunk_tokens=cfg.chunk_tokens, trust_remote_code=cfg.trust_remote_code,
-              device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+              device=cfg.device, dtype=checked.lm_dtype, batch_size=cfg.batch_size)
     steps = [
         ReadCorpus(name="corpus", path=str(cfg.corpus), text_field=cfg.text_field, id_field=cfg.id_field,
                    on_error=cfg.on_error),
@@ -195,7 +210,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
         steps.append(A.AskStage(name="ask", inputs=("questions", "chunks"), template=t["question"].text,
                                 max_new_tokens=cfg.question_max_new_tokens, **lm))
         source = "ask"
-    ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="")
+    ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="", dtype="float32")  # no LM: no dtype
     reader = t["read_cot" if cfg.chain_of_thought else "read"]
     if cfg.chain_of_thought:
         from .answers import ANSWER_MARKER as marker
@@ -284,7 +299,7 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
         model_folder=str(checked.model.folder.resolve()), model_type=checked.model.model_type,
         model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,
         tokenizer_name=getattr(tokenizer, "name", None), tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
-        retriever=cfg.retriever_used, eos_id=checked.eos_id,
+        retriever=cfg.retriever_used, eos_id=checked.eos_id, lm_dtype=checked.lm_dtype,
         # the ids that end the LM's generations: config.json's and generation_config.json's eos_token_id
         model_eos_ids={"config.json": list(checked.model.config_eos_ids),
                        "generation_config.json": list(checked.model.generation_eos_ids),

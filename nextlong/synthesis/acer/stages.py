@@ -262,7 +262,10 @@ class LMStage(AcerMapStage):
     chunk_tokens: int = 256
     trust_remote_code: bool = not_a_setting(default=False)
     device: str | None = not_a_setting(default=None)
-    dtype: str | None = not_a_setting(default=None)
+    # the LM's weights dtype, resolved (lm.resolved_dtype): bfloat16 and float32 flip greedy tokens, so the blocks of
+    # a run resumed with another dtype (--dtype, or the default on a machine with or without CUDA) would mix two
+    # runs' answers; at float32, the only dtype of folders made before it was a setting, it is left out
+    dtype: str = added_setting("float32")
     batch_size: int = not_a_setting(default=16)
 
     uses_gpu = True
