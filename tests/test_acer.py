@@ -258,6 +258,29 @@ def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
     assert manifest["statistics"]["passages_cut_for_model"] == {"read": cut} and cut > 0
 
 
+def test_the_sample_bound_holds_the_longest_question_in_the_samples_tokenizer(files, tmp_path):
+    """With another --tokenizer, the question longest in the model's tokens need not be longest in the samples':
+    the check of --target-length measured the model's longest in the samples' tokens (10 cl100k tokens here)
+    while another question takes 15: a --target-length 5 tokens short passed, and a sample near it could be
+    dropped as exceeding --target-length, the drop docs/acer.md says the checks make unreachable."""
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.pipeline import check_before_work
+    from nextlong.synthesis.acer.templates import load_templates
+
+    asked = ["What is photosynthesis chlorophyll mitochondria?", "0123456789 0123456789 0123456789"]
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in asked))
+    lm, cl = load_tokenizer(files["tokenizer"]), load_tokenizer("cl100k_base")
+    length = lambda tok, text: len(tok.encode_ordinary(" " + text))  # noqa: E731
+    assert length(lm, asked[0]) > length(lm, asked[1]) and length(cl, asked[0]) < length(cl, asked[1])
+    cfg = AcerConfig(out=str(tmp_path / "out"), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(q), tokenizer="cl100k_base", ranker="embedding", **FAST)
+    needs = check_before_work(cfg).needs["sample"]
+    sample = load_templates()["sample"]
+    chunks, answer = FAST["read"] * (FAST["chunk_tokens"] + len(cl.encode_ordinary("\n\n"))), FAST["max_new_tokens"] + 2
+    assert needs == chunks + max(len(sample.render(cl, question=x)) for x in asked) + answer
+
+
 def test_manifest(base, files):
     _, manifest = base
     st, s = manifest["settings"], manifest["statistics"]

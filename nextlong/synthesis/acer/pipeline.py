@@ -93,13 +93,16 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         questions = read_questions(cfg.questions)
         longest = max((q["question"] for q in questions), key=lambda q: len(lm_tok.encode_ordinary(" " + q)))
         question_tokens = len(lm_tok.encode_ordinary(" " + longest))
-        sample_question = len(sample_tok.encode_ordinary(" " + longest))
+        # the longest in the samples' tokenizer, which with another --tokenizer may be another question
+        sample_longest = longest if sample_tok.fingerprint == lm_tok.fingerprint else max(
+            (q["question"] for q in questions), key=lambda q: len(sample_tok.encode_ordinary(" " + q)))
     else:
         from .stages import question_bound
 
         # AskStage drops a generated question that re-encodes longer, in either tokenizer
-        question_tokens = sample_question = question_bound(cfg.question_max_new_tokens)
+        question_tokens = question_bound(cfg.question_max_new_tokens)
         longest = None
+        sample_longest = np.zeros(question_tokens, np.uint32)
     if cfg.retriever_used == "embedding":
         from ...mining.embedding import check_embedder_spec
 
@@ -141,8 +144,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
                              f"of {info.folder}; use a smaller --chunk-tokens")
     eos = end_of_text_id(sample_tok, lm_tok, info.config_eos_ids)  # config.json's, as before
     sep = len(sample_tok.encode_ordinary(cfg.separator))
-    sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
-                                              else np.zeros(sample_question, np.uint32)))
+    sample_q = len(templates["sample"].render(sample_tok, question=sample_longest))
     # " " + answer, re-encoded, then the end-of-text id; AssembleStage drops an answer whose re-encoding is longer
     answer = cfg.max_new_tokens + 1 + (eos is not None)
     needs["sample"] = cfg.read * (cfg.chunk_tokens + sep) + sample_q + answer
