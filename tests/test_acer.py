@@ -1073,6 +1073,27 @@ def test_not_a_causal_lm(files, tmp_path):
     assert not started(tmp_path / "out")
 
 
+def test_a_tokenizer_beyond_the_models_vocabulary_is_refused_before_any_work(files, tmp_path):
+    """A model folder whose tokenizer has more ids than its vocabulary (another model's tokenizer) was refused only
+    when the LM loaded, after chunking, embedding and the index (hours on a real corpus)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "small-vocab"
+    shutil.copytree(files["model"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 500  # the tokenizer has 1024 ids; the weights are cut to fit the config
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(folder / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = weights[name][:500].clone()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NextlongError, match="has 1024 ids but the model's vocabulary only 500; wrong tokenizer"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+
+
 def test_a_folders_code_is_not_run(files, tmp_path):
     marker = tmp_path / "marker"
     folder = tmp_path / "evil"

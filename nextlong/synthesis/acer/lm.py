@@ -310,6 +310,14 @@ def check_device(device: str | None, *, here: bool = True) -> None:
         raise UsageError(f"--device {device}: not usable on this machine ({reason})") from None
 
 
+def check_vocabulary(info: ModelInfo, tokenizer) -> None:
+    """The model's tokenizer has no more ids than its vocabulary (else it is another model's tokenizer, and an id
+    beyond the embedding would fail the first forward). pipeline.check_before_work calls it before any work."""
+    if info.vocab_size and tokenizer.vocab_size > info.vocab_size:
+        raise ModelFolderError(f"{info.folder}: the tokenizer ({info.tokenizer_spec}) has {tokenizer.vocab_size} ids "
+                               f"but the model's vocabulary only {info.vocab_size}; wrong tokenizer?")
+
+
 def resolved_dtype(dtype: str | None, device: str | None, cuda: bool) -> str:
     """The weights dtype the LM runs in: `dtype`, else bfloat16 on CUDA (`device` cuda..., or no device where the
     LM's process has CUDA: `cuda`) and float32 elsewhere, as load_lm resolves it."""
@@ -344,9 +352,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
                            attn_implementation="sdpa")
     model.to(device).eval()
     tokenizer = load_tokenizer(info.tokenizer_spec)
-    if info.vocab_size and tokenizer.vocab_size > info.vocab_size:
-        raise ModelFolderError(f"{info.folder}: the tokenizer ({info.tokenizer_spec}) has {tokenizer.vocab_size} ids "
-                               f"but the model's vocabulary only {info.vocab_size}; wrong tokenizer?")
+    check_vocabulary(info, tokenizer)
     _LOADED.clear()  # one model at a time
     _LOADED[key] = lm = LM(model, tokenizer, info, device, dtype)
     return lm

@@ -67,7 +67,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
     set beyond the model's context, a --target-length below what the read chunks need."""
     from ...corpus.tokenizer import load_tokenizer
-    from .lm import check_device, inspect_model
+    from .lm import check_device, check_vocabulary, inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
     if not Path(cfg.corpus).exists():
@@ -83,6 +83,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
                              "it, and answers without it are dropped")
     info = inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     lm_tok = load_tokenizer(info.tokenizer_spec)
+    check_vocabulary(info, lm_tok)  # else only the LM's load, after chunking, embedding and the index, would say it
     spec = cfg.tokenizer or info.tokenizer_spec
     sample_tok = load_tokenizer(spec)
     if cfg.ranker == "model":
