@@ -219,8 +219,8 @@ def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
-    with pytest.raises(StageMismatchError, match=r"rank: .*dtype: cached 'float32' \(the default, left out of the "
-                                                 r"record\), asked 'bfloat16'"):
+    with pytest.raises(StageMismatchError, match=r"rank: .*dtype \(--dtype, or the machine's default\): cached "
+                                                 r"'float32' \(the default, left out of the record\), asked 'bfloat16'"):
         acer(files, out, dtype="bfloat16")
     manifest = acer(files, out, dtype="float32")
     assert manifest["settings"]["lm_dtype"] == "float32" == base[1]["settings"]["lm_dtype"]
@@ -234,6 +234,19 @@ def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
                      questions=str(files["questions"]), ranker="embedding", dtype="bfloat16", **FAST)
     stages = {s.name: s.settings() for s in build_pipeline(cfg, check_before_work(cfg)).stages}
     assert "dtype" not in stages["rank"] and stages["read"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("settings, stage, said", [
+    (dict(retrieve=20), "retrieve", "(k (--retrieve): cached 24, asked 20)"),
+    (dict(keep_cut_answers=False), "assemble", "(keep_cut (--keep-cut-answers): cached True, asked False)"),
+    (dict(chain_of_thought=True), "read", "(stop_after (--chain-of-thought): cached '', asked 'So the answer is:';"),
+])
+def test_a_refused_cached_stage_names_the_option_not_only_its_field(files, base, settings, stage, said):
+    """The refusal named the stage's field alone ("k: cached 24, asked 20"), which no option of `nextlong acer`
+    is called: now the option too."""
+    with pytest.raises(StageMismatchError, match=f"the cached {stage} stage was built with other settings "
+                                                 + re.escape(said)):
+        acer(files, base[0], **settings)
 
 
 def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):

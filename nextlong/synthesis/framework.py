@@ -264,6 +264,9 @@ class Stage:
     remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
     # a whole stage whose parts 0..blocks-1 all hold rows (the map stage reading them then refuses a missing one)
     parts_never_empty: ClassVar[bool] = False
+    # setting -> the option a user sets it with, where the names differ: the refusal of a cached stage built with
+    # other settings names both ("k (--retrieve): cached 24, asked 20"), not a field name the user never typed
+    flags: ClassVar[dict] = {}
     # the class name its fingerprint records, when not its module's: a stage class that moved keeps the name
     # it was recorded under, so folders made before the move are not refused as "other settings"
     recorded_name: ClassVar[str | None] = None
@@ -671,12 +674,14 @@ def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(stage)
                 if f.metadata.get("omit_at_default") and f.default is not None} if stage is not None else {}
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
+    flags = stage.flags if stage is not None else {}
     said = []
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
-        line = (f"{k}: cached {was!r}, asked {now!r}" if k in old else
-                f"{k}: cached {defaults[k]!r} (the default, left out of the record), asked {now!r}" if k in defaults
-                else f"{k}: not recorded (the folder predates the setting), asked {now!r}")
+        name = f"{k} ({flags[k]})" if k in flags else k
+        line = (f"{name}: cached {was!r}, asked {now!r}" if k in old else
+                f"{name}: cached {defaults[k]!r} (the default, left out of the record), asked {now!r}" if k in defaults
+                else f"{name}: not recorded (the folder predates the setting), asked {now!r}")
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"

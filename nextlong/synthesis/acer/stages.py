@@ -139,6 +139,8 @@ class ChunkStage(SynthesisChunkStage):
 
     separator: str = ""
 
+    flags = {"chunk_size": "--chunk-tokens"}
+
     def __call__(self, block):
         return split_long_chunks(super().__call__(block), self.chunk_size, self._decoder)
 
@@ -215,6 +217,7 @@ class QuestionsStage(WholeStage):
     block_questions: int = not_a_setting(default=64)
 
     parts_never_empty = True  # blocks of block_questions rows, the last one shorter
+    flags = {"path": "--questions", "generate": "--generate-questions", "min_tokens": "--chunk-tokens"}
 
     def build(self, ctx):
         from ..framework import block_path
@@ -270,6 +273,7 @@ class LMStage(AcerMapStage):
 
     uses_gpu = True
     progress_unit = "question"
+    flags = {"model": "--model", "dtype": "--dtype, or the machine's default"}
 
     def setup(self, ctx):
         self._progress = ctx.progress
@@ -355,6 +359,7 @@ class AskStage(LMStage):
     max_new_tokens: int = 64
 
     version = 2  # questions beyond question_bound are dropped; generation_config.json's eos ids end one
+    flags = {**LMStage.flags, "template": "--prompts question.txt", "max_new_tokens": "--question-max-new-tokens"}
 
     def setup(self, ctx):
         from ...corpus.tokenizer import load_tokenizer
@@ -398,6 +403,8 @@ class BM25Stage(WholeStage):
     b: float = 0.75
     threads: int | None = not_a_setting(default=None)
 
+    flags = {"k1": "--bm25-k1", "b": "--bm25-b"}
+
     def build(self, ctx):
         from ...mining.bm25 import BM25Index
 
@@ -426,6 +433,7 @@ class RetrieveStage(AcerMapStage):
     threads: int | None = not_a_setting(default=None)
 
     progress_unit = "question"
+    flags = {"k": "--retrieve"}
 
     def setup(self, ctx):
         threads = self.threads or ctx.threads or None
@@ -489,6 +497,8 @@ class RankStage(LMStage):
     ranker: str = "model"
     template: str = ""
 
+    flags = {**LMStage.flags, "template": "--prompts rank.txt"}
+
     def setup(self, ctx):
         super().setup(ctx)
         if self.ranker == "model":
@@ -547,6 +557,8 @@ class ReadStage(LMStage):
 
     # 2: answer_end and start_masked; the chain-of-thought stop rule waits for the marker
     version = 3  # 3: generation_config.json's eos_token_id ends an answer too (lm.inspect_model)
+    flags = {**LMStage.flags, "template": "--prompts read.txt or read_cot.txt, --chain-of-thought",
+             "passage_template": "--prompts passage.txt", "stop_after": "--chain-of-thought"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -638,6 +650,8 @@ class AssembleStage(AcerMapStage):
     answer_marker: str = ""
 
     version = 3  # 2: the drops above and the answer_cut column; 3: each chunk tokenized with its separator
+    flags = {"template": "--prompts sample.txt", "eos_id": "--tokenizer", "keep_cut": "--keep-cut-answers",
+             "answer_marker": "--chain-of-thought"}
     object_counts = frozenset({"dropped"})  # its drops by reason
     progress_unit = "question"
 
