@@ -220,7 +220,8 @@ def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
     with pytest.raises(StageMismatchError, match=r"rank: .*dtype \(--dtype, or the machine's default\): cached "
-                                                 r"'float32' \(the default, left out of the record\), asked 'bfloat16'"):
+                                                 r"'float32' \(the default, left out of the record\), "
+                                                 r"asked 'bfloat16'"):
         acer(files, out, dtype="bfloat16")
     manifest = acer(files, out, dtype="float32")
     assert manifest["settings"]["lm_dtype"] == "float32" == base[1]["settings"]["lm_dtype"]
@@ -1063,7 +1064,8 @@ def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows
     for name in redo:
         shutil.rmtree(out / name)
     message = "missing, though" if damage == "delete" else "not a readable Parquet file"
-    with pytest.raises(CorruptFileError, match=f"{re.escape(str(part))}: {message}.*delete {re.escape(str(part.parent))}"):
+    expected = f"{re.escape(str(part))}: {message}.*delete {re.escape(str(part.parent))}"
+    with pytest.raises(CorruptFileError, match=expected):
         acer(files, out, **settings)
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
