@@ -210,6 +210,46 @@ def test_resume_after_a_kill_redoes_only_the_unfinished_blocks(files, base, tmp_
     assert seen == [] and all(sum(g["read"] for g in s["segments"]) == 2 for s in rows(tmp_path))
 
 
+def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
+    """bfloat16 and float32 flip greedy tokens (the demo model's third answer differs), so a folder whose LM stages
+    ran in float32 (the CPU default) is refused with another dtype: resumed, its blocks would mix two runs' answers,
+    and a cached one reported --dtype bfloat16 for float32 answers. float32 named or not is the same setting, as it
+    was in folders made before it was one (their fingerprints are unchanged)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(base[0], out)
+    with pytest.raises(StageMismatchError, match=r"rank: .*dtype \(--dtype, or the machine's default\): cached "
+                                                 r"'float32' \(the default, left out of the record\), "
+                                                 r"asked 'bfloat16'"):
+        acer(files, out, dtype="bfloat16")
+    manifest = acer(files, out, dtype="float32")
+    assert manifest["settings"]["lm_dtype"] == "float32" == base[1]["settings"]["lm_dtype"]
+    assert_same_parts(base[0] / "data", out / "data")
+    assert manifest["settings"]["stage_fingerprints"] == base[1]["settings"]["stage_fingerprints"]
+    assert "dtype" not in json.loads((out / "read" / "_done.json").read_text())["settings"]
+    # --ranker embedding runs no LM in its rank stage: its dtype is no setting there
+    from nextlong.synthesis.acer.pipeline import build_pipeline, check_before_work
+
+    cfg = AcerConfig(out=str(out), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(files["questions"]), ranker="embedding", dtype="bfloat16", **FAST)
+    stages = {s.name: s.settings() for s in build_pipeline(cfg, check_before_work(cfg)).stages}
+    assert "dtype" not in stages["rank"] and stages["read"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("settings, stage, said", [
+    (dict(retrieve=20), "retrieve", "(k (--retrieve): cached 24, asked 20)"),
+    (dict(keep_cut_answers=False), "assemble", "(keep_cut (--keep-cut-answers): cached True, asked False)"),
+    (dict(chain_of_thought=True), "read", "(stop_after (--chain-of-thought): cached '', asked 'So the answer is:';"),
+])
+def test_a_refused_cached_stage_names_the_option_not_only_its_field(files, base, settings, stage, said):
+    """The refusal named the stage's field alone ("k: cached 24, asked 20"), which no option of `nextlong acer`
+    is called: now the option too."""
+    with pytest.raises(StageMismatchError, match=f"the cached {stage} stage was built with other settings "
+                                                 + re.escape(said)):
+        acer(files, base[0], **settings)
+
+
 def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
     from nextlong.corpus.tokenizer import load_tokenizer
 
@@ -230,6 +270,29 @@ def test_samples_in_another_tokenizer_than_the_models(files, tmp_path):
     shown = [c for r in read for c in r["ranked"][:3]]
     cut = sum(len(lm_tok.encode_ordinary(texts[c])) > 64 for c in shown)
     assert manifest["statistics"]["passages_cut_for_model"] == {"read": cut} and cut > 0
+
+
+def test_the_sample_bound_holds_the_longest_question_in_the_samples_tokenizer(files, tmp_path):
+    """With another --tokenizer, the question longest in the model's tokens need not be longest in the samples':
+    the check of --target-length measured the model's longest in the samples' tokens (10 cl100k tokens here)
+    while another question takes 15: a --target-length 5 tokens short passed, and a sample near it could be
+    dropped as exceeding --target-length, the drop docs/acer.md says the checks make unreachable."""
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.pipeline import check_before_work
+    from nextlong.synthesis.acer.templates import load_templates
+
+    asked = ["What is photosynthesis chlorophyll mitochondria?", "0123456789 0123456789 0123456789"]
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in asked))
+    lm, cl = load_tokenizer(files["tokenizer"]), load_tokenizer("cl100k_base")
+    length = lambda tok, text: len(tok.encode_ordinary(" " + text))  # noqa: E731
+    assert length(lm, asked[0]) > length(lm, asked[1]) and length(cl, asked[0]) < length(cl, asked[1])
+    cfg = AcerConfig(out=str(tmp_path / "out"), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(q), tokenizer="cl100k_base", ranker="embedding", **FAST)
+    needs = check_before_work(cfg).needs["sample"]
+    sample = load_templates()["sample"]
+    chunks, answer = FAST["read"] * (FAST["chunk_tokens"] + len(cl.encode_ordinary("\n\n"))), FAST["max_new_tokens"] + 2
+    assert needs == chunks + max(len(sample.render(cl, question=x)) for x in asked) + answer
 
 
 def test_manifest(base, files):
@@ -965,6 +1028,47 @@ def test_a_damaged_chunk_store_is_refused_without_an_option_acer_lacks(files, ba
     assert str(info.value).endswith(f"remove {out / 'chunks'} to make it again")
 
 
+def damage_a_page(part) -> None:
+    """Flip bytes inside the largest column chunk of a Parquet part, its footer intact (so it opens, then fails)."""
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    column = max((meta.column(i) for i in range(meta.num_columns)), key=lambda c: c.total_compressed_size)
+    data = bytearray(part.read_bytes())
+    middle = column.data_page_offset + column.total_compressed_size // 2
+    for i in range(middle - 8, middle + 8):
+        data[i] ^= 0xFF
+    part.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("stage, damage, redo, settings", [
+    ("read", "delete", (), dict(order="retrieval", rebuild=True)),  # assemble remade from the read parts
+    ("questions", "delete", ("retrieve", "rank", "read", "assemble", "data"), {}),
+    ("assemble", "delete", (), dict(filter="answer-match")),  # data remade from the assembled parts
+    ("read", "page", (), dict(order="retrieval", rebuild=True)),
+])
+def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows(files, base, tmp_path, stage,
+                                                                                damage, redo, settings):
+    """A part of a finished stage deleted since (or damaged inside a page) is one line naming it when a later
+    stage reads it. A missing part was read as a block of no rows: the run finished, its questions' samples
+    silently gone (150 questions gave 82 samples where 141 were due), and a damaged page was pyarrow's traceback."""
+    import shutil
+
+    from nextlong.errors import CorruptFileError
+
+    out = tmp_path / "out"
+    shutil.copytree(base[0], out)
+    part = out / stage / "part-00001.parquet"
+    if damage == "delete":
+        part.unlink()
+    else:
+        damage_a_page(part)
+    for name in redo:
+        shutil.rmtree(out / name)
+    message = "missing, though" if damage == "delete" else "not a readable Parquet file"
+    expected = f"{re.escape(str(part))}: {message}.*delete {re.escape(str(part.parent))}"
+    with pytest.raises(CorruptFileError, match=expected):
+        acer(files, out, **settings)
+
+
 def test_not_a_causal_lm(files, tmp_path):
     from transformers import BertConfig
 
@@ -981,6 +1085,27 @@ def test_not_a_causal_lm(files, tmp_path):
         nextlong.acer(files["corpus"], tmp_path / "out", model=tmp_path / "t5", questions=files["questions"], **FAST)
     with pytest.raises(NextlongError, match="no config.json"):
         nextlong.acer(files["corpus"], tmp_path / "out", model=tmp_path, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+
+
+def test_a_tokenizer_beyond_the_models_vocabulary_is_refused_before_any_work(files, tmp_path):
+    """A model folder whose tokenizer has more ids than its vocabulary (another model's tokenizer) was refused only
+    when the LM loaded, after chunking, embedding and the index (hours on a real corpus)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "small-vocab"
+    shutil.copytree(files["model"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 500  # the tokenizer has 1024 ids; the weights are cut to fit the config
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(folder / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = weights[name][:500].clone()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NextlongError, match="has 1024 ids but the model's vocabulary only 500; wrong tokenizer"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
     assert not started(tmp_path / "out")
 
 

@@ -120,6 +120,9 @@ def check_part_rows(part, rows: int) -> None:
     the part is read whole (read_part), not here."""
     from ..errors import CorruptFileError
 
+    if not _Path(part).exists():
+        raise CorruptFileError(f"{part}: missing, though its stage recorded {rows} rows there; delete "
+                               f"{_Path(part).parent} to make that stage again")
     have = part_rows(part)
     if have != rows:
         raise CorruptFileError(f"{part}: {have} rows where its stage recorded {rows}; delete {_Path(part).parent} "

@@ -262,6 +262,11 @@ class Stage:
     recorded_counts: ClassVar[frozenset] = frozenset()
     object_counts: ClassVar[frozenset] = frozenset()  # of WHOLE_OR_OBJECT_COUNTS, those it records as an object
     remake_on_change: ClassVar[bool] = False  # cheap to remake (the output cut): never refused, just redone
+    # a whole stage whose parts 0..blocks-1 all hold rows (the map stage reading them then refuses a missing one)
+    parts_never_empty: ClassVar[bool] = False
+    # setting -> the option a user sets it with, where the names differ: the refusal of a cached stage built with
+    # other settings names both ("k (--retrieve): cached 24, asked 20"), not a field name the user never typed
+    flags: ClassVar[dict] = {}
     # the class name its fingerprint records, when not its module's: a stage class that moved keeps the name
     # it was recorded under, so folders made before the move are not refused as "other settings"
     recorded_name: ClassVar[str | None] = None
@@ -503,8 +508,6 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
     is done is skipped, the next one reads that part from disk; an empty input block maps to an empty
     block. Returns the last stage's rows for block j. `on_error(exc, ctx)` turns a stage's exception into
     the one to raise (the Ray executor names the stage and the block); without it, it is raised as is."""
-    import pyarrow.parquet as pq
-
     table = None  # the previous stage's output block, once read or computed
     for ctx in contexts:
         try:
@@ -512,8 +515,7 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
                 table = None
                 continue
             if table is None:
-                path = block_path(ctx.input(ctx.stage.inputs[0]), j)
-                table = pq.read_table(path) if path.exists() else None
+                table = input_block(ctx, j)
             if table is None or table.num_rows == 0:
                 out = pa.table({})
                 write_block(ctx, j, out, {"rows": 0})
@@ -529,6 +531,27 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
                 raise
             raise on_error(exc, ctx) from exc
     return int(read_done(block_record_path(contexts[-1].out_dir, j))["counts"].get("rows", 0))
+
+
+def input_block(ctx: StageContext, j: int) -> pa.Table | None:
+    """Block j of a map stage's input, read whole with its damage named in one line (a footer can read while a
+    page cannot); None for a block of no rows, which has no part. A part missing where its input records rows (a
+    map stage's block record, or a whole stage whose parts are never empty) was deleted since that stage
+    finished: named, not mapped as a block of no rows, which would drop its rows from the output unsaid."""
+    from .artifacts import read_part
+
+    name = ctx.stage.inputs[0]
+    source = ctx.input(name)
+    path = block_path(source, j)
+    if path.exists():
+        return read_part(path)
+    record = read_done(block_record_path(source, j))
+    rows = record["counts"].get("rows", 0) if record is not None else 0
+    stage = next((s for s in ctx.pipeline.stages if s.name == name), None)
+    if rows or (stage is not None and stage.parts_never_empty):
+        raise CorruptFileError(f"{path}: missing, though the {name} stage finished with {rows or 'some'} rows in "
+                               f"block {j}; delete {source} to make that stage again")
+    return None
 
 
 def block_spill(ctx: StageContext, j: int):
@@ -641,17 +664,24 @@ def recorded_settings(directory: Path) -> dict | None:
 
 def _mismatch(directory: Path, stage: Stage, stale: dict) -> StageMismatchError:
     return StageMismatchError(f"{directory}: the cached {stage.name} stage was built with other settings "
-                              f"({_diff(stale.get('settings', {}), stage.settings())}). Use another --out, or pass "
-                              "--rebuild to rebuild it (from Python: another out=, or rebuild=True).")
+                              f"({_diff(stale.get('settings', {}), stage.settings(), stage)}). Use another --out, or "
+                              "pass --rebuild to rebuild it (from Python: another out=, or rebuild=True).")
 
 
-def _diff(old: dict, new: dict) -> str:
+def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
+    # an added_setting at a default other than None is left out of a record: not recorded is that default (the
+    # folder may be new), as much as a folder made before the setting
+    defaults = {f.name: f.default for f in dataclasses.fields(stage)
+                if f.metadata.get("omit_at_default") and f.default is not None} if stage is not None else {}
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
+    flags = stage.flags if stage is not None else {}
     said = []
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
-        line = (f"{k}: cached {was!r}, asked {now!r}" if k in old else
-                f"{k}: not recorded (the folder predates the setting), asked {now!r}")
+        name = f"{k} ({flags[k]})" if k in flags else k
+        line = (f"{name}: cached {was!r}, asked {now!r}" if k in old else
+                f"{name}: cached {defaults[k]!r} (the default, left out of the record), asked {now!r}" if k in defaults
+                else f"{name}: not recorded (the folder predates the setting), asked {now!r}")
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"

@@ -54,7 +54,7 @@ class AcerConfig:
     text_field: str = "text"
     id_field: str | None = None
     on_error: str = "raise"
-    # --- execution (change no output beyond float rounding) ---
+    # --- execution (change no output beyond float rounding; the LM stages record the dtype they resolve to) ---
     batch_size: int = 16  # prompts per LM forward
     block_questions: int = 64  # questions per block (the unit of resume); fixed by a folder's first run
     device: str | None = None  # None: cuda when available, else cpu

@@ -310,6 +310,23 @@ def check_device(device: str | None, *, here: bool = True) -> None:
         raise UsageError(f"--device {device}: not usable on this machine ({reason})") from None
 
 
+def check_vocabulary(info: ModelInfo, tokenizer) -> None:
+    """The model's tokenizer has no more ids than its vocabulary (else it is another model's tokenizer, and an id
+    beyond the embedding would fail the first forward). pipeline.check_before_work calls it before any work."""
+    if info.vocab_size and tokenizer.vocab_size > info.vocab_size:
+        raise ModelFolderError(f"{info.folder}: the tokenizer ({info.tokenizer_spec}) has {tokenizer.vocab_size} ids "
+                               f"but the model's vocabulary only {info.vocab_size}; wrong tokenizer?")
+
+
+def resolved_dtype(dtype: str | None, device: str | None, cuda: bool) -> str:
+    """The weights dtype the LM runs in: `dtype`, else bfloat16 on CUDA (`device` cuda..., or no device where the
+    LM's process has CUDA: `cuda`) and float32 elsewhere, as load_lm resolves it."""
+    if dtype is not None:
+        return dtype
+    on_cuda = device.startswith("cuda") if device is not None else cuda
+    return "bfloat16" if on_cuda else "float32"
+
+
 def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> LM:
     """The LM of `path` on `device` (default cuda when available) in `dtype` (default bfloat16 on CUDA,
     float32 on CPU), loaded once per process (the ranker and reader stages share it)."""
@@ -322,8 +339,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    if dtype is None:
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = resolved_dtype(dtype, device, cuda=False)
     from ..framework import corpus_identity
 
     info = inspect_model(path, trust_remote_code=trust_remote_code)
@@ -336,9 +352,7 @@ def load_lm(path, *, device: str | None = None, dtype: str | None = None, trust_
                            attn_implementation="sdpa")
     model.to(device).eval()
     tokenizer = load_tokenizer(info.tokenizer_spec)
-    if info.vocab_size and tokenizer.vocab_size > info.vocab_size:
-        raise ModelFolderError(f"{info.folder}: the tokenizer ({info.tokenizer_spec}) has {tokenizer.vocab_size} ids "
-                               f"but the model's vocabulary only {info.vocab_size}; wrong tokenizer?")
+    check_vocabulary(info, tokenizer)
     _LOADED.clear()  # one model at a time
     _LOADED[key] = lm = LM(model, tokenizer, info, device, dtype)
     return lm

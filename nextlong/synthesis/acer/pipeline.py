@@ -42,6 +42,7 @@ class Checked:
     eos_id: int | None
     question_tokens: int  # longest question, in the LM's tokens (a bound for generated ones)
     needs: dict  # tokens each prompt and the sample need at most
+    lm_dtype: str = "float32"  # the LM's weights dtype, resolved where the LM runs (lm.resolved_dtype)
 
 
 def _log(cfg, msg: str) -> None:
@@ -66,7 +67,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     that is not a causal LM, a bad questions file, prompt templates without their placeholders, a --read
     set beyond the model's context, a --target-length below what the read chunks need."""
     from ...corpus.tokenizer import load_tokenizer
-    from .lm import check_device, inspect_model
+    from .lm import check_device, check_vocabulary, inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
     if not Path(cfg.corpus).exists():
@@ -82,6 +83,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
                              "it, and answers without it are dropped")
     info = inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     lm_tok = load_tokenizer(info.tokenizer_spec)
+    check_vocabulary(info, lm_tok)  # else only the LM's load, after chunking, embedding and the index, would say it
     spec = cfg.tokenizer or info.tokenizer_spec
     sample_tok = load_tokenizer(spec)
     if cfg.ranker == "model":
@@ -92,13 +94,16 @@ def check_before_work(cfg: AcerConfig) -> Checked:
         questions = read_questions(cfg.questions)
         longest = max((q["question"] for q in questions), key=lambda q: len(lm_tok.encode_ordinary(" " + q)))
         question_tokens = len(lm_tok.encode_ordinary(" " + longest))
-        sample_question = len(sample_tok.encode_ordinary(" " + longest))
+        # the longest in the samples' tokenizer, which with another --tokenizer may be another question
+        sample_longest = longest if sample_tok.fingerprint == lm_tok.fingerprint else max(
+            (q["question"] for q in questions), key=lambda q: len(sample_tok.encode_ordinary(" " + q)))
     else:
         from .stages import question_bound
 
         # AskStage drops a generated question that re-encodes longer, in either tokenizer
-        question_tokens = sample_question = question_bound(cfg.question_max_new_tokens)
+        question_tokens = question_bound(cfg.question_max_new_tokens)
         longest = None
+        sample_longest = np.zeros(question_tokens, np.uint32)
     if cfg.retriever_used == "embedding":
         from ...mining.embedding import check_embedder_spec
 
@@ -140,8 +145,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
                              f"of {info.folder}; use a smaller --chunk-tokens")
     eos = end_of_text_id(sample_tok, lm_tok, info.config_eos_ids)  # config.json's, as before
     sep = len(sample_tok.encode_ordinary(cfg.separator))
-    sample_q = len(templates["sample"].render(sample_tok, question=longest if longest is not None
-                                              else np.zeros(sample_question, np.uint32)))
+    sample_q = len(templates["sample"].render(sample_tok, question=sample_longest))
     # " " + answer, re-encoded, then the end-of-text id; AssembleStage drops an answer whose re-encoding is longer
     answer = cfg.max_new_tokens + 1 + (eos is not None)
     needs["sample"] = cfg.read * (cfg.chunk_tokens + sep) + sample_q + answer
@@ -151,7 +155,21 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"(--read {cfg.read} x (up to {cfg.chunk_tokens} tokens + a {sep}-token separator) + the question, up to "
             f"{sample_q} tokens + the answer, up to {answer}); use --target-length {needs['sample']} or more, or a "
             "smaller --read, --chunk-tokens or --max-new-tokens")
-    return Checked(info, templates, spec, eos, question_tokens, needs)
+    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg))
+
+
+def lm_dtype(cfg: AcerConfig) -> str:
+    """The dtype the LM stages will run in: --dtype, else bfloat16 where they have CUDA (this machine's, with the
+    local executor; Ray's actors have it when given --gpus) and float32 elsewhere."""
+    from .lm import resolved_dtype
+
+    if cfg.dtype is not None or cfg.device is not None:
+        return resolved_dtype(cfg.dtype, cfg.device, cuda=False)
+    if cfg.executor == "ray":
+        return resolved_dtype(None, None, cuda=cfg.gpus > 0)
+    import torch
+
+    return resolved_dtype(None, None, cuda=torch.cuda.is_available())
 
 
 def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
@@ -167,7 +185,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
     t = checked.templates
     model = str(checked.model.folder)
     lm = dict(model=model, tokenizer=tok, chunk_tokens=cfg.chunk_tokens, trust_remote_code=cfg.trust_remote_code,
-              device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+              device=cfg.device, dtype=checked.lm_dtype, batch_size=cfg.batch_size)
     steps = [
         ReadCorpus(name="corpus", path=str(cfg.corpus), text_field=cfg.text_field, id_field=cfg.id_field,
                    on_error=cfg.on_error),
@@ -195,7 +213,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
         steps.append(A.AskStage(name="ask", inputs=("questions", "chunks"), template=t["question"].text,
                                 max_new_tokens=cfg.question_max_new_tokens, **lm))
         source = "ask"
-    ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="")
+    ranker_lm = lm if cfg.ranker == "model" else dict(lm, model="", dtype="float32")  # no LM: no dtype
     reader = t["read_cot" if cfg.chain_of_thought else "read"]
     if cfg.chain_of_thought:
         from .answers import ANSWER_MARKER as marker
@@ -284,7 +302,7 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
         model_folder=str(checked.model.folder.resolve()), model_type=checked.model.model_type,
         model_tokenizer=checked.model.tokenizer_spec, model_max_positions=checked.model.max_positions,
         tokenizer_name=getattr(tokenizer, "name", None), tokenizer_fingerprint=getattr(tokenizer, "fingerprint", None),
-        retriever=cfg.retriever_used, eos_id=checked.eos_id,
+        retriever=cfg.retriever_used, eos_id=checked.eos_id, lm_dtype=checked.lm_dtype,
         # the ids that end the LM's generations: config.json's and generation_config.json's eos_token_id
         model_eos_ids={"config.json": list(checked.model.config_eos_ids),
                        "generation_config.json": list(checked.model.generation_eos_ids),

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from ...errors import CorruptFileError
 from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
-from ..artifacts import CHUNKS_FILE, empty_chunks, load_store, tokenizer_identity
+from ..artifacts import (CHUNKS_FILE, check_part_rows, empty_chunks, load_store, read_part, recorded_rows,
+                         tokenizer_identity)
 from ..stages import ChunkStage as SynthesisChunkStage
 from .templates import context_pieces
 
@@ -138,6 +138,8 @@ class ChunkStage(SynthesisChunkStage):
 
     separator: str = ""
 
+    flags = {"chunk_size": "--chunk-tokens"}
+
     def __call__(self, block):
         return split_long_chunks(super().__call__(block), self.chunk_size, self._decoder)
 
@@ -213,6 +215,9 @@ class QuestionsStage(WholeStage):
     min_tokens: int = 32
     block_questions: int = not_a_setting(default=64)
 
+    parts_never_empty = True  # blocks of block_questions rows, the last one shorter
+    flags = {"path": "--questions", "generate": "--generate-questions", "min_tokens": "--chunk-tokens"}
+
     def build(self, ctx):
         from ..framework import block_path
         from ..writers import write_parquet_atomic
@@ -259,11 +264,15 @@ class LMStage(AcerMapStage):
     chunk_tokens: int = 256
     trust_remote_code: bool = not_a_setting(default=False)
     device: str | None = not_a_setting(default=None)
-    dtype: str | None = not_a_setting(default=None)
+    # the LM's weights dtype, resolved (lm.resolved_dtype): bfloat16 and float32 flip greedy tokens, so the blocks of
+    # a run resumed with another dtype (--dtype, or the default on a machine with or without CUDA) would mix two
+    # runs' answers; at float32, the only dtype of folders made before it was a setting, it is left out
+    dtype: str = added_setting("float32")
     batch_size: int = not_a_setting(default=16)
 
     uses_gpu = True
     progress_unit = "question"
+    flags = {"model": "--model", "dtype": "--dtype, or the machine's default"}
 
     def setup(self, ctx):
         self._progress = ctx.progress
@@ -349,6 +358,7 @@ class AskStage(LMStage):
     max_new_tokens: int = 64
 
     version = 2  # questions beyond question_bound are dropped; generation_config.json's eos ids end one
+    flags = {**LMStage.flags, "template": "--prompts question.txt", "max_new_tokens": "--question-max-new-tokens"}
 
     def setup(self, ctx):
         from ...corpus.tokenizer import load_tokenizer
@@ -392,6 +402,8 @@ class BM25Stage(WholeStage):
     b: float = 0.75
     threads: int | None = not_a_setting(default=None)
 
+    flags = {"k1": "--bm25-k1", "b": "--bm25-b"}
+
     def build(self, ctx):
         from ...mining.bm25 import BM25Index
 
@@ -420,6 +432,7 @@ class RetrieveStage(AcerMapStage):
     threads: int | None = not_a_setting(default=None)
 
     progress_unit = "question"
+    flags = {"k": "--retrieve"}
 
     def setup(self, ctx):
         threads = self.threads or ctx.threads or None
@@ -483,6 +496,8 @@ class RankStage(LMStage):
     ranker: str = "model"
     template: str = ""
 
+    flags = {**LMStage.flags, "template": "--prompts rank.txt"}
+
     def setup(self, ctx):
         super().setup(ctx)
         if self.ranker == "model":
@@ -541,6 +556,8 @@ class ReadStage(LMStage):
 
     # 2: answer_end and start_masked; the chain-of-thought stop rule waits for the marker
     version = 3  # 3: generation_config.json's eos_token_id ends an answer too (lm.inspect_model)
+    flags = {**LMStage.flags, "template": "--prompts read.txt or read_cot.txt, --chain-of-thought",
+             "passage_template": "--prompts passage.txt", "stop_after": "--chain-of-thought"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -632,6 +649,8 @@ class AssembleStage(AcerMapStage):
     answer_marker: str = ""
 
     version = 3  # 2: the drops above and the answer_cut column; 3: each chunk tokenized with its separator
+    flags = {"template": "--prompts sample.txt", "eos_id": "--tokenizer", "keep_cut": "--keep-cut-answers",
+             "answer_marker": "--chain-of-thought"}
     object_counts = frozenset({"dropped"})  # its drops by reason
     progress_unit = "question"
 
@@ -761,10 +780,13 @@ class DataStage(WholeStage):
             stale.unlink()
         total = kept = without_gold = 0
         for j in block_numbers(src):
-            part = block_path(src, j)
-            if not part.exists():
+            # a part deleted or damaged since assemble finished is named, never taken as a block of no samples
+            n = recorded_rows(src, j)
+            if n == 0:
                 continue
-            table = pq.read_table(part)
+            part = block_path(src, j)
+            check_part_rows(part, n)
+            table = read_part(part)
             total += table.num_rows
             if self.filter == "answer-match":
                 golds = table.column("gold").to_pylist()
