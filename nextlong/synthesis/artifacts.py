@@ -90,35 +90,13 @@ def recorded_rows(stage_dir, block: int) -> int:
     return rows
 
 
-def _damaged_part(part, exc: Exception):
-    from ..errors import CorruptFileError
-
-    return CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                            f"{_Path(part).parent} to make that stage again")
-
-
-def read_part(part):
-    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
-    try:
-        return _pq.read_table(part)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise _damaged_part(part, exc) from None
-
-
-def part_rows(part) -> int:
-    """The rows a finished stage's Parquet part holds, from its footer, its damage named."""
-    try:
-        return _pq.ParquetFile(part).metadata.num_rows
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise _damaged_part(part, exc) from None
-
-
 def check_part_rows(part, rows: int) -> None:
     """A finished stage's Parquet part, about to be published as it is: its footer must read and hold the
     rows its record counts (a part damaged since would be published, its stage marked done, and fail at
     every later read with pyarrow's traceback). Only the footer is read: damage inside a page shows where
     the part is read whole (read_part), not here."""
     from ..errors import CorruptFileError
+    from .framework import part_rows
 
     if not _Path(part).exists():
         raise CorruptFileError(f"{part}: missing, though its stage recorded {rows} rows there; delete "

@@ -533,13 +533,36 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
     return int(read_done(block_record_path(contexts[-1].out_dir, j))["counts"].get("rows", 0))
 
 
+def _damaged_part(part, exc: Exception) -> CorruptFileError:
+    return CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
+                            f"{Path(part).parent} to make that stage again")
+
+
+def read_part(part):
+    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(part)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise _damaged_part(part, exc) from None
+
+
+def part_rows(part) -> int:
+    """The rows a finished stage's Parquet part holds, from its footer, its damage named."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(part).metadata.num_rows
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise _damaged_part(part, exc) from None
+
+
 def input_block(ctx: StageContext, j: int) -> pa.Table | None:
     """Block j of a map stage's input, read whole with its damage named in one line (a footer can read while a
     page cannot); None for a block of no rows, which has no part. A part missing where its input records rows (a
     map stage's block record, or a whole stage whose parts are never empty) was deleted since that stage
     finished: named, not mapped as a block of no rows, which would drop its rows from the output unsaid."""
-    from .artifacts import read_part
-
     name = ctx.stage.inputs[0]
     source = ctx.input(name)
     path = block_path(source, j)

@@ -19,11 +19,11 @@ from ..atomic import atomic_path as _atomic_path
 from ..untrusted import whole
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
                         blank_documents, check_part_rows, chunk_texts, document_texts, empty_chunks,
-                        load_stage_embedder, load_store, open_vectors, read_part, ready_embedder, recorded_rows,
+                        load_stage_embedder, load_store, open_vectors, ready_embedder, recorded_rows,
                         save_blanks, tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
-from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
+from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting, read_part
 
 
 @_dc.dataclass
