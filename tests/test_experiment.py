@@ -751,6 +751,34 @@ def test_a_run_is_tied_to_the_data_it_trained_on(tmp_path, monkeypatch):
         X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
 
 
+def test_a_run_finished_with_the_data_made_key_is_kept(tmp_path, monkeypatch):
+    """Runs finished between the commit that put the data's completion time in a run's settings (data_made) and the
+    one that replaced it with the manifest's data fingerprint hold data_made in their record: they were refused as
+    "finished with other settings" (the settings asked had no data_made), though the fingerprint check ties them
+    to their data as it does every other run."""
+    X = load_script()
+    from nextlong.train.sources import open_sources
+
+    C = sys.modules["copy_curriculum"]
+    asked = []
+    monkeypatch.setattr(X, "train_run", lambda folder, settings, name, **kw: asked.append(settings))
+    sc = X.SCALES["smoke"]
+    data, run = tmp_path / "synth" / "standard" / "seed-0", tmp_path / "runs" / "standard" / "seed-0"
+    C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 6)
+    X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
+    monkeypatch.undo()
+    X.write_json(run / X.DONE, {"settings": dict(asked[0], data_made="2026-12-07T09:00:00Z"), "seconds": 1.0})
+    recorded = json.loads(json.dumps([s.fingerprint() for s in open_sources([str(data)])]))
+    X.write_json(run / "manifest.json", {"settings": {"data_fingerprint": recorded}})
+    import nextlong.train
+
+    monkeypatch.setattr(nextlong.train, "train", lambda **kw: pytest.fail("a finished run trained again"))
+    assert X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data) == run
+    C.write_rows(data / "data.parquet", [[1, 2, 3, 4]] * 5)  # other data: still refused
+    with pytest.raises(SystemExit, match=f"{run}: trained on other data than"):
+        X.arm_run(tmp_path, tmp_path, sc, "standard", 0, data)
+
+
 def test_the_page_names_the_processor_that_made_the_base(tmp_path):
     """The same settings pre-trained bases with copy gates -2.360, -2.174 and -2.369 on three sessions' machines,
     and nothing recorded which processor (or which CPU kernels torch chose) made each. Every stage record and

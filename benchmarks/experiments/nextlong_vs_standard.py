@@ -663,7 +663,12 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
         if arm.endswith("+longce"):
             kwargs["scorer"] = str(out / "base")
     trained_on(folder, data)
-    train_run(folder, kwargs, f"train {arm} seed {seed}", **kwargs)
+    # a run finished while its settings held the data's completion time (data_made, replaced by trained_on's check
+    # above) keeps its record: that key is no setting of the run, and its data were just checked
+    recorded = (read_record(folder) or {}).get("settings")
+    made = recorded.get("data_made") if isinstance(recorded, dict) else None
+    settings = kwargs if made is None else dict(kwargs, data_made=made)
+    train_run(folder, settings, f"train {arm} seed {seed}", **kwargs)
     return folder
 
 
