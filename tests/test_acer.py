@@ -220,9 +220,12 @@ def test_the_lm_dtype_is_a_setting_of_the_lm_stages(files, base, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
     with pytest.raises(StageMismatchError, match=r"rank: .*dtype \(--dtype, or the machine's default\): cached "
-                                                 r"'float32' \(the default, left out of the record\), "
-                                                 r"asked 'bfloat16'"):
+                                                 r"'float32' \(the default, left out of the record; [^)]*\), "
+                                                 r"asked 'bfloat16'") as refused:
         acer(files, out, dtype="bfloat16")
+    # a folder made before the dtype was recorded has none, whatever it ran in: one made on CUDA ran in bfloat16,
+    # and the refusal must not tell its user it was float32 (--dtype float32 would then resume it in another dtype)
+    assert "made before 2026-12-07 records none: bfloat16 where it ran on CUDA" in str(refused.value)
     manifest = acer(files, out, dtype="float32")
     assert manifest["settings"]["lm_dtype"] == "float32" == base[1]["settings"]["lm_dtype"]
     assert_same_parts(base[0] / "data", out / "data")

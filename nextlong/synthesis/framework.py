@@ -239,11 +239,13 @@ def not_a_setting(**kwargs):
     return field(metadata={"setting": False}, **kwargs)
 
 
-def added_setting(default, **kwargs):
+def added_setting(default, *, before: str | None = None, **kwargs):
     """A setting added after stages were first recorded: at its default it is left out of the
     fingerprint, so a folder made before the setting existed (which behaved as the default) still
-    matches and is not redone; any other value is fingerprinted like every setting."""
-    return field(default=default, metadata={"omit_at_default": True}, **kwargs)
+    matches and is not redone; any other value is fingerprinted like every setting. `before`: what folders
+    made before it may have run with where that was not always the default, which a refusal then says."""
+    metadata = {"omit_at_default": True, **({"before": before} if before else {})}
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
@@ -696,6 +698,8 @@ def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
     # folder may be new), as much as a folder made before the setting
     defaults = {f.name: f.default for f in dataclasses.fields(stage)
                 if f.metadata.get("omit_at_default") and f.default is not None} if stage is not None else {}
+    before = {f.name: f"; {f.metadata['before']}" for f in dataclasses.fields(stage)
+              if f.metadata.get("before")} if stage is not None else {}
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
     flags = stage.flags if stage is not None else {}
     said = []
@@ -703,7 +707,8 @@ def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
         was, now = old.get(k), _jsonable(new.get(k))
         name = f"{k} ({flags[k]})" if k in flags else k
         line = (f"{name}: cached {was!r}, asked {now!r}" if k in old else
-                f"{name}: cached {defaults[k]!r} (the default, left out of the record), asked {now!r}" if k in defaults
+                f"{name}: cached {defaults[k]!r} (the default, left out of the record{before.get(k, '')}), "
+                f"asked {now!r}" if k in defaults
                 else f"{name}: not recorded (the folder predates the setting), asked {now!r}")
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):

@@ -265,8 +265,10 @@ class LMStage(AcerMapStage):
     device: str | None = not_a_setting(default=None)
     # the LM's weights dtype, resolved (lm.resolved_dtype): bfloat16 and float32 flip greedy tokens, so the blocks of
     # a run resumed with another dtype (--dtype, or the default on a machine with or without CUDA) would mix two
-    # runs' answers; at float32, the only dtype of folders made before it was a setting, it is left out
-    dtype: str = added_setting("float32")
+    # runs' answers; at float32, the CPU dtype, it is left out (CPU folders made before it was a setting match; those
+    # made on CUDA ran in bfloat16 and are refused, their refusal saying so)
+    dtype: str = added_setting("float32", before="a folder made before 2026-12-07 records none: bfloat16 where it ran "
+                                                 "on CUDA without --dtype")
     batch_size: int = not_a_setting(default=16)
 
     uses_gpu = True
