@@ -153,3 +153,15 @@ def test_a_prefixed_tokenizers_records_have_their_own_revision(monkeypatch):
     assert before[0] != before[1]
     monkeypatch.setattr(runner, "PREFIXED_TASKS_REVISION", "an older rule")
     assert settings.fingerprint({}, prefixed=True) != before[0] and settings.fingerprint({}) == before[1]
+
+
+def test_a_prefixed_tokenizers_run_without_cwe_or_fwe_keeps_its_records():
+    """Only cwe's and fwe's samples changed for a BOS tokenizer: a run of other tasks (a Llama-3 model's NIAH at
+    long lengths, hours of prefill) kept its fingerprint of before, and was scored again for nothing."""
+    from nextlong.eval.runner import EvalSettings
+
+    for tasks in (["niah_single_1", "vt"], ["niah_single_1"]):
+        settings = EvalSettings(tasks=tasks, lengths=[4096], depths=[50.0])
+        assert settings.fingerprint({}, prefixed=True) == settings.fingerprint({})
+    mixed = EvalSettings(tasks=["niah_single_1", "fwe"], lengths=[4096], depths=[50.0])
+    assert mixed.fingerprint({}, prefixed=True) != mixed.fingerprint({})

@@ -21,7 +21,7 @@ from typing import Sequence
 from . import scoring
 from .model import (DECODING_REVISION, LoadedModel, attention, decode, forward, greedy_ids, keep_past,
                     rewind_cache)
-from .tasks import PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
+from .tasks import PREFIXED_TASKS, PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
 
@@ -41,12 +41,12 @@ class EvalSettings:
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self, model_identity, prefixed: bool = False) -> str:
-        """`prefixed`: the tokenizer puts ids before a sequence (its samples have their own revision)."""
+        """`prefixed`: the tokenizer puts ids before a sequence (its cwe and fwe samples have their own revision)."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
-        if prefixed:
+        if prefixed and any(t in PREFIXED_TASKS for t in self.tasks):
             data["prefixed_tasks_revision"] = PREFIXED_TASKS_REVISION
         if self.greedy:  # nor greedy answers decoded by an older rule (teacher-forced-only runs keep theirs)
             data["decoding_revision"] = DECODING_REVISION

@@ -41,6 +41,7 @@ TASKS_REVISION = "2026-12-06b"
 # 2026-12-07, cwe's and fwe's settings follow the asked length, not the length less the prefix (cwe at 4096 had
 # RULER's below-4K repeats, 6 against 1).
 PREFIXED_TASKS_REVISION = "2026-12-07"
+PREFIXED_TASKS = ("cwe", "fwe")  # the tasks that revision changed: runs of other tasks keep their records
 
 
 # ---------------------------------------------------------------- NIAH
