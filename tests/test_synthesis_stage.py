@@ -238,3 +238,24 @@ def test_threads_reach_every_cpu_stage(tmp_path):
     assert "neardup" in with_threads and "embed" in with_threads and "plan" in with_threads
     assert all(one.stage(n).threads == 1 and three.stage(n).threads == 3 for n in with_threads)
     assert one.fingerprints() == three.fingerprints()
+
+
+def test_a_refusal_names_the_default_asked_for_an_added_setting_left_out():
+    """A setting at its added_setting default is left out of the asked settings: a cached stage made at another
+    value (acer's LM stages made with bfloat16 on CUDA, resumed on a CPU, whose default is float32) was refused
+    with "asked None", a value nobody asked."""
+    import dataclasses
+
+    from pathlib import Path
+
+    from nextlong.synthesis.framework import _mismatch, added_setting
+
+    @dataclasses.dataclass
+    class Shaped(WholeStage):
+        dtype: str = added_setting("float32")
+        shards: int = added_setting(1)
+
+    stage = Shaped(name="s")
+    error = _mismatch(Path("/w/s"), stage, {"settings": {**stage.settings(), "dtype": "bfloat16", "shards": 4}})
+    assert "dtype: cached 'bfloat16', asked 'float32' (the default)" in str(error)
+    assert "shards: cached 4, asked 1 (the default)" in str(error) and "None" not in str(error)

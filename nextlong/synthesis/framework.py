@@ -706,7 +706,8 @@ def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
         name = f"{k} ({flags[k]})" if k in flags else k
-        line = (f"{name}: cached {was!r}, asked {now!r}" if k in old else
+        asked = f"{defaults[k]!r} (the default)" if k not in new and k in defaults else repr(now)  # left out too
+        line = (f"{name}: cached {was!r}, asked {asked}" if k in old else
                 f"{name}: cached {defaults[k]!r} (the default, left out of the record{before.get(k, '')}), "
                 f"asked {now!r}" if k in defaults
                 else f"{name}: not recorded (the folder predates the setting), asked {now!r}")
