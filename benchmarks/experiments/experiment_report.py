@@ -488,11 +488,12 @@ RECORD_NOTES = {
         "−2.174 against −2.360), and its `standard` and `nextlong` arms are not the main page's, so its numbers "
         "compare with this page's only (nextlong − standard `repeat_gain_2048` is −0.013 [−0.026, −0.001] here, "
         "resolved, against −0.009 [−0.028, 0.011] on [nextlong-vs-standard.md](nextlong-vs-standard.md)).",
-    ("nextlong-vs-standard-equal-samples", "2026-12-07T09:53:14Z"):
+    ("nextlong-vs-standard-equal-samples", "2026-12-07T12:15:05Z"):
         "A rerun of the main experiment on 2026-12-07 with the design of that day: `standard` packs the stream of "
         "modules whole (`--overflow carry`) and every synthesized arm's data holds as many samples as `standard`'s "
-        "(one epoch's worth here, 302). Only `standard`, `nextlong` and `short` ran (the pre-registered `+longce` "
-        "arms were left out for time), with `--threads 1`, on a base pre-trained anew by the code of that day "
+        "(one epoch's worth here, 302). `standard`, `nextlong` and `short` ran first (08:07-09:31 UTC), the "
+        "pre-registered `+longce` arms later the same day on the same machine and base (10:59-12:12, resumed in the "
+        "same work folder), all with `--threads 1`, on a base pre-trained anew by the code of that day "
         "(copy gate −2.369; the main page's base −2.360, the `longce-self` page's −2.174: from one session's "
         "machine to the next the same settings have not given the same base), so its numbers compare with this "
         "page's and its `short-docs` variant's only. Its `standard` differs from the main page's in what it holds: "
