@@ -790,10 +790,10 @@ def test_the_page_names_the_processor_that_made_the_base(tmp_path):
     cpu = X.cpu_identity()
     assert f"torch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}" in cpu
     X.mark_done(tmp_path / "base", {}, 1.0, train={"steps": 3})
-    assert X.read_record(tmp_path / "base")["cpu"] == cpu
+    assert X.read_record(tmp_path / "base")["made_on"] == X.made_on() == cpu  # no GPU here: the processor
     machine = {"cpus": 2, "machine": "x86_64", "python": "3.11.7", "torch_threads": 1, "cpu": cpu}
     assert f"2 CPU cores (x86_64, {cpu}), torch threads 1" in R.hardware_line(machine)
     assert "2 CPU cores (x86_64), torch" in R.hardware_line({k: v for k, v in machine.items() if k != "cpu"})
     gate = {"gate": {"distance": 256, "gain": -2.3, "threshold": -1.0, "passed": True}}
-    assert f"The base was pre-trained on {cpu} (" in "\n".join(R.gate_lines(gate | {"pretrain": {"cpu": cpu}}))
+    assert f"The base was pre-trained on {cpu} (" in "\n".join(R.gate_lines(gate | {"pretrain": {"made_on": cpu}}))
     assert "pre-trained on" not in "\n".join(R.gate_lines(gate | {"pretrain": {"seconds": 1.0}}))

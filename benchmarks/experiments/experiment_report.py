@@ -790,9 +790,9 @@ def gate_lines(results: dict) -> list[str]:
     lines = ["## The copy gate", "",
              f"Base repeat gain at D = {gate['distance']} on the held-out documents: **{fmt(gate['gain'])}** "
              f"nats/token; the gate asks for at most {gate['threshold']}: **{'passed' if gate['passed'] else 'FAILED'}**."
-             + (f" The base was pre-trained on {results['pretrain']['cpu']} (the same settings have given other "
+             + (f" The base was pre-trained on {results['pretrain']['made_on']} (the same settings have given other "
                 "bases on other machines: compare this page's arms with its own base only)."
-                if isinstance((results.get("pretrain") or {}).get("cpu"), str) else "")]
+                if isinstance((results.get("pretrain") or {}).get("made_on"), str) else "")]
     for name, rows in (results.get("copy_curve") or {}).items():
         if rows:
             lines.append(f"- {name}: " + ", ".join(f"{r['tokens'] / 1e6:.1f} M tokens {fmt(r['gain'])}" for r in rows))

@@ -222,8 +222,8 @@ def done(folder: Path, settings: dict) -> dict | None:
 
 def cpu_identity() -> str:
     """The processor and the kernels torch picks for it: the same settings have pre-trained different bases on
-    different sessions' machines, and CPU matmul kernels (MKL, oneDNN) differ by processor, so each stage record
-    and the page say which made it."""
+    different sessions' machines, and CPU matmul kernels (MKL, oneDNN) differ by processor, so experiment.json and
+    each stage record (`made_on`) say which made them."""
     import torch
 
     info = {}
@@ -239,8 +239,17 @@ def cpu_identity() -> str:
     return f"{name}{family}, torch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
+def made_on() -> str:
+    """What a stage ran on: the GPU where torch has one (the lease scale trains there), else the processor."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return cpu_identity()
+
+
 def mark_done(folder: Path, settings: dict, seconds: float, **extra) -> None:
-    write_json(folder / DONE, {"settings": settings, "seconds": round(seconds, 1), "cpu": cpu_identity(),
+    write_json(folder / DONE, {"settings": settings, "seconds": round(seconds, 1), "made_on": made_on(),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
 
 
@@ -918,7 +927,7 @@ def gather(out: Path, root: Path, sc: Scale, seeds: list[int], arms: list[str]) 
     base = read_record(out / "base")
     if base is not None:
         results["pretrain"] = base.get("train", {}) | {"seconds": base.get("seconds")} | (
-            {"cpu": base["cpu"]} if isinstance(base.get("cpu"), str) else {})
+            {"made_on": base["made_on"]} if isinstance(base.get("made_on"), str) else {})
     corpus = read_record(out / "corpus")
     if corpus is not None:
         results["corpus"] = {k: v for k, v in corpus.items() if k != "settings"}
