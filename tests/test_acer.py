@@ -1012,6 +1012,18 @@ def test_damaged_questions_files_are_one_line(files, tmp_path):
     assert read_questions(tmp_path / "bom.jsonl")[0]["question"] == "fine"  # a byte-order mark is skipped
 
 
+def test_a_questions_path_that_is_not_a_regular_file_says_so_without_hanging(files, tmp_path):
+    """A FIFO (opened without blocking: no writer, no hang) or a folder was reported "not found"."""
+    import os
+
+    os.mkfifo(tmp_path / "q.fifo")
+    (tmp_path / "q.dir").mkdir()
+    for name, kind in (("q.fifo", "a FIFO"), ("q.dir", "a directory")):
+        with pytest.raises(NextlongError, match=rf"q\.{name[2:]}: is {kind}, not a regular file$"):
+            nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=tmp_path / name, **FAST)
+    assert not started(tmp_path / "out")
+
+
 def test_a_damaged_chunk_store_is_refused_without_an_option_acer_lacks(files, base, tmp_path):
     """A damaged byte in a cached chunk store is refused before use; acer has no --no-verify, so the error
     does not advise it (it did, for every command)."""
