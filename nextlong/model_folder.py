@@ -306,3 +306,23 @@ def max_positions_of(config, folder) -> int | None:
                                        f"positions, got {value}")
             return value
     return None
+
+
+def text_config(config):
+    """The part of `config` that holds the text model's settings: a multimodal config (Gemma 3's) nests them in
+    `text_config` (transformers' `get_text_config(decoder=True)`); most configs hold them themselves."""
+    get = getattr(config, "get_text_config", None)
+    if callable(get):
+        return get(decoder=True)
+    return getattr(config, "text_config", None) or config
+
+
+def has_sliding_window(config) -> bool:
+    """Whether the config states sliding-window attention anywhere: a `sliding_window` (top level or in its text
+    config) or `layer_types` naming sliding layers (Gemma 2/3, GPT-OSS, Qwen2 with use_sliding_window)."""
+    for part in (config, text_config(config)):
+        if getattr(part, "sliding_window", None):
+            return True
+        if any("sliding" in str(kind) for kind in getattr(part, "layer_types", None) or ()):
+            return True
+    return False

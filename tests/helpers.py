@@ -87,6 +87,15 @@ def write_jsonl(path: Path, docs) -> Path:
     return path
 
 
+def repeated_id_corpus(path):
+    """The shipped corpus's head with three documents that reuse an earlier document's id: the 6th and the 10th
+    the 3rd's, the 11th the 4th's."""
+    docs = list(corpus_head(limit=20))
+    for later, earlier in ((5, 2), (9, 2), (10, 3)):
+        docs[later] = (docs[earlier][0], docs[later][1])
+    return write_jsonl(path, docs), docs[2][0]
+
+
 RECORD_FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
 
 

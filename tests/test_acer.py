@@ -29,7 +29,7 @@ from nextlong.synthesis.acer.pipeline import run  # noqa: E402
 from nextlong.cli import main  # noqa: E402
 from nextlong.errors import NextlongError, StageMismatchError, UsageError  # noqa: E402
 from tests.eval_fixtures import one_thread, save_tiny_llama, train_tokenizer  # noqa: E402,F401
-from tests.helpers import corpus_head, write_jsonl  # noqa: E402
+from tests.helpers import corpus_head, repeated_id_corpus, write_jsonl  # noqa: E402
 
 QUESTIONS = [
     {"question": "What does the json module encode and decode?", "answer": "JSON"},
@@ -307,8 +307,20 @@ def test_manifest(base, files):
     assert set(st["prompts"]) >= {"rank", "read", "sample"} and "{passage}" in st["prompts"]["rank"]["text"]
     assert s["lm"]["rank"]["calls"] == len(QUESTIONS) * 24 and s["lm"]["read"]["calls"] == len(QUESTIONS)
     assert s["chunks_over_chunk_tokens"] == 0 and s["chunk_pieces"] > 0
+    assert s["documents_with_repeated_id"] == 0  # FILE:LINE ids never repeat
     assert {"chunk", "embed", "retrieve", "rank", "read", "assemble", "total"} <= set(s["seconds"])
     assert (base[0] / st["tokenizer_copy"]).read_bytes() == files["tokenizer"].read_bytes()
+
+
+def test_repeated_document_ids_are_counted_and_warned_once(files, tmp_path, capsys):
+    """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line."""
+    corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
+    manifest = nextlong.acer(corpus, tmp_path / "out", model=files["model"], questions=files["questions"],
+                             id_field="id", **dict(FAST, ranker="embedding", progress=True))
+    assert manifest["statistics"]["documents_with_repeated_id"] == 3
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
+    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
+                        "the segments' doc_id names such documents alike"]
 
 
 def test_inspect_shows_the_chunks_question_and_answer(base):
@@ -1010,6 +1022,18 @@ def test_damaged_questions_files_are_one_line(files, tmp_path):
     from nextlong.synthesis.acer.questions import read_questions
 
     assert read_questions(tmp_path / "bom.jsonl")[0]["question"] == "fine"  # a byte-order mark is skipped
+
+
+def test_a_questions_path_that_is_not_a_regular_file_says_so_without_hanging(files, tmp_path):
+    """A FIFO (opened without blocking: no writer, no hang) or a folder was reported "not found"."""
+    import os
+
+    os.mkfifo(tmp_path / "q.fifo")
+    (tmp_path / "q.dir").mkdir()
+    for name, kind in (("q.fifo", "a FIFO"), ("q.dir", "a directory")):
+        with pytest.raises(NextlongError, match=rf"q\.{name[2:]}: is {kind}, not a regular file$"):
+            nextlong.acer(files["corpus"], tmp_path / "out", model=files["model"], questions=tmp_path / name, **FAST)
+    assert not started(tmp_path / "out")
 
 
 def test_a_damaged_chunk_store_is_refused_without_an_option_acer_lacks(files, base, tmp_path):

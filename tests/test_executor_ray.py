@@ -27,7 +27,7 @@ from nextlong.synthesis.executors import ray as executor_ray  # noqa: E402
 from nextlong.synthesis.executors.ray import RayClusterError, RayExecutor  # noqa: E402
 from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage,  # noqa: E402
                                       block_path, block_record_path, input_blocks, read_done)
-from tests.helpers import corpus_head, free_port, write_jsonl  # noqa: E402
+from tests.helpers import corpus_head, free_port, repeated_id_corpus, write_jsonl  # noqa: E402
 
 L = 2048
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, shard_size=8, progress=False)
@@ -180,6 +180,23 @@ def small_pipeline(root: Path, corpus: Path, lengths_fail_on: int = -1, **upper)
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # starts Ray (~10-20 s)
+def test_repeated_document_ids_count_the_same_on_ray(ray_session, tmp_path, monkeypatch):
+    """Ids that repeat across the corpus splits Ray's actors read each on its own are counted as the local
+    executor counts them (over the chunk store both build alike)."""
+    from nextlong.synthesis.executors.local import LocalExecutor
+
+    corpus, _ = repeated_id_corpus(tmp_path / "docs.jsonl")
+    monkeypatch.setattr(RayExecutor, "corpus_split_bytes", 20_000)
+    local_init = LocalExecutor.__init__
+    monkeypatch.setattr(LocalExecutor, "__init__", lambda self, threads=None, **kw: local_init(
+        self, threads, corpus_split_bytes=20_000))
+    local = synthesize(corpus, tmp_path / "local", id_field="id", num_samples=2, **FAST)
+    ray = synthesize(corpus, tmp_path / "ray", id_field="id", num_samples=2, executor="ray", **FAST)
+    assert read_done(tmp_path / "ray" / "chunk" / DONE_FILE)["counts"]["splits"] > 2
+    assert counts(local) == counts(ray) and ray["statistics"]["documents_with_repeated_id"] == 3
+
+
 def test_worker_killed_mid_stage_is_retried(ray_session, corpus, tmp_path, capfd):
     """And without Ray's stdout notice of the retry ("(raylet) Task ... will be retried"): the same notice came
     for each block in flight when the --num-samples cut ended a chain (Ray Data's ray.kill of its actors)."""

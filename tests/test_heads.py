@@ -350,3 +350,37 @@ def test_a_sliding_window_models_trials_are_scored_again_others_resume(monkeypat
     monkeypatch.setattr(H, "SLIDING_REVISION", "an older rule")
     assert heads_run.journal_fingerprint(fake(4096), args, [256], [50.0], 1) != sliding
     assert heads_run.journal_fingerprint(fake(None), args, [256], [50.0], 1) == full
+
+
+def test_a_window_in_a_nested_text_config_or_layer_types_is_a_sliding_window(monkeypatch):
+    """Gemma 3 states its window in `text_config`, and a config may state it only in `layer_types`: such models'
+    journals of the old rule were reused. Configs without a window keep their fingerprint."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3Config, LlamaConfig, Qwen2Config
+
+    from nextlong.eval import heads_run
+    from nextlong.eval.options import HeadsOptions
+
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=8, vocab_size=64)
+    gemma3 = Gemma3Config(text_config=dict(small, sliding_window=8),
+                          vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2))
+    assert getattr(gemma3, "sliding_window", None) is None  # only the text config states it
+    layers_only = LlamaConfig(**small)
+    layers_only.layer_types = ["full_attention", "sliding_attention"]
+    windowed = [gemma3, layers_only, Qwen2Config(**small, use_sliding_window=True, sliding_window=16,
+                                                 max_window_layers=1)]
+    full = [LlamaConfig(**small), Qwen2Config(**small)]
+    args = HeadsOptions(model="m", out="o")
+
+    def fingerprints(configs):
+        return [heads_run.journal_fingerprint(
+            SimpleNamespace(identity={"folder": "m"}, prefill_attn="sdpa", tokenizer=SimpleNamespace(fingerprint="t"),
+                            model=SimpleNamespace(config=c)), args, [256], [50.0], 1) for c in configs]
+
+    before = fingerprints(windowed + full)
+    monkeypatch.setattr(H, "SLIDING_REVISION", "an older rule")
+    after = fingerprints(windowed + full)
+    assert [a != b for a, b in zip(before, after)] == [True] * len(windowed) + [False] * len(full)

@@ -165,3 +165,35 @@ def test_a_prefixed_tokenizers_run_without_cwe_or_fwe_keeps_its_records():
         assert settings.fingerprint({}, prefixed=True) == settings.fingerprint({})
     mixed = EvalSettings(tasks=["niah_single_1", "fwe"], lengths=[4096], depths=[50.0])
     assert mixed.fingerprint({}, prefixed=True) != mixed.fingerprint({})
+
+
+def test_acer_counts_the_bos_in_its_prompt_tokens(bos_model, tmp_path, monkeypatch):
+    """statistics.lm.<stage>.prompt_tokens is what the LM reads: each prompt after its BOS (one id per call)."""
+    import nextlong
+    from nextlong.synthesis.acer.lm import LM
+    from tests.helpers import corpus_head, write_jsonl
+
+    folder, _ = bos_model
+    seen = {"rank": [], "read": []}
+    real_probs, real_generate = LM.option_probs, LM.generate
+
+    def option_probs(self, prompts, options, **kw):
+        seen["rank"].extend(len(p) for p in prompts)
+        return real_probs(self, prompts, options, **kw)
+
+    def generate(self, prompts, max_new_tokens, **kw):  # the random model's junk answer replaced by one that fits
+        seen["read"].extend(len(p) for p in prompts)
+        return [g._replace(text=" zlib") for g in real_generate(self, prompts, max_new_tokens, **kw)]
+
+    monkeypatch.setattr(LM, "option_probs", option_probs)
+    monkeypatch.setattr(LM, "generate", generate)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What does json encode?"}\n{"question": "What is zlib?"}\n')
+    manifest = nextlong.acer(write_jsonl(tmp_path / "corpus.jsonl", corpus_head(limit=8)), tmp_path / "out",
+                             model=folder, questions=questions, target_length=1024, chunk_tokens=64, retrieve=4,
+                             read=2, max_new_tokens=4, embedder="hashed-tfidf", progress=False, num_threads=1,
+                             keep_cut_answers=True)
+    lm = manifest["statistics"]["lm"]
+    for stage in ("rank", "read"):
+        assert lm[stage]["calls"] == len(seen[stage]) > 0
+        assert lm[stage]["prompt_tokens"] == sum(seen[stage]) + len(seen[stage])

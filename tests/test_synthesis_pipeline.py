@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.errors import NextlongError, StageMismatchError
-from tests.helpers import corpus_head, get_tokenizer, write_jsonl
+from tests.helpers import corpus_head, get_tokenizer, repeated_id_corpus, write_jsonl
 
 
 L = 2048
@@ -892,3 +892,26 @@ def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
     with pytest.raises(StageMismatchError, match="overflow: not recorded \\(the folder predates the setting\\), "
                                                  "asked 'carry'"):
         synthesize(corpus, out, **synthesize_kwargs)
+
+
+def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys):
+    """Duplicate --id-field values are kept (real corpora have them), but the manifest counts the documents whose
+    id repeats an earlier one and the run warns once, naming the corpus and the first repeated id."""
+    from nextlong import synthesize
+
+    corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
+    manifest = synthesize(corpus, tmp_path / "out", id_field="id", num_samples=2, **dict(FAST, progress=True))
+    assert manifest["statistics"]["documents_with_repeated_id"] == 3
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
+    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
+                        "the segments' doc_id names such documents alike"]
+
+
+def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
+    from types import SimpleNamespace
+
+    from nextlong.synthesis.store import ChunkStore
+
+    assert hash(-1) == hash(-2)  # CPython's: two ids, one hash
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1)
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None)

@@ -124,10 +124,12 @@ def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int) -
     """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again."""
     import hashlib
 
+    from ..model_folder import has_sliding_window
+
     identity = {"model": lm.identity, "lengths": lengths, "depths": depths, "needles": needles,
                 "max_new": args.max_new_tokens, "attn": lm.prefill_attn, "corpus": args.corpus,
                 "text_field": args.text_field, "tokenizer": lm.tokenizer.fingerprint}
-    if getattr(lm.model.config, "sliding_window", None):  # scored by window offsets before (H.SLIDING_REVISION)
+    if has_sliding_window(lm.model.config):  # scored by window offsets before (H.SLIDING_REVISION)
         identity["sliding_revision"] = H.SLIDING_REVISION
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -71,6 +71,20 @@ def load_store(chunks_dir):
     return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
 
 
+def count_repeated_ids(corpus, store, log) -> int:
+    """`statistics.documents_with_repeated_id` of `nextlong synthesize` and `acer`: the documents of the corpus
+    `store` whose id repeats an earlier one (ChunkStore.repeated_ids), with one warning line through `log`
+    naming the first, since segments' `doc_id` cannot tell such documents apart. Not refused: real corpora
+    repeat ids."""
+    from ..untrusted import show
+
+    repeats, first = store.repeated_ids()
+    if repeats:
+        log(f"warning: {corpus}: {repeats} document(s) repeat an earlier document's id (the first: {show(first)}); "
+            "the segments' doc_id names such documents alike")
+    return repeats
+
+
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
 BLANK_CHUNKS_FILE = "blank_chunks.npy"  # beside chunks.parquet: the numbers of the chunks of whitespace only
 

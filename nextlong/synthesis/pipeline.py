@@ -321,7 +321,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
     from .framework import block_counts
-    from .artifacts import empty_chunks, load_store, open_vectors
+    from .artifacts import count_repeated_ids, empty_chunks, load_store, open_vectors
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +361,9 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     chunk_stats = {"bytes": record("chunk").get("reader", {}).get("bytes")}
     stats = _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built)
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
+    # over the corpus as read (the chunks stage), before --dedup-corpus drops any document
+    stats["documents_with_repeated_id"] = count_repeated_ids(
+        cfg.corpus, store if chunks_name == "chunks" else load_store(out / "chunks"), lambda m: _log(cfg, m))
     if cfg.method == "nextlong":
         stats["chunks_blank"] = int(empty_chunks(out / chunks_name, store).sum())  # never a negative
         stats.update(negative_reuse(out, used, partial, store.num_chunks))

@@ -347,7 +347,7 @@ def _per(total, n):
 
 
 def _statistics(cfg, store, record, seconds) -> dict:
-    from ..artifacts import empty_chunks
+    from ..artifacts import count_repeated_ids, empty_chunks
 
     questions, ask, retrieve = record("questions"), record("ask"), record("retrieve")
     rank, read, assembled, data = record("rank"), record("read"), record("assemble"), record("data")
@@ -356,6 +356,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
     counts = np.asarray(store.token_counts)
     stats = {
         "corpus_documents": store.num_docs,
+        "documents_with_repeated_id": count_repeated_ids(cfg.corpus, store, lambda m: _log(cfg, m)),
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         # chunks of whitespace only (blank documents, a lone "\n" piece): never retrieved

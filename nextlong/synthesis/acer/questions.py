@@ -19,11 +19,6 @@ from pathlib import Path
 from ...errors import CorpusError
 
 
-def _open(path: Path):
-    # bytes: each line is decoded by itself, so a bad byte is named by its line
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
 def read_questions(path) -> list[dict]:
     """[{"id", "question", "gold" (list of strings, or None)}] in file order."""
     return [row for _, _, row in question_lines(path)]
@@ -32,12 +27,26 @@ def read_questions(path) -> list[dict]:
 def question_lines(path) -> list[tuple[int, dict, dict]]:
     """(line number, the line's JSON object, its read_questions row) of every question, in file order: for
     readers whose lines carry more fields (nextlong eval --tasks rag's evidence)."""
+    from ...untrusted import open_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise CorpusError(path, "questions file not found")
-    out, seen = [], {}
+    seen = {}
+    # a FIFO, device or folder is one line, never a hang (opened without blocking, checked on the descriptor)
+    def refused(message: str) -> CorpusError:  # open_regular's message names the path first
+        return CorpusError(path, message.removeprefix(f"{path}: "))
+
+    with open_regular(path, refused, follow=True, what="questions file") as (fh, _):
+        out = _lines(path, fh, seen)
+    if not out:
+        raise CorpusError(path, "no questions in the file")
+    return out
+
+
+def _lines(path: Path, fh, seen: dict) -> list[tuple[int, dict, dict]]:
+    out = []
     try:
-        with _open(path) as f:
+        # bytes: each line is decoded by itself, so a bad byte is named by its line
+        with (gzip.open(fh, "rb") if path.suffix == ".gz" else fh) as f:
             for lineno, raw in enumerate(f, 1):
                 try:  # utf-8-sig on the first line: a byte-order mark is skipped, as the corpus reader skips it
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -54,8 +63,6 @@ def question_lines(path) -> list[tuple[int, dict, dict]]:
                 out.append((lineno, obj, _row(path, lineno, obj, seen)))
     except (OSError, EOFError, zlib.error) as exc:
         raise CorpusError(path, f"cannot read the questions file ({exc})") from None
-    if not out:
-        raise CorpusError(path, "no questions in the file")
     return out
 
 

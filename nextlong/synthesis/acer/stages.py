@@ -285,6 +285,12 @@ class LMStage(AcerMapStage):
                                trust_remote_code=self.trust_remote_code)
             self._passages = Passages(ctx.input(self.inputs[1]), self.tokenizer, self._lm.tokenizer, self.chunk_tokens)
 
+    def _fed(self, prompts) -> list[int]:
+        """Ids each prompt feeds the LM: its tokenizer's prefix ids (Llama-3's BOS, which lm.py puts first) and
+        the prompt, so `prompt_tokens` counts what the model really reads."""
+        prefix = len(self._lm.tokenizer.prefix_ids)
+        return [prefix + len(p) for p in prompts]
+
     def _bar(self, total: int, unit: str):
         from tqdm.auto import tqdm
 
@@ -385,7 +391,7 @@ class AskStage(LMStage):
         too_long = [bool(q) and not self.fits(q) for q in questions]
         keep = [bool(q) and not long for q, long in zip(questions, too_long)]
         table = _with(block, question=pa.array(questions, pa.string())).filter(pa.array(keep))
-        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
+        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(self._fed(prompts)),
                        "generated_tokens": sum(g.tokens for g in out),
                        "empty_questions": sum(not q for q in questions), "too_long_questions": sum(too_long),
                        "passages_cut": self._passages.cut - cut_before,
@@ -512,7 +518,7 @@ class RankStage(LMStage):
         prompts = [self._t.render(self._lm.tokenizer, passage=p, question=question)
                    for p in self._passages.ids(chunk_ids)]
         self._calls += len(prompts)
-        self._tokens += sum(len(p) for p in prompts)
+        self._tokens += sum(self._fed(prompts))
         if not prompts:
             return np.zeros(0, np.float64)
         return self._lm.option_probs(prompts, self._options, batch_size=self.batch_size, on_done=on_done)[:, 0]
@@ -584,7 +590,7 @@ class ReadStage(LMStage):
                       generated_tokens=pa.array([g.tokens for g in out], pa.int32()),
                       answer_end=pa.array([g.end for g in out], pa.string()),
                       start_masked=pa.array([g.start_masked for g in out], pa.bool_()))
-        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(map(len, prompts)),
+        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(self._fed(prompts)),
                        "generated_tokens": sum(g.tokens for g in out), "cut_at_budget": sum(g.cut for g in out),
                        "start_masked": sum(g.start_masked for g in out),
                        "passages_cut": self._passages.cut - cut_before}
