@@ -281,7 +281,7 @@ def _read(path: Path, size: int | None = None) -> bytes:
 def _read_count(obj: dict, key: str, where: str) -> int:
     """obj[key] as a count: an int >= 0 (not a string, float or bool, which JSON allows)."""
     value = obj.get(key)
-    if type(value) is not int or value < 0:
+    if not untrusted.whole(value, 0):
         raise MDSFormatError(f"{where}.{key}: expected a count (an integer >= 0), got {_show(value)}")
     return value
 

@@ -671,23 +671,24 @@ def arm_run(out: Path, root: Path, sc: Scale, arm: str, seed: int, data: Path) -
         kwargs.update(token_weighting="longce", short_window=sc.base_len // 2, short_stride=sc.base_len // 4)
         if arm.endswith("+longce"):
             kwargs["scorer"] = str(out / "base")
-    trained_on(folder, data)
-    # a run finished while its settings held the data's completion time (data_made, replaced by trained_on's check
-    # above) keeps its record: that key is no setting of the run, and its data were just checked
-    recorded = (read_record(folder) or {}).get("settings")
+    # a run finished while its settings held the data's completion time (data_made, replaced by trained_on's check)
+    # keeps its record: that key is no setting of the run, and its data were just checked
+    recorded = (trained_on(folder, data) or {}).get("settings")
     made = recorded.get("data_made") if isinstance(recorded, dict) else None
     settings = kwargs if made is None else dict(kwargs, data_made=made)
     train_run(folder, settings, f"train {arm} seed {seed}", **kwargs)
     return folder
 
 
-def trained_on(folder: Path, data: Path) -> None:
-    """Refuse a finished run whose data was made again differently since (synth/ removed and synthesized anew
-    with another cap, corpus or setting): its record names the data by path only, so the trainer's own record
-    of what it read (the data's fingerprint: settings, rows, bytes) is compared with what the folder holds now.
-    The same data made again (synthesis is deterministic) keeps the run."""
-    if read_record(folder) is None:
-        return
+def trained_on(folder: Path, data: Path) -> dict | None:
+    """The completion record of the run in `folder` (None: not finished), refused where its data was made again
+    differently since (synth/ removed and synthesized anew with another cap, corpus or setting): the record names
+    the data by path only, so the trainer's own record of what it read (the data's fingerprint: settings, rows,
+    bytes) is compared with what the folder holds now. The same data made again (synthesis is deterministic)
+    keeps the run."""
+    record = read_record(folder)
+    if record is None:
+        return None
     from nextlong.train.sources import open_sources
 
     manifest = folder / "manifest.json"
@@ -700,6 +701,7 @@ def trained_on(folder: Path, data: Path) -> None:
     if recorded != now:
         raise SystemExit(f"{folder}: trained on other data than {data} holds now (recorded {recorded}, now {now}); "
                          f"remove {folder} to train it again")
+    return record
 
 
 # --- stage 7: evaluation -----------------------------------------------------------------------

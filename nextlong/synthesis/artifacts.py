@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as _pq
 
 from ..atomic import atomic_path as _atomic_path
+from ..untrusted import whole
 from ..mining.index_folder import EMBEDDINGS_FILE  # noqa: F401  (an index folder's name: --index reuses the stage's)
 
 CHUNKS_FILE = "chunks.parquet"
@@ -98,7 +99,7 @@ def recorded_rows(stage_dir, block: int) -> int:
     record = read_done(path)
     counts = record.get("counts") if isinstance(record, dict) else None
     rows = counts.get("rows", 0) if isinstance(counts, dict) else None
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+    if not whole(rows, 0):
         raise CorruptFileError(f"{path}: not a finished block's record (counts.rows); delete {_Path(stage_dir)} to "
                                "make that stage again")
     return rows

@@ -693,24 +693,26 @@ def _mismatch(directory: Path, stage: Stage, stale: dict) -> StageMismatchError:
                               "pass --rebuild to rebuild it (from Python: another out=, or rebuild=True).")
 
 
-def _diff(old: dict, new: dict, stage: Stage | None = None) -> str:
+def _diff(old: dict, new: dict, stage: Stage) -> str:
     # an added_setting at a default other than None is left out of a record: not recorded is that default (the
-    # folder may be new), as much as a folder made before the setting
-    defaults = {f.name: f.default for f in dataclasses.fields(stage)
-                if f.metadata.get("omit_at_default") and f.default is not None} if stage is not None else {}
-    before = {f.name: f"; {f.metadata['before']}" for f in dataclasses.fields(stage)
-              if f.metadata.get("before")} if stage is not None else {}
+    # folder may be new), as much as a folder made before the setting (its `before` says what such a one may have
+    # run with); asked at that default, it is left out of `new` too
+    defaults = {f.name: f for f in dataclasses.fields(stage)
+                if f.metadata.get("omit_at_default") and f.default is not None}
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != _jsonable(new.get(k)))
-    flags = stage.flags if stage is not None else {}
     said = []
     for k in keys:
         was, now = old.get(k), _jsonable(new.get(k))
-        name = f"{k} ({flags[k]})" if k in flags else k
-        asked = f"{defaults[k]!r} (the default)" if k not in new and k in defaults else repr(now)  # left out too
-        line = (f"{name}: cached {was!r}, asked {asked}" if k in old else
-                f"{name}: cached {defaults[k]!r} (the default, left out of the record{before.get(k, '')}), "
-                f"asked {now!r}" if k in defaults
-                else f"{name}: not recorded (the folder predates the setting), asked {now!r}")
+        name = f"{k} ({stage.flags[k]})" if k in stage.flags else k
+        if k in old:
+            asked = f"{defaults[k].default!r} (the default)" if k not in new and k in defaults else repr(now)
+            line = f"{name}: cached {was!r}, asked {asked}"
+        elif k in defaults:
+            before = defaults[k].metadata.get("before")
+            line = (f"{name}: cached {defaults[k].default!r} (the default, left out of the record"
+                    f"{'; ' + before if before else ''}), asked {now!r}")
+        else:
+            line = f"{name}: not recorded (the folder predates the setting), asked {now!r}"
         if (isinstance(was, dict) and isinstance(now, dict) and was.get("fingerprint") is not None
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"
