@@ -297,14 +297,17 @@ def resolve_model_folder(path) -> tuple[Path, str]:
 
 
 def max_positions_of(config, folder) -> int | None:
-    """The positions the config says the model was built for, or None where it names none."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if whole(value):
-            if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
-                raise ModelFolderError(f"{Path(folder) / 'config.json'}: {name} must be a positive number of "
-                                       f"positions, got {value}")
-            return value
+    """The positions the config says the model was built for, or None where it names none. A multimodal config
+    (Gemma 3's, Llava's) names them only in its text config, so that is read where the top level names none."""
+    for part in (config, text_config(config)):
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(part, name, None)
+            if whole(value):
+                if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
+                    where = "" if part is config else "text_config."
+                    raise ModelFolderError(f"{Path(folder) / 'config.json'}: {where}{name} must be a positive "
+                                           f"number of positions, got {value}")
+                return value
     return None
 
 

@@ -231,6 +231,21 @@ def test_a_non_positive_position_limit_is_one_line(command, base_model, train_da
     assert "max_position_embeddings must be a positive number of positions" in assert_one_line_error(err, command)
 
 
+def test_a_multimodal_config_gives_its_text_models_positions(tmp_path):
+    """Gemma 3's and Llava's configs name the positions only in `text_config`: reading the top level alone found no
+    limit, and eval's and acer's length checks were skipped for such models."""
+    from transformers import Gemma3Config
+
+    from nextlong.model_folder import ModelFolderError, max_positions_of
+
+    config = Gemma3Config(text_config={"max_position_embeddings": 4096})
+    assert getattr(config, "max_position_embeddings", None) is None
+    assert max_positions_of(config, tmp_path) == 4096
+    broken = Gemma3Config(text_config={"max_position_embeddings": 0})
+    with pytest.raises(ModelFolderError, match=r"text_config\.max_position_embeddings must be a positive"):
+        max_positions_of(broken, tmp_path)
+
+
 def test_symlinked_files_are_followed(base_model, tmp_path):
     """A Hugging Face cache snapshot is all symlinks into blobs/ outside it: they load (reading runs nothing)."""
     import torch
