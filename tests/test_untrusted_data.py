@@ -125,3 +125,64 @@ def test_a_truncated_second_gzip_member_is_an_error(cut, tmp_path, capsys):
     assert code == 1
     line = assert_one_line_error(err, "chunk")
     assert str(path) in line and f"it ends inside gzip member 2 (from byte offset {len(first)})" in line
+
+
+def _page_bytes(path) -> range:
+    """Where a Parquet file's pages lie: after the leading magic, before the footer (its length is the 4 bytes
+    before the closing magic)."""
+    data = path.read_bytes()
+    return range(4, len(data) - 8 - int.from_bytes(data[-8:-4], "little"))
+
+
+def _flip(path, position: int, bit: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 1 << bit
+    return bytes(data)
+
+
+def test_a_bit_flipped_in_a_part_we_wrote_is_refused_not_read_as_other_values(tmp_path):
+    """Parquet holds no checksum by default, and a bit flipped in a page mostly decodes to other values (token ids
+    of a work folder's part, unsaid). Every part nextlong writes carries a CRC32 per page and every read checks it:
+    a flipped bit is refused naming the file, or (outside what any read decodes) leaves the values as they were."""
+    import random
+
+    from nextlong import checked_parquet
+    from nextlong.errors import CorruptFileError
+    from nextlong.synthesis.writers import write_parquet_atomic
+
+    rng = random.Random(0)
+    table = pa.table({"input_ids": [[rng.randrange(50_000) for _ in range(500)] for _ in range(40)],
+                      "doc": list(range(40))})
+    part, damaged = tmp_path / "part-00000.parquet", tmp_path / "damaged.parquet"
+    write_parquet_atomic(table, part)
+    refused = 0
+    for _ in range(200):
+        damaged.write_bytes(_flip(part, rng.choice(_page_bytes(part)), rng.randrange(8)))
+        try:
+            read = checked_parquet.read_table(damaged)
+        except CorruptFileError as exc:
+            assert str(damaged) in str(exc) and "checksum" in str(exc)
+            refused += 1
+            continue
+        except (OSError, pa.ArrowException):  # damage pyarrow finds without the checksum
+            refused += 1
+            continue
+        assert read.equals(table), "a flipped bit was read as other values"
+    assert refused >= 190
+
+
+def test_training_data_with_a_flipped_bit_is_one_line(base_model, tmp_path, capsys):
+    """`train` on a synthesized data part damaged since it was written: one line naming the part, not a run on
+    other token ids."""
+    from nextlong.synthesis.writers import write_parquet_atomic
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    part = folder / "part-00000.parquet"
+    write_parquet_atomic(pa.table({"input_ids": [[(7 * i + j) % 300 for j in range(8)] for i in range(400)]}), part)
+    pages = _page_bytes(part)
+    part.write_bytes(_flip(part, pages[len(pages) // 2], 3))
+    code, _, err = run_cli(command_args("train", folder, tmp_path, base_model), capsys)
+    assert code == 1
+    line = assert_one_line_error(err, "train")
+    assert str(part) in line and "corrupt Parquet data" in line and "checksum" in line

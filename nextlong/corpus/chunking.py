@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .reader import CorpusReader, prefetch, string_layout
+from .. import checked_parquet
 from ..errors import UsageError
 from ..locking import output_lock
 from ..schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
@@ -217,7 +218,6 @@ def _run_pipeline(
 ) -> dict:
     """Streams the reader's batches through `transform` into one Parquet file, written under a
     temporary name and renamed at the end (an error leaves nothing under `out_path`)."""
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     from ..atomic import atomic_path
@@ -228,7 +228,8 @@ def _run_pipeline(
     # reading on one thread, chunking/tokenizing on another, writing here.
     staged = prefetch(((batch.num_rows, transform(batch)) for batch in prefetch(reader.batches())))
     with atomic_path(out_path) as tmp, tqdm(desc=desc, unit="doc", unit_scale=True, disable=not progress) as bar:
-        with pq.ParquetWriter(tmp, schema, use_dictionary=["doc_id"], write_statistics=_STATISTICS_COLUMNS) as writer:
+        with checked_parquet.writer(tmp, schema, use_dictionary=["doc_id"],
+                                    write_statistics=_STATISTICS_COLUMNS) as writer:
             for num_docs, table in staged:
                 writer.write_table(table)
                 for key, value in count(table).items():

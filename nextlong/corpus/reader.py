@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from .. import checked_parquet
 from ..errors import CorpusError, UsageError
 
 # Columns of the record batches the reader yields.
@@ -232,10 +233,9 @@ def zstd_blocks(path: Path) -> Iterator[bytes]:
 
 def open_parquet(path):
     """pq.ParquetFile(path); a file that is not Parquet (empty, truncated, random bytes) is a CorpusError."""
-    import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return checked_parquet.open_file(path)
     except (pa.ArrowException, OSError) as exc:
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise CorpusError(path, "empty file (expected a Parquet file)") from None

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checked_parquet
+from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path, file_crc32, write_json_atomic
 from ..errors import IndexFileError, NextlongError, UsageError
 from ..untrusted import load_array, recorded_crc
@@ -204,7 +206,6 @@ class BM25Index:
         record batches. Row i must have chunk_id i (the chunk table's rule), so search results are
         chunk ids; `doc_index` is kept for `exclude_docs`."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if isinstance(chunks, pa.Table):
             where = "chunk table"
@@ -213,11 +214,11 @@ class BM25Index:
         else:
             where = str(chunks)
             try:
-                pf = pq.ParquetFile(chunks)
+                pf = checked_parquet.open_file(chunks)
             except (OSError, pa.ArrowException) as exc:
                 raise NextlongError(f"{where}: not a readable Parquet chunk table ({exc})") from exc
             names = pf.schema_arrow.names
-            batches = pf.iter_batches(batch_size=_BATCH,
+            batches = parquet_batches(chunks, pf, batch_size=_BATCH,
                                       columns=[c for c in ("chunk_id", "doc_index", text_column) if c in names])
         if text_column not in names:
             raise NextlongError(f"{where}: no {text_column!r} column (columns: {', '.join(names)})")

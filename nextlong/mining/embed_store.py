@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checked_parquet
 from ..atomic import file_crc32, write_json_atomic
 from ..corpus.reader import parquet_batches
 from ..errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
@@ -32,7 +33,6 @@ class _Texts:
 
     def __init__(self, source):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.path = None
         self.table = None
@@ -40,7 +40,7 @@ class _Texts:
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
             try:
-                self.file = pq.ParquetFile(self.path)
+                self.file = checked_parquet.open_file(self.path)
             except (OSError, pa.ArrowException) as exc:
                 raise CorpusError(self.path, f"not a readable Parquet chunk table ({exc})") from exc
             if "text" not in self.file.schema_arrow.names:

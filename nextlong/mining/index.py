@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checked_parquet
 from ..atomic import atomic_path, file_crc32, write_json_atomic
 from ..errors import IndexFileError, NextlongError, UsageError
 from .index_folder import (DTYPES, FORMAT_VERSION, INDEX_FILE, INFO_FILE, META_FILE, SHARD_FILE, check_embedder,
@@ -282,7 +283,6 @@ class ChunkIndex:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the index directory; index.json goes last and records the index file's size and CRC."""
-        import pyarrow.parquet as pq
 
         from ..errors import check_free_space, disk_full
 
@@ -307,7 +307,7 @@ class ChunkIndex:
                 files.append({"name": name, "bytes": tmp.stat().st_size, "crc32": file_crc32(tmp),
                               "chunks": len(index)})
         with atomic_path(folder / META_FILE) as tmp:
-            pq.write_table(self.meta, tmp)
+            checked_parquet.write_table(self.meta, tmp)
         if shards is None:
             self.info["index_file"] = {k: files[0][k] for k in ("name", "bytes", "crc32")}
         else:
@@ -332,7 +332,6 @@ class ChunkIndex:
     @classmethod
     def _open(cls, folder, *, view: bool, embedder, expect_dim, verify: bool) -> "ChunkIndex":
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from ..untrusted import member
 
@@ -367,7 +366,7 @@ class ChunkIndex:
         if settings.get("expansion_search"):
             index.expansion_search = int(settings["expansion_search"])
         try:
-            meta = pq.read_table(meta_path)
+            meta = checked_parquet.read_table(meta_path)
         except (OSError, pa.ArrowException) as exc:
             raise IndexFileError(f"{folder / META_FILE}: unreadable chunk metadata ({exc})") from exc
         check_meta(folder / META_FILE, meta, info, keys)
@@ -426,7 +425,6 @@ class ChunkIndex:
         read only when its text hashes are the index's own: index.json names it by a path on the machine
         that built it, so an index from elsewhere cannot show another file."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from ..errors import CorpusError
 
@@ -436,7 +434,7 @@ class ChunkIndex:
             return not_found
         columns = ["chunk_id", "text"] + ([] if chunks else ["text_hash"])
         try:
-            table = pq.read_table(path, columns=columns)
+            table = checked_parquet.read_table(path, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             if chunks:
                 raise CorpusError(path, f"not a readable chunk table ({exc})") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checked_parquet
 from ..errors import CorpusError, UsageError
 from .index import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, ChunkIndex
 from .index_folder import DTYPES, EMBEDDINGS_FILE, MANIFEST_FILE
@@ -31,7 +32,7 @@ def read_chunk_metadata(chunks_path):
     if missing:
         raise CorpusError(path, f"chunk table lacks column(s) {missing} (expected nextlong.schema.CHUNK_SCHEMA)")
     try:
-        meta = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
+        meta = checked_parquet.read_table(path, columns=[c for c in _META_COLUMNS if c in schema.names])
     except (OSError, pa.ArrowException) as exc:
         from ..corpus.reader import corrupt_parquet
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path as _Path
 
 import numpy as np
-import pyarrow.parquet as _pq
 
+from .. import checked_parquet
+from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path as _atomic_path
 from ..untrusted import whole
 from ..mining.index_folder import EMBEDDINGS_FILE  # noqa: F401  (an index folder's name: --index reuses the stage's)
@@ -61,7 +62,8 @@ def load_stage_embedder(spec: str, threads: int | None, chunk_texts=None):
 def chunk_texts(chunks_dir):
     """Texts of a consolidated chunk table, in chunk-id order (a generator factory)."""
     def gen():
-        for b in _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE).iter_batches(columns=["text"], batch_size=4096):
+        path = _Path(chunks_dir) / CHUNKS_FILE
+        for b in parquet_batches(path, checked_parquet.open_file(path), columns=["text"], batch_size=4096):
             yield from b.column("text").to_pylist()
     return gen
 
@@ -132,8 +134,9 @@ def blank_chunks(text) -> np.ndarray:
 def blank_chunks_of(chunks_dir) -> np.ndarray:
     """blank_chunks of every row of a chunk table, its text column read in batches (memory bounded by a batch,
     not the corpus)."""
-    text = _pq.ParquetFile(_Path(chunks_dir) / CHUNKS_FILE)
-    blank = [blank_chunks(b.column(0)) for b in text.iter_batches(columns=["text"], batch_size=1 << 16)]
+    path = _Path(chunks_dir) / CHUNKS_FILE
+    text = parquet_batches(path, checked_parquet.open_file(path), columns=["text"], batch_size=1 << 16)
+    blank = [blank_chunks(b.column(0)) for b in text]
     return np.concatenate(blank) if blank else np.zeros(0, bool)
 
 

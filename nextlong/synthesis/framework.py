@@ -545,7 +545,7 @@ def read_part(part):
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(part)
+        return pq.read_table(part, page_checksum_verification=True)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise _damaged_part(part, exc) from None
 

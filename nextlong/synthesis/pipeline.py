@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from .. import checked_parquet
 from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from ..manifest import failure_recorded
@@ -75,7 +75,8 @@ def check_prebuilt_index(index_dir, store, embedder_spec, verify: bool = True):
         if not built.startswith(asked) or dim != index.dim:  # a fitted lexical embedder adds "-idf"
             raise StageMismatchError(f"{index_dir}: the index was built with embedder {built!r} (dim {index.dim}), "
                                      f"but --embedder {embedder_spec!r} ({asked!r}, dim {dim}) was asked for")
-    hashes = pq.read_table(Path(index_dir) / "chunks.parquet", columns=["text_hash"]).column("text_hash").to_numpy()
+    hashes = checked_parquet.read_table(Path(index_dir) / "chunks.parquet", columns=["text_hash"])
+    hashes = hashes.column("text_hash").to_numpy()
     if len(index) != store.num_chunks or not np.array_equal(hashes, np.asarray(store.text_hash)):
         raise StageMismatchError(
             f"{index_dir}: the index holds {len(index)} chunks that differ from the {store.num_chunks} chunks of "
@@ -440,7 +441,7 @@ def negative_reuse(out: Path, blocks: list, partial: dict | None, num_chunks: in
 
     uses = np.zeros(num_chunks, np.uint32)
     for block in blocks:
-        plan = pq.read_table(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
+        plan = checked_parquet.read_table(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
         if partial is not None and block == partial["block"]:
             plan = _plan_up_to(plan, partial["rows"])
         plan = plan.filter(plan.column("ok"))
@@ -460,8 +461,8 @@ def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
     from .framework import block_path
     from .stages import assemble_counts, plan_counts
 
-    plan = _plan_up_to(pq.read_table(block_path(out / "plan", block)), rows)
-    written = pq.read_table(block_path(out / "data", block), columns=["segments"])
+    plan = _plan_up_to(checked_parquet.read_table(block_path(out / "plan", block)), rows)
+    written = checked_parquet.read_table(block_path(out / "data", block), columns=["segments"])
     return plan_counts(plan), assemble_counts(written)
 
 
@@ -498,7 +499,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         _sum(metas, "dependency_distance_sum_with_negatives") / ext_n if ext_n else None)
     used = set()
     for path in sorted((cfg.out_dir / "data").glob("part-*.parquet")):
-        segments = pc.list_flatten(pq.read_table(path, columns=["segments"]).column("segments"))
+        segments = pc.list_flatten(checked_parquet.read_table(path, columns=["segments"]).column("segments"))
         used.update(pc.struct_field(segments, "doc_id").unique().to_pylist())
     stats["source_documents_used"] = len(used)
     if leftover_dropped:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as _pq
 
+from .. import checked_parquet
 from ..atomic import atomic_path as _atomic_path
 from ..untrusted import whole
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
@@ -69,7 +70,7 @@ def _renumbered_parts(parts_dir, blocks: int):
         path = block_path(parts_dir, j)
         if not path.exists():
             continue
-        t = corpus_numbered(_pq.read_table(path), read_done(block_record_path(parts_dir, j)))
+        t = corpus_numbered(checked_parquet.read_table(path), read_done(block_record_path(parts_dir, j)))
         ids = pa.array(np.arange(first, first + t.num_rows, dtype=np.int64))
         first += t.num_rows
         yield j, t.set_column(t.schema.get_field_index("chunk_id"), "chunk_id", ids)
@@ -86,7 +87,7 @@ def _write_chunk_table(tables, out_dir) -> int:
     store_columns = ["doc_index", "doc_id", "chunk_index", "char_start", "char_end", "text_hash", "input_ids"]
     kept, blank = [], []  # the store's columns (no text), so it is built without reading the file back
     with _atomic_path(out_dir / CHUNKS_FILE) as tmp:
-        with _pq.ParquetWriter(tmp, schema, use_dictionary=["doc_id"],
+        with checked_parquet.writer(tmp, schema, use_dictionary=["doc_id"],
                                write_statistics=_STATISTICS_COLUMNS) as writer:
             for t in tables:
                 t = t.cast(schema)
@@ -341,7 +342,7 @@ class GatherEmbeddings(WholeStage):
             for j in range(blocks):
                 if not block_path(src, j).exists():
                     continue
-                col = _pq.read_table(block_path(src, j)).column("embedding").combine_chunks()
+                col = checked_parquet.read_table(block_path(src, j)).column("embedding").combine_chunks()
                 n = len(col)
                 arr[at:at + n] = col.flatten().to_numpy().reshape(n, dim)
                 at += n

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .. import checked_parquet
 from ..atomic import atomic_path
 
 _CHECKED: set = set()  # (folder, mtime) of stores whose structure this process has checked
@@ -146,7 +146,7 @@ class ChunkStore:
     @classmethod
     def from_parquet(cls, path) -> "ChunkStore":
         cols = ["doc_index", "doc_id", "chunk_index", "char_start", "char_end", "text_hash", "input_ids"]
-        return cls.from_table(pq.read_table(path, columns=cols))
+        return cls.from_table(checked_parquet.read_table(path, columns=cols))
 
     def save(self, directory) -> None:
         directory = Path(directory)

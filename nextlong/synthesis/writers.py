@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import checked_parquet
+from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path, fsync_path
 from ..errors import NextlongError
 
@@ -54,7 +56,7 @@ def write_parquet_atomic(table: pa.Table, path, **options) -> None:
     # fixed writer options so the same rows give the same bytes (`options` override them, e.g. no
     # dictionary for float vectors)
     table = canonical_lists(table)
-    settings = dict(compression="zstd", use_dictionary=True, write_statistics=True,
+    settings = dict(compression="zstd", use_dictionary=True, write_statistics=True, **checked_parquet.WRITE_OPTIONS,
                     row_group_size=max(1, min(table.num_rows, 256)))
     settings.update(options)
     with atomic_path(path) as tmp:
@@ -75,12 +77,12 @@ def write_jsonl_shards(data_dir, out_dir, tokenizer, record) -> list[Path]:
     with swapped_folder(out_dir) as tmp_dir:
         for path in shard_paths(data_dir):
             target = tmp_dir / (path.stem + ".jsonl")
-            shard = pq.ParquetFile(path)
+            shard = checked_parquet.open_file(path)
             others = [name for name in shard.schema_arrow.names if name != "input_ids"]
             with open(target, "w", encoding="utf-8") as f:
                 # a few rows at a time, ids as numpy: a shard of 64 rows at 512K tokens is 32M ids, over a GB
                 # as Python ints
-                for batch in shard.iter_batches(batch_size=8):
+                for batch in parquet_batches(path, shard, batch_size=8):
                     column = batch.column("input_ids")
                     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
                     offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
@@ -198,7 +200,7 @@ def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
 
     with mds_output(out_dir, TRAINING_COLUMNS) as writer:
         for path in shard_paths(data_dir):
-            table = pq.read_table(path, columns=["input_ids", "segments"])
+            table = checked_parquet.read_table(path, columns=["input_ids", "segments"])
             ids_col = table.column("input_ids").combine_chunks()
             ids_flat = ids_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
             ids_off = ids_col.offsets.to_numpy()
