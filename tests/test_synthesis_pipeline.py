@@ -896,11 +896,12 @@ def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
 
 def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys):
     """Duplicate --id-field values are kept (real corpora have them), but the manifest counts the documents whose
-    id repeats an earlier one and the run warns once, naming the corpus and the first repeated id."""
+    id repeats an earlier one and the run warns once, naming the corpus and the first repeated id; without progress
+    bars too (`--no-progress`, FAST's progress=False), which once silenced the warning."""
     from nextlong import synthesize
 
     corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
-    manifest = synthesize(corpus, tmp_path / "out", id_field="id", num_samples=2, **dict(FAST, progress=True))
+    manifest = synthesize(corpus, tmp_path / "out", id_field="id", num_samples=2, **FAST)
     assert manifest["statistics"]["documents_with_repeated_id"] == 3
     warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
     assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "

@@ -76,7 +76,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--bm25-b", type=float, default=0.75, help="BM25 b (default 0.75)")
     p.add_argument("--text-field", default="text",
                    help="JSON field / Parquet column holding the text (default: text)")
-    p.add_argument("--id-field")
+    p.add_argument("--id-field", help="field holding the document id, which segments' doc_id names "
+                   "(default: <file>:<line or row>; repeated values are kept and counted)")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad corpus records: stop with an error (default) or skip and count them")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per LM forward (default 16)")

@@ -107,7 +107,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shard-size", type=positive_int, default=64, help="anchors (or long documents) per output shard (default 64)")
     p.add_argument("--text-field", default="text",
                    help="JSON field / Parquet column holding the text (default: text)")
-    p.add_argument("--id-field")
+    p.add_argument("--id-field", help="field holding the document id, which segments' doc_id names "
+                   "(default: <file>:<line or row>; repeated values are kept and counted)")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                    help="bad corpus records: stop with an error (default) or skip and count them")
     p.add_argument("--threads", type=threads, default=0, help=THREADS_HELP + "; also bounds the embedder's threads")

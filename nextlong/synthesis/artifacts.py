@@ -4,6 +4,7 @@ FitEmbedder stage prepared, and the check of a finished part before it is publis
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path as _Path
 
 import numpy as np
@@ -74,17 +75,18 @@ def load_store(chunks_dir):
     return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
 
 
-def count_repeated_ids(corpus, store, log) -> int:
+def count_repeated_ids(corpus, store) -> int:
     """`statistics.documents_with_repeated_id` of `nextlong synthesize` and `acer`: the documents of the corpus
-    `store` whose id repeats an earlier one (ChunkStore.repeated_ids), with one warning line through `log`
-    naming the first, since segments' `doc_id` cannot tell such documents apart. Not refused: real corpora
-    repeat ids."""
+    `store` whose id repeats an earlier one (ChunkStore.repeated_ids), with one warning line on stderr naming
+    the first, since segments' `doc_id` cannot tell such documents apart. Not refused: real corpora repeat ids.
+    Printed whatever the progress setting, as the corpus reader's warnings are: `--no-progress` turns off bars,
+    not warnings."""
     from ..untrusted import show
 
     repeats, first = store.repeated_ids()
     if repeats:
-        log(f"warning: {corpus}: {repeats} document(s) repeat an earlier document's id (the first: {show(first)}); "
-            "the segments' doc_id names such documents alike")
+        print(f"warning: {corpus}: {repeats} document(s) repeat an earlier document's id (the first: {show(first)}); "
+              "the segments' doc_id names such documents alike", file=sys.stderr, flush=True)
     return repeats
 
 
