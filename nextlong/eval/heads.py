@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .haystack import Insert, build_context, essay_units, fit_to_length
-from .model import LoadedModel, attention, decode, forward
+from .model import LoadedModel, attention, decode, forward, prompt_ids
 from .scoring import rouge1_recall
 
 # Our own needles: a statement, the question that asks for it. The needle is the ROUGE reference.
@@ -87,7 +87,7 @@ def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths:
                 built, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
                                          length - len(prefix), task="heads", what="essay")
                 prompt, spans = built.context, built.spans
-                ids = [int(i) for i in tokenizer.encode(prompt)]
+                ids = prompt_ids(tokenizer, prompt, prefix=False)  # the text as counted
                 start, end = token_span(tokenizer, ids, prompt, *spans[0])
                 trials.append(Trial(length, depth, k, prompt, prefix + ids, (start + len(prefix), end + len(prefix)),
                                     needle))

@@ -120,17 +120,21 @@ def retrieval_heads(model, out, **options) -> dict:
     return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
 
 
-def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int) -> str:
-    """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again."""
+def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int, trials=()) -> str:
+    """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again.
+    `trials`: the run's, whose prompts decide whether the encoding's revision applies."""
     import hashlib
 
     from ..model_folder import has_sliding_window
+    from .model import ENCODING_REVISION, read_specials_before
 
     identity = {"model": lm.identity, "lengths": lengths, "depths": depths, "needles": needles,
                 "max_new": args.max_new_tokens, "attn": lm.prefill_attn, "corpus": args.corpus,
                 "text_field": args.text_field, "tokenizer": lm.tokenizer.fingerprint}
     if has_sliding_window(lm.model.config):  # scored by window offsets before (H.SLIDING_REVISION)
         identity["sliding_revision"] = H.SLIDING_REVISION
+    if any(read_specials_before(lm.tokenizer, t.prompt) for t in trials):  # fed as other ids before
+        identity["encoding_revision"] = ENCODING_REVISION
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -173,7 +177,7 @@ def run_heads(args: HeadsOptions) -> dict:
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         import torch
 
-        journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles)))
+        journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles), trials))
         results = []
         try:
             for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,

@@ -5,7 +5,9 @@ holding `RUN/model/` in that layout plus `RUN/model/nextlong.json` = {"tokenizer
 is a built-in tokenizer name ("cl100k_base") or a file in RUN/model (nothing outside the folder: it is
 untrusted input, nextlong.model_folder.tokenizer_spec). Without nextlong.json the folder's
 `tokenizer.json` is used. Our own
-tokenizer counts and encodes every prompt, so lengths are the model's tokens.
+tokenizer counts and encodes every prompt, so lengths are the model's tokens. Text is read as ordinary text
+(`prompt_ids`): a special token's string in a corpus ("<|endoftext|>") is its bytes, as counted, and only the
+ids the code adds on purpose (the tokenizer's prefix, Llama-3's BOS) are special.
 
 Prefill runs with our attention kernel (`attn="nextlong"`, `nextlong.kernels.transformers_attention`),
 PyTorch SDPA or transformers' eager attention; decoding steps always use SDPA (or eager where
@@ -195,6 +197,28 @@ def rewind_cache(cache, length: int) -> bool:
 # 2026-12-07, decoding stops at the model's positions (before, an answer at a length equal to them was decoded
 # past them), so such records from before are scored again.
 DECODING_REVISION = "2026-12-07"
+
+
+# How a prompt's text becomes ids, part of the resume fingerprints of the runs it changed (`nextlong eval`'s tasks,
+# `nextlong heads`): 2026-12-07, special-token strings in the text are read as ordinary text, as they are counted
+# (before, the fed prompt parsed them into special ids, so it differed from the one measured). Only a run with a
+# prompt where the two encodings differ (`read_specials_before`) carries it; the others keep their records.
+ENCODING_REVISION = "2026-12-07"
+
+
+def prompt_ids(tokenizer, text: str, prefix: bool = True) -> list[int]:
+    """The ids fed for `text`: the tokenizer's prefix ids (Llama-3's BOS; with `prefix`), then the text read
+    as ordinary text (`encode_ordinary`: the encoding `count_tokens` counts and the corpus engine trains on)."""
+    head = [int(i) for i in getattr(tokenizer, "prefix_ids", ())] if prefix else []
+    return head + [int(i) for i in tokenizer.encode_ordinary(text)]
+
+
+def read_specials_before(tokenizer, text: str) -> bool:
+    """Whether the encoding before ENCODING_REVISION (`encode`, which parses special-token strings) gave `text`
+    other ids than `prompt_ids` does."""
+    import numpy as np
+
+    return not np.array_equal(tokenizer.encode(text), tokenizer.encode_ordinary(text))
 
 
 def greedy_ids(lm: LoadedModel, cache, first_id: int, prompt_tokens: int, budget: int) -> list[int]:
