@@ -195,8 +195,15 @@ def rewind_cache(cache, length: int) -> bool:
 
 # Greedy decoding's revision, part of the resume fingerprints of greedy records (`nextlong eval`, its rag task):
 # 2026-12-07, decoding stops at the model's positions (before, an answer at a length equal to them was decoded
-# past them), so such records from before are scored again.
+# past them). A journal of the older fingerprint keeps the records `decoded_alike` clears; the rest are scored again.
 DECODING_REVISION = "2026-12-07"
+
+
+def decoded_alike(limit: int | None, prompt_tokens: int, budget: int) -> bool:
+    """Whether greedy decoding before DECODING_REVISION gave the answer `greedy_ids` gives now: they differ only
+    where a prompt within the model's `limit` positions left fewer than `budget` - 1 of them (the old loop fed
+    up to prompt + budget - 1 ids; the new one stops at the limit)."""
+    return limit is None or prompt_tokens > limit or prompt_tokens + budget - 1 <= limit
 
 
 # How a prompt's text becomes ids, part of the resume fingerprints of the runs it changed (`nextlong eval`'s tasks,

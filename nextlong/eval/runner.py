@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import scoring
-from .model import (DECODING_REVISION, ENCODING_REVISION, LoadedModel, attention, decode, forward, greedy_ids,
-                    keep_past, prompt_ids, read_specials_before, rewind_cache)
+from .model import (DECODING_REVISION, ENCODING_REVISION, LoadedModel, attention, decode, decoded_alike, forward,
+                    greedy_ids, keep_past, prompt_ids, read_specials_before, rewind_cache)
+from .samples import ANSWER_MARGIN
 from .tasks import PREFIXED_TASKS, PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
@@ -40,9 +41,11 @@ class EvalSettings:
     progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
-    def fingerprint(self, model_identity, prefixed: bool = False, reencoded: bool = False) -> str:
+    def fingerprint(self, model_identity, prefixed: bool = False, reencoded: bool = False,
+                    older_decoding: bool = False) -> str:
         """`prefixed`: the tokenizer puts ids before a sequence (its cwe and fwe samples have their own revision);
-        `reencoded`: some sample's text was fed as other ids before ENCODING_REVISION (`preflight` says)."""
+        `reencoded`: some sample's text was fed as other ids before ENCODING_REVISION (`preflight` says);
+        `older_decoding`: the fingerprint the same run had before DECODING_REVISION."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
@@ -51,7 +54,7 @@ class EvalSettings:
             data["prefixed_tasks_revision"] = PREFIXED_TASKS_REVISION
         if reencoded:
             data["encoding_revision"] = ENCODING_REVISION
-        if self.greedy:  # nor greedy answers decoded by an older rule (teacher-forced-only runs keep theirs)
+        if self.greedy and not older_decoding:  # nor greedy answers of an older rule (teacher-forced runs keep theirs)
             data["decoding_revision"] = DECODING_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -187,23 +190,27 @@ def _header_fingerprint(line: str):
 
 class ResultJournal:
     """The resume journal (DIR/.progress.jsonl): an append-only record of finished samples, headed by the
-    settings' fingerprint; a re-run with the same settings reuses them."""
+    settings' fingerprint; a re-run with the same settings reuses them. A journal headed by `older`, the same
+    settings' fingerprint under an older rule, gives the records `keep` says that rule could not have changed."""
 
-    def __init__(self, out_dir: Path, fingerprint: str):
+    def __init__(self, out_dir: Path, fingerprint: str, older: str | None = None, keep=None):
         self.path = Path(out_dir) / PROGRESS
         self.fingerprint = fingerprint
         self.done: dict[tuple, dict] = {}
         kept = []
         if self.path.is_file():
             lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
-            if lines and _header_fingerprint(lines[0]) == fingerprint:
+            header = _header_fingerprint(lines[0]) if lines else None
+            if header is not None and header in (fingerprint, older):
                 for line in lines[1:]:
                     try:
                         r = json.loads(line)
-                        self.done[self.key(r)] = r
+                        key = self.key(r)
                     except (ValueError, TypeError, KeyError):
                         break  # a line torn by a kill or a full disk: what follows was appended after it
-                    kept.append(line)
+                    if header == fingerprint or self._keeps(keep, r):
+                        self.done[key] = r
+                        kept.append(line)
         # written back without a torn tail (atomically), so the records appended now stay readable
         from ..atomic import atomic_path
 
@@ -211,6 +218,13 @@ class ResultJournal:
         with atomic_path(self.path) as tmp:
             tmp.write_text("\n".join([json.dumps({"fingerprint": fingerprint})] + kept) + "\n", encoding="utf-8")
         self._fh = open(self.path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _keeps(keep, record) -> bool:
+        try:
+            return bool(keep(record))
+        except (TypeError, KeyError, ValueError):  # a record without the fields the check reads
+            return False
 
     @staticmethod
     def key(r) -> tuple:
@@ -264,7 +278,10 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
     prefixed = bool(getattr(lm.tokenizer, "prefix_ids", ()))
-    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed, reencoded))
+    older = settings.fingerprint(lm.identity, prefixed, reencoded, older_decoding=True) if settings.greedy else None
+    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed, reencoded), older,
+                            lambda r: decoded_alike(lm.max_positions, r["prompt_tokens"],
+                                                    settings.max_new_tokens or r["answer_tokens"] + ANSWER_MARGIN))
     reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []
