@@ -478,3 +478,25 @@ def test_pieces_kept_within_their_bound_give_the_same_layouts(plan, monkeypatch)
         assert small._kept_ids <= 64 and small._kept_ids == sum(p.size for p in small._kept.values())
     distinct = len({c for e in plan.entries for c in e.gold + e.candidates})
     assert sum(made) > distinct  # chunks were let go and made again
+
+
+def test_answers_of_the_older_decoding_are_kept_where_it_stayed_within_the_positions(lm, files, tmp_path,
+                                                                                    monkeypatch):
+    """A rag journal of the decoding before DECODING_REVISION keeps the answers whose prompt + budget - 1 ids lie
+    within the model's positions (2048 here) and answers again those that could run past them."""
+    calls = []
+    monkeypatch.setattr(rag, "generate", fake_generate(calls))
+    plan = prepare(lm, files, tmp_path)
+    e = plan.entries[0]
+    assert e.max_new_tokens > 1
+    cells = ((rag.BASELINE, 0, None, 300), (rag.TASK, LENGTHS[0], DEPTHS[0], 2049 - e.max_new_tokens),
+             (rag.TASK, LENGTHS[0], DEPTHS[1], 2050 - e.max_new_tokens))  # 2048 ids fed at most, then 2049
+    old = [{"task": task, "length": n, "depth": d, "index": e.q.id, "prompt_tokens": p, "prediction": "old",
+            "em": 0.0, "f1": 0.0} for task, n, d, p in cells]
+    plan.root.mkdir(parents=True, exist_ok=True)
+    (plan.root / ".progress.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in [{"fingerprint": plan.older_fingerprint}, *old]) + "\n")
+    records = rag.run_rag(lm, plan)
+    kept = {(r["task"], r["length"], r["depth"]) for r in records if r["prediction"] == "old"}
+    assert kept == {(rag.BASELINE, 0, None), (rag.TASK, LENGTHS[0], DEPTHS[0])}
+    assert len(calls) == len(rag.jobs(plan)) - 2

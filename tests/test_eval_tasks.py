@@ -165,7 +165,7 @@ def test_a_task_too_long_for_a_length_is_skipped_not_fatal(tok, essay):
     from nextlong.eval.runner import preflight
 
     jobs = [("niah_single_1", 1024, 50.0, 0), ("cwe", 1024, None, 0), ("cwe", 8192, None, 0)]
-    skipped = preflight(tok, jobs, 0, essay)
+    skipped, _ = preflight(tok, jobs, 0, essay)
     assert list(skipped) == [("cwe", 1024)] and "too short" in skipped[("cwe", 1024)]
     with pytest.raises(LengthTooShortError):
         make_sample(tok, "cwe", 1024, None, 0, seed=0)
@@ -181,7 +181,7 @@ def test_preflight_skips_a_cell_where_only_a_later_sample_is_too_long(tok, essay
     with pytest.raises(LengthTooShortError):
         make_sample(tok, "vt", 560, None, 1, seed=0, essay=essay)
     jobs = [("vt", 560, None, 0), ("vt", 560, None, 1), ("vt", 2048, None, 0), ("vt", 2048, None, 1)]
-    skipped = preflight(tok, jobs, 0, essay)
+    skipped, _ = preflight(tok, jobs, 0, essay)
     assert list(skipped) == [("vt", 560)] and "too short" in skipped[("vt", 560)]
 
 

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from nextlong.cli import main  # noqa: E402
+from nextlong.errors import NextlongError  # noqa: E402
 from nextlong.eval import heads as H  # noqa: E402
 from nextlong.eval.model import decode, load_model  # noqa: E402
 from tests.eval_fixtures import one_thread, save_tiny_llama, sliding_window_model, train_tokenizer  # noqa: E402,F401
@@ -177,10 +178,10 @@ def copying(monkeypatch):
     budgets = []
     real = H.detect_trial
 
-    def forced(lm, trial, *, max_new_tokens=H.MAX_NEW_TOKENS, forced=None):
+    def forced(lm, trial, *, max_new_tokens=H.MAX_NEW_TOKENS, forced=None, layers=None):
         budgets.append(max_new_tokens)
         start, end = trial.span
-        return real(lm, trial, max_new_tokens=max_new_tokens, forced=trial.prompt_ids[start:end])
+        return real(lm, trial, max_new_tokens=max_new_tokens, forced=trial.prompt_ids[start:end], layers=layers)
 
     monkeypatch.setattr(H, "detect_trial", forced)
     return budgets
@@ -384,3 +385,51 @@ def test_a_window_in_a_nested_text_config_or_layer_types_is_a_sliding_window(mon
     monkeypatch.setattr(H, "SLIDING_REVISION", "an older rule")
     after = fingerprints(windowed + full)
     assert [a != b for a, b in zip(before, after)] == [True] * len(windowed) + [False] * len(full)
+
+
+def _without_weights(monkeypatch, layers):
+    """Llama attention that returns no weights in `layers` (as a hybrid's non-attention layers give none)."""
+    from transformers.models.llama import modeling_llama
+
+    real = modeling_llama.LlamaAttention.forward
+
+    def forward(self, *args, **kwargs):
+        out, weights = real(self, *args, **kwargs)
+        return out, (None if self.layer_idx in layers else weights)
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", forward)
+
+
+def test_a_layer_without_attention_weights_is_left_unscored(lm, trials, monkeypatch):
+    """transformers leaves a layer that gives no weights out of `attentions`, so the scores of the layers that do
+    were credited to it (broadcast over a 2-layer model) or the run stopped on a shape mismatch. Such layers are
+    found before the work and left at 0; the others score as before."""
+    trial = trials[1]
+    start, end = trial.span
+    forced = trial.prompt_ids[start:end]
+    full = H.detect_trial(lm, trial, forced=forced).scores
+    assert full[0].any(), full  # the equality below can fail
+    _without_weights(monkeypatch, {1})
+    assert H.attention_layers(lm) == [0]
+    part = H.detect_trial(lm, trial, forced=forced, layers=[0]).scores
+    assert part[0].tolist() == full[0].tolist() and not part[1].any()
+    with pytest.raises(NextlongError, match="1 layers returned attention weights, expected 2"):
+        H.detect_trial(lm, trial, forced=forced)
+
+
+def test_heads_says_which_layers_it_left_unscored_and_refuses_a_model_without_weights(tmp_path, model_dir,
+                                                                                      monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error
+
+    args = ["heads", str(model_dir), "--lengths", "256", "--depths", "1", "--needles", "1", "--all-trials",
+            "--max-new-tokens", "4", "--no-progress"]
+    _without_weights(monkeypatch, {1})
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert "layers 1 (1 of 2) return no attention weights; their heads are not scored" in captured.err
+    assert json.loads((tmp_path / "a" / "heads.json").read_text())["layers_without_attention_weights"] == [1]
+    assert "Not scored: layers 1 (1 of 2), which return" in (tmp_path / "a" / "summary.md").read_text()
+    _without_weights(monkeypatch, {0, 1})
+    assert main(args + ["--out", str(tmp_path / "b")]) == 1
+    line = assert_one_line_error(capsys.readouterr().err, "heads")
+    assert "no layer of the model returns attention weights" in line and not (tmp_path / "b").exists()

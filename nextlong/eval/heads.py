@@ -8,7 +8,9 @@ the model generates at this step equals the prompt token at that position, the h
 1 / (needle length in tokens). A trial counts when the answer's ROUGE-1 recall against the needle is
 above 0.5 (`all_trials=True` counts every trial); a head's score is the mean of its per-trial sums
 over the counted trials. Heads with score > 0.1 are retrieval heads. Heads are query heads (GQA
-models share key/value heads, but each query head has its own attention).
+models share key/value heads, but each query head has its own attention). Only layers whose attention
+returns weights are scored (`attention_layers`): a hybrid model's linear-attention or state-space layers
+have no heads to read.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..errors import NextlongError
 from .haystack import Insert, build_context, essay_units, fit_to_length
-from .model import LoadedModel, attention, decode, forward
+from .model import LoadedModel, attention, decode, forward, prompt_ids
 from .scoring import rouge1_recall
 
 # Our own needles: a statement, the question that asks for it. The needle is the ROUGE reference.
@@ -87,7 +90,7 @@ def make_trials(tokenizer, essay: Sequence[str], lengths: Sequence[int], depths:
                 built, _ = fit_to_length(tokenizer, units, build, tokenizer.count_tokens(" " + needle),
                                          length - len(prefix), task="heads", what="essay")
                 prompt, spans = built.context, built.spans
-                ids = [int(i) for i in tokenizer.encode(prompt)]
+                ids = prompt_ids(tokenizer, prompt, prefix=False)  # the text as counted
                 start, end = token_span(tokenizer, ids, prompt, *spans[0])
                 trials.append(Trial(length, depth, k, prompt, prefix + ids, (start + len(prefix), end + len(prefix)),
                                     needle))
@@ -103,6 +106,50 @@ def _top_positions(weights, keys: int):
     return row.argmax(-1) + (keys - row.shape[-1])
 
 
+ATTENTION_MODULES = ("self_attn", "attn", "self_attention", "attention")  # a decoder layer's attention, by name
+
+
+def attention_layers(lm: LoadedModel) -> list[int]:
+    """The decoder layers whose attention returns weights under eager attention, found by one forward pass over
+    a needle's first tokens before any work. transformers leaves out the layers that give None (a hybrid's
+    linear-attention or state-space layers, an attention that returns no weights), so each weight's layer is
+    read from hooks on the layers' attention modules. Raises a one-line NextlongError when no layer gives weights
+    or when which layers did cannot be told."""
+    import torch
+
+    given: dict[int, bool] = {}
+    handles = []
+    try:
+        layers = _layers(lm.model)
+    except ValueError:
+        layers = []
+    for i, layer in enumerate(layers):
+        module = next((getattr(layer, n) for n in ATTENTION_MODULES if isinstance(getattr(layer, n, None),
+                                                                                 torch.nn.Module)), None)
+        if module is not None:
+            handles.append(module.register_forward_hook(lambda m, args, out, i=i: given.__setitem__(
+                i, isinstance(out, tuple) and len(out) > 1 and torch.is_tensor(out[1]))))
+    try:
+        with torch.no_grad(), attention(lm.model, "eager"):
+            ids = prompt_ids(lm.tokenizer, NEEDLES[0][0])[:8]
+            _, _, weights = forward(lm.model, torch.tensor([ids], device=lm.device), output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    count, total = len(weights or ()), lm.num_layers
+    found = [i for i in range(total) if given.get(i)]
+    if count == total:
+        return list(range(total))
+    if count == 0:
+        raise NextlongError(f"{lm.folder}: no layer of the model returns attention weights (output_attentions=True "
+                            "under eager attention); retrieval heads are read from them")
+    if len(found) != count:
+        raise NextlongError(f"{lm.folder}: {count} of the model's {total} layers return attention weights, and "
+                            "which ones cannot be told from their attention modules; retrieval heads need each "
+                            "weight's layer")
+    return found
+
+
 @dataclass(eq=False)
 class TrialResult:
     scores: object          # (layers, heads) float tensor: this trial's copy sum per head
@@ -113,9 +160,10 @@ class TrialResult:
 
 
 def detect_trial(lm: LoadedModel, trial: Trial, *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 forced: Sequence[int] | None = None) -> TrialResult:
-    """Decode one trial and score every head. `forced` feeds these tokens instead of the greedy
-    choice (a teacher-forced probe of the same rule)."""
+                 forced: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> TrialResult:
+    """Decode one trial and score every head of `layers` (`attention_layers`; None: all of them, each giving
+    weights); the others keep 0. `forced` feeds these tokens instead of the greedy choice (a teacher-forced
+    probe of the same rule)."""
     import torch
 
     model, tok = lm.model, lm.tokenizer
@@ -123,6 +171,7 @@ def detect_trial(lm: LoadedModel, trial: Trial, *, max_new_tokens: int = MAX_NEW
     start, end = trial.span
     prompt = torch.tensor(ids, dtype=torch.long, device=lm.device)
     scores = torch.zeros(lm.num_layers, lm.num_heads, dtype=torch.float64)
+    rows = list(range(lm.num_layers)) if layers is None else list(layers)
     generated: list[int] = []
     with torch.no_grad():
         with attention(model, lm.prefill_attn):
@@ -134,10 +183,13 @@ def detect_trial(lm: LoadedModel, trial: Trial, *, max_new_tokens: int = MAX_NEW
                 logits, cache, attentions = forward(model, torch.tensor([[token]], device=lm.device), cache=cache,
                                                     output_attentions=True)
                 nxt = int(logits[0, -1].argmax()) if forced is None else int(forced[step])
+                if len(attentions or ()) != len(rows):  # else weights would be credited to the wrong layers
+                    raise NextlongError(f"{lm.folder}: {len(attentions or ())} layers returned attention weights, "
+                                        f"expected {len(rows)} (nextlong.eval.heads.attention_layers)")
                 top = torch.stack([_top_positions(a, len(ids) + step) for a in attentions])  # (layers, heads)
                 inside = (top >= start) & (top < end)
                 copied = prompt[top.clamp(max=len(ids) - 1)] == nxt
-                scores += (inside & copied).double().cpu() / (end - start)
+                scores[rows] += (inside & copied).double().cpu() / (end - start)
                 generated.append(nxt)
                 if "\n" in decode(tok, [nxt]):
                     break
@@ -213,27 +265,32 @@ def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
 
 
 def niah_accuracy(lm: LoadedModel, trials: Sequence[Trial], min_recall: float = MIN_RECALL, *,
-                  max_new_tokens: int = MAX_NEW_TOKENS) -> float:
+                  max_new_tokens: int = MAX_NEW_TOKENS, layers: Sequence[int] | None = None) -> float:
     """Fraction of trials whose greedy answer (`max_new_tokens` at most) reaches the ROUGE-1 recall bar."""
-    return sum(detect_trial(lm, t, max_new_tokens=max_new_tokens).recall > min_recall
+    return sum(detect_trial(lm, t, max_new_tokens=max_new_tokens, layers=layers).recall > min_recall
                for t in trials) / max(len(trials), 1)
 
 
 def mask_check(lm: LoadedModel, trials: Sequence[Trial], named: dict[str, float], k: int, seed: int = 0,
-               min_recall: float = MIN_RECALL, *, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+               min_recall: float = MIN_RECALL, *, max_new_tokens: int = MAX_NEW_TOKENS,
+               layers: Sequence[int] | None = None) -> dict:
     """NIAH accuracy unmasked, with the top-k heads masked, and with k random other heads masked, each answer
-    decoded with the detection's `max_new_tokens` (so the unmasked figure is the detection's own accuracy)."""
+    decoded with the detection's `max_new_tokens` (so the unmasked figure is the detection's own accuracy).
+    Heads are drawn from `layers` only (those scored: a layer without attention has no head to mask)."""
     order = [tuple(int(x) for x in name.split("-")) for name, _ in ranked(named)]
+    order = [h for h in order if layers is None or h[0] in layers]
     top = order[:k]
     rest = order[k:]
     rand = random.Random(f"mask:{seed}").sample(rest, min(k, len(rest)))
     out = {"k": k, "top_heads": [f"{l}-{h}" for l, h in top], "random_heads": [f"{l}-{h}" for l, h in rand],
            "trials": len(trials), "accuracy_unmasked": niah_accuracy(lm, trials, min_recall,
-                                                                    max_new_tokens=max_new_tokens)}
+                                                                    max_new_tokens=max_new_tokens, layers=layers)}
     with masked_heads(lm, top):
-        out["accuracy_top_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens)
+        out["accuracy_top_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens,
+                                                   layers=layers)
     with masked_heads(lm, rand):
-        out["accuracy_random_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens)
+        out["accuracy_random_masked"] = niah_accuracy(lm, trials, min_recall, max_new_tokens=max_new_tokens,
+                                                      layers=layers)
     return out
 
 

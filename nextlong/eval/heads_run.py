@@ -120,17 +120,24 @@ def retrieval_heads(model, out, **options) -> dict:
     return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
 
 
-def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int) -> str:
-    """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again."""
+def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int, trials=(), layers=None) -> str:
+    """What the finished trials in `.progress.jsonl` depend on: a rerun with another value scores them again.
+    `trials`: the run's, whose prompts decide whether the encoding's revision applies; `layers`: those scored
+    (H.attention_layers), named only when some layer is left out (before, such a model's scores were wrong)."""
     import hashlib
 
     from ..model_folder import has_sliding_window
+    from .model import ENCODING_REVISION, read_specials_before
 
     identity = {"model": lm.identity, "lengths": lengths, "depths": depths, "needles": needles,
                 "max_new": args.max_new_tokens, "attn": lm.prefill_attn, "corpus": args.corpus,
                 "text_field": args.text_field, "tokenizer": lm.tokenizer.fingerprint}
     if has_sliding_window(lm.model.config):  # scored by window offsets before (H.SLIDING_REVISION)
         identity["sliding_revision"] = H.SLIDING_REVISION
+    if any(read_specials_before(lm.tokenizer, t.prompt) for t in trials):  # fed as other ids before
+        identity["encoding_revision"] = ENCODING_REVISION
+    if layers is not None and list(layers) != list(range(lm.num_layers)):
+        identity["layers_scored"] = list(layers)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -160,8 +167,13 @@ def run_heads(args: HeadsOptions) -> dict:
         print(f"nextlong heads: warning: {w}", file=sys.stderr)
     depths = linear_depths(args.depths)
     needles = H.NEEDLES[:args.needles]
-    if args.mask_heads > lm.num_layers * lm.num_heads // 2:
-        raise UsageError(f"--mask-heads {args.mask_heads}: the model has only {lm.num_layers * lm.num_heads} heads "
+    layers = H.attention_layers(lm)  # a hybrid's layers without attention weights are not scored
+    unscored = [i for i in range(lm.num_layers) if i not in layers]
+    if unscored:
+        print(f"nextlong heads: warning: layers {', '.join(map(str, unscored))} ({len(unscored)} of {lm.num_layers}) "
+              "return no attention weights; their heads are not scored", file=sys.stderr)
+    if args.mask_heads > len(layers) * lm.num_heads // 2:
+        raise UsageError(f"--mask-heads {args.mask_heads}: the model has only {len(layers) * lm.num_heads} heads "
                          "(top-K and K random others must not overlap)")
     essay = essay_sentences(list(corpus_texts(args.corpus, args.text_field, CHARS_PER_TOKEN_BUDGET * max(lengths))))
     trials = H.make_trials(lm.tokenizer, essay, lengths, depths, needles)
@@ -173,7 +185,7 @@ def run_heads(args: HeadsOptions) -> dict:
         write_running_manifest(out / "manifest.json", command="heads", seed=args.seed, settings=settings)
         import torch
 
-        journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles)))
+        journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles), trials, layers))
         results = []
         try:
             for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,
@@ -181,7 +193,7 @@ def run_heads(args: HeadsOptions) -> dict:
                 key = ("heads", t.length, t.depth, t.needle)
                 rec = journal.done.get(key)
                 if rec is None:
-                    r = H.detect_trial(lm, t, max_new_tokens=args.max_new_tokens)
+                    r = H.detect_trial(lm, t, max_new_tokens=args.max_new_tokens, layers=layers)
                     rec = {"task": "heads", "length": t.length, "depth": t.depth, "index": t.needle,
                            "scores": r.scores.tolist(), "response": r.response, "recall": r.recall,
                            "needle_span": list(t.span), "prompt_tokens": len(t.prompt_ids)}
@@ -195,7 +207,7 @@ def run_heads(args: HeadsOptions) -> dict:
         named = H.as_named(scores)
         ranking = H.ranked(named)
         retrieval = [(name, s) for name, s in ranking if s > args.threshold]
-        total_heads = lm.num_layers * lm.num_heads
+        total_heads = len(layers) * lm.num_heads  # of the layers scored
         non_finite = write_strict_json(out / "head_scores.json", named)
         summary_data = {
             "model": str(args.model), "lengths": lengths, "depths": depths, "needles": len(needles),
@@ -204,6 +216,7 @@ def run_heads(args: HeadsOptions) -> dict:
             "heads_per_layer": lm.num_heads, "retrieval_heads": retrieval,
             "retrieval_fraction": round(len(retrieval) / total_heads, 6), "top_heads": ranking[:20],
             "niah_accuracy": round(sum(r.recall > args.min_recall for r in results) / len(results), 6),
+            "layers_without_attention_weights": unscored,
         }
         with atomic_path(out / "trials.jsonl") as tmp:
             with open(tmp, "w") as fh:
@@ -215,7 +228,7 @@ def run_heads(args: HeadsOptions) -> dict:
                      f"{args.threshold})")
         if args.mask_heads:
             summary_data["masking"] = H.mask_check(lm, trials, named, args.mask_heads, args.seed, args.min_recall,
-                                                       max_new_tokens=args.max_new_tokens)
+                                                   max_new_tokens=args.max_new_tokens, layers=layers)
         non_finite += write_strict_json(out / "heads.json", summary_data)
         lines = [f"# nextlong heads: {args.model}", "",
                  f"{len(trials)} trials ({len(lengths)} lengths x {len(depths)} depths x {len(needles)} needles); "
@@ -223,6 +236,10 @@ def run_heads(args: HeadsOptions) -> dict:
                  f"NIAH accuracy {100 * summary_data['niah_accuracy']:.1f}%.", "",
                  f"Retrieval heads (score > {args.threshold}): {len(retrieval)} of {total_heads} "
                  f"({100 * summary_data['retrieval_fraction']:.2f}%).", ""]
+        if unscored:
+            lines += [f"Not scored: layers {', '.join(map(str, unscored))} ({len(unscored)} of {lm.num_layers}), which "
+                      "return no attention weights (their heads are 0 in head_scores.json); the fraction above is "
+                      "of the other layers' heads.", ""]
         if counted == 0:
             lines += ["No trial was answered well enough to count; `--all-trials` scores every trial.", ""]
         if non_finite:

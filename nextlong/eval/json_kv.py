@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from .haystack import Insert, Units, build_context, fit_to_length
-from .samples import Sample, distinct_values, sample_rng
+from .samples import ANSWER_MARGIN, Sample, distinct_values, sample_rng
 
 JSON_KV_HEAD = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n"
 QUESTION = 'Key: "{key}"\nCorresponding value:'
@@ -49,4 +49,4 @@ def json_kv_sample(tok, length: int, depth: float, index: int, seed: int, task: 
     prompt, spans = built.context, built.spans
     context_span = (len(JSON_KV_HEAD), len(prompt) - len(tail) + 1)  # the object with its braces
     return Sample(task, length, depth, index, prompt, [values[0]], gold, "substring_exact_match", context_span,
-                  spans, max_new_tokens=answer_tokens + 8, depth_actual=built.depths[0])
+                  spans, max_new_tokens=answer_tokens + ANSWER_MARGIN, depth_actual=built.depths[0])

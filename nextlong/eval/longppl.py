@@ -40,10 +40,11 @@ LOGPROB_THRESHOLD = -2.0
 def long_documents(tokenizer, texts: Iterable[str], length: int, count: int,
                    what: str = "longppl", option: str = "--longppl-length") -> list[list[int]]:
     """The first `count` documents with at least `length` tokens, cut to `length` tokens (`what` and
-    `option`: the measurement and the setting an error message names)."""
+    `option`: the measurement and the setting an error message names). Special-token strings in a document
+    ("<|endoftext|>") are read as ordinary text, as in every prompt (`model.prompt_ids`)."""
     docs, longest = [], 0
     for text in texts:
-        ids = tokenizer.encode(text)
+        ids = tokenizer.encode_ordinary(text)
         longest = max(longest, len(ids))
         if len(ids) >= length:
             docs.append([int(i) for i in ids[:length]])

@@ -5,7 +5,9 @@ holding `RUN/model/` in that layout plus `RUN/model/nextlong.json` = {"tokenizer
 is a built-in tokenizer name ("cl100k_base") or a file in RUN/model (nothing outside the folder: it is
 untrusted input, nextlong.model_folder.tokenizer_spec). Without nextlong.json the folder's
 `tokenizer.json` is used. Our own
-tokenizer counts and encodes every prompt, so lengths are the model's tokens.
+tokenizer counts and encodes every prompt, so lengths are the model's tokens. Text is read as ordinary text
+(`prompt_ids`): a special token's string in a corpus ("<|endoftext|>") is its bytes, as counted, and only the
+ids the code adds on purpose (the tokenizer's prefix, Llama-3's BOS) are special.
 
 Prefill runs with our attention kernel (`attn="nextlong"`, `nextlong.kernels.transformers_attention`),
 PyTorch SDPA or transformers' eager attention; decoding steps always use SDPA (or eager where
@@ -193,8 +195,37 @@ def rewind_cache(cache, length: int) -> bool:
 
 # Greedy decoding's revision, part of the resume fingerprints of greedy records (`nextlong eval`, its rag task):
 # 2026-12-07, decoding stops at the model's positions (before, an answer at a length equal to them was decoded
-# past them), so such records from before are scored again.
+# past them). A journal of the older fingerprint keeps the records `decoded_alike` clears; the rest are scored again.
 DECODING_REVISION = "2026-12-07"
+
+
+def decoded_alike(limit: int | None, prompt_tokens: int, budget: int) -> bool:
+    """Whether greedy decoding before DECODING_REVISION gave the answer `greedy_ids` gives now: they differ only
+    where a prompt within the model's `limit` positions left fewer than `budget` - 1 of them (the old loop fed
+    up to prompt + budget - 1 ids; the new one stops at the limit)."""
+    return limit is None or prompt_tokens > limit or prompt_tokens + budget - 1 <= limit
+
+
+# How a prompt's text becomes ids, part of the resume fingerprints of the runs it changed (`nextlong eval`'s tasks,
+# `nextlong heads`): 2026-12-07, special-token strings in the text are read as ordinary text, as they are counted
+# (before, the fed prompt parsed them into special ids, so it differed from the one measured). Only a run with a
+# prompt where the two encodings differ (`read_specials_before`) carries it; the others keep their records.
+ENCODING_REVISION = "2026-12-07"
+
+
+def prompt_ids(tokenizer, text: str, prefix: bool = True) -> list[int]:
+    """The ids fed for `text`: the tokenizer's prefix ids (Llama-3's BOS; with `prefix`), then the text read
+    as ordinary text (`encode_ordinary`: the encoding `count_tokens` counts and the corpus engine trains on)."""
+    head = [int(i) for i in getattr(tokenizer, "prefix_ids", ())] if prefix else []
+    return head + [int(i) for i in tokenizer.encode_ordinary(text)]
+
+
+def read_specials_before(tokenizer, text: str) -> bool:
+    """Whether the encoding before ENCODING_REVISION (`encode`, which parses special-token strings) gave `text`
+    other ids than `prompt_ids` does."""
+    import numpy as np
+
+    return not np.array_equal(tokenizer.encode(text), tokenizer.encode_ordinary(text))
 
 
 def greedy_ids(lm: LoadedModel, cache, first_id: int, prompt_tokens: int, budget: int) -> list[int]:

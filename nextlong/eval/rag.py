@@ -328,6 +328,7 @@ class RagPlan:
     retrieve: int
     fingerprint: str
     root: Path
+    older_fingerprint: str | None = None  # the same run's before DECODING_REVISION (runner.ResultJournal's older)
 
     def layout(self, e: Entry, length: int, depth: float) -> Layout:
         """The long context of `e` at `length` with the gold at `depth` percent (ACER's sample format)."""
@@ -537,7 +538,9 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
                 "model": lm.identity, "tokenizer": tok.fingerprint, "retrieve": k,
                 "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION,
                 "decoding": DECODING_REVISION}
-    plan.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    plan.fingerprint, plan.older_fingerprint = (
+        hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for ident in (identity, {k: v for k, v in identity.items() if k != "decoding"}))
     return plan
 
 
@@ -585,10 +588,14 @@ def run_rag(lm, plan: RagPlan) -> list[dict]:
     """Answer every job (resuming DIR/rag/.progress.jsonl); returns the records."""
     from tqdm import tqdm
 
+    from .model import decoded_alike
     from .runner import ResultJournal
 
     entry = {e.q.id: e for e in plan.entries}
-    journal = ResultJournal(plan.root, plan.fingerprint)
+    limit, prefix = lm.max_positions, len(lm.tokenizer.prefix_ids)  # a record's prompt_tokens leave the prefix out
+    journal = ResultJournal(plan.root, plan.fingerprint, plan.older_fingerprint,
+                            lambda r: decoded_alike(limit, prefix + r["prompt_tokens"],
+                                                    entry[r["index"]].max_new_tokens))
     records = []
     try:
         for task, length, depth, qid in tqdm(jobs(plan), desc="eval rag", unit="answer", dynamic_ncols=True,

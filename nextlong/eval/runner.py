@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import scoring
-from .model import (DECODING_REVISION, LoadedModel, attention, decode, forward, greedy_ids, keep_past,
-                    rewind_cache)
+from .model import (DECODING_REVISION, ENCODING_REVISION, LoadedModel, attention, decode, decoded_alike, forward,
+                    greedy_ids, keep_past, prompt_ids, read_specials_before, rewind_cache)
+from .samples import ANSWER_MARGIN
 from .tasks import PREFIXED_TASKS, PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
 PROGRESS = ".progress.jsonl"
@@ -40,15 +41,20 @@ class EvalSettings:
     progress: bool = True  # bars only: not part of the fingerprint
     extra: dict = field(default_factory=dict)
 
-    def fingerprint(self, model_identity, prefixed: bool = False) -> str:
-        """`prefixed`: the tokenizer puts ids before a sequence (its cwe and fwe samples have their own revision)."""
+    def fingerprint(self, model_identity, prefixed: bool = False, reencoded: bool = False,
+                    older_decoding: bool = False) -> str:
+        """`prefixed`: the tokenizer puts ids before a sequence (its cwe and fwe samples have their own revision);
+        `reencoded`: some sample's text was fed as other ids before ENCODING_REVISION (`preflight` says);
+        `older_decoding`: the fingerprint the same run had before DECODING_REVISION."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
         data["tasks_revision"] = TASKS_REVISION  # records of older generators are not reused
         if prefixed and any(t in PREFIXED_TASKS for t in self.tasks):
             data["prefixed_tasks_revision"] = PREFIXED_TASKS_REVISION
-        if self.greedy:  # nor greedy answers decoded by an older rule (teacher-forced-only runs keep theirs)
+        if reencoded:
+            data["encoding_revision"] = ENCODING_REVISION
+        if self.greedy and not older_decoding:  # nor greedy answers of an older rule (teacher-forced runs keep theirs)
             data["decoding_revision"] = DECODING_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -68,13 +74,13 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
     import torch
 
     tok, model = lm.tokenizer, lm.model
-    prompt_ids = [int(i) for i in tok.encode_prompt(sample.prompt)]  # after the tokenizer's BOS, if any
-    gold_ids = [int(i) for i in tok.encode(sample.gold)]
+    prompt = prompt_ids(tok, sample.prompt)  # after the tokenizer's BOS, if any; the text as counted
+    gold_ids = prompt_ids(tok, sample.gold, prefix=False)
     decode_attn = "eager" if lm.prefill_attn == "eager" else "sdpa"
     record = {"task": sample.task, "length": sample.length, "depth": sample.depth, "index": sample.index,
-              "prompt_tokens": len(prompt_ids), "answer_tokens": len(gold_ids), "answers": sample.answers}
+              "prompt_tokens": len(prompt), "answer_tokens": len(gold_ids), "answers": sample.answers}
     with torch.no_grad():
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
+        ids = torch.tensor([prompt], dtype=torch.long, device=lm.device)
         with attention(model, lm.prefill_attn):
             logits, cache, _ = forward(model, ids, last_only=True)
         last = logits[0, -1].float()
@@ -86,7 +92,7 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
                 with attention(model, decode_attn):
                     more, cache, _ = forward(model, gold, cache=cache)
                 steps.extend(more[0].float())
-                if greedy and not rewind_cache(cache, len(prompt_ids)):
+                if greedy and not rewind_cache(cache, len(prompt)):
                     cache = None  # freed before the second prefill builds its own
                     with attention(model, lm.prefill_attn):  # a cache that cannot be cut back: prefill again
                         _, cache, _ = forward(model, ids, last_only=True)
@@ -97,7 +103,7 @@ def evaluate_sample(lm: LoadedModel, sample: Sample, *, greedy: bool = True, tea
             record["teacher_forced_em"] = float(bool((table.argmax(-1) == target).all()))
         if greedy:
             with attention(model, decode_attn):  # never fed past the model's positions (greedy_ids)
-                out = greedy_ids(lm, cache, int(last.argmax()), len(prompt_ids),
+                out = greedy_ids(lm, cache, int(last.argmax()), len(prompt),
                                  max_new_tokens or sample.max_new_tokens)
             prediction = decode(tok, out)
             record["prediction"] = prediction
@@ -184,23 +190,27 @@ def _header_fingerprint(line: str):
 
 class ResultJournal:
     """The resume journal (DIR/.progress.jsonl): an append-only record of finished samples, headed by the
-    settings' fingerprint; a re-run with the same settings reuses them."""
+    settings' fingerprint; a re-run with the same settings reuses them. A journal headed by `older`, the same
+    settings' fingerprint under an older rule, gives the records `keep` says that rule could not have changed."""
 
-    def __init__(self, out_dir: Path, fingerprint: str):
+    def __init__(self, out_dir: Path, fingerprint: str, older: str | None = None, keep=None):
         self.path = Path(out_dir) / PROGRESS
         self.fingerprint = fingerprint
         self.done: dict[tuple, dict] = {}
         kept = []
         if self.path.is_file():
             lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
-            if lines and _header_fingerprint(lines[0]) == fingerprint:
+            header = _header_fingerprint(lines[0]) if lines else None
+            if header is not None and header in (fingerprint, older):
                 for line in lines[1:]:
                     try:
                         r = json.loads(line)
-                        self.done[self.key(r)] = r
+                        key = self.key(r)
                     except (ValueError, TypeError, KeyError):
                         break  # a line torn by a kill or a full disk: what follows was appended after it
-                    kept.append(line)
+                    if header == fingerprint or self._keeps(keep, r):
+                        self.done[key] = r
+                        kept.append(line)
         # written back without a torn tail (atomically), so the records appended now stay readable
         from ..atomic import atomic_path
 
@@ -208,6 +218,13 @@ class ResultJournal:
         with atomic_path(self.path) as tmp:
             tmp.write_text("\n".join([json.dumps({"fingerprint": fingerprint})] + kept) + "\n", encoding="utf-8")
         self._fh = open(self.path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _keeps(keep, record) -> bool:
+        try:
+            return bool(keep(record))
+        except (TypeError, KeyError, ValueError):  # a record without the fields the check reads
+            return False
 
     @staticmethod
     def key(r) -> tuple:
@@ -222,26 +239,29 @@ class ResultJournal:
         self._fh.close()
 
 
-def preflight(tokenizer, jobs, seed: int, essay, progress: bool = True) -> dict[tuple[str, int], str]:
+def preflight(tokenizer, jobs, seed: int, essay, progress: bool = True) -> tuple[dict[tuple[str, int], str], bool]:
     """Build every sample once before any model work (seconds, against minutes of scoring each), so
     a corpus that is too small, or a length too short for a task's prompt, stops or skips at once
     rather than after hours. A (task, length) cell where any sample's fixed parts alone exceed the
     length (e.g. cwe's solved example at 1K with a small vocabulary; its word lists differ from
     sample to sample, so checking the first one is not enough) is returned with the reason, to be
-    skipped and reported rather than failing the whole run."""
+    skipped and reported rather than failing the whole run. Also returned: whether any sample's text
+    was fed as other ids before ENCODING_REVISION (special-token strings in an essay corpus)."""
     from tqdm import tqdm
 
     from .haystack import LengthTooShortError
 
-    skipped = {}
+    skipped, reencoded = {}, False
     for task, length, depth, index in tqdm(jobs, desc="eval: building samples", unit="sample", dynamic_ncols=True,
                                            leave=False, disable=not progress or len(jobs) < 50):
         if (task, length) not in skipped:
             try:
-                make_sample(tokenizer, task, length, depth, index, seed, essay)
+                sample = make_sample(tokenizer, task, length, depth, index, seed, essay)
             except LengthTooShortError as exc:
                 skipped[(task, length)] = str(exc)
-    return skipped
+                continue
+            reencoded = reencoded or any(read_specials_before(tokenizer, t) for t in (sample.prompt, sample.gold))
+    return skipped, reencoded
 
 
 def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
@@ -251,14 +271,17 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
     from tqdm import tqdm
 
     jobs = plan(settings)
-    skipped = preflight(lm.tokenizer, jobs, settings.seed, essay, progress=settings.progress)
+    skipped, reencoded = preflight(lm.tokenizer, jobs, settings.seed, essay, progress=settings.progress)
     if skipped and len(skipped) == len({(t, n) for t, n, _, _ in jobs}):
         from .haystack import LengthTooShortError
 
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
     prefixed = bool(getattr(lm.tokenizer, "prefix_ids", ()))
-    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed))
+    older = settings.fingerprint(lm.identity, prefixed, reencoded, older_decoding=True) if settings.greedy else None
+    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed, reencoded), older,
+                            lambda r: decoded_alike(lm.max_positions, r["prompt_tokens"],
+                                                    settings.max_new_tokens or r["answer_tokens"] + ANSWER_MARGIN))
     reused = sum(1 for j in jobs if j in journal.done)
     metrics: dict[str, str] = {}
     records = []
