@@ -1071,12 +1071,16 @@ def damage_a_page(part) -> None:
     ("questions", "delete", ("retrieve", "rank", "read", "assemble", "data"), {}),
     ("assemble", "delete", (), dict(filter="answer-match")),  # data remade from the assembled parts
     ("read", "page", (), dict(order="retrieval", rebuild=True)),
+    ("read", "delete with its record", (), dict(order="retrieval", rebuild=True)),
+    ("assemble", "delete with its record", (), dict(filter="answer-match")),
 ])
 def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows(files, base, tmp_path, stage,
                                                                                 damage, redo, settings):
     """A part of a finished stage deleted since (or damaged inside a page) is one line naming it when a later
     stage reads it. A missing part was read as a block of no rows: the run finished, its questions' samples
-    silently gone (150 questions gave 82 samples where 141 were due), and a damaged page was pyarrow's traceback."""
+    silently gone (150 questions gave 82 samples where 141 were due), and a damaged page was pyarrow's traceback.
+    A part deleted with its block record still was: every block of a finished map stage has a record, so a
+    block of the stage's recorded count without one was deleted too, not a block of no rows."""
     import shutil
 
     from nextlong.errors import CorruptFileError
@@ -1084,13 +1088,16 @@ def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
     part = out / stage / "part-00001.parquet"
-    if damage == "delete":
+    if damage.startswith("delete"):
         part.unlink()
     else:
         damage_a_page(part)
+    if damage == "delete with its record":
+        (out / stage / "_done" / "part-00001.json").unlink()
     for name in redo:
         shutil.rmtree(out / name)
-    message = "missing, though" if damage == "delete" else "not a readable Parquet file"
+    message = {"delete": "missing, though", "page": "not a readable Parquet file",
+               "delete with its record": "missing, and so is its block record"}[damage]
     expected = f"{re.escape(str(part))}: {message}.*delete {re.escape(str(part.parent))}"
     with pytest.raises(CorruptFileError, match=expected):
         acer(files, out, **settings)

@@ -4,6 +4,7 @@ the output invariants, determinism, resume after an interruption, stage mismatch
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -915,3 +916,39 @@ def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
     assert hash(-1) == hash(-2)  # CPython's: two ids, one hash
     assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1)
     assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None)
+
+
+@pytest.mark.parametrize("stage, remade", [
+    ("assemble", "data"),  # the data stage of a finished run reads every assembled block
+    ("chunk", "chunks"),  # the chunk store is consolidated from every chunk block
+    ("embed", "embeddings"),  # the embeddings are gathered from every embedding block
+])
+@pytest.mark.parametrize("with_record", [False, True])
+def test_a_finished_blocks_part_deleted_is_named_not_skipped(tmp_path, stage, remade, with_record):
+    """The data stage took the assembled blocks that have records, and the chunk store and the embeddings the parts
+    that exist: a block whose part (and record) was deleted since its stage finished was skipped, its rows gone
+    without a word (the samples; the embeddings, whose rows then no longer matched their chunks), or an
+    IndexError later (the chunks). Each now takes every block the finished stage's record counts, and names what
+    is missing."""
+    import shutil
+
+    from nextlong.errors import CorruptFileError
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.pipeline import run
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(120_000))
+    cfg = SynthesisConfig(corpus=str(corpus), out=str(tmp_path / "out"), shard_size=4, num_threads=1, **FAST)
+    run(cfg, LocalExecutor(threads=1, corpus_block_docs=8))
+    folder = tmp_path / "out" / stage
+    assert json.loads((folder / "_done.json").read_text())["counts"]["blocks"] > 1
+    part, record = folder / "part-00000.parquet", folder / "_done" / "part-00000.json"
+    part.unlink()
+    if with_record:
+        record.unlink()
+    shutil.rmtree(tmp_path / "out" / remade)
+    said = (f"{re.escape(str(record))}: missing, though its stage finished" if with_record and stage == "assemble"
+            else f"{re.escape(str(part))}: missing, and so is its block record" if with_record
+            else f"{re.escape(str(part))}: missing, though")
+    with pytest.raises(CorruptFileError, match=said):
+        run(cfg, LocalExecutor(threads=1, corpus_block_docs=8))

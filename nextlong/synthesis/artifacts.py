@@ -100,8 +100,8 @@ def recorded_rows(stage_dir, block: int) -> int:
     counts = record.get("counts") if isinstance(record, dict) else None
     rows = counts.get("rows", 0) if isinstance(counts, dict) else None
     if not whole(rows, 0):
-        raise CorruptFileError(f"{path}: not a finished block's record (counts.rows); delete {_Path(stage_dir)} to "
-                               "make that stage again")
+        said = "not a finished block's record (counts.rows)" if path.exists() else "missing, though its stage finished"
+        raise CorruptFileError(f"{path}: {said}; delete {_Path(stage_dir)} to make that stage again")
     return rows
 
 

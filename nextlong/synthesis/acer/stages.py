@@ -778,7 +778,7 @@ class DataStage(WholeStage):
     def build(self, ctx):
         import os
 
-        from ..framework import block_numbers, block_path
+        from ..framework import block_path, finished_part
         from ..writers import write_parquet_atomic
         from .answers import contains_answer, final_answer
 
@@ -786,13 +786,13 @@ class DataStage(WholeStage):
         for stale in ctx.out_dir.glob("part-*.parquet"):
             stale.unlink()
         total = kept = without_gold = 0
-        for j in block_numbers(src):
-            # a part deleted or damaged since assemble finished is named, never taken as a block of no samples
-            n = recorded_rows(src, j)
-            if n == 0:
+        # every block assemble finished (its record's count): a part or record deleted or damaged since is named,
+        # never taken as a block of no samples
+        for j in range(int(ctx.input_record(self.inputs[0])["counts"]["blocks"])):
+            part = finished_part(src, j, ctx.pipeline.stage(self.inputs[0]))
+            if part is None:
                 continue
-            part = block_path(src, j)
-            check_part_rows(part, n)
+            check_part_rows(part, recorded_rows(src, j))
             table = read_part(part)
             total += table.num_rows
             if self.filter == "answer-match":
