@@ -313,14 +313,15 @@ def test_manifest(base, files):
 
 
 def test_repeated_document_ids_are_counted_and_warned_once(files, tmp_path, capsys):
-    """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line."""
+    """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line naming the
+    file and line of the first repeat, shown under --quiet (progress=False) too."""
     corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
     manifest = nextlong.acer(corpus, tmp_path / "out", model=files["model"], questions=files["questions"],
-                             id_field="id", **dict(FAST, ranker="embedding", progress=True))
+                             id_field="id", **dict(FAST, ranker="embedding"))
     assert manifest["statistics"]["documents_with_repeated_id"] == 3
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
-    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
-                        "the segments' doc_id names such documents alike"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeats an earlier document's" in line]
+    assert warnings == [f"warning: {corpus}:6: document id {first!r} repeats an earlier document's (3 document(s) "
+                        "of the corpus repeat one); the segments' doc_id names such documents alike"]
 
 
 def test_inspect_shows_the_chunks_question_and_answer(base):

@@ -895,17 +895,33 @@ def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
         synthesize(corpus, out, **synthesize_kwargs)
 
 
-def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys):
+@pytest.mark.parametrize("layout", ["file", "folder", "cut file"])
+def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys, layout):
     """Duplicate --id-field values are kept (real corpora have them), but the manifest counts the documents whose
-    id repeats an earlier one and the run warns once, naming the corpus and the first repeated id."""
-    from nextlong import synthesize
+    id repeats an earlier one and the run warns once, naming the file and line of the first repeat (it named the
+    corpus as given: a folder of many files for a folder corpus), under --quiet too (progress=False), as the
+    corpus reader's warnings are (it was hidden there, and under --no-progress). A repeat in a range that starts
+    inside a cut file is named by its file alone."""
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.pipeline import run
 
     corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
-    manifest = synthesize(corpus, tmp_path / "out", id_field="id", num_samples=2, **dict(FAST, progress=True))
+    where = f"{corpus}:6"  # the 6th document repeats the 3rd's id
+    if layout == "folder":  # two files: the repeat is the 1st line of the second one
+        lines = corpus.read_text().splitlines(keepends=True)
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "folder" / "a.jsonl").write_text("".join(lines[:5]))
+        (tmp_path / "folder" / "b.jsonl").write_text("".join(lines[5:]))
+        corpus, where = tmp_path / "folder", f"{tmp_path / 'folder' / 'b.jsonl'}:1"
+    elif layout == "cut file":  # the file cut into ranges of 5 KB: the 6th document is not in the first
+        where = str(corpus)
+    cfg = SynthesisConfig(corpus=str(corpus), out=str(tmp_path / "out"), id_field="id", num_samples=2, **FAST)
+    manifest = run(cfg, LocalExecutor(corpus_split_bytes=5000 if layout == "cut file" else 64 << 20))
     assert manifest["statistics"]["documents_with_repeated_id"] == 3
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
-    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
-                        "the segments' doc_id names such documents alike"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeats an earlier document's" in line]
+    assert warnings == [f"warning: {where}: document id {first!r} repeats an earlier document's (3 document(s) of "
+                        "the corpus repeat one); the segments' doc_id names such documents alike"]
 
 
 def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
@@ -914,8 +930,9 @@ def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
     from nextlong.synthesis.store import ChunkStore
 
     assert hash(-1) == hash(-2)  # CPython's: two ids, one hash
-    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1)
-    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None)
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1, 3)
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None, None)
+
 
 
 @pytest.mark.parametrize("stage, remade", [

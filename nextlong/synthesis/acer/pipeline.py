@@ -356,7 +356,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
     counts = np.asarray(store.token_counts)
     stats = {
         "corpus_documents": store.num_docs,
-        "documents_with_repeated_id": count_repeated_ids(cfg.corpus, store, lambda m: _log(cfg, m)),
+        "documents_with_repeated_id": count_repeated_ids(cfg, store),
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         # chunks of whitespace only (blank documents, a lone "\n" piece): never retrieved
