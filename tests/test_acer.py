@@ -298,6 +298,43 @@ def test_the_sample_bound_holds_the_longest_question_in_the_samples_tokenizer(fi
     assert needs == chunks + max(len(sample.render(cl, question=x)) for x in asked) + answer
 
 
+@pytest.mark.parametrize("asked, tokenizer", [
+    (["base", "command"], None),  # the model's BPE: " base" 2 ids, "base" 1; " command" 1, "command" 3
+    (["What", "zlib"], "cl100k_base"),  # the samples' cl100k: " What" and "What" 1 id; " zlib" 1, "zlib" 2
+])
+def test_the_context_checks_measure_a_question_as_a_template_without_its_space_renders_it(files, tmp_path, asked,
+                                                                                        tokenizer):
+    """A custom template may write "Question:{question}" (no space): the question is then encoded without the
+    leading space, but the checks before work picked the longest question by " " + question, which can be another
+    one, shorter without the space: the read, rank and sample bounds came out one or two tokens short, so a
+    --target-length that the checks passed could drop a sample as exceeding it."""
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.pipeline import check_before_work
+    from nextlong.synthesis.acer.templates import load_templates, passages_ids
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "read.txt").write_text("Answer the question.\n\n{passages}\n\nQuestion:{question}\nAnswer:\n")
+    (prompts / "rank.txt").write_text("Passage:\n{passage}\n\nQuestion:{question}\nHelpful? A or B.\nAnswer:\n")
+    (prompts / "sample.txt").write_text("Question:{question}\nAnswer:\n")
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in asked))
+    cfg = AcerConfig(out=str(tmp_path / "out"), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(q), prompts=str(prompts), tokenizer=tokenizer, **FAST)
+    needs = check_before_work(cfg).needs
+    t = load_templates(prompts)
+    lm, samples = load_tokenizer(files["tokenizer"]), load_tokenizer(tokenizer or files["tokenizer"])
+    tokens = lambda tok, text: len(tok.encode_ordinary(text))  # noqa: E731
+    tok = lm if tokenizer is None else samples  # where the question longest with its space is not longest without
+    assert tokens(tok, " " + asked[0]) >= tokens(tok, " " + asked[1]) and tokens(tok, asked[0]) < tokens(tok, asked[1])
+    chunk = np.zeros(FAST["chunk_tokens"], np.uint32)
+    passages = passages_ids(t, lm, [chunk] * FAST["read"])
+    assert needs["read"] == max(len(t["read"].render(lm, passages=passages, question=x)) for x in asked) + 8
+    assert needs["rank"] == max(len(t["rank"].render(lm, passage=chunk, question=x)) for x in asked) + 1
+    chunks = FAST["read"] * (FAST["chunk_tokens"] + len(samples.encode_ordinary("\n\n")))
+    assert needs["sample"] == chunks + max(len(t["sample"].render(samples, question=x)) for x in asked) + 8 + 2
+
+
 def test_manifest(base, files):
     _, manifest = base
     st, s = manifest["settings"], manifest["statistics"]
