@@ -43,6 +43,7 @@ class Checked:
     question_tokens: int  # longest question, in the LM's tokens (a bound for generated ones)
     needs: dict  # tokens each prompt and the sample need at most
     lm_dtype: str = "float32"  # the LM's weights dtype, resolved where the LM runs (lm.resolved_dtype)
+    prefix_ids: int = 0  # the ids the LM's tokenizer puts before each prompt (Llama-3's BOS)
 
 
 def _log(cfg, msg: str) -> None:
@@ -157,7 +158,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"(--read {cfg.read} x (up to {cfg.chunk_tokens} tokens + a {sep}-token separator) + the question, up to "
             f"{sample_q} tokens + the answer, up to {answer}); use --target-length {needs['sample']} or more, or a "
             "smaller --read, --chunk-tokens or --max-new-tokens")
-    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg))
+    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg), bos)
 
 
 def lm_dtype(cfg: AcerConfig) -> str:
@@ -229,7 +230,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
                     template=t["rank"].text if cfg.ranker == "model" else "", **ranker_lm),
         A.ReadStage(name="read", inputs=("rank", "chunks"), read=cfg.read, template=reader.text,
                     passage_template=t["passage"].text, max_new_tokens=cfg.max_new_tokens, stop="\n",
-                    stop_after=marker, **lm),
+                    stop_after=marker, prefix_ids=checked.prefix_ids, **lm),
         A.AssembleStage(name="assemble", inputs=("read", "chunks"), target_length=cfg.target_length, read=cfg.read,
                         chunk_tokens=cfg.chunk_tokens, order=cfg.order, seed=cfg.seed, separator=cfg.separator,
                         template=t["sample"].text, eos_id=checked.eos_id, tokenizer=tok,
