@@ -298,6 +298,43 @@ def test_the_sample_bound_holds_the_longest_question_in_the_samples_tokenizer(fi
     assert needs == chunks + max(len(sample.render(cl, question=x)) for x in asked) + answer
 
 
+@pytest.mark.parametrize("asked, tokenizer", [
+    (["base", "command"], None),  # the model's BPE: " base" 2 ids, "base" 1; " command" 1, "command" 3
+    (["What", "zlib"], "cl100k_base"),  # the samples' cl100k: " What" and "What" 1 id; " zlib" 1, "zlib" 2
+])
+def test_the_context_checks_measure_a_question_as_a_template_without_its_space_renders_it(files, tmp_path, asked,
+                                                                                        tokenizer):
+    """A custom template may write "Question:{question}" (no space): the question is then encoded without the
+    leading space, but the checks before work picked the longest question by " " + question, which can be another
+    one, shorter without the space: the read, rank and sample bounds came out one or two tokens short, so a
+    --target-length that the checks passed could drop a sample as exceeding it."""
+    from nextlong.corpus.tokenizer import load_tokenizer
+    from nextlong.synthesis.acer.pipeline import check_before_work
+    from nextlong.synthesis.acer.templates import load_templates, passages_ids
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "read.txt").write_text("Answer the question.\n\n{passages}\n\nQuestion:{question}\nAnswer:\n")
+    (prompts / "rank.txt").write_text("Passage:\n{passage}\n\nQuestion:{question}\nHelpful? A or B.\nAnswer:\n")
+    (prompts / "sample.txt").write_text("Question:{question}\nAnswer:\n")
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in asked))
+    cfg = AcerConfig(out=str(tmp_path / "out"), corpus=str(files["corpus"]), model=str(files["model"]),
+                     questions=str(q), prompts=str(prompts), tokenizer=tokenizer, **FAST)
+    needs = check_before_work(cfg).needs
+    t = load_templates(prompts)
+    lm, samples = load_tokenizer(files["tokenizer"]), load_tokenizer(tokenizer or files["tokenizer"])
+    tokens = lambda tok, text: len(tok.encode_ordinary(text))  # noqa: E731
+    tok = lm if tokenizer is None else samples  # where the question longest with its space is not longest without
+    assert tokens(tok, " " + asked[0]) >= tokens(tok, " " + asked[1]) and tokens(tok, asked[0]) < tokens(tok, asked[1])
+    chunk = np.zeros(FAST["chunk_tokens"], np.uint32)
+    passages = passages_ids(t, lm, [chunk] * FAST["read"])
+    assert needs["read"] == max(len(t["read"].render(lm, passages=passages, question=x)) for x in asked) + 8
+    assert needs["rank"] == max(len(t["rank"].render(lm, passage=chunk, question=x)) for x in asked) + 1
+    chunks = FAST["read"] * (FAST["chunk_tokens"] + len(samples.encode_ordinary("\n\n")))
+    assert needs["sample"] == chunks + max(len(t["sample"].render(samples, question=x)) for x in asked) + 8 + 2
+
+
 def test_manifest(base, files):
     _, manifest = base
     st, s = manifest["settings"], manifest["statistics"]
@@ -313,15 +350,15 @@ def test_manifest(base, files):
 
 
 def test_repeated_document_ids_are_counted_and_warned_once(files, tmp_path, capsys):
-    """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line, also
-    without progress bars (`--no-progress`)."""
+    """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line naming the
+    file and line of the first repeat, shown under --quiet (progress=False) too."""
     corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
     manifest = nextlong.acer(corpus, tmp_path / "out", model=files["model"], questions=files["questions"],
                              id_field="id", **dict(FAST, ranker="embedding"))
     assert manifest["statistics"]["documents_with_repeated_id"] == 3
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
-    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
-                        "the segments' doc_id names such documents alike"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeats an earlier document's" in line]
+    assert warnings == [f"warning: {corpus}:6: document id {first!r} repeats an earlier document's (3 document(s) "
+                        "of the corpus repeat one); the segments' doc_id names such documents alike"]
 
 
 def test_inspect_shows_the_chunks_question_and_answer(base):
@@ -1072,12 +1109,16 @@ def damage_a_page(part) -> None:
     ("questions", "delete", ("retrieve", "rank", "read", "assemble", "data"), {}),
     ("assemble", "delete", (), dict(filter="answer-match")),  # data remade from the assembled parts
     ("read", "page", (), dict(order="retrieval", rebuild=True)),
+    ("read", "delete with its record", (), dict(order="retrieval", rebuild=True)),
+    ("assemble", "delete with its record", (), dict(filter="answer-match")),
 ])
 def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows(files, base, tmp_path, stage,
                                                                                 damage, redo, settings):
     """A part of a finished stage deleted since (or damaged inside a page) is one line naming it when a later
     stage reads it. A missing part was read as a block of no rows: the run finished, its questions' samples
-    silently gone (150 questions gave 82 samples where 141 were due), and a damaged page was pyarrow's traceback."""
+    silently gone (150 questions gave 82 samples where 141 were due), and a damaged page was pyarrow's traceback.
+    A part deleted with its block record still was: every block of a finished map stage has a record, so a
+    block of the stage's recorded count without one was deleted too, not a block of no rows."""
     import shutil
 
     from nextlong.errors import CorruptFileError
@@ -1085,13 +1126,16 @@ def test_a_finished_stages_part_deleted_or_damaged_is_named_not_taken_as_no_rows
     out = tmp_path / "out"
     shutil.copytree(base[0], out)
     part = out / stage / "part-00001.parquet"
-    if damage == "delete":
+    if damage.startswith("delete"):
         part.unlink()
     else:
         damage_a_page(part)
+    if damage == "delete with its record":
+        (out / stage / "_done" / "part-00001.json").unlink()
     for name in redo:
         shutil.rmtree(out / name)
-    message = "missing, though" if damage == "delete" else "not a readable Parquet file"
+    message = {"delete": "missing, though", "page": "not a readable Parquet file",
+               "delete with its record": "missing, and so is its block record"}[damage]
     expected = f"{re.escape(str(part))}: {message}.*delete {re.escape(str(part.parent))}"
     with pytest.raises(CorruptFileError, match=expected):
         acer(files, out, **settings)

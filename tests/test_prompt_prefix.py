@@ -168,8 +168,15 @@ def test_a_prefixed_tokenizers_run_without_cwe_or_fwe_keeps_its_records():
 
 
 def test_acer_counts_the_bos_in_its_prompt_tokens(bos_model, tmp_path, monkeypatch):
-    """statistics.lm.<stage>.prompt_tokens is what the LM reads: each prompt after its BOS (one id per call)."""
+    """statistics.lm.<stage>.prompt_tokens is what the LM reads: each prompt after its BOS (one id per call), and so
+    is the read stage's per-row read_prompt_tokens column (it left the BOS out). A folder made before, whose column
+    left it out, is refused as other settings rather than resumed with two rules in one column; a tokenizer without
+    a prefix keeps its read stage's settings, so its folders (whose column is unchanged) still match."""
+    import pyarrow.parquet as pq
+
     import nextlong
+    from nextlong.errors import StageMismatchError
+    from nextlong.synthesis.acer.stages import ReadStage
     from nextlong.synthesis.acer.lm import LM
     from tests.helpers import corpus_head, write_jsonl
 
@@ -189,11 +196,25 @@ def test_acer_counts_the_bos_in_its_prompt_tokens(bos_model, tmp_path, monkeypat
     monkeypatch.setattr(LM, "generate", generate)
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What does json encode?"}\n{"question": "What is zlib?"}\n')
-    manifest = nextlong.acer(write_jsonl(tmp_path / "corpus.jsonl", corpus_head(limit=8)), tmp_path / "out",
-                             model=folder, questions=questions, target_length=1024, chunk_tokens=64, retrieve=4,
-                             read=2, max_new_tokens=4, embedder="hashed-tfidf", progress=False, num_threads=1,
-                             keep_cut_answers=True)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_head(limit=8))
+    options = dict(model=folder, questions=questions, target_length=1024, chunk_tokens=64, retrieve=4, read=2,
+                   max_new_tokens=4, embedder="hashed-tfidf", progress=False, num_threads=1, keep_cut_answers=True)
+    manifest = nextlong.acer(corpus, tmp_path / "out", **options)
     lm = manifest["statistics"]["lm"]
     for stage in ("rank", "read"):
         assert lm[stage]["calls"] == len(seen[stage]) > 0
         assert lm[stage]["prompt_tokens"] == sum(seen[stage]) + len(seen[stage])
+    column = pq.read_table(tmp_path / "out" / "read").column("read_prompt_tokens").to_pylist()
+    assert column == [n + 1 for n in seen["read"]]
+    # the read stage as a folder made before recorded it: no prefix_ids in its settings, another fingerprint
+    record = tmp_path / "out" / "read" / "_done.json"
+    old = json.loads(record.read_text())
+    assert old["settings"]["prefix_ids"] == 1
+    del old["settings"]["prefix_ids"]
+    old["fingerprint"] = "0" * len(old["fingerprint"])
+    record.write_text(json.dumps(old))
+    with pytest.raises(StageMismatchError, match=r"cached read stage .*prefix_ids \(the ids --model's tokenizer puts "
+                                                 r"before a prompt\): cached 0 \(the default, left out of the record; a "
+                                                 r"folder made before the setting \(2026-12-07\) counts no prefix ids"):
+        nextlong.acer(corpus, tmp_path / "out", **options)
+    assert "prefix_ids" not in ReadStage(name="read").settings()  # no prefix: the settings folders made before hold

@@ -4,6 +4,7 @@ the output invariants, determinism, resume after an interruption, stage mismatch
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -894,18 +895,33 @@ def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
         synthesize(corpus, out, **synthesize_kwargs)
 
 
-def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys):
+@pytest.mark.parametrize("layout", ["file", "folder", "cut file"])
+def test_repeated_document_ids_are_counted_and_warned_once(tmp_path, capsys, layout):
     """Duplicate --id-field values are kept (real corpora have them), but the manifest counts the documents whose
-    id repeats an earlier one and the run warns once, naming the corpus and the first repeated id; without progress
-    bars too (`--no-progress`, FAST's progress=False), which once silenced the warning."""
-    from nextlong import synthesize
+    id repeats an earlier one and the run warns once, naming the file and line of the first repeat (it named the
+    corpus as given: a folder of many files for a folder corpus), under --quiet too (progress=False), as the
+    corpus reader's warnings are (it was hidden there, and under --no-progress). A repeat in a range that starts
+    inside a cut file is named by its file alone."""
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.pipeline import run
 
     corpus, first = repeated_id_corpus(tmp_path / "docs.jsonl")
-    manifest = synthesize(corpus, tmp_path / "out", id_field="id", num_samples=2, **FAST)
+    where = f"{corpus}:6"  # the 6th document repeats the 3rd's id
+    if layout == "folder":  # two files: the repeat is the 1st line of the second one
+        lines = corpus.read_text().splitlines(keepends=True)
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "folder" / "a.jsonl").write_text("".join(lines[:5]))
+        (tmp_path / "folder" / "b.jsonl").write_text("".join(lines[5:]))
+        corpus, where = tmp_path / "folder", f"{tmp_path / 'folder' / 'b.jsonl'}:1"
+    elif layout == "cut file":  # the file cut into ranges of 5 KB: the 6th document is not in the first
+        where = str(corpus)
+    cfg = SynthesisConfig(corpus=str(corpus), out=str(tmp_path / "out"), id_field="id", num_samples=2, **FAST)
+    manifest = run(cfg, LocalExecutor(corpus_split_bytes=5000 if layout == "cut file" else 64 << 20))
     assert manifest["statistics"]["documents_with_repeated_id"] == 3
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier document's id" in line]
-    assert warnings == [f"warning: {corpus}: 3 document(s) repeat an earlier document's id (the first: {first!r}); "
-                        "the segments' doc_id names such documents alike"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "repeats an earlier document's" in line]
+    assert warnings == [f"warning: {where}: document id {first!r} repeats an earlier document's (3 document(s) of "
+                        "the corpus repeat one); the segments' doc_id names such documents alike"]
 
 
 def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
@@ -914,5 +930,42 @@ def test_repeated_ids_are_compared_exactly_where_their_hashes_meet():
     from nextlong.synthesis.store import ChunkStore
 
     assert hash(-1) == hash(-2)  # CPython's: two ids, one hash
-    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1)
-    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None)
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a", -1, "b", "a", "a"])) == (3, -1, 3)
+    assert ChunkStore.repeated_ids(SimpleNamespace(doc_ids=[-1, -2, "a"])) == (0, None, None)
+
+
+
+@pytest.mark.parametrize("stage, remade", [
+    ("assemble", "data"),  # the data stage of a finished run reads every assembled block
+    ("chunk", "chunks"),  # the chunk store is consolidated from every chunk block
+    ("embed", "embeddings"),  # the embeddings are gathered from every embedding block
+])
+@pytest.mark.parametrize("with_record", [False, True])
+def test_a_finished_blocks_part_deleted_is_named_not_skipped(tmp_path, stage, remade, with_record):
+    """The data stage took the assembled blocks that have records, and the chunk store and the embeddings the parts
+    that exist: a block whose part (and record) was deleted since its stage finished was skipped, its rows gone
+    without a word (the samples; the embeddings, whose rows then no longer matched their chunks), or an
+    IndexError later (the chunks). Each now takes every block the finished stage's record counts, and names what
+    is missing."""
+    import shutil
+
+    from nextlong.errors import CorruptFileError
+    from nextlong.synthesis.config import SynthesisConfig
+    from nextlong.synthesis.executors.local import LocalExecutor
+    from nextlong.synthesis.pipeline import run
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(120_000))
+    cfg = SynthesisConfig(corpus=str(corpus), out=str(tmp_path / "out"), shard_size=4, num_threads=1, **FAST)
+    run(cfg, LocalExecutor(threads=1, corpus_block_docs=8))
+    folder = tmp_path / "out" / stage
+    assert json.loads((folder / "_done.json").read_text())["counts"]["blocks"] > 1
+    part, record = folder / "part-00000.parquet", folder / "_done" / "part-00000.json"
+    part.unlink()
+    if with_record:
+        record.unlink()
+    shutil.rmtree(tmp_path / "out" / remade)
+    said = (f"{re.escape(str(record))}: missing, though its stage finished" if with_record and stage == "assemble"
+            else f"{re.escape(str(part))}: missing, and so is its block record" if with_record
+            else f"{re.escape(str(part))}: missing, though")
+    with pytest.raises(CorruptFileError, match=said):
+        run(cfg, LocalExecutor(threads=1, corpus_block_docs=8))

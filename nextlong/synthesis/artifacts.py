@@ -75,19 +75,59 @@ def load_store(chunks_dir):
     return ChunkStore.load(_Path(chunks_dir) / STORE_DIR)
 
 
-def count_repeated_ids(corpus, store) -> int:
-    """`statistics.documents_with_repeated_id` of `nextlong synthesize` and `acer`: the documents of the corpus
-    `store` whose id repeats an earlier one (ChunkStore.repeated_ids), with one warning line on stderr naming
-    the first, since segments' `doc_id` cannot tell such documents apart. Not refused: real corpora repeat ids.
-    Printed whatever the progress setting, as the corpus reader's warnings are: `--no-progress` turns off bars,
-    not warnings."""
+def count_repeated_ids(cfg, store) -> int:
+    """`statistics.documents_with_repeated_id` of `nextlong synthesize` and `acer` (`cfg` their config): the
+    documents of the corpus `store` whose id repeats an earlier one (ChunkStore.repeated_ids), with one warning
+    line naming where the first lies (`document_place`), since segments' `doc_id` cannot tell such documents
+    apart. Not refused: real corpora repeat ids. The warning is shown under --quiet too, as the corpus reader's
+    are: it is about the data, not progress."""
     from ..untrusted import show
 
-    repeats, first = store.repeated_ids()
+    repeats, first, at = store.repeated_ids()
     if repeats:
-        print(f"warning: {corpus}: {repeats} document(s) repeat an earlier document's id (the first: {show(first)}); "
-              "the segments' doc_id names such documents alike", file=sys.stderr, flush=True)
+        where = document_place(cfg, int(store.doc_index[at])) or cfg.corpus
+        print(f"warning: {where}: document id {show(first)} repeats an earlier document's ({repeats} document(s) "
+              "of the corpus repeat one); the segments' doc_id names such documents alike", file=sys.stderr, flush=True)
     return repeats
+
+
+def document_place(cfg, doc_index: int) -> str | None:
+    """Where document `doc_index` of the corpus lies: "FILE:LINE" (a Parquet file's row, a .txt file alone), as the
+    corpus reader's messages name it, else the file alone; None where the chunk stage's block records do not say.
+    Each block record names its split's first file and the documents before the split (`numbering`), so only the
+    document's split is read again, up to the document (a split is at most 64 MB of the corpus by default). A split
+    that starts inside a cut file names that file alone: its line would take counting the file's lines before."""
+    from ..corpus.reader import detect_format, list_corpus_files
+    from ..corpus.split import SplitReader
+    from ..errors import NextlongError
+    from .framework import block_numbers, block_record_path, read_done
+
+    chunk_dir = _Path(cfg.out_dir) / "chunk"
+    try:
+        splits: dict = {}  # split -> [documents before it, its first file's name, its documents]
+        for j in block_numbers(chunk_dir):
+            record = read_done(block_record_path(chunk_dir, j)) or {}
+            numbering, split = record.get("numbering") or {}, (record.get("partition") or {}).get("split")
+            entry = splits.setdefault(split, [int(numbering["doc_offset"]), str(numbering["name"]), 0])
+            entry[2] += int(record["counts"]["docs"])
+        s = next(s for s, (before, _, docs) in splits.items() if before <= doc_index < before + docs)
+        before, name = splits[s][:2]
+        files = list_corpus_files(cfg.corpus)
+        start = next(i for i, (_, n) in enumerate(files) if n == name)
+        if any(t < s and e[1] == name for t, e in splits.items()):  # a range of a cut file that starts inside it
+            return str(files[start][0])
+        pieces = [{"path": str(path), "name": n, "format": detect_format(path)} for path, n in files[start:]]
+        reader = SplitReader(cfg.corpus, text_field=cfg.text_field, id_field=None, on_error=cfg.on_error)
+        k = doc_index - before
+        for batch in reader.split_batches(pieces):
+            if k < batch.num_rows:
+                place = batch.column("doc_id")[k].as_py()  # "<name>:<line>", or <name> for a .txt file
+                path, n = next(f for f in files if place == f[1] or place.startswith(f[1] + ":"))
+                return f"{path}{place[len(n):]}"
+            k -= batch.num_rows
+    except (NextlongError, OSError, ValueError, TypeError, KeyError, AttributeError, StopIteration):
+        return None  # records of an older nextlong, or edited: the warning names the corpus instead
+    return None
 
 
 BLANK_DOCS_FILE = "blank_docs.npy"  # beside chunks.parquet: the dense numbers of the blank documents
@@ -104,8 +144,8 @@ def recorded_rows(stage_dir, block: int) -> int:
     counts = record.get("counts") if isinstance(record, dict) else None
     rows = counts.get("rows", 0) if isinstance(counts, dict) else None
     if not whole(rows, 0):
-        raise CorruptFileError(f"{path}: not a finished block's record (counts.rows); delete {_Path(stage_dir)} to "
-                               "make that stage again")
+        said = "not a finished block's record (counts.rows)" if path.exists() else "missing, though its stage finished"
+        raise CorruptFileError(f"{path}: {said}; delete {_Path(stage_dir)} to make that stage again")
     return rows
 
 

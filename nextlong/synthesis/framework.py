@@ -50,7 +50,8 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executors/local.
    part j. Block numbers are 0, 1, 2, ... in input order and name the outputs: block j of map stage
    s is written to `<s>/part-{j:05d}.parquet` (`block_path`) with its block record
    `<s>/_done/part-{j:05d}.json` after it. A block whose map output has no rows still gets its
-   record (and no Parquet file).
+   record (and no Parquet file), so each of the `blocks` a finished map stage records has one: a reader
+   (`finished_part`) names a block missing both as deleted since, never takes it as a block of no rows.
 4. Ids. Nothing may depend on which worker ran what or in which order: ids are derived from
    per-block counts and a prefix sum. Corpus blocks: a split numbers `doc_index` from 0 (and the
    lines of a byte range from its start); the first map stage keeps what it is given and numbers its
@@ -562,17 +563,31 @@ def part_rows(part) -> int:
 
 def input_block(ctx: StageContext, j: int) -> pa.Table | None:
     """Block j of a map stage's input, read whole with its damage named in one line (a footer can read while a
-    page cannot); None for a block of no rows, which has no part. A part missing where its input records rows (a
-    map stage's block record, or a whole stage whose parts are never empty) was deleted since that stage
-    finished: named, not mapped as a block of no rows, which would drop its rows from the output unsaid."""
+    page cannot); None for a block of no rows, which has no part (`finished_part`)."""
     name = ctx.stage.inputs[0]
-    source = ctx.input(name)
+    stage = next((s for s in ctx.pipeline.stages if s.name == name), None)
+    part = finished_part(ctx.input(name), j, stage)
+    return None if part is None else read_part(part)
+
+
+def finished_part(stage_dir, j: int, stage: Stage | None = None) -> Path | None:
+    """The Parquet part of block j of a finished stage (`stage`, None for an external folder), or None for a block
+    of no rows, which has no part. A part missing where the block's record counts rows, or where the stage's parts
+    are never empty (a whole stage's), or a map stage's block missing with its record (every block it ran has
+    one, so within its recorded block count the block was there), was deleted since that stage finished: named in
+    one line, never taken as a block of no rows, which would drop its rows from the output unsaid."""
+    source = Path(stage_dir)
     path = block_path(source, j)
     if path.exists():
-        return read_part(path)
-    record = read_done(block_record_path(source, j))
+        return path
+    record_path = block_record_path(source, j)
+    record = read_done(record_path)
+    name = stage.name if stage is not None else source.name
+    if record is None and stage is not None and stage.kind == "map":
+        said = "so is its block record" if not record_path.exists() else "its block record does not read:"
+        raise CorruptFileError(f"{path}: missing, and {said} {record_path}, though the {name} stage finished with "
+                               f"block {j}; delete {source} to make that stage again")
     rows = record["counts"].get("rows", 0) if record is not None else 0
-    stage = next((s for s in ctx.pipeline.stages if s.name == name), None)
     if rows or (stage is not None and stage.parts_never_empty):
         raise CorruptFileError(f"{path}: missing, though the {name} stage finished with {rows or 'some'} rows in "
                                f"block {j}; delete {source} to make that stage again")

@@ -364,7 +364,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     stats["blank_documents_skipped"] = int(units.get("blank_documents_skipped", 0))  # no row built from them
     # over the corpus as read (the chunks stage), before --dedup-corpus drops any document
     stats["documents_with_repeated_id"] = count_repeated_ids(
-        cfg.corpus, store if chunks_name == "chunks" else load_store(out / "chunks"))
+        cfg, store if chunks_name == "chunks" else load_store(out / "chunks"))
     if cfg.method == "nextlong":
         stats["chunks_blank"] = int(empty_chunks(out / chunks_name, store).sum())  # never a negative
         stats.update(negative_reuse(out, used, partial, store.num_chunks))

@@ -59,16 +59,17 @@ class ChunkStage(MapStage):
         return {"rows": output.num_rows, "tokens": int(pc.sum(output.column("num_tokens")).as_py() or 0)}
 
 
-def _renumbered_parts(parts_dir, blocks: int):
+def _renumbered_parts(parts_dir, blocks: int, stage=None):
     """(block, table) of a map stage's parts with chunk_id = rows in earlier blocks + local id, and the
-    corpus-wide doc_index and doc ids its block records name (read.corpus_numbered)."""
+    corpus-wide doc_index and doc ids its block records name (read.corpus_numbered). `stage`: the finished stage
+    the parts are, whose parts deleted since are named (framework.finished_part), not skipped."""
     from .read import corpus_numbered
-    from .framework import block_path, block_record_path, read_done
+    from .framework import block_path, block_record_path, finished_part, read_done
 
     first = 0
     for j in range(blocks):
-        path = block_path(parts_dir, j)
-        if not path.exists():
+        path = finished_part(parts_dir, j, stage) if stage is not None else block_path(parts_dir, j)
+        if path is None or not path.exists():
             continue
         t = corpus_numbered(checked_parquet.read_table(path), read_done(block_record_path(parts_dir, j)))
         ids = pa.array(np.arange(first, first + t.num_rows, dtype=np.int64))
@@ -112,7 +113,8 @@ class Consolidate(WholeStage):
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
-        rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks)), ctx.out_dir)
+        rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks, ctx.pipeline.stage(self.inputs[0]))),
+                                  ctx.out_dir)
         store = load_store(ctx.out_dir)
         return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks,
                 "blank_documents": int(blank_documents(ctx.out_dir, store).size)}
@@ -181,7 +183,7 @@ class DedupStage(WholeStage):
         from .writers import write_parquet_atomic
 
         kept_parts = []
-        for j, t in _renumbered_parts(blocks_dir, blocks):  # the kept rows of each block, ids local again
+        for j, t in _renumbered_parts(blocks_dir, blocks, ctx.pipeline.stage(self.inputs[0])):  # the kept rows of each block, ids local again
             keep = ~np.isin(t.column("doc_index").to_numpy(), list(removed_doc_index)) if removed_doc_index else None
             if keep is not None:
                 t = t.filter(pa.array(keep))
@@ -319,16 +321,18 @@ class GatherEmbeddings(WholeStage):
 
     def build(self, ctx):
         from ..atomic import file_crc32
-        from .framework import block_counts, block_path
+        from .framework import block_counts, finished_part
 
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
         counts = block_counts(src, range(blocks))
         rows = sum(c.get("rows", 0) for c in counts)
+        # each block's part, None for a block of no rows (one deleted since embed finished is named, not skipped)
+        parts = [finished_part(src, j, ctx.pipeline.stage(self.inputs[0])) for j in range(blocks)]
         dim = None
-        for j in range(blocks):
-            if block_path(src, j).exists():
-                dim = _pq.read_schema(block_path(src, j)).field("embedding").type.list_size
+        for part in parts:
+            if part is not None:
+                dim = _pq.read_schema(part).field("embedding").type.list_size
                 break
         dim = dim or 1
         from ..mining.embed_store import _reserve
@@ -339,10 +343,10 @@ class GatherEmbeddings(WholeStage):
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
             _reserve(tmp)  # a write into a mapped page the disk cannot back would be a SIGBUS
             at = 0
-            for j in range(blocks):
-                if not block_path(src, j).exists():
+            for part in parts:
+                if part is None:
                     continue
-                col = checked_parquet.read_table(block_path(src, j)).column("embedding").combine_chunks()
+                col = checked_parquet.read_table(part).column("embedding").combine_chunks()
                 n = len(col)
                 arr[at:at + n] = col.flatten().to_numpy().reshape(n, dim)
                 at += n
@@ -668,7 +672,10 @@ class CutStage(WholeStage):
         for stale in list(ctx.out_dir.glob("part-*.parquet")):
             stale.unlink()
         taken, used, partial = 0, [], None
-        for j in block_numbers(src):
+        # a finished assemble stage: each of its blocks (a record deleted since is named by recorded_rows, never
+        # skipped as a block of no rows); one the cut stopped: the blocks it ran, with no gap before the cut
+        finished = ctx.input_record(self.inputs[0])
+        for j in range(int(finished["counts"]["blocks"])) if finished else block_numbers(src):
             if self.rows is not None and taken >= self.rows:
                 break
             n = recorded_rows(src, j)

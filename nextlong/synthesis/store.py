@@ -74,21 +74,22 @@ class ChunkStore:
         total_tokens = int(self.tok_offsets[-1])
         return float(self.char_len.sum()) / total_tokens if total_tokens else 1.0
 
-    def repeated_ids(self) -> tuple[int, object]:
-        """(documents whose id repeats an earlier document's, the first such id in corpus order or None): a corpus
+    def repeated_ids(self) -> tuple[int, object, int | None]:
+        """(documents whose id repeats an earlier document's, the first such id in corpus order and its document
+        number in the store, or None, None): a corpus
         may repeat `--id-field` values, and segments' `doc_id` then names more than one document. Memory about
         24 bytes per document (a 64-bit hash of each id, its sort order and the sorted hashes; the ids are
         the store's own), not a set of every id; only ids whose hashes meet are compared, exactly, so a hash
         collision counts nothing."""
         ids = self.doc_ids
         if len(ids) < 2:
-            return 0, None
+            return 0, None, None
         hashes = np.fromiter(map(hash, ids), np.int64, count=len(ids))
         order = np.argsort(hashes, kind="stable")
         hashes = hashes[order]
         meet = hashes[1:] == hashes[:-1]
         if not meet.any():
-            return 0, None
+            return 0, None, None
         shared = np.zeros(len(ids), bool)
         shared[1:] |= meet
         shared[:-1] |= meet
@@ -96,10 +97,10 @@ class ChunkStore:
         for d in np.sort(order[shared]).tolist():  # corpus order: the first repeat met is the earliest
             if ids[d] in seen:
                 repeats += 1
-                first = ids[d] if first is None else first
+                first = d if first is None else first
             else:
                 seen.add(ids[d])
-        return repeats, first
+        return repeats, (None if first is None else ids[first]), first
 
     # --- building and persistence -------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class Checked:
     question_tokens: int  # longest question, in the LM's tokens (a bound for generated ones)
     needs: dict  # tokens each prompt and the sample need at most
     lm_dtype: str = "float32"  # the LM's weights dtype, resolved where the LM runs (lm.resolved_dtype)
+    prefix_ids: int = 0  # the ids the LM's tokenizer puts before each prompt (Llama-3's BOS)
 
 
 def _log(cfg, msg: str) -> None:
@@ -91,19 +92,14 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     if cfg.questions is not None:
         from .questions import read_questions
 
-        questions = read_questions(cfg.questions)
-        longest = max((q["question"] for q in questions), key=lambda q: len(lm_tok.encode_ordinary(" " + q)))
-        question_tokens = len(lm_tok.encode_ordinary(" " + longest))
-        # the longest in the samples' tokenizer, which with another --tokenizer may be another question
-        sample_longest = longest if sample_tok.fingerprint == lm_tok.fingerprint else max(
-            (q["question"] for q in questions), key=lambda q: len(sample_tok.encode_ordinary(" " + q)))
+        questions = [q["question"] for q in read_questions(cfg.questions)]
+        question_tokens = max(len(lm_tok.encode_ordinary(" " + q)) for q in questions)
     else:
         from .stages import question_bound
 
-        # AskStage drops a generated question that re-encodes longer, in either tokenizer
+        # AskStage drops a generated question that re-encodes longer, in either tokenizer, with its space or without
         question_tokens = question_bound(cfg.question_max_new_tokens)
-        longest = None
-        sample_longest = np.zeros(question_tokens, np.uint32)
+        questions = None
     if cfg.retriever_used == "embedding":
         from ...mining.embedding import check_embedder_spec
 
@@ -115,15 +111,22 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             raise NextlongError("--retriever bm25 needs nextlong's native BM25 search, which this build lacks: "
                                 "rebuild the package (pip install -e .)")
 
-    def q_value(n):  # the longest question as the prompt sees it
-        return longest if longest is not None else np.zeros(n, np.uint32)
+    def q_value(name, tok):
+        """The question that makes template `name` longest in `tok`'s ids, as the template renders it: with the space
+        a literal ending in one gives it, or without ("Question:{question}"), which can make another question the
+        longest (a generated one: its bound)."""
+        if questions is None:
+            return np.zeros(question_tokens, np.uint32)
+        prefixes = templates[name].value_prefixes("question")
+        return max(questions, key=lambda q: sum(len(tok.encode_ordinary(p + q)) for p in prefixes))
 
     chunk = np.zeros(cfg.chunk_tokens, np.uint32)
     limit = info.max_positions
     needs = {}
     bos = len(lm_tok.prefix_ids)  # the LM's prompts start with its tokenizer's prefix ids (nextlong.acer.lm)
-    read_prompt = bos + len(templates["read_cot" if cfg.chain_of_thought else "read"].render(
-        lm_tok, passages=passages_ids(templates, lm_tok, [chunk] * cfg.read), question=q_value(question_tokens)))
+    reader = "read_cot" if cfg.chain_of_thought else "read"
+    read_prompt = bos + len(templates[reader].render(
+        lm_tok, passages=passages_ids(templates, lm_tok, [chunk] * cfg.read), question=q_value(reader, lm_tok)))
     needs["read"] = read_prompt + cfg.max_new_tokens
     if limit is not None and needs["read"] > limit:
         raise UsageError(
@@ -133,7 +136,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"{info.folder} has {limit} positions (max_position_embeddings); use a smaller --read or --chunk-tokens")
     if cfg.ranker == "model":
         needs["rank"] = bos + len(templates["rank"].render(lm_tok, passage=chunk,
-                                                           question=q_value(question_tokens))) + 1
+                                                           question=q_value("rank", lm_tok))) + 1
         if limit is not None and needs["rank"] > limit:
             raise UsageError(f"the ranker's prompt (one chunk of {cfg.chunk_tokens} tokens, the template and the "
                              f"longest question) needs {needs['rank']} tokens, beyond the {limit} positions of "
@@ -145,7 +148,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
                              f"of {info.folder}; use a smaller --chunk-tokens")
     eos = end_of_text_id(sample_tok, lm_tok, info.config_eos_ids)  # config.json's, as before
     sep = len(sample_tok.encode_ordinary(cfg.separator))
-    sample_q = len(templates["sample"].render(sample_tok, question=sample_longest))
+    sample_q = len(templates["sample"].render(sample_tok, question=q_value("sample", sample_tok)))
     # " " + answer, re-encoded, then the end-of-text id; AssembleStage drops an answer whose re-encoding is longer
     answer = cfg.max_new_tokens + 1 + (eos is not None)
     needs["sample"] = cfg.read * (cfg.chunk_tokens + sep) + sample_q + answer
@@ -155,7 +158,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
             f"(--read {cfg.read} x (up to {cfg.chunk_tokens} tokens + a {sep}-token separator) + the question, up to "
             f"{sample_q} tokens + the answer, up to {answer}); use --target-length {needs['sample']} or more, or a "
             "smaller --read, --chunk-tokens or --max-new-tokens")
-    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg))
+    return Checked(info, templates, spec, eos, question_tokens, needs, lm_dtype(cfg), bos)
 
 
 def lm_dtype(cfg: AcerConfig) -> str:
@@ -227,7 +230,7 @@ def build_pipeline(cfg: AcerConfig, checked: Checked) -> Pipeline:
                     template=t["rank"].text if cfg.ranker == "model" else "", **ranker_lm),
         A.ReadStage(name="read", inputs=("rank", "chunks"), read=cfg.read, template=reader.text,
                     passage_template=t["passage"].text, max_new_tokens=cfg.max_new_tokens, stop="\n",
-                    stop_after=marker, **lm),
+                    stop_after=marker, prefix_ids=checked.prefix_ids, **lm),
         A.AssembleStage(name="assemble", inputs=("read", "chunks"), target_length=cfg.target_length, read=cfg.read,
                         chunk_tokens=cfg.chunk_tokens, order=cfg.order, seed=cfg.seed, separator=cfg.separator,
                         template=t["sample"].text, eos_id=checked.eos_id, tokenizer=tok,
@@ -356,7 +359,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
     counts = np.asarray(store.token_counts)
     stats = {
         "corpus_documents": store.num_docs,
-        "documents_with_repeated_id": count_repeated_ids(cfg.corpus, store),
+        "documents_with_repeated_id": count_repeated_ids(cfg, store),
         "corpus_chunks": store.num_chunks,
         "corpus_tokens": int(store.tok_offsets[-1]),
         # chunks of whitespace only (blank documents, a lone "\n" piece): never retrieved

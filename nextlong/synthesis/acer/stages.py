@@ -560,11 +560,18 @@ class ReadStage(LMStage):
     max_new_tokens: int = 256
     stop: str = "\n"
     stop_after: str = ""
+    # the ids the LM's tokenizer puts before each prompt (Llama-3's BOS), which the read_prompt_tokens column counts
+    # as the statistics do: 0 (most tokenizers) leaves the fingerprint as it was, so only a folder whose column
+    # would now differ (one made before with a prefixed tokenizer) is refused
+    prefix_ids: int = added_setting(0, before="a folder made before the setting (2026-12-07) counts no prefix ids "
+                                              "in its read_prompt_tokens column, whatever its model's tokenizer puts "
+                                              "first")
 
     # 2: answer_end and start_masked; the chain-of-thought stop rule waits for the marker
     version = 3  # 3: generation_config.json's eos_token_id ends an answer too (lm.inspect_model)
     flags = {**LMStage.flags, "template": "--prompts read.txt or read_cot.txt, --chain-of-thought",
-             "passage_template": "--prompts passage.txt", "stop_after": "--chain-of-thought"}
+             "passage_template": "--prompts passage.txt", "stop_after": "--chain-of-thought",
+             "prefix_ids": "the ids --model's tokenizer puts before a prompt"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -585,12 +592,13 @@ class ReadStage(LMStage):
         with self._bar(len(prompts), "question") as bar:
             out = self._lm.generate(prompts, self.max_new_tokens, stop=self.stop, stop_after=self.stop_after or None,
                                     batch_size=self.batch_size, on_done=bar.update)
+        fed = self._fed(prompts)
         table = _with(block, answer=pa.array([g.text.strip() for g in out], pa.string()),
-                      read_prompt_tokens=pa.array([len(p) for p in prompts], pa.int32()),
+                      read_prompt_tokens=pa.array(fed, pa.int32()),
                       generated_tokens=pa.array([g.tokens for g in out], pa.int32()),
                       answer_end=pa.array([g.end for g in out], pa.string()),
                       start_masked=pa.array([g.start_masked for g in out], pa.bool_()))
-        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(self._fed(prompts)),
+        return table, {"lm_calls": len(prompts), "prompt_tokens": sum(fed),
                        "generated_tokens": sum(g.tokens for g in out), "cut_at_budget": sum(g.cut for g in out),
                        "start_masked": sum(g.start_masked for g in out),
                        "passages_cut": self._passages.cut - cut_before}
@@ -778,7 +786,7 @@ class DataStage(WholeStage):
     def build(self, ctx):
         import os
 
-        from ..framework import block_numbers, block_path
+        from ..framework import block_path, finished_part
         from ..writers import write_parquet_atomic
         from .answers import contains_answer, final_answer
 
@@ -786,13 +794,13 @@ class DataStage(WholeStage):
         for stale in ctx.out_dir.glob("part-*.parquet"):
             stale.unlink()
         total = kept = without_gold = 0
-        for j in block_numbers(src):
-            # a part deleted or damaged since assemble finished is named, never taken as a block of no samples
-            n = recorded_rows(src, j)
-            if n == 0:
+        # every block assemble finished (its record's count): a part or record deleted or damaged since is named,
+        # never taken as a block of no samples
+        for j in range(int(ctx.input_record(self.inputs[0])["counts"]["blocks"])):
+            part = finished_part(src, j, ctx.pipeline.stage(self.inputs[0]))
+            if part is None:
                 continue
-            part = block_path(src, j)
-            check_part_rows(part, n)
+            check_part_rows(part, recorded_rows(src, j))
             table = read_part(part)
             total += table.num_rows
             if self.filter == "answer-match":

@@ -76,8 +76,7 @@ class Template:
         for k, (kind, value) in enumerate(pieces):
             if kind == "text":
                 nxt = pieces[k + 1] if k + 1 < len(pieces) else None
-                if nxt is not None and isinstance(values.get(nxt[1]), str) and value.endswith(" ") \
-                        and not value.endswith("  "):
+                if nxt is not None and isinstance(values.get(nxt[1]), str) and _gives_space(pieces[k]):
                     value = value[:-1]  # the space goes with the value
                 if value:
                     parts.append(np.asarray(tokenizer.encode(value), np.uint32))
@@ -86,13 +85,26 @@ class Template:
                 raise KeyError(f"{self.name} template: no value for {{{value}}}")
             v = values[value]
             if isinstance(v, str):
-                prev = pieces[k - 1] if k else None
-                if prev is not None and prev[0] == "text" and prev[1].endswith(" ") and not prev[1].endswith("  "):
+                if k and _gives_space(pieces[k - 1]):
                     v = " " + v
                 parts.append(np.asarray(tokenizer.encode_ordinary(v), np.uint32))
             else:
                 parts.append(np.asarray(v, np.uint32).reshape(-1))
         return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+
+    def value_prefixes(self, field: str) -> list[str]:
+        """What `render` puts before a text value of `field`, once per place the field appears: " " after a literal
+        ending in one space, else "" ("Question:{question}"). A value's ids in the prompt are then those of each
+        prefix + value, which is what the checks before work measure questions by."""
+        pieces = self.pieces()
+        return [" " if k and _gives_space(pieces[k - 1]) else "" for k, piece in enumerate(pieces)
+                if piece == ("field", field)]
+
+
+def _gives_space(piece: tuple[str, str]) -> bool:
+    """A literal that ends in one space gives it to the text value after it (two or more stay literal)."""
+    return piece[0] == "text" and piece[1].endswith(" ") and not piece[1].endswith("  ")
 
 
 TEMPLATE_LIMIT = 1 << 20  # bytes of one prompt template at most
