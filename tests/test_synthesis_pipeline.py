@@ -969,3 +969,15 @@ def test_a_finished_blocks_part_deleted_is_named_not_skipped(tmp_path, stage, re
             else f"{re.escape(str(part))}: missing, though")
     with pytest.raises(CorruptFileError, match=said):
         run(cfg, LocalExecutor(threads=1, corpus_block_docs=8))
+
+
+def test_fewer_documents_than_asked_is_said_without_progress(corpus, tmp_path, capsys):
+    """The warning that a run built fewer long documents than --num-samples asked for is about the data: shown with
+    --quiet and --no-progress too (progress=False), as the corpus reader's warnings are; it went through the
+    progress log, so a quiet run ended with fewer documents unsaid."""
+    from nextlong import synthesize
+
+    manifest = synthesize(corpus, tmp_path / "out", num_samples=100_000, **FAST)
+    built = manifest["statistics"]["documents_built"]
+    assert 0 < built < 100_000
+    assert f"warning: asked for 100000 documents, built {built}:" in capsys.readouterr().err

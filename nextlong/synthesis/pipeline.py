@@ -425,8 +425,9 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
                     output_fingerprint=fps["data"], stage_fingerprints=fps)
     manifest = write_manifest(out / "manifest.json", command="synthesize", settings=settings, statistics=stats,
                               seed=cfg.seed)
-    if cfg.num_samples is not None and built < cfg.num_samples:
-        _log(cfg, f"warning: asked for {cfg.num_samples} documents, built {built}: " + _why(cfg, stats))
+    if cfg.num_samples is not None and built < cfg.num_samples:  # shown under --quiet too: it is about the data
+        print(f"warning: asked for {cfg.num_samples} documents, built {built}: {_why(cfg, stats)}", file=sys.stderr,
+              flush=True)
     _log(cfg, summary(manifest))
     return manifest
 
