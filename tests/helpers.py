@@ -217,6 +217,26 @@ def benchmark_documents() -> list[tuple[str, str]]:
 # --- near-copies, the plain way (reference for the near-duplicate filter; also used by its benchmark) ---
 
 
+def store_of(texts, tok):
+    """A chunk store of `texts`, one chunk each (token ids and offsets, what the near-copy graph reads)."""
+    ids = tok.encode_ordinary_batch(texts)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+    return type("S", (), {"tokens": np.concatenate(ids).astype(np.uint32), "tok_offsets": offsets,
+                          "num_chunks": len(texts)})()
+
+
+def version_tree(rng, *, versions: int, words: int, edits: int) -> list[str]:
+    """Texts of `words` random words, each after the first `edits` words away from a random earlier one: a tree of
+    drifting versions."""
+    tree = [[f"s{rng.randrange(10 ** 6)}" for _ in range(words)]]
+    for k in range(1, versions):
+        text = list(tree[rng.randrange(k)])
+        for _ in range(edits):
+            text[rng.randrange(words)] = f"s{rng.randrange(10 ** 6)}"
+        tree.append(text)
+    return [" ".join(v) for v in tree]
+
+
 def reference_jaccard(a: str, b: str, n: int = 5) -> float:
     """Word n-gram Jaccard on the text itself (words = bytes.split()), as sets of tuples."""
     def grams(text):

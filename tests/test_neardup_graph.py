@@ -16,6 +16,7 @@ import pytest
 
 from nextlong.synthesis import neardup
 from nextlong.synthesis.neardup import NearDupGraph, chunk_shingles, sketch_size
+from tests.helpers import store_of, version_tree
 
 PAD = np.iinfo(np.uint64).max
 DATA = Path(__file__).parent / "data" / "stdlib-docstrings.jsonl.gz"
@@ -59,13 +60,6 @@ def reference_edges(store, tok, threshold: float = 0.5, max_group: int = 256) ->
 
 def graph_edges(graph: NearDupGraph) -> set:
     return {(a, int(b)) for a in range(graph.indptr.size - 1) for b in graph.neighbours(a) if a < b}
-
-
-def store_of(texts, tok):
-    ids = tok.encode_ordinary_batch(texts)
-    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
-    return type("S", (), {"tokens": np.concatenate(ids).astype(np.uint32), "tok_offsets": offsets,
-                          "num_chunks": len(texts)})()
 
 
 @pytest.fixture(scope="module")
@@ -249,18 +243,6 @@ def test_a_chain_of_drifting_versions_is_one_family(tok, seed, shuffle, tree):
     family = graph.family if graph.family is not None else np.full(len(texts), -1)
     missed = [(a, b) for a, b in true - edges if not (family[a] >= 0 and family[a] == family[b])]
     assert missed == [] and graph.unexamined == 0
-
-
-def version_tree(rng, *, versions: int, words: int, edits: int) -> list[str]:
-    """Texts of `words` random words, each after the first `edits` words away from a random earlier one: a tree of
-    drifting versions."""
-    tree = [[f"s{rng.randrange(10 ** 6)}" for _ in range(words)]]
-    for k in range(1, versions):
-        text = list(tree[rng.randrange(k)])
-        for _ in range(edits):
-            text[rng.randrange(words)] = f"s{rng.randrange(10 ** 6)}"
-        tree.append(text)
-    return [" ".join(v) for v in tree]
 
 
 def test_a_leader_is_checked_against_more_than_one_member_of_another_family(tok):
