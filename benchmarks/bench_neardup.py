@@ -4,7 +4,7 @@ Each case is built from a fixed seed and the graph is built as the `neardup` sta
 (`NearDupGraph.build(store, load_tokenizer(None), 0.5)`, the stage's default tokenizer and threshold,
 the sketch phase on all CPUs). A pair is *true* when its word 5-gram Jaccard reaches 0.5, and *missed*
 when it is neither an edge of the graph nor inside one family (planning would let one be a negative of
-the other). True pairs are every pair's exact Jaccard (a sparse product of the chunks' shingle sets)
+the other). True pairs are every pair's exact Jaccard (tests.helpers.near_copy_pairs)
 up to a few thousand chunks; for the 100,000-chunk cases they follow from the construction (checked on
 a sample of pairs against the exact Jaccard). Reported per case: chunks, true pairs, missed pairs,
 chunks counted unexamined (`large_group_members_unexamined`), families, graph edges, and the build's
@@ -18,7 +18,8 @@ one), headers (100,000 chunks, each one of 50 40-word headers beside 0 to 30 wor
 paragraph (100,000 chunks sharing one 60-word paragraph beside 60 words of their own: boilerplate, no
 near-copies), header200 (600 chunks holding one 200-word header whole plus 0 to 19 words of their own,
 behind 29 12-word quotes of it), license (one license text with another year in 600 documents; also
-the documents `--dedup-corpus` removes).
+the documents `--dedup-corpus` removes), license-beside-text (8,000 documents of a license chunk beside
+300 words of their own: what `--dedup-corpus` costs on a large family).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import pytest
 if __package__ in (None, ""):  # run as a script: the repository root on the path (for tests.helpers)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import store_of, version_tree  # noqa: E402
+from tests.helpers import missed_near_copy_pairs, near_copy_pairs, store_of, version_tree  # noqa: E402
 
 THRESHOLD = 0.5
 
@@ -113,35 +114,6 @@ CASES = {
 }
 
 
-def exact_true_pairs(store, tok) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair (a < b) at the threshold, from the exact Jaccard of all pairs (sparse shingle matrix)."""
-    import scipy.sparse as sp
-
-    from nextlong.synthesis.neardup import chunk_shingles
-
-    sets = [chunk_shingles(store, tok, c) for c in range(store.num_chunks)]
-    sizes = np.array([s.size for s in sets], np.int64)
-    vocab, col = np.unique(np.concatenate(sets), return_inverse=True)
-    rows = np.repeat(np.arange(len(sets)), sizes)
-    m = sp.csr_matrix((np.ones(rows.size, np.int32), (rows, col.reshape(-1))), shape=(len(sets), vocab.size))
-    inter = sp.triu(m @ m.T, k=1).tocoo()
-    a, b, i = inter.row.astype(np.int64), inter.col.astype(np.int64), inter.data.astype(np.int64)
-    keep = i >= THRESHOLD * (sizes[a] + sizes[b] - i)
-    return a[keep], b[keep]
-
-
-def missed_pairs(graph, a: np.ndarray, b: np.ndarray) -> int:
-    """True pairs (a[i], b[i]) neither an edge of `graph` nor inside one family."""
-    n = graph.indptr.size - 1
-    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(graph.indptr))
-    edges = np.unique(np.minimum(src, graph.indices) * n + np.maximum(src, graph.indices))
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    is_edge = np.isin(lo * n + hi, edges)
-    fam = graph.family if graph.family is not None else np.full(n, -1, np.int32)
-    same = (fam[lo] >= 0) & (fam[lo] == fam[hi])
-    return int((~is_edge & ~same).sum())
-
-
 def construction_truth(case: dict, graph, store, tok, sample: int = 3000, seed: int = 0) -> tuple[int, int]:
     """(true pairs, missed) of a case built as classes of chunks (`class`, -1: a near-copy of none), chunk i
     holding its class's `shared` 5-grams beside `own[i]` of its own: two chunks of one class are near-copies
@@ -207,8 +179,8 @@ def run_case(name: str, seed: int = 0) -> dict:
         assert max(neardup.jaccard(sets[int(x)], sets[int(y)]) for x, y in pick if x != y) < THRESHOLD
         true, missed = 0, 0
     else:
-        a, b = exact_true_pairs(store, tok)
-        true, missed = int(a.size), missed_pairs(graph, a, b)
+        a, b = near_copy_pairs(store, tok, THRESHOLD)
+        true, missed = int(a.size), missed_near_copy_pairs(graph, a, b)
     fam = graph.family if graph.family is not None else np.zeros(0, np.int32)
     r = {"case": name, "chunks": store.num_chunks, "true_pairs": true, "missed": missed,
          "unexamined": graph.unexamined, "families": int(np.unique(fam[fam >= 0]).size),
@@ -250,7 +222,7 @@ def main(argv=None) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["chain600-shuffled", "header200", "license"])
 def test_cases_the_page_says_are_whole(name):
-    """The cases docs/method.md says the graph covers: no pair missed, nothing left unexamined (~2 s each)."""
+    """The cases docs/method.md says the graph covers: no pair missed, nothing left unexamined (about a second each)."""
     r = run_case(name)
     assert r["true_pairs"] > 50_000 and r["missed"] == 0 and r["unexamined"] == 0
     if name == "license":

@@ -237,6 +237,44 @@ def version_tree(rng, *, versions: int, words: int, edits: int) -> list[str]:
     return [" ".join(v) for v in tree]
 
 
+def near_copy_pairs(store, tok, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of chunks (a < b) whose word 5-gram Jaccard reaches `threshold`, from the exact intersection
+    of all pairs: a product of the chunks' incidence matrix over the shingles held by two or more (for a few
+    thousand chunks: the n x n counts are held whole)."""
+    from nextlong.synthesis.neardup import chunk_shingles
+
+    n = store.num_chunks
+    sets = [chunk_shingles(store, tok, c) for c in range(n)]
+    sizes = np.array([s.size for s in sets], np.int64)
+    _, col, counts = np.unique(np.concatenate(sets), return_inverse=True, return_counts=True)
+    col = col.reshape(-1)
+    rows = np.repeat(np.arange(n), sizes)
+    held = counts[col] >= 2  # a shingle of one chunk adds to no intersection
+    rows, col = rows[held], np.unique(col[held], return_inverse=True)[1].reshape(-1)
+    inter = np.zeros((n, n), np.float32)  # counts below 2**24: exact in float32
+    for c0 in range(0, int(col.max(initial=-1)) + 1, 2048):
+        part = (col >= c0) & (col < c0 + 2048)
+        m = np.zeros((n, 2048), np.float32)
+        m[rows[part], col[part] - c0] = 1
+        inter += m @ m.T
+    keep = (inter > 0) & (inter >= threshold * (sizes[:, None] + sizes[None, :] - inter))
+    a, b = np.nonzero(np.triu(keep, 1))
+    return a.astype(np.int64), b.astype(np.int64)
+
+
+def missed_near_copy_pairs(graph, a: np.ndarray, b: np.ndarray) -> int:
+    """Near-copy pairs (a[i], b[i]) neither an edge of the near-copy `graph` nor inside one family: planning
+    would let one be a negative of the other."""
+    n = graph.indptr.size - 1
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(graph.indptr))
+    edges = np.unique(np.minimum(src, graph.indices) * n + np.maximum(src, graph.indices))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    is_edge = np.isin(lo * n + hi, edges)
+    fam = graph.family if graph.family is not None else np.full(n, -1, np.int32)
+    same = (fam[lo] >= 0) & (fam[lo] == fam[hi])
+    return int((~is_edge & ~same).sum())
+
+
 def reference_jaccard(a: str, b: str, n: int = 5) -> float:
     """Word n-gram Jaccard on the text itself (words = bytes.split()), as sets of tuples."""
     def grams(text):

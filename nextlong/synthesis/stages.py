@@ -124,9 +124,10 @@ class Consolidate(WholeStage):
 class NearDupStage(WholeStage):
     """Which chunks are near-copies of which (word 5-gram Jaccard >= threshold), from their text."""
 
-    version = 3  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped;
+    version = 4  # 2: large families of near-copies (a hash sketched by over 256 chunks) are found, not skipped;
     # 3: a family's leaders are linked through the members they share (a drifting chain is one family); 940a9ef and
-    # 1acd88c changed the leader rule within the same unreleased session and kept 3
+    # 1acd88c changed the leader rule within the same unreleased session and kept 3; 4: a large group is taken most
+    # widely shared chunk first, and a round checks its members in blocks, ending at a block of which none joins
 
     tokenizer: str | None = identity(tokenizer_identity, default=None)
     threshold: float = 0.5
