@@ -39,8 +39,14 @@ def __getattr__(name: str):
         if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
             return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'nextlong' has no attribute {name!r}")
+    return import_lazily(globals(), module, name)
+
+
+def import_lazily(namespace: dict, module: str, name: str):
+    """`name` from `module`, imported on first use and kept in `namespace` (a package's globals) so the next
+    use is a plain lookup: how a package's `__getattr__` keeps its own import cheap (nextlong.eval too)."""
     value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
+    namespace[name] = value
     return value
 
 

@@ -465,6 +465,30 @@ def test_demo_corpus_is_deterministic_real_text(tmp_path):
     assert any("Serialize ``obj`` to a JSON formatted ``str``" in r["text"] for r in rows)
 
 
+def test_demo_corpus_never_lists_the_folders_it_leaves_out(tmp_path, monkeypatch):
+    """The demo corpus walked the whole stdlib tree (site-packages held 11,563 of its 13,353 .py files) and then
+    dropped the left-out folders' files: a sixth of every `--demo` run's corpus time. Those folders are now never
+    listed, and the modules taken, and their order, are those of sorted(rglob("*.py")) less the left-out ones."""
+    import os
+
+    from nextlong.synthesis.demo import _SKIP_PARTS, iter_stdlib_documents
+
+    files = ["a.py", "a-b.py", "a/b.py", "a/c/d.py", "a/notes.txt", "site-packages/pkg/m.py", "test/t.py",
+             "a/__pycache__/x.py", "tests.py", "b/tests/u.py"]
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f'"""Docs of {rel}."""\n', encoding="utf-8")
+    (tmp_path / "linked").symlink_to(tmp_path / "a", target_is_directory=True)  # a link is not followed (rglob)
+    expected = [p for p in sorted(tmp_path.rglob("*.py"))
+                if not _SKIP_PARTS.intersection(p.relative_to(tmp_path).parts)]
+    listed, scandir = [], os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": listed.append(os.fspath(path)) or scandir(path))
+    names = [name for name, _ in iter_stdlib_documents(tmp_path)]
+    assert names == [".".join(p.relative_to(tmp_path).with_suffix("").parts) for p in expected]
+    assert names == ["a.b", "a.c.d", "a-b", "a", "tests"]  # Path order: a/... before a-b.py (not string order)
+    assert listed and not [p for p in listed if _SKIP_PARTS.intersection(os.path.relpath(p, tmp_path).split(os.sep))]
+
+
 @pytest.mark.slow
 def test_demo_runs_with_a_fast_embedder(tmp_path):
     from nextlong import synthesize
