@@ -10,7 +10,7 @@ a sample of pairs against the exact Jaccard). Reported per case: chunks, true pa
 chunks counted unexamined (`large_group_members_unexamined`), families, graph edges, and the build's
 CPU seconds (all threads of the process) and wall seconds, with the load average.
 
-    python3 benchmarks/bench_neardup.py [--case NAME] [--seed 0]
+    python3 -m benchmarks.bench_neardup [--case NAME] [--seed 0]   (from the repository root)
 
 Cases (docs/method.md, "near-copy"): chain600, chain600-shuffled, chain3000 (one-word shifts of a
 300-word window), tree (3,000 versions of a 150-word text, each 3 words away from a random earlier
@@ -27,17 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-if __package__ in (None, ""):  # run as a script: the repository root on the path (for tests.helpers)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.helpers import missed_near_copy_pairs, near_copy_pairs, store_of, version_tree  # noqa: E402
+from tests.helpers import missed_near_copy_pairs, near_copy_pairs, store_of, version_tree
 
 THRESHOLD = 0.5
 
