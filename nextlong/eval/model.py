@@ -198,6 +198,12 @@ def rewind_cache(cache, length: int) -> bool:
 # past them). A journal of the older fingerprint keeps the records `decoded_alike` clears; the rest are scored again.
 DECODING_REVISION = "2026-12-07"
 
+# Where a model's positions are read, part of the same fingerprints for a model whose config names them only in its
+# text_config (Gemma 3's, Llama 4's; `model_folder.positions_in_text_config`): 2026-12-07, read there. Before, no
+# limit was found, so greedy decoding ran past the positions as before DECODING_REVISION, whatever the journal's
+# header: such a journal keeps only the records `decoded_alike` clears.
+POSITIONS_REVISION = "2026-12-07"
+
 
 def decoded_alike(limit: int | None, prompt_tokens: int, budget: int) -> bool:
     """Whether greedy decoding before DECODING_REVISION gave the answer `greedy_ids` gives now: they differ only
