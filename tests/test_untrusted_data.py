@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli, save_small_llama
+from tests.helpers import assert_one_line_error, corpus_head, run_cli, save_small_llama, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,27 @@ def test_training_data_with_a_flipped_bit_is_one_line(base_model, tmp_path, caps
     assert code == 1
     line = assert_one_line_error(err, "train")
     assert str(part) in line and "corrupt Parquet data" in line and "checksum" in line
+
+
+def test_a_damaged_page_of_the_chunk_table_does_not_send_the_user_to_no_verify_unwarned(tmp_path, capsys):
+    """The chunks stage's CRC32 finds a flipped bit in chunks.parquet and offers --no-verify to use the file as it is;
+    but each page's own checksum is checked on every read, --no-verify or not, so the offer says a damaged page is
+    refused all the same (before, it sent the user to a second refusal)."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
+            "512", "--chunk-size", "512", "--quiet"]
+    assert run_cli(argv, capsys)[0] == 0
+    table = out / "chunks" / "chunks.parquet"
+    pages = _page_bytes(table)
+    table.write_bytes(_flip(table, pages[len(pages) // 2], 4))
+    for stage in out.iterdir():  # the stages after the chunk table (the embedding reads its texts)
+        if stage.is_dir() and stage.name not in ("chunk", "chunks"):
+            shutil.rmtree(stage)
+    code, _, err = run_cli(argv, capsys)
+    line = assert_one_line_error(err, "synthesize")
+    assert code == 1 and str(table) in line and line.endswith(
+        "or pass --no-verify to use it as it is (a page that no longer matches its own checksum is refused all the "
+        "same)")
+    code, _, err = run_cli(argv + ["--no-verify"], capsys)
+    assert code == 1 and str(table) in assert_one_line_error(err, "synthesize")

@@ -898,9 +898,12 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
             except (OSError, ValueError):
                 same = False
             if not same:
+                skip = f", or pass {skip_option} to use it as it is" if skip_option else ""
+                if skip and path.suffix == ".parquet":  # checked_parquet checks each page on every read
+                    skip += " (a page that no longer matches its own checksum is refused all the same)"
                 raise CorruptFileError(f"{path}: not the file the {stage.name} stage wrote (its size or CRC32 differs "
                                        f"from {directory / DONE_FILE}): it is damaged; remove {directory} to make it "
-                                       "again" + (f", or pass {skip_option} to use it as it is" if skip_option else ""))
+                                       f"again{skip}")
 
 
 class Executor:
