@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..errors import NextlongError
+from ..model_folder import text_config
 from .haystack import Insert, build_context, essay_units, fit_to_length
 from .model import LoadedModel, attention, decode, forward, prompt_ids
 from .scoring import rouge1_recall
@@ -224,7 +225,8 @@ def ranked(named: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def _layers(model):
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
+                 "model.language_model.layers"):  # the last: a multimodal model's text layers (Gemma 3)
         obj = model
         try:
             for part in path.split("."):
@@ -239,7 +241,7 @@ def _layers(model):
 def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
     """Zero the outputs of the given (layer, query head)s: their slice of the attention output
     projection's input is set to 0, so the head contributes nothing."""
-    config = lm.model.config
+    config = text_config(lm.model.config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .options import ATTENTION
 from ..model_folder import (ModelFolderError, end_of_text_ids, folder_identity, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
-                            read_config, resolve_model_folder)
+                            read_config, resolve_model_folder, text_config)
 
 
 
@@ -46,12 +46,12 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     @property
-    def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+    def num_layers(self) -> int:  # of the text model: a multimodal config (Gemma 3's) nests them in text_config
+        return int(text_config(self.model.config).num_hidden_layers)
 
     @property
     def num_heads(self) -> int:
-        return int(self.model.config.num_attention_heads)
+        return int(text_config(self.model.config).num_attention_heads)
 
 
 def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None,
