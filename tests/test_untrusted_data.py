@@ -211,3 +211,22 @@ def test_a_damaged_page_of_the_chunk_table_does_not_send_the_user_to_no_verify_u
         "same)")
     code, _, err = run_cli(argv + ["--no-verify"], capsys)
     assert code == 1 and str(table) in assert_one_line_error(err, "synthesize")
+
+
+def test_chunk_texts_read_by_id_check_each_page(tmp_path, capsys):
+    """ACER's passages in another --tokenizer and eval --tasks rag's chunk texts are read by id (acer.stages.chunk_text,
+    a pyarrow dataset take), which checked no page checksum: a flipped bit in a text page was a bare OSError naming no
+    file (snappy) or other text. It is the one-line error naming the file."""
+    from nextlong.errors import CorruptFileError
+    from nextlong.synthesis.acer.stages import chunk_text
+
+    table = tmp_path / "chunks.parquet"
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(30_000))
+    assert run_cli(["chunk", corpus, "--out", table, "--no-progress"], capsys)[0] == 0
+    texts = pq.read_table(table).column("text").to_pylist()
+    assert chunk_text(table, [0, len(texts) - 1]) == [texts[0], texts[-1]]
+    group = pq.ParquetFile(table).metadata.row_group(0)
+    text = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "text")
+    table.write_bytes(_flip(table, text.data_page_offset + text.total_compressed_size * 3 // 4, 4))  # in its page
+    with pytest.raises(CorruptFileError, match=f"{table}: damaged since it was written"):
+        chunk_text(table, [0, len(texts) - 1])
