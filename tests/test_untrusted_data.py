@@ -230,3 +230,28 @@ def test_chunk_texts_read_by_id_check_each_page(tmp_path, capsys):
     table.write_bytes(_flip(table, text.data_page_offset + text.total_compressed_size * 3 // 4, 4))  # in its page
     with pytest.raises(CorruptFileError, match=f"{table}: damaged since it was written"):
         chunk_text(table, [0, len(texts) - 1])
+
+
+@pytest.mark.parametrize("damage, fmt", [("page header", "parquet"), ("footer", "mds")])
+def test_damage_no_checksum_covers_in_an_output_part_is_one_line(tmp_path, capsys, damage, fmt):
+    """A page's checksum covers its data, not its header, nor the footer: a byte changed there made pyarrow raise an
+    error naming no file, a traceback when a rerun summed the finished parts again (the manifest's statistics) or
+    wrote --format mds. It is one line naming the part."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
+            "512", "--chunk-size", "512", "--no-progress"]
+    assert run_cli(argv, capsys)[0] == 0
+    part = out / "data" / "part-00000.parquet"
+    if damage == "footer":
+        part.write_bytes(part.read_bytes()[:-20])
+    else:
+        group = pq.ParquetFile(part).metadata.row_group(0)
+        column = next(group.column(i) for i in range(group.num_columns)
+                      if group.column(i).path_in_schema.startswith("segments"))
+        part.write_bytes(_flip(part, (column.dictionary_page_offset or column.data_page_offset) + 1, 7))
+    (out / "manifest.json").unlink()
+    code, _, err = run_cli(argv + ["--format", fmt], capsys)
+    line = assert_one_line_error(err, "synthesize")
+    assert code == 1 and f"{part}: not a readable Parquet file" in line and line.endswith(
+        f"delete {out / 'data'} to make that stage again")

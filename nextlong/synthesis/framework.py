@@ -541,12 +541,13 @@ def _damaged_part(part, exc: Exception) -> CorruptFileError:
                             f"{Path(part).parent} to make that stage again")
 
 
-def read_part(part):
-    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
+def read_part(part, columns=None):
+    """A finished stage's Parquet part (`columns` of it, None: all), its damage named in one line: a page that fails
+    its checksum, and what no checksum covers (a page header, the footer), which pyarrow reports naming no file."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(part, page_checksum_verification=True)
+        return pq.read_table(part, columns=columns, page_checksum_verification=True)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise _damaged_part(part, exc) from None
 
