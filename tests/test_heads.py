@@ -460,3 +460,26 @@ def test_a_multimodal_gemma3_folder_is_scored_and_masked_on_its_text_layers(tmp_
                  "--needles", "1", "--all-trials", "--max-new-tokens", "4", "--mask-heads", "1", "--no-progress"]) == 0
     assert sorted(json.loads((tmp_path / "out" / "head_scores.json").read_text())) == ["0-0", "0-1"]
     assert hooked == [1, 1]  # the top head, then a random other
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "falcon"])
+def test_heads_are_masked_where_a_layers_attention_has_another_name(kind):
+    """GPT-NeoX (Pythia) names a layer's attention `attention` and Falcon `self_attention`: --mask-heads stopped with
+    an AttributeError traceback ('GPTNeoXLayer' object has no attribute 'attn'). Masking a head now changes the
+    logits through that layer's output projection."""
+    import transformers
+
+    from nextlong.eval.model import LoadedModel
+
+    config = (transformers.GPTNeoXConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2) if kind == "gpt_neox" else
+              transformers.FalconConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    lm = LoadedModel(model, None, "model", "test", None, "sdpa", ())
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with H.masked_heads(lm, [(1, 0)]):
+            masked = model(ids).logits
+        assert torch.equal(model(ids).logits, plain) and not torch.allclose(masked, plain)
