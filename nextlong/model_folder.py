@@ -296,11 +296,14 @@ def resolve_model_folder(path) -> tuple[Path, str]:
     return folder, spec
 
 
+_POSITION_NAMES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
 def max_positions_of(config, folder) -> int | None:
     """The positions the config says the model was built for, or None where it names none. A multimodal config
     (Gemma 3's, Llava's) names them only in its text config, so that is read where the top level names none."""
     for part in (config, text_config(config)):
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        for name in _POSITION_NAMES:
             value = getattr(part, name, None)
             if whole(value):
                 if value <= 0:  # a broken config, not an unknown limit: the length checks would be skipped
@@ -309,6 +312,17 @@ def max_positions_of(config, folder) -> int | None:
                                            f"number of positions, got {value}")
                 return value
     return None
+
+
+
+def positions_in_text_config(config) -> bool:
+    """Whether only the config's text config names the model's positions (Gemma 3's, Llama 4's): before
+    2026-12-07 `max_positions_of` found none there, so runs of such a model knew no limit (eval.model's
+    POSITIONS_REVISION)."""
+    def named(part) -> bool:
+        return any(whole(getattr(part, name, None)) for name in _POSITION_NAMES)
+
+    return not named(config) and named(text_config(config))
 
 
 def text_config(config):

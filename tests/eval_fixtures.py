@@ -154,3 +154,23 @@ def sliding_window_model(kind: str, vocab: int):
             if p.dim() > 1:
                 p.normal_(0, 0.3)
     return model
+
+
+def multimodal_gemma3(vocab: int, positions: int):
+    """A tiny random Gemma 3 with its vision tower (Gemma3ForConditionalGeneration): its config names the positions
+    only in `text_config`, as the released Gemma 3 checkpoints' do."""
+    import transformers
+
+    cfg = transformers.Gemma3Config(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=positions,
+                         sliding_window=64, eos_token_id=0, bos_token_id=0, pad_token_id=0),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # varied logits, so greedy ties cannot occur
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model

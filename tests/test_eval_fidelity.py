@@ -329,3 +329,32 @@ def test_greedy_records_of_the_older_decoding_are_kept_where_it_stayed_within_th
     assert reused == 1 and [r["prediction"] == "old" for r in got] == [True, False]
     got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)  # the journal now has the current header
     assert reused == 2 and got[0]["prediction"] == "old"
+
+
+def test_greedy_records_of_a_model_whose_text_config_names_its_positions_are_kept_only_where_decoded_alike(tmp_path,
+                                                                                                          tok):
+    """Until 2026-12-07 the positions of a multimodal config (Gemma 3's, named in its text_config only) were not
+    read, so greedy decoding ran past them in journals that already carried DECODING_REVISION. Such a journal keeps
+    the records whose prompt + budget - 1 ids lie within the positions; one that could run past them is scored
+    again (its header was the current fingerprint, so every record was kept)."""
+    import json
+
+    from nextlong.eval.runner import run_tasks
+    from nextlong.model_folder import max_positions_of
+    from tests.eval_fixtures import multimodal_gemma3
+
+    model = multimodal_gemma3(tok.vocab_size + 1, positions=520)
+    model.config._attn_implementation = "sdpa"
+    assert getattr(model.config, "max_position_embeddings", None) is None  # the top level names none
+    lm = LoadedModel(model, tok, Path("."), "test", max_positions_of(model.config, "."), "sdpa", (0,))
+    settings = EvalSettings(tasks=["niah_single_1"], lengths=[512], depths=[50.0], samples=2, teacher_forced=False)
+    then = settings.fingerprint(lm.identity)  # the header such a run wrote: the positions were unknown
+    # budget: the gold's 5 tokens + the margin of 8; 500 + 13 - 1 <= 520 < 510 + 13 - 1
+    records = [{"task": "niah_single_1", "length": 512, "depth": 50.0, "index": i, "prompt_tokens": p,
+                "answer_tokens": 5, "answers": ["x"], "prediction": "old", "greedy": 0.0, "metric": "string_match_all"}
+               for i, p in ((0, 500), (1, 510))]
+    (tmp_path / ".progress.jsonl").write_text("\n".join(json.dumps(r) for r in [{"fingerprint": then}, *records]))
+    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)
+    assert reused == 1 and [r["prediction"] == "old" for r in got] == [True, False]
+    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)  # the journal now has the current header
+    assert reused == 2 and got[0]["prediction"] == "old"

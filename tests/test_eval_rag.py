@@ -500,3 +500,33 @@ def test_answers_of_the_older_decoding_are_kept_where_it_stayed_within_the_posit
     kept = {(r["task"], r["length"], r["depth"]) for r in records if r["prediction"] == "old"}
     assert kept == {(rag.BASELINE, 0, None), (rag.TASK, LENGTHS[0], DEPTHS[0])}
     assert len(calls) == len(rag.jobs(plan)) - 2
+
+
+def test_answers_of_a_model_whose_text_config_names_its_positions_are_kept_only_where_decoded_alike(lm, files,
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
+    """Until 2026-12-07 the positions of a multimodal config (Gemma 3's, named in its text_config only) were not
+    read, so answers were decoded past them in journals that already carried DECODING_REVISION: such a journal
+    keeps the answers whose prompt + budget - 1 ids lie within the positions and answers the others again."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from transformers import Gemma3Config
+
+    calls = []
+    monkeypatch.setattr(rag, "generate", fake_generate(calls))
+    then = prepare(lm, files, tmp_path).fingerprint  # the same identity, the header such a run wrote
+    nested = dataclasses.replace(lm, model=SimpleNamespace(config=Gemma3Config(
+        text_config={"max_position_embeddings": lm.max_positions})))
+    plan = prepare(nested, files, tmp_path)
+    e = plan.entries[0]
+    cells = ((rag.BASELINE, 0, None, 300), (rag.TASK, LENGTHS[0], DEPTHS[0], 2049 - e.max_new_tokens),
+             (rag.TASK, LENGTHS[0], DEPTHS[1], 2050 - e.max_new_tokens))  # 2048 ids fed at most, then 2049
+    old = [{"task": task, "length": n, "depth": d, "index": e.q.id, "prompt_tokens": p, "prediction": "old",
+            "em": 0.0, "f1": 0.0} for task, n, d, p in cells]
+    plan.root.mkdir(parents=True, exist_ok=True)
+    (plan.root / ".progress.jsonl").write_text("\n".join(json.dumps(r) for r in [{"fingerprint": then}, *old]) + "\n")
+    records = rag.run_rag(nested, plan)
+    kept = {(r["task"], r["length"], r["depth"]) for r in records if r["prediction"] == "old"}
+    assert kept == {(rag.BASELINE, 0, None), (rag.TASK, LENGTHS[0], DEPTHS[0])}
+    assert len(calls) == len(rag.jobs(plan)) - 2

@@ -3,6 +3,7 @@ loop over eager attentions, trial filtering, masking, comparison and the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -433,3 +434,52 @@ def test_heads_says_which_layers_it_left_unscored_and_refuses_a_model_without_we
     assert main(args + ["--out", str(tmp_path / "b")]) == 1
     line = assert_one_line_error(capsys.readouterr().err, "heads")
     assert "no layer of the model returns attention weights" in line and not (tmp_path / "b").exists()
+
+
+def test_a_multimodal_gemma3_folder_is_scored_and_masked_on_its_text_layers(tmp_path, monkeypatch):
+    """Gemma 3's released checkpoints are multimodal: their config names the layers and heads in text_config and the
+    decoder layers lie under model.language_model. `heads` stopped with an AttributeError traceback ('Gemma3Config'
+    object has no attribute 'num_hidden_layers'); it scores and masks the text model's heads."""
+    from tests.eval_fixtures import multimodal_gemma3
+
+    tok = train_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    vocab = len(json.loads(tok.read_text())["model"]["vocab"]) + 1
+    folder = tmp_path / "gemma3"
+    multimodal_gemma3(vocab, positions=1024).save_pretrained(folder)
+    (folder / "tokenizer.json").write_bytes(tok.read_bytes())
+    hooked, real = [], H.masked_heads
+
+    @contextlib.contextmanager
+    def recording(lm, heads):
+        with real(lm, heads):  # the hooks on the text layer's output projection while the heads are masked
+            hooked.append(len(H._layers(lm.model)[0].self_attn.o_proj._forward_pre_hooks))
+            yield
+
+    monkeypatch.setattr(H, "masked_heads", recording)
+    assert main(["heads", str(folder), "--out", str(tmp_path / "out"), "--lengths", "256", "--depths", "1",
+                 "--needles", "1", "--all-trials", "--max-new-tokens", "4", "--mask-heads", "1", "--no-progress"]) == 0
+    assert sorted(json.loads((tmp_path / "out" / "head_scores.json").read_text())) == ["0-0", "0-1"]
+    assert hooked == [1, 1]  # the top head, then a random other
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "falcon"])
+def test_heads_are_masked_where_a_layers_attention_has_another_name(kind):
+    """GPT-NeoX (Pythia) names a layer's attention `attention` and Falcon `self_attention`: --mask-heads stopped with
+    an AttributeError traceback ('GPTNeoXLayer' object has no attribute 'attn'). Masking a head now changes the
+    logits through that layer's output projection."""
+    import transformers
+
+    from nextlong.eval.model import LoadedModel
+
+    config = (transformers.GPTNeoXConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2) if kind == "gpt_neox" else
+              transformers.FalconConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    lm = LoadedModel(model, None, "model", "test", None, "sdpa", ())
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with H.masked_heads(lm, [(1, 0)]):
+            masked = model(ids).logits
+        assert torch.equal(model(ids).logits, plain) and not torch.allclose(masked, plain)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli, save_small_llama
+from tests.helpers import assert_one_line_error, corpus_head, run_cli, save_small_llama, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,71 @@ def test_training_data_with_a_flipped_bit_is_one_line(base_model, tmp_path, caps
     assert code == 1
     line = assert_one_line_error(err, "train")
     assert str(part) in line and "corrupt Parquet data" in line and "checksum" in line
+
+
+def test_a_damaged_page_of_the_chunk_table_does_not_send_the_user_to_no_verify_unwarned(tmp_path, capsys):
+    """The chunks stage's CRC32 finds a flipped bit in chunks.parquet and offers --no-verify to use the file as it is;
+    but each page's own checksum is checked on every read, --no-verify or not, so the offer says a damaged page is
+    refused all the same (before, it sent the user to a second refusal)."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
+            "512", "--chunk-size", "512", "--quiet"]
+    assert run_cli(argv, capsys)[0] == 0
+    table = out / "chunks" / "chunks.parquet"
+    pages = _page_bytes(table)
+    table.write_bytes(_flip(table, pages[len(pages) // 2], 4))
+    for stage in out.iterdir():  # the stages after the chunk table (the embedding reads its texts)
+        if stage.is_dir() and stage.name not in ("chunk", "chunks"):
+            shutil.rmtree(stage)
+    code, _, err = run_cli(argv, capsys)
+    line = assert_one_line_error(err, "synthesize")
+    assert code == 1 and str(table) in line and line.endswith(
+        "or pass --no-verify to use it as it is (a page that no longer matches its own checksum is refused all the "
+        "same)")
+    code, _, err = run_cli(argv + ["--no-verify"], capsys)
+    assert code == 1 and str(table) in assert_one_line_error(err, "synthesize")
+
+
+def test_chunk_texts_read_by_id_check_each_page(tmp_path, capsys):
+    """ACER's passages in another --tokenizer and eval --tasks rag's chunk texts are read by id (acer.stages.chunk_text,
+    a pyarrow dataset take), which checked no page checksum: a flipped bit in a text page was a bare OSError naming no
+    file (snappy) or other text. It is the one-line error naming the file."""
+    from nextlong.errors import CorruptFileError
+    from nextlong.synthesis.acer.stages import chunk_text
+
+    table = tmp_path / "chunks.parquet"
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(30_000))
+    assert run_cli(["chunk", corpus, "--out", table, "--no-progress"], capsys)[0] == 0
+    texts = pq.read_table(table).column("text").to_pylist()
+    assert chunk_text(table, [0, len(texts) - 1]) == [texts[0], texts[-1]]
+    group = pq.ParquetFile(table).metadata.row_group(0)
+    text = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "text")
+    table.write_bytes(_flip(table, text.data_page_offset + text.total_compressed_size * 3 // 4, 4))  # in its page
+    with pytest.raises(CorruptFileError, match=f"{table}: damaged since it was written"):
+        chunk_text(table, [0, len(texts) - 1])
+
+
+@pytest.mark.parametrize("damage, fmt", [("page header", "parquet"), ("footer", "mds")])
+def test_damage_no_checksum_covers_in_an_output_part_is_one_line(tmp_path, capsys, damage, fmt):
+    """A page's checksum covers its data, not its header, nor the footer: a byte changed there made pyarrow raise an
+    error naming no file, a traceback when a rerun summed the finished parts again (the manifest's statistics) or
+    wrote --format mds. It is one line naming the part."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
+            "512", "--chunk-size", "512", "--no-progress"]
+    assert run_cli(argv, capsys)[0] == 0
+    part = out / "data" / "part-00000.parquet"
+    if damage == "footer":
+        part.write_bytes(part.read_bytes()[:-20])
+    else:
+        group = pq.ParquetFile(part).metadata.row_group(0)
+        column = next(group.column(i) for i in range(group.num_columns)
+                      if group.column(i).path_in_schema.startswith("segments"))
+        part.write_bytes(_flip(part, (column.dictionary_page_offset or column.data_page_offset) + 1, 7))
+    (out / "manifest.json").unlink()
+    code, _, err = run_cli(argv + ["--format", fmt], capsys)
+    line = assert_one_line_error(err, "synthesize")
+    assert code == 1 and f"{part}: not a readable Parquet file" in line and line.endswith(
+        f"delete {out / 'data'} to make that stage again")

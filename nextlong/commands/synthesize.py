@@ -72,7 +72,8 @@ def add_parser(subparsers) -> None:
                         "the manifest)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the CRC32 checks of the index and embeddings files, and of the chunk store and near-copy "
-                        "graph a cached stage left (each costs one read of the file)")
+                        "graph a cached stage left (each costs one read of the file); each Parquet page's own "
+                        "checksum is checked on every read all the same")
     p.add_argument("--embedder", help="embedder (default all-MiniLM-L6-v2 offline; static: MiniLM distilled to "
                                       "static vectors, far faster, cached after its first use; hashed-tfidf: "
                                       "lexical, fastest; or a local model folder)")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..errors import NextlongError
+from ..model_folder import text_config
 from .haystack import Insert, build_context, essay_units, fit_to_length
 from .model import LoadedModel, attention, decode, forward, prompt_ids
 from .scoring import rouge1_recall
@@ -109,6 +110,15 @@ def _top_positions(weights, keys: int):
 ATTENTION_MODULES = ("self_attn", "attn", "self_attention", "attention")  # a decoder layer's attention, by name
 
 
+def _attention_module(layer):
+    """A decoder layer's attention module, by its name (ATTENTION_MODULES; GPT-NeoX's `attention`, Falcon's
+    `self_attention`, GPT-2's `attn`), or None."""
+    import torch
+
+    return next((getattr(layer, n) for n in ATTENTION_MODULES if isinstance(getattr(layer, n, None), torch.nn.Module)),
+                None)
+
+
 def attention_layers(lm: LoadedModel) -> list[int]:
     """The decoder layers whose attention returns weights under eager attention, found by one forward pass over
     a needle's first tokens before any work. transformers leaves out the layers that give None (a hybrid's
@@ -124,8 +134,7 @@ def attention_layers(lm: LoadedModel) -> list[int]:
     except ValueError:
         layers = []
     for i, layer in enumerate(layers):
-        module = next((getattr(layer, n) for n in ATTENTION_MODULES if isinstance(getattr(layer, n, None),
-                                                                                 torch.nn.Module)), None)
+        module = _attention_module(layer)
         if module is not None:
             handles.append(module.register_forward_hook(lambda m, args, out, i=i: given.__setitem__(
                 i, isinstance(out, tuple) and len(out) > 1 and torch.is_tensor(out[1]))))
@@ -224,7 +233,8 @@ def ranked(named: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def _layers(model):
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
+                 "model.language_model.layers"):  # the last: a multimodal model's text layers (Gemma 3)
         obj = model
         try:
             for part in path.split("."):
@@ -239,7 +249,7 @@ def _layers(model):
 def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
     """Zero the outputs of the given (layer, query head)s: their slice of the attention output
     projection's input is set to 0, so the head contributes nothing."""
-    config = lm.model.config
+    config = text_config(lm.model.config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
@@ -247,8 +257,11 @@ def masked_heads(lm: LoadedModel, heads: Sequence[tuple[int, int]]):
     handles = []
     layers = _layers(lm.model)
     for layer, hs in by_layer.items():
-        attn = getattr(layers[layer], "self_attn", None) or getattr(layers[layer], "attn")
-        proj = getattr(attn, "o_proj", None) or getattr(attn, "c_proj", None) or attn.dense
+        attn = _attention_module(layers[layer])
+        proj = getattr(attn, "o_proj", None) or getattr(attn, "c_proj", None) or getattr(attn, "dense", None)
+        if proj is None:
+            raise NextlongError(f"{lm.folder}: cannot find the attention output projection of layer {layer} "
+                                f"({type(attn).__name__}) to mask its heads")
 
         def hook(module, args, hs=tuple(hs)):
             x = args[0].clone()

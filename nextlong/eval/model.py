@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .options import ATTENTION
 from ..model_folder import (ModelFolderError, end_of_text_ids, folder_identity, load_causal_lm, max_positions_of,  # noqa: F401  (importable from here)
-                            read_config, resolve_model_folder)
+                            read_config, resolve_model_folder, text_config)
 
 
 
@@ -46,12 +46,12 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     @property
-    def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+    def num_layers(self) -> int:  # of the text model: a multimodal config (Gemma 3's) nests them in text_config
+        return int(text_config(self.model.config).num_hidden_layers)
 
     @property
     def num_heads(self) -> int:
-        return int(self.model.config.num_attention_heads)
+        return int(text_config(self.model.config).num_attention_heads)
 
 
 def load_model(path, *, attn: str = "auto", device: str | None = None, dtype: str | None = None,
@@ -197,6 +197,12 @@ def rewind_cache(cache, length: int) -> bool:
 # 2026-12-07, decoding stops at the model's positions (before, an answer at a length equal to them was decoded
 # past them). A journal of the older fingerprint keeps the records `decoded_alike` clears; the rest are scored again.
 DECODING_REVISION = "2026-12-07"
+
+# Where a model's positions are read, part of the same fingerprints for a model whose config names them only in its
+# text_config (Gemma 3's, Llama 4's; `model_folder.positions_in_text_config`): 2026-12-07, read there. Before, no
+# limit was found, so greedy decoding ran past the positions as before DECODING_REVISION, whatever the journal's
+# header: such a journal keeps only the records `decoded_alike` clears.
+POSITIONS_REVISION = "2026-12-07"
 
 
 def decoded_alike(limit: int | None, prompt_tokens: int, budget: int) -> bool:

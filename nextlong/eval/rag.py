@@ -51,9 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorpusError, NextlongError, UsageError
+from ..model_folder import positions_in_text_config
 from ..synthesis.acer.config import ORDERS, RETRIEVERS  # ACER's choices: the rag task evaluates what it builds
 from ..untrusted import whole
-from .model import DECODING_REVISION
+from .model import DECODING_REVISION, POSITIONS_REVISION
 from .options import DISTRACTORS
 from .samples import ANSWER_MARGIN  # greedy budget beyond the longest gold answer, as the other tasks
 
@@ -329,6 +330,8 @@ class RagPlan:
     fingerprint: str
     root: Path
     older_fingerprint: str | None = None  # the same run's before DECODING_REVISION (runner.ResultJournal's older)
+    # the same run's before POSITIONS_REVISION, for a model whose positions only its text_config names (else None)
+    unpositioned_fingerprint: str | None = None
 
     def layout(self, e: Entry, length: int, depth: float) -> Layout:
         """The long context of `e` at `length` with the gold at `depth` percent (ACER's sample format)."""
@@ -538,10 +541,16 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
                 "model": lm.identity, "tokenizer": tok.fingerprint, "retrieve": k,
                 "templates": {n: t.text for n, t in templates.items()}, "layout": LAYOUT_REVISION,
                 "decoding": DECODING_REVISION}
-    plan.fingerprint, plan.older_fingerprint = (
-        hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        for ident in (identity, {k: v for k, v in identity.items() if k != "decoding"}))
+    if positions_in_text_config(lm.model.config):
+        plan.unpositioned_fingerprint = _fingerprint(identity)
+        identity["positions"] = POSITIONS_REVISION
+    plan.fingerprint = _fingerprint(identity)
+    plan.older_fingerprint = _fingerprint({k: v for k, v in identity.items() if k not in ("decoding", "positions")})
     return plan
+
+
+def _fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- answering and scoring
@@ -593,7 +602,7 @@ def run_rag(lm, plan: RagPlan) -> list[dict]:
 
     entry = {e.q.id: e for e in plan.entries}
     limit, prefix = lm.max_positions, len(lm.tokenizer.prefix_ids)  # a record's prompt_tokens leave the prefix out
-    journal = ResultJournal(plan.root, plan.fingerprint, plan.older_fingerprint,
+    journal = ResultJournal(plan.root, plan.fingerprint, (plan.older_fingerprint, plan.unpositioned_fingerprint),
                             lambda r: decoded_alike(limit, prefix + r["prompt_tokens"],
                                                     entry[r["index"]].max_new_tokens))
     records = []

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import scoring
-from .model import (DECODING_REVISION, ENCODING_REVISION, LoadedModel, attention, decode, decoded_alike, forward,
-                    greedy_ids, keep_past, prompt_ids, read_specials_before, rewind_cache)
+from ..model_folder import positions_in_text_config
+from .model import (DECODING_REVISION, ENCODING_REVISION, POSITIONS_REVISION, LoadedModel, attention, decode,
+                    decoded_alike, forward, greedy_ids, keep_past, prompt_ids, read_specials_before, rewind_cache)
 from .samples import ANSWER_MARGIN
 from .tasks import PREFIXED_TASKS, PREFIXED_TASKS_REVISION, TASKS_REVISION, Sample, depths_for, make_sample
 
@@ -42,10 +43,11 @@ class EvalSettings:
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self, model_identity, prefixed: bool = False, reencoded: bool = False,
-                    older_decoding: bool = False) -> str:
+                    older_decoding: bool = False, nested_positions: bool = False) -> str:
         """`prefixed`: the tokenizer puts ids before a sequence (its cwe and fwe samples have their own revision);
         `reencoded`: some sample's text was fed as other ids before ENCODING_REVISION (`preflight` says);
-        `older_decoding`: the fingerprint the same run had before DECODING_REVISION."""
+        `older_decoding`: the fingerprint the same run had before DECODING_REVISION; `nested_positions`: only the
+        model config's text_config names its positions (POSITIONS_REVISION)."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("dump", "progress", "extra")}
         data["model"] = model_identity
         data.update(self.extra)
@@ -56,6 +58,8 @@ class EvalSettings:
             data["encoding_revision"] = ENCODING_REVISION
         if self.greedy and not older_decoding:  # nor greedy answers of an older rule (teacher-forced runs keep theirs)
             data["decoding_revision"] = DECODING_REVISION
+            if nested_positions:
+                data["positions_revision"] = POSITIONS_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -193,7 +197,7 @@ class ResultJournal:
     settings' fingerprint; a re-run with the same settings reuses them. A journal headed by `older`, the same
     settings' fingerprint under an older rule, gives the records `keep` says that rule could not have changed."""
 
-    def __init__(self, out_dir: Path, fingerprint: str, older: str | None = None, keep=None):
+    def __init__(self, out_dir: Path, fingerprint: str, older: str | Sequence[str | None] | None = None, keep=None):
         self.path = Path(out_dir) / PROGRESS
         self.fingerprint = fingerprint
         self.done: dict[tuple, dict] = {}
@@ -201,7 +205,8 @@ class ResultJournal:
         if self.path.is_file():
             lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
             header = _header_fingerprint(lines[0]) if lines else None
-            if header is not None and header in (fingerprint, older):
+            olders = (older,) if isinstance(older, str) else tuple(older or ())
+            if header is not None and (header == fingerprint or header in olders):
                 for line in lines[1:]:
                     try:
                         r = json.loads(line)
@@ -278,8 +283,14 @@ def run_tasks(lm: LoadedModel, settings: EvalSettings, out_dir: Path,
         raise LengthTooShortError("; ".join(skipped.values()))
     jobs = [j for j in jobs if (j[0], j[1]) not in skipped]
     prefixed = bool(getattr(lm.tokenizer, "prefix_ids", ()))
-    older = settings.fingerprint(lm.identity, prefixed, reencoded, older_decoding=True) if settings.greedy else None
-    journal = ResultJournal(out_dir, settings.fingerprint(lm.identity, prefixed, reencoded), older,
+    nested = positions_in_text_config(lm.model.config)
+    older = []  # journals whose greedy records were decoded with no stop at the positions
+    if settings.greedy:
+        older.append(settings.fingerprint(lm.identity, prefixed, reencoded, older_decoding=True))
+        if nested:  # before POSITIONS_REVISION such a model's positions were not known
+            older.append(settings.fingerprint(lm.identity, prefixed, reencoded))
+    current = settings.fingerprint(lm.identity, prefixed, reencoded, nested_positions=nested)
+    journal = ResultJournal(out_dir, current, older,
                             lambda r: decoded_alike(lm.max_positions, r["prompt_tokens"],
                                                     settings.max_new_tokens or r["answer_tokens"] + ANSWER_MARGIN))
     reused = sum(1 for j in jobs if j in journal.done)

@@ -541,12 +541,13 @@ def _damaged_part(part, exc: Exception) -> CorruptFileError:
                             f"{Path(part).parent} to make that stage again")
 
 
-def read_part(part):
-    """A finished stage's whole Parquet part, its damage named (a footer can read while a page cannot)."""
+def read_part(part, columns=None):
+    """A finished stage's Parquet part (`columns` of it, None: all), its damage named in one line: a page that fails
+    its checksum, and what no checksum covers (a page header, the footer), which pyarrow reports naming no file."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(part, page_checksum_verification=True)
+        return pq.read_table(part, columns=columns, page_checksum_verification=True)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise _damaged_part(part, exc) from None
 
@@ -898,9 +899,12 @@ def check_stage_files(pipeline: "Pipeline", fps: dict[str, str], skip_option: st
             except (OSError, ValueError):
                 same = False
             if not same:
+                skip = f", or pass {skip_option} to use it as it is" if skip_option else ""
+                if skip and path.suffix == ".parquet":  # checked_parquet checks each page on every read
+                    skip += " (a page that no longer matches its own checksum is refused all the same)"
                 raise CorruptFileError(f"{path}: not the file the {stage.name} stage wrote (its size or CRC32 differs "
                                        f"from {directory / DONE_FILE}): it is damaged; remove {directory} to make it "
-                                       "again" + (f", or pass {skip_option} to use it as it is" if skip_option else ""))
+                                       f"again{skip}")
 
 
 class Executor:

@@ -33,7 +33,7 @@ from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
-from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
+from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done, read_part
 from .artifacts import EMBEDDINGS_FILE, cached_tokenizer_spec
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 
@@ -442,7 +442,7 @@ def negative_reuse(out: Path, blocks: list, partial: dict | None, num_chunks: in
 
     uses = np.zeros(num_chunks, np.uint32)
     for block in blocks:
-        plan = checked_parquet.read_table(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
+        plan = read_part(block_path(out / "plan", block), columns=["ok", "chunks", "roles"])
         if partial is not None and block == partial["block"]:
             plan = _plan_up_to(plan, partial["rows"])
         plan = plan.filter(plan.column("ok"))
@@ -462,8 +462,8 @@ def _cut_block_counts(out: Path, block: int, rows: int) -> tuple[dict, dict]:
     from .framework import block_path
     from .stages import assemble_counts, plan_counts
 
-    plan = _plan_up_to(checked_parquet.read_table(block_path(out / "plan", block)), rows)
-    written = checked_parquet.read_table(block_path(out / "data", block), columns=["segments"])
+    plan = _plan_up_to(read_part(block_path(out / "plan", block)), rows)
+    written = read_part(block_path(out / "data", block), columns=["segments"])
     return plan_counts(plan), assemble_counts(written)
 
 
@@ -500,7 +500,7 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
         _sum(metas, "dependency_distance_sum_with_negatives") / ext_n if ext_n else None)
     used = set()
     for path in sorted((cfg.out_dir / "data").glob("part-*.parquet")):
-        segments = pc.list_flatten(checked_parquet.read_table(path, columns=["segments"]).column("segments"))
+        segments = pc.list_flatten(read_part(path, columns=["segments"]).column("segments"))
         used.update(pc.struct_field(segments, "doc_id").unique().to_pylist())
     stats["source_documents_used"] = len(used)
     if leftover_dropped:

@@ -71,7 +71,7 @@ def _renumbered_parts(parts_dir, blocks: int, stage=None):
         path = finished_part(parts_dir, j, stage) if stage is not None else block_path(parts_dir, j)
         if path is None or not path.exists():
             continue
-        t = corpus_numbered(checked_parquet.read_table(path), read_done(block_record_path(parts_dir, j)))
+        t = corpus_numbered(read_part(path), read_done(block_record_path(parts_dir, j)))
         ids = pa.array(np.arange(first, first + t.num_rows, dtype=np.int64))
         first += t.num_rows
         yield j, t.set_column(t.schema.get_field_index("chunk_id"), "chunk_id", ids)
@@ -347,7 +347,7 @@ class GatherEmbeddings(WholeStage):
             for part in parts:
                 if part is None:
                     continue
-                col = checked_parquet.read_table(part).column("embedding").combine_chunks()
+                col = read_part(part, columns=["embedding"]).column("embedding").combine_chunks()
                 n = len(col)
                 arr[at:at + n] = col.flatten().to_numpy().reshape(n, dim)
                 at += n

@@ -33,6 +33,7 @@ from .. import checked_parquet
 from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path, fsync_path
 from ..errors import NextlongError
+from .framework import read_part
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:
     """`t` with every list's item field named "item": a list column read back from Parquet names it
@@ -200,7 +201,7 @@ def write_mds(data_dir, out_dir, attention_spans_mode: str = "sample") -> Path:
 
     with mds_output(out_dir, TRAINING_COLUMNS) as writer:
         for path in shard_paths(data_dir):
-            table = checked_parquet.read_table(path, columns=["input_ids", "segments"])
+            table = read_part(path, columns=["input_ids", "segments"])
             ids_col = table.column("input_ids").combine_chunks()
             ids_flat = ids_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
             ids_off = ids_col.offsets.to_numpy()

@@ -330,13 +330,23 @@ class Passages:
 
 
 def chunk_text(chunks_file, chunk_ids) -> list[str]:
-    """Texts of chunks by id (row number of the chunk table)."""
+    """Texts of chunks by id (row number of the chunk table), each page read checked against its checksum
+    (checked_parquet): a damaged page is one line naming the file."""
     import pyarrow.dataset as ds
+
+    from ... import checked_parquet
 
     if not len(chunk_ids):
         return []
-    return ds.dataset(str(chunks_file)).take(pa.array(np.asarray(chunk_ids, np.int64)), columns=["text"]) \
-        .column("text").to_pylist()
+    checked = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    try:
+        return ds.dataset(str(chunks_file), format=checked).take(
+            pa.array(np.asarray(chunk_ids, np.int64)), columns=["text"]).column("text").to_pylist()
+    except OSError as exc:
+        if checked_parquet.failed_checksum(exc):
+            raise checked_parquet.damaged(chunks_file, exc) from None
+        raise
 
 
 QUESTION_SLACK = 2  # a generated question's bound in tokens: --question-max-new-tokens + this (" " + text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import checked_parquet
+from ..framework import read_part
 from ..writers import mds_output, shard_paths, write_jsonl_shards
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32", "loss_mask": "ndarray:uint8"}
@@ -33,7 +33,7 @@ def write_jsonl(data_dir, out_dir, tokenizer) -> list[Path]:
 def write_mds(data_dir, out_dir) -> Path:
     with mds_output(out_dir, MDS_COLUMNS) as writer:
         for path in shard_paths(data_dir):
-            table = checked_parquet.read_table(path, columns=["input_ids", "loss_mask"])
+            table = read_part(path, columns=["input_ids", "loss_mask"])
             for ids, mask in zip(table.column("input_ids").to_numpy(zero_copy_only=False),
                                  table.column("loss_mask").to_numpy(zero_copy_only=False)):
                 ids = np.asarray(ids, np.uint32)
