@@ -120,6 +120,9 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
       }
     }
   }
+  if (!opt_.ordinary_added.empty() && opt_.ordinary_added.size() != added_.size())
+    throw std::invalid_argument("ordinary_added must have one flag per added token");
+  for (char flag : opt_.ordinary_added) any_ordinary_added_ = any_ordinary_added_ || flag;
   added_trie_.assign(1, {});
   added_len_.assign(added_.size(), 0);
   for (size_t i = 0; i < added_.size(); ++i) {
@@ -356,6 +359,14 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out
 }
 
 void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+  if (any_ordinary_added_) {
+    encode_added(text, opt_.ordinary_added, true, out);
+    return;
+  }
+  encode_plain(text, out);
+}
+
+void BpeTokenizer::encode_plain(std::string_view text, std::vector<uint32_t>& out) const {
   if (opt_.nfc && !unicode::nfc_quick_check(text)) {
     std::string normalized;
     unicode::nfc_normalize(text, normalized);
@@ -396,7 +407,8 @@ size_t BpeTokenizer::count_ordinary(std::string_view text) const {
 // span is reversed (an lstrip match wholly inside the previous span) gives nothing and leaves `seg` as it
 // is: HF panics there ("AddedVocabulary bad split"), so there is no reference to follow.
 void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
-                               const std::vector<char>& allowed, std::vector<Segment>& out) const {
+                               const std::vector<char>& allowed, bool skip_disallowed,
+                               std::vector<Segment>& out) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   size_t seg = b, p = b;
   // [ws_lo, ws_hi): whitespace the last rstrip walked, ending at a non-space or e. Matches inside it
@@ -415,13 +427,14 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
       if (it == next.end() || it->first != s[q]) break;
       node = it->second;
       for (uint32_t idx : added_trie_[node].ends) {
-        if (added_[idx].normalized == normalized_pass && allowed[idx]) { hit = idx; break; }
+        if (added_[idx].normalized == normalized_pass && (skip_disallowed || allowed[idx])) { hit = idx; break; }
       }
     }
     if (hit < 0) { ++p; continue; }
     const BpeAddedToken& t = added_[hit];
     size_t ms = p, me = p + added_len_[hit];
     p = me;  // the next search starts after the match itself, whatever the strips below take
+    if (!allowed[hit]) continue;  // (skip_disallowed) a special token's match in ordinary text: its text is text
     if (t.single_word) {
       size_t len;
       bool start_ok = ms == b || !is_word_char(char_before(ms));
@@ -459,11 +472,16 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
 
 void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowed,
                           std::vector<uint32_t>& out) const {
-  if (added_.empty()) { encode_ordinary(text, out); return; }
+  encode_added(text, allowed, false, out);
+}
+
+void BpeTokenizer::encode_added(std::string_view text, const std::vector<char>& allowed, bool skip_disallowed,
+                                std::vector<uint32_t>& out) const {
+  if (added_.empty()) { encode_plain(text, out); return; }
   std::vector<Segment> first, second;
   int64_t steps = step_budget(text.size());  // one regex budget for the whole text, not one per segment
   int64_t* shared = regex_ ? &steps : nullptr;
-  split_added(text, 0, text.size(), false, allowed, first);
+  split_added(text, 0, text.size(), false, allowed, skip_disallowed, first);
   std::string normalized;
   for (const Segment& sg : first) {
     if (sg.token >= 0) { out.push_back(static_cast<uint32_t>(sg.token)); continue; }
@@ -476,7 +494,7 @@ void BpeTokenizer::encode(std::string_view text, const std::vector<char>& allowe
       seg = normalized;
     }
     second.clear();
-    split_added(seg, 0, seg.size(), true, allowed, second);
+    split_added(seg, 0, seg.size(), true, allowed, skip_disallowed, second);
     for (const Segment& piece : second) {
       if (piece.token >= 0) out.push_back(static_cast<uint32_t>(piece.token));
       else encode_normalized(seg.substr(piece.begin, piece.end - piece.begin), out, shared);

@@ -37,6 +37,11 @@ struct BpeOptions {
   // fuse_unk). -1: none, and text holding a byte without a token is refused (EncodeError).
   int64_t unk_id = -1;
   bool fuse_unk = false;
+  // Per added token (indexed like the added list; empty: none): matched in ordinary text too. An HF file's
+  // added tokens that are not special (runs of spaces, Qwen3's <think>) are part of how its text is written,
+  // so encode_ordinary splits them out as tokenizers does with encode_special_tokens=true; special tokens
+  // (<|endoftext|>) stay plain text there.
+  std::vector<char> ordinary_added;
 };
 
 // Text the tokenizer refuses to encode (a piece past nextlong's limit, or a byte the vocabulary has no
@@ -100,8 +105,14 @@ class BpeTokenizer : public TextEncoder {
     size_t begin, end;
     int64_t token;  // added-token id, or -1 for text
   };
+  // `skip_disallowed`: HF's encode_special_tokens rule: matches are found among all added tokens and a match of
+  // one not allowed is skipped (its text stays text); else (tiktoken's allowed_special) only allowed ones match.
   void split_added(std::string_view text, size_t b, size_t e, bool normalized_pass,
-                   const std::vector<char>& allowed, std::vector<Segment>& out) const;
+                   const std::vector<char>& allowed, bool skip_disallowed, std::vector<Segment>& out) const;
+  void encode_added(std::string_view text, const std::vector<char>& allowed, bool skip_disallowed,
+                    std::vector<uint32_t>& out) const;
+  void encode_plain(std::string_view text, std::vector<uint32_t>& out) const;  // no added token matched
+  bool any_ordinary_added_ = false;
 
   BpeOptions opt_;
   template <class Fn>

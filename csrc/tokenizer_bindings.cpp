@@ -91,7 +91,7 @@ void bind_tokenizer(py::module_& m) {
                        const std::string& pattern, const std::string& dialect, bool keep_gaps, int prefix_space,
                        bool ignore_merges, const std::vector<std::tuple<std::string, uint32_t, bool, bool, bool, bool>>& added,
                        const std::vector<std::pair<uint32_t, py::bytes>>& decode_only, bool generic_regex_only,
-                       bool nfc, int64_t unk_id, bool fuse_unk) {
+                       bool nfc, int64_t unk_id, bool fuse_unk, const std::vector<bool>& ordinary_added) {
              std::vector<std::pair<uint32_t, std::string>> mv, dv;
              mv.reserve(model.size());
              for (const auto& [id, b] : model) mv.emplace_back(id, std::string(b));
@@ -111,6 +111,7 @@ void bind_tokenizer(py::module_& m) {
              opt.nfc = nfc;
              opt.unk_id = unk_id;
              opt.fuse_unk = fuse_unk;
+             opt.ordinary_added.assign(ordinary_added.begin(), ordinary_added.end());
              std::vector<BpeAddedToken> av;
              for (const auto& [content, id, l, r, sw, norm] : added) av.push_back({content, id, l, r, sw, norm});
              py::gil_scoped_release release;
@@ -125,7 +126,8 @@ void bind_tokenizer(py::module_& m) {
            py::arg("model"), py::arg("merges"), py::arg("pattern"), py::arg("dialect"), py::arg("keep_gaps"),
            py::arg("prefix_space"), py::arg("ignore_merges"), py::arg("added"), py::arg("decode_only"),
            py::arg("generic_regex_only") = false, py::arg("nfc") = false,
-           py::arg("unk_id") = -1, py::arg("fuse_unk") = false)
+           py::arg("unk_id") = -1, py::arg("fuse_unk") = false,
+           py::arg("ordinary_added") = std::vector<bool>())
       .def("encode_ordinary",
            [](const BpeTokenizer& t, py::handle text) {
              std::string_view sv = utf8_view(text);

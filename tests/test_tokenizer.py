@@ -561,6 +561,55 @@ def test_added_token_strips_match_hf_on_random_tokenizers(tmp_path):
     assert checked > 1400
 
 
+def test_ordinary_text_splits_out_the_added_tokens_that_are_not_special_like_hf(tmp_path):
+    """`encode_ordinary` (the corpus engine's and eval's encoding) reads a special token's string as text but splits
+    out the added tokens a file does not mark special (Pythia's runs of spaces, Qwen3's <think>), as tokenizers does
+    with encode_special_tokens=True; it read every added token as text, so "a <think> b" gave byte ids where the
+    model's own tokenizer gives the token. Random overlapping tokens, random flags, random texts; the counts and
+    the batch path agree."""
+    import random
+
+    rng = random.Random(29)
+    pieces = [" ", "  ", "\t", "\n", "<", ">", "<a", "ab", "a", "x", " x", "|", "||", "\u00e9"]
+    vocab = json.loads(_with_added(tmp_path, "base.json", []).read_text())["model"]["vocab"]
+    checked = differs = 0
+    for case in range(40):
+        added = _random_added(rng, pieces, vocab, tokens=6, length=2, strip=0.3, normalized=0.5)
+        for t in added:
+            t["special"] = rng.random() < 0.5
+        path = _with_added(tmp_path, f"s{case}.json", added)
+        ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+        ref.encode_special_tokens = True
+        texts = ["".join(rng.choice(pieces + ["q", "a b"]) for _ in range(rng.randint(0, 14))) for _ in range(30)]
+        for text in texts:
+            try:
+                want = ref.encode(text, add_special_tokens=False).ids
+            except BaseException:  # pyo3's PanicException ("AddedVocabulary bad split") is not an Exception
+                continue
+            assert ours.encode_ordinary(text).tolist() == want, (added, text)
+            assert ours.count_tokens(text) == len(want)
+            differs += want != ours.encode(text).tolist()
+            checked += 1
+        assert [a.tolist() for a in ours.encode_ordinary_batch(texts, num_threads=2)] == \
+            [ours.encode_ordinary(t).tolist() for t in texts]
+    assert checked > 1100 and differs > 50  # special tokens did occur as text
+
+
+def test_a_file_with_added_tokens_that_are_not_special_gets_another_fingerprint(tmp_path):
+    """Chunk stores and data tokenized before encode_ordinary split such tokens out hold other ids: such a file's
+    fingerprint is no longer the one its bytes gave, so they do not pass for this tokenizer's output. A file whose
+    added tokens are all special keeps it."""
+    from nextlong.corpus.tokenizer import _fingerprint
+
+    plain = _with_added(tmp_path, "special.json", [{"content": "<|x|>", "special": True}])
+    words = _with_added(tmp_path, "words.json", [{"content": "<think>", "special": False}])
+    for path, kept in ((plain, True), (words, False)):
+        tok = Tokenizer.from_file(path)
+        assert (tok.fingerprint == _fingerprint(path.read_bytes(), tok.pattern)) is kept
+    assert Tokenizer.from_file(words).encode_ordinary("a<think>").tolist() == [ord("a"), 257]
+    assert Tokenizer.from_file(plain).encode_ordinary("a<|x|>").tolist() == [ord(c) for c in "a<|x|>"]
+
+
 def test_lstrip_token_inside_the_previous_rstrip_gives_nothing(tmp_path):
     """'xy' rstrip then ' ' lstrip on "xy   q": HF's span for the first ' ' match runs from the end of xy's (5) back to
     3 and it panics. nextlong drops such a token and keeps xy's span, so the spaces stay with xy, as when ' ' has no
@@ -643,7 +692,8 @@ def test_a_file_whose_added_ids_hf_moves_gets_another_fingerprint(tmp_path):
     for this tokenizer's output, so its fingerprint changes; a file HF reads as written keeps its fingerprint."""
     from nextlong.corpus.tokenizer import _fingerprint
 
-    as_written = _with_added(tmp_path, "kept.json", [{"content": "<a>"}])  # id 257, the next one: HF's too
+    # id 257, the next one: HF's too (special: one that is not is matched in ordinary text, another fingerprint)
+    as_written = _with_added(tmp_path, "kept.json", [{"content": "<a>", "special": True}])
     data = json.loads(as_written.read_text())
     data["added_tokens"][0]["id"] = 300
     moved = tmp_path / "moved.json"

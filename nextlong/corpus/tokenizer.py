@@ -24,7 +24,9 @@ Unicode \w: letters, marks, Nd, Nl, Pc, joiners) by HF's rule, strips only widen
 inside what an rstrip took still giving its id; where HF panics (an lstrip match wholly inside the previous
 match's span) that token is dropped; ``normalized=true`` added tokens are looked for, by their NFC'd content, in
 the NFC'd text between the others, as HF does; their ids are the ones HF gives them, not the file's where the two
-differ (a hand-edited file: see _hf_added_ids). tiktoken special tokens are matched
+differ (a hand-edited file: see _hf_added_ids); ``encode_ordinary`` matches only the added tokens the file does not
+mark ``special`` (HF's ``encode_special_tokens=True``: a special token's match is skipped, its text encoded as
+text, and no shorter token is looked for inside it). tiktoken special tokens are matched
 leftmost-longest (tiktoken: leftmost, in set order; they differ only for specials that are prefixes
 of each other). In patterns, \w is letters, marks, Nd, Nl and Pc. Regex classes follow Unicode 16.0
 like both references, NFC Unicode 14.0 (tokenizers' is 9.0; see scripts/gen_unicode_tables.py).
@@ -289,7 +291,10 @@ class Tokenizer:
         return np.concatenate([np.asarray(self.prefix_ids, np.uint32), ids]) if self.prefix_ids else ids
 
     def encode_ordinary(self, text: str) -> np.ndarray:
-        """Ids of `text` with no special-token parsing (what the corpus engine uses)."""
+        """Ids of `text` with no special-token parsing (what the corpus engine uses): a special token's string
+        (<|endoftext|>) is plain text. A tokenizer.json's added tokens that are not special (Pythia's runs of
+        spaces, Qwen3's <think>) are still split out, as tokenizers does with `encode_special_tokens=True`: they
+        are how the model's text is written, not markers."""
         return self.native.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
@@ -563,7 +568,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     added_json = data.get("added_tokens") or []
     if not isinstance(vocab, dict) or not isinstance(merges_json, list) or not isinstance(added_json, list):
         raise TokenizerError(f"{path}: model.vocab must be an object, model.merges and added_tokens lists")
-    added = []
+    added, special = [], set()
     for k, t in enumerate(added_json):
         if not isinstance(t, dict) or not isinstance(t.get("content", ""), str):
             raise TokenizerError(f"{path}: added_tokens[{k}] is not an object with a string content")
@@ -575,6 +580,8 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
                                  "ids must be non-negative integers")
         added.append((t["content"], t["id"], bool(t.get("lstrip", False)), bool(t.get("rstrip", False)),
                       bool(t.get("single_word", False)), bool(t.get("normalized", True))))
+        if t.get("special", False):  # HF: listed special once, a content is special (skipped in ordinary text)
+            special.add(t["content"])
     file_ids = [a[1] for a in added]
     added = _hf_added_ids(path, vocab, added)
     # a file whose ids HF moves, or that lists a content twice with other flags, was read otherwise before
@@ -583,6 +590,11 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     flags = {}
     relisted = any(flags.setdefault(a[0], a[2:]) != a[2:] for a in added)
     salt = b"\0hf-added-ids\0" if file_ids != [a[1] for a in added] or relisted else b""
+    # added tokens that are not special are matched in ordinary text too (tokenizers' encode_special_tokens=true):
+    # before 2026-12-07 encode_ordinary read them as plain text, so such a file's fingerprint changes with its ids
+    ordinary_added = [a[0] not in special for a in added]
+    if any(ordinary_added):
+        salt += b"\0ordinary-added\0"
     # HF keeps one token per id, the last listed, and reads a match's strips, single_word and normalized from it: a
     # content listed twice with other flags takes its last listing's everywhere (the first one's gave other ids)
     last = {a[0]: a[2:] for a in added}
@@ -609,7 +621,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     native = _build_native(path, model=model_list, merges=merges, pattern=pattern, dialect="oniguruma",
                            keep_gaps=True, prefix_space=prefix, ignore_merges=bool(model.get("ignore_merges", False)),
                            added=added, decode_only=[(i, s.encode("utf-8")) for s, i in decode_only.items()],
-                           nfc=nfc, unk_id=unk_id, fuse_unk=fuse_unk)
+                           nfc=nfc, unk_id=unk_id, fuse_unk=fuse_unk, ordinary_added=ordinary_added)
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
     tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw + salt, pattern), source="huggingface",
                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
