@@ -155,7 +155,7 @@ def check_part_rows(part, rows: int) -> None:
     every later read with pyarrow's traceback). Only the footer is read: damage inside a page shows where
     the part is read whole (read_part), not here."""
     from ..errors import CorruptFileError
-    from .framework import part_rows
+    from .parts import part_rows
 
     if not _Path(part).exists():
         raise CorruptFileError(f"{part}: missing, though its stage recorded {rows} rows there; delete "

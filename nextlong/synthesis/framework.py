@@ -107,6 +107,7 @@ import pyarrow as pa
 
 from ..atomic import write_json_atomic
 from ..errors import CorruptFileError, StageMismatchError
+from .parts import read_part
 
 DONE_FILE = "_done.json"
 BLOCK_RECORDS = "_done"
@@ -534,32 +535,6 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
                 raise
             raise on_error(exc, ctx) from exc
     return int(read_done(block_record_path(contexts[-1].out_dir, j))["counts"].get("rows", 0))
-
-
-def _damaged_part(part, exc: Exception) -> CorruptFileError:
-    return CorruptFileError(f"{part}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); delete "
-                            f"{Path(part).parent} to make that stage again")
-
-
-def read_part(part, columns=None):
-    """A finished stage's Parquet part (`columns` of it, None: all), its damage named in one line: a page that fails
-    its checksum, and what no checksum covers (a page header, the footer), which pyarrow reports naming no file."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(part, columns=columns, page_checksum_verification=True)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise _damaged_part(part, exc) from None
-
-
-def part_rows(part) -> int:
-    """The rows a finished stage's Parquet part holds, from its footer, its damage named."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(part).metadata.num_rows
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise _damaged_part(part, exc) from None
 
 
 def input_block(ctx: StageContext, j: int) -> pa.Table | None:

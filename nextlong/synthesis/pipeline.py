@@ -33,7 +33,8 @@ from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
 from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
-from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done, read_part
+from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
+from .parts import read_part
 from .artifacts import EMBEDDINGS_FILE, cached_tokenizer_spec
 from .stages import EXACT_SEARCH_MAX_CHUNKS  # up to this, brute-force search: exact and deterministic
 

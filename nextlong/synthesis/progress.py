@@ -26,7 +26,7 @@ def corpus_bar(ctx):
 def input_rows(folder, num_blocks: int) -> list[int]:
     """Rows of each input block of a chain, from the Parquet footers (0 where an empty block has no part).
     A part that is no Parquet file (damaged since its stage finished) is named here, before any block runs."""
-    from .framework import part_rows
+    from .parts import part_rows
 
     paths = [block_path(folder, j) for j in range(num_blocks)]
     return [part_rows(p) if p.exists() else 0 for p in paths]

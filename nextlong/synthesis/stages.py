@@ -24,7 +24,8 @@ from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_
                         save_blanks, tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
-from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting, read_part
+from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
+from .parts import read_part
 
 
 @_dc.dataclass

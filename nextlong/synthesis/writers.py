@@ -33,7 +33,7 @@ from .. import checked_parquet
 from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path, fsync_path
 from ..errors import NextlongError
-from .framework import read_part
+from .parts import read_part
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:
     """`t` with every list's item field named "item": a list column read back from Parquet names it

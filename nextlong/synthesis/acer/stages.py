@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from ...errors import CorruptFileError
-from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting, read_part
+from ..framework import MapStage, WholeStage, added_setting, corpus_identity, identity, not_a_setting
+from ..parts import read_part
 from ..artifacts import CHUNKS_FILE, check_part_rows, empty_chunks, load_store, recorded_rows, tokenizer_identity
 from ..stages import ChunkStage as SynthesisChunkStage
 from .templates import context_pieces

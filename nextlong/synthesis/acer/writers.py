@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..framework import read_part
+from ..parts import read_part
 from ..writers import mds_output, shard_paths, write_jsonl_shards
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32", "indices": "ndarray:uint32", "loss_mask": "ndarray:uint8"}
