@@ -50,6 +50,14 @@ def test_every_public_name_of_the_evaluation_package_imports():
         assert getattr(evaluation, name) is not None, name
 
 
+def test_the_evaluation_packages_modules_are_attributes_of_it():
+    """`import nextlong.eval` then `nextlong.eval.tasks.make_sample` worked while the package imported its modules
+    whole; with its names imported on first use, a module is imported on first use too (as nextlong's are)."""
+    code = "import nextlong.eval as e; print(e.tasks.make_sample.__module__, e.runner.__name__, hasattr(e, 'nope'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["nextlong.eval.tasks", "nextlong.eval.runner", "False"]
+
+
 def test_every_subcommand_has_help():
     parser = build_parser()
     for name in COMMANDS:

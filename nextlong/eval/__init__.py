@@ -12,6 +12,9 @@ detection (`heads`), the run loop (`runner`), model loading (`model`) and pictur
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 from .. import import_lazily
 
 # public name -> module that defines it, imported on first use: every `nextlong` command builds its parser from
@@ -27,7 +30,9 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
-    if module is None:
+    if module is None:  # a module (nextlong.eval.tasks, .runner, ...): the package imported them all before
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return import_lazily(globals(), f"{__name__}.{module}", name)
 
