@@ -610,6 +610,40 @@ def test_a_file_with_added_tokens_that_are_not_special_gets_another_fingerprint(
     assert Tokenizer.from_file(plain).encode_ordinary("a<|x|>").tolist() == [ord(c) for c in "a<|x|>"]
 
 
+def test_work_tokenized_before_the_file_was_read_otherwise_is_refused_saying_so(tmp_path):
+    """A work folder made before 2026-12-07 with a file whose added tokens are not all special is refused as other
+    settings (its fingerprint changed); the refusal showed two fingerprints of the same spec, and a user reads that
+    as another file. It says the file is the same and its reading changed; another fingerprint gets no such note."""
+    from pathlib import Path
+
+    from nextlong.corpus.tokenizer import _fingerprint, read_otherwise_note
+    from nextlong.synthesis.framework import _mismatch
+    from nextlong.synthesis.stages import ChunkStage
+
+    words = _with_added(tmp_path, "words.json", [{"content": "<think>", "special": False}])
+    tok = Tokenizer.from_file(words)
+    before = _fingerprint(words.read_bytes(), tok.pattern)  # what the file gave before 2026-12-07
+    assert tok.older_fingerprint == before != tok.fingerprint
+    stage = ChunkStage(name="chunk", inputs=("corpus",), tokenizer=str(words))
+    for recorded, said in ((before, True), ("0" * 64, False)):
+        settings = stage.settings()
+        settings["tokenizer"] = {**settings["tokenizer"], "fingerprint": recorded}
+        error = str(_mismatch(Path("/w/chunk"), stage, {"settings": settings}))
+        assert error.startswith("/w/chunk: the cached chunk stage was built with other settings (tokenizer: cached")
+        assert ("the same file: until 2026-12-07 nextlong read its added tokens" in error) is said, error
+    plain = Tokenizer.from_file(_with_added(tmp_path, "special.json", [{"content": "<|x|>", "special": True}]))
+    assert plain.older_fingerprint is None and read_otherwise_note(plain, plain.fingerprint) == ""
+    # a BM25 index of such ids, loaded with the same file, says so too
+    from nextlong.errors import NextlongError
+    from nextlong.mining.bm25 import HEADER_FILE, BM25Index
+
+    folder = BM25Index.build(["a <think> b", "c d"], terms="tokens", tokenizer=str(words)).save(tmp_path / "bm25")
+    header = json.loads((folder / HEADER_FILE).read_text())
+    (folder / HEADER_FILE).write_text(json.dumps({**header, "tokenizer_fingerprint": before}))
+    with pytest.raises(NextlongError, match="the same file: until 2026-12-07"):
+        BM25Index.load(folder, tokenizer=str(words))
+
+
 def test_lstrip_token_inside_the_previous_rstrip_gives_nothing(tmp_path):
     """'xy' rstrip then ' ' lstrip on "xy   q": HF's span for the first ' ' match runs from the end of xy's (5) back to
     3 and it panics. nextlong drops such a token and keeps xy's span, so the spaces stay with xy, as when ' ' has no

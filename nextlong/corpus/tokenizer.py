@@ -174,6 +174,8 @@ class Tokenizer:
         self.native = native
         self.name = name
         self.fingerprint = fingerprint
+        # what the same file gave before 2026-12-07, where that differs (read_otherwise_note); None: the same
+        self.older_fingerprint: str | None = None
         self.source = source  # "huggingface" or "tiktoken"
         self.pattern = pattern
         self._load_args = None  # set by the loaders: arguments of _reload
@@ -423,6 +425,16 @@ def _fingerprint(raw: bytes, pattern: str) -> str:
     return h.hexdigest()
 
 
+def read_otherwise_note(tok, recorded: str | None) -> str:
+    """For a refusal of work recorded under fingerprint `recorded`: where that is what `tok`'s own file gave before
+    2026-12-07, a note that the file did not change but its reading did (a user told "another tokenizer" passes
+    the same file again); '' otherwise."""
+    if recorded is None or recorded != getattr(tok, "older_fingerprint", None):
+        return ""
+    return (" (the same file: until 2026-12-07 nextlong read its added tokens that are not special as plain text; "
+            "it splits them out of ordinary text now, as HF tokenizers does, so what was made then holds other ids)")
+
+
 def _short(value, limit: int = 60) -> str:
     """repr of a token, id or merge for a one-line error message, cut to about `limit` characters."""
     text = repr(value)
@@ -593,6 +605,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     # added tokens that are not special are matched in ordinary text too (tokenizers' encode_special_tokens=true):
     # before 2026-12-07 encode_ordinary read them as plain text, so such a file's fingerprint changes with its ids
     ordinary_added = [a[0] not in special for a in added]
+    older = _fingerprint(raw + salt, pattern) if any(ordinary_added) else None
     if any(ordinary_added):
         salt += b"\0ordinary-added\0"
     # HF keeps one token per id, the last listed, and reads a match's strips, single_word and normalized from it: a
@@ -625,6 +638,7 @@ def _from_hf_json(data: dict, raw: bytes, path: Path) -> Tokenizer:
     name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.name
     tok = Tokenizer(native, name=name, fingerprint=_fingerprint(raw + salt, pattern), source="huggingface",
                     pattern=pattern, added=[(a[0], a[1], True) for a in added], decode_only=decode_only)
+    tok.older_fingerprint = older
     prefix = _prefix_ids(data.get("post_processor"), path)
     for i in prefix:
         if tok.id_to_token(i) is None:

@@ -285,9 +285,13 @@ class BM25Index:
 
             tok = load_tokenizer(self.tokenizer_name)
             if tok.fingerprint != self.tokenizer_fingerprint:
+                from ..corpus.tokenizer import read_otherwise_note
+
+                note = read_otherwise_note(tok, self.tokenizer_fingerprint)
                 raise NextlongError(f"this BM25 index was built with tokenizer {self.tokenizer_name!r} "
                                     f"(fingerprint {self.tokenizer_fingerprint}); loading that name gives "
-                                    f"fingerprint {tok.fingerprint}: pass the tokenizer it was built with")
+                                    f"fingerprint {tok.fingerprint}{note}: "
+                                    + ("build the index again" if note else "pass the tokenizer it was built with"))
             self.tokenizer = tok
         return self.tokenizer
 
@@ -477,9 +481,12 @@ class BM25Index:
 
             tok = load_tokenizer(tokenizer)
             if tok.fingerprint != header["tokenizer_fingerprint"]:
+                from ..corpus.tokenizer import read_otherwise_note
+
                 raise NextlongError(f"{folder}: this BM25 index was built with tokenizer {header['tokenizer']!r} "
                                     f"(fingerprint {header['tokenizer_fingerprint']}), not {tok.name!r} "
-                                    f"(fingerprint {tok.fingerprint})")
+                                    f"(fingerprint {tok.fingerprint})"
+                                    + read_otherwise_note(tok, header["tokenizer_fingerprint"]))
         stop = header.get("stopwords")
         return cls(indptr=arrays["indptr"], postings=arrays["postings"], weights=arrays["weights"],
                    doc_lengths=arrays["doc_lengths"], k1=header["k1"], b=header["b"], terms=header["terms"],

@@ -708,6 +708,11 @@ def _diff(old: dict, new: dict, stage: Stage) -> str:
                 and was.get("fingerprint") == now.get("fingerprint") and was.get("spec") != now.get("spec")):
             how = f"pass --tokenizer {was['spec']}" if was.get("spec") else "leave --tokenizer out"
             line += f" (the same tokenizer, named otherwise: {how} to reuse the stage)"
+        elif (isinstance(was, dict) and isinstance(now, dict) and was.get("spec") == now.get("spec")
+              and was.get("fingerprint") != now.get("fingerprint") and now.get("spec") is not None):
+            from ..corpus.tokenizer import load_tokenizer, read_otherwise_note
+
+            line += read_otherwise_note(load_tokenizer(now["spec"]), was.get("fingerprint"))
         said.append(line)
     return "; ".join(said) or "inputs changed"
 

@@ -252,9 +252,13 @@ class Trainer:
 
             tok = load_tokenizer(data_tok)
             if cfg.tokenizer is not None and data_fp is not None and tok.fingerprint != data_fp:
+                from ..corpus.tokenizer import read_otherwise_note
+
+                note = read_otherwise_note(tok, data_fp)
                 raise NextlongError(f"--tokenizer {cfg.tokenizer} is not the tokenizer the data was made with (its "
-                                    "manifest records another fingerprint); pass the file the data was synthesized "
-                                    "with")
+                                    f"manifest records another fingerprint{note}); "
+                                    + ("synthesize the data again" if note else
+                                       "pass the file the data was synthesized with"))
             vocab, data_fp, eos_id = tok.vocab_size, data_fp or tok.fingerprint, tok.end_of_text_id
         if not is_preset(cfg.model):
             self._check_model_tokenizer(cfg.model, "--model", data_tok, data_fp)
@@ -377,10 +381,13 @@ class Trainer:
             return
         from ..corpus.tokenizer import load_tokenizer
 
-        model_fp = load_tokenizer(model_tok).fingerprint
-        if model_fp != data_fp:
+        from ..corpus.tokenizer import read_otherwise_note
+
+        model_tokenizer = load_tokenizer(model_tok)
+        if model_tokenizer.fingerprint != data_fp:
             raise NextlongError(f"{option} {spec}: the model was trained with tokenizer {model_tok}, but the data was "
-                                f"tokenized with {data_tok}; synthesize the data with --tokenizer {model_tok}")
+                                f"tokenized with {data_tok}{read_otherwise_note(model_tokenizer, data_fp)}; "
+                                f"synthesize the data with --tokenizer {model_tok}")
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
