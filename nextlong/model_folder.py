@@ -314,7 +314,6 @@ def max_positions_of(config, folder) -> int | None:
     return None
 
 
-
 def positions_in_text_config(config) -> bool:
     """Whether only the config's text config names the model's positions (Gemma 3's, Llama 4's): before
     2026-12-07 `max_positions_of` found none there, so runs of such a model knew no limit (eval.model's

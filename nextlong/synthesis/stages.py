@@ -90,7 +90,7 @@ def _write_chunk_table(tables, out_dir) -> int:
     kept, blank = [], []  # the store's columns (no text), so it is built without reading the file back
     with _atomic_path(out_dir / CHUNKS_FILE) as tmp:
         with checked_parquet.writer(tmp, schema, use_dictionary=["doc_id"],
-                               write_statistics=_STATISTICS_COLUMNS) as writer:
+                                    write_statistics=_STATISTICS_COLUMNS) as writer:
             for t in tables:
                 t = t.cast(schema)
                 writer.write_table(t)
@@ -114,8 +114,8 @@ class Consolidate(WholeStage):
     def build(self, ctx):
         src = ctx.input(self.inputs[0])
         blocks = int(ctx.input_record(self.inputs[0])["counts"]["blocks"])
-        rows = _write_chunk_table((t for _, t in _renumbered_parts(src, blocks, ctx.pipeline.stage(self.inputs[0]))),
-                                  ctx.out_dir)
+        parts = _renumbered_parts(src, blocks, ctx.pipeline.stage(self.inputs[0]))
+        rows = _write_chunk_table((t for _, t in parts), ctx.out_dir)
         store = load_store(ctx.out_dir)
         return {"chunks": rows, "documents": store.num_docs, "tokens": int(store.tok_offsets[-1]), "blocks": blocks,
                 "blank_documents": int(blank_documents(ctx.out_dir, store).size)}
@@ -185,7 +185,8 @@ class DedupStage(WholeStage):
         from .writers import write_parquet_atomic
 
         kept_parts = []
-        for j, t in _renumbered_parts(blocks_dir, blocks, ctx.pipeline.stage(self.inputs[0])):  # the kept rows of each block, ids local again
+        # the kept rows of each block, ids local again
+        for j, t in _renumbered_parts(blocks_dir, blocks, ctx.pipeline.stage(self.inputs[0])):
             keep = ~np.isin(t.column("doc_index").to_numpy(), list(removed_doc_index)) if removed_doc_index else None
             if keep is not None:
                 t = t.filter(pa.array(keep))
