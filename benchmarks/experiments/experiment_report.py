@@ -413,10 +413,10 @@ def variant_lines(results: dict, report_dir: Path, stem: str) -> list[str]:
     for name, v in variants.items():
         page = f"{main_stem}-{name}"
         path = report_dir / page / "results.json"
-        lines.append(f"- `{name}` ([{page}.md]({page}.md)): {v['why']}")
-        if not path.exists():
-            lines += ["  Not run yet with this design.", ""]
+        if not path.exists():  # no page to link to yet
+            lines += [f"- `{name}`: {v['why']}", "  Not run yet with this design.", ""]
             continue
+        lines.append(f"- `{name}` ([{page}.md]({page}.md)): {v['why']}")
         other = json.loads(path.read_text())
         shown = 0
         for treat, control, _ in COMPARISONS + EXPLORATORY:  # each comparison the variant's arms allow
