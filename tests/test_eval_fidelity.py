@@ -303,13 +303,30 @@ def test_greedy_records_of_the_older_decoding_are_not_resumed(monkeypatch):
     assert both.fingerprint({}) != before[0] and forced.fingerprint({}) == before[1]
 
 
+def _only_the_record_within_the_positions_is_kept(lm, settings, tmp_path, header: str):
+    """A journal headed `header` holding two greedy records of a model with 520 positions, prompts of 500 and 510
+    tokens (budget: the gold's 5 tokens + the margin of 8; 500 + 13 - 1 <= 520 < 510 + 13 - 1): the first is kept,
+    the second scored again; a second run reuses both under the current header."""
+    import json
+
+    from nextlong.eval.runner import run_tasks
+
+    records = [{"task": "niah_single_1", "length": 512, "depth": 50.0, "index": i, "prompt_tokens": p,
+                "answer_tokens": 5, "answers": ["x"], "prediction": "old", "greedy": 0.0, "metric": "string_match_all"}
+               for i, p in ((0, 500), (1, 510))]
+    (tmp_path / ".progress.jsonl").write_text("\n".join(json.dumps(r) for r in [{"fingerprint": header}, *records]))
+    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)
+    assert reused == 1 and [r["prediction"] == "old" for r in got] == [True, False]
+    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)  # the journal now has the current header
+    assert reused == 2 and got[0]["prediction"] == "old"
+
+
 def test_greedy_records_of_the_older_decoding_are_kept_where_it_stayed_within_the_positions(tmp_path, tok):
     """A journal of the decoding before DECODING_REVISION keeps a record whose prompt + budget - 1 ids (what the old
     loop could feed) lie within the model's positions; one that could run past them is scored again."""
     import hashlib
     import json
 
-    from nextlong.eval.runner import run_tasks
     from nextlong.eval.tasks import TASKS_REVISION
 
     model = sliding_window_model("mistral", tok.vocab_size + 1)
@@ -320,15 +337,7 @@ def test_greedy_records_of_the_older_decoding_are_kept_where_it_stayed_within_th
     data = {k: v for k, v in settings.__dict__.items() if k not in ("dump", "progress", "extra")}
     data.update(model=lm.identity, tasks_revision=TASKS_REVISION)  # the fingerprint the older code wrote
     old = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    # budget: the gold's 5 tokens + the margin of 8; 500 + 13 - 1 <= 520 < 510 + 13 - 1
-    records = [{"task": "niah_single_1", "length": 512, "depth": 50.0, "index": i, "prompt_tokens": p,
-                "answer_tokens": 5, "answers": ["x"], "prediction": "old", "greedy": 0.0, "metric": "string_match_all"}
-               for i, p in ((0, 500), (1, 510))]
-    (tmp_path / ".progress.jsonl").write_text("\n".join(json.dumps(r) for r in [{"fingerprint": old}, *records]))
-    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)
-    assert reused == 1 and [r["prediction"] == "old" for r in got] == [True, False]
-    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)  # the journal now has the current header
-    assert reused == 2 and got[0]["prediction"] == "old"
+    _only_the_record_within_the_positions_is_kept(lm, settings, tmp_path, old)
 
 
 def test_greedy_records_of_a_model_whose_text_config_names_its_positions_are_kept_only_where_decoded_alike(tmp_path,
@@ -337,9 +346,6 @@ def test_greedy_records_of_a_model_whose_text_config_names_its_positions_are_kep
     read, so greedy decoding ran past them in journals that already carried DECODING_REVISION. Such a journal keeps
     the records whose prompt + budget - 1 ids lie within the positions; one that could run past them is scored
     again (its header was the current fingerprint, so every record was kept)."""
-    import json
-
-    from nextlong.eval.runner import run_tasks
     from nextlong.model_folder import max_positions_of
     from tests.eval_fixtures import multimodal_gemma3
 
@@ -349,12 +355,4 @@ def test_greedy_records_of_a_model_whose_text_config_names_its_positions_are_kep
     lm = LoadedModel(model, tok, Path("."), "test", max_positions_of(model.config, "."), "sdpa", (0,))
     settings = EvalSettings(tasks=["niah_single_1"], lengths=[512], depths=[50.0], samples=2, teacher_forced=False)
     then = settings.fingerprint(lm.identity)  # the header such a run wrote: the positions were unknown
-    # budget: the gold's 5 tokens + the margin of 8; 500 + 13 - 1 <= 520 < 510 + 13 - 1
-    records = [{"task": "niah_single_1", "length": 512, "depth": 50.0, "index": i, "prompt_tokens": p,
-                "answer_tokens": 5, "answers": ["x"], "prediction": "old", "greedy": 0.0, "metric": "string_match_all"}
-               for i, p in ((0, 500), (1, 510))]
-    (tmp_path / ".progress.jsonl").write_text("\n".join(json.dumps(r) for r in [{"fingerprint": then}, *records]))
-    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)
-    assert reused == 1 and [r["prediction"] == "old" for r in got] == [True, False]
-    got, _, reused, _ = run_tasks(lm, settings, tmp_path, None)  # the journal now has the current header
-    assert reused == 2 and got[0]["prediction"] == "old"
+    _only_the_record_within_the_positions_is_kept(lm, settings, tmp_path, then)

@@ -189,15 +189,21 @@ def test_training_data_with_a_flipped_bit_is_one_line(base_model, tmp_path, caps
     assert str(part) in line and "corrupt Parquet data" in line and "checksum" in line
 
 
+def _finished_synthesis(tmp_path, capsys, quiet: str):
+    """A small finished synthesize run (hashed-tfidf, 512 tokens) in tmp_path/s: its command line and folder."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
+    out = tmp_path / "s"
+    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
+            "512", "--chunk-size", "512", quiet]
+    assert run_cli(argv, capsys)[0] == 0
+    return argv, out
+
+
 def test_a_damaged_page_of_the_chunk_table_does_not_send_the_user_to_no_verify_unwarned(tmp_path, capsys):
     """The chunks stage's CRC32 finds a flipped bit in chunks.parquet and offers --no-verify to use the file as it is;
     but each page's own checksum is checked on every read, --no-verify or not, so the offer says a damaged page is
     refused all the same (before, it sent the user to a second refusal)."""
-    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
-    out = tmp_path / "s"
-    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
-            "512", "--chunk-size", "512", "--quiet"]
-    assert run_cli(argv, capsys)[0] == 0
+    argv, out = _finished_synthesis(tmp_path, capsys, "--quiet")
     table = out / "chunks" / "chunks.parquet"
     pages = _page_bytes(table)
     table.write_bytes(_flip(table, pages[len(pages) // 2], 4))
@@ -237,11 +243,7 @@ def test_damage_no_checksum_covers_in_an_output_part_is_one_line(tmp_path, capsy
     """A page's checksum covers its data, not its header, nor the footer: a byte changed there made pyarrow raise an
     error naming no file, a traceback when a rerun summed the finished parts again (the manifest's statistics) or
     wrote --format mds. It is one line naming the part."""
-    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(60_000))
-    out = tmp_path / "s"
-    argv = ["synthesize", "--corpus", corpus, "--out", out, "--embedder", "hashed-tfidf:64", "--target-length",
-            "512", "--chunk-size", "512", "--no-progress"]
-    assert run_cli(argv, capsys)[0] == 0
+    argv, out = _finished_synthesis(tmp_path, capsys, "--no-progress")
     part = out / "data" / "part-00000.parquet"
     if damage == "footer":
         part.write_bytes(part.read_bytes()[:-20])
