@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import checked_parquet
 from ..errors import IndexFileError
 from ..mining import partitioned as P
 from .framework import MapStage, WholeStage, input_blocks, read_done
@@ -46,7 +47,6 @@ from .framework import MapStage, WholeStage, input_blocks, read_done
 THRESHOLDS_FILE = "thresholds.npy"
 BLOCK_ROWS = 1 << 16  # chunks per block at most: the tasks of route and merge
 TASK_CANDIDATES = 1 << 27  # candidates one search task may hold (x 16 bytes: 2 GiB); more blocks otherwise
-CHECKED_PARTS = {"write_page_checksum": True, "write_statistics": True, "compression": "zstd"}
 
 
 def _embeddings(ctx, name):
@@ -186,7 +186,7 @@ def read_part_range(path, column: str, lo: int, hi: int, what: str, columns=None
     """The rows of one part whose `column` (its first column, the part sorted by it) lies in [lo, hi): only
     row groups whose statistics overlap are read, every page's checksum verified."""
     try:
-        f = pq.ParquetFile(path, page_checksum_verification=True)
+        f = checked_parquet.open_file(path)
         groups = []
         for g in range(f.metadata.num_row_groups):
             stats = f.metadata.row_group(g).column(0).statistics
@@ -211,7 +211,8 @@ def read_range(folder, column: str, lo: int, hi: int, what: str, columns=None) -
 class _Blocks(MapStage):
     """A step mapped over the layout stage's blocks (one row: lo, hi, p_lo, p_hi)."""
 
-    parquet_options = {**CHECKED_PARTS, "row_group_size": 4096}
+    # write_parquet_atomic's parts carry page checksums (checked_parquet), statistics (read_part_range) and zstd
+    parquet_options = {"row_group_size": 4096}
     progress_unit = "block"
 
     def _layout(self, ctx) -> dict:
@@ -322,7 +323,7 @@ class SearchStage(_Blocks):
     home, ids, sims) sorted by chunk, sims in float64 (the merge orders by them). inputs: (layout,
     route, embeddings, thresholds)."""
 
-    parquet_options = {**CHECKED_PARTS, "row_group_size": 1024}
+    parquet_options = {"row_group_size": 1024}
 
     def setup(self, ctx):
         self._k = self._layout(ctx)["neighbours"]
@@ -394,7 +395,7 @@ class MergeStage(_Blocks):
     """Block -> chunks [lo, hi) with their top-K neighbours and their home partition, merged one search
     part at a time into a running top K (memory: the block's chunks x K). inputs: (layout, search)."""
 
-    parquet_options = {**CHECKED_PARTS, "compression": "none", "use_dictionary": False, "row_group_size": 1 << 16}
+    parquet_options = {"compression": "none", "use_dictionary": False, "row_group_size": 1 << 16}
 
     def setup(self, ctx):
         self._k = self._layout(ctx)["neighbours"]
