@@ -34,17 +34,19 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:  # a sub-package or module (nextlong.corpus, nextlong.kernels, ...), imported when first used
-        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module 'nextlong' has no attribute {name!r}")
-    return import_lazily(globals(), module, name)
+    return lazy_attribute(__name__, globals(), _LAZY, name)
 
 
-def import_lazily(namespace: dict, module: str, name: str):
-    """`name` from `module`, imported on first use and kept in `namespace` (a package's globals) so the next
-    use is a plain lookup: how a package's `__getattr__` keeps its own import cheap (nextlong.eval too)."""
+def lazy_attribute(package: str, namespace: dict, lazy: dict, name: str):
+    """A package's `__getattr__`: public `name` from the module `lazy` names for it, imported on first use and kept
+    in `namespace` (the package's globals) so the next use is a plain lookup; else a sub-package or module of
+    `package` (nextlong.corpus, nextlong.eval.tasks, ...), imported when first used. Keeps a package's own import
+    cheap (nextlong.eval too)."""
+    module = lazy.get(name)
+    if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     namespace[name] = value
     return value

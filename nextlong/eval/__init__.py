@@ -12,10 +12,7 @@ detection (`heads`), the run loop (`runner`), model loading (`model`) and pictur
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
-from .. import import_lazily
+from .. import lazy_attribute
 
 # public name -> module that defines it, imported on first use: every `nextlong` command builds its parser from
 # nextlong.eval.options, and the tasks, runner and report behind `evaluate` cost ~0.1 s to import (half of
@@ -26,15 +23,11 @@ _LAZY = {"evaluate": "evaluation", "retrieval_heads": "heads_run", "EvalOptions"
          "expand_tasks": "tasks", "make_sample": "tasks"}
 
 __all__ = sorted(_LAZY)
+_MODULES = {name: f"{__name__}.{module}" for name, module in _LAZY.items()}
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:  # a module (nextlong.eval.tasks, .runner, ...): the package imported them all before
-        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return import_lazily(globals(), f"{__name__}.{module}", name)
+    return lazy_attribute(__name__, globals(), _MODULES, name)
 
 
 def __dir__():
