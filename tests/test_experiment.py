@@ -345,7 +345,7 @@ def test_a_page_made_from_results_json_reads_as_the_one_made_at_the_end_of_the_r
 
 
 def test_self_scored_longce_arms_train_without_a_scorer_and_base_scored_ones_with_the_base(tmp_path, monkeypatch):
-    """`+longce` is scored against the base (issue 25's arm); `+longce-self` is Fang et al.'s LongCE, the model in
+    """`+longce` is scored against the base (the pre-registered arm); `+longce-self` is Fang et al.'s LongCE, the model in
     training scoring its own short windows: the same settings but no --scorer."""
     mod = load_script()
     seen = {}

@@ -1,4 +1,4 @@
-"""The copy curriculum and the copy gate of the NExtLong-vs-standard experiment (issue 25).
+"""The copy curriculum and the copy gate of the NExtLong-vs-standard experiment (its design: README.md, "Experiment").
 
 Length extension can only teach a model to *reach further* with a retrieval mechanism it already has; a
 small model pre-trained on a few million tokens of natural text has none (its repeat gain stays within

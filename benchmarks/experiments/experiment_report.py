@@ -672,7 +672,7 @@ EXPLORATORY = (
                                         "exploratory"),
 )
 LONGCE_CAVEAT = ("The `+longce` arms weight tokens by min(exp(log p_long − log p_short), 5) with the *base* as the "
-                 "short-context scorer, as issue 25 asked. That is not Fang et al.'s LongCE, whose short pass runs on "
+                 "short-context scorer, as the experiment planned before its runs. That is not Fang et al.'s LongCE, whose short pass runs on "
                  "the model being trained: with the base, each weight also carries the gap between the extended model "
                  "and the base at that token, not only what the far context adds (docs/training.md). Read these arms "
                  "as base-scored LongCE-style weighting.")

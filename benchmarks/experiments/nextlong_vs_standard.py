@@ -155,8 +155,8 @@ SCALES = {
 VARIANTS = {
     "longce-self": {
         "overrides": {"arms": ["standard", "nextlong", "nextlong+longce-self", "standard+longce-self"]},
-        "why": "The pre-registered `+longce` arms score every token's short context with the base, as issue 25 "
-               "asked; Fang et al.'s LongCE scores it with the model being trained, so a weight measures only what "
+        "why": "The pre-registered `+longce` arms score every token's short context with the base, as the experiment "
+               "planned before its runs; Fang et al.'s LongCE scores it with the model being trained, so a weight measures only what "
                "the far context adds for that model, not also how far the extended model has moved from the base. "
                "Here `+longce-self` arms train the same way with the model in training as its own scorer (same "
                "short window and blocks, same clip at 5, weight 1 for the first window), beside `standard` and "
