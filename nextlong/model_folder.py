@@ -159,6 +159,37 @@ def check_weight_files(folder: Path) -> None:
                                    "convert the folder to safetensors where you trust it")
 
 
+def check_weight_shapes(folder: Path, config) -> None:
+    """Refuse safetensors weights whose shapes do not fit config.json before any work, where only the load
+    (after acer's chunking, embedding and index) would say it. The model of config.json is built on the meta
+    device (no memory, no weight read) and compared with the files' headers, tensor by tensor. Only names both
+    have are compared (some checkpoints' keys are renamed at load, which reports the rest), and nothing is
+    checked where the meta build itself fails, for quantized weights or for a folder's own model code."""
+    kind, files = _weight_files(folder)
+    if (kind != "safetensors" or getattr(config, "quantization_config", None) is not None
+            or "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})):
+        return
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with _quiet_transformers(), torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    except Exception:  # the load names what is wrong (_load_errors)
+        return
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:  # headers only: check_weight_files read them already
+            wrong = [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()
+                     if name in expected]
+        wrong = [(name, stored) for name, stored in wrong if stored != expected[name]]
+        if wrong:
+            name, stored = wrong[0]
+            raise ModelFolderError(f"{f}: {len(wrong)} weight(s) do not fit config.json, e.g. {name} is {stored} "
+                                   f"in the weights file but {expected[name]} for the config")
+
+
 def _remote_code_files(folder: Path) -> str:
     """The Python files config.json's `auto_map` names (for the refusal message)."""
     try:

@@ -1181,6 +1181,22 @@ def test_a_tokenizer_beyond_the_models_vocabulary_is_refused_before_any_work(fil
     assert not started(tmp_path / "out")
 
 
+def test_weights_of_another_shape_than_the_config_are_refused_before_any_work(files, tmp_path):
+    """Weights that do not fit config.json (another model's config beside them) were refused only when the LM
+    loaded, after chunking, embedding and the index."""
+    import shutil
+
+    folder = tmp_path / "other-config"
+    shutil.copytree(files["model"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 2 * config["intermediate_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NextlongError, match=re.escape(str(folder / "model.safetensors")) +
+                       r": \d+ weight\(s\) do not fit config.json, e.g. model.layers.0.mlp.down_proj.weight is"):
+        nextlong.acer(files["corpus"], tmp_path / "out", model=folder, questions=files["questions"], **FAST)
+    assert not started(tmp_path / "out")
+
+
 def test_a_folders_code_is_not_run(files, tmp_path):
     marker = tmp_path / "marker"
     folder = tmp_path / "evil"
