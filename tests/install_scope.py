@@ -10,6 +10,7 @@ if it were absent, and transformers-style availability checks (`importlib.util.f
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import json
 import os
@@ -51,10 +52,17 @@ def requirement_closure(extras: set[str], package: str = "nextlong") -> set[str]
 
 def hidden_modules(extras: set[str]) -> list[str]:
     """Top-level import names provided only by installed distributions outside the closure."""
-    allowed = requirement_closure(extras)
+    return list(_hidden_modules(frozenset(extras)))
+
+
+@functools.lru_cache(maxsize=None)
+def _hidden_modules(extras: frozenset[str]) -> tuple[str, ...]:
+    """hidden_modules, read from the installed metadata once per set of extras (about a second each time, and
+    tests/test_readme.py runs some 25 steps under two sets): what is installed does not change during a run."""
+    allowed = requirement_closure(set(extras))
     hidden = {top for top, dists in md.packages_distributions().items()
               if not any(canonical(d) in allowed for d in dists)}
-    return sorted(hidden - set(sys.stdlib_module_names) - {"nextlong", "_distutils_hack"})
+    return tuple(sorted(hidden - set(sys.stdlib_module_names) - {"nextlong", "_distutils_hack"}))
 
 
 # Runs first in the child: hides the modules named in NEXTLONG_HIDDEN_MODULES.

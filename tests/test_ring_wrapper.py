@@ -102,60 +102,69 @@ def _positions(variant: str, rank: int, world: int) -> torch.Tensor:
     return torch.cat(pieces)
 
 
-def _worker(rank, world, port, variant, kv_heads, dtype, tolerance):
+def _worker(rank, world, port, cases):
+    """Each of `cases` (variant, kv heads) in turn, in one process group: a process start (torch, the ring
+    modules) costs more than a case, so the three variants of a world size share their ranks."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     _install_flash_attn_shim()
     ring = _load_ring_modules()
-    from nextlong.kernels import cu_seqlens_from_lengths, flash_attention
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        g = torch.Generator().manual_seed(0)
-        total, heads, dim = sum(LENGTHS), 4, 16
-        q, k, v, grad = (torch.randn(total, h, dim, generator=g).to(dtype).float()
-                         for h in (heads, kv_heads, kv_heads, heads))
-        cu = cu_seqlens_from_lengths(LENGTHS)
-        whole = [x.clone().requires_grad_() for x in (q, k, v)]  # the reference: fp32, one process
-        ref = flash_attention(*whole, causal=True, cu_seqlens=cu)
-        ref_grads = torch.autograd.grad((ref * grad).sum(), whole)
-
-        mine = _positions(variant, rank, world)
-        local = [x[mine].to(dtype).requires_grad_() for x in (q, k, v)]
-        if variant == "llama3":
-            module = ring["llama3_flash_attn_varlen"]
-            cu_q, cu_k, max_q, max_k, keys = module.llama3_flash_attn_prepare_cu_seqlens(cu, True, rank, world)
-            out = module.llama3_flash_attn_varlen_func(*local, cu_q, cu_k, max_q, max_k, heads_k_stride=1,
-                                                       local_k_slice=keys, causal=True)
-        else:
-            local_cu = cu // world  # each document's local share, as ring-flash-attn's own tests build it
-            longest = max(LENGTHS) // world
-            if variant == "ring":
-                out = ring["ring_flash_attn_varlen"].ring_flash_attn_varlen_func(*local, local_cu, longest,
-                                                                                  causal=True)
-            else:
-                out = ring["zigzag_ring_flash_attn_varlen"].zigzag_ring_flash_attn_varlen_func(
-                    *local, local_cu, longest, causal=True)
-        grads = torch.autograd.grad((out * grad[mine].to(dtype)).sum(), local)
-        close = dict(atol=tolerance, rtol=tolerance)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.float(), ref[mine], **close)
-        for got, want in zip(grads, ref_grads):
-            torch.testing.assert_close(got.float(), want[mine], **close)
+        for variant, kv_heads in cases:
+            _check_case(ring, rank, world, variant, kv_heads)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("variant,world,kv_heads", [
-    ("llama3", 2, 2), ("llama3", 4, 1),   # GQA: 4 query heads over 2 or 1 kv heads
-    ("ring", 2, 2), ("ring", 4, 4),
-    ("zigzag", 2, 1), ("zigzag", 4, 2),
-])
-def test_ring_flash_attn_runs_unmodified_on_our_kernels(variant, world, kv_heads):
+def _check_case(ring, rank, world, variant, kv_heads):
+    from nextlong.kernels import cu_seqlens_from_lengths, flash_attention
+
+    dtype, tolerance = (torch.float32, 1e-5) if variant == "llama3" else (torch.bfloat16, 2e-2)
+    g = torch.Generator().manual_seed(0)
+    total, heads, dim = sum(LENGTHS), 4, 16
+    q, k, v, grad = (torch.randn(total, h, dim, generator=g).to(dtype).float()
+                     for h in (heads, kv_heads, kv_heads, heads))
+    cu = cu_seqlens_from_lengths(LENGTHS)
+    whole = [x.clone().requires_grad_() for x in (q, k, v)]  # the reference: fp32, one process
+    ref = flash_attention(*whole, causal=True, cu_seqlens=cu)
+    ref_grads = torch.autograd.grad((ref * grad).sum(), whole)
+
+    mine = _positions(variant, rank, world)
+    local = [x[mine].to(dtype).requires_grad_() for x in (q, k, v)]
+    if variant == "llama3":
+        module = ring["llama3_flash_attn_varlen"]
+        cu_q, cu_k, max_q, max_k, keys = module.llama3_flash_attn_prepare_cu_seqlens(cu, True, rank, world)
+        out = module.llama3_flash_attn_varlen_func(*local, cu_q, cu_k, max_q, max_k, heads_k_stride=1,
+                                                   local_k_slice=keys, causal=True)
+    else:
+        local_cu = cu // world  # each document's local share, as ring-flash-attn's own tests build it
+        longest = max(LENGTHS) // world
+        if variant == "ring":
+            out = ring["ring_flash_attn_varlen"].ring_flash_attn_varlen_func(*local, local_cu, longest,
+                                                                              causal=True)
+        else:
+            out = ring["zigzag_ring_flash_attn_varlen"].zigzag_ring_flash_attn_varlen_func(
+                *local, local_cu, longest, causal=True)
+    grads = torch.autograd.grad((out * grad[mine].to(dtype)).sum(), local)
+    case = f"{variant}, {world} ranks, {kv_heads} kv heads, rank {rank}"
+    close = dict(atol=tolerance, rtol=tolerance, msg=lambda m: f"{case}: {m}")
+    assert out.dtype == dtype, case
+    torch.testing.assert_close(out.float(), ref[mine], **close)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.float(), want[mine], **close)
+
+
+# Per world size, the variants with their kv heads (GQA: 4 query heads over 2 or 1 kv heads for llama3).
+CASES = {2: [("llama3", 2), ("ring", 2), ("zigzag", 1)],
+         4: [("llama3", 1), ("ring", 4), ("zigzag", 2)]}
+
+
+@pytest.mark.parametrize("world", sorted(CASES))
+def test_ring_flash_attn_runs_unmodified_on_our_kernels(world):
     assert importlib.util.find_spec("ring_flash_attn"), "ring-flash-attn comes with the test extra"
     import torch.multiprocessing as mp
 
-    dtype, tolerance = (torch.float32, 1e-5) if variant == "llama3" else (torch.bfloat16, 2e-2)
-    mp.spawn(_worker, args=(world, free_port(), variant, kv_heads, dtype, tolerance), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), CASES[world]), nprocs=world, join=True)

@@ -209,19 +209,24 @@ def gqa_model(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def gqa_single(gqa_model, tmp_path_factory):
+    """The single-process loss curve of gqa_model on NExtLong data, one for every sequence-parallel layout
+    below (their extra flags go to the torchrun run only): made once, not once per layout."""
+    reference = tmp_path_factory.mktemp("gqa-single") / "run"
+    train(synthesized("nextlong"), reference, model=str(gqa_model), steps=STEPS, seq_len=SAMPLE_LEN,
+          batch_tokens=4 * SAMPLE_LEN, attention_spans="document", progress=False, num_threads=1)
+    return metrics(reference)
+
+
 @pytest.mark.parametrize("nproc,sp,extra", [(2, 2, ()), (4, 4, ()), (4, 2, ()), (2, 2, ("--fsdp",)),
                                             (2, 2, ("--grad-checkpointing",)), (2, 2, ("--micro-batch", "2"))])
-def test_sequence_parallel_gives_the_single_process_loss_curve(gqa_model, tmp_path, nproc, sp, extra):
+def test_sequence_parallel_gives_the_single_process_loss_curve(gqa_model, gqa_single, tmp_path, nproc, sp, extra):
     """Each sequence's tokens split over `sp` ranks (document boundaries fall inside and across the slices);
     world 4 with sp 2 is 2-way data parallel on top."""
-    data = synthesized("nextlong")
-    reference = tmp_path / "single"
-    train(data, reference, model=str(gqa_model), steps=STEPS, seq_len=SAMPLE_LEN, batch_tokens=4 * SAMPLE_LEN,
-          attention_spans="document", progress=False, num_threads=1)
     run = tmp_path / "sp"
-    _torchrun(data, run, "--model", str(gqa_model), "--seq-parallel", str(sp), *extra, nproc=nproc)
-    got, want = metrics(run), metrics(reference)
-    _same_steps(got, want)
+    _torchrun(synthesized("nextlong"), run, "--model", str(gqa_model), "--seq-parallel", str(sp), *extra, nproc=nproc)
+    _same_steps(metrics(run), gqa_single)
 
 
 @pytest.mark.parametrize("nproc,sp,scheme", [(2, 2, "longce"), (4, 2, "dense"), (4, 4, "sparse")])

@@ -457,8 +457,24 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
                                                                  "model.safetensors").read_bytes()
 
 
+def _eight_steps(data) -> list[str]:
+    """`nextlong train` of the tiny model for 8 steps on `data` in a fresh process (--out to be added)."""
+    return [sys.executable, "-m", "nextlong", "train", str(data), "--model", "tiny", "--steps", "8", "--threads", "1",
+            "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def eight_steps_whole(data, tmp_path_factory):
+    """The uninterrupted run of _eight_steps: one for both signals below, not one per signal."""
+    import subprocess
+
+    whole = tmp_path_factory.mktemp("eight-steps") / "whole"
+    assert subprocess.run(_eight_steps(data) + ["--out", str(whole)], capture_output=True, timeout=600).returncode == 0
+    return whole
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
-def test_ctrl_c_or_sigterm_saves_the_step_it_stops_at_and_resume_is_exact(data, tmp_path, sig):
+def test_ctrl_c_or_sigterm_saves_the_step_it_stops_at_and_resume_is_exact(data, eight_steps_whole, tmp_path, sig):
     """With the default --save-every 0, Ctrl-C after 3 of 8 steps used to lose all 3 (no checkpoint) while
     saying "finished work is kept". The signal now stops the run at the end of its step, which is saved;
     --resume finishes it with the same weights as an uninterrupted run."""
@@ -468,10 +484,7 @@ def test_ctrl_c_or_sigterm_saves_the_step_it_stops_at_and_resume_is_exact(data, 
 
     from safetensors.torch import load_file
 
-    args = [sys.executable, "-m", "nextlong", "train", str(data), "--model", "tiny", "--steps", "8", "--threads", "1",
-            "--quiet"]
-    whole = tmp_path / "whole"
-    assert subprocess.run(args + ["--out", str(whole)], capture_output=True, timeout=600).returncode == 0
+    args, whole = _eight_steps(data), eight_steps_whole
     run = tmp_path / "cut"
     proc = subprocess.Popen(args + ["--out", str(run)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
