@@ -402,14 +402,13 @@ def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said
     manifest "running" for good (an outside UX audit). It is now Ctrl-C's path: one line, exit 143, the
     manifest's `failure_recorded` sees it; the default action is back after the command."""
     import importlib
-    import os
     import signal
     import time
 
     module = importlib.import_module(f"nextlong.commands.{command}")
 
     def stopped(args):
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         time.sleep(5)
         raise AssertionError("SIGTERM did not stop the command")
 
@@ -430,7 +429,6 @@ def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said
 def test_sigterm_is_ctrl_c_for_other_commands_run_from_a_training_rank(tmp_path, capsys, monkeypatch):
     """Only a launched `train` leaves SIGTERM to torchrun: `nextlong chunk` started from inside a rank inherits
     WORLD_SIZE, and is stopped by SIGTERM as by Ctrl-C (one line, exit 143), not ended with no word."""
-    import os
     import signal
 
     from nextlong import cli
@@ -439,7 +437,7 @@ def test_sigterm_is_ctrl_c_for_other_commands_run_from_a_training_rank(tmp_path,
     def stopped(args):
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # the signal would end this test's process
             return 0
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
     ended = []

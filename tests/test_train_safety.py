@@ -519,7 +519,7 @@ import nextlong.train.checkpoint as ckpt
 from nextlong.train import train
 real = ckpt.save_checkpoint
 def save(*args, **kw):
-    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the final checkpoint is written
+    signal.raise_signal(signal.SIGTERM)  # arrives while the final checkpoint is written
     return real(*args, **kw)
 ckpt.save_checkpoint = save
 print(train({str(data)!r}, {str(run)!r}, steps=3, model="tiny", progress=False, num_threads=1)["status"])
@@ -706,7 +706,7 @@ def test_a_signal_during_setup_says_what_the_run_folder_holds(data, tmp_path, ca
     shutil.rmtree(bare / "checkpoints")
 
     def setup(self):
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         time.sleep(5)  # the handler raises first
         raise AssertionError("SIGTERM was not taken")
 
