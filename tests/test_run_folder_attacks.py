@@ -128,6 +128,18 @@ def test_the_next_checkpoints_name_linked_out_is_refused_and_its_target_kept(dat
     assert sorted(p.name for p in victim.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
 
 
+@pytest.mark.parametrize("name", ["step-\u00b2", "step-\uff13"])
+def test_a_step_folder_named_with_other_digits_is_not_a_checkpoint(data, base, tmp_path, capsys, name):
+    """'²' and '３' are digits to str.isdigit(): int('²') raised a ValueError traceback, and 'step-３' was read as
+    step 3. nextlong names checkpoints with ASCII digits only; anything else is not one of its checkpoints."""
+    run, checkpoint = _copy(base, tmp_path)
+    shutil.copytree(checkpoint, run / "checkpoints" / name)
+    capsys.readouterr()
+    assert main([*_resume_argv(data, run), "--stop-after", "1"]) == 0, capsys.readouterr().err
+    assert _steps_logged(run) == [1, 2, 3]
+    assert (run / "checkpoints" / name).is_dir()  # not ours: neither read nor deleted
+
+
 def test_a_metrics_file_linked_out_is_never_written_through(data, tmp_path, capsys):
     """A fresh run into a folder whose metrics.jsonl links elsewhere: the file was truncated through the link."""
     victim = tmp_path / "notes.txt"

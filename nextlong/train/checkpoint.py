@@ -182,7 +182,8 @@ def _remove(path: Path, ignore_errors: bool = False) -> None:
 
 
 def _is_step_name(name: str) -> bool:
-    return name.startswith("step-") and name[5:].isdigit()
+    """`step-` and ASCII digits: str.isdigit() also takes '²' or '３', which int() refuses or reads as 3."""
+    return name.startswith("step-") and name[5:].isascii() and name[5:].isdigit()
 
 
 def list_checkpoints(run) -> list[Path]:
@@ -236,7 +237,7 @@ def check_run_folder(run) -> None:
         raise NextlongError(f"{root}: is {_kind(st.st_mode)}, not a folder of the run{fix}")
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if _is_step_name(name) or (name.startswith(".tmp-step-") and name[10:].isdigit()):
+        if _is_step_name(name) or _is_step_name(name[5:] if name.startswith(".tmp-") else ""):
             st = lstat(entry)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 raise NextlongError(f"{entry}: is {_kind(st.st_mode)}, not a checkpoint folder of the run{fix}")
