@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -261,6 +262,26 @@ def test_a_crafted_checkpoint_is_refused_in_one_line_before_any_step(data, base,
     assert words in err and "delete" in err, err
     assert (run / "metrics.jsonl").read_bytes() == before  # not rewritten (with NaN), no step taken
     assert len(ckpt.list_checkpoints(run)) == 1
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("betas", "ab", "betas must be a pair of numbers, got 'ab'"),
+    ("betas", [0.9, 1.5], "betas must be two numbers in [0, 1) (AdamW's), got (0.9, 1.5)"),
+    ("lr", "fast", "--lr must be a number or null, got 'fast'"),
+])
+def test_a_crafted_setting_in_the_runs_manifest_is_one_line(data, base, tmp_path, capsys, field, value, words):
+    """--resume takes the settings the command line leaves out from RUN/manifest.json. `betas` has no option, so
+    the command line's own checks never saw it: a string reached AdamW ('<=' between a float and a str, a
+    traceback), and the Python API passed every recorded setting on unchecked (the same for lr='fast')."""
+    run, _ = _copy(base, tmp_path)
+    _edit_manifest(lambda m: m["settings"].update({field: value}))(run)
+    capsys.readouterr()
+    if field == "betas":
+        err = _one_line(capsys, main(_resume_argv(data, run)), code=2)
+        assert err.endswith(f"{words} (from the run's manifest)"), err
+    with pytest.raises(NextlongError, match=re.escape(f"{words} (from the run's manifest)")):
+        train(data, run, resume=True, progress=False, num_threads=1)
+    assert _steps_logged(run) == [1, 2]
 
 
 def test_a_wrongly_shaped_optimizer_state_loads_nothing(data, base, tmp_path, monkeypatch):
