@@ -324,6 +324,26 @@ def _parquet_ids(make):
     return edit
 
 
+def _every_part(change):
+    """Rewrite every Parquet part of the data with change(pa, table)."""
+    def edit(folder: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for path in sorted((folder / "data").glob("*.parquet")):
+            pq.write_table(change(pa, pq.read_table(path)), path)
+    return edit
+
+
+def _drop_segments(folder: Path):
+    """One part without its `segments` column: with --attention-spans document, every part's samples were read
+    as one span each (the source's segments were taken from its last file's schema), without a word."""
+    import pyarrow.parquet as pq
+
+    path = sorted((folder / "data").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(path).drop_columns(["segments"]), path)
+
+
 BAD_DATA = {
     "manifest_deep_json": (lambda d: (d / "manifest.json").write_text("[" * 100000 + "]" * 100000),
                            "nested too deeply"),
@@ -335,6 +355,10 @@ BAD_DATA = {
     "input_ids_null": (_parquet_ids(lambda pa, n: pa.array([None] * n, pa.list_(pa.uint32()))), "input_ids is null"),
     "input_ids_floats": (_parquet_ids(lambda pa, n: pa.array([[1.7] * 256] * n, pa.list_(pa.float64()))),
                          "input_ids must be lists of integer"),
+    # a struct's cells have no `values` array: an AttributeError traceback at the first row read
+    "loss_mask_structs": (_every_part(lambda pa, t: t.append_column("loss_mask", pa.array([{"a": 1}] * t.num_rows))),
+                          "loss_mask must be lists of 0/1 per token (list<uint8>), got struct"),
+    "segments_in_some_parts": (_drop_segments, "some files have a `segments` column"),
 }
 
 
@@ -349,6 +373,18 @@ def test_crafted_training_data_is_refused_in_one_line(data, tmp_path, capsys, ca
                                   "--threads", "1"]))
     assert words in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_jsonl_row_nested_too_deep_is_one_line(data, tmp_path, capsys):
+    """Python's JSON parser raises RecursionError, not ValueError, on deep nesting: a traceback before."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"input_ids": [5, 6, 7, 8]}\n' + "[" * 100000 + "]" * 100000 + "\n")
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(folder), "--out", str(tmp_path / "run"), "--tokenizer",
+                                  str(corpus_and_tokenizer()[1]), "--seq-len", "4", "--steps", "2", "--quiet",
+                                  "--threads", "1"]))
+    assert "a.jsonl row 1: not valid JSON (maximum recursion depth exceeded" in err, err
 
 
 def test_a_learning_rate_that_overflows_the_optimizer_is_refused_as_an_option(data, tmp_path, capsys):
