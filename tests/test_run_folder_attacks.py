@@ -141,6 +141,25 @@ def test_a_step_folder_named_with_other_digits_is_not_a_checkpoint(data, base, t
     assert (run / "checkpoints" / name).is_dir()  # not ours: neither read nor deleted
 
 
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_the_data_subfolder_of_a_data_folder_is_read_only_inside_it(data, tmp_path, capsys, target):
+    """DATA/data as a symbolic link: each Parquet file was checked to lie in the folder the link points to, so a
+    data folder handed over could make the run train on files anywhere on the disk. A link within DATA is its own."""
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    moved = tmp_path / "elsewhere" if target == "outside" else folder / "parts"
+    shutil.move(folder / "data", moved)
+    (folder / "data").symlink_to(moved)
+    capsys.readouterr()
+    status = main(["train", str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet", "--threads", "1"])
+    if target == "inside":
+        assert status == 0, capsys.readouterr().err
+        return
+    err = _one_line(capsys, status)
+    assert f"{folder / 'data'}: a symbolic link out of the data folder" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_metrics_file_linked_out_is_never_written_through(data, tmp_path, capsys):
     """A fresh run into a folder whose metrics.jsonl links elsewhere: the file was truncated through the link."""
     victim = tmp_path / "notes.txt"

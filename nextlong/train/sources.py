@@ -186,14 +186,14 @@ class Source:
             if p.suffix not in (".parquet", ".jsonl"):
                 raise NextlongError(f"{p}: expected a .parquet or .jsonl file or a folder")
             return p.suffix[1:], [p]
-        for folder in (p, p / "data"):
+        for folder in (p, _own_part(p, "data")):
             files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             if files:
                 return "parquet", [_data_member(folder, f) for f in files]
-        for folder in (p, p / "mds"):
+        for folder in (p, _own_part(p, "mds")):
             if (folder / "index.json").exists():
                 return "mds", [folder]
-        for folder in (p, p / "jsonl"):
+        for folder in (p, _own_part(p, "jsonl")):
             files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
             if files:
                 return "jsonl", [_data_member(folder, f) for f in files]
@@ -380,6 +380,19 @@ def _data_member(folder: Path, f: Path) -> Path:
     reader, a device never ends, a symbolic link out would read another folder); returned as found."""
     member(folder, f.name, str(folder), NextlongError, kind="data folder")
     return f
+
+
+def _own_part(folder: Path, name: str) -> Path:
+    """DATA/data, DATA/mds or DATA/jsonl, where the files of an output folder are: a folder of DATA, never a
+    symbolic link out of it (its files would be checked to lie in the folder the link points to, anywhere).
+    The folder the user names as DATA may itself be a link: their choice."""
+    from ..untrusted import inside
+
+    part = folder / name
+    if os.path.lexists(part) and not inside(folder, part):
+        raise NextlongError(f"{part}: a symbolic link out of the data folder {folder}, whose files are read only "
+                            "from the folder itself; give the folder it points to as DATA if you trust it")
+    return part
 
 
 def _check_regular(f: Path) -> None:
