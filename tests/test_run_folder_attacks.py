@@ -221,18 +221,35 @@ def _edit_rank(fn):
     return edit
 
 
-def _optimizer_wrong_shape(checkpoint: Path):
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+def _edit_optimizer(change):
+    """Edit optimizer.safetensors' tensors in place: change(tensors)."""
+    def edit(checkpoint: Path):
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
 
-    path = checkpoint / "optimizer.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(path)
-    name = next(k for k in tensors if k.endswith("exp_avg"))
-    tensors[name] = torch.zeros(3)
-    save_file(tensors, path, metadata=meta)
+        path = checkpoint / "optimizer.safetensors"
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(path)
+        change(tensors)
+        save_file(tensors, path, metadata=meta)
+    return edit
+
+
+def _wrong_shape(tensors):
+    import torch
+
+    tensors[next(k for k in tensors if k.endswith("exp_avg"))] = torch.zeros(3)
+
+
+_optimizer_wrong_shape = _edit_optimizer(_wrong_shape)
+
+
+def _negative_second_moment(tensors):
+    """AdamW divides by sqrt(exp_avg_sq): the resumed run's first update made every weight NaN, and the next step
+    was reported as a diverged run ("lower --lr"), the crafted checkpoint loaded."""
+    name = next(k for k in tensors if k.endswith("exp_avg_sq"))
+    tensors[name] = -tensors[name] - 1e-3
 
 
 def _history_nan(checkpoint: Path):
@@ -267,6 +284,7 @@ CRAFTED = {
                              "pending[0] ids must be token ids in 0..1023"),
     "drawn_empty": (_edit_rank(lambda s: s["data"]["stream"].update(drawn=[])), "stream drawn must be one count"),
     "optimizer_state_wrong_shape": (_optimizer_wrong_shape, "has shape (3,), expected"),
+    "optimizer_second_moment_negative": (_edit_optimizer(_negative_second_moment), "is not a second moment"),
 }
 
 

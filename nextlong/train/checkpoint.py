@@ -422,6 +422,10 @@ def _check_optimizer_state(checkpoint: Path, model, optimizer, optim_sd, step: i
             problem = _tensor_problem(entry[name], shapes[key], f"optimizer {name} of parameter {key}")
             if problem:
                 raise _unfit(checkpoint, problem)
+        v = entry["exp_avg_sq"]  # its square root divides the update: a negative one made the first step NaN
+        if v.numel() and (not v.is_floating_point() or bool((v < 0).any())):
+            raise _unfit(checkpoint, f"optimizer exp_avg_sq of parameter {key} is not a second moment (a floating "
+                                     "tensor >= 0)")
         count = entry["step"]
         if not (isinstance(count, torch.Tensor) and count.numel() == 1 and 0 <= float(count) <= step):
             raise _unfit(checkpoint, f"optimizer step count of parameter {key} is {show(count)}, expected 0.."
