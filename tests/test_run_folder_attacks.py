@@ -185,6 +185,22 @@ def test_a_fifo_in_the_run_folder_never_hangs_resume(data, base, tmp_path, where
     _assert_one_line(_cli(_resume_argv(data, run)), "FIFO")
 
 
+@pytest.mark.slow  # a training run and a resume in a process of its own: about 10 s
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_finished_runs_model_metadata_is_never_waited_on(data, tmp_path, kind):
+    """Resuming a finished run reads RUN/model/nextlong.json (which step the export holds): it was read with
+    read_text(), so a FIFO there hung the resume (SIGTERM only noted, as in the step loop) and a link to /dev/zero
+    filled the memory. Now an unreadable one is no export: the checkpoint's model is exported again."""
+    run = tmp_path / "run"
+    train(data, run, steps=2, **FAST)
+    meta = run / "model" / "nextlong.json"
+    meta.unlink()
+    os.mkfifo(meta) if kind == "fifo" else meta.symlink_to("/dev/zero")
+    proc = _cli(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ckpt.exported_step(run) == 2 and (run / "model" / "nextlong.json").is_file()
+
+
 @pytest.mark.parametrize("where", ["manifest.json", "data/part-00000.parquet"])
 def test_a_fifo_in_the_data_folder_never_hangs_train(data, tmp_path, where):
     folder = tmp_path / "data"

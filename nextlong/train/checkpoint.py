@@ -525,10 +525,12 @@ def convert_pickled_checkpoint(checkpoint: Path, state: dict) -> None:
 
 
 def exported_step(run: Path) -> int | None:
-    """The training step RUN/model holds (nextlong.json's "step"), or None when it says none or cannot be read."""
+    """The training step RUN/model holds (nextlong.json's "step"), or None when it says none or cannot be read (the
+    model is then exported again). Read as a run folder's file is: a regular file of bounded size, not through a
+    link (a FIFO there hung the resume of a finished run, and a link to /dev/zero filled the memory)."""
     try:
-        step = json.loads((Path(run) / MODEL / "nextlong.json").read_text()).get("step")
-    except (OSError, ValueError, AttributeError):
+        step = read_json(Path(run) / MODEL / "nextlong.json", NextlongError, expect=dict, follow=False).get("step")
+    except NextlongError:
         return None
     return step if whole(step) else None
 
