@@ -52,7 +52,21 @@ def read_config(folder, *, trust_remote_code: bool = False):
         raise ModelFolderError(f"{path}: missing or not a regular file (a model folder needs config.json)")
     _read_json(path, expect=dict, finite=True)  # NaN or Infinity in a config: a model that computes NaN
     with _load_errors(folder, trust_remote_code), _quiet_transformers():
-        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    _check_norm_eps(config, path)
+    return config
+
+
+def _check_norm_eps(config, path: Path) -> None:
+    """A normalisation epsilon (rms_norm_eps, layer_norm_eps, ...) below 0 is another model that computes NaN
+    (the norm takes the square root of variance + eps): training reported it as a diverged first step and said
+    to lower --lr, evaluation wrote null scores."""
+    for part in (config, text_config(config)):
+        for name, value in vars(part).items():
+            if name.endswith("_eps") and type(value) in (int, float) and not value >= 0:
+                where = "" if part is config else "text_config."
+                raise ModelFolderError(f"{path}: {where}{name} must be >= 0 (it is added to a variance before its "
+                                       f"square root), got {value}")
 
 
 def load_causal_lm(folder, config, *, dtype, trust_remote_code: bool = False, **kwargs):

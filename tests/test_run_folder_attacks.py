@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -128,6 +129,37 @@ def test_the_next_checkpoints_name_linked_out_is_refused_and_its_target_kept(dat
     assert sorted(p.name for p in victim.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
 
 
+@pytest.mark.parametrize("name", ["step-\u00b2", "step-\uff13"])
+def test_a_step_folder_named_with_other_digits_is_not_a_checkpoint(data, base, tmp_path, capsys, name):
+    """'²' and '３' are digits to str.isdigit(): int('²') raised a ValueError traceback, and 'step-３' was read as
+    step 3. nextlong names checkpoints with ASCII digits only; anything else is not one of its checkpoints."""
+    run, checkpoint = _copy(base, tmp_path)
+    shutil.copytree(checkpoint, run / "checkpoints" / name)
+    capsys.readouterr()
+    assert main([*_resume_argv(data, run), "--stop-after", "1"]) == 0, capsys.readouterr().err
+    assert _steps_logged(run) == [1, 2, 3]
+    assert (run / "checkpoints" / name).is_dir()  # not ours: neither read nor deleted
+
+
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_the_data_subfolder_of_a_data_folder_is_read_only_inside_it(data, tmp_path, capsys, target):
+    """DATA/data as a symbolic link: each Parquet file was checked to lie in the folder the link points to, so a
+    data folder handed over could make the run train on files anywhere on the disk. A link within DATA is its own."""
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    moved = tmp_path / "elsewhere" if target == "outside" else folder / "parts"
+    shutil.move(folder / "data", moved)
+    (folder / "data").symlink_to(moved)
+    capsys.readouterr()
+    status = main(["train", str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet", "--threads", "1"])
+    if target == "inside":
+        assert status == 0, capsys.readouterr().err
+        return
+    err = _one_line(capsys, status)
+    assert f"{folder / 'data'}: a symbolic link out of the data folder" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_metrics_file_linked_out_is_never_written_through(data, tmp_path, capsys):
     """A fresh run into a folder whose metrics.jsonl links elsewhere: the file was truncated through the link."""
     victim = tmp_path / "notes.txt"
@@ -151,6 +183,22 @@ def test_a_fifo_in_the_run_folder_never_hangs_resume(data, base, tmp_path, where
     path.unlink()
     os.mkfifo(path)
     _assert_one_line(_cli(_resume_argv(data, run)), "FIFO")
+
+
+@pytest.mark.slow  # a training run and a resume in a process of its own: about 10 s
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_finished_runs_model_metadata_is_never_waited_on(data, tmp_path, kind):
+    """Resuming a finished run reads RUN/model/nextlong.json (which step the export holds): it was read with
+    read_text(), so a FIFO there hung the resume (SIGTERM only noted, as in the step loop) and a link to /dev/zero
+    filled the memory. Now an unreadable one is no export: the checkpoint's model is exported again."""
+    run = tmp_path / "run"
+    train(data, run, steps=2, **FAST)
+    meta = run / "model" / "nextlong.json"
+    meta.unlink()
+    os.mkfifo(meta) if kind == "fifo" else meta.symlink_to("/dev/zero")
+    proc = _cli(["train", str(data), "--out", str(run), "--resume", "--quiet", "--threads", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ckpt.exported_step(run) == 2 and (run / "model" / "nextlong.json").is_file()
 
 
 @pytest.mark.parametrize("where", ["manifest.json", "data/part-00000.parquet"])
@@ -189,18 +237,35 @@ def _edit_rank(fn):
     return edit
 
 
-def _optimizer_wrong_shape(checkpoint: Path):
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+def _edit_optimizer(change):
+    """Edit optimizer.safetensors' tensors in place: change(tensors)."""
+    def edit(checkpoint: Path):
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
 
-    path = checkpoint / "optimizer.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(path)
-    name = next(k for k in tensors if k.endswith("exp_avg"))
-    tensors[name] = torch.zeros(3)
-    save_file(tensors, path, metadata=meta)
+        path = checkpoint / "optimizer.safetensors"
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(path)
+        change(tensors)
+        save_file(tensors, path, metadata=meta)
+    return edit
+
+
+def _wrong_shape(tensors):
+    import torch
+
+    tensors[next(k for k in tensors if k.endswith("exp_avg"))] = torch.zeros(3)
+
+
+_optimizer_wrong_shape = _edit_optimizer(_wrong_shape)
+
+
+def _negative_second_moment(tensors):
+    """AdamW divides by sqrt(exp_avg_sq): the resumed run's first update made every weight NaN, and the next step
+    was reported as a diverged run ("lower --lr"), the crafted checkpoint loaded."""
+    name = next(k for k in tensors if k.endswith("exp_avg_sq"))
+    tensors[name] = -tensors[name] - 1e-3
 
 
 def _history_nan(checkpoint: Path):
@@ -235,6 +300,7 @@ CRAFTED = {
                              "pending[0] ids must be token ids in 0..1023"),
     "drawn_empty": (_edit_rank(lambda s: s["data"]["stream"].update(drawn=[])), "stream drawn must be one count"),
     "optimizer_state_wrong_shape": (_optimizer_wrong_shape, "has shape (3,), expected"),
+    "optimizer_second_moment_negative": (_edit_optimizer(_negative_second_moment), "is not a second moment"),
 }
 
 
@@ -249,6 +315,26 @@ def test_a_crafted_checkpoint_is_refused_in_one_line_before_any_step(data, base,
     assert words in err and "delete" in err, err
     assert (run / "metrics.jsonl").read_bytes() == before  # not rewritten (with NaN), no step taken
     assert len(ckpt.list_checkpoints(run)) == 1
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("betas", "ab", "betas must be a pair of numbers, got 'ab'"),
+    ("betas", [0.9, 1.5], "betas must be two numbers in [0, 1) (AdamW's), got (0.9, 1.5)"),
+    ("lr", "fast", "--lr must be a number or null, got 'fast'"),
+])
+def test_a_crafted_setting_in_the_runs_manifest_is_one_line(data, base, tmp_path, capsys, field, value, words):
+    """--resume takes the settings the command line leaves out from RUN/manifest.json. `betas` has no option, so
+    the command line's own checks never saw it: a string reached AdamW ('<=' between a float and a str, a
+    traceback), and the Python API passed every recorded setting on unchecked (the same for lr='fast')."""
+    run, _ = _copy(base, tmp_path)
+    _edit_manifest(lambda m: m["settings"].update({field: value}))(run)
+    capsys.readouterr()
+    if field == "betas":
+        err = _one_line(capsys, main(_resume_argv(data, run)), code=2)
+        assert err.endswith(f"{words} (from the run's manifest)"), err
+    with pytest.raises(NextlongError, match=re.escape(f"{words} (from the run's manifest)")):
+        train(data, run, resume=True, progress=False, num_threads=1)
+    assert _steps_logged(run) == [1, 2]
 
 
 def test_a_wrongly_shaped_optimizer_state_loads_nothing(data, base, tmp_path, monkeypatch):
@@ -291,6 +377,26 @@ def _parquet_ids(make):
     return edit
 
 
+def _every_part(change):
+    """Rewrite every Parquet part of the data with change(pa, table)."""
+    def edit(folder: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for path in sorted((folder / "data").glob("*.parquet")):
+            pq.write_table(change(pa, pq.read_table(path)), path)
+    return edit
+
+
+def _drop_segments(folder: Path):
+    """One part without its `segments` column: with --attention-spans document, every part's samples were read
+    as one span each (the source's segments were taken from its last file's schema), without a word."""
+    import pyarrow.parquet as pq
+
+    path = sorted((folder / "data").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(path).drop_columns(["segments"]), path)
+
+
 BAD_DATA = {
     "manifest_deep_json": (lambda d: (d / "manifest.json").write_text("[" * 100000 + "]" * 100000),
                            "nested too deeply"),
@@ -302,6 +408,10 @@ BAD_DATA = {
     "input_ids_null": (_parquet_ids(lambda pa, n: pa.array([None] * n, pa.list_(pa.uint32()))), "input_ids is null"),
     "input_ids_floats": (_parquet_ids(lambda pa, n: pa.array([[1.7] * 256] * n, pa.list_(pa.float64()))),
                          "input_ids must be lists of integer"),
+    # a struct's cells have no `values` array: an AttributeError traceback at the first row read
+    "loss_mask_structs": (_every_part(lambda pa, t: t.append_column("loss_mask", pa.array([{"a": 1}] * t.num_rows))),
+                          "loss_mask must be lists of 0/1 per token (list<uint8>), got struct"),
+    "segments_in_some_parts": (_drop_segments, "some files have a `segments` column"),
 }
 
 
@@ -316,6 +426,18 @@ def test_crafted_training_data_is_refused_in_one_line(data, tmp_path, capsys, ca
                                   "--threads", "1"]))
     assert words in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_jsonl_row_nested_too_deep_is_one_line(data, tmp_path, capsys):
+    """Python's JSON parser raises RecursionError, not ValueError, on deep nesting: a traceback before."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"input_ids": [5, 6, 7, 8]}\n' + "[" * 100000 + "]" * 100000 + "\n")
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(folder), "--out", str(tmp_path / "run"), "--tokenizer",
+                                  str(corpus_and_tokenizer()[1]), "--seq-len", "4", "--steps", "2", "--quiet",
+                                  "--threads", "1"]))
+    assert "a.jsonl row 1: not valid JSON (maximum recursion depth exceeded" in err, err
 
 
 def test_a_learning_rate_that_overflows_the_optimizer_is_refused_as_an_option(data, tmp_path, capsys):

@@ -207,6 +207,8 @@ BROKEN = {  # case: (damage, what the one line must say)
     "fewer layers than the weights": (_edit_config(num_hidden_layers=0),
                                       "the model of config.json does not have (e.g. model.layers.0."),
     "vocabulary a string": (_edit_config(vocab_size="many"), "vocab_size"),
+    # the norm's square root of variance + eps is NaN: train called it a diverged step 1 ("lower --lr")
+    "a negative norm epsilon": (_edit_config(rms_norm_eps=-1.0), "config.json: rms_norm_eps must be >= 0"),
 }
 
 

@@ -182,7 +182,8 @@ def _remove(path: Path, ignore_errors: bool = False) -> None:
 
 
 def _is_step_name(name: str) -> bool:
-    return name.startswith("step-") and name[5:].isdigit()
+    """`step-` and ASCII digits: str.isdigit() also takes '²' or '３', which int() refuses or reads as 3."""
+    return name.startswith("step-") and name[5:].isascii() and name[5:].isdigit()
 
 
 def list_checkpoints(run) -> list[Path]:
@@ -236,7 +237,7 @@ def check_run_folder(run) -> None:
         raise NextlongError(f"{root}: is {_kind(st.st_mode)}, not a folder of the run{fix}")
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if _is_step_name(name) or (name.startswith(".tmp-step-") and name[10:].isdigit()):
+        if _is_step_name(name) or _is_step_name(name[5:] if name.startswith(".tmp-") else ""):
             st = lstat(entry)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 raise NextlongError(f"{entry}: is {_kind(st.st_mode)}, not a checkpoint folder of the run{fix}")
@@ -421,6 +422,10 @@ def _check_optimizer_state(checkpoint: Path, model, optimizer, optim_sd, step: i
             problem = _tensor_problem(entry[name], shapes[key], f"optimizer {name} of parameter {key}")
             if problem:
                 raise _unfit(checkpoint, problem)
+        v = entry["exp_avg_sq"]  # its square root divides the update: a negative one made the first step NaN
+        if v.numel() and (not v.is_floating_point() or bool((v < 0).any())):
+            raise _unfit(checkpoint, f"optimizer exp_avg_sq of parameter {key} is not a second moment (a floating "
+                                     "tensor >= 0)")
         count = entry["step"]
         if not (isinstance(count, torch.Tensor) and count.numel() == 1 and 0 <= float(count) <= step):
             raise _unfit(checkpoint, f"optimizer step count of parameter {key} is {show(count)}, expected 0.."
@@ -520,10 +525,12 @@ def convert_pickled_checkpoint(checkpoint: Path, state: dict) -> None:
 
 
 def exported_step(run: Path) -> int | None:
-    """The training step RUN/model holds (nextlong.json's "step"), or None when it says none or cannot be read."""
+    """The training step RUN/model holds (nextlong.json's "step"), or None when it says none or cannot be read (the
+    model is then exported again). Read as a run folder's file is: a regular file of bounded size, not through a
+    link (a FIFO there hung the resume of a finished run, and a link to /dev/zero filled the memory)."""
     try:
-        step = json.loads((Path(run) / MODEL / "nextlong.json").read_text()).get("step")
-    except (OSError, ValueError, AttributeError):
+        step = read_json(Path(run) / MODEL / "nextlong.json", NextlongError, expect=dict, follow=False).get("step")
+    except NextlongError:
         return None
     return step if whole(step) else None
 

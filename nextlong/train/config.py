@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..seeds import seed_problem
+from ..untrusted import show
 
 ATTENTIONS = ("nextlong", "sdpa", "eager")
 LOSSES = ("fused", "eager")
@@ -90,6 +91,12 @@ class TrainConfig:
                 raise UsageError(message + (" (from the run's manifest)" if name in self.restored else ""))
 
         check(self.data, "train: give at least one DATA folder")
+        for f in dataclasses.fields(self):  # a crafted manifest (--resume) or a Python caller: not what the checks
+            value = getattr(self, f.name)  # below compare ('<' between a float and a str was a TypeError traceback)
+            check(_of_type(value, _FIELD_TYPES[f.name]), f"{_setting(f.name)} must be "
+                  f"{_described(_FIELD_TYPES[f.name])}, got {show(value)}", f.name)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"betas must be two numbers in [0, 1) (AdamW's), got {show(self.betas)}", "betas")
         check(self.attention in ATTENTIONS, f"--attention must be one of {ATTENTIONS}, got {self.attention!r}")
         check(self.loss in LOSSES, f"--loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.attention_spans in SPAN_MODES,
@@ -145,6 +152,41 @@ class TrainConfig:
     def run_defining(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
         return {k: v for k, v in self.to_dict().items() if k not in _NOT_RUN_DEFINING}
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # the annotations, as text
+
+
+def _of_type(value, annotation: str) -> bool:
+    """Whether `value` is of TrainConfig's `annotation` ("int | None", "list[str]", "tuple[float, float]", ...):
+    an int is a float, a bool is neither."""
+    if " | " in annotation:
+        return any(_of_type(value, part) for part in annotation.split(" | "))
+    simple = {"None": value is None, "bool": type(value) is bool, "int": type(value) is int,
+              "float": type(value) in (int, float), "str": isinstance(value, (str, os.PathLike)),
+              "dict": isinstance(value, dict),
+              "frozenset": isinstance(value, (set, frozenset))}
+    if annotation in simple:
+        return simple[annotation]
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if annotation == "tuple[float, float]":
+        return isinstance(value, (list, tuple)) and all(type(v) in (int, float) for v in value)
+    raise AssertionError(f"TrainConfig annotation {annotation!r} has no check")
+
+
+_WORDS = {"None": "null", "bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+          "dict": "an object", "frozenset": "a set", "list[str]": "a list of strings",
+          "tuple[float, float]": "a pair of numbers"}
+
+
+def _described(annotation: str) -> str:
+    return " or ".join(_WORDS[part] for part in annotation.split(" | "))
+
+
+def _setting(name: str) -> str:
+    """A setting as an error names it: the option (--micro-batch), or the field where there is none (betas)."""
+    return name if name in ("data", "out", "betas", "extra", "restored") else f"--{name.replace('_', '-')}"
 
 
 def recorded_settings(run) -> dict:

@@ -81,7 +81,7 @@ class Source:
             from ..corpus.reader import open_parquet
 
             self._row_groups = []  # (file, row group, first global row, rows)
-            start, masked = 0, {}
+            start, masked, segmented = 0, {}, {}
             for f in self.files:
                 _check_regular(f)
                 pf = open_parquet(f)
@@ -89,7 +89,9 @@ class Source:
                 if "input_ids" not in names:
                     raise NextlongError(f"{f}: no `input_ids` column (columns: {sorted(names)})")
                 _check_ids_type(f, pf.schema_arrow.field("input_ids").type)
-                self.has_segments = "segments" in names
+                if LOSS_MASK in names:
+                    _check_mask_type(f, pf.schema_arrow.field(LOSS_MASK).type)
+                segmented[f] = "segments" in names
                 masked[f] = LOSS_MASK in names
                 for g in range(meta.num_row_groups):
                     n = meta.row_group(g).num_rows
@@ -97,6 +99,8 @@ class Source:
                     start += n
             self.num_rows = start
             self.has_loss_mask = self._all_or_none(masked)
+            # with some files without segments, --attention-spans document read them all as one span per sample
+            self.has_segments = self._all_or_none(segmented, "segments")
         elif self.kind == "jsonl":
             self.num_rows, self.has_loss_mask = self._index_jsonl()
             self.has_segments = True
@@ -112,12 +116,12 @@ class Source:
             raise NextlongError(f"{self.path}: the data holds no samples")
         self._cache = None  # parquet: (row group index, table); mds: (iterator, next row)
 
-    def _all_or_none(self, masked: dict) -> bool:
-        """Whether the files of this source have a loss_mask: all of them or none (a source is one data set)."""
+    def _all_or_none(self, masked: dict, column: str = LOSS_MASK) -> bool:
+        """Whether the files of this source have `column`: all of them or none (a source is one data set)."""
         if len(set(masked.values())) > 1:
             some = sorted(str(k) for k, v in masked.items() if v)
             other = sorted(str(k) for k, v in masked.items() if not v)
-            raise NextlongError(f"{self.path}: some files have a `loss_mask` column ({some[0]}) and some do not "
+            raise NextlongError(f"{self.path}: some files have a `{column}` column ({some[0]}) and some do not "
                                 f"({other[0]}); a source must be one data set")
         return bool(masked) and all(masked.values())
 
@@ -145,7 +149,7 @@ class Source:
     def _jsonl_object(line: bytes, where: str) -> dict:
         try:
             obj = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep for Python's parser
             raise NextlongError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise NextlongError(f"{where}: expected a JSON object per line")
@@ -182,14 +186,14 @@ class Source:
             if p.suffix not in (".parquet", ".jsonl"):
                 raise NextlongError(f"{p}: expected a .parquet or .jsonl file or a folder")
             return p.suffix[1:], [p]
-        for folder in (p, p / "data"):
+        for folder in (p, _own_part(p, "data")):
             files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             if files:
                 return "parquet", [_data_member(folder, f) for f in files]
-        for folder in (p, p / "mds"):
+        for folder in (p, _own_part(p, "mds")):
             if (folder / "index.json").exists():
                 return "mds", [folder]
-        for folder in (p, p / "jsonl"):
+        for folder in (p, _own_part(p, "jsonl")):
             files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
             if files:
                 return "jsonl", [_data_member(folder, f) for f in files]
@@ -378,6 +382,19 @@ def _data_member(folder: Path, f: Path) -> Path:
     return f
 
 
+def _own_part(folder: Path, name: str) -> Path:
+    """DATA/data, DATA/mds or DATA/jsonl, where the files of an output folder are: a folder of DATA, never a
+    symbolic link out of it (its files would be checked to lie in the folder the link points to, anywhere).
+    The folder the user names as DATA may itself be a link: their choice."""
+    from ..untrusted import inside
+
+    part = folder / name
+    if os.path.lexists(part) and not inside(folder, part):
+        raise NextlongError(f"{part}: a symbolic link out of the data folder {folder}, whose files are read only "
+                            "from the folder itself; give the folder it points to as DATA if you trust it")
+    return part
+
+
 def _check_regular(f: Path) -> None:
     """`f` is (still) a regular file: checked before each open of a Parquet file, which pyarrow opens by
     name."""
@@ -407,6 +424,15 @@ def _check_ids_type(f: Path, dtype) -> None:
     if not ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
             and pa.types.is_integer(dtype.value_type)):
         raise NextlongError(f"{f}: input_ids must be lists of integer token ids (list<uint32>), got {dtype}")
+
+
+def _check_mask_type(f: Path, dtype) -> None:
+    """The Parquet type of `loss_mask`: lists of integers or booleans (a struct's cells have no `values` array)."""
+    import pyarrow as pa
+
+    if not ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
+            and (pa.types.is_integer(dtype.value_type) or pa.types.is_boolean(dtype.value_type))):
+        raise NextlongError(f"{f}: loss_mask must be lists of 0/1 per token (list<uint8>), got {dtype}")
 
 
 def _parquet_ids(cell, where: str) -> np.ndarray:
