@@ -126,6 +126,17 @@ def inside(folder: Path, path: Path) -> bool:
         return False
 
 
+def own_subfolder(folder: Path, name: str, error, *, kind: str, remedy: str) -> Path:
+    """`folder`/`name` (DATA/data, DATA/mds), refused when it is a symbolic link out of `folder`: every check of
+    its files (`member`) would then be against the folder the link points to, anywhere. The folder the user
+    names may itself be a link: their choice. `remedy` ends the refusal."""
+    part = Path(folder) / name
+    if os.path.lexists(part) and not inside(folder, part):
+        raise error(f"{part}: a symbolic link out of the {kind} {folder}, whose files are read only from the folder "
+                    f"itself; {remedy}")
+    return part
+
+
 @contextlib.contextmanager
 def open_regular(path: str | os.PathLike, error, *, follow: bool = False, what: str = "file"):
     """Yield (binary file object, its stat) of `path`, checked on the open descriptor to be a regular

@@ -205,6 +205,23 @@ def test_inspect_reads_only_regular_parquet_shards_of_the_folder(tmp_path, capsy
     assert "SECRET" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_inspect_reads_the_data_subfolder_only_inside_the_folder(tmp_path, capsys, target):
+    """DIR/data as a symbolic link: each shard was checked to lie in the folder the link points to, so a folder
+    handed over could show text from anywhere on the disk. A link within DIR is its own."""
+    folder = output_folder(tmp_path, [good_row(anchor_doc_id="SECRET")])
+    moved = tmp_path / "elsewhere" if target == "outside" else folder / "parts"
+    shutil.move(folder / "data", moved)
+    (folder / "data").symlink_to(moved)
+    code, out, err = run_cli(["inspect", folder, "--color", "never"], capsys)
+    if target == "inside":
+        assert code == 0 and "SECRET" in out, err
+        return
+    assert code == 1 and "SECRET" not in out + err
+    line = assert_one_line_error(err, "inspect")
+    assert f"{folder / 'data'}: a symbolic link out of the output folder" in line
+
+
 # --- model folders: weight index shard names -----------------------------------------------------
 
 

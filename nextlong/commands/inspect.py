@@ -152,10 +152,12 @@ def _row(directory: Path, sample: int) -> tuple[dict, str]:
 
     from ..corpus.reader import corrupt_parquet, open_parquet
     from ..synthesis.writers import shard_paths
-    from ..untrusted import member
+    from ..untrusted import member, own_subfolder
 
     seen = 0
-    for path in shard_paths(directory / "data"):
+    data = own_subfolder(directory, "data", NextlongError, kind="output folder",
+                         remedy="give the folder it points to if you trust it")
+    for path in shard_paths(data):
         member(path.parent, path.name, str(path.parent), NextlongError, kind="output folder")
         pf = open_parquet(path)
         n = pf.metadata.num_rows

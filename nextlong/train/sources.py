@@ -386,13 +386,10 @@ def _own_part(folder: Path, name: str) -> Path:
     """DATA/data, DATA/mds or DATA/jsonl, where the files of an output folder are: a folder of DATA, never a
     symbolic link out of it (its files would be checked to lie in the folder the link points to, anywhere).
     The folder the user names as DATA may itself be a link: their choice."""
-    from ..untrusted import inside
+    from ..untrusted import own_subfolder
 
-    part = folder / name
-    if os.path.lexists(part) and not inside(folder, part):
-        raise NextlongError(f"{part}: a symbolic link out of the data folder {folder}, whose files are read only "
-                            "from the folder itself; give the folder it points to as DATA if you trust it")
-    return part
+    return own_subfolder(folder, name, NextlongError, kind="data folder",
+                         remedy="give the folder it points to as DATA if you trust it")
 
 
 def _check_regular(f: Path) -> None:
