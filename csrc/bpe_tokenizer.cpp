@@ -7,6 +7,10 @@
 #include <queue>
 #include <stdexcept>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "unicode_nfc.h"
 #include "unicode_props.h"
 
@@ -123,7 +127,7 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
   if (!opt_.ordinary_added.empty() && opt_.ordinary_added.size() != added_.size())
     throw std::invalid_argument("ordinary_added must have one flag per added token");
   for (char flag : opt_.ordinary_added) any_ordinary_added_ = any_ordinary_added_ || flag;
-  added_trie_.assign(1, {});
+  for (AddedTrie& trie : added_trie_) trie.nodes.assign(1, {});
   added_len_.assign(added_.size(), 0);
   for (size_t i = 0; i < added_.size(); ++i) {
     if (added_[i].content.size() > kMaxAddedTokenBytes)
@@ -139,19 +143,88 @@ BpeTokenizer::BpeTokenizer(const std::vector<std::pair<uint32_t, std::string>>& 
     }
     if (c.empty()) continue;
     added_len_[i] = c.size();
+    std::vector<AddedTrieNode>& trie = added_trie_[added_[i].normalized].nodes;
     uint32_t node = 0;
     for (unsigned char byte : c) {
-      auto& next = added_trie_[node].next;
+      auto& next = trie[node].next;
       auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(static_cast<uint8_t>(byte), uint32_t(0)));
       if (it == next.end() || it->first != byte) {
-        uint32_t child = static_cast<uint32_t>(added_trie_.size());
+        uint32_t child = static_cast<uint32_t>(trie.size());
         it = next.insert(it, {static_cast<uint8_t>(byte), child});
-        added_trie_.emplace_back();  // invalidates `next`, not `child`
+        trie.emplace_back();  // invalidates `next`, not `child`
       }
       node = it->second;
     }
-    added_trie_[node].ends.push_back(static_cast<uint32_t>(i));
+    trie[node].ends.push_back(static_cast<uint32_t>(i));
   }
+  for (AddedTrie& trie : added_trie_) trie.finish();
+}
+
+void BpeTokenizer::AddedTrie::finish() {
+  std::vector<uint8_t> leads, follows;
+  for (const auto& [byte, child] : nodes[0].next) {
+    first[byte] = child;
+    leads.push_back(byte);
+    bool whole = !nodes[child].ends.empty();  // a one-byte token: any second byte
+    any_follow = any_follow || whole;
+    for (const auto& [b1, grandchild] : nodes[child].next)
+      if (std::find(follows.begin(), follows.end(), b1) == follows.end()) follows.push_back(b1);
+    for (uint32_t b1 = 0; b1 < 256; ++b1) {
+      uint32_t bit = uint32_t{byte} << 8 | b1;
+      bool second = std::any_of(nodes[child].next.begin(), nodes[child].next.end(),
+                                [&](const auto& edge) { return edge.first == b1; });
+      if (whole || second) pairs[bit >> 6] |= uint64_t{1} << (bit & 63);
+    }
+  }
+  one_lead = leads.size() == 1;
+  if (one_lead) lead[0] = leads[0];
+  vector_scan = !leads.empty() && leads.size() <= 4 && (any_follow || follows.size() <= 4);
+  if (!vector_scan) return;
+  for (size_t k = 0; k < 4; ++k) {
+    lead[k] = leads[k % leads.size()];
+    if (!any_follow) follow[k] = follows[k % follows.size()];
+  }
+}
+
+size_t BpeTokenizer::AddedTrie::next_start(const uint8_t* s, size_t p, size_t e) const {
+  auto pair = [&](size_t q) {
+    uint32_t bit = uint32_t{s[q]} << 8 | s[q + 1];
+    return pairs[bit >> 6] >> (bit & 63) & 1;
+  };
+  if (one_lead) {  // most files: every token starts with '<', found by memchr
+    for (; p < e; ++p) {
+      const void* f = std::memchr(s + p, lead[0], e - p);
+      if (!f) return e;
+      p = static_cast<const uint8_t*>(f) - s;
+      if (p + 1 == e || pair(p)) return p;
+    }
+    return e;
+  }
+#if defined(__SSE2__)
+  if (vector_scan) {  // 16 positions at a time: a lead byte followed by a follow byte, then the exact pair
+    __m128i leads[4], follows[4];
+    for (int k = 0; k < 4; ++k) {
+      leads[k] = _mm_set1_epi8(static_cast<char>(lead[k]));
+      follows[k] = _mm_set1_epi8(static_cast<char>(follow[k]));
+    }
+    auto in = [](__m128i v, const __m128i* set) {
+      return _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, set[0]), _mm_cmpeq_epi8(v, set[1])),
+                          _mm_or_si128(_mm_cmpeq_epi8(v, set[2]), _mm_cmpeq_epi8(v, set[3])));
+    };
+    for (; p + 17 <= e; p += 16) {
+      __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + p));
+      __m128i m = in(a, leads);
+      if (!any_follow) m = _mm_and_si128(m, in(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + p + 1)), follows));
+      for (unsigned bits = static_cast<unsigned>(_mm_movemask_epi8(m)); bits; bits &= bits - 1) {
+        size_t q = p + static_cast<size_t>(__builtin_ctz(bits));
+        if (pair(q)) return q;
+      }
+    }
+  }
+#endif
+  for (; p + 1 < e; ++p)
+    if (pair(p)) return p;
+  return p < e && first[s[p]] ? p : e;  // the last byte: only a one-byte token may start there
 }
 
 int64_t BpeTokenizer::model_id(std::string_view bytes) const {
@@ -321,7 +394,7 @@ void BpeTokenizer::for_each_piece(std::string_view text, bool generic, Fn&& fn, 
   int64_t own_steps = regex_->step_budget(n);
   int64_t& steps_left = shared_steps ? *shared_steps : own_steps;
   const int64_t steps_at_start = steps_left;
-  while (from <= n) {
+  while (from < n) {  // a match starting at n is empty: it yields nothing, so it is not looked for
     size_t ms, me;
     if (!regex_->find(text, from, &ms, &me, &steps_left)) break;
     if (me == ms) {  // empty match: yields no piece; search again one character later
@@ -418,17 +491,22 @@ void BpeTokenizer::split_added(std::string_view text, size_t b, size_t e, bool n
     size_t st = unicode::prev_char(s, b, q), len;
     return unicode::decode_utf8(s, e, st, &len);
   };
+  const AddedTrie& trie = added_trie_[normalized_pass];
+  if (trie.nodes.size() == 1) p = e;  // no token of this pass: the span is text
   while (p < e) {
+    p = trie.next_start(s, p, e);
+    if (p == e) break;
     int64_t hit = -1;  // the longest allowed token of this pass starting at p; the first in added_ order on a tie
-    uint32_t node = 0;
-    for (size_t q = p; q < e; ++q) {
-      const auto& next = added_trie_[node].next;
+    uint32_t node = trie.first[s[p]];
+    for (size_t q = p + 1;; ++q) {
+      for (uint32_t idx : trie.nodes[node].ends) {
+        if (skip_disallowed || allowed[idx]) { hit = idx; break; }
+      }
+      if (q == e) break;
+      const auto& next = trie.nodes[node].next;
       auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(s[q], uint32_t(0)));
       if (it == next.end() || it->first != s[q]) break;
       node = it->second;
-      for (uint32_t idx : added_trie_[node].ends) {
-        if (added_[idx].normalized == normalized_pass && (skip_disallowed || allowed[idx])) { hit = idx; break; }
-      }
     }
     if (hit < 0) { ++p; continue; }
     const BpeAddedToken& t = added_[hit];

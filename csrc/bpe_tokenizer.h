@@ -134,7 +134,24 @@ class BpeTokenizer : public TextEncoder {
     std::vector<std::pair<uint8_t, uint32_t>> next;  // (byte, child node), sorted by byte
     std::vector<uint32_t> ends;                       // tokens whose content ends here, in added_ order
   };
-  std::vector<AddedTrieNode> added_trie_;  // node 0 is the root
+  // One trie per pass (index: the tokens' normalized flag), as a pass only looks for its own tokens, and a
+  // pass with no token is no scan at all. The walk starts only where next_start finds that a token may start
+  // by the text's next two bytes (memchr when one byte starts them all, else 16 bytes at a time when few do):
+  // matching costs little over plain text where the tokens are rare ('<' tokens) or two bytes tell them from
+  // text (Pythia's runs of spaces against the single space before each word).
+  struct AddedTrie {
+    std::vector<AddedTrieNode> nodes;  // node 0 is the root
+    uint32_t first[256] = {};          // the root's child for each byte, 0 for none
+    uint64_t pairs[1024] = {};         // bit b0 << 8 | b1: a token starts with b0 b1, or b0 is a token
+    // The tokens' first bytes and their second bytes (any byte when one is a whole token), up to 4 of each,
+    // repeated to fill; vector_scan is false when there are more. one_lead: they all start with lead[0].
+    uint8_t lead[4] = {}, follow[4] = {};
+    bool any_follow = false, vector_scan = false, one_lead = false;
+    void finish();  // fills the tables above from nodes
+    // The first q in [p, e) where a token of this trie may start (no false negative), or e.
+    size_t next_start(const uint8_t* s, size_t p, size_t e) const;
+  };
+  AddedTrie added_trie_[2];
   std::vector<size_t> added_len_;  // bytes a match of each token spans: its content, NFC'd when normalized
   uint64_t uid_;
 };

@@ -595,6 +595,45 @@ def test_ordinary_text_splits_out_the_added_tokens_that_are_not_special_like_hf(
     assert checked > 1100 and differs > 50  # special tokens did occur as text
 
 
+def test_added_token_search_matches_hf_on_long_texts_with_few_or_many_first_bytes(tmp_path):
+    """Each pass of the added-token search (normalized tokens, the others) walks its trie only where the text's next
+    two bytes may start one of its tokens, found 16 bytes at a time when at most 4 bytes start its tokens and at most
+    4 follow their first (a one-byte token: any), else byte by byte. The other tests' texts are mostly under 17 bytes,
+    so this one has texts up to ~200 bytes (matches across the 16-byte steps and at the text's end), files in both
+    regimes, one-byte tokens, with an NFC normalizer or none, and checks encode and encode_ordinary against HF."""
+    import random
+
+    rng = random.Random(31)
+    pieces = [" ", "  ", "\t", "\n", "<", ">", "<a", "ab", "a", "x", " x", "|", "||", "b", "c", "d", "e\u0301",
+              "\u00e9", "\u4e2d"]
+    vocab = json.loads(_with_added(tmp_path, "base.json", []).read_text())["model"]["vocab"]
+    checked, regimes = 0, set()
+    for case in range(40):
+        added = _random_added(rng, pieces, vocab, tokens=12, length=2, strip=0.2, normalized=0.5)
+        for t in added:
+            t["special"] = rng.random() < 0.3
+        for flag in (False, True):
+            leads = {t["content"].encode()[0] for t in added if t["normalized"] is flag}
+            regimes.add(len(leads) > 4)
+        normalizer = {"type": "NFC"} if case % 2 else None
+        path = _with_added(tmp_path, f"w{case}.json", added, normalizer)
+        ours, ref = Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(str(path))
+        for _ in range(25):
+            text = "".join(rng.choice(pieces + ["q", "a b", "xyz"]) for _ in range(rng.randint(0, 90)))
+            try:
+                want = ref.encode(text, add_special_tokens=False).ids
+                ref.encode_special_tokens = True
+                want_ordinary = ref.encode(text, add_special_tokens=False).ids
+            except BaseException:  # pyo3's PanicException ("AddedVocabulary bad split") is not an Exception
+                continue
+            finally:
+                ref.encode_special_tokens = False
+            assert ours.encode(text).tolist() == want, (added, text)
+            assert ours.encode_ordinary(text).tolist() == want_ordinary, (added, text)
+            checked += 1
+    assert checked > 800 and regimes == {False, True}
+
+
 def test_a_file_with_added_tokens_that_are_not_special_gets_another_fingerprint(tmp_path):
     """Chunk stores and data tokenized before encode_ordinary split such tokens out hold other ids: such a file's
     fingerprint is no longer the one its bytes gave, so they do not pass for this tokenizer's output. A file whose
