@@ -440,6 +440,19 @@ def test_a_jsonl_row_nested_too_deep_is_one_line(data, tmp_path, capsys):
     assert "a.jsonl row 1: not valid JSON (maximum recursion depth exceeded" in err, err
 
 
+@pytest.mark.parametrize("ids, shape", [("[[5, 6], [7, 8]]", "(2, 2)"), ("5", "()")])
+def test_jsonl_input_ids_that_are_not_a_flat_list_are_one_line(data, tmp_path, capsys, ids, shape):
+    """A list of lists (or one number) was flattened into a row of token ids without a word."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"input_ids": [5, 6, 7, 8]}\n{"input_ids": ' + ids + "}\n")
+    capsys.readouterr()
+    err = _one_line(capsys, main(["train", str(folder), "--out", str(tmp_path / "run"), "--tokenizer",
+                                  str(corpus_and_tokenizer()[1]), "--seq-len", "4", "--steps", "2", "--quiet",
+                                  "--threads", "1"]))
+    assert f"a.jsonl row 1: input_ids must be a flat list of token ids, got a value of shape {shape}" in err, err
+
+
 def test_a_learning_rate_that_overflows_the_optimizer_is_refused_as_an_option(data, tmp_path, capsys):
     capsys.readouterr()
     err = _one_line(capsys, main(["train", str(data), "--out", str(tmp_path / "run"), "--lr", "1e39", "--steps",

@@ -308,7 +308,9 @@ class Source:
         obj = self._jsonl_object(line, where)
         if "input_ids" not in obj:
             raise NextlongError(f"{where}: no input_ids")
-        ids = _int_array(obj["input_ids"], "input_ids", where).reshape(-1)
+        ids = _int_array(obj["input_ids"], "input_ids", where)
+        if ids.ndim != 1:  # a list of lists, or one number: not a row's token ids (it was flattened without a word)
+            raise NextlongError(f"{where}: input_ids must be a flat list of token ids, got a value of shape {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint32).max):
             raise NextlongError(f"{where}: input_ids outside 0..2**32-1")
         mask = None
