@@ -9,12 +9,14 @@ test tiles, and include an empty and a one-token document.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from nextlong.kernels import flash_attention
 from nextlong.kernels._attn_reference import dense_reference_attention
-from nextlong.kernels.attention import _normalise_window, cu_seqlens_from_lengths
+from nextlong.kernels.attention import _normalise_window, _resolve_backend, cu_seqlens_from_lengths
 
 ATOL = 2e-5
 LENGTHS = [5, 37, 0, 20, 1, 29]
@@ -197,18 +199,46 @@ def test_triton_backend_on_cpu_tensors_says_what_it_needs(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["torch", "torch_chunked"])
 @pytest.mark.parametrize("dim", [80, 96, 24])
-def test_head_dims_the_kernels_lack_run_on_the_torch_backend(backend, dim):
-    """Phi-2 (80) and Phi-3-mini (96) head dims: the PyTorch backend takes any head_dim ('auto' picks it for them
-    on CUDA too); the Triton kernels refuse them in one line."""
+def test_odd_head_dims_run_on_the_torch_backend(backend, dim):
+    """Phi-2 (80) and Phi-3-mini (96) head dims on the PyTorch backend (the Triton kernels: below)."""
     q, k, v, do, cu = _inputs([7, 20], 4, 2, dim, seed=dim)
     _check(q, k, v, do, cu, True, None, backend)
 
 
+# Head dims that are not a power of two run in the Triton kernels, padded inside them to the next one
+# (48 -> 64, 80 and 96 -> 128, 8 -> 16): packed documents, GQA, causal or not, with a window.
+# About 2 s each in the interpreter; 72 and 8 add coverage only, so they run in the slow set.
+ODD_DIMS = [(40, 2, True, (9, -1)), (80, 4, False, (3, 9)), (96, 2, True, None),
+            pytest.param(72, 1, False, None, marks=pytest.mark.slow),
+            pytest.param(8, 2, True, (5, -1), marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("dim,group,causal,window", ODD_DIMS)
+def test_triton_takes_head_dims_that_are_not_a_power_of_two(dim, group, causal, window):
+    q, k, v, do, cu = _inputs(LENGTHS, 4, 4 // group, dim, seed=dim)
+    _check(q, k, v, do, cu, causal, window, "triton")
+
+
+def test_triton_default_tiles_at_head_dim_96():
+    # The production tiles for a padded head dim (96 uses head dim 128's: 128x128 forward, 64x128 dK/dV).
+    q, k, v, do, cu = _inputs([130, 9], 2, 1, 96, seed=3)
+    _check(q, k, v, do, cu, True, None, "triton", blocks=None)
+
+
+@pytest.mark.parametrize("dim,want", [(80, "triton"), (96, "triton"), (5, "triton"), (256, "triton"),
+                                      (257, "torch")])
+def test_auto_picks_triton_for_every_head_dim_it_takes(dim, want):
+    """On CUDA fp16/bf16 'auto' runs the kernels at any head_dim up to 256 (before: only powers of two, so
+    Phi-2 and Phi-3 silently got the slow path). Only the rule is checked here: no GPU on CI."""
+    cuda_like = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 4, dim))
+    assert _resolve_backend("auto", cuda_like) == want
+
+
 def test_triton_refuses_what_it_cannot_compute(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    q = torch.randn(10, 2, 48)
+    q = torch.randn(10, 2, 264)
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
-    with pytest.raises(ValueError, match="Triton kernels take head_dim 16, 32, 64, 128, 256, got 48"):
+    with pytest.raises(ValueError, match="Triton kernels take head_dim up to 256, got 264"):
         flash_attention(q, q, q, cu_seqlens=cu, backend="triton")
     # the interpreter's 16-bit dots are garbage (numpy has no bf16 matmul): refused, not returned
     h = torch.randn(10, 2, 16, dtype=torch.bfloat16)

@@ -129,12 +129,13 @@ def test_same_as_flash_attention_on_self_attention():
     assert torch.equal(out, flash_attention(q, k, v, causal=True, cu_seqlens=cu))
 
 
-def test_the_log_sum_exp_is_the_same_from_both_backends():
+@pytest.mark.parametrize("dim", [16, 80])
+def test_the_log_sum_exp_is_the_same_from_both_backends(dim):
     """The Triton kernels keep lse in base 2, (heads, tokens); attention_with_lse gives natural log, (tokens,
-    heads), from either backend (Triton here in the interpreter, fp32)."""
+    heads), from either backend (Triton here in the interpreter, fp32), also at a padded head dim (80)."""
     from nextlong.kernels.attention import attention_with_lse
 
-    q, k, v, cu, _ = data([7, 20], [7, 20], dim=16)
+    q, k, v, cu, _ = data([7, 20], [7, 20], dim=dim)
     ref_out, ref_lse = attention_with_lse(q, k, v, causal=True, cu_seqlens=cu, window=(5, 0), backend="torch")
     out, lse = attention_with_lse(q, k, v, causal=True, cu_seqlens=cu, window=(5, 0), backend="triton")
     assert lse.shape == ref_lse.shape == (27, 4) and not lse.requires_grad
@@ -164,8 +165,8 @@ def test_forward_and_backward_halves_follow_flash_attn_semantics(lq, lk, causal,
         torch.testing.assert_close(got.double(), exp, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_backward_from_a_merged_log_sum_exp_is_the_whole_gradient(backend):
+@pytest.mark.parametrize("backend,dim", [("torch", 16), ("triton", 16), ("triton", 72)])
+def test_backward_from_a_merged_log_sum_exp_is_the_whole_gradient(backend, dim):
     """Ring attention in one process: keys in two blocks, each block's forward on its own, the partial results
     merged by their lse, then each block's backward given the *merged* out and lse. The summed dq and the
     blocks' dk, dv equal the gradients of attention over all keys (the lse really is read: a stale one fails)."""
@@ -173,7 +174,7 @@ def test_backward_from_a_merged_log_sum_exp_is_the_whole_gradient(backend):
 
     from nextlong.kernels import flash_attn_varlen_backward, flash_attn_varlen_forward
 
-    q, k, v, cu, _ = data([24], [24], dim=16, seed=3)
+    q, k, v, cu, _ = data([24], [24], dim=dim, seed=3)
     q, k, v = (x.detach() for x in (q, k, v))
     cu_q, cu_first, cu_second = (torch.tensor([0, n], dtype=torch.int32) for n in (12, 12, 12))
     qs = q[12:]  # the second half's queries see the first half's keys (not causal) and their own (causal)

@@ -11,6 +11,10 @@ Scores are kept in base 2 (`qk_scale = softmax_scale * log2(e)`, `exp2`), the sa
 `lse2` too, laid out (heads, tokens) in fp32. The backward recomputes probabilities from `lse2` and
 never stores a (S, S) block: dK/dV accumulate per key block over the query heads of its GQA group
 (no atomics, deterministic), dQ per query block.
+
+Any head_dim up to 256 works: tiles span `BLOCK_D`, the next power of two (at least 16, what `tl.dot`
+needs), and loads zero the columns past the real `HEAD_DIM` (stores skip them). Zero columns add
+nothing to q.k or p.v, so no tensor is padded or copied in Python (Phi-2's 80, Phi-3's 96, ...).
 """
 
 from __future__ import annotations
@@ -29,6 +33,29 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _tile_mask(row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mask of a (rows, BLOCK_D) tile: rows inside the document, columns inside the real head_dim."""
+    if HEAD_DIM == BLOCK_D:
+        mask = row_ok[:, None]
+    else:
+        mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    return mask
+
+
+@triton.jit
+def _load_tile(ptrs, row_ok, offs_d, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A (rows, BLOCK_D) tile, zeros past the document (if ROWS) and in the head_dim padding; a full tile
+    of a power-of-two head_dim loads unmasked (the fast path)."""
+    if ROWS:
+        tile = tl.load(ptrs, mask=_tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
+    elif HEAD_DIM == BLOCK_D:
+        tile = tl.load(ptrs)
+    else:
+        tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return tile
 
 
 @triton.jit
@@ -98,7 +125,7 @@ def _allowed(offs_m, offs_n, L, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT:
 
 @triton.jit
 def _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, BIG: tl.constexpr):
+                  MASKED: tl.constexpr, BIG: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Key positions n0..n0+BLOCK_N of a document and their K and V rows (zeros past its length L)."""
     rows = tl.arange(0, BLOCK_N)
     offs_n = n0 + rows
@@ -108,21 +135,19 @@ def _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N: 
     else:  # 32-bit offsets from the document start (fewer registers)
         k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-    if MASKED:
-        k = tl.load(k_ptrs, mask=offs_n[:, None] < L, other=0.0)
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < L, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+    k = _load_tile(k_ptrs, offs_n < L, offs_d, MASKED, HEAD_DIM, BLOCK_D)
+    v = _load_tile(v_ptrs, offs_n < L, offs_d, MASKED, HEAD_DIM, BLOCK_D)
     return offs_n, k, v
 
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, start_n, end_n,
                qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
-               BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+               BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG)
+        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG,
+                                      HEAD_DIM, BLOCK_D)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         if MASKED:
             s = tl.where(_allowed(offs_m, offs_n, L, CAUSAL, LEFT, RIGHT), s, float("-inf"))
@@ -144,8 +169,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
 def _fwd_kernel(Q, K, V, O, LSE, CU, BLK_DOC, BLK_IDX, total_tokens,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 qk_scale, GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                BIG: tl.constexpr):
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -155,38 +180,39 @@ def _fwd_kernel(Q, K, V, O, LSE, CU, BLK_DOC, BLK_IDX, total_tokens,
         L = (tl.load(CU + doc + 1) - start).to(tl.int32)
         kv_head = head // GROUP
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_d = tl.arange(0, BLOCK_D)
         row_ok = offs_m < L
+        tile_ok = _tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D)
         q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
+                    mask=tile_ok, other=0.0)
         k_base = K + start * stride_kt + kv_head * stride_kh
         v_base = V + start * stride_vt + kv_head * stride_vh
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         lo, a, b, hi = _key_blocks(m0, L, CAUSAL, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
+                                   lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG)
+                                   a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L,
-                                   b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
+                                   b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         acc = acc / l_safe[:, None]
         lse2 = m_i + tl.math.log2(l_safe)
         tl.store(O + (start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-                 acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+                 acc.to(O.dtype.element_ty), mask=tile_ok)
         tl.store(LSE + head.to(tl.int64) * total_tokens + start + offs_m, lse2, mask=row_ok)
 
 
 @triton.jit
 def _delta_kernel(O, DO, DELTA, total_tokens, stride_ot, stride_oh, stride_dt, stride_dh,
-                  HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr):
     """delta[h, t] = sum_d O * dO: the softmax-backward row term, (heads, tokens) fp32."""
     head = tl.program_id(1)
     offs_t = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs_t[:, None] < total_tokens
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = _tile_mask(offs_t < total_tokens, offs_d, HEAD_DIM, BLOCK_D)
     o = tl.load(O + offs_t[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=ok, other=0.0)
     do = tl.load(DO + offs_t[:, None] * stride_dt + head * stride_dh + offs_d[None, :], mask=ok, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
@@ -196,7 +222,8 @@ def _delta_kernel(O, DO, DELTA, total_tokens, stride_ot, stride_oh, stride_dt, s
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n, offs_d, L,
                 start_m, end_m, qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     for m0 in range(start_m, end_m, BLOCK_M):
         rows = tl.arange(0, BLOCK_M)
         offs_m = m0 + rows
@@ -206,15 +233,13 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
         else:
             q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :]
             do_ptrs = do_base + offs_m[:, None] * stride_dot + offs_d[None, :]
+        row_ok = offs_m < L
+        q = _load_tile(q_ptrs, row_ok, offs_d, MASKED, HEAD_DIM, BLOCK_D)
+        do = _load_tile(do_ptrs, row_ok, offs_d, MASKED, HEAD_DIM, BLOCK_D)
         if MASKED:
-            row_ok = offs_m < L
-            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
             lse2 = tl.load(lse_base + m0 + rows, mask=row_ok, other=0.0)
             delta = tl.load(delta_base + m0 + rows, mask=row_ok, other=0.0)
         else:
-            q = tl.load(q_ptrs)
-            do = tl.load(do_ptrs)
             lse2 = tl.load(lse_base + m0 + rows)
             delta = tl.load(delta_base + m0 + rows)
         # Transposed scores (keys x queries) so dK, dV accumulate without transposing the results.
@@ -234,8 +259,8 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                  stride_dkt, stride_dkh, stride_dvt, stride_dvh, qk_scale, sm_scale,
                  GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                 BIG: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -244,14 +269,15 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
         start = tl.load(CU + doc).to(tl.int64)
         L = (tl.load(CU + doc + 1) - start).to(tl.int32)
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_d = tl.arange(0, BLOCK_D)
         key_ok = offs_n < L
+        tile_ok = _tile_mask(key_ok, offs_d, HEAD_DIM, BLOCK_D)
         k = tl.load(K + (start + offs_n)[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-                    mask=key_ok[:, None], other=0.0)
+                    mask=tile_ok, other=0.0)
         v = tl.load(V + (start + offs_n)[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-                    mask=key_ok[:, None], other=0.0)
-        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+                    mask=tile_ok, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         lo, a, b, hi = _query_blocks(n0, L, CAUSAL, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         for g in range(GROUP):
             head = kv_head * GROUP + g
@@ -260,23 +286,28 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, BLK_DOC, BLK_IDX, total_to
             lse_base = LSE + head.to(tl.int64) * total_tokens + start
             delta_base = DELTA + head.to(tl.int64) * total_tokens + start
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, lo, a, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE, BIG)
+                                 offs_n, offs_d, L, lo, a, qk_scale, CAUSAL, LEFT, RIGHT,
+                                 True, BLOCK_M, IEEE, BIG, HEAD_DIM, BLOCK_D)
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, a, b, qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_M, IEEE, BIG)
+                                 offs_n, offs_d, L, a, b, qk_scale, CAUSAL, LEFT, RIGHT,
+                                 False, BLOCK_M, IEEE, BIG, HEAD_DIM, BLOCK_D)
             dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                 offs_n, offs_d, L, b, hi, qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_M, IEEE, BIG)
+                                 offs_n, offs_d, L, b, hi, qk_scale, CAUSAL, LEFT, RIGHT,
+                                 True, BLOCK_M, IEEE, BIG, HEAD_DIM, BLOCK_D)
         tl.store(DK + (start + offs_n)[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
-                 (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
+                 (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
         tl.store(DV + (start + offs_n)[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
-                 dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+                 dv.to(DV.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
 def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, start_n, end_n,
               qk_scale, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr, MASKED: tl.constexpr,
-              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr):
+              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, BIG: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_D: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
-        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG)
+        offs_n, k, v = _load_kv_tile(k_base, v_base, stride_kt, stride_vt, n0, offs_d, L, BLOCK_N, MASKED, BIG,
+                                      HEAD_DIM, BLOCK_D)
         s = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
@@ -292,8 +323,8 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                stride_dqt, stride_dqh, qk_scale, sm_scale,
                GROUP: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-               BIG: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               IEEE: tl.constexpr, BIG: tl.constexpr):
     pid = tl.program_id(0)
     head = tl.program_id(1)
     doc = tl.load(BLK_DOC + pid)
@@ -303,31 +334,34 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
         L = (tl.load(CU + doc + 1) - start).to(tl.int32)
         kv_head = head // GROUP
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
+        offs_d = tl.arange(0, BLOCK_D)
         row_ok = offs_m < L
+        tile_ok = _tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D)
         q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
+                    mask=tile_ok, other=0.0)
         do = tl.load(DO + (start + offs_m)[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
-                     mask=row_ok[:, None], other=0.0)
+                     mask=tile_ok, other=0.0)
         lse2 = tl.load(LSE + head.to(tl.int64) * total_tokens + start + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + head.to(tl.int64) * total_tokens + start + offs_m, mask=row_ok, other=0.0)
         k_base = K + start * stride_kt + kv_head * stride_kh
         v_base = V + start * stride_vt + kv_head * stride_vh
-        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         lo, a, b, hi = _key_blocks(m0, L, CAUSAL, LEFT, RIGHT, BLOCK_M, BLOCK_N)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, lo, a,
-                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
+                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, a, b,
-                       qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG)
+                       qk_scale, CAUSAL, LEFT, RIGHT, False, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, L, b, hi,
-                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG)
+                       qk_scale, CAUSAL, LEFT, RIGHT, True, BLOCK_N, IEEE, BIG, HEAD_DIM, BLOCK_D)
         tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
 
 
 # ----------------------------------------------------------------------------------------------- host side
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim. First chosen without a GPU by
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and padded head dim (`block_d`): 80 and 96 take head
+# dim 128's tiles, untuned (ptxas, sm_90a, at 96: forward spills 16 bytes against 36 at 128, dK/dV 568
+# against 412, dQ none). First chosen without a GPU by
 # compiling for sm_90 and reading ptxas' register/spill report (tests/test_attention_compile.py does
 # the compile part). Head dim 128 was then tuned on an H200 (benchmarks/tune_attention_tiles.py,
 # S=32K, 16 heads, bf16, docs/benchmarks.md): forward 128x128 is 1.05-1.10x the 128x64 tiles, dK/dV
@@ -335,6 +369,11 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, BLK_DOC, BLK_IDX, total_tokens,
 _FWD = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 8, 2)}
 _DKDV = {16: (32, 128, 8, 2), 32: (32, 128, 8, 2), 64: (32, 128, 8, 2), 128: (64, 128, 8, 2), 256: (32, 32, 4, 1)}
 _DQ = {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 32, 4, 1)}
+
+
+def block_d(head_dim: int) -> int:
+    """The tiles' head-dim width: the next power of two, at least 16 (tl.dot's smallest K)."""
+    return max(16, triton.next_power_of_2(head_dim))
 
 
 def block_table(cu_seqlens: torch.Tensor, total_tokens: int, block: int):
@@ -370,7 +409,8 @@ def triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, bl
     group = heads // k.shape[1]
     out = torch.empty_like(q)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
-    bm, bn, warps, stages = _FWD[dim]
+    bd = block_d(dim)
+    bm, bn, warps, stages = _FWD[bd]
     if blocks is not None:
         bm, bn = blocks
     doc, idx, grid = block_table(cu_seqlens, total, bm)
@@ -379,7 +419,7 @@ def triton_attention_forward(q, k, v, cu_seqlens, causal, left, right, scale, bl
         q, k, v, out, lse, cu_seqlens, doc, idx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         scale * LOG2E, GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim,
-        BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, BIG=_needs_64bit(q, k, v, out), **extra)
+        BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, BIG=_needs_64bit(q, k, v, out), **extra)
     return out, lse
 
 
@@ -393,15 +433,16 @@ def triton_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, r
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
-    m1, n1, warps1, stages1 = _DKDV[dim]
-    m2, n2, warps2, stages2 = _DQ[dim]
+    bd = block_d(dim)
+    m1, n1, warps1, stages1 = _DKDV[bd]
+    m2, n2, warps2, stages2 = _DQ[bd]
     if blocks is not None:
         m1, n1 = m2, n2 = blocks
     interp = _interpreting()
     delta_block = 64
     _delta_kernel[(triton.cdiv(total, delta_block), heads)](
         out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
-        HEAD_DIM=dim, BLOCK=delta_block)
+        HEAD_DIM=dim, BLOCK_D=bd, BLOCK=delta_block)
     ieee = q.dtype == torch.float32
     big = _needs_64bit(q, k, v, do, out)
     kdoc, kidx, kgrid = block_table(cu_seqlens, total, n1)
@@ -409,16 +450,16 @@ def triton_attention_backward(do, q, k, v, out, lse, cu_seqlens, causal, left, r
         q, k, v, do, lse, delta, dk, dv, cu_seqlens, kdoc, kidx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), scale * LOG2E, scale,
-        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m1, BLOCK_N=n1, IEEE=ieee, BIG=big,
-        **({} if interp else {"num_warps": warps1, "num_stages": stages1}))
+        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_D=bd, BLOCK_M=m1, BLOCK_N=n1,
+        IEEE=ieee, BIG=big,         **({} if interp else {"num_warps": warps1, "num_stages": stages1}))
     qdoc, qidx, qgrid = block_table(cu_seqlens, total, m2)
     _dq_kernel[(qgrid, heads)](
         q, k, v, do, lse, delta, dq, cu_seqlens, qdoc, qidx, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), scale * LOG2E, scale,
-        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_M=m2, BLOCK_N=n2, IEEE=ieee, BIG=big,
-        **({} if interp else {"num_warps": warps2, "num_stages": stages2}))
+        GROUP=group, CAUSAL=causal, LEFT=left, RIGHT=right, HEAD_DIM=dim, BLOCK_D=bd, BLOCK_M=m2, BLOCK_N=n2,
+        IEEE=ieee, BIG=big,         **({} if interp else {"num_warps": warps2, "num_stages": stages2}))
     return dq, dk, dv
 
 
-__all__ = ["triton_attention_forward", "triton_attention_backward", "block_table"]
+__all__ = ["triton_attention_forward", "triton_attention_backward", "block_table", "block_d"]

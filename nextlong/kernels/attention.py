@@ -14,12 +14,13 @@ Mask, per document, query position i, key position j (0-based inside the documen
 which with `causal=True` is "the current token and the `w` before it". transformers' `sliding_window=s`
 is `window=s - 1`.
 
-Backends: "triton" (CUDA fp16/bf16 at head_dim 16, 32, 64, 128 or 256; or fp32 on any device in the
-interpreter with TRITON_INTERPRET=1, which computes 16-bit dots wrongly and refuses them), "torch" (a
-chunked PyTorch implementation of the same algorithm, any head_dim), "auto" = triton for CUDA fp16/bf16
-tensors at those head dims, torch otherwise (CPU, fp32, head_dim 80 or 96). Differentiable once (no
-double backward). Unlike flash-attn's `flash_attn_func`, `causal` defaults to True here (training a
-decoder); `nextlong.kernels.flash_attn_func` keeps flash-attn's default (False).
+Backends: "triton" (CUDA fp16/bf16 at any head_dim up to 256, as flash-attn: 80 or 96 run in tiles
+padded to 128 inside the kernel, no copy; or fp32 on any device in the interpreter with TRITON_INTERPRET=1,
+which computes 16-bit dots wrongly and refuses them), "torch" (a chunked PyTorch implementation of the same
+algorithm, any head_dim), "auto" = triton for CUDA fp16/bf16 tensors with head_dim <= 256, torch otherwise
+(CPU, fp32, head_dim above 256). Differentiable once (no double backward). Unlike flash-attn's
+`flash_attn_func`, `causal` defaults to True here (training a decoder); `nextlong.kernels.flash_attn_func`
+keeps flash-attn's default (False).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from . import _attn_reference as _ref
 from ._autocast import autocast_inputs
 from ._autograd import first_order_only
 
-_HEAD_DIMS = (16, 32, 64, 128, 256)
+_MAX_TRITON_HEAD_DIM = 256  # flash-attn's limit too; the kernels' tile tables stop there
 
 
 def _normalise_window(window, causal: bool) -> tuple[int, int]:
@@ -103,11 +104,11 @@ def check_heads(q, k, v) -> None:
 
 
 def _resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """"auto" made concrete (Triton for CUDA fp16/bf16 at the kernels' head dims, torch otherwise), and what
-    cannot run refused."""
+    """"auto" made concrete (Triton for CUDA fp16/bf16 at head_dim <= 256, torch otherwise), and what cannot
+    run refused."""
     dim = q.shape[-1]
     if backend == "auto":
-        return "triton" if q.is_cuda and q.dtype != torch.float32 and dim in _HEAD_DIMS else "torch"
+        return "triton" if q.is_cuda and q.dtype != torch.float32 and dim <= _MAX_TRITON_HEAD_DIM else "torch"
     if backend not in ("triton", "torch"):
         raise ValueError(f"flash_attention: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "triton":
@@ -120,8 +121,8 @@ def _resolve_backend(backend: str, q: torch.Tensor) -> str:
         if not q.is_cuda and q.dtype != torch.float32:
             raise ValueError(f"flash_attention: the Triton interpreter computes {q.dtype} dot products wrongly "
                              "(numpy has no 16-bit matmul); run it in fp32, or use backend='torch'")
-        if dim not in _HEAD_DIMS:
-            raise ValueError(f"flash_attention: the Triton kernels take head_dim {', '.join(map(str, _HEAD_DIMS))}, "
+        if dim > _MAX_TRITON_HEAD_DIM:
+            raise ValueError(f"flash_attention: the Triton kernels take head_dim up to {_MAX_TRITON_HEAD_DIM}, "
                              f"got {dim}; backend='torch' (or 'auto') takes any")
     return backend
 
