@@ -61,7 +61,8 @@ def _check_norm_eps(config, path: Path) -> None:
     """A normalisation epsilon (rms_norm_eps, layer_norm_eps, ...) below 0 is another model that computes NaN
     (the norm takes the square root of variance + eps): training reported it as a diverged first step and said
     to lower --lr, evaluation wrote null scores."""
-    for part in (config, text_config(config)):
+    text = text_config(config)
+    for part in (config,) if text is config else (config, text):  # most configs are their own text config
         for name, value in vars(part).items():
             if name.endswith("_eps") and type(value) in (int, float) and not value >= 0:
                 where = "" if part is config else "text_config."
@@ -145,9 +146,11 @@ def _read_json(path: Path, *, expect=None, finite: bool = False):
     return read_json(path, ModelFolderError, expect=expect, finite=finite)
 
 
-def check_weight_files(folder: Path) -> None:
+def check_weight_files(folder: Path, config=None) -> None:
     """Refuse missing or non-regular weight files, unreadable safetensors headers (naming the file:
-    transformers does not), and pickled weights on a torch whose weights_only loader is unsafe."""
+    transformers does not), and pickled weights on a torch whose weights_only loader is unsafe. With `config`,
+    also safetensors tensors whose shapes do not fit it, read from the same headers: before any work, where
+    only the load would say it (acer loads its LM after chunking, embedding and the index)."""
     kind, files = _weight_files(folder)
     if kind is None:
         raise ModelFolderError(f"{folder}: no weights (model.safetensors, pytorch_model.bin or their "
@@ -158,12 +161,19 @@ def check_weight_files(folder: Path) -> None:
     if kind == "safetensors":
         from safetensors import safe_open
 
+        expected = {} if config is None else _expected_shapes(config)
         for f in files:
             try:
-                with safe_open(str(f), framework="pt"):
-                    pass  # the header, with every tensor's offsets, is checked against the file's size
+                with safe_open(str(f), framework="pt") as handle:  # the header, with every tensor's offsets, is
+                    stored = {name: tuple(handle.get_slice(name).get_shape())  # checked against the file's size
+                              for name in handle.keys() if name in expected}
             except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
                 raise ModelFolderError(f"{f}: not a valid safetensors file ({' '.join(str(exc).split())})") from None
+            wrong = [(name, shape) for name, shape in stored.items() if shape != expected[name]]
+            if wrong:
+                name, shape = wrong[0]
+                raise ModelFolderError(f"{f}: {len(wrong)} weight(s) do not fit config.json, e.g. {name} is {shape} "
+                                       f"in the weights file but {expected[name]} for the config")
     else:
         import torch
 
@@ -173,35 +183,23 @@ def check_weight_files(folder: Path) -> None:
                                    "convert the folder to safetensors where you trust it")
 
 
-def check_weight_shapes(folder: Path, config) -> None:
-    """Refuse safetensors weights whose shapes do not fit config.json before any work, where only the load
-    (after acer's chunking, embedding and index) would say it. The model of config.json is built on the meta
-    device (no memory, no weight read) and compared with the files' headers, tensor by tensor. Only names both
-    have are compared (some checkpoints' keys are renamed at load, which reports the rest), and nothing is
-    checked where the meta build itself fails, for quantized weights or for a folder's own model code."""
-    kind, files = _weight_files(folder)
-    if (kind != "safetensors" or getattr(config, "quantization_config", None) is not None
+def _expected_shapes(config) -> dict:
+    """{tensor name: shape} of config.json's causal LM, built on the meta device (no memory, no weight read).
+    Empty, so nothing is compared, for quantized weights, for a folder's own model code, and where the build
+    fails (the load names what is wrong). Checkpoint names the model does not have are left to the load too:
+    some are renamed at load, which reports the rest."""
+    if (getattr(config, "quantization_config", None) is not None
             or "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})):
-        return
+        return {}
     import torch
-    from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     try:
         with _quiet_transformers(), torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    except Exception:  # the load names what is wrong (_load_errors)
-        return
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:  # headers only: check_weight_files read them already
-            wrong = [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()
-                     if name in expected]
-        wrong = [(name, stored) for name, stored in wrong if stored != expected[name]]
-        if wrong:
-            name, stored = wrong[0]
-            raise ModelFolderError(f"{f}: {len(wrong)} weight(s) do not fit config.json, e.g. {name} is {stored} "
-                                   f"in the weights file but {expected[name]} for the config")
+        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    except Exception:
+        return {}
 
 
 def _remote_code_files(folder: Path) -> str:

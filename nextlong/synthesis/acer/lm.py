@@ -56,8 +56,7 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     """Refuse a folder that is not a causal LM (or has no tokenizer, or unreadable weights) in one line."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ...model_folder import (check_weight_files, check_weight_shapes, end_of_text_ids, max_positions_of,
-                                 read_config, resolve_model_folder)
+    from ...model_folder import check_weight_files, end_of_text_ids, max_positions_of, read_config, resolve_model_folder
 
     folder, spec = resolve_model_folder(path)
     config = read_config(folder, trust_remote_code=trust_remote_code)
@@ -72,8 +71,7 @@ def inspect_model(path, *, trust_remote_code: bool = False) -> ModelInfo:
     if architectures and not custom and not any(a in causal_classes or a.endswith(("ForCausalLM", "LMHeadModel"))
                                                 for a in architectures):
         raise ModelFolderError(f"{folder}: not a causal LM: config.json's architectures are {', '.join(architectures)}")
-    check_weight_files(folder)
-    check_weight_shapes(folder, config)
+    check_weight_files(folder, config)  # and their shapes: only the LM's load, after the index, would say it
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     config_eos, generation_eos = end_of_text_ids(folder, config, vocab)
     eos_ids = tuple(dict.fromkeys(config_eos + generation_eos))  # the union: generate() stops at either
