@@ -416,12 +416,20 @@ def _open_data_file(f: Path):
         yield fh
 
 
+def _list_of(dtype, *kinds) -> bool:
+    """Whether the Parquet type `dtype` is a list (any list type) whose values pass one of the pyarrow type
+    tests `kinds` (pa.types.is_integer, ...)."""
+    import pyarrow as pa
+
+    return ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
+            and any(kind(dtype.value_type) for kind in kinds))
+
+
 def _check_ids_type(f: Path, dtype) -> None:
     """The Parquet type of `input_ids`: lists of integers (floats would be cut to integers silently)."""
     import pyarrow as pa
 
-    if not ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
-            and pa.types.is_integer(dtype.value_type)):
+    if not _list_of(dtype, pa.types.is_integer):
         raise NextlongError(f"{f}: input_ids must be lists of integer token ids (list<uint32>), got {dtype}")
 
 
@@ -429,8 +437,7 @@ def _check_mask_type(f: Path, dtype) -> None:
     """The Parquet type of `loss_mask`: lists of integers or booleans (a struct's cells have no `values` array)."""
     import pyarrow as pa
 
-    if not ((pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
-            and (pa.types.is_integer(dtype.value_type) or pa.types.is_boolean(dtype.value_type))):
+    if not _list_of(dtype, pa.types.is_integer, pa.types.is_boolean):
         raise NextlongError(f"{f}: loss_mask must be lists of 0/1 per token (list<uint8>), got {dtype}")
 
 
