@@ -138,7 +138,7 @@ def test_trust_checkpoint_converts_an_old_checkpoint_and_resume_is_exact(data, t
 def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_writes_json(data, tmp_path, capsys):
     run = tmp_path / "run"
     opts = dict(steps=6, lr=1e9, warmup=0, save_every=1, keep_checkpoints=1, **FAST)
-    with pytest.raises(NextlongError, match=r"step 2: the loss is nan.*diverged.*step-00000001 is the last good"):
+    with pytest.raises(NextlongError, match=r"step 2: the loss is nan.*diverged.*step 1 is saved \(.*step-00000001\)"):
         train(data, run, **opts)
     rows = _rows(run)
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["loss"] is None and rows[1]["skipped"]
@@ -157,6 +157,52 @@ def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_writes_json(da
             "--quiet", "--threads", "1"]
     assert main(argv) == 1
     assert "training diverged" in _one_error_line(capsys)
+
+
+def test_a_diverged_run_saves_its_last_good_step_and_resumes_with_skip_step_exactly(data, tmp_path, capsys):
+    """With --save-every 0 (the default) a run stopped at its first non-finite step lost every step before it.
+    It now saves the step before, with the data position, schedule and history from before the diverged step,
+    and the advice it prints, --resume --nan-policy skip-step, goes on exactly as a run with skip-step from the
+    start. At --lr 15 the tiny model's gradient norm overflows at step 4 and the later steps train again."""
+    timing = ("tokens_per_s", "step_s", "peak_memory_mb")
+
+    def rows(run):
+        return [{key: v for key, v in r.items() if key not in timing} for r in _rows(run)]
+
+    settings = ["--steps", "8", "--lr", "15", "--warmup", "0", "--model", "tiny", "--quiet", "--threads", "1"]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), *settings]) == 1
+    err = _one_error_line(capsys)
+    k = json.loads((run / "manifest.json").read_text())["statistics"]["diverged_at_step"]
+    assert main(["train", str(data), "--out", str(whole), "--nan-policy", "skip-step", "--save-every", str(k - 1),
+                 "--keep-checkpoints", "8", *settings]) == 0
+    assert [r["step"] for r in _rows(whole) if r.get("skipped")][:1] == [k]
+    assert k >= 3 and not _rows(whole)[-1].get("skipped")  # steps before it to keep, and after it to train
+
+    assert f"step {k}: " in err and "training diverged" in err and f"step {k - 1} is saved" in err
+    assert "--resume --nan-policy skip-step" in err and f"--model {run} and a lower --lr" in err
+    (saved,) = ckpt.list_checkpoints(run)
+    assert saved.name == f"step-{k - 1:08d}"
+    # what the uninterrupted run saved after step k - 1: the same schedule, optimizer, data position and history
+    ours, theirs = (json.loads((c / "trainer.json").read_text()) for c in (saved, whole / "checkpoints" / saved.name))
+    for state in (ours, theirs):
+        state["history"] = [{key: v for key, v in r.items() if key not in timing} for r in state["history"]]
+    assert ours == theirs
+    for name in ("optimizer.safetensors", "rank-0.safetensors"):
+        a, b = (dict(_tensors(load_state(c / name))) for c in (saved, whole / "checkpoints" / saved.name))
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), name
+        # and what is not a tensor: the optimizer's scheduled lr, the stream's counters and generator
+        assert str(load_state(saved / name)) == str(load_state(whole / "checkpoints" / saved.name / name)), name
+    assert json.loads((run / "model" / "nextlong.json").read_text())["step"] == k - 1
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert (stats["status"], stats["steps"], stats["diverged_at_step"]) == ("diverged", k - 1, k)
+
+    assert main(["train", str(data), "--out", str(run), "--resume", "--nan-policy", "skip-step", "--quiet",
+                 "--threads", "1"]) == 0
+    assert rows(run) == rows(whole)
+    last = [load_state(ckpt.list_checkpoints(r)[-1] / "model.safetensors") for r in (run, whole)]
+    assert last[0].keys() == last[1].keys() and all(torch.equal(last[0][n], last[1][n]) for n in last[0])
 
 
 def test_skip_step_goes_on_without_applying_the_bad_updates(data, tmp_path):
@@ -200,6 +246,11 @@ def test_weights_that_are_not_finite_are_never_saved(data, tmp_path, monkeypatch
     with pytest.raises(NextlongError, match="weights are no longer finite"):
         train(data, run, steps=1, **FAST)
     assert ckpt.list_checkpoints(run) == [] and not (run / "model").exists()
+    # step 2 then diverges: the state before it, step 1, is not saved either
+    with pytest.raises(NextlongError, match=r"step 2: .*diverged.*the weights after step 1 are not finite, so they "
+                                            r"are not saved; no checkpoint was saved before it; lower --lr"):
+        train(data, tmp_path / "run2", steps=3, **FAST)
+    assert ckpt.list_checkpoints(tmp_path / "run2") == [] and not (tmp_path / "run2" / "model").exists()
 
 
 # --- runs that fail early, exports that are killed --------------------------------------------------
@@ -416,10 +467,11 @@ def test_two_processes_both_stop_at_a_non_finite_loss(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "nextlong",
            "train", str(data), "--out", str(tmp_path / "run"), "--steps", "6", "--lr", "1e9", "--warmup", "0",
-           "--save-every", "1", "--quiet", "--threads", "1"]
+           "--quiet", "--threads", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.count("nextlong train: error: step 2: the loss is nan") == 2, proc.stderr[-3000:]
+    # step 1, saved by both processes together when step 2 diverged (--save-every 0)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000001"]
     assert [r["step"] for r in _rows(tmp_path / "run")] == [1, 2]
 

@@ -186,6 +186,11 @@ def _is_step_name(name: str) -> bool:
     return name.startswith("step-") and name[5:].isascii() and name[5:].isdigit()
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a checkpoint folder that list_checkpoints gave."""
+    return int(Path(checkpoint).name[5:])
+
+
 def list_checkpoints(run) -> list[Path]:
     """Complete checkpoints, oldest first (`.tmp-*` folders of interrupted saves never count; neither
     does anything that is not a real folder, such as a symbolic link: `check_run_folder` refuses them)."""
@@ -193,7 +198,7 @@ def list_checkpoints(run) -> list[Path]:
     if root.is_symlink() or not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _is_step_name(p.name) and p.is_dir() and not p.is_symlink()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    return sorted(found, key=checkpoint_step)
 
 
 def _kind(mode: int) -> str:

@@ -35,7 +35,8 @@ from ..untrusted import whole
 from . import checkpoint as ckpt
 from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
-from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
+from .distributed import (all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, rng_state, seed_all,
+                          set_rng_state)
 from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
@@ -613,8 +614,10 @@ class Trainer:
                     if steps_here and not all_ranks_ok(not stop.requested):  # every rank stops at one step
                         break
                     t0 = time.perf_counter()
+                    before = None  # the state after `step`, while it is unsaved: what a failed next step saves
                     if batches is None:
-                        batches = self._read_next_step(step, last_saved)
+                        before = self._state_before_step() if step != last_saved else None
+                        batches = self._read_next_step(step, before)
                     lr = self.scheduler.get_last_lr()[0]
                     loss, grad_norm, applied, loss_tokens = self.step_explained(batches, step + 1)
                     batches = None
@@ -640,7 +643,7 @@ class Trainer:
                         metrics.write(json.dumps(row, allow_nan=False) + "\n")
                         metrics.flush()
                     if applied is False and cfg.nan_policy == "stop":
-                        self.stop_diverged(step, loss, grad_norm)
+                        self.stop_diverged(step, loss, grad_norm, before)
                     # the postfix first: update() draws the bar, and a postfix set after it showed the step before
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
                                     mem=f"{row['peak_memory_mb']:.0f}MB", refresh=False)
@@ -690,32 +693,62 @@ class Trainer:
             print(f"nextlong train: loss.png not drawn ({' '.join(str(exc).split())}); the run itself is complete "
                   f"(draw it later with `nextlong plot {self.run_dir}`)", file=sys.stderr)
 
-    def stop_diverged(self, step: int, loss: float, grad_norm: float) -> None:
-        """--nan-policy stop: end the run at its first non-finite loss or gradient norm, update not applied,
-        nothing saved, so the newest checkpoint is the last good one."""
+    def stop_diverged(self, step: int, loss: float, grad_norm: float, before: dict | None) -> None:
+        """--nan-policy stop: end the run at its first non-finite loss or gradient norm, this update not applied.
+        The last good state (step - 1, from `before`) is saved first unless it is saved already (or is step 0):
+        a run stopped at step 9,999 of 10,000 keeps its 9,998 steps, and resuming it with --nan-policy
+        skip-step goes on exactly as a run with skip-step from the start. Weights that are no longer finite
+        (the update of step - 1 overflowed them) are not saved: the newest checkpoint is then the last good one."""
+        if before is not None and self.weights_finite():
+            self._save_state_before(step - 1, before)
         found = ckpt.list_checkpoints(self.run_dir)
-        last = f"{found[-1]} is the last good checkpoint" if found else "no checkpoint was saved before it"
+        if found and ckpt.checkpoint_step(found[-1]) == step - 1:
+            run = self.run_dir
+            then = (f"step {step - 1} is saved ({found[-1]}): to go on, skipping this update, run the same command "
+                    f"with --resume --nan-policy skip-step, or start a new run from its weights with --model {run} "
+                    "and a lower --lr")
+        elif step == 1:
+            then = "no update was applied before it; lower --lr"
+        else:
+            last = f"{found[-1]} is the last good checkpoint" if found else "no checkpoint was saved before it"
+            then = f"the weights after step {step - 1} are not finite, so they are not saved; {last}; lower --lr"
         if self.rank == 0:
             self.write_manifest({"status": "diverged", "steps": step - 1, "diverged_at_step": step})
         raise _Recorded(f"step {step}: the loss is {loss} and the gradient norm {grad_norm}: training diverged; "
-                        f"stopped without applying this update, and {last}; lower --lr (or pass --nan-policy "
-                        "skip-step to skip such updates)")
+                        f"stopped without applying this update; {then}")
 
     def weights_finite(self) -> bool:
         local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
                     for p in self.loss_model.parameters())
         return all_ranks_ok(local)
 
-    def _read_next_step(self, step: int, last_saved: int) -> list[dict]:
+    def _state_before_step(self) -> dict:
+        """What the next step changes besides the weights and AdamW's moments (which it changes only when its update
+        is applied): the data position, the learning-rate schedule, the random states and the history."""
+        import copy
+
+        return {"data": self.packer.state_dict(), "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+                "lrs": [g["lr"] for g in self.optimizer.param_groups], "rng": rng_state(), "rows": len(self.history)}
+
+    def _save_state_before(self, step: int, before: dict) -> None:
+        """Checkpoint `step` (all ranks) as it was before the next step, which failed (a bad row read) or applied no
+        update (diverged): `before` is restored first, so resuming from it repeats that step exactly."""
+        self.scheduler.load_state_dict(before["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, before["lrs"]):
+            group["lr"] = lr  # the scheduler sets it on the optimizer, whose state is saved with it
+        set_rng_state(before["rng"])
+        del self.history[before["rows"]:]
+        self.save(step, data_position=before["data"])
+
+    def _read_next_step(self, step: int, before: dict | None) -> list[dict]:
         """The next step's batches. A row that fails while they are read (a bad id, a damaged file) ends the run
         on every rank, with that rank's message (the ranks agree before the step's collectives), but first the
-        steps since the last checkpoint are saved with the data position from before the read, so fixing the
-        row and resuming loses nothing."""
-        position = self.packer.state_dict() if step != last_saved else None
+        steps since the last checkpoint are saved as they were before the read (`before`, None when `step` is
+        saved), so fixing the row and resuming loses nothing."""
         batches, failure = on_every_rank(self._read_step_batches)
         if failure is not None:
-            if position is not None:
-                self.save(step, data_position=position)
+            if before is not None:
+                self._save_state_before(step, before)
             self.agreed_failure = failure
             raise failure
         return batches
