@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from .errors import NextlongError
-from .untrusted import plain_name, read_json, whole
+from .untrusted import number, plain_name, read_json, whole
 
 TRUST_FLAG = "--trust-remote-code"
 
@@ -53,21 +53,50 @@ def read_config(folder, *, trust_remote_code: bool = False):
     _read_json(path, expect=dict, finite=True)  # NaN or Infinity in a config: a model that computes NaN
     with _load_errors(folder, trust_remote_code), _quiet_transformers():
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    _check_norm_eps(config, path)
+    _check_config_values(config, path)
     return config
 
 
-def _check_norm_eps(config, path: Path) -> None:
-    """A normalisation epsilon (rms_norm_eps, layer_norm_eps, ...) below 0 is another model that computes NaN
-    (the norm takes the square root of variance + eps): training reported it as a diverged first step and said
-    to lower --lr, evaluation wrote null scores."""
+def _check_config_values(config, path: Path) -> None:
+    """Values transformers takes without a word but computes NaN or fails on mid-run, refused in one line naming
+    the field. A normalisation epsilon (rms_norm_eps, layer_norm_eps, ...) below 0, and a RoPE base (rope_theta)
+    of 0 or below (its powers are the rotation frequencies: 0 gives infinite ones, a negative base NaN), are models
+    that compute NaN: training reported them as a diverged first step and said to lower --lr, evaluation wrote
+    null scores. Key/value heads that do not divide the attention heads (grouped-query attention gives each
+    key/value head a whole group) built a model whose first forward pass raised a traceback."""
     text = text_config(config)
     for part in (config,) if text is config else (config, text):  # most configs are their own text config
+        where = "" if part is config else "text_config."
+
+        def refuse(name: str, expected: str, value) -> ModelFolderError:
+            return ModelFolderError(f"{path}: {where}{name} must be {expected}, got {value}")
+
         for name, value in vars(part).items():
-            if name.endswith("_eps") and type(value) in (int, float) and not value >= 0:
-                where = "" if part is config else "text_config."
-                raise ModelFolderError(f"{path}: {where}{name} must be >= 0 (it is added to a variance before its "
-                                       f"square root), got {value}")
+            if name.endswith("_eps") and number(value) and not value >= 0:
+                raise refuse(name, ">= 0 (it is added to a variance before its square root)", value)
+        for name, value in _rope_bases(part):
+            if number(value) and not value > 0:
+                raise refuse(name, "> 0 (RoPE's base, whose powers are the rotation frequencies)", value)
+        heads, kv = getattr(part, "num_attention_heads", None), getattr(part, "num_key_value_heads", None)
+        if whole(heads) and whole(kv) and heads >= 1 and (kv < 1 or heads % kv):
+            raise refuse("num_key_value_heads", f"a divisor of num_attention_heads = {heads} (grouped-query "
+                                                "attention gives each key/value head a whole group)", kv)
+
+
+def _rope_bases(part) -> list[tuple[str, object]]:
+    """(field, value) of every RoPE base the model uses: `rope_theta` (transformers before 5, where a
+    `rope_parameters` entry is an unused extra), else `rope_parameters`' (transformers 5, which moves an older
+    config.json's rope_theta there), flat or per layer type (Gemma 3's full_attention and sliding_attention)."""
+    if "rope_theta" in vars(part):
+        return [("rope_theta", part.rope_theta)]
+    found = []
+    params = getattr(part, "rope_parameters", None)
+    if isinstance(params, dict):
+        if "rope_theta" in params:
+            found.append(("rope_parameters.rope_theta", params["rope_theta"]))
+        found += [(f"rope_parameters.{kind}.rope_theta", sub["rope_theta"]) for kind, sub in params.items()
+                  if isinstance(sub, dict) and "rope_theta" in sub]
+    return found
 
 
 def load_causal_lm(folder, config, *, dtype, trust_remote_code: bool = False, **kwargs):

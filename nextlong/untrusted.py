@@ -285,6 +285,11 @@ def parse_json(data, where, error, *, expect=None, finite: bool = False, object_
     return value
 
 
+def number(value) -> bool:
+    """Whether a value read from JSON is a number: True and False are ints to Python, not numbers of a record."""
+    return type(value) in (int, float)
+
+
 def whole(value, minimum: int | None = None) -> bool:
     """Whether a value read from JSON is an integer (at least `minimum`): True and False are ints to Python,
     and a crafted record may hold them, or floats and strings, where a count or an id belongs."""

@@ -4,6 +4,8 @@ weights_only loader, and report every broken folder in one line naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -168,6 +170,28 @@ def _edit_config(**changes):
     return edit
 
 
+def _old_style_rope_theta(value):
+    """config.json as transformers before 5 wrote it: a top-level rope_theta, no rope_parameters."""
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("rope_parameters", None)
+        (folder / "config.json").write_text(json.dumps(config | {"rope_theta": value}))
+    return edit
+
+
+def _uneven_key_value_heads(folder: Path) -> None:
+    """4 attention heads and 3 key/value heads, weights of those shapes: transformers builds the model, and its
+    first forward pass raised a traceback."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=3, head_dim=8))
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Writing model shards" bar is not the command's output
+        model.save_pretrained(folder)
+
+
 def _config_directory(folder: Path) -> None:
     (folder / "config.json").unlink()
     (folder / "config.json").mkdir()
@@ -209,6 +233,13 @@ BROKEN = {  # case: (damage, what the one line must say)
     "vocabulary a string": (_edit_config(vocab_size="many"), "vocab_size"),
     # the norm's square root of variance + eps is NaN: train called it a diverged step 1 ("lower --lr")
     "a negative norm epsilon": (_edit_config(rms_norm_eps=-1.0), "config.json: rms_norm_eps must be >= 0"),
+    # RoPE's frequencies are powers of its base: at 0 or below the model computes NaN (the same two symptoms)
+    # (as transformers 5 writes it, and 4 reads it)
+    "a RoPE base of 0": (_edit_config(rope_parameters={"rope_type": "default", "rope_theta": 0.0}, rope_theta=0.0),
+                         "rope_theta must be > 0 (RoPE's base"),
+    "a negative RoPE base, older config": (_old_style_rope_theta(-1.0), "rope_theta must be > 0"),
+    "key/value heads that do not divide the heads": (_uneven_key_value_heads, "config.json: num_key_value_heads must "
+                                                                              "be a divisor of num_attention_heads = 4"),
 }
 
 
@@ -231,6 +262,22 @@ def test_a_non_positive_position_limit_is_one_line(command, base_model, train_da
     code, _, err = run_cli(command_args(command, folder, tmp_path / "out", train_data), capsys)
     assert code == 1
     assert "max_position_embeddings must be a positive number of positions" in assert_one_line_error(err, command)
+
+
+def test_what_transformers_computes_from_a_config_is_not_refused(base_model, tmp_path):
+    """The refusals above stop at values that compute NaN or fail: a RoPE base below 1 still gives finite
+    frequencies, a top-level rope_theta that transformers 5 does not use (rope_parameters holds the one it
+    does) is its business, and one key/value head serves any number of heads."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from nextlong.model_folder import read_config
+
+    for edit in (_old_style_rope_theta(0.5), _edit_config(num_attention_heads=4, num_key_value_heads=1)):
+        folder = model_copy(base_model, tmp_path / str(id(edit)))
+        edit(folder)
+        logits = LlamaForCausalLM(read_config(folder))(torch.arange(8)[None]).logits
+        assert bool(torch.isfinite(logits).all())
 
 
 def test_a_multimodal_config_gives_its_text_models_positions(tmp_path):
