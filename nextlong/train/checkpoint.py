@@ -50,7 +50,7 @@ import torch
 
 from ..atomic import FILE_MODE, atomic_path, fsync_path
 from ..errors import NextlongError, disk_full, is_disk_full
-from ..untrusted import open_regular, read_json, show, whole
+from ..untrusted import number, open_regular, read_json, show, whole
 from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
 from .plot import METRICS_FILE
 from .state_file import load_state, save_state
@@ -292,17 +292,41 @@ def read_trainer_state(checkpoint: Path, max_step: int | None = None) -> dict:
         raise bad("history", f"a list of one row per step ({step})",
                   history if not isinstance(history, list) else f"{len(history)} rows")
     for i, row in enumerate(history):
-        if not isinstance(row, dict) or row.get("step") != i + 1 or any(
-                isinstance(v, (dict, list)) or (isinstance(v, bool) and k != "skipped") for k, v in row.items()):
+        if not isinstance(row, dict) or row.get("step") != i + 1:
             raise bad(f"history[{i}]", f"an object of numbers for step {i + 1}", row)
-        for key in ("loss", "lr", "grad_norm"):
-            if not (row.get(key) is None or type(row.get(key)) in (int, float)):
-                raise bad(f"history[{i}].{key}", "a number or null", row.get(key))
-        if not (whole(row.get("loss_tokens", 0), 0) and whole(row.get("tokens", 0), 0)):
-            raise bad(f"history[{i}]", "token counts that are integers >= 0", row)
-        if not isinstance(row.get("skipped", False), bool):
-            raise bad(f"history[{i}].skipped", "true or false", row.get("skipped"))
+        unknown = [key for key in row if key not in _HISTORY_ROW]
+        if unknown:
+            raise NextlongError(f"{path}: history[{i}] has the key {show(unknown[0])}, which the trainer never writes "
+                                f"(a row's keys are {', '.join(_HISTORY_ROW)}); delete {checkpoint} to resume from an "
+                                "older checkpoint")
+        for key, value in row.items():
+            test, expected = _ROW_VALUES[_HISTORY_ROW[key]]
+            if not test(value):
+                raise bad(f"history[{i}].{key}", expected, value)
     return state
+
+
+INT64_MAX = 2**63 - 1
+
+
+# what each value of a history row must be: (test, as an error says it); numbers are finite (trainer.json is
+# read as strict JSON)
+_ROW_VALUES = {
+    "count": (lambda v: whole(v, 0) and v <= INT64_MAX, f"an integer from 0 to {INT64_MAX}"),
+    "amount": (lambda v: number(v) and v >= 0, "a number >= 0"),
+    "amount or null": (lambda v: v is None or number(v) and v >= 0, "a number >= 0 or null"),
+    "number or null": (lambda v: v is None or number(v), "a number or null"),
+    "flag": (lambda v: type(v) is bool, "true or false"),
+}
+# the keys of a history row as the trainer writes them (older runs wrote fewer): rows are copied into
+# metrics.jsonl and summed into the manifest, so a crafted one must add no key and no count past 64 bits
+_HISTORY_ROW = {
+    **dict.fromkeys(("step", "tokens", "padding_tokens", "loss_tokens"), "count"),
+    **dict.fromkeys(("lr", "tokens_per_s", "step_s", "peak_memory_mb", "epoch"), "amount"),
+    "grad_norm": "amount or null",  # null: a skipped step's, not finite
+    **dict.fromkeys(("loss", "ce"), "number or null"),
+    "skipped": "flag",
+}
 
 
 def _same_form(ours, theirs) -> bool:
