@@ -129,15 +129,21 @@ def test_the_next_checkpoints_name_linked_out_is_refused_and_its_target_kept(dat
     assert sorted(p.name for p in victim.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
 
 
-@pytest.mark.parametrize("name", ["step-\u00b2", "step-\uff13"])
+@pytest.mark.parametrize("name", ["step-\u00b2", "step-\uff13", "step-2", "step-3", "step-000000003"])
 def test_a_step_folder_named_with_other_digits_is_not_a_checkpoint(data, base, tmp_path, capsys, name):
     """'²' and '３' are digits to str.isdigit(): int('²') raised a ValueError traceback, and 'step-３' was read as
-    step 3. nextlong names checkpoints with ASCII digits only; anything else is not one of its checkpoints."""
+    step 3. 'step-2' beside step-00000002 was a second checkpoint of step 2 (resume read either, rotation deleted
+    either), and 'step-3' or 'step-000000003' the newest, read and refused. nextlong names a checkpoint `step-` and
+    8 ASCII digits (more past step 99,999,999) only; anything else is not one of its checkpoints."""
     run, checkpoint = _copy(base, tmp_path)
     shutil.copytree(checkpoint, run / "checkpoints" / name)
+    assert ckpt.list_checkpoints(run) == [checkpoint]
     capsys.readouterr()
-    assert main([*_resume_argv(data, run), "--stop-after", "1"]) == 0, capsys.readouterr().err
+    # --keep-checkpoints 1: saving step 3 deletes step 2
+    assert main([*_resume_argv(data, run), "--stop-after", "1", "--keep-checkpoints", "1"]) == 0, \
+        capsys.readouterr().err
     assert _steps_logged(run) == [1, 2, 3]
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000003"]
     assert (run / "checkpoints" / name).is_dir()  # not ours: neither read nor deleted
 
 

@@ -14,12 +14,13 @@ pickles (model.pt, optimizer.pt, rank-N.pt), which run whatever code they hold: 
 the user types --trust-checkpoint, which loads one once and rewrites it in this format.
 
 Every file is written into RUN/checkpoints/.tmp-step-00000100/ and the folder is renamed to its
-final name only when all ranks have finished writing: resume looks only at `step-*` folders, so a
-crash mid-write leaves a `.tmp-*` folder that is ignored (and cleared by the next save). A write that
-fails (a full disk) on any rank removes the folder on every rank; the older checkpoints stay.
+final name only when all ranks have finished writing: resume looks only at folders named exactly so
+(`step-` and 8 digits or more), so a crash mid-write leaves a `.tmp-*` folder that is ignored (and
+cleared by the next save). A write that fails (a full disk) on any rank removes the folder on every
+rank; the older checkpoints stay.
 
 A run folder may come from someone else, so `--resume` trusts nothing in it (`check_run_folder`):
-`checkpoints/` and every `step-*` / `.tmp-step-*` entry must be real folders of the run (never a
+`checkpoints/` and every `step-NNNNNNNN` / `.tmp-step-NNNNNNNN` entry must be real folders of the run (never a
 symbolic link: rotation would delete, and resume read, whatever it points to), and every file is read
 as a regular file of its folder (no link, FIFO or device). trainer.json and the state files are
 checked field by field against the run being resumed (`read_trainer_state`, `load_checkpoint`)
@@ -117,7 +118,7 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
                     sharded: bool, rank: int, keep: int) -> Path:
     """Write checkpoint `step` (all ranks call this); returns its final folder."""
     root = Path(run) / CHECKPOINTS
-    name = f"step-{step:08d}"
+    name = checkpoint_name(step)
     tmp, final = root / f".tmp-{name}", root / name
     model_sd, optim_sd = full_state_dicts(model, optimizer, sharded)
     if rank == 0:
@@ -181,9 +182,18 @@ def _remove(path: Path, ignore_errors: bool = False) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of checkpoint `step`: `step-` and the step in 8 digits or more (`step-00000100`)."""
+    return f"step-{step:08d}"
+
+
 def _is_step_name(name: str) -> bool:
-    """`step-` and ASCII digits: str.isdigit() also takes '²' or '３', which int() refuses or reads as 3."""
-    return name.startswith("step-") and name[5:].isascii() and name[5:].isdigit()
+    """Whether `name` is a checkpoint's name exactly as save_checkpoint writes it. Only that form: `step-2` or
+    `step-000000002` beside `step-00000002` named the same step twice (resume read either, rotation deleted
+    either), and `step-3` a step ahead of it; str.isdigit() also takes '²' or '３', which int() refuses or reads
+    as 3. Anything else in checkpoints/ is not the trainer's: never read, never deleted."""
+    digits = name[5:]
+    return name.startswith("step-") and digits.isascii() and digits.isdigit() and name == checkpoint_name(int(digits))
 
 
 def checkpoint_step(checkpoint: Path) -> int:
