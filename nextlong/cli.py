@@ -10,7 +10,8 @@ import os
 import sys
 
 from .commands.argtypes import SPELLINGS
-from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full, launched, quiet_rank
+from .errors import (NextlongError, OtherRankFailed, disk_full, file_too_large, is_disk_full, is_file_too_large, launched,
+                     quiet_rank)
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
 
@@ -137,11 +138,12 @@ def _run(args) -> int:
         return 141
     except OSError as exc:
         # The environment, not a bug: a full disk, a read-only or missing folder, a path that is a file.
-        if args.debug or exc.filename is None and not is_disk_full(exc):
+        if args.debug or exc.filename is None and not is_disk_full(exc) and not is_file_too_large(exc):
             raise
         # a write through an open file names no file: name the command's output folder instead
         where = exc.filename or getattr(args, "out", None) or "output"
-        _print_error(args.command, disk_full(where) if is_disk_full(exc) else f"{exc.filename}: {exc.strerror or exc}")
+        _print_error(args.command, disk_full(where) if is_disk_full(exc) else file_too_large(where)
+                     if is_file_too_large(exc) else f"{exc.filename}: {exc.strerror or exc}")
         return 1
     except KeyboardInterrupt as exc:
         # train says what it saved (TrainingInterrupted) and needs --resume; chunk and tokenize write their one

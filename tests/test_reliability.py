@@ -389,6 +389,57 @@ def test_atomic_writes_turn_enospc_into_one_line_and_leave_no_temporary(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("error", [OSError(errno.EFBIG, "File too large"),  # pyarrow's write past `ulimit -f`
+                                   OSError("1048576 requested and 5 written")])  # numpy's tofile, at the limit
+def test_a_write_stopped_by_the_file_size_limit_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, error):
+    """A write stopped by the largest file allowed (`ulimit -f`, or the file system's) reached the user as a
+    traceback: pyarrow's EFBIG names no file, numpy's short write has no errno. Now one line naming the file and
+    the limit; the temporary is removed, so nothing half-written is taken for the file."""
+    import resource
+
+    from nextlong.atomic import atomic_path
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (5, resource.RLIM_INFINITY))
+    target = tmp_path / "x.bin"
+    with pytest.raises(NextlongError, match=rf"^{target}: file too large: the file size limit of this process "
+                                            r"\(`ulimit -f`: 5 bytes\) stopped the write at 5 bytes; raise the limit"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"12345")
+            raise error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_index_under_ulimit_f_is_one_line_and_the_rerun_matches_a_clean_run(tmp_path):
+    """`nextlong index` (and synthesize) under `ulimit -f` ended in a traceback from the write of the lexical
+    embedder's 4 MiB IDF array (measured: numpy's "N requested and M written"). Now one line, exit 1, and the same
+    command without the limit finishes with the bytes of a run never stopped."""
+    import resource
+
+    from tests.helpers import assert_one_line_error, chunk_table, corpus_head, write_chunk_table
+
+    chunks = write_chunk_table(chunk_table(corpus_head(limit=20), max_chars=600), tmp_path / "chunks.parquet")
+
+    def index(out, limit=None):
+        def lower():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+        return subprocess.run([sys.executable, "-m", "nextlong", "index", str(chunks), "--out", str(out),
+                               "--embedder", "hashed-tfidf:64", "--threads", "1", "--no-progress"],  # 1: the same graph
+                              capture_output=True, text=True,
+                              preexec_fn=lower if limit else None)
+
+    stopped = index(tmp_path / "out", limit=1 << 20)
+    assert stopped.returncode == 1, stopped.stderr
+    line = assert_one_line_error(stopped.stderr, "index")
+    assert f"{tmp_path / 'out' / 'lexical_idf.npy'}: file too large: the file size limit" in line
+    assert not [p for p in (tmp_path / "out").rglob("*.tmp")]
+    assert index(tmp_path / "out").returncode == 0
+    assert index(tmp_path / "clean").returncode == 0
+    for name in ("embeddings.npy", "index.usearch", "lexical_idf.npy", "chunks.parquet"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
 def test_an_atomic_write_is_flushed_before_and_after_its_rename(tmp_path, monkeypatch):
     """The file's bytes reach the disk before its final name points at them, then the folder entry: without it a
     power cut or a node crash can leave a finished part empty under its name while the record calling it done is
