@@ -105,6 +105,26 @@ def test_a_folder_the_run_made_holding_only_its_failed_or_interrupted_manifest_i
         assert run_status(read_manifest(tmp_path / f"mine-{name}" / "manifest.json")) == status  # the user's folder
 
 
+def test_two_index_runs_into_other_folders_share_no_embeddings_file(tmp_path, capsys):
+    """The lock covered --out only: two `nextlong index` runs into other folders with the same --embeddings both
+    memory-mapped that file, and the second one's new file cut the first's map short (measured: a Bus error, and
+    a 32-wide file under the first's record of 64). The embeddings file now has its own lock."""
+    from tests.helpers import assert_one_line_error, chunk_table, corpus_head, run_cli, write_chunk_table
+
+    chunks = write_chunk_table(chunk_table(corpus_head(limit=3), max_chars=600), tmp_path / "chunks.parquet")
+    shared = tmp_path / "shared.npy"
+    proc = _holder(shared, file=True)  # a live run writing it
+    try:
+        code, _, err = run_cli(["index", chunks, "--out", tmp_path / "other", "--embeddings", shared,
+                                "--embedder", "hashed-tfidf:64", "--no-progress"], capsys)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 1
+    assert f"{shared}: another run is writing this output (pid {proc.pid} holder)" in assert_one_line_error(err, "index")
+    assert not shared.exists() and not (tmp_path / "other").exists()
+
+
 def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):
     """The output folder is the user's to hand us: a `.nextlong.lock` linking to another file once had
     that file truncated and overwritten with our pid; a FIFO must not block either."""
