@@ -79,6 +79,10 @@ class Terminated(KeyboardInterrupt):
     with no word and left the manifest "running" for good. (`train` handles both signals itself, at a step
     boundary.)"""
 
+    # set by the handler: Ray's ray.get raises a plain KeyboardInterrupt in place of the handler's exception
+    # (measured, Ray 2.60), so a SIGTERM during a Ray stage was reported as Ctrl-C (exit 130, "interrupted")
+    received = False
+
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
@@ -90,13 +94,17 @@ def _sigterm_as_interrupt():
         return
 
     def stop(signum, frame):
+        Terminated.received = True
         raise Terminated("terminated (SIGTERM)")
+
+    Terminated.received = False
 
     signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        Terminated.received = False
 
 
 def _end_torchrun_rank(code: int) -> None:
@@ -148,8 +156,9 @@ def _run(args) -> int:
     except KeyboardInterrupt as exc:
         # train says what it saved (TrainingInterrupted) and needs --resume; chunk and tokenize write their one
         # file whole at the end; the other commands resume by running the same command again
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        said = (str(exc) if str(exc) and not isinstance(exc, Terminated) else
+        terminated = isinstance(exc, Terminated) or Terminated.received
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        said = (str(exc) if str(exc) and not terminated else
                 importlib.import_module("nextlong.commands.train").stopped_outside_the_loop(args.out, what)
                 if args.command == "train" else
                 f"{what}; nothing was written (the output is written whole at the end): run the command again"
@@ -159,7 +168,7 @@ def _run(args) -> int:
                 if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
         print(f"nextlong {args.command}: {said}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if terminated else 130
 
 
 def _print_error(command: str, exc) -> None:
