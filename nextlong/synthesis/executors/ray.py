@@ -403,7 +403,7 @@ class RayExecutor(Executor):
     # --- corpus -> first map stage ---------------------------------------------------------------
 
     def read_and_map(self, pipeline, fps, source, ctx) -> dict:
-        from ..progress import corpus_bar
+        from ..progress import advance, corpus_bar
         from ..read import CorpusRead, finish_read, split_done
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
@@ -412,7 +412,7 @@ class RayExecutor(Executor):
         records = [split_done(ctx, read, s, split) for s, split in enumerate(splits)]
         pending = [s for s, record in enumerate(records) if record is None]
         with corpus_bar(ctx) as bar:
-            bar.update(sum(record["counts"]["docs"] for record in records if record is not None))
+            advance(bar, sum(record["counts"]["docs"] for record in records if record is not None), reused=True)
             if pending:  # one actor per CPU, one thread each: each reads its split and maps it
                 self._map_blocks(pending, [ctx], self.cpu_actors, self.threads or 1, {"num_cpus": 1},
                                  read=read, splits=splits, on_result=lambda s, docs: bar.update(docs))
