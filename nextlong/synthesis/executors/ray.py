@@ -120,8 +120,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
         try:
             ray.init(address=resolved, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            if resolved is None:
+                raise _no_local_start(e) from e
             raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
+        except Exception as e:  # a local node that did not come up raises a bare Exception (a traceback)
+            if resolved is None:
+                raise _no_local_start(e) from e
+            raise
     return ray
+
+
+def _no_local_start(exc: Exception) -> RayClusterError:
+    """A local Ray instance that did not start (measured: under `ulimit -f 1710`, "The current node timed out
+    during startup", raised as a bare Exception after a traceback's worth of Ray's own lines)."""
+    from ...untrusted import one_line
+
+    return RayClusterError(f"--executor ray: could not start a local Ray instance: {one_line(str(exc))[:300]} "
+                           "(its logs: /tmp/ray/session_latest/logs)")
 
 
 @contextlib.contextmanager
