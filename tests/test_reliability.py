@@ -123,6 +123,10 @@ def test_two_index_runs_into_other_folders_share_no_embeddings_file(tmp_path, ca
     assert code == 1
     assert f"{shared}: another run is writing this output (pid {proc.pid} holder)" in assert_one_line_error(err, "index")
     assert not shared.exists() and not (tmp_path / "other").exists()
+    shared.mkdir()  # the lock's own word for a folder names --out: this one names the option given
+    code, _, err = run_cli(["index", chunks, "--out", tmp_path / "other", "--embeddings", shared], capsys)
+    assert code == 2 and assert_one_line_error(err, "index").endswith(
+        f"{shared}: is a folder, where --embeddings names the .npy file to write; give --embeddings a file name")
 
 
 def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):

@@ -83,6 +83,9 @@ def build_index_from_chunks(
         raise UsageError(f"threads must be 0 (all cores) or positive, got {threads}")
     meta = read_chunk_metadata(chunks_path)
     embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
+    if embeddings_path.is_dir():  # else its lock below would say "give --out a file name"
+        raise UsageError(f"{embeddings_path}: is a folder, where --embeddings names the .npy file to write; give "
+                         "--embeddings a file name")
     # the locks first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
     # a refused run still leaves no folder (the lock prunes what it created). The embeddings file has its own:
     # two runs into other folders given the same --embeddings memory-mapped it both, and the second one's
