@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import disk_full, is_disk_full
+from .errors import disk_full, file_too_large, is_disk_full, is_file_too_large
 
 # mkstemp (and safetensors) create files readable by the owner only; finished outputs get the usual permissions.
 _UMASK = os.umask(0)
@@ -24,7 +24,7 @@ def atomic_path(final: str | os.PathLike):
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
 
     A full disk inside the block becomes a one-line DiskFullError naming `final` and the bytes
-    written so far. After the rename, temporaries of `final` left by a killed run are deleted
+    written so far; a write stopped by the file size limit (`ulimit -f`, EFBIG) a one-line error too. After the rename, temporaries of `final` left by a killed run are deleted
     (callers hold the output folder's lock, so no live writer owns them)."""
     final = Path(final)
     if final.is_dir():  # the rename would fail after the work, naming the temporary
@@ -56,6 +56,8 @@ def atomic_path(final: str | os.PathLike):
                             and shutil.disk_usage(final.parent).free < (1 << 20))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if not full and is_file_too_large(exc, written):
+            raise file_too_large(final, written) from exc
         if full:
             raise disk_full(final, needed=f"more than {written:,} bytes" if written else None) from exc
         raise

@@ -10,7 +10,8 @@ import os
 import sys
 
 from .commands.argtypes import SPELLINGS
-from .errors import NextlongError, OtherRankFailed, disk_full, is_disk_full, launched, quiet_rank
+from .errors import (NextlongError, OtherRankFailed, disk_full, file_too_large, is_disk_full, is_file_too_large, launched,
+                     quiet_rank)
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
 
@@ -78,6 +79,10 @@ class Terminated(KeyboardInterrupt):
     with no word and left the manifest "running" for good. (`train` handles both signals itself, at a step
     boundary.)"""
 
+    # set by the handler: Ray's ray.get raises a plain KeyboardInterrupt in place of the handler's exception
+    # (measured, Ray 2.60), so a SIGTERM during a Ray stage was reported as Ctrl-C (exit 130, "interrupted")
+    received = False
+
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
@@ -89,13 +94,17 @@ def _sigterm_as_interrupt():
         return
 
     def stop(signum, frame):
+        Terminated.received = True
         raise Terminated("terminated (SIGTERM)")
+
+    Terminated.received = False
 
     signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        Terminated.received = False
 
 
 def _end_torchrun_rank(code: int) -> None:
@@ -137,17 +146,19 @@ def _run(args) -> int:
         return 141
     except OSError as exc:
         # The environment, not a bug: a full disk, a read-only or missing folder, a path that is a file.
-        if args.debug or exc.filename is None and not is_disk_full(exc):
+        if args.debug or exc.filename is None and not is_disk_full(exc) and not is_file_too_large(exc):
             raise
         # a write through an open file names no file: name the command's output folder instead
         where = exc.filename or getattr(args, "out", None) or "output"
-        _print_error(args.command, disk_full(where) if is_disk_full(exc) else f"{exc.filename}: {exc.strerror or exc}")
+        _print_error(args.command, disk_full(where) if is_disk_full(exc) else file_too_large(where)
+                     if is_file_too_large(exc) else f"{exc.filename}: {exc.strerror or exc}")
         return 1
     except KeyboardInterrupt as exc:
         # train says what it saved (TrainingInterrupted) and needs --resume; chunk and tokenize write their one
         # file whole at the end; the other commands resume by running the same command again
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        said = (str(exc) if str(exc) and not isinstance(exc, Terminated) else
+        terminated = isinstance(exc, Terminated) or Terminated.received
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        said = (str(exc) if str(exc) and not terminated else
                 importlib.import_module("nextlong.commands.train").stopped_outside_the_loop(args.out, what)
                 if args.command == "train" else
                 f"{what}; nothing was written (the output is written whole at the end): run the command again"
@@ -157,7 +168,7 @@ def _run(args) -> int:
                 if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
         print(f"nextlong {args.command}: {said}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if terminated else 130
 
 
 def _print_error(command: str, exc) -> None:

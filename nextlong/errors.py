@@ -120,6 +120,33 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_file_too_large(exc: BaseException, size: int | None = None) -> bool:
+    """True for a write stopped by the largest file allowed: EFBIG (a `ulimit -f` limit, or the file system's
+    largest file), or a short write without an errno (numpy's tofile: "N requested and M written") that
+    left the file at `size` bytes, exactly the process's file size limit."""
+    import errno
+    import resource
+
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno == errno.EFBIG:
+        return True
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return exc.errno is None and size is not None and limit != resource.RLIM_INFINITY and size >= limit
+
+
+def file_too_large(path, written: int | None = None) -> NextlongError:
+    """The one-line error for a write stopped by the largest file allowed, naming `path` and the limit."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    why = ("the file size limit of this process (`ulimit -f`: "
+           f"{_size(limit)})" if limit != resource.RLIM_INFINITY else "the largest file this file system holds")
+    at = f" at {_size(written)}" if written else ""
+    return NextlongError(f"{path}: file too large: {why} stopped the write{at}; raise the limit (or choose another "
+                         "output) and re-run: finished work is kept")
+
+
 def check_free_space(path, needed: int) -> None:
     """Raise DiskFullError when the filesystem holding `path` has less than `needed` bytes free.
 

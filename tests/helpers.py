@@ -399,10 +399,18 @@ class BarRecorder:
 
     seen: list = []
 
-    def __init__(self, *args, total=None, desc="", disable=False, **kwargs):
-        self.total, self.desc, self.disable, self.n, self.initial, self.last_print_n = total, desc, disable, 0, 0, 0
+    def __init__(self, *args, total=None, desc="", disable=False, initial=0, **kwargs):
+        # as tqdm: a bar made with `initial` counts from it
+        self.total, self.desc, self.disable, self.n, self.initial, self.last_print_n = total, desc, disable, initial, \
+            initial, 0
+        self.iterable = args[0] if args else kwargs.get("iterable")
         if not disable:
             BarRecorder.seen.append(self)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
 
     def update(self, n=1):
         self.n += n

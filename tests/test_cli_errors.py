@@ -426,6 +426,39 @@ def test_sigterm_is_taken_as_ctrl_c(tmp_path, capsys, monkeypatch, command, said
     assert capsys.readouterr().err.strip() == f"nextlong {command}: {said}"
 
 
+def test_sigterm_is_told_from_ctrl_c_where_ray_raises_a_plain_keyboardinterrupt(tmp_path, capsys, monkeypatch):
+    """Ray's ray.get raises a plain KeyboardInterrupt in place of the exception a signal handler raised (measured
+    with Ray 2.60), so SIGTERM during a `synthesize --executor ray` stage was reported as Ctrl-C: exit 130 and
+    "interrupted" where the README promises 143 and "terminated (SIGTERM)", and its manifest's error was
+    "KeyboardInterrupt". The handler now records the signal."""
+    import signal
+    import time
+
+    from nextlong.commands import synthesize
+    from nextlong.manifest import failure_recorded, read_manifest, write_running_manifest
+
+    manifest = tmp_path / "manifest.json"
+
+    def stopped(args):
+        write_running_manifest(manifest, command="synthesize", settings={})
+        with failure_recorded(manifest):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt() from None  # what Ray's ray.get makes of it
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(synthesize, "run", stopped)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert main(["synthesize", "--demo", "--out", str(tmp_path / "s")]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.startswith("nextlong synthesize: terminated (SIGTERM); finished blocks")
+    assert read_manifest(manifest)["statistics"] == {"status": "interrupted", "error": "terminated (SIGTERM)"}
+
+
 def test_sigterm_is_ctrl_c_for_other_commands_run_from_a_training_rank(tmp_path, capsys, monkeypatch):
     """Only a launched `train` leaves SIGTERM to torchrun: `nextlong chunk` started from inside a rank inherits
     WORLD_SIZE, and is stopped by SIGTERM as by Ctrl-C (one line, exit 143), not ended with no word."""

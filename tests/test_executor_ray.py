@@ -375,6 +375,30 @@ def test_the_process_sigterm_handler_outlives_ray_init(monkeypatch):
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_local_ray_that_does_not_start_is_one_line(monkeypatch, tmp_path, capsys):
+    """ray.init raises a bare Exception when the local node does not come up (measured under `ulimit -f 1710`:
+    "The current node timed out during startup..."): `nextlong synthesize --executor ray` ended in a traceback."""
+    import types
+
+    from tests.helpers import assert_one_line_error, run_cli
+
+    def init(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(executor_ray, "import_ray", lambda: types.SimpleNamespace(is_initialized=lambda: False,
+                                                                                  init=init))
+    monkeypatch.setattr(executor_ray, "_hide_token_auth_notice", lambda: None)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "a"}\n')
+    code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", tmp_path / "out", "--executor", "ray",
+                            "--embedder", "hashed-tfidf:64"], capsys)
+    assert code == 1
+    assert "--executor ray: could not start a local Ray instance: The current node timed out during startup" in \
+        assert_one_line_error(err, "synthesize")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_retry_notice_setting_is_set_only_while_ray_init_reads_it(monkeypatch):
     """RAY_enable_output_error_log_if_still_retry=0 reaches ray.init (test_worker_killed_mid_stage_is_retried: no
     "will be retried" line), but the program's environment is as it was after: it stayed set for good, so a

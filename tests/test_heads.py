@@ -265,6 +265,35 @@ def test_a_stopped_heads_run_leaves_a_manifest_saying_so(tmp_path, model_dir, mo
     capsys.readouterr()
 
 
+def test_a_resumed_heads_run_counts_only_the_trials_it_runs(tmp_path, model_dir, monkeypatch, capsys):
+    """The bar of a resumed `nextlong heads` started at 0 and counted the trials an earlier run had finished as
+    this run's, at their reading speed (measured: killed at 4 of 24, the rerun's bar went 0/24 -> 7/24 in a
+    second). They now start the bar, as eval's samples do, and only the trials run are counted."""
+    import tqdm
+
+    from tests.helpers import BarRecorder
+
+    args = ["heads", str(model_dir), "--lengths", "320", "--depths", "3", "--needles", "1", "--all-trials",
+            "--max-new-tokens", "4", "--out", str(tmp_path / "a")]
+    real, calls = H.detect_trial, []
+
+    def stop_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(H, "detect_trial", stop_at_the_third)
+    assert main(args) == 130
+    monkeypatch.setattr(H, "detect_trial", real)
+    monkeypatch.setattr(tqdm, "tqdm", BarRecorder)
+    BarRecorder.seen = []
+    assert main(args) == 0
+    (bar,) = [b for b in BarRecorder.seen if b.desc == "heads trials"]
+    assert (bar.initial, bar.n, bar.total) == (2, 3, 3)  # 2 reused, 1 run
+    capsys.readouterr()
+
+
 def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys, copying):
     """nextlong.eval.retrieval_heads: `nextlong heads` with its options as keywords, the same checks and files
     (with answers that copy the needle, so the scores compared are not all 0)."""

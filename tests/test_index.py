@@ -415,3 +415,40 @@ def test_the_build_bar_advances_every_4096_vectors(monkeypatch):
     vectors = unit(np.random.default_rng(0).standard_normal((10_000, 16)).astype(np.float32))
     ChunkIndex.build(vectors, np.arange(10_000), np.arange(10_000) // 4, threads=1, progress=True)
     assert sum(steps) == 10_000 and max(steps) <= 4096
+
+
+
+@pytest.mark.parametrize("inside", ["add", "search"])
+def test_ctrl_c_inside_usearch_is_an_interruption_not_a_runtime_error(inside, monkeypatch):
+    """usearch turns the KeyboardInterrupt of Ctrl-C during its work into RuntimeError("Operation has been
+    terminated"): `nextlong index` stopped with Ctrl-C while building ended in a traceback, exit 1 and a manifest
+    saying "failed" (measured). It is an interruption again: one line, exit 130, "interrupted". The signal here is
+    a handler raising KeyboardInterrupt 50 ms into usearch's own call (each takes about half a second)."""
+    import signal
+
+    from usearch.index import Index
+
+    vectors = np.random.default_rng(0).standard_normal((5000, 32)).astype(np.float32)
+    ids = np.arange(len(vectors))
+
+    def build():
+        return ChunkIndex.build(vectors, ids, ids, threads=1, add_batch=len(vectors))
+
+    index = build() if inside == "search" else None
+    real = getattr(Index, inside)
+
+    def alarmed(self, *args, **kwargs):
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return real(self, *args, **kwargs)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Index, inside, alarmed)
+    before = signal.signal(signal.SIGALRM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build() if inside == "add" else index.search(np.repeat(vectors, 8, axis=0), 64, threads=1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)

@@ -105,6 +105,30 @@ def test_a_folder_the_run_made_holding_only_its_failed_or_interrupted_manifest_i
         assert run_status(read_manifest(tmp_path / f"mine-{name}" / "manifest.json")) == status  # the user's folder
 
 
+def test_two_index_runs_into_other_folders_share_no_embeddings_file(tmp_path, capsys):
+    """The lock covered --out only: two `nextlong index` runs into other folders with the same --embeddings both
+    memory-mapped that file, and the second one's new file cut the first's map short (measured: a Bus error, and
+    a 32-wide file under the first's record of 64). The embeddings file now has its own lock."""
+    from tests.helpers import assert_one_line_error, chunk_table, corpus_head, run_cli, write_chunk_table
+
+    chunks = write_chunk_table(chunk_table(corpus_head(limit=3), max_chars=600), tmp_path / "chunks.parquet")
+    shared = tmp_path / "shared.npy"
+    proc = _holder(shared, file=True)  # a live run writing it
+    try:
+        code, _, err = run_cli(["index", chunks, "--out", tmp_path / "other", "--embeddings", shared,
+                                "--embedder", "hashed-tfidf:64", "--no-progress"], capsys)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 1
+    assert f"{shared}: another run is writing this output (pid {proc.pid} holder)" in assert_one_line_error(err, "index")
+    assert not shared.exists() and not (tmp_path / "other").exists()
+    shared.mkdir()  # the lock's own word for a folder names --out: this one names the option given
+    code, _, err = run_cli(["index", chunks, "--out", tmp_path / "other", "--embeddings", shared], capsys)
+    assert code == 2 and assert_one_line_error(err, "index").endswith(
+        f"{shared}: is a folder, where --embeddings names the .npy file to write; give --embeddings a file name")
+
+
 def test_a_lock_file_planted_as_a_link_or_fifo_is_refused_not_written_through(tmp_path):
     """The output folder is the user's to hand us: a `.nextlong.lock` linking to another file once had
     that file truncated and overwritten with our pid; a FIFO must not block either."""
@@ -387,6 +411,57 @@ def test_atomic_writes_turn_enospc_into_one_line_and_leave_no_temporary(tmp_path
             tmp.write_bytes(b"12345")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EFBIG, "File too large"),  # pyarrow's write past `ulimit -f`
+                                   OSError("1048576 requested and 5 written")])  # numpy's tofile, at the limit
+def test_a_write_stopped_by_the_file_size_limit_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, error):
+    """A write stopped by the largest file allowed (`ulimit -f`, or the file system's) reached the user as a
+    traceback: pyarrow's EFBIG names no file, numpy's short write has no errno. Now one line naming the file and
+    the limit; the temporary is removed, so nothing half-written is taken for the file."""
+    import resource
+
+    from nextlong.atomic import atomic_path
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (5, resource.RLIM_INFINITY))
+    target = tmp_path / "x.bin"
+    with pytest.raises(NextlongError, match=rf"^{target}: file too large: the file size limit of this process "
+                                            r"\(`ulimit -f`: 5 bytes\) stopped the write at 5 bytes; raise the limit"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"12345")
+            raise error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_index_under_ulimit_f_is_one_line_and_the_rerun_matches_a_clean_run(tmp_path):
+    """`nextlong index` (and synthesize) under `ulimit -f` ended in a traceback from the write of the lexical
+    embedder's 4 MiB IDF array (measured: numpy's "N requested and M written"). Now one line, exit 1, and the same
+    command without the limit finishes with the bytes of a run never stopped."""
+    import resource
+
+    from tests.helpers import assert_one_line_error, chunk_table, corpus_head, write_chunk_table
+
+    chunks = write_chunk_table(chunk_table(corpus_head(limit=20), max_chars=600), tmp_path / "chunks.parquet")
+
+    def index(out, limit=None):
+        def lower():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+        return subprocess.run([sys.executable, "-m", "nextlong", "index", str(chunks), "--out", str(out),
+                               "--embedder", "hashed-tfidf:64", "--threads", "1", "--no-progress"],  # 1: the same graph
+                              capture_output=True, text=True,
+                              preexec_fn=lower if limit else None)
+
+    stopped = index(tmp_path / "out", limit=1 << 20)
+    assert stopped.returncode == 1, stopped.stderr
+    line = assert_one_line_error(stopped.stderr, "index")
+    assert f"{tmp_path / 'out' / 'lexical_idf.npy'}: file too large: the file size limit" in line
+    assert not [p for p in (tmp_path / "out").rglob("*.tmp")]
+    assert index(tmp_path / "out").returncode == 0
+    assert index(tmp_path / "clean").returncode == 0
+    for name in ("embeddings.npy", "index.usearch", "lexical_idf.npy", "chunks.parquet"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
 
 
 def test_an_atomic_write_is_flushed_before_and_after_its_rename(tmp_path, monkeypatch):

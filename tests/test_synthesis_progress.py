@@ -33,7 +33,7 @@ class Recorder(tqdm.auto.tqdm):
 
     def close(self):
         if not self.disable:
-            self.seen.update(n=self.n, total=self.total)
+            self.seen.update(n=self.n, total=self.total, initial=self.initial)
         super().close()
 
 
@@ -145,3 +145,33 @@ def test_blocks_an_earlier_run_finished_start_the_bar_and_stay_out_of_its_rate()
     with ChainProgress(["plan"], "unit", [5], None, False) as quiet:  # a disabled bar still counts
         quiet.block_done(0, 5, reused=True)
         assert quiet.done == 5
+
+
+def test_a_resumed_read_starts_the_chunk_bar_at_the_documents_an_earlier_run_chunked(tmp_path, bars, monkeypatch):
+    """The chunk bar of a resumed run counted the documents of the splits and blocks an earlier run had chunked as
+    this run's, from 0 at their reading speed (the chains' bars already started at their finished blocks). They
+    now start the bar: it counts from there, and only this run's documents go into its rate."""
+    from nextlong.synthesis.stages import ChunkStage
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_head(limit=120))
+    split = corpus.stat().st_size // 3 + 1  # three splits of two or three blocks of 20 documents
+
+    def executor():
+        return LocalExecutor(corpus_block_docs=20, corpus_split_bytes=split)
+
+    real, chunked = ChunkStage.__call__, []
+
+    def stop_at_the_fourth(self, block):
+        if len(chunked) == 3:
+            raise KeyboardInterrupt
+        chunked.append(block.num_rows)
+        return real(self, block)
+
+    monkeypatch.setattr(ChunkStage, "__call__", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, tmp_path / "out", executor())
+    monkeypatch.setattr(ChunkStage, "__call__", real)
+    bars.clear()
+    run(corpus, tmp_path / "out", executor())
+    chunk = by_name(bars, "chunk")
+    assert (chunk["initial"], chunk["n"]) == (sum(chunked), 120), chunked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -259,3 +260,20 @@ def test_a_refusal_names_the_default_asked_for_an_added_setting_left_out():
     error = _mismatch(Path("/w/s"), stage, {"settings": {**stage.settings(), "dtype": "bfloat16", "shards": 4}})
     assert "dtype: cached 'bfloat16', asked 'float32' (the default)" in str(error)
     assert "shards: cached 4, asked 1 (the default)" in str(error) and "None" not in str(error)
+
+
+def test_a_file_where_a_stage_folder_goes_is_one_line_naming_it(tmp_path, capsys):
+    """A file standing where a stage keeps its folder (here the assemble stage's, the output discarded) stopped the
+    run with "OUT/assemble: File exists", mkdir's word. It now says what the path is and what goes there."""
+    from tests.helpers import RECORD_FAST, assert_one_line_error, finished_work_folder, run_cli
+
+    done, corpus = finished_work_folder(tmp_path)
+    for name in ("data", "assemble"):
+        shutil.rmtree(done / name)
+    (done / "assemble").write_text("not a folder")
+    code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", done, "--num-samples", "1", "--embedder",
+                            RECORD_FAST["embedder"], "--chunk-size", RECORD_FAST["chunk_size"], "--target-length",
+                            RECORD_FAST["target_length"], "--no-progress"], capsys)
+    assert code == 1
+    assert assert_one_line_error(err, "synthesize").endswith(
+        f"{done / 'assemble'}: is not a folder, where the assemble stage keeps its files; move it away and re-run")

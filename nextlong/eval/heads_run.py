@@ -187,9 +187,13 @@ def run_heads(args: HeadsOptions) -> dict:
 
         journal = ResultJournal(out, journal_fingerprint(lm, args, lengths, depths, len(needles), trials, layers))
         results = []
+        # the trials an earlier run finished start the bar (they are not this run's work, nor in its rate), as
+        # eval's samples do: iterating all of them counted the reused ones from 0 at their reading speed
+        reused = sum(1 for t in trials if ("heads", t.length, t.depth, t.needle) in journal.done)
+        bar = tqdm(total=len(trials), initial=reused, desc="heads trials", unit="trial", dynamic_ncols=True,
+                   disable=args.no_progress or args.quiet)
         try:
-            for t in tqdm(trials, desc="heads trials", unit="trial", dynamic_ncols=True,
-                          disable=args.no_progress or args.quiet):
+            for t in trials:
                 key = ("heads", t.length, t.depth, t.needle)
                 rec = journal.done.get(key)
                 if rec is None:
@@ -198,10 +202,12 @@ def run_heads(args: HeadsOptions) -> dict:
                            "scores": r.scores.tolist(), "response": r.response, "recall": r.recall,
                            "needle_span": list(t.span), "prompt_tokens": len(t.prompt_ids)}
                     journal.add(rec)
+                    bar.update(1)
                 results.append(H.TrialResult(torch.tensor(rec["scores"], dtype=torch.float64), [],
                                              rec["response"], rec["recall"]))
                 results[-1].rec = rec
         finally:
+            bar.close()
             journal.close()
         scores, counted = H.head_scores(results, args.all_trials, args.min_recall)
         named = H.as_named(scores)

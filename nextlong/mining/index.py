@@ -11,6 +11,7 @@ The folder's files and their checked reading: index_folder.py; the `nextlong ind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -36,6 +37,19 @@ from .index_folder import (DTYPES, FORMAT_VERSION, INDEX_FILE, INFO_FILE, META_F
 DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 128
 DEFAULT_EXPANSION_SEARCH = 32
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Around a usearch build or search: usearch checks for signals as it works and turns the KeyboardInterrupt that
+    Ctrl-C (or the CLI's SIGTERM handler) raised into RuntimeError("Operation has been terminated"), so a run stopped
+    there ended in a traceback and a manifest saying "failed". It is given back as the interruption it was."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if str(exc) == "Operation has been terminated":
+            raise KeyboardInterrupt() from None
+        raise
 
 
 def _is_collection(x) -> bool:
@@ -256,13 +270,14 @@ class ChunkIndex:
 
         started = time.perf_counter()
         try:
-            if shards > 1 and n > 1:
-                from .index_shards import build_shards
+            with interruptible():
+                if shards > 1 and n > 1:
+                    from .index_shards import build_shards
 
-                index = build_shards(make_index, add_rows, n, shards, threads or os.cpu_count() or 1)
-            else:
-                index = make_index()
-                add_rows(index, 0, n, threads)
+                    index = build_shards(make_index, add_rows, n, shards, threads or os.cpu_count() or 1)
+                else:
+                    index = make_index()
+                    add_rows(index, 0, n, threads)
         finally:
             if bar is not None:
                 bar.close()
@@ -539,12 +554,13 @@ class ChunkIndex:
         if expansion_search is not None:  # for this call only: the index keeps its own setting
             self._index.expansion_search = int(expansion_search)
         try:
-            for start in range(0, n, _SEARCH_BATCH):
-                stop = min(n, start + _SEARCH_BATCH)
-                if plain:
-                    self._search_plain(q[start:stop], k, threads, out_ids[start:stop], out_sim[start:stop])
-                else:
-                    self._search_block(q, np.arange(start, stop), k, docs, hashes, ids, threads, out_ids, out_sim)
+            with interruptible():
+                for start in range(0, n, _SEARCH_BATCH):
+                    stop = min(n, start + _SEARCH_BATCH)
+                    if plain:
+                        self._search_plain(q[start:stop], k, threads, out_ids[start:stop], out_sim[start:stop])
+                    else:
+                        self._search_block(q, np.arange(start, stop), k, docs, hashes, ids, threads, out_ids, out_sim)
         finally:
             self._index.expansion_search = saved
         return out_ids, out_sim

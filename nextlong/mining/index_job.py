@@ -82,9 +82,16 @@ def build_index_from_chunks(
     if threads < 0:
         raise UsageError(f"threads must be 0 (all cores) or positive, got {threads}")
     meta = read_chunk_metadata(chunks_path)
-    # the lock first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
-    # a refused run still leaves no folder (the lock prunes what it created)
-    with output_lock(out_dir, "index", file=False), failure_recorded(out_dir / MANIFEST_FILE):
+    embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
+    if embeddings_path.is_dir():  # else its lock below would say "give --out a file name"
+        raise UsageError(f"{embeddings_path}: is a folder, where --embeddings names the .npy file to write; give "
+                         "--embeddings a file name")
+    # the locks first: a second run into out_dir stops at once, not after loading a model (10 s for MiniLM);
+    # a refused run still leaves no folder (the lock prunes what it created). The embeddings file has its own:
+    # two runs into other folders given the same --embeddings memory-mapped it both, and the second one's
+    # new file cut the first's map short (a Bus error) and left a file of its rows under the first's record
+    with output_lock(out_dir, "index", file=False), output_lock(embeddings_path, "index", file=True), \
+            failure_recorded(out_dir / MANIFEST_FILE):
         if embedder is None or isinstance(embedder, (str, os.PathLike)):
             embedder = load_embedder(embedder, **({"threads": threads} if threads else {}))
         lexical = isinstance(embedder, HashedLexicalEmbedder)
@@ -99,7 +106,6 @@ def build_index_from_chunks(
             embedder.fit(text for _, batch in _Texts(chunks_path).slices(0, batch_size) for text in batch)
             timings["fit_seconds"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        embeddings_path = Path(embeddings_path or out_dir / EMBEDDINGS_FILE)
         emb = embed_chunks(chunks_path, embedder, embeddings_path, batch_size=batch_size, progress=progress,
                            on_accepted=lambda: write_running_manifest(out_dir / MANIFEST_FILE, command="index",
                                                                       settings=settings))

@@ -144,9 +144,12 @@ def knn_graph(doc_vectors: np.ndarray, k: int) -> np.ndarray:
     else:
         from usearch.index import Index
 
+        from ..mining.index import interruptible
+
         index = Index(ndim=doc_vectors.shape[1], metric="cos", dtype="f16")
-        index.add(np.arange(n, dtype=np.int64), np.asarray(doc_vectors, np.float32))
-        ids = np.asarray(index.search(np.asarray(doc_vectors, np.float32), min(k + 1, n)).keys, np.int64)
+        with interruptible():
+            index.add(np.arange(n, dtype=np.int64), np.asarray(doc_vectors, np.float32))
+            ids = np.asarray(index.search(np.asarray(doc_vectors, np.float32), min(k + 1, n)).keys, np.int64)
         ids[ids >= n] = -1  # usearch pads missing results with a sentinel key
     out = np.full((n, k), -1, np.int64)
     for i in range(n):

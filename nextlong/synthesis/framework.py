@@ -97,6 +97,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -652,6 +653,11 @@ def prepare(ctx: StageContext) -> bool:
     elif any((directory / name).exists() for name in LEGACY_RECORDS):
         ctx.log(f"{directory}: written by an older nextlong (no {DONE_FILE}); rebuilding it")
         shutil.rmtree(directory)
+    if os.path.lexists(directory) and not directory.is_dir():  # mkdir said only "File exists"
+        from ..errors import NextlongError
+
+        raise NextlongError(f"{directory}: is not a folder, where the {ctx.stage.name} stage keeps its files; move it "
+                            "away and re-run")
     directory.mkdir(parents=True, exist_ok=True)
     return False
 

@@ -23,6 +23,19 @@ def corpus_bar(ctx):
     return tqdm(desc=ctx.stage.name, unit="doc", disable=not ctx.progress)
 
 
+def advance(bar, n: int, reused: bool = False) -> None:
+    """Move `bar` on by `n`. `reused`: work an earlier run finished (a resumed run finds it done): the bar starts
+    further on, and its rate counts this run's work only (counted as this run's, a resumed bar raced through
+    what was done at reading speed)."""
+    if not reused:
+        bar.update(n)
+    elif n and not bar.disable:
+        bar.initial += n
+        bar.n += n
+        bar.last_print_n = bar.n
+        bar.refresh()
+
+
 def input_rows(folder, num_blocks: int) -> list[int]:
     """Rows of each input block of a chain, from the Parquet footers (0 where an empty block has no part).
     A part that is no Parquet file (damaged since its stage finished) is named here, before any block runs."""
@@ -65,15 +78,8 @@ class ChainProgress:
 
     def _advance(self, n: int, reused: bool = False) -> None:
         self.done += n
-        if self.bar.disable:
-            return
-        if reused:  # finished by an earlier run: the bar starts further on, and its rate counts this run's work
-            self.bar.initial += n
-            self.bar.n += n
-            self.bar.last_print_n = self.bar.n
-            self.bar.refresh()
-        else:
-            self.bar.update(n)
+        if not self.bar.disable:
+            advance(self.bar, n, reused)
 
     def begin(self, block: int, resumed: int = 0) -> None:
         """Block `block` starts (in this process: the first stage's `rows` now count toward it); `resumed` of its

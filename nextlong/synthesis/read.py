@@ -78,14 +78,15 @@ def split_done(ctx: StageContext, read: CorpusRead, s: int, split: list[dict]) -
 
 
 def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
-              on_block: Callable[[int], None] | None = None) -> dict:
-    """Split s through the stage of `ctx` (set up already), unless done; returns its record's counts."""
+              on_block: Callable[[int, bool], None] | None = None) -> dict:
+    """Split s through the stage of `ctx` (set up already), unless done; returns its record's counts.
+    `on_block(docs, reused)` is told each block's documents, and whether an earlier run had mapped them."""
     from ..corpus.reader import prefetch
 
     record = split_done(ctx, read, s, split)
     if record is not None:
         if on_block is not None:
-            on_block(record["counts"]["docs"])
+            on_block(record["counts"]["docs"], True)
         return record["counts"]
     stage, reader = ctx.stage, read.reader()
     partition = read.partition(s, split)
@@ -102,13 +103,14 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
 
     blocks = []
     for k, fp, docs, table, counts in prefetch(mapped()):
-        if counts is None:
+        reused = counts is not None
+        if not reused:
             part = split_part_path(ctx.out_dir, s, k)
             counts = dict(stage.count(table), docs=docs)
             write_part(ctx, part, part.with_suffix(".json"), table, counts, fp)
         blocks.append(counts)
         if on_block is not None:
-            on_block(docs)
+            on_block(docs, reused)
     counts = {"blocks": blocks, "docs": sum(b["docs"] for b in blocks), **reader.info,
               "reader": reader.stats.as_dict()}
     write_done(split_record_path(ctx.out_dir, s), stage=stage.name,

@@ -30,7 +30,7 @@ class LocalExecutor(Executor):
     # --- the corpus into the first map stage ---------------------------------------------------
 
     def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
-        from ..progress import corpus_bar
+        from ..progress import advance, corpus_bar
         from ..read import CorpusRead, finish_read, map_split
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
@@ -39,7 +39,7 @@ class LocalExecutor(Executor):
         ctx.stage.setup(ctx)
         with corpus_bar(ctx) as bar:
             for s, split in enumerate(splits):
-                map_split(ctx, read, s, split, on_block=bar.update)
+                map_split(ctx, read, s, split, on_block=lambda docs, reused: advance(bar, docs, reused))
         return finish_read(ctx, read, splits)
 
     # --- map chains ----------------------------------------------------------------------------

@@ -120,8 +120,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
         try:
             ray.init(address=resolved, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            if resolved is None:
+                raise _no_local_start(e) from e
             raise RayClusterError(f"--ray-address {address}: could not join the Ray cluster: {e}") from e
+        except Exception as e:  # a local node that did not come up raises a bare Exception (a traceback)
+            if resolved is None:
+                raise _no_local_start(e) from e
+            raise
     return ray
+
+
+def _no_local_start(exc: Exception) -> RayClusterError:
+    """A local Ray instance that did not start (measured: under `ulimit -f 1710`, "The current node timed out
+    during startup", raised as a bare Exception after a traceback's worth of Ray's own lines)."""
+    from ...untrusted import one_line
+
+    return RayClusterError(f"--executor ray: could not start a local Ray instance: {one_line(str(exc))[:300]} "
+                           "(its logs: /tmp/ray/session_latest/logs)")
 
 
 @contextlib.contextmanager
@@ -403,7 +418,7 @@ class RayExecutor(Executor):
     # --- corpus -> first map stage ---------------------------------------------------------------
 
     def read_and_map(self, pipeline, fps, source, ctx) -> dict:
-        from ..progress import corpus_bar
+        from ..progress import advance, corpus_bar
         from ..read import CorpusRead, finish_read, split_done
 
         read = CorpusRead(source, split_bytes=self.corpus_split_bytes, block_docs=self.corpus_block_docs,
@@ -412,7 +427,7 @@ class RayExecutor(Executor):
         records = [split_done(ctx, read, s, split) for s, split in enumerate(splits)]
         pending = [s for s, record in enumerate(records) if record is None]
         with corpus_bar(ctx) as bar:
-            bar.update(sum(record["counts"]["docs"] for record in records if record is not None))
+            advance(bar, sum(record["counts"]["docs"] for record in records if record is not None), reused=True)
             if pending:  # one actor per CPU, one thread each: each reads its split and maps it
                 self._map_blocks(pending, [ctx], self.cpu_actors, self.threads or 1, {"num_cpus": 1},
                                  read=read, splits=splits, on_result=lambda s, docs: bar.update(docs))
