@@ -255,3 +255,76 @@ def test_sequence_parallel_resumes_exactly(tmp_path):
     assert len(metrics(cut)) == 2
     _torchrun(data, cut, "--seq-parallel", "2", "--resume")
     assert [r["loss"] for r in metrics(cut)] == [r["loss"] for r in metrics(whole)]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """(data, run) of a 2-rank run stopped after 2 of its steps: each test below resumes a copy of it."""
+    data = synthesized("standard")
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    _torchrun(data, run, "--stop-after", "2")
+    return data, run
+
+
+def _swap_rank_files(checkpoint) -> None:
+    (checkpoint / "rank-0.safetensors").rename(checkpoint / "rank-x")
+    (checkpoint / "rank-1.safetensors").rename(checkpoint / "rank-0.safetensors")
+    (checkpoint / "rank-x").rename(checkpoint / "rank-1.safetensors")
+
+
+@pytest.mark.parametrize("case,damage,line", [
+    ("swapped", _swap_rank_files, "does not fit this run (rank-0.safetensors was written by rank 1: its data position "
+                                  "is another rank's)"),
+    ("rank 1's missing", lambda c: (c / "rank-1.safetensors").unlink(), "rank-1.safetensors: checkpoint file not found"),
+    ("no --resume", None, "already holds a training run; pass --resume"),
+])
+def test_a_checkpoint_that_does_not_fit_two_ranks_is_refused_once_before_any_step(stopped, tmp_path, case, damage,
+                                                                                     line):
+    """Rank files swapped between the ranks were resumed without a word, each rank reading on from the other's data
+    position (steps 3 and 4 then differed from the uninterrupted run); a missing rank file was "missing from the
+    checkpoint not found"; a refusal every rank meets alike (a run given again without --resume, a damaged
+    trainer.json or model file) was printed by every rank. Now the ranks agree on it before any step: the line is printed once (by
+    each rank only where the ranks' causes differ, as swapped files do), and the run is left as it was."""
+    import shutil
+
+    data, stopped_run = stopped
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    if damage is not None:
+        damage(run / "checkpoints" / "step-00000002")
+    proc = _torchrun_process(data, run, *([] if damage is None else ["--resume"]))
+    assert proc.returncode != 0 and "]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1 and "Connection reset" not in proc.stderr, proc.stderr[-4000:]
+    assert len(metrics(run)) == 2
+
+
+RANK_1_CANNOT_SAVE = """import errno, os, sys
+import nextlong.train.checkpoint as ckpt
+real = ckpt.save_state
+def save_state(path, state):  # rank 1 cannot write its file of checkpoint 2
+    if os.environ.get("RANK") == "1" and "step-00000002" in str(path):
+        raise OSError(errno.EACCES, "Permission denied", str(path))
+    return real(path, state)
+ckpt.save_state = save_state
+from nextlong.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_checkpoint_one_rank_cannot_write_is_said_once_and_recorded(single, tmp_path):
+    """Rank 1 printed its error and rank 0 a second one, "another process failed to write its part of this
+    checkpoint", which is also what rank 0's manifest recorded as the cause. Now only rank 1's reason is printed
+    and recorded, and the half-written checkpoint is gone while the one before stays."""
+    import json
+
+    data, _ = single
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(RANK_1_CANNOT_SAVE)
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, "--save-every", "1", program=(str(launcher),))
+    assert proc.returncode != 0 and "another process failed" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count("rank-1.safetensors: Permission denied") == 1, proc.stderr[-4000:]
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["error"].startswith("rank 1: ") and "Permission denied" in \
+        stats["error"], stats
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]

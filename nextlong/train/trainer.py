@@ -35,7 +35,7 @@ from ..untrusted import whole
 from . import checkpoint as ckpt
 from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
-from .distributed import all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
+from .distributed import agreed, all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, seed_all
 from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
@@ -79,14 +79,6 @@ def cosine_schedule(warmup: int, steps: int, min_ratio: float):
 
 
 # --- the trainer -------------------------------------------------------------------------------
-
-
-def _agreed(work):
-    """work()'s result when it succeeded on every rank; else every rank raises (on_every_rank)."""
-    result, failure = on_every_rank(work)
-    if failure is not None:
-        raise failure
-    return result
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -194,14 +186,14 @@ class Trainer:
     # parts that may fail on one rank alone (its files, its device's memory) end in an agreement, so every rank
     # stops there with the failed rank's message instead of meeting a broken connection at the next collective.
     def setup(self) -> None:
-        _agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
+        agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
         self._sequence_parallel_groups()  # collective: creates the sequence-parallel groups
-        _agreed(self._setup_model)  # the model built and checked on this rank: no collective
+        agreed(self._setup_model)  # the model built and checked on this rank: no collective
         cfg = self.cfg
         check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
                           shards=self.world if cfg.fsdp else 1, local_world=self.local_world,
                           seq_parallel=self.sp, restored=cfg.restored)  # collective: every rank refuses alike
-        _agreed(self._setup_scorer)
+        agreed(self._setup_scorer)
         self.wrapped = self._wrap(self.loss_model)
         self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
                                     short_model=self.scorer or self.lm, sp=self.sp, sp_rank=self.sp_rank,
@@ -223,7 +215,7 @@ class Trainer:
         self._resume_or_start()
         # the first step's data is read now: bad samples fail before any training, on every rank, before the run
         # writes anything
-        self.next_batches = _agreed(self._read_step_batches)
+        self.next_batches = agreed(self._read_step_batches)
         if self.loss_on == "answer" and self.rank == 0 and not any(
                 bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
             print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
@@ -411,19 +403,34 @@ class Trainer:
         return d
 
     def _resume_or_start(self) -> None:
+        # every rank looks before rank 0 writes anything (the agreement is a barrier), and a refusal, alike on every
+        # rank, is printed once
+        found = agreed(self._checkpoint_to_resume)
+        if found is None:
+            return
+        latest, saved = found
+        ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
+                             packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
+                             trust=self.cfg.trust_checkpoint, max_step=self.cfg.steps)
+        self.start_step = saved["step"]
+        self.history = saved["history"]
+        self._warn_if_inputs_changed(self.run_dir)
+
+    def _checkpoint_to_resume(self) -> tuple[Path, dict] | None:
+        """(the newest checkpoint, its trainer.json) when this run resumes one whose settings are this run's; None
+        when it starts from step 0. No collective."""
         cfg, run = self.cfg, self.run_dir
         found = ckpt.list_checkpoints(run)
         existing = bool(found) or has_steps(run)  # a run that failed before its first step does not count
-        barrier()  # every rank looks before rank 0 writes anything
         if not cfg.resume:
             if existing:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
                                     "another --out")
-            return
+            return None
         if not found:
             if self.rank == 0:
                 print(f"nextlong train: no checkpoint in {run}; starting from step 0", file=sys.stderr)
-            return
+            return None
         latest = found[-1]
         saved = ckpt.read_trainer_state(latest, max_step=cfg.steps)
         mine = self.resolved_settings()
@@ -440,12 +447,7 @@ class Trainer:
                       if not same.get(k, lambda now, was, _: now == was)(mine_json.get(k), theirs.get(k), base))
         if diff:
             raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff}, saved.get("cwd"))
-        ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
-                             packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
-                             trust=cfg.trust_checkpoint, max_step=cfg.steps)
-        self.start_step = saved["step"]
-        self.history = saved["history"]
-        self._warn_if_inputs_changed(run)
+        return latest, saved
 
     def _warn_if_inputs_changed(self, run: Path) -> None:
         """The content of the data and of --scorer's folder is not among the settings a resume must match (a fixed
