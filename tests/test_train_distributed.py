@@ -298,33 +298,41 @@ def test_a_checkpoint_that_does_not_fit_two_ranks_is_refused_once_before_any_ste
     assert len(metrics(run)) == 2
 
 
-RANK_1_CANNOT_SAVE = """import errno, os, sys
+CANNOT_WRITE_STEP_2 = """import errno, os, sys
 import nextlong.train.checkpoint as ckpt
-real = ckpt.save_state
-def save_state(path, state):  # rank 1 cannot write its file of checkpoint 2
-    if os.environ.get("RANK") == "1" and "step-00000002" in str(path):
-        raise OSError(errno.EACCES, "Permission denied", str(path))
-    return real(path, state)
-ckpt.save_state = save_state
+what = sys.argv.pop(1)  # "checkpoint": rank 1 cannot write its file of checkpoint 2; "model": rank 0 cannot export it
+real = {"checkpoint": ckpt.save_state, "model": ckpt.export_model}[what]
+def fail(path, *args, **kwargs):
+    if what == "checkpoint" and os.environ["RANK"] == "1" and "step-00000002" in str(path) or (
+            what == "model" and os.environ["RANK"] == "0" and kwargs.get("step") == 2):
+        raise OSError(errno.EACCES, "Permission denied", str(path / "model" if what == "model" else path))
+    return real(path, *args, **kwargs)
+setattr(ckpt, "save_state" if what == "checkpoint" else "export_model", fail)
 from nextlong.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_checkpoint_one_rank_cannot_write_is_said_once_and_recorded(single, tmp_path):
-    """Rank 1 printed its error and rank 0 a second one, "another process failed to write its part of this
-    checkpoint", which is also what rank 0's manifest recorded as the cause. Now only rank 1's reason is printed
-    and recorded, and the half-written checkpoint is gone while the one before stays."""
+@pytest.mark.parametrize("what,line,rank", [("checkpoint", "rank-1.safetensors: Permission denied", 1),
+                                            ("model", "run/model: Permission denied", 0)])
+def test_a_file_of_step_2_that_one_rank_cannot_write_is_said_once_and_recorded(single, tmp_path, what, line, rank):
+    """Rank 1 cannot write its checkpoint file: it printed its error and rank 0 a second one, "another process
+    failed to write its part of this checkpoint", which rank 0's manifest also recorded as the cause. Rank 0
+    cannot export RUN/model: rank 1 went on to step 3 and died there with a gloo traceback. Now the ranks agree on
+    the failure: it is printed once and recorded (as "rank 1: ..." for rank 1's), and a half-written
+    checkpoint is gone while the one before stays."""
     import json
 
     data, _ = single
     launcher = tmp_path / "launch.py"
-    launcher.write_text(RANK_1_CANNOT_SAVE)
+    launcher.write_text(CANNOT_WRITE_STEP_2)
     run = tmp_path / "run"
-    proc = _torchrun_process(data, run, "--save-every", "1", program=(str(launcher),))
+    proc = _torchrun_process(data, run, "--save-every", "1", program=(str(launcher), what))
     assert proc.returncode != 0 and "another process failed" not in proc.stderr, proc.stderr[-4000:]
-    assert proc.stderr.count("rank-1.safetensors: Permission denied") == 1, proc.stderr[-4000:]
+    assert "]: Traceback" not in proc.stderr and proc.stderr.count(line) == 1, proc.stderr[-4000:]
     stats = json.loads((run / "manifest.json").read_text())["statistics"]
-    assert stats["status"] == "failed" and stats["error"].startswith("rank 1: ") and "Permission denied" in \
-        stats["error"], stats
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+    assert stats["status"] == "failed" and stats["steps"] == 2, stats
+    assert stats["error"].startswith("rank 1: " if rank else "[Errno 13] Permission denied"), stats
+    assert stats["error"].endswith(("rank-1.safetensors'", "run/model'")[rank == 0]), stats
+    saved = ["step-00000001"] + ([] if rank else ["step-00000002"])  # the export follows a complete checkpoint
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved

@@ -51,7 +51,7 @@ import torch
 from ..atomic import FILE_MODE, atomic_path, fsync_path
 from ..errors import NextlongError, disk_full, is_disk_full
 from ..untrusted import open_regular, read_json, show, whole
-from .distributed import agreed, barrier, on_every_rank, rng_state, set_rng_state
+from .distributed import agreed, barrier, rng_state, set_rng_state
 from .plot import METRICS_FILE
 from .state_file import load_state, save_state
 
@@ -114,8 +114,9 @@ def _finish(*files: Path) -> None:
 
 
 def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_state: dict, trainer_state: dict,
-                    sharded: bool, rank: int, keep: int) -> Path:
-    """Write checkpoint `step` (all ranks call this); returns its final folder."""
+                    sharded: bool, rank: int, keep: int, agree=agreed) -> Path:
+    """Write checkpoint `step` (all ranks call this); returns its final folder. `agree`: `distributed.agreed`,
+    or the trainer's, which also remembers a failure it raises."""
     root = Path(run) / CHECKPOINTS
     name = f"step-{step:08d}"
     tmp, final = root / f".tmp-{name}", root / name
@@ -141,11 +142,12 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
 
     # a rank that failed says why; the others raise OtherRankFailed with its message (which rank 0's manifest
     # records), instead of a second error line saying only that another process failed
-    _, failure = on_every_rank(write)
-    if failure is not None:
+    try:
+        agree(write)
+    except Exception:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise failure
+        raise
     if rank == 0:
         _remove(final)
         os.replace(tmp, final)

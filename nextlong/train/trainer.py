@@ -722,6 +722,15 @@ class Trainer:
             raise failure
         return batches
 
+    def _agreed(self, work):
+        """agreed(work) for the loop's writes, a failure remembered: run() then holds every rank until rank 0 has
+        recorded it (torchrun stops the others as soon as one rank exits)."""
+        result, failure = on_every_rank(work)
+        if failure is not None:
+            self.agreed_failure = failure
+            raise failure
+        return result
+
     def save(self, step: int, data_position: dict | None = None) -> None:
         """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved.
         `data_position`: the stream position to record, when it is not the packer's current one."""
@@ -735,7 +744,8 @@ class Trainer:
                          "cwd": os.getcwd()}
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
-                             sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints)
+                             sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints,
+                             agree=self._agreed)
         self.export(step)
 
     def export(self, step: int) -> None:
@@ -744,9 +754,10 @@ class Trainer:
         if self.cfg.fsdp:
             full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
             state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
-        if self.rank == 0:
-            ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict,
-                              step=step)
+        # the other ranks wait for rank 0's write: when it failed, they went on to the next step and met rank 0's exit
+        # there as a gloo traceback
+        self._agreed(lambda: self.rank == 0 and ckpt.export_model(
+            self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict, step=step))
 
     def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
         losses = [r["loss"] for r in self.history if r.get("loss") is not None]
