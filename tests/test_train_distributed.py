@@ -257,13 +257,45 @@ def test_sequence_parallel_resumes_exactly(tmp_path):
     assert [r["loss"] for r in metrics(cut)] == [r["loss"] for r in metrics(whole)]
 
 
+RANK_1_KILLED_AT_STEP_3 = """import os, signal, sys
+import nextlong.train.trainer as trainer
+real = trainer.Trainer.step
+def step(self, batches):
+    if os.environ["RANK"] == "1" and len(self.history) == 2:  # killed as the out-of-memory killer would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batches)
+trainer.Trainer.step = step
+from nextlong.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+
 @pytest.fixture(scope="module")
-def stopped(tmp_path_factory):
-    """(data, run) of a 2-rank run stopped after 2 of its steps: each test below resumes a copy of it."""
-    data = synthesized("standard")
-    run = tmp_path_factory.mktemp("stopped") / "run"
-    _torchrun(data, run, "--stop-after", "2")
-    return data, run
+def killed(single, tmp_path_factory):
+    """(data, run, torchrun's result) of a 2-rank run whose rank 1 is SIGKILLed in step 3 of 4, with --save-every 1:
+    the tests below resume copies of it."""
+    data, _ = single
+    folder = tmp_path_factory.mktemp("killed")
+    launcher = folder / "launch.py"
+    launcher.write_text(RANK_1_KILLED_AT_STEP_3)
+    run = folder / "run"
+    return data, run, _torchrun_process(data, run, "--save-every", "1", program=(str(launcher),))
+
+
+def test_a_rank_killed_mid_run_leaves_one_line_and_the_checkpoints(killed):
+    """Rank 1 is SIGKILLed in step 3: rank 0 printed a 40-line traceback of gloo's "Connection reset by peer",
+    which its manifest recorded as the cause. Now it says in one line that another process stopped, and the
+    checkpoints of steps 1 and 2 are complete."""
+    import json
+
+    _, run, proc = killed
+    line = "nextlong train: error: another process of the run stopped after step 2"
+    assert proc.returncode != 0 and "]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1 and "exitcode  : -9" in proc.stderr, proc.stderr[-4000:]
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["error"].startswith("another process of the run stopped"), stats
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
 
 
 def _swap_rank_files(checkpoint) -> None:
@@ -275,21 +307,23 @@ def _swap_rank_files(checkpoint) -> None:
 @pytest.mark.parametrize("case,damage,line", [
     ("swapped", _swap_rank_files, "does not fit this run (rank-0.safetensors was written by rank 1: its data position "
                                   "is another rank's)"),
-    ("rank 1's missing", lambda c: (c / "rank-1.safetensors").unlink(), "rank-1.safetensors: checkpoint file not found"),
+    ("rank 1's missing", lambda c: (c / "rank-1.safetensors").unlink(),
+     "rank-1.safetensors: checkpoint file not found"),
     ("no --resume", None, "already holds a training run; pass --resume"),
 ])
-def test_a_checkpoint_that_does_not_fit_two_ranks_is_refused_once_before_any_step(stopped, tmp_path, case, damage,
+def test_a_checkpoint_that_does_not_fit_two_ranks_is_refused_once_before_any_step(killed, tmp_path, case, damage,
                                                                                      line):
     """Rank files swapped between the ranks were resumed without a word, each rank reading on from the other's data
     position (steps 3 and 4 then differed from the uninterrupted run); a missing rank file was "missing from the
     checkpoint not found"; a refusal every rank meets alike (a run given again without --resume, a damaged
-    trainer.json or model file) was printed by every rank. Now the ranks agree on it before any step: the line is printed once (by
-    each rank only where the ranks' causes differ, as swapped files do), and the run is left as it was."""
+    trainer.json or model file) was printed by every rank. Now the ranks agree on it before any step: the line is
+    printed once (by each rank only where the ranks' causes differ, as swapped files do), and the run is left as it
+    was."""
     import shutil
 
-    data, stopped_run = stopped
+    data, killed_run, _ = killed
     run = tmp_path / "run"
-    shutil.copytree(stopped_run, run)
+    shutil.copytree(killed_run, run)
     if damage is not None:
         damage(run / "checkpoints" / "step-00000002")
     proc = _torchrun_process(data, run, *([] if damage is None else ["--resume"]))

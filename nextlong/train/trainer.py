@@ -168,13 +168,16 @@ class Trainer:
                 except (TrainingInterrupted, _Recorded):
                     raise
                 except BaseException as exc:  # the record said "running": it now says the run stopped, and why
+                    steps = self.history[-1]["step"] if self.history else self.start_step
+                    lost = _lost_a_process(exc, steps) if self.world > 1 else None
                     if self.manifest_running:
-                        self.write_manifest({**ended_by(exc), "steps": self.history[-1]["step"] if self.history
-                                             else self.start_step})
+                        self.write_manifest({**ended_by(lost or exc), "steps": steps})
                     if exc is self.agreed_failure:
                         # every rank is here, alive: none leaves before rank 0 has written that record (torchrun
                         # stops the other workers as soon as one exits, and rank 0's record stayed "running")
                         barrier()
+                    if lost is not None:
+                        raise lost from exc
                     raise
         finally:
             # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
@@ -791,6 +794,20 @@ class Trainer:
                  data_fingerprint=self.data_fingerprint, scorer_identity=self.scorer_identity)
         d.update({f"{key}_changed_at_step": step for key, step in self.changed_at_step.items()})
         return d
+
+
+def _lost_a_process(exc: BaseException, steps: int) -> NextlongError | None:
+    """The one-line error for a collective that failed because another rank is gone (killed, out of memory): gloo
+    raises a plain RuntimeError naming its transport, NCCL a DistError. Else None. It was a 40-line traceback on
+    every survivor, and the manifest's error gloo's "Connection reset by peer ... GLHF!"."""
+    import torch.distributed as dist
+
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or
+            (isinstance(exc, RuntimeError) and "gloo/transport" in str(exc))):
+        return None
+    detail = " ".join(str(exc).split()).split(" This is typically")[0][:200]
+    return NextlongError(f"another process of the run stopped after step {steps} (torchrun's report names it and "
+                         f"why); the run's checkpoints are kept for --resume ({type(exc).__name__}: {detail})")
 
 
 def _check_finite_weights(option: str, spec, model) -> None:
