@@ -255,3 +255,118 @@ def test_sequence_parallel_resumes_exactly(tmp_path):
     assert len(metrics(cut)) == 2
     _torchrun(data, cut, "--seq-parallel", "2", "--resume")
     assert [r["loss"] for r in metrics(cut)] == [r["loss"] for r in metrics(whole)]
+
+
+RANK_1_KILLED_AT_STEP_3 = """import os, signal, sys
+import nextlong.train.trainer as trainer
+real = trainer.Trainer.step
+def step(self, batches):
+    if os.environ["RANK"] == "1" and len(self.history) == 2:  # killed as the out-of-memory killer would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batches)
+trainer.Trainer.step = step
+from nextlong.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+
+@pytest.fixture(scope="module")
+def killed(single, tmp_path_factory):
+    """(data, run, torchrun's result) of a 2-rank run whose rank 1 is SIGKILLed in step 3 of 4, with --save-every 1:
+    the tests below resume copies of it."""
+    data, _ = single
+    folder = tmp_path_factory.mktemp("killed")
+    launcher = folder / "launch.py"
+    launcher.write_text(RANK_1_KILLED_AT_STEP_3)
+    run = folder / "run"
+    return data, run, _torchrun_process(data, run, "--save-every", "1", program=(str(launcher),))
+
+
+def test_a_rank_killed_mid_run_leaves_one_line_and_the_checkpoints(killed):
+    """Rank 1 is SIGKILLed in step 3: rank 0 printed a 40-line traceback of gloo's "Connection reset by peer",
+    which its manifest recorded as the cause. Now it says in one line that another process stopped, and the
+    checkpoints of steps 1 and 2 are complete."""
+    import json
+
+    _, run, proc = killed
+    line = "nextlong train: error: another process of the run stopped after step 2"
+    assert proc.returncode != 0 and "]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1 and "exitcode  : -9" in proc.stderr, proc.stderr[-4000:]
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["error"].startswith("another process of the run stopped"), stats
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+
+
+def _swap_rank_files(checkpoint) -> None:
+    (checkpoint / "rank-0.safetensors").rename(checkpoint / "rank-x")
+    (checkpoint / "rank-1.safetensors").rename(checkpoint / "rank-0.safetensors")
+    (checkpoint / "rank-x").rename(checkpoint / "rank-1.safetensors")
+
+
+@pytest.mark.parametrize("case,damage,line", [
+    ("swapped", _swap_rank_files, "does not fit this run (rank-0.safetensors was written by rank 1: its data position "
+                                  "is another rank's)"),
+    ("rank 1's missing", lambda c: (c / "rank-1.safetensors").unlink(),
+     "rank-1.safetensors: checkpoint file not found"),
+    ("no --resume", None, "already holds a training run; pass --resume"),
+])
+def test_a_checkpoint_that_does_not_fit_two_ranks_is_refused_once_before_any_step(killed, tmp_path, case, damage,
+                                                                                     line):
+    """Rank files swapped between the ranks were resumed without a word, each rank reading on from the other's data
+    position (steps 3 and 4 then differed from the uninterrupted run); a missing rank file was "missing from the
+    checkpoint not found"; a refusal every rank meets alike (a run given again without --resume, a damaged
+    trainer.json or model file) was printed by every rank. Now the ranks agree on it before any step: the line is
+    printed once (by each rank only where the ranks' causes differ, as swapped files do), and the run is left as it
+    was."""
+    import shutil
+
+    data, killed_run, _ = killed
+    run = tmp_path / "run"
+    shutil.copytree(killed_run, run)
+    if damage is not None:
+        damage(run / "checkpoints" / "step-00000002")
+    proc = _torchrun_process(data, run, *([] if damage is None else ["--resume"]))
+    assert proc.returncode != 0 and "]: Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count(line) == 1 and "Connection reset" not in proc.stderr, proc.stderr[-4000:]
+    assert len(metrics(run)) == 2
+
+
+CANNOT_WRITE_STEP_2 = """import errno, os, sys
+import nextlong.train.checkpoint as ckpt
+what = sys.argv.pop(1)  # "checkpoint": rank 1 cannot write its file of checkpoint 2; "model": rank 0 cannot export it
+real = {"checkpoint": ckpt.save_state, "model": ckpt.export_model}[what]
+def fail(path, *args, **kwargs):
+    if what == "checkpoint" and os.environ["RANK"] == "1" and "step-00000002" in str(path) or (
+            what == "model" and os.environ["RANK"] == "0" and kwargs.get("step") == 2):
+        raise OSError(errno.EACCES, "Permission denied", str(path / "model" if what == "model" else path))
+    return real(path, *args, **kwargs)
+setattr(ckpt, "save_state" if what == "checkpoint" else "export_model", fail)
+from nextlong.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("what,line,rank", [("checkpoint", "rank-1.safetensors: Permission denied", 1),
+                                            ("model", "run/model: Permission denied", 0)])
+def test_a_file_of_step_2_that_one_rank_cannot_write_is_said_once_and_recorded(single, tmp_path, what, line, rank):
+    """Rank 1 cannot write its checkpoint file: it printed its error and rank 0 a second one, "another process
+    failed to write its part of this checkpoint", which rank 0's manifest also recorded as the cause. Rank 0
+    cannot export RUN/model: rank 1 went on to step 3 and died there with a gloo traceback. Now the ranks agree on
+    the failure: it is printed once and recorded (as "rank 1: ..." for rank 1's), and a half-written
+    checkpoint is gone while the one before stays."""
+    import json
+
+    data, _ = single
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(CANNOT_WRITE_STEP_2)
+    run = tmp_path / "run"
+    proc = _torchrun_process(data, run, "--save-every", "1", program=(str(launcher), what))
+    assert proc.returncode != 0 and "another process failed" not in proc.stderr, proc.stderr[-4000:]
+    assert "]: Traceback" not in proc.stderr and proc.stderr.count(line) == 1, proc.stderr[-4000:]
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["steps"] == 2, stats
+    assert stats["error"].startswith("rank 1: " if rank else "[Errno 13] Permission denied"), stats
+    assert stats["error"].endswith(("rank-1.safetensors'", "run/model'")[rank == 0]), stats
+    saved = ["step-00000001"] + ([] if rank else ["step-00000002"])  # the export follows a complete checkpoint
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved

@@ -52,7 +52,7 @@ import torch
 from ..atomic import FILE_MODE, atomic_path, fsync_path
 from ..errors import NextlongError, disk_full, is_disk_full
 from ..untrusted import number, open_regular, read_json, show, whole
-from .distributed import all_ranks_ok, barrier, rng_state, set_rng_state
+from .distributed import agreed, barrier, rng_state, set_rng_state
 from .plot import METRICS_FILE
 from .state_file import load_state, save_state
 
@@ -115,8 +115,9 @@ def _finish(*files: Path) -> None:
 
 
 def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_state: dict, trainer_state: dict,
-                    sharded: bool, rank: int, keep: int) -> Path:
-    """Write checkpoint `step` (all ranks call this); returns its final folder."""
+                    sharded: bool, rank: int, keep: int, agree=agreed) -> Path:
+    """Write checkpoint `step` (all ranks call this); returns its final folder. `agree`: `distributed.agreed`,
+    or the trainer's, which also remembers a failure it raises."""
     root = Path(run) / CHECKPOINTS
     name = checkpoint_name(step)
     tmp, final = root / f".tmp-{name}", root / name
@@ -126,11 +127,12 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
         _remove(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    error = None
-    try:
+
+    def write() -> None:
         with disk_full_as_error(final):
+            # the rank that wrote it: a rank file swapped with another's would resume another rank's data
             mine = [tmp / f"rank-{rank}.safetensors"]
-            save_state(mine[0], {**rank_state, "rng": rng_state()})
+            save_state(mine[0], {**rank_state, "rank": rank, "rng": rng_state()})
             if rank == 0:
                 mine += [tmp / "model.safetensors", tmp / "optimizer.safetensors", tmp / "trainer.json"]
                 save_state(mine[1], model_sd)
@@ -138,15 +140,15 @@ def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_s
                 state = dict(trainer_state, format=FORMAT, step=step, scheduler=scheduler.state_dict())
                 mine[3].write_text(json.dumps(state, indent=1, default=str, allow_nan=False))
             _finish(*mine)  # on disk before the rename that publishes the checkpoint
-    except Exception as exc:
-        error = exc
-    if not all_ranks_ok(error is None):
+
+    # a rank that failed says why; the others raise OtherRankFailed with its message (which rank 0's manifest
+    # records), instead of a second error line saying only that another process failed
+    try:
+        agree(write)
+    except Exception:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        if error is not None:
-            raise error
-        raise NextlongError(f"{tmp}: another process failed to write its part of this checkpoint; the older "
-                            "checkpoints are kept")
+        raise
     if rank == 0:
         _remove(final)
         os.replace(tmp, final)
@@ -497,42 +499,56 @@ def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler, packer, sh
     Reads only safetensors and JSON. An old pickle checkpoint is refused, or with `trust` (the user's
     --trust-checkpoint) converted first, by rank 0 while the others wait. Everything is checked
     against this run before anything is loaded: a checkpoint that does not fit is refused whole."""
-    state = read_trainer_state(checkpoint, max_step)
-    if state.get("world_size", 1) != world:
-        raise NextlongError(f"{checkpoint}: saved by {state.get('world_size')} processes, resumed with {world}; "
-                            "the data position is per process, so resume with the same number")
-    fmt = state.get("format")
-    if fmt is not None and fmt != FORMAT:
-        raise NextlongError(f"{checkpoint}: checkpoint format {fmt!r}, but this nextlong reads format {FORMAT}; "
-                            "resume with the nextlong version that wrote it")
-    if fmt is None and not trust:
-        raise NextlongError(f"{checkpoint}: an old checkpoint made of Python pickles (model.pt, optimizer.pt, "
-                            "rank-N.pt), which can run any code when loaded, so it is not loaded; if you trust "
-                            "whoever wrote this run folder, resume once with --trust-checkpoint to load it and "
-                            "rewrite it as safetensors + JSON")
-    barrier()  # every rank has read trainer.json before rank 0 may rewrite it
-    if fmt is None and rank == 0:
-        convert_pickled_checkpoint(checkpoint, state)
-    barrier()
+    def check_trainer_state() -> dict:
+        state = read_trainer_state(checkpoint, max_step)
+        if state.get("world_size", 1) != world:
+            raise NextlongError(f"{checkpoint}: saved by {state.get('world_size')} processes, resumed with {world}; "
+                                "the data position is per process, so resume with the same number")
+        fmt = state.get("format")
+        if fmt is not None and fmt != FORMAT:
+            raise NextlongError(f"{checkpoint}: checkpoint format {fmt!r}, but this nextlong reads format {FORMAT}; "
+                                "resume with the nextlong version that wrote it")
+        if fmt is None and not trust:
+            raise NextlongError(f"{checkpoint}: an old checkpoint made of Python pickles (model.pt, optimizer.pt, "
+                                "rank-N.pt), which can run any code when loaded, so it is not loaded; if you trust "
+                                "whoever wrote this run folder, resume once with --trust-checkpoint to load it and "
+                                "rewrite it as safetensors + JSON")
+        return state
+
+    # Each part ends in an agreement (on_every_rank): a file that fails on one rank alone (its rank file missing
+    # or damaged) stops every rank with that rank's message, and one that fails on all is printed once. The first
+    # is also the barrier after which rank 0 may rewrite trainer.json.
+    state = agreed(check_trainer_state)
+    if state.get("format") is None:
+        agreed(lambda: rank == 0 and convert_pickled_checkpoint(checkpoint, state))
     step = state["step"]
-    model_sd = load_state(checkpoint / "model.safetensors")
-    optim_sd = load_state(checkpoint / "optimizer.safetensors")
-    rank_state = load_state(checkpoint / f"rank-{rank}.safetensors")
-    saved_scheduler = state.get("scheduler")
-    if saved_scheduler is None:
-        raise _unfit(checkpoint, "trainer.json has no scheduler state")
-    _check_scheduler(checkpoint, scheduler, saved_scheduler, step)
-    _check_model_state(checkpoint, model, model_sd)
-    _check_optimizer_state(checkpoint, model, optimizer, optim_sd, step, sharded)
-    if not isinstance(rank_state, dict) or not {"data", "rng"} <= set(rank_state):
-        raise _unfit(checkpoint, f"rank-{rank}.safetensors holds no data position and random states")
-    _check_rng(checkpoint, rank_state["rng"])
-    try:
-        packer.load_state_dict(rank_state["data"])  # checks the whole position before it sets any of it
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
-        detail = " ".join(str(exc).split())
-        raise _unfit(checkpoint, f"rank-{rank}.safetensors, data position: {type(exc).__name__}: "
-                                 f"{detail[:300]}") from None
+
+    def read_and_check() -> tuple:
+        model_sd = load_state(checkpoint / "model.safetensors")
+        optim_sd = load_state(checkpoint / "optimizer.safetensors")
+        rank_state = load_state(checkpoint / f"rank-{rank}.safetensors")
+        saved_scheduler = state.get("scheduler")
+        if saved_scheduler is None:
+            raise _unfit(checkpoint, "trainer.json has no scheduler state")
+        _check_scheduler(checkpoint, scheduler, saved_scheduler, step)
+        _check_model_state(checkpoint, model, model_sd)
+        _check_optimizer_state(checkpoint, model, optimizer, optim_sd, step, sharded)
+        if not isinstance(rank_state, dict) or not {"data", "rng"} <= set(rank_state):
+            raise _unfit(checkpoint, f"rank-{rank}.safetensors holds no data position and random states")
+        saved_rank = rank_state.get("rank", rank)  # checkpoints before it recorded none
+        if saved_rank != rank or type(saved_rank) is not int:
+            raise _unfit(checkpoint, f"rank-{rank}.safetensors was written by rank {show(saved_rank)}: its data "
+                                     "position is another rank's")
+        _check_rng(checkpoint, rank_state["rng"])
+        try:
+            packer.load_state_dict(rank_state["data"])  # checks the whole position before it sets any of it
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            detail = " ".join(str(exc).split())
+            raise _unfit(checkpoint, f"rank-{rank}.safetensors, data position: {type(exc).__name__}: "
+                                     f"{detail[:300]}") from None
+        return model_sd, optim_sd, rank_state, saved_scheduler
+
+    model_sd, optim_sd, rank_state, saved_scheduler = agreed(read_and_check)
     try:  # checked above: nothing here should fail, but a failure is still one line
         load_full_state_dicts(model, optimizer, model_sd, optim_sd, sharded)
         scheduler.load_state_dict(saved_scheduler)
@@ -550,7 +566,7 @@ def convert_pickled_checkpoint(checkpoint: Path, state: dict) -> None:
     with disk_full_as_error(checkpoint):
         for name in ["model", "optimizer", *ranks]:
             with open_regular(checkpoint / f"{name}.pt", _unreadable(checkpoint),
-                              what="missing from the checkpoint") as (fh, _):
+                              what="checkpoint file") as (fh, _):
                 obj = torch.load(fh, map_location="cpu", weights_only=False)
             save_state(checkpoint / f"{name}.safetensors", obj)
             _finish(checkpoint / f"{name}.safetensors")

@@ -111,3 +111,11 @@ def on_every_rank(work):
         return None, error  # the lowest rank with this message: it prints it
     # a rank that did not fail, or failed as a lower rank did (a sequence-parallel group reads the same rows)
     return None, OtherRankFailed(f"rank {rank}: {message}")
+
+
+def agreed(work):
+    """work()'s result when it succeeded on every rank; else every rank raises (on_every_rank)."""
+    result, failure = on_every_rank(work)
+    if failure is not None:
+        raise failure
+    return result

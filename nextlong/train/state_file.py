@@ -82,7 +82,7 @@ def load_state(path: str | os.PathLike):
     def refuse(message: str) -> NextlongError:
         return NextlongError(f"{message}; delete the checkpoint to resume from an older one")
 
-    with open_regular(path, refuse, what="missing from the checkpoint") as (fh, _):
+    with open_regular(path, refuse, what="checkpoint file") as (fh, _):
         try:
             with safe_open(fd_path(fh, path), framework="pt") as f:
                 header = (f.metadata() or {}).get(_HEADER_KEY)

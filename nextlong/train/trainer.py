@@ -35,8 +35,8 @@ from ..untrusted import whole
 from . import checkpoint as ckpt
 from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
-from .distributed import (all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, rng_state, seed_all,
-                          set_rng_state)
+from .distributed import (agreed, all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, rng_state,
+                          seed_all, set_rng_state)
 from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
@@ -80,14 +80,6 @@ def cosine_schedule(warmup: int, steps: int, min_ratio: float):
 
 
 # --- the trainer -------------------------------------------------------------------------------
-
-
-def _agreed(work):
-    """work()'s result when it succeeded on every rank; else every rank raises (on_every_rank)."""
-    result, failure = on_every_rank(work)
-    if failure is not None:
-        raise failure
-    return result
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -177,13 +169,16 @@ class Trainer:
                 except (TrainingInterrupted, _Recorded):
                     raise
                 except BaseException as exc:  # the record said "running": it now says the run stopped, and why
+                    steps = self.history[-1]["step"] if self.history else self.start_step
+                    lost = _lost_a_process(exc, steps) if self.world > 1 else None
                     if self.manifest_running:
-                        self.write_manifest({**ended_by(exc), "steps": self.history[-1]["step"] if self.history
-                                             else self.start_step})
+                        self.write_manifest({**ended_by(lost or exc), "steps": steps})
                     if exc is self.agreed_failure:
                         # every rank is here, alive: none leaves before rank 0 has written that record (torchrun
                         # stops the other workers as soon as one exits, and rank 0's record stayed "running")
                         barrier()
+                    if lost is not None:
+                        raise lost from exc
                     raise
         finally:
             # the groups this run started end with it: left to the interpreter's exit, gloo's threads (more of
@@ -195,14 +190,14 @@ class Trainer:
     # parts that may fail on one rank alone (its files, its device's memory) end in an agreement, so every rank
     # stops there with the failed rank's message instead of meeting a broken connection at the next collective.
     def setup(self) -> None:
-        _agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
+        agreed(self._setup_inputs)  # sources, tokenizer, settings: no collective
         self._sequence_parallel_groups()  # collective: creates the sequence-parallel groups
-        _agreed(self._setup_model)  # the model built and checked on this rank: no collective
+        agreed(self._setup_model)  # the model built and checked on this rank: no collective
         cfg = self.cfg
         check_step_memory(self.lm, seq_len=self.seq_len, micro_batch=cfg.micro_batch, device=self.device,
                           shards=self.world if cfg.fsdp else 1, local_world=self.local_world,
                           seq_parallel=self.sp, restored=cfg.restored)  # collective: every rank refuses alike
-        _agreed(self._setup_scorer)
+        agreed(self._setup_scorer)
         self.wrapped = self._wrap(self.loss_model)
         self.weigher = TokenWeigher(cfg, seq_len=self.seq_len, device=self.device, long_logprobs=self._long_logprobs,
                                     short_model=self.scorer or self.lm, sp=self.sp, sp_rank=self.sp_rank,
@@ -224,7 +219,7 @@ class Trainer:
         self._resume_or_start()
         # the first step's data is read now: bad samples fail before any training, on every rank, before the run
         # writes anything
-        self.next_batches = _agreed(self._read_step_batches)
+        self.next_batches = agreed(self._read_step_batches)
         if self.loss_on == "answer" and self.rank == 0 and not any(
                 bool((b["labels"][:, 1:] != -100).any()) for b in self.next_batches):
             print("nextlong train: the first step's sequences hold no answer token (their loss_mask is 0 on every "
@@ -412,19 +407,34 @@ class Trainer:
         return d
 
     def _resume_or_start(self) -> None:
+        # every rank looks before rank 0 writes anything (the agreement is a barrier), and a refusal, alike on every
+        # rank, is printed once
+        found = agreed(self._checkpoint_to_resume)
+        if found is None:
+            return
+        latest, saved = found
+        ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
+                             packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
+                             trust=self.cfg.trust_checkpoint, max_step=self.cfg.steps)
+        self.start_step = saved["step"]
+        self.history = saved["history"]
+        self._warn_if_inputs_changed(self.run_dir)
+
+    def _checkpoint_to_resume(self) -> tuple[Path, dict] | None:
+        """(the newest checkpoint, its trainer.json) when this run resumes one whose settings are this run's; None
+        when it starts from step 0. No collective."""
         cfg, run = self.cfg, self.run_dir
         found = ckpt.list_checkpoints(run)
         existing = bool(found) or has_steps(run)  # a run that failed before its first step does not count
-        barrier()  # every rank looks before rank 0 writes anything
         if not cfg.resume:
             if existing:
                 raise NextlongError(f"{run}: already holds a training run; pass --resume to continue it, or choose "
                                     "another --out")
-            return
+            return None
         if not found:
             if self.rank == 0:
                 print(f"nextlong train: no checkpoint in {run}; starting from step 0", file=sys.stderr)
-            return
+            return None
         latest = found[-1]
         saved = ckpt.read_trainer_state(latest, max_step=cfg.steps)
         mine = self.resolved_settings()
@@ -441,12 +451,7 @@ class Trainer:
                       if not same.get(k, lambda now, was, _: now == was)(mine_json.get(k), theirs.get(k), base))
         if diff:
             raise other_settings_error(run, {k: (theirs.get(k), mine_json.get(k)) for k in diff}, saved.get("cwd"))
-        ckpt.load_checkpoint(latest, model=self.loss_model, optimizer=self.optimizer, scheduler=self.scheduler,
-                             packer=self.packer, sharded=self.cfg.fsdp, rank=self.rank, world=self.world,
-                             trust=cfg.trust_checkpoint, max_step=cfg.steps)
-        self.start_step = saved["step"]
-        self.history = saved["history"]
-        self._warn_if_inputs_changed(run)
+        return latest, saved
 
     def _warn_if_inputs_changed(self, run: Path) -> None:
         """The content of the data and of --scorer's folder is not among the settings a resume must match (a fixed
@@ -753,6 +758,15 @@ class Trainer:
             raise failure
         return batches
 
+    def _agreed_remembered(self, work):
+        """agreed(work) for the loop's writes, a failure remembered: run() then holds every rank until rank 0 has
+        recorded it (torchrun stops the others as soon as one rank exits)."""
+        result, failure = on_every_rank(work)
+        if failure is not None:
+            self.agreed_failure = failure
+            raise failure
+        return result
+
     def save(self, step: int, data_position: dict | None = None) -> None:
         """Checkpoint (all ranks) and RUN/model (rank 0) at `step`; weights that are not finite are never saved.
         `data_position`: the stream position to record, when it is not the packer's current one."""
@@ -766,7 +780,8 @@ class Trainer:
                          "cwd": os.getcwd()}
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
-                             sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints)
+                             sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints,
+                             agree=self._agreed_remembered)
         self.export(step)
 
     def export(self, step: int) -> None:
@@ -775,9 +790,10 @@ class Trainer:
         if self.cfg.fsdp:
             full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
             state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
-        if self.rank == 0:
-            ckpt.export_model(self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict,
-                              step=step)
+        # the other ranks wait for rank 0's write: when it failed, they went on to the next step and met rank 0's exit
+        # there as a gloo traceback
+        self._agreed_remembered(lambda: self.rank == 0 and ckpt.export_model(
+            self.run_dir, self.lm, tokenizer_spec=self.tokenizer_spec, state_dict=state_dict, step=step))
 
     def summary(self, step: int, finished: bool, seconds: float, steps_here: int) -> dict:
         losses = [r["loss"] for r in self.history if r.get("loss") is not None]
@@ -811,6 +827,20 @@ class Trainer:
                  data_fingerprint=self.data_fingerprint, scorer_identity=self.scorer_identity)
         d.update({f"{key}_changed_at_step": step for key, step in self.changed_at_step.items()})
         return d
+
+
+def _lost_a_process(exc: BaseException, steps: int) -> NextlongError | None:
+    """The one-line error for a collective that failed because another rank is gone (killed, out of memory): gloo
+    raises a plain RuntimeError naming its transport, NCCL a DistError. Else None. It was a 40-line traceback on
+    every survivor, and the manifest's error gloo's "Connection reset by peer ... GLHF!"."""
+    import torch.distributed as dist
+
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or
+            (isinstance(exc, RuntimeError) and "gloo/transport" in str(exc))):
+        return None
+    detail = " ".join(str(exc).split()).split(" This is typically")[0][:200]
+    return NextlongError(f"another process of the run stopped after step {steps} (torchrun's report names it and "
+                         f"why); the run's checkpoints are kept for --resume ({type(exc).__name__}: {detail})")
 
 
 def _check_finite_weights(option: str, spec, model) -> None:
