@@ -239,21 +239,27 @@ def test_heads_cli_outputs_mask_check_and_compare(tmp_path, model_dir, capsys, c
     assert "beyond the model's 4096 positions" in capsys.readouterr().err
 
 
+def _ctrl_c_at_trial(n: int):
+    """heads' detect_trial, raising KeyboardInterrupt (Ctrl-C) at its n-th call instead."""
+    real, calls = H.detect_trial, []
+
+    def detect(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    return detect
+
+
 def test_a_stopped_heads_run_leaves_a_manifest_saying_so(tmp_path, model_dir, monkeypatch, capsys):
     """`nextlong heads` wrote its manifest only at the end: a run stopped after some trials left their
     records and no manifest saying what ran. It says "running" from the start, "interrupted" once Ctrl-C
     stopped it; the rerun finishes it."""
     args = ["heads", str(model_dir), "--lengths", "320", "--depths", "2", "--needles", "1", "--all-trials",
             "--max-new-tokens", "6", "--out", str(tmp_path / "a")]
-    real, calls = H.detect_trial, []
-
-    def stop_at_the_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(H, "detect_trial", stop_at_the_second)
+    real = H.detect_trial
+    monkeypatch.setattr(H, "detect_trial", _ctrl_c_at_trial(2))
     assert main(args) == 130  # the CLI's exit status after Ctrl-C
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["command"] == "heads" and manifest["statistics"] == {"status": "interrupted",
@@ -275,15 +281,8 @@ def test_a_resumed_heads_run_counts_only_the_trials_it_runs(tmp_path, model_dir,
 
     args = ["heads", str(model_dir), "--lengths", "320", "--depths", "3", "--needles", "1", "--all-trials",
             "--max-new-tokens", "4", "--out", str(tmp_path / "a")]
-    real, calls = H.detect_trial, []
-
-    def stop_at_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(H, "detect_trial", stop_at_the_third)
+    real = H.detect_trial
+    monkeypatch.setattr(H, "detect_trial", _ctrl_c_at_trial(3))
     assert main(args) == 130
     monkeypatch.setattr(H, "detect_trial", real)
     monkeypatch.setattr(tqdm, "tqdm", BarRecorder)
