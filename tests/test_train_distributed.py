@@ -27,13 +27,19 @@ def _torchrun(data, run, *extra, nproc=2):
 def _torchrun_process(data, run, *extra, nproc=2, program=("-m", "nextlong")) -> subprocess.CompletedProcess:
     """`nextlong train` on `nproc` ranks; `program`: what torchrun starts instead of `-m nextlong` (a launcher
     script and its arguments, which then runs the CLI)."""
+    return subprocess.run(**_torchrun_command(data, run, *extra, nproc=nproc, program=program), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _torchrun_command(data, run, *extra, nproc=2, program=("-m", "nextlong")) -> dict:
+    """The args and env of _torchrun_process (for a Popen)."""
     # faulthandler: a rank that dies of a signal prints where each of its threads was
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            *program, "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len",
            str(SAMPLE_LEN), "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet",
            "--threads", "1", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return {"args": cmd, "env": env}
 
 
 def _same_steps(got: list[dict], want: list[dict], *extra: str) -> None:
@@ -370,3 +376,40 @@ def test_a_file_of_step_2_that_one_rank_cannot_write_is_said_once_and_recorded(s
     assert stats["error"].endswith(("rank-1.safetensors'", "run/model'")[rank == 0]), stats
     saved = ["step-00000001"] + ([] if rank else ["step-00000002"])  # the export follows a complete checkpoint
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved
+
+
+EXIT_CODES_TO = """import sys
+import nextlong.cli as cli
+real = cli._end_torchrun_rank
+def end(code):
+    with open({!r}, "a") as f:  # each rank's exit status (torchrun stopped by a signal reports none)
+        f.write(f"{{code}}\\n")
+    real(code)
+cli._end_torchrun_rank = end
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_forwarded_to_every_rank_is_said_once(tmp_path):
+    """torchrun forwards SIGTERM to every rank: each printed its own "SIGTERM: stopping after this step" and its
+    own "interrupted ... --resume" line (16 lines for one stop of 8 processes). Now the lowest rank signalled says
+    them; every rank still stops at the same step, saves it, and exits 130."""
+    import signal
+    import time
+
+    data, run = synthesized("nextlong"), tmp_path / "run"
+    launcher, codes = tmp_path / "launch.py", tmp_path / "codes"
+    launcher.write_text(EXIT_CODES_TO.format(str(codes)))
+    proc = subprocess.Popen(**_torchrun_command(data, run, "--steps", "1000", program=(str(launcher),)),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    log = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None and not (log.is_file() and log.stat().st_size):
+        time.sleep(0.02)  # the first step is taken
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1 and sorted(codes.read_text().split()) == ["130", "130"], err[-4000:]
+    assert err.count("SIGTERM: stopping after this step") == 1, err[-4000:]
+    assert err.count("checkpoint is saved: run the same command with --resume") == 1, err[-4000:]
+    steps = len(metrics(run))
+    assert 1 <= steps < 1000 and [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps:08d}"]
