@@ -802,17 +802,23 @@ class Trainer:
         # compares them as they were meant
         trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world,
                          "cwd": os.getcwd()}
+        # gathered once: under FSDP the checkpoint and the export gathered every shard each
+        states = ckpt.full_state_dicts(self.loss_model, self.optimizer, self.cfg.fsdp)
+        model_sd = states[0]
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
                              sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints,
-                             agree=self._agreed_remembered)
-        self.export(step)
+                             agree=self._agreed_remembered, states=states)
+        del states
+        self.export(step, full=model_sd)
 
-    def export(self, step: int) -> None:
-        """RUN/model from the weights now (all ranks take part under FSDP; rank 0 writes), recording `step`."""
+    def export(self, step: int, full: dict | None = None) -> None:
+        """RUN/model from the weights now (all ranks take part under FSDP; rank 0 writes), recording `step`.
+        `full`: the model's state dict as full_state_dicts gives it, when the caller has gathered it."""
         state_dict = None
         if self.cfg.fsdp:
-            full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
+            if full is None:
+                full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
             state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
         # the other ranks wait for rank 0's write: when it failed, they went on to the next step and met rank 0's exit
         # there as a gloo traceback
