@@ -167,7 +167,8 @@ def _run(args) -> int:
                 "re-run to resume"
                 if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
-        print(f"nextlong {args.command}: {said}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # a lower torchrun rank, signalled too, says it
+            print(f"nextlong {args.command}: {said}", file=sys.stderr)
         return 143 if terminated else 130
 
 

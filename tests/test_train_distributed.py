@@ -19,21 +19,27 @@ pytestmark = pytest.mark.slow
 STEPS = 4
 
 
-def _torchrun(data, run, *extra, nproc=2):
-    proc = _torchrun_process(data, run, *extra, nproc=nproc)
+def _torchrun(data, run, *extra, nproc=2, program=("-m", "nextlong")):
+    proc = _torchrun_process(data, run, *extra, nproc=nproc, program=program)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def _torchrun_process(data, run, *extra, nproc=2, program=("-m", "nextlong")) -> subprocess.CompletedProcess:
     """`nextlong train` on `nproc` ranks; `program`: what torchrun starts instead of `-m nextlong` (a launcher
     script and its arguments, which then runs the CLI)."""
+    return subprocess.run(**_torchrun_command(data, run, *extra, nproc=nproc, program=program), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _torchrun_command(data, run, *extra, nproc=2, program=("-m", "nextlong")) -> dict:
+    """The args and env of _torchrun_process (for a Popen)."""
     # faulthandler: a rank that dies of a signal prints where each of its threads was
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            *program, "train", str(data), "--out", str(run), "--steps", str(STEPS), "--seq-len",
            str(SAMPLE_LEN), "--batch-tokens", str(4 * SAMPLE_LEN), "--attention-spans", "document", "--quiet",
            "--threads", "1", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return {"args": cmd, "env": env}
 
 
 def _same_steps(got: list[dict], want: list[dict], *extra: str) -> None:
@@ -58,13 +64,43 @@ def single(tmp_path_factory):
     return data, metrics(run)
 
 
+RANK_ENDS_TO = """import sys
+import nextlong.cli as cli
+import nextlong.train.checkpoint as ckpt
+gathers, real_gather = [], ckpt.full_state_dicts
+def gather(*args, **kwargs):
+    gathers.append(args)
+    return real_gather(*args, **kwargs)
+ckpt.full_state_dicts = gather
+real_end = cli._end_torchrun_rank
+def end(code):
+    with open({!r}, "a") as f:
+        f.write(f"{{code}} {{len(gathers)}}\\n")
+    real_end(code)
+cli._end_torchrun_rank = end
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _recording_launcher(folder) -> tuple[tuple[str], object]:
+    """(torchrun's program, the file it fills): a launcher of the CLI that writes a line per rank as it ends: its
+    exit status (torchrun stopped by a signal reports none) and how many times it gathered the full state dicts."""
+    launcher, ends = folder / "launch.py", folder / "ends"
+    launcher.write_text(RANK_ENDS_TO.format(str(ends)))
+    return (str(launcher),), ends
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_give_the_single_process_loss_curve(single, tmp_path, mode):
+    """The one save (the final one) gathers the full state dicts once: under FSDP the checkpoint and the model
+    export gathered every shard each."""
     data, reference = single
     run = tmp_path / mode
-    _torchrun(data, run, *(["--fsdp"] if mode == "fsdp" else []))
+    program, ends = _recording_launcher(tmp_path)
+    _torchrun(data, run, *(["--fsdp"] if mode == "fsdp" else []), program=program)
     _same_steps(metrics(run), reference)
     assert (run / "model" / "config.json").exists() and len(list((run / "checkpoints").iterdir())) == 1
+    assert ends.read_text().split() == ["0", "1"] * 2
 
 
 def test_a_rank_that_refuses_its_settings_exits_with_the_usage_status(single, tmp_path):
@@ -370,3 +406,28 @@ def test_a_file_of_step_2_that_one_rank_cannot_write_is_said_once_and_recorded(s
     assert stats["error"].endswith(("rank-1.safetensors'", "run/model'")[rank == 0]), stats
     saved = ["step-00000001"] + ([] if rank else ["step-00000002"])  # the export follows a complete checkpoint
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved
+
+
+def test_a_signal_forwarded_to_every_rank_is_said_once(tmp_path):
+    """torchrun forwards SIGTERM to every rank: each printed its own "SIGTERM: stopping after this step" and its
+    own "interrupted ... --resume" line (16 lines for one stop of 8 processes). Now the lowest rank signalled says
+    them; every rank still stops at the same step, saves it, and exits 130."""
+    import signal
+    import time
+
+    data, run = synthesized("nextlong"), tmp_path / "run"
+    program, ends = _recording_launcher(tmp_path)
+    proc = subprocess.Popen(**_torchrun_command(data, run, "--steps", "1000", program=program),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    log = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None and not (log.is_file() and log.stat().st_size):
+        time.sleep(0.02)  # the first step is taken
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1 and [line.split()[0] for line in ends.read_text().splitlines()] == ["130"] * 2, \
+        err[-4000:]
+    assert err.count("SIGTERM: stopping after this step") == 1, err[-4000:]
+    assert err.count("checkpoint is saved: run the same command with --resume") == 1, err[-4000:]
+    steps = len(metrics(run))
+    assert 1 <= steps < 1000 and [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps:08d}"]

@@ -115,13 +115,14 @@ def _finish(*files: Path) -> None:
 
 
 def save_checkpoint(run: Path, step: int, *, model, optimizer, scheduler, rank_state: dict, trainer_state: dict,
-                    sharded: bool, rank: int, keep: int, agree=agreed) -> Path:
+                    sharded: bool, rank: int, keep: int, agree=agreed, states: tuple | None = None) -> Path:
     """Write checkpoint `step` (all ranks call this); returns its final folder. `agree`: `distributed.agreed`,
-    or the trainer's, which also remembers a failure it raises."""
+    or the trainer's, which also remembers a failure it raises. `states`: full_state_dicts(model, optimizer,
+    sharded) when the caller has them already (the trainer gathers FSDP's shards once for this and the export)."""
     root = Path(run) / CHECKPOINTS
     name = checkpoint_name(step)
     tmp, final = root / f".tmp-{name}", root / name
-    model_sd, optim_sd = full_state_dicts(model, optimizer, sharded)
+    model_sd, optim_sd = states if states is not None else full_state_dicts(model, optimizer, sharded)
     if rank == 0:
         check_run_folder(run)  # nothing swapped in since setup: a link here would send the writes elsewhere
         _remove(tmp)

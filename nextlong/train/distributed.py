@@ -63,6 +63,20 @@ def all_ranks_ok(ok: bool) -> bool:
     return float(flag) == 0.0
 
 
+def lowest_rank_with(value):
+    """(rank, value) of the lowest rank whose `value` is not None, or None when no rank has one: which rank
+    speaks for all of them (a signal that torchrun forwards to every rank is said once, not once per rank).
+    Collective; the values are gathered only when some rank has one."""
+    d = _dist()
+    if d is None:
+        return None if value is None else (0, value)
+    if all_ranks_ok(value is None):
+        return None
+    values = [None] * d.get_world_size()
+    d.all_gather_object(values, value)
+    return next((r, v) for r, v in enumerate(values) if v is not None)
+
+
 def seed_all(seed: int) -> None:
     """Python's, numpy's and torch's global generators from --seed: without it a pretrained model's dropout
     drew from the process's startup entropy, so two runs with the same --seed trained differently."""

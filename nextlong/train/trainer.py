@@ -35,8 +35,8 @@ from ..untrusted import whole
 from . import checkpoint as ckpt
 from .config import TrainConfig, check_output_folder, other_settings_error
 from .data import SampleStream, SequencePacker, collate
-from .distributed import (agreed, all_ranks_ok, all_reduce_sum, barrier, init_distributed, on_every_rank, rng_state,
-                          seed_all, set_rng_state)
+from .distributed import (agreed, all_ranks_ok, all_reduce_sum, barrier, init_distributed, lowest_rank_with,
+                          on_every_rank, rng_state, seed_all, set_rng_state)
 from .memory import check_step_memory, is_out_of_memory
 from .model import LossModel, build_model, check_attention_dropout, get_rope_theta, is_preset, run_or_model_folder
 from .plot import METRICS_FILE, has_steps, plot_loss
@@ -83,7 +83,13 @@ def cosine_schedule(warmup: int, steps: int, min_ratio: float):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C or SIGTERM at a step boundary, after saving that step's checkpoint."""
+    """A run stopped by Ctrl-C or SIGTERM at a step boundary, after saving that step's checkpoint. `quiet`: a
+    lower rank was signalled too and says it (torchrun forwards a signal to every rank: one line, not one per
+    rank)."""
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
 
 
 class _Recorded(NextlongError):
@@ -101,16 +107,19 @@ class _StopRequest:
     it, instead of losing every step since the last checkpoint (with --save-every 0, all of them). A second
     signal acts at once, unless it comes within SAME_REQUEST_S of the first: a scheduler that signals every
     process of a job (Slurm) reaches a torchrun worker twice, directly and forwarded by torchrun, and that
-    is one request. Only the main thread can take signals."""
+    is one request. Only the main thread can take signals. `speaks`: the note is printed as the signal comes
+    (rank 0, or a single process); another rank's waits for say(), at the step boundary where the ranks learn
+    whether a lower one was signalled too and said it."""
 
     SAME_REQUEST_S = 2.0
 
-    def __init__(self):
+    def __init__(self, speaks: bool = True):
         import signal
         import threading
 
         self.requested = None
         self._at = None
+        self._speaks, self._said = speaks, False
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,16 +127,24 @@ class _StopRequest:
 
     def _note(self, signum, frame):
         import signal
-        import sys
 
         now = time.monotonic()
         if self.requested is None:
             self.requested, self._at = signal.Signals(signum).name, now
-            print(f"\n{self.requested}: stopping after this step and saving it (again, {self.SAME_REQUEST_S:g} s or "
-                  "more from now, to stop at once)", file=sys.stderr)
+            if self._speaks:
+                self.say()
         elif now - self._at >= self.SAME_REQUEST_S:  # a second request: the signal's own action, at once
             self.restore()
             signal.raise_signal(signum)
+
+    def say(self) -> None:
+        """The note that the run stops after this step, once."""
+        import sys
+
+        if not self._said:
+            self._said = True
+            print(f"\n{self.requested}: stopping after this step and saving it (again, {self.SAME_REQUEST_S:g} s or "
+                  "more from now, to stop at once)", file=sys.stderr)
 
     def restore(self) -> None:
         import signal
@@ -610,14 +627,18 @@ class Trainer:
         batches = self.next_batches  # read in setup, so bad data failed before any step
         # Ctrl-C / SIGTERM are noted until the final checkpoint, export and manifest are written: a first signal
         # during them must not kill the run with its last steps unsaved
-        stop = _StopRequest()
+        stop = _StopRequest(speaks=self.rank == 0)
         try:
             try:
                 while step < cfg.steps:
                     if cfg.stop_after is not None and steps_here >= cfg.stop_after:
                         break
-                    if steps_here and not all_ranks_ok(not stop.requested):  # every rank stops at one step
-                        break
+                    if steps_here:  # every rank stops at one step; the lowest rank signalled says so
+                        first = lowest_rank_with(stop.requested)
+                        if first is not None:
+                            if first[0] == self.rank:
+                                stop.say()
+                            break
                     t0 = time.perf_counter()
                     before = None  # the state after `step`, while it is unsaved: what a failed next step saves
                     if batches is None:
@@ -677,9 +698,12 @@ class Trainer:
                 self.write_manifest(summary)
                 if self.history:
                     self.draw_loss()
-            if stop.requested and not finished:
-                raise TrainingInterrupted(f"interrupted ({stop.requested}) after step {step} of {cfg.steps}; its "
-                                          f"checkpoint is saved: run the same command with --resume to continue")
+            requested = stop.requested  # the ranks signalled raise; the lowest of them says it
+            first = lowest_rank_with(requested)
+            if requested and not finished:
+                raise TrainingInterrupted(f"interrupted ({requested}) after step {step} of {cfg.steps}; its "
+                                          f"checkpoint is saved: run the same command with --resume to continue",
+                                          quiet=first[0] != self.rank)
             return summary
         finally:
             stop.restore()
@@ -778,17 +802,23 @@ class Trainer:
         # compares them as they were meant
         trainer_state = {"settings": self.resolved_settings(), "history": self.history, "world_size": self.world,
                          "cwd": os.getcwd()}
+        # gathered once: under FSDP the checkpoint and the export gathered every shard each
+        states = ckpt.full_state_dicts(self.loss_model, self.optimizer, self.cfg.fsdp)
+        model_sd = states[0]
         ckpt.save_checkpoint(self.run_dir, step, model=self.loss_model, optimizer=self.optimizer,
                              scheduler=self.scheduler, rank_state=rank_state, trainer_state=trainer_state,
                              sharded=self.cfg.fsdp, rank=self.rank, keep=self.cfg.keep_checkpoints,
-                             agree=self._agreed_remembered)
-        self.export(step)
+                             agree=self._agreed_remembered, states=states)
+        del states
+        self.export(step, full=model_sd)
 
-    def export(self, step: int) -> None:
-        """RUN/model from the weights now (all ranks take part under FSDP; rank 0 writes), recording `step`."""
+    def export(self, step: int, full: dict | None = None) -> None:
+        """RUN/model from the weights now (all ranks take part under FSDP; rank 0 writes), recording `step`.
+        `full`: the model's state dict as full_state_dicts gives it, when the caller has gathered it."""
         state_dict = None
         if self.cfg.fsdp:
-            full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
+            if full is None:
+                full, _ = ckpt.full_state_dicts(self.loss_model, self.optimizer, True)
             state_dict = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
         # the other ranks wait for rank 0's write: when it failed, they went on to the next step and met rank 0's exit
         # there as a gloo traceback
