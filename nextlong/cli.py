@@ -167,7 +167,10 @@ def _run(args) -> int:
                 "re-run to resume"
                 if args.command in ("synthesize", "acer") else
                 f"{what}; finished work is kept, re-run to resume")
-        if not getattr(exc, "quiet", False):  # a lower torchrun rank, signalled too, says it
+        # in train's loop, the lowest torchrun rank signalled says it (TrainingInterrupted.quiet); before the loop
+        # (setup) there is no collective to agree on one, so each node's first rank says it, as for a usage error:
+        # a Ctrl-C of 8 processes printed 8 lines
+        if not getattr(exc, "quiet", args.command == "train" and quiet_rank()):
             print(f"nextlong {args.command}: {said}", file=sys.stderr)
         return 143 if terminated else 130
 

@@ -431,3 +431,36 @@ def test_a_signal_forwarded_to_every_rank_is_said_once(tmp_path):
     assert err.count("checkpoint is saved: run the same command with --resume") == 1, err[-4000:]
     steps = len(metrics(run))
     assert 1 <= steps < 1000 and [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps:08d}"]
+
+
+IN_SETUP_UNTIL_SIGNALLED = """import os, time
+from pathlib import Path
+import nextlong.train.trainer as trainer
+def setup(self):  # a slow setup (a large checkpoint read, say): the test signals it here
+    Path({!r}, f"in-setup-{{os.environ['RANK']}}").touch()
+    time.sleep(120)
+trainer.Trainer.setup = setup
+"""
+
+
+def test_a_signal_during_setup_is_said_once(tmp_path):
+    """Ctrl-C while the ranks are still in setup (torchrun forwards SIGINT to every rank): each rank printed its
+    own "interrupted before training started" line (8 lines for one Ctrl-C of 8 processes). Before the loop
+    there is no collective to agree on the lowest rank signalled, so the node's first rank says it; every rank
+    still exits 130, and --out is not created."""
+    import signal
+    import time
+
+    data, run = synthesized("nextlong"), tmp_path / "run"
+    program, ends = _recording_launcher(tmp_path)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(IN_SETUP_UNTIL_SIGNALLED.format(str(tmp_path)) + launcher.read_text())
+    proc = subprocess.Popen(**_torchrun_command(data, run, program=program), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(tmp_path.glob("in-setup-*"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert [line.split()[0] for line in ends.read_text().splitlines()] == ["130"] * 2, err[-4000:]
+    assert err.count("nextlong train: interrupted before training started; nothing was written") == 1, err[-4000:]
+    assert not run.exists()
