@@ -464,3 +464,57 @@ def test_a_signal_during_setup_is_said_once(tmp_path):
     assert [line.split()[0] for line in ends.read_text().splitlines()] == ["130"] * 2, err[-4000:]
     assert err.count("nextlong train: interrupted before training started; nothing was written") == 1, err[-4000:]
     assert not run.exists()
+
+
+RANK_1_HANGS_AT_STEP_2 = """import os, signal, sys, time
+import nextlong.cli as cli
+import nextlong.train.trainer as trainer
+folder = {!r}
+real_step, real_end = trainer.Trainer.step, cli._end_torchrun_rank
+def step(self, batches):
+    if os.environ["RANK"] == "1" and len(self.history) == 1:  # stopped as a stuck file system would leave it
+        with open(os.path.join(folder, "stopped"), "w") as f:
+            f.write(f"{{os.getpid()}} {{time.time()}}")
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return real_step(self, batches)
+def end(code):
+    with open(os.path.join(folder, "rank-" + os.environ["RANK"]), "w") as f:
+        f.write(f"{{code}} {{time.time()}}")
+    real_end(code)
+trainer.Trainer.step, cli._end_torchrun_rank = step, end
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_that_hangs_ends_the_run_after_the_collective_timeout_in_one_line(single, tmp_path):
+    """Rank 1 stops itself (SIGSTOP) before step 2: torchrun does not see it, and rank 0 waited in its next
+    collective for torch's default timeout (30 minutes with gloo). With --collective-timeout 3 it ends within
+    seconds, saying in one line that a process stopped answering."""
+    import json
+    import signal
+    import time
+
+    data, _ = single
+    (tmp_path / "launch.py").write_text(RANK_1_HANGS_AT_STEP_2.format(str(tmp_path)))
+    run, stopped, rank_0 = tmp_path / "run", tmp_path / "stopped", tmp_path / "rank-0"
+    proc = subprocess.Popen(**_torchrun_command(data, run, "--collective-timeout", "3", "--save-every", "1",
+                                                program=(str(tmp_path / "launch.py"),)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not rank_0.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:  # torchrun cannot end a stopped worker (its SIGTERM waits for a SIGCONT)
+        if stopped.exists():
+            os.kill(int(stopped.read_text().split()[0]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    assert rank_0.exists() and stopped.exists(), stderr[-4000:]
+    code, ended = rank_0.read_text().split()
+    waited = float(ended) - float(stopped.read_text().split()[1])
+    line = ("nextlong train: error: another process of the run stopped answering after step 1: a collective "
+            "waited --collective-timeout 3 s for it")
+    assert code == "1" and 3 <= waited < 20 and "]: Traceback" not in stderr, (code, waited, stderr[-4000:])
+    assert stderr.count(line) == 1, stderr[-4000:]
+    stats = json.loads((run / "manifest.json").read_text())["statistics"]
+    assert stats["status"] == "failed" and stats["error"].startswith("another process of the run stopped answ"), stats
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001"]

@@ -822,6 +822,18 @@ def test_a_bad_value_restored_from_the_run_is_named_as_the_runs():
                 f"got {value}{tail}"), str(info.value)
 
 
+def test_the_collective_timeout_is_checked_and_may_change_on_resume():
+    """--collective-timeout (seconds) from Python too: 0, a negative or an infinite wait is refused in one line;
+    it bounds how long a run waits for a hung process, not what a step computes, so a resume may change it."""
+    from nextlong.train.config import TrainConfig
+
+    for value in (0, -1.0, float("inf")):
+        with pytest.raises(UsageError, match="--collective-timeout must be a positive number of seconds"):
+            TrainConfig(data=["x"], out="o", collective_timeout=value).validate()
+    cfg = TrainConfig(data=["x"], out="o", collective_timeout=2.5).validate()
+    assert cfg.to_dict()["collective_timeout"] == 2.5 and "collective_timeout" not in cfg.run_defining()
+
+
 def test_python_resume_takes_the_recorded_settings(data, tmp_path):
     """train(data, run, resume=True) continues a run with its own settings, as `nextlong train DATA --out RUN
     --resume` does; it was refused ("cannot resume with other settings") unless every setting was repeated.

@@ -94,6 +94,9 @@ def add_parser(subparsers) -> None:
                         "default: run to --steps)")
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="CPU threads per process (default 0: torch's default, or the cores divided among ranks)")
+    p.add_argument("--collective-timeout", type=positive_float, metavar="SECONDS",
+                   help="under torchrun: end the run when a collective waits this long for another process (one "
+                        "that hangs: stopped, stuck on a file system; default: torch's, 30 min gloo, 10 min NCCL)")
     p.add_argument("--quiet", action="store_true", help="print nothing: no progress bar and no summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     # An option left out takes its default, or with --resume the resumed run's value: to tell the two
@@ -221,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, stop_after=args.stop_after,
         trust_checkpoint=args.trust_checkpoint, nan_policy=args.nan_policy, restored=args.restored,
-        num_threads=args.threads, progress=not (args.quiet or args.no_progress))
+        num_threads=args.threads, collective_timeout=args.collective_timeout,
+        progress=not (args.quiet or args.no_progress))
     import os
 
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet and summary["final_loss"] is not None:

@@ -28,7 +28,8 @@ LOSS_ON = ("all", "answer")
 # Settings that change what a step computes: a resumed run must use the same ones.
 # `tokenizer` is the user's own say-so about a file (never taken from a run folder's manifest on resume).
 _NOT_RUN_DEFINING = {"out", "resume", "save_every", "keep_checkpoints", "progress", "stop_after", "num_threads",
-                     "nan_policy", "trust_checkpoint", "trust_remote_code", "tokenizer", "restored"}
+                     "nan_policy", "trust_checkpoint", "trust_remote_code", "tokenizer", "restored",
+                     "collective_timeout"}
 MAX_LR = 1e10  # far above any rate that trains; AdamW's float32 arithmetic overflows near 1e38
 
 
@@ -81,6 +82,7 @@ class TrainConfig:
     stop_after: int | None = None        # end this invocation after N steps (a later --resume goes on)
     progress: bool = True
     num_threads: int = 0                 # CPU threads per process (0: the cores divided among local ranks)
+    collective_timeout: float | None = None  # seconds a collective waits for the other ranks (None: torch's default)
     extra: dict = field(default_factory=dict)
     # with resume: the settings taken from RUN/manifest.json, not given; an error names them as the run's
     restored: frozenset = frozenset()
@@ -130,6 +132,8 @@ class TrainConfig:
         check(self.longce_gamma >= 1.0, f"--longce-gamma must be >= 1, got {self.longce_gamma}", "longce_gamma")
         check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}", "grad_clip")
         check(self.num_threads >= 0, f"--threads must be >= 0, got {self.num_threads}")
+        check(self.collective_timeout is None or 0 < self.collective_timeout < float("inf"),
+              f"--collective-timeout must be a positive number of seconds, got {show(self.collective_timeout)}")
         problem = seed_problem(self.seed)
         check(problem is None, f"--seed {problem}")
         check(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")

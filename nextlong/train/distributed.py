@@ -13,8 +13,10 @@ import torch
 from ..errors import OtherRankFailed
 
 
-def init_distributed() -> tuple[int, int, int, torch.device]:
-    """(rank, world, local world, device); starts the process group under torchrun."""
+def init_distributed(timeout: float | None = None) -> tuple[int, int, int, torch.device]:
+    """(rank, world, local world, device); starts the process group under torchrun. `timeout` (seconds,
+    --collective-timeout): how long a collective waits for a rank that hangs (torchrun does not see one)."""
+    import datetime
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -24,7 +26,8 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     if world > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        kwargs = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
+        dist.init_process_group("nccl" if cuda else "gloo", **kwargs)
     rank = dist.get_rank() if world > 1 else 0
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return rank, world, local_world, device

@@ -170,7 +170,7 @@ class Trainer:
 
         cfg = self.cfg
         started = not dist.is_initialized()
-        self.rank, self.world, self.local_world, self.device = init_distributed()
+        self.rank, self.world, self.local_world, self.device = init_distributed(cfg.collective_timeout)
         try:
             if self.device.type == "cpu" and (cfg.num_threads or self.local_world > 1):
                 torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.local_world))
@@ -187,7 +187,7 @@ class Trainer:
                     raise
                 except BaseException as exc:  # the record said "running": it now says the run stopped, and why
                     steps = self.history[-1]["step"] if self.history else self.start_step
-                    lost = _lost_a_process(exc, steps) if self.world > 1 else None
+                    lost = _lost_a_process(exc, steps, cfg.collective_timeout) if self.world > 1 else None
                     if self.manifest_running:
                         self.write_manifest({**ended_by(lost or exc), "steps": steps})
                     if exc is self.agreed_failure:
@@ -859,16 +859,22 @@ class Trainer:
         return d
 
 
-def _lost_a_process(exc: BaseException, steps: int) -> NextlongError | None:
-    """The one-line error for a collective that failed because another rank is gone (killed, out of memory): gloo
-    raises a plain RuntimeError naming its transport, NCCL a DistError. Else None. It was a 40-line traceback on
-    every survivor, and the manifest's error gloo's "Connection reset by peer ... GLHF!"."""
+def _lost_a_process(exc: BaseException, steps: int, timeout: float | None = None) -> NextlongError | None:
+    """The one-line error for a collective that failed because another rank is gone (killed, out of memory) or
+    stopped answering (hung: --collective-timeout ran out): gloo raises a plain RuntimeError naming its transport,
+    NCCL a DistError. Else None. It was a 40-line traceback on every survivor, and the manifest's error gloo's
+    "Connection reset by peer ... GLHF!" (or "Timed out waiting 3000ms for recv operation")."""
     import torch.distributed as dist
 
     if not (isinstance(exc, getattr(dist, "DistError", ())) or
             (isinstance(exc, RuntimeError) and "gloo/transport" in str(exc))):
         return None
     detail = " ".join(str(exc).split()).split(" This is typically")[0][:200]
+    if "timed out" in detail.lower():  # torchrun sees a hung process as alive: its report names none
+        limit = f"--collective-timeout {timeout:g} s" if timeout is not None else "torch's process-group timeout"
+        return NextlongError(f"another process of the run stopped answering after step {steps}: a collective waited "
+                             f"{limit} for it (a stopped or hung worker; torchrun does not see one); the run's "
+                             f"checkpoints are kept for --resume ({type(exc).__name__}: {detail})")
     return NextlongError(f"another process of the run stopped after step {steps} (torchrun's report names it and "
                          f"why); the run's checkpoints are kept for --resume ({type(exc).__name__}: {detail})")
 
