@@ -10,8 +10,8 @@ import os
 import sys
 
 from .commands.argtypes import SPELLINGS
-from .errors import (NextlongError, OtherRankFailed, disk_full, file_too_large, is_disk_full, is_file_too_large, launched,
-                     quiet_rank)
+from .errors import (NextlongError, OtherRankFailed, Terminated, disk_full, file_too_large, is_disk_full,
+                     is_file_too_large, launched, quiet_rank)
 from .extras import EXTRA_OF, missing_modules_error, require
 from .untrusted import one_line
 
@@ -71,17 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     if rank:
         _end_torchrun_rank(code)
     return code
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, the stop of a scheduler (Slurm, Kubernetes) or of `timeout`, taken as Ctrl-C is: the run's
-    manifest says "interrupted" and its finished work is kept, where the default action ended the process
-    with no word and left the manifest "running" for good. (`train` handles both signals itself, at a step
-    boundary.)"""
-
-    # set by the handler: Ray's ray.get raises a plain KeyboardInterrupt in place of the handler's exception
-    # (measured, Ray 2.60), so a SIGTERM during a Ray stage was reported as Ctrl-C (exit 130, "interrupted")
-    received = False
 
 
 @contextlib.contextmanager

@@ -179,3 +179,14 @@ def missing_embedder_package(who: str, module: str) -> EmbedderError:
 
 class CorruptFileError(NextlongError):
     """A stored file whose checksum no longer matches what was written (bytes changed on disk)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, the stop of a scheduler (Slurm, Kubernetes) or of `timeout`, taken as Ctrl-C is: the run's
+    manifest says "interrupted" and its finished work is kept, where the default action ended the process
+    with no word and left the manifest "running" for good. (`train` handles both signals itself, at a step
+    boundary.)"""
+
+    # set by the CLI's handler: Ray's ray.get raises a plain KeyboardInterrupt in place of the handler's exception
+    # (measured, Ray 2.60), so a SIGTERM during a Ray stage was reported as Ctrl-C (exit 130, "interrupted")
+    received = False

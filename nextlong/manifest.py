@@ -78,9 +78,10 @@ def error_line(exc: BaseException) -> str:
 def ended_by(exc: BaseException) -> dict:
     """The statistics of a run that `exc` ended: INTERRUPTED for Ctrl-C or SIGTERM, else FAILED, with the error.
     A SIGTERM the CLI's handler took is named as such though Ray's ray.get turned it into a plain
-    KeyboardInterrupt (cli.Terminated.received)."""
-    cli = sys.modules.get("nextlong.cli")
-    if type(exc) is KeyboardInterrupt and not str(exc) and cli is not None and cli.Terminated.received:
+    KeyboardInterrupt (errors.Terminated.received)."""
+    from .errors import Terminated
+
+    if type(exc) is KeyboardInterrupt and not str(exc) and Terminated.received:
         return {"status": INTERRUPTED, "error": "terminated (SIGTERM)"}
     return {"status": INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED, "error": error_line(exc)}
 

@@ -159,7 +159,7 @@ def _quiet_retries():
 def _sigterm_kept():
     """The SIGTERM handler the process had before ray.init, put back after it. ray.init installs its driver's
     own (a stack dump, then exit 15): a scheduler's stop of `nextlong synthesize --executor ray` was then
-    recorded as a failure with the error "15", not as the interruption the CLI makes of it (cli.Terminated).
+    recorded as a failure with the error "15", not as the interruption the CLI makes of it (errors.Terminated).
     A process with no handler of its own (the default action) keeps Ray's."""
     import signal
     import threading
