@@ -113,6 +113,22 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
     assert kept.stat().st_mtime_ns == kept_mtime, "a finished block was recomputed"
 
 
+@pytest.mark.slow  # starts Ray (~10-20 s)
+def test_litelong_gives_the_same_bytes_on_ray(ray_session, corpus, tmp_path):
+    """LiteLong's units (BM25 retrieval per topic, built on a Ray worker) and the samples made from them are the
+    same files as the local executor's, over several output shards."""
+    topics = tmp_path / "topics.txt"
+    topics.write_text("regular expression pattern\nthread lock\nfile path directory\nsocket network address\n"
+                      "date time zone\nzzzz no such word\n")
+    runs = {name: synthesize(corpus, tmp_path / name, method="litelong", topics=str(topics),
+                             **dict(FAST, shard_size=2), **kw)
+            for name, kw in (("local", {}), ("ray", {"executor": "ray"}))}
+    local, ray = file_hashes(tmp_path / "local"), file_hashes(tmp_path / "ray")
+    assert {"units/part-00000.parquet", "units/part-00001.parquet", "data/part-00001.parquet"} <= set(local)
+    assert local == ray
+    assert counts(runs["local"]) == counts(runs["ray"]) and runs["ray"]["statistics"]["documents_built"] >= 4
+
+
 @pytest.mark.slow
 def test_partitioned_mining_gives_the_same_bytes_on_ray(ray_session, corpus, tmp_path):
     """--mining partitioned: every mining step (centroids, layout, route, search, merge, the lists) and the

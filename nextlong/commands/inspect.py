@@ -38,8 +38,11 @@ def add_parser(subparsers) -> None:
 
 def _first_document(row: dict, segments: list) -> str:
     """What the row's `anchor_doc_id` is: for the stream baselines (standard, ICLM) the document the row starts
-    with, which under --overflow carry may be the rest of one the previous row cut at L; else the anchor."""
+    with, which under --overflow carry may be the rest of one the previous row cut at L; for LiteLong the best
+    document its topic retrieved, after the topic; else the anchor."""
     doc = row.get("anchor_doc_id")
+    if row.get("method") == "litelong":
+        return f"topic {row.get('group_key')!r}, first document {doc!r}"
     if row.get("method") not in ("standard", "iclm"):
         return f"anchor document {doc!r}"
     first = segments[0].get("chunk_index") if segments else None

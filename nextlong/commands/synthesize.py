@@ -26,7 +26,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokenizer", help="tokenizer spec (default cl100k_base, offline)")
     p.add_argument("--target-length", type=positive_int, help="tokens per long document L (default 131072; demo 8192)")
     p.add_argument("--method", choices=METHODS, default="nextlong",
-                   help="how documents are put together (default nextlong; the others are the paper's baselines)")
+                   help="how documents are put together (default nextlong; standard, knn, iclm and quest are the paper's "
+                        "baselines; litelong: one sample per --topics topic, of the documents BM25 retrieves for it)")
+    p.add_argument("--topics", metavar="FILE",
+                   help="--method litelong: the topics, one per line (UTF-8; blank lines and lines starting with # "
+                        "skipped) or a .jsonl with a string field \"topic\" per row; each makes one sample, in order")
     p.add_argument("--negatives", choices=NEGATIVE_RULES,
                    help="fixed-k: the paper's k=(T·E·w−S)/(p·s) per meta-chunk (default); fill: add negatives "
                         "layer by layer until exactly L")
@@ -81,7 +85,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-unit", choices=("chars", "tokens"), default="chars", help="unit of --chunk-size (default chars)")
     p.add_argument("--seed", type=seed, default=0,
                    help="seeds the anchor order (nextlong, knn), the packing order (standard), iclm's path starts and "
-                        "quest's keyword draw (default 0)")
+                        "quest's keyword draw (default 0; litelong has nothing to seed)")
     p.add_argument("--num-samples", type=positive_int, help="number of long documents (default: one per usable anchor)")
     p.add_argument("--format", choices=FORMATS, default="parquet",
                    help="format of the samples written (default parquet; the corpus goes by its files' extensions)")
@@ -149,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         rebuild=args.rebuild, overshoot=args.overshoot, text_field=args.text_field, id_field=args.id_field,
         num_threads=args.threads, progress=not (args.quiet or args.no_progress), chars_per_token=args.chars_per_token,
         k_rounding=args.k_rounding, doc_embedding=args.doc_embedding, knn_neighbors=args.knn_neighbors,
-        quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats,
+        quest_keywords=args.quest_keywords, quest_max_repeats=args.quest_max_repeats, topics=args.topics,
         shard_size=args.shard_size, attention_spans=args.attention_spans,
         near_dup_threshold=args.near_dup_threshold, long_docs=args.long_docs, overflow=args.overflow, dedup_corpus=args.dedup_corpus, on_error=args.on_error, verify=not args.no_verify,
         reproducible_index=args.reproducible_index, index_shards=args.index_shards, mining=args.mining,

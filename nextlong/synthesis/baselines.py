@@ -16,7 +16,10 @@ go together:
   document drawn among its keywords, documents grouped by key, and each long context built from a
   single key group (small groups oversampled, large ones split; see `quest_contexts`). The paper
   extracts keywords with RAKE from queries a generative model predicts; offline, we take each
-  document's top TF-IDF words (`document_keywords`; docs/design.md says why).
+  document's top TF-IDF words (`document_keywords`; docs/design.md says why);
+* ``litelong``: LiteLong (Jia et al. 2025): for each topic of the user's topics file, the documents BM25
+  retrieves for it, best first, until L (`litelong_contexts`). The paper's topics come from an LLM debate
+  over the BISAC classification, which we cannot run offline: the user brings them (topics.py).
 
 Document vectors (knn, iclm) are the normalised mean of the document's chunk vectors ("mean",
 default) or its first chunk's vector ("first").
@@ -266,6 +269,57 @@ def quest_contexts(keys: list[str | None], lengths: np.ndarray, target_length: i
         "documents_in_used_groups": int(sum(len(groups[k]) for k in set(context_keys))),
     }
     return [contexts[i] for i in order], [context_keys[i] for i in order], stats
+
+
+LITELONG_FIRST_WIDTH = 256  # documents retrieved per topic at first; widened 4x for the topics it cannot fill
+
+
+def litelong_contexts(texts: list[str], topics, lengths: np.ndarray, target_length: int, *,
+                      exclude=None, threads: int = 0) -> tuple[list[list[int]], list[str], dict]:
+    """LiteLong's long contexts, one per topic in the topics' order: (documents of each context, its topic,
+    statistics).
+
+    Each topic is a BM25 query over whole documents (`BM25Index`, word terms without English stopwords,
+    k1 = 1.2, b = 0.75). Its context is the documents of score > 0 in rank order (ties by the lower
+    document index), whole, up to the first that brings it to L tokens (assembly cuts at L). A document
+    appears once per context but may serve several topics (each retrieves on its own). A topic whose
+    matching documents all together fall short of L makes no context (counted). `exclude`: document
+    indices never retrieved (the blank documents)."""
+    from ..mining.bm25 import DEFAULT_B, DEFAULT_K1, BM25Index
+
+    index = BM25Index.build(texts, terms="words", stopwords="en", num_threads=threads)
+    n = len(texts)
+    skip = frozenset(int(d) for d in exclude) if exclude is not None and len(exclude) else None
+    found: list = [None] * len(topics)
+    unmatched = 0
+    pending, width = list(range(len(topics))), min(n, LITELONG_FIRST_WIDTH)
+    while pending and width:
+        ids, scores = index.search([topics[t] for t in pending], width, exclude=skip, num_threads=threads)
+        wider = []
+        for row, t in enumerate(pending):
+            docs = ids[row][(ids[row] >= 0) & (scores[row] > 0)]  # padding has id -1 and a NaN score
+            reach = np.cumsum(lengths[docs], dtype=np.int64)
+            if reach.size and reach[-1] >= target_length:
+                found[t] = docs[: int(np.searchsorted(reach, target_length, side="left")) + 1].tolist()
+            elif docs.size == width and width < n:  # a full row: more documents may match
+                wider.append(t)
+            elif not docs.size:
+                unmatched += 1
+        pending, width = wider, min(n, width * 4)
+    contexts = [docs for docs in found if docs is not None]
+    context_topics = [topic for topic, docs in zip(topics, found) if docs is not None]
+    sizes = np.asarray([len(c) for c in contexts], np.int64)
+    stats = {
+        "topics": len(topics),
+        "contexts": len(contexts),
+        "topics_short_of_target": len(topics) - len(contexts),  # their matching documents cannot fill L
+        "topics_without_match": unmatched,
+        "documents_per_context": ({"min": int(sizes.min()), "mean": round(float(sizes.mean()), 3),
+                                   "max": int(sizes.max())} if sizes.size else None),
+        "documents_distinct": len({d for c in contexts for d in c}),
+        "retrieval": {"bm25_terms": "words", "stopwords": "en", "k1": DEFAULT_K1, "b": DEFAULT_B},
+    }
+    return contexts, context_topics, stats
 
 
 def knn_anchor(store, doc_searcher, doc_vectors, anchor: int, lengths: np.ndarray, target_length: int,

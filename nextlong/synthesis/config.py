@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("nextlong", "standard", "knn", "iclm", "quest")
+METHODS = ("nextlong", "standard", "knn", "iclm", "quest", "litelong")
 EMBEDDING_METHODS = ("nextlong", "knn", "iclm")  # the methods that embed every chunk
 NEGATIVE_RULES = ("fixed-k", "fill")
 FORMATS = ("parquet", "jsonl", "mds")
@@ -79,6 +79,7 @@ class SynthesisConfig:
     quest_keywords: int = 3  # quest: the key of a document is drawn among its top this-many keywords
     quest_max_repeats: int = 4  # quest: a small key group is repeated (reshuffled) at most this often
     overflow: str = "carry"  # standard, iclm: the rest of a document cut at L starts the next long document
+    topics: str | None = None  # litelong: the topics file, one sample per topic (synthesis/topics.py)
     # --- execution ---
     shard_size: int = 64  # anchors (nextlong, knn) or long documents (stream baselines) per output shard
     num_threads: int | None = None
@@ -150,6 +151,11 @@ class SynthesisConfig:
             bad(f"--on-error must be raise or skip, got {self.on_error!r}")
         if self.num_threads is not None and self.num_threads < 0:
             bad(f"--threads must be 0 (all cores) or positive, got {self.num_threads}")
+        if self.method == "litelong" and self.topics is None:
+            bad("--method litelong retrieves one sample per topic: give --topics FILE (one topic per line, or a "
+                ".jsonl with a string field \"topic\")")
+        if self.method != "litelong" and self.topics is not None:
+            bad(f"--topics is LiteLong's topics file: it works with --method litelong, not {self.method}")
         if self.quest_keywords < 1:
             bad(f"--quest-keywords must be positive, got {self.quest_keywords}")
         if self.quest_max_repeats < 1:

@@ -242,12 +242,14 @@ def not_a_setting(**kwargs):
     return field(metadata={"setting": False}, **kwargs)
 
 
-def added_setting(default, *, before: str | None = None, **kwargs):
+def added_setting(default, *, before: str | None = None, identity: Callable[[Any], Any] | None = None, **kwargs):
     """A setting added after stages were first recorded: at its default it is left out of the
     fingerprint, so a folder made before the setting existed (which behaved as the default) still
     matches and is not redone; any other value is fingerprinted like every setting. `before`: what folders
-    made before it may have run with where that was not always the default, which a refusal then says."""
-    metadata = {"omit_at_default": True, **({"before": before} if before else {})}
+    made before it may have run with where that was not always the default, which a refusal then says.
+    `identity`: as `identity()`'s, what the fingerprint records of a value other than the default."""
+    metadata = {"omit_at_default": True, **({"before": before} if before else {}),
+                **({"identity": identity} if identity else {})}
     return field(default=default, metadata=metadata, **kwargs)
 
 

@@ -107,8 +107,9 @@ def check_index_vectors(path: Path, chunks: int, dim: int, verify: bool = True) 
                                  "rebuild the index (nextlong index)")
 
 
-def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
-    """The stages of a run, in order, with exactly the settings each depends on."""
+def build_pipeline(cfg: SynthesisConfig, topics: tuple | None = None) -> Pipeline:
+    """The stages of a run, in order, with exactly the settings each depends on. `topics`: litelong's, as
+    `check_before_work` read them (None: read from cfg.topics here)."""
     from . import stages as S
     from .artifacts import DEFAULT_EMBEDDER_SPEC
 
@@ -162,7 +163,8 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
                      doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
                      quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats,
-                     overflow=cfg.overflow if cfg.method in ("standard", "iclm") else None, **common),
+                     overflow=cfg.overflow if cfg.method in ("standard", "iclm") else None,
+                     topics=litelong_topics(cfg, topics), threads=threads, **common),
         S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), exclude_duplicates=cfg.exclude_duplicates,
                     near_dup_threshold=cfg.near_dup_threshold, long_docs=cfg.long_docs,
                     doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors, verify=cfg.verify,
@@ -171,6 +173,15 @@ def build_pipeline(cfg: SynthesisConfig) -> Pipeline:
         S.CutStage(name="data", inputs=("assemble",), rows=cfg.num_samples),
     ]
     return Pipeline(cfg.out_dir, steps, external=external)
+
+
+def litelong_topics(cfg: SynthesisConfig, topics: tuple | None = None) -> tuple:
+    """LiteLong's topics (`topics` when already read), or () for the other methods."""
+    if cfg.method != "litelong":
+        return ()
+    from .topics import read_topics
+
+    return topics if topics is not None else read_topics(cfg.topics)
 
 
 def index_embedder(cfg: SynthesisConfig) -> str | None:
@@ -248,7 +259,7 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
     from ..untrusted import check_work_folder
 
     cfg.validate()
-    check_before_work(cfg)
+    topics = check_before_work(cfg)
     if cfg.method == "nextlong" and cfg.attention_spans == "document":
         print(BLOCKED_DEPENDENCIES.format(what="--attention-spans document"), file=sys.stderr, flush=True)
     # the lock before the executor: a Ray one starts (or joins) a cluster first, seconds, and a second run into
@@ -260,17 +271,19 @@ def run(cfg: SynthesisConfig, executor=None) -> dict:
         check_work_folder(cfg.out_dir, NextlongError, command="synthesize")  # its finished stages are read as they are
         cfg = _replace(cfg, tokenizer=cached_tokenizer_spec(cfg.out_dir / "chunk", cfg.tokenizer))
         with failure_recorded(cfg.out_dir / "manifest.json"):
-            manifest = _run(cfg, executor)
+            manifest = _run(cfg, executor, topics)
         remove_stale_temporaries(cfg.out_dir)  # of runs killed mid-write or mid-conversion
         return manifest
 
 
-def check_before_work(cfg: SynthesisConfig) -> None:
-    """Errors that would otherwise surface only after chunking or a full embedding pass."""
+def check_before_work(cfg: SynthesisConfig) -> tuple:
+    """Errors that would otherwise surface only after chunking or a full embedding pass. Returns litelong's
+    topics, read here once (() for the other methods)."""
     from ..errors import IndexFileError, missing_extra
 
     if not Path(cfg.corpus).exists():
         raise NextlongError(f"{cfg.corpus}: corpus not found")
+    topics = litelong_topics(cfg)
     if cfg.method in EMBEDDING_METHODS:
         if cfg.index is not None:
             index = Path(cfg.index)
@@ -287,6 +300,7 @@ def check_before_work(cfg: SynthesisConfig) -> None:
 
         if importlib.util.find_spec("usearch") is None:
             raise missing_extra("usearch", "ml", "--index")
+    return topics
 
 
 # which manifest timing each stage's seconds count toward
@@ -318,7 +332,7 @@ def _discard_other_outputs(out: Path, fps: dict) -> None:
             shutil.rmtree(folder)
 
 
-def _run(cfg: SynthesisConfig, executor) -> dict:
+def _run(cfg: SynthesisConfig, executor, topics: tuple | None = None) -> dict:
     from ..manifest import write_manifest
     from ..corpus.tokenizer import load_tokenizer
     from .baselines import doc_lengths
@@ -328,7 +342,7 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(cfg, topics)
     fps = pipeline.fingerprints()
     if not (out / "data").exists():
         _discard_other_outputs(out, fps)
@@ -382,6 +396,15 @@ def _run(cfg: SynthesisConfig, executor) -> dict:
             stats["chunks_removed_as_near_duplicates"] = dedup.get("chunks_removed")
     if units.get("quest") is not None:
         stats["quest"] = units["quest"]
+    if units.get("litelong") is not None:
+        from .topics import topics_identity
+
+        stats["litelong"] = dict(units["litelong"], topics_file=str(cfg.topics),
+                                 topics_sha256=topics_identity(pipeline.stage("units").topics)["sha256"])
+        short = units["litelong"]["topics_short_of_target"]
+        if short and (cfg.num_samples is None or cfg.num_samples > built):  # the cut did not stop before them
+            stats["dropped_too_short"] += short
+            stats["drop_reasons"]["topic whose matching documents fall short of the target length"] = short
     embedder_name = None
     if "embeddings" in pipeline.external:
         from ..mining.index import ChunkIndex
@@ -533,6 +556,12 @@ def _why(cfg, stats) -> str:
 
 
 def _too_small_message(cfg, store, stats, lengths) -> str:
+    t = stats.get("litelong")
+    if t is not None:  # LiteLong's limit is what its topics retrieve
+        return (f"{cfg.corpus}: built 0 long documents with method litelong: none of the {t['topics']} topics of "
+                f"{cfg.topics} retrieves documents (BM25 score above 0) that together fill {cfg.target_length} tokens "
+                f"({t['topics_without_match']} match no document). Use broader topics, a larger corpus, or a smaller "
+                "--target-length.")
     q = stats.get("quest")
     if q is not None and q.get("groups_used", 0) == 0:  # Quest's limit is its key groups, not lengths
         return (f"{cfg.corpus}: built 0 long documents with method quest: none of the {q.get('groups', 0)} key "
@@ -584,6 +613,11 @@ def summary(manifest: dict) -> str:
         lines.append(f"  quest: {q['contexts']} contexts from {q['groups_used']} of {q['groups']} key groups "
                      f"({q['groups_split']} split, {q['groups_oversampled']} oversampled; "
                      f"{q['groups_of_one_document']} single-document and {q['groups_too_small']} too-small groups unused)")
+    if s.get("litelong"):
+        t = s["litelong"]
+        lines.append(f"  litelong: {t['contexts']} samples from {t['topics']} topics ({t['topics_short_of_target']} "
+                     f"dropped: matching documents short of the target length, {t['topics_without_match']} of them "
+                     f"matching none); {t['documents_distinct']} distinct documents")
     if s.get("near_duplicate_candidates_rejected") is not None:
         lines.append(f"  near-copies refused as negatives: {s['near_duplicate_candidates_rejected']}; "
                      f"already long (no negatives): {s.get('already_long', 0)}; anchor meta-chunks after the cut: "

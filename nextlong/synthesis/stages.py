@@ -26,6 +26,7 @@ from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_bat
                       plan_nextlong_batch)
 from .framework import MapStage, WholeStage, added_setting, identity, not_a_setting
 from .parts import read_part
+from .topics import topics_identity
 
 
 @_dc.dataclass
@@ -412,7 +413,7 @@ class IndexStage(WholeStage):
 @_dc.dataclass
 class UnitsStage(WholeStage):
     """What each output row is built from, in blocks of `shard_size` rows: anchor documents (nextlong,
-    knn: a seeded permutation), ordered document groups (quest; standard and iclm with overflow "drop") or
+    knn: a seeded permutation), ordered document groups (quest, litelong; standard and iclm with overflow "drop") or
     ordered chunk groups (standard and iclm with overflow "carry"). The blocks are the output shards.
     inputs: (chunks, embeddings or nothing)."""
 
@@ -429,12 +430,17 @@ class UnitsStage(WholeStage):
     # ("drop", the only packing before 2026-12-07, as None: left out of the fingerprint); the pipeline passes it
     # for standard and iclm only
     overflow: str | None = added_setting(None)
+    # litelong: its topics, one sample each (topics.py); recorded as their count and hash, so another topics file
+    # is not served from this stage; empty (the other methods) it is left out of the fingerprint
+    topics: tuple = added_setting((), identity=topics_identity)
+    threads: int | None = not_a_setting(default=None)
 
     version = 2  # no unit is built from a blank document
+    flags = {"topics": "--topics"}
 
     def build(self, ctx):
         from .baselines import (doc_lengths, document_keywords, document_vectors, draw_keys, iclm_order, knn_graph,
-                                pack_chunks, pack_stream, quest_contexts, standard_order)
+                                litelong_contexts, pack_chunks, pack_stream, quest_contexts, standard_order)
         from .framework import block_path
         from .writers import write_parquet_atomic
 
@@ -458,6 +464,12 @@ class UnitsStage(WholeStage):
                                                        self.seed, max_repeats=self.quest_max_repeats)
             quest["keywords_per_document"] = self.quest_keywords
             counts["quest"] = quest
+            units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
+                              "group_key": pa.array(group_keys, pa.string())})
+        elif self.method == "litelong":
+            groups, group_keys, counts["litelong"] = litelong_contexts(
+                document_texts(chunks_dir, store), self.topics, doc_lengths(store, NO_SEPARATOR.size),
+                self.target_length, exclude=blank, threads=self.threads or ctx.threads or 0)
             units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
                               "group_key": pa.array(group_keys, pa.string())})
         else:

@@ -1,0 +1,68 @@
+"""LiteLong's topics file (`synthesize --method litelong --topics FILE`): one retrieval query per sample.
+
+LiteLong's authors have several LLMs debate topics within the BISAC book classification and a judge LLM
+filter them (method §2, "LiteLong"); offline we cannot run that, so the user brings the topics. The file is
+untrusted (SECURITY.md): a regular file, not a symbolic link, at most TOPICS_LIMIT bytes, read once; a bad
+line is one error naming the file and the line.
+
+* text: one topic per line, UTF-8; blank lines and lines starting with `#` are skipped;
+* `.jsonl`: one JSON object per line with a string field "topic" (other fields ignored; blank lines skipped).
+
+Each topic makes one sample, in the file's order; a topic given twice would make the same sample twice and
+is refused, naming both lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import NextlongError
+from ..untrusted import parse_json, printable, read_bytes, show
+
+TOPICS_LIMIT = 16 << 20  # bytes; LiteLong's topic lists are thousands of short lines
+
+
+def read_topics(path) -> tuple[str, ...]:
+    """The topics of `path`, in order, each stripped of surrounding whitespace."""
+    path = Path(path)
+    data = read_bytes(path, NextlongError, limit=TOPICS_LIMIT, follow=False, what="topics file")
+    jsonl = path.name.lower().endswith(".jsonl")
+    topics: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NextlongError(f"{where}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+        text = line.strip()
+        if not text or (not jsonl and text.startswith("#")):
+            continue
+        if jsonl:
+            row = parse_json(text, where, NextlongError, expect=dict)
+            topic = row.get("topic")
+            if not isinstance(topic, str) or not topic.strip():
+                raise NextlongError(f"{where}: expected a non-blank string field \"topic\", got "
+                                    f"{show(topic) if 'topic' in row else 'no such field'}")
+            text = topic.strip()
+        if text in seen:
+            raise NextlongError(f"{where}: topic {printable(show(text))} repeats line {seen[text]} (each topic makes "
+                                "one sample: a repeat would make the same sample again)")
+        seen[text] = number
+        topics.append(text)
+    if not topics:
+        raise NextlongError(f"{path}: no topics (expected one per line" + (
+            ", as JSON objects with a string field \"topic\")" if jsonl
+            else "; blank lines and lines starting with # are skipped)"))
+    return tuple(topics)
+
+
+def topics_identity(topics) -> dict:
+    """What a stage's fingerprint records of its topics: how many and a hash of them in order, so another
+    topics file (or the same one edited) makes the stage again, while a comment or a blank line does not."""
+    blob = json.dumps(list(topics), ensure_ascii=False).encode("utf-8")
+    return {"count": len(topics), "sha256": hashlib.sha256(blob).hexdigest()}
