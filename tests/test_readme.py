@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_snippets import shell_commands
 from tests.install_scope import ROOT, hidden_modules, run_with_extras
 
 README = ROOT / "README.md"
@@ -119,24 +120,9 @@ def readme_snippets(text: str | None = None) -> list[Snippet]:
 
 
 def commands(snippet: Snippet) -> list[list[str]]:
-    """The commands of a bash block: continuations joined, comments and [option lists] dropped,
-    placeholders filled in; install lines left out."""
-    logical = re.sub(r"\\\n|\n(?=\s+\[)", " ", snippet.text)
-    out = []
-    for line in logical.splitlines():
-        depth, argv = 0, []
-        for token in shlex.split(line, comments=True):
-            depth += token.startswith("[")
-            if not depth:
-                argv.append(token)
-            depth -= token.endswith("]") and depth > 0
-        while argv:
-            part, argv = (argv[:argv.index("&&")], argv[argv.index("&&") + 1:]) if "&&" in argv else (argv, [])
-            if part[:3] == ["python3", "-m", "pip"]:
-                continue
-            command = part[1] if part[0] == "nextlong" else part[0]
-            out.append([PLACEHOLDERS.get(a, a).format(command=command) for a in part])
-    return out
+    """The commands of a bash block: comments and [option lists] dropped, placeholders filled in; install
+    lines left out."""
+    return shell_commands(snippet.text, placeholders=PLACEHOLDERS)
 
 
 def test_every_readme_command_is_run_or_skipped_with_a_reason():
