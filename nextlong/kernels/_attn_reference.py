@@ -171,6 +171,12 @@ def _fused_forward(q, k, v, cu_seqlens, causal, left, right, scale):
                               0.0, is_causal, attn_mask=mask, scale=scale)
             out[start + a:start + b] = o[0].transpose(0, 1)
             lse[start + a:start + b] = m[0].transpose(0, 1)
+    # The CPU kernel's running max skips NaN, so a query row holding a NaN came back as output 0 and lse 0, a
+    # finite answer from a diverged model; the chunked path, the Triton kernel and flash-attn give NaN there.
+    nan_rows = torch.isnan(q).any(-1)
+    if bool(nan_rows.any()):
+        out[nan_rows] = float("nan")
+        lse[nan_rows] = float("nan")
     return out, lse
 
 
