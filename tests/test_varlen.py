@@ -284,3 +284,18 @@ def test_split_halves_with_an_empty_key_sequence_and_misused_splits():
         flash_attn_varlen_func(q, k, v, cu_q, cu_k.to("meta"))
     with pytest.raises(ValueError, match="flash_attn_varlen_func: window_size entries must be >= 0"):
         flash_attn_varlen_func(q, k, v, cu_q, cu_k, window_size=(-5, 2))
+
+
+@pytest.mark.parametrize("sq,sk", [(3, 3), (2, 5)])
+def test_flash_attn_func_takes_an_empty_batch(sq, sk):
+    """A batch of 0 sequences (the tail of a dataloader, an empty shard) was refused with "cu_seqlens_q must be
+    a 1-D int32 tensor", an argument a flash_attn_func caller never passed; now it is empty out, as for S = 0."""
+    from nextlong.kernels import flash_attn_func
+
+    q = torch.randn(0, sq, 4, 16, requires_grad=True)
+    k, v = torch.randn(0, sk, 2, 16, requires_grad=True), torch.randn(0, sk, 2, 16, requires_grad=True)
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert out.shape == q.shape and lse.shape == (0, 4, sq) and lse.dtype == torch.float32
+    assert [t.shape for t in torch.autograd.grad(out.sum(), (q, k, v))] == [q.shape, k.shape, v.shape]
+    with pytest.raises(ValueError, match="k/v heads \\(3\\) must divide q heads \\(4\\)"):
+        flash_attn_func(q, torch.randn(0, sk, 3, 16), torch.randn(0, sk, 3, 16))

@@ -119,10 +119,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         raise ValueError(f"flash_attn_func: q, k, v must share the batch, and k and v the sequence: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     (b, sq), sk = q.shape[:2], k.shape[1]
-    cu_q = torch.arange(0, (b + 1) * sq, sq, dtype=torch.int32, device=q.device) if sq else \
-        torch.zeros(b + 1, dtype=torch.int32, device=q.device)
-    cu_k = cu_q if sk == sq else (torch.arange(0, (b + 1) * sk, sk, dtype=torch.int32, device=k.device) if sk else
-                                  torch.zeros(b + 1, dtype=torch.int32, device=k.device))
+    if b == 0:  # no sequence, so no cu_seqlens to split: the error named cu_seqlens_q, which callers never pass
+        _supported("flash_attn_func", dropout_p, softcap, alibi_slopes, None, window_size)
+        check_heads(q, k, v)
+        out = q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum())  # keeps the graph: backward gives zeros
+        return (out, q.new_zeros((0, q.shape[2], sq), dtype=torch.float32), None) if return_attn_probs else out
+    cu_q = torch.arange(b + 1, dtype=torch.int32, device=q.device) * sq
+    cu_k = cu_q if sk == sq else torch.arange(b + 1, dtype=torch.int32, device=k.device) * sk
     flat = [x.reshape(-1, *x.shape[2:]) for x in (q, k, v)]
     out, lse, _ = flash_attn_varlen_func(*flat, cu_q, cu_k, sq, sk, dropout_p, softmax_scale, causal, window_size,
                                          softcap, alibi_slopes, deterministic, return_attn_probs=True)
