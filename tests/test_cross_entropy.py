@@ -515,3 +515,37 @@ def test_fp64_on_the_fp32_kernels_is_refused_not_rounded(backend):
     with pytest.raises(ValueError, match="fp64 runs on backend='torch'"):
         fused_linear_cross_entropy(x, w, y, backend=backend)
     assert fused_linear_cross_entropy(x, w, y).dtype == torch.float64  # auto takes it to torch
+
+
+def test_negative_weights_are_refused_under_mean_and_kept_under_sum():
+    """"mean" is sum(w * CE) / sum(w): a negative weight flipped its sign, and weights summing to 0 (not all 0)
+    met the all-ignored guard and came back as the plain sum, in silence. Under "sum" and "none" signed weights
+    mean what they say and stay allowed."""
+    x, w, b, y, tw, _ = make_inputs()
+    valid = torch.nonzero(y != -100).flatten()
+    signed = tw.clone()
+    signed[valid[0]], signed[valid[1]] = 1.0, -1.0
+    signed[valid[2:]] = 0.0  # sum(w) == 0 with two tokens weighted
+    for call in (lambda: fused_linear_cross_entropy(x, w, y, bias=b, token_weights=signed),
+                 lambda: cross_entropy(F.linear(x, w, b), y, token_weights=signed)):
+        with pytest.raises(ValueError, match=f"token_weights must be >= 0 with reduction='mean'.*-1.0 at flat "
+                                             f"position {int(valid[1])}"):
+            call()
+    got = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=signed, reduction="sum")
+    torch.testing.assert_close(got, eager_loss(F.linear(x, w, b), y, signed, "sum"), **LOSS_TOL)
+    ignored = int(torch.nonzero(y == -100)[0, 0])
+    at_ignored = tw.clone()
+    at_ignored[ignored] = -5.0  # ignored tokens get weight 0 whatever was passed
+    torch.testing.assert_close(fused_linear_cross_entropy(x, w, y, bias=b, token_weights=at_ignored),
+                               eager_loss(F.linear(x, w, b), y, tw, "mean"), **LOSS_TOL)
+
+
+def test_a_bias_of_another_dtype_and_list_weights_are_named():
+    """A float64 bias beside float32 weights failed inside the matmul ("self and mat2 must have the same dtype"),
+    and token_weights given as a list with "'list' object has no attribute 'shape'"."""
+    x, w, b, y, tw, _ = make_inputs()
+    with pytest.raises(TypeError, match="bias and weight must share a dtype, got torch.float64 and torch.float32"):
+        fused_linear_cross_entropy(x, w, y, bias=b.double())
+    for call in (fused_linear_cross_entropy, lambda *a, **k: cross_entropy(F.linear(x, w), y, **k)):
+        with pytest.raises(TypeError, match="token_weights must be a tensor \\(or None\\), got list"):
+            call(x, w, y, token_weights=tw.tolist())
