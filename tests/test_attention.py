@@ -285,3 +285,13 @@ def test_a_nan_query_gives_nan_on_every_backend(backend):
     assert torch.isnan(lse).nonzero().tolist() == nan_rows
     dq, = torch.autograd.grad(out, q, do)
     assert torch.isnan(dq).any(-1).nonzero().tolist() == nan_rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_q_k_v_on_two_devices_are_named(backend):
+    """k or v on another device than q: the torch backend returned NaN or 1e34 from a "meta" k/v (not loaded)
+    with no error, and the Triton kernels take raw pointers, so on two GPUs they would read the wrong memory."""
+    q, k, v, _, cu = _inputs([5, 8], 2, 1, 16)
+    for args, where in (((q, k.to("meta"), v), "cpu, meta, cpu"), ((q, k, v.to("meta")), "cpu, cpu, meta")):
+        with pytest.raises(ValueError, match=f"q, k, v must be on one device, got {where}"):
+            flash_attention(*args, cu_seqlens=cu, backend=backend)

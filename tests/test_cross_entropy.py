@@ -549,3 +549,13 @@ def test_a_bias_of_another_dtype_and_list_weights_are_named():
     for call in (fused_linear_cross_entropy, lambda *a, **k: cross_entropy(F.linear(x, w), y, **k)):
         with pytest.raises(TypeError, match="token_weights must be a tensor \\(or None\\), got list"):
             call(x, w, y, token_weights=tw.tolist())
+
+
+def test_a_weight_or_bias_on_another_device_is_named():
+    """An lm_head weight left on "meta" (a checkpoint that did not fill it) gave log(V), the loss of all-zero
+    logits, with no error; F.linear refuses such a pair."""
+    x, w, b, y, _, _ = make_inputs()
+    with pytest.raises(ValueError, match="hidden, weight and bias must be on one device, got cpu, meta, cpu"):
+        fused_linear_cross_entropy(x, w.detach().to("meta"), y, bias=b)
+    with pytest.raises(ValueError, match="hidden, weight and bias must be on one device, got cpu, cpu, meta"):
+        fused_linear_cross_entropy(x, w, y, bias=b.detach().to("meta"))

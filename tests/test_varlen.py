@@ -299,3 +299,13 @@ def test_flash_attn_func_takes_an_empty_batch(sq, sk):
     assert [t.shape for t in torch.autograd.grad(out.sum(), (q, k, v))] == [q.shape, k.shape, v.shape]
     with pytest.raises(ValueError, match="k/v heads \\(3\\) must divide q heads \\(4\\)"):
         flash_attn_func(q, torch.randn(0, sk, 3, 16), torch.randn(0, sk, 3, 16))
+
+
+def test_flash_attn_func_names_a_k_on_another_device():
+    """flash_attn_func builds its cu_seqlens on q's device: a k on another one was reported as "cu_seqlens_k is
+    on cpu, the tokens on meta", an argument its caller never passed."""
+    from nextlong.kernels import flash_attn_func
+
+    q = torch.randn(1, 6, 2, 8)
+    with pytest.raises(ValueError, match="q, k, v must be on one device, got cpu, meta, cpu"):
+        flash_attn_func(q, q.to("meta"), q)

@@ -88,7 +88,7 @@ def check_cu_seqlens(cu_seqlens, x, name: str, host: bool = False, caller: str =
 
 
 def check_heads(q, k, v) -> None:
-    """k and v alike, their head count dividing q's, one supported head_dim and dtype."""
+    """k and v alike, their head count dividing q's, one supported head_dim, dtype and device."""
     if k.shape != v.shape or k.dim() != q.dim() or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -98,6 +98,8 @@ def check_heads(q, k, v) -> None:
                          "for grouped-query attention")
     if dim < 1:
         raise ValueError(f"flash_attention: head_dim must be positive, got {dim}")
+    if not q.device == k.device == v.device:  # the torch backend returned garbage, the kernels read stray pointers
+        raise ValueError(f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError("flash_attention: q, k, v must share one of fp16/bf16/fp32, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")

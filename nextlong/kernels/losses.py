@@ -345,6 +345,10 @@ def fused_linear_cross_entropy(
             f"hidden (..., H) and weight (V, H) disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
     if hidden.dtype != weight.dtype:
         raise TypeError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if weight.device != hidden.device or (bias is not None and bias.device != hidden.device):
+        # a weight left on "meta" (not loaded) gave the loss of all-zero logits, log(V), with no error
+        raise ValueError(f"hidden, weight and bias must be on one device, got {hidden.device}, {weight.device}, "
+                         f"{None if bias is None else bias.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if bias is not None and bias.dtype != weight.dtype:  # the matmul's own error named neither bias nor weight

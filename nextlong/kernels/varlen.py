@@ -118,10 +118,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     if k.shape[0] != q.shape[0] or v.shape[:2] != k.shape[:2]:
         raise ValueError(f"flash_attn_func: q, k, v must share the batch, and k and v the sequence: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    check_heads(q, k, v)  # before the cu_seqlens built here could be named in an error (another device, B = 0)
     (b, sq), sk = q.shape[:2], k.shape[1]
     if b == 0:  # no sequence, so no cu_seqlens to split: the error named cu_seqlens_q, which callers never pass
         _supported("flash_attn_func", dropout_p, softcap, alibi_slopes, None, window_size)
-        check_heads(q, k, v)
         out = q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum())  # keeps the graph: backward gives zeros
         return (out, q.new_zeros((0, q.shape[2], sq), dtype=torch.float32), None) if return_attn_probs else out
     cu_q = torch.arange(b + 1, dtype=torch.int32, device=q.device) * sq
