@@ -559,3 +559,14 @@ def test_a_weight_or_bias_on_another_device_is_named():
         fused_linear_cross_entropy(x, w.detach().to("meta"), y, bias=b)
     with pytest.raises(ValueError, match="hidden, weight and bias must be on one device, got cpu, cpu, meta"):
         fused_linear_cross_entropy(x, w, y, bias=b.detach().to("meta"))
+
+
+def test_an_empty_vocabulary_or_hidden_size_is_named():
+    """A (0, H) or (V, 0) weight, or (N, 0) logits, failed deep inside ("index -1 is out of bounds for dimension 1
+    with size 0", "cannot reshape tensor of 0 elements"); F.cross_entropy has no class to score either."""
+    y = torch.full((4,), -100)
+    for hidden, weight in ((torch.randn(4, 8), torch.randn(0, 8)), (torch.randn(4, 0), torch.randn(5, 0))):
+        with pytest.raises(ValueError, match="must have at least one vocabulary row and one hidden unit"):
+            fused_linear_cross_entropy(hidden, weight, y)
+    with pytest.raises(ValueError, match=r"logits \(4, 0\) need a vocabulary \(last\) dimension of size 1 or more"):
+        cross_entropy(torch.randn(4, 0), y)

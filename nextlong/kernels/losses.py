@@ -343,6 +343,8 @@ def fused_linear_cross_entropy(
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden (..., H) and weight (V, H) disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
+    if 0 in weight.shape:  # failed deep inside ("index -1 is out of bounds", "cannot reshape tensor of 0 elements")
+        raise ValueError(f"weight {tuple(weight.shape)} must have at least one vocabulary row and one hidden unit")
     if hidden.dtype != weight.dtype:
         raise TypeError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
     if weight.device != hidden.device or (bias is not None and bias.device != hidden.device):
@@ -421,6 +423,8 @@ def cross_entropy(
         raise ValueError(f"labels {tuple(labels.shape)} must have the logits' leading shape {tuple(logits.shape[:-1])}: "
                          "the vocabulary is the last dimension of logits (F.cross_entropy's (N, V, ...) layout "
                          "puts it in dimension 1; move it last)")
+    if logits.dim() == 0 or logits.shape[-1] == 0:  # failed inside: "cannot reshape tensor of 0 elements"
+        raise ValueError(f"logits {tuple(logits.shape)} need a vocabulary (last) dimension of size 1 or more")
     _check_weight_shape(token_weights, labels)
     z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
     vocab = z2.shape[1]
