@@ -540,15 +540,24 @@ def test_negative_weights_are_refused_under_mean_and_kept_under_sum():
                                eager_loss(F.linear(x, w, b), y, tw, "mean"), **LOSS_TOL)
 
 
-def test_a_bias_of_another_dtype_and_list_weights_are_named():
-    """A float64 bias beside float32 weights failed inside the matmul ("self and mat2 must have the same dtype"),
-    and token_weights given as a list with "'list' object has no attribute 'shape'"."""
+def test_a_bias_of_another_dtype_and_arguments_that_are_not_tensors_are_named():
+    """A float64 bias beside float32 weights failed inside the matmul ("self and mat2 must have the same dtype");
+    a list or numpy array for any tensor argument with an AttributeError ("'list' object has no attribute
+    'shape'")."""
     x, w, b, y, tw, _ = make_inputs()
     with pytest.raises(TypeError, match="bias and weight must share a dtype, got torch.float64 and torch.float32"):
         fused_linear_cross_entropy(x, w, y, bias=b.double())
-    for call in (fused_linear_cross_entropy, lambda *a, **k: cross_entropy(F.linear(x, w), y, **k)):
-        with pytest.raises(TypeError, match="token_weights must be a tensor \\(or None\\), got list"):
-            call(x, w, y, token_weights=tw.tolist())
+    fused = {"hidden": x, "weight": w, "labels": y, "bias": b, "token_weights": tw}
+    for name in fused:
+        args = dict(fused, **{name: fused[name].detach().tolist()})
+        with pytest.raises(TypeError, match=f"fused_linear_cross_entropy: {name} must be a torch.Tensor, got list"):
+            fused_linear_cross_entropy(args.pop("hidden"), args.pop("weight"), args.pop("labels"), **args)
+    z = F.linear(x, w).detach()
+    for name, args in (("logits", (z.numpy(), y)), ("labels", (z, y.tolist()))):
+        with pytest.raises(TypeError, match=f"cross_entropy: {name} must be a torch.Tensor, got"):
+            cross_entropy(*args)
+    with pytest.raises(TypeError, match="cross_entropy: token_weights must be a torch.Tensor, got list"):
+        cross_entropy(z, y, token_weights=tw.tolist())
 
 
 def test_a_weight_or_bias_on_another_device_is_named():

@@ -309,3 +309,22 @@ def test_flash_attn_func_names_a_k_on_another_device():
     q = torch.randn(1, 6, 2, 8)
     with pytest.raises(ValueError, match="q, k, v must be on one device, got cpu, meta, cpu"):
         flash_attn_func(q, q.to("meta"), q)
+
+
+def test_arguments_that_are_not_tensors_are_named():
+    """A numpy array for q failed with "'numpy.ndarray' object has no attribute 'dim'" (flash_attn_varlen_func) or
+    "'str' object has no attribute 'type'" (flash_attention), and cu_seqlens_from_lengths turned a length of 2.5
+    into 2."""
+    from nextlong.kernels import cu_seqlens_from_lengths, flash_attention, flash_attn_varlen_backward
+
+    q, k, v, cu_q, cu_k = data([2, 3], [2, 3])
+    with pytest.raises(TypeError, match="flash_attn_varlen_func: q must be a torch.Tensor, got ndarray"):
+        flash_attn_varlen_func(q.detach().numpy(), k, v, cu_q, cu_k)
+    with pytest.raises(TypeError, match="flash_attention: v must be a torch.Tensor, got list"):
+        flash_attention(q, k, v.tolist(), cu_seqlens=cu_q)
+    out, lse, _ = flash_attn_varlen_func(q, k, v, cu_q, cu_k, return_attn_probs=True)
+    with pytest.raises(TypeError, match="flash_attn_varlen_backward: softmax_lse must be a torch.Tensor, got list"):
+        flash_attn_varlen_backward(out, q, k, v, out, lse.tolist(), cu_q, cu_k)
+    with pytest.raises(TypeError, match="cu_seqlens_from_lengths: lengths must be integers, got torch.float32"):
+        cu_seqlens_from_lengths(torch.tensor([2.5, 3.0]))
+    assert cu_seqlens_from_lengths([2, 3]).tolist() == [0, 2, 5]

@@ -32,7 +32,7 @@ import torch
 
 from . import _attn_reference as _ref
 from ._autocast import autocast_inputs
-from ._autograd import first_order_only
+from ._autograd import first_order_only, require_tensors
 
 _MAX_TRITON_HEAD_DIM = 256  # flash-attn's limit too; the kernels' tile tables stop there
 
@@ -198,6 +198,7 @@ def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=N
     """`flash_attention`, also returning each query's log-sum-exp of its scaled scores (fp32, q's shape without
     head_dim: (total, H) or (B, S, H)), which ring-style wrappers need to merge partial results. The lse
     carries no gradient."""
+    require_tensors("flash_attention", q=q, k=k, v=v)
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
@@ -228,6 +229,7 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
     whose `do` is 0 contributes nothing, whatever its lse (+inf is allowed there)."""
     if cu_seqlens is None:
         raise ValueError("attention_backward: give cu_seqlens (the packed layout)")
+    require_tensors("attention_backward", do=do, q=q, k=k, v=v, out=out, lse=lse)
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     if do.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:2]:
@@ -250,7 +252,10 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
 
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     """`cu_seqlens` (int32) for documents of the given lengths packed back to back."""
-    lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:  # 2.5 became 2
+        raise TypeError(f"cu_seqlens_from_lengths: lengths must be integers, got {lengths.dtype}")
+    lengths = lengths.to(torch.int64)
     if not lengths.is_cuda and lengths.numel() and int(lengths.min()) < 0:  # (on a GPU: no sync for a check)
         raise ValueError(f"cu_seqlens_from_lengths: lengths must be 0 or more, got {int(lengths.min())}")
     out = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)

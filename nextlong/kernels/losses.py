@@ -42,7 +42,7 @@ import torch
 
 from . import _ce_reference as _ref
 from ._autocast import autocast_inputs
-from ._autograd import first_order_only
+from ._autograd import first_order_only, require_tensors
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "chunked", "torch")
@@ -264,8 +264,6 @@ def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int,
 def _check_weight_shape(token_weights, labels) -> None:
     """token_weights pair with labels element for element: the same shape, or flat. Counting elements alone let a
     (T, B) beside (B, T) labels weight each token with another token's weight."""
-    if token_weights is not None and not torch.is_tensor(token_weights):
-        raise TypeError(f"token_weights must be a tensor (or None), got {type(token_weights).__name__}")
     if token_weights is not None and tuple(token_weights.shape) not in (tuple(labels.shape), (labels.numel(),)):
         raise ValueError(f"token_weights {tuple(token_weights.shape)} must have the labels' shape "
                          f"{tuple(labels.shape)} (or be flat, ({labels.numel()},))")
@@ -335,6 +333,8 @@ def fused_linear_cross_entropy(
     themselves, so dW and dB leave the fp32 accumulator as they are, not rounded to the autocast dtype
     and back. The fused Triton kernels always accumulate in fp32.
     """
+    require_tensors("fused_linear_cross_entropy", hidden=hidden, weight=weight, labels=labels, bias=bias,
+                    token_weights=token_weights)
     _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, hidden)
     if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
         accumulate_fp32 = weight.dtype in (torch.float32, torch.float64)
@@ -417,6 +417,7 @@ def cross_entropy(
     (``(N, V, d1, ...)``): transpose such logits first. The gradient w.r.t. ``logits`` has their shape
     and dtype; no fp32 copy of the logits is kept. Differentiable once (no double backward).
     """
+    require_tensors("cross_entropy", logits=logits, labels=labels, token_weights=token_weights)
     _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, logits)
     shape = labels.shape
     if tuple(labels.shape) != tuple(logits.shape[:-1]):

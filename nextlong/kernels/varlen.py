@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from ._autograd import require_tensors
 from .attention import attention_backward, attention_with_lse, check_cu_seqlens, check_heads
 
 
@@ -97,6 +98,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's `flash_attn_varlen_func` (see the module docstring for what is supported)."""
+    require_tensors("flash_attn_varlen_func", q=q, k=k, v=v)
     del max_seqlen_q, max_seqlen_k, deterministic
     window = _supported("flash_attn_varlen_func", dropout_p, softcap, alibi_slopes, block_table, window_size)
     if _same("flash_attn_varlen_func", q, k, cu_seqlens_q, cu_seqlens_k):
@@ -153,6 +155,7 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
     """(dq, dk, dv) of `flash_attn_varlen_func` given its out and softmax_lse (H, total_q), which may come from
     a merge of several blocks (ring attention): the kernel's backward runs on them directly."""
     del max_seqlen_q, max_seqlen_k, deterministic
+    require_tensors("flash_attn_varlen_backward", dout=dout, q=q, k=k, v=v, out=out, softmax_lse=softmax_lse)
     window = _supported("flash_attn_varlen_backward", dropout_p, softcap, alibi_slopes, None, window_size)
     _check_saved(dout, q, out, softmax_lse)
     lse = softmax_lse.t()
