@@ -16,7 +16,7 @@ import torch
 
 from nextlong.kernels import flash_attention
 from nextlong.kernels._attn_reference import dense_reference_attention
-from nextlong.kernels.attention import _normalise_window, _resolve_backend, cu_seqlens_from_lengths
+from nextlong.kernels.attention import _normalise_window, _resolve_backend, attention_with_lse, cu_seqlens_from_lengths
 
 ATOL = 2e-5
 LENGTHS = [5, 37, 0, 20, 1, 29]
@@ -267,3 +267,31 @@ def test_a_strided_cu_seqlens_gives_the_same_numbers_on_every_backend():
     assert not strided.is_contiguous()
     for backend in ("torch", "triton"):
         _check(q, k, v, do, strided, True, None, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_query_gives_nan_on_every_backend(backend):
+    """PyTorch's CPU flash kernel (the torch backend's fused path) skips NaN in its running max: a query row
+    holding a NaN came back as output 0 and lse 0, a finite answer from a diverged model, where the chunked
+    path, the Triton kernel and flash-attn give NaN in that row (and only there)."""
+    q, k, v, do, cu = _inputs([5, 8], 2, 1, 16)
+    q = q.detach().clone()
+    q[7, 1, 3] = float("nan")
+    blocks = None if backend == "torch" else BLOCKS
+    out, lse = attention_with_lse(q.requires_grad_(), k, v, cu_seqlens=cu, backend=backend.replace("_chunked", ""),
+                                  _blocks=blocks)
+    nan_rows = [[7, 1]]
+    assert torch.isnan(out).any(-1).nonzero().tolist() == nan_rows
+    assert torch.isnan(lse).nonzero().tolist() == nan_rows
+    dq, = torch.autograd.grad(out, q, do)
+    assert torch.isnan(dq).any(-1).nonzero().tolist() == nan_rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_q_k_v_on_two_devices_are_named(backend):
+    """k or v on another device than q: the torch backend returned NaN or 1e34 from a "meta" k/v (not loaded)
+    with no error, and the Triton kernels take raw pointers, so on two GPUs they would read the wrong memory."""
+    q, k, v, _, cu = _inputs([5, 8], 2, 1, 16)
+    for args, where in (((q, k.to("meta"), v), "cpu, meta, cpu"), ((q, k, v.to("meta")), "cpu, cpu, meta")):
+        with pytest.raises(ValueError, match=f"q, k, v must be on one device, got {where}"):
+            flash_attention(*args, cu_seqlens=cu, backend=backend)

@@ -515,3 +515,67 @@ def test_fp64_on_the_fp32_kernels_is_refused_not_rounded(backend):
     with pytest.raises(ValueError, match="fp64 runs on backend='torch'"):
         fused_linear_cross_entropy(x, w, y, backend=backend)
     assert fused_linear_cross_entropy(x, w, y).dtype == torch.float64  # auto takes it to torch
+
+
+def test_negative_weights_are_refused_under_mean_and_kept_under_sum():
+    """"mean" is sum(w * CE) / sum(w): a negative weight flipped its sign, and weights summing to 0 (not all 0)
+    met the all-ignored guard and came back as the plain sum, in silence. Under "sum" and "none" signed weights
+    mean what they say and stay allowed."""
+    x, w, b, y, tw, _ = make_inputs()
+    valid = torch.nonzero(y != -100).flatten()
+    signed = tw.clone()
+    signed[valid[0]], signed[valid[1]] = 1.0, -1.0
+    signed[valid[2:]] = 0.0  # sum(w) == 0 with two tokens weighted
+    for call in (lambda: fused_linear_cross_entropy(x, w, y, bias=b, token_weights=signed),
+                 lambda: cross_entropy(F.linear(x, w, b), y, token_weights=signed)):
+        with pytest.raises(ValueError, match=f"token_weights must be >= 0 with reduction='mean'.*-1.0 at flat "
+                                             f"position {int(valid[1])}"):
+            call()
+    got = fused_linear_cross_entropy(x, w, y, bias=b, token_weights=signed, reduction="sum")
+    torch.testing.assert_close(got, eager_loss(F.linear(x, w, b), y, signed, "sum"), **LOSS_TOL)
+    ignored = int(torch.nonzero(y == -100)[0, 0])
+    at_ignored = tw.clone()
+    at_ignored[ignored] = -5.0  # ignored tokens get weight 0 whatever was passed
+    torch.testing.assert_close(fused_linear_cross_entropy(x, w, y, bias=b, token_weights=at_ignored),
+                               eager_loss(F.linear(x, w, b), y, tw, "mean"), **LOSS_TOL)
+
+
+def test_a_bias_of_another_dtype_and_arguments_that_are_not_tensors_are_named():
+    """A float64 bias beside float32 weights failed inside the matmul ("self and mat2 must have the same dtype");
+    a list or numpy array for any tensor argument with an AttributeError ("'list' object has no attribute
+    'shape'")."""
+    x, w, b, y, tw, _ = make_inputs()
+    with pytest.raises(TypeError, match="bias and weight must share a dtype, got torch.float64 and torch.float32"):
+        fused_linear_cross_entropy(x, w, y, bias=b.double())
+    fused = {"hidden": x, "weight": w, "labels": y, "bias": b, "token_weights": tw}
+    for name in fused:
+        args = dict(fused, **{name: fused[name].detach().tolist()})
+        with pytest.raises(TypeError, match=f"fused_linear_cross_entropy: {name} must be a torch.Tensor, got list"):
+            fused_linear_cross_entropy(args.pop("hidden"), args.pop("weight"), args.pop("labels"), **args)
+    z = F.linear(x, w).detach()
+    for name, args in (("logits", (z.numpy(), y)), ("labels", (z, y.tolist()))):
+        with pytest.raises(TypeError, match=f"cross_entropy: {name} must be a torch.Tensor, got"):
+            cross_entropy(*args)
+    with pytest.raises(TypeError, match="cross_entropy: token_weights must be a torch.Tensor, got list"):
+        cross_entropy(z, y, token_weights=tw.tolist())
+
+
+def test_a_weight_or_bias_on_another_device_is_named():
+    """An lm_head weight left on "meta" (a checkpoint that did not fill it) gave log(V), the loss of all-zero
+    logits, with no error; F.linear refuses such a pair."""
+    x, w, b, y, _, _ = make_inputs()
+    with pytest.raises(ValueError, match="hidden, weight and bias must be on one device, got cpu, meta, cpu"):
+        fused_linear_cross_entropy(x, w.detach().to("meta"), y, bias=b)
+    with pytest.raises(ValueError, match="hidden, weight and bias must be on one device, got cpu, cpu, meta"):
+        fused_linear_cross_entropy(x, w, y, bias=b.detach().to("meta"))
+
+
+def test_an_empty_vocabulary_or_hidden_size_is_named():
+    """A (0, H) or (V, 0) weight, or (N, 0) logits, failed deep inside ("index -1 is out of bounds for dimension 1
+    with size 0", "cannot reshape tensor of 0 elements"); F.cross_entropy has no class to score either."""
+    y = torch.full((4,), -100)
+    for hidden, weight in ((torch.randn(4, 8), torch.randn(0, 8)), (torch.randn(4, 0), torch.randn(5, 0))):
+        with pytest.raises(ValueError, match="must have at least one vocabulary row and one hidden unit"):
+            fused_linear_cross_entropy(hidden, weight, y)
+    with pytest.raises(ValueError, match=r"logits \(4, 0\) need a vocabulary \(last\) dimension of size 1 or more"):
+        cross_entropy(torch.randn(4, 0), y)

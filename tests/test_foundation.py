@@ -1,6 +1,7 @@
 """The package foundation: the native module builds, the CLI lists its commands, writes are atomic."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,6 +24,20 @@ def test_kernels_importable_as_nextlong_kernels():
     import nextlong.kernels as kernels
 
     assert set(kernels.__all__) >= {"flash_attention", "fused_linear_cross_entropy", "cross_entropy"}
+
+
+def test_the_kernels_leave_transformers_ray_and_triton_unimported():
+    """nextlong.kernels is for other training stacks too, which may not have transformers or ray loaded: using
+    both kernels on CPU imports neither (nor triton, which the CPU path does not need); only the documented
+    nextlong.kernels.transformers_* modules import transformers."""
+    code = ("import sys, torch, nextlong.kernels as K; loaded = lambda: [m for m in ('transformers', 'ray', "
+            "'triton') if m in sys.modules]; print(loaded()); q = torch.randn(6, 2, 8); "
+            "cu = torch.tensor([0, 2, 6], dtype=torch.int32); K.flash_attn_varlen_func(q, q, q, cu, cu, 4, 4); "
+            "K.fused_linear_cross_entropy(torch.randn(3, 8), torch.randn(5, 8), torch.tensor([1, 2, -100])); "
+            "print(loaded())")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split("\n")[:2] == ["[]", "[]"]
 
 
 def test_cli_help_lists_every_subcommand():

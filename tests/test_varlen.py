@@ -284,3 +284,47 @@ def test_split_halves_with_an_empty_key_sequence_and_misused_splits():
         flash_attn_varlen_func(q, k, v, cu_q, cu_k.to("meta"))
     with pytest.raises(ValueError, match="flash_attn_varlen_func: window_size entries must be >= 0"):
         flash_attn_varlen_func(q, k, v, cu_q, cu_k, window_size=(-5, 2))
+
+
+@pytest.mark.parametrize("sq,sk", [(3, 3), (2, 5)])
+def test_flash_attn_func_takes_an_empty_batch(sq, sk):
+    """A batch of 0 sequences (the tail of a dataloader, an empty shard) was refused with "cu_seqlens_q must be
+    a 1-D int32 tensor", an argument a flash_attn_func caller never passed; now it is empty out, as for S = 0."""
+    from nextlong.kernels import flash_attn_func
+
+    q = torch.randn(0, sq, 4, 16, requires_grad=True)
+    k, v = torch.randn(0, sk, 2, 16, requires_grad=True), torch.randn(0, sk, 2, 16, requires_grad=True)
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert out.shape == q.shape and lse.shape == (0, 4, sq) and lse.dtype == torch.float32
+    assert [t.shape for t in torch.autograd.grad(out.sum(), (q, k, v))] == [q.shape, k.shape, v.shape]
+    with pytest.raises(ValueError, match="k/v heads \\(3\\) must divide q heads \\(4\\)"):
+        flash_attn_func(q, torch.randn(0, sk, 3, 16), torch.randn(0, sk, 3, 16))
+
+
+def test_flash_attn_func_names_a_k_on_another_device():
+    """flash_attn_func builds its cu_seqlens on q's device: a k on another one was reported as "cu_seqlens_k is
+    on cpu, the tokens on meta", an argument its caller never passed."""
+    from nextlong.kernels import flash_attn_func
+
+    q = torch.randn(1, 6, 2, 8)
+    with pytest.raises(ValueError, match="q, k, v must be on one device, got cpu, meta, cpu"):
+        flash_attn_func(q, q.to("meta"), q)
+
+
+def test_arguments_that_are_not_tensors_are_named():
+    """A numpy array for q failed with "'numpy.ndarray' object has no attribute 'dim'" (flash_attn_varlen_func) or
+    "'str' object has no attribute 'type'" (flash_attention), and cu_seqlens_from_lengths turned a length of 2.5
+    into 2."""
+    from nextlong.kernels import cu_seqlens_from_lengths, flash_attention, flash_attn_varlen_backward
+
+    q, k, v, cu_q, cu_k = data([2, 3], [2, 3])
+    with pytest.raises(TypeError, match="flash_attn_varlen_func: q must be a torch.Tensor, got ndarray"):
+        flash_attn_varlen_func(q.detach().numpy(), k, v, cu_q, cu_k)
+    with pytest.raises(TypeError, match="flash_attention: v must be a torch.Tensor, got list"):
+        flash_attention(q, k, v.tolist(), cu_seqlens=cu_q)
+    out, lse, _ = flash_attn_varlen_func(q, k, v, cu_q, cu_k, return_attn_probs=True)
+    with pytest.raises(TypeError, match="flash_attn_varlen_backward: softmax_lse must be a torch.Tensor, got list"):
+        flash_attn_varlen_backward(out, q, k, v, out, lse.tolist(), cu_q, cu_k)
+    with pytest.raises(TypeError, match="cu_seqlens_from_lengths: lengths must be integers, got torch.float32"):
+        cu_seqlens_from_lengths(torch.tensor([2.5, 3.0]))
+    assert cu_seqlens_from_lengths([2, 3]).tolist() == [0, 2, 5]

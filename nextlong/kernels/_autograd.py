@@ -1,4 +1,4 @@
-"""What the kernels' autograd Functions share: they are differentiable once."""
+"""What the kernels share: their autograd Functions are differentiable once, their entry points take tensors."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def first_order_only(backward):
         return backward(ctx, *grads)
 
     return wrapped
+
+
+def require_tensors(caller: str, **named) -> None:
+    """Refuse a non-tensor argument (a list, a numpy array) by name: it failed later with an AttributeError about
+    a method the kernel happened to call first ("'str' object has no attribute 'type'"). None passes."""
+    for name, value in named.items():
+        if value is not None and not torch.is_tensor(value):
+            raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(value).__name__}")

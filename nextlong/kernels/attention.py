@@ -32,7 +32,7 @@ import torch
 
 from . import _attn_reference as _ref
 from ._autocast import autocast_inputs
-from ._autograd import first_order_only
+from ._autograd import first_order_only, require_tensors
 
 _MAX_TRITON_HEAD_DIM = 256  # flash-attn's limit too; the kernels' tile tables stop there
 
@@ -88,7 +88,7 @@ def check_cu_seqlens(cu_seqlens, x, name: str, host: bool = False, caller: str =
 
 
 def check_heads(q, k, v) -> None:
-    """k and v alike, their head count dividing q's, one supported head_dim and dtype."""
+    """k and v alike, their head count dividing q's, one supported head_dim, dtype and device."""
     if k.shape != v.shape or k.dim() != q.dim() or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"flash_attention: k and v must match q except in the head count: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -98,6 +98,8 @@ def check_heads(q, k, v) -> None:
                          "for grouped-query attention")
     if dim < 1:
         raise ValueError(f"flash_attention: head_dim must be positive, got {dim}")
+    if not q.device == k.device == v.device:  # the torch backend returned garbage, the kernels read stray pointers
+        raise ValueError(f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError("flash_attention: q, k, v must share one of fp16/bf16/fp32, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
@@ -196,6 +198,7 @@ def attention_with_lse(q, k, v, *, causal=True, cu_seqlens=None, softmax_scale=N
     """`flash_attention`, also returning each query's log-sum-exp of its scaled scores (fp32, q's shape without
     head_dim: (total, H) or (B, S, H)), which ring-style wrappers need to merge partial results. The lse
     carries no gradient."""
+    require_tensors("flash_attention", q=q, k=k, v=v)
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     left, right = _normalise_window(window, causal)
@@ -226,6 +229,7 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
     whose `do` is 0 contributes nothing, whatever its lse (+inf is allowed there)."""
     if cu_seqlens is None:
         raise ValueError("attention_backward: give cu_seqlens (the packed layout)")
+    require_tensors("attention_backward", do=do, q=q, k=k, v=v, out=out, lse=lse)
     q, k, v = autocast_inputs(q, k, v)
     _check(q, k, v, cu_seqlens)
     if do.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:2]:
@@ -248,7 +252,10 @@ def attention_backward(do, q, k, v, out, lse, *, cu_seqlens, causal=True, softma
 
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     """`cu_seqlens` (int32) for documents of the given lengths packed back to back."""
-    lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:  # 2.5 became 2
+        raise TypeError(f"cu_seqlens_from_lengths: lengths must be integers, got {lengths.dtype}")
+    lengths = lengths.to(torch.int64)
     if not lengths.is_cuda and lengths.numel() and int(lengths.min()) < 0:  # (on a GPU: no sync for a check)
         raise ValueError(f"cu_seqlens_from_lengths: lengths must be 0 or more, got {int(lengths.min())}")
     out = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)

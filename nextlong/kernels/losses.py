@@ -20,7 +20,8 @@ logit scales; the gradients come from the softmax and do not lose it). With toke
 
 * ``reduction="none"``: ``w_t * loss_t`` with the shape of ``labels`` (0 at ignored positions);
 * ``reduction="sum"``:  ``sum_t w_t * loss_t``;
-* ``reduction="mean"``: ``sum_t w_t * loss_t / sum_t w_t`` (0, not NaN, when every token is ignored).
+* ``reduction="mean"``: ``sum_t w_t * loss_t / sum_t w_t`` (0, not NaN, when every token is ignored); a
+  negative weight at a non-ignored token is refused (the divisor would stop being a count of tokens).
 
 The z-loss is weighted and reduced like the cross-entropy. Gradients flow to ``hidden``,
 ``weight``, ``bias`` (and ``logits``); ``token_weights`` are treated as constants (detached, no
@@ -41,7 +42,7 @@ import torch
 
 from . import _ce_reference as _ref
 from ._autocast import autocast_inputs
-from ._autograd import first_order_only
+from ._autograd import first_order_only, require_tensors
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "chunked", "torch")
@@ -229,7 +230,10 @@ def _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size
         raise ValueError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
 
 
-def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int) -> torch.Tensor:
+def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int,
+                 mean_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The labels flat, -1 where ignored, after refusing out-of-range labels and (given `mean_weights`, the
+    token weights of a "mean") negative weights, both read in one host sync."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not -2**63 <= ignore_index < 2**63:
         raise ValueError(f"ignore_index must be an integer label value (64-bit), got {ignore_index!r}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -238,7 +242,17 @@ def _flat_labels(labels: torch.Tensor, n: int, vocab: int, ignore_index: int) ->
         raise ValueError(f"labels has {labels.numel()} elements but there are {n} tokens")
     flat = labels.reshape(-1).long().contiguous()
     bad = (flat != ignore_index) & ((flat < 0) | (flat >= vocab))
-    if bool(bad.any()):
+    negative = torch.zeros_like(bad)
+    if mean_weights is not None:
+        # "mean" divides by sum(w): a negative weight made it a sign flip, and weights summing to 0 a plain sum
+        negative = (flat != ignore_index) & (mean_weights.detach().reshape(-1).to(flat.device) < 0)
+    any_bad, any_negative = torch.stack([bad.any(), negative.any()]).tolist()
+    if any_negative:
+        i = int(torch.nonzero(negative)[0, 0])
+        raise ValueError(f"token_weights must be >= 0 with reduction='mean' (it divides by their sum), got "
+                         f"{float(mean_weights.reshape(-1)[i])} at flat position {i}; signed weights need "
+                         "reduction='sum' or 'none'")
+    if any_bad:
         i = int(torch.nonzero(bad)[0, 0])
         raise ValueError(
             f"label {int(flat[i])} at flat position {i} is outside [0, {vocab}) and is not "
@@ -319,6 +333,8 @@ def fused_linear_cross_entropy(
     themselves, so dW and dB leave the fp32 accumulator as they are, not rounded to the autocast dtype
     and back. The fused Triton kernels always accumulate in fp32.
     """
+    require_tensors("fused_linear_cross_entropy", hidden=hidden, weight=weight, labels=labels, bias=bias,
+                    token_weights=token_weights)
     _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, hidden)
     if accumulate_fp32 is None:  # decided by the parameter's own dtype, before autocast lowers it
         accumulate_fp32 = weight.dtype in (torch.float32, torch.float64)
@@ -327,10 +343,18 @@ def fused_linear_cross_entropy(
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden (..., H) and weight (V, H) disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
+    if 0 in weight.shape:  # failed deep inside ("index -1 is out of bounds", "cannot reshape tensor of 0 elements")
+        raise ValueError(f"weight {tuple(weight.shape)} must have at least one vocabulary row and one hidden unit")
     if hidden.dtype != weight.dtype:
         raise TypeError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if weight.device != hidden.device or (bias is not None and bias.device != hidden.device):
+        # a weight left on "meta" (not loaded) gave the loss of all-zero logits, log(V), with no error
+        raise ValueError(f"hidden, weight and bias must be on one device, got {hidden.device}, {weight.device}, "
+                         f"{None if bias is None else bias.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if bias is not None and bias.dtype != weight.dtype:  # the matmul's own error named neither bias nor weight
+        raise TypeError(f"bias and weight must share a dtype, got {bias.dtype} and {weight.dtype}")
     shape = labels.shape
     h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     vocab = weight.shape[0]
@@ -344,7 +368,8 @@ def fused_linear_cross_entropy(
         raise ValueError(f"labels {tuple(labels.shape)} must have hidden's leading shape {lead} (or be flat, "
                          f"({h2.shape[0]},))")
     _check_weight_shape(token_weights, labels)
-    flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index)
+    flat = _flat_labels(labels.to(h2.device), h2.shape[0], vocab, ignore_index,
+                        token_weights if reduction == "mean" else None)
     # CUDA defaults to the chunked path: its matmuls run on cuBLAS, while the fused Triton backward (atomic
     # adds into dX and dW) measured 11.7x slower than Liger's fused linear CE on an H200, and the fused
     # forward alone reached 230 TFLOP/s (docs/benchmarks.md). backend="triton" still forces the fused kernels.
@@ -392,16 +417,20 @@ def cross_entropy(
     (``(N, V, d1, ...)``): transpose such logits first. The gradient w.r.t. ``logits`` has their shape
     and dtype; no fp32 copy of the logits is kept. Differentiable once (no double backward).
     """
+    require_tensors("cross_entropy", logits=logits, labels=labels, token_weights=token_weights)
     _check_options(reduction, label_smoothing, z_loss, logit_softcap, chunk_size, logits)
     shape = labels.shape
     if tuple(labels.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"labels {tuple(labels.shape)} must have the logits' leading shape {tuple(logits.shape[:-1])}: "
                          "the vocabulary is the last dimension of logits (F.cross_entropy's (N, V, ...) layout "
                          "puts it in dimension 1; move it last)")
+    if logits.dim() == 0 or logits.shape[-1] == 0:  # failed inside: "cannot reshape tensor of 0 elements"
+        raise ValueError(f"logits {tuple(logits.shape)} need a vocabulary (last) dimension of size 1 or more")
     _check_weight_shape(token_weights, labels)
     z2 = logits.reshape(-1, logits.shape[-1]).contiguous()
     vocab = z2.shape[1]
-    flat = _flat_labels(labels.to(z2.device), z2.shape[0], vocab, ignore_index)
+    flat = _flat_labels(labels.to(z2.device), z2.shape[0], vocab, ignore_index,
+                        token_weights if reduction == "mean" else None)
     which = _pick_backend(backend, z2)
     chunk = chunk_size or _ref.default_chunk(z2.shape[0], vocab)
     softcap = float(logit_softcap) if logit_softcap is not None else None

@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from ._autograd import require_tensors
 from .attention import attention_backward, attention_with_lse, check_cu_seqlens, check_heads
 
 
@@ -97,6 +98,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's `flash_attn_varlen_func` (see the module docstring for what is supported)."""
+    require_tensors("flash_attn_varlen_func", q=q, k=k, v=v)
     del max_seqlen_q, max_seqlen_k, deterministic
     window = _supported("flash_attn_varlen_func", dropout_p, softcap, alibi_slopes, block_table, window_size)
     if _same("flash_attn_varlen_func", q, k, cu_seqlens_q, cu_seqlens_k):
@@ -118,11 +120,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     if k.shape[0] != q.shape[0] or v.shape[:2] != k.shape[:2]:
         raise ValueError(f"flash_attn_func: q, k, v must share the batch, and k and v the sequence: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    check_heads(q, k, v)  # before the cu_seqlens built here could be named in an error (another device, B = 0)
     (b, sq), sk = q.shape[:2], k.shape[1]
-    cu_q = torch.arange(0, (b + 1) * sq, sq, dtype=torch.int32, device=q.device) if sq else \
-        torch.zeros(b + 1, dtype=torch.int32, device=q.device)
-    cu_k = cu_q if sk == sq else (torch.arange(0, (b + 1) * sk, sk, dtype=torch.int32, device=k.device) if sk else
-                                  torch.zeros(b + 1, dtype=torch.int32, device=k.device))
+    if b == 0:  # no sequence, so no cu_seqlens to split: the error named cu_seqlens_q, which callers never pass
+        _supported("flash_attn_func", dropout_p, softcap, alibi_slopes, None, window_size)
+        out = q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum())  # keeps the graph: backward gives zeros
+        return (out, q.new_zeros((0, q.shape[2], sq), dtype=torch.float32), None) if return_attn_probs else out
+    cu_q = torch.arange(b + 1, dtype=torch.int32, device=q.device) * sq
+    cu_k = cu_q if sk == sq else torch.arange(b + 1, dtype=torch.int32, device=k.device) * sk
     flat = [x.reshape(-1, *x.shape[2:]) for x in (q, k, v)]
     out, lse, _ = flash_attn_varlen_func(*flat, cu_q, cu_k, sq, sk, dropout_p, softmax_scale, causal, window_size,
                                          softcap, alibi_slopes, deterministic, return_attn_probs=True)
@@ -150,6 +155,7 @@ def flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu
     """(dq, dk, dv) of `flash_attn_varlen_func` given its out and softmax_lse (H, total_q), which may come from
     a merge of several blocks (ring attention): the kernel's backward runs on them directly."""
     del max_seqlen_q, max_seqlen_k, deterministic
+    require_tensors("flash_attn_varlen_backward", dout=dout, q=q, k=k, v=v, out=out, softmax_lse=softmax_lse)
     window = _supported("flash_attn_varlen_backward", dropout_p, softcap, alibi_slopes, None, window_size)
     _check_saved(dout, q, out, softmax_lse)
     lse = softmax_lse.t()
