@@ -14,13 +14,14 @@ def demo_config(out, **overrides) -> SynthesisConfig:
     and counted in the summary)."""
     from pathlib import Path
 
+    from .config import api_config
     from .demo import DEMO_NUM_SAMPLES, DEMO_TARGET_LENGTH, write_demo_corpus
 
     corpus = write_demo_corpus(Path(out) / "demo_corpus.jsonl")
     settings = dict(corpus=str(corpus), id_field="id", target_length=DEMO_TARGET_LENGTH,
                     num_samples=DEMO_NUM_SAMPLES)
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    return SynthesisConfig(out=str(out), **settings)
+    return api_config(SynthesisConfig, out=out, **settings)
 
 
 def synthesize(corpus=None, out=None, *, demo: bool = False, **settings) -> dict:
@@ -28,12 +29,14 @@ def synthesize(corpus=None, out=None, *, demo: bool = False, **settings) -> dict
 
     Keyword settings are SynthesisConfig's fields (target_length, method, negatives, tokenizer,
     embedder, chunk_size, chunk_unit, seed, num_samples, format, separator, rebuild, ...)."""
+    from ..errors import UsageError
+    from .config import api_config
     from .pipeline import run
 
     if out is None:
-        raise TypeError("synthesize() needs out= (the output folder)")
+        raise UsageError("synthesize() needs out= (the output folder)")
     if demo:
         cfg = demo_config(out, corpus=corpus, **settings)
     else:
-        cfg = SynthesisConfig(out=str(out), corpus=None if corpus is None else str(corpus), **settings)
+        cfg = api_config(SynthesisConfig, out=out, corpus=corpus, **settings)
     return run(cfg)

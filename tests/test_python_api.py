@@ -1,0 +1,58 @@
+"""The Python face as a library user meets it (a notebook, a larger program): a wrong argument is a nextlong
+error naming it, before any work; a call leaves its caller's process as it found it."""
+
+from __future__ import annotations
+
+import pytest
+
+import nextlong
+from nextlong.errors import UsageError
+
+FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=2048, progress=False)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(target_length=None), "target_length must be an integer, got None"),
+    (dict(chunk_size=None), "chunk_size must be an integer, got None"),
+    (dict(separator=5), "separator must be a string, got 5"),
+    (dict(text_field=None), "text_field must be a string, got None"),
+    (dict(id_field=3), "id_field must be a string, got 3"),
+    (dict(rebuild="no"), "rebuild must be True or False, got 'no'"),  # a non-empty string was a true flag
+    (dict(progress="no"), "progress must be True or False, got 'no'"),
+    (dict(target_lenght=2048), r"unknown setting target_lenght=2048 \(did you mean target_length\?\)"),
+])
+def test_synthesize_refuses_a_wrong_kind_of_setting_by_name(tmp_path, settings, message):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "a b c"}\n')
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        nextlong.synthesize(corpus, tmp_path / "out", **dict(FAST, **settings))
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("corpus,out,message", [
+    (["c.jsonl"], "out", r"corpus must be a string, got \['c.jsonl'\]"),
+    ("c.jsonl", 5, "out must be a string, got 5"),  # was a folder named "5" in the working directory
+    ("c.jsonl", None, r"synthesize\(\) needs out= \(the output folder\)"),
+])
+def test_synthesize_paths_are_strings_or_path_likes(tmp_path, monkeypatch, corpus, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.jsonl").write_text('{"text": "a b c"}\n')
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        nextlong.synthesize(corpus, out, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(generate_questions="3", questions=None), "generate_questions must be an integer, got '3'"),
+    (dict(bm25_k1="1.2"), "bm25_k1 must be a finite number, got '1.2'"),
+    (dict(read=True), "read must be an integer, got True"),
+    (dict(chain_of_thought="yes"), "chain_of_thought must be True or False, got 'yes'"),
+    (dict(max_new_token=8), r"unknown setting max_new_token=8 \(did you mean max_new_tokens\?\)"),
+])
+def test_acer_refuses_a_wrong_kind_of_setting_by_name(tmp_path, settings, message):
+    corpus, questions = tmp_path / "c.jsonl", tmp_path / "q.jsonl"
+    corpus.write_text('{"text": "a b c"}\n')
+    questions.write_text('{"question": "a?"}\n')
+    kwargs = dict(dict(model=tmp_path, questions=questions), **settings)
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        nextlong.acer(corpus, tmp_path / "out", **kwargs)
