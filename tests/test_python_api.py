@@ -3,6 +3,8 @@ error naming it, before any work; a call leaves its caller's process as it found
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import nextlong
@@ -56,3 +58,24 @@ def test_acer_refuses_a_wrong_kind_of_setting_by_name(tmp_path, settings, messag
     kwargs = dict(dict(model=tmp_path, questions=questions), **settings)
     with pytest.raises(UsageError, match=f"^{message}$"):
         nextlong.acer(corpus, tmp_path / "out", **kwargs)
+
+
+def test_loading_and_using_an_embedder_leaves_torch_threads_and_the_environment_as_they_were(monkeypatch):
+    """The transformers embedder called torch.set_num_threads at load (for good: a notebook's torch ran on
+    all cores after) and set HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE in os.environ (for good: the caller's own
+    from_pretrained("gpt2") in a later subprocess could not download). Loading is offline by
+    local_files_only."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest.py sets them for the whole suite
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embedder = nextlong.load_embedder(dtype="float32", threads=2)
+        assert torch.get_num_threads() == 1
+        assert embedder.embed(["hello world", "a longer text about parsing"]).shape == (2, 384)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ

@@ -129,9 +129,7 @@ class TransformerEmbedder:
         trust_remote_code: bool = False,
         long_texts: str = "window",
     ):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
+        try:  # offline by local_files_only, not HF_HUB_OFFLINE: that would stay set for the caller's own downloads
             import torch
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
@@ -164,8 +162,9 @@ class TransformerEmbedder:
                 dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
         self.dtype = dtype  # recorded with the run: it sets the speed (bf16 is emulated on most CPUs)
         self.torch_dtype = getattr(torch, dtype)
-        if self.device.type == "cpu":
-            torch.set_num_threads(int(threads or available_threads()))
+        # torch's thread count is the process's: set for each embed call and put back, so a caller's own count
+        # (a notebook's, a program's) outlives loading an embedder
+        self.threads = int(threads or available_threads()) if self.device.type == "cpu" else None
         from ..model_folder import ModelFolderError, load_pretrained
 
         try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
@@ -256,6 +255,16 @@ class TransformerEmbedder:
         if not ids:
             return out
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._embed_batches(ids, lengths, out)
+        finally:
+            torch.set_num_threads(before)
+
+    def _embed_batches(self, ids: list[list[int]], lengths: np.ndarray, out: np.ndarray) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode():
             for batch in token_batches(lengths, self.batch_tokens, self.max_batch):
                 width = int(lengths[batch].max())

@@ -83,7 +83,6 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
     offline (the model and tokenizer are loaded from `source` only); written to a temporary folder
     beside `out`, then renamed."""
     _require_model2vec()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from model2vec.distill import distill_from_model
     from transformers import AutoModel, AutoTokenizer
 
