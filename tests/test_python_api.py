@@ -79,3 +79,46 @@ def test_loading_and_using_an_embedder_leaves_torch_threads_and_the_environment_
     finally:
         torch.set_num_threads(before)
     assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+
+
+
+def _tok():
+    return nextlong.load_tokenizer("cl100k_base")
+
+
+def _bm25():
+    return nextlong.BM25Index.build(["abc def", "x y"])
+
+
+LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a comparison), an OSError, or taken
+    "read_corpus(None)": (lambda d: nextlong.read_corpus(None), "path must be a path (a str or pathlib.Path), got None"),
+    "text_field=None": (lambda d: nextlong.read_corpus(d / "file", text_field=None), "text_field must be a string, got None"),
+    "id_field=3": (lambda d: nextlong.read_corpus(d / "file", id_field=3), "id_field must be a string, got 3"),
+    "max_len='64k'": (lambda d: nextlong.chunk_documents(["a b"], max_len="64k"), "max_len must be an integer, got '64k'"),
+    "max_len=2.5": (lambda d: nextlong.chunk_documents(["a b"], max_len=2.5), "max_len must be an integer, got 2.5"),
+    "max_len=None": (lambda d: nextlong.chunk_documents(["a b"], max_len=None), "max_len must be an integer, got None"),
+    # a str is a sequence of its characters: one text per character was taken
+    "chunk_documents(str)": (lambda d: nextlong.chunk_documents("a b"),
+                             "chunk_documents takes a sequence of texts, got one str; wrap it in a list"),
+    "encode_batch(str)": (lambda d: _tok().encode_batch("abc"),
+                          "encode_batch takes a sequence of texts, got one str; wrap it in a list"),
+    "num_threads='4'": (lambda d: _tok().encode_ordinary_batch(["abc"], num_threads="4"),
+                        "num_threads must be an integer, got '4'"),
+    "num_threads=-1": (lambda d: _tok().encode_batch(["abc"], num_threads=-1), "num_threads must be 1 or more, got -1"),
+    "BM25Index.build(str)": (lambda d: nextlong.BM25Index.build("abc def"),
+                             "BM25Index.build takes a sequence of texts, got one str; wrap it in a list"),
+    "k='3'": (lambda d: _bm25().search(["abc"], k="3"), "k must be an integer, got '3'"),
+    "save onto a file": (lambda d: _bm25().save(d / "file"),
+                         "{d}/file: exists and is not a folder, where a BM25 index is saved; choose another folder"),
+    "embed_chunks into a folder": (lambda d: nextlong.embed_chunks(["a b"], nextlong.load_embedder("hashed-tfidf:64"), d),
+                                   "{d}: is a folder; out_path names the .npy file the embeddings go to"),
+}
+
+
+@pytest.mark.parametrize("case", LOWER_LEVEL)
+def test_lower_level_functions_name_a_wrong_argument(tmp_path, case):
+    call, message = LOWER_LEVEL[case]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError) as caught:
+        call(tmp_path)
+    assert str(caught.value) == message.format(d=tmp_path)

@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from nextlong.errors import TokenizerError
+from nextlong.errors import TokenizerError, checked_int, checked_texts
 from nextlong.untrusted import json_type, parse_json, read_bytes, whole
 
 __all__ = [
@@ -302,12 +302,15 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
                      allowed_special: str | Iterable[str] = "all") -> list[np.ndarray]:
         """`encode` over many texts on `num_threads` threads (None: all cores), GIL released."""
-        return self.native.encode_batch(list(texts), self._allowed_mask(allowed_special), num_threads, False)
+        texts = list(checked_texts(texts, "encode_batch"))
+        return self.native.encode_batch(texts, self._allowed_mask(allowed_special),
+                                        checked_int(num_threads, "num_threads", 1, none=True), False)
 
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[np.ndarray]:
         """`encode_ordinary` over many texts on `num_threads` workers of the native thread pool, GIL
         released. The workers live across calls, so their piece caches stay warm from batch to batch."""
-        return self.native.encode_batch(list(texts), None, num_threads, True)
+        texts = list(checked_texts(texts, "encode_ordinary_batch"))
+        return self.native.encode_batch(texts, None, checked_int(num_threads, "num_threads", 1, none=True), True)
 
     def count_tokens(self, text: str) -> int:
         """Number of ids `encode_ordinary` gives."""
