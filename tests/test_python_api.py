@@ -122,3 +122,40 @@ def test_lower_level_functions_name_a_wrong_argument(tmp_path, case):
     with pytest.raises(UsageError) as caught:
         call(tmp_path)
     assert str(caught.value) == message.format(d=tmp_path)
+
+
+def test_two_threads_synthesizing_into_one_folder(tmp_path):
+    """The lock is an flock per open file, so a second call from another thread of the same process is refused
+    as another process's would be, said as such (the message named our own pid as "another run"), and the
+    first call's output is whole: the bytes of a call made alone."""
+    import hashlib
+    import threading
+
+    from nextlong.errors import OutputLockedError
+    from nextlong.locking import output_lock
+    from tests.helpers import corpus_head, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_head(40_000))
+    out = tmp_path / "out"
+    with output_lock(out, "synthesize"):  # what the other thread holds while it runs
+        with pytest.raises(OutputLockedError, match=r"another call in this process \(another thread\) is writing"):
+            nextlong.synthesize(corpus, out, num_samples=1, **FAST)
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").glob("*"))}
+
+    nextlong.synthesize(corpus, tmp_path / "alone", num_samples=1, **FAST)
+    errors = []
+
+    def call():
+        try:
+            nextlong.synthesize(corpus, out, num_samples=1, **FAST)
+        except OutputLockedError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) <= 1 and digest(out) == digest(tmp_path / "alone")

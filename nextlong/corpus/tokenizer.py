@@ -318,6 +318,8 @@ class Tokenizer:
 
     # -- decoding and vocabulary -----------------------------------------------------------
     def decode_bytes(self, ids) -> bytes:
+        """The bytes of `ids` joined (a piece of a multi-byte character stays a byte); ValueError for an id that is
+        not an integer or not in the vocabulary."""
         arr = np.asarray(ids)
         if arr.dtype != np.uint32:
             if arr.size and arr.dtype.kind not in "iu":  # 1.5 would be decoded as token 1

@@ -25,10 +25,20 @@ def demo_config(out, **overrides) -> SynthesisConfig:
 
 
 def synthesize(corpus=None, out=None, *, demo: bool = False, **settings) -> dict:
-    """Build long documents from `corpus` into folder `out`; returns the run's manifest.
+    """Build long documents from `corpus` (a JSONL / Parquet / text file or folder) into folder `out`.
 
-    Keyword settings are SynthesisConfig's fields (target_length, method, negatives, tokenizer,
-    embedder, chunk_size, chunk_unit, seed, num_samples, format, separator, rebuild, ...)."""
+    Keyword settings are SynthesisConfig's fields, the options of `nextlong synthesize` with `_` for `-`
+    (num_threads for --threads, verify=False for --no-verify): target_length=65536, method="nextlong",
+    negatives, tokenizer, embedder, chunk_size, chunk_unit, seed, num_samples, format, separator, rebuild,
+    progress=False (no bars or summary on stderr), ...; `demo=True`
+    runs on the embedded demo corpus. Returns the run's manifest, the dict OUT/manifest.json holds (command,
+    created_unix, seed, settings, statistics, versions). The documents are OUT/data/part-*.parquet.
+
+    A wrong setting (a misspelt keyword, target_length="64k" or None) raises nextlong.errors.UsageError before
+    any work; bad data another NextlongError naming the file. Another run writing `out` (another process, or
+    another thread of this one) raises OutputLockedError. A second call resumes: finished stages are reused
+    (one with other settings raises StageMismatchError, unless rebuild=True), and a call stopped by
+    KeyboardInterrupt goes on where it stopped, to the same bytes."""
     from ..errors import UsageError
     from .config import api_config
     from .pipeline import run
