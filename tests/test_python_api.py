@@ -159,3 +159,10 @@ def test_two_threads_synthesizing_into_one_folder(tmp_path):
     for t in threads:
         t.join()
     assert len(errors) <= 1 and digest(out) == digest(tmp_path / "alone")
+
+
+def test_a_wrong_demo_setting_is_refused_before_the_demo_corpus_is_written(tmp_path):
+    """demo=True wrote OUT/demo_corpus.jsonl (1.9 MB of stdlib docstrings) before the settings were checked."""
+    with pytest.raises(UsageError, match=r"^target_length must be an integer, got '8k'$"):
+        nextlong.synthesize(out=tmp_path / "demo", demo=True, target_length="8k")
+    assert not (tmp_path / "demo").exists()

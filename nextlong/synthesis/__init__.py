@@ -11,17 +11,22 @@ __all__ = ["synthesize", "SynthesisConfig", "METHODS", "NEGATIVE_RULES", "FORMAT
 def demo_config(out, **overrides) -> SynthesisConfig:
     """Settings of `--demo`: the stdlib docstring corpus, cl100k, MiniLM, L = 8192, a few samples,
     and otherwise the paper's defaults (fixed-k negatives: documents that cannot reach L are dropped
-    and counted in the summary)."""
+    and counted in the summary). The corpus is written to OUT/demo_corpus.jsonl once the settings are
+    checked: a wrong one is refused before anything is written."""
     from pathlib import Path
 
+    from ..errors import checked_path
     from .config import api_config
     from .demo import DEMO_NUM_SAMPLES, DEMO_TARGET_LENGTH, write_demo_corpus
 
-    corpus = write_demo_corpus(Path(out) / "demo_corpus.jsonl")
-    settings = dict(corpus=str(corpus), id_field="id", target_length=DEMO_TARGET_LENGTH,
+    demo_corpus = Path(checked_path(out, "out")) / "demo_corpus.jsonl"
+    settings = dict(corpus=str(demo_corpus), id_field="id", target_length=DEMO_TARGET_LENGTH,
                     num_samples=DEMO_NUM_SAMPLES)
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    return api_config(SynthesisConfig, out=out, **settings)
+    cfg = api_config(SynthesisConfig, out=out, **settings)
+    cfg.validate()
+    write_demo_corpus(demo_corpus)
+    return cfg
 
 
 def synthesize(corpus=None, out=None, *, demo: bool = False, **settings) -> dict:
