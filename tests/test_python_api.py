@@ -166,3 +166,35 @@ def test_a_wrong_demo_setting_is_refused_before_the_demo_corpus_is_written(tmp_p
     with pytest.raises(UsageError, match=r"^target_length must be an integer, got '8k'$"):
         nextlong.synthesize(out=tmp_path / "demo", demo=True, target_length="8k")
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow  # ~10 s: the training data set is made first
+def test_training_from_python_leaves_the_callers_threads_generators_and_bars(tmp_path):
+    """nextlong.train.train(..., num_threads=2) left torch on 2 threads, Python's, numpy's and torch's global
+    generators reseeded to the run's --seed (a notebook's own random draws changed by training), and
+    transformers' progress bars off for the rest of the process."""
+    import random
+
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    from transformers.utils import logging as hf_logging
+
+    from nextlong.train import train
+    from tests.train_support import SAMPLE_LEN, synthesized
+
+    data = synthesized()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    hf_logging.enable_progress_bar()
+    try:
+        train(data, tmp_path / "run", model="tiny", steps=1, seq_len=SAMPLE_LEN, batch_tokens=SAMPLE_LEN, num_threads=2,
+              progress=False)
+        assert torch.get_num_threads() == 1
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        torch.set_num_threads(before)
