@@ -198,3 +198,25 @@ def test_training_from_python_leaves_the_callers_threads_generators_and_bars(tmp
         assert hf_logging.is_progress_bar_enabled()
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_interrupted_bm25_build_closes_its_bar(monkeypatch):
+    """Ctrl-C in a notebook during BM25Index.build(progress=True) left its tqdm bar open (tqdm's list of live
+    bars kept it: every later bar drew one line lower)."""
+    from tqdm import tqdm
+
+    from nextlong.mining import bm25
+
+    count = bm25._count_word_batch
+
+    def second_batch_interrupted(batch, *args):
+        if second_batch_interrupted.seen:
+            raise KeyboardInterrupt
+        second_batch_interrupted.seen = True
+        return count(batch, *args)
+
+    second_batch_interrupted.seen = False
+    monkeypatch.setattr(bm25, "_count_word_batch", second_batch_interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:  # its traceback keeps the bar alive, as a notebook's does
+        nextlong.BM25Index.build(["a b", "c d", "e f"], batch_size=1, progress=True)
+    assert caught.traceback and not [bar for bar in tqdm._instances if bar.desc == "bm25 index"]

@@ -164,19 +164,21 @@ class BM25Index:
             from tqdm import tqdm
 
             bar = tqdm(desc="bm25 index", unit=" texts", dynamic_ncols=True)
-        for batch in _batches(texts, batch_size):
-            if tok is not None:
-                t_ids, tfs, nnz, dl = _count_token_batch(tok, batch, threads)
-            else:
-                t_ids, tfs, nnz, dl = _count_word_batch(batch, vocab, stop)
-            row_terms.append(t_ids)
-            row_tfs.append(tfs)
-            row_nnz.append(nnz)
-            lengths.append(dl)
+        try:  # an error or Ctrl-C closes the bar: an open one stays on screen and shifts every later bar down a line
+            for batch in _batches(texts, batch_size):
+                if tok is not None:
+                    t_ids, tfs, nnz, dl = _count_token_batch(tok, batch, threads)
+                else:
+                    t_ids, tfs, nnz, dl = _count_word_batch(batch, vocab, stop)
+                row_terms.append(t_ids)
+                row_tfs.append(tfs)
+                row_nnz.append(nnz)
+                lengths.append(dl)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
             if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+                bar.close()
         doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         num_docs = len(doc_lengths)
         if num_docs >= 2**31 - 1:
