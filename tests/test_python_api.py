@@ -8,6 +8,7 @@ import os
 import pytest
 
 import nextlong
+import nextlong.eval
 from nextlong.errors import UsageError
 
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=2048, progress=False)
@@ -220,3 +221,24 @@ def test_an_interrupted_bm25_build_closes_its_bar(monkeypatch):
     with pytest.raises(KeyboardInterrupt) as caught:  # its traceback keeps the bar alive, as a notebook's does
         nextlong.BM25Index.build(["a b", "c d", "e f"], batch_size=1, progress=True)
     assert caught.traceback and not [bar for bar in tqdm._instances if bar.desc == "bm25 index"]
+
+
+@pytest.mark.slow  # ~6 s: a tokenizer is trained and a model saved
+def test_evaluate_returns_what_results_json_holds_for_a_model_that_computes_nan(tmp_path):
+    """results.json writes a NaN as null (strict JSON); evaluate() returned the NaN itself, so its dict was not
+    what the file holds, as its docstring says."""
+    import json
+
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    from tests.eval_fixtures import save_tiny_llama, train_tokenizer
+
+    model = save_tiny_llama(tmp_path / "model", train_tokenizer(tmp_path / "tok" / "tokenizer.json"))
+    weights = load_file(model / "model.safetensors")
+    weights["model.norm.weight"][:] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    got = nextlong.eval.evaluate(model, tmp_path / "out", tasks=["niah_single_1"], lengths=[256], depths=1,
+                                 max_new_tokens=2, quiet=True, no_progress=True)
+    assert "null" in (tmp_path / "out" / "results.json").read_text()
+    assert got == json.loads((tmp_path / "out" / "results.json").read_text())
