@@ -209,6 +209,26 @@ def checked_int(value, name: str, minimum: int | None = None, *, none: bool = Fa
     return int(value)
 
 
+def checked_number(value, name: str, *, none: bool = False) -> float | None:
+    """`value` when it is a finite real number (an int too, not a bool; None with `none`); else a UsageError naming
+    `name`."""
+    import math
+    import numbers
+
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def checked_flag(value, name: str) -> bool:
+    """`value` when it is True or False: a string ("no") would be taken as true."""
+    if isinstance(value, bool):
+        return value
+    raise UsageError(f"{name} must be True or False, got {value!r}")
+
+
 def checked_str(value, name: str, *, none: bool = False) -> str | None:
     """`value` when it is a str (or None with `none`); else a UsageError naming `name`."""
     if (value is None and none) or isinstance(value, str):

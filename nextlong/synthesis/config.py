@@ -232,10 +232,9 @@ def check_types(cfg) -> None:
     """Each field of the dataclass `cfg` holds its annotated type: the Python API takes what a caller passes, so a
     wrong kind ("64k" or 2048.0 for a length, None where a value is needed, "no" for a flag, which is true) fails
     here as a UsageError naming the setting, not as a TypeError deep in a stage, or as a flag silently on."""
-    import numbers
     import typing
 
-    from ..errors import UsageError
+    from ..errors import checked_flag, checked_int, checked_number, checked_str
 
     hints = typing.get_type_hints(type(cfg))
     for field in dataclasses.fields(cfg):
@@ -244,16 +243,10 @@ def check_types(cfg) -> None:
         if value is None and type(None) in allowed:
             continue
         if bool in allowed:
-            ok, kind = isinstance(value, bool), "True or False"
+            checked_flag(value, field.name)
         elif int in allowed:
-            ok, kind = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+            checked_int(value, field.name)
         elif float in allowed:
-            ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                  and math.isfinite(value))
-            kind = "a finite number"
+            checked_number(value, field.name)
         elif str in allowed:
-            ok, kind = isinstance(value, str), "a string"
-        else:
-            continue
-        if not ok:
-            raise UsageError(f"{field.name} must be {kind}, got {value!r}")
+            checked_str(value, field.name)
