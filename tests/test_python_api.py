@@ -242,3 +242,20 @@ def test_evaluate_returns_what_results_json_holds_for_a_model_that_computes_nan(
                                  max_new_tokens=2, quiet=True, no_progress=True)
     assert "null" in (tmp_path / "out" / "results.json").read_text()
     assert got == json.loads((tmp_path / "out" / "results.json").read_text())
+
+
+def test_an_output_folder_inside_the_corpus_folder_is_refused_before_any_work(tmp_path):
+    """Every file a run writes in OUT was then read as corpus: the first call failed with OUT/manifest.json named
+    as a bad corpus file (a second, on OUT/chunk/_splits/*.json), after the run's folder was made."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "docs.jsonl").write_text('{"text": "a b c"}\n')
+    message = (f"{corpus / 'out'}: the output folder is inside the corpus folder {corpus}, whose files are all read "
+               "as corpus; choose an output folder outside it")
+    with pytest.raises(UsageError) as caught:
+        nextlong.synthesize(corpus, corpus / "out", **FAST)
+    assert str(caught.value) == message and sorted(p.name for p in corpus.iterdir()) == ["docs.jsonl"]
+    (tmp_path / "q.jsonl").write_text('{"question": "a?"}\n')
+    with pytest.raises(UsageError) as caught:  # acer too, before its model is opened
+        nextlong.acer(corpus, corpus / "out", model=tmp_path / "no-model", questions=tmp_path / "q.jsonl")
+    assert str(caught.value) == message
