@@ -143,7 +143,7 @@ def test_two_threads_synthesizing_into_one_folder(tmp_path):
             nextlong.synthesize(corpus, out, num_samples=1, **FAST)
 
     def digest(folder):
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").glob("*"))}
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").glob("*.parquet"))}
 
     nextlong.synthesize(corpus, tmp_path / "alone", num_samples=1, **FAST)
     errors = []
@@ -159,7 +159,7 @@ def test_two_threads_synthesizing_into_one_folder(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert len(errors) <= 1 and digest(out) == digest(tmp_path / "alone")
+    assert len(errors) <= 1 and digest(out) and digest(out) == digest(tmp_path / "alone")  # _done.json: a time
 
 
 def test_a_wrong_demo_setting_is_refused_before_the_demo_corpus_is_written(tmp_path):
@@ -258,4 +258,26 @@ def test_an_output_folder_inside_the_corpus_folder_is_refused_before_any_work(tm
     (tmp_path / "q.jsonl").write_text('{"question": "a?"}\n')
     with pytest.raises(UsageError) as caught:  # acer too, before its model is opened
         nextlong.acer(corpus, corpus / "out", model=tmp_path / "no-model", questions=tmp_path / "q.jsonl")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(seq_len="64k"), "seq_len must be an integer, got '64k'"),
+    (dict(seq_len=2048.0), "seq_len must be an integer, got 2048.0"),
+    (dict(seq_len=-1), "seq_len must be 2 or more, got -1"),  # was numpy's "need at least one array to concatenate"
+    (dict(attention_spans="spans"), "attention_spans must be one of ('sample', 'document', 'none'), got 'spans'"),
+    (dict(split_spans="no"), "split_spans must be True or False, got 'no'"),
+    (dict(vocab_size="100"), "vocab_size must be an integer, got '100'"),
+    (dict(data=None), r"data must be a path (a str or pathlib.Path), got None"),
+])
+def test_packed_dataset_names_a_wrong_argument_when_made(tmp_path, settings, message):
+    """PackedDataset (the transformers Trainer drop-in) stored its arguments unchecked: a Trainer met seq_len="64k"
+    at its first batch as a TypeError from the packer, and seq_len=2048.0, attention_spans="spans" or
+    split_spans="no" never (taken as they came)."""
+    pytest.importorskip("torch")
+    from nextlong.train.data import PackedDataset
+
+    arguments = dict(dict(data=tmp_path, seq_len=2048), **settings)
+    with pytest.raises(UsageError) as caught:
+        PackedDataset(arguments.pop("data"), **arguments)
     assert str(caught.value) == message
