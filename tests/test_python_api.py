@@ -91,6 +91,13 @@ def _bm25():
     return nextlong.BM25Index.build(["abc def", "x y"])
 
 
+def _chunk_index():
+    import numpy as np
+
+    vectors = np.eye(4, 8, dtype=np.float32)
+    return nextlong.ChunkIndex.build(vectors, np.arange(4), np.arange(4), embedder="hashed-tfidf:8")
+
+
 LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a comparison), an OSError, or taken
     "read_corpus(None)": (lambda d: nextlong.read_corpus(None), "path must be a path (a str or pathlib.Path), got None"),
     "text_field=None": (lambda d: nextlong.read_corpus(d / "file", text_field=None), "text_field must be a string, got None"),
@@ -109,6 +116,9 @@ LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a com
     "BM25Index.build(str)": (lambda d: nextlong.BM25Index.build("abc def"),
                              "BM25Index.build takes a sequence of texts, got one str; wrap it in a list"),
     "k='3'": (lambda d: _bm25().search(["abc"], k="3"), "k must be an integer, got '3'"),
+    "ChunkIndex k=2.5": (lambda d: _chunk_index().search([[1.0] * 8], k=2.5), "k must be an integer, got 2.5"),
+    "ChunkIndex texts": (lambda d: _chunk_index().search(["json"], k=2), "queries are embedding vectors, not texts: "
+                         "embed them first, as the index was built (index.query_embedder().embed(texts))"),
     "save onto a file": (lambda d: _bm25().save(d / "file"),
                          "{d}/file: exists and is not a folder, where a BM25 index is saved; choose another folder"),
     "embed_chunks into a folder": (lambda d: nextlong.embed_chunks(["a b"], nextlong.load_embedder("hashed-tfidf:64"), d),

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import checked_parquet
 from ..atomic import atomic_path, file_crc32, write_json_atomic
-from ..errors import IndexFileError, NextlongError, UsageError
+from ..errors import IndexFileError, NextlongError, UsageError, checked_int
 from .index_folder import (DTYPES, FORMAT_VERSION, INDEX_FILE, INFO_FILE, META_FILE, SHARD_FILE, check_embedder,
                            check_meta, embedder_spec, open_usearch, read_info)
 
@@ -531,8 +531,11 @@ class ChunkIndex:
         doc ids the index was built with, `exclude_hashes` with text_hash (exact duplicates),
         `exclude_ids` with chunk ids (e.g. chunks already used in this synthesized document).
         """
-        if k < 0:
-            raise UsageError(f"k must be >= 0, got {k}")
+        k = checked_int(k, "k", 0)
+        listed = [queries] if isinstance(queries, str) else queries if isinstance(queries, (list, tuple)) else []
+        if any(isinstance(x, str) for x in listed):
+            raise UsageError("queries are embedding vectors, not texts: embed them first, as the index was built "
+                             "(index.query_embedder().embed(texts))")
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
