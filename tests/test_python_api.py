@@ -77,6 +77,8 @@ def test_loading_and_using_an_embedder_leaves_torch_threads_and_the_environment_
         assert torch.get_num_threads() == 1
         assert embedder.embed(["hello world", "a longer text about parsing"]).shape == (2, 384)
         assert torch.get_num_threads() == 1
+        with pytest.raises(UsageError, match="^embed takes a sequence of texts, got one str"):
+            embedder.embed("hello")  # was 5 vectors, one per character
     finally:
         torch.set_num_threads(before)
     assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
@@ -113,6 +115,10 @@ LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a com
     "num_threads='4'": (lambda d: _tok().encode_ordinary_batch(["abc"], num_threads="4"),
                         "num_threads must be an integer, got '4'"),
     "num_threads=-1": (lambda d: _tok().encode_batch(["abc"], num_threads=-1), "num_threads must be 1 or more, got -1"),
+    "embed(str)": (lambda d: nextlong.load_embedder("hashed-tfidf:64").embed("hello"),  # was 5 vectors
+                   "embed takes a sequence of texts, got one str; wrap it in a list"),
+    "fit(str)": (lambda d: nextlong.load_embedder("hashed-tfidf:64").fit("hello"),
+                 "fit takes a sequence of texts, got one str; wrap it in a list"),
     "BM25Index.build(str)": (lambda d: nextlong.BM25Index.build("abc def"),
                              "BM25Index.build takes a sequence of texts, got one str; wrap it in a list"),
     "k='3'": (lambda d: _bm25().search(["abc"], k="3"), "k must be an integer, got '3'"),

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import EmbedderError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
-from ..errors import missing_embedder_package
+from ..errors import checked_texts, missing_embedder_package
 from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Embedder, _read_json,  # noqa: F401
                        _default_prompt, _sentence_transformers_layout, available_threads, cpu_has_native_bf16,
                        default_model_path)
@@ -235,7 +235,7 @@ class TransformerEmbedder:
 
     def embed(self, texts: Sequence[str], prefix: str | None = None) -> np.ndarray:
         """Unit vectors of `texts`, each after `prefix` (default: the embedder's own, see `prefix`)."""
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(checked_texts(texts, "embed")), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
         windows, owner, weight = self.windows(texts, prefix)

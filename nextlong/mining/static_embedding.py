@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EmbedderError, missing_embedder_package
+from ..errors import EmbedderError, checked_texts, missing_embedder_package
 
 STATIC_EMBEDDER = "static"
 DEFAULT_PCA_DIMS = 256
@@ -271,7 +271,7 @@ class StaticEmbedder:
         return [[t for t in row if t != self.skip_id] for row in ids]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
+        texts = list(checked_texts(texts, "embed"))
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if self.wordpiece is None:
