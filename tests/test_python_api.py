@@ -117,6 +117,12 @@ LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a com
     "num_threads=-1": (lambda d: _tok().encode_batch(["abc"], num_threads=-1), "num_threads must be 1 or more, got -1"),
     "embed(str)": (lambda d: nextlong.load_embedder("hashed-tfidf:64").embed("hello"),  # was 5 vectors
                    "embed takes a sequence of texts, got one str; wrap it in a list"),
+    "load_embedder(threds=)": (lambda d: nextlong.load_embedder("hashed-tfidf:64", threds=2),  # a TypeError; ignored
+                               # for "static"
+                               "load_embedder: unknown option threds=2 (did you mean threads?); the options are "
+                               "batch_tokens, bigrams, buckets_log2, cache_dir, device, dim, dtype, idf, long_texts, "
+                               "max_batch, max_length, name, nnz, num_docs, pca_dims, pooling, prefix, seed, threads, "
+                               "trust_remote_code"),
     "fit(str)": (lambda d: nextlong.load_embedder("hashed-tfidf:64").fit("hello"),
                  "fit takes a sequence of texts, got one str; wrap it in a list"),
     "BM25Index.build(str)": (lambda d: nextlong.BM25Index.build("abc def"),

@@ -46,8 +46,10 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
     embedder; "static" -> MiniLM distilled to static word-piece vectors (nextlong.mining.static_embedding; distilled
     on first use, then cached; "static:FOLDER" distils another local encoder); a folder -> a saved lexical
     embedder, a model2vec folder, or a sentence-transformers / transformers encoder.
-    `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...).
+    `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...); one that no
+    embedder takes (a misspelt one) is a UsageError naming it.
     """
+    _check_options(options)
     if name_or_path in _DEFAULT_ALIASES:
         return TransformerEmbedder(default_model_path(), name=DEFAULT_EMBEDDER, **options)
     spec = str(name_or_path)
@@ -83,6 +85,24 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
 # --------------------------------------------------------------------------------------------------
 # Transformer encoders (MiniLM, bge, e5, jina, ...) with sentence-transformers pooling
 # --------------------------------------------------------------------------------------------------
+
+
+def _check_options(options: dict) -> None:
+    """A load_embedder option that no embedder's constructor takes: misspelt (threds=2 was ignored for a static
+    embedder, a TypeError from the class for the others)."""
+    import difflib
+    import inspect
+
+    from ..errors import UsageError
+    from .static_embedding import load_static_embedder
+
+    known = sorted({name for f in (TransformerEmbedder.__init__, HashedLexicalEmbedder.__init__, load_static_embedder)
+                    for name in inspect.signature(f).parameters} - {"self", "path", "source"})
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UsageError(f"load_embedder: unknown option {key}={options[key]!r}"
+                             f"{f' (did you mean {close[0]}?)' if close else ''}; the options are {', '.join(known)}")
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
