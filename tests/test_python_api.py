@@ -125,6 +125,11 @@ LOWER_LEVEL = {  # each was a TypeError from deep inside (pathlib, pybind, a com
                                "trust_remote_code"),
     "fit(str)": (lambda d: nextlong.load_embedder("hashed-tfidf:64").fit("hello"),
                  "fit takes a sequence of texts, got one str; wrap it in a list"),
+    # ValueErrors of their own: a notebook catching nextlong's errors (NextlongError) missed them
+    "decode([1.5])": (lambda d: _tok().decode([1.5]), "token ids must be integers, got float64"),
+    "decode([10**9])": (lambda d: _tok().decode([10**9]), "token id 1000000000 is not in the vocabulary"),
+    "ChunkIndex.build 1-D": (lambda d: nextlong.ChunkIndex.build([1.0, 2.0], [0, 1], [0, 1]),
+                             "embeddings must be 2-D (n, dim), got shape (2,)"),
     "BM25Index.build(str)": (lambda d: nextlong.BM25Index.build("abc def"),
                              "BM25Index.build takes a sequence of texts, got one str; wrap it in a list"),
     "k='3'": (lambda d: _bm25().search(["abc"], k="3"), "k must be an integer, got '3'"),

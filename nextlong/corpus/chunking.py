@@ -106,7 +106,7 @@ def _as_batch(batch_or_texts) -> pa.RecordBatch | pa.Table:
     if isinstance(batch_or_texts, (pa.RecordBatch, pa.Table)):
         names = batch_or_texts.schema.names
         if "text" not in names:
-            raise ValueError("batch has no 'text' column")
+            raise UsageError("chunk_documents: the batch has no 'text' column")
         n = batch_or_texts.num_rows
         cols = {
             "doc_index": batch_or_texts.column("doc_index") if "doc_index" in names else pa.array(np.arange(n, dtype=np.int64)),

@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from nextlong.errors import TokenizerError, checked_int, checked_texts
+from nextlong.errors import TokenizerError, UsageError, checked_int, checked_texts
 from nextlong.untrusted import json_type, parse_json, read_bytes, whole
 
 __all__ = [
@@ -271,7 +271,7 @@ class Tokenizer:
         if isinstance(allowed_special, str):
             if allowed_special == "all":
                 return None
-            raise ValueError("allowed_special must be 'all' or a collection of token strings")
+            raise UsageError("allowed_special must be 'all' or a collection of token strings")
         allowed = set(allowed_special)
         return [content in allowed for content, _, _ in self._added]
 
@@ -318,16 +318,19 @@ class Tokenizer:
 
     # -- decoding and vocabulary -----------------------------------------------------------
     def decode_bytes(self, ids) -> bytes:
-        """The bytes of `ids` joined (a piece of a multi-byte character stays a byte); ValueError for an id that is
-        not an integer or not in the vocabulary."""
+        """The bytes of `ids` joined (a piece of a multi-byte character stays a byte); UsageError (a ValueError) for
+        an id that is not an integer or not in the vocabulary."""
         arr = np.asarray(ids)
         if arr.dtype != np.uint32:
             if arr.size and arr.dtype.kind not in "iu":  # 1.5 would be decoded as token 1
-                raise ValueError(f"token ids must be integers, got {arr.dtype}")
+                raise UsageError(f"token ids must be integers, got {arr.dtype}")
             if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
-                raise ValueError("token ids must be in [0, 2**32)")
+                raise UsageError("token ids must be in [0, 2**32)")
             arr = arr.astype(np.uint32)
-        return self.native.decode_bytes(arr.reshape(-1))
+        try:
+            return self.native.decode_bytes(arr.reshape(-1))
+        except ValueError as exc:  # the native "token id N is not in the vocabulary"
+            raise UsageError(str(exc)) from None
 
     def decode(self, ids) -> str:
         """Text of `ids` (token bytes joined, then UTF-8 with replacement characters)."""
