@@ -190,3 +190,64 @@ class Terminated(KeyboardInterrupt):
     # set by the CLI's handler: Ray's ray.get raises a plain KeyboardInterrupt in place of the handler's exception
     # (measured, Ray 2.60), so a SIGTERM during a Ray stage was reported as Ctrl-C (exit 130, "interrupted")
     received = False
+
+
+# --- arguments of the Python API: a wrong kind is a UsageError naming the argument, not a TypeError from deep
+# inside (pathlib, a pybind signature, a comparison) nor a value silently taken (2.5 as a length, a str as texts)
+
+def checked_int(value, name: str, minimum: int | None = None, *, none: bool = False) -> int | None:
+    """`value` as an int: None (unless `none`), a bool, a float or a string ("64k") is a UsageError naming
+    `name`, as is a value below `minimum`. numpy integers are taken."""
+    import numbers
+
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{name} must be {minimum} or more, got {value}")
+    return int(value)
+
+
+def checked_number(value, name: str, *, none: bool = False) -> float | None:
+    """`value` when it is a finite real number (an int too, not a bool; None with `none`); else a UsageError naming
+    `name`."""
+    import math
+    import numbers
+
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def checked_flag(value, name: str) -> bool:
+    """`value` when it is True or False: a string ("no") would be taken as true."""
+    if isinstance(value, bool):
+        return value
+    raise UsageError(f"{name} must be True or False, got {value!r}")
+
+
+def checked_str(value, name: str, *, none: bool = False) -> str | None:
+    """`value` when it is a str (or None with `none`); else a UsageError naming `name`."""
+    if (value is None and none) or isinstance(value, str):
+        return value
+    raise UsageError(f"{name} must be a string, got {value!r}")
+
+
+def checked_path(value, name: str) -> str:
+    """`value` (a str or an os.PathLike) as a str; else a UsageError naming `name`."""
+    import os
+
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise UsageError(f"{name} must be a path (a str or pathlib.Path), got {value!r}")
+
+
+def checked_texts(texts, name: str):
+    """`texts`, unless it is a bare str: a sequence of its characters, taken as one text per character. That is
+    a UsageError naming `name`."""
+    if isinstance(texts, (str, bytes)):
+        raise UsageError(f"{name} takes a sequence of texts, got one {type(texts).__name__}; wrap it in a list")
+    return texts

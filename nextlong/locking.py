@@ -130,6 +130,10 @@ def output_lock(target: str | os.PathLike, command: str = "nextlong", *, file: b
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                if holder.split()[0] == str(os.getpid()):  # flock is per open file: a thread of ours holds it
+                    raise OutputLockedError(
+                        f"{target}: another call in this process (another thread) is writing this output; wait "
+                        "for it to return or choose another output") from None
                 raise OutputLockedError(
                     f"{target}: another run is writing this output (pid {holder}); wait for it to finish or "
                     "choose another output") from None

@@ -310,8 +310,10 @@ def test_the_python_api_is_the_cli(tmp_path, model_dir, capsys, copying):
     for name in ("head_scores.json", "heads.json"):
         assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text(), name
     assert info["trials"] == 2
+    assert info == json.loads((tmp_path / "py" / "heads.json").read_text())  # its top_heads were tuples, not lists
     compared = retrieval_heads(None, tmp_path / "c", compare=(tmp_path / "cli", tmp_path / "py"), quiet=True)
     assert all(d == 0 for d in compared["difference"].values())
+    assert compared == json.loads((tmp_path / "c" / "compare.json").read_text())
     for options, message in (({"needles": 4}, "--needles must be 1, 2 or 3, got 4"),
                              ({"threshold": float("nan")}, "--threshold must be a finite number"),
                              ({"compare": "ab"}, "--compare must be two run folders"),

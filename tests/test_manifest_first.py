@@ -116,7 +116,7 @@ def test_a_second_run_stops_at_the_lock_before_its_executor_starts(tmp_path, mon
     with output_lock(out, "synthesize"):
         code, _, err = run_cli(["synthesize", "--corpus", corpus, "--out", out, "--executor", "ray",
                                 "--embedder", "hashed-tfidf:32", "--quiet"], capsys)
-    assert code == 1 and "another run is writing this output" in err and built == []
+    assert code == 1 and "another call in this process (another thread) is writing this output" in err and built == []
 
 
 def test_a_run_that_fails_says_so_in_its_manifest(tmp_path, monkeypatch, capsys):

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from .reader import CorpusReader, prefetch, string_layout
 from .. import checked_parquet
-from ..errors import UsageError
+from ..errors import UsageError, checked_int, checked_texts
 from ..locking import output_lock
 from ..schema import CHUNK_INPUT_IDS_FIELD, CHUNK_SCHEMA, TOKENS_SCHEMA
 
@@ -84,6 +84,7 @@ def resolve_tokenizer(tokenizer) -> tuple[Any, Any]:
 
 def _threads(num_threads: int | None) -> int:
     """None or 0: the cores this process may use (a container's CPU set, not the host's count)."""
+    checked_int(num_threads, "num_threads", none=True)
     if num_threads is not None and num_threads < 0:
         raise UsageError(f"--threads must be 0 (all cores) or a positive number of threads, got {num_threads}")
     if not num_threads:
@@ -96,6 +97,7 @@ def _check_unit(unit: str, encoder, max_len: int) -> None:
         raise UsageError(f"unit must be one of {UNITS}, got {unit!r}")
     if unit == "tokens" and encoder is None:
         raise UsageError('unit="tokens" (--unit tokens) needs a tokenizer')
+    checked_int(max_len, "max_len")
     if max_len < 1:
         raise UsageError(f"max_len (--max-len) must be positive, got {max_len}")
 
@@ -104,7 +106,7 @@ def _as_batch(batch_or_texts) -> pa.RecordBatch | pa.Table:
     if isinstance(batch_or_texts, (pa.RecordBatch, pa.Table)):
         names = batch_or_texts.schema.names
         if "text" not in names:
-            raise ValueError("batch has no 'text' column")
+            raise UsageError("chunk_documents: the batch has no 'text' column")
         n = batch_or_texts.num_rows
         cols = {
             "doc_index": batch_or_texts.column("doc_index") if "doc_index" in names else pa.array(np.arange(n, dtype=np.int64)),
@@ -112,7 +114,7 @@ def _as_batch(batch_or_texts) -> pa.RecordBatch | pa.Table:
             "text": batch_or_texts.column("text"),
         }
         return pa.table(cols)
-    texts = list(batch_or_texts)
+    texts = list(checked_texts(batch_or_texts, "chunk_documents"))
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("chunk_documents takes a pyarrow batch/table with a 'text' column or a sequence of str")
     n = len(texts)

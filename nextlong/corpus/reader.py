@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import checked_parquet
-from ..errors import CorpusError, UsageError
+from ..errors import CorpusError, UsageError, checked_path, checked_str
 
 # Columns of the record batches the reader yields.
 CORPUS_BATCH_SCHEMA = pa.schema(
@@ -306,6 +306,10 @@ class CorpusReader:
         batch_size: int = 1024,
         batch_bytes: int = 16 << 20,
     ):
+        for one in path if isinstance(path, (list, tuple)) else [path]:  # a list of corpus paths is one corpus
+            checked_path(one, "path")
+        checked_str(text_field, "text_field")
+        checked_str(id_field, "id_field", none=True)
         if on_error not in _ON_ERROR:
             raise UsageError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         if format is not None and format not in FORMATS:

@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from nextlong.errors import TokenizerError
+from nextlong.errors import TokenizerError, UsageError, checked_int, checked_texts
 from nextlong.untrusted import json_type, parse_json, read_bytes, whole
 
 __all__ = [
@@ -271,7 +271,7 @@ class Tokenizer:
         if isinstance(allowed_special, str):
             if allowed_special == "all":
                 return None
-            raise ValueError("allowed_special must be 'all' or a collection of token strings")
+            raise UsageError("allowed_special must be 'all' or a collection of token strings")
         allowed = set(allowed_special)
         return [content in allowed for content, _, _ in self._added]
 
@@ -302,12 +302,15 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
                      allowed_special: str | Iterable[str] = "all") -> list[np.ndarray]:
         """`encode` over many texts on `num_threads` threads (None: all cores), GIL released."""
-        return self.native.encode_batch(list(texts), self._allowed_mask(allowed_special), num_threads, False)
+        texts = list(checked_texts(texts, "encode_batch"))
+        return self.native.encode_batch(texts, self._allowed_mask(allowed_special),
+                                        checked_int(num_threads, "num_threads", 1, none=True), False)
 
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[np.ndarray]:
         """`encode_ordinary` over many texts on `num_threads` workers of the native thread pool, GIL
         released. The workers live across calls, so their piece caches stay warm from batch to batch."""
-        return self.native.encode_batch(list(texts), None, num_threads, True)
+        texts = list(checked_texts(texts, "encode_ordinary_batch"))
+        return self.native.encode_batch(texts, None, checked_int(num_threads, "num_threads", 1, none=True), True)
 
     def count_tokens(self, text: str) -> int:
         """Number of ids `encode_ordinary` gives."""
@@ -315,14 +318,19 @@ class Tokenizer:
 
     # -- decoding and vocabulary -----------------------------------------------------------
     def decode_bytes(self, ids) -> bytes:
+        """The bytes of `ids` joined (a piece of a multi-byte character stays a byte); UsageError (a ValueError) for
+        an id that is not an integer or not in the vocabulary."""
         arr = np.asarray(ids)
         if arr.dtype != np.uint32:
             if arr.size and arr.dtype.kind not in "iu":  # 1.5 would be decoded as token 1
-                raise ValueError(f"token ids must be integers, got {arr.dtype}")
+                raise UsageError(f"token ids must be integers, got {arr.dtype}")
             if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
-                raise ValueError("token ids must be in [0, 2**32)")
+                raise UsageError("token ids must be in [0, 2**32)")
             arr = arr.astype(np.uint32)
-        return self.native.decode_bytes(arr.reshape(-1))
+        try:
+            return self.native.decode_bytes(arr.reshape(-1))
+        except ValueError as exc:  # the native "token id N is not in the vocabulary"
+            raise UsageError(str(exc)) from None
 
     def decode(self, ids) -> str:
         """Text of `ids` (token bytes joined, then UTF-8 with replacement characters)."""

@@ -66,7 +66,9 @@ def check_longppl_evaluator(path, lm, length: int, allow_extrapolation: bool, tr
 def evaluate(model, out, **options) -> dict:
     """`nextlong eval MODEL --out OUT` from Python, with the same options (see EvalOptions), checks and files;
     returns what results.json holds."""
-    return run_eval(EvalOptions.from_keywords("evaluate", model, out, options))
+    from ..untrusted import strict_json
+
+    return strict_json(run_eval(EvalOptions.from_keywords("evaluate", model, out, options)))[0]
 
 
 def run_eval(args: EvalOptions) -> dict:

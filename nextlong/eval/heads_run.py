@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_path
-from ..untrusted import printable
+from ..untrusted import printable, strict_json
 from ..errors import NextlongError, UsageError
 from ..locking import output_lock
 from ..model_folder import ModelFolderError
@@ -117,7 +117,7 @@ def run_compare(args: HeadsOptions) -> dict:
 def retrieval_heads(model, out, **options) -> dict:
     """`nextlong heads MODEL --out OUT` from Python (model None with compare=(RUN_A, RUN_B) for `--compare`), with
     the same options (see HeadsOptions), checks and files; returns what heads.json (compare.json) holds."""
-    return run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options))
+    return strict_json(run_heads(HeadsOptions.from_keywords("retrieval_heads", model, out, options)))[0]
 
 
 def journal_fingerprint(lm, args: HeadsOptions, lengths, depths, needles: int, trials=(), layers=None) -> str:

@@ -40,7 +40,6 @@ finished answers in DIR/rag/.progress.jsonl, so a stopped run resumes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -399,18 +398,6 @@ def _search(settings: RagSettings, pool: Pool, root: Path, questions: list[str],
     return ExactSearcher(vectors).search(np.asarray(embedder.embed(questions), np.float32), k)
 
 
-@contextlib.contextmanager
-def _torch_threads_kept():
-    """The embedder sets torch's thread count for itself; the model's scoring keeps the caller's."""
-    import torch
-
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _padded(text: str) -> str:
     from ..synthesis.acer.answers import normalize_answer
 
@@ -433,8 +420,8 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
     pipeline = corpus_pipeline(settings, lm.tokenizer_spec, root)
     chunking = Pipeline(root, pipeline.stages[:3])
     check_stage_files(chunking, chunking.fingerprints(), skip_option=None)  # a cached chunk store, before use
-    with _torch_threads_kept():  # the chunks first: the questions' evidence is checked before the (slow) embedding
-        LocalExecutor().run(chunking, rebuild=True, progress=settings.progress)
+    # the chunks first: the questions' evidence is checked before the (slow) embedding
+    LocalExecutor().run(chunking, rebuild=True, progress=settings.progress)
     store = load_store(root / "chunks")
     pool = Pool(store, root / "chunks" / "chunks.parquet")
 
@@ -501,12 +488,10 @@ def prepare_rag(lm, settings: RagSettings, questions: list[RagQuestion], out_dir
         entries.append(Entry(q, gold, [], q_ids, answer_tokens, budget, settings.read))
 
     # retrieval over the whole pool, then each question's candidates
-    with _torch_threads_kept():  # only stages whose settings changed
-        LocalExecutor().run(pipeline, rebuild=True, progress=settings.progress)
+    LocalExecutor().run(pipeline, rebuild=True, progress=settings.progress)  # only stages whose settings changed
     k = settings.retrieve or _retrieve_default(settings, pool, sep.size, max(map(len, golds)))
     k = min(k, len(pool))
-    with _torch_threads_kept():
-        ids, _ = _search(settings, pool, root, [q.question for q in questions], k)
+    ids, _ = _search(settings, pool, root, [q.question for q in questions], k)
     texts_needed = {int(c) for row in ids for c in row if c >= 0} | {c for g in golds for c in g}
     text_of = pool.texts(sorted(texts_needed))
     norm = {c: _padded(t) for c, t in text_of.items()}

@@ -45,7 +45,7 @@ import numpy as np
 from .. import checked_parquet
 from ..corpus.reader import parquet_batches
 from ..atomic import atomic_path, file_crc32, write_json_atomic
-from ..errors import IndexFileError, NextlongError, UsageError
+from ..errors import IndexFileError, NextlongError, UsageError, checked_int, checked_texts
 from ..untrusted import load_array, recorded_crc
 
 __all__ = ["DEFAULT_B", "DEFAULT_K1", "ENGLISH_STOPWORDS", "BM25Index", "word_terms"]
@@ -136,6 +136,7 @@ class BM25Index:
         nextlong Tokenizer or a spec for `load_tokenizer`; None: cl100k_base), encoded on `num_threads`
         native threads (0: all cores). `doc_index` (one int per text) enables `exclude_docs`.
         """
+        checked_texts(texts, "BM25Index.build")
         k1, b = float(k1), float(b)
         if not (k1 >= 0 and np.isfinite(k1)) or not (0 <= b <= 1):
             raise UsageError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
@@ -163,19 +164,21 @@ class BM25Index:
             from tqdm import tqdm
 
             bar = tqdm(desc="bm25 index", unit=" texts", dynamic_ncols=True)
-        for batch in _batches(texts, batch_size):
-            if tok is not None:
-                t_ids, tfs, nnz, dl = _count_token_batch(tok, batch, threads)
-            else:
-                t_ids, tfs, nnz, dl = _count_word_batch(batch, vocab, stop)
-            row_terms.append(t_ids)
-            row_tfs.append(tfs)
-            row_nnz.append(nnz)
-            lengths.append(dl)
+        try:  # an error or Ctrl-C closes the bar: an open one stays on screen and shifts every later bar down a line
+            for batch in _batches(texts, batch_size):
+                if tok is not None:
+                    t_ids, tfs, nnz, dl = _count_token_batch(tok, batch, threads)
+                else:
+                    t_ids, tfs, nnz, dl = _count_word_batch(batch, vocab, stop)
+                row_terms.append(t_ids)
+                row_tfs.append(tfs)
+                row_nnz.append(nnz)
+                lengths.append(dl)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
             if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+                bar.close()
         doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         num_docs = len(doc_lengths)
         if num_docs >= 2**31 - 1:
@@ -330,9 +333,7 @@ class BM25Index:
         if isinstance(queries, str):
             raise UsageError("search takes a sequence of queries; wrap a single query in a list")
         queries = list(queries)
-        k = int(k)
-        if k < 0:
-            raise UsageError(f"k must be >= 0, got {k}")
+        k = checked_int(k, "k", 0)
         n = len(queries)
         threads = _threads(num_threads)
         ex_offsets, ex_rows = self._exclusions(exclude, exclude_docs, n)
@@ -415,6 +416,8 @@ class BM25Index:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the index to `folder` (created): one .npy per array, then bm25.json."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder}: exists and is not a folder, where a BM25 index is saved; choose another folder")
         folder.mkdir(parents=True, exist_ok=True)
         header_path = folder / HEADER_FILE
         header_path.unlink(missing_ok=True)  # a crash while the arrays are rewritten leaves no valid index

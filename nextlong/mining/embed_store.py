@@ -18,7 +18,7 @@ import numpy as np
 from .. import checked_parquet
 from ..atomic import file_crc32, write_json_atomic
 from ..corpus.reader import parquet_batches
-from ..errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError,
+from ..errors import (CorpusError, CorruptFileError, EmbedderError, NextlongError, StageMismatchError, UsageError,
                      check_free_space, disk_full, is_disk_full)
 
 PROGRESS_SUFFIX = ".progress.json"
@@ -139,6 +139,8 @@ def embed_chunks(
     import json
 
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise UsageError(f"{out_path}: is a folder; out_path names the .npy file the embeddings go to")
     texts = _Texts(chunk_table_or_path)
     record_path = progress_path(out_path)
     expected = {

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import EmbedderError, UnknownEmbedderError  # noqa: F401  (EmbedderError is importable from here)
-from ..errors import missing_embedder_package
+from ..errors import checked_texts, missing_embedder_package
 from .embedder import (_DEFAULT_ALIASES, DEFAULT_EMBEDDER, LEXICAL_EMBEDDER, Embedder, _read_json,  # noqa: F401
                        _default_prompt, _sentence_transformers_layout, available_threads, cpu_has_native_bf16,
                        default_model_path)
@@ -46,8 +46,10 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
     embedder; "static" -> MiniLM distilled to static word-piece vectors (nextlong.mining.static_embedding; distilled
     on first use, then cached; "static:FOLDER" distils another local encoder); a folder -> a saved lexical
     embedder, a model2vec folder, or a sentence-transformers / transformers encoder.
-    `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...).
+    `options` go to the embedder's constructor (device=, threads=, batch_tokens=, max_length=, ...); one that no
+    embedder takes (a misspelt one) is a UsageError naming it.
     """
+    _check_options(options)
     if name_or_path in _DEFAULT_ALIASES:
         return TransformerEmbedder(default_model_path(), name=DEFAULT_EMBEDDER, **options)
     spec = str(name_or_path)
@@ -83,6 +85,24 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
 # --------------------------------------------------------------------------------------------------
 # Transformer encoders (MiniLM, bge, e5, jina, ...) with sentence-transformers pooling
 # --------------------------------------------------------------------------------------------------
+
+
+def _check_options(options: dict) -> None:
+    """A load_embedder option that no embedder's constructor takes: misspelt (threds=2 was ignored for a static
+    embedder, a TypeError from the class for the others)."""
+    import difflib
+    import inspect
+
+    from ..errors import UsageError
+    from .static_embedding import load_static_embedder
+
+    known = sorted({name for f in (TransformerEmbedder.__init__, HashedLexicalEmbedder.__init__, load_static_embedder)
+                    for name in inspect.signature(f).parameters} - {"self", "path", "source"})
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UsageError(f"load_embedder: unknown option {key}={options[key]!r}"
+                             f"{f' (did you mean {close[0]}?)' if close else ''}; the options are {', '.join(known)}")
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
@@ -129,9 +149,7 @@ class TransformerEmbedder:
         trust_remote_code: bool = False,
         long_texts: str = "window",
     ):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
+        try:  # offline by local_files_only, not HF_HUB_OFFLINE: that would stay set for the caller's own downloads
             import torch
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
@@ -164,8 +182,9 @@ class TransformerEmbedder:
                 dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
         self.dtype = dtype  # recorded with the run: it sets the speed (bf16 is emulated on most CPUs)
         self.torch_dtype = getattr(torch, dtype)
-        if self.device.type == "cpu":
-            torch.set_num_threads(int(threads or available_threads()))
+        # torch's thread count is the process's: set for each embed call and put back, so a caller's own count
+        # (a notebook's, a program's) outlives loading an embedder
+        self.threads = int(threads or available_threads()) if self.device.type == "cpu" else None
         from ..model_folder import ModelFolderError, load_pretrained
 
         try:  # an untrusted folder: its code and pickles stay unrun (nextlong.model_folder)
@@ -236,7 +255,7 @@ class TransformerEmbedder:
 
     def embed(self, texts: Sequence[str], prefix: str | None = None) -> np.ndarray:
         """Unit vectors of `texts`, each after `prefix` (default: the embedder's own, see `prefix`)."""
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(checked_texts(texts, "embed")), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
         windows, owner, weight = self.windows(texts, prefix)
@@ -256,6 +275,16 @@ class TransformerEmbedder:
         if not ids:
             return out
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._embed_batches(ids, lengths, out)
+        finally:
+            torch.set_num_threads(before)
+
+    def _embed_batches(self, ids: list[list[int]], lengths: np.ndarray, out: np.ndarray) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode():
             for batch in token_batches(lengths, self.batch_tokens, self.max_batch):
                 width = int(lengths[batch].max())

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import checked_parquet
 from ..atomic import atomic_path, file_crc32, write_json_atomic
-from ..errors import IndexFileError, NextlongError, UsageError
+from ..errors import IndexFileError, NextlongError, UsageError, checked_int
 from .index_folder import (DTYPES, FORMAT_VERSION, INDEX_FILE, INFO_FILE, META_FILE, SHARD_FILE, check_embedder,
                            check_meta, embedder_spec, open_usearch, read_info)
 
@@ -210,18 +210,18 @@ class ChunkIndex:
 
         emb = np.asarray(embeddings)
         if emb.ndim != 2:
-            raise ValueError(f"embeddings must be 2-D (n, dim), got shape {emb.shape}")
+            raise UsageError(f"embeddings must be 2-D (n, dim), got shape {emb.shape}")
         n, dim = emb.shape
         chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
         doc_ids = np.asarray(doc_ids)
         if chunk_ids.shape != (n,) or doc_ids.shape != (n,):
-            raise ValueError(f"chunk_ids {chunk_ids.shape} and doc_ids {doc_ids.shape} must have shape ({n},)")
+            raise UsageError(f"chunk_ids {chunk_ids.shape} and doc_ids {doc_ids.shape} must have shape ({n},)")
         if n and (chunk_ids.min() < 0 or len(np.unique(chunk_ids)) != n):
-            raise ValueError("chunk_ids must be unique and non-negative")
+            raise UsageError("chunk_ids must be unique and non-negative")
         if text_hashes is not None:
             text_hashes = np.asarray(text_hashes, dtype=np.uint64)
             if text_hashes.shape != (n,):
-                raise ValueError(f"text_hashes has shape {text_hashes.shape}, expected ({n},)")
+                raise UsageError(f"text_hashes has shape {text_hashes.shape}, expected ({n},)")
         kind = DTYPES.get(str(dtype))
         if kind is None:
             raise UsageError(f"dtype must be one of f16, i8, f32, bf16; got {dtype!r}")
@@ -238,7 +238,7 @@ class ChunkIndex:
             columns["text_hash"] = pa.array(text_hashes, pa.uint64())
         if metadata is not None:
             if metadata.num_rows != n:
-                raise ValueError(f"metadata has {metadata.num_rows} rows, expected {n}")
+                raise UsageError(f"metadata has {metadata.num_rows} rows, expected {n}")
             for name in ("doc_index", "doc_id", "chunk_index", "num_tokens", "text_hash"):
                 if name in metadata.column_names and name not in columns:
                     columns[name] = metadata.column(name)
@@ -531,8 +531,11 @@ class ChunkIndex:
         doc ids the index was built with, `exclude_hashes` with text_hash (exact duplicates),
         `exclude_ids` with chunk ids (e.g. chunks already used in this synthesized document).
         """
-        if k < 0:
-            raise UsageError(f"k must be >= 0, got {k}")
+        k = checked_int(k, "k", 0)
+        listed = [queries] if isinstance(queries, str) else queries if isinstance(queries, (list, tuple)) else []
+        if any(isinstance(x, str) for x in listed):
+            raise UsageError("queries are embedding vectors, not texts: embed them first, as the index was built "
+                             "(index.query_embedder().embed(texts))")
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EmbedderError
+from ..errors import EmbedderError, checked_texts
 from ..untrusted import read_bytes, show
 from .embedder import LEXICAL_EMBEDDER, _read_json
 
@@ -158,6 +158,7 @@ class HashedLexicalEmbedder:
 
     def fit(self, texts, batch_size: int = 4096) -> "HashedLexicalEmbedder":
         """Learn IDF = ln((1+N)/(1+df)) + 1 over hashed features from an iterable of texts."""
+        checked_texts(texts, "fit")
         df = np.zeros(1 << self.buckets_log2, dtype=np.int64)
         n = 0
         batch: list[str] = []
@@ -178,7 +179,7 @@ class HashedLexicalEmbedder:
         return self
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        n = len(texts)
+        n = len(checked_texts(texts, "embed"))
         rows, feats, counts = self._batch_features(texts)
         weights = ((1.0 + np.log(counts)) * self.idf[feats]).astype(np.float32)
         return _sparse_sign_projection(rows, feats, weights, n, self.dim, self.nnz, self.seed)

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import EmbedderError, missing_embedder_package
+from ..errors import EmbedderError, checked_texts, missing_embedder_package
 
 STATIC_EMBEDDER = "static"
 DEFAULT_PCA_DIMS = 256
@@ -83,7 +83,6 @@ def distill_static(source: Path, out: Path, pca_dims: int = DEFAULT_PCA_DIMS, de
     offline (the model and tokenizer are loaded from `source` only); written to a temporary folder
     beside `out`, then renamed."""
     _require_model2vec()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from model2vec.distill import distill_from_model
     from transformers import AutoModel, AutoTokenizer
 
@@ -272,7 +271,7 @@ class StaticEmbedder:
         return [[t for t in row if t != self.skip_id] for row in ids]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
+        texts = list(checked_texts(texts, "embed"))
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if self.wordpiece is None:

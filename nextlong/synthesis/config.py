@@ -97,21 +97,7 @@ class SynthesisConfig:
         def bad(msg):
             raise UsageError(msg)
 
-        import math
-        import numbers
-
-        # the Python API takes what a caller passes: numbers of the wrong kind fail here, not deep in a stage
-        for name in ("target_length", "chunk_size", "num_samples", "index_shards", "partitions", "nprobe", "neighbours",
-                     "mining_block_rows", "max_candidates", "knn_neighbors", "quest_keywords", "quest_max_repeats",
-                     "shard_size", "num_threads", "quality_pairs", "embed_gpus", "embed_actors"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-                bad(f"{name} must be an integer, got {value!r}")
-        for name in ("overshoot", "chars_per_token", "near_dup_threshold"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                      or not math.isfinite(value)):
-                bad(f"{name} must be a finite number, got {value!r}")
+        check_types(self)
         if self.target_length > MAX_TARGET_LENGTH:
             bad(f"--target-length {self.target_length} is above {MAX_TARGET_LENGTH:,} tokens (token positions are "
                 "32-bit in the MDS and training formats)")
@@ -228,3 +214,45 @@ class SynthesisConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+
+def api_config(cls, **settings):
+    """The `cls` dataclass (SynthesisConfig, AcerConfig) of a Python API call's keywords: a misspelt keyword is a
+    UsageError naming it (and the setting meant), not a TypeError from the dataclass; a path may be a str or an
+    os.PathLike (pathlib.Path), kept as a str; anything else where a path goes (a list, a number) is refused by
+    `check_types` when the config is validated."""
+    import difflib
+
+    from ..errors import UsageError
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in settings:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unknown setting {key}={settings[key]!r}{hint}")
+    return cls(**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()})
+
+
+def check_types(cfg) -> None:
+    """Each field of the dataclass `cfg` holds its annotated type: the Python API takes what a caller passes, so a
+    wrong kind ("64k" or 2048.0 for a length, None where a value is needed, "no" for a flag, which is true) fails
+    here as a UsageError naming the setting, not as a TypeError deep in a stage, or as a flag silently on."""
+    import typing
+
+    from ..errors import checked_flag, checked_int, checked_number, checked_str
+
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        allowed = typing.get_args(hints[field.name]) or (hints[field.name],)
+        if value is None and type(None) in allowed:
+            continue
+        if bool in allowed:
+            checked_flag(value, field.name)
+        elif int in allowed:
+            checked_int(value, field.name)
+        elif float in allowed:
+            checked_number(value, field.name)
+        elif str in allowed:
+            checked_str(value, field.name)

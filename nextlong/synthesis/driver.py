@@ -86,6 +86,20 @@ def write_format(fmt: str, out: Path, tokenizer, writers, **mds_options) -> None
         writers.write_mds(out / "data", out / "mds", **mds_options)
 
 
+def check_corpus_found(corpus: str, out: Path) -> None:
+    """The corpus exists, and the output folder is not inside a corpus folder: every file the run writes there
+    (manifest.json, the stages' Parquet parts) would be read as corpus, the first failing with an error that
+    blamed OUT/manifest.json as a bad corpus file."""
+    from ..errors import NextlongError, UsageError
+
+    root = Path(corpus)
+    if not root.exists():
+        raise NextlongError(f"{corpus}: corpus not found")
+    if root.is_dir() and out.resolve().is_relative_to(root.resolve()):
+        raise UsageError(f"{out}: the output folder is inside the corpus folder {corpus}, whose files are all read "
+                         "as corpus; choose an output folder outside it")
+
+
 def keep_tokenizer_file(spec, out: Path) -> dict:
     """The manifest's tokenizer entries (read by `nextlong.manifest.recorded_tokenizer`). A relative
     --tokenizer path is only valid from where synthesize ran, so a file is recorded by its absolute path

@@ -31,7 +31,7 @@ from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
-from .driver import keep_tokenizer_file, run_stages, thread_limit, write_format
+from .driver import check_corpus_found, keep_tokenizer_file, run_stages, thread_limit, write_format
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
 from .parts import read_part
@@ -281,8 +281,7 @@ def check_before_work(cfg: SynthesisConfig) -> tuple:
     topics, read here once (() for the other methods)."""
     from ..errors import IndexFileError, missing_extra
 
-    if not Path(cfg.corpus).exists():
-        raise NextlongError(f"{cfg.corpus}: corpus not found")
+    check_corpus_found(cfg.corpus, cfg.out_dir)
     topics = litelong_topics(cfg)
     if cfg.method in EMBEDDING_METHODS:
         if cfg.index is not None:

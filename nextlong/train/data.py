@@ -288,11 +288,26 @@ class PackedDataset(_torch_iterable_dataset()):
     `data`: one DATA spec or a list ("PATH@weight"); the other arguments as for `nextlong train`
     (`loss_on`: None = "answer" when the data has a loss_mask, else "all"; checked here, so a bad
     combination fails when the dataset is made). Under torch.distributed each rank reads its own share.
+    A wrong argument (seq_len="64k" or 2048.0, attention_spans="spans", split_spans="no") is a UsageError naming
+    it, here, not a failure (or a setting silently taken) once a Trainer iterates.
     """
 
     def __init__(self, data, seq_len: int, *, attention_spans: str = "sample", split_spans: bool = False,
                  seed: int = 0, vocab_size: int | None = None, loss_on: str | None = None):
+        from ..errors import UsageError, checked_flag, checked_int, checked_path
+        from ..seeds import seed_problem
+        from .config import SPAN_MODES
+
         super().__init__()
+        for one in data if isinstance(data, (list, tuple)) else [data]:
+            checked_path(one, "data")
+        checked_int(seq_len, "seq_len", 2)
+        if attention_spans not in SPAN_MODES:
+            raise UsageError(f"attention_spans must be one of {SPAN_MODES}, got {attention_spans!r}")
+        checked_flag(split_spans, "split_spans")
+        if problem := seed_problem(seed):
+            raise UsageError(f"seed {problem}")
+        checked_int(vocab_size, "vocab_size", 1, none=True)
         self.data, self.seq_len, self.attention_spans = data, seq_len, attention_spans
         self.split_spans, self.seed, self.vocab_size = split_spans, seed, vocab_size
         self.loss_on = resolve_loss_on(open_sources(data), loss_on, attention_spans=attention_spans,

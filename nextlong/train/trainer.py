@@ -49,14 +49,44 @@ def train(data, out, **settings) -> dict:
 
     Keyword settings are TrainConfig's fields (model, seq_len, batch_tokens, steps, lr, ...). With
     resume=True, the settings a resume must share default to what the run recorded.
-    Returns a summary dict (also in RUN/manifest.json)."""
+    Returns a summary dict (also in RUN/manifest.json). The caller's torch thread count, global random
+    generators (Python's, numpy's, torch's CPU one) and transformers' progress bars are as they were after."""
     data = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
     if settings.get("resume"):
         from .config import resumed_settings
 
         settings = resumed_settings(out, settings)
     cfg = TrainConfig(data=data, out=str(out), **settings).validate()
-    return Trainer(cfg).run()
+    with _caller_state_kept():
+        return Trainer(cfg).run()
+
+
+@contextlib.contextmanager
+def _caller_state_kept():
+    """A run seeds the global generators (--seed), may set torch's thread count (--threads) and turns
+    transformers' progress bars off (checkpoint.py): a notebook or a program that trains was left with them
+    changed. The CUDA generators are left alone: reading every device's would open a context on each."""
+    import random
+
+    import numpy as np
+
+    threads = torch.get_num_threads()
+    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+    except ImportError:
+        hf_logging = bar = None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 # --- processes and devices ---------------------------------------------------------------------

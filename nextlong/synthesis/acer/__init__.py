@@ -24,13 +24,15 @@ def acer(corpus=None, out=None, *, model=None, questions=None, **settings) -> di
 
     Questions come from `questions` (a JSONL file: question, optional answer/answers, optional id) or,
     with `generate_questions=N`, are written by the model about N random chunks. Other keyword settings
-    are AcerConfig's fields (target_length, chunk_tokens, retrieve, read, retriever, ranker, order,
-    filter, max_new_tokens, seed, embedder, tokenizer, format, prompts, chain_of_thought, ...)."""
+    are AcerConfig's fields, the options of `nextlong acer` with `_` for `-` (target_length, chunk_tokens,
+    retrieve, read, retriever, ranker, order, filter, max_new_tokens, seed, embedder, tokenizer, format, prompts,
+    chain_of_thought, progress=False, ...). Returns the dict OUT/manifest.json holds. A wrong setting raises
+    nextlong.errors.UsageError before any work; a second call resumes from the finished blocks (docs/acer.md)."""
+    from ...errors import UsageError
+    from ..config import api_config
     from .pipeline import run
 
     if out is None:
-        raise TypeError("acer() needs out= (the output folder)")
-    cfg = AcerConfig(out=str(out), corpus=None if corpus is None else str(corpus),
-                     model=None if model is None else str(model),
-                     questions=None if questions is None else str(questions), **settings)
+        raise UsageError("acer() needs out= (the output folder)")
+    cfg = api_config(AcerConfig, out=out, corpus=corpus, model=model, questions=questions, **settings)
     return run(cfg)

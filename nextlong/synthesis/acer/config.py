@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import check_types
+
 RETRIEVERS = ("embedding", "bm25")
 RANKERS = ("model", "embedding", "bm25")
 ORDERS = ("shuffled", "retrieval")
@@ -88,6 +90,7 @@ class AcerConfig:
         def bad(msg):
             raise UsageError(msg)
 
+        check_types(self)
         for name, value, choices in (("--retriever", self.retriever, (None,) + RETRIEVERS),
                                      ("--ranker", self.ranker, RANKERS), ("--order", self.order, ORDERS),
                                      ("--filter", self.filter, FILTERS), ("--format", self.format, FORMATS),

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import NextlongError, UsageError
+from ..driver import check_corpus_found
 from ..framework import Pipeline, ReadCorpus
 from .config import AcerConfig
 
@@ -71,8 +72,7 @@ def check_before_work(cfg: AcerConfig) -> Checked:
     from .lm import check_device, check_vocabulary, inspect_model
     from .templates import load_templates, option_ids, passages_ids
 
-    if not Path(cfg.corpus).exists():
-        raise NextlongError(f"{cfg.corpus}: corpus not found")
+    check_corpus_found(cfg.corpus, cfg.out_dir)
     check_device(cfg.device, here=cfg.executor == "local")
     templates = load_templates(cfg.prompts)
     if cfg.chain_of_thought:
