@@ -208,6 +208,22 @@ def test_lexical_words_fast_path_matches_the_regex_definition():
         np.testing.assert_array_equal(hashes, np.array([h for w in words for h in w], np.uint64))
 
 
+def test_lexical_fit_and_features_need_no_numba(monkeypatch):
+    """numba is optional ([ml]); fitting IDF weights and listing features never needed it, and the fast
+    word splitter that uses it must not make them need it."""
+    import sys
+
+    from nextlong.mining import lexical_embedding
+
+    texts = ["The socket module", "Create a NEW socket_type 42", "café au lait", ""]
+    with_numba = HashedLexicalEmbedder(64).fit(texts)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba fails, find_spec says not installed
+    monkeypatch.setattr(lexical_embedding, "_ASCII_WORDS", None)
+    without = HashedLexicalEmbedder(64).fit(texts)
+    np.testing.assert_array_equal(without.idf, with_numba.idf)
+    np.testing.assert_array_equal(without.features(texts[1]), with_numba.features(texts[1]))
+
+
 def test_lexical_fit_save_load_roundtrip(tmp_path):
     texts = [p for d in corpus_texts(limit=5) for p in d.split("\n\n") if p.strip()]
     emb = HashedLexicalEmbedder(128).fit(texts)

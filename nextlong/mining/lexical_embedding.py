@@ -187,10 +187,15 @@ class HashedLexicalEmbedder:
 
     def _hashed_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row, word hash) for every word of every text, in order."""
+        import importlib.util
+
         texts = list(texts)
-        plain = [text.isascii() for text in texts]
-        counts = np.zeros(len(texts), np.int64)
-        hashes, where = _ascii_word_hashes([t for t, a in zip(texts, plain) if a]), np.flatnonzero(plain)
+        # numba is an optional dependency: without it, fit() and features() still work (by the regex)
+        fast = importlib.util.find_spec("numba") is not None
+        plain = [fast and text.isascii() for text in texts]
+        counts, where = np.zeros(len(texts), np.int64), np.flatnonzero(plain)
+        hashes = (_ascii_word_hashes([t for t, a in zip(texts, plain) if a]) if len(where)
+                  else (np.empty(0, np.uint64), np.empty(0, np.int64)))
         if len(where) == len(texts):  # the usual case: every text ASCII, the words already in text order
             counts[:] = hashes[1]
             return np.repeat(np.arange(len(texts), dtype=np.int64), counts), hashes[0]
@@ -198,7 +203,7 @@ class HashedLexicalEmbedder:
         if len(cache) > 4_000_000:
             cache.clear()
         counts[where] = hashes[1]
-        pieces = np.split(hashes[0], np.cumsum(hashes[1])[:-1]) if len(where) else []
+        pieces = np.split(hashes[0], np.cumsum(hashes[1])[:-1])
         out, k = [], 0
         for i, (text, a) in enumerate(zip(texts, plain)):
             if a:
