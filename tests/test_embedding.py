@@ -183,6 +183,47 @@ def test_lexical_hash_is_stable_across_processes():
     assert len(outs) == 1
 
 
+def test_lexical_words_fast_path_matches_the_regex_definition():
+    """ASCII texts are split and hashed by a numba pass over their bytes, the others by the regex: both
+    must give the words `[^\\W_]+` finds in the lower-cased text, each as zlib.crc32 of its UTF-8, in text
+    order (a divergence would change every lexical embedding and IDF table)."""
+    import random
+    import re
+    import zlib
+
+    rnd = random.Random(0)
+    ascii_texts = ["", " ", "_", "a_b", "ABC def\x00GHI\x7f9", "x" * 9, "\t\n", "tail word"]
+    ascii_texts += ["".join(chr(rnd.randrange(128)) for _ in range(rnd.randrange(40))) for _ in range(300)]
+    other = ["Σ ΣΑΣ ΑΣ", "İstanbul", "café AU lait", "١٢٣ ½ ²", "日本語 ABC_def"]
+    other += ["".join(chr(rnd.choice([rnd.randrange(128), rnd.randrange(128, 0x3000)])) for _ in range(30))
+              for _ in range(100)]
+    mixed = ascii_texts[:150] + other[:50] + ascii_texts[150:] + other[50:]
+    rnd.shuffle(mixed)
+    emb = HashedLexicalEmbedder(64)
+    for batch in (ascii_texts, other, mixed, mixed[:1], [], ["", ""]):
+        words = [[zlib.crc32(w.encode()) for w in re.findall(r"[^\W_]+", t.lower())] for t in batch]
+        rows, hashes = emb._hashed_words(batch)
+        assert rows.dtype == np.int64 and hashes.dtype == np.uint64
+        np.testing.assert_array_equal(rows, np.repeat(np.arange(len(batch)), [len(w) for w in words]))
+        np.testing.assert_array_equal(hashes, np.array([h for w in words for h in w], np.uint64))
+
+
+def test_lexical_fit_and_features_need_no_numba(monkeypatch):
+    """numba is optional ([ml]); fitting IDF weights and listing features never needed it, and the fast
+    word splitter that uses it must not make them need it."""
+    import sys
+
+    from nextlong.mining import lexical_embedding
+
+    texts = ["The socket module", "Create a NEW socket_type 42", "café au lait", ""]
+    with_numba = HashedLexicalEmbedder(64).fit(texts)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba fails, find_spec says not installed
+    monkeypatch.setattr(lexical_embedding, "_ASCII_WORDS", None)
+    without = HashedLexicalEmbedder(64).fit(texts)
+    np.testing.assert_array_equal(without.idf, with_numba.idf)
+    np.testing.assert_array_equal(without.features(texts[1]), with_numba.features(texts[1]))
+
+
 def test_lexical_fit_save_load_roundtrip(tmp_path):
     texts = [p for d in corpus_texts(limit=5) for p in d.split("\n\n") if p.strip()]
     emb = HashedLexicalEmbedder(128).fit(texts)

@@ -69,6 +69,66 @@ def _numba_projection():
 _PROJECT = None
 
 
+def _numba_ascii_words():
+    require_numba()
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def ascii_words(buf, ends, fold, crc_table):
+        """CRC-32 (zlib's) of every word of every text, in order, and each text's word count. `buf` holds
+        the texts' bytes back to back, text i ending at ends[i]; `fold` maps a byte to its lower-case
+        letter or digit, or 0 where it ends a word."""
+        hashes = np.empty(len(buf) // 2 + len(ends), np.uint64)
+        counts = np.zeros(len(ends), np.int64)
+        n, start = 0, 0
+        for t in range(len(ends)):
+            crc, inword = np.uint32(0xFFFFFFFF), False
+            for k in range(start, ends[t]):
+                c = fold[buf[k]]
+                if c:
+                    crc = crc_table[(crc ^ c) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+                    inword = True
+                elif inword:
+                    hashes[n] = crc ^ np.uint32(0xFFFFFFFF)
+                    n += 1
+                    counts[t] += 1
+                    crc, inword = np.uint32(0xFFFFFFFF), False
+            if inword:
+                hashes[n] = crc ^ np.uint32(0xFFFFFFFF)
+                n += 1
+                counts[t] += 1
+            start = ends[t]
+        return hashes[:n], counts
+
+    return ascii_words
+
+
+_ASCII_WORDS = None
+# an ASCII byte as _WORD sees it after str.lower(): a letter (lower-cased) or digit, else 0 (a word ends)
+_FOLD = np.array([ord(chr(b).lower()) if chr(b).isalnum() else 0 for b in range(128)] + [0] * 128, np.uint8)
+
+
+def _crc_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _ascii_word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(every word's zlib.crc32, each text's word count) of ASCII `texts`, words as _WORD finds them in
+    the lower-cased text: one numba pass over the bytes instead of a regex and a dict look-up per word."""
+    global _ASCII_WORDS
+    if _ASCII_WORDS is None:
+        _ASCII_WORDS = _numba_ascii_words()
+    buf = np.frombuffer("".join(texts).encode("ascii"), np.uint8)
+    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    return _ASCII_WORDS(buf, ends, _FOLD, _CRC_TABLE)
+
+
 def _sparse_sign_projection(rows, feats, weights, n, dim, nnz, seed) -> np.ndarray:
     """Each hashed feature adds +-weight/sqrt(nnz) to `nnz` pseudo-random coordinates; rows L2-normalised."""
     global _PROJECT
@@ -127,17 +187,33 @@ class HashedLexicalEmbedder:
 
     def _hashed_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row, word hash) for every word of every text, in order."""
-        cache = self._cache
+        import importlib.util
+
+        texts = list(texts)
+        # numba is an optional dependency: without it, fit() and features() still work (by the regex)
+        fast = importlib.util.find_spec("numba") is not None
+        plain = [fast and text.isascii() for text in texts]
+        counts, where = np.zeros(len(texts), np.int64), np.flatnonzero(plain)
+        hashes = (_ascii_word_hashes([t for t, a in zip(texts, plain) if a]) if len(where)
+                  else (np.empty(0, np.uint64), np.empty(0, np.int64)))
+        if len(where) == len(texts):  # the usual case: every text ASCII, the words already in text order
+            counts[:] = hashes[1]
+            return np.repeat(np.arange(len(texts), dtype=np.int64), counts), hashes[0]
+        cache = self._cache  # other texts: the regex (Unicode letters and digits), hashes memoised
         if len(cache) > 4_000_000:
             cache.clear()
-        lookup = cache.__getitem__
-        rows, hashes = [], []
-        for i, text in enumerate(texts):
-            words = _WORD.findall(text.lower())
-            hashes.extend(map(lookup, words))
-            rows.append(np.full(len(words), i, dtype=np.int64))
-        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-        return rows, np.asarray(hashes, dtype=np.uint64)
+        counts[where] = hashes[1]
+        pieces = np.split(hashes[0], np.cumsum(hashes[1])[:-1])
+        out, k = [], 0
+        for i, (text, a) in enumerate(zip(texts, plain)):
+            if a:
+                out.append(pieces[k])
+                k += 1
+            else:
+                out.append(np.fromiter(map(cache.__getitem__, _WORD.findall(text.lower())), np.uint64))
+                counts[i] = len(out[-1])
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+        return rows, (np.concatenate(out) if out else np.empty(0, np.uint64))
 
     def _batch_features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Distinct (row, feature) pairs of a batch with their counts (term frequencies)."""
