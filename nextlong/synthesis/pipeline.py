@@ -159,10 +159,13 @@ def build_pipeline(cfg: SynthesisConfig, topics: tuple | None = None) -> Pipelin
                                           shards=cfg.index_shards, threads=threads))
     common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok)
     plan = plan_settings(cfg)
+    # litelong draws nothing at random and reads no vector or keyword: the other methods' unit settings stay at
+    # their defaults for it, so changing them (--seed included) remakes nothing
+    drawn = {} if cfg.method == "litelong" else dict(
+        seed=cfg.seed, doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
+        quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats)
     steps += [
-        S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
-                     doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
-                     quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats,
+        S.UnitsStage(name="units", inputs=(chunks, emb), shard_size=cfg.shard_size, **drawn,
                      overflow=cfg.overflow if cfg.method in ("standard", "iclm") else None,
                      topics=litelong_topics(cfg, topics), threads=threads, **common),
         S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), exclude_duplicates=cfg.exclude_duplicates,
