@@ -191,6 +191,9 @@ def test_synthesize_litelong_end_to_end(tmp_path):
     cut = synthesize(corpus, tmp_path / "cut", topics=topics, num_samples=1, **SETTINGS)
     assert pq.read_table(tmp_path / "cut" / "data").column("group_key").to_pylist() == [TELESCOPE]
     assert cut["statistics"]["dropped_too_short"] == 0  # the cut stopped before the dropped topics mattered
+    # a cut at the last sample passed over NOTHING (before BREAD), not RARE (after it)
+    cut = synthesize(corpus, tmp_path / "cut", topics=topics, num_samples=2, **SETTINGS)
+    assert cut["statistics"]["dropped_too_short"] == 1
 
 
 def test_no_topic_that_fills_the_target_length_is_one_line_naming_the_topics(tmp_path):

@@ -405,7 +405,9 @@ def _run(cfg: SynthesisConfig, executor, topics: tuple | None = None) -> dict:
         stats["litelong"] = dict(units["litelong"], topics_file=str(cfg.topics),
                                  topics_sha256=topics_identity(pipeline.stage("units").topics)["sha256"])
         short = units["litelong"]["topics_short_of_target"]
-        if short and (cfg.num_samples is None or cfg.num_samples > built):  # the cut did not stop before them
+        if short and built and cfg.num_samples is not None and built >= cfg.num_samples:
+            short = _topics_passed_over(out / "units", pipeline.stage("units").topics, built)
+        if short:
             stats["dropped_too_short"] += short
             stats["drop_reasons"]["topic whose matching documents fall short of the target length"] = short
     embedder_name = None
@@ -550,6 +552,16 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
     if vectors is not None:
         stats["random_chunk_pair_similarity_mean"] = random_pair_similarity(vectors, cfg.quality_pairs, cfg.seed + 1)
     return stats
+
+
+def _topics_passed_over(units_dir: Path, topics: tuple, built: int) -> int:
+    """LiteLong's topics short of L that come before the last sample --num-samples kept (those after it were
+    never reached): every unit is a sample (planning drops none), so the topics up to that sample's are it
+    and the `built` before it, or short."""
+    import pyarrow.parquet as pq
+
+    last = pq.read_table(units_dir, columns=["group_key"]).column("group_key")[built - 1].as_py()
+    return topics.index(last) + 1 - built
 
 
 def _why(cfg, stats) -> str:
