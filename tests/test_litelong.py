@@ -186,9 +186,10 @@ def test_synthesize_litelong_end_to_end(tmp_path):
     long_topic = "telescope " * 2000  # a topic is a line of any length: the first line stays readable
     assert len(_first_document({"method": "litelong", "group_key": long_topic, "anchor_doc_id": "d"}, [], 300)) < 360
 
-    assert "litelong: 2 samples from 4 topics (2 dropped: matching documents short of the target length" in summary(
-        manifest)
+    assert "litelong: 2 of 4 topics retrieve documents that fill the target length (2 fall short, 1 of them " \
+        "matching no document)" in summary(manifest)
     cut = synthesize(corpus, tmp_path / "cut", topics=topics, num_samples=1, **SETTINGS)
+    assert "litelong: 2 of 4 topics retrieve" in summary(cut)  # it said "2 samples", of the 1 written
     assert pq.read_table(tmp_path / "cut" / "data").column("group_key").to_pylist() == [TELESCOPE]
     assert cut["statistics"]["dropped_too_short"] == 0  # the cut stopped before the dropped topics mattered
     # a cut at the last sample passed over NOTHING (before BREAD), not RARE (after it)

@@ -630,9 +630,10 @@ def summary(manifest: dict) -> str:
                      f"{q['groups_of_one_document']} single-document and {q['groups_too_small']} too-small groups unused)")
     if s.get("litelong"):
         t = s["litelong"]
-        lines.append(f"  litelong: {t['contexts']} samples from {t['topics']} topics ({t['topics_short_of_target']} "
-                     f"dropped: matching documents short of the target length, {t['topics_without_match']} of them "
-                     f"matching none); {t['documents_distinct']} distinct documents")
+        # of the units stage, before --num-samples: "contexts", not samples written
+        lines.append(f"  litelong: {t['contexts']} of {t['topics']} topics retrieve documents that fill the target "
+                     f"length ({t['topics_short_of_target']} fall short, {t['topics_without_match']} of them matching "
+                     f"no document); {t['documents_distinct']} distinct documents in their contexts")
     if s.get("near_duplicate_candidates_rejected") is not None:
         lines.append(f"  near-copies refused as negatives: {s['near_duplicate_candidates_rejected']}; "
                      f"already long (no negatives): {s.get('already_long', 0)}; anchor meta-chunks after the cut: "
