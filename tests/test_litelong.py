@@ -304,6 +304,16 @@ def test_a_topics_file_that_is_a_link_or_not_a_file_is_refused(tmp_path):
         read_topics(tmp_path / "missing.txt")
 
 
+@pytest.mark.parametrize("topics", [["Astronomy"], 3, ""])
+def test_topics_that_are_not_a_file_name_are_a_usage_error(tmp_path, topics):
+    """A list of topics (not a file), a number or "" (read as the folder ".") was a TypeError or "is a directory"."""
+    from nextlong import synthesize
+    from nextlong.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--topics must name a topics file \(a path\), got "):
+        synthesize(tmp_path / "docs.jsonl", tmp_path / "out", topics=topics, **SETTINGS)
+
+
 def test_cli_usage_errors_come_before_any_work(tmp_path, capsys):
     """--method litelong without --topics, and --topics with another method: one line, status 2, no folder made;
     a bad topics file: one line naming it, status 1, before the corpus is read."""
