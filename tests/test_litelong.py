@@ -262,8 +262,8 @@ def test_topics_file_text_and_jsonl(tmp_path):
     text.write_bytes("\ufeff# BISAC: SCIENCE\n  Astronomy / Telescopes \r\n\n#skip\nCooking / Bread\n".encode())
     assert read_topics(text) == ("Astronomy / Telescopes", "Cooking / Bread")
     # topics of no search term match nothing (counted by the run); they repeat only as the same text
-    text.write_text("!!!\n???\nthe of and\n")
-    assert read_topics(text) == ("!!!", "???", "the of and")
+    text.write_text("!!!\n???\nthe of and\nbread\nbread baking\nbread bread baking\n")  # the last two rank apart
+    assert read_topics(text) == ("!!!", "???", "the of and", "bread", "bread baking", "bread bread baking")
     rows = tmp_path / "t.jsonl"
     rows.write_text('{"topic": "Astronomy", "bisac": "SCI004000"}\n\n{"topic": " Bread "}\n')
     assert read_topics(rows) == ("Astronomy", "Bread")
@@ -282,6 +282,7 @@ def test_topics_file_text_and_jsonl(tmp_path):
      r"case.txt:3: topic 'baking, BREAD' searches the same words as line 1, 'Bread baking' \(BM25 ignores case"),
     ("stop.txt", "the bread\r\nbread\r\n", r"stop.txt:2: topic 'bread' searches the same words as line 1, 'the bread'"),
     ("same.jsonl", '{"topic": "Bread"}\n{"topic": "bread."}\n', r"same.jsonl:2: topic 'bread.' searches the same"),
+    ("scaled.txt", "bread baking\nbread baking bread baking\n", r"scaled.txt:2: .* searches the same words as line 1"),
     ("latin1.txt", b"ok\ncaf\xe9\n", r"latin1.txt:2: not UTF-8 text"),
 ])
 def test_a_bad_topics_file_is_one_error_naming_the_line(tmp_path, name, content, message):

@@ -10,13 +10,15 @@ line is one error naming the file and the line.
 
 Each topic makes one sample, in the file's order; a topic given twice would make the same sample twice and
 is refused, naming both lines. "Twice" is as BM25 reads a topic (`search_terms`): "Bread baking", "baking,
-bread" and "the bread of baking" are one query, so one topic.
+bread", "the bread of baking" and "bread baking bread baking" are one query, so one topic.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 from ..errors import NextlongError
@@ -69,10 +71,13 @@ def read_topics(path) -> tuple[str, ...]:
     return tuple(topics)
 
 
-def search_terms(topic: str) -> tuple[str, ...]:
+def search_terms(topic: str) -> tuple[tuple[str, int], ...]:
     """What LiteLong's BM25 search (baselines.litelong_contexts: word terms, English stopwords out) makes of
-    a topic, order aside: two topics with the same terms retrieve the same documents in the same order."""
-    return tuple(sorted(word_terms(topic, ENGLISH_STOPWORDS)))
+    a topic: its terms, sorted, with their counts over the counts' gcd. A score is a sum over the query's terms
+    (repeats count), so two topics with the same key rank every document alike ("bread bread" is "bread")."""
+    counts = Counter(word_terms(topic, ENGLISH_STOPWORDS))
+    g = math.gcd(*counts.values()) if counts else 1
+    return tuple(sorted((w, c // g) for w, c in counts.items()))
 
 
 def topics_identity(topics) -> dict:
