@@ -96,7 +96,7 @@ def test_contexts_are_the_bm25_ranking_until_the_target_length(monkeypatch, firs
     contexts, keys, stats = litelong_contexts(texts, topics, lengths, L)
     want = {t: reference_context(texts, t, lengths, L) for t in topics}
     assert keys == [BREAD, TELESCOPE, "telescope"]
-    assert contexts == [want[BREAD], want[TELESCOPE], want["telescope"]]
+    assert [c.tolist() for c in contexts] == [want[BREAD], want[TELESCOPE], want["telescope"]]
     assert want[RARE] is None and len(reference_ranking(texts, RARE)) == 1
     assert all(len(c) >= 3 for c in contexts)
     # the twins tie: the lower one first
@@ -112,7 +112,32 @@ def test_excluded_documents_are_never_retrieved():
     lengths = np.full(len(texts), 100, np.int64)
     first = reference_ranking(texts, TELESCOPE)[0]
     contexts, _, _ = litelong_contexts(texts, (TELESCOPE,), lengths, 300, exclude=np.array([first]))
-    assert contexts == [[d for d in reference_ranking(texts, TELESCOPE) if d != first][:3]]
+    assert [c.tolist() for c in contexts] == [[d for d in reference_ranking(texts, TELESCOPE) if d != first][:3]]
+
+
+def test_the_search_is_bounded_by_entries_not_topics(monkeypatch):
+    """Topics are searched LITELONG_SEARCH_ENTRIES // width at a time (all at once, 100,000 topics at width
+    4,096 asked for 4.9 GB of ids and scores), with the same contexts; the texts may be a one-pass iterator
+    (the units stage streams them: the index keeps no text)."""
+    from nextlong.mining.bm25 import BM25Index
+    from nextlong.synthesis import baselines
+
+    texts = [t for _, t in synthetic_docs()]
+    lengths = np.asarray([len(t.split()) for t in texts], np.int64)
+    topics = (BREAD, RARE, TELESCOPE, NOTHING, "telescope", "sourdough", "baking astronomy", "window")
+    want = litelong_contexts(texts, topics, lengths, L)
+    asked, search = [], BM25Index.search
+
+    def recording(self, queries, k, *args, **kwargs):
+        asked.append(len(queries) * k)
+        return search(self, queries, k, *args, **kwargs)
+
+    monkeypatch.setattr(BM25Index, "search", recording)
+    monkeypatch.setattr(baselines, "LITELONG_FIRST_WIDTH", 2)
+    monkeypatch.setattr(baselines, "LITELONG_SEARCH_ENTRIES", 6)
+    contexts, keys, stats = litelong_contexts(iter(texts), topics, lengths, L)
+    assert max(asked) <= 8 and len(asked) > 3  # 3 topics x 2 wide, then 1 x 8 (a lone topic may exceed)
+    assert [c.tolist() for c in contexts] == [c.tolist() for c in want[0]] and (keys, stats) == want[1:]
 
 
 def topics_file(path, topics) -> str:
@@ -152,17 +177,24 @@ def test_synthesize_litelong_end_to_end(tmp_path):
     from nextlong.synthesis.topics import topics_identity
 
     assert t["topics_sha256"] == topics_identity((TELESCOPE, NOTHING, BREAD, RARE))["sha256"]
-    from nextlong.commands.inspect import render
+    from nextlong.commands.inspect import _first_document, render
     from nextlong.synthesis.pipeline import summary
 
     assert f"method litelong, topic {TELESCOPE!r}, first document {table.to_pylist()[0]['anchor_doc_id']!r}" in render(
         tmp_path / "out")
 
-    assert "litelong: 2 samples from 4 topics (2 dropped: matching documents short of the target length" in summary(
-        manifest)
+    long_topic = "telescope " * 2000  # a topic is a line of any length: the first line stays readable
+    assert len(_first_document({"method": "litelong", "group_key": long_topic, "anchor_doc_id": "d"}, [], 300)) < 360
+
+    assert "litelong: 2 of 4 topics retrieve documents that fill the target length (2 fall short, 1 of them " \
+        "matching no document)" in summary(manifest)
     cut = synthesize(corpus, tmp_path / "cut", topics=topics, num_samples=1, **SETTINGS)
+    assert "litelong: 2 of 4 topics retrieve" in summary(cut)  # it said "2 samples", of the 1 written
     assert pq.read_table(tmp_path / "cut" / "data").column("group_key").to_pylist() == [TELESCOPE]
     assert cut["statistics"]["dropped_too_short"] == 0  # the cut stopped before the dropped topics mattered
+    # a cut at the last sample passed over NOTHING (before BREAD), not RARE (after it)
+    cut = synthesize(corpus, tmp_path / "cut", topics=topics, num_samples=2, **SETTINGS)
+    assert cut["statistics"]["dropped_too_short"] == 1
 
 
 def test_no_topic_that_fills_the_target_length_is_one_line_naming_the_topics(tmp_path):
@@ -200,6 +232,20 @@ def test_another_topics_file_is_not_served_from_the_cached_stage(tmp_path):
     assert json.loads(record.read_text())["fingerprint"] == remade and record.stat().st_mtime_ns == written
 
 
+def test_settings_litelong_does_not_use_remake_nothing(tmp_path):
+    """LiteLong draws nothing at random and reads no keyword: --seed, --quest-keywords or --quest-max-repeats
+    changed on a finished folder serve it as it is (they were refused as other settings of the units stage)."""
+    from nextlong import synthesize
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs())
+    topics, out = topics_file(tmp_path / "topics.txt", [TELESCOPE, BREAD]), tmp_path / "out"
+    synthesize(corpus, out, topics=topics, **SETTINGS)
+    record = out / "units" / "_done.json"
+    written = record.stat().st_mtime_ns
+    synthesize(corpus, out, topics=topics, seed=5, quest_keywords=7, quest_max_repeats=2, **SETTINGS)
+    assert record.stat().st_mtime_ns == written
+
+
 def test_the_other_methods_record_no_topics():
     """A units stage of another method fingerprints as before the setting existed (its folders are not redone)."""
     from nextlong.synthesis.stages import UnitsStage
@@ -215,6 +261,9 @@ def test_topics_file_text_and_jsonl(tmp_path):
     text = tmp_path / "t.txt"
     text.write_bytes("\ufeff# BISAC: SCIENCE\n  Astronomy / Telescopes \r\n\n#skip\nCooking / Bread\n".encode())
     assert read_topics(text) == ("Astronomy / Telescopes", "Cooking / Bread")
+    # topics of no search term match nothing (counted by the run); they repeat only as the same text
+    text.write_text("!!!\n???\nthe of and\nbread\nbread baking\nbread bread baking\n")  # the last two rank apart
+    assert read_topics(text) == ("!!!", "???", "the of and", "bread", "bread baking", "bread bread baking")
     rows = tmp_path / "t.jsonl"
     rows.write_text('{"topic": "Astronomy", "bisac": "SCI004000"}\n\n{"topic": " Bread "}\n')
     assert read_topics(rows) == ("Astronomy", "Bread")
@@ -228,6 +277,12 @@ def test_topics_file_text_and_jsonl(tmp_path):
     ("bad.jsonl", '{"topic": "a"}\n\n{"topic": \n', r"bad.jsonl:3:1: not valid JSON"),
     ("bad.jsonl", '["a"]\n', r"bad.jsonl:1: expected an object, got an array"),
     ("twice.txt", "a\nb\na\n", r"twice.txt:3: topic 'a' repeats line 1"),
+    # the same BM25 query: case, punctuation, word order and stopwords aside
+    ("case.txt", "Bread baking\nx\nbaking, BREAD\n",
+     r"case.txt:3: topic 'baking, BREAD' searches the same words as line 1, 'Bread baking' \(BM25 ignores case"),
+    ("stop.txt", "the bread\r\nbread\r\n", r"stop.txt:2: topic 'bread' searches the same words as line 1, 'the bread'"),
+    ("same.jsonl", '{"topic": "Bread"}\n{"topic": "bread."}\n', r"same.jsonl:2: topic 'bread.' searches the same"),
+    ("scaled.txt", "bread baking\nbread baking bread baking\n", r"scaled.txt:2: .* searches the same words as line 1"),
     ("latin1.txt", b"ok\ncaf\xe9\n", r"latin1.txt:2: not UTF-8 text"),
 ])
 def test_a_bad_topics_file_is_one_error_naming_the_line(tmp_path, name, content, message):
@@ -248,6 +303,16 @@ def test_a_topics_file_that_is_a_link_or_not_a_file_is_refused(tmp_path):
         read_topics(tmp_path / "fifo.txt")
     with pytest.raises(NextlongError, match=r"missing.txt: topics file not found"):
         read_topics(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("topics", [["Astronomy"], 3, ""])
+def test_topics_that_are_not_a_file_name_are_a_usage_error(tmp_path, topics):
+    """A list of topics (not a file), a number or "" (read as the folder ".") was a TypeError or "is a directory"."""
+    from nextlong import synthesize
+    from nextlong.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--topics must name a topics file \(a path\), got "):
+        synthesize(tmp_path / "docs.jsonl", tmp_path / "out", topics=topics, **SETTINGS)
 
 
 def test_cli_usage_errors_come_before_any_work(tmp_path, capsys):

@@ -36,13 +36,16 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _first_document(row: dict, segments: list) -> str:
+def _first_document(row: dict, segments: list, max_chars: int) -> str:
     """What the row's `anchor_doc_id` is: for the stream baselines (standard, ICLM) the document the row starts
     with, which under --overflow carry may be the rest of one the previous row cut at L; for LiteLong the best
-    document its topic retrieved, after the topic; else the anchor."""
+    document its topic retrieved, after the topic (cut at `max_chars`, as a segment: a topic may be long);
+    else the anchor."""
+    from ..untrusted import show
+
     doc = row.get("anchor_doc_id")
     if row.get("method") == "litelong":
-        return f"topic {row.get('group_key')!r}, first document {doc!r}"
+        return f"topic {show(row.get('group_key'), max(max_chars, 5))}, first document {doc!r}"
     if row.get("method") not in ("standard", "iclm"):
         return f"anchor document {doc!r}"
     first = segments[0].get("chunk_index") if segments else None
@@ -96,7 +99,7 @@ def render(directory, *, sample: int = 0, max_chars: int = 300, max_segments: in
                            f"answer {row.get('answer')!r}{gold}, {len(segments)} segments")]
     else:
         lines = [printable(f"document {sample}: {len(ids)} tokens, method {row.get('method')}, "
-                           f"{_first_document(row, segments)}, {len(segments)} segments")]
+                           f"{_first_document(row, segments, max_chars)}, {len(segments)} segments")]
     legend = _LEGENDS["acer" if acer else "nextlong"]
     lines.append("   ".join(f"{_COLOURS[k]}{_MARKS[k]} {what}{_RESET}" if color else f"{_MARKS[k]} {what}"
                             for k, what in legend))

@@ -4,6 +4,7 @@ FitEmbedder stage prepared, and the check of a finished part before it is publis
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path as _Path
 
@@ -266,9 +267,13 @@ def open_vectors(embeddings_dir, verify: bool = True, record: dict | None = None
 
 
 def document_texts(chunks_dir, store) -> list[str]:
-    texts = [[] for _ in range(store.num_docs)]
-    c = 0
-    for t in chunk_texts(chunks_dir)():
-        texts[int(store.chunk_doc[c])].append(t)
-        c += 1
-    return ["\n".join(parts) for parts in texts]
+    return list(iter_document_texts(chunks_dir, store))
+
+
+def iter_document_texts(chunks_dir, store):
+    """Each document's text (its chunks joined by "\n"), in order, one at a time: a reader of them all that
+    keeps none (LiteLong's BM25 build) never holds the corpus. A document's chunks are contiguous (the store
+    checks it)."""
+    chunks = chunk_texts(chunks_dir)()
+    for count in store.doc_num_chunks.tolist():
+        yield "\n".join(itertools.islice(chunks, count))

@@ -272,10 +272,11 @@ def quest_contexts(keys: list[str | None], lengths: np.ndarray, target_length: i
 
 
 LITELONG_FIRST_WIDTH = 256  # documents retrieved per topic at first; widened 4x for the topics it cannot fill
+LITELONG_SEARCH_ENTRIES = 1 << 22  # topics x width searched at once: 48 MB of ids and scores, whatever the topics
 
 
-def litelong_contexts(texts: list[str], topics, lengths: np.ndarray, target_length: int, *,
-                      exclude=None, threads: int = 0) -> tuple[list[list[int]], list[str], dict]:
+def litelong_contexts(texts, topics, lengths: np.ndarray, target_length: int, *,
+                      exclude=None, threads: int = 0) -> tuple[list[np.ndarray], list[str], dict]:
     """LiteLong's long contexts, one per topic in the topics' order: (documents of each context, its topic,
     statistics).
 
@@ -283,32 +284,41 @@ def litelong_contexts(texts: list[str], topics, lengths: np.ndarray, target_leng
     k1 = 1.2, b = 0.75). Its context is the documents of score > 0 in rank order (ties by the lower
     document index), whole, up to the first that brings it to L tokens (assembly cuts at L). A document
     appears once per context but may serve several topics (each retrieves on its own). A topic whose
-    matching documents all together fall short of L makes no context (counted). `exclude`: document
-    indices never retrieved (the blank documents)."""
+    matching documents all together fall short of L makes no context (counted). `texts`: the documents'
+    texts, any iterable read once (the index keeps no text). `exclude`: document indices never retrieved
+    (the blank documents). Topics are searched LITELONG_SEARCH_ENTRIES // width at a time, so memory is
+    the index and the contexts, not topics x width."""
     from ..mining.bm25 import DEFAULT_B, DEFAULT_K1, BM25Index
 
     index = BM25Index.build(texts, terms="words", stopwords="en", num_threads=threads)
-    n = len(texts)
+    n = len(index)
     skip = frozenset(int(d) for d in exclude) if exclude is not None and len(exclude) else None
     found: list = [None] * len(topics)
     unmatched = 0
     pending, width = list(range(len(topics))), min(n, LITELONG_FIRST_WIDTH)
     while pending and width:
-        ids, scores = index.search([topics[t] for t in pending], width, exclude=skip, num_threads=threads)
         wider = []
-        for row, t in enumerate(pending):
-            docs = ids[row][(ids[row] >= 0) & (scores[row] > 0)]  # padding has id -1 and a NaN score
-            reach = np.cumsum(lengths[docs], dtype=np.int64)
-            if reach.size and reach[-1] >= target_length:
-                found[t] = docs[: int(np.searchsorted(reach, target_length, side="left")) + 1].tolist()
-            elif docs.size == width and width < n:  # a full row: more documents may match
-                wider.append(t)
-            elif not docs.size:
-                unmatched += 1
+        step = max(1, LITELONG_SEARCH_ENTRIES // width)
+        for lo in range(0, len(pending), step):
+            batch = pending[lo:lo + step]
+            ids, scores = index.search([topics[t] for t in batch], width, exclude=skip, num_threads=threads)
+            for row, t in enumerate(batch):
+                docs = ids[row][(ids[row] >= 0) & (scores[row] > 0)]  # padding has id -1 and a NaN score
+                reach = np.cumsum(lengths[docs], dtype=np.int64)
+                if reach.size and reach[-1] >= target_length:
+                    found[t] = docs[: int(np.searchsorted(reach, target_length, side="left")) + 1].copy()
+                elif docs.size == width and width < n:  # a full row: more documents may match
+                    wider.append(t)
+                elif not docs.size:
+                    unmatched += 1
+            del ids, scores
         pending, width = wider, min(n, width * 4)
     contexts = [docs for docs in found if docs is not None]
     context_topics = [topic for topic, docs in zip(topics, found) if docs is not None]
     sizes = np.asarray([len(c) for c in contexts], np.int64)
+    used = np.zeros(n, bool)
+    for docs in contexts:
+        used[docs] = True
     stats = {
         "topics": len(topics),
         "contexts": len(contexts),
@@ -316,7 +326,7 @@ def litelong_contexts(texts: list[str], topics, lengths: np.ndarray, target_leng
         "topics_without_match": unmatched,
         "documents_per_context": ({"min": int(sizes.min()), "mean": round(float(sizes.mean()), 3),
                                    "max": int(sizes.max())} if sizes.size else None),
-        "documents_distinct": len({d for c in contexts for d in c}),
+        "documents_distinct": int(used.sum()),
         "retrieval": {"bm25_terms": "words", "stopwords": "en", "k1": DEFAULT_K1, "b": DEFAULT_B},
     }
     return contexts, context_topics, stats

@@ -159,10 +159,13 @@ def build_pipeline(cfg: SynthesisConfig, topics: tuple | None = None) -> Pipelin
                                           shards=cfg.index_shards, threads=threads))
     common = dict(method=cfg.method, target_length=cfg.target_length, tokenizer=tok)
     plan = plan_settings(cfg)
+    # litelong draws nothing at random and reads no vector or keyword: the other methods' unit settings stay at
+    # their defaults for it, so changing them (--seed included) remakes nothing
+    drawn = {} if cfg.method == "litelong" else dict(
+        seed=cfg.seed, doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
+        quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats)
     steps += [
-        S.UnitsStage(name="units", inputs=(chunks, emb), seed=cfg.seed, shard_size=cfg.shard_size,
-                     doc_embedding=cfg.doc_embedding, knn_neighbors=cfg.knn_neighbors,
-                     quest_keywords=cfg.quest_keywords, quest_max_repeats=cfg.quest_max_repeats,
+        S.UnitsStage(name="units", inputs=(chunks, emb), shard_size=cfg.shard_size, **drawn,
                      overflow=cfg.overflow if cfg.method in ("standard", "iclm") else None,
                      topics=litelong_topics(cfg, topics), threads=threads, **common),
         S.PlanStage(name="plan", inputs=("units", chunks, emb, index, graph), exclude_duplicates=cfg.exclude_duplicates,
@@ -401,7 +404,9 @@ def _run(cfg: SynthesisConfig, executor, topics: tuple | None = None) -> dict:
         stats["litelong"] = dict(units["litelong"], topics_file=str(cfg.topics),
                                  topics_sha256=topics_identity(pipeline.stage("units").topics)["sha256"])
         short = units["litelong"]["topics_short_of_target"]
-        if short and (cfg.num_samples is None or cfg.num_samples > built):  # the cut did not stop before them
+        if short and built and cfg.num_samples is not None and built >= cfg.num_samples:
+            short = _topics_passed_over(out / "units", pipeline.stage("units").topics, built)
+        if short:
             stats["dropped_too_short"] += short
             stats["drop_reasons"]["topic whose matching documents fall short of the target length"] = short
     embedder_name = None
@@ -548,6 +553,16 @@ def _statistics(cfg, store, metas, vectors, leftover_dropped, chunk_stats, built
     return stats
 
 
+def _topics_passed_over(units_dir: Path, topics: tuple, built: int) -> int:
+    """LiteLong's topics short of L that come before the last sample --num-samples kept (those after it were
+    never reached): every unit is a sample (planning drops none), so the topics up to that sample's are it
+    and the `built` before it, or short."""
+    import pyarrow.parquet as pq
+
+    last = pq.read_table(units_dir, columns=["group_key"]).column("group_key")[built - 1].as_py()
+    return topics.index(last) + 1 - built
+
+
 def _why(cfg, stats) -> str:
     reasons = "; ".join(f"{n}x {r}" for r, n in stats["drop_reasons"].items()) or "no reason recorded"
     return (f"{stats['dropped_too_short']} candidate documents could not reach {cfg.target_length} tokens "
@@ -614,9 +629,10 @@ def summary(manifest: dict) -> str:
                      f"{q['groups_of_one_document']} single-document and {q['groups_too_small']} too-small groups unused)")
     if s.get("litelong"):
         t = s["litelong"]
-        lines.append(f"  litelong: {t['contexts']} samples from {t['topics']} topics ({t['topics_short_of_target']} "
-                     f"dropped: matching documents short of the target length, {t['topics_without_match']} of them "
-                     f"matching none); {t['documents_distinct']} distinct documents")
+        # of the units stage, before --num-samples: "contexts", not samples written
+        lines.append(f"  litelong: {t['contexts']} of {t['topics']} topics retrieve documents that fill the target "
+                     f"length ({t['topics_short_of_target']} fall short, {t['topics_without_match']} of them matching "
+                     f"no document); {t['documents_distinct']} distinct documents in their contexts")
     if s.get("near_duplicate_candidates_rejected") is not None:
         lines.append(f"  near-copies refused as negatives: {s['near_duplicate_candidates_rejected']}; "
                      f"already long (no negatives): {s.get('already_long', 0)}; anchor meta-chunks after the cut: "

@@ -20,7 +20,7 @@ from ..atomic import atomic_path as _atomic_path
 from ..untrusted import whole
 from .artifacts import (CHUNKS_FILE, DEFAULT_EMBEDDER_SPEC, EMBEDDINGS_FILE, NO_SEPARATOR, STORE_DIR, blank_chunks,
                         blank_documents, check_part_rows, chunk_texts, document_texts, empty_chunks,
-                        load_stage_embedder, load_store, open_vectors, ready_embedder, recorded_rows,
+                        iter_document_texts, load_stage_embedder, load_store, open_vectors, ready_embedder, recorded_rows,
                         save_blanks, tokenizer_identity)
 from .batches import (assemble_batch, blas_threads, chunk_batch, plan_groups_batch, plan_knn_batch,
                       plan_nextlong_batch)
@@ -468,7 +468,7 @@ class UnitsStage(WholeStage):
                               "group_key": pa.array(group_keys, pa.string())})
         elif self.method == "litelong":
             groups, group_keys, counts["litelong"] = litelong_contexts(
-                document_texts(chunks_dir, store), self.topics, doc_lengths(store, NO_SEPARATOR.size),
+                iter_document_texts(chunks_dir, store), self.topics, doc_lengths(store, NO_SEPARATOR.size),
                 self.target_length, exclude=blank, threads=self.threads or ctx.threads or 0)
             units = pa.table({"docs": pa.array(groups, pa.list_(pa.int64())),
                               "group_key": pa.array(group_keys, pa.string())})
