@@ -311,7 +311,8 @@ def test_topics_that_are_not_a_file_name_are_a_usage_error(tmp_path, topics):
     from nextlong import synthesize
     from nextlong.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"--topics must name a topics file \(a path\), got "):
+    expected = r"--topics must name a topics file \(a path\), got " if topics == "" else r"topics must be a string, got "
+    with pytest.raises(UsageError, match=expected):
         synthesize(tmp_path / "docs.jsonl", tmp_path / "out", topics=topics, **SETTINGS)
 
 
