@@ -227,3 +227,20 @@ def test_a_non_finite_weight_at_an_ignored_position_stays_out_of_the_trainer_pat
     got = model(input_ids=ids, labels=labels, token_weights=weights, num_items_in_batch=20).loss
     want = model(input_ids=ids, labels=labels, token_weights=clean, num_items_in_batch=20).loss
     assert torch.isfinite(got) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("items", [None, 20, torch.tensor(20)], ids=["mean", "trainer-int", "trainer-tensor"])
+def test_a_negative_weight_is_refused_with_or_without_num_items_in_batch(items):
+    """The Trainer path (num_items_in_batch) scales the weights to mean 1 by dividing by their sum: a negative
+    weight made that sum stop counting tokens (0 or below: the rescale was skipped in silence; above: a scale
+    off by the negatives), where the plain mean refused it (kernel attack). Both refuse it now; one at an
+    ignored position stays out."""
+    model = patch_causal_lm(tiny_llama(), backend="torch")
+    ids, labels = batch()
+    weights = torch.rand(ids.shape, generator=torch.Generator().manual_seed(4))
+    weights[0, 8] = -1.0  # predicts labels[0, 9], a target
+    with pytest.raises(ValueError, match="token_weights must be >= 0"):
+        model(input_ids=ids, labels=labels, token_weights=weights, num_items_in_batch=items)
+    weights[0, 8] = 0.5
+    weights[1, 1] = -1.0  # predicts labels[1, 2], which is ignored
+    assert torch.isfinite(model(input_ids=ids, labels=labels, token_weights=weights, num_items_in_batch=items).loss)

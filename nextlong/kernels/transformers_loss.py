@@ -23,7 +23,8 @@ aligned with ``shift_labels`` and are not shifted), and ``num_items_in_batch`` (
 ``Trainer`` passes on every step: the target tokens of the whole accumulated batch) switches to
 ``sum / num_items_in_batch``. With ``token_weights`` too, the weights are first scaled to mean 1
 over the call's target tokens, so the step still averages ``sum w*CE / sum w`` (exactly when every
-micro-batch has the same mean weight) instead of growing with the weights' scale.
+micro-batch has the same mean weight) instead of growing with the weights' scale; as that mean, a negative
+weight at a target token is refused (ValueError), with or without ``num_items_in_batch``.
 
 The patch assumes the model's logits are ``lm_head(last hidden state)``, then at most a scale and a
 soft-cap. It applies a config's ``final_logit_softcapping`` (Gemma-2) and the logit scale of the
@@ -65,7 +66,8 @@ def causal_lm_loss(
 
     ``options`` are passed to :func:`fused_linear_cross_entropy` (label_smoothing, z_loss,
     logit_softcap, backend, chunk_size). With ``num_items_in_batch`` the loss is
-    ``sum_t w_t * loss_t / num_items_in_batch``, otherwise the weighted mean.
+    ``sum_t w_t * loss_t / num_items_in_batch`` (``w`` scaled to mean 1 over the targets), otherwise the weighted
+    mean; either way a negative weight at a target is refused.
     """
     if shift_labels is None:
         if labels is None:
@@ -74,17 +76,18 @@ def causal_lm_loss(
         if token_weights is not None:
             token_weights = shift_for_causal_lm(token_weights, fill=0.0)
     shift_labels = shift_labels.to(hidden_states.device)
-    reduction = "mean" if num_items_in_batch is None else "sum"
+    reduction, count = "mean" if num_items_in_batch is None else "sum", None
     if token_weights is not None and num_items_in_batch is not None:
-        # Trainer divides by the accumulated token count: weights of mean 1 keep the weighted mean's scale
-        valid = shift_labels != ignore_index
-        # where(), not a product: a NaN or inf weight at an ignored position (0/0 scores at padding) stays out
-        token_weights = torch.where(valid, token_weights.to(hidden_states.device).float(), 0.0)
-        total = token_weights.sum()
-        token_weights = token_weights * (valid.sum() / torch.where(total > 0, total, torch.ones_like(total)))
+        # Trainer divides by the accumulated token count: weights of mean 1 over the call's targets keep the
+        # weighted mean's scale, sum(w*CE) * count / sum(w) = the weighted mean times the count. The "mean" also
+        # refuses a negative weight (its divisor sum(w) would stop counting tokens) in the host sync that checks
+        # the labels: no second sync per step
+        reduction, count = "mean", (shift_labels != ignore_index).sum()
     loss = fused_linear_cross_entropy(
         hidden_states, lm_head.weight, shift_labels, bias=lm_head.bias,
         token_weights=token_weights, ignore_index=ignore_index, reduction=reduction, **options)
+    if count is not None:
+        loss = loss * count
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
