@@ -90,9 +90,9 @@ def main(argv=None) -> dict:
         corpus = write_jsonl(tmp / "docs.jsonl", docs)
         pairs = {}
         for method in ("quest", "standard"):
-            # the lexical embedder only feeds the manifest's statistics here; neither method uses it to choose
-            synthesize(corpus, tmp / method, method=method, target_length=args.target_length,
-                       embedder="hashed-tfidf:256", id_field="id", seed=args.seed, progress=False)
+            # neither method embeds the corpus (an --embedder given to them is refused)
+            synthesize(corpus, tmp / method, method=method, target_length=args.target_length, id_field="id",
+                       seed=args.seed, progress=False)
             pairs[method], keys = adjacent_pairs(tmp / method)
             if method == "quest":
                 shared = sum(k is not None and k in words_of[a] and k in words_of[b]

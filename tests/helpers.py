@@ -96,6 +96,14 @@ def repeated_id_corpus(path):
     return write_jsonl(path, docs), docs[2][0]
 
 
+def read_by(method: str, settings: dict) -> dict:
+    """`settings` less those `method` does not read (a shared FAST dict's embedder, for standard): given to it, they
+    are a usage error (synthesis/config.py METHOD_SETTINGS)."""
+    from nextlong.synthesis.config import METHOD_SETTINGS
+
+    return {k: v for k, v in settings.items() if method in METHOD_SETTINGS.get(k, (method,))}
+
+
 RECORD_FAST = dict(embedder="hashed-tfidf:64", chunk_size=512, target_length=2048, progress=False)
 
 

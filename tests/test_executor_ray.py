@@ -27,7 +27,7 @@ from nextlong.synthesis.executors import ray as executor_ray  # noqa: E402
 from nextlong.synthesis.executors.ray import RayClusterError, RayExecutor  # noqa: E402
 from nextlong.synthesis.framework import (DONE_FILE, MapStage, Pipeline, ReadCorpus, WholeStage,  # noqa: E402
                                       block_path, block_record_path, input_blocks, read_done)
-from tests.helpers import corpus_head, free_port, repeated_id_corpus, write_jsonl  # noqa: E402
+from tests.helpers import corpus_head, free_port, read_by, repeated_id_corpus, write_jsonl  # noqa: E402
 
 L = 2048
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, target_length=L, shard_size=8, progress=False)
@@ -90,7 +90,7 @@ def test_local_and_ray_outputs_are_byte_identical(ray_session, corpus, tmp_path,
     assert {k: everything_local[k] for k in common} == {k: everything_ray[k] for k in common}
     assert read_done(tmp_path / "ray" / "chunk" / DONE_FILE)["counts"]["splits"] == 5
     # standard's carry packing (units of chunk groups) gives the same bytes too
-    std = {name: synthesize(corpus, tmp_path / f"standard-{name}", method="standard", **FAST, **kw)
+    std = {name: synthesize(corpus, tmp_path / f"standard-{name}", method="standard", **read_by("standard", FAST), **kw)
            for name, kw in (("local", {}), ("ray", {"executor": "ray"}))}
     assert file_hashes(tmp_path / "standard-local" / "data") == file_hashes(tmp_path / "standard-ray" / "data")
     assert counts(std["local"]) == counts(std["ray"]) and std["ray"]["statistics"]["documents_built"] > 20
@@ -121,7 +121,7 @@ def test_litelong_gives_the_same_bytes_on_ray(ray_session, corpus, tmp_path):
     topics.write_text("regular expression pattern\nthread lock\nfile path directory\nsocket network address\n"
                       "date time zone\nzzzz no such word\n")
     runs = {name: synthesize(corpus, tmp_path / name, method="litelong", topics=str(topics),
-                             **dict(FAST, shard_size=2), **kw)
+                             **read_by("litelong", dict(FAST, shard_size=2)), **kw)
             for name, kw in (("local", {}), ("ray", {"executor": "ray"}))}
     local, ray = file_hashes(tmp_path / "local"), file_hashes(tmp_path / "ray")
     assert {"units/part-00000.parquet", "units/part-00001.parquet", "data/part-00001.parquet"} <= set(local)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.synthesis.writers import mds_available
-from tests.helpers import corpus_head, get_tokenizer, write_jsonl
+from tests.helpers import corpus_head, get_tokenizer, read_by, write_jsonl
 
 
 L = 1024
@@ -111,7 +111,7 @@ def test_mds_document_spans_merge_runs_of_one_source_document(corpus, tmp_path):
     from nextlong import synthesize
     from nextlong.mds import read_mds
 
-    synthesize(corpus, tmp_path / "d", format="mds", method="standard", attention_spans="document", **FAST)
+    synthesize(corpus, tmp_path / "d", format="mds", method="standard", attention_spans="document", **read_by("standard", FAST))
     table = pq.read_table(tmp_path / "d" / "data").to_pylist()
     merged_somewhere = False
     for sample, row in zip(read_mds(tmp_path / "d" / "mds"), table):
@@ -129,7 +129,7 @@ def test_nextlong_with_document_spans_warns_that_it_blocks_the_method(corpus, tm
     from nextlong import synthesize
     from nextlong.train import train
 
-    synthesize(corpus, tmp_path / "std", format="mds", method="standard", attention_spans="document", **FAST)
+    synthesize(corpus, tmp_path / "std", format="mds", method="standard", attention_spans="document", **read_by("standard", FAST))
     assert "blocked" not in capsys.readouterr().err
     out = tmp_path / "nl"
     synthesize(corpus, out, format="mds", method="nextlong", attention_spans="document", **FAST)
@@ -232,7 +232,7 @@ def test_mds_reads_back_in_streaming_dataset(corpus, tmp_path):
 
     from nextlong import synthesize
 
-    synthesize(corpus, tmp_path / "m", format="mds", method="standard", attention_spans="document", **FAST)
+    synthesize(corpus, tmp_path / "m", format="mds", method="standard", attention_spans="document", **read_by("standard", FAST))
     table = pq.read_table(tmp_path / "m" / "data").to_pylist()
     ds = StreamingDataset(local=str(tmp_path / "m" / "mds"), shuffle=False, batch_size=1)
     assert len(ds) == len(table)

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nextlong.errors import NextlongError, StageMismatchError
+from nextlong.errors import NextlongError, StageMismatchError, UsageError
 from nextlong.synthesis.baselines import litelong_contexts
 from nextlong.synthesis.topics import read_topics
 from tests.helpers import assert_one_line_error, run_cli, write_jsonl
@@ -233,8 +233,9 @@ def test_another_topics_file_is_not_served_from_the_cached_stage(tmp_path):
 
 
 def test_settings_litelong_does_not_use_remake_nothing(tmp_path):
-    """LiteLong draws nothing at random and reads no keyword: --seed, --quest-keywords or --quest-max-repeats
-    changed on a finished folder serve it as it is (they were refused as other settings of the units stage)."""
+    """LiteLong draws nothing at random and reads no keyword: --seed changed on a finished folder serves it as it is
+    (it was refused as other settings of the units stage); --quest-keywords and --quest-max-repeats, which it never
+    reads, are refused before any work (config.METHOD_SETTINGS)."""
     from nextlong import synthesize
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs())
@@ -242,8 +243,11 @@ def test_settings_litelong_does_not_use_remake_nothing(tmp_path):
     synthesize(corpus, out, topics=topics, **SETTINGS)
     record = out / "units" / "_done.json"
     written = record.stat().st_mtime_ns
-    synthesize(corpus, out, topics=topics, seed=5, quest_keywords=7, quest_max_repeats=2, **SETTINGS)
+    synthesize(corpus, out, topics=topics, seed=5, **SETTINGS)
     assert record.stat().st_mtime_ns == written
+    for unread in ({"quest_keywords": 7}, {"quest_max_repeats": 2}):
+        with pytest.raises(UsageError, match="is not read by --method litelong: it works with --method quest"):
+            synthesize(corpus, out, topics=topics, **unread, **SETTINGS)
 
 
 def test_the_other_methods_record_no_topics():

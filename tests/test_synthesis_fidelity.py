@@ -17,7 +17,7 @@ from nextlong.synthesis.demo import iter_stdlib_documents
 from nextlong.synthesis.neardup import NearDupFilter, fast_shingle_set, jaccard, shingle_set
 from nextlong.synthesis.negatives import plan_anchor
 from nextlong.synthesis.store import ChunkStore
-from tests.helpers import near_copy_rate, reference_jaccard
+from tests.helpers import near_copy_rate, read_by, reference_jaccard
 
 FAST = dict(embedder="hashed-tfidf:256", chunk_size=512, progress=False)
 
@@ -310,7 +310,7 @@ def test_dedup_corpus_serves_the_baselines_too(injected, tmp_path, method):
 
     out = tmp_path / method
     manifest = synthesize(injected, out, method=method, dedup_corpus=True, id_field="id",
-                          **dict(FAST, target_length=2048, num_samples=8))
+                          **read_by(method, dict(FAST, target_length=2048, num_samples=8)))
     removed = np.load(out / "dedup" / "removed_docs.npy")
     store = ChunkStore.load(out / "chunks" / "store")
     assert manifest["statistics"]["documents_removed_as_near_duplicates"] == int(removed.sum()) > 0

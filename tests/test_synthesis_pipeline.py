@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nextlong.errors import NextlongError, StageMismatchError
-from tests.helpers import corpus_head, get_tokenizer, repeated_id_corpus, write_jsonl
+from tests.helpers import corpus_head, get_tokenizer, read_by, repeated_id_corpus, write_jsonl
 
 
 L = 2048
@@ -104,7 +104,7 @@ def test_all_methods_produce_valid_output(corpus, tmp_path, method):
     from nextlong import synthesize
 
     out = tmp_path / method
-    manifest = synthesize(corpus, out, method=method, num_samples=4, **FAST)
+    manifest = synthesize(corpus, out, method=method, num_samples=4, **read_by(method, FAST))
     table = check_invariants(out, method, get_tokenizer())
     assert table.num_rows == 4
     stats = manifest["statistics"]
@@ -133,7 +133,7 @@ def test_stream_baselines_carry_the_rest_of_a_document_into_the_next_row(corpus,
     rows = {}
     for overflow in ("carry", "drop"):
         out = tmp_path / overflow
-        manifest = synthesize(corpus, out, method=method, overflow=overflow, **FAST)
+        manifest = synthesize(corpus, out, method=method, overflow=overflow, **read_by(method, FAST))
         table = check_invariants(out, method, get_tokenizer())
         rows[overflow] = table.to_pylist()
         used = {(s["doc_id"], s["chunk_index"]) for row in rows[overflow] for s in row["segments"]}
@@ -209,7 +209,7 @@ def test_a_row_is_the_tokenization_of_its_own_text(corpus, tmp_path, method):
     from nextlong import synthesize
 
     tok = get_tokenizer()
-    synthesize(corpus, tmp_path / method, method=method, negatives="fill", num_samples=3, **FAST)
+    synthesize(corpus, tmp_path / method, method=method, num_samples=3, **read_by(method, dict(FAST, negatives="fill")))
     for ids in read_output(tmp_path / method).column("input_ids").to_pylist():
         again = tok.encode_ordinary(tok.decode(ids)).tolist()
         assert again[:L - 2] == ids[:L - 2]  # the last piece is cut mid-text: its last token may differ
@@ -399,7 +399,7 @@ def test_too_small_corpus_is_a_clear_error(tmp_path):
     corpus = write_jsonl(tmp_path / "tiny.jsonl", corpus_head(250_000)[:3])
     for method in ("nextlong", "standard"):
         with pytest.raises(NextlongError, match=r"built 0 long documents .* 3 documents"):
-            synthesize(corpus, tmp_path / method, method=method, **dict(FAST, target_length=1_000_000))
+            synthesize(corpus, tmp_path / method, method=method, **read_by(method, dict(FAST, target_length=1_000_000)))
 
 
 def test_missing_corpus_and_bad_settings(tmp_path):
@@ -650,8 +650,8 @@ def test_removing_data_lets_one_folder_serve_other_methods_and_seeds(corpus, tmp
         synthesize(corpus, out, num_samples=2, seed=9, **FAST)
     for method, seed in (("nextlong", 9), ("knn", 0), ("standard", 0)):
         shutil.rmtree(out / "data")
-        synthesize(corpus, out, num_samples=2, seed=seed, method=method, **FAST)
-        synthesize(corpus, tmp_path / f"fresh-{method}", num_samples=2, seed=seed, method=method, **FAST)
+        synthesize(corpus, out, num_samples=2, seed=seed, method=method, **read_by(method, FAST))
+        synthesize(corpus, tmp_path / f"fresh-{method}", num_samples=2, seed=seed, method=method, **read_by(method, FAST))
         assert _files(out) == _files(tmp_path / f"fresh-{method}")
     assert (out / "chunks" / "chunks.parquet").stat().st_mtime_ns == chunks_time
 
@@ -672,7 +672,7 @@ def test_no_row_is_built_from_a_blank_document(tmp_path, method, monkeypatch):
         docs.insert(3 + 11 * i, (doc_id, text))
     corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
     out = tmp_path / method
-    manifest = synthesize(corpus, out, method=method, num_samples=3, id_field="id", **FAST)
+    manifest = synthesize(corpus, out, method=method, num_samples=3, id_field="id", **read_by(method, FAST))
     stats = manifest["statistics"]
     assert stats["blank_documents_skipped"] == len(blank) and stats["corpus_documents"] == len(docs)
     store_ids = set(pq.read_table(out / "chunks" / "chunks.parquet", columns=["doc_id"]).column("doc_id").to_pylist())
@@ -789,7 +789,7 @@ def test_a_family_of_near_copies_larger_than_a_sketch_group_is_still_refused(tmp
     assert negatives > 1000
     only = [(f"o{i}", LICENSE.format(year=1700 + i)) for i in range(300)] + list(corpus_head(60_000))
     manifest = synthesize(write_jsonl(tmp_path / "only.jsonl", only), tmp_path / "dedup", id_field="id",
-                          method="standard", dedup_corpus=True, num_samples=1, **dict(FAST, chunk_size=256))
+                          method="standard", dedup_corpus=True, num_samples=1, **read_by("standard", dict(FAST, chunk_size=256)))
     assert manifest["statistics"]["documents_removed_as_near_duplicates"] == 299
 
 
@@ -908,7 +908,7 @@ def test_a_folder_made_before_a_setting_existed_is_told_so(corpus, tmp_path):
     from nextlong.synthesis.framework import DONE_FILE
 
     out = tmp_path / "standard"
-    synthesize_kwargs = dict(method="standard", num_samples=2, **FAST)
+    synthesize_kwargs = dict(method="standard", num_samples=2, **read_by("standard", FAST))
     synthesize(corpus, out, **synthesize_kwargs)
     record = json.loads((out / "units" / DONE_FILE).read_text())
     del record["settings"]["overflow"]  # as the units stage recorded it before 2026-12-07

@@ -30,6 +30,20 @@ MINING = ("hnsw", "partitioned")  # how negatives are found above the exact-sear
 
 MAX_TARGET_LENGTH = (1 << 31) - 1  # token positions (segment and span offsets) stay 32-bit
 
+# the settings only some methods read -> those methods. Given (away from its default) with another method, one could
+# not change the run: it ran in silence (--index of no folder too), and where the plan or units stage records it a
+# later change refused a rerun as "other settings". `unread_setting` refuses it in one line before any work
+METHOD_SETTINGS = {
+    "index": EMBEDDING_METHODS, "embedder": EMBEDDING_METHODS,
+    "negatives": ("nextlong",), "overshoot": ("nextlong",), "chars_per_token": ("nextlong",),
+    "k_rounding": ("nextlong",), "long_docs": ("nextlong",), "max_candidates": ("nextlong",),
+    "exclude_duplicates": ("nextlong",), "reproducible_index": ("nextlong",), "index_shards": ("nextlong",),
+    "knn_neighbors": ("knn", "iclm"), "doc_embedding": ("knn", "iclm"),
+    "quest_keywords": ("quest",), "quest_max_repeats": ("quest",), "overflow": ("standard", "iclm"),
+}
+PARTITIONED_SETTINGS = ("partitions", "nprobe", "neighbours", "mining_block_rows")  # read by --mining partitioned only
+PYTHON_ONLY_SETTINGS = ("max_candidates", "exclude_duplicates")  # no option of the CLI: named as fields
+
 
 @dataclass
 class SynthesisConfig:
@@ -188,6 +202,8 @@ class SynthesisConfig:
             bad(f"--embed-actors must be positive, got {self.embed_actors}")
         if self.executor != "ray" and (self.ray_address is not None or self.embed_gpus or self.embed_actors):
             bad("--ray-address, --embed-gpus and --embed-actors work with --executor ray")
+        if problem := unread_setting(self):
+            bad(problem)
         if self.corpus is None:
             bad("no corpus: give --corpus PATH (or --demo)")
 
@@ -216,6 +232,27 @@ class SynthesisConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+
+def unread_setting(cfg: SynthesisConfig) -> str | None:
+    """The usage error of a setting given (away from its default) with a method that does not read it, or None:
+    `--index does-not-exist --method quest` ran quest in silence."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name, methods in METHOD_SETTINGS.items():
+        if cfg.method not in methods and getattr(cfg, name) != defaults[name]:
+            flag = name if name in PYTHON_ONLY_SETTINGS else "--" + name.replace("_", "-")
+            used = " or ".join(", ".join(methods).rsplit(", ", 1))
+            return f"{flag} is not read by --method {cfg.method}: it works with --method {used} (leave it out)"
+    if cfg.index is not None and (cfg.reproducible_index or cfg.index_shards > 1):
+        return ("--reproducible-index and --index-shards build the HNSW index: leave them out with --index (a "
+                "prebuilt index is searched as it is)")
+    if cfg.mining != "partitioned" and any(getattr(cfg, n) != defaults[n] for n in PARTITIONED_SETTINGS):
+        return (f"--partitions, --nprobe, --neighbours and mining_block_rows are settings of --mining partitioned: "
+                f"leave them out with --mining {cfg.mining}")
+    if cfg.method != "nextlong" and not cfg.dedup_corpus and cfg.near_dup_threshold != defaults["near_dup_threshold"]:
+        return (f"--near-dup-threshold is not read by --method {cfg.method} without --dedup-corpus: it keeps "
+                "near-copies out of NExtLong's negatives, and sets the threshold of --dedup-corpus (leave it out)")
+    return None
 
 
 def api_config(cls, **settings):
