@@ -909,8 +909,8 @@ def blocks_seconds(stage_dir, blocks: Iterable[int]) -> float | None:
 
 def stage_seconds(stage_dir) -> float | None:
     """What a stage's output took to make, as recorded when it was made, whichever runs made it: its record's
-    `seconds` (a whole stage's build; a map stage's blocks summed), or, for map stages that a `--num-samples`
-    cut stopped before their record, the blocks they finished. None: not recorded (records written before
+    `seconds` (a whole stage's build; a map stage's `made_seconds`), or, for map stages that a `--num-samples`
+    cut stopped before their record, the seconds of the blocks they finished. None: not recorded (records written before
     they kept seconds), never a made-up 0."""
     stage_dir = Path(stage_dir)
     record = read_done(stage_dir / DONE_FILE)
@@ -1006,9 +1006,9 @@ class Executor:
 
         def context(stage):
             return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
-                                threads=self.threads, run=run, started=t0)
+                                threads=self.threads, run=token, started=t0)
 
-        run = uuid.uuid4().hex[:16]  # names the block records this run writes (`made_seconds`)
+        token = uuid.uuid4().hex[:16]  # names the block records this run writes (`made_seconds`)
 
         # this run's wall time per stage (a map chain's time goes to its last stage; a cached stage's is the
         # time to find it done); what the stage took to make, whichever run made it, is `stage_seconds`
