@@ -121,3 +121,15 @@ def test_stages_recorded_before_they_kept_seconds_are_not_recorded_and_not_redon
     text = summary(again)
     assert "near_dup_graph not recorded" in text and "total not recorded" in text
     assert "  this run: " in text
+
+
+@pytest.mark.parametrize("seconds", ["1.5", -1.0, float("nan"), float("inf"), 1e300, True, [1.0], None])
+def test_crafted_seconds_in_a_record_are_not_recorded(tmp_path, seconds):
+    """A record is as untrusted as its folder: seconds that are not a finite non-negative number read as not
+    recorded, never a traceback or a number copied into manifest.json (1e300 + 1e300 would be inf)."""
+    from nextlong.synthesis.framework import DONE_FILE, stage_seconds, write_done
+
+    write_done(tmp_path / "s" / DONE_FILE, stage="s", fingerprint="f", seconds=seconds)
+    assert stage_seconds(tmp_path / "s") is None
+    write_done(tmp_path / "s" / DONE_FILE, stage="s", fingerprint="f", seconds=2.5)
+    assert stage_seconds(tmp_path / "s") == 2.5

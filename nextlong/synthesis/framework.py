@@ -890,7 +890,7 @@ def _recorded_seconds(record: dict | None) -> float | None:
     """A record's `seconds` when it is a finite non-negative number (the record is as untrusted as its folder),
     else None: not recorded (a nextlong before records kept them wrote it)."""
     value = (record or {}).get("seconds")
-    if type(value) not in (int, float) or not 0 <= value < math.inf:
+    if type(value) not in (int, float) or not 0 <= value <= MAX_COUNT:  # NaN fails too; their sums stay finite
         return None
     return float(value)
 
