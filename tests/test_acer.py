@@ -349,6 +349,20 @@ def test_manifest(base, files):
     assert (base[0] / st["tokenizer_copy"]).read_bytes() == files["tokenizer"].read_bytes()
 
 
+def test_a_cached_rerun_keeps_what_the_samples_cost(files, base, tmp_path):
+    """A rerun into a finished folder wrote its own 0.0 s for every whole stage (chunk, embed, index) and its own
+    total into statistics.seconds: the manifest no longer said what the samples cost."""
+    import shutil
+
+    shutil.copytree(base[0], tmp_path / "out", symlinks=True)
+    first = base[1]["statistics"]
+    s = acer(files, tmp_path / "out")["statistics"]
+    assert {k: v for k, v in s["seconds"].items() if k not in ("write_format", "total")} == \
+        {k: v for k, v in first["seconds"].items() if k not in ("write_format", "total")}
+    assert s["seconds_this_run"]["total"] < first["seconds"]["total"] / 2 and s["seconds"]["total"] is not None
+    assert s["seconds_per_sample"] >= first["seconds_per_sample"] / 2
+
+
 def test_repeated_document_ids_are_counted_and_warned_once(files, tmp_path, capsys):
     """As `nextlong synthesize` (the same count over the chunk store): kept, counted, one warning line naming the
     file and line of the first repeat, shown under --quiet (progress=False) too."""
@@ -1366,17 +1380,18 @@ def test_context_pieces_tokenize_a_chunk_with_its_separator():
 
 
 def test_the_summary_tells_recorded_work_from_this_runs_time():
-    """On a fully cached rerun the LM lines are the earlier run's work (the blocks' records) while `total` is
-    this run's: the summary printed them side by side as if all ran now ("rank: 1024 LM calls, 2.0 s" next to
-    "total 0.0")."""
+    """On a fully cached rerun the LM lines and the stages' seconds are the earlier run's work (the records) and
+    `seconds_this_run` is this run's: the summary printed them side by side as if all ran now ("rank: 1024 LM
+    calls, 2.0 s" next to "total 0.0"); it says which is which."""
     from nextlong.synthesis.acer.pipeline import summary
 
     stats = {"samples": 4, "corpus_documents": 2, "corpus_chunks": 9, "questions": 4, "retrieved_chunks_mean": 3,
              "lm": {"rank": {"calls": 1024, "prompt_tokens": 208828, "generated_tokens": 0, "seconds": 2.0}},
-             "seconds": {"chunk": 0.01, "rank": 2.0, "read": 1.5, "total": 0.04}}
+             "seconds": {"chunk": 0.01, "rank": 2.0, "read": 1.5, "total": 3.55}, "seconds_this_run": {"total": 0.04}}
     settings = {"target_length": 4096, "out": "o", "chunk_tokens": 256, "question_source": {"source": "file"},
                 "retriever": "bm25", "ranker": "lm", "read": 3}
     text = summary({"statistics": stats, "settings": settings})
     assert "LM work behind these samples (as recorded when each block was computed, in this run or an earlier " \
         "one):\n    rank: 1024 LM calls" in text
-    assert "rank 2.0, read 1.5\n  this run: 0.0 s in all" in text and "total" not in text
+    assert ("seconds to make the data: chunk 0.0, rank 2.0, read 1.5, total 3.5\n  this run: 0.04 s in all (stages "
+            "made in earlier runs were reused)") in text

@@ -53,7 +53,7 @@ def file_hashes(folder: Path, pattern: str = "*") -> dict[str, str]:
 
 def counts(manifest: dict) -> dict:
     s = dict(manifest["statistics"])
-    for volatile in ("seconds", "output_tokens_per_s"):
+    for volatile in ("seconds", "seconds_this_run", "output_tokens_per_s"):
         s.pop(volatile, None)
     return s
 

@@ -54,6 +54,48 @@ def run_stages(pipeline, executor, *, command: str, cfg, fps: dict | None = None
     return fps, record
 
 
+def made_seconds(pipeline, groups: dict, fallback: Callable[[str], float | None] | None = None) -> dict:
+    """{timing group (`groups[stage]`, else the stage's name): what its stages took to make, as their records
+    keep it (framework.stage_seconds: whichever runs made them), summed}, "chunk" first; a group with a
+    stage whose record keeps no seconds (written before records kept them) is None, "not recorded", unless
+    `fallback(stage name)` has a number for it."""
+    from .framework import stage_seconds
+
+    made: dict = {"chunk": 0.0}
+    for stage in pipeline.stages:
+        if stage.kind == "read" or stage.name in pipeline.external:
+            continue
+        group = groups.get(stage.name, stage.name)
+        seconds = stage_seconds(pipeline.root / stage.name)
+        if seconds is None and fallback is not None:
+            seconds = fallback(stage.name)
+        made[group] = None if seconds is None or made.get(group, 0.0) is None else made.get(group, 0.0) + seconds
+    return made
+
+
+def made_total(made: dict, write_format: float, outside: float) -> dict:
+    """statistics.seconds: `made` (made_seconds) with this run's `write_format`, and the "total" the data took:
+    the stages' seconds as recorded plus this run's `outside` them (its statistics and format, which every run
+    redoes; write_format included); None when a stage's are not recorded."""
+    stages = list(made.values())
+    made = dict(made, write_format=write_format, total=None if None in stages else sum(stages) + outside)
+    return {k: None if v is None else round(v, 3) for k, v in made.items()}
+
+
+def seconds_lines(s: dict) -> list[str]:
+    """The summary's timing lines: what the data took to make (stages as recorded when made, whichever run made
+    them), then this run's own seconds when they differ (a rerun that found its stages done, a resumed one)."""
+    made, here = s.get("seconds") or {}, s.get("seconds_this_run") or {}
+    if not made:
+        return []
+    lines = ["  seconds to make the data: " + ", ".join(f"{k} " + ("not recorded" if v is None else f"{v:.1f}")
+                                                     for k, v in made.items())]
+    total, total_here = made.get("total"), here.get("total")
+    if total_here is not None and (total is None or abs(total - total_here) > 0.05 + 0.05 * total_here):
+        lines.append(f"  this run: {total_here:.2f} s in all (stages made in earlier runs were reused)")
+    return lines
+
+
 DERIVED_FORMATS = ("jsonl", "mds")  # OUT/<name>, written from OUT/data at the end of a run
 
 

@@ -25,7 +25,7 @@ never fields. A setting added to a stage later is declared with `added_setting(d
 it stays out of the fingerprint, so folders recorded before it existed are not redone.
 
 The one completion record (`_done.json`, see `write_done` / `is_done`):
-    {"stage", "fingerprint", "settings", "counts", "finished"}
+    {"stage", "fingerprint", "settings", "counts", "finished", "seconds"}
 written atomically and LAST, after every file it vouches for. Nothing else in a work folder says "done"
 (outside synthesis, a run's end is its manifest's last write, nextlong.manifest; a checkpoint's, its
 folder renamed into place; an evaluation sample's, its journal line). The same
@@ -70,6 +70,12 @@ Executor protocol (`Executor.run(pipeline)`; nextlong/synthesis/executors/local.
    a block is done only by its record, and a damaged spill only costs the rows it held.
 6. Counts. Block records carry `stage.count(output_block)`; the stage record carries the sum of its
    blocks' counts (map stage) or what `build` returned (whole stage). The manifest reads them.
+   Seconds. A block record keeps the seconds its worker spent on the block (reading, mapping, writing; the
+   first block a worker makes also its setup) and the token of the run that made it (`run`); a stage
+   record keeps what the stage took to make: a whole stage's build, a map stage's wall time in the run
+   that finished it plus the seconds of the blocks earlier (killed) runs made (`made_seconds`). They are
+   never settings (no fingerprint covers them); the manifest reads them (`stage_seconds`), so a rerun that
+   finds its stages done still says what they cost. Records of an older nextlong keep none: not recorded.
 7. Cut. A `WholeStage` with `cut_rows` set (the `--num-samples` cut, stage `data`) reads the blocks of
    its input in block order and keeps the first `cut_rows` rows. An executor MAY therefore stop the
    chain of map stages that feeds it once the first blocks hold `cut_rows` rows (the local executor
@@ -455,6 +461,10 @@ class StageContext:
     rebuild: bool = False
     progress: bool = True
     threads: int | None = None  # executor hint: a CPU stage may use this many threads
+    # set by Executor.run: the run's token, which the block records it writes carry (`run`), and when it began
+    # this stage (time.perf_counter(), on the driver): what the stage record's `seconds` are measured from
+    run: str | None = None
+    started: float | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -510,12 +520,17 @@ def map_chain(stages: list, i: int) -> tuple[list, int, int | None]:
     return chain, j, cut
 
 
-def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
+def map_block(contexts: list, j: int, on_error: Callable | None = None, since: float | None = None) -> int:
     """Block j through a chain of map stages (contexts in chain order, each set up): a stage whose block j
     is done is skipped, the next one reads that part from disk; an empty input block maps to an empty
     block. Returns the last stage's rows for block j. `on_error(exc, ctx)` turns a stage's exception into
-    the one to raise (the Ray executor names the stage and the block); without it, it is raised as is."""
+    the one to raise (the Ray executor names the stage and the block); without it, it is raised as is.
+    Each block record keeps the seconds its stage spent on the block (`stage_seconds` sums them), the first
+    one computed also those since `since` (time.perf_counter(): the stages' setup, paid once per worker)."""
+    import time
+
     table = None  # the previous stage's output block, once read or computed
+    t0 = time.perf_counter() if since is None else since
     for ctx in contexts:
         try:
             if block_done(ctx, j):
@@ -525,14 +540,15 @@ def map_block(contexts: list, j: int, on_error: Callable | None = None) -> int:
                 table = input_block(ctx, j)
             if table is None or table.num_rows == 0:
                 out = pa.table({})
-                write_block(ctx, j, out, {"rows": 0})
+                write_block(ctx, j, out, {"rows": 0}, started=t0)
             else:
                 spill = block_spill(ctx, j)
                 out = ctx.stage(table) if spill is None else ctx.stage(table, spill=spill)
-                write_block(ctx, j, out, ctx.stage.count(out))
+                write_block(ctx, j, out, ctx.stage.count(out), started=t0)
                 if spill is not None:  # after the record: a kill in between leaves a spill of a done block
                     spill.remove()
             table = out
+            t0 = time.perf_counter()
         except Exception as exc:
             if on_error is None:
                 raise
@@ -726,15 +742,21 @@ def _diff(old: dict, new: dict, stage: Stage) -> str:
 
 
 def write_part(ctx: StageContext, part: Path, record: Path, table: pa.Table, counts: dict, fingerprint: str,
-               **extra) -> None:
+               started: float | None = None, **extra) -> None:
     """Write one part of a map stage: its Parquet file (atomic; none for 0 rows), then its record (which
-    also names the stage fingerprint, so `prepare` can tell a partial stage of other settings)."""
+    also names the stage fingerprint, so `prepare` can tell a partial stage of other settings), with the
+    seconds since `started` (time.perf_counter() when the part's work began) when given."""
+    import time
+
     from .writers import write_parquet_atomic
 
     if table.num_rows:
         write_parquet_atomic(table, part, **getattr(ctx.stage, "parquet_options", {}))
     else:
         part.unlink(missing_ok=True)
+    if started is not None:
+        extra["seconds"] = round(time.perf_counter() - started, 4)
+        extra["run"] = ctx.run
     write_done(record, stage=ctx.stage.name, fingerprint=fingerprint, settings=ctx.stage.settings(), counts=counts,
                stage_fingerprint=ctx.fingerprint, **extra)
 
@@ -747,10 +769,11 @@ def part_done(part: Path, record: Path, fingerprint: str) -> dict | None:
     return done if done["counts"].get("rows", 0) == 0 or part.exists() else None
 
 
-def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, partition: Any = None) -> None:
+def write_block(ctx: StageContext, block: int, table: pa.Table, counts: dict, partition: Any = None,
+                started: float | None = None) -> None:
     """Write block `block` of a map stage (`write_part` at its block number)."""
     write_part(ctx, block_path(ctx.out_dir, block), block_record_path(ctx.out_dir, block), table, counts,
-               block_fingerprint(ctx.fingerprint, block, partition), block=block, partition=partition)
+               block_fingerprint(ctx.fingerprint, block, partition), started, block=block, partition=partition)
 
 
 def block_done(ctx: StageContext, block: int, partition: Any = None) -> bool:
@@ -796,9 +819,11 @@ def sum_counts(counts: Iterable[dict]) -> dict:
     return total
 
 
-def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = None) -> dict:
+def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = None,
+                     seconds: float | None = None) -> dict:
     """After blocks 0..num_blocks-1 are done: drop stale parts beyond them, write the stage record
-    (the blocks' counts summed, plus `extra`), and delete the blocks' spills (spill.py) a kill left."""
+    (the blocks' counts summed, plus `extra`, and `seconds`: `made_seconds`), and delete the blocks' spills
+    (spill.py) a kill left."""
     from .spill import remove_spills
 
     remove_spills(ctx.out_dir)
@@ -809,8 +834,33 @@ def finish_map_stage(ctx: StageContext, num_blocks: int, extra: dict | None = No
     counts["blocks"] = num_blocks
     counts.update(extra or {})
     write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
-               settings=ctx.stage.settings(), counts=counts)
+               settings=ctx.stage.settings(), counts=counts, seconds=seconds)
     return counts
+
+
+def made_seconds(chain: list, num_blocks: int) -> dict[str, float | None]:
+    """{stage: seconds} for map stages (contexts of one chain) whose blocks 0..num_blocks-1 are done: what
+    earlier runs' blocks took, as their records keep it (a killed run's), plus this run's wall time since
+    `started`, shared among the chain's stages in proportion to this run's blocks' seconds (workers' time: on
+    Ray's parallel actors more than the wall's, and no scheduling). None: an earlier block keeps no seconds."""
+    import time
+
+    wall = None if chain[0].started is None else time.perf_counter() - chain[0].started
+    here, earlier = {}, {}
+    for ctx in chain:
+        here[ctx.stage.name], earlier[ctx.stage.name] = 0.0, 0.0
+        for j in range(num_blocks):
+            record = read_done(block_record_path(ctx.out_dir, j))
+            seconds = _recorded_seconds(record)
+            if ctx.run is not None and (record or {}).get("run") == ctx.run:
+                here[ctx.stage.name] += seconds or 0.0
+            elif seconds is None or earlier[ctx.stage.name] is None:
+                earlier[ctx.stage.name] = None
+            else:
+                earlier[ctx.stage.name] += seconds
+    mine = sum(here.values())
+    return {name: None if earlier[name] is None else round(earlier[name] + (
+        here[name] if wall is None else wall * (here[name] / mine if mine else 1 / len(chain))), 4) for name in here}
 
 
 def finish_map_chain(todo: list, num_blocks: int, stopped: int | None) -> dict:
@@ -819,14 +869,55 @@ def finish_map_chain(todo: list, num_blocks: int, stopped: int | None) -> dict:
     after `stopped` blocks."""
     if stopped is not None and stopped < num_blocks:
         return {ctx.stage.name: {"blocks_computed": stopped} for ctx in todo}
-    return {ctx.stage.name: finish_map_stage(ctx, num_blocks) for ctx in todo}
+    seconds = made_seconds(todo, num_blocks)
+    return {ctx.stage.name: finish_map_stage(ctx, num_blocks, seconds=seconds[ctx.stage.name]) for ctx in todo}
 
 
 def finish_whole_stage(ctx: StageContext, counts: dict) -> dict:
+    """Write a built whole stage's record: its counts, its files' checksums where the stage keeps them, and
+    the seconds since `ctx.started` (its build; read back by `stage_seconds`)."""
+    import time
+
     extra = {"files": stage_files(ctx.out_dir)} if getattr(ctx.stage, "checksummed", False) else {}
+    if ctx.started is not None:
+        extra["seconds"] = round(time.perf_counter() - ctx.started, 4)
     write_done(ctx.record_path, stage=ctx.stage.name, fingerprint=ctx.fingerprint,
                settings=ctx.stage.settings(), counts=counts, **extra)
     return counts
+
+
+def _recorded_seconds(record: dict | None) -> float | None:
+    """A record's `seconds` when it is a finite non-negative number (the record is as untrusted as its folder),
+    else None: not recorded (a nextlong before records kept them wrote it)."""
+    value = (record or {}).get("seconds")
+    if type(value) not in (int, float) or not 0 <= value <= MAX_COUNT:  # NaN fails too; their sums stay finite
+        return None
+    return float(value)
+
+
+def blocks_seconds(stage_dir, blocks: Iterable[int]) -> float | None:
+    """The seconds the given blocks of a map stage took, each as recorded when it was made (in this run or an
+    earlier, killed one), summed; None when one of them has none recorded."""
+    total = 0.0
+    for j in blocks:
+        seconds = _recorded_seconds(read_done(block_record_path(stage_dir, j)))
+        if seconds is None:
+            return None
+        total += seconds
+    return total
+
+
+def stage_seconds(stage_dir) -> float | None:
+    """What a stage's output took to make, as recorded when it was made, whichever runs made it: its record's
+    `seconds` (a whole stage's build; a map stage's `made_seconds`), or, for map stages that a `--num-samples`
+    cut stopped before their record, the seconds of the blocks they finished. None: not recorded (records written before
+    they kept seconds), never a made-up 0."""
+    stage_dir = Path(stage_dir)
+    record = read_done(stage_dir / DONE_FILE)
+    if record is not None:
+        return _recorded_seconds(record)
+    numbers = block_numbers(stage_dir)
+    return blocks_seconds(stage_dir, numbers) if numbers else None
 
 
 def stage_files(directory: Path) -> dict:
@@ -906,6 +997,7 @@ class Executor:
 
     def run(self, pipeline: Pipeline, *, rebuild: bool = False, progress: bool = True) -> dict[str, dict]:
         import time
+        import uuid
 
         self.before_run(progress)
         fps = pipeline.fingerprints()
@@ -914,9 +1006,13 @@ class Executor:
 
         def context(stage):
             return StageContext(pipeline, stage, fps[stage.name], rebuild=rebuild, progress=progress,
-                                threads=self.threads)
+                                threads=self.threads, run=token, started=t0)
 
-        self.seconds: dict[str, float] = {}  # wall time per stage (a map chain's time goes to its last stage)
+        token = uuid.uuid4().hex[:16]  # names the block records this run writes (`made_seconds`)
+
+        # this run's wall time per stage (a map chain's time goes to its last stage; a cached stage's is the
+        # time to find it done); what the stage took to make, whichever run made it, is `stage_seconds`
+        self.seconds: dict[str, float] = {}
         i = 0
         while i < len(stages):
             t0 = time.perf_counter()
@@ -931,8 +1027,11 @@ class Executor:
                 results.update(self.run_chain(pipeline, fps, [context(s) for s in chain], cut))
             else:
                 ctx = context(stage)
-                results[stage.name] = (read_done(ctx.record_path)["counts"] if prepare(ctx)
-                                       else finish_whole_stage(ctx, self.build_whole(stage, ctx) or {}))
+                if prepare(ctx):
+                    results[stage.name] = read_done(ctx.record_path)["counts"]
+                else:
+                    counts = self.build_whole(stage, ctx) or {}
+                    results[stage.name] = finish_whole_stage(ctx, counts)
                 i += 1
             self.seconds[stages[i - 1].name] = time.perf_counter() - t0
         return results

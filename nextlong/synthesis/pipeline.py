@@ -31,7 +31,8 @@ from ..atomic import remove_stale_temporaries
 from ..errors import NextlongError, StageMismatchError
 from ..manifest import failure_recorded
 from .config import BLOCKED_DEPENDENCIES, EMBEDDING_METHODS, SynthesisConfig
-from .driver import check_corpus_found, keep_tokenizer_file, run_stages, thread_limit, write_format
+from .driver import (check_corpus_found, keep_tokenizer_file, made_seconds, made_total, run_stages,
+                     seconds_lines, thread_limit, write_format)
 from .executors import executor_for
 from .framework import DONE_FILE, Pipeline, ReadCorpus, WholeStage, read_done
 from .parts import read_part
@@ -349,10 +350,11 @@ def _run(cfg: SynthesisConfig, executor, topics: tuple | None = None) -> dict:
     if not (out / "data").exists():
         _discard_other_outputs(out, fps)
     fps, record = run_stages(pipeline, executor, command="synthesize", cfg=cfg, fps=fps)
-    timings = {"chunk": 0.0}
+    timings = {"chunk": 0.0}  # this run's
     for name, secs in getattr(executor, "seconds", {}).items():
         group = _TIMING_GROUP.get(name, name)
         timings[group] = timings.get(group, 0.0) + secs
+    made = made_seconds(pipeline, _TIMING_GROUP)
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     chunks_name = "dedup" if "dedup" in fps and "dedup" not in pipeline.external else "chunks"
@@ -430,8 +432,12 @@ def _run(cfg: SynthesisConfig, executor, topics: tuple | None = None) -> dict:
     write_format(cfg.format, out, tokenizer, writers, attention_spans_mode=cfg.attention_spans)
     timings["write_format"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    stats["output_tokens_per_s"] = round(built * cfg.target_length / max(timings["total"], 1e-9), 1)
+    # what the data took to make (its stages as recorded when made, whichever run made them), and this run's own
+    outside = timings["total"] - sum(getattr(executor, "seconds", {}).values())
+    stats["seconds"] = made_total(made, timings["write_format"], outside)
+    stats["seconds_this_run"] = {k: round(v, 3) for k, v in timings.items()}
+    total = stats["seconds"]["total"]  # the data's throughput, not this run's (a cached rerun's is near zero)
+    stats["output_tokens_per_s"] = None if total is None else round(built * cfg.target_length / max(total, 1e-9), 1)
     index_dir = pipeline.external.get("index", out / "index")
     search = str(index_dir) if (Path(index_dir) / "index.json").exists() and "index" in fps else "exact"
     if "neighbour_lists" in fps:
@@ -646,7 +652,6 @@ def summary(manifest: dict) -> str:
         lines.append(f"  mean dependency distance between consecutive meta-chunks: "
                      f"{s['mean_dependency_distance_tokens']:.0f} tokens"
                      + (f" ({ext:.0f} in the documents that hold negatives)" if ext is not None else ""))
-    secs = s.get("seconds", {})
-    if secs:
-        lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
+    lines += seconds_lines(s)
     return "\n".join(lines)
+

@@ -78,9 +78,14 @@ def split_done(ctx: StageContext, read: CorpusRead, s: int, split: list[dict]) -
 
 
 def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
-              on_block: Callable[[int, bool], None] | None = None) -> dict:
+              on_block: Callable[[int, bool], None] | None = None, since: float | None = None) -> dict:
     """Split s through the stage of `ctx` (set up already), unless done; returns its record's counts.
-    `on_block(docs, reused)` is told each block's documents, and whether an earlier run had mapped them."""
+    `on_block(docs, reused)` is told each block's documents, and whether an earlier run had mapped them.
+    Each block's record keeps the seconds from the previous block's write to its own (reading and mapping
+    overlap the writes), the first block's from `since` (time.perf_counter(), the stage's setup) or the
+    split's start."""
+    import time
+
     from ..corpus.reader import prefetch
 
     record = split_done(ctx, read, s, split)
@@ -102,12 +107,14 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
                 yield k, fp, batch.num_rows, stage(pa.Table.from_batches([batch])), None
 
     blocks = []
+    t0 = time.perf_counter() if since is None else since
     for k, fp, docs, table, counts in prefetch(mapped()):
         reused = counts is not None
         if not reused:
             part = split_part_path(ctx.out_dir, s, k)
             counts = dict(stage.count(table), docs=docs)
-            write_part(ctx, part, part.with_suffix(".json"), table, counts, fp)
+            write_part(ctx, part, part.with_suffix(".json"), table, counts, fp, started=t0)
+            t0 = time.perf_counter()
         blocks.append(counts)
         if on_block is not None:
             on_block(docs, reused)
@@ -122,6 +129,7 @@ def map_split(ctx: StageContext, read: CorpusRead, s: int, split: list[dict],
 def finish_read(ctx: StageContext, read: CorpusRead, splits: list[list[dict]]) -> dict:
     """Step 3 of the module docstring; returns the stage's counts."""
     from ..errors import CorpusError
+    from .framework import made_seconds
 
     records = [split_done(ctx, read, s, split) for s, split in enumerate(splits)]
     missing = [s for s, r in enumerate(records) if r is None]
@@ -144,12 +152,14 @@ def finish_read(ctx: StageContext, read: CorpusRead, splits: list[list[dict]]) -
         numbering = {"doc_offset": docs, "name": piece["name"],
                      "line_offset": line_offset if rewrite_ids and starts_mid_file(piece) else 0}
         for k, block in enumerate(counts["blocks"]):
-            _link(split_part_path(ctx.out_dir, s, k) if block.get("rows", 0) else None, block_path(ctx.out_dir, j))
+            part = split_part_path(ctx.out_dir, s, k)
+            _link(part if block.get("rows", 0) else None, block_path(ctx.out_dir, j))
             partition = {"split": s, "block": k}
+            made = read_done(part.with_suffix(".json")) or {}  # by the run that mapped it: its seconds
             write_done(block_record_path(ctx.out_dir, j), stage=ctx.stage.name,
                        fingerprint=block_fingerprint(ctx.fingerprint, j, partition), settings=ctx.stage.settings(),
                        counts=block, block=j, partition=partition, stage_fingerprint=ctx.fingerprint,
-                       numbering=numbering)
+                       numbering=numbering, **{k: made[k] for k in ("seconds", "run") if k in made})
             j += 1
         docs += counts["docs"]
     blank = sorted(path for path, n in nonblank.items() if n == 0)
@@ -161,7 +171,8 @@ def finish_read(ctx: StageContext, read: CorpusRead, splits: list[list[dict]]) -
     reader = sum_counts(stats)
     reader["skipped"] = reader.get("skipped", 0) + len(blank)
     reader["skipped_examples"] = skipped_examples[:MAX_SKIPPED_EXAMPLES]
-    counts = finish_map_stage(ctx, j, extra={"reader": reader, "splits": len(splits)})
+    counts = finish_map_stage(ctx, j, extra={"reader": reader, "splits": len(splits)},
+                              seconds=made_seconds([ctx], j)[ctx.stage.name])
     shutil.rmtree(ctx.out_dir / SPLITS, ignore_errors=True)
     return counts
 

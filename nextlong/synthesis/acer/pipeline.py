@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import NextlongError, UsageError
-from ..driver import check_corpus_found
+from ..driver import check_corpus_found, seconds_lines
 from ..framework import Pipeline, ReadCorpus
 from .config import AcerConfig
 
@@ -271,7 +271,7 @@ def run(cfg: AcerConfig, executor=None) -> dict:
 
 def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     from ...manifest import write_manifest
-    from ..driver import keep_tokenizer_file, run_stages, write_format
+    from ..driver import keep_tokenizer_file, made_seconds, made_total, run_stages, write_format
     from ..artifacts import load_store
     from ...corpus.tokenizer import load_tokenizer
     from . import writers
@@ -289,10 +289,12 @@ def _run(cfg: AcerConfig, checked: Checked, executor) -> dict:
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(checked.tokenizer)
     write_format(cfg.format, out, tokenizer, writers)
-    seconds = _seconds(executor, record)
-    seconds["write_format"] = round(time.perf_counter() - t0, 3)
-    seconds["total"] = round(time.perf_counter() - t_start, 3)
+    here = {"write_format": time.perf_counter() - t0, "total": time.perf_counter() - t_start}
+    outside = here["total"] - sum(getattr(executor, "seconds", {}).values())
+    seconds = made_total(made_seconds(pipeline, _TIMING_GROUP, fallback=lambda name: _map_seconds(name, record)),
+                         here["write_format"], outside)
     stats = _statistics(cfg, store, record, seconds)
+    stats["seconds_this_run"] = {k: round(v, 3) for k, v in here.items()}
     # with a --tokenizer other than the model's: the passages the LM was shown cut to their first --chunk-tokens
     # LM tokens, per LM stage (None with the model's own tokenizer, whose passages are the chunks' own ids)
     same = tokenizer.fingerprint == load_tokenizer(checked.model.tokenizer_spec).fingerprint
@@ -328,21 +330,11 @@ def _question_source(cfg, questions: dict) -> dict:
             "chunks_eligible": questions.get("chunks_eligible")}
 
 
-def _seconds(executor, record) -> dict:
-    """Wall seconds per stage group: the executor's for whole stages, each map stage's own (from its
-    blocks' records: only blocks computed, in any session) for the chain."""
-    out: dict = {}
-    for name, secs in getattr(executor, "seconds", {}).items():
-        if name in MAP_STAGES:
-            continue
-        group = _TIMING_GROUP.get(name, name)
-        out[group] = out.get(group, 0.0) + secs
-    for name in MAP_STAGES:
-        if name in ("ask",):
-            out["questions"] = out.get("questions", 0.0) + float(record(name).get("seconds", 0.0))
-        elif record(name):
-            out[name] = float(record(name).get("seconds", 0.0))
-    return {k: round(v, 3) for k, v in out.items()}
+def _map_seconds(name: str, record) -> float | None:
+    """A map stage's seconds in a folder made before stage records kept them: the compute seconds its blocks'
+    counts carried (AcerMapStage), else None."""
+    seconds = record(name).get("seconds") if name in MAP_STAGES else None
+    return float(seconds) if type(seconds) in (int, float) else None
 
 
 def _per(total, n):
@@ -405,7 +397,7 @@ def _statistics(cfg, store, record, seconds) -> dict:
                         "prompt_tokens_per_question": _per(rec.get("prompt_tokens", 0), n)}
     stats["lm"] = lm
     stats["seconds"] = seconds
-    stats["seconds_per_sample"] = _per(seconds.get("total", 0.0), kept)
+    stats["seconds_per_sample"] = None if seconds.get("total") is None else _per(seconds["total"], kept)
     return stats
 
 
@@ -449,19 +441,12 @@ def summary(manifest: dict) -> str:
     if s.get("samples_short_of_target"):
         lines.append(f"  {s['samples_short_of_target']} samples shorter than the target: their retrieved chunks ran "
                      f"out (mean length {s['sample_tokens_mean']:,.0f} tokens; raise --retrieve to fill them)")
-    # a stage's LM work and seconds are its blocks' records, made by whichever run computed each block: on a
-    # cached rerun they are the earlier run's, and only `total` is this run's
+    # a stage's LM work is its blocks' records, made by whichever run computed each block: on a cached rerun
+    # the earlier run's (this run's own seconds: seconds_lines)
     if s.get("lm"):
         lines.append("  LM work behind these samples (as recorded when each block was computed, in this run or an "
                      "earlier one):")
     for name, w in s.get("lm", {}).items():
         lines.append(f"    {name}: {w['calls']} LM calls, {w['prompt_tokens']} prompt tokens, "
                      f"{w['generated_tokens']} generated, {w['seconds']:.1f} s")
-    per_stage = {k: v for k, v in (s.get("seconds") or {}).items() if k != "total"}
-    if per_stage:
-        lines.append("  seconds per stage (this run's, but ask's and the retrieve-to-assemble chain's as recorded when "
-                     "each block was computed): "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()))
-    if (s.get("seconds") or {}).get("total") is not None:
-        lines.append(f"  this run: {s['seconds']['total']:.1f} s in all")
-    return "\n".join(lines)
+    return "\n".join(lines + seconds_lines(s))

@@ -7,6 +7,7 @@ as one chain, block by block, so a `--num-samples` cut after them stops the chai
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 from ...corpus.split import DEFAULT_SPLIT_BYTES
@@ -30,6 +31,7 @@ class LocalExecutor(Executor):
     # --- the corpus into the first map stage ---------------------------------------------------
 
     def read_and_map(self, pipeline: Pipeline, fps, source, ctx: StageContext) -> dict:
+        started = time.perf_counter()  # the plan's and the setup's seconds go to the first block made
         from ..progress import advance, corpus_bar
         from ..read import CorpusRead, finish_read, map_split
 
@@ -39,12 +41,14 @@ class LocalExecutor(Executor):
         ctx.stage.setup(ctx)
         with corpus_bar(ctx) as bar:
             for s, split in enumerate(splits):
-                map_split(ctx, read, s, split, on_block=lambda docs, reused: advance(bar, docs, reused))
+                map_split(ctx, read, s, split, on_block=lambda docs, reused: advance(bar, docs, reused), since=started)
+                started = None
         return finish_read(ctx, read, splits)
 
     # --- map chains ----------------------------------------------------------------------------
 
     def run_chain(self, pipeline: Pipeline, fps, chain: list[StageContext], cut: int | None) -> dict[str, dict]:
+        started = time.perf_counter()  # the setup's seconds go to the first block made
         from ..progress import ChainProgress, input_rows
 
         results, todo, num_blocks = chain_work(chain)
@@ -61,7 +65,8 @@ class LocalExecutor(Executor):
             for j in range(num_blocks):
                 reused = all(block_done(ctx, j) for ctx in todo)
                 bar.begin(j, 0 if reused or block_done(todo[0], j) else spilled_rows(todo[0], j))
-                last = map_block(todo, j)
+                last = map_block(todo, j, since=None if reused else started)
+                started = started if reused else None
                 rows += last
                 bar.block_done(j, last, reused)
                 if cut is not None and rows >= cut:

@@ -272,13 +272,14 @@ class _BlockWorker:
     record), so the files are the same whoever runs them. Returns only counts to the driver: the data
     stays on shared storage and never crosses the object store."""
 
-    def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None, read=None, splits=None):
+    def __init__(self, pipeline, names, fingerprints, rebuild=False, threads=None, read=None, splits=None, run=None):
         from ..framework import StageContext
 
         self.contexts = [StageContext(pipeline, pipeline.stage(n), fingerprints[n], rebuild=rebuild,
-                                      progress=False, threads=threads) for n in names]
+                                      progress=False, threads=threads, run=run) for n in names]
         self.read, self.splits = read, splits  # the corpus read (first map stage only)
         self.ready = False
+        self.started = None  # time.perf_counter() at the setup: its seconds go to the actor's first block
 
     def _set_up(self) -> None:
         """Each stage's `setup`, at the actor's first block rather than in its constructor: an error there
@@ -286,6 +287,9 @@ class _BlockWorker:
         is; raised by a constructor it reached the user as ActorDiedError after Ray retried the actor."""
         if self.ready:
             return
+        import time
+
+        self.started = time.perf_counter()
         for ctx in self.contexts:
             try:
                 ctx.stage.setup(ctx)
@@ -300,7 +304,7 @@ class _BlockWorker:
 
         ctx = self.contexts[0]
         try:
-            counts = map_split(ctx, self.read, s, self.splits[s])
+            counts = map_split(ctx, self.read, s, self.splits[s], since=self._since())
         except Exception as e:
             raise _as_nextlong_error(e, f"stage {ctx.stage.name}, corpus split {s} ({describe_split(self.splits[s])})") from e
         return {"block": s, "rows": int(counts["docs"])}
@@ -309,9 +313,14 @@ class _BlockWorker:
         """Block j through the chain of map stages (each reads the previous one's part j)."""
         from ..framework import map_block
 
-        rows = map_block(self.contexts, j,
+        rows = map_block(self.contexts, j, since=self._since(),
                          on_error=lambda e, ctx: _as_nextlong_error(e, f"stage {ctx.stage.name}, block {j}"))
         return {"block": j, "rows": rows}
+
+    def _since(self) -> float | None:
+        """The setup's start for the actor's first block (its seconds are that block's too), else None."""
+        since, self.started = self.started, None
+        return since
 
     def __call__(self, batch):
         """Ray Data's face: a batch of block numbers (or corpus split numbers) -> their row counts."""
@@ -479,7 +488,7 @@ class RayExecutor(Executor):
             compute=self.ray.data.ActorPoolStrategy(size=min(actors, len(items))),
             fn_constructor_kwargs=dict(pipeline=contexts[0].pipeline, names=[c.stage.name for c in contexts],
                                        fingerprints=self._fingerprints(contexts), rebuild=rebuild, threads=threads,
-                                       read=read, splits=splits), **resources)
+                                       read=read, splits=splits, run=contexts[0].run), **resources)
         names = " -> ".join(c.stage.name for c in contexts)
         prefix = FinishedPrefix(rows_done)
         try:
