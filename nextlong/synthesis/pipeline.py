@@ -654,4 +654,3 @@ def summary(manifest: dict) -> str:
                      + (f" ({ext:.0f} in the documents that hold negatives)" if ext is not None else ""))
     lines += seconds_lines(s)
     return "\n".join(lines)
-
