@@ -133,7 +133,8 @@ def _target_logprobs(model, input_ids: torch.Tensor, last: int | None = None) ->
     ``last``: only the last ``last`` targets' log-probabilities, shape (B, last). The vocabulary projection
     (the fused loss) then runs on those positions only: `short_context_logprobs` keeps the last ``stride``
     targets of each window, and projecting the other ``window - 1`` cost most of its time at a large
-    vocabulary. Each target's value is the same either way (row by row).
+    vocabulary. Each target's value is the same either way, up to the last bit where BLAS rounds a product of
+    very few rows differently (tests/test_weighting.py).
     """
     from nextlong.kernels.losses import fused_linear_cross_entropy
     from nextlong.kernels.transformers_loss import fold_logit_scale, logit_scale_of, logit_softcap_of
