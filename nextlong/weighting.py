@@ -127,22 +127,28 @@ def short_logprobs_with_full_prefix(logp_short: torch.Tensor, logp_long: torch.T
 # ---- log-probabilities from a HuggingFace causal LM, through the fused loss (no full logits) ----
 
 
-def _target_logprobs(model, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+def _target_logprobs(model, input_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
     """log p(x_t | x_<t) for t >= 1 of every row, with column 0 set to 0. Shape (B, T), fp32.
 
-    ``last_only``: only the last token's log-probability, shape (B,).
+    ``last``: only the last ``last`` targets' log-probabilities, shape (B, last). The vocabulary projection
+    (the fused loss) then runs on those positions only: `short_context_logprobs` keeps the last ``stride``
+    targets of each window, and projecting the other ``window - 1`` cost most of its time at a large
+    vocabulary. Each target's value is the same either way, up to the last bit where BLAS rounds a product of
+    very few rows differently (tests/test_weighting.py).
     """
     from nextlong.kernels.losses import fused_linear_cross_entropy
     from nextlong.kernels.transformers_loss import fold_logit_scale, logit_scale_of, logit_softcap_of
 
+    if last is not None and not 1 <= last < input_ids.shape[1]:
+        raise ValueError(f"last must be in 1..{input_ids.shape[1] - 1} (targets of a row), got {last}")
     head = model.get_output_embeddings()
     hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
     hidden, bias = fold_logit_scale(hidden, head.bias, logit_scale_of(model))  # Granite, Cohere, ...
-    src, tgt = (hidden[:, -2:-1], input_ids[:, -1:]) if last_only else (hidden[:, :-1], input_ids[:, 1:])
+    src, tgt = (hidden[:, :-1], input_ids[:, 1:]) if last is None else (hidden[:, -last - 1:-1], input_ids[:, -last:])
     ce = fused_linear_cross_entropy(src, head.weight, tgt, bias=bias, reduction="none",
                                     logit_softcap=logit_softcap_of(model))
-    if last_only:
-        return -ce[:, 0].float()
+    if last is not None:
+        return -ce.float()
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=ce.device)
     out[:, 1:] = -ce.float()
     return out
@@ -167,7 +173,8 @@ def short_context_logprobs(model, input_ids: torch.Tensor, window: int, *, strid
     window ``x[t0 - window : t0 + stride]``, so target ``t`` sees ``window + (t - t0)`` tokens.
     ``stride=1`` (default) is exact; larger strides approximate it (context between ``window``
     and ``window + stride - 1`` tokens) at ``(window + stride) / stride`` model tokens per token
-    instead of ``window + 1``. Windows restart positions at 0, as for a model that only saw the
+    instead of ``window + 1`` (the vocabulary projection runs on the ``stride`` targets a window keeps only,
+    since 2026-12-08). Windows restart positions at 0, as for a model that only saw the
     window; equal-length windows are stacked without padding and run ``batch_size`` at a time.
 
     ``targets=(start, stop)`` scores only the targets ``start <= t < stop`` (the rest stay 0) with
@@ -197,11 +204,11 @@ def short_context_logprobs(model, input_ids: torch.Tensor, window: int, *, strid
         flat = wins.reshape(-1, span)
         scored = torch.empty((flat.shape[0], stride), dtype=torch.float32, device=input_ids.device)
         for start in range(0, flat.shape[0], batch_size):
-            scored[start:start + batch_size] = _target_logprobs(model, flat[start:start + batch_size])[:, -stride:]
+            scored[start:start + batch_size] = _target_logprobs(model, flat[start:start + batch_size], last=stride)
         first = head + j0 * stride
         a, z = max(lo, first), min(hi, head + j1 * stride)
         out[:, a:z] = scored.reshape(b, (j1 - j0) * stride)[:, a - first:z - first]
     t0 = head + full * stride
     if rest and hi > t0:
-        out[:, max(lo, t0):hi] = _target_logprobs(model, input_ids[:, t0 - window:])[:, -rest:][:, max(lo, t0) - t0:hi - t0]
+        out[:, max(lo, t0):hi] = _target_logprobs(model, input_ids[:, t0 - window:], last=rest)[:, max(lo, t0) - t0:hi - t0]
     return out

@@ -170,3 +170,38 @@ def test_the_library_defaults_are_the_trainers():
     assert inspect.signature(W.dense_weights).parameters["lam"].default == cfg["dense_lam"].default
     assert inspect.signature(W.sparse_weights).parameters["keep"].default == cfg["sparse_keep"].default
     assert inspect.signature(W.longce_weights).parameters["gamma"].default == cfg["longce_gamma"].default
+
+
+def test_short_logprobs_project_only_the_kept_targets(monkeypatch):
+    """Each stride window keeps its last `stride` targets, so the vocabulary projection (the fused loss) runs on
+    those rows only, not on all `window + stride - 1` (most of a LongPPL short pass's time at a large
+    vocabulary); the values are those of projecting every row of the window and keeping the last, up to the
+    last bit a product of another shape may round differently (BLAS picks its kernel by the row count)."""
+    import nextlong.kernels.losses as losses
+    from nextlong.weighting import _target_logprobs
+
+    model = tiny_llama()
+    ids = torch.randint(0, 61, (2, 24), generator=torch.Generator().manual_seed(5))
+    rows = []
+    real = losses.fused_linear_cross_entropy
+
+    def counted(hidden, *args, **kwargs):
+        rows.append(hidden.shape[:-1].numel())
+        return real(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "fused_linear_cross_entropy", counted)
+    # window 4, stride 3: the head pass (4 targets), 6 blocks of 3 and a remainder of 1, two rows each
+    got = short_context_logprobs(model, ids, 4, stride=3, batch_size=64)
+    assert rows == [2 * 4, 2 * 6 * 3, 2 * 1]
+    monkeypatch.setattr(losses, "fused_linear_cross_entropy", real)
+    # block 2 (targets 11..13) runs the window ids[7:14]; the remainder (target 23) the window ids[19:24]
+    same = dict(rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # as short_context_logprobs runs
+        torch.testing.assert_close(got[:, 11:14], _target_logprobs(model, ids[:, 7:14])[:, -3:], **same)
+        torch.testing.assert_close(got[:, 23:], _target_logprobs(model, ids[:, 19:24])[:, -1:], **same)
+        whole = _target_logprobs(model, ids)
+        for last in (1, 5, 23):
+            torch.testing.assert_close(_target_logprobs(model, ids, last=last), whole[:, -last:], **same)
+    for bad in (0, 24):
+        with pytest.raises(ValueError, match="last must be in 1..23"):
+            _target_logprobs(model, ids, last=bad)
