@@ -251,3 +251,12 @@ def checked_texts(texts, name: str):
     if isinstance(texts, (str, bytes)):
         raise UsageError(f"{name} takes a sequence of texts, got one {type(texts).__name__}; wrap it in a list")
     return texts
+
+
+def close_match(name: str, names) -> str:
+    """" (did you mean X?)" for the one of `names` closest to a misspelt `name`, else "": the hint of an unknown
+    keyword's error."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -90,19 +90,17 @@ def load_embedder(name_or_path: str | os.PathLike | None = None, **options) -> E
 def _check_options(options: dict) -> None:
     """A load_embedder option that no embedder's constructor takes: misspelt (threds=2 was ignored for a static
     embedder, a TypeError from the class for the others)."""
-    import difflib
     import inspect
 
-    from ..errors import UsageError
+    from ..errors import UsageError, close_match
     from .static_embedding import load_static_embedder
 
     known = sorted({name for f in (TransformerEmbedder.__init__, HashedLexicalEmbedder.__init__, load_static_embedder)
                     for name in inspect.signature(f).parameters} - {"self", "path", "source"})
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            raise UsageError(f"load_embedder: unknown option {key}={options[key]!r}"
-                             f"{f' (did you mean {close[0]}?)' if close else ''}; the options are {', '.join(known)}")
+            raise UsageError(f"load_embedder: unknown option {key}={options[key]!r}{close_match(key, known)}; the "
+                             f"options are {', '.join(known)}")
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, max_batch: int) -> list[np.ndarray]:

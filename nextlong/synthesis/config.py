@@ -260,16 +260,12 @@ def api_config(cls, **settings):
     UsageError naming it (and the setting meant), not a TypeError from the dataclass; a path may be a str or an
     os.PathLike (pathlib.Path), kept as a str; anything else where a path goes (a list, a number) is refused by
     `check_types` when the config is validated."""
-    import difflib
-
-    from ..errors import UsageError
+    from ..errors import UsageError, close_match
 
     names = [f.name for f in dataclasses.fields(cls)]
     for key in settings:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UsageError(f"unknown setting {key}={settings[key]!r}{hint}")
+            raise UsageError(f"unknown setting {key}={settings[key]!r}{close_match(key, names)}")
     return cls(**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()})
 
 
