@@ -804,19 +804,17 @@ class Trainer:
         on every rank, with that rank's message (the ranks agree before the step's collectives), but first the
         steps since the last checkpoint are saved as they were before the read (`before`, None when `step` is
         saved), so fixing the row and resuming loses nothing."""
-        batches, failure = on_every_rank(self._read_step_batches)
-        if failure is not None:
-            if before is not None:
-                self._save_state_before(step, before)
-            self.agreed_failure = failure
-            raise failure
-        return batches
+        save = None if before is None else lambda: self._save_state_before(step, before)
+        return self._agreed_remembered(self._read_step_batches, before_raising=save)
 
-    def _agreed_remembered(self, work):
-        """agreed(work) for the loop's writes, a failure remembered: run() then holds every rank until rank 0 has
-        recorded it (torchrun stops the others as soon as one rank exits)."""
+    def _agreed_remembered(self, work, before_raising=None):
+        """agreed(work) for the loop's writes and reads, a failure remembered: run() then holds every rank until
+        rank 0 has recorded it (torchrun stops the others as soon as one rank exits). `before_raising()`: what
+        every rank does first when the work failed on one (the read saves the steps since the last checkpoint)."""
         result, failure = on_every_rank(work)
         if failure is not None:
+            if before_raising is not None:
+                before_raising()
             self.agreed_failure = failure
             raise failure
         return result
