@@ -55,12 +55,12 @@ def read_topics(path) -> tuple[str, ...]:
             text = topic.strip()
         key = search_terms(text) or text  # a topic of no search term (it matches nothing): its text
         if key in seen:
-            line, first = seen[key]
+            first_number, first = seen[key]
             if first == text:
-                raise NextlongError(f"{where}: topic {printable(show(text))} repeats line {line} (each topic makes "
-                                    "one sample: a repeat would make the same sample again)")
-            raise NextlongError(f"{where}: topic {printable(show(text))} searches the same words as line {line}, "
-                                f"{printable(show(first))} (BM25 ignores case, punctuation, word order and English "
+                raise NextlongError(f"{where}: topic {printable(show(text))} repeats line {first_number} (each topic "
+                                    "makes one sample: a repeat would make the same sample again)")
+            raise NextlongError(f"{where}: topic {printable(show(text))} searches the same words as line "
+                                f"{first_number}, {printable(show(first))} (BM25 ignores case, punctuation, word order and English "
                                 "stopwords): it would make the same sample again")
         seen[key] = (number, text)
         topics.append(text)
